@@ -1,0 +1,37 @@
+// TensorSpec: the identity of a tensor independent of where its bytes live.
+//
+// Shapes are row-major (C order, last dimension contiguous) as in PyTorch and
+// the safetensors format; a 0-d tensor (shape {}) holds one element.
+//
+// Thread-safety: plain value type.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "shardwire/dtype.h"
+
+namespace shardwire {
+
+/// A tensor's name, element type and global shape (elements per dimension).
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<std::int64_t> shape;
+
+  /// Number of elements (product of the shape; 1 for a 0-d tensor).
+  std::int64_t numel() const;
+  /// Size in bytes: numel() * DTypeSize(dtype).
+  std::uint64_t nbytes() const;
+
+  bool operator==(const TensorSpec&) const = default;
+};
+
+/// "[4096, 128]"-style rendering of a shape, for error messages.
+std::string ShapeToString(const std::vector<std::int64_t>& shape);
+
+/// "name BF16[4096, 128]"-style rendering, for error messages and summaries.
+std::string ToString(const TensorSpec& spec);
+
+}  // namespace shardwire

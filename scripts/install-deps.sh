@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs Shardwire's build and test dependencies from Debian 12 packages.
+# Idempotent: when every package is already present it does nothing (no apt-get update).
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config
+  libucx-dev ucx-utils          # transport (UCX) and ucx_perftest, the benchmark reference
+  nlohmann-json3-dev            # safetensors headers, HF config.json, index files
+  libspdlog-dev libfmt-dev      # logging and formatting
+  libcli11-dev                  # command-line parsing
+  libxxhash-dev                 # metadata blob checksums
+  libgtest-dev libgmock-dev     # unit and multi-process tests
+  libbenchmark-dev              # micro-benchmarks
+  python3                       # test helpers (independent oracle for safetensors)
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
