@@ -1,0 +1,86 @@
+// Layout: which slice of which tensor every rank of a job holds, and where in the
+// rank's buffer the slice lives.
+//
+// Each rank owns one contiguous buffer (on a real cluster, device memory; here host
+// memory registered with the transport as one region). Its shards are placed in
+// the layout's tensor order, each as a dense row-major box, each starting at a
+// multiple of `alignment` bytes. One region per rank keeps the transport metadata
+// proportional to ranks, not tensors.
+//
+// Thread-safety: immutable after construction; safe to share between threads.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shardwire/box.h"
+#include "shardwire/status.h"
+#include "shardwire/tensor_spec.h"
+
+namespace shardwire {
+
+/// One shard: tensor index (into Layout::tensors()), the box it covers, and the
+/// byte offset of its first element in the owning rank's buffer.
+struct ShardRef {
+  std::uint32_t tensor = 0;
+  Box box;
+  std::uint64_t byte_offset = 0;
+};
+
+/// All shards of one rank, in tensor order, and the buffer size they need (bytes).
+struct RankShards {
+  std::vector<ShardRef> shards;
+  std::uint64_t buffer_bytes = 0;
+
+  /// The shard of `tensor` on this rank, or nullptr when the rank holds none of it.
+  const ShardRef* Find(std::uint32_t tensor) const;
+};
+
+class Layout {
+ public:
+  /// Builds a layout from per-rank boxes: boxes[rank][tensor] is the slice rank
+  /// holds of tensor; nullopt or an empty box means the rank holds none of it. Places the shards in
+  /// each rank's buffer. Errors (kInvalidArgument): a box of the wrong rank or
+  /// outside its tensor's shape, naming the rank and tensor; alignment not a power
+  /// of two; zero ranks.
+  static Result<Layout> FromBoxes(std::string description, std::vector<TensorSpec> tensors,
+                                  const std::vector<std::vector<std::optional<Box>>>& boxes,
+                                  std::uint64_t alignment = 64);
+
+  /// Human description, e.g. "fsdp=2" or "tp=2,dp=2".
+  const std::string& description() const { return description_; }
+  int world_size() const { return static_cast<int>(ranks_.size()); }
+  const std::vector<TensorSpec>& tensors() const { return tensors_; }
+  /// Precondition: 0 <= rank < world_size().
+  const RankShards& rank(int rank) const { return ranks_[static_cast<std::size_t>(rank)]; }
+  /// Index of the tensor named `name`, or kNotFound.
+  Result<std::uint32_t> TensorIndex(const std::string& name) const;
+
+ private:
+  std::string description_;
+  std::vector<TensorSpec> tensors_;
+  std::vector<RankShards> ranks_;
+};
+
+/// torch.chunk semantics: the [begin, end) ranges when `extent` elements are split
+/// into `parts` chunks of ceil(extent/parts); trailing parts may be empty (begin==end).
+/// Source: torch.chunk documentation ("last chunk will be smaller"; fewer chunks may
+/// be returned), which FSDP2 uses for dim-0 sharding.
+std::vector<std::pair<std::int64_t, std::int64_t>> ChunkRanges(std::int64_t extent, int parts);
+
+/// FSDP (FSDP2 / fully_shard): every tensor sharded on dim 0 across `num_ranks`
+/// ranks with torch.chunk splits; 0-d tensors are held whole by rank 0.
+/// Errors: num_ranks < 1 (kInvalidArgument).
+Result<Layout> MakeFsdpLayout(std::vector<TensorSpec> tensors, int num_ranks);
+
+/// Tensor parallelism as inference engines hold it: tensor i is split evenly on
+/// dimension shard_dims[i] across `tp` ranks (-1 = replicated on every TP rank),
+/// and the whole TP group is repeated `replicas` times (rank = replica * tp + tp_rank).
+/// Errors (kInvalidArgument): tp or replicas < 1; a sharded dimension not divisible
+/// by tp (names the tensor, dimension and sizes); shard_dims of the wrong length.
+Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<int>& shard_dims,
+                            int tp, int replicas);
+
+}  // namespace shardwire

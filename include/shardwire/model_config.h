@@ -1,0 +1,84 @@
+// ModelConfig: the architecture numbers of a Hugging Face `config.json`.
+//
+// Key names follow HF transformers' PretrainedConfig and its model classes (LlamaConfig,
+// MistralConfig, Qwen2Config, Qwen3Config, Qwen3MoeConfig, MixtralConfig, DeepseekV3Config,
+// GPT2Config). GPT-2's legacy names are accepted through its `attribute_map`: n_embd ->
+// hidden_size, n_layer -> num_hidden_layers, n_head -> num_attention_heads, n_inner ->
+// intermediate_size (null means 4 * n_embd). Keys not listed here are ignored.
+//
+// Thread-safety: plain value type; the functions are pure apart from reading / writing
+// the named file.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "shardwire/dtype.h"
+#include "shardwire/status.h"
+
+namespace shardwire {
+
+/// What a HF config.json says about a model's tensors. Sizes are element counts.
+struct ModelConfig {
+  std::string architecture;  ///< first entry of `architectures`, "" when absent
+  std::string model_type;    ///< `model_type`, e.g. "llama", "qwen3", "deepseek_v3" (required)
+  std::int64_t hidden_size = 0;          ///< required (> 0)
+  std::int64_t num_hidden_layers = 0;    ///< required (> 0)
+  std::int64_t num_attention_heads = 0;  ///< required (> 0)
+  std::int64_t num_key_value_heads = 0;  ///< defaults to num_attention_heads
+  std::int64_t head_dim = 0;  ///< defaults to hidden_size / num_attention_heads (absent or null)
+  std::int64_t intermediate_size = 0;  ///< dense MLP width (required; GPT-2: 4 * hidden)
+  std::int64_t vocab_size = 0;         ///< required (> 0)
+  /// lm_head shares embed_tokens' storage. Default false, except model_type "gpt2" whose
+  /// config class inherits PretrainedConfig's default true.
+  bool tie_word_embeddings = false;
+  /// q/k/v (and for llama/qwen3 also o) projections carry biases: `attention_bias`
+  /// (default false); always true for model_type "qwen2" (its q/k/v biases are hard-wired).
+  bool attention_bias = false;
+  /// gate/up/down projections carry biases: `mlp_bias` (LlamaConfig), default false.
+  bool mlp_bias = false;
+  /// `torch_dtype` (or the newer `dtype` key): "bfloat16" -> BF16, "float16"/"half" ->
+  /// F16, "float32"/"float" -> F32, "float64" -> F64. Absent (or "auto") leaves it
+  /// unset: many real configs omit it (e.g. all the tiny ones in shared/models), and then
+  /// the checkpoint's own dtype is the truth; dtype() falls back to BF16.
+  std::optional<DType> torch_dtype;
+
+  // Mixture-of-experts / multi-head-latent-attention fields, unset when absent or null.
+  std::optional<std::int64_t> num_experts;  ///< num_experts | num_local_experts | n_routed_experts
+  std::optional<std::int64_t> num_experts_per_tok;
+  std::optional<std::int64_t> moe_intermediate_size;
+  std::optional<std::int64_t> n_shared_experts;
+  std::optional<std::int64_t> first_k_dense_replace;
+  std::optional<std::int64_t> q_lora_rank;
+  std::optional<std::int64_t> kv_lora_rank;
+  std::optional<std::int64_t> qk_nope_head_dim;
+  std::optional<std::int64_t> qk_rope_head_dim;
+  std::optional<std::int64_t> v_head_dim;
+
+  /// torch_dtype, or BF16 when the config does not say.
+  DType dtype() const { return torch_dtype.value_or(DType::kBF16); }
+
+  bool operator==(const ModelConfig&) const = default;
+};
+
+/// Parses the text of a config.json. `source_name` (a path or label) is used in messages.
+/// Errors: kCorruptData naming source_name and the key for invalid JSON, a top level that
+/// is not an object, a missing required key, a value of the wrong JSON type (integers must
+/// be JSON integers), a non-positive size, an unknown torch_dtype string, or hidden_size
+/// not divisible by num_attention_heads when head_dim is absent.
+Result<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_view source_name);
+
+/// Reads and parses the file at `path`: kIoError (naming path) if it cannot be read, else
+/// as ParseModelConfig.
+Result<ModelConfig> LoadModelConfig(const std::string& path);
+
+/// Writes `config` as an HF-style config.json (canonical key names, `architectures` when
+/// architecture is set, torch_dtype when set, optional fields only when set) so that a
+/// generated checkpoint directory describes itself; LoadModelConfig reads back an equal
+/// ModelConfig. Written to `path + ".tmp"` then renamed. kIoError naming the path on
+/// failure.
+Status WriteModelConfig(const ModelConfig& config, const std::string& path);
+
+}  // namespace shardwire

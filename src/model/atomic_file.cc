@@ -1,0 +1,86 @@
+#include "model/atomic_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
+#include <fmt/format.h>
+
+namespace shardwire::internal {
+namespace {
+
+Status Errno(std::string_view what, const std::string& path, int err) {
+  return IoError(fmt::format("{} {}: {}", what, path, std::strerror(err)));
+}
+
+}  // namespace
+
+Result<AtomicFile> AtomicFile::Create(const std::string& path) {
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Errno("cannot create", tmp, errno);
+  return AtomicFile(path, fd);
+}
+
+AtomicFile::AtomicFile(AtomicFile&& other) noexcept
+    : path_(std::move(other.path_)), fd_(std::exchange(other.fd_, -1)),
+      committed_(std::exchange(other.committed_, true)) {}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_ && !path_.empty()) ::unlink((path_ + ".tmp").c_str());
+}
+
+Status AtomicFile::Write(std::span<const std::byte> bytes) {
+  if (fd_ < 0) return Internal("write to a closed AtomicFile " + path_);
+  while (!bytes.empty()) {
+    const ssize_t n = ::write(fd_, bytes.data(), bytes.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno("cannot write", path_ + ".tmp", errno);
+    }
+    bytes = bytes.subspan(static_cast<std::size_t>(n));
+  }
+  return Status::Ok();
+}
+
+Status AtomicFile::Commit() {
+  if (fd_ < 0) return Internal("commit of a closed AtomicFile " + path_);
+  const std::string tmp = path_ + ".tmp";
+  if (::fsync(fd_) != 0) return Errno("cannot fsync", tmp, errno);
+  const int fd = std::exchange(fd_, -1);
+  if (::close(fd) != 0) return Errno("cannot close", tmp, errno);
+  if (std::rename(tmp.c_str(), path_.c_str()) != 0) {
+    return Errno("cannot rename " + tmp + " to", path_, errno);
+  }
+  committed_ = true;
+  return Status::Ok();
+}
+
+Status ReadWholeFile(const std::string& path, std::string* out) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errno("cannot open", path, errno);
+  std::string text;
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      return Errno("cannot read", path, err);
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  *out = std::move(text);
+  return Status::Ok();
+}
+
+}  // namespace shardwire::internal

@@ -1,0 +1,40 @@
+// Internal: write a file so that readers see either the old file or the complete new one.
+// Bytes go to `<path>.tmp`; Commit() fsyncs, closes and renames it over `path`. An
+// uncommitted AtomicFile removes its .tmp file when destroyed.
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <string>
+
+#include "shardwire/status.h"
+
+namespace shardwire::internal {
+
+class AtomicFile {
+ public:
+  /// Creates (truncates) `path + ".tmp"`. kIoError naming it on failure.
+  static Result<AtomicFile> Create(const std::string& path);
+
+  AtomicFile(AtomicFile&& other) noexcept;
+  AtomicFile& operator=(AtomicFile&&) = delete;
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  ~AtomicFile();
+
+  /// Appends all of `bytes` (retrying short writes). kIoError naming the path.
+  Status Write(std::span<const std::byte> bytes);
+  /// fsync + close + rename to the final path. kIoError naming the path.
+  Status Commit();
+
+ private:
+  AtomicFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  std::string path_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+/// Reads the whole file at `path` into `out`. kIoError naming the path on failure.
+Status ReadWholeFile(const std::string& path, std::string* out);
+
+}  // namespace shardwire::internal
