@@ -42,10 +42,13 @@ class Checkpoint {
   /// (names both numbers); any SafetensorsFile::Open error of a shard.
   static Result<Checkpoint> Open(const std::string& path);
 
+  /// Takes over the shards' mappings; views obtained before the move stay valid.
   Checkpoint(Checkpoint&&) noexcept = default;
+  /// Releases this checkpoint's mappings, then takes over the other's.
   Checkpoint& operator=(Checkpoint&&) noexcept = default;
-  Checkpoint(const Checkpoint&) = delete;
-  Checkpoint& operator=(const Checkpoint&) = delete;
+  Checkpoint(const Checkpoint&) = delete;             ///< not copyable
+  Checkpoint& operator=(const Checkpoint&) = delete;  ///< not copyable
+  /// Unmaps every shard; TensorViews from Get become dangling.
   ~Checkpoint() = default;
 
   /// Every tensor of the checkpoint, sorted by name (deterministic across shardings).

@@ -60,6 +60,7 @@ struct ModelConfig {
   /// torch_dtype, or BF16 when the config does not say.
   DType dtype() const { return torch_dtype.value_or(DType::kBF16); }
 
+  /// Field-wise equality (used to check WriteModelConfig round trips).
   bool operator==(const ModelConfig&) const = default;
 };
 
@@ -78,7 +79,7 @@ Result<ModelConfig> LoadModelConfig(const std::string& path);
 /// architecture is set, torch_dtype when set, optional fields only when set) so that a
 /// generated checkpoint directory describes itself; LoadModelConfig reads back an equal
 /// ModelConfig. Written to `path + ".tmp"` then renamed. kIoError naming the path on
-/// failure.
+/// failure; kInvalidArgument if torch_dtype is not BF16/F16/F32/F64.
 Status WriteModelConfig(const ModelConfig& config, const std::string& path);
 
 }  // namespace shardwire

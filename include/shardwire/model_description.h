@@ -41,18 +41,20 @@ int ShardDim(ParallelRole role);
 
 /// One parameter tensor of a model.
 struct ModelTensor {
-  TensorSpec spec;
-  ParallelRole role = ParallelRole::kReplicated;
+  TensorSpec spec;  ///< HF name, dtype (config.dtype()), global shape
+  ParallelRole role = ParallelRole::kReplicated;  ///< how TP splits it
   int layer = -1;  ///< decoder layer index, -1 for tensors outside the layers
 
+  /// Field-wise equality.
   bool operator==(const ModelTensor&) const = default;
 };
 
 /// A model's config and its parameter tensors.
 struct ModelDescription {
-  ModelConfig config;
+  ModelConfig config;  ///< the config the tensors were derived from
   /// Deterministic order: embed_tokens, then each layer in order (input_layernorm,
-  /// q/k/v[/biases][, q_norm, k_norm], o, post_attention_layernorm, gate/up/down),
+  /// q, k, v (each followed by its bias when present)[, q_norm, k_norm], o[, o bias],
+  /// post_attention_layernorm, gate, up, down (each followed by its bias when present)),
   /// then the final norm, then lm_head (absent when tie_word_embeddings).
   std::vector<ModelTensor> tensors;
 

@@ -39,8 +39,8 @@ inline constexpr std::uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
 /// points into the read-only mapping (no copy) and is valid while that object lives;
 /// data.size() == spec.nbytes(). The start address may be unaligned.
 struct TensorView {
-  TensorSpec spec;
-  std::span<const std::byte> data;
+  TensorSpec spec;                  ///< name, dtype, shape
+  std::span<const std::byte> data;  ///< the tensor's bytes, row-major, little-endian
 };
 
 /// One safetensors file, memory-mapped read-only and validated at Open.
@@ -49,7 +49,9 @@ struct TensorView {
 class SafetensorsFile {
  public:
   /// Opens, maps and validates `path`. Errors:
-  ///  * kIoError: the file cannot be opened, stat'ed or mapped (message names path, errno);
+  ///  * kNotFound: `path` does not exist (message names it);
+  ///  * kIoError: the file cannot be opened, stat'ed or mapped, or is not a regular file
+  ///    (message names path and the OS error);
   ///  * kCorruptData (message names the file and, where relevant, the tensor): file shorter
   ///    than 8 bytes; header length > kMaxSafetensorsHeaderBytes or past the end of the
   ///    file; header not valid JSON or not an object; `__metadata__` not an object of
@@ -60,10 +62,13 @@ class SafetensorsFile {
   /// Zero-size tensors (a 0 in the shape) are allowed.
   static Result<SafetensorsFile> Open(const std::string& path);
 
+  /// Takes over the mapping; `other` is left empty. Views obtained from `other` stay valid.
   SafetensorsFile(SafetensorsFile&& other) noexcept;
+  /// Unmaps this object's file, then takes over `other`'s mapping.
   SafetensorsFile& operator=(SafetensorsFile&& other) noexcept;
-  SafetensorsFile(const SafetensorsFile&) = delete;
-  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+  SafetensorsFile(const SafetensorsFile&) = delete;             ///< not copyable
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;  ///< not copyable
+  /// Unmaps the file; every TensorView obtained from this object becomes dangling.
   ~SafetensorsFile();
 
   /// All tensors, in data-offset order (ascending begin offset).
