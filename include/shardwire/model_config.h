@@ -4,16 +4,20 @@
 // MistralConfig, Qwen2Config, Qwen3Config, Qwen3MoeConfig, MixtralConfig, DeepseekV3Config,
 // GPT2Config). GPT-2's legacy names are accepted through its `attribute_map`: n_embd ->
 // hidden_size, n_layer -> num_hidden_layers, n_head -> num_attention_heads, n_inner ->
-// intermediate_size (null means 4 * n_embd). Keys not listed here are ignored.
+// intermediate_size (null means 4 * n_embd). Of `quantization_config` (transformers'
+// QuantizationConfigMixin; FP8 block layout per DeepSeek-V3's README_WEIGHTS.md) only
+// quant_method and weight_block_size are read. Keys not listed here are ignored.
 //
 // Thread-safety: plain value type; the functions are pure apart from reading / writing
 // the named file.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "shardwire/dtype.h"
 #include "shardwire/status.h"
@@ -56,6 +60,30 @@ struct ModelConfig {
   std::optional<std::int64_t> qk_nope_head_dim;
   std::optional<std::int64_t> qk_rope_head_dim;
   std::optional<std::int64_t> v_head_dim;
+  /// DeepseekV2/V3Config: a layer >= first_k_dense_replace is MoE when
+  /// `layer % moe_layer_freq == 0` (HF default 1).
+  std::optional<std::int64_t> moe_layer_freq;
+  /// Qwen2Moe/Qwen3MoeConfig: a layer is MoE when `(layer + 1) % decoder_sparse_step == 0`
+  /// (HF default 1) and it is not listed in mlp_only_layers.
+  std::optional<std::int64_t> decoder_sparse_step;
+  /// Qwen2Moe/Qwen3MoeConfig: layers that use the dense MLP (intermediate_size). Empty when
+  /// absent or null.
+  std::vector<std::int64_t> mlp_only_layers;
+  /// DeepSeek-V3: number of multi-token-prediction (MTP) modules stored after the main
+  /// layers, as layers num_hidden_layers .. num_hidden_layers + n - 1 (README_WEIGHTS.md of
+  /// deepseek-ai/DeepSeek-V3). Unset when absent.
+  std::optional<std::int64_t> num_nextn_predict_layers;
+
+  /// `quantization_config.quant_method` ("fp8", "awq", ...); "" when the config has no
+  /// quantization_config, "unknown" when it has one without quant_method. DescribeModel
+  /// describes "" and block-wise "fp8" and rejects the rest (kUnsupported). Clear this and
+  /// fp8_block_size to describe the unquantised (BF16) original of an FP8 checkpoint.
+  std::string quant_method;
+  /// `quantization_config.weight_block_size` ([block_out, block_in], e.g. [128, 128] for
+  /// DeepSeek-V3 / Kimi-K2 / Qwen3-*-FP8) when quant_method is "fp8": Linear weights are
+  /// stored as F8_E4M3 with an F32 `weight_scale_inv` of [ceil(out/block_out),
+  /// ceil(in/block_in)] per weight. Unset for per-tensor FP8 and unquantised models.
+  std::optional<std::array<std::int64_t, 2>> fp8_block_size;
 
   /// torch_dtype, or BF16 when the config does not say.
   DType dtype() const { return torch_dtype.value_or(DType::kBF16); }

@@ -1,15 +1,22 @@
 // ModelDescription: the list of a model's parameter tensors, derived from its ModelConfig,
-// each with the role it plays under tensor parallelism (TP).
+// each with the role it plays under tensor parallelism (TP) and expert parallelism (EP),
+// plus the fused parameters inference engines build from them.
 //
-// Names and shapes follow HF transformers' modeling code (LlamaForCausalLM,
-// MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM): nn.Linear weights are
-// [out_features, in_features]. Roles follow Megatron-LM / vLLM tensor parallelism:
-// column-parallel layers split their output features (dim 0), row-parallel layers their
-// input features (dim 1), vocabulary-parallel embeddings split the vocabulary (dim 0).
+// Names and shapes follow HF transformers' modeling code and the real checkpoints
+// (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM,
+// Qwen3MoeForCausalLM, MixtralForCausalLM, DeepseekV2/V3ForCausalLM; Kimi-K2 is a
+// DeepseekV3ForCausalLM): nn.Linear weights are [out_features, in_features]. Roles follow
+// Megatron-LM / vLLM tensor parallelism: column-parallel layers split their output
+// features (dim 0), row-parallel layers their input features (dim 1), vocabulary-parallel
+// embeddings split the vocabulary (dim 0). Routed experts carry their expert index (EP
+// places whole experts on ranks; within an expert the gate/up/down roles still apply).
 //
-// Families supported now: dense decoders with model_type llama, mistral, qwen2, qwen3.
-// Each family is one function in its own source file, registered in one table, so MoE /
-// MLA families are added by adding a file and a table entry.
+// Families supported: model_type llama, mistral, qwen2, qwen3 (dense), qwen3_moe,
+// mixtral (MoE), deepseek_v2, deepseek_v3, kimi_k2 (MLA + MoE, DeepSeek-V3 MTP layers).
+// FP8 block-quantised checkpoints (quantization_config quant_method "fp8" with
+// weight_block_size, as DeepSeek-V3, Kimi-K2 and Qwen3-*-FP8 ship) are described with
+// their F8_E4M3 weights and F32 `weight_scale_inv` tensors. Each family is one function in
+// its own source file, registered in one table (src/model/families.cc).
 //
 // Thread-safety: plain values and pure functions.
 #pragma once
@@ -27,10 +34,14 @@ namespace shardwire {
 
 /// How tensor parallelism splits a tensor.
 enum class ParallelRole {
-  kColumn,      ///< split on dim 0: q/k/v_proj, gate/up_proj weights and their biases
-  kRow,         ///< split on dim 1: o_proj, down_proj weights (their biases are kReplicated)
-  kVocab,       ///< split on dim 0 (vocabulary): embed_tokens, lm_head
-  kReplicated,  ///< every rank holds it whole: norms, q_norm/k_norm, row-parallel biases
+  /// split on dim 0: q/k/v_proj, gate/up_proj (also of experts), MLA q_proj / q_b_proj /
+  /// kv_b_proj weights, and their biases
+  kColumn,
+  kRow,    ///< split on dim 1: o_proj, down_proj weights (their biases are kReplicated)
+  kVocab,  ///< split on dim 0 (vocabulary): embed_tokens, lm_head, MTP shared_head.head
+  /// every rank holds it whole: norms, q_norm/k_norm, row-parallel biases, MoE routers,
+  /// MLA q_a_proj / kv_a_proj_with_mqa, MTP eh_proj
+  kReplicated,
 };
 
 /// "column", "row", "vocab" or "replicated".
@@ -41,37 +52,89 @@ int ShardDim(ParallelRole role);
 
 /// One parameter tensor of a model.
 struct ModelTensor {
-  TensorSpec spec;  ///< HF name, dtype (config.dtype()), global shape
+  /// HF name, dtype, global shape. The dtype is config.dtype(), except: FP8-quantised
+  /// Linear weights are F8_E4M3 and their scales F32; DeepSeek-V3's
+  /// `mlp.gate.e_score_correction_bias` is F32 (as in the real checkpoint).
+  TensorSpec spec;
   ParallelRole role = ParallelRole::kReplicated;  ///< how TP splits it
-  int layer = -1;  ///< decoder layer index, -1 for tensors outside the layers
+  /// Decoder layer index, -1 for tensors outside the layers. DeepSeek-V3's MTP modules are
+  /// layers num_hidden_layers, num_hidden_layers + 1, ... (the checkpoint's numbering).
+  int layer = -1;
+  /// Routed expert index (`...experts.{e}...`, the unit expert parallelism places), -1 for
+  /// everything else (attention, dense MLPs, routers, shared experts).
+  int expert = -1;
+  /// True for the tensors of DeepSeek's always-active `mlp.shared_experts` MLP (usually
+  /// held like a dense MLP: TP-split, replicated across EP ranks); false otherwise.
+  bool shared_expert = false;
+  /// For an FP8 block scale (`<module>.weight_scale_inv`, F32 [ceil(out/block_out),
+  /// ceil(in/block_in)]): the name of the weight it scales (`<module>.weight`); the scale
+  /// carries that weight's role, layer, expert and shared_expert. Empty otherwise.
+  std::string scale_of = {};
 
   /// Field-wise equality.
   bool operator==(const ModelTensor&) const = default;
+};
+
+/// A parameter that inference engines hold as the concatenation of several checkpoint
+/// tensors on dim 0, in `parts` order. Conventions follow vLLM's QKVParallelLinear
+/// (qkv_proj = [q_proj; k_proj; v_proj]), MergedColumnParallelLinear (gate_up_proj =
+/// [gate_proj; up_proj]; DeepSeek MLA's [q_a_proj; kv_a_proj_with_mqa]) and FusedMoE (per
+/// expert w13 = [gate_proj (w1); up_proj (w3)]); SGLang names the MLA fusion
+/// `fused_qkv_a_proj_with_mqa` (vLLM: `fused_qkv_a_proj`). Names are the HF module path
+/// with the fused module name:
+///  * `model.layers.{i}.self_attn.qkv_proj.{weight,bias}` (dense attention),
+///  * `model.layers.{i}.mlp.gate_up_proj.weight` (dense MLP; `.bias` with mlp_bias),
+///  * `model.layers.{i}.mlp.experts.{e}.gate_up_proj.weight` (Mixtral:
+///    `block_sparse_moe.experts.{e}.gate_up_proj.weight` = [w1; w3]),
+///  * `model.layers.{i}.mlp.shared_experts.gate_up_proj.weight`,
+///  * `model.layers.{i}.self_attn.fused_qkv_a_proj_with_mqa.weight` (MLA with q_lora_rank).
+/// FP8 checkpoints also get `...weight_scale_inv` entries fusing the parts' scales in the
+/// same order. The global concatenation is what a TP=1 engine holds; with TP > 1 each rank
+/// holds the concatenation of each part's own TP shard (vLLM loads every part through its
+/// shard_id), which is not a contiguous slice of the global concatenation.
+struct FusedParameter {
+  std::string name;                ///< e.g. model.layers.0.self_attn.qkv_proj.weight
+  std::vector<std::string> parts;  ///< HF tensor names concatenated on dim 0, in order
+
+  bool operator==(const FusedParameter&) const = default;
 };
 
 /// A model's config and its parameter tensors.
 struct ModelDescription {
   ModelConfig config;  ///< the config the tensors were derived from
   /// Deterministic order: embed_tokens, then each layer in order (input_layernorm,
-  /// q, k, v (each followed by its bias when present)[, q_norm, k_norm], o[, o bias],
-  /// post_attention_layernorm, gate, up, down (each followed by its bias when present)),
-  /// then the final norm, then lm_head (absent when tie_word_embeddings).
+  /// attention: q, k, v[, q_norm, k_norm], o (MLA: q_proj or q_a_proj, q_a_layernorm,
+  /// q_b_proj, then kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj),
+  /// post_attention_layernorm, MLP: gate, up, down (MoE: router gate[,
+  /// e_score_correction_bias], experts 0..n-1 each gate, up, down (Mixtral w1, w2, w3), then
+  /// shared_experts gate, up, down)), then the final norm, then lm_head (absent when
+  /// tie_word_embeddings), then DeepSeek-V3 MTP layers (embed_tokens, enorm, hnorm,
+  /// eh_proj, a decoder layer as above, shared_head.norm, shared_head.head). Every Linear
+  /// weight is followed by its weight_scale_inv (FP8) and then its bias, when present.
   std::vector<ModelTensor> tensors;
+  /// Fused parameters, per layer in layer order (see FusedParameter). Every part names a
+  /// tensor of `tensors`.
+  std::vector<FusedParameter> fused = {};
 
-  /// The tensor called `name`, or nullptr. Linear scan (O(number of tensors)).
+  /// The tensor called `name`, or nullptr. Linear scan (O(number of tensors), ~90k for
+  /// DeepSeek-V3): fine for a few look-ups; callers looking up many names should build
+  /// their own name -> index map once (there is no cached index, so `tensors` stays a
+  /// plain, freely editable vector).
   const ModelTensor* Find(std::string_view name) const;
 
   /// Sum of spec.nbytes() over all tensors (bytes).
   std::uint64_t total_bytes() const;
 
-  /// Sum of spec.numel() over all tensors (parameter count).
+  /// Sum of spec.numel() over all tensors (elements, FP8 scale tensors included).
   std::uint64_t total_params() const;
 };
 
-/// Builds the tensor list for `config`, every tensor of dtype config.dtype().
-/// Errors: kUnsupported naming the model_type when no family handles it (MoE and MLA
-/// families such as qwen3_moe, mixtral, deepseek_v3 come later); kInvalidArgument when
-/// sizes are not positive.
+/// Builds the tensor list and fused parameters for `config` (dtypes as in ModelTensor::spec).
+/// Runs in time linear in the number of tensors (DeepSeek-V3: ~92k tensors in tens of ms).
+/// Errors: kUnsupported naming the model_type when no family handles it, or naming the
+/// quant_method when it is neither "" nor block-wise "fp8"; kInvalidArgument when sizes
+/// are not positive or a field the family needs is missing (e.g. moe_intermediate_size,
+/// kv_lora_rank).
 Result<ModelDescription> DescribeModel(const ModelConfig& config);
 
 /// The same model with `num_layers` decoder layers (e.g. Llama-3.1-8B's shapes with 4

@@ -71,6 +71,54 @@ class ConfigReader {
     return std::optional<std::string>(v->get<std::string>());
   }
 
+  // An array of non-negative integers (empty when absent or null).
+  Result<std::vector<std::int64_t>> IntList(std::string_view key) const {
+    std::string_view found;
+    const json* v = Find({key}, &found);
+    std::vector<std::int64_t> out;
+    if (v == nullptr) return out;
+    if (!v->is_array()) return Error(key, fmt::format("{} is not an array", v->dump()));
+    for (const json& e : *v) {
+      if (!e.is_number_integer() || e.get<std::int64_t>() < 0) {
+        return Error(key, fmt::format("entry {} is not a non-negative integer", e.dump()));
+      }
+      out.push_back(e.get<std::int64_t>());
+    }
+    return out;
+  }
+
+  // quantization_config: quant_method and, for "fp8", weight_block_size.
+  Status Quantization(ModelConfig* c) const {
+    std::string_view key;
+    const json* q = Find({"quantization_config"}, &key);
+    if (q == nullptr) return Status::Ok();
+    if (!q->is_object()) return Error(key, "is not an object");
+    const auto method = q->find("quant_method");
+    if (method == q->end() || method->is_null()) {
+      c->quant_method = "unknown";
+    } else if (!method->is_string()) {
+      return Error("quantization_config.quant_method", fmt::format("{} is not a string", method->dump()));
+    } else {
+      c->quant_method = method->get<std::string>();
+    }
+    const auto block = q->find("weight_block_size");
+    if (c->quant_method != "fp8" || block == q->end() || block->is_null()) return Status::Ok();
+    const std::string_view bkey = "quantization_config.weight_block_size";
+    if (!block->is_array() || block->size() != 2) {
+      return Error(bkey, fmt::format("{} is not an array of 2 integers", block->dump()));
+    }
+    std::array<std::int64_t, 2> size{};
+    for (std::size_t i = 0; i < 2; ++i) {
+      const json& e = (*block)[i];
+      if (!e.is_number_integer() || e.get<std::int64_t>() <= 0) {
+        return Error(bkey, fmt::format("entry {} is not a positive integer", e.dump()));
+      }
+      size[i] = e.get<std::int64_t>();
+    }
+    c->fp8_block_size = size;
+    return Status::Ok();
+  }
+
   Result<std::string> Architecture() const {
     std::string_view key;
     const json* v = Find({"architectures"}, &key);
@@ -162,7 +210,11 @@ Status Parse(const ConfigReader& r, ModelConfig* c) {
   SW_ASSIGN_OR_RETURN(c->qk_nope_head_dim, r.OptionalInt({"qk_nope_head_dim"}));
   SW_ASSIGN_OR_RETURN(c->qk_rope_head_dim, r.OptionalInt({"qk_rope_head_dim"}));
   SW_ASSIGN_OR_RETURN(c->v_head_dim, r.OptionalInt({"v_head_dim"}));
-  return Status::Ok();
+  SW_ASSIGN_OR_RETURN(c->moe_layer_freq, r.OptionalInt({"moe_layer_freq"}));
+  SW_ASSIGN_OR_RETURN(c->decoder_sparse_step, r.OptionalInt({"decoder_sparse_step"}));
+  SW_ASSIGN_OR_RETURN(c->mlp_only_layers, r.IntList("mlp_only_layers"));
+  SW_ASSIGN_OR_RETURN(c->num_nextn_predict_layers, r.OptionalInt({"num_nextn_predict_layers"}));
+  return r.Quantization(c);
 }
 
 }  // namespace

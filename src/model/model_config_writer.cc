@@ -58,6 +58,19 @@ Status WriteModelConfig(const ModelConfig& c, const std::string& path) {
   put("qk_nope_head_dim", c.qk_nope_head_dim);
   put("qk_rope_head_dim", c.qk_rope_head_dim);
   put("v_head_dim", c.v_head_dim);
+  put("moe_layer_freq", c.moe_layer_freq);
+  put("decoder_sparse_step", c.decoder_sparse_step);
+  if (!c.mlp_only_layers.empty()) j["mlp_only_layers"] = c.mlp_only_layers;
+  put("num_nextn_predict_layers", c.num_nextn_predict_layers);
+  if (!c.quant_method.empty()) {
+    nlohmann::ordered_json q;
+    if (c.quant_method != "unknown") q["quant_method"] = c.quant_method;
+    if (c.fp8_block_size.has_value()) {
+      q["fmt"] = "e4m3";  // the only FP8 format DescribeModel describes
+      q["weight_block_size"] = {(*c.fp8_block_size)[0], (*c.fp8_block_size)[1]};
+    }
+    j["quantization_config"] = q;
+  }
 
   const std::string text = j.dump(2) + "\n";
   SW_ASSIGN_OR_RETURN(internal::AtomicFile file, internal::AtomicFile::Create(path));

@@ -60,10 +60,19 @@ Result<ModelDescription> DescribeModel(const ModelConfig& config) {
                                          config.model_type, key, value));
     }
   }
+  if (!config.quant_method.empty() &&
+      (config.quant_method != "fp8" || !config.fp8_block_size.has_value())) {
+    return Unsupported(fmt::format(
+        "model config {}: quantization_config quant_method \"{}\"{} is not supported; "
+        "supported: FP8 with weight_block_size (DeepSeek-V3 style)",
+        config.model_type, config.quant_method,
+        config.quant_method == "fp8" ? " without weight_block_size (per-tensor scales)" : ""));
+  }
   for (const auto& family : internal::Families()) {
     if (family.model_type == config.model_type) {
-      SW_ASSIGN_OR_RETURN(auto tensors, family.describe(config));
-      return ModelDescription{config, std::move(tensors)};
+      internal::ModelBuilder builder(config.dtype(), config.fp8_block_size);
+      SW_RETURN_IF_ERROR(family.describe(config, &builder));
+      return ModelDescription{config, builder.TakeTensors(), builder.TakeFused()};
     }
   }
   std::string known;
