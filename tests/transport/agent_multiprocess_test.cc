@@ -1,0 +1,294 @@
+// Real processes, real UCX: the test process forks a child, each side creates
+// its own Agent after the fork, and metadata blobs travel over a socketpair.
+// Children report through their exit code (0 = verified) and never touch gtest.
+// Every wait has a timeout; children are reaped with WaitPidFor.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "shardwire/agent.h"
+#include "transport/transport_test_util.h"
+
+namespace shardwire {
+namespace {
+
+using testing::FillPattern;
+using testing::FirstMismatch;
+using testing::PatternByte;
+using testing::RecvFrame;
+using testing::SendFrame;
+using testing::WaitPidFor;
+
+constexpr std::size_t kSize = 64u << 20;  // 64 MiB
+constexpr double kStepTimeoutS = 60;
+
+enum class Mem { kArena, kRegistered };
+
+struct Params {
+  Mem mem;
+  PeerFailureDetection detection;
+};
+
+std::string ParamName(const Params& p) {
+  return std::string(p.mem == Mem::kArena ? "arena" : "registered") +
+         (p.detection == PeerFailureDetection::kAuto ? "_auto" : "_ucxpeer");
+}
+
+std::vector<std::byte> Bytes(std::string_view s) {
+  std::vector<std::byte> b(s.size());
+  std::memcpy(b.data(), s.data(), s.size());
+  return b;
+}
+
+std::string Str(const std::vector<std::byte>& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
+
+// Several descriptors of uneven sizes that together cover the whole target
+// region exactly once; target ranges are a rotation of source ranges, so
+// offsets differ on both sides.
+std::vector<TransferDescriptor> CoveringDescs(RegionId local, RegionId remote) {
+  const std::uint64_t cuts[] = {0, 1, 4096, 5u << 20, (5u << 20) + 12345, 31u << 20, 50u << 20, kSize};
+  std::vector<TransferDescriptor> out;
+  const std::uint64_t shift = 3u << 20;
+  for (std::size_t i = 0; i + 1 < std::size(cuts); ++i) {
+    const std::uint64_t len = cuts[i + 1] - cuts[i];
+    // Source range: the same interval, rotated by `shift` (wrapping ranges split).
+    std::uint64_t src = (cuts[i] + shift) % kSize;
+    std::uint64_t done = 0;
+    while (done < len) {
+      const std::uint64_t piece = std::min(len - done, kSize - src);
+      out.push_back({local, src, remote, cuts[i] + done, piece});
+      done += piece;
+      src = (src + piece) % kSize;
+    }
+  }
+  return out;
+}
+
+// Child side checks: every descriptor's target range holds the pattern of its
+// source range.
+bool VerifyCovering(std::span<const std::byte> target, const std::vector<TransferDescriptor>& descs, std::uint64_t seed) {
+  for (std::size_t i = 0; i < descs.size(); ++i) {
+    const auto& d = descs[i];
+    auto mm = FirstMismatch(target.subspan(d.remote_offset, d.length), seed, d.local_offset);
+    if (mm) {
+      std::fprintf(stderr, "child: descriptor %zu differs at byte %zu\n", i, *mm);
+      return false;
+    }
+  }
+  return true;
+}
+
+Result<RegionId> MakeRegion(Agent& a, Mem mem, std::vector<std::byte>& owned) {
+  if (mem == Mem::kArena) return a.AllocateArena(kSize);
+  owned.resize(kSize);
+  return a.RegisterMemory(owned.data(), owned.size());
+}
+
+// Exchanges blobs: sends ours, imports theirs. Returns the peer name or "".
+std::string Handshake(Agent& a, int fd) {
+  auto mine = a.ExportMetadata();
+  if (!mine.ok() || !SendFrame(fd, *mine)) return "";
+  auto theirs = RecvFrame(fd, kStepTimeoutS);
+  if (!theirs) return "";
+  auto name = a.ImportMetadata(*theirs);
+  if (!name.ok()) {
+    std::fprintf(stderr, "%s: ImportMetadata: %s\n", a.name().c_str(), name.status().ToString().c_str());
+    return "";
+  }
+  return *name;
+}
+
+constexpr int kSteps = 2;
+
+// Target process: receives kSteps posts of one prepared WRITE, verifying every
+// byte after each notification and acknowledging it.
+int TargetChild(int fd, Params p) {
+  auto agent = Agent::Create({.name = "child", .failure_detection = p.detection});
+  if (!agent.ok()) return 10;
+  Agent& a = **agent;
+  std::vector<std::byte> owned;
+  auto region = MakeRegion(a, p.mem, owned);
+  if (!region.ok()) return 11;
+  std::fill(a.RegionBytes(*region).begin(), a.RegionBytes(*region).end(), std::byte{0xEE});
+  if (Handshake(a, fd) != "parent") return 12;
+  auto peer_region = RecvFrame(fd, kStepTimeoutS);  // parent's source region id
+  if (!peer_region || peer_region->size() != sizeof(RegionId)) return 13;
+  RegionId src = 0;
+  std::memcpy(&src, peer_region->data(), sizeof(src));
+  const auto descs = CoveringDescs(src, *region);
+  for (int step = 1; step <= kSteps; ++step) {
+    auto n = a.WaitNotification(kStepTimeoutS);
+    if (!n.ok()) {
+      std::fprintf(stderr, "child: WaitNotification: %s\n", n.status().ToString().c_str());
+      return 14;
+    }
+    if (n->peer != "parent" || Str(n->payload) != "step") return 15;
+    if (!VerifyCovering(a.RegionBytes(*region), descs, 1000 + static_cast<std::uint64_t>(step))) return 2;
+    if (!a.SendMessage("parent", Bytes("ack " + std::to_string(step))).ok()) return 16;
+  }
+  // Let the last ack leave before the agent is destroyed (it is an eager
+  // message; a short progress window suffices).
+  (void)a.WaitNotification(0.2);
+  return 0;
+}
+
+pid_t ForkChild(int fds[2], const std::function<int(int)>& child) {
+  if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return -1;
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    int code = 99;
+    code = child(fds[1]);
+    ::_exit(code);
+  }
+  ::close(fds[1]);
+  return pid;
+}
+
+void PrintTo(const Params& p, std::ostream* os) { *os << ParamName(p); }
+
+class MultiProcess : public ::testing::TestWithParam<Params> {};
+
+TEST_P(MultiProcess, Write64MiBInSeveralDescriptorsWithNotification) {
+  const Params p = GetParam();
+  int fds[2];
+  const pid_t pid = ForkChild(fds, [p](int fd) { return TargetChild(fd, p); });
+  ASSERT_GT(pid, 0);
+  const int fd = fds[0];
+
+  auto agent = Agent::Create({.name = "parent", .failure_detection = p.detection});
+  ASSERT_TRUE(agent.ok()) << agent.status().ToString();
+  Agent& a = **agent;
+  std::vector<std::byte> owned;
+  auto region = MakeRegion(a, p.mem, owned);
+  ASSERT_TRUE(region.ok()) << region.status().ToString();
+  ASSERT_EQ(Handshake(a, fd), "child");
+  RegionId src = *region;
+  ASSERT_TRUE(SendFrame(fd, std::span<const std::byte>(reinterpret_cast<const std::byte*>(&src), sizeof(src))));
+
+  // The child's region id is its first (and only) region: 1.
+  const RegionId child_region = 1;
+  const auto descs = CoveringDescs(src, child_region);
+  ASSERT_GE(descs.size(), 7u);
+  // Prepared once, posted every step (the RL-sync pattern).
+  auto h = a.PrepareTransfer(TransferOp::kWrite, "child", descs, Bytes("step"));
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  for (int step = 1; step <= kSteps; ++step) {
+    FillPattern(a.RegionBytes(src), 1000 + static_cast<std::uint64_t>(step));
+    ASSERT_TRUE(a.Post(*h).ok());
+    Status s = a.Wait(*h, kStepTimeoutS);
+    ASSERT_TRUE(s.ok()) << "step " << step << ": " << s.ToString();
+    auto ack = a.WaitNotification(kStepTimeoutS);
+    ASSERT_TRUE(ack.ok()) << ack.status().ToString();
+    EXPECT_EQ(ack->peer, "child");
+    EXPECT_EQ(Str(ack->payload), "ack " + std::to_string(step));
+  }
+  EXPECT_TRUE(a.Release(*h).ok());
+  auto status = WaitPidFor(pid, kStepTimeoutS);
+  ::close(fd);
+  ASSERT_TRUE(status.has_value()) << "child did not exit in time";
+  ASSERT_TRUE(WIFEXITED(*status)) << "child died with signal " << WTERMSIG(*status);
+  EXPECT_EQ(WEXITSTATUS(*status), 0) << "child reported failure (2 = byte mismatch)";
+}
+
+// The target is SIGKILLed while the initiator waits on a WRITE that cannot
+// complete without it (caller-registered memory: emulated puts need the target
+// to progress, and the child never does). Wait must return, with
+// kPeerDisconnected or kTimedOut, never hang.
+TEST_P(MultiProcess, InitiatorWaitReturnsWhenTargetIsKilled) {
+  const Params p = GetParam();
+  int fds[2];
+  const pid_t pid = ForkChild(fds, [p](int fd) {
+    auto agent = Agent::Create({.name = "child", .failure_detection = p.detection});
+    if (!agent.ok()) return 10;
+    std::vector<std::byte> owned;
+    auto region = MakeRegion(**agent, Mem::kRegistered, owned);
+    if (!region.ok() || Handshake(**agent, fd) != "parent") return 11;
+    for (;;) ::pause();  // never progresses; killed by the parent
+  });
+  ASSERT_GT(pid, 0);
+  const int fd = fds[0];
+  auto agent = Agent::Create({.name = "parent", .failure_detection = p.detection});
+  ASSERT_TRUE(agent.ok());
+  Agent& a = **agent;
+  std::vector<std::byte> owned;
+  auto region = MakeRegion(a, p.mem, owned);
+  ASSERT_TRUE(region.ok());
+  ASSERT_EQ(Handshake(a, fd), "child");
+  auto h = a.PrepareTransfer(TransferOp::kWrite, "child", {{*region, 0, 1, 0, kSize}}, Bytes("never"));
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  ASSERT_TRUE(a.Post(*h).ok());
+  std::thread killer([pid] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ::kill(pid, SIGKILL);
+  });
+  Status s = a.Wait(*h, 20);
+  killer.join();
+  EXPECT_TRUE(s.code() == ErrorCode::kPeerDisconnected || s.code() == ErrorCode::kTimedOut) << s.ToString();
+  std::printf("[ info     ] Wait after SIGKILL of the target: %s\n", s.ToString().c_str());
+  if (s.code() == ErrorCode::kPeerDisconnected) {
+    // The failed peer's endpoint is force-closed, its requests cancelled: the
+    // handle can be released and the peer's failure is visible.
+    bool released = false;
+    for (int i = 0; i < 200 && !released; ++i) {
+      a.Progress();
+      released = a.Release(*h).ok();
+      if (!released) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_TRUE(released);
+    EXPECT_EQ(a.FailedPeers(), std::vector<std::string>{"child"});
+    EXPECT_EQ(a.Post(*h).code(), released ? ErrorCode::kNotFound : ErrorCode::kPeerDisconnected);
+  }
+  EXPECT_TRUE(a.InvalidatePeer("child").ok());
+  auto status = WaitPidFor(pid, 10);
+  ::close(fd);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(WIFSIGNALED(*status));
+}
+
+// The initiator is SIGKILLed while the target waits for its notification:
+// WaitNotification must return kPeerDisconnected or kTimedOut.
+TEST_P(MultiProcess, TargetWaitNotificationReturnsWhenInitiatorIsKilled) {
+  const Params p = GetParam();
+  int fds[2];
+  const pid_t pid = ForkChild(fds, [p](int fd) {
+    auto agent = Agent::Create({.name = "child", .failure_detection = p.detection});
+    if (!agent.ok()) return 10;
+    if (Handshake(**agent, fd) != "parent") return 11;
+    for (;;) ::pause();
+  });
+  ASSERT_GT(pid, 0);
+  const int fd = fds[0];
+  auto agent = Agent::Create({.name = "parent", .failure_detection = p.detection});
+  ASSERT_TRUE(agent.ok());
+  Agent& a = **agent;
+  std::vector<std::byte> owned;
+  ASSERT_TRUE(MakeRegion(a, p.mem, owned).ok());
+  ASSERT_EQ(Handshake(a, fd), "child");
+  std::thread killer([pid] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ::kill(pid, SIGKILL);
+  });
+  auto n = a.WaitNotification(20);
+  killer.join();
+  ASSERT_FALSE(n.ok());
+  EXPECT_TRUE(n.status().code() == ErrorCode::kPeerDisconnected || n.status().code() == ErrorCode::kTimedOut)
+      << n.status().ToString();
+  std::printf("[ info     ] WaitNotification after SIGKILL of the initiator: %s\n", n.status().ToString().c_str());
+  auto status = WaitPidFor(pid, 10);
+  ::close(fd);
+  ASSERT_TRUE(status.has_value());
+}
+
+INSTANTIATE_TEST_SUITE_P(Transport, MultiProcess,
+                         ::testing::Values(Params{Mem::kArena, PeerFailureDetection::kAuto},
+                                           Params{Mem::kRegistered, PeerFailureDetection::kAuto},
+                                           Params{Mem::kRegistered, PeerFailureDetection::kUcxPeer}),
+                         [](const auto& i) { return ParamName(i.param); });
+
+}  // namespace
+}  // namespace shardwire

@@ -1,0 +1,170 @@
+#include "shardwire/metadata_blob.h"
+
+#include <gtest/gtest.h>
+#include <xxhash.h>
+
+#include <string>
+
+namespace shardwire {
+namespace {
+
+AgentMetadata Sample(int regions = 3) {
+  AgentMetadata m;
+  m.name = "trainer-rank-0";
+  for (int i = 0; i < 40; ++i) m.worker_address.push_back(static_cast<std::byte>(i * 7));
+  m.process = {"0f1e2d3c-boot/pid:[4026531836]", 4242, 987654321};
+  for (int r = 0; r < regions; ++r) {
+    RegionRecord rec;
+    rec.id = static_cast<RegionId>(r + 1);
+    rec.base = 0x7f0000000000ull + static_cast<std::uint64_t>(r) * 0x100000;
+    rec.length = 4096u * static_cast<std::uint64_t>(r + 1);
+    for (int k = 0; k < 20 + r; ++k) rec.packed_rkey.push_back(static_cast<std::byte>(k + r));
+    m.regions.push_back(rec);
+  }
+  return m;
+}
+
+void PutLe(std::vector<std::byte>& b, std::size_t at, std::uint64_t v, int n) {
+  for (int i = 0; i < n; ++i) b[at + static_cast<std::size_t>(i)] = static_cast<std::byte>((v >> (8 * i)) & 0xFF);
+}
+
+// Recomputes the trailing checksum so a deliberate body edit reaches the
+// body-level checks.
+void Reseal(std::vector<std::byte>& b) {
+  const std::size_t summed = b.size() - kMetadataChecksumSize;
+  PutLe(b, summed, XXH64(b.data(), summed, 0), 8);
+}
+
+void ExpectCorrupt(const std::vector<std::byte>& blob, const std::string& needle) {
+  auto r = DecodeAgentMetadata(blob);
+  ASSERT_FALSE(r.ok()) << "expected failure mentioning '" << needle << "'";
+  EXPECT_EQ(r.status().code(), ErrorCode::kCorruptData) << r.status().ToString();
+  EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status().ToString();
+}
+
+// Body offsets for Sample(): name length field at 16, name at 20.
+constexpr std::size_t kNameLenAt = kMetadataHeaderSize;
+std::size_t HostLenAt(const AgentMetadata& m) { return kNameLenAt + 4 + m.name.size() + 4 + m.worker_address.size(); }
+std::size_t CountAt(const AgentMetadata& m) { return HostLenAt(m) + 4 + m.process.host.size() + 4 + 8; }
+
+TEST(MetadataBlob, RoundTrips) {
+  const AgentMetadata m = Sample();
+  const auto blob = EncodeAgentMetadata(m);
+  auto r = DecodeAgentMetadata(blob);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, m);
+}
+
+TEST(MetadataBlob, RoundTripsWithNoRegions) {
+  const AgentMetadata m = Sample(0);
+  auto r = DecodeAgentMetadata(EncodeAgentMetadata(m));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, m);
+}
+
+TEST(MetadataBlob, SizeGrowsLinearlyWithRegions) {
+  AgentMetadata m = Sample(0);
+  const std::size_t empty = EncodeAgentMetadata(m).size();
+  RegionRecord rec{1, 0x1000, 4096, std::vector<std::byte>(32)};
+  for (int i = 0; i < 100; ++i) {
+    rec.id = static_cast<RegionId>(i + 1);
+    m.regions.push_back(rec);
+  }
+  EXPECT_EQ(EncodeAgentMetadata(m).size(), empty + 100 * (24 + 32));
+}
+
+TEST(MetadataBlob, TruncatedBelowHeader) {
+  auto blob = EncodeAgentMetadata(Sample());
+  blob.resize(kMetadataHeaderSize + kMetadataChecksumSize - 1);
+  ExpectCorrupt(blob, "truncated");
+  ExpectCorrupt({}, "truncated");
+}
+
+TEST(MetadataBlob, TruncatedBody) {
+  auto blob = EncodeAgentMetadata(Sample());
+  blob.resize(blob.size() - 5);
+  ExpectCorrupt(blob, "truncated");
+}
+
+TEST(MetadataBlob, TrailingBytes) {
+  auto blob = EncodeAgentMetadata(Sample());
+  blob.push_back(std::byte{0});
+  ExpectCorrupt(blob, "trailing bytes");
+}
+
+TEST(MetadataBlob, BadMagic) {
+  auto blob = EncodeAgentMetadata(Sample());
+  blob[0] = std::byte{'X'};
+  ExpectCorrupt(blob, "bad magic");
+}
+
+TEST(MetadataBlob, WrongVersion) {
+  auto blob = EncodeAgentMetadata(Sample());
+  PutLe(blob, 4, kMetadataVersion + 1, 2);
+  ExpectCorrupt(blob, "unsupported version");
+}
+
+TEST(MetadataBlob, BadChecksum) {
+  auto blob = EncodeAgentMetadata(Sample());
+  blob[kNameLenAt + 6] ^= std::byte{0x01};  // a byte of the name
+  ExpectCorrupt(blob, "checksum mismatch");
+  auto blob2 = EncodeAgentMetadata(Sample());
+  blob2.back() ^= std::byte{0x80};  // the checksum itself
+  ExpectCorrupt(blob2, "checksum mismatch");
+}
+
+TEST(MetadataBlob, NameLengthOverrunsBuffer) {
+  auto blob = EncodeAgentMetadata(Sample());
+  PutLe(blob, kNameLenAt, 0xFFFFFF, 4);
+  Reseal(blob);
+  ExpectCorrupt(blob, "name length 16777215 overruns");
+}
+
+TEST(MetadataBlob, AddressLengthOverrunsBuffer) {
+  const AgentMetadata m = Sample();
+  auto blob = EncodeAgentMetadata(m);
+  PutLe(blob, kNameLenAt + 4 + m.name.size(), 1u << 30, 4);
+  Reseal(blob);
+  ExpectCorrupt(blob, "worker address length");
+}
+
+TEST(MetadataBlob, HostLengthOverrunsBuffer) {
+  const AgentMetadata m = Sample();
+  auto blob = EncodeAgentMetadata(m);
+  PutLe(blob, HostLenAt(m), 5000, 4);
+  Reseal(blob);
+  ExpectCorrupt(blob, "host length 5000 overruns");
+}
+
+TEST(MetadataBlob, RegionCountOverrunsBuffer) {
+  const AgentMetadata m = Sample();
+  auto blob = EncodeAgentMetadata(m);
+  const std::size_t count_at = CountAt(m);
+  PutLe(blob, count_at, 1000000, 4);
+  Reseal(blob);
+  ExpectCorrupt(blob, "region count 1000000 overruns");
+}
+
+TEST(MetadataBlob, RkeyLengthOverrunsBuffer) {
+  const AgentMetadata m = Sample();
+  auto blob = EncodeAgentMetadata(m);
+  const std::size_t first_region = CountAt(m) + 4;
+  PutLe(blob, first_region + 20, 999999, 4);  // rkey_length of region 1
+  Reseal(blob);
+  ExpectCorrupt(blob, "rkey length 999999 overruns");
+}
+
+TEST(MetadataBlob, DuplicateRegionId) {
+  AgentMetadata m = Sample();
+  m.regions[2].id = m.regions[0].id;
+  ExpectCorrupt(EncodeAgentMetadata(m), "duplicate region id");
+}
+
+TEST(MetadataBlob, EmptyName) {
+  AgentMetadata m = Sample();
+  m.name.clear();
+  ExpectCorrupt(EncodeAgentMetadata(m), "empty agent name");
+}
+
+}  // namespace
+}  // namespace shardwire
