@@ -41,7 +41,7 @@ Status FillSyntheticTensor(const TensorSpec& spec, std::uint64_t seed, std::uint
 
 /// Writes `description`'s tensors (possibly with num_layers_override layers) to the
 /// safetensors file `path`, in description order, streaming (memory use is one chunk, not
-/// the file), atomically (via path + ".tmp"). The header's `__metadata__` records
+/// the file), atomically (via path + ".tmp.<pid>"). The header's `__metadata__` records
 /// {"format": "pt", "generator": "shardwire", "seed": "<seed>"}.
 /// Errors: those of WithLayers and WriteSafetensorsStreaming (kIoError naming the path).
 Status GenerateCheckpoint(const ModelDescription& description, const std::string& path,

@@ -106,7 +106,7 @@ Result<ModelConfig> LoadModelConfig(const std::string& path);
 /// Writes `config` as an HF-style config.json (canonical key names, `architectures` when
 /// architecture is set, torch_dtype when set, optional fields only when set) so that a
 /// generated checkpoint directory describes itself; LoadModelConfig reads back an equal
-/// ModelConfig. Written to `path + ".tmp"` then renamed. kIoError naming the path on
+/// ModelConfig. Written to `path + ".tmp.<pid>"` then renamed. kIoError naming the path on
 /// failure; kInvalidArgument if torch_dtype is not BF16/F16/F32/F64.
 Status WriteModelConfig(const ModelConfig& config, const std::string& path);
 

@@ -110,7 +110,7 @@ class SafetensorsFile {
 /// Writes `tensors` (in the given order, data contiguous, no holes) to a safetensors file
 /// at `path`. The header is padded with spaces to a multiple of 8 bytes, as the reference
 /// writers do, so the data section starts 8-byte aligned. `metadata` becomes
-/// `__metadata__` (omitted when empty). The bytes go to `path + ".tmp"`, which is fsync'ed
+/// `__metadata__` (omitted when empty). The bytes go to `path + ".tmp.<pid>"`, which is fsync'ed
 /// and renamed over `path`, so readers never see a partial file.
 /// Errors: kInvalidArgument for an empty or duplicate name, the name "__metadata__", a
 /// negative dim, or data.size() != spec.nbytes() (names the tensor); kIoError naming the

@@ -20,8 +20,13 @@ Status Errno(std::string_view what, const std::string& path, int err) {
 
 }  // namespace
 
+std::string AtomicFile::TempPath(const std::string& path) {
+  // Per-process name: two processes writing the same file never share a temporary.
+  return fmt::format("{}.tmp.{}", path, ::getpid());
+}
+
 Result<AtomicFile> AtomicFile::Create(const std::string& path) {
-  const std::string tmp = path + ".tmp";
+  const std::string tmp = TempPath(path);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return Errno("cannot create", tmp, errno);
   return AtomicFile(path, fd);
@@ -33,7 +38,7 @@ AtomicFile::AtomicFile(AtomicFile&& other) noexcept
 
 AtomicFile::~AtomicFile() {
   if (fd_ >= 0) ::close(fd_);
-  if (!committed_ && !path_.empty()) ::unlink((path_ + ".tmp").c_str());
+  if (!committed_ && !path_.empty()) ::unlink(TempPath(path_).c_str());
 }
 
 Status AtomicFile::Write(std::span<const std::byte> bytes) {
@@ -42,7 +47,7 @@ Status AtomicFile::Write(std::span<const std::byte> bytes) {
     const ssize_t n = ::write(fd_, bytes.data(), bytes.size());
     if (n < 0) {
       if (errno == EINTR) continue;
-      return Errno("cannot write", path_ + ".tmp", errno);
+      return Errno("cannot write", TempPath(path_), errno);
     }
     bytes = bytes.subspan(static_cast<std::size_t>(n));
   }
@@ -51,7 +56,7 @@ Status AtomicFile::Write(std::span<const std::byte> bytes) {
 
 Status AtomicFile::Commit() {
   if (fd_ < 0) return Internal("commit of a closed AtomicFile " + path_);
-  const std::string tmp = path_ + ".tmp";
+  const std::string tmp = TempPath(path_);
   if (::fsync(fd_) != 0) return Errno("cannot fsync", tmp, errno);
   const int fd = std::exchange(fd_, -1);
   if (::close(fd) != 0) return Errno("cannot close", tmp, errno);

@@ -1,5 +1,5 @@
 // Internal: write a file so that readers see either the old file or the complete new one.
-// Bytes go to `<path>.tmp`; Commit() fsyncs, closes and renames it over `path`. An
+// Bytes go to `<path>.tmp.<pid>`; Commit() fsyncs, closes and renames it over `path`. An
 // uncommitted AtomicFile removes its .tmp file when destroyed.
 #pragma once
 
@@ -13,7 +13,7 @@ namespace shardwire::internal {
 
 class AtomicFile {
  public:
-  /// Creates (truncates) `path + ".tmp"`. kIoError naming it on failure.
+  /// Creates (truncates) TempPath(path). kIoError naming it on failure.
   static Result<AtomicFile> Create(const std::string& path);
 
   AtomicFile(AtomicFile&& other) noexcept;
@@ -28,6 +28,9 @@ class AtomicFile {
   Status Commit();
 
  private:
+  /// `<path>.tmp.<pid>`: where the bytes go until Commit.
+  static std::string TempPath(const std::string& path);
+
   AtomicFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
   std::string path_;
   int fd_ = -1;

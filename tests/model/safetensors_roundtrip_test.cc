@@ -1,5 +1,6 @@
 // WriteSafetensors / WriteSafetensorsStreaming, read back by SafetensorsFile and by the
 // independent Python oracle.
+#include <unistd.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -45,7 +46,7 @@ TEST(SafetensorsRoundTrip, WriteThenRead) {
   };
   const std::string path = dir.File("rt.safetensors");
   ASSERT_TRUE(WriteSafetensors(path, tensors, {{"format", "pt"}, {"step", "7"}}).ok());
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp." + std::to_string(getpid())));
   EXPECT_EQ(LeadingU64(path) % 8, 0u);  // header padded to a multiple of 8
 
   auto file = SafetensorsFile::Open(path);
@@ -102,7 +103,7 @@ TEST(SafetensorsRoundTrip, WriterRejectsBadInput) {
   Status reserved = WriteSafetensors(path, {{{"__metadata__", DType::kF32, {1}}, four}});
   EXPECT_EQ(reserved.code(), ErrorCode::kInvalidArgument);
   EXPECT_FALSE(std::filesystem::exists(path));
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp." + std::to_string(getpid())));
 
   const std::string unwritable = dir.File("no/such/dir/x.safetensors");
   Status io = WriteSafetensors(unwritable, {{{"a", DType::kF32, {1}}, four}});
@@ -168,7 +169,7 @@ TEST(SafetensorsRoundTrip, StreamingWriterErrors) {
   EXPECT_MESSAGE_HAS(s, "source gone");
   EXPECT_MESSAGE_HAS(s, "\"t\"");
   EXPECT_FALSE(std::filesystem::exists(path));
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp." + std::to_string(getpid())));
 }
 
 }  // namespace

@@ -1,0 +1,60 @@
+// ChildProcesses: the worker processes a demo starts, owned RAII-style.
+//
+// Children re-execute this binary (/proc/self/exe) with the given arguments, die with
+// the parent (PR_SET_PDEATHSIG), and are terminated (SIGTERM, then SIGKILL after a
+// grace period) and reaped by the destructor or KillAll, so no failure path leaves
+// orphans. SIGINT/SIGTERM sent to the parent are caught and reported through
+// InterruptRequested() so the caller can clean up and exit.
+//
+// Thread-safety: one owning thread.
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shardwire/status.h"
+
+namespace shardwire::demo {
+
+struct ChildExit {
+  std::string label;
+  int exit_code = 0;      ///< valid when signal == 0
+  int signal = 0;         ///< the signal that killed it, or 0
+  bool ok() const { return signal == 0 && exit_code == 0; }
+  std::string Describe() const;
+};
+
+class ChildProcesses {
+ public:
+  ChildProcesses();
+  ~ChildProcesses();
+  ChildProcesses(const ChildProcesses&) = delete;
+  ChildProcesses& operator=(const ChildProcesses&) = delete;
+
+  /// Starts this binary with `args` (argv[1..]). `label` names it in messages.
+  Status Spawn(const std::string& label, const std::vector<std::string>& args);
+
+  /// Reaps every child that has exited, without blocking.
+  std::vector<ChildExit> ReapExited();
+
+  /// Waits up to timeout_s for all children to exit; returns the exits seen.
+  /// kTimedOut (naming the children still running) when some did not exit.
+  Result<std::vector<ChildExit>> WaitAll(double timeout_s);
+
+  /// SIGTERM to every running child, SIGKILL after `grace_s`, then reaps them all.
+  void KillAll(double grace_s = 2.0);
+
+  std::size_t running() const { return running_.size(); }
+
+  /// True once SIGINT or SIGTERM reached this process (after construction).
+  static bool InterruptRequested();
+
+ private:
+  std::map<pid_t, std::string> running_;
+};
+
+}  // namespace shardwire::demo

@@ -1,0 +1,96 @@
+#include "cli/demo_checkpoint.h"
+
+#include <cstdlib>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "cli/builtin_configs.h"
+#include "shardwire/checkpoint.h"
+#include "shardwire/checkpoint_generator.h"
+#include "shardwire/model_config.h"
+
+namespace shardwire::demo {
+namespace fs = std::filesystem;
+
+namespace {
+constexpr const char* kBuiltinTinyLlama = "tinyllama-1.1b";
+constexpr const char* kDefaultRealModel = "tiny-llama3-bf16";
+}  // namespace
+
+std::string SharedModelsDir() {
+  std::error_code ec;
+  if (const char* env = std::getenv("SHARDWIRE_SHARED_DIR"); env != nullptr && *env != '\0') {
+    if (fs::is_directory(fs::path(env) / "models", ec)) return (fs::path(env) / "models").string();
+  }
+  const fs::path beside_source = fs::path(SHARDWIRE_SOURCE_DIR).parent_path() / "shared" / "models";
+  if (fs::is_directory(beside_source, ec)) return beside_source.string();
+  return "";
+}
+
+Result<ModelDescription> DescribeConfig(const std::string& config_path, int layers) {
+  Result<ModelConfig> config = config_path == kBuiltinTinyLlama
+                                   ? ParseModelConfig(TinyLlamaConfigJson(), "built-in TinyLlama-1.1B config")
+                                   : LoadModelConfig(config_path);
+  if (!config.ok()) return config.status();
+  SW_ASSIGN_OR_RETURN(ModelDescription model, DescribeModel(*config));
+  if (layers > 0) return WithLayers(model, layers);
+  return model;
+}
+
+Result<DemoCheckpoint> GenerateDemoCheckpoint(const std::string& config_path, int layers,
+                                              const std::string& work_dir) {
+  SW_ASSIGN_OR_RETURN(const ModelDescription model, DescribeConfig(config_path, layers));
+  // Named after the config's folder (e.g. "Llama-3.1-8B") and the layer count.
+  const std::string source = config_path == kBuiltinTinyLlama ? std::string("TinyLlama-1.1B")
+                                                              : fs::absolute(config_path).parent_path().filename().string();
+  const fs::path dir = fs::path(work_dir) / fmt::format("{}-{}L", source, model.config.num_hidden_layers);
+  DemoCheckpoint out{(dir / "model.safetensors").string(), (dir / "config.json").string()};
+  std::error_code ec;
+  if (fs::exists(out.checkpoint, ec) && fs::exists(out.config, ec)) {
+    auto existing = Checkpoint::Open(out.checkpoint);
+    if (existing.ok() && existing->total_bytes() == model.total_bytes()) return out;  // reuse
+  }
+  fmt::print("generating a {:.2f} GB checkpoint with {}'s shapes ({} layers) in {}\n",
+             static_cast<double>(model.total_bytes()) / 1e9, source, model.config.num_hidden_layers, dir.string());
+  std::fflush(stdout);
+  SW_RETURN_IF_ERROR(GenerateCheckpointDirectory(model, dir.string()));
+  return out;
+}
+
+Result<DemoCheckpoint> ResolveDemoCheckpoint(const std::string& checkpoint, const std::string& config,
+                                             const std::string& generate, int layers,
+                                             const std::string& work_dir) {
+  if (!generate.empty()) return GenerateDemoCheckpoint(generate, layers, work_dir);
+  if (!checkpoint.empty()) {
+    std::error_code ec;
+    if (!fs::exists(checkpoint, ec)) return NotFound(fmt::format("checkpoint {} does not exist", checkpoint));
+    return DemoCheckpoint{checkpoint, config};
+  }
+  const std::string shared = SharedModelsDir();
+  if (!shared.empty() && fs::is_directory(fs::path(shared) / kDefaultRealModel)) {
+    return DemoCheckpoint{(fs::path(shared) / kDefaultRealModel).string(), config};
+  }
+  fmt::print("no ../shared/models here: using a generated checkpoint with TinyLlama-1.1B shapes\n");
+  return GenerateDemoCheckpoint(kBuiltinTinyLlama, 1, work_dir);
+}
+
+Result<ModelDescription> DescribeDemoModel(const DemoCheckpoint& input) {
+  SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(input.checkpoint));
+  std::string config_path = input.config.empty() ? checkpoint.config_path() : input.config;
+  if (config_path.empty()) {
+    return NotFound(fmt::format("no config.json beside checkpoint {}; pass --config", input.checkpoint));
+  }
+  SW_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(config_path));
+  if (!config.torch_dtype) {
+    // Older configs do not say; the checkpoint's own dtype is the truth (its embedding's).
+    for (const TensorSpec& spec : checkpoint.tensors()) {
+      if (spec.name.find("embed_tokens") != std::string::npos) config.torch_dtype = spec.dtype;
+    }
+  }
+  SW_ASSIGN_OR_RETURN(ModelDescription model, DescribeModel(config));
+  SW_RETURN_IF_ERROR(CheckCheckpointMatchesModel(model, checkpoint.tensors(), input.checkpoint));
+  return model;
+}
+
+}  // namespace shardwire::demo

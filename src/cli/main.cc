@@ -1,0 +1,22 @@
+// The `shardwire` command-line tool.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "cli/generate_command.h"
+#include "cli/rl_sync_demo.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"shardwire: move large-model weights between processes, resharding on the way"};
+  app.require_subcommand(1);
+  int exit_code = 0;
+  bool verbose = false;
+  app.add_flag("-v,--verbose", verbose, "log transport and rendezvous events");
+  app.parse_complete_callback([&] { spdlog::set_level(verbose ? spdlog::level::debug : spdlog::level::warn); });
+  CLI::App* demo = app.add_subcommand("demo", "end-to-end demonstrations");
+  demo->require_subcommand(1);
+  shardwire::demo::AddRlSyncCommand(*demo, &exit_code);
+  shardwire::demo::AddRlSyncWorkerCommand(app, &exit_code);
+  shardwire::cli::AddGenerateCommand(app, &exit_code);
+  CLI11_PARSE(app, argc, argv);
+  return exit_code;
+}

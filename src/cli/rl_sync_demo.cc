@@ -1,0 +1,187 @@
+// `shardwire demo rl-sync`: the parent process. It checks the input, hosts the
+// rendezvous, starts the trainer and engine processes, prints each step's figures as
+// the processes report them, and cleans up its children on every path.
+#include "cli/rl_sync_demo.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/child_processes.h"
+#include "cli/demo_checkpoint.h"
+#include "cli/rl_sync_protocol.h"
+#include "shardwire/model_layouts.h"
+#include "shardwire/tcp_rendezvous.h"
+#include "shardwire/transfer_plan.h"
+
+namespace shardwire::demo {
+namespace {
+
+using nlohmann::json;
+
+constexpr double kPollSlice_s = 0.25;
+
+// Waits for one worker's report, watching for children that die and for Ctrl-C.
+Result<json> AwaitReport(Rendezvous& rendezvous, ChildProcesses& children, const std::string& key,
+                         double timeout_s) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (true) {
+    if (ChildProcesses::InterruptRequested()) return Status(ErrorCode::kInternal, "interrupted");
+    auto value = GetString(rendezvous, key, kPollSlice_s);
+    if (value.ok()) return json::parse(*value, nullptr, /*allow_exceptions=*/false);
+    if (value.status().code() != ErrorCode::kTimedOut) return value.status();
+    for (const ChildExit& e : children.ReapExited()) {
+      if (!e.ok()) return Internal(e.Describe());
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      return TimedOut(fmt::format("no report under {} after {:.0f} s", key, timeout_s));
+    }
+  }
+}
+
+struct StepFigures {
+  std::uint64_t bytes = 0;
+  std::uint64_t descriptors = 0;
+  double transfer_s = 0;     // slowest trainer: first post to last remote completion
+  double engine_wait_s = 0;  // slowest engine: READY to commit
+  int verified = 0;
+};
+
+Status Run(const RlSyncOptions& o) {
+  const std::string work_dir = o.work_dir.empty()
+                                   ? (std::filesystem::temp_directory_path() / "shardwire-demo").string()
+                                   : o.work_dir;
+  if (!o.generate.empty()) {
+    // Check the rank counts against the model before spending time generating it.
+    SW_ASSIGN_OR_RETURN(const ModelDescription planned, DescribeConfig(o.generate, o.layers));
+    SW_RETURN_IF_ERROR(MakeFsdpLayoutForModel(planned, o.trainers).status());
+    SW_RETURN_IF_ERROR(MakeTpLayoutForModel(planned, o.tp, o.engines).status());
+  }
+  SW_ASSIGN_OR_RETURN(const DemoCheckpoint input,
+                      ResolveDemoCheckpoint(o.checkpoint, o.config, o.generate, o.layers, work_dir));
+  SW_ASSIGN_OR_RETURN(const ModelDescription model, DescribeDemoModel(input));
+  SW_ASSIGN_OR_RETURN(const Layout trainer_layout, MakeFsdpLayoutForModel(model, o.trainers));
+  SW_ASSIGN_OR_RETURN(const Layout engine_layout, MakeTpLayoutForModel(model, o.tp, o.engines));
+  SW_ASSIGN_OR_RETURN(const TransferPlan plan, PlanTransfer(trainer_layout, engine_layout));
+
+  fmt::print("checkpoint  {} ({} {}, {} tensors, {:.1f} MB)\n", input.checkpoint,
+             model.config.architecture.empty() ? model.config.model_type : model.config.architecture,
+             DTypeName(model.tensors.front().spec.dtype), model.tensors.size(),
+             static_cast<double>(model.total_bytes()) / 1e6);
+  fmt::print("trainers    {} processes, {}\n", o.trainers, trainer_layout.description());
+  fmt::print("engines     {} x TP {} = {} processes, {}\n", o.engines, o.tp, o.engines * o.tp,
+             engine_layout.description());
+  fmt::print("plan        {} moves ({} contiguous runs before coalescing), {:.1f} MB per step\n",
+             plan.moves().size(), plan.runs_before_coalescing(), static_cast<double>(plan.total_bytes()) / 1e6);
+
+  SW_ASSIGN_OR_RETURN(auto server, TcpRendezvousServer::Start("127.0.0.1", o.port));
+  const std::string job = o.job.empty() ? fmt::format("rl-sync-{}", getpid()) : o.job;
+  ChildProcesses children;
+  auto worker_args = [&](const std::string& role, int rank) {
+    std::vector<std::string> args{"worker", "--role", role, "--rank", std::to_string(rank),
+                                  "--rendezvous-port", std::to_string(server->port()), "--job", job,
+                                  "--checkpoint", input.checkpoint, "--trainers", std::to_string(o.trainers),
+                                  "--engines", std::to_string(o.engines), "--tp", std::to_string(o.tp),
+                                  "--steps", std::to_string(o.steps), "--timeout", fmt::format("{}", o.timeout_s)};
+    if (!input.config.empty()) args.insert(args.end(), {"--config", input.config});
+    return args;
+  };
+  for (int r = 0; r < o.trainers; ++r) {
+    SW_RETURN_IF_ERROR(children.Spawn(fmt::format("trainer {}", r), worker_args("trainer", r)));
+  }
+  for (int r = 0; r < o.engines * o.tp; ++r) {
+    SW_RETURN_IF_ERROR(children.Spawn(EngineRankLabel(r, o.tp), worker_args("engine", r)));
+  }
+  SW_ASSIGN_OR_RETURN(auto rendezvous, TcpRendezvousClient::Connect("127.0.0.1", server->port(), o.timeout_s));
+
+  json summary{{"checkpoint", input.checkpoint}, {"trainers", o.trainers}, {"engines", o.engines},
+               {"tp", o.tp}, {"bytes_per_step", plan.total_bytes()}, {"steps", json::array()}};
+  double total_s = 0;
+  std::uint64_t total_bytes = 0;
+  for (int step = 1; step <= o.steps; ++step) {
+    StepFigures f;
+    for (int r = 0; r < o.trainers; ++r) {
+      SW_ASSIGN_OR_RETURN(const json t, AwaitReport(*rendezvous, children, StatsKey(job, step, "trainer", r), o.timeout_s));
+      f.bytes += t.value("bytes", std::uint64_t{0});
+      f.descriptors += t.value("descriptors", std::uint64_t{0});
+      f.transfer_s = std::max(f.transfer_s, t.value("transfer_s", 0.0));
+    }
+    for (int r = 0; r < o.engines * o.tp; ++r) {
+      SW_ASSIGN_OR_RETURN(const json e, AwaitReport(*rendezvous, children, StatsKey(job, step, "engine", r), o.timeout_s));
+      f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
+      f.verified += e.value("verified", false) ? 1 : 0;
+    }
+    const double gbps = f.transfer_s > 0 ? static_cast<double>(f.bytes) / f.transfer_s / 1e9 : 0;
+    fmt::print("step {}/{}  moved {:>9.1f} MB in {:.4f} s = {:6.2f} GB/s  ({} descriptors)  "
+               "verified {}/{} engine ranks byte for byte\n",
+               step, o.steps, static_cast<double>(f.bytes) / 1e6, f.transfer_s, gbps, f.descriptors, f.verified,
+               o.engines * o.tp);
+    std::fflush(stdout);
+    total_s += f.transfer_s;
+    total_bytes += f.bytes;
+    summary["steps"].push_back({{"step", step}, {"bytes", f.bytes}, {"transfer_s", f.transfer_s},
+                                {"gb_per_s", gbps}, {"engine_wait_s", f.engine_wait_s}, {"verified", f.verified}});
+  }
+  SW_ASSIGN_OR_RETURN(const auto exits, children.WaitAll(o.timeout_s));
+  for (const ChildExit& e : exits) {
+    if (!e.ok()) return Internal(e.Describe());
+  }
+  const double mean_gbps = total_s > 0 ? static_cast<double>(total_bytes) / total_s / 1e9 : 0;
+  fmt::print("summary     {} steps, {:.1f} MB moved in {:.3f} s of transfer = {:.2f} GB/s; "
+             "every engine rank verified every step\n",
+             o.steps, static_cast<double>(total_bytes) / 1e6, total_s, mean_gbps);
+  summary["total_bytes"] = total_bytes;
+  summary["total_transfer_s"] = total_s;
+  summary["gb_per_s"] = mean_gbps;
+  if (!o.json_out.empty()) {
+    std::ofstream out(o.json_out);
+    out << summary.dump(2) << "\n";
+    if (!out) return IoError("cannot write " + o.json_out);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
+  auto o = std::make_shared<RlSyncOptions>();
+  CLI::App* cmd = demo.add_subcommand(
+      "rl-sync", "RL weight sync: FSDP trainer processes push a model into TP inference engines over UCX, "
+                 "every step verified byte for byte");
+  cmd->add_option("--trainers", o->trainers, "trainer processes (FSDP ranks)")->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  cmd->add_option("--engines", o->engines, "inference engines (replicas)")->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  cmd->add_option("--tp", o->tp, "tensor-parallel ranks per engine")->capture_default_str()->check(CLI::Range(1, 64));
+  cmd->add_option("--steps", o->steps, "weight versions to push")->capture_default_str()->check(CLI::Range(1, 100000));
+  cmd->add_option("--checkpoint", o->checkpoint,
+                  "safetensors file, index JSON or directory (default: ../shared/models/tiny-llama3-bf16, "
+                  "or a generated TinyLlama-shaped checkpoint when ../shared is absent)");
+  cmd->add_option("--config", o->config, "HF config.json (default: the one beside the checkpoint)");
+  cmd->add_option("--generate", o->generate,
+                  "generate a checkpoint with the shapes of this HF config.json ('tinyllama-1.1b' = built in)")
+      ->excludes("--checkpoint");
+  cmd->add_option("--layers", o->layers, "with --generate: decoder layers (0 = as in the config)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--work-dir", o->work_dir, "where generated checkpoints are kept (default: $TMPDIR/shardwire-demo)");
+  cmd->add_option("--port", o->port, "rendezvous TCP port on 127.0.0.1 (0 = any free port)")->capture_default_str();
+  cmd->add_option("--timeout", o->timeout_s, "seconds any single wait may take")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--json", o->json_out, "also write the summary as JSON to this file");
+  cmd->add_option("--job", o->job, "job name, the prefix of every rendezvous key (default: rl-sync-<pid>)");
+  cmd->callback([o, exit_code] {
+    const Status status = Run(*o);
+    if (!status.ok()) {
+      fmt::print(stderr, "shardwire demo rl-sync: {}\n", status.ToString());
+      *exit_code = ChildProcesses::InterruptRequested() ? 130 : 1;
+    }
+  });
+}
+
+}  // namespace shardwire::demo

@@ -1,0 +1,35 @@
+// `shardwire demo rl-sync`: N trainer processes (FSDP) push a real model's weights into
+// R inference engines of T ranks each (TP), S times, over UCX; every engine rank
+// verifies its shard byte for byte after every step.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+namespace shardwire::demo {
+
+struct RlSyncOptions {
+  int trainers = 2;
+  int engines = 2;
+  int tp = 2;
+  int steps = 5;
+  std::string checkpoint;        ///< empty: the default (real tiny model, or generated)
+  std::string config;            ///< empty: the config.json beside the checkpoint
+  std::string generate;          ///< HF config to generate a checkpoint from ("tinyllama-1.1b" = built in)
+  int layers = 0;                ///< with --generate: decoder layers (0 = as the config says)
+  std::string work_dir;          ///< where generated checkpoints go
+  std::uint16_t port = 0;        ///< rendezvous port (0 = any free port)
+  double timeout_s = 120;        ///< bound of every wait
+  std::string json_out;          ///< write the summary as JSON here
+  std::string job;               ///< job name (rendezvous key prefix); empty: rl-sync-<pid>
+};
+
+/// Registers the `rl-sync` subcommand on `demo`; the callback stores its exit code.
+void AddRlSyncCommand(CLI::App& demo, int* exit_code);
+
+/// Registers the hidden `worker` subcommand the demo starts its processes with.
+void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code);
+
+}  // namespace shardwire::demo

@@ -1,0 +1,169 @@
+// The processes `shardwire demo rl-sync` starts: one trainer rank or one engine rank.
+#include <algorithm>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/demo_checkpoint.h"
+#include "cli/rl_sync_demo.h"
+#include "cli/rl_sync_protocol.h"
+#include "cli/synthetic_update.h"
+#include "shardwire/checkpoint.h"
+#include "shardwire/model_layouts.h"
+#include "shardwire/shard_io.h"
+#include "shardwire/tcp_rendezvous.h"
+#include "shardwire/weight_sync.h"
+
+namespace shardwire::demo {
+namespace {
+
+struct WorkerArgs {
+  std::string role;
+  int rank = 0;
+  std::string rendezvous_host = "127.0.0.1";
+  std::uint16_t rendezvous_port = 0;
+  std::string job;
+  std::string checkpoint;
+  std::string config;
+  int trainers = 0, engines = 0, tp = 0, steps = 0;
+  double timeout_s = 120;
+};
+
+// Writes every shard of `rank` at `step` into `buffer` (the trainer's update).
+Status WriteStep(const Checkpoint& checkpoint, const Layout& layout, int rank, std::uint64_t step,
+                 std::span<std::byte> buffer) {
+  for (const ShardRef& shard : layout.rank(rank).shards) {
+    const TensorSpec& spec = layout.tensors()[shard.tensor];
+    SW_ASSIGN_OR_RETURN(const TensorView full, checkpoint.Get(spec.name));
+    const std::size_t bytes = static_cast<std::size_t>(shard.box.numel()) * DTypeSize(spec.dtype);
+    WriteUpdatedBox(spec, full.data, shard.box, step, buffer.subspan(shard.byte_offset, bytes));
+  }
+  return Status::Ok();
+}
+
+// Recomputes every shard of `rank` at `step` and compares it with `buffer` byte for byte.
+Status VerifyStep(const Checkpoint& checkpoint, const Layout& layout, int rank, std::uint64_t step,
+                  std::span<const std::byte> buffer, const std::string& who) {
+  std::vector<std::byte> expected;
+  for (const ShardRef& shard : layout.rank(rank).shards) {
+    const TensorSpec& spec = layout.tensors()[shard.tensor];
+    SW_ASSIGN_OR_RETURN(const TensorView full, checkpoint.Get(spec.name));
+    const std::size_t bytes = static_cast<std::size_t>(shard.box.numel()) * DTypeSize(spec.dtype);
+    expected.resize(bytes);
+    WriteUpdatedBox(spec, full.data, shard.box, step, expected);
+    const std::byte* got = buffer.data() + shard.byte_offset;
+    if (std::memcmp(got, expected.data(), bytes) != 0) {
+      const auto diff = std::mismatch(expected.begin(), expected.end(), got);
+      const auto offset = static_cast<std::size_t>(diff.first - expected.begin());
+      return VerificationFailed(fmt::format(
+          "{} step {}: tensor {} shard {} differs from its recomputation at byte {} of the shard "
+          "(element {}): expected 0x{:02x}, got 0x{:02x}",
+          who, step, spec.name, ToString(shard.box), offset, offset / DTypeSize(spec.dtype),
+          static_cast<unsigned>(*diff.first), static_cast<unsigned>(*diff.second)));
+    }
+  }
+  return Status::Ok();
+}
+
+// Fault injection for the demo's own failure-path tests: SHARDWIRE_DEMO_FAULT=
+// "corrupt:<step>" makes trainer 0 flip one byte of its buffer after computing that
+// step; "die:<step>" makes trainer 0 kill itself (SIGKILL) before pushing that step.
+struct Fault {
+  std::string kind;
+  int step = -1;
+};
+
+Fault ReadFault(int rank) {
+  const char* env = std::getenv("SHARDWIRE_DEMO_FAULT");
+  if (rank != 0 || env == nullptr) return {};
+  const std::string spec(env);
+  const auto colon = spec.find(':');
+  if (colon == std::string::npos) return {};
+  return Fault{spec.substr(0, colon), std::atoi(spec.c_str() + colon + 1)};
+}
+
+Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& checkpoint,
+                  const Layout& trainer_layout, const Layout& engine_layout) {
+  const Fault fault = ReadFault(a.rank);
+  SW_ASSIGN_OR_RETURN(auto publisher, WeightPublisher::Create(rendezvous, trainer_layout, engine_layout, a.rank,
+                                                              WeightSyncOptions{a.job, a.timeout_s}));
+  SW_RETURN_IF_ERROR(publisher->Connect());
+  for (int step = 1; step <= a.steps; ++step) {
+    SW_RETURN_IF_ERROR(WriteStep(checkpoint, trainer_layout, a.rank, static_cast<std::uint64_t>(step),
+                                 publisher->weights()));
+    if (fault.step == step && fault.kind == "corrupt" && !publisher->weights().empty()) {
+      publisher->weights()[publisher->weights().size() / 2] ^= std::byte{0x01};
+    }
+    if (fault.step == step && fault.kind == "die") raise(SIGKILL);
+    SW_ASSIGN_OR_RETURN(const PushStats stats, publisher->Push(static_cast<std::uint64_t>(step)));
+    nlohmann::json report{{"bytes", stats.bytes}, {"descriptors", stats.descriptors},
+                          {"transfer_s", stats.transfer_s}, {"ready_wait_s", stats.ready_wait_s}};
+    SW_RETURN_IF_ERROR(PutString(rendezvous, StatsKey(a.job, step, "trainer", a.rank), report.dump()));
+  }
+  return Status::Ok();
+}
+
+Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& checkpoint,
+                 const Layout& trainer_layout, const Layout& engine_layout) {
+  const std::string who = EngineRankLabel(a.rank, a.tp);
+  SW_ASSIGN_OR_RETURN(auto subscriber, WeightSubscriber::Create(rendezvous, trainer_layout, engine_layout, a.rank,
+                                                                WeightSyncOptions{a.job, a.timeout_s}));
+  // The engine starts from the checkpoint on disk, as a freshly launched engine does.
+  SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, engine_layout, a.rank, subscriber->weights()));
+  SW_RETURN_IF_ERROR(VerifyStep(checkpoint, engine_layout, a.rank, 0, subscriber->weights(), who));
+  SW_RETURN_IF_ERROR(subscriber->Connect());
+  for (int step = 1; step <= a.steps; ++step) {
+    const auto version = static_cast<std::uint64_t>(step);
+    SW_RETURN_IF_ERROR(subscriber->BeginUpdate(version));
+    SW_ASSIGN_OR_RETURN(const UpdateStats stats, subscriber->WaitForUpdate(version));
+    SW_RETURN_IF_ERROR(VerifyStep(checkpoint, engine_layout, a.rank, version, subscriber->weights(), who));
+    nlohmann::json report{{"bytes", stats.bytes}, {"sources", stats.sources}, {"wait_s", stats.wait_s},
+                          {"verified", true}, {"committed_version", subscriber->committed_version()}};
+    SW_RETURN_IF_ERROR(PutString(rendezvous, StatsKey(a.job, step, "engine", a.rank), report.dump()));
+  }
+  return Status::Ok();
+}
+
+Status RunWorker(const WorkerArgs& a) {
+  const DemoCheckpoint input{a.checkpoint, a.config};
+  SW_ASSIGN_OR_RETURN(const ModelDescription model, DescribeDemoModel(input));
+  SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(a.checkpoint));
+  SW_ASSIGN_OR_RETURN(const Layout trainer_layout, MakeFsdpLayoutForModel(model, a.trainers));
+  SW_ASSIGN_OR_RETURN(const Layout engine_layout, MakeTpLayoutForModel(model, a.tp, a.engines));
+  SW_ASSIGN_OR_RETURN(auto rendezvous, TcpRendezvousClient::Connect(a.rendezvous_host, a.rendezvous_port, a.timeout_s));
+  if (a.role == "trainer") return RunTrainer(a, *rendezvous, checkpoint, trainer_layout, engine_layout);
+  return RunEngine(a, *rendezvous, checkpoint, trainer_layout, engine_layout);
+}
+
+}  // namespace
+
+void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
+  auto args = std::make_shared<WorkerArgs>();
+  CLI::App* cmd = app.add_subcommand("worker", "internal: one process of `demo rl-sync`");
+  cmd->group("");  // hidden from --help
+  cmd->add_option("--role", args->role)->required()->check(CLI::IsMember({"trainer", "engine"}));
+  cmd->add_option("--rank", args->rank)->required()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--rendezvous-port", args->rendezvous_port)->required();
+  cmd->add_option("--job", args->job)->required();
+  cmd->add_option("--checkpoint", args->checkpoint)->required();
+  cmd->add_option("--config", args->config);
+  cmd->add_option("--trainers", args->trainers)->required();
+  cmd->add_option("--engines", args->engines)->required();
+  cmd->add_option("--tp", args->tp)->required();
+  cmd->add_option("--steps", args->steps)->required();
+  cmd->add_option("--timeout", args->timeout_s)->required();
+  cmd->callback([args, exit_code] {
+    const Status status = RunWorker(*args);
+    if (!status.ok()) {
+      const std::string who = args->role == "trainer" ? fmt::format("trainer {}", args->rank)
+                                                      : EngineRankLabel(args->rank, args->tp);
+      fmt::print(stderr, "shardwire: {}: {}\n", who, status.ToString());
+      *exit_code = status.code() == ErrorCode::kVerificationFailed ? 3 : 1;
+    }
+  });
+}
+
+}  // namespace shardwire::demo

@@ -1,0 +1,36 @@
+// The transport side every weight-sync rank has: an agent, one registered buffer for
+// its shards, and its metadata published under a rendezvous key.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+
+#include "shardwire/agent.h"
+#include "shardwire/rendezvous.h"
+#include "shardwire/status.h"
+
+namespace shardwire::sync {
+
+struct RankEndpoint {
+  std::unique_ptr<Agent> agent;
+  RegionId region = 0;             ///< the shard buffer's region
+  std::span<std::byte> weights;    ///< the shard buffer (may be empty)
+};
+
+/// Creates the agent named "<job>/<role>/<rank>", allocates `buffer_bytes` as an arena
+/// and publishes {metadata blob, region id} under MetadataKey(job, role, rank).
+Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role,
+                                      int rank, std::uint64_t buffer_bytes);
+
+/// A peer rank imported into `agent`: its agent name and its shard buffer's region.
+struct PeerRank {
+  std::string name;
+  RegionId region = 0;
+};
+
+/// Waits for the peer's published metadata (up to timeout_s) and imports it.
+Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std::string& job,
+                                const std::string& role, int rank, double timeout_s);
+
+}  // namespace shardwire::sync

@@ -1,0 +1,49 @@
+// Control messages of the weight-sync protocol (see shardwire/weight_sync.h), carried
+// as transport notifications: 1 byte kind + 8 bytes little-endian version.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shardwire/agent.h"
+#include "shardwire/status.h"
+
+namespace shardwire::sync {
+
+enum class MessageKind : std::uint8_t { kReady = 1, kDone = 2 };
+
+struct Message {
+  MessageKind kind;
+  std::uint64_t version;
+};
+
+std::vector<std::byte> Encode(const Message& message);
+/// nullopt for a payload that is not a sync message (wrong size or kind).
+std::optional<Message> Decode(std::span<const std::byte> payload);
+
+/// Notifications that arrived but were not yet wanted (e.g. READY for the next version).
+class Inbox {
+ public:
+  /// Waits until `kind`/`version` has arrived from every peer in `peers` (agent names).
+  /// Other messages are kept for later calls. Errors: kTimedOut naming the peers still
+  /// missing; transport errors (a disconnected peer) as the agent reports them.
+  Status AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,
+                      double timeout_s);
+
+ private:
+  struct Pending {
+    std::string peer;
+    Message message;
+  };
+  std::deque<Pending> pending_;
+};
+
+/// Rendezvous key under which a rank's transport metadata is published.
+std::string MetadataKey(const std::string& job, const std::string& role, int rank);
+
+}  // namespace shardwire::sync

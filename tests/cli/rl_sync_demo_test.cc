@@ -1,0 +1,183 @@
+// End-to-end tests of `shardwire demo rl-sync`: real processes, real UCX, byte-for-byte
+// verification inside every engine rank, and the failure paths (bad input, a corrupted
+// push, a dying trainer) ending in a clear error, a non-zero exit and no orphans.
+#include <dirent.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace {
+
+struct RunResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr
+};
+
+// Job name of this test process's demo runs: tests may run concurrently (ctest -j).
+std::string JobName() { return "demo-test-" + std::to_string(getpid()); }
+
+RunResult RunDemo(const std::string& args, const std::string& env = "") {
+  const std::string cmd = env + " " SHARDWIRE_BIN " demo rl-sync " + args + " --job " + JobName() +
+                          " --work-dir " SHARDWIRE_TEST_WORK_DIR " 2>&1";
+  RunResult r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (pipe == nullptr) return r;
+  std::array<char, 4096> buf{};
+  while (fgets(buf.data(), buf.size(), pipe) != nullptr) r.output += buf.data();
+  const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+std::string SharedModels() {
+  const char* env = std::getenv("SHARDWIRE_SHARED_DIR");
+  return env ? std::string(env) + "/models" : "";
+}
+
+// Processes still alive that are workers of this test process's demo runs.
+int CountWorkers() {
+  const std::string job = std::string("--job") + '\0' + JobName() + '\0';
+  int count = 0;
+  DIR* proc = opendir("/proc");
+  while (dirent* e = readdir(proc)) {
+    std::ifstream f(std::string("/proc/") + e->d_name + "/cmdline");
+    std::string cmdline((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (cmdline.find(std::string("worker") + '\0' + "--role") != std::string::npos &&
+        cmdline.find(job) != std::string::npos) {
+      ++count;
+    }
+  }
+  closedir(proc);
+  return count;
+}
+
+TEST(RlSyncDemo, RealTinyLlamaCheckpointVerifiesEveryStep) {
+  const std::string model = SharedModels() + "/tiny-llama3-bf16";
+  if (!std::filesystem::exists(model)) GTEST_SKIP() << "no ../shared/models/tiny-llama3-bf16 here";
+  const RunResult r = RunDemo("--checkpoint " + model + " --steps 3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("step 3/3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("verified 4/4 engine ranks byte for byte"), std::string::npos) << r.output;
+  EXPECT_EQ(CountWorkers(), 0);
+}
+
+TEST(RlSyncDemo, OtherLayoutsAndShardedF32Checkpoint) {
+  const std::string model = SharedModels() + "/tiny-llama-f32-sharded/tiny_llama.safetensors.index.json";
+  if (!std::filesystem::exists(model)) GTEST_SKIP() << "no ../shared/models here";
+  const std::string config = SharedModels() + "/tiny-llama-f32-sharded/tiny_llama_config.json";
+  const RunResult r = RunDemo("--checkpoint " + model + " --config " + config +
+                              " --trainers 3 --engines 1 --tp 1 --steps 2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("verified 1/1 engine ranks"), std::string::npos) << r.output;
+}
+
+TEST(RlSyncDemo, GeneratedCheckpointWithRealShapes) {
+  // TinyLlama-1.1B's shapes with one decoder layer: 350 MB of bf16, pushed to 2 engines.
+  const RunResult r = RunDemo("--generate tinyllama-1.1b --layers 1 --steps 2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("700.5 MB per step"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("step 2/2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("verified 4/4"), std::string::npos) << r.output;
+}
+
+TEST(RlSyncDemo, CorruptedPushIsCaughtAndNamed) {
+  const std::string model = SharedModels() + "/tiny-llama3-bf16";
+  if (!std::filesystem::exists(model)) GTEST_SKIP() << "no ../shared/models here";
+  const RunResult r = RunDemo("--checkpoint " + model + " --steps 3", "SHARDWIRE_DEMO_FAULT=corrupt:2");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("verification failed"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("step 2: tensor "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("at byte "), std::string::npos) << r.output;
+  EXPECT_EQ(CountWorkers(), 0);
+}
+
+TEST(RlSyncDemo, DyingTrainerEndsTheRunCleanly) {
+  const std::string model = SharedModels() + "/tiny-llama3-bf16";
+  if (!std::filesystem::exists(model)) GTEST_SKIP() << "no ../shared/models here";
+  const RunResult r = RunDemo("--checkpoint " + model + " --steps 3 --timeout 20", "SHARDWIRE_DEMO_FAULT=die:2");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("trainer 0 was killed by signal 9"), std::string::npos) << r.output;
+  EXPECT_EQ(CountWorkers(), 0);
+}
+
+TEST(RlSyncDemo, CtrlCStopsEveryProcess) {
+  const std::string model = SharedModels() + "/tiny-llama3-bf16";
+  if (!std::filesystem::exists(model)) GTEST_SKIP() << "no ../shared/models here";
+  const std::string job = JobName();
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    freopen("/dev/null", "w", stdout);
+    execl(SHARDWIRE_BIN, SHARDWIRE_BIN, "demo", "rl-sync", "--checkpoint", model.c_str(), "--steps", "100000",
+          "--job", job.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait until the workers are up (bounded), then interrupt the parent as Ctrl-C would.
+  for (int i = 0; i < 200 && CountWorkers() < 6; ++i) usleep(50 * 1000);
+  EXPECT_EQ(CountWorkers(), 6);
+  kill(pid, SIGINT);
+  int status = 0;
+  int waited = 0;
+  while (waitpid(pid, &status, WNOHANG) == 0 && waited++ < 600) usleep(50 * 1000);
+  if (waited >= 600) kill(pid, SIGKILL), waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 130);
+  EXPECT_EQ(CountWorkers(), 0);
+}
+
+TEST(RlSyncDemo, BadInputGetsAClearError) {
+  RunResult r = RunDemo("--checkpoint /nonexistent/model.safetensors");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("/nonexistent/model.safetensors does not exist"), std::string::npos) << r.output;
+
+  r = RunDemo("--tp 0");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("--tp"), std::string::npos) << r.output;
+
+  // TinyLlama has 4 key/value heads: TP 3 cannot split them... nor its 32 heads.
+  r = RunDemo("--generate tinyllama-1.1b --layers 1 --tp 3 --steps 1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("TP size 3 does not divide the 32 attention heads"), std::string::npos) << r.output;
+
+  const std::string models = SharedModels();
+  if (!models.empty() && std::filesystem::exists(models + "/tiny-qwen3-bf16")) {
+    // A Qwen3 checkpoint described by a Llama config: missing q_norm/k_norm are named.
+    r = RunDemo("--checkpoint " + models + "/tiny-qwen3-bf16 --config " + models + "/tiny-llama3-bf16/config.json");
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.output.find("layout mismatch"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("q_norm"), std::string::npos) << r.output;
+  }
+}
+
+TEST(RlSyncDemo, PortInUseIsReported) {
+  const std::string model = SharedModels() + "/tiny-llama3-bf16";
+  if (!std::filesystem::exists(model)) GTEST_SKIP() << "no ../shared/models here";
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const int port = ntohs(addr.sin_port);
+  const RunResult r = RunDemo("--checkpoint " + model + " --port " + std::to_string(port));
+  close(fd);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find(std::to_string(port)), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("in use"), std::string::npos) << r.output;
+  EXPECT_EQ(CountWorkers(), 0);
+}
+
+}  // namespace
