@@ -15,6 +15,7 @@
 
 #include "cli/child_processes.h"
 #include "cli/demo_checkpoint.h"
+#include "cli/memcpy_reference.h"
 #include "cli/rl_sync_protocol.h"
 #include "shardwire/model_layouts.h"
 #include "shardwire/tcp_rendezvous.h"
@@ -102,8 +103,8 @@ Status Run(const RlSyncOptions& o) {
 
   json summary{{"checkpoint", input.checkpoint}, {"trainers", o.trainers}, {"engines", o.engines},
                {"tp", o.tp}, {"bytes_per_step", plan.total_bytes()}, {"steps", json::array()}};
-  double total_s = 0;
-  std::uint64_t total_bytes = 0;
+  double total_s = 0, steady_s = 0;
+  std::uint64_t total_bytes = 0, steady_bytes = 0;
   for (int step = 1; step <= o.steps; ++step) {
     StepFigures f;
     for (int r = 0; r < o.trainers; ++r) {
@@ -125,6 +126,10 @@ Status Run(const RlSyncOptions& o) {
     std::fflush(stdout);
     total_s += f.transfer_s;
     total_bytes += f.bytes;
+    if (step > 1) {  // the first push also maps the peers' memory
+      steady_s += f.transfer_s;
+      steady_bytes += f.bytes;
+    }
     summary["steps"].push_back({{"step", step}, {"bytes", f.bytes}, {"transfer_s", f.transfer_s},
                                 {"gb_per_s", gbps}, {"engine_wait_s", f.engine_wait_s}, {"verified", f.verified}});
   }
@@ -133,12 +138,25 @@ Status Run(const RlSyncOptions& o) {
     if (!e.ok()) return Internal(e.Describe());
   }
   const double mean_gbps = total_s > 0 ? static_cast<double>(total_bytes) / total_s / 1e9 : 0;
+  // Reference measured now: memcpy of one step's bytes with as many threads as trainers
+  // (each trainer process copies on its own core), capped at the 2 cores here.
+  const int copy_threads = std::clamp(o.trainers, 1, 2);
+  const double memcpy_gbps = MeasureMemcpyGBps(plan.total_bytes(), copy_threads);
   fmt::print("summary     {} steps, {:.1f} MB moved in {:.3f} s of transfer = {:.2f} GB/s; "
              "every engine rank verified every step\n",
              o.steps, static_cast<double>(total_bytes) / 1e6, total_s, mean_gbps);
+  const double steady_gbps = steady_s > 0 ? static_cast<double>(steady_bytes) / steady_s / 1e9 : mean_gbps;
+  if (o.steps > 1) {
+    fmt::print("steady      steps 2..{}: {:.2f} GB/s (step 1 also maps each peer's memory on first use)\n", o.steps,
+               steady_gbps);
+  }
+  fmt::print("reference   memcpy, {} thread(s), same bytes, this run: {:.2f} GB/s -> steady/memcpy = {:.2f}\n",
+             copy_threads, memcpy_gbps, memcpy_gbps > 0 ? steady_gbps / memcpy_gbps : 0);
   summary["total_bytes"] = total_bytes;
   summary["total_transfer_s"] = total_s;
   summary["gb_per_s"] = mean_gbps;
+  summary["steady_gb_per_s"] = steady_gbps;
+  summary["memcpy_gb_per_s"] = memcpy_gbps;
   if (!o.json_out.empty()) {
     std::ofstream out(o.json_out);
     out << summary.dump(2) << "\n";
