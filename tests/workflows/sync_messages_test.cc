@@ -1,0 +1,26 @@
+#include "workflows/sync_messages.h"
+
+#include <gtest/gtest.h>
+
+namespace shardwire::sync {
+namespace {
+
+TEST(SyncMessages, RoundTripAndRejectForeignPayloads) {
+  const auto bytes = Encode({MessageKind::kDone, 0x0102030405060708ull});
+  ASSERT_EQ(bytes.size(), 9u);
+  EXPECT_EQ(bytes[0], std::byte{2});
+  EXPECT_EQ(bytes[1], std::byte{0x08});  // little-endian version
+  auto m = Decode(bytes);
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->kind, MessageKind::kDone);
+  EXPECT_EQ(m->version, 0x0102030405060708ull);
+  std::vector<std::byte> wrong_kind = bytes;
+  wrong_kind[0] = std::byte{7};
+  EXPECT_FALSE(Decode(wrong_kind).has_value());
+  EXPECT_FALSE(Decode(std::span<const std::byte>(bytes).first(8)).has_value());
+}
+
+TEST(SyncMessages, MetadataKeyNamesJobRoleRank) { EXPECT_EQ(MetadataKey("job", "engine", 3), "job/engine/3"); }
+
+}  // namespace
+}  // namespace shardwire::sync

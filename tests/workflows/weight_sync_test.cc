@@ -1,0 +1,142 @@
+// WeightPublisher -> WeightSubscriber across real processes over UCX. The oracle fills
+// and checks buffers element by element from (tensor, global index, version), sharing
+// no code with the planner or the layouts' placement arithmetic.
+#include "shardwire/weight_sync.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "shardwire/tcp_rendezvous.h"
+
+namespace shardwire {
+namespace {
+
+std::vector<TensorSpec> Tensors() {
+  return {{"emb", DType::kBF16, {64, 48}}, {"col", DType::kF32, {40, 24}}, {"row", DType::kBF16, {24, 40}},
+          {"norm", DType::kF32, {24}}};
+}
+
+std::byte Oracle(std::uint32_t tensor, std::int64_t element, std::size_t byte, std::uint64_t version) {
+  return static_cast<std::byte>((tensor * 131 + element * 7 + byte * 3 + version * 29) & 0xFF);
+}
+
+// Fills (check=false) or checks (check=true) a rank's buffer; returns mismatching bytes.
+std::size_t Walk(const Layout& layout, int rank, std::span<std::byte> buf, std::uint64_t version, bool check) {
+  std::size_t bad = 0;
+  for (const ShardRef& s : layout.rank(rank).shards) {
+    const TensorSpec& spec = layout.tensors()[s.tensor];
+    const std::size_t esize = DTypeSize(spec.dtype);
+    for (std::int64_t local = 0; local < s.box.numel(); ++local) {
+      std::int64_t rem = local, global = 0, stride = 1;
+      for (std::size_t d = spec.shape.size(); d-- > 0;) {
+        global += (rem % s.box.shape[d] + s.box.offset[d]) * stride;
+        rem /= s.box.shape[d];
+        stride *= spec.shape[d];
+      }
+      for (std::size_t b = 0; b < esize; ++b) {
+        std::byte& at = buf[s.byte_offset + static_cast<std::size_t>(local) * esize + b];
+        const std::byte want = Oracle(s.tensor, global, b, version);
+        if (!check) at = want; else bad += at != want;
+      }
+    }
+  }
+  return bad;
+}
+
+constexpr int kVersions = 3;
+
+// Child: one engine rank. Exit code 0 = every version arrived and matched.
+int RunSubscriber(std::uint16_t port, int rank, const Layout& trainer, const Layout& engine) {
+  auto rz = TcpRendezvousClient::Connect("127.0.0.1", port, 20);
+  if (!rz.ok()) return 10;
+  auto sub = WeightSubscriber::Create(**rz, trainer, engine, rank, {"t", 20});
+  if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
+  for (std::uint64_t v = 1; v <= kVersions; ++v) {
+    if (!(*sub)->BeginUpdate(v).ok()) return 12;
+    auto stats = (*sub)->WaitForUpdate(v);
+    if (!stats.ok()) return 13;
+    if ((*sub)->committed_version() != v) return 14;
+    if (Walk(engine, rank, (*sub)->weights(), v, true) != 0) return 15;
+  }
+  return 0;
+}
+
+int WaitChild(pid_t pid) {
+  int status = 0;
+  for (int i = 0; i < 600; ++i) {
+    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 100;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  return 101;
+}
+
+TEST(WeightSync, FsdpToTpAcrossProcessesEveryVersionVerified) {
+  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();  // this process: the one trainer rank
+  const Layout engine = MakeTpLayout(Tensors(), {0, 0, 1, -1}, 2, 1).value();
+  auto server = TcpRendezvousServer::Start("127.0.0.1", 0);
+  ASSERT_TRUE(server.ok());
+  const std::uint16_t port = (*server)->port();
+  std::vector<pid_t> children;
+  for (int r = 0; r < engine.world_size(); ++r) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) _exit(RunSubscriber(port, r, trainer, engine));
+    children.push_back(pid);
+  }
+  auto rz = TcpRendezvousClient::Connect("127.0.0.1", port, 20);
+  ASSERT_TRUE(rz.ok());
+  auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, {"t", 20});
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*pub)->Connect().ok());
+  for (std::uint64_t v = 1; v <= kVersions; ++v) {
+    Walk(trainer, 0, (*pub)->weights(), v, false);
+    auto stats = (*pub)->Push(v);
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+    EXPECT_EQ(stats->bytes, 2 * (64 * 48 * 2 + 40 * 24 * 4 + 24 * 40 * 2) / 2 + 2 * 24 * 4);
+  }
+  for (pid_t pid : children) EXPECT_EQ(WaitChild(pid), 0);
+}
+
+TEST(WeightSync, SubscriberReportsADeadPublisher) {
+  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  const Layout engine = MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, 1).value();
+  auto server = TcpRendezvousServer::Start("127.0.0.1", 0);
+  ASSERT_TRUE(server.ok());
+  const std::uint16_t port = (*server)->port();
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // A publisher that connects, then dies before pushing.
+    auto rz = TcpRendezvousClient::Connect("127.0.0.1", port, 20);
+    if (!rz.ok()) _exit(10);
+    auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, {"t", 20});
+    if (!pub.ok() || !(*pub)->Connect().ok()) _exit(11);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    raise(SIGKILL);
+  }
+  auto rz = TcpRendezvousClient::Connect("127.0.0.1", port, 20);
+  ASSERT_TRUE(rz.ok());
+  auto sub = WeightSubscriber::Create(**rz, trainer, engine, 0, {"t", 10});
+  ASSERT_TRUE(sub.ok());
+  ASSERT_TRUE((*sub)->Connect().ok());
+  ASSERT_TRUE((*sub)->BeginUpdate(1).ok());
+  auto update = (*sub)->WaitForUpdate(1);
+  ASSERT_FALSE(update.ok());
+  EXPECT_TRUE(update.status().code() == ErrorCode::kPeerDisconnected ||
+              update.status().code() == ErrorCode::kTimedOut)
+      << update.status().ToString();
+  EXPECT_NE(update.status().message().find("t/trainer/0"), std::string::npos) << update.status().ToString();
+  EXPECT_EQ((*sub)->committed_version(), 0u);  // nothing half-received is ever committed
+  EXPECT_EQ(WaitChild(pid), 100);
+}
+
+}  // namespace
+}  // namespace shardwire
