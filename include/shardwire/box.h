@@ -8,26 +8,74 @@
 // Thread-safety: plain value type; functions are pure.
 #pragma once
 
+#include <array>
+#include <cassert>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace shardwire {
 
+/// Most dimensions a box (and so a sharded tensor) may have. Model weights have at
+/// most 3 (grouped experts); layouts reject tensors of higher rank.
+inline constexpr std::size_t kMaxBoxDims = 6;
+
+/// A fixed-capacity list of up to kMaxBoxDims int64 values, stored inline: layouts of
+/// trillion-parameter MoE models hold millions of boxes, so a box must not allocate.
+class Dims {
+ public:
+  Dims() = default;
+  Dims(std::initializer_list<std::int64_t> values) {
+    for (auto v : values) push_back(v);
+  }
+  Dims(std::size_t n, std::int64_t value) { resize(n, value); }
+  explicit Dims(const std::vector<std::int64_t>& values) {
+    for (auto v : values) push_back(v);
+  }
+
+  std::size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  void push_back(std::int64_t v) {
+    assert(size_ < kMaxBoxDims);
+    values_[size_++] = v;
+  }
+  void resize(std::size_t n, std::int64_t value = 0) {
+    assert(n <= kMaxBoxDims);
+    for (std::size_t i = size_; i < n; ++i) values_[i] = value;
+    size_ = static_cast<std::uint8_t>(n);
+  }
+  std::int64_t& operator[](std::size_t i) { return values_[i]; }
+  std::int64_t operator[](std::size_t i) const { return values_[i]; }
+  const std::int64_t* begin() const { return values_.data(); }
+  const std::int64_t* end() const { return values_.data() + size_; }
+  bool operator==(const Dims& o) const {
+    if (size_ != o.size_) return false;
+    for (std::size_t i = 0; i < size_; ++i) {
+      if (values_[i] != o.values_[i]) return false;
+    }
+    return true;
+  }
+
+ private:
+  std::array<std::int64_t, kMaxBoxDims> values_{};
+  std::uint8_t size_ = 0;
+};
+
 /// offset[d] <= x[d] < offset[d] + shape[d] for every dimension d (elements).
-/// A 0-d box (empty vectors) holds the single element of a 0-d tensor.
+/// A 0-d box (no dimensions) holds the single element of a 0-d tensor.
 struct Box {
-  std::vector<std::int64_t> offset;
-  std::vector<std::int64_t> shape;
+  Dims offset;
+  Dims shape;
 
   /// Number of elements (1 for a 0-d box, 0 if any extent is 0).
   std::int64_t numel() const;
   bool operator==(const Box&) const = default;
 };
 
-/// The whole tensor of `shape` as a box.
+/// The whole tensor of `shape` as a box. Precondition: shape.size() <= kMaxBoxDims.
 Box WholeBox(const std::vector<std::int64_t>& shape);
 
 /// The intersection of two boxes of equal rank, or nullopt when it is empty.

@@ -21,12 +21,40 @@
 
 namespace shardwire {
 
-/// One shard: tensor index (into Layout::tensors()), the box it covers, and the
-/// byte offset of its first element in the owning rank's buffer.
+/// What a rank holds of one tensor, as input to Layout::FromShards.
+struct LocalShard {
+  LocalShard(Box b) : box(std::move(b)) {}  // NOLINT(google-explicit-constructor): a box is a shard
+  LocalShard(Box b, std::uint64_t reserved, std::uint32_t partial)
+      : box(std::move(b)), reserved_bytes(reserved), partial_group(partial) {}
+  Box box;
+  /// Bytes to reserve in the buffer when more than the box needs (e.g. vocabulary padding
+  /// rows that are never sent); 0 = exactly the box.
+  std::uint64_t reserved_bytes = 0;
+  /// 0: the shard holds the tensor's values. k > 0: it holds an addend (DTensor
+  /// Partial(sum)); the shards of one tensor with the same box and the same k sum to
+  /// the values.
+  std::uint32_t partial_group = 0;
+};
+
+/// One placed shard: tensor index (into Layout::tensors()), the box it covers, the byte
+/// offset of its first element in the owning rank's buffer, and its partial group.
 struct ShardRef {
   std::uint32_t tensor = 0;
   Box box;
   std::uint64_t byte_offset = 0;
+  std::uint32_t partial_group = 0;  ///< see LocalShard::partial_group
+};
+
+/// How shards are placed in rank buffers.
+struct LayoutOptions {
+  /// Every shard (or fused group) starts at a multiple of this many bytes (power of two).
+  std::uint64_t alignment = 64;
+  /// Groups of tensor indices placed back to back, in the given order, in every rank's
+  /// buffer (no alignment gap inside a group). This is how fused parameters are held:
+  /// vLLM's qkv_proj = cat([q, k, v], dim=0) of the rank's shards is byte for byte the
+  /// concatenation of the parts' dense row-major shards. Each tensor may appear in at
+  /// most one group; a group sits where its first part would.
+  std::vector<std::vector<std::uint32_t>> fused_groups;
 };
 
 /// All shards of one rank, in tensor order, and the buffer size they need (bytes).
@@ -40,14 +68,14 @@ struct RankShards {
 
 class Layout {
  public:
-  /// Builds a layout from per-rank boxes: boxes[rank][tensor] is the slice rank
-  /// holds of tensor; nullopt or an empty box means the rank holds none of it. Places the shards in
-  /// each rank's buffer. Errors (kInvalidArgument): a box of the wrong rank or
-  /// outside its tensor's shape, naming the rank and tensor; alignment not a power
-  /// of two; zero ranks.
-  static Result<Layout> FromBoxes(std::string description, std::vector<TensorSpec> tensors,
-                                  const std::vector<std::vector<std::optional<Box>>>& boxes,
-                                  std::uint64_t alignment = 64);
+  /// Builds a layout from per-rank shards: shards[rank][tensor] is what rank holds of
+  /// tensor; nullopt or an empty box means none of it. Places the shards in each rank's
+  /// buffer (see LayoutOptions). Errors (kInvalidArgument): a box of the wrong rank or
+  /// outside its tensor's shape, naming the rank and tensor; reserved_bytes smaller
+  /// than the box; alignment not a power of two; a tensor in two fused groups; zero ranks.
+  static Result<Layout> FromShards(std::string description, std::vector<TensorSpec> tensors,
+                                   const std::vector<std::vector<std::optional<LocalShard>>>& shards,
+                                   const LayoutOptions& options = {});
 
   /// Human description, e.g. "fsdp=2" or "tp=2,dp=2".
   const std::string& description() const { return description_; }

@@ -13,9 +13,7 @@ std::int64_t Box::numel() const {
   return n;
 }
 
-Box WholeBox(const std::vector<std::int64_t>& shape) {
-  return Box{std::vector<std::int64_t>(shape.size(), 0), shape};
-}
+Box WholeBox(const std::vector<std::int64_t>& shape) { return Box{Dims(shape.size(), 0), Dims(shape)}; }
 
 std::optional<Box> Intersect(const Box& a, const Box& b) {
   assert(a.shape.size() == b.shape.size());
@@ -75,7 +73,7 @@ void ForEachContiguousRun(
   const std::size_t rank = region.shape.size();
   if (region.numel() == 0) return;
   // Row-major strides (elements) of the two dense buffers.
-  std::vector<std::int64_t> from_stride(rank), to_stride(rank);
+  Dims from_stride(rank, 0), to_stride(rank, 0);
   std::int64_t fs = 1, ts = 1;
   for (std::size_t i = rank; i-- > 0;) {
     from_stride[i] = fs;
@@ -94,8 +92,8 @@ void ForEachContiguousRun(
   }
   // Fold leading dimensions that are also full-extent into the run.
   // (The loop above stops at the first dimension that is not full in both.)
-  std::vector<std::int64_t> idx(k, 0);  // odometer over dimensions [0, k)
-  auto base = [&](const Box& b, const std::vector<std::int64_t>& stride) {
+  Dims idx(k, 0);  // odometer over dimensions [0, k)
+  auto base = [&](const Box& b, const Dims& stride) {
     std::int64_t off = 0;
     for (std::size_t d = 0; d < rank; ++d) off += (region.offset[d] - b.offset[d]) * stride[d];
     return off;

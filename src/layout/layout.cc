@@ -1,5 +1,7 @@
 #include "shardwire/layout.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 namespace shardwire {
@@ -14,40 +16,76 @@ const ShardRef* RankShards::Find(std::uint32_t tensor) const {
   return lo < shards.size() && shards[lo].tensor == tensor ? &shards[lo] : nullptr;
 }
 
-Result<Layout> Layout::FromBoxes(std::string description, std::vector<TensorSpec> tensors,
-                                 const std::vector<std::vector<std::optional<Box>>>& boxes,
-                                 std::uint64_t alignment) {
-  if (boxes.empty()) return InvalidArgument("layout " + description + " has zero ranks");
+Result<Layout> Layout::FromShards(std::string description, std::vector<TensorSpec> tensors,
+                                  const std::vector<std::vector<std::optional<LocalShard>>>& shards,
+                                  const LayoutOptions& options) {
+  if (shards.empty()) return InvalidArgument("layout " + description + " has zero ranks");
+  const std::uint64_t alignment = options.alignment;
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
     return InvalidArgument(fmt::format("alignment {} is not a power of two", alignment));
   }
+  // Placement order: tensor order, except that a fused group sits where its first part is.
+  std::vector<std::int64_t> group_of(tensors.size(), -1);
+  for (std::size_t g = 0; g < options.fused_groups.size(); ++g) {
+    for (std::uint32_t t : options.fused_groups[g]) {
+      if (t >= tensors.size() || group_of[t] >= 0) {
+        return InvalidArgument(fmt::format("layout {}: tensor index {} is out of range or in two fused groups",
+                                           description, t));
+      }
+      group_of[t] = static_cast<std::int64_t>(g);
+    }
+  }
+  std::vector<std::vector<std::uint32_t>> units;  // each unit starts aligned
+  std::vector<bool> placed(tensors.size(), false);
+  for (std::uint32_t t = 0; t < tensors.size(); ++t) {
+    if (placed[t]) continue;
+    if (group_of[t] < 0) {
+      units.push_back({t});
+      placed[t] = true;
+      continue;
+    }
+    units.push_back(options.fused_groups[static_cast<std::size_t>(group_of[t])]);
+    for (std::uint32_t p : units.back()) placed[p] = true;
+  }
+
   Layout layout;
-  layout.ranks_.resize(boxes.size());
-  for (std::size_t r = 0; r < boxes.size(); ++r) {
-    if (boxes[r].size() != tensors.size()) {
-      return InvalidArgument(fmt::format("layout {}: rank {} lists {} boxes for {} tensors",
-                                         description, r, boxes[r].size(), tensors.size()));
+  layout.ranks_.resize(shards.size());
+  for (std::size_t r = 0; r < shards.size(); ++r) {
+    if (shards[r].size() != tensors.size()) {
+      return InvalidArgument(fmt::format("layout {}: rank {} lists {} shards for {} tensors", description, r,
+                                         shards[r].size(), tensors.size()));
     }
     RankShards& rank = layout.ranks_[r];
     std::uint64_t offset = 0;
-    for (std::uint32_t t = 0; t < tensors.size(); ++t) {
-      if (!boxes[r][t] || boxes[r][t]->numel() == 0) continue;
-      const Box& box = *boxes[r][t];
-      const TensorSpec& spec = tensors[t];
-      if (box.shape.size() != spec.shape.size() || box.offset.size() != spec.shape.size()) {
-        return InvalidArgument(fmt::format("layout {}: rank {} box {} has the wrong rank for {}",
-                                           description, r, ToString(box), ToString(spec)));
-      }
-      for (std::size_t d = 0; d < spec.shape.size(); ++d) {
-        if (box.offset[d] < 0 || box.shape[d] < 0 || box.offset[d] + box.shape[d] > spec.shape[d]) {
-          return InvalidArgument(fmt::format("layout {}: rank {} box {} lies outside {}",
-                                             description, r, ToString(box), ToString(spec)));
-        }
-      }
+    for (const auto& unit : units) {
       offset = (offset + alignment - 1) & ~(alignment - 1);
-      rank.shards.push_back(ShardRef{t, box, offset});
-      offset += static_cast<std::uint64_t>(box.numel()) * DTypeSize(spec.dtype);
+      for (std::uint32_t t : unit) {
+        if (!shards[r][t] || shards[r][t]->box.numel() == 0) continue;
+        const LocalShard& local = *shards[r][t];
+        const Box& box = local.box;
+        const TensorSpec& spec = tensors[t];
+        if (box.shape.size() != spec.shape.size() || box.offset.size() != spec.shape.size()) {
+          return InvalidArgument(fmt::format("layout {}: rank {} box {} has the wrong rank for {}", description, r,
+                                             ToString(box), ToString(spec)));
+        }
+        for (std::size_t d = 0; d < spec.shape.size(); ++d) {
+          if (box.offset[d] < 0 || box.shape[d] < 0 || box.offset[d] + box.shape[d] > spec.shape[d]) {
+            return InvalidArgument(fmt::format("layout {}: rank {} box {} lies outside {}", description, r,
+                                               ToString(box), ToString(spec)));
+          }
+        }
+        const std::uint64_t bytes = static_cast<std::uint64_t>(box.numel()) * DTypeSize(spec.dtype);
+        if (local.reserved_bytes != 0 && local.reserved_bytes < bytes) {
+          return InvalidArgument(fmt::format("layout {}: rank {} reserves {} bytes for {} of {} bytes", description,
+                                             r, local.reserved_bytes, spec.name, bytes));
+        }
+        rank.shards.push_back(ShardRef{t, box, offset, local.partial_group});
+        offset += std::max(bytes, local.reserved_bytes);
+      }
     }
+    // Shards are looked up by tensor index: keep them sorted by it.
+    std::sort(rank.shards.begin(), rank.shards.end(),
+              [](const ShardRef& a, const ShardRef& b) { return a.tensor < b.tensor; });
     rank.buffer_bytes = offset;
   }
   layout.description_ = std::move(description);
@@ -75,11 +113,11 @@ std::vector<std::pair<std::int64_t, std::int64_t>> ChunkRanges(std::int64_t exte
 
 Result<Layout> MakeFsdpLayout(std::vector<TensorSpec> tensors, int num_ranks) {
   if (num_ranks < 1) return InvalidArgument(fmt::format("FSDP needs at least 1 rank, got {}", num_ranks));
-  std::vector<std::vector<std::optional<Box>>> boxes(static_cast<std::size_t>(num_ranks));
+  std::vector<std::vector<std::optional<LocalShard>>> boxes(static_cast<std::size_t>(num_ranks));
   for (const TensorSpec& spec : tensors) {
     if (spec.shape.empty()) {
       for (int r = 0; r < num_ranks; ++r) {
-        boxes[static_cast<std::size_t>(r)].push_back(r == 0 ? std::optional<Box>(WholeBox(spec.shape)) : std::nullopt);
+        boxes[static_cast<std::size_t>(r)].push_back(r == 0 ? std::optional<LocalShard>(WholeBox(spec.shape)) : std::nullopt);
       }
       continue;
     }
@@ -91,7 +129,7 @@ Result<Layout> MakeFsdpLayout(std::vector<TensorSpec> tensors, int num_ranks) {
       boxes[static_cast<std::size_t>(r)].push_back(std::move(box));
     }
   }
-  return Layout::FromBoxes(fmt::format("fsdp={}", num_ranks), std::move(tensors), boxes);
+  return Layout::FromShards(fmt::format("fsdp={}", num_ranks), std::move(tensors), boxes);
 }
 
 Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<int>& shard_dims,
@@ -103,7 +141,7 @@ Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<i
     return InvalidArgument(fmt::format("{} shard dims given for {} tensors", shard_dims.size(), tensors.size()));
   }
   const int world = tp * replicas;
-  std::vector<std::vector<std::optional<Box>>> boxes(static_cast<std::size_t>(world));
+  std::vector<std::vector<std::optional<LocalShard>>> boxes(static_cast<std::size_t>(world));
   for (std::size_t t = 0; t < tensors.size(); ++t) {
     const TensorSpec& spec = tensors[t];
     const int dim = shard_dims[t];
@@ -127,7 +165,7 @@ Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<i
   }
   std::string description = fmt::format("tp={}", tp);
   if (replicas > 1) description += fmt::format(",dp={}", replicas);
-  return Layout::FromBoxes(std::move(description), std::move(tensors), boxes);
+  return Layout::FromShards(std::move(description), std::move(tensors), boxes);
 }
 
 }  // namespace shardwire

@@ -45,6 +45,19 @@ std::string SharedModels() {
   return env ? std::string(env) + "/models" : "";
 }
 
+// A small checkpoint for the failure-path tests: the real tiny Llama from ../shared, or,
+// on a machine without it, `--generate` from a small Llama config written here.
+std::string SmallModelArgs() {
+  const std::string real = SharedModels() + "/tiny-llama3-bf16";
+  if (!SharedModels().empty() && std::filesystem::exists(real)) return "--checkpoint " + real;
+  const std::string dir = std::string(SHARDWIRE_TEST_WORK_DIR) + "/small-llama";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "num_hidden_layers": 2, "vocab_size": 256, "torch_dtype": "bfloat16"})";
+  return "--generate " + dir + "/config.json";
+}
+
 // Processes still alive that are workers of this test process's demo runs.
 int CountWorkers() {
   const std::string job = std::string("--job") + '\0' + JobName() + '\0';
@@ -92,9 +105,8 @@ TEST(RlSyncDemo, GeneratedCheckpointWithRealShapes) {
 }
 
 TEST(RlSyncDemo, CorruptedPushIsCaughtAndNamed) {
-  const std::string model = SharedModels() + "/tiny-llama3-bf16";
-  if (!std::filesystem::exists(model)) GTEST_SKIP() << "no ../shared/models here";
-  const RunResult r = RunDemo("--checkpoint " + model + " --steps 3", "SHARDWIRE_DEMO_FAULT=corrupt:2");
+  const std::string model_args = SmallModelArgs();
+  const RunResult r = RunDemo(model_args + " --steps 3", "SHARDWIRE_DEMO_FAULT=corrupt:2");
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("verification failed"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("step 2: tensor "), std::string::npos) << r.output;
@@ -103,23 +115,23 @@ TEST(RlSyncDemo, CorruptedPushIsCaughtAndNamed) {
 }
 
 TEST(RlSyncDemo, DyingTrainerEndsTheRunCleanly) {
-  const std::string model = SharedModels() + "/tiny-llama3-bf16";
-  if (!std::filesystem::exists(model)) GTEST_SKIP() << "no ../shared/models here";
-  const RunResult r = RunDemo("--checkpoint " + model + " --steps 3 --timeout 20", "SHARDWIRE_DEMO_FAULT=die:2");
+  const std::string model_args = SmallModelArgs();
+  const RunResult r = RunDemo(model_args + " --steps 3 --timeout 20", "SHARDWIRE_DEMO_FAULT=die:2");
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("trainer 0 was killed by signal 9"), std::string::npos) << r.output;
   EXPECT_EQ(CountWorkers(), 0);
 }
 
 TEST(RlSyncDemo, CtrlCStopsEveryProcess) {
-  const std::string model = SharedModels() + "/tiny-llama3-bf16";
-  if (!std::filesystem::exists(model)) GTEST_SKIP() << "no ../shared/models here";
+  const std::string model_args = SmallModelArgs();  // "--checkpoint X" or "--generate X"
+  const std::string flag = model_args.substr(0, model_args.find(' '));
+  const std::string path = model_args.substr(model_args.find(' ') + 1);
   const std::string job = JobName();
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     freopen("/dev/null", "w", stdout);
-    execl(SHARDWIRE_BIN, SHARDWIRE_BIN, "demo", "rl-sync", "--checkpoint", model.c_str(), "--steps", "100000",
+    execl(SHARDWIRE_BIN, SHARDWIRE_BIN, "demo", "rl-sync", flag.c_str(), path.c_str(), "--work-dir", SHARDWIRE_TEST_WORK_DIR, "--steps", "100000",
           "--job", job.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
@@ -161,8 +173,7 @@ TEST(RlSyncDemo, BadInputGetsAClearError) {
 }
 
 TEST(RlSyncDemo, PortInUseIsReported) {
-  const std::string model = SharedModels() + "/tiny-llama3-bf16";
-  if (!std::filesystem::exists(model)) GTEST_SKIP() << "no ../shared/models here";
+  const std::string model_args = SmallModelArgs();
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -172,7 +183,7 @@ TEST(RlSyncDemo, PortInUseIsReported) {
   socklen_t len = sizeof(addr);
   getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
   const int port = ntohs(addr.sin_port);
-  const RunResult r = RunDemo("--checkpoint " + model + " --port " + std::to_string(port));
+  const RunResult r = RunDemo(model_args + " --port " + std::to_string(port));
   close(fd);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find(std::to_string(port)), std::string::npos) << r.output;

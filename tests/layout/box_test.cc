@@ -18,7 +18,7 @@ std::int64_t LocalIndex(const Box& b, const std::vector<std::int64_t>& p) {
 std::vector<std::vector<std::int64_t>> Points(const Box& b) {
   std::vector<std::vector<std::int64_t>> out;
   if (b.numel() == 0) return out;
-  std::vector<std::int64_t> p = b.offset;
+  std::vector<std::int64_t> p(b.offset.begin(), b.offset.end());
   while (true) {
     out.push_back(p);
     std::size_t d = b.shape.size();

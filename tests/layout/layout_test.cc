@@ -63,8 +63,8 @@ TEST(Layout, TpRejectsIndivisibleDimension) {
 }
 
 TEST(Layout, RejectsBoxOutsideTensor) {
-  std::vector<std::vector<std::optional<Box>>> boxes{{Box{{8}, {4}}}};
-  auto layout = Layout::FromBoxes("custom", {{"x", DType::kF32, {10}}}, boxes);
+  std::vector<std::vector<std::optional<LocalShard>>> boxes{{Box{{8}, {4}}}};
+  auto layout = Layout::FromShards("custom", {{"x", DType::kF32, {10}}}, boxes);
   ASSERT_FALSE(layout.ok());
   EXPECT_NE(layout.status().message().find("rank 0"), std::string::npos);
 }

@@ -49,8 +49,8 @@ std::vector<std::vector<std::byte>> Materialise(const Layout& layout) {
 // Random layout: each tensor is cut into a grid of cells; every rank holds at most one
 // cell; each cell is held by at least one rank (replicas when ranks > cells).
 Layout RandomLayout(std::mt19937& rng, const std::vector<TensorSpec>& tensors, int world) {
-  std::vector<std::vector<std::optional<Box>>> boxes(static_cast<std::size_t>(world),
-                                                     std::vector<std::optional<Box>>(tensors.size()));
+  std::vector<std::vector<std::optional<LocalShard>>> boxes(static_cast<std::size_t>(world),
+                                                     std::vector<std::optional<LocalShard>>(tensors.size()));
   for (std::size_t t = 0; t < tensors.size(); ++t) {
     const auto& shape = tensors[t].shape;
     std::vector<std::vector<std::int64_t>> cuts(shape.size());
@@ -88,7 +88,7 @@ Layout RandomLayout(std::mt19937& rng, const std::vector<TensorSpec>& tensors, i
       if (i < grid.size() || rng() % 2) boxes[static_cast<std::size_t>(ranks[i])][t] = grid[i % grid.size()];
     }
   }
-  return Layout::FromBoxes("random", tensors, boxes).value();
+  return Layout::FromShards("random", tensors, boxes).value();
 }
 
 std::vector<TensorSpec> RandomTensors(std::mt19937& rng) {
@@ -203,8 +203,8 @@ TEST(Planner, MismatchedLayoutsAreOneErrorListingDifferences) {
 
 TEST(Planner, UncoveredDestinationIsAnError) {
   std::vector<TensorSpec> t{{"x", DType::kF32, {8}}};
-  std::vector<std::vector<std::optional<Box>>> boxes{{Box{{0}, {4}}}};
-  auto src = Layout::FromBoxes("half", t, boxes).value();
+  std::vector<std::vector<std::optional<LocalShard>>> boxes{{Box{{0}, {4}}}};
+  auto src = Layout::FromShards("half", t, boxes).value();
   auto plan = PlanTransfer(src, MakeFsdpLayout(t, 1).value());
   ASSERT_FALSE(plan.ok());
   EXPECT_NE(plan.status().message().find("[4:8] of x"), std::string::npos) << plan.status().message();

@@ -67,6 +67,31 @@ int RunSubscriber(std::uint16_t port, int rank, const Layout& trainer, const Lay
   return 0;
 }
 
+// Forks a child that runs `body(port)` once the parent sends it the rendezvous port.
+// Children are forked while the parent is still single-threaded (before the rendezvous
+// server thread starts): forking a multi-threaded process that uses UCX can copy a lock
+// held by another thread (UCX's memory hooks) into the child.
+template <typename Body>
+pid_t ForkWithPort(int* port_pipe_write, Body body) {
+  int fds[2];
+  if (pipe(fds) != 0) return -1;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[1]);
+    std::uint16_t port = 0;
+    if (read(fds[0], &port, sizeof(port)) != sizeof(port)) _exit(9);
+    _exit(body(port));
+  }
+  close(fds[0]);
+  *port_pipe_write = fds[1];
+  return pid;
+}
+
+void SendPort(int fd, std::uint16_t port) {
+  EXPECT_EQ(write(fd, &port, sizeof(port)), static_cast<ssize_t>(sizeof(port)));
+  close(fd);
+}
+
 int WaitChild(pid_t pid) {
   int status = 0;
   for (int i = 0; i < 600; ++i) {
@@ -81,16 +106,19 @@ int WaitChild(pid_t pid) {
 TEST(WeightSync, FsdpToTpAcrossProcessesEveryVersionVerified) {
   const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();  // this process: the one trainer rank
   const Layout engine = MakeTpLayout(Tensors(), {0, 0, 1, -1}, 2, 1).value();
+  std::vector<pid_t> children;
+  std::vector<int> port_pipes;
+  for (int r = 0; r < engine.world_size(); ++r) {
+    int fd = -1;
+    const pid_t pid = ForkWithPort(&fd, [&](std::uint16_t p) { return RunSubscriber(p, r, trainer, engine); });
+    ASSERT_GE(pid, 0);
+    children.push_back(pid);
+    port_pipes.push_back(fd);
+  }
   auto server = TcpRendezvousServer::Start("127.0.0.1", 0);
   ASSERT_TRUE(server.ok());
   const std::uint16_t port = (*server)->port();
-  std::vector<pid_t> children;
-  for (int r = 0; r < engine.world_size(); ++r) {
-    const pid_t pid = fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) _exit(RunSubscriber(port, r, trainer, engine));
-    children.push_back(pid);
-  }
+  for (int fd : port_pipes) SendPort(fd, port);
   auto rz = TcpRendezvousClient::Connect("127.0.0.1", port, 20);
   ASSERT_TRUE(rz.ok());
   auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, {"t", 20});
@@ -108,20 +136,22 @@ TEST(WeightSync, FsdpToTpAcrossProcessesEveryVersionVerified) {
 TEST(WeightSync, SubscriberReportsADeadPublisher) {
   const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
   const Layout engine = MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, 1).value();
+  int port_pipe = -1;
+  const pid_t pid = ForkWithPort(&port_pipe, [&](std::uint16_t port) {
+    // A publisher that connects, then dies before pushing.
+    auto rz = TcpRendezvousClient::Connect("127.0.0.1", port, 20);
+    if (!rz.ok()) return 10;
+    auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, {"t", 20});
+    if (!pub.ok() || !(*pub)->Connect().ok()) return 11;
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    raise(SIGKILL);
+    return 12;
+  });
+  ASSERT_GE(pid, 0);
   auto server = TcpRendezvousServer::Start("127.0.0.1", 0);
   ASSERT_TRUE(server.ok());
   const std::uint16_t port = (*server)->port();
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    // A publisher that connects, then dies before pushing.
-    auto rz = TcpRendezvousClient::Connect("127.0.0.1", port, 20);
-    if (!rz.ok()) _exit(10);
-    auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, {"t", 20});
-    if (!pub.ok() || !(*pub)->Connect().ok()) _exit(11);
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    raise(SIGKILL);
-  }
+  SendPort(port_pipe, port);
   auto rz = TcpRendezvousClient::Connect("127.0.0.1", port, 20);
   ASSERT_TRUE(rz.ok());
   auto sub = WeightSubscriber::Create(**rz, trainer, engine, 0, {"t", 10});
