@@ -10,6 +10,7 @@ packages=(
   libspdlog-dev libfmt-dev      # logging and formatting
   libcli11-dev                  # command-line parsing
   libxxhash-dev                 # metadata blob checksums
+  libzstd-dev                   # transfer plan compression
   libgtest-dev libgmock-dev     # unit and multi-process tests
   libbenchmark-dev              # micro-benchmarks
   python3                       # test helpers (independent oracle for safetensors)

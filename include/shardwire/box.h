@@ -99,4 +99,21 @@ void ForEachContiguousRun(
     const std::function<void(std::int64_t from_element, std::int64_t to_element,
                              std::int64_t elements)>& fn);
 
+/// One strided run: `count` runs of `elements` elements, the i-th starting at
+/// from_element + i * from_stride and to_element + i * to_stride (elements).
+struct StridedRun {
+  std::int64_t from_element = 0;
+  std::int64_t to_element = 0;
+  std::int64_t elements = 0;
+  std::int64_t count = 1;
+  std::int64_t from_stride = 0;
+  std::int64_t to_stride = 0;
+};
+
+/// As ForEachContiguousRun, but the runs along the innermost dimension that is not
+/// contiguous come as one StridedRun (e.g. all rows of a dim-1 shard of a 2-D tensor
+/// are one call): O(runs / rows) calls, which keeps plans of row-parallel tensors small.
+void ForEachStridedRun(const Box& region, const Box& from, const Box& to,
+                       const std::function<void(const StridedRun&)>& fn);
+
 }  // namespace shardwire

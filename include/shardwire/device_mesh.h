@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "shardwire/box.h"
+#include "shardwire/layout.h"
 #include "shardwire/status.h"
 
 namespace shardwire {
@@ -77,5 +78,14 @@ struct Placement {
 /// rank; a tensor of more than kMaxBoxDims dimensions.
 Result<std::optional<Box>> LocalBox(const std::vector<std::int64_t>& global_shape, const DeviceMesh& mesh,
                                     std::span<const Placement> placements, int rank);
+
+/// A layout in which tensor i is placed on `mesh` by placements[i] (one Placement per
+/// mesh dimension), ranks numbered as the mesh numbers them. Ranks along a Partial
+/// dimension hold addends: their shards get a partial_group that is equal exactly for
+/// the ranks whose coordinates differ only on Partial dimensions.
+/// Errors: those of LocalBox, naming the tensor; placements.size() != tensors.size().
+Result<Layout> MakeDTensorLayout(std::string description, std::vector<TensorSpec> tensors, const DeviceMesh& mesh,
+                                 const std::vector<std::vector<Placement>>& placements,
+                                 const LayoutOptions& options = {});
 
 }  // namespace shardwire

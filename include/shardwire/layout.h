@@ -66,8 +66,24 @@ struct RankShards {
   const ShardRef* Find(std::uint32_t tensor) const;
 };
 
+/// One shard of a rank class, as input to Layout::FromRankClasses.
+struct ShardEntry {
+  std::uint32_t tensor = 0;
+  LocalShard shard;
+};
+
 class Layout {
  public:
+  /// Builds a layout whose ranks fall into *rank classes*: ranks of one class hold
+  /// identical shards at identical offsets (engine replicas, HSDP replica groups), so
+  /// the shards are stored once per class — a trillion-parameter MoE on hundreds of
+  /// ranks stays in memory. class_shards[c] lists what class c holds (any order; at most
+  /// one entry per tensor); class_of_rank[r] is rank r's class. Errors: those of
+  /// FromShards, plus a class index out of range or a class with no rank.
+  static Result<Layout> FromRankClasses(std::string description, std::vector<TensorSpec> tensors,
+                                        std::vector<std::vector<ShardEntry>> class_shards,
+                                        std::vector<std::uint32_t> class_of_rank, const LayoutOptions& options = {});
+
   /// Builds a layout from per-rank shards: shards[rank][tensor] is what rank holds of
   /// tensor; nullopt or an empty box means none of it. Places the shards in each rank's
   /// buffer (see LayoutOptions). Errors (kInvalidArgument): a box of the wrong rank or
@@ -79,17 +95,23 @@ class Layout {
 
   /// Human description, e.g. "fsdp=2" or "tp=2,dp=2".
   const std::string& description() const { return description_; }
-  int world_size() const { return static_cast<int>(ranks_.size()); }
+  int world_size() const { return static_cast<int>(class_of_rank_.size()); }
   const std::vector<TensorSpec>& tensors() const { return tensors_; }
   /// Precondition: 0 <= rank < world_size().
-  const RankShards& rank(int rank) const { return ranks_[static_cast<std::size_t>(rank)]; }
+  const RankShards& rank(int rank) const { return classes_[class_of_rank_[static_cast<std::size_t>(rank)]]; }
+  /// Rank classes (see FromRankClasses): their shards, and the ranks of each (ascending).
+  std::size_t num_rank_classes() const { return classes_.size(); }
+  const RankShards& rank_class(std::size_t c) const { return classes_[c]; }
+  const std::vector<std::uint32_t>& ranks_of_class(std::size_t c) const { return ranks_of_class_[c]; }
   /// Index of the tensor named `name`, or kNotFound.
   Result<std::uint32_t> TensorIndex(const std::string& name) const;
 
  private:
   std::string description_;
   std::vector<TensorSpec> tensors_;
-  std::vector<RankShards> ranks_;
+  std::vector<RankShards> classes_;
+  std::vector<std::uint32_t> class_of_rank_;
+  std::vector<std::vector<std::uint32_t>> ranks_of_class_;
 };
 
 /// torch.chunk semantics: the [begin, end) ranges when `extent` elements are split

@@ -1,10 +1,41 @@
-// Layouts of a model's tensors as trainers and inference engines hold them.
+// Layouts of a model's tensors as RL trainers and inference engines hold them.
 //
-// Tensor order follows the ModelDescription (embed, layers in order, final norm,
-// lm_head), which is also the order shards take in each rank's buffer.
+// Engines follow vLLM / SGLang (Megatron-style tensor parallelism):
+//  * column-parallel tensors (q/k/v, gate/up, MLA q_b/kv_b) split on dim 0, row-parallel
+//    (o_proj, down_proj) on dim 1, vocab-parallel (embed_tokens, lm_head) on dim 0 after
+//    padding the vocabulary (vLLM VocabParallelEmbedding: to a multiple of 64, then of
+//    tp; padding rows are reserved in the buffer and never sent), the rest replicated;
+//  * GQA with fewer key/value heads than TP ranks: each k/v head is replicated on the
+//    tp / kv_heads consecutive ranks that share it (vLLM QKVParallelLinear);
+//  * fused parameters (qkv_proj = [q; k; v], gate_up_proj = [gate; up], per-expert
+//    w13, MLA fused_qkv_a) are held contiguously: each rank's fused tensor is the
+//    concatenation of its shards of the parts (see LayoutOptions::fused_groups);
+//  * MoE experts under expert parallelism (ep == tp): each routed expert whole on one
+//    rank of its stage's TP group, by an expert-to-rank map that need not be contiguous
+//    (vLLM's default is linear: expert e on rank e * ep / E); with ep == 1 experts are
+//    TP-sharded like dense MLPs; shared experts are dense MLPs;
+//  * pipeline stages split the decoder layers as vLLM's get_pp_indices does (even
+//    split, the remainder to the stages before the last); embed_tokens on the first
+//    stage, final norm, lm_head and MTP layers on the last;
+//  * rank = (replica * pp + stage) * tp + tp_rank.
+// Trainers follow torchtitan / FSDP2 (mesh order pp, dp_replicate, dp_shard, tp):
+//  * FSDP shards dim 0 of each (TP-local) tensor across dp_shard ranks with torch.chunk
+//    semantics (FSDP2 + TP shards the TP shard: DTensor's _StridedShard order);
+//  * HSDP repeats that over dp_replicate replica groups;
+//  * EP for experts (ep > 1) uses ep ranks of each dp_shard group (ep_rank = s % ep):
+//    expert e belongs to ep_rank e * ep / E; its FSDP then runs over the dp_shard / ep
+//    ranks with that ep_rank, sharding the grouped [E_local, ...] tensor on the expert
+//    dimension (whole experts per rank) when E_local >= dp_shard / ep, else each expert
+//    on its dim 0 (torchtitan's _experts_shard_placement_fn);
+//  * rank = ((stage * dp_replicate + r) * dp_shard + s) * tp + t.
+// Tensor order follows the ModelDescription, which is also the order of shards in each
+// rank's buffer (fused groups sit where their first part is).
 //
 // Thread-safety: pure functions.
 #pragma once
+
+#include <string_view>
+#include <vector>
 
 #include "shardwire/layout.h"
 #include "shardwire/model_description.h"
@@ -12,15 +43,50 @@
 
 namespace shardwire {
 
-/// FSDP over `num_ranks` ranks (see MakeFsdpLayout). Errors: num_ranks < 1.
+struct EngineLayoutOptions {
+  int tp = 1;              ///< tensor-parallel ranks per pipeline stage
+  int pp = 1;              ///< pipeline stages
+  int dp = 1;              ///< engine replicas
+  int ep = 1;              ///< 1, or tp: routed experts whole on one rank of the TP group
+  bool fuse = true;        ///< hold fused parameters contiguously
+  int vocab_padding = 64;  ///< vLLM DEFAULT_VOCAB_PADDING_SIZE
+  /// Optional expert -> EP rank map (size = routed experts, values in [0, ep)); empty =
+  /// linear (e * ep / E).
+  std::vector<int> expert_to_rank = {};
+};
+
+struct TrainerLayoutOptions {
+  int dp_replicate = 1;  ///< HSDP replica groups
+  int dp_shard = 1;      ///< FSDP ranks per replica group
+  int tp = 1;            ///< tensor parallelism
+  int ep = 1;            ///< expert parallelism carved out of dp_shard (requires tp == 1)
+  int pp = 1;            ///< pipeline stages
+};
+
+/// Inference-engine layout. Errors (kInvalidArgument, naming the numbers): sizes < 1;
+/// heads not divisible by tp; tp not a multiple of (or divisible by) the key/value heads;
+/// ep not 1 or tp; experts not divisible by ep; a bad expert_to_rank map; a sharded
+/// dimension (incl. FP8 block-scale rows) not divisible; pp > number of layers.
+Result<Layout> MakeEngineLayout(const ModelDescription& model, const EngineLayoutOptions& options);
+
+/// Trainer layout. Errors (kInvalidArgument): sizes < 1; tp not dividing heads, key/value
+/// heads or a sharded dimension; ep not dividing dp_shard or the expert count; ep > 1
+/// together with tp > 1; pp > number of layers.
+Result<Layout> MakeTrainerLayout(const ModelDescription& model, const TrainerLayoutOptions& options);
+
+/// FSDP over `num_ranks` ranks: MakeTrainerLayout with dp_shard = num_ranks.
 Result<Layout> MakeFsdpLayoutForModel(const ModelDescription& model, int num_ranks);
 
-/// Tensor parallelism as vLLM / SGLang shard a dense model (Megatron-LM style):
-/// column-parallel tensors split on dim 0, row-parallel on dim 1, vocab-parallel
-/// (embed_tokens, lm_head) on dim 0, the rest replicated; `replicas` engines of `tp`
-/// ranks each. Errors (kInvalidArgument, naming the numbers): tp or replicas < 1;
-/// attention heads or key/value heads not divisible by tp; a sharded dimension
-/// (e.g. vocab or intermediate size) not divisible by tp.
+/// `replicas` engines of `tp` ranks: MakeEngineLayout with tp and dp.
 Result<Layout> MakeTpLayoutForModel(const ModelDescription& model, int tp, int replicas);
+
+/// Parses a layout string and builds the layout. Trainer layouts name `fsdp=N` or
+/// `hsdp=RxS` (optionally with tp, ep, pp); engine layouts use tp, ep, pp and dp
+/// (replicas). Examples: "fsdp=8", "hsdp=2x8", "fsdp=64,tp=4", "fsdp=256,ep=8",
+/// "tp=4,dp=2", "tp=8,ep=8,dp=16", "pp=2,tp=4".
+/// Errors: kInvalidArgument pointing at the offending part, e.g.
+/// "layout \"tp=4,xp=2\": unknown key \"xp\" at character 6 (keys: fsdp, hsdp, tp, ep, pp, dp)";
+/// and the errors of MakeTrainerLayout / MakeEngineLayout.
+Result<Layout> MakeLayoutFromString(const ModelDescription& model, std::string_view spec);
 
 }  // namespace shardwire

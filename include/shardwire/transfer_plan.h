@@ -1,67 +1,113 @@
-// Transfer plan: the byte moves that turn one layout of a set of tensors into another.
+// Transfer plan: the byte moves that turn one layout of a set of tensors into another,
+// grouped into buckets and scheduled in rounds.
 //
 // Both RL weight sync (trainer layout -> inference layout) and P2P loading (serving
 // instance layout -> new instance layout) are this problem. Offsets are byte offsets
-// into the per-rank buffers defined by shardwire::Layout. Planning is deterministic:
-// the same two layouts give the same moves in every process, so each process can
-// compute its own share without a central broadcast.
+// into the per-rank buffers defined by shardwire::Layout. A move goes from one source
+// rank to a *destination group*: the destination ranks that hold the same bytes at the
+// same offset (e.g. the same TP rank of every engine replica), so replicated
+// destinations are planned once and can be served by one broadcast.
 //
-// Thread-safety: PlanTransfer is pure; a TransferPlan is immutable.
+// Thread-safety: a TransferPlan is immutable after construction; share freely.
 #pragma once
 
 #include <cstdint>
+#include <span>
+#include <string_view>
 #include <vector>
 
-#include "shardwire/layout.h"
 #include "shardwire/status.h"
 
 namespace shardwire {
 
-/// Copy `length` bytes from source rank `src_rank`'s buffer at `src_offset` to
-/// destination rank `dst_rank`'s buffer at `dst_offset`.
+/// How a bucket's bytes travel.
+enum class TransportKind : std::uint8_t {
+  kLocal,      ///< source and destination are the same process: a copy
+  kP2P,        ///< one source range to one destination rank (one-sided WRITE)
+  kBroadcast,  ///< one source range to several destination ranks (fan-out tree allowed)
+};
+std::string_view TransportKindName(TransportKind kind);
+
+/// Copy `count` runs of `length` bytes from source rank `src_rank`'s buffer to every
+/// rank of destination group `dst_group`: run i goes from src_offset + i * src_stride
+/// to dst_offset + i * dst_stride (bytes). count == 1 is a plain contiguous move; the
+/// strided form carries e.g. all rows of a row-parallel (dim-1) shard in one move.
 struct Move {
   std::uint32_t src_rank = 0;
-  std::uint32_t dst_rank = 0;
+  std::uint32_t dst_group = 0;
   std::uint64_t src_offset = 0;
   std::uint64_t dst_offset = 0;
   std::uint64_t length = 0;
+  std::uint64_t count = 1;
+  std::uint64_t src_stride = 0;
+  std::uint64_t dst_stride = 0;
+
+  /// Bytes moved to each destination: length * count.
+  std::uint64_t bytes() const { return length * count; }
   bool operator==(const Move&) const = default;
+};
+
+/// A run of consecutive moves with one source, one destination group and one transport,
+/// at most PlanOptions::bucket_bytes long, executed in schedule round `round`.
+struct Bucket {
+  std::uint32_t src_rank = 0;
+  std::uint32_t dst_group = 0;
+  TransportKind transport = TransportKind::kP2P;
+  std::uint32_t round = 0;
+  std::uint64_t first_move = 0;  ///< index into TransferPlan::moves()
+  std::uint64_t move_count = 0;
+  std::uint64_t bytes = 0;  ///< sum of the moves' bytes() (per destination)
+  bool operator==(const Bucket&) const = default;
+};
+
+/// Per-rank traffic summary (bytes).
+struct TrafficStats {
+  std::uint64_t min = 0, max = 0;
+  double mean = 0;
 };
 
 class TransferPlan {
  public:
-  TransferPlan(int src_world, int dst_world, std::vector<Move> moves, std::uint64_t runs_before_coalescing);
+  TransferPlan() = default;
+  TransferPlan(int src_world, int dst_world, std::vector<std::vector<std::uint32_t>> dst_groups,
+               std::vector<Move> moves, std::vector<Bucket> buckets, std::uint64_t runs_before_coalescing);
 
   int src_world() const { return src_world_; }
   int dst_world() const { return dst_world_; }
-  /// Sorted by (src_rank, dst_rank, src_offset); maximal: no two moves can be merged.
+  /// Destination groups: sorted, distinct destination ranks.
+  const std::vector<std::vector<std::uint32_t>>& dst_groups() const { return dst_groups_; }
+  /// Sorted by (src_rank, dst_group, src_offset); no two contiguous moves can be merged.
   const std::vector<Move>& moves() const { return moves_; }
-  /// Contiguous runs found before adjacent runs were merged into moves.
+  const std::vector<Bucket>& buckets() const { return buckets_; }
+  /// Number of schedule rounds (1 + the largest Bucket::round; 0 for an empty plan).
+  std::uint32_t rounds() const;
+  /// Contiguous runs found before adjacent runs were merged into moves (a strided move
+  /// of count runs counts count).
   std::uint64_t runs_before_coalescing() const { return runs_before_coalescing_; }
+
+  /// Bytes delivered: sum over moves of bytes() x destination-group size.
   std::uint64_t total_bytes() const;
-  /// The moves a source rank sends (a contiguous slice of moves()).
+  /// The moves a source rank sends (one per destination group; see dst_groups()).
   std::vector<Move> MovesFrom(int src_rank) const;
   /// The moves a destination rank receives.
   std::vector<Move> MovesTo(int dst_rank) const;
   /// Distinct source ranks that send to `dst_rank`, ascending.
   std::vector<int> SourcesOf(int dst_rank) const;
+  /// Bytes each source rank sends (counting each destination of a group) and each
+  /// destination rank receives.
+  std::vector<std::uint64_t> BytesSentPerSource() const;
+  std::vector<std::uint64_t> BytesReceivedPerDestination() const;
 
  private:
-  int src_world_;
-  int dst_world_;
+  int src_world_ = 0;
+  int dst_world_ = 0;
+  std::vector<std::vector<std::uint32_t>> dst_groups_;
   std::vector<Move> moves_;
-  std::uint64_t runs_before_coalescing_;
+  std::vector<Bucket> buckets_;
+  std::uint64_t runs_before_coalescing_ = 0;
 };
 
-/// Plans the moves that fill every shard of `dst` from the shards of `src`.
-///
-/// Tensors are matched by name. Where several source ranks hold the same bytes
-/// (replicated tensors, replica groups), each destination byte is taken from exactly
-/// one of them; the choice rotates over the holders by (tensor, destination rank) so
-/// replicas share the sending (policy "spread over replicas").
-/// Errors: kLayoutMismatch when the layouts disagree on the tensor set, a shape or a
-/// dtype (the message counts the differences and lists the first few); kInvalidArgument
-/// when some destination bytes are held by no source rank (names tensor and box).
-Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst);
+/// min / mean / max of `values`.
+TrafficStats Summarize(std::span<const std::uint64_t> values);
 
 }  // namespace shardwire

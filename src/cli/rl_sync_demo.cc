@@ -19,7 +19,7 @@
 #include "cli/rl_sync_protocol.h"
 #include "shardwire/model_layouts.h"
 #include "shardwire/tcp_rendezvous.h"
-#include "shardwire/transfer_plan.h"
+#include "shardwire/planner.h"
 
 namespace shardwire::demo {
 namespace {

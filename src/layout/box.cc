@@ -67,9 +67,8 @@ std::string ToString(const Box& box) {
   return s + "]";
 }
 
-void ForEachContiguousRun(
-    const Box& region, const Box& from, const Box& to,
-    const std::function<void(std::int64_t, std::int64_t, std::int64_t)>& fn) {
+void ForEachStridedRun(const Box& region, const Box& from, const Box& to,
+                       const std::function<void(const StridedRun&)>& fn) {
   const std::size_t rank = region.shape.size();
   if (region.numel() == 0) return;
   // Row-major strides (elements) of the two dense buffers.
@@ -81,8 +80,8 @@ void ForEachContiguousRun(
     fs *= from.shape[i];
     ts *= to.shape[i];
   }
-  // Find the outermost dimension `k` such that every dimension after it spans the
-  // full extent of both buffers: a run then covers region.shape[k] * inner elements.
+  // The outermost dimension `k` such that every dimension after it spans the full extent
+  // of both buffers: a run then covers region.shape[k] * inner elements.
   std::size_t k = rank;  // k == rank means a 0-d tensor: a single element
   std::int64_t run = 1;
   for (std::size_t i = rank; i-- > 0;) {
@@ -90,32 +89,50 @@ void ForEachContiguousRun(
     run *= region.shape[i];
     if (region.shape[i] != from.shape[i] || region.shape[i] != to.shape[i]) break;
   }
-  // Fold leading dimensions that are also full-extent into the run.
-  // (The loop above stops at the first dimension that is not full in both.)
-  Dims idx(k, 0);  // odometer over dimensions [0, k)
-  auto base = [&](const Box& b, const Dims& stride) {
-    std::int64_t off = 0;
-    for (std::size_t d = 0; d < rank; ++d) off += (region.offset[d] - b.offset[d]) * stride[d];
-    return off;
-  };
-  const std::int64_t from_base = base(from, from_stride);
-  const std::int64_t to_base = base(to, to_stride);
+  std::int64_t from_base = 0, to_base = 0;
+  for (std::size_t d = 0; d < rank; ++d) {
+    from_base += (region.offset[d] - from.offset[d]) * from_stride[d];
+    to_base += (region.offset[d] - to.offset[d]) * to_stride[d];
+  }
+  StridedRun r;
+  r.elements = run;
+  if (k == 0 || k == rank) {  // one contiguous run
+    r.from_element = from_base;
+    r.to_element = to_base;
+    fn(r);
+    return;
+  }
+  // Dimension k-1 becomes the stride; an odometer walks dimensions [0, k-1).
+  const std::size_t s = k - 1;
+  r.count = region.shape[s];
+  r.from_stride = from_stride[s];
+  r.to_stride = to_stride[s];
+  Dims idx(s, 0);
   while (true) {
-    std::int64_t fo = from_base, to_off = to_base;
-    for (std::size_t d = 0; d < k; ++d) {
-      fo += idx[d] * from_stride[d];
-      to_off += idx[d] * to_stride[d];
+    r.from_element = from_base;
+    r.to_element = to_base;
+    for (std::size_t d = 0; d < s; ++d) {
+      r.from_element += idx[d] * from_stride[d];
+      r.to_element += idx[d] * to_stride[d];
     }
-    fn(fo, to_off, run);
-    std::size_t d = k;
+    fn(r);
+    std::size_t d = s;
     while (d > 0) {
       --d;
       if (++idx[d] < region.shape[d]) break;
       idx[d] = 0;
       if (d == 0) return;
     }
-    if (k == 0) return;
+    if (s == 0) return;
   }
+}
+
+void ForEachContiguousRun(
+    const Box& region, const Box& from, const Box& to,
+    const std::function<void(std::int64_t, std::int64_t, std::int64_t)>& fn) {
+  ForEachStridedRun(region, from, to, [&](const StridedRun& r) {
+    for (std::int64_t i = 0; i < r.count; ++i) fn(r.from_element + i * r.from_stride, r.to_element + i * r.to_stride, r.elements);
+  });
 }
 
 }  // namespace shardwire

@@ -82,4 +82,36 @@ Result<std::optional<Box>> LocalBox(const std::vector<std::int64_t>& global_shap
   return std::optional<Box>(box);
 }
 
+Result<Layout> MakeDTensorLayout(std::string description, std::vector<TensorSpec> tensors, const DeviceMesh& mesh,
+                                 const std::vector<std::vector<Placement>>& placements, const LayoutOptions& options) {
+  if (placements.size() != tensors.size()) {
+    return InvalidArgument(fmt::format("{} placement lists for {} tensors", placements.size(), tensors.size()));
+  }
+  std::vector<std::vector<std::optional<LocalShard>>> shards(static_cast<std::size_t>(mesh.size()),
+                                                            std::vector<std::optional<LocalShard>>(tensors.size()));
+  for (std::size_t t = 0; t < tensors.size(); ++t) {
+    bool partial = false;
+    for (const Placement& p : placements[t]) partial |= p.kind == Placement::Kind::kPartial;
+    for (int r = 0; r < mesh.size(); ++r) {
+      auto box = LocalBox(tensors[t].shape, mesh, placements[t], r);
+      if (!box.ok()) return box.status().WithContext(tensors[t].name);
+      if (!box->has_value()) continue;
+      std::uint32_t group = 0;
+      if (partial) {
+        // Ranks that differ only along Partial dimensions sum to one value: number the
+        // group by the coordinates on the other dimensions.
+        const std::vector<int> coords = mesh.Coordinates(r);
+        std::uint32_t id = 0;
+        for (std::size_t i = 0; i < coords.size(); ++i) {
+          id = id * static_cast<std::uint32_t>(mesh.dims()[i].size) +
+               (placements[t][i].kind == Placement::Kind::kPartial ? 0 : static_cast<std::uint32_t>(coords[i]));
+        }
+        group = id + 1;
+      }
+      shards[static_cast<std::size_t>(r)][t] = LocalShard(**box, 0, group);
+    }
+  }
+  return Layout::FromShards(std::move(description), std::move(tensors), shards, options);
+}
+
 }  // namespace shardwire

@@ -19,7 +19,26 @@ const ShardRef* RankShards::Find(std::uint32_t tensor) const {
 Result<Layout> Layout::FromShards(std::string description, std::vector<TensorSpec> tensors,
                                   const std::vector<std::vector<std::optional<LocalShard>>>& shards,
                                   const LayoutOptions& options) {
-  if (shards.empty()) return InvalidArgument("layout " + description + " has zero ranks");
+  std::vector<std::vector<ShardEntry>> classes(shards.size());
+  std::vector<std::uint32_t> class_of_rank(shards.size());
+  for (std::size_t r = 0; r < shards.size(); ++r) {
+    if (shards[r].size() != tensors.size()) {
+      return InvalidArgument(fmt::format("layout {}: rank {} lists {} shards for {} tensors", description, r,
+                                         shards[r].size(), tensors.size()));
+    }
+    class_of_rank[r] = static_cast<std::uint32_t>(r);
+    for (std::uint32_t t = 0; t < tensors.size(); ++t) {
+      if (shards[r][t]) classes[r].push_back(ShardEntry{t, *shards[r][t]});
+    }
+  }
+  return FromRankClasses(std::move(description), std::move(tensors), std::move(classes), std::move(class_of_rank),
+                         options);
+}
+
+Result<Layout> Layout::FromRankClasses(std::string description, std::vector<TensorSpec> tensors,
+                                       std::vector<std::vector<ShardEntry>> class_shards,
+                                       std::vector<std::uint32_t> class_of_rank, const LayoutOptions& options) {
+  if (class_of_rank.empty()) return InvalidArgument("layout " + description + " has zero ranks");
   const std::uint64_t alignment = options.alignment;
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
     return InvalidArgument(fmt::format("alignment {} is not a power of two", alignment));
@@ -35,59 +54,91 @@ Result<Layout> Layout::FromShards(std::string description, std::vector<TensorSpe
       group_of[t] = static_cast<std::int64_t>(g);
     }
   }
-  std::vector<std::vector<std::uint32_t>> units;  // each unit starts aligned
-  std::vector<bool> placed(tensors.size(), false);
-  for (std::uint32_t t = 0; t < tensors.size(); ++t) {
-    if (placed[t]) continue;
-    if (group_of[t] < 0) {
-      units.push_back({t});
-      placed[t] = true;
-      continue;
+  // rank_in_placement[t]: position of tensor t in placement order; unit_start marks the
+  // first tensor of each aligned unit (a lone tensor or a fused group).
+  std::vector<std::uint32_t> placement_order;
+  std::vector<bool> unit_start;
+  {
+    std::vector<bool> placed(tensors.size(), false);
+    for (std::uint32_t t = 0; t < tensors.size(); ++t) {
+      if (placed[t]) continue;
+      const std::vector<std::uint32_t> unit =
+          group_of[t] < 0 ? std::vector<std::uint32_t>{t} : options.fused_groups[static_cast<std::size_t>(group_of[t])];
+      for (std::size_t i = 0; i < unit.size(); ++i) {
+        placement_order.push_back(unit[i]);
+        unit_start.push_back(i == 0);
+        placed[unit[i]] = true;
+      }
     }
-    units.push_back(options.fused_groups[static_cast<std::size_t>(group_of[t])]);
-    for (std::uint32_t p : units.back()) placed[p] = true;
   }
+  std::vector<std::uint32_t> position(tensors.size());
+  for (std::uint32_t i = 0; i < placement_order.size(); ++i) position[placement_order[i]] = i;
 
   Layout layout;
-  layout.ranks_.resize(shards.size());
-  for (std::size_t r = 0; r < shards.size(); ++r) {
-    if (shards[r].size() != tensors.size()) {
-      return InvalidArgument(fmt::format("layout {}: rank {} lists {} shards for {} tensors", description, r,
-                                         shards[r].size(), tensors.size()));
+  layout.ranks_of_class_.resize(class_shards.size());
+  for (std::size_t r = 0; r < class_of_rank.size(); ++r) {
+    if (class_of_rank[r] >= class_shards.size()) {
+      return InvalidArgument(fmt::format("layout {}: rank {} is in class {} of {}", description, r, class_of_rank[r],
+                                         class_shards.size()));
     }
-    RankShards& rank = layout.ranks_[r];
+    layout.ranks_of_class_[class_of_rank[r]].push_back(static_cast<std::uint32_t>(r));
+  }
+  layout.classes_.resize(class_shards.size());
+  for (std::size_t c = 0; c < class_shards.size(); ++c) {
+    if (layout.ranks_of_class_[c].empty()) {
+      return InvalidArgument(fmt::format("layout {}: rank class {} has no rank", description, c));
+    }
+    const std::uint32_t first_rank = layout.ranks_of_class_[c].front();
+    std::vector<ShardEntry>& entries = class_shards[c];
+    std::sort(entries.begin(), entries.end(),
+              [&](const ShardEntry& a, const ShardEntry& b) { return position[a.tensor] < position[b.tensor]; });
+    RankShards& rank = layout.classes_[c];
+    rank.shards.reserve(entries.size());
     std::uint64_t offset = 0;
-    for (const auto& unit : units) {
-      offset = (offset + alignment - 1) & ~(alignment - 1);
-      for (std::uint32_t t : unit) {
-        if (!shards[r][t] || shards[r][t]->box.numel() == 0) continue;
-        const LocalShard& local = *shards[r][t];
-        const Box& box = local.box;
-        const TensorSpec& spec = tensors[t];
-        if (box.shape.size() != spec.shape.size() || box.offset.size() != spec.shape.size()) {
-          return InvalidArgument(fmt::format("layout {}: rank {} box {} has the wrong rank for {}", description, r,
+    std::uint32_t last_unit_position = 0;
+    bool first = true;
+    for (const ShardEntry& e : entries) {
+      const std::uint32_t t = e.tensor;
+      if (t >= tensors.size()) return InvalidArgument(fmt::format("layout {}: tensor index {} out of range", description, t));
+      const Box& box = e.shard.box;
+      if (box.numel() == 0 && !(box.shape.empty() && tensors[t].shape.empty())) continue;
+      const TensorSpec& spec = tensors[t];
+      if (box.shape.size() != spec.shape.size() || box.offset.size() != spec.shape.size()) {
+        return InvalidArgument(fmt::format("layout {}: rank {} box {} has the wrong rank for {}", description,
+                                           first_rank, ToString(box), ToString(spec)));
+      }
+      for (std::size_t d = 0; d < spec.shape.size(); ++d) {
+        if (box.offset[d] < 0 || box.shape[d] < 0 || box.offset[d] + box.shape[d] > spec.shape[d]) {
+          return InvalidArgument(fmt::format("layout {}: rank {} box {} lies outside {}", description, first_rank,
                                              ToString(box), ToString(spec)));
         }
-        for (std::size_t d = 0; d < spec.shape.size(); ++d) {
-          if (box.offset[d] < 0 || box.shape[d] < 0 || box.offset[d] + box.shape[d] > spec.shape[d]) {
-            return InvalidArgument(fmt::format("layout {}: rank {} box {} lies outside {}", description, r,
-                                               ToString(box), ToString(spec)));
-          }
-        }
-        const std::uint64_t bytes = static_cast<std::uint64_t>(box.numel()) * DTypeSize(spec.dtype);
-        if (local.reserved_bytes != 0 && local.reserved_bytes < bytes) {
-          return InvalidArgument(fmt::format("layout {}: rank {} reserves {} bytes for {} of {} bytes", description,
-                                             r, local.reserved_bytes, spec.name, bytes));
-        }
-        rank.shards.push_back(ShardRef{t, box, offset, local.partial_group});
-        offset += std::max(bytes, local.reserved_bytes);
       }
+      const std::uint64_t bytes = static_cast<std::uint64_t>(box.numel()) * DTypeSize(spec.dtype);
+      if (e.shard.reserved_bytes != 0 && e.shard.reserved_bytes < bytes) {
+        return InvalidArgument(fmt::format("layout {}: rank {} reserves {} bytes for {} of {} bytes", description,
+                                           first_rank, e.shard.reserved_bytes, spec.name, bytes));
+      }
+      // A new aligned unit starts unless this shard continues the fused group of the last one.
+      std::uint32_t unit_position = position[t];
+      while (!unit_start[unit_position]) --unit_position;
+      if (first || unit_position != last_unit_position) offset = (offset + alignment - 1) & ~(alignment - 1);
+      first = false;
+      last_unit_position = unit_position;
+      rank.shards.push_back(ShardRef{t, box, offset, e.shard.partial_group});
+      offset += std::max(bytes, e.shard.reserved_bytes);
     }
     // Shards are looked up by tensor index: keep them sorted by it.
     std::sort(rank.shards.begin(), rank.shards.end(),
               [](const ShardRef& a, const ShardRef& b) { return a.tensor < b.tensor; });
+    for (std::size_t i = 1; i < rank.shards.size(); ++i) {
+      if (rank.shards[i].tensor == rank.shards[i - 1].tensor) {
+        return InvalidArgument(fmt::format("layout {}: rank {} holds two shards of {}", description, first_rank,
+                                           tensors[rank.shards[i].tensor].name));
+      }
+    }
     rank.buffer_bytes = offset;
   }
+  layout.class_of_rank_ = std::move(class_of_rank);
   layout.description_ = std::move(description);
   layout.tensors_ = std::move(tensors);
   return layout;
@@ -140,9 +191,9 @@ Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<i
   if (shard_dims.size() != tensors.size()) {
     return InvalidArgument(fmt::format("{} shard dims given for {} tensors", shard_dims.size(), tensors.size()));
   }
-  const int world = tp * replicas;
-  std::vector<std::vector<std::optional<LocalShard>>> boxes(static_cast<std::size_t>(world));
-  for (std::size_t t = 0; t < tensors.size(); ++t) {
+  // Replicas share shards: rank replica * tp + tp_rank is in class tp_rank.
+  std::vector<std::vector<ShardEntry>> classes(static_cast<std::size_t>(tp));
+  for (std::uint32_t t = 0; t < tensors.size(); ++t) {
     const TensorSpec& spec = tensors[t];
     const int dim = shard_dims[t];
     if (dim >= static_cast<int>(spec.shape.size())) {
@@ -152,20 +203,22 @@ Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<i
       return InvalidArgument(fmt::format("{}: dim {} of size {} is not divisible by TP size {}",
                                          ToString(spec), dim, spec.shape[static_cast<std::size_t>(dim)], tp));
     }
-    for (int r = 0; r < world; ++r) {
+    for (int r = 0; r < tp; ++r) {
       Box box = WholeBox(spec.shape);
       if (dim >= 0) {
         const auto d = static_cast<std::size_t>(dim);
         const std::int64_t part = spec.shape[d] / tp;
-        box.offset[d] = part * (r % tp);
+        box.offset[d] = part * r;
         box.shape[d] = part;
       }
-      boxes[static_cast<std::size_t>(r)].push_back(std::move(box));
+      classes[static_cast<std::size_t>(r)].push_back({t, LocalShard(std::move(box))});
     }
   }
+  std::vector<std::uint32_t> class_of_rank(static_cast<std::size_t>(tp * replicas));
+  for (std::size_t r = 0; r < class_of_rank.size(); ++r) class_of_rank[r] = static_cast<std::uint32_t>(r % static_cast<std::size_t>(tp));
   std::string description = fmt::format("tp={}", tp);
   if (replicas > 1) description += fmt::format(",dp={}", replicas);
-  return Layout::FromShards(std::move(description), std::move(tensors), boxes);
+  return Layout::FromRankClasses(std::move(description), std::move(tensors), std::move(classes), std::move(class_of_rank));
 }
 
 }  // namespace shardwire

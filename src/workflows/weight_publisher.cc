@@ -4,7 +4,7 @@
 
 #include <fmt/format.h>
 
-#include "shardwire/transfer_plan.h"
+#include "shardwire/planner.h"
 #include "shardwire/weight_sync.h"
 #include "workflows/rank_endpoint.h"
 #include "workflows/sync_messages.h"
@@ -50,8 +50,12 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
   state->options = std::move(options);
   state->rank = rank;
   for (const Move& m : plan.MovesFrom(rank)) {
-    state->moves_by_destination[static_cast<int>(m.dst_rank)].push_back(m);
-    state->bytes_per_push += m.length;
+    // A move to a destination group is written to each member (a fan-out tree is a
+    // transport-level optimisation this publisher does not do yet).
+    for (std::uint32_t dst : plan.dst_groups()[m.dst_group]) {
+      state->moves_by_destination[static_cast<int>(dst)].push_back(m);
+      state->bytes_per_push += m.bytes();
+    }
   }
   SW_ASSIGN_OR_RETURN(state->endpoint, sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank,
                                                               trainer_layout.rank(rank).buffer_bytes));
@@ -70,7 +74,10 @@ Status WeightPublisher::Connect() {
     std::vector<TransferDescriptor> descriptors;
     descriptors.reserve(moves.size());
     for (const Move& m : moves) {
-      descriptors.push_back(TransferDescriptor{s.endpoint.region, m.src_offset, peer.region, m.dst_offset, m.length});
+      for (std::uint64_t i = 0; i < m.count; ++i) {
+        descriptors.push_back(TransferDescriptor{s.endpoint.region, m.src_offset + i * m.src_stride, peer.region,
+                                                 m.dst_offset + i * m.dst_stride, m.length});
+      }
     }
     SW_ASSIGN_OR_RETURN(TransferHandle handle, agent.PrepareTransfer(TransferOp::kWrite, peer.name,
                                                                      std::move(descriptors), std::nullopt));
@@ -100,7 +107,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   std::size_t i = 0;
   for (const auto& [dst, moves] : s.moves_by_destination) {
     SW_RETURN_IF_ERROR(agent.Post(s.transfers[i++]));
-    stats.descriptors += moves.size();
+    for (const Move& m : moves) stats.descriptors += m.count;
   }
   const auto done = sync::Encode({sync::MessageKind::kDone, version});
   i = 0;

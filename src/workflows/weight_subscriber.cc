@@ -3,7 +3,7 @@
 
 #include <fmt/format.h>
 
-#include "shardwire/transfer_plan.h"
+#include "shardwire/planner.h"
 #include "shardwire/weight_sync.h"
 #include "workflows/rank_endpoint.h"
 #include "workflows/sync_messages.h"
@@ -46,7 +46,7 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
   state->options = std::move(options);
   state->rank = rank;
   state->sources = plan.SourcesOf(rank);
-  for (const Move& m : plan.MovesTo(rank)) state->bytes_per_update += m.length;
+  for (const Move& m : plan.MovesTo(rank)) state->bytes_per_update += m.bytes();
   SW_ASSIGN_OR_RETURN(state->endpoint, sync::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank,
                                                               engine_layout.rank(rank).buffer_bytes));
   return std::unique_ptr<WeightSubscriber>(new WeightSubscriber(std::move(state)));

@@ -2,7 +2,7 @@
 // shard buffer is filled element by element from a pure function of (tensor, global
 // element index), the plan is applied with memcpy, and every destination byte is
 // compared with what the oracle says belongs there.
-#include "shardwire/transfer_plan.h"
+#include "shardwire/planner.h"
 
 #include <gtest/gtest.h>
 
@@ -133,11 +133,18 @@ void CheckPlan(const Layout& src, const Layout& dst, const TransferPlan& plan) {
   }
   for (const Move& m : plan.moves()) {
     ASSERT_LT(m.src_rank, src_bufs.size());
-    ASSERT_LT(m.dst_rank, got.size());
-    ASSERT_LE(m.src_offset + m.length, src_bufs[m.src_rank].size());
-    ASSERT_LE(m.dst_offset + m.length, got[m.dst_rank].size());
-    std::memcpy(got[m.dst_rank].data() + m.dst_offset, src_bufs[m.src_rank].data() + m.src_offset, m.length);
-    for (std::uint64_t i = 0; i < m.length; ++i) ++writes[m.dst_rank][m.dst_offset + i];
+    ASSERT_GE(m.count, 1u);
+    ASSERT_LT(m.dst_group, plan.dst_groups().size());
+    for (std::uint64_t k = 0; k < m.count; ++k) {
+      const std::uint64_t so = m.src_offset + k * m.src_stride, dof = m.dst_offset + k * m.dst_stride;
+      ASSERT_LE(so + m.length, src_bufs[m.src_rank].size());
+      for (std::uint32_t d : plan.dst_groups()[m.dst_group]) {
+        ASSERT_LT(d, got.size());
+        ASSERT_LE(dof + m.length, got[d].size());
+        std::memcpy(got[d].data() + dof, src_bufs[m.src_rank].data() + so, m.length);
+        for (std::uint64_t i = 0; i < m.length; ++i) ++writes[d][dof + i];
+      }
+    }
   }
   for (int r = 0; r < dst.world_size(); ++r) {
     ASSERT_EQ(got[static_cast<std::size_t>(r)], expected[static_cast<std::size_t>(r)]) << "destination rank " << r;
@@ -175,14 +182,16 @@ TEST(Planner, PlanIsDeterministicAndMaximallyCoalesced) {
   for (std::size_t i = 1; i < a.moves().size(); ++i) {
     const Move& p = a.moves()[i - 1];
     const Move& m = a.moves()[i];
-    const bool mergeable = p.src_rank == m.src_rank && p.dst_rank == m.dst_rank &&
+    const bool mergeable = p.count == 1 && m.count == 1 && p.src_rank == m.src_rank && p.dst_group == m.dst_group &&
                            p.src_offset + p.length == m.src_offset && p.dst_offset + p.length == m.dst_offset;
     EXPECT_FALSE(mergeable) << "moves " << i - 1 << " and " << i;
   }
-  // w [8,16] FSDP rows 0-3 on src 0 == TP rank 0's rows: 4*16*2 = 128 bytes, and since
-  // v's shards start right after w's in both buffers (offset 128), the first 8-byte row
-  // run of v merges into the same move across the tensor boundary.
-  EXPECT_EQ(a.moves()[0], (Move{0, 0, 0, 0, 128 + 8}));
+  // w [8,16] FSDP rows 0-3 on src 0 == TP rank 0's rows: one move of 4*16*2 = 128 bytes.
+  EXPECT_EQ(a.moves()[0], (Move{0, a.moves()[0].dst_group, 0, 0, 128, 1, 0, 0}));
+  // v [16,8] split on dim 1 for TP: source 0's 8 rows reach TP rank 0 as ONE strided
+  // move of 8 runs of 4 elements (8 bytes), strides 16 bytes (source) and 8 (destination).
+  EXPECT_EQ(a.moves()[1], (Move{0, a.moves()[0].dst_group, 128, 128, 8, 8, 16, 8}));
+  EXPECT_EQ(a.runs_before_coalescing(), 2u + 4 * 8);  // w: 2 runs; v: 8 rows for each (source, TP rank)
   // v [16,8] split on dim 1 for TP: rows of 4 elements (8 bytes) each come from src rows.
   EXPECT_GT(a.runs_before_coalescing(), a.moves().size() - 1);
   CheckPlan(src, dst, a);

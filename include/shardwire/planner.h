@@ -1,0 +1,63 @@
+// The resharding planner: two layouts of the same tensors -> a TransferPlan.
+//
+// Algorithm (deterministic; every process computes the same plan):
+//  1. Match tensors by name; global shapes and dtypes must agree.
+//  2. Per tensor, group destination ranks holding the same box at the same buffer
+//     offset (destination classes: e.g. one TP rank across all engine replicas) and
+//     source ranks holding the same box (source classes: replicas).
+//  3. Per destination class, take each source class's intersection with what is still
+//     missing (box algebra), choose the holder by the replica policy, and emit the
+//     intersection's maximal contiguous runs (one run for dim-0 shards, one per row for
+//     dim-1 shards) as moves to the destination group, split by process (LOCAL).
+//  4. Coalesce runs adjacent in both buffers (also across tensors), cap move sizes at
+//     the bucket size, form buckets per (source, destination group, transport), and
+//     schedule them in rounds (first fit, deterministic order) so that no destination
+//     receives from more than K sources and no source sends to more than K destinations
+//     at once; a broadcast counts min(|group|, K) sends for its source (a fan-out tree
+//     of degree K) and one receive per member.
+//
+// Thread-safety: pure function.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "shardwire/layout.h"
+#include "shardwire/status.h"
+#include "shardwire/transfer_plan.h"
+
+namespace shardwire {
+
+/// Which replica sends when several source ranks hold the same bytes.
+enum class ReplicaPolicy : std::uint8_t {
+  /// Spread over replicas: each piece goes to the holder that has sent the fewest bytes
+  /// so far (ties: lowest rank); large pieces are split across holders. Balances the
+  /// sending across replica groups (HSDP replicas, Replicate placements).
+  kSpread,
+  /// One replica group sends everything: always the lowest-ranked holder. Leaves the
+  /// other replicas free (e.g. to keep training) at the cost of balance.
+  kFirstReplica,
+};
+
+struct PlanOptions {
+  std::uint64_t bucket_bytes = 64ull << 20;  ///< bucket (and maximal move) size cap, bytes
+  int max_concurrency = 4;                   ///< K: peers a rank talks to at once
+  ReplicaPolicy replica_policy = ReplicaPolicy::kSpread;
+  /// Optional process id of each source / destination rank (sizes = world sizes, or
+  /// empty): a move between ranks of the same process is LOCAL.
+  std::vector<int> src_process;
+  std::vector<int> dst_process;
+};
+
+/// Plans the moves that fill every shard of `dst` from the shards of `src`.
+/// Errors (one Status each):
+///  * kLayoutMismatch: the tensor sets, a shape or a dtype differ (the message counts the
+///    differences and lists the first few);
+///  * kInvalidArgument: destination bytes that no source rank holds (names tensor and
+///    box); a Partial destination; bad options (bucket_bytes 0, K < 1, process maps of
+///    the wrong size);
+///  * kUnsupported: Partial sources (addend shards) — planned reductions are not
+///    implemented yet.
+Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const PlanOptions& options = {});
+
+}  // namespace shardwire
