@@ -31,7 +31,8 @@ namespace shardwire {
 /// Which replica sends when several source ranks hold the same bytes.
 enum class ReplicaPolicy : std::uint8_t {
   /// Spread over replicas: each piece goes to the holder that has sent the fewest bytes
-  /// so far (ties: lowest rank); large pieces are split across holders. Balances the
+  /// so far (ties: lowest rank); pieces of 64 KiB or more are first split across the
+  /// holders (on their first dimension longer than one). Balances the
   /// sending across replica groups (HSDP replicas, Replicate placements).
   kSpread,
   /// One replica group sends everything: always the lowest-ranked holder. Leaves the
@@ -45,8 +46,8 @@ struct PlanOptions {
   ReplicaPolicy replica_policy = ReplicaPolicy::kSpread;
   /// Optional process id of each source / destination rank (sizes = world sizes, or
   /// empty): a move between ranks of the same process is LOCAL.
-  std::vector<int> src_process;
-  std::vector<int> dst_process;
+  std::vector<int> src_process = {};
+  std::vector<int> dst_process = {};
 };
 
 /// Plans the moves that fill every shard of `dst` from the shards of `src`.

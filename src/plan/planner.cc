@@ -12,8 +12,9 @@ namespace shardwire {
 namespace {
 
 constexpr std::size_t kListedDifferences = 5;
-// Pieces at least this large are split over the replicas that hold them (kSpread).
-constexpr std::uint64_t kSplitPieceBytes = 1ull << 20;
+// Pieces at least this large are split over the replicas that hold them (kSpread), so
+// that replicas share the sending evenly even when pieces are few and large.
+constexpr std::uint64_t kSplitPieceBytes = 64ull << 10;
 
 // Matches dst tensors to src tensors by name; returns src index per dst tensor.
 Result<std::vector<std::uint32_t>> MatchTensors(const Layout& src, const Layout& dst) {
