@@ -46,6 +46,11 @@ Result<json> AwaitReport(Rendezvous& rendezvous, ChildProcesses& children, const
   }
 }
 
+// "1.5 MB" / "12.3 KB": bytes in decimal units.
+std::string FormatBytes(double bytes) {
+  return bytes >= 1e6 ? fmt::format("{:.1f} MB", bytes / 1e6) : fmt::format("{:.1f} KB", bytes / 1e3);
+}
+
 struct StepFigures {
   std::uint64_t bytes = 0;
   std::uint64_t descriptors = 0;
@@ -58,28 +63,33 @@ Status Run(const RlSyncOptions& o) {
   const std::string work_dir = o.work_dir.empty()
                                    ? (std::filesystem::temp_directory_path() / "shardwire-demo").string()
                                    : o.work_dir;
+  const std::string trainer_spec = o.trainer_layout.empty() ? fmt::format("fsdp={}", o.trainers) : o.trainer_layout;
+  const std::string engine_spec = o.engine_layout.empty()
+                                      ? (o.engines > 1 ? fmt::format("tp={},dp={}", o.tp, o.engines) : fmt::format("tp={}", o.tp))
+                                      : o.engine_layout;
   if (!o.generate.empty()) {
-    // Check the rank counts against the model before spending time generating it.
+    // Check the layouts against the model before spending time generating it.
     SW_ASSIGN_OR_RETURN(const ModelDescription planned, DescribeConfig(o.generate, o.layers));
-    SW_RETURN_IF_ERROR(MakeFsdpLayoutForModel(planned, o.trainers).status());
-    SW_RETURN_IF_ERROR(MakeTpLayoutForModel(planned, o.tp, o.engines).status());
+    SW_RETURN_IF_ERROR(MakeLayoutFromString(planned, trainer_spec).status());
+    SW_RETURN_IF_ERROR(MakeLayoutFromString(planned, engine_spec).status());
   }
   SW_ASSIGN_OR_RETURN(const DemoCheckpoint input,
                       ResolveDemoCheckpoint(o.checkpoint, o.config, o.generate, o.layers, work_dir));
   SW_ASSIGN_OR_RETURN(const ModelDescription model, DescribeDemoModel(input));
-  SW_ASSIGN_OR_RETURN(const Layout trainer_layout, MakeFsdpLayoutForModel(model, o.trainers));
-  SW_ASSIGN_OR_RETURN(const Layout engine_layout, MakeTpLayoutForModel(model, o.tp, o.engines));
+  SW_ASSIGN_OR_RETURN(const Layout trainer_layout, MakeLayoutFromString(model, trainer_spec));
+  SW_ASSIGN_OR_RETURN(const Layout engine_layout, MakeLayoutFromString(model, engine_spec));
+  const int trainers = trainer_layout.world_size();
+  const int engine_ranks = engine_layout.world_size();
   SW_ASSIGN_OR_RETURN(const TransferPlan plan, PlanTransfer(trainer_layout, engine_layout));
 
-  fmt::print("checkpoint  {} ({} {}, {} tensors, {:.1f} MB)\n", input.checkpoint,
+  fmt::print("checkpoint  {} ({} {}, {} tensors, {})\n", input.checkpoint,
              model.config.architecture.empty() ? model.config.model_type : model.config.architecture,
              DTypeName(model.tensors.front().spec.dtype), model.tensors.size(),
-             static_cast<double>(model.total_bytes()) / 1e6);
-  fmt::print("trainers    {} processes, {}\n", o.trainers, trainer_layout.description());
-  fmt::print("engines     {} x TP {} = {} processes, {}\n", o.engines, o.tp, o.engines * o.tp,
-             engine_layout.description());
-  fmt::print("plan        {} moves ({} contiguous runs before coalescing), {:.1f} MB per step\n",
-             plan.moves().size(), plan.runs_before_coalescing(), static_cast<double>(plan.total_bytes()) / 1e6);
+             FormatBytes(static_cast<double>(model.total_bytes())));
+  fmt::print("trainers    {} processes, {}\n", trainers, trainer_layout.description());
+  fmt::print("engines     {} processes, {}\n", engine_ranks, engine_layout.description());
+  fmt::print("plan        {} moves ({} contiguous runs before coalescing), {} per step\n", plan.moves().size(),
+             plan.runs_before_coalescing(), FormatBytes(static_cast<double>(plan.total_bytes())));
 
   SW_ASSIGN_OR_RETURN(auto server, TcpRendezvousServer::Start("127.0.0.1", o.port));
   const std::string job = o.job.empty() ? fmt::format("rl-sync-{}", getpid()) : o.job;
@@ -87,42 +97,43 @@ Status Run(const RlSyncOptions& o) {
   auto worker_args = [&](const std::string& role, int rank) {
     std::vector<std::string> args{"worker", "--role", role, "--rank", std::to_string(rank),
                                   "--rendezvous-port", std::to_string(server->port()), "--job", job,
-                                  "--checkpoint", input.checkpoint, "--trainers", std::to_string(o.trainers),
-                                  "--engines", std::to_string(o.engines), "--tp", std::to_string(o.tp),
+                                  "--checkpoint", input.checkpoint, "--trainer-layout", trainer_spec,
+                                  "--engine-layout", engine_spec,
                                   "--steps", std::to_string(o.steps), "--timeout", fmt::format("{}", o.timeout_s)};
     if (!input.config.empty()) args.insert(args.end(), {"--config", input.config});
     return args;
   };
-  for (int r = 0; r < o.trainers; ++r) {
+  for (int r = 0; r < trainers; ++r) {
     SW_RETURN_IF_ERROR(children.Spawn(fmt::format("trainer {}", r), worker_args("trainer", r)));
   }
-  for (int r = 0; r < o.engines * o.tp; ++r) {
-    SW_RETURN_IF_ERROR(children.Spawn(EngineRankLabel(r, o.tp), worker_args("engine", r)));
+  for (int r = 0; r < engine_ranks; ++r) {
+    SW_RETURN_IF_ERROR(children.Spawn(EngineRankLabel(r), worker_args("engine", r)));
   }
   SW_ASSIGN_OR_RETURN(auto rendezvous, TcpRendezvousClient::Connect("127.0.0.1", server->port(), o.timeout_s));
 
-  json summary{{"checkpoint", input.checkpoint}, {"trainers", o.trainers}, {"engines", o.engines},
-               {"tp", o.tp}, {"bytes_per_step", plan.total_bytes()}, {"steps", json::array()}};
+  json summary{{"checkpoint", input.checkpoint}, {"trainer_layout", trainer_layout.description()},
+               {"engine_layout", engine_layout.description()}, {"bytes_per_step", plan.total_bytes()},
+               {"steps", json::array()}};
   double total_s = 0, steady_s = 0;
   std::uint64_t total_bytes = 0, steady_bytes = 0;
   for (int step = 1; step <= o.steps; ++step) {
     StepFigures f;
-    for (int r = 0; r < o.trainers; ++r) {
+    for (int r = 0; r < trainers; ++r) {
       SW_ASSIGN_OR_RETURN(const json t, AwaitReport(*rendezvous, children, StatsKey(job, step, "trainer", r), o.timeout_s));
       f.bytes += t.value("bytes", std::uint64_t{0});
       f.descriptors += t.value("descriptors", std::uint64_t{0});
       f.transfer_s = std::max(f.transfer_s, t.value("transfer_s", 0.0));
     }
-    for (int r = 0; r < o.engines * o.tp; ++r) {
+    for (int r = 0; r < engine_ranks; ++r) {
       SW_ASSIGN_OR_RETURN(const json e, AwaitReport(*rendezvous, children, StatsKey(job, step, "engine", r), o.timeout_s));
       f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
       f.verified += e.value("verified", false) ? 1 : 0;
     }
     const double gbps = f.transfer_s > 0 ? static_cast<double>(f.bytes) / f.transfer_s / 1e9 : 0;
-    fmt::print("step {}/{}  moved {:>9.1f} MB in {:.4f} s = {:6.2f} GB/s  ({} descriptors)  "
+    fmt::print("step {}/{}  moved {:>10} in {:.4f} s = {:6.2f} GB/s  ({} descriptors)  "
                "verified {}/{} engine ranks byte for byte\n",
-               step, o.steps, static_cast<double>(f.bytes) / 1e6, f.transfer_s, gbps, f.descriptors, f.verified,
-               o.engines * o.tp);
+               step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.verified,
+               engine_ranks);
     std::fflush(stdout);
     total_s += f.transfer_s;
     total_bytes += f.bytes;
@@ -140,11 +151,11 @@ Status Run(const RlSyncOptions& o) {
   const double mean_gbps = total_s > 0 ? static_cast<double>(total_bytes) / total_s / 1e9 : 0;
   // Reference measured now: memcpy of one step's bytes with as many threads as trainers
   // (each trainer process copies on its own core), capped at the 2 cores here.
-  const int copy_threads = std::clamp(o.trainers, 1, 2);
+  const int copy_threads = std::clamp(trainers, 1, 2);
   const double memcpy_gbps = MeasureMemcpyGBps(plan.total_bytes(), copy_threads);
-  fmt::print("summary     {} steps, {:.1f} MB moved in {:.3f} s of transfer = {:.2f} GB/s; "
+  fmt::print("summary     {} steps, {} moved in {:.3f} s of transfer = {:.2f} GB/s; "
              "every engine rank verified every step\n",
-             o.steps, static_cast<double>(total_bytes) / 1e6, total_s, mean_gbps);
+             o.steps, FormatBytes(static_cast<double>(total_bytes)), total_s, mean_gbps);
   const double steady_gbps = steady_s > 0 ? static_cast<double>(steady_bytes) / steady_s / 1e9 : mean_gbps;
   if (o.steps > 1) {
     fmt::print("steady      steps 2..{}: {:.2f} GB/s (step 1 also maps each peer's memory on first use)\n", o.steps,
@@ -177,6 +188,13 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_option("--engines", o->engines, "inference engines (replicas)")->capture_default_str()
       ->check(CLI::Range(1, 64));
   cmd->add_option("--tp", o->tp, "tensor-parallel ranks per engine")->capture_default_str()->check(CLI::Range(1, 64));
+  cmd->add_option("--trainer-layout", o->trainer_layout,
+                  "trainer layout string instead of --trainers: fsdp=N | hsdp=RxS [,tp=T] [,ep=E] [,pp=P]")
+      ->excludes("--trainers");
+  cmd->add_option("--engine-layout", o->engine_layout,
+                  "engine layout string instead of --engines/--tp: tp=T [,ep=T] [,pp=P] [,dp=R]")
+      ->excludes("--engines")
+      ->excludes("--tp");
   cmd->add_option("--steps", o->steps, "weight versions to push")->capture_default_str()->check(CLI::Range(1, 100000));
   cmd->add_option("--checkpoint", o->checkpoint,
                   "safetensors file, index JSON or directory (default: ../shared/models/tiny-llama3-bf16, "

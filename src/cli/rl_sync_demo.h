@@ -14,6 +14,8 @@ struct RlSyncOptions {
   int trainers = 2;
   int engines = 2;
   int tp = 2;
+  std::string trainer_layout;    ///< layout string (overrides --trainers), e.g. "hsdp=2x2"
+  std::string engine_layout;     ///< layout string (overrides --engines/--tp), e.g. "tp=2,ep=2,dp=2"
   int steps = 5;
   std::string checkpoint;        ///< empty: the default (real tiny model, or generated)
   std::string config;            ///< empty: the config.json beside the checkpoint

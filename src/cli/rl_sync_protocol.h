@@ -12,9 +12,7 @@ inline std::string StatsKey(const std::string& job, int step, const std::string&
   return fmt::format("{}/stats/{}/{}/{}", job, step, role, rank);
 }
 
-/// "engine 1 tp-rank 0" for global engine rank 2 with TP 2.
-inline std::string EngineRankLabel(int rank, int tp) {
-  return fmt::format("engine {} tp-rank {}", rank / tp, rank % tp);
-}
+/// "engine rank 2": rank 2 of the engine layout (rank = (replica * pp + stage) * tp + tp_rank).
+inline std::string EngineRankLabel(int rank) { return fmt::format("engine rank {}", rank); }
 
 }  // namespace shardwire::demo

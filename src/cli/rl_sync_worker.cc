@@ -28,7 +28,8 @@ struct WorkerArgs {
   std::string job;
   std::string checkpoint;
   std::string config;
-  int trainers = 0, engines = 0, tp = 0, steps = 0;
+  std::string trainer_layout, engine_layout;
+  int steps = 0;
   double timeout_s = 120;
 };
 
@@ -108,7 +109,7 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
 
 Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& checkpoint,
                  const Layout& trainer_layout, const Layout& engine_layout) {
-  const std::string who = EngineRankLabel(a.rank, a.tp);
+  const std::string who = EngineRankLabel(a.rank);
   SW_ASSIGN_OR_RETURN(auto subscriber, WeightSubscriber::Create(rendezvous, trainer_layout, engine_layout, a.rank,
                                                                 WeightSyncOptions{a.job, a.timeout_s}));
   // The engine starts from the checkpoint on disk, as a freshly launched engine does.
@@ -131,8 +132,8 @@ Status RunWorker(const WorkerArgs& a) {
   const DemoCheckpoint input{a.checkpoint, a.config};
   SW_ASSIGN_OR_RETURN(const ModelDescription model, DescribeDemoModel(input));
   SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(a.checkpoint));
-  SW_ASSIGN_OR_RETURN(const Layout trainer_layout, MakeFsdpLayoutForModel(model, a.trainers));
-  SW_ASSIGN_OR_RETURN(const Layout engine_layout, MakeTpLayoutForModel(model, a.tp, a.engines));
+  SW_ASSIGN_OR_RETURN(const Layout trainer_layout, MakeLayoutFromString(model, a.trainer_layout));
+  SW_ASSIGN_OR_RETURN(const Layout engine_layout, MakeLayoutFromString(model, a.engine_layout));
   SW_ASSIGN_OR_RETURN(auto rendezvous, TcpRendezvousClient::Connect(a.rendezvous_host, a.rendezvous_port, a.timeout_s));
   if (a.role == "trainer") return RunTrainer(a, *rendezvous, checkpoint, trainer_layout, engine_layout);
   return RunEngine(a, *rendezvous, checkpoint, trainer_layout, engine_layout);
@@ -150,16 +151,15 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--job", args->job)->required();
   cmd->add_option("--checkpoint", args->checkpoint)->required();
   cmd->add_option("--config", args->config);
-  cmd->add_option("--trainers", args->trainers)->required();
-  cmd->add_option("--engines", args->engines)->required();
-  cmd->add_option("--tp", args->tp)->required();
+  cmd->add_option("--trainer-layout", args->trainer_layout)->required();
+  cmd->add_option("--engine-layout", args->engine_layout)->required();
   cmd->add_option("--steps", args->steps)->required();
   cmd->add_option("--timeout", args->timeout_s)->required();
   cmd->callback([args, exit_code] {
     const Status status = RunWorker(*args);
     if (!status.ok()) {
       const std::string who = args->role == "trainer" ? fmt::format("trainer {}", args->rank)
-                                                      : EngineRankLabel(args->rank, args->tp);
+                                                      : EngineRankLabel(args->rank);
       fmt::print(stderr, "shardwire: {}: {}\n", who, status.ToString());
       *exit_code = status.code() == ErrorCode::kVerificationFailed ? 3 : 1;
     }

@@ -95,6 +95,24 @@ TEST(RlSyncDemo, OtherLayoutsAndShardedF32Checkpoint) {
   EXPECT_NE(r.output.find("verified 1/1 engine ranks"), std::string::npos) << r.output;
 }
 
+TEST(RlSyncDemo, MoeCheckpointWithExpertParallelEngines) {
+  const std::string model = SharedModels() + "/tiny-qwen3-moe-f32";
+  if (!std::filesystem::exists(model)) GTEST_SKIP() << "no ../shared/models here";
+  RunResult r = RunDemo("--checkpoint " + model + " --trainer-layout fsdp=2,ep=2 --engine-layout tp=2,ep=2,dp=2 --steps 2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("engines     4 processes, tp=2,ep=2,dp=2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("verified 4/4 engine ranks"), std::string::npos) << r.output;
+  // HSDP trainers into pipeline-parallel engines with fused q/k/v, gate/up.
+  r = RunDemo("--checkpoint " + model + " --trainer-layout hsdp=2x1 --engine-layout pp=2,tp=2,ep=2 --steps 2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("verified 4/4 engine ranks"), std::string::npos) << r.output;
+  // MLA + MoE (DeepSeek-V2 family) with experts spread over the engine's TP ranks.
+  const std::string mla = SharedModels() + "/tiny-deepseek-v2-f32";
+  r = RunDemo("--checkpoint " + mla + " --trainer-layout fsdp=2,ep=2 --engine-layout tp=2,ep=2 --steps 2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("verified 2/2 engine ranks"), std::string::npos) << r.output;
+}
+
 TEST(RlSyncDemo, GeneratedCheckpointWithRealShapes) {
   // TinyLlama-1.1B's shapes with one decoder layer: 350 MB of bf16, pushed to 2 engines.
   const RunResult r = RunDemo("--generate tinyllama-1.1b --layers 1 --steps 2");
@@ -152,6 +170,10 @@ TEST(RlSyncDemo, BadInputGetsAClearError) {
   RunResult r = RunDemo("--checkpoint /nonexistent/model.safetensors");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("/nonexistent/model.safetensors does not exist"), std::string::npos) << r.output;
+
+  r = RunDemo("--engine-layout tp=2,xp=2");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("unknown key \"xp\" at character 6"), std::string::npos) << r.output;
 
   r = RunDemo("--tp 0");
   EXPECT_NE(r.exit_code, 0);

@@ -1,0 +1,152 @@
+#include "cli/plan_command.h"
+
+#include <chrono>
+#include <map>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "shardwire/model_config.h"
+#include "shardwire/model_layouts.h"
+#include "shardwire/plan_codec.h"
+#include "shardwire/planner.h"
+
+namespace shardwire::cli {
+namespace {
+
+constexpr const char* kLayoutHelp = R"(Layout strings (comma-separated key=value):
+  trainers:  fsdp=N | hsdp=RxS  [,tp=T] [,ep=E] [,pp=P]    e.g. fsdp=8  hsdp=2x8  fsdp=64,tp=4  fsdp=256,ep=8
+  engines:   tp=T [,ep=E (E = 1 or T)] [,pp=P] [,dp=replicas]   e.g. tp=4,dp=2  tp=8,ep=8,dp=16  pp=2,tp=4)";
+
+struct Args {
+  std::string config;
+  std::string from;
+  std::string to;
+  int layers = 0;
+  bool json = false;
+  std::uint64_t bucket_mib = 64;
+  int concurrency = 4;
+  std::string replica_policy = "spread";
+  std::string save;
+};
+
+nlohmann::json Traffic(const std::vector<std::uint64_t>& per_rank) {
+  const TrafficStats s = Summarize(per_rank);
+  return {{"min", s.min}, {"mean", s.mean}, {"max", s.max}};
+}
+
+Status Run(const Args& a) {
+  SW_ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(a.config));
+  SW_ASSIGN_OR_RETURN(ModelDescription model, DescribeModel(config));
+  if (a.layers > 0) {
+    SW_ASSIGN_OR_RETURN(model, WithLayers(model, a.layers));
+  }
+  Result<Layout> src = MakeLayoutFromString(model, a.from);
+  if (!src.ok()) return src.status().WithContext("--from");
+  Result<Layout> dst = MakeLayoutFromString(model, a.to);
+  if (!dst.ok()) return dst.status().WithContext("--to");
+  PlanOptions options;
+  options.bucket_bytes = a.bucket_mib << 20;
+  options.max_concurrency = a.concurrency;
+  options.replica_policy = a.replica_policy == "first" ? ReplicaPolicy::kFirstReplica : ReplicaPolicy::kSpread;
+  const auto t0 = std::chrono::steady_clock::now();
+  SW_ASSIGN_OR_RETURN(const TransferPlan plan, PlanTransfer(*src, *dst, options));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  std::map<TransportKind, std::pair<std::uint64_t, std::uint64_t>> by_transport;  // buckets, bytes
+  for (const Bucket& b : plan.buckets()) {
+    auto& [count, bytes] = by_transport[b.transport];
+    ++count;
+    bytes += b.bytes * plan.dst_groups()[b.dst_group].size();
+  }
+  std::size_t max_src_part = 0, max_dst_part = 0;
+  for (int r = 0; r < plan.src_world(); ++r) {
+    max_src_part = std::max(max_src_part, SerializePlanPart(plan, PlanSide::kSource, r).size());
+  }
+  for (int r = 0; r < plan.dst_world(); ++r) {
+    max_dst_part = std::max(max_dst_part, SerializePlanPart(plan, PlanSide::kDestination, r).size());
+  }
+  if (!a.save.empty()) {
+    const auto blob = SerializePlan(plan);
+    FILE* f = std::fopen(a.save.c_str(), "wb");
+    if (f == nullptr || std::fwrite(blob.data(), 1, blob.size(), f) != blob.size()) {
+      if (f) std::fclose(f);
+      return IoError("cannot write " + a.save);
+    }
+    std::fclose(f);
+  }
+  const auto sent = plan.BytesSentPerSource();
+  const auto received = plan.BytesReceivedPerDestination();
+  if (a.json) {
+    nlohmann::json j{{"model", config.architecture.empty() ? config.model_type : config.architecture},
+                     {"tensors", model.tensors.size()},
+                     {"from", src->description()},
+                     {"to", dst->description()},
+                     {"source_ranks", plan.src_world()},
+                     {"destination_ranks", plan.dst_world()},
+                     {"plan_seconds", seconds},
+                     {"bytes_delivered", plan.total_bytes()},
+                     {"runs_before_coalescing", plan.runs_before_coalescing()},
+                     {"moves", plan.moves().size()},
+                     {"buckets", plan.buckets().size()},
+                     {"rounds", plan.rounds()},
+                     {"destination_groups", plan.dst_groups().size()},
+                     {"sent_per_source", Traffic(sent)},
+                     {"received_per_destination", Traffic(received)},
+                     {"max_source_part_bytes", max_src_part},
+                     {"max_destination_part_bytes", max_dst_part}};
+    for (const auto& [kind, cb] : by_transport) {
+      j["transports"][std::string(TransportKindName(kind))] = {{"buckets", cb.first}, {"bytes", cb.second}};
+    }
+    fmt::print("{}\n", j.dump(2));
+    return Status::Ok();
+  }
+  const auto gb = [](double b) { return fmt::format("{:.3f} GB", b / 1e9); };
+  fmt::print("model       {} ({} tensors, {} per copy)\n",
+             config.architecture.empty() ? config.model_type : config.architecture, model.tensors.size(),
+             gb(static_cast<double>(model.total_bytes())));
+  fmt::print("from        {} ({} ranks)\nto          {} ({} ranks)\n", src->description(), plan.src_world(),
+             dst->description(), plan.dst_world());
+  fmt::print("plan        {:.3f} s; {} contiguous runs -> {} moves; {} buckets in {} rounds (K={}); {} destination groups\n",
+             seconds, plan.runs_before_coalescing(), plan.moves().size(), plan.buckets().size(), plan.rounds(),
+             a.concurrency, plan.dst_groups().size());
+  for (const auto& [kind, cb] : by_transport) {
+    fmt::print("  {:<10} {} buckets, {} delivered\n", TransportKindName(kind), cb.first, gb(static_cast<double>(cb.second)));
+  }
+  const TrafficStats s = Summarize(sent), d = Summarize(received);
+  fmt::print("sent        per source rank: min {} mean {} max {}\n", gb(static_cast<double>(s.min)), gb(s.mean),
+             gb(static_cast<double>(s.max)));
+  fmt::print("received    per destination rank: min {} mean {} max {}\n", gb(static_cast<double>(d.min)), gb(d.mean),
+             gb(static_cast<double>(d.max)));
+  fmt::print("serialised  largest part: source {:.1f} KiB, destination {:.1f} KiB\n",
+             static_cast<double>(max_src_part) / 1024, static_cast<double>(max_dst_part) / 1024);
+  return Status::Ok();
+}
+
+}  // namespace
+
+void AddPlanCommand(CLI::App& app, int* exit_code) {
+  auto a = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand("plan", "plan the byte moves between two layouts of a model and summarise them");
+  cmd->footer(kLayoutHelp);
+  cmd->add_option("--config", a->config, "Hugging Face config.json of the model")->required();
+  cmd->add_option("--from", a->from, "source layout, e.g. fsdp=256,ep=8")->required();
+  cmd->add_option("--to", a->to, "destination layout, e.g. tp=8,ep=8,dp=16")->required();
+  cmd->add_option("--layers", a->layers, "override the number of decoder layers")->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--json", a->json, "print the summary as JSON");
+  cmd->add_option("--bucket-mib", a->bucket_mib, "bucket size cap, MiB")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--concurrency", a->concurrency, "K: peers a rank talks to at once")->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--replica-policy", a->replica_policy, "spread (balance over replicas) or first (one replica sends)")
+      ->capture_default_str()->check(CLI::IsMember({"spread", "first"}));
+  cmd->add_option("--save", a->save, "write the serialised plan to this file");
+  cmd->callback([a, exit_code] {
+    const Status status = Run(*a);
+    if (!status.ok()) {
+      fmt::print(stderr, "shardwire plan: {}\n", status.ToString());
+      *exit_code = 1;
+    }
+  });
+}
+
+}  // namespace shardwire::cli
