@@ -9,6 +9,8 @@
 //     missing (box algebra), choose the holder by the replica policy, and emit the
 //     intersection's maximal contiguous runs (one run for dim-0 shards, one per row for
 //     dim-1 shards) as moves to the destination group, split by process (LOCAL).
+//     Partial(sum) sources are summed first at a reducer on the source side (see
+//     Reduction in transfer_plan.h); the destination only ever receives the sum.
 //  4. Coalesce runs adjacent in both buffers (also across tensors), cap move sizes at
 //     the bucket size, form buckets per (source, destination group, transport), and
 //     schedule them in rounds (first fit, deterministic order) so that no destination
@@ -57,8 +59,6 @@ struct PlanOptions {
 ///  * kInvalidArgument: destination bytes that no source rank holds (names tensor and
 ///    box); a Partial destination; bad options (bucket_bytes 0, K < 1, process maps of
 ///    the wrong size);
-///  * kUnsupported: Partial sources (addend shards) — planned reductions are not
-///    implemented yet.
 Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const PlanOptions& options = {});
 
 }  // namespace shardwire

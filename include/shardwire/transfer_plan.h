@@ -60,6 +60,40 @@ struct Bucket {
   bool operator==(const Bucket&) const = default;
 };
 
+/// Partial(sum) sources are reduced before anything reaches a destination, at a
+/// *reducer*: one member of the sum group (the least-loaded one), on the source side.
+/// Why there: the reducer already holds one addend, so a piece held by n ranks costs
+/// n - 1 transfers instead of n; the destination is written once, with final values, so
+/// it never sees an unreduced byte and needs no staging memory (inference engines are
+/// short of memory, trainers hold gradient-sized buffers anyway).
+///
+/// Each source rank has a scratch area after its buffer (TransferPlan::scratch_bytes);
+/// plan offsets at or beyond the rank's layout buffer size address it. A reduction of a
+/// piece of `bytes` bytes with n addends uses n consecutive slots of `bytes` at
+/// `scratch_offset`: ReduceCopy steps copy addend i (from `src_rank`'s buffer, possibly
+/// strided) into slot i, then the reducer sums the slots elementwise in `dtype` into slot
+/// 0, and the plan's moves carry slot 0 onwards.
+struct ReduceCopy {
+  std::uint32_t reducer = 0;      ///< source rank that reduces
+  std::uint32_t src_rank = 0;     ///< source rank holding the addend (may be the reducer)
+  std::uint64_t src_offset = 0;   ///< bytes, in src_rank's buffer
+  std::uint64_t slot_offset = 0;  ///< bytes, from the start of the reducer's scratch area
+  std::uint64_t length = 0;       ///< bytes per run
+  std::uint64_t count = 1;        ///< runs
+  std::uint64_t src_stride = 0;   ///< bytes between runs in the source
+  std::uint64_t slot_stride = 0;  ///< bytes between runs in the slot
+  bool operator==(const ReduceCopy&) const = default;
+};
+
+struct Reduction {
+  std::uint32_t reducer = 0;
+  std::uint64_t scratch_offset = 0;  ///< slot 0, bytes from the start of the reducer's scratch
+  std::uint64_t bytes = 0;           ///< bytes per slot
+  std::uint32_t addends = 0;         ///< slots
+  std::uint8_t dtype = 0;            ///< shardwire::DType of the elements (summed in it)
+  bool operator==(const Reduction&) const = default;
+};
+
 /// Per-rank traffic summary (bytes).
 struct TrafficStats {
   std::uint64_t min = 0, max = 0;
@@ -71,6 +105,15 @@ class TransferPlan {
   TransferPlan() = default;
   TransferPlan(int src_world, int dst_world, std::vector<std::vector<std::uint32_t>> dst_groups,
                std::vector<Move> moves, std::vector<Bucket> buckets, std::uint64_t runs_before_coalescing);
+
+  /// Attaches the reductions of Partial sources (see Reduction): their copies, the sums,
+  /// and each source rank's scratch size in bytes (src_world entries, or empty).
+  void SetReductions(std::vector<ReduceCopy> copies, std::vector<Reduction> reductions,
+                     std::vector<std::uint64_t> scratch_bytes);
+  const std::vector<ReduceCopy>& reduce_copies() const { return reduce_copies_; }
+  const std::vector<Reduction>& reductions() const { return reductions_; }
+  /// Scratch bytes source rank `rank` needs after its buffer (0 without Partial sources).
+  std::uint64_t scratch_bytes(int rank) const;
 
   int src_world() const { return src_world_; }
   int dst_world() const { return dst_world_; }
@@ -105,6 +148,9 @@ class TransferPlan {
   std::vector<Move> moves_;
   std::vector<Bucket> buckets_;
   std::uint64_t runs_before_coalescing_ = 0;
+  std::vector<ReduceCopy> reduce_copies_;
+  std::vector<Reduction> reductions_;
+  std::vector<std::uint64_t> scratch_bytes_;
 };
 
 /// min / mean / max of `values`.

@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <set>
 
 #include <fmt/format.h>
 #include <xxhash.h>
 #include <zstd.h>
+
+#include "shardwire/dtype.h"
 
 namespace shardwire {
 namespace {
@@ -66,7 +69,9 @@ class Reader {
   std::size_t pos_ = 0;
 };
 
-std::vector<std::byte> Encode(const TransferPlan& plan, const std::vector<std::size_t>& bucket_ids, bool part) {
+// `reduction_rank` < 0: all reductions; else those the source rank takes part in.
+std::vector<std::byte> Encode(const TransferPlan& plan, const std::vector<std::size_t>& bucket_ids, bool part,
+                              std::int64_t reduction_rank) {
   Writer w;
   w.Varint(static_cast<std::uint64_t>(plan.src_world()));
   w.Varint(static_cast<std::uint64_t>(plan.dst_world()));
@@ -107,6 +112,34 @@ std::vector<std::byte> Encode(const TransferPlan& plan, const std::vector<std::s
       dst_end = m.dst_offset + m.length;
     }
   }
+  // Reductions of Partial sources: scratch sizes, copies, sums.
+  const bool all = reduction_rank < 0;
+  const auto mine = [&](std::uint32_t rank) { return all || rank == static_cast<std::uint32_t>(reduction_rank); };
+  const bool has_scratch = !plan.reductions().empty();
+  w.Varint(has_scratch ? static_cast<std::uint64_t>(plan.src_world()) : 0);
+  for (int r = 0; has_scratch && r < plan.src_world(); ++r) w.Varint(plan.scratch_bytes(r));
+  std::vector<const ReduceCopy*> copies;
+  for (const ReduceCopy& c : plan.reduce_copies()) {
+    if (mine(c.reducer) || mine(c.src_rank)) copies.push_back(&c);
+  }
+  w.Varint(copies.size());
+  for (const ReduceCopy* c : copies) {
+    for (std::uint64_t v : {std::uint64_t{c->reducer}, std::uint64_t{c->src_rank}, c->src_offset, c->slot_offset,
+                            c->length, c->count, c->src_stride, c->slot_stride}) {
+      w.Varint(v);
+    }
+  }
+  std::vector<const Reduction*> sums;
+  for (const Reduction& r : plan.reductions()) {
+    if (mine(r.reducer)) sums.push_back(&r);
+  }
+  w.Varint(sums.size());
+  for (const Reduction* r : sums) {
+    for (std::uint64_t v : {std::uint64_t{r->reducer}, r->scratch_offset, r->bytes, std::uint64_t{r->addends},
+                            std::uint64_t{r->dtype}}) {
+      w.Varint(v);
+    }
+  }
   // Header, raw body size, zstd frame of the body, XXH64 of everything before it.
   const std::vector<std::byte>& body = w.bytes();
   Writer out;
@@ -128,7 +161,7 @@ std::vector<std::byte> Encode(const TransferPlan& plan, const std::vector<std::s
 std::vector<std::byte> SerializePlan(const TransferPlan& plan) {
   std::vector<std::size_t> all(plan.buckets().size());
   for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
-  return Encode(plan, all, false);
+  return Encode(plan, all, false, -1);
 }
 
 std::vector<std::byte> SerializePlanPart(const TransferPlan& plan, PlanSide side, int rank) {
@@ -141,7 +174,7 @@ std::vector<std::byte> SerializePlanPart(const TransferPlan& plan, PlanSide side
       ids.push_back(i);
     }
   }
-  return Encode(plan, ids, true);
+  return Encode(plan, ids, true, side == PlanSide::kSource ? rank : std::numeric_limits<std::int64_t>::max());
 }
 
 Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes) {
@@ -227,9 +260,44 @@ Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes) {
     }
     buckets.push_back(b);
   }
+  SW_ASSIGN_OR_RETURN(const std::uint64_t scratch_count, r.Varint("scratch count"));
+  if (scratch_count != 0 && scratch_count != src_world) return CorruptData("plan scratch table has the wrong size");
+  std::vector<std::uint64_t> scratch;
+  for (std::uint64_t i = 0; i < scratch_count; ++i) {
+    SW_ASSIGN_OR_RETURN(const std::uint64_t v, r.Varint("scratch bytes"));
+    scratch.push_back(v);
+  }
+  SW_ASSIGN_OR_RETURN(const std::uint64_t copy_count, r.Varint("reduce copy count"));
+  if (copy_count > r.remaining()) return CorruptData("plan reduce copy count overruns the blob");
+  std::vector<ReduceCopy> copies;
+  for (std::uint64_t i = 0; i < copy_count; ++i) {
+    std::uint64_t v[8];
+    for (auto& x : v) {
+      SW_ASSIGN_OR_RETURN(x, r.Varint("reduce copy"));
+    }
+    if (v[0] >= src_world || v[1] >= src_world || v[5] == 0) return CorruptData("plan reduce copy out of range");
+    copies.push_back(ReduceCopy{static_cast<std::uint32_t>(v[0]), static_cast<std::uint32_t>(v[1]), v[2], v[3], v[4],
+                                v[5], v[6], v[7]});
+  }
+  SW_ASSIGN_OR_RETURN(const std::uint64_t sum_count, r.Varint("reduction count"));
+  if (sum_count > r.remaining()) return CorruptData("plan reduction count overruns the blob");
+  std::vector<Reduction> sums;
+  for (std::uint64_t i = 0; i < sum_count; ++i) {
+    std::uint64_t v[5];
+    for (auto& x : v) {
+      SW_ASSIGN_OR_RETURN(x, r.Varint("reduction"));
+    }
+    if (v[0] >= src_world || v[3] == 0 || v[3] > (1u << 24) || v[4] > static_cast<std::uint64_t>(DType::kF8E5M2)) {
+      return CorruptData("plan reduction out of range");
+    }
+    sums.push_back(Reduction{static_cast<std::uint32_t>(v[0]), v[1], v[2], static_cast<std::uint32_t>(v[3]),
+                             static_cast<std::uint8_t>(v[4])});
+  }
   if (r.remaining() != 0) return CorruptData(fmt::format("plan has {} trailing bytes", r.remaining()));
-  return TransferPlan(static_cast<int>(src_world), static_cast<int>(dst_world), std::move(groups), std::move(moves),
-                      std::move(buckets), runs);
+  TransferPlan plan(static_cast<int>(src_world), static_cast<int>(dst_world), std::move(groups), std::move(moves),
+                    std::move(buckets), runs);
+  if (!sums.empty() || !copies.empty()) plan.SetReductions(std::move(copies), std::move(sums), std::move(scratch));
+  return plan;
 }
 
 }  // namespace shardwire

@@ -145,14 +145,7 @@ Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const Pl
   // Work on rank classes (replicas share shards), never on rank x tensor.
   std::vector<std::vector<Holder>> src_holders(src.tensors().size()), dst_holders(dst.tensors().size());
   for (std::uint32_t c = 0; c < src.num_rank_classes(); ++c) {
-    for (const ShardRef& s : src.rank_class(c).shards) {
-      if (s.partial_group != 0) {
-        return Unsupported(fmt::format("rank {} of layout {} holds a Partial(sum) addend of {}; planned reductions "
-                                       "are not implemented yet",
-                                       src.ranks_of_class(c).front(), src.description(), src.tensors()[s.tensor].name));
-      }
-      src_holders[s.tensor].push_back({c, &s});
-    }
+    for (const ShardRef& s : src.rank_class(c).shards) src_holders[s.tensor].push_back({c, &s});
   }
   for (std::uint32_t c = 0; c < dst.num_rank_classes(); ++c) {
     for (const ShardRef& s : dst.rank_class(c).shards) {
@@ -169,6 +162,10 @@ Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const Pl
   const bool by_process = !options.src_process.empty();
   GroupRegistry groups;
   std::vector<std::uint64_t> load(static_cast<std::size_t>(src.world_size()), 0);
+  // Reductions of Partial sources (see Reduction in transfer_plan.h).
+  std::vector<ReduceCopy> reduce_copies;
+  std::vector<Reduction> reductions;
+  std::vector<std::uint64_t> scratch(static_cast<std::size_t>(src.world_size()), 0);
   // Runs per source rank: they mostly arrive in source-offset order already, so sorting
   // per source is cheap.
   std::vector<std::vector<Move>> runs_by_source(static_cast<std::size_t>(src.world_size()));
@@ -243,6 +240,50 @@ Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const Pl
         });
       };
 
+      // A piece held as Partial(sum) addends: choose the sum group (replicas of the sum)
+      // and its reducer by load, copy every addend into the reducer's scratch slots, sum
+      // there, and send the sum (see Reduction).
+      auto reduce = [&](const std::map<std::uint32_t, std::vector<Candidate>>& sum_groups, const Box& piece) {
+        const std::vector<Candidate>* group = nullptr;
+        const Candidate* reducer = nullptr;
+        for (const auto& [id, members] : sum_groups) {
+          for (const Candidate& c : members) {
+            bool better = reducer == nullptr;
+            if (!better && options.replica_policy == ReplicaPolicy::kSpread) {
+              better = std::tie(load[c.rank], c.rank) < std::tie(load[reducer->rank], reducer->rank);
+            } else if (!better) {
+              better = c.rank < reducer->rank;
+            }
+            if (better) {
+              reducer = &c;
+              group = &members;
+            }
+          }
+        }
+        const std::uint64_t piece_bytes = static_cast<std::uint64_t>(piece.numel()) * esize;
+        std::uint64_t& used = scratch[reducer->rank];
+        const std::uint64_t slot0 = (used + 63) & ~std::uint64_t{63};
+        used = slot0 + piece_bytes * group->size();
+        for (std::size_t k = 0; k < group->size(); ++k) {
+          const Candidate& member = (*group)[k];
+          ForEachStridedRun(piece, member.shard->box, piece, [&](const StridedRun& r) {
+            reduce_copies.push_back(ReduceCopy{reducer->rank, member.rank,
+                                               member.shard->byte_offset + static_cast<std::uint64_t>(r.from_element) * esize,
+                                               slot0 + k * piece_bytes + static_cast<std::uint64_t>(r.to_element) * esize,
+                                               static_cast<std::uint64_t>(r.elements) * esize,
+                                               static_cast<std::uint64_t>(r.count),
+                                               static_cast<std::uint64_t>(r.from_stride) * esize,
+                                               static_cast<std::uint64_t>(r.to_stride) * esize});
+          });
+          if (member.rank != reducer->rank) load[member.rank] += piece_bytes;
+        }
+        reductions.push_back(Reduction{reducer->rank, slot0, piece_bytes, static_cast<std::uint32_t>(group->size()),
+                                       static_cast<std::uint8_t>(dst.tensors()[t].dtype)});
+        // The sum sits in slot 0 as a dense box, addressed after the reducer's buffer.
+        const ShardRef sum{st, piece, src.rank(static_cast<int>(reducer->rank)).buffer_bytes + slot0, 0};
+        emit(Candidate{reducer->rank, &sum}, piece);
+      };
+
       std::vector<Box> remaining{dbox};
       std::vector<std::optional<Box>> haves;
       std::vector<Candidate> candidates;
@@ -259,17 +300,36 @@ Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const Pl
         for (const Box& want : remaining) haves.push_back(Intersect(want, sbox));
         if (std::none_of(haves.begin(), haves.end(), [](const auto& h) { return h.has_value(); })) continue;
         candidates.clear();
+        std::map<std::uint32_t, std::vector<Candidate>> sum_groups;  // Partial(sum) addends by group
         for (const Holder& h : sclass) {
-          for (std::uint32_t r : src.ranks_of_class(h.rank_class)) candidates.push_back({r, h.shard});
+          for (std::uint32_t r : src.ranks_of_class(h.rank_class)) {
+            if (h.shard->partial_group != 0) {
+              sum_groups[h.shard->partial_group].push_back({r, h.shard});
+            } else {
+              candidates.push_back({r, h.shard});
+            }
+          }
+        }
+        if (!candidates.empty() && !sum_groups.empty()) {
+          return InvalidArgument(fmt::format("layout {} holds box {} of {} both as values and as Partial addends",
+                                             src.description(), ToString(sbox), src.tensors()[st].name));
         }
         std::sort(candidates.begin(), candidates.end(),
                   [](const Candidate& a, const Candidate& b) { return a.rank < b.rank; });
+        for (auto& [id, members] : sum_groups) {
+          std::sort(members.begin(), members.end(), [](const Candidate& a, const Candidate& b) { return a.rank < b.rank; });
+        }
         std::vector<Box> next;
         for (std::size_t w = 0; w < remaining.size(); ++w) {
           const Box& want = remaining[w];
           const std::optional<Box>& have = haves[w];
           if (!have) {
             next.push_back(want);
+            continue;
+          }
+          if (!sum_groups.empty()) {
+            reduce(sum_groups, *have);
+            for (Box& rest : Subtract(want, *have)) next.push_back(std::move(rest));
             continue;
           }
           const bool split = options.replica_policy == ReplicaPolicy::kSpread && candidates.size() > 1 &&
@@ -318,8 +378,10 @@ Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const Pl
   std::vector<std::vector<std::uint32_t>> dst_groups = groups.TakeGroups();
   std::vector<Bucket> buckets = MakeBuckets(moves, dst_groups, local, options.bucket_bytes);
   ScheduleRounds(buckets, dst_groups, src.world_size(), dst.world_size(), options.max_concurrency);
-  return TransferPlan(src.world_size(), dst.world_size(), std::move(dst_groups), std::move(moves), std::move(buckets),
-                      run_count);
+  TransferPlan plan(src.world_size(), dst.world_size(), std::move(dst_groups), std::move(moves), std::move(buckets),
+                    run_count);
+  if (!reductions.empty()) plan.SetReductions(std::move(reduce_copies), std::move(reductions), std::move(scratch));
+  return plan;
 }
 
 }  // namespace shardwire

@@ -18,6 +18,17 @@ TransferPlan::TransferPlan(int src_world, int dst_world, std::vector<std::vector
     : src_world_(src_world), dst_world_(dst_world), dst_groups_(std::move(dst_groups)), moves_(std::move(moves)),
       buckets_(std::move(buckets)), runs_before_coalescing_(runs_before_coalescing) {}
 
+void TransferPlan::SetReductions(std::vector<ReduceCopy> copies, std::vector<Reduction> reductions,
+                                 std::vector<std::uint64_t> scratch_bytes) {
+  reduce_copies_ = std::move(copies);
+  reductions_ = std::move(reductions);
+  scratch_bytes_ = std::move(scratch_bytes);
+}
+
+std::uint64_t TransferPlan::scratch_bytes(int rank) const {
+  return static_cast<std::size_t>(rank) < scratch_bytes_.size() ? scratch_bytes_[static_cast<std::size_t>(rank)] : 0;
+}
+
 std::uint32_t TransferPlan::rounds() const {
   std::uint32_t r = 0;
   for (const Bucket& b : buckets_) r = std::max(r, b.round + 1);

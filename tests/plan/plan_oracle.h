@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include <map>
+#include <tuple>
+
 #include "shardwire/layout.h"
 #include "shardwire/transfer_plan.h"
 
@@ -22,14 +25,54 @@ inline std::byte OracleByte(const std::string& tensor, std::int64_t element, std
   return static_cast<std::byte>(x & 0xFF);
 }
 
+/// How buffers are filled. kBytes: hash bytes (any dtype). kIntegers: every element is a
+/// small integer v(tensor, element) in [-40, 40] stored in its dtype, and a Partial(sum)
+/// shard holds an addend: members 0..n-2 of its sum group (by rank) get a pseudo-random
+/// integer in [-20, 20], the last gets v minus their sum, so the addends sum to v exactly
+/// in every dtype used (I32, I64, F32, BF16, F16).
+enum class OracleValues { kBytes, kIntegers };
+
+inline void StoreInteger(DType dtype, std::int64_t v, std::byte* out) {
+  switch (dtype) {
+    case DType::kI32: { const auto x = static_cast<std::int32_t>(v); std::memcpy(out, &x, 4); return; }
+    case DType::kI64: std::memcpy(out, &v, 8); return;
+    default: StoreFromFloat(dtype, static_cast<float>(v), out); return;
+  }
+}
+
+inline std::int64_t LoadInteger(DType dtype, const std::byte* in) {
+  switch (dtype) {
+    case DType::kI32: { std::int32_t x; std::memcpy(&x, in, 4); return x; }
+    case DType::kI64: { std::int64_t x; std::memcpy(&x, in, 8); return x; }
+    default: return static_cast<std::int64_t>(LoadAsFloat(dtype, in));
+  }
+}
+
 /// Each rank's buffer filled by walking its shards' elements one by one (padding: 0).
-inline std::vector<std::vector<std::byte>> Materialise(const Layout& layout) {
+inline std::vector<std::vector<std::byte>> Materialise(const Layout& layout,
+                                                       OracleValues values = OracleValues::kBytes) {
+  // Sum groups of Partial shards: (tensor, box offset, partial group) -> member ranks.
+  std::map<std::tuple<std::uint32_t, std::vector<std::int64_t>, std::uint32_t>, std::vector<int>> sum_groups;
+  for (int r = 0; r < layout.world_size(); ++r) {
+    for (const ShardRef& s : layout.rank(r).shards) {
+      if (s.partial_group == 0) continue;
+      sum_groups[{s.tensor, std::vector<std::int64_t>(s.box.offset.begin(), s.box.offset.end()), s.partial_group}]
+          .push_back(r);
+    }
+  }
   std::vector<std::vector<std::byte>> buffers;
   for (int r = 0; r < layout.world_size(); ++r) {
     std::vector<std::byte> buf(layout.rank(r).buffer_bytes, std::byte{0});
     for (const ShardRef& s : layout.rank(r).shards) {
       const TensorSpec& spec = layout.tensors()[s.tensor];
       const std::size_t esize = DTypeSize(spec.dtype);
+      std::size_t member = 0, members = 1;
+      if (s.partial_group != 0) {
+        const auto& group =
+            sum_groups[{s.tensor, std::vector<std::int64_t>(s.box.offset.begin(), s.box.offset.end()), s.partial_group}];
+        members = group.size();
+        member = static_cast<std::size_t>(std::find(group.begin(), group.end(), r) - group.begin());
+      }
       for (std::int64_t local = 0; local < s.box.numel(); ++local) {
         std::int64_t rem = local, global = 0, gstride = 1;
         for (std::size_t d = spec.shape.size(); d-- > 0;) {
@@ -37,9 +80,24 @@ inline std::vector<std::vector<std::byte>> Materialise(const Layout& layout) {
           rem /= s.box.shape[d];
           gstride *= spec.shape[d];
         }
-        for (std::size_t b = 0; b < esize; ++b) {
-          buf[s.byte_offset + static_cast<std::uint64_t>(local) * esize + b] = OracleByte(spec.name, global, b);
+        std::byte* out = buf.data() + s.byte_offset + static_cast<std::uint64_t>(local) * esize;
+        if (values == OracleValues::kBytes) {
+          for (std::size_t b = 0; b < esize; ++b) out[b] = OracleByte(spec.name, global, b);
+          continue;
         }
+        const std::int64_t v = static_cast<std::int64_t>(static_cast<std::uint8_t>(OracleByte(spec.name, global, 0))) % 81 - 40;
+        std::int64_t addend = v;
+        if (members > 1) {
+          auto part = [&](std::size_t k) {
+            return static_cast<std::int64_t>(static_cast<std::uint8_t>(OracleByte(spec.name, global, 1 + k))) % 41 - 20;
+          };
+          if (member + 1 < members) {
+            addend = part(member);
+          } else {
+            for (std::size_t k = 0; k + 1 < members; ++k) addend -= part(k);
+          }
+        }
+        StoreInteger(spec.dtype, addend, out);
       }
     }
     buffers.push_back(std::move(buf));
@@ -49,9 +107,32 @@ inline std::vector<std::vector<std::byte>> Materialise(const Layout& layout) {
 
 /// Applies `plan` to materialised source buffers and compares every destination rank
 /// with its materialisation. Returns "" when correct, else what is wrong (first found).
-inline std::string CheckPlanAgainstOracle(const Layout& src, const Layout& dst, const TransferPlan& plan) {
-  const auto src_bufs = Materialise(src);
-  const auto expected = Materialise(dst);
+inline std::string CheckPlanAgainstOracle(const Layout& src, const Layout& dst, const TransferPlan& plan,
+                                          OracleValues values = OracleValues::kBytes) {
+  auto src_bufs = Materialise(src, values);
+  const auto expected = Materialise(dst, values);
+  // Reductions of Partial sources: addends into the reducers' scratch slots, then sums.
+  for (int r = 0; r < src.world_size(); ++r) src_bufs[static_cast<std::size_t>(r)].resize(src.rank(r).buffer_bytes + plan.scratch_bytes(r));
+  for (const ReduceCopy& c : plan.reduce_copies()) {
+    const std::uint64_t base = src.rank(static_cast<int>(c.reducer)).buffer_bytes;
+    for (std::uint64_t k = 0; k < c.count; ++k) {
+      const std::uint64_t so = c.src_offset + k * c.src_stride, to = base + c.slot_offset + k * c.slot_stride;
+      if (so + c.length > src.rank(static_cast<int>(c.src_rank)).buffer_bytes || to + c.length > src_bufs[c.reducer].size()) {
+        return "a reduce copy reads or writes out of range";
+      }
+      std::memcpy(src_bufs[c.reducer].data() + to, src_bufs[c.src_rank].data() + so, c.length);
+    }
+  }
+  for (const Reduction& red : plan.reductions()) {
+    const auto dtype = static_cast<DType>(red.dtype);
+    const std::size_t esize = DTypeSize(dtype);
+    std::byte* slot0 = src_bufs[red.reducer].data() + src.rank(static_cast<int>(red.reducer)).buffer_bytes + red.scratch_offset;
+    for (std::uint64_t e = 0; e < red.bytes / esize; ++e) {
+      std::int64_t sum = 0;
+      for (std::uint32_t k = 0; k < red.addends; ++k) sum += LoadInteger(dtype, slot0 + k * red.bytes + e * esize);
+      StoreInteger(dtype, sum, slot0 + e * esize);
+    }
+  }
   std::vector<std::vector<std::byte>> got;
   std::vector<std::vector<std::uint8_t>> writes;
   for (int r = 0; r < dst.world_size(); ++r) {

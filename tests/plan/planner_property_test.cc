@@ -412,8 +412,53 @@ TEST(PlannerValidation, PartialSourcesAndDestinations) {
   EXPECT_EQ(to_partial.status().code(), ErrorCode::kInvalidArgument);
   EXPECT_NE(to_partial.status().message().find("Partial"), std::string::npos);
   auto from_partial = PlanTransfer(*partial, *sharded);
-  ASSERT_FALSE(from_partial.ok());
-  EXPECT_EQ(from_partial.status().code(), ErrorCode::kUnsupported);
+  ASSERT_TRUE(from_partial.ok()) << from_partial.status().ToString();
+  // Each destination piece is summed at one member before it is sent: 2 reductions of 2
+  // addends, each addend copied once into its slot.
+  EXPECT_EQ(from_partial->reductions().size(), 2u);
+  EXPECT_EQ(from_partial->reduce_copies().size(), 4u);
+  for (const Reduction& r : from_partial->reductions()) EXPECT_EQ(r.addends, 2u);
+  EXPECT_EQ(CheckPlanAgainstOracle(*partial, *sharded, *from_partial, testing::OracleValues::kIntegers), "");
+  // A plan that skipped the reduction (sent one addend) must be caught by the oracle.
+  TransferPlan unreduced(from_partial->src_world(), from_partial->dst_world(), from_partial->dst_groups(),
+                         from_partial->moves(), from_partial->buckets(), 0);
+  unreduced.SetReductions(from_partial->reduce_copies(), {}, {from_partial->scratch_bytes(0), from_partial->scratch_bytes(1)});
+  EXPECT_NE(CheckPlanAgainstOracle(*partial, *sharded, unreduced, testing::OracleValues::kIntegers), "");
+  // Reductions survive serialisation, and a source's part carries the ones it takes part in.
+  auto back = DeserializePlan(SerializePlan(*from_partial));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->reduce_copies(), from_partial->reduce_copies());
+  EXPECT_EQ(back->reductions(), from_partial->reductions());
+  EXPECT_EQ(back->scratch_bytes(1), from_partial->scratch_bytes(1));
+  auto part = DeserializePlan(SerializePlanPart(*from_partial, PlanSide::kSource, 0));
+  ASSERT_TRUE(part.ok());
+  for (const ReduceCopy& c : part->reduce_copies()) EXPECT_TRUE(c.reducer == 0 || c.src_rank == 0);
+  EXPECT_EQ(part->reduce_copies().size(), 4u);  // rank 0 reduces one piece and contributes to the other
+}
+
+TEST(PlannerProperty, RandomPartialSourcesAreReducedBeforeArrival) {
+  std::mt19937 rng(77);
+  const DType dtypes[] = {DType::kI32, DType::kI64, DType::kF32, DType::kBF16, DType::kF16};
+  int reduced = 0;
+  for (int iter = 0; iter < 1500; ++iter) {
+    DTensorCase c = RandomDTensorCase(rng);
+    for (auto& t : c.tensors) t.dtype = dtypes[rng() % 5];
+    for (auto& p : c.src.place) {
+      for (auto& x : p) {
+        if (rng() % 3 == 0) x = Placement::Partial();
+      }
+    }
+    auto src = BuildSide(c, c.src, "src");
+    auto dst = BuildSide(c, c.dst, "dst");
+    ASSERT_TRUE(src.ok() && dst.ok());
+    const PlanOptions options{.bucket_bytes = 64, .max_concurrency = 3};
+    auto plan = PlanTransfer(*src, *dst, options);
+    ASSERT_TRUE(plan.ok()) << plan.status().ToString() << "\n" << c.ToCode();
+    reduced += !plan->reductions().empty();
+    ASSERT_EQ(CheckPlanAgainstOracle(*src, *dst, *plan, testing::OracleValues::kIntegers), "") << c.ToCode();
+    ASSERT_EQ(CheckSchedule(*plan, options), "");
+  }
+  EXPECT_GT(reduced, 500);
 }
 
 TEST(PlannerValidation, PlacementThatDoesNotFitTheMesh) {
