@@ -96,8 +96,7 @@ std::string ToString(const Box& box);
 /// tensor). Cost: O(number of runs).
 void ForEachContiguousRun(
     const Box& region, const Box& from, const Box& to,
-    const std::function<void(std::int64_t from_element, std::int64_t to_element,
-                             std::int64_t elements)>& fn);
+    const std::function<void(std::int64_t from_element, std::int64_t to_element, std::int64_t elements)>& fn);
 
 /// One strided run: `count` runs of `elements` elements, the i-th starting at
 /// from_element + i * from_stride and to_element + i * to_stride (elements).

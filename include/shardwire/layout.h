@@ -130,7 +130,6 @@ Result<Layout> MakeFsdpLayout(std::vector<TensorSpec> tensors, int num_ranks);
 /// and the whole TP group is repeated `replicas` times (rank = replica * tp + tp_rank).
 /// Errors (kInvalidArgument): tp or replicas < 1; a sharded dimension not divisible
 /// by tp (names the tensor, dimension and sizes); shard_dims of the wrong length.
-Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<int>& shard_dims,
-                            int tp, int replicas);
+Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<int>& shard_dims, int tp, int replicas);
 
 }  // namespace shardwire

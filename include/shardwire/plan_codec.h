@@ -7,8 +7,8 @@
 // followed by its moves (source offset and length as deltas from the previous move's
 // end, destination offset zigzag-delta-coded), then the reductions of Partial sources
 // (scratch sizes, copies, sums); the body is compressed as one zstd frame (libzstd)
-// after a u64 of its raw size, and a u64 XXH64 of all bytes before it ends the blob. Moves of a bucket are contiguous in both buffers far more often than not,
-// so most moves cost 3-4 bytes.
+// after a u64 of its raw size, and a u64 XXH64 of all bytes before it ends the blob. Moves of a bucket are contiguous
+// in both buffers far more often than not, so most moves cost 3-4 bytes.
 //
 // Thread-safety: pure functions.
 #pragma once

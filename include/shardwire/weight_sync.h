@@ -39,18 +39,18 @@ struct WeightSyncOptions {
 /// What one Push did.
 struct PushStats {
   std::uint64_t version = 0;
-  std::uint64_t bytes = 0;         ///< bytes this rank wrote
-  std::uint64_t descriptors = 0;   ///< contiguous moves posted
-  double ready_wait_s = 0;         ///< waiting for destinations to be ready
-  double transfer_s = 0;           ///< first post to last remote completion
+  std::uint64_t bytes = 0;        ///< bytes this rank wrote
+  std::uint64_t descriptors = 0;  ///< contiguous moves posted
+  double ready_wait_s = 0;        ///< waiting for destinations to be ready
+  double transfer_s = 0;          ///< first post to last remote completion
 };
 
 /// What one WaitForUpdate saw.
 struct UpdateStats {
   std::uint64_t version = 0;
-  std::uint64_t bytes = 0;         ///< bytes this rank received
-  int sources = 0;                 ///< source ranks it received from
-  double wait_s = 0;               ///< BeginUpdate to the last DONE
+  std::uint64_t bytes = 0;  ///< bytes this rank received
+  int sources = 0;          ///< source ranks it received from
+  double wait_s = 0;        ///< BeginUpdate to the last DONE
 };
 
 /// One trainer rank. Owns its transport agent and the registered buffer holding its
@@ -81,6 +81,7 @@ class WeightPublisher {
   std::uint64_t bytes_per_push() const;
 
   struct State;
+
  private:
   explicit WeightPublisher(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;
@@ -115,6 +116,7 @@ class WeightSubscriber {
   std::uint64_t committed_version() const;
 
   struct State;
+
  private:
   explicit WeightSubscriber(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;

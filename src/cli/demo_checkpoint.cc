@@ -38,12 +38,12 @@ Result<ModelDescription> DescribeConfig(const std::string& config_path, int laye
   return model;
 }
 
-Result<DemoCheckpoint> GenerateDemoCheckpoint(const std::string& config_path, int layers,
-                                              const std::string& work_dir) {
+Result<DemoCheckpoint> GenerateDemoCheckpoint(const std::string& config_path, int layers, const std::string& work_dir) {
   SW_ASSIGN_OR_RETURN(const ModelDescription model, DescribeConfig(config_path, layers));
   // Named after the config's folder (e.g. "Llama-3.1-8B") and the layer count.
-  const std::string source = config_path == kBuiltinTinyLlama ? std::string("TinyLlama-1.1B")
-                                                              : fs::absolute(config_path).parent_path().filename().string();
+  const std::string source = config_path == kBuiltinTinyLlama
+                                 ? std::string("TinyLlama-1.1B")
+                                 : fs::absolute(config_path).parent_path().filename().string();
   const fs::path dir = fs::path(work_dir) / fmt::format("{}-{}L", source, model.config.num_hidden_layers);
   DemoCheckpoint out{(dir / "model.safetensors").string(), (dir / "config.json").string()};
   std::error_code ec;
@@ -59,8 +59,7 @@ Result<DemoCheckpoint> GenerateDemoCheckpoint(const std::string& config_path, in
 }
 
 Result<DemoCheckpoint> ResolveDemoCheckpoint(const std::string& checkpoint, const std::string& config,
-                                             const std::string& generate, int layers,
-                                             const std::string& work_dir) {
+                                             const std::string& generate, int layers, const std::string& work_dir) {
   if (!generate.empty()) return GenerateDemoCheckpoint(generate, layers, work_dir);
   if (!checkpoint.empty()) {
     std::error_code ec;

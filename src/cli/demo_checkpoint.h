@@ -26,14 +26,12 @@ Result<ModelDescription> DescribeConfig(const std::string& config_path, int laye
 /// Generates (or reuses, when an identical one is already there) a checkpoint with
 /// the shapes of `config_path` ("tinyllama-1.1b" names a built-in copy of
 /// TinyLlama-1.1B's HF config) and `layers` decoder layers (0 = all), in `work_dir`.
-Result<DemoCheckpoint> GenerateDemoCheckpoint(const std::string& config_path, int layers,
-                                              const std::string& work_dir);
+Result<DemoCheckpoint> GenerateDemoCheckpoint(const std::string& config_path, int layers, const std::string& work_dir);
 
 /// Resolves the demo's input: explicit checkpoint (+ config), or --generate, or the
 /// real tiny-llama3-bf16, or (without ../shared) a generated 1-layer TinyLlama.
 Result<DemoCheckpoint> ResolveDemoCheckpoint(const std::string& checkpoint, const std::string& config,
-                                             const std::string& generate, int layers,
-                                             const std::string& work_dir);
+                                             const std::string& generate, int layers, const std::string& work_dir);
 
 /// Loads the config and checks it against the checkpoint's tensors.
 Result<ModelDescription> DescribeDemoModel(const DemoCheckpoint& input);

@@ -13,8 +13,9 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
     std::string out_dir = ".";
   };
   auto a = std::make_shared<Args>();
-  CLI::App* cmd = app.add_subcommand("generate", "write a safetensors checkpoint (+ config.json) with the shapes "
-                                                 "of a Hugging Face config, filled with deterministic values");
+  CLI::App* cmd = app.add_subcommand("generate",
+                                     "write a safetensors checkpoint (+ config.json) with the shapes "
+                                     "of a Hugging Face config, filled with deterministic values");
   cmd->add_option("--config", a->config, "HF config.json, or 'tinyllama-1.1b' (built in)")->required();
   cmd->add_option("--layers", a->layers, "decoder layers (0 = as in the config)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--out", a->out_dir, "parent directory of the generated checkpoint")->capture_default_str();

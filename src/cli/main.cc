@@ -1,6 +1,6 @@
 // The `shardwire` command-line tool.
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include "cli/generate_command.h"
 #include "cli/plan_command.h"

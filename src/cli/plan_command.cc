@@ -107,11 +107,13 @@ Status Run(const Args& a) {
              gb(static_cast<double>(model.total_bytes())));
   fmt::print("from        {} ({} ranks)\nto          {} ({} ranks)\n", src->description(), plan.src_world(),
              dst->description(), plan.dst_world());
-  fmt::print("plan        {:.3f} s; {} contiguous runs -> {} moves; {} buckets in {} rounds (K={}); {} destination groups\n",
-             seconds, plan.runs_before_coalescing(), plan.moves().size(), plan.buckets().size(), plan.rounds(),
-             a.concurrency, plan.dst_groups().size());
+  fmt::print(
+      "plan        {:.3f} s; {} contiguous runs -> {} moves; {} buckets in {} rounds (K={}); {} destination groups\n",
+      seconds, plan.runs_before_coalescing(), plan.moves().size(), plan.buckets().size(), plan.rounds(), a.concurrency,
+      plan.dst_groups().size());
   for (const auto& [kind, cb] : by_transport) {
-    fmt::print("  {:<10} {} buckets, {} delivered\n", TransportKindName(kind), cb.first, gb(static_cast<double>(cb.second)));
+    fmt::print("  {:<10} {} buckets, {} delivered\n", TransportKindName(kind), cb.first,
+               gb(static_cast<double>(cb.second)));
   }
   const TrafficStats s = Summarize(sent), d = Summarize(received);
   fmt::print("sent        per source rank: min {} mean {} max {}\n", gb(static_cast<double>(s.min)), gb(s.mean),
@@ -134,11 +136,15 @@ void AddPlanCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--to", a->to, "destination layout, e.g. tp=8,ep=8,dp=16")->required();
   cmd->add_option("--layers", a->layers, "override the number of decoder layers")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", a->json, "print the summary as JSON");
-  cmd->add_option("--bucket-mib", a->bucket_mib, "bucket size cap, MiB")->capture_default_str()->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--concurrency", a->concurrency, "K: peers a rank talks to at once")->capture_default_str()
+  cmd->add_option("--bucket-mib", a->bucket_mib, "bucket size cap, MiB")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--concurrency", a->concurrency, "K: peers a rank talks to at once")
+      ->capture_default_str()
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--replica-policy", a->replica_policy, "spread (balance over replicas) or first (one replica sends)")
-      ->capture_default_str()->check(CLI::IsMember({"spread", "first"}));
+      ->capture_default_str()
+      ->check(CLI::IsMember({"spread", "first"}));
   cmd->add_option("--save", a->save, "write the serialised plan to this file");
   cmd->callback([a, exit_code] {
     const Status status = Run(*a);

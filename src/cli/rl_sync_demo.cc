@@ -18,8 +18,8 @@
 #include "cli/memcpy_reference.h"
 #include "cli/rl_sync_protocol.h"
 #include "shardwire/model_layouts.h"
-#include "shardwire/tcp_rendezvous.h"
 #include "shardwire/planner.h"
+#include "shardwire/tcp_rendezvous.h"
 
 namespace shardwire::demo {
 namespace {
@@ -29,8 +29,7 @@ using nlohmann::json;
 constexpr double kPollSlice_s = 0.25;
 
 // Waits for one worker's report, watching for children that die and for Ctrl-C.
-Result<json> AwaitReport(Rendezvous& rendezvous, ChildProcesses& children, const std::string& key,
-                         double timeout_s) {
+Result<json> AwaitReport(Rendezvous& rendezvous, ChildProcesses& children, const std::string& key, double timeout_s) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   while (true) {
     if (ChildProcesses::InterruptRequested()) return Status(ErrorCode::kInternal, "interrupted");
@@ -60,13 +59,12 @@ struct StepFigures {
 };
 
 Status Run(const RlSyncOptions& o) {
-  const std::string work_dir = o.work_dir.empty()
-                                   ? (std::filesystem::temp_directory_path() / "shardwire-demo").string()
-                                   : o.work_dir;
+  const std::string work_dir =
+      o.work_dir.empty() ? (std::filesystem::temp_directory_path() / "shardwire-demo").string() : o.work_dir;
   const std::string trainer_spec = o.trainer_layout.empty() ? fmt::format("fsdp={}", o.trainers) : o.trainer_layout;
-  const std::string engine_spec = o.engine_layout.empty()
-                                      ? (o.engines > 1 ? fmt::format("tp={},dp={}", o.tp, o.engines) : fmt::format("tp={}", o.tp))
-                                      : o.engine_layout;
+  const std::string engine_spec = o.engine_layout.empty() ? (o.engines > 1 ? fmt::format("tp={},dp={}", o.tp, o.engines)
+                                                                           : fmt::format("tp={}", o.tp))
+                                                          : o.engine_layout;
   if (!o.generate.empty()) {
     // Check the layouts against the model before spending time generating it.
     SW_ASSIGN_OR_RETURN(const ModelDescription planned, DescribeConfig(o.generate, o.layers));
@@ -95,11 +93,25 @@ Status Run(const RlSyncOptions& o) {
   const std::string job = o.job.empty() ? fmt::format("rl-sync-{}", getpid()) : o.job;
   ChildProcesses children;
   auto worker_args = [&](const std::string& role, int rank) {
-    std::vector<std::string> args{"worker", "--role", role, "--rank", std::to_string(rank),
-                                  "--rendezvous-port", std::to_string(server->port()), "--job", job,
-                                  "--checkpoint", input.checkpoint, "--trainer-layout", trainer_spec,
-                                  "--engine-layout", engine_spec,
-                                  "--steps", std::to_string(o.steps), "--timeout", fmt::format("{}", o.timeout_s)};
+    std::vector<std::string> args{"worker",
+                                  "--role",
+                                  role,
+                                  "--rank",
+                                  std::to_string(rank),
+                                  "--rendezvous-port",
+                                  std::to_string(server->port()),
+                                  "--job",
+                                  job,
+                                  "--checkpoint",
+                                  input.checkpoint,
+                                  "--trainer-layout",
+                                  trainer_spec,
+                                  "--engine-layout",
+                                  engine_spec,
+                                  "--steps",
+                                  std::to_string(o.steps),
+                                  "--timeout",
+                                  fmt::format("{}", o.timeout_s)};
     if (!input.config.empty()) args.insert(args.end(), {"--config", input.config});
     return args;
   };
@@ -111,29 +123,34 @@ Status Run(const RlSyncOptions& o) {
   }
   SW_ASSIGN_OR_RETURN(auto rendezvous, TcpRendezvousClient::Connect("127.0.0.1", server->port(), o.timeout_s));
 
-  json summary{{"checkpoint", input.checkpoint}, {"trainer_layout", trainer_layout.description()},
-               {"engine_layout", engine_layout.description()}, {"bytes_per_step", plan.total_bytes()},
+  json summary{{"checkpoint", input.checkpoint},
+               {"trainer_layout", trainer_layout.description()},
+               {"engine_layout", engine_layout.description()},
+               {"bytes_per_step", plan.total_bytes()},
                {"steps", json::array()}};
   double total_s = 0, steady_s = 0;
   std::uint64_t total_bytes = 0, steady_bytes = 0;
   for (int step = 1; step <= o.steps; ++step) {
     StepFigures f;
     for (int r = 0; r < trainers; ++r) {
-      SW_ASSIGN_OR_RETURN(const json t, AwaitReport(*rendezvous, children, StatsKey(job, step, "trainer", r), o.timeout_s));
+      SW_ASSIGN_OR_RETURN(const json t,
+                          AwaitReport(*rendezvous, children, StatsKey(job, step, "trainer", r), o.timeout_s));
       f.bytes += t.value("bytes", std::uint64_t{0});
       f.descriptors += t.value("descriptors", std::uint64_t{0});
       f.transfer_s = std::max(f.transfer_s, t.value("transfer_s", 0.0));
     }
     for (int r = 0; r < engine_ranks; ++r) {
-      SW_ASSIGN_OR_RETURN(const json e, AwaitReport(*rendezvous, children, StatsKey(job, step, "engine", r), o.timeout_s));
+      SW_ASSIGN_OR_RETURN(const json e,
+                          AwaitReport(*rendezvous, children, StatsKey(job, step, "engine", r), o.timeout_s));
       f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
       f.verified += e.value("verified", false) ? 1 : 0;
     }
     const double gbps = f.transfer_s > 0 ? static_cast<double>(f.bytes) / f.transfer_s / 1e9 : 0;
-    fmt::print("step {}/{}  moved {:>10} in {:.4f} s = {:6.2f} GB/s  ({} descriptors)  "
-               "verified {}/{} engine ranks byte for byte\n",
-               step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.verified,
-               engine_ranks);
+    fmt::print(
+        "step {}/{}  moved {:>10} in {:.4f} s = {:6.2f} GB/s  ({} descriptors)  "
+        "verified {}/{} engine ranks byte for byte\n",
+        step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.verified,
+        engine_ranks);
     std::fflush(stdout);
     total_s += f.transfer_s;
     total_bytes += f.bytes;
@@ -141,8 +158,12 @@ Status Run(const RlSyncOptions& o) {
       steady_s += f.transfer_s;
       steady_bytes += f.bytes;
     }
-    summary["steps"].push_back({{"step", step}, {"bytes", f.bytes}, {"transfer_s", f.transfer_s},
-                                {"gb_per_s", gbps}, {"engine_wait_s", f.engine_wait_s}, {"verified", f.verified}});
+    summary["steps"].push_back({{"step", step},
+                                {"bytes", f.bytes},
+                                {"transfer_s", f.transfer_s},
+                                {"gb_per_s", gbps},
+                                {"engine_wait_s", f.engine_wait_s},
+                                {"verified", f.verified}});
   }
   SW_ASSIGN_OR_RETURN(const auto exits, children.WaitAll(o.timeout_s));
   for (const ChildExit& e : exits) {
@@ -153,9 +174,10 @@ Status Run(const RlSyncOptions& o) {
   // (each trainer process copies on its own core), capped at the 2 cores here.
   const int copy_threads = std::clamp(trainers, 1, 2);
   const double memcpy_gbps = MeasureMemcpyGBps(plan.total_bytes(), copy_threads);
-  fmt::print("summary     {} steps, {} moved in {:.3f} s of transfer = {:.2f} GB/s; "
-             "every engine rank verified every step\n",
-             o.steps, FormatBytes(static_cast<double>(total_bytes)), total_s, mean_gbps);
+  fmt::print(
+      "summary     {} steps, {} moved in {:.3f} s of transfer = {:.2f} GB/s; "
+      "every engine rank verified every step\n",
+      o.steps, FormatBytes(static_cast<double>(total_bytes)), total_s, mean_gbps);
   const double steady_gbps = steady_s > 0 ? static_cast<double>(steady_bytes) / steady_s / 1e9 : mean_gbps;
   if (o.steps > 1) {
     fmt::print("steady      steps 2..{}: {:.2f} GB/s (step 1 also maps each peer's memory on first use)\n", o.steps,
@@ -180,12 +202,15 @@ Status Run(const RlSyncOptions& o) {
 
 void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   auto o = std::make_shared<RlSyncOptions>();
-  CLI::App* cmd = demo.add_subcommand(
-      "rl-sync", "RL weight sync: FSDP trainer processes push a model into TP inference engines over UCX, "
-                 "every step verified byte for byte");
-  cmd->add_option("--trainers", o->trainers, "trainer processes (FSDP ranks)")->capture_default_str()
+  CLI::App* cmd =
+      demo.add_subcommand("rl-sync",
+                          "RL weight sync: FSDP trainer processes push a model into TP inference engines over UCX, "
+                          "every step verified byte for byte");
+  cmd->add_option("--trainers", o->trainers, "trainer processes (FSDP ranks)")
+      ->capture_default_str()
       ->check(CLI::Range(1, 256));
-  cmd->add_option("--engines", o->engines, "inference engines (replicas)")->capture_default_str()
+  cmd->add_option("--engines", o->engines, "inference engines (replicas)")
+      ->capture_default_str()
       ->check(CLI::Range(1, 64));
   cmd->add_option("--tp", o->tp, "tensor-parallel ranks per engine")->capture_default_str()->check(CLI::Range(1, 64));
   cmd->add_option("--trainer-layout", o->trainer_layout,
@@ -207,7 +232,8 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--work-dir", o->work_dir, "where generated checkpoints are kept (default: $TMPDIR/shardwire-demo)");
   cmd->add_option("--port", o->port, "rendezvous TCP port on 127.0.0.1 (0 = any free port)")->capture_default_str();
-  cmd->add_option("--timeout", o->timeout_s, "seconds any single wait may take")->capture_default_str()
+  cmd->add_option("--timeout", o->timeout_s, "seconds any single wait may take")
+      ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_option("--json", o->json_out, "also write the summary as JSON to this file");
   cmd->add_option("--job", o->job, "job name, the prefix of every rendezvous key (default: rl-sync-<pid>)");

@@ -59,11 +59,11 @@ Status VerifyStep(const Checkpoint& checkpoint, const Layout& layout, int rank, 
     if (std::memcmp(got, expected.data(), bytes) != 0) {
       const auto diff = std::mismatch(expected.begin(), expected.end(), got);
       const auto offset = static_cast<std::size_t>(diff.first - expected.begin());
-      return VerificationFailed(fmt::format(
-          "{} step {}: tensor {} shard {} differs from its recomputation at byte {} of the shard "
-          "(element {}): expected 0x{:02x}, got 0x{:02x}",
-          who, step, spec.name, ToString(shard.box), offset, offset / DTypeSize(spec.dtype),
-          static_cast<unsigned>(*diff.first), static_cast<unsigned>(*diff.second)));
+      return VerificationFailed(
+          fmt::format("{} step {}: tensor {} shard {} differs from its recomputation at byte {} of the shard "
+                      "(element {}): expected 0x{:02x}, got 0x{:02x}",
+                      who, step, spec.name, ToString(shard.box), offset, offset / DTypeSize(spec.dtype),
+                      static_cast<unsigned>(*diff.first), static_cast<unsigned>(*diff.second)));
     }
   }
   return Status::Ok();
@@ -93,15 +93,17 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                                                               WeightSyncOptions{a.job, a.timeout_s}));
   SW_RETURN_IF_ERROR(publisher->Connect());
   for (int step = 1; step <= a.steps; ++step) {
-    SW_RETURN_IF_ERROR(WriteStep(checkpoint, trainer_layout, a.rank, static_cast<std::uint64_t>(step),
-                                 publisher->weights()));
+    SW_RETURN_IF_ERROR(
+        WriteStep(checkpoint, trainer_layout, a.rank, static_cast<std::uint64_t>(step), publisher->weights()));
     if (fault.step == step && fault.kind == "corrupt" && !publisher->weights().empty()) {
       publisher->weights()[publisher->weights().size() / 2] ^= std::byte{0x01};
     }
     if (fault.step == step && fault.kind == "die") raise(SIGKILL);
     SW_ASSIGN_OR_RETURN(const PushStats stats, publisher->Push(static_cast<std::uint64_t>(step)));
-    nlohmann::json report{{"bytes", stats.bytes}, {"descriptors", stats.descriptors},
-                          {"transfer_s", stats.transfer_s}, {"ready_wait_s", stats.ready_wait_s}};
+    nlohmann::json report{{"bytes", stats.bytes},
+                          {"descriptors", stats.descriptors},
+                          {"transfer_s", stats.transfer_s},
+                          {"ready_wait_s", stats.ready_wait_s}};
     SW_RETURN_IF_ERROR(PutString(rendezvous, StatsKey(a.job, step, "trainer", a.rank), report.dump()));
   }
   return Status::Ok();
@@ -121,8 +123,11 @@ Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& 
     SW_RETURN_IF_ERROR(subscriber->BeginUpdate(version));
     SW_ASSIGN_OR_RETURN(const UpdateStats stats, subscriber->WaitForUpdate(version));
     SW_RETURN_IF_ERROR(VerifyStep(checkpoint, engine_layout, a.rank, version, subscriber->weights(), who));
-    nlohmann::json report{{"bytes", stats.bytes}, {"sources", stats.sources}, {"wait_s", stats.wait_s},
-                          {"verified", true}, {"committed_version", subscriber->committed_version()}};
+    nlohmann::json report{{"bytes", stats.bytes},
+                          {"sources", stats.sources},
+                          {"wait_s", stats.wait_s},
+                          {"verified", true},
+                          {"committed_version", subscriber->committed_version()}};
     SW_RETURN_IF_ERROR(PutString(rendezvous, StatsKey(a.job, step, "engine", a.rank), report.dump()));
   }
   return Status::Ok();
@@ -158,8 +163,8 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->callback([args, exit_code] {
     const Status status = RunWorker(*args);
     if (!status.ok()) {
-      const std::string who = args->role == "trainer" ? fmt::format("trainer {}", args->rank)
-                                                      : EngineRankLabel(args->rank);
+      const std::string who =
+          args->role == "trainer" ? fmt::format("trainer {}", args->rank) : EngineRankLabel(args->rank);
       fmt::print(stderr, "shardwire: {}: {}\n", who, status.ToString());
       *exit_code = status.code() == ErrorCode::kVerificationFailed ? 3 : 1;
     }

@@ -19,9 +19,7 @@ inline std::uint64_t Mix(std::uint64_t x) {  // splitmix64 finaliser
 }
 
 // delta in [-2^-7, 2^-7): small against typical weights, but changes most bf16 values.
-inline float Delta(std::uint64_t h) {
-  return (static_cast<float>(h >> 40) / 16777216.0f - 0.5f) * (1.0f / 64.0f);
-}
+inline float Delta(std::uint64_t h) { return (static_cast<float>(h >> 40) / 16777216.0f - 0.5f) * (1.0f / 64.0f); }
 
 template <typename Fn>
 void ForEachRun(const TensorSpec& spec, const Box& box, Fn&& fn) {

@@ -127,11 +127,11 @@ void ForEachStridedRun(const Box& region, const Box& from, const Box& to,
   }
 }
 
-void ForEachContiguousRun(
-    const Box& region, const Box& from, const Box& to,
-    const std::function<void(std::int64_t, std::int64_t, std::int64_t)>& fn) {
+void ForEachContiguousRun(const Box& region, const Box& from, const Box& to,
+                          const std::function<void(std::int64_t, std::int64_t, std::int64_t)>& fn) {
   ForEachStridedRun(region, from, to, [&](const StridedRun& r) {
-    for (std::int64_t i = 0; i < r.count; ++i) fn(r.from_element + i * r.from_stride, r.to_element + i * r.to_stride, r.elements);
+    for (std::int64_t i = 0; i < r.count; ++i)
+      fn(r.from_element + i * r.from_stride, r.to_element + i * r.to_stride, r.elements);
   });
 }
 

@@ -46,9 +46,12 @@ std::string DeviceMesh::ToString() const {
 
 std::string Placement::ToString() const {
   switch (kind) {
-    case Kind::kShard: return fmt::format("Shard({})", dim);
-    case Kind::kReplicate: return "Replicate()";
-    case Kind::kPartial: return "Partial(sum)";
+    case Kind::kShard:
+      return fmt::format("Shard({})", dim);
+    case Kind::kReplicate:
+      return "Replicate()";
+    case Kind::kPartial:
+      return "Partial(sum)";
   }
   return "?";
 }
@@ -60,8 +63,8 @@ Result<std::optional<Box>> LocalBox(const std::vector<std::int64_t>& global_shap
                                        mesh.ToString(), mesh.dims().size()));
   }
   if (global_shape.size() > kMaxBoxDims) {
-    return InvalidArgument(fmt::format("a tensor of {} dimensions exceeds the {} a layout supports",
-                                       global_shape.size(), kMaxBoxDims));
+    return InvalidArgument(
+        fmt::format("a tensor of {} dimensions exceeds the {} a layout supports", global_shape.size(), kMaxBoxDims));
   }
   Box box = WholeBox(global_shape);
   const std::vector<int> coords = mesh.Coordinates(rank);
@@ -88,7 +91,7 @@ Result<Layout> MakeDTensorLayout(std::string description, std::vector<TensorSpec
     return InvalidArgument(fmt::format("{} placement lists for {} tensors", placements.size(), tensors.size()));
   }
   std::vector<std::vector<std::optional<LocalShard>>> shards(static_cast<std::size_t>(mesh.size()),
-                                                            std::vector<std::optional<LocalShard>>(tensors.size()));
+                                                             std::vector<std::optional<LocalShard>>(tensors.size()));
   for (std::size_t t = 0; t < tensors.size(); ++t) {
     bool partial = false;
     for (const Placement& p : placements[t]) partial |= p.kind == Placement::Kind::kPartial;

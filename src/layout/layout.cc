@@ -11,7 +11,10 @@ const ShardRef* RankShards::Find(std::uint32_t tensor) const {
   std::size_t lo = 0, hi = shards.size();
   while (lo < hi) {
     const std::size_t mid = (lo + hi) / 2;
-    if (shards[mid].tensor < tensor) lo = mid + 1; else hi = mid;
+    if (shards[mid].tensor < tensor)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
   return lo < shards.size() && shards[lo].tensor == tensor ? &shards[lo] : nullptr;
 }
@@ -48,8 +51,8 @@ Result<Layout> Layout::FromRankClasses(std::string description, std::vector<Tens
   for (std::size_t g = 0; g < options.fused_groups.size(); ++g) {
     for (std::uint32_t t : options.fused_groups[g]) {
       if (t >= tensors.size() || group_of[t] >= 0) {
-        return InvalidArgument(fmt::format("layout {}: tensor index {} is out of range or in two fused groups",
-                                           description, t));
+        return InvalidArgument(
+            fmt::format("layout {}: tensor index {} is out of range or in two fused groups", description, t));
       }
       group_of[t] = static_cast<std::int64_t>(g);
     }
@@ -99,7 +102,8 @@ Result<Layout> Layout::FromRankClasses(std::string description, std::vector<Tens
     bool first = true;
     for (const ShardEntry& e : entries) {
       const std::uint32_t t = e.tensor;
-      if (t >= tensors.size()) return InvalidArgument(fmt::format("layout {}: tensor index {} out of range", description, t));
+      if (t >= tensors.size())
+        return InvalidArgument(fmt::format("layout {}: tensor index {} out of range", description, t));
       const Box& box = e.shard.box;
       if (box.numel() == 0 && !(box.shape.empty() && tensors[t].shape.empty())) continue;
       const TensorSpec& spec = tensors[t];
@@ -168,7 +172,8 @@ Result<Layout> MakeFsdpLayout(std::vector<TensorSpec> tensors, int num_ranks) {
   for (const TensorSpec& spec : tensors) {
     if (spec.shape.empty()) {
       for (int r = 0; r < num_ranks; ++r) {
-        boxes[static_cast<std::size_t>(r)].push_back(r == 0 ? std::optional<LocalShard>(WholeBox(spec.shape)) : std::nullopt);
+        boxes[static_cast<std::size_t>(r)].push_back(r == 0 ? std::optional<LocalShard>(WholeBox(spec.shape))
+                                                            : std::nullopt);
       }
       continue;
     }
@@ -183,8 +188,7 @@ Result<Layout> MakeFsdpLayout(std::vector<TensorSpec> tensors, int num_ranks) {
   return Layout::FromShards(fmt::format("fsdp={}", num_ranks), std::move(tensors), boxes);
 }
 
-Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<int>& shard_dims,
-                            int tp, int replicas) {
+Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<int>& shard_dims, int tp, int replicas) {
   if (tp < 1 || replicas < 1) {
     return InvalidArgument(fmt::format("TP size {} and replica count {} must both be >= 1", tp, replicas));
   }
@@ -200,8 +204,8 @@ Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<i
       return InvalidArgument(fmt::format("{}: shard dim {} out of range", ToString(spec), dim));
     }
     if (dim >= 0 && spec.shape[static_cast<std::size_t>(dim)] % tp != 0) {
-      return InvalidArgument(fmt::format("{}: dim {} of size {} is not divisible by TP size {}",
-                                         ToString(spec), dim, spec.shape[static_cast<std::size_t>(dim)], tp));
+      return InvalidArgument(fmt::format("{}: dim {} of size {} is not divisible by TP size {}", ToString(spec), dim,
+                                         spec.shape[static_cast<std::size_t>(dim)], tp));
     }
     for (int r = 0; r < tp; ++r) {
       Box box = WholeBox(spec.shape);
@@ -215,10 +219,12 @@ Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<i
     }
   }
   std::vector<std::uint32_t> class_of_rank(static_cast<std::size_t>(tp * replicas));
-  for (std::size_t r = 0; r < class_of_rank.size(); ++r) class_of_rank[r] = static_cast<std::uint32_t>(r % static_cast<std::size_t>(tp));
+  for (std::size_t r = 0; r < class_of_rank.size(); ++r)
+    class_of_rank[r] = static_cast<std::uint32_t>(r % static_cast<std::size_t>(tp));
   std::string description = fmt::format("tp={}", tp);
   if (replicas > 1) description += fmt::format(",dp={}", replicas);
-  return Layout::FromRankClasses(std::move(description), std::move(tensors), std::move(classes), std::move(class_of_rank));
+  return Layout::FromRankClasses(std::move(description), std::move(tensors), std::move(classes),
+                                 std::move(class_of_rank));
 }
 
 }  // namespace shardwire

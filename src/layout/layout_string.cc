@@ -12,9 +12,10 @@ namespace {
 constexpr const char* kKeys = "fsdp, hsdp, tp, ep, pp, dp";
 
 Status PartError(std::string_view spec, std::size_t at, const std::string& what) {
-  return InvalidArgument(fmt::format("layout \"{}\": {} at character {} (keys: {}; e.g. fsdp=8, hsdp=2x8, "
-                                     "tp=4,dp=2, tp=8,ep=8, pp=2,tp=4)",
-                                     spec, what, at + 1, kKeys));
+  return InvalidArgument(
+      fmt::format("layout \"{}\": {} at character {} (keys: {}; e.g. fsdp=8, hsdp=2x8, "
+                  "tp=4,dp=2, tp=8,ep=8, pp=2,tp=4)",
+                  spec, what, at + 1, kKeys));
 }
 
 Result<int> ParsePositive(std::string_view spec, std::size_t at, std::string_view text) {
@@ -47,7 +48,8 @@ Result<Layout> MakeLayoutFromString(const ModelDescription& model, std::string_v
     if (values.count(key)) return PartError(spec, pos, fmt::format("key \"{}\" given twice", key));
     if (key == "hsdp") {
       const std::size_t x = value.find('x');
-      if (x == std::string_view::npos) return PartError(spec, value_at, fmt::format("hsdp wants RxS, got \"{}\"", value));
+      if (x == std::string_view::npos)
+        return PartError(spec, value_at, fmt::format("hsdp wants RxS, got \"{}\"", value));
       SW_ASSIGN_OR_RETURN(hsdp_replicate, ParsePositive(spec, value_at, value.substr(0, x)));
       SW_ASSIGN_OR_RETURN(values[key], ParsePositive(spec, value_at + x + 1, value.substr(x + 1)));
     } else {

@@ -27,7 +27,8 @@ std::vector<int> StageOfLayer(int layers, int pp) {
   std::vector<int> sizes(static_cast<std::size_t>(pp), layers / pp);
   for (int i = 2; i < (layers % pp) + 2; ++i) sizes[static_cast<std::size_t>(pp - i)] += 1;
   std::vector<int> stage;
-  for (int s = 0; s < pp; ++s) stage.insert(stage.end(), static_cast<std::size_t>(sizes[static_cast<std::size_t>(s)]), s);
+  for (int s = 0; s < pp; ++s)
+    stage.insert(stage.end(), static_cast<std::size_t>(sizes[static_cast<std::size_t>(s)]), s);
   return stage;
 }
 
@@ -76,8 +77,8 @@ Status CheckHeads(const ModelConfig& c, int tp, bool allow_kv_replication) {
 Result<Box> EvenSplit(const TensorSpec& spec, Box box, int dim, int parts, int index) {
   const auto d = static_cast<std::size_t>(dim);
   if (box.shape[d] % parts != 0) {
-    return InvalidArgument(fmt::format("{}: dim {} of size {} is not divisible by {}", ToString(spec), dim,
-                                       box.shape[d], parts));
+    return InvalidArgument(
+        fmt::format("{}: dim {} of size {} is not divisible by {}", ToString(spec), dim, box.shape[d], parts));
   }
   const std::int64_t part = box.shape[d] / parts;
   box.offset[d] += part * index;
@@ -103,14 +104,16 @@ Result<LocalShard> TensorParallelShard(const ModelDescription& model, const Mode
     Box box = whole;
     box.offset[0] = begin;
     box.shape[0] = end - begin;
-    const std::uint64_t row_bytes = static_cast<std::uint64_t>(whole.numel() / std::max<std::int64_t>(vocab, 1)) * esize;
+    const std::uint64_t row_bytes =
+        static_cast<std::uint64_t>(whole.numel() / std::max<std::int64_t>(vocab, 1)) * esize;
     return LocalShard(box, static_cast<std::uint64_t>(per_rank) * row_bytes, 0);
   }
   const int dim = ShardDim(t.role);
   const std::int64_t kv = model.config.num_key_value_heads;
   if (engine && t.role == ParallelRole::kColumn && IsKeyValueProjection(spec.name) && kv < tp) {
     // GQA: kv head h is replicated on the tp / kv ranks that share it.
-    SW_ASSIGN_OR_RETURN(Box box, EvenSplit(spec, whole, 0, static_cast<int>(kv), tp_rank / (tp / static_cast<int>(kv))));
+    SW_ASSIGN_OR_RETURN(Box box,
+                        EvenSplit(spec, whole, 0, static_cast<int>(kv), tp_rank / (tp / static_cast<int>(kv))));
     return LocalShard(box);
   }
   SW_ASSIGN_OR_RETURN(Box box, EvenSplit(spec, whole, dim, tp, tp_rank));
@@ -120,13 +123,13 @@ Result<LocalShard> TensorParallelShard(const ModelDescription& model, const Mode
 Result<std::vector<int>> ExpertToRank(const EngineLayoutOptions& o, std::int64_t experts) {
   if (!o.expert_to_rank.empty()) {
     if (static_cast<std::int64_t>(o.expert_to_rank.size()) != experts) {
-      return InvalidArgument(fmt::format("expert map lists {} experts, the model has {}", o.expert_to_rank.size(),
-                                         experts));
+      return InvalidArgument(
+          fmt::format("expert map lists {} experts, the model has {}", o.expert_to_rank.size(), experts));
     }
     for (std::size_t e = 0; e < o.expert_to_rank.size(); ++e) {
       if (o.expert_to_rank[e] < 0 || o.expert_to_rank[e] >= o.ep) {
-        return InvalidArgument(fmt::format("expert map sends expert {} to rank {}, outside ep={}", e,
-                                           o.expert_to_rank[e], o.ep));
+        return InvalidArgument(
+            fmt::format("expert map sends expert {} to rank {}, outside ep={}", e, o.expert_to_rank[e], o.ep));
       }
     }
     return o.expert_to_rank;
@@ -154,8 +157,11 @@ std::vector<std::vector<std::uint32_t>> FusedGroups(const ModelDescription& mode
 }  // namespace
 
 Result<Layout> MakeEngineLayout(const ModelDescription& model, const EngineLayoutOptions& o) {
-  SW_RETURN_IF_ERROR(CheckSizes({{"TP size", o.tp}, {"pipeline stages", o.pp}, {"engine replicas", o.dp},
-                                 {"EP size", o.ep}, {"vocab padding", o.vocab_padding}}));
+  SW_RETURN_IF_ERROR(CheckSizes({{"TP size", o.tp},
+                                 {"pipeline stages", o.pp},
+                                 {"engine replicas", o.dp},
+                                 {"EP size", o.ep},
+                                 {"vocab padding", o.vocab_padding}}));
   SW_RETURN_IF_ERROR(CheckHeads(model.config, o.tp, /*allow_kv_replication=*/true));
   SW_RETURN_IF_ERROR(CheckPipeline(model, o.pp));
   const std::int64_t experts = RoutedExperts(model);
@@ -164,7 +170,8 @@ Result<Layout> MakeEngineLayout(const ModelDescription& model, const EngineLayou
   }
   std::vector<int> expert_rank;
   if (o.ep > 1) {
-    if (experts == 0) return InvalidArgument(fmt::format("ep={} for {}, which has no experts", o.ep, model.config.model_type));
+    if (experts == 0)
+      return InvalidArgument(fmt::format("ep={} for {}, which has no experts", o.ep, model.config.model_type));
     if (experts % o.ep != 0) {
       return InvalidArgument(fmt::format("EP size {} does not divide the {} routed experts", o.ep, experts));
     }
@@ -191,7 +198,8 @@ Result<Layout> MakeEngineLayout(const ModelDescription& model, const EngineLayou
     }
   }
   std::vector<std::uint32_t> class_of_rank(static_cast<std::size_t>(world));
-  for (int r = 0; r < world; ++r) class_of_rank[static_cast<std::size_t>(r)] = static_cast<std::uint32_t>(r % (o.pp * o.tp));
+  for (int r = 0; r < world; ++r)
+    class_of_rank[static_cast<std::size_t>(r)] = static_cast<std::uint32_t>(r % (o.pp * o.tp));
   std::string description = fmt::format("tp={}", o.tp);
   if (o.ep > 1) description += fmt::format(",ep={}", o.ep);
   if (o.pp > 1) description = fmt::format("pp={},", o.pp) + description;
@@ -203,8 +211,11 @@ Result<Layout> MakeEngineLayout(const ModelDescription& model, const EngineLayou
 }
 
 Result<Layout> MakeTrainerLayout(const ModelDescription& model, const TrainerLayoutOptions& o) {
-  SW_RETURN_IF_ERROR(CheckSizes({{"HSDP replica groups", o.dp_replicate}, {"FSDP size", o.dp_shard},
-                                 {"TP size", o.tp}, {"EP size", o.ep}, {"pipeline stages", o.pp}}));
+  SW_RETURN_IF_ERROR(CheckSizes({{"HSDP replica groups", o.dp_replicate},
+                                 {"FSDP size", o.dp_shard},
+                                 {"TP size", o.tp},
+                                 {"EP size", o.ep},
+                                 {"pipeline stages", o.pp}}));
   if (o.tp > 1) SW_RETURN_IF_ERROR(CheckHeads(model.config, o.tp, /*allow_kv_replication=*/false));
   SW_RETURN_IF_ERROR(CheckPipeline(model, o.pp));
   const std::int64_t experts = RoutedExperts(model);
@@ -220,7 +231,7 @@ Result<Layout> MakeTrainerLayout(const ModelDescription& model, const TrainerLay
   }
   const std::vector<int> stage_of_layer = StageOfLayer(DecoderLayers(model), o.pp);
   const int world = o.pp * o.dp_replicate * o.dp_shard * o.tp;
-  const int fsdp_in_ep = o.dp_shard / o.ep;                         // FSDP ranks per EP rank
+  const int fsdp_in_ep = o.dp_shard / o.ep;                          // FSDP ranks per EP rank
   const std::int64_t local_experts = o.ep > 1 ? experts / o.ep : 0;  // experts per EP rank
   // HSDP replica groups share their shards: rank ((stage * R + r) * S + s) * T + t is in
   // class (stage * S + s) * T + t.
@@ -279,8 +290,8 @@ Result<Layout> MakeTrainerLayout(const ModelDescription& model, const TrainerLay
       }
     }
   }
-  std::string description = o.dp_replicate > 1 ? fmt::format("hsdp={}x{}", o.dp_replicate, o.dp_shard)
-                                               : fmt::format("fsdp={}", o.dp_shard);
+  std::string description =
+      o.dp_replicate > 1 ? fmt::format("hsdp={}x{}", o.dp_replicate, o.dp_shard) : fmt::format("fsdp={}", o.dp_shard);
   if (o.tp > 1) description += fmt::format(",tp={}", o.tp);
   if (o.ep > 1) description += fmt::format(",ep={}", o.ep);
   if (o.pp > 1) description = fmt::format("pp={},", o.pp) + description;

@@ -43,7 +43,8 @@ class Reader {
  public:
   explicit Reader(std::span<const std::byte> in) : in_(in) {}
   Result<std::uint64_t> Fixed(int bytes, const char* what) {
-    if (pos_ + static_cast<std::size_t>(bytes) > in_.size()) return CorruptData(fmt::format("plan truncated in {}", what));
+    if (pos_ + static_cast<std::size_t>(bytes) > in_.size())
+      return CorruptData(fmt::format("plan truncated in {}", what));
     std::uint64_t v = 0;
     for (int i = 0; i < bytes; ++i) v |= static_cast<std::uint64_t>(in_[pos_++]) << (8 * i);
     return v;
@@ -135,8 +136,8 @@ std::vector<std::byte> Encode(const TransferPlan& plan, const std::vector<std::s
   }
   w.Varint(sums.size());
   for (const Reduction* r : sums) {
-    for (std::uint64_t v : {std::uint64_t{r->reducer}, r->scratch_offset, r->bytes, std::uint64_t{r->addends},
-                            std::uint64_t{r->dtype}}) {
+    for (std::uint64_t v :
+         {std::uint64_t{r->reducer}, r->scratch_offset, r->bytes, std::uint64_t{r->addends}, std::uint64_t{r->dtype}}) {
       w.Varint(v);
     }
   }
@@ -150,7 +151,8 @@ std::vector<std::byte> Encode(const TransferPlan& plan, const std::vector<std::s
   std::vector<std::byte>& bytes = out.bytes();
   const std::size_t header = bytes.size();
   bytes.resize(header + ZSTD_compressBound(body.size()));
-  const std::size_t n = ZSTD_compress(bytes.data() + header, bytes.size() - header, body.data(), body.size(), kZstdLevel);
+  const std::size_t n =
+      ZSTD_compress(bytes.data() + header, bytes.size() - header, body.data(), body.size(), kZstdLevel);
   bytes.resize(header + (ZSTD_isError(n) ? 0 : n));  // cannot fail: the bound was reserved
   out.Fixed(XXH64(bytes.data(), bytes.size(), 0), 8);
   return std::move(bytes);
@@ -180,12 +182,14 @@ std::vector<std::byte> SerializePlanPart(const TransferPlan& plan, PlanSide side
 Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes) {
   if (bytes.size() < 24) return CorruptData(fmt::format("plan of {} bytes is truncated", bytes.size()));
   std::uint64_t stored = 0;
-  for (int i = 0; i < 8; ++i) stored |= static_cast<std::uint64_t>(bytes[bytes.size() - 8 + static_cast<std::size_t>(i)]) << (8 * i);
+  for (int i = 0; i < 8; ++i)
+    stored |= static_cast<std::uint64_t>(bytes[bytes.size() - 8 + static_cast<std::size_t>(i)]) << (8 * i);
   Reader h(bytes.first(16));
   SW_ASSIGN_OR_RETURN(const std::uint64_t magic, h.Fixed(4, "magic"));
   if (magic != kMagic) return CorruptData("bad magic: not a Shardwire plan");
   SW_ASSIGN_OR_RETURN(const std::uint64_t version, h.Fixed(2, "version"));
-  if (version != kVersion) return CorruptData(fmt::format("unsupported plan version {} (this build reads {})", version, kVersion));
+  if (version != kVersion)
+    return CorruptData(fmt::format("unsupported plan version {} (this build reads {})", version, kVersion));
   if (XXH64(bytes.data(), bytes.size() - 8, 0) != stored) return CorruptData("plan checksum mismatch");
   SW_RETURN_IF_ERROR(h.Fixed(2, "flags").status());
   SW_ASSIGN_OR_RETURN(const std::uint64_t body_size, h.Fixed(8, "body size"));

@@ -123,8 +123,9 @@ std::vector<Box> SplitPiece(const Box& piece, std::size_t parts) {
   for (std::size_t d = 0; d < piece.shape.size(); ++d) {
     if (piece.shape[d] < 2) continue;
     std::vector<Box> out;
-    for (const auto& [begin, end] : ChunkRanges(piece.shape[d], static_cast<int>(std::min<std::int64_t>(
-                                                                     piece.shape[d], static_cast<std::int64_t>(parts))))) {
+    for (const auto& [begin, end] :
+         ChunkRanges(piece.shape[d],
+                     static_cast<int>(std::min<std::int64_t>(piece.shape[d], static_cast<std::int64_t>(parts))))) {
       if (end <= begin) continue;
       Box b = piece;
       b.offset[d] += begin;
@@ -150,10 +151,10 @@ Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const Pl
   for (std::uint32_t c = 0; c < dst.num_rank_classes(); ++c) {
     for (const ShardRef& s : dst.rank_class(c).shards) {
       if (s.partial_group != 0) {
-        return InvalidArgument(fmt::format("rank {} of destination layout {} wants a Partial addend of {}: a "
-                                           "destination must receive reduced values",
-                                           dst.ranks_of_class(c).front(), dst.description(),
-                                           dst.tensors()[s.tensor].name));
+        return InvalidArgument(
+            fmt::format("rank {} of destination layout {} wants a Partial addend of {}: a "
+                        "destination must receive reduced values",
+                        dst.ranks_of_class(c).front(), dst.description(), dst.tensors()[s.tensor].name));
       }
       dst_holders[s.tensor].push_back({c, &s});
     }
@@ -204,7 +205,8 @@ Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const Pl
         auto [it, inserted] = gid_cache.try_emplace(process, -1, -1);
         if (inserted) {
           std::vector<std::uint32_t> local, remote;
-          for (std::uint32_t d : dranks) (by_process && options.dst_process[d] == process ? local : remote).push_back(d);
+          for (std::uint32_t d : dranks)
+            (by_process && options.dst_process[d] == process ? local : remote).push_back(d);
           if (!local.empty()) it->second.first = groups.Id(local, true);
           if (!remote.empty()) it->second.second = groups.Id(remote, false);
         }
@@ -267,13 +269,12 @@ Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const Pl
         for (std::size_t k = 0; k < group->size(); ++k) {
           const Candidate& member = (*group)[k];
           ForEachStridedRun(piece, member.shard->box, piece, [&](const StridedRun& r) {
-            reduce_copies.push_back(ReduceCopy{reducer->rank, member.rank,
-                                               member.shard->byte_offset + static_cast<std::uint64_t>(r.from_element) * esize,
-                                               slot0 + k * piece_bytes + static_cast<std::uint64_t>(r.to_element) * esize,
-                                               static_cast<std::uint64_t>(r.elements) * esize,
-                                               static_cast<std::uint64_t>(r.count),
-                                               static_cast<std::uint64_t>(r.from_stride) * esize,
-                                               static_cast<std::uint64_t>(r.to_stride) * esize});
+            reduce_copies.push_back(ReduceCopy{
+                reducer->rank, member.rank,
+                member.shard->byte_offset + static_cast<std::uint64_t>(r.from_element) * esize,
+                slot0 + k * piece_bytes + static_cast<std::uint64_t>(r.to_element) * esize,
+                static_cast<std::uint64_t>(r.elements) * esize, static_cast<std::uint64_t>(r.count),
+                static_cast<std::uint64_t>(r.from_stride) * esize, static_cast<std::uint64_t>(r.to_stride) * esize});
           });
           if (member.rank != reducer->rank) load[member.rank] += piece_bytes;
         }
@@ -317,7 +318,8 @@ Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const Pl
         std::sort(candidates.begin(), candidates.end(),
                   [](const Candidate& a, const Candidate& b) { return a.rank < b.rank; });
         for (auto& [id, members] : sum_groups) {
-          std::sort(members.begin(), members.end(), [](const Candidate& a, const Candidate& b) { return a.rank < b.rank; });
+          std::sort(members.begin(), members.end(),
+                    [](const Candidate& a, const Candidate& b) { return a.rank < b.rank; });
         }
         std::vector<Box> next;
         for (std::size_t w = 0; w < remaining.size(); ++w) {
@@ -360,17 +362,17 @@ Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const Pl
     if (!std::is_sorted(runs.begin(), runs.end(), less)) std::stable_sort(runs.begin(), runs.end(), less);
   }
   for (const std::vector<Move>& runs : runs_by_source) {
-   for (const Move& r : runs) {
-    if (!moves.empty()) {
-      Move& last = moves.back();
-      if (last.count == 1 && r.count == 1 && last.src_rank == r.src_rank && last.dst_group == r.dst_group &&
-          last.src_offset + last.length == r.src_offset && last.dst_offset + last.length == r.dst_offset) {
-        last.length += r.length;
-        continue;
+    for (const Move& r : runs) {
+      if (!moves.empty()) {
+        Move& last = moves.back();
+        if (last.count == 1 && r.count == 1 && last.src_rank == r.src_rank && last.dst_group == r.dst_group &&
+            last.src_offset + last.length == r.src_offset && last.dst_offset + last.length == r.dst_offset) {
+          last.length += r.length;
+          continue;
+        }
       }
+      moves.push_back(r);
     }
-    moves.push_back(r);
-   }
   }
   runs_by_source = {};
   moves = CapMoveLength(std::move(moves), options.bucket_bytes);

@@ -56,7 +56,7 @@ std::vector<Bucket> MakeBuckets(const std::vector<Move>& moves, const std::vecto
     Bucket b;
     b.src_rank = m.src_rank;
     b.dst_group = m.dst_group;
-    b.transport = local[m.dst_group] ? TransportKind::kLocal
+    b.transport = local[m.dst_group]                ? TransportKind::kLocal
                   : groups[m.dst_group].size() == 1 ? TransportKind::kP2P
                                                     : TransportKind::kBroadcast;
     b.first_move = i;

@@ -6,17 +6,24 @@ namespace shardwire {
 
 std::string_view TransportKindName(TransportKind kind) {
   switch (kind) {
-    case TransportKind::kLocal: return "LOCAL";
-    case TransportKind::kP2P: return "P2P";
-    case TransportKind::kBroadcast: return "BROADCAST";
+    case TransportKind::kLocal:
+      return "LOCAL";
+    case TransportKind::kP2P:
+      return "P2P";
+    case TransportKind::kBroadcast:
+      return "BROADCAST";
   }
   return "?";
 }
 
 TransferPlan::TransferPlan(int src_world, int dst_world, std::vector<std::vector<std::uint32_t>> dst_groups,
                            std::vector<Move> moves, std::vector<Bucket> buckets, std::uint64_t runs_before_coalescing)
-    : src_world_(src_world), dst_world_(dst_world), dst_groups_(std::move(dst_groups)), moves_(std::move(moves)),
-      buckets_(std::move(buckets)), runs_before_coalescing_(runs_before_coalescing) {}
+    : src_world_(src_world),
+      dst_world_(dst_world),
+      dst_groups_(std::move(dst_groups)),
+      moves_(std::move(moves)),
+      buckets_(std::move(buckets)),
+      runs_before_coalescing_(runs_before_coalescing) {}
 
 void TransferPlan::SetReductions(std::vector<ReduceCopy> copies, std::vector<Reduction> reductions,
                                  std::vector<std::uint64_t> scratch_bytes) {

@@ -9,8 +9,8 @@
 
 namespace shardwire::sync {
 
-Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role,
-                                      int rank, std::uint64_t buffer_bytes) {
+Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
+                                      std::uint64_t buffer_bytes) {
   RankEndpoint endpoint;
   const std::string key = MetadataKey(job, role, rank);
   SW_ASSIGN_OR_RETURN(endpoint.agent, Agent::Create(AgentOptions{.name = key}));
@@ -25,8 +25,8 @@ Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string&
   return endpoint;
 }
 
-Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std::string& job,
-                                const std::string& role, int rank, double timeout_s) {
+Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std::string& job, const std::string& role,
+                                int rank, double timeout_s) {
   const std::string key = MetadataKey(job, role, rank);
   SW_ASSIGN_OR_RETURN(const std::vector<std::byte> blob, rendezvous.Get(key + "/metadata", timeout_s));
   SW_ASSIGN_OR_RETURN(const std::string region_text, GetString(rendezvous, key + "/region", timeout_s));

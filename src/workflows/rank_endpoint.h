@@ -14,14 +14,14 @@ namespace shardwire::sync {
 
 struct RankEndpoint {
   std::unique_ptr<Agent> agent;
-  RegionId region = 0;             ///< the shard buffer's region
-  std::span<std::byte> weights;    ///< the shard buffer (may be empty)
+  RegionId region = 0;           ///< the shard buffer's region
+  std::span<std::byte> weights;  ///< the shard buffer (may be empty)
 };
 
 /// Creates the agent named "<job>/<role>/<rank>", allocates `buffer_bytes` as an arena
 /// and publishes {metadata blob, region id} under MetadataKey(job, role, rank).
-Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role,
-                                      int rank, std::uint64_t buffer_bytes);
+Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
+                                      std::uint64_t buffer_bytes);
 
 /// A peer rank imported into `agent`: its agent name and its shard buffer's region.
 struct PeerRank {
@@ -30,7 +30,7 @@ struct PeerRank {
 };
 
 /// Waits for the peer's published metadata (up to timeout_s) and imports it.
-Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std::string& job,
-                                const std::string& role, int rank, double timeout_s);
+Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std::string& job, const std::string& role,
+                                int rank, double timeout_s);
 
 }  // namespace shardwire::sync

@@ -12,7 +12,8 @@ namespace shardwire::sync {
 std::vector<std::byte> Encode(const Message& message) {
   std::vector<std::byte> out(9);
   out[0] = static_cast<std::byte>(message.kind);
-  for (int i = 0; i < 8; ++i) out[1 + static_cast<std::size_t>(i)] = static_cast<std::byte>((message.version >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 8; ++i)
+    out[1 + static_cast<std::size_t>(i)] = static_cast<std::byte>((message.version >> (8 * i)) & 0xFF);
   return out;
 }
 
@@ -21,7 +22,8 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
   const auto kind = static_cast<MessageKind>(payload[0]);
   if (kind != MessageKind::kReady && kind != MessageKind::kDone) return std::nullopt;
   std::uint64_t version = 0;
-  for (int i = 0; i < 8; ++i) version |= static_cast<std::uint64_t>(payload[1 + static_cast<std::size_t>(i)]) << (8 * i);
+  for (int i = 0; i < 8; ++i)
+    version |= static_cast<std::uint64_t>(payload[1 + static_cast<std::size_t>(i)]) << (8 * i);
   return Message{kind, version};
 }
 

@@ -69,8 +69,8 @@ Status WeightPublisher::Connect() {
   State& s = *state_;
   Agent& agent = *s.endpoint.agent;
   for (const auto& [dst, moves] : s.moves_by_destination) {
-    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
-                        sync::ImportPeerRank(*s.rendezvous, agent, s.options.job, kEngineRole, dst, s.options.timeout_s));
+    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, sync::ImportPeerRank(*s.rendezvous, agent, s.options.job,
+                                                                        kEngineRole, dst, s.options.timeout_s));
     std::vector<TransferDescriptor> descriptors;
     descriptors.reserve(moves.size());
     for (const Move& m : moves) {
@@ -79,8 +79,8 @@ Status WeightPublisher::Connect() {
                                                  m.dst_offset + i * m.dst_stride, m.length});
       }
     }
-    SW_ASSIGN_OR_RETURN(TransferHandle handle, agent.PrepareTransfer(TransferOp::kWrite, peer.name,
-                                                                     std::move(descriptors), std::nullopt));
+    SW_ASSIGN_OR_RETURN(TransferHandle handle,
+                        agent.PrepareTransfer(TransferOp::kWrite, peer.name, std::move(descriptors), std::nullopt));
     s.destination_names[dst] = peer.name;
     s.transfers.push_back(handle);
   }
@@ -114,7 +114,8 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   for (const auto& [dst, name] : s.destination_names) {
     Status st = agent.Wait(s.transfers[i++], s.options.timeout_s);
     if (st.ok()) st = agent.SendMessage(name, done);
-    if (!st.ok()) return st.WithContext(fmt::format("trainer rank {} push v{} to engine rank {}", s.rank, version, dst));
+    if (!st.ok())
+      return st.WithContext(fmt::format("trainer rank {} push v{} to engine rank {}", s.rank, version, dst));
   }
   const auto t2 = Clock::now();
   stats.bytes = s.bytes_per_push;

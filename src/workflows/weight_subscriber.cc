@@ -32,8 +32,7 @@ struct WeightSubscriber::State {
 WeightSubscriber::WeightSubscriber(std::unique_ptr<State> state) : state_(std::move(state)) {}
 WeightSubscriber::~WeightSubscriber() = default;
 
-Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& rendezvous,
-                                                                   const Layout& trainer_layout,
+Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& rendezvous, const Layout& trainer_layout,
                                                                    const Layout& engine_layout, int rank,
                                                                    WeightSyncOptions options) {
   if (rank < 0 || rank >= engine_layout.world_size()) {
@@ -69,8 +68,8 @@ Status WeightSubscriber::BeginUpdate(std::uint64_t version) {
   State& s = *state_;
   if (s.source_names.size() != s.sources.size()) return InvalidArgument("WeightSubscriber::BeginUpdate before Connect");
   if (version <= s.committed_version) {
-    return InvalidArgument(fmt::format("version {} is not newer than the committed version {}", version,
-                                       s.committed_version));
+    return InvalidArgument(
+        fmt::format("version {} is not newer than the committed version {}", version, s.committed_version));
   }
   const auto ready = sync::Encode({sync::MessageKind::kReady, version});
   for (const std::string& name : s.source_names) {
@@ -87,9 +86,9 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
   if (version != s.begun_version) {
     return InvalidArgument(fmt::format("WaitForUpdate({}) without BeginUpdate({})", version, version));
   }
-  SW_RETURN_IF_ERROR(s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kDone, version, s.source_names,
-                                          s.options.timeout_s)
-                         .WithContext(fmt::format("engine rank {} update v{}", s.rank, version)));
+  SW_RETURN_IF_ERROR(
+      s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kDone, version, s.source_names, s.options.timeout_s)
+          .WithContext(fmt::format("engine rank {} update v{}", s.rank, version)));
   s.committed_version = version;
   UpdateStats stats;
   stats.version = version;

@@ -2,10 +2,10 @@
 // verification inside every engine rank, and the failure paths (bad input, a corrupted
 // push, a dying trainer) ending in a clear error, a non-zero exit and no orphans.
 #include <dirent.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <netinet/in.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -89,8 +89,8 @@ TEST(RlSyncDemo, OtherLayoutsAndShardedF32Checkpoint) {
   const std::string model = SharedModels() + "/tiny-llama-f32-sharded/tiny_llama.safetensors.index.json";
   if (!std::filesystem::exists(model)) GTEST_SKIP() << "no ../shared/models here";
   const std::string config = SharedModels() + "/tiny-llama-f32-sharded/tiny_llama_config.json";
-  const RunResult r = RunDemo("--checkpoint " + model + " --config " + config +
-                              " --trainers 3 --engines 1 --tp 1 --steps 2");
+  const RunResult r =
+      RunDemo("--checkpoint " + model + " --config " + config + " --trainers 3 --engines 1 --tp 1 --steps 2");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("verified 1/1 engine ranks"), std::string::npos) << r.output;
 }
@@ -98,7 +98,8 @@ TEST(RlSyncDemo, OtherLayoutsAndShardedF32Checkpoint) {
 TEST(RlSyncDemo, MoeCheckpointWithExpertParallelEngines) {
   const std::string model = SharedModels() + "/tiny-qwen3-moe-f32";
   if (!std::filesystem::exists(model)) GTEST_SKIP() << "no ../shared/models here";
-  RunResult r = RunDemo("--checkpoint " + model + " --trainer-layout fsdp=2,ep=2 --engine-layout tp=2,ep=2,dp=2 --steps 2");
+  RunResult r =
+      RunDemo("--checkpoint " + model + " --trainer-layout fsdp=2,ep=2 --engine-layout tp=2,ep=2,dp=2 --steps 2");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("engines     4 processes, tp=2,ep=2,dp=2"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("verified 4/4 engine ranks"), std::string::npos) << r.output;
@@ -149,8 +150,8 @@ TEST(RlSyncDemo, CtrlCStopsEveryProcess) {
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     freopen("/dev/null", "w", stdout);
-    execl(SHARDWIRE_BIN, SHARDWIRE_BIN, "demo", "rl-sync", flag.c_str(), path.c_str(), "--work-dir", SHARDWIRE_TEST_WORK_DIR, "--steps", "100000",
-          "--job", job.c_str(), static_cast<char*>(nullptr));
+    execl(SHARDWIRE_BIN, SHARDWIRE_BIN, "demo", "rl-sync", flag.c_str(), path.c_str(), "--work-dir",
+          SHARDWIRE_TEST_WORK_DIR, "--steps", "100000", "--job", job.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   // Wait until the workers are up (bounded), then interrupt the parent as Ctrl-C would.

@@ -51,7 +51,8 @@ TEST(Box, IntersectAndSubtractPartitionExactly) {
 
     auto inter = Intersect(a, b);
     std::set<std::vector<std::int64_t>> got_inter;
-    if (inter) for (auto& p : Points(*inter)) got_inter.insert(p);
+    if (inter)
+      for (auto& p : Points(*inter)) got_inter.insert(p);
     EXPECT_EQ(got_inter, expect_inter);
 
     std::multiset<std::vector<std::int64_t>> got_diff;
@@ -75,12 +76,22 @@ TEST(Box, ContiguousRunsMatchPointwiseMapping) {
       const std::int64_t f0 = rng() % extent, f1 = f0 + 1 + rng() % (extent - f0);
       const std::int64_t t0 = rng() % extent, t1 = t0 + 1 + rng() % (extent - t0);
       const std::int64_t lo = std::max(f0, t0), hi = std::min(f1, t1);
-      if (hi <= lo) { from.offset.push_back(0); from.shape.push_back(extent); to.offset.push_back(0);
-        to.shape.push_back(extent); region.offset.push_back(0); region.shape.push_back(extent); continue; }
-      from.offset.push_back(f0); from.shape.push_back(f1 - f0);
-      to.offset.push_back(t0); to.shape.push_back(t1 - t0);
+      if (hi <= lo) {
+        from.offset.push_back(0);
+        from.shape.push_back(extent);
+        to.offset.push_back(0);
+        to.shape.push_back(extent);
+        region.offset.push_back(0);
+        region.shape.push_back(extent);
+        continue;
+      }
+      from.offset.push_back(f0);
+      from.shape.push_back(f1 - f0);
+      to.offset.push_back(t0);
+      to.shape.push_back(t1 - t0);
       const std::int64_t r0 = lo + rng() % (hi - lo), r1 = r0 + 1 + rng() % (hi - r0);
-      region.offset.push_back(r0); region.shape.push_back(r1 - r0);
+      region.offset.push_back(r0);
+      region.shape.push_back(r1 - r0);
     }
     std::map<std::int64_t, std::int64_t> expected;  // from index -> to index
     for (auto& p : Points(region)) expected[LocalIndex(from, p)] = LocalIndex(to, p);

@@ -16,8 +16,7 @@ TEST(ChunkRanges, MatchesTorchChunk) {
 }
 
 std::vector<TensorSpec> Tensors() {
-  return {{"a", DType::kBF16, {10, 6}}, {"b", DType::kF32, {6}}, {"c", DType::kF32, {}},
-          {"d", DType::kBF16, {4, 8}}};
+  return {{"a", DType::kBF16, {10, 6}}, {"b", DType::kF32, {6}}, {"c", DType::kF32, {}}, {"d", DType::kBF16, {4, 8}}};
 }
 
 TEST(Layout, FsdpShardsDimZeroUnevenly) {
@@ -37,7 +36,7 @@ TEST(Layout, FsdpShardsDimZeroUnevenly) {
   const RankShards& r0 = layout->rank(0);
   ASSERT_EQ(r0.shards.size(), 4u);
   EXPECT_EQ(r0.shards[0].byte_offset, 0u);
-  EXPECT_EQ(r0.shards[1].byte_offset, 64u);  // a: 3*6*2 = 36 bytes, rounded up
+  EXPECT_EQ(r0.shards[1].byte_offset, 64u);   // a: 3*6*2 = 36 bytes, rounded up
   EXPECT_EQ(r0.shards[2].byte_offset, 128u);  // b: 2*4 = 8 bytes
   EXPECT_EQ(r0.buffer_bytes, 192u + 1 * 8 * 2);
 }

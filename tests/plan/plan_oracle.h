@@ -34,17 +34,34 @@ enum class OracleValues { kBytes, kIntegers };
 
 inline void StoreInteger(DType dtype, std::int64_t v, std::byte* out) {
   switch (dtype) {
-    case DType::kI32: { const auto x = static_cast<std::int32_t>(v); std::memcpy(out, &x, 4); return; }
-    case DType::kI64: std::memcpy(out, &v, 8); return;
-    default: StoreFromFloat(dtype, static_cast<float>(v), out); return;
+    case DType::kI32: {
+      const auto x = static_cast<std::int32_t>(v);
+      std::memcpy(out, &x, 4);
+      return;
+    }
+    case DType::kI64:
+      std::memcpy(out, &v, 8);
+      return;
+    default:
+      StoreFromFloat(dtype, static_cast<float>(v), out);
+      return;
   }
 }
 
 inline std::int64_t LoadInteger(DType dtype, const std::byte* in) {
   switch (dtype) {
-    case DType::kI32: { std::int32_t x; std::memcpy(&x, in, 4); return x; }
-    case DType::kI64: { std::int64_t x; std::memcpy(&x, in, 8); return x; }
-    default: return static_cast<std::int64_t>(LoadAsFloat(dtype, in));
+    case DType::kI32: {
+      std::int32_t x;
+      std::memcpy(&x, in, 4);
+      return x;
+    }
+    case DType::kI64: {
+      std::int64_t x;
+      std::memcpy(&x, in, 8);
+      return x;
+    }
+    default:
+      return static_cast<std::int64_t>(LoadAsFloat(dtype, in));
   }
 }
 
@@ -68,8 +85,8 @@ inline std::vector<std::vector<std::byte>> Materialise(const Layout& layout,
       const std::size_t esize = DTypeSize(spec.dtype);
       std::size_t member = 0, members = 1;
       if (s.partial_group != 0) {
-        const auto& group =
-            sum_groups[{s.tensor, std::vector<std::int64_t>(s.box.offset.begin(), s.box.offset.end()), s.partial_group}];
+        const auto& group = sum_groups[{s.tensor, std::vector<std::int64_t>(s.box.offset.begin(), s.box.offset.end()),
+                                        s.partial_group}];
         members = group.size();
         member = static_cast<std::size_t>(std::find(group.begin(), group.end(), r) - group.begin());
       }
@@ -85,7 +102,8 @@ inline std::vector<std::vector<std::byte>> Materialise(const Layout& layout,
           for (std::size_t b = 0; b < esize; ++b) out[b] = OracleByte(spec.name, global, b);
           continue;
         }
-        const std::int64_t v = static_cast<std::int64_t>(static_cast<std::uint8_t>(OracleByte(spec.name, global, 0))) % 81 - 40;
+        const std::int64_t v =
+            static_cast<std::int64_t>(static_cast<std::uint8_t>(OracleByte(spec.name, global, 0))) % 81 - 40;
         std::int64_t addend = v;
         if (members > 1) {
           auto part = [&](std::size_t k) {
@@ -112,12 +130,14 @@ inline std::string CheckPlanAgainstOracle(const Layout& src, const Layout& dst, 
   auto src_bufs = Materialise(src, values);
   const auto expected = Materialise(dst, values);
   // Reductions of Partial sources: addends into the reducers' scratch slots, then sums.
-  for (int r = 0; r < src.world_size(); ++r) src_bufs[static_cast<std::size_t>(r)].resize(src.rank(r).buffer_bytes + plan.scratch_bytes(r));
+  for (int r = 0; r < src.world_size(); ++r)
+    src_bufs[static_cast<std::size_t>(r)].resize(src.rank(r).buffer_bytes + plan.scratch_bytes(r));
   for (const ReduceCopy& c : plan.reduce_copies()) {
     const std::uint64_t base = src.rank(static_cast<int>(c.reducer)).buffer_bytes;
     for (std::uint64_t k = 0; k < c.count; ++k) {
       const std::uint64_t so = c.src_offset + k * c.src_stride, to = base + c.slot_offset + k * c.slot_stride;
-      if (so + c.length > src.rank(static_cast<int>(c.src_rank)).buffer_bytes || to + c.length > src_bufs[c.reducer].size()) {
+      if (so + c.length > src.rank(static_cast<int>(c.src_rank)).buffer_bytes ||
+          to + c.length > src_bufs[c.reducer].size()) {
         return "a reduce copy reads or writes out of range";
       }
       std::memcpy(src_bufs[c.reducer].data() + to, src_bufs[c.src_rank].data() + so, c.length);
@@ -126,7 +146,8 @@ inline std::string CheckPlanAgainstOracle(const Layout& src, const Layout& dst, 
   for (const Reduction& red : plan.reductions()) {
     const auto dtype = static_cast<DType>(red.dtype);
     const std::size_t esize = DTypeSize(dtype);
-    std::byte* slot0 = src_bufs[red.reducer].data() + src.rank(static_cast<int>(red.reducer)).buffer_bytes + red.scratch_offset;
+    std::byte* slot0 =
+        src_bufs[red.reducer].data() + src.rank(static_cast<int>(red.reducer)).buffer_bytes + red.scratch_offset;
     for (std::uint64_t e = 0; e < red.bytes / esize; ++e) {
       std::int64_t sum = 0;
       for (std::uint32_t k = 0; k < red.addends; ++k) sum += LoadInteger(dtype, slot0 + k * red.bytes + e * esize);

@@ -195,8 +195,8 @@ TEST(PlannerProperty, RandomDTensorPlacementsMatchOracle) {
     const std::string error = RunCase(c, planner);
     if (!error.empty()) {
       const DTensorCase minimal = Shrink(c, planner);
-      FAIL() << "case " << iter << ": " << error << "\nminimal failing case:\n" << minimal.ToCode()
-             << "\n-> " << RunCase(minimal, planner);
+      FAIL() << "case " << iter << ": " << error << "\nminimal failing case:\n"
+             << minimal.ToCode() << "\n-> " << RunCase(minimal, planner);
     }
     auto src = BuildSide(c, c.src, "src");
     auto dst = BuildSide(c, c.dst, "dst");
@@ -247,18 +247,20 @@ TEST(PlannerProperty, RegressionTwoMeshDimsOnOneTensorDim) {
 // ---- Real model families under random trainer / engine layouts --------------------------
 
 std::string RandomModelConfigJson(std::mt19937& rng, int family) {
-  const int kv = 1 << (rng() % 3);             // 1, 2, 4 key/value heads
-  const int heads = kv * (1 << (rng() % 2));   // GQA ratio 1 or 2
+  const int kv = 1 << (rng() % 3);            // 1, 2, 4 key/value heads
+  const int heads = kv * (1 << (rng() % 2));  // GQA ratio 1 or 2
   const int head_dim = 4 * (1 + static_cast<int>(rng() % 2));
   const int hidden = 8 * (1 + static_cast<int>(rng() % 2));
   const int layers = 1 + static_cast<int>(rng() % 3);
   const int vocab = 20 + static_cast<int>(rng() % 50);  // rarely a multiple of 64: padding
   std::ostringstream o;
-  o << R"({"hidden_size": )" << hidden << R"(, "num_hidden_layers": )" << layers
-    << R"(, "num_attention_heads": )" << heads << R"(, "num_key_value_heads": )" << kv << R"(, "head_dim": )"
-    << head_dim << R"(, "intermediate_size": 16, "vocab_size": )" << vocab << R"(, "torch_dtype": "bfloat16")";
+  o << R"({"hidden_size": )" << hidden << R"(, "num_hidden_layers": )" << layers << R"(, "num_attention_heads": )"
+    << heads << R"(, "num_key_value_heads": )" << kv << R"(, "head_dim": )" << head_dim
+    << R"(, "intermediate_size": 16, "vocab_size": )" << vocab << R"(, "torch_dtype": "bfloat16")";
   switch (family) {
-    case 0: o << R"(, "model_type": "qwen3", "tie_word_embeddings": false})"; break;
+    case 0:
+      o << R"(, "model_type": "qwen3", "tie_word_embeddings": false})";
+      break;
     case 1:
       o << R"(, "model_type": "qwen3_moe", "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 8,
              "decoder_sparse_step": 1, "mlp_only_layers": []})";
@@ -333,7 +335,8 @@ TEST(PlannerProperty, RandomModelsAndLayoutsMatchOracle) {
 Result<ModelDescription> SmallDense() {
   SW_ASSIGN_OR_RETURN(const ModelConfig c, ParseModelConfig(R"({"model_type": "llama", "hidden_size": 256,
       "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4, "intermediate_size": 512,
-      "vocab_size": 1024, "torch_dtype": "bfloat16"})", "small"));
+      "vocab_size": 1024, "torch_dtype": "bfloat16"})",
+                                                            "small"));
   return DescribeModel(c);
 }
 
@@ -422,7 +425,8 @@ TEST(PlannerValidation, PartialSourcesAndDestinations) {
   // A plan that skipped the reduction (sent one addend) must be caught by the oracle.
   TransferPlan unreduced(from_partial->src_world(), from_partial->dst_world(), from_partial->dst_groups(),
                          from_partial->moves(), from_partial->buckets(), 0);
-  unreduced.SetReductions(from_partial->reduce_copies(), {}, {from_partial->scratch_bytes(0), from_partial->scratch_bytes(1)});
+  unreduced.SetReductions(from_partial->reduce_copies(), {},
+                          {from_partial->scratch_bytes(0), from_partial->scratch_bytes(1)});
   EXPECT_NE(CheckPlanAgainstOracle(*partial, *sharded, unreduced, testing::OracleValues::kIntegers), "");
   // Reductions survive serialisation, and a source's part carries the ones it takes part in.
   auto back = DeserializePlan(SerializePlan(*from_partial));

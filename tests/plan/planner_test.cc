@@ -1,8 +1,7 @@
-// Property test of the planner against an oracle that shares no code with it: every
-// shard buffer is filled element by element from a pure function of (tensor, global
-// element index), the plan is applied with memcpy, and every destination byte is
-// compared with what the oracle says belongs there.
+// Planner tests on hand-made and random grid layouts, checked against the byte-level
+// oracle of plan_oracle.h (which shares no code with the planner).
 #include "shardwire/planner.h"
+#include "plan_oracle.h"
 
 #include <gtest/gtest.h>
 
@@ -12,56 +11,26 @@
 namespace shardwire {
 namespace {
 
-std::byte OracleByte(std::uint32_t tensor, std::int64_t element, std::size_t byte) {
-  std::uint64_t x = (static_cast<std::uint64_t>(tensor) << 40) ^ (static_cast<std::uint64_t>(element) << 4) ^ byte;
-  x ^= x >> 31; x *= 0x9E3779B97F4A7C15ull; x ^= x >> 29;
-  return static_cast<std::byte>(x & 0xFF);
-}
-
-// Fills every rank buffer of `layout` by walking each shard's elements one by one.
-std::vector<std::vector<std::byte>> Materialise(const Layout& layout) {
-  std::vector<std::vector<std::byte>> buffers;
-  for (int r = 0; r < layout.world_size(); ++r) {
-    std::vector<std::byte> buf(layout.rank(r).buffer_bytes, std::byte{0});
-    for (const ShardRef& s : layout.rank(r).shards) {
-      const TensorSpec& spec = layout.tensors()[s.tensor];
-      const std::size_t esize = DTypeSize(spec.dtype);
-      const std::size_t rank = spec.shape.size();
-      for (std::int64_t local = 0; local < s.box.numel(); ++local) {
-        // Decompose the local index into box coordinates, then into a global index.
-        std::int64_t rem = local, global = 0, gstride = 1;
-        for (std::size_t d = rank; d-- > 0;) {
-          const std::int64_t coord = rem % s.box.shape[d];
-          rem /= s.box.shape[d];
-          global += (coord + s.box.offset[d]) * gstride;
-          gstride *= spec.shape[d];
-        }
-        for (std::size_t b = 0; b < esize; ++b) {
-          buf[s.byte_offset + static_cast<std::uint64_t>(local) * esize + b] = OracleByte(s.tensor, global, b);
-        }
-      }
-    }
-    buffers.push_back(std::move(buf));
-  }
-  return buffers;
-}
-
 // Random layout: each tensor is cut into a grid of cells; every rank holds at most one
 // cell; each cell is held by at least one rank (replicas when ranks > cells).
 Layout RandomLayout(std::mt19937& rng, const std::vector<TensorSpec>& tensors, int world) {
   std::vector<std::vector<std::optional<LocalShard>>> boxes(static_cast<std::size_t>(world),
-                                                     std::vector<std::optional<LocalShard>>(tensors.size()));
+                                                            std::vector<std::optional<LocalShard>>(tensors.size()));
   for (std::size_t t = 0; t < tensors.size(); ++t) {
     const auto& shape = tensors[t].shape;
     std::vector<std::vector<std::int64_t>> cuts(shape.size());
     std::int64_t cells = 1;
     for (std::size_t d = 0; d < shape.size(); ++d) {
       const std::int64_t parts = std::min<std::int64_t>(shape[d], 1 + rng() % 3);
-      if (cells * parts > world) { cuts[d] = {0, shape[d]}; continue; }
+      if (cells * parts > world) {
+        cuts[d] = {0, shape[d]};
+        continue;
+      }
       cells *= parts;
       std::vector<std::int64_t> c{0, shape[d]};
       while (static_cast<std::int64_t>(c.size()) < parts + 1) {
-        std::int64_t x = 1 + static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(std::max<std::int64_t>(1, shape[d] - 1)));
+        std::int64_t x =
+            1 + static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(std::max<std::int64_t>(1, shape[d] - 1)));
         if (std::find(c.begin(), c.end(), x) == c.end() && x < shape[d]) c.push_back(x);
       }
       std::sort(c.begin(), c.end());
@@ -106,56 +75,27 @@ std::vector<TensorSpec> RandomTensors(std::mt19937& rng) {
 
 Layout AnyLayout(std::mt19937& rng, const std::vector<TensorSpec>& tensors) {
   switch (rng() % 3) {
-    case 0: return MakeFsdpLayout(tensors, 1 + static_cast<int>(rng() % 5)).value();
+    case 0:
+      return MakeFsdpLayout(tensors, 1 + static_cast<int>(rng() % 5)).value();
     case 1: {
       // TP on a dimension that divides evenly (or replicated).
       const int tp = 1 + static_cast<int>(rng() % 3);
       std::vector<int> dims;
       for (const auto& t : tensors) {
         int dim = -1;
-        for (std::size_t d = 0; d < t.shape.size(); ++d) if (t.shape[d] % tp == 0 && rng() % 2) dim = static_cast<int>(d);
+        for (std::size_t d = 0; d < t.shape.size(); ++d)
+          if (t.shape[d] % tp == 0 && rng() % 2) dim = static_cast<int>(d);
         dims.push_back(dim);
       }
       return MakeTpLayout(tensors, dims, tp, 1 + static_cast<int>(rng() % 2)).value();
     }
-    default: return RandomLayout(rng, tensors, 1 + static_cast<int>(rng() % 6));
+    default:
+      return RandomLayout(rng, tensors, 1 + static_cast<int>(rng() % 6));
   }
 }
 
 void CheckPlan(const Layout& src, const Layout& dst, const TransferPlan& plan) {
-  auto src_bufs = Materialise(src);
-  const auto expected = Materialise(dst);
-  std::vector<std::vector<std::byte>> got;
-  std::vector<std::vector<int>> writes;
-  for (int r = 0; r < dst.world_size(); ++r) {
-    got.emplace_back(dst.rank(r).buffer_bytes, std::byte{0});
-    writes.emplace_back(dst.rank(r).buffer_bytes, 0);
-  }
-  for (const Move& m : plan.moves()) {
-    ASSERT_LT(m.src_rank, src_bufs.size());
-    ASSERT_GE(m.count, 1u);
-    ASSERT_LT(m.dst_group, plan.dst_groups().size());
-    for (std::uint64_t k = 0; k < m.count; ++k) {
-      const std::uint64_t so = m.src_offset + k * m.src_stride, dof = m.dst_offset + k * m.dst_stride;
-      ASSERT_LE(so + m.length, src_bufs[m.src_rank].size());
-      for (std::uint32_t d : plan.dst_groups()[m.dst_group]) {
-        ASSERT_LT(d, got.size());
-        ASSERT_LE(dof + m.length, got[d].size());
-        std::memcpy(got[d].data() + dof, src_bufs[m.src_rank].data() + so, m.length);
-        for (std::uint64_t i = 0; i < m.length; ++i) ++writes[d][dof + i];
-      }
-    }
-  }
-  for (int r = 0; r < dst.world_size(); ++r) {
-    ASSERT_EQ(got[static_cast<std::size_t>(r)], expected[static_cast<std::size_t>(r)]) << "destination rank " << r;
-    // Every byte that belongs to a shard is written exactly once; padding never.
-    std::vector<int> want(dst.rank(r).buffer_bytes, 0);
-    for (const ShardRef& s : dst.rank(r).shards) {
-      const std::uint64_t n = static_cast<std::uint64_t>(s.box.numel()) * DTypeSize(dst.tensors()[s.tensor].dtype);
-      for (std::uint64_t i = 0; i < n; ++i) want[s.byte_offset + i] = 1;
-    }
-    ASSERT_EQ(writes[static_cast<std::size_t>(r)], want) << "destination rank " << r;
-  }
+  ASSERT_EQ(testing::CheckPlanAgainstOracle(src, dst, plan), "");
 }
 
 TEST(Planner, RandomLayoutsMatchOracle) {

@@ -18,7 +18,9 @@ namespace shardwire {
 namespace {
 
 std::vector<TensorSpec> Tensors() {
-  return {{"emb", DType::kBF16, {64, 48}}, {"col", DType::kF32, {40, 24}}, {"row", DType::kBF16, {24, 40}},
+  return {{"emb", DType::kBF16, {64, 48}},
+          {"col", DType::kF32, {40, 24}},
+          {"row", DType::kBF16, {24, 40}},
           {"norm", DType::kF32, {24}}};
 }
 
@@ -42,7 +44,10 @@ std::size_t Walk(const Layout& layout, int rank, std::span<std::byte> buf, std::
       for (std::size_t b = 0; b < esize; ++b) {
         std::byte& at = buf[s.byte_offset + static_cast<std::size_t>(local) * esize + b];
         const std::byte want = Oracle(s.tensor, global, b, version);
-        if (!check) at = want; else bad += at != want;
+        if (!check)
+          at = want;
+        else
+          bad += at != want;
       }
     }
   }
@@ -160,8 +165,7 @@ TEST(WeightSync, SubscriberReportsADeadPublisher) {
   ASSERT_TRUE((*sub)->BeginUpdate(1).ok());
   auto update = (*sub)->WaitForUpdate(1);
   ASSERT_FALSE(update.ok());
-  EXPECT_TRUE(update.status().code() == ErrorCode::kPeerDisconnected ||
-              update.status().code() == ErrorCode::kTimedOut)
+  EXPECT_TRUE(update.status().code() == ErrorCode::kPeerDisconnected || update.status().code() == ErrorCode::kTimedOut)
       << update.status().ToString();
   EXPECT_NE(update.status().message().find("t/trainer/0"), std::string::npos) << update.status().ToString();
   EXPECT_EQ((*sub)->committed_version(), 0u);  // nothing half-received is ever committed
