@@ -1,0 +1,186 @@
+// Engine and trainer layouts of real model families, checked against hand-computed
+// expectations of what vLLM / SGLang and torchtitan hold on each rank.
+#include "shardwire/model_layouts.h"
+
+#include <gtest/gtest.h>
+
+#include "shardwire/model_config.h"
+
+namespace shardwire {
+namespace {
+
+ModelDescription Describe(const std::string& json) {
+  auto config = ParseModelConfig(json, "test");
+  EXPECT_TRUE(config.ok()) << config.status().ToString();
+  auto model = DescribeModel(*config);
+  EXPECT_TRUE(model.ok()) << model.status().ToString();
+  return *model;
+}
+
+// Llama: hidden 64, 4 heads, 2 kv heads of 16, 3 layers, vocab 100 (not a multiple of 64).
+ModelDescription Llama() {
+  return Describe(R"({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "intermediate_size": 96, "vocab_size": 100, "torch_dtype": "bfloat16"})");
+}
+
+ModelDescription Qwen3Moe() {
+  return Describe(R"({"model_type": "qwen3_moe", "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+      "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 32, "vocab_size": 64, "num_experts": 4,
+      "num_experts_per_tok": 2, "moe_intermediate_size": 8, "torch_dtype": "bfloat16"})");
+}
+
+const ShardRef& Shard(const Layout& layout, int rank, const std::string& name) {
+  const auto t = layout.TensorIndex(name);
+  EXPECT_TRUE(t.ok()) << name;
+  const ShardRef* s = layout.rank(rank).Find(*t);
+  EXPECT_NE(s, nullptr) << name << " on rank " << rank;
+  static const ShardRef none{};
+  return s ? *s : none;
+}
+
+bool Holds(const Layout& layout, int rank, const std::string& name) {
+  return layout.rank(rank).Find(*layout.TensorIndex(name)) != nullptr;
+}
+
+TEST(EngineLayout, KeyValueHeadsReplicatedWhenFewerThanTp) {
+  const Layout l = MakeEngineLayout(Llama(), {.tp = 4}).value();
+  // 2 kv heads of 16 rows over 4 ranks: ranks 0,1 hold head 0, ranks 2,3 head 1.
+  EXPECT_EQ(Shard(l, 0, "model.layers.0.self_attn.k_proj.weight").box, (Box{{0, 0}, {16, 64}}));
+  EXPECT_EQ(Shard(l, 1, "model.layers.0.self_attn.k_proj.weight").box, (Box{{0, 0}, {16, 64}}));
+  EXPECT_EQ(Shard(l, 3, "model.layers.0.self_attn.v_proj.weight").box, (Box{{16, 0}, {16, 64}}));
+  // q is split normally: 64 rows / 4.
+  EXPECT_EQ(Shard(l, 3, "model.layers.0.self_attn.q_proj.weight").box, (Box{{48, 0}, {16, 64}}));
+  // o_proj is row-parallel: dim 1.
+  EXPECT_EQ(Shard(l, 1, "model.layers.0.self_attn.o_proj.weight").box, (Box{{0, 16}, {64, 16}}));
+}
+
+TEST(EngineLayout, FusedParametersAreContiguous) {
+  const Layout l = MakeEngineLayout(Llama(), {.tp = 2}).value();
+  for (int r = 0; r < 2; ++r) {
+    const ShardRef& q = Shard(l, r, "model.layers.1.self_attn.q_proj.weight");
+    const ShardRef& k = Shard(l, r, "model.layers.1.self_attn.k_proj.weight");
+    const ShardRef& v = Shard(l, r, "model.layers.1.self_attn.v_proj.weight");
+    // qkv_proj = cat([q, k, v]) of the rank's shards: k right after q, v right after k.
+    EXPECT_EQ(k.byte_offset, q.byte_offset + static_cast<std::uint64_t>(q.box.numel()) * 2);
+    EXPECT_EQ(v.byte_offset, k.byte_offset + static_cast<std::uint64_t>(k.box.numel()) * 2);
+    const ShardRef& gate = Shard(l, r, "model.layers.1.mlp.gate_proj.weight");
+    const ShardRef& up = Shard(l, r, "model.layers.1.mlp.up_proj.weight");
+    EXPECT_EQ(up.byte_offset, gate.byte_offset + static_cast<std::uint64_t>(gate.box.numel()) * 2);
+    EXPECT_EQ(q.byte_offset % 64, 0u);
+  }
+  // Without fusing, every shard starts aligned, so k no longer follows q directly (q is
+  // 32x64x2 = 4096 bytes, already aligned, so check v after k of 16 rows: 2048, aligned
+  // too) — compare whole buffer placement instead: fused and unfused hold the same bytes.
+  const Layout unfused = MakeEngineLayout(Llama(), {.tp = 2, .fuse = false}).value();
+  EXPECT_EQ(unfused.rank(0).shards.size(), l.rank(0).shards.size());
+}
+
+TEST(EngineLayout, VocabPaddedAndPaddingReservedNotSent) {
+  const Layout l = MakeEngineLayout(Llama(), {.tp = 2}).value();
+  // vocab 100 -> padded to 128 -> 64 rows per rank; rank 1 holds rows 64..100 plus 28
+  // padding rows reserved behind them.
+  const ShardRef& e0 = Shard(l, 0, "model.embed_tokens.weight");
+  const ShardRef& e1 = Shard(l, 1, "model.embed_tokens.weight");
+  EXPECT_EQ(e0.box, (Box{{0, 0}, {64, 64}}));
+  EXPECT_EQ(e1.box, (Box{{64, 0}, {36, 64}}));
+  const std::uint32_t next = *l.TensorIndex("model.embed_tokens.weight") + 1;
+  EXPECT_GE(l.rank(1).Find(next)->byte_offset, e1.byte_offset + 64u * 64 * 2);
+}
+
+TEST(EngineLayout, PipelineStagesFollowVllm) {
+  // get_pp_indices(3 layers, 2 stages) = [0, 2), [2, 3).
+  const Layout l = MakeEngineLayout(Llama(), {.tp = 1, .pp = 2}).value();
+  EXPECT_TRUE(Holds(l, 0, "model.embed_tokens.weight"));
+  EXPECT_TRUE(Holds(l, 0, "model.layers.1.mlp.down_proj.weight"));
+  EXPECT_FALSE(Holds(l, 0, "model.layers.2.mlp.down_proj.weight"));
+  EXPECT_TRUE(Holds(l, 1, "model.layers.2.mlp.down_proj.weight"));
+  EXPECT_TRUE(Holds(l, 1, "lm_head.weight"));
+  EXPECT_TRUE(Holds(l, 1, "model.norm.weight"));
+  EXPECT_FALSE(Holds(l, 1, "model.embed_tokens.weight"));
+}
+
+TEST(EngineLayout, ExpertsUnderExpertParallelismWithAnyMap) {
+  const Layout linear = MakeEngineLayout(Qwen3Moe(), {.tp = 2, .dp = 2, .ep = 2}).value();
+  EXPECT_TRUE(Holds(linear, 0, "model.layers.0.mlp.experts.1.up_proj.weight"));
+  EXPECT_FALSE(Holds(linear, 0, "model.layers.0.mlp.experts.2.up_proj.weight"));
+  EXPECT_TRUE(Holds(linear, 3, "model.layers.0.mlp.experts.3.down_proj.weight"));  // replica 1, tp rank 1
+  EXPECT_EQ(Shard(linear, 1, "model.layers.0.mlp.experts.2.down_proj.weight").box, (Box{{0, 0}, {16, 8}}));
+  const Layout mapped = MakeEngineLayout(Qwen3Moe(), {.tp = 2, .ep = 2, .expert_to_rank = {1, 0, 1, 0}}).value();
+  EXPECT_TRUE(Holds(mapped, 1, "model.layers.1.mlp.experts.0.gate_proj.weight"));
+  EXPECT_TRUE(Holds(mapped, 0, "model.layers.1.mlp.experts.3.gate_proj.weight"));
+  EXPECT_FALSE(Holds(mapped, 0, "model.layers.1.mlp.experts.0.gate_proj.weight"));
+  EXPECT_FALSE(MakeEngineLayout(Qwen3Moe(), {.tp = 2, .ep = 2, .expert_to_rank = {0, 2, 0, 0}}).ok());
+  EXPECT_FALSE(MakeEngineLayout(Qwen3Moe(), {.tp = 2, .ep = 4}).ok());  // ep must be 1 or tp
+}
+
+TEST(EngineLayout, RejectsImpossibleSizesNamingThem) {
+  auto l = MakeEngineLayout(Llama(), {.tp = 3});
+  ASSERT_FALSE(l.ok());
+  EXPECT_NE(l.status().message().find("TP size 3 does not divide the 4 attention heads"), std::string::npos);
+  l = MakeEngineLayout(Llama(), {.tp = 1, .pp = 4});
+  ASSERT_FALSE(l.ok());
+  EXPECT_NE(l.status().message().find("4 pipeline stages for 3 decoder layers"), std::string::npos);
+}
+
+TEST(TrainerLayout, FsdpTpShardsTheTpShard) {
+  // fsdp=2,tp=2: q_proj [64, 64] TP rows 0..32 on t=0, then FSDP halves of those rows.
+  const Layout l = MakeTrainerLayout(Llama(), {.dp_shard = 2, .tp = 2}).value();
+  EXPECT_EQ(l.world_size(), 4);
+  // rank = s * tp + t.
+  EXPECT_EQ(Shard(l, 0, "model.layers.0.self_attn.q_proj.weight").box, (Box{{0, 0}, {16, 64}}));
+  EXPECT_EQ(Shard(l, 2, "model.layers.0.self_attn.q_proj.weight").box, (Box{{16, 0}, {16, 64}}));
+  EXPECT_EQ(Shard(l, 1, "model.layers.0.self_attn.q_proj.weight").box, (Box{{32, 0}, {16, 64}}));
+  // o_proj row-parallel: TP on dim 1, FSDP on dim 0 of that shard.
+  EXPECT_EQ(Shard(l, 3, "model.layers.0.self_attn.o_proj.weight").box, (Box{{32, 32}, {32, 32}}));
+}
+
+TEST(TrainerLayout, HsdpReplicaGroupsShareRankClasses) {
+  const Layout l = MakeTrainerLayout(Llama(), {.dp_replicate = 2, .dp_shard = 3}).value();
+  EXPECT_EQ(l.world_size(), 6);
+  EXPECT_EQ(l.num_rank_classes(), 3u);
+  EXPECT_EQ(l.ranks_of_class(1), (std::vector<std::uint32_t>{1, 4}));
+  // torch.chunk of 100 vocab rows in 3: 34, 34, 32.
+  EXPECT_EQ(Shard(l, 5, "model.embed_tokens.weight").box, (Box{{68, 0}, {32, 64}}));
+}
+
+TEST(TrainerLayout, FsdpWithExpertParallelism) {
+  // fsdp=4,ep=2: ep_rank = s % 2 owns experts {0,1} or {2,3}; FSDP over s / 2 in {0, 1}
+  // with 2 local experts >= 2 FSDP ranks: whole experts, one each.
+  const Layout l = MakeTrainerLayout(Qwen3Moe(), {.dp_shard = 4, .ep = 2}).value();
+  EXPECT_TRUE(Holds(l, 0, "model.layers.0.mlp.experts.0.up_proj.weight"));
+  EXPECT_TRUE(Holds(l, 2, "model.layers.0.mlp.experts.1.up_proj.weight"));
+  EXPECT_TRUE(Holds(l, 1, "model.layers.0.mlp.experts.2.up_proj.weight"));
+  EXPECT_TRUE(Holds(l, 3, "model.layers.0.mlp.experts.3.up_proj.weight"));
+  EXPECT_FALSE(Holds(l, 0, "model.layers.0.mlp.experts.1.up_proj.weight"));
+  EXPECT_EQ(Shard(l, 3, "model.layers.0.mlp.experts.3.up_proj.weight").box, (Box{{0, 0}, {8, 16}}));
+  // fsdp=8,ep=2: 2 local experts < 4 FSDP ranks: each expert's dim 0 split in 4.
+  const Layout split = MakeTrainerLayout(Qwen3Moe(), {.dp_shard = 8, .ep = 2}).value();
+  EXPECT_EQ(Shard(split, 6, "model.layers.0.mlp.experts.0.up_proj.weight").box, (Box{{6, 0}, {2, 16}}));
+  EXPECT_FALSE(MakeTrainerLayout(Qwen3Moe(), {.dp_shard = 3, .ep = 2}).ok());
+}
+
+TEST(LayoutString, ParsesExamplesAndPointsAtErrors) {
+  const ModelDescription m = Qwen3Moe();
+  EXPECT_EQ(MakeLayoutFromString(m, "fsdp=8")->description(), "fsdp=8");
+  EXPECT_EQ(MakeLayoutFromString(m, "hsdp=2x4")->world_size(), 8);
+  EXPECT_EQ(MakeLayoutFromString(m, "tp=2,ep=2,dp=3")->world_size(), 6);
+  EXPECT_EQ(MakeLayoutFromString(m, "pp=2,tp=2")->world_size(), 4);
+  struct Bad {
+    const char* spec;
+    const char* message;
+  };
+  for (const Bad& bad : {Bad{"tp=4,xp=2", "unknown key \"xp\" at character 6"},
+                         Bad{"hsdp=2y8", "hsdp wants RxS, got \"2y8\" at character 6"},
+                         Bad{"tp=0", "\"0\" is not a positive integer at character 4"},
+                         Bad{"tp=2,,dp=2", "\"\" is not key=value at character 6"},
+                         Bad{"fsdp=2,dp=2", "dp is for engine layouts"}, Bad{"tp=2,tp=2", "given twice"},
+                         Bad{"", "empty layout"}}) {
+    auto l = MakeLayoutFromString(m, bad.spec);
+    ASSERT_FALSE(l.ok()) << bad.spec;
+    EXPECT_EQ(l.status().code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(l.status().message().find(bad.message), std::string::npos) << l.status().message();
+  }
+}
+
+}  // namespace
+}  // namespace shardwire
