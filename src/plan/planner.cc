@@ -137,253 +137,283 @@ std::vector<Box> SplitPiece(const Box& piece, std::size_t parts) {
   return {piece};
 }
 
-}  // namespace
+// One planning run: the state shared by all tensors (groups, per-source load, runs,
+// reductions) and the steps of the algorithm in planner.h.
+class Planner {
+ public:
+  Planner(const Layout& src, const Layout& dst, const PlanOptions& options)
+      : src_(src),
+        dst_(dst),
+        options_(options),
+        by_process_(!options.src_process.empty()),
+        load_(static_cast<std::size_t>(src.world_size()), 0),
+        scratch_(static_cast<std::size_t>(src.world_size()), 0),
+        runs_by_source_(static_cast<std::size_t>(src.world_size())) {}
 
-Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const PlanOptions& options) {
-  SW_RETURN_IF_ERROR(CheckOptions(src, dst, options));
-  SW_ASSIGN_OR_RETURN(const std::vector<std::uint32_t> match, MatchTensors(src, dst));
-
-  // Work on rank classes (replicas share shards), never on rank x tensor.
-  std::vector<std::vector<Holder>> src_holders(src.tensors().size()), dst_holders(dst.tensors().size());
-  for (std::uint32_t c = 0; c < src.num_rank_classes(); ++c) {
-    for (const ShardRef& s : src.rank_class(c).shards) src_holders[s.tensor].push_back({c, &s});
-  }
-  for (std::uint32_t c = 0; c < dst.num_rank_classes(); ++c) {
-    for (const ShardRef& s : dst.rank_class(c).shards) {
-      if (s.partial_group != 0) {
-        return InvalidArgument(
-            fmt::format("rank {} of destination layout {} wants a Partial addend of {}: a "
-                        "destination must receive reduced values",
-                        dst.ranks_of_class(c).front(), dst.description(), dst.tensors()[s.tensor].name));
-      }
-      dst_holders[s.tensor].push_back({c, &s});
+  Status Run(const std::vector<std::uint32_t>& match) {
+    // Work on rank classes (replicas share shards), never on rank x tensor.
+    std::vector<std::vector<Holder>> src_holders(src_.tensors().size()), dst_holders(dst_.tensors().size());
+    for (std::uint32_t c = 0; c < src_.num_rank_classes(); ++c) {
+      for (const ShardRef& s : src_.rank_class(c).shards) src_holders[s.tensor].push_back({c, &s});
     }
-  }
-
-  const bool by_process = !options.src_process.empty();
-  GroupRegistry groups;
-  std::vector<std::uint64_t> load(static_cast<std::size_t>(src.world_size()), 0);
-  // Reductions of Partial sources (see Reduction in transfer_plan.h).
-  std::vector<ReduceCopy> reduce_copies;
-  std::vector<Reduction> reductions;
-  std::vector<std::uint64_t> scratch(static_cast<std::size_t>(src.world_size()), 0);
-  // Runs per source rank: they mostly arrive in source-offset order already, so sorting
-  // per source is cheap.
-  std::vector<std::vector<Move>> runs_by_source(static_cast<std::size_t>(src.world_size()));
-  std::uint64_t run_count = 0;
-  for (std::uint32_t t = 0; t < dst.tensors().size(); ++t) {
-    const std::uint32_t st = match[t];
-    const std::uint64_t esize = DTypeSize(dst.tensors()[t].dtype);
+    for (std::uint32_t c = 0; c < dst_.num_rank_classes(); ++c) {
+      for (const ShardRef& s : dst_.rank_class(c).shards) {
+        if (s.partial_group != 0) {
+          return InvalidArgument(
+              fmt::format("rank {} of destination layout {} wants a Partial addend of {}: a "
+                          "destination must receive reduced values",
+                          dst_.ranks_of_class(c).front(), dst_.description(), dst_.tensors()[s.tensor].name));
+        }
+        dst_holders[s.tensor].push_back({c, &s});
+      }
+    }
     auto order = [](const Holder& a, const Holder& b) {
       if (BoxLess(a.shard->box, b.shard->box)) return true;
       if (BoxLess(b.shard->box, a.shard->box)) return false;
       return std::tie(a.shard->byte_offset, a.rank_class) < std::tie(b.shard->byte_offset, b.rank_class);
     };
-    std::sort(dst_holders[t].begin(), dst_holders[t].end(), order);
-    std::sort(src_holders[st].begin(), src_holders[st].end(), order);
-    const auto dst_classes = Classes(dst_holders[t], [](const Holder& a, const Holder& b) {
-      return a.shard->box == b.shard->box && a.shard->byte_offset == b.shard->byte_offset;
-    });
-    const auto src_classes =
-        Classes(src_holders[st], [](const Holder& a, const Holder& b) { return a.shard->box == b.shard->box; });
-
-    for (const auto& dclass : dst_classes) {
-      const Box& dbox = dclass.front().shard->box;
-      const std::uint64_t doff = dclass.front().shard->byte_offset;
-      std::vector<std::uint32_t> dranks;
-      for (const Holder& h : dclass) {
-        const auto& ranks = dst.ranks_of_class(h.rank_class);
-        dranks.insert(dranks.end(), ranks.begin(), ranks.end());
-      }
-      std::sort(dranks.begin(), dranks.end());
-
-      // Destination groups of this class per source process: the ranks in the source's
-      // process (LOCAL) and the others. Without a process map: one remote group.
-      std::map<int, std::pair<std::int64_t, std::int64_t>> gid_cache;
-      auto group_ids = [&](std::uint32_t src_rank) -> std::pair<std::int64_t, std::int64_t> {
-        const int process = by_process ? options.src_process[src_rank] : -1;
-        auto [it, inserted] = gid_cache.try_emplace(process, -1, -1);
-        if (inserted) {
-          std::vector<std::uint32_t> local, remote;
-          for (std::uint32_t d : dranks)
-            (by_process && options.dst_process[d] == process ? local : remote).push_back(d);
-          if (!local.empty()) it->second.first = groups.Id(local, true);
-          if (!remote.empty()) it->second.second = groups.Id(remote, false);
-        }
-        return it->second;
-      };
-
-      auto emit = [&](const Candidate& from, const Box& piece) {
-        const auto [local_gid, remote_gid] = group_ids(from.rank);
-        for (const std::int64_t g : {local_gid, remote_gid}) {
-          if (g < 0) continue;
-          const auto gid = static_cast<std::uint32_t>(g);
-          std::vector<Move>& out = runs_by_source[from.rank];
-          ForEachStridedRun(piece, from.shard->box, dbox, [&](const StridedRun& r) {
-            Move m;
-            m.src_rank = from.rank;
-            m.dst_group = gid;
-            m.src_offset = from.shard->byte_offset + static_cast<std::uint64_t>(r.from_element) * esize;
-            m.dst_offset = doff + static_cast<std::uint64_t>(r.to_element) * esize;
-            m.length = static_cast<std::uint64_t>(r.elements) * esize;
-            m.count = static_cast<std::uint64_t>(r.count);
-            m.src_stride = static_cast<std::uint64_t>(r.from_stride) * esize;
-            m.dst_stride = static_cast<std::uint64_t>(r.to_stride) * esize;
-            run_count += m.count;
-            out.push_back(m);
-          });
-        }
-        load[from.rank] += static_cast<std::uint64_t>(piece.numel()) * esize * dranks.size();
-      };
-      auto choose = [&](const std::vector<Candidate>& candidates) -> const Candidate& {
-        if (options.replica_policy == ReplicaPolicy::kFirstReplica) return candidates.front();  // lowest rank
-        return *std::min_element(candidates.begin(), candidates.end(), [&](const Candidate& a, const Candidate& b) {
-          return std::tie(load[a.rank], a.rank) < std::tie(load[b.rank], b.rank);
-        });
-      };
-
-      // A piece held as Partial(sum) addends: choose the sum group (replicas of the sum)
-      // and its reducer by load, copy every addend into the reducer's scratch slots, sum
-      // there, and send the sum (see Reduction).
-      auto reduce = [&](const std::map<std::uint32_t, std::vector<Candidate>>& sum_groups, const Box& piece) {
-        const std::vector<Candidate>* group = nullptr;
-        const Candidate* reducer = nullptr;
-        for (const auto& [id, members] : sum_groups) {
-          for (const Candidate& c : members) {
-            bool better = reducer == nullptr;
-            if (!better && options.replica_policy == ReplicaPolicy::kSpread) {
-              better = std::tie(load[c.rank], c.rank) < std::tie(load[reducer->rank], reducer->rank);
-            } else if (!better) {
-              better = c.rank < reducer->rank;
-            }
-            if (better) {
-              reducer = &c;
-              group = &members;
-            }
-          }
-        }
-        const std::uint64_t piece_bytes = static_cast<std::uint64_t>(piece.numel()) * esize;
-        std::uint64_t& used = scratch[reducer->rank];
-        const std::uint64_t slot0 = (used + 63) & ~std::uint64_t{63};
-        used = slot0 + piece_bytes * group->size();
-        for (std::size_t k = 0; k < group->size(); ++k) {
-          const Candidate& member = (*group)[k];
-          ForEachStridedRun(piece, member.shard->box, piece, [&](const StridedRun& r) {
-            reduce_copies.push_back(ReduceCopy{
-                reducer->rank, member.rank,
-                member.shard->byte_offset + static_cast<std::uint64_t>(r.from_element) * esize,
-                slot0 + k * piece_bytes + static_cast<std::uint64_t>(r.to_element) * esize,
-                static_cast<std::uint64_t>(r.elements) * esize, static_cast<std::uint64_t>(r.count),
-                static_cast<std::uint64_t>(r.from_stride) * esize, static_cast<std::uint64_t>(r.to_stride) * esize});
-          });
-          if (member.rank != reducer->rank) load[member.rank] += piece_bytes;
-        }
-        reductions.push_back(Reduction{reducer->rank, slot0, piece_bytes, static_cast<std::uint32_t>(group->size()),
-                                       static_cast<std::uint8_t>(dst.tensors()[t].dtype)});
-        // The sum sits in slot 0 as a dense box, addressed after the reducer's buffer.
-        const ShardRef sum{st, piece, src.rank(static_cast<int>(reducer->rank)).buffer_bytes + slot0, 0};
-        emit(Candidate{reducer->rank, &sum}, piece);
-      };
-
-      std::vector<Box> remaining{dbox};
-      std::vector<std::optional<Box>> haves;
-      std::vector<Candidate> candidates;
-      for (const auto& sclass : src_classes) {
-        if (remaining.empty()) break;
-        const Box& sbox = sclass.front().shard->box;
-        // Source classes are sorted by box offset: once one starts past the wanted range
-        // on dim 0, none of the rest can intersect it.
-        if (!dbox.shape.empty()) {
-          if (sbox.offset[0] >= dbox.offset[0] + dbox.shape[0]) break;
-          if (sbox.offset[0] + sbox.shape[0] <= dbox.offset[0]) continue;
-        }
-        haves.clear();
-        for (const Box& want : remaining) haves.push_back(Intersect(want, sbox));
-        if (std::none_of(haves.begin(), haves.end(), [](const auto& h) { return h.has_value(); })) continue;
-        candidates.clear();
-        std::map<std::uint32_t, std::vector<Candidate>> sum_groups;  // Partial(sum) addends by group
-        for (const Holder& h : sclass) {
-          for (std::uint32_t r : src.ranks_of_class(h.rank_class)) {
-            if (h.shard->partial_group != 0) {
-              sum_groups[h.shard->partial_group].push_back({r, h.shard});
-            } else {
-              candidates.push_back({r, h.shard});
-            }
-          }
-        }
-        if (!candidates.empty() && !sum_groups.empty()) {
-          return InvalidArgument(fmt::format("layout {} holds box {} of {} both as values and as Partial addends",
-                                             src.description(), ToString(sbox), src.tensors()[st].name));
-        }
-        std::sort(candidates.begin(), candidates.end(),
-                  [](const Candidate& a, const Candidate& b) { return a.rank < b.rank; });
-        for (auto& [id, members] : sum_groups) {
-          std::sort(members.begin(), members.end(),
-                    [](const Candidate& a, const Candidate& b) { return a.rank < b.rank; });
-        }
-        std::vector<Box> next;
-        for (std::size_t w = 0; w < remaining.size(); ++w) {
-          const Box& want = remaining[w];
-          const std::optional<Box>& have = haves[w];
-          if (!have) {
-            next.push_back(want);
-            continue;
-          }
-          if (!sum_groups.empty()) {
-            reduce(sum_groups, *have);
-            for (Box& rest : Subtract(want, *have)) next.push_back(std::move(rest));
-            continue;
-          }
-          const bool split = options.replica_policy == ReplicaPolicy::kSpread && candidates.size() > 1 &&
-                             static_cast<std::uint64_t>(have->numel()) * esize >= kSplitPieceBytes;
-          for (const Box& piece : split ? SplitPiece(*have, candidates.size()) : std::vector<Box>{*have}) {
-            emit(choose(candidates), piece);
-          }
-          for (Box& rest : Subtract(want, *have)) next.push_back(std::move(rest));
-        }
-        remaining = std::move(next);
-      }
-      if (!remaining.empty()) {
-        return InvalidArgument(fmt::format("no rank of layout {} holds {} of {} needed by rank {} of layout {}",
-                                           src.description(), ToString(remaining.front()), dst.tensors()[t].name,
-                                           dranks.front(), dst.description()));
+    for (std::uint32_t t = 0; t < dst_.tensors().size(); ++t) {
+      tensor_ = t;
+      src_tensor_ = match[t];
+      esize_ = DTypeSize(dst_.tensors()[t].dtype);
+      std::sort(dst_holders[t].begin(), dst_holders[t].end(), order);
+      std::sort(src_holders[src_tensor_].begin(), src_holders[src_tensor_].end(), order);
+      const auto src_classes = Classes(src_holders[src_tensor_],
+                                       [](const Holder& a, const Holder& b) { return a.shard->box == b.shard->box; });
+      for (const auto& dclass : Classes(dst_holders[t], [](const Holder&a, const Holder&b) {
+             return a.shard->box == b.shard->box && a.shard->byte_offset == b.shard->byte_offset;
+           })) {
+        SW_RETURN_IF_ERROR(FillDestinationClass(dclass, src_classes));
       }
     }
+    return Status::Ok();
   }
 
-  std::vector<Move> moves;
-  std::size_t total_runs = 0;
-  for (const std::vector<Move>& runs : runs_by_source) total_runs += runs.size();
-  moves.reserve(total_runs);
-  for (std::vector<Move>& runs : runs_by_source) {
+  TransferPlan Finish() {
+    std::vector<Move> moves = CoalescedMoves();
+    moves = CapMoveLength(std::move(moves), options_.bucket_bytes);
+    const std::vector<bool> local = groups_.local();
+    std::vector<std::vector<std::uint32_t>> dst_groups = groups_.TakeGroups();
+    std::vector<Bucket> buckets = MakeBuckets(moves, dst_groups, local, options_.bucket_bytes);
+    ScheduleRounds(buckets, dst_groups, src_.world_size(), dst_.world_size(), options_.max_concurrency);
+    TransferPlan plan(src_.world_size(), dst_.world_size(), std::move(dst_groups), std::move(moves), std::move(buckets),
+                      run_count_);
+    if (!reductions_.empty()) {
+      plan.SetReductions(std::move(reduce_copies_), std::move(reductions_), std::move(scratch_));
+    }
+    return plan;
+  }
+
+ private:
+  // The destination ranks of one class: they hold `box` at `offset`.
+  struct Destination {
+    Box box;
+    std::uint64_t offset = 0;
+    std::vector<std::uint32_t> ranks;
+    std::map<int, std::pair<std::int64_t, std::int64_t>> group_ids;  // source process -> (LOCAL, remote)
+  };
+
+  // Step 3 for one destination class: take each source class's part of what is missing.
+  Status FillDestinationClass(const std::vector<Holder>& dclass, const std::vector<std::vector<Holder>>& src_classes) {
+    Destination d{dclass.front().shard->box, dclass.front().shard->byte_offset, {}, {}};
+    for (const Holder& h : dclass) {
+      const auto& ranks = dst_.ranks_of_class(h.rank_class);
+      d.ranks.insert(d.ranks.end(), ranks.begin(), ranks.end());
+    }
+    std::sort(d.ranks.begin(), d.ranks.end());
+    std::vector<Box> remaining{d.box};
+    std::vector<std::optional<Box>> haves;
+    for (const auto& sclass : src_classes) {
+      if (remaining.empty()) break;
+      const Box& sbox = sclass.front().shard->box;
+      // Source classes are sorted by box offset: once one starts past the wanted range
+      // on dim 0, none of the rest can intersect it.
+      if (!d.box.shape.empty()) {
+        if (sbox.offset[0] >= d.box.offset[0] + d.box.shape[0]) break;
+        if (sbox.offset[0] + sbox.shape[0] <= d.box.offset[0]) continue;
+      }
+      haves.clear();
+      for (const Box& want : remaining) haves.push_back(Intersect(want, sbox));
+      if (std::none_of(haves.begin(), haves.end(), [](const auto& h) { return h.has_value(); })) continue;
+      std::vector<Candidate> candidates;
+      std::map<std::uint32_t, std::vector<Candidate>> sum_groups;  // Partial(sum) addends by group
+      for (const Holder& h : sclass) {
+        for (std::uint32_t r : src_.ranks_of_class(h.rank_class)) {
+          (h.shard->partial_group != 0 ? sum_groups[h.shard->partial_group] : candidates).push_back({r, h.shard});
+        }
+      }
+      if (!candidates.empty() && !sum_groups.empty()) {
+        return InvalidArgument(fmt::format("layout {} holds box {} of {} both as values and as Partial addends",
+                                           src_.description(), ToString(sbox), src_.tensors()[src_tensor_].name));
+      }
+      auto by_rank = [](const Candidate& a, const Candidate& b) { return a.rank < b.rank; };
+      std::sort(candidates.begin(), candidates.end(), by_rank);
+      for (auto& [id, members] : sum_groups) std::sort(members.begin(), members.end(), by_rank);
+      std::vector<Box> next;
+      for (std::size_t w = 0; w < remaining.size(); ++w) {
+        if (!haves[w]) {
+          next.push_back(remaining[w]);
+          continue;
+        }
+        const Box& have = *haves[w];
+        if (!sum_groups.empty()) {
+          Reduce(sum_groups, have, d);
+        } else {
+          const bool split = options_.replica_policy == ReplicaPolicy::kSpread && candidates.size() > 1 &&
+                             static_cast<std::uint64_t>(have.numel()) * esize_ >= kSplitPieceBytes;
+          for (const Box& piece : split ? SplitPiece(have, candidates.size()) : std::vector<Box>{have}) {
+            Emit(Choose(candidates), piece, d);
+          }
+        }
+        for (Box& rest : Subtract(remaining[w], have)) next.push_back(std::move(rest));
+      }
+      remaining = std::move(next);
+    }
+    if (!remaining.empty()) {
+      return InvalidArgument(fmt::format("no rank of layout {} holds {} of {} needed by rank {} of layout {}",
+                                         src_.description(), ToString(remaining.front()), dst_.tensors()[tensor_].name,
+                                         d.ranks.front(), dst_.description()));
+    }
+    return Status::Ok();
+  }
+
+  // The replica that sends a piece (ReplicaPolicy). Candidates are sorted by rank.
+  const Candidate& Choose(const std::vector<Candidate>& candidates) const {
+    if (options_.replica_policy == ReplicaPolicy::kFirstReplica) return candidates.front();
+    return *std::min_element(candidates.begin(), candidates.end(), [&](const Candidate& a, const Candidate& b) {
+      return std::tie(load_[a.rank], a.rank) < std::tie(load_[b.rank], b.rank);
+    });
+  }
+
+  // Destination groups of `d` for a source in some process: the ranks in that process
+  // (LOCAL) and the others; -1 when empty. Without a process map: one remote group.
+  std::pair<std::int64_t, std::int64_t> GroupIds(std::uint32_t src_rank, Destination& d) {
+    const int process = by_process_ ? options_.src_process[src_rank] : -1;
+    auto [it, inserted] = d.group_ids.try_emplace(process, -1, -1);
+    if (inserted) {
+      std::vector<std::uint32_t> local, remote;
+      for (std::uint32_t r : d.ranks) (by_process_ && options_.dst_process[r] == process ? local : remote).push_back(r);
+      if (!local.empty()) it->second.first = groups_.Id(local, true);
+      if (!remote.empty()) it->second.second = groups_.Id(remote, false);
+    }
+    return it->second;
+  }
+
+  // The runs of `piece` from `from`'s shard to the destination class, as moves.
+  void Emit(const Candidate& from, const Box& piece, Destination& d) {
+    const auto [local_gid, remote_gid] = GroupIds(from.rank, d);
+    std::vector<Move>& out = runs_by_source_[from.rank];
+    for (const std::int64_t g : {local_gid, remote_gid}) {
+      if (g < 0) continue;
+      ForEachStridedRun(piece, from.shard->box, d.box, [&](const StridedRun& r) {
+        Move m;
+        m.src_rank = from.rank;
+        m.dst_group = static_cast<std::uint32_t>(g);
+        m.src_offset = from.shard->byte_offset + static_cast<std::uint64_t>(r.from_element) * esize_;
+        m.dst_offset = d.offset + static_cast<std::uint64_t>(r.to_element) * esize_;
+        m.length = static_cast<std::uint64_t>(r.elements) * esize_;
+        m.count = static_cast<std::uint64_t>(r.count);
+        m.src_stride = static_cast<std::uint64_t>(r.from_stride) * esize_;
+        m.dst_stride = static_cast<std::uint64_t>(r.to_stride) * esize_;
+        run_count_ += m.count;
+        out.push_back(m);
+      });
+    }
+    load_[from.rank] += static_cast<std::uint64_t>(piece.numel()) * esize_ * d.ranks.size();
+  }
+
+  // A piece held as Partial(sum) addends: choose the sum group (replicas of the sum) and
+  // its reducer by the replica policy, copy every addend into the reducer's scratch
+  // slots, sum there, and send the sum (see Reduction in transfer_plan.h).
+  void Reduce(const std::map<std::uint32_t, std::vector<Candidate>>& sum_groups, const Box& piece, Destination& d) {
+    const std::vector<Candidate>* group = nullptr;
+    const Candidate* reducer = nullptr;
+    for (const auto& [id, members] : sum_groups) {
+      const Candidate& best = Choose(members);
+      const bool better = reducer == nullptr ||
+                          (options_.replica_policy == ReplicaPolicy::kSpread
+                               ? std::tie(load_[best.rank], best.rank) < std::tie(load_[reducer->rank], reducer->rank)
+                               : best.rank < reducer->rank);
+      if (better) {
+        reducer = &best;
+        group = &members;
+      }
+    }
+    const std::uint64_t piece_bytes = static_cast<std::uint64_t>(piece.numel()) * esize_;
+    std::uint64_t& used = scratch_[reducer->rank];
+    const std::uint64_t slot0 = (used + 63) & ~std::uint64_t{63};
+    used = slot0 + piece_bytes * group->size();
+    for (std::size_t k = 0; k < group->size(); ++k) {
+      const Candidate& member = (*group)[k];
+      ForEachStridedRun(piece, member.shard->box, piece, [&](const StridedRun& r) {
+        reduce_copies_.push_back(ReduceCopy{
+            reducer->rank, member.rank, member.shard->byte_offset + static_cast<std::uint64_t>(r.from_element) * esize_,
+            slot0 + k * piece_bytes + static_cast<std::uint64_t>(r.to_element) * esize_,
+            static_cast<std::uint64_t>(r.elements) * esize_, static_cast<std::uint64_t>(r.count),
+            static_cast<std::uint64_t>(r.from_stride) * esize_, static_cast<std::uint64_t>(r.to_stride) * esize_});
+      });
+      if (member.rank != reducer->rank) load_[member.rank] += piece_bytes;
+    }
+    reductions_.push_back(Reduction{reducer->rank, slot0, piece_bytes, static_cast<std::uint32_t>(group->size()),
+                                    static_cast<std::uint8_t>(dst_.tensors()[tensor_].dtype)});
+    // The sum sits in slot 0 as a dense box, addressed after the reducer's buffer.
+    const ShardRef sum{src_tensor_, piece, src_.rank(static_cast<int>(reducer->rank)).buffer_bytes + slot0, 0};
+    Emit(Candidate{reducer->rank, &sum}, piece, d);
+  }
+
+  // Step 4a: runs sorted per source by (group, offset), adjacent ones merged.
+  std::vector<Move> CoalescedMoves() {
+    std::size_t total = 0;
+    for (const std::vector<Move>& runs : runs_by_source_) total += runs.size();
+    std::vector<Move> moves;
+    moves.reserve(total);
     auto less = [](const Move& a, const Move& b) {
       return std::tie(a.dst_group, a.src_offset) < std::tie(b.dst_group, b.src_offset);
     };
-    if (!std::is_sorted(runs.begin(), runs.end(), less)) std::stable_sort(runs.begin(), runs.end(), less);
-  }
-  for (const std::vector<Move>& runs : runs_by_source) {
-    for (const Move& r : runs) {
-      if (!moves.empty()) {
-        Move& last = moves.back();
-        if (last.count == 1 && r.count == 1 && last.src_rank == r.src_rank && last.dst_group == r.dst_group &&
-            last.src_offset + last.length == r.src_offset && last.dst_offset + last.length == r.dst_offset) {
-          last.length += r.length;
-          continue;
+    for (std::vector<Move>& runs : runs_by_source_) {
+      // Runs mostly arrive in order already; sorting per source keeps it cheap.
+      if (!std::is_sorted(runs.begin(), runs.end(), less)) std::stable_sort(runs.begin(), runs.end(), less);
+      for (const Move& r : runs) {
+        if (!moves.empty()) {
+          Move& last = moves.back();
+          if (last.count == 1 && r.count == 1 && last.src_rank == r.src_rank && last.dst_group == r.dst_group &&
+              last.src_offset + last.length == r.src_offset && last.dst_offset + last.length == r.dst_offset) {
+            last.length += r.length;
+            continue;
+          }
         }
+        moves.push_back(r);
       }
-      moves.push_back(r);
+      runs = {};
     }
+    return moves;
   }
-  runs_by_source = {};
-  moves = CapMoveLength(std::move(moves), options.bucket_bytes);
-  const std::vector<bool> local = groups.local();
-  std::vector<std::vector<std::uint32_t>> dst_groups = groups.TakeGroups();
-  std::vector<Bucket> buckets = MakeBuckets(moves, dst_groups, local, options.bucket_bytes);
-  ScheduleRounds(buckets, dst_groups, src.world_size(), dst.world_size(), options.max_concurrency);
-  TransferPlan plan(src.world_size(), dst.world_size(), std::move(dst_groups), std::move(moves), std::move(buckets),
-                    run_count);
-  if (!reductions.empty()) plan.SetReductions(std::move(reduce_copies), std::move(reductions), std::move(scratch));
-  return plan;
+
+  const Layout& src_;
+  const Layout& dst_;
+  const PlanOptions& options_;
+  const bool by_process_;
+  GroupRegistry groups_;
+  std::vector<std::uint64_t> load_;  // bytes each source rank sends so far
+  std::vector<ReduceCopy> reduce_copies_;
+  std::vector<Reduction> reductions_;
+  std::vector<std::uint64_t> scratch_;  // scratch bytes per source rank
+  std::vector<std::vector<Move>> runs_by_source_;
+  std::uint64_t run_count_ = 0;
+  // The tensor being planned: destination index, source index, element size.
+  std::uint32_t tensor_ = 0;
+  std::uint32_t src_tensor_ = 0;
+  std::uint64_t esize_ = 1;
+};
+
+}  // namespace
+
+Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const PlanOptions& options) {
+  SW_RETURN_IF_ERROR(CheckOptions(src, dst, options));
+  SW_ASSIGN_OR_RETURN(const std::vector<std::uint32_t> match, MatchTensors(src, dst));
+  Planner planner(src, dst, options);
+  SW_RETURN_IF_ERROR(planner.Run(match));
+  return planner.Finish();
 }
 
 }  // namespace shardwire
