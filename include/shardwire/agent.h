@@ -14,29 +14,32 @@
 //   Post; Wait                                WaitNotification -> {"initiator", "v7 done"}
 //   Post; Wait  (next step, same plan)        WaitNotification -> ...
 //
-// UCX mapping: one ucp_context (features UCP_FEATURE_RMA | UCP_FEATURE_AM |
-// UCP_FEATURE_WAKEUP), one ucp_worker (UCS_THREAD_MODE_SINGLE), one ucp_ep per
-// peer created from the peer's worker address (error handling mode: see
-// PeerFailureDetection), one ucp_mem_h per region, one unpacked ucp_rkey_h per
-// remote region.
-// WRITE is ucp_put_nbx, READ is ucp_get_nbx, completion is ucp_ep_flush_nbx
-// (remote completion), notifications are active messages (ucp_am_send_nbx).
+// UCX mapping: one ucp_context (UCP_FEATURE_RMA | UCP_FEATURE_AM |
+// UCP_FEATURE_WAKEUP, mt_workers_shared) and one ucp_worker per *lane*
+// (UCS_THREAD_MODE_SERIALIZED), each driven by its own progress thread that
+// sleeps on the worker's event fd (ucp_worker_get_efd, ucp_worker_arm) and an
+// eventfd of ours. Per peer and lane one ucp_ep (error handling mode: see
+// PeerFailureDetection) and one unpacked ucp_rkey_h per remote region. WRITE is
+// ucp_put_nbx, or active messages (ucp_am_send_nbx, received straight into the
+// target region with ucp_am_recv_data_nbx) for peers reached only over TCP
+// (WritePath); READ is ucp_get_nbx; completion is ucp_ep_flush_nbx (or an
+// acknowledged fence message on the active-message path); notifications are
+// active messages.
 //
-// Progress: UCP has no progress thread. An Agent makes progress only inside its
-// own calls (Progress, Test, Wait, WaitNotification, TakeNotifications). On UCX
-// 1.13.1, put/get into memory a process allocated itself and registered with
-// RegisterMemory is emulated over active messages, so the *target* must be
-// inside one of those calls for the bytes to land; an arena (AllocateArena)
-// lives in UCX-allocated shared memory and, for a same-host peer under
-// PeerFailureDetection::kAuto, receives true one-sided puts (and serves gets)
-// without the target progressing. Under kUcxPeer UCX 1.13.1 can only use TCP
-// between processes on one host and every RMA is emulated. Measurements and
-// the reasoning are in docs/transport.md.
+// Progress: the lane threads progress UCX whether or not the caller is inside
+// an Agent call, so a target serves emulated RMA into caller-registered
+// memory and receives notifications while its owner does something else.
+// Callers block in Wait / WaitNotification on a condition variable (no CPU).
+// On UCX 1.13.1 put/get into caller-registered memory is emulated over active
+// messages (served by the target's lane threads); an arena (AllocateArena) in
+// UCX-allocated shared memory receives true one-sided puts from a same-host
+// peer under PeerFailureDetection::kAuto. Measurements: docs/transport.md.
 //
-// Thread-safety: an Agent is used by one thread at a time (no call may overlap
-// another call on the same Agent). Distinct Agents are independent and may be
-// used from different threads. Agents must not be shared across fork(): create
-// them in the process that uses them.
+// Thread-safety: the public methods of one Agent are called by one thread at a
+// time (no call may overlap another call on the same Agent); internally the
+// Agent runs AgentOptions::lanes threads. Distinct Agents are independent.
+// Agents must not be shared across fork(): create them in the process that
+// uses them (threads do not survive fork).
 #pragma once
 
 #include <cstddef>
@@ -45,6 +48,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "shardwire/status.h"
@@ -68,6 +72,28 @@ enum class PeerFailureDetection : std::uint8_t {
   kUcxPeer,
 };
 
+/// How WRITE descriptors to a peer are executed.
+enum class WritePath : std::uint8_t {
+  /// Per peer, at ImportMetadata: kActiveMessage when every lane of the UCX
+  /// endpoint (ucp_ep_print_info) is TCP, kPut otherwise. Reason: UCX 1.13.1's
+  /// put over TCP runs at 0.026 GB/s here, its active messages at 3 GB/s.
+  kAuto,
+  /// ucp_put_nbx (true one-sided where UCX can, e.g. shared-memory arenas).
+  kPut,
+  /// ucp_am_send_nbx with the target region and offset in the header; the
+  /// target's lane thread receives the data straight into the region
+  /// (ucp_am_recv_data_nbx for rendezvous, one memcpy for eager messages) after
+  /// checking it against its registered regions. Completion is an
+  /// acknowledged fence per lane, so "done" still means "visible at the target".
+  kActiveMessage,
+};
+
+/// Lanes an Agent runs when AgentOptions::lanes is 0: measured on the 2-core
+/// development machines (docs/transport.md, "Lanes").
+inline constexpr std::uint32_t kDefaultLanes = 2;
+/// Upper bound for AgentOptions::lanes (also the metadata blob's limit).
+inline constexpr std::uint32_t kMaxLanes = 64;
+
 /// Construction options of an Agent.
 struct AgentOptions {
   /// Name peers know this agent by; carried in its metadata blob and in every
@@ -84,7 +110,68 @@ struct AgentOptions {
   double keepalive_interval_s = 1;
   /// See PeerFailureDetection.
   PeerFailureDetection failure_detection = PeerFailureDetection::kAuto;
+  /// Number of lanes: UCX workers, each with a progress thread and its own
+  /// endpoint to every peer. Transfers are split across lanes (see
+  /// slice_bytes). 0 means kDefaultLanes. At most kMaxLanes.
+  std::uint32_t lanes = 0;
+  /// Bytes. Descriptors longer than this are cut into slices of at most this
+  /// size before the slices are divided among the lanes (contiguous runs of
+  /// about equal bytes per lane). Must be >= 4096.
+  std::uint64_t slice_bytes = std::uint64_t{1} << 20;
+  /// Flow control: at most this many UCX operations (put/get/active message
+  /// requests not yet completed) in flight per peer, shared evenly by the
+  /// lanes (at least 1 per lane). Posting more descriptors queues them inside
+  /// the agent (no memory per queued descriptor beyond the prepared list).
+  std::uint32_t max_ops_in_flight_per_peer = 256;
+  /// Flow control: at most this many bytes in flight per peer (same sharing);
+  /// an operation larger than a lane's share is issued alone. Must be > 0.
+  std::uint64_t max_bytes_in_flight_per_peer = std::uint64_t{256} << 20;
+  /// See WritePath.
+  WritePath write_path = WritePath::kAuto;
+  /// PrepareTransfer pre-faults, once per remote region and lane, the local
+  /// mapping of a peer's shared-memory region (ucp_rkey_ptr +
+  /// madvise(MADV_POPULATE_WRITE)), so the first post runs at steady-state
+  /// speed instead of taking a page fault per 4 KiB. No effect on regions UCX
+  /// cannot map (caller-registered memory, other hosts).
+  bool prefault_remote = true;
 };
+
+/// What this agent has decided about one imported peer (for diagnostics).
+struct PeerInfo {
+  std::string name;
+  std::uint32_t remote_lanes = 0;  ///< worker addresses in the peer's blob
+  bool same_host = false;          ///< same boot id and pid namespace
+  bool ucx_error_handling = false;  ///< UCP_ERR_HANDLING_MODE_PEER endpoints
+  WritePath write_path = WritePath::kPut;  ///< kPut or kActiveMessage, resolved
+  std::vector<std::string> transports;  ///< lane 0 endpoint's transports, e.g. "sysv/memory"
+};
+
+/// One memory kind and whether this process can register and move it.
+struct MemoryKindSupport {
+  std::string kind;        ///< "host", "cuda", "cuda-managed", "rocm"
+  bool available = false;
+  std::string detail;      ///< why (not), e.g. "UCX built without CUDA support"
+};
+
+/// What UCX can do on this machine, found at run time (not at build time).
+struct TransportCapabilities {
+  std::string ucx_version;  ///< ucp_get_version_string()
+  /// "component/md: transport/device" for every UCT transport resource, e.g.
+  /// "tcp/tcp: tcp/lo" (uct_query_components, uct_md_query_tl_resources).
+  std::vector<std::string> transports;
+  /// host, cuda, cuda-managed, rocm: from ucp_context_query
+  /// (UCP_ATTR_FIELD_MEMORY_TYPES) and each memory domain's reg/access memory
+  /// types (uct_md_query).
+  std::vector<MemoryKindSupport> memory_kinds;
+};
+
+/// Probes UCX once (a throw-away ucp context and every UCT component's memory
+/// domains). Takes about 10-50 ms. Thread-safe.
+/// Errors: kTransportError when ucp_init or uct_query_components fails.
+Result<TransportCapabilities> ProbeTransportCapabilities();
+
+/// Human-readable name of a WritePath ("auto", "put", "active-message").
+std::string_view WritePathName(WritePath p);
 
 /// A message from a peer: sent by Agent::SendMessage, or attached to a posted
 /// transfer (then delivered only after all of that post's bytes are visible).
@@ -100,18 +187,26 @@ struct Notification {
 /// SendMessage before destroying an agent in a process that lives on.
 class Agent {
  public:
-  /// Creates the UCX context and worker (ucp_init, ucp_worker_create) and
-  /// installs the notification handler (ucp_worker_set_am_recv_handler).
-  /// Errors: kInvalidArgument for an empty or over-long name or a negative or
-  /// NaN timeout; kTransportError when UCX refuses (message names the call).
+  /// Creates the UCX context and one worker per lane (ucp_init,
+  /// ucp_worker_create), installs the active-message handlers
+  /// (ucp_worker_set_am_recv_handler) and starts one progress thread per lane.
+  /// Errors: kInvalidArgument for an empty or over-long name, a negative or
+  /// NaN timeout, lanes above kMaxLanes, slice_bytes below 4096, or zero
+  /// flow-control limits; kTransportError when UCX refuses (message names the
+  /// call); kInternal when a thread or eventfd cannot be created.
   static Result<std::unique_ptr<Agent>> Create(AgentOptions options);
 
+  /// Stops the lane threads, force-closes every endpoint and releases every
+  /// UCX resource (see the class comment for what peers observe).
   ~Agent();
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
 
   /// This agent's name (AgentOptions::name).
   const std::string& name() const;
+
+  /// The options in force, with defaults resolved (lanes never 0).
+  const AgentOptions& options() const;
 
   /// Registers `length` bytes at `addr`, allocated and owned by the caller, for
   /// remote read and write (ucp_mem_map without UCP_MEM_MAP_ALLOCATE). The
@@ -120,11 +215,36 @@ class Agent {
   /// kTransportError when ucp_mem_map or ucp_rkey_pack fails.
   Result<RegionId> RegisterMemory(void* addr, std::size_t length);
 
+  /// A caller-owned byte range to make transferable (see RegisterRanges).
+  struct MemoryRange {
+    const void* addr = nullptr;
+    std::size_t length = 0;  ///< bytes
+  };
+  /// Where one input range of RegisterRanges ended up.
+  struct RangeLocation {
+    RegionId region = 0;
+    std::uint64_t offset = 0;  ///< bytes from the start of `region`
+  };
+
+  /// Registers many caller-owned ranges (e.g. one per tensor) with as few
+  /// registrations as possible: ranges that overlap, touch, or are separated
+  /// by at most `max_gap` bytes are coalesced into one region (one
+  /// ucp_mem_map, one rkey in the metadata blob) per maximal run. Gap bytes
+  /// become remotely accessible too, so pass a non-zero `max_gap` only for
+  /// ranges known to lie in one allocation (e.g. tensors of one storage with
+  /// alignment padding). Returns, in input order, each range's region and
+  /// offset. Nothing is registered on error.
+  /// Errors: kInvalidArgument for an empty list, a null address, a zero
+  /// length or a range that wraps around the address space; kTransportError
+  /// from ucp_mem_map / ucp_rkey_pack.
+  Result<std::vector<RangeLocation>> RegisterRanges(std::span<const MemoryRange> ranges, std::size_t max_gap = 0);
+
   /// Allocates and registers `length` bytes in one step (ucp_mem_map with
   /// UCP_MEM_MAP_ALLOCATE; on one host UCX places it in sysv/posix shared
   /// memory, which peers on the same host can write one-sidedly). The agent owns
   /// the memory; it is freed by Deregister or destruction. Contents are
-  /// unspecified (not zeroed). Reach the bytes with RegionBytes.
+  /// unspecified (not zeroed). Reach the bytes with RegionBytes; carve tensors
+  /// out of it with ArenaAllocator (shardwire/arena_allocator.h).
   /// Errors: kInvalidArgument for zero length; kTransportError from UCX
   /// (e.g. out of shared memory).
   Result<RegionId> AllocateArena(std::size_t length);
@@ -140,18 +260,21 @@ class Agent {
   /// transfer still uses the region (Release those transfers first).
   Status Deregister(RegionId id);
 
-  /// Serialises the worker address and every current region (id, base, length,
-  /// packed rkey) into a versioned, XXH64-checksummed blob (format in
-  /// shardwire/metadata_blob.h). Size is O(regions). Never touches the network.
+  /// Serialises every lane's worker address and every current region (id,
+  /// base, length, packed rkey) into a versioned, XXH64-checksummed blob
+  /// (format in shardwire/metadata_blob.h). Size is O(regions + lanes), about
+  /// 49 bytes per arena region: 291 tensors in one arena cost one record.
+  /// Never touches the network.
   /// Errors: none expected today (Result for forward compatibility).
   Result<std::vector<std::byte>> ExportMetadata() const;
 
-  /// Decodes a peer's blob, creates an endpoint to its worker address
-  /// (ucp_ep_create; UCP_ERR_HANDLING_MODE_PEER with an error callback that
-  /// marks the peer failed, or UCP_ERR_HANDLING_MODE_NONE plus process liveness
-  /// checks for a same-host peer, see PeerFailureDetection) and unpacks every
-  /// region's rkey
-  /// (ucp_ep_rkey_unpack). Returns the peer's name. A peer already imported
+  /// Decodes a peer's blob, creates on every lane an endpoint to one of its
+  /// worker addresses (lane i -> remote lane i mod remote lanes; ucp_ep_create;
+  /// UCP_ERR_HANDLING_MODE_PEER with an error callback that marks the peer
+  /// failed, or UCP_ERR_HANDLING_MODE_NONE plus process liveness checks for a
+  /// same-host peer, see PeerFailureDetection), unpacks every region's rkey on
+  /// every lane (ucp_ep_rkey_unpack) and resolves the WritePath. Returns the
+  /// peer's name. A peer already imported
   /// under the same name is replaced: its endpoint is closed and transfers
   /// prepared against it report kPeerDisconnected on Post (prepare them again).
   /// Non-blocking: the connection is wired up on first use.
@@ -171,55 +294,79 @@ class Agent {
   Status InvalidatePeer(const std::string& peer);
 
   /// Validates and resolves a descriptor list against `peer` once: local regions
-  /// and memory handles, remote addresses and rkeys. `notification_payload`, if
-  /// present, is delivered to the peer after every byte of each post is
-  /// remotely complete. The descriptors are copied; `descriptors` may be empty
-  /// (a post then only delivers the notification, after a flush).
+  /// and memory handles, remote addresses and rkeys; cuts descriptors into
+  /// slices (AgentOptions::slice_bytes) and divides them among the lanes;
+  /// pre-faults remote shared-memory mappings (AgentOptions::prefault_remote).
+  /// `notification_payload`, if present, is delivered to the peer after every
+  /// byte of each post is remotely complete (Post(handle, payload) replaces it
+  /// for one post). The descriptors are copied; `descriptors` may be empty (a
+  /// post then only delivers the notification, after a flush). Memory: about
+  /// 48 bytes per slice, independent of how often the transfer is posted.
   /// Errors (nothing is prepared on error): kNotFound for an unknown peer;
   /// kPeerDisconnected for a failed peer; kInvalidArgument naming the first bad
   /// descriptor index: unknown local or remote region, or
-  /// offset + length beyond the region's length (overflow-safe).
+  /// offset + length beyond the region's length (overflow-safe); a payload
+  /// above 2^31 bytes.
   /// Each prepared transfer pins its local regions (see Deregister).
   Result<TransferHandle> PrepareTransfer(TransferOp op, const std::string& peer,
                                          std::vector<TransferDescriptor> descriptors,
                                          std::optional<std::vector<std::byte>> notification_payload);
 
-  /// Starts one execution of a prepared transfer: ucp_put_nbx (kWrite) or
-  /// ucp_get_nbx (kRead) for every descriptor, then ucp_ep_flush_nbx. Once the
-  /// flush completes (every byte visible at the target for WRITE, in local memory
-  /// for READ) the attached notification, if any, is sent with ucp_am_send_nbx,
-  /// so the target never sees it before the data. Completion is observed with
-  /// Test or Wait. A completed or failed transfer may be posted again.
+  /// Starts one execution of a prepared transfer: hands each lane its slices;
+  /// the lane threads issue ucp_put_nbx / ucp_get_nbx (or active messages, see
+  /// WritePath) within the flow-control limits, then ucp_ep_flush_nbx (or a
+  /// fence). Once every lane is remotely complete (every byte visible at the
+  /// target for WRITE, in local memory for READ) the attached notification, if
+  /// any, is sent with ucp_am_send_nbx, so the target never sees it before the
+  /// data. Returns without waiting; observe completion with Test or Wait. A
+  /// completed, failed or cancelled transfer may be posted again.
   /// Errors: kNotFound for an unknown handle; kInvalidArgument while a previous
-  /// post of the same handle is still in flight; kPeerDisconnected when the peer
-  /// failed, was invalidated or re-imported since PrepareTransfer;
-  /// kTransportError / kPeerDisconnected when UCX rejects an operation (the
-  /// operations already issued keep draining; Test/Wait then report the error).
+  /// post of the same handle is still in flight or draining; kPeerDisconnected
+  /// when the peer failed, was invalidated or re-imported since
+  /// PrepareTransfer. UCX errors of individual operations surface in Test/Wait.
   Status Post(TransferHandle handle);
 
-  /// Progresses the worker without blocking and reports whether the latest post
-  /// of `handle` is complete (true), still running (false) or failed (error).
-  /// Errors: kNotFound for an unknown handle; kInvalidArgument if never posted;
-  /// kPeerDisconnected when the peer failed; kTransportError for other UCX
-  /// failures.
+  /// As Post(handle), but this post's notification carries `payload` instead
+  /// of the one given to PrepareTransfer (e.g. the weight version of this
+  /// step); later posts without a payload send the prepared one again. Works
+  /// on transfers prepared without a payload too.
+  /// Errors: as Post, plus kInvalidArgument for a payload above 2^31 bytes.
+  Status Post(TransferHandle handle, std::span<const std::byte> payload);
+
+  /// Reports, without blocking, whether the latest post of `handle` is
+  /// complete (true), still running (false) or failed (error).
+  /// Errors: kNotFound for an unknown handle; kInvalidArgument if never posted
+  /// or cancelled; kPeerDisconnected when the peer failed; kTransportError for
+  /// other UCX failures.
   Result<bool> Test(TransferHandle handle);
 
   /// Blocks until the latest post of `handle` completes, fails, or `timeout_s`
-  /// seconds pass. Sleeps on the worker's event fd (ucp_worker_get_efd,
-  /// ucp_worker_arm, poll) in slices of at most 100 ms; does not spin a core.
-  /// Notifications that arrive meanwhile are queued (see WaitNotification).
+  /// seconds pass. Sleeps on a condition variable that the lane threads
+  /// signal; uses no CPU while it waits. Notifications that arrive meanwhile
+  /// are queued (see WaitNotification).
   /// Errors: as Test, plus kTimedOut (the transfer keeps running; Wait again,
-  /// or InvalidatePeer to abandon it).
+  /// Cancel it, or InvalidatePeer to abandon it).
   Status Wait(TransferHandle handle, double timeout_s);
 
+  /// Stops the latest post of `handle`: slices not yet handed to UCX are
+  /// dropped and the notification is not sent; operations already issued
+  /// cannot be recalled (UCX 1.13.1) and are waited for, at most `timeout_s`
+  /// seconds. Bytes at the target are then partly written. Afterwards Test and
+  /// Wait report kInvalidArgument ("cancelled") until the next Post. A post
+  /// that already completed or failed is left as it is.
+  /// Errors: kNotFound for an unknown handle; kInvalidArgument if never
+  /// posted; kTimedOut when issued operations did not drain in time (Cancel
+  /// again or InvalidatePeer).
+  Status Cancel(TransferHandle handle, double timeout_s);
+
   /// Forgets a prepared transfer and unpins its local regions. A transfer whose
-  /// peer is gone (failed, invalidated or re-imported: its endpoint closed) may
-  /// be released even with requests outstanding (UCX 1.13.1 may never complete
-  /// requests to a dead peer); the bookkeeping is then kept until the Agent is
-  /// destroyed, and for a READ the local regions stay pinned too, since a late
-  /// reply could still land in them.
+  /// peer is gone (failed, invalidated or re-imported: its endpoints closed)
+  /// may be released even with requests outstanding (UCX 1.13.1 may never
+  /// complete requests to a dead peer); the bookkeeping is then kept until the
+  /// Agent is destroyed, and for a READ the local regions stay pinned too,
+  /// since a late reply could still land in them.
   /// Errors: kNotFound for an unknown handle; kInvalidArgument while a post to a
-  /// live peer is in flight (Wait for it, or InvalidatePeer to cancel it).
+  /// live peer is in flight (Wait for it, Cancel it, or InvalidatePeer).
   Status Release(TransferHandle handle);
 
   /// Sends a standalone notification (ucp_am_send_nbx). Returns once it is
@@ -231,33 +378,40 @@ class Agent {
   /// kInvalidArgument when payload + name exceed 2^31 bytes; kTransportError.
   Status SendMessage(const std::string& peer, std::span<const std::byte> payload);
 
-  /// Returns the oldest queued notification from any peer, progressing the
-  /// worker and sleeping on its event fd until one arrives or `timeout_s`
-  /// seconds pass. While waiting, this agent also serves emulated RMA that peers
-  /// direct at its registered memory and advances its own posted transfers.
+  /// Returns the oldest queued notification from any peer, sleeping on a
+  /// condition variable (no CPU) until one arrives or `timeout_s` seconds
+  /// pass. (The lane threads serve peers' RMA and advance this agent's
+  /// transfers whether or not anyone waits.)
   /// Errors: kTimedOut; kPeerDisconnected once per peer failure detected while
   /// no notification is queued (the message names the peer; later calls wait
   /// again).
   Result<Notification> WaitNotification(double timeout_s);
 
-  /// Progresses without blocking and returns every queued notification, oldest
-  /// first (possibly none).
+  /// Returns every queued notification, oldest first (possibly none), without
+  /// blocking.
   std::vector<Notification> TakeNotifications();
 
-  /// Progresses the worker (ucp_worker_progress until idle, bounded) and advances
-  /// posted transfers; never blocks.
+  /// Wakes the lane threads so they progress their workers at once; never
+  /// blocks. Not needed for correctness (the lanes progress on their own);
+  /// kept for callers that poll.
   void Progress();
+
+  /// What this agent decided about an imported peer (lanes, transports,
+  /// write path). Errors: kNotFound for an unknown peer.
+  Result<PeerInfo> DescribePeer(const std::string& peer) const;
 
   /// Names of peers found dead (UCX error callback or failed liveness check)
   /// and not invalidated or re-imported since. A failed peer's endpoint is
-  /// force-closed by the next progress call, which cancels its outstanding
-  /// requests, so its transfers can then be released. For diagnostics.
+  /// force-closed by its lane threads within about 100 ms, which cancels its
+  /// outstanding requests, so its transfers can then be released. For
+  /// diagnostics.
   std::vector<std::string> FailedPeers() const;
 
   struct Impl;  // public only so the implementation's UCX callbacks can name it
 
  private:
   explicit Agent(std::unique_ptr<Impl> impl);
+  Status Post(TransferHandle handle, std::span<const std::byte> payload, bool replace);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/generate_command.h"
+#include "cli/info_command.h"
 #include "cli/plan_command.h"
 #include "cli/rl_sync_demo.h"
 
@@ -18,6 +19,7 @@ int main(int argc, char** argv) {
   shardwire::demo::AddRlSyncCommand(*demo, &exit_code);
   shardwire::demo::AddRlSyncWorkerCommand(app, &exit_code);
   shardwire::cli::AddGenerateCommand(app, &exit_code);
+  shardwire::cli::AddInfoCommand(app, &exit_code);
   shardwire::cli::AddPlanCommand(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;

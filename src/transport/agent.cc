@@ -1,39 +1,50 @@
 // Agent implementation over UCP (UCX 1.13.1). See include/shardwire/agent.h for
 // the contract and docs/transport.md for the design and measurements.
 //
-// Structure (one object per UCX handle, see transport/ucx_raii.h):
-//   Impl
-//     context_ (ucp_context)  worker_ (ucp_worker, efd_)  address_
-//     regions_   RegionId -> LocalRegion {MemHandle, packed rkey, pins}
-//     peers_     name -> Peer {EpContext, Endpoint, RemoteRegion{Rkey}...}
-//     transfers_ id -> Transfer {resolved ops, notification, execution state}
-//     sends_     in-flight SendMessage copies
+// Threads and locks
+//   * The API thread (one caller at a time) owns `peers`, `transfers` and the
+//     option values.
+//   * Each Lane owns one ucp_worker (UCS_THREAD_MODE_SERIALIZED) and runs one
+//     progress thread. Everything that touches a lane's worker, its endpoints,
+//     rkeys and jobs happens with Lane::mu held: by the lane thread, or by the
+//     API thread for endpoint creation/close, rkey unpack and SendMessage.
+//     The lane thread releases mu only while it sleeps in ppoll on the worker's
+//     event fd (armed with ucp_worker_arm) and its wake eventfd.
+//   * Impl::mu (leaf lock, never held while taking a Lane::mu) guards transfer
+//     execution state, the notification queue, peer failure records and
+//     peers_by_serial; Impl::cv is signalled on every change waiters care about.
+//   * Impl::regions_mu guards the local region table (read by lane threads when
+//     they receive active-message writes).
+//   Lock order: Lane::mu -> Impl::mu; Lane::mu -> regions_mu. UCX callbacks run
+//   with the lane's mu held (inside ucp_worker_progress).
 //
-// A post is a small state machine advanced by Progress(): kRma (puts/gets and
-// the ep flush outstanding) -> kNotify (active message outstanding) -> kDone.
-// UCX callbacks only update counters and flags of the object in user_data; all
-// state transitions that issue new UCX operations happen in AdvanceAll(),
-// outside UCX callbacks.
-//
-// Growth points (not built yet): several workers ("lanes") per agent with peers
-// striped across them, a credit-based cap on outstanding requests per peer, and
-// an optional progress thread (would need UCS_THREAD_MODE_SERIALIZED or
-// a worker per thread).
+// A post becomes one Job per lane that has slices. A lane issues its job's
+// operations within the per-peer flow-control limits, then completes it with
+// ucp_ep_flush_nbx (put/get) or a fence message that the target acknowledges
+// once everything before it is in place (active-message writes). The last lane
+// to finish sends the notification, then marks the transfer done.
 #include "shardwire/agent.h"
 
 #include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <fstream>
 #include <list>
 #include <map>
+#include <mutex>
+#include <set>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -44,9 +55,14 @@
 #include "shardwire/metadata_blob.h"
 #include "transport/ucx_raii.h"
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14
+#endif
+
 namespace shardwire {
 
 using transport::Endpoint;
+using transport::FileDescriptor;
 using transport::MemHandle;
 using transport::Rkey;
 using transport::RkeyBuffer;
@@ -56,30 +72,49 @@ using transport::UcpWorker;
 using transport::UcsError;
 using transport::WorkerAddress;
 
+std::string_view WritePathName(WritePath p) {
+  switch (p) {
+    case WritePath::kAuto: return "auto";
+    case WritePath::kPut: return "put";
+    case WritePath::kActiveMessage: return "active-message";
+  }
+  return "unknown";
+}
+
 namespace {
 
-// Active-message id of notifications. Wire payload of such a message:
-//   u8 format (1), u16 little-endian sender-name length, name bytes, user payload.
+// Active-message ids.
+//   kNotifyAmId:   data = u8 format (1), u16 LE sender-name length, name, payload.
+//   kWriteAmId:    header = AmWriteHeader; data = the bytes to place.
+//   kFenceAmId:    header = u64 token (sent with UCP_AM_SEND_FLAG_REPLY).
+//   kFenceAckAmId: header = u64 token.
 constexpr unsigned kNotifyAmId = 17;
+constexpr unsigned kWriteAmId = 18;
+constexpr unsigned kFenceAmId = 19;
+constexpr unsigned kFenceAckAmId = 20;
 constexpr std::uint8_t kNotifyFormat = 1;
 constexpr std::size_t kNotifyPrefix = 3;
-// Upper bound on consecutive ucp_worker_progress calls in one Progress().
-constexpr int kMaxProgressSpins = 256;
-// Longest single sleep on the event fd (seconds): bounds the latency of
-// deadline checks and of UCX keepalive rounds, which run inside progress.
-constexpr double kMaxSleepSliceS = 0.1;
-// WaitFor's backoff while ucp_worker_arm reports UCS_ERR_BUSY without progress.
-constexpr int kBusySpins = 16;
+// Upper bound on consecutive ucp_worker_progress calls per loop round.
+constexpr int kMaxProgressSpins = 64;
+// Operations one job may issue before the lane turns to the next job.
+constexpr std::size_t kIssueBatch = 64;
+// Longest sleep of an idle lane: bounds liveness checks and UCX keepalive.
+constexpr std::chrono::milliseconds kIdleSleep{100};
+// Backoff while ucp_worker_arm reports UCS_ERR_BUSY without progress (UCX has
+// sends queued on a transport that cannot signal free space, e.g. a shared-
+// memory FIFO the peer does not drain).
 constexpr std::chrono::microseconds kMinBackoff{20};
-constexpr std::chrono::microseconds kMaxBackoff{1000};
+constexpr std::chrono::microseconds kMaxBackoff{4000};
+// Event-fd wake-ups in a row without any progress before the lane stops
+// trusting the event fd and backs off instead.
+constexpr int kHotWakeups = 8;
 // How often same-host peers' processes are checked (see CheckLiveness).
 constexpr std::chrono::milliseconds kLivenessPeriod{100};
 
 using Clock = std::chrono::steady_clock;
 
 Clock::time_point DeadlineAfter(double seconds) {
-  // Clamp far-future deadlines so the addition cannot overflow.
-  const double s = std::min(seconds, 1e9);
+  const double s = std::clamp(seconds, 0.0, 1e9);
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
 }
 
@@ -100,8 +135,7 @@ std::vector<std::byte> EncodeNotification(const std::string& sender, std::span<c
 
 std::optional<Notification> DecodeNotification(const std::byte* data, std::size_t length) {
   if (length < kNotifyPrefix || data[0] != static_cast<std::byte>(kNotifyFormat)) return std::nullopt;
-  const std::size_t name_len =
-      static_cast<std::size_t>(data[1]) | (static_cast<std::size_t>(data[2]) << 8);
+  const std::size_t name_len = static_cast<std::size_t>(data[1]) | (static_cast<std::size_t>(data[2]) << 8);
   if (name_len > length - kNotifyPrefix) return std::nullopt;
   Notification n;
   n.peer.assign(reinterpret_cast<const char*>(data + kNotifyPrefix), name_len);
@@ -123,7 +157,6 @@ std::optional<ProcStat> ReadProcStat(std::uint32_t pid) {
   if (close == std::string::npos || close + 2 >= line.size()) return std::nullopt;
   ProcStat st;
   st.state = line[close + 2];
-  // After ") " come fields 3..; starttime is field 22, i.e. the 20th from here.
   std::size_t pos = close + 2;
   for (int field = 3; field < 22; ++field) {
     pos = line.find(' ', pos);
@@ -158,73 +191,180 @@ std::string ProcessGone(const ProcessIdentity& p) {
   return {};
 }
 
+// The transports of an endpoint's lanes ("tcp/lo", "sysv/memory"), parsed from
+// ucp_ep_print_info (UCX 1.13.1 has no ucp_ep_query field for them). Lines look
+// like "#   lane[0]:  3:sysv/memory.0 md[2] -> ...".
+std::vector<std::string> EndpointTransports(ucp_ep_h ep) {
+  char* text = nullptr;
+  std::size_t size = 0;
+  FILE* f = ::open_memstream(&text, &size);
+  if (f == nullptr) return {};
+  ucp_ep_print_info(ep, f);
+  std::fclose(f);
+  std::string all(text != nullptr ? text : "", size);
+  std::free(text);
+  std::vector<std::string> out;
+  std::size_t pos = 0;
+  while ((pos = all.find("lane[", pos)) != std::string::npos) {
+    const std::size_t colon = all.find(':', pos);
+    if (colon == std::string::npos) break;
+    std::size_t p = all.find_first_not_of(' ', colon + 1);
+    if (p == std::string::npos) break;
+    const std::size_t idx_end = all.find(':', p);
+    const std::size_t line_end = all.find('\n', p);
+    if (idx_end == std::string::npos || idx_end > line_end) {
+      pos = colon;
+      continue;
+    }
+    const std::size_t tl_end = all.find_first_of(" \n", idx_end + 1);
+    std::string tl = all.substr(idx_end + 1, tl_end - idx_end - 1);
+    if (auto dot = tl.rfind('.'); dot != std::string::npos) tl.resize(dot);  // "tcp/lo.0" -> "tcp/lo"
+    out.push_back(tl);
+    pos = line_end == std::string::npos ? all.size() : line_end;
+  }
+  return out;
+}
+
+bool OnlyTcp(const std::vector<std::string>& transports) {
+  if (transports.empty()) return false;
+  return std::all_of(transports.begin(), transports.end(), [](const std::string& t) { return t.rfind("tcp/", 0) == 0; });
+}
+
+// Touches the page tables of [p, p + n) for writing without changing a byte.
+void PrefaultForWrite(void* p, std::size_t n) {
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<std::uintptr_t>(p) & ~(page - 1);
+  const auto end = reinterpret_cast<std::uintptr_t>(p) + n;
+  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) != 0) {
+    spdlog::debug("shardwire agent: madvise(MADV_POPULATE_WRITE) failed: {}", std::strerror(errno));
+  }
+}
+
+}  // namespace
+
+// ---- shared types -------------------------------------------------------------
+
+namespace {
+
+struct AmWriteHeader {
+  std::uint32_t region = 0;
+  std::uint32_t reserved = 0;
+  std::uint64_t offset = 0;
+};
+static_assert(sizeof(AmWriteHeader) == 16);
+
+struct PreparedOp {
+  std::byte* local = nullptr;
+  std::uint64_t length = 0;
+  std::uint64_t remote_addr = 0;
+  ucp_mem_h memh = nullptr;
+  std::uint32_t rkey_index = 0;  // index into PeerState::regions / LaneEp::rkeys
+  AmWriteHeader am;              // header of an active-message write (stable storage)
+};
+
+struct RemoteRegion {
+  RegionId id = 0;
+  std::uint64_t base = 0;
+  std::uint64_t length = 0;
+};
+
+// One peer's endpoint and rkeys on one lane. Guarded by that lane's mu.
+struct LaneEp {
+  Endpoint ep;
+  std::vector<Rkey> rkeys;         // by region index; destroyed before ep closes
+  std::vector<bool> prefaulted;    // by region index
+  std::uint32_t ops_in_flight = 0;
+  std::uint64_t bytes_in_flight = 0;
+};
+
+enum class State { kIdle, kRunning, kDone, kFailed, kCancelled };
+
+struct TransferCore {
+  std::uint64_t id = 0;
+  TransferOp op = TransferOp::kWrite;
+  std::string peer_name;
+  std::uint64_t peer_serial = 0;
+  bool am_write = false;
+  std::uint64_t total_bytes = 0;
+  std::vector<std::vector<PreparedOp>> lane_ops;  // immutable after prepare
+  std::vector<RegionId> pinned;                   // one entry per pin taken
+  std::optional<std::vector<std::byte>> prepared_wire;  // encoded once
+  // Guarded by Impl::mu.
+  State state = State::kIdle;
+  Status error;
+  std::uint64_t seq = 0;           // post counter
+  std::uint32_t lanes_pending = 0;  // lanes of the current post not yet complete
+  std::uint32_t jobs_alive = 0;     // jobs (any post) still holding UCX requests
+  bool abandoned_requests = false;  // a job was abandoned with requests outstanding
+  bool cancel = false;
+  bool has_wire = false;
+  bool notified = false;             // this post's notification was sent
+  std::vector<std::byte> post_wire;  // this post's encoded notification
+};
+
 }  // namespace
 
 struct Agent::Impl {
-  // ---- types -------------------------------------------------------------
-  struct LocalRegion {
-    RegionId id = 0;
-    std::byte* base = nullptr;
-    std::size_t length = 0;
-    bool arena = false;
-    MemHandle memh;
-    std::vector<std::byte> packed_rkey;
-    std::uint32_t pins = 0;  // prepared transfers using this region
+  struct Lane;
+  struct Job;
+
+  struct OpCookie {
+    Job* job = nullptr;
+    std::uint64_t bytes = 0;
   };
 
-  struct RemoteRegion {
-    std::uint64_t base = 0;
-    std::uint64_t length = 0;
-    Rkey rkey;
+  struct PeerState {
+    std::string name;
+    std::uint64_t serial = 0;
+    ProcessIdentity process;
+    bool same_host = false;
+    bool liveness_checked = false;
+    bool ucx_error_handling = false;
+    WritePath write_path = WritePath::kPut;
+    std::uint32_t remote_lanes = 0;
+    std::vector<std::string> transports;
+    std::vector<RemoteRegion> regions;
+    std::unordered_map<RegionId, std::uint32_t> region_index;
+    std::vector<LaneEp> lanes;  // lanes[i] guarded by Impl::lanes[i]->mu
+    std::atomic<bool> failed{false};
+    Status failure;  // guarded by Impl::mu
   };
 
-  // The error-callback argument of one endpoint. Owned by the Impl (never freed
-  // before the worker), so a late callback never reads freed memory.
+  // The error-callback argument of one endpoint; owned by the Impl until the
+  // workers are gone, so a late callback never reads freed memory.
   struct EpContext {
     Impl* impl = nullptr;
     std::uint64_t peer_serial = 0;
   };
 
-  struct Peer {
-    std::string name;
-    std::uint64_t serial = 0;  // unique per import; transfers remember it
-    ProcessIdentity process;
-    bool liveness_checked = false;  // UCP_ERR_HANDLING_MODE_NONE + ProcessGone()
-    Endpoint ep;
-    std::unordered_map<RegionId, RemoteRegion> regions;  // destroyed before ep
-    bool failed = false;
-    Status failure;
-  };
+  enum class Phase { kIssue, kFlushing, kFencing, kNotifying, kFinished };
 
-  struct PreparedOp {
-    void* local = nullptr;
-    std::uint64_t remote_addr = 0;
-    std::size_t length = 0;
-    ucp_rkey_h rkey = nullptr;
-    ucp_mem_h memh = nullptr;
-  };
-
-  enum class State { kIdle, kRma, kNotify, kDone, kFailed };
-
-  struct Transfer {
-    std::uint64_t id = 0;
-    TransferOp op = TransferOp::kWrite;
-    std::string peer;
-    std::uint64_t peer_serial = 0;
-    std::vector<PreparedOp> ops;
-    std::vector<RegionId> pinned;                      // one entry per pin taken
-    std::optional<std::vector<std::byte>> notify_wire;  // encoded once, at prepare
-    // Execution state of the latest post.
-    State state = State::kIdle;
-    std::size_t pending = 0;  // outstanding UCX requests (rma, flush, am)
+  // One lane's part of one post. Owned by the lane; touched under Lane::mu.
+  struct Job {
+    std::shared_ptr<TransferCore> t;
+    std::uint64_t seq = 0;
+    Lane* lane = nullptr;
+    PeerState* peer = nullptr;  // valid while attached (lep != nullptr)
+    LaneEp* lep = nullptr;      // nullptr once detached (peer torn down)
+    const std::vector<PreparedOp>* ops = nullptr;
+    std::size_t next = 0;
+    std::uint32_t ops_in_flight = 0;
+    std::uint64_t bytes_in_flight = 0;
+    std::uint32_t outstanding = 0;  // UCX requests referring to this job
+    Phase phase = Phase::kIssue;
     bool flush_done = false;
-    bool am_done = false;
+    bool fence_acked = false;
+    std::uint64_t fence_token = 0;
+    bool notify_done = false;
+    bool failed = false;
     Status error;
-    std::uint64_t posts = 0;
+    bool lane_reported = false;  // counted out of TransferCore::lanes_pending
+    std::vector<OpCookie> cookies;
+    std::vector<std::uint32_t> free_cookies;
 
     void Fail(Status s) {
-      if (state != State::kFailed) {
-        state = State::kFailed;
+      if (!failed) {
+        failed = true;
         error = std::move(s);
       }
     }
@@ -232,7 +372,7 @@ struct Agent::Impl {
 
   struct PendingSend {
     std::vector<std::byte> wire;
-    std::uint64_t peer_serial = 0;
+    std::uint64_t header = 0;
     bool done = false;
   };
 
@@ -242,57 +382,127 @@ struct Agent::Impl {
     ucs_status_t status = UCS_OK;
   };
 
-  // ---- members (declaration order = safe implicit destruction order reversed;
-  // the destructor still tears down explicitly) ------------------------------
+  struct PendingAck {
+    ucp_ep_h reply_ep = nullptr;
+    std::uint64_t token = 0;
+  };
+
+  struct Lane {
+    Impl* impl = nullptr;
+    std::uint32_t index = 0;
+    UcpWorker worker;
+    int efd = -1;
+    FileDescriptor wake;
+    WorkerAddress address;
+    std::mutex mu;
+    std::thread thread;
+    bool stop = false;  // guarded by mu
+    std::list<std::unique_ptr<Job>> jobs;
+    std::vector<std::unique_ptr<Job>> abandoned;
+    std::vector<std::shared_ptr<PeerState>> peers;
+    std::unordered_map<std::uint64_t, Job*> fences;
+    std::uint64_t next_token = 1;
+    std::list<PendingSend> sends;
+    std::list<RndvRecv> rndv_recvs;
+    std::uint32_t am_receiving = 0;  // active-message writes being received
+    std::deque<PendingAck> acks;
+    std::uint32_t ops_limit = 1;
+    std::uint64_t bytes_limit = 1;
+
+    void Wake() const {
+      const std::uint64_t one = 1;
+      ssize_t r = ::write(wake.get(), &one, sizeof(one));
+      (void)r;  // EAGAIN: the counter is already non-zero, the lane will wake
+    }
+  };
+
+  struct LocalRegion {
+    RegionId id = 0;
+    std::byte* base = nullptr;
+    std::size_t length = 0;
+    bool arena = false;
+    MemHandle memh;
+    std::vector<std::byte> packed_rkey;
+    std::uint32_t pins = 0;
+  };
+
+  // ---- members ------------------------------------------------------------
   AgentOptions options;
   ProcessIdentity self;
-  Clock::time_point next_liveness_check{};
   UcpContext context;
-  UcpWorker worker;
-  int efd = -1;
-  WorkerAddress address;
+  std::vector<std::unique_ptr<Lane>> lanes;
+
+  mutable std::mutex regions_mu;
   std::map<RegionId, LocalRegion> regions;
   RegionId next_region = 1;
-  std::deque<std::unique_ptr<EpContext>> ep_contexts;
-  std::unordered_map<std::string, std::unique_ptr<Peer>> peers;
+
+  // API thread only.
+  std::unordered_map<std::string, std::shared_ptr<PeerState>> peers;
   std::uint64_t next_peer_serial = 1;
-  std::unordered_map<std::uint64_t, std::unique_ptr<Transfer>> transfers;
-  std::unordered_set<Transfer*> active;
-  std::vector<std::unique_ptr<Transfer>> abandoned;  // released with requests stuck
+  std::unordered_map<std::uint64_t, std::shared_ptr<TransferCore>> transfers;
+  std::vector<std::shared_ptr<TransferCore>> released_busy;  // kept until shutdown
   std::uint64_t next_transfer = 1;
-  std::list<PendingSend> sends;
-  std::list<RndvRecv> rndv_recvs;
+  std::deque<std::unique_ptr<EpContext>> ep_contexts;
+
+  // Guarded by mu.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::unordered_map<std::uint64_t, std::shared_ptr<PeerState>> peers_by_serial;
+  std::unordered_set<TransferCore*> active;
   std::deque<Notification> notifications;
   std::deque<Status> unreported_failures;
   bool shutting_down = false;
 
+  Clock::time_point next_liveness_check{};  // lane 0 thread only
+
   ~Impl() { Shutdown(); }
 
-  // ---- UCX callbacks (run inside ucp_worker_progress) ----------------------
-  static void OnRmaDone(void* request, ucs_status_t status, void* user_data) {
-    auto* t = static_cast<Transfer*>(user_data);
-    --t->pending;
-    if (status != UCS_OK) t->Fail(UcsError(t->op == TransferOp::kWrite ? "ucp_put_nbx" : "ucp_get_nbx", status));
+  void WakeAll() {
+    for (auto& l : lanes) l->Wake();
+  }
+
+  // ---- UCX callbacks (run inside ucp_worker_progress, Lane::mu held) -----
+  static void OnOpDone(void* request, ucs_status_t status, void* user_data) {
+    auto* c = static_cast<OpCookie*>(user_data);
+    Job* j = c->job;
+    --j->ops_in_flight;
+    j->bytes_in_flight -= c->bytes;
+    --j->outstanding;
+    if (j->lep != nullptr) {
+      --j->lep->ops_in_flight;
+      j->lep->bytes_in_flight -= c->bytes;
+    }
+    j->free_cookies.push_back(static_cast<std::uint32_t>(c - j->cookies.data()));
+    if (status != UCS_OK) {
+      const char* what = j->t->op == TransferOp::kRead ? "ucp_get_nbx" : (j->t->am_write ? "ucp_am_send_nbx(write)" : "ucp_put_nbx");
+      j->Fail(UcsError(what, status));
+    }
     ucp_request_free(request);
   }
   static void OnFlushDone(void* request, ucs_status_t status, void* user_data) {
-    auto* t = static_cast<Transfer*>(user_data);
-    --t->pending;
-    t->flush_done = true;
-    if (status != UCS_OK) t->Fail(UcsError("ucp_ep_flush_nbx", status));
+    auto* j = static_cast<Job*>(user_data);
+    --j->outstanding;
+    j->flush_done = true;
+    if (status != UCS_OK) j->Fail(UcsError("ucp_ep_flush_nbx", status));
     ucp_request_free(request);
   }
-  static void OnAmSendDone(void* request, ucs_status_t status, void* user_data) {
-    auto* t = static_cast<Transfer*>(user_data);
-    --t->pending;
-    t->am_done = true;
-    if (status != UCS_OK) t->Fail(UcsError("ucp_am_send_nbx", status));
+  static void OnFenceSent(void* request, ucs_status_t status, void* user_data) {
+    auto* j = static_cast<Job*>(user_data);
+    --j->outstanding;
+    if (status != UCS_OK) j->Fail(UcsError("ucp_am_send_nbx(fence)", status));
+    ucp_request_free(request);
+  }
+  static void OnNotifySent(void* request, ucs_status_t status, void* user_data) {
+    auto* j = static_cast<Job*>(user_data);
+    --j->outstanding;
+    j->notify_done = true;
+    if (status != UCS_OK) j->Fail(UcsError("ucp_am_send_nbx(notification)", status));
     ucp_request_free(request);
   }
   static void OnMessageSent(void* request, ucs_status_t status, void* user_data) {
     auto* s = static_cast<PendingSend*>(user_data);
     s->done = true;
-    if (status != UCS_OK) spdlog::debug("shardwire agent: standalone notification failed: {}", ucs_status_string(status));
+    if (status != UCS_OK) spdlog::debug("shardwire agent: message send failed: {}", ucs_status_string(status));
     ucp_request_free(request);
   }
   static void OnRndvRecvDone(void* request, ucs_status_t status, std::size_t /*length*/, void* user_data) {
@@ -301,23 +511,29 @@ struct Agent::Impl {
     r->status = status;
     ucp_request_free(request);
   }
+  static void OnAmWriteReceived(void* request, ucs_status_t status, std::size_t /*length*/, void* user_data) {
+    auto* lane = static_cast<Lane*>(user_data);
+    --lane->am_receiving;
+    if (status != UCS_OK)
+      spdlog::warn("shardwire agent: receiving an active-message write failed: {}", ucs_status_string(status));
+    ucp_request_free(request);
+  }
   static void OnEpError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
     auto* c = static_cast<EpContext*>(arg);
     c->impl->MarkPeerFailed(c->peer_serial, status);
   }
+
   static ucs_status_t OnNotification(void* arg, const void* /*header*/, std::size_t /*header_length*/, void* data,
                                      std::size_t length, const ucp_am_recv_param_t* param) {
-    auto* impl = static_cast<Impl*>(arg);
+    auto* lane = static_cast<Lane*>(arg);
     if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
-      // Large message sent with the rendezvous protocol: fetch it into our own
-      // buffer (ucp_am_recv_data_nbx); decoded once complete.
-      RndvRecv& r = impl->rndv_recvs.emplace_back();
+      RndvRecv& r = lane->rndv_recvs.emplace_back();
       r.buffer.resize(length);
       ucp_request_param_t p{};
       p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
       p.cb.recv_am = &Impl::OnRndvRecvDone;
       p.user_data = &r;
-      ucs_status_ptr_t req = ucp_am_recv_data_nbx(impl->worker.get(), data, r.buffer.data(), length, &p);
+      ucs_status_ptr_t req = ucp_am_recv_data_nbx(lane->worker.get(), data, r.buffer.data(), length, &p);
       if (req == nullptr) {
         r.done = true;
       } else if (UCS_PTR_IS_ERR(req)) {
@@ -326,92 +542,477 @@ struct Agent::Impl {
       }
       return UCS_INPROGRESS;
     }
-    impl->EnqueueNotification(static_cast<const std::byte*>(data), length);
+    lane->impl->EnqueueNotification(static_cast<const std::byte*>(data), length);
+    return UCS_OK;
+  }
+
+  // Target side of an active-message write: check the destination against the
+  // registered regions, then place the bytes (rendezvous: received straight
+  // into the region; eager: one memcpy).
+  static ucs_status_t OnAmWrite(void* arg, const void* header, std::size_t header_length, void* data,
+                                std::size_t length, const ucp_am_recv_param_t* param) {
+    auto* lane = static_cast<Lane*>(arg);
+    Impl& im = *lane->impl;
+    const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+    std::byte* dest = nullptr;
+    if (header_length == sizeof(AmWriteHeader)) {
+      AmWriteHeader h;
+      std::memcpy(&h, header, sizeof(h));
+      std::lock_guard<std::mutex> g(im.regions_mu);
+      auto it = im.regions.find(h.region);
+      if (it != im.regions.end() && h.offset <= it->second.length && length <= it->second.length - h.offset)
+        dest = it->second.base + h.offset;
+    }
+    if (dest == nullptr) {
+      spdlog::warn("shardwire agent {}: rejected an active-message write of {} bytes outside every region",
+                   im.options.name, length);
+      return rndv ? UCS_ERR_INVALID_PARAM : UCS_OK;
+    }
+    if (!rndv) {
+      if (length > 0) std::memcpy(dest, data, length);
+      return UCS_OK;
+    }
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb.recv_am = &Impl::OnAmWriteReceived;
+    p.user_data = lane;
+    ucs_status_ptr_t req = ucp_am_recv_data_nbx(lane->worker.get(), data, dest, length, &p);
+    if (UCS_PTR_IS_ERR(req)) {
+      spdlog::warn("shardwire agent {}: ucp_am_recv_data_nbx failed: {}", im.options.name,
+                   ucs_status_string(UCS_PTR_STATUS(req)));
+    } else if (req != nullptr) {
+      ++lane->am_receiving;
+    }
+    return UCS_INPROGRESS;
+  }
+
+  static ucs_status_t OnFence(void* arg, const void* header, std::size_t header_length, void* /*data*/,
+                              std::size_t /*length*/, const ucp_am_recv_param_t* param) {
+    auto* lane = static_cast<Lane*>(arg);
+    if (header_length != sizeof(std::uint64_t) || (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0)
+      return UCS_OK;
+    PendingAck a;
+    std::memcpy(&a.token, header, sizeof(a.token));
+    a.reply_ep = param->reply_ep;
+    lane->acks.push_back(a);
+    return UCS_OK;
+  }
+
+  static ucs_status_t OnFenceAck(void* arg, const void* header, std::size_t header_length, void* /*data*/,
+                                 std::size_t /*length*/, const ucp_am_recv_param_t* /*param*/) {
+    auto* lane = static_cast<Lane*>(arg);
+    if (header_length != sizeof(std::uint64_t)) return UCS_OK;
+    std::uint64_t token = 0;
+    std::memcpy(&token, header, sizeof(token));
+    auto it = lane->fences.find(token);
+    if (it != lane->fences.end()) {
+      it->second->fence_acked = true;
+      lane->fences.erase(it);
+    }
     return UCS_OK;
   }
 
   void EnqueueNotification(const std::byte* data, std::size_t length) {
-    if (auto n = DecodeNotification(data, length)) {
-      notifications.push_back(std::move(*n));
-    } else {
+    auto n = DecodeNotification(data, length);
+    if (!n) {
       spdlog::warn("shardwire agent {}: dropped a malformed notification of {} bytes", options.name, length);
+      return;
     }
+    std::lock_guard<std::mutex> g(mu);
+    notifications.push_back(std::move(*n));
+    cv.notify_all();
   }
 
+  // ---- failures ----------------------------------------------------------
   void MarkPeerFailed(std::uint64_t serial, ucs_status_t status) {
-    if (shutting_down) return;
-    for (auto& [name, peer] : peers) {
-      if (peer->serial == serial) {
-        MarkPeerFailed(*peer, fmt::format("UCX endpoint error: {}", ucs_status_string(status)));
-        return;
+    std::shared_ptr<PeerState> p;
+    {
+      std::lock_guard<std::mutex> g(mu);
+      auto it = peers_by_serial.find(serial);
+      if (it == peers_by_serial.end()) return;
+      p = it->second;
+    }
+    MarkPeerFailed(*p, fmt::format("UCX endpoint error: {}", ucs_status_string(status)));
+  }
+
+  void MarkPeerFailed(PeerState& peer, const std::string& why) {
+    {
+      std::lock_guard<std::mutex> g(mu);
+      if (shutting_down || peer.failed.load()) return;
+      peer.failure = PeerDisconnected(fmt::format("peer {} disconnected: {}", peer.name, why));
+      peer.failed.store(true);
+      spdlog::debug("shardwire agent {}: {}", options.name, peer.failure.message());
+      FailTransfersOfLocked(peer.serial, peer.failure);
+      unreported_failures.push_back(peer.failure);
+      cv.notify_all();
+    }
+    WakeAll();
+  }
+
+  void FailTransfersOfLocked(std::uint64_t serial, const Status& why) {
+    for (TransferCore* t : active) {
+      if (t->peer_serial == serial && t->state == State::kRunning) {
+        t->state = State::kFailed;
+        t->error = why;
       }
     }
   }
 
-  void MarkPeerFailed(Peer& peer, const std::string& why) {
-    if (peer.failed) return;
-    peer.failed = true;
-    peer.failure = PeerDisconnected(fmt::format("peer {} disconnected: {}", peer.name, why));
-    spdlog::debug("shardwire agent {}: {}", options.name, peer.failure.message());
-    FailTransfersOf(peer.serial, peer.failure);
-    unreported_failures.push_back(peer.failure);
-  }
-
-  // Same-host peers without UCX failure detection: is the process still there?
-  // Rate-limited to one /proc read per peer per kLivenessPeriod.
+  // Lane 0 thread: are same-host peers' processes still there?
   void CheckLiveness() {
     const auto now = Clock::now();
     if (now < next_liveness_check) return;
     next_liveness_check = now + kLivenessPeriod;
-    for (auto& [name, peer] : peers) {
-      if (!peer->liveness_checked || peer->failed) continue;
-      std::string gone = ProcessGone(peer->process);
-      if (!gone.empty()) MarkPeerFailed(*peer, gone);
+    std::vector<std::shared_ptr<PeerState>> check;
+    {
+      std::lock_guard<std::mutex> g(mu);
+      for (auto& [serial, p] : peers_by_serial)
+        if (p->liveness_checked && !p->failed.load()) check.push_back(p);
+    }
+    for (auto& p : check) {
+      std::string gone = ProcessGone(p->process);
+      if (!gone.empty()) MarkPeerFailed(*p, gone);
     }
   }
 
-  // A failed peer's endpoint is force-closed (ucp_ep_close_nbx with
-  // UCP_EP_CLOSE_FLAG_FORCE, as ucp.h asks after an error) and its rkeys are
-  // destroyed. Runs outside UCX callbacks. See TeardownPeer for why the rkeys
-  // may go even if requests are still counted as outstanding.
-  void ReapFailedPeers() {
-    for (auto& [name, peer] : peers) {
-      if (!peer->failed || !peer->ep) continue;
-      CloseForced(*peer);
+  // ---- lane side (Lane::mu held) ------------------------------------------
+  // Moves a job out of the lane's active list into `abandoned` when UCX may
+  // never complete its requests (its endpoint was force-closed).
+  void DetachJobsOf(Lane& lane, PeerState* peer, const Status& why) {
+    for (auto it = lane.jobs.begin(); it != lane.jobs.end();) {
+      Job& j = **it;
+      if (j.peer != peer) {
+        ++it;
+        continue;
+      }
+      j.Fail(why);
+      j.lep = nullptr;
+      if (j.phase == Phase::kNotifying) {
+        SettleNotification(j);
+      } else {
+        ReportLane(j);
+      }
+      lane.fences.erase(j.fence_token);
+      if (j.outstanding > 0) {
+        {
+          std::lock_guard<std::mutex> g(mu);
+          j.t->abandoned_requests = true;
+        }
+        lane.abandoned.push_back(std::move(*it));
+      } else {
+        FinishJob(j);
+      }
+      it = lane.jobs.erase(it);
     }
   }
 
-  void CloseForced(Peer& peer) {
-    if (!peer.ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS))
+  void CloseForced(Lane& lane, PeerState& peer, const Status& why) {
+    LaneEp& lep = peer.lanes[lane.index];
+    if (!lep.ep) return;
+    if (!lep.ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS))
       spdlog::warn("shardwire agent {}: force-closing endpoint to {} did not finish", options.name, peer.name);
     // Let cancellations (UCS_ERR_CANCELED completions) run, briefly.
     const auto deadline = Clock::now() + std::chrono::milliseconds(50);
-    while (PeerBusy(peer.serial) && Clock::now() < deadline) {
-      if (ucp_worker_progress(worker.get()) == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    auto busy = [&] {
+      for (auto& j : lane.jobs)
+        if (j->peer == &peer && j->outstanding > 0) return true;
+      return false;
+    };
+    while (busy() && Clock::now() < deadline) {
+      if (ucp_worker_progress(lane.worker.get()) == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
-    peer.regions.clear();
+    DetachJobsOf(lane, &peer, why);
+    lep.rkeys.clear();
+    lep.ops_in_flight = 0;
+    lep.bytes_in_flight = 0;
   }
 
-  void FailTransfersOf(std::uint64_t serial, const Status& why) {
-    for (Transfer* t : active) {
-      if (t->peer_serial == serial) t->Fail(why);
+  void ReapFailedPeers(Lane& lane) {
+    for (auto& p : lane.peers) {
+      if (!p->failed.load() || !p->lanes[lane.index].ep) continue;
+      Status why;
+      {
+        std::lock_guard<std::mutex> g(mu);
+        why = p->failure;
+      }
+      CloseForced(lane, *p, why);
     }
   }
 
-  // ---- progress ------------------------------------------------------------
-  // Returns how many events ucp_worker_progress reported.
-  unsigned ProgressAll() {
-    unsigned events = 0;
-    for (int i = 0; i < kMaxProgressSpins; ++i) {
-      const unsigned n = ucp_worker_progress(worker.get());
-      if (n == 0) break;
-      events += n;
+  // Counts this lane's part of the post as finished (successfully or not);
+  // the last lane of a successful post sends the notification or marks the
+  // transfer done. Returns true when this job must now send the notification.
+  bool ReportLane(Job& j) {
+    if (j.lane_reported) return false;
+    j.lane_reported = true;
+    std::lock_guard<std::mutex> g(mu);
+    TransferCore& t = *j.t;
+    if (t.seq != j.seq) return false;
+    if (t.lanes_pending > 0) --t.lanes_pending;
+    if (t.state == State::kRunning && j.failed) {
+      t.state = State::kFailed;
+      t.error = j.error.WithContext(fmt::format("transfer {} to {}", t.id, t.peer_name));
+      cv.notify_all();
+      return false;
     }
-    CheckLiveness();
-    ReapFailedPeers();
-    AdvanceAll();
-    sends.remove_if([](const PendingSend& s) { return s.done; });
-    for (auto it = rndv_recvs.begin(); it != rndv_recvs.end();) {
+    if (t.lanes_pending > 0) return false;
+    if (t.state == State::kRunning && t.cancel) {
+      t.state = State::kCancelled;
+      cv.notify_all();
+      return false;
+    }
+    if (t.state != State::kRunning) {
+      cv.notify_all();
+      return false;
+    }
+    // Success is declared by FinishJob once every job has returned all its
+    // UCX requests, so a caller woken by Wait can Post or Release at once.
+    return t.has_wire;
+  }
+
+  // The notification of a post ended (sent, or failed): settle the transfer.
+  void SettleNotification(Job& j) {
+    std::lock_guard<std::mutex> g(mu);
+    TransferCore& t = *j.t;
+    if (t.seq == j.seq && t.state == State::kRunning) {
+      if (j.failed) {
+        t.state = State::kFailed;
+        t.error = j.error.WithContext(fmt::format("transfer {} to {}", t.id, t.peer_name));
+      } else {
+        t.notified = true;
+      }
+    }
+    cv.notify_all();
+  }
+
+  void FinishJob(Job& j) {
+    std::lock_guard<std::mutex> g(mu);
+    TransferCore& t = *j.t;
+    if (t.jobs_alive > 0) --t.jobs_alive;
+    if (t.seq == j.seq && t.state == State::kRunning && t.lanes_pending == 0 && t.jobs_alive == 0 &&
+        (!t.has_wire || t.notified))
+      t.state = State::kDone;
+    if (t.state != State::kRunning && t.jobs_alive == 0) active.erase(&t);
+    cv.notify_all();
+  }
+
+  // Issues as many of the job's operations as the flow-control limits allow
+  // (at most kIssueBatch). Returns how many were handed to UCX.
+  std::size_t IssueOps(Lane& lane, Job& j) {
+    LaneEp& lep = *j.lep;
+    const auto& ops = *j.ops;
+    const TransferCore& t = *j.t;
+    std::size_t issued = 0;
+    ucp_request_param_t p{};
+    while (j.next < ops.size() && issued < kIssueBatch && !j.failed) {
+      const PreparedOp& o = ops[j.next];
+      if (lep.ops_in_flight >= lane.ops_limit) break;
+      if (lep.bytes_in_flight > 0 && lep.bytes_in_flight + o.length > lane.bytes_limit) break;
+      if (j.free_cookies.empty()) break;
+      const std::uint32_t ci = j.free_cookies.back();
+      j.free_cookies.pop_back();
+      OpCookie& c = j.cookies[ci];
+      c.job = &j;
+      c.bytes = o.length;
+      p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+      p.cb.send = &Impl::OnOpDone;
+      p.user_data = &c;
+      ucs_status_ptr_t req;
+      if (t.op == TransferOp::kRead) {
+        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+        p.memh = o.memh;
+        req = ucp_get_nbx(lep.ep.get(), o.local, o.length, o.remote_addr, lep.rkeys[o.rkey_index].get(), &p);
+      } else if (t.am_write) {
+        req = ucp_am_send_nbx(lep.ep.get(), kWriteAmId, &o.am, sizeof(o.am), o.local, o.length, &p);
+      } else {
+        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+        p.memh = o.memh;
+        req = ucp_put_nbx(lep.ep.get(), o.local, o.length, o.remote_addr, lep.rkeys[o.rkey_index].get(), &p);
+      }
+      ++j.next;
+      ++issued;
+      if (req == nullptr) {
+        j.free_cookies.push_back(ci);
+      } else if (UCS_PTR_IS_ERR(req)) {
+        j.free_cookies.push_back(ci);
+        j.Fail(UcsError(t.op == TransferOp::kRead ? "ucp_get_nbx" : (t.am_write ? "ucp_am_send_nbx" : "ucp_put_nbx"),
+                        UCS_PTR_STATUS(req)));
+      } else {
+        ++j.ops_in_flight;
+        j.bytes_in_flight += o.length;
+        ++j.outstanding;
+        ++lep.ops_in_flight;
+        lep.bytes_in_flight += o.length;
+      }
+    }
+    return issued;
+  }
+
+  void SendFence(Lane& lane, Job& j) {
+    j.fence_token = lane.next_token++;
+    lane.fences[j.fence_token] = &j;
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
+    p.cb.send = &Impl::OnFenceSent;
+    p.user_data = &j;
+    ucs_status_ptr_t req = ucp_am_send_nbx(j.lep->ep.get(), kFenceAmId, &j.fence_token, sizeof(j.fence_token),
+                                           nullptr, 0, &p);
+    if (UCS_PTR_IS_ERR(req)) {
+      lane.fences.erase(j.fence_token);
+      j.Fail(UcsError("ucp_am_send_nbx(fence)", UCS_PTR_STATUS(req)));
+    } else if (req != nullptr) {
+      ++j.outstanding;
+    }
+  }
+
+  void SendNotification(Job& j) {
+    const std::vector<std::byte>& wire = j.t->post_wire;
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = UCP_AM_SEND_FLAG_EAGER;
+    p.cb.send = &Impl::OnNotifySent;
+    p.user_data = &j;
+    ucs_status_ptr_t req = ucp_am_send_nbx(j.lep->ep.get(), kNotifyAmId, nullptr, 0, wire.data(), wire.size(), &p);
+    if (req == nullptr) {
+      j.notify_done = true;
+    } else if (UCS_PTR_IS_ERR(req)) {
+      j.notify_done = true;
+      j.Fail(UcsError("ucp_am_send_nbx(notification)", UCS_PTR_STATUS(req)));
+    } else {
+      ++j.outstanding;
+    }
+  }
+
+  // Advances every job of the lane. Returns whether anything happened.
+  bool AdvanceJobs(Lane& lane) {
+    bool did = false;
+    for (auto it = lane.jobs.begin(); it != lane.jobs.end();) {
+      Job& j = **it;
+      bool cancel = false;
+      {
+        std::lock_guard<std::mutex> g(mu);
+        cancel = j.t->cancel && j.t->seq == j.seq;
+        if (!j.failed && j.t->seq == j.seq && j.t->state == State::kFailed && j.phase != Phase::kNotifying)
+          j.Fail(j.t->error);
+      }
+      if (j.peer->failed.load()) {
+        std::lock_guard<std::mutex> g(mu);
+        j.Fail(j.peer->failure);
+      }
+      if (j.failed || (cancel && j.phase == Phase::kIssue)) {
+        // Stop issuing; finish once UCX has returned every request.
+        if (j.phase == Phase::kNotifying) {
+          SettleNotification(j);
+          j.phase = Phase::kFinished;
+          did = true;
+        } else if (!j.lane_reported) {
+          ReportLane(j);
+          did = true;
+        }
+        if (j.outstanding == 0) {
+          lane.fences.erase(j.fence_token);
+          j.phase = Phase::kFinished;
+          FinishJob(j);
+          it = lane.jobs.erase(it);
+          did = true;
+          continue;
+        }
+        ++it;
+        continue;
+      }
+      switch (j.phase) {
+        case Phase::kIssue:
+          if (IssueOps(lane, j) > 0) did = true;
+          if (!j.failed && j.next == j.ops->size()) {
+            if (j.t->am_write && j.t->op == TransferOp::kWrite) {
+              if (j.ops_in_flight == 0) {
+                j.phase = Phase::kFencing;
+                SendFence(lane, j);
+                did = true;
+              }
+            } else {
+              j.phase = Phase::kFlushing;
+              ucp_request_param_t p{};
+              p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+              p.cb.send = &Impl::OnFlushDone;
+              p.user_data = &j;
+              ucs_status_ptr_t req = ucp_ep_flush_nbx(j.lep->ep.get(), &p);
+              if (req == nullptr) {
+                j.flush_done = true;
+              } else if (UCS_PTR_IS_ERR(req)) {
+                j.Fail(UcsError("ucp_ep_flush_nbx", UCS_PTR_STATUS(req)));
+              } else {
+                ++j.outstanding;
+              }
+              did = true;
+            }
+          }
+          break;
+        case Phase::kFlushing:
+          if (j.flush_done && j.ops_in_flight == 0) {
+            if (ReportLane(j)) {
+              j.phase = Phase::kNotifying;
+              SendNotification(j);
+            } else {
+              j.phase = Phase::kFinished;
+            }
+            did = true;
+          }
+          break;
+        case Phase::kFencing:
+          if (j.fence_acked) {
+            if (ReportLane(j)) {
+              j.phase = Phase::kNotifying;
+              SendNotification(j);
+            } else {
+              j.phase = Phase::kFinished;
+            }
+            did = true;
+          }
+          break;
+        case Phase::kNotifying:
+          if (j.notify_done) {
+            SettleNotification(j);
+            j.phase = Phase::kFinished;
+            did = true;
+          }
+          break;
+        case Phase::kFinished:
+          break;
+      }
+      if (j.phase == Phase::kFinished && j.outstanding == 0) {
+        FinishJob(j);
+        it = lane.jobs.erase(it);
+        did = true;
+        continue;
+      }
+      ++it;
+    }
+    return did;
+  }
+
+  bool ServeAcks(Lane& lane) {
+    if (lane.acks.empty() || lane.am_receiving > 0) return false;
+    while (!lane.acks.empty()) {
+      PendingAck a = lane.acks.front();
+      lane.acks.pop_front();
+      PendingSend& s = lane.sends.emplace_back();
+      s.header = a.token;
+      ucp_request_param_t p{};
+      p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+      p.flags = UCP_AM_SEND_FLAG_EAGER;
+      p.cb.send = &Impl::OnMessageSent;
+      p.user_data = &s;
+      ucs_status_ptr_t req = ucp_am_send_nbx(a.reply_ep, kFenceAckAmId, &s.header, sizeof(s.header), nullptr, 0, &p);
+      if (req == nullptr || UCS_PTR_IS_ERR(req)) s.done = true;
+    }
+    return true;
+  }
+
+  void CollectReceives(Lane& lane) {
+    lane.sends.remove_if([](const PendingSend& s) { return s.done; });
+    for (auto it = lane.rndv_recvs.begin(); it != lane.rndv_recvs.end();) {
       if (!it->done) {
         ++it;
         continue;
@@ -422,173 +1023,181 @@ struct Agent::Impl {
         spdlog::warn("shardwire agent {}: receiving a notification failed: {}", options.name,
                      ucs_status_string(it->status));
       }
-      it = rndv_recvs.erase(it);
-    }
-    return events;
-  }
-
-  void AdvanceAll() {
-    if (active.empty()) return;
-    std::vector<Transfer*> snapshot(active.begin(), active.end());
-    for (Transfer* t : snapshot) {
-      Advance(*t);
-      const bool settled = t->state == State::kDone || t->state == State::kIdle ||
-                           (t->state == State::kFailed && t->pending == 0);
-      if (settled) active.erase(t);
+      it = lane.rndv_recvs.erase(it);
     }
   }
 
-  void Advance(Transfer& t) {
-    if (t.state == State::kRma && t.pending == 0 && t.flush_done) {
-      if (!t.notify_wire) {
-        t.state = State::kDone;
-        return;
+  // The lane's progress thread: progress, advance jobs, then sleep on the
+  // worker's event fd and the wake eventfd (ucp_worker_arm protocol). Sleeps
+  // kIdleSleep at most when idle; backs off (kMinBackoff..kMaxBackoff) only
+  // while nothing progresses and either ucp_worker_arm reports UCS_ERR_BUSY or
+  // the event fd fires kHotWakeups times in a row without events.
+  void RunLane(Lane& lane) {
+    std::unique_lock<std::mutex> lk(lane.mu);
+    auto backoff = kMinBackoff;
+    int hot_wakeups = 0;  // consecutive event-fd wake-ups that found nothing to do
+    while (!lane.stop) {
+      unsigned events = 0;
+      for (int i = 0; i < kMaxProgressSpins; ++i) {
+        const unsigned n = ucp_worker_progress(lane.worker.get());
+        if (n == 0) break;
+        events += n;
       }
-      Peer* peer = FindPeer(t.peer, t.peer_serial);
-      if (peer == nullptr) {
-        t.Fail(PeerDisconnected(fmt::format("peer {} was invalidated before the notification was sent", t.peer)));
-        return;
-      }
-      t.state = State::kNotify;
-      t.am_done = false;
-      ucp_request_param_t p{};
-      p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-      p.flags = UCP_AM_SEND_FLAG_EAGER;
-      p.cb.send = &Impl::OnAmSendDone;
-      p.user_data = &t;
-      ucs_status_ptr_t req =
-          ucp_am_send_nbx(peer->ep.get(), kNotifyAmId, nullptr, 0, t.notify_wire->data(), t.notify_wire->size(), &p);
-      if (req == nullptr) {
-        t.am_done = true;
-      } else if (UCS_PTR_IS_ERR(req)) {
-        t.Fail(UcsError("ucp_am_send_nbx", UCS_PTR_STATUS(req)));
-        return;
-      } else {
-        ++t.pending;
-      }
-    }
-    if (t.state == State::kNotify && t.pending == 0 && t.am_done) t.state = State::kDone;
-  }
-
-  // Progresses and sleeps on the event fd until `done` yields a status or the
-  // deadline passes. The canonical UCP wake-up loop (ucp.h, ucp_worker_arm):
-  // progress until idle, check, arm, poll. ucp_worker_arm keeps answering
-  // UCS_ERR_BUSY while sends are queued on a transport (e.g. a shared-memory
-  // FIFO the peer does not drain), which would turn that loop into a spin; so
-  // after kBusySpins fruitless rounds the loop sleeps with exponential backoff
-  // (kMinBackoff doubling up to kMaxBackoff) instead, resetting on progress.
-  template <typename Done>
-  Status WaitFor(double timeout_s, std::string_view what, Done&& done) {
-    SW_RETURN_IF_ERROR(CheckTimeout(timeout_s, what));
-    const auto deadline = DeadlineAfter(std::max(0.0, timeout_s));
-    int idle_busy_rounds = 0;
-    for (;;) {
-      const unsigned events = ProgressAll();
-      if (std::optional<Status> s = done()) return *s;
-      const auto now = Clock::now();
-      if (now >= deadline) return TimedOut(fmt::format("{}: no completion within {} s", what, timeout_s));
-      if (events != 0) idle_busy_rounds = 0;
-      const ucs_status_t armed = ucp_worker_arm(worker.get());
-      if (armed == UCS_ERR_BUSY) {
-        if (events == 0 && ++idle_busy_rounds > kBusySpins) {
-          const int shift = std::min(idle_busy_rounds - kBusySpins - 1, 16);
-          const auto backoff = std::min<Clock::duration>(kMaxBackoff, kMinBackoff * (1 << shift));
-          std::this_thread::sleep_for(std::min<Clock::duration>(backoff, deadline - now));
-        }
+      ReapFailedPeers(lane);
+      bool did = AdvanceJobs(lane);
+      did = ServeAcks(lane) || did;
+      CollectReceives(lane);
+      if (lane.index == 0) CheckLiveness();
+      if (events != 0 || did) {
+        backoff = kMinBackoff;
+        hot_wakeups = 0;
         continue;
       }
-      if (armed != UCS_OK) return UcsError("ucp_worker_arm", armed);
-      const double left = std::chrono::duration<double>(deadline - now).count();
-      const int ms = static_cast<int>(std::ceil(std::min(left, kMaxSleepSliceS) * 1000.0));
-      pollfd pfd{efd, POLLIN, 0};
-      if (poll(&pfd, 1, std::max(ms, 1)) < 0 && errno != EINTR)
-        return IoError(fmt::format("{}: poll on the UCX event fd failed: {}", what, std::strerror(errno)));
+      const ucs_status_t armed = ucp_worker_arm(lane.worker.get());
+      std::chrono::nanoseconds sleep = kIdleSleep;
+      bool watch_efd = true;
+      if (armed == UCS_ERR_BUSY || hot_wakeups >= kHotWakeups) {
+        // Nothing progressed, yet UCX cannot sleep (sends queued on a transport
+        // that cannot signal free space) or its event fd keeps firing without
+        // events (seen while a stopped peer's endpoint wires up): back off.
+        sleep = backoff;
+        backoff = std::min<std::chrono::microseconds>(backoff * 2, kMaxBackoff);
+        watch_efd = armed != UCS_OK ? false : hot_wakeups < kHotWakeups;
+      } else if (armed != UCS_OK) {
+        spdlog::warn("shardwire agent {}: ucp_worker_arm: {}", options.name, ucs_status_string(armed));
+        sleep = kMaxBackoff;
+      }
+      lk.unlock();
+      pollfd fds[2] = {{lane.wake.get(), POLLIN, 0}, {lane.efd, POLLIN, 0}};
+      timespec ts{static_cast<time_t>(sleep.count() / 1000000000), static_cast<long>(sleep.count() % 1000000000)};
+      const int ready = ::ppoll(fds, watch_efd ? 2 : 1, &ts, nullptr);
+      if ((fds[0].revents & POLLIN) != 0) {
+        std::uint64_t v = 0;
+        ssize_t r = ::read(lane.wake.get(), &v, sizeof(v));
+        (void)r;
+        backoff = kMinBackoff;
+        hot_wakeups = 0;
+      } else if (ready > 0 && watch_efd && (fds[1].revents & POLLIN) != 0) {
+        ++hot_wakeups;  // reset as soon as a round makes progress
+      }
+      lk.lock();
     }
   }
 
-  // ---- lookups -------------------------------------------------------------
-  Peer* FindPeer(const std::string& name, std::uint64_t serial) {
-    auto it = peers.find(name);
-    if (it == peers.end() || it->second->serial != serial) return nullptr;
-    return it->second.get();
-  }
-
-  Result<Transfer*> FindTransfer(TransferHandle h) {
+  // ---- API-thread helpers ----------------------------------------------------
+  Result<std::shared_ptr<TransferCore>> FindTransfer(TransferHandle h) {
     auto it = transfers.find(h.id);
-    if (it == transfers.end()) return NotFound(fmt::format("transfer handle {} is not known to agent {}", h.id, options.name));
-    return it->second.get();
+    if (it == transfers.end())
+      return NotFound(fmt::format("transfer handle {} is not known to agent {}", h.id, options.name));
+    return it->second;
   }
 
-  bool PeerBusy(std::uint64_t serial) const {
-    for (const auto& [id, t] : transfers) {
-      if (t->peer_serial == serial && t->pending > 0) return true;
+  // Closes a peer's endpoints and destroys its rkeys on every lane. With
+  // nothing outstanding the rkeys go first and each endpoint is closed with a
+  // flush (ucp_rkey_destroy: "after all outstanding operations ... are flushed,
+  // and before the endpoint ... is destroyed"). Otherwise (invalidation,
+  // failure) endpoints are force-closed: UCX completes queued requests with
+  // UCS_ERR_CANCELED; requests already waiting for a dead NONE-mode peer may
+  // never complete, so their jobs are abandoned (kept until the worker is
+  // destroyed) and an abandoned READ keeps its local regions pinned.
+  void TeardownPeer(const std::shared_ptr<PeerState>& peer, bool force, const Status& why) {
+    {
+      std::lock_guard<std::mutex> g(mu);
+      peers_by_serial.erase(peer->serial);
+      FailTransfersOfLocked(peer->serial, why);
+      cv.notify_all();
     }
-    for (const PendingSend& s : sends) {
-      if (s.peer_serial == serial && !s.done) return true;
-    }
-    return false;
-  }
-
-  // Closes a peer's endpoint and destroys its rkeys. With nothing outstanding,
-  // rkeys go first and the endpoint is closed with a flush (ucp_rkey_destroy:
-  // "after all outstanding operations ... are flushed, and before the endpoint
-  // ... is destroyed"). Otherwise (invalidation, failure) the endpoint is
-  // force-closed first: UCX discards its lanes and completes queued requests
-  // with UCS_ERR_CANCELED. On a UCP_ERR_HANDLING_MODE_NONE endpoint UCX 1.13.1
-  // does not complete requests that were already handed to the transport and
-  // wait for a reply from the peer (observed: a flush waiting for emulated-put
-  // acknowledgements). Such requests no longer use the rkey, so the rkeys are
-  // destroyed anyway, and the transfers are abandoned on Release (kept
-  // allocated until the worker is destroyed). A WRITE's local bytes were
-  // already copied out; a READ's reply could still arrive from a live peer
-  // that was merely invalidated, so an abandoned READ keeps its local regions
-  // pinned (Deregister refuses them) for the Agent's lifetime.
-  void TeardownPeer(std::unique_ptr<Peer> peer, bool force) {
     const double bound = std::max(0.0, options.connect_timeout_s);
-    if (!force && !peer->failed && !PeerBusy(peer->serial)) {
-      peer->regions.clear();
-      if (!peer->ep.Close(/*force=*/false, bound))
-        spdlog::warn("shardwire agent {}: closing endpoint to {} did not finish within {} s", options.name,
-                     peer->name, bound);
-      return;
+    for (auto& lp : lanes) {
+      Lane& lane = *lp;
+      std::lock_guard<std::mutex> g(lane.mu);
+      LaneEp& lep = peer->lanes[lane.index];
+      bool busy = false;
+      for (auto& j : lane.jobs)
+        if (j->peer == peer.get()) busy = true;
+      if (!force && !busy && !peer->failed.load() && lep.ep) {
+        lep.rkeys.clear();
+        if (!lep.ep.Close(/*force=*/false, bound))
+          spdlog::warn("shardwire agent {}: closing endpoint to {} did not finish within {} s", options.name,
+                       peer->name, bound);
+      } else {
+        CloseForced(lane, *peer, why);
+      }
+      DetachJobsOf(lane, peer.get(), why);
+      lep.rkeys.clear();
+      lane.peers.erase(std::remove(lane.peers.begin(), lane.peers.end(), peer), lane.peers.end());
     }
-    CloseForced(*peer);
-    AdvanceAll();
   }
 
   void Shutdown() {
-    if (!worker) return;
-    for (Transfer* t : active) t->Fail(PeerDisconnected("agent is shutting down"));
-    shutting_down = true;
-    for (auto& [name, peer] : peers) {
-      if (!PeerBusy(peer->serial)) peer->regions.clear();
-      peer->ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS);
+    if (lanes.empty()) return;
+    {
+      std::lock_guard<std::mutex> g(mu);
+      shutting_down = true;
+      for (TransferCore* t : active) {
+        if (t->state == State::kRunning) {
+          t->state = State::kFailed;
+          t->error = PeerDisconnected("agent is shutting down");
+        }
+      }
     }
-    // Bounded: requests stuck on a dead peer's NONE-mode endpoint never finish.
-    const auto deadline = Clock::now() + std::chrono::milliseconds(100);
-    auto busy = [&] {
-      for (const auto& [id, t] : transfers)
-        if (t->pending > 0) return true;
-      for (const PendingSend& s : sends)
-        if (!s.done) return true;
-      return false;
-    };
-    while (busy() && Clock::now() < deadline) {
-      if (ucp_worker_progress(worker.get()) == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    for (auto& l : lanes) {
+      {
+        std::lock_guard<std::mutex> g(l->mu);
+        l->stop = true;
+      }
+      l->Wake();
+      if (l->thread.joinable()) l->thread.join();
     }
-    peers.clear();          // rkeys (endpoints already closed)
-    address = WorkerAddress();
-    worker.reset();         // may complete leftover requests; their targets are still alive
+    // Single-threaded from here on.
+    for (auto& l : lanes) {
+      for (auto& p : l->peers) {
+        LaneEp& lep = p->lanes[l->index];
+        bool busy = false;
+        for (auto& j : l->jobs)
+          if (j->peer == p.get() && j->outstanding > 0) busy = true;
+        if (!busy) lep.rkeys.clear();
+        lep.ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS);
+      }
+      // Bounded: requests stuck on a dead peer's NONE-mode endpoint never finish.
+      const auto deadline = Clock::now() + std::chrono::milliseconds(100);
+      auto busy = [&] {
+        for (auto& j : l->jobs)
+          if (j->outstanding > 0) return true;
+        for (auto& s : l->sends)
+          if (!s.done) return true;
+        return false;
+      };
+      while (busy() && Clock::now() < deadline) {
+        if (ucp_worker_progress(l->worker.get()) == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      for (auto& p : l->peers) p->lanes[l->index].rkeys.clear();
+    }
+    for (auto& l : lanes) {
+      l->peers.clear();
+      l->address = WorkerAddress();
+      l->worker.reset();  // may complete leftover requests; jobs are still alive
+      l->jobs.clear();
+      l->abandoned.clear();
+      l->sends.clear();
+      l->rndv_recvs.clear();
+    }
+    peers.clear();
+    {
+      std::lock_guard<std::mutex> g(mu);
+      peers_by_serial.clear();
+      active.clear();
+    }
     transfers.clear();
-    abandoned.clear();
-    active.clear();
-    sends.clear();
-    rndv_recvs.clear();
-    regions.clear();        // ucp_mem_unmap needs the context
+    released_busy.clear();
+    lanes.clear();
+    {
+      std::lock_guard<std::mutex> g(regions_mu);
+      regions.clear();  // ucp_mem_unmap needs the context
+    }
     ep_contexts.clear();
     context.reset();
   }
-
 };
 
 // ---- public API -------------------------------------------------------------
@@ -597,6 +1206,7 @@ Agent::Agent(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Agent::~Agent() = default;
 
 const std::string& Agent::name() const { return impl_->options.name; }
+const AgentOptions& Agent::options() const { return impl_->options; }
 
 Result<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
   if (options.name.empty()) return InvalidArgument("Agent::Create: name is empty");
@@ -607,58 +1217,94 @@ Result<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
   if (!(options.keepalive_interval_s >= 0))
     return InvalidArgument(
         fmt::format("Agent::Create: keepalive_interval_s {} is negative or NaN", options.keepalive_interval_s));
+  if (options.lanes == 0) options.lanes = kDefaultLanes;
+  if (options.lanes > kMaxLanes)
+    return InvalidArgument(fmt::format("Agent::Create: {} lanes, at most {}", options.lanes, kMaxLanes));
+  if (options.slice_bytes < 4096)
+    return InvalidArgument(fmt::format("Agent::Create: slice_bytes {} is below 4096", options.slice_bytes));
+  if (options.max_ops_in_flight_per_peer == 0 || options.max_bytes_in_flight_per_peer == 0)
+    return InvalidArgument("Agent::Create: flow-control limits must be positive");
 
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
   impl->self = SelfIdentity();
   const std::string& name = impl->options.name;
+  const std::string ctx = "Agent::Create " + name;
 
   ucp_config_t* raw_config = nullptr;
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &raw_config);
-  if (st != UCS_OK) return UcsError("ucp_config_read", st).WithContext("Agent::Create " + name);
+  if (st != UCS_OK) return UcsError("ucp_config_read", st).WithContext(ctx);
   UcpConfig config(raw_config);
   if (impl->options.keepalive_interval_s > 0 && std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr) {
     const auto ms = std::max<long long>(1, std::llround(impl->options.keepalive_interval_s * 1000.0));
     st = ucp_config_modify(config.get(), "KEEPALIVE_INTERVAL", fmt::format("{}ms", ms).c_str());
-    if (st != UCS_OK) return UcsError("ucp_config_modify(KEEPALIVE_INTERVAL)", st).WithContext("Agent::Create " + name);
+    if (st != UCS_OK) return UcsError("ucp_config_modify(KEEPALIVE_INTERVAL)", st).WithContext(ctx);
   }
 
   ucp_params_t params{};
-  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
   params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
   params.name = name.c_str();
+  params.mt_workers_shared = 1;  // lanes' workers are driven by different threads
   ucp_context_h raw_context = nullptr;
   st = ucp_init(&params, config.get(), &raw_context);
-  if (st != UCS_OK) return UcsError("ucp_init", st).WithContext("Agent::Create " + name);
+  if (st != UCS_OK) return UcsError("ucp_init", st).WithContext(ctx);
   impl->context.reset(raw_context);
 
-  ucp_worker_params_t wparams{};
-  wparams.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-  wparams.thread_mode = UCS_THREAD_MODE_SINGLE;
-  ucp_worker_h raw_worker = nullptr;
-  st = ucp_worker_create(impl->context.get(), &wparams, &raw_worker);
-  if (st != UCS_OK) return UcsError("ucp_worker_create", st).WithContext("Agent::Create " + name);
-  impl->worker.reset(raw_worker);
-
-  st = ucp_worker_get_efd(raw_worker, &impl->efd);
-  if (st != UCS_OK) return UcsError("ucp_worker_get_efd", st).WithContext("Agent::Create " + name);
-
-  ucp_address_t* raw_address = nullptr;
-  std::size_t address_length = 0;
-  st = ucp_worker_get_address(raw_worker, &raw_address, &address_length);
-  if (st != UCS_OK) return UcsError("ucp_worker_get_address", st).WithContext("Agent::Create " + name);
-  impl->address = WorkerAddress(raw_worker, raw_address, address_length);
-
-  ucp_am_handler_param_t am{};
-  am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG |
-                  UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
-  am.id = kNotifyAmId;
-  am.flags = UCP_AM_FLAG_WHOLE_MSG;
-  am.cb = &Impl::OnNotification;
-  am.arg = impl.get();
-  st = ucp_worker_set_am_recv_handler(raw_worker, &am);
-  if (st != UCS_OK) return UcsError("ucp_worker_set_am_recv_handler", st).WithContext("Agent::Create " + name);
-
+  const std::uint32_t n = impl->options.lanes;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    auto lane = std::make_unique<Impl::Lane>();
+    lane->impl = impl.get();
+    lane->index = i;
+    lane->ops_limit = std::max<std::uint32_t>(1, impl->options.max_ops_in_flight_per_peer / n);
+    lane->bytes_limit = std::max<std::uint64_t>(1, impl->options.max_bytes_in_flight_per_peer / n);
+    ucp_worker_params_t wparams{};
+    wparams.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    wparams.thread_mode = UCS_THREAD_MODE_SERIALIZED;
+    ucp_worker_h raw_worker = nullptr;
+    st = ucp_worker_create(impl->context.get(), &wparams, &raw_worker);
+    if (st != UCS_OK) return UcsError("ucp_worker_create", st).WithContext(ctx);
+    lane->worker.reset(raw_worker);
+    st = ucp_worker_get_efd(raw_worker, &lane->efd);
+    if (st != UCS_OK) return UcsError("ucp_worker_get_efd", st).WithContext(ctx);
+    lane->wake = FileDescriptor(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    if (!lane->wake) return Internal(fmt::format("{}: eventfd: {}", ctx, std::strerror(errno)));
+    ucp_address_t* raw_address = nullptr;
+    std::size_t address_length = 0;
+    st = ucp_worker_get_address(raw_worker, &raw_address, &address_length);
+    if (st != UCS_OK) return UcsError("ucp_worker_get_address", st).WithContext(ctx);
+    lane->address = WorkerAddress(raw_worker, raw_address, address_length);
+    struct Handler {
+      unsigned id;
+      ucp_am_recv_callback_t cb;
+      std::uint32_t flags;
+    };
+    const Handler handlers[] = {{kNotifyAmId, &Impl::OnNotification, UCP_AM_FLAG_WHOLE_MSG},
+                                {kWriteAmId, &Impl::OnAmWrite, UCP_AM_FLAG_WHOLE_MSG},
+                                {kFenceAmId, &Impl::OnFence, UCP_AM_FLAG_WHOLE_MSG},
+                                {kFenceAckAmId, &Impl::OnFenceAck, UCP_AM_FLAG_WHOLE_MSG}};
+    for (const Handler& h : handlers) {
+      ucp_am_handler_param_t am{};
+      am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                      UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+      am.id = h.id;
+      am.flags = h.flags;
+      am.cb = h.cb;
+      am.arg = lane.get();
+      st = ucp_worker_set_am_recv_handler(raw_worker, &am);
+      if (st != UCS_OK) return UcsError("ucp_worker_set_am_recv_handler", st).WithContext(ctx);
+    }
+    impl->lanes.push_back(std::move(lane));
+  }
+  for (auto& lane : impl->lanes) {
+    Impl::Lane* l = lane.get();
+    Impl* im = impl.get();
+    try {
+      l->thread = std::thread([im, l] { im->RunLane(*l); });
+    } catch (const std::system_error& e) {
+      return Internal(fmt::format("{}: starting lane thread: {}", ctx, e.what()));
+    }
+  }
   return std::unique_ptr<Agent>(new Agent(std::move(impl)));
 }
 
@@ -689,12 +1335,55 @@ Result<RegionId> Agent::RegisterMemory(void* addr, std::size_t length) {
   Impl::LocalRegion r;
   r.memh = MemHandle(impl_->context.get(), raw);
   SW_ASSIGN_OR_RETURN(r.packed_rkey, PackRkey(impl_->context.get(), raw));
-  r.id = impl_->next_region++;
   r.base = static_cast<std::byte*>(addr);
   r.length = length;
+  std::lock_guard<std::mutex> g(impl_->regions_mu);
+  r.id = impl_->next_region++;
   const RegionId id = r.id;
   impl_->regions.emplace(id, std::move(r));
   return id;
+}
+
+Result<std::vector<Agent::RangeLocation>> Agent::RegisterRanges(std::span<const MemoryRange> ranges,
+                                                                std::size_t max_gap) {
+  if (ranges.empty()) return InvalidArgument("RegisterRanges: no ranges");
+  for (std::size_t i = 0; i < ranges.size(); ++i) {
+    const auto a = reinterpret_cast<std::uintptr_t>(ranges[i].addr);
+    if (ranges[i].addr == nullptr) return InvalidArgument(fmt::format("RegisterRanges: range {} has a null address", i));
+    if (ranges[i].length == 0) return InvalidArgument(fmt::format("RegisterRanges: range {} has length 0", i));
+    if (a + ranges[i].length < a) return InvalidArgument(fmt::format("RegisterRanges: range {} wraps around", i));
+  }
+  std::vector<std::size_t> order(ranges.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) {
+    return reinterpret_cast<std::uintptr_t>(ranges[x].addr) < reinterpret_cast<std::uintptr_t>(ranges[y].addr);
+  });
+  std::vector<RangeLocation> out(ranges.size());
+  std::vector<RegionId> created;
+  auto rollback = [&] {
+    for (RegionId id : created) (void)Deregister(id);
+  };
+  std::size_t k = 0;
+  while (k < order.size()) {
+    const auto start = reinterpret_cast<std::uintptr_t>(ranges[order[k]].addr);
+    std::uintptr_t end = start + ranges[order[k]].length;
+    std::size_t m = k + 1;
+    while (m < order.size() && reinterpret_cast<std::uintptr_t>(ranges[order[m]].addr) <= end + max_gap &&
+           end + max_gap >= end) {
+      end = std::max(end, reinterpret_cast<std::uintptr_t>(ranges[order[m]].addr) + ranges[order[m]].length);
+      ++m;
+    }
+    auto id = RegisterMemory(reinterpret_cast<void*>(start), end - start);
+    if (!id.ok()) {
+      rollback();
+      return id.status().WithContext("RegisterRanges");
+    }
+    created.push_back(*id);
+    for (std::size_t q = k; q < m; ++q)
+      out[order[q]] = {*id, reinterpret_cast<std::uintptr_t>(ranges[order[q]].addr) - start};
+    k = m;
+  }
+  return out;
 }
 
 Result<RegionId> Agent::AllocateArena(std::size_t length) {
@@ -717,102 +1406,155 @@ Result<RegionId> Agent::AllocateArena(std::size_t length) {
     return Internal(fmt::format("ucp_mem_map(ALLOCATE) returned {} bytes at {} for a {}-byte request", attr.length,
                                 attr.address, length));
   SW_ASSIGN_OR_RETURN(r.packed_rkey, PackRkey(impl_->context.get(), raw));
-  r.id = impl_->next_region++;
   r.base = static_cast<std::byte*>(attr.address);
   r.length = length;
   r.arena = true;
+  std::lock_guard<std::mutex> g(impl_->regions_mu);
+  r.id = impl_->next_region++;
   const RegionId id = r.id;
   impl_->regions.emplace(id, std::move(r));
   return id;
 }
 
 std::span<std::byte> Agent::RegionBytes(RegionId id) const {
+  std::lock_guard<std::mutex> g(impl_->regions_mu);
   auto it = impl_->regions.find(id);
   if (it == impl_->regions.end()) return {};
   return {it->second.base, it->second.length};
 }
 
 Status Agent::Deregister(RegionId id) {
-  auto it = impl_->regions.find(id);
-  if (it == impl_->regions.end()) return NotFound(fmt::format("Deregister: region {} is not registered", id));
-  if (it->second.pins > 0)
-    return InvalidArgument(fmt::format("Deregister: region {} is used by {} prepared transfer(s); Release them first",
-                                       id, it->second.pins));
-  impl_->regions.erase(it);
-  return Status::Ok();
+  Impl::LocalRegion doomed;
+  {
+    std::lock_guard<std::mutex> g(impl_->regions_mu);
+    auto it = impl_->regions.find(id);
+    if (it == impl_->regions.end()) return NotFound(fmt::format("Deregister: region {} is not registered", id));
+    if (it->second.pins > 0)
+      return InvalidArgument(fmt::format(
+          "Deregister: region {} is used by {} prepared transfer(s); Release them first", id, it->second.pins));
+    doomed = std::move(it->second);
+    impl_->regions.erase(it);
+  }
+  return Status::Ok();  // `doomed` unmaps outside the lock
 }
 
 Result<std::vector<std::byte>> Agent::ExportMetadata() const {
   AgentMetadata m;
   m.name = impl_->options.name;
-  const auto* a = static_cast<const std::byte*>(impl_->address.data());
-  m.worker_address.assign(a, a + impl_->address.size());
-  m.process = impl_->self;
-  m.regions.reserve(impl_->regions.size());
-  for (const auto& [id, r] : impl_->regions) {
-    m.regions.push_back(RegionRecord{id, reinterpret_cast<std::uint64_t>(r.base), r.length, r.packed_rkey});
+  for (const auto& l : impl_->lanes) {
+    const auto* a = static_cast<const std::byte*>(l->address.data());
+    m.worker_addresses.emplace_back(a, a + l->address.size());
   }
+  m.process = impl_->self;
+  std::lock_guard<std::mutex> g(impl_->regions_mu);
+  m.regions.reserve(impl_->regions.size());
+  for (const auto& [id, r] : impl_->regions)
+    m.regions.push_back(RegionRecord{id, reinterpret_cast<std::uint64_t>(r.base), r.length, r.packed_rkey});
   return EncodeAgentMetadata(m);
 }
 
 Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
   SW_ASSIGN_OR_RETURN(AgentMetadata m, DecodeAgentMetadata(blob));
   Impl& im = *impl_;
+  const std::string ctx = "ImportMetadata of peer " + m.name;
   auto existing = im.peers.find(m.name);
-  if (existing != im.peers.end() && !existing->second->failed && im.PeerBusy(existing->second->serial))
-    return InvalidArgument(fmt::format(
-        "ImportMetadata: peer {} still has transfers in flight; Wait for them or InvalidatePeer first", m.name));
+  if (existing != im.peers.end() && !existing->second->failed.load()) {
+    std::lock_guard<std::mutex> g(im.mu);
+    for (TransferCore* t : im.active)
+      if (t->peer_serial == existing->second->serial && t->state == State::kRunning)
+        return InvalidArgument(fmt::format(
+            "ImportMetadata: peer {} still has transfers in flight; Wait for them or InvalidatePeer first", m.name));
+  }
 
-  auto peer = std::make_unique<Impl::Peer>();
+  auto peer = std::make_shared<Impl::PeerState>();
   peer->name = m.name;
   peer->serial = im.next_peer_serial++;
   peer->process = m.process;
-  peer->liveness_checked = im.options.failure_detection == PeerFailureDetection::kAuto &&
-                           !m.process.host.empty() && m.process.host == im.self.host && m.process.pid != 0;
-  auto& ctx = im.ep_contexts.emplace_back(std::make_unique<Impl::EpContext>());
-  ctx->impl = &im;
-  ctx->peer_serial = peer->serial;
-
-  ucp_ep_params_t ep{};
-  ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
-  ep.address = reinterpret_cast<const ucp_address_t*>(m.worker_address.data());
-  if (peer->liveness_checked) {
-    ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
-  } else {
-    ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
-    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-    ep.err_handler.cb = &Impl::OnEpError;
-    ep.err_handler.arg = ctx.get();
-  }
-  ucp_ep_h raw_ep = nullptr;
-  ucs_status_t st = ucp_ep_create(im.worker.get(), &ep, &raw_ep);
-  if (st != UCS_OK) return UcsError("ucp_ep_create", st).WithContext("ImportMetadata of peer " + m.name);
-  peer->ep = Endpoint(im.worker.get(), raw_ep);
-
+  peer->remote_lanes = static_cast<std::uint32_t>(m.worker_addresses.size());
+  peer->same_host = !m.process.host.empty() && m.process.host == im.self.host && m.process.pid != 0;
+  peer->liveness_checked = im.options.failure_detection == PeerFailureDetection::kAuto && peer->same_host;
+  peer->ucx_error_handling = !peer->liveness_checked;
   for (const RegionRecord& r : m.regions) {
-    ucp_rkey_h raw_rkey = nullptr;
-    st = ucp_ep_rkey_unpack(raw_ep, r.packed_rkey.data(), &raw_rkey);
-    if (st != UCS_OK) {
-      peer->regions.clear();
-      peer->ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS);
-      return UcsError(fmt::format("ucp_ep_rkey_unpack of region {}", r.id), st)
-          .WithContext("ImportMetadata of peer " + m.name);
-    }
-    Impl::RemoteRegion rr;
-    rr.base = r.base;
-    rr.length = r.length;
-    rr.rkey.reset(raw_rkey);
-    peer->regions.emplace(r.id, std::move(rr));
+    peer->region_index[r.id] = static_cast<std::uint32_t>(peer->regions.size());
+    peer->regions.push_back({r.id, r.base, r.length});
   }
+  peer->lanes.resize(im.lanes.size());
+  auto& ep_ctx = im.ep_contexts.emplace_back(std::make_unique<Impl::EpContext>());
+  ep_ctx->impl = &im;
+  ep_ctx->peer_serial = peer->serial;
+
+  Status failure;
+  for (auto& lp : im.lanes) {
+    Impl::Lane& lane = *lp;
+    std::lock_guard<std::mutex> g(lane.mu);
+    LaneEp& lep = peer->lanes[lane.index];
+    ucp_ep_params_t ep{};
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    ep.address =
+        reinterpret_cast<const ucp_address_t*>(m.worker_addresses[lane.index % m.worker_addresses.size()].data());
+    if (peer->liveness_checked) {
+      ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+    } else {
+      ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
+      ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+      ep.err_handler.cb = &Impl::OnEpError;
+      ep.err_handler.arg = ep_ctx.get();
+    }
+    ucp_ep_h raw_ep = nullptr;
+    ucs_status_t st = ucp_ep_create(lane.worker.get(), &ep, &raw_ep);
+    if (st != UCS_OK) {
+      failure = UcsError("ucp_ep_create", st).WithContext(ctx);
+      break;
+    }
+    lep.ep = Endpoint(lane.worker.get(), raw_ep);
+    lep.rkeys.reserve(m.regions.size());
+    lep.prefaulted.assign(m.regions.size(), false);
+    for (const RegionRecord& r : m.regions) {
+      ucp_rkey_h raw_rkey = nullptr;
+      st = ucp_ep_rkey_unpack(raw_ep, r.packed_rkey.data(), &raw_rkey);
+      if (st != UCS_OK) {
+        failure = UcsError(fmt::format("ucp_ep_rkey_unpack of region {}", r.id), st).WithContext(ctx);
+        break;
+      }
+      lep.rkeys.emplace_back(raw_rkey);
+    }
+    if (!failure.ok()) break;
+    if (lane.index == 0) peer->transports = EndpointTransports(raw_ep);
+  }
+  if (!failure.ok()) {
+    for (auto& lp : im.lanes) {
+      std::lock_guard<std::mutex> g(lp->mu);
+      peer->lanes[lp->index].rkeys.clear();
+      peer->lanes[lp->index].ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS);
+    }
+    return failure;
+  }
+  switch (im.options.write_path) {
+    case WritePath::kAuto:
+      peer->write_path = OnlyTcp(peer->transports) ? WritePath::kActiveMessage : WritePath::kPut;
+      break;
+    case WritePath::kPut:
+    case WritePath::kActiveMessage:
+      peer->write_path = im.options.write_path;
+      break;
+  }
+  spdlog::debug("shardwire agent {}: peer {} via [{}], write path {}", im.options.name, m.name,
+                fmt::join(peer->transports, ", "), WritePathName(peer->write_path));
 
   if (existing != im.peers.end()) {
-    std::unique_ptr<Impl::Peer> old = std::move(existing->second);
-    existing->second = std::move(peer);
-    im.FailTransfersOf(old->serial, PeerDisconnected("peer " + m.name + " was re-imported"));
-    const bool force = old->failed;
-    im.TeardownPeer(std::move(old), force);
+    std::shared_ptr<Impl::PeerState> old = existing->second;
+    existing->second = peer;
+    im.TeardownPeer(old, /*force=*/old->failed.load(), PeerDisconnected("peer " + m.name + " was re-imported"));
   } else {
-    im.peers.emplace(m.name, std::move(peer));
+    im.peers.emplace(m.name, peer);
+  }
+  {
+    std::lock_guard<std::mutex> g(im.mu);
+    im.peers_by_serial[peer->serial] = peer;
+  }
+  for (auto& lp : im.lanes) {
+    std::lock_guard<std::mutex> g(lp->mu);
+    lp->peers.push_back(peer);
   }
   return m.name;
 }
@@ -821,11 +1563,24 @@ Status Agent::InvalidatePeer(const std::string& peer) {
   Impl& im = *impl_;
   auto it = im.peers.find(peer);
   if (it == im.peers.end()) return NotFound(fmt::format("InvalidatePeer: peer {} is not imported", peer));
-  std::unique_ptr<Impl::Peer> p = std::move(it->second);
+  std::shared_ptr<Impl::PeerState> p = it->second;
   im.peers.erase(it);
-  im.FailTransfersOf(p->serial, PeerDisconnected("peer " + peer + " was invalidated"));
-  im.TeardownPeer(std::move(p), /*force=*/true);
+  im.TeardownPeer(p, /*force=*/true, PeerDisconnected("peer " + peer + " was invalidated"));
   return Status::Ok();
+}
+
+Result<PeerInfo> Agent::DescribePeer(const std::string& peer) const {
+  auto it = impl_->peers.find(peer);
+  if (it == impl_->peers.end()) return NotFound(fmt::format("DescribePeer: peer {} is not imported", peer));
+  const Impl::PeerState& p = *it->second;
+  PeerInfo info;
+  info.name = p.name;
+  info.remote_lanes = p.remote_lanes;
+  info.same_host = p.same_host;
+  info.ucx_error_handling = p.ucx_error_handling;
+  info.write_path = p.write_path;
+  info.transports = p.transports;
+  return info;
 }
 
 Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& peer_name,
@@ -834,164 +1589,289 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
   Impl& im = *impl_;
   auto pit = im.peers.find(peer_name);
   if (pit == im.peers.end()) return NotFound(fmt::format("PrepareTransfer: peer {} is not imported", peer_name));
-  Impl::Peer& peer = *pit->second;
-  if (peer.failed) return peer.failure.WithContext("PrepareTransfer");
+  std::shared_ptr<Impl::PeerState> peer = pit->second;
+  if (peer->failed.load()) {
+    std::lock_guard<std::mutex> g(im.mu);
+    return peer->failure.WithContext("PrepareTransfer");
+  }
+  if (notification_payload && notification_payload->size() > (std::size_t{1} << 31))
+    return InvalidArgument(
+        fmt::format("PrepareTransfer: notification payload of {} bytes exceeds 2^31", notification_payload->size()));
 
-  auto t = std::make_unique<Impl::Transfer>();
+  auto t = std::make_shared<TransferCore>();
   t->op = op;
-  t->peer = peer_name;
-  t->peer_serial = peer.serial;
-  t->ops.reserve(descriptors.size());
+  t->peer_name = peer_name;
+  t->peer_serial = peer->serial;
+  t->am_write = op == TransferOp::kWrite && peer->write_path == WritePath::kActiveMessage;
+  std::vector<PreparedOp> slices;
+  slices.reserve(descriptors.size());
   std::map<RegionId, std::uint32_t> pins;
-  for (std::size_t i = 0; i < descriptors.size(); ++i) {
-    const TransferDescriptor& d = descriptors[i];
-    auto lit = im.regions.find(d.local_region);
-    if (lit == im.regions.end())
-      return InvalidArgument(fmt::format("PrepareTransfer: descriptor {}: local region {} is not registered", i,
-                                         d.local_region));
-    const Impl::LocalRegion& lr = lit->second;
-    if (d.local_offset > lr.length || d.length > lr.length - d.local_offset)
-      return InvalidArgument(fmt::format(
-          "PrepareTransfer: descriptor {}: local range [{}, {}+{}) exceeds region {} of {} bytes", i,
-          d.local_offset, d.local_offset, d.length, d.local_region, lr.length));
-    auto rit = peer.regions.find(d.remote_region);
-    if (rit == peer.regions.end())
-      return InvalidArgument(fmt::format("PrepareTransfer: descriptor {}: peer {} has no region {}", i, peer_name,
-                                         d.remote_region));
-    const Impl::RemoteRegion& rr = rit->second;
-    if (d.remote_offset > rr.length || d.length > rr.length - d.remote_offset)
-      return InvalidArgument(fmt::format(
-          "PrepareTransfer: descriptor {}: remote range [{}, {}+{}) exceeds region {} of peer {} ({} bytes)", i,
-          d.remote_offset, d.remote_offset, d.length, d.remote_region, peer_name, rr.length));
-    ++pins[d.local_region];
-    if (d.length == 0) continue;
-    Impl::PreparedOp o;
-    o.local = lr.base + d.local_offset;
-    o.remote_addr = rr.base + d.remote_offset;
-    o.length = static_cast<std::size_t>(d.length);
-    o.rkey = rr.rkey.get();
-    o.memh = lr.memh.get();
-    t->ops.push_back(o);
+  std::set<std::uint32_t> remote_used;
+  std::uint64_t total = 0;
+  const std::uint64_t slice = im.options.slice_bytes;
+  {
+    std::lock_guard<std::mutex> g(im.regions_mu);
+    for (std::size_t i = 0; i < descriptors.size(); ++i) {
+      const TransferDescriptor& d = descriptors[i];
+      auto lit = im.regions.find(d.local_region);
+      if (lit == im.regions.end())
+        return InvalidArgument(fmt::format("PrepareTransfer: descriptor {}: local region {} is not registered", i,
+                                           d.local_region));
+      const Impl::LocalRegion& lr = lit->second;
+      if (d.local_offset > lr.length || d.length > lr.length - d.local_offset)
+        return InvalidArgument(fmt::format(
+            "PrepareTransfer: descriptor {}: local range [{}, {}+{}) exceeds region {} of {} bytes", i,
+            d.local_offset, d.local_offset, d.length, d.local_region, lr.length));
+      auto rit = peer->region_index.find(d.remote_region);
+      if (rit == peer->region_index.end())
+        return InvalidArgument(fmt::format("PrepareTransfer: descriptor {}: peer {} has no region {}", i, peer_name,
+                                           d.remote_region));
+      const RemoteRegion& rr = peer->regions[rit->second];
+      if (d.remote_offset > rr.length || d.length > rr.length - d.remote_offset)
+        return InvalidArgument(fmt::format(
+            "PrepareTransfer: descriptor {}: remote range [{}, {}+{}) exceeds region {} of peer {} ({} bytes)", i,
+            d.remote_offset, d.remote_offset, d.length, d.remote_region, peer_name, rr.length));
+      ++pins[d.local_region];
+      if (d.length == 0) continue;
+      remote_used.insert(rit->second);
+      for (std::uint64_t done = 0; done < d.length; done += slice) {
+        PreparedOp o;
+        o.length = std::min(slice, d.length - done);
+        o.local = lr.base + d.local_offset + done;
+        o.remote_addr = rr.base + d.remote_offset + done;
+        o.memh = lr.memh.get();
+        o.rkey_index = rit->second;
+        o.am.region = d.remote_region;
+        o.am.offset = d.remote_offset + done;
+        slices.push_back(o);
+      }
+      total += d.length;
+    }
+    for (const auto& [id, n] : pins) {
+      im.regions.at(id).pins += n;
+      t->pinned.insert(t->pinned.end(), n, id);
+    }
   }
-  if (notification_payload) {
-    if (notification_payload->size() > (std::size_t{1} << 31))
-      return InvalidArgument(fmt::format("PrepareTransfer: notification payload of {} bytes exceeds 2^31",
-                                         notification_payload->size()));
-    t->notify_wire = EncodeNotification(im.options.name, *notification_payload);
+  // Contiguous runs of about total/lanes bytes per lane (keeps locality). A
+  // transfer of at most one slice stays on one lane (chosen by transfer id):
+  // splitting it would only add a hand-off per lane.
+  const std::size_t nl = im.lanes.size();
+  t->lane_ops.resize(nl);
+  t->total_bytes = total;
+  if (total <= slice) {
+    t->lane_ops[im.next_transfer % nl] = std::move(slices);
+  } else {
+    std::size_t lane = 0;
+    std::uint64_t acc = 0;
+    const std::uint64_t share = (total + nl - 1) / nl;
+    for (const PreparedOp& o : slices) {
+      if (lane + 1 < nl && acc >= share * (lane + 1)) ++lane;
+      t->lane_ops[lane].push_back(o);
+      acc += o.length;
+    }
   }
-  for (const auto& [id, n] : pins) {
-    im.regions.at(id).pins += n;
-    t->pinned.insert(t->pinned.end(), n, id);
+  if (notification_payload) t->prepared_wire = EncodeNotification(im.options.name, *notification_payload);
+
+  // Pre-fault this process's mappings of the peer's shared-memory regions.
+  if (im.options.prefault_remote && op == TransferOp::kWrite && !t->am_write) {
+    for (auto& lp : im.lanes) {
+      std::vector<std::pair<void*, std::size_t>> todo;
+      {
+        std::lock_guard<std::mutex> g(lp->mu);
+        LaneEp& lep = peer->lanes[lp->index];
+        if (!lep.ep) continue;
+        for (std::uint32_t idx : remote_used) {
+          if (lep.prefaulted[idx]) continue;
+          lep.prefaulted[idx] = true;
+          void* ptr = nullptr;
+          if (ucp_rkey_ptr(lep.rkeys[idx].get(), peer->regions[idx].base, &ptr) == UCS_OK && ptr != nullptr)
+            todo.emplace_back(ptr, peer->regions[idx].length);
+        }
+      }
+      // The mapping lives as long as the rkey, which only this thread destroys.
+      for (auto [ptr, len] : todo) PrefaultForWrite(ptr, len);
+    }
   }
+
   t->id = im.next_transfer++;
   const TransferHandle h{t->id};
   im.transfers.emplace(h.id, std::move(t));
   return h;
 }
 
-Status Agent::Post(TransferHandle handle) {
+Status Agent::Post(TransferHandle handle) { return Post(handle, std::span<const std::byte>(), /*replace=*/false); }
+
+Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload) {
+  return Post(handle, payload, /*replace=*/true);
+}
+
+Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bool replace) {
   Impl& im = *impl_;
-  SW_ASSIGN_OR_RETURN(Impl::Transfer * t, im.FindTransfer(handle));
-  auto pit = im.peers.find(t->peer);
+  SW_ASSIGN_OR_RETURN(std::shared_ptr<TransferCore> t, im.FindTransfer(handle));
+  auto pit = im.peers.find(t->peer_name);
   if (pit == im.peers.end() || pit->second->serial != t->peer_serial)
     return PeerDisconnected(fmt::format(
         "Post: transfer {} was prepared against an earlier import of peer {}, which is gone; prepare it again",
-        handle.id, t->peer));
-  Impl::Peer& peer = *pit->second;
-  if (peer.failed) return peer.failure.WithContext("Post");
-  if (t->state == Impl::State::kRma || t->state == Impl::State::kNotify)
-    return InvalidArgument(fmt::format("Post: transfer {} is still in flight; Wait for it first", handle.id));
-  if (t->pending > 0)
-    return InvalidArgument(fmt::format("Post: transfer {} failed and its requests are still draining", handle.id));
-
-  t->state = Impl::State::kRma;
-  t->error = Status::Ok();
-  t->flush_done = false;
-  t->am_done = false;
-  ++t->posts;
-  im.active.insert(t);
-  ucp_ep_h ep = peer.ep.get();
-  ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_MEMH;
-  p.cb.send = &Impl::OnRmaDone;
-  p.user_data = t;
-  const bool write = t->op == TransferOp::kWrite;
-  for (const Impl::PreparedOp& o : t->ops) {
-    p.memh = o.memh;
-    ucs_status_ptr_t req = write ? ucp_put_nbx(ep, o.local, o.length, o.remote_addr, o.rkey, &p)
-                                 : ucp_get_nbx(ep, o.local, o.length, o.remote_addr, o.rkey, &p);
-    if (UCS_PTR_IS_ERR(req)) {
-      t->Fail(UcsError(write ? "ucp_put_nbx" : "ucp_get_nbx", UCS_PTR_STATUS(req)).WithContext("Post to " + t->peer));
-      break;
-    }
-    if (req != nullptr) ++t->pending;
-  }
-  if (t->state == Impl::State::kRma) {
-    ucp_request_param_t fp{};
-    fp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    fp.cb.send = &Impl::OnFlushDone;
-    fp.user_data = t;
-    ucs_status_ptr_t req = ucp_ep_flush_nbx(ep, &fp);
-    if (req == nullptr) {
-      t->flush_done = true;
-    } else if (UCS_PTR_IS_ERR(req)) {
-      t->Fail(UcsError("ucp_ep_flush_nbx", UCS_PTR_STATUS(req)).WithContext("Post to " + t->peer));
+        handle.id, t->peer_name));
+  std::shared_ptr<Impl::PeerState> peer = pit->second;
+  if (replace && payload.size() > (std::size_t{1} << 31))
+    return InvalidArgument(fmt::format("Post: notification payload of {} bytes exceeds 2^31", payload.size()));
+  std::vector<std::uint32_t> lanes_used;
+  for (std::uint32_t l = 0; l < t->lane_ops.size(); ++l)
+    if (!t->lane_ops[l].empty()) lanes_used.push_back(l);
+  if (lanes_used.empty()) lanes_used.push_back(0);  // flush (and notify) only
+  {
+    std::lock_guard<std::mutex> g(im.mu);
+    if (peer->failed.load()) return peer->failure.WithContext("Post");
+    if (t->state == State::kRunning)
+      return InvalidArgument(fmt::format("Post: transfer {} is still in flight; Wait for it first", handle.id));
+    if (t->jobs_alive > 0)
+      return InvalidArgument(fmt::format("Post: transfer {} ended but its requests are still draining", handle.id));
+    ++t->seq;
+    t->state = State::kRunning;
+    t->error = Status::Ok();
+    t->cancel = false;
+    t->notified = false;
+    t->lanes_pending = static_cast<std::uint32_t>(lanes_used.size());
+    t->jobs_alive = static_cast<std::uint32_t>(lanes_used.size());
+    if (replace) {
+      t->post_wire = EncodeNotification(im.options.name, payload);
+      t->has_wire = true;
+    } else if (t->prepared_wire) {
+      t->post_wire = *t->prepared_wire;
+      t->has_wire = true;
     } else {
-      ++t->pending;
+      t->has_wire = false;
     }
+    im.active.insert(t.get());
   }
-  im.AdvanceAll();
-  if (t->state == Impl::State::kFailed) return t->error;
+  for (std::uint32_t l : lanes_used) {
+    Impl::Lane& lane = *im.lanes[l];
+    auto job = std::make_unique<Impl::Job>();
+    job->t = t;
+    job->seq = t->seq;
+    job->lane = &lane;
+    job->peer = peer.get();
+    job->ops = &t->lane_ops[l];
+    const std::size_t cookies = std::min<std::size_t>(lane.ops_limit, std::max<std::size_t>(1, job->ops->size()));
+    job->cookies.resize(cookies);
+    job->free_cookies.resize(cookies);
+    for (std::size_t c = 0; c < cookies; ++c) job->free_cookies[c] = static_cast<std::uint32_t>(cookies - 1 - c);
+    {
+      std::lock_guard<std::mutex> g(lane.mu);
+      LaneEp& lep = peer->lanes[l];
+      job->lep = &lep;
+      if (!lep.ep) job->Fail(PeerDisconnected(fmt::format("peer {} endpoint is closed", t->peer_name)));
+      lane.jobs.push_back(std::move(job));
+    }
+    // Small single-lane transfer: issue it from this thread if the lane is not
+    // busy; one-sided puts then complete before Post returns and nobody has to
+    // be woken (saves two thread hand-offs per post). Never blocks.
+    bool wake = true;
+    if (lanes_used.size() == 1 && t->total_bytes <= im.options.slice_bytes) {
+      std::unique_lock<std::mutex> lk(lane.mu, std::try_to_lock);
+      if (lk.owns_lock()) {
+        for (int round = 0; round < 3 && !lane.jobs.empty(); ++round) {
+          (void)ucp_worker_progress(lane.worker.get());
+          if (!im.AdvanceJobs(lane)) break;
+        }
+        wake = !lane.jobs.empty() || !lane.sends.empty();
+      }
+    }
+    if (wake) lane.Wake();
+  }
   return Status::Ok();
 }
 
+namespace {
+
+Status SettledStatus(const TransferCore& t, std::string_view what) {
+  switch (t.state) {
+    case State::kDone: return Status::Ok();
+    case State::kFailed: return t.error;
+    case State::kCancelled:
+      return InvalidArgument(fmt::format("{}: transfer {} was cancelled; post it again", what, t.id));
+    case State::kIdle: return InvalidArgument(fmt::format("{}: transfer {} was never posted", what, t.id));
+    case State::kRunning: break;
+  }
+  return Internal("SettledStatus on a running transfer");
+}
+
+}  // namespace
+
 Result<bool> Agent::Test(TransferHandle handle) {
   Impl& im = *impl_;
-  SW_ASSIGN_OR_RETURN(Impl::Transfer * t, im.FindTransfer(handle));
-  if (t->state == Impl::State::kIdle)
-    return InvalidArgument(fmt::format("Test: transfer {} was never posted", handle.id));
-  im.ProgressAll();
-  switch (t->state) {
-    case Impl::State::kDone: return true;
-    case Impl::State::kFailed: return t->error;
-    default: return false;
-  }
+  SW_ASSIGN_OR_RETURN(std::shared_ptr<TransferCore> t, im.FindTransfer(handle));
+  std::lock_guard<std::mutex> g(im.mu);
+  if (t->state == State::kRunning) return false;
+  SW_RETURN_IF_ERROR(SettledStatus(*t, "Test"));
+  return true;
 }
 
 Status Agent::Wait(TransferHandle handle, double timeout_s) {
   Impl& im = *impl_;
-  SW_ASSIGN_OR_RETURN(Impl::Transfer * t, im.FindTransfer(handle));
-  if (t->state == Impl::State::kIdle)
-    return InvalidArgument(fmt::format("Wait: transfer {} was never posted", handle.id));
-  const std::string what = fmt::format("Wait for transfer {} to {}", handle.id, t->peer);
-  return im.WaitFor(timeout_s, what, [t]() -> std::optional<Status> {
-    if (t->state == Impl::State::kDone) return Status::Ok();
-    if (t->state == Impl::State::kFailed) return t->error;
-    return std::nullopt;
-  });
+  SW_RETURN_IF_ERROR(CheckTimeout(timeout_s, "Wait"));
+  SW_ASSIGN_OR_RETURN(std::shared_ptr<TransferCore> t, im.FindTransfer(handle));
+  const auto deadline = DeadlineAfter(timeout_s);
+  std::unique_lock<std::mutex> lk(im.mu);
+  if (t->state == State::kIdle) return InvalidArgument(fmt::format("Wait: transfer {} was never posted", handle.id));
+  if (!im.cv.wait_until(lk, deadline, [&] { return t->state != State::kRunning; }))
+    return TimedOut(fmt::format("Wait for transfer {} to {}: no completion within {} s", handle.id, t->peer_name,
+                                timeout_s));
+  return SettledStatus(*t, "Wait");
+}
+
+Status Agent::Cancel(TransferHandle handle, double timeout_s) {
+  Impl& im = *impl_;
+  SW_RETURN_IF_ERROR(CheckTimeout(timeout_s, "Cancel"));
+  SW_ASSIGN_OR_RETURN(std::shared_ptr<TransferCore> t, im.FindTransfer(handle));
+  {
+    std::lock_guard<std::mutex> g(im.mu);
+    if (t->state == State::kIdle) return InvalidArgument(fmt::format("Cancel: transfer {} was never posted", handle.id));
+    if (t->state == State::kRunning) t->cancel = true;
+  }
+  im.WakeAll();
+  const auto deadline = DeadlineAfter(timeout_s);
+  std::unique_lock<std::mutex> lk(im.mu);
+  if (!im.cv.wait_until(lk, deadline, [&] { return t->state != State::kRunning && t->jobs_alive == 0; }))
+    return TimedOut(fmt::format("Cancel of transfer {}: issued operations did not drain within {} s", handle.id,
+                                timeout_s));
+  return Status::Ok();
 }
 
 Status Agent::Release(TransferHandle handle) {
   Impl& im = *impl_;
-  SW_ASSIGN_OR_RETURN(Impl::Transfer * t, im.FindTransfer(handle));
-  im.ProgressAll();
-  const bool busy = t->pending > 0 || t->state == Impl::State::kRma || t->state == Impl::State::kNotify;
-  // The endpoint is gone (peer invalidated, re-imported, or failed and
-  // force-closed): requests still counted can never touch this transfer's
-  // buffers again (see TeardownPeer), so the transfer may be abandoned.
-  const Impl::Peer* peer = im.FindPeer(t->peer, t->peer_serial);
-  const bool endpoint_gone = peer == nullptr || !peer->ep;
-  if (busy && !endpoint_gone)
-    return InvalidArgument(
-        fmt::format("Release: transfer {} is in flight; Wait for it or InvalidatePeer({}) first", handle.id, t->peer));
-  const bool keep_pins = busy && t->op == TransferOp::kRead;  // see TeardownPeer
-  for (RegionId id : t->pinned) {
-    auto it = im.regions.find(id);
-    if (!keep_pins && it != im.regions.end() && it->second.pins > 0) --it->second.pins;
+  SW_ASSIGN_OR_RETURN(std::shared_ptr<TransferCore> t, im.FindTransfer(handle));
+  bool busy = false;
+  bool abandoned = false;
+  {
+    std::lock_guard<std::mutex> g(im.mu);
+    busy = t->state == State::kRunning || t->jobs_alive > 0;
+    abandoned = t->abandoned_requests;
   }
-  im.active.erase(t);
-  auto node = im.transfers.extract(handle.id);
-  if (busy) im.abandoned.push_back(std::move(node.mapped()));
+  auto pit = im.peers.find(t->peer_name);
+  const bool peer_gone = pit == im.peers.end() || pit->second->serial != t->peer_serial || pit->second->failed.load();
+  if (busy && !peer_gone)
+    return InvalidArgument(fmt::format("Release: transfer {} is in flight; Wait for it, Cancel it or InvalidatePeer({})",
+                                       handle.id, t->peer_name));
+  const bool keep_pins = (busy || abandoned) && t->op == TransferOp::kRead;  // a late reply could land
+  {
+    std::lock_guard<std::mutex> g(im.regions_mu);
+    for (RegionId id : t->pinned) {
+      auto it = im.regions.find(id);
+      if (!keep_pins && it != im.regions.end() && it->second.pins > 0) --it->second.pins;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> g(im.mu);
+    if (t->state == State::kRunning) {
+      t->state = State::kFailed;
+      t->error = PeerDisconnected("released");
+    }
+    if (t->jobs_alive == 0) im.active.erase(t.get());
+  }
+  im.transfers.erase(handle.id);
+  if (busy) im.released_busy.push_back(std::move(t));  // jobs may still point at it
   return Status::Ok();
 }
 
@@ -999,40 +1879,49 @@ Status Agent::SendMessage(const std::string& peer_name, std::span<const std::byt
   Impl& im = *impl_;
   auto pit = im.peers.find(peer_name);
   if (pit == im.peers.end()) return NotFound(fmt::format("SendMessage: peer {} is not imported", peer_name));
-  Impl::Peer& peer = *pit->second;
-  if (peer.failed) return peer.failure.WithContext("SendMessage");
+  std::shared_ptr<Impl::PeerState> peer = pit->second;
+  if (peer->failed.load()) {
+    std::lock_guard<std::mutex> g(im.mu);
+    return peer->failure.WithContext("SendMessage");
+  }
   if (payload.size() > (std::size_t{1} << 31))
     return InvalidArgument(fmt::format("SendMessage: payload of {} bytes exceeds 2^31", payload.size()));
-  Impl::PendingSend& s = im.sends.emplace_back();
-  s.wire = EncodeNotification(im.options.name, payload);
-  s.peer_serial = peer.serial;
-  ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-  p.flags = UCP_AM_SEND_FLAG_EAGER;
-  p.cb.send = &Impl::OnMessageSent;
-  p.user_data = &s;
-  ucs_status_ptr_t req = ucp_am_send_nbx(peer.ep.get(), kNotifyAmId, nullptr, 0, s.wire.data(), s.wire.size(), &p);
-  if (req == nullptr) {
-    s.done = true;
-  } else if (UCS_PTR_IS_ERR(req)) {
-    s.done = true;
-    return UcsError("ucp_am_send_nbx", UCS_PTR_STATUS(req)).WithContext("SendMessage to " + peer_name);
+  Impl::Lane& lane = *im.lanes[0];
+  {
+    std::lock_guard<std::mutex> g(lane.mu);
+    LaneEp& lep = peer->lanes[0];
+    if (!lep.ep) return PeerDisconnected(fmt::format("SendMessage: endpoint to {} is closed", peer_name));
+    Impl::PendingSend& s = lane.sends.emplace_back();
+    s.wire = EncodeNotification(im.options.name, payload);
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = UCP_AM_SEND_FLAG_EAGER;
+    p.cb.send = &Impl::OnMessageSent;
+    p.user_data = &s;
+    ucs_status_ptr_t req = ucp_am_send_nbx(lep.ep.get(), kNotifyAmId, nullptr, 0, s.wire.data(), s.wire.size(), &p);
+    if (req == nullptr) {
+      s.done = true;
+    } else if (UCS_PTR_IS_ERR(req)) {
+      s.done = true;
+      return UcsError("ucp_am_send_nbx", UCS_PTR_STATUS(req)).WithContext("SendMessage to " + peer_name);
+    }
   }
+  lane.Wake();
   return Status::Ok();
 }
 
 Result<Notification> Agent::WaitNotification(double timeout_s) {
   Impl& im = *impl_;
-  Status s = im.WaitFor(timeout_s, "WaitNotification", [&]() -> std::optional<Status> {
-    if (!im.notifications.empty()) return Status::Ok();
-    if (!im.unreported_failures.empty()) {
-      Status f = std::move(im.unreported_failures.front());
-      im.unreported_failures.pop_front();
-      return f;
-    }
-    return std::nullopt;
-  });
-  if (!s.ok()) return s.WithContext("WaitNotification");
+  SW_RETURN_IF_ERROR(CheckTimeout(timeout_s, "WaitNotification"));
+  const auto deadline = DeadlineAfter(timeout_s);
+  std::unique_lock<std::mutex> lk(im.mu);
+  if (!im.cv.wait_until(lk, deadline, [&] { return !im.notifications.empty() || !im.unreported_failures.empty(); }))
+    return TimedOut(fmt::format("WaitNotification: no completion within {} s", timeout_s));
+  if (im.notifications.empty()) {
+    Status f = std::move(im.unreported_failures.front());
+    im.unreported_failures.pop_front();
+    return f.WithContext("WaitNotification");
+  }
   Notification n = std::move(im.notifications.front());
   im.notifications.pop_front();
   return n;
@@ -1040,19 +1929,19 @@ Result<Notification> Agent::WaitNotification(double timeout_s) {
 
 std::vector<Notification> Agent::TakeNotifications() {
   Impl& im = *impl_;
-  im.ProgressAll();
+  std::lock_guard<std::mutex> g(im.mu);
   std::vector<Notification> out(std::make_move_iterator(im.notifications.begin()),
                                 std::make_move_iterator(im.notifications.end()));
   im.notifications.clear();
   return out;
 }
 
-void Agent::Progress() { impl_->ProgressAll(); }
+void Agent::Progress() { impl_->WakeAll(); }
 
 std::vector<std::string> Agent::FailedPeers() const {
   std::vector<std::string> out;
   for (const auto& [name, p] : impl_->peers)
-    if (p->failed) out.push_back(name);
+    if (p->failed.load()) out.push_back(name);
   std::sort(out.begin(), out.end());
   return out;
 }

@@ -73,7 +73,8 @@ class Reader {
 }  // namespace
 
 std::vector<std::byte> EncodeAgentMetadata(const AgentMetadata& m) {
-  std::size_t body = 4 + m.name.size() + 4 + m.worker_address.size() + 4 + m.process.host.size() + 4 + 8 + 4;
+  std::size_t body = 4 + m.name.size() + 4 + 4 + m.process.host.size() + 4 + 8 + 4;
+  for (const auto& a : m.worker_addresses) body += 4 + a.size();
   for (const RegionRecord& r : m.regions) body += kRegionFixedSize + r.packed_rkey.size();
   Writer w(kMetadataHeaderSize + body + kMetadataChecksumSize);
   w.U32(kMetadataMagic);
@@ -82,8 +83,11 @@ std::vector<std::byte> EncodeAgentMetadata(const AgentMetadata& m) {
   w.U64(body);
   w.U32(static_cast<std::uint32_t>(m.name.size()));
   w.Bytes(m.name.data(), m.name.size());
-  w.U32(static_cast<std::uint32_t>(m.worker_address.size()));
-  w.Bytes(m.worker_address.data(), m.worker_address.size());
+  w.U32(static_cast<std::uint32_t>(m.worker_addresses.size()));
+  for (const auto& a : m.worker_addresses) {
+    w.U32(static_cast<std::uint32_t>(a.size()));
+    w.Bytes(a.data(), a.size());
+  }
   w.U32(static_cast<std::uint32_t>(m.process.host.size()));
   w.Bytes(m.process.host.data(), m.process.host.size());
   w.U32(m.process.pid);
@@ -113,6 +117,9 @@ Result<AgentMetadata> DecodeAgentMetadata(std::span<const std::byte> blob) {
   if (version != kMetadataVersion)
     return CorruptData(fmt::format("metadata blob has unsupported version {} (this build reads {})", version,
                                    kMetadataVersion));
+  const auto flags = static_cast<std::uint16_t>(LoadLe(blob.data() + 6, 2));
+  if (flags != 0)
+    return CorruptData(fmt::format("metadata blob has unsupported flags 0x{:04x} (reserved, must be 0)", flags));
   const std::uint64_t body_length = LoadLe(blob.data() + 8, 8);
   const std::size_t available = blob.size() - kMin;
   if (body_length > available)
@@ -134,9 +141,18 @@ Result<AgentMetadata> DecodeAgentMetadata(std::span<const std::byte> blob) {
   SW_ASSIGN_OR_RETURN(auto name, r.Bytes(name_len, "name length"));
   if (name.empty()) return CorruptData("metadata blob has an empty agent name");
   m.name.assign(reinterpret_cast<const char*>(name.data()), name.size());
-  SW_ASSIGN_OR_RETURN(std::uint64_t addr_len, r.Int(4, "worker address length field"));
-  SW_ASSIGN_OR_RETURN(auto addr, r.Bytes(addr_len, "worker address length"));
-  m.worker_address.assign(addr.begin(), addr.end());
+  SW_ASSIGN_OR_RETURN(std::uint64_t lanes, r.Int(4, "lane count field"));
+  if (lanes == 0) return CorruptData("metadata blob has no worker address (lane count 0)");
+  if (lanes > kMaxMetadataLanes)
+    return CorruptData(fmt::format("metadata blob has too many lanes: {} (at most {})", lanes, kMaxMetadataLanes));
+  if (lanes > r.left() / 4)
+    return CorruptData(fmt::format("metadata blob lane count {} overruns buffer ({} bytes left)", lanes, r.left()));
+  m.worker_addresses.reserve(static_cast<std::size_t>(lanes));
+  for (std::uint64_t i = 0; i < lanes; ++i) {
+    SW_ASSIGN_OR_RETURN(std::uint64_t addr_len, r.Int(4, "worker address length field"));
+    SW_ASSIGN_OR_RETURN(auto addr, r.Bytes(addr_len, fmt::format("lane {} worker address length", i)));
+    m.worker_addresses.emplace_back(addr.begin(), addr.end());
+  }
   SW_ASSIGN_OR_RETURN(std::uint64_t host_len, r.Int(4, "host length field"));
   SW_ASSIGN_OR_RETURN(auto host, r.Bytes(host_len, "host length"));
   m.process.host.assign(reinterpret_cast<const char*>(host.data()), host.size());

@@ -1,5 +1,7 @@
 #include "transport/ucx_raii.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <thread>
 
@@ -21,6 +23,11 @@ Status UcsError(std::string_view what, ucs_status_t s) {
     default:
       return TransportError(std::move(m));
   }
+}
+
+void FileDescriptor::Reset() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
 }
 
 bool Endpoint::Close(bool force, double timeout_s) {

@@ -11,7 +11,9 @@ namespace {
 AgentMetadata Sample(int regions = 3) {
   AgentMetadata m;
   m.name = "trainer-rank-0";
-  for (int i = 0; i < 40; ++i) m.worker_address.push_back(static_cast<std::byte>(i * 7));
+  m.worker_addresses.resize(2);
+  for (int i = 0; i < 40; ++i) m.worker_addresses[0].push_back(static_cast<std::byte>(i * 7));
+  for (int i = 0; i < 33; ++i) m.worker_addresses[1].push_back(static_cast<std::byte>(i * 5));
   m.process = {"0f1e2d3c-boot/pid:[4026531836]", 4242, 987654321};
   for (int r = 0; r < regions; ++r) {
     RegionRecord rec;
@@ -44,7 +46,12 @@ void ExpectCorrupt(const std::vector<std::byte>& blob, const std::string& needle
 
 // Body offsets for Sample(): name length field at 16, name at 20.
 constexpr std::size_t kNameLenAt = kMetadataHeaderSize;
-std::size_t HostLenAt(const AgentMetadata& m) { return kNameLenAt + 4 + m.name.size() + 4 + m.worker_address.size(); }
+std::size_t LaneCountAt(const AgentMetadata& m) { return kNameLenAt + 4 + m.name.size(); }
+std::size_t HostLenAt(const AgentMetadata& m) {
+  std::size_t at = LaneCountAt(m) + 4;
+  for (const auto& a : m.worker_addresses) at += 4 + a.size();
+  return at;
+}
 std::size_t CountAt(const AgentMetadata& m) { return HostLenAt(m) + 4 + m.process.host.size() + 4 + 8; }
 
 TEST(MetadataBlob, RoundTrips) {
@@ -123,9 +130,41 @@ TEST(MetadataBlob, NameLengthOverrunsBuffer) {
 TEST(MetadataBlob, AddressLengthOverrunsBuffer) {
   const AgentMetadata m = Sample();
   auto blob = EncodeAgentMetadata(m);
-  PutLe(blob, kNameLenAt + 4 + m.name.size(), 1u << 30, 4);
+  PutLe(blob, LaneCountAt(m) + 4, 1u << 30, 4);
   Reseal(blob);
-  ExpectCorrupt(blob, "worker address length");
+  ExpectCorrupt(blob, "lane 0 worker address length");
+}
+
+TEST(MetadataBlob, LaneCountChecks) {
+  const AgentMetadata m = Sample();
+  auto zero = EncodeAgentMetadata(m);
+  PutLe(zero, LaneCountAt(m), 0, 4);
+  Reseal(zero);
+  ExpectCorrupt(zero, "no worker address");
+  auto many = EncodeAgentMetadata(m);
+  PutLe(many, LaneCountAt(m), kMaxMetadataLanes + 1, 4);
+  Reseal(many);
+  ExpectCorrupt(many, "too many lanes");
+  AgentMetadata few = Sample();
+  few.worker_addresses.resize(1);
+  auto r = DecodeAgentMetadata(EncodeAgentMetadata(few));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, few);
+}
+
+// Found by fuzz/metadata_blob_fuzzer.cc: reserved flags used to be ignored,
+// so two different blobs decoded to the same metadata.
+TEST(MetadataBlob, ReservedFlagsAreRejected) {
+  auto blob = EncodeAgentMetadata(Sample());
+  PutLe(blob, 6, 0x2f00, 2);
+  Reseal(blob);
+  ExpectCorrupt(blob, "unsupported flags 0x2f00");
+}
+
+TEST(MetadataBlob, Version1IsRejected) {
+  auto blob = EncodeAgentMetadata(Sample());
+  PutLe(blob, 4, 1, 2);
+  ExpectCorrupt(blob, "unsupported version 1");
 }
 
 TEST(MetadataBlob, HostLengthOverrunsBuffer) {
