@@ -43,8 +43,14 @@
 #include <vector>
 
 #include "shardwire/agent.h"
+#include "socket_frames.h"
 
 namespace {
+
+using shardwire::bench::ReadAll;
+using shardwire::bench::RecvFrame;
+using shardwire::bench::SendFrame;
+using shardwire::bench::WriteAll;
 
 using shardwire::Agent;
 using shardwire::AgentOptions;
@@ -62,39 +68,6 @@ double g_seconds = 0.3;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-bool WriteAll(int fd, const void* p, std::size_t n) {
-  const char* c = static_cast<const char*>(p);
-  while (n > 0) {
-    ssize_t w = ::write(fd, c, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    c += w;
-    n -= static_cast<std::size_t>(w);
-  }
-  return true;
-}
-bool ReadAll(int fd, void* p, std::size_t n) {
-  char* c = static_cast<char*>(p);
-  while (n > 0) {
-    ssize_t r = ::read(fd, c, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    c += r;
-    n -= static_cast<std::size_t>(r);
-  }
-  return true;
-}
-bool SendFrame(int fd, const std::vector<std::byte>& b) {
-  std::uint64_t n = b.size();
-  return WriteAll(fd, &n, sizeof(n)) && WriteAll(fd, b.data(), b.size());
-}
-std::optional<std::vector<std::byte>> RecvFrame(int fd) {
-  std::uint64_t n = 0;
-  if (!ReadAll(fd, &n, sizeof(n)) || n > (1u << 30)) return std::nullopt;
-  std::vector<std::byte> b(n);
-  if (!ReadAll(fd, b.data(), b.size())) return std::nullopt;
-  return b;
-}
 void WaitPid(pid_t pid, double timeout_s) {
   const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
   int st = 0;
