@@ -8,6 +8,7 @@
 #include "cli/builtin_configs.h"
 #include "shardwire/checkpoint.h"
 #include "shardwire/checkpoint_generator.h"
+#include "shardwire/checkpoint_model.h"
 #include "shardwire/model_config.h"
 
 namespace shardwire::demo {
@@ -76,18 +77,7 @@ Result<DemoCheckpoint> ResolveDemoCheckpoint(const std::string& checkpoint, cons
 
 Result<ModelDescription> DescribeDemoModel(const DemoCheckpoint& input) {
   SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(input.checkpoint));
-  std::string config_path = input.config.empty() ? checkpoint.config_path() : input.config;
-  if (config_path.empty()) {
-    return NotFound(fmt::format("no config.json beside checkpoint {}; pass --config", input.checkpoint));
-  }
-  SW_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(config_path));
-  if (!config.torch_dtype) {
-    // Older configs do not say; the checkpoint's own dtype is the truth (its embedding's).
-    for (const TensorSpec& spec : checkpoint.tensors()) {
-      if (spec.name.find("embed_tokens") != std::string::npos) config.torch_dtype = spec.dtype;
-    }
-  }
-  SW_ASSIGN_OR_RETURN(ModelDescription model, DescribeModel(config));
+  SW_ASSIGN_OR_RETURN(ModelDescription model, DescribeCheckpointModel(checkpoint, input.config));
   SW_RETURN_IF_ERROR(CheckCheckpointMatchesModel(model, checkpoint.tensors(), input.checkpoint));
   return model;
 }

@@ -4,37 +4,12 @@
 
 #include "model/test_util.h"
 #include "shardwire/checkpoint.h"
+#include "shardwire/checkpoint_model.h"
 #include "shardwire/model_description.h"
 
 namespace shardwire {
 namespace {
 
-struct Loaded {
-  ModelDescription description;
-  std::vector<TensorSpec> checkpoint_tensors;
-};
-
-// Opens the checkpoint in `dir`, loads its config (found by Checkpoint::config_path) and
-// describes it. Configs without torch_dtype take the dtype of the checkpoint's embedding:
-// the checkpoint is the truth about storage dtype.
-Loaded LoadReal(const std::string& models, const std::string& dir) {
-  Loaded out;
-  auto cp = Checkpoint::Open(models + "/" + dir);
-  EXPECT_TRUE(cp.ok()) << cp.status().ToString();
-  if (!cp.ok()) return out;
-  EXPECT_FALSE(cp->config_path().empty()) << dir;
-  auto config = LoadModelConfig(cp->config_path());
-  EXPECT_TRUE(config.ok()) << config.status().ToString();
-  if (!config.ok()) return out;
-  if (!config->torch_dtype.has_value()) {
-    config->torch_dtype = cp->Get("model.embed_tokens.weight")->spec.dtype;
-  }
-  auto description = DescribeModel(*config);
-  EXPECT_TRUE(description.ok()) << description.status().ToString();
-  if (description.ok()) out.description = *description;
-  out.checkpoint_tensors = cp->tensors();
-  return out;
-}
 
 TEST(ParallelRole, NamesAndDims) {
   EXPECT_EQ(ParallelRoleName(ParallelRole::kColumn), "column");
@@ -145,7 +120,7 @@ TEST(DescribeModel, RealTinyCheckpointsMatch) {
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.dir);
-    const Loaded l = LoadReal(models, c.dir);
+    const testing::LoadedModel l = testing::LoadRealModel(models, c.dir);
     EXPECT_EQ(l.description.tensors.size(), c.described);
     ASSERT_FALSE(l.description.tensors.empty());
     EXPECT_EQ(l.description.tensors.front().spec.dtype, c.dtype);
@@ -156,14 +131,14 @@ TEST(DescribeModel, RealTinyCheckpointsMatch) {
 
 TEST(DescribeModel, Qwen2BiasesAndQwen3Norms) {
   SW_REQUIRE_MODELS_DIR(models);
-  const Loaded qwen2 = LoadReal(models, "tiny-qwen2-f32");
+  const testing::LoadedModel qwen2 = testing::LoadRealModel(models, "tiny-qwen2-f32");
   const ModelTensor* qb = qwen2.description.Find("model.layers.1.self_attn.k_proj.bias");
   ASSERT_NE(qb, nullptr);
   EXPECT_EQ(qb->spec.shape, std::vector<std::int64_t>{4});
   EXPECT_EQ(qb->role, ParallelRole::kColumn);
   EXPECT_EQ(qwen2.description.Find("model.layers.1.self_attn.o_proj.bias"), nullptr);
 
-  const Loaded qwen3 = LoadReal(models, "tiny-qwen3-f32");
+  const testing::LoadedModel qwen3 = testing::LoadRealModel(models, "tiny-qwen3-f32");
   const ModelTensor* qn = qwen3.description.Find("model.layers.0.self_attn.q_norm.weight");
   ASSERT_NE(qn, nullptr);
   EXPECT_EQ(qn->spec.shape, std::vector<std::int64_t>{6});  // head_dim, not hidden/heads
@@ -210,7 +185,7 @@ TEST(DescribeModel, UnsupportedFamilies) {
 
 TEST(CheckCheckpointMatchesModel, LayerCountDisagrees) {
   SW_REQUIRE_MODELS_DIR(models);
-  const Loaded l = LoadReal(models, "tiny-llama3-bf16");
+  const testing::LoadedModel l = testing::LoadRealModel(models, "tiny-llama3-bf16");
   auto three = WithLayers(l.description, 3);
   ASSERT_TRUE(three.ok());
   Status s = CheckCheckpointMatchesModel(*three, l.checkpoint_tensors, "tiny-llama3-bf16");
@@ -229,7 +204,7 @@ TEST(CheckCheckpointMatchesModel, LayerCountDisagrees) {
 
 TEST(CheckCheckpointMatchesModel, WrongShapeNamesExpectedAndFound) {
   SW_REQUIRE_MODELS_DIR(models);
-  Loaded l = LoadReal(models, "tiny-llama3-bf16");
+  testing::LoadedModel l = testing::LoadRealModel(models, "tiny-llama3-bf16");
   ModelConfig c = l.description.config;
   c.intermediate_size = 96;
   auto d = DescribeModel(c);
@@ -242,7 +217,7 @@ TEST(CheckCheckpointMatchesModel, WrongShapeNamesExpectedAndFound) {
 
 TEST(CheckCheckpointMatchesModel, WrongDtype) {
   SW_REQUIRE_MODELS_DIR(models);
-  Loaded l = LoadReal(models, "tiny-llama3-bf16");
+  testing::LoadedModel l = testing::LoadRealModel(models, "tiny-llama3-bf16");
   ModelConfig c = l.description.config;
   c.torch_dtype = DType::kF32;
   auto d = DescribeModel(c);
@@ -255,7 +230,7 @@ TEST(CheckCheckpointMatchesModel, WrongDtype) {
 
 TEST(CheckCheckpointMatchesModel, BuffersIgnoredOtherExtrasReported) {
   SW_REQUIRE_MODELS_DIR(models);
-  Loaded l = LoadReal(models, "tiny-llama-f32-sharded");
+  testing::LoadedModel l = testing::LoadRealModel(models, "tiny-llama-f32-sharded");
   auto with_extra = l.checkpoint_tensors;
   with_extra.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq_scaled", DType::kF32, {2}});
   Status s = CheckCheckpointMatchesModel(l.description, with_extra, "ckpt");
@@ -266,7 +241,7 @@ TEST(CheckCheckpointMatchesModel, BuffersIgnoredOtherExtrasReported) {
 
 TEST(CheckCheckpointMatchesModel, TiedCopyMustMatchEmbedding) {
   SW_REQUIRE_MODELS_DIR(models);
-  Loaded l = LoadReal(models, "tiny-qwen3-f32");
+  testing::LoadedModel l = testing::LoadRealModel(models, "tiny-qwen3-f32");
   for (auto& t : l.checkpoint_tensors) {
     if (t.name == "lm_head.weight") t.shape = {12, 8};
   }

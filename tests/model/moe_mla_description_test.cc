@@ -153,25 +153,6 @@ std::size_t ExpertWeights(const ModelDescription& d) {
 
 // ---- tiny real checkpoints ------------------------------------------------------------
 
-struct Loaded {
-  ModelDescription description;
-  std::vector<TensorSpec> checkpoint_tensors;
-};
-
-// Config dtype defaults to the checkpoint's (the tiny configs mostly omit torch_dtype).
-Loaded LoadTiny(const std::string& models, const std::string& dir) {
-  Loaded out;
-  auto cp = Checkpoint::Open(models + "/" + dir);
-  EXPECT_TRUE(cp.ok()) << cp.status().ToString();
-  if (!cp.ok()) return out;
-  ModelConfig config = MustLoad(cp->config_path());
-  if (!config.torch_dtype.has_value()) {
-    config.torch_dtype = cp->Get("model.embed_tokens.weight")->spec.dtype;
-  }
-  out.description = MustDescribe(config);
-  out.checkpoint_tensors = cp->tensors();
-  return out;
-}
 
 TEST(DescribeMoe, TinyCheckpointsMatchExactly) {
   SW_REQUIRE_MODELS_DIR(models);
@@ -190,7 +171,7 @@ TEST(DescribeMoe, TinyCheckpointsMatchExactly) {
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.dir);
-    const Loaded l = LoadTiny(models, c.dir);
+    const testing::LoadedModel l = testing::LoadRealModel(models, c.dir);
     EXPECT_EQ(l.description.tensors.size(), c.tensors);
     EXPECT_EQ(l.checkpoint_tensors.size(), c.tensors);
     EXPECT_EQ(ExpertWeights(l.description), c.expert_tensors);
@@ -203,7 +184,7 @@ TEST(DescribeMoe, TinyCheckpointsMatchExactly) {
 
 TEST(DescribeMoe, TinyQwen3MoeShapesAndRoles) {
   SW_REQUIRE_MODELS_DIR(models);
-  const Loaded l = LoadTiny(models, "tiny-qwen3-moe-f32");
+  const testing::LoadedModel l = testing::LoadRealModel(models, "tiny-qwen3-moe-f32");
   const DType f = DType::kF32;
   CheckTensors(l.description,
                {
@@ -233,7 +214,7 @@ TEST(DescribeMoe, TinyQwen3MoeShapesAndRoles) {
 
 TEST(DescribeMoe, TinyMixtralLegacyNames) {
   SW_REQUIRE_MODELS_DIR(models);
-  const Loaded l = LoadTiny(models, "tiny-mixtral-f32");
+  const testing::LoadedModel l = testing::LoadRealModel(models, "tiny-mixtral-f32");
   const DType f = DType::kF32;
   const std::string p = "model.layers.1.block_sparse_moe.";
   CheckTensors(l.description,
@@ -252,7 +233,7 @@ TEST(DescribeMoe, TinyMixtralLegacyNames) {
 
 TEST(DescribeMla, TinyDeepseekV2ShapesAndRoles) {
   SW_REQUIRE_MODELS_DIR(models);
-  const Loaded l = LoadTiny(models, "tiny-deepseek-v2-f32");
+  const testing::LoadedModel l = testing::LoadRealModel(models, "tiny-deepseek-v2-f32");
   const DType f = DType::kF32;
   // heads 2, nope 6, rope 4, v 6, kv_lora 5, q_lora null, moe_inter 5, 2 shared experts.
   CheckTensors(l.description,

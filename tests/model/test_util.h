@@ -13,6 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "shardwire/checkpoint.h"
+#include "shardwire/checkpoint_model.h"
+
 namespace shardwire::testing {
 
 /// $SHARDWIRE_SHARED_DIR/models, or "" when the variable is unset or the folder is absent.
@@ -106,5 +109,25 @@ inline std::vector<std::string> RunOracle(const std::string& path) {
 #define EXPECT_MESSAGE_HAS(status, text)                                       \
   EXPECT_NE((status).message().find(text), std::string::npos)                  \
       << "message \"" << (status).message() << "\" lacks \"" << (text) << "\""
+
+/// A real checkpoint's description (via DescribeCheckpointModel) and its tensor list,
+/// for tests that compare the two; failures are recorded as test failures.
+struct LoadedModel {
+  ModelDescription description;
+  std::vector<TensorSpec> checkpoint_tensors;
+};
+
+inline LoadedModel LoadRealModel(const std::string& models, const std::string& dir) {
+  LoadedModel out;
+  auto cp = Checkpoint::Open(models + "/" + dir);
+  EXPECT_TRUE(cp.ok()) << cp.status().ToString();
+  if (!cp.ok()) return out;
+  EXPECT_FALSE(cp->config_path().empty()) << dir;
+  auto description = DescribeCheckpointModel(*cp);
+  EXPECT_TRUE(description.ok()) << description.status().ToString();
+  if (description.ok()) out.description = *description;
+  out.checkpoint_tensors = cp->tensors();
+  return out;
+}
 
 }  // namespace shardwire::testing
