@@ -134,6 +134,15 @@ struct AgentOptions {
   /// speed instead of taking a page fault per 4 KiB. No effect on regions UCX
   /// cannot map (caller-registered memory, other hosts).
   bool prefault_remote = true;
+  /// Lane threads run under SCHED_BATCH (same nice value; no privilege
+  /// needed): a lane woken by its event fd does not preempt the running
+  /// thread at wake-up but runs at the next scheduling point (when a core
+  /// frees up or the running thread's slice ends). On a loaded 2-core host
+  /// every message to a sleeping same-host peer otherwise preempted the sender
+  /// for 60-900 us, which dominated small-transfer steps. Set false where
+  /// lane wake-up latency matters more than the caller's (e.g. a target whose
+  /// own thread computes while its lanes serve emulated RMA).
+  bool lane_sched_batch = true;
 };
 
 /// What this agent has decided about one imported peer (for diagnostics).
