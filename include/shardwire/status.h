@@ -32,6 +32,10 @@ enum class ErrorCode {
   kUnsupported,       ///< a valid request this build or machine cannot serve
   kVerificationFailed,///< received bytes differ from what was expected
   kInternal,          ///< a broken invariant inside Shardwire (a bug)
+  kUnauthenticated,   ///< a service refused the caller's credentials (missing or wrong token)
+  kUnavailable,       ///< a service (coordinator, Redis) cannot be reached; names its address
+  kAlreadyExists,     ///< a name, rank or record that must be unique is already taken
+  kFailedPrecondition,///< the request is valid but the current state forbids it (e.g. a version going backwards)
 };
 
 /// Stable lower-case name of a code, e.g. "corrupt data".
@@ -72,6 +76,10 @@ inline Status TimedOut(std::string m) { return {ErrorCode::kTimedOut, std::move(
 inline Status Unsupported(std::string m) { return {ErrorCode::kUnsupported, std::move(m)}; }
 inline Status VerificationFailed(std::string m) { return {ErrorCode::kVerificationFailed, std::move(m)}; }
 inline Status Internal(std::string m) { return {ErrorCode::kInternal, std::move(m)}; }
+inline Status Unauthenticated(std::string m) { return {ErrorCode::kUnauthenticated, std::move(m)}; }
+inline Status Unavailable(std::string m) { return {ErrorCode::kUnavailable, std::move(m)}; }
+inline Status AlreadyExists(std::string m) { return {ErrorCode::kAlreadyExists, std::move(m)}; }
+inline Status FailedPrecondition(std::string m) { return {ErrorCode::kFailedPrecondition, std::move(m)}; }
 
 /// Either a value of type T or a non-OK Status. Constructing a Result from an OK
 /// Status is a bug (asserted; turned into kInternal in release builds).

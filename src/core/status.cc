@@ -16,6 +16,10 @@ std::string_view ErrorCodeName(ErrorCode code) {
     case ErrorCode::kUnsupported: return "unsupported";
     case ErrorCode::kVerificationFailed: return "verification failed";
     case ErrorCode::kInternal: return "internal error";
+    case ErrorCode::kUnauthenticated: return "unauthenticated";
+    case ErrorCode::kUnavailable: return "unavailable";
+    case ErrorCode::kAlreadyExists: return "already exists";
+    case ErrorCode::kFailedPrecondition: return "failed precondition";
   }
   return "unknown error";
 }

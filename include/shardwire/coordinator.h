@@ -1,0 +1,255 @@
+// The coordinator: one service every trainer rank, inference rank and loading
+// instance of a Shardwire deployment talks to (gRPC, proto/shardwire/v1/).
+//
+// It holds three kinds of state:
+//   - a key-value rendezvous with bounded server-side waits (the Rendezvous
+//     interface, rendezvous.h), where ranks exchange transport metadata;
+//   - a registry of weight sources: every rank of a serving instance registers its
+//     transport metadata blob, layout and model identity with a lease and
+//     heartbeats; loaders list the READY sources of a model identity (P2P loading);
+//   - jobs: the publishers and subscribers of an RL job, their membership (with a
+//     membership epoch that changes whenever a member joins or leaves) and each
+//     engine's committed weight version.
+//
+// Prior art: ModelExpress (gRPC server, Redis or Kubernetes state, sources
+// READY/STALE with heartbeats and a reaper), Mooncake's metadata service, NIXL's
+// etcd metadata. This is an independent design.
+//
+// State lives behind one interface with two implementations: in memory (the
+// default, lost when the server stops) and Redis (survives coordinator restarts;
+// several coordinators over one Redis serve one consistent state).
+//
+// Source states and leases: a source is READY while its last heartbeat is younger
+// than `source_stale_after_s`; older than that it is STALE (ListSources reports it
+// STALE even before the reaper wrote that down, so a lease expires even while no
+// coordinator runs); a source whose last heartbeat is older than
+// `source_delete_after_s` is gone (Redis key TTL, or the reaper in memory).
+// MarkSourceStale makes a source STALE at once (a loader found it dead); a later
+// heartbeat from the source makes it READY again.
+//
+// Times: seconds (double) in options; unix milliseconds (int64, wall clock) in
+// records.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shardwire/rendezvous.h"
+#include "shardwire/status.h"
+
+namespace shardwire {
+
+/// Lifecycle state of a registered weight source.
+enum class SourceState : std::uint8_t {
+  kReady = 1,  ///< heartbeating; loaders may read from it
+  kStale = 2,  ///< missed heartbeats or marked stale by a loader; not offered to loaders
+};
+
+/// "READY" or "STALE".
+std::string_view SourceStateName(SourceState state);
+
+/// One rank of a serving instance, registered as a weight source.
+struct SourceRecord {
+  /// Assigned by the coordinator at RegisterSource ("src-" + 16 hex digits);
+  /// ignored on input.
+  std::string source_id;
+  /// What bytes the source holds (ModelIdentity digest, see the P2P loading
+  /// workflow). Sources with equal identities hold equal tensors. 1..256 bytes.
+  std::string model_identity;
+  /// The serving instance this rank belongs to (all ranks of one instance share
+  /// it). 1..256 bytes.
+  std::string instance_id;
+  int rank = 0;        ///< rank within the instance, in [0, world_size)
+  int world_size = 1;  ///< ranks of the instance, >= 1
+  /// The instance's layout string (as the CLI takes it, e.g. "tp=2"), <= 4 KiB.
+  std::string layout;
+  /// Digest of every shard's placement and buffer offset of this layout
+  /// (hex), <= 256 bytes.
+  std::string layout_fingerprint;
+  /// The rank's transport metadata blob (Agent::ExportMetadata), <= 1 MiB.
+  std::vector<std::byte> metadata;
+  /// Free-form attributes (e.g. "region" -> "3", "weight_version" -> "17"),
+  /// at most 64 entries, keys <= 256 bytes, values <= 4 KiB.
+  std::map<std::string, std::string> attributes;
+  // Set by the coordinator (ignored on input):
+  SourceState state = SourceState::kReady;
+  std::string stale_reason;                 ///< why it is STALE (empty when READY)
+  std::int64_t registered_unix_ms = 0;      ///< when it was registered
+  std::int64_t last_heartbeat_unix_ms = 0;  ///< last RegisterSource or HeartbeatSource
+};
+
+/// Role of a job member.
+enum class JobRole : std::uint8_t {
+  kPublisher = 1,   ///< a trainer rank (WeightPublisher)
+  kSubscriber = 2,  ///< an inference engine rank (WeightSubscriber)
+};
+
+/// One member of an RL job.
+struct JobMember {
+  /// Unique within the job; chosen by the caller (e.g. "engine-1/rank-0"),
+  /// 1..256 bytes. Joining with an id that is already a live member is
+  /// kAlreadyExists unless the earlier member's lease expired.
+  std::string member_id;
+  JobRole role = JobRole::kSubscriber;
+  /// Engine (replica) this rank belongs to, for subscribers; the trainer group
+  /// for publishers. 0..256 bytes.
+  std::string group;
+  int rank = 0;        ///< rank within its group's layout
+  int world_size = 1;  ///< ranks of its group
+  std::string layout;  ///< the group's layout string, <= 4 KiB
+  std::vector<std::byte> metadata;  ///< transport metadata blob, <= 1 MiB
+  std::map<std::string, std::string> attributes;  ///< as SourceRecord::attributes
+  // Set by the coordinator:
+  std::uint64_t committed_version = 0;      ///< last CommitVersion (0: none)
+  std::int64_t joined_unix_ms = 0;
+  std::int64_t last_heartbeat_unix_ms = 0;
+};
+
+/// A job as the coordinator sees it.
+struct JobView {
+  std::string job;
+  /// Incremented on every join and leave (and lease expiry); a publisher that
+  /// saw epoch e re-plans when it sees a different one.
+  std::uint64_t membership_epoch = 0;
+  std::vector<JobMember> members;  ///< live members, sorted by member_id
+};
+
+/// How a client reaches and authenticates to a coordinator.
+struct CoordinatorClientOptions {
+  /// "host:port" (IPv4, IPv6 in brackets, or a name).
+  std::string address;
+  /// Bearer token sent with every call. Empty: the SHARDWIRE_TOKEN environment
+  /// variable if set, else none.
+  std::string token;
+  /// PEM file of the CA that signed the server's certificate; empty: plaintext.
+  std::string tls_root_cert_file;
+  /// Seconds. Deadline of one RPC attempt (server-side waits add their own
+  /// timeout on top).
+  double call_timeout_s = 10;
+  /// Seconds. Total time a call keeps retrying a coordinator that cannot be
+  /// reached (UNAVAILABLE), with bounded exponential backoff, before it fails
+  /// with kUnavailable naming the address.
+  double unavailable_timeout_s = 15;
+};
+
+/// A connection to a coordinator. Implements Rendezvous (so WeightPublisher /
+/// WeightSubscriber and barriers run over it) plus the source registry and jobs.
+/// Every call has a deadline; transient failures (UNAVAILABLE, a coordinator
+/// restart) are retried with bounded backoff, so with a Redis-backed
+/// coordinator a restart is invisible to callers except as latency.
+/// Errors common to every method: kUnavailable naming the address when the
+/// coordinator cannot be reached within unavailable_timeout_s; kUnauthenticated
+/// for a missing or wrong token; kInvalidArgument for requests the server
+/// refuses as malformed or oversized (the server's message is kept).
+/// Thread-safety: fully thread-safe; one client may be shared by all threads.
+class CoordinatorClient final : public Rendezvous {
+ public:
+  /// Creates the channel and checks the coordinator answers (one Ping) within
+  /// unavailable_timeout_s. Errors: kInvalidArgument (empty address, unreadable
+  /// certificate file), kUnavailable, kUnauthenticated.
+  static Result<std::unique_ptr<CoordinatorClient>> Connect(CoordinatorClientOptions options);
+  ~CoordinatorClient() override;
+
+  /// The address this client talks to.
+  const std::string& address() const;
+
+  // Rendezvous (contracts in rendezvous.h). Get waits on the server side, in
+  // slices of at most a few seconds, so no single RPC outlives its deadline.
+  Status Put(const std::string& key, std::span<const std::byte> value) override;
+  Result<std::vector<std::byte>> Get(const std::string& key, double timeout_s) override;
+  Result<std::int64_t> Add(const std::string& key, std::int64_t delta) override;
+
+  /// Registers a source (fields the coordinator sets are ignored) and returns
+  /// the stored record with its source_id. Errors: kInvalidArgument (limits
+  /// above, rank outside [0, world_size)).
+  Result<SourceRecord> RegisterSource(const SourceRecord& record);
+  /// Renews a source's lease and makes a STALE source READY again.
+  /// Errors: kNotFound when the source was deleted (register again).
+  Status HeartbeatSource(const std::string& source_id);
+  /// Sources of `model_identity` (every identity when empty), filtered by
+  /// state when given, sorted by (instance_id, rank). At most 100,000.
+  Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity,
+                                                std::optional<SourceState> state);
+  /// Marks a source STALE with a reason. Errors: kNotFound.
+  Status MarkSourceStale(const std::string& source_id, const std::string& reason);
+  /// Removes a source. Errors: kNotFound.
+  Status DeregisterSource(const std::string& source_id);
+
+  /// Adds a member to `job` (created on first join); returns the stored member
+  /// and the new membership epoch. Errors: kAlreadyExists (live member id),
+  /// kInvalidArgument.
+  Result<JobView> JoinJob(const std::string& job, const JobMember& member);
+  /// Renews a member's lease (members whose heartbeat is older than the
+  /// server's member_expire_after_s leave the job). Errors: kNotFound.
+  Status HeartbeatMember(const std::string& job, const std::string& member_id);
+  /// Removes a member. Errors: kNotFound.
+  Status LeaveJob(const std::string& job, const std::string& member_id);
+  /// The job's live members and epoch. Errors: kNotFound for an unknown job.
+  Result<JobView> GetJob(const std::string& job);
+  /// Records that subscriber `member_id` committed `version`.
+  /// Errors: kNotFound; kFailedPrecondition when `version` is below the
+  /// member's committed version (versions never go backwards; equal is a no-op).
+  Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version);
+
+  struct Impl;
+
+ private:
+  explicit CoordinatorClient(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Options of a coordinator server (`shardwire serve`, or embedded in a demo).
+struct CoordinatorServerOptions {
+  /// "host:port"; port 0 picks a free port (see CoordinatorServer::port()).
+  std::string listen_address = "127.0.0.1:0";
+  /// Empty: in-memory state. Otherwise "redis://host:port[/db]" (Redis >= 6).
+  std::string redis_url;
+  /// Bearer token every call must carry; empty: no authentication.
+  std::string token;
+  /// PEM certificate chain and private key; both empty: plaintext.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  /// Seconds without heartbeat after which a source is STALE (ModelExpress: 30 s
+  /// heartbeats, STALE at 90 s; ours are shorter because a dead source on a
+  /// fabric is a failed load).
+  double source_stale_after_s = 10;
+  /// Seconds without heartbeat after which a source is deleted.
+  double source_delete_after_s = 60;
+  /// Seconds without heartbeat after which a job member leaves its job.
+  double member_expire_after_s = 10;
+  /// Seconds between reaper passes.
+  double reaper_interval_s = 1;
+};
+
+/// A running coordinator (gRPC server + state + reaper thread). Destroying it
+/// stops the server (in-flight calls get UNAVAILABLE or CANCELLED).
+/// Thread-safety: the object itself is not used concurrently; the service it
+/// runs is fully concurrent.
+class CoordinatorServer {
+ public:
+  /// Binds, connects the state (Redis: PING within 5 s) and starts serving.
+  /// Errors: kInvalidArgument (bad address or options, unreadable TLS files),
+  /// kIoError naming the address when the port is in use, kUnavailable naming
+  /// the Redis URL.
+  static Result<std::unique_ptr<CoordinatorServer>> Start(CoordinatorServerOptions options);
+  ~CoordinatorServer();
+  CoordinatorServer(const CoordinatorServer&) = delete;
+  CoordinatorServer& operator=(const CoordinatorServer&) = delete;
+
+  int port() const;                    ///< the bound port
+  std::string address() const;         ///< "host:port" clients can dial
+  void Shutdown(double grace_s = 1);   ///< stops serving; idempotent
+
+  struct Impl;
+
+ private:
+  explicit CoordinatorServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shardwire

@@ -1,0 +1,108 @@
+// CoordinatorState: where a coordinator keeps what it serves. Two implementations:
+// in memory (coordinator_state_memory.cc) and Redis (coordinator_state_redis.cc).
+//
+// The gRPC service (coordinator_service.cc) validates every request first (limits of
+// coordinator.h), then calls exactly one state method per mutation, so each mutation
+// is atomic: the Redis implementation runs each as one Lua script (EVALSHA) or one
+// MULTI/EXEC, so two coordinators over one Redis never lose a heartbeat or a
+// registration under concurrency.
+//
+// Time: every method that depends on time takes `now_ms` (unix milliseconds, wall
+// clock) from the caller, so tests control time. Source state is derived at read
+// time: READY when now - last_heartbeat < stale_after, STALE otherwise or when
+// marked; a source whose heartbeat is older than delete_after is gone (Redis: key
+// TTL set to delete_after on every register/heartbeat, so it expires even with no
+// coordinator running; in memory: Reap deletes it).
+//
+// Errors: kNotFound, kAlreadyExists, kFailedPrecondition, kInvalidArgument as the
+// methods say; kUnavailable naming the Redis URL when Redis cannot be reached (the
+// service maps it to gRPC UNAVAILABLE so clients retry); kCorruptData when a stored
+// record cannot be decoded (names the key).
+//
+// Thread-safety: every implementation is fully thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shardwire/coordinator.h"
+#include "shardwire/status.h"
+
+namespace shardwire::control {
+
+/// Times that turn heartbeats into states (seconds), from CoordinatorServerOptions.
+struct LeasePolicy {
+  double source_stale_after_s = 10;
+  double source_delete_after_s = 60;
+  double member_expire_after_s = 10;
+};
+
+/// What one Reap pass did.
+struct ReapStats {
+  int sources_marked_stale = 0;
+  int sources_deleted = 0;
+  int members_expired = 0;
+};
+
+class CoordinatorState {
+ public:
+  virtual ~CoordinatorState() = default;
+
+  // Key-value rendezvous (semantics of Rendezvous; waiting is the service's job:
+  // it re-reads after local Puts and at least every 10 ms for shared backends).
+  virtual Status Put(const std::string& key, std::span<const std::byte> value) = 0;
+  /// nullopt when absent.
+  virtual Result<std::optional<std::vector<std::byte>>> Get(const std::string& key) = 0;
+  /// Errors: kInvalidArgument when the key holds a non-counter or the sum overflows.
+  virtual Result<std::int64_t> Add(const std::string& key, std::int64_t delta) = 0;
+  /// A number that changes whenever any key changes (for waiters to detect
+  /// changes cheaply); may change spuriously.
+  virtual Result<std::uint64_t> KvGeneration() = 0;
+
+  // Sources. `record` arrives validated; the state assigns source_id,
+  // registered/last-heartbeat times and state READY.
+  virtual Result<SourceRecord> RegisterSource(SourceRecord record, std::int64_t now_ms) = 0;
+  /// Errors: kNotFound.
+  virtual Status HeartbeatSource(const std::string& source_id, std::int64_t now_ms) = 0;
+  /// Sorted by (instance_id, rank). Empty identity: all.
+  virtual Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity,
+                                                        std::optional<SourceState> state, std::int64_t now_ms) = 0;
+  /// Errors: kNotFound.
+  virtual Status MarkSourceStale(const std::string& source_id, const std::string& reason, std::int64_t now_ms) = 0;
+  /// Errors: kNotFound.
+  virtual Status DeregisterSource(const std::string& source_id) = 0;
+
+  // Jobs.
+  /// Errors: kAlreadyExists for a live member id.
+  virtual Result<JobView> JoinJob(const std::string& job, JobMember member, std::int64_t now_ms) = 0;
+  /// Errors: kNotFound.
+  virtual Status HeartbeatMember(const std::string& job, const std::string& member_id, std::int64_t now_ms) = 0;
+  /// Errors: kNotFound.
+  virtual Status LeaveJob(const std::string& job, const std::string& member_id, std::int64_t now_ms) = 0;
+  /// Errors: kNotFound for a job with no live members and no history.
+  virtual Result<JobView> GetJob(const std::string& job, std::int64_t now_ms) = 0;
+  /// Errors: kNotFound; kFailedPrecondition when version < committed.
+  virtual Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version,
+                               std::int64_t now_ms) = 0;
+
+  /// One reaper pass: writes STALE for sources past stale_after, deletes sources
+  /// past delete_after (in memory; Redis TTLs do it themselves) and expires
+  /// members past member_expire_after (bumping their job's epoch).
+  virtual Result<ReapStats> Reap(std::int64_t now_ms) = 0;
+};
+
+/// In-memory state (the default). Never returns kUnavailable.
+std::unique_ptr<CoordinatorState> MakeInMemoryCoordinatorState(LeasePolicy policy);
+
+/// Redis state. `url`: "redis://host:port[/db]". Connects and PINGs within
+/// `connect_timeout_s`; every later command has the same bound and reconnects
+/// once on a broken connection. Keys live under "shardwire:v1:".
+/// Errors: kInvalidArgument (bad URL), kUnavailable (Redis unreachable).
+Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std::string& url, LeasePolicy policy,
+                                                                      double connect_timeout_s = 5);
+
+}  // namespace shardwire::control
