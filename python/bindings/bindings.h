@@ -1,0 +1,13 @@
+// The parts of the _shardwire extension module, one function per C++ header bound.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace shardwire::python {
+
+void BindStatus(pybind11::module_& m);  ///< status_bindings.cc: errors
+void BindModel(pybind11::module_& m);   ///< model_bindings.cc: dtypes, model descriptions
+void BindLayout(pybind11::module_& m);  ///< layout_bindings.cc: layouts from layout strings
+void BindPlan(pybind11::module_& m);    ///< plan_bindings.cc: transfer plans and their summaries
+
+}  // namespace shardwire::python

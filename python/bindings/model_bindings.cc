@@ -1,0 +1,77 @@
+// Model descriptions in Python: shardwire.Model (a ModelDescription) from an HF config or a
+// checkpoint, and its tensors with their parallel roles.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "bindings.h"
+#include "shardwire/checkpoint.h"
+#include "shardwire/checkpoint_model.h"
+#include "shardwire/model_config.h"
+#include "shardwire/model_description.h"
+#include "status_bindings.h"
+
+namespace py = pybind11;
+
+namespace shardwire::python {
+
+void BindModel(py::module_& m) {
+  py::class_<ModelDescription>(m, "Model",
+                               "A model's parameter tensors with their parallel roles (C++ ModelDescription).\n"
+                               "Immutable from Python; build one with Model.from_config / Model.from_checkpoint.")
+      .def_static(
+          "from_config",
+          [](const std::string& config_path, int num_layers) {
+            ModelDescription d = ValueOrThrow(DescribeModel(ValueOrThrow(LoadModelConfig(config_path))));
+            return num_layers > 0 ? ValueOrThrow(WithLayers(d, num_layers)) : d;
+          },
+          py::arg("config_path"), py::arg("num_layers") = 0,
+          "Describes the model of an HF config.json. num_layers > 0 keeps only that many decoder layers.\n"
+          "Raises UnsupportedError (unknown model_type), InvalidArgumentError, NotFoundError, CorruptDataError.")
+      .def_static(
+          "from_config_json",
+          [](const std::string& json_text) {
+            return ValueOrThrow(DescribeModel(ValueOrThrow(ParseModelConfig(json_text, "<python>"))));
+          },
+          py::arg("json_text"), "As from_config, from the text of a config.json.")
+      .def_static(
+          "from_checkpoint",
+          [](const std::string& path, const std::string& config_path) {
+            Checkpoint checkpoint = ValueOrThrow(Checkpoint::Open(path));
+            return ValueOrThrow(DescribeCheckpointModel(checkpoint, config_path));
+          },
+          py::arg("path"), py::arg("config_path") = "",
+          "Describes the model stored in a safetensors file, sharded index or directory (config.json beside it\n"
+          "unless config_path is given).")
+      .def_property_readonly("model_type", [](const ModelDescription& d) { return d.config.model_type; })
+      .def_property_readonly("total_bytes", &ModelDescription::total_bytes, "Bytes of all tensors.")
+      .def_property_readonly("total_params", &ModelDescription::total_params, "Elements of all tensors.")
+      .def_property_readonly(
+          "tensors",
+          [](const ModelDescription& d) {
+            py::list out;
+            for (const ModelTensor& t : d.tensors) {
+              py::dict e;
+              e["name"] = t.spec.name;
+              e["dtype"] = std::string(DTypeName(t.spec.dtype));
+              e["shape"] = t.spec.shape;
+              e["role"] = std::string(ParallelRoleName(t.role));
+              e["layer"] = t.layer;
+              e["expert"] = t.expert;
+              out.append(std::move(e));
+            }
+            return out;
+          },
+          "List of dicts {name, dtype (safetensors name, e.g. 'BF16'), shape, role ('column'|'row'|'vocab'|\n"
+          "'replicated'), layer (-1 outside layers), expert (-1 unless a routed expert)}.")
+      .def_property_readonly(
+          "fused",
+          [](const ModelDescription& d) {
+            py::dict out;
+            for (const FusedParameter& f : d.fused) out[py::str(f.name)] = f.parts;
+            return out;
+          },
+          "Fused parameters as engines hold them: {fused name: [part names concatenated on dim 0]}.")
+      .def("__len__", [](const ModelDescription& d) { return d.tensors.size(); });
+}
+
+}  // namespace shardwire::python

@@ -1,0 +1,35 @@
+// Registers the translator StatusError -> shardwire.errors.<Class>(message) and exposes the
+// error-code names (see python/shardwire/errors.py for the classes).
+#include "status_bindings.h"
+
+#include <pybind11/pybind11.h>
+
+#include "bindings.h"
+
+namespace py = pybind11;
+
+namespace shardwire::python {
+
+void BindStatus(py::module_& m) {
+  // Names of every ErrorCode, in enum order; errors.py builds one class per entry.
+  py::list codes;
+  for (int c = static_cast<int>(ErrorCode::kInvalidArgument); c <= static_cast<int>(ErrorCode::kFailedPrecondition);
+       ++c) {
+    codes.append(py::make_tuple(c, std::string(ErrorCodeName(static_cast<ErrorCode>(c)))));
+  }
+  m.attr("ERROR_CODES") = codes;
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const StatusError& e) {
+      py::object errors = py::module_::import("shardwire.errors");
+      py::object cls = errors.attr("error_class")(static_cast<int>(e.status().code()));
+      PyErr_SetObject(cls.ptr(), py::str(e.status().ToString()).ptr());
+    }
+  });
+  m.def(
+      "_raise_error", [](int code, const std::string& message) { throw StatusError(Status(ErrorCode(code), message)); },
+      "Raises the exception class of error `code` (tests of the error mapping).");
+}
+
+}  // namespace shardwire::python

@@ -1,0 +1,27 @@
+"""Shardwire: move large-model weights between processes, resharding and converting on the way.
+
+Python bindings of the C++ library (Debian's /usr/bin/python3, python3-torch, python3-numpy).
+Models, layouts and plans::
+
+    import shardwire
+    model = shardwire.Model.from_checkpoint("../shared/models/tiny-llama3-bf16")
+    src = shardwire.Layout.from_string(model, "fsdp=2")
+    dst = shardwire.Layout.from_string(model, "tp=2")
+    plan = shardwire.plan(src, dst)
+    print(plan.total_bytes, plan.bytes_received_per_destination())
+
+Every error is a subclass of :class:`shardwire.errors.ShardwireError`, one class per C++
+error code, carrying the C++ message.
+"""
+from __future__ import annotations
+
+from . import errors
+from ._shardwire import ERROR_CODES as _ERROR_CODES
+
+errors._register_codes(_ERROR_CODES)
+
+from ._shardwire import Layout, Model, Plan, plan  # noqa: E402
+from .errors import ShardwireError  # noqa: E402
+from .tensors import shard_views, torch_dtype  # noqa: E402
+
+__all__ = ["Layout", "Model", "Plan", "plan", "errors", "ShardwireError", "shard_views", "torch_dtype"]
