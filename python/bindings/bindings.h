@@ -9,5 +9,6 @@ void BindStatus(pybind11::module_& m);  ///< status_bindings.cc: errors
 void BindModel(pybind11::module_& m);   ///< model_bindings.cc: dtypes, model descriptions
 void BindLayout(pybind11::module_& m);  ///< layout_bindings.cc: layouts from layout strings
 void BindPlan(pybind11::module_& m);    ///< plan_bindings.cc: transfer plans and their summaries
+void BindCoordinator(pybind11::module_& m);  ///< coordinator_bindings.cc: embedded server, client
 
 }  // namespace shardwire::python

@@ -9,4 +9,5 @@ PYBIND11_MODULE(_shardwire, m) {
   shardwire::python::BindModel(m);
   shardwire::python::BindLayout(m);
   shardwire::python::BindPlan(m);
+  shardwire::python::BindCoordinator(m);
 }

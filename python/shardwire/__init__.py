@@ -20,8 +20,8 @@ from ._shardwire import ERROR_CODES as _ERROR_CODES
 
 errors._register_codes(_ERROR_CODES)
 
-from ._shardwire import Layout, Model, Plan, plan  # noqa: E402
+from ._shardwire import CoordinatorClient, CoordinatorServer, Layout, Model, Plan, plan  # noqa: E402
 from .errors import ShardwireError  # noqa: E402
 from .tensors import shard_views, torch_dtype  # noqa: E402
 
-__all__ = ["Layout", "Model", "Plan", "plan", "errors", "ShardwireError", "shard_views", "torch_dtype"]
+__all__ = ["CoordinatorClient", "CoordinatorServer", "Layout", "Model", "Plan", "plan", "errors", "ShardwireError", "shard_views", "torch_dtype"]

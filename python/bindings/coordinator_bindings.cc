@@ -1,0 +1,176 @@
+// The coordinator from Python: start an embedded one (CoordinatorServer) or connect to one
+// (CoordinatorClient): its key-value rendezvous, registry of weight sources and jobs.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <limits>
+#include <memory>
+
+#include "bindings.h"
+#include "interruptible.h"
+#include "shardwire/coordinator.h"
+#include "status_bindings.h"
+
+namespace py = pybind11;
+
+namespace shardwire::python {
+namespace {
+
+py::bytes ToBytes(const std::vector<std::byte>& v) {
+  return py::bytes(reinterpret_cast<const char*>(v.data()), v.size());
+}
+
+std::vector<std::byte> FromBytes(const py::bytes& b) {
+  const std::string_view s = b;
+  const auto* p = reinterpret_cast<const std::byte*>(s.data());
+  return {p, p + s.size()};
+}
+
+py::dict SourceToDict(const SourceRecord& r) {
+  py::dict d;
+  d["source_id"] = r.source_id;
+  d["model_identity"] = r.model_identity;
+  d["instance_id"] = r.instance_id;
+  d["rank"] = r.rank;
+  d["world_size"] = r.world_size;
+  d["layout"] = r.layout;
+  d["layout_fingerprint"] = r.layout_fingerprint;
+  d["state"] = std::string(SourceStateName(r.state));
+  d["stale_reason"] = r.stale_reason;
+  d["attributes"] = r.attributes;
+  d["registered_unix_ms"] = r.registered_unix_ms;
+  d["last_heartbeat_unix_ms"] = r.last_heartbeat_unix_ms;
+  return d;
+}
+
+}  // namespace
+
+void BindCoordinator(py::module_& m) {
+  py::class_<CoordinatorServer>(m, "CoordinatorServer",
+                                "A running coordinator (gRPC service + state + reaper) in this process.\n"
+                                "Use as a context manager or call shutdown(); docs/coordinator.md.")
+      .def(py::init([](const std::string& listen_address, const std::string& redis_url, const std::string& token,
+                       const std::string& tls_cert_file, const std::string& tls_key_file, double stale_after_s,
+                       double delete_after_s) {
+             CoordinatorServerOptions o;
+             o.listen_address = listen_address;
+             o.redis_url = redis_url;
+             o.token = token;
+             o.tls_cert_file = tls_cert_file;
+             o.tls_key_file = tls_key_file;
+             o.source_stale_after_s = stale_after_s;
+             o.source_delete_after_s = delete_after_s;
+             py::gil_scoped_release release;
+             return ValueOrThrow(CoordinatorServer::Start(std::move(o)));
+           }),
+           py::arg("listen_address") = "127.0.0.1:0", py::arg("redis_url") = "", py::arg("token") = "",
+           py::arg("tls_cert_file") = "", py::arg("tls_key_file") = "", py::arg("stale_after_s") = 10.0,
+           py::arg("delete_after_s") = 60.0,
+           "Starts a coordinator. listen_address 'host:port' (port 0 picks a free one); redis_url\n"
+           "'redis://host:port[/db]' or '' for in-memory state; token: bearer token every call must carry.\n"
+           "Times in seconds. Raises IoError (port in use), UnavailableError (Redis), InvalidArgumentError.")
+      .def_property_readonly("address", &CoordinatorServer::address, "'host:port' clients can dial.")
+      .def_property_readonly("port", &CoordinatorServer::port)
+      .def(
+          "shutdown",
+          [](CoordinatorServer& s, double grace_s) {
+            py::gil_scoped_release release;
+            s.Shutdown(grace_s);
+          },
+          py::arg("grace_s") = 1.0, "Stops serving (idempotent).")
+      .def("__enter__", [](CoordinatorServer& s) -> CoordinatorServer& { return s; })
+      .def("__exit__", [](CoordinatorServer& s, py::args) {
+        py::gil_scoped_release release;
+        s.Shutdown(1.0);
+      });
+
+  py::class_<CoordinatorClient>(m, "CoordinatorClient",
+                                "A connection to a coordinator. Thread-safe. Every call has a deadline; a coordinator\n"
+                                "that cannot be reached raises UnavailableError naming the address.")
+      .def(py::init([](const std::string& address, const std::string& token, const std::string& tls_root_cert_file,
+                       double call_timeout_s, double unavailable_timeout_s) {
+             CoordinatorClientOptions o;
+             o.address = address;
+             o.token = token;
+             o.tls_root_cert_file = tls_root_cert_file;
+             o.call_timeout_s = call_timeout_s;
+             o.unavailable_timeout_s = unavailable_timeout_s;
+             py::gil_scoped_release release;
+             return ValueOrThrow(CoordinatorClient::Connect(std::move(o)));
+           }),
+           py::arg("address"), py::arg("token") = "", py::arg("tls_root_cert_file") = "",
+           py::arg("call_timeout_s") = 10.0, py::arg("unavailable_timeout_s") = 15.0,
+           "Connects to 'host:port' (token: '' reads SHARDWIRE_TOKEN). Raises UnavailableError,\n"
+           "UnauthenticatedError, InvalidArgumentError.")
+      .def_property_readonly("address", &CoordinatorClient::address)
+      .def(
+          "put",
+          [](CoordinatorClient& c, const std::string& key, const py::bytes& value) {
+            auto v = FromBytes(value);
+            py::gil_scoped_release release;
+            ThrowIfError(c.Put(key, v));
+          },
+          py::arg("key"), py::arg("value"), "Stores bytes under key (<= 4 KiB key, <= 64 MiB value).")
+      .def(
+          "get",
+          [](CoordinatorClient& c, const std::string& key, double timeout_s) {
+            auto r = WaitInterruptibly(timeout_s, [&](double slice) { return c.Get(key, slice); });
+            return ToBytes(ValueOrThrow(std::move(r)));
+          },
+          py::arg("key"), py::arg("timeout_s") = std::numeric_limits<double>::infinity(),
+          "The bytes under key, waiting (GIL released; Ctrl-C interrupts within 0.25 s) until some\n"
+          "process puts it or timeout_s seconds pass (TimedOutError).")
+      .def(
+          "add",
+          [](CoordinatorClient& c, const std::string& key, std::int64_t delta) {
+            py::gil_scoped_release release;
+            return ValueOrThrow(c.Add(key, delta));
+          },
+          py::arg("key"), py::arg("delta"), "Atomically adds delta to the counter under key; returns the new value.")
+      .def(
+          "list_sources",
+          [](CoordinatorClient& c, const std::string& model_identity, const std::string& state) {
+            std::optional<SourceState> filter;
+            if (state == "READY") filter = SourceState::kReady;
+            else if (state == "STALE") filter = SourceState::kStale;
+            else if (!state.empty()) throw StatusError(InvalidArgument("state must be 'READY', 'STALE' or ''"));
+            std::vector<SourceRecord> records;
+            {
+              py::gil_scoped_release release;
+              records = ValueOrThrow(c.ListSources(model_identity, filter));
+            }
+            py::list out;
+            for (const SourceRecord& r : records) out.append(SourceToDict(r));
+            return out;
+          },
+          py::arg("model_identity") = "", py::arg("state") = "",
+          "Registered weight sources (dicts) of a model identity ('' = all), optionally only 'READY' or 'STALE'.")
+      .def(
+          "job",
+          [](CoordinatorClient& c, const std::string& job) {
+            JobView v;
+            {
+              py::gil_scoped_release release;
+              v = ValueOrThrow(c.GetJob(job));
+            }
+            py::dict d;
+            d["job"] = v.job;
+            d["membership_epoch"] = v.membership_epoch;
+            py::list members;
+            for (const JobMember& mb : v.members) {
+              py::dict e;
+              e["member_id"] = mb.member_id;
+              e["role"] = mb.role == JobRole::kPublisher ? "publisher" : "subscriber";
+              e["group"] = mb.group;
+              e["rank"] = mb.rank;
+              e["layout"] = mb.layout;
+              e["committed_version"] = mb.committed_version;
+              members.append(std::move(e));
+            }
+            d["members"] = members;
+            return d;
+          },
+          py::arg("job"), "A job's live members, their committed weight versions and the membership epoch.");
+}
+
+}  // namespace shardwire::python
