@@ -1,0 +1,30 @@
+// Tuning of the Redis-backed coordinator state beyond ConnectRedisCoordinatorState
+// of coordinator_state.h (used by tests and bench/coordinator_bench to compare
+// connection strategies). Key layout and record format: coordinator_state_redis.cc.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "control/coordinator_state.h"
+
+namespace shardwire::control {
+
+/// How the Redis state talks to Redis.
+struct RedisStateOptions {
+  /// Seconds. Bound of connecting (with PING) and of every later command.
+  double timeout_s = 5;
+  /// Connections in the pool (>= 1). 1 means one connection under a mutex;
+  /// more lets concurrent calls overlap their round trips. The default is
+  /// what bench/coordinator_bench measured best on 2 cores (docs/benchmarks.md).
+  int max_connections = 8;
+};
+
+/// As ConnectRedisCoordinatorState(url, policy, timeout) with explicit options.
+/// Errors: kInvalidArgument (bad URL, max_connections < 1, timeout <= 0),
+/// kUnavailable naming the URL. Thread-safety: the returned state is fully
+/// thread-safe.
+Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std::string& url, LeasePolicy policy,
+                                                                       RedisStateOptions options);
+
+}  // namespace shardwire::control
