@@ -52,6 +52,7 @@
 #include "control/coordinator_state.h"
 #include "control/coordinator_state_redis.h"
 #include "control/redis_connection.h"
+#include "control/rendezvous_internal.h"
 
 namespace shardwire::control {
 namespace {
@@ -313,7 +314,7 @@ if not is_err(ids) then
           deleted = deleted + 1
         elseif now - hb >= stale and r[3] ~= '1' then
           redis.call('HSET', key, 'st', '1', 'sr',
-                     'no heartbeat for ' .. math.floor((now - hb) / 1000) .. ' s')
+                     'no heartbeat for ' .. (now - hb) .. ' ms (stale after ' .. ARGV[2] .. ' ms)')
           marked = marked + 1
         end
       end
@@ -528,12 +529,15 @@ class RedisCoordinatorState final : public CoordinatorState {
         reap_(MakeScript("reap", kReapScript)) {}
 
   Status Put(const std::string& key, std::span<const std::byte> value) override {
+    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+    SW_RETURN_IF_ERROR(control_internal::ValidateValueSize(value.size(), key));
     std::string_view v(reinterpret_cast<const char*>(value.data()), value.size());
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(put_, {key, v}, /*idempotent=*/true));
     return CheckReply(*r, "Put of key '" + key + "'");
   }
 
   Result<std::optional<std::vector<std::byte>>> Get(const std::string& key) override {
+    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
     std::string k = std::string(kPrefix) + "kv:" + key;
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Command({"GET", k}, true));
     if (r->type == REDIS_REPLY_NIL) return std::optional<std::vector<std::byte>>();
@@ -543,6 +547,7 @@ class RedisCoordinatorState final : public CoordinatorState {
   }
 
   Result<std::int64_t> Add(const std::string& key, std::int64_t delta) override {
+    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
     std::string d = std::to_string(delta);
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(add_, {key, d}, false));
     SW_RETURN_IF_ERROR(CheckReply(*r, "Add to key '" + key + "'"));
@@ -622,7 +627,8 @@ class RedisCoordinatorState final : public CoordinatorState {
       if (rec.state == SourceState::kStale) {
         rec.stale_reason = std::string(ReplyText(e[5]));
         if (rec.stale_reason.empty()) {
-          rec.stale_reason = fmt::format("no heartbeat for {} s", (now_ms - rec.last_heartbeat_unix_ms) / 1000);
+          rec.stale_reason =
+              fmt::format("no heartbeat for {} ms (stale after {} ms)", now_ms - rec.last_heartbeat_unix_ms, stale_ms_);
         }
       }
       SW_RETURN_IF_ERROR(DecodeSource(ReplyText(e[6]), where + " field rec", &rec));
@@ -645,12 +651,9 @@ class RedisCoordinatorState final : public CoordinatorState {
   }
 
   Status DeregisterSource(const std::string& source_id) override {
-    // The lease check needs a time; a deregistration of a source whose lease
-    // just ended is NotFound either way, so the wall clock suffices here.
-    auto now =
-        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-            .count();
-    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(deregister_, {source_id, std::to_string(now), delete_ms_}, false));
+    // Deregistration removes whatever record exists, even one whose lease
+    // ended (now = 0 disables the lease check), as the in-memory state does.
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(deregister_, {source_id, "0", delete_ms_}, false));
     return CheckReply(*r, "DeregisterSource");
   }
 
