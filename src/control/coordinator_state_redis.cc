@@ -795,6 +795,11 @@ class RedisCoordinatorState final : public CoordinatorState {
 
 }  // namespace
 
+const RedisScript& RedisHeartbeatSourceScript() {
+  static const RedisScript script = MakeScript("heartbeat_source", kHeartbeatScript);
+  return script;
+}
+
 Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std::string& url, LeasePolicy policy,
                                                                        RedisStateOptions options) {
   SW_ASSIGN_OR_RETURN(auto pool, RedisConnectionPool::Connect(url, options.timeout_s, options.max_connections));

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "control/coordinator_state.h"
+#include "control/redis_connection.h"
 
 namespace shardwire::control {
 
@@ -26,5 +27,9 @@ struct RedisStateOptions {
 /// thread-safe.
 Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std::string& url, LeasePolicy policy,
                                                                        RedisStateOptions options);
+
+/// The Lua script HeartbeatSource runs (ARGV: source_id, now unix ms, delete_after
+/// ms), so bench/coordinator_bench can time the same script with redis-benchmark.
+const RedisScript& RedisHeartbeatSourceScript();
 
 }  // namespace shardwire::control
