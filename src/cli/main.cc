@@ -6,6 +6,7 @@
 #include "cli/info_command.h"
 #include "cli/plan_command.h"
 #include "cli/rl_sync_demo.h"
+#include "cli/serve_command.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"shardwire: move large-model weights between processes, resharding on the way"};
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
   shardwire::cli::AddGenerateCommand(app, &exit_code);
   shardwire::cli::AddInfoCommand(app, &exit_code);
   shardwire::cli::AddPlanCommand(app, &exit_code);
+  shardwire::cli::AddServeCommand(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

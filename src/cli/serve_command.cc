@@ -1,0 +1,111 @@
+#include "cli/serve_command.h"
+
+#include <fmt/format.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "shardwire/coordinator.h"
+
+namespace shardwire::cli {
+namespace {
+
+struct ServeArgs {
+  std::string host = "127.0.0.1";
+  int port = kDefaultCoordinatorPort;
+  std::string redis_url;
+  std::string token_file;
+  std::string tls_cert;
+  std::string tls_key;
+  CoordinatorServerOptions defaults;
+};
+
+// The token from --token-file (surrounding whitespace and the trailing newline
+// removed), else SHARDWIRE_TOKEN, else none.
+Result<std::string> LoadToken(const std::string& path) {
+  if (path.empty()) {
+    const char* env = std::getenv("SHARDWIRE_TOKEN");
+    return std::string(env != nullptr ? env : "");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return InvalidArgument(fmt::format("cannot read the token file '{}'", path));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  std::string t = ss.str();
+  const auto first = t.find_first_not_of(" \t\r\n");
+  const auto last = t.find_last_not_of(" \t\r\n");
+  if (first == std::string::npos) return InvalidArgument(fmt::format("the token file '{}' is empty", path));
+  return t.substr(first, last - first + 1);
+}
+
+int Serve(const ServeArgs& a) {
+  // SIGINT/SIGTERM are blocked before gRPC starts its threads (they inherit the
+  // mask) and collected here with sigwait.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  CoordinatorServerOptions o = a.defaults;
+  const bool v6 = a.host.find(':') != std::string::npos;
+  o.listen_address = v6 ? fmt::format("[{}]:{}", a.host, a.port) : fmt::format("{}:{}", a.host, a.port);
+  o.redis_url = a.redis_url;
+  o.tls_cert_file = a.tls_cert;
+  o.tls_key_file = a.tls_key;
+  auto token = LoadToken(a.token_file);
+  if (!token.ok()) {
+    fmt::print(stderr, "shardwire serve: {}\n", token.status().ToString());
+    return 1;
+  }
+  o.token = *token;
+  auto server = CoordinatorServer::Start(o);
+  if (!server.ok()) {
+    fmt::print(stderr, "shardwire serve: {}\n", server.status().ToString());
+    return 1;
+  }
+  fmt::print("shardwire coordinator listening on {} ({} state, {}, {})\n", (*server)->address(),
+             o.redis_url.empty() ? "in-memory" : "redis", o.tls_cert_file.empty() ? "plaintext" : "TLS",
+             o.token.empty() ? "no token" : "token required");
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&signals, &sig);
+  fmt::print("shardwire coordinator: signal {}, shutting down\n", sig);
+  std::fflush(stdout);
+  (*server)->Shutdown(1);
+  return 0;
+}
+
+}  // namespace
+
+void AddServeCommand(CLI::App& app, int* exit_code) {
+  auto args = std::make_shared<ServeArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "serve", "run a coordinator (rendezvous, weight-source registry, RL jobs) until SIGINT/SIGTERM");
+  cmd->add_option("--host", args->host, "address to listen on (0.0.0.0 or :: for every interface)")
+      ->capture_default_str();
+  cmd->add_option("--port", args->port, "TCP port (0: pick a free one)")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  cmd->add_option("--redis", args->redis_url, "keep state in Redis, redis://host:port[/db] (default: in memory)");
+  cmd->add_option("--token-file", args->token_file,
+                  "file holding the bearer token every call must carry (default: SHARDWIRE_TOKEN, else none)");
+  cmd->add_option("--tls-cert", args->tls_cert, "PEM certificate chain (TLS; needs --tls-key)");
+  cmd->add_option("--tls-key", args->tls_key, "PEM private key (TLS; needs --tls-cert)");
+  cmd->add_option("--stale-after", args->defaults.source_stale_after_s,
+                  "seconds without heartbeat after which a source is STALE")
+      ->capture_default_str();
+  cmd->add_option("--delete-after", args->defaults.source_delete_after_s,
+                  "seconds without heartbeat after which a source is deleted")
+      ->capture_default_str();
+  cmd->add_option("--member-expire-after", args->defaults.member_expire_after_s,
+                  "seconds without heartbeat after which a job member leaves its job")
+      ->capture_default_str();
+  cmd->add_option("--reaper-interval", args->defaults.reaper_interval_s, "seconds between reaper passes")
+      ->capture_default_str();
+  cmd->callback([args, exit_code] { *exit_code = Serve(*args); });
+}
+
+}  // namespace shardwire::cli
