@@ -130,6 +130,7 @@ TEST_F(CoordinatorRedisProcess, KillNineAndRestartUnderLoadLosesNothingAcknowled
 
   constexpr int kThreads = 4;
   std::atomic<bool> stop{false};
+  std::atomic<long> acked_registrations{0};
   std::vector<std::vector<std::string>> acked_ids(kThreads);
   std::vector<long> acked_adds(kThreads, 0), failed_adds(kThreads, 0), failed_other(kThreads, 0);
   std::vector<std::thread> threads;
@@ -141,6 +142,7 @@ TEST_F(CoordinatorRedisProcess, KillNineAndRestartUnderLoadLosesNothingAcknowled
         auto r = c->RegisterSource(Source("inst-" + std::to_string(t), i));
         if (r.ok()) {
           acked_ids[t].push_back(r->source_id);
+          ++acked_registrations;
         } else {
           ++failed_other[t];
         }
@@ -156,6 +158,7 @@ TEST_F(CoordinatorRedisProcess, KillNineAndRestartUnderLoadLosesNothingAcknowled
     });
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  const long before_kill = acked_registrations.load();
   first.Kill();  // SIGKILL in the middle of the load
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   Serve second;
@@ -164,6 +167,8 @@ TEST_F(CoordinatorRedisProcess, KillNineAndRestartUnderLoadLosesNothingAcknowled
   std::this_thread::sleep_for(std::chrono::milliseconds(700));
   stop = true;
   for (auto& th : threads) th.join();
+  EXPECT_GT(before_kill, 0) << "no load before the kill";
+  EXPECT_GT(acked_registrations.load(), before_kill) << "the load did not continue through the restart";
 
   auto c = Client(second.address);
   ASSERT_TRUE(c);
