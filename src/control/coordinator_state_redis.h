@@ -16,9 +16,12 @@ struct RedisStateOptions {
   /// Seconds. Bound of connecting (with PING) and of every later command.
   double timeout_s = 5;
   /// Connections in the pool (>= 1). 1 means one connection under a mutex;
-  /// more lets concurrent calls overlap their round trips. The default is
-  /// what bench/coordinator_bench measured best on 2 cores (docs/benchmarks.md).
-  int max_connections = 8;
+  /// more lets concurrent calls overlap their round trips. 64 (one per
+  /// concurrent caller of the benchmark) is what bench/coordinator_bench
+  /// measured best: 64 callers got 499 heartbeats/s with 1 connection, 2,894/s
+  /// with 8 and 16,522/s with 64 (loaded machine, docs/benchmarks.md). Redis
+  /// serves 10,000 clients by default, so 64 per coordinator is cheap.
+  int max_connections = 64;
 };
 
 /// As ConnectRedisCoordinatorState(url, policy, timeout) with explicit options.
