@@ -19,6 +19,8 @@ packages=(
   iproute2                      # network namespaces + veth for the cross-"host" transport test
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc  # coordinator service (proto/)
   openssl                       # coordinator TLS test makes its certificate
+  libhiredis-dev                # Redis-backed coordinator state
+  redis-server redis-tools      # Redis for the coordinator tests (started by the fixture) and redis-benchmark
 )
 
 missing=()

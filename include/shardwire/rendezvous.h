@@ -9,9 +9,9 @@
 // store hosted by one rank). This is an independent design, not its code or wire
 // format.
 //
-// Rendezvous is an interface: TcpRendezvousClient (tcp_rendezvous.h) talks to a
-// TcpRendezvousServer; InProcessRendezvous serves unit tests of higher layers; a
-// gRPC coordinator service will implement it later.
+// Rendezvous is an interface: CoordinatorClient (coordinator.h) talks to the gRPC
+// coordinator (`shardwire serve`, or one embedded in a demo); InProcessRendezvous
+// serves unit tests of higher layers.
 //
 // Common rules for every implementation:
 //   - keys are 1..kMaxRendezvousKeyBytes bytes of any content; values are
@@ -51,7 +51,7 @@ class Rendezvous {
   /// Stores `value` (bytes) under `key`, overwriting any previous value, and wakes
   /// every Get waiting for `key`.
   /// Errors: kInvalidArgument (empty or oversized key, oversized value);
-  /// implementation-specific transport errors (see TcpRendezvousClient).
+  /// implementation-specific transport errors (see CoordinatorClient).
   virtual Status Put(const std::string& key, std::span<const std::byte> value) = 0;
 
   /// Returns the value (bytes) stored under `key`, blocking until some process Puts
@@ -87,7 +87,7 @@ Result<std::string> GetString(Rendezvous& rz, const std::string& key, double tim
 
 /// A Rendezvous living in one process's memory (a map under a mutex, waiters on a
 /// condition variable). For tests of higher layers and single-process jobs.
-/// Same limits, counter encoding and error codes as the TCP implementation; never
+/// Same limits, counter encoding and error codes as CoordinatorClient; never
 /// returns transport errors.
 /// Thread-safety: fully thread-safe.
 class InProcessRendezvous : public Rendezvous {

@@ -17,9 +17,9 @@
 #include "cli/demo_checkpoint.h"
 #include "cli/memcpy_reference.h"
 #include "cli/rl_sync_protocol.h"
+#include "shardwire/coordinator.h"
 #include "shardwire/model_layouts.h"
 #include "shardwire/planner.h"
-#include "shardwire/tcp_rendezvous.h"
 
 namespace shardwire::demo {
 namespace {
@@ -89,7 +89,16 @@ Status Run(const RlSyncOptions& o) {
   fmt::print("plan        {} moves ({} contiguous runs before coalescing), {} per step\n", plan.moves().size(),
              plan.runs_before_coalescing(), FormatBytes(static_cast<double>(plan.total_bytes())));
 
-  SW_ASSIGN_OR_RETURN(auto server, TcpRendezvousServer::Start("127.0.0.1", o.port));
+  // The rendezvous: an in-process coordinator unless --coordinator names one
+  // (token from SHARDWIRE_TOKEN, which the workers inherit).
+  std::unique_ptr<CoordinatorServer> server;
+  std::string coordinator = o.coordinator;
+  if (coordinator.empty()) {
+    CoordinatorServerOptions so;
+    so.listen_address = fmt::format("127.0.0.1:{}", o.port);
+    SW_ASSIGN_OR_RETURN(server, CoordinatorServer::Start(so));
+    coordinator = server->address();
+  }
   const std::string job = o.job.empty() ? fmt::format("rl-sync-{}", getpid()) : o.job;
   ChildProcesses children;
   auto worker_args = [&](const std::string& role, int rank) {
@@ -98,8 +107,8 @@ Status Run(const RlSyncOptions& o) {
                                   role,
                                   "--rank",
                                   std::to_string(rank),
-                                  "--rendezvous-port",
-                                  std::to_string(server->port()),
+                                  "--coordinator",
+                                  coordinator,
                                   "--job",
                                   job,
                                   "--checkpoint",
@@ -121,7 +130,10 @@ Status Run(const RlSyncOptions& o) {
   for (int r = 0; r < engine_ranks; ++r) {
     SW_RETURN_IF_ERROR(children.Spawn(EngineRankLabel(r), worker_args("engine", r)));
   }
-  SW_ASSIGN_OR_RETURN(auto rendezvous, TcpRendezvousClient::Connect("127.0.0.1", server->port(), o.timeout_s));
+  CoordinatorClientOptions co;
+  co.address = coordinator;
+  co.unavailable_timeout_s = o.timeout_s;
+  SW_ASSIGN_OR_RETURN(auto rendezvous, CoordinatorClient::Connect(co));
 
   json summary{{"checkpoint", input.checkpoint},
                {"trainer_layout", trainer_layout.description()},
@@ -231,7 +243,11 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_option("--layers", o->layers, "with --generate: decoder layers (0 = as in the config)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--work-dir", o->work_dir, "where generated checkpoints are kept (default: $TMPDIR/shardwire-demo)");
-  cmd->add_option("--port", o->port, "rendezvous TCP port on 127.0.0.1 (0 = any free port)")->capture_default_str();
+  cmd->add_option("--port", o->port, "port of the in-process coordinator on 127.0.0.1 (0 = any free port)")
+      ->capture_default_str();
+  cmd->add_option("--coordinator", o->coordinator,
+                  "HOST:PORT of a running coordinator (`shardwire serve`) to use instead of an in-process one")
+      ->excludes("--port");
   cmd->add_option("--timeout", o->timeout_s, "seconds any single wait may take")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

@@ -17,15 +17,16 @@ struct RlSyncOptions {
   std::string trainer_layout;  ///< layout string (overrides --trainers), e.g. "hsdp=2x2"
   std::string engine_layout;   ///< layout string (overrides --engines/--tp), e.g. "tp=2,ep=2,dp=2"
   int steps = 5;
-  std::string checkpoint;  ///< empty: the default (real tiny model, or generated)
-  std::string config;      ///< empty: the config.json beside the checkpoint
-  std::string generate;    ///< HF config to generate a checkpoint from ("tinyllama-1.1b" = built in)
-  int layers = 0;          ///< with --generate: decoder layers (0 = as the config says)
-  std::string work_dir;    ///< where generated checkpoints go
-  std::uint16_t port = 0;  ///< rendezvous port (0 = any free port)
-  double timeout_s = 120;  ///< bound of every wait
-  std::string json_out;    ///< write the summary as JSON here
-  std::string job;         ///< job name (rendezvous key prefix); empty: rl-sync-<pid>
+  std::string checkpoint;   ///< empty: the default (real tiny model, or generated)
+  std::string config;       ///< empty: the config.json beside the checkpoint
+  std::string generate;     ///< HF config to generate a checkpoint from ("tinyllama-1.1b" = built in)
+  int layers = 0;           ///< with --generate: decoder layers (0 = as the config says)
+  std::string work_dir;     ///< where generated checkpoints go
+  std::uint16_t port = 0;   ///< port of the in-process coordinator (0 = any free port)
+  std::string coordinator;  ///< HOST:PORT of a running coordinator; empty: start one in process
+  double timeout_s = 120;   ///< bound of every wait
+  std::string json_out;     ///< write the summary as JSON here
+  std::string job;          ///< job name (rendezvous key prefix); empty: rl-sync-<pid>
 };
 
 /// Registers the `rl-sync` subcommand on `demo`; the callback stores its exit code.

@@ -12,9 +12,9 @@
 #include "cli/rl_sync_protocol.h"
 #include "cli/synthetic_update.h"
 #include "shardwire/checkpoint.h"
+#include "shardwire/coordinator.h"
 #include "shardwire/model_layouts.h"
 #include "shardwire/shard_io.h"
-#include "shardwire/tcp_rendezvous.h"
 #include "shardwire/weight_sync.h"
 
 namespace shardwire::demo {
@@ -23,8 +23,7 @@ namespace {
 struct WorkerArgs {
   std::string role;
   int rank = 0;
-  std::string rendezvous_host = "127.0.0.1";
-  std::uint16_t rendezvous_port = 0;
+  std::string coordinator;  // HOST:PORT
   std::string job;
   std::string checkpoint;
   std::string config;
@@ -139,7 +138,10 @@ Status RunWorker(const WorkerArgs& a) {
   SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(a.checkpoint));
   SW_ASSIGN_OR_RETURN(const Layout trainer_layout, MakeLayoutFromString(model, a.trainer_layout));
   SW_ASSIGN_OR_RETURN(const Layout engine_layout, MakeLayoutFromString(model, a.engine_layout));
-  SW_ASSIGN_OR_RETURN(auto rendezvous, TcpRendezvousClient::Connect(a.rendezvous_host, a.rendezvous_port, a.timeout_s));
+  CoordinatorClientOptions co;
+  co.address = a.coordinator;
+  co.unavailable_timeout_s = a.timeout_s;
+  SW_ASSIGN_OR_RETURN(auto rendezvous, CoordinatorClient::Connect(co));
   if (a.role == "trainer") return RunTrainer(a, *rendezvous, checkpoint, trainer_layout, engine_layout);
   return RunEngine(a, *rendezvous, checkpoint, trainer_layout, engine_layout);
 }
@@ -152,7 +154,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->group("");  // hidden from --help
   cmd->add_option("--role", args->role)->required()->check(CLI::IsMember({"trainer", "engine"}));
   cmd->add_option("--rank", args->rank)->required()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--rendezvous-port", args->rendezvous_port)->required();
+  cmd->add_option("--coordinator", args->coordinator)->required();
   cmd->add_option("--job", args->job)->required();
   cmd->add_option("--checkpoint", args->checkpoint)->required();
   cmd->add_option("--config", args->config);

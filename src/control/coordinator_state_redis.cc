@@ -1,11 +1,816 @@
-// TEMPORARY placeholder, replaced when the Redis helper's coordinator_state_redis.cc
-// (wip/redis) is merged: lets `shardwire serve --redis URL` link and fail cleanly.
+// The coordinator's state in Redis (>= 6; tested with Debian's 7.0).
+//
+// Every mutation is one Lua script (EVALSHA), so it is atomic across all
+// coordinators sharing the Redis. Keys (all under "shardwire:v1:", binary-safe):
+//
+//   kv:<key>          string   rendezvous value; counters as decimal text (INCRBY)
+//   kvgen             string   counter bumped by every Put/Add (KvGeneration)
+//   src:<source_id>   hash     one source (fields below); key TTL = delete_after,
+//                              renewed by every register/heartbeat, so a source
+//                              vanishes even when no coordinator runs
+//   srcidx:<hex(id)>  set      source ids of one model identity (hex of the identity)
+//   srcall            set      every source id
+//   job:<hex(job)>    hash     one job (fields below)
+//   jobs              set      hex job names (for the reaper)
+//
+// The source id sets are cleaned lazily: a member whose hash is gone is removed
+// by the next ListSources or Reap. Their TTL is extended (never shortened) to
+// delete_after by every register/heartbeat, so an idle deployment leaves
+// nothing behind.
+//
+// Source hash fields: v = "1" (format), mi = model identity, ix = hex(mi),
+// rg = registered unix ms, hb = last heartbeat unix ms (decimal), st = "1" when
+// marked STALE else "", sr = stale reason, rec = the rest of the record in the
+// "SWS1" blob below. State is derived at read time: STALE when st = "1" or
+// now - hb >= stale_after; gone when now - hb >= delete_after (deleted on sight,
+// in addition to the key TTL, because callers pass `now`).
+//
+// Job hash fields: e = membership epoch (decimal); per member id M:
+// r:M = "SWM1" blob, h:M = last heartbeat unix ms, v:M = committed version
+// (decimal uint64, compared as digit strings so no precision is lost in Lua),
+// j:M = joined unix ms. Members past member_expire_after are removed (and the
+// epoch bumped) by any script that touches the job, and by Reap.
+//
+// Blobs: 4-byte magic, then fields each as a little-endian uint32 length and
+// that many bytes. SWS1: instance_id, rank, world_size (decimal), layout,
+// layout_fingerprint, metadata, attribute count (decimal), then key, value per
+// attribute. SWM1: role (decimal), group, rank, world_size, layout, metadata,
+// attribute count, key, value per attribute.
+//
+// Errors from scripts come back as error replies "<KIND> <message>" with KIND
+// one of NOTFOUND, EXISTS, PRECOND, BADARG, CORRUPT, mapped to ErrorCodes;
+// WRONGTYPE (a key of the wrong type, i.e. corrupt) maps to kCorruptData.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <random>
+
 #include "control/coordinator_state.h"
+#include "control/coordinator_state_redis.h"
+#include "control/redis_connection.h"
+#include "control/rendezvous_internal.h"
 
 namespace shardwire::control {
+namespace {
 
-Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std::string& url, LeasePolicy, double) {
-  return Unsupported("Redis state not built yet (coordinator_state_redis.cc is a placeholder; asked for " + url + ")");
+constexpr std::string_view kPrefix = "shardwire:v1:";
+
+// ---------------------------------------------------------------- Lua scripts
+
+// Shared helpers, prepended to every script.
+constexpr std::string_view kPrelude = R"lua(
+local P = 'shardwire:v1:'
+local function fail(kind, msg) return redis.error_reply(kind .. ' ' .. msg) end
+local function is_err(r) return type(r) == 'table' and r.err ~= nil end
+local function extend(key, d)
+  local t = redis.call('PTTL', key)
+  if t == -1 or (t >= 0 and t < d) then redis.call('PEXPIRE', key, d) end
+end
+-- Loads source `id`: returns 'ok', hb, ix, st | 'absent' | 'corrupt', message.
+-- Deletes it (and its index entries) when its lease is over at `now`.
+local function src_load(id, now, d)
+  local key = P .. 'src:' .. id
+  local r = redis.pcall('HMGET', key, 'hb', 'ix', 'st')
+  if is_err(r) then return 'corrupt', key .. ': ' .. r.err end
+  if not r[1] then
+    if redis.call('EXISTS', key) == 1 then return 'corrupt', key .. ': field hb missing' end
+    return 'absent'
+  end
+  local hb = tonumber(r[1])
+  if not hb or not r[2] then return 'corrupt', key .. ': field hb or ix malformed' end
+  if now - hb >= d then
+    redis.call('DEL', key)
+    redis.call('SREM', P .. 'srcidx:' .. r[2], id)
+    redis.call('SREM', P .. 'srcall', id)
+    return 'absent'
+  end
+  return 'ok', hb, r[2], r[3]
+end
+local function member_drop(key, mid)
+  redis.call('HDEL', key, 'r:' .. mid, 'h:' .. mid, 'v:' .. mid, 'j:' .. mid)
+end
+-- Loads member `mid` of job hash `key`: 'live', hb | 'absent' | 'corrupt', message.
+-- A member past its lease is dropped (epoch bumped) and reported absent.
+local function member_load(key, mid, now, m)
+  local hb = redis.pcall('HGET', key, 'h:' .. mid)
+  if is_err(hb) then return 'corrupt', key .. ': ' .. hb.err end
+  if not hb then return 'absent' end
+  local n = tonumber(hb)
+  if not n then return 'corrupt', key .. ': field h:' .. mid .. ' malformed' end
+  if now - n >= m then
+    member_drop(key, mid)
+    redis.call('HINCRBY', key, 'e', 1)
+    return 'absent'
+  end
+  return 'live', n
+end
+-- Drops every member of job hash `key` past its lease; returns count or nil, message.
+local function job_expire(key, now, m)
+  local fields = redis.pcall('HKEYS', key)
+  if is_err(fields) then return nil, key .. ': ' .. fields.err end
+  local n = 0
+  for _, f in ipairs(fields) do
+    if string.sub(f, 1, 2) == 'h:' then
+      local mid = string.sub(f, 3)
+      local hb = tonumber(redis.call('HGET', key, f))
+      if not hb then return nil, key .. ': field ' .. f .. ' malformed' end
+      if now - hb >= m then
+        member_drop(key, mid)
+        n = n + 1
+      end
+    end
+  end
+  if n > 0 then redis.call('HINCRBY', key, 'e', n) end
+  return n
+end
+)lua";
+
+// ARGV: key, value
+constexpr std::string_view kPutScript = R"lua(
+redis.call('SET', P .. 'kv:' .. ARGV[1], ARGV[2])
+redis.call('INCR', P .. 'kvgen')
+return 1
+)lua";
+
+// ARGV: key, delta. Returns the new value as decimal text (no double rounding).
+constexpr std::string_view kAddScript = R"lua(
+local k = P .. 'kv:' .. ARGV[1]
+local r = redis.pcall('INCRBY', k, ARGV[2])
+if is_err(r) then return fail('BADARG', r.err) end
+redis.call('INCR', P .. 'kvgen')
+return redis.call('GET', k)
+)lua";
+
+// ARGV: id, now, delete_ms, identity, hex(identity), rec
+constexpr std::string_view kRegisterScript = R"lua(
+local id, d = ARGV[1], tonumber(ARGV[3])
+local key = P .. 'src:' .. id
+if redis.call('EXISTS', key) == 1 then return fail('EXISTS', key) end
+redis.call('HSET', key, 'v', '1', 'mi', ARGV[4], 'ix', ARGV[5], 'rg', ARGV[2], 'hb', ARGV[2],
+           'st', '', 'sr', '', 'rec', ARGV[6])
+redis.call('PEXPIRE', key, d)
+redis.call('SADD', P .. 'srcidx:' .. ARGV[5], id)
+extend(P .. 'srcidx:' .. ARGV[5], d)
+redis.call('SADD', P .. 'srcall', id)
+extend(P .. 'srcall', d)
+return 1
+)lua";
+
+// ARGV: id, now, delete_ms
+constexpr std::string_view kHeartbeatScript = R"lua(
+local id, now, d = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local s, hb, ix = src_load(id, now, d)
+if s == 'corrupt' then return fail('CORRUPT', hb) end
+if s == 'absent' then return fail('NOTFOUND', 'source ' .. id .. ' is not registered (or its lease ended)') end
+local key = P .. 'src:' .. id
+if now > hb then
+  redis.call('HSET', key, 'hb', ARGV[2], 'st', '', 'sr', '')
+else
+  redis.call('HSET', key, 'st', '', 'sr', '')
+end
+redis.call('PEXPIRE', key, d)
+extend(P .. 'srcidx:' .. ix, d)
+extend(P .. 'srcall', d)
+return 1
+)lua";
+
+// ARGV: id, now, delete_ms, reason
+constexpr std::string_view kMarkStaleScript = R"lua(
+local id, now, d = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local s, msg = src_load(id, now, d)
+if s == 'corrupt' then return fail('CORRUPT', msg) end
+if s == 'absent' then return fail('NOTFOUND', 'source ' .. id .. ' is not registered') end
+redis.call('HSET', P .. 'src:' .. id, 'st', '1', 'sr', ARGV[4])
+return 1
+)lua";
+
+// ARGV: id, now, delete_ms
+constexpr std::string_view kDeregisterScript = R"lua(
+local id, now, d = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local s, msg, ix = src_load(id, now, d)
+if s == 'corrupt' then return fail('CORRUPT', msg) end
+if s == 'absent' then return fail('NOTFOUND', 'source ' .. id .. ' is not registered') end
+redis.call('DEL', P .. 'src:' .. id)
+redis.call('SREM', P .. 'srcidx:' .. ix, id)
+redis.call('SREM', P .. 'srcall', id)
+return 1
+)lua";
+
+// ARGV: hex(identity) or '' for all, now, stale_ms, delete_ms, state filter ('', '1', '2').
+// Returns 7 entries per source: id, state, mi, rg, hb, sr, rec.
+constexpr std::string_view kListScript = R"lua(
+local now, stale, d, filter = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local set = P .. 'srcall'
+if ARGV[1] ~= '' then set = P .. 'srcidx:' .. ARGV[1] end
+local ids = redis.pcall('SMEMBERS', set)
+if is_err(ids) then return fail('CORRUPT', set .. ': ' .. ids.err) end
+local out = {}
+for _, id in ipairs(ids) do
+  local s, hb, ix, st = src_load(id, now, d)
+  if s == 'corrupt' then return fail('CORRUPT', hb) end
+  if s == 'absent' then
+    redis.call('SREM', set, id)
+  else
+    local state = '1'
+    if st == '1' or now - hb >= stale then state = '2' end
+    if filter == '' or filter == state then
+      local r = redis.call('HMGET', P .. 'src:' .. id, 'mi', 'rg', 'hb', 'sr', 'rec')
+      out[#out + 1] = id
+      out[#out + 1] = state
+      for i = 1, 5 do out[#out + 1] = r[i] end
+    end
+  end
+end
+return out
+)lua";
+
+// ARGV: hex(job), now, member_ms, member_id, rec
+constexpr std::string_view kJoinScript = R"lua(
+local now, m, mid = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local key = P .. 'job:' .. ARGV[1]
+local s, msg = member_load(key, mid, now, m)
+if s == 'corrupt' then return fail('CORRUPT', msg) end
+if s == 'live' then return fail('EXISTS', 'member ' .. mid .. ' is already a live member of the job') end
+local n, err = job_expire(key, now, m)
+if not n then return fail('CORRUPT', err) end
+redis.call('HSET', key, 'r:' .. mid, ARGV[5], 'h:' .. mid, ARGV[2], 'v:' .. mid, '0', 'j:' .. mid, ARGV[2])
+redis.call('HINCRBY', key, 'e', 1)
+redis.call('SADD', P .. 'jobs', ARGV[1])
+return redis.call('HGETALL', key)
+)lua";
+
+// ARGV: hex(job), now, member_ms, member_id
+constexpr std::string_view kHeartbeatMemberScript = R"lua(
+local now, m, mid = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local key = P .. 'job:' .. ARGV[1]
+local s, hb = member_load(key, mid, now, m)
+if s == 'corrupt' then return fail('CORRUPT', hb) end
+if s == 'absent' then return fail('NOTFOUND', 'member ' .. mid .. ' is not a live member of the job') end
+if now > hb then redis.call('HSET', key, 'h:' .. mid, ARGV[2]) end
+return 1
+)lua";
+
+// ARGV: hex(job), now, member_ms, member_id
+constexpr std::string_view kLeaveScript = R"lua(
+local now, m, mid = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local key = P .. 'job:' .. ARGV[1]
+local s, msg = member_load(key, mid, now, m)
+if s == 'corrupt' then return fail('CORRUPT', msg) end
+if s == 'absent' then return fail('NOTFOUND', 'member ' .. mid .. ' is not a live member of the job') end
+member_drop(key, mid)
+redis.call('HINCRBY', key, 'e', 1)
+return 1
+)lua";
+
+// ARGV: hex(job), now, member_ms
+constexpr std::string_view kGetJobScript = R"lua(
+local now, m = tonumber(ARGV[2]), tonumber(ARGV[3])
+local key = P .. 'job:' .. ARGV[1]
+local n, err = job_expire(key, now, m)
+if not n then return fail('CORRUPT', err) end
+if redis.call('HEXISTS', key, 'e') == 0 then return fail('NOTFOUND', 'no such job') end
+return redis.call('HGETALL', key)
+)lua";
+
+// ARGV: hex(job), now, member_ms, member_id, version (decimal uint64)
+constexpr std::string_view kCommitScript = R"lua(
+local now, m, mid, ver = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local key = P .. 'job:' .. ARGV[1]
+local s, msg = member_load(key, mid, now, m)
+if s == 'corrupt' then return fail('CORRUPT', msg) end
+if s == 'absent' then return fail('NOTFOUND', 'member ' .. mid .. ' is not a live member of the job') end
+local cur = redis.call('HGET', key, 'v:' .. mid)
+if not cur or not string.match(cur, '^%d+$') then return fail('CORRUPT', key .. ': field v:' .. mid .. ' malformed') end
+if #ver < #cur or (#ver == #cur and ver < cur) then
+  return fail('PRECOND', 'member ' .. mid .. ' committed version ' .. cur .. '; version ' .. ver .. ' would go backwards')
+end
+redis.call('HSET', key, 'v:' .. mid, ver)
+return 1
+)lua";
+
+// ARGV: now, stale_ms, delete_ms, member_ms. Returns {marked, deleted, expired}.
+// Corrupt records are skipped (reported by the reads that meet them).
+constexpr std::string_view kReapScript = R"lua(
+local now, stale, d, m = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local marked, deleted, expired = 0, 0, 0
+local ids = redis.pcall('SMEMBERS', P .. 'srcall')
+if not is_err(ids) then
+  for _, id in ipairs(ids) do
+    local key = P .. 'src:' .. id
+    local r = redis.pcall('HMGET', key, 'hb', 'ix', 'st')
+    if not is_err(r) then
+      local hb = tonumber(r[1])
+      if not r[1] then
+        if redis.call('EXISTS', key) == 0 then redis.call('SREM', P .. 'srcall', id) end
+      elseif hb and r[2] then
+        if now - hb >= d then
+          redis.call('DEL', key)
+          redis.call('SREM', P .. 'srcidx:' .. r[2], id)
+          redis.call('SREM', P .. 'srcall', id)
+          deleted = deleted + 1
+        elseif now - hb >= stale and r[3] ~= '1' then
+          redis.call('HSET', key, 'st', '1', 'sr',
+                     'no heartbeat for ' .. (now - hb) .. ' ms (stale after ' .. ARGV[2] .. ' ms)')
+          marked = marked + 1
+        end
+      end
+    end
+  end
+end
+local jobs = redis.pcall('SMEMBERS', P .. 'jobs')
+if not is_err(jobs) then
+  for _, j in ipairs(jobs) do
+    local key = P .. 'job:' .. j
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('SREM', P .. 'jobs', j)
+    else
+      local n = job_expire(key, now, m)
+      if n then expired = expired + n end
+    end
+  end
+end
+return {marked, deleted, expired}
+)lua";
+
+RedisScript MakeScript(std::string name, std::string_view body) {
+  std::string full(kPrelude);
+  full += body;
+  return RedisScript{std::move(name), std::move(full)};
+}
+
+// ---------------------------------------------------------------- blob codec
+
+void PutField(std::string& out, std::string_view field) {
+  std::uint32_t n = static_cast<std::uint32_t>(field.size());
+  char len[4] = {static_cast<char>(n & 0xFF), static_cast<char>((n >> 8) & 0xFF), static_cast<char>((n >> 16) & 0xFF),
+                 static_cast<char>((n >> 24) & 0xFF)};
+  out.append(len, 4);
+  out.append(field);
+}
+
+std::string_view BytesView(const std::vector<std::byte>& b) {
+  return std::string_view(reinterpret_cast<const char*>(b.data()), b.size());
+}
+
+std::vector<std::byte> ToBytes(std::string_view s) {
+  const auto* p = reinterpret_cast<const std::byte*>(s.data());
+  return std::vector<std::byte>(p, p + s.size());
+}
+
+void PutAttributes(std::string& out, const std::map<std::string, std::string>& attrs) {
+  PutField(out, std::to_string(attrs.size()));
+  for (const auto& [k, v] : attrs) {
+    PutField(out, k);
+    PutField(out, v);
+  }
+}
+
+// Reads fields of a blob; every failure names `where` (the Redis key and field).
+class BlobReader {
+ public:
+  BlobReader(std::string_view blob, std::string where) : rest_(blob), where_(std::move(where)) {}
+
+  Status Magic(std::string_view magic) {
+    if (rest_.substr(0, magic.size()) != magic) return Corrupt(fmt::format("magic is not {}", magic));
+    rest_.remove_prefix(magic.size());
+    return Status::Ok();
+  }
+  Result<std::string_view> Field() {
+    if (rest_.size() < 4) return Corrupt("truncated (field length)");
+    const auto* u = reinterpret_cast<const unsigned char*>(rest_.data());
+    std::uint32_t n = u[0] | (u[1] << 8) | (u[2] << 16) | (static_cast<std::uint32_t>(u[3]) << 24);
+    rest_.remove_prefix(4);
+    if (rest_.size() < n) return Corrupt(fmt::format("truncated (field of {} bytes)", n));
+    std::string_view f = rest_.substr(0, n);
+    rest_.remove_prefix(n);
+    return f;
+  }
+  template <typename T>
+  Result<T> Number() {
+    SW_ASSIGN_OR_RETURN(std::string_view f, Field());
+    T v{};
+    auto [ptr, ec] = std::from_chars(f.data(), f.data() + f.size(), v);
+    if (f.empty() || ec != std::errc() || ptr != f.data() + f.size()) {
+      return Corrupt(fmt::format("'{}' is not a number", f));
+    }
+    return v;
+  }
+  Result<std::map<std::string, std::string>> Attributes() {
+    SW_ASSIGN_OR_RETURN(std::uint32_t n, Number<std::uint32_t>());
+    if (n > 100000) return Corrupt(fmt::format("{} attributes", n));
+    std::map<std::string, std::string> out;
+    for (std::uint32_t i = 0; i < n; ++i) {
+      SW_ASSIGN_OR_RETURN(std::string_view k, Field());
+      SW_ASSIGN_OR_RETURN(std::string_view v, Field());
+      out.emplace(std::string(k), std::string(v));
+    }
+    return out;
+  }
+  Status End() {
+    if (!rest_.empty()) return Corrupt(fmt::format("{} trailing bytes", rest_.size()));
+    return Status::Ok();
+  }
+  Status Corrupt(std::string_view what) const { return CorruptData(fmt::format("Redis record {}: {}", where_, what)); }
+
+ private:
+  std::string_view rest_;
+  std::string where_;
+};
+
+std::string EncodeSource(const SourceRecord& r) {
+  std::string out = "SWS1";
+  PutField(out, r.instance_id);
+  PutField(out, std::to_string(r.rank));
+  PutField(out, std::to_string(r.world_size));
+  PutField(out, r.layout);
+  PutField(out, r.layout_fingerprint);
+  PutField(out, BytesView(r.metadata));
+  PutAttributes(out, r.attributes);
+  return out;
+}
+
+Status DecodeSource(std::string_view blob, const std::string& where, SourceRecord* r) {
+  BlobReader in(blob, where);
+  SW_RETURN_IF_ERROR(in.Magic("SWS1"));
+  SW_ASSIGN_OR_RETURN(std::string_view inst, in.Field());
+  r->instance_id = std::string(inst);
+  SW_ASSIGN_OR_RETURN(r->rank, in.Number<int>());
+  SW_ASSIGN_OR_RETURN(r->world_size, in.Number<int>());
+  SW_ASSIGN_OR_RETURN(std::string_view layout, in.Field());
+  r->layout = std::string(layout);
+  SW_ASSIGN_OR_RETURN(std::string_view fp, in.Field());
+  r->layout_fingerprint = std::string(fp);
+  SW_ASSIGN_OR_RETURN(std::string_view md, in.Field());
+  r->metadata = ToBytes(md);
+  SW_ASSIGN_OR_RETURN(r->attributes, in.Attributes());
+  return in.End();
+}
+
+std::string EncodeMember(const JobMember& m) {
+  std::string out = "SWM1";
+  PutField(out, std::to_string(static_cast<int>(m.role)));
+  PutField(out, m.group);
+  PutField(out, std::to_string(m.rank));
+  PutField(out, std::to_string(m.world_size));
+  PutField(out, m.layout);
+  PutField(out, BytesView(m.metadata));
+  PutAttributes(out, m.attributes);
+  return out;
+}
+
+Status DecodeMember(std::string_view blob, const std::string& where, JobMember* m) {
+  BlobReader in(blob, where);
+  SW_RETURN_IF_ERROR(in.Magic("SWM1"));
+  SW_ASSIGN_OR_RETURN(int role, in.Number<int>());
+  if (role != static_cast<int>(JobRole::kPublisher) && role != static_cast<int>(JobRole::kSubscriber)) {
+    return in.Corrupt(fmt::format("role {}", role));
+  }
+  m->role = static_cast<JobRole>(role);
+  SW_ASSIGN_OR_RETURN(std::string_view group, in.Field());
+  m->group = std::string(group);
+  SW_ASSIGN_OR_RETURN(m->rank, in.Number<int>());
+  SW_ASSIGN_OR_RETURN(m->world_size, in.Number<int>());
+  SW_ASSIGN_OR_RETURN(std::string_view layout, in.Field());
+  m->layout = std::string(layout);
+  SW_ASSIGN_OR_RETURN(std::string_view md, in.Field());
+  m->metadata = ToBytes(md);
+  SW_ASSIGN_OR_RETURN(m->attributes, in.Attributes());
+  return in.End();
+}
+
+std::string Hex(std::string_view s) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size() * 2);
+  for (unsigned char c : s) {
+    out.push_back(kDigits[c >> 4]);
+    out.push_back(kDigits[c & 15]);
+  }
+  return out;
+}
+
+template <typename T>
+bool ParseNumber(std::string_view s, T* out) {
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
+  return !s.empty() && ec == std::errc() && ptr == s.data() + s.size();
+}
+
+std::string_view ReplyText(const redisReply* r) {
+  return r->str == nullptr ? std::string_view() : std::string_view(r->str, r->len);
+}
+
+std::int64_t Ms(double seconds) { return static_cast<std::int64_t>(seconds * 1000.0); }
+
+class RedisCoordinatorState final : public CoordinatorState {
+ public:
+  RedisCoordinatorState(std::unique_ptr<RedisConnectionPool> pool, LeasePolicy policy)
+      : pool_(std::move(pool)),
+        policy_(policy),
+        stale_ms_(std::to_string(std::max<std::int64_t>(1, Ms(policy.source_stale_after_s)))),
+        delete_ms_(std::to_string(std::max<std::int64_t>(1, Ms(policy.source_delete_after_s)))),
+        member_ms_(std::to_string(std::max<std::int64_t>(1, Ms(policy.member_expire_after_s)))),
+        rng_(std::random_device{}()),
+        put_(MakeScript("put", kPutScript)),
+        add_(MakeScript("add", kAddScript)),
+        register_(MakeScript("register_source", kRegisterScript)),
+        heartbeat_(MakeScript("heartbeat_source", kHeartbeatScript)),
+        mark_stale_(MakeScript("mark_source_stale", kMarkStaleScript)),
+        deregister_(MakeScript("deregister_source", kDeregisterScript)),
+        list_(MakeScript("list_sources", kListScript)),
+        join_(MakeScript("join_job", kJoinScript)),
+        heartbeat_member_(MakeScript("heartbeat_member", kHeartbeatMemberScript)),
+        leave_(MakeScript("leave_job", kLeaveScript)),
+        get_job_(MakeScript("get_job", kGetJobScript)),
+        commit_(MakeScript("commit_version", kCommitScript)),
+        reap_(MakeScript("reap", kReapScript)) {}
+
+  Status Put(const std::string& key, std::span<const std::byte> value) override {
+    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+    SW_RETURN_IF_ERROR(control_internal::ValidateValueSize(value.size(), key));
+    std::string_view v(reinterpret_cast<const char*>(value.data()), value.size());
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(put_, {key, v}, /*idempotent=*/true));
+    return CheckReply(*r, "Put of key '" + key + "'");
+  }
+
+  Result<std::optional<std::vector<std::byte>>> Get(const std::string& key) override {
+    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+    std::string k = std::string(kPrefix) + "kv:" + key;
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Command({"GET", k}, true));
+    if (r->type == REDIS_REPLY_NIL) return std::optional<std::vector<std::byte>>();
+    if (r->type == REDIS_REPLY_STRING) return std::optional<std::vector<std::byte>>(ToBytes(ReplyText(r.get())));
+    if (r->type == REDIS_REPLY_ERROR) SW_RETURN_IF_ERROR(MapError(ReplyText(r.get()), "Get of key '" + key + "'", k));
+    return CorruptData(fmt::format("Redis key {}: unexpected reply type {}", k, r->type));
+  }
+
+  Result<std::int64_t> Add(const std::string& key, std::int64_t delta) override {
+    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+    std::string d = std::to_string(delta);
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(add_, {key, d}, false));
+    SW_RETURN_IF_ERROR(CheckReply(*r, "Add to key '" + key + "'"));
+    std::int64_t v = 0;
+    if (r->type != REDIS_REPLY_STRING || !ParseNumber(ReplyText(r.get()), &v)) {
+      return CorruptData(fmt::format("Redis key {}kv:{}: counter reply is not a number", kPrefix, key));
+    }
+    return v;
+  }
+
+  Result<std::uint64_t> KvGeneration() override {
+    std::string k = std::string(kPrefix) + "kvgen";
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Command({"GET", k}, true));
+    if (r->type == REDIS_REPLY_NIL) return std::uint64_t{0};
+    std::uint64_t v = 0;
+    if (r->type != REDIS_REPLY_STRING || !ParseNumber(ReplyText(r.get()), &v)) {
+      return CorruptData(fmt::format("Redis key {}: not a counter", k));
+    }
+    return v;
+  }
+
+  Result<SourceRecord> RegisterSource(SourceRecord record, std::int64_t now_ms) override {
+    record.state = SourceState::kReady;
+    record.stale_reason.clear();
+    record.registered_unix_ms = now_ms;
+    record.last_heartbeat_unix_ms = now_ms;
+    std::string rec = EncodeSource(record);
+    std::string ix = Hex(record.model_identity);
+    std::string now = std::to_string(now_ms);
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      record.source_id = NewSourceId();
+      SW_ASSIGN_OR_RETURN(
+          RedisReplyPtr r,
+          pool_->Eval(register_, {record.source_id, now, delete_ms_, record.model_identity, ix, rec}, false));
+      if (r->type == REDIS_REPLY_ERROR && ReplyText(r.get()).substr(0, 7) == "EXISTS ") continue;  // id collision
+      SW_RETURN_IF_ERROR(CheckReply(*r, "RegisterSource"));
+      return record;
+    }
+    return Internal("RegisterSource: 8 random source ids in a row collided");
+  }
+
+  Status HeartbeatSource(const std::string& source_id, std::int64_t now_ms) override {
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
+                        pool_->Eval(heartbeat_, {source_id, std::to_string(now_ms), delete_ms_}, true));
+    return CheckReply(*r, "HeartbeatSource");
+  }
+
+  Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity, std::optional<SourceState> state,
+                                                std::int64_t now_ms) override {
+    std::string filter = state ? std::to_string(static_cast<int>(*state)) : std::string();
+    SW_ASSIGN_OR_RETURN(
+        RedisReplyPtr r,
+        pool_->Eval(list_, {Hex(model_identity), std::to_string(now_ms), stale_ms_, delete_ms_, filter}, false));
+    SW_RETURN_IF_ERROR(CheckReply(*r, "ListSources"));
+    if (r->type != REDIS_REPLY_ARRAY || r->elements % 7 != 0) {
+      return CorruptData("ListSources: Redis script returned a malformed reply");
+    }
+    std::vector<SourceRecord> out;
+    out.reserve(r->elements / 7);
+    for (size_t i = 0; i < r->elements; i += 7) {
+      redisReply** e = r->element + i;
+      std::string id(ReplyText(e[0]));
+      std::string where = fmt::format("{}src:{}", kPrefix, id);
+      for (int f = 0; f < 7; ++f) {
+        if (e[f]->type != REDIS_REPLY_STRING) {
+          return CorruptData(fmt::format("Redis record {}: a field is missing", where));
+        }
+      }
+      SourceRecord rec;
+      rec.source_id = id;
+      rec.state = ReplyText(e[1]) == "2" ? SourceState::kStale : SourceState::kReady;
+      rec.model_identity = std::string(ReplyText(e[2]));
+      if (!ParseNumber(ReplyText(e[3]), &rec.registered_unix_ms) ||
+          !ParseNumber(ReplyText(e[4]), &rec.last_heartbeat_unix_ms)) {
+        return CorruptData(fmt::format("Redis record {}: field rg or hb is not a number", where));
+      }
+      if (rec.state == SourceState::kStale) {
+        rec.stale_reason = std::string(ReplyText(e[5]));
+        if (rec.stale_reason.empty()) {
+          rec.stale_reason =
+              fmt::format("no heartbeat for {} ms (stale after {} ms)", now_ms - rec.last_heartbeat_unix_ms, stale_ms_);
+        }
+      }
+      SW_RETURN_IF_ERROR(DecodeSource(ReplyText(e[6]), where + " field rec", &rec));
+      out.push_back(std::move(rec));
+    }
+    std::sort(out.begin(), out.end(), [](const SourceRecord& a, const SourceRecord& b) {
+      if (a.instance_id != b.instance_id) return a.instance_id < b.instance_id;
+      if (a.rank != b.rank) return a.rank < b.rank;
+      return a.source_id < b.source_id;
+    });
+    return out;
+  }
+
+  Status MarkSourceStale(const std::string& source_id, const std::string& reason, std::int64_t now_ms) override {
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(mark_stale_,
+                                                     {source_id, std::to_string(now_ms), delete_ms_,
+                                                      reason.empty() ? std::string("marked stale") : reason},
+                                                     true));
+    return CheckReply(*r, "MarkSourceStale");
+  }
+
+  Status DeregisterSource(const std::string& source_id) override {
+    // Deregistration removes whatever record exists, even one whose lease
+    // ended (now = 0 disables the lease check), as the in-memory state does.
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(deregister_, {source_id, "0", delete_ms_}, false));
+    return CheckReply(*r, "DeregisterSource");
+  }
+
+  Result<JobView> JoinJob(const std::string& job, JobMember member, std::int64_t now_ms) override {
+    std::string hex = Hex(job);
+    SW_ASSIGN_OR_RETURN(
+        RedisReplyPtr r,
+        pool_->Eval(join_, {hex, std::to_string(now_ms), member_ms_, member.member_id, EncodeMember(member)}, false));
+    SW_RETURN_IF_ERROR(CheckReply(*r, "JoinJob of '" + member.member_id + "' to job '" + job + "'"));
+    return DecodeJob(job, *r);
+  }
+
+  Status HeartbeatMember(const std::string& job, const std::string& member_id, std::int64_t now_ms) override {
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(heartbeat_member_,
+                                                     {Hex(job), std::to_string(now_ms), member_ms_, member_id}, true));
+    return CheckReply(*r, "HeartbeatMember of job '" + job + "'");
+  }
+
+  Status LeaveJob(const std::string& job, const std::string& member_id, std::int64_t now_ms) override {
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
+                        pool_->Eval(leave_, {Hex(job), std::to_string(now_ms), member_ms_, member_id}, false));
+    return CheckReply(*r, "LeaveJob of job '" + job + "'");
+  }
+
+  Result<JobView> GetJob(const std::string& job, std::int64_t now_ms) override {
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(get_job_, {Hex(job), std::to_string(now_ms), member_ms_}, false));
+    SW_RETURN_IF_ERROR(CheckReply(*r, "GetJob of job '" + job + "'"));
+    return DecodeJob(job, *r);
+  }
+
+  Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version,
+                       std::int64_t now_ms) override {
+    SW_ASSIGN_OR_RETURN(
+        RedisReplyPtr r,
+        pool_->Eval(commit_, {Hex(job), std::to_string(now_ms), member_ms_, member_id, std::to_string(version)}, true));
+    return CheckReply(*r, "CommitVersion of job '" + job + "'");
+  }
+
+  Result<ReapStats> Reap(std::int64_t now_ms) override {
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
+                        pool_->Eval(reap_, {std::to_string(now_ms), stale_ms_, delete_ms_, member_ms_}, false));
+    SW_RETURN_IF_ERROR(CheckReply(*r, "Reap"));
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) return Internal("Reap: malformed script reply");
+    ReapStats s;
+    s.sources_marked_stale = static_cast<int>(r->element[0]->integer);
+    s.sources_deleted = static_cast<int>(r->element[1]->integer);
+    s.members_expired = static_cast<int>(r->element[2]->integer);
+    return s;
+  }
+
+ private:
+  std::string NewSourceId() {
+    std::lock_guard lock(rng_mu_);
+    return fmt::format("src-{:016x}", rng_());
+  }
+
+  // Maps an error reply of a script ("<KIND> message") or of Redis to a Status.
+  Status MapError(std::string_view err, const std::string& what, std::string_view key = {}) const {
+    auto rest = [&](size_t n) { return std::string(err.substr(std::min(n, err.size()))); };
+    if (err.substr(0, 9) == "NOTFOUND ") return NotFound(fmt::format("{}: {}", what, rest(9)));
+    if (err.substr(0, 7) == "EXISTS ") return AlreadyExists(fmt::format("{}: {}", what, rest(7)));
+    if (err.substr(0, 8) == "PRECOND ") return FailedPrecondition(fmt::format("{}: {}", what, rest(8)));
+    if (err.substr(0, 7) == "BADARG ") return InvalidArgument(fmt::format("{}: {}", what, rest(7)));
+    if (err.substr(0, 8) == "CORRUPT ") return CorruptData(fmt::format("{}: Redis record {}", what, rest(8)));
+    if (err.find("WRONGTYPE") != std::string_view::npos) {
+      return CorruptData(fmt::format("{}: Redis key {} has the wrong type: {}", what, key, err));
+    }
+    if (err.substr(0, 7) == "LOADING" || err.substr(0, 8) == "MASTERDOWN" || err.substr(0, 4) == "BUSY") {
+      return Unavailable(fmt::format("{}: Redis at {} is not ready: {}", what, pool_->url(), err));
+    }
+    return Internal(fmt::format("{}: Redis at {} replied with an error: {}", what, pool_->url(), err));
+  }
+
+  Status CheckReply(const redisReply& r, const std::string& what) const {
+    if (r.type == REDIS_REPLY_ERROR) return MapError(ReplyText(&r), what);
+    return Status::Ok();
+  }
+
+  Result<JobView> DecodeJob(const std::string& job, const redisReply& r) const {
+    std::string where = fmt::format("{}job:{}", kPrefix, Hex(job));
+    if (r.type != REDIS_REPLY_ARRAY || r.elements % 2 != 0) {
+      return CorruptData(fmt::format("Redis record {}: malformed reply", where));
+    }
+    JobView view;
+    view.job = job;
+    std::map<std::string, JobMember> members;
+    std::map<std::string, int> seen;  // member id -> bit set of fields r,h,v,j
+    for (size_t i = 0; i < r.elements; i += 2) {
+      std::string_view f = ReplyText(r.element[i]);
+      std::string_view v = ReplyText(r.element[i + 1]);
+      if (f == "e") {
+        if (!ParseNumber(v, &view.membership_epoch)) {
+          return CorruptData(fmt::format("Redis record {}: epoch '{}' is not a number", where, v));
+        }
+        continue;
+      }
+      if (f.size() < 2 || f[1] != ':') return CorruptData(fmt::format("Redis record {}: unknown field", where));
+      std::string id(f.substr(2));
+      JobMember& m = members[id];
+      m.member_id = id;
+      bool ok = true;
+      switch (f[0]) {
+        case 'r':
+          SW_RETURN_IF_ERROR(DecodeMember(v, where + " field r:" + id, &m));
+          seen[id] |= 1;
+          break;
+        case 'h':
+          ok = ParseNumber(v, &m.last_heartbeat_unix_ms);
+          seen[id] |= 2;
+          break;
+        case 'v':
+          ok = ParseNumber(v, &m.committed_version);
+          seen[id] |= 4;
+          break;
+        case 'j':
+          ok = ParseNumber(v, &m.joined_unix_ms);
+          seen[id] |= 8;
+          break;
+        default:
+          return CorruptData(fmt::format("Redis record {}: unknown field", where));
+      }
+      if (!ok) return CorruptData(fmt::format("Redis record {}: field {}:{} is not a number", where, f[0], id));
+    }
+    for (auto& [id, m] : members) {
+      if (seen[id] != 15) return CorruptData(fmt::format("Redis record {}: member '{}' is incomplete", where, id));
+      view.members.push_back(std::move(m));
+    }
+    return view;
+  }
+
+  std::unique_ptr<RedisConnectionPool> pool_;
+  LeasePolicy policy_;
+  const std::string stale_ms_, delete_ms_, member_ms_;
+  std::mutex rng_mu_;
+  std::mt19937_64 rng_;
+  const RedisScript put_, add_, register_, heartbeat_, mark_stale_, deregister_, list_, join_, heartbeat_member_,
+      leave_, get_job_, commit_, reap_;
+};
+
+}  // namespace
+
+const RedisScript& RedisHeartbeatSourceScript() {
+  static const RedisScript script = MakeScript("heartbeat_source", kHeartbeatScript);
+  return script;
+}
+
+Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std::string& url, LeasePolicy policy,
+                                                                       RedisStateOptions options) {
+  SW_ASSIGN_OR_RETURN(auto pool, RedisConnectionPool::Connect(url, options.timeout_s, options.max_connections));
+  return std::unique_ptr<CoordinatorState>(new RedisCoordinatorState(std::move(pool), policy));
+}
+
+Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std::string& url, LeasePolicy policy,
+                                                                       double connect_timeout_s) {
+  RedisStateOptions options;
+  options.timeout_s = connect_timeout_s;
+  return ConnectRedisCoordinatorState(url, policy, options);
 }
 
 }  // namespace shardwire::control

@@ -1,6 +1,6 @@
 // Internal to the control layer: rules shared by every Rendezvous implementation
-// (limits, timeouts, counter encoding), so InProcessRendezvous and the TCP server
-// behave identically.
+// (limits, timeouts, counter encoding), so InProcessRendezvous and the coordinator
+// (service and client) behave identically.
 #pragma once
 
 #include <chrono>
@@ -41,23 +41,5 @@ Status GetTimedOut(std::string_view key, double timeout_s);
 /// (decimal ASCII). kInvalidArgument for a non-counter value or int64 overflow.
 Result<std::int64_t> ApplyAdd(const std::vector<std::byte>* existing, std::int64_t delta,
                               std::string_view key, std::vector<std::byte>* encoded);
-
-// Little-endian fixed-width integers for the wire format.
-inline void StoreU32(std::byte* p, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<std::byte>((v >> (8 * i)) & 0xFFu);
-}
-inline void StoreU64(std::byte* p, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::byte>((v >> (8 * i)) & 0xFFu);
-}
-inline std::uint32_t LoadU32(const std::byte* p) {
-  std::uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(p[i]) << (8 * i);
-  return v;
-}
-inline std::uint64_t LoadU64(const std::byte* p) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
-  return v;
-}
 
 }  // namespace shardwire::control_internal

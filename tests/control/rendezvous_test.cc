@@ -1,5 +1,5 @@
 // Behaviour every Rendezvous implementation must share, run against both
-// InProcessRendezvous and TcpRendezvousClient (typed tests).
+// InProcessRendezvous and CoordinatorClient over a real gRPC coordinator (typed tests).
 #include "shardwire/rendezvous.h"
 
 #include <gtest/gtest.h>
@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "control/test_util.h"
-#include "shardwire/tcp_rendezvous.h"
+#include "shardwire/coordinator.h"
 
 namespace shardwire {
 namespace {
@@ -30,10 +30,10 @@ struct InProcessBackend {
   std::shared_ptr<Rendezvous> NewHandle() { return store; }
 };
 
-struct TcpBackend {
-  std::unique_ptr<TcpRendezvousServer> server;
-  TcpBackend() {
-    auto s = TcpRendezvousServer::Start("127.0.0.1", 0);
+struct CoordinatorBackend {
+  std::unique_ptr<CoordinatorServer> server;
+  CoordinatorBackend() {
+    auto s = CoordinatorServer::Start({});
     if (!s.ok()) {
       ADD_FAILURE() << s.status().ToString();
       return;
@@ -42,7 +42,9 @@ struct TcpBackend {
   }
   std::shared_ptr<Rendezvous> NewHandle() {
     if (!server) return nullptr;
-    auto c = TcpRendezvousClient::Connect("127.0.0.1", server->port(), 10.0);
+    CoordinatorClientOptions o;
+    o.address = server->address();
+    auto c = CoordinatorClient::Connect(o);
     if (!c.ok()) {
       ADD_FAILURE() << c.status().ToString();
       return nullptr;
@@ -65,18 +67,17 @@ class RendezvousTest : public ::testing::Test {
 struct BackendNames {
   template <typename T>
   static std::string GetName(int) {
-    return std::is_same_v<T, InProcessBackend> ? "InProcess" : "Tcp";
+    return std::is_same_v<T, InProcessBackend> ? "InProcess" : "Coordinator";
   }
 };
 
-using Backends = ::testing::Types<InProcessBackend, TcpBackend>;
+using Backends = ::testing::Types<InProcessBackend, CoordinatorBackend>;
 TYPED_TEST_SUITE(RendezvousTest, Backends, BackendNames);
 
 TYPED_TEST(RendezvousTest, PutGetRoundTripsBinaryValues) {
   Rendezvous& rz = *this->rz_;
   const std::vector<std::byte> empty;
-  const std::vector<std::byte> zeros = {std::byte{0}, std::byte{1}, std::byte{0}, std::byte{0xFF},
-                                        std::byte{0}};
+  const std::vector<std::byte> zeros = {std::byte{0}, std::byte{1}, std::byte{0}, std::byte{0xFF}, std::byte{0}};
   const std::vector<std::byte> mib = Pattern(1 << 20);
   ASSERT_TRUE(rz.Put("empty", empty).ok());
   ASSERT_TRUE(rz.Put("zeros", zeros).ok());
@@ -175,8 +176,7 @@ TYPED_TEST(RendezvousTest, GetOfMissingKeyTimesOutNamingTheKeyAndHandleStaysUsab
   auto missing = rz.Get("no/such/key", 0.2);
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), ErrorCode::kTimedOut);
-  EXPECT_NE(missing.status().message().find("no/such/key"), std::string::npos)
-      << missing.status().message();
+  EXPECT_NE(missing.status().message().find("no/such/key"), std::string::npos) << missing.status().message();
 
   auto zero = rz.Get("no/such/key", 0);
   EXPECT_EQ(zero.status().code(), ErrorCode::kTimedOut);

@@ -10,12 +10,27 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <thread>
+#include <vector>
 
-#include "shardwire/tcp_rendezvous.h"
+#include "shardwire/coordinator.h"
 
 namespace shardwire {
 namespace {
+
+// A client of the coordinator on 127.0.0.1:port (the rendezvous of these tests).
+Result<std::unique_ptr<CoordinatorClient>> ConnectRendezvous(std::uint16_t port) {
+  CoordinatorClientOptions o;
+  o.address = "127.0.0.1:" + std::to_string(port);
+  o.unavailable_timeout_s = 20;
+  return CoordinatorClient::Connect(o);
+}
+
+// An in-process coordinator on a free loopback port.
+Result<std::unique_ptr<CoordinatorServer>> StartRendezvous() { return CoordinatorServer::Start({}); }
 
 std::vector<TensorSpec> Tensors() {
   return {{"emb", DType::kBF16, {64, 48}},
@@ -58,7 +73,7 @@ constexpr int kVersions = 3;
 
 // Child: one engine rank. Exit code 0 = every version arrived and matched.
 int RunSubscriber(std::uint16_t port, int rank, const Layout& trainer, const Layout& engine) {
-  auto rz = TcpRendezvousClient::Connect("127.0.0.1", port, 20);
+  auto rz = ConnectRendezvous(port);
   if (!rz.ok()) return 10;
   auto sub = WeightSubscriber::Create(**rz, trainer, engine, rank, {"t", 20});
   if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
@@ -72,20 +87,39 @@ int RunSubscriber(std::uint16_t port, int rank, const Layout& trainer, const Lay
   return 0;
 }
 
-// Forks a child that runs `body(port)` once the parent sends it the rendezvous port.
-// Children are forked while the parent is still single-threaded (before the rendezvous
-// server thread starts): forking a multi-threaded process that uses UCX can copy a lock
-// held by another thread (UCX's memory hooks) into the child.
+// Starts a child process that runs `body(port)` once the parent sends it the
+// rendezvous port. The child is a fresh exec of this test binary running only the
+// current test, with SHARDWIRE_WS_CHILD="<index>:<pipe fd>" in its environment: the
+// test body runs again in the child and this function, called with the same
+// `index`, runs `body` there and exits (calls with other indexes return 0). A fresh
+// exec because a forked copy of a process that already used gRPC (the coordinator
+// client) or UCX inherits their threads' locks and state without the threads.
 template <typename Body>
-pid_t ForkWithPort(int* port_pipe_write, Body body) {
+pid_t ForkWithPort(int* port_pipe_write, int index, Body body) {
+  if (const char* spec = std::getenv("SHARDWIRE_WS_CHILD"); spec != nullptr) {
+    int want = -1, fd = -1;
+    if (std::sscanf(spec, "%d:%d", &want, &fd) != 2) _exit(8);
+    if (want != index) return 0;
+    std::uint16_t port = 0;
+    if (read(fd, &port, sizeof(port)) != sizeof(port)) _exit(9);
+    _exit(body(port));
+  }
   int fds[2];
   if (pipe(fds) != 0) return -1;
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string filter = std::string("--gtest_filter=") + info->test_suite_name() + "." + info->name();
+  std::string child_env = "SHARDWIRE_WS_CHILD=" + std::to_string(index) + ":" + std::to_string(fds[0]);
+  std::string exe = "/proc/self/exe";
+  std::vector<char*> argv = {exe.data(), filter.data(), nullptr};
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) envp.push_back(*e);
+  envp.push_back(child_env.data());
+  envp.push_back(nullptr);
   const pid_t pid = fork();
   if (pid == 0) {
     close(fds[1]);
-    std::uint16_t port = 0;
-    if (read(fds[0], &port, sizeof(port)) != sizeof(port)) _exit(9);
-    _exit(body(port));
+    execve(exe.c_str(), argv.data(), envp.data());
+    _exit(127);
   }
   close(fds[0]);
   *port_pipe_write = fds[1];
@@ -115,16 +149,16 @@ TEST(WeightSync, FsdpToTpAcrossProcessesEveryVersionVerified) {
   std::vector<int> port_pipes;
   for (int r = 0; r < engine.world_size(); ++r) {
     int fd = -1;
-    const pid_t pid = ForkWithPort(&fd, [&](std::uint16_t p) { return RunSubscriber(p, r, trainer, engine); });
+    const pid_t pid = ForkWithPort(&fd, r, [&](std::uint16_t p) { return RunSubscriber(p, r, trainer, engine); });
     ASSERT_GE(pid, 0);
     children.push_back(pid);
     port_pipes.push_back(fd);
   }
-  auto server = TcpRendezvousServer::Start("127.0.0.1", 0);
+  auto server = StartRendezvous();
   ASSERT_TRUE(server.ok());
-  const std::uint16_t port = (*server)->port();
+  const auto port = static_cast<std::uint16_t>((*server)->port());
   for (int fd : port_pipes) SendPort(fd, port);
-  auto rz = TcpRendezvousClient::Connect("127.0.0.1", port, 20);
+  auto rz = ConnectRendezvous(port);
   ASSERT_TRUE(rz.ok());
   auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, {"t", 20});
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();
@@ -142,9 +176,9 @@ TEST(WeightSync, SubscriberReportsADeadPublisher) {
   const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
   const Layout engine = MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, 1).value();
   int port_pipe = -1;
-  const pid_t pid = ForkWithPort(&port_pipe, [&](std::uint16_t port) {
+  const pid_t pid = ForkWithPort(&port_pipe, 0, [&](std::uint16_t port) {
     // A publisher that connects, then dies before pushing.
-    auto rz = TcpRendezvousClient::Connect("127.0.0.1", port, 20);
+    auto rz = ConnectRendezvous(port);
     if (!rz.ok()) return 10;
     auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, {"t", 20});
     if (!pub.ok() || !(*pub)->Connect().ok()) return 11;
@@ -153,14 +187,14 @@ TEST(WeightSync, SubscriberReportsADeadPublisher) {
     return 12;
   });
   ASSERT_GE(pid, 0);
-  auto server = TcpRendezvousServer::Start("127.0.0.1", 0);
+  auto server = StartRendezvous();
   ASSERT_TRUE(server.ok());
-  const std::uint16_t port = (*server)->port();
+  const auto port = static_cast<std::uint16_t>((*server)->port());
   SendPort(port_pipe, port);
-  auto rz = TcpRendezvousClient::Connect("127.0.0.1", port, 20);
+  auto rz = ConnectRendezvous(port);
   ASSERT_TRUE(rz.ok());
   auto sub = WeightSubscriber::Create(**rz, trainer, engine, 0, {"t", 10});
-  ASSERT_TRUE(sub.ok());
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
   ASSERT_TRUE((*sub)->Connect().ok());
   ASSERT_TRUE((*sub)->BeginUpdate(1).ok());
   auto update = (*sub)->WaitForUpdate(1);

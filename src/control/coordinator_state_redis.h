@@ -1,0 +1,38 @@
+// Tuning of the Redis-backed coordinator state beyond ConnectRedisCoordinatorState
+// of coordinator_state.h (used by tests and bench/coordinator_bench to compare
+// connection strategies). Key layout and record format: coordinator_state_redis.cc.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "control/coordinator_state.h"
+#include "control/redis_connection.h"
+
+namespace shardwire::control {
+
+/// How the Redis state talks to Redis.
+struct RedisStateOptions {
+  /// Seconds. Bound of connecting (with PING) and of every later command.
+  double timeout_s = 5;
+  /// Connections in the pool (>= 1). 1 means one connection under a mutex;
+  /// more lets concurrent calls overlap their round trips. 64 (one per
+  /// concurrent caller of the benchmark) is what bench/coordinator_bench
+  /// measured best: 64 callers got 499 heartbeats/s with 1 connection, 2,894/s
+  /// with 8 and 16,522/s with 64 (loaded machine, docs/benchmarks.md). Redis
+  /// serves 10,000 clients by default, so 64 per coordinator is cheap.
+  int max_connections = 64;
+};
+
+/// As ConnectRedisCoordinatorState(url, policy, timeout) with explicit options.
+/// Errors: kInvalidArgument (bad URL, max_connections < 1, timeout <= 0),
+/// kUnavailable naming the URL. Thread-safety: the returned state is fully
+/// thread-safe.
+Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std::string& url, LeasePolicy policy,
+                                                                       RedisStateOptions options);
+
+/// The Lua script HeartbeatSource runs (ARGV: source_id, now unix ms, delete_after
+/// ms), so bench/coordinator_bench can time the same script with redis-benchmark.
+const RedisScript& RedisHeartbeatSourceScript();
+
+}  // namespace shardwire::control

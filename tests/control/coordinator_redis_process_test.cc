@@ -1,0 +1,314 @@
+// Redis-backed coordinators as real processes: `shardwire serve --redis URL`
+// over a real redis-server (tests/control/redis_fixture.h), clients over real
+// gRPC.
+//   - kill -9 of the coordinator and a restart on the same port while clients
+//     register, heartbeat and add in threads: every acknowledged registration
+//     and counter increment is there afterwards (nothing lost);
+//   - two coordinators over one Redis serve one state: a client of A sees B's
+//     writes (also a blocked Get woken by a Put through the other coordinator),
+//     concurrent Adds through both sum exactly, job epochs and versions agree;
+//   - a lease ends while no coordinator runs (Redis key TTL), and a restarted
+//     coordinator derives STALE from the stored heartbeat time.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <regex>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "control/redis_fixture.h"
+#include "control/test_util.h"
+#include "shardwire/coordinator.h"
+
+namespace shardwire {
+namespace {
+
+using testing_util::BytesOf;
+using testing_util::RedisServer;
+
+// A running `shardwire serve`; SIGKILLed and reaped by the destructor.
+struct Serve {
+  pid_t pid = -1;
+  int out_fd = -1;
+  std::string address;
+
+  ~Serve() { Kill(); }
+  void Kill() {
+    if (pid > 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+      pid = -1;
+    }
+    if (out_fd >= 0) ::close(out_fd);
+    out_fd = -1;
+  }
+  int port() const { return std::stoi(address.substr(address.rfind(':') + 1)); }
+};
+
+// Starts `shardwire serve --port <port> --redis <url> extra...` and waits
+// (<= 30 s) for its "listening on HOST:PORT" line.
+bool StartServe(Serve* p, int port, const std::string& redis_url, const std::vector<std::string>& extra,
+                std::string* output) {
+  int fds[2];
+  if (::pipe(fds) != 0) return false;
+  std::vector<std::string> argv_s = {SHARDWIRE_BIN, "serve", "--port", std::to_string(port), "--redis", redis_url};
+  argv_s.insert(argv_s.end(), extra.begin(), extra.end());
+  p->pid = ::fork();
+  if (p->pid == 0) {
+    ::dup2(fds[1], 1);
+    ::close(fds[0]);
+    ::close(fds[1]);
+    std::vector<char*> argv;
+    for (auto& s : argv_s) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  p->out_fd = fds[0];
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  const std::regex line(R"(listening on (\S+))");
+  while (std::chrono::steady_clock::now() < end) {
+    pollfd pfd{p->out_fd, POLLIN, 0};
+    if (::poll(&pfd, 1, 100) <= 0) continue;
+    char buf[512];
+    const ssize_t n = ::read(p->out_fd, buf, sizeof buf);
+    if (n <= 0) return false;  // exited
+    output->append(buf, static_cast<std::size_t>(n));
+    std::smatch m;
+    if (std::regex_search(*output, m, line)) {
+      p->address = m[1];
+      return true;
+    }
+  }
+  return false;
+}
+
+std::unique_ptr<CoordinatorClient> Client(const std::string& address) {
+  CoordinatorClientOptions o;
+  o.address = address;
+  o.unavailable_timeout_s = 60;  // rides over a coordinator restart under a loaded machine
+  auto c = CoordinatorClient::Connect(o);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return c.ok() ? std::move(c).value() : nullptr;
+}
+
+SourceRecord Source(const std::string& instance, int rank) {
+  SourceRecord r;
+  r.model_identity = "model-x";
+  r.instance_id = instance;
+  r.rank = rank;
+  r.world_size = 1000;
+  r.layout = "tp=1";
+  r.metadata = BytesOf(std::string("md\0", 3) + instance);
+  return r;
+}
+
+class CoordinatorRedisProcess : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!RedisServer::Available()) GTEST_SKIP() << RedisServer::SkipReason();
+    std::string error;
+    redis_ = RedisServer::Start(&error);
+    ASSERT_NE(redis_, nullptr) << error;
+  }
+  std::unique_ptr<RedisServer> redis_;
+};
+
+TEST_F(CoordinatorRedisProcess, KillNineAndRestartUnderLoadLosesNothingAcknowledged) {
+  Serve first;
+  std::string out;
+  ASSERT_TRUE(StartServe(&first, 0, redis_->url(), {}, &out)) << out;
+  const int port = first.port();
+
+  constexpr int kThreads = 4;
+  std::atomic<bool> stop{false};
+  std::atomic<long> acked_registrations{0};
+  std::vector<std::vector<std::string>> acked_ids(kThreads);
+  std::vector<long> acked_adds(kThreads, 0), failed_adds(kThreads, 0), failed_other(kThreads, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      auto c = Client(first.address);
+      if (!c) return;
+      for (int i = 0; !stop.load(); ++i) {
+        auto r = c->RegisterSource(Source("inst-" + std::to_string(t), i));
+        if (r.ok()) {
+          acked_ids[t].push_back(r->source_id);
+          ++acked_registrations;
+        } else {
+          ++failed_other[t];
+        }
+        if (c->Add("acked-counter", 1).ok()) {
+          ++acked_adds[t];
+        } else {
+          ++failed_adds[t];
+        }
+        if (!acked_ids[t].empty() && !c->HeartbeatSource(acked_ids[t][i % acked_ids[t].size()]).ok()) {
+          ++failed_other[t];
+        }
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  const long before_kill = acked_registrations.load();
+  first.Kill();  // SIGKILL in the middle of the load
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  Serve second;
+  out.clear();
+  ASSERT_TRUE(StartServe(&second, port, redis_->url(), {}, &out)) << out;
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  stop = true;
+  for (auto& th : threads) th.join();
+  EXPECT_GT(before_kill, 0) << "no load before the kill";
+  EXPECT_GT(acked_registrations.load(), before_kill) << "the load did not continue through the restart";
+
+  auto c = Client(second.address);
+  ASSERT_TRUE(c);
+  auto listed = c->ListSources("model-x", std::nullopt);
+  ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+  std::set<std::string> present;
+  for (const auto& r : *listed) present.insert(r.source_id);
+  long acked_total = 0, adds = 0, adds_failed = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_GT(acked_ids[t].size(), 0u) << "thread " << t << " registered nothing";
+    for (const auto& id : acked_ids[t]) {
+      EXPECT_EQ(present.count(id), 1u) << "acknowledged registration " << id << " was lost";
+      EXPECT_TRUE(c->HeartbeatSource(id).ok()) << id;
+    }
+    acked_total += static_cast<long>(acked_ids[t].size());
+    adds += acked_adds[t];
+    adds_failed += failed_adds[t];
+  }
+  EXPECT_GE(static_cast<long>(present.size()), acked_total);
+  auto counter = c->Add("acked-counter", 0);
+  ASSERT_TRUE(counter.ok());
+  // Every acknowledged increment is there; at most the unacknowledged ones
+  // (and retries of a call whose reply was lost with the coordinator) on top.
+  EXPECT_GE(*counter, adds) << "acknowledged increments were lost";
+  EXPECT_LE(*counter, adds + adds_failed + kThreads);
+}
+
+TEST_F(CoordinatorRedisProcess, TwoCoordinatorsOnOneRedisServeOneState) {
+  Serve a_proc, b_proc;
+  std::string out;
+  ASSERT_TRUE(StartServe(&a_proc, 0, redis_->url(), {}, &out)) << out;
+  out.clear();
+  ASSERT_TRUE(StartServe(&b_proc, 0, redis_->url(), {}, &out)) << out;
+  auto a = Client(a_proc.address);
+  auto b = Client(b_proc.address);
+  ASSERT_TRUE(a && b);
+
+  // A client of A sees B's writes, and the other way round.
+  auto reg = b->RegisterSource(Source("inst-b", 0));
+  ASSERT_TRUE(reg.ok()) << reg.status().ToString();
+  auto seen = a->ListSources("model-x", SourceState::kReady);
+  ASSERT_TRUE(seen.ok());
+  ASSERT_EQ(seen->size(), 1u);
+  EXPECT_EQ(seen->at(0).source_id, reg->source_id);
+  EXPECT_EQ(seen->at(0).metadata, Source("inst-b", 0).metadata);
+  ASSERT_TRUE(a->MarkSourceStale(reg->source_id, "unreachable from a loader").ok());
+  EXPECT_EQ(b->ListSources("model-x", SourceState::kStale)->size(), 1u);
+  ASSERT_TRUE(b->DeregisterSource(reg->source_id).ok());
+  EXPECT_EQ(a->DeregisterSource(reg->source_id).code(), ErrorCode::kNotFound);
+
+  // A Get blocked in A is woken by a Put through B.
+  Result<std::vector<std::byte>> waited = Internal("not run");
+  std::thread waiter([&] { waited = a->Get("late-key", 20); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_TRUE(b->Put("late-key", BytesOf(std::string("v\0w", 3))).ok());
+  waiter.join();
+  ASSERT_TRUE(waited.ok()) << waited.status().ToString();
+  EXPECT_EQ(*waited, BytesOf(std::string("v\0w", 3)));
+
+  // Concurrent Adds through both coordinators sum exactly.
+  constexpr int kThreads = 4, kAdds = 150;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      CoordinatorClient& via = (t % 2 == 0) ? *a : *b;
+      for (int i = 0; i < kAdds; ++i) {
+        if (!via.Add("sum", 1).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(failures.load(), 0);
+  EXPECT_EQ(*a->Add("sum", 0), kThreads * kAdds);
+  EXPECT_EQ(*b->Add("sum", 0), kThreads * kAdds);
+
+  // Jobs: members joined through either coordinator, one epoch, versions agree.
+  JobMember x;
+  x.member_id = "engine-0/rank-0";
+  JobMember y = x;
+  y.member_id = "engine-1/rank-0";
+  ASSERT_TRUE(a->JoinJob("job", x).ok());
+  ASSERT_TRUE(b->JoinJob("job", y).ok());
+  EXPECT_EQ(b->JoinJob("job", x).status().code(), ErrorCode::kAlreadyExists);
+  auto ja = a->GetJob("job");
+  auto jb = b->GetJob("job");
+  ASSERT_TRUE(ja.ok() && jb.ok());
+  EXPECT_EQ(ja->members.size(), 2u);
+  EXPECT_EQ(ja->membership_epoch, 2u);
+  EXPECT_EQ(jb->membership_epoch, ja->membership_epoch);
+  ASSERT_TRUE(b->CommitVersion("job", x.member_id, 5).ok());
+  EXPECT_EQ(a->CommitVersion("job", x.member_id, 3).code(), ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(a->GetJob("job")->members.at(0).committed_version, 5u);
+}
+
+TEST_F(CoordinatorRedisProcess, LeasesEndWhileNoCoordinatorRuns) {
+  const std::vector<std::string> times = {"--stale-after", "1", "--delete-after", "5"};
+  Serve first;
+  std::string out;
+  ASSERT_TRUE(StartServe(&first, 0, redis_->url(), times, &out)) << out;
+  std::string id;
+  {
+    auto c = Client(first.address);
+    ASSERT_TRUE(c);
+    auto r = c->RegisterSource(Source("inst", 0));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    id = r->source_id;
+  }
+  const auto registered = std::chrono::steady_clock::now();
+  first.Kill();
+
+  // Past stale_after with no coordinator: a new one derives STALE from the stored time.
+  std::this_thread::sleep_until(registered + std::chrono::milliseconds(1500));
+  Serve second;
+  out.clear();
+  ASSERT_TRUE(StartServe(&second, 0, redis_->url(), times, &out)) << out;
+  {
+    auto c = Client(second.address);
+    ASSERT_TRUE(c);
+    auto l = c->ListSources("model-x", std::nullopt);
+    ASSERT_TRUE(l.ok());
+    if (std::chrono::steady_clock::now() < registered + std::chrono::milliseconds(4500)) {
+      ASSERT_EQ(l->size(), 1u);
+      EXPECT_EQ(l->at(0).state, SourceState::kStale);
+      EXPECT_TRUE(c->ListSources("model-x", SourceState::kReady)->empty());
+    }
+  }
+  second.Kill();
+
+  // Past delete_after with no coordinator: Redis itself removed the record.
+  std::this_thread::sleep_until(registered + std::chrono::milliseconds(5500));
+  EXPECT_EQ(redis_->Command({"EXISTS", "shardwire:v1:src:" + id}), "0") << "the lease did not end in Redis";
+  Serve third;
+  out.clear();
+  ASSERT_TRUE(StartServe(&third, 0, redis_->url(), times, &out)) << out;
+  auto c = Client(third.address);
+  ASSERT_TRUE(c);
+  EXPECT_TRUE(c->ListSources("", std::nullopt)->empty());
+  EXPECT_EQ(c->HeartbeatSource(id).code(), ErrorCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace shardwire

@@ -1,0 +1,596 @@
+// Conformance of every CoordinatorState backend (in memory, Redis) to the
+// contract of src/control/coordinator_state.h, plus Redis-only tests:
+// concurrency across two state objects on one Redis, leases expiring with no
+// state object alive (key TTL), corrupt records, Redis down and back, Redis
+// restarted with its data (script cache lost -> NOSCRIPT reload).
+//
+// Time is passed in (now_ms), so staleness and reaping need no sleeps; only the
+// TTL test sleeps (1.3 s) because Redis expires keys in real time. Redis is a
+// real redis-server started by tests/control/redis_fixture.h.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <limits>
+#include <thread>
+
+#include "control/coordinator_state.h"
+#include "control/coordinator_state_redis.h"
+#include "control/redis_fixture.h"
+#include "control/test_util.h"
+
+namespace shardwire::control {
+namespace {
+
+using testing_util::BytesOf;
+using testing_util::Pattern;
+using testing_util::RedisServer;
+
+std::int64_t WallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+LeasePolicy Policy() {
+  LeasePolicy p;
+  p.source_stale_after_s = 10;
+  p.source_delete_after_s = 60;
+  p.member_expire_after_s = 5;
+  return p;
+}
+
+SourceRecord Source(const std::string& identity, const std::string& instance, int rank, int world) {
+  SourceRecord r;
+  r.model_identity = identity;
+  r.instance_id = instance;
+  r.rank = rank;
+  r.world_size = world;
+  r.layout = "tp=" + std::to_string(world);
+  r.layout_fingerprint = "fp-" + std::to_string(world);
+  r.metadata = BytesOf(std::string("meta\0", 5) + instance + std::to_string(rank));
+  r.attributes["region"] = "3";
+  r.attributes[std::string("bin\0key", 7)] = std::string("v\0\xff", 3);
+  return r;
+}
+
+JobMember Member(const std::string& id, JobRole role = JobRole::kSubscriber) {
+  JobMember m;
+  m.member_id = id;
+  m.role = role;
+  m.group = "engine-1";
+  m.rank = 1;
+  m.world_size = 2;
+  m.layout = "tp=2";
+  m.metadata = Pattern(1000, 7);
+  m.metadata[3] = std::byte{0};
+  m.attributes["k"] = std::string("a\0b", 3);
+  return m;
+}
+
+// One Redis server shared by the parameterized suite (flushed before each test).
+RedisServer* shared_redis = nullptr;
+std::string shared_redis_error;
+
+class CoordinatorStateTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  static void SetUpTestSuite() {
+    if (shared_redis == nullptr && RedisServer::Available()) {
+      shared_redis = RedisServer::Start(&shared_redis_error).release();
+    }
+  }
+  static void TearDownTestSuite() {
+    delete shared_redis;
+    shared_redis = nullptr;
+  }
+
+  void SetUp() override {
+    if (GetParam() == "memory") {
+      state_ = MakeInMemoryCoordinatorState(Policy());
+      return;
+    }
+    if (!RedisServer::Available()) GTEST_SKIP() << RedisServer::SkipReason();
+    ASSERT_NE(shared_redis, nullptr) << shared_redis_error;
+    ASSERT_EQ(shared_redis->Command({"FLUSHALL"}), "OK");
+    auto st = ConnectRedisCoordinatorState(shared_redis->url(), Policy(), 5.0);
+    ASSERT_TRUE(st.ok()) << st.status().ToString();
+    state_ = std::move(st).value();
+  }
+
+  std::unique_ptr<CoordinatorState> state_;
+};
+
+TEST_P(CoordinatorStateTest, KvPutGetAddAndGeneration) {
+  auto& st = *state_;
+  auto g0 = st.KvGeneration();
+  ASSERT_TRUE(g0.ok());
+  auto missing = st.Get("k");
+  ASSERT_TRUE(missing.ok());
+  EXPECT_FALSE(missing->has_value());
+  const std::string binary("a\0b\xff", 4);
+  ASSERT_TRUE(st.Put("k", BytesOf(binary)).ok());
+  auto got = st.Get("k");
+  ASSERT_TRUE(got.ok() && got->has_value());
+  EXPECT_EQ(**got, BytesOf(binary));
+  ASSERT_TRUE(st.Put("empty", {}).ok());
+  ASSERT_TRUE(st.Get("empty")->has_value());
+  EXPECT_TRUE(st.Get("empty")->value().empty());
+  // Keys are binary too and do not collide with each other.
+  const std::string key2("k\0x", 3);
+  ASSERT_TRUE(st.Put(key2, BytesOf("other")).ok());
+  EXPECT_EQ(**st.Get("k"), BytesOf(binary));
+  EXPECT_EQ(**st.Get(key2), BytesOf("other"));
+  auto g1 = st.KvGeneration();
+  ASSERT_TRUE(g1.ok());
+  EXPECT_NE(*g0, *g1);
+  EXPECT_EQ(*st.Add("c", 5), 5);
+  EXPECT_EQ(*st.Add("c", -7), -2);
+  EXPECT_EQ(*st.Add("c", 0), -2);
+  EXPECT_EQ(**st.Get("c"), BytesOf("-2"));
+  EXPECT_NE(*st.KvGeneration(), *g1);
+  // Exact int64 arithmetic (no double rounding anywhere).
+  const std::int64_t big = std::numeric_limits<std::int64_t>::max() - 1;
+  EXPECT_EQ(*st.Add("big", big), big);
+  EXPECT_EQ(*st.Add("big", 1), std::numeric_limits<std::int64_t>::max());
+  auto overflow = st.Add("big", 1);
+  EXPECT_EQ(overflow.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(*st.Add("big", 0), std::numeric_limits<std::int64_t>::max()) << "failed Add changed the counter";
+  auto bad = st.Add("k", 1);
+  EXPECT_EQ(bad.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(**st.Get("k"), BytesOf(binary)) << "failed Add changed the value";
+  EXPECT_EQ(st.Put("", BytesOf("x")).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(st.Get("").status().code(), ErrorCode::kInvalidArgument);
+}
+
+TEST_P(CoordinatorStateTest, RegisterAndListRoundTripsEveryField) {
+  auto& st = *state_;
+  const std::int64_t t0 = WallMs();
+  SourceRecord big = Source("m1", "b-inst", 1, 2);
+  big.metadata = Pattern(1 << 20, 3);  // 1 MiB, zero bytes included
+  big.metadata[0] = std::byte{0};
+  big.source_id = "ignored";
+  big.state = SourceState::kStale;
+  big.stale_reason = "ignored";
+  auto a1 = st.RegisterSource(big, t0);
+  auto a0 = st.RegisterSource(Source("m1", "b-inst", 0, 2), t0 + 1);
+  auto other = st.RegisterSource(Source("m2", "a-inst", 0, 1), t0 + 2);
+  ASSERT_TRUE(a1.ok() && a0.ok() && other.ok()) << a1.status().ToString();
+  EXPECT_NE(a1->source_id, "ignored");
+  EXPECT_EQ(a1->source_id.size(), 20u);
+  EXPECT_EQ(a1->source_id.substr(0, 4), "src-");
+  EXPECT_NE(a1->source_id, a0->source_id);
+  EXPECT_EQ(a1->state, SourceState::kReady);
+  EXPECT_TRUE(a1->stale_reason.empty());
+  EXPECT_EQ(a1->registered_unix_ms, t0);
+  EXPECT_EQ(a1->last_heartbeat_unix_ms, t0);
+
+  auto m1 = st.ListSources("m1", std::nullopt, t0 + 3);
+  ASSERT_TRUE(m1.ok()) << m1.status().ToString();
+  ASSERT_EQ(m1->size(), 2u);
+  // Sorted by (instance_id, rank), not by registration order.
+  EXPECT_EQ((*m1)[0].source_id, a0->source_id);
+  EXPECT_EQ((*m1)[1].source_id, a1->source_id);
+  const SourceRecord& r = (*m1)[1];
+  EXPECT_EQ(r.model_identity, "m1");
+  EXPECT_EQ(r.instance_id, "b-inst");
+  EXPECT_EQ(r.rank, 1);
+  EXPECT_EQ(r.world_size, 2);
+  EXPECT_EQ(r.layout, "tp=2");
+  EXPECT_EQ(r.layout_fingerprint, "fp-2");
+  EXPECT_EQ(r.metadata, big.metadata);
+  EXPECT_EQ(r.attributes, big.attributes);
+  EXPECT_EQ(r.state, SourceState::kReady);
+  EXPECT_EQ(r.registered_unix_ms, t0);
+  EXPECT_EQ(r.last_heartbeat_unix_ms, t0);
+
+  auto all = st.ListSources("", std::nullopt, t0 + 3);
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 3u);
+  EXPECT_EQ((*all)[0].source_id, other->source_id);  // "a-inst" first
+  auto none = st.ListSources("m3", std::nullopt, t0 + 3);
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+}
+
+TEST_P(CoordinatorStateTest, StalenessIsDerivedFromTheHeartbeatTime) {
+  auto& st = *state_;
+  const std::int64_t t0 = WallMs();
+  auto a = st.RegisterSource(Source("m", "i", 0, 2), t0);
+  auto b = st.RegisterSource(Source("m", "i", 1, 2), t0);
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto ready = [&](std::int64_t now) { return st.ListSources("m", SourceState::kReady, now).value().size(); };
+  auto stale = [&](std::int64_t now) { return st.ListSources("m", SourceState::kStale, now).value().size(); };
+  EXPECT_EQ(ready(t0 + 9'999), 2u);
+  EXPECT_EQ(stale(t0 + 9'999), 0u);
+  // No Reap and no write: the lease alone makes them STALE.
+  EXPECT_EQ(ready(t0 + 10'000), 0u);
+  EXPECT_EQ(stale(t0 + 10'000), 2u);
+  auto listed = st.ListSources("m", std::nullopt, t0 + 10'000).value();
+  EXPECT_FALSE(listed[0].stale_reason.empty());
+  // A heartbeat makes one READY again and renews its lease.
+  ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + 12'000).ok());
+  EXPECT_EQ(ready(t0 + 12'000), 1u);
+  EXPECT_EQ(st.ListSources("m", SourceState::kReady, t0 + 21'999).value()[0].last_heartbeat_unix_ms, t0 + 12'000);
+  // A heartbeat with an older time never moves the heartbeat backwards.
+  ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + 11'000).ok());
+  EXPECT_EQ(st.ListSources("m", SourceState::kReady, t0 + 12'000).value()[0].last_heartbeat_unix_ms, t0 + 12'000);
+  // Marked stale by a loader: STALE at once with the reason, READY after the next heartbeat.
+  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "read failed", t0 + 13'000).ok());
+  auto marked = st.ListSources("m", SourceState::kStale, t0 + 13'000).value();
+  ASSERT_EQ(marked.size(), 2u);
+  EXPECT_EQ(marked[0].source_id, a->source_id);
+  EXPECT_EQ(marked[0].stale_reason, "read failed");
+  ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + 14'000).ok());
+  auto back = st.ListSources("m", SourceState::kReady, t0 + 14'000).value();
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_TRUE(back[0].stale_reason.empty());
+}
+
+TEST_P(CoordinatorStateTest, SourcesPastDeleteAfterAreGone) {
+  auto& st = *state_;
+  const std::int64_t t0 = WallMs();
+  auto a = st.RegisterSource(Source("m", "i", 0, 1), t0);
+  auto b = st.RegisterSource(Source("m", "j", 0, 1), t0);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(st.HeartbeatSource(b->source_id, t0 + 30'000).ok());
+  EXPECT_EQ(st.ListSources("m", std::nullopt, t0 + 59'999).value().size(), 2u);
+  auto left = st.ListSources("m", std::nullopt, t0 + 60'000).value();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0].source_id, b->source_id);
+  EXPECT_EQ(st.HeartbeatSource(a->source_id, t0 + 60'000).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st.MarkSourceStale(a->source_id, "x", t0 + 60'000).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st.ListSources("", std::nullopt, t0 + 60'000).value().size(), 1u);
+}
+
+TEST_P(CoordinatorStateTest, DeregisterAndUnknownIds) {
+  auto& st = *state_;
+  const std::int64_t t0 = WallMs();
+  auto a = st.RegisterSource(Source("m", "i", 0, 1), t0);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(st.HeartbeatSource("src-0000000000000000", t0).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st.MarkSourceStale("src-0000000000000000", "x", t0).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st.DeregisterSource("src-0000000000000000").code(), ErrorCode::kNotFound);
+  ASSERT_TRUE(st.DeregisterSource(a->source_id).ok());
+  EXPECT_EQ(st.DeregisterSource(a->source_id).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st.HeartbeatSource(a->source_id, t0).code(), ErrorCode::kNotFound);
+  EXPECT_TRUE(st.ListSources("m", std::nullopt, t0).value().empty());
+  EXPECT_TRUE(st.ListSources("", std::nullopt, t0).value().empty());
+}
+
+TEST_P(CoordinatorStateTest, ReapMarksStaleDeletesAndExpiresMembers) {
+  auto& st = *state_;
+  const std::int64_t t0 = WallMs();
+  auto a = st.RegisterSource(Source("m", "i", 0, 1), t0);
+  auto b = st.RegisterSource(Source("m", "j", 0, 1), t0);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(st.JoinJob("job", Member("p0", JobRole::kPublisher), t0).ok());
+  ASSERT_TRUE(st.JoinJob("job", Member("s0"), t0).ok());
+  auto nothing = st.Reap(t0 + 1'000);
+  ASSERT_TRUE(nothing.ok()) << nothing.status().ToString();
+  EXPECT_EQ(nothing->sources_marked_stale + nothing->sources_deleted + nothing->members_expired, 0);
+
+  ASSERT_TRUE(st.HeartbeatSource(b->source_id, t0 + 40'000).ok());
+  ASSERT_TRUE(st.HeartbeatMember("job", "s0", t0 + 4'000).ok());
+  const std::uint64_t epoch = st.GetJob("job", t0 + 4'000).value().membership_epoch;
+  auto r1 = st.Reap(t0 + 8'000);  // p0 expired (5 s), s0 alive
+  ASSERT_TRUE(r1.ok());
+  EXPECT_EQ(r1->members_expired, 1);
+  auto job = st.GetJob("job", t0 + 8'000).value();
+  ASSERT_EQ(job.members.size(), 1u);
+  EXPECT_EQ(job.members[0].member_id, "s0");
+  EXPECT_EQ(job.membership_epoch, epoch + 1);
+
+  auto r2 = st.Reap(t0 + 11'000);  // a stale
+  ASSERT_TRUE(r2.ok());
+  EXPECT_EQ(r2->sources_marked_stale, 1);
+  EXPECT_EQ(r2->sources_deleted, 0);
+  auto r3 = st.Reap(t0 + 12'000);  // already marked: not counted again
+  ASSERT_TRUE(r3.ok());
+  EXPECT_EQ(r3->sources_marked_stale, 0);
+  auto r4 = st.Reap(t0 + 60'000);  // a deleted; b (heartbeat at 40 s) stale
+  ASSERT_TRUE(r4.ok());
+  EXPECT_EQ(r4->sources_deleted, 1);
+  EXPECT_EQ(r4->sources_marked_stale, 1);
+  auto left = st.ListSources("", std::nullopt, t0 + 60'000).value();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0].source_id, b->source_id);
+  EXPECT_EQ(left[0].state, SourceState::kStale);
+}
+
+TEST_P(CoordinatorStateTest, JobMembershipAndEpochs) {
+  auto& st = *state_;
+  const std::int64_t t0 = WallMs();
+  const std::string job("rl/job:1\0x", 10);  // separators and zero bytes must not confuse keys
+  EXPECT_EQ(st.GetJob(job, t0).status().code(), ErrorCode::kNotFound);
+  auto v1 = st.JoinJob(job, Member("s1"), t0);
+  ASSERT_TRUE(v1.ok()) << v1.status().ToString();
+  EXPECT_EQ(v1->job, job);
+  ASSERT_EQ(v1->members.size(), 1u);
+  auto v2 = st.JoinJob(job, Member("p0", JobRole::kPublisher), t0 + 1);
+  ASSERT_TRUE(v2.ok());
+  EXPECT_GT(v2->membership_epoch, v1->membership_epoch);
+  ASSERT_EQ(v2->members.size(), 2u);
+  EXPECT_EQ(v2->members[0].member_id, "p0");  // sorted by member_id
+  const JobMember& s1 = v2->members[1];
+  const JobMember want = Member("s1");
+  EXPECT_EQ(s1.member_id, "s1");
+  EXPECT_EQ(s1.role, JobRole::kSubscriber);
+  EXPECT_EQ(s1.group, want.group);
+  EXPECT_EQ(s1.rank, 1);
+  EXPECT_EQ(s1.world_size, 2);
+  EXPECT_EQ(s1.layout, "tp=2");
+  EXPECT_EQ(s1.metadata, want.metadata);
+  EXPECT_EQ(s1.attributes, want.attributes);
+  EXPECT_EQ(s1.committed_version, 0u);
+  EXPECT_EQ(s1.joined_unix_ms, t0);
+  EXPECT_EQ(s1.last_heartbeat_unix_ms, t0);
+  EXPECT_EQ(v2->members[0].role, JobRole::kPublisher);
+
+  // A live member id cannot join twice; nothing changes.
+  EXPECT_EQ(st.JoinJob(job, Member("s1"), t0 + 2).status().code(), ErrorCode::kAlreadyExists);
+  EXPECT_EQ(st.GetJob(job, t0 + 2)->membership_epoch, v2->membership_epoch);
+  // Another job is independent.
+  EXPECT_EQ(st.GetJob("rl/job:1", t0).status().code(), ErrorCode::kNotFound);
+
+  ASSERT_TRUE(st.LeaveJob(job, "p0", t0 + 3).ok());
+  auto v3 = st.GetJob(job, t0 + 3);
+  ASSERT_TRUE(v3.ok());
+  EXPECT_EQ(v3->membership_epoch, v2->membership_epoch + 1);
+  ASSERT_EQ(v3->members.size(), 1u);
+  EXPECT_EQ(st.LeaveJob(job, "p0", t0 + 3).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st.HeartbeatMember(job, "p0", t0 + 3).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st.HeartbeatMember("nojob", "p0", t0 + 3).code(), ErrorCode::kNotFound);
+
+  // Heartbeats keep s1 alive past the 5 s lease; without them it expires and
+  // the epoch moves; it may then join again.
+  ASSERT_TRUE(st.HeartbeatMember(job, "s1", t0 + 4'000).ok());
+  auto alive = st.GetJob(job, t0 + 8'000);
+  ASSERT_TRUE(alive.ok());
+  EXPECT_EQ(alive->members.size(), 1u);
+  auto gone = st.GetJob(job, t0 + 9'000);
+  ASSERT_TRUE(gone.ok()) << "a job with history stays visible";
+  EXPECT_TRUE(gone->members.empty());
+  EXPECT_EQ(gone->membership_epoch, v3->membership_epoch + 1);
+  EXPECT_EQ(st.HeartbeatMember(job, "s1", t0 + 9'000).code(), ErrorCode::kNotFound);
+  auto again = st.JoinJob(job, Member("s1"), t0 + 9'000);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->membership_epoch, gone->membership_epoch + 1);
+  EXPECT_EQ(again->members[0].committed_version, 0u);
+}
+
+TEST_P(CoordinatorStateTest, CommittedVersionsNeverGoBackwards) {
+  auto& st = *state_;
+  const std::int64_t t0 = WallMs();
+  ASSERT_TRUE(st.JoinJob("j", Member("s0"), t0).ok());
+  ASSERT_TRUE(st.JoinJob("j", Member("s1"), t0).ok());
+  ASSERT_TRUE(st.CommitVersion("j", "s0", 5, t0).ok());
+  ASSERT_TRUE(st.CommitVersion("j", "s0", 5, t0).ok());  // equal: no-op
+  EXPECT_EQ(st.CommitVersion("j", "s0", 4, t0).code(), ErrorCode::kFailedPrecondition);
+  // 10 < 9 as strings, not as numbers: the comparison must be numeric.
+  ASSERT_TRUE(st.CommitVersion("j", "s0", 10, t0).ok());
+  EXPECT_EQ(st.CommitVersion("j", "s0", 9, t0).code(), ErrorCode::kFailedPrecondition);
+  // Every uint64 survives exactly (beyond a double's 53 bits).
+  const std::uint64_t huge = std::numeric_limits<std::uint64_t>::max() - 1;
+  ASSERT_TRUE(st.CommitVersion("j", "s1", huge, t0).ok());
+  EXPECT_EQ(st.CommitVersion("j", "s1", huge - 1, t0).code(), ErrorCode::kFailedPrecondition);
+  auto v = st.GetJob("j", t0);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->members[0].committed_version, 10u);
+  EXPECT_EQ(v->members[1].committed_version, huge);
+  EXPECT_EQ(st.CommitVersion("j", "nobody", 1, t0).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st.CommitVersion("nojob", "s0", 1, t0).code(), ErrorCode::kNotFound);
+  // Committing does not change the membership epoch.
+  EXPECT_EQ(st.GetJob("j", t0)->membership_epoch, 2u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, CoordinatorStateTest, ::testing::Values("memory", "redis"),
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+
+// ------------------------------------------------------------ Redis only
+
+class RedisStateTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!RedisServer::Available()) GTEST_SKIP() << RedisServer::SkipReason();
+    std::string error;
+    redis_ = RedisServer::Start(&error, NeedsAof());
+    ASSERT_NE(redis_, nullptr) << error;
+  }
+  virtual bool NeedsAof() const { return false; }
+
+  std::unique_ptr<CoordinatorState> Connect(LeasePolicy policy = Policy(), double timeout_s = 5.0) {
+    auto st = ConnectRedisCoordinatorState(redis_->url(), policy, timeout_s);
+    EXPECT_TRUE(st.ok()) << st.status().ToString();
+    return st.ok() ? std::move(st).value() : nullptr;
+  }
+
+  std::unique_ptr<RedisServer> redis_;
+};
+
+// N threads x 2 state objects (two "coordinators") on one Redis: every
+// registration, heartbeat, counter increment, join and commit lands exactly.
+TEST_F(RedisStateTest, ConcurrentStateObjectsLoseNothing) {
+  auto a = Connect();
+  RedisStateOptions one;
+  one.max_connections = 1;  // the other object: a single connection under its mutex
+  auto b_or = ConnectRedisCoordinatorState(redis_->url(), Policy(), one);
+  ASSERT_TRUE(a && b_or.ok());
+  auto b = std::move(b_or).value();
+  constexpr int kThreads = 8, kSources = 25, kBeats = 10;
+  const std::int64_t t0 = WallMs();
+  std::vector<std::vector<std::string>> ids(kThreads);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      CoordinatorState& st = (t % 2 == 0) ? *a : *b;
+      CoordinatorState& other = (t % 2 == 0) ? *b : *a;
+      for (int s = 0; s < kSources; ++s) {
+        auto r = st.RegisterSource(Source("m", "inst-" + std::to_string(t), s, kSources), t0);
+        if (!r.ok()) {
+          ++failures;
+          continue;
+        }
+        ids[t].push_back(r->source_id);
+        if (!st.Add("counter", 1).ok()) ++failures;
+      }
+      // Heartbeats alternate between both objects; the last one has the latest time.
+      for (int beat = 1; beat <= kBeats; ++beat) {
+        for (const auto& id : ids[t]) {
+          CoordinatorState& via = (beat % 2 == 0) ? st : other;
+          if (!via.HeartbeatSource(id, t0 + beat * 100 + t).ok()) ++failures;
+        }
+      }
+      if (!st.JoinJob("job", Member("m-" + std::to_string(t)), t0).ok()) ++failures;
+      for (std::uint64_t v = 1; v <= 20; ++v) {
+        if (!other.CommitVersion("job", "m-" + std::to_string(t), v, t0).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(failures.load(), 0);
+  auto listed = a->ListSources("m", std::nullopt, t0 + 2'000);
+  ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+  ASSERT_EQ(listed->size(), static_cast<size_t>(kThreads * kSources));
+  for (const auto& r : *listed) {
+    const int t = std::stoi(r.instance_id.substr(5));
+    EXPECT_EQ(r.last_heartbeat_unix_ms, t0 + kBeats * 100 + t) << r.source_id << ": a heartbeat was lost";
+    EXPECT_EQ(r.state, SourceState::kReady);
+  }
+  EXPECT_EQ(*b->Add("counter", 0), kThreads * kSources);
+  auto job = b->GetJob("job", t0 + 1);
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->members.size(), static_cast<size_t>(kThreads));
+  EXPECT_EQ(job->membership_epoch, static_cast<std::uint64_t>(kThreads));
+  for (const auto& m : job->members) EXPECT_EQ(m.committed_version, 20u) << m.member_id;
+}
+
+// A lease ends in Redis itself (key TTL) while no state object exists.
+TEST_F(RedisStateTest, LeaseExpiresWithNoStateObjectAlive) {
+  LeasePolicy p = Policy();
+  p.source_stale_after_s = 0.5;
+  p.source_delete_after_s = 1.0;
+  std::string id;
+  {
+    auto st = Connect(p);
+    ASSERT_TRUE(st);
+    auto r = st->RegisterSource(Source("m", "i", 0, 1), WallMs());
+    ASSERT_TRUE(r.ok());
+    id = r->source_id;
+    EXPECT_EQ(redis_->Command({"EXISTS", "shardwire:v1:src:" + id}), "1");
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1300));
+  EXPECT_EQ(redis_->Command({"EXISTS", "shardwire:v1:src:" + id}), "0") << "Redis did not expire the record";
+  EXPECT_EQ(redis_->Command({"EXISTS", "shardwire:v1:srcall"}), "0") << "the index outlived its sources";
+  auto st = Connect(p);
+  ASSERT_TRUE(st);
+  EXPECT_TRUE(st->ListSources("", std::nullopt, WallMs()).value().empty());
+  EXPECT_EQ(st->HeartbeatSource(id, WallMs()).code(), ErrorCode::kNotFound);
+}
+
+TEST_F(RedisStateTest, CorruptRecordsAreCorruptDataNamingTheKey) {
+  auto st = Connect();
+  ASSERT_TRUE(st);
+  const std::int64_t t0 = WallMs();
+  auto a = st->RegisterSource(Source("m", "i", 0, 1), t0);
+  ASSERT_TRUE(a.ok());
+  const std::string key = "shardwire:v1:src:" + a->source_id;
+
+  // A truncated record blob.
+  ASSERT_EQ(redis_->Command({"HSET", key, "rec", "SWS1\x05"}), "0");
+  auto l1 = st->ListSources("m", std::nullopt, t0);
+  EXPECT_EQ(l1.status().code(), ErrorCode::kCorruptData);
+  EXPECT_NE(l1.status().message().find(key), std::string::npos) << l1.status().message();
+
+  // A heartbeat time that is not a number.
+  ASSERT_EQ(redis_->Command({"HSET", key, "hb", "yesterday"}), "0");
+  auto hb = st->HeartbeatSource(a->source_id, t0);
+  EXPECT_EQ(hb.code(), ErrorCode::kCorruptData);
+  EXPECT_NE(hb.message().find(key), std::string::npos) << hb.message();
+  EXPECT_EQ(redis_->Command({"HGET", key, "hb"}), "yesterday") << "a refused heartbeat changed the record";
+
+  // A key of the wrong type.
+  ASSERT_EQ(redis_->Command({"DEL", key}), "1");
+  ASSERT_EQ(redis_->Command({"SET", key, "junk"}), "OK");
+  auto l2 = st->ListSources("", std::nullopt, t0);
+  EXPECT_EQ(l2.status().code(), ErrorCode::kCorruptData);
+  EXPECT_NE(l2.status().message().find(key), std::string::npos) << l2.status().message();
+  EXPECT_EQ(st->MarkSourceStale(a->source_id, "x", t0).code(), ErrorCode::kCorruptData);
+  // The reaper skips what it cannot read instead of failing every pass.
+  EXPECT_TRUE(st->Reap(t0).ok());
+
+  // A job member with a broken blob, and a broken committed version.
+  ASSERT_TRUE(st->JoinJob("j", Member("s0"), t0).ok());
+  const std::string job_key = "shardwire:v1:job:6a";  // hex("j")
+  ASSERT_EQ(redis_->Command({"HSET", job_key, "r:s0", "XXXX"}), "0");
+  auto g = st->GetJob("j", t0);
+  EXPECT_EQ(g.status().code(), ErrorCode::kCorruptData);
+  EXPECT_NE(g.status().message().find(job_key), std::string::npos) << g.status().message();
+  ASSERT_EQ(redis_->Command({"HSET", job_key, "v:s0", "-1"}), "0");
+  EXPECT_EQ(st->CommitVersion("j", "s0", 3, t0).code(), ErrorCode::kCorruptData);
+}
+
+TEST_F(RedisStateTest, RedisDownIsUnavailableWithinTheBoundThenRecovers) {
+  auto st = Connect(Policy(), 1.0);
+  ASSERT_TRUE(st);
+  const std::int64_t t0 = WallMs();
+  ASSERT_TRUE(st->RegisterSource(Source("m", "i", 0, 1), t0).ok());
+  redis_->Kill();
+  for (int call = 0; call < 2; ++call) {  // a broken pooled connection, then a refused reconnect
+    auto start = std::chrono::steady_clock::now();
+    auto r = st->ListSources("m", std::nullopt, t0);
+    double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(r.status().code(), ErrorCode::kUnavailable) << r.status().ToString();
+    EXPECT_NE(r.status().message().find(redis_->url()), std::string::npos) << r.status().message();
+    EXPECT_LT(took, 30.0) << "not bounded";  // a hang guard, not a speed check
+    EXPECT_EQ(st->Add("c", 1).status().code(), ErrorCode::kUnavailable);
+  }
+  auto fresh = ConnectRedisCoordinatorState(redis_->url(), Policy(), 1.0);
+  EXPECT_EQ(fresh.status().code(), ErrorCode::kUnavailable);
+  ASSERT_TRUE(redis_->Restart());
+  // Works again (no persistence: the data is gone, the state object is not).
+  auto r = st->RegisterSource(Source("m", "i", 0, 1), t0);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(st->ListSources("m", std::nullopt, t0).value().size(), 1u);
+  EXPECT_EQ(*st->Add("c", 2), 2);
+}
+
+TEST(RedisStateUrl, BadUrlsAndUnreachableServers) {
+  EXPECT_EQ(ConnectRedisCoordinatorState("http://x:1", Policy(), 1).status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(ConnectRedisCoordinatorState("redis://", Policy(), 1).status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(ConnectRedisCoordinatorState("redis://h:99999", Policy(), 1).status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(ConnectRedisCoordinatorState("redis://h:1/x", Policy(), 1).status().code(), ErrorCode::kInvalidArgument);
+  const int port = testing_util::FreeLoopbackPort();
+  const std::string url = "redis://127.0.0.1:" + std::to_string(port);
+  auto r = ConnectRedisCoordinatorState(url, Policy(), 1);
+  EXPECT_EQ(r.status().code(), ErrorCode::kUnavailable);
+  EXPECT_NE(r.status().message().find(url), std::string::npos) << r.status().message();
+}
+
+class RedisAofStateTest : public RedisStateTest {
+  bool NeedsAof() const override { return true; }
+};
+
+// Redis itself restarted with its data (AOF): the records survive and the
+// scripts, gone from Redis's cache, are loaded again (NOSCRIPT path).
+TEST_F(RedisAofStateTest, SurvivesARedisRestartWithItsData) {
+  auto st = Connect();
+  ASSERT_TRUE(st);
+  const std::int64_t t0 = WallMs();
+  auto a = st->RegisterSource(Source("m", "i", 0, 1), t0);
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(st->JoinJob("j", Member("s0"), t0).ok());
+  ASSERT_TRUE(st->CommitVersion("j", "s0", 7, t0).ok());
+  redis_->Kill();
+  ASSERT_TRUE(redis_->Restart());
+  ASSERT_TRUE(st->HeartbeatSource(a->source_id, t0 + 1).ok());
+  auto l = st->ListSources("m", std::nullopt, t0 + 1);
+  ASSERT_TRUE(l.ok()) << l.status().ToString();
+  ASSERT_EQ(l->size(), 1u);
+  EXPECT_EQ(l->at(0).last_heartbeat_unix_ms, t0 + 1);
+  auto job = st->GetJob("j", t0 + 1);
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->members.at(0).committed_version, 7u);
+}
+
+}  // namespace
+}  // namespace shardwire::control
