@@ -49,11 +49,11 @@
 namespace shardwire {
 
 /// Attribute keys a ModelSource sets on its SourceRecord.
-inline constexpr const char* kSourceAttrRegion = "region";            ///< region id of the shard buffer
-inline constexpr const char* kSourceAttrStructure = "structure";      ///< ModelIdentity::StructureDigest()
-inline constexpr const char* kSourceAttrRevision = "revision";        ///< ModelIdentity::revision
-inline constexpr const char* kSourceAttrBandwidthCap = "bandwidth";   ///< bytes/s cap, "0" = none
-inline constexpr const char* kSourceAttrBufferBytes = "buffer_bytes"; ///< rank buffer size, bytes
+inline constexpr const char* kSourceAttrRegion = "region";             ///< region id of the shard buffer
+inline constexpr const char* kSourceAttrStructure = "structure";       ///< ModelIdentity::StructureDigest()
+inline constexpr const char* kSourceAttrRevision = "revision";         ///< ModelIdentity::revision
+inline constexpr const char* kSourceAttrBandwidthCap = "bandwidth";    ///< bytes/s cap, "0" = none
+inline constexpr const char* kSourceAttrBufferBytes = "buffer_bytes";  ///< rank buffer size, bytes
 
 /// Construction options of a ModelSource.
 struct ModelSourceOptions {
@@ -153,17 +153,17 @@ struct ModelLoaderOptions {
 
 /// What a load did.
 struct LoadReport {
-  std::string identity;                      ///< ModelIdentity digest loaded
-  std::uint64_t buffer_bytes = 0;            ///< this rank's buffer, bytes
-  std::uint64_t bytes_from_sources = 0;      ///< verified bytes read from peers
-  std::uint64_t bytes_from_disk = 0;         ///< bytes read from the checkpoint
+  std::string identity;                                     ///< ModelIdentity digest loaded
+  std::uint64_t buffer_bytes = 0;                           ///< this rank's buffer, bytes
+  std::uint64_t bytes_from_sources = 0;                     ///< verified bytes read from peers
+  std::uint64_t bytes_from_disk = 0;                        ///< bytes read from the checkpoint
   std::map<std::string, std::uint64_t> bytes_per_instance;  ///< instance_id -> bytes
-  std::vector<std::string> skipped;          ///< instances skipped, with the reason
-  std::vector<std::string> failed;           ///< instances that failed mid-load, with the reason
-  std::uint64_t moves = 0;                   ///< moves verified
-  std::uint64_t rereads = 0;                 ///< moves re-planned after a failure or mismatch
-  double seconds = 0;                        ///< wall time of Load, seconds
-  double digest_seconds = 0;                 ///< of which hashing landed bytes, seconds
+  std::vector<std::string> skipped;                         ///< instances skipped, with the reason
+  std::vector<std::string> failed;                          ///< instances that failed mid-load, with the reason
+  std::uint64_t moves = 0;                                  ///< moves verified
+  std::uint64_t rereads = 0;                                ///< moves re-planned after a failure or mismatch
+  double seconds = 0;                                       ///< wall time of Load, seconds
+  double digest_seconds = 0;                                ///< of which hashing landed bytes, seconds
 };
 
 /// A new instance's rank loading its shards.

@@ -49,8 +49,7 @@ double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 std::vector<Interval> NeededIntervals(const Layout& layout, int rank) {
   std::vector<Interval> out;
   for (const ShardRef& s : layout.rank(rank).shards) {
-    const std::uint64_t bytes =
-        static_cast<std::uint64_t>(s.box.numel()) * DTypeSize(layout.tensors()[s.tensor].dtype);
+    const std::uint64_t bytes = static_cast<std::uint64_t>(s.box.numel()) * DTypeSize(layout.tensors()[s.tensor].dtype);
     out.push_back({s.byte_offset, s.byte_offset + bytes});
   }
   return workflows::Normalize(std::move(out));
@@ -60,12 +59,13 @@ std::vector<Interval> NeededIntervals(const Layout& layout, int rank) {
 struct Instance {
   std::string id;
   std::string layout_string;
-  std::vector<SourceRecord> ranks;  // by rank
-  std::vector<SourceRun> coverage;  // where this loader's bytes live in it
-  double bandwidth = 0;             // bytes/s cap, 0 = none
-  std::map<std::uint32_t, std::string> peers;       // src rank -> imported agent name
-  std::map<std::uint32_t, RegionId> regions;        // src rank -> region id
+  std::vector<SourceRecord> ranks;             // by rank
+  std::vector<SourceRun> coverage;             // where this loader's bytes live in it
+  double bandwidth = 0;                        // bytes/s cap, 0 = none
+  std::map<std::uint32_t, std::string> peers;  // src rank -> imported agent name
+  std::map<std::uint32_t, RegionId> regions;   // src rank -> region id
   std::set<std::uint32_t> hello_acked;
+  std::map<std::uint32_t, std::chrono::steady_clock::time_point> hello_deadline;  // src rank -> answer by
   bool failed = false;
   std::string failure;
 };
@@ -219,13 +219,14 @@ struct ModelLoader::Impl {
       std::sort(recs.begin(), recs.end(), [](const SourceRecord& a, const SourceRecord& b) { return a.rank < b.rank; });
       bool complete = static_cast<int>(recs.size()) == world;
       for (int r = 0; complete && r < world; ++r) {
-        complete = recs[static_cast<std::size_t>(r)].rank == r && recs[static_cast<std::size_t>(r)].world_size == world &&
+        complete = recs[static_cast<std::size_t>(r)].rank == r &&
+                   recs[static_cast<std::size_t>(r)].world_size == world &&
                    recs[static_cast<std::size_t>(r)].layout == inst.layout_string &&
                    recs[static_cast<std::size_t>(r)].layout_fingerprint == recs.front().layout_fingerprint;
       }
       if (!complete) {
-        report.skipped.push_back(fmt::format("{}: {} of {} ranks READY or ranks disagree on the layout", id,
-                                             recs.size(), world));
+        report.skipped.push_back(
+            fmt::format("{}: {} of {} ranks READY or ranks disagree on the layout", id, recs.size(), world));
         continue;
       }
       inst.ranks = recs;
@@ -241,10 +242,10 @@ struct ModelLoader::Impl {
       const std::vector<std::string> inputs = LayoutFingerprintInputs(*src_layout);
       if (LayoutFingerprintOf(inputs) != recs.front().layout_fingerprint) {
         // Compared before any descriptor exists. The source is healthy: not marked STALE.
-        report.skipped.push_back(fmt::format("{}: {}: layout fingerprint {} of \"{}\" differs from {} computed here: {}",
-                                             id, ErrorCodeName(ErrorCode::kLayoutMismatch),
-                                             recs.front().layout_fingerprint, inst.layout_string,
-                                             LayoutFingerprintOf(inputs), MismatchReason(inst, inputs)));
+        report.skipped.push_back(
+            fmt::format("{}: {}: layout fingerprint {} of \"{}\" differs from {} computed here: {}", id,
+                        ErrorCodeName(ErrorCode::kLayoutMismatch), recs.front().layout_fingerprint, inst.layout_string,
+                        LayoutFingerprintOf(inputs), MismatchReason(inst, inputs)));
         for (auto& [rank, peer] : inst.peers) (void)Send(peer, Msg(P2pKind::kBye));
         continue;
       }
@@ -347,13 +348,14 @@ struct ModelLoader::Impl {
       case P2pKind::kDigestReply:
         if (mv.state != LoadMove::State::kDigestWait) break;
         if (m.status != DigestStatus::kOk || m.value != mv.local_digest) {
-          FailInstance(mv.instance,
-                       m.status == DigestStatus::kCorrupt
-                           ? fmt::format("rank {} reports its served bytes differ from its committed content", mv.src_rank)
-                       : m.status == DigestStatus::kOutOfRange
-                           ? fmt::format("rank {} says a read range lies outside its buffer", mv.src_rank)
-                           : fmt::format("digest mismatch on a {}-byte move from rank {}: source {:016x}, landed {:016x}",
-                                         mv.bytes, mv.src_rank, m.value, mv.local_digest));
+          FailInstance(
+              mv.instance,
+              m.status == DigestStatus::kCorrupt
+                  ? fmt::format("rank {} reports its served bytes differ from its committed content", mv.src_rank)
+              : m.status == DigestStatus::kOutOfRange
+                  ? fmt::format("rank {} says a read range lies outside its buffer", mv.src_rank)
+                  : fmt::format("digest mismatch on a {}-byte move from rank {}: source {:016x}, landed {:016x}",
+                                mv.bytes, mv.src_rank, m.value, mv.local_digest));
           break;
         }
         if (inst.bandwidth > 0 && now < mv.pace_until) {
@@ -474,7 +476,7 @@ struct ModelLoader::Impl {
         continue;
       }
       hello_of_request[*id] = {m.instance, m.src_rank};
-      m.deadline = Clock::now() + Seconds(options.stall_timeout_s);
+      inst.hello_deadline[m.src_rank] = Clock::now() + Seconds(options.stall_timeout_s);
     }
   }
 
@@ -504,10 +506,11 @@ struct ModelLoader::Impl {
           if (now >= m.pace_until) Finish(m);
           break;
         case LoadMove::State::kQueued:
-          if (instances[m.instance].peers.contains(m.src_rank) &&
-              !instances[m.instance].hello_acked.contains(m.src_rank) && now > m.deadline) {
-            FailInstance(m.instance, fmt::format("rank {} did not answer HELLO within {} s", m.src_rank,
-                                                 options.stall_timeout_s));
+          if (instances[m.instance].hello_deadline.contains(m.src_rank) &&
+              !instances[m.instance].hello_acked.contains(m.src_rank) &&
+              now > instances[m.instance].hello_deadline[m.src_rank]) {
+            FailInstance(m.instance,
+                         fmt::format("rank {} did not answer HELLO within {} s", m.src_rank, options.stall_timeout_s));
           }
           break;
         case LoadMove::State::kLeaseWait:
@@ -539,7 +542,8 @@ struct ModelLoader::Impl {
     SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, *layout, options.rank, scratch));
     for (const Interval& iv : unassigned) {
       std::copy(scratch.begin() + static_cast<std::ptrdiff_t>(iv.begin),
-                scratch.begin() + static_cast<std::ptrdiff_t>(iv.end), buffer.begin() + static_cast<std::ptrdiff_t>(iv.begin));
+                scratch.begin() + static_cast<std::ptrdiff_t>(iv.end),
+                buffer.begin() + static_cast<std::ptrdiff_t>(iv.begin));
     }
     report.bytes_from_disk += workflows::TotalBytes(unassigned);
     unassigned.clear();
@@ -585,8 +589,8 @@ struct ModelLoader::Impl {
     unassigned = needed;
     if (instances.empty() && options.checkpoint_path.empty()) {
       return NotFound(fmt::format("no usable READY source of {} for layout {} rank {} and no checkpoint{}{}",
-                                  identity.Digest(), options.layout, options.rank, report.skipped.empty() ? "" : "; skipped: ",
-                                  fmt::join(report.skipped, "; ")));
+                                  identity.Digest(), options.layout, options.rank,
+                                  report.skipped.empty() ? "" : "; skipped: ", fmt::join(report.skipped, "; ")));
     }
     while (true) {
       Assign();
@@ -599,8 +603,8 @@ struct ModelLoader::Impl {
       if (all_done && unassigned.empty()) break;
       if (Clock::now() > give_up) {
         Goodbye();
-        return TimedOut(fmt::format("P2P load of rank {} did not finish within {} s", options.rank,
-                                    options.load_timeout_s));
+        return TimedOut(
+            fmt::format("P2P load of rank {} did not finish within {} s", options.rank, options.load_timeout_s));
       }
       Poll();
       if (!to_mark_stale.empty() && !unassigned.empty() && !Alive().empty()) {
@@ -644,8 +648,8 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
   impl->layout = std::move(*layout);
   AgentOptions agent_options = options.agent;
   if (agent_options.name.empty()) {
-    agent_options.name = fmt::format("{}/loader/{}/{}-{}", options.instance_id, options.rank, ::getpid(),
-                                     g_loader_counter.fetch_add(1));
+    agent_options.name =
+        fmt::format("{}/loader/{}/{}-{}", options.instance_id, options.rank, ::getpid(), g_loader_counter.fetch_add(1));
   }
   impl->options = std::move(options);
   SW_ASSIGN_OR_RETURN(impl->agent, Agent::Create(agent_options));

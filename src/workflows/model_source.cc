@@ -28,7 +28,7 @@ using workflows::P2pKind;
 using workflows::P2pMessage;
 
 constexpr std::uint64_t kBlockBytes = 1ull << 20;  // granularity of the committed-content check
-constexpr double kGrantSlackS = 2;                  // a grant is revoked this long after it should have ended
+constexpr double kGrantSlackS = 2;                 // a grant is revoked this long after it should have ended
 
 std::atomic<std::uint64_t> g_agent_counter{0};
 
@@ -168,9 +168,11 @@ struct ModelSource::Impl {
     if (lease_holder || lease_queue.empty()) return;
     lease_holder = lease_queue.front();
     lease_queue.pop_front();
-    const double seconds =
-        options.bandwidth_bytes_per_s > 0 ? static_cast<double>(lease_holder->bytes) / options.bandwidth_bytes_per_s : 0;
-    lease_deadline = now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds + kGrantSlackS));
+    const double seconds = options.bandwidth_bytes_per_s > 0
+                               ? static_cast<double>(lease_holder->bytes) / options.bandwidth_bytes_per_s
+                               : 0;
+    lease_deadline =
+        now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds + kGrantSlackS));
     P2pMessage grant;
     grant.kind = P2pKind::kGrant;
     grant.id = lease_holder->id;
@@ -245,8 +247,8 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Create(SourceRegistry& registr
   if (options.instance_id.empty()) return InvalidArgument("model source: empty instance id");
   AgentOptions agent_options = options.agent;
   if (agent_options.name.empty()) {
-    agent_options.name = fmt::format("{}/source/{}/{}-{}", options.instance_id, options.rank, ::getpid(),
-                                     g_agent_counter.fetch_add(1));
+    agent_options.name =
+        fmt::format("{}/source/{}/{}-{}", options.instance_id, options.rank, ::getpid(), g_agent_counter.fetch_add(1));
   }
   SW_ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent, Agent::Create(agent_options));
   const std::uint64_t bytes = layout->rank(options.rank).buffer_bytes;

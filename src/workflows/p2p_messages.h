@@ -28,21 +28,21 @@ enum class P2pKind : std::uint8_t {
 /// Status of a digest reply.
 enum class DigestStatus : std::uint8_t {
   kOk = 0,
-  kCorrupt = 1,      ///< a served block differs from the content the source committed
-  kOutOfRange = 2,   ///< a range lies outside the source's buffer
+  kCorrupt = 1,     ///< a served block differs from the content the source committed
+  kOutOfRange = 2,  ///< a range lies outside the source's buffer
 };
 
 struct P2pMessage {
   P2pKind kind = P2pKind::kHello;
   std::uint64_t id = 0;
-  std::vector<std::byte> blob;  ///< kHello: loader metadata
-  bool flag = false;            ///< kHello: want fingerprint inputs
-  std::string text;             ///< kHelloAck: fingerprint; then `lines`
-  std::vector<std::string> lines;  ///< kHelloAck: fingerprint inputs
+  std::vector<std::byte> blob;                                  ///< kHello: loader metadata
+  bool flag = false;                                            ///< kHello: want fingerprint inputs
+  std::string text;                                             ///< kHelloAck: fingerprint; then `lines`
+  std::vector<std::string> lines;                               ///< kHelloAck: fingerprint inputs
   std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;  ///< kDigest
-  std::uint64_t value = 0;      ///< kDigestReply: digest; kLease: bytes
-  DigestStatus status = DigestStatus::kOk;  ///< kDigestReply
-  double seconds = 0;           ///< kGrant
+  std::uint64_t value = 0;                                      ///< kDigestReply: digest; kLease: bytes
+  DigestStatus status = DigestStatus::kOk;                      ///< kDigestReply
+  double seconds = 0;                                           ///< kGrant
 };
 
 std::vector<std::byte> EncodeP2p(const P2pMessage& message);
