@@ -17,6 +17,8 @@ packages=(
   clang-14 libclang-rt-14-dev   # libFuzzer target for the metadata blob parser (fuzz/run_fuzzer.sh)
   iperf3                        # plain-TCP reference of bench/agent_engine_bench
   iproute2                      # network namespaces + veth for the cross-"host" transport test
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc  # coordinator service (proto/)
+  openssl                       # coordinator TLS test makes its certificate
 )
 
 missing=()

@@ -1,0 +1,327 @@
+// CoordinatorClient (coordinator.h).
+//
+// Retries, in two layers:
+//   - inside one attempt, gRPC's own retry policy (service config below) retries
+//     UNAVAILABLE up to 5 times with 50 ms .. 1 s exponential backoff;
+//   - around attempts, Call() keeps retrying UNAVAILABLE with bounded exponential
+//     backoff (50 ms doubling to 1 s) until unavailable_timeout_s has passed since
+//     the first attempt, then returns kUnavailable naming the address. gRPC's
+//     policy alone cannot do this: it caps attempts at 5 and has no total-time
+//     bound. The channel itself reconnects (reconnect backoff 100 ms .. 1 s), which
+//     is how a client survives a coordinator restart.
+// Every attempt carries a deadline: call_timeout_s (+ the server-side wait for Get).
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "control/coordinator_codec.h"
+#include "control/grpc_status.h"
+#include "control/rendezvous_internal.h"
+#include "shardwire/coordinator.h"
+#include "shardwire/v1/jobs.grpc.pb.h"
+#include "shardwire/v1/rendezvous.grpc.pb.h"
+#include "shardwire/v1/sources.grpc.pb.h"
+
+namespace shardwire {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+/// Longest server-side wait a client asks for in one Get RPC (seconds).
+constexpr double kGetSliceS = 5;
+
+constexpr char kServiceConfig[] = R"({
+  "methodConfig": [{
+    "name": [{"service": "shardwire.v1.Rendezvous"}, {"service": "shardwire.v1.SourceRegistry"},
+             {"service": "shardwire.v1.Jobs"}],
+    "retryPolicy": {
+      "maxAttempts": 5,
+      "initialBackoff": "0.05s",
+      "maxBackoff": "1s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]
+    }
+  }]
+})";
+
+Clock::duration Seconds(double s) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+}
+
+}  // namespace
+
+struct CoordinatorClient::Impl {
+  CoordinatorClientOptions options;
+  std::string auth_header;  // "Bearer <token>" or empty
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Rendezvous::Stub> rendezvous;
+  std::unique_ptr<v1::SourceRegistry::Stub> sources;
+  std::unique_ptr<v1::Jobs::Stub> jobs;
+
+  // Runs `rpc(context)` with retries of UNAVAILABLE as described above.
+  // `extra_s`: seconds added to the attempt deadline (server-side waits).
+  template <typename Rpc>
+  Status Call(std::string_view method, Rpc&& rpc, double extra_s = 0) {
+    const auto start = Clock::now();
+    const auto give_up = start + Seconds(options.unavailable_timeout_s);
+    auto backoff = std::chrono::milliseconds(50);
+    for (;;) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                           std::chrono::duration<double>(options.call_timeout_s + extra_s)));
+      if (!auth_header.empty()) ctx.AddMetadata("authorization", auth_header);
+      grpc::Status st = rpc(ctx);
+      if (st.error_code() != grpc::StatusCode::UNAVAILABLE) return control::FromGrpcStatus(st, method, options.address);
+      const auto now = Clock::now();
+      if (now >= give_up) {
+        return Unavailable(fmt::format("coordinator at {} is unavailable ({} gave up after {:.1f} s): {}",
+                                       options.address, method, std::chrono::duration<double>(now - start).count(),
+                                       st.error_message()));
+      }
+      // Let the channel reconnect (its own backoff), but never past give_up.
+      const auto pause = std::min<Clock::duration>(backoff, give_up - now);
+      channel->WaitForConnected(std::chrono::system_clock::now() +
+                                std::chrono::duration_cast<std::chrono::system_clock::duration>(pause));
+      std::this_thread::sleep_until(std::min(give_up, now + pause));
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
+    }
+  }
+};
+
+Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(CoordinatorClientOptions options) {
+  if (options.address.empty()) return InvalidArgument("coordinator address is empty");
+  auto finite_positive = [](double v) { return std::isfinite(v) && v > 0; };
+  if (!finite_positive(options.call_timeout_s) || !(options.unavailable_timeout_s >= 0) ||
+      !std::isfinite(options.unavailable_timeout_s)) {
+    return InvalidArgument(
+        fmt::format("coordinator client timeouts must be finite (call {} s > 0, unavailable {} s >= 0)",
+                    options.call_timeout_s, options.unavailable_timeout_s));
+  }
+  auto impl = std::make_unique<Impl>();
+  std::string token = options.token;
+  if (token.empty()) {
+    if (const char* env = std::getenv("SHARDWIRE_TOKEN"); env != nullptr) token = env;
+  }
+  if (!token.empty()) impl->auth_header = "Bearer " + token;
+
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (!options.tls_root_cert_file.empty()) {
+    std::ifstream in(options.tls_root_cert_file, std::ios::binary);
+    std::ostringstream ss;
+    if (in) ss << in.rdbuf();
+    if (!in || ss.str().empty()) {
+      return InvalidArgument(fmt::format("cannot read the TLS root certificate file '{}'", options.tls_root_cert_file));
+    }
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = ss.str();
+    creds = grpc::SslCredentials(ssl);
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(control::kMaxResponseBytes);
+  args.SetMaxSendMessageSize(control::kMaxRequestBytes);
+  args.SetServiceConfigJSON(kServiceConfig);
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 1);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // Each client gets its own connection (not shared with other clients of the
+  // same process), so one client's broken connection never stalls another.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  impl->channel = grpc::CreateCustomChannel(options.address, creds, args);
+  impl->rendezvous = v1::Rendezvous::NewStub(impl->channel);
+  impl->sources = v1::SourceRegistry::NewStub(impl->channel);
+  impl->jobs = v1::Jobs::NewStub(impl->channel);
+  impl->options = std::move(options);
+
+  v1::PingRequest req;
+  v1::PingResponse resp;
+  Impl* raw = impl.get();
+  SW_RETURN_IF_ERROR(
+      raw->Call("Ping", [&](grpc::ClientContext& ctx) { return raw->rendezvous->Ping(&ctx, req, &resp); }));
+  return std::unique_ptr<CoordinatorClient>(new CoordinatorClient(std::move(impl)));
+}
+
+CoordinatorClient::CoordinatorClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CoordinatorClient::~CoordinatorClient() = default;
+
+const std::string& CoordinatorClient::address() const { return impl_->options.address; }
+
+// ---------------------------------------------------------------------------
+// Rendezvous
+
+Status CoordinatorClient::Put(const std::string& key, std::span<const std::byte> value) {
+  SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+  SW_RETURN_IF_ERROR(control_internal::ValidateValueSize(value.size(), key));
+  v1::PutRequest req;
+  req.set_key(key);
+  req.set_value(control::ToString(value));
+  v1::PutResponse resp;
+  return impl_->Call("Put", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Put(&ctx, req, &resp); });
+}
+
+Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, double timeout_s) {
+  SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+  SW_RETURN_IF_ERROR(control_internal::ValidateTimeout(timeout_s, fmt::format("Get '{}'", key)));
+  const auto deadline = control_internal::DeadlineAfter(timeout_s);
+  v1::GetRequest req;
+  req.set_key(key);
+  for (;;) {
+    const double slice = std::min(control_internal::SecondsLeft(deadline), kGetSliceS);
+    req.set_wait_s(slice);
+    v1::GetResponse resp;
+    SW_RETURN_IF_ERROR(impl_->Call(
+        "Get", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Get(&ctx, req, &resp); }, slice));
+    if (resp.found()) return control::ToBytes(resp.value());
+    if (control_internal::SecondsLeft(deadline) <= 0) return control_internal::GetTimedOut(key, timeout_s);
+  }
+}
+
+Result<std::int64_t> CoordinatorClient::Add(const std::string& key, std::int64_t delta) {
+  SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+  v1::AddRequest req;
+  req.set_key(key);
+  req.set_delta(delta);
+  v1::AddResponse resp;
+  SW_RETURN_IF_ERROR(
+      impl_->Call("Add", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Add(&ctx, req, &resp); }));
+  return resp.value();
+}
+
+// ---------------------------------------------------------------------------
+// Sources
+
+Result<SourceRecord> CoordinatorClient::RegisterSource(const SourceRecord& record) {
+  v1::RegisterSourceRequest req;
+  control::ToProto(record, req.mutable_source());
+  req.mutable_source()->clear_source_id();
+  req.mutable_source()->clear_state();
+  req.mutable_source()->clear_stale_reason();
+  req.mutable_source()->clear_registered_unix_ms();
+  req.mutable_source()->clear_last_heartbeat_unix_ms();
+  SW_RETURN_IF_ERROR(control::ValidateSource(req.source()));
+  v1::RegisterSourceResponse resp;
+  SW_RETURN_IF_ERROR(impl_->Call("RegisterSource",
+                                 [&](grpc::ClientContext& ctx) { return impl_->sources->Register(&ctx, req, &resp); }));
+  return control::FromProto(resp.source());
+}
+
+Status CoordinatorClient::HeartbeatSource(const std::string& source_id) {
+  SW_RETURN_IF_ERROR(control::ValidateSourceId(source_id));
+  v1::HeartbeatSourceRequest req;
+  req.set_source_id(source_id);
+  v1::HeartbeatSourceResponse resp;
+  return impl_->Call("HeartbeatSource",
+                     [&](grpc::ClientContext& ctx) { return impl_->sources->Heartbeat(&ctx, req, &resp); });
+}
+
+Result<std::vector<SourceRecord>> CoordinatorClient::ListSources(const std::string& model_identity,
+                                                                 std::optional<SourceState> state) {
+  SW_RETURN_IF_ERROR(control::ValidateName(model_identity, "model_identity filter", /*allow_empty=*/true));
+  v1::ListSourcesRequest req;
+  req.set_model_identity(model_identity);
+  req.set_state(control::ToProto(state));
+  v1::ListSourcesResponse resp;
+  SW_RETURN_IF_ERROR(
+      impl_->Call("ListSources", [&](grpc::ClientContext& ctx) { return impl_->sources->List(&ctx, req, &resp); }));
+  std::vector<SourceRecord> out;
+  out.reserve(resp.sources_size());
+  for (const auto& s : resp.sources()) {
+    SW_ASSIGN_OR_RETURN(SourceRecord r, control::FromProto(s));
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+Status CoordinatorClient::MarkSourceStale(const std::string& source_id, const std::string& reason) {
+  SW_RETURN_IF_ERROR(control::ValidateSourceId(source_id));
+  SW_RETURN_IF_ERROR(control::ValidateReason(reason));
+  v1::MarkSourceStaleRequest req;
+  req.set_source_id(source_id);
+  req.set_reason(reason);
+  v1::MarkSourceStaleResponse resp;
+  return impl_->Call("MarkSourceStale",
+                     [&](grpc::ClientContext& ctx) { return impl_->sources->MarkStale(&ctx, req, &resp); });
+}
+
+Status CoordinatorClient::DeregisterSource(const std::string& source_id) {
+  SW_RETURN_IF_ERROR(control::ValidateSourceId(source_id));
+  v1::DeregisterSourceRequest req;
+  req.set_source_id(source_id);
+  v1::DeregisterSourceResponse resp;
+  return impl_->Call("DeregisterSource",
+                     [&](grpc::ClientContext& ctx) { return impl_->sources->Deregister(&ctx, req, &resp); });
+}
+
+// ---------------------------------------------------------------------------
+// Jobs
+
+Result<JobView> CoordinatorClient::JoinJob(const std::string& job, const JobMember& member) {
+  SW_RETURN_IF_ERROR(control::ValidateName(job, "job"));
+  v1::JoinJobRequest req;
+  req.set_job(job);
+  control::ToProto(member, req.mutable_member());
+  req.mutable_member()->clear_committed_version();
+  req.mutable_member()->clear_joined_unix_ms();
+  req.mutable_member()->clear_last_heartbeat_unix_ms();
+  SW_RETURN_IF_ERROR(control::ValidateMember(req.member()));
+  v1::JoinJobResponse resp;
+  SW_RETURN_IF_ERROR(
+      impl_->Call("JoinJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Join(&ctx, req, &resp); }));
+  return control::FromProto(resp.job());
+}
+
+Status CoordinatorClient::HeartbeatMember(const std::string& job, const std::string& member_id) {
+  SW_RETURN_IF_ERROR(control::ValidateName(job, "job"));
+  SW_RETURN_IF_ERROR(control::ValidateName(member_id, "member_id"));
+  v1::HeartbeatMemberRequest req;
+  req.set_job(job);
+  req.set_member_id(member_id);
+  v1::HeartbeatMemberResponse resp;
+  return impl_->Call("HeartbeatMember",
+                     [&](grpc::ClientContext& ctx) { return impl_->jobs->HeartbeatMember(&ctx, req, &resp); });
+}
+
+Status CoordinatorClient::LeaveJob(const std::string& job, const std::string& member_id) {
+  SW_RETURN_IF_ERROR(control::ValidateName(job, "job"));
+  SW_RETURN_IF_ERROR(control::ValidateName(member_id, "member_id"));
+  v1::LeaveJobRequest req;
+  req.set_job(job);
+  req.set_member_id(member_id);
+  v1::LeaveJobResponse resp;
+  return impl_->Call("LeaveJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Leave(&ctx, req, &resp); });
+}
+
+Result<JobView> CoordinatorClient::GetJob(const std::string& job) {
+  SW_RETURN_IF_ERROR(control::ValidateName(job, "job"));
+  v1::GetJobRequest req;
+  req.set_job(job);
+  v1::GetJobResponse resp;
+  SW_RETURN_IF_ERROR(
+      impl_->Call("GetJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Get(&ctx, req, &resp); }));
+  return control::FromProto(resp.job());
+}
+
+Status CoordinatorClient::CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version) {
+  SW_RETURN_IF_ERROR(control::ValidateName(job, "job"));
+  SW_RETURN_IF_ERROR(control::ValidateName(member_id, "member_id"));
+  v1::CommitVersionRequest req;
+  req.set_job(job);
+  req.set_member_id(member_id);
+  req.set_version(version);
+  v1::CommitVersionResponse resp;
+  return impl_->Call("CommitVersion",
+                     [&](grpc::ClientContext& ctx) { return impl_->jobs->CommitVersion(&ctx, req, &resp); });
+}
+
+}  // namespace shardwire

@@ -1,0 +1,195 @@
+// CoordinatorServer (coordinator.h): a synchronous gRPC server running the three
+// coordinator services over one CoordinatorState, plus the reaper thread.
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <condition_variable>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "control/coordinator_codec.h"
+#include "control/coordinator_service.h"
+#include "control/coordinator_state.h"
+#include "shardwire/coordinator.h"
+
+namespace shardwire {
+
+namespace {
+
+Result<std::string> ReadPemFile(const std::string& path, std::string_view what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return InvalidArgument(fmt::format("cannot read the {} file '{}'", what, path));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (ss.str().empty()) return InvalidArgument(fmt::format("the {} file '{}' is empty", what, path));
+  return ss.str();
+}
+
+// Splits "host:port" / "[v6]:port"; host keeps no brackets.
+Status SplitHostPort(const std::string& address, std::string* host, int* port) {
+  const auto colon = address.rfind(':');
+  if (colon == std::string::npos || colon + 1 == address.size()) {
+    return InvalidArgument(fmt::format("listen address '{}' is not host:port", address));
+  }
+  *host = address.substr(0, colon);
+  if (host->size() >= 2 && host->front() == '[' && host->back() == ']') *host = host->substr(1, host->size() - 2);
+  const std::string p = address.substr(colon + 1);
+  if (p.find_first_not_of("0123456789") != std::string::npos || p.size() > 5 || std::stoi(p) > 65535) {
+    return InvalidArgument(fmt::format("listen address '{}' has an invalid port '{}'", address, p));
+  }
+  *port = std::stoi(p);
+  return Status::Ok();
+}
+
+Status ValidateOptions(const CoordinatorServerOptions& o) {
+  auto positive = [](double v) { return std::isfinite(v) && v > 0; };
+  if (!positive(o.source_stale_after_s) || !positive(o.source_delete_after_s) || !positive(o.member_expire_after_s) ||
+      !positive(o.reaper_interval_s)) {
+    return InvalidArgument(fmt::format(
+        "coordinator times must be finite and > 0 s: stale_after {}, delete_after {}, member_expire_after {}, "
+        "reaper_interval {}",
+        o.source_stale_after_s, o.source_delete_after_s, o.member_expire_after_s, o.reaper_interval_s));
+  }
+  if (o.source_delete_after_s < o.source_stale_after_s) {
+    return InvalidArgument(fmt::format("source delete_after ({} s) must be >= stale_after ({} s)",
+                                       o.source_delete_after_s, o.source_stale_after_s));
+  }
+  if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
+    return InvalidArgument("TLS needs both a certificate file and a key file");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+struct CoordinatorServer::Impl {
+  std::shared_ptr<control::CoordinatorState> state;
+  std::unique_ptr<control::CoordinatorCore> core;
+  std::unique_ptr<control::RendezvousService> rendezvous;
+  std::unique_ptr<control::SourceRegistryService> sources;
+  std::unique_ptr<control::JobsService> jobs;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+  std::string dial_host;
+  double reaper_interval_s = 1;
+
+  std::thread reaper;
+  std::mutex mu;
+  std::condition_variable wake;
+  bool stop = false;
+  bool shut_down = false;
+
+  void RunReaper() {
+    std::unique_lock<std::mutex> lock(mu);
+    const auto interval = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(reaper_interval_s));
+    while (!stop) {
+      if (wake.wait_for(lock, interval, [&] { return stop; })) break;
+      lock.unlock();
+      auto stats = state->Reap(control::UnixNowMs());
+      if (!stats.ok()) {
+        spdlog::warn("coordinator reaper: {}", stats.status().ToString());
+      } else if (stats->sources_marked_stale + stats->sources_deleted + stats->members_expired > 0) {
+        spdlog::debug("coordinator reaper: {} sources stale, {} deleted, {} members expired",
+                      stats->sources_marked_stale, stats->sources_deleted, stats->members_expired);
+      }
+      lock.lock();
+    }
+  }
+};
+
+Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(CoordinatorServerOptions options) {
+  SW_RETURN_IF_ERROR(ValidateOptions(options));
+  std::string host;
+  int port = 0;
+  SW_RETURN_IF_ERROR(SplitHostPort(options.listen_address, &host, &port));
+
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  if (!options.tls_cert_file.empty()) {
+    SW_ASSIGN_OR_RETURN(std::string cert, ReadPemFile(options.tls_cert_file, "TLS certificate"));
+    SW_ASSIGN_OR_RETURN(std::string key, ReadPemFile(options.tls_key_file, "TLS private key"));
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({key, cert});
+    creds = grpc::SslServerCredentials(ssl);
+  } else {
+    creds = grpc::InsecureServerCredentials();
+  }
+
+  control::LeasePolicy policy;
+  policy.source_stale_after_s = options.source_stale_after_s;
+  policy.source_delete_after_s = options.source_delete_after_s;
+  policy.member_expire_after_s = options.member_expire_after_s;
+
+  auto impl = std::make_unique<Impl>();
+  std::string backend = "memory";
+  if (options.redis_url.empty()) {
+    impl->state = control::MakeInMemoryCoordinatorState(policy);
+  } else {
+    SW_ASSIGN_OR_RETURN(auto st, control::ConnectRedisCoordinatorState(options.redis_url, policy));
+    impl->state = std::move(st);
+    backend = "redis";
+  }
+  impl->core = std::make_unique<control::CoordinatorCore>(impl->state, options.token, backend);
+  impl->rendezvous = std::make_unique<control::RendezvousService>(impl->core.get());
+  impl->sources = std::make_unique<control::SourceRegistryService>(impl->core.get());
+  impl->jobs = std::make_unique<control::JobsService>(impl->core.get());
+  impl->reaper_interval_s = options.reaper_interval_s;
+
+  grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default, which would let a second coordinator bind
+  // a port that is in use; turn it off so that is an error.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(control::kMaxRequestBytes);
+  builder.SetMaxSendMessageSize(control::kMaxResponseBytes);
+  builder.AddListeningPort(options.listen_address, creds, &impl->port);
+  builder.RegisterService(impl->rendezvous.get());
+  builder.RegisterService(impl->sources.get());
+  builder.RegisterService(impl->jobs.get());
+  impl->server = builder.BuildAndStart();
+  if (impl->server == nullptr || impl->port == 0) {
+    if (impl->server != nullptr) impl->server->Shutdown();
+    return IoError(fmt::format("coordinator cannot listen on {} (port in use, or the address is not local)",
+                               options.listen_address));
+  }
+  impl->dial_host = host;
+  if (host.empty() || host == "0.0.0.0") impl->dial_host = "127.0.0.1";
+  if (host == "::") impl->dial_host = "::1";
+  Impl* raw = impl.get();
+  impl->reaper = std::thread([raw] { raw->RunReaper(); });
+  spdlog::debug("coordinator listening on {}:{} ({} state{})", impl->dial_host, impl->port, backend,
+                options.tls_cert_file.empty() ? "" : ", TLS");
+  return std::unique_ptr<CoordinatorServer>(new CoordinatorServer(std::move(impl)));
+}
+
+CoordinatorServer::CoordinatorServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+CoordinatorServer::~CoordinatorServer() { Shutdown(0.2); }
+
+int CoordinatorServer::port() const { return impl_->port; }
+
+std::string CoordinatorServer::address() const {
+  if (impl_->dial_host.find(':') != std::string::npos) return fmt::format("[{}]:{}", impl_->dial_host, impl_->port);
+  return fmt::format("{}:{}", impl_->dial_host, impl_->port);
+}
+
+void CoordinatorServer::Shutdown(double grace_s) {
+  if (impl_->shut_down) return;
+  impl_->shut_down = true;
+  impl_->core->Stop();  // waiting Gets answer "not found" at once
+  if (!(grace_s >= 0) || !std::isfinite(grace_s)) grace_s = 0;
+  impl_->server->Shutdown(
+      std::chrono::system_clock::now() +
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(grace_s)));
+  impl_->server->Wait();
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->stop = true;
+  }
+  impl_->wake.notify_all();
+  if (impl_->reaper.joinable()) impl_->reaper.join();
+}
+
+}  // namespace shardwire

@@ -1,0 +1,116 @@
+// Internal to the control layer: the gRPC services of the coordinator
+// (shardwire.v1.Rendezvous, SourceRegistry, Jobs) over one CoordinatorState.
+//
+// Every handler, in this order: checks the bearer token (UNAUTHENTICATED, nothing
+// changed; compared in constant time), validates the request against the limits of
+// coordinator_codec.h (INVALID_ARGUMENT with a message), then calls exactly one
+// state method per mutation and maps its Status with ToGrpcStatus.
+//
+// Get waits on the server for at most min(wait_s, 30 s, the call's deadline): it is
+// woken by Puts and Adds through this service and re-reads the state's KvGeneration
+// at least every 10 ms (so Puts through another coordinator over the same Redis are
+// seen too); a cancelled call or a stopping server ends the wait at once.
+//
+// Thread-safety: handlers run concurrently on gRPC's threads; Stop() may be called
+// from any thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "control/coordinator_state.h"
+#include "shardwire/v1/jobs.grpc.pb.h"
+#include "shardwire/v1/rendezvous.grpc.pb.h"
+#include "shardwire/v1/sources.grpc.pb.h"
+
+namespace shardwire::control {
+
+/// What the three services share: the state, the token and the waiters of Get.
+class CoordinatorCore {
+ public:
+  /// `token`: empty disables authentication. `backend`: "memory" or "redis" (Ping).
+  CoordinatorCore(std::shared_ptr<CoordinatorState> state, std::string token, std::string backend);
+
+  /// OK, or UNAUTHENTICATED when the call lacks "authorization: Bearer <token>".
+  grpc::Status Authorize(const grpc::ServerContext* context) const;
+  CoordinatorState& state() { return *state_; }
+  const std::string& instance() const { return instance_; }
+  const std::string& backend() const { return backend_; }
+
+  /// Wakes waiting Gets after a local Put/Add.
+  void NotifyKvChanged();
+  /// Waits until a local change, `max_wait` passes or Stop(); returns true when a
+  /// local change happened since `*seen` (and updates `*seen`).
+  bool WaitForLocalChange(std::uint64_t* seen, std::chrono::steady_clock::time_point until);
+  std::uint64_t local_changes();
+  /// Ends every wait now and makes later waits return at once.
+  void Stop();
+  bool stopping() const { return stopping_.load(); }
+
+ private:
+  std::shared_ptr<CoordinatorState> state_;
+  const std::string token_;
+  const std::string backend_;
+  const std::string instance_;
+  std::mutex mu_;
+  std::condition_variable changed_;
+  std::uint64_t local_changes_ = 0;
+  std::atomic<bool> stopping_{false};
+};
+
+class RendezvousService final : public v1::Rendezvous::Service {
+ public:
+  explicit RendezvousService(CoordinatorCore* core) : core_(core) {}
+  grpc::Status Put(grpc::ServerContext* ctx, const v1::PutRequest* req, v1::PutResponse* resp) override;
+  grpc::Status Get(grpc::ServerContext* ctx, const v1::GetRequest* req, v1::GetResponse* resp) override;
+  grpc::Status Add(grpc::ServerContext* ctx, const v1::AddRequest* req, v1::AddResponse* resp) override;
+  grpc::Status Ping(grpc::ServerContext* ctx, const v1::PingRequest* req, v1::PingResponse* resp) override;
+
+ private:
+  CoordinatorCore* core_;
+};
+
+class SourceRegistryService final : public v1::SourceRegistry::Service {
+ public:
+  explicit SourceRegistryService(CoordinatorCore* core) : core_(core) {}
+  grpc::Status Register(grpc::ServerContext* ctx, const v1::RegisterSourceRequest* req,
+                        v1::RegisterSourceResponse* resp) override;
+  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatSourceRequest* req,
+                         v1::HeartbeatSourceResponse* resp) override;
+  grpc::Status List(grpc::ServerContext* ctx, const v1::ListSourcesRequest* req,
+                    v1::ListSourcesResponse* resp) override;
+  grpc::Status MarkStale(grpc::ServerContext* ctx, const v1::MarkSourceStaleRequest* req,
+                         v1::MarkSourceStaleResponse* resp) override;
+  grpc::Status Deregister(grpc::ServerContext* ctx, const v1::DeregisterSourceRequest* req,
+                          v1::DeregisterSourceResponse* resp) override;
+
+ private:
+  CoordinatorCore* core_;
+};
+
+class JobsService final : public v1::Jobs::Service {
+ public:
+  explicit JobsService(CoordinatorCore* core) : core_(core) {}
+  grpc::Status Join(grpc::ServerContext* ctx, const v1::JoinJobRequest* req, v1::JoinJobResponse* resp) override;
+  grpc::Status HeartbeatMember(grpc::ServerContext* ctx, const v1::HeartbeatMemberRequest* req,
+                               v1::HeartbeatMemberResponse* resp) override;
+  grpc::Status Leave(grpc::ServerContext* ctx, const v1::LeaveJobRequest* req, v1::LeaveJobResponse* resp) override;
+  grpc::Status Get(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::GetJobResponse* resp) override;
+  grpc::Status CommitVersion(grpc::ServerContext* ctx, const v1::CommitVersionRequest* req,
+                             v1::CommitVersionResponse* resp) override;
+
+ private:
+  CoordinatorCore* core_;
+};
+
+/// Wall clock, unix milliseconds (what every time-dependent state method takes).
+std::int64_t UnixNowMs();
+
+/// Constant-time equality of two byte strings (time depends only on the lengths).
+bool ConstantTimeEquals(std::string_view a, std::string_view b);
+
+}  // namespace shardwire::control

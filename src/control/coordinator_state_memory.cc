@@ -1,0 +1,310 @@
+// In-memory CoordinatorState: maps under one mutex. The default state of a
+// coordinator; everything is lost when the process stops (documented in
+// docs/coordinator.md).
+//
+// Leases are derived at read time exactly as the Redis state does it: a source is
+// STALE when marked or when now - last_heartbeat >= stale_after, and invisible
+// (as if deleted) once now - last_heartbeat >= delete_after, even before Reap
+// removed it. Job members past member_expire_after are expired (epoch bumped)
+// by the first operation on their job or by Reap, whichever comes first.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <random>
+
+#include "control/coordinator_state.h"
+#include "control/rendezvous_internal.h"
+
+namespace shardwire::control {
+namespace {
+
+std::int64_t SecondsToMs(double s) { return static_cast<std::int64_t>(s * 1000.0); }
+
+struct StoredSource {
+  SourceRecord record;  // state/stale_reason as last written (marked stale or by Reap)
+  bool marked_stale = false;
+};
+
+struct Job {
+  std::uint64_t epoch = 0;
+  std::map<std::string, JobMember> members;
+};
+
+class InMemoryCoordinatorState final : public CoordinatorState {
+ public:
+  explicit InMemoryCoordinatorState(LeasePolicy policy)
+      : stale_after_ms_(SecondsToMs(policy.source_stale_after_s)),
+        delete_after_ms_(SecondsToMs(policy.source_delete_after_s)),
+        expire_after_ms_(SecondsToMs(policy.member_expire_after_s)),
+        rng_(std::random_device{}()) {}
+
+  // --- key-value ---------------------------------------------------------
+
+  Status Put(const std::string& key, std::span<const std::byte> value) override {
+    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+    SW_RETURN_IF_ERROR(control_internal::ValidateValueSize(value.size(), key));
+    std::vector<std::byte> copy(value.begin(), value.end());
+    std::lock_guard<std::mutex> lock(mu_);
+    kv_[key] = std::move(copy);
+    ++generation_;
+    return Status::Ok();
+  }
+
+  Result<std::optional<std::vector<std::byte>>> Get(const std::string& key) override {
+    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = kv_.find(key);
+    if (it == kv_.end()) return std::optional<std::vector<std::byte>>();
+    return std::optional<std::vector<std::byte>>(it->second);
+  }
+
+  Result<std::int64_t> Add(const std::string& key, std::int64_t delta) override {
+    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = kv_.find(key);
+    std::vector<std::byte> encoded;
+    SW_ASSIGN_OR_RETURN(std::int64_t now,
+                        control_internal::ApplyAdd(it == kv_.end() ? nullptr : &it->second, delta, key, &encoded));
+    kv_[key] = std::move(encoded);
+    ++generation_;
+    return now;
+  }
+
+  Result<std::uint64_t> KvGeneration() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return generation_;
+  }
+
+  // --- sources -----------------------------------------------------------
+
+  Result<SourceRecord> RegisterSource(SourceRecord record, std::int64_t now_ms) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::string id;
+    do {
+      id = fmt::format("src-{:016x}", rng_());
+    } while (sources_.count(id) != 0);
+    record.source_id = id;
+    record.state = SourceState::kReady;
+    record.stale_reason.clear();
+    record.registered_unix_ms = now_ms;
+    record.last_heartbeat_unix_ms = now_ms;
+    sources_[id] = StoredSource{record, false};
+    return record;
+  }
+
+  Status HeartbeatSource(const std::string& source_id, std::int64_t now_ms) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    StoredSource* s = FindLiveSource(source_id, now_ms);
+    if (s == nullptr) return SourceNotFound(source_id);
+    s->record.last_heartbeat_unix_ms = std::max(s->record.last_heartbeat_unix_ms, now_ms);
+    s->marked_stale = false;
+    s->record.state = SourceState::kReady;
+    s->record.stale_reason.clear();
+    return Status::Ok();
+  }
+
+  Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity, std::optional<SourceState> state,
+                                                std::int64_t now_ms) override {
+    std::vector<SourceRecord> out;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [id, s] : sources_) {
+        if (!model_identity.empty() && s.record.model_identity != model_identity) continue;
+        if (Deleted(s, now_ms)) continue;
+        SourceRecord r = Derive(s, now_ms);
+        if (state.has_value() && r.state != *state) continue;
+        out.push_back(std::move(r));
+      }
+    }
+    std::sort(out.begin(), out.end(), [](const SourceRecord& a, const SourceRecord& b) {
+      if (a.instance_id != b.instance_id) return a.instance_id < b.instance_id;
+      if (a.rank != b.rank) return a.rank < b.rank;
+      return a.source_id < b.source_id;
+    });
+    return out;
+  }
+
+  Status MarkSourceStale(const std::string& source_id, const std::string& reason, std::int64_t now_ms) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    StoredSource* s = FindLiveSource(source_id, now_ms);
+    if (s == nullptr) return SourceNotFound(source_id);
+    s->marked_stale = true;
+    s->record.state = SourceState::kStale;
+    s->record.stale_reason = reason.empty() ? "marked stale" : reason;
+    return Status::Ok();
+  }
+
+  Status DeregisterSource(const std::string& source_id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sources_.erase(source_id) == 0) return SourceNotFound(source_id);
+    return Status::Ok();
+  }
+
+  // --- jobs --------------------------------------------------------------
+
+  Result<JobView> JoinJob(const std::string& job, JobMember member, std::int64_t now_ms) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Job& j = jobs_[job];
+    ExpireMembers(j, now_ms);
+    if (j.members.count(member.member_id) != 0) {
+      return AlreadyExists(fmt::format("job '{}' already has a live member '{}'", job, member.member_id));
+    }
+    member.committed_version = 0;
+    member.joined_unix_ms = now_ms;
+    member.last_heartbeat_unix_ms = now_ms;
+    j.members[member.member_id] = std::move(member);
+    ++j.epoch;
+    return View(job, j);
+  }
+
+  Status HeartbeatMember(const std::string& job, const std::string& member_id, std::int64_t now_ms) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    SW_ASSIGN_OR_RETURN(JobMember * m, FindMember(job, member_id, now_ms));
+    m->last_heartbeat_unix_ms = std::max(m->last_heartbeat_unix_ms, now_ms);
+    return Status::Ok();
+  }
+
+  Status LeaveJob(const std::string& job, const std::string& member_id, std::int64_t now_ms) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    SW_ASSIGN_OR_RETURN(JobMember * m, FindMember(job, member_id, now_ms));
+    (void)m;
+    Job& j = jobs_[job];
+    j.members.erase(member_id);
+    ++j.epoch;
+    return Status::Ok();
+  }
+
+  Result<JobView> GetJob(const std::string& job, std::int64_t now_ms) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(job);
+    if (it == jobs_.end()) return NotFound(fmt::format("job '{}' does not exist", job));
+    ExpireMembers(it->second, now_ms);
+    return View(job, it->second);
+  }
+
+  Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version,
+                       std::int64_t now_ms) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    SW_ASSIGN_OR_RETURN(JobMember * m, FindMember(job, member_id, now_ms));
+    if (version < m->committed_version) {
+      return FailedPrecondition(fmt::format("job '{}' member '{}': version {} is below the committed version {}", job,
+                                            member_id, version, m->committed_version));
+    }
+    m->committed_version = version;
+    return Status::Ok();
+  }
+
+  Result<ReapStats> Reap(std::int64_t now_ms) override {
+    ReapStats stats;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = sources_.begin(); it != sources_.end();) {
+      StoredSource& s = it->second;
+      if (Deleted(s, now_ms)) {
+        it = sources_.erase(it);
+        ++stats.sources_deleted;
+        continue;
+      }
+      if (s.record.state == SourceState::kReady && Expired(s, now_ms)) {
+        s.record = Derive(s, now_ms);
+        ++stats.sources_marked_stale;
+      }
+      ++it;
+    }
+    for (auto& [name, j] : jobs_) stats.members_expired += ExpireMembers(j, now_ms);
+    return stats;
+  }
+
+ private:
+  static Status SourceNotFound(const std::string& id) {
+    return NotFound(fmt::format("source '{}' is not registered (deleted or never registered; register again)", id));
+  }
+
+  bool Expired(const StoredSource& s, std::int64_t now_ms) const {
+    return now_ms - s.record.last_heartbeat_unix_ms >= stale_after_ms_;
+  }
+  bool Deleted(const StoredSource& s, std::int64_t now_ms) const {
+    return now_ms - s.record.last_heartbeat_unix_ms >= delete_after_ms_;
+  }
+
+  // The record as a reader at now_ms sees it (state derived from the lease).
+  SourceRecord Derive(const StoredSource& s, std::int64_t now_ms) const {
+    SourceRecord r = s.record;
+    if (s.marked_stale) {
+      r.state = SourceState::kStale;
+    } else if (Expired(s, now_ms)) {
+      r.state = SourceState::kStale;
+      r.stale_reason = fmt::format("no heartbeat for {} ms (stale after {} ms)",
+                                   now_ms - s.record.last_heartbeat_unix_ms, stale_after_ms_);
+    } else {
+      r.state = SourceState::kReady;
+      r.stale_reason.clear();
+    }
+    return r;
+  }
+
+  StoredSource* FindLiveSource(const std::string& id, std::int64_t now_ms) {
+    auto it = sources_.find(id);
+    if (it == sources_.end()) return nullptr;
+    if (Deleted(it->second, now_ms)) {
+      sources_.erase(it);
+      return nullptr;
+    }
+    return &it->second;
+  }
+
+  // Removes members past their lease; bumps the epoch once per member. Returns how many.
+  int ExpireMembers(Job& j, std::int64_t now_ms) {
+    int n = 0;
+    for (auto it = j.members.begin(); it != j.members.end();) {
+      if (now_ms - it->second.last_heartbeat_unix_ms >= expire_after_ms_) {
+        it = j.members.erase(it);
+        ++j.epoch;
+        ++n;
+      } else {
+        ++it;
+      }
+    }
+    return n;
+  }
+
+  Result<JobMember*> FindMember(const std::string& job, const std::string& member_id, std::int64_t now_ms) {
+    auto it = jobs_.find(job);
+    if (it == jobs_.end()) return NotFound(fmt::format("job '{}' does not exist", job));
+    ExpireMembers(it->second, now_ms);
+    auto m = it->second.members.find(member_id);
+    if (m == it->second.members.end()) {
+      return NotFound(fmt::format("job '{}' has no live member '{}' (left, expired or never joined)", job, member_id));
+    }
+    return &m->second;
+  }
+
+  static JobView View(const std::string& name, const Job& j) {
+    JobView v;
+    v.job = name;
+    v.membership_epoch = j.epoch;
+    v.members.reserve(j.members.size());
+    for (const auto& [id, m] : j.members) v.members.push_back(m);  // std::map: sorted by member_id
+    return v;
+  }
+
+  const std::int64_t stale_after_ms_;
+  const std::int64_t delete_after_ms_;
+  const std::int64_t expire_after_ms_;
+
+  std::mutex mu_;
+  std::mt19937_64 rng_;
+  std::map<std::string, std::vector<std::byte>, std::less<>> kv_;
+  std::uint64_t generation_ = 0;
+  std::map<std::string, StoredSource> sources_;
+  std::map<std::string, Job> jobs_;
+};
+
+}  // namespace
+
+std::unique_ptr<CoordinatorState> MakeInMemoryCoordinatorState(LeasePolicy policy) {
+  return std::make_unique<InMemoryCoordinatorState>(policy);
+}
+
+}  // namespace shardwire::control

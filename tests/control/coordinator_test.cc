@@ -1,0 +1,579 @@
+// The coordinator over real gRPC on loopback (in-process CoordinatorServer):
+// KV semantics, the source registry and its leases, jobs, the bearer token, TLS
+// with a certificate made by openssl, malformed requests sent with the raw
+// generated stubs (bypassing the client's own checks), an unreachable address and
+// a port in use. No timing assertions: lease changes are polled with a deadline.
+#include <arpa/inet.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <thread>
+
+#include "control/test_util.h"
+#include "shardwire/coordinator.h"
+#include "shardwire/v1/jobs.grpc.pb.h"
+#include "shardwire/v1/rendezvous.grpc.pb.h"
+#include "shardwire/v1/sources.grpc.pb.h"
+
+namespace shardwire {
+namespace {
+
+using testing_util::BytesOf;
+using testing_util::Pattern;
+
+std::unique_ptr<CoordinatorServer> StartServer(CoordinatorServerOptions o = {}) {
+  auto s = CoordinatorServer::Start(std::move(o));
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  return s.ok() ? std::move(*s) : nullptr;
+}
+
+std::unique_ptr<CoordinatorClient> ConnectTo(const std::string& address, std::string token = "",
+                                             std::string root_cert = "") {
+  CoordinatorClientOptions o;
+  o.address = address;
+  o.token = std::move(token);
+  o.tls_root_cert_file = std::move(root_cert);
+  o.unavailable_timeout_s = 5;
+  auto c = CoordinatorClient::Connect(o);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return c.ok() ? std::move(*c) : nullptr;
+}
+
+// Polls `cond` every 20 ms until it holds or `timeout_s` passes.
+bool PollUntil(const std::function<bool()>& cond, double timeout_s = 15) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int>(timeout_s * 1000));
+  while (std::chrono::steady_clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return cond();
+}
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+SourceRecord Source(const std::string& identity, const std::string& instance, int rank, int world) {
+  SourceRecord r;
+  r.model_identity = identity;
+  r.instance_id = instance;
+  r.rank = rank;
+  r.world_size = world;
+  r.layout = "tp=" + std::to_string(world);
+  r.layout_fingerprint = "abc123";
+  r.metadata = Pattern(4096 + rank, static_cast<std::uint32_t>(rank + 7));
+  r.attributes["region"] = "3";
+  return r;
+}
+
+JobMember Member(const std::string& id, JobRole role) {
+  JobMember m;
+  m.member_id = id;
+  m.role = role;
+  m.group = "engine-1";
+  m.layout = "tp=1";
+  m.metadata = BytesOf("blob-" + id);
+  return m;
+}
+
+// ---------------------------------------------------------------------------
+
+TEST(Coordinator, KvPutGetAddAndCounters) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto c = ConnectTo(server->address());
+  ASSERT_NE(c, nullptr);
+  const auto big = Pattern(3 * 1024 * 1024 + 5, 42);  // beyond gRPC's default 4 MiB? no: 3 MiB, binary
+  ASSERT_TRUE(c->Put("blob", big).ok());
+  auto got = c->Get("blob", 1);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, big);
+  const std::string zeros("a\0\0b", 4);
+  ASSERT_TRUE(PutString(*c, std::string("k\0ey", 4), zeros).ok());
+  EXPECT_EQ(*GetString(*c, std::string("k\0ey", 4), 1), zeros);
+  EXPECT_EQ(*c->Add("n", 5), 5);
+  EXPECT_EQ(*c->Add("n", -8), -3);
+  EXPECT_EQ(*GetString(*c, "n", 0), "-3");
+  auto not_counter = c->Add("blob", 1);
+  EXPECT_EQ(not_counter.status().code(), ErrorCode::kInvalidArgument);
+  auto missing = c->Get("absent", 0.2);
+  EXPECT_EQ(missing.status().code(), ErrorCode::kTimedOut);
+  EXPECT_NE(missing.status().message().find("absent"), std::string::npos);
+  EXPECT_EQ(c->Put("", BytesOf("x")).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(c->Get("k", std::nan("")).status().code(), ErrorCode::kInvalidArgument);
+}
+
+TEST(Coordinator, BlockingGetIsWokenByAPutFromAnotherClient) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto waiter = ConnectTo(server->address());
+  auto writer = ConnectTo(server->address());
+  ASSERT_TRUE(waiter && writer);
+  const auto value = Pattern(1000, 3);
+  std::thread t([&] {
+    // The waiter is (very likely) already waiting on the server; correctness does
+    // not depend on it.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_TRUE(writer->Put("late", value).ok());
+  });
+  auto got = waiter->Get("late", 60);
+  t.join();
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, value);
+  // Barrier over the coordinator with two ranks on two clients.
+  std::thread r1([&] { EXPECT_TRUE(Barrier(*writer, "b1", 1, 2, 30).ok()); });
+  EXPECT_TRUE(Barrier(*waiter, "b1", 0, 2, 30).ok());
+  r1.join();
+}
+
+TEST(Coordinator, SourcesRegisterHeartbeatListStaleDeregister) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto c = ConnectTo(server->address());
+  ASSERT_NE(c, nullptr);
+  auto a1 = c->RegisterSource(Source("model-x", "inst-b", 1, 2));
+  auto a0 = c->RegisterSource(Source("model-x", "inst-b", 0, 2));
+  auto y = c->RegisterSource(Source("model-y", "inst-a", 0, 1));
+  ASSERT_TRUE(a1.ok() && a0.ok() && y.ok()) << a1.status().ToString();
+  EXPECT_EQ(a0->source_id.rfind("src-", 0), 0u);
+  EXPECT_GT(a0->registered_unix_ms, 0);
+  EXPECT_EQ(a0->state, SourceState::kReady);
+  auto list = c->ListSources("model-x", std::nullopt);
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 2u);
+  EXPECT_EQ((*list)[0].source_id, a0->source_id);
+  EXPECT_EQ((*list)[0].metadata, Pattern(4096, 7));  // byte for byte
+  EXPECT_EQ((*list)[1].metadata, Pattern(4097, 8));
+  EXPECT_EQ((*list)[0].attributes.at("region"), "3");
+  EXPECT_EQ((*list)[0].layout, "tp=2");
+  EXPECT_EQ((*list)[0].layout_fingerprint, "abc123");
+  EXPECT_EQ(c->ListSources("", std::nullopt)->size(), 3u);
+
+  ASSERT_TRUE(c->HeartbeatSource(a1->source_id).ok());
+  ASSERT_TRUE(c->MarkSourceStale(a1->source_id, "read failed: peer gone").ok());
+  auto ready = c->ListSources("model-x", SourceState::kReady);
+  ASSERT_EQ(ready->size(), 1u);
+  EXPECT_EQ((*ready)[0].source_id, a0->source_id);
+  auto stale = c->ListSources("model-x", SourceState::kStale);
+  ASSERT_EQ(stale->size(), 1u);
+  EXPECT_EQ((*stale)[0].stale_reason, "read failed: peer gone");
+  ASSERT_TRUE(c->HeartbeatSource(a1->source_id).ok());  // READY again
+  EXPECT_EQ(c->ListSources("model-x", SourceState::kReady)->size(), 2u);
+
+  ASSERT_TRUE(c->DeregisterSource(a1->source_id).ok());
+  EXPECT_EQ(c->DeregisterSource(a1->source_id).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(c->HeartbeatSource(a1->source_id).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(c->MarkSourceStale("src-0000000000000000", "x").code(), ErrorCode::kNotFound);
+  EXPECT_EQ(c->ListSources("model-x", std::nullopt)->size(), 1u);
+
+  SourceRecord bad = Source("m", "i", 2, 2);
+  EXPECT_EQ(c->RegisterSource(bad).status().code(), ErrorCode::kInvalidArgument);
+}
+
+TEST(Coordinator, LeaseTurnsSourcesStaleThenDeletesThem) {
+  CoordinatorServerOptions o;
+  o.source_stale_after_s = 0.3;
+  o.source_delete_after_s = 1.0;
+  o.reaper_interval_s = 0.05;
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  auto c = ConnectTo(server->address());
+  ASSERT_NE(c, nullptr);
+  auto s = c->RegisterSource(Source("m", "i", 0, 1));
+  ASSERT_TRUE(s.ok());
+  auto state_of = [&]() -> std::optional<SourceState> {
+    auto l = c->ListSources("m", std::nullopt);
+    if (!l.ok() || l->empty()) return std::nullopt;
+    return (*l)[0].state;
+  };
+  ASSERT_TRUE(PollUntil([&] { return state_of() == SourceState::kStale; })) << "never became STALE";
+  auto l = c->ListSources("m", SourceState::kStale);
+  ASSERT_EQ(l->size(), 1u);
+  EXPECT_FALSE((*l)[0].stale_reason.empty());
+  EXPECT_TRUE(c->ListSources("m", SourceState::kReady)->empty());
+  ASSERT_TRUE(c->HeartbeatSource(s->source_id).ok());  // READY again (if still there)
+  // Without heartbeats it is deleted: gone from lists and heartbeats say NotFound.
+  ASSERT_TRUE(PollUntil([&] { return c->ListSources("m", std::nullopt)->empty(); })) << "never deleted";
+  EXPECT_EQ(c->HeartbeatSource(s->source_id).code(), ErrorCode::kNotFound);
+}
+
+TEST(Coordinator, JobsJoinLeaveEpochCommit) {
+  CoordinatorServerOptions o;
+  o.member_expire_after_s = 0.5;
+  o.reaper_interval_s = 0.05;
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  auto c = ConnectTo(server->address());
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->GetJob("rl").status().code(), ErrorCode::kNotFound);
+  auto v1 = c->JoinJob("rl", Member("trainer/0", JobRole::kPublisher));
+  ASSERT_TRUE(v1.ok()) << v1.status().ToString();
+  auto v2 = c->JoinJob("rl", Member("engine-1/0", JobRole::kSubscriber));
+  ASSERT_TRUE(v2.ok());
+  EXPECT_NE(v1->membership_epoch, v2->membership_epoch);
+  ASSERT_EQ(v2->members.size(), 2u);
+  EXPECT_EQ(v2->members[0].member_id, "engine-1/0");
+  EXPECT_EQ(v2->members[0].role, JobRole::kSubscriber);
+  EXPECT_EQ(v2->members[0].metadata, BytesOf("blob-engine-1/0"));
+  EXPECT_EQ(c->JoinJob("rl", Member("engine-1/0", JobRole::kSubscriber)).status().code(), ErrorCode::kAlreadyExists);
+
+  ASSERT_TRUE(c->CommitVersion("rl", "engine-1/0", 17).ok());
+  EXPECT_TRUE(c->CommitVersion("rl", "engine-1/0", 17).ok());
+  EXPECT_EQ(c->CommitVersion("rl", "engine-1/0", 16).code(), ErrorCode::kFailedPrecondition);
+  auto v3 = c->GetJob("rl");
+  ASSERT_TRUE(v3.ok());
+  EXPECT_EQ(v3->members[0].committed_version, 17u);
+  EXPECT_EQ(v3->membership_epoch, v2->membership_epoch);
+
+  ASSERT_TRUE(c->LeaveJob("rl", "trainer/0").ok());
+  EXPECT_EQ(c->LeaveJob("rl", "trainer/0").code(), ErrorCode::kNotFound);
+  auto v4 = c->GetJob("rl");
+  EXPECT_GT(v4->membership_epoch, v3->membership_epoch);
+  ASSERT_EQ(v4->members.size(), 1u);
+
+  // Without heartbeats the last member expires and the epoch moves again.
+  ASSERT_TRUE(PollUntil([&] { return c->GetJob("rl")->members.empty(); }));
+  EXPECT_GT(c->GetJob("rl")->membership_epoch, v4->membership_epoch);
+  EXPECT_EQ(c->HeartbeatMember("rl", "engine-1/0").code(), ErrorCode::kNotFound);
+}
+
+TEST(Coordinator, TokenRefusedWithUnauthenticatedAndStateUnchanged) {
+  CoordinatorServerOptions o;
+  o.token = "s3cret-token";
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  {
+    CoordinatorClientOptions co;
+    co.address = server->address();
+    co.unavailable_timeout_s = 2;
+    ::unsetenv("SHARDWIRE_TOKEN");
+    auto none = CoordinatorClient::Connect(co);
+    EXPECT_EQ(none.status().code(), ErrorCode::kUnauthenticated) << none.status().ToString();
+    co.token = "s3cret-tokeX";
+    auto wrong = CoordinatorClient::Connect(co);
+    EXPECT_EQ(wrong.status().code(), ErrorCode::kUnauthenticated);
+  }
+  // Mutations with a wrong token, sent with the raw stubs, change nothing.
+  auto channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
+  auto kv = v1::Rendezvous::NewStub(channel);
+  auto src = v1::SourceRegistry::NewStub(channel);
+  auto jobs = v1::Jobs::NewStub(channel);
+  for (const char* header : {"", "Bearer wrong", "Bearer s3cret-token ", "s3cret-token"}) {
+    auto ctx_for = [&](grpc::ClientContext& ctx) {
+      if (*header != '\0') ctx.AddMetadata("authorization", header);
+    };
+    {
+      grpc::ClientContext ctx;
+      ctx_for(ctx);
+      v1::PutRequest req;
+      req.set_key("k");
+      req.set_value("v");
+      v1::PutResponse resp;
+      EXPECT_EQ(kv->Put(&ctx, req, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED) << header;
+    }
+    {
+      grpc::ClientContext ctx;
+      ctx_for(ctx);
+      v1::RegisterSourceRequest req;
+      req.mutable_source()->set_model_identity("m");
+      req.mutable_source()->set_instance_id("i");
+      req.mutable_source()->set_world_size(1);
+      v1::RegisterSourceResponse resp;
+      EXPECT_EQ(src->Register(&ctx, req, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED) << header;
+    }
+    {
+      grpc::ClientContext ctx;
+      ctx_for(ctx);
+      v1::JoinJobRequest req;
+      req.set_job("j");
+      req.mutable_member()->set_member_id("m");
+      req.mutable_member()->set_role(v1::JOB_ROLE_PUBLISHER);
+      req.mutable_member()->set_world_size(1);
+      v1::JoinJobResponse resp;
+      EXPECT_EQ(jobs->Join(&ctx, req, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED) << header;
+    }
+  }
+  auto good = ConnectTo(server->address(), "s3cret-token");
+  ASSERT_NE(good, nullptr);
+  EXPECT_EQ(good->Get("k", 0).status().code(), ErrorCode::kTimedOut);
+  EXPECT_TRUE(good->ListSources("", std::nullopt)->empty());
+  EXPECT_EQ(good->GetJob("j").status().code(), ErrorCode::kNotFound);
+  ASSERT_TRUE(good->Put("k", BytesOf("v")).ok());
+  // SHARDWIRE_TOKEN is used when the options carry none.
+  ::setenv("SHARDWIRE_TOKEN", "s3cret-token", 1);
+  auto from_env = ConnectTo(server->address());
+  ::unsetenv("SHARDWIRE_TOKEN");
+  ASSERT_NE(from_env, nullptr);
+  EXPECT_EQ(*GetString(*from_env, "k", 1), "v");
+}
+
+TEST(Coordinator, TlsWithACertificateMadeByOpenssl) {
+  const auto dir = std::filesystem::temp_directory_path() / ("shardwire-tls-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string cert = (dir / "cert.pem").string();
+  const std::string key = (dir / "key.pem").string();
+  const std::string cmd =
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " +
+      key + " -out " + cert + " >/dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "openssl could not make a certificate";
+  CoordinatorServerOptions o;
+  o.tls_cert_file = cert;
+  o.tls_key_file = key;
+  o.token = "t";
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  auto c = ConnectTo(server->address(), "t", cert);
+  ASSERT_NE(c, nullptr);
+  const auto v = Pattern(100000, 9);
+  ASSERT_TRUE(c->Put("tls", v).ok());
+  EXPECT_EQ(*c->Get("tls", 1), v);
+  // A plaintext client cannot talk to a TLS coordinator.
+  CoordinatorClientOptions plain;
+  plain.address = server->address();
+  plain.token = "t";
+  plain.unavailable_timeout_s = 1;
+  auto p = CoordinatorClient::Connect(plain);
+  EXPECT_FALSE(p.ok());
+  // Bad TLS file options are refused up front.
+  CoordinatorServerOptions bad = o;
+  bad.tls_key_file = (dir / "missing.pem").string();
+  EXPECT_EQ(CoordinatorServer::Start(bad).status().code(), ErrorCode::kInvalidArgument);
+  CoordinatorClientOptions bad_client;
+  bad_client.address = server->address();
+  bad_client.tls_root_cert_file = (dir / "missing.pem").string();
+  EXPECT_EQ(CoordinatorClient::Connect(bad_client).status().code(), ErrorCode::kInvalidArgument);
+  std::filesystem::remove_all(dir);
+}
+
+// Every malformed request is sent with the raw stubs and must come back as
+// INVALID_ARGUMENT (or RESOURCE_EXHAUSTED for a message beyond the server's
+// maximum size), with the state unchanged.
+TEST(Coordinator, MalformedAndOversizedRequestsAreInvalidArgument) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(-1);
+  auto channel = grpc::CreateCustomChannel(server->address(), grpc::InsecureChannelCredentials(), args);
+  auto kv = v1::Rendezvous::NewStub(channel);
+  auto src = v1::SourceRegistry::NewStub(channel);
+  auto jobs = v1::Jobs::NewStub(channel);
+  auto expect_invalid = [](const grpc::Status& s, const char* what) {
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << what << ": " << s.error_message();
+    EXPECT_FALSE(s.error_message().empty()) << what;
+  };
+  {
+    grpc::ClientContext ctx;
+    v1::PutRequest req;
+    v1::PutResponse resp;
+    expect_invalid(kv->Put(&ctx, req, &resp), "empty key");
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::PutRequest req;
+    req.set_key(std::string(kMaxRendezvousKeyBytes + 1, 'k'));
+    v1::PutResponse resp;
+    expect_invalid(kv->Put(&ctx, req, &resp), "long key");
+  }
+  for (double w : {std::nan(""), -1.0, std::numeric_limits<double>::infinity()}) {
+    grpc::ClientContext ctx;
+    v1::GetRequest req;
+    req.set_key("k");
+    req.set_wait_s(w);
+    v1::GetResponse resp;
+    expect_invalid(kv->Get(&ctx, req, &resp), "bad wait");
+  }
+  auto good_source = [] {
+    v1::Source s;
+    s.set_model_identity("m");
+    s.set_instance_id("i");
+    s.set_rank(0);
+    s.set_world_size(1);
+    return s;
+  };
+  std::vector<std::pair<const char*, std::function<void(v1::Source*)>>> bad_sources = {
+      {"no identity", [](v1::Source* s) { s->clear_model_identity(); }},
+      {"long identity", [](v1::Source* s) { s->set_model_identity(std::string(257, 'm')); }},
+      {"no instance", [](v1::Source* s) { s->clear_instance_id(); }},
+      {"world 0", [](v1::Source* s) { s->set_world_size(0); }},
+      {"rank = world", [](v1::Source* s) { s->set_rank(1); }},
+      {"rank < 0", [](v1::Source* s) { s->set_rank(-1); }},
+      {"long layout", [](v1::Source* s) { s->set_layout(std::string(4097, 'l')); }},
+      {"big metadata", [](v1::Source* s) { s->set_metadata(std::string(1024 * 1024 + 1, 'x')); }},
+      {"65 attributes",
+       [](v1::Source* s) {
+         for (int i = 0; i < 65; ++i) {
+           auto* a = s->add_attributes();
+           a->set_key("k" + std::to_string(i));
+         }
+       }},
+      {"duplicate attribute",
+       [](v1::Source* s) {
+         s->add_attributes()->set_key("k");
+         s->add_attributes()->set_key("k");
+       }},
+      {"empty attribute key", [](v1::Source* s) { s->add_attributes()->set_value("v"); }},
+      {"long attribute value",
+       [](v1::Source* s) {
+         auto* a = s->add_attributes();
+         a->set_key("k");
+         a->set_value(std::string(4097, 'v'));
+       }},
+  };
+  for (auto& [what, mutate] : bad_sources) {
+    grpc::ClientContext ctx;
+    v1::RegisterSourceRequest req;
+    *req.mutable_source() = good_source();
+    mutate(req.mutable_source());
+    v1::RegisterSourceResponse resp;
+    expect_invalid(src->Register(&ctx, req, &resp), what);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::RegisterSourceRequest req;  // no source at all
+    v1::RegisterSourceResponse resp;
+    expect_invalid(src->Register(&ctx, req, &resp), "missing source");
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::HeartbeatSourceRequest req;
+    req.set_source_id(std::string(65, 's'));
+    v1::HeartbeatSourceResponse resp;
+    expect_invalid(src->Heartbeat(&ctx, req, &resp), "long source id");
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ListSourcesRequest req;
+    req.set_state(static_cast<v1::SourceState>(7));
+    v1::ListSourcesResponse resp;
+    expect_invalid(src->List(&ctx, req, &resp), "unknown state filter");
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::MarkSourceStaleRequest req;
+    req.set_source_id("src-1");
+    req.set_reason(std::string(4097, 'r'));
+    v1::MarkSourceStaleResponse resp;
+    expect_invalid(src->MarkStale(&ctx, req, &resp), "long reason");
+  }
+  for (int role : {0, 3}) {
+    grpc::ClientContext ctx;
+    v1::JoinJobRequest req;
+    req.set_job("j");
+    req.mutable_member()->set_member_id("m");
+    req.mutable_member()->set_role(static_cast<v1::JobRole>(role));
+    req.mutable_member()->set_world_size(1);
+    v1::JoinJobResponse resp;
+    expect_invalid(jobs->Join(&ctx, req, &resp), "bad role");
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::JoinJobRequest req;  // no job name, no member
+    v1::JoinJobResponse resp;
+    expect_invalid(jobs->Join(&ctx, req, &resp), "empty join");
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::CommitVersionRequest req;
+    req.set_job(std::string(300, 'j'));
+    req.set_member_id("m");
+    v1::CommitVersionResponse resp;
+    expect_invalid(jobs->CommitVersion(&ctx, req, &resp), "long job");
+  }
+  {
+    // Beyond the server's maximum message size: refused by gRPC before the handler.
+    grpc::ClientContext ctx;
+    v1::PutRequest req;
+    req.set_key("huge");
+    req.set_value(std::string(kMaxRendezvousValueBytes + 128 * 1024, 'x'));
+    v1::PutResponse resp;
+    EXPECT_EQ(kv->Put(&ctx, req, &resp).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  // Nothing was stored.
+  auto c = ConnectTo(server->address());
+  ASSERT_NE(c, nullptr);
+  EXPECT_TRUE(c->ListSources("", std::nullopt)->empty());
+  EXPECT_EQ(c->GetJob("j").status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(c->Get("huge", 0).status().code(), ErrorCode::kTimedOut);
+  // The server still serves.
+  EXPECT_TRUE(c->Put("after", BytesOf("ok")).ok());
+}
+
+TEST(Coordinator, UnreachableAddressIsUnavailableWithinTheBound) {
+  const int port = FreePort();  // nothing listens there
+  CoordinatorClientOptions o;
+  o.address = "127.0.0.1:" + std::to_string(port);
+  o.unavailable_timeout_s = 1;
+  const auto start = std::chrono::steady_clock::now();
+  auto c = CoordinatorClient::Connect(o);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), ErrorCode::kUnavailable) << c.status().ToString();
+  EXPECT_NE(c.status().message().find(o.address), std::string::npos) << c.status().message();
+  // A bound, not a speed measurement: the limit plus generous slack for a loaded machine.
+  EXPECT_LT(took, o.unavailable_timeout_s + 20);
+  EXPECT_EQ(CoordinatorClient::Connect(CoordinatorClientOptions{}).status().code(), ErrorCode::kInvalidArgument);
+}
+
+TEST(Coordinator, PortInUseIsIoErrorNamingTheAddress) {
+  auto first = StartServer();
+  ASSERT_NE(first, nullptr);
+  CoordinatorServerOptions o;
+  o.listen_address = "127.0.0.1:" + std::to_string(first->port());
+  auto second = CoordinatorServer::Start(o);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), ErrorCode::kIoError);
+  EXPECT_NE(second.status().message().find(o.listen_address), std::string::npos);
+  // The first one still serves.
+  auto c = ConnectTo(first->address());
+  ASSERT_NE(c, nullptr);
+  EXPECT_TRUE(c->Put("x", BytesOf("y")).ok());
+  CoordinatorServerOptions bad;
+  bad.listen_address = "no-port";
+  EXPECT_EQ(CoordinatorServer::Start(bad).status().code(), ErrorCode::kInvalidArgument);
+  bad.listen_address = "127.0.0.1:0";
+  bad.source_stale_after_s = -1;
+  EXPECT_EQ(CoordinatorServer::Start(bad).status().code(), ErrorCode::kInvalidArgument);
+  bad.source_stale_after_s = 10;
+  bad.redis_url = "redis://127.0.0.1:1";  // placeholder or real Redis state: either way not OK
+  EXPECT_FALSE(CoordinatorServer::Start(bad).ok());
+}
+
+TEST(Coordinator, ShutdownEndsWaitingGetsAndLaterCallsAreUnavailable) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  CoordinatorClientOptions o;
+  o.address = server->address();
+  o.unavailable_timeout_s = 1;
+  auto c = CoordinatorClient::Connect(o);
+  ASSERT_TRUE(c.ok());
+  std::thread t([&] {
+    auto r = (*c)->Get("never", 30);
+    EXPECT_FALSE(r.ok());
+    EXPECT_NE(r.status().code(), ErrorCode::kOk);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  server->Shutdown(0.5);
+  t.join();
+  EXPECT_EQ((*c)->Put("k", BytesOf("v")).code(), ErrorCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace shardwire
