@@ -147,6 +147,11 @@ struct ModelLoaderOptions {
   std::uint64_t move_bytes = 16ull << 20;
   /// Use at most this many instances (0: all usable ones).
   int max_instances = 0;
+  /// Seconds between re-listings of the registry while some bytes still wait for
+  /// a source (queued, or waiting for a bandwidth lease): instances that became
+  /// READY since the load began take a share of those bytes (a fleet doubles its
+  /// sources each round). 0: list once.
+  double relist_interval_s = 0.2;
   /// Agent options; name and lanes are filled in when empty / 0.
   AgentOptions agent = {};
 };
@@ -162,6 +167,7 @@ struct LoadReport {
   std::vector<std::string> failed;                          ///< instances that failed mid-load, with the reason
   std::uint64_t moves = 0;                                  ///< moves verified
   std::uint64_t rereads = 0;                                ///< moves re-planned after a failure or mismatch
+  std::uint64_t replans = 0;  ///< waiting bytes re-split because new instances appeared
   double seconds = 0;                                       ///< wall time of Load, seconds
   double digest_seconds = 0;                                ///< of which hashing landed bytes, seconds
 };

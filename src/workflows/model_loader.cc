@@ -106,6 +106,7 @@ struct ModelLoader::Impl {
   std::vector<Interval> unassigned;  // bytes no move is responsible for
   LoadReport report;
   std::vector<std::size_t> to_mark_stale;
+  std::set<std::string> seen_instances;  // listed once (used, skipped or failed)
 
   Status ResolveIdentity() {
     if (!options.revision.empty()) {
@@ -212,6 +213,7 @@ struct ModelLoader::Impl {
     }
     for (auto& [id, recs] : by_instance) {
       if (options.max_instances > 0 && static_cast<int>(instances.size()) >= options.max_instances) break;
+      if (!seen_instances.insert(id).second) continue;
       Instance inst;
       inst.id = id;
       const int world = recs.front().world_size;
@@ -333,10 +335,10 @@ struct ModelLoader::Impl {
     if (inst.failed || inst.peers[mv.src_rank] != peer) return;
     const Clock::time_point now = Clock::now();
     switch (m.kind) {
-      case P2pKind::kQueued:
-        if (mv.state == LoadMove::State::kLeaseWait) {
+      case P2pKind::kQueued:  // first acknowledgement, then a keepalive every 0.5 s while queued
+        if (mv.state == LoadMove::State::kLeaseWait || mv.state == LoadMove::State::kLeaseQueued) {
           mv.state = LoadMove::State::kLeaseQueued;
-          mv.deadline = now + Seconds(options.load_timeout_s);
+          mv.deadline = now + Seconds(options.stall_timeout_s);
         }
         break;
       case P2pKind::kGrant:
@@ -498,6 +500,19 @@ struct ModelLoader::Impl {
     for (const Notification& note : notes) {
       if (auto m = DecodeP2p(note.payload)) Dispatch(note.peer, *m);
     }
+    // Processes found dead by the agent (liveness check or UCX error callback).
+    const std::vector<std::string> dead = agent->FailedPeers();
+    if (!dead.empty()) {
+      for (std::size_t i = 0; i < instances.size(); ++i) {
+        if (instances[i].failed) continue;
+        for (const auto& [rank, peer] : instances[i].peers) {
+          if (std::find(dead.begin(), dead.end(), peer) != dead.end()) {
+            FailInstance(i, fmt::format("rank {} disconnected (process gone)", rank));
+            break;
+          }
+        }
+      }
+    }
     const Clock::time_point now = Clock::now();
     for (LoadMove& m : moves) {
       if (instances[m.instance].failed) continue;
@@ -563,6 +578,28 @@ struct ModelLoader::Impl {
     }
   }
 
+  // Instances that started serving since the load began (a fleet whose loaded
+  // instances become sources): take back every move not yet reading and split
+  // those bytes over all live instances again.
+  Status Relist(const std::vector<Interval>& needed) {
+    const std::size_t before = instances.size();
+    SW_RETURN_IF_ERROR(FindInstances(needed));
+    if (instances.size() == before) return Status::Ok();
+    for (LoadMove& m : moves) {
+      const bool waiting = m.state == LoadMove::State::kQueued || m.state == LoadMove::State::kLeaseWait ||
+                           m.state == LoadMove::State::kLeaseQueued;
+      if (!waiting) continue;
+      if (m.state != LoadMove::State::kQueued) {
+        (void)Send(instances[m.instance].peers[m.src_rank], Msg(P2pKind::kRelease, m.request_id));
+      }
+      m.state = LoadMove::State::kAbandoned;
+      for (const SourceRun& r : m.runs) unassigned.push_back({r.dst_offset, r.dst_offset + r.length});
+    }
+    unassigned = workflows::Normalize(std::move(unassigned));
+    ++report.replans;
+    return Status::Ok();
+  }
+
   void MarkFailedStale() {
     for (std::size_t i : to_mark_stale) {
       for (const SourceRecord& r : instances[i].ranks) {
@@ -581,12 +618,14 @@ struct ModelLoader::Impl {
     move_of_request.clear();
     hello_of_request.clear();
     to_mark_stale.clear();
+    seen_instances.clear();
     SW_RETURN_IF_ERROR(ResolveIdentity());
     report.identity = identity.Digest();
     report.buffer_bytes = buffer.size();
     const std::vector<Interval> needed = NeededIntervals(*layout, options.rank);
     SW_RETURN_IF_ERROR(FindInstances(needed));
     unassigned = needed;
+    Clock::time_point last_list = Clock::now();
     if (instances.empty() && options.checkpoint_path.empty()) {
       return NotFound(fmt::format("no usable READY source of {} for layout {} rank {} and no checkpoint{}{}",
                                   identity.Digest(), options.layout, options.rank,
@@ -607,6 +646,17 @@ struct ModelLoader::Impl {
             fmt::format("P2P load of rank {} did not finish within {} s", options.rank, options.load_timeout_s));
       }
       Poll();
+      if (options.relist_interval_s > 0 && Since(last_list) > options.relist_interval_s) {
+        last_list = Clock::now();
+        const bool waiting = std::any_of(moves.begin(), moves.end(), [](const LoadMove& m) {
+          return m.state == LoadMove::State::kQueued || m.state == LoadMove::State::kLeaseWait ||
+                 m.state == LoadMove::State::kLeaseQueued;
+        });
+        if (waiting) {
+          Status relisted = Relist(needed);
+          if (!relisted.ok()) report.skipped.push_back("re-listing sources failed: " + relisted.ToString());
+        }
+      }
       if (!to_mark_stale.empty() && !unassigned.empty() && !Alive().empty()) {
         Assign();  // re-planned first, then the failed source is marked
         MarkFailedStale();

@@ -72,6 +72,7 @@ struct ModelSource::Impl {
   std::deque<LeaseRequest> lease_queue;
   std::optional<LeaseRequest> lease_holder;
   Clock::time_point lease_deadline;
+  Clock::time_point next_keepalive;
 
   void Reply(const std::string& peer, const P2pMessage& m) {
     const std::vector<std::byte> payload = EncodeP2p(m);
@@ -164,6 +165,15 @@ struct ModelSource::Impl {
 
   void GrantLeases() {
     const Clock::time_point now = Clock::now();
+    if (!lease_queue.empty() && now > next_keepalive) {  // queued readers know we are alive
+      next_keepalive = now + std::chrono::milliseconds(500);
+      for (const LeaseRequest& r : lease_queue) {
+        P2pMessage queued;
+        queued.kind = P2pKind::kQueued;
+        queued.id = r.id;
+        Reply(r.peer, queued);
+      }
+    }
     if (lease_holder && now > lease_deadline) lease_holder.reset();  // revoked: the reader overran or died
     if (lease_holder || lease_queue.empty()) return;
     lease_holder = lease_queue.front();
