@@ -4,6 +4,7 @@
 
 #include "cli/generate_command.h"
 #include "cli/info_command.h"
+#include "cli/p2p_commands.h"
 #include "cli/plan_command.h"
 #include "cli/rl_sync_demo.h"
 #include "cli/serve_command.h"
@@ -23,6 +24,8 @@ int main(int argc, char** argv) {
   shardwire::cli::AddInfoCommand(app, &exit_code);
   shardwire::cli::AddPlanCommand(app, &exit_code);
   shardwire::cli::AddServeCommand(app, &exit_code);
+  shardwire::cli::AddSeedCommand(app, &exit_code);
+  shardwire::cli::AddLoadCommand(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

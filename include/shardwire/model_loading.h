@@ -1,0 +1,225 @@
+// P2P model loading: a new inference instance pulls its weights from instances that
+// already serve the same model, whatever their tensor-parallel layouts, and falls
+// back to the checkpoint on disk when no usable source exists.
+//
+//   serving instance rank (ModelSource)        new instance rank (ModelLoader)
+//   -----------------------------------        -------------------------------
+//   registers {identity, layout, fingerprint,  lists READY sources of its identity
+//     metadata blob, region} with a lease      groups them by instance; compares each
+//   heartbeats on a thread                       instance's layout fingerprint with the
+//                                                one it computes itself (no descriptor
+//                                                before that); a mismatch skips the
+//                                                instance (it stays READY)
+//                                              plans its shards from every usable
+//                                                instance (PlanTransfer per instance)
+//                                                and splits the bytes evenly among them
+//   serves one-sided READs (transport)  <----  posts READs (Agent, kRead)
+//   answers digest requests: xxh3 of   <----   per move: xxh3 over where the bytes
+//     the served ranges (+ a check of            landed; mismatch -> re-read elsewhere
+//     its buffer against the digests           dead / stalled source -> re-plan its
+//     recorded when it started serving)          missing bytes from the others, then
+//                                                mark it STALE with the reason
+//                                              nothing usable -> checkpoint on disk
+//                                              commit only when every byte is verified
+//
+// One ModelSource / ModelLoader serves one rank; an engine runs one per rank and
+// process. Design, protocol and failure handling: docs/p2p_loading.md.
+//
+// Thread-safety: ModelSource runs two threads of its own (heartbeat, serving) and is
+// otherwise not used concurrently; ModelLoader is used by one thread at a time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shardwire/agent.h"
+#include "shardwire/layout.h"
+#include "shardwire/model_description.h"
+#include "shardwire/model_identity.h"
+#include "shardwire/source_registry.h"
+#include "shardwire/status.h"
+
+namespace shardwire {
+
+/// Attribute keys a ModelSource sets on its SourceRecord.
+inline constexpr const char* kSourceAttrRegion = "region";             ///< region id of the shard buffer
+inline constexpr const char* kSourceAttrStructure = "structure";       ///< ModelIdentity::StructureDigest()
+inline constexpr const char* kSourceAttrRevision = "revision";         ///< ModelIdentity::revision
+inline constexpr const char* kSourceAttrBandwidthCap = "bandwidth";    ///< bytes/s cap, "0" = none
+inline constexpr const char* kSourceAttrBufferBytes = "buffer_bytes";  ///< rank buffer size, bytes
+
+/// Construction options of a ModelSource.
+struct ModelSourceOptions {
+  /// The serving instance this rank belongs to (all ranks share it), 1..256 bytes.
+  std::string instance_id;
+  /// Rank within the instance's layout, in [0, world size).
+  int rank = 0;
+  /// The instance's layout string (MakeLayoutFromString), e.g. "tp=2".
+  std::string layout;
+  /// Seconds between heartbeats (must be well below the coordinator's
+  /// source_stale_after_s, default 10 s). A heartbeat answered kNotFound (the record
+  /// was deleted) registers the source again.
+  double heartbeat_interval_s = 1;
+  /// Bytes per second this rank serves at most (0: unlimited). Models a source NIC
+  /// on one host where memory bandwidth is shared: readers take a lease for each
+  /// move (LEASE -> GRANT), the source grants one reader at a time, first come first
+  /// served, and a reader keeps its grant for bytes / cap seconds even when the
+  /// bytes arrived sooner. Advertised to loaders in the record's "bandwidth"
+  /// attribute. A grant not released within bytes / cap + 2 s is revoked.
+  double bandwidth_bytes_per_s = 0;
+  /// Agent options; name and lanes are filled in when empty / 0.
+  AgentOptions agent = {};
+  /// For failure tests only: the source adds 1 to every digest it reports, as if
+  /// the bytes had changed on the way (the loader must re-read elsewhere).
+  bool test_lie_about_digests = false;
+};
+
+/// A serving instance's rank, registered as a weight source. Created over a shard
+/// buffer it fills (Create) or over a ModelLoader's committed buffer
+/// (ModelLoader::BecomeSource). While it lives it heartbeats, serves READs of its
+/// buffer and answers HELLO / digest / lease requests; destruction deregisters it
+/// (best effort), stops its threads and releases the agent (loaders mid-read see
+/// the peer disconnect and re-plan).
+class ModelSource {
+ public:
+  /// Allocates the rank's buffer (layout.rank(rank).buffer_bytes bytes) as an
+  /// agent arena, calls `fill` on it (e.g. LoadShardsFromCheckpoint), records the
+  /// digests of its content (xxh3 per 1 MiB block), registers with `registry` and
+  /// starts serving. `registry` must outlive the source.
+  /// Errors: kInvalidArgument (bad options, rank out of range, a layout string the
+  /// model cannot take); fill's error; the agent's and the registry's errors.
+  static Result<std::unique_ptr<ModelSource>> Create(SourceRegistry& registry, const ModelDescription& model,
+                                                     const ModelIdentity& identity, ModelSourceOptions options,
+                                                     const std::function<Status(std::span<std::byte>)>& fill);
+  ~ModelSource();
+  ModelSource(const ModelSource&) = delete;
+  ModelSource& operator=(const ModelSource&) = delete;
+
+  /// The coordinator's id of this source (changes if it had to register again).
+  std::string source_id() const;
+  /// The shard buffer (the instance's weights for this rank). Writing it after
+  /// Create makes digest requests report the touched blocks as corrupt.
+  std::span<std::byte> buffer() const;
+  /// Moves served so far (digest requests answered), bytes hashed for them.
+  std::uint64_t digests_served() const;
+  std::uint64_t bytes_digested() const;
+
+  struct Impl;
+
+ private:
+  friend class ModelLoader;
+  // Serves `region` of `agent` (the rank's buffer of `layout`): records block
+  // digests, registers, starts the threads.
+  static Result<std::unique_ptr<ModelSource>> Start(SourceRegistry& registry, std::unique_ptr<Agent> agent,
+                                                    RegionId region, std::span<std::byte> buffer, const Layout& layout,
+                                                    const ModelIdentity& identity, ModelSourceOptions options);
+  explicit ModelSource(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Options of one rank's load.
+struct ModelLoaderOptions {
+  /// The new instance's id (becomes its instance_id when it serves), its layout
+  /// string and this rank.
+  std::string instance_id;
+  std::string layout;
+  int rank = 0;
+  /// Content revision wanted. Empty: the one revision of this model structure the
+  /// registry offers (kFailedPrecondition listing them when several are served);
+  /// with none served and a checkpoint given, CheckpointRevision of it.
+  std::string revision;
+  /// Checkpoint (file, index or directory) for the disk fallback; empty: none.
+  std::string checkpoint_path;
+  /// Seconds a move may take without progress (READ not complete, digest or
+  /// HELLO not answered, lease not acknowledged) before its source is declared
+  /// dead or stalled and its bytes are re-planned from the other sources.
+  double stall_timeout_s = 3;
+  /// Seconds a whole load may take before it fails with kTimedOut (not committed).
+  double load_timeout_s = 600;
+  /// Largest move (bytes): the unit of reading, digest verification and re-reading.
+  std::uint64_t move_bytes = 16ull << 20;
+  /// Use at most this many instances (0: all usable ones).
+  int max_instances = 0;
+  /// Seconds between re-listings of the registry while some bytes still wait for
+  /// a source (queued, or waiting for a bandwidth lease): instances that became
+  /// READY since the load began take a share of those bytes (a fleet doubles its
+  /// sources each round). 0: list once.
+  double relist_interval_s = 0.2;
+  /// Agent options; name and lanes are filled in when empty / 0.
+  AgentOptions agent = {};
+};
+
+/// What a load did.
+struct LoadReport {
+  std::string identity;                                     ///< ModelIdentity digest loaded
+  std::uint64_t buffer_bytes = 0;                           ///< this rank's buffer, bytes
+  std::uint64_t bytes_from_sources = 0;                     ///< verified bytes read from peers
+  std::uint64_t bytes_from_disk = 0;                        ///< bytes read from the checkpoint
+  std::map<std::string, std::uint64_t> bytes_per_instance;  ///< instance_id -> bytes
+  std::vector<std::string> skipped;                         ///< instances skipped, with the reason
+  std::vector<std::string> failed;                          ///< instances that failed mid-load, with the reason
+  std::uint64_t moves = 0;                                  ///< moves verified
+  std::uint64_t rereads = 0;                                ///< moves re-planned after a failure or mismatch
+  std::uint64_t replans = 0;  ///< waiting bytes re-split because new instances appeared
+  double seconds = 0;                                       ///< wall time of Load, seconds
+  double digest_seconds = 0;                                ///< of which hashing landed bytes, seconds
+};
+
+/// A new instance's rank loading its shards.
+class ModelLoader {
+ public:
+  /// Builds the rank's layout (MakeLayoutFromString), creates the agent and
+  /// allocates the rank's buffer as an arena (zeroed). Nothing is read yet.
+  /// Errors: kInvalidArgument (layout, rank, empty instance id); agent errors.
+  static Result<std::unique_ptr<ModelLoader>> Create(SourceRegistry& registry, const ModelDescription& model,
+                                                     ModelLoaderOptions options);
+  ~ModelLoader();
+  ModelLoader(const ModelLoader&) = delete;
+  ModelLoader& operator=(const ModelLoader&) = delete;
+
+  /// Loads every byte of this rank's shards and commits. Order of work: list the
+  /// READY sources of the identity; group by instance (instances missing a rank
+  /// are skipped); for each instance compute its layout from its layout string and
+  /// compare fingerprints (a mismatch, or an unparsable layout, skips the instance
+  /// with a kLayoutMismatch reason listing the first differences, obtained from the
+  /// source with a HELLO; the source is NOT marked STALE); split the bytes among the
+  /// usable instances, read, verify, re-plan on failures (a dead or stalled source
+  /// is marked STALE with the reason only after its bytes were re-planned); what no
+  /// source can give comes from the checkpoint. Never commits a partial load.
+  /// Errors (buffer then not loaded): kNotFound when no source serves the identity
+  /// and there is no checkpoint; kUnavailable when every source failed and there is
+  /// no checkpoint; kFailedPrecondition for an ambiguous revision; kTimedOut after
+  /// load_timeout_s; checkpoint errors (kNotFound, kLayoutMismatch); kInvalidArgument
+  /// when called again after a commit.
+  Result<LoadReport> Load();
+
+  /// True once Load committed.
+  bool loaded() const;
+  /// The rank's buffer (valid while the loader or the source it became lives).
+  std::span<std::byte> buffer() const;
+  /// The layout of the new instance.
+  const Layout& layout() const;
+  /// The identity loaded (valid after a successful Load).
+  const ModelIdentity& identity() const;
+
+  /// Turns the committed buffer into a source (no copy: the arena and the agent move
+  /// into the source). The loader is empty afterwards. `options.instance_id`,
+  /// `rank` and `layout` are taken from the loader when empty.
+  /// Errors: kFailedPrecondition when not loaded; those of ModelSource::Create.
+  Result<std::unique_ptr<ModelSource>> BecomeSource(ModelSourceOptions options = {});
+
+  struct Impl;
+
+ private:
+  explicit ModelLoader(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shardwire

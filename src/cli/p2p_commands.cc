@@ -1,0 +1,237 @@
+#include "cli/p2p_commands.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "cli/demo_checkpoint.h"
+#include "shardwire/checkpoint.h"
+#include "shardwire/coordinator.h"
+#include "shardwire/model_layouts.h"
+#include "shardwire/model_loading.h"
+#include "shardwire/shard_io.h"
+#include "shardwire/source_registry.h"
+
+namespace shardwire::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+void OnSignal(int) { g_stop.store(true); }
+
+void InstallStopHandlers() {
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+Result<std::unique_ptr<CoordinatorClient>> Connect(const std::string& address) {
+  CoordinatorClientOptions options;
+  options.address = address;
+  return CoordinatorClient::Connect(options);
+}
+
+void WaitForStop() {
+  while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+}
+
+struct SeedOptions {
+  std::string coordinator;
+  std::string checkpoint;
+  std::string config;
+  std::string layout = "tp=1";
+  std::string instance_id;
+  std::string revision;
+  double bandwidth = 0;
+};
+
+Status RunSeed(const SeedOptions& o) {
+  InstallStopHandlers();
+  SW_ASSIGN_OR_RETURN(auto client, Connect(o.coordinator));
+  auto registry = MakeCoordinatorSourceRegistry(*client);
+  SW_ASSIGN_OR_RETURN(const ModelDescription model, demo::DescribeDemoModel({o.checkpoint, o.config}));
+  SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(o.checkpoint));
+  std::string revision = o.revision;
+  if (revision.empty()) {
+    SW_ASSIGN_OR_RETURN(revision, CheckpointRevision(checkpoint));
+  }
+  SW_ASSIGN_OR_RETURN(const ModelIdentity identity, MakeModelIdentity(model, revision));
+  SW_ASSIGN_OR_RETURN(const Layout layout, MakeLayoutFromString(model, o.layout));
+  const std::string instance = o.instance_id.empty() ? fmt::format("seed-{}", ::getpid()) : o.instance_id;
+  std::vector<std::unique_ptr<ModelSource>> ranks;
+  for (int r = 0; r < layout.world_size(); ++r) {
+    ModelSourceOptions so;
+    so.instance_id = instance;
+    so.layout = o.layout;
+    so.rank = r;
+    so.bandwidth_bytes_per_s = o.bandwidth;
+    SW_ASSIGN_OR_RETURN(auto source, ModelSource::Create(*registry, model, identity, so, [&](std::span<std::byte> buf) {
+                          return LoadShardsFromCheckpoint(checkpoint, layout, r, buf);
+                        }));
+    ranks.push_back(std::move(source));
+  }
+  fmt::print("SEED READY instance={} layout={} identity={} revision={}\n", instance, o.layout, identity.Digest(),
+             revision);
+  std::fflush(stdout);
+  WaitForStop();
+  ranks.clear();  // deregisters
+  return Status::Ok();
+}
+
+struct LoadOptions {
+  std::string coordinator;
+  std::string config;
+  std::string layout = "tp=1";
+  std::string verify_against;
+  std::string fallback_checkpoint;
+  std::string instance_id;
+  std::string revision;
+  bool serve = false;
+  double bandwidth = 0;
+  double stall_timeout_s = 3;
+};
+
+Status RunLoad(const LoadOptions& o) {
+  InstallStopHandlers();
+  SW_ASSIGN_OR_RETURN(auto client, Connect(o.coordinator));
+  auto registry = MakeCoordinatorSourceRegistry(*client);
+  ModelDescription model;
+  if (!o.verify_against.empty()) {
+    SW_ASSIGN_OR_RETURN(model, demo::DescribeDemoModel({o.verify_against, o.config}));
+  } else {
+    SW_ASSIGN_OR_RETURN(model, demo::DescribeConfig(o.config, 0));
+  }
+  SW_ASSIGN_OR_RETURN(const Layout layout, MakeLayoutFromString(model, o.layout));
+  const std::string instance = o.instance_id.empty() ? fmt::format("load-{}", ::getpid()) : o.instance_id;
+  const int world = layout.world_size();
+  std::vector<std::unique_ptr<ModelLoader>> loaders(static_cast<std::size_t>(world));
+  std::vector<Result<LoadReport>> reports(static_cast<std::size_t>(world), Internal("not run"));
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      ModelLoaderOptions lo;
+      lo.instance_id = instance;
+      lo.layout = o.layout;
+      lo.rank = r;
+      lo.revision = o.revision;
+      lo.checkpoint_path = o.fallback_checkpoint;
+      lo.stall_timeout_s = o.stall_timeout_s;
+      auto loader = ModelLoader::Create(*registry, model, lo);
+      if (!loader.ok()) {
+        reports[static_cast<std::size_t>(r)] = loader.status();
+        return;
+      }
+      loaders[static_cast<std::size_t>(r)] = std::move(*loader);
+      reports[static_cast<std::size_t>(r)] = loaders[static_cast<std::size_t>(r)]->Load();
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::uint64_t bytes = 0, disk = 0;
+  std::map<std::string, std::uint64_t> per_instance;
+  std::vector<std::string> failed;
+  for (int r = 0; r < world; ++r) {
+    const auto& rep = reports[static_cast<std::size_t>(r)];
+    if (!rep.ok()) return rep.status().WithContext(fmt::format("instance {} rank {}", instance, r));
+    bytes += rep->bytes_from_sources + rep->bytes_from_disk;
+    disk += rep->bytes_from_disk;
+    for (const auto& [id, b] : rep->bytes_per_instance) per_instance[id] += b;
+    for (const auto& f : rep->failed) failed.push_back(fmt::format("rank {}: {}", r, f));
+    for (const auto& s : rep->skipped) fmt::print("  rank {} skipped {}\n", r, s);
+    fmt::print("  rank {}: {} bytes ({} from disk) in {:.3f} s, {} moves, {} re-read, digest {:.3f} s\n", r,
+               rep->bytes_from_sources + rep->bytes_from_disk, rep->bytes_from_disk, rep->seconds, rep->moves,
+               rep->rereads, rep->digest_seconds);
+  }
+  std::string sources;
+  for (const auto& [id, b] : per_instance) sources += fmt::format("{}{}:{}", sources.empty() ? "" : ",", id, b);
+  for (const auto& f : failed) fmt::print("  failed source {}\n", f);
+  std::string verified = "no";
+  if (!o.verify_against.empty()) {
+    SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(o.verify_against));
+    for (int r = 0; r < world; ++r) {
+      const auto buf = loaders[static_cast<std::size_t>(r)]->buffer();
+      std::vector<std::byte> expected(buf.size());
+      SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, layout, r, expected));
+      if (!std::equal(expected.begin(), expected.end(), buf.begin())) {
+        const auto at = std::mismatch(expected.begin(), expected.end(), buf.begin()).first - expected.begin();
+        return VerificationFailed(fmt::format("instance {} rank {}: byte {} differs from {}", instance, r, at,
+                                              o.verify_against));
+      }
+    }
+    verified = "byte-for-byte";
+  }
+  fmt::print("LOADED instance={} layout={} bytes={} disk_bytes={} seconds={:.3f} gbps={:.3f} sources={} failed={} "
+             "verified={}\n",
+             instance, o.layout, bytes, disk, seconds, seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0,
+             sources.empty() ? "-" : sources, failed.size(), verified);
+  std::fflush(stdout);
+  if (!o.serve) return Status::Ok();
+  std::vector<std::unique_ptr<ModelSource>> sources_out;
+  for (auto& loader : loaders) {
+    ModelSourceOptions so;
+    so.bandwidth_bytes_per_s = o.bandwidth;
+    SW_ASSIGN_OR_RETURN(auto source, loader->BecomeSource(so));
+    sources_out.push_back(std::move(source));
+  }
+  fmt::print("SERVING instance={}\n", instance);
+  std::fflush(stdout);
+  WaitForStop();
+  return Status::Ok();
+}
+
+}  // namespace
+
+void AddSeedCommand(CLI::App& app, int* exit_code) {
+  auto o = std::make_shared<SeedOptions>();
+  CLI::App* cmd = app.add_subcommand("seed", "serve a checkpoint's shards as a P2P source instance until interrupted");
+  cmd->add_option("--coordinator", o->coordinator, "coordinator address HOST:PORT")->required();
+  cmd->add_option("--checkpoint", o->checkpoint, "checkpoint file, index or directory")->required();
+  cmd->add_option("--config", o->config, "HF config.json (default: the one beside the checkpoint)");
+  cmd->add_option("--layout", o->layout, "the instance's layout, e.g. tp=2")->capture_default_str();
+  cmd->add_option("--instance-id", o->instance_id, "instance id (default: seed-<pid>)");
+  cmd->add_option("--revision", o->revision, "content revision (default: xxh3 digest of the checkpoint)");
+  cmd->add_option("--bandwidth", o->bandwidth, "bytes/s each rank serves at most (0 = unlimited)")->capture_default_str();
+  cmd->callback([o, exit_code] {
+    Status s = RunSeed(*o);
+    if (!s.ok()) {
+      fmt::print(stderr, "shardwire seed: {}\n", s.ToString());
+      *exit_code = 1;
+    }
+  });
+}
+
+void AddLoadCommand(CLI::App& app, int* exit_code) {
+  auto o = std::make_shared<LoadOptions>();
+  CLI::App* cmd = app.add_subcommand("load", "load an instance from the coordinator's P2P sources");
+  cmd->add_option("--coordinator", o->coordinator, "coordinator address HOST:PORT")->required();
+  cmd->add_option("--config", o->config, "HF config.json of the model")->required();
+  cmd->add_option("--layout", o->layout, "the new instance's layout, e.g. tp=4")->capture_default_str();
+  cmd->add_option("--verify-against", o->verify_against, "checkpoint to compare every loaded byte with");
+  cmd->add_option("--checkpoint", o->fallback_checkpoint, "checkpoint for the disk fallback (default: none)");
+  cmd->add_option("--instance-id", o->instance_id, "instance id (default: load-<pid>)");
+  cmd->add_option("--revision", o->revision, "content revision (default: the one the sources serve)");
+  cmd->add_option("--stall-timeout", o->stall_timeout_s, "seconds without progress before a source counts as dead")
+      ->capture_default_str();
+  cmd->add_flag("--serve", o->serve, "after loading, serve the instance as a source until interrupted");
+  cmd->add_option("--bandwidth", o->bandwidth, "with --serve: bytes/s each rank serves at most")->capture_default_str();
+  cmd->callback([o, exit_code] {
+    Status s = RunLoad(*o);
+    if (!s.ok()) {
+      fmt::print(stderr, "shardwire load: {}\n", s.ToString());
+      *exit_code = 1;
+    }
+  });
+}
+
+}  // namespace shardwire::cli

@@ -1,0 +1,30 @@
+#include "shardwire/source_registry.h"
+
+namespace shardwire {
+namespace {
+
+class CoordinatorSourceRegistry final : public SourceRegistry {
+ public:
+  explicit CoordinatorSourceRegistry(CoordinatorClient& client) : client_(client) {}
+  Result<SourceRecord> RegisterSource(const SourceRecord& record) override { return client_.RegisterSource(record); }
+  Status HeartbeatSource(const std::string& source_id) override { return client_.HeartbeatSource(source_id); }
+  Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity,
+                                                std::optional<SourceState> state) override {
+    return client_.ListSources(model_identity, state);
+  }
+  Status MarkSourceStale(const std::string& source_id, const std::string& reason) override {
+    return client_.MarkSourceStale(source_id, reason);
+  }
+  Status DeregisterSource(const std::string& source_id) override { return client_.DeregisterSource(source_id); }
+
+ private:
+  CoordinatorClient& client_;
+};
+
+}  // namespace
+
+std::unique_ptr<SourceRegistry> MakeCoordinatorSourceRegistry(CoordinatorClient& client) {
+  return std::make_unique<CoordinatorSourceRegistry>(client);
+}
+
+}  // namespace shardwire

@@ -1,0 +1,736 @@
+// ModelLoader: one rank of a new instance loads its shards from serving instances
+// (model_loading.h; design in docs/p2p_loading.md).
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+#include <xxhash.h>
+
+#include "shardwire/checkpoint.h"
+#include "shardwire/model_layouts.h"
+#include "shardwire/model_loading.h"
+#include "shardwire/shard_io.h"
+#include "workflows/load_assignment.h"
+#include "workflows/p2p_messages.h"
+
+namespace shardwire {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using workflows::DecodeP2p;
+using workflows::DigestStatus;
+using workflows::EncodeP2p;
+using workflows::Interval;
+using workflows::P2pKind;
+using workflows::P2pMessage;
+using workflows::SourceRun;
+
+std::atomic<std::uint64_t> g_loader_counter{0};
+
+P2pMessage Msg(P2pKind kind, std::uint64_t id = 0, std::uint64_t value = 0) {
+  P2pMessage m;
+  m.kind = kind;
+  m.id = id;
+  m.value = value;
+  return m;
+}
+
+Clock::duration Seconds(double s) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+}
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Bytes of `rank`'s shards in its buffer (what a load must fill; reserved padding excluded).
+std::vector<Interval> NeededIntervals(const Layout& layout, int rank) {
+  std::vector<Interval> out;
+  for (const ShardRef& s : layout.rank(rank).shards) {
+    const std::uint64_t bytes = static_cast<std::uint64_t>(s.box.numel()) * DTypeSize(layout.tensors()[s.tensor].dtype);
+    out.push_back({s.byte_offset, s.byte_offset + bytes});
+  }
+  return workflows::Normalize(std::move(out));
+}
+
+// One serving instance the loader reads from.
+struct Instance {
+  std::string id;
+  std::string layout_string;
+  std::vector<SourceRecord> ranks;             // by rank
+  std::vector<SourceRun> coverage;             // where this loader's bytes live in it
+  double bandwidth = 0;                        // bytes/s cap, 0 = none
+  std::map<std::uint32_t, std::string> peers;  // src rank -> imported agent name
+  std::map<std::uint32_t, RegionId> regions;   // src rank -> region id
+  std::set<std::uint32_t> hello_acked;
+  std::map<std::uint32_t, std::chrono::steady_clock::time_point> hello_deadline;  // src rank -> answer by
+  bool failed = false;
+  std::string failure;
+};
+
+struct LoadMove {
+  enum class State { kQueued, kLeaseWait, kLeaseQueued, kReading, kDigestWait, kPacing, kDone, kAbandoned };
+  std::size_t instance = 0;
+  std::uint32_t src_rank = 0;
+  std::vector<SourceRun> runs;
+  std::uint64_t bytes = 0;
+  State state = State::kQueued;
+  std::uint64_t request_id = 0;
+  std::optional<TransferHandle> handle;
+  Clock::time_point deadline;
+  Clock::time_point pace_until;
+  std::uint64_t local_digest = 0;
+};
+
+}  // namespace
+
+struct ModelLoader::Impl {
+  SourceRegistry* registry = nullptr;
+  ModelDescription model;
+  ModelLoaderOptions options;
+  std::optional<Layout> layout;
+  std::unique_ptr<Agent> agent;
+  RegionId region = 0;
+  std::span<std::byte> buffer;
+  ModelIdentity identity;
+  bool loaded = false;
+  std::uint64_t next_id = 1;
+
+  // State of one Load call.
+  std::vector<Instance> instances;
+  std::vector<LoadMove> moves;
+  std::map<std::uint64_t, std::size_t> move_of_request;
+  std::map<std::uint64_t, std::pair<std::size_t, std::uint32_t>> hello_of_request;
+  std::vector<Interval> unassigned;  // bytes no move is responsible for
+  LoadReport report;
+  std::vector<std::size_t> to_mark_stale;
+  std::set<std::string> seen_instances;  // listed once (used, skipped or failed)
+
+  Status ResolveIdentity() {
+    if (!options.revision.empty()) {
+      SW_ASSIGN_OR_RETURN(identity, MakeModelIdentity(model, options.revision));
+      return Status::Ok();
+    }
+    SW_ASSIGN_OR_RETURN(ModelIdentity structure, MakeModelIdentity(model, "?"));
+    const std::string wanted = structure.StructureDigest();
+    SW_ASSIGN_OR_RETURN(const std::vector<SourceRecord> all, registry->ListSources("", SourceState::kReady));
+    std::set<std::string> revisions;
+    for (const SourceRecord& r : all) {
+      auto s = r.attributes.find(kSourceAttrStructure);
+      auto v = r.attributes.find(kSourceAttrRevision);
+      if (s != r.attributes.end() && s->second == wanted && v != r.attributes.end()) revisions.insert(v->second);
+    }
+    if (revisions.size() > 1) {
+      return FailedPrecondition(fmt::format("model {} is served in {} revisions ({}); name one", wanted,
+                                            revisions.size(), fmt::join(revisions, ", ")));
+    }
+    if (revisions.size() == 1) {
+      SW_ASSIGN_OR_RETURN(identity, MakeModelIdentity(model, *revisions.begin()));
+      return Status::Ok();
+    }
+    if (options.checkpoint_path.empty()) {
+      return NotFound(fmt::format("no READY source serves model {} and no checkpoint was given", wanted));
+    }
+    SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
+    SW_ASSIGN_OR_RETURN(const std::string revision, CheckpointRevision(checkpoint));
+    SW_ASSIGN_OR_RETURN(identity, MakeModelIdentity(model, revision));
+    return Status::Ok();
+  }
+
+  std::vector<std::byte> Encode(const P2pMessage& m) { return EncodeP2p(m); }
+
+  Status Send(const std::string& peer, const P2pMessage& m) { return agent->SendMessage(peer, EncodeP2p(m)); }
+
+  // Imports a source rank's metadata and sends HELLO (want_inputs: ask for its
+  // fingerprint inputs). Returns the request id.
+  Result<std::uint64_t> Hello(Instance& inst, std::uint32_t rank, bool want_inputs) {
+    const SourceRecord& rec = inst.ranks[rank];
+    auto region_it = rec.attributes.find(kSourceAttrRegion);
+    if (region_it == rec.attributes.end()) return CorruptData("source record has no region attribute");
+    RegionId region_id = 0;
+    try {
+      region_id = static_cast<RegionId>(std::stoul(region_it->second));
+    } catch (...) {
+      return CorruptData(fmt::format("source record region attribute \"{}\"", region_it->second));
+    }
+    SW_ASSIGN_OR_RETURN(const std::string peer, agent->ImportMetadata(rec.metadata));
+    inst.peers[rank] = peer;
+    inst.regions[rank] = region_id;
+    P2pMessage hello;
+    hello.kind = P2pKind::kHello;
+    hello.id = next_id++;
+    SW_ASSIGN_OR_RETURN(hello.blob, agent->ExportMetadata());
+    hello.flag = want_inputs;
+    SW_RETURN_IF_ERROR(Send(peer, hello));
+    return hello.id;
+  }
+
+  // Waits for one reply of kind `kind` with id `id` (other messages are dispatched).
+  Result<P2pMessage> AwaitReply(std::uint64_t id, P2pKind kind, double timeout_s) {
+    const Clock::time_point deadline = Clock::now() + Seconds(timeout_s);
+    while (Clock::now() < deadline) {
+      auto n = agent->WaitNotification(std::max(0.001, std::chrono::duration<double>(deadline - Clock::now()).count()));
+      if (!n.ok()) {
+        if (n.status().code() == ErrorCode::kTimedOut) break;
+        continue;  // a peer disconnected; the caller's deadline decides
+      }
+      auto m = DecodeP2p(n->payload);
+      if (m && m->id == id && m->kind == kind) return *m;
+      if (m) Dispatch(n->peer, *m);
+    }
+    return TimedOut(fmt::format("no answer to request {} within {} s", id, timeout_s));
+  }
+
+  // Explains a fingerprint mismatch: the first differences between what the source
+  // says it holds and what its layout string means here.
+  std::string MismatchReason(Instance& inst, const std::vector<std::string>& expected) {
+    std::string detail;
+    auto id = Hello(inst, 0, true);
+    if (id.ok()) {
+      auto ack = AwaitReply(*id, P2pKind::kHelloAck, options.stall_timeout_s);
+      if (ack.ok()) {
+        const auto diffs = FingerprintDifferences(expected, ack->lines);
+        detail = diffs.empty() ? "fingerprint inputs equal, digest differs" : fmt::format("{}", fmt::join(diffs, "; "));
+      } else {
+        detail = "source did not send its fingerprint inputs: " + ack.status().message();
+      }
+    } else {
+      detail = "could not ask the source: " + id.status().message();
+    }
+    return detail;
+  }
+
+  // Lists and vets the instances serving the identity.
+  Status FindInstances(const std::vector<Interval>& needed) {
+    SW_ASSIGN_OR_RETURN(const std::vector<SourceRecord> records,
+                        registry->ListSources(identity.Digest(), SourceState::kReady));
+    std::map<std::string, std::vector<SourceRecord>> by_instance;
+    for (const SourceRecord& r : records) {
+      if (r.instance_id == options.instance_id) continue;
+      by_instance[r.instance_id].push_back(r);
+    }
+    for (auto& [id, recs] : by_instance) {
+      if (options.max_instances > 0 && static_cast<int>(instances.size()) >= options.max_instances) break;
+      if (!seen_instances.insert(id).second) continue;
+      Instance inst;
+      inst.id = id;
+      const int world = recs.front().world_size;
+      inst.layout_string = recs.front().layout;
+      std::sort(recs.begin(), recs.end(), [](const SourceRecord& a, const SourceRecord& b) { return a.rank < b.rank; });
+      bool complete = static_cast<int>(recs.size()) == world;
+      for (int r = 0; complete && r < world; ++r) {
+        complete = recs[static_cast<std::size_t>(r)].rank == r &&
+                   recs[static_cast<std::size_t>(r)].world_size == world &&
+                   recs[static_cast<std::size_t>(r)].layout == inst.layout_string &&
+                   recs[static_cast<std::size_t>(r)].layout_fingerprint == recs.front().layout_fingerprint;
+      }
+      if (!complete) {
+        report.skipped.push_back(
+            fmt::format("{}: {} of {} ranks READY or ranks disagree on the layout", id, recs.size(), world));
+        continue;
+      }
+      inst.ranks = recs;
+      auto cap = recs.front().attributes.find(kSourceAttrBandwidthCap);
+      if (cap != recs.front().attributes.end()) inst.bandwidth = std::strtod(cap->second.c_str(), nullptr);
+      auto src_layout = MakeLayoutFromString(model, inst.layout_string);
+      if (!src_layout.ok()) {
+        report.skipped.push_back(fmt::format("{}: {}: layout \"{}\" is not a layout of this model: {}", id,
+                                             ErrorCodeName(ErrorCode::kLayoutMismatch), inst.layout_string,
+                                             src_layout.status().message()));
+        continue;
+      }
+      const std::vector<std::string> inputs = LayoutFingerprintInputs(*src_layout);
+      if (LayoutFingerprintOf(inputs) != recs.front().layout_fingerprint) {
+        // Compared before any descriptor exists. The source is healthy: not marked STALE.
+        report.skipped.push_back(
+            fmt::format("{}: {}: layout fingerprint {} of \"{}\" differs from {} computed here: {}", id,
+                        ErrorCodeName(ErrorCode::kLayoutMismatch), recs.front().layout_fingerprint, inst.layout_string,
+                        LayoutFingerprintOf(inputs), MismatchReason(inst, inputs)));
+        for (auto& [rank, peer] : inst.peers) (void)Send(peer, Msg(P2pKind::kBye));
+        continue;
+      }
+      auto coverage = workflows::CoverageOf(*src_layout, *layout, options.rank);
+      if (!coverage.ok()) {
+        report.skipped.push_back(fmt::format("{}: cannot plan from it: {}", id, coverage.status().ToString()));
+        continue;
+      }
+      if (workflows::IntervalsOf(*coverage) != needed) {
+        report.skipped.push_back(fmt::format("{}: its plan does not cover this rank's bytes", id));
+        continue;
+      }
+      inst.coverage = std::move(*coverage);
+      instances.push_back(std::move(inst));
+    }
+    return Status::Ok();
+  }
+
+  std::vector<std::size_t> Alive() const {
+    std::vector<std::size_t> out;
+    for (std::size_t i = 0; i < instances.size(); ++i) {
+      if (!instances[i].failed) out.push_back(i);
+    }
+    return out;
+  }
+
+  // Splits the unassigned bytes evenly over the live instances as new moves.
+  void Assign() {
+    const std::vector<std::size_t> alive = Alive();
+    if (alive.empty() || unassigned.empty()) return;
+    const auto portions = workflows::SplitEvenly(unassigned, alive.size());
+    unassigned.clear();
+    for (std::size_t k = 0; k < alive.size(); ++k) {
+      const std::vector<SourceRun> runs = workflows::Clip(instances[alive[k]].coverage, portions[k]);
+      for (auto& cut : workflows::CutMoves(runs, options.move_bytes)) {
+        LoadMove m;
+        m.instance = alive[k];
+        m.src_rank = cut.front().src_rank;
+        for (const SourceRun& r : cut) m.bytes += r.length;
+        m.runs = std::move(cut);
+        moves.push_back(std::move(m));
+      }
+    }
+  }
+
+  void ReleaseHandle(LoadMove& m) {
+    if (m.handle) {
+      (void)agent->Release(*m.handle);
+      m.handle.reset();
+    }
+  }
+
+  // An instance died, stalled or served bad bytes: give its unfinished moves back.
+  void FailInstance(std::size_t i, const std::string& reason) {
+    Instance& inst = instances[i];
+    if (inst.failed) return;
+    inst.failed = true;
+    inst.failure = reason;
+    report.failed.push_back(fmt::format("{}: {}", inst.id, reason));
+    for (auto& [rank, peer] : inst.peers) {
+      (void)Send(peer, Msg(P2pKind::kBye));
+      (void)agent->InvalidatePeer(peer);
+    }
+    for (LoadMove& m : moves) {
+      if (m.instance != i || m.state == LoadMove::State::kDone || m.state == LoadMove::State::kAbandoned) continue;
+      ReleaseHandle(m);
+      m.state = LoadMove::State::kAbandoned;
+      for (const SourceRun& r : m.runs) unassigned.push_back({r.dst_offset, r.dst_offset + r.length});
+      ++report.rereads;
+    }
+    unassigned = workflows::Normalize(std::move(unassigned));
+    to_mark_stale.push_back(i);
+  }
+
+  void Dispatch(const std::string& peer, const P2pMessage& m) {
+    if (m.kind == P2pKind::kHelloAck) {
+      auto it = hello_of_request.find(m.id);
+      if (it != hello_of_request.end()) instances[it->second.first].hello_acked.insert(it->second.second);
+      return;
+    }
+    auto it = move_of_request.find(m.id);
+    if (it == move_of_request.end()) return;
+    LoadMove& mv = moves[it->second];
+    Instance& inst = instances[mv.instance];
+    if (inst.failed || inst.peers[mv.src_rank] != peer) return;
+    const Clock::time_point now = Clock::now();
+    switch (m.kind) {
+      case P2pKind::kQueued:  // first acknowledgement, then a keepalive every 0.5 s while queued
+        if (mv.state == LoadMove::State::kLeaseWait || mv.state == LoadMove::State::kLeaseQueued) {
+          mv.state = LoadMove::State::kLeaseQueued;
+          mv.deadline = now + Seconds(options.stall_timeout_s);
+        }
+        break;
+      case P2pKind::kGrant:
+        if (mv.state == LoadMove::State::kLeaseWait || mv.state == LoadMove::State::kLeaseQueued) {
+          mv.pace_until = now + Seconds(m.seconds);
+          StartRead(it->second);
+        }
+        break;
+      case P2pKind::kDigestReply:
+        if (mv.state != LoadMove::State::kDigestWait) break;
+        if (m.status != DigestStatus::kOk || m.value != mv.local_digest) {
+          FailInstance(
+              mv.instance,
+              m.status == DigestStatus::kCorrupt
+                  ? fmt::format("rank {} reports its served bytes differ from its committed content", mv.src_rank)
+              : m.status == DigestStatus::kOutOfRange
+                  ? fmt::format("rank {} says a read range lies outside its buffer", mv.src_rank)
+                  : fmt::format("digest mismatch on a {}-byte move from rank {}: source {:016x}, landed {:016x}",
+                                mv.bytes, mv.src_rank, m.value, mv.local_digest));
+          break;
+        }
+        if (inst.bandwidth > 0 && now < mv.pace_until) {
+          mv.state = LoadMove::State::kPacing;
+        } else {
+          Finish(mv);
+        }
+        break;
+      default:
+        break;
+    }
+  }
+
+  void Finish(LoadMove& mv) {
+    Instance& inst = instances[mv.instance];
+    if (inst.bandwidth > 0) {
+      (void)Send(inst.peers[mv.src_rank], Msg(P2pKind::kRelease, mv.request_id));
+    }
+    mv.state = LoadMove::State::kDone;
+    report.bytes_from_sources += mv.bytes;
+    report.bytes_per_instance[inst.id] += mv.bytes;
+    ++report.moves;
+  }
+
+  void StartRead(std::size_t index) {
+    LoadMove& mv = moves[index];
+    Instance& inst = instances[mv.instance];
+    std::vector<TransferDescriptor> descs;
+    descs.reserve(mv.runs.size());
+    for (const SourceRun& r : mv.runs) {
+      descs.push_back({region, r.dst_offset, inst.regions[mv.src_rank], r.src_offset, r.length});
+    }
+    auto handle = agent->PrepareTransfer(TransferOp::kRead, inst.peers[mv.src_rank], std::move(descs), std::nullopt);
+    if (!handle.ok()) {
+      FailInstance(mv.instance, "preparing a READ failed: " + handle.status().ToString());
+      return;
+    }
+    mv.handle = *handle;
+    Status posted = agent->Post(*handle);
+    if (!posted.ok()) {
+      FailInstance(mv.instance, "posting a READ failed: " + posted.ToString());
+      return;
+    }
+    mv.state = LoadMove::State::kReading;
+    // Generous for the bytes (10 MB/s), strict for silence.
+    mv.deadline = Clock::now() + Seconds(options.stall_timeout_s + static_cast<double>(mv.bytes) / 10e6);
+  }
+
+  void AfterRead(std::size_t index) {
+    LoadMove& mv = moves[index];
+    ReleaseHandle(mv);
+    const Clock::time_point t = Clock::now();
+    XXH3_state_t* state = XXH3_createState();
+    XXH3_64bits_reset(state);
+    P2pMessage request;
+    request.kind = P2pKind::kDigest;
+    request.id = mv.request_id;
+    for (const SourceRun& r : mv.runs) {
+      XXH3_64bits_update(state, buffer.data() + r.dst_offset, r.length);
+      request.ranges.emplace_back(r.src_offset, r.length);
+    }
+    mv.local_digest = XXH3_64bits_digest(state);
+    XXH3_freeState(state);
+    report.digest_seconds += Since(t);
+    Status sent = Send(instances[mv.instance].peers[mv.src_rank], request);
+    if (!sent.ok()) {
+      FailInstance(mv.instance, "sending a digest request failed: " + sent.ToString());
+      return;
+    }
+    mv.state = LoadMove::State::kDigestWait;
+    mv.deadline = Clock::now() + Seconds(options.stall_timeout_s);
+  }
+
+  // Starts queued moves: at most `per_peer` moves of one source rank past the queue.
+  void Launch() {
+    std::map<std::pair<std::size_t, std::uint32_t>, int> active;
+    for (const LoadMove& m : moves) {
+      if (m.state != LoadMove::State::kQueued && m.state != LoadMove::State::kDone &&
+          m.state != LoadMove::State::kAbandoned) {
+        ++active[{m.instance, m.src_rank}];
+      }
+    }
+    for (std::size_t i = 0; i < moves.size(); ++i) {
+      LoadMove& m = moves[i];
+      if (m.state != LoadMove::State::kQueued) continue;
+      Instance& inst = instances[m.instance];
+      if (inst.failed) continue;
+      if (!inst.hello_acked.contains(m.src_rank)) continue;
+      const int per_peer = inst.bandwidth > 0 ? 1 : 4;
+      int& n = active[{m.instance, m.src_rank}];
+      if (n >= per_peer) continue;
+      ++n;
+      m.request_id = next_id++;
+      move_of_request[m.request_id] = i;
+      if (inst.bandwidth > 0) {
+        Status sent = Send(inst.peers[m.src_rank], Msg(P2pKind::kLease, m.request_id, m.bytes));
+        if (!sent.ok()) {
+          FailInstance(m.instance, "sending a lease request failed: " + sent.ToString());
+          continue;
+        }
+        m.state = LoadMove::State::kLeaseWait;
+        m.deadline = Clock::now() + Seconds(options.stall_timeout_s);
+      } else {
+        StartRead(i);
+      }
+    }
+  }
+
+  // HELLO every source rank the live instances' moves need (once per rank).
+  void Handshake() {
+    for (LoadMove& m : moves) {
+      if (m.state != LoadMove::State::kQueued) continue;
+      Instance& inst = instances[m.instance];
+      if (inst.failed || inst.peers.contains(m.src_rank)) continue;
+      auto id = Hello(inst, m.src_rank, false);
+      if (!id.ok()) {
+        FailInstance(m.instance, fmt::format("rank {}: {}", m.src_rank, id.status().ToString()));
+        continue;
+      }
+      hello_of_request[*id] = {m.instance, m.src_rank};
+      inst.hello_deadline[m.src_rank] = Clock::now() + Seconds(options.stall_timeout_s);
+    }
+  }
+
+  void Poll() {
+    for (std::size_t i = 0; i < moves.size(); ++i) {
+      LoadMove& m = moves[i];
+      if (m.state != LoadMove::State::kReading) continue;
+      auto done = agent->Test(*m.handle);
+      if (!done.ok()) {
+        FailInstance(m.instance, fmt::format("READ from rank {} failed: {}", m.src_rank, done.status().ToString()));
+      } else if (*done) {
+        AfterRead(i);
+      }
+    }
+    auto n = agent->WaitNotification(0.002);
+    std::vector<Notification> notes;
+    if (n.ok()) notes.push_back(std::move(*n));
+    for (Notification& more : agent->TakeNotifications()) notes.push_back(std::move(more));
+    for (const Notification& note : notes) {
+      if (auto m = DecodeP2p(note.payload)) Dispatch(note.peer, *m);
+    }
+    // Processes found dead by the agent (liveness check or UCX error callback).
+    const std::vector<std::string> dead = agent->FailedPeers();
+    if (!dead.empty()) {
+      for (std::size_t i = 0; i < instances.size(); ++i) {
+        if (instances[i].failed) continue;
+        for (const auto& [rank, peer] : instances[i].peers) {
+          if (std::find(dead.begin(), dead.end(), peer) != dead.end()) {
+            FailInstance(i, fmt::format("rank {} disconnected (process gone)", rank));
+            break;
+          }
+        }
+      }
+    }
+    const Clock::time_point now = Clock::now();
+    for (LoadMove& m : moves) {
+      if (instances[m.instance].failed) continue;
+      switch (m.state) {
+        case LoadMove::State::kPacing:
+          if (now >= m.pace_until) Finish(m);
+          break;
+        case LoadMove::State::kQueued:
+          if (instances[m.instance].hello_deadline.contains(m.src_rank) &&
+              !instances[m.instance].hello_acked.contains(m.src_rank) &&
+              now > instances[m.instance].hello_deadline[m.src_rank]) {
+            FailInstance(m.instance,
+                         fmt::format("rank {} did not answer HELLO within {} s", m.src_rank, options.stall_timeout_s));
+          }
+          break;
+        case LoadMove::State::kLeaseWait:
+        case LoadMove::State::kLeaseQueued:
+        case LoadMove::State::kReading:
+        case LoadMove::State::kDigestWait:
+          if (now > m.deadline) {
+            const char* what = m.state == LoadMove::State::kReading      ? "READ made no progress"
+                               : m.state == LoadMove::State::kDigestWait ? "digest request not answered"
+                                                                         : "lease request not answered";
+            FailInstance(m.instance, fmt::format("rank {}: {} within {:.1f} s (dead or stalled)", m.src_rank, what,
+                                                 options.stall_timeout_s));
+          }
+          break;
+        default:
+          break;
+      }
+    }
+  }
+
+  Status FromDisk() {
+    if (unassigned.empty()) return Status::Ok();
+    if (options.checkpoint_path.empty()) {
+      return Unavailable(fmt::format("{} bytes of rank {} have no usable source and no checkpoint was given",
+                                     workflows::TotalBytes(unassigned), options.rank));
+    }
+    SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
+    std::vector<std::byte> scratch(buffer.size());
+    SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, *layout, options.rank, scratch));
+    for (const Interval& iv : unassigned) {
+      std::copy(scratch.begin() + static_cast<std::ptrdiff_t>(iv.begin),
+                scratch.begin() + static_cast<std::ptrdiff_t>(iv.end),
+                buffer.begin() + static_cast<std::ptrdiff_t>(iv.begin));
+    }
+    report.bytes_from_disk += workflows::TotalBytes(unassigned);
+    unassigned.clear();
+    return Status::Ok();
+  }
+
+  void Goodbye() {
+    for (Instance& inst : instances) {
+      if (inst.failed) continue;
+      for (auto& [rank, peer] : inst.peers) (void)Send(peer, Msg(P2pKind::kBye));
+    }
+    for (LoadMove& m : moves) {
+      if (m.handle) {
+        if (m.state == LoadMove::State::kReading) (void)agent->Cancel(*m.handle, 1.0);
+        ReleaseHandle(m);
+      }
+    }
+  }
+
+  // Instances that started serving since the load began (a fleet whose loaded
+  // instances become sources): take back every move not yet reading and split
+  // those bytes over all live instances again.
+  Status Relist(const std::vector<Interval>& needed) {
+    const std::size_t before = instances.size();
+    SW_RETURN_IF_ERROR(FindInstances(needed));
+    if (instances.size() == before) return Status::Ok();
+    for (LoadMove& m : moves) {
+      const bool waiting = m.state == LoadMove::State::kQueued || m.state == LoadMove::State::kLeaseWait ||
+                           m.state == LoadMove::State::kLeaseQueued;
+      if (!waiting) continue;
+      if (m.state != LoadMove::State::kQueued) {
+        (void)Send(instances[m.instance].peers[m.src_rank], Msg(P2pKind::kRelease, m.request_id));
+      }
+      m.state = LoadMove::State::kAbandoned;
+      for (const SourceRun& r : m.runs) unassigned.push_back({r.dst_offset, r.dst_offset + r.length});
+    }
+    unassigned = workflows::Normalize(std::move(unassigned));
+    ++report.replans;
+    return Status::Ok();
+  }
+
+  void MarkFailedStale() {
+    for (std::size_t i : to_mark_stale) {
+      for (const SourceRecord& r : instances[i].ranks) {
+        (void)registry->MarkSourceStale(r.source_id, "P2P loader " + options.instance_id + ": " + instances[i].failure);
+      }
+    }
+    to_mark_stale.clear();
+  }
+
+  Result<LoadReport> Run() {
+    const Clock::time_point start = Clock::now();
+    const Clock::time_point give_up = start + Seconds(options.load_timeout_s);
+    report = LoadReport{};
+    instances.clear();
+    moves.clear();
+    move_of_request.clear();
+    hello_of_request.clear();
+    to_mark_stale.clear();
+    seen_instances.clear();
+    SW_RETURN_IF_ERROR(ResolveIdentity());
+    report.identity = identity.Digest();
+    report.buffer_bytes = buffer.size();
+    const std::vector<Interval> needed = NeededIntervals(*layout, options.rank);
+    SW_RETURN_IF_ERROR(FindInstances(needed));
+    unassigned = needed;
+    Clock::time_point last_list = Clock::now();
+    if (instances.empty() && options.checkpoint_path.empty()) {
+      return NotFound(fmt::format("no usable READY source of {} for layout {} rank {} and no checkpoint{}{}",
+                                  identity.Digest(), options.layout, options.rank,
+                                  report.skipped.empty() ? "" : "; skipped: ", fmt::join(report.skipped, "; ")));
+    }
+    while (true) {
+      Assign();
+      if (!unassigned.empty()) break;  // nothing alive to give them to
+      Handshake();
+      Launch();
+      const bool all_done = std::all_of(moves.begin(), moves.end(), [](const LoadMove& m) {
+        return m.state == LoadMove::State::kDone || m.state == LoadMove::State::kAbandoned;
+      });
+      if (all_done && unassigned.empty()) break;
+      if (Clock::now() > give_up) {
+        Goodbye();
+        return TimedOut(
+            fmt::format("P2P load of rank {} did not finish within {} s", options.rank, options.load_timeout_s));
+      }
+      Poll();
+      if (options.relist_interval_s > 0 && Since(last_list) > options.relist_interval_s) {
+        last_list = Clock::now();
+        const bool waiting = std::any_of(moves.begin(), moves.end(), [](const LoadMove& m) {
+          return m.state == LoadMove::State::kQueued || m.state == LoadMove::State::kLeaseWait ||
+                 m.state == LoadMove::State::kLeaseQueued;
+        });
+        if (waiting) {
+          Status relisted = Relist(needed);
+          if (!relisted.ok()) report.skipped.push_back("re-listing sources failed: " + relisted.ToString());
+        }
+      }
+      if (!to_mark_stale.empty() && !unassigned.empty() && !Alive().empty()) {
+        Assign();  // re-planned first, then the failed source is marked
+        MarkFailedStale();
+      }
+    }
+    Goodbye();
+    MarkFailedStale();
+    Status disk = FromDisk();
+    if (!disk.ok()) {
+      if (!report.failed.empty()) {
+        return Unavailable(fmt::format("{}; sources failed: {}", disk.message(), fmt::join(report.failed, "; ")));
+      }
+      return disk;
+    }
+    report.seconds = Since(start);
+    loaded = true;
+    return report;
+  }
+};
+
+ModelLoader::ModelLoader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ModelLoader::~ModelLoader() = default;
+
+Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registry, const ModelDescription& model,
+                                                         ModelLoaderOptions options) {
+  if (options.instance_id.empty()) return InvalidArgument("model loader: empty instance id");
+  if (!(options.stall_timeout_s > 0) || !(options.load_timeout_s > 0) || options.move_bytes == 0) {
+    return InvalidArgument("model loader: stall and load timeouts must be > 0 and move_bytes > 0");
+  }
+  auto layout = MakeLayoutFromString(model, options.layout);
+  if (!layout.ok()) return layout.status().WithContext("model loader");
+  if (options.rank < 0 || options.rank >= layout->world_size()) {
+    return InvalidArgument(fmt::format("model loader: rank {} outside layout {} of {} ranks", options.rank,
+                                       options.layout, layout->world_size()));
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->registry = &registry;
+  impl->model = model;
+  impl->layout = std::move(*layout);
+  AgentOptions agent_options = options.agent;
+  if (agent_options.name.empty()) {
+    agent_options.name =
+        fmt::format("{}/loader/{}/{}-{}", options.instance_id, options.rank, ::getpid(), g_loader_counter.fetch_add(1));
+  }
+  impl->options = std::move(options);
+  SW_ASSIGN_OR_RETURN(impl->agent, Agent::Create(agent_options));
+  const std::uint64_t bytes = impl->layout->rank(impl->options.rank).buffer_bytes;
+  SW_ASSIGN_OR_RETURN(impl->region, impl->agent->AllocateArena(std::max<std::uint64_t>(bytes, 64)));
+  impl->buffer = impl->agent->RegionBytes(impl->region).first(bytes);
+  std::fill(impl->buffer.begin(), impl->buffer.end(), std::byte{0});
+  return std::unique_ptr<ModelLoader>(new ModelLoader(std::move(impl)));
+}
+
+Result<LoadReport> ModelLoader::Load() {
+  if (!impl_ || !impl_->agent) return InvalidArgument("model loader: already turned into a source");
+  if (impl_->loaded) return InvalidArgument("model loader: already loaded");
+  return impl_->Run();
+}
+
+bool ModelLoader::loaded() const { return impl_ && impl_->loaded; }
+std::span<std::byte> ModelLoader::buffer() const { return impl_ ? impl_->buffer : std::span<std::byte>{}; }
+const Layout& ModelLoader::layout() const { return *impl_->layout; }
+const ModelIdentity& ModelLoader::identity() const { return impl_->identity; }
+
+Result<std::unique_ptr<ModelSource>> ModelLoader::BecomeSource(ModelSourceOptions options) {
+  if (!loaded()) return FailedPrecondition("model loader: BecomeSource before a committed load");
+  if (options.instance_id.empty()) options.instance_id = impl_->options.instance_id;
+  if (options.layout.empty()) options.layout = impl_->options.layout;
+  options.rank = impl_->options.rank;
+  auto source = ModelSource::Start(*impl_->registry, std::move(impl_->agent), impl_->region, impl_->buffer,
+                                   *impl_->layout, impl_->identity, std::move(options));
+  impl_->loaded = false;
+  impl_->buffer = {};
+  return source;
+}
+
+}  // namespace shardwire

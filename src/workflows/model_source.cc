@@ -1,0 +1,315 @@
+// ModelSource: a serving rank's weights offered to P2P loaders (model_loading.h).
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include <fmt/format.h>
+#include <xxhash.h>
+
+#include "shardwire/model_layouts.h"
+#include "shardwire/model_loading.h"
+#include "workflows/p2p_messages.h"
+
+namespace shardwire {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using workflows::DecodeP2p;
+using workflows::DigestStatus;
+using workflows::EncodeP2p;
+using workflows::P2pKind;
+using workflows::P2pMessage;
+
+constexpr std::uint64_t kBlockBytes = 1ull << 20;  // granularity of the committed-content check
+constexpr double kGrantSlackS = 2;                 // a grant is revoked this long after it should have ended
+
+std::atomic<std::uint64_t> g_agent_counter{0};
+
+std::vector<std::uint64_t> BlockDigests(std::span<const std::byte> buffer) {
+  std::vector<std::uint64_t> out;
+  for (std::uint64_t off = 0; off < buffer.size(); off += kBlockBytes) {
+    const std::uint64_t len = std::min<std::uint64_t>(kBlockBytes, buffer.size() - off);
+    out.push_back(XXH3_64bits(buffer.data() + off, len));
+  }
+  return out;
+}
+
+}  // namespace
+
+struct ModelSource::Impl {
+  SourceRegistry* registry = nullptr;
+  std::unique_ptr<Agent> agent;
+  RegionId region = 0;
+  std::span<std::byte> buffer;
+  ModelSourceOptions options;
+  SourceRecord record;  // what is registered (source_id updated on re-registration)
+  std::string fingerprint;
+  std::vector<std::string> fingerprint_inputs;
+  std::vector<std::uint64_t> block_digests;
+
+  mutable std::mutex mu;  // guards record.source_id, stop
+  std::condition_variable cv;
+  bool stop = false;
+  std::atomic<bool> stop_server{false};
+  std::thread heartbeat_thread;
+  std::thread server_thread;
+  std::atomic<std::uint64_t> digests_served{0};
+  std::atomic<std::uint64_t> bytes_digested{0};
+
+  // Leases (server thread only).
+  struct LeaseRequest {
+    std::string peer;
+    std::uint64_t id = 0;
+    std::uint64_t bytes = 0;
+  };
+  std::deque<LeaseRequest> lease_queue;
+  std::optional<LeaseRequest> lease_holder;
+  Clock::time_point lease_deadline;
+  Clock::time_point next_keepalive;
+
+  void Reply(const std::string& peer, const P2pMessage& m) {
+    const std::vector<std::byte> payload = EncodeP2p(m);
+    (void)agent->SendMessage(peer, payload);  // a loader that went away is not our problem
+  }
+
+  P2pMessage Digest(const P2pMessage& request) {
+    P2pMessage reply;
+    reply.kind = P2pKind::kDigestReply;
+    reply.id = request.id;
+    XXH3_state_t* state = XXH3_createState();
+    XXH3_64bits_reset(state);
+    std::set<std::uint64_t> blocks;
+    std::uint64_t bytes = 0;
+    for (const auto& [off, len] : request.ranges) {
+      if (off > buffer.size() || len > buffer.size() - off) {
+        reply.status = DigestStatus::kOutOfRange;
+        break;
+      }
+      XXH3_64bits_update(state, buffer.data() + off, len);
+      bytes += len;
+      if (len > 0) {
+        for (std::uint64_t b = off / kBlockBytes; b <= (off + len - 1) / kBlockBytes; ++b) blocks.insert(b);
+      }
+    }
+    reply.value = XXH3_64bits_digest(state);
+    XXH3_freeState(state);
+    if (reply.status == DigestStatus::kOk) {
+      for (std::uint64_t b : blocks) {
+        const std::uint64_t off = b * kBlockBytes;
+        const std::uint64_t len = std::min<std::uint64_t>(kBlockBytes, buffer.size() - off);
+        if (XXH3_64bits(buffer.data() + off, len) != block_digests[b]) {
+          reply.status = DigestStatus::kCorrupt;
+          break;
+        }
+      }
+    }
+    if (options.test_lie_about_digests) reply.value += 1;
+    digests_served.fetch_add(1);
+    bytes_digested.fetch_add(bytes);
+    return reply;
+  }
+
+  void DropLeases(const std::string& peer) {
+    std::erase_if(lease_queue, [&](const LeaseRequest& r) { return r.peer == peer; });
+    if (lease_holder && lease_holder->peer == peer) lease_holder.reset();
+  }
+
+  void Handle(const Notification& n) {
+    const std::optional<P2pMessage> m = DecodeP2p(n.payload);
+    if (!m) return;  // not ours; ignore
+    switch (m->kind) {
+      case P2pKind::kHello: {
+        auto name = agent->ImportMetadata(m->blob);
+        if (!name.ok() || *name != n.peer) return;  // cannot answer a peer we cannot reach
+        P2pMessage ack;
+        ack.kind = P2pKind::kHelloAck;
+        ack.id = m->id;
+        ack.text = fingerprint;
+        if (m->flag) ack.lines = fingerprint_inputs;
+        Reply(n.peer, ack);
+        break;
+      }
+      case P2pKind::kDigest:
+        Reply(n.peer, Digest(*m));
+        break;
+      case P2pKind::kLease: {
+        lease_queue.push_back({n.peer, m->id, m->value});
+        P2pMessage queued;
+        queued.kind = P2pKind::kQueued;
+        queued.id = m->id;
+        Reply(n.peer, queued);
+        break;
+      }
+      case P2pKind::kRelease:
+        if (lease_holder && lease_holder->peer == n.peer && lease_holder->id == m->id) {
+          lease_holder.reset();
+        } else {
+          std::erase_if(lease_queue, [&](const LeaseRequest& r) { return r.peer == n.peer && r.id == m->id; });
+        }
+        break;
+      case P2pKind::kBye:
+        DropLeases(n.peer);
+        (void)agent->InvalidatePeer(n.peer);
+        break;
+      default:
+        break;
+    }
+  }
+
+  void GrantLeases() {
+    const Clock::time_point now = Clock::now();
+    if (!lease_queue.empty() && now > next_keepalive) {  // queued readers know we are alive
+      next_keepalive = now + std::chrono::milliseconds(500);
+      for (const LeaseRequest& r : lease_queue) {
+        P2pMessage queued;
+        queued.kind = P2pKind::kQueued;
+        queued.id = r.id;
+        Reply(r.peer, queued);
+      }
+    }
+    if (lease_holder && now > lease_deadline) lease_holder.reset();  // revoked: the reader overran or died
+    if (lease_holder || lease_queue.empty()) return;
+    lease_holder = lease_queue.front();
+    lease_queue.pop_front();
+    const double seconds = options.bandwidth_bytes_per_s > 0
+                               ? static_cast<double>(lease_holder->bytes) / options.bandwidth_bytes_per_s
+                               : 0;
+    lease_deadline =
+        now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds + kGrantSlackS));
+    P2pMessage grant;
+    grant.kind = P2pKind::kGrant;
+    grant.id = lease_holder->id;
+    grant.seconds = seconds;
+    Reply(lease_holder->peer, grant);
+  }
+
+  void Serve() {
+    while (!stop_server.load()) {
+      auto n = agent->WaitNotification(lease_holder ? 0.005 : 0.05);
+      if (n.ok()) {
+        Handle(*n);
+        for (const Notification& more : agent->TakeNotifications()) Handle(more);
+      }
+      GrantLeases();
+    }
+  }
+
+  void Heartbeat() {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!stop) {
+      cv.wait_for(lock, std::chrono::duration<double>(options.heartbeat_interval_s));
+      if (stop) break;
+      const std::string id = record.source_id;
+      lock.unlock();
+      Status s = registry->HeartbeatSource(id);
+      if (s.code() == ErrorCode::kNotFound) {
+        auto again = registry->RegisterSource(record);
+        lock.lock();
+        if (again.ok()) record.source_id = again->source_id;
+        continue;
+      }
+      lock.lock();
+    }
+  }
+};
+
+ModelSource::ModelSource(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+ModelSource::~ModelSource() {
+  if (!impl_) return;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->stop = true;
+  }
+  impl_->cv.notify_all();
+  impl_->stop_server.store(true);
+  if (impl_->heartbeat_thread.joinable()) impl_->heartbeat_thread.join();
+  if (impl_->server_thread.joinable()) impl_->server_thread.join();
+  (void)impl_->registry->DeregisterSource(impl_->record.source_id);
+  impl_->agent.reset();
+}
+
+std::string ModelSource::source_id() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->record.source_id;
+}
+
+std::span<std::byte> ModelSource::buffer() const { return impl_->buffer; }
+std::uint64_t ModelSource::digests_served() const { return impl_->digests_served.load(); }
+std::uint64_t ModelSource::bytes_digested() const { return impl_->bytes_digested.load(); }
+
+Result<std::unique_ptr<ModelSource>> ModelSource::Create(SourceRegistry& registry, const ModelDescription& model,
+                                                         const ModelIdentity& identity, ModelSourceOptions options,
+                                                         const std::function<Status(std::span<std::byte>)>& fill) {
+  auto layout = MakeLayoutFromString(model, options.layout);
+  if (!layout.ok()) return layout.status().WithContext("model source");
+  if (options.rank < 0 || options.rank >= layout->world_size()) {
+    return InvalidArgument(fmt::format("model source: rank {} outside layout {} of {} ranks", options.rank,
+                                       options.layout, layout->world_size()));
+  }
+  if (options.instance_id.empty()) return InvalidArgument("model source: empty instance id");
+  AgentOptions agent_options = options.agent;
+  if (agent_options.name.empty()) {
+    agent_options.name =
+        fmt::format("{}/source/{}/{}-{}", options.instance_id, options.rank, ::getpid(), g_agent_counter.fetch_add(1));
+  }
+  SW_ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent, Agent::Create(agent_options));
+  const std::uint64_t bytes = layout->rank(options.rank).buffer_bytes;
+  SW_ASSIGN_OR_RETURN(const RegionId region, agent->AllocateArena(std::max<std::uint64_t>(bytes, 64)));
+  std::span<std::byte> buffer = agent->RegionBytes(region).first(bytes);
+  std::fill(buffer.begin(), buffer.end(), std::byte{0});
+  if (fill) SW_RETURN_IF_ERROR(fill(buffer));
+  return Start(registry, std::move(agent), region, buffer, *layout, identity, std::move(options));
+}
+
+Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry, std::unique_ptr<Agent> agent,
+                                                        RegionId region, std::span<std::byte> buffer,
+                                                        const Layout& layout, const ModelIdentity& identity,
+                                                        ModelSourceOptions options) {
+  if (!(options.heartbeat_interval_s > 0) || !(options.bandwidth_bytes_per_s >= 0)) {
+    return InvalidArgument("model source: heartbeat interval must be > 0 and the bandwidth cap >= 0");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->registry = &registry;
+  impl->region = region;
+  impl->buffer = buffer;
+  impl->options = options;
+  impl->fingerprint_inputs = LayoutFingerprintInputs(layout);
+  impl->fingerprint = LayoutFingerprintOf(impl->fingerprint_inputs);
+  impl->block_digests = BlockDigests(buffer);
+  SW_ASSIGN_OR_RETURN(impl->record.metadata, agent->ExportMetadata());
+  impl->agent = std::move(agent);
+  SourceRecord& r = impl->record;
+  r.model_identity = identity.Digest();
+  r.instance_id = options.instance_id;
+  r.rank = options.rank;
+  r.world_size = layout.world_size();
+  r.layout = options.layout;
+  r.layout_fingerprint = impl->fingerprint;
+  r.attributes[kSourceAttrRegion] = std::to_string(region);
+  r.attributes[kSourceAttrStructure] = identity.StructureDigest();
+  r.attributes[kSourceAttrRevision] = identity.revision;
+  r.attributes[kSourceAttrBandwidthCap] = fmt::format("{:.0f}", options.bandwidth_bytes_per_s);
+  r.attributes[kSourceAttrBufferBytes] = std::to_string(buffer.size());
+  // Serve before registering: a loader may read the moment the record is listed.
+  Impl* raw = impl.get();
+  raw->server_thread = std::thread([raw] { raw->Serve(); });
+  auto registered = registry.RegisterSource(r);
+  if (!registered.ok()) {
+    raw->stop_server.store(true);
+    raw->server_thread.join();
+    return registered.status().WithContext("registering model source " + options.instance_id);
+  }
+  r.source_id = registered->source_id;
+  raw->heartbeat_thread = std::thread([raw] { raw->Heartbeat(); });
+  return std::unique_ptr<ModelSource>(new ModelSource(std::move(impl)));
+}
+
+}  // namespace shardwire

@@ -1,0 +1,90 @@
+// An in-memory SourceRegistry for unit tests of the P2P loading workflow: the
+// coordinator's source registry semantics (ids, READY/STALE, list filters and
+// order) without a server. Thread-safe.
+#pragma once
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include "shardwire/source_registry.h"
+
+namespace shardwire::testing {
+
+class FakeSourceRegistry final : public SourceRegistry {
+ public:
+  Result<SourceRecord> RegisterSource(const SourceRecord& record) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    SourceRecord r = record;
+    r.source_id = fmt::format("src-{:016x}", ++next_);
+    r.state = SourceState::kReady;
+    r.stale_reason.clear();
+    records_[r.source_id] = r;
+    return r;
+  }
+  Status HeartbeatSource(const std::string& id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = records_.find(id);
+    if (it == records_.end()) return NotFound("source " + id);
+    ++heartbeats_;
+    if (!sticky_stale_) {
+      it->second.state = SourceState::kReady;
+      it->second.stale_reason.clear();
+    }
+    return Status::Ok();
+  }
+  Result<std::vector<SourceRecord>> ListSources(const std::string& identity,
+                                                std::optional<SourceState> state) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<SourceRecord> out;
+    for (const auto& [id, r] : records_) {
+      if (!identity.empty() && r.model_identity != identity) continue;
+      if (state && r.state != *state) continue;
+      out.push_back(r);
+    }
+    std::sort(out.begin(), out.end(), [](const SourceRecord& a, const SourceRecord& b) {
+      return std::tie(a.instance_id, a.rank) < std::tie(b.instance_id, b.rank);
+    });
+    return out;
+  }
+  Status MarkSourceStale(const std::string& id, const std::string& reason) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = records_.find(id);
+    if (it == records_.end()) return NotFound("source " + id);
+    it->second.state = SourceState::kStale;
+    it->second.stale_reason = reason;
+    return Status::Ok();
+  }
+  Status DeregisterSource(const std::string& id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return records_.erase(id) ? Status::Ok() : NotFound("source " + id);
+  }
+
+  // Test helpers.
+  std::vector<SourceRecord> All() {
+    auto all = ListSources("", std::nullopt);
+    return all.ok() ? *all : std::vector<SourceRecord>{};
+  }
+  void Edit(const std::string& instance_id, const std::function<void(SourceRecord&)>& edit) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, r] : records_) {
+      if (r.instance_id == instance_id) edit(r);
+    }
+  }
+  /// Heartbeats no longer revive STALE sources (so a test can observe the mark).
+  void SetStickyStale(bool on) {
+    std::lock_guard<std::mutex> lock(mu_);
+    sticky_stale_ = on;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, SourceRecord> records_;
+  std::uint64_t next_ = 0;
+  std::uint64_t heartbeats_ = 0;
+  bool sticky_stale_ = false;
+};
+
+}  // namespace shardwire::testing

@@ -1,0 +1,95 @@
+// How a load's bytes are divided among source instances, against brute-force byte maps.
+#include "workflows/load_assignment.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "shardwire/model_config.h"
+#include "shardwire/model_layouts.h"
+
+namespace shardwire::workflows {
+namespace {
+
+TEST(LoadAssignment, SplitEvenlyCoversEveryByteOnceInOrder) {
+  const std::vector<Interval> in = {{0, 10}, {20, 23}, {100, 200}};
+  for (std::size_t parts : {1u, 2u, 3u, 7u, 200u}) {
+    const auto out = SplitEvenly(in, parts);
+    ASSERT_EQ(out.size(), parts);
+    std::vector<Interval> all;
+    std::uint64_t min = ~0ull, max = 0;
+    for (const auto& p : out) {
+      all.insert(all.end(), p.begin(), p.end());
+      min = std::min(min, TotalBytes(p));
+      max = std::max(max, TotalBytes(p));
+    }
+    EXPECT_EQ(Normalize(all), in) << parts;
+    EXPECT_LE(max - min, 1u) << parts;
+    // Portions are consecutive: every byte of portion k lies before every byte of k + 1.
+    std::uint64_t last_end = 0;
+    for (const auto& p : out) {
+      for (const Interval& i : p) {
+        EXPECT_GE(i.begin, last_end);
+        last_end = i.end;
+      }
+    }
+  }
+}
+
+TEST(LoadAssignment, ClipAndCutKeepTheSourceMapping) {
+  const std::vector<SourceRun> coverage = {{0, 100, 0, 1000}, {100, 50, 1, 0}, {200, 100, 0, 5000}};
+  const std::vector<Interval> want = {{50, 120}, {250, 260}};
+  const auto clipped = Clip(coverage, want);
+  std::map<std::uint64_t, std::pair<std::uint32_t, std::uint64_t>> bytes;  // dst -> (rank, src)
+  for (const SourceRun& r : clipped) {
+    for (std::uint64_t k = 0; k < r.length; ++k) bytes[r.dst_offset + k] = {r.src_rank, r.src_offset + k};
+  }
+  ASSERT_EQ(bytes.size(), 80u);
+  EXPECT_EQ(bytes.at(50), std::make_pair(0u, std::uint64_t{1050}));
+  EXPECT_EQ(bytes.at(110), std::make_pair(1u, std::uint64_t{10}));
+  EXPECT_EQ(bytes.at(259), std::make_pair(0u, std::uint64_t{5059}));
+  EXPECT_EQ(bytes.count(120), 0u);
+  const auto moves = CutMoves(clipped, 16);
+  std::uint64_t total = 0;
+  for (const auto& m : moves) {
+    std::uint64_t b = 0;
+    for (const SourceRun& r : m) {
+      EXPECT_EQ(r.src_rank, m.front().src_rank);
+      b += r.length;
+    }
+    EXPECT_LE(b, 16u);
+    total += b;
+  }
+  EXPECT_EQ(total, 80u);
+}
+
+TEST(LoadAssignment, CoverageOfRowParallelShardsIsExact) {
+  auto config = ParseModelConfig(R"({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1,
+      "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 128, "vocab_size": 128,
+      "torch_dtype": "float32"})",
+                                 "t");
+  auto model = DescribeModel(*config);
+  auto src = MakeLayoutFromString(*model, "tp=2");
+  auto dst = MakeLayoutFromString(*model, "tp=4");
+  for (int rank = 0; rank < 4; ++rank) {
+    auto cov = CoverageOf(*src, *dst, rank);
+    ASSERT_TRUE(cov.ok()) << cov.status().ToString();
+    // Every byte of every shard of the destination rank is covered exactly once.
+    std::uint64_t needed = 0;
+    for (const ShardRef& s : dst->rank(rank).shards) {
+      needed += static_cast<std::uint64_t>(s.box.numel()) * 4;
+    }
+    std::uint64_t covered = 0;
+    for (std::size_t i = 0; i < cov->size(); ++i) {
+      covered += (*cov)[i].length;
+      if (i > 0) {
+        EXPECT_LE((*cov)[i - 1].dst_offset + (*cov)[i - 1].length, (*cov)[i].dst_offset);
+      }
+    }
+    EXPECT_EQ(covered, needed);
+    EXPECT_EQ(TotalBytes(IntervalsOf(*cov)), needed);
+  }
+}
+
+}  // namespace
+}  // namespace shardwire::workflows
