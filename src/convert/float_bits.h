@@ -1,0 +1,91 @@
+// Internal: branch-free scalar conversions between fp32 and bf16 / fp16 / fp8 E4M3, written
+// so that a loop calling them (inlined) vectorises. Every function rounds to nearest-even.
+//
+// Method: the fp32 bit pattern is rounded at the target's mantissa width by adding
+// 0x7F..F plus the lowest kept bit, then shifted (normal range); values below the target's
+// smallest normal are rounded by adding a power of two whose ulp equals the target's
+// subnormal quantum, letting the FPU round (the classic "magic number" technique described
+// e.g. in F. Giesen, "float->half variants", 2016). All constants are derived in comments.
+#pragma once
+
+#include <bit>
+#include <cstdint>
+#include <cstring>
+
+namespace shardwire::convert {
+
+inline float BitsToFloat(std::uint32_t u) { return std::bit_cast<float>(u); }
+inline std::uint32_t FloatToBits(float f) { return std::bit_cast<std::uint32_t>(f); }
+
+/// bf16 -> fp32, exact.
+inline float Bf16ToFloat(std::uint16_t h) { return BitsToFloat(static_cast<std::uint32_t>(h) << 16); }
+
+/// fp32 -> bf16, RNE; NaN -> quiet NaN with the sign and top payload bits.
+inline std::uint16_t FloatToBf16(float f) {
+  const std::uint32_t u = FloatToBits(f);
+  const std::uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  return static_cast<std::uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);
+}
+
+/// fp16 -> fp32, exact (subnormals, infinities and NaN included).
+inline float F16ToFloat(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t em = h & 0x7FFFu;
+  // Exponent+mantissa shifted into fp32 position is the value scaled by 2^(15-127); multiplying
+  // by 2^112 rescales it exactly (also for fp16 subnormals, which land as fp32 subnormals).
+  const std::uint32_t finite = FloatToBits(BitsToFloat(em << 13) * 0x1p112f);
+  const std::uint32_t man = (em & 0x3FFu) << 13;
+  const std::uint32_t special = 0x7F800000u | man | (man != 0 ? 0x400000u : 0u);  // inf / quiet NaN
+  return BitsToFloat(sign | (em >= 0x7C00u ? special : finite));
+}
+
+/// fp32 -> fp16, RNE; overflow (|x| >= 65520) -> +-inf; NaN -> quiet NaN with the sign.
+inline std::uint16_t FloatToF16(float f) {
+  const std::uint32_t u = FloatToBits(f);
+  const std::uint32_t sign = (u >> 16) & 0x8000u;
+  const std::uint32_t a = u & 0x7FFFFFFFu;
+  // Normal range: clamp at 65536 (0x47800000), which rounds into the infinity encoding 0x7C00.
+  const std::uint32_t c = a < 0x47800000u ? a : 0x47800000u;
+  const std::uint32_t normal = ((c + 0xFFFu + ((c >> 13) & 1u)) >> 13) - (112u << 10);  // rebias 127 -> 15
+  // Below 2^-14 (0x38800000): 0.5f has an ulp of 2^-24, fp16's subnormal quantum.
+  const float sub_f = BitsToFloat(a) + 0.5f;
+  const std::uint32_t sub = FloatToBits(sub_f) - 0x3F000000u;
+  const std::uint32_t nan = 0x7E00u | ((a >> 13) & 0x3FFu);
+  std::uint32_t r = a < 0x38800000u ? sub : normal;
+  r = a > 0x7F800000u ? nan : r;
+  return static_cast<std::uint16_t>(sign | r);
+}
+
+/// Largest finite E4M3 ("fn": no infinities) value.
+inline constexpr float kE4m3Max = 448.0f;
+
+/// fp32 -> fp8 E4M3fn, RNE, for finite input; |x| > 448 saturates to +-448 (0x7E/0xFE).
+/// Callers reject NaN/Inf before (the block quantiser does).
+inline std::uint8_t FloatToE4m3(float f) {
+  const std::uint32_t u = FloatToBits(f);
+  const std::uint32_t sign = (u >> 24) & 0x80u;
+  float a = BitsToFloat(u & 0x7FFFFFFFu);
+  a = a < kE4m3Max ? a : kE4m3Max;
+  const std::uint32_t ua = FloatToBits(a);
+  // Normal range [2^-6, 448]: keep 3 mantissa bits, rebias exponent 127 -> 7.
+  const std::uint32_t normal = ((ua + 0x7FFFFu + ((ua >> 20) & 1u)) >> 20) - (120u << 3);
+  // Below 2^-6: 16384 = 2^14 has an ulp of 2^-9, E4M3's subnormal quantum; the sum's low
+  // mantissa bits are the code (8 means rounded up to the smallest normal, code 0x08).
+  const std::uint32_t sub = FloatToBits(a + 16384.0f) - 0x46800000u;
+  return static_cast<std::uint8_t>(sign | (a < 0.015625f ? sub : normal));
+}
+
+/// Unaligned little-endian loads/stores (memcpy compiles to plain moves).
+template <typename T>
+inline T LoadLe(const std::byte* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+template <typename T>
+inline void StoreLe(std::byte* p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+}
+
+}  // namespace shardwire::convert
