@@ -32,12 +32,15 @@ inline std::uint16_t FloatToBf16(float f) {
 inline float F16ToFloat(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
   const std::uint32_t em = h & 0x7FFFu;
-  // Exponent+mantissa shifted into fp32 position is the value scaled by 2^(15-127); multiplying
-  // by 2^112 rescales it exactly (also for fp16 subnormals, which land as fp32 subnormals).
-  const std::uint32_t finite = FloatToBits(BitsToFloat(em << 13) * 0x1p112f);
+  // Normal: shift exponent+mantissa into fp32 position and rebias 15 -> 127 (+112 << 23).
+  const std::uint32_t normal = (em << 13) + (112u << 23);
+  // Subnormal (exponent 0): the value is mantissa * 2^-24; int -> float is exact below 2^24.
+  const std::uint32_t sub = FloatToBits(static_cast<float>(static_cast<std::int32_t>(em)) * 0x1p-24f);
   const std::uint32_t man = (em & 0x3FFu) << 13;
   const std::uint32_t special = 0x7F800000u | man | (man != 0 ? 0x400000u : 0u);  // inf / quiet NaN
-  return BitsToFloat(sign | (em >= 0x7C00u ? special : finite));
+  std::uint32_t r = em < 0x0400u ? sub : normal;
+  r = em >= 0x7C00u ? special : r;
+  return BitsToFloat(sign | r);
 }
 
 /// fp32 -> fp16, RNE; overflow (|x| >= 65520) -> +-inf; NaN -> quiet NaN with the sign.
@@ -48,9 +51,10 @@ inline std::uint16_t FloatToF16(float f) {
   // Normal range: clamp at 65536 (0x47800000), which rounds into the infinity encoding 0x7C00.
   const std::uint32_t c = a < 0x47800000u ? a : 0x47800000u;
   const std::uint32_t normal = ((c + 0xFFFu + ((c >> 13) & 1u)) >> 13) - (112u << 10);  // rebias 127 -> 15
-  // Below 2^-14 (0x38800000): 0.5f has an ulp of 2^-24, fp16's subnormal quantum.
-  const float sub_f = BitsToFloat(a) + 0.5f;
-  const std::uint32_t sub = FloatToBits(sub_f) - 0x3F000000u;
+  // Below 2^-14 (0x38800000): 0.5f has an ulp of 2^-24, fp16's subnormal quantum, so the FPU's
+  // RNE addition leaves the code in the low mantissa bits. (Clamped so the add never sees NaN.)
+  const std::uint32_t small = a < 0x38800000u ? a : 0u;
+  const std::uint32_t sub = FloatToBits(BitsToFloat(small) + 0.5f) - 0x3F000000u;
   const std::uint32_t nan = 0x7E00u | ((a >> 13) & 0x3FFu);
   std::uint32_t r = a < 0x38800000u ? sub : normal;
   r = a > 0x7F800000u ? nan : r;
@@ -61,19 +65,19 @@ inline std::uint16_t FloatToF16(float f) {
 inline constexpr float kE4m3Max = 448.0f;
 
 /// fp32 -> fp8 E4M3fn, RNE, for finite input; |x| > 448 saturates to +-448 (0x7E/0xFE).
-/// Callers reject NaN/Inf before (the block quantiser does).
+/// Callers reject NaN/Inf before (the block quantiser does). Integer compares only, so the
+/// selects vectorise.
 inline std::uint8_t FloatToE4m3(float f) {
   const std::uint32_t u = FloatToBits(f);
   const std::uint32_t sign = (u >> 24) & 0x80u;
-  float a = BitsToFloat(u & 0x7FFFFFFFu);
-  a = a < kE4m3Max ? a : kE4m3Max;
-  const std::uint32_t ua = FloatToBits(a);
+  const std::uint32_t raw = u & 0x7FFFFFFFu;
+  const std::uint32_t ua = raw < 0x43E00000u ? raw : 0x43E00000u;  // min(|f|, 448)
   // Normal range [2^-6, 448]: keep 3 mantissa bits, rebias exponent 127 -> 7.
   const std::uint32_t normal = ((ua + 0x7FFFFu + ((ua >> 20) & 1u)) >> 20) - (120u << 3);
-  // Below 2^-6: 16384 = 2^14 has an ulp of 2^-9, E4M3's subnormal quantum; the sum's low
-  // mantissa bits are the code (8 means rounded up to the smallest normal, code 0x08).
-  const std::uint32_t sub = FloatToBits(a + 16384.0f) - 0x46800000u;
-  return static_cast<std::uint8_t>(sign | (a < 0.015625f ? sub : normal));
+  // Below 2^-6 (0x3C800000): 16384 = 2^14 has an ulp of 2^-9, E4M3's subnormal quantum; the sum's
+  // low mantissa bits are the code (8 means rounded up to the smallest normal, code 0x08).
+  const std::uint32_t sub = FloatToBits(BitsToFloat(ua) + 16384.0f) - 0x46800000u;
+  return static_cast<std::uint8_t>(sign | (ua < 0x3C800000u ? sub : normal));
 }
 
 /// Unaligned little-endian loads/stores (memcpy compiles to plain moves).
