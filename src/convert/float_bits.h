@@ -8,14 +8,23 @@
 // e.g. in F. Giesen, "float->half variants", 2016). All constants are derived in comments.
 #pragma once
 
-#include <bit>
 #include <cstdint>
 #include <cstring>
 
 namespace shardwire::convert {
 
-inline float BitsToFloat(std::uint32_t u) { return std::bit_cast<float>(u); }
-inline std::uint32_t FloatToBits(float f) { return std::bit_cast<std::uint32_t>(f); }
+// memcpy (a builtin) rather than std::bit_cast: these helpers are also compiled into the
+// per-CPU clones of fp8_kernels.cc, which must not instantiate shared library templates.
+inline float BitsToFloat(std::uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline std::uint32_t FloatToBits(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
 
 /// bf16 -> fp32, exact.
 inline float Bf16ToFloat(std::uint16_t h) { return BitsToFloat(static_cast<std::uint32_t>(h) << 16); }

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "convert/float_bits.h"
+#include "convert/fp8_kernels.h"
 
 namespace shardwire {
 namespace {
@@ -23,18 +24,21 @@ struct Bf16Traits {
   static constexpr std::uint32_t kMagnitudeMask = 0x7FFFu;
   static constexpr std::uint32_t kSpecial = 0x7F80u;
   static float ToFloat(Bits b) { return convert::Bf16ToFloat(b); }
+  static constexpr auto ScaleRun = convert::ScaleToE4m3Bf16;
 };
 struct F16Traits {
   using Bits = std::uint16_t;
   static constexpr std::uint32_t kMagnitudeMask = 0x7FFFu;
   static constexpr std::uint32_t kSpecial = 0x7C00u;
   static float ToFloat(Bits b) { return convert::F16ToFloat(b); }
+  static constexpr auto ScaleRun = convert::ScaleToE4m3F16;
 };
 struct F32Traits {
   using Bits = std::uint32_t;
   static constexpr std::uint32_t kMagnitudeMask = 0x7FFFFFFFu;
   static constexpr std::uint32_t kSpecial = 0x7F800000u;
   static float ToFloat(Bits b) { return BitsToFloat(b); }
+  static constexpr auto ScaleRun = convert::ScaleToE4m3F32;
 };
 
 // fp32(1e-4): the reference clamps an fp32 tensor with the Python float 1e-4.
@@ -95,15 +99,6 @@ Status NonFiniteError(const std::byte* block_src, std::int64_t cols, std::int64_
   return Internal(fmt::format("tensor \"{}\": non-finite block not located", ctx.tensor));
 }
 
-// q[c] = e4m3(x[c] * mul) over one row of a block: the loop the compiler vectorises.
-template <typename T>
-void ScaleRun(const std::byte* __restrict src, std::uint8_t* __restrict out, std::size_t n, float mul) {
-  using Bits = typename T::Bits;
-  for (std::size_t c = 0; c < n; ++c) {
-    out[c] = convert::FloatToE4m3(T::ToFloat(LoadLe<Bits>(src + c * sizeof(Bits))) * mul);
-  }
-}
-
 // One block: amax pass on the magnitude bits, then the scaled RNE conversion. `src` and `q`
 // point at the block's first element; rows are `cols` elements apart.
 template <typename T>
@@ -111,23 +106,15 @@ Status QuantizeBlock(const std::byte* src, std::uint8_t* q, std::int64_t cols, s
                      const Fp8BlockOptions& o, float* scale_inv, std::int64_t row0, std::int64_t col0,
                      const Fp8ErrorContext& ctx) {
   using Bits = typename T::Bits;
-  Bits max_bits = 0;
-  for (std::int64_t r = 0; r < nrows; ++r) {
-    const std::byte* row = src + r * cols * static_cast<std::int64_t>(sizeof(Bits));
-    Bits m = 0;
-    for (std::int64_t c = 0; c < ncols; ++c) {
-      const Bits b = static_cast<Bits>(LoadLe<Bits>(row + c * sizeof(Bits)) & T::kMagnitudeMask);
-      m = b > m ? b : m;
-    }
-    max_bits = m > max_bits ? m : max_bits;
-  }
+  const auto max_bits = static_cast<Bits>(sizeof(Bits) == 2 ? convert::MaxMagnitude16(src, cols, nrows, ncols)
+                                                            : convert::MaxMagnitude32(src, cols, nrows, ncols));
   if (max_bits >= T::kSpecial) return NonFiniteError<T>(src, cols, nrows, ncols, row0, col0, ctx);
   const BlockScale s = ScaleFor(T::ToFloat(max_bits), o);
   *scale_inv = s.scale_inv;
   const float mul = s.multiplier;
   for (std::int64_t r = 0; r < nrows; ++r) {
     const std::byte* row = src + r * cols * static_cast<std::int64_t>(sizeof(Bits));
-    ScaleRun<T>(row, q + r * cols, static_cast<std::size_t>(ncols), mul);
+    T::ScaleRun(row, q + r * cols, static_cast<std::size_t>(ncols), mul);
   }
   return Status::Ok();
 }
