@@ -24,21 +24,24 @@ struct Bf16Traits {
   static constexpr std::uint32_t kMagnitudeMask = 0x7FFFu;
   static constexpr std::uint32_t kSpecial = 0x7F80u;
   static float ToFloat(Bits b) { return convert::Bf16ToFloat(b); }
-  static constexpr auto ScaleRun = convert::ScaleToE4m3Bf16;
+  static constexpr auto RowMax = convert::RowMaxMagnitude16;
+  static constexpr auto RowScale = convert::RowToE4m3Bf16;
 };
 struct F16Traits {
   using Bits = std::uint16_t;
   static constexpr std::uint32_t kMagnitudeMask = 0x7FFFu;
   static constexpr std::uint32_t kSpecial = 0x7C00u;
   static float ToFloat(Bits b) { return convert::F16ToFloat(b); }
-  static constexpr auto ScaleRun = convert::ScaleToE4m3F16;
+  static constexpr auto RowMax = convert::RowMaxMagnitude16;
+  static constexpr auto RowScale = convert::RowToE4m3F16;
 };
 struct F32Traits {
   using Bits = std::uint32_t;
   static constexpr std::uint32_t kMagnitudeMask = 0x7FFFFFFFu;
   static constexpr std::uint32_t kSpecial = 0x7F800000u;
   static float ToFloat(Bits b) { return BitsToFloat(b); }
-  static constexpr auto ScaleRun = convert::ScaleToE4m3F32;
+  static constexpr auto RowMax = convert::RowMaxMagnitude32;
+  static constexpr auto RowScale = convert::RowToE4m3F32;
 };
 
 // fp32(1e-4): the reference clamps an fp32 tensor with the Python float 1e-4.
@@ -99,40 +102,54 @@ Status NonFiniteError(const std::byte* block_src, std::int64_t cols, std::int64_
   return Internal(fmt::format("tensor \"{}\": non-finite block not located", ctx.tensor));
 }
 
-// One block: amax pass on the magnitude bits, then the scaled RNE conversion. `src` and `q`
-// point at the block's first element; rows are `cols` elements apart.
+// Non-finite values sit in the block-row whose maxes reached the Inf/NaN patterns: locate and name one.
 template <typename T>
-Status QuantizeBlock(const std::byte* src, std::uint8_t* q, std::int64_t cols, std::int64_t nrows, std::int64_t ncols,
-                     const Fp8BlockOptions& o, float* scale_inv, std::int64_t row0, std::int64_t col0,
+Status FindNonFinite(const std::byte* src, std::int64_t cols, std::int64_t nrows, std::int64_t bc,
+                     const std::uint32_t* maxes, std::int64_t col_blocks, std::int64_t row0, std::int64_t col_base,
                      const Fp8ErrorContext& ctx) {
-  using Bits = typename T::Bits;
-  const auto max_bits = static_cast<Bits>(sizeof(Bits) == 2 ? convert::MaxMagnitude16(src, cols, nrows, ncols)
-                                                            : convert::MaxMagnitude32(src, cols, nrows, ncols));
-  if (max_bits >= T::kSpecial) return NonFiniteError<T>(src, cols, nrows, ncols, row0, col0, ctx);
-  const BlockScale s = ScaleFor(T::ToFloat(max_bits), o);
-  *scale_inv = s.scale_inv;
-  const float mul = s.multiplier;
-  for (std::int64_t r = 0; r < nrows; ++r) {
-    const std::byte* row = src + r * cols * static_cast<std::int64_t>(sizeof(Bits));
-    T::ScaleRun(row, q + r * cols, static_cast<std::size_t>(ncols), mul);
+  for (std::int64_t cb = 0; cb < col_blocks; ++cb) {
+    if (maxes[cb] < T::kSpecial) continue;
+    const std::int64_t c0 = cb * bc;
+    return NonFiniteError<T>(src + c0 * static_cast<std::int64_t>(sizeof(typename T::Bits)), cols, nrows,
+                             std::min(bc, cols - col_base - c0), row0, col_base + c0, ctx);
   }
-  return Status::Ok();
+  return Internal(fmt::format("tensor \"{}\": non-finite block not located", ctx.tensor));
 }
 
+// One block-row at a time: pass 1 streams its rows for the per-block amax (magnitude bits),
+// pass 2 streams them again (now from cache) scaling each block by its multiplier. Scratch for
+// the per-block maxes and multipliers lives in the caller's scale row and a small stack buffer.
 template <typename T>
 Status QuantizeRows(const std::byte* src, std::int64_t rows, std::int64_t cols, std::uint8_t* q, float* scale_inv,
                     const Fp8BlockOptions& o, const Fp8ErrorContext& ctx) {
   const std::int64_t br = o.block_rows;
   const std::int64_t bc = o.block_cols;
   const std::int64_t col_blocks = (cols + bc - 1) / bc;
-  const std::int64_t elem = sizeof(typename T::Bits);
+  const std::int64_t row_bytes = cols * static_cast<std::int64_t>(sizeof(typename T::Bits));
+  constexpr std::int64_t kChunk = 256;  // column blocks per pass (bounded stack scratch)
+  std::uint32_t maxes[kChunk];
+  float muls[kChunk];
   for (std::int64_t r0 = 0, rb = 0; r0 < rows; r0 += br, ++rb) {
     const std::int64_t nrows = std::min(br, rows - r0);
-    for (std::int64_t cb = 0; cb < col_blocks; ++cb) {
-      const std::int64_t c0 = cb * bc;
-      const std::int64_t ncols = std::min(bc, cols - c0);
-      SW_RETURN_IF_ERROR(QuantizeBlock<T>(src + (r0 * cols + c0) * elem, q + r0 * cols + c0, cols, nrows, ncols, o,
-                                          scale_inv + rb * col_blocks + cb, ctx.first_row + r0, c0, ctx));
+    const std::byte* block_row = src + r0 * row_bytes;
+    for (std::int64_t cb0 = 0; cb0 < col_blocks; cb0 += kChunk) {
+      const std::int64_t nb = std::min(kChunk, col_blocks - cb0);
+      const std::int64_t c0 = cb0 * bc;
+      const std::int64_t ncols = std::min(nb * bc, cols - c0);
+      const std::byte* part = block_row + c0 * static_cast<std::int64_t>(sizeof(typename T::Bits));
+      std::fill(maxes, maxes + nb, 0u);
+      for (std::int64_t r = 0; r < nrows; ++r) T::RowMax(part + r * row_bytes, ncols, bc, maxes);
+      for (std::int64_t b = 0; b < nb; ++b) {
+        if (maxes[b] >= T::kSpecial) {
+          return FindNonFinite<T>(part, cols, nrows, bc, maxes, nb, ctx.first_row + r0, c0, ctx);
+        }
+        const BlockScale s = ScaleFor(T::ToFloat(static_cast<typename T::Bits>(maxes[b])), o);
+        scale_inv[rb * col_blocks + cb0 + b] = s.scale_inv;
+        muls[b] = s.multiplier;
+      }
+      for (std::int64_t r = 0; r < nrows; ++r) {
+        T::RowScale(part + r * row_bytes, q + (r0 + r) * cols + c0, ncols, bc, muls);
+      }
     }
   }
   return Status::Ok();

@@ -14,47 +14,47 @@
 
 namespace shardwire::convert {
 
-SW_CLONES std::uint32_t MaxMagnitude16(const std::byte* src, std::int64_t stride, std::int64_t nrows,
-                                       std::int64_t ncols) {
-  std::uint16_t best = 0;
-  for (std::int64_t r = 0; r < nrows; ++r) {
-    const std::byte* row = src + r * stride * 2;
+SW_CLONES void RowMaxMagnitude16(const std::byte* row, std::int64_t cols, std::int64_t bc, std::uint32_t* maxes) {
+  for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += bc, ++b) {
+    const std::int64_t n = cols - c0 < bc ? cols - c0 : bc;
+    const std::byte* seg = row + c0 * 2;
     std::uint16_t m = 0;
-    for (std::int64_t c = 0; c < ncols; ++c) {
-      const auto b = static_cast<std::uint16_t>(LoadLe<std::uint16_t>(row + c * 2) & 0x7FFFu);
-      m = b > m ? b : m;
+    for (std::int64_t c = 0; c < n; ++c) {
+      const auto v = static_cast<std::uint16_t>(LoadLe<std::uint16_t>(seg + c * 2) & 0x7FFFu);
+      m = v > m ? v : m;
     }
-    best = m > best ? m : best;
+    maxes[b] = m > maxes[b] ? m : maxes[b];
   }
-  return best;
 }
 
-SW_CLONES std::uint32_t MaxMagnitude32(const std::byte* src, std::int64_t stride, std::int64_t nrows,
-                                       std::int64_t ncols) {
-  std::uint32_t best = 0;
-  for (std::int64_t r = 0; r < nrows; ++r) {
-    const std::byte* row = src + r * stride * 4;
+SW_CLONES void RowMaxMagnitude32(const std::byte* row, std::int64_t cols, std::int64_t bc, std::uint32_t* maxes) {
+  for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += bc, ++b) {
+    const std::int64_t n = cols - c0 < bc ? cols - c0 : bc;
+    const std::byte* seg = row + c0 * 4;
     std::uint32_t m = 0;
-    for (std::int64_t c = 0; c < ncols; ++c) {
-      const std::uint32_t b = LoadLe<std::uint32_t>(row + c * 4) & 0x7FFFFFFFu;
-      m = b > m ? b : m;
+    for (std::int64_t c = 0; c < n; ++c) {
+      const std::uint32_t v = LoadLe<std::uint32_t>(seg + c * 4) & 0x7FFFFFFFu;
+      m = v > m ? v : m;
     }
-    best = m > best ? m : best;
+    maxes[b] = m > maxes[b] ? m : maxes[b];
   }
-  return best;
 }
 
-SW_CLONES void ScaleToE4m3Bf16(const std::byte* __restrict src, std::uint8_t* __restrict out, std::size_t n,
-                               float mul) {
-  for (std::size_t c = 0; c < n; ++c) out[c] = FloatToE4m3(Bf16ToFloat(LoadLe<std::uint16_t>(src + c * 2)) * mul);
-}
+// One loop body per dtype; `load` gives the element at index c of a segment as fp32 (exact).
+#define SW_ROW_TO_E4M3(NAME, ESIZE, LOAD)                                                          \
+  SW_CLONES void NAME(const std::byte* row, std::uint8_t* out, std::int64_t cols, std::int64_t bc, \
+                      const float* muls) {                                                         \
+    for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += bc, ++b) {                                   \
+      const std::int64_t n = cols - c0 < bc ? cols - c0 : bc;                                      \
+      const std::byte* __restrict seg = row + c0 * (ESIZE);                                        \
+      std::uint8_t* __restrict dst = out + c0;                                                     \
+      const float mul = muls[b];                                                                   \
+      for (std::int64_t c = 0; c < n; ++c) dst[c] = FloatToE4m3(LOAD * mul);                       \
+    }                                                                                              \
+  }
 
-SW_CLONES void ScaleToE4m3F16(const std::byte* __restrict src, std::uint8_t* __restrict out, std::size_t n, float mul) {
-  for (std::size_t c = 0; c < n; ++c) out[c] = FloatToE4m3(F16ToFloat(LoadLe<std::uint16_t>(src + c * 2)) * mul);
-}
-
-SW_CLONES void ScaleToE4m3F32(const std::byte* __restrict src, std::uint8_t* __restrict out, std::size_t n, float mul) {
-  for (std::size_t c = 0; c < n; ++c) out[c] = FloatToE4m3(BitsToFloat(LoadLe<std::uint32_t>(src + c * 4)) * mul);
-}
+SW_ROW_TO_E4M3(RowToE4m3Bf16, 2, Bf16ToFloat(LoadLe<std::uint16_t>(seg + c * 2)))
+SW_ROW_TO_E4M3(RowToE4m3F16, 2, F16ToFloat(LoadLe<std::uint16_t>(seg + c * 2)))
+SW_ROW_TO_E4M3(RowToE4m3F32, 4, BitsToFloat(LoadLe<std::uint32_t>(seg + c * 4)))
 
 }  // namespace shardwire::convert

@@ -1,5 +1,6 @@
 // Internal: the hot loops of the FP8 block quantiser, one function per source dtype, plain
-// non-template functions so that they can be compiled several times for different CPUs.
+// non-template functions so that they can be compiled several times for different CPUs. Each
+// works on one whole row (contiguous, prefetch-friendly) split into column blocks of `bc`.
 #pragma once
 
 #include <cstddef>
@@ -7,15 +8,15 @@
 
 namespace shardwire::convert {
 
-/// Largest magnitude bit pattern (x & 0x7FFF) of a block of 16-bit floats (bf16 or fp16): `nrows`
-/// rows of `ncols` elements, rows `stride` elements apart. Integer order equals |x| order.
-std::uint32_t MaxMagnitude16(const std::byte* src, std::int64_t stride, std::int64_t nrows, std::int64_t ncols);
-/// The same for fp32 (x & 0x7FFFFFFF).
-std::uint32_t MaxMagnitude32(const std::byte* src, std::int64_t stride, std::int64_t nrows, std::int64_t ncols);
+/// For every column block b of the row (`cols` elements, blocks of `bc`), raises maxes[b] to the
+/// largest magnitude bit pattern in it: x & 0x7FFF for 16-bit floats (bf16, fp16), x & 0x7FFFFFFF
+/// for fp32. Integer order equals |x| order (and Inf/NaN patterns are the largest).
+void RowMaxMagnitude16(const std::byte* row, std::int64_t cols, std::int64_t bc, std::uint32_t* maxes);
+void RowMaxMagnitude32(const std::byte* row, std::int64_t cols, std::int64_t bc, std::uint32_t* maxes);
 
-/// out[c] = e4m3_rne(fp32(src[c]) * mul) for c < n, src in bf16 / fp16 / fp32 (finite).
-void ScaleToE4m3Bf16(const std::byte* src, std::uint8_t* out, std::size_t n, float mul);
-void ScaleToE4m3F16(const std::byte* src, std::uint8_t* out, std::size_t n, float mul);
-void ScaleToE4m3F32(const std::byte* src, std::uint8_t* out, std::size_t n, float mul);
+/// out[c] = e4m3_rne(fp32(row[c]) * muls[c / bc]) for c < cols, row in bf16 / fp16 / fp32 (finite).
+void RowToE4m3Bf16(const std::byte* row, std::uint8_t* out, std::int64_t cols, std::int64_t bc, const float* muls);
+void RowToE4m3F16(const std::byte* row, std::uint8_t* out, std::int64_t cols, std::int64_t bc, const float* muls);
+void RowToE4m3F32(const std::byte* row, std::uint8_t* out, std::int64_t cols, std::int64_t bc, const float* muls);
 
 }  // namespace shardwire::convert
