@@ -3,27 +3,9 @@
 #include <cstring>
 #include <string>
 
-#include "convert/float_bits.h"
+#include "convert/fp8_kernels.h"
 
 namespace shardwire {
-namespace {
-
-using convert::LoadLe;
-using convert::StoreLe;
-
-// One loop per (from, to) pair, each a straight loop over elements so the compiler vectorises
-// it; `Load` maps the source element to fp32 (exactly), `Store` rounds fp32 to the target.
-template <typename Src, typename Dst, typename Load, typename Store>
-void CastLoop(const std::byte* src, std::byte* dst, std::size_t count, Load load, Store store) {
-  for (std::size_t i = 0; i < count; ++i) {
-    StoreLe<Dst>(dst + i * sizeof(Dst), store(load(LoadLe<Src>(src + i * sizeof(Src)))));
-  }
-}
-
-float LoadF32(std::uint32_t u) { return convert::BitsToFloat(u); }
-std::uint32_t StoreF32(float f) { return convert::FloatToBits(f); }
-
-}  // namespace
 
 bool IsCastableDType(DType dtype) { return dtype == DType::kF16 || dtype == DType::kBF16 || dtype == DType::kF32; }
 
@@ -49,28 +31,24 @@ Status CastElements(DType from, DType to, std::span<const std::byte> src, std::s
     if (count != 0) std::memcpy(d, s, src.size());
     return Status::Ok();
   }
-  using convert::Bf16ToFloat;
-  using convert::F16ToFloat;
-  using convert::FloatToBf16;
-  using convert::FloatToF16;
   switch (from) {
     case DType::kBF16:
       if (to == DType::kF32)
-        CastLoop<std::uint16_t, std::uint32_t>(s, d, count, Bf16ToFloat, StoreF32);
+        convert::CastBf16ToF32(s, d, count);
       else
-        CastLoop<std::uint16_t, std::uint16_t>(s, d, count, Bf16ToFloat, FloatToF16);
+        convert::CastBf16ToF16(s, d, count);
       break;
     case DType::kF16:
       if (to == DType::kF32)
-        CastLoop<std::uint16_t, std::uint32_t>(s, d, count, F16ToFloat, StoreF32);
+        convert::CastF16ToF32(s, d, count);
       else
-        CastLoop<std::uint16_t, std::uint16_t>(s, d, count, F16ToFloat, FloatToBf16);
+        convert::CastF16ToBf16(s, d, count);
       break;
     default:  // F32
       if (to == DType::kBF16)
-        CastLoop<std::uint32_t, std::uint16_t>(s, d, count, LoadF32, FloatToBf16);
+        convert::CastF32ToBf16(s, d, count);
       else
-        CastLoop<std::uint32_t, std::uint16_t>(s, d, count, LoadF32, FloatToF16);
+        convert::CastF32ToF16(s, d, count);
       break;
   }
   return Status::Ok();

@@ -57,4 +57,19 @@ SW_ROW_TO_E4M3(RowToE4m3Bf16, 2, Bf16ToFloat(LoadLe<std::uint16_t>(seg + c * 2))
 SW_ROW_TO_E4M3(RowToE4m3F16, 2, F16ToFloat(LoadLe<std::uint16_t>(seg + c * 2)))
 SW_ROW_TO_E4M3(RowToE4m3F32, 4, BitsToFloat(LoadLe<std::uint32_t>(seg + c * 4)))
 
+#define SW_CAST(NAME, SRC_T, DST_T, EXPR)                                                          \
+  SW_CLONES void NAME(const std::byte* __restrict src, std::byte* __restrict dst, std::size_t n) { \
+    for (std::size_t i = 0; i < n; ++i) {                                                          \
+      const SRC_T x = LoadLe<SRC_T>(src + i * sizeof(SRC_T));                                      \
+      StoreLe<DST_T>(dst + i * sizeof(DST_T), EXPR);                                               \
+    }                                                                                              \
+  }
+
+SW_CAST(CastBf16ToF32, std::uint16_t, std::uint32_t, FloatToBits(Bf16ToFloat(x)))
+SW_CAST(CastBf16ToF16, std::uint16_t, std::uint16_t, FloatToF16(Bf16ToFloat(x)))
+SW_CAST(CastF16ToF32, std::uint16_t, std::uint32_t, FloatToBits(F16ToFloat(x)))
+SW_CAST(CastF16ToBf16, std::uint16_t, std::uint16_t, FloatToBf16(F16ToFloat(x)))
+SW_CAST(CastF32ToBf16, std::uint32_t, std::uint16_t, FloatToBf16(BitsToFloat(x)))
+SW_CAST(CastF32ToF16, std::uint32_t, std::uint16_t, FloatToF16(BitsToFloat(x)))
+
 }  // namespace shardwire::convert

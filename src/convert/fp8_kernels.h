@@ -1,4 +1,4 @@
-// Internal: the hot loops of the FP8 block quantiser, one function per source dtype, plain
+// Internal: the hot loops of the FP8 block quantiser and of the casts, one function per source dtype, plain
 // non-template functions so that they can be compiled several times for different CPUs. Each
 // works on one whole row (contiguous, prefetch-friendly) split into column blocks of `bc`.
 #pragma once
@@ -18,5 +18,17 @@ void RowMaxMagnitude32(const std::byte* row, std::int64_t cols, std::int64_t bc,
 void RowToE4m3Bf16(const std::byte* row, std::uint8_t* out, std::int64_t cols, std::int64_t bc, const float* muls);
 void RowToE4m3F16(const std::byte* row, std::uint8_t* out, std::int64_t cols, std::int64_t bc, const float* muls);
 void RowToE4m3F32(const std::byte* row, std::uint8_t* out, std::int64_t cols, std::int64_t bc, const float* muls);
+
+}  // namespace shardwire::convert
+
+namespace shardwire::convert {
+
+/// Element-wise casts of `n` elements (the CastElements loops), same cloning as above.
+void CastBf16ToF32(const std::byte* src, std::byte* dst, std::size_t n);
+void CastBf16ToF16(const std::byte* src, std::byte* dst, std::size_t n);
+void CastF16ToF32(const std::byte* src, std::byte* dst, std::size_t n);
+void CastF16ToBf16(const std::byte* src, std::byte* dst, std::size_t n);
+void CastF32ToBf16(const std::byte* src, std::byte* dst, std::size_t n);
+void CastF32ToF16(const std::byte* src, std::byte* dst, std::size_t n);
 
 }  // namespace shardwire::convert
