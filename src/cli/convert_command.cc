@@ -103,6 +103,12 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
   if (o.out_dir.empty()) return InvalidArgument("--out is empty");
 
   SW_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(o.checkpoint));
+  {  // Writing into the checkpoint's own directory would overwrite its files (and config.json).
+    std::error_code ec;
+    if (fs::equivalent(fs::path(checkpoint.path()).parent_path(), o.out_dir, ec)) {
+      return InvalidArgument(fmt::format("--out \"{}\" is the checkpoint's own directory", o.out_dir));
+    }
+  }
   const std::string config_path = o.config.empty() ? checkpoint.config_path() : o.config;
   if (!o.config.empty() && !fs::exists(o.config))
     return NotFound(fmt::format("--config \"{}\" does not exist", o.config));

@@ -11,7 +11,7 @@
 // biases and every tensor that is not a 2-D (or 3-D stacked-expert) `.weight` keep their dtype,
 // as in that release and as vLLM's block-FP8 loader expects (Fp8LinearMethod quantises only linear
 // layers). config.json gets {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-// "weight_block_size": [128, 128]} (+ "scale_fmt": "ue8m0" with --ue8m0, as DeepSeek-V3.1).
+// "weight_block_size": [128, 128]} (+ "scale_fmt": "ue8m0" with --ue8m0, as DeepSeek-V3.2 and V4 configs declare).
 #pragma once
 
 #include <cstdint>

@@ -198,6 +198,9 @@ TEST(ConvertCommand, ErrorsBeforeWritingAndNothingLeftBehind) {
   EXPECT_EQ(code, 1);
   EXPECT_NE(out.find("output directory \"/proc/shardwire-no/out\""), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(dir.File("o")));
+  std::tie(code, out) = RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("src") + " --format bf16");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("is the checkpoint's own directory"), std::string::npos) << out;
 
   // A dtype that cannot be converted: named, and the output directory is not even created.
   Owned ints{TensorSpec{"model.layers.0.mlp.up_proj.weight", DType::kI32, {4, 4}}, std::vector<std::byte>(64)};
