@@ -14,6 +14,7 @@ packages=(
   libgtest-dev libgmock-dev     # unit and multi-process tests
   libbenchmark-dev              # micro-benchmarks
   python3                       # test helpers (independent oracle for safetensors)
+  python3-numpy                 # numpy oracle of the convert tests (casts, FP8 block quantisation)
   clang-14 libclang-rt-14-dev   # libFuzzer target for the metadata blob parser (fuzz/run_fuzzer.sh)
   iperf3                        # plain-TCP reference of bench/agent_engine_bench
   iproute2                      # network namespaces + veth for the cross-"host" transport test

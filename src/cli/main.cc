@@ -2,6 +2,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "cli/convert_command.h"
 #include "cli/generate_command.h"
 #include "cli/info_command.h"
 #include "cli/p2p_commands.h"
@@ -20,6 +21,7 @@ int main(int argc, char** argv) {
   demo->require_subcommand(1);
   shardwire::demo::AddRlSyncCommand(*demo, &exit_code);
   shardwire::demo::AddRlSyncWorkerCommand(app, &exit_code);
+  shardwire::cli::AddConvertCommand(app, &exit_code);
   shardwire::cli::AddGenerateCommand(app, &exit_code);
   shardwire::cli::AddInfoCommand(app, &exit_code);
   shardwire::cli::AddPlanCommand(app, &exit_code);

@@ -1,0 +1,242 @@
+#include "cli/convert_command.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "model/atomic_file.h"
+#include "shardwire/cast.h"
+#include "shardwire/checkpoint.h"
+#include "shardwire/fp8_block.h"
+#include "shardwire/safetensors.h"
+#include "shardwire/tensor_conversion.h"
+
+namespace shardwire::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+// One output tensor: the conversion that makes it and whether it is that conversion's scale.
+struct OutputTensor {
+  TensorSpec spec;
+  std::size_t conversion = 0;
+  bool scale = false;
+};
+
+Status WriteTextAtomically(const std::string& path, const std::string& text) {
+  SW_ASSIGN_OR_RETURN(auto file, internal::AtomicFile::Create(path));
+  SW_RETURN_IF_ERROR(file.Write(std::as_bytes(std::span(text.data(), text.size()))));
+  return file.Commit();
+}
+
+Status CheckWritable(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return IoError(fmt::format("output directory \"{}\": {}", dir, ec.message()));
+  const std::string probe = (fs::path(dir) / fmt::format(".shardwire-write-test.{}", ::getpid())).string();
+  {
+    std::ofstream f(probe);
+    if (!f) return IoError(fmt::format("output directory \"{}\" is not writable", dir));
+  }
+  fs::remove(probe, ec);
+  return Status::Ok();
+}
+
+Result<nlohmann::ordered_json> OutputConfig(const ConvertOptions& o, const std::string& config_path) {
+  nlohmann::ordered_json cfg = nlohmann::ordered_json::object();
+  if (!config_path.empty()) {
+    std::string text;
+    SW_RETURN_IF_ERROR(internal::ReadWholeFile(config_path, &text));
+    cfg = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!cfg.is_object()) return CorruptData(fmt::format("config \"{}\" is not a JSON object", config_path));
+  }
+  if (o.format == "fp8-block128") {
+    nlohmann::ordered_json q = {
+        {"activation_scheme", "dynamic"}, {"fmt", "e4m3"}, {"quant_method", "fp8"}, {"weight_block_size", {128, 128}}};
+    if (o.ue8m0) q["scale_fmt"] = "ue8m0";
+    cfg["quantization_config"] = q;
+  } else {
+    cfg.erase("quantization_config");
+    cfg["torch_dtype"] = o.format == "bf16" ? "bfloat16" : (o.format == "fp16" ? "float16" : "float32");
+  }
+  return cfg;
+}
+
+std::string ShardName(std::size_t i, std::size_t n) {
+  return fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, n);
+}
+
+}  // namespace
+
+bool IsFp8Quantised(const TensorSpec& spec) {
+  if (!IsCastableDType(spec.dtype) || !EndsWith(spec.name, ".weight")) return false;
+  if (spec.shape.size() != 2 && spec.shape.size() != 3) return false;
+  for (const char* word : {"embed", "lm_head", "norm", "wte", "wpe"}) {
+    if (spec.name.find(word) != std::string::npos) return false;
+  }
+  // MoE routers: DeepSeek/Qwen3 `mlp.gate.weight`, Mixtral `block_sparse_moe.gate.weight`, `router`.
+  return !EndsWith(spec.name, ".gate.weight") && spec.name.find(".router.") == std::string::npos;
+}
+
+Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
+  const bool fp8 = o.format == "fp8-block128";
+  std::optional<DType> cast_to;
+  if (o.format == "bf16") cast_to = DType::kBF16;
+  if (o.format == "fp16") cast_to = DType::kF16;
+  if (o.format == "fp32") cast_to = DType::kF32;
+  if (!fp8 && !cast_to) {
+    return InvalidArgument(fmt::format("--format \"{}\": expected fp8-block128, bf16, fp16 or fp32", o.format));
+  }
+  if (o.ue8m0 && !fp8) return InvalidArgument("--ue8m0 applies only to --format fp8-block128");
+  if (o.out_dir.empty()) return InvalidArgument("--out is empty");
+
+  SW_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(o.checkpoint));
+  {  // Writing into the checkpoint's own directory would overwrite its files (and config.json).
+    std::error_code ec;
+    if (fs::equivalent(fs::path(checkpoint.path()).parent_path(), o.out_dir, ec)) {
+      return InvalidArgument(fmt::format("--out \"{}\" is the checkpoint's own directory", o.out_dir));
+    }
+  }
+  const std::string config_path = o.config.empty() ? checkpoint.config_path() : o.config;
+  if (!o.config.empty() && !fs::exists(o.config))
+    return NotFound(fmt::format("--config \"{}\" does not exist", o.config));
+  SW_ASSIGN_OR_RETURN(auto config, OutputConfig(o, config_path));
+
+  Fp8BlockOptions fp8_options;
+  if (o.ue8m0) fp8_options.scale_format = Fp8ScaleFormat::kUe8m0;
+
+  // Every conversion and output tensor, checked before anything is written.
+  std::vector<ConversionSpec> conversions;
+  std::vector<OutputTensor> outputs;
+  std::uint64_t in_bytes = 0;
+  std::size_t quantised = 0;
+  for (const TensorSpec& t : checkpoint.tensors()) {
+    if (!IsCastableDType(t.dtype)) {
+      return Unsupported(fmt::format("{}: tensor \"{}\" is {}; --format {} converts only F16, BF16 and F32 tensors",
+                                     checkpoint.path(), t.name, DTypeName(t.dtype), o.format));
+    }
+    const bool quantise = fp8 && IsFp8Quantised(t);
+    ConversionSpec spec{t.name, {t.name}, 0, quantise ? DType::kF8E4M3 : (cast_to ? *cast_to : t.dtype)};
+    SW_ASSIGN_OR_RETURN(auto out, ResolveConversion(spec, {t}, fp8_options));
+    if (out.scale && checkpoint.Contains(out.scale->name)) {
+      return InvalidArgument(fmt::format("{}: tensor \"{}\" already exists; is the checkpoint already quantised?",
+                                         checkpoint.path(), out.scale->name));
+    }
+    outputs.push_back({out.destination, conversions.size(), false});
+    if (out.scale) outputs.push_back({*out.scale, conversions.size(), true});
+    quantised += quantise ? 1 : 0;
+    conversions.push_back(std::move(spec));
+    in_bytes += t.nbytes();
+  }
+  SW_RETURN_IF_ERROR(CheckWritable(o.out_dir));
+
+  // Greedy packing into shards (a weight and its scale stay together).
+  std::vector<std::vector<std::size_t>> shards(1);
+  std::uint64_t current = 0;
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    std::uint64_t bytes = outputs[i].spec.nbytes();
+    const bool with_scale = i + 1 < outputs.size() && outputs[i + 1].scale;
+    if (with_scale) bytes += outputs[i + 1].spec.nbytes();
+    if (o.shard_size > 0 && current > 0 && current + bytes > o.shard_size) {
+      shards.emplace_back();
+      current = 0;
+    }
+    shards.back().push_back(i);
+    if (with_scale) shards.back().push_back(++i);
+    current += bytes;
+  }
+
+  std::vector<std::string> written;
+  auto cleanup = [&](Status s) {
+    std::error_code ec;
+    for (const auto& path : written) fs::remove(path, ec);
+    return s;
+  };
+  std::unique_ptr<TensorConverter> converter;
+  std::size_t converter_index = SIZE_MAX, done = 0;
+  std::uint64_t bytes_done = 0, out_bytes = 0;
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  for (std::size_t s = 0; s < shards.size(); ++s) {
+    const std::string name = shards.size() == 1 ? "model.safetensors" : ShardName(s, shards.size());
+    const std::string path = (fs::path(o.out_dir) / name).string();
+    std::vector<TensorSpec> specs;
+    std::map<std::string, const OutputTensor*, std::less<>> by_name;
+    for (std::size_t i : shards[s]) {
+      specs.push_back(outputs[i].spec);
+      by_name[outputs[i].spec.name] = &outputs[i];
+      weight_map[outputs[i].spec.name] = name;
+      out_bytes += outputs[i].spec.nbytes();
+    }
+    auto fill = [&](const TensorSpec& spec, std::uint64_t offset, std::span<std::byte> out) -> Status {
+      const OutputTensor& t = *by_name.find(spec.name)->second;
+      if (converter_index != t.conversion) {
+        const ConversionSpec& c = conversions[t.conversion];
+        SW_ASSIGN_OR_RETURN(auto view, checkpoint.Get(c.sources[0]));
+        SW_ASSIGN_OR_RETURN(auto made, TensorConverter::Create(c, {view}, fp8_options));
+        converter = std::make_unique<TensorConverter>(std::move(made));
+        converter_index = t.conversion;
+        bytes_done += view.spec.nbytes();
+        ++done;
+        if (progress != nullptr) {
+          fmt::print(progress, "\r\033[Kconvert [{}/{}] {:.2f}/{:.2f} GB  {}", done, conversions.size(),
+                     bytes_done / 1e9, in_bytes / 1e9, c.destination);
+          std::fflush(progress);
+        }
+      }
+      return t.scale ? converter->FillScale(offset, out) : converter->FillDestination(offset, out);
+    };
+    Status st = WriteSafetensorsStreaming(path, specs, fill, {{"format", "pt"}});
+    if (!st.ok()) return cleanup(st);
+    written.push_back(path);
+  }
+  converter.reset();
+  if (progress != nullptr) fmt::print(progress, "\n");
+
+  if (shards.size() > 1) {
+    nlohmann::ordered_json index = {{"metadata", {{"total_size", out_bytes}}}, {"weight_map", weight_map}};
+    const std::string path = (fs::path(o.out_dir) / "model.safetensors.index.json").string();
+    Status st = WriteTextAtomically(path, index.dump(2) + "\n");
+    if (!st.ok()) return cleanup(st);
+    written.push_back(path);
+  }
+  const std::string config_out = (fs::path(o.out_dir) / "config.json").string();
+  Status st = WriteTextAtomically(config_out, config.dump(2) + "\n");
+  if (!st.ok()) return cleanup(st);
+  fmt::print("{} tensors ({} quantised to FP8) from {} -> {}: {} file(s), {} -> {} bytes\n", conversions.size(),
+             quantised, checkpoint.path(), o.out_dir, shards.size(), in_bytes, out_bytes);
+  return Status::Ok();
+}
+
+void AddConvertCommand(CLI::App& app, int* exit_code) {
+  auto o = std::make_shared<ConvertOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "convert",
+      "convert a checkpoint offline: FP8 E4M3 block-128 with weight_scale_inv (DeepSeek-V3 layout) or a cast");
+  cmd->add_option("--checkpoint", o->checkpoint, ".safetensors file, index file or directory")->required();
+  cmd->add_option("--out", o->out_dir, "output directory (created if absent)")->required();
+  cmd->add_option("--format", o->format, "fp8-block128 | bf16 | fp16 | fp32")->required();
+  cmd->add_flag("--ue8m0", o->ue8m0, "fp8: power-of-two (UE8M0) scales, as DeepGEMM on Blackwell");
+  cmd->add_option("--shard-size", o->shard_size, "bytes per output shard (0: one file)")->capture_default_str();
+  cmd->add_option("--config", o->config, "HF config.json (default: the one beside the checkpoint)");
+  cmd->callback([o, exit_code] {
+    const Status s = ConvertCheckpoint(*o, ::isatty(STDERR_FILENO) ? stderr : nullptr);
+    if (!s.ok()) {
+      fmt::print(stderr, "shardwire convert: {}\n", s.ToString());
+      *exit_code = 1;
+    }
+  });
+}
+
+}  // namespace shardwire::cli

@@ -1,0 +1,53 @@
+// `shardwire convert`: converts a checkpoint offline (FP8 block-128 quantisation or a cast).
+//
+//   shardwire convert --checkpoint PATH --out DIR --format fp8-block128 [--ue8m0]
+//                     [--shard-size BYTES] [--config CONFIG]
+//   shardwire convert --checkpoint PATH --out DIR --format bf16|fp16|fp32
+//
+// fp8-block128 lays the output out as DeepSeek-V3's FP8 release (huggingface.co/deepseek-ai/
+// DeepSeek-V3, config.json `quantization_config` and model.safetensors.index.json): each linear
+// weight `<x>.weight` becomes F8_E4M3 with an F32 `<x>.weight_scale_inv` of shape
+// [ceil(m/128), ceil(n/128)] beside it (same shard); embeddings, lm_head, norms, MoE router gates,
+// biases and every tensor that is not a 2-D (or 3-D stacked-expert) `.weight` keep their dtype,
+// as in that release and as vLLM's block-FP8 loader expects (Fp8LinearMethod quantises only linear
+// layers). config.json gets {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+// "weight_block_size": [128, 128]} (+ "scale_fmt": "ue8m0" with --ue8m0, as DeepSeek-V3.2 and V4 configs declare).
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "shardwire/status.h"
+#include "shardwire/tensor_spec.h"
+
+namespace shardwire::cli {
+
+/// What `shardwire convert` was asked to do.
+struct ConvertOptions {
+  std::string checkpoint;        ///< .safetensors file, index, or directory (Checkpoint::Open)
+  std::string out_dir;           ///< output directory (created if absent)
+  std::string format;            ///< "fp8-block128", "bf16", "fp16" or "fp32"
+  bool ue8m0 = false;            ///< fp8 only: power-of-two scales
+  std::uint64_t shard_size = 0;  ///< bytes per output shard (0: one file); a bigger tensor gets its own shard
+  std::string config;            ///< HF config.json; default: the one beside the checkpoint
+};
+
+/// True when fp8-block128 quantises this tensor: a floating `.weight` of rank 2 (or 3, stacked
+/// experts) that is not an embedding, lm_head, norm or MoE router gate.
+bool IsFp8Quantised(const TensorSpec& spec);
+
+/// Runs the conversion. Checks everything it can before writing (format and options, dtypes of
+/// every tensor, the config, that `out_dir` is writable); streams tensor by tensor with memory
+/// bounded by one 8 MiB chunk plus one 128-row block-row; writes each file atomically and removes
+/// the files it wrote if a later step fails. `progress` (may be null) gets a one-line progress
+/// display. Errors: kInvalidArgument (bad format/options), kUnsupported (a tensor's dtype, naming
+/// it), kIoError (out dir, naming it), kCorruptData (NaN/Inf in a quantised tensor), plus
+/// Checkpoint::Open's errors.
+Status ConvertCheckpoint(const ConvertOptions& options, std::FILE* progress);
+
+void AddConvertCommand(CLI::App& app, int* exit_code);
+
+}  // namespace shardwire::cli

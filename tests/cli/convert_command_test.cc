@@ -1,0 +1,236 @@
+// `shardwire convert` end to end: real and generated checkpoints converted by the binary, checked
+// by the numpy oracle (tests/convert/convert_oracle.py: its own safetensors reader, its own
+// DeepGEMM transcription, index total_size and quantization_config) and re-read with our
+// Checkpoint API against the in-process kernels; errors leave no output behind.
+#include <sys/wait.h>
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "convert/oracle_util.h"
+#include "shardwire/cast.h"
+#include "shardwire/checkpoint.h"
+#include "shardwire/fp8_block.h"
+#include "shardwire/safetensors.h"
+
+namespace shardwire {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::TempDir;
+
+std::pair<int, std::string> RunConvert(const std::string& args) {
+  const std::string cmd = SHARDWIRE_BIN " convert " + args + " 2>&1";
+  std::string out;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf{};
+  while (pipe && fgets(buf.data(), buf.size(), pipe) != nullptr) out += buf.data();
+  const int status = pipe ? pclose(pipe) : -1;
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string SharedModel(const std::string& name) {
+  const char* env = std::getenv("SHARDWIRE_SHARED_DIR");
+  const std::string path = std::string(env ? env : "") + "/models/" + name;
+  return env && fs::exists(path) ? path : "";
+}
+
+std::string OracleCheck(const std::string& src, const std::string& out, const std::string& format,
+                        const std::string& scale = "fp32") {
+  const auto [code, text] = testing::RunOracle("checkpoint " + src + " " + out + " " + format + " " + scale);
+  return code == 0 ? text : "oracle failed: " + text;
+}
+
+struct Owned {
+  TensorSpec spec;
+  std::vector<std::byte> bytes;
+};
+
+Owned Random(const std::string& name, DType dtype, std::vector<std::int64_t> shape, unsigned seed, float nan_at = -1) {
+  Owned o{TensorSpec{name, dtype, std::move(shape)}, {}};
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  std::vector<float> v(static_cast<std::size_t>(o.spec.numel()));
+  for (auto& x : v) x = normal(rng) * (rng() % 17 == 0 ? 100.0f : 1.0f);
+  if (nan_at >= 0) v[static_cast<std::size_t>(nan_at)] = NAN;
+  o.bytes.resize(o.spec.nbytes());
+  EXPECT_TRUE(CastElements(DType::kF32, dtype, std::as_bytes(std::span(v)), o.bytes).ok());
+  return o;
+}
+
+// A checkpoint with partial blocks, a 3-D expert tensor, fp16/fp32 tensors, a router and a bias.
+std::vector<Owned> GeneratedTensors() {
+  return {Random("model.embed_tokens.weight", DType::kBF16, {300, 130}, 1),
+          Random("model.layers.0.self_attn.q_proj.weight", DType::kBF16, {260, 300}, 2),
+          Random("model.layers.0.mlp.experts.w13.weight", DType::kBF16, {3, 256, 130}, 3),
+          Random("model.layers.0.mlp.gate.weight", DType::kBF16, {8, 300}, 4),
+          Random("model.layers.0.input_layernorm.weight", DType::kF32, {300}, 5),
+          Random("model.layers.0.self_attn.o_proj.bias", DType::kF16, {300}, 6),
+          Random("model.layers.0.mlp.down_proj.weight", DType::kF16, {130, 260}, 7),
+          Random("lm_head.weight", DType::kBF16, {300, 130}, 8)};
+}
+const std::set<std::string> kQuantised = {"model.layers.0.self_attn.q_proj.weight",
+                                          "model.layers.0.mlp.experts.w13.weight",
+                                          "model.layers.0.mlp.down_proj.weight"};
+
+void WriteCheckpoint(const std::string& dir, const std::vector<Owned>& tensors) {
+  fs::create_directories(dir);
+  std::vector<TensorView> views;
+  for (const auto& t : tensors) views.push_back({t.spec, t.bytes});
+  ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", views).ok());
+  std::ofstream(dir + "/config.json") << R"({"model_type": "llama", "torch_dtype": "bfloat16"})";
+}
+
+// Re-reads `out` with our Checkpoint API: quantised tensors equal the in-process kernel's bytes,
+// the rest equal the source bytes.
+void ExpectSameAsKernels(const std::string& src, const std::string& out, const std::set<std::string>& quantised) {
+  auto a = Checkpoint::Open(src);
+  auto b = Checkpoint::Open(out);
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status().ToString() << b.status().ToString();
+  EXPECT_EQ(b->tensors().size(), a->tensors().size() + quantised.size());
+  for (const auto& spec : a->tensors()) {
+    auto src_view = a->Get(spec.name);
+    auto dst_view = b->Get(spec.name);
+    ASSERT_TRUE(src_view.ok() && dst_view.ok()) << spec.name;
+    if (!quantised.count(spec.name)) {
+      EXPECT_EQ(dst_view->spec, spec);
+      EXPECT_TRUE(std::equal(src_view->data.begin(), src_view->data.end(), dst_view->data.begin())) << spec.name;
+      continue;
+    }
+    auto scale_view = b->Get(spec.name + "_scale_inv");
+    ASSERT_TRUE(scale_view.ok()) << spec.name;
+    EXPECT_EQ(dst_view->spec.dtype, DType::kF8E4M3);
+    std::vector<std::uint8_t> q(static_cast<std::size_t>(spec.numel()));
+    std::vector<float> s(static_cast<std::size_t>(scale_view->spec.numel()));
+    ASSERT_TRUE(QuantizeFp8BlockTensor(*src_view, q, s, {}).ok());
+    EXPECT_EQ(std::memcmp(q.data(), dst_view->data.data(), q.size()), 0) << spec.name;
+    EXPECT_EQ(std::memcmp(s.data(), scale_view->data.data(), s.size() * 4), 0) << spec.name;
+  }
+}
+
+TEST(ConvertCommand, RealTinyLlama3Bf16ToFp8Block128) {
+  const std::string src = SharedModel("tiny-llama3-bf16");
+  if (src.empty()) GTEST_SKIP() << "no ../shared/models/tiny-llama3-bf16 here";
+  if (!testing::HaveNumpy()) GTEST_SKIP() << "/usr/bin/python3 with numpy is needed for the oracle";
+  TempDir dir;
+  const auto [code, out] = RunConvert("--checkpoint " + src + " --out " + dir.File("fp8") + " --format fp8-block128");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("21 tensors (14 quantised to FP8)"), std::string::npos) << out;
+  EXPECT_EQ(OracleCheck(src, dir.File("fp8"), "fp8-block128"), "ok 35\n");
+  std::set<std::string> quantised;
+  for (const auto& t : Checkpoint::Open(src)->tensors()) {
+    if (t.shape.size() == 2 && t.name.find("embed") == std::string::npos && t.name != "lm_head.weight") {
+      quantised.insert(t.name);
+    }
+  }
+  EXPECT_EQ(quantised.size(), 14u);
+  ExpectSameAsKernels(src, dir.File("fp8"), quantised);
+}
+
+TEST(ConvertCommand, GeneratedCheckpointShardedWithIndexAndUe8m0) {
+  if (!testing::HaveNumpy()) GTEST_SKIP() << "/usr/bin/python3 with numpy is needed for the oracle";
+  TempDir dir;
+  WriteCheckpoint(dir.File("src"), GeneratedTensors());
+  auto [code, out] = RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("fp8") +
+                                " --format fp8-block128 --shard-size 100000");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_TRUE(fs::exists(dir.File("fp8/model.safetensors.index.json")));
+  EXPECT_TRUE(fs::exists(dir.File("fp8/model-00002-of-00005.safetensors"))) << out;
+  EXPECT_EQ(OracleCheck(dir.File("src"), dir.File("fp8"), "fp8-block128"), "ok 11\n");
+  ExpectSameAsKernels(dir.File("src"), dir.File("fp8"), kQuantised);
+  // Each scale sits in the same shard as its weight.
+  auto b = Checkpoint::Open(dir.File("fp8"));
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  for (const auto& f : b->files()) {
+    for (const auto& t : f.tensors()) {
+      if (t.name.ends_with("_scale_inv")) {
+        EXPECT_TRUE(f.Contains(t.name.substr(0, t.name.size() - 10))) << t.name;
+      }
+    }
+  }
+  std::tie(code, out) =
+      RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("ue") + " --format fp8-block128 --ue8m0");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_EQ(OracleCheck(dir.File("src"), dir.File("ue"), "fp8-block128", "ue8m0"), "ok 11\n");
+}
+
+TEST(ConvertCommand, CastsMatchTheOracle) {
+  if (!testing::HaveNumpy()) GTEST_SKIP() << "/usr/bin/python3 with numpy is needed for the oracle";
+  TempDir dir;
+  WriteCheckpoint(dir.File("src"), GeneratedTensors());
+  for (const std::string format : {"bf16", "fp16", "fp32"}) {
+    const auto [code, out] =
+        RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File(format) + " --format " + format);
+    ASSERT_EQ(code, 0) << out;
+    EXPECT_EQ(OracleCheck(dir.File("src"), dir.File(format), format), "ok 8\n") << format;
+  }
+  const std::string real = SharedModel("tiny-qwen3-f32");
+  if (real.empty()) return;
+  const auto [code, out] = RunConvert("--checkpoint " + real + " --out " + dir.File("q3") + " --format bf16");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(OracleCheck(real, dir.File("q3"), "bf16").find("ok "), std::string::npos);
+}
+
+TEST(ConvertCommand, ErrorsBeforeWritingAndNothingLeftBehind) {
+  TempDir dir;
+  auto tensors = GeneratedTensors();
+  WriteCheckpoint(dir.File("src"), tensors);
+  auto [code, out] = RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("o") + " --format fp4");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("--format \"fp4\""), std::string::npos) << out;
+  std::tie(code, out) =
+      RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("o") + " --format bf16 --ue8m0");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("--ue8m0 applies only"), std::string::npos) << out;
+  std::tie(code, out) =
+      RunConvert("--checkpoint " + dir.File("src") + " --out /proc/shardwire-no/out --format fp8-block128");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("output directory \"/proc/shardwire-no/out\""), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir.File("o")));
+  std::tie(code, out) = RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("src") + " --format bf16");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("is the checkpoint's own directory"), std::string::npos) << out;
+
+  // A dtype that cannot be converted: named, and the output directory is not even created.
+  Owned ints{TensorSpec{"model.layers.0.mlp.up_proj.weight", DType::kI32, {4, 4}}, std::vector<std::byte>(64)};
+  WriteCheckpoint(dir.File("ints"), {tensors[0], ints});
+  std::tie(code, out) = RunConvert("--checkpoint " + dir.File("ints") + " --out " + dir.File("o") + " --format bf16");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("unsupported: "), std::string::npos) << out;
+  EXPECT_NE(out.find("tensor \"model.layers.0.mlp.up_proj.weight\" is I32"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir.File("o")));
+
+  // NaN in a quantised tensor: a typed error naming tensor and element; written shards removed.
+  tensors[6] = Random("model.layers.0.mlp.down_proj.weight", DType::kF16, {130, 260}, 7, 129 * 260 + 3);
+  WriteCheckpoint(dir.File("nan"), tensors);
+  std::tie(code, out) = RunConvert("--checkpoint " + dir.File("nan") + " --out " + dir.File("o") +
+                                   " --format fp8-block128 --shard-size 1");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("corrupt data"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"model.layers.0.mlp.down_proj.weight\": element [129, 3] is NaN"), std::string::npos) << out;
+  std::size_t files = 0;
+  for (const auto& e : fs::directory_iterator(dir.File("o")))
+    files += e.path().string().find("safetensors") != std::string::npos;
+  EXPECT_EQ(files, 0u);
+
+  const std::string mlx = SharedModel("tiny-qwen3-sharded-mlx4bit");
+  if (mlx.empty()) return;
+  std::tie(code, out) = RunConvert("--checkpoint " + mlx + " --out " + dir.File("m") + " --format fp8-block128");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("is U32"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir.File("m")));
+}
+
+}  // namespace
+}  // namespace shardwire
