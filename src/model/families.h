@@ -21,6 +21,9 @@ struct ModelFamily {
   DescribeFamilyFn describe;
 };
 
+/// The pre-rules C++ description (for the equivalence test only).
+Result<ModelDescription> LegacyDescribeModel(const ModelConfig& config);
+
 /// Every registered family.
 std::span<const ModelFamily> Families();
 

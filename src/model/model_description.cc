@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "model/families.h"
+#include "shardwire/model_rules.h"
 
 namespace shardwire {
 
@@ -60,13 +61,27 @@ Result<ModelDescription> DescribeModel(const ModelConfig& config) {
                                          config.model_type, key, value));
     }
   }
+  SW_ASSIGN_OR_RETURN(std::optional<ModelRules> rules, FindModelRules(config.model_type));
+  if (rules.has_value()) return rules->Describe(config);
+  std::string known;
+  for (const auto& type : BuiltinModelTypes()) {
+    known += known.empty() ? "" : ", ";
+    known += type;
+  }
+  return Unsupported(fmt::format("model_type \"{}\" (architecture \"{}\") is not supported; "
+                                 "supported: {}; or describe it in a rules file (docs/model_rules.md, "
+                                 "--model-rules FILE, `shardwire describe --write-rules`)",
+                                 config.model_type, config.architecture, known));
+}
+
+namespace internal {
+
+// The C++ family code this file used before model rules files, kept only until the
+// rules-driven descriptions are proven identical (tests/model/rules_equivalence_test.cc).
+Result<ModelDescription> LegacyDescribeModel(const ModelConfig& config) {
   if (!config.quant_method.empty() &&
       (config.quant_method != "fp8" || !config.fp8_block_size.has_value())) {
-    return Unsupported(fmt::format(
-        "model config {}: quantization_config quant_method \"{}\"{} is not supported; "
-        "supported: FP8 with weight_block_size (DeepSeek-V3 style)",
-        config.model_type, config.quant_method,
-        config.quant_method == "fp8" ? " without weight_block_size (per-tensor scales)" : ""));
+    return Unsupported("legacy: quant_method");
   }
   for (const auto& family : internal::Families()) {
     if (family.model_type == config.model_type) {
@@ -75,15 +90,10 @@ Result<ModelDescription> DescribeModel(const ModelConfig& config) {
       return ModelDescription{config, builder.TakeTensors(), builder.TakeFused()};
     }
   }
-  std::string known;
-  for (const auto& family : internal::Families()) {
-    known += known.empty() ? "" : ", ";
-    known += family.model_type;
-  }
-  return Unsupported(fmt::format("model_type \"{}\" (architecture \"{}\") is not supported; "
-                                 "supported: {}",
-                                 config.model_type, config.architecture, known));
+  return Unsupported("legacy: model_type");
 }
+
+}  // namespace internal
 
 Result<ModelDescription> WithLayers(const ModelDescription& description, int num_layers) {
   if (num_layers < 1) {
