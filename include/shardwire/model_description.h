@@ -84,8 +84,9 @@ struct ModelTensor {
   /// dtype (e.g. F32 for DeepSeek-V3 / GLM-4.5's `e_score_correction_bias`, which vLLM
   /// allocates in float32); unset: the engine's model dtype (or FP8 when quantizable).
   std::optional<DType> engine_dtype = {};
-  /// "<rules file>:<line>" of the rule that produced this tensor (for error messages).
-  std::string rule = {};
+  /// Index into ModelDescription::rules of the rule that produced this tensor, -1 if
+  /// none (for error messages naming "<rules file>:<line>").
+  int rule = -1;
 
   /// Field-wise equality.
   bool operator==(const ModelTensor&) const = default;
@@ -131,6 +132,8 @@ struct ModelDescription {
   /// Fused parameters, per layer in layer order (see FusedParameter). Every part names a
   /// tensor of `tensors`.
   std::vector<FusedParameter> fused = {};
+  /// "<rules file>:<line>" of each rule that produced tensors (ModelTensor::rule indexes it).
+  std::vector<std::string> rules = {};
 
   /// The tensor called `name`, or nullptr. Linear scan (O(number of tensors), ~90k for
   /// DeepSeek-V3): fine for a few look-ups; callers looking up many names should build

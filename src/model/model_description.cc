@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 
-#include "model/families.h"
 #include "shardwire/model_rules.h"
 
 namespace shardwire {
@@ -74,26 +73,6 @@ Result<ModelDescription> DescribeModel(const ModelConfig& config) {
                                  config.model_type, config.architecture, known));
 }
 
-namespace internal {
-
-// The C++ family code this file used before model rules files, kept only until the
-// rules-driven descriptions are proven identical (tests/model/rules_equivalence_test.cc).
-Result<ModelDescription> LegacyDescribeModel(const ModelConfig& config) {
-  if (!config.quant_method.empty() &&
-      (config.quant_method != "fp8" || !config.fp8_block_size.has_value())) {
-    return Unsupported("legacy: quant_method");
-  }
-  for (const auto& family : internal::Families()) {
-    if (family.model_type == config.model_type) {
-      internal::ModelBuilder builder(config.dtype(), config.fp8_block_size);
-      SW_RETURN_IF_ERROR(family.describe(config, &builder));
-      return ModelDescription{config, builder.TakeTensors(), builder.TakeFused()};
-    }
-  }
-  return Unsupported("legacy: model_type");
-}
-
-}  // namespace internal
 
 Result<ModelDescription> WithLayers(const ModelDescription& description, int num_layers) {
   if (num_layers < 1) {

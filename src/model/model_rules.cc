@@ -143,9 +143,10 @@ Status CheckRulesCoverCheckpoint(const ModelDescription& description, const std:
   std::unordered_set<std::string> described;
   for (const auto& t : description.tensors) {
     described.insert(t.spec.name);
-    if (t.rule.empty()) continue;
-    auto [it, inserted] = rules.try_emplace(t.rule, t.spec.name, false);
-    if (inserted) order.push_back(t.rule);
+    if (t.rule < 0 || static_cast<std::size_t>(t.rule) >= description.rules.size()) continue;
+    const std::string& rule = description.rules[static_cast<std::size_t>(t.rule)];
+    auto [it, inserted] = rules.try_emplace(rule, t.spec.name, false);
+    if (inserted) order.push_back(rule);
     it->second.second = it->second.second || in_checkpoint.count(t.spec.name) > 0;
   }
   for (const auto& rule : order) {

@@ -3,6 +3,7 @@
 // patterns and evaluating shape expressions, and emits ModelTensors / FusedParameters in
 // exactly the order the rules list them.
 #include <unordered_map>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
@@ -73,6 +74,7 @@ class Describer {
     for (auto& [k, v] : m) {
       if (v.is_null()) v.origin = k;
     }
+    for (const auto& [k, e] : f.lets) is_let_.insert(k);
     lookup_ = [this](std::string_view name) { return Lookup(name); };
   }
 
@@ -85,10 +87,21 @@ class Describer {
       }
     }
     SW_RETURN_IF_ERROR(Execute(f_.tensors));
-    return ModelDescription{c_, std::move(tensors_), std::move(fused_)};
+    SW_RETURN_IF_ERROR(Finish());
+    return ModelDescription{c_, std::move(tensors_), std::move(fused_), std::move(rule_names_)};
   }
 
  private:
+  // A bound variable or config value, without copying; nullptr for lets and unknowns.
+  const RuleValue* Find(std::string_view name) const {
+    for (auto it = frames_.rbegin(); it != frames_.rend(); ++it) {
+      if (it->first == name) return &it->second;
+    }
+    if (is_let_.count(name) > 0) return nullptr;
+    const auto it = config_.find(name);
+    return it == config_.end() ? nullptr : &it->second;
+  }
+
   Result<RuleValue> Lookup(std::string_view name) {
     for (auto it = frames_.rbegin(); it != frames_.rend(); ++it) {
       if (it->first == name) return it->second;
@@ -104,7 +117,7 @@ class Describer {
       if (v.ok() && v->is_null() && v->origin.empty()) v->origin = k;
       return v;
     }
-    const auto it = config_.find(std::string(name));
+    const auto it = config_.find(name);
     if (it != config_.end()) return it->second;
     return NotFound(std::string(name));
   }
@@ -121,7 +134,16 @@ class Describer {
       }
       out.append(pattern, i, open - i);
       const std::size_t close = pattern.find('}', open);
-      const std::string id = pattern.substr(open + 1, close - open - 1);
+      const std::string_view id = std::string_view(pattern).substr(open + 1, close - open - 1);
+      if (const RuleValue* fast = Find(id); fast != nullptr && fast->kind == RuleValue::Kind::kString) {
+        out += fast->s;
+        i = close + 1;
+        continue;
+      } else if (fast != nullptr && fast->kind == RuleValue::Kind::kInt) {
+        out += std::to_string(fast->i);
+        i = close + 1;
+        continue;
+      }
       Result<RuleValue> v = Lookup(id);
       if (!v.ok() && v.status().code() == ErrorCode::kNotFound) {
         return InvalidArgument(fmt::format("{}: pattern \"{}\": unknown placeholder {{{}}}", where, pattern, id));
@@ -146,19 +168,65 @@ class Describer {
     return -1;
   }
 
-  Status Emit(const std::string& name, DType dtype, std::vector<std::int64_t> shape, ParallelRole role,
-              bool quantizable, std::optional<DType> engine_dtype, const std::string& where) {
-    const auto [it, inserted] = produced_.emplace(name, where);
-    if (!inserted) {
-      return InvalidArgument(fmt::format("{}: tensor {} is produced twice (also by the rule at {}): two roles for one "
-                                         "tensor",
-                                         where, name, it->second));
+  Status Emit(std::string name, DType dtype, std::vector<std::int64_t> shape, ParallelRole role, bool quantizable,
+              std::optional<DType> engine_dtype, const Rule& rule) {
+    if (current_rule_ptr_ != &rule) {
+      const auto [rit, fresh] = rule_index_.emplace(&rule, static_cast<int>(rule_names_.size()));
+      if (fresh) rule_names_.push_back(rule.where);
+      current_rule_ = rit->second;
+      current_rule_ptr_ = &rule;
     }
-    ModelTensor t{TensorSpec{name, dtype, std::move(shape)}, role, BoundInt("layer"), BoundInt("expert"), shared_};
+    ModelTensor t{TensorSpec{std::move(name), dtype, std::move(shape)}, role, BoundInt("layer"), BoundInt("expert"),
+                  shared_};
     t.quantizable = quantizable;
     t.engine_dtype = engine_dtype;
-    t.rule = where;
+    t.rule = current_rule_;
     tensors_.push_back(std::move(t));
+    return Status::Ok();
+  }
+
+  // After every rule ran: each name produced once; fused parts exist; fused entries in order.
+  Status Finish() {
+    std::unordered_map<std::string_view, int> produced;
+    produced.reserve(tensors_.size() * 2);
+    for (std::size_t i = 0; i < tensors_.size(); ++i) {
+      const auto [it, inserted] = produced.emplace(tensors_[i].spec.name, static_cast<int>(i));
+      if (!inserted) {
+        const auto& first = tensors_[static_cast<std::size_t>(it->second)];
+        return InvalidArgument(fmt::format("{}: tensor {} is produced twice (also by the rule at {}): two roles for "
+                                           "one tensor",
+                                           rule_names_[static_cast<std::size_t>(tensors_[i].rule)], tensors_[i].spec.name,
+                                           rule_names_[static_cast<std::size_t>(first.rule)]));
+      }
+    }
+    std::string key;
+    for (PendingFuse& f : pending_) {
+      auto has = [&](const std::string& part, std::string_view suffix) {
+        key.assign(part).append(suffix);
+        return produced.count(key) > 0;
+      };
+      bool scaled = true;
+      for (const auto& p : f.parts) {
+        if (!has(p, ".weight")) {
+          return InvalidArgument(fmt::format("{}: fused parameter {} names part {} but no rule produced {}.weight",
+                                             f.where, f.name, p, p));
+        }
+        scaled = scaled && has(p, kScaleSuffix);
+        if (f.bias && !has(p, ".bias")) {
+          return InvalidArgument(fmt::format("{}: fused parameter {} has bias but no rule produced {}.bias", f.where,
+                                             f.name, p));
+        }
+      }
+      auto add = [&](std::string_view suffix) {
+        FusedParameter fp{f.name + std::string(suffix), {}};
+        fp.parts.reserve(f.parts.size());
+        for (const auto& p : f.parts) fp.parts.push_back(p + std::string(suffix));
+        fused_.push_back(std::move(fp));
+      };
+      add(".weight");
+      if (scaled) add(kScaleSuffix);
+      if (f.bias) add(".bias");
+    }
     return Status::Ok();
   }
 
@@ -198,7 +266,7 @@ class Describer {
           shape.push_back(v);
         }
         SW_ASSIGN_OR_RETURN(bool q, Flag(r.quantized, false));
-        return Emit(name, r.dtype.value_or(c_.dtype()), std::move(shape), r.role, q, r.engine_dtype, r.where);
+        return Emit(std::move(name), r.dtype.value_or(c_.dtype()), std::move(shape), r.role, q, r.engine_dtype, r);
       }
       case K::kLinear: {
         SW_ASSIGN_OR_RETURN(std::string prefix, Expand(r.pattern, r.where));
@@ -209,51 +277,30 @@ class Describer {
         std::string weight = prefix + ".weight";
         if (q && c_.fp8_block_size.has_value()) {
           const auto& block = *c_.fp8_block_size;
-          SW_RETURN_IF_ERROR(Emit(weight, DType::kF8E4M3, {out, in}, r.role, true, r.engine_dtype, r.where));
+          SW_RETURN_IF_ERROR(Emit(weight, DType::kF8E4M3, {out, in}, r.role, true, r.engine_dtype, r));
           SW_RETURN_IF_ERROR(Emit(weight + "_scale_inv", DType::kF32, {CeilDiv(out, block[0]), CeilDiv(in, block[1])},
-                                  r.role, false, DType::kF32, r.where));
+                                  r.role, false, DType::kF32, r));
           tensors_.back().scale_of = std::move(weight);
         } else {
-          SW_RETURN_IF_ERROR(Emit(weight, c_.dtype(), {out, in}, r.role, q, r.engine_dtype, r.where));
+          SW_RETURN_IF_ERROR(Emit(std::move(weight), c_.dtype(), {out, in}, r.role, q, r.engine_dtype, r));
         }
         if (bias) {
           const ParallelRole br =
               r.bias_role.value_or(r.role == ParallelRole::kColumn ? ParallelRole::kColumn : ParallelRole::kReplicated);
-          SW_RETURN_IF_ERROR(Emit(prefix + ".bias", c_.dtype(), {out}, br, false, r.engine_dtype, r.where));
+          SW_RETURN_IF_ERROR(Emit(prefix + ".bias", c_.dtype(), {out}, br, false, r.engine_dtype, r));
         }
         return Status::Ok();
       }
       case K::kFuse: {
-        SW_ASSIGN_OR_RETURN(std::string name, Expand(r.pattern, r.where));
-        std::vector<std::string> parts;
+        PendingFuse f;
+        f.where = r.where;
+        SW_ASSIGN_OR_RETURN(f.name, Expand(r.pattern, r.where));
         for (const auto& p : r.parts) {
           SW_ASSIGN_OR_RETURN(std::string part, Expand(p, r.where));
-          if (produced_.find(part + ".weight") == produced_.end()) {
-            return InvalidArgument(fmt::format("{}: fused parameter {} names part {} but no rule before it produced "
-                                               "{}.weight",
-                                               r.where, name, part, part));
-          }
-          parts.push_back(std::move(part));
+          f.parts.push_back(std::move(part));
         }
-        SW_ASSIGN_OR_RETURN(bool bias, Flag(r.bias, false));
-        auto add = [&](std::string_view suffix) {
-          FusedParameter f{name + std::string(suffix), {}};
-          for (const auto& p : parts) f.parts.push_back(p + std::string(suffix));
-          fused_.push_back(std::move(f));
-        };
-        add(".weight");
-        bool scaled = true;
-        for (const auto& p : parts) scaled = scaled && produced_.count(p + std::string(kScaleSuffix)) > 0;
-        if (scaled) add(kScaleSuffix);
-        if (bias) {
-          for (const auto& p : parts) {
-            if (produced_.find(p + ".bias") == produced_.end()) {
-              return InvalidArgument(fmt::format("{}: fused parameter {} has bias but {}.bias was not produced", r.where,
-                                                 name, p));
-            }
-          }
-          add(".bias");
-        }
+        SW_ASSIGN_OR_RETURN(f.bias, Flag(r.bias, false));
+        pending_.push_back(std::move(f));
         return Status::Ok();
       }
       case K::kFor: {
@@ -309,14 +356,28 @@ class Describer {
 
   const RulesFile& f_;
   const ModelConfig& c_;
-  std::unordered_map<std::string, RuleValue> config_;
+  struct Hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, RuleValue, Hash, std::equal_to<>> config_;
+  std::unordered_set<std::string, Hash, std::equal_to<>> is_let_;
+  std::vector<std::string> rule_names_;
+  std::unordered_map<const Rule*, int> rule_index_;
+  const Rule* current_rule_ptr_ = nullptr;
+  struct PendingFuse {
+    std::string where, name;
+    std::vector<std::string> parts;
+    bool bias = false;
+  };
+  std::vector<PendingFuse> pending_;
+  int current_rule_ = -1;
   std::vector<std::pair<std::string, RuleValue>> frames_;
   RuleLookup lookup_;
   int let_depth_ = 0;
   bool shared_ = false;
   std::vector<ModelTensor> tensors_;
   std::vector<FusedParameter> fused_;
-  std::unordered_map<std::string, std::string> produced_;
 };
 
 }  // namespace

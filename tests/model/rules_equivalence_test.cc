@@ -133,34 +133,3 @@ TEST(RulesEquivalence, RulesDescribeExactlyWhatTheCppFamiliesDescribed) {
 }  // namespace
 }  // namespace shardwire
 
-// TEMPORARY (removed with the C++ family code): rules vs C++ directly, and the digests.
-namespace shardwire::internal {
-Result<ModelDescription> LegacyDescribeModel(const ModelConfig& config);
-}
-namespace shardwire {
-namespace {
-TEST(RulesEquivalence, AgainstLegacyCpp) {
-  SW_REQUIRE_MODELS_DIR(models);
-  std::string record;
-  for (const Case& c : Cases(models)) {
-    SCOPED_TRACE(c.name);
-    auto legacy = internal::LegacyDescribeModel(c.config);
-    auto rules = DescribeModel(c.config);
-    ASSERT_EQ(legacy.ok(), rules.ok()) << legacy.status().ToString() << " / " << rules.status().ToString();
-    std::string digest = fmt::format("error {}", ErrorCodeName(legacy.status().code()));
-    if (legacy.ok()) {
-      const std::string a = Canonical(*legacy), b = Canonical(*rules);
-      if (a != b) {
-        std::size_t i = 0;
-        while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
-        const std::size_t line = a.rfind('\n', i) == std::string::npos ? 0 : a.rfind('\n', i) + 1;
-        ADD_FAILURE() << "first difference:\nC++:   " << a.substr(line, 200) << "\nrules: " << b.substr(line, 200);
-      }
-      digest = fmt::format("{:016x} {}", Fnv1a(a), legacy->tensors.size());
-    }
-    record += fmt::format("    {{\"{}\", \"{}\"}},\n", c.name, digest);
-  }
-  testing::WriteBytes(std::string(SHARDWIRE_MODEL_TEST_DIR) + "/rules_golden.inc", record);
-}
-}  // namespace
-}  // namespace shardwire
