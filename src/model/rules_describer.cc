@@ -119,7 +119,9 @@ class Describer {
     }
     const auto it = config_.find(name);
     if (it != config_.end()) return it->second;
-    return NotFound(std::string(name));
+    // A key the config does not have is null: `has(k)` and `k ?? default` test for it,
+    // and using it otherwise is a "<k> is missing" error naming the rule.
+    return RuleValue::Null(std::string(name));
   }
 
   Result<std::string> Expand(const std::string& pattern, const std::string& where) {
