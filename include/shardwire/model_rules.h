@@ -101,3 +101,26 @@ Status CheckRulesCoverCheckpoint(const ModelDescription& description,
                                  std::string_view checkpoint_name);
 
 }  // namespace shardwire
+
+namespace shardwire {
+
+/// Infers a rules file for a model nobody described, from its checkpoint's tensor list
+/// and its config: layer indices (`layers.N.`) and expert indices (`experts.N.`) become
+/// the {layer} / {expert} placeholders; each remaining name's module gives the role by
+/// the usual Hugging Face names (column: q/k/v_proj, gate/up_proj, w1/w3, q_b_proj,
+/// kv_b_proj; row: o_proj, down_proj, w2; vocab: embed_tokens, lm_head, shared_head.head;
+/// replicated: norms, routers `mlp.gate` / `block_sparse_moe.gate`, q_a_proj,
+/// kv_a_proj_with_mqa, eh_proj, shared_expert_gate, e_score_correction_bias, biases of
+/// row-parallel layers); every dimension must equal a config expression (hidden_size,
+/// num_attention_heads * head_dim, moe_intermediate_size, ...), the layer loop must match
+/// num_hidden_layers (plus MTP layers after it) and the expert loop the expert count; q/k/v
+/// and gate/up (w1/w3) under one module become fused parameters. The result is a rules
+/// file (text() is its YAML) that, applied to `config`, describes exactly the
+/// checkpoint's tensors. Nothing is guessed silently: a tensor it cannot place is
+/// kInvalidArgument naming the tensor and saying which rule would place it; a dimension no
+/// config expression gives is kInvalidArgument naming tensor, dimension and value.
+/// `config.model_type` names the family. Pure function.
+Result<ModelRules> InferModelRules(const ModelConfig& config, const std::vector<TensorSpec>& checkpoint_tensors,
+                                   std::string_view checkpoint_name);
+
+}  // namespace shardwire

@@ -66,12 +66,11 @@ class Loader {
     std::string upper;
     for (char c : d) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     if (upper == "MODEL") return std::optional<DType>();
-    static constexpr std::pair<std::string_view, DType> kNames[] = {
-        {"F32", DType::kF32}, {"BF16", DType::kBF16}, {"F16", DType::kF16}, {"F64", DType::kF64}};
-    for (const auto& [name, dt] : kNames) {
-      if (upper == name) return std::optional<DType>(dt);
-    }
-    return Error(n, fmt::format("unknown dtype \"{}\" for \"{}\" (known: model, f32, bf16, f16, f64)", d, key));
+    Result<DType> parsed = ParseDType(upper);
+    if (parsed.ok()) return std::optional<DType>(*parsed);
+    return Error(n, fmt::format("unknown dtype \"{}\" for \"{}\" (known: model or a safetensors dtype: f32, bf16, "
+                                "f16, f64, f8_e4m3, ...)",
+                                d, key));
   }
 
   Result<std::string> Pattern(const YAML::Node& n, std::string_view key) const {
