@@ -6,7 +6,8 @@
 // hidden_size, n_layer -> num_hidden_layers, n_head -> num_attention_heads, n_inner ->
 // intermediate_size (null means 4 * n_embd). Of `quantization_config` (transformers'
 // QuantizationConfigMixin; FP8 block layout per DeepSeek-V3's README_WEIGHTS.md) only
-// quant_method and weight_block_size are read. Keys not listed here are ignored.
+// quant_method and weight_block_size are read. Other scalar keys are kept as JSON text in
+// ModelConfig::extra for model rules files.
 //
 // Thread-safety: plain value type; the functions are pure apart from reading / writing
 // the named file.
@@ -14,6 +15,7 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -84,6 +86,13 @@ struct ModelConfig {
   /// stored as F8_E4M3 with an F32 `weight_scale_inv` of [ceil(out/block_out),
   /// ceil(in/block_in)] per weight. Unset for per-tensor FP8 and unquantised models.
   std::optional<std::array<std::int64_t, 2>> fp8_block_size;
+
+  /// Every other top-level key of config.json whose value is a scalar (number, boolean,
+  /// string or null), as its JSON text (e.g. "shared_expert_intermediate_size" -> "5632",
+  /// "use_qk_norm" -> "true", "sliding_window" -> "null"). Model rules files read the keys
+  /// a family needs beyond the fields above from here (docs/model_rules.md);
+  /// WriteModelConfig writes them back. Arrays and objects are not kept.
+  std::map<std::string, std::string> extra = {};
 
   /// torch_dtype, or BF16 when the config does not say.
   DType dtype() const { return torch_dtype.value_or(DType::kBF16); }

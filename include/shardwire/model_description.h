@@ -15,13 +15,16 @@
 // mixtral (MoE), deepseek_v2, deepseek_v3, kimi_k2 (MLA + MoE, DeepSeek-V3 MTP layers).
 // FP8 block-quantised checkpoints (quantization_config quant_method "fp8" with
 // weight_block_size, as DeepSeek-V3, Kimi-K2 and Qwen3-*-FP8 ship) are described with
-// their F8_E4M3 weights and F32 `weight_scale_inv` tensors. Each family is one function in
-// its own source file, registered in one table (src/model/families.cc).
+// their F8_E4M3 weights and F32 `weight_scale_inv` tensors. Each family is data: a rules
+// file in models/rules/ (format: docs/model_rules.md, API: shardwire/model_rules.h),
+// embedded in the library at build time; more families are described there (glm4_moe,
+// qwen2_moe, olmo2, phi3, gemma2, ...), and users add their own with --model-rules.
 //
 // Thread-safety: plain values and pure functions.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -70,6 +73,20 @@ struct ModelTensor {
   /// ceil(in/block_in)]): the name of the weight it scales (`<module>.weight`); the scale
   /// carries that weight's role, layer, expert and shared_expert. Empty otherwise.
   std::string scale_of = {};
+  /// What an inference engine does with this tensor (from the family's rules file,
+  /// docs/model_rules.md), for the convert / push side:
+  /// true when an FP8 block-quantised engine (quantization_config fp8 with
+  /// weight_block_size) stores this weight as F8_E4M3 with a `weight_scale_inv` beside it
+  /// (attention and MLP / expert Linear weights); false for embeddings, norms, routers,
+  /// biases, lm_head and scales. Independent of whether this checkpoint is itself FP8.
+  bool quantizable = false;
+  /// The dtype the engine stores the tensor in when it is fixed regardless of the model's
+  /// dtype (e.g. F32 for DeepSeek-V3 / GLM-4.5's `e_score_correction_bias`, which vLLM
+  /// allocates in float32); unset: the engine's model dtype (or FP8 when quantizable).
+  std::optional<DType> engine_dtype = {};
+  /// Index into ModelDescription::rules of the rule that produced this tensor, -1 if
+  /// none (for error messages naming "<rules file>:<line>").
+  int rule = -1;
 
   /// Field-wise equality.
   bool operator==(const ModelTensor&) const = default;
@@ -115,6 +132,8 @@ struct ModelDescription {
   /// Fused parameters, per layer in layer order (see FusedParameter). Every part names a
   /// tensor of `tensors`.
   std::vector<FusedParameter> fused = {};
+  /// "<rules file>:<line>" of each rule that produced tensors (ModelTensor::rule indexes it).
+  std::vector<std::string> rules = {};
 
   /// The tensor called `name`, or nullptr. Linear scan (O(number of tensors), ~90k for
   /// DeepSeek-V3): fine for a few look-ups; callers looking up many names should build
@@ -129,12 +148,14 @@ struct ModelDescription {
   std::uint64_t total_params() const;
 };
 
-/// Builds the tensor list and fused parameters for `config` (dtypes as in ModelTensor::spec).
-/// Runs in time linear in the number of tensors (DeepSeek-V3: ~92k tensors in tens of ms).
-/// Errors: kUnsupported naming the model_type when no family handles it, or naming the
+/// Builds the tensor list and fused parameters for `config` (dtypes as in ModelTensor::spec)
+/// from the rules of its model_type: a user's rules file registered with
+/// AddUserModelRules (shardwire/model_rules.h) first, then the built-in rules files.
+/// Runs in time linear in the number of tensors (DeepSeek-V3: ~92k tensors).
+/// Errors: kUnsupported naming the model_type when no rules handle it, or naming the
 /// quant_method when it is neither "" nor block-wise "fp8"; kInvalidArgument when sizes
 /// are not positive or a field the family needs is missing (e.g. moe_intermediate_size,
-/// kv_lora_rank).
+/// kv_lora_rank; the message names the key and the rules file and line that needs it).
 Result<ModelDescription> DescribeModel(const ModelConfig& config);
 
 /// The same model with `num_layers` decoder layers (e.g. Llama-3.1-8B's shapes with 4

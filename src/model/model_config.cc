@@ -119,6 +119,25 @@ class ConfigReader {
     return Status::Ok();
   }
 
+  // Scalar keys not read into a ModelConfig field, as JSON text.
+  void Extra(ModelConfig* c) const {
+    static constexpr std::string_view kRead[] = {
+        "architectures", "model_type", "hidden_size", "n_embd", "num_hidden_layers", "n_layer",
+        "num_attention_heads", "n_head", "vocab_size", "num_key_value_heads", "head_dim",
+        "intermediate_size", "n_inner", "tie_word_embeddings", "attention_bias", "mlp_bias",
+        "torch_dtype", "dtype", "num_experts", "num_local_experts", "n_routed_experts",
+        "num_experts_per_tok", "moe_intermediate_size", "n_shared_experts", "first_k_dense_replace",
+        "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+        "moe_layer_freq", "decoder_sparse_step", "mlp_only_layers", "num_nextn_predict_layers",
+        "quantization_config"};
+    for (auto it = root_.begin(); it != root_.end(); ++it) {
+      if (it->is_structured()) continue;
+      bool read = false;
+      for (auto k : kRead) read = read || k == it.key();
+      if (!read) c->extra[it.key()] = it->dump();
+    }
+  }
+
   Result<std::string> Architecture() const {
     std::string_view key;
     const json* v = Find({"architectures"}, &key);
@@ -214,6 +233,7 @@ Status Parse(const ConfigReader& r, ModelConfig* c) {
   SW_ASSIGN_OR_RETURN(c->decoder_sparse_step, r.OptionalInt({"decoder_sparse_step"}));
   SW_ASSIGN_OR_RETURN(c->mlp_only_layers, r.IntList("mlp_only_layers"));
   SW_ASSIGN_OR_RETURN(c->num_nextn_predict_layers, r.OptionalInt({"num_nextn_predict_layers"}));
+  r.Extra(c);
   return r.Quantization(c);
 }
 

@@ -22,7 +22,9 @@ Result<std::string> TorchDTypeName(DType d) {
 // The expert-count key each family's config class uses.
 std::string_view ExpertsKey(std::string_view model_type) {
   if (model_type == "mixtral") return "num_local_experts";
-  if (model_type.rfind("deepseek", 0) == 0 || model_type.rfind("kimi", 0) == 0) return "n_routed_experts";
+  if (model_type.rfind("deepseek", 0) == 0 || model_type.rfind("kimi", 0) == 0 || model_type == "glm4_moe") {
+    return "n_routed_experts";
+  }
   return "num_experts";
 }
 
@@ -70,6 +72,13 @@ Status WriteModelConfig(const ModelConfig& c, const std::string& path) {
       q["weight_block_size"] = {(*c.fp8_block_size)[0], (*c.fp8_block_size)[1]};
     }
     j["quantization_config"] = q;
+  }
+
+  for (const auto& [key, text] : c.extra) {
+    if (j.contains(key)) continue;
+    nlohmann::ordered_json v = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (v.is_discarded()) return InvalidArgument(fmt::format("config key {}: \"{}\" is not JSON", key, text));
+    j[key] = std::move(v);
   }
 
   const std::string text = j.dump(2) + "\n";

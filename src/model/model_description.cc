@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "model/families.h"
+#include "shardwire/model_rules.h"
 
 namespace shardwire {
 
@@ -60,30 +60,19 @@ Result<ModelDescription> DescribeModel(const ModelConfig& config) {
                                          config.model_type, key, value));
     }
   }
-  if (!config.quant_method.empty() &&
-      (config.quant_method != "fp8" || !config.fp8_block_size.has_value())) {
-    return Unsupported(fmt::format(
-        "model config {}: quantization_config quant_method \"{}\"{} is not supported; "
-        "supported: FP8 with weight_block_size (DeepSeek-V3 style)",
-        config.model_type, config.quant_method,
-        config.quant_method == "fp8" ? " without weight_block_size (per-tensor scales)" : ""));
-  }
-  for (const auto& family : internal::Families()) {
-    if (family.model_type == config.model_type) {
-      internal::ModelBuilder builder(config.dtype(), config.fp8_block_size);
-      SW_RETURN_IF_ERROR(family.describe(config, &builder));
-      return ModelDescription{config, builder.TakeTensors(), builder.TakeFused()};
-    }
-  }
+  SW_ASSIGN_OR_RETURN(std::optional<ModelRules> rules, FindModelRules(config.model_type));
+  if (rules.has_value()) return rules->Describe(config);
   std::string known;
-  for (const auto& family : internal::Families()) {
+  for (const auto& type : BuiltinModelTypes()) {
     known += known.empty() ? "" : ", ";
-    known += family.model_type;
+    known += type;
   }
   return Unsupported(fmt::format("model_type \"{}\" (architecture \"{}\") is not supported; "
-                                 "supported: {}",
+                                 "supported: {}; or describe it in a rules file (docs/model_rules.md, "
+                                 "--model-rules FILE, `shardwire describe --write-rules`)",
                                  config.model_type, config.architecture, known));
 }
+
 
 Result<ModelDescription> WithLayers(const ModelDescription& description, int num_layers) {
   if (num_layers < 1) {
