@@ -1,5 +1,6 @@
 #include "cli/plan_command.h"
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <map>
@@ -97,6 +98,20 @@ void PrintFabric(const FabricSpec& spec, const FabricPrediction& p) {
     const LinkLoad& l = p.links[i];
     fmt::print("  {:<22} {:>10.3f} GB {:>8.3f} s  sets {:>4} of {} rounds  source ranks {}  destination ranks {}\n",
                l.Name(), static_cast<double>(l.bytes) / 1e9, l.seconds, l.rounds_bound, p.rounds.size(),
+               RankList(l.source_ranks), RankList(l.destination_ranks));
+  }
+  // The links that set the most round times (where the rounds lose against the bound).
+  std::vector<const LinkLoad*> setters;
+  for (const LinkLoad& l : p.links) {
+    if (l.rounds_bound > 0) setters.push_back(&l);
+  }
+  std::stable_sort(setters.begin(), setters.end(),
+                   [](const LinkLoad* a, const LinkLoad* b) { return a->rounds_bound > b->rounds_bound; });
+  if (!setters.empty()) fmt::print("rounds      links that set the most round times:\n");
+  for (std::size_t i = 0; i < setters.size() && i < static_cast<std::size_t>(kBottleneckLinks); ++i) {
+    const LinkLoad& l = *setters[i];
+    fmt::print("  {:<22} sets {:>4} of {} rounds; {:.3f} GB, {:.3f} s in all  source ranks {}  destination ranks {}\n",
+               l.Name(), l.rounds_bound, p.rounds.size(), static_cast<double>(l.bytes) / 1e9, l.seconds,
                RankList(l.source_ranks), RankList(l.destination_ranks));
   }
 }

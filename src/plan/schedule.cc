@@ -89,26 +89,55 @@ void ScheduleRounds(std::vector<Bucket>& buckets, const std::vector<std::vector<
     return std::make_tuple(-static_cast<double>(pairs[a].bytes), pairs[a].src, pairs[a].group) <
            std::make_tuple(-static_cast<double>(pairs[b].bytes), pairs[b].src, pairs[b].group);
   });
-  // Per round: sends in use per source, receives in use per destination.
-  std::vector<std::vector<int>> sends, receives;
+  // Per round: sends in use per source, receives in use per destination, and the bytes
+  // each source's egress and each destination's ingress carry (a broadcast puts its bytes
+  // on the source's egress once per member: the publisher writes every member directly).
+  struct Round {
+    std::vector<int> sends, receives;
+    std::vector<std::uint64_t> egress, ingress;
+    std::uint64_t max_load = 0;  // the busiest egress or ingress of the round, bytes
+  };
+  std::vector<Round> rounds;
   for (std::size_t i : order) {
     Pair& p = pairs[i];
     const auto& members = groups[p.group];
     const int need = std::min<int>(static_cast<int>(members.size()), k);
-    std::uint32_t round = 0;
-    while (true) {
-      if (round == sends.size()) {
-        sends.emplace_back(static_cast<std::size_t>(src_world), 0);
-        receives.emplace_back(static_cast<std::size_t>(dst_world), 0);
+    const std::uint64_t out_bytes = p.bytes * members.size();
+    // Among the rounds where the pair fits the K limits, take the one whose busiest link
+    // grows least (ties: the earliest; stop at the first that does not grow). A new round
+    // would grow by the pair's whole load, never less than an existing round, so rounds
+    // are only opened when the K limits leave no other choice.
+    std::size_t best = rounds.size();
+    std::uint64_t best_growth = 0;
+    for (std::size_t r = 0; r < rounds.size() && !(best < rounds.size() && best_growth == 0); ++r) {
+      const Round& round = rounds[r];
+      bool fits = round.sends[p.src] + need <= k;
+      for (std::size_t m = 0; fits && m < members.size(); ++m) fits = round.receives[members[m]] + 1 <= k;
+      if (!fits) continue;
+      std::uint64_t peak = round.egress[p.src] + out_bytes;
+      for (std::uint32_t d : members) peak = std::max(peak, round.ingress[d] + p.bytes);
+      const std::uint64_t growth = peak > round.max_load ? peak - round.max_load : 0;
+      if (best == rounds.size() || growth < best_growth) {
+        best_growth = growth;
+        best = r;
       }
-      bool fits = sends[round][p.src] + need <= k;
-      for (std::size_t m = 0; fits && m < members.size(); ++m) fits = receives[round][members[m]] + 1 <= k;
-      if (fits) break;
-      ++round;
     }
-    sends[round][p.src] += need;
-    for (std::uint32_t d : members) receives[round][d] += 1;
-    p.round = round;
+    if (best == rounds.size()) {
+      rounds.push_back(Round{std::vector<int>(static_cast<std::size_t>(src_world), 0),
+                             std::vector<int>(static_cast<std::size_t>(dst_world), 0),
+                             std::vector<std::uint64_t>(static_cast<std::size_t>(src_world), 0),
+                             std::vector<std::uint64_t>(static_cast<std::size_t>(dst_world), 0), 0});
+    }
+    Round& round = rounds[best];
+    round.sends[p.src] += need;
+    round.egress[p.src] += out_bytes;
+    round.max_load = std::max(round.max_load, round.egress[p.src]);
+    for (std::uint32_t d : members) {
+      round.receives[d] += 1;
+      round.ingress[d] += p.bytes;
+      round.max_load = std::max(round.max_load, round.ingress[d]);
+    }
+    p.round = static_cast<std::uint32_t>(best);
   }
   for (Bucket& b : buckets) {
     if (b.transport != TransportKind::kLocal) b.round = pairs[index.at({b.src_rank, b.dst_group})].round;
