@@ -62,7 +62,7 @@ std::string PlanSvg(const TrafficMatrix& m, const FabricPrediction* prediction, 
   const int links = prediction ? std::min<int>(max_links, static_cast<int>(prediction->links.size())) : 0;
   const int bars_top = top + heat_h + 70;
   const int bar_row = 18, bar_label_w = 300, bar_max_w = 420;
-  const int width = std::max(legend_x + 190, left + bar_label_w + bar_max_w + 160);
+  const int width = std::max(legend_x + 190, left + bar_label_w + bar_max_w + 260);
   const int height = prediction ? bars_top + 70 + links * bar_row + 20 : top + heat_h + 60;
   std::uint64_t max_cell = 0;
   for (std::uint64_t b : m.bytes) max_cell = std::max(max_cell, b);
