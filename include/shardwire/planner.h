@@ -13,10 +13,11 @@
 //     Reduction in transfer_plan.h); the destination only ever receives the sum.
 //  4. Coalesce runs adjacent in both buffers (also across tensors), cap move sizes at
 //     the bucket size, form buckets per (source, destination group, transport), and
-//     schedule them in rounds (first fit, deterministic order) so that no destination
-//     receives from more than K sources and no source sends to more than K destinations
-//     at once; a broadcast counts min(|group|, K) sends for its source (a fan-out tree
-//     of degree K) and one receive per member.
+//     schedule them in rounds (deterministic; bytes balanced per round, see
+//     src/plan/schedule.h) so that no destination receives from more than K sources and
+//     no source sends to more than K destinations at once; a broadcast counts
+//     min(|group|, K) sends for its source (a fan-out tree of degree K) and one receive
+//     per member.
 //
 // Thread-safety: pure function.
 #pragma once

@@ -1,15 +1,21 @@
 #include "cli/plan_command.h"
 
+#include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <map>
+#include <optional>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "cli/plan_svg.h"
+#include "shardwire/fabric_model.h"
 #include "shardwire/model_config.h"
 #include "shardwire/model_layouts.h"
 #include "shardwire/plan_codec.h"
 #include "shardwire/planner.h"
+#include "shardwire/traffic_matrix.h"
 
 namespace shardwire::cli {
 namespace {
@@ -28,7 +34,87 @@ struct Args {
   int concurrency = 4;
   std::string replica_policy = "spread";
   std::string save;
+  std::string fabric;
+  std::string svg;
 };
+
+constexpr int kBottleneckLinks = 5;  // links listed as the bottleneck
+constexpr int kSvgMaxCells = 256;    // heat map cells per axis
+
+std::string RankList(const std::vector<int>& ranks) {
+  if (ranks.empty()) return "-";
+  std::string s;
+  for (std::size_t i = 0; i < ranks.size() && i < 8; ++i) s += (i ? "," : "") + std::to_string(ranks[i]);
+  return ranks.size() > 8 ? s + ",..." : s;
+}
+
+nlohmann::json FabricJson(const FabricSpec& spec, const FabricPrediction& p) {
+  nlohmann::json links = nlohmann::json::array();
+  for (std::size_t i = 0; i < p.links.size() && i < static_cast<std::size_t>(kBottleneckLinks); ++i) {
+    const LinkLoad& l = p.links[i];
+    links.push_back({{"link", l.Name()},
+                     {"kind", LinkKindName(l.kind)},
+                     {"node", l.node},
+                     {"gpu", l.gpu},
+                     {"bytes", l.bytes},
+                     {"seconds", l.seconds},
+                     {"rounds_bound", l.rounds_bound},
+                     {"source_ranks", l.source_ranks},
+                     {"destination_ranks", l.destination_ranks}});
+  }
+  return {{"name", spec.name},
+          {"nodes", p.placement.nodes},
+          {"gpus_per_node", spec.gpus_per_node},
+          {"nic_bytes_per_second", spec.nic_bytes_per_second},
+          {"nvlink_bytes_per_second", spec.nvlink_bytes_per_second},
+          {"link_latency_seconds", spec.link_latency_seconds},
+          {"predicted_seconds", p.predicted_seconds},
+          {"rounds", p.rounds.size()},
+          {"link_bound_seconds", p.link_bound_seconds},
+          {"ingress_bound_seconds", p.ingress_bound_seconds},
+          {"ingress_bound_rank", p.ingress_bound_rank},
+          {"ingress_bound_bytes", p.ingress_bound_bytes},
+          {"prediction_over_ingress_bound",
+           p.ingress_bound_seconds > 0 ? p.predicted_seconds / p.ingress_bound_seconds : 0.0},
+          {"nic_bytes", p.nic_bytes},
+          {"nvlink_bytes", p.nvlink_bytes},
+          {"local_bytes", p.local_bytes},
+          {"bottleneck_links", links}};
+}
+
+void PrintFabric(const FabricSpec& spec, const FabricPrediction& p) {
+  fmt::print("fabric      {}{}{} nodes x {} GPUs; NIC {:.1f} GB/s per GPU, NVLink {:.1f} GB/s, latency {} s\n",
+             spec.name, spec.name.empty() ? "" : ": ", p.placement.nodes, spec.gpus_per_node,
+             spec.nic_bytes_per_second / 1e9, spec.nvlink_bytes_per_second / 1e9, spec.link_latency_seconds);
+  fmt::print("traffic     NIC {:.3f} GB, NVLink {:.3f} GB, LOCAL {:.3f} GB\n", static_cast<double>(p.nic_bytes) / 1e9,
+             static_cast<double>(p.nvlink_bytes) / 1e9, static_cast<double>(p.local_bytes) / 1e9);
+  const double ratio = p.ingress_bound_seconds > 0 ? p.predicted_seconds / p.ingress_bound_seconds : 0;
+  fmt::print("prediction  {:.3f} s in {} rounds (round-synchronous); link bound {:.3f} s\n", p.predicted_seconds,
+             p.rounds.size(), p.link_bound_seconds);
+  fmt::print("ingress     bound {:.3f} s (destination rank {}: {:.3f} GB in); prediction / ingress bound = {:.3f}\n",
+             p.ingress_bound_seconds, p.ingress_bound_rank, static_cast<double>(p.ingress_bound_bytes) / 1e9, ratio);
+  fmt::print("bottleneck  busiest links (bytes / bandwidth; rounds whose time the link set):\n");
+  for (std::size_t i = 0; i < p.links.size() && i < static_cast<std::size_t>(kBottleneckLinks); ++i) {
+    const LinkLoad& l = p.links[i];
+    fmt::print("  {:<22} {:>10.3f} GB {:>8.3f} s  sets {:>4} of {} rounds  source ranks {}  destination ranks {}\n",
+               l.Name(), static_cast<double>(l.bytes) / 1e9, l.seconds, l.rounds_bound, p.rounds.size(),
+               RankList(l.source_ranks), RankList(l.destination_ranks));
+  }
+  // The links that set the most round times (where the rounds lose against the bound).
+  std::vector<const LinkLoad*> setters;
+  for (const LinkLoad& l : p.links) {
+    if (l.rounds_bound > 0) setters.push_back(&l);
+  }
+  std::stable_sort(setters.begin(), setters.end(),
+                   [](const LinkLoad* a, const LinkLoad* b) { return a->rounds_bound > b->rounds_bound; });
+  if (!setters.empty()) fmt::print("rounds      links that set the most round times:\n");
+  for (std::size_t i = 0; i < setters.size() && i < static_cast<std::size_t>(kBottleneckLinks); ++i) {
+    const LinkLoad& l = *setters[i];
+    fmt::print("  {:<22} sets {:>4} of {} rounds; {:.3f} GB, {:.3f} s in all  source ranks {}  destination ranks {}\n",
+               l.Name(), l.rounds_bound, p.rounds.size(), static_cast<double>(l.bytes) / 1e9, l.seconds,
+               RankList(l.source_ranks), RankList(l.destination_ranks));
+  }
+}
 
 nlohmann::json Traffic(const std::vector<std::uint64_t>& per_rank) {
   const TrafficStats s = Summarize(per_rank);
@@ -36,6 +122,13 @@ nlohmann::json Traffic(const std::vector<std::uint64_t>& per_rank) {
 }
 
 Status Run(const Args& a) {
+  // The fabric file is read and checked before anything else is computed.
+  std::optional<FabricSpec> fabric;
+  if (!a.fabric.empty()) {
+    Result<FabricSpec> spec = LoadFabricSpec(a.fabric);
+    if (!spec.ok()) return spec.status().WithContext("--fabric");
+    fabric = std::move(spec).value();
+  }
   SW_ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(a.config));
   SW_ASSIGN_OR_RETURN(ModelDescription model, DescribeModel(config));
   if (a.layers > 0) {
@@ -45,6 +138,10 @@ Status Run(const Args& a) {
   if (!src.ok()) return src.status().WithContext("--from");
   Result<Layout> dst = MakeLayoutFromString(model, a.to);
   if (!dst.ok()) return dst.status().WithContext("--to");
+  if (fabric) {
+    const Result<FabricPlacement> placed = PlaceRanks(*fabric, src->world_size(), dst->world_size());
+    if (!placed.ok()) return placed.status().WithContext("--fabric " + a.fabric);
+  }
   PlanOptions options;
   options.bucket_bytes = a.bucket_mib << 20;
   options.max_concurrency = a.concurrency;
@@ -75,6 +172,23 @@ Status Run(const Args& a) {
     }
     std::fclose(f);
   }
+  std::optional<FabricPrediction> prediction;
+  if (fabric) {
+    Result<FabricPrediction> p = PredictTransfer(plan, *fabric);
+    if (!p.ok()) return p.status().WithContext("--fabric " + a.fabric);
+    prediction = std::move(p).value();
+  }
+  if (!a.svg.empty()) {
+    const TrafficMatrix matrix = ComputeTrafficMatrix(plan, kSvgMaxCells, kSvgMaxCells);
+    const std::string title =
+        fmt::format("{}: {} -> {}", config.architecture.empty() ? config.model_type : config.architecture,
+                    src->description(), dst->description());
+    const std::string svg = PlanSvg(matrix, prediction ? &*prediction : nullptr, title);
+    std::ofstream out(a.svg, std::ios::binary | std::ios::trunc);
+    out << svg;
+    out.close();
+    if (!out) return IoError("cannot write --svg " + a.svg);
+  }
   const auto sent = plan.BytesSentPerSource();
   const auto received = plan.BytesReceivedPerDestination();
   if (a.json) {
@@ -95,6 +209,7 @@ Status Run(const Args& a) {
                      {"received_per_destination", Traffic(received)},
                      {"max_source_part_bytes", max_src_part},
                      {"max_destination_part_bytes", max_dst_part}};
+    if (prediction) j["fabric"] = FabricJson(*fabric, *prediction);
     for (const auto& [kind, cb] : by_transport) {
       j["transports"][std::string(TransportKindName(kind))] = {{"buckets", cb.first}, {"bytes", cb.second}};
     }
@@ -122,6 +237,7 @@ Status Run(const Args& a) {
              gb(static_cast<double>(d.max)));
   fmt::print("serialised  largest part: source {:.1f} KiB, destination {:.1f} KiB\n",
              static_cast<double>(max_src_part) / 1024, static_cast<double>(max_dst_part) / 1024);
+  if (prediction) PrintFabric(*fabric, *prediction);
   return Status::Ok();
 }
 
@@ -146,6 +262,12 @@ void AddPlanCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str()
       ->check(CLI::IsMember({"spread", "first"}));
   cmd->add_option("--save", a->save, "write the serialised plan to this file");
+  cmd->add_option("--fabric", a->fabric,
+                  "JSON fabric file (GPUs per node, NIC and NVLink bytes/s, ...): predict the push's time, the "
+                  "ingress bound and the bottleneck links (docs/planner.md, Fabric model)");
+  cmd->add_option("--svg", a->svg,
+                  "write an SVG heat map of bytes per (source rank, destination rank), with the busiest links "
+                  "when --fabric is given");
   cmd->callback([a, exit_code] {
     const Status status = Run(*a);
     if (!status.ok()) {

@@ -67,14 +67,166 @@ std::vector<Bucket> MakeBuckets(const std::vector<Move>& moves, const std::vecto
   return buckets;
 }
 
+namespace {
+
+// One (source, destination group) pair of network buckets: they share a round.
+struct Pair {
+  std::uint32_t src, group;
+  std::uint64_t bytes;
+};
+
+// The rounds of one schedule and its cost: the sum over rounds of the round's busiest
+// link in bytes (a source's egress counting a broadcast once per member, or a
+// destination's ingress), i.e. the sum of round times on a fabric of equal links.
+struct Schedule {
+  std::vector<std::uint32_t> round;  // per pair
+  std::uint32_t rounds = 0;
+  std::uint64_t cost = 0;
+};
+
+// Per-round K slots and byte loads.
+class RoundState {
+ public:
+  RoundState(int src_world, int dst_world)
+      : sends_(static_cast<std::size_t>(src_world), 0),
+        receives_(static_cast<std::size_t>(dst_world), 0),
+        egress_(static_cast<std::size_t>(src_world), 0),
+        ingress_(static_cast<std::size_t>(dst_world), 0) {}
+
+  bool Fits(const Pair& p, const std::vector<std::uint32_t>& members, int need, int k) const {
+    if (sends_[p.src] + need > k) return false;
+    for (std::uint32_t d : members) {
+      if (receives_[d] + 1 > k) return false;
+    }
+    return true;
+  }
+  // The busiest of the pair's links in this round once the pair is added, bytes.
+  std::uint64_t Peak(const Pair& p, const std::vector<std::uint32_t>& members) const {
+    std::uint64_t peak = egress_[p.src] + p.bytes * members.size();
+    for (std::uint32_t d : members) peak = std::max(peak, ingress_[d] + p.bytes);
+    return peak;
+  }
+  void Add(const Pair& p, const std::vector<std::uint32_t>& members, int need) {
+    sends_[p.src] += need;
+    egress_[p.src] += p.bytes * members.size();
+    max_load_ = std::max(max_load_, egress_[p.src]);
+    for (std::uint32_t d : members) {
+      receives_[d] += 1;
+      ingress_[d] += p.bytes;
+      max_load_ = std::max(max_load_, ingress_[d]);
+    }
+  }
+  std::uint64_t max_load() const { return max_load_; }
+
+ private:
+  std::vector<int> sends_, receives_;
+  std::vector<std::uint64_t> egress_, ingress_;
+  std::uint64_t max_load_ = 0;
+};
+
+int Need(const std::vector<std::uint32_t>& members, int k) {
+  return std::min<int>(static_cast<int>(members.size()), k);
+}
+
+// Pairs by decreasing bytes, each into the round (among those where it fits K) whose
+// busiest link grows least (ties: the earliest; a new round only when none fits).
+Schedule LeastGrowth(const std::vector<Pair>& pairs, const std::vector<std::vector<std::uint32_t>>& groups,
+                     int src_world, int dst_world, int k) {
+  std::vector<std::size_t> order(pairs.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return std::make_tuple(-static_cast<double>(pairs[a].bytes), pairs[a].src, pairs[a].group) <
+           std::make_tuple(-static_cast<double>(pairs[b].bytes), pairs[b].src, pairs[b].group);
+  });
+  Schedule out;
+  out.round.assign(pairs.size(), 0);
+  std::vector<RoundState> rounds;
+  for (std::size_t i : order) {
+    const Pair& p = pairs[i];
+    const auto& members = groups[p.group];
+    const int need = Need(members, k);
+    // A new round would grow by the pair's whole load, never less than an existing round.
+    std::size_t best = rounds.size();
+    std::uint64_t best_growth = 0;
+    for (std::size_t r = 0; r < rounds.size() && !(best < rounds.size() && best_growth == 0); ++r) {
+      if (!rounds[r].Fits(p, members, need, k)) continue;
+      const std::uint64_t peak = rounds[r].Peak(p, members);
+      const std::uint64_t growth = peak > rounds[r].max_load() ? peak - rounds[r].max_load() : 0;
+      if (best == rounds.size() || growth < best_growth) {
+        best_growth = growth;
+        best = r;
+      }
+    }
+    if (best == rounds.size()) rounds.emplace_back(src_world, dst_world);
+    rounds[best].Add(p, members, need);
+    out.round[i] = static_cast<std::uint32_t>(best);
+  }
+  out.rounds = static_cast<std::uint32_t>(rounds.size());
+  for (const RoundState& r : rounds) out.cost += r.max_load();
+  return out;
+}
+
+// Round by round, the most urgent pairs first: a pair's urgency is the unscheduled bytes
+// of its busiest link (its source's egress or a member's ingress), so the links that
+// bound the whole transfer are busy in every round. The round's first pair sets its
+// length; later pairs join when they fit K and do not make the round longer. Gives up
+// (cost max) past `max_rounds` rounds.
+Schedule CriticalFirst(const std::vector<Pair>& pairs, const std::vector<std::vector<std::uint32_t>>& groups,
+                       int src_world, int dst_world, int k, std::uint32_t max_rounds) {
+  Schedule out;
+  out.round.assign(pairs.size(), 0);
+  std::vector<std::uint64_t> left_out(static_cast<std::size_t>(src_world), 0),
+      left_in(static_cast<std::size_t>(dst_world), 0);
+  for (const Pair& p : pairs) {
+    left_out[p.src] += p.bytes * groups[p.group].size();
+    for (std::uint32_t d : groups[p.group]) left_in[d] += p.bytes;
+  }
+  std::vector<std::size_t> todo(pairs.size());
+  for (std::size_t i = 0; i < todo.size(); ++i) todo[i] = i;
+  std::vector<std::uint64_t> urgency(pairs.size(), 0);
+  while (!todo.empty()) {
+    if (out.rounds == max_rounds) {
+      out.cost = ~std::uint64_t{0};
+      return out;
+    }
+    for (std::size_t i : todo) {
+      std::uint64_t u = left_out[pairs[i].src];
+      for (std::uint32_t d : groups[pairs[i].group]) u = std::max(u, left_in[d]);
+      urgency[i] = u;
+    }
+    std::sort(todo.begin(), todo.end(), [&](std::size_t a, std::size_t b) {
+      return std::make_tuple(-static_cast<double>(urgency[a]), -static_cast<double>(pairs[a].bytes), pairs[a].src,
+                             pairs[a].group) < std::make_tuple(-static_cast<double>(urgency[b]),
+                                                               -static_cast<double>(pairs[b].bytes), pairs[b].src,
+                                                               pairs[b].group);
+    });
+    RoundState round(src_world, dst_world);
+    std::vector<std::size_t> rest;
+    for (std::size_t i : todo) {
+      const Pair& p = pairs[i];
+      const auto& members = groups[p.group];
+      const int need = Need(members, k);
+      const bool first = round.max_load() == 0;
+      if (round.Fits(p, members, need, k) && (first || round.Peak(p, members) <= round.max_load())) {
+        round.Add(p, members, need);
+        out.round[i] = out.rounds;
+        left_out[p.src] -= p.bytes * members.size();
+        for (std::uint32_t d : members) left_in[d] -= p.bytes;
+      } else {
+        rest.push_back(i);
+      }
+    }
+    out.cost += round.max_load();
+    ++out.rounds;
+    todo = std::move(rest);
+  }
+  return out;
+}
+
+}  // namespace
+
 void ScheduleRounds(std::vector<Bucket>& buckets, const std::vector<std::vector<std::uint32_t>>& groups, int src_world,
                     int dst_world, int k) {
-  // One entry per (source, group) pair of network buckets.
-  struct Pair {
-    std::uint32_t src, group;
-    std::uint64_t bytes;
-    std::uint32_t round = 0;
-  };
   std::map<std::pair<std::uint32_t, std::uint32_t>, std::size_t> index;
   std::vector<Pair> pairs;
   for (const Bucket& b : buckets) {
@@ -83,35 +235,12 @@ void ScheduleRounds(std::vector<Bucket>& buckets, const std::vector<std::vector<
     if (inserted) pairs.push_back({b.src_rank, b.dst_group, 0});
     pairs[it->second].bytes += b.bytes;
   }
-  std::vector<std::size_t> order(pairs.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-    return std::make_tuple(-static_cast<double>(pairs[a].bytes), pairs[a].src, pairs[a].group) <
-           std::make_tuple(-static_cast<double>(pairs[b].bytes), pairs[b].src, pairs[b].group);
-  });
-  // Per round: sends in use per source, receives in use per destination.
-  std::vector<std::vector<int>> sends, receives;
-  for (std::size_t i : order) {
-    Pair& p = pairs[i];
-    const auto& members = groups[p.group];
-    const int need = std::min<int>(static_cast<int>(members.size()), k);
-    std::uint32_t round = 0;
-    while (true) {
-      if (round == sends.size()) {
-        sends.emplace_back(static_cast<std::size_t>(src_world), 0);
-        receives.emplace_back(static_cast<std::size_t>(dst_world), 0);
-      }
-      bool fits = sends[round][p.src] + need <= k;
-      for (std::size_t m = 0; fits && m < members.size(); ++m) fits = receives[round][members[m]] + 1 <= k;
-      if (fits) break;
-      ++round;
-    }
-    sends[round][p.src] += need;
-    for (std::uint32_t d : members) receives[round][d] += 1;
-    p.round = round;
-  }
+  Schedule best = LeastGrowth(pairs, groups, src_world, dst_world, k);
+  // Bounded effort: the critical-first schedule may use at most 4x the rounds.
+  Schedule critical = CriticalFirst(pairs, groups, src_world, dst_world, k, 4 * best.rounds + 4);
+  if (critical.cost < best.cost) best = std::move(critical);
   for (Bucket& b : buckets) {
-    if (b.transport != TransportKind::kLocal) b.round = pairs[index.at({b.src_rank, b.dst_group})].round;
+    if (b.transport != TransportKind::kLocal) b.round = best.round[index.at({b.src_rank, b.dst_group})];
   }
 }
 

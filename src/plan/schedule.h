@@ -19,8 +19,16 @@ std::vector<Bucket> MakeBuckets(const std::vector<Move>& moves, const std::vecto
 /// Assigns Bucket::round so that in every round no source sends to more than `k`
 /// destinations and no destination receives from more than `k` sources. All buckets of
 /// one (source, group) pair share a round and run one after another; LOCAL buckets take
-/// round 0 and no network slot. First fit over (source, group) pairs in order of
-/// decreasing bytes (ties: source, group): deterministic.
+/// round 0 and no network slot. Two deterministic schedules are built and the cheaper
+/// kept, cost = sum over rounds of the round's busiest link in bytes (a source's egress,
+/// counting a broadcast once per member, or a destination's ingress) — the sum of round
+/// times on a fabric of equal links (fabric_model.h):
+///  * least growth: pairs by decreasing bytes (ties: source, group), each into the round,
+///    among those where it fits the K limits, whose busiest link grows least (ties: the
+///    earliest); a new round only when none fits;
+///  * critical first: round by round, pairs by decreasing urgency (the unscheduled bytes
+///    of the pair's busiest link), the first sets the round's length, later ones join
+///    when they fit K and do not lengthen it (at most 4x the rounds of the first).
 void ScheduleRounds(std::vector<Bucket>& buckets, const std::vector<std::vector<std::uint32_t>>& groups, int src_world,
                     int dst_world, int k);
 

@@ -1,5 +1,6 @@
-// `shardwire plan` end to end: a real large config, JSON output, and errors that point at
-// the offending part of a layout string.
+// `shardwire plan` end to end: a real large config, JSON output, errors that point at
+// the offending part of a layout string, and the fabric model and SVG picture
+// (--fabric, --svg) checked against the plan computed in this process.
 #include <sys/wait.h>
 
 #include <gtest/gtest.h>
@@ -9,7 +10,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
 #include <string>
+
+#include "shardwire/model_config.h"
+#include "shardwire/model_layouts.h"
+#include "shardwire/planner.h"
+#include "shardwire/traffic_matrix.h"
 
 namespace {
 
@@ -59,6 +68,125 @@ TEST(PlanCommand, HumanSummaryAndLayoutErrors) {
   std::tie(code, out) = RunPlan("--config " + config + " --from fsdp=8 --to tp=3");
   EXPECT_EQ(code, 1);
   EXPECT_NE(out.find("TP size 3 does not divide the 32 attention heads"), std::string::npos) << out;
+}
+
+// A tiny Llama-shaped config (the numbers of ../shared/models/tiny-llama3-bf16, written
+// here so the test runs on a fresh clone), a fabric file, and a work directory.
+struct Files {
+  std::filesystem::path dir, config, fabric;
+};
+
+Files WriteFiles(const std::string& name, const std::string& fabric_json) {
+  Files f;
+  f.dir = std::filesystem::path(SHARDWIRE_TEST_WORK_DIR) / name;
+  std::filesystem::create_directories(f.dir);
+  f.config = f.dir / "config.json";
+  f.fabric = f.dir / "fabric.json";
+  std::ofstream(f.config) << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
+    "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+    "intermediate_size": 128, "torch_dtype": "bfloat16", "tie_word_embeddings": false})";
+  std::ofstream(f.fabric) << fabric_json;
+  return f;
+}
+
+constexpr const char* kFabric = R"({"name": "test", "gpus_per_node": 2, "nic_bytes_per_second": 1e6,
+  "nvlink_bytes_per_second": 1e7})";
+
+TEST(PlanCommand, FabricPredictionAndSvgMatchThePlan) {
+  const Files f = WriteFiles("plan_fabric_svg", kFabric);
+  const std::filesystem::path svg = f.dir / "plan.svg";
+  std::filesystem::remove(svg);
+  const std::string layouts = " --from fsdp=4 --to tp=2,dp=2";
+  auto [code, out] = RunPlan("--config " + f.config.string() + layouts + " --fabric " + f.fabric.string() + " --svg " +
+                             svg.string() + " --json");
+  ASSERT_EQ(code, 0) << out;
+  const auto j = nlohmann::json::parse(out);
+
+  // The same plan, computed here.
+  const shardwire::ModelConfig config = shardwire::LoadModelConfig(f.config.string()).value();
+  const shardwire::ModelDescription model = shardwire::DescribeModel(config).value();
+  const shardwire::TransferPlan plan =
+      shardwire::PlanTransfer(shardwire::MakeLayoutFromString(model, "fsdp=4").value(),
+                              shardwire::MakeLayoutFromString(model, "tp=2,dp=2").value())
+          .value();
+  // Default placement, 2 GPUs per node: sources on nodes 0-1, destinations on nodes 2-3
+  // (engine replica e on node 2 + e): every byte crosses a NIC, none NVLink.
+  const auto& fabric = j["fabric"];
+  EXPECT_EQ(fabric["nodes"], 4);
+  EXPECT_EQ(fabric["nic_bytes"].get<std::uint64_t>(), plan.total_bytes());
+  EXPECT_EQ(fabric["nvlink_bytes"], 0);
+  // The ingress bound is the busiest destination's bytes / 1e6 B/s (all over its NIC).
+  std::uint64_t busiest = 0;
+  for (std::uint64_t b : plan.BytesReceivedPerDestination()) busiest = std::max(busiest, b);
+  EXPECT_EQ(fabric["ingress_bound_bytes"].get<std::uint64_t>(), busiest);
+  EXPECT_DOUBLE_EQ(fabric["ingress_bound_seconds"].get<double>(), static_cast<double>(busiest) / 1e6);
+  EXPECT_GE(fabric["predicted_seconds"].get<double>(), fabric["link_bound_seconds"].get<double>());
+  EXPECT_GE(fabric["link_bound_seconds"].get<double>(), fabric["ingress_bound_seconds"].get<double>());
+  EXPECT_EQ(fabric["rounds"].get<std::uint32_t>(), plan.rounds());
+  ASSERT_FALSE(fabric["bottleneck_links"].empty());
+
+  // The SVG is well-formed XML (xml.etree) and its cells are the plan's byte matrix.
+  ASSERT_TRUE(std::filesystem::exists(svg)) << out;
+  const std::string cmd = "/usr/bin/python3 " SHARDWIRE_SOURCE_DIR "/tests/cli/svg_cells.py " + svg.string() + " 2>&1";
+  std::string parsed;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf{};
+  while (pipe && fgets(buf.data(), buf.size(), pipe) != nullptr) parsed += buf.data();
+  ASSERT_EQ(pipe ? pclose(pipe) : -1, 0) << parsed;
+  const shardwire::TrafficMatrix m = shardwire::ComputeTrafficMatrix(plan);
+  std::map<std::pair<int, int>, std::uint64_t> cells;
+  std::vector<std::uint64_t> link_bytes;
+  std::istringstream lines(parsed);
+  for (std::string kind; lines >> kind;) {
+    if (kind == "cell") {
+      int r = 0, c = 0;
+      std::uint64_t b = 0;
+      lines >> r >> c >> b;
+      cells[{r, c}] = b;
+    } else {
+      ASSERT_EQ(kind, "link") << parsed;
+      std::uint64_t b = 0;
+      lines >> b;
+      link_bytes.push_back(b);
+    }
+  }
+  int nonzero = 0;
+  for (int r = 0; r < m.rows; ++r) {
+    for (int c = 0; c < m.cols; ++c) {
+      const auto it = cells.find({r, c});
+      EXPECT_EQ(it == cells.end() ? 0 : it->second, m.at(r, c)) << r << "," << c;
+      nonzero += m.at(r, c) > 0;
+    }
+  }
+  EXPECT_EQ(static_cast<int>(cells.size()), nonzero);  // no cell outside the matrix
+  ASSERT_FALSE(link_bytes.empty());
+  EXPECT_EQ(link_bytes.front(), fabric["bottleneck_links"][0]["bytes"].get<std::uint64_t>());
+
+  // Human output names the prediction, the bound, their ratio and the bottleneck.
+  std::tie(code, out) = RunPlan("--config " + f.config.string() + layouts + " --fabric " + f.fabric.string());
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("prediction / ingress bound = "), std::string::npos) << out;
+  EXPECT_NE(out.find("bottleneck  busiest links"), std::string::npos) << out;
+}
+
+TEST(PlanCommand, BadFabricFileIsRejectedBeforePlanning) {
+  const Files f = WriteFiles("plan_fabric_bad", R"({"gpus_per_node": 2, "nic_bytes_per_second": -1,
+    "nvlink_bytes_per_second": 1e7})");
+  auto [code, out] =
+      RunPlan("--config " + f.config.string() + " --from fsdp=4 --to tp=2 --fabric " + f.fabric.string());
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("\"nic_bytes_per_second\" is -1, must be > 0"), std::string::npos) << out;
+  // A cluster smaller than the layouts: 4 + 2 ranks on 2-GPU nodes need 3 nodes.
+  const Files small = WriteFiles("plan_fabric_small", R"({"gpus_per_node": 2, "nic_bytes_per_second": 1,
+    "nvlink_bytes_per_second": 1, "nodes": 2})");
+  std::tie(code, out) =
+      RunPlan("--config " + small.config.string() + " --from fsdp=4 --to tp=2 --fabric " + small.fabric.string());
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("\"nodes\" is 2 but the layouts need 3 nodes"), std::string::npos) << out;
+  std::tie(code, out) =
+      RunPlan("--config " + small.config.string() + " --from fsdp=4 --to tp=2 --fabric " + f.dir.string() + "/none");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("cannot be opened"), std::string::npos) << out;
 }
 
 }  // namespace
