@@ -55,12 +55,10 @@
 #include <spdlog/spdlog.h>
 
 #include "shardwire/metadata_blob.h"
+#include "transport/prefault.h"
 #include "transport/strided_rows.h"
 #include "transport/ucx_raii.h"
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23  // Linux 5.14
-#endif
 
 namespace shardwire {
 
@@ -235,16 +233,6 @@ std::vector<std::string> EndpointTransports(ucp_ep_h ep) {
 bool OnlyTcp(const std::vector<std::string>& transports) {
   if (transports.empty()) return false;
   return std::all_of(transports.begin(), transports.end(), [](const std::string& t) { return t.rfind("tcp/", 0) == 0; });
-}
-
-// Touches the page tables of [p, p + n) for writing without changing a byte.
-void PrefaultForWrite(void* p, std::size_t n) {
-  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto begin = reinterpret_cast<std::uintptr_t>(p) & ~(page - 1);
-  const auto end = reinterpret_cast<std::uintptr_t>(p) + n;
-  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) != 0) {
-    spdlog::debug("shardwire agent: madvise(MADV_POPULATE_WRITE) failed: {}", std::strerror(errno));
-  }
 }
 
 }  // namespace
@@ -1773,7 +1761,12 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
         }
       }
       // The mapping lives as long as the rkey, which only this thread destroys.
-      for (auto [ptr, len] : todo) PrefaultForWrite(ptr, len);
+      for (auto [ptr, len] : todo) {
+        const transport::PrefaultResult r = transport::PrefaultForWrite(ptr, len);
+        if (!r.madvise_ok)
+          spdlog::debug("shardwire agent {}: madvise(MADV_POPULATE_WRITE) failed ({}); touched {} pages instead",
+                        im.options.name, std::strerror(r.madvise_errno), r.touched_pages);
+      }
     }
   }
 
