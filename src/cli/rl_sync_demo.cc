@@ -70,7 +70,7 @@ struct StepFigures {
                                        std::max(transfer_windows[i].first, compute_windows[j].first));
     return overlap;
   }
-  double transfer_s = 0;     // slowest trainer: first post to last remote completion
+  double transfer_s = 0;     // first post of any trainer to the last remote completion
   double engine_wait_s = 0;  // slowest engine: READY to commit
   int verified = 0;
 };
@@ -167,6 +167,17 @@ Status Run(const RlSyncOptions& o) {
                           AwaitReport(*rendezvous, children, StatsKey(job, step, "engine", r), o.timeout_s));
       f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
       f.verified += e.value("verified", false) ? 1 : 0;
+    }
+    // The step's time is the union of the trainers' transfer windows (first post of any
+    // trainer to the last completion), not the longest single window: trainers that push
+    // one after the other would otherwise be credited with each other's bytes.
+    if (!f.transfer_windows.empty()) {
+      double first = f.transfer_windows.front().first, last = f.transfer_windows.front().second;
+      for (const auto& [b, e] : f.transfer_windows) {
+        first = std::min(first, b);
+        last = std::max(last, e);
+      }
+      f.transfer_s = std::max(f.transfer_s, last - first);
     }
     const double gbps = f.transfer_s > 0 ? static_cast<double>(f.bytes) / f.transfer_s / 1e9 : 0;
     fmt::print(

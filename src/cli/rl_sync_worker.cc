@@ -118,6 +118,13 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
       publisher->weights()[publisher->weights().size() / 2] ^= std::byte{0x01};
     }
     if (fault.step == step && fault.kind == "die") raise(SIGKILL);
+    // Barrier: every trainer has computed this step before any pushes it.
+    SW_RETURN_IF_ERROR(PutString(rendezvous, ComputedKey(a.job, step, a.rank), "1"));
+    for (int r = 0; r < trainer_layout.world_size(); ++r) {
+      if (r == a.rank) continue;
+      auto got = rendezvous.Get(ComputedKey(a.job, step, r), a.timeout_s);
+      if (!got.ok()) return got.status().WithContext(fmt::format("trainer {} waiting for trainer {}", a.rank, r));
+    }
     const std::uint64_t faults_before = MinorFaults();
     SW_ASSIGN_OR_RETURN(const PushStats stats, publisher->Push(static_cast<std::uint64_t>(step)));
     nlohmann::json report{{"bytes", stats.bytes},
