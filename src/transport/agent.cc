@@ -295,6 +295,7 @@ struct TransferCore {
   std::vector<std::vector<PreparedOp>> lane_ops;  // immutable after prepare
   std::vector<RegionId> pinned;                   // one entry per pin taken
   std::optional<std::vector<std::byte>> prepared_wire;  // encoded once
+  bool all_lanes = false;  // post a job on every lane even without ops (WireUp: a flush per lane)
   // Guarded by Impl::mu.
   State state = State::kIdle;
   Status error;
@@ -1795,7 +1796,7 @@ Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bo
     return InvalidArgument(fmt::format("Post: notification payload of {} bytes exceeds 2^31", payload.size()));
   std::vector<std::uint32_t> lanes_used;
   for (std::uint32_t l = 0; l < t->lane_ops.size(); ++l)
-    if (!t->lane_ops[l].empty()) lanes_used.push_back(l);
+    if (!t->lane_ops[l].empty() || t->all_lanes) lanes_used.push_back(l);
   if (lanes_used.empty()) lanes_used.push_back(0);  // flush (and notify) only
   {
     std::lock_guard<std::mutex> g(im.mu);
@@ -1957,6 +1958,22 @@ Status Agent::Release(TransferHandle handle) {
   im.transfers.erase(handle.id);
   if (busy) im.released_busy.push_back(std::move(t));  // jobs may still point at it
   return Status::Ok();
+}
+
+Status Agent::WireUp(const std::string& peer_name, double timeout_s) {
+  Impl& im = *impl_;
+  SW_RETURN_IF_ERROR(CheckTimeout(timeout_s, "WireUp"));
+  auto pit = im.peers.find(peer_name);
+  if (pit == im.peers.end()) return NotFound(fmt::format("WireUp: peer {} is not imported", peer_name));
+  // An empty transfer posted on every lane: each lane's job goes straight to
+  // ucp_ep_flush_nbx, which completes only once that endpoint is wired up.
+  SW_ASSIGN_OR_RETURN(const TransferHandle h, PrepareTransfer(TransferOp::kWrite, peer_name, {}, std::nullopt));
+  im.transfers.at(h.id)->all_lanes = true;
+  Status st = Post(h);
+  if (st.ok()) st = Wait(h, timeout_s);
+  if (st.code() == ErrorCode::kTimedOut) (void)Cancel(h, 1.0);
+  (void)Release(h);
+  return st.WithContext("WireUp with peer " + peer_name);
 }
 
 Status Agent::SendMessage(const std::string& peer_name, std::span<const std::byte> payload) {

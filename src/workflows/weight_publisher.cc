@@ -87,6 +87,9 @@ Status WeightPublisher::Connect() {
     }
     SW_ASSIGN_OR_RETURN(TransferHandle handle,
                         agent.PrepareTransfer(TransferOp::kWrite, peer.name, std::move(descriptors), std::nullopt));
+    // Connect every lane now: UCX wires endpoints up lazily, and the handshake
+    // (which needs the engine's lanes to answer) would otherwise land in step 1.
+    SW_RETURN_IF_ERROR(agent.WireUp(peer.name, s.options.timeout_s));
     s.destination_names[dst] = peer.name;
     s.transfers.push_back(handle);
   }
