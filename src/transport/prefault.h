@@ -13,15 +13,15 @@ namespace shardwire::transport {
 
 /// How PrefaultForWrite populates the page tables.
 enum class PrefaultMethod {
-  kAuto,      ///< madvise(MADV_POPULATE_WRITE); kTouch where the kernel refuses it
-  kMadvise,   ///< madvise(MADV_POPULATE_WRITE) only (Linux 5.14+)
-  kTouch,     ///< an atomic fetch_add of 0 on one byte per page (write fault, value unchanged)
+  kAuto,     ///< madvise(MADV_POPULATE_WRITE); kTouch where the kernel refuses it
+  kMadvise,  ///< madvise(MADV_POPULATE_WRITE) only (Linux 5.14+)
+  kTouch,    ///< an atomic fetch_add of 0 on one byte per page (write fault, value unchanged)
 };
 
 /// What PrefaultForWrite did.
 struct PrefaultResult {
-  bool madvise_ok = false;   ///< MADV_POPULATE_WRITE populated the range
-  int madvise_errno = 0;     ///< its errno when it failed (EINVAL: kernel < 5.14 or unsupported mapping)
+  bool madvise_ok = false;          ///< MADV_POPULATE_WRITE populated the range
+  int madvise_errno = 0;            ///< its errno when it failed (EINVAL: kernel < 5.14 or unsupported mapping)
   std::uint64_t touched_pages = 0;  ///< pages touched by the fallback
 };
 

@@ -98,9 +98,12 @@ INSTANTIATE_TEST_SUITE_P(Methods, PrefaultMethods,
                          ::testing::Values(PrefaultMethod::kAuto, PrefaultMethod::kMadvise, PrefaultMethod::kTouch),
                          [](const auto& param_info) {
                            switch (param_info.param) {
-                             case PrefaultMethod::kAuto: return std::string("auto");
-                             case PrefaultMethod::kMadvise: return std::string("madvise");
-                             case PrefaultMethod::kTouch: return std::string("touch");
+                             case PrefaultMethod::kAuto:
+                               return std::string("auto");
+                             case PrefaultMethod::kMadvise:
+                               return std::string("madvise");
+                             case PrefaultMethod::kTouch:
+                               return std::string("touch");
                            }
                            return std::string("unknown");
                          });

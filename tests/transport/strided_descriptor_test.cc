@@ -34,8 +34,8 @@ constexpr std::size_t kRegion = 1 << 20;
 // ---- pure helpers -----------------------------------------------------------
 
 // Byte positions (local -> remote) a descriptor moves, by walking its rows.
-std::map<std::uint64_t, std::uint64_t> RowBytes(std::uint64_t lo, std::uint64_t ls, std::uint64_t ro,
-                                                std::uint64_t rs, std::uint64_t count, std::uint64_t length) {
+std::map<std::uint64_t, std::uint64_t> RowBytes(std::uint64_t lo, std::uint64_t ls, std::uint64_t ro, std::uint64_t rs,
+                                                std::uint64_t count, std::uint64_t length) {
   std::map<std::uint64_t, std::uint64_t> out;
   for (std::uint64_t r = 0; r < count; ++r)
     for (std::uint64_t k = 0; k < length; ++k) out[ro + r * rs + k] = lo + r * ls + k;
@@ -43,11 +43,11 @@ std::map<std::uint64_t, std::uint64_t> RowBytes(std::uint64_t lo, std::uint64_t 
 }
 
 TEST(StridedRows, CheckRowsAcceptsValidAndNamesEachError) {
-  EXPECT_TRUE(CheckRows(0, 0, 1, 100, 100, "x").ok());       // count 1: stride ignored
-  EXPECT_TRUE(CheckRows(0, 100, 10, 100, 1000, "x").ok());   // exactly fills the region
-  EXPECT_TRUE(CheckRows(5, 0, 0, 100, 10, "x").ok());        // count 0 moves nothing
-  EXPECT_TRUE(CheckRows(5, 0, 7, 0, 10, "x").ok());          // length 0 moves nothing
-  EXPECT_TRUE(CheckRows(900, 0, 1, 100, 1000, "x").ok());    // last byte of the region
+  EXPECT_TRUE(CheckRows(0, 0, 1, 100, 100, "x").ok());      // count 1: stride ignored
+  EXPECT_TRUE(CheckRows(0, 100, 10, 100, 1000, "x").ok());  // exactly fills the region
+  EXPECT_TRUE(CheckRows(5, 0, 0, 100, 10, "x").ok());       // count 0 moves nothing
+  EXPECT_TRUE(CheckRows(5, 0, 7, 0, 10, "x").ok());         // length 0 moves nothing
+  EXPECT_TRUE(CheckRows(900, 0, 1, 100, 1000, "x").ok());   // last byte of the region
   auto bad = [](Status s, const std::string& needle) {
     EXPECT_EQ(s.code(), ErrorCode::kInvalidArgument) << s.ToString();
     EXPECT_NE(s.message().find(needle), std::string::npos) << s.ToString();
@@ -57,7 +57,7 @@ TEST(StridedRows, CheckRowsAcceptsValidAndNamesEachError) {
   bad(CheckRows(0, 100, 11, 100, 1000, "side C"), "exceed the region of 1000 bytes");  // one row too many
   bad(CheckRows(901, 0, 1, 100, 1000, "side D"), "exceed the region");
   bad(CheckRows(UINT64_MAX, 0, 1, 2, 1000, "e"), "exceed the region");
-  bad(CheckRows(0, UINT64_MAX, 2, 1, 1000, "f"), "exceed the region");      // (count-1)*stride would wrap
+  bad(CheckRows(0, UINT64_MAX, 2, 1, 1000, "f"), "exceed the region");  // (count-1)*stride would wrap
   bad(CheckRows(0, 1ull << 40, 1ull << 30, 1, 1000, "g"), "exceed the region");
   bad(CheckRows(0, 1ull << 33, 1ull << 33, 1ull << 33, UINT64_MAX, "h"), "overflow 64 bits");
 }
@@ -65,9 +65,9 @@ TEST(StridedRows, CheckRowsAcceptsValidAndNamesEachError) {
 TEST(StridedRows, CutIntoBlocksGroupsRowsPerSliceAndCoversEveryByteOnce) {
   std::vector<RowBlock> b;
   // 25 rows of 100 bytes, slice 1000: 10 + 10 + 5 rows, strides kept.
-  CutIntoBlocks({.local_offset = 7, .remote_offset = 9, .length = 100, .count = 25, .local_stride = 300,
-                 .remote_stride = 128},
-                1000, false, b);
+  CutIntoBlocks(
+      {.local_offset = 7, .remote_offset = 9, .length = 100, .count = 25, .local_stride = 300, .remote_stride = 128},
+      1000, false, b);
   ASSERT_EQ(b.size(), 3u);
   EXPECT_EQ(b[0], (RowBlock{7, 9, 100, 10, 300, 128}));
   EXPECT_EQ(b[1], (RowBlock{7 + 3000, 9 + 1280, 100, 10, 300, 128}));
@@ -99,8 +99,12 @@ TEST(StridedRows, CutIntoBlocksGroupsRowsPerSliceAndCoversEveryByteOnce) {
   std::mt19937_64 rng(42);
   for (int trial = 0; trial < 200; ++trial) {
     const std::uint64_t length = 1 + rng() % 64, count = rng() % 20;
-    TransferDescriptor d{.local_offset = rng() % 50, .remote_offset = rng() % 50, .length = length, .count = count,
-                         .local_stride = length + rng() % 3 * (rng() % 40), .remote_stride = length + rng() % 30};
+    TransferDescriptor d{.local_offset = rng() % 50,
+                         .remote_offset = rng() % 50,
+                         .length = length,
+                         .count = count,
+                         .local_stride = length + rng() % 3 * (rng() % 40),
+                         .remote_stride = length + rng() % 30};
     const bool one_row = rng() % 4 == 0;
     const std::uint64_t slice = 1 + rng() % 200;
     b.clear();
@@ -142,8 +146,8 @@ struct Params {
 };
 
 std::string ParamName(const Params& p) {
-  return std::string(p.op == TransferOp::kWrite ? "write_" : "read_") + (p.mem == Mem::kArena ? "arena" : "registered") +
-         (p.path == WritePath::kActiveMessage ? "_am" : "_put");
+  return std::string(p.op == TransferOp::kWrite ? "write_" : "read_") +
+         (p.mem == Mem::kArena ? "arena" : "registered") + (p.path == WritePath::kActiveMessage ? "_am" : "_put");
 }
 
 struct Side {
@@ -282,10 +286,10 @@ TEST(StridedErrors, BadGeometryIsTypedNamesTheDescriptorAndPreparesNothing) {
     f(d);
     return d;
   };
-  expect_bad(with([](auto& d) { d.remote_stride = 99; }), "remote region");         // rows would overlap
-  expect_bad(with([](auto& d) { d.local_stride = 50; }), "local region");            // shorter than the row
-  expect_bad(with([](auto& d) { d.remote_stride = 0; }), "stride 0 is shorter");     // zero stride
-  expect_bad(with([](auto& d) { d.count = 1ull << 40; }), "exceed the region");      // bounds
+  expect_bad(with([](auto& d) { d.remote_stride = 99; }), "remote region");              // rows would overlap
+  expect_bad(with([](auto& d) { d.local_stride = 50; }), "local region");                // shorter than the row
+  expect_bad(with([](auto& d) { d.remote_stride = 0; }), "stride 0 is shorter");         // zero stride
+  expect_bad(with([](auto& d) { d.count = 1ull << 40; }), "exceed the region");          // bounds
   expect_bad(with([](auto& d) { d.remote_stride = UINT64_MAX; }), "exceed the region");  // would wrap
   expect_bad(with([](auto& d) { d.remote_offset = kRegion - 9 * 100 - 99; }), "exceed the region");  // 1 byte over
   expect_bad(with([](auto& d) {
@@ -390,7 +394,9 @@ TEST_P(StridedMultiProcess, RowParallelShardIsByteExactInTheTargetProcess) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Memory, StridedMultiProcess, ::testing::Values(Mem::kArena, Mem::kRegistered),
-                         [](const auto& param_info) { return std::string(param_info.param == Mem::kArena ? "arena" : "registered"); });
+                         [](const auto& param_info) {
+                           return std::string(param_info.param == Mem::kArena ? "arena" : "registered");
+                         });
 
 }  // namespace
 }  // namespace shardwire
