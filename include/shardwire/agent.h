@@ -378,6 +378,18 @@ class Agent {
   /// live peer is in flight (Wait for it, Cancel it, or InvalidatePeer).
   Status Release(TransferHandle handle);
 
+  /// Establishes the connection to an imported peer on every lane now, instead of
+  /// on first use: UCX creates endpoints lazily (ucp_ep_create returns at once and
+  /// the wire-up handshake, which needs the peer's lanes to answer, runs inside the
+  /// first operation). This runs one ucp_ep_flush_nbx per lane through the same
+  /// path a transfer uses and waits for all of them, so the first Post of a
+  /// prepared transfer pays no wire-up. Idempotent; cheap once connected.
+  /// Blocks at most timeout_s seconds (Wait semantics; the peer's lanes must
+  /// progress, which they do on their own).
+  /// Errors: kNotFound for an unknown peer; kPeerDisconnected for a failed peer;
+  /// kTimedOut; kInvalidArgument for a NaN timeout; kTransportError.
+  Status WireUp(const std::string& peer, double timeout_s);
+
   /// Sends a standalone notification (ucp_am_send_nbx). Returns once it is
   /// queued; the payload is copied and kept until UCX completes the send. No
   /// ordering against this agent's RMA: to signal "data landed", attach the

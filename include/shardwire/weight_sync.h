@@ -40,7 +40,8 @@ struct WeightSyncOptions {
 struct PushStats {
   std::uint64_t version = 0;
   std::uint64_t bytes = 0;        ///< bytes this rank wrote
-  std::uint64_t descriptors = 0;  ///< contiguous moves posted
+  std::uint64_t descriptors = 0;  ///< descriptors posted (a strided move of many rows counts once)
+  std::uint64_t rows = 0;         ///< contiguous row moves inside them (what one descriptor per row would post)
   double ready_wait_s = 0;        ///< waiting for destinations to be ready
   double transfer_s = 0;          ///< first post to last remote completion
 };

@@ -9,6 +9,8 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -53,7 +55,22 @@ std::string FormatBytes(double bytes) {
 struct StepFigures {
   std::uint64_t bytes = 0;
   std::uint64_t descriptors = 0;
-  double transfer_s = 0;     // slowest trainer: first post to last remote completion
+  std::uint64_t rows = 0;    // contiguous rows inside those descriptors
+  std::uint64_t faults = 0;  // page faults of the trainer processes during the push
+  std::vector<std::pair<double, double>> transfer_windows, compute_windows;  // per trainer, CLOCK_MONOTONIC s
+
+  // Seconds during which some trainer was transferring while another computed its update
+  // (on a 2-core host that computation takes a core from the transfer).
+  double ComputeOverlap() const {
+    double overlap = 0;
+    for (std::size_t i = 0; i < transfer_windows.size(); ++i)
+      for (std::size_t j = 0; j < compute_windows.size(); ++j)
+        if (i != j)
+          overlap += std::max(0.0, std::min(transfer_windows[i].second, compute_windows[j].second) -
+                                       std::max(transfer_windows[i].first, compute_windows[j].first));
+    return overlap;
+  }
+  double transfer_s = 0;     // first post of any trainer to the last remote completion
   double engine_wait_s = 0;  // slowest engine: READY to commit
   int verified = 0;
 };
@@ -149,6 +166,12 @@ Status Run(const RlSyncOptions& o) {
                           AwaitReport(*rendezvous, children, StatsKey(job, step, "trainer", r), o.timeout_s));
       f.bytes += t.value("bytes", std::uint64_t{0});
       f.descriptors += t.value("descriptors", std::uint64_t{0});
+      f.faults += t.value("minor_faults", std::uint64_t{0});
+      f.rows += t.value("rows", std::uint64_t{0});
+      // This trainer's transfer window [push_end - transfer_s, push_end] and its compute window.
+      const double end = t.value("push_end", 0.0);
+      f.transfer_windows.emplace_back(end - t.value("transfer_s", 0.0), end);
+      f.compute_windows.emplace_back(t.value("compute_begin", 0.0), t.value("compute_end", 0.0));
       f.transfer_s = std::max(f.transfer_s, t.value("transfer_s", 0.0));
     }
     for (int r = 0; r < engine_ranks; ++r) {
@@ -157,11 +180,23 @@ Status Run(const RlSyncOptions& o) {
       f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
       f.verified += e.value("verified", false) ? 1 : 0;
     }
+    // The step's time is the union of the trainers' transfer windows (first post of any
+    // trainer to the last completion), not the longest single window: trainers that push
+    // one after the other would otherwise be credited with each other's bytes.
+    if (!f.transfer_windows.empty()) {
+      double first = f.transfer_windows.front().first, last = f.transfer_windows.front().second;
+      for (const auto& [b, e] : f.transfer_windows) {
+        first = std::min(first, b);
+        last = std::max(last, e);
+      }
+      f.transfer_s = std::max(f.transfer_s, last - first);
+    }
     const double gbps = f.transfer_s > 0 ? static_cast<double>(f.bytes) / f.transfer_s / 1e9 : 0;
     fmt::print(
-        "step {}/{}  moved {:>10} in {:.4f} s = {:6.2f} GB/s  ({} descriptors)  "
-        "verified {}/{} engine ranks byte for byte\n",
-        step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.verified,
+        "step {}/{}  moved {:>10} in {:.4f} s = {:6.2f} GB/s  ({} descriptors for {} rows, {} page faults, "
+        "{:.4f} s beside another trainer's compute)  verified {}/{} engine ranks byte for byte\n",
+        step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.rows, f.faults,
+        f.ComputeOverlap(), f.verified,
         engine_ranks);
     std::fflush(stdout);
     total_s += f.transfer_s;
@@ -174,6 +209,10 @@ Status Run(const RlSyncOptions& o) {
                                 {"bytes", f.bytes},
                                 {"transfer_s", f.transfer_s},
                                 {"gb_per_s", gbps},
+                                {"descriptors", f.descriptors},
+                                {"rows", f.rows},
+                                {"page_faults", f.faults},
+                                {"compute_overlap_s", f.ComputeOverlap()},
                                 {"engine_wait_s", f.engine_wait_s},
                                 {"verified", f.verified}});
   }

@@ -12,6 +12,14 @@ inline std::string StatsKey(const std::string& job, int step, const std::string&
   return fmt::format("{}/stats/{}/{}/{}", job, step, role, rank);
 }
 
+/// Key a trainer puts once it has computed `step`; every trainer waits for all of them
+/// before pushing (a real trainer's step ends with a collective optimizer step, so its
+/// ranks push together; without this barrier one trainer's push overlaps another's
+/// computation on a small host and each push window measures the contention).
+inline std::string ComputedKey(const std::string& job, int step, int rank) {
+  return fmt::format("{}/computed/{}/{}", job, step, rank);
+}
+
 /// "engine rank 2": rank 2 of the engine layout (rank = (replica * pp + stage) * tp + tp_rank).
 inline std::string EngineRankLabel(int rank) { return fmt::format("engine rank {}", rank); }
 

@@ -1,5 +1,8 @@
 // The processes `shardwire demo rl-sync` starts: one trainer rank or one engine rank.
+#include <sys/resource.h>
+
 #include <algorithm>
+#include <ctime>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -85,6 +88,20 @@ Fault ReadFault(int rank) {
   return Fault{spec.substr(0, colon), std::atoi(spec.c_str() + colon + 1)};
 }
 
+// Page faults of this process so far (all threads: the agent's lanes copy).
+std::uint64_t MinorFaults() {
+  rusage u{};
+  if (::getrusage(RUSAGE_SELF, &u) != 0) return 0;
+  return static_cast<std::uint64_t>(u.ru_minflt) + static_cast<std::uint64_t>(u.ru_majflt);
+}
+
+// CLOCK_MONOTONIC seconds: comparable between the demo's processes on one host.
+double MonotonicSeconds() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
 Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& checkpoint,
                   const Layout& trainer_layout, const Layout& engine_layout) {
   const Fault fault = ReadFault(a.rank);
@@ -92,17 +109,32 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                                                               WeightSyncOptions{a.job, a.timeout_s}));
   SW_RETURN_IF_ERROR(publisher->Connect());
   for (int step = 1; step <= a.steps; ++step) {
+    const double compute_begin = MonotonicSeconds();
     SW_RETURN_IF_ERROR(
         WriteStep(checkpoint, trainer_layout, a.rank, static_cast<std::uint64_t>(step), publisher->weights()));
+    const double compute_end = MonotonicSeconds();
     if (fault.step == step && fault.kind == "corrupt" && !publisher->weights().empty()) {
       publisher->weights()[publisher->weights().size() / 2] ^= std::byte{0x01};
     }
     if (fault.step == step && fault.kind == "die") raise(SIGKILL);
+    // Barrier: every trainer has computed this step before any pushes it.
+    SW_RETURN_IF_ERROR(PutString(rendezvous, ComputedKey(a.job, step, a.rank), "1"));
+    for (int r = 0; r < trainer_layout.world_size(); ++r) {
+      if (r == a.rank) continue;
+      auto got = rendezvous.Get(ComputedKey(a.job, step, r), a.timeout_s);
+      if (!got.ok()) return got.status().WithContext(fmt::format("trainer {} waiting for trainer {}", a.rank, r));
+    }
+    const std::uint64_t faults_before = MinorFaults();
     SW_ASSIGN_OR_RETURN(const PushStats stats, publisher->Push(static_cast<std::uint64_t>(step)));
     nlohmann::json report{{"bytes", stats.bytes},
                           {"descriptors", stats.descriptors},
+                          {"rows", stats.rows},
+                          {"minor_faults", MinorFaults() - faults_before},
                           {"transfer_s", stats.transfer_s},
-                          {"ready_wait_s", stats.ready_wait_s}};
+                          {"ready_wait_s", stats.ready_wait_s},
+                          {"compute_begin", compute_begin},
+                          {"compute_end", compute_end},
+                          {"push_end", MonotonicSeconds()}};
     SW_RETURN_IF_ERROR(PutString(rendezvous, StatsKey(a.job, step, "trainer", a.rank), report.dump()));
   }
   return Status::Ok();

@@ -55,14 +55,14 @@
 #include <spdlog/spdlog.h>
 
 #include "shardwire/metadata_blob.h"
+#include "transport/prefault.h"
+#include "transport/strided_rows.h"
 #include "transport/ucx_raii.h"
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23  // Linux 5.14
-#endif
 
 namespace shardwire {
 
+using transport::CopyRows;
 using transport::Endpoint;
 using transport::FileDescriptor;
 using transport::MemHandle;
@@ -235,16 +235,6 @@ bool OnlyTcp(const std::vector<std::string>& transports) {
   return std::all_of(transports.begin(), transports.end(), [](const std::string& t) { return t.rfind("tcp/", 0) == 0; });
 }
 
-// Touches the page tables of [p, p + n) for writing without changing a byte.
-void PrefaultForWrite(void* p, std::size_t n) {
-  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto begin = reinterpret_cast<std::uintptr_t>(p) & ~(page - 1);
-  const auto end = reinterpret_cast<std::uintptr_t>(p) + n;
-  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) != 0) {
-    spdlog::debug("shardwire agent: madvise(MADV_POPULATE_WRITE) failed: {}", std::strerror(errno));
-  }
-}
-
 }  // namespace
 
 // ---- shared types -------------------------------------------------------------
@@ -258,13 +248,20 @@ struct AmWriteHeader {
 };
 static_assert(sizeof(AmWriteHeader) == 16);
 
+// One unit of work of a lane: `count` rows of `length` bytes (a block of a
+// strided descriptor, or one slice when count is 1), one flow-control credit.
 struct PreparedOp {
   std::byte* local = nullptr;
-  std::uint64_t length = 0;
+  std::uint64_t length = 0;  // bytes per row
   std::uint64_t remote_addr = 0;
+  std::uint64_t count = 1;          // rows
+  std::uint64_t local_stride = 0;   // bytes between rows (count > 1)
+  std::uint64_t remote_stride = 0;  // bytes between rows (count > 1)
   ucp_mem_h memh = nullptr;
   std::uint32_t rkey_index = 0;  // index into PeerState::regions / LaneEp::rkeys
   AmWriteHeader am;              // header of an active-message write (stable storage)
+
+  std::uint64_t bytes() const { return count * length; }
 };
 
 struct RemoteRegion {
@@ -278,6 +275,10 @@ struct LaneEp {
   Endpoint ep;
   std::vector<Rkey> rkeys;         // by region index; destroyed before ep closes
   std::vector<bool> prefaulted;    // by region index
+  // By region index: this process's address of the region's byte 0 minus the
+  // region's remote base (ucp_rkey_ptr), or nullopt when UCX cannot map it
+  // (not shared memory). Mapped regions are copied into directly (2-D memcpy).
+  std::vector<std::optional<std::intptr_t>> mapped_delta;
   std::uint32_t ops_in_flight = 0;
   std::uint64_t bytes_in_flight = 0;
 };
@@ -294,6 +295,7 @@ struct TransferCore {
   std::vector<std::vector<PreparedOp>> lane_ops;  // immutable after prepare
   std::vector<RegionId> pinned;                   // one entry per pin taken
   std::optional<std::vector<std::byte>> prepared_wire;  // encoded once
+  bool all_lanes = false;  // post a job on every lane even without ops (WireUp: a flush per lane)
   // Guarded by Impl::mu.
   State state = State::kIdle;
   Status error;
@@ -316,6 +318,7 @@ struct Agent::Impl {
   struct OpCookie {
     Job* job = nullptr;
     std::uint64_t bytes = 0;
+    std::uint64_t requests = 0;  // UCX requests of this op (one per row) not yet completed
   };
 
   struct PeerState {
@@ -467,17 +470,21 @@ struct Agent::Impl {
   }
 
   // ---- UCX callbacks (run inside ucp_worker_progress, Lane::mu held) -----
-  static void OnOpDone(void* request, ucs_status_t status, void* user_data) {
-    auto* c = static_cast<OpCookie*>(user_data);
-    Job* j = c->job;
+  // One op's accounting ends when its last request (row) completed.
+  static void ReleaseOp(Job* j, OpCookie* c) {
     --j->ops_in_flight;
     j->bytes_in_flight -= c->bytes;
-    --j->outstanding;
     if (j->lep != nullptr) {
       --j->lep->ops_in_flight;
       j->lep->bytes_in_flight -= c->bytes;
     }
     j->free_cookies.push_back(static_cast<std::uint32_t>(c - j->cookies.data()));
+  }
+  static void OnOpDone(void* request, ucs_status_t status, void* user_data) {
+    auto* c = static_cast<OpCookie*>(user_data);
+    Job* j = c->job;
+    --j->outstanding;
+    if (--c->requests == 0) ReleaseOp(j, c);
     if (status != UCS_OK) {
       const char* what = j->t->op == TransferOp::kRead ? "ucp_get_nbx" : (j->t->am_write ? "ucp_am_send_nbx(write)" : "ucp_put_nbx");
       j->Fail(UcsError(what, status));
@@ -727,6 +734,7 @@ struct Agent::Impl {
       if (ucp_worker_progress(lane.worker.get()) == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
     DetachJobsOf(lane, &peer, why);
+    lep.mapped_delta.clear();
     lep.rkeys.clear();
     lep.ops_in_flight = 0;
     lep.bytes_in_flight = 0;
@@ -808,48 +816,75 @@ struct Agent::Impl {
     const auto& ops = *j.ops;
     const TransferCore& t = *j.t;
     std::size_t issued = 0;
+    bool copied = false;
     ucp_request_param_t p{};
     while (j.next < ops.size() && issued < kIssueBatch && !j.failed) {
       const PreparedOp& o = ops[j.next];
+      const std::uint64_t bytes = o.bytes();
+      if (!t.am_write && o.rkey_index < lep.mapped_delta.size() && lep.mapped_delta[o.rkey_index]) {
+        // The peer's region is mapped here (shared memory): the one-sided
+        // move is a 2-D memcpy by this lane, no UCX request, no credit.
+        std::byte* remote = reinterpret_cast<std::byte*>(static_cast<std::intptr_t>(o.remote_addr) +
+                                                         *lep.mapped_delta[o.rkey_index]);
+        if (t.op == TransferOp::kRead) {
+          CopyRows(o.local, o.local_stride, remote, o.remote_stride, o.count, o.length);
+        } else {
+          CopyRows(remote, o.remote_stride, o.local, o.local_stride, o.count, o.length);
+        }
+        copied = true;
+        ++j.next;
+        ++issued;
+        continue;
+      }
       if (lep.ops_in_flight >= lane.ops_limit) break;
-      if (lep.bytes_in_flight > 0 && lep.bytes_in_flight + o.length > lane.bytes_limit) break;
+      if (lep.bytes_in_flight > 0 && lep.bytes_in_flight + bytes > lane.bytes_limit) break;
       if (j.free_cookies.empty()) break;
       const std::uint32_t ci = j.free_cookies.back();
       j.free_cookies.pop_back();
       OpCookie& c = j.cookies[ci];
       c.job = &j;
-      c.bytes = o.length;
+      c.bytes = bytes;
+      c.requests = 0;
       p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
       p.cb.send = &Impl::OnOpDone;
       p.user_data = &c;
-      ucs_status_ptr_t req;
-      if (t.op == TransferOp::kRead) {
+      if (!t.am_write) {
         p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
         p.memh = o.memh;
-        req = ucp_get_nbx(lep.ep.get(), o.local, o.length, o.remote_addr, lep.rkeys[o.rkey_index].get(), &p);
-      } else if (t.am_write) {
-        req = ucp_am_send_nbx(lep.ep.get(), kWriteAmId, &o.am, sizeof(o.am), o.local, o.length, &p);
-      } else {
-        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-        p.memh = o.memh;
-        req = ucp_put_nbx(lep.ep.get(), o.local, o.length, o.remote_addr, lep.rkeys[o.rkey_index].get(), &p);
+      }
+      // One request per row (active-message writes always have one row per op).
+      for (std::uint64_t r = 0; r < o.count && !j.failed; ++r) {
+        std::byte* local = o.local + r * o.local_stride;
+        const std::uint64_t remote = o.remote_addr + r * o.remote_stride;
+        ucs_status_ptr_t req;
+        if (t.op == TransferOp::kRead) {
+          req = ucp_get_nbx(lep.ep.get(), local, o.length, remote, lep.rkeys[o.rkey_index].get(), &p);
+        } else if (t.am_write) {
+          req = ucp_am_send_nbx(lep.ep.get(), kWriteAmId, &o.am, sizeof(o.am), local, o.length, &p);
+        } else {
+          req = ucp_put_nbx(lep.ep.get(), local, o.length, remote, lep.rkeys[o.rkey_index].get(), &p);
+        }
+        if (UCS_PTR_IS_ERR(req)) {
+          j.Fail(UcsError(t.op == TransferOp::kRead ? "ucp_get_nbx" : (t.am_write ? "ucp_am_send_nbx" : "ucp_put_nbx"),
+                          UCS_PTR_STATUS(req)));
+        } else if (req != nullptr) {
+          ++c.requests;
+          ++j.outstanding;
+        }
       }
       ++j.next;
       ++issued;
-      if (req == nullptr) {
+      if (c.requests == 0) {
         j.free_cookies.push_back(ci);
-      } else if (UCS_PTR_IS_ERR(req)) {
-        j.free_cookies.push_back(ci);
-        j.Fail(UcsError(t.op == TransferOp::kRead ? "ucp_get_nbx" : (t.am_write ? "ucp_am_send_nbx" : "ucp_put_nbx"),
-                        UCS_PTR_STATUS(req)));
       } else {
         ++j.ops_in_flight;
-        j.bytes_in_flight += o.length;
-        ++j.outstanding;
+        j.bytes_in_flight += bytes;
         ++lep.ops_in_flight;
-        lep.bytes_in_flight += o.length;
+        lep.bytes_in_flight += bytes;
       }
     }
+    // Direct copies must be visible before the flush/notification that follows.
+    if (copied) std::atomic_thread_fence(std::memory_order_release);
     return issued;
   }
 
@@ -1132,6 +1167,7 @@ struct Agent::Impl {
       for (auto& j : lane.jobs)
         if (j->peer == peer.get()) busy = true;
       if (!force && !busy && !peer->failed.load() && lep.ep) {
+        lep.mapped_delta.clear();
         lep.rkeys.clear();
         if (!lep.ep.Close(/*force=*/false, bound))
           spdlog::warn("shardwire agent {}: closing endpoint to {} did not finish within {} s", options.name,
@@ -1140,6 +1176,7 @@ struct Agent::Impl {
         CloseForced(lane, *peer, why);
       }
       DetachJobsOf(lane, peer.get(), why);
+      lep.mapped_delta.clear();
       lep.rkeys.clear();
       lane.peers.erase(std::remove(lane.peers.begin(), lane.peers.end(), peer), lane.peers.end());
     }
@@ -1172,7 +1209,10 @@ struct Agent::Impl {
         bool busy = false;
         for (auto& j : l->jobs)
           if (j->peer == p.get() && j->outstanding > 0) busy = true;
-        if (!busy) lep.rkeys.clear();
+        if (!busy) {
+          lep.mapped_delta.clear();
+          lep.rkeys.clear();
+        }
         lep.ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS);
       }
       // Bounded: requests stuck on a dead peer's NONE-mode endpoint never finish.
@@ -1187,7 +1227,10 @@ struct Agent::Impl {
       while (busy() && Clock::now() < deadline) {
         if (ucp_worker_progress(l->worker.get()) == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
       }
-      for (auto& p : l->peers) p->lanes[l->index].rkeys.clear();
+      for (auto& p : l->peers) {
+        p->lanes[l->index].mapped_delta.clear();
+        p->lanes[l->index].rkeys.clear();
+      }
     }
     for (auto& l : lanes) {
       l->peers.clear();
@@ -1533,6 +1576,12 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
         break;
       }
       lep.rkeys.emplace_back(raw_rkey);
+      void* mapped = nullptr;
+      if (ucp_rkey_ptr(raw_rkey, r.base, &mapped) == UCS_OK && mapped != nullptr) {
+        lep.mapped_delta.emplace_back(reinterpret_cast<std::intptr_t>(mapped) - static_cast<std::intptr_t>(r.base));
+      } else {
+        lep.mapped_delta.emplace_back(std::nullopt);
+      }
     }
     if (!failure.ok()) break;
     if (lane.index == 0) peer->transports = EndpointTransports(raw_ep);
@@ -1540,6 +1589,7 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
   if (!failure.ok()) {
     for (auto& lp : im.lanes) {
       std::lock_guard<std::mutex> g(lp->mu);
+      peer->lanes[lp->index].mapped_delta.clear();
       peer->lanes[lp->index].rkeys.clear();
       peer->lanes[lp->index].ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS);
     }
@@ -1623,6 +1673,7 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
   slices.reserve(descriptors.size());
   std::map<RegionId, std::uint32_t> pins;
   std::set<std::uint32_t> remote_used;
+  std::vector<transport::RowBlock> blocks;
   std::uint64_t total = 0;
   const std::uint64_t slice = im.options.slice_bytes;
   {
@@ -1634,34 +1685,40 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
         return InvalidArgument(fmt::format("PrepareTransfer: descriptor {}: local region {} is not registered", i,
                                            d.local_region));
       const Impl::LocalRegion& lr = lit->second;
-      if (d.local_offset > lr.length || d.length > lr.length - d.local_offset)
-        return InvalidArgument(fmt::format(
-            "PrepareTransfer: descriptor {}: local range [{}, {}+{}) exceeds region {} of {} bytes", i,
-            d.local_offset, d.local_offset, d.length, d.local_region, lr.length));
+      SW_RETURN_IF_ERROR(transport::CheckRows(d.local_offset, d.local_stride, d.count, d.length, lr.length,
+                                              fmt::format("descriptor {}: local region {}:", i, d.local_region))
+                             .WithContext("PrepareTransfer"));
       auto rit = peer->region_index.find(d.remote_region);
       if (rit == peer->region_index.end())
         return InvalidArgument(fmt::format("PrepareTransfer: descriptor {}: peer {} has no region {}", i, peer_name,
                                            d.remote_region));
       const RemoteRegion& rr = peer->regions[rit->second];
-      if (d.remote_offset > rr.length || d.length > rr.length - d.remote_offset)
-        return InvalidArgument(fmt::format(
-            "PrepareTransfer: descriptor {}: remote range [{}, {}+{}) exceeds region {} of peer {} ({} bytes)", i,
-            d.remote_offset, d.remote_offset, d.length, d.remote_region, peer_name, rr.length));
+      SW_RETURN_IF_ERROR(transport::CheckRows(d.remote_offset, d.remote_stride, d.count, d.length, rr.length,
+                                              fmt::format("descriptor {}: remote region {} of peer {}:", i,
+                                                          d.remote_region, peer_name))
+                             .WithContext("PrepareTransfer"));
       ++pins[d.local_region];
-      if (d.length == 0) continue;
+      if (d.length == 0 || d.count == 0) continue;
       remote_used.insert(rit->second);
-      for (std::uint64_t done = 0; done < d.length; done += slice) {
+      blocks.clear();
+      transport::CutIntoBlocks(d, slice, /*one_row_per_block=*/t->am_write, blocks);
+      for (const transport::RowBlock& b : blocks) {
         PreparedOp o;
-        o.length = std::min(slice, d.length - done);
-        o.local = lr.base + d.local_offset + done;
-        o.remote_addr = rr.base + d.remote_offset + done;
+        o.length = b.length;
+        o.count = b.count;
+        o.local_stride = b.local_stride;
+        o.remote_stride = b.remote_stride;
+        o.local = lr.base + b.local_offset;
+        o.remote_addr = rr.base + b.remote_offset;
         o.memh = lr.memh.get();
         o.rkey_index = rit->second;
         o.am.region = d.remote_region;
-        o.am.offset = d.remote_offset + done;
+        o.am.offset = b.remote_offset;
         slices.push_back(o);
       }
-      total += d.length;
+      if (d.bytes() > UINT64_MAX - total)
+        return InvalidArgument(fmt::format("PrepareTransfer: descriptor {}: total bytes overflow 64 bits", i));
+      total += d.bytes();
     }
     for (const auto& [id, n] : pins) {
       im.regions.at(id).pins += n;
@@ -1683,7 +1740,7 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
     for (const PreparedOp& o : slices) {
       if (lane + 1 < nl && acc >= share * (lane + 1)) ++lane;
       t->lane_ops[lane].push_back(o);
-      acc += o.length;
+      acc += o.bytes();
     }
   }
   if (notification_payload) t->prepared_wire = EncodeNotification(im.options.name, *notification_payload);
@@ -1705,7 +1762,12 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
         }
       }
       // The mapping lives as long as the rkey, which only this thread destroys.
-      for (auto [ptr, len] : todo) PrefaultForWrite(ptr, len);
+      for (auto [ptr, len] : todo) {
+        const transport::PrefaultResult r = transport::PrefaultForWrite(ptr, len);
+        if (!r.madvise_ok)
+          spdlog::debug("shardwire agent {}: madvise(MADV_POPULATE_WRITE) failed ({}); touched {} pages instead",
+                        im.options.name, std::strerror(r.madvise_errno), r.touched_pages);
+      }
     }
   }
 
@@ -1734,7 +1796,7 @@ Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bo
     return InvalidArgument(fmt::format("Post: notification payload of {} bytes exceeds 2^31", payload.size()));
   std::vector<std::uint32_t> lanes_used;
   for (std::uint32_t l = 0; l < t->lane_ops.size(); ++l)
-    if (!t->lane_ops[l].empty()) lanes_used.push_back(l);
+    if (!t->lane_ops[l].empty() || t->all_lanes) lanes_used.push_back(l);
   if (lanes_used.empty()) lanes_used.push_back(0);  // flush (and notify) only
   {
     std::lock_guard<std::mutex> g(im.mu);
@@ -1896,6 +1958,22 @@ Status Agent::Release(TransferHandle handle) {
   im.transfers.erase(handle.id);
   if (busy) im.released_busy.push_back(std::move(t));  // jobs may still point at it
   return Status::Ok();
+}
+
+Status Agent::WireUp(const std::string& peer_name, double timeout_s) {
+  Impl& im = *impl_;
+  SW_RETURN_IF_ERROR(CheckTimeout(timeout_s, "WireUp"));
+  auto pit = im.peers.find(peer_name);
+  if (pit == im.peers.end()) return NotFound(fmt::format("WireUp: peer {} is not imported", peer_name));
+  // An empty transfer posted on every lane: each lane's job goes straight to
+  // ucp_ep_flush_nbx, which completes only once that endpoint is wired up.
+  SW_ASSIGN_OR_RETURN(const TransferHandle h, PrepareTransfer(TransferOp::kWrite, peer_name, {}, std::nullopt));
+  im.transfers.at(h.id)->all_lanes = true;
+  Status st = Post(h);
+  if (st.ok()) st = Wait(h, timeout_s);
+  if (st.code() == ErrorCode::kTimedOut) (void)Cancel(h, 1.0);
+  (void)Release(h);
+  return st.WithContext("WireUp with peer " + peer_name);
 }
 
 Status Agent::SendMessage(const std::string& peer_name, std::span<const std::byte> payload) {

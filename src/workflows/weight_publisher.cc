@@ -73,14 +73,23 @@ Status WeightPublisher::Connect() {
                                                                         kEngineRole, dst, s.options.timeout_s));
     std::vector<TransferDescriptor> descriptors;
     descriptors.reserve(moves.size());
+    // One descriptor per move: a row-parallel shard's rows travel as one strided
+    // descriptor (count rows, src/dst strides), not one descriptor per row.
     for (const Move& m : moves) {
-      for (std::uint64_t i = 0; i < m.count; ++i) {
-        descriptors.push_back(TransferDescriptor{s.endpoint.region, m.src_offset + i * m.src_stride, peer.region,
-                                                 m.dst_offset + i * m.dst_stride, m.length});
-      }
+      descriptors.push_back(TransferDescriptor{.local_region = s.endpoint.region,
+                                               .local_offset = m.src_offset,
+                                               .remote_region = peer.region,
+                                               .remote_offset = m.dst_offset,
+                                               .length = m.length,
+                                               .count = m.count,
+                                               .local_stride = m.src_stride,
+                                               .remote_stride = m.dst_stride});
     }
     SW_ASSIGN_OR_RETURN(TransferHandle handle,
                         agent.PrepareTransfer(TransferOp::kWrite, peer.name, std::move(descriptors), std::nullopt));
+    // Connect every lane now: UCX wires endpoints up lazily, and the handshake
+    // (which needs the engine's lanes to answer) would otherwise land in step 1.
+    SW_RETURN_IF_ERROR(agent.WireUp(peer.name, s.options.timeout_s));
     s.destination_names[dst] = peer.name;
     s.transfers.push_back(handle);
   }
@@ -107,7 +116,8 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   std::size_t i = 0;
   for (const auto& [dst, moves] : s.moves_by_destination) {
     SW_RETURN_IF_ERROR(agent.Post(s.transfers[i++]));
-    for (const Move& m : moves) stats.descriptors += m.count;
+    stats.descriptors += moves.size();
+    for (const Move& m : moves) stats.rows += m.count;
   }
   const auto done = sync::Encode({sync::MessageKind::kDone, version});
   i = 0;

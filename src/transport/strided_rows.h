@@ -1,0 +1,60 @@
+// Strided descriptors inside the transport: geometry checks, cutting a
+// descriptor into blocks of rows that each fit one slice, and the 2-D copy a
+// lane runs when the peer's region is mapped into this process.
+//
+// Pure functions (no UCX, no Agent state), unit-tested in
+// tests/transport/strided_rows_test.cc. Thread-safety: none needed (no state).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "shardwire/status.h"
+#include "shardwire/transfer_descriptor.h"
+
+namespace shardwire::transport {
+
+/// Checks the rows of one side of a descriptor against a region of
+/// `region_length` bytes: rows start at `offset`, `offset + stride`, ...; each is
+/// `length` bytes; there are `count` of them. Errors (kInvalidArgument, message
+/// starts with `what`, e.g. "descriptor 3: local"): a stride shorter than
+/// `length` while count > 1 and length > 0 (rows would overlap; zero stride
+/// included), count * length overflowing 64 bits, or the last row ending beyond
+/// the region (computed without overflow). count 0 or length 0 is always valid.
+Status CheckRows(std::uint64_t offset, std::uint64_t stride, std::uint64_t count, std::uint64_t length,
+                 std::uint64_t region_length, const std::string& what);
+
+/// A run of rows of one descriptor that moves as one unit (one flow-control
+/// credit): `count` rows of `length` bytes, starting at the two offsets and
+/// advancing by the descriptor's strides. A block of one row has strides 0.
+struct RowBlock {
+  std::uint64_t local_offset = 0;
+  std::uint64_t remote_offset = 0;
+  std::uint64_t length = 0;
+  std::uint64_t count = 1;
+  std::uint64_t local_stride = 0;
+  std::uint64_t remote_stride = 0;
+
+  std::uint64_t bytes() const { return count * length; }
+  bool operator==(const RowBlock&) const = default;
+};
+
+/// Cuts a (checked) descriptor into blocks of at most `slice_bytes` bytes
+/// (slice_bytes >= 1): rows of at most slice_bytes are grouped,
+/// floor(slice_bytes / length) rows per block (a contiguous descriptor, count 1,
+/// is cut at slice boundaries as before); a row longer than slice_bytes becomes
+/// single-row blocks of at most slice_bytes. When `one_row_per_block` is set
+/// (paths that need one operation per row, e.g. active-message writes), every
+/// block holds one row. Appends to `out`; adds nothing for 0 bytes.
+void CutIntoBlocks(const TransferDescriptor& d, std::uint64_t slice_bytes, bool one_row_per_block,
+                   std::vector<RowBlock>& out);
+
+/// Copies `count` rows of `length` bytes from `src` (rows `src_stride` apart) to
+/// `dst` (rows `dst_stride` apart): a 2-D memcpy. When both strides equal
+/// `length` the rows form one contiguous range and are copied with one memcpy.
+void CopyRows(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, std::uint64_t src_stride,
+              std::uint64_t count, std::uint64_t length);
+
+}  // namespace shardwire::transport
