@@ -14,7 +14,8 @@ packages=(
   libgtest-dev libgmock-dev     # unit and multi-process tests
   libbenchmark-dev              # micro-benchmarks
   python3                       # test helpers (independent oracle for safetensors)
-  clang-14 libclang-rt-14-dev   # libFuzzer target for the metadata blob parser (fuzz/run_fuzzer.sh)
+  clang-14 libclang-rt-14-dev   # libFuzzer targets (fuzz/run_fuzzer.sh)
+  ccache                        # keeps the repeated builds of scripts/test.sh (normal, ASan, TSan, fuzz) cheap
   iperf3                        # plain-TCP reference of bench/agent_engine_bench
   iproute2                      # network namespaces + veth for the cross-"host" transport test
 )
