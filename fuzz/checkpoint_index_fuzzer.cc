@@ -15,6 +15,7 @@
 //   * an accepted index yields a checkpoint whose every tensor can be got with
 //     data.size() == nbytes(), and total_bytes() is their sum.
 // Seeds: the index files of ../shared/models; dictionary: fuzz/checkpoint_index_fuzzer.dict.
+// Fuzz links: shardwire_model
 #include <unistd.h>
 
 #include <cstddef>

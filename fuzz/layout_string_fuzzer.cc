@@ -11,6 +11,7 @@
 //   * an accepted layout has world_size() >= 1, every rank maps to a rank class, and it
 //     holds the model's tensors.
 // Dictionary: fuzz/layout_string_fuzzer.dict.
+// Fuzz links: shardwire_layout
 #include <cstddef>
 #include <cstdint>
 #include <string_view>

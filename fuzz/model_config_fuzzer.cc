@@ -11,6 +11,7 @@
 //     tensors' nbytes().
 // Seeds: the config.json files of ../shared/models (see fuzz/run_fuzzer.sh); dictionary:
 // fuzz/model_config_fuzzer.dict (the keys ModelConfig reads).
+// Fuzz links: shardwire_model
 #include <cstddef>
 #include <cstdint>
 #include <string_view>

@@ -16,6 +16,7 @@
 // With -DSHARDWIRE_FUZZ_SEED_MAIN the same file builds a seed-corpus writer instead
 // (plans and plan parts between FSDP, HSDP and TP layouts of fuzz/fuzz_models.h, in both
 // forms: the blob, and flags + raw body as the sealed path reads it).
+// Fuzz links: shardwire_plan
 #include <xxhash.h>
 #include <zstd.h>
 

@@ -15,6 +15,7 @@
 // ("resealed"), which lets the fuzzer explore the JSON checks.
 // Seeds: the .safetensors files of ../shared/models (fuzz/run_fuzzer.sh); dictionary:
 // fuzz/safetensors_fuzzer.dict.
+// Fuzz links: shardwire_model
 #include <sys/mman.h>
 #include <unistd.h>
 

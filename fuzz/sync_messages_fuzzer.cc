@@ -5,6 +5,7 @@
 //   * decoding never crashes or reads outside the input (ASan, UBSan);
 //   * an accepted payload re-encodes to exactly the same bytes (single encoding), and
 //     its kind is one the protocol defines.
+// Fuzz links: shardwire_workflows
 #include <cstddef>
 #include <cstdint>
 #include <span>
