@@ -7,7 +7,8 @@
 // Properties checked on every input:
 //   * parsing and building never crash, hang, overflow or exhaust memory (ASan, UBSan,
 //     libFuzzer's -rss_limit_mb and -timeout);
-//   * a rejection is kInvalidArgument with a message (model_layouts.h);
+//   * a rejection is kInvalidArgument (or kUnsupported for a trainer with ep > 1 and
+//     tp > 1) with a message (model_layouts.h);
 //   * an accepted layout has world_size() >= 1, every rank maps to a rank class, and it
 //     holds the model's tensors.
 // Dictionary: fuzz/layout_string_fuzzer.dict.
@@ -50,7 +51,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view spec(reinterpret_cast<const char*>(data + 1), size - 1);
   auto layout = shardwire::MakeLayoutFromString(model, spec);
   if (!layout.ok()) {
-    shardwire::fuzz::CheckRejection(layout.status(), kName, {shardwire::ErrorCode::kInvalidArgument});
+    shardwire::fuzz::CheckRejection(layout.status(), kName, {shardwire::ErrorCode::kInvalidArgument, shardwire::ErrorCode::kUnsupported});
     return 0;
   }
   Check(layout->world_size() >= 1, kName, "world_size >= 1");

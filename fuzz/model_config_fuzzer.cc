@@ -34,6 +34,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     CheckRejection(config.status(), kName, {ErrorCode::kCorruptData});
     return 0;
   }
+  // Describing a real DeepSeek-V3 (92k tensors) takes seconds under the sanitizers, so
+  // layer and expert counts are clamped (4 layers, 1 MTP layer, 16 experts) to keep the
+  // fuzzer fast; the bounds on large counts have their own tests
+  // (tests/model/model_description_test.cc, DescribeModel.RejectsSizesBeyondTheLimits).
+  if (config->num_hidden_layers > 4) config->num_hidden_layers = 4;
+  if (config->num_nextn_predict_layers.value_or(0) > 1) config->num_nextn_predict_layers = 1;
+  if (config->num_experts.value_or(0) > 16) config->num_experts = 16;
   auto model = shardwire::DescribeModel(*config);
   if (!model.ok()) {
     CheckRejection(model.status(), kName, {ErrorCode::kUnsupported, ErrorCode::kInvalidArgument});

@@ -57,16 +57,24 @@ for f in "${fuzzers[@]}"; do
 done
 cmake --build "$work/build" -j2 --target "${targets[@]}" >/dev/null
 
+# Copies files matching find(1) arguments into corpus folder $1 as <folder>-<file>.
+copy_seeds() {
+  local out="$1"; shift
+  find "$shared/models" "$@" -print0 | while IFS= read -r -d '' f; do
+    cp "$f" "$out/$(basename "$(dirname "$f")")-$(basename "$f")"
+  done
+}
+
 # Real files of ../shared/models that seed each fuzzer (none for the rest).
 shared_seeds() {
   local name="$1" out="$2"
   [ -d "$shared/models" ] || return 0
   case "$name" in
-    safetensors_fuzzer) find "$shared/models" -name '*.safetensors' -size -200k -exec cp -t "$out" {} + ;;
-    checkpoint_index_fuzzer) find "$shared/models" -name '*.index.json' -exec cp -t "$out" {} + ;;
-    model_config_fuzzer) find "$shared/models" -name '*config.json' -exec cp -t "$out" {} + ;;
+    safetensors_fuzzer) copy_seeds "$out" -name '*.safetensors' -size -200k ;;
+    checkpoint_index_fuzzer) copy_seeds "$out" -name '*.index.json' ;;
+    model_config_fuzzer) copy_seeds "$out" -name '*config.json' ;;
     # Pending fuzzers (issue 11 item 4), being written with their parsers by other helpers:
-    # rules_file_fuzzer) find "$shared" -name '*.rules.json' -exec cp -t "$out" {} + ;;
+    # rules_file_fuzzer) copy_seeds "$out" -name '*.rules.json' ;;
     # coordinator_request_fuzzer) ;;  # seeds from its own SHARDWIRE_FUZZ_SEED_MAIN writer
     *) ;;
   esac
