@@ -13,6 +13,7 @@
 // Built and run by fuzz/run_fuzzer.sh (clang, -fsanitize=fuzzer,address,undefined).
 // With -DSHARDWIRE_FUZZ_SEED_MAIN the same file builds a seed-corpus writer
 // instead (valid blobs of 0, 1 and 3 regions, 1 and 2 lanes).
+// Fuzz links: shardwire_transport
 #include <xxhash.h>
 
 #include <cstddef>

@@ -15,7 +15,8 @@ packages=(
   libbenchmark-dev              # micro-benchmarks
   python3                       # test helpers (independent oracle for safetensors)
   python3-numpy                 # numpy oracle of the convert tests (casts, FP8 block quantisation)
-  clang-14 libclang-rt-14-dev   # libFuzzer target for the metadata blob parser (fuzz/run_fuzzer.sh)
+  clang-14 libclang-rt-14-dev   # libFuzzer targets (fuzz/run_fuzzer.sh)
+  ccache                        # keeps the repeated builds of scripts/test.sh (normal, ASan, TSan, fuzz) cheap
   iperf3                        # plain-TCP reference of bench/agent_engine_bench
   iproute2                      # network namespaces + veth for the cross-"host" transport test
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc  # coordinator service (proto/)

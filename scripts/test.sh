@@ -1,7 +1,68 @@
 #!/usr/bin/env bash
-# Installs, builds and runs every test (unit, property and multi-process tests).
+# Installs, builds and runs every test, in four stages (docs/reliability.md):
+#   normal  the whole suite, Release build in build/ (unit, property, multi-process tests)
+#   asan    the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
+#   tsan    the transport, control and workflow tests under ThreadSanitizer (build-tsan/)
+#   fuzz    a short run (SHARDWIRE_FUZZ_SECONDS, default 20 s) of every libFuzzer target
+#           (fuzz/run_fuzzer.sh, build-fuzz/)
+# Every sanitizer report is fatal and fails its test. Select stages with
+# SHARDWIRE_TEST_STAGES="normal asan" (default: all four). Extra arguments go to the normal
+# stage's ctest. Builds use ccache when installed; run nice'd on a shared machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/build.sh
-cd build
-ctest --output-on-failure --timeout 900 "$@"
+root="$(pwd)"
+stages="${SHARDWIRE_TEST_STAGES:-normal asan tsan fuzz}"
+launcher=()
+if command -v ccache >/dev/null 2>&1; then
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
+fi
+stage_start() { echo "=== test.sh: stage $1 ($(date -u +%H:%M:%S))"; }
+
+# Tests that cannot run under ThreadSanitizer, by name, with the reason (ctest -E regex).
+# (none yet; see docs/reliability.md)
+tsan_excluded=""
+
+for stage in $stages; do
+  case "$stage" in
+    normal)
+      stage_start normal
+      bash scripts/build.sh
+      (cd build && ctest --output-on-failure --timeout 900 "$@")
+      ;;
+    asan)
+      stage_start asan
+      bash scripts/install-deps.sh
+      cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Release -DSHARDWIRE_SANITIZE=address,undefined \
+        -DSHARDWIRE_BUILD_BENCH=OFF "${launcher[@]}" >/dev/null
+      cmake --build build-asan -j2
+      # detect_leaks=0: UCX and gRPC keep process-lifetime caches that LeakSanitizer reports
+      # at exit; leaks are not what this stage is for (docs/reliability.md).
+      ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1" \
+      UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+        ctest --test-dir build-asan --output-on-failure --timeout 1800
+      ;;
+    tsan)
+      stage_start tsan
+      bash scripts/install-deps.sh
+      cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Release -DSHARDWIRE_SANITIZE=thread \
+        -DSHARDWIRE_BUILD_BENCH=OFF "${launcher[@]}" >/dev/null
+      cmake --build build-tsan -j2 --target transport_test control_test workflows_test
+      # UCX's memory hooks patch malloc/mmap, which TSan intercepts too: off for this run.
+      exclude="_NOT_BUILT\$"
+      if [ -n "$tsan_excluded" ]; then exclude="$exclude|$tsan_excluded"; fi
+      UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MALLOC_RELOC=no UCX_MEM_MMAP_HOOK_MODE=none UCX_MEM_EVENTS=no \
+      TSAN_OPTIONS="suppressions=$root/tests/sanitizers/tsan.supp:halt_on_error=1:second_deadlock_stack=1" \
+        ctest --test-dir build-tsan --output-on-failure --timeout 1800 -E "$exclude"
+      ;;
+    fuzz)
+      stage_start fuzz
+      bash scripts/install-deps.sh
+      bash fuzz/run_fuzzer.sh all "${SHARDWIRE_FUZZ_SECONDS:-20}" || { rc=$?; [ "$rc" -eq 77 ] || exit "$rc"; }
+      ;;
+    *)
+      echo "test.sh: unknown stage \"$stage\" (normal, asan, tsan, fuzz)" >&2
+      exit 2
+      ;;
+  esac
+done
+echo "=== test.sh: all stages passed ($stages) ($(date -u +%H:%M:%S))"

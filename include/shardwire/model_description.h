@@ -148,6 +148,15 @@ struct ModelDescription {
   std::uint64_t total_params() const;
 };
 
+/// Largest value DescribeModel accepts for any size or count of a config (hidden size,
+/// vocabulary, layers, experts, ranks, ...): 2^20, 16x the largest real model's largest
+/// size (vocab_size 256k excepted: 4x). Three such factors stay below 2^63 elements.
+inline constexpr std::int64_t kMaxModelDimension = std::int64_t{1} << 20;
+
+/// Largest number of tensors DescribeModel builds (an upper estimate from the layer and
+/// expert counts is checked before building): 2^20, about 10x DeepSeek-V3 in FP8.
+inline constexpr std::int64_t kMaxModelTensors = std::int64_t{1} << 20;
+
 /// Builds the tensor list and fused parameters for `config` (dtypes as in ModelTensor::spec)
 /// from the rules of its model_type: a user's rules file registered with
 /// AddUserModelRules (shardwire/model_rules.h) first, then the built-in rules files.
@@ -155,7 +164,10 @@ struct ModelDescription {
 /// Errors: kUnsupported naming the model_type when no rules handle it, or naming the
 /// quant_method when it is neither "" nor block-wise "fp8"; kInvalidArgument when sizes
 /// are not positive or a field the family needs is missing (e.g. moe_intermediate_size,
-/// kv_lora_rank; the message names the key and the rules file and line that needs it).
+/// kv_lora_rank; the message names the key and the rules file and line that needs it), when
+/// a size or count exceeds kMaxModelDimension, or when the layer and expert counts could make
+/// more than kMaxModelTensors tensors (a config.json is untrusted; these bounds keep shapes
+/// from overflowing and the work bounded).
 Result<ModelDescription> DescribeModel(const ModelConfig& config);
 
 /// The same model with `num_layers` decoder layers (e.g. Llama-3.1-8B's shapes with 4

@@ -34,6 +34,7 @@
 // Thread-safety: pure functions.
 #pragma once
 
+#include <cstdint>
 #include <string_view>
 #include <vector>
 
@@ -63,15 +64,26 @@ struct TrainerLayoutOptions {
   int pp = 1;            ///< pipeline stages
 };
 
+/// Largest world size (product of all parallel sizes) of a layout built here: 2^20 ranks.
+/// Layout strings are untrusted; this keeps the rank arithmetic inside `int` and the
+/// rank-to-class table (4 bytes per rank) bounded.
+inline constexpr std::int64_t kMaxLayoutRanks = std::int64_t{1} << 20;
+
+/// Largest number of ranks with distinct shards (engine: pp x tp; trainer: pp x fsdp x
+/// tp): 2^16. Each such rank class stores a shard per tensor, so this bounds memory.
+inline constexpr std::int64_t kMaxLayoutRankClasses = std::int64_t{1} << 16;
+
 /// Inference-engine layout. Errors (kInvalidArgument, naming the numbers): sizes < 1;
+/// more than kMaxLayoutRanks ranks or kMaxLayoutRankClasses rank classes;
 /// heads not divisible by tp; tp not a multiple of (or divisible by) the key/value heads;
 /// ep not 1 or tp; experts not divisible by ep; a bad expert_to_rank map; a sharded
 /// dimension (incl. FP8 block-scale rows) not divisible; pp > number of layers.
 Result<Layout> MakeEngineLayout(const ModelDescription& model, const EngineLayoutOptions& options);
 
-/// Trainer layout. Errors (kInvalidArgument): sizes < 1; tp not dividing heads, key/value
-/// heads or a sharded dimension; ep not dividing dp_shard or the expert count; ep > 1
-/// together with tp > 1; pp > number of layers.
+/// Trainer layout. Errors (kInvalidArgument): sizes < 1; more than kMaxLayoutRanks ranks
+/// or kMaxLayoutRankClasses rank classes; tp not dividing heads, key/value heads or a
+/// sharded dimension; ep not dividing dp_shard or the expert count; pp > number of
+/// layers. kUnsupported: ep > 1 together with tp > 1.
 Result<Layout> MakeTrainerLayout(const ModelDescription& model, const TrainerLayoutOptions& options);
 
 /// FSDP over `num_ranks` ranks: MakeTrainerLayout with dp_shard = num_ranks.
@@ -84,7 +96,8 @@ Result<Layout> MakeTpLayoutForModel(const ModelDescription& model, int tp, int r
 /// `hsdp=RxS` (optionally with tp, ep, pp); engine layouts use tp, ep, pp and dp
 /// (replicas). Examples: "fsdp=8", "hsdp=2x8", "fsdp=64,tp=4", "fsdp=256,ep=8",
 /// "tp=4,dp=2", "tp=8,ep=8,dp=16", "pp=2,tp=4".
-/// Errors: kInvalidArgument pointing at the offending part, e.g.
+/// Errors: kInvalidArgument pointing at the offending part (or kUnsupported, see
+/// MakeTrainerLayout), e.g.
 /// "layout \"tp=4,xp=2\": unknown key \"xp\" at character 6 (keys: fsdp, hsdp, tp, ep, pp, dp)";
 /// and the errors of MakeTrainerLayout / MakeEngineLayout.
 Result<Layout> MakeLayoutFromString(const ModelDescription& model, std::string_view spec);

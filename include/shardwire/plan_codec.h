@@ -36,7 +36,8 @@ std::vector<std::byte> SerializePlanPart(const TransferPlan& plan, PlanSide side
 /// Decodes either form. A part decodes to a plan holding just those buckets (group ids
 /// are kept; groups it does not reference are empty). Errors (kCorruptData, naming the
 /// check): truncated, bad magic, unsupported version, checksum mismatch, a varint or
-/// count that overruns, a rank, group or transport out of range.
+/// count that overruns, a rank, group or transport out of range, a move whose byte range
+/// (offset + (count - 1) * stride + length, either side) or byte count overflows 64 bits.
 Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes);
 
 }  // namespace shardwire

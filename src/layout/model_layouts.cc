@@ -51,6 +51,22 @@ Status CheckSizes(std::initializer_list<std::pair<const char*, int>> sizes) {
   return Status::Ok();
 }
 
+// world = product of all sizes, classes = product of the sizes that give ranks distinct
+// shards; computed in 64 bits (each size is an int) and bounded before anything is built.
+Status CheckRankCounts(std::initializer_list<int> world_sizes, std::initializer_list<int> class_sizes) {
+  std::int64_t world = 1, classes = 1;
+  for (int v : world_sizes) world = std::min<std::int64_t>(world * v, kMaxLayoutRanks + 1);
+  for (int v : class_sizes) classes = std::min<std::int64_t>(classes * v, kMaxLayoutRankClasses + 1);
+  if (world > kMaxLayoutRanks) {
+    return InvalidArgument(fmt::format("the layout has more than {} ranks", kMaxLayoutRanks));
+  }
+  if (classes > kMaxLayoutRankClasses) {
+    return InvalidArgument(fmt::format("the layout has more than {} ranks with distinct shards (pp x fsdp x tp)",
+                                       kMaxLayoutRankClasses));
+  }
+  return Status::Ok();
+}
+
 Status CheckPipeline(const ModelDescription& model, int pp) {
   if (pp > DecoderLayers(model)) {
     return InvalidArgument(fmt::format("{} pipeline stages for {} decoder layers", pp, DecoderLayers(model)));
@@ -162,6 +178,7 @@ Result<Layout> MakeEngineLayout(const ModelDescription& model, const EngineLayou
                                  {"engine replicas", o.dp},
                                  {"EP size", o.ep},
                                  {"vocab padding", o.vocab_padding}}));
+  SW_RETURN_IF_ERROR(CheckRankCounts({o.dp, o.pp, o.tp}, {o.pp, o.tp}));
   SW_RETURN_IF_ERROR(CheckHeads(model.config, o.tp, /*allow_kv_replication=*/true));
   SW_RETURN_IF_ERROR(CheckPipeline(model, o.pp));
   const std::int64_t experts = RoutedExperts(model);
@@ -216,6 +233,7 @@ Result<Layout> MakeTrainerLayout(const ModelDescription& model, const TrainerLay
                                  {"TP size", o.tp},
                                  {"EP size", o.ep},
                                  {"pipeline stages", o.pp}}));
+  SW_RETURN_IF_ERROR(CheckRankCounts({o.pp, o.dp_replicate, o.dp_shard, o.tp}, {o.pp, o.dp_shard, o.tp}));
   if (o.tp > 1) SW_RETURN_IF_ERROR(CheckHeads(model.config, o.tp, /*allow_kv_replication=*/false));
   SW_RETURN_IF_ERROR(CheckPipeline(model, o.pp));
   const std::int64_t experts = RoutedExperts(model);

@@ -78,6 +78,18 @@ Status LoadSingle(const std::string& path, std::vector<SafetensorsFile>* files, 
   return Status::Ok();
 }
 
+// True for a relative path that stays below its base folder: not empty, not absolute,
+// no ".." component, no NUL byte (which would silently cut the name short).
+bool IsNameInsideFolder(const std::string& name) {
+  if (name.empty() || name.find('\0') != std::string::npos) return false;
+  const fs::path p(name);
+  if (p.is_absolute() || p.has_root_path()) return false;
+  for (const auto& part : p) {
+    if (part == "..") return false;
+  }
+  return true;
+}
+
 // Reads metadata.total_size if present. nullopt when absent or null.
 Result<std::optional<std::uint64_t>> ReadTotalSize(const std::string& index_path,
                                                    const nlohmann::json& root) {
@@ -123,6 +135,13 @@ Status LoadIndex(const std::string& index_path, std::vector<SafetensorsFile>* fi
     if (!shard.is_string()) {
       return CorruptData(fmt::format("{}: weight_map entry of tensor \"{}\" is not a string",
                                      index_path, tensor));
+    }
+    // The index is untrusted: a shard name must stay inside the index's folder.
+    if (!IsNameInsideFolder(shard.get<std::string>())) {
+      return CorruptData(fmt::format(
+          "{}: weight_map entry of tensor \"{}\" names shard \"{}\", which is not a file inside the "
+          "index's folder (empty, absolute, or with a \"..\" component)",
+          index_path, tensor, shard.get<std::string>()));
     }
     by_shard[shard.get<std::string>()].push_back(tensor);
     weight_map.emplace(tensor, shard.get<std::string>());

@@ -1,5 +1,7 @@
 #include "shardwire/model_description.h"
 
+#include <optional>
+
 #include <fmt/format.h>
 
 #include "shardwire/model_rules.h"
@@ -59,6 +61,47 @@ Result<ModelDescription> DescribeModel(const ModelConfig& config) {
       return InvalidArgument(fmt::format("model config {}: {} is {}, must be positive",
                                          config.model_type, key, value));
     }
+  }
+  // A config.json is untrusted: bound every size so that no shape product overflows
+  // (three factors of at most 2^20 stay below 2^63 elements) and the tensor count so
+  // that describing it takes bounded time and memory.
+  const std::pair<std::string_view, std::optional<std::int64_t>> bounded[] = {
+      {"hidden_size", config.hidden_size},
+      {"num_hidden_layers", config.num_hidden_layers},
+      {"num_attention_heads", config.num_attention_heads},
+      {"num_key_value_heads", config.num_key_value_heads},
+      {"head_dim", config.head_dim},
+      {"intermediate_size", config.intermediate_size},
+      {"vocab_size", config.vocab_size},
+      {"num_experts", config.num_experts},
+      {"num_experts_per_tok", config.num_experts_per_tok},
+      {"moe_intermediate_size", config.moe_intermediate_size},
+      {"n_shared_experts", config.n_shared_experts},
+      {"first_k_dense_replace", config.first_k_dense_replace},
+      {"q_lora_rank", config.q_lora_rank},
+      {"kv_lora_rank", config.kv_lora_rank},
+      {"qk_nope_head_dim", config.qk_nope_head_dim},
+      {"qk_rope_head_dim", config.qk_rope_head_dim},
+      {"v_head_dim", config.v_head_dim},
+      {"moe_layer_freq", config.moe_layer_freq},
+      {"decoder_sparse_step", config.decoder_sparse_step},
+      {"num_nextn_predict_layers", config.num_nextn_predict_layers},
+      {"weight_block_size[0]", config.fp8_block_size ? std::optional((*config.fp8_block_size)[0]) : std::nullopt},
+      {"weight_block_size[1]", config.fp8_block_size ? std::optional((*config.fp8_block_size)[1]) : std::nullopt}};
+  for (const auto& [key, value] : bounded) {
+    if (value.has_value() && (*value < 0 || *value > kMaxModelDimension)) {
+      return InvalidArgument(fmt::format("model config {}: {} is {}, must be in [0, {}]", config.model_type, key,
+                                         *value, kMaxModelDimension));
+    }
+  }
+  const std::int64_t layers = config.num_hidden_layers + config.num_nextn_predict_layers.value_or(0);
+  // At most: attention and norms (16), router, shared and routed experts' three
+  // projections, all doubled for FP8 scale tensors.
+  const std::int64_t per_layer = 2 * (16 + 3 * (config.num_experts.value_or(0) + 2));
+  if (layers * per_layer > kMaxModelTensors) {
+    return InvalidArgument(fmt::format(
+        "model config {}: {} layers of up to {} tensors each exceed the limit of {} tensors per model",
+        config.model_type, layers, per_layer, kMaxModelTensors));
   }
   SW_ASSIGN_OR_RETURN(std::optional<ModelRules> rules, FindModelRules(config.model_type));
   if (rules.has_value()) return rules->Describe(config);

@@ -14,6 +14,16 @@
 namespace shardwire {
 namespace {
 
+// offset + (count - 1) * stride + length, the end of a move's last run, fits in 64 bits
+// (count >= 1). Executors compare that end with buffer sizes, which a wrapped sum would defeat.
+bool ExtentFits(std::uint64_t offset, std::uint64_t count, std::uint64_t stride, std::uint64_t length) {
+  constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
+  const std::uint64_t runs = count - 1;
+  if (stride != 0 && runs > kMax / stride) return false;
+  const std::uint64_t last = runs * stride;
+  return last <= kMax - offset && length <= kMax - offset - last;
+}
+
 constexpr std::uint32_t kMagic = 0x4C505753;  // "SWPL"
 constexpr std::uint16_t kVersion = 1;
 constexpr std::uint16_t kFlagPart = 1;
@@ -255,8 +265,16 @@ Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes) {
         SW_ASSIGN_OR_RETURN(m.src_stride, r.Varint("move source stride"));
         SW_ASSIGN_OR_RETURN(m.dst_stride, r.Varint("move destination stride"));
       }
-      m.src_offset = static_cast<std::uint64_t>(static_cast<std::int64_t>(src_end) + src_gap);
-      m.dst_offset = static_cast<std::uint64_t>(static_cast<std::int64_t>(dst_end) + dst_delta);
+      // Unsigned (wrapping) sums: the encoder's deltas are differences modulo 2^64, and a
+      // signed sum could overflow (undefined) on hostile input. The extents are checked next.
+      m.src_offset = src_end + static_cast<std::uint64_t>(src_gap);
+      m.dst_offset = dst_end + static_cast<std::uint64_t>(dst_delta);
+      if (!ExtentFits(m.src_offset, m.count, m.src_stride, m.length) ||
+          !ExtentFits(m.dst_offset, m.count, m.dst_stride, m.length) ||
+          m.length > std::numeric_limits<std::uint64_t>::max() / m.count ||
+          m.bytes() > std::numeric_limits<std::uint64_t>::max() - b.bytes) {
+        return CorruptData(fmt::format("plan bucket {} move {}: byte range overflows 64 bits", i, j));
+      }
       src_end = m.src_offset + m.length;
       dst_end = m.dst_offset + m.length;
       b.bytes += m.bytes();

@@ -196,5 +196,26 @@ TEST(LayoutString, ParsesExamplesAndPointsAtErrors) {
   }
 }
 
+// Layout strings are untrusted (fuzz/layout_string_fuzzer.cc): the product of the sizes
+// is checked in 64 bits before anything is built. Without the check, "tp=1,dp=65536,pp=2"
+// style products overflow int (undefined behaviour) and "fsdp=2147483647" allocates one
+// rank class per rank.
+TEST(LayoutString, RankCountsBeyondTheLimitsAreRejected) {
+  const ModelDescription m = Llama();
+  for (const char* spec : {"dp=2147483647", "dp=65536,pp=2,tp=65536", "hsdp=65536x65536", "fsdp=1048577"}) {
+    auto l = MakeLayoutFromString(m, spec);
+    ASSERT_FALSE(l.ok()) << spec;
+    EXPECT_EQ(l.status().code(), ErrorCode::kInvalidArgument) << spec;
+    EXPECT_NE(l.status().message().find("the layout has more than"), std::string::npos) << l.status().message();
+  }
+  // Engine replicas share shards: a million of them is a 4 MB table, allowed.
+  auto wide = MakeLayoutFromString(m, "dp=1048576");
+  ASSERT_TRUE(wide.ok()) << wide.status().ToString();
+  EXPECT_EQ(wide->world_size(), 1048576);
+  EXPECT_EQ(wide->num_rank_classes(), 1u);
+  // FSDP ranks each hold their own shards: capped at 65536 classes.
+  EXPECT_TRUE(MakeLayoutFromString(m, "fsdp=65537").status().message().find("distinct shards") != std::string::npos);
+}
+
 }  // namespace
 }  // namespace shardwire

@@ -67,6 +67,30 @@ TEST(Checkpoint, IndexNamesMissingFile) {
   EXPECT_MESSAGE_HAS(cp.status(), "c-00002.safetensors");
 }
 
+// An index is untrusted: a shard name that leaves the index's folder is rejected before
+// any file is opened, even when the file it names exists and is a valid shard (a sibling
+// folder's shard here; without the check, Open would succeed).
+TEST(Checkpoint, IndexShardNameOutsideTheFolderIsRejected) {
+  TempDir outer;
+  std::filesystem::create_directory(outer.File("ckpt"));
+  WriteBytes(outer.File("other.safetensors"), ShardBytes({"z"}));
+  WriteBytes(outer.File("ckpt/a.safetensors"), ShardBytes({"x", "y"}));
+  for (const std::string& shard :
+       {std::string("../other.safetensors"), outer.File("other.safetensors"), std::string("")}) {
+    WriteBytes(outer.File("ckpt/model.safetensors.index.json"),
+               R"({"weight_map":{"x":"a.safetensors","y":"a.safetensors","z":")" + shard + R"("}})");
+    auto cp = Checkpoint::Open(outer.File("ckpt/model.safetensors.index.json"));
+    EXPECT_EQ(cp.status().code(), ErrorCode::kCorruptData) << shard;
+    EXPECT_MESSAGE_HAS(cp.status(), "not a file inside the index's folder");
+  }
+  // A subfolder below the index stays allowed.
+  std::filesystem::create_directory(outer.File("ckpt/sub"));
+  WriteBytes(outer.File("ckpt/sub/b.safetensors"), ShardBytes({"z"}));
+  WriteBytes(outer.File("ckpt/model.safetensors.index.json"),
+             R"({"weight_map":{"x":"a.safetensors","y":"a.safetensors","z":"sub/b.safetensors"}})");
+  EXPECT_TRUE(Checkpoint::Open(outer.File("ckpt/model.safetensors.index.json")).ok());
+}
+
 TEST(Checkpoint, IndexNamesTensorTheShardLacks) {
   TempDir dir;
   WriteShardSet(dir, R"({"weight_map":{"x":"a.safetensors","y":"a.safetensors",

@@ -171,6 +171,37 @@ TEST(DescribeModel, LlamaAttentionAndMlpBiases) {
   EXPECT_EQ(DescribeModel(c).status().code(), ErrorCode::kInvalidArgument);
 }
 
+// A config.json is untrusted (fuzz/model_config_fuzzer.cc): sizes whose shape products
+// would overflow int64 (undefined behaviour in TensorSpec::numel) and counts that would
+// build billions of tensors are rejected before anything is built.
+TEST(DescribeModel, RejectsSizesBeyondTheLimits) {
+  auto parse = [](const std::string& extra) {
+    auto c = ParseModelConfig(R"({"model_type": "qwen3_moe", "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "moe_intermediate_size": 32,
+        "num_experts_per_tok": 2, )" + extra + "}",
+                              "test");
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    return *c;
+  };
+  // Within the limits: described.
+  auto ok = DescribeModel(parse(R"("hidden_size": 64, "num_hidden_layers": 2, "num_experts": 4, "vocab_size": 1048576)"));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  // vocab_size one past the limit: its embedding alone would be fine, but the bound is uniform.
+  auto vocab = DescribeModel(parse(R"("hidden_size": 64, "num_hidden_layers": 2, "num_experts": 4, "vocab_size": 1048577)"));
+  EXPECT_EQ(vocab.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(vocab.status(), "vocab_size is 1048577");
+  // hidden_size 2^40: embed [vocab, hidden] x q_proj would overflow int64 elements.
+  auto hidden = DescribeModel(parse(R"("num_hidden_layers": 2, "num_experts": 4, "vocab_size": 256,
+      "hidden_size": 1099511627776)"));
+  EXPECT_EQ(hidden.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(hidden.status(), "hidden_size");
+  // 2^20 layers of 2^20 experts each (every size within the limit): ~2^42 tensors.
+  auto count = DescribeModel(parse(R"("hidden_size": 64, "num_hidden_layers": 1048576, "num_experts": 1048576,
+      "vocab_size": 256)"));
+  EXPECT_EQ(count.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(count.status(), "tensors per model");
+}
+
 TEST(DescribeModel, UnsupportedFamilies) {
   SW_REQUIRE_MODELS_DIR(models);
   // MoE / MLA families are described now (moe_mla_description_test.cc); GPT-2 is not.

@@ -5,6 +5,8 @@
 // expert maps, pipeline stages, HSDP replicas). A failing DTensor case is shrunk to a
 // minimal one and printed, ready to paste as a regression test.
 #include <gtest/gtest.h>
+#include <xxhash.h>
+#include <zstd.h>
 
 #include <map>
 #include <random>
@@ -543,6 +545,67 @@ TEST(PlanCodec, CorruptBlobsAreTypedErrors) {
   auto flipped = blob;
   flipped[blob.size() / 2] ^= std::byte{0x40};
   expect_corrupt(flipped, "checksum");
+}
+
+// A plan blob around a hand-written body (format in plan_codec.h), for hostile inputs a
+// real plan cannot produce.
+std::vector<std::byte> SealPlanBody(const std::vector<std::uint64_t>& varints) {
+  std::vector<std::byte> body;
+  for (std::uint64_t v : varints) {
+    do {
+      const auto low = static_cast<std::uint8_t>(v & 0x7F);
+      v >>= 7;
+      body.push_back(static_cast<std::byte>(low | (v != 0 ? 0x80 : 0)));
+    } while (v != 0);
+  }
+  std::vector<std::byte> out(16 + ZSTD_compressBound(body.size()) + 8);
+  auto put = [&](std::size_t at, std::uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) out[at + static_cast<std::size_t>(i)] = static_cast<std::byte>((v >> (8 * i)) & 0xFF);
+  };
+  put(0, 0x4C505753, 4);  // "SWPL"
+  put(4, 1, 2);           // version
+  put(6, 0, 2);           // flags
+  put(8, body.size(), 8);
+  const std::size_t n = ZSTD_compress(out.data() + 16, out.size() - 24, body.data(), body.size(), 1);
+  out.resize(16 + n + 8);
+  put(16 + n, XXH64(out.data(), 16 + n, 0), 8);
+  return out;
+}
+
+std::uint64_t Zigzag(std::int64_t v) {
+  return (static_cast<std::uint64_t>(v) << 1) ^ static_cast<std::uint64_t>(v >> 63);
+}
+
+// Found by fuzz/plan_codec_fuzzer.cc: move offsets were summed in signed 64-bit
+// arithmetic (undefined on overflow, reported by UBSan), and a move whose last byte lies
+// past 2^64 was accepted, so an executor's "offset + size <= buffer" check could wrap.
+TEST(PlanCodec, MoveRangesThatOverflow64BitsAreCorrupt) {
+  // src_world 1, dst_world 1, runs 0, one group {0}, then one bucket (source 0, group 0,
+  // transport 0, round 0) with `moves`, then no scratch, copies or reductions.
+  auto blob = [](const std::vector<std::uint64_t>& moves) {
+    std::vector<std::uint64_t> v = {1, 1, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0, moves.size() / 4};
+    v.insert(v.end(), moves.begin(), moves.end());
+    v.insert(v.end(), {0, 0, 0});
+    return SealPlanBody(v);
+  };
+  const std::uint64_t k62 = std::uint64_t{1} << 62;
+  // Well-formed: one move of 16 bytes at offset 2^62 on both sides.
+  auto ok = DeserializePlan(blob({Zigzag(static_cast<std::int64_t>(k62)), Zigzag(0), 16, 1}));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->moves().at(0).src_offset, k62);
+  // Source range 2^62 + 3 * 2^62 + ... > 2^64: count 2, source stride 3 * 2^62.
+  auto strided = blob({Zigzag(static_cast<std::int64_t>(k62)), Zigzag(0), 1, 2, 3 * k62, 0});
+  auto r = DeserializePlan(strided);
+  EXPECT_EQ(r.status().code(), ErrorCode::kCorruptData);
+  EXPECT_NE(r.status().message().find("overflows 64 bits"), std::string::npos) << r.status().message();
+  // Two moves: the first ends at 2^63 (INT64_MIN as a signed number), the second's gap of
+  // -1 made the old signed sum overflow; unsigned it is offset 2^63 - 1 of length 2^63 + 2,
+  // which ends past 2^64.
+  auto two = blob({Zigzag(static_cast<std::int64_t>(k62)), Zigzag(0), k62, 1,  //
+                   Zigzag(-1), Zigzag(0), 2 * k62 + 2, 1});
+  r = DeserializePlan(two);
+  EXPECT_EQ(r.status().code(), ErrorCode::kCorruptData);
+  EXPECT_NE(r.status().message().find("overflows 64 bits"), std::string::npos) << r.status().message();
 }
 
 }  // namespace

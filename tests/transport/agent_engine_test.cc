@@ -4,6 +4,7 @@
 // capability probe. No timing assertions.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -25,8 +26,10 @@ constexpr std::byte kUntouched{0xEE};
 constexpr double kTimeoutS = 60;
 
 std::vector<std::byte> Bytes(std::string_view s) {
+  // Element-wise copy, not memcpy: for an empty string b.data() is nullptr, and memcpy
+  // with a null pointer is undefined even for length 0 (UBSan reports it).
   std::vector<std::byte> b(s.size());
-  std::memcpy(b.data(), s.data(), s.size());
+  std::transform(s.begin(), s.end(), b.begin(), [](char c) { return static_cast<std::byte>(c); });
   return b;
 }
 std::string Str(const std::vector<std::byte>& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
