@@ -11,3 +11,9 @@ if command -v ccache >/dev/null 2>&1; then
 fi
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" "$@" >/dev/null
 cmake --build build -j2
+# `import shardwire` with Debian's /usr/bin/python3: a .pth file in its site directory points at
+# the package this build assembled (build/python/shardwire). Only when that directory is writable.
+site=$(/usr/bin/python3 -c 'import site; print(next(p for p in site.getsitepackages() if p.startswith("/usr/local")))' 2>/dev/null || true)
+if [ -d build/python/shardwire ] && [ -n "$site" ] && mkdir -p "$site" 2>/dev/null && [ -w "$site" ]; then
+  echo "$(pwd)/build/python" > "$site/shardwire.pth"
+fi
