@@ -34,6 +34,16 @@ namespace shardwire {
 struct WeightSyncOptions {
   std::string job = "shardwire";  ///< rendezvous key prefix; one job = one trainer/engine pair of layouts
   double timeout_s = 120;         ///< bound of every wait (seconds)
+  /// The rank's shard buffer in the caller's own memory (the trainer's parameters, the
+  /// engine's weights), laid out by the rank's Layout (Layout::rank(r).buffer_bytes bytes at
+  /// least; shards at their byte_offset). Empty: Shardwire allocates the buffer as a
+  /// transport arena. Caller memory is registered in place (Agent::RegisterMemory, no
+  /// staging copy) and must stay valid and unmoved until the publisher / subscriber is
+  /// destroyed. Cost on this UCX 1.13.1 build: puts into caller-registered host memory are
+  /// emulated over active messages (the target's lane threads copy them in), while an arena in
+  /// UCX-allocated shared memory takes true one-sided puts (docs/transport.md); on RDMA or GPU
+  /// memory both are true one-sided and registration costs one ibv_reg_mr / CUDA IPC handle.
+  std::span<std::byte> buffer = {};
 };
 
 /// What one Push did.

@@ -10,15 +10,24 @@
 namespace shardwire::sync {
 
 Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
-                                      std::uint64_t buffer_bytes) {
+                                      std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer) {
   RankEndpoint endpoint;
   const std::string key = MetadataKey(job, role, rank);
   SW_ASSIGN_OR_RETURN(endpoint.agent, Agent::Create(AgentOptions{.name = key}));
-  // A rank that holds nothing still registers a minimal region so that its peers'
-  // bookkeeping has no special case.
-  const std::size_t bytes = std::max<std::uint64_t>(buffer_bytes, 64);
-  SW_ASSIGN_OR_RETURN(endpoint.region, endpoint.agent->AllocateArena(bytes));
-  endpoint.weights = endpoint.agent->RegionBytes(endpoint.region).first(buffer_bytes);
+  if (!caller_buffer.empty()) {
+    if (caller_buffer.size() < buffer_bytes) {
+      return InvalidArgument(fmt::format("{}: the caller's buffer has {} bytes, its layout needs {}", key,
+                                         caller_buffer.size(), buffer_bytes));
+    }
+    SW_ASSIGN_OR_RETURN(endpoint.region, endpoint.agent->RegisterMemory(caller_buffer.data(), caller_buffer.size()));
+    endpoint.weights = caller_buffer.first(buffer_bytes);
+  } else {
+    // A rank that holds nothing still registers a minimal region so that its peers'
+    // bookkeeping has no special case.
+    const std::size_t bytes = std::max<std::uint64_t>(buffer_bytes, 64);
+    SW_ASSIGN_OR_RETURN(endpoint.region, endpoint.agent->AllocateArena(bytes));
+    endpoint.weights = endpoint.agent->RegionBytes(endpoint.region).first(buffer_bytes);
+  }
   SW_ASSIGN_OR_RETURN(const std::vector<std::byte> blob, endpoint.agent->ExportMetadata());
   SW_RETURN_IF_ERROR(PutString(rendezvous, key + "/region", std::to_string(endpoint.region)));
   SW_RETURN_IF_ERROR(rendezvous.Put(key + "/metadata", blob));

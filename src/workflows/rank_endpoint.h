@@ -19,9 +19,12 @@ struct RankEndpoint {
 };
 
 /// Creates the agent named "<job>/<role>/<rank>", allocates `buffer_bytes` as an arena
-/// and publishes {metadata blob, region id} under MetadataKey(job, role, rank).
+/// (or, when `caller_buffer` is non-empty, registers that caller-owned memory in place) and
+/// publishes {metadata blob, region id} under MetadataKey(job, role, rank).
+/// Errors: kInvalidArgument when caller_buffer is non-empty but smaller than buffer_bytes;
+/// transport and rendezvous errors.
 Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
-                                      std::uint64_t buffer_bytes);
+                                      std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer = {});
 
 /// A peer rank imported into `agent`: its agent name and its shard buffer's region.
 struct PeerRank {

@@ -58,7 +58,7 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     }
   }
   SW_ASSIGN_OR_RETURN(state->endpoint, sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank,
-                                                              trainer_layout.rank(rank).buffer_bytes));
+                                                              trainer_layout.rank(rank).buffer_bytes, state->options.buffer));
   return std::unique_ptr<WeightPublisher>(new WeightPublisher(std::move(state)));
 }
 

@@ -72,10 +72,16 @@ std::size_t Walk(const Layout& layout, int rank, std::span<std::byte> buf, std::
 constexpr int kVersions = 3;
 
 // Child: one engine rank. Exit code 0 = every version arrived and matched.
-int RunSubscriber(std::uint16_t port, int rank, const Layout& trainer, const Layout& engine) {
+// With `own_memory`, the subscriber receives into a buffer this process allocated (an
+// engine's own weights) instead of a Shardwire arena.
+int RunSubscriber(std::uint16_t port, int rank, const Layout& trainer, const Layout& engine,
+                  bool own_memory = false) {
   auto rz = ConnectRendezvous(port);
   if (!rz.ok()) return 10;
-  auto sub = WeightSubscriber::Create(**rz, trainer, engine, rank, {"t", 20});
+  std::vector<std::byte> engine_weights(own_memory ? engine.rank(rank).buffer_bytes + 13 : 0);
+  WeightSyncOptions options{"t", 20};
+  options.buffer = engine_weights;
+  auto sub = WeightSubscriber::Create(**rz, trainer, engine, rank, options);
   if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
   for (std::uint64_t v = 1; v <= kVersions; ++v) {
     if (!(*sub)->BeginUpdate(v).ok()) return 12;
@@ -83,6 +89,7 @@ int RunSubscriber(std::uint16_t port, int rank, const Layout& trainer, const Lay
     if (!stats.ok()) return 13;
     if ((*sub)->committed_version() != v) return 14;
     if (Walk(engine, rank, (*sub)->weights(), v, true) != 0) return 15;
+    if (own_memory && (*sub)->weights().data() != engine_weights.data()) return 16;  // received in place
   }
   return 0;
 }
@@ -168,6 +175,46 @@ TEST(WeightSync, FsdpToTpAcrossProcessesEveryVersionVerified) {
     auto stats = (*pub)->Push(v);
     ASSERT_TRUE(stats.ok()) << stats.status().ToString();
     EXPECT_EQ(stats->bytes, 2 * (64 * 48 * 2 + 40 * 24 * 4 + 24 * 40 * 2) / 2 + 2 * 24 * 4);
+  }
+  for (pid_t pid : children) EXPECT_EQ(WaitChild(pid), 0);
+}
+
+TEST(WeightSync, FromTrainerMemoryIntoEngineMemory) {
+  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  const Layout engine = MakeTpLayout(Tensors(), {0, 0, 1, -1}, 2, 1).value();
+  std::vector<pid_t> children;
+  std::vector<int> port_pipes;
+  for (int r = 0; r < engine.world_size(); ++r) {
+    int fd = -1;
+    const pid_t pid =
+        ForkWithPort(&fd, r, [&](std::uint16_t p) { return RunSubscriber(p, r, trainer, engine, /*own_memory=*/true); });
+    ASSERT_GE(pid, 0);
+    children.push_back(pid);
+    port_pipes.push_back(fd);
+  }
+  auto server = StartRendezvous();
+  ASSERT_TRUE(server.ok());
+  const auto port = static_cast<std::uint16_t>((*server)->port());
+  for (int fd : port_pipes) SendPort(fd, port);
+  auto rz = ConnectRendezvous(port);
+  ASSERT_TRUE(rz.ok());
+  // The trainer's parameters live in memory it allocated; too small a buffer is refused.
+  std::vector<std::byte> params(trainer.rank(0).buffer_bytes);
+  WeightSyncOptions small{"t-small", 20};
+  small.buffer = std::span(params).first(params.size() - 1);
+  auto refused = WeightPublisher::Create(**rz, trainer, engine, 0, small);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), ErrorCode::kInvalidArgument);
+  WeightSyncOptions options{"t", 20};
+  options.buffer = params;
+  auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, options);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_EQ((*pub)->weights().data(), params.data());
+  ASSERT_TRUE((*pub)->Connect().ok());
+  for (std::uint64_t v = 1; v <= kVersions; ++v) {
+    Walk(trainer, 0, params, v, false);  // the trainer updates its own parameters in place
+    auto stats = (*pub)->Push(v);
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   }
   for (pid_t pid : children) EXPECT_EQ(WaitChild(pid), 0);
 }
