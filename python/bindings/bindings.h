@@ -10,5 +10,6 @@ void BindModel(pybind11::module_& m);   ///< model_bindings.cc: dtypes, model de
 void BindLayout(pybind11::module_& m);  ///< layout_bindings.cc: layouts from layout strings
 void BindPlan(pybind11::module_& m);    ///< plan_bindings.cc: transfer plans and their summaries
 void BindCoordinator(pybind11::module_& m);  ///< coordinator_bindings.cc: embedded server, client
+void BindWeightSync(pybind11::module_& m);   ///< weight_sync_bindings.cc: publisher, subscriber
 
 }  // namespace shardwire::python

@@ -10,4 +10,5 @@ PYBIND11_MODULE(_shardwire, m) {
   shardwire::python::BindLayout(m);
   shardwire::python::BindPlan(m);
   shardwire::python::BindCoordinator(m);
+  shardwire::python::BindWeightSync(m);
 }

@@ -1,0 +1,102 @@
+// RL weight sync from Python: the C++ WeightPublisher / WeightSubscriber over a coordinator,
+// on a shard buffer the Python side owns (python/shardwire/weight_sync.py validates the
+// tensors and passes the buffer's address; it keeps the tensors alive as long as this object).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "bindings.h"
+#include "shardwire/coordinator.h"
+#include "shardwire/weight_sync.h"
+#include "status_bindings.h"
+
+namespace py = pybind11;
+
+namespace shardwire::python {
+namespace {
+
+WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr_t address, std::size_t nbytes) {
+  WeightSyncOptions o;
+  o.job = job;
+  o.timeout_s = timeout_s;
+  if (nbytes > 0) o.buffer = std::span<std::byte>(reinterpret_cast<std::byte*>(address), nbytes);
+  return o;
+}
+
+}  // namespace
+
+void BindWeightSync(py::module_& m) {
+  py::class_<WeightPublisher>(m, "_WeightPublisher")
+      .def(py::init([](CoordinatorClient& coordinator, const Layout& trainer, const Layout& engine, int rank,
+                       std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s) {
+             py::gil_scoped_release release;
+             return ValueOrThrow(
+                 WeightPublisher::Create(coordinator, trainer, engine, rank, Options(job, timeout_s, address, nbytes)));
+           }),
+           py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("trainer_layout"), py::arg("engine_layout"),
+           py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"))
+      .def("connect",
+           [](WeightPublisher& p) {
+             py::gil_scoped_release release;
+             ThrowIfError(p.Connect());
+           })
+      .def("push",
+           [](WeightPublisher& p, std::uint64_t version) {
+             PushStats s;
+             {
+               py::gil_scoped_release release;
+               s = ValueOrThrow(p.Push(version));
+             }
+             py::dict d;
+             d["version"] = s.version;
+             d["bytes"] = s.bytes;
+             d["descriptors"] = s.descriptors;
+             d["ready_wait_s"] = s.ready_wait_s;
+             d["transfer_s"] = s.transfer_s;
+             return d;
+           })
+      .def_property_readonly("bytes_per_push", &WeightPublisher::bytes_per_push)
+      .def_property_readonly("buffer_address",
+                             [](WeightPublisher& p) { return reinterpret_cast<std::uintptr_t>(p.weights().data()); });
+
+  py::class_<WeightSubscriber>(m, "_WeightSubscriber")
+      .def(py::init([](CoordinatorClient& coordinator, const Layout& trainer, const Layout& engine, int rank,
+                       std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s) {
+             py::gil_scoped_release release;
+             return ValueOrThrow(WeightSubscriber::Create(coordinator, trainer, engine, rank,
+                                                          Options(job, timeout_s, address, nbytes)));
+           }),
+           py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("trainer_layout"), py::arg("engine_layout"),
+           py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"))
+      .def("connect",
+           [](WeightSubscriber& s) {
+             py::gil_scoped_release release;
+             ThrowIfError(s.Connect());
+           })
+      .def("begin_update",
+           [](WeightSubscriber& s, std::uint64_t version) {
+             py::gil_scoped_release release;
+             ThrowIfError(s.BeginUpdate(version));
+           })
+      .def("wait_for_update",
+           [](WeightSubscriber& s, std::uint64_t version) {
+             UpdateStats u;
+             {
+               py::gil_scoped_release release;
+               u = ValueOrThrow(s.WaitForUpdate(version));
+             }
+             py::dict d;
+             d["version"] = u.version;
+             d["bytes"] = u.bytes;
+             d["sources"] = u.sources;
+             d["wait_s"] = u.wait_s;
+             return d;
+           })
+      .def_property_readonly("committed_version", &WeightSubscriber::committed_version)
+      .def_property_readonly("buffer_address",
+                             [](WeightSubscriber& s) { return reinterpret_cast<std::uintptr_t>(s.weights().data()); });
+}
+
+}  // namespace shardwire::python

@@ -1,0 +1,160 @@
+"""RL weight sync from Python: trainer ranks push their parameters into inference engines' weights.
+
+A rank's shards live in ONE contiguous buffer laid out by its Layout (every shard a dense
+row-major box at a byte offset; FSDP's FlatParameter and vLLM's fused weights are the same idea).
+``adopt_parameters`` moves a rank's parameter tensors into such a buffer once (one copy at setup)
+and re-points each tensor at its slot, so training (or serving) then reads and writes the buffer
+in place; the publisher and subscriber register that buffer with the transport without any
+staging copy. Every push after that moves bytes straight from the trainer's parameters into the
+engines' parameters.
+
+Protocol of a version v (C++ weight_sync.h): subscriber ``begin_update(v)`` (the engine stops
+reading its weights), publisher ``push(v)``, subscriber ``wait_for_update(v)`` commits v only
+when every byte arrived; ``committed_version`` is the version the engine serves.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional
+
+import torch
+
+from . import _shardwire
+from .errors import InvalidArgumentError
+from .tensors import shard_views, torch_dtype
+
+
+def allocate_shard_buffer(layout, rank: int):
+    """A zeroed CPU uint8 buffer of ``layout.buffer_bytes(rank)`` bytes and the views of every
+    shard of ``rank`` into it: ``(buffer, {name: tensor})``."""
+    buffer = torch.zeros(max(layout.buffer_bytes(rank), 1), dtype=torch.uint8)
+    return buffer, shard_views(buffer, layout, rank)
+
+
+def _check_parameters(params: Mapping[str, torch.Tensor], layout, rank: int) -> None:
+    """Raises InvalidArgumentError naming the first tensor that does not fit rank's slots:
+    missing or extra names, wrong dtype or shape, not on the CPU, not contiguous."""
+    slots = {s["name"]: s for s in layout.shards(rank)}
+    missing = sorted(set(slots) - set(params))
+    extra = sorted(set(params) - set(slots))
+    if missing:
+        raise InvalidArgumentError(f"invalid argument: rank {rank} of layout {layout.description!r} holds "
+                                   f"{missing[0]!r} but the parameters lack it ({len(missing)} missing)")
+    if extra:
+        raise InvalidArgumentError(f"invalid argument: parameter {extra[0]!r} is not held by rank {rank} of "
+                                   f"layout {layout.description!r} ({len(extra)} extra)")
+    for name, slot in slots.items():
+        t = params[name]
+        want_dtype, want_shape = torch_dtype(slot["dtype"]), tuple(slot["shape"])
+        if t.device.type != "cpu":
+            raise InvalidArgumentError(f"invalid argument: parameter {name!r} is on {t.device}; this build moves "
+                                       f"host memory only (no GPU transport here)")
+        if t.dtype != want_dtype or tuple(t.shape) != want_shape:
+            raise InvalidArgumentError(f"invalid argument: parameter {name!r} is {t.dtype} {tuple(t.shape)}, "
+                                       f"its slot in layout {layout.description!r} rank {rank} is "
+                                       f"{want_dtype} {want_shape}")
+        if not t.is_contiguous():
+            raise InvalidArgumentError(f"invalid argument: parameter {name!r} is not contiguous")
+
+
+def adopt_parameters(params: Mapping[str, torch.Tensor], layout, rank: int) -> torch.Tensor:
+    """Moves ``params`` (name -> tensor, exactly the shards rank ``rank`` of ``layout`` holds,
+    with their dtypes and shard shapes) into one shard buffer and re-points every tensor at
+    its slot (``t.data = view``), so nn.Parameters stay the same objects. One copy, here;
+    none afterwards. Returns the buffer (CPU uint8). Raises InvalidArgumentError naming the
+    tensor before anything is changed."""
+    _check_parameters(params, layout, rank)
+    buffer, views = allocate_shard_buffer(layout, rank)
+    with torch.no_grad():
+        for name, t in params.items():
+            views[name].copy_(t)
+            t.data = views[name]
+    return buffer
+
+
+def _buffer_address(params: Mapping[str, torch.Tensor], layout, rank: int) -> int:
+    """The start address of the shard buffer ``params`` live in, checking that each tensor sits
+    exactly at its slot of one buffer (as adopt_parameters / allocate_shard_buffer leave them)."""
+    _check_parameters(params, layout, rank)
+    base: Optional[int] = None
+    for s in layout.shards(rank):
+        t = params[s["name"]]
+        b = t.data_ptr() - s["byte_offset"]
+        if base is None:
+            base = b
+        elif b != base:
+            raise InvalidArgumentError(
+                f"invalid argument: parameter {s['name']!r} does not sit at its slot of one shard buffer "
+                f"(call shardwire.adopt_parameters first)")
+    return base if base is not None else 0
+
+
+class _Endpoint:
+    """Shared construction of publisher and subscriber."""
+
+    def __init__(self, cls, coordinator, trainer_layout, engine_layout, layout, rank: int,
+                 params: Optional[Mapping[str, torch.Tensor]], job: str, timeout_s: float):
+        if params is None:
+            self.buffer, self.tensors = allocate_shard_buffer(layout, rank)
+        else:
+            self.buffer, self.tensors = None, dict(params)
+        address = (self.buffer.data_ptr() if params is None else _buffer_address(self.tensors, layout, rank))
+        nbytes = layout.buffer_bytes(rank)
+        self._impl = cls(coordinator, trainer_layout, engine_layout, rank, address, nbytes, job, timeout_s)
+
+
+class WeightPublisher(_Endpoint):
+    """One trainer rank. ``params``: the rank's parameter tensors (name -> tensor) in one shard
+    buffer (see adopt_parameters), registered in place; None allocates a buffer whose views are
+    ``self.tensors``. ``coordinator``: a CoordinatorClient. Times in seconds.
+    Raises InvalidArgumentError (tensors), LayoutMismatchError (layouts), TransportError."""
+
+    def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
+                 params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
+                 timeout_s: float = 120.0):
+        super().__init__(_shardwire._WeightPublisher, coordinator, trainer_layout, engine_layout, trainer_layout,
+                         rank, params, job, timeout_s)
+
+    def connect(self) -> None:
+        """Prepares one transfer per destination engine rank (waits up to timeout_s for them)."""
+        self._impl.connect()
+
+    def push(self, version: int) -> Dict[str, float]:
+        """Pushes weight version ``version`` (GIL released): waits until every destination is
+        ready, writes, and returns {version, bytes, descriptors, ready_wait_s, transfer_s}.
+        Raises TimedOutError / PeerDisconnectedError naming the engine rank."""
+        return self._impl.push(version)
+
+    @property
+    def bytes_per_push(self) -> int:
+        """Bytes this rank writes per push."""
+        return self._impl.bytes_per_push
+
+
+class WeightSubscriber(_Endpoint):
+    """One inference-engine rank, receiving into ``params`` (its weights, in one shard buffer;
+    see adopt_parameters) in place, or into a buffer it allocates (views in ``self.tensors``)."""
+
+    def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
+                 params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
+                 timeout_s: float = 120.0):
+        super().__init__(_shardwire._WeightSubscriber, coordinator, trainer_layout, engine_layout, engine_layout,
+                         rank, params, job, timeout_s)
+
+    def connect(self) -> None:
+        """Looks up every trainer rank this rank receives from (waits up to timeout_s)."""
+        self._impl.connect()
+
+    def begin_update(self, version: int) -> None:
+        """Declares the engine paused for ``version``: trainers may now write its weights."""
+        self._impl.begin_update(version)
+
+    def wait_for_update(self, version: int) -> Dict[str, float]:
+        """Blocks (GIL released) until every source delivered ``version``, then commits it.
+        Returns {version, bytes, sources, wait_s}. Raises TimedOutError naming missing sources."""
+        return self._impl.wait_for_update(version)
+
+    @property
+    def committed_version(self) -> int:
+        """The version the engine's weights hold completely (0 before the first); label
+        generated tokens with it."""
+        return self._impl.committed_version
