@@ -125,3 +125,10 @@ def test_rl_loop_example_trains_and_engines_match(tmp_path):
     assert "every engine's logits matched" in r.stdout
     losses = [float(l.split("loss ")[1].split(",")[0]) for l in r.stdout.splitlines() if l.startswith("trainer 0")]
     assert len(losses) == 3 and losses[-1] < losses[0]  # it really trains
+
+
+def test_vllm_worker_extension_example():
+    r = subprocess.run([PY, str(ROOT / "examples" / "vllm_worker_extension.py")], capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("check_weights True") == 4 and "vllm_worker_extension: ok" in r.stdout
