@@ -23,7 +23,7 @@ using convert::BitsToFloat;
 using convert::F16ToFloat;
 using convert::FloatToBf16;
 using convert::FloatToBits;
-using convert::FloatToE4m3;
+using convert::FloatToE4m3InRange;
 using convert::FloatToF16;
 using convert::LoadLe;
 using convert::StoreLe;
@@ -63,7 +63,7 @@ SW_CLONES void RowMaxMagnitude32(const std::byte* row, std::int64_t cols, std::i
       const std::byte* __restrict seg = row + c0 * (ESIZE);                                        \
       std::uint8_t* __restrict dst = out + c0;                                                     \
       const float mul = muls[b];                                                                   \
-      for (std::int64_t c = 0; c < n; ++c) dst[c] = FloatToE4m3(LOAD * mul);                       \
+      for (std::int64_t c = 0; c < n; ++c) dst[c] = FloatToE4m3InRange(LOAD * mul);                \
     }                                                                                              \
   }
 
