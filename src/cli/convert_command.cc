@@ -1,5 +1,6 @@
 #include "cli/convert_command.h"
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -72,6 +73,16 @@ Result<nlohmann::ordered_json> OutputConfig(const ConvertOptions& o, const std::
     cfg["torch_dtype"] = o.format == "bf16" ? "bfloat16" : (o.format == "fp16" ? "float16" : "float32");
   }
   return cfg;
+}
+
+// Drops this process's page-table entries for a consumed source tensor (the pages stay in the
+// page cache), so resident memory follows the tensor being converted, not the whole checkpoint.
+// Read-only file mapping: MADV_DONTNEED only unmaps; a later access refaults the same bytes.
+void ReleaseSourcePages(std::span<const std::byte> bytes) {
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<std::uintptr_t>(bytes.data()) + page - 1) / page * page;
+  const auto end = (reinterpret_cast<std::uintptr_t>(bytes.data()) + bytes.size()) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 std::string ShardName(std::size_t i, std::size_t n) {
@@ -165,6 +176,7 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
     return s;
   };
   std::unique_ptr<TensorConverter> converter;
+  std::span<const std::byte> converter_source;
   std::size_t converter_index = SIZE_MAX, done = 0;
   std::uint64_t bytes_done = 0, out_bytes = 0;
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
@@ -186,6 +198,8 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
         SW_ASSIGN_OR_RETURN(auto view, checkpoint.Get(c.sources[0]));
         SW_ASSIGN_OR_RETURN(auto made, TensorConverter::Create(c, {view}, fp8_options));
         converter = std::make_unique<TensorConverter>(std::move(made));
+        ReleaseSourcePages(converter_source);
+        converter_source = view.data;
         converter_index = t.conversion;
         bytes_done += view.spec.nbytes();
         ++done;

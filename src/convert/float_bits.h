@@ -73,15 +73,14 @@ inline std::uint16_t FloatToF16(float f) {
 /// Largest finite E4M3 ("fn": no infinities) value.
 inline constexpr float kE4m3Max = 448.0f;
 
-/// fp32 -> fp8 E4M3fn, RNE, for finite input; |x| > 448 saturates to +-448 (0x7E/0xFE).
-/// Callers reject NaN/Inf before (the block quantiser does). Integer compares only, so the
-/// selects vectorise.
-inline std::uint8_t FloatToE4m3(float f) {
+/// fp32 -> fp8 E4M3fn, RNE, for finite |f| < 464 (the block quantiser's range: |x * s| <= 448 up
+/// to a few ulps); values in (448, 464) round to 448. Integer compares only, so the selects
+/// vectorise.
+inline std::uint8_t FloatToE4m3InRange(float f) {
   const std::uint32_t u = FloatToBits(f);
   const std::uint32_t sign = (u >> 24) & 0x80u;
-  const std::uint32_t raw = u & 0x7FFFFFFFu;
-  const std::uint32_t ua = raw < 0x43E00000u ? raw : 0x43E00000u;  // min(|f|, 448)
-  // Normal range [2^-6, 448]: keep 3 mantissa bits, rebias exponent 127 -> 7.
+  const std::uint32_t ua = u & 0x7FFFFFFFu;
+  // Normal range [2^-6, 464): keep 3 mantissa bits, rebias exponent 127 -> 7.
   const std::uint32_t normal = ((ua + 0x7FFFFu + ((ua >> 20) & 1u)) >> 20) - (120u << 3);
   // Below 2^-6 (0x3C800000): 16384 = 2^14 has an ulp of 2^-9, E4M3's subnormal quantum; the sum's
   // low mantissa bits are the code (8 means rounded up to the smallest normal, code 0x08).

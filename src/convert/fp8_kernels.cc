@@ -6,13 +6,27 @@
 
 #include "convert/float_bits.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// SW_KERNELS_NO_CLONES / SW_KERNELS_NAMESPACE let tests/convert/kernel_clones_test.cc compile
+// these same loops once more for the baseline CPU, to compare with the clone the loader picked.
+#ifndef SW_KERNELS_NAMESPACE
+#define SW_KERNELS_NAMESPACE convert
+#endif
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(SW_KERNELS_NO_CLONES)
 #define SW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SW_CLONES
 #endif
 
-namespace shardwire::convert {
+namespace shardwire::SW_KERNELS_NAMESPACE {
+using convert::Bf16ToFloat;
+using convert::BitsToFloat;
+using convert::F16ToFloat;
+using convert::FloatToBf16;
+using convert::FloatToBits;
+using convert::FloatToE4m3InRange;
+using convert::FloatToF16;
+using convert::LoadLe;
+using convert::StoreLe;
 
 SW_CLONES void RowMaxMagnitude16(const std::byte* row, std::int64_t cols, std::int64_t bc, std::uint32_t* maxes) {
   for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += bc, ++b) {
@@ -49,7 +63,7 @@ SW_CLONES void RowMaxMagnitude32(const std::byte* row, std::int64_t cols, std::i
       const std::byte* __restrict seg = row + c0 * (ESIZE);                                        \
       std::uint8_t* __restrict dst = out + c0;                                                     \
       const float mul = muls[b];                                                                   \
-      for (std::int64_t c = 0; c < n; ++c) dst[c] = FloatToE4m3(LOAD * mul);                       \
+      for (std::int64_t c = 0; c < n; ++c) dst[c] = FloatToE4m3InRange(LOAD * mul);                \
     }                                                                                              \
   }
 
@@ -72,4 +86,4 @@ SW_CAST(CastF16ToBf16, std::uint16_t, std::uint16_t, FloatToBf16(F16ToFloat(x)))
 SW_CAST(CastF32ToBf16, std::uint32_t, std::uint16_t, FloatToBf16(BitsToFloat(x)))
 SW_CAST(CastF32ToF16, std::uint32_t, std::uint16_t, FloatToF16(BitsToFloat(x)))
 
-}  // namespace shardwire::convert
+}  // namespace shardwire::SW_KERNELS_NAMESPACE

@@ -357,7 +357,6 @@ TEST(DescribeMla, DeepSeekV3) {
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   std::printf("DeepSeek-V3: %zu tensors, %zu fused, described in %.1f ms\n", d.tensors.size(),
               d.fused.size(), ms);
-  EXPECT_LT(ms, 1000.0);
 
   const MlaNumbers n{7168, 128, 256, 129280, 61, 3, 1};
   EXPECT_NEAR(static_cast<double>(n.main()), 671e9, 0.01 * 671e9);
