@@ -204,6 +204,11 @@ TEST(FabricModel, BadFabricFilesNameTheField) {
             "fabric: \"source_nodes\" lists 3 ranks, the layout has 2");
   EXPECT_EQ(ErrorOf("{" + ok + R"(, "destination_nodes": [0, 0, 0]})", 2, 3),
             "fabric: \"destination_nodes\" puts more than 2 ranks on node 0 (gpus_per_node is 2)");
+  // A cluster too large to model (link loads are dense arrays): an error, not an allocation.
+  EXPECT_EQ(ErrorOf(R"({"gpus_per_node": 16777216, "nic_bytes_per_second": 1, "nvlink_bytes_per_second": 1,
+      "destination_first_node": 16777216})"),
+            "fabric: 16777217 nodes x 16777216 GPUs (\"nodes\", \"gpus_per_node\", first nodes and node lists) is "
+            "more than 4194304 GPUs");
   // PredictTransfer checks the placement before it computes anything.
   const Result<FabricPrediction> p =
       PredictTransfer(SmallPlan(4), ParseFabricSpec("{" + ok + R"(, "nodes": 1})").value());
