@@ -96,7 +96,8 @@ struct FabricPlacement {
 /// take its GPUs 0, 1, ... in rank order). Errors (kInvalidArgument, naming the field):
 /// an explicit node list whose length differs from the world size; more ranks of one side
 /// on a node than gpus_per_node; a placement reaching node `nodes` or beyond (the cluster
-/// is smaller than the layouts).
+/// is smaller than the layouts); a cluster of more than 2^22 GPUs (nodes x gpus_per_node,
+/// counting the nodes the placement reaches).
 Result<FabricPlacement> PlaceRanks(const FabricSpec& spec, int src_world, int dst_world);
 
 /// What a link is.

@@ -14,6 +14,9 @@ namespace {
 
 using Json = nlohmann::json;
 
+// The largest cluster modelled: link loads are dense arrays over GPUs.
+constexpr std::int64_t kMaxGpus = std::int64_t{1} << 22;
+
 constexpr std::string_view kKnownKeys[] = {"gpus_per_node",
                                            "nic_bytes_per_second",
                                            "nvlink_bytes_per_second",
@@ -175,6 +178,12 @@ Result<FabricPlacement> PlaceRanks(const FabricSpec& spec, int src_world, int ds
   SW_ASSIGN_OR_RETURN(p.destination,
                       PlaceSide(spec, dst_world, spec.destination_nodes, dst_first, "destination_nodes"));
   const int needed = std::max(NodesUsed(p.source), NodesUsed(p.destination));
+  const std::int64_t gpus = static_cast<std::int64_t>(std::max(needed, spec.nodes.value_or(0))) * g;
+  if (gpus > kMaxGpus) {
+    return InvalidArgument(fmt::format(
+        "fabric: {} nodes x {} GPUs (\"nodes\", \"gpus_per_node\", first nodes and node lists) is more than {} GPUs",
+        std::max(needed, spec.nodes.value_or(0)), g, kMaxGpus));
+  }
   if (spec.nodes) {
     if (needed > *spec.nodes) {
       const bool src_side = NodesUsed(p.source) >= NodesUsed(p.destination);

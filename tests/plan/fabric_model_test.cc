@@ -131,6 +131,33 @@ TEST(FabricModel, NodeLimitAndDefaultPlacement) {
   EXPECT_EQ(p.links[0].Name(), "node-out node 0");
 }
 
+// FSDP 8 -> TP 2 x 4 replicas of one F32 [64, 256] tensor: source s holds rows 8s..8s+7
+// (8192 bytes) and broadcasts them to TP rank s / 4 of all 4 engines (G = 4). One GPU per
+// node, NIC 8192 B/s: each pair is 1 s on each member's NIC ingress and 4 s on the
+// source's NIC egress. Every link carries 4 s in all (a source: 4 copies; a destination:
+// 4 sources), so the ingress bound is 4 s.
+//  * K = 4: a broadcast takes min(4, 4) = 4 send slots, a member 4 receives: all 8 pairs
+//    fit one round of 4 s: prediction = bound.
+//  * K = 2: a member receives from 2 sources per round, so 2 rounds, each as long as a
+//    source's 4 s egress: 8 s = G / K x the bound (the factor docs/planner.md explains).
+TEST(FabricModel, BroadcastRoundsCostGOverKWhenKIsSmallerThanTheGroup) {
+  std::vector<TensorSpec> tensors{{"w", DType::kF32, {64, 256}}};
+  const Layout src = MakeFsdpLayout(tensors, 8).value();
+  const Layout dst = MakeTpLayout(tensors, {0}, 2, 4).value();
+  const FabricSpec spec =
+      ParseFabricSpec(R"({"gpus_per_node": 1, "nic_bytes_per_second": 8192, "nvlink_bytes_per_second": 8192})").value();
+  for (const int k : {4, 2}) {
+    PlanOptions options;
+    options.max_concurrency = k;
+    const TransferPlan plan = PlanTransfer(src, dst, options).value();
+    const FabricPrediction p = PredictTransfer(plan, spec).value();
+    EXPECT_DOUBLE_EQ(p.ingress_bound_seconds, 4.0) << "K=" << k;
+    EXPECT_DOUBLE_EQ(p.link_bound_seconds, 4.0) << "K=" << k;
+    EXPECT_EQ(p.rounds.size(), k == 4 ? 1u : 2u) << "K=" << k;
+    EXPECT_DOUBLE_EQ(p.predicted_seconds, k == 4 ? 4.0 : 8.0) << "K=" << k;
+  }
+}
+
 TEST(FabricModel, TrafficMatrixEqualsThePlansBytes) {
   const TransferPlan plan = SmallPlan(4);
   const TrafficMatrix m = ComputeTrafficMatrix(plan);
@@ -204,6 +231,11 @@ TEST(FabricModel, BadFabricFilesNameTheField) {
             "fabric: \"source_nodes\" lists 3 ranks, the layout has 2");
   EXPECT_EQ(ErrorOf("{" + ok + R"(, "destination_nodes": [0, 0, 0]})", 2, 3),
             "fabric: \"destination_nodes\" puts more than 2 ranks on node 0 (gpus_per_node is 2)");
+  // A cluster too large to model (link loads are dense arrays): an error, not an allocation.
+  EXPECT_EQ(ErrorOf(R"({"gpus_per_node": 16777216, "nic_bytes_per_second": 1, "nvlink_bytes_per_second": 1,
+      "destination_first_node": 16777216})"),
+            "fabric: 16777217 nodes x 16777216 GPUs (\"nodes\", \"gpus_per_node\", first nodes and node lists) is "
+            "more than 4194304 GPUs");
   // PredictTransfer checks the placement before it computes anything.
   const Result<FabricPrediction> p =
       PredictTransfer(SmallPlan(4), ParseFabricSpec("{" + ok + R"(, "nodes": 1})").value());
