@@ -9,7 +9,10 @@
 //     policy alone cannot do this: it caps attempts at 5 and has no total-time
 //     bound. The channel itself reconnects (reconnect backoff 100 ms .. 1 s), which
 //     is how a client survives a coordinator restart.
-// Every attempt carries a deadline: call_timeout_s (+ the server-side wait for Get).
+// Every attempt carries a deadline: call_timeout_s, plus the server-side wait for
+// Get, plus time for the payload at a slow 4 MB/s (Put: its value; Get: the
+// largest value, 16 s), so a 64 MiB value does not miss its deadline on a loaded
+// machine while a dead coordinator is still noticed.
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
 
@@ -37,6 +40,9 @@ using Clock = std::chrono::steady_clock;
 
 /// Longest server-side wait a client asks for in one Get RPC (seconds).
 constexpr double kGetSliceS = 5;
+/// Slowest transfer rate (bytes/s) an attempt's deadline allows for its payload on
+/// a loaded machine: a 64 MiB rendezvous value gets 16 s on top of call_timeout_s.
+constexpr double kSlowestPayloadBytesPerS = 4e6;
 
 constexpr char kServiceConfig[] = R"({
   "methodConfig": [{
@@ -167,7 +173,9 @@ Status CoordinatorClient::Put(const std::string& key, std::span<const std::byte>
   req.set_key(key);
   req.set_value(control::ToString(value));
   v1::PutResponse resp;
-  return impl_->Call("Put", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Put(&ctx, req, &resp); });
+  return impl_->Call(
+      "Put", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Put(&ctx, req, &resp); },
+      static_cast<double>(value.size()) / kSlowestPayloadBytesPerS);
 }
 
 Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, double timeout_s) {
@@ -181,7 +189,8 @@ Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, do
     req.set_wait_s(slice);
     v1::GetResponse resp;
     SW_RETURN_IF_ERROR(impl_->Call(
-        "Get", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Get(&ctx, req, &resp); }, slice));
+        "Get", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Get(&ctx, req, &resp); },
+        slice + static_cast<double>(kMaxRendezvousValueBytes) / kSlowestPayloadBytesPerS));
     if (resp.found()) return control::ToBytes(resp.value());
     if (control_internal::SecondsLeft(deadline) <= 0) return control_internal::GetTimedOut(key, timeout_s);
   }

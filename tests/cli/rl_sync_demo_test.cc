@@ -214,4 +214,48 @@ TEST(RlSyncDemo, PortInUseIsReported) {
   EXPECT_EQ(CountWorkers(), 0);
 }
 
+// The demo against a standalone coordinator (`shardwire serve` with a token file):
+// trainers and engines rendezvous through it, the token reaching them through
+// SHARDWIRE_TOKEN; without the token the demo fails with "unauthenticated".
+TEST(RlSyncDemo, RunsAgainstAStandaloneCoordinatorWithAToken) {
+  const std::string model_args = SmallModelArgs();
+  const std::string token_file = std::string(SHARDWIRE_TEST_WORK_DIR) + "/token-" + std::to_string(getpid());
+  std::filesystem::create_directories(SHARDWIRE_TEST_WORK_DIR);
+  std::ofstream(token_file) << "demo-token\n";
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const pid_t serve = fork();
+  if (serve == 0) {
+    dup2(fds[1], 1);
+    close(fds[0]);
+    close(fds[1]);
+    execl(SHARDWIRE_BIN, SHARDWIRE_BIN, "serve", "--port", "0", "--token-file", token_file.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(fds[1]);
+  std::string line;
+  char c = 0;
+  while (read(fds[0], &c, 1) == 1 && c != '\n') line += c;
+  const auto at = line.find("listening on ");
+  ASSERT_NE(at, std::string::npos) << line;
+  const std::string address = line.substr(at + 13, line.find(' ', at + 13) - (at + 13));
+
+  const RunResult ok = RunDemo(model_args + " --steps 2 --coordinator " + address, "SHARDWIRE_TOKEN=demo-token");
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_NE(ok.output.find("verified"), std::string::npos) << ok.output;
+  const RunResult refused =
+      RunDemo(model_args + " --steps 1 --timeout 5 --coordinator " + address, "SHARDWIRE_TOKEN=wrong");
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_NE(refused.output.find("unauthenticated"), std::string::npos) << refused.output;
+  EXPECT_EQ(CountWorkers(), 0);
+
+  kill(serve, SIGTERM);
+  int status = 0;
+  waitpid(serve, &status, 0);
+  close(fds[0]);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  std::filesystem::remove(token_file);
+}
+
 }  // namespace
