@@ -15,6 +15,8 @@ packages=(
   libbenchmark-dev              # micro-benchmarks
   python3                       # test helpers (independent oracle for safetensors)
   python3-numpy                 # numpy oracle of the convert tests (casts, FP8 block quantisation)
+  python3-dev pybind11-dev      # the Python package (python/), built for Debian's /usr/bin/python3
+  python3-torch python3-pytest  # torch tensors in the Python package; its tests and examples
   clang-14 libclang-rt-14-dev   # libFuzzer targets (fuzz/run_fuzzer.sh)
   ccache                        # keeps the repeated builds of scripts/test.sh (normal, ASan, TSan, fuzz) cheap
   iperf3                        # plain-TCP reference of bench/agent_engine_bench
