@@ -270,9 +270,6 @@ Result<Layout> MakeTrainerLayout(const ModelDescription& model, const TrainerLay
         }
         const auto chunks = ChunkRanges(box.shape[0], ranks);
         for (int f = 0; f < ranks; ++f) {
-          // Most ranks get nothing of a small tensor under wide FSDP: skip them before
-          // copying the box (fsdp=40000 on a small model took seconds otherwise).
-          if (chunks[static_cast<std::size_t>(f)].first == chunks[static_cast<std::size_t>(f)].second) continue;
           Box piece = box;
           piece.offset[0] += chunks[static_cast<std::size_t>(f)].first;
           piece.shape[0] = chunks[static_cast<std::size_t>(f)].second - chunks[static_cast<std::size_t>(f)].first;
