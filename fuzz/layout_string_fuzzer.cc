@@ -51,12 +51,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view spec(reinterpret_cast<const char*>(data + 1), size - 1);
   auto layout = shardwire::MakeLayoutFromString(model, spec);
   if (!layout.ok()) {
-    shardwire::fuzz::CheckRejection(layout.status(), kName, {shardwire::ErrorCode::kInvalidArgument, shardwire::ErrorCode::kUnsupported});
+    shardwire::fuzz::CheckRejection(layout.status(), kName,
+                                    {shardwire::ErrorCode::kInvalidArgument, shardwire::ErrorCode::kUnsupported});
     return 0;
   }
   Check(layout->world_size() >= 1, kName, "world_size >= 1");
-  Check(layout->num_rank_classes() >= 1 &&
-            layout->num_rank_classes() <= static_cast<std::size_t>(layout->world_size()),
+  Check(layout->num_rank_classes() >= 1 && layout->num_rank_classes() <= static_cast<std::size_t>(layout->world_size()),
         kName, "1 <= rank classes <= world size");
   std::size_t ranks = 0;
   for (std::size_t c = 0; c < layout->num_rank_classes(); ++c) ranks += layout->ranks_of_class(c).size();

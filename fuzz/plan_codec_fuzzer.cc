@@ -135,7 +135,7 @@ int main(int argc, char** argv) {
     if (f == nullptr || std::fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size()) std::exit(1);
     std::fclose(f);
   };
-  const std::pair<std::string_view, std::pair<const char*, const char*>> cases[] = {
+  const std::pair<std::string_view, std::pair<const char*, const char*> > cases[] = {
       {shardwire::fuzz::kDenseConfig, {"fsdp=2", "tp=2"}},
       {shardwire::fuzz::kDenseConfig, {"fsdp=4", "tp=2,dp=2"}},
       {shardwire::fuzz::kDenseConfig, {"hsdp=2x2", "tp=4"}},
@@ -147,8 +147,8 @@ int main(int argc, char** argv) {
     auto src = shardwire::MakeLayoutFromString(*model, specs.first);
     auto dst = shardwire::MakeLayoutFromString(*model, specs.second);
     if (!src.ok() || !dst.ok()) {
-      std::fprintf(stderr, "seed layouts %s -> %s: %s %s\n", specs.first, specs.second,
-                   src.status().ToString().c_str(), dst.status().ToString().c_str());
+      std::fprintf(stderr, "seed layouts %s -> %s: %s %s\n", specs.first, specs.second, src.status().ToString().c_str(),
+                   dst.status().ToString().c_str());
       return 1;
     }
     shardwire::PlanOptions options;

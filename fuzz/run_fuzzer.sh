@@ -91,7 +91,7 @@ for f in "${fuzzers[@]}"; do
   dict=()
   if [ -f "$root/fuzz/$f.dict" ]; then dict=(-dict="$root/fuzz/$f.dict"); fi
   echo "run_fuzzer: $f for ${seconds}s (corpus $corpus)"
-  if ! "$work/build/fuzz/$f" -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+  if ! "$work/build/fuzz/$f" -max_total_time="$seconds" -max_len=65536 -timeout=30 -rss_limit_mb=2048 \
        -print_final_stats=1 -artifact_prefix="$work/crashes/$f-" "${dict[@]}" "$corpus" \
        >"$work/$f.log" 2>&1; then
     status=1

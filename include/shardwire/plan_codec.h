@@ -33,10 +33,14 @@ std::vector<std::byte> SerializePlan(const TransferPlan& plan);
 /// (kDestination), with their moves and the groups they name.
 std::vector<std::byte> SerializePlanPart(const TransferPlan& plan, PlanSide side, int rank);
 
+/// Largest number of destination groups (group ids are below it) a decoded plan may have:
+/// 2^20, thousands of times what a real plan uses (about one group per set of replicas).
+inline constexpr std::uint64_t kMaxPlanGroups = std::uint64_t{1} << 20;
+
 /// Decodes either form. A part decodes to a plan holding just those buckets (group ids
 /// are kept; groups it does not reference are empty). Errors (kCorruptData, naming the
 /// check): truncated, bad magic, unsupported version, checksum mismatch, a varint or
-/// count that overruns, a rank, group or transport out of range, a move whose byte range
+/// count that overruns, a rank, group (id >= kMaxPlanGroups) or transport out of range, a move whose byte range
 /// (offset + (count - 1) * stride + length, either side) or byte count overflows 64 bits.
 Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes);
 

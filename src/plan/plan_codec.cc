@@ -219,7 +219,9 @@ Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes) {
   for (std::uint64_t i = 0; i < group_count; ++i) {
     SW_ASSIGN_OR_RETURN(const std::uint64_t id, r.Varint("group id"));
     SW_ASSIGN_OR_RETURN(const std::uint64_t size, r.Varint("group size"));
-    if (id > (1u << 24) || size > dst_world || size > r.remaining()) return CorruptData("plan group out of range");
+    // Group ids index a vector: an id is bounded by kMaxPlanGroups so that a few bytes
+    // cannot make us allocate hundreds of MB (2^24 ids were 400 MB of empty groups).
+    if (id >= kMaxPlanGroups || size > dst_world || size > r.remaining()) return CorruptData("plan group out of range");
     if (groups.size() <= id) groups.resize(id + 1);
     std::uint64_t rank = 0;
     for (std::uint64_t j = 0; j < size; ++j) {

@@ -608,5 +608,21 @@ TEST(PlanCodec, MoveRangesThatOverflow64BitsAreCorrupt) {
   EXPECT_NE(r.status().message().find("overflows 64 bits"), std::string::npos) << r.status().message();
 }
 
+// Found by fuzz/plan_codec_fuzzer.cc (a 15-second input): a group id of 2^24 in a
+// 30-byte blob made the decoder allocate 2^24 empty groups (400 MB).
+TEST(PlanCodec, GroupIdsBeyondTheLimitAreCorrupt) {
+  // src_world 1, dst_world 1, runs 0, one group {id, size 1, rank 0}, no buckets, no
+  // scratch, copies or reductions.
+  auto blob = [](std::uint64_t id) { return SealPlanBody({1, 1, 0, 1, id, 1, 0, 0, 0, 0, 0}); };
+  auto ok = DeserializePlan(blob(kMaxPlanGroups - 1));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->dst_groups().size(), kMaxPlanGroups);
+  for (std::uint64_t id : {kMaxPlanGroups, std::uint64_t{1} << 24}) {
+    auto r = DeserializePlan(blob(id));
+    EXPECT_EQ(r.status().code(), ErrorCode::kCorruptData) << id;
+    EXPECT_NE(r.status().message().find("group out of range"), std::string::npos) << r.status().message();
+  }
+}
+
 }  // namespace
 }  // namespace shardwire
