@@ -2,6 +2,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "cli/describe_command.h"
 #include "cli/generate_command.h"
 #include "cli/info_command.h"
 #include "cli/plan_command.h"
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
   shardwire::cli::AddGenerateCommand(app, &exit_code);
   shardwire::cli::AddInfoCommand(app, &exit_code);
   shardwire::cli::AddPlanCommand(app, &exit_code);
+  shardwire::cli::AddDescribeCommand(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

@@ -4,6 +4,8 @@
 #include <map>
 
 #include <fmt/format.h>
+
+#include "cli/model_rules_option.h"
 #include <nlohmann/json.hpp>
 
 #include "shardwire/model_config.h"
@@ -145,6 +147,7 @@ void AddPlanCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--replica-policy", a->replica_policy, "spread (balance over replicas) or first (one replica sends)")
       ->capture_default_str()
       ->check(CLI::IsMember({"spread", "first"}));
+  AddModelRulesOption(cmd);
   cmd->add_option("--save", a->save, "write the serialised plan to this file");
   cmd->callback([a, exit_code] {
     const Status status = Run(*a);
