@@ -132,6 +132,8 @@ Result<ModelRules> InferModelRules(const ModelConfig& config, const std::vector<
   for (const TensorSpec& spec : checkpoint_tensors) {
     const std::string_view n = spec.name;
     if (n.size() >= 19 && n.substr(n.size() - 19) == "rotary_emb.inv_freq") continue;
+    // A tied lm_head stored anyway is the embedding (CheckCheckpointMatchesModel accepts it).
+    if (config.tie_word_embeddings && n == "lm_head.weight") continue;
     std::vector<std::string> parts = Split(spec.name);
     int layer = -1, expert = -1;
     for (std::size_t i = 0; i < parts.size(); ++i) {
@@ -191,9 +193,6 @@ Result<ModelRules> InferModelRules(const ModelConfig& config, const std::vector<
       loop_count == num_layers ? "num_hidden_layers" : fmt::format("num_hidden_layers + {}", loop_count - num_layers);
 
   const std::vector<Candidate> candidates = Candidates(config);
-  struct Line {
-    std::string text;  // the YAML of one rule, indented by the caller
-  };
   std::vector<const Template*> ordered;
   for (const auto& [p, t] : templates) ordered.push_back(&t);
   std::sort(ordered.begin(), ordered.end(), [](const Template* a, const Template* b) { return a->order < b->order; });
