@@ -52,7 +52,8 @@ Status Run(const Args& a) {
              "engine");
   for (const auto& t : d.tensors) {
     std::string engine = t.quantizable ? "fp8-block-quantisable" : "";
-    if (t.engine_dtype.has_value()) engine += fmt::format("{}{}", engine.empty() ? "" : ", ", DTypeName(*t.engine_dtype));
+    if (t.engine_dtype.has_value())
+      engine += fmt::format("{}{}", engine.empty() ? "" : ", ", DTypeName(*t.engine_dtype));
     if (t.shared_expert) engine += engine.empty() ? "shared expert" : ", shared expert";
     fmt::print("{:<64} {:<8} {:<18} {:<10} {:>5} {:>6}  {}\n", t.spec.name, DTypeName(t.spec.dtype),
                fmt::format("[{}]", fmt::join(t.spec.shape, ", ")), ParallelRoleName(t.role), t.layer, t.expert, engine);

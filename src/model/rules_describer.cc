@@ -83,8 +83,8 @@ class Describer {
     for (const Expression& e : f_.requires_) {
       SW_ASSIGN_OR_RETURN(bool ok, e.EvaluateBool(lookup_));
       if (!ok) {
-        return InvalidArgument(fmt::format("{}: model config {}: requirement \"{}\" does not hold", e.where(),
-                                           c_.model_type, e.text()));
+        return InvalidArgument(
+            fmt::format("{}: model config {}: requirement \"{}\" does not hold", e.where(), c_.model_type, e.text()));
       }
     }
     SW_RETURN_IF_ERROR(Execute(f_.tensors));
@@ -157,7 +157,8 @@ class Describer {
       } else if (v->kind == RuleValue::Kind::kString) {
         out += v->s;
       } else {
-        return InvalidArgument(fmt::format("{}: pattern \"{}\": {{{}}} is not an integer or string", where, pattern, id));
+        return InvalidArgument(
+            fmt::format("{}: pattern \"{}\": {{{}}} is not an integer or string", where, pattern, id));
       }
       i = close + 1;
     }
@@ -199,10 +200,11 @@ class Describer {
       if (names[i].first != names[i - 1].first) continue;
       const auto& first = tensors_[static_cast<std::size_t>(names[i - 1].second)];
       const auto& second = tensors_[static_cast<std::size_t>(names[i].second)];
-      return InvalidArgument(fmt::format("{}: tensor {} is produced twice (also by the rule at {}): two roles for "
-                                         "one tensor",
-                                         rule_names_[static_cast<std::size_t>(second.rule)], second.spec.name,
-                                         rule_names_[static_cast<std::size_t>(first.rule)]));
+      return InvalidArgument(
+          fmt::format("{}: tensor {} is produced twice (also by the rule at {}): two roles for "
+                      "one tensor",
+                      rule_names_[static_cast<std::size_t>(second.rule)], second.spec.name,
+                      rule_names_[static_cast<std::size_t>(first.rule)]));
     }
     struct Produced {
       const std::vector<std::pair<std::string_view, int>>& names;
@@ -228,8 +230,8 @@ class Describer {
         }
         scaled = scaled && has(p, kScaleSuffix);
         if (f.bias && !has(p, ".bias")) {
-          return InvalidArgument(fmt::format("{}: fused parameter {} has bias but no rule produced {}.bias", f.where,
-                                             f.name, p));
+          return InvalidArgument(
+              fmt::format("{}: fused parameter {} has bias but no rule produced {}.bias", f.where, f.name, p));
         }
       }
       auto add = [&](std::string_view suffix, bool last) {

@@ -40,7 +40,7 @@ TEST(DescribeCommand, InferWriteRulesAndPlanWithThem) {
   const std::string dir = models + "/tiny-qwen3-moe-f32";
   const std::string rules = work + "/inferred.yaml";
   auto [code, out] = RunCli("describe --checkpoint " + dir + "/tiny_qwen3_moe.safetensors --config " + dir +
-                         "/tiny_qwen3_moe_config.json --infer --write-rules " + rules);
+                            "/tiny_qwen3_moe_config.json --infer --write-rules " + rules);
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("45 tensors"), std::string::npos) << out;
   EXPECT_NE(out.find("inferred from the checkpoint"), std::string::npos) << out;
@@ -62,15 +62,16 @@ TEST(DescribeCommand, InferWriteRulesAndPlanWithThem) {
   std::tie(code, out) = RunCli("plan --config " + work + "/my_moe_config.json --from fsdp=2 --to tp=2");
   EXPECT_EQ(code, 1) << out;
   EXPECT_NE(out.find("\"my_moe\""), std::string::npos) << out;
-  std::tie(code, out) =
-      RunCli("plan --model-rules " + work + "/my_moe.yaml --config " + work + "/my_moe_config.json --from fsdp=2 --to tp=1,dp=2");
+  std::tie(code, out) = RunCli("plan --model-rules " + work + "/my_moe.yaml --config " + work +
+                               "/my_moe_config.json --from fsdp=2 --to tp=1,dp=2");
   EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find("45 tensors"), std::string::npos) << out;
 
   // A broken rules file fails the command line, naming file and line.
-  std::ofstream(work + "/broken.yaml") << "family: x\nmodel_types: [x]\ntensors:\n  - tensor: a.weight\n    shap: [1]\n";
+  std::ofstream(work + "/broken.yaml")
+      << "family: x\nmodel_types: [x]\ntensors:\n  - tensor: a.weight\n    shap: [1]\n";
   std::tie(code, out) = RunCli("plan --model-rules " + work + "/broken.yaml --config " + work +
-                            "/my_moe_config.json --from fsdp=2 --to tp=2");
+                               "/my_moe_config.json --from fsdp=2 --to tp=2");
   EXPECT_NE(code, 0);
   EXPECT_NE(out.find("broken.yaml:5: unknown key \"shap\""), std::string::npos) << out;
 }
