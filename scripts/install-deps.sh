@@ -7,6 +7,7 @@ packages=(
   build-essential cmake pkg-config
   libucx-dev ucx-utils          # transport (UCX) and ucx_perftest, the benchmark reference
   nlohmann-json3-dev            # safetensors headers, HF config.json, index files
+  libyaml-cpp-dev               # model rules files (models/rules/*.yaml), errors with file:line
   libspdlog-dev libfmt-dev      # logging and formatting
   libcli11-dev                  # command-line parsing
   libxxhash-dev                 # metadata blob checksums

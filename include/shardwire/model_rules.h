@@ -21,9 +21,9 @@
 
 #include <memory>
 #include <optional>
-#include <utility>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "shardwire/model_config.h"
@@ -96,8 +96,7 @@ Result<std::optional<ModelRules>> FindModelRules(std::string_view model_type);
 /// first checkpoint tensors no rule produced. OK when every rule matches at least one
 /// tensor and every checkpoint tensor (but `rotary_emb.inv_freq` buffers) is produced.
 /// Shapes and dtypes are CheckCheckpointMatchesModel's business.
-Status CheckRulesCoverCheckpoint(const ModelDescription& description,
-                                 const std::vector<TensorSpec>& checkpoint_tensors,
+Status CheckRulesCoverCheckpoint(const ModelDescription& description, const std::vector<TensorSpec>& checkpoint_tensors,
                                  std::string_view checkpoint_name);
 
 }  // namespace shardwire

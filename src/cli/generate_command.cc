@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "cli/model_rules_option.h"
+
 #include "cli/demo_checkpoint.h"
 
 namespace shardwire::cli {
@@ -18,6 +20,7 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
                                      "of a Hugging Face config, filled with deterministic values");
   cmd->add_option("--config", a->config, "HF config.json, or 'tinyllama-1.1b' (built in)")->required();
   cmd->add_option("--layers", a->layers, "decoder layers (0 = as in the config)")->check(CLI::NonNegativeNumber);
+  AddModelRulesOption(cmd);
   cmd->add_option("--out", a->out_dir, "parent directory of the generated checkpoint")->capture_default_str();
   cmd->callback([a, exit_code] {
     auto out = demo::GenerateDemoCheckpoint(a->config, a->layers, a->out_dir);

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/convert_command.h"
+#include "cli/describe_command.h"
 #include "cli/generate_command.h"
 #include "cli/info_command.h"
 #include "cli/p2p_commands.h"
@@ -28,6 +29,7 @@ int main(int argc, char** argv) {
   shardwire::cli::AddServeCommand(app, &exit_code);
   shardwire::cli::AddSeedCommand(app, &exit_code);
   shardwire::cli::AddLoadCommand(app, &exit_code);
+  shardwire::cli::AddDescribeCommand(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

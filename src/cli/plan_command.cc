@@ -7,6 +7,8 @@
 #include <optional>
 
 #include <fmt/format.h>
+
+#include "cli/model_rules_option.h"
 #include <nlohmann/json.hpp>
 
 #include "cli/plan_svg.h"
@@ -261,6 +263,7 @@ void AddPlanCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--replica-policy", a->replica_policy, "spread (balance over replicas) or first (one replica sends)")
       ->capture_default_str()
       ->check(CLI::IsMember({"spread", "first"}));
+  AddModelRulesOption(cmd);
   cmd->add_option("--save", a->save, "write the serialised plan to this file");
   cmd->add_option("--fabric", a->fabric,
                   "JSON fabric file (GPUs per node, NIC and NVLink bytes/s, ...): predict the push's time, the "

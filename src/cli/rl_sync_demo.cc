@@ -13,6 +13,8 @@
 #include <vector>
 
 #include <fmt/format.h>
+
+#include "cli/model_rules_option.h"
 #include <nlohmann/json.hpp>
 
 #include "cli/child_processes.h"
@@ -139,6 +141,7 @@ Status Run(const RlSyncOptions& o) {
                                   "--timeout",
                                   fmt::format("{}", o.timeout_s)};
     if (!input.config.empty()) args.insert(args.end(), {"--config", input.config});
+    for (const auto& rules : cli::ModelRulesFiles()) args.insert(args.end(), {"--model-rules", rules});
     return args;
   };
   for (int r = 0; r < trainers; ++r) {
@@ -290,6 +293,7 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_option("--timeout", o->timeout_s, "seconds any single wait may take")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cli::AddModelRulesOption(cmd);
   cmd->add_option("--json", o->json_out, "also write the summary as JSON to this file");
   cmd->add_option("--job", o->job, "job name, the prefix of every rendezvous key (default: rl-sync-<pid>)");
   cmd->callback([o, exit_code] {

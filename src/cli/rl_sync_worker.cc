@@ -8,6 +8,8 @@
 #include <cstring>
 
 #include <fmt/format.h>
+
+#include "cli/model_rules_option.h"
 #include <nlohmann/json.hpp>
 
 #include "cli/demo_checkpoint.h"
@@ -193,6 +195,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--trainer-layout", args->trainer_layout)->required();
   cmd->add_option("--engine-layout", args->engine_layout)->required();
   cmd->add_option("--steps", args->steps)->required();
+  cli::AddModelRulesOption(cmd);
   cmd->add_option("--timeout", args->timeout_s)->required();
   cmd->callback([args, exit_code] {
     const Status status = RunWorker(*args);

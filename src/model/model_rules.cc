@@ -37,11 +37,11 @@ const std::string& ModelRules::text() const { return file_->text; }
 
 Result<ModelDescription> ModelRules::Describe(const ModelConfig& config) const {
   if (!config.quant_method.empty() && (config.quant_method != "fp8" || !config.fp8_block_size.has_value())) {
-    return Unsupported(fmt::format(
-        "model config {}: quantization_config quant_method \"{}\"{} is not supported; "
-        "supported: FP8 with weight_block_size (DeepSeek-V3 style)",
-        config.model_type, config.quant_method,
-        config.quant_method == "fp8" ? " without weight_block_size (per-tensor scales)" : ""));
+    return Unsupported(
+        fmt::format("model config {}: quantization_config quant_method \"{}\"{} is not supported; "
+                    "supported: FP8 with weight_block_size (DeepSeek-V3 style)",
+                    config.model_type, config.quant_method,
+                    config.quant_method == "fp8" ? " without weight_block_size (per-tensor scales)" : ""));
   }
   return model::DescribeWithRules(*file_, config);
 }

@@ -2,6 +2,7 @@
 // bound variables (loop variables, block parameters, `prefix`), expanding `{name}`
 // patterns and evaluating shape expressions, and emits ModelTensors / FusedParameters in
 // exactly the order the rules list them.
+#include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -82,8 +83,8 @@ class Describer {
     for (const Expression& e : f_.requires_) {
       SW_ASSIGN_OR_RETURN(bool ok, e.EvaluateBool(lookup_));
       if (!ok) {
-        return InvalidArgument(fmt::format("{}: model config {}: requirement \"{}\" does not hold", e.where(),
-                                           c_.model_type, e.text()));
+        return InvalidArgument(
+            fmt::format("{}: model config {}: requirement \"{}\" does not hold", e.where(), c_.model_type, e.text()));
       }
     }
     SW_RETURN_IF_ERROR(Execute(f_.tensors));
@@ -156,7 +157,8 @@ class Describer {
       } else if (v->kind == RuleValue::Kind::kString) {
         out += v->s;
       } else {
-        return InvalidArgument(fmt::format("{}: pattern \"{}\": {{{}}} is not an integer or string", where, pattern, id));
+        return InvalidArgument(
+            fmt::format("{}: pattern \"{}\": {{{}}} is not an integer or string", where, pattern, id));
       }
       i = close + 1;
     }
@@ -189,19 +191,32 @@ class Describer {
 
   // After every rule ran: each name produced once; fused parts exist; fused entries in order.
   Status Finish() {
-    std::unordered_map<std::string_view, int> produced;
-    produced.reserve(tensors_.size() * 2);
-    for (std::size_t i = 0; i < tensors_.size(); ++i) {
-      const auto [it, inserted] = produced.emplace(tensors_[i].spec.name, static_cast<int>(i));
-      if (!inserted) {
-        const auto& first = tensors_[static_cast<std::size_t>(it->second)];
-        return InvalidArgument(fmt::format("{}: tensor {} is produced twice (also by the rule at {}): two roles for "
-                                           "one tensor",
-                                           rule_names_[static_cast<std::size_t>(tensors_[i].rule)], tensors_[i].spec.name,
-                                           rule_names_[static_cast<std::size_t>(first.rule)]));
-      }
+    // Duplicates: names sorted in one contiguous vector (no per-name allocation).
+    std::vector<std::pair<std::string_view, int>> names;
+    names.reserve(tensors_.size());
+    for (std::size_t i = 0; i < tensors_.size(); ++i) names.emplace_back(tensors_[i].spec.name, static_cast<int>(i));
+    std::sort(names.begin(), names.end());
+    for (std::size_t i = 1; i < names.size(); ++i) {
+      if (names[i].first != names[i - 1].first) continue;
+      const auto& first = tensors_[static_cast<std::size_t>(names[i - 1].second)];
+      const auto& second = tensors_[static_cast<std::size_t>(names[i].second)];
+      return InvalidArgument(
+          fmt::format("{}: tensor {} is produced twice (also by the rule at {}): two roles for "
+                      "one tensor",
+                      rule_names_[static_cast<std::size_t>(second.rule)], second.spec.name,
+                      rule_names_[static_cast<std::size_t>(first.rule)]));
     }
+    struct Produced {
+      const std::vector<std::pair<std::string_view, int>>& names;
+      std::size_t count(const std::string& key) const {
+        return std::binary_search(names.begin(), names.end(), std::pair<std::string_view, int>(key, -1),
+                                  [](const auto& a, const auto& b) { return a.first < b.first; })
+                   ? 1
+                   : 0;
+      }
+    } produced{names};
     std::string key;
+    fused_.reserve(pending_.size() * 2);
     for (PendingFuse& f : pending_) {
       auto has = [&](const std::string& part, std::string_view suffix) {
         key.assign(part).append(suffix);
@@ -215,19 +230,23 @@ class Describer {
         }
         scaled = scaled && has(p, kScaleSuffix);
         if (f.bias && !has(p, ".bias")) {
-          return InvalidArgument(fmt::format("{}: fused parameter {} has bias but no rule produced {}.bias", f.where,
-                                             f.name, p));
+          return InvalidArgument(
+              fmt::format("{}: fused parameter {} has bias but no rule produced {}.bias", f.where, f.name, p));
         }
       }
-      auto add = [&](std::string_view suffix) {
-        FusedParameter fp{f.name + std::string(suffix), {}};
+      auto add = [&](std::string_view suffix, bool last) {
+        FusedParameter fp{last ? std::move(f.name) : f.name, {}};
+        fp.name += suffix;
         fp.parts.reserve(f.parts.size());
-        for (const auto& p : f.parts) fp.parts.push_back(p + std::string(suffix));
+        for (auto& p : f.parts) {
+          fp.parts.push_back(last ? std::move(p) : p);
+          fp.parts.back() += suffix;
+        }
         fused_.push_back(std::move(fp));
       };
-      add(".weight");
-      if (scaled) add(kScaleSuffix);
-      if (f.bias) add(".bias");
+      add(".weight", !scaled && !f.bias);
+      if (scaled) add(kScaleSuffix, !f.bias);
+      if (f.bias) add(".bias", true);
     }
     return Status::Ok();
   }

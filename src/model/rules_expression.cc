@@ -64,8 +64,7 @@ class Parser {
     }
     if (std::isalpha(static_cast<unsigned char>(c)) || c == '_') {
       const std::size_t start = pos_;
-      while (pos_ < text_.size() &&
-             (std::isalnum(static_cast<unsigned char>(text_[pos_])) || text_[pos_] == '_')) {
+      while (pos_ < text_.size() && (std::isalnum(static_cast<unsigned char>(text_[pos_])) || text_[pos_] == '_')) {
         ++pos_;
       }
       tok_ = {Token::Kind::kIdent, std::string(text_.substr(start, pos_ - start)), 0};
@@ -196,11 +195,16 @@ class Parser {
 
 std::string_view KindName(RuleValue::Kind k) {
   switch (k) {
-    case RuleValue::Kind::kNull: return "null";
-    case RuleValue::Kind::kInt: return "an integer";
-    case RuleValue::Kind::kBool: return "a boolean";
-    case RuleValue::Kind::kList: return "a list";
-    case RuleValue::Kind::kString: return "a string";
+    case RuleValue::Kind::kNull:
+      return "null";
+    case RuleValue::Kind::kInt:
+      return "an integer";
+    case RuleValue::Kind::kBool:
+      return "a boolean";
+    case RuleValue::Kind::kList:
+      return "a list";
+    case RuleValue::Kind::kString:
+      return "a string";
   }
   return "?";
 }
@@ -217,7 +221,8 @@ class Evaluator {
   Result<RuleValue> Eval(const ExpressionNode& n) const {
     using Op = ExpressionNode::Op;
     switch (n.op) {
-      case Op::kLiteral: return n.literal;
+      case Op::kLiteral:
+        return n.literal;
       case Op::kIdent: {
         Result<RuleValue> v = lookup_(n.name);
         if (!v.ok() && v.status().code() == ErrorCode::kNotFound) {
@@ -256,7 +261,8 @@ class Evaluator {
         }
         return RuleValue::Bool(false);
       }
-      case Op::kBinary: return Binary(n);
+      case Op::kBinary:
+        return Binary(n);
     }
     return Error("bad node");
   }
@@ -273,8 +279,8 @@ class Evaluator {
     return Error(fmt::format("operator {} needs a boolean, got {}", op, KindName(v.kind)));
   }
   Status Missing(const RuleValue& v) const {
-    return Error(fmt::format("{} is missing (null or absent in the model config)",
-                             v.origin.empty() ? "a value" : v.origin));
+    return Error(
+        fmt::format("{} is missing (null or absent in the model config)", v.origin.empty() ? "a value" : v.origin));
   }
 
   Result<RuleValue> Binary(const ExpressionNode& n) const {
@@ -358,7 +364,8 @@ Result<std::int64_t> Expression::EvaluateInt(const RuleLookup& lookup) const {
     return InvalidArgument(fmt::format("{}: expression \"{}\": {} is missing (null or absent in the model config)",
                                        where_, text_, v.origin.empty() ? "the value" : v.origin));
   }
-  return InvalidArgument(fmt::format("{}: expression \"{}\" is {}, expected an integer", where_, text_, KindName(v.kind)));
+  return InvalidArgument(
+      fmt::format("{}: expression \"{}\" is {}, expected an integer", where_, text_, KindName(v.kind)));
 }
 
 Result<bool> Expression::EvaluateBool(const RuleLookup& lookup) const {
@@ -368,7 +375,8 @@ Result<bool> Expression::EvaluateBool(const RuleLookup& lookup) const {
     return InvalidArgument(fmt::format("{}: expression \"{}\": {} is missing (null or absent in the model config)",
                                        where_, text_, v.origin.empty() ? "the value" : v.origin));
   }
-  return InvalidArgument(fmt::format("{}: expression \"{}\" is {}, expected a boolean", where_, text_, KindName(v.kind)));
+  return InvalidArgument(
+      fmt::format("{}: expression \"{}\" is {}, expected a boolean", where_, text_, KindName(v.kind)));
 }
 
 std::vector<std::string> Expression::Identifiers() const {

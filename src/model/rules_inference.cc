@@ -14,7 +14,8 @@ namespace shardwire {
 namespace {
 
 bool AllDigits(std::string_view s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
+  return !s.empty() &&
+         std::all_of(s.begin(), s.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
 }
 
 std::vector<std::string> Split(const std::string& s) {
@@ -50,8 +51,8 @@ std::optional<ParallelRole> RoleOf(const Template& t, const std::string& parent)
   if (m.find("norm") != std::string::npos) return R::kReplicated;
   if (m == "embed_tokens" || m == "lm_head" || (m == "head" && parent == "shared_head")) return R::kVocab;
   const bool bias = t.suffix == "bias";
-  static const std::set<std::string> kColumn = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "w1", "w3",
-                                                "q_b_proj", "kv_b_proj"};
+  static const std::set<std::string> kColumn = {"q_proj", "k_proj", "v_proj",   "gate_proj", "up_proj",
+                                                "w1",     "w3",     "q_b_proj", "kv_b_proj"};
   static const std::set<std::string> kRow = {"o_proj", "down_proj", "w2"};
   static const std::set<std::string> kReplicatedLinear = {"q_a_proj", "kv_a_proj_with_mqa", "eh_proj",
                                                           "shared_expert_gate"};
@@ -132,6 +133,8 @@ Result<ModelRules> InferModelRules(const ModelConfig& config, const std::vector<
   for (const TensorSpec& spec : checkpoint_tensors) {
     const std::string_view n = spec.name;
     if (n.size() >= 19 && n.substr(n.size() - 19) == "rotary_emb.inv_freq") continue;
+    // A tied lm_head stored anyway is the embedding (CheckCheckpointMatchesModel accepts it).
+    if (config.tie_word_embeddings && n == "lm_head.weight") continue;
     std::vector<std::string> parts = Split(spec.name);
     int layer = -1, expert = -1;
     for (std::size_t i = 0; i < parts.size(); ++i) {
@@ -151,9 +154,10 @@ Result<ModelRules> InferModelRules(const ModelConfig& config, const std::vector<
       }
     }
     if (parts.size() < 2) {
-      return InvalidArgument(fmt::format("{}: cannot place tensor {}: not a <module>.weight / .bias name; write a "
-                                         "`tensor:` rule for it (docs/model_rules.md)",
-                                         checkpoint_name, spec.name));
+      return InvalidArgument(
+          fmt::format("{}: cannot place tensor {}: not a <module>.weight / .bias name; write a "
+                      "`tensor:` rule for it (docs/model_rules.md)",
+                      checkpoint_name, spec.name));
     }
     const std::string pattern = fmt::format("{}", fmt::join(parts, "."));
     Template& t = templates[pattern];
@@ -166,9 +170,10 @@ Result<ModelRules> InferModelRules(const ModelConfig& config, const std::vector<
       t.first = spec.name;
       t.order = order++;
     } else if (t.shape != spec.shape || t.dtype != spec.dtype) {
-      return InvalidArgument(fmt::format("{}: cannot place tensor {}: its dtype/shape differs from {} of the same "
-                                         "pattern {}; write explicit rules for them",
-                                         checkpoint_name, spec.name, t.first, pattern));
+      return InvalidArgument(
+          fmt::format("{}: cannot place tensor {}: its dtype/shape differs from {} of the same "
+                      "pattern {}; write explicit rules for them",
+                      checkpoint_name, spec.name, t.first, pattern));
     }
     t.has_layer = layer >= 0;
     t.has_expert = expert >= 0;
@@ -191,9 +196,6 @@ Result<ModelRules> InferModelRules(const ModelConfig& config, const std::vector<
       loop_count == num_layers ? "num_hidden_layers" : fmt::format("num_hidden_layers + {}", loop_count - num_layers);
 
   const std::vector<Candidate> candidates = Candidates(config);
-  struct Line {
-    std::string text;  // the YAML of one rule, indented by the caller
-  };
   std::vector<const Template*> ordered;
   for (const auto& [p, t] : templates) ordered.push_back(&t);
   std::sort(ordered.begin(), ordered.end(), [](const Template* a, const Template* b) { return a->order < b->order; });
@@ -208,17 +210,19 @@ Result<ModelRules> InferModelRules(const ModelConfig& config, const std::vector<
           "gate/up/down_proj, w1/w2/w3, experts.N, embed_tokens, lm_head, norms, biases); a rule such as\n"
           "  - tensor: {}\n    shape: [...]\n    role: column|row|vocab|replicated\nin a rules file passed with "
           "--model-rules would place it",
-          checkpoint_name, t.first, DTypeName(t.dtype), fmt::join(t.shape, ", "), t.module + "." + t.suffix, t.pattern));
+          checkpoint_name, t.first, DTypeName(t.dtype), fmt::join(t.shape, ", "), t.module + "." + t.suffix,
+          t.pattern));
     }
     std::vector<std::string> dims;
     for (std::size_t d = 0; d < t.shape.size(); ++d) {
-      const auto it = std::find_if(candidates.begin(), candidates.end(),
-                                   [&](const Candidate& c) { return c.value == t.shape[d]; });
+      const auto it =
+          std::find_if(candidates.begin(), candidates.end(), [&](const Candidate& c) { return c.value == t.shape[d]; });
       if (it == candidates.end()) {
-        return InvalidArgument(fmt::format("{}: cannot place tensor {}: dim {} is {}, which no config value gives "
-                                           "(hidden_size, heads * head_dim, intermediate sizes, ...); the config does "
-                                           "not describe this checkpoint, or a rule with an explicit shape is needed",
-                                           checkpoint_name, t.first, d, t.shape[d]));
+        return InvalidArgument(
+            fmt::format("{}: cannot place tensor {}: dim {} is {}, which no config value gives "
+                        "(hidden_size, heads * head_dim, intermediate sizes, ...); the config does "
+                        "not describe this checkpoint, or a rule with an explicit shape is needed",
+                        checkpoint_name, t.first, d, t.shape[d]));
       }
       dims.push_back(it->expr);
     }
@@ -239,7 +243,8 @@ Result<ModelRules> InferModelRules(const ModelConfig& config, const std::vector<
   // Fused parameters for q/k/v and gate/up (w1/w3) found under one module prefix.
   auto fuses_for = [&](bool experts, const std::string& indent, std::string* out) {
     static const std::vector<std::pair<std::vector<std::string>, std::string>> kFusions = {
-        {{"q_proj", "k_proj", "v_proj"}, "qkv_proj"}, {{"gate_proj", "up_proj"}, "gate_up_proj"},
+        {{"q_proj", "k_proj", "v_proj"}, "qkv_proj"},
+        {{"gate_proj", "up_proj"}, "gate_up_proj"},
         {{"w1", "w3"}, "gate_up_proj"}};
     for (const Template* t : ordered) {
       if (t->has_expert != experts || !t->has_layer || t->suffix != "weight") continue;
@@ -255,7 +260,8 @@ Result<ModelRules> InferModelRules(const ModelConfig& config, const std::vector<
         if (!all) continue;
         std::vector<std::string> parts;
         for (const auto& m : members) parts.push_back("\"" + prefix + m + "\"");
-        *out += fmt::format("{}- fuse: \"{}{}\"\n{}  parts: [{}]\n", indent, prefix, fused, indent, fmt::join(parts, ", "));
+        *out +=
+            fmt::format("{}- fuse: \"{}{}\"\n{}  parts: [{}]\n", indent, prefix, fused, indent, fmt::join(parts, ", "));
         if (bias) *out += fmt::format("{}  bias: true\n", indent);
         const std::string cond = LayerCondition(t->layers, loop_count);
         if (!cond.empty()) *out += fmt::format("{}  when: \"{}\"\n", indent, cond);
@@ -268,16 +274,18 @@ Result<ModelRules> InferModelRules(const ModelConfig& config, const std::vector<
   for (const Template* t : ordered) {
     if (t->has_expert) {
       if (!t->has_layer) {
-        return InvalidArgument(fmt::format("{}: cannot place tensor {}: experts outside a decoder layer; write a rules "
-                                           "file with a `for: expert` loop",
-                                           checkpoint_name, t->first));
+        return InvalidArgument(
+            fmt::format("{}: cannot place tensor {}: experts outside a decoder layer; write a rules "
+                        "file with a `for: expert` loop",
+                        checkpoint_name, t->first));
       }
       const std::int64_t n = config.num_experts.value_or(0);
       if (static_cast<std::int64_t>(t->experts.size()) != n || *t->experts.rbegin() + 1 != n) {
-        return InvalidArgument(fmt::format("{}: tensor {}: the checkpoint holds {} experts of this pattern but the "
-                                           "config's expert count (num_experts / num_local_experts / n_routed_experts) "
-                                           "is {}",
-                                           checkpoint_name, t->first, t->experts.size(), n));
+        return InvalidArgument(
+            fmt::format("{}: tensor {}: the checkpoint holds {} experts of this pattern but the "
+                        "config's expert count (num_experts / num_local_experts / n_routed_experts) "
+                        "is {}",
+                        checkpoint_name, t->first, t->experts.size(), n));
       }
       expert_layers.insert(t->layers.begin(), t->layers.end());
       SW_RETURN_IF_ERROR(rule_for(*t, "          ", &experts_body));

@@ -99,10 +99,12 @@ class Loader {
     SW_ASSIGN_OR_RETURN(r.when, Expr(n, "when", false));
     if (n["tensor"]) {
       r.kind = Rule::Kind::kTensor;
-      SW_RETURN_IF_ERROR(CheckKeys(n, "a tensor rule", {"tensor", "shape", "role", "dtype", "engine_dtype", "quantized", "when"}));
+      SW_RETURN_IF_ERROR(
+          CheckKeys(n, "a tensor rule", {"tensor", "shape", "role", "dtype", "engine_dtype", "quantized", "when"}));
       SW_ASSIGN_OR_RETURN(r.pattern, Pattern(n["tensor"], "tensor"));
       const YAML::Node shape = n["shape"];
-      if (!shape || !shape.IsSequence() || shape.size() == 0) return Error(shape ? shape : n, "\"shape\" must be a non-empty list of expressions");
+      if (!shape || !shape.IsSequence() || shape.size() == 0)
+        return Error(shape ? shape : n, "\"shape\" must be a non-empty list of expressions");
       for (const YAML::Node& d : shape) {
         SW_ASSIGN_OR_RETURN(std::string text, Scalar(d, "shape"));
         SW_ASSIGN_OR_RETURN(Expression e, Expression::Parse(text, Where(d)));
@@ -115,7 +117,9 @@ class Loader {
       SW_ASSIGN_OR_RETURN(r.quantized, Expr(n, "quantized", false));
     } else if (n["linear"]) {
       r.kind = Rule::Kind::kLinear;
-      SW_RETURN_IF_ERROR(CheckKeys(n, "a linear rule", {"linear", "out", "in", "role", "bias", "bias_role", "engine_dtype", "quantized", "when"}));
+      SW_RETURN_IF_ERROR(
+          CheckKeys(n, "a linear rule",
+                    {"linear", "out", "in", "role", "bias", "bias_role", "engine_dtype", "quantized", "when"}));
       SW_ASSIGN_OR_RETURN(r.pattern, Pattern(n["linear"], "linear"));
       SW_ASSIGN_OR_RETURN(r.out, Expr(n, "out", true));
       SW_ASSIGN_OR_RETURN(r.in, Expr(n, "in", true));
@@ -133,7 +137,8 @@ class Loader {
       SW_RETURN_IF_ERROR(CheckKeys(n, "a fuse rule", {"fuse", "parts", "bias", "when"}));
       SW_ASSIGN_OR_RETURN(r.pattern, Pattern(n["fuse"], "fuse"));
       const YAML::Node parts = n["parts"];
-      if (!parts || !parts.IsSequence() || parts.size() < 2) return Error(parts ? parts : n, "\"parts\" must list at least two module names");
+      if (!parts || !parts.IsSequence() || parts.size() < 2)
+        return Error(parts ? parts : n, "\"parts\" must list at least two module names");
       for (const YAML::Node& p : parts) {
         SW_ASSIGN_OR_RETURN(std::string s, Pattern(p, "parts"));
         r.parts.push_back(std::move(s));
@@ -211,13 +216,15 @@ class Loader {
 
   Result<RulesFile> Load(const YAML::Node& root) const {
     if (!root.IsMap()) return Error(root, "a rules file must be a YAML map (family, model_types, tensors, ...)");
-    SW_RETURN_IF_ERROR(CheckKeys(root, "a rules file", {"family", "model_types", "source", "let", "require", "blocks", "tensors"}));
+    SW_RETURN_IF_ERROR(
+        CheckKeys(root, "a rules file", {"family", "model_types", "source", "let", "require", "blocks", "tensors"}));
     RulesFile f;
     f.file_name = file_;
     if (!root["family"]) return Error(root, "missing key \"family\"");
     SW_ASSIGN_OR_RETURN(f.family, Scalar(root["family"], "family"));
     const YAML::Node types = root["model_types"];
-    if (!types || !types.IsSequence() || types.size() == 0) return Error(types ? types : root, "\"model_types\" must be a non-empty list");
+    if (!types || !types.IsSequence() || types.size() == 0)
+      return Error(types ? types : root, "\"model_types\" must be a non-empty list");
     for (const YAML::Node& t : types) {
       SW_ASSIGN_OR_RETURN(std::string s, Scalar(t, "model_types"));
       f.model_types.push_back(std::move(s));
@@ -290,8 +297,8 @@ Status CheckPattern(std::string_view pattern, std::string_view where) {
     bool ok = !id.empty() && !std::isdigit(static_cast<unsigned char>(id[0]));
     for (char c : id) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_');
     if (!ok) {
-      return InvalidArgument(fmt::format("{}: pattern \"{}\": \"{{{}}}\" is not a placeholder (an identifier)", where,
-                                         pattern, id));
+      return InvalidArgument(
+          fmt::format("{}: pattern \"{}\": \"{{{}}}\" is not a placeholder (an identifier)", where, pattern, id));
     }
     i = close + 1;
   }
@@ -303,7 +310,8 @@ Result<RulesFile> LoadRulesFile(std::string_view yaml_text, std::string_view fil
   try {
     root = YAML::Load(std::string(yaml_text));
   } catch (const YAML::Exception& e) {
-    return InvalidArgument(fmt::format("{}:{}:{}: YAML syntax error: {}", file_name, e.mark.line + 1, e.mark.column + 1, e.msg));
+    return InvalidArgument(
+        fmt::format("{}:{}:{}: YAML syntax error: {}", file_name, e.mark.line + 1, e.mark.column + 1, e.msg));
   }
   try {
     Loader loader(file_name);

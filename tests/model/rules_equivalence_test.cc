@@ -132,4 +132,3 @@ TEST(RulesEquivalence, RulesDescribeExactlyWhatTheCppFamiliesDescribed) {
 
 }  // namespace
 }  // namespace shardwire
-

@@ -1,0 +1,36 @@
+#include "cli/model_rules_option.h"
+
+#include <filesystem>
+
+#include "shardwire/model_rules.h"
+
+namespace shardwire::cli {
+namespace {
+
+std::vector<std::string>& Files() {
+  static std::vector<std::string> files;
+  return files;
+}
+
+}  // namespace
+
+void AddModelRulesOption(CLI::App* cmd) {
+  cmd->add_option_function<std::vector<std::string>>(
+         "--model-rules",
+         [](const std::vector<std::string>& paths) {
+           for (const auto& path : paths) {
+             Status s = LoadUserModelRules(path);
+             if (!s.ok()) throw CLI::ValidationError("--model-rules", s.ToString());
+             std::error_code ec;
+             const auto abs = std::filesystem::absolute(path, ec);
+             Files().push_back(ec ? path : abs.string());
+           }
+         },
+         "a model rules file (YAML, docs/model_rules.md) describing a model family; wins over the built-in "
+         "rules for the model types it names")
+      ->type_name("FILE");
+}
+
+const std::vector<std::string>& ModelRulesFiles() { return Files(); }
+
+}  // namespace shardwire::cli

@@ -1,0 +1,174 @@
+// Bad rules files are typed errors naming file and line before anything is described or
+// moved; user rules registered with AddUserModelRules win over the built-in ones.
+#include <gtest/gtest.h>
+
+#include "model/test_util.h"
+#include "shardwire/model_config.h"
+#include "shardwire/model_description.h"
+#include "shardwire/model_rules.h"
+
+namespace shardwire {
+namespace {
+
+ModelConfig Tiny() {
+  ModelConfig c;
+  c.model_type = "toy";
+  c.hidden_size = 8;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 2;
+  c.head_dim = 4;
+  c.intermediate_size = 16;
+  c.vocab_size = 10;
+  return c;
+}
+
+constexpr const char* kGood = R"(family: toy
+model_types: [toy]
+tensors:
+  - tensor: model.embed_tokens.weight
+    shape: [vocab_size, hidden_size]
+    role: vocab
+  - for: layer
+    count: num_hidden_layers
+    do:
+      - linear: model.layers.{layer}.mlp.up_proj
+        out: intermediate_size
+        in: hidden_size
+        role: column
+)";
+
+TEST(ModelRulesBadInput, GoodFileDescribes) {
+  auto r = ModelRules::Parse(kGood, "toy.yaml");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto d = r->Describe(Tiny());
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  ASSERT_EQ(d->tensors.size(), 3u);
+  EXPECT_EQ(d->tensors[2].spec.name, "model.layers.1.mlp.up_proj.weight");
+  EXPECT_EQ(d->tensors[2].spec.shape, (std::vector<std::int64_t>{16, 8}));
+  EXPECT_EQ(d->tensors[2].layer, 1);
+  EXPECT_TRUE(d->tensors[2].quantizable);
+  EXPECT_FALSE(d->tensors[0].quantizable);
+  EXPECT_EQ(d->rules[static_cast<std::size_t>(d->tensors[2].rule)], "toy.yaml:10");
+}
+
+TEST(ModelRulesBadInput, SyntaxErrorNamesFileAndLine) {
+  auto r = ModelRules::Parse("family: toy\nmodel_types: [toy\ntensors: []\n", "broken.yaml");
+  EXPECT_EQ(r.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(r.status(), "broken.yaml:");
+  EXPECT_MESSAGE_HAS(r.status(), "YAML syntax error");
+}
+
+TEST(ModelRulesBadInput, UnknownKeyNamesFileAndLine) {
+  std::string text = kGood;
+  text.replace(text.find("    shape: [vocab_size"), 10, "    shap:");
+  auto r = ModelRules::Parse(text, "typo.yaml");
+  EXPECT_EQ(r.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(r.status(), "typo.yaml:5: unknown key \"shap\"");
+
+  r = ModelRules::Parse(std::string(kGood) + "colour: blue\n", "top.yaml");
+  EXPECT_MESSAGE_HAS(r.status(), "top.yaml:14: unknown key \"colour\"");
+  std::string role = kGood;
+  role.replace(role.find("role: vocab"), 11, "role: vocabulary");
+  r = ModelRules::Parse(role, "role.yaml");
+  EXPECT_MESSAGE_HAS(r.status(), "role.yaml:6: unknown role \"vocabulary\"");
+}
+
+TEST(ModelRulesBadInput, WrongShapeExpression) {
+  std::string text = kGood;
+  text.replace(text.find("[vocab_size, hidden_size]"), 25, "[vocab_size, hidden_size *]");
+  auto r = ModelRules::Parse(text, "shape.yaml");
+  EXPECT_EQ(r.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(r.status(), "shape.yaml:5: expression \"hidden_size *\"");
+
+  // A key the config does not have: named, with the rule's line, when describing.
+  text = kGood;
+  text.replace(text.find("out: intermediate_size"), 22, "out: intermediate_sise");
+  r = ModelRules::Parse(text, "ident.yaml");
+  ASSERT_TRUE(r.ok());
+  auto d = r->Describe(Tiny());
+  EXPECT_EQ(d.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(d.status(), "ident.yaml:11");
+  EXPECT_MESSAGE_HAS(d.status(), "intermediate_sise is missing");
+
+  // A size that is not positive.
+  text = kGood;
+  text.replace(text.find("out: intermediate_size"), 22, "out: hidden_size - 8");
+  d = ModelRules::Parse(text, "zero.yaml")->Describe(Tiny());
+  EXPECT_EQ(d.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(d.status(), "must be positive");
+}
+
+TEST(ModelRulesBadInput, TwoRolesForOneTensor) {
+  const std::string text = std::string(kGood) + R"(  - tensor: model.layers.0.mlp.up_proj.weight
+    shape: [intermediate_size, hidden_size]
+    role: row
+)";
+  auto r = ModelRules::Parse(text, "twice.yaml");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto d = r->Describe(Tiny());
+  EXPECT_EQ(d.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(d.status(), "twice.yaml:14");
+  EXPECT_MESSAGE_HAS(d.status(), "twice.yaml:10");
+  EXPECT_MESSAGE_HAS(d.status(), "model.layers.0.mlp.up_proj.weight is produced twice");
+}
+
+TEST(ModelRulesBadInput, PatternMatchingNothingInTheCheckpoint) {
+  std::string text = kGood;
+  text.replace(text.find("up_proj"), 7, "up_prj");
+  auto r = ModelRules::Parse(text, "miss.yaml");
+  ASSERT_TRUE(r.ok());
+  auto d = r->Describe(Tiny());
+  ASSERT_TRUE(d.ok());
+  const std::vector<TensorSpec> checkpoint = {
+      {"model.embed_tokens.weight", DType::kBF16, {10, 8}},
+      {"model.layers.0.mlp.up_proj.weight", DType::kBF16, {16, 8}},
+      {"model.layers.1.mlp.up_proj.weight", DType::kBF16, {16, 8}},
+  };
+  Status s = CheckRulesCoverCheckpoint(*d, checkpoint, "ckpt");
+  EXPECT_EQ(s.code(), ErrorCode::kLayoutMismatch);
+  EXPECT_MESSAGE_HAS(s, "miss.yaml:10");
+  EXPECT_MESSAGE_HAS(s, "matches nothing");
+
+  auto good = ModelRules::Parse(kGood, "toy.yaml")->Describe(Tiny());
+  ASSERT_TRUE(good.ok());
+  EXPECT_TRUE(CheckRulesCoverCheckpoint(*good, checkpoint, "ckpt").ok());
+  auto extra = checkpoint;
+  extra.push_back({"model.layers.0.mlp.unknown.weight", DType::kBF16, {4}});
+  s = CheckRulesCoverCheckpoint(*good, extra, "ckpt");
+  EXPECT_EQ(s.code(), ErrorCode::kLayoutMismatch);
+  EXPECT_MESSAGE_HAS(s, "no rule places: model.layers.0.mlp.unknown.weight");
+}
+
+TEST(ModelRulesBadInput, UndefinedBlockAndParameters) {
+  const std::string text = std::string(kGood) + "  - use: missing_block\n";
+  auto r = ModelRules::Parse(text, "use.yaml");
+  EXPECT_EQ(r.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(r.status(), "use.yaml:14: use of undefined block \"missing_block\"");
+}
+
+TEST(ModelRulesBadInput, UserRulesWinOverBuiltInAndUnknownTypesAreUnsupported) {
+  ModelConfig c = Tiny();
+  EXPECT_EQ(DescribeModel(c).status().code(), ErrorCode::kUnsupported);
+  auto r = ModelRules::Parse(kGood, "toy.yaml");
+  ASSERT_TRUE(r.ok());
+  AddUserModelRules(*r);
+  EXPECT_TRUE(DescribeModel(c).ok());
+  // A user file for llama replaces the built-in llama rules.
+  std::string llama = kGood;
+  llama.replace(llama.find("[toy]"), 5, "[llama]");
+  AddUserModelRules(*ModelRules::Parse(llama, "my_llama.yaml"));
+  c.model_type = "llama";
+  auto d = DescribeModel(c);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->tensors.size(), 3u);
+  ClearUserModelRules();
+  d = DescribeModel(c);
+  ASSERT_TRUE(d.ok());
+  EXPECT_GT(d->tensors.size(), 3u);
+  c.model_type = "toy";
+  EXPECT_EQ(DescribeModel(c).status().code(), ErrorCode::kUnsupported);
+}
+
+}  // namespace
+}  // namespace shardwire
