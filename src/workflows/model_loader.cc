@@ -500,19 +500,11 @@ struct ModelLoader::Impl {
     for (const Notification& note : notes) {
       if (auto m = DecodeP2p(note.payload)) Dispatch(note.peer, *m);
     }
-    // Processes found dead by the agent (liveness check or UCX error callback).
-    const std::vector<std::string> dead = agent->FailedPeers();
-    if (!dead.empty()) {
-      for (std::size_t i = 0; i < instances.size(); ++i) {
-        if (instances[i].failed) continue;
-        for (const auto& [rank, peer] : instances[i].peers) {
-          if (std::find(dead.begin(), dead.end(), peer) != dead.end()) {
-            FailInstance(i, fmt::format("rank {} disconnected (process gone)", rank));
-            break;
-          }
-        }
-      }
-    }
+    // A dead or stopped source is found by its silence: READs that do not complete,
+    // digest requests or HELLOs not answered, lease keepalives (every 0.5 s while
+    // queued) that stop, each bounded by stall_timeout_s. (Agent::FailedPeers is not
+    // consulted: on UCX 1.13.1 a failed shared-memory connect to one peer was seen to
+    // flag a live peer of the same worker.)
     const Clock::time_point now = Clock::now();
     for (LoadMove& m : moves) {
       if (instances[m.instance].failed) continue;
