@@ -32,6 +32,15 @@ using workflows::SourceRun;
 
 std::atomic<std::uint64_t> g_loader_counter{0};
 
+P2pMessage LeaseRequest(std::uint64_t id, std::uint64_t bytes, const std::string& instance) {
+  P2pMessage m;
+  m.kind = P2pKind::kLease;
+  m.id = id;
+  m.value = bytes;
+  m.text = instance;
+  return m;
+}
+
 P2pMessage Msg(P2pKind kind, std::uint64_t id = 0, std::uint64_t value = 0) {
   P2pMessage m;
   m.kind = kind;
@@ -453,7 +462,7 @@ struct ModelLoader::Impl {
       m.request_id = next_id++;
       move_of_request[m.request_id] = i;
       if (inst.bandwidth > 0) {
-        Status sent = Send(inst.peers[m.src_rank], Msg(P2pKind::kLease, m.request_id, m.bytes));
+        Status sent = Send(inst.peers[m.src_rank], LeaseRequest(m.request_id, m.bytes, options.instance_id));
         if (!sent.ok()) {
           FailInstance(m.instance, "sending a lease request failed: " + sent.ToString());
           continue;
