@@ -111,6 +111,12 @@ class P2pLoadProcessTest : public ::testing::Test {
     client_ = std::move(*client);
   }
   void TearDown() override {
+    if (HasFailure() || std::getenv("SW_P2P_KEEP")) {
+      for (const auto& e : fs::directory_iterator(dir_)) {
+        if (e.path().extension() == ".out")
+          std::fprintf(stderr, "--- %s\n%s", e.path().c_str(), Slurp(e.path()).c_str());
+      }
+    }
     processes_.clear();
     server_.reset();
     std::error_code ec;
@@ -121,8 +127,8 @@ class P2pLoadProcessTest : public ::testing::Test {
   std::string Out(const std::string& name) const { return (dir_ / (name + ".out")).string(); }
 
   Process& Seed(const std::string& id, const std::string& layout, double bandwidth = 0) {
-    std::vector<std::string> args = {"seed", "--coordinator", server_->address(), "--checkpoint", Ckpt(),
-                                     "--layout", layout, "--instance-id", id};
+    std::vector<std::string> args = {
+        "seed", "--coordinator", server_->address(), "--checkpoint", Ckpt(), "--layout", layout, "--instance-id", id};
     if (bandwidth > 0) args.insert(args.end(), {"--bandwidth", fmt::format("{:.0f}", bandwidth)});
     processes_.push_back(std::make_unique<Process>(args, Out(id)));
     return *processes_.back();
@@ -142,10 +148,19 @@ class P2pLoadProcessTest : public ::testing::Test {
   }
 
   Process& Load(const std::string& id, const std::string& layout, std::vector<std::string> extra = {}) {
-    std::vector<std::string> args = {"load",   "--coordinator",    server_->address(),
-                                      "--config", Ckpt() + "/config.json", "--layout",
-                                      layout,   "--instance-id",    id,
-                                      "--verify-against", Ckpt(), "--stall-timeout", "1"};
+    std::vector<std::string> args = {"load",
+                                     "--coordinator",
+                                     server_->address(),
+                                     "--config",
+                                     Ckpt() + "/config.json",
+                                     "--layout",
+                                     layout,
+                                     "--instance-id",
+                                     id,
+                                     "--verify-against",
+                                     Ckpt(),
+                                     "--stall-timeout",
+                                     "1"};
     args.insert(args.end(), extra.begin(), extra.end());
     processes_.push_back(std::make_unique<Process>(args, Out(id)));
     return *processes_.back();
@@ -193,7 +208,7 @@ TEST_F(P2pLoadProcessTest, Tp4SourceToTp2AndLoadedInstanceServes) {
 }
 
 TEST_F(P2pLoadProcessTest, SourceKilledMidLoadIsReplacedByTheOthers) {
-  Seed("a-victim", "tp=2", 20e3);  // its share (half the bytes) takes seconds at 20 KB/s per rank
+  Seed("a-victim", "tp=2", 300e3);  // its share (~1.8 MB) takes ~3 s at 300 KB/s per rank
   Seed("b-healthy", "tp=1");
   AwaitReady("a-victim", 2);
   AwaitReady("b-healthy", 1);
@@ -209,7 +224,7 @@ TEST_F(P2pLoadProcessTest, SourceKilledMidLoadIsReplacedByTheOthers) {
 }
 
 TEST_F(P2pLoadProcessTest, SourceStoppedMidLoadIsReplacedByTheOthers) {
-  Seed("a-stopped", "tp=2", 20e3);
+  Seed("a-stopped", "tp=2", 300e3);
   Seed("b-healthy", "tp=2");
   AwaitReady("a-stopped", 2);
   AwaitReady("b-healthy", 2);
