@@ -167,7 +167,7 @@ struct LoadReport {
   std::vector<std::string> failed;                          ///< instances that failed mid-load, with the reason
   std::uint64_t moves = 0;                                  ///< moves verified
   std::uint64_t rereads = 0;                                ///< moves re-planned after a failure or mismatch
-  std::uint64_t replans = 0;  ///< waiting bytes re-split because new instances appeared
+  std::uint64_t replans = 0;                                ///< waiting bytes re-split because new instances appeared
   double seconds = 0;                                       ///< wall time of Load, seconds
   double digest_seconds = 0;                                ///< of which hashing landed bytes, seconds
 };

@@ -50,6 +50,14 @@ class ChildProcesses {
 
   std::size_t running() const { return running_.size(); }
 
+  /// The pid of the running child labelled `label`, or -1.
+  pid_t PidOf(const std::string& label) const {
+    for (const auto& [pid, l] : running_) {
+      if (l == label) return pid;
+    }
+    return -1;
+  }
+
   /// True once SIGINT or SIGTERM reached this process (after construction).
   static bool InterruptRequested();
 

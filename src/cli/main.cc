@@ -7,6 +7,7 @@
 #include "cli/generate_command.h"
 #include "cli/info_command.h"
 #include "cli/p2p_commands.h"
+#include "cli/p2p_load_demo.h"
 #include "cli/plan_command.h"
 #include "cli/rl_sync_demo.h"
 #include "cli/serve_command.h"
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
   CLI::App* demo = app.add_subcommand("demo", "end-to-end demonstrations");
   demo->require_subcommand(1);
   shardwire::demo::AddRlSyncCommand(*demo, &exit_code);
+  shardwire::demo::AddP2pLoadCommand(*demo, &exit_code);
   shardwire::demo::AddRlSyncWorkerCommand(app, &exit_code);
   shardwire::cli::AddConvertCommand(app, &exit_code);
   shardwire::cli::AddGenerateCommand(app, &exit_code);

@@ -53,6 +53,7 @@ struct SeedOptions {
   std::string instance_id;
   std::string revision;
   double bandwidth = 0;
+  bool quiet = false;
 };
 
 Status RunSeed(const SeedOptions& o) {
@@ -80,8 +81,9 @@ Status RunSeed(const SeedOptions& o) {
                         }));
     ranks.push_back(std::move(source));
   }
-  fmt::print("SEED READY instance={} layout={} identity={} revision={}\n", instance, o.layout, identity.Digest(),
-             revision);
+  if (!o.quiet)
+    fmt::print("SEED READY instance={} layout={} identity={} revision={}\n", instance, o.layout, identity.Digest(),
+               revision);
   std::fflush(stdout);
   WaitForStop();
   ranks.clear();  // deregisters
@@ -99,7 +101,14 @@ struct LoadOptions {
   bool serve = false;
   double bandwidth = 0;
   double stall_timeout_s = 3;
+  bool quiet = false;
+  std::string report;  ///< write the LOADED line (plus timestamps) to this file
 };
+
+std::int64_t UnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 Status RunLoad(const LoadOptions& o) {
   InstallStopHandlers();
@@ -117,6 +126,7 @@ Status RunLoad(const LoadOptions& o) {
   std::vector<std::unique_ptr<ModelLoader>> loaders(static_cast<std::size_t>(world));
   std::vector<Result<LoadReport>> reports(static_cast<std::size_t>(world), Internal("not run"));
   const auto start = std::chrono::steady_clock::now();
+  const std::int64_t start_ms = UnixMs();
   std::vector<std::thread> threads;
   for (int r = 0; r < world; ++r) {
     threads.emplace_back([&, r] {
@@ -138,16 +148,25 @@ Status RunLoad(const LoadOptions& o) {
   }
   for (auto& t : threads) t.join();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::int64_t end_ms = UnixMs();
   std::uint64_t bytes = 0, disk = 0;
   std::map<std::string, std::uint64_t> per_instance;
   std::vector<std::string> failed;
   for (int r = 0; r < world; ++r) {
     const auto& rep = reports[static_cast<std::size_t>(r)];
-    if (!rep.ok()) return rep.status().WithContext(fmt::format("instance {} rank {}", instance, r));
+    if (!rep.ok()) {
+      std::string all;
+      for (int k = 0; k < world; ++k) {
+        const auto& other = reports[static_cast<std::size_t>(k)];
+        if (!other.ok()) all += fmt::format("{}rank {}: {}", all.empty() ? "" : "; ", k, other.status().message());
+      }
+      return Status(rep.status().code(), fmt::format("instance {}: {}", instance, all));
+    }
     bytes += rep->bytes_from_sources + rep->bytes_from_disk;
     disk += rep->bytes_from_disk;
     for (const auto& [id, b] : rep->bytes_per_instance) per_instance[id] += b;
     for (const auto& f : rep->failed) failed.push_back(fmt::format("rank {}: {}", r, f));
+    if (o.quiet) continue;
     for (const auto& s : rep->skipped) fmt::print("  rank {} skipped {}\n", r, s);
     fmt::print("  rank {}: {} bytes ({} from disk) in {:.3f} s, {} moves, {} re-read, digest {:.3f} s\n", r,
                rep->bytes_from_sources + rep->bytes_from_disk, rep->bytes_from_disk, rep->seconds, rep->moves,
@@ -155,27 +174,44 @@ Status RunLoad(const LoadOptions& o) {
   }
   std::string sources;
   for (const auto& [id, b] : per_instance) sources += fmt::format("{}{}:{}", sources.empty() ? "" : ",", id, b);
-  for (const auto& f : failed) fmt::print("  failed source {}\n", f);
+  if (!o.quiet) {
+    for (const auto& f : failed) fmt::print("  failed source {}\n", f);
+  }
   std::string verified = "no";
+  double disk_seconds = 0;
   if (!o.verify_against.empty()) {
+    // The independent read doubles as the disk-load reference: the same shards, in
+    // the same run, from the page cache the seed warmed (mmap + one copy per rank).
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(o.verify_against));
     for (int r = 0; r < world; ++r) {
       const auto buf = loaders[static_cast<std::size_t>(r)]->buffer();
       std::vector<std::byte> expected(buf.size());
+      const auto disk_start = std::chrono::steady_clock::now();
       SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, layout, r, expected));
+      disk_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - disk_start).count();
       if (!std::equal(expected.begin(), expected.end(), buf.begin())) {
         const auto at = std::mismatch(expected.begin(), expected.end(), buf.begin()).first - expected.begin();
-        return VerificationFailed(fmt::format("instance {} rank {}: byte {} differs from {}", instance, r, at,
-                                              o.verify_against));
+        return VerificationFailed(
+            fmt::format("instance {} rank {}: byte {} differs from {}", instance, r, at, o.verify_against));
       }
     }
     verified = "byte-for-byte";
   }
-  fmt::print("LOADED instance={} layout={} bytes={} disk_bytes={} seconds={:.3f} gbps={:.3f} sources={} failed={} "
-             "verified={}\n",
-             instance, o.layout, bytes, disk, seconds, seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0,
-             sources.empty() ? "-" : sources, failed.size(), verified);
+  const std::string line = fmt::format(
+      "LOADED instance={} layout={} bytes={} disk_bytes={} seconds={:.4f} gbps={:.4f} sources={} failed={} "
+      "verified={} disk_seconds={:.4f} start_ms={} end_ms={}",
+      instance, o.layout, bytes, disk, seconds, seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0,
+      sources.empty() ? "-" : sources, failed.size(), verified, disk_seconds, start_ms, end_ms);
+  if (!o.quiet) fmt::print("{}\n", line);
   std::fflush(stdout);
+  if (!o.report.empty()) {
+    const std::string tmp = o.report + ".tmp";
+    if (FILE* f = std::fopen(tmp.c_str(), "w")) {
+      std::fprintf(f, "%s\n", line.c_str());
+      std::fclose(f);
+      std::rename(tmp.c_str(), o.report.c_str());
+    }
+  }
   if (!o.serve) return Status::Ok();
   std::vector<std::unique_ptr<ModelSource>> sources_out;
   for (auto& loader : loaders) {
@@ -184,7 +220,7 @@ Status RunLoad(const LoadOptions& o) {
     SW_ASSIGN_OR_RETURN(auto source, loader->BecomeSource(so));
     sources_out.push_back(std::move(source));
   }
-  fmt::print("SERVING instance={}\n", instance);
+  if (!o.quiet) fmt::print("SERVING instance={}\n", instance);
   std::fflush(stdout);
   WaitForStop();
   return Status::Ok();
@@ -201,7 +237,9 @@ void AddSeedCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--layout", o->layout, "the instance's layout, e.g. tp=2")->capture_default_str();
   cmd->add_option("--instance-id", o->instance_id, "instance id (default: seed-<pid>)");
   cmd->add_option("--revision", o->revision, "content revision (default: xxh3 digest of the checkpoint)");
-  cmd->add_option("--bandwidth", o->bandwidth, "bytes/s each rank serves at most (0 = unlimited)")->capture_default_str();
+  cmd->add_option("--bandwidth", o->bandwidth, "bytes/s each rank serves at most (0 = unlimited)")
+      ->capture_default_str();
+  cmd->add_flag("--quiet", o->quiet, "print nothing but errors");
   cmd->callback([o, exit_code] {
     Status s = RunSeed(*o);
     if (!s.ok()) {
@@ -223,6 +261,8 @@ void AddLoadCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--revision", o->revision, "content revision (default: the one the sources serve)");
   cmd->add_option("--stall-timeout", o->stall_timeout_s, "seconds without progress before a source counts as dead")
       ->capture_default_str();
+  cmd->add_option("--report", o->report, "also write the LOADED line to this file (atomically)");
+  cmd->add_flag("--quiet", o->quiet, "print nothing but errors (use with --report)");
   cmd->add_flag("--serve", o->serve, "after loading, serve the instance as a source until interrupted");
   cmd->add_option("--bandwidth", o->bandwidth, "with --serve: bytes/s each rank serves at most")->capture_default_str();
   cmd->callback([o, exit_code] {

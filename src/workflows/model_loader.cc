@@ -32,6 +32,15 @@ using workflows::SourceRun;
 
 std::atomic<std::uint64_t> g_loader_counter{0};
 
+P2pMessage LeaseRequest(std::uint64_t id, std::uint64_t bytes, const std::string& instance) {
+  P2pMessage m;
+  m.kind = P2pKind::kLease;
+  m.id = id;
+  m.value = bytes;
+  m.text = instance;
+  return m;
+}
+
 P2pMessage Msg(P2pKind kind, std::uint64_t id = 0, std::uint64_t value = 0) {
   P2pMessage m;
   m.kind = kind;
@@ -453,7 +462,7 @@ struct ModelLoader::Impl {
       m.request_id = next_id++;
       move_of_request[m.request_id] = i;
       if (inst.bandwidth > 0) {
-        Status sent = Send(inst.peers[m.src_rank], Msg(P2pKind::kLease, m.request_id, m.bytes));
+        Status sent = Send(inst.peers[m.src_rank], LeaseRequest(m.request_id, m.bytes, options.instance_id));
         if (!sent.ok()) {
           FailInstance(m.instance, "sending a lease request failed: " + sent.ToString());
           continue;
@@ -500,19 +509,11 @@ struct ModelLoader::Impl {
     for (const Notification& note : notes) {
       if (auto m = DecodeP2p(note.payload)) Dispatch(note.peer, *m);
     }
-    // Processes found dead by the agent (liveness check or UCX error callback).
-    const std::vector<std::string> dead = agent->FailedPeers();
-    if (!dead.empty()) {
-      for (std::size_t i = 0; i < instances.size(); ++i) {
-        if (instances[i].failed) continue;
-        for (const auto& [rank, peer] : instances[i].peers) {
-          if (std::find(dead.begin(), dead.end(), peer) != dead.end()) {
-            FailInstance(i, fmt::format("rank {} disconnected (process gone)", rank));
-            break;
-          }
-        }
-      }
-    }
+    // A dead or stopped source is found by its silence: READs that do not complete,
+    // digest requests or HELLOs not answered, lease keepalives (every 0.5 s while
+    // queued) that stop, each bounded by stall_timeout_s. (Agent::FailedPeers is not
+    // consulted: on UCX 1.13.1 a failed shared-memory connect to one peer was seen to
+    // flag a live peer of the same worker.)
     const Clock::time_point now = Clock::now();
     for (LoadMove& m : moves) {
       if (instances[m.instance].failed) continue;

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -68,7 +69,13 @@ struct ModelSource::Impl {
     std::string peer;
     std::uint64_t id = 0;
     std::uint64_t bytes = 0;
+    std::string instance;  // the loader instance asking
   };
+  // Loader instance -> sequence number of its first lease request. Grants go to the
+  // instance that asked first, so one loader finishes (and starts serving) before
+  // the next is served, instead of all of them finishing last together.
+  std::map<std::string, std::uint64_t> first_request;
+  std::uint64_t request_seq = 0;
   std::deque<LeaseRequest> lease_queue;
   std::optional<LeaseRequest> lease_holder;
   Clock::time_point lease_deadline;
@@ -140,7 +147,8 @@ struct ModelSource::Impl {
         Reply(n.peer, Digest(*m));
         break;
       case P2pKind::kLease: {
-        lease_queue.push_back({n.peer, m->id, m->value});
+        first_request.try_emplace(m->text, request_seq++);
+        lease_queue.push_back({n.peer, m->id, m->value, m->text});
         P2pMessage queued;
         queued.kind = P2pKind::kQueued;
         queued.id = m->id;
@@ -176,8 +184,13 @@ struct ModelSource::Impl {
     }
     if (lease_holder && now > lease_deadline) lease_holder.reset();  // revoked: the reader overran or died
     if (lease_holder || lease_queue.empty()) return;
-    lease_holder = lease_queue.front();
-    lease_queue.pop_front();
+    auto next =
+        std::min_element(lease_queue.begin(), lease_queue.end(), [&](const LeaseRequest& a, const LeaseRequest& b) {
+          return first_request[a.instance] < first_request[b.instance];  // stable: earlier arrival wins ties
+        });
+    lease_holder = *next;
+    lease_queue.erase(next);
+    if (first_request.size() > 4096) first_request.clear();  // bounded memory; order restarts
     const double seconds = options.bandwidth_bytes_per_s > 0
                                ? static_cast<double>(lease_holder->bytes) / options.bandwidth_bytes_per_s
                                : 0;

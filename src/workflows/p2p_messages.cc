@@ -100,6 +100,7 @@ std::vector<std::byte> EncodeP2p(const P2pMessage& m) {
       break;
     case P2pKind::kLease:
       w.U64(m.value);
+      w.Str(m.text);
       break;
     case P2pKind::kGrant: {
       std::uint64_t bits = 0;
@@ -151,7 +152,7 @@ std::optional<P2pMessage> DecodeP2p(std::span<const std::byte> payload) {
       m.status = static_cast<DigestStatus>(u8);
       break;
     case P2pKind::kLease:
-      if (!r.U64(m.value)) return std::nullopt;
+      if (!r.U64(m.value) || !r.Str(m.text)) return std::nullopt;
       break;
     case P2pKind::kGrant: {
       std::uint64_t bits = 0;

@@ -18,7 +18,7 @@ enum class P2pKind : std::uint8_t {
   kHelloAck = 2,     ///< source -> loader: id, layout fingerprint, fingerprint inputs (maybe empty)
   kDigest = 3,       ///< loader -> source: id, ranges (offset, length) of one move, in order
   kDigestReply = 4,  ///< source -> loader: id, xxh3-64 of the ranges' bytes, status
-  kLease = 5,        ///< loader -> source: id, bytes it will read
+  kLease = 5,        ///< loader -> source: id, bytes it will read, loader instance id
   kQueued = 6,       ///< source -> loader: id (lease request received, waiting for a grant)
   kGrant = 7,        ///< source -> loader: id, seconds the grant lasts
   kRelease = 8,      ///< loader -> source: id (grant no longer needed)
