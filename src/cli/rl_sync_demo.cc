@@ -234,7 +234,7 @@ Status Run(const RlSyncOptions& o) {
       o.steps, FormatBytes(static_cast<double>(total_bytes)), total_s, mean_gbps);
   const double steady_gbps = steady_s > 0 ? static_cast<double>(steady_bytes) / steady_s / 1e9 : mean_gbps;
   if (o.steps > 1) {
-    fmt::print("steady      steps 2..{}: {:.2f} GB/s (step 1 also maps each peer's memory on first use)\n", o.steps,
+    fmt::print("steady      steps 2..{}: {:.2f} GB/s (step 1 reported on its own line above)\n", o.steps,
                steady_gbps);
   }
   fmt::print("reference   memcpy, {} thread(s), same bytes, this run: {:.2f} GB/s -> steady/memcpy = {:.2f}\n",

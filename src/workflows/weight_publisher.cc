@@ -71,6 +71,9 @@ Status WeightPublisher::Connect() {
   for (const auto& [dst, moves] : s.moves_by_destination) {
     SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, sync::ImportPeerRank(*s.rendezvous, agent, s.options.job,
                                                                         kEngineRole, dst, s.options.timeout_s));
+    // Connect every lane now: UCX wires endpoints up lazily, and the handshake
+    // (which needs the engine's lanes to answer) would otherwise land in step 1.
+    SW_RETURN_IF_ERROR(agent.WireUp(peer.name, s.options.timeout_s));
     std::vector<TransferDescriptor> descriptors;
     descriptors.reserve(moves.size());
     // One descriptor per move: a row-parallel shard's rows travel as one strided
@@ -87,9 +90,6 @@ Status WeightPublisher::Connect() {
     }
     SW_ASSIGN_OR_RETURN(TransferHandle handle,
                         agent.PrepareTransfer(TransferOp::kWrite, peer.name, std::move(descriptors), std::nullopt));
-    // Connect every lane now: UCX wires endpoints up lazily, and the handshake
-    // (which needs the engine's lanes to answer) would otherwise land in step 1.
-    SW_RETURN_IF_ERROR(agent.WireUp(peer.name, s.options.timeout_s));
     s.destination_names[dst] = peer.name;
     s.transfers.push_back(handle);
   }
