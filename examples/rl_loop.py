@@ -112,10 +112,11 @@ def trainer(args) -> int:
 
     def gather() -> dict:
         out = {}
-        for n in names:
-            parts = [torch.empty_like(params[n]) for _ in range(2)]
-            dist.all_gather(parts, params[n].contiguous())
-            out[n] = torch.cat(parts, 0)
+        for n in names:  # gloo has no bfloat16: gather as fp32 (bf16 -> fp32 -> bf16 is exact)
+            wide = params[n].float()
+            parts = [torch.empty_like(wide) for _ in range(2)]
+            dist.all_gather(parts, wide)
+            out[n] = torch.cat(parts, 0).to(torch.bfloat16)
         return out
 
     for step in range(1, args.steps + 1):

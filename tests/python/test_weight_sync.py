@@ -99,7 +99,7 @@ def test_bad_tensors_are_refused_before_anything_is_registered():
     name = "model.layers.0.self_attn.q_proj.weight"
     missing = dict(good)
     del missing[name]
-    with pytest.raises(errors.InvalidArgumentError, match="lacks"):
+    with pytest.raises(errors.InvalidArgumentError, match="lack it"):
         shardwire.adopt_parameters(missing, src, 0)
     with pytest.raises(errors.InvalidArgumentError, match="extra|not held"):
         shardwire.adopt_parameters(dict(good, bogus=torch.zeros(1)), src, 0)
