@@ -73,6 +73,7 @@ struct StepFigures {
     return overlap;
   }
   double transfer_s = 0;     // first post of any trainer to the last remote completion
+  json trainer_reports = json::array();  // per trainer: its window and its wait for READY (--json)
   double engine_wait_s = 0;  // slowest engine: READY to commit
   int verified = 0;
 };
@@ -176,6 +177,9 @@ Status Run(const RlSyncOptions& o) {
       f.transfer_windows.emplace_back(end - t.value("transfer_s", 0.0), end);
       f.compute_windows.emplace_back(t.value("compute_begin", 0.0), t.value("compute_end", 0.0));
       f.transfer_s = std::max(f.transfer_s, t.value("transfer_s", 0.0));
+      f.trainer_reports.push_back(
+          {{"rank", r}, {"transfer_s", t.value("transfer_s", 0.0)}, {"ready_wait_s", t.value("ready_wait_s", 0.0)},
+           {"push_begin", end - t.value("transfer_s", 0.0)}, {"push_end", end}});
     }
     for (int r = 0; r < engine_ranks; ++r) {
       SW_ASSIGN_OR_RETURN(const json e,
@@ -217,6 +221,7 @@ Status Run(const RlSyncOptions& o) {
                                 {"page_faults", f.faults},
                                 {"compute_overlap_s", f.ComputeOverlap()},
                                 {"engine_wait_s", f.engine_wait_s},
+                                {"trainers", f.trainer_reports},
                                 {"verified", f.verified}});
   }
   SW_ASSIGN_OR_RETURN(const auto exits, children.WaitAll(o.timeout_s));
