@@ -6,12 +6,14 @@
 #   fuzz    a short run (SHARDWIRE_FUZZ_SECONDS, default 20 s) of every libFuzzer target
 #           (fuzz/run_fuzzer.sh, build-fuzz/)
 # Every sanitizer report is fatal and fails its test. Select stages with
-# SHARDWIRE_TEST_STAGES="normal asan" (default: all four). Extra arguments go to the normal
+# SHARDWIRE_TEST_STAGES="normal asan tsan fuzz". Default: normal only — the asan, tsan and
+# fuzz stages exist but have not yet completed once on this code base (docs/reliability.md,
+# "Status"), so CI does not depend on them until they have. Extra arguments go to the normal
 # stage's ctest. Builds use ccache when installed; run nice'd on a shared machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
-stages="${SHARDWIRE_TEST_STAGES:-normal asan tsan fuzz}"
+stages="${SHARDWIRE_TEST_STAGES:-normal}"
 launcher=()
 if command -v ccache >/dev/null 2>&1; then
   launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
