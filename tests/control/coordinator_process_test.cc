@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "control/serve_process.h"
 #include "control/test_util.h"
 #include "shardwire/coordinator.h"
 
@@ -22,68 +23,14 @@ namespace shardwire {
 namespace {
 
 using testing_util::BytesOf;
-
-// A running `shardwire serve`; SIGKILLed and reaped by the destructor.
-struct ServeProcess {
-  pid_t pid = -1;
-  int out_fd = -1;
-  std::string address;
-
-  ~ServeProcess() { Kill(); }
-  void Kill() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-      pid = -1;
-    }
-    if (out_fd >= 0) ::close(out_fd);
-    out_fd = -1;
-  }
-};
-
-// Starts `shardwire serve --port <port> extra...` and waits (<= 30 s) for its
-// "listening on HOST:PORT" line. Returns false (with the output so far) otherwise.
-bool StartServe(ServeProcess* p, int port, const std::vector<std::string>& extra, std::string* output) {
-  int fds[2];
-  if (::pipe(fds) != 0) return false;
-  std::vector<std::string> argv_s = {SHARDWIRE_BIN, "serve", "--port", std::to_string(port)};
-  argv_s.insert(argv_s.end(), extra.begin(), extra.end());
-  p->pid = ::fork();
-  if (p->pid == 0) {
-    ::dup2(fds[1], 1);
-    ::close(fds[0]);
-    ::close(fds[1]);
-    std::vector<char*> argv;
-    for (auto& s : argv_s) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  p->out_fd = fds[0];
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  const std::regex line(R"(listening on (\S+))");
-  while (std::chrono::steady_clock::now() < end) {
-    pollfd pfd{p->out_fd, POLLIN, 0};
-    if (::poll(&pfd, 1, 100) <= 0) continue;
-    char buf[512];
-    const ssize_t n = ::read(p->out_fd, buf, sizeof buf);
-    if (n <= 0) return false;  // exited
-    output->append(buf, static_cast<std::size_t>(n));
-    std::smatch m;
-    if (std::regex_search(*output, m, line)) {
-      p->address = m[1];
-      return true;
-    }
-  }
-  return false;
-}
+using testing_util::ServeProcess;
+using testing_util::StartServe;
 
 TEST(CoordinatorProcess, ClientReconnectsAfterSigkillAndRestartOnTheSamePort) {
   ServeProcess first;
   std::string out;
   ASSERT_TRUE(StartServe(&first, 0, {"--stale-after", "5"}, &out)) << out;
-  const int port = std::stoi(first.address.substr(first.address.rfind(':') + 1));
+  const int port = first.port();
   ASSERT_GT(port, 0);
 
   CoordinatorClientOptions o;

@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "control/redis_fixture.h"
+#include "control/serve_process.h"
 #include "control/test_util.h"
 #include "shardwire/coordinator.h"
 
@@ -33,62 +34,13 @@ namespace {
 using testing_util::BytesOf;
 using testing_util::RedisServer;
 
-// A running `shardwire serve`; SIGKILLed and reaped by the destructor.
-struct Serve {
-  pid_t pid = -1;
-  int out_fd = -1;
-  std::string address;
+using Serve = testing_util::ServeProcess;
 
-  ~Serve() { Kill(); }
-  void Kill() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-      pid = -1;
-    }
-    if (out_fd >= 0) ::close(out_fd);
-    out_fd = -1;
-  }
-  int port() const { return std::stoi(address.substr(address.rfind(':') + 1)); }
-};
-
-// Starts `shardwire serve --port <port> --redis <url> extra...` and waits
-// (<= 30 s) for its "listening on HOST:PORT" line.
-bool StartServe(Serve* p, int port, const std::string& redis_url, const std::vector<std::string>& extra,
+// Starts `shardwire serve --port <port> --redis <url> extra...` (testing_util::StartServe).
+bool StartServe(Serve* p, int port, const std::string& redis_url, std::vector<std::string> extra,
                 std::string* output) {
-  int fds[2];
-  if (::pipe(fds) != 0) return false;
-  std::vector<std::string> argv_s = {SHARDWIRE_BIN, "serve", "--port", std::to_string(port), "--redis", redis_url};
-  argv_s.insert(argv_s.end(), extra.begin(), extra.end());
-  p->pid = ::fork();
-  if (p->pid == 0) {
-    ::dup2(fds[1], 1);
-    ::close(fds[0]);
-    ::close(fds[1]);
-    std::vector<char*> argv;
-    for (auto& s : argv_s) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  p->out_fd = fds[0];
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  const std::regex line(R"(listening on (\S+))");
-  while (std::chrono::steady_clock::now() < end) {
-    pollfd pfd{p->out_fd, POLLIN, 0};
-    if (::poll(&pfd, 1, 100) <= 0) continue;
-    char buf[512];
-    const ssize_t n = ::read(p->out_fd, buf, sizeof buf);
-    if (n <= 0) return false;  // exited
-    output->append(buf, static_cast<std::size_t>(n));
-    std::smatch m;
-    if (std::regex_search(*output, m, line)) {
-      p->address = m[1];
-      return true;
-    }
-  }
-  return false;
+  extra.insert(extra.begin(), {"--redis", redis_url});
+  return testing_util::StartServe(p, port, extra, output);
 }
 
 std::unique_ptr<CoordinatorClient> Client(const std::string& address) {
