@@ -11,5 +11,6 @@ void BindLayout(pybind11::module_& m);  ///< layout_bindings.cc: layouts from la
 void BindPlan(pybind11::module_& m);    ///< plan_bindings.cc: transfer plans and their summaries
 void BindCoordinator(pybind11::module_& m);  ///< coordinator_bindings.cc: embedded server, client
 void BindWeightSync(pybind11::module_& m);   ///< weight_sync_bindings.cc: publisher, subscriber
+void BindConvert(pybind11::module_& m);      ///< convert_bindings.cc: FP8 block quantisation
 
 }  // namespace shardwire::python

@@ -11,4 +11,5 @@ PYBIND11_MODULE(_shardwire, m) {
   shardwire::python::BindPlan(m);
   shardwire::python::BindCoordinator(m);
   shardwire::python::BindWeightSync(m);
+  shardwire::python::BindConvert(m);
 }

@@ -1,0 +1,42 @@
+"""FP8 block quantisation from Python, bit for bit against the numpy oracle of the C++
+convert tests (tests/convert/convert_oracle.py, which shares no code with the kernels)."""
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import shardwire
+from shardwire import errors
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "convert"))
+import convert_oracle  # noqa: E402
+
+
+@pytest.mark.parametrize("shape", [[256, 384], [130, 200], [3, 129, 77]])
+@pytest.mark.parametrize("scale", ["fp32", "ue8m0"])
+def test_quantize_matches_oracle(shape, scale):
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(shape, generator=g) * 3).to(torch.bfloat16)
+    x.view(-1)[:200] = 0  # an all-zero run (amax clamped at 1e-4)
+    q, sinv = shardwire.quantize_fp8_block(x, "w", ue8m0=(scale == "ue8m0"))
+    x3 = x.float().numpy().reshape([-1] + shape[-2:])
+    want_q, want_s = convert_oracle.quantize(x3, "cuda", scale)
+    assert np.array_equal(q.numpy().reshape(want_q.shape), want_q)
+    assert np.array_equal(sinv.numpy().reshape(want_s.shape).view(np.uint32), want_s.view(np.uint32))
+    back = shardwire.dequantize_fp8_block(q, sinv, torch.float32, ue8m0=(scale == "ue8m0"))
+    assert torch.allclose(back, x.float(), rtol=0.07, atol=1e-3)  # e4m3 keeps 3 mantissa bits
+
+
+def test_bad_input_is_typed():
+    with pytest.raises(errors.CorruptDataError, match="w0"):
+        t = torch.zeros(128, 128, dtype=torch.float32)
+        t[5, 7] = float("nan")
+        shardwire.quantize_fp8_block(t, "w0")
+    with pytest.raises(errors.InvalidArgumentError, match="float64|bfloat16"):
+        shardwire.quantize_fp8_block(torch.zeros(4, 4, dtype=torch.float64))
+    with pytest.raises(errors.InvalidArgumentError, match="contiguous"):
+        shardwire.quantize_fp8_block(torch.zeros(8, 4, dtype=torch.bfloat16).T)
+    with pytest.raises(errors.InvalidArgumentError):
+        shardwire.quantize_fp8_block(torch.zeros(8, dtype=torch.bfloat16))
