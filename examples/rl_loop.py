@@ -202,17 +202,24 @@ def engine(args) -> int:
     return 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list:
+    """n distinct free loopback ports (all bound at once, so no two are the same)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def launch(args) -> int:
     checkpoint = pathlib.Path(args.checkpoint)
     print(f"checkpoint: {checkpoint if (checkpoint / 'model.safetensors').exists() else 'generated (real shapes)'}")
     with shardwire.CoordinatorServer() as server:
-        ports = {"trainer": free_port(), "engine": free_port()}
+        trainer_port, engine_port = free_ports(2)
+        ports = {"trainer": trainer_port, "engine": engine_port}
         procs = []
         for role in ("engine", "trainer"):
             for rank in range(2):

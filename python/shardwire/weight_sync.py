@@ -14,6 +14,7 @@ when every byte arrived; ``committed_version`` is the version the engine serves.
 """
 from __future__ import annotations
 
+import ctypes
 from typing import Dict, Mapping, Optional
 
 import torch
@@ -93,19 +94,25 @@ class _Endpoint:
 
     def __init__(self, cls, coordinator, trainer_layout, engine_layout, layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]], job: str, timeout_s: float):
+        nbytes = layout.buffer_bytes(rank)
         if params is None:
-            self.buffer, self.tensors = allocate_shard_buffer(layout, rank)
+            # Shardwire allocates the buffer as a transport arena (UCX-allocated shared memory on
+            # one host: true one-sided writes, no emulation); the tensors are views of it.
+            self._impl = cls(coordinator, trainer_layout, engine_layout, rank, 0, 0, job, timeout_s)
+            raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(self._impl.buffer_address)
+            self.buffer = torch.frombuffer(raw, dtype=torch.uint8)
+            self.tensors = shard_views(self.buffer, layout, rank)
         else:
             self.buffer, self.tensors = None, dict(params)
-        address = (self.buffer.data_ptr() if params is None else _buffer_address(self.tensors, layout, rank))
-        nbytes = layout.buffer_bytes(rank)
-        self._impl = cls(coordinator, trainer_layout, engine_layout, rank, address, nbytes, job, timeout_s)
+            address = _buffer_address(self.tensors, layout, rank)
+            self._impl = cls(coordinator, trainer_layout, engine_layout, rank, address, nbytes, job, timeout_s)
 
 
 class WeightPublisher(_Endpoint):
     """One trainer rank. ``params``: the rank's parameter tensors (name -> tensor) in one shard
-    buffer (see adopt_parameters), registered in place; None allocates a buffer whose views are
-    ``self.tensors``. ``coordinator``: a CoordinatorClient. Times in seconds.
+    buffer (see adopt_parameters), registered in place; None lets Shardwire allocate the buffer
+    as a transport arena whose views are ``self.tensors`` (faster on this UCX build: arenas take
+    true one-sided writes, registered caller memory is emulated; docs/transport.md). ``coordinator``: a CoordinatorClient. Times in seconds.
     Raises InvalidArgumentError (tensors), LayoutMismatchError (layouts), TransportError."""
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
@@ -132,7 +139,8 @@ class WeightPublisher(_Endpoint):
 
 class WeightSubscriber(_Endpoint):
     """One inference-engine rank, receiving into ``params`` (its weights, in one shard buffer;
-    see adopt_parameters) in place, or into a buffer it allocates (views in ``self.tensors``)."""
+    see adopt_parameters) in place, or, with params=None, into a transport arena whose views
+    (``self.tensors``) the engine then uses as its weights."""
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
