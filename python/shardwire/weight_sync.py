@@ -97,7 +97,8 @@ class _Endpoint:
         nbytes = layout.buffer_bytes(rank)
         if params is None:
             # Shardwire allocates the buffer as a transport arena (UCX-allocated shared memory on
-            # one host: true one-sided writes, no emulation); the tensors are views of it.
+            # one host: true one-sided writes, no emulation); the tensors are views of it and are
+            # valid only while this object lives (the arena is freed with it).
             self._impl = cls(coordinator, trainer_layout, engine_layout, rank, 0, 0, job, timeout_s)
             raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(self._impl.buffer_address)
             self.buffer = torch.frombuffer(raw, dtype=torch.uint8)
@@ -112,7 +113,8 @@ class WeightPublisher(_Endpoint):
     """One trainer rank. ``params``: the rank's parameter tensors (name -> tensor) in one shard
     buffer (see adopt_parameters), registered in place; None lets Shardwire allocate the buffer
     as a transport arena whose views are ``self.tensors`` (faster on this UCX build: arenas take
-    true one-sided writes, registered caller memory is emulated; docs/transport.md). ``coordinator``: a CoordinatorClient. Times in seconds.
+    true one-sided writes, registered caller memory is emulated; docs/transport.md). Those views
+    are valid only while the publisher lives; ``params`` must stay alive and unmoved as long. ``coordinator``: a CoordinatorClient. Times in seconds.
     Raises InvalidArgumentError (tensors), LayoutMismatchError (layouts), TransportError."""
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
@@ -140,7 +142,8 @@ class WeightPublisher(_Endpoint):
 class WeightSubscriber(_Endpoint):
     """One inference-engine rank, receiving into ``params`` (its weights, in one shard buffer;
     see adopt_parameters) in place, or, with params=None, into a transport arena whose views
-    (``self.tensors``) the engine then uses as its weights."""
+    (``self.tensors``) the engine then uses as its weights; those views are valid only while the
+    subscriber lives. Thread-safety: one thread at a time per object (as the C++ classes)."""
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
