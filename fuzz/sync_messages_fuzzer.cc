@@ -19,8 +19,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::span<const std::byte> payload(reinterpret_cast<const std::byte*>(data), size);
   const auto message = shardwire::sync::Decode(payload);
   if (!message.has_value()) return 0;
-  Check(message->kind == shardwire::sync::MessageKind::kReady || message->kind == shardwire::sync::MessageKind::kDone,
-        "sync_messages_fuzzer", "accepted kind is READY or DONE");
+  Check(message->kind == shardwire::sync::MessageKind::kReady || message->kind == shardwire::sync::MessageKind::kDone ||
+            message->kind == shardwire::sync::MessageKind::kBlockAmax,
+        "sync_messages_fuzzer", "accepted kind is READY, DONE or BLOCK_AMAX");
   const std::vector<std::byte> again = shardwire::sync::Encode(*message);
   Check(std::vector<std::byte>(payload.begin(), payload.end()) == again, "sync_messages_fuzzer",
         "accepted payload re-encodes to the same bytes");

@@ -99,6 +99,50 @@ Status QuantizeFp8BlockRows(DType src_dtype, std::span<const std::byte> src, std
 Status QuantizeFp8BlockTensor(const TensorView& src, std::span<std::uint8_t> q_out, std::span<float> scale_inv_out,
                               const Fp8BlockOptions& options);
 
+/// A shard of one 2-D [m, n] matrix: rows [row0, row0 + rows) x columns [col0, col0 + cols)
+/// (elements). The shard's source bytes are dense row-major [rows, cols].
+struct Fp8ShardBox {
+  std::int64_t row0 = 0, rows = 0, col0 = 0, cols = 0;
+};
+
+/// A rectangle of the block grid: block rows [row_begin, row_end) x block columns
+/// [col_begin, col_end); count() blocks, stored row-major wherever a grid is passed.
+struct Fp8BlockRange {
+  std::int64_t row_begin = 0, row_end = 0, col_begin = 0, col_end = 0;
+  std::int64_t count() const { return (row_end - row_begin) * (col_end - col_begin); }
+};
+
+/// The blocks a shard intersects (a block may straddle several shards when shard edges are
+/// not multiples of the block size, e.g. FSDP's torch.chunk rows).
+Fp8BlockRange Fp8BlocksTouched(const Fp8ShardBox& shard, const Fp8BlockOptions& options);
+
+/// The blocks whose first element [i * br, j * bc] lies in the shard: the scale entries the
+/// shard owns. Every block of the matrix is owned by exactly one shard of a partition.
+Fp8BlockRange Fp8BlocksOwned(const Fp8ShardBox& shard, const Fp8BlockOptions& options);
+
+/// Sharded block quantisation, step 1: for every block the shard touches, the largest |x| over
+/// the shard's own elements of that block (fp32, exact), into `partial_amax` (row-major over
+/// Fp8BlocksTouched). A block's amax is the max over the partial amaxes of every shard holding
+/// part of it, so shards that split a block exchange a few floats instead of gathering rows.
+/// Errors: kUnsupported for a src dtype other than F16/BF16/F32; kInvalidArgument for sizes
+/// that disagree with the box; kCorruptData naming the tensor and element [row, col] (matrix
+/// coordinates) for NaN or +-Inf.
+Status Fp8ShardBlockAmax(DType src_dtype, std::span<const std::byte> src, const Fp8ShardBox& shard,
+                         std::span<float> partial_amax, const Fp8BlockOptions& options,
+                         const Fp8ErrorContext& context);
+
+/// Sharded block quantisation, step 2: quantises the shard with `block_amax` (row-major over
+/// Fp8BlocksTouched; each the amax of the WHOLE block) into q_out (rows * cols E4M3 bytes,
+/// row-major) and the owned scales into scale_inv_out (row-major over Fp8BlocksOwned).
+/// The result is bit-identical to QuantizeFp8BlockRows over the whole matrix, restricted to
+/// the shard (same ScaleFor arithmetic, same kernels).
+/// Errors: as Fp8ShardBlockAmax, plus kCorruptData for a negative, NaN or infinite amax (a
+/// peer's amax is untrusted input).
+Status QuantizeFp8Shard(DType src_dtype, std::span<const std::byte> src, const Fp8ShardBox& shard,
+                        std::span<const float> block_amax, std::span<std::uint8_t> q_out,
+                        std::span<float> scale_inv_out, const Fp8BlockOptions& options,
+                        const Fp8ErrorContext& context);
+
 /// Inverse for verification: out[i, j] = rne(e4m3_to_float(q[i, j]) * scale_inv[i/br, j/bc])
 /// in `out_dtype` (BF16, F16 or F32; the product is computed in fp32), for a 2-D [m, n] or 3-D
 /// [E, m, n] `shape`. E4M3 NaN codes (0x7F, 0xFF) decode to NaN.

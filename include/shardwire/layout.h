@@ -106,6 +106,14 @@ class Layout {
   /// Index of the tensor named `name`, or kNotFound.
   Result<std::uint32_t> TensorIndex(const std::string& name) const;
 
+  /// The same layout restricted to the tensors `keep` (indices into tensors(), any order;
+  /// the result lists them in ascending index order): every kept shard stays at its byte
+  /// offset and every rank keeps its buffer_bytes, so plans between subsets address the
+  /// real buffers. Used to plan part of a model's tensors separately (e.g. the tensors a
+  /// push converts and those it moves unchanged). Errors: kInvalidArgument for an index out
+  /// of range or listed twice.
+  Result<Layout> Subset(const std::vector<std::uint32_t>& keep) const;
+
  private:
   std::string description_;
   std::vector<TensorSpec> tensors_;

@@ -14,6 +14,14 @@
 // is computed in every process from the two layouts (deterministic), so no process
 // broadcasts it; the transfers are prepared once (Connect) and posted every step.
 //
+// Conversion: when the engine layout's tensors differ in dtype from the trainer's (FP8
+// block-quantised engines, casts), the publisher converts on the way and the wire carries
+// the destination format (shardwire/push_conversion.h): before posting, trainer ranks whose
+// shards split a 128x128 block exchange partial amaxes (BLOCK_AMAX(v), trainer to trainer),
+// then each converts its shard piece by piece into a bounded staging buffer and posts each
+// piece's WRITEs while converting the next; DONE(v) follows the last of them. Both sides
+// derive the same conversion from the two layouts.
+//
 // Processes find each other through a Rendezvous (keys "<job>/trainer/<rank>" and
 // "<job>/engine/<rank>" hold transport metadata blobs).
 //
@@ -26,6 +34,7 @@
 #include <string>
 
 #include "shardwire/layout.h"
+#include "shardwire/push_conversion.h"
 #include "shardwire/rendezvous.h"
 #include "shardwire/status.h"
 
@@ -44,6 +53,10 @@ struct WeightSyncOptions {
   /// UCX-allocated shared memory takes true one-sided puts (docs/transport.md); on RDMA or GPU
   /// memory both are true one-sided and registration costs one ibv_reg_mr / CUDA IPC handle.
   std::span<std::byte> buffer = {};
+  /// Conversion in the push (used only when the layouts' dtypes differ): FP8 block size and
+  /// scale arithmetic, and the staging bound in bytes. Publishers and subscribers of one job
+  /// must pass the same values.
+  PushConversionOptions conversion = {};
 };
 
 /// What one Push did.
@@ -54,6 +67,11 @@ struct PushStats {
   std::uint64_t rows = 0;         ///< contiguous row moves inside them (what one descriptor per row would post)
   double ready_wait_s = 0;        ///< waiting for destinations to be ready
   double transfer_s = 0;          ///< first post to last remote completion
+  std::uint64_t converted_bytes = 0;      ///< bytes produced by conversion (FP8 weights, scales, casts)
+  double convert_s = 0;                   ///< time spent converting (overlaps the WRITEs of earlier pieces)
+  double amax_exchange_s = 0;             ///< waiting for other trainer ranks' partial amaxes
+  std::uint64_t staging_bytes = 0;        ///< the conversion staging buffer (allocated once, bytes)
+  std::uint64_t staging_peak_bytes = 0;   ///< most staging bytes holding data at once in this push
 };
 
 /// What one WaitForUpdate saw.

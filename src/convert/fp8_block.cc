@@ -181,7 +181,172 @@ const std::array<float, 256>& E4m3Table() {
   return table;
 }
 
+
+// ---- sharded quantisation (Fp8ShardBlockAmax / QuantizeFp8Shard) ----
+
+// Calls fn(first column offset in the row, length, block length, index of the first block relative
+// to the touched range) for the row's segments: the partial first block, then whole blocks.
+template <typename Fn>
+void ForEachRowSegment(const Fp8ShardBox& b, std::int64_t bc, Fn fn) {
+  const std::int64_t head = std::min(b.cols, (b.col0 / bc + 1) * bc - b.col0);
+  fn(std::int64_t{0}, head, head, std::int64_t{0});
+  if (b.cols > head) fn(head, b.cols - head, bc, std::int64_t{1});
+}
+
+template <typename T>
+Status ShardAmax(const std::byte* src, const Fp8ShardBox& b, float* out, const Fp8BlockOptions& o,
+                 const Fp8ErrorContext& ctx) {
+  const Fp8BlockRange t = Fp8BlocksTouched(b, o);
+  const std::int64_t nj = t.col_end - t.col_begin;
+  std::vector<std::uint32_t> maxes(static_cast<std::size_t>(t.count()), 0u);
+  const std::int64_t row_bytes = b.cols * static_cast<std::int64_t>(sizeof(typename T::Bits));
+  for (std::int64_t r = 0; r < b.rows; ++r) {
+    const std::int64_t i = (b.row0 + r) / o.block_rows - t.row_begin;
+    std::uint32_t* m = maxes.data() + i * nj;
+    const std::byte* row = src + r * row_bytes;
+    ForEachRowSegment(b, o.block_cols, [&](std::int64_t c, std::int64_t len, std::int64_t bc, std::int64_t j) {
+      T::RowMax(row + c * static_cast<std::int64_t>(sizeof(typename T::Bits)), len, bc, m + j);
+    });
+  }
+  for (std::size_t k = 0; k < maxes.size(); ++k) {
+    if (maxes[k] >= T::kSpecial) {
+      // Name the first non-finite element of the shard.
+      for (std::int64_t r = 0; r < b.rows; ++r) {
+        for (std::int64_t c = 0; c < b.cols; ++c) {
+          const auto bits = LoadLe<typename T::Bits>(src + r * row_bytes + c * static_cast<std::int64_t>(sizeof(typename T::Bits)));
+          if ((bits & T::kMagnitudeMask) >= T::kSpecial) {
+            return CorruptData(fmt::format(
+                "tensor \"{}\": element [{}, {}] is {}; FP8 block quantisation needs finite values", ctx.tensor,
+                b.row0 + r, b.col0 + c, DescribeValue(T::ToFloat(bits))));
+          }
+        }
+      }
+      return Internal(fmt::format("tensor \"{}\": non-finite block not located", ctx.tensor));
+    }
+    out[k] = T::ToFloat(static_cast<typename T::Bits>(maxes[k]));
+  }
+  return Status::Ok();
+}
+
+template <typename T>
+Status ShardQuantize(const std::byte* src, const Fp8ShardBox& b, const float* amax, std::uint8_t* q, float* scale_inv,
+                     const Fp8BlockOptions& o, const Fp8ErrorContext& ctx) {
+  const Fp8BlockRange t = Fp8BlocksTouched(b, o);
+  const Fp8BlockRange own = Fp8BlocksOwned(b, o);
+  const std::int64_t nj = t.col_end - t.col_begin;
+  std::vector<float> muls(static_cast<std::size_t>(t.count()));
+  for (std::int64_t i = t.row_begin; i < t.row_end; ++i) {
+    for (std::int64_t j = t.col_begin; j < t.col_end; ++j) {
+      const std::int64_t k = (i - t.row_begin) * nj + (j - t.col_begin);
+      const float a = amax[k];
+      if (!(a >= 0.0f) || std::isinf(a)) {
+        return CorruptData(fmt::format("tensor \"{}\": amax {} of block [{}, {}] is not a finite value >= 0",
+                                       ctx.tensor, a, i, j));
+      }
+      const BlockScale s = ScaleFor(a, o);
+      muls[static_cast<std::size_t>(k)] = s.multiplier;
+      if (i >= own.row_begin && i < own.row_end && j >= own.col_begin && j < own.col_end) {
+        scale_inv[(i - own.row_begin) * (own.col_end - own.col_begin) + (j - own.col_begin)] = s.scale_inv;
+      }
+    }
+  }
+  const std::int64_t row_bytes = b.cols * static_cast<std::int64_t>(sizeof(typename T::Bits));
+  for (std::int64_t r = 0; r < b.rows; ++r) {
+    const std::int64_t i = (b.row0 + r) / o.block_rows - t.row_begin;
+    const float* m = muls.data() + i * nj;
+    const std::byte* row = src + r * row_bytes;
+    std::uint8_t* qrow = q + r * b.cols;
+    ForEachRowSegment(b, o.block_cols, [&](std::int64_t c, std::int64_t len, std::int64_t bc, std::int64_t j) {
+      T::RowScale(row + c * static_cast<std::int64_t>(sizeof(typename T::Bits)), qrow + c, len, bc, m + j);
+    });
+  }
+  return Status::Ok();
+}
+
+Status CheckShardArgs(DType src_dtype, std::size_t src_bytes, const Fp8ShardBox& b, const Fp8BlockOptions& o,
+                      const Fp8ErrorContext& ctx) {
+  SW_RETURN_IF_ERROR(CheckOptions(o));
+  if (src_dtype != DType::kBF16 && src_dtype != DType::kF16 && src_dtype != DType::kF32) {
+    return Unsupported(fmt::format("tensor \"{}\": FP8 block quantisation reads F16, BF16 or F32, not {}", ctx.tensor,
+                                   DTypeName(src_dtype)));
+  }
+  if (b.row0 < 0 || b.rows < 0 || b.col0 < 0 || b.cols < 0) {
+    return InvalidArgument(fmt::format("tensor \"{}\": negative shard box rows {}+{} cols {}+{}", ctx.tensor, b.row0,
+                                       b.rows, b.col0, b.cols));
+  }
+  const auto n = static_cast<std::uint64_t>(b.rows) * static_cast<std::uint64_t>(b.cols);
+  if (src_bytes != n * DTypeSize(src_dtype)) {
+    return InvalidArgument(fmt::format("tensor \"{}\": shard [{}, {}] of {} needs {} source bytes, got {}", ctx.tensor,
+                                       b.rows, b.cols, DTypeName(src_dtype), n * DTypeSize(src_dtype), src_bytes));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
+
+Fp8BlockRange Fp8BlocksTouched(const Fp8ShardBox& b, const Fp8BlockOptions& o) {
+  if (b.rows <= 0 || b.cols <= 0 || o.block_rows < 1 || o.block_cols < 1) return {};
+  return {b.row0 / o.block_rows, CeilDiv(b.row0 + b.rows, o.block_rows), b.col0 / o.block_cols,
+          CeilDiv(b.col0 + b.cols, o.block_cols)};
+}
+
+Fp8BlockRange Fp8BlocksOwned(const Fp8ShardBox& b, const Fp8BlockOptions& o) {
+  if (b.rows <= 0 || b.cols <= 0 || o.block_rows < 1 || o.block_cols < 1) return {};
+  Fp8BlockRange r{CeilDiv(b.row0, o.block_rows), CeilDiv(b.row0 + b.rows, o.block_rows), CeilDiv(b.col0, o.block_cols),
+                  CeilDiv(b.col0 + b.cols, o.block_cols)};
+  if (r.row_end < r.row_begin) r.row_end = r.row_begin;
+  if (r.col_end < r.col_begin) r.col_end = r.col_begin;
+  return r;
+}
+
+Status Fp8ShardBlockAmax(DType src_dtype, std::span<const std::byte> src, const Fp8ShardBox& shard,
+                         std::span<float> partial_amax, const Fp8BlockOptions& options,
+                         const Fp8ErrorContext& context) {
+  SW_RETURN_IF_ERROR(CheckShardArgs(src_dtype, src.size(), shard, options, context));
+  const Fp8BlockRange t = Fp8BlocksTouched(shard, options);
+  if (partial_amax.size() != static_cast<std::size_t>(t.count())) {
+    return InvalidArgument(fmt::format("tensor \"{}\": the shard touches {} blocks, {} amax slots given",
+                                       context.tensor, t.count(), partial_amax.size()));
+  }
+  if (t.count() == 0) return Status::Ok();
+  switch (src_dtype) {
+    case DType::kBF16:
+      return ShardAmax<Bf16Traits>(src.data(), shard, partial_amax.data(), options, context);
+    case DType::kF16:
+      return ShardAmax<F16Traits>(src.data(), shard, partial_amax.data(), options, context);
+    default:
+      return ShardAmax<F32Traits>(src.data(), shard, partial_amax.data(), options, context);
+  }
+}
+
+Status QuantizeFp8Shard(DType src_dtype, std::span<const std::byte> src, const Fp8ShardBox& shard,
+                        std::span<const float> block_amax, std::span<std::uint8_t> q_out,
+                        std::span<float> scale_inv_out, const Fp8BlockOptions& options,
+                        const Fp8ErrorContext& context) {
+  SW_RETURN_IF_ERROR(CheckShardArgs(src_dtype, src.size(), shard, options, context));
+  const Fp8BlockRange t = Fp8BlocksTouched(shard, options);
+  const Fp8BlockRange own = Fp8BlocksOwned(shard, options);
+  if (block_amax.size() != static_cast<std::size_t>(t.count()) ||
+      q_out.size() != static_cast<std::size_t>(shard.rows * shard.cols) ||
+      scale_inv_out.size() != static_cast<std::size_t>(own.count())) {
+    return InvalidArgument(fmt::format(
+        "tensor \"{}\": shard [{}, {}] needs {} amax values, {} FP8 bytes and {} scales; got {}, {} and {}",
+        context.tensor, shard.rows, shard.cols, t.count(), shard.rows * shard.cols, own.count(), block_amax.size(),
+        q_out.size(), scale_inv_out.size()));
+  }
+  if (t.count() == 0) return Status::Ok();
+  switch (src_dtype) {
+    case DType::kBF16:
+      return ShardQuantize<Bf16Traits>(src.data(), shard, block_amax.data(), q_out.data(), scale_inv_out.data(),
+                                       options, context);
+    case DType::kF16:
+      return ShardQuantize<F16Traits>(src.data(), shard, block_amax.data(), q_out.data(), scale_inv_out.data(),
+                                      options, context);
+    default:
+      return ShardQuantize<F32Traits>(src.data(), shard, block_amax.data(), q_out.data(), scale_inv_out.data(),
+                                      options, context);
+  }
+}
 
 float E4m3ToFloat(std::uint8_t code) { return E4m3Table()[code]; }
 

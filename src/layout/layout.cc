@@ -155,6 +155,40 @@ Result<std::uint32_t> Layout::TensorIndex(const std::string& name) const {
   return NotFound(fmt::format("tensor {} is not in layout {}", name, description_));
 }
 
+Result<Layout> Layout::Subset(const std::vector<std::uint32_t>& keep) const {
+  constexpr std::uint32_t kDropped = ~std::uint32_t{0};
+  std::vector<std::uint32_t> new_index(tensors_.size(), kDropped);
+  for (std::uint32_t t : keep) {
+    if (t >= tensors_.size() || new_index[t] != kDropped) {
+      return InvalidArgument(
+          fmt::format("layout {}: subset tensor index {} is out of range or listed twice", description_, t));
+    }
+    new_index[t] = 0;
+  }
+  Layout out;
+  out.description_ = description_;
+  for (std::uint32_t t = 0; t < tensors_.size(); ++t) {
+    if (new_index[t] == kDropped) continue;
+    new_index[t] = static_cast<std::uint32_t>(out.tensors_.size());
+    out.tensors_.push_back(tensors_[t]);
+  }
+  out.classes_.reserve(classes_.size());
+  for (const RankShards& rank : classes_) {
+    RankShards kept;
+    kept.buffer_bytes = rank.buffer_bytes;
+    for (const ShardRef& s : rank.shards) {
+      if (new_index[s.tensor] == kDropped) continue;
+      ShardRef r = s;
+      r.tensor = new_index[s.tensor];
+      kept.shards.push_back(std::move(r));
+    }
+    out.classes_.push_back(std::move(kept));
+  }
+  out.class_of_rank_ = class_of_rank_;
+  out.ranks_of_class_ = ranks_of_class_;
+  return out;
+}
+
 std::vector<std::pair<std::int64_t, std::int64_t>> ChunkRanges(std::int64_t extent, int parts) {
   std::vector<std::pair<std::int64_t, std::int64_t>> ranges;
   const std::int64_t chunk = parts > 0 ? (extent + parts - 1) / parts : 0;

@@ -9,28 +9,61 @@
 
 namespace shardwire::sync {
 
+const char* MessageKindName(MessageKind kind) {
+  switch (kind) {
+    case MessageKind::kReady:
+      return "READY";
+    case MessageKind::kDone:
+      return "DONE";
+    case MessageKind::kBlockAmax:
+      return "BLOCK_AMAX";
+  }
+  return "?";
+}
+
 std::vector<std::byte> Encode(const Message& message) {
-  std::vector<std::byte> out(9);
+  const std::size_t floats = message.kind == MessageKind::kBlockAmax ? message.amax.size() : 0;
+  std::vector<std::byte> out(9 + 4 * floats);
   out[0] = static_cast<std::byte>(message.kind);
   for (int i = 0; i < 8; ++i)
     out[1 + static_cast<std::size_t>(i)] = static_cast<std::byte>((message.version >> (8 * i)) & 0xFF);
+  for (std::size_t f = 0; f < floats; ++f) {
+    std::uint32_t bits = 0;
+    std::memcpy(&bits, &message.amax[f], 4);
+    for (int i = 0; i < 4; ++i) out[9 + 4 * f + static_cast<std::size_t>(i)] = static_cast<std::byte>(bits >> (8 * i));
+  }
   return out;
 }
 
 std::optional<Message> Decode(std::span<const std::byte> payload) {
-  if (payload.size() != 9) return std::nullopt;
+  if (payload.size() < 9) return std::nullopt;
   const auto kind = static_cast<MessageKind>(payload[0]);
-  if (kind != MessageKind::kReady && kind != MessageKind::kDone) return std::nullopt;
+  if (kind == MessageKind::kReady || kind == MessageKind::kDone) {
+    if (payload.size() != 9) return std::nullopt;
+  } else if (kind != MessageKind::kBlockAmax || (payload.size() - 9) % 4 != 0) {
+    return std::nullopt;
+  }
   std::uint64_t version = 0;
   for (int i = 0; i < 8; ++i)
     version |= static_cast<std::uint64_t>(payload[1 + static_cast<std::size_t>(i)]) << (8 * i);
-  return Message{kind, version};
+  Message m{kind, version};
+  m.amax.resize((payload.size() - 9) / 4);
+  for (std::size_t f = 0; f < m.amax.size(); ++f) {
+    std::uint32_t bits = 0;
+    for (int i = 0; i < 4; ++i)
+      bits |= static_cast<std::uint32_t>(payload[9 + 4 * f + static_cast<std::size_t>(i)]) << (8 * i);
+    std::memcpy(&m.amax[f], &bits, 4);
+  }
+  return m;
 }
 
 Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,
-                           double timeout_s) {
+                           double timeout_s, std::map<std::string, Message>* received) {
   auto take = [&](const std::string& peer, const Message& m) {
-    if (m.kind == kind && m.version == version && peers.erase(peer) == 1) return true;
+    if (m.kind == kind && m.version == version && peers.erase(peer) == 1) {
+      if (received != nullptr) (*received)[peer] = m;
+      return true;
+    }
     return false;
   };
   for (auto it = pending_.begin(); it != pending_.end();) {
@@ -40,8 +73,8 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
   while (!peers.empty()) {
     const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0) {
-      return TimedOut(fmt::format("{} v{} still missing from {} peer(s): {} after {:.1f} s",
-                                  kind == MessageKind::kReady ? "READY" : "DONE", version, peers.size(),
+      return TimedOut(fmt::format("{} v{} still missing from {} peer(s): {} after {:.1f} s", MessageKindName(kind),
+                                  version, peers.size(),
                                   fmt::join(peers, ", "), timeout_s));
     }
     // Wake at least once a second to notice peers the transport declared dead.
@@ -51,7 +84,7 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
       for (const std::string& failed : agent.FailedPeers()) {
         if (peers.count(failed)) {
           return PeerDisconnected(fmt::format("peer {} disconnected while {} v{} was awaited", failed,
-                                              kind == MessageKind::kReady ? "READY" : "DONE", version));
+                                              MessageKindName(kind), version));
         }
       }
       continue;  // the loop reports what is missing at the deadline

@@ -1,9 +1,12 @@
 // Control messages of the weight-sync protocol (see shardwire/weight_sync.h), carried
-// as transport notifications: 1 byte kind + 8 bytes little-endian version.
+// as transport notifications: 1 byte kind + 8 bytes little-endian version; BLOCK_AMAX
+// (trainer to trainer, shardwire/push_conversion.h) appends its partial amaxes as
+// little-endian fp32 (the number follows from the payload size).
 #pragma once
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <optional>
 #include <set>
 #include <span>
@@ -15,12 +18,16 @@
 
 namespace shardwire::sync {
 
-enum class MessageKind : std::uint8_t { kReady = 1, kDone = 2 };
+enum class MessageKind : std::uint8_t { kReady = 1, kDone = 2, kBlockAmax = 3 };
 
 struct Message {
   MessageKind kind;
   std::uint64_t version;
+  std::vector<float> amax = {};  ///< kBlockAmax only: partial amaxes in BlockAmaxExchange order
 };
+
+/// "READY", "DONE" or "BLOCK_AMAX".
+const char* MessageKindName(MessageKind kind);
 
 std::vector<std::byte> Encode(const Message& message);
 /// nullopt for a payload that is not a sync message (wrong size or kind).
@@ -32,8 +39,9 @@ class Inbox {
   /// Waits until `kind`/`version` has arrived from every peer in `peers` (agent names).
   /// Other messages are kept for later calls. Errors: kTimedOut naming the peers still
   /// missing; transport errors (a disconnected peer) as the agent reports them.
+  /// With `received`, the matching messages are stored there by peer name.
   Status AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,
-                      double timeout_s);
+                      double timeout_s, std::map<std::string, Message>* received = nullptr);
 
  private:
   struct Pending {

@@ -39,13 +39,15 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
     return InvalidArgument(fmt::format("engine rank {} is outside layout {} of {} ranks", rank,
                                        engine_layout.description(), engine_layout.world_size()));
   }
-  SW_ASSIGN_OR_RETURN(const TransferPlan plan, PlanTransfer(trainer_layout, engine_layout));
+  // The same conversion the publishers derive (a plain plan when the dtypes agree).
+  SW_ASSIGN_OR_RETURN(const PushConversion conversion,
+                      PushConversion::Create(trainer_layout, engine_layout, options.conversion));
   auto state = std::make_unique<State>();
   state->rendezvous = &rendezvous;
   state->options = std::move(options);
   state->rank = rank;
-  state->sources = plan.SourcesOf(rank);
-  for (const Move& m : plan.MovesTo(rank)) state->bytes_per_update += m.bytes();
+  state->sources = conversion.SourcesOf(rank);
+  state->bytes_per_update = conversion.BytesTo(rank);
   SW_ASSIGN_OR_RETURN(state->endpoint, sync::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank,
                                                               engine_layout.rank(rank).buffer_bytes, state->options.buffer));
   return std::unique_ptr<WeightSubscriber>(new WeightSubscriber(std::move(state)));

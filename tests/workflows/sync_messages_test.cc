@@ -20,6 +20,23 @@ TEST(SyncMessages, RoundTripAndRejectForeignPayloads) {
   EXPECT_FALSE(Decode(std::span<const std::byte>(bytes).first(8)).has_value());
 }
 
+TEST(SyncMessages, BlockAmaxCarriesFloatsBitForBit) {
+  Message m{MessageKind::kBlockAmax, 7, {1.5f, 0.0f, 448.0f, 1e-30f}};
+  const auto bytes = Encode(m);
+  ASSERT_EQ(bytes.size(), 9u + 16u);
+  EXPECT_EQ(bytes[0], std::byte{3});
+  EXPECT_EQ(bytes[9 + 3], std::byte{0x3F});  // 1.5f = 0x3FC00000, little-endian
+  auto back = Decode(bytes);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->version, 7u);
+  EXPECT_EQ(back->amax, m.amax);
+  // A float cut in half is not a message; READY with a body is not either.
+  EXPECT_FALSE(Decode(std::span<const std::byte>(bytes).first(11)).has_value());
+  auto ready = Encode({MessageKind::kReady, 1});
+  ready.push_back(std::byte{0});
+  EXPECT_FALSE(Decode(ready).has_value());
+}
+
 TEST(SyncMessages, MetadataKeyNamesJobRoleRank) { EXPECT_EQ(MetadataKey("job", "engine", 3), "job/engine/3"); }
 
 }  // namespace

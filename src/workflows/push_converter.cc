@@ -1,0 +1,135 @@
+#include "workflows/push_converter.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "shardwire/cast.h"
+
+namespace shardwire::sync {
+
+PushConverter::PushConverter(const Layout& trainer, int rank, const PushConversion& conversion, TrainerConversion plan,
+                             std::span<const std::byte> trainer_buffer, Fp8BlockOptions fp8)
+    : trainer_(trainer), rank_(rank), conversion_(conversion), plan_(std::move(plan)), buffer_(trainer_buffer),
+      fp8_(fp8) {}
+
+std::uint64_t PushConverter::Key(std::uint32_t tensor, std::int64_t i, std::int64_t j) {
+  // Dimensions are bounded by kMaxModelDimension (2^20): 21 bits per block index suffice.
+  return (static_cast<std::uint64_t>(tensor) << 42) | (static_cast<std::uint64_t>(i) << 21) |
+         static_cast<std::uint64_t>(j);
+}
+
+Result<std::span<const std::byte>> PushConverter::SourceRows(std::uint32_t trainer_tensor, std::int64_t row_begin,
+                                                             std::int64_t row_end, Box* box) const {
+  const ShardRef* shard = trainer_.rank(rank_).Find(trainer_tensor);
+  if (shard == nullptr) {
+    return Internal(fmt::format("trainer rank {} holds no shard of {}", rank_, trainer_.tensors()[trainer_tensor].name));
+  }
+  const TensorSpec& spec = trainer_.tensors()[trainer_tensor];
+  *box = shard->box;
+  std::uint64_t row_elems = 1;
+  for (std::size_t d = 1; d < box->shape.size(); ++d) row_elems *= static_cast<std::uint64_t>(box->shape[d]);
+  const std::uint64_t row_bytes = row_elems * DTypeSize(spec.dtype);
+  const std::int64_t row0 = box->shape.empty() ? 0 : box->offset[0];
+  const std::uint64_t begin = shard->byte_offset + static_cast<std::uint64_t>(row_begin - row0) * row_bytes;
+  const std::uint64_t bytes = static_cast<std::uint64_t>(row_end - row_begin) * row_bytes;
+  if (begin + bytes > buffer_.size()) {
+    return Internal(fmt::format("rows [{}, {}) of {} lie outside the trainer buffer", row_begin, row_end, spec.name));
+  }
+  return buffer_.subspan(begin, bytes);
+}
+
+Result<std::vector<float>> PushConverter::PartialAmax(const std::vector<BlockRef>& blocks) const {
+  std::vector<float> out;
+  out.reserve(blocks.size());
+  const Layout& wire = conversion_.wire_layout();
+  for (const BlockRef& b : blocks) {
+    const ShardRef* shard = wire.rank(rank_).Find(b.wire_tensor);
+    if (shard == nullptr) return Internal("partial amax of a tensor this rank does not hold");
+    const Box& box = shard->box;
+    // The block's rows within the shard, all its columns within the shard.
+    const std::int64_t r0 = std::max(box.offset[0], b.block_row * fp8_.block_rows);
+    const std::int64_t r1 = std::min(box.offset[0] + box.shape[0], (b.block_row + 1) * fp8_.block_rows);
+    const std::int64_t c0 = std::max(box.offset[1], b.block_col * fp8_.block_cols);
+    const std::int64_t c1 = std::min(box.offset[1] + box.shape[1], (b.block_col + 1) * fp8_.block_cols);
+    Box src_box;
+    const std::uint32_t tt = conversion_.trainer_tensor(b.wire_tensor);
+    SW_ASSIGN_OR_RETURN(const auto rows, SourceRows(tt, r0, r1, &src_box));
+    const DType dtype = trainer_.tensors()[tt].dtype;
+    const std::size_t esize = DTypeSize(dtype);
+    // Gather the block's columns of those rows (at most 128 x 128 elements).
+    std::vector<std::byte> part(static_cast<std::size_t>((r1 - r0) * (c1 - c0)) * esize);
+    const std::size_t row_bytes = static_cast<std::size_t>(box.shape[1]) * esize;
+    for (std::int64_t r = 0; r < r1 - r0; ++r) {
+      std::copy_n(rows.data() + static_cast<std::size_t>(r) * row_bytes + static_cast<std::size_t>(c0 - box.offset[1]) * esize,
+                  static_cast<std::size_t>(c1 - c0) * esize, part.data() + static_cast<std::size_t>(r * (c1 - c0)) * esize);
+    }
+    const Fp8ShardBox sub{r0, r1 - r0, c0, c1 - c0};
+    std::vector<float> amax(static_cast<std::size_t>(Fp8BlocksTouched(sub, fp8_).count()));
+    SW_RETURN_IF_ERROR(Fp8ShardBlockAmax(dtype, part, sub, amax, fp8_, {wire.tensors()[b.wire_tensor].name}));
+    out.push_back(amax.empty() ? 0.0f : amax[0]);
+  }
+  return out;
+}
+
+Status PushConverter::AddPeerAmax(const std::vector<BlockRef>& blocks, const std::vector<float>& values,
+                                  const std::string& peer) {
+  if (values.size() != blocks.size()) {
+    return CorruptData(fmt::format("BLOCK_AMAX from {} carries {} values, {} expected", peer, values.size(),
+                                   blocks.size()));
+  }
+  for (std::size_t k = 0; k < blocks.size(); ++k) {
+    const float v = values[k];
+    if (!(v >= 0.0f) || std::isinf(v)) {
+      return CorruptData(fmt::format("BLOCK_AMAX from {}: amax {} of {} block [{}, {}] is not finite and >= 0", peer,
+                                     v, conversion_.wire_layout().tensors()[blocks[k].wire_tensor].name,
+                                     blocks[k].block_row, blocks[k].block_col));
+    }
+    float& slot = peer_amax_[Key(blocks[k].wire_tensor, blocks[k].block_row, blocks[k].block_col)];
+    slot = std::max(slot, v);
+  }
+  return Status::Ok();
+}
+
+Status PushConverter::ConvertRound(std::size_t round, std::span<std::byte> slot) const {
+  const Layout& wire = conversion_.wire_layout();
+  std::vector<float> amax;
+  for (const ConversionPiece& p : plan_.rounds.at(round).pieces) {
+    Box box;
+    SW_ASSIGN_OR_RETURN(const auto src, SourceRows(p.trainer_tensor, p.row_begin, p.row_end, &box));
+    const DType from = trainer_.tensors()[p.trainer_tensor].dtype;
+    const TensorSpec& dst = wire.tensors()[p.wire_tensor];
+    if (p.slot_offset + p.bytes > slot.size() || p.scale_slot_offset + p.scale_bytes > slot.size()) {
+      return Internal(fmt::format("piece of {} overruns the staging slot", dst.name));
+    }
+    if (dst.dtype != DType::kF8E4M3) {
+      SW_RETURN_IF_ERROR(CastElements(from, dst.dtype, src, slot.subspan(p.slot_offset, p.bytes))
+                             .WithContext(fmt::format("casting {} to {}", dst.name, DTypeName(dst.dtype))));
+      continue;
+    }
+    const Fp8ShardBox piece{p.row_begin, p.row_end - p.row_begin, box.offset[1], box.shape[1]};
+    const Fp8BlockRange touched = Fp8BlocksTouched(piece, fp8_);
+    amax.assign(static_cast<std::size_t>(touched.count()), 0.0f);
+    const Fp8ErrorContext ctx{dst.name};
+    SW_RETURN_IF_ERROR(Fp8ShardBlockAmax(from, src, piece, amax, fp8_, ctx));
+    if (!peer_amax_.empty()) {
+      const std::int64_t nj = touched.col_end - touched.col_begin;
+      for (std::int64_t i = touched.row_begin; i < touched.row_end; ++i) {
+        for (std::int64_t j = touched.col_begin; j < touched.col_end; ++j) {
+          auto it = peer_amax_.find(Key(p.wire_tensor, i, j));
+          if (it == peer_amax_.end()) continue;
+          float& a = amax[static_cast<std::size_t>((i - touched.row_begin) * nj + (j - touched.col_begin))];
+          a = std::max(a, it->second);
+        }
+      }
+    }
+    auto* q = reinterpret_cast<std::uint8_t*>(slot.data() + p.slot_offset);
+    auto* scales = reinterpret_cast<float*>(slot.data() + p.scale_slot_offset);
+    SW_RETURN_IF_ERROR(QuantizeFp8Shard(from, src, piece, amax, std::span<std::uint8_t>(q, p.bytes),
+                                        std::span<float>(scales, p.scale_bytes / sizeof(float)), fp8_, ctx));
+  }
+  return Status::Ok();
+}
+
+}  // namespace shardwire::sync

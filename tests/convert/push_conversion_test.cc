@@ -1,0 +1,138 @@
+// PushConversion: which engine tensors a push converts, the wire layout the converted bytes come
+// from, the rounds that bound staging, and the amax exchanges between trainer ranks. The bytes
+// themselves are checked end to end (real processes, every byte) in tests/workflows/weight_sync_test.cc.
+#include "shardwire/push_conversion.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+#include "shardwire/planner.h"
+
+namespace shardwire {
+namespace {
+
+std::vector<TensorSpec> TrainerTensors() {
+  return {{"emb", DType::kBF16, {200, 64}},
+          {"wq", DType::kBF16, {512, 256}},
+          {"wo", DType::kBF16, {256, 512}},
+          {"wk", DType::kBF16, {200, 320}},
+          {"norm", DType::kBF16, {256}}};
+}
+
+// What an FP8 block-128 engine holds: quantised weights with scales, a float32 norm.
+std::vector<TensorSpec> EngineTensors() {
+  return {{"emb", DType::kBF16, {200, 64}},      {"wq", DType::kF8E4M3, {512, 256}},
+          {"wq_scale_inv", DType::kF32, {4, 2}}, {"wo", DType::kF8E4M3, {256, 512}},
+          {"wo_scale_inv", DType::kF32, {2, 4}}, {"wk", DType::kF8E4M3, {200, 320}},
+          {"wk_scale_inv", DType::kF32, {2, 3}}, {"norm", DType::kF32, {256}}};
+}
+
+Layout Engine() { return MakeTpLayout(EngineTensors(), {0, 0, 0, 1, 1, -1, -1, -1}, 2, 2).value(); }
+
+TEST(PushConversion, KindsPlansAndCoverage) {
+  const Layout trainer = MakeFsdpLayout(TrainerTensors(), 3).value();
+  const Layout engine = Engine();
+  PushConversionOptions o;
+  o.staging_bytes = 160 << 10;
+  auto conv = PushConversion::Create(trainer, engine, o);
+  ASSERT_TRUE(conv.ok()) << conv.status().ToString();
+  EXPECT_TRUE(conv->converts());
+  EXPECT_EQ(conv->kind(0), PushTensorKind::kDirect);
+  EXPECT_EQ(conv->kind(1), PushTensorKind::kFp8Weight);
+  EXPECT_EQ(conv->kind(2), PushTensorKind::kFp8Scale);
+  EXPECT_EQ(conv->kind(7), PushTensorKind::kCast);
+  // Every engine byte arrives once: what the engines receive is what their buffers hold.
+  for (int e = 0; e < engine.world_size(); ++e) {
+    std::uint64_t held = 0;
+    for (const ShardRef& s : engine.rank(e).shards)
+      held += static_cast<std::uint64_t>(s.box.numel()) * DTypeSize(engine.tensors()[s.tensor].dtype);
+    EXPECT_EQ(conv->BytesTo(e), held) << "engine rank " << e;
+  }
+  std::uint64_t sent = 0;
+  std::map<std::pair<int, int>, std::vector<BlockRef>> send, receive;
+  for (int t = 0; t < trainer.world_size(); ++t) {
+    auto tc = conv->ForTrainerRank(t);
+    ASSERT_TRUE(tc.ok()) << tc.status().ToString();
+    EXPECT_GT(tc->rounds.size(), 1u) << "the staging bound forces several rounds";
+    EXPECT_LE(2 * tc->slot_bytes, o.staging_bytes);
+    // Pieces cover each converted shard's rows exactly once, in order.
+    std::map<std::uint32_t, std::int64_t> next_row;
+    std::uint64_t moved = 0;
+    for (const ConversionRound& r : tc->rounds) {
+      EXPECT_LE(r.bytes, tc->slot_bytes);
+      for (const ConversionPiece& p : r.pieces) {
+        const ShardRef* shard = conv->wire_layout().rank(t).Find(p.wire_tensor);
+        ASSERT_NE(shard, nullptr);
+        const std::int64_t row0 = shard->box.shape.empty() ? 0 : shard->box.offset[0];
+        auto [it, fresh] = next_row.emplace(p.wire_tensor, row0);
+        EXPECT_EQ(p.row_begin, it->second);
+        it->second = p.row_end;
+      }
+      for (const Move& m : r.moves) {
+        moved += m.bytes() * conv->converted_plan().dst_groups()[m.dst_group].size();
+        EXPECT_LE(m.src_offset + (m.count - 1) * m.src_stride + m.length, r.bytes) << "moves stay in the slot";
+      }
+    }
+    std::uint64_t planned = 0;
+    for (const Move& m : conv->converted_plan().MovesFrom(t))
+      planned += m.bytes() * conv->converted_plan().dst_groups()[m.dst_group].size();
+    EXPECT_EQ(moved, planned);
+    sent += conv->BytesFrom(t);
+    for (const BlockAmaxExchange& x : tc->exchanges) {
+      send[{t, x.peer}] = x.send;
+      receive[{t, x.peer}] = x.receive;
+    }
+  }
+  std::uint64_t received = 0;
+  for (int e = 0; e < engine.world_size(); ++e) received += conv->BytesTo(e);
+  EXPECT_EQ(sent, received);
+  // FSDP=3 splits wq at rows 171 / 342 and wo at 86 / 172: neighbours exchange, and what one
+  // sends is exactly what the other expects.
+  EXPECT_FALSE(send.empty());
+  for (const auto& [pair, blocks] : send) {
+    auto back = receive.find({pair.second, pair.first});
+    ASSERT_NE(back, receive.end());
+    EXPECT_EQ(back->second, blocks);
+  }
+}
+
+TEST(PushConversion, SameDtypesConvertNothingAndPlanAsBefore) {
+  const Layout trainer = MakeFsdpLayout(TrainerTensors(), 2).value();
+  const Layout engine = MakeTpLayout(TrainerTensors(), {0, 0, 1, -1, -1}, 2, 1).value();
+  auto conv = PushConversion::Create(trainer, engine);
+  ASSERT_TRUE(conv.ok()) << conv.status().ToString();
+  EXPECT_FALSE(conv->converts());
+  EXPECT_EQ(conv->direct_plan().moves(), PlanTransfer(trainer, engine).value().moves());
+}
+
+TEST(PushConversion, BadPairsAreTypedErrorsNamingTheTensor) {
+  const Layout trainer = MakeFsdpLayout(TrainerTensors(), 2).value();
+  auto tensors = EngineTensors();
+  tensors[2].shape = {4, 3};  // wq_scale_inv of the wrong shape
+  auto bad_scale = PushConversion::Create(trainer, MakeTpLayout(tensors, {0, 0, 0, 1, 1, -1, -1, -1}, 1, 1).value());
+  EXPECT_EQ(bad_scale.status().code(), ErrorCode::kLayoutMismatch);
+  EXPECT_NE(bad_scale.status().message().find("wq_scale_inv"), std::string::npos) << bad_scale.status().ToString();
+
+  tensors = EngineTensors();
+  tensors.push_back({"extra", DType::kBF16, {8}});
+  auto extra = PushConversion::Create(trainer, MakeTpLayout(tensors, {0, 0, 0, 1, 1, -1, -1, -1, -1}, 1, 1).value());
+  EXPECT_EQ(extra.status().code(), ErrorCode::kLayoutMismatch);
+  EXPECT_NE(extra.status().message().find("extra"), std::string::npos);
+
+  tensors = EngineTensors();
+  tensors[7].dtype = DType::kI32;  // norm as int: no cast
+  auto no_cast = PushConversion::Create(trainer, MakeTpLayout(tensors, {0, 0, 0, 1, 1, -1, -1, -1}, 1, 1).value());
+  EXPECT_EQ(no_cast.status().code(), ErrorCode::kUnsupported);
+  EXPECT_NE(no_cast.status().message().find("norm"), std::string::npos);
+
+  PushConversionOptions tiny;
+  tiny.staging_bytes = 4096;  // below two pieces of one block-row of wo (128 x 512 bytes)
+  auto small = PushConversion::Create(trainer, Engine(), tiny);
+  EXPECT_EQ(small.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(small.status().message().find("minimum"), std::string::npos) << small.status().ToString();
+}
+
+}  // namespace
+}  // namespace shardwire
