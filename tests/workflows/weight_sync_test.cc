@@ -12,11 +12,15 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "shardwire/cast.h"
 #include "shardwire/coordinator.h"
+#include "shardwire/fp8_block.h"
 
 namespace shardwire {
 namespace {
@@ -251,6 +255,164 @@ TEST(WeightSync, SubscriberReportsADeadPublisher) {
   EXPECT_NE(update.status().message().find("t/trainer/0"), std::string::npos) << update.status().ToString();
   EXPECT_EQ((*sub)->committed_version(), 0u);  // nothing half-received is ever committed
   EXPECT_EQ(WaitChild(pid), 100);
+}
+
+// ---- Conversion in the push: bf16 trainers (FSDP=3, rows split at non-multiples of 128) into
+// FP8 block-128 engines (TP=2, 2 replicas). Oracle: each engine rank quantises the WHOLE
+// tensor with QuantizeFp8BlockTensor (checked against numpy in tests/convert) and compares its
+// shards of weights and scales byte for byte; the norm arrives cast to fp32.
+
+std::vector<TensorSpec> TrainerBf16() {
+  return {{"emb", DType::kBF16, {200, 64}},
+          {"wq", DType::kBF16, {512, 256}},
+          {"wo", DType::kBF16, {256, 512}},
+          {"wk", DType::kBF16, {200, 320}},
+          {"norm", DType::kBF16, {256}}};
+}
+
+std::vector<TensorSpec> EngineFp8() {
+  return {{"emb", DType::kBF16, {200, 64}},      {"wq", DType::kF8E4M3, {512, 256}},
+          {"wq_scale_inv", DType::kF32, {4, 2}}, {"wo", DType::kF8E4M3, {256, 512}},
+          {"wo_scale_inv", DType::kF32, {2, 4}}, {"wk", DType::kF8E4M3, {200, 320}},
+          {"wk_scale_inv", DType::kF32, {2, 3}}, {"norm", DType::kF32, {256}}};
+}
+
+// Finite bf16 values of the whole trainer tensor at `version`: magnitudes vary per block and
+// peak in one row of each block-row (so a straddling block's amax lies in one shard),
+// every 7th element of version 2 is zero, and wk's first block is all zero in version 3.
+std::vector<std::byte> FullBf16(const TensorSpec& spec, std::uint64_t version) {
+  const std::int64_t n = spec.numel();
+  std::vector<std::byte> out(static_cast<std::size_t>(n) * 2);
+  const std::int64_t cols = spec.shape.size() == 2 ? spec.shape[1] : 1;
+  for (std::int64_t e = 0; e < n; ++e) {
+    std::uint32_t h = static_cast<std::uint32_t>(e * 2654435761u) ^ static_cast<std::uint32_t>(version * 40503u) ^
+                      static_cast<std::uint32_t>(spec.name.size() * 97u);
+    h ^= h >> 13;
+    const std::int64_t block = (e / cols / 128) * 7 + (e % cols) / 128;
+    // Row 5 of every block-row is 16x larger: the block's amax sits in one shard only.
+    const std::uint32_t exponent = 110 + static_cast<std::uint32_t>((block * 5 + static_cast<std::int64_t>(version)) % 30) +
+                                   ((e / cols) % 128 == 5 ? 4u : 0u);
+    std::uint16_t bits = static_cast<std::uint16_t>((h & 0x8000u) | (exponent << 7) | (h & 0x7Fu));
+    if (version == 2 && e % 7 == 0) bits = 0;
+    if (version == 3 && spec.name == "wk" && e / cols < 128 && e % cols < 128) bits = 0x8000;  // -0.0
+    std::memcpy(out.data() + e * 2, &bits, 2);
+  }
+  return out;
+}
+
+// The bytes of `box` from a dense row-major full tensor with elements of `esize` bytes.
+std::vector<std::byte> Crop(std::span<const std::byte> full, const std::vector<std::int64_t>& shape, const Box& box,
+                            std::size_t esize) {
+  const std::int64_t cols = shape.size() == 2 ? shape[1] : 1;
+  const std::int64_t r0 = box.offset.empty() ? 0 : box.offset[0], rows = box.shape.empty() ? 1 : box.shape[0];
+  const std::int64_t c0 = box.offset.size() == 2 ? box.offset[1] : 0, bc = box.shape.size() == 2 ? box.shape[1] : 1;
+  std::vector<std::byte> out(static_cast<std::size_t>(rows * bc) * esize);
+  for (std::int64_t r = 0; r < rows; ++r)
+    std::memcpy(out.data() + static_cast<std::size_t>(r * bc) * esize,
+                full.data() + static_cast<std::size_t>((r0 + r) * cols + c0) * esize, static_cast<std::size_t>(bc) * esize);
+  return out;
+}
+
+// Bytes of engine rank `rank`'s buffer that differ from the oracle at `version`.
+std::size_t CheckFp8Engine(const Layout& engine, int rank, std::span<const std::byte> buf, std::uint64_t version) {
+  std::size_t bad = 0;
+  std::map<std::string, std::vector<std::byte>> full;  // trainer-dtype values by name
+  for (const TensorSpec& t : TrainerBf16()) full[t.name] = FullBf16(t, version);
+  for (const ShardRef& s : engine.rank(rank).shards) {
+    const TensorSpec& spec = engine.tensors()[s.tensor];
+    std::vector<std::byte> want;
+    if (spec.dtype == DType::kBF16) {
+      want = Crop(full[spec.name], spec.shape, s.box, 2);
+    } else if (spec.dtype == DType::kF32 && spec.name == "norm") {
+      std::vector<std::byte> f32(static_cast<std::size_t>(spec.numel()) * 4);
+      EXPECT_TRUE(CastElements(DType::kBF16, DType::kF32, full["norm"], f32).ok());
+      want = Crop(f32, spec.shape, s.box, 4);
+    } else {
+      const bool scale = spec.dtype == DType::kF32;
+      const std::string weight = scale ? spec.name.substr(0, spec.name.size() - 10) : spec.name;
+      const TensorSpec wspec{weight, DType::kBF16, engine.tensors()[engine.TensorIndex(weight).value()].shape};
+      std::vector<std::uint8_t> q(static_cast<std::size_t>(wspec.numel()));
+      const auto sshape = Fp8BlockScaleShape(wspec.shape, {}).value();
+      std::vector<float> sc(static_cast<std::size_t>(sshape[0] * sshape[1]));
+      EXPECT_TRUE(QuantizeFp8BlockTensor(TensorView{wspec, full[weight]}, q, sc, {}).ok());
+      want = scale ? Crop(std::as_bytes(std::span(sc)), sshape, s.box, 4)
+                   : Crop(std::as_bytes(std::span(q)), wspec.shape, s.box, 1);
+    }
+    for (std::size_t b = 0; b < want.size(); ++b) bad += buf[s.byte_offset + b] != want[b];
+  }
+  return bad;
+}
+
+TEST(WeightSync, Bf16TrainersIntoFp8EnginesEveryByteVerified) {
+  const Layout trainer = MakeFsdpLayout(TrainerBf16(), 3).value();
+  const Layout engine = MakeTpLayout(EngineFp8(), {0, 0, 0, 1, 1, -1, -1, -1}, 2, 2).value();
+  WeightSyncOptions options{"fp8", 30};
+  options.conversion.staging_bytes = 160 << 10;  // several rounds per push
+  std::vector<pid_t> children;
+  std::vector<int> port_pipes;
+  for (int r = 0; r < engine.world_size(); ++r) {
+    int fd = -1;
+    const pid_t pid = ForkWithPort(&fd, r, [&](std::uint16_t p) {
+      auto rz = ConnectRendezvous(p);
+      if (!rz.ok()) return 10;
+      auto sub = WeightSubscriber::Create(**rz, trainer, engine, r, options);
+      if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
+      for (std::uint64_t v = 1; v <= kVersions; ++v) {
+        if (!(*sub)->BeginUpdate(v).ok()) return 12;
+        auto stats = (*sub)->WaitForUpdate(v);
+        if (!stats.ok()) {
+          std::fprintf(stderr, "engine %d: %s\n", r, stats.status().ToString().c_str());
+          return 13;
+        }
+        const std::size_t bad = CheckFp8Engine(engine, r, (*sub)->weights(), v);
+        if (bad != 0) {
+          std::fprintf(stderr, "engine %d v%llu: %zu bytes differ\n", r, static_cast<unsigned long long>(v), bad);
+          return 15;
+        }
+      }
+      return 0;
+    });
+    ASSERT_GE(pid, 0);
+    children.push_back(pid);
+    port_pipes.push_back(fd);
+  }
+  auto server = StartRendezvous();
+  ASSERT_TRUE(server.ok());
+  const auto port = static_cast<std::uint16_t>((*server)->port());
+  for (int fd : port_pipes) SendPort(fd, port);
+  // Three trainer ranks, one thread each (each with its own agent), pushing together.
+  std::vector<std::string> errors(3);
+  std::vector<PushStats> last(3);
+  std::vector<std::thread> trainers;
+  for (int t = 0; t < 3; ++t) {
+    trainers.emplace_back([&, t] {
+      auto rz = ConnectRendezvous(port);
+      if (!rz.ok()) return void(errors[t] = rz.status().ToString());
+      auto pub = WeightPublisher::Create(**rz, trainer, engine, t, options);
+      if (!pub.ok()) return void(errors[t] = pub.status().ToString());
+      if (Status st = (*pub)->Connect(); !st.ok()) return void(errors[t] = st.ToString());
+      for (std::uint64_t v = 1; v <= kVersions; ++v) {
+        std::map<std::string, std::vector<std::byte>> full;
+        std::span<std::byte> w = (*pub)->weights();
+        for (const ShardRef& s : trainer.rank(t).shards) {
+          const TensorSpec& spec = trainer.tensors()[s.tensor];
+          const auto bytes = Crop(FullBf16(spec, v), spec.shape, s.box, 2);
+          std::memcpy(w.data() + s.byte_offset, bytes.data(), bytes.size());
+        }
+        auto stats = (*pub)->Push(v);
+        if (!stats.ok()) return void(errors[t] = stats.status().ToString());
+        last[t] = *stats;
+      }
+    });
+  }
+  for (auto& th : trainers) th.join();
+  for (int t = 0; t < 3; ++t) {
+    EXPECT_EQ(errors[t], "") << "trainer " << t;
+    EXPECT_GT(last[t].converted_bytes, 0u);
+    EXPECT_LE(last[t].staging_bytes, 160u << 10) << "staging stays within its bound";
+    EXPECT_LE(last[t].staging_peak_bytes, last[t].staging_bytes);
+  }
+  for (pid_t pid : children) EXPECT_EQ(WaitChild(pid), 0);
 }
 
 }  // namespace
