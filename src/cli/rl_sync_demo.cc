@@ -19,11 +19,13 @@
 
 #include "cli/child_processes.h"
 #include "cli/demo_checkpoint.h"
+#include "cli/engine_shards.h"
 #include "cli/memcpy_reference.h"
 #include "cli/rl_sync_protocol.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/model_layouts.h"
 #include "shardwire/planner.h"
+#include "shardwire/push_conversion.h"
 
 namespace shardwire::demo {
 namespace {
@@ -59,6 +61,10 @@ struct StepFigures {
   std::uint64_t descriptors = 0;
   std::uint64_t rows = 0;    // contiguous rows inside those descriptors
   std::uint64_t faults = 0;  // page faults of the trainer processes during the push
+  std::uint64_t converted_bytes = 0;     // produced by conversion (FP8 weights, scales, casts)
+  double convert_s = 0;                  // slowest trainer's conversion time (overlaps its WRITEs)
+  std::uint64_t staging_peak_bytes = 0;  // largest staging use of any trainer
+  std::uint64_t staging_bytes = 0;       // largest staging buffer of any trainer
   std::vector<std::pair<double, double>> transfer_windows, compute_windows;  // per trainer, CLOCK_MONOTONIC s
 
   // Seconds during which some trainer was transferring while another computed its update
@@ -89,16 +95,23 @@ Status Run(const RlSyncOptions& o) {
     // Check the layouts against the model before spending time generating it.
     SW_ASSIGN_OR_RETURN(const ModelDescription planned, DescribeConfig(o.generate, o.layers));
     SW_RETURN_IF_ERROR(MakeLayoutFromString(planned, trainer_spec).status());
-    SW_RETURN_IF_ERROR(MakeLayoutFromString(planned, engine_spec).status());
+    SW_ASSIGN_OR_RETURN(const ModelDescription planned_engine, DescribeDemoEngineModel(planned, o.engine_dtype));
+    SW_RETURN_IF_ERROR(MakeLayoutFromString(planned_engine, engine_spec).status());
   }
   SW_ASSIGN_OR_RETURN(const DemoCheckpoint input,
                       ResolveDemoCheckpoint(o.checkpoint, o.config, o.generate, o.layers, work_dir));
   SW_ASSIGN_OR_RETURN(const ModelDescription model, DescribeDemoModel(input));
   SW_ASSIGN_OR_RETURN(const Layout trainer_layout, MakeLayoutFromString(model, trainer_spec));
-  SW_ASSIGN_OR_RETURN(const Layout engine_layout, MakeLayoutFromString(model, engine_spec));
+  SW_ASSIGN_OR_RETURN(const ModelDescription engine_model, DescribeDemoEngineModel(model, o.engine_dtype));
+  SW_ASSIGN_OR_RETURN(const Layout engine_layout, MakeLayoutFromString(engine_model, engine_spec));
   const int trainers = trainer_layout.world_size();
   const int engine_ranks = engine_layout.world_size();
-  SW_ASSIGN_OR_RETURN(const TransferPlan plan, PlanTransfer(trainer_layout, engine_layout));
+  // The push as the workers will run it: moves unchanged where the formats agree, converted
+  // (FP8 block quantisation, casts) where they differ.
+  SW_ASSIGN_OR_RETURN(const PushConversion conversion, PushConversion::Create(trainer_layout, engine_layout));
+  const TransferPlan& plan = conversion.direct_plan();
+  std::uint64_t bytes_per_step = 0;
+  for (int r = 0; r < trainer_layout.world_size(); ++r) bytes_per_step += conversion.BytesFrom(r);
 
   fmt::print("checkpoint  {} ({} {}, {} tensors, {})\n", input.checkpoint,
              model.config.architecture.empty() ? model.config.model_type : model.config.architecture,
@@ -106,8 +119,17 @@ Status Run(const RlSyncOptions& o) {
              FormatBytes(static_cast<double>(model.total_bytes())));
   fmt::print("trainers    {} processes, {}\n", trainers, trainer_layout.description());
   fmt::print("engines     {} processes, {}\n", engine_ranks, engine_layout.description());
-  fmt::print("plan        {} moves ({} contiguous runs before coalescing), {} per step\n", plan.moves().size(),
-             plan.runs_before_coalescing(), FormatBytes(static_cast<double>(plan.total_bytes())));
+  if (conversion.converts()) {
+    std::uint64_t converted = 0;
+    for (std::uint32_t e = 0; e < engine_layout.tensors().size(); ++e) converted += conversion.kind(e) != PushTensorKind::kDirect;
+    fmt::print("engine fmt  {}: {} of {} engine tensors converted in the push ({} moves unchanged, {} converted)\n",
+               o.engine_dtype, converted, engine_layout.tensors().size(), plan.moves().size(),
+               conversion.converted_plan().moves().size());
+  }
+  fmt::print("plan        {} moves ({} contiguous runs before coalescing), {} per step\n",
+             plan.moves().size() + conversion.converted_plan().moves().size(),
+             plan.runs_before_coalescing() + conversion.converted_plan().runs_before_coalescing(),
+             FormatBytes(static_cast<double>(bytes_per_step)));
 
   // The rendezvous: an in-process coordinator unless --coordinator names one
   // (token from SHARDWIRE_TOKEN, which the workers inherit).
@@ -139,6 +161,8 @@ Status Run(const RlSyncOptions& o) {
                                   engine_spec,
                                   "--steps",
                                   std::to_string(o.steps),
+                                  "--engine-dtype",
+                                  o.engine_dtype,
                                   "--timeout",
                                   fmt::format("{}", o.timeout_s)};
     if (!input.config.empty()) args.insert(args.end(), {"--config", input.config});
@@ -159,7 +183,8 @@ Status Run(const RlSyncOptions& o) {
   json summary{{"checkpoint", input.checkpoint},
                {"trainer_layout", trainer_layout.description()},
                {"engine_layout", engine_layout.description()},
-               {"bytes_per_step", plan.total_bytes()},
+               {"engine_dtype", o.engine_dtype},
+               {"bytes_per_step", bytes_per_step},
                {"steps", json::array()}};
   double total_s = 0, steady_s = 0;
   std::uint64_t total_bytes = 0, steady_bytes = 0;
@@ -172,6 +197,10 @@ Status Run(const RlSyncOptions& o) {
       f.descriptors += t.value("descriptors", std::uint64_t{0});
       f.faults += t.value("minor_faults", std::uint64_t{0});
       f.rows += t.value("rows", std::uint64_t{0});
+      f.converted_bytes += t.value("converted_bytes", std::uint64_t{0});
+      f.convert_s = std::max(f.convert_s, t.value("convert_s", 0.0));
+      f.staging_peak_bytes = std::max(f.staging_peak_bytes, t.value("staging_peak_bytes", std::uint64_t{0}));
+      f.staging_bytes = std::max(f.staging_bytes, t.value("staging_bytes", std::uint64_t{0}));
       // This trainer's transfer window [push_end - transfer_s, push_end] and its compute window.
       const double end = t.value("push_end", 0.0);
       f.transfer_windows.emplace_back(end - t.value("transfer_s", 0.0), end);
@@ -205,6 +234,12 @@ Status Run(const RlSyncOptions& o) {
         step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.rows, f.faults,
         f.ComputeOverlap(), f.verified,
         engine_ranks);
+    if (f.converted_bytes > 0) {
+      fmt::print("            converted {} on the way ({:.4f} s of conversion in the slowest trainer, overlapping its "
+                 "writes); staging peak {} of {} allocated per trainer\n",
+                 FormatBytes(static_cast<double>(f.converted_bytes)), f.convert_s,
+                 FormatBytes(static_cast<double>(f.staging_peak_bytes)), FormatBytes(static_cast<double>(f.staging_bytes)));
+    }
     std::fflush(stdout);
     total_s += f.transfer_s;
     total_bytes += f.bytes;
@@ -219,6 +254,10 @@ Status Run(const RlSyncOptions& o) {
                                 {"descriptors", f.descriptors},
                                 {"rows", f.rows},
                                 {"page_faults", f.faults},
+                                {"converted_bytes", f.converted_bytes},
+                                {"convert_s", f.convert_s},
+                                {"staging_peak_bytes", f.staging_peak_bytes},
+                                {"staging_bytes", f.staging_bytes},
                                 {"compute_overlap_s", f.ComputeOverlap()},
                                 {"engine_wait_s", f.engine_wait_s},
                                 {"trainers", f.trainer_reports},
@@ -232,7 +271,7 @@ Status Run(const RlSyncOptions& o) {
   // Reference measured now: memcpy of one step's bytes with as many threads as trainers
   // (each trainer process copies on its own core), capped at the 2 cores here.
   const int copy_threads = std::clamp(trainers, 1, 2);
-  const double memcpy_gbps = MeasureMemcpyGBps(plan.total_bytes(), copy_threads);
+  const double memcpy_gbps = MeasureMemcpyGBps(bytes_per_step, copy_threads);
   fmt::print(
       "summary     {} steps, {} moved in {:.3f} s of transfer = {:.2f} GB/s; "
       "every engine rank verified every step\n",
@@ -280,6 +319,11 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
       ->excludes("--engines")
       ->excludes("--tp");
   cmd->add_option("--steps", o->steps, "weight versions to push")->capture_default_str()->check(CLI::Range(1, 100000));
+  cmd->add_option("--engine-dtype", o->engine_dtype,
+                  "engine weight format: trainer (the checkpoint's dtypes) or fp8-block (FP8 E4M3 with 128x128 "
+                  "block scales, as DeepSeek-V3's FP8 release; quantised in the push)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"trainer", "fp8-block"}));
   cmd->add_option("--checkpoint", o->checkpoint,
                   "safetensors file, index JSON or directory (default: ../shared/models/tiny-llama3-bf16, "
                   "or a generated TinyLlama-shaped checkpoint when ../shared is absent)");

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/demo_checkpoint.h"
+#include "cli/engine_shards.h"
 #include "cli/rl_sync_demo.h"
 #include "cli/rl_sync_protocol.h"
 #include "cli/synthetic_update.h"
@@ -33,6 +34,7 @@ struct WorkerArgs {
   std::string checkpoint;
   std::string config;
   std::string trainer_layout, engine_layout;
+  std::string engine_dtype = "trainer";
   int steps = 0;
   double timeout_s = 120;
 };
@@ -55,10 +57,10 @@ Status VerifyStep(const Checkpoint& checkpoint, const Layout& layout, int rank, 
   std::vector<std::byte> expected;
   for (const ShardRef& shard : layout.rank(rank).shards) {
     const TensorSpec& spec = layout.tensors()[shard.tensor];
-    SW_ASSIGN_OR_RETURN(const TensorView full, checkpoint.Get(spec.name));
     const std::size_t bytes = static_cast<std::size_t>(shard.box.numel()) * DTypeSize(spec.dtype);
     expected.resize(bytes);
-    WriteUpdatedBox(spec, full.data, shard.box, step, expected);
+    // In the engine's format: FP8 weights and scales, casts (engine_shards.h).
+    SW_RETURN_IF_ERROR(WriteEngineShard(checkpoint, spec, shard.box, step, expected));
     const std::byte* got = buffer.data() + shard.byte_offset;
     if (std::memcmp(got, expected.data(), bytes) != 0) {
       const auto diff = std::mismatch(expected.begin(), expected.end(), got);
@@ -134,6 +136,11 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"minor_faults", MinorFaults() - faults_before},
                           {"transfer_s", stats.transfer_s},
                           {"ready_wait_s", stats.ready_wait_s},
+                          {"converted_bytes", stats.converted_bytes},
+                          {"convert_s", stats.convert_s},
+                          {"amax_exchange_s", stats.amax_exchange_s},
+                          {"staging_bytes", stats.staging_bytes},
+                          {"staging_peak_bytes", stats.staging_peak_bytes},
                           {"compute_begin", compute_begin},
                           {"compute_end", compute_end},
                           {"push_end", MonotonicSeconds()}};
@@ -147,8 +154,13 @@ Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& 
   const std::string who = EngineRankLabel(a.rank);
   SW_ASSIGN_OR_RETURN(auto subscriber, WeightSubscriber::Create(rendezvous, trainer_layout, engine_layout, a.rank,
                                                                 WeightSyncOptions{a.job, a.timeout_s}));
-  // The engine starts from the checkpoint on disk, as a freshly launched engine does.
-  SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, engine_layout, a.rank, subscriber->weights()));
+  // The engine starts from the checkpoint on disk, as a freshly launched engine does (an FP8
+  // engine quantises it while loading, as vLLM does with quantization="fp8").
+  if (a.engine_dtype == "trainer") {
+    SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, engine_layout, a.rank, subscriber->weights()));
+  } else {
+    SW_RETURN_IF_ERROR(WriteEngineRank(checkpoint, engine_layout, a.rank, 0, subscriber->weights()));
+  }
   SW_RETURN_IF_ERROR(VerifyStep(checkpoint, engine_layout, a.rank, 0, subscriber->weights(), who));
   SW_RETURN_IF_ERROR(subscriber->Connect());
   for (int step = 1; step <= a.steps; ++step) {
@@ -171,7 +183,8 @@ Status RunWorker(const WorkerArgs& a) {
   SW_ASSIGN_OR_RETURN(const ModelDescription model, DescribeDemoModel(input));
   SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(a.checkpoint));
   SW_ASSIGN_OR_RETURN(const Layout trainer_layout, MakeLayoutFromString(model, a.trainer_layout));
-  SW_ASSIGN_OR_RETURN(const Layout engine_layout, MakeLayoutFromString(model, a.engine_layout));
+  SW_ASSIGN_OR_RETURN(const ModelDescription engine_model, DescribeDemoEngineModel(model, a.engine_dtype));
+  SW_ASSIGN_OR_RETURN(const Layout engine_layout, MakeLayoutFromString(engine_model, a.engine_layout));
   CoordinatorClientOptions co;
   co.address = a.coordinator;
   co.unavailable_timeout_s = a.timeout_s;
@@ -195,6 +208,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--trainer-layout", args->trainer_layout)->required();
   cmd->add_option("--engine-layout", args->engine_layout)->required();
   cmd->add_option("--steps", args->steps)->required();
+  cmd->add_option("--engine-dtype", args->engine_dtype);
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--timeout", args->timeout_s)->required();
   cmd->callback([args, exit_code] {
