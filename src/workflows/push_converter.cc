@@ -108,26 +108,40 @@ Status PushConverter::ConvertRound(std::size_t round, std::span<std::byte> slot)
                              .WithContext(fmt::format("casting {} to {}", dst.name, DTypeName(dst.dtype))));
       continue;
     }
-    const Fp8ShardBox piece{p.row_begin, p.row_end - p.row_begin, box.offset[1], box.shape[1]};
-    const Fp8BlockRange touched = Fp8BlocksTouched(piece, fp8_);
-    amax.assign(static_cast<std::size_t>(touched.count()), 0.0f);
+    // One block-row at a time (pass 1: amax, pass 2: scale), so the second pass reads from cache.
     const Fp8ErrorContext ctx{dst.name};
-    SW_RETURN_IF_ERROR(Fp8ShardBlockAmax(from, src, piece, amax, fp8_, ctx));
-    if (!peer_amax_.empty()) {
-      const std::int64_t nj = touched.col_end - touched.col_begin;
-      for (std::int64_t i = touched.row_begin; i < touched.row_end; ++i) {
-        for (std::int64_t j = touched.col_begin; j < touched.col_end; ++j) {
-          auto it = peer_amax_.find(Key(p.wire_tensor, i, j));
-          if (it == peer_amax_.end()) continue;
-          float& a = amax[static_cast<std::size_t>((i - touched.row_begin) * nj + (j - touched.col_begin))];
-          a = std::max(a, it->second);
+    const std::int64_t cols = box.shape[1];
+    const std::size_t esize = DTypeSize(from);
+    const Fp8BlockRange piece_own = Fp8BlocksOwned({p.row_begin, p.row_end - p.row_begin, box.offset[1], cols}, fp8_);
+    const std::int64_t scale_cols = piece_own.col_end - piece_own.col_begin;
+    for (std::int64_t r = p.row_begin; r < p.row_end;) {
+      const std::int64_t r_end = std::min(p.row_end, (r / fp8_.block_rows + 1) * fp8_.block_rows);
+      const Fp8ShardBox part{r, r_end - r, box.offset[1], cols};
+      const auto part_src = src.subspan(static_cast<std::size_t>((r - p.row_begin) * cols) * esize,
+                                        static_cast<std::size_t>((r_end - r) * cols) * esize);
+      const Fp8BlockRange touched = Fp8BlocksTouched(part, fp8_);
+      amax.assign(static_cast<std::size_t>(touched.count()), 0.0f);
+      SW_RETURN_IF_ERROR(Fp8ShardBlockAmax(from, part_src, part, amax, fp8_, ctx));
+      if (!peer_amax_.empty()) {
+        const std::int64_t nj = touched.col_end - touched.col_begin;
+        for (std::int64_t i = touched.row_begin; i < touched.row_end; ++i) {
+          for (std::int64_t j = touched.col_begin; j < touched.col_end; ++j) {
+            auto it = peer_amax_.find(Key(p.wire_tensor, i, j));
+            if (it == peer_amax_.end()) continue;
+            float& a = amax[static_cast<std::size_t>((i - touched.row_begin) * nj + (j - touched.col_begin))];
+            a = std::max(a, it->second);
+          }
         }
       }
+      const Fp8BlockRange own = Fp8BlocksOwned(part, fp8_);
+      auto* q = reinterpret_cast<std::uint8_t*>(slot.data() + p.slot_offset) + (r - p.row_begin) * cols;
+      auto* scales = reinterpret_cast<float*>(slot.data() + p.scale_slot_offset) +
+                     (own.count() > 0 ? (own.row_begin - piece_own.row_begin) * scale_cols : 0);
+      SW_RETURN_IF_ERROR(QuantizeFp8Shard(from, part_src, part, amax,
+                                          std::span<std::uint8_t>(q, static_cast<std::size_t>((r_end - r) * cols)),
+                                          std::span<float>(scales, static_cast<std::size_t>(own.count())), fp8_, ctx));
+      r = r_end;
     }
-    auto* q = reinterpret_cast<std::uint8_t*>(slot.data() + p.slot_offset);
-    auto* scales = reinterpret_cast<float*>(slot.data() + p.scale_slot_offset);
-    SW_RETURN_IF_ERROR(QuantizeFp8Shard(from, src, piece, amax, std::span<std::uint8_t>(q, p.bytes),
-                                        std::span<float>(scales, p.scale_bytes / sizeof(float)), fp8_, ctx));
   }
   return Status::Ok();
 }

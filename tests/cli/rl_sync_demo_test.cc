@@ -123,6 +123,31 @@ TEST(RlSyncDemo, GeneratedCheckpointWithRealShapes) {
   EXPECT_NE(r.output.find("verified 4/4"), std::string::npos) << r.output;
 }
 
+TEST(RlSyncDemo, Bf16TrainersIntoFp8EnginesVerifyWeightsAndScales) {
+  // Dims that are multiples of 128 (vLLM's block-FP8 TP split needs whole blocks per rank);
+  // three FSDP trainers split q_proj's 256 rows at 86 and 172, so blocks straddle trainers.
+  const std::string dir = std::string(SHARDWIRE_TEST_WORK_DIR) + "/fp8-llama";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    "hidden_size": 256, "intermediate_size": 768, "num_attention_heads": 4, "num_key_value_heads": 4,
+    "num_hidden_layers": 2, "vocab_size": 512, "torch_dtype": "bfloat16"})";
+  RunResult r = RunDemo("--generate " + dir + "/config.json --trainers 3 --engine-dtype fp8-block --steps 3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("engine fmt  fp8-block: 28 of 35 engine tensors converted"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("step 3/3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("verified 4/4 engine ranks byte for byte"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("converted "), std::string::npos) << r.output;
+  EXPECT_EQ(CountWorkers(), 0);
+  // A format nobody knows, and a TP size that would split an FP8 block: clear errors, nothing started.
+  r = RunDemo("--generate " + dir + "/config.json --engine-dtype fp4 --steps 1");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("--engine-dtype"), std::string::npos) << r.output;
+  r = RunDemo("--generate " + dir + "/config.json --engine-dtype fp8-block --tp 4 --steps 1");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("scale_inv"), std::string::npos) << r.output;
+  EXPECT_EQ(CountWorkers(), 0);
+}
+
 TEST(RlSyncDemo, CorruptedPushIsCaughtAndNamed) {
   const std::string model_args = SmallModelArgs();
   const RunResult r = RunDemo(model_args + " --steps 3", "SHARDWIRE_DEMO_FAULT=corrupt:2");
