@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include <fmt/format.h>
@@ -15,7 +16,9 @@
 
 #include "model/atomic_file.h"
 #include "shardwire/cast.h"
+#include "cli/model_rules_option.h"
 #include "shardwire/checkpoint.h"
+#include "shardwire/checkpoint_model.h"
 #include "shardwire/fp8_block.h"
 #include "shardwire/safetensors.h"
 #include "shardwire/tensor_conversion.h"
@@ -128,6 +131,27 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
   Fp8BlockOptions fp8_options;
   if (o.ue8m0) fp8_options.scale_format = Fp8ScaleFormat::kUe8m0;
 
+  // Which tensors engines hold in FP8: the model's rules (ModelTensor::quantizable) when the
+  // checkpoint is a model Shardwire can describe and matches it; otherwise the name rule of
+  // IsFp8Quantised, said on stdout (nothing is guessed silently).
+  std::optional<std::set<std::string>> by_rules;
+  if (fp8) {
+    auto model = DescribeCheckpointModel(checkpoint, config_path);
+    Status match = model.ok() ? CheckCheckpointMatchesModel(*model, checkpoint.tensors(), checkpoint.path())
+                              : model.status();
+    if (match.ok()) {
+      by_rules.emplace();
+      for (const ModelTensor& t : model->tensors)
+        if (t.quantizable) by_rules->insert(t.spec.name);
+      fmt::print("quantising the tensors the {} rules mark quantizable\n", model->config.model_type);
+    } else {
+      fmt::print("no rules describe this checkpoint ({}); quantising by name: 2-D/3-D floating .weight tensors except "
+                 "embeddings, lm_head, norms and MoE routers (describe the model with `shardwire describe` and pass "
+                 "--model-rules to decide per tensor)\n",
+                 match.message());
+    }
+  }
+
   // Every conversion and output tensor, checked before anything is written.
   std::vector<ConversionSpec> conversions;
   std::vector<OutputTensor> outputs;
@@ -138,7 +162,7 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
       return Unsupported(fmt::format("{}: tensor \"{}\" is {}; --format {} converts only F16, BF16 and F32 tensors",
                                      checkpoint.path(), t.name, DTypeName(t.dtype), o.format));
     }
-    const bool quantise = fp8 && IsFp8Quantised(t);
+    const bool quantise = fp8 && (by_rules ? by_rules->count(t.name) > 0 : IsFp8Quantised(t));
     ConversionSpec spec{t.name, {t.name}, 0, quantise ? DType::kF8E4M3 : (cast_to ? *cast_to : t.dtype)};
     SW_ASSIGN_OR_RETURN(auto out, ResolveConversion(spec, {t}, fp8_options));
     if (out.scale && checkpoint.Contains(out.scale->name)) {
@@ -244,6 +268,7 @@ void AddConvertCommand(CLI::App& app, int* exit_code) {
   cmd->add_flag("--ue8m0", o->ue8m0, "fp8: power-of-two (UE8M0) scales, as DeepGEMM on Blackwell");
   cmd->add_option("--shard-size", o->shard_size, "bytes per output shard (0: one file)")->capture_default_str();
   cmd->add_option("--config", o->config, "HF config.json (default: the one beside the checkpoint)");
+  AddModelRulesOption(cmd);
   cmd->callback([o, exit_code] {
     const Status s = ConvertCheckpoint(*o, ::isatty(STDERR_FILENO) ? stderr : nullptr);
     if (!s.ok()) {

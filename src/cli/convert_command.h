@@ -35,8 +35,9 @@ struct ConvertOptions {
   std::string config;            ///< HF config.json; default: the one beside the checkpoint
 };
 
-/// True when fp8-block128 quantises this tensor: a floating `.weight` of rank 2 (or 3, stacked
-/// experts) that is not an embedding, lm_head, norm or MoE router gate.
+/// The fallback when no rules describe the checkpoint (ConvertCheckpoint prints that it is used):
+/// true for a floating `.weight` of rank 2 (or 3, stacked experts) that is not an embedding,
+/// lm_head, norm or MoE router gate. With rules, ModelTensor::quantizable decides.
 bool IsFp8Quantised(const TensorSpec& spec);
 
 /// Runs the conversion. Checks everything it can before writing (format and options, dtypes of
