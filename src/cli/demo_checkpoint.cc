@@ -29,23 +29,40 @@ std::string SharedModelsDir() {
   return "";
 }
 
-Result<ModelDescription> DescribeConfig(const std::string& config_path, int layers) {
-  Result<ModelConfig> config = config_path == kBuiltinTinyLlama
-                                   ? ParseModelConfig(TinyLlamaConfigJson(), "built-in TinyLlama-1.1B config")
-                                   : LoadModelConfig(config_path);
+namespace {
+Result<ModelConfig> LoadDemoConfig(const std::string& config_path) {
+  return config_path == kBuiltinTinyLlama ? ParseModelConfig(TinyLlamaConfigJson(), "built-in TinyLlama-1.1B config")
+                                          : LoadModelConfig(config_path);
+}
+}  // namespace
+
+Result<std::optional<std::array<std::int64_t, 2>>> ConfigFp8BlockSize(const std::string& config_path) {
+  SW_ASSIGN_OR_RETURN(const ModelConfig config, LoadDemoConfig(config_path));
+  if (config.quant_method == "fp8" && config.fp8_block_size) return config.fp8_block_size;
+  return std::optional<std::array<std::int64_t, 2>>{};
+}
+
+Result<ModelDescription> DescribeConfig(const std::string& config_path, int layers, bool unquantised) {
+  Result<ModelConfig> config = LoadDemoConfig(config_path);
   if (!config.ok()) return config.status();
+  if (unquantised) {
+    config->quant_method.clear();
+    config->fp8_block_size.reset();
+  }
   SW_ASSIGN_OR_RETURN(ModelDescription model, DescribeModel(*config));
   if (layers > 0) return WithLayers(model, layers);
   return model;
 }
 
-Result<DemoCheckpoint> GenerateDemoCheckpoint(const std::string& config_path, int layers, const std::string& work_dir) {
-  SW_ASSIGN_OR_RETURN(const ModelDescription model, DescribeConfig(config_path, layers));
+Result<DemoCheckpoint> GenerateDemoCheckpoint(const std::string& config_path, int layers, const std::string& work_dir,
+                                              bool unquantised) {
+  SW_ASSIGN_OR_RETURN(const ModelDescription model, DescribeConfig(config_path, layers, unquantised));
   // Named after the config's folder (e.g. "Llama-3.1-8B") and the layer count.
   const std::string source = config_path == kBuiltinTinyLlama
                                  ? std::string("TinyLlama-1.1B")
                                  : fs::absolute(config_path).parent_path().filename().string();
-  const fs::path dir = fs::path(work_dir) / fmt::format("{}-{}L", source, model.config.num_hidden_layers);
+  const fs::path dir =
+      fs::path(work_dir) / fmt::format("{}-{}L{}", source, model.config.num_hidden_layers, unquantised ? "-bf16" : "");
   DemoCheckpoint out{(dir / "model.safetensors").string(), (dir / "config.json").string()};
   std::error_code ec;
   if (fs::exists(out.checkpoint, ec) && fs::exists(out.config, ec)) {
@@ -60,8 +77,9 @@ Result<DemoCheckpoint> GenerateDemoCheckpoint(const std::string& config_path, in
 }
 
 Result<DemoCheckpoint> ResolveDemoCheckpoint(const std::string& checkpoint, const std::string& config,
-                                             const std::string& generate, int layers, const std::string& work_dir) {
-  if (!generate.empty()) return GenerateDemoCheckpoint(generate, layers, work_dir);
+                                             const std::string& generate, int layers, const std::string& work_dir,
+                                             bool unquantised) {
+  if (!generate.empty()) return GenerateDemoCheckpoint(generate, layers, work_dir, unquantised);
   if (!checkpoint.empty()) {
     std::error_code ec;
     if (!fs::exists(checkpoint, ec)) return NotFound(fmt::format("checkpoint {} does not exist", checkpoint));

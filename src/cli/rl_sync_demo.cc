@@ -91,18 +91,37 @@ Status Run(const RlSyncOptions& o) {
   const std::string engine_spec = o.engine_layout.empty() ? (o.engines > 1 ? fmt::format("tp={},dp={}", o.tp, o.engines)
                                                                            : fmt::format("tp={}", o.tp))
                                                           : o.engine_layout;
+  // --engine-dtype auto: the generated config's quantization_config decides (an FP8 block-128
+  // release such as DeepSeek-V3's: bf16 trainers, FP8 engines); otherwise the trainer's format.
+  std::string engine_dtype = o.engine_dtype;
+  bool unquantised = false;
+  if (engine_dtype == "auto") {
+    engine_dtype = "trainer";
+    if (!o.generate.empty()) {
+      SW_ASSIGN_OR_RETURN(const auto block, ConfigFp8BlockSize(o.generate));
+      if (block) {
+        if ((*block)[0] != 128 || (*block)[1] != 128) {
+          return Unsupported(fmt::format("{}: weight_block_size [{}, {}]; the demo's FP8 engines use 128x128 blocks",
+                                         o.generate, (*block)[0], (*block)[1]));
+        }
+        engine_dtype = "fp8-block";
+        unquantised = true;
+        fmt::print("{} is FP8 block-128 (quantization_config): bf16 trainers, FP8 engines\n", o.generate);
+      }
+    }
+  }
   if (!o.generate.empty()) {
     // Check the layouts against the model before spending time generating it.
-    SW_ASSIGN_OR_RETURN(const ModelDescription planned, DescribeConfig(o.generate, o.layers));
+    SW_ASSIGN_OR_RETURN(const ModelDescription planned, DescribeConfig(o.generate, o.layers, unquantised));
     SW_RETURN_IF_ERROR(MakeLayoutFromString(planned, trainer_spec).status());
-    SW_ASSIGN_OR_RETURN(const ModelDescription planned_engine, DescribeDemoEngineModel(planned, o.engine_dtype));
+    SW_ASSIGN_OR_RETURN(const ModelDescription planned_engine, DescribeDemoEngineModel(planned, engine_dtype));
     SW_RETURN_IF_ERROR(MakeLayoutFromString(planned_engine, engine_spec).status());
   }
   SW_ASSIGN_OR_RETURN(const DemoCheckpoint input,
-                      ResolveDemoCheckpoint(o.checkpoint, o.config, o.generate, o.layers, work_dir));
+                      ResolveDemoCheckpoint(o.checkpoint, o.config, o.generate, o.layers, work_dir, unquantised));
   SW_ASSIGN_OR_RETURN(const ModelDescription model, DescribeDemoModel(input));
   SW_ASSIGN_OR_RETURN(const Layout trainer_layout, MakeLayoutFromString(model, trainer_spec));
-  SW_ASSIGN_OR_RETURN(const ModelDescription engine_model, DescribeDemoEngineModel(model, o.engine_dtype));
+  SW_ASSIGN_OR_RETURN(const ModelDescription engine_model, DescribeDemoEngineModel(model, engine_dtype));
   SW_ASSIGN_OR_RETURN(const Layout engine_layout, MakeLayoutFromString(engine_model, engine_spec));
   const int trainers = trainer_layout.world_size();
   const int engine_ranks = engine_layout.world_size();
@@ -123,7 +142,7 @@ Status Run(const RlSyncOptions& o) {
     std::uint64_t converted = 0;
     for (std::uint32_t e = 0; e < engine_layout.tensors().size(); ++e) converted += conversion.kind(e) != PushTensorKind::kDirect;
     fmt::print("engine fmt  {}: {} of {} engine tensors converted in the push ({} moves unchanged, {} converted)\n",
-               o.engine_dtype, converted, engine_layout.tensors().size(), plan.moves().size(),
+               engine_dtype, converted, engine_layout.tensors().size(), plan.moves().size(),
                conversion.converted_plan().moves().size());
   }
   fmt::print("plan        {} moves ({} contiguous runs before coalescing), {} per step\n",
@@ -162,7 +181,7 @@ Status Run(const RlSyncOptions& o) {
                                   "--steps",
                                   std::to_string(o.steps),
                                   "--engine-dtype",
-                                  o.engine_dtype,
+                                  engine_dtype,
                                   "--timeout",
                                   fmt::format("{}", o.timeout_s)};
     if (!input.config.empty()) args.insert(args.end(), {"--config", input.config});
@@ -183,7 +202,7 @@ Status Run(const RlSyncOptions& o) {
   json summary{{"checkpoint", input.checkpoint},
                {"trainer_layout", trainer_layout.description()},
                {"engine_layout", engine_layout.description()},
-               {"engine_dtype", o.engine_dtype},
+               {"engine_dtype", engine_dtype},
                {"bytes_per_step", bytes_per_step},
                {"steps", json::array()}};
   double total_s = 0, steady_s = 0;
@@ -320,10 +339,11 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
       ->excludes("--tp");
   cmd->add_option("--steps", o->steps, "weight versions to push")->capture_default_str()->check(CLI::Range(1, 100000));
   cmd->add_option("--engine-dtype", o->engine_dtype,
-                  "engine weight format: trainer (the checkpoint's dtypes) or fp8-block (FP8 E4M3 with 128x128 "
-                  "block scales, as DeepSeek-V3's FP8 release; quantised in the push)")
+                  "engine weight format: trainer (the checkpoint's dtypes), fp8-block (FP8 E4M3 with 128x128 "
+                  "block scales, as DeepSeek-V3's FP8 release; quantised in the push), or auto (fp8-block when the "
+                  "--generate config has an FP8 block-128 quantization_config, else trainer)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"trainer", "fp8-block"}));
+      ->check(CLI::IsMember({"auto", "trainer", "fp8-block"}));
   cmd->add_option("--checkpoint", o->checkpoint,
                   "safetensors file, index JSON or directory (default: ../shared/models/tiny-llama3-bf16, "
                   "or a generated TinyLlama-shaped checkpoint when ../shared is absent)");

@@ -17,7 +17,7 @@ struct RlSyncOptions {
   std::string trainer_layout;  ///< layout string (overrides --trainers), e.g. "hsdp=2x2"
   std::string engine_layout;   ///< layout string (overrides --engines/--tp), e.g. "tp=2,ep=2,dp=2"
   int steps = 5;
-  std::string engine_dtype = "trainer";  ///< engine weight format: trainer | fp8-block
+  std::string engine_dtype = "auto";  ///< engine weight format: auto | trainer | fp8-block
   std::string checkpoint;   ///< empty: the default (real tiny model, or generated)
   std::string config;       ///< empty: the config.json beside the checkpoint
   std::string generate;     ///< HF config to generate a checkpoint from ("tinyllama-1.1b" = built in)

@@ -138,6 +138,17 @@ TEST(RlSyncDemo, Bf16TrainersIntoFp8EnginesVerifyWeightsAndScales) {
   EXPECT_NE(r.output.find("verified 4/4 engine ranks byte for byte"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("converted "), std::string::npos) << r.output;
   EXPECT_EQ(CountWorkers(), 0);
+  // A config whose quantization_config says FP8 block-128 (as DeepSeek-V3's release): with the default
+  // --engine-dtype auto the demo generates its bf16 original for the trainers and FP8 engines.
+  std::ofstream(dir + "/fp8-config.json") << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    "hidden_size": 256, "intermediate_size": 768, "num_attention_heads": 4, "num_key_value_heads": 4,
+    "num_hidden_layers": 1, "vocab_size": 512, "torch_dtype": "bfloat16",
+    "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}})";
+  r = RunDemo("--generate " + dir + "/fp8-config.json --steps 2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("bf16 trainers, FP8 engines"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("BF16, 12 tensors"), std::string::npos) << r.output;  // the trainers' bf16 original
+  EXPECT_NE(r.output.find("verified 4/4 engine ranks byte for byte"), std::string::npos) << r.output;
   // A format nobody knows, and a TP size that would split an FP8 block: clear errors, nothing started.
   r = RunDemo("--generate " + dir + "/config.json --engine-dtype fp4 --steps 1");
   EXPECT_NE(r.exit_code, 0);
