@@ -9,6 +9,10 @@
 //                                with DONE(v) attached: the transport delivers DONE
 //                                only after every byte of that transfer is visible
 //   subscriber: WaitForUpdate(v) waits for DONE(v) from every source, then commits v
+//   publisher:  to an engine rank that was not READY within engine_timeout_s, or failed
+//               during the push: MISSED(v) instead of DONE(v); that engine keeps v-1 and
+//               the others commit v (fault isolation). Every push writes every byte, so
+//               the engine's next completed version is whole again.
 // A subscriber therefore never holds a version it has not received completely:
 // committed_version() moves from v-1 to v only when all its bytes arrived. The plan
 // is computed in every process from the two layouts (deterministic), so no process
@@ -32,6 +36,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "shardwire/layout.h"
 #include "shardwire/push_conversion.h"
@@ -43,6 +48,11 @@ namespace shardwire {
 struct WeightSyncOptions {
   std::string job = "shardwire";  ///< rendezvous key prefix; one job = one trainer/engine pair of layouts
   double timeout_s = 120;         ///< bound of every wait (seconds)
+  /// Publisher: bound (seconds) on waiting for any one engine rank in a push, for its READY
+  /// and for its transfers to complete. An engine rank that exceeds it, or that the transport
+  /// reports dead (a dead process on this host: well under a second), misses the version
+  /// (PushStats::missed); the push goes on for the others. Capped by timeout_s.
+  double engine_timeout_s = 10;
   /// The rank's shard buffer in the caller's own memory (the trainer's parameters, the
   /// engine's weights), laid out by the rank's Layout (Layout::rank(r).buffer_bytes bytes at
   /// least; shards at their byte_offset). Empty: Shardwire allocates the buffer as a
@@ -59,6 +69,13 @@ struct WeightSyncOptions {
   PushConversionOptions conversion = {};
 };
 
+/// An engine rank that did not receive a version, and why (kPeerDisconnected: dead or gone;
+/// kTimedOut: no READY or transfers not complete within engine_timeout_s; transport errors).
+struct MissedEngine {
+  int engine_rank = 0;
+  Status reason;
+};
+
 /// What one Push did.
 struct PushStats {
   std::uint64_t version = 0;
@@ -72,6 +89,10 @@ struct PushStats {
   double amax_exchange_s = 0;             ///< waiting for other trainer ranks' partial amaxes
   std::uint64_t staging_bytes = 0;        ///< the conversion staging buffer (allocated once, bytes)
   std::uint64_t staging_peak_bytes = 0;   ///< most staging bytes holding data at once in this push
+  /// Engine ranks this rank writes to that missed the version (the others received it and
+  /// got DONE). Each such engine's subscriber times out or reports the failure, keeps its
+  /// last committed version, and receives the next version in full again.
+  std::vector<MissedEngine> missed;
 };
 
 /// What one WaitForUpdate saw.
@@ -102,8 +123,12 @@ class WeightPublisher {
   /// destination. Errors: kTimedOut when a destination does not appear in time.
   Status Connect();
 
-  /// Pushes version `version` (see the protocol above). Errors: kTimedOut (names the
-  /// destinations that were not ready or did not complete), kPeerDisconnected.
+  /// Pushes version `version` (see the protocol above) to every destination engine rank that
+  /// is ready within engine_timeout_s; an engine rank that is dead, silent or slow misses the
+  /// version (PushStats::missed, with the reason) and the others still get it. Takes at most
+  /// the normal push time plus engine_timeout_s (a dead peer: plus its detection time).
+  /// Errors: kPeerDisconnected when no destination received the version (the message lists
+  /// why); a failed trainer peer or conversion input (kCorruptData for NaN/Inf) fails the push.
   Result<PushStats> Push(std::uint64_t version);
 
   /// Bytes this rank sends per Push.
@@ -138,7 +163,9 @@ class WeightSubscriber {
   Status BeginUpdate(std::uint64_t version);
 
   /// Blocks until every source has delivered `version`, then commits it.
-  /// Errors: kTimedOut naming the sources still missing, kPeerDisconnected.
+  /// Errors (committed_version() unchanged, the buffer possibly partly written): kTimedOut
+  /// naming the sources still missing, or naming a trainer that gave up on this rank for
+  /// `version` (MISSED); kPeerDisconnected.
   Result<UpdateStats> WaitForUpdate(std::uint64_t version);
 
   /// The last version fully received (0 before the first).

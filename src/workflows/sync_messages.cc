@@ -17,6 +17,8 @@ const char* MessageKindName(MessageKind kind) {
       return "DONE";
     case MessageKind::kBlockAmax:
       return "BLOCK_AMAX";
+    case MessageKind::kMissed:
+      return "MISSED";
   }
   return "?";
 }
@@ -38,7 +40,7 @@ std::vector<std::byte> Encode(const Message& message) {
 std::optional<Message> Decode(std::span<const std::byte> payload) {
   if (payload.size() < 9) return std::nullopt;
   const auto kind = static_cast<MessageKind>(payload[0]);
-  if (kind == MessageKind::kReady || kind == MessageKind::kDone) {
+  if (kind == MessageKind::kReady || kind == MessageKind::kDone || kind == MessageKind::kMissed) {
     if (payload.size() != 9) return std::nullopt;
   } else if (kind != MessageKind::kBlockAmax || (payload.size() - 9) % 4 != 0) {
     return std::nullopt;
@@ -58,8 +60,14 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
 }
 
 Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,
-                           double timeout_s, std::map<std::string, Message>* received) {
+                           double timeout_s, std::map<std::string, Message>* received,
+                           std::optional<MessageKind> abort_kind) {
+  std::string aborted_by;
   auto take = [&](const std::string& peer, const Message& m) {
+    if (abort_kind && m.kind == *abort_kind && m.version == version && peers.count(peer)) {
+      aborted_by = peer;
+      return true;
+    }
     if (m.kind == kind && m.version == version && peers.erase(peer) == 1) {
       if (received != nullptr) (*received)[peer] = m;
       return true;
@@ -69,6 +77,11 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
   for (auto it = pending_.begin(); it != pending_.end();) {
     it = take(it->peer, it->message) ? pending_.erase(it) : std::next(it);
   }
+  auto aborted = [&] {
+    return TimedOut(fmt::format("{} gave up on v{} for this rank ({} v{}): it was not ready or not reachable in time",
+                                aborted_by, version, MessageKindName(*abort_kind), version));
+  };
+  if (!aborted_by.empty()) return aborted();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   while (!peers.empty()) {
     const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
@@ -92,8 +105,53 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
     auto message = Decode(note->payload);
     if (!message) continue;  // not ours: ignore
     if (!take(note->peer, *message)) pending_.push_back({note->peer, *message});
+    if (!aborted_by.empty()) return aborted();
   }
   return Status::Ok();
+}
+
+Result<Collected> Inbox::Collect(Agent& agent, MessageKind kind, std::uint64_t version,
+                                 const std::set<std::string>& peers, double timeout_s) {
+  Collected out;
+  std::set<std::string> waiting = peers;
+  auto take = [&](const std::string& peer, const Message& m) {
+    if (m.kind != kind) return false;
+    if (m.version < version) return true;  // stale: drop
+    if (m.version == version && waiting.erase(peer) == 1) {
+      out.arrived.insert(peer);
+      return true;
+    }
+    return false;
+  };
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    it = take(it->peer, it->message) ? pending_.erase(it) : std::next(it);
+  }
+  auto drop_failed = [&] {
+    for (const std::string& failed : agent.FailedPeers()) {
+      if (waiting.erase(failed) == 1) {
+        out.failed.emplace(failed, PeerDisconnected(fmt::format("peer {} disconnected while {} v{} was awaited",
+                                                                failed, MessageKindName(kind), version)));
+      }
+    }
+  };
+  drop_failed();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (!waiting.empty()) {
+    const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) break;
+    auto note = agent.WaitNotification(std::min(left, 0.25));
+    if (!note.ok()) {
+      if (note.status().code() != ErrorCode::kTimedOut && note.status().code() != ErrorCode::kPeerDisconnected) {
+        return note.status();
+      }
+      drop_failed();
+      continue;
+    }
+    auto message = Decode(note->payload);
+    if (!message) continue;  // not ours: ignore
+    if (!take(note->peer, *message)) pending_.push_back({note->peer, *message});
+  }
+  return out;
 }
 
 std::string MetadataKey(const std::string& job, const std::string& role, int rank) {

@@ -18,7 +18,10 @@
 
 namespace shardwire::sync {
 
-enum class MessageKind : std::uint8_t { kReady = 1, kDone = 2, kBlockAmax = 3 };
+/// READY(v): engine -> trainer, the engine's buffer may be written; DONE(v): trainer -> engine,
+/// all its bytes of v landed; BLOCK_AMAX(v): trainer -> trainer, partial amaxes; MISSED(v):
+/// trainer -> engine, this engine will not get v from it (it was not ready, or failed, in time).
+enum class MessageKind : std::uint8_t { kReady = 1, kDone = 2, kBlockAmax = 3, kMissed = 4 };
 
 struct Message {
   MessageKind kind;
@@ -26,22 +29,39 @@ struct Message {
   std::vector<float> amax = {};  ///< kBlockAmax only: partial amaxes in BlockAmaxExchange order
 };
 
-/// "READY", "DONE" or "BLOCK_AMAX".
+/// "READY", "DONE", "BLOCK_AMAX" or "MISSED".
 const char* MessageKindName(MessageKind kind);
 
 std::vector<std::byte> Encode(const Message& message);
 /// nullopt for a payload that is not a sync message (wrong size or kind).
 std::optional<Message> Decode(std::span<const std::byte> payload);
 
+/// What Inbox::Collect saw: the peers whose message arrived, and those found failed.
+struct Collected {
+  std::set<std::string> arrived;
+  std::map<std::string, Status> failed;  ///< peer -> why (kPeerDisconnected)
+};
+
 /// Notifications that arrived but were not yet wanted (e.g. READY for the next version).
 class Inbox {
  public:
+  /// Waits until `kind`/`version` has arrived from every peer in `peers` that is alive, or
+  /// `timeout_s` passes; never fails because of one peer: peers the transport declares dead
+  /// are returned in `failed`, peers still silent at the deadline in neither set. Messages of
+  /// the same kind for older versions are dropped (a peer that missed a version answers late).
+  /// Errors: only transport errors that concern no single peer.
+  Result<Collected> Collect(Agent& agent, MessageKind kind, std::uint64_t version, const std::set<std::string>& peers,
+                            double timeout_s);
+
   /// Waits until `kind`/`version` has arrived from every peer in `peers` (agent names).
   /// Other messages are kept for later calls. Errors: kTimedOut naming the peers still
   /// missing; transport errors (a disconnected peer) as the agent reports them.
-  /// With `received`, the matching messages are stored there by peer name.
+  /// With `received`, the matching messages are stored there by peer name. With `abort_kind`,
+  /// a message of that kind for `version` from any of `peers` ends the wait with kTimedOut
+  /// naming the peer (a trainer that gave up on this engine for this version).
   Status AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,
-                      double timeout_s, std::map<std::string, Message>* received = nullptr);
+                      double timeout_s, std::map<std::string, Message>* received = nullptr,
+                      std::optional<MessageKind> abort_kind = std::nullopt);
 
  private:
   struct Pending {

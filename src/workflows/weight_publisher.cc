@@ -30,14 +30,14 @@ struct WeightPublisher::State {
   std::uint64_t bytes_per_push = 0;
   std::uint64_t converted_bytes_per_push = 0;
   std::map<int, std::string> destination_names;  // every destination, direct or converted
-  std::vector<TransferHandle> transfers;         // direct, one per destination in moves_by_destination
+  std::map<int, TransferHandle> transfers;       // direct: destination -> its prepared transfer
   // Conversion: the converter, the staging arena (two slots) and per round, per destination, one
   // prepared transfer from the round's slot.
   std::unique_ptr<sync::PushConverter> converter;
   RegionId staging_region = 0;
   std::span<std::byte> staging;
   std::vector<std::map<int, std::vector<Move>>> round_moves;
-  std::vector<std::vector<TransferHandle>> round_transfers;
+  std::vector<std::map<int, TransferHandle>> round_transfers;  // per round: destination -> transfer
   std::map<int, std::string> amax_peer_names;  // trainer rank -> agent name
   bool connected = false;
   sync::Inbox inbox;
@@ -47,9 +47,9 @@ WeightPublisher::WeightPublisher(std::unique_ptr<State> state) : state_(std::mov
 
 WeightPublisher::~WeightPublisher() {
   if (!state_ || !state_->endpoint.agent) return;
-  for (TransferHandle h : state_->transfers) (void)state_->endpoint.agent->Release(h);
+  for (const auto& [dst, h] : state_->transfers) (void)state_->endpoint.agent->Release(h);
   for (const auto& round : state_->round_transfers) {
-    for (TransferHandle h : round) (void)state_->endpoint.agent->Release(h);
+    for (const auto& [dst, h] : round) (void)state_->endpoint.agent->Release(h);
   }
 }
 
@@ -149,7 +149,7 @@ Status WeightPublisher::Connect() {
     SW_ASSIGN_OR_RETURN(TransferHandle handle,
                         agent.PrepareTransfer(TransferOp::kWrite, peer.name,
                                               Descriptors(moves, s.endpoint.region, 0, peer.region), std::nullopt));
-    s.transfers.push_back(handle);
+    s.transfers[dst] = handle;
   }
   if (s.converter) {
     const std::uint64_t slot_bytes = s.converter->plan().slot_bytes;
@@ -161,7 +161,7 @@ Status WeightPublisher::Connect() {
                             agent.PrepareTransfer(TransferOp::kWrite, peer.name,
                                                   Descriptors(moves, s.staging_region, (k % 2) * slot_bytes, peer.region),
                                                   std::nullopt));
-        s.round_transfers[k].push_back(handle);
+        s.round_transfers[k][dst] = handle;
       }
     }
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
@@ -180,15 +180,34 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   Agent& agent = *s.endpoint.agent;
   if (!s.connected) return InvalidArgument("WeightPublisher::Push called before Connect");
   const std::string who = fmt::format("trainer rank {} push v{}", s.rank, version);
+  const double engine_timeout_s = std::min(s.options.engine_timeout_s, s.options.timeout_s);
   PushStats stats;
   stats.version = version;
+  // Fault isolation: an engine rank that is dead, silent or slow misses this version; the
+  // others get it. `active` holds the destinations still in this push.
+  std::map<int, std::string> active;
+  auto miss = [&](int dst, Status reason) {
+    if (active.erase(dst) == 0) return;
+    stats.missed.push_back({dst, reason.WithContext(fmt::format("engine rank {} missed v{}", dst, version))});
+  };
   const auto t0 = Clock::now();
-  std::set<std::string> destinations;
-  for (const auto& [dst, name] : s.destination_names) destinations.insert(name);
-  SW_RETURN_IF_ERROR(s.inbox.AwaitFromAll(agent, sync::MessageKind::kReady, version, destinations, s.options.timeout_s)
-                         .WithContext(who));
+  {
+    std::set<std::string> names;
+    for (const auto& [dst, name] : s.destination_names) names.insert(name);
+    SW_ASSIGN_OR_RETURN(const sync::Collected ready,
+                        s.inbox.Collect(agent, sync::MessageKind::kReady, version, names, engine_timeout_s));
+    active = s.destination_names;
+    for (const auto& [dst, name] : s.destination_names) {
+      if (ready.arrived.count(name)) continue;
+      auto failed = ready.failed.find(name);
+      miss(dst, failed != ready.failed.end()
+                    ? failed->second
+                    : TimedOut(fmt::format("no READY(v{}) from {} within {:.1f} s", version, name, engine_timeout_s)));
+    }
+  }
   const auto t1 = Clock::now();
-  // Conversion, step 1: partial amaxes of the blocks this rank shares with other trainer ranks.
+  // Conversion, step 1: partial amaxes of the blocks this rank shares with other trainer ranks
+  // (a trainer that fails here fails the push: no engine gets a version it cannot complete).
   if (s.converter && !s.amax_peer_names.empty()) {
     s.converter->ClearPeerAmax();
     std::set<std::string> peers;
@@ -210,60 +229,67 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     }
   }
   const auto t2 = Clock::now();
+  // A transfer that did not complete within the engine's bound is stopped; if it cannot be
+  // drained, the peer is abandoned (InvalidatePeer) so that nothing of it outlives the push.
+  auto settle = [&](int dst, TransferHandle h) {
+    if (!active.count(dst)) return;
+    const Status st = agent.Wait(h, engine_timeout_s);
+    if (st.ok()) return;
+    if (st.code() == ErrorCode::kTimedOut && !agent.Cancel(h, 1.0).ok()) (void)agent.InvalidatePeer(active.at(dst));
+    miss(dst, st);
+  };
+  auto post = [&](int dst, TransferHandle h, const std::vector<Move>& moves) {
+    if (!active.count(dst)) return;
+    if (const Status st = agent.Post(h); !st.ok()) return miss(dst, st);
+    stats.descriptors += moves.size();
+    for (const Move& m : moves) stats.rows += m.count;
+  };
   // Post every destination's prepared transfer first so they progress together, then
   // wait for each: Wait returns after remote completion (the bytes are visible at the
   // destination), and only then is DONE(v) sent, so it can never overtake the data.
-  std::size_t i = 0;
-  for (const auto& [dst, moves] : s.moves_by_destination) {
-    SW_RETURN_IF_ERROR(agent.Post(s.transfers[i++]).WithContext(who));
-    stats.descriptors += moves.size();
-    for (const Move& m : moves) stats.rows += m.count;
-  }
+  for (const auto& [dst, moves] : s.moves_by_destination) post(dst, s.transfers.at(dst), moves);
   // Conversion, step 2: round k is converted into slot k % 2 while round k - 1 is on the
   // wire; before slot k % 2 is overwritten, round k - 2's WRITEs must have completed.
   if (s.converter) {
     const TrainerConversion& tc = s.converter->plan();
-    auto wait_round = [&](std::size_t k) -> Status {
-      for (TransferHandle h : s.round_transfers[k]) SW_RETURN_IF_ERROR(agent.Wait(h, s.options.timeout_s));
-      return Status::Ok();
+    auto settle_round = [&](std::size_t k) {
+      for (const auto& [dst, h] : s.round_transfers[k]) settle(dst, h);
     };
     double convert_s = 0;
     for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
-      if (k >= 2) SW_RETURN_IF_ERROR(wait_round(k - 2).WithContext(who));
+      if (k >= 2) settle_round(k - 2);
       const std::uint64_t in_flight = k >= 1 ? tc.rounds[k - 1].bytes : 0;
       stats.staging_peak_bytes = std::max(stats.staging_peak_bytes, in_flight + tc.rounds[k].bytes);
       const auto c0 = Clock::now();
       SW_RETURN_IF_ERROR(
           s.converter->ConvertRound(k, s.staging.subspan((k % 2) * tc.slot_bytes, tc.slot_bytes)).WithContext(who));
       convert_s += Seconds(c0, Clock::now());
-      for (TransferHandle h : s.round_transfers[k]) SW_RETURN_IF_ERROR(agent.Post(h).WithContext(who));
-      for (const auto& [dst, moves] : s.round_moves[k]) {
-        stats.descriptors += moves.size();
-        for (const Move& m : moves) stats.rows += m.count;
-      }
+      for (const auto& [dst, h] : s.round_transfers[k]) post(dst, h, s.round_moves[k].at(dst));
     }
-    for (std::size_t k = tc.rounds.size() >= 2 ? tc.rounds.size() - 2 : 0; k < tc.rounds.size(); ++k) {
-      SW_RETURN_IF_ERROR(wait_round(k).WithContext(who));
-    }
+    for (std::size_t k = tc.rounds.size() >= 2 ? tc.rounds.size() - 2 : 0; k < tc.rounds.size(); ++k) settle_round(k);
     stats.convert_s = convert_s;
     stats.converted_bytes = s.converted_bytes_per_push;
     stats.staging_bytes = s.staging.size();
   }
+  for (const auto& [dst, h] : s.transfers) settle(dst, h);
   const auto done = sync::Encode({sync::MessageKind::kDone, version});
-  i = 0;
-  for (const auto& [dst, moves] : s.moves_by_destination) {
-    const Status st = agent.Wait(s.transfers[i++], s.options.timeout_s);
-    if (!st.ok()) return st.WithContext(fmt::format("{} to engine rank {}", who, dst));
+  for (const auto& [dst, name] : std::map<int, std::string>(active)) {
+    if (const Status st = agent.SendMessage(name, done); !st.ok()) miss(dst, st);
   }
-  for (const auto& [dst, name] : s.destination_names) {
-    const Status st = agent.SendMessage(name, done);
-    if (!st.ok()) return st.WithContext(fmt::format("{} to engine rank {}", who, dst));
-  }
+  // Tell each engine rank that missed v, so that its WaitForUpdate(v) ends now instead of at
+  // its timeout (a stalled one sees it when it resumes; a dead one does not care).
+  const auto missed_msg = sync::Encode({sync::MessageKind::kMissed, version});
+  for (const MissedEngine& m : stats.missed) (void)agent.SendMessage(s.destination_names.at(m.engine_rank), missed_msg);
   const auto t3 = Clock::now();
   stats.bytes = s.bytes_per_push;
   stats.ready_wait_s = Seconds(t0, t1);
   stats.amax_exchange_s = Seconds(t1, t2);
   stats.transfer_s = Seconds(t2, t3);
+  if (active.empty() && !s.destination_names.empty()) {
+    std::string why;
+    for (const MissedEngine& m : stats.missed) why += (why.empty() ? "" : "; ") + m.reason.ToString();
+    return PeerDisconnected(fmt::format("{}: no engine rank received it: {}", who, why));
+  }
   return stats;
 }
 

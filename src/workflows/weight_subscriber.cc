@@ -89,7 +89,8 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
     return InvalidArgument(fmt::format("WaitForUpdate({}) without BeginUpdate({})", version, version));
   }
   SW_RETURN_IF_ERROR(
-      s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kDone, version, s.source_names, s.options.timeout_s)
+      s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kDone, version, s.source_names, s.options.timeout_s,
+                           nullptr, sync::MessageKind::kMissed)
           .WithContext(fmt::format("engine rank {} update v{}", s.rank, version)));
   s.committed_version = version;
   UpdateStats stats;

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -413,6 +414,93 @@ TEST(WeightSync, Bf16TrainersIntoFp8EnginesEveryByteVerified) {
     EXPECT_LE(last[t].staging_peak_bytes, last[t].staging_bytes);
   }
   for (pid_t pid : children) EXPECT_EQ(WaitChild(pid), 0);
+}
+
+// ---- Fault isolation: one engine replica dead (kill -9) or stalled (SIGSTOP) misses the version;
+// the other replica commits every version; the stalled one, resumed, catches up with the next.
+
+TEST(WeightSync, DeadOrStalledEngineMissesTheVersionOthersCommit) {
+  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  const Layout engine = MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, 3).value();  // 3 replicas of TP 1
+  constexpr std::uint64_t kLast = 4;
+  std::vector<pid_t> children;
+  std::vector<int> port_pipes;
+  for (int r = 0; r < engine.world_size(); ++r) {
+    int fd = -1;
+    const pid_t pid = ForkWithPort(&fd, r, [&](std::uint16_t p) {
+      auto rz = ConnectRendezvous(p);
+      if (!rz.ok()) return 10;
+      auto sub = WeightSubscriber::Create(**rz, trainer, engine, r, {"iso", 30});
+      if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
+      for (std::uint64_t v = 1; v <= kLast; ++v) {
+        if (r == 1 && v == 2) raise(SIGKILL);  // replica 1 dies after committing v1
+        if (r == 2 && v == 2) raise(SIGSTOP);  // replica 2 stalls before READY(2); the test resumes it
+        if (!(*sub)->BeginUpdate(v).ok()) return 12;
+        // The stalled replica missed v2: its wait ends without a commit, it keeps v1.
+        auto stats = (*sub)->WaitForUpdate(v);
+        if (r == 2 && v == 2) {
+          if (stats.ok() || (*sub)->committed_version() != 1) return 20;
+          continue;
+        }
+        if (!stats.ok()) {
+          std::fprintf(stderr, "engine %d v%llu: %s\n", r, static_cast<unsigned long long>(v),
+                       stats.status().ToString().c_str());
+          return 13;
+        }
+        if (Walk(engine, r, (*sub)->weights(), v, true) != 0) return 15;
+      }
+      return (*sub)->committed_version() == kLast ? 0 : 16;
+    });
+    ASSERT_GE(pid, 0);
+    children.push_back(pid);
+    port_pipes.push_back(fd);
+  }
+  auto server = StartRendezvous();
+  ASSERT_TRUE(server.ok());
+  const auto port = static_cast<std::uint16_t>((*server)->port());
+  for (int fd : port_pipes) SendPort(fd, port);
+  auto rz = ConnectRendezvous(port);
+  ASSERT_TRUE(rz.ok());
+  WeightSyncOptions options{"iso", 30};
+  options.engine_timeout_s = 3;
+  auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, options);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*pub)->Connect().ok());
+  for (std::uint64_t v = 1; v <= kLast; ++v) {
+    if (v == 3) {
+      // Replica 2 is stopped (it stopped itself before READY(2)); resume it: it gives up on v2
+      // (no DONE for it within its own timeout) and asks for v3.
+      int status = 0;
+      ASSERT_EQ(waitpid(children[2], &status, WUNTRACED | WNOHANG), children[2]);
+      ASSERT_TRUE(WIFSTOPPED(status));
+      kill(children[2], SIGCONT);
+    }
+    Walk(trainer, 0, (*pub)->weights(), v, false);
+    auto stats = (*pub)->Push(v);
+    ASSERT_TRUE(stats.ok()) << "v" << v << ": " << stats.status().ToString();
+    std::set<int> missed;
+    for (const MissedEngine& m : stats->missed) {
+      missed.insert(m.engine_rank);
+      EXPECT_NE(m.reason.message().find("engine rank " + std::to_string(m.engine_rank)), std::string::npos)
+          << m.reason.ToString();
+      if (m.engine_rank == 1) {
+        EXPECT_EQ(m.reason.code(), ErrorCode::kPeerDisconnected) << m.reason.ToString();
+      }
+      if (m.engine_rank == 2) {
+        EXPECT_EQ(m.reason.code(), ErrorCode::kTimedOut) << m.reason.ToString();
+      }
+    }
+    if (v == 1) {
+      EXPECT_EQ(missed, (std::set<int>{})) << "v1 reaches every replica";
+    } else if (v == 2) {
+      EXPECT_EQ(missed, (std::set<int>{1, 2})) << "the dead and the stalled replica miss v2";
+    } else {
+      EXPECT_EQ(missed, (std::set<int>{1})) << "replica 1 stays missed; the resumed replica 2 is back";
+    }
+  }
+  EXPECT_EQ(WaitChild(children[0]), 0) << "the healthy replica verified every version";
+  EXPECT_EQ(WaitChild(children[1]), 100) << "replica 1 was killed";
+  EXPECT_EQ(WaitChild(children[2]), 0) << "the resumed replica caught up with a later version";
 }
 
 }  // namespace
