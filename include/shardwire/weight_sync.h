@@ -79,7 +79,7 @@ struct MissedEngine {
 /// What one Push did.
 struct PushStats {
   std::uint64_t version = 0;
-  std::uint64_t bytes = 0;        ///< bytes this rank wrote
+  std::uint64_t bytes = 0;        ///< bytes this rank wrote (to the engine ranks that got the version)
   std::uint64_t descriptors = 0;  ///< descriptors posted (a strided move of many rows counts once)
   std::uint64_t rows = 0;         ///< contiguous row moves inside them (what one descriptor per row would post)
   double ready_wait_s = 0;        ///< waiting for destinations to be ready

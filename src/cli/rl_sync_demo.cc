@@ -9,6 +9,8 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -34,16 +36,30 @@ using nlohmann::json;
 
 constexpr double kPollSlice_s = 0.25;
 
-// Waits for one worker's report, watching for children that die and for Ctrl-C.
-Result<json> AwaitReport(Rendezvous& rendezvous, ChildProcesses& children, const std::string& key, double timeout_s) {
+// Engine processes that died during the run (a dead engine is reported, not fatal: the
+// trainers push on to the others and the engine misses every later version).
+struct DeadEngines {
+  std::map<std::string, std::string> why;  // label -> how it ended
+  bool Contains(const std::string& label) const { return why.count(label) > 0; }
+};
+
+// Waits for one worker's report, watching for children that die and for Ctrl-C. A trainer
+// that dies ends the run; an engine that dies is recorded in `dead` (nullopt: `key`'s
+// engine is among them, no report will come).
+Result<std::optional<json>> AwaitReport(Rendezvous& rendezvous, ChildProcesses& children, const std::string& key,
+                                        const std::string& label, DeadEngines& dead, double timeout_s) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   while (true) {
     if (ChildProcesses::InterruptRequested()) return Status(ErrorCode::kInternal, "interrupted");
+    if (dead.Contains(label)) return std::optional<json>{};
     auto value = GetString(rendezvous, key, kPollSlice_s);
-    if (value.ok()) return json::parse(*value, nullptr, /*allow_exceptions=*/false);
+    if (value.ok()) return std::optional<json>(json::parse(*value, nullptr, /*allow_exceptions=*/false));
     if (value.status().code() != ErrorCode::kTimedOut) return value.status();
     for (const ChildExit& e : children.ReapExited()) {
-      if (!e.ok()) return Internal(e.Describe());
+      if (e.ok()) continue;
+      if (e.label.rfind("engine", 0) != 0) return Internal(e.Describe());
+      dead.why[e.label] = e.Describe();
+      fmt::print("            {}: the trainers push on to the other engines\n", e.Describe());
     }
     if (std::chrono::steady_clock::now() > deadline) {
       return TimedOut(fmt::format("no report under {} after {:.0f} s", key, timeout_s));
@@ -82,6 +98,7 @@ struct StepFigures {
   json trainer_reports = json::array();  // per trainer: its window and its wait for READY (--json)
   double engine_wait_s = 0;  // slowest engine: READY to commit
   int verified = 0;
+  std::map<int, std::string> missed;  // engine rank -> why it missed this version (first reason seen)
 };
 
 Status Run(const RlSyncOptions& o) {
@@ -205,13 +222,18 @@ Status Run(const RlSyncOptions& o) {
                {"engine_dtype", engine_dtype},
                {"bytes_per_step", bytes_per_step},
                {"steps", json::array()}};
+  DeadEngines dead;
   double total_s = 0, steady_s = 0;
   std::uint64_t total_bytes = 0, steady_bytes = 0;
   for (int step = 1; step <= o.steps; ++step) {
     StepFigures f;
     for (int r = 0; r < trainers; ++r) {
-      SW_ASSIGN_OR_RETURN(const json t,
-                          AwaitReport(*rendezvous, children, StatsKey(job, step, "trainer", r), o.timeout_s));
+      SW_ASSIGN_OR_RETURN(const auto report, AwaitReport(*rendezvous, children, StatsKey(job, step, "trainer", r),
+                                                         fmt::format("trainer {}", r), dead, o.timeout_s));
+      const json& t = *report;
+      for (const json& m : t.value("missed", json::array())) {
+        f.missed.emplace(m.value("engine_rank", -1), m.value("reason", std::string()));
+      }
       f.bytes += t.value("bytes", std::uint64_t{0});
       f.descriptors += t.value("descriptors", std::uint64_t{0});
       f.faults += t.value("minor_faults", std::uint64_t{0});
@@ -230,8 +252,10 @@ Status Run(const RlSyncOptions& o) {
            {"push_begin", end - t.value("transfer_s", 0.0)}, {"push_end", end}});
     }
     for (int r = 0; r < engine_ranks; ++r) {
-      SW_ASSIGN_OR_RETURN(const json e,
-                          AwaitReport(*rendezvous, children, StatsKey(job, step, "engine", r), o.timeout_s));
+      SW_ASSIGN_OR_RETURN(const auto report, AwaitReport(*rendezvous, children, StatsKey(job, step, "engine", r),
+                                                         EngineRankLabel(r), dead, o.timeout_s));
+      if (!report) continue;  // died: the trainers' reports say why it missed the version
+      const json& e = *report;
       f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
       f.verified += e.value("verified", false) ? 1 : 0;
     }
@@ -253,6 +277,9 @@ Status Run(const RlSyncOptions& o) {
         step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.rows, f.faults,
         f.ComputeOverlap(), f.verified,
         engine_ranks);
+    for (const auto& [rank, why] : f.missed) {  // why names the engine rank and the version
+      fmt::print("            {}\n", why);
+    }
     if (f.converted_bytes > 0) {
       fmt::print("            converted {} on the way ({:.4f} s of conversion in the slowest trainer, overlapping its "
                  "writes); staging peak {} of {} allocated per trainer\n",
@@ -280,21 +307,26 @@ Status Run(const RlSyncOptions& o) {
                                 {"compute_overlap_s", f.ComputeOverlap()},
                                 {"engine_wait_s", f.engine_wait_s},
                                 {"trainers", f.trainer_reports},
-                                {"verified", f.verified}});
+                                {"verified", f.verified},
+                                {"missed", f.missed.size()}});
   }
   SW_ASSIGN_OR_RETURN(const auto exits, children.WaitAll(o.timeout_s));
   for (const ChildExit& e : exits) {
-    if (!e.ok()) return Internal(e.Describe());
+    if (e.ok()) continue;
+    if (e.label.rfind("engine", 0) != 0) return Internal(e.Describe());
+    dead.why[e.label] = e.Describe();
   }
   const double mean_gbps = total_s > 0 ? static_cast<double>(total_bytes) / total_s / 1e9 : 0;
   // Reference measured now: memcpy of one step's bytes with as many threads as trainers
   // (each trainer process copies on its own core), capped at the 2 cores here.
   const int copy_threads = std::clamp(trainers, 1, 2);
   const double memcpy_gbps = MeasureMemcpyGBps(bytes_per_step, copy_threads);
-  fmt::print(
-      "summary     {} steps, {} moved in {:.3f} s of transfer = {:.2f} GB/s; "
-      "every engine rank verified every step\n",
-      o.steps, FormatBytes(static_cast<double>(total_bytes)), total_s, mean_gbps);
+  fmt::print("summary     {} steps, {} moved in {:.3f} s of transfer = {:.2f} GB/s; {}\n", o.steps,
+             FormatBytes(static_cast<double>(total_bytes)), total_s, mean_gbps,
+             dead.why.empty() ? std::string("every engine rank verified every step")
+                              : fmt::format("every surviving engine rank verified every version it committed; {} "
+                                            "engine rank(s) died and missed the versions after",
+                                            dead.why.size()));
   const double steady_gbps = steady_s > 0 ? static_cast<double>(steady_bytes) / steady_s / 1e9 : mean_gbps;
   if (o.steps > 1) {
     fmt::print("steady      steps 2..{}: {:.2f} GB/s (step 1 reported on its own line above)\n", o.steps,

@@ -77,19 +77,24 @@ Status VerifyStep(const Checkpoint& checkpoint, const Layout& layout, int rank, 
 
 // Fault injection for the demo's own failure-path tests: SHARDWIRE_DEMO_FAULT=
 // "corrupt:<step>" makes trainer 0 flip one byte of its buffer after computing that
-// step; "die:<step>" makes trainer 0 kill itself (SIGKILL) before pushing that step.
+// step; "die:<step>" makes trainer 0 kill itself (SIGKILL) before pushing that step;
+// "engine-die:<step>" makes the last engine rank kill itself before that step.
 struct Fault {
   std::string kind;
   int step = -1;
 };
 
-Fault ReadFault(int rank) {
+Fault ReadFault(const std::string& role, int rank, int ranks) {
   const char* env = std::getenv("SHARDWIRE_DEMO_FAULT");
-  if (rank != 0 || env == nullptr) return {};
+  if (env == nullptr) return {};
   const std::string spec(env);
   const auto colon = spec.find(':');
   if (colon == std::string::npos) return {};
-  return Fault{spec.substr(0, colon), std::atoi(spec.c_str() + colon + 1)};
+  Fault f{spec.substr(0, colon), std::atoi(spec.c_str() + colon + 1)};
+  const bool engine_fault = f.kind.rfind("engine-", 0) == 0;
+  if (role == "trainer" && (engine_fault || rank != 0)) return {};
+  if (role == "engine" && (!engine_fault || rank != ranks - 1)) return {};
+  return f;
 }
 
 // Page faults of this process so far (all threads: the agent's lanes copy).
@@ -108,7 +113,7 @@ double MonotonicSeconds() {
 
 Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& checkpoint,
                   const Layout& trainer_layout, const Layout& engine_layout) {
-  const Fault fault = ReadFault(a.rank);
+  const Fault fault = ReadFault("trainer", a.rank, trainer_layout.world_size());
   SW_ASSIGN_OR_RETURN(auto publisher, WeightPublisher::Create(rendezvous, trainer_layout, engine_layout, a.rank,
                                                               WeightSyncOptions{a.job, a.timeout_s}));
   SW_RETURN_IF_ERROR(publisher->Connect());
@@ -130,6 +135,8 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
     }
     const std::uint64_t faults_before = MinorFaults();
     SW_ASSIGN_OR_RETURN(const PushStats stats, publisher->Push(static_cast<std::uint64_t>(step)));
+    nlohmann::json missed = nlohmann::json::array();
+    for (const MissedEngine& m : stats.missed) missed.push_back({{"engine_rank", m.engine_rank}, {"reason", m.reason.ToString()}});
     nlohmann::json report{{"bytes", stats.bytes},
                           {"descriptors", stats.descriptors},
                           {"rows", stats.rows},
@@ -143,7 +150,8 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"staging_peak_bytes", stats.staging_peak_bytes},
                           {"compute_begin", compute_begin},
                           {"compute_end", compute_end},
-                          {"push_end", MonotonicSeconds()}};
+                          {"push_end", MonotonicSeconds()},
+                          {"missed", missed}};
     SW_RETURN_IF_ERROR(PutString(rendezvous, StatsKey(a.job, step, "trainer", a.rank), report.dump()));
   }
   return Status::Ok();
@@ -163,10 +171,22 @@ Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& 
   }
   SW_RETURN_IF_ERROR(VerifyStep(checkpoint, engine_layout, a.rank, 0, subscriber->weights(), who));
   SW_RETURN_IF_ERROR(subscriber->Connect());
+  const Fault fault = ReadFault("engine", a.rank, engine_layout.world_size());
   for (int step = 1; step <= a.steps; ++step) {
     const auto version = static_cast<std::uint64_t>(step);
+    if (fault.kind == "engine-die" && fault.step == step) raise(SIGKILL);
     SW_RETURN_IF_ERROR(subscriber->BeginUpdate(version));
-    SW_ASSIGN_OR_RETURN(const UpdateStats stats, subscriber->WaitForUpdate(version));
+    auto update = subscriber->WaitForUpdate(version);
+    if (!update.ok() && update.status().code() == ErrorCode::kTimedOut) {
+      // This engine missed the version (a trainer gave up on it, or it waited too long): it keeps
+      // serving its committed version and takes the next one, which rewrites every byte.
+      nlohmann::json report{{"verified", false},
+                            {"missed", update.status().ToString()},
+                            {"committed_version", subscriber->committed_version()}};
+      SW_RETURN_IF_ERROR(PutString(rendezvous, StatsKey(a.job, step, "engine", a.rank), report.dump()));
+      continue;
+    }
+    SW_ASSIGN_OR_RETURN(const UpdateStats stats, std::move(update));
     SW_RETURN_IF_ERROR(VerifyStep(checkpoint, engine_layout, a.rank, version, subscriber->weights(), who));
     nlohmann::json report{{"bytes", stats.bytes},
                           {"sources", stats.sources},

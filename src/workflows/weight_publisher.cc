@@ -29,6 +29,7 @@ struct WeightPublisher::State {
   std::map<int, std::vector<Move>> moves_by_destination;  // direct moves (from the trainer buffer)
   std::uint64_t bytes_per_push = 0;
   std::uint64_t converted_bytes_per_push = 0;
+  std::map<int, std::uint64_t> bytes_to;  // per destination, direct and converted
   std::map<int, std::string> destination_names;  // every destination, direct or converted
   std::map<int, TransferHandle> transfers;       // direct: destination -> its prepared transfer
   // Conversion: the converter, the staging arena (two slots) and per round, per destination, one
@@ -74,6 +75,7 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     for (std::uint32_t dst : plan.dst_groups()[m.dst_group]) {
       state->moves_by_destination[static_cast<int>(dst)].push_back(m);
       state->bytes_per_push += m.bytes();
+      state->bytes_to[static_cast<int>(dst)] += m.bytes();
     }
   }
   SW_ASSIGN_OR_RETURN(state->endpoint, sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank,
@@ -87,6 +89,7 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
         for (std::uint32_t dst : converted.dst_groups()[m.dst_group]) {
           state->round_moves[k][static_cast<int>(dst)].push_back(m);
           state->converted_bytes_per_push += m.bytes();
+          state->bytes_to[static_cast<int>(dst)] += m.bytes();
         }
       }
     }
@@ -281,7 +284,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   const auto missed_msg = sync::Encode({sync::MessageKind::kMissed, version});
   for (const MissedEngine& m : stats.missed) (void)agent.SendMessage(s.destination_names.at(m.engine_rank), missed_msg);
   const auto t3 = Clock::now();
-  stats.bytes = s.bytes_per_push;
+  for (const auto& [dst, name] : active) stats.bytes += s.bytes_to[dst];
   stats.ready_wait_s = Seconds(t0, t1);
   stats.amax_exchange_s = Seconds(t1, t2);
   stats.transfer_s = Seconds(t2, t3);

@@ -177,6 +177,23 @@ TEST(RlSyncDemo, DyingTrainerEndsTheRunCleanly) {
   EXPECT_EQ(CountWorkers(), 0);
 }
 
+TEST(RlSyncDemo, DeadEngineMissesVersionsTheOthersGoOn) {
+  // The last engine rank kills itself (SIGKILL) before step 3: the trainers push steps 3-5 to
+  // the three others, every one of which verifies every step; the run succeeds and says so.
+  const std::string model_args = SmallModelArgs();
+  const RunResult r = RunDemo(model_args + " --steps 5 --timeout 30", "SHARDWIRE_DEMO_FAULT=engine-die:3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("engine rank 3 was killed by signal 9"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("step 2/5"), std::string::npos) << r.output;
+  for (int step = 3; step <= 5; ++step) {
+    EXPECT_NE(r.output.find("engine rank 3 missed v" + std::to_string(step)), std::string::npos) << r.output;
+  }
+  EXPECT_NE(r.output.find("step 5/5"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("verified 3/4 engine ranks byte for byte"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("1 engine rank(s) died"), std::string::npos) << r.output;
+  EXPECT_EQ(CountWorkers(), 0);
+}
+
 TEST(RlSyncDemo, CtrlCStopsEveryProcess) {
   const std::string model_args = SmallModelArgs();  // "--checkpoint X" or "--generate X"
   const std::string flag = model_args.substr(0, model_args.find(' '));
