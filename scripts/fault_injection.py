@@ -1,0 +1,429 @@
+#!/usr/bin/python3
+"""Fault injection: kill -9 or SIGSTOP Shardwire's processes at random moments, many times.
+
+Each scenario starts real processes (the `shardwire` binary: demo rl-sync, serve, seed, load,
+redis-server), injects one fault at a uniformly random moment, and checks the outcome:
+
+  rl-engine-kill       kill -9 one engine rank of `demo rl-sync`: the run must finish (exit 0),
+                       the other engine ranks verifying every step byte for byte
+  rl-engine-stop       SIGSTOP one engine rank for 1-12 s, then SIGCONT: exit 0, every commit verified
+                       (a stall below engine_timeout_s only delays; above it the rank misses versions)
+  rl-trainer-kill      kill -9 one trainer: the run must end with a typed error naming it, in bounded
+                       time, with no engine committing a wrong byte
+  p2p-source-kill      kill -9 one of two seeds while a tp=4 instance loads from both (bandwidth-capped):
+                       the load must complete (other source, or the disk fallback) and verify every byte
+  p2p-loader-kill      kill -9 a loader mid-load: the seeds stay healthy and the next loader succeeds
+  coordinator-restart  kill -9 a Redis-backed `shardwire serve` during demo rl-sync and restart it on the
+                       same port: the run must finish (exit 0), nothing lost
+  redis-restart        kill -9 redis-server (append-only file, fsync always) during demo rl-sync and
+                       restart it: the run must finish (exit 0)
+
+Per scenario it prints: runs, passes, hangs (no exit within the bound), partial commits (an engine
+that committed bytes that fail verification), lost registrations (a healthy seed not READY after a
+loader died), orphans (processes of the run still alive after it ended), and the time from the fault
+to detection / recovery (median, max). Usage:
+
+  /usr/bin/python3 scripts/fault_injection.py [--runs N] [--scenario NAME ...] [--shardwire PATH]
+
+Exit status: 0 when every run of every scenario passed with no hang, partial commit, lost
+registration or orphan.
+"""
+import argparse
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def procs_with(needle):
+    """PIDs whose command line contains `needle` (bytes)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if needle in cmd:
+            # Zombies are reaped by their parent; count only live processes.
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().split(") ")[-1].startswith("Z"):
+                        continue
+            except OSError:
+                continue
+            out.append(int(pid))
+    return out
+
+
+def worker_pid(job, role, rank):
+    needle = b"\0".join([b"--role", role.encode(), b"--rank", str(rank).encode()])
+    for pid in procs_with(b"--job\0" + job.encode() + b"\0"):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if needle in f.read():
+                return pid
+    return None
+
+
+class Lines:
+    """Reads a process's stdout in a thread, timestamping every line."""
+
+    def __init__(self, proc):
+        self.lines = []
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc):
+        for line in proc.stdout:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def first(self, text, after=0.0):
+        for t, line in list(self.lines):
+            if t >= after and text in line:
+                return t
+        return None
+
+    def text(self):
+        return "\n".join(line for _, line in self.lines)
+
+
+class Result:
+    def __init__(self):
+        self.passed = False
+        self.hang = False
+        self.partial = False
+        self.lost = False
+        self.orphans = 0
+        self.recovery_s = None
+        self.note = ""
+
+
+def wait(proc, timeout):
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
+
+
+def small_model_args(work):
+    shared = os.environ.get("SHARDWIRE_SHARED_DIR", os.path.join(os.path.dirname(ROOT), "shared"))
+    tiny = os.path.join(shared, "models", "tiny-llama3-bf16")
+    if os.path.isdir(tiny):
+        return ["--checkpoint", tiny]
+    cfg = os.path.join(work, "small-llama.json")
+    with open(cfg, "w") as f:
+        f.write('{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, '
+                '"intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2, '
+                '"num_hidden_layers": 2, "vocab_size": 256, "torch_dtype": "bfloat16"}')
+    return ["--generate", cfg, "--work-dir", work]
+
+
+# Steps of an RL run: long enough (several seconds) for a fault at a random moment to land mid-run.
+RL_STEPS = 400
+
+
+def rl_demo(sw, work, job, steps, extra=(), env=None):
+    cmd = [sw, "demo", "rl-sync", *small_model_args(work), "--steps", str(steps), "--job", job,
+           "--timeout", "30", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return proc, Lines(proc)
+
+
+def check_rl_output(r, lines):
+    text = lines.text()
+    if "verification failed" in text or "differs from its recomputation" in text:
+        r.partial = True
+
+
+def scenario_rl_engine(sw, work, stop):
+    r = Result()
+    job = f"fi-{os.getpid()}-{random.randrange(1 << 30)}"
+    proc, lines = rl_demo(sw, work, job, RL_STEPS)
+    while lines.first("step 2/") is None and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 2.0))
+    rank = random.randrange(4)
+    pid = worker_pid(job, "engine", rank)
+    t_fault = time.monotonic()
+    if pid is None:
+        r.note = "engine already gone"
+    elif stop:
+        stall = random.uniform(1.0, 12.0)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(stall)
+        os.kill(pid, signal.SIGCONT)
+        r.note = f"stalled engine rank {rank} {stall:.1f} s"
+    else:
+        os.kill(pid, signal.SIGKILL)
+        r.note = f"killed engine rank {rank}"
+    finished = wait(proc, 180)
+    r.hang = not finished
+    lines.thread.join(timeout=5)
+    check_rl_output(r, lines)
+    if not stop and pid is not None:
+        seen = lines.first(f"engine rank {rank} was killed", after=t_fault)
+        r.recovery_s = seen - t_fault if seen else None
+    elif pid is not None:
+        # Recovery: the first step reported after SIGCONT with every engine rank verified.
+        resumed = t_fault + float(r.note.split()[-2])
+        seen = lines.first("verified 4/4", after=resumed)
+        r.recovery_s = seen - resumed if seen else None
+    r.orphans = len(procs_with(b"--job\0" + job.encode() + b"\0"))
+    r.passed = finished and proc.returncode == 0 and not r.partial and r.orphans == 0
+    if not r.passed:
+        r.note += f"; exit {proc.returncode}: {lines.text()[-600:]}"
+    return r
+
+
+def scenario_rl_trainer_kill(sw, work):
+    r = Result()
+    job = f"fi-{os.getpid()}-{random.randrange(1 << 30)}"
+    proc, lines = rl_demo(sw, work, job, RL_STEPS)
+    while lines.first("step 2/") is None and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 2.0))
+    rank = random.randrange(2)
+    pid = worker_pid(job, "trainer", rank)
+    t_fault = time.monotonic()
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+    finished = wait(proc, 120)
+    r.hang = not finished
+    lines.thread.join(timeout=5)
+    check_rl_output(r, lines)
+    r.recovery_s = time.monotonic() - t_fault if finished else None
+    r.orphans = len(procs_with(b"--job\0" + job.encode() + b"\0"))
+    text = lines.text()
+    named = f"trainer {rank} was killed" in text
+    r.passed = finished and proc.returncode != 0 and named and not r.partial and r.orphans == 0
+    r.note = f"killed trainer {rank}"
+    if not r.passed:
+        r.note += f"; exit {proc.returncode}: {text[-600:]}"
+    return r
+
+
+def generated_checkpoint(sw, work):
+    out = os.path.join(work, "TinyLlama-1.1B-1L")
+    if not os.path.exists(os.path.join(out, "model.safetensors")):
+        subprocess.run([sw, "generate", "--config", "tinyllama-1.1b", "--layers", "1", "--out", work],
+                       check=True, stdout=subprocess.DEVNULL)
+    return os.path.join(out, "model.safetensors"), os.path.join(out, "config.json")
+
+
+def start_serve(sw, port, redis_url=None):
+    cmd = [sw, "serve", "--port", str(port)] + (["--redis", redis_url] if redis_url else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"shardwire serve on port {port} did not start")
+
+
+def start_seed(sw, coord, ckpt, layout, instance, bandwidth):
+    proc = subprocess.Popen([sw, "seed", "--coordinator", coord, "--checkpoint", ckpt, "--layout", layout,
+                             "--instance-id", instance, "--bandwidth", str(bandwidth)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = Lines(proc)
+    deadline = time.monotonic() + 60
+    while lines.first("SEED READY") is None and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("seed exited: " + lines.text())
+        time.sleep(0.05)
+    return proc, lines
+
+
+def scenario_p2p(sw, work, kill_what):
+    r = Result()
+    ckpt, config = generated_checkpoint(sw, work)
+    port = free_port()
+    coord = f"127.0.0.1:{port}"
+    serve = start_serve(sw, port)
+    tag = f"fi{random.randrange(1 << 30)}"
+    procs = [serve]
+    labels = {serve.pid: "coordinator"}
+    try:
+        # 64 MB/s per rank: a 350 MB tp=4 load from two instances takes a few seconds.
+        seeds = [start_seed(sw, coord, ckpt, "tp=2", f"{tag}-a", 64e6),
+                 start_seed(sw, coord, ckpt, "tp=1", f"{tag}-b", 64e6)]
+        procs += [p for p, _ in seeds]
+        labels.update({seeds[0][0].pid: "seed a", seeds[1][0].pid: "seed b"})
+        load_cmd = [sw, "load", "--coordinator", coord, "--config", config, "--layout", "tp=4",
+                    "--verify-against", ckpt, "--checkpoint", ckpt]
+        loader = subprocess.Popen(load_cmd + ["--instance-id", f"{tag}-l1"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        procs.append(loader)
+        labels[loader.pid] = "loader"
+        loader_lines = Lines(loader)
+        time.sleep(random.uniform(0.3, 2.0))
+        t_fault = time.monotonic()
+        if kill_what == "source":
+            victim = random.randrange(2)
+            seeds[victim][0].send_signal(signal.SIGKILL)
+            r.note = f"killed seed {'ab'[victim]}"
+            finished = wait(loader, 180)
+            r.hang = not finished
+            loader_lines.thread.join(timeout=5)
+            text = loader_lines.text()
+            r.partial = loader.returncode == 0 and "verified=byte-for-byte" not in text
+            r.recovery_s = time.monotonic() - t_fault if finished else None
+            r.passed = finished and loader.returncode == 0 and not r.partial
+            if not r.passed:
+                r.note += f"; load exit {loader.returncode}: {text[-600:]}"
+        else:
+            loader.send_signal(signal.SIGKILL)
+            loader.wait()
+            r.note = "killed the loader"
+            # The seeds must stay healthy (alive, and serving the next loader).
+            alive = all(p.poll() is None for p, _ in seeds)
+            second = subprocess.run(load_cmd + ["--instance-id", f"{tag}-l2"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, timeout=180)
+            r.recovery_s = time.monotonic() - t_fault
+            # Lost registration: a seed alive but no longer used (the second load fell back to disk).
+            r.lost = not alive or " disk_bytes=0 " not in second.stdout
+            r.passed = alive and second.returncode == 0 and not r.lost
+            if not r.passed:
+                r.note += f"; seeds alive={alive}; second load exit {second.returncode}: {second.stdout[-600:]}"
+    except subprocess.TimeoutExpired:
+        r.hang = True
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            if not wait(p, 10):
+                r.hang = True
+                r.passed = False
+                r.note += f"; {labels.get(p.pid, p.pid)} did not exit within 10 s of SIGTERM"
+    r.orphans = len(procs_with(tag.encode()))
+    if r.orphans:
+        r.passed = False
+    return r
+
+
+def start_redis(port, data_dir):
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "yes", "--appendfsync", "always", "--dir", data_dir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def scenario_restart(sw, work, what):
+    r = Result()
+    redis_port, port = free_port(), free_port()
+    data = tempfile.mkdtemp(dir=work)
+    redis = start_redis(redis_port, data)
+    url = f"redis://127.0.0.1:{redis_port}"
+    serve = start_serve(sw, port, url)
+    job = f"fi-{os.getpid()}-{random.randrange(1 << 30)}"
+    proc, lines = rl_demo(sw, work, job, RL_STEPS, ["--coordinator", f"127.0.0.1:{port}"])
+    try:
+        while lines.first("step 2/") is None and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, 2.0))
+        t_fault = time.monotonic()
+        if what == "coordinator":
+            serve.send_signal(signal.SIGKILL)
+            serve.wait()
+            time.sleep(0.5)
+            serve = start_serve(sw, port, url)
+        else:
+            redis.send_signal(signal.SIGKILL)
+            redis.wait()
+            time.sleep(0.5)
+            redis = start_redis(redis_port, data)
+        r.note = f"restarted the {what}"
+        finished = wait(proc, 180)
+        r.hang = not finished
+        lines.thread.join(timeout=5)
+        check_rl_output(r, lines)
+        seen = lines.first("step", after=t_fault)
+        r.recovery_s = seen - t_fault if seen else None
+        r.orphans = len(procs_with(b"--job\0" + job.encode() + b"\0"))
+        r.passed = finished and proc.returncode == 0 and not r.partial and r.orphans == 0
+        if not r.passed:
+            r.note += f"; exit {proc.returncode}: {lines.text()[-600:]}"
+    finally:
+        for p in (serve, redis):
+            p.send_signal(signal.SIGTERM)
+            wait(p, 10)
+    return r
+
+
+SCENARIOS = {
+    "rl-engine-kill": lambda sw, w: scenario_rl_engine(sw, w, stop=False),
+    "rl-engine-stop": lambda sw, w: scenario_rl_engine(sw, w, stop=True),
+    "rl-trainer-kill": scenario_rl_trainer_kill,
+    "p2p-source-kill": lambda sw, w: scenario_p2p(sw, w, "source"),
+    "p2p-loader-kill": lambda sw, w: scenario_p2p(sw, w, "loader"),
+    "coordinator-restart": lambda sw, w: scenario_restart(sw, w, "coordinator"),
+    "redis-restart": lambda sw, w: scenario_restart(sw, w, "redis"),
+}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
+    p.add_argument("--shardwire", default=os.path.join(ROOT, "build", "src", "cli", "shardwire"))
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
+    p.add_argument("--verbose", action="store_true")
+    a = p.parse_args()
+    seed = a.seed if a.seed is not None else int(time.time())
+    random.seed(seed)
+    print(f"fault injection: {a.runs} run(s) per scenario, random seed {seed}")
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="shardwire-fi-") as work:
+        print(f"| scenario | runs | passed | hangs | partial commits | lost registrations | orphans | "
+              f"detect/recover median s | max s |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name in a.scenario or list(SCENARIOS):
+            results = []
+            for i in range(a.runs):
+                r = SCENARIOS[name](a.shardwire, work)
+                results.append(r)
+                if a.verbose or not r.passed:
+                    print(f"  {name} run {i + 1}: {'pass' if r.passed else 'FAIL'} ({r.note})", file=sys.stderr)
+            times = [r.recovery_s for r in results if r.recovery_s is not None]
+            med = f"{statistics.median(times):.2f}" if times else "-"
+            mx = f"{max(times):.2f}" if times else "-"
+            passed = sum(r.passed for r in results)
+            row = (len(results), passed, sum(r.hang for r in results), sum(r.partial for r in results),
+                   sum(r.lost for r in results), sum(r.orphans for r in results))
+            print(f"| {name} | {row[0]} | {row[1]} | {row[2]} | {row[3]} | {row[4]} | {row[5]} | {med} | {mx} |",
+                  flush=True)
+            ok = ok and passed == len(results) and not any(row[2:])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
