@@ -63,6 +63,15 @@ struct WeightSyncOptions {
   /// UCX-allocated shared memory takes true one-sided puts (docs/transport.md); on RDMA or GPU
   /// memory both are true one-sided and registration costs one ibv_reg_mr / CUDA IPC handle.
   std::span<std::byte> buffer = {};
+  /// Subscriber: double buffering. The engine keeps serving the committed version from one
+  /// buffer (weights()) while the next lands in the other (back_buffer()); WaitForUpdate swaps
+  /// them when it commits, so a push that fails half way never touches the weights being
+  /// served. Costs a second buffer of the rank's size (2x its weight memory; on a GPU, HBM
+  /// the KV cache no longer gets). READY(v) tells the trainers which buffer to write.
+  bool double_buffered = false;
+  /// With double_buffered: the second buffer in the caller's memory (as `buffer`); empty:
+  /// an arena.
+  std::span<std::byte> second_buffer = {};
   /// Conversion in the push (used only when the layouts' dtypes differ): FP8 block size and
   /// scale arithmetic, and the staging bound in bytes. Publishers and subscribers of one job
   /// must pass the same values.
@@ -152,9 +161,16 @@ class WeightSubscriber {
                                                           WeightSyncOptions options);
   ~WeightSubscriber();
 
-  /// This rank's shard buffer. Written by publishers between BeginUpdate and the end
-  /// of WaitForUpdate; the engine must not read it in that window.
+  /// This rank's shard buffer holding committed_version(), the weights to serve.
+  /// Single-buffered: written by publishers between BeginUpdate and the end of
+  /// WaitForUpdate; the engine must not read it in that window (it pauses). Double-buffered:
+  /// never written while it is returned here; after a commit it is the other buffer, so
+  /// call weights() again after every WaitForUpdate (and do not keep spans across it).
   std::span<std::byte> weights();
+
+  /// The buffer the next version is written into: weights() when single-buffered, the
+  /// other buffer when double-buffered.
+  std::span<std::byte> back_buffer();
 
   /// Looks up every source rank this rank receives from. Errors: kTimedOut.
   Status Connect();
@@ -168,7 +184,8 @@ class WeightSubscriber {
   /// `version` (MISSED); kPeerDisconnected.
   Result<UpdateStats> WaitForUpdate(std::uint64_t version);
 
-  /// The last version fully received (0 before the first).
+  /// The last version fully received (0 before the first): the version weights() holds and
+  /// the engine serves (label generated tokens with it).
   std::uint64_t committed_version() const;
 
   struct State;

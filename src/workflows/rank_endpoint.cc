@@ -9,27 +9,53 @@
 
 namespace shardwire::sync {
 
+namespace {
+
+// Registers the caller's buffer in place, or allocates an arena (a rank that holds nothing
+// still registers a minimal region so that its peers' bookkeeping has no special case).
+Status OpenBuffer(Agent& agent, const std::string& key, std::uint64_t buffer_bytes, std::span<std::byte> caller,
+                  RegionId* region, std::span<std::byte>* weights) {
+  if (!caller.empty()) {
+    if (caller.size() < buffer_bytes) {
+      return InvalidArgument(
+          fmt::format("{}: the caller's buffer has {} bytes, its layout needs {}", key, caller.size(), buffer_bytes));
+    }
+    SW_ASSIGN_OR_RETURN(*region, agent.RegisterMemory(caller.data(), caller.size()));
+    *weights = caller.first(buffer_bytes);
+    return Status::Ok();
+  }
+  const std::size_t bytes = std::max<std::uint64_t>(buffer_bytes, 64);
+  SW_ASSIGN_OR_RETURN(*region, agent.AllocateArena(bytes));
+  *weights = agent.RegionBytes(*region).first(buffer_bytes);
+  return Status::Ok();
+}
+
+Result<RegionId> ParseRegion(const std::string& key, const std::string& text) {
+  RegionId region = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), region);
+  if (ec != std::errc() || end != text.data() + text.size()) {
+    return CorruptData(fmt::format("rendezvous key {} holds \"{}\", not a region id", key, text));
+  }
+  return region;
+}
+
+}  // namespace
+
 Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
-                                      std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer) {
+                                      std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer,
+                                      bool double_buffered, std::span<std::byte> second_caller_buffer) {
   RankEndpoint endpoint;
   const std::string key = MetadataKey(job, role, rank);
   SW_ASSIGN_OR_RETURN(endpoint.agent, Agent::Create(AgentOptions{.name = key}));
-  if (!caller_buffer.empty()) {
-    if (caller_buffer.size() < buffer_bytes) {
-      return InvalidArgument(fmt::format("{}: the caller's buffer has {} bytes, its layout needs {}", key,
-                                         caller_buffer.size(), buffer_bytes));
-    }
-    SW_ASSIGN_OR_RETURN(endpoint.region, endpoint.agent->RegisterMemory(caller_buffer.data(), caller_buffer.size()));
-    endpoint.weights = caller_buffer.first(buffer_bytes);
-  } else {
-    // A rank that holds nothing still registers a minimal region so that its peers'
-    // bookkeeping has no special case.
-    const std::size_t bytes = std::max<std::uint64_t>(buffer_bytes, 64);
-    SW_ASSIGN_OR_RETURN(endpoint.region, endpoint.agent->AllocateArena(bytes));
-    endpoint.weights = endpoint.agent->RegionBytes(endpoint.region).first(buffer_bytes);
+  SW_RETURN_IF_ERROR(
+      OpenBuffer(*endpoint.agent, key, buffer_bytes, caller_buffer, &endpoint.region, &endpoint.weights));
+  if (double_buffered) {
+    SW_RETURN_IF_ERROR(OpenBuffer(*endpoint.agent, key, buffer_bytes, second_caller_buffer, &endpoint.second_region,
+                                  &endpoint.second_weights));
   }
   SW_ASSIGN_OR_RETURN(const std::vector<std::byte> blob, endpoint.agent->ExportMetadata());
   SW_RETURN_IF_ERROR(PutString(rendezvous, key + "/region", std::to_string(endpoint.region)));
+  SW_RETURN_IF_ERROR(PutString(rendezvous, key + "/region1", std::to_string(endpoint.second_region)));
   SW_RETURN_IF_ERROR(rendezvous.Put(key + "/metadata", blob));
   return endpoint;
 }
@@ -39,11 +65,10 @@ Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std:
   const std::string key = MetadataKey(job, role, rank);
   SW_ASSIGN_OR_RETURN(const std::vector<std::byte> blob, rendezvous.Get(key + "/metadata", timeout_s));
   SW_ASSIGN_OR_RETURN(const std::string region_text, GetString(rendezvous, key + "/region", timeout_s));
+  SW_ASSIGN_OR_RETURN(const std::string second_text, GetString(rendezvous, key + "/region1", timeout_s));
   PeerRank peer;
-  const auto [end, ec] = std::from_chars(region_text.data(), region_text.data() + region_text.size(), peer.region);
-  if (ec != std::errc() || end != region_text.data() + region_text.size()) {
-    return CorruptData(fmt::format("rendezvous key {}/region holds \"{}\", not a region id", key, region_text));
-  }
+  SW_ASSIGN_OR_RETURN(peer.region, ParseRegion(key + "/region", region_text));
+  SW_ASSIGN_OR_RETURN(peer.second_region, ParseRegion(key + "/region1", second_text));
   auto imported = agent.ImportMetadata(blob);
   if (!imported.ok()) return imported.status().WithContext("importing " + key);
   peer.name = *imported;

@@ -16,20 +16,27 @@ struct RankEndpoint {
   std::unique_ptr<Agent> agent;
   RegionId region = 0;           ///< the shard buffer's region
   std::span<std::byte> weights;  ///< the shard buffer (may be empty)
+  /// Double-buffered engines: the second buffer (same size), else 0 / empty.
+  RegionId second_region = 0;
+  std::span<std::byte> second_weights;
 };
 
 /// Creates the agent named "<job>/<role>/<rank>", allocates `buffer_bytes` as an arena
-/// (or, when `caller_buffer` is non-empty, registers that caller-owned memory in place) and
-/// publishes {metadata blob, region id} under MetadataKey(job, role, rank).
-/// Errors: kInvalidArgument when caller_buffer is non-empty but smaller than buffer_bytes;
+/// (or, when `caller_buffer` is non-empty, registers that caller-owned memory in place),
+/// with `double_buffered` a second one likewise (`second_caller_buffer`), and publishes
+/// {metadata blob, region ids} under MetadataKey(job, role, rank) (".../region1" holds the
+/// second region, 0 for none).
+/// Errors: kInvalidArgument when a caller buffer is non-empty but smaller than buffer_bytes;
 /// transport and rendezvous errors.
 Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
-                                      std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer = {});
+                                      std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer = {},
+                                      bool double_buffered = false, std::span<std::byte> second_caller_buffer = {});
 
 /// A peer rank imported into `agent`: its agent name and its shard buffer's region.
 struct PeerRank {
   std::string name;
   RegionId region = 0;
+  RegionId second_region = 0;  ///< a double-buffered peer's second buffer, else 0
 };
 
 /// Waits for the peer's published metadata (up to timeout_s) and imports it.

@@ -25,7 +25,9 @@ const char* MessageKindName(MessageKind kind) {
 
 std::vector<std::byte> Encode(const Message& message) {
   const std::size_t floats = message.kind == MessageKind::kBlockAmax ? message.amax.size() : 0;
-  std::vector<std::byte> out(9 + 4 * floats);
+  const bool buffer = message.kind == MessageKind::kReady && message.buffer.has_value();
+  std::vector<std::byte> out(9 + 4 * floats + (buffer ? 1 : 0));
+  if (buffer) out[9] = static_cast<std::byte>(*message.buffer);
   out[0] = static_cast<std::byte>(message.kind);
   for (int i = 0; i < 8; ++i)
     out[1 + static_cast<std::size_t>(i)] = static_cast<std::byte>((message.version >> (8 * i)) & 0xFF);
@@ -40,7 +42,9 @@ std::vector<std::byte> Encode(const Message& message) {
 std::optional<Message> Decode(std::span<const std::byte> payload) {
   if (payload.size() < 9) return std::nullopt;
   const auto kind = static_cast<MessageKind>(payload[0]);
-  if (kind == MessageKind::kReady || kind == MessageKind::kDone || kind == MessageKind::kMissed) {
+  if (kind == MessageKind::kReady && payload.size() == 10) {
+    if (payload[9] != std::byte{0} && payload[9] != std::byte{1}) return std::nullopt;
+  } else if (kind == MessageKind::kReady || kind == MessageKind::kDone || kind == MessageKind::kMissed) {
     if (payload.size() != 9) return std::nullopt;
   } else if (kind != MessageKind::kBlockAmax || (payload.size() - 9) % 4 != 0) {
     return std::nullopt;
@@ -49,6 +53,10 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
   for (int i = 0; i < 8; ++i)
     version |= static_cast<std::uint64_t>(payload[1 + static_cast<std::size_t>(i)]) << (8 * i);
   Message m{kind, version};
+  if (kind == MessageKind::kReady) {
+    if (payload.size() == 10) m.buffer = static_cast<std::uint8_t>(payload[9]);
+    return m;
+  }
   m.amax.resize((payload.size() - 9) / 4);
   for (std::size_t f = 0; f < m.amax.size(); ++f) {
     std::uint32_t bits = 0;
@@ -118,7 +126,7 @@ Result<Collected> Inbox::Collect(Agent& agent, MessageKind kind, std::uint64_t v
     if (m.kind != kind) return false;
     if (m.version < version) return true;  // stale: drop
     if (m.version == version && waiting.erase(peer) == 1) {
-      out.arrived.insert(peer);
+      out.arrived.emplace(peer, m);
       return true;
     }
     return false;

@@ -1,5 +1,6 @@
 // Control messages of the weight-sync protocol (see shardwire/weight_sync.h), carried
-// as transport notifications: 1 byte kind + 8 bytes little-endian version; BLOCK_AMAX
+// as transport notifications: 1 byte kind + 8 bytes little-endian version; READY of a
+// double-buffered engine appends 1 byte, the buffer (0 or 1) to write; BLOCK_AMAX
 // (trainer to trainer, shardwire/push_conversion.h) appends its partial amaxes as
 // little-endian fp32 (the number follows from the payload size).
 #pragma once
@@ -27,6 +28,7 @@ struct Message {
   MessageKind kind;
   std::uint64_t version;
   std::vector<float> amax = {};  ///< kBlockAmax only: partial amaxes in BlockAmaxExchange order
+  std::optional<std::uint8_t> buffer = {};  ///< kReady of a double-buffered engine: buffer 0 or 1 to write
 };
 
 /// "READY", "DONE", "BLOCK_AMAX" or "MISSED".
@@ -38,7 +40,7 @@ std::optional<Message> Decode(std::span<const std::byte> payload);
 
 /// What Inbox::Collect saw: the peers whose message arrived, and those found failed.
 struct Collected {
-  std::set<std::string> arrived;
+  std::map<std::string, Message> arrived;  ///< peer -> its message
   std::map<std::string, Status> failed;  ///< peer -> why (kPeerDisconnected)
 };
 

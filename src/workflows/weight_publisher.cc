@@ -1,3 +1,4 @@
+#include <array>
 #include <chrono>
 #include <map>
 #include <set>
@@ -31,14 +32,18 @@ struct WeightPublisher::State {
   std::uint64_t converted_bytes_per_push = 0;
   std::map<int, std::uint64_t> bytes_to;  // per destination, direct and converted
   std::map<int, std::string> destination_names;  // every destination, direct or converted
-  std::map<int, TransferHandle> transfers;       // direct: destination -> its prepared transfer
+  std::map<int, int> buffers_of;                 // destination -> 1, or 2 when double-buffered
+  // Prepared transfers per destination and engine buffer (a double-buffered engine has two;
+  // its READY(v) names the one to write; handle 0 = none).
+  using Handles = std::array<TransferHandle, 2>;
+  std::map<int, Handles> transfers;  // direct
   // Conversion: the converter, the staging arena (two slots) and per round, per destination, one
   // prepared transfer from the round's slot.
   std::unique_ptr<sync::PushConverter> converter;
   RegionId staging_region = 0;
   std::span<std::byte> staging;
   std::vector<std::map<int, std::vector<Move>>> round_moves;
-  std::vector<std::map<int, TransferHandle>> round_transfers;  // per round: destination -> transfer
+  std::vector<std::map<int, Handles>> round_transfers;  // per round: destination -> transfers
   std::map<int, std::string> amax_peer_names;  // trainer rank -> agent name
   bool connected = false;
   sync::Inbox inbox;
@@ -48,9 +53,13 @@ WeightPublisher::WeightPublisher(std::unique_ptr<State> state) : state_(std::mov
 
 WeightPublisher::~WeightPublisher() {
   if (!state_ || !state_->endpoint.agent) return;
-  for (const auto& [dst, h] : state_->transfers) (void)state_->endpoint.agent->Release(h);
+  auto release = [&](const State::Handles& hs) {
+    for (TransferHandle h : hs)
+      if (h != TransferHandle{}) (void)state_->endpoint.agent->Release(h);
+  };
+  for (const auto& [dst, hs] : state_->transfers) release(hs);
   for (const auto& round : state_->round_transfers) {
-    for (const auto& [dst, h] : round) (void)state_->endpoint.agent->Release(h);
+    for (const auto& [dst, hs] : round) release(hs);
   }
 }
 
@@ -144,15 +153,25 @@ Status WeightPublisher::Connect() {
     // (which needs the engine's lanes to answer) would otherwise land in step 1.
     SW_RETURN_IF_ERROR(agent.WireUp(peer.name, s.options.timeout_s));
     s.destination_names[dst] = peer.name;
+    s.buffers_of[dst] = peer.second_region != 0 ? 2 : 1;
     peers[dst] = peer;
     return peer;
   };
+  // One prepared transfer per engine buffer the destination has.
+  auto prepare = [&](const sync::PeerRank& peer, const std::vector<Move>& moves, RegionId local,
+                     std::uint64_t local_base) -> Result<State::Handles> {
+    State::Handles hs{};
+    const RegionId regions[2] = {peer.region, peer.second_region};
+    for (int b = 0; b < 2; ++b) {
+      if (regions[b] == 0) continue;
+      SW_ASSIGN_OR_RETURN(hs[b], agent.PrepareTransfer(TransferOp::kWrite, peer.name,
+                                                       Descriptors(moves, local, local_base, regions[b]), std::nullopt));
+    }
+    return hs;
+  };
   for (const auto& [dst, moves] : s.moves_by_destination) {
     SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, peer_of(dst));
-    SW_ASSIGN_OR_RETURN(TransferHandle handle,
-                        agent.PrepareTransfer(TransferOp::kWrite, peer.name,
-                                              Descriptors(moves, s.endpoint.region, 0, peer.region), std::nullopt));
-    s.transfers[dst] = handle;
+    SW_ASSIGN_OR_RETURN(s.transfers[dst], prepare(peer, moves, s.endpoint.region, 0));
   }
   if (s.converter) {
     const std::uint64_t slot_bytes = s.converter->plan().slot_bytes;
@@ -160,11 +179,7 @@ Status WeightPublisher::Connect() {
     for (std::size_t k = 0; k < s.round_moves.size(); ++k) {
       for (const auto& [dst, moves] : s.round_moves[k]) {
         SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, peer_of(dst));
-        SW_ASSIGN_OR_RETURN(TransferHandle handle,
-                            agent.PrepareTransfer(TransferOp::kWrite, peer.name,
-                                                  Descriptors(moves, s.staging_region, (k % 2) * slot_bytes, peer.region),
-                                                  std::nullopt));
-        s.round_transfers[k][dst] = handle;
+        SW_ASSIGN_OR_RETURN(s.round_transfers[k][dst], prepare(peer, moves, s.staging_region, (k % 2) * slot_bytes));
       }
     }
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
@@ -189,6 +204,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   // Fault isolation: an engine rank that is dead, silent or slow misses this version; the
   // others get it. `active` holds the destinations still in this push.
   std::map<int, std::string> active;
+  std::map<int, int> buffer_of;  // destination -> the engine buffer this version goes into
   auto miss = [&](int dst, Status reason) {
     if (active.erase(dst) == 0) return;
     stats.missed.push_back({dst, reason.WithContext(fmt::format("engine rank {} missed v{}", dst, version))});
@@ -201,7 +217,16 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
                         s.inbox.Collect(agent, sync::MessageKind::kReady, version, names, engine_timeout_s));
     active = s.destination_names;
     for (const auto& [dst, name] : s.destination_names) {
-      if (ready.arrived.count(name)) continue;
+      if (auto it = ready.arrived.find(name); it != ready.arrived.end()) {
+        // A double-buffered engine names the buffer to write; a single-buffered one has buffer 0.
+        const int b = it->second.buffer.value_or(0);
+        if (b >= s.buffers_of.at(dst)) {
+          miss(dst, CorruptData(fmt::format("{} asked for buffer {} it never published", name, b)));
+        } else {
+          buffer_of[dst] = b;
+        }
+        continue;
+      }
       auto failed = ready.failed.find(name);
       miss(dst, failed != ready.failed.end()
                     ? failed->second
@@ -234,15 +259,17 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   const auto t2 = Clock::now();
   // A transfer that did not complete within the engine's bound is stopped; if it cannot be
   // drained, the peer is abandoned (InvalidatePeer) so that nothing of it outlives the push.
-  auto settle = [&](int dst, TransferHandle h) {
+  auto settle = [&](int dst, const State::Handles& hs) {
     if (!active.count(dst)) return;
+    const TransferHandle h = hs[static_cast<std::size_t>(buffer_of.at(dst))];
     const Status st = agent.Wait(h, engine_timeout_s);
     if (st.ok()) return;
     if (st.code() == ErrorCode::kTimedOut && !agent.Cancel(h, 1.0).ok()) (void)agent.InvalidatePeer(active.at(dst));
     miss(dst, st);
   };
-  auto post = [&](int dst, TransferHandle h, const std::vector<Move>& moves) {
+  auto post = [&](int dst, const State::Handles& hs, const std::vector<Move>& moves) {
     if (!active.count(dst)) return;
+    const TransferHandle h = hs[static_cast<std::size_t>(buffer_of.at(dst))];
     if (const Status st = agent.Post(h); !st.ok()) return miss(dst, st);
     stats.descriptors += moves.size();
     for (const Move& m : moves) stats.rows += m.count;
@@ -256,7 +283,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   if (s.converter) {
     const TrainerConversion& tc = s.converter->plan();
     auto settle_round = [&](std::size_t k) {
-      for (const auto& [dst, h] : s.round_transfers[k]) settle(dst, h);
+      for (const auto& [dst, hs] : s.round_transfers[k]) settle(dst, hs);
     };
     double convert_s = 0;
     for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
@@ -267,14 +294,14 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
       SW_RETURN_IF_ERROR(
           s.converter->ConvertRound(k, s.staging.subspan((k % 2) * tc.slot_bytes, tc.slot_bytes)).WithContext(who));
       convert_s += Seconds(c0, Clock::now());
-      for (const auto& [dst, h] : s.round_transfers[k]) post(dst, h, s.round_moves[k].at(dst));
+      for (const auto& [dst, hs] : s.round_transfers[k]) post(dst, hs, s.round_moves[k].at(dst));
     }
     for (std::size_t k = tc.rounds.size() >= 2 ? tc.rounds.size() - 2 : 0; k < tc.rounds.size(); ++k) settle_round(k);
     stats.convert_s = convert_s;
     stats.converted_bytes = s.converted_bytes_per_push;
     stats.staging_bytes = s.staging.size();
   }
-  for (const auto& [dst, h] : s.transfers) settle(dst, h);
+  for (const auto& [dst, hs] : s.transfers) settle(dst, hs);
   const auto done = sync::Encode({sync::MessageKind::kDone, version});
   for (const auto& [dst, name] : std::map<int, std::string>(active)) {
     if (const Status st = agent.SendMessage(name, done); !st.ok()) miss(dst, st);

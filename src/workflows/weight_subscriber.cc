@@ -26,7 +26,10 @@ struct WeightSubscriber::State {
   std::uint64_t begun_version = 0;
   std::chrono::steady_clock::time_point begun_at;
   std::uint64_t committed_version = 0;
+  int serving = 0;  // double-buffered: which buffer holds committed_version (0 = endpoint.weights)
   sync::Inbox inbox;
+
+  std::span<std::byte> Buffer(int b) const { return b == 0 ? endpoint.weights : endpoint.second_weights; }
 };
 
 WeightSubscriber::WeightSubscriber(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -49,11 +52,16 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
   state->sources = conversion.SourcesOf(rank);
   state->bytes_per_update = conversion.BytesTo(rank);
   SW_ASSIGN_OR_RETURN(state->endpoint, sync::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank,
-                                                              engine_layout.rank(rank).buffer_bytes, state->options.buffer));
+                                                              engine_layout.rank(rank).buffer_bytes, state->options.buffer,
+                                                              state->options.double_buffered,
+                                                              state->options.second_buffer));
   return std::unique_ptr<WeightSubscriber>(new WeightSubscriber(std::move(state)));
 }
 
-std::span<std::byte> WeightSubscriber::weights() { return state_->endpoint.weights; }
+std::span<std::byte> WeightSubscriber::weights() { return state_->Buffer(state_->serving); }
+std::span<std::byte> WeightSubscriber::back_buffer() {
+  return state_->options.double_buffered ? state_->Buffer(1 - state_->serving) : state_->Buffer(0);
+}
 std::uint64_t WeightSubscriber::committed_version() const { return state_->committed_version; }
 
 Status WeightSubscriber::Connect() {
@@ -73,7 +81,9 @@ Status WeightSubscriber::BeginUpdate(std::uint64_t version) {
     return InvalidArgument(
         fmt::format("version {} is not newer than the committed version {}", version, s.committed_version));
   }
-  const auto ready = sync::Encode({sync::MessageKind::kReady, version});
+  sync::Message ready_message{sync::MessageKind::kReady, version};
+  if (s.options.double_buffered) ready_message.buffer = static_cast<std::uint8_t>(1 - s.serving);
+  const auto ready = sync::Encode(ready_message);
   for (const std::string& name : s.source_names) {
     SW_RETURN_IF_ERROR(s.endpoint.agent->SendMessage(name, ready)
                            .WithContext(fmt::format("engine rank {} READY v{}", s.rank, version)));
@@ -93,6 +103,7 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
                            nullptr, sync::MessageKind::kMissed)
           .WithContext(fmt::format("engine rank {} update v{}", s.rank, version)));
   s.committed_version = version;
+  if (s.options.double_buffered) s.serving = 1 - s.serving;  // the new version is served from now on
   UpdateStats stats;
   stats.version = version;
   stats.bytes = s.bytes_per_update;

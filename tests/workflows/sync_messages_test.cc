@@ -30,11 +30,29 @@ TEST(SyncMessages, BlockAmaxCarriesFloatsBitForBit) {
   ASSERT_TRUE(back.has_value());
   EXPECT_EQ(back->version, 7u);
   EXPECT_EQ(back->amax, m.amax);
-  // A float cut in half is not a message; READY with a body is not either.
+  // A float cut in half is not a message; READY with more than a buffer byte is not either.
   EXPECT_FALSE(Decode(std::span<const std::byte>(bytes).first(11)).has_value());
   auto ready = Encode({MessageKind::kReady, 1});
   ready.push_back(std::byte{0});
+  ready.push_back(std::byte{0});
   EXPECT_FALSE(Decode(ready).has_value());
+}
+
+TEST(SyncMessages, ReadyNamesTheBufferOfADoubleBufferedEngine) {
+  Message m{MessageKind::kReady, 9};
+  m.buffer = 1;
+  const auto bytes = Encode(m);
+  ASSERT_EQ(bytes.size(), 10u);
+  auto back = Decode(bytes);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->buffer, std::optional<std::uint8_t>(1));
+  EXPECT_FALSE(Decode(Encode({MessageKind::kReady, 9})).value().buffer.has_value());
+  auto bad = bytes;
+  bad[9] = std::byte{2};  // only buffers 0 and 1 exist
+  EXPECT_FALSE(Decode(bad).has_value());
+  auto done = Encode({MessageKind::kDone, 9});
+  done.push_back(std::byte{0});  // only READY names a buffer
+  EXPECT_FALSE(Decode(done).has_value());
 }
 
 TEST(SyncMessages, MetadataKeyNamesJobRoleRank) { EXPECT_EQ(MetadataKey("job", "engine", 3), "job/engine/3"); }

@@ -503,5 +503,66 @@ TEST(WeightSync, DeadOrStalledEngineMissesTheVersionOthersCommit) {
   EXPECT_EQ(WaitChild(children[2]), 0) << "the resumed replica caught up with a later version";
 }
 
+// ---- Double buffering: the served buffer is never written; a push that dies half way leaves it
+// holding the committed version, byte for byte.
+
+TEST(WeightSync, DoubleBufferedEngineServesTheOldVersionUntilTheNewOneIsWhole) {
+  const Layout trainer = MakeFsdpLayout(Tensors(), 2).value();
+  const Layout engine = MakeTpLayout(Tensors(), {0, 0, 1, -1}, 1, 1).value();
+  std::vector<pid_t> children;
+  std::vector<int> port_pipes;
+  for (int t = 0; t < 2; ++t) {
+    int fd = -1;
+    const pid_t pid = ForkWithPort(&fd, t, [&](std::uint16_t p) {
+      auto rz = ConnectRendezvous(p);
+      if (!rz.ok()) return 10;
+      auto pub = WeightPublisher::Create(**rz, trainer, engine, t, {"dbl", 20});
+      if (!pub.ok() || !(*pub)->Connect().ok()) return 11;
+      for (std::uint64_t v = 1; v <= 3; ++v) {
+        if (t == 1 && v == 3) raise(SIGKILL);  // trainer 1 dies before its part of v3
+        Walk(trainer, t, (*pub)->weights(), v, false);
+        if (!(*pub)->Push(v).ok()) return 12;
+      }
+      return 0;
+    });
+    ASSERT_GE(pid, 0);
+    children.push_back(pid);
+    port_pipes.push_back(fd);
+  }
+  auto server = StartRendezvous();
+  ASSERT_TRUE(server.ok());
+  const auto port = static_cast<std::uint16_t>((*server)->port());
+  for (int fd : port_pipes) SendPort(fd, port);
+  auto rz = ConnectRendezvous(port);
+  ASSERT_TRUE(rz.ok());
+  WeightSyncOptions options{"dbl", 20};
+  options.double_buffered = true;
+  auto sub = WeightSubscriber::Create(**rz, trainer, engine, 0, options);
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  Walk(engine, 0, (*sub)->weights(), 0, false);  // the engine starts serving version 0
+  ASSERT_NE((*sub)->weights().data(), (*sub)->back_buffer().data());
+  ASSERT_TRUE((*sub)->Connect().ok());
+  for (std::uint64_t v = 1; v <= 2; ++v) {
+    const std::span<std::byte> serving = (*sub)->weights();
+    ASSERT_TRUE((*sub)->BeginUpdate(v).ok());
+    auto stats = (*sub)->WaitForUpdate(v);
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+    EXPECT_EQ((*sub)->committed_version(), v);
+    EXPECT_NE((*sub)->weights().data(), serving.data()) << "the commit swapped the buffers";
+    EXPECT_EQ(Walk(engine, 0, (*sub)->weights(), v, true), 0u) << "v" << v << " arrived whole";
+    EXPECT_EQ(Walk(engine, 0, serving, v - 1, true), 0u) << "the buffer served during v" << v << " was never written";
+  }
+  // v3: trainer 0 writes its part and says DONE, trainer 1 is dead. The engine keeps v2, and the
+  // weights it serves are exactly v2 (trainer 0's bytes went into the back buffer only).
+  ASSERT_TRUE((*sub)->BeginUpdate(3).ok());
+  auto failed = (*sub)->WaitForUpdate(3);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ((*sub)->committed_version(), 2u);
+  EXPECT_EQ(Walk(engine, 0, (*sub)->weights(), 2, true), 0u) << "nothing of the failed v3 is served";
+  EXPECT_EQ(WaitChild(children[1]), 100);
+  kill(children[0], SIGKILL);  // trainer 0 may still wait for READY(4)
+  WaitChild(children[0]);
+}
+
 }  // namespace
 }  // namespace shardwire
