@@ -202,6 +202,7 @@ Status Run(const RlSyncOptions& o) {
                                   "--timeout",
                                   fmt::format("{}", o.timeout_s)};
     if (!input.config.empty()) args.insert(args.end(), {"--config", input.config});
+    if (o.double_buffer) args.push_back("--double-buffer");
     for (const auto& rules : cli::ModelRulesFiles()) args.insert(args.end(), {"--model-rules", rules});
     return args;
   };
@@ -394,6 +395,9 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_option("--timeout", o->timeout_s, "seconds any single wait may take")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_flag("--double-buffer", o->double_buffer,
+                "engines hold two buffers: they serve the committed version from one while the next lands in the "
+                "other (2x engine weight memory)");
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--json", o->json_out, "also write the summary as JSON to this file");
   cmd->add_option("--job", o->job, "job name, the prefix of every rendezvous key (default: rl-sync-<pid>)");

@@ -18,6 +18,7 @@ struct RlSyncOptions {
   std::string engine_layout;   ///< layout string (overrides --engines/--tp), e.g. "tp=2,ep=2,dp=2"
   int steps = 5;
   std::string engine_dtype = "auto";  ///< engine weight format: auto | trainer | fp8-block
+  bool double_buffer = false;         ///< engines keep serving the old version while the new one lands
   std::string checkpoint;   ///< empty: the default (real tiny model, or generated)
   std::string config;       ///< empty: the config.json beside the checkpoint
   std::string generate;     ///< HF config to generate a checkpoint from ("tinyllama-1.1b" = built in)

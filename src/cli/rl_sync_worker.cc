@@ -35,6 +35,7 @@ struct WorkerArgs {
   std::string config;
   std::string trainer_layout, engine_layout;
   std::string engine_dtype = "trainer";
+  bool double_buffer = false;
   int steps = 0;
   double timeout_s = 120;
 };
@@ -160,8 +161,10 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
 Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& checkpoint,
                  const Layout& trainer_layout, const Layout& engine_layout) {
   const std::string who = EngineRankLabel(a.rank);
-  SW_ASSIGN_OR_RETURN(auto subscriber, WeightSubscriber::Create(rendezvous, trainer_layout, engine_layout, a.rank,
-                                                                WeightSyncOptions{a.job, a.timeout_s}));
+  WeightSyncOptions options{a.job, a.timeout_s};
+  options.double_buffered = a.double_buffer;
+  SW_ASSIGN_OR_RETURN(auto subscriber,
+                      WeightSubscriber::Create(rendezvous, trainer_layout, engine_layout, a.rank, options));
   // The engine starts from the checkpoint on disk, as a freshly launched engine does (an FP8
   // engine quantises it while loading, as vLLM does with quantization="fp8").
   if (a.engine_dtype == "trainer") {
@@ -229,6 +232,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--engine-layout", args->engine_layout)->required();
   cmd->add_option("--steps", args->steps)->required();
   cmd->add_option("--engine-dtype", args->engine_dtype);
+  cmd->add_flag("--double-buffer", args->double_buffer);
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--timeout", args->timeout_s)->required();
   cmd->callback([args, exit_code] {
