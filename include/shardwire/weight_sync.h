@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -44,7 +45,20 @@ struct WeightSyncOptions {
   /// UCX-allocated shared memory takes true one-sided puts (docs/transport.md); on RDMA or GPU
   /// memory both are true one-sided and registration costs one ibv_reg_mr / CUDA IPC handle.
   std::span<std::byte> buffer = {};
+  /// Interruption hook (e.g. Python's Ctrl-C): when set, every wait of Connect, Push and
+  /// WaitForUpdate is cut into slices of at most kInterruptPollSeconds and calls it between
+  /// slices, on the calling thread. A non-OK status it returns ends the wait with that status
+  /// (given context). State stays consistent: an interrupted Connect or WaitForUpdate may be
+  /// called again (notifications that arrived meanwhile are kept); a Push interrupted while
+  /// waiting for READY posted nothing and may be called again; one interrupted while its
+  /// writes were in flight cancels them (Agent::Cancel), so the engines do not commit that
+  /// version (their bytes may be partly written): call BeginUpdate / Push for it again.
+  std::function<Status()> interrupt = {};
 };
+
+/// Upper bound, in seconds, of the time between two calls of WeightSyncOptions::interrupt
+/// (and ModelLoaderOptions::interrupt) while a wait is in progress.
+inline constexpr double kInterruptPollSeconds = 0.1;
 
 /// What one Push did.
 struct PushStats {

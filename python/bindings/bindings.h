@@ -12,5 +12,6 @@ void BindPlan(pybind11::module_& m);    ///< plan_bindings.cc: transfer plans an
 void BindCoordinator(pybind11::module_& m);  ///< coordinator_bindings.cc: embedded server, client
 void BindWeightSync(pybind11::module_& m);   ///< weight_sync_bindings.cc: publisher, subscriber
 void BindConvert(pybind11::module_& m);      ///< convert_bindings.cc: FP8 block quantisation
+void BindModelLoading(pybind11::module_& m);  ///< model_loading_bindings.cc: P2P model source, loader
 
 }  // namespace shardwire::python

@@ -21,7 +21,7 @@ import torch
 
 from . import _shardwire
 from .errors import InvalidArgumentError
-from .tensors import shard_views, torch_dtype
+from .tensors import check_shard_tensors, shard_views
 
 
 def allocate_shard_buffer(layout, rank: int):
@@ -32,29 +32,9 @@ def allocate_shard_buffer(layout, rank: int):
 
 
 def _check_parameters(params: Mapping[str, torch.Tensor], layout, rank: int) -> None:
-    """Raises InvalidArgumentError naming the first tensor that does not fit rank's slots:
-    missing or extra names, wrong dtype or shape, not on the CPU, not contiguous."""
-    slots = {s["name"]: s for s in layout.shards(rank)}
-    missing = sorted(set(slots) - set(params))
-    extra = sorted(set(params) - set(slots))
-    if missing:
-        raise InvalidArgumentError(f"invalid argument: rank {rank} of layout {layout.description!r} holds "
-                                   f"{missing[0]!r} but the parameters lack it ({len(missing)} missing)")
-    if extra:
-        raise InvalidArgumentError(f"invalid argument: parameter {extra[0]!r} is not held by rank {rank} of "
-                                   f"layout {layout.description!r} ({len(extra)} extra)")
-    for name, slot in slots.items():
-        t = params[name]
-        want_dtype, want_shape = torch_dtype(slot["dtype"]), tuple(slot["shape"])
-        if t.device.type != "cpu":
-            raise InvalidArgumentError(f"invalid argument: parameter {name!r} is on {t.device}; this build moves "
-                                       f"host memory only (no GPU transport here)")
-        if t.dtype != want_dtype or tuple(t.shape) != want_shape:
-            raise InvalidArgumentError(f"invalid argument: parameter {name!r} is {t.dtype} {tuple(t.shape)}, "
-                                       f"its slot in layout {layout.description!r} rank {rank} is "
-                                       f"{want_dtype} {want_shape}")
-        if not t.is_contiguous():
-            raise InvalidArgumentError(f"invalid argument: parameter {name!r} is not contiguous")
+    """Raises InvalidArgumentError naming the first tensor that does not fit rank's slots
+    (see shardwire.tensors.check_shard_tensors)."""
+    check_shard_tensors(params, layout, rank)
 
 
 def adopt_parameters(params: Mapping[str, torch.Tensor], layout, rank: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <chrono>
 
 #include <fmt/format.h>
 
@@ -35,9 +36,29 @@ Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string&
 }
 
 Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std::string& job, const std::string& role,
-                                int rank, double timeout_s) {
+                                int rank, double timeout_s, const std::function<Status()>& interrupt, double poll_s) {
   const std::string key = MetadataKey(job, role, rank);
-  SW_ASSIGN_OR_RETURN(const std::vector<std::byte> blob, rendezvous.Get(key + "/metadata", timeout_s));
+  std::vector<std::byte> blob;
+  if (!interrupt) {
+    SW_ASSIGN_OR_RETURN(blob, rendezvous.Get(key + "/metadata", timeout_s));
+  } else {
+    // Wait in slices so the caller's interrupt hook runs between them.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (true) {
+      SW_RETURN_IF_ERROR(interrupt());
+      const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
+      auto got = rendezvous.Get(key + "/metadata", std::clamp(left, 0.0, poll_s));
+      if (got.ok()) {
+        blob = std::move(*got);
+        break;
+      }
+      if (got.status().code() != ErrorCode::kTimedOut || left <= poll_s) {
+        return got.status().code() == ErrorCode::kTimedOut
+                   ? TimedOut(fmt::format("rendezvous key {}/metadata did not appear within {} s", key, timeout_s))
+                   : got.status();
+      }
+    }
+  }
   SW_ASSIGN_OR_RETURN(const std::string region_text, GetString(rendezvous, key + "/region", timeout_s));
   PeerRank peer;
   const auto [end, ec] = std::from_chars(region_text.data(), region_text.data() + region_text.size(), peer.region);

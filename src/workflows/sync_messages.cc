@@ -28,30 +28,44 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
 }
 
 Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,
-                           double timeout_s) {
+                           double timeout_s, const std::function<Status()>& interrupt) {
+  std::vector<std::string> received;  // peers whose message this call consumed
   auto take = [&](const std::string& peer, const Message& m) {
-    if (m.kind == kind && m.version == version && peers.erase(peer) == 1) return true;
+    if (m.kind == kind && m.version == version && peers.erase(peer) == 1) {
+      received.push_back(peer);
+      return true;
+    }
     return false;
+  };
+  // On failure the consumed messages go back to the inbox, so that a retry sees them.
+  auto fail = [&](Status status) {
+    for (const std::string& peer : received) pending_.push_back({peer, Message{kind, version}});
+    return status;
   };
   for (auto it = pending_.begin(); it != pending_.end();) {
     it = take(it->peer, it->message) ? pending_.erase(it) : std::next(it);
   }
+  const char* what = kind == MessageKind::kReady ? "READY" : "DONE";
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   while (!peers.empty()) {
+    if (interrupt) {
+      Status st = interrupt();
+      if (!st.ok()) return fail(std::move(st));
+    }
     const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0) {
-      return TimedOut(fmt::format("{} v{} still missing from {} peer(s): {} after {:.1f} s",
-                                  kind == MessageKind::kReady ? "READY" : "DONE", version, peers.size(),
-                                  fmt::join(peers, ", "), timeout_s));
+      return fail(TimedOut(fmt::format("{} v{} still missing from {} peer(s): {} after {:.1f} s", what, version,
+                                       peers.size(), fmt::join(peers, ", "), timeout_s)));
     }
-    // Wake at least once a second to notice peers the transport declared dead.
-    auto note = agent.WaitNotification(std::min(left, 1.0));
+    // Wake at least once a second to notice peers the transport declared dead (and every
+    // kPollSeconds when an interrupt hook is set).
+    auto note = agent.WaitNotification(std::min(left, interrupt ? kPollSeconds : 1.0));
     if (!note.ok()) {
-      if (note.status().code() != ErrorCode::kTimedOut) return note.status();
+      if (note.status().code() != ErrorCode::kTimedOut) return fail(note.status());
       for (const std::string& failed : agent.FailedPeers()) {
         if (peers.count(failed)) {
-          return PeerDisconnected(fmt::format("peer {} disconnected while {} v{} was awaited", failed,
-                                              kind == MessageKind::kReady ? "READY" : "DONE", version));
+          return fail(
+              PeerDisconnected(fmt::format("peer {} disconnected while {} v{} was awaited", failed, what, version)));
         }
       }
       continue;  // the loop reports what is missing at the deadline

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <set>
 #include <span>
@@ -30,10 +31,15 @@ std::optional<Message> Decode(std::span<const std::byte> payload);
 class Inbox {
  public:
   /// Waits until `kind`/`version` has arrived from every peer in `peers` (agent names).
-  /// Other messages are kept for later calls. Errors: kTimedOut naming the peers still
-  /// missing; transport errors (a disconnected peer) as the agent reports them.
+  /// Other messages are kept for later calls, and so are the wanted ones when the wait
+  /// fails (a later call for the same kind/version finds them). `interrupt`, when set, is
+  /// called at least every kPollSeconds; its non-OK status ends the wait.
+  /// Errors: kTimedOut naming the peers still missing; transport errors (a disconnected
+  /// peer) as the agent reports them; the interrupt's status.
   Status AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,
-                      double timeout_s);
+                      double timeout_s, const std::function<Status()>& interrupt = {});
+
+  static constexpr double kPollSeconds = 0.1;
 
  private:
   struct Pending {

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <set>
@@ -57,9 +58,32 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
       state->bytes_per_push += m.bytes();
     }
   }
-  SW_ASSIGN_OR_RETURN(state->endpoint, sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank,
-                                                              trainer_layout.rank(rank).buffer_bytes, state->options.buffer));
+  SW_ASSIGN_OR_RETURN(state->endpoint,
+                      sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank,
+                                             trainer_layout.rank(rank).buffer_bytes, state->options.buffer));
   return std::unique_ptr<WeightPublisher>(new WeightPublisher(std::move(state)));
+}
+
+// Waits for one posted transfer, in slices when an interrupt hook is set. An interrupt
+// cancels every transfer of this push still in flight (so the next Post starts clean)
+// and returns the hook's status.
+static Status WaitForTransfer(WeightPublisher::State& s, TransferHandle handle) {
+  Agent& agent = *s.endpoint.agent;
+  if (!s.options.interrupt) return agent.Wait(handle, s.options.timeout_s);
+  const auto deadline = Clock::now() + std::chrono::duration<double>(s.options.timeout_s);
+  while (true) {
+    Status interrupted = s.options.interrupt();
+    if (!interrupted.ok()) {
+      for (TransferHandle h : s.transfers) {
+        auto done = agent.Test(h);
+        if (done.ok() && !*done) (void)agent.Cancel(h, s.options.timeout_s);
+      }
+      return interrupted;
+    }
+    const double left = std::chrono::duration<double>(deadline - Clock::now()).count();
+    Status st = agent.Wait(handle, std::clamp(left, 0.0, kInterruptPollSeconds));
+    if (st.code() != ErrorCode::kTimedOut || left <= kInterruptPollSeconds) return st;
+  }
 }
 
 std::span<std::byte> WeightPublisher::weights() { return state_->endpoint.weights; }
@@ -68,9 +92,14 @@ std::uint64_t WeightPublisher::bytes_per_push() const { return state_->bytes_per
 Status WeightPublisher::Connect() {
   State& s = *state_;
   Agent& agent = *s.endpoint.agent;
+  // A Connect that failed or was interrupted half-way starts over.
+  for (TransferHandle h : s.transfers) (void)agent.Release(h);
+  s.transfers.clear();
+  s.destination_names.clear();
   for (const auto& [dst, moves] : s.moves_by_destination) {
-    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, sync::ImportPeerRank(*s.rendezvous, agent, s.options.job,
-                                                                        kEngineRole, dst, s.options.timeout_s));
+    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
+                        sync::ImportPeerRank(*s.rendezvous, agent, s.options.job, kEngineRole, dst, s.options.timeout_s,
+                                             s.options.interrupt, kInterruptPollSeconds));
     // Connect every lane now: UCX wires endpoints up lazily, and the handshake
     // (which needs the engine's lanes to answer) would otherwise land in step 1.
     SW_RETURN_IF_ERROR(agent.WireUp(peer.name, s.options.timeout_s));
@@ -107,7 +136,9 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   const auto t0 = Clock::now();
   std::set<std::string> destinations;
   for (const auto& [dst, name] : s.destination_names) destinations.insert(name);
-  SW_RETURN_IF_ERROR(s.inbox.AwaitFromAll(agent, sync::MessageKind::kReady, version, destinations, s.options.timeout_s)
+  SW_RETURN_IF_ERROR(s.inbox
+                         .AwaitFromAll(agent, sync::MessageKind::kReady, version, destinations, s.options.timeout_s,
+                                       s.options.interrupt)
                          .WithContext(fmt::format("trainer rank {} push v{}", s.rank, version)));
   const auto t1 = Clock::now();
   // Post every destination's prepared transfer first so they progress together, then
@@ -122,7 +153,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   const auto done = sync::Encode({sync::MessageKind::kDone, version});
   i = 0;
   for (const auto& [dst, name] : s.destination_names) {
-    Status st = agent.Wait(s.transfers[i++], s.options.timeout_s);
+    Status st = WaitForTransfer(s, s.transfers[i++]);
     if (st.ok()) st = agent.SendMessage(name, done);
     if (!st.ok())
       return st.WithContext(fmt::format("trainer rank {} push v{} to engine rank {}", s.rank, version, dst));

@@ -46,8 +46,9 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
   state->rank = rank;
   state->sources = plan.SourcesOf(rank);
   for (const Move& m : plan.MovesTo(rank)) state->bytes_per_update += m.bytes();
-  SW_ASSIGN_OR_RETURN(state->endpoint, sync::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank,
-                                                              engine_layout.rank(rank).buffer_bytes, state->options.buffer));
+  SW_ASSIGN_OR_RETURN(state->endpoint,
+                      sync::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank,
+                                             engine_layout.rank(rank).buffer_bytes, state->options.buffer));
   return std::unique_ptr<WeightSubscriber>(new WeightSubscriber(std::move(state)));
 }
 
@@ -57,8 +58,9 @@ std::uint64_t WeightSubscriber::committed_version() const { return state_->commi
 Status WeightSubscriber::Connect() {
   State& s = *state_;
   for (int src : s.sources) {
-    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, sync::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job,
-                                                                        kTrainerRole, src, s.options.timeout_s));
+    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
+                        sync::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kTrainerRole, src,
+                                             s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds));
     s.source_names.insert(peer.name);
   }
   return Status::Ok();
@@ -86,9 +88,10 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
   if (version != s.begun_version) {
     return InvalidArgument(fmt::format("WaitForUpdate({}) without BeginUpdate({})", version, version));
   }
-  SW_RETURN_IF_ERROR(
-      s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kDone, version, s.source_names, s.options.timeout_s)
-          .WithContext(fmt::format("engine rank {} update v{}", s.rank, version)));
+  SW_RETURN_IF_ERROR(s.inbox
+                         .AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kDone, version, s.source_names,
+                                       s.options.timeout_s, s.options.interrupt)
+                         .WithContext(fmt::format("engine rank {} update v{}", s.rank, version)));
   s.committed_version = version;
   UpdateStats stats;
   stats.version = version;
