@@ -7,7 +7,8 @@
 The same bf16 state dict (a Llama-shaped model, ~0.43 GB) goes from one trainer process to R
 receiver processes two ways: torch.distributed.broadcast over gloo from rank 0 in 64 MiB
 buckets (flattened, as verl / OpenRLHF do without NCCL), and shardwire.WeightPublisher.push
-from the trainer's parameter tensors into each receiver's tensors (fsdp=1 -> tp=1,dp=R).
+from the trainer's parameter tensors into each receiver's tensors (fsdp=1 -> tp=1,dp=R); the
+trainer changes every element before each push (as the C++ demo's trainer writes its update).
 Each receiver checks the bytes it got against the sender's (the last repeat of each).
 Prints GB/s (bytes delivered to all receivers / seconds) for both and their ratio.
 
@@ -87,8 +88,9 @@ def shardwire_receiver(address: str, rank: int, receivers: int, repeats: int) ->
     for v in range(1, repeats + 1):
         sub.begin_update(v)
         sub.wait_for_update(v)
-    want = state_dict(1)
-    assert all(torch.equal(params[n].view(torch.int16), want[n].view(torch.int16)) for n in want), "wrong bytes"
+    want = state_dict(1)  # as sent at the last version: every int16 + repeats (wrapping)
+    assert all(torch.equal(params[n].view(torch.int16), want[n].view(torch.int16) + repeats) for n in want), \
+        "wrong bytes"
 
 
 def run_shardwire(receivers: int, repeats: int):
@@ -104,7 +106,14 @@ def run_shardwire(receivers: int, repeats: int):
         for n, t in state_dict(1).items():  # the trainer's parameters live in the arena's views
             pub.tensors[n].copy_(t)
         pub.connect()
-        times = [pub.push(v)["transfer_s"] for v in range(1, repeats + 1)]
+        times = []
+        for v in range(1, repeats + 1):
+            # A training step's worth of new bytes before every push, as the C++ demo's trainer
+            # writes its update into its buffer before each push (not timed: transfer_s is).
+            with torch.no_grad():
+                for t in pub.tensors.values():
+                    t.view(torch.int16).add_(1)
+            times.append(pub.push(v)["transfer_s"])
         codes = [p.wait(timeout=600) for p in procs]
         assert codes == [0] * receivers, codes
         return times, pub.bytes_per_push

@@ -45,7 +45,6 @@ Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std:
     // Wait in slices so the caller's interrupt hook runs between them.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
     while (true) {
-      SW_RETURN_IF_ERROR(interrupt());
       const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
       auto got = rendezvous.Get(key + "/metadata", std::clamp(left, 0.0, poll_s));
       if (got.ok()) {
@@ -57,6 +56,7 @@ Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std:
                    ? TimedOut(fmt::format("rendezvous key {}/metadata did not appear within {} s", key, timeout_s))
                    : got.status();
       }
+      SW_RETURN_IF_ERROR(interrupt());  // only after a slice in which the key did not appear
     }
   }
   SW_ASSIGN_OR_RETURN(const std::string region_text, GetString(rendezvous, key + "/region", timeout_s));

@@ -34,8 +34,8 @@ struct PeerRank {
 };
 
 /// Waits for the peer's published metadata (up to timeout_s) and imports it. `interrupt`,
-/// when set, is called between rendezvous waits of at most `poll_s` seconds; its non-OK
-/// status ends the wait.
+/// when set, is called after every rendezvous wait of `poll_s` seconds in which the key did
+/// not appear; its non-OK status ends the wait.
 Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std::string& job, const std::string& role,
                                 int rank, double timeout_s, const std::function<Status()>& interrupt = {},
                                 double poll_s = 0.1);

@@ -48,10 +48,6 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
   const char* what = kind == MessageKind::kReady ? "READY" : "DONE";
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   while (!peers.empty()) {
-    if (interrupt) {
-      Status st = interrupt();
-      if (!st.ok()) return fail(std::move(st));
-    }
     const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0) {
       return fail(TimedOut(fmt::format("{} v{} still missing from {} peer(s): {} after {:.1f} s", what, version,
@@ -62,6 +58,12 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
     auto note = agent.WaitNotification(std::min(left, interrupt ? kPollSeconds : 1.0));
     if (!note.ok()) {
       if (note.status().code() != ErrorCode::kTimedOut) return fail(note.status());
+      // The hook runs only when a slice passed without a notification: a wait that is
+      // progressing pays nothing for it (a Python hook takes the GIL).
+      if (interrupt) {
+        Status st = interrupt();
+        if (!st.ok()) return fail(std::move(st));
+      }
       for (const std::string& failed : agent.FailedPeers()) {
         if (peers.count(failed)) {
           return fail(

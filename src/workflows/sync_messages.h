@@ -33,7 +33,8 @@ class Inbox {
   /// Waits until `kind`/`version` has arrived from every peer in `peers` (agent names).
   /// Other messages are kept for later calls, and so are the wanted ones when the wait
   /// fails (a later call for the same kind/version finds them). `interrupt`, when set, is
-  /// called at least every kPollSeconds; its non-OK status ends the wait.
+  /// called after every kPollSeconds slice that brought no notification; its non-OK status
+  /// ends the wait.
   /// Errors: kTimedOut naming the peers still missing; transport errors (a disconnected
   /// peer) as the agent reports them; the interrupt's status.
   Status AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,

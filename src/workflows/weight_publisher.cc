@@ -72,7 +72,10 @@ static Status WaitForTransfer(WeightPublisher::State& s, TransferHandle handle) 
   if (!s.options.interrupt) return agent.Wait(handle, s.options.timeout_s);
   const auto deadline = Clock::now() + std::chrono::duration<double>(s.options.timeout_s);
   while (true) {
-    Status interrupted = s.options.interrupt();
+    const double left = std::chrono::duration<double>(deadline - Clock::now()).count();
+    Status st = agent.Wait(handle, std::clamp(left, 0.0, kInterruptPollSeconds));
+    if (st.code() != ErrorCode::kTimedOut || left <= kInterruptPollSeconds) return st;
+    Status interrupted = s.options.interrupt();  // only after a slice without completion
     if (!interrupted.ok()) {
       for (TransferHandle h : s.transfers) {
         auto done = agent.Test(h);
@@ -80,9 +83,6 @@ static Status WaitForTransfer(WeightPublisher::State& s, TransferHandle handle) 
       }
       return interrupted;
     }
-    const double left = std::chrono::duration<double>(deadline - Clock::now()).count();
-    Status st = agent.Wait(handle, std::clamp(left, 0.0, kInterruptPollSeconds));
-    if (st.code() != ErrorCode::kTimedOut || left <= kInterruptPollSeconds) return st;
   }
 }
 

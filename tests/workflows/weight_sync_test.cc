@@ -75,8 +75,7 @@ constexpr int kVersions = 3;
 // Child: one engine rank. Exit code 0 = every version arrived and matched.
 // With `own_memory`, the subscriber receives into a buffer this process allocated (an
 // engine's own weights) instead of a Shardwire arena.
-int RunSubscriber(std::uint16_t port, int rank, const Layout& trainer, const Layout& engine,
-                  bool own_memory = false) {
+int RunSubscriber(std::uint16_t port, int rank, const Layout& trainer, const Layout& engine, bool own_memory = false) {
   auto rz = ConnectRendezvous(port);
   if (!rz.ok()) return 10;
   std::vector<std::byte> engine_weights(own_memory ? engine.rank(rank).buffer_bytes + 13 : 0);
@@ -187,8 +186,8 @@ TEST(WeightSync, FromTrainerMemoryIntoEngineMemory) {
   std::vector<int> port_pipes;
   for (int r = 0; r < engine.world_size(); ++r) {
     int fd = -1;
-    const pid_t pid =
-        ForkWithPort(&fd, r, [&](std::uint16_t p) { return RunSubscriber(p, r, trainer, engine, /*own_memory=*/true); });
+    const pid_t pid = ForkWithPort(
+        &fd, r, [&](std::uint16_t p) { return RunSubscriber(p, r, trainer, engine, /*own_memory=*/true); });
     ASSERT_GE(pid, 0);
     children.push_back(pid);
     port_pipes.push_back(fd);
