@@ -192,8 +192,8 @@ CTRL_C_LOAD = textwrap.dedent("""
     model = shardwire.Model.from_checkpoint(ckpt)
     loader = shardwire.ModelLoader(client, model, "tp=1", 0, instance_id="waiting", stall_timeout_s=300,
                                    load_timeout_s=300)
-    print("loading", flush=True)
     try:
+        print("loading", flush=True)
         loader.load()
     except KeyboardInterrupt:
         print("interrupted loaded=%s" % loader.loaded, flush=True)

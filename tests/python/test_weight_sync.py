@@ -142,8 +142,8 @@ CTRL_C_SYNC = textwrap.dedent("""
     client = shardwire.CoordinatorClient(address)
 
     def interrupted(what, call):
-        print("waiting", what, flush=True)
         try:
+            print("waiting", what, flush=True)
             call()
         except KeyboardInterrupt:
             print("interrupted", what, flush=True)
