@@ -23,7 +23,7 @@ import shardwire
 from shardwire import errors
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from checkpoint_oracle import LLAMA, checkpoint_dir  # noqa: E402
+from checkpoint_oracle import LLAMA  # noqa: E402
 
 PY = "/usr/bin/python3"
 
