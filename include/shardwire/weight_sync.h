@@ -51,9 +51,9 @@ struct WeightSyncOptions {
   /// (given context). State stays consistent: an interrupted Connect or WaitForUpdate may be
   /// called again (notifications that arrived meanwhile are kept); a Push interrupted while
   /// waiting for READY posted nothing and may be called again; one interrupted while its
-  /// writes were in flight cancels those not complete (Agent::Cancel): destinations whose
-  /// writes had completed got DONE and commit, the others do not commit that version (their
-  /// bytes may be partly written) and need BeginUpdate / Push of it again. The hook is called
+  /// writes were in flight cancels those not complete (Agent::Cancel): destinations already
+  /// sent DONE commit, the others do not commit that version (their bytes may be partly
+  /// written) and need BeginUpdate / Push of it again. The hook is called
   /// only after a slice in which nothing arrived, so a progressing wait does not pay for it.
   std::function<Status()> interrupt = {};
 };
