@@ -104,13 +104,18 @@ class WeightPublisher(_Endpoint):
                          rank, params, job, timeout_s)
 
     def connect(self) -> None:
-        """Prepares one transfer per destination engine rank (waits up to timeout_s for them)."""
+        """Prepares one transfer per destination engine rank (waits up to timeout_s for them; GIL
+        released; Ctrl-C raises KeyboardInterrupt within ~0.1 s and connect() may be called again).
+        Raises TimedOutError naming the missing engine rank."""
         self._impl.connect()
 
     def push(self, version: int) -> Dict[str, float]:
         """Pushes weight version ``version`` (GIL released): waits until every destination is
         ready, writes, and returns {version, bytes, descriptors, ready_wait_s, transfer_s}.
-        Raises TimedOutError / PeerDisconnectedError naming the engine rank."""
+        Raises TimedOutError / PeerDisconnectedError naming the engine rank. Ctrl-C raises
+        KeyboardInterrupt within ~0.1 s: while waiting for READY nothing was written and push(version)
+        may be called again; during the writes the unfinished ones are cancelled and those engines
+        do not commit ``version`` (they need begin_update(version) again)."""
         return self._impl.push(version)
 
     @property
@@ -132,7 +137,8 @@ class WeightSubscriber(_Endpoint):
                          rank, params, job, timeout_s)
 
     def connect(self) -> None:
-        """Looks up every trainer rank this rank receives from (waits up to timeout_s)."""
+        """Looks up every trainer rank this rank receives from (waits up to timeout_s; GIL released;
+        Ctrl-C raises KeyboardInterrupt within ~0.1 s and connect() may be called again)."""
         self._impl.connect()
 
     def begin_update(self, version: int) -> None:
@@ -141,7 +147,10 @@ class WeightSubscriber(_Endpoint):
 
     def wait_for_update(self, version: int) -> Dict[str, float]:
         """Blocks (GIL released) until every source delivered ``version``, then commits it.
-        Returns {version, bytes, sources, wait_s}. Raises TimedOutError naming missing sources."""
+        Returns {version, bytes, sources, wait_s}. Raises TimedOutError naming missing sources,
+        PeerDisconnectedError naming a trainer process that died. Ctrl-C raises KeyboardInterrupt
+        within ~0.1 s with nothing committed; wait_for_update(version) may then be called again
+        (DONE messages that arrived are kept)."""
         return self._impl.wait_for_update(version)
 
     @property
