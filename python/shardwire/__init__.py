@@ -10,6 +10,10 @@ Models, layouts and plans::
     plan = shardwire.plan(src, dst)
     print(plan.total_bytes, plan.bytes_received_per_destination())
 
+RL weight sync: :class:`WeightPublisher` / :class:`WeightSubscriber` (shardwire.weight_sync);
+P2P model loading: :class:`ModelSource` / :class:`ModelLoader` (shardwire.model_loading).
+Every blocking call releases the GIL and raises KeyboardInterrupt within ~0.1 s of Ctrl-C.
+
 Every error is a subclass of :class:`shardwire.errors.ShardwireError`, one class per C++
 error code, carrying the C++ message.
 """
