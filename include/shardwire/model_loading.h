@@ -154,6 +154,12 @@ struct ModelLoaderOptions {
   double relist_interval_s = 0.2;
   /// Agent options; name and lanes are filled in when empty / 0.
   AgentOptions agent = {};
+  /// Interruption hook (e.g. Python's Ctrl-C): when set, Load calls it on its own
+  /// thread about every 0.1 s (kInterruptPollSeconds in weight_sync.h); a non-OK
+  /// status it returns stops the load (outstanding READs are cancelled, sources are
+  /// told BYE, nothing is committed) and Load returns that status. Load may then be
+  /// called again and starts over.
+  std::function<Status()> interrupt = {};
 };
 
 /// What a load did.

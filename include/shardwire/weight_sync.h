@@ -33,6 +33,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -72,11 +73,26 @@ struct WeightSyncOptions {
   /// With double_buffered: the second buffer in the caller's memory (as `buffer`); empty:
   /// an arena.
   std::span<std::byte> second_buffer = {};
+  /// Interruption hook (e.g. Python's Ctrl-C): when set, every wait of Connect, Push and
+  /// WaitForUpdate is cut into slices of at most kInterruptPollSeconds and calls it between
+  /// slices, on the calling thread. A non-OK status it returns ends the wait with that status
+  /// (given context). State stays consistent: an interrupted Connect or WaitForUpdate may be
+  /// called again (notifications that arrived meanwhile are kept); a Push interrupted while
+  /// waiting for READY posted nothing and may be called again; one interrupted while its
+  /// writes were in flight cancels those not complete (Agent::Cancel): no destination gets
+  /// DONE for that version, so none commits it (their bytes may be partly written) and
+  /// BeginUpdate / Push of it must run again. The hook is called only after a slice in which
+  /// nothing arrived, so a progressing wait does not pay for it.
+  std::function<Status()> interrupt = {};
   /// Conversion in the push (used only when the layouts' dtypes differ): FP8 block size and
   /// scale arithmetic, and the staging bound in bytes. Publishers and subscribers of one job
   /// must pass the same values.
   PushConversionOptions conversion = {};
 };
+
+/// Upper bound, in seconds, of the time between two calls of WeightSyncOptions::interrupt
+/// (and ModelLoaderOptions::interrupt) while a wait is in progress.
+inline constexpr double kInterruptPollSeconds = 0.1;
 
 /// An engine rank that did not receive a version, and why (kPeerDisconnected: dead or gone;
 /// kTimedOut: no READY or transfers not complete within engine_timeout_s; transport errors).

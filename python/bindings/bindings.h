@@ -5,12 +5,13 @@
 
 namespace shardwire::python {
 
-void BindStatus(pybind11::module_& m);  ///< status_bindings.cc: errors
-void BindModel(pybind11::module_& m);   ///< model_bindings.cc: dtypes, model descriptions
-void BindLayout(pybind11::module_& m);  ///< layout_bindings.cc: layouts from layout strings
-void BindPlan(pybind11::module_& m);    ///< plan_bindings.cc: transfer plans and their summaries
-void BindCoordinator(pybind11::module_& m);  ///< coordinator_bindings.cc: embedded server, client
-void BindWeightSync(pybind11::module_& m);   ///< weight_sync_bindings.cc: publisher, subscriber
-void BindConvert(pybind11::module_& m);      ///< convert_bindings.cc: FP8 block quantisation
+void BindStatus(pybind11::module_& m);        ///< status_bindings.cc: errors
+void BindModel(pybind11::module_& m);         ///< model_bindings.cc: dtypes, model descriptions
+void BindLayout(pybind11::module_& m);        ///< layout_bindings.cc: layouts from layout strings
+void BindPlan(pybind11::module_& m);          ///< plan_bindings.cc: transfer plans and their summaries
+void BindCoordinator(pybind11::module_& m);   ///< coordinator_bindings.cc: embedded server, client
+void BindWeightSync(pybind11::module_& m);    ///< weight_sync_bindings.cc: publisher, subscriber
+void BindConvert(pybind11::module_& m);       ///< convert_bindings.cc: FP8 block quantisation
+void BindModelLoading(pybind11::module_& m);  ///< model_loading_bindings.cc: P2P model source, loader
 
 }  // namespace shardwire::python

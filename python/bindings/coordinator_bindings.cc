@@ -131,9 +131,12 @@ void BindCoordinator(py::module_& m) {
           "list_sources",
           [](CoordinatorClient& c, const std::string& model_identity, const std::string& state) {
             std::optional<SourceState> filter;
-            if (state == "READY") filter = SourceState::kReady;
-            else if (state == "STALE") filter = SourceState::kStale;
-            else if (!state.empty()) throw StatusError(InvalidArgument("state must be 'READY', 'STALE' or ''"));
+            if (state == "READY")
+              filter = SourceState::kReady;
+            else if (state == "STALE")
+              filter = SourceState::kStale;
+            else if (!state.empty())
+              throw StatusError(InvalidArgument("state must be 'READY', 'STALE' or ''"));
             std::vector<SourceRecord> records;
             {
               py::gil_scoped_release release;
@@ -145,6 +148,45 @@ void BindCoordinator(py::module_& m) {
           },
           py::arg("model_identity") = "", py::arg("state") = "",
           "Registered weight sources (dicts) of a model identity ('' = all), optionally only 'READY' or 'STALE'.")
+      .def(
+          "join_job",
+          [](CoordinatorClient& c, const std::string& job, const std::string& member_id, const std::string& role,
+             const std::string& group, int rank, int world_size, const std::string& layout) {
+            JobMember mb;
+            mb.member_id = member_id;
+            if (role == "publisher")
+              mb.role = JobRole::kPublisher;
+            else if (role == "subscriber")
+              mb.role = JobRole::kSubscriber;
+            else
+              throw StatusError(InvalidArgument("role must be 'publisher' or 'subscriber', not '" + role + "'"));
+            mb.group = group;
+            mb.rank = rank;
+            mb.world_size = world_size;
+            mb.layout = layout;
+            py::gil_scoped_release release;
+            return ValueOrThrow(c.JoinJob(job, mb)).membership_epoch;
+          },
+          py::arg("job"), py::arg("member_id"), py::arg("role") = "subscriber", py::arg("group") = "",
+          py::arg("rank") = 0, py::arg("world_size") = 1, py::arg("layout") = "",
+          "Adds a member to a job (created on first join); returns the new membership epoch.\n"
+          "Raises AlreadyExistsError when member_id is already a live member, InvalidArgumentError.")
+      .def(
+          "leave_job",
+          [](CoordinatorClient& c, const std::string& job, const std::string& member_id) {
+            py::gil_scoped_release release;
+            ThrowIfError(c.LeaveJob(job, member_id));
+          },
+          py::arg("job"), py::arg("member_id"), "Removes a member. Raises NotFoundError.")
+      .def(
+          "commit_version",
+          [](CoordinatorClient& c, const std::string& job, const std::string& member_id, std::uint64_t version) {
+            py::gil_scoped_release release;
+            ThrowIfError(c.CommitVersion(job, member_id, version));
+          },
+          py::arg("job"), py::arg("member_id"), py::arg("version"),
+          "Records that subscriber member_id committed weight version `version`. Raises NotFoundError,\n"
+          "FailedPreconditionError when the version goes backwards (equal is a no-op).")
       .def(
           "job",
           [](CoordinatorClient& c, const std::string& job) {

@@ -11,8 +11,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
+#include <utility>
 
 #include "shardwire/status.h"
+#include "status_bindings.h"
 
 namespace shardwire::python {
 
@@ -26,9 +29,10 @@ inline constexpr double kSliceSeconds = 0.25;
 template <typename Attempt>
 auto WaitInterruptibly(double timeout_s, Attempt attempt) -> decltype(attempt(0.0)) {
   using Clock = std::chrono::steady_clock;
-  const auto deadline = std::isinf(timeout_s) ? Clock::time_point::max()
-                                              : Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                                   std::chrono::duration<double>(timeout_s));
+  const auto deadline =
+      std::isinf(timeout_s)
+          ? Clock::time_point::max()
+          : Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
   while (true) {
     const double left = deadline == Clock::time_point::max()
                             ? kSliceSeconds
@@ -41,6 +45,33 @@ auto WaitInterruptibly(double timeout_s, Attempt attempt) -> decltype(attempt(0.
     if (result.ok() || result.status().code() != ErrorCode::kTimedOut || left <= kSliceSeconds) return result;
     if (PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
   }
+}
+
+/// An interrupt hook for the C++ workflows (WeightSyncOptions::interrupt,
+/// ModelLoaderOptions::interrupt): takes the GIL, runs Python's signal handlers
+/// (PyErr_CheckSignals) and, when one raised (KeyboardInterrupt for SIGINT), leaves that
+/// Python exception set and returns a non-OK status, which ends the C++ wait. The binding
+/// then re-raises it with ThrowPendingOr. The C++ side calls it every ~0.1 s while it waits.
+inline std::function<Status()> PythonSignalHook() {
+  return [] {
+    pybind11::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) return FailedPrecondition("interrupted by a Python signal handler");
+    return Status::Ok();
+  };
+}
+
+/// For a result of a call made with PythonSignalHook (the GIL held again): a Python
+/// exception the hook left set wins (thrown as error_already_set); otherwise the value, or
+/// the C++ error as its ShardwireError class.
+template <typename T>
+T ValueOrPythonError(Result<T> result) {
+  if (PyErr_Occurred() != nullptr) throw pybind11::error_already_set();
+  return ValueOrThrow(std::move(result));
+}
+
+inline void ThrowPythonErrorOrStatus(const Status& status) {
+  if (PyErr_Occurred() != nullptr) throw pybind11::error_already_set();
+  ThrowIfError(status);
 }
 
 }  // namespace shardwire::python

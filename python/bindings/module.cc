@@ -12,4 +12,5 @@ PYBIND11_MODULE(_shardwire, m) {
   shardwire::python::BindCoordinator(m);
   shardwire::python::BindWeightSync(m);
   shardwire::python::BindConvert(m);
+  shardwire::python::BindModelLoading(m);
 }

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "bindings.h"
+#include "interruptible.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/weight_sync.h"
 #include "status_bindings.h"
@@ -22,6 +23,7 @@ WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr
   o.job = job;
   o.timeout_s = timeout_s;
   if (nbytes > 0) o.buffer = std::span<std::byte>(reinterpret_cast<std::byte*>(address), nbytes);
+  o.interrupt = PythonSignalHook();  // Ctrl-C ends Connect / Push / WaitForUpdate within ~0.1 s
   return o;
 }
 
@@ -39,16 +41,21 @@ void BindWeightSync(py::module_& m) {
            py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"))
       .def("connect",
            [](WeightPublisher& p) {
-             py::gil_scoped_release release;
-             ThrowIfError(p.Connect());
+             Status st;
+             {
+               py::gil_scoped_release release;
+               st = p.Connect();
+             }
+             ThrowPythonErrorOrStatus(st);
            })
       .def("push",
            [](WeightPublisher& p, std::uint64_t version) {
-             PushStats s;
+             Result<PushStats> r = Internal("not run");
              {
                py::gil_scoped_release release;
-               s = ValueOrThrow(p.Push(version));
+               r = p.Push(version);
              }
+             const PushStats s = ValueOrPythonError(std::move(r));
              py::dict d;
              d["version"] = s.version;
              d["bytes"] = s.bytes;
@@ -72,8 +79,12 @@ void BindWeightSync(py::module_& m) {
            py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"))
       .def("connect",
            [](WeightSubscriber& s) {
-             py::gil_scoped_release release;
-             ThrowIfError(s.Connect());
+             Status st;
+             {
+               py::gil_scoped_release release;
+               st = s.Connect();
+             }
+             ThrowPythonErrorOrStatus(st);
            })
       .def("begin_update",
            [](WeightSubscriber& s, std::uint64_t version) {
@@ -82,11 +93,12 @@ void BindWeightSync(py::module_& m) {
            })
       .def("wait_for_update",
            [](WeightSubscriber& s, std::uint64_t version) {
-             UpdateStats u;
+             Result<UpdateStats> r = Internal("not run");
              {
                py::gil_scoped_release release;
-               u = ValueOrThrow(s.WaitForUpdate(version));
+               r = s.WaitForUpdate(version);
              }
+             const UpdateStats u = ValueOrPythonError(std::move(r));
              py::dict d;
              d["version"] = u.version;
              d["bytes"] = u.bytes;

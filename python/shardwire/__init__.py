@@ -10,6 +10,10 @@ Models, layouts and plans::
     plan = shardwire.plan(src, dst)
     print(plan.total_bytes, plan.bytes_received_per_destination())
 
+RL weight sync: :class:`WeightPublisher` / :class:`WeightSubscriber` (shardwire.weight_sync);
+P2P model loading: :class:`ModelSource` / :class:`ModelLoader` (shardwire.model_loading).
+Every blocking call releases the GIL and raises KeyboardInterrupt within ~0.1 s of Ctrl-C.
+
 Every error is a subclass of :class:`shardwire.errors.ShardwireError`, one class per C++
 error code, carrying the C++ message.
 """
@@ -25,7 +29,9 @@ from .errors import ShardwireError  # noqa: E402
 from .convert import dequantize_fp8_block, quantize_fp8_block  # noqa: E402
 from .tensors import shard_views, torch_dtype  # noqa: E402
 from .weight_sync import WeightPublisher, WeightSubscriber, adopt_parameters, allocate_shard_buffer  # noqa: E402
+from .model_loading import ModelLoader, ModelSource  # noqa: E402
+from .tensors import check_shard_tensors  # noqa: E402
 
 __all__ = ["CoordinatorClient", "CoordinatorServer", "Layout", "Model", "Plan", "plan", "errors", "ShardwireError", "shard_views", "torch_dtype",
            "WeightPublisher", "WeightSubscriber", "adopt_parameters", "allocate_shard_buffer",
-           "quantize_fp8_block", "dequantize_fp8_block"]
+           "quantize_fp8_block", "dequantize_fp8_block", "ModelSource", "ModelLoader", "check_shard_tensors"]

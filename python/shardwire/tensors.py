@@ -7,7 +7,7 @@ tensor, into ``{tensor name: torch tensor}`` views that share its memory.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Mapping
 
 import torch
 
@@ -68,3 +68,45 @@ def shard_views(buffer, layout, rank: int) -> Dict[str, torch.Tensor]:
         raw = flat[s["byte_offset"]:s["byte_offset"] + s["nbytes"]]
         views[s["name"]] = raw.view(dt).view(s["shape"]) if s["shape"] else raw.view(dt).view(())
     return views
+
+
+def check_shard_tensors(params: Mapping[str, torch.Tensor], layout, rank: int, what: str = "parameter") -> None:
+    """Checks that ``params`` (name -> torch tensor) holds exactly the shards rank ``rank`` of
+    ``layout`` holds, each a contiguous CPU tensor of its slot's dtype and shard shape.
+
+    Raises shardwire.errors.InvalidArgumentError naming the first offending tensor and what
+    its slot expects: a name the rank holds but ``params`` lacks, a name the rank does not
+    hold, a tensor on another device (this build moves host memory only; 'cuda' and 'meta'
+    tensors are refused), of another dtype or shape, or not contiguous. Nothing is changed."""
+    from .errors import InvalidArgumentError
+
+    if not isinstance(params, Mapping):
+        raise InvalidArgumentError(f"invalid argument: {what}s must be a mapping name -> torch.Tensor, "
+                                   f"got {type(params).__name__}")
+    slots = {s["name"]: s for s in layout.shards(rank)}
+    missing = sorted(set(slots) - set(params))
+    extra = sorted(set(params) - set(slots))
+    where = f"rank {rank} of layout {layout.description!r}"
+    if missing:
+        s = slots[missing[0]]
+        raise InvalidArgumentError(f"invalid argument: {where} holds {missing[0]!r} ({s['dtype']} {s['shape']}) but "
+                                   f"the {what}s lack it ({len(missing)} missing)")
+    if extra:
+        raise InvalidArgumentError(f"invalid argument: {what} {extra[0]!r} is not held by {where} "
+                                   f"({len(extra)} extra; expected exactly the rank's {len(slots)} shards)")
+    for name, slot in slots.items():
+        t = params[name]
+        if not isinstance(t, torch.Tensor):
+            raise InvalidArgumentError(f"invalid argument: {what} {name!r} is a {type(t).__name__}, expected a "
+                                       f"torch.Tensor")
+        want_dtype, want_shape = torch_dtype(slot["dtype"]), tuple(slot["shape"])
+        if t.device.type != "cpu":
+            raise InvalidArgumentError(f"invalid argument: {what} {name!r} is on device {t.device}; expected a CPU "
+                                       f"tensor (this build moves host memory only, no GPU transport here)")
+        if t.dtype != want_dtype or tuple(t.shape) != want_shape:
+            raise InvalidArgumentError(f"invalid argument: {what} {name!r} is {t.dtype} {tuple(t.shape)}, "
+                                       f"its slot in {where} is {want_dtype} {want_shape}")
+        if not t.is_contiguous():
+            raise InvalidArgumentError(f"invalid argument: {what} {name!r} is not contiguous (strides "
+                                       f"{tuple(t.stride())}); expected a contiguous row-major tensor of shape "
+                                       f"{want_shape}")

@@ -21,7 +21,7 @@ import torch
 
 from . import _shardwire
 from .errors import InvalidArgumentError
-from .tensors import shard_views, torch_dtype
+from .tensors import check_shard_tensors, shard_views
 
 
 def allocate_shard_buffer(layout, rank: int):
@@ -32,29 +32,9 @@ def allocate_shard_buffer(layout, rank: int):
 
 
 def _check_parameters(params: Mapping[str, torch.Tensor], layout, rank: int) -> None:
-    """Raises InvalidArgumentError naming the first tensor that does not fit rank's slots:
-    missing or extra names, wrong dtype or shape, not on the CPU, not contiguous."""
-    slots = {s["name"]: s for s in layout.shards(rank)}
-    missing = sorted(set(slots) - set(params))
-    extra = sorted(set(params) - set(slots))
-    if missing:
-        raise InvalidArgumentError(f"invalid argument: rank {rank} of layout {layout.description!r} holds "
-                                   f"{missing[0]!r} but the parameters lack it ({len(missing)} missing)")
-    if extra:
-        raise InvalidArgumentError(f"invalid argument: parameter {extra[0]!r} is not held by rank {rank} of "
-                                   f"layout {layout.description!r} ({len(extra)} extra)")
-    for name, slot in slots.items():
-        t = params[name]
-        want_dtype, want_shape = torch_dtype(slot["dtype"]), tuple(slot["shape"])
-        if t.device.type != "cpu":
-            raise InvalidArgumentError(f"invalid argument: parameter {name!r} is on {t.device}; this build moves "
-                                       f"host memory only (no GPU transport here)")
-        if t.dtype != want_dtype or tuple(t.shape) != want_shape:
-            raise InvalidArgumentError(f"invalid argument: parameter {name!r} is {t.dtype} {tuple(t.shape)}, "
-                                       f"its slot in layout {layout.description!r} rank {rank} is "
-                                       f"{want_dtype} {want_shape}")
-        if not t.is_contiguous():
-            raise InvalidArgumentError(f"invalid argument: parameter {name!r} is not contiguous")
+    """Raises InvalidArgumentError naming the first tensor that does not fit rank's slots
+    (see shardwire.tensors.check_shard_tensors)."""
+    check_shard_tensors(params, layout, rank)
 
 
 def adopt_parameters(params: Mapping[str, torch.Tensor], layout, rank: int) -> torch.Tensor:
@@ -124,13 +104,18 @@ class WeightPublisher(_Endpoint):
                          rank, params, job, timeout_s)
 
     def connect(self) -> None:
-        """Prepares one transfer per destination engine rank (waits up to timeout_s for them)."""
+        """Prepares one transfer per destination engine rank (waits up to timeout_s for them; GIL
+        released; Ctrl-C raises KeyboardInterrupt within ~0.1 s and connect() may be called again).
+        Raises TimedOutError naming the missing engine rank."""
         self._impl.connect()
 
     def push(self, version: int) -> Dict[str, float]:
         """Pushes weight version ``version`` (GIL released): waits until every destination is
         ready, writes, and returns {version, bytes, descriptors, ready_wait_s, transfer_s}.
-        Raises TimedOutError / PeerDisconnectedError naming the engine rank."""
+        Raises TimedOutError / PeerDisconnectedError naming the engine rank. Ctrl-C raises
+        KeyboardInterrupt within ~0.1 s: while waiting for READY nothing was written and push(version)
+        may be called again; during the writes the unfinished ones are cancelled and those engines
+        do not commit ``version`` (they need begin_update(version) again)."""
         return self._impl.push(version)
 
     @property
@@ -152,7 +137,8 @@ class WeightSubscriber(_Endpoint):
                          rank, params, job, timeout_s)
 
     def connect(self) -> None:
-        """Looks up every trainer rank this rank receives from (waits up to timeout_s)."""
+        """Looks up every trainer rank this rank receives from (waits up to timeout_s; GIL released;
+        Ctrl-C raises KeyboardInterrupt within ~0.1 s and connect() may be called again)."""
         self._impl.connect()
 
     def begin_update(self, version: int) -> None:
@@ -161,7 +147,10 @@ class WeightSubscriber(_Endpoint):
 
     def wait_for_update(self, version: int) -> Dict[str, float]:
         """Blocks (GIL released) until every source delivered ``version``, then commits it.
-        Returns {version, bytes, sources, wait_s}. Raises TimedOutError naming missing sources."""
+        Returns {version, bytes, sources, wait_s}. Raises TimedOutError naming missing sources,
+        PeerDisconnectedError naming a trainer process that died. Ctrl-C raises KeyboardInterrupt
+        within ~0.1 s with nothing committed; wait_for_update(version) may then be called again
+        (DONE messages that arrived are kept)."""
         return self._impl.wait_for_update(version)
 
     @property

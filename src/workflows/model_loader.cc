@@ -627,6 +627,7 @@ struct ModelLoader::Impl {
     SW_RETURN_IF_ERROR(FindInstances(needed));
     unassigned = needed;
     Clock::time_point last_list = Clock::now();
+    Clock::time_point last_interrupt_check = Clock::now();
     if (instances.empty() && options.checkpoint_path.empty()) {
       return NotFound(fmt::format("no usable READY source of {} for layout {} rank {} and no checkpoint{}{}",
                                   identity.Digest(), options.layout, options.rank,
@@ -641,6 +642,14 @@ struct ModelLoader::Impl {
         return m.state == LoadMove::State::kDone || m.state == LoadMove::State::kAbandoned;
       });
       if (all_done && unassigned.empty()) break;
+      if (options.interrupt && Since(last_interrupt_check) >= 0.1) {
+        last_interrupt_check = Clock::now();
+        Status interrupted = options.interrupt();
+        if (!interrupted.ok()) {
+          Goodbye();
+          return interrupted;
+        }
+      }
       if (Clock::now() > give_up) {
         Goodbye();
         return TimedOut(

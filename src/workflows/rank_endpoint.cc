@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <chrono>
 
 #include <fmt/format.h>
 
@@ -61,9 +62,29 @@ Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string&
 }
 
 Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std::string& job, const std::string& role,
-                                int rank, double timeout_s) {
+                                int rank, double timeout_s, const std::function<Status()>& interrupt, double poll_s) {
   const std::string key = MetadataKey(job, role, rank);
-  SW_ASSIGN_OR_RETURN(const std::vector<std::byte> blob, rendezvous.Get(key + "/metadata", timeout_s));
+  std::vector<std::byte> blob;
+  if (!interrupt) {
+    SW_ASSIGN_OR_RETURN(blob, rendezvous.Get(key + "/metadata", timeout_s));
+  } else {
+    // Wait in slices so the caller's interrupt hook runs between them.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (true) {
+      const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
+      auto got = rendezvous.Get(key + "/metadata", std::clamp(left, 0.0, poll_s));
+      if (got.ok()) {
+        blob = std::move(*got);
+        break;
+      }
+      if (got.status().code() != ErrorCode::kTimedOut || left <= poll_s) {
+        return got.status().code() == ErrorCode::kTimedOut
+                   ? TimedOut(fmt::format("rendezvous key {}/metadata did not appear within {} s", key, timeout_s))
+                   : got.status();
+      }
+      SW_RETURN_IF_ERROR(interrupt());  // only after a slice in which the key did not appear
+    }
+  }
   SW_ASSIGN_OR_RETURN(const std::string region_text, GetString(rendezvous, key + "/region", timeout_s));
   SW_ASSIGN_OR_RETURN(const std::string second_text, GetString(rendezvous, key + "/region1", timeout_s));
   PeerRank peer;

@@ -2,6 +2,7 @@
 // its shards, and its metadata published under a rendezvous key.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -39,8 +40,11 @@ struct PeerRank {
   RegionId second_region = 0;  ///< a double-buffered peer's second buffer, else 0
 };
 
-/// Waits for the peer's published metadata (up to timeout_s) and imports it.
+/// Waits for the peer's published metadata (up to timeout_s) and imports it. `interrupt`,
+/// when set, is called after every rendezvous wait of `poll_s` seconds in which the key did
+/// not appear; its non-OK status ends the wait.
 Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std::string& job, const std::string& role,
-                                int rank, double timeout_s);
+                                int rank, double timeout_s, const std::function<Status()>& interrupt = {},
+                                double poll_s = 0.1);
 
 }  // namespace shardwire::sync

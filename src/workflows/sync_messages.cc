@@ -69,8 +69,9 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
 
 Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,
                            double timeout_s, std::map<std::string, Message>* received,
-                           std::optional<MessageKind> abort_kind) {
+                           std::optional<MessageKind> abort_kind, const std::function<Status()>& interrupt) {
   std::string aborted_by;
+  std::vector<Pending> consumed;  // wanted messages this call took: back to the inbox on failure
   auto take = [&](const std::string& peer, const Message& m) {
     if (abort_kind && m.kind == *abort_kind && m.version == version && peers.count(peer)) {
       aborted_by = peer;
@@ -78,9 +79,14 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
     }
     if (m.kind == kind && m.version == version && peers.erase(peer) == 1) {
       if (received != nullptr) (*received)[peer] = m;
+      consumed.push_back({peer, m});
       return true;
     }
     return false;
+  };
+  auto fail = [&](Status status) {
+    for (Pending& p : consumed) pending_.push_back(std::move(p));
+    return status;
   };
   for (auto it = pending_.begin(); it != pending_.end();) {
     it = take(it->peer, it->message) ? pending_.erase(it) : std::next(it);
@@ -94,18 +100,25 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
   while (!peers.empty()) {
     const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0) {
-      return TimedOut(fmt::format("{} v{} still missing from {} peer(s): {} after {:.1f} s", MessageKindName(kind),
-                                  version, peers.size(),
-                                  fmt::join(peers, ", "), timeout_s));
+      return fail(TimedOut(fmt::format("{} v{} still missing from {} peer(s): {} after {:.1f} s",
+                                       MessageKindName(kind), version, peers.size(), fmt::join(peers, ", "),
+                                       timeout_s)));
     }
-    // Wake at least once a second to notice peers the transport declared dead.
-    auto note = agent.WaitNotification(std::min(left, 1.0));
+    // Wake at least once a second to notice peers the transport declared dead (and every
+    // kPollSeconds when an interrupt hook is set).
+    auto note = agent.WaitNotification(std::min(left, interrupt ? kPollSeconds : 1.0));
     if (!note.ok()) {
-      if (note.status().code() != ErrorCode::kTimedOut) return note.status();
+      if (note.status().code() != ErrorCode::kTimedOut) return fail(note.status());
+      // The hook runs only when a slice passed without a notification: a wait that is
+      // progressing pays nothing for it (a Python hook takes the GIL).
+      if (interrupt) {
+        Status st = interrupt();
+        if (!st.ok()) return fail(std::move(st));
+      }
       for (const std::string& failed : agent.FailedPeers()) {
         if (peers.count(failed)) {
-          return PeerDisconnected(fmt::format("peer {} disconnected while {} v{} was awaited", failed,
-                                              MessageKindName(kind), version));
+          return fail(PeerDisconnected(fmt::format("peer {} disconnected while {} v{} was awaited", failed,
+                                                   MessageKindName(kind), version)));
         }
       }
       continue;  // the loop reports what is missing at the deadline
@@ -113,13 +126,14 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
     auto message = Decode(note->payload);
     if (!message) continue;  // not ours: ignore
     if (!take(note->peer, *message)) pending_.push_back({note->peer, *message});
-    if (!aborted_by.empty()) return aborted();
+    if (!aborted_by.empty()) return fail(aborted());
   }
   return Status::Ok();
 }
 
 Result<Collected> Inbox::Collect(Agent& agent, MessageKind kind, std::uint64_t version,
-                                 const std::set<std::string>& peers, double timeout_s) {
+                                 const std::set<std::string>& peers, double timeout_s,
+                                 const std::function<Status()>& interrupt) {
   Collected out;
   std::set<std::string> waiting = peers;
   auto take = [&](const std::string& peer, const Message& m) {
@@ -147,10 +161,16 @@ Result<Collected> Inbox::Collect(Agent& agent, MessageKind kind, std::uint64_t v
   while (!waiting.empty()) {
     const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0) break;
-    auto note = agent.WaitNotification(std::min(left, 0.25));
+    auto note = agent.WaitNotification(std::min(left, interrupt ? kPollSeconds : 0.25));
     if (!note.ok()) {
       if (note.status().code() != ErrorCode::kTimedOut && note.status().code() != ErrorCode::kPeerDisconnected) {
         return note.status();
+      }
+      if (interrupt) {
+        if (Status st = interrupt(); !st.ok()) {
+          for (auto& [peer, m] : out.arrived) pending_.push_back({peer, m});
+          return st;
+        }
       }
       drop_failed();
       continue;

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -51,19 +52,28 @@ class Inbox {
   /// `timeout_s` passes; never fails because of one peer: peers the transport declares dead
   /// are returned in `failed`, peers still silent at the deadline in neither set. Messages of
   /// the same kind for older versions are dropped (a peer that missed a version answers late).
-  /// Errors: only transport errors that concern no single peer.
+  /// `interrupt` as for AwaitFromAll (on interruption the arrived messages go back to the inbox).
+  /// Errors: only transport errors that concern no single peer; the interrupt's status.
   Result<Collected> Collect(Agent& agent, MessageKind kind, std::uint64_t version, const std::set<std::string>& peers,
-                            double timeout_s);
+                            double timeout_s, const std::function<Status()>& interrupt = {});
 
   /// Waits until `kind`/`version` has arrived from every peer in `peers` (agent names).
   /// Other messages are kept for later calls. Errors: kTimedOut naming the peers still
   /// missing; transport errors (a disconnected peer) as the agent reports them.
-  /// With `received`, the matching messages are stored there by peer name. With `abort_kind`,
-  /// a message of that kind for `version` from any of `peers` ends the wait with kTimedOut
-  /// naming the peer (a trainer that gave up on this engine for this version).
+  /// Other messages are kept for later calls, and so are the wanted ones when the wait
+  /// fails (a later call for the same kind/version finds them). With `received`, the
+  /// matching messages are stored there by peer name. With `abort_kind`, a message of that
+  /// kind for `version` from any of `peers` ends the wait with kTimedOut naming the peer (a
+  /// trainer that gave up on this engine for this version). `interrupt`, when set, is called
+  /// after every kPollSeconds slice that brought no notification; its non-OK status ends the
+  /// wait. Errors: kTimedOut naming the peers still missing; transport errors (a
+  /// disconnected peer) as the agent reports them; the interrupt's status.
   Status AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,
                       double timeout_s, std::map<std::string, Message>* received = nullptr,
-                      std::optional<MessageKind> abort_kind = std::nullopt);
+                      std::optional<MessageKind> abort_kind = std::nullopt,
+                      const std::function<Status()>& interrupt = {});
+
+  static constexpr double kPollSeconds = 0.1;
 
  private:
   struct Pending {

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <map>
@@ -144,11 +145,26 @@ std::vector<TransferDescriptor> Descriptors(const std::vector<Move>& moves, Regi
 Status WeightPublisher::Connect() {
   State& s = *state_;
   Agent& agent = *s.endpoint.agent;
+  // A Connect that failed or was interrupted half-way starts over.
+  s.connected = false;
+  auto release = [&](const State::Handles& hs) {
+    for (TransferHandle h : hs)
+      if (h != TransferHandle{}) (void)agent.Release(h);
+  };
+  for (const auto& [dst, hs] : s.transfers) release(hs);
+  for (const auto& round : s.round_transfers)
+    for (const auto& [dst, hs] : round) release(hs);
+  s.transfers.clear();
+  s.round_transfers.clear();
+  s.destination_names.clear();
+  s.buffers_of.clear();
+  s.amax_peer_names.clear();
   std::map<int, sync::PeerRank> peers;
   auto peer_of = [&](int dst) -> Result<sync::PeerRank> {
     if (auto it = peers.find(dst); it != peers.end()) return it->second;
-    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, sync::ImportPeerRank(*s.rendezvous, agent, s.options.job,
-                                                                        kEngineRole, dst, s.options.timeout_s));
+    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
+                        sync::ImportPeerRank(*s.rendezvous, agent, s.options.job, kEngineRole, dst, s.options.timeout_s,
+                                             s.options.interrupt, kInterruptPollSeconds));
     // Connect every lane now: UCX wires endpoints up lazily, and the handshake
     // (which needs the engine's lanes to answer) would otherwise land in step 1.
     SW_RETURN_IF_ERROR(agent.WireUp(peer.name, s.options.timeout_s));
@@ -183,8 +199,9 @@ Status WeightPublisher::Connect() {
       }
     }
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
-      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, sync::ImportPeerRank(*s.rendezvous, agent, s.options.job,
-                                                                          kTrainerRole, x.peer, s.options.timeout_s));
+      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
+                          sync::ImportPeerRank(*s.rendezvous, agent, s.options.job, kTrainerRole, x.peer,
+                                               s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds));
       SW_RETURN_IF_ERROR(agent.WireUp(peer.name, s.options.timeout_s));
       s.amax_peer_names[x.peer] = peer.name;
     }
@@ -213,8 +230,8 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   {
     std::set<std::string> names;
     for (const auto& [dst, name] : s.destination_names) names.insert(name);
-    SW_ASSIGN_OR_RETURN(const sync::Collected ready,
-                        s.inbox.Collect(agent, sync::MessageKind::kReady, version, names, engine_timeout_s));
+    SW_ASSIGN_OR_RETURN(const sync::Collected ready, s.inbox.Collect(agent, sync::MessageKind::kReady, version, names,
+                                                                     engine_timeout_s, s.options.interrupt));
     active = s.destination_names;
     for (const auto& [dst, name] : s.destination_names) {
       if (auto it = ready.arrived.find(name); it != ready.arrived.end()) {
@@ -249,7 +266,9 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     }
     std::map<std::string, sync::Message> received;
     SW_RETURN_IF_ERROR(
-        s.inbox.AwaitFromAll(agent, sync::MessageKind::kBlockAmax, version, peers, s.options.timeout_s, &received)
+        s.inbox
+            .AwaitFromAll(agent, sync::MessageKind::kBlockAmax, version, peers, s.options.timeout_s, &received,
+                          std::nullopt, s.options.interrupt)
             .WithContext(who));
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
       const std::string& name = s.amax_peer_names.at(x.peer);
@@ -259,18 +278,42 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   const auto t2 = Clock::now();
   // A transfer that did not complete within the engine's bound is stopped; if it cannot be
   // drained, the peer is abandoned (InvalidatePeer) so that nothing of it outlives the push.
+  // With an interrupt hook the wait runs in slices; an interrupt cancels every transfer of this
+  // push still in flight (no DONE goes out, so no engine commits the version) and ends the push.
+  Status interrupted;
+  std::vector<TransferHandle> posted;
+  auto wait_sliced = [&](TransferHandle h) -> Status {
+    if (!s.options.interrupt) return agent.Wait(h, engine_timeout_s);
+    const auto deadline = Clock::now() + std::chrono::duration<double>(engine_timeout_s);
+    while (true) {
+      const double left = std::chrono::duration<double>(deadline - Clock::now()).count();
+      Status st = agent.Wait(h, std::clamp(left, 0.0, kInterruptPollSeconds));
+      if (st.code() != ErrorCode::kTimedOut || left <= kInterruptPollSeconds) return st;
+      if (Status stop = s.options.interrupt(); !stop.ok()) {
+        interrupted = stop;
+        return stop;
+      }
+    }
+  };
   auto settle = [&](int dst, const State::Handles& hs) {
-    if (!active.count(dst)) return;
+    if (!active.count(dst) || !interrupted.ok()) return;
     const TransferHandle h = hs[static_cast<std::size_t>(buffer_of.at(dst))];
-    const Status st = agent.Wait(h, engine_timeout_s);
-    if (st.ok()) return;
+    const Status st = wait_sliced(h);
+    if (st.ok() || !interrupted.ok()) return;
     if (st.code() == ErrorCode::kTimedOut && !agent.Cancel(h, 1.0).ok()) (void)agent.InvalidatePeer(active.at(dst));
     miss(dst, st);
   };
+  auto cancel_posted = [&] {
+    for (TransferHandle h : posted) {
+      auto done = agent.Test(h);
+      if (done.ok() && !*done) (void)agent.Cancel(h, s.options.timeout_s);
+    }
+  };
   auto post = [&](int dst, const State::Handles& hs, const std::vector<Move>& moves) {
-    if (!active.count(dst)) return;
+    if (!active.count(dst) || !interrupted.ok()) return;
     const TransferHandle h = hs[static_cast<std::size_t>(buffer_of.at(dst))];
     if (const Status st = agent.Post(h); !st.ok()) return miss(dst, st);
+    posted.push_back(h);
     stats.descriptors += moves.size();
     for (const Move& m : moves) stats.rows += m.count;
   };
@@ -288,6 +331,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     double convert_s = 0;
     for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
       if (k >= 2) settle_round(k - 2);
+      if (!interrupted.ok()) break;
       const std::uint64_t in_flight = k >= 1 ? tc.rounds[k - 1].bytes : 0;
       stats.staging_peak_bytes = std::max(stats.staging_peak_bytes, in_flight + tc.rounds[k].bytes);
       const auto c0 = Clock::now();
@@ -302,6 +346,10 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     stats.staging_bytes = s.staging.size();
   }
   for (const auto& [dst, hs] : s.transfers) settle(dst, hs);
+  if (!interrupted.ok()) {
+    cancel_posted();
+    return interrupted.WithContext(who);
+  }
   const auto done = sync::Encode({sync::MessageKind::kDone, version});
   for (const auto& [dst, name] : std::map<int, std::string>(active)) {
     if (const Status st = agent.SendMessage(name, done); !st.ok()) miss(dst, st);

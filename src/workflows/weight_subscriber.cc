@@ -67,8 +67,9 @@ std::uint64_t WeightSubscriber::committed_version() const { return state_->commi
 Status WeightSubscriber::Connect() {
   State& s = *state_;
   for (int src : s.sources) {
-    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, sync::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job,
-                                                                        kTrainerRole, src, s.options.timeout_s));
+    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
+                        sync::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kTrainerRole, src,
+                                             s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds));
     s.source_names.insert(peer.name);
   }
   return Status::Ok();
@@ -100,7 +101,7 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
   }
   SW_RETURN_IF_ERROR(
       s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kDone, version, s.source_names, s.options.timeout_s,
-                           nullptr, sync::MessageKind::kMissed)
+                           nullptr, sync::MessageKind::kMissed, s.options.interrupt)
           .WithContext(fmt::format("engine rank {} update v{}", s.rank, version)));
   s.committed_version = version;
   if (s.options.double_buffered) s.serving = 1 - s.serving;  // the new version is served from now on

@@ -67,8 +67,8 @@ def test_ctrl_c_interrupts_a_wait():
         child = _child("""
             import sys, shardwire
             c = shardwire.CoordinatorClient(sys.argv[1])
-            print("waiting", flush=True)
-            try:
+            try:  # the signal may come right after the print: it is inside the try too
+                print("waiting", flush=True)
                 c.get("never", timeout_s=float("inf"))
             except KeyboardInterrupt:
                 print("interrupted", flush=True)

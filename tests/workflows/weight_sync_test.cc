@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -79,8 +80,7 @@ constexpr int kVersions = 3;
 // Child: one engine rank. Exit code 0 = every version arrived and matched.
 // With `own_memory`, the subscriber receives into a buffer this process allocated (an
 // engine's own weights) instead of a Shardwire arena.
-int RunSubscriber(std::uint16_t port, int rank, const Layout& trainer, const Layout& engine,
-                  bool own_memory = false) {
+int RunSubscriber(std::uint16_t port, int rank, const Layout& trainer, const Layout& engine, bool own_memory = false) {
   auto rz = ConnectRendezvous(port);
   if (!rz.ok()) return 10;
   std::vector<std::byte> engine_weights(own_memory ? engine.rank(rank).buffer_bytes + 13 : 0);
@@ -191,8 +191,8 @@ TEST(WeightSync, FromTrainerMemoryIntoEngineMemory) {
   std::vector<int> port_pipes;
   for (int r = 0; r < engine.world_size(); ++r) {
     int fd = -1;
-    const pid_t pid =
-        ForkWithPort(&fd, r, [&](std::uint16_t p) { return RunSubscriber(p, r, trainer, engine, /*own_memory=*/true); });
+    const pid_t pid = ForkWithPort(
+        &fd, r, [&](std::uint16_t p) { return RunSubscriber(p, r, trainer, engine, /*own_memory=*/true); });
     ASSERT_GE(pid, 0);
     children.push_back(pid);
     port_pipes.push_back(fd);
@@ -562,6 +562,79 @@ TEST(WeightSync, DoubleBufferedEngineServesTheOldVersionUntilTheNewOneIsWhole) {
   EXPECT_EQ(WaitChild(children[1]), 100);
   kill(children[0], SIGKILL);  // trainer 0 may still wait for READY(4)
   WaitChild(children[0]);
+}
+
+}  // namespace
+}  // namespace shardwire
+
+namespace shardwire {
+namespace {
+
+// The interrupt hook (WeightSyncOptions::interrupt): each wait ends with the hook's status, and
+// what arrived meanwhile is kept, so the interrupted call succeeds when made again. Two trainer
+// ranks feed one engine rank, all in this process (separate agents, real UCX).
+TEST(WeightSync, InterruptEndsEveryWaitAndKeepsWhatArrived) {
+  const Layout trainer = MakeFsdpLayout(Tensors(), 2).value();
+  const Layout engine = MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, 1).value();
+  auto server = StartRendezvous();
+  ASSERT_TRUE(server.ok());
+  auto rz = ConnectRendezvous(static_cast<std::uint16_t>((*server)->port()));
+  ASSERT_TRUE(rz.ok());
+  std::atomic<bool> stop{false};
+  std::atomic<int> calls{0};
+  WeightSyncOptions options{"irq", 30};
+  options.interrupt = [&]() -> Status {
+    calls.fetch_add(1);
+    return stop.load() ? FailedPrecondition("stop requested") : Status::Ok();
+  };
+  auto sub = WeightSubscriber::Create(**rz, trainer, engine, 0, options);
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  // Connect with no trainer published: only the hook ends it (timeout 30 s).
+  stop = true;
+  Status connect = (*sub)->Connect();
+  EXPECT_EQ(connect.code(), ErrorCode::kFailedPrecondition) << connect.ToString();
+  EXPECT_NE(connect.message().find("stop requested"), std::string::npos);
+  stop = false;
+  std::vector<std::unique_ptr<WeightPublisher>> pubs;
+  for (int r = 0; r < 2; ++r) {
+    auto pub = WeightPublisher::Create(**rz, trainer, engine, r, options);
+    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+    pubs.push_back(std::move(*pub));
+  }
+  ASSERT_TRUE((*sub)->Connect().ok());
+  for (auto& p : pubs) ASSERT_TRUE(p->Connect().ok());
+  for (int r = 0; r < 2; ++r) Walk(trainer, r, pubs[static_cast<std::size_t>(r)]->weights(), 1, false);
+  ASSERT_TRUE((*sub)->BeginUpdate(1).ok());
+  ASSERT_TRUE(pubs[0]->Push(1).ok());  // DONE(1) from trainer 0 only
+  // The wait consumes trainer 0's DONE, then is interrupted while trainer 1's is missing.
+  calls = 0;
+  std::thread stopper([&] {
+    while (calls.load() < 5) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    stop = true;
+  });
+  auto interrupted = (*sub)->WaitForUpdate(1);
+  stopper.join();
+  ASSERT_FALSE(interrupted.ok());
+  EXPECT_EQ(interrupted.status().code(), ErrorCode::kFailedPrecondition) << interrupted.status().ToString();
+  EXPECT_EQ((*sub)->committed_version(), 0u);
+  stop = false;
+  ASSERT_TRUE(pubs[1]->Push(1).ok());
+  auto update = (*sub)->WaitForUpdate(1);  // needs trainer 0's DONE kept from the interrupted call
+  ASSERT_TRUE(update.ok()) << update.status().ToString();
+  EXPECT_EQ((*sub)->committed_version(), 1u);
+  EXPECT_EQ(Walk(engine, 0, (*sub)->weights(), 1, true), 0u);
+  // A push with no engine ready for version 2 ends with the hook's status, posting nothing.
+  for (int r = 0; r < 2; ++r) Walk(trainer, r, pubs[static_cast<std::size_t>(r)]->weights(), 2, false);
+  stop = true;
+  auto push = pubs[0]->Push(2);
+  ASSERT_FALSE(push.ok());
+  EXPECT_EQ(push.status().code(), ErrorCode::kFailedPrecondition) << push.status().ToString();
+  EXPECT_EQ(Walk(engine, 0, (*sub)->weights(), 1, true), 0u);  // the engine's bytes are untouched
+  stop = false;
+  ASSERT_TRUE((*sub)->BeginUpdate(2).ok());
+  for (auto& p : pubs) ASSERT_TRUE(p->Push(2).ok());
+  ASSERT_TRUE((*sub)->WaitForUpdate(2).ok());
+  EXPECT_EQ(Walk(engine, 0, (*sub)->weights(), 2, true), 0u);
 }
 
 }  // namespace

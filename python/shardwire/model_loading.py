@@ -1,0 +1,183 @@
+"""P2P model loading from Python: serve a model's shards, or load them from the instances serving it.
+
+A serving instance runs one :class:`ModelSource` per rank: it copies the rank's shards (a dict
+of torch tensors, or read from a checkpoint) into a transport arena, registers that arena as a
+weight source with the coordinator (with a heartbeat lease) and serves one-sided READs of it
+until closed. A new instance runs one :class:`ModelLoader` per rank: ``load()`` lists the READY
+sources of the same model identity (tensor list + revision), reads its layout's shards from
+them whatever their tensor-parallel layout, verifies every move by digest, re-reads from other
+sources when one fails, falls back to the checkpoint when given, and commits only when every
+byte is verified. ``become_source()`` then serves the loaded shards to the next instance.
+Protocol and failure handling: docs/p2p_loading.md; C++ API: include/shardwire/model_loading.h.
+
+Layouts are layout strings (``"tp=2"``, as the CLI's ``shardwire seed/load --layout``).
+Tensors are CPU torch tensors; shard shapes and dtypes are those of ``Layout.shards(rank)``
+(FP8 shards are torch.uint8). Times in seconds, sizes in bytes.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+from . import _shardwire
+from .errors import InvalidArgumentError
+from .tensors import check_shard_tensors, shard_views
+
+
+def _views(address: int, nbytes: int, layout, rank: int) -> Dict[str, torch.Tensor]:
+    raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(address)
+    return shard_views(torch.frombuffer(raw, dtype=torch.uint8), layout, rank)
+
+
+class ModelSource:
+    """One rank of a serving instance, registered as a weight source while it lives.
+
+    ``coordinator``: a CoordinatorClient (kept alive by the source). ``model``: a shardwire.Model.
+    ``layout``: the instance's layout string; ``rank``: this rank in it. Exactly one of
+    ``params`` (name -> CPU torch tensor: exactly the shards ``rank`` holds, with their
+    dtypes and shard shapes, copied once into the served arena) and ``checkpoint`` (path of a
+    safetensors file, index or directory; its shards are read straight into the arena).
+    ``revision``: the content version served (e.g. a hub commit or a training step); two
+    instances match only when model and revision are equal. Default for a checkpoint: the
+    xxh3 digest of its tensors (CheckpointRevision); required with ``params``.
+    ``instance_id``: shared by every rank of the instance (default ``"py-<pid>"``).
+    ``heartbeat_interval_s``: seconds between lease renewals (keep it well below the
+    coordinator's stale_after_s). ``bandwidth_bytes_per_s``: cap per rank (0: none).
+
+    ``tensors`` are views (no copy) of the served arena, valid while the source is open;
+    writing them makes digest checks report those bytes as corrupt (readers re-read elsewhere).
+
+    Raises InvalidArgumentError (tensors, layout string, rank, missing revision; before
+    anything is registered), NotFoundError / CorruptDataError / LayoutMismatchError (checkpoint),
+    UnavailableError / UnauthenticatedError (coordinator), TransportError.
+    Thread-safety: the source serves from two threads of its own; call close() from one thread."""
+
+    def __init__(self, coordinator, model, layout: str, rank: int = 0, *,
+                 params: Optional[Mapping[str, torch.Tensor]] = None, checkpoint: Optional[str] = None,
+                 revision: str = "", instance_id: str = "", heartbeat_interval_s: float = 1.0,
+                 bandwidth_bytes_per_s: float = 0.0, _impl=None):
+        if _impl is not None:  # from ModelLoader.become_source
+            self._impl, self.layout, self.rank = _impl, layout, rank
+        else:
+            if (params is None) == (checkpoint is None):
+                raise InvalidArgumentError("invalid argument: ModelSource takes exactly one of params= and "
+                                           "checkpoint=")
+            self.layout = _shardwire.Layout.from_string(model, layout)
+            self.rank = rank
+            if not 0 <= rank < self.layout.world_size:
+                raise InvalidArgumentError(f"invalid argument: rank {rank} outside layout {layout!r} of "
+                                           f"{self.layout.world_size} ranks")
+            copies = []
+            if params is not None:
+                check_shard_tensors(params, self.layout, rank)
+                copies = [(params[s["name"]].data_ptr(), s["byte_offset"], s["nbytes"])
+                          for s in self.layout.shards(rank) if s["nbytes"] > 0]
+            self._impl = _shardwire._ModelSource(coordinator, model, layout, rank,
+                                                 instance_id or f"py-{os.getpid()}", revision, checkpoint or "",
+                                                 copies, heartbeat_interval_s, bandwidth_bytes_per_s)
+        self.tensors: Dict[str, torch.Tensor] = _views(self._impl.buffer_address, self._impl.buffer_bytes,
+                                                       self.layout, self.rank)
+
+    @property
+    def source_id(self) -> str:
+        """The coordinator's id of this source."""
+        return self._impl.source_id
+
+    @property
+    def identity(self) -> str:
+        """The model identity served ("mi1-" + 32 hex digits: tensor list + revision)."""
+        return self._impl.identity
+
+    @property
+    def revision(self) -> str:
+        return self._impl.revision
+
+    @property
+    def digests_served(self) -> int:
+        """Digest requests answered so far (one per move a loader read from this rank)."""
+        return self._impl.digests_served
+
+    def close(self) -> None:
+        """Deregisters (best effort) and stops serving; ``tensors`` become invalid. Idempotent."""
+        self.tensors = {}
+        self._impl.close()
+
+    def __enter__(self) -> "ModelSource":
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.close()
+
+
+class ModelLoader:
+    """One rank of a new instance, loading its shards from the instances that serve the model.
+
+    ``coordinator``: a CoordinatorClient; ``model``: a shardwire.Model (the identity's tensor
+    list); ``layout``: the new instance's layout string; ``rank``: this rank. ``params``: the
+    engine's own parameter tensors (name -> CPU tensor, exactly the rank's shards, checked
+    here before anything is created); ``load()`` copies the verified shards into them (one
+    copy out of the loader's arena). None: ``tensors`` are views of the arena (no copy) valid
+    while the loader, or the source it becomes, lives. ``revision``: '' takes the one revision
+    served; ``checkpoint``: path for the disk fallback ('' = none). ``stall_timeout_s``: seconds
+    without progress before a source counts as dead; ``load_timeout_s``: bound of a whole load.
+
+    Raises InvalidArgumentError (tensors, layout, rank) at construction; see load().
+    Thread-safety: one thread at a time."""
+
+    def __init__(self, coordinator, model, layout: str, rank: int = 0, *,
+                 params: Optional[Mapping[str, torch.Tensor]] = None, instance_id: str = "", revision: str = "",
+                 checkpoint: str = "", stall_timeout_s: float = 3.0, load_timeout_s: float = 600.0):
+        self.layout_string = layout
+        self.layout = _shardwire.Layout.from_string(model, layout)
+        self.rank = rank
+        if not 0 <= rank < self.layout.world_size:
+            raise InvalidArgumentError(f"invalid argument: rank {rank} outside layout {layout!r} of "
+                                       f"{self.layout.world_size} ranks")
+        self._params = None
+        if params is not None:
+            check_shard_tensors(params, self.layout, rank)
+            self._params = dict(params)
+        self._impl = _shardwire._ModelLoader(coordinator, model, layout, rank, instance_id or f"py-{os.getpid()}",
+                                             revision, checkpoint, stall_timeout_s, load_timeout_s)
+        self._arena = _views(self._impl.buffer_address, self._impl.buffer_bytes, self.layout, rank)
+        self.tensors: Dict[str, torch.Tensor] = self._params if self._params is not None else self._arena
+
+    def load(self) -> Dict[str, Any]:
+        """Loads every byte of this rank's shards and commits (GIL released; Ctrl-C stops it within
+        about 0.1 s, raising KeyboardInterrupt with nothing committed; load() may be called again).
+        With ``params``, then copies the shards into them. Returns the report {identity,
+        buffer_bytes, bytes_from_sources, bytes_from_disk, bytes_per_instance, skipped, failed,
+        moves, rereads, replans, seconds, digest_seconds} (bytes, seconds).
+        Raises NotFoundError (nobody serves the model and no checkpoint), UnavailableError
+        (every source failed, no checkpoint), FailedPreconditionError (several revisions
+        served), TimedOutError (load_timeout_s), checkpoint errors, InvalidArgumentError
+        (loaded already)."""
+        report = self._impl.load()
+        if self._params is not None:
+            with torch.no_grad():
+                for name, t in self._params.items():
+                    t.copy_(self._arena[name])
+        return report
+
+    @property
+    def loaded(self) -> bool:
+        """True once load() committed."""
+        return self._impl.loaded
+
+    @property
+    def identity(self) -> str:
+        """The model identity loaded (valid after load())."""
+        return self._impl.identity
+
+    def become_source(self, heartbeat_interval_s: float = 1.0, bandwidth_bytes_per_s: float = 0.0) -> ModelSource:
+        """Serves the loaded shards (no copy: the arena moves into the source) as the same
+        instance id and layout. The loader is empty afterwards. Raises FailedPreconditionError
+        before a committed load."""
+        impl = self._impl.become_source(heartbeat_interval_s, bandwidth_bytes_per_s)
+        self._arena = {}
+        if self._params is None:
+            self.tensors = {}
+        return ModelSource(None, None, self.layout, self.rank, _impl=impl)

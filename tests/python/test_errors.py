@@ -1,0 +1,192 @@
+"""Every exception class of shardwire.errors raised by a real failure (not by _raise_error).
+
+Two codes have no failure reachable from Python, and are checked only through the mapping
+test in test_model_layout_plan.py (test_every_error_code_has_its_class):
+- VerificationFailedError (kVerificationFailed): the library never returns it; only the CLI's
+  --verify-against checks (src/cli) do. Library-side mismatches (digests) are re-read from
+  another source inside ModelLoader, or surface as kUnavailable / kCorruptData.
+- InternalError (kInternal): a broken invariant inside Shardwire (a bug); no input reaches it.
+"""
+import json
+import os
+import pathlib
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import shardwire
+from shardwire import errors
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from checkpoint_oracle import LLAMA  # noqa: E402
+
+PY = "/usr/bin/python3"
+
+
+def llama():
+    return shardwire.Model.from_config_json(json.dumps(LLAMA))
+
+
+def test_invalid_argument_bad_layout_string():
+    with pytest.raises(errors.InvalidArgumentError, match="TP size 3 does not divide"):
+        shardwire.Layout.from_string(llama(), "tp=3")  # 4 heads do not split 3 ways
+    with pytest.raises(errors.InvalidArgumentError):
+        shardwire.Layout.from_string(llama(), "tp=2,,x")
+
+
+def test_not_found_model_nobody_serves(tmp_path):
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        loader = shardwire.ModelLoader(client, llama(), "tp=1", 0, instance_id="n")
+        with pytest.raises(errors.NotFoundError, match="no READY source"):
+            loader.load()
+        with pytest.raises(errors.NotFoundError):
+            client.leave_job("no-such-job", "nobody")
+
+
+def test_corrupt_data_checkpoint_header_and_nan_into_fp8(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(struct.pack("<Q", 40) + b'{"a": {"dtype": "BF16", "shape": [2,' + b" " * 8)
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA))
+    with pytest.raises(errors.CorruptDataError, match="model.safetensors"):
+        shardwire.Model.from_checkpoint(str(bad))
+    x = torch.zeros(128, 128)
+    x[3, 5] = float("nan")
+    with pytest.raises(errors.CorruptDataError, match="w_nan"):
+        shardwire.quantize_fp8_block(x, name="w_nan")
+
+
+def test_layout_mismatch_plan_between_different_models():
+    other = dict(LLAMA, hidden_size=128, intermediate_size=256)
+    a = shardwire.Layout.from_string(llama(), "tp=2")
+    b = shardwire.Layout.from_string(shardwire.Model.from_config_json(json.dumps(other)), "tp=2")
+    with pytest.raises(errors.LayoutMismatchError):
+        shardwire.plan(a, b)
+
+
+def test_io_error_port_in_use():
+    with shardwire.CoordinatorServer() as server:
+        with pytest.raises(errors.IoError, match=str(server.port)):
+            shardwire.CoordinatorServer(listen_address=server.address)
+
+
+def test_transport_error_when_ucx_has_no_usable_transport():
+    # UCX_TLS naming no transport makes ucp_init fail in the child (its own environment).
+    code = textwrap.dedent("""
+        import json, sys, shardwire
+        from shardwire import errors
+        model = shardwire.Model.from_config_json(sys.argv[1])
+        lay = shardwire.Layout.from_string(model, "tp=1")
+        with shardwire.CoordinatorServer() as server:
+            try:
+                shardwire.WeightSubscriber(shardwire.CoordinatorClient(server.address), lay, lay, 0)
+            except errors.TransportError as e:
+                print("TransportError", e)
+    """)
+    r = subprocess.run([PY, "-c", code, json.dumps(LLAMA)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, UCX_TLS="no_such_transport"))
+    assert r.returncode == 0, r.stderr
+    assert "TransportError" in r.stdout and "ucp_init" in r.stdout, r.stdout + r.stderr
+
+
+TRAINER = textwrap.dedent("""
+    import json, sys, shardwire
+    model = shardwire.Model.from_config_json(sys.argv[1])
+    lay = shardwire.Layout.from_string(model, "tp=1")
+    pub = shardwire.WeightPublisher(shardwire.CoordinatorClient(sys.argv[2]), lay, lay, 0, job="dies")
+    pub.connect()
+    print("connected", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_peer_disconnected_when_the_trainer_process_is_killed():
+    lay = shardwire.Layout.from_string(llama(), "tp=1")
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        sub = shardwire.WeightSubscriber(client, lay, lay, 0, job="dies", timeout_s=60)
+        trainer = subprocess.Popen([PY, "-c", TRAINER, json.dumps(LLAMA), server.address], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            sub.connect()
+            assert trainer.stdout.readline().strip() == "connected"
+            sub.begin_update(1)
+            trainer.send_signal(signal.SIGKILL)
+            trainer.wait(timeout=30)
+            with pytest.raises(errors.PeerDisconnectedError, match="dies/trainer/0"):
+                sub.wait_for_update(1)
+            assert sub.committed_version == 0
+        finally:
+            if trainer.poll() is None:
+                trainer.kill()
+            trainer.communicate()
+
+
+def test_timed_out_wait_with_nobody_publishing():
+    lay = shardwire.Layout.from_string(llama(), "tp=1")
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        sub = shardwire.WeightSubscriber(client, lay, lay, 0, job="quiet", timeout_s=0.5)
+        with pytest.raises(errors.TimedOutError, match="quiet/trainer/0"):
+            sub.connect()  # no trainer ever published its metadata
+        pub = shardwire.WeightPublisher(client, lay, lay, 0, job="quiet", timeout_s=0.5)
+        sub.connect()
+        pub.connect()
+        sub.begin_update(1)
+        with pytest.raises(errors.TimedOutError, match="DONE v1"):
+            sub.wait_for_update(1)  # the trainer never pushes
+        assert sub.committed_version == 0
+
+
+def test_unsupported_model_type():
+    with pytest.raises(errors.UnsupportedError, match="model_type"):
+        shardwire.Model.from_config_json(json.dumps(dict(LLAMA, model_type="no-such-architecture")))
+
+
+def test_unauthenticated_wrong_token():
+    with shardwire.CoordinatorServer(token="right") as server:
+        with pytest.raises(errors.UnauthenticatedError):
+            shardwire.CoordinatorClient(server.address, token="wrong", unavailable_timeout_s=2).put("k", b"v")
+
+
+def test_unavailable_nothing_listening():
+    with shardwire.CoordinatorServer() as server:
+        address = server.address
+    with pytest.raises(errors.UnavailableError, match=address.split(":")[-1]):
+        shardwire.CoordinatorClient(address, unavailable_timeout_s=1)
+
+
+def test_already_exists_live_member_joins_again():
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        client.join_job("job", "engine-0/rank-0")
+        with pytest.raises(errors.AlreadyExistsError, match="engine-0/rank-0"):
+            client.join_job("job", "engine-0/rank-0")
+        assert [m["member_id"] for m in client.job("job")["members"]] == ["engine-0/rank-0"]
+
+
+def test_failed_precondition_version_backwards_and_source_before_load():
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        client.join_job("job", "e0")
+        client.commit_version("job", "e0", 5)
+        with pytest.raises(errors.FailedPreconditionError, match="below"):
+            client.commit_version("job", "e0", 4)
+        loader = shardwire.ModelLoader(client, llama(), "tp=1", 0, instance_id="early")
+        with pytest.raises(errors.FailedPreconditionError, match="before a committed load"):
+            loader.become_source()
+
+
+def test_every_class_has_a_real_failure_here_or_is_listed_as_unreachable():
+    """Keeps this file complete when a code is added: each class is named by a test above or
+    in the module docstring's unreachable list."""
+    text = pathlib.Path(__file__).read_text()
+    for code, name in shardwire._shardwire.ERROR_CODES:
+        cls = errors.error_class(code)
+        assert cls is not errors.ShardwireError
+        assert f"errors.{cls.__name__}" in text or f"- {cls.__name__}" in text, cls.__name__
