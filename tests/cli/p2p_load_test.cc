@@ -19,6 +19,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cli/cli_process.h"
 #include "shardwire/checkpoint_generator.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/model_config.h"
@@ -26,68 +27,18 @@
 
 #include <fmt/format.h>
 
-extern char** environ;
-
 namespace shardwire {
 namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
+using testing::Process;
+using testing::Slurp;
 
 // 8 heads and dims divisible by 8, so tp = 1, 2, 4, 8 all apply.
 constexpr const char* kLlama = R"({"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2,
     "num_attention_heads": 8, "num_key_value_heads": 8, "intermediate_size": 512, "vocab_size": 1024,
     "torch_dtype": "bfloat16"})";
-
-class Process {
- public:
-  Process(const std::vector<std::string>& args, const std::string& out_path) {
-    std::vector<std::string> argv_s = {SHARDWIRE_BIN};
-    argv_s.insert(argv_s.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    if (posix_spawn(&pid_, SHARDWIRE_BIN, &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&actions);
-  }
-  ~Process() {
-    if (pid_ > 0 && !reaped_) {
-      ::kill(pid_, SIGCONT);
-      ::kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  pid_t pid() const { return pid_; }
-  // Exit code, or -signal; nullopt on timeout.
-  std::optional<int> Wait(double timeout_s) {
-    const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
-    while (Clock::now() < deadline) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        reaped_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return std::nullopt;
-  }
-  void Signal(int sig) { ::kill(pid_, sig); }
-
- private:
-  pid_t pid_ = -1;
-  bool reaped_ = false;
-};
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 class P2pLoadProcessTest : public ::testing::Test {
  protected:
@@ -130,7 +81,7 @@ class P2pLoadProcessTest : public ::testing::Test {
     std::vector<std::string> args = {
         "seed", "--coordinator", server_->address(), "--checkpoint", Ckpt(), "--layout", layout, "--instance-id", id};
     if (bandwidth > 0) args.insert(args.end(), {"--bandwidth", fmt::format("{:.0f}", bandwidth)});
-    processes_.push_back(std::make_unique<Process>(args, Out(id)));
+    processes_.push_back(std::make_unique<Process>(SHARDWIRE_BIN, args, Out(id)));
     return *processes_.back();
   }
 
@@ -162,7 +113,7 @@ class P2pLoadProcessTest : public ::testing::Test {
                                      "--stall-timeout",
                                      "1"};
     args.insert(args.end(), extra.begin(), extra.end());
-    processes_.push_back(std::make_unique<Process>(args, Out(id)));
+    processes_.push_back(std::make_unique<Process>(SHARDWIRE_BIN, args, Out(id)));
     return *processes_.back();
   }
 
