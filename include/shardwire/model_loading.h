@@ -54,6 +54,10 @@ inline constexpr const char* kSourceAttrStructure = "structure";       ///< Mode
 inline constexpr const char* kSourceAttrRevision = "revision";         ///< ModelIdentity::revision
 inline constexpr const char* kSourceAttrBandwidthCap = "bandwidth";    ///< bytes/s cap, "0" = none
 inline constexpr const char* kSourceAttrBufferBytes = "buffer_bytes";  ///< rank buffer size, bytes
+/// CheckpointRevision ("xxh3:...") of the checkpoint the served bytes equal, when the
+/// source knows it (absent otherwise). Lets a loader check a disk fallback checkpoint
+/// when the identity's revision is a user string.
+inline constexpr const char* kSourceAttrContent = "content";
 
 /// Construction options of a ModelSource.
 struct ModelSourceOptions {
@@ -74,6 +78,11 @@ struct ModelSourceOptions {
   /// bytes arrived sooner. Advertised to loaders in the record's "bandwidth"
   /// attribute. A grant not released within bytes / cap + 2 s is revoked.
   double bandwidth_bytes_per_s = 0;
+  /// CheckpointRevision of the checkpoint whose bytes this source serves ("xxh3:" +
+  /// 32 hex), advertised as the "content" attribute; empty: unknown (not advertised).
+  /// Needed only when identity.revision is a user string: loaders then compare a
+  /// disk-fallback checkpoint with it. BecomeSource fills it from the loader.
+  std::string content_revision;
   /// Agent options; name and lanes are filled in when empty / 0.
   AgentOptions agent = {};
   /// For failure tests only: the source adds 1 to every digest it reports, as if
@@ -136,6 +145,14 @@ struct ModelLoaderOptions {
   /// with none served and a checkpoint given, CheckpointRevision of it.
   std::string revision;
   /// Checkpoint (file, index or directory) for the disk fallback; empty: none.
+  /// Before a single byte of it is used, its CheckpointRevision is compared with the
+  /// content of the identity being loaded: the revision itself when it is a
+  /// CheckpointRevision ("xxh3:..."), else the "content" attribute the sources of the
+  /// identity advertise. A checkpoint of another revision fails the load with
+  /// kFailedPrecondition naming both (never a silent load of other bytes). With a user
+  /// revision and no source advertising its content, the checkpoint cannot be checked
+  /// and is trusted (the caller paired them). Computing the revision reads the whole
+  /// checkpoint once (~0.1 s per GB warm), only when the fallback is used.
   std::string checkpoint_path;
   /// Seconds a move may take without progress (READ not complete, digest or
   /// HELLO not answered, lease not acknowledged) before its source is declared
@@ -194,7 +211,8 @@ class ModelLoader {
   /// is marked STALE with the reason only after its bytes were re-planned); what no
   /// source can give comes from the checkpoint. Never commits a partial load.
   /// Errors (buffer then not loaded): kNotFound when no source serves the identity
-  /// and there is no checkpoint; kUnavailable when every source failed and there is
+  /// and there is no checkpoint; kFailedPrecondition when the fallback checkpoint is
+  /// of another revision (see checkpoint_path); kUnavailable when every source failed and there is
   /// no checkpoint; kFailedPrecondition for an ambiguous revision; kTimedOut after
   /// load_timeout_s; checkpoint errors (kNotFound, kLayoutMismatch); kInvalidArgument
   /// when called again after a commit.
@@ -211,7 +229,8 @@ class ModelLoader {
 
   /// Turns the committed buffer into a source (no copy: the arena and the agent move
   /// into the source). The loader is empty afterwards. `options.instance_id`,
-  /// `rank` and `layout` are taken from the loader when empty.
+  /// `rank`, `layout` and `content_revision` (when the load learned it) are taken from
+  /// the loader when empty.
   /// Errors: kFailedPrecondition when not loaded; those of ModelSource::Create.
   Result<std::unique_ptr<ModelSource>> BecomeSource(ModelSourceOptions options = {});
 

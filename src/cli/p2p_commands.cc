@@ -62,10 +62,10 @@ Status RunSeed(const SeedOptions& o) {
   auto registry = MakeCoordinatorSourceRegistry(*client);
   SW_ASSIGN_OR_RETURN(const ModelDescription model, demo::DescribeDemoModel({o.checkpoint, o.config}));
   SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(o.checkpoint));
-  std::string revision = o.revision;
-  if (revision.empty()) {
-    SW_ASSIGN_OR_RETURN(revision, CheckpointRevision(checkpoint));
-  }
+  // The content digest is computed even under a user revision: loaders check a disk
+  // fallback checkpoint against it (kSourceAttrContent).
+  SW_ASSIGN_OR_RETURN(const std::string content, CheckpointRevision(checkpoint));
+  const std::string revision = o.revision.empty() ? content : o.revision;
   SW_ASSIGN_OR_RETURN(const ModelIdentity identity, MakeModelIdentity(model, revision));
   SW_ASSIGN_OR_RETURN(const Layout layout, MakeLayoutFromString(model, o.layout));
   const std::string instance = o.instance_id.empty() ? fmt::format("seed-{}", ::getpid()) : o.instance_id;
@@ -76,6 +76,7 @@ Status RunSeed(const SeedOptions& o) {
     so.layout = o.layout;
     so.rank = r;
     so.bandwidth_bytes_per_s = o.bandwidth;
+    so.content_revision = content;
     SW_ASSIGN_OR_RETURN(auto source, ModelSource::Create(*registry, model, identity, so, [&](std::span<std::byte> buf) {
                           return LoadShardsFromCheckpoint(checkpoint, layout, r, buf);
                         }));

@@ -106,6 +106,11 @@ struct ModelLoader::Impl {
   ModelIdentity identity;
   bool loaded = false;
   std::uint64_t next_id = 1;
+  // CheckpointRevision of the bytes being loaded, when known: the identity's revision
+  // when it is one, else what the sources advertise (kSourceAttrContent).
+  std::string content;
+  // The content revision the fallback checkpoint was found to have (computed once).
+  std::string checked_checkpoint;
 
   // State of one Load call.
   std::vector<Instance> instances;
@@ -145,6 +150,7 @@ struct ModelLoader::Impl {
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
     SW_ASSIGN_OR_RETURN(const std::string revision, CheckpointRevision(checkpoint));
     SW_ASSIGN_OR_RETURN(identity, MakeModelIdentity(model, revision));
+    checked_checkpoint = revision;  // the fallback reads this very checkpoint
     return Status::Ok();
   }
 
@@ -241,6 +247,17 @@ struct ModelLoader::Impl {
         continue;
       }
       inst.ranks = recs;
+      auto content_it = recs.front().attributes.find(kSourceAttrContent);
+      if (content_it != recs.front().attributes.end()) {
+        if (!content.empty() && content_it->second != content) {
+          // Same identity, other bytes: the instance lies about its revision.
+          report.skipped.push_back(fmt::format("{}: {}: it serves content {} under revision {}, expected content {}",
+                                               id, ErrorCodeName(ErrorCode::kVerificationFailed), content_it->second,
+                                               identity.revision, content));
+          continue;
+        }
+        if (content.empty()) content = content_it->second;
+      }
       auto cap = recs.front().attributes.find(kSourceAttrBandwidthCap);
       if (cap != recs.front().attributes.end()) inst.bandwidth = std::strtod(cap->second.c_str(), nullptr);
       auto src_layout = MakeLayoutFromString(model, inst.layout_string);
@@ -554,6 +571,16 @@ struct ModelLoader::Impl {
                                      workflows::TotalBytes(unassigned), options.rank));
     }
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
+    if (!content.empty() && content != checked_checkpoint) {
+      SW_ASSIGN_OR_RETURN(const std::string on_disk, CheckpointRevision(checkpoint));
+      if (on_disk != content) {
+        return FailedPrecondition(fmt::format(
+            "disk fallback of rank {}: checkpoint \"{}\" has revision {}, but the model being loaded ({}, revision "
+            "{}) has content {}; refusing to load other bytes",
+            options.rank, options.checkpoint_path, on_disk, identity.Digest(), identity.revision, content));
+      }
+      checked_checkpoint = on_disk;
+    }
     std::vector<std::byte> scratch(buffer.size());
     SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, *layout, options.rank, scratch));
     for (const Interval& iv : unassigned) {
@@ -620,7 +647,9 @@ struct ModelLoader::Impl {
     hello_of_request.clear();
     to_mark_stale.clear();
     seen_instances.clear();
+    checked_checkpoint.clear();
     SW_RETURN_IF_ERROR(ResolveIdentity());
+    content = identity.revision.starts_with(kCheckpointRevisionPrefix) ? identity.revision : "";
     report.identity = identity.Digest();
     report.buffer_bytes = buffer.size();
     const std::vector<Interval> needed = NeededIntervals(*layout, options.rank);
@@ -667,8 +696,9 @@ struct ModelLoader::Impl {
     MarkFailedStale();
     Status disk = FromDisk();
     if (!disk.ok()) {
-      if (!report.failed.empty()) {
-        return Unavailable(fmt::format("{}; sources failed: {}", disk.message(), fmt::join(report.failed, "; ")));
+      if (!report.failed.empty()) {  // keeps the disk error's code (e.g. kFailedPrecondition for another revision)
+        return Status(disk.code(),
+                      fmt::format("{}; sources failed: {}", disk.message(), fmt::join(report.failed, "; ")));
       }
       return disk;
     }
@@ -726,6 +756,7 @@ Result<std::unique_ptr<ModelSource>> ModelLoader::BecomeSource(ModelSourceOption
   if (!loaded()) return FailedPrecondition("model loader: BecomeSource before a committed load");
   if (options.instance_id.empty()) options.instance_id = impl_->options.instance_id;
   if (options.layout.empty()) options.layout = impl_->options.layout;
+  if (options.content_revision.empty()) options.content_revision = impl_->content;
   options.rank = impl_->options.rank;
   auto source = ModelSource::Start(*impl_->registry, std::move(impl_->agent), impl_->region, impl_->buffer,
                                    *impl_->layout, impl_->identity, std::move(options));

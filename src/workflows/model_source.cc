@@ -311,6 +311,7 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry
   r.attributes[kSourceAttrRevision] = identity.revision;
   r.attributes[kSourceAttrBandwidthCap] = fmt::format("{:.0f}", options.bandwidth_bytes_per_s);
   r.attributes[kSourceAttrBufferBytes] = std::to_string(buffer.size());
+  if (!options.content_revision.empty()) r.attributes[kSourceAttrContent] = options.content_revision;
   // Serve before registering: a loader may read the moment the record is listed.
   Impl* raw = impl.get();
   raw->server_thread = std::thread([raw] { raw->Serve(); });

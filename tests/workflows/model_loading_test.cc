@@ -333,5 +333,109 @@ TEST_F(ModelLoadingTest, BadOptions) {
   EXPECT_EQ(ModelLoader::Create(registry_, model_, o).status().code(), ErrorCode::kInvalidArgument);
 }
 
+// A checkpoint of the same model with other bytes (another revision), beside dir_.
+class ModelLoadingRevisionTest : public ModelLoadingTest {
+ protected:
+  void SetUp() override {
+    ModelLoadingTest::SetUp();
+    other_dir_ = dir_.string() + "-other";
+    ASSERT_TRUE(GenerateCheckpointDirectory(model_, other_dir_, {.seed = 8}).ok());
+    auto rev = CheckpointRevision(*checkpoint_);
+    ASSERT_TRUE(rev.ok());
+    revision_ = *rev;
+    auto other = Checkpoint::Open(other_dir_);
+    ASSERT_TRUE(other.ok());
+    auto other_rev = CheckpointRevision(*other);
+    ASSERT_TRUE(other_rev.ok());
+    ASSERT_NE(*other_rev, revision_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(other_dir_, ec);
+    ModelLoadingTest::TearDown();
+  }
+  std::string other_dir_;
+  std::string revision_;  // CheckpointRevision of dir_
+};
+
+TEST_F(ModelLoadingRevisionTest, DiskFallbackRefusesACheckpointOfAnotherRevision) {
+  // No source; the revision wanted is dir_'s content digest; the checkpoint is another.
+  ModelLoaderOptions o = LoaderOptions("new", "tp=2", 0);
+  o.revision = revision_;
+  o.checkpoint_path = other_dir_;
+  auto loader = ModelLoader::Create(registry_, model_, o);
+  ASSERT_TRUE(loader.ok());
+  auto report = (*loader)->Load();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().code(), ErrorCode::kFailedPrecondition) << report.status().ToString();
+  EXPECT_NE(report.status().message().find(other_dir_), std::string::npos) << report.status().ToString();
+  EXPECT_NE(report.status().message().find(revision_), std::string::npos) << report.status().ToString();
+  EXPECT_FALSE((*loader)->loaded());
+  EXPECT_FALSE((*loader)->BecomeSource().ok());
+  // The checkpoint of that revision loads.
+  for (const LoadReport& r : LoadAll("new2", "tp=2", [&](ModelLoaderOptions& lo) {
+         lo.revision = revision_;
+         lo.checkpoint_path = dir_.string();
+       })) {
+    EXPECT_GT(r.bytes_from_disk, 0u);
+  }
+}
+
+TEST_F(ModelLoadingRevisionTest, UserRevisionIsCheckedThroughTheContentSourcesAdvertise) {
+  // Sources under the user revision "rev-test" advertise dir_'s content digest; they
+  // serve bad bytes, so everything falls back to disk, where a checkpoint of other
+  // content is refused and the right one is accepted.
+  ModelSourceOptions liar = Liar();
+  liar.content_revision = revision_;
+  auto seed = Seed("liar", "tp=2", liar);
+  ModelLoaderOptions o = LoaderOptions("new", "tp=2", 0);
+  o.checkpoint_path = other_dir_;
+  auto loader = ModelLoader::Create(registry_, model_, o);
+  ASSERT_TRUE(loader.ok());
+  auto report = (*loader)->Load();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().code(), ErrorCode::kFailedPrecondition) << report.status().ToString();
+  EXPECT_FALSE((*loader)->loaded());
+  seed.clear();
+  seed = Seed("liar2", "tp=2", liar);
+  const auto reports = LoadAll("new2", "tp=2", [&](ModelLoaderOptions& lo) { lo.checkpoint_path = dir_.string(); });
+  ASSERT_EQ(reports.size(), 2u);
+  for (const LoadReport& r : reports) EXPECT_EQ(r.bytes_from_sources, 0u);
+}
+
+TEST_F(ModelLoadingRevisionTest, SourcesOfAnotherRevisionAreNeverUsed) {
+  auto other_id = MakeModelIdentity(model_, "rev-other");
+  ASSERT_TRUE(other_id.ok());
+  identity_ = *other_id;
+  auto other = Seed("other", "tp=1");
+  // Loading "rev-test": the READY "rev-other" instance is not a source of it.
+  auto loader = ModelLoader::Create(registry_, model_, LoaderOptions("new", "tp=2", 0));
+  ASSERT_TRUE(loader.ok());
+  auto report = (*loader)->Load();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().code(), ErrorCode::kNotFound) << report.status().ToString();
+  for (const LoadReport& r :
+       LoadAll("new2", "tp=2", [&](ModelLoaderOptions& lo) { lo.checkpoint_path = dir_.string(); })) {
+    EXPECT_EQ(r.bytes_from_sources, 0u);
+    EXPECT_TRUE(r.bytes_per_instance.empty());
+    EXPECT_TRUE(r.failed.empty());
+  }
+}
+
+TEST_F(ModelLoadingRevisionTest, InstanceAdvertisingOtherContentUnderTheSameRevisionIsSkipped) {
+  ModelSourceOptions honest, lying;
+  honest.content_revision = revision_;
+  lying.content_revision = "xxh3:00000000000000000000000000000000";
+  auto a = Seed("a-honest", "tp=2", honest);
+  auto b = Seed("b-lying", "tp=1", lying);
+  for (const LoadReport& r : LoadAll("new", "tp=2")) {
+    EXPECT_EQ(r.bytes_per_instance.count("b-lying"), 0u);
+    EXPECT_EQ(r.bytes_per_instance.count("a-honest"), 1u);
+    ASSERT_EQ(r.skipped.size(), 1u);
+    EXPECT_NE(r.skipped[0].find("b-lying"), std::string::npos) << r.skipped[0];
+    EXPECT_NE(r.skipped[0].find("verification failed"), std::string::npos) << r.skipped[0];
+  }
+}
+
 }  // namespace
 }  // namespace shardwire
