@@ -26,7 +26,10 @@
 // process. Design, protocol and failure handling: docs/p2p_loading.md.
 //
 // Thread-safety: ModelSource runs two threads of its own (heartbeat, serving) and is
-// otherwise not used concurrently; ModelLoader is used by one thread at a time.
+// otherwise not used concurrently; ModelLoader is used by one thread at a time. During
+// Load a ModelLoader re-lists the registry on a helper thread (so a slow or vanished
+// coordinator never stalls the transfers); the loader's destructor waits for a
+// listing still in flight (at most the registry's own call timeout).
 #pragma once
 
 #include <cstddef>

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <map>
 #include <set>
 
@@ -120,7 +121,9 @@ struct ModelLoader::Impl {
   std::vector<Interval> unassigned;  // bytes no move is responsible for
   LoadReport report;
   std::vector<std::size_t> to_mark_stale;
-  std::set<std::string> seen_instances;  // listed once (used, skipped or failed)
+  std::set<std::string> seen_instances;                      // listed once (used, skipped or failed)
+  std::future<Result<std::vector<SourceRecord>>> relisting;  // a re-listing in flight
+  bool relist_failed = false;
 
   Status ResolveIdentity() {
     if (!options.revision.empty()) {
@@ -221,6 +224,12 @@ struct ModelLoader::Impl {
   Status FindInstances(const std::vector<Interval>& needed) {
     SW_ASSIGN_OR_RETURN(const std::vector<SourceRecord> records,
                         registry->ListSources(identity.Digest(), SourceState::kReady));
+    AddInstances(records, needed);
+    return Status::Ok();
+  }
+
+  // Vets the instances of `records` not seen before and adds the usable ones.
+  void AddInstances(const std::vector<SourceRecord>& records, const std::vector<Interval>& needed) {
     std::map<std::string, std::vector<SourceRecord>> by_instance;
     for (const SourceRecord& r : records) {
       if (r.instance_id == options.instance_id) continue;
@@ -289,7 +298,6 @@ struct ModelLoader::Impl {
       inst.coverage = std::move(*coverage);
       instances.push_back(std::move(inst));
     }
-    return Status::Ok();
   }
 
   std::vector<std::size_t> Alive() const {
@@ -609,10 +617,10 @@ struct ModelLoader::Impl {
   // Instances that started serving since the load began (a fleet whose loaded
   // instances become sources): take back every move not yet reading and split
   // those bytes over all live instances again.
-  Status Relist(const std::vector<Interval>& needed) {
+  void Relist(const std::vector<SourceRecord>& records, const std::vector<Interval>& needed) {
     const std::size_t before = instances.size();
-    SW_RETURN_IF_ERROR(FindInstances(needed));
-    if (instances.size() == before) return Status::Ok();
+    AddInstances(records, needed);
+    if (instances.size() == before) return;
     for (LoadMove& m : moves) {
       const bool waiting = m.state == LoadMove::State::kQueued || m.state == LoadMove::State::kLeaseWait ||
                            m.state == LoadMove::State::kLeaseQueued;
@@ -625,7 +633,27 @@ struct ModelLoader::Impl {
     }
     unassigned = workflows::Normalize(std::move(unassigned));
     ++report.replans;
-    return Status::Ok();
+  }
+
+  // Re-listing runs on its own thread so that a slow or vanished coordinator (a
+  // ListSources retrying for unavailable_timeout_s) never stalls the transfers, their
+  // keepalives and deadlines. At most one listing is in flight; the loader's
+  // destructor waits for it.
+  void StartRelist() {
+    if (relisting.valid()) return;
+    relisting = std::async(std::launch::async, [reg = registry, digest = identity.Digest()] {
+      return reg->ListSources(digest, SourceState::kReady);
+    });
+  }
+  void CollectRelist(const std::vector<Interval>& needed) {
+    if (!relisting.valid() || relisting.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
+    Result<std::vector<SourceRecord>> records = relisting.get();
+    if (!records.ok()) {
+      report.skipped.push_back("re-listing sources failed: " + records.status().ToString());
+      relist_failed = true;  // not retried in this load: the known sources carry on
+      return;
+    }
+    Relist(*records, needed);
   }
 
   void MarkFailedStale() {
@@ -648,6 +676,9 @@ struct ModelLoader::Impl {
     to_mark_stale.clear();
     seen_instances.clear();
     checked_checkpoint.clear();
+    if (relisting.valid()) relisting.wait();  // of a previous failed Load
+    relisting = {};
+    relist_failed = false;
     SW_RETURN_IF_ERROR(ResolveIdentity());
     content = identity.revision.starts_with(kCheckpointRevisionPrefix) ? identity.revision : "";
     report.identity = identity.Digest();
@@ -682,11 +713,9 @@ struct ModelLoader::Impl {
           return m.state == LoadMove::State::kQueued || m.state == LoadMove::State::kLeaseWait ||
                  m.state == LoadMove::State::kLeaseQueued;
         });
-        if (waiting) {
-          Status relisted = Relist(needed);
-          if (!relisted.ok()) report.skipped.push_back("re-listing sources failed: " + relisted.ToString());
-        }
+        if (waiting && !relist_failed) StartRelist();
       }
+      CollectRelist(needed);
       if (!to_mark_stale.empty() && !unassigned.empty() && !Alive().empty()) {
         Assign();  // re-planned first, then the failed source is marked
         MarkFailedStale();

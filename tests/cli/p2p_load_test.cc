@@ -298,5 +298,33 @@ TEST_F(P2pLoadProcessTest, Fp8BlockScaleCheckpointAcrossTpSizes) {
   EXPECT_NE(err.find("weight_scale_inv"), std::string::npos) << err;
 }
 
+// The coordinator is killed (SIGKILL) while a load is under way: the loader already
+// knows its sources and finishes from them, verified, without waiting for the
+// coordinator (its re-listing runs off the transfer loop and is given up after the
+// first failure); the seed keeps serving.
+TEST_F(P2pLoadProcessTest, CoordinatorGoesAwayMidLoad) {
+  Process serve(SHARDWIRE_BIN, {"serve", "--host", "127.0.0.1", "--port", "0"}, Out("serve"));
+  ASSERT_TRUE(testing::AwaitOutput(Out("serve"), "listening on ", serve, 30)) << Slurp(Out("serve"));
+  const std::string text = Slurp(Out("serve"));
+  const auto at = text.find("listening on ") + 13;
+  coordinator_ = text.substr(at, text.find(' ', at) - at);
+  // Each source rank serves two loader ranks of ~0.9 MB at 600 KB/s: the second waits
+  // for its lease (and re-lists) while the coordinator dies.
+  Process& seed = Seed("seed", "tp=2", 600e3);
+  ASSERT_TRUE(testing::AwaitOutput(Out("seed"), "SEED READY", seed, 60)) << Slurp(Out("seed"));
+  Process& load = Load("new", "tp=4");
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  serve.Signal(SIGKILL);
+  ASSERT_EQ(serve.Wait(10).value_or(0), -SIGKILL);
+  // The LOADED line is printed only after every byte was compared with the checkpoint.
+  // (The process then exits once its last re-listing gives up, up to the coordinator
+  // client's 15 s retry window later; not waited for here.)
+  ASSERT_TRUE(testing::AwaitOutput(Out("new"), "verified=byte-for-byte", load, 60)) << Slurp(Out("new"));
+  const std::string out = Slurp(Out("new"));
+  EXPECT_NE(out.find("sources=seed:3680256 "), std::string::npos) << out;
+  EXPECT_NE(out.find("disk_bytes=0 "), std::string::npos) << out;
+  EXPECT_NE(out.find("failed=0 "), std::string::npos) << out;  // the seed was never given up
+}
+
 }  // namespace
 }  // namespace shardwire
