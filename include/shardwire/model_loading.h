@@ -172,6 +172,14 @@ struct ModelLoaderOptions {
   /// READY since the load began take a share of those bytes (a fleet doubles its
   /// sources each round). 0: list once.
   double relist_interval_s = 0.2;
+  /// Order in which bandwidth-capped sources grant leases to loader instances: lower
+  /// first, ties by instance id, then by arrival. Every rank of one instance must pass
+  /// the same value (e.g. the instance's start time in ms since the Unix epoch), so
+  /// that every source rank of every source agrees on one order and serves one loader
+  /// instance after another (a loader whose ranks are first at one source rank but
+  /// last at another would finish only with the last). 0: the Unix time in ms when
+  /// this rank's loader was created. Must be >= 0 (kInvalidArgument otherwise).
+  std::int64_t lease_priority = 0;
   /// Agent options; name and lanes are filled in when empty / 0.
   AgentOptions agent = {};
 };

@@ -138,6 +138,7 @@ Status RunLoad(const LoadOptions& o) {
       lo.revision = o.revision;
       lo.checkpoint_path = o.fallback_checkpoint;
       lo.stall_timeout_s = o.stall_timeout_s;
+      lo.lease_priority = start_ms;  // one priority for all ranks of the instance
       auto loader = ModelLoader::Create(*registry, model, lo);
       if (!loader.ok()) {
         reports[static_cast<std::size_t>(r)] = loader.status();
@@ -178,6 +179,22 @@ Status RunLoad(const LoadOptions& o) {
   if (!o.quiet) {
     for (const auto& f : failed) fmt::print("  failed source {}\n", f);
   }
+  // A loaded instance serves the moment it commits (issue 8 item 5), before the
+  // optional --verify-against check (a test oracle; the load itself verified every
+  // move's digest). A failed check stops serving (the sources deregister) and exits 1.
+  std::vector<std::unique_ptr<ModelSource>> sources_out;
+  if (o.serve) {
+    for (auto& loader : loaders) {
+      ModelSourceOptions so;
+      so.bandwidth_bytes_per_s = o.bandwidth;
+      SW_ASSIGN_OR_RETURN(auto source, loader->BecomeSource(so));
+      sources_out.push_back(std::move(source));
+    }
+  }
+  auto buffer_of = [&](int r) {
+    return o.serve ? sources_out[static_cast<std::size_t>(r)]->buffer()
+                   : loaders[static_cast<std::size_t>(r)]->buffer();
+  };
   std::string verified = "no";
   double disk_seconds = 0;
   if (!o.verify_against.empty()) {
@@ -185,7 +202,7 @@ Status RunLoad(const LoadOptions& o) {
     // the same run, from the page cache the seed warmed (mmap + one copy per rank).
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(o.verify_against));
     for (int r = 0; r < world; ++r) {
-      const auto buf = loaders[static_cast<std::size_t>(r)]->buffer();
+      const auto buf = buffer_of(r);
       std::vector<std::byte> expected(buf.size());
       const auto disk_start = std::chrono::steady_clock::now();
       SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, layout, r, expected));
@@ -214,13 +231,6 @@ Status RunLoad(const LoadOptions& o) {
     }
   }
   if (!o.serve) return Status::Ok();
-  std::vector<std::unique_ptr<ModelSource>> sources_out;
-  for (auto& loader : loaders) {
-    ModelSourceOptions so;
-    so.bandwidth_bytes_per_s = o.bandwidth;
-    SW_ASSIGN_OR_RETURN(auto source, loader->BecomeSource(so));
-    sources_out.push_back(std::move(source));
-  }
   if (!o.quiet) fmt::print("SERVING instance={}\n", instance);
   std::fflush(stdout);
   WaitForStop();

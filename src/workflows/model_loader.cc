@@ -33,12 +33,13 @@ using workflows::SourceRun;
 
 std::atomic<std::uint64_t> g_loader_counter{0};
 
-P2pMessage LeaseRequest(std::uint64_t id, std::uint64_t bytes, const std::string& instance) {
+P2pMessage LeaseRequest(std::uint64_t id, std::uint64_t bytes, const std::string& instance, std::uint64_t priority) {
   P2pMessage m;
   m.kind = P2pKind::kLease;
   m.id = id;
   m.value = bytes;
   m.text = instance;
+  m.priority = priority;
   return m;
 }
 
@@ -487,7 +488,8 @@ struct ModelLoader::Impl {
       m.request_id = next_id++;
       move_of_request[m.request_id] = i;
       if (inst.bandwidth > 0) {
-        Status sent = Send(inst.peers[m.src_rank], LeaseRequest(m.request_id, m.bytes, options.instance_id));
+        Status sent = Send(inst.peers[m.src_rank], LeaseRequest(m.request_id, m.bytes, options.instance_id,
+                                                                static_cast<std::uint64_t>(options.lease_priority)));
         if (!sent.ok()) {
           FailInstance(m.instance, "sending a lease request failed: " + sent.ToString());
           continue;
@@ -743,6 +745,7 @@ ModelLoader::~ModelLoader() = default;
 Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registry, const ModelDescription& model,
                                                          ModelLoaderOptions options) {
   if (options.instance_id.empty()) return InvalidArgument("model loader: empty instance id");
+  if (options.lease_priority < 0) return InvalidArgument("model loader: negative lease_priority");
   if (!(options.stall_timeout_s > 0) || !(options.load_timeout_s > 0) || options.move_bytes == 0) {
     return InvalidArgument("model loader: stall and load timeouts must be > 0 and move_bytes > 0");
   }
@@ -760,6 +763,11 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
   if (agent_options.name.empty()) {
     agent_options.name =
         fmt::format("{}/loader/{}/{}-{}", options.instance_id, options.rank, ::getpid(), g_loader_counter.fetch_add(1));
+  }
+  if (options.lease_priority == 0) {
+    options.lease_priority =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
   }
   impl->options = std::move(options);
   SW_ASSIGN_OR_RETURN(impl->agent, Agent::Create(agent_options));

@@ -71,11 +71,12 @@ struct ModelSource::Impl {
     std::uint64_t bytes = 0;
     std::string instance;  // the loader instance asking
   };
-  // Loader instance -> sequence number of its first lease request. Grants go to the
-  // instance that asked first, so one loader finishes (and starts serving) before
-  // the next is served, instead of all of them finishing last together.
+  // Loader instance -> its priority (as its first lease request said; lower first).
+  // Grants go to the instance of the lowest (priority, instance id), then arrival, so
+  // one loader finishes (and starts serving) before the next is served instead of all
+  // finishing last together, and every source rank of every source agrees on the
+  // order (the loader's ranks share one priority).
   std::map<std::string, std::uint64_t> first_request;
-  std::uint64_t request_seq = 0;
   std::deque<LeaseRequest> lease_queue;
   std::optional<LeaseRequest> lease_holder;
   Clock::time_point lease_deadline;
@@ -147,7 +148,7 @@ struct ModelSource::Impl {
         Reply(n.peer, Digest(*m));
         break;
       case P2pKind::kLease: {
-        first_request.try_emplace(m->text, request_seq++);
+        first_request.try_emplace(m->text, m->priority);
         lease_queue.push_back({n.peer, m->id, m->value, m->text});
         P2pMessage queued;
         queued.kind = P2pKind::kQueued;
@@ -186,7 +187,9 @@ struct ModelSource::Impl {
     if (lease_holder || lease_queue.empty()) return;
     auto next =
         std::min_element(lease_queue.begin(), lease_queue.end(), [&](const LeaseRequest& a, const LeaseRequest& b) {
-          return first_request[a.instance] < first_request[b.instance];  // stable: earlier arrival wins ties
+          // min_element keeps the first of equals: earlier arrival wins ties.
+          const std::uint64_t pa = first_request[a.instance], pb = first_request[b.instance];
+          return pa != pb ? pa < pb : a.instance < b.instance;
         });
     lease_holder = *next;
     lease_queue.erase(next);

@@ -57,8 +57,9 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
       state->bytes_per_push += m.bytes();
     }
   }
-  SW_ASSIGN_OR_RETURN(state->endpoint, sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank,
-                                                              trainer_layout.rank(rank).buffer_bytes, state->options.buffer));
+  SW_ASSIGN_OR_RETURN(state->endpoint,
+                      sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank,
+                                             trainer_layout.rank(rank).buffer_bytes, state->options.buffer));
   return std::unique_ptr<WeightPublisher>(new WeightPublisher(std::move(state)));
 }
 

@@ -46,8 +46,9 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
   state->rank = rank;
   state->sources = plan.SourcesOf(rank);
   for (const Move& m : plan.MovesTo(rank)) state->bytes_per_update += m.bytes();
-  SW_ASSIGN_OR_RETURN(state->endpoint, sync::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank,
-                                                              engine_layout.rank(rank).buffer_bytes, state->options.buffer));
+  SW_ASSIGN_OR_RETURN(state->endpoint,
+                      sync::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank,
+                                             engine_layout.rank(rank).buffer_bytes, state->options.buffer));
   return std::unique_ptr<WeightSubscriber>(new WeightSubscriber(std::move(state)));
 }
 

@@ -308,12 +308,15 @@ TEST_F(P2pLoadProcessTest, CoordinatorGoesAwayMidLoad) {
   const std::string text = Slurp(Out("serve"));
   const auto at = text.find("listening on ") + 13;
   coordinator_ = text.substr(at, text.find(' ', at) - at);
-  // Each source rank serves two loader ranks of ~0.9 MB at 600 KB/s: the second waits
-  // for its lease (and re-lists) while the coordinator dies.
-  Process& seed = Seed("seed", "tp=2", 600e3);
+  // Each source rank serves two loader ranks of ~0.9 MB at 300 KB/s (~6 s in all): the
+  // loader has listed its sources long before the coordinator dies at 2.5 s (even on a
+  // loaded machine), and its second rank per source rank still waits for its lease (and
+  // re-lists) then. (Were the coordinator gone before the first listing, the load would
+  // fail with kUnavailable naming it after the client's retry window.)
+  Process& seed = Seed("seed", "tp=2", 300e3);
   ASSERT_TRUE(testing::AwaitOutput(Out("seed"), "SEED READY", seed, 60)) << Slurp(Out("seed"));
   Process& load = Load("new", "tp=4");
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
   serve.Signal(SIGKILL);
   ASSERT_EQ(serve.Wait(10).value_or(0), -SIGKILL);
   // The LOADED line is printed only after every byte was compared with the checkpoint.
