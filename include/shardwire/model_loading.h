@@ -204,7 +204,9 @@ struct LoadReport {
 class ModelLoader {
  public:
   /// Builds the rank's layout (MakeLayoutFromString), creates the agent and
-  /// allocates the rank's buffer as an arena (zeroed). Nothing is read yet.
+  /// allocates the rank's buffer as an arena, page tables populated for writing; the
+  /// padding between shards is zeroed, shard bytes are unspecified until Load commits.
+  /// Nothing is read yet.
   /// Errors: kInvalidArgument (layout, rank, empty instance id); agent errors.
   static Result<std::unique_ptr<ModelLoader>> Create(SourceRegistry& registry, const ModelDescription& model,
                                                      ModelLoaderOptions options);

@@ -152,6 +152,7 @@ Status RunLoad(const LoadOptions& o) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const std::int64_t end_ms = UnixMs();
   std::uint64_t bytes = 0, disk = 0;
+  double digest_seconds = 0, rank_seconds = 0;  // summed over ranks (they run in parallel)
   std::map<std::string, std::uint64_t> per_instance;
   std::vector<std::string> failed;
   for (int r = 0; r < world; ++r) {
@@ -166,6 +167,8 @@ Status RunLoad(const LoadOptions& o) {
     }
     bytes += rep->bytes_from_sources + rep->bytes_from_disk;
     disk += rep->bytes_from_disk;
+    digest_seconds += rep->digest_seconds;
+    rank_seconds += rep->seconds;
     for (const auto& [id, b] : rep->bytes_per_instance) per_instance[id] += b;
     for (const auto& f : rep->failed) failed.push_back(fmt::format("rank {}: {}", r, f));
     if (o.quiet) continue;
@@ -217,9 +220,10 @@ Status RunLoad(const LoadOptions& o) {
   }
   const std::string line = fmt::format(
       "LOADED instance={} layout={} bytes={} disk_bytes={} seconds={:.4f} gbps={:.4f} sources={} failed={} "
-      "verified={} disk_seconds={:.4f} start_ms={} end_ms={}",
+      "verified={} disk_seconds={:.4f} start_ms={} end_ms={} digest_seconds={:.4f} rank_seconds={:.4f}",
       instance, o.layout, bytes, disk, seconds, seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0,
-      sources.empty() ? "-" : sources, failed.size(), verified, disk_seconds, start_ms, end_ms);
+      sources.empty() ? "-" : sources, failed.size(), verified, disk_seconds, start_ms, end_ms, digest_seconds,
+      rank_seconds);
   if (!o.quiet) fmt::print("{}\n", line);
   std::fflush(stdout);
   if (!o.report.empty()) {

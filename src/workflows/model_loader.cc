@@ -1,5 +1,6 @@
 // ModelLoader: one rank of a new instance loads its shards from serving instances
 // (model_loading.h; design in docs/p2p_loading.md).
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -64,6 +65,21 @@ std::vector<Interval> NeededIntervals(const Layout& layout, int rank) {
     out.push_back({s.byte_offset, s.byte_offset + bytes});
   }
   return workflows::Normalize(std::move(out));
+}
+
+// Populates the page tables of `buf` for writing in one call (MADV_POPULATE_WRITE,
+// Linux 5.14+) instead of one page fault per 4 KiB page during the READs: in a VM each
+// fault exit cost about a quarter of a load's CPU time (perf, 350 MB into 4 ranks).
+// Best effort: where the kernel refuses, the READs take the faults.
+void PopulateForWrite(std::span<std::byte> buf) {
+#ifdef MADV_POPULATE_WRITE
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<std::uintptr_t>(buf.data()) + page - 1) / page * page;
+  const auto end = (reinterpret_cast<std::uintptr_t>(buf.data()) + buf.size()) / page * page;
+  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+#else
+  (void)buf;
+#endif
 }
 
 // One serving instance the loader reads from.
@@ -774,7 +790,17 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
   const std::uint64_t bytes = impl->layout->rank(impl->options.rank).buffer_bytes;
   SW_ASSIGN_OR_RETURN(impl->region, impl->agent->AllocateArena(std::max<std::uint64_t>(bytes, 64)));
   impl->buffer = impl->agent->RegionBytes(impl->region).first(bytes);
-  std::fill(impl->buffer.begin(), impl->buffer.end(), std::byte{0});
+  PopulateForWrite(impl->buffer);
+  // Only the padding between shards is zeroed here: a committed load has written
+  // every shard byte (from sources or disk), so zeroing those too would only cost a
+  // pass over the whole buffer.
+  std::uint64_t at = 0;
+  for (const Interval& iv : NeededIntervals(*impl->layout, impl->options.rank)) {
+    std::fill(impl->buffer.begin() + static_cast<std::ptrdiff_t>(at),
+              impl->buffer.begin() + static_cast<std::ptrdiff_t>(iv.begin), std::byte{0});
+    at = iv.end;
+  }
+  std::fill(impl->buffer.begin() + static_cast<std::ptrdiff_t>(at), impl->buffer.end(), std::byte{0});
   return std::unique_ptr<ModelLoader>(new ModelLoader(std::move(impl)));
 }
 
