@@ -15,13 +15,14 @@
 //     summed over ranks) against the ranks' load time, and xxh3 over 256 MiB against
 //     memcpy of the same bytes on one thread.
 //  5. Fleet (item 5): a seed capped at --fleet-cap B/s per rank (default: a single load
-//     takes ~1.5 s) serving a smaller checkpoint (--fleet-layers, default 1: 0.35 GB);
+//     takes --fleet-round s, default 1) serving a small checkpoint (default a 2-layer
+//     Llama-shaped 3.7 MB one; --fleet-layers N: TinyLlama shapes with N layers);
 //     one load alone (= one round), then --fleet loaders (default 8, all --serve)
 //     started together; the time until the last commits, in rounds, against the goal
 //     1 + log2(fleet).
 //
 // Usage: p2p_load_bench [--layers N] [--work DIR] [--seed-layout L] [--load-layout L]
-//                       [--repeats N] [--fleet N] [--fleet-layers N] [--fleet-cap B/s]
+//                       [--repeats N] [--fleet N] [--fleet-layers N] [--fleet-cap B/s] [--fleet-round S]
 //                       [--skip-cold] [--skip-fleet] [--shardwire PATH]
 // Needs ~3x the checkpoint in /dev/shm + RAM (seed and loader arenas).
 #include <fcntl.h>
@@ -48,6 +49,7 @@
 #include <fmt/format.h>
 
 #include "shardwire/checkpoint.h"
+#include "shardwire/checkpoint_generator.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/model_config.h"
 #include "shardwire/model_description.h"
@@ -72,10 +74,12 @@ struct Args {
   std::string load_layout = "tp=4";
   int repeats = 3;
   int fleet = 8;
-  int fleet_layers = 1;
+  int fleet_layers = 0;
   double fleet_cap = 0;
+  double fleet_round = 1.0;
   bool skip_cold = false;
   bool skip_fleet = false;
+  bool fleet_only = false;
 };
 
 // A child process (stdout and stderr into a file), SIGKILLed and reaped when dropped.
@@ -165,6 +169,21 @@ std::string Generate(const Args& a, int layers) {
   for (std::string line; std::getline(in, line);)
     if (!line.empty()) last = line;
   return fs::path(last).parent_path().string();
+}
+
+// The fleet's default model: Llama-shaped, 2 layers, 3.7 MB. Small on purpose: with
+// every source rank capped so that one load takes --fleet-round seconds, up to 2 x 8
+// capped transfers run at once, and their sum must stay well below what this host
+// can copy, or the fleet measures the host instead of the doubling.
+std::string GenerateSmall(const Args& a) {
+  constexpr const char* kLlama = R"({"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2,
+      "num_attention_heads": 8, "num_key_value_heads": 8, "intermediate_size": 512, "vocab_size": 1024,
+      "torch_dtype": "bfloat16"})";
+  const std::string dir = a.work + "/fleet-llama-2L";
+  const ModelConfig config = Must(ParseModelConfig(kLlama, "fleet"), "fleet config");
+  const ModelDescription model = Must(DescribeModel(config), "fleet model");
+  if (Status st = GenerateCheckpointDirectory(model, dir, {.seed = 3}); !st.ok()) Die(st.ToString());
+  return dir;
 }
 
 ModelDescription Describe(const std::string& dir) {
@@ -328,8 +347,12 @@ int main(int argc, char** argv) {
       a.fleet_layers = std::stoi(next());
     else if (k == "--fleet-cap")
       a.fleet_cap = std::stod(next());
+    else if (k == "--fleet-round")
+      a.fleet_round = std::stod(next());
     else if (k == "--skip-cold")
       a.skip_cold = true;
+    else if (k == "--fleet-only")
+      a.fleet_only = true;
     else if (k == "--skip-fleet")
       a.skip_fleet = true;
     else if (k == "--shardwire")
@@ -347,65 +370,67 @@ int main(int argc, char** argv) {
   fmt::print("p2p_load_bench: load average at start {:.2f} {:.2f} {:.2f} ({} cores)\n", load1[0], load1[1], load1[2],
              std::thread::hardware_concurrency());
 
-  const std::string dir = Generate(a, a.layers);
-  const ModelDescription model = Describe(dir);
-  const Layout layout = Must(MakeLayoutFromString(model, a.load_layout), "load layout");
-  std::uint64_t bytes = 0;
-  for (int r = 0; r < layout.world_size(); ++r) bytes += layout.rank(r).buffer_bytes;
-  fmt::print("checkpoint {} ({} layers, {:.3f} GB); target layout {} ({} ranks, {:.3f} GB of shards); seed {}\n\n", dir,
-             a.layers, static_cast<double>(model.total_bytes()) / 1e9, a.load_layout, layout.world_size(),
-             static_cast<double>(bytes) / 1e9, a.seed_layout);
-
-  // Cold and warm, each with one thread per rank (as `shardwire load` runs its ranks)
-  // and with the ranks in turn on one thread; the P2P load is compared with the faster.
-  double cold_t = 0, cold_s = 0;
-  std::string how = "not measured";
-  if (!a.skip_cold) {
-    how = DropCaches(dir);
-    cold_t = DiskLoad(dir, layout, true);
-    (void)DropCaches(dir);
-    cold_s = DiskLoad(dir, layout, false);
-  }
-  double warm_t = DiskLoad(dir, layout, true), warm_s = DiskLoad(dir, layout, false);
-  warm_t = std::min(warm_t, DiskLoad(dir, layout, true));
-  warm_s = std::min(warm_s, DiskLoad(dir, layout, false));
-  const double warm = std::min(warm_t, warm_s);
-  const double cold = a.skip_cold ? 0 : std::min(cold_t, cold_s);
-  const double b = static_cast<double>(bytes);
-  fmt::print("disk load of the {} shards (mmap + copy into fresh buffers):\n", a.load_layout);
-  if (!a.skip_cold) {
-    fmt::print("  cold ({}): thread per rank {:7.3f} s {:6.2f} GB/s | ranks in turn {:7.3f} s {:6.2f} GB/s\n", how,
-               cold_t, Gbps(b, cold_t), cold_s, Gbps(b, cold_s));
-  }
-  fmt::print("  warm (best of 2): thread per rank {:7.3f} s {:6.2f} GB/s | ranks in turn {:7.3f} s {:6.2f} GB/s\n\n",
-             warm_t, Gbps(b, warm_t), warm_s, Gbps(b, warm_s));
-
   Bench bench(a);
-  {
-    auto seed = bench.Seed(dir, "bench-seed", a.seed_layout, 0);
-    fmt::print("P2P load {} <- seed {} (separate processes, shared-memory arenas; verified byte for byte):\n",
-               a.load_layout, a.seed_layout);
-    for (int i = 0; i < a.repeats; ++i) {
-      const std::string id = fmt::format("bench-load-{}", i);
-      auto c = bench.StartLoad(dir, id, a.load_layout, false, 0);
-      auto f = bench.AwaitReport(id, *c);
-      c->Wait(120);
-      const double s = std::stod(f["seconds"]);
-      const double dg = std::stod(f["digest_seconds"]), rs = std::stod(f["rank_seconds"]);
-      fmt::print(
-          "  run {}  {:8.3f} s  {:6.2f} GB/s   vs warm disk {:5.2f}x   vs cold disk {:5.2f}x   digest {:.3f} s of "
-          "{:.3f} rank-s ({:.1f}%)  disk_bytes={}\n",
-          i + 1, s, Gbps(b, s), warm / s, cold / s, dg, rs, rs > 0 ? 100 * dg / rs : 0, f["disk_bytes"]);
-    }
-  }
-  fmt::print("digest verification cost:\n");
-  DigestVsMemcpy();
+  if (!a.fleet_only) {
+    const std::string dir = Generate(a, a.layers);
+    const ModelDescription model = Describe(dir);
+    const Layout layout = Must(MakeLayoutFromString(model, a.load_layout), "load layout");
+    std::uint64_t bytes = 0;
+    for (int r = 0; r < layout.world_size(); ++r) bytes += layout.rank(r).buffer_bytes;
+    fmt::print("checkpoint {} ({} layers, {:.3f} GB); target layout {} ({} ranks, {:.3f} GB of shards); seed {}\n\n",
+               dir, a.layers, static_cast<double>(model.total_bytes()) / 1e9, a.load_layout, layout.world_size(),
+               static_cast<double>(bytes) / 1e9, a.seed_layout);
 
+    // Cold and warm, each with one thread per rank (as `shardwire load` runs its ranks)
+    // and with the ranks in turn on one thread; the P2P load is compared with the faster.
+    double cold_t = 0, cold_s = 0;
+    std::string how = "not measured";
+    if (!a.skip_cold) {
+      how = DropCaches(dir);
+      cold_t = DiskLoad(dir, layout, true);
+      (void)DropCaches(dir);
+      cold_s = DiskLoad(dir, layout, false);
+    }
+    double warm_t = DiskLoad(dir, layout, true), warm_s = DiskLoad(dir, layout, false);
+    warm_t = std::min(warm_t, DiskLoad(dir, layout, true));
+    warm_s = std::min(warm_s, DiskLoad(dir, layout, false));
+    const double warm = std::min(warm_t, warm_s);
+    const double cold = a.skip_cold ? 0 : std::min(cold_t, cold_s);
+    const double b = static_cast<double>(bytes);
+    fmt::print("disk load of the {} shards (mmap + copy into fresh buffers):\n", a.load_layout);
+    if (!a.skip_cold) {
+      fmt::print("  cold ({}): thread per rank {:7.3f} s {:6.2f} GB/s | ranks in turn {:7.3f} s {:6.2f} GB/s\n", how,
+                 cold_t, Gbps(b, cold_t), cold_s, Gbps(b, cold_s));
+    }
+    fmt::print("  warm (best of 2): thread per rank {:7.3f} s {:6.2f} GB/s | ranks in turn {:7.3f} s {:6.2f} GB/s\n\n",
+               warm_t, Gbps(b, warm_t), warm_s, Gbps(b, warm_s));
+
+    {
+      auto seed = bench.Seed(dir, "bench-seed", a.seed_layout, 0);
+      fmt::print("P2P load {} <- seed {} (separate processes, shared-memory arenas; verified byte for byte):\n",
+                 a.load_layout, a.seed_layout);
+      for (int i = 0; i < a.repeats; ++i) {
+        const std::string id = fmt::format("bench-load-{}", i);
+        auto c = bench.StartLoad(dir, id, a.load_layout, false, 0);
+        auto f = bench.AwaitReport(id, *c);
+        c->Wait(120);
+        const double s = std::stod(f["seconds"]);
+        const double dg = std::stod(f["digest_seconds"]), rs = std::stod(f["rank_seconds"]);
+        fmt::print(
+            "  run {}  {:8.3f} s  {:6.2f} GB/s   vs warm disk {:5.2f}x   vs cold disk {:5.2f}x   digest {:.3f} s of "
+            "{:.3f} rank-s ({:.1f}%)  disk_bytes={}\n",
+            i + 1, s, Gbps(b, s), warm / s, cold / s, dg, rs, rs > 0 ? 100 * dg / rs : 0, f["disk_bytes"]);
+      }
+    }
+    fmt::print("digest verification cost:\n");
+    DigestVsMemcpy();
+  }
   if (a.skip_fleet) return 0;
-  const std::string fdir = Generate(a, a.fleet_layers);
+  const std::string fdir = a.fleet_layers > 0 ? Generate(a, a.fleet_layers) : GenerateSmall(a);
   const ModelDescription fmodel = Describe(fdir);
   const Layout seed_layout = Must(MakeLayoutFromString(fmodel, "tp=2"), "fleet layout");
-  const double cap = a.fleet_cap > 0 ? a.fleet_cap : static_cast<double>(seed_layout.rank(0).buffer_bytes) / 1.5;
+  const double cap =
+      a.fleet_cap > 0 ? a.fleet_cap : static_cast<double>(seed_layout.rank(0).buffer_bytes) / a.fleet_round;
   fmt::print(
       "\nfleet: checkpoint {} ({:.3f} GB), 1 seed tp=2 + {} loaders tp=2 (all --serve), every source rank capped "
       "at {:.0f} B/s\n",

@@ -333,7 +333,15 @@ struct ModelLoader::Impl {
     unassigned.clear();
     for (std::size_t k = 0; k < alive.size(); ++k) {
       const std::vector<SourceRun> runs = workflows::Clip(instances[alive[k]].coverage, portions[k]);
-      for (auto& cut : workflows::CutMoves(runs, options.move_bytes)) {
+      // From a bandwidth-capped instance, moves of at most lease_seconds of its
+      // bandwidth: a lease is the unit in which a source serves loaders in priority
+      // order, so a lower-priority loader that got in first yields after one short lease.
+      std::uint64_t cut_bytes = options.move_bytes;
+      if (instances[alive[k]].bandwidth > 0) {
+        const double lease_bytes = instances[alive[k]].bandwidth * options.lease_seconds;
+        cut_bytes = std::clamp<std::uint64_t>(static_cast<std::uint64_t>(lease_bytes), 64u << 10, options.move_bytes);
+      }
+      for (auto& cut : workflows::CutMoves(runs, cut_bytes)) {
         LoadMove m;
         m.instance = alive[k];
         m.src_rank = cut.front().src_rank;
@@ -497,7 +505,10 @@ struct ModelLoader::Impl {
       Instance& inst = instances[m.instance];
       if (inst.failed) continue;
       if (!inst.hello_acked.contains(m.src_rank)) continue;
-      const int per_peer = inst.bandwidth > 0 ? 1 : 4;
+      // Capped: one move reading and the next one's lease request queued at the source,
+      // so that when the grant ends the source chooses among every waiting loader
+      // (this one included) by priority, instead of whoever asks again first.
+      const int per_peer = inst.bandwidth > 0 ? 2 : 4;
       int& n = active[{m.instance, m.src_rank}];
       if (n >= per_peer) continue;
       ++n;
@@ -762,6 +773,7 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
                                                          ModelLoaderOptions options) {
   if (options.instance_id.empty()) return InvalidArgument("model loader: empty instance id");
   if (options.lease_priority < 0) return InvalidArgument("model loader: negative lease_priority");
+  if (!(options.lease_seconds > 0)) return InvalidArgument("model loader: lease_seconds must be > 0");
   if (!(options.stall_timeout_s > 0) || !(options.load_timeout_s > 0) || options.move_bytes == 0) {
     return InvalidArgument("model loader: stall and load timeouts must be > 0 and move_bytes > 0");
   }
