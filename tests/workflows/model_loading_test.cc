@@ -15,6 +15,7 @@
 #include "shardwire/model_layouts.h"
 #include "shardwire/shard_io.h"
 #include "workflows/fake_source_registry.h"
+#include "workflows/p2p_messages.h"
 
 namespace shardwire {
 namespace {
@@ -435,6 +436,79 @@ TEST_F(ModelLoadingRevisionTest, InstanceAdvertisingOtherContentUnderTheSameRevi
     EXPECT_NE(r.skipped[0].find("b-lying"), std::string::npos) << r.skipped[0];
     EXPECT_NE(r.skipped[0].find("verification failed"), std::string::npos) << r.skipped[0];
   }
+}
+
+// The lease order of a capped source: by the loaders' priority (then instance id), not
+// by arrival. A raw agent speaks the protocol: lease 1 is granted at once (the source is
+// idle); leases 2 (priority 300) and 3 (priority 100) queue; when 1 is released, 3 wins
+// although 2 arrived first.
+TEST_F(ModelLoadingTest, CappedSourceGrantsLeasesByPriorityNotArrival) {
+  using workflows::DecodeP2p;
+  using workflows::EncodeP2p;
+  using workflows::P2pKind;
+  using workflows::P2pMessage;
+  auto seed = Seed("capped", "tp=1", Capped(1e6));
+  ASSERT_EQ(seed.size(), 1u);
+  auto records = registry_.ListSources("", SourceState::kReady);
+  ASSERT_TRUE(records.ok());
+  ASSERT_EQ(records->size(), 1u);
+  auto agent = Agent::Create({.name = "raw-loader"});
+  ASSERT_TRUE(agent.ok());
+  Agent& a = **agent;
+  auto peer = a.ImportMetadata(records->front().metadata);
+  ASSERT_TRUE(peer.ok());
+  auto send = [&](P2pMessage m) { ASSERT_TRUE(a.SendMessage(*peer, EncodeP2p(m)).ok()); };
+  // Next message of `kind` (others, e.g. QUEUED keepalives, are skipped).
+  auto await = [&](P2pKind kind) -> std::optional<P2pMessage> {
+    for (int i = 0; i < 200; ++i) {
+      auto n = a.WaitNotification(5);
+      if (!n.ok()) return std::nullopt;
+      auto m = DecodeP2p(n->payload);
+      if (m && m->kind == kind) return m;
+    }
+    return std::nullopt;
+  };
+  P2pMessage hello;
+  hello.kind = P2pKind::kHello;
+  hello.id = 1000;
+  auto blob = a.ExportMetadata();
+  ASSERT_TRUE(blob.ok());
+  hello.blob = *blob;
+  send(hello);
+  ASSERT_TRUE(await(P2pKind::kHelloAck).has_value());
+  auto lease = [&](std::uint64_t id, const std::string& instance, std::uint64_t priority) {
+    P2pMessage m;
+    m.kind = P2pKind::kLease;
+    m.id = id;
+    m.value = 100000;  // 0.1 s at the cap
+    m.text = instance;
+    m.priority = priority;
+    send(m);
+  };
+  lease(1, "b", 200);
+  auto first = await(P2pKind::kGrant);
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->id, 1u);
+  lease(2, "c", 300);
+  lease(3, "a", 100);
+  // Both requests are queued (each is acknowledged) before the grant ends.
+  ASSERT_TRUE(await(P2pKind::kQueued).has_value());
+  ASSERT_TRUE(await(P2pKind::kQueued).has_value());
+  P2pMessage release;
+  release.kind = P2pKind::kRelease;
+  release.id = 1;
+  send(release);
+  auto second = await(P2pKind::kGrant);
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->id, 3u) << "the lowest priority value is served first";
+  release.id = 3;
+  send(release);
+  auto third = await(P2pKind::kGrant);
+  ASSERT_TRUE(third.has_value());
+  EXPECT_EQ(third->id, 2u);
+  P2pMessage bye;
+  bye.kind = P2pKind::kBye;
+  send(bye);
 }
 
 }  // namespace
