@@ -76,10 +76,11 @@ struct ModelSourceOptions {
   double heartbeat_interval_s = 1;
   /// Bytes per second this rank serves at most (0: unlimited). Models a source NIC
   /// on one host where memory bandwidth is shared: readers take a lease for each
-  /// move (LEASE -> GRANT), the source grants one reader at a time, first come first
-  /// served, and a reader keeps its grant for bytes / cap seconds even when the
-  /// bytes arrived sooner. Advertised to loaders in the record's "bandwidth"
-  /// attribute. A grant not released within bytes / cap + 2 s is revoked.
+  /// move (LEASE -> GRANT), the source grants one reader at a time, the loader
+  /// instance of the lowest lease priority first (ModelLoaderOptions::lease_priority),
+  /// and a grant lasts bytes / cap seconds even when the bytes arrived sooner; it
+  /// ends then (or at the reader's RELEASE, if sooner), and the source grants the next
+  /// waiting reader. Advertised to loaders in the record's "bandwidth" attribute.
   double bandwidth_bytes_per_s = 0;
   /// CheckpointRevision of the checkpoint whose bytes this source serves ("xxh3:" +
   /// 32 hex), advertised as the "content" attribute; empty: unknown (not advertised).

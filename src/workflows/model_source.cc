@@ -29,7 +29,6 @@ using workflows::P2pKind;
 using workflows::P2pMessage;
 
 constexpr std::uint64_t kBlockBytes = 1ull << 20;  // granularity of the committed-content check
-constexpr double kGrantSlackS = 2;                 // a grant is revoked this long after it should have ended
 
 std::atomic<std::uint64_t> g_agent_counter{0};
 
@@ -183,7 +182,11 @@ struct ModelSource::Impl {
         Reply(r.peer, queued);
       }
     }
-    if (lease_holder && now > lease_deadline) lease_holder.reset();  // revoked: the reader overran or died
+    // A grant ends bytes / cap after it was given, whether or not the reader released
+    // it: the source moves on by itself, so the next reader's GRANT leaves at once
+    // instead of a RELEASE -> GRANT round trip later (on a busy host tens of ms per
+    // lease), and a reader that died or overran holds nothing.
+    if (lease_holder && now >= lease_deadline) lease_holder.reset();
     if (lease_holder || lease_queue.empty()) return;
     auto next =
         std::min_element(lease_queue.begin(), lease_queue.end(), [&](const LeaseRequest& a, const LeaseRequest& b) {
@@ -197,8 +200,7 @@ struct ModelSource::Impl {
     const double seconds = options.bandwidth_bytes_per_s > 0
                                ? static_cast<double>(lease_holder->bytes) / options.bandwidth_bytes_per_s
                                : 0;
-    lease_deadline =
-        now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds + kGrantSlackS));
+    lease_deadline = now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
     P2pMessage grant;
     grant.kind = P2pKind::kGrant;
     grant.id = lease_holder->id;

@@ -480,7 +480,7 @@ TEST_F(ModelLoadingTest, CappedSourceGrantsLeasesByPriorityNotArrival) {
     P2pMessage m;
     m.kind = P2pKind::kLease;
     m.id = id;
-    m.value = 100000;  // 0.1 s at the cap
+    m.value = 20000000;  // 20 s at the cap: the grant lasts until released
     m.text = instance;
     m.priority = priority;
     send(m);
