@@ -404,6 +404,27 @@ TEST_F(ModelLoadingRevisionTest, UserRevisionIsCheckedThroughTheContentSourcesAd
   for (const LoadReport& r : reports) EXPECT_EQ(r.bytes_from_sources, 0u);
 }
 
+TEST_F(ModelLoadingRevisionTest, ALoadedInstancePassesOnTheContentItLearned) {
+  ModelSourceOptions seed_options;
+  seed_options.content_revision = revision_;
+  auto seed = Seed("seed", "tp=2", seed_options);
+  auto loader = ModelLoader::Create(registry_, model_, LoaderOptions("new", "tp=1", 0));
+  ASSERT_TRUE(loader.ok());
+  ASSERT_TRUE((*loader)->Load().ok());
+  auto source = (*loader)->BecomeSource();
+  ASSERT_TRUE(source.ok()) << source.status().ToString();
+  auto records = registry_.ListSources("", SourceState::kReady);
+  ASSERT_TRUE(records.ok());
+  int found = 0;
+  for (const SourceRecord& r : *records) {
+    if (r.instance_id != "new") continue;
+    ++found;
+    ASSERT_TRUE(r.attributes.contains(kSourceAttrContent));
+    EXPECT_EQ(r.attributes.at(kSourceAttrContent), revision_);
+  }
+  EXPECT_EQ(found, 1);
+}
+
 TEST_F(ModelLoadingRevisionTest, SourcesOfAnotherRevisionAreNeverUsed) {
   auto other_id = MakeModelIdentity(model_, "rev-other");
   ASSERT_TRUE(other_id.ok());
