@@ -131,8 +131,9 @@ struct AgentOptions {
   /// PrepareTransfer pre-faults, once per remote region and lane, the local
   /// mapping of a peer's shared-memory region (ucp_rkey_ptr +
   /// madvise(MADV_POPULATE_WRITE)), so the first post runs at steady-state
-  /// speed instead of taking a page fault per 4 KiB. No effect on regions UCX
-  /// cannot map (caller-registered memory, other hosts).
+  /// speed instead of taking a page fault per 4 KiB. For READs it populates, per
+  /// lane, only the ranges the transfer reads (madvise(MADV_POPULATE_READ)). No
+  /// effect on regions UCX cannot map (caller-registered memory, other hosts).
   bool prefault_remote = true;
   /// Lane threads run under SCHED_BATCH (same nice value; no privilege
   /// needed): a lane woken by its event fd does not preempt the running

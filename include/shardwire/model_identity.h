@@ -66,6 +66,9 @@ struct ModelIdentity {
 /// Errors: kInvalidArgument for an empty revision or a model without tensors.
 Result<ModelIdentity> MakeModelIdentity(const ModelDescription& model, std::string revision);
 
+/// The prefix of every CheckpointRevision ("xxh3:").
+inline constexpr std::string_view kCheckpointRevisionPrefix = "xxh3:";
+
 /// A content revision of a checkpoint: "xxh3:" + 32 hex digits, XXH3-128 over every
 /// tensor's name, dtype, shape and data bytes in name order (so re-sharding the same
 /// tensors into other files keeps the revision). Reads every byte once (about the

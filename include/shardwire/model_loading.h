@@ -26,7 +26,10 @@
 // process. Design, protocol and failure handling: docs/p2p_loading.md.
 //
 // Thread-safety: ModelSource runs two threads of its own (heartbeat, serving) and is
-// otherwise not used concurrently; ModelLoader is used by one thread at a time.
+// otherwise not used concurrently; ModelLoader is used by one thread at a time. During
+// Load a ModelLoader re-lists the registry on a helper thread (so a slow or vanished
+// coordinator never stalls the transfers); the loader's destructor waits for a
+// listing still in flight (at most the registry's own call timeout).
 #pragma once
 
 #include <cstddef>
@@ -54,6 +57,10 @@ inline constexpr const char* kSourceAttrStructure = "structure";       ///< Mode
 inline constexpr const char* kSourceAttrRevision = "revision";         ///< ModelIdentity::revision
 inline constexpr const char* kSourceAttrBandwidthCap = "bandwidth";    ///< bytes/s cap, "0" = none
 inline constexpr const char* kSourceAttrBufferBytes = "buffer_bytes";  ///< rank buffer size, bytes
+/// CheckpointRevision ("xxh3:...") of the checkpoint the served bytes equal, when the
+/// source knows it (absent otherwise). Lets a loader check a disk fallback checkpoint
+/// when the identity's revision is a user string.
+inline constexpr const char* kSourceAttrContent = "content";
 
 /// Construction options of a ModelSource.
 struct ModelSourceOptions {
@@ -69,11 +76,17 @@ struct ModelSourceOptions {
   double heartbeat_interval_s = 1;
   /// Bytes per second this rank serves at most (0: unlimited). Models a source NIC
   /// on one host where memory bandwidth is shared: readers take a lease for each
-  /// move (LEASE -> GRANT), the source grants one reader at a time, first come first
-  /// served, and a reader keeps its grant for bytes / cap seconds even when the
-  /// bytes arrived sooner. Advertised to loaders in the record's "bandwidth"
-  /// attribute. A grant not released within bytes / cap + 2 s is revoked.
+  /// move (LEASE -> GRANT), the source grants one reader at a time, the loader
+  /// instance of the lowest lease priority first (ModelLoaderOptions::lease_priority),
+  /// and a grant lasts bytes / cap seconds even when the bytes arrived sooner; it
+  /// ends then (or at the reader's RELEASE, if sooner), and the source grants the next
+  /// waiting reader. Advertised to loaders in the record's "bandwidth" attribute.
   double bandwidth_bytes_per_s = 0;
+  /// CheckpointRevision of the checkpoint whose bytes this source serves ("xxh3:" +
+  /// 32 hex), advertised as the "content" attribute; empty: unknown (not advertised).
+  /// Needed only when identity.revision is a user string: loaders then compare a
+  /// disk-fallback checkpoint with it. BecomeSource fills it from the loader.
+  std::string content_revision;
   /// Agent options; name and lanes are filled in when empty / 0.
   AgentOptions agent = {};
   /// For failure tests only: the source adds 1 to every digest it reports, as if
@@ -136,6 +149,14 @@ struct ModelLoaderOptions {
   /// with none served and a checkpoint given, CheckpointRevision of it.
   std::string revision;
   /// Checkpoint (file, index or directory) for the disk fallback; empty: none.
+  /// Before a single byte of it is used, its CheckpointRevision is compared with the
+  /// content of the identity being loaded: the revision itself when it is a
+  /// CheckpointRevision ("xxh3:..."), else the "content" attribute the sources of the
+  /// identity advertise. A checkpoint of another revision fails the load with
+  /// kFailedPrecondition naming both (never a silent load of other bytes). With a user
+  /// revision and no source advertising its content, the checkpoint cannot be checked
+  /// and is trusted (the caller paired them). Computing the revision reads the whole
+  /// checkpoint once (~0.1 s per GB warm), only when the fallback is used.
   std::string checkpoint_path;
   /// Seconds a move may take without progress (READ not complete, digest or
   /// HELLO not answered, lease not acknowledged) before its source is declared
@@ -152,6 +173,19 @@ struct ModelLoaderOptions {
   /// READY since the load began take a share of those bytes (a fleet doubles its
   /// sources each round). 0: list once.
   double relist_interval_s = 0.2;
+  /// Order in which bandwidth-capped sources grant leases to loader instances: lower
+  /// first, ties by instance id, then by arrival. Every rank of one instance must pass
+  /// the same value (e.g. the instance's start time in ms since the Unix epoch), so
+  /// that every source rank of every source agrees on one order and serves one loader
+  /// instance after another (a loader whose ranks are first at one source rank but
+  /// last at another would finish only with the last). 0: the Unix time in ms when
+  /// this rank's loader was created. Must be >= 0 (kInvalidArgument otherwise).
+  std::int64_t lease_priority = 0;
+  /// Seconds of a capped source's bandwidth one move asks for (moves from a source
+  /// with a bandwidth cap are cut to cap x lease_seconds bytes, at least 64 KiB, at
+  /// most move_bytes): the granularity at which sources re-apply the priority order.
+  /// Must be > 0 (kInvalidArgument).
+  double lease_seconds = 0.2;
   /// Agent options; name and lanes are filled in when empty / 0.
   AgentOptions agent = {};
   /// Interruption hook (e.g. Python's Ctrl-C): when set, Load calls it on its own
@@ -182,7 +216,9 @@ struct LoadReport {
 class ModelLoader {
  public:
   /// Builds the rank's layout (MakeLayoutFromString), creates the agent and
-  /// allocates the rank's buffer as an arena (zeroed). Nothing is read yet.
+  /// allocates the rank's buffer as an arena, page tables populated for writing; the
+  /// padding between shards is zeroed, shard bytes are unspecified until Load commits.
+  /// Nothing is read yet.
   /// Errors: kInvalidArgument (layout, rank, empty instance id); agent errors.
   static Result<std::unique_ptr<ModelLoader>> Create(SourceRegistry& registry, const ModelDescription& model,
                                                      ModelLoaderOptions options);
@@ -200,7 +236,8 @@ class ModelLoader {
   /// is marked STALE with the reason only after its bytes were re-planned); what no
   /// source can give comes from the checkpoint. Never commits a partial load.
   /// Errors (buffer then not loaded): kNotFound when no source serves the identity
-  /// and there is no checkpoint; kUnavailable when every source failed and there is
+  /// and there is no checkpoint; kFailedPrecondition when the fallback checkpoint is
+  /// of another revision (see checkpoint_path); kUnavailable when every source failed and there is
   /// no checkpoint; kFailedPrecondition for an ambiguous revision; kTimedOut after
   /// load_timeout_s; checkpoint errors (kNotFound, kLayoutMismatch); kInvalidArgument
   /// when called again after a commit.
@@ -217,7 +254,8 @@ class ModelLoader {
 
   /// Turns the committed buffer into a source (no copy: the arena and the agent move
   /// into the source). The loader is empty afterwards. `options.instance_id`,
-  /// `rank` and `layout` are taken from the loader when empty.
+  /// `rank`, `layout` and `content_revision` (when the load learned it) are taken from
+  /// the loader when empty.
   /// Errors: kFailedPrecondition when not loaded; those of ModelSource::Create.
   Result<std::unique_ptr<ModelSource>> BecomeSource(ModelSourceOptions options = {});
 

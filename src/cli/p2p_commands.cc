@@ -62,10 +62,10 @@ Status RunSeed(const SeedOptions& o) {
   auto registry = MakeCoordinatorSourceRegistry(*client);
   SW_ASSIGN_OR_RETURN(const ModelDescription model, demo::DescribeDemoModel({o.checkpoint, o.config}));
   SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(o.checkpoint));
-  std::string revision = o.revision;
-  if (revision.empty()) {
-    SW_ASSIGN_OR_RETURN(revision, CheckpointRevision(checkpoint));
-  }
+  // The content digest is computed even under a user revision: loaders check a disk
+  // fallback checkpoint against it (kSourceAttrContent).
+  SW_ASSIGN_OR_RETURN(const std::string content, CheckpointRevision(checkpoint));
+  const std::string revision = o.revision.empty() ? content : o.revision;
   SW_ASSIGN_OR_RETURN(const ModelIdentity identity, MakeModelIdentity(model, revision));
   SW_ASSIGN_OR_RETURN(const Layout layout, MakeLayoutFromString(model, o.layout));
   const std::string instance = o.instance_id.empty() ? fmt::format("seed-{}", ::getpid()) : o.instance_id;
@@ -76,6 +76,7 @@ Status RunSeed(const SeedOptions& o) {
     so.layout = o.layout;
     so.rank = r;
     so.bandwidth_bytes_per_s = o.bandwidth;
+    so.content_revision = content;
     SW_ASSIGN_OR_RETURN(auto source, ModelSource::Create(*registry, model, identity, so, [&](std::span<std::byte> buf) {
                           return LoadShardsFromCheckpoint(checkpoint, layout, r, buf);
                         }));
@@ -137,6 +138,7 @@ Status RunLoad(const LoadOptions& o) {
       lo.revision = o.revision;
       lo.checkpoint_path = o.fallback_checkpoint;
       lo.stall_timeout_s = o.stall_timeout_s;
+      lo.lease_priority = start_ms;  // one priority for all ranks of the instance
       auto loader = ModelLoader::Create(*registry, model, lo);
       if (!loader.ok()) {
         reports[static_cast<std::size_t>(r)] = loader.status();
@@ -150,6 +152,7 @@ Status RunLoad(const LoadOptions& o) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const std::int64_t end_ms = UnixMs();
   std::uint64_t bytes = 0, disk = 0;
+  double digest_seconds = 0, rank_seconds = 0;  // summed over ranks (they run in parallel)
   std::map<std::string, std::uint64_t> per_instance;
   std::vector<std::string> failed;
   for (int r = 0; r < world; ++r) {
@@ -164,6 +167,8 @@ Status RunLoad(const LoadOptions& o) {
     }
     bytes += rep->bytes_from_sources + rep->bytes_from_disk;
     disk += rep->bytes_from_disk;
+    digest_seconds += rep->digest_seconds;
+    rank_seconds += rep->seconds;
     for (const auto& [id, b] : rep->bytes_per_instance) per_instance[id] += b;
     for (const auto& f : rep->failed) failed.push_back(fmt::format("rank {}: {}", r, f));
     if (o.quiet) continue;
@@ -177,6 +182,22 @@ Status RunLoad(const LoadOptions& o) {
   if (!o.quiet) {
     for (const auto& f : failed) fmt::print("  failed source {}\n", f);
   }
+  // A loaded instance serves the moment it commits (issue 8 item 5), before the
+  // optional --verify-against check (a test oracle; the load itself verified every
+  // move's digest). A failed check stops serving (the sources deregister) and exits 1.
+  std::vector<std::unique_ptr<ModelSource>> sources_out;
+  if (o.serve) {
+    for (auto& loader : loaders) {
+      ModelSourceOptions so;
+      so.bandwidth_bytes_per_s = o.bandwidth;
+      SW_ASSIGN_OR_RETURN(auto source, loader->BecomeSource(so));
+      sources_out.push_back(std::move(source));
+    }
+  }
+  auto buffer_of = [&](int r) {
+    return o.serve ? sources_out[static_cast<std::size_t>(r)]->buffer()
+                   : loaders[static_cast<std::size_t>(r)]->buffer();
+  };
   std::string verified = "no";
   double disk_seconds = 0;
   if (!o.verify_against.empty()) {
@@ -184,7 +205,7 @@ Status RunLoad(const LoadOptions& o) {
     // the same run, from the page cache the seed warmed (mmap + one copy per rank).
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(o.verify_against));
     for (int r = 0; r < world; ++r) {
-      const auto buf = loaders[static_cast<std::size_t>(r)]->buffer();
+      const auto buf = buffer_of(r);
       std::vector<std::byte> expected(buf.size());
       const auto disk_start = std::chrono::steady_clock::now();
       SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, layout, r, expected));
@@ -199,9 +220,10 @@ Status RunLoad(const LoadOptions& o) {
   }
   const std::string line = fmt::format(
       "LOADED instance={} layout={} bytes={} disk_bytes={} seconds={:.4f} gbps={:.4f} sources={} failed={} "
-      "verified={} disk_seconds={:.4f} start_ms={} end_ms={}",
+      "verified={} disk_seconds={:.4f} start_ms={} end_ms={} digest_seconds={:.4f} rank_seconds={:.4f}",
       instance, o.layout, bytes, disk, seconds, seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0,
-      sources.empty() ? "-" : sources, failed.size(), verified, disk_seconds, start_ms, end_ms);
+      sources.empty() ? "-" : sources, failed.size(), verified, disk_seconds, start_ms, end_ms, digest_seconds,
+      rank_seconds);
   if (!o.quiet) fmt::print("{}\n", line);
   std::fflush(stdout);
   if (!o.report.empty()) {
@@ -213,13 +235,6 @@ Status RunLoad(const LoadOptions& o) {
     }
   }
   if (!o.serve) return Status::Ok();
-  std::vector<std::unique_ptr<ModelSource>> sources_out;
-  for (auto& loader : loaders) {
-    ModelSourceOptions so;
-    so.bandwidth_bytes_per_s = o.bandwidth;
-    SW_ASSIGN_OR_RETURN(auto source, loader->BecomeSource(so));
-    sources_out.push_back(std::move(source));
-  }
   if (!o.quiet) fmt::print("SERVING instance={}\n", instance);
   std::fflush(stdout);
   WaitForStop();

@@ -238,7 +238,7 @@ Status RunP2pDemo(const P2pDemoOptions& o) {
 
   // The fleet: a fresh revision so only its own seed serves it.
   const double per_rank_cap =
-      o.fleet_bandwidth > 0 ? o.fleet_bandwidth : std::max(50e3, static_cast<double>(model.total_bytes()) / 2 / 0.5);
+      o.fleet_bandwidth > 0 ? o.fleet_bandwidth : std::max(50e3, static_cast<double>(model.total_bytes()) / 2 / 1.0);
   fmt::print(
       "\nFleet: 1 seed + {} loaders started together; every source rank capped at {:.0f} B/s (a source NIC);\n"
       "each loaded instance serves the rest at once.\n",

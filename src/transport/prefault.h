@@ -30,4 +30,10 @@ struct PrefaultResult {
 /// first transfer simply takes the faults.
 PrefaultResult PrefaultForWrite(void* p, std::size_t n, PrefaultMethod method = PrefaultMethod::kAuto);
 
+/// Populates the page tables of [p, p + n) (rounded out to whole pages) for
+/// reading: madvise(MADV_POPULATE_READ) (Linux 5.14+), else one read per page.
+/// Never fails and never changes a byte (the local view of a peer's region that
+/// one-sided READs will copy from).
+PrefaultResult PrefaultForRead(const void* p, std::size_t n, PrefaultMethod method = PrefaultMethod::kAuto);
+
 }  // namespace shardwire::transport

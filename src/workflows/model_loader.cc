@@ -1,10 +1,12 @@
 // ModelLoader: one rank of a new instance loads its shards from serving instances
 // (model_loading.h; design in docs/p2p_loading.md).
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <map>
 #include <set>
 
@@ -32,12 +34,13 @@ using workflows::SourceRun;
 
 std::atomic<std::uint64_t> g_loader_counter{0};
 
-P2pMessage LeaseRequest(std::uint64_t id, std::uint64_t bytes, const std::string& instance) {
+P2pMessage LeaseRequest(std::uint64_t id, std::uint64_t bytes, const std::string& instance, std::uint64_t priority) {
   P2pMessage m;
   m.kind = P2pKind::kLease;
   m.id = id;
   m.value = bytes;
   m.text = instance;
+  m.priority = priority;
   return m;
 }
 
@@ -62,6 +65,21 @@ std::vector<Interval> NeededIntervals(const Layout& layout, int rank) {
     out.push_back({s.byte_offset, s.byte_offset + bytes});
   }
   return workflows::Normalize(std::move(out));
+}
+
+// Populates the page tables of `buf` for writing in one call (MADV_POPULATE_WRITE,
+// Linux 5.14+) instead of one page fault per 4 KiB page during the READs: in a VM each
+// fault exit cost about a quarter of a load's CPU time (perf, 350 MB into 4 ranks).
+// Best effort: where the kernel refuses, the READs take the faults.
+void PopulateForWrite(std::span<std::byte> buf) {
+#ifdef MADV_POPULATE_WRITE
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<std::uintptr_t>(buf.data()) + page - 1) / page * page;
+  const auto end = (reinterpret_cast<std::uintptr_t>(buf.data()) + buf.size()) / page * page;
+  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+#else
+  (void)buf;
+#endif
 }
 
 // One serving instance the loader reads from.
@@ -106,6 +124,11 @@ struct ModelLoader::Impl {
   ModelIdentity identity;
   bool loaded = false;
   std::uint64_t next_id = 1;
+  // CheckpointRevision of the bytes being loaded, when known: the identity's revision
+  // when it is one, else what the sources advertise (kSourceAttrContent).
+  std::string content;
+  // The content revision the fallback checkpoint was found to have (computed once).
+  std::string checked_checkpoint;
 
   // State of one Load call.
   std::vector<Instance> instances;
@@ -115,7 +138,9 @@ struct ModelLoader::Impl {
   std::vector<Interval> unassigned;  // bytes no move is responsible for
   LoadReport report;
   std::vector<std::size_t> to_mark_stale;
-  std::set<std::string> seen_instances;  // listed once (used, skipped or failed)
+  std::set<std::string> seen_instances;                      // listed once (used, skipped or failed)
+  std::future<Result<std::vector<SourceRecord>>> relisting;  // a re-listing in flight
+  bool relist_failed = false;
 
   Status ResolveIdentity() {
     if (!options.revision.empty()) {
@@ -145,6 +170,7 @@ struct ModelLoader::Impl {
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
     SW_ASSIGN_OR_RETURN(const std::string revision, CheckpointRevision(checkpoint));
     SW_ASSIGN_OR_RETURN(identity, MakeModelIdentity(model, revision));
+    checked_checkpoint = revision;  // the fallback reads this very checkpoint
     return Status::Ok();
   }
 
@@ -215,6 +241,12 @@ struct ModelLoader::Impl {
   Status FindInstances(const std::vector<Interval>& needed) {
     SW_ASSIGN_OR_RETURN(const std::vector<SourceRecord> records,
                         registry->ListSources(identity.Digest(), SourceState::kReady));
+    AddInstances(records, needed);
+    return Status::Ok();
+  }
+
+  // Vets the instances of `records` not seen before and adds the usable ones.
+  void AddInstances(const std::vector<SourceRecord>& records, const std::vector<Interval>& needed) {
     std::map<std::string, std::vector<SourceRecord>> by_instance;
     for (const SourceRecord& r : records) {
       if (r.instance_id == options.instance_id) continue;
@@ -241,6 +273,17 @@ struct ModelLoader::Impl {
         continue;
       }
       inst.ranks = recs;
+      auto content_it = recs.front().attributes.find(kSourceAttrContent);
+      if (content_it != recs.front().attributes.end()) {
+        if (!content.empty() && content_it->second != content) {
+          // Same identity, other bytes: the instance lies about its revision.
+          report.skipped.push_back(fmt::format("{}: {}: it serves content {} under revision {}, expected content {}",
+                                               id, ErrorCodeName(ErrorCode::kVerificationFailed), content_it->second,
+                                               identity.revision, content));
+          continue;
+        }
+        if (content.empty()) content = content_it->second;
+      }
       auto cap = recs.front().attributes.find(kSourceAttrBandwidthCap);
       if (cap != recs.front().attributes.end()) inst.bandwidth = std::strtod(cap->second.c_str(), nullptr);
       auto src_layout = MakeLayoutFromString(model, inst.layout_string);
@@ -272,7 +315,6 @@ struct ModelLoader::Impl {
       inst.coverage = std::move(*coverage);
       instances.push_back(std::move(inst));
     }
-    return Status::Ok();
   }
 
   std::vector<std::size_t> Alive() const {
@@ -291,7 +333,15 @@ struct ModelLoader::Impl {
     unassigned.clear();
     for (std::size_t k = 0; k < alive.size(); ++k) {
       const std::vector<SourceRun> runs = workflows::Clip(instances[alive[k]].coverage, portions[k]);
-      for (auto& cut : workflows::CutMoves(runs, options.move_bytes)) {
+      // From a bandwidth-capped instance, moves of at most lease_seconds of its
+      // bandwidth: a lease is the unit in which a source serves loaders in priority
+      // order, so a lower-priority loader that got in first yields after one short lease.
+      std::uint64_t cut_bytes = options.move_bytes;
+      if (instances[alive[k]].bandwidth > 0) {
+        const double lease_bytes = instances[alive[k]].bandwidth * options.lease_seconds;
+        cut_bytes = std::clamp<std::uint64_t>(static_cast<std::uint64_t>(lease_bytes), 64u << 10, options.move_bytes);
+      }
+      for (auto& cut : workflows::CutMoves(runs, cut_bytes)) {
         LoadMove m;
         m.instance = alive[k];
         m.src_rank = cut.front().src_rank;
@@ -455,14 +505,18 @@ struct ModelLoader::Impl {
       Instance& inst = instances[m.instance];
       if (inst.failed) continue;
       if (!inst.hello_acked.contains(m.src_rank)) continue;
-      const int per_peer = inst.bandwidth > 0 ? 1 : 4;
+      // Capped: one move reading and the next one's lease request queued at the source,
+      // so that when the grant ends the source chooses among every waiting loader
+      // (this one included) by priority, instead of whoever asks again first.
+      const int per_peer = inst.bandwidth > 0 ? 2 : 4;
       int& n = active[{m.instance, m.src_rank}];
       if (n >= per_peer) continue;
       ++n;
       m.request_id = next_id++;
       move_of_request[m.request_id] = i;
       if (inst.bandwidth > 0) {
-        Status sent = Send(inst.peers[m.src_rank], LeaseRequest(m.request_id, m.bytes, options.instance_id));
+        Status sent = Send(inst.peers[m.src_rank], LeaseRequest(m.request_id, m.bytes, options.instance_id,
+                                                                static_cast<std::uint64_t>(options.lease_priority)));
         if (!sent.ok()) {
           FailInstance(m.instance, "sending a lease request failed: " + sent.ToString());
           continue;
@@ -554,6 +608,16 @@ struct ModelLoader::Impl {
                                      workflows::TotalBytes(unassigned), options.rank));
     }
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
+    if (!content.empty() && content != checked_checkpoint) {
+      SW_ASSIGN_OR_RETURN(const std::string on_disk, CheckpointRevision(checkpoint));
+      if (on_disk != content) {
+        return FailedPrecondition(fmt::format(
+            "disk fallback of rank {}: checkpoint \"{}\" has revision {}, but the model being loaded ({}, revision "
+            "{}) has content {}; refusing to load other bytes",
+            options.rank, options.checkpoint_path, on_disk, identity.Digest(), identity.revision, content));
+      }
+      checked_checkpoint = on_disk;
+    }
     std::vector<std::byte> scratch(buffer.size());
     SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, *layout, options.rank, scratch));
     for (const Interval& iv : unassigned) {
@@ -582,10 +646,10 @@ struct ModelLoader::Impl {
   // Instances that started serving since the load began (a fleet whose loaded
   // instances become sources): take back every move not yet reading and split
   // those bytes over all live instances again.
-  Status Relist(const std::vector<Interval>& needed) {
+  void Relist(const std::vector<SourceRecord>& records, const std::vector<Interval>& needed) {
     const std::size_t before = instances.size();
-    SW_RETURN_IF_ERROR(FindInstances(needed));
-    if (instances.size() == before) return Status::Ok();
+    AddInstances(records, needed);
+    if (instances.size() == before) return;
     for (LoadMove& m : moves) {
       const bool waiting = m.state == LoadMove::State::kQueued || m.state == LoadMove::State::kLeaseWait ||
                            m.state == LoadMove::State::kLeaseQueued;
@@ -598,7 +662,27 @@ struct ModelLoader::Impl {
     }
     unassigned = workflows::Normalize(std::move(unassigned));
     ++report.replans;
-    return Status::Ok();
+  }
+
+  // Re-listing runs on its own thread so that a slow or vanished coordinator (a
+  // ListSources retrying for unavailable_timeout_s) never stalls the transfers, their
+  // keepalives and deadlines. At most one listing is in flight; the loader's
+  // destructor waits for it.
+  void StartRelist() {
+    if (relisting.valid()) return;
+    relisting = std::async(std::launch::async, [reg = registry, digest = identity.Digest()] {
+      return reg->ListSources(digest, SourceState::kReady);
+    });
+  }
+  void CollectRelist(const std::vector<Interval>& needed) {
+    if (!relisting.valid() || relisting.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
+    Result<std::vector<SourceRecord>> records = relisting.get();
+    if (!records.ok()) {
+      report.skipped.push_back("re-listing sources failed: " + records.status().ToString());
+      relist_failed = true;  // not retried in this load: the known sources carry on
+      return;
+    }
+    Relist(*records, needed);
   }
 
   void MarkFailedStale() {
@@ -620,7 +704,12 @@ struct ModelLoader::Impl {
     hello_of_request.clear();
     to_mark_stale.clear();
     seen_instances.clear();
+    checked_checkpoint.clear();
+    if (relisting.valid()) relisting.wait();  // of a previous failed Load
+    relisting = {};
+    relist_failed = false;
     SW_RETURN_IF_ERROR(ResolveIdentity());
+    content = identity.revision.starts_with(kCheckpointRevisionPrefix) ? identity.revision : "";
     report.identity = identity.Digest();
     report.buffer_bytes = buffer.size();
     const std::vector<Interval> needed = NeededIntervals(*layout, options.rank);
@@ -662,11 +751,9 @@ struct ModelLoader::Impl {
           return m.state == LoadMove::State::kQueued || m.state == LoadMove::State::kLeaseWait ||
                  m.state == LoadMove::State::kLeaseQueued;
         });
-        if (waiting) {
-          Status relisted = Relist(needed);
-          if (!relisted.ok()) report.skipped.push_back("re-listing sources failed: " + relisted.ToString());
-        }
+        if (waiting && !relist_failed) StartRelist();
       }
+      CollectRelist(needed);
       if (!to_mark_stale.empty() && !unassigned.empty() && !Alive().empty()) {
         Assign();  // re-planned first, then the failed source is marked
         MarkFailedStale();
@@ -676,8 +763,9 @@ struct ModelLoader::Impl {
     MarkFailedStale();
     Status disk = FromDisk();
     if (!disk.ok()) {
-      if (!report.failed.empty()) {
-        return Unavailable(fmt::format("{}; sources failed: {}", disk.message(), fmt::join(report.failed, "; ")));
+      if (!report.failed.empty()) {  // keeps the disk error's code (e.g. kFailedPrecondition for another revision)
+        return Status(disk.code(),
+                      fmt::format("{}; sources failed: {}", disk.message(), fmt::join(report.failed, "; ")));
       }
       return disk;
     }
@@ -693,6 +781,8 @@ ModelLoader::~ModelLoader() = default;
 Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registry, const ModelDescription& model,
                                                          ModelLoaderOptions options) {
   if (options.instance_id.empty()) return InvalidArgument("model loader: empty instance id");
+  if (options.lease_priority < 0) return InvalidArgument("model loader: negative lease_priority");
+  if (!(options.lease_seconds > 0)) return InvalidArgument("model loader: lease_seconds must be > 0");
   if (!(options.stall_timeout_s > 0) || !(options.load_timeout_s > 0) || options.move_bytes == 0) {
     return InvalidArgument("model loader: stall and load timeouts must be > 0 and move_bytes > 0");
   }
@@ -711,12 +801,27 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
     agent_options.name =
         fmt::format("{}/loader/{}/{}-{}", options.instance_id, options.rank, ::getpid(), g_loader_counter.fetch_add(1));
   }
+  if (options.lease_priority == 0) {
+    options.lease_priority =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
+  }
   impl->options = std::move(options);
   SW_ASSIGN_OR_RETURN(impl->agent, Agent::Create(agent_options));
   const std::uint64_t bytes = impl->layout->rank(impl->options.rank).buffer_bytes;
   SW_ASSIGN_OR_RETURN(impl->region, impl->agent->AllocateArena(std::max<std::uint64_t>(bytes, 64)));
   impl->buffer = impl->agent->RegionBytes(impl->region).first(bytes);
-  std::fill(impl->buffer.begin(), impl->buffer.end(), std::byte{0});
+  PopulateForWrite(impl->buffer);
+  // Only the padding between shards is zeroed here: a committed load has written
+  // every shard byte (from sources or disk), so zeroing those too would only cost a
+  // pass over the whole buffer.
+  std::uint64_t at = 0;
+  for (const Interval& iv : NeededIntervals(*impl->layout, impl->options.rank)) {
+    std::fill(impl->buffer.begin() + static_cast<std::ptrdiff_t>(at),
+              impl->buffer.begin() + static_cast<std::ptrdiff_t>(iv.begin), std::byte{0});
+    at = iv.end;
+  }
+  std::fill(impl->buffer.begin() + static_cast<std::ptrdiff_t>(at), impl->buffer.end(), std::byte{0});
   return std::unique_ptr<ModelLoader>(new ModelLoader(std::move(impl)));
 }
 
@@ -735,6 +840,7 @@ Result<std::unique_ptr<ModelSource>> ModelLoader::BecomeSource(ModelSourceOption
   if (!loaded()) return FailedPrecondition("model loader: BecomeSource before a committed load");
   if (options.instance_id.empty()) options.instance_id = impl_->options.instance_id;
   if (options.layout.empty()) options.layout = impl_->options.layout;
+  if (options.content_revision.empty()) options.content_revision = impl_->content;
   options.rank = impl_->options.rank;
   auto source = ModelSource::Start(*impl_->registry, std::move(impl_->agent), impl_->region, impl_->buffer,
                                    *impl_->layout, impl_->identity, std::move(options));

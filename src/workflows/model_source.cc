@@ -29,7 +29,6 @@ using workflows::P2pKind;
 using workflows::P2pMessage;
 
 constexpr std::uint64_t kBlockBytes = 1ull << 20;  // granularity of the committed-content check
-constexpr double kGrantSlackS = 2;                 // a grant is revoked this long after it should have ended
 
 std::atomic<std::uint64_t> g_agent_counter{0};
 
@@ -71,11 +70,12 @@ struct ModelSource::Impl {
     std::uint64_t bytes = 0;
     std::string instance;  // the loader instance asking
   };
-  // Loader instance -> sequence number of its first lease request. Grants go to the
-  // instance that asked first, so one loader finishes (and starts serving) before
-  // the next is served, instead of all of them finishing last together.
+  // Loader instance -> its priority (as its first lease request said; lower first).
+  // Grants go to the instance of the lowest (priority, instance id), then arrival, so
+  // one loader finishes (and starts serving) before the next is served instead of all
+  // finishing last together, and every source rank of every source agrees on the
+  // order (the loader's ranks share one priority).
   std::map<std::string, std::uint64_t> first_request;
-  std::uint64_t request_seq = 0;
   std::deque<LeaseRequest> lease_queue;
   std::optional<LeaseRequest> lease_holder;
   Clock::time_point lease_deadline;
@@ -147,7 +147,7 @@ struct ModelSource::Impl {
         Reply(n.peer, Digest(*m));
         break;
       case P2pKind::kLease: {
-        first_request.try_emplace(m->text, request_seq++);
+        first_request.try_emplace(m->text, m->priority);
         lease_queue.push_back({n.peer, m->id, m->value, m->text});
         P2pMessage queued;
         queued.kind = P2pKind::kQueued;
@@ -182,11 +182,17 @@ struct ModelSource::Impl {
         Reply(r.peer, queued);
       }
     }
-    if (lease_holder && now > lease_deadline) lease_holder.reset();  // revoked: the reader overran or died
+    // A grant ends bytes / cap after it was given, whether or not the reader released
+    // it: the source moves on by itself, so the next reader's GRANT leaves at once
+    // instead of a RELEASE -> GRANT round trip later (on a busy host tens of ms per
+    // lease), and a reader that died or overran holds nothing.
+    if (lease_holder && now >= lease_deadline) lease_holder.reset();
     if (lease_holder || lease_queue.empty()) return;
     auto next =
         std::min_element(lease_queue.begin(), lease_queue.end(), [&](const LeaseRequest& a, const LeaseRequest& b) {
-          return first_request[a.instance] < first_request[b.instance];  // stable: earlier arrival wins ties
+          // min_element keeps the first of equals: earlier arrival wins ties.
+          const std::uint64_t pa = first_request[a.instance], pb = first_request[b.instance];
+          return pa != pb ? pa < pb : a.instance < b.instance;
         });
     lease_holder = *next;
     lease_queue.erase(next);
@@ -194,8 +200,7 @@ struct ModelSource::Impl {
     const double seconds = options.bandwidth_bytes_per_s > 0
                                ? static_cast<double>(lease_holder->bytes) / options.bandwidth_bytes_per_s
                                : 0;
-    lease_deadline =
-        now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds + kGrantSlackS));
+    lease_deadline = now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
     P2pMessage grant;
     grant.kind = P2pKind::kGrant;
     grant.id = lease_holder->id;
@@ -311,6 +316,7 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry
   r.attributes[kSourceAttrRevision] = identity.revision;
   r.attributes[kSourceAttrBandwidthCap] = fmt::format("{:.0f}", options.bandwidth_bytes_per_s);
   r.attributes[kSourceAttrBufferBytes] = std::to_string(buffer.size());
+  if (!options.content_revision.empty()) r.attributes[kSourceAttrContent] = options.content_revision;
   // Serve before registering: a loader may read the moment the record is listed.
   Impl* raw = impl.get();
   raw->server_thread = std::thread([raw] { raw->Serve(); });

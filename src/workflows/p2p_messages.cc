@@ -101,6 +101,7 @@ std::vector<std::byte> EncodeP2p(const P2pMessage& m) {
     case P2pKind::kLease:
       w.U64(m.value);
       w.Str(m.text);
+      w.U64(m.priority);
       break;
     case P2pKind::kGrant: {
       std::uint64_t bits = 0;
@@ -152,7 +153,7 @@ std::optional<P2pMessage> DecodeP2p(std::span<const std::byte> payload) {
       m.status = static_cast<DigestStatus>(u8);
       break;
     case P2pKind::kLease:
-      if (!r.U64(m.value) || !r.Str(m.text)) return std::nullopt;
+      if (!r.U64(m.value) || !r.Str(m.text) || !r.U64(m.priority)) return std::nullopt;
       break;
     case P2pKind::kGrant: {
       std::uint64_t bits = 0;

@@ -18,7 +18,7 @@ enum class P2pKind : std::uint8_t {
   kHelloAck = 2,     ///< source -> loader: id, layout fingerprint, fingerprint inputs (maybe empty)
   kDigest = 3,       ///< loader -> source: id, ranges (offset, length) of one move, in order
   kDigestReply = 4,  ///< source -> loader: id, xxh3-64 of the ranges' bytes, status
-  kLease = 5,        ///< loader -> source: id, bytes it will read, loader instance id
+  kLease = 5,        ///< loader -> source: id, bytes it will read, loader instance id, priority
   kQueued = 6,       ///< source -> loader: id (lease request received, waiting for a grant)
   kGrant = 7,        ///< source -> loader: id, seconds the grant lasts
   kRelease = 8,      ///< loader -> source: id (grant no longer needed)
@@ -43,6 +43,7 @@ struct P2pMessage {
   std::uint64_t value = 0;                                      ///< kDigestReply: digest; kLease: bytes
   DigestStatus status = DigestStatus::kOk;                      ///< kDigestReply
   double seconds = 0;                                           ///< kGrant
+  std::uint64_t priority = 0;                                   ///< kLease: lower is served first
 };
 
 std::vector<std::byte> EncodeP2p(const P2pMessage& message);

@@ -19,6 +19,8 @@
 #include <sstream>
 #include <thread>
 
+#include "cli/cli_process.h"
+#include "shardwire/checkpoint.h"
 #include "shardwire/checkpoint_generator.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/model_config.h"
@@ -26,68 +28,27 @@
 
 #include <fmt/format.h>
 
-extern char** environ;
-
 namespace shardwire {
 namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
+using testing::Process;
+using testing::Slurp;
 
 // 8 heads and dims divisible by 8, so tp = 1, 2, 4, 8 all apply.
 constexpr const char* kLlama = R"({"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2,
     "num_attention_heads": 8, "num_key_value_heads": 8, "intermediate_size": 512, "vocab_size": 1024,
     "torch_dtype": "bfloat16"})";
 
-class Process {
- public:
-  Process(const std::vector<std::string>& args, const std::string& out_path) {
-    std::vector<std::string> argv_s = {SHARDWIRE_BIN};
-    argv_s.insert(argv_s.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    if (posix_spawn(&pid_, SHARDWIRE_BIN, &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&actions);
-  }
-  ~Process() {
-    if (pid_ > 0 && !reaped_) {
-      ::kill(pid_, SIGCONT);
-      ::kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  pid_t pid() const { return pid_; }
-  // Exit code, or -signal; nullopt on timeout.
-  std::optional<int> Wait(double timeout_s) {
-    const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
-    while (Clock::now() < deadline) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        reaped_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return std::nullopt;
-  }
-  void Signal(int sig) { ::kill(pid_, sig); }
-
- private:
-  pid_t pid_ = -1;
-  bool reaped_ = false;
-};
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+// Qwen3-MoE shapes, 2 layers, 4 routed experts. Every weight dimension TP splits is a
+// multiple of 512, so the FP8 128x128 block scales of each shard are whole blocks for
+// tp <= 4 (tp = 8 is a layout the FP8 checkpoint cannot take).
+constexpr const char* kQwen3Moe = R"({"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"],
+    "hidden_size": 512, "intermediate_size": 1024, "moe_intermediate_size": 512, "num_hidden_layers": 2,
+    "num_attention_heads": 8, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 1024, "num_experts": 4,
+    "num_experts_per_tok": 2, "decoder_sparse_step": 1, "mlp_only_layers": [], "attention_bias": false,
+    "tie_word_embeddings": false, "torch_dtype": "bfloat16"})";
 
 class P2pLoadProcessTest : public ::testing::Test {
  protected:
@@ -123,14 +84,37 @@ class P2pLoadProcessTest : public ::testing::Test {
     fs::remove_all(dir_, ec);
   }
 
-  std::string Ckpt() const { return (dir_ / "ckpt").string(); }
+  std::string Ckpt() const { return ckpt_.empty() ? (dir_ / "ckpt").string() : ckpt_; }
+  std::string Coordinator() const { return coordinator_.empty() ? server_->address() : coordinator_; }
+
+  // Generates a checkpoint of `config_json` in dir_/name (config.json beside it).
+  std::string Generate(const char* config_json, const std::string& name) {
+    auto config = ParseModelConfig(config_json, name);
+    EXPECT_TRUE(config.ok()) << config.status().ToString();
+    if (!config.ok()) return "";
+    auto model = DescribeModel(*config);
+    EXPECT_TRUE(model.ok()) << model.status().ToString();
+    if (!model.ok()) return "";
+    const std::string path = (dir_ / name).string();
+    Status st = GenerateCheckpointDirectory(*model, path, {.seed = 11});
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return path;
+  }
+
+  // Runs a CLI command to completion; returns its output (expects exit 0).
+  std::string Run(const std::string& name, const std::vector<std::string>& args) {
+    Process p(SHARDWIRE_BIN, args, Out(name));
+    const auto rc = p.Wait(120);
+    EXPECT_EQ(rc.value_or(-1), 0) << Slurp(Out(name));
+    return Slurp(Out(name));
+  }
   std::string Out(const std::string& name) const { return (dir_ / (name + ".out")).string(); }
 
   Process& Seed(const std::string& id, const std::string& layout, double bandwidth = 0) {
     std::vector<std::string> args = {
-        "seed", "--coordinator", server_->address(), "--checkpoint", Ckpt(), "--layout", layout, "--instance-id", id};
+        "seed", "--coordinator", Coordinator(), "--checkpoint", Ckpt(), "--layout", layout, "--instance-id", id};
     if (bandwidth > 0) args.insert(args.end(), {"--bandwidth", fmt::format("{:.0f}", bandwidth)});
-    processes_.push_back(std::make_unique<Process>(args, Out(id)));
+    processes_.push_back(std::make_unique<Process>(SHARDWIRE_BIN, args, Out(id)));
     return *processes_.back();
   }
 
@@ -150,7 +134,7 @@ class P2pLoadProcessTest : public ::testing::Test {
   Process& Load(const std::string& id, const std::string& layout, std::vector<std::string> extra = {}) {
     std::vector<std::string> args = {"load",
                                      "--coordinator",
-                                     server_->address(),
+                                     Coordinator(),
                                      "--config",
                                      Ckpt() + "/config.json",
                                      "--layout",
@@ -162,7 +146,7 @@ class P2pLoadProcessTest : public ::testing::Test {
                                      "--stall-timeout",
                                      "1"};
     args.insert(args.end(), extra.begin(), extra.end());
-    processes_.push_back(std::make_unique<Process>(args, Out(id)));
+    processes_.push_back(std::make_unique<Process>(SHARDWIRE_BIN, args, Out(id)));
     return *processes_.back();
   }
 
@@ -178,6 +162,8 @@ class P2pLoadProcessTest : public ::testing::Test {
 
   static inline int counter_ = 0;
   fs::path dir_;
+  std::string ckpt_;         // the checkpoint seeds serve and loads verify against (default dir_/ckpt)
+  std::string coordinator_;  // HOST:PORT of a coordinator process (default: the in-process server_)
   std::unique_ptr<CoordinatorServer> server_;
   std::unique_ptr<CoordinatorClient> client_;
   std::vector<std::unique_ptr<Process>> processes_;
@@ -224,7 +210,10 @@ TEST_F(P2pLoadProcessTest, SourceKilledMidLoadIsReplacedByTheOthers) {
 }
 
 TEST_F(P2pLoadProcessTest, SourceStoppedMidLoadIsReplacedByTheOthers) {
-  Seed("a-stopped", "tp=2", 300e3);
+  // Capped low enough that the second loader rank of each source rank still waits for its
+  // lease when the source stops (with 300 KB/s both could be granted, read and verified
+  // before the stop, leaving nothing to fail over).
+  Seed("a-stopped", "tp=2", 100e3);
   Seed("b-healthy", "tp=2");
   AwaitReady("a-stopped", 2);
   AwaitReady("b-healthy", 2);
@@ -244,6 +233,100 @@ TEST_F(P2pLoadProcessTest, NoSourceFallsBackToDiskAndNoCheckpointFails) {
   ASSERT_TRUE(rc.has_value());
   EXPECT_EQ(*rc, 1);
   EXPECT_NE(Slurp(Out("new2")).find("not found"), std::string::npos) << Slurp(Out("new2"));
+}
+
+// MoE: a tp=2,ep=2 seed (whole experts per rank) serves tp=4,ep=4, tp=1 and tp=4 (experts
+// split by TP: gate/up on dim 0, down_proj row-parallel on dim 1); a loaded tp=4,ep=4
+// instance then serves a tp=2 load together with the seed.
+TEST_F(P2pLoadProcessTest, MoeWithExpertParallelismAcrossTpSizes) {
+  ckpt_ = Generate(kQwen3Moe, "moe");
+  ASSERT_FALSE(ckpt_.empty());
+  Seed("moe-seed", "tp=2,ep=2");
+  AwaitReady("moe-seed", 2);
+  for (const char* layout : {"tp=1", "tp=4"}) {
+    const std::string id = std::string("moe-") + (layout + 3);
+    const std::string out = ExpectLoaded(Load(id, layout), id);
+    EXPECT_NE(out.find("sources=moe-seed:"), std::string::npos) << out;
+    EXPECT_NE(out.find("disk_bytes=0 "), std::string::npos) << out;
+  }
+  Process& ep4 = Load("moe-ep4", "tp=4,ep=4", {"--serve"});
+  AwaitReady("moe-ep4", 4);
+  const std::string out = ExpectLoaded(Load("moe-tp2", "tp=2"), "moe-tp2");
+  EXPECT_NE(out.find("moe-seed:"), std::string::npos) << out;
+  EXPECT_NE(out.find("moe-ep4:"), std::string::npos) << out;
+  ep4.Signal(SIGTERM);
+  EXPECT_EQ(ep4.Wait(30).value_or(-1), 0);
+}
+
+// FP8 block-scale checkpoint (`shardwire convert --format fp8-block128`): E4M3 weights
+// with their F32 128x128 block scales, column- and row-parallel, dense and expert.
+// A tp=2 seed serves tp=4, tp=1 and tp=4,ep=4, every byte (weights and scales)
+// verified against the FP8 checkpoint; tp=8 would split a scale block: a typed error
+// naming the tensor, before anything is read.
+TEST_F(P2pLoadProcessTest, Fp8BlockScaleCheckpointAcrossTpSizes) {
+  const std::string bf16 = Generate(kQwen3Moe, "moe-bf16");
+  ASSERT_FALSE(bf16.empty());
+  ckpt_ = (dir_ / "moe-fp8").string();
+  Run("convert", {"convert", "--checkpoint", bf16, "--out", ckpt_, "--format", "fp8-block128"});
+  {  // The converted checkpoint holds FP8 weights and their scales, row-parallel ones included.
+    auto ck = Checkpoint::Open(ckpt_);
+    ASSERT_TRUE(ck.ok()) << ck.status().ToString();
+    int fp8 = 0, scales = 0;
+    bool row_scale = false;
+    for (const TensorSpec& t : ck->tensors()) {
+      fp8 += t.dtype == DType::kF8E4M3;
+      const bool scale = t.name.ends_with("weight_scale_inv");
+      scales += scale;
+      row_scale |= scale && t.name.find("down_proj") != std::string::npos;
+    }
+    EXPECT_GE(fp8, 20);
+    EXPECT_EQ(fp8, scales);
+    EXPECT_TRUE(row_scale);
+  }
+  Seed("fp8-seed", "tp=2");
+  AwaitReady("fp8-seed", 2);
+  for (const char* layout : {"tp=4", "tp=1", "tp=4,ep=4"}) {
+    const std::string id = fmt::format("fp8-{}", layout + 3);
+    const std::string out = ExpectLoaded(Load(id, layout), id);
+    EXPECT_NE(out.find("sources=fp8-seed:"), std::string::npos) << out;
+    EXPECT_NE(out.find("disk_bytes=0 "), std::string::npos) << out;
+  }
+  Process& bad = Load("fp8-tp8", "tp=8");
+  ASSERT_EQ(bad.Wait(60).value_or(-1), 1) << Slurp(Out("fp8-tp8"));
+  const std::string err = Slurp(Out("fp8-tp8"));
+  EXPECT_NE(err.find("invalid argument"), std::string::npos) << err;
+  EXPECT_NE(err.find("weight_scale_inv"), std::string::npos) << err;
+}
+
+// The coordinator is killed (SIGKILL) while a load is under way: the loader already
+// knows its sources and finishes from them, verified, without waiting for the
+// coordinator (its re-listing runs off the transfer loop and is given up after the
+// first failure); the seed keeps serving.
+TEST_F(P2pLoadProcessTest, CoordinatorGoesAwayMidLoad) {
+  Process serve(SHARDWIRE_BIN, {"serve", "--host", "127.0.0.1", "--port", "0"}, Out("serve"));
+  ASSERT_TRUE(testing::AwaitOutput(Out("serve"), "listening on ", serve, 30)) << Slurp(Out("serve"));
+  const std::string text = Slurp(Out("serve"));
+  const auto at = text.find("listening on ") + 13;
+  coordinator_ = text.substr(at, text.find(' ', at) - at);
+  // Each source rank serves two loader ranks of ~0.9 MB at 300 KB/s (~6 s in all): the
+  // loader has listed its sources long before the coordinator dies at 2.5 s (even on a
+  // loaded machine), and its second rank per source rank still waits for its lease (and
+  // re-lists) then. (Were the coordinator gone before the first listing, the load would
+  // fail with kUnavailable naming it after the client's retry window.)
+  Process& seed = Seed("seed", "tp=2", 300e3);
+  ASSERT_TRUE(testing::AwaitOutput(Out("seed"), "SEED READY", seed, 60)) << Slurp(Out("seed"));
+  Process& load = Load("new", "tp=4");
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  serve.Signal(SIGKILL);
+  ASSERT_EQ(serve.Wait(10).value_or(0), -SIGKILL);
+  // The LOADED line is printed only after every byte was compared with the checkpoint.
+  // (The process then exits once its last re-listing gives up, up to the coordinator
+  // client's 15 s retry window later; not waited for here.)
+  ASSERT_TRUE(testing::AwaitOutput(Out("new"), "verified=byte-for-byte", load, 60)) << Slurp(Out("new"));
+  const std::string out = Slurp(Out("new"));
+  EXPECT_NE(out.find("sources=seed:3680256 "), std::string::npos) << out;
+  EXPECT_NE(out.find("disk_bytes=0 "), std::string::npos) << out;
+  EXPECT_NE(out.find("failed=0 "), std::string::npos) << out;  // the seed was never given up
 }
 
 }  // namespace

@@ -148,5 +148,72 @@ TEST_P(AgentPrefault, FirstWriteIntoAPeerArenaTakesNoFaultPerPage) {
 INSTANTIATE_TEST_SUITE_P(PrefaultRemote, AgentPrefault, ::testing::Bool(),
                          [](const auto& param_info) { return std::string(param_info.param ? "on" : "off"); });
 
+// Faults taken while reading one byte per page through `view`; returns whether every
+// byte read had the owner's pattern.
+std::uint64_t FaultsWhileReading(const std::byte* view, bool* pattern_ok) {
+  const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const std::uint64_t before = MinorFaults();
+  bool ok = true;
+  for (std::size_t k = 0; k < kBytes; k += page) {
+    ok &= *reinterpret_cast<const volatile std::byte*>(view + k) == testing::PatternByte(21, k);
+  }
+  *pattern_ok = ok;
+  return MinorFaults() - before;
+}
+
+TEST_P(PrefaultMethods, ForReadRemovesTheReadFaultsAndChangesNoByte) {
+  SharedSegment seg;
+  ASSERT_TRUE(seg.ok()) << "shmget/shmat failed: " << std::strerror(errno);
+  std::byte* control = seg.NewView();
+  std::byte* view = seg.NewView();
+  ASSERT_TRUE(control != nullptr && view != nullptr);
+  const std::uint64_t pages = kBytes / static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  bool ok = false;
+  EXPECT_GE(FaultsWhileReading(control, &ok), pages / 2) << "the control: a fresh mapping must fault";
+  EXPECT_TRUE(ok);
+  const transport::PrefaultResult r = transport::PrefaultForRead(view + 1, kBytes - 1, GetParam());
+  if (GetParam() == PrefaultMethod::kMadvise && !r.madvise_ok)
+    GTEST_SKIP() << "madvise(MADV_POPULATE_READ) refused here (errno " << r.madvise_errno << ", needs Linux 5.14)";
+  if (GetParam() == PrefaultMethod::kTouch) {
+    EXPECT_EQ(r.touched_pages, pages);
+  }
+  EXPECT_LT(FaultsWhileReading(view, &ok), pages / 16);
+  EXPECT_TRUE(ok);
+  EXPECT_FALSE(testing::FirstMismatch({view, kBytes}, 21).has_value()) << "pre-faulting changed a byte";
+}
+
+// The same for a READ: PrepareTransfer populates the reader's view of the ranges it
+// will read, so the first post takes (almost) no fault per page; with prefault_remote
+// off it takes about one per page (the control).
+TEST_P(AgentPrefault, FirstReadFromAPeerArenaTakesNoFaultPerPage) {
+  const bool prefault = GetParam();
+  auto a = Agent::Create({.name = "reader", .prefault_remote = prefault});
+  auto b = Agent::Create({.name = "source"});
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto ra = (*a)->AllocateArena(kBytes);
+  auto rb = (*b)->AllocateArena(kBytes);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  std::memset((*a)->RegionBytes(*ra).data(), 0, kBytes);  // the reader's own pages exist
+  testing::FillPattern((*b)->RegionBytes(*rb), 6);
+  auto ma = (*a)->ExportMetadata();
+  auto mb = (*b)->ExportMetadata();
+  ASSERT_TRUE((*b)->ImportMetadata(*ma).ok());
+  ASSERT_TRUE((*a)->ImportMetadata(*mb).ok());
+  auto h = (*a)->PrepareTransfer(TransferOp::kRead, "source", {{*ra, 0, *rb, 0, kBytes}}, std::nullopt);
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  const std::uint64_t before = MinorFaults();
+  ASSERT_TRUE((*a)->Post(*h).ok());
+  ASSERT_TRUE((*a)->Wait(*h, 60).ok());
+  const std::uint64_t faults = MinorFaults() - before;
+  EXPECT_FALSE(testing::FirstMismatch((*a)->RegionBytes(*ra), 6).has_value());
+  const std::uint64_t pages = kBytes / static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  if (prefault) {
+    EXPECT_LT(faults, pages / 16) << "first READ faulted " << faults << " times for " << pages << " pages";
+  } else {
+    EXPECT_GE(faults, pages / 2) << "control: without pre-faulting the first READ must fault";
+  }
+  EXPECT_TRUE((*a)->Release(*h).ok());
+}
+
 }  // namespace
 }  // namespace shardwire

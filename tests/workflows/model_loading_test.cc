@@ -15,6 +15,7 @@
 #include "shardwire/model_layouts.h"
 #include "shardwire/shard_io.h"
 #include "workflows/fake_source_registry.h"
+#include "workflows/p2p_messages.h"
 
 namespace shardwire {
 namespace {
@@ -331,6 +332,204 @@ TEST_F(ModelLoadingTest, BadOptions) {
   EXPECT_FALSE(ModelLoader::Create(registry_, model_, o).ok());
   o = LoaderOptions("x", "tp=2", 2);
   EXPECT_EQ(ModelLoader::Create(registry_, model_, o).status().code(), ErrorCode::kInvalidArgument);
+}
+
+// A checkpoint of the same model with other bytes (another revision), beside dir_.
+class ModelLoadingRevisionTest : public ModelLoadingTest {
+ protected:
+  void SetUp() override {
+    ModelLoadingTest::SetUp();
+    other_dir_ = dir_.string() + "-other";
+    ASSERT_TRUE(GenerateCheckpointDirectory(model_, other_dir_, {.seed = 8}).ok());
+    auto rev = CheckpointRevision(*checkpoint_);
+    ASSERT_TRUE(rev.ok());
+    revision_ = *rev;
+    auto other = Checkpoint::Open(other_dir_);
+    ASSERT_TRUE(other.ok());
+    auto other_rev = CheckpointRevision(*other);
+    ASSERT_TRUE(other_rev.ok());
+    ASSERT_NE(*other_rev, revision_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(other_dir_, ec);
+    ModelLoadingTest::TearDown();
+  }
+  std::string other_dir_;
+  std::string revision_;  // CheckpointRevision of dir_
+};
+
+TEST_F(ModelLoadingRevisionTest, DiskFallbackRefusesACheckpointOfAnotherRevision) {
+  // No source; the revision wanted is dir_'s content digest; the checkpoint is another.
+  ModelLoaderOptions o = LoaderOptions("new", "tp=2", 0);
+  o.revision = revision_;
+  o.checkpoint_path = other_dir_;
+  auto loader = ModelLoader::Create(registry_, model_, o);
+  ASSERT_TRUE(loader.ok());
+  auto report = (*loader)->Load();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().code(), ErrorCode::kFailedPrecondition) << report.status().ToString();
+  EXPECT_NE(report.status().message().find(other_dir_), std::string::npos) << report.status().ToString();
+  EXPECT_NE(report.status().message().find(revision_), std::string::npos) << report.status().ToString();
+  EXPECT_FALSE((*loader)->loaded());
+  EXPECT_FALSE((*loader)->BecomeSource().ok());
+  // The checkpoint of that revision loads.
+  for (const LoadReport& r : LoadAll("new2", "tp=2", [&](ModelLoaderOptions& lo) {
+         lo.revision = revision_;
+         lo.checkpoint_path = dir_.string();
+       })) {
+    EXPECT_GT(r.bytes_from_disk, 0u);
+  }
+}
+
+TEST_F(ModelLoadingRevisionTest, UserRevisionIsCheckedThroughTheContentSourcesAdvertise) {
+  // Sources under the user revision "rev-test" advertise dir_'s content digest; they
+  // serve bad bytes, so everything falls back to disk, where a checkpoint of other
+  // content is refused and the right one is accepted.
+  ModelSourceOptions liar = Liar();
+  liar.content_revision = revision_;
+  auto seed = Seed("liar", "tp=2", liar);
+  ModelLoaderOptions o = LoaderOptions("new", "tp=2", 0);
+  o.checkpoint_path = other_dir_;
+  auto loader = ModelLoader::Create(registry_, model_, o);
+  ASSERT_TRUE(loader.ok());
+  auto report = (*loader)->Load();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().code(), ErrorCode::kFailedPrecondition) << report.status().ToString();
+  EXPECT_FALSE((*loader)->loaded());
+  seed.clear();
+  seed = Seed("liar2", "tp=2", liar);
+  const auto reports = LoadAll("new2", "tp=2", [&](ModelLoaderOptions& lo) { lo.checkpoint_path = dir_.string(); });
+  ASSERT_EQ(reports.size(), 2u);
+  for (const LoadReport& r : reports) EXPECT_EQ(r.bytes_from_sources, 0u);
+}
+
+TEST_F(ModelLoadingRevisionTest, ALoadedInstancePassesOnTheContentItLearned) {
+  ModelSourceOptions seed_options;
+  seed_options.content_revision = revision_;
+  auto seed = Seed("seed", "tp=2", seed_options);
+  auto loader = ModelLoader::Create(registry_, model_, LoaderOptions("new", "tp=1", 0));
+  ASSERT_TRUE(loader.ok());
+  ASSERT_TRUE((*loader)->Load().ok());
+  auto source = (*loader)->BecomeSource();
+  ASSERT_TRUE(source.ok()) << source.status().ToString();
+  auto records = registry_.ListSources("", SourceState::kReady);
+  ASSERT_TRUE(records.ok());
+  int found = 0;
+  for (const SourceRecord& r : *records) {
+    if (r.instance_id != "new") continue;
+    ++found;
+    ASSERT_TRUE(r.attributes.contains(kSourceAttrContent));
+    EXPECT_EQ(r.attributes.at(kSourceAttrContent), revision_);
+  }
+  EXPECT_EQ(found, 1);
+}
+
+TEST_F(ModelLoadingRevisionTest, SourcesOfAnotherRevisionAreNeverUsed) {
+  auto other_id = MakeModelIdentity(model_, "rev-other");
+  ASSERT_TRUE(other_id.ok());
+  identity_ = *other_id;
+  auto other = Seed("other", "tp=1");
+  // Loading "rev-test": the READY "rev-other" instance is not a source of it.
+  auto loader = ModelLoader::Create(registry_, model_, LoaderOptions("new", "tp=2", 0));
+  ASSERT_TRUE(loader.ok());
+  auto report = (*loader)->Load();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().code(), ErrorCode::kNotFound) << report.status().ToString();
+  for (const LoadReport& r :
+       LoadAll("new2", "tp=2", [&](ModelLoaderOptions& lo) { lo.checkpoint_path = dir_.string(); })) {
+    EXPECT_EQ(r.bytes_from_sources, 0u);
+    EXPECT_TRUE(r.bytes_per_instance.empty());
+    EXPECT_TRUE(r.failed.empty());
+  }
+}
+
+TEST_F(ModelLoadingRevisionTest, InstanceAdvertisingOtherContentUnderTheSameRevisionIsSkipped) {
+  ModelSourceOptions honest, lying;
+  honest.content_revision = revision_;
+  lying.content_revision = "xxh3:00000000000000000000000000000000";
+  auto a = Seed("a-honest", "tp=2", honest);
+  auto b = Seed("b-lying", "tp=1", lying);
+  for (const LoadReport& r : LoadAll("new", "tp=2")) {
+    EXPECT_EQ(r.bytes_per_instance.count("b-lying"), 0u);
+    EXPECT_EQ(r.bytes_per_instance.count("a-honest"), 1u);
+    ASSERT_EQ(r.skipped.size(), 1u);
+    EXPECT_NE(r.skipped[0].find("b-lying"), std::string::npos) << r.skipped[0];
+    EXPECT_NE(r.skipped[0].find("verification failed"), std::string::npos) << r.skipped[0];
+  }
+}
+
+// The lease order of a capped source: by the loaders' priority (then instance id), not
+// by arrival. A raw agent speaks the protocol: lease 1 is granted at once (the source is
+// idle); leases 2 (priority 300) and 3 (priority 100) queue; when 1 is released, 3 wins
+// although 2 arrived first.
+TEST_F(ModelLoadingTest, CappedSourceGrantsLeasesByPriorityNotArrival) {
+  using workflows::DecodeP2p;
+  using workflows::EncodeP2p;
+  using workflows::P2pKind;
+  using workflows::P2pMessage;
+  auto seed = Seed("capped", "tp=1", Capped(1e6));
+  ASSERT_EQ(seed.size(), 1u);
+  auto records = registry_.ListSources("", SourceState::kReady);
+  ASSERT_TRUE(records.ok());
+  ASSERT_EQ(records->size(), 1u);
+  auto agent = Agent::Create({.name = "raw-loader"});
+  ASSERT_TRUE(agent.ok());
+  Agent& a = **agent;
+  auto peer = a.ImportMetadata(records->front().metadata);
+  ASSERT_TRUE(peer.ok());
+  auto send = [&](P2pMessage m) { ASSERT_TRUE(a.SendMessage(*peer, EncodeP2p(m)).ok()); };
+  // Next message of `kind` (others, e.g. QUEUED keepalives, are skipped).
+  auto await = [&](P2pKind kind) -> std::optional<P2pMessage> {
+    for (int i = 0; i < 200; ++i) {
+      auto n = a.WaitNotification(5);
+      if (!n.ok()) return std::nullopt;
+      auto m = DecodeP2p(n->payload);
+      if (m && m->kind == kind) return m;
+    }
+    return std::nullopt;
+  };
+  P2pMessage hello;
+  hello.kind = P2pKind::kHello;
+  hello.id = 1000;
+  auto blob = a.ExportMetadata();
+  ASSERT_TRUE(blob.ok());
+  hello.blob = *blob;
+  send(hello);
+  ASSERT_TRUE(await(P2pKind::kHelloAck).has_value());
+  auto lease = [&](std::uint64_t id, const std::string& instance, std::uint64_t priority) {
+    P2pMessage m;
+    m.kind = P2pKind::kLease;
+    m.id = id;
+    m.value = 20000000;  // 20 s at the cap: the grant lasts until released
+    m.text = instance;
+    m.priority = priority;
+    send(m);
+  };
+  lease(1, "b", 200);
+  auto first = await(P2pKind::kGrant);
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->id, 1u);
+  lease(2, "c", 300);
+  lease(3, "a", 100);
+  // Both requests are queued (each is acknowledged) before the grant ends.
+  ASSERT_TRUE(await(P2pKind::kQueued).has_value());
+  ASSERT_TRUE(await(P2pKind::kQueued).has_value());
+  P2pMessage release;
+  release.kind = P2pKind::kRelease;
+  release.id = 1;
+  send(release);
+  auto second = await(P2pKind::kGrant);
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->id, 3u) << "the lowest priority value is served first";
+  release.id = 3;
+  send(release);
+  auto third = await(P2pKind::kGrant);
+  ASSERT_TRUE(third.has_value());
+  EXPECT_EQ(third->id, 2u);
+  P2pMessage bye;
+  bye.kind = P2pKind::kBye;
+  send(bye);
 }
 
 }  // namespace
