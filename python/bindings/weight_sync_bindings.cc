@@ -62,6 +62,19 @@ void BindWeightSync(py::module_& m) {
              d["descriptors"] = s.descriptors;
              d["ready_wait_s"] = s.ready_wait_s;
              d["transfer_s"] = s.transfer_s;
+             d["converted_bytes"] = s.converted_bytes;
+             d["convert_s"] = s.convert_s;
+             d["staging_peak_bytes"] = s.staging_peak_bytes;
+             // Engine ranks that missed this version (fault isolation): rank, error code name, message.
+             py::list missed;
+             for (const MissedEngine& m : s.missed) {
+               py::dict e;
+               e["engine_rank"] = m.engine_rank;
+               e["code"] = std::string(ErrorCodeName(m.reason.code()));
+               e["reason"] = m.reason.ToString();
+               missed.append(e);
+             }
+             d["missed"] = missed;
              return d;
            })
       .def_property_readonly("bytes_per_push", &WeightPublisher::bytes_per_push)

@@ -15,7 +15,7 @@ when every byte arrived; ``committed_version`` is the version the engine serves.
 from __future__ import annotations
 
 import ctypes
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
@@ -109,13 +109,18 @@ class WeightPublisher(_Endpoint):
         Raises TimedOutError naming the missing engine rank."""
         self._impl.connect()
 
-    def push(self, version: int) -> Dict[str, float]:
-        """Pushes weight version ``version`` (GIL released): waits until every destination is
-        ready, writes, and returns {version, bytes, descriptors, ready_wait_s, transfer_s}.
-        Raises TimedOutError / PeerDisconnectedError naming the engine rank. Ctrl-C raises
-        KeyboardInterrupt within ~0.1 s: while waiting for READY nothing was written and push(version)
-        may be called again; during the writes the unfinished ones are cancelled and those engines
-        do not commit ``version`` (they need begin_update(version) again)."""
+    def push(self, version: int) -> Dict[str, Any]:
+        """Pushes weight version ``version`` (GIL released) to every destination engine rank that
+        is ready within the engine timeout (10 s), and returns {version, bytes (written, bytes),
+        descriptors, ready_wait_s, transfer_s (seconds), converted_bytes, convert_s,
+        staging_peak_bytes (conversion in the push, when the engines hold another dtype),
+        missed}. ``missed`` lists the engine ranks that did not get this version, each
+        {engine_rank, code (error code name), reason}: a dead, silent or failing engine rank
+        misses the version while the others commit it (fault isolation). Raises
+        PeerDisconnectedError when no engine rank received it. Ctrl-C raises KeyboardInterrupt
+        within ~0.1 s: while waiting for READY nothing was written and push(version) may be called
+        again; during the writes the unfinished ones are cancelled and no engine commits
+        ``version`` (they need begin_update(version) again)."""
         return self._impl.push(version)
 
     @property

@@ -242,3 +242,42 @@ def test_meta_device_and_bad_tensors_refused_by_publisher_and_subscriber():
         for key in ("bad/engine/1/metadata", "bad/trainer/0/metadata"):
             with pytest.raises(errors.TimedOutError):
                 client.get(key, timeout_s=0.3)
+
+
+DYING_ENGINE = textwrap.dedent("""
+    import json, os, signal, sys, shardwire
+    cfg, address, rank = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    model = shardwire.Model.from_config_json(json.dumps(cfg))
+    src, dst = shardwire.Layout.from_string(model, "fsdp=1"), shardwire.Layout.from_string(model, "tp=1,dp=2")
+    sub = shardwire.WeightSubscriber(shardwire.CoordinatorClient(address), src, dst, rank, params=None, job="iso")
+    sub.connect()
+    for v in (1, 2, 3):
+        if rank == 1 and v == 2:
+            os.kill(os.getpid(), signal.SIGKILL)   # engine replica 1 dies after committing v1
+        sub.begin_update(v)
+        sub.wait_for_update(v)
+        assert sub.committed_version == v
+    print("engine", rank, "committed", sub.committed_version, flush=True)
+""")
+
+
+def test_a_dead_engine_misses_the_version_and_push_says_which():
+    """Fault isolation from Python: engine replica 1 is killed; the trainer's push of v2 and v3
+    still reaches replica 0 and reports replica 1 in ``missed`` with the reason."""
+    model = shardwire.Model.from_config_json(json.dumps(LLAMA))
+    src, dst = shardwire.Layout.from_string(model, "fsdp=1"), shardwire.Layout.from_string(model, "tp=1,dp=2")
+    with shardwire.CoordinatorServer() as server:
+        engines = [subprocess.Popen([PY, "-c", DYING_ENGINE, json.dumps(LLAMA), server.address, str(r)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+        trainer = shardwire.WeightPublisher(shardwire.CoordinatorClient(server.address), src, dst, 0, job="iso")
+        trainer.connect()
+        missed = {}
+        for v in (1, 2, 3):
+            stats = trainer.push(v)
+            missed[v] = [(m["engine_rank"], m["code"]) for m in stats["missed"]]
+        assert missed[1] == []
+        assert missed[2] == [(1, "peer disconnected")] and missed[3] == [(1, "peer disconnected")], missed
+        out0, err0 = engines[0].communicate(timeout=120)
+        assert engines[0].returncode == 0 and "committed 3" in out0, out0 + err0
+        engines[1].communicate(timeout=120)
+        assert engines[1].returncode == -9
