@@ -21,6 +21,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -66,6 +68,18 @@ Clock::duration Seconds(double s) {
 
 struct CoordinatorClient::Impl {
   CoordinatorClientOptions options;
+  // Request ids: 16 random bytes per client (from std::random_device) + a counter, as hex.
+  std::mutex id_mu;
+  std::string id_prefix;
+  std::uint64_t id_counter = 0;
+  std::string NextRequestId() {
+    std::lock_guard<std::mutex> lock(id_mu);
+    if (id_prefix.empty()) {
+      std::random_device rd;
+      for (int i = 0; i < 4; ++i) id_prefix += fmt::format("{:08x}", rd());
+    }
+    return fmt::format("{}-{:x}", id_prefix, ++id_counter);
+  }
   std::string auth_header;  // "Bearer <token>" or empty
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Rendezvous::Stub> rendezvous;
@@ -201,6 +215,8 @@ Result<std::int64_t> CoordinatorClient::Add(const std::string& key, std::int64_t
   v1::AddRequest req;
   req.set_key(key);
   req.set_delta(delta);
+  // One id per logical Add, resent with every retry: the coordinator applies it at most once.
+  req.set_request_id(impl_->NextRequestId());
   v1::AddResponse resp;
   SW_RETURN_IF_ERROR(
       impl_->Call("Add", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Add(&ctx, req, &resp); }));

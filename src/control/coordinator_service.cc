@@ -164,7 +164,12 @@ grpc::Status RendezvousService::Get(grpc::ServerContext* ctx, const v1::GetReque
 grpc::Status RendezvousService::Add(grpc::ServerContext* ctx, const v1::AddRequest* req, v1::AddResponse* resp) {
   SW_AUTHORIZE(ctx);
   SW_GRPC_RETURN_IF_ERROR(control_internal::ValidateKey(req->key()));
-  auto v = core_->state().Add(req->key(), req->delta());
+  if (req->request_id().size() > kMaxAddRequestIdBytes) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        fmt::format("Add: request_id of {} bytes (at most {})", req->request_id().size(),
+                                    kMaxAddRequestIdBytes));
+  }
+  auto v = core_->state().Add(req->key(), req->delta(), req->request_id());
   if (!v.ok()) return ToGrpcStatus(v.status());
   core_->NotifyKvChanged();
   resp->set_value(*v);

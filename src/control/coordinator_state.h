@@ -48,6 +48,10 @@ struct ReapStats {
   int members_expired = 0;
 };
 
+/// Longest AddRequest.request_id (bytes), and how long an applied one is remembered (ms).
+inline constexpr std::size_t kMaxAddRequestIdBytes = 64;
+inline constexpr std::int64_t kAddRequestIdTtlMs = 10 * 60 * 1000;
+
 class CoordinatorState {
  public:
   virtual ~CoordinatorState() = default;
@@ -57,8 +61,10 @@ class CoordinatorState {
   virtual Status Put(const std::string& key, std::span<const std::byte> value) = 0;
   /// nullopt when absent.
   virtual Result<std::optional<std::vector<std::byte>>> Get(const std::string& key) = 0;
+  /// With a non-empty `request_id` (<= kMaxAddRequestIdBytes), applied at most once: a repeat
+  /// within kAddRequestIdTtlMs returns the first result without adding again.
   /// Errors: kInvalidArgument when the key holds a non-counter or the sum overflows.
-  virtual Result<std::int64_t> Add(const std::string& key, std::int64_t delta) = 0;
+  virtual Result<std::int64_t> Add(const std::string& key, std::int64_t delta, const std::string& request_id = {}) = 0;
   /// A number that changes whenever any key changes (for waiters to detect
   /// changes cheaply); may change spuriously.
   virtual Result<std::uint64_t> KvGeneration() = 0;

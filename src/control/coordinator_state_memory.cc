@@ -10,6 +10,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <random>
@@ -60,17 +62,35 @@ class InMemoryCoordinatorState final : public CoordinatorState {
     return std::optional<std::vector<std::byte>>(it->second);
   }
 
-  Result<std::int64_t> Add(const std::string& key, std::int64_t delta) override {
+  Result<std::int64_t> Add(const std::string& key, std::int64_t delta, const std::string& request_id) override {
     SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
     std::lock_guard<std::mutex> lock(mu_);
+    // Forget applied request ids older than the TTL (oldest first), then answer a repeat.
+    const auto now_t = std::chrono::steady_clock::now();
+    while (!applied_order_.empty() &&
+           now_t - applied_order_.front().first > std::chrono::milliseconds(kAddRequestIdTtlMs)) {
+      applied_adds_.erase(applied_order_.front().second);
+      applied_order_.pop_front();
+    }
+    if (!request_id.empty()) {
+      if (auto seen = applied_adds_.find(request_id); seen != applied_adds_.end()) return seen->second;
+    }
     auto it = kv_.find(key);
     std::vector<std::byte> encoded;
     SW_ASSIGN_OR_RETURN(std::int64_t now,
                         control_internal::ApplyAdd(it == kv_.end() ? nullptr : &it->second, delta, key, &encoded));
     kv_[key] = std::move(encoded);
     ++generation_;
+    if (!request_id.empty()) {
+      applied_adds_.emplace(request_id, now);
+      applied_order_.emplace_back(now_t, request_id);
+    }
     return now;
   }
+
+  // Add request ids applied in the last kAddRequestIdTtlMs: id -> result, and ids by time.
+  std::map<std::string, std::int64_t> applied_adds_;
+  std::deque<std::pair<std::chrono::steady_clock::time_point, std::string>> applied_order_;
 
   Result<std::uint64_t> KvGeneration() override {
     std::lock_guard<std::mutex> lock(mu_);

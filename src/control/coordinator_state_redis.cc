@@ -136,13 +136,21 @@ redis.call('INCR', P .. 'kvgen')
 return 1
 )lua";
 
-// ARGV: key, delta. Returns the new value as decimal text (no double rounding).
+// ARGV: key, delta, request id ('' = none), its TTL in ms. Returns the new value as decimal
+// text (no double rounding); a request id applied before returns the first result unchanged.
 constexpr std::string_view kAddScript = R"lua(
 local k = P .. 'kv:' .. ARGV[1]
+local req = ARGV[3] ~= '' and (P .. 'addreq:' .. ARGV[3]) or nil
+if req then
+  local seen = redis.call('GET', req)
+  if seen then return seen end
+end
 local r = redis.pcall('INCRBY', k, ARGV[2])
 if is_err(r) then return fail('BADARG', r.err) end
 redis.call('INCR', P .. 'kvgen')
-return redis.call('GET', k)
+local v = redis.call('GET', k)
+if req then redis.call('SET', req, v, 'PX', ARGV[4]) end
+return v
 )lua";
 
 // ARGV: id, now, delete_ms, identity, hex(identity), rec
@@ -546,10 +554,11 @@ class RedisCoordinatorState final : public CoordinatorState {
     return CorruptData(fmt::format("Redis key {}: unexpected reply type {}", k, r->type));
   }
 
-  Result<std::int64_t> Add(const std::string& key, std::int64_t delta) override {
+  Result<std::int64_t> Add(const std::string& key, std::int64_t delta, const std::string& request_id) override {
     SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
     std::string d = std::to_string(delta);
-    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(add_, {key, d}, false));
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
+                        pool_->Eval(add_, {key, d, request_id, std::to_string(kAddRequestIdTtlMs)}, false));
     SW_RETURN_IF_ERROR(CheckReply(*r, "Add to key '" + key + "'"));
     std::int64_t v = 0;
     if (r->type != REDIS_REPLY_STRING || !ParseNumber(ReplyText(r.get()), &v)) {

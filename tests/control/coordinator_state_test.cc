@@ -141,6 +141,16 @@ TEST_P(CoordinatorStateTest, KvPutGetAddAndGeneration) {
   EXPECT_EQ(st.Get("").status().code(), ErrorCode::kInvalidArgument);
 }
 
+TEST_P(CoordinatorStateTest, AnAddWithARequestIdIsAppliedOnce) {
+  auto& st = *state_;
+  EXPECT_EQ(*st.Add("n", 3, "req-1"), 3);
+  EXPECT_EQ(*st.Add("n", 3, "req-1"), 3) << "a retry returns the first result";
+  EXPECT_EQ(*st.Add("n", 0), 3) << "and did not add again";
+  EXPECT_EQ(*st.Add("n", 3, "req-2"), 6);
+  EXPECT_EQ(*st.Add("n", 1), 7);
+  EXPECT_EQ(*st.Add("n", 1), 8) << "without an id every call adds";
+}
+
 TEST_P(CoordinatorStateTest, RegisterAndListRoundTripsEveryField) {
   auto& st = *state_;
   const std::int64_t t0 = WallMs();
