@@ -309,10 +309,12 @@ def scenario_p2p(sw, work, kill_what):
     except subprocess.TimeoutExpired:
         r.hang = True
     finally:
-        for p in procs:
+        # Stop clients before the service, as an orchestrator would: a seed stopped after the
+        # coordinator is gone spends its client's unavailable timeout (15 s) trying to deregister
+        # (bounded, recorded in docs/reliability.md).
+        for p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
             if not wait(p, 10):
                 r.hang = True
                 r.passed = False
