@@ -25,6 +25,7 @@
 #include <span>
 #include <string>
 
+#include "shardwire/agent.h"
 #include "shardwire/layout.h"
 #include "shardwire/rendezvous.h"
 #include "shardwire/status.h"
@@ -54,6 +55,12 @@ struct PushStats {
   std::uint64_t rows = 0;         ///< contiguous row moves inside them (what one descriptor per row would post)
   double ready_wait_s = 0;        ///< waiting for destinations to be ready
   double transfer_s = 0;          ///< first post to last remote completion
+  /// How this push's bytes moved (the agent's AgentStats over the push): bytes
+  /// copied by the lanes through a mapping of the destination's arena, and UCX
+  /// data requests issued (one per row not copied directly; 0 when every block
+  /// took the direct path).
+  std::uint64_t direct_copy_bytes = 0;
+  std::uint64_t ucx_requests = 0;
 };
 
 /// What one WaitForUpdate saw.
@@ -90,6 +97,11 @@ class WeightPublisher {
 
   /// Bytes this rank sends per Push.
   std::uint64_t bytes_per_push() const;
+
+  /// The transport agent's counters since Create (shardwire/agent.h, AgentStats):
+  /// e.g. the pages Connect pre-faulted in the destinations' arenas and how long
+  /// that took. Thread-safe.
+  AgentStats transport_stats() const;
 
   struct State;
 

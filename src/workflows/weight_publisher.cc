@@ -64,6 +64,7 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
 
 std::span<std::byte> WeightPublisher::weights() { return state_->endpoint.weights; }
 std::uint64_t WeightPublisher::bytes_per_push() const { return state_->bytes_per_push; }
+AgentStats WeightPublisher::transport_stats() const { return state_->endpoint.agent->Stats(); }
 
 Status WeightPublisher::Connect() {
   State& s = *state_;
@@ -110,6 +111,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   SW_RETURN_IF_ERROR(s.inbox.AwaitFromAll(agent, sync::MessageKind::kReady, version, destinations, s.options.timeout_s)
                          .WithContext(fmt::format("trainer rank {} push v{}", s.rank, version)));
   const auto t1 = Clock::now();
+  const AgentStats before = agent.Stats();
   // Post every destination's prepared transfer first so they progress together, then
   // wait for each: Wait returns after remote completion (the bytes are visible at the
   // destination), and only then is DONE(v) sent, so it can never overtake the data.
@@ -128,6 +130,9 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
       return st.WithContext(fmt::format("trainer rank {} push v{} to engine rank {}", s.rank, version, dst));
   }
   const auto t2 = Clock::now();
+  const AgentStats after = agent.Stats();
+  stats.direct_copy_bytes = after.direct_copy_bytes - before.direct_copy_bytes;
+  stats.ucx_requests = after.ucx_requests - before.ucx_requests;
   stats.bytes = s.bytes_per_push;
   stats.ready_wait_s = Seconds(t0, t1);
   stats.transfer_s = Seconds(t1, t2);
