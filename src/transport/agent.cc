@@ -841,7 +841,10 @@ struct Agent::Impl {
         if (t.op == TransferOp::kRead) {
           CopyRows(o.local, o.local_stride, remote, o.remote_stride, o.count, o.length);
         } else {
-          CopyRows(remote, o.remote_stride, o.local, o.local_stride, o.count, o.length);
+          // Nothing here reads a peer's arena next: large blocks bypass the caches.
+          CopyRows(remote, o.remote_stride, o.local, o.local_stride, o.count, o.length,
+                   bytes >= transport::kStreamingCopyMinBytes ? transport::CopyStores::kStreaming
+                                                              : transport::CopyStores::kCached);
         }
         copied = true;
         ++copy_blocks;
