@@ -841,10 +841,7 @@ struct Agent::Impl {
         if (t.op == TransferOp::kRead) {
           CopyRows(o.local, o.local_stride, remote, o.remote_stride, o.count, o.length);
         } else {
-          // Nothing here reads a peer's arena next: large blocks bypass the caches.
-          CopyRows(remote, o.remote_stride, o.local, o.local_stride, o.count, o.length,
-                   bytes >= transport::kStreamingCopyMinBytes ? transport::CopyStores::kStreaming
-                                                              : transport::CopyStores::kCached);
+          CopyRows(remote, o.remote_stride, o.local, o.local_stride, o.count, o.length);
         }
         copied = true;
         ++copy_blocks;

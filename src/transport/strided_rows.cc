@@ -3,10 +3,6 @@
 #include <algorithm>
 #include <cstring>
 
-#if defined(__x86_64__)
-#include <emmintrin.h>
-#endif
-
 #include <fmt/format.h>
 
 namespace shardwire::transport {
@@ -85,55 +81,11 @@ void MergePageRanges(std::vector<PageRange>& ranges) {
   ranges.resize(k);
 }
 
-namespace {
-
-#if defined(__x86_64__)
-// Non-temporal copy of one row: cached stores up to the destination's first
-// 16-byte boundary, then 64 bytes per round with movntdq, the tail cached.
-void StreamRow(std::byte* dst, const std::byte* src, std::uint64_t length) {
-  std::uint64_t head = (16 - (reinterpret_cast<std::uintptr_t>(dst) & 15)) & 15;
-  if (head > length) head = length;
-  std::memcpy(dst, src, head);
-  dst += head;
-  src += head;
-  length -= head;
-  while (length >= 64) {
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16));
-    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 32));
-    const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 48));
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst), a);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + 16), b);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + 32), c);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + 48), d);
-    dst += 64;
-    src += 64;
-    length -= 64;
-  }
-  std::memcpy(dst, src, length);
-}
-#endif
-
-}  // namespace
-
 void CopyRows(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, std::uint64_t src_stride,
-              std::uint64_t count, std::uint64_t length, CopyStores stores) {
+              std::uint64_t count, std::uint64_t length) {
   if (count == 0 || length == 0) return;
   if (count == 1 || (dst_stride == length && src_stride == length)) {
-    length *= count;
-    count = 1;
-  }
-#if defined(__x86_64__)
-  if (stores == CopyStores::kStreaming) {
-    for (std::uint64_t r = 0; r < count; ++r) StreamRow(dst + r * dst_stride, src + r * src_stride, length);
-    _mm_sfence();  // streaming stores are weakly ordered: complete them before the completion is signalled
-    return;
-  }
-#else
-  (void)stores;
-#endif
-  if (count == 1) {
-    std::memcpy(dst, src, length);
+    std::memcpy(dst, src, count * length);
     return;
   }
   for (std::uint64_t r = 0; r < count; ++r) std::memcpy(dst + r * dst_stride, src + r * src_stride, length);

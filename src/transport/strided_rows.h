@@ -70,26 +70,10 @@ void AppendRowPages(std::uintptr_t addr, std::uint64_t count, std::uint64_t leng
 /// Sorts `ranges` and merges overlapping or adjacent ones in place.
 void MergePageRanges(std::vector<PageRange>& ranges);
 
-/// How CopyRows stores.
-enum class CopyStores {
-  kCached,     ///< memcpy: stores go through the caches
-  kStreaming,  ///< non-temporal stores (x86 SSE2 movntdq; memcpy elsewhere), then a store fence
-};
-
-/// Blocks of at least this many bytes are worth streaming stores when nothing in
-/// this process reads the destination next (a WRITE into a peer's arena): a
-/// cached store first reads the destination line (read-for-ownership), so a
-/// DRAM-bound copy moves 3 bytes per byte instead of 2. glibc's memcpy streams
-/// only above x86_non_temporal_threshold, which is 127 MiB on the development VMs
-/// (the hypervisor reports a 508 MiB L3), far above a 1 MiB slice.
-inline constexpr std::uint64_t kStreamingCopyMinBytes = std::uint64_t{256} << 10;
-
 /// Copies `count` rows of `length` bytes from `src` (rows `src_stride` apart) to
 /// `dst` (rows `dst_stride` apart): a 2-D memcpy. When both strides equal
-/// `length` the rows form one contiguous range and are copied as one. With
-/// CopyStores::kStreaming the stores bypass the caches and an sfence orders them
-/// before any later store of this thread (the completion that follows).
+/// `length` the rows form one contiguous range and are copied with one memcpy.
 void CopyRows(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, std::uint64_t src_stride,
-              std::uint64_t count, std::uint64_t length, CopyStores stores = CopyStores::kCached);
+              std::uint64_t count, std::uint64_t length);
 
 }  // namespace shardwire::transport

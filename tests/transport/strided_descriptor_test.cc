@@ -135,29 +135,6 @@ TEST(StridedRows, CopyRowsMatchesARowWalk) {
   }
 }
 
-TEST(StridedRows, StreamingCopyRowsMatchesARowWalkForEveryAlignmentAndLength) {
-  // Streaming stores take a cached head up to a 16-byte boundary, 64-byte rounds
-  // and a cached tail: every split of a row must land exactly its bytes.
-  std::mt19937_64 rng(11);
-  std::vector<std::byte> src(20000), dst(20000);
-  FillPattern(src, 4);
-  for (int trial = 0; trial < 400; ++trial) {
-    const std::uint64_t length = trial < 200 ? static_cast<std::uint64_t>(trial) : 1 + rng() % 3000;
-    const std::uint64_t count = 1 + rng() % 4;
-    const std::uint64_t ss = length + rng() % 70, ds = rng() % 3 == 0 ? length : length + rng() % 70;
-    const std::uint64_t so = rng() % 64, dso = rng() % 64;
-    if (so + (count - 1) * ss + length > src.size() || dso + (count - 1) * ds + length > dst.size()) continue;
-    std::fill(dst.begin(), dst.end(), kUntouched);
-    CopyRows(dst.data() + dso, ds, src.data() + so, ss, count, length, transport::CopyStores::kStreaming);
-    const auto expect = RowBytes(so, ss, dso, ds, count, length);
-    for (std::size_t k = 0; k < dst.size(); ++k) {
-      auto it = expect.find(k);
-      ASSERT_EQ(dst[k], it == expect.end() ? kUntouched : PatternByte(4, it->second))
-          << "trial " << trial << " byte " << k << " (length " << length << ", count " << count << ")";
-    }
-  }
-}
-
 // ---- agents -----------------------------------------------------------------
 
 enum class Mem { kArena, kRegistered };
