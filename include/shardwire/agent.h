@@ -130,11 +130,12 @@ struct AgentOptions {
   WritePath write_path = WritePath::kAuto;
   /// PrepareTransfer (kWrite) pre-faults, on each lane, the pages of the local
   /// mapping of a peer's shared-memory region (ucp_rkey_ptr) that the lane's
-  /// slices will write: madvise(MADV_POPULATE_WRITE) for the kernel's page
-  /// tables, then one byte per page accessed, which builds the entries a
-  /// shadow-paging hypervisor (PVM) keeps per page (docs/transport.md,
-  /// "Pre-faulting"). The first post then runs at steady-state speed instead of
-  /// paying 1-20 us per 4 KiB page; PrepareTransfer pays it instead (lanes in
+  /// slices will write: one byte per page accessed (value unchanged), which fills
+  /// the kernel's page tables and builds the entries a shadow-paging hypervisor
+  /// (PVM) keeps per page; madvise(MADV_POPULATE_WRITE) does only the former
+  /// (docs/transport.md, "Pre-faulting"). The first post then runs at
+  /// steady-state speed instead of paying 1-20 us per 4 KiB page;
+  /// PrepareTransfer pays it instead (lanes in
   /// parallel). No effect on regions UCX cannot map (caller-registered memory,
   /// other hosts) or on READ.
   bool prefault_remote = true;

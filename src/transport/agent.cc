@@ -1186,18 +1186,12 @@ struct Agent::Impl {
     }
     transport::MergePageRanges(ranges);
     std::uint64_t pages = 0;
-    bool logged = false;
     for (const transport::PageRange& r : ranges) {
       for (std::uintptr_t a = r.begin; a < r.end;) {
         const std::uintptr_t b = std::min(r.end, a + kPrefaultChunk);
         std::lock_guard<std::mutex> g(lane.mu);
         if (!peer.lanes[l].ep || peer.lanes[l].mapped_delta.empty()) return pages;  // torn down meanwhile
-        const transport::PrefaultResult res = transport::PrefaultForWrite(reinterpret_cast<void*>(a), b - a);
-        if (!res.madvise_ok && !logged) {
-          logged = true;
-          spdlog::debug("shardwire agent {}: madvise(MADV_POPULATE_WRITE) failed ({}); pages touched only",
-                        options.name, std::strerror(res.madvise_errno));
-        }
+        transport::PrefaultForWrite(reinterpret_cast<void*>(a), b - a);
         pages += (b - a) / page;
         a = b;
       }

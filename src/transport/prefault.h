@@ -5,8 +5,8 @@
 // Two levels of page tables have to be filled, and only the first is visible to
 // the guest kernel:
 //   1. the kernel's page tables of this process (a minor fault per page, counted
-//      in getrusage ru_minflt): madvise(MADV_POPULATE_WRITE) fills them in one
-//      system call (Linux 5.14+);
+//      in getrusage ru_minflt): a write access per page, or
+//      madvise(MADV_POPULATE_WRITE) in one system call (Linux 5.14+);
 //   2. under a hypervisor that shadows guest page tables (PVM, "Hypervisor
 //      detected: PVM" in dmesg; KVM without EPT/NPT), the hypervisor's shadow
 //      entry of each page, built on the first CPU access through the new
@@ -14,9 +14,13 @@
 //      The cost (about 7-20 us per page on the 2-core PVM development VMs, 1.3-4 s
 //      per GB) shows up as user time inside the first memcpy, with no page
 //      fault counted (docs/transport.md, "Pre-faulting"). Only an access does:
-//      one byte per page.
+//      one byte per page. Measured on PVM: pages populated by madvise and then
+//      touched often still made the first copy slow (0.04-0.11x of the second in
+//      3 of 5 runs of bench/mapping_first_write, and step 1 of the RL demo at 2x a
+//      steady step), while pages only touched did not (0.40-0.70x; demo step 1 at
+//      steady speed). So kAuto touches and does not call madvise.
 // Hardware that walks the guest page tables itself (bare metal, KVM with EPT)
-// needs only level 1; the touch then costs a few ns per page.
+// needs only level 1; the touch then costs one minor fault per page (~0.5 us).
 //
 // Thread-safety: PrefaultForWrite may run while other processes (or threads)
 // write the same pages: neither method changes a byte.
@@ -29,7 +33,7 @@ namespace shardwire::transport {
 
 /// How PrefaultForWrite populates the page tables.
 enum class PrefaultMethod {
-  kAuto,     ///< madvise(MADV_POPULATE_WRITE) (where the kernel accepts it), then kTouch
+  kAuto,     ///< kTouch (see above for why not madvise first)
   kMadvise,  ///< madvise(MADV_POPULATE_WRITE) only (Linux 5.14+): kernel page tables only
   kTouch,    ///< an atomic fetch_add of 0 on one byte per page (write access, value unchanged)
 };
@@ -42,9 +46,9 @@ struct PrefaultResult {
 };
 
 /// Populates the page tables of [p, p + n) (rounded out to whole pages) for
-/// writing, without changing any byte: kAuto does both levels described above.
+/// writing, without changing any byte: kAuto fills both levels described above.
 /// Never fails: when neither method works the first transfer simply takes the faults.
-/// Takes about 1 us per page on hardware-walked page tables, 7-20 us per page
+/// Takes about 0.5 us per page on hardware-walked page tables, 7-20 us per page
 /// under a shadow-paging hypervisor.
 PrefaultResult PrefaultForWrite(void* p, std::size_t n, PrefaultMethod method = PrefaultMethod::kAuto);
 

@@ -88,7 +88,7 @@ TEST_P(PrefaultMethods, RemovesTheFaultsAndChangesNoByte) {
   if (GetParam() == PrefaultMethod::kMadvise && !r.madvise_ok)
     GTEST_SKIP() << "madvise(MADV_POPULATE_WRITE) refused here (errno " << r.madvise_errno << ", needs Linux 5.14)";
   if (GetParam() != PrefaultMethod::kMadvise) {
-    // kAuto touches every page after madvise too (shadow-paging hypervisors).
+    // kAuto touches every page (shadow-paging hypervisors), without madvise.
     EXPECT_EQ(r.touched_pages, pages);
   } else {
     EXPECT_EQ(r.touched_pages, 0u);
