@@ -128,12 +128,17 @@ struct AgentOptions {
   std::uint64_t max_bytes_in_flight_per_peer = std::uint64_t{256} << 20;
   /// See WritePath.
   WritePath write_path = WritePath::kAuto;
-  /// PrepareTransfer pre-faults, once per remote region and lane, the local
-  /// mapping of a peer's shared-memory region (ucp_rkey_ptr +
-  /// madvise(MADV_POPULATE_WRITE)), so the first post runs at steady-state
-  /// speed instead of taking a page fault per 4 KiB. For READs it populates, per
-  /// lane, only the ranges the transfer reads (madvise(MADV_POPULATE_READ)). No
-  /// effect on regions UCX cannot map (caller-registered memory, other hosts).
+  /// PrepareTransfer (kWrite) pre-faults, on each lane, the pages of the local
+  /// mapping of a peer's shared-memory region (ucp_rkey_ptr) that the lane's
+  /// slices will write: one byte per page accessed (value unchanged), which fills
+  /// the kernel's page tables and builds the entries a shadow-paging hypervisor
+  /// (PVM) keeps per page; madvise(MADV_POPULATE_WRITE) does only the former
+  /// (docs/transport.md, "Pre-faulting"). The first post then runs at
+  /// steady-state speed instead of paying 1-20 us per 4 KiB page;
+  /// PrepareTransfer pays it instead (lanes in
+  /// parallel). No effect on regions UCX cannot map (caller-registered memory,
+  /// other hosts). For READs it populates, per lane, only the ranges the
+  /// transfer reads (madvise(MADV_POPULATE_READ)).
   bool prefault_remote = true;
   /// Lane threads run under SCHED_BATCH (same nice value; no privilege
   /// needed): a lane woken by its event fd does not preempt the running
@@ -154,6 +159,27 @@ struct PeerInfo {
   bool ucx_error_handling = false;  ///< UCP_ERR_HANDLING_MODE_PEER endpoints
   WritePath write_path = WritePath::kPut;  ///< kPut or kActiveMessage, resolved
   std::vector<std::string> transports;  ///< lane 0 endpoint's transports, e.g. "sysv/memory"
+};
+
+/// Counters of one Agent since Create: which path the bytes took and what
+/// pre-faulting cost. Read with Agent::Stats (monotonic; sample before and after
+/// a post and subtract).
+struct AgentStats {
+  std::uint64_t posts = 0;  ///< Post calls accepted
+  /// Blocks (a slice, or the rows of a strided descriptor within one slice)
+  /// executed by a lane as a memcpy through this process's mapping of the
+  /// peer's region (ucp_rkey_ptr): no UCX request. Bytes: their payload.
+  std::uint64_t direct_copy_blocks = 0;
+  std::uint64_t direct_copy_bytes = 0;
+  /// ucp_put_nbx / ucp_get_nbx / ucp_am_send_nbx (write) calls for data, one per
+  /// row of a block that is not copied directly. Bytes: their payload.
+  std::uint64_t ucx_requests = 0;
+  std::uint64_t ucx_bytes = 0;
+  /// Pages of peers' mapped regions pre-faulted by PrepareTransfer
+  /// (AgentOptions::prefault_remote), summed over lanes, and the wall seconds
+  /// PrepareTransfer spent doing it.
+  std::uint64_t prefaulted_pages = 0;
+  double prefault_s = 0;
 };
 
 /// One memory kind and whether this process can register and move it.
@@ -306,7 +332,9 @@ class Agent {
   /// Validates and resolves a descriptor list against `peer` once: local regions
   /// and memory handles, remote addresses and rkeys; cuts descriptors into
   /// slices (AgentOptions::slice_bytes) and divides them among the lanes;
-  /// pre-faults remote shared-memory mappings (AgentOptions::prefault_remote).
+  /// pre-faults the pages of remote shared-memory mappings the lanes will write
+  /// (AgentOptions::prefault_remote; about 1 us per 4 KiB page on bare metal,
+  /// 7-20 us under a shadow-paging hypervisor, spread over the lanes).
   /// `notification_payload`, if present, is delivered to the peer after every
   /// byte of each post is remotely complete (Post(handle, payload) replaces it
   /// for one post). The descriptors are copied; `descriptors` may be empty (a
@@ -421,6 +449,10 @@ class Agent {
   /// What this agent decided about an imported peer (lanes, transports,
   /// write path). Errors: kNotFound for an unknown peer.
   Result<PeerInfo> DescribePeer(const std::string& peer) const;
+
+  /// The agent's counters (AgentStats). Thread-safe (relaxed atomic reads; a
+  /// post in flight may be counted partly).
+  AgentStats Stats() const;
 
   /// Names of peers found dead (UCX error callback or failed liveness check)
   /// and not invalidated or re-imported since. A failed peer's endpoint is

@@ -39,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "shardwire/agent.h"
 #include "shardwire/layout.h"
 #include "shardwire/push_conversion.h"
 #include "shardwire/rendezvous.h"
@@ -118,6 +119,12 @@ struct PushStats {
   /// got DONE). Each such engine's subscriber times out or reports the failure, keeps its
   /// last committed version, and receives the next version in full again.
   std::vector<MissedEngine> missed;
+  /// How this push's bytes moved (the agent's AgentStats over the push): bytes
+  /// copied by the lanes through a mapping of the destination's arena, and UCX
+  /// data requests issued (one per row not copied directly; 0 when every block
+  /// took the direct path).
+  std::uint64_t direct_copy_bytes = 0;
+  std::uint64_t ucx_requests = 0;
 };
 
 /// What one WaitForUpdate saw.
@@ -158,6 +165,11 @@ class WeightPublisher {
 
   /// Bytes this rank sends per Push.
   std::uint64_t bytes_per_push() const;
+
+  /// The transport agent's counters since Create (shardwire/agent.h, AgentStats):
+  /// e.g. the pages Connect pre-faulted in the destinations' arenas and how long
+  /// that took. Thread-safe.
+  AgentStats transport_stats() const;
 
   struct State;
 

@@ -81,6 +81,12 @@ struct StepFigures {
   double convert_s = 0;                  // slowest trainer's conversion time (overlaps its WRITEs)
   std::uint64_t staging_peak_bytes = 0;  // largest staging use of any trainer
   std::uint64_t staging_bytes = 0;       // largest staging buffer of any trainer
+  std::uint64_t rows = 0;               // contiguous rows inside those descriptors
+  std::uint64_t faults = 0;             // page faults of the trainer processes during the push
+  std::uint64_t direct_copy_bytes = 0;  // bytes the trainers' lanes copied into mapped engine arenas
+  std::uint64_t ucx_requests = 0;       // UCX data requests (rows not copied directly)
+  double connect_s = 0;                 // step 1 only: slowest trainer's Connect (includes pre-faulting)
+  std::uint64_t prefaulted_pages = 0;   // step 1 only: pages all trainers pre-faulted at Connect
   std::vector<std::pair<double, double>> transfer_windows, compute_windows;  // per trainer, CLOCK_MONOTONIC s
 
   // Seconds during which some trainer was transferring while another computed its update
@@ -248,9 +254,22 @@ Status Run(const RlSyncOptions& o) {
       f.transfer_windows.emplace_back(end - t.value("transfer_s", 0.0), end);
       f.compute_windows.emplace_back(t.value("compute_begin", 0.0), t.value("compute_end", 0.0));
       f.transfer_s = std::max(f.transfer_s, t.value("transfer_s", 0.0));
-      f.trainer_reports.push_back(
-          {{"rank", r}, {"transfer_s", t.value("transfer_s", 0.0)}, {"ready_wait_s", t.value("ready_wait_s", 0.0)},
-           {"push_begin", end - t.value("transfer_s", 0.0)}, {"push_end", end}});
+      f.direct_copy_bytes += t.value("direct_copy_bytes", std::uint64_t{0});
+      f.ucx_requests += t.value("ucx_requests", std::uint64_t{0});
+      f.trainer_reports.push_back({{"rank", r},
+                                   {"transfer_s", t.value("transfer_s", 0.0)},
+                                   {"ready_wait_s", t.value("ready_wait_s", 0.0)},
+                                   {"push_begin", end - t.value("transfer_s", 0.0)},
+                                   {"push_end", end},
+                                   {"direct_copy_bytes", t.value("direct_copy_bytes", std::uint64_t{0})},
+                                   {"ucx_requests", t.value("ucx_requests", std::uint64_t{0})},
+                                   {"connect_s", t.value("connect_s", 0.0)},
+                                   {"prefaulted_pages", t.value("prefaulted_pages", std::uint64_t{0})},
+                                   {"prefault_s", t.value("prefault_s", 0.0)}});
+      if (step == 1) {
+        f.connect_s = std::max(f.connect_s, t.value("connect_s", 0.0));
+        f.prefaulted_pages += t.value("prefaulted_pages", std::uint64_t{0});
+      }
     }
     for (int r = 0; r < engine_ranks; ++r) {
       SW_ASSIGN_OR_RETURN(const auto report, AwaitReport(*rendezvous, children, StatsKey(job, step, "engine", r),
@@ -272,11 +291,16 @@ Status Run(const RlSyncOptions& o) {
       f.transfer_s = std::max(f.transfer_s, last - first);
     }
     const double gbps = f.transfer_s > 0 ? static_cast<double>(f.bytes) / f.transfer_s / 1e9 : 0;
+    if (step == 1) {
+      fmt::print("connect     slowest trainer {:.3f} s, {} pages of engine arenas pre-faulted (before step 1)\n",
+                 f.connect_s, f.prefaulted_pages);
+    }
     fmt::print(
         "step {}/{}  moved {:>10} in {:.4f} s = {:6.2f} GB/s  ({} descriptors for {} rows, {} page faults, "
-        "{:.4f} s beside another trainer's compute)  verified {}/{} engine ranks byte for byte\n",
+        "{:.4f} s beside another trainer's compute, {} copied directly, {} UCX requests)  verified {}/{} engine "
+        "ranks byte for byte\n",
         step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.rows, f.faults,
-        f.ComputeOverlap(), f.verified,
+        f.ComputeOverlap(), FormatBytes(static_cast<double>(f.direct_copy_bytes)), f.ucx_requests, f.verified,
         engine_ranks);
     for (const auto& [rank, why] : f.missed) {  // why names the engine rank and the version
       fmt::print("            {}\n", why);
@@ -306,6 +330,8 @@ Status Run(const RlSyncOptions& o) {
                                 {"staging_peak_bytes", f.staging_peak_bytes},
                                 {"staging_bytes", f.staging_bytes},
                                 {"compute_overlap_s", f.ComputeOverlap()},
+                                {"direct_copy_bytes", f.direct_copy_bytes},
+                                {"ucx_requests", f.ucx_requests},
                                 {"engine_wait_s", f.engine_wait_s},
                                 {"trainers", f.trainer_reports},
                                 {"verified", f.verified},
@@ -340,6 +366,7 @@ Status Run(const RlSyncOptions& o) {
   summary["gb_per_s"] = mean_gbps;
   summary["steady_gb_per_s"] = steady_gbps;
   summary["memcpy_gb_per_s"] = memcpy_gbps;
+  summary["memcpy_threads"] = copy_threads;
   if (!o.json_out.empty()) {
     std::ofstream out(o.json_out);
     out << summary.dump(2) << "\n";

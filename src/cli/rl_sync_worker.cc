@@ -117,7 +117,10 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
   const Fault fault = ReadFault("trainer", a.rank, trainer_layout.world_size());
   SW_ASSIGN_OR_RETURN(auto publisher, WeightPublisher::Create(rendezvous, trainer_layout, engine_layout, a.rank,
                                                               WeightSyncOptions{a.job, a.timeout_s}));
+  const double connect_begin = MonotonicSeconds();
   SW_RETURN_IF_ERROR(publisher->Connect());
+  const double connect_s = MonotonicSeconds() - connect_begin;
+  const AgentStats connected = publisher->transport_stats();
   for (int step = 1; step <= a.steps; ++step) {
     const double compute_begin = MonotonicSeconds();
     SW_RETURN_IF_ERROR(
@@ -152,7 +155,13 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"compute_begin", compute_begin},
                           {"compute_end", compute_end},
                           {"push_end", MonotonicSeconds()},
-                          {"missed", missed}};
+                          {"missed", missed},
+
+                          {"direct_copy_bytes", stats.direct_copy_bytes},
+                          {"ucx_requests", stats.ucx_requests},
+                          {"connect_s", connect_s},
+                          {"prefaulted_pages", connected.prefaulted_pages},
+                          {"prefault_s", connected.prefault_s}};
     SW_RETURN_IF_ERROR(PutString(rendezvous, StatsKey(a.job, step, "trainer", a.rank), report.dump()));
   }
   return Status::Ok();

@@ -47,6 +47,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -273,8 +274,7 @@ struct RemoteRegion {
 // One peer's endpoint and rkeys on one lane. Guarded by that lane's mu.
 struct LaneEp {
   Endpoint ep;
-  std::vector<Rkey> rkeys;         // by region index; destroyed before ep closes
-  std::vector<bool> prefaulted;    // by region index
+  std::vector<Rkey> rkeys;  // by region index; destroyed before ep closes
   // By region index: this process's address of the region's byte 0 minus the
   // region's remote base (ucp_rkey_ptr), or nullopt when UCX cannot map it
   // (not shared memory). Mapped regions are copied into directly (2-D memcpy).
@@ -462,6 +462,17 @@ struct Agent::Impl {
   bool shutting_down = false;
 
   Clock::time_point next_liveness_check{};  // lane 0 thread only
+
+  // AgentStats, updated with relaxed atomics by the lanes and the API thread.
+  struct Counters {
+    std::atomic<std::uint64_t> posts{0};
+    std::atomic<std::uint64_t> direct_copy_blocks{0};
+    std::atomic<std::uint64_t> direct_copy_bytes{0};
+    std::atomic<std::uint64_t> ucx_requests{0};
+    std::atomic<std::uint64_t> ucx_bytes{0};
+    std::atomic<std::uint64_t> prefaulted_pages{0};
+    std::atomic<std::uint64_t> prefault_ns{0};
+  } counters;
 
   ~Impl() { Shutdown(); }
 
@@ -817,6 +828,7 @@ struct Agent::Impl {
     const TransferCore& t = *j.t;
     std::size_t issued = 0;
     bool copied = false;
+    std::uint64_t copy_blocks = 0, copy_bytes = 0, requests = 0, request_bytes = 0;
     ucp_request_param_t p{};
     while (j.next < ops.size() && issued < kIssueBatch && !j.failed) {
       const PreparedOp& o = ops[j.next];
@@ -832,6 +844,8 @@ struct Agent::Impl {
           CopyRows(remote, o.remote_stride, o.local, o.local_stride, o.count, o.length);
         }
         copied = true;
+        ++copy_blocks;
+        copy_bytes += bytes;
         ++j.next;
         ++issued;
         continue;
@@ -864,6 +878,8 @@ struct Agent::Impl {
         } else {
           req = ucp_put_nbx(lep.ep.get(), local, o.length, remote, lep.rkeys[o.rkey_index].get(), &p);
         }
+        ++requests;
+        request_bytes += o.length;
         if (UCS_PTR_IS_ERR(req)) {
           j.Fail(UcsError(t.op == TransferOp::kRead ? "ucp_get_nbx" : (t.am_write ? "ucp_am_send_nbx" : "ucp_put_nbx"),
                           UCS_PTR_STATUS(req)));
@@ -885,6 +901,14 @@ struct Agent::Impl {
     }
     // Direct copies must be visible before the flush/notification that follows.
     if (copied) std::atomic_thread_fence(std::memory_order_release);
+    if (copy_blocks > 0) {
+      counters.direct_copy_blocks.fetch_add(copy_blocks, std::memory_order_relaxed);
+      counters.direct_copy_bytes.fetch_add(copy_bytes, std::memory_order_relaxed);
+    }
+    if (requests > 0) {
+      counters.ucx_requests.fetch_add(requests, std::memory_order_relaxed);
+      counters.ucx_bytes.fetch_add(request_bytes, std::memory_order_relaxed);
+    }
     return issued;
   }
 
@@ -1136,6 +1160,69 @@ struct Agent::Impl {
   }
 
   // ---- API-thread helpers ----------------------------------------------------
+  // Bytes pre-faulted per hold of a lane's mutex: bounds how long a lane thread
+  // waits (about 30-80 ms under a shadow-paging hypervisor, 4,096 pages).
+  static constexpr std::uintptr_t kPrefaultChunk = std::uintptr_t{16} << 20;
+
+  // Pre-faults, through lane `l`'s mapping of the peer's regions, the pages
+  // lane l's ops of `t` write. The mapping lives as long as the lane's rkey,
+  // which is destroyed (with mapped_delta cleared) only under the lane's mutex:
+  // each chunk is touched with that mutex held after checking the mapping is
+  // still there (a peer that fails meanwhile is simply not pre-faulted further).
+  std::uint64_t PrefaultLane(PeerState& peer, const TransferCore& t, std::uint32_t l) {
+    Lane& lane = *lanes[l];
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    std::vector<transport::PageRange> ranges;
+    {
+      std::lock_guard<std::mutex> g(lane.mu);
+      const LaneEp& lep = peer.lanes[l];
+      if (!lep.ep) return 0;
+      for (const PreparedOp& o : t.lane_ops[l]) {
+        if (o.rkey_index >= lep.mapped_delta.size() || !lep.mapped_delta[o.rkey_index]) continue;
+        const auto mapped =
+            static_cast<std::uintptr_t>(static_cast<std::intptr_t>(o.remote_addr) + *lep.mapped_delta[o.rkey_index]);
+        transport::AppendRowPages(mapped, o.count, o.length, o.remote_stride, page, ranges);
+      }
+    }
+    transport::MergePageRanges(ranges);
+    std::uint64_t pages = 0;
+    for (const transport::PageRange& r : ranges) {
+      for (std::uintptr_t a = r.begin; a < r.end;) {
+        const std::uintptr_t b = std::min(r.end, a + kPrefaultChunk);
+        std::lock_guard<std::mutex> g(lane.mu);
+        if (!peer.lanes[l].ep || peer.lanes[l].mapped_delta.empty()) return pages;  // torn down meanwhile
+        transport::PrefaultForWrite(reinterpret_cast<void*>(a), b - a);
+        pages += (b - a) / page;
+        a = b;
+      }
+    }
+    return pages;
+  }
+
+  // Pre-faults every lane's pages of `t`, the lanes in parallel (lane 0 on
+  // this thread): under a shadow-paging hypervisor this costs 7-20 us per page.
+  void PrefaultRemotePages(PeerState& peer, const TransferCore& t) {
+    const auto t0 = Clock::now();
+    std::vector<std::uint64_t> pages(lanes.size(), 0);
+    std::vector<std::thread> helpers;
+    for (std::uint32_t l = 1; l < lanes.size(); ++l) {
+      if (t.lane_ops[l].empty()) continue;
+      try {
+        helpers.emplace_back([this, &peer, &t, &pages, l] { pages[l] = PrefaultLane(peer, t, l); });
+      } catch (const std::system_error&) {
+        pages[l] = PrefaultLane(peer, t, l);  // no thread: do it here
+      }
+    }
+    if (!t.lane_ops[0].empty()) pages[0] = PrefaultLane(peer, t, 0);
+    for (auto& h : helpers) h.join();
+    std::uint64_t total = 0;
+    for (std::uint64_t p : pages) total += p;
+    counters.prefaulted_pages.fetch_add(total, std::memory_order_relaxed);
+    counters.prefault_ns.fetch_add(
+        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count()),
+        std::memory_order_relaxed);
+  }
+
   Result<std::shared_ptr<TransferCore>> FindTransfer(TransferHandle h) {
     auto it = transfers.find(h.id);
     if (it == transfers.end())
@@ -1567,7 +1654,6 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
     }
     lep.ep = Endpoint(lane.worker.get(), raw_ep);
     lep.rkeys.reserve(m.regions.size());
-    lep.prefaulted.assign(m.regions.size(), false);
     for (const RegionRecord& r : m.regions) {
       ucp_rkey_h raw_rkey = nullptr;
       st = ucp_ep_rkey_unpack(raw_ep, r.packed_rkey.data(), &raw_rkey);
@@ -1745,31 +1831,10 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
   }
   if (notification_payload) t->prepared_wire = EncodeNotification(im.options.name, *notification_payload);
 
-  // Pre-fault this process's mappings of the peer's shared-memory regions.
-  if (im.options.prefault_remote && op == TransferOp::kWrite && !t->am_write) {
-    for (auto& lp : im.lanes) {
-      std::vector<std::pair<void*, std::size_t>> todo;
-      {
-        std::lock_guard<std::mutex> g(lp->mu);
-        LaneEp& lep = peer->lanes[lp->index];
-        if (!lep.ep) continue;
-        for (std::uint32_t idx : remote_used) {
-          if (lep.prefaulted[idx]) continue;
-          lep.prefaulted[idx] = true;
-          void* ptr = nullptr;
-          if (ucp_rkey_ptr(lep.rkeys[idx].get(), peer->regions[idx].base, &ptr) == UCS_OK && ptr != nullptr)
-            todo.emplace_back(ptr, peer->regions[idx].length);
-        }
-      }
-      // The mapping lives as long as the rkey, which only this thread destroys.
-      for (auto [ptr, len] : todo) {
-        const transport::PrefaultResult r = transport::PrefaultForWrite(ptr, len);
-        if (!r.madvise_ok)
-          spdlog::debug("shardwire agent {}: madvise(MADV_POPULATE_WRITE) failed ({}); touched {} pages instead",
-                        im.options.name, std::strerror(r.madvise_errno), r.touched_pages);
-      }
-    }
-  }
+  // Pre-fault the pages of this process's mappings of the peer's shared-memory
+  // regions that each lane will write (see AgentOptions::prefault_remote).
+  if (im.options.prefault_remote && op == TransferOp::kWrite && !t->am_write && total > 0)
+    im.PrefaultRemotePages(*peer, *t);
 
   // READs copy from this process's mapping of the peer's shared-memory region: populate
   // the ranges each lane will read (one madvise per contiguous range) instead of taking
@@ -1857,6 +1922,7 @@ Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bo
     }
     im.active.insert(t.get());
   }
+  im.counters.posts.fetch_add(1, std::memory_order_relaxed);
   for (std::uint32_t l : lanes_used) {
     Impl::Lane& lane = *im.lanes[l];
     auto job = std::make_unique<Impl::Job>();
@@ -2078,6 +2144,19 @@ std::vector<Notification> Agent::TakeNotifications() {
 }
 
 void Agent::Progress() { impl_->WakeAll(); }
+
+AgentStats Agent::Stats() const {
+  const Impl::Counters& c = impl_->counters;
+  AgentStats s;
+  s.posts = c.posts.load(std::memory_order_relaxed);
+  s.direct_copy_blocks = c.direct_copy_blocks.load(std::memory_order_relaxed);
+  s.direct_copy_bytes = c.direct_copy_bytes.load(std::memory_order_relaxed);
+  s.ucx_requests = c.ucx_requests.load(std::memory_order_relaxed);
+  s.ucx_bytes = c.ucx_bytes.load(std::memory_order_relaxed);
+  s.prefaulted_pages = c.prefaulted_pages.load(std::memory_order_relaxed);
+  s.prefault_s = static_cast<double>(c.prefault_ns.load(std::memory_order_relaxed)) / 1e9;
+  return s;
+}
 
 std::vector<std::string> Agent::FailedPeers() const {
   std::vector<std::string> out;

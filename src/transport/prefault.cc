@@ -21,17 +21,18 @@ PrefaultResult PrefaultForWrite(void* p, std::size_t n, PrefaultMethod method) {
   const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
   const auto begin = reinterpret_cast<std::uintptr_t>(p) & ~(page - 1);
   const auto end = reinterpret_cast<std::uintptr_t>(p) + n;
-  if (method != PrefaultMethod::kTouch) {
+  if (method == PrefaultMethod::kMadvise) {
     if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) == 0) {
       r.madvise_ok = true;
-      return r;
+    } else {
+      r.madvise_errno = errno;
     }
-    r.madvise_errno = errno;
-    if (method == PrefaultMethod::kMadvise) return r;
+    return r;
   }
-  // Kernels before 5.14 answer EINVAL. A locked add of 0 is a write access (so
-  // the fault maps the page writable) that leaves the byte as it is, even while
-  // the owner writes the same page concurrently.
+  // One access per page: fills the kernel's entry (a minor fault) and builds a
+  // shadow-paging hypervisor's entry, which madvise does not (see the header). A locked add of 0 is a write access (so
+  // the page is mapped writable) that leaves the byte as it is, even while the
+  // owner writes the same page concurrently.
   for (std::uintptr_t a = begin; a < end; a += page) {
     std::atomic_ref<unsigned char>(*reinterpret_cast<unsigned char*>(a)).fetch_add(0, std::memory_order_relaxed);
     ++r.touched_pages;

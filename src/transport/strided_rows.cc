@@ -53,6 +53,34 @@ void CutIntoBlocks(const TransferDescriptor& d, std::uint64_t slice_bytes, bool 
   }
 }
 
+void AppendRowPages(std::uintptr_t addr, std::uint64_t count, std::uint64_t length, std::uint64_t stride,
+                    std::uintptr_t page, std::vector<PageRange>& out) {
+  if (count == 0 || length == 0) return;
+  const std::uintptr_t mask = ~(page - 1);
+  if (count == 1 || stride - length < page) {
+    const std::uintptr_t end = addr + (count - 1) * stride + length;
+    out.push_back({addr & mask, (end + page - 1) & mask});
+    return;
+  }
+  for (std::uint64_t r = 0; r < count; ++r) {
+    const std::uintptr_t a = addr + r * stride;
+    out.push_back({a & mask, (a + length + page - 1) & mask});
+  }
+}
+
+void MergePageRanges(std::vector<PageRange>& ranges) {
+  std::sort(ranges.begin(), ranges.end(), [](const PageRange& x, const PageRange& y) { return x.begin < y.begin; });
+  std::size_t k = 0;
+  for (const PageRange& r : ranges) {
+    if (k > 0 && r.begin <= ranges[k - 1].end) {
+      ranges[k - 1].end = std::max(ranges[k - 1].end, r.end);
+    } else {
+      ranges[k++] = r;
+    }
+  }
+  ranges.resize(k);
+}
+
 void CopyRows(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, std::uint64_t src_stride,
               std::uint64_t count, std::uint64_t length) {
   if (count == 0 || length == 0) return;

@@ -1,9 +1,10 @@
 // Strided descriptors inside the transport: geometry checks, cutting a
-// descriptor into blocks of rows that each fit one slice, and the 2-D copy a
-// lane runs when the peer's region is mapped into this process.
+// descriptor into blocks of rows that each fit one slice, the pages a block's
+// rows touch (what PrepareTransfer pre-faults), and the 2-D copy a lane runs
+// when the peer's region is mapped into this process.
 //
 // Pure functions (no UCX, no Agent state), unit-tested in
-// tests/transport/strided_rows_test.cc. Thread-safety: none needed (no state).
+// tests/transport/strided_descriptor_test.cc. Thread-safety: none needed (no state).
 #pragma once
 
 #include <cstddef>
@@ -50,6 +51,24 @@ struct RowBlock {
 /// block holds one row. Appends to `out`; adds nothing for 0 bytes.
 void CutIntoBlocks(const TransferDescriptor& d, std::uint64_t slice_bytes, bool one_row_per_block,
                    std::vector<RowBlock>& out);
+
+/// A range of whole pages [begin, end) (addresses, multiples of the page size).
+struct PageRange {
+  std::uintptr_t begin = 0;
+  std::uintptr_t end = 0;
+  bool operator==(const PageRange&) const = default;
+};
+
+/// Appends the pages that `count` rows of `length` bytes at `addr`, `addr +
+/// stride`, ... touch (page = the page size in bytes, a power of two). When the
+/// gap between rows (stride - length) is shorter than a page, no page lies
+/// wholly inside a gap, so the pages are those of the whole span (one range);
+/// otherwise one range per row. Appends nothing for 0 bytes.
+void AppendRowPages(std::uintptr_t addr, std::uint64_t count, std::uint64_t length, std::uint64_t stride,
+                    std::uintptr_t page, std::vector<PageRange>& out);
+
+/// Sorts `ranges` and merges overlapping or adjacent ones in place.
+void MergePageRanges(std::vector<PageRange>& ranges);
 
 /// Copies `count` rows of `length` bytes from `src` (rows `src_stride` apart) to
 /// `dst` (rows `dst_stride` apart): a 2-D memcpy. When both strides equal

@@ -118,6 +118,7 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
 
 std::span<std::byte> WeightPublisher::weights() { return state_->endpoint.weights; }
 std::uint64_t WeightPublisher::bytes_per_push() const { return state_->bytes_per_push; }
+AgentStats WeightPublisher::transport_stats() const { return state_->endpoint.agent->Stats(); }
 
 namespace {
 
@@ -276,6 +277,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     }
   }
   const auto t2 = Clock::now();
+  const AgentStats before = agent.Stats();
   // A transfer that did not complete within the engine's bound is stopped; if it cannot be
   // drained, the peer is abandoned (InvalidatePeer) so that nothing of it outlives the push.
   // With an interrupt hook the wait runs in slices; an interrupt cancels every transfer of this
@@ -359,6 +361,9 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   const auto missed_msg = sync::Encode({sync::MessageKind::kMissed, version});
   for (const MissedEngine& m : stats.missed) (void)agent.SendMessage(s.destination_names.at(m.engine_rank), missed_msg);
   const auto t3 = Clock::now();
+  const AgentStats after = agent.Stats();
+  stats.direct_copy_bytes = after.direct_copy_bytes - before.direct_copy_bytes;
+  stats.ucx_requests = after.ucx_requests - before.ucx_requests;
   for (const auto& [dst, name] : active) stats.bytes += s.bytes_to[dst];
   stats.ready_wait_s = Seconds(t0, t1);
   stats.amax_exchange_s = Seconds(t1, t2);
