@@ -81,8 +81,6 @@ struct StepFigures {
   double convert_s = 0;                  // slowest trainer's conversion time (overlaps its WRITEs)
   std::uint64_t staging_peak_bytes = 0;  // largest staging use of any trainer
   std::uint64_t staging_bytes = 0;       // largest staging buffer of any trainer
-  std::uint64_t rows = 0;               // contiguous rows inside those descriptors
-  std::uint64_t faults = 0;             // page faults of the trainer processes during the push
   std::uint64_t direct_copy_bytes = 0;  // bytes the trainers' lanes copied into mapped engine arenas
   std::uint64_t ucx_requests = 0;       // UCX data requests (rows not copied directly)
   double connect_s = 0;                 // step 1 only: slowest trainer's Connect (includes pre-faulting)

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <set>
 
@@ -107,6 +108,9 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     if (tc.slot_bytes > 0) {
       SW_ASSIGN_OR_RETURN(state->staging_region, state->endpoint.agent->AllocateArena(2 * tc.slot_bytes));
       state->staging = state->endpoint.agent->RegionBytes(state->staging_region);
+      // Touch every page now, not in step 1 (first touches cost a page fault each, and on a
+      // shadow-paging hypervisor far more: docs/transport.md "Pre-faulting").
+      std::memset(state->staging.data(), 0, state->staging.size());
     }
     state->conversion.emplace(std::move(conversion));
     state->converter = std::make_unique<sync::PushConverter>(state->trainer_layout, rank, *state->conversion,
