@@ -230,8 +230,10 @@ Result<PushConversion> PushConversion::Create(const Layout& trainer, const Layou
   }
   PushConversion conversion(state);
   // Check the staging bound once, here, so that a bad option fails before anything connects.
-  for (std::size_t c = 0; c < trainer.num_rank_classes(); ++c) {
-    SW_RETURN_IF_ERROR(conversion.ForTrainerRank(static_cast<int>(trainer.ranks_of_class(c).front())).status());
+  if (conversion.converts()) {
+    for (std::size_t c = 0; c < trainer.num_rank_classes(); ++c) {
+      SW_RETURN_IF_ERROR(conversion.ForTrainerRank(static_cast<int>(trainer.ranks_of_class(c).front())).status());
+    }
   }
   return conversion;
 }
