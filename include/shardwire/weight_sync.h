@@ -54,6 +54,8 @@ struct WeightSyncOptions {
   /// and for its transfers to complete. An engine rank that exceeds it, or that the transport
   /// reports dead (a dead process on this host: well under a second), misses the version
   /// (PushStats::missed); the push goes on for the others. Capped by timeout_s.
+  /// It bounds each destination's whole transfer too, so it must exceed the time one engine
+  /// rank's share of a push takes on the fabric (not a no-progress bound yet).
   double engine_timeout_s = 10;
   /// The rank's shard buffer in the caller's own memory (the trainer's parameters, the
   /// engine's weights), laid out by the rank's Layout (Layout::rank(r).buffer_bytes bytes at
