@@ -4,9 +4,10 @@
 Each scenario starts real processes (the `shardwire` binary: demo rl-sync, serve, seed, load,
 redis-server), injects one fault at a uniformly random moment, and checks the outcome:
 
-  rl-engine-kill       kill -9 one engine rank of `demo rl-sync`: the run must finish (exit 0),
+  rl-engine-kill       kill -9 one engine rank of `demo rl-sync`: the run must go on for 10 more steps,
                        the other engine ranks verifying every step byte for byte
-  rl-engine-stop       SIGSTOP one engine rank for 1-12 s, then SIGCONT: exit 0, every commit verified
+  rl-engine-stop       SIGSTOP one engine rank for 1-12 s, then SIGCONT: 10 more steps after the resume,
+                       with every engine rank verified again, every commit verified
                        (a stall below engine_timeout_s only delays; above it the rank misses versions)
   rl-trainer-kill      kill -9 one trainer: the run must end with a typed error naming it, in bounded
                        time, with no engine committing a wrong byte
@@ -14,9 +15,13 @@ redis-server), injects one fault at a uniformly random moment, and checks the ou
                        the load must complete (other source, or the disk fallback) and verify every byte
   p2p-loader-kill      kill -9 a loader mid-load: the seeds stay healthy and the next loader succeeds
   coordinator-restart  kill -9 a Redis-backed `shardwire serve` during demo rl-sync and restart it on the
-                       same port: the run must finish (exit 0), nothing lost
+                       same port: the run must go on for 10 more steps, nothing lost
   redis-restart        kill -9 redis-server (append-only file, fsync always) during demo rl-sync and
-                       restart it: the run must finish (exit 0)
+                       restart it: the run must go on for 10 more steps
+
+RL runs are unbounded (--steps 100000); once a run has shown what it must, the script stops it
+with Ctrl-C, which must end every process within 30 s. A run whose victim was already gone
+(the fault not injected) fails.
 
 Per scenario it prints: runs, passes, hangs (no exit within the bound), partial commits (an engine
 that committed bytes that fail verification), lost registrations (a healthy seed not READY after a
@@ -137,8 +142,36 @@ def small_model_args(work):
     return ["--generate", cfg, "--work-dir", work]
 
 
-# Steps of an RL run: long enough (several seconds) for a fault at a random moment to land mid-run.
-RL_STEPS = 400
+# RL runs are unbounded (the script ends them with Ctrl-C once they have shown what they must):
+# a fault at a random moment always lands mid-run, however fast the steps are.
+RL_STEPS = 100000
+# Steps the demo must complete after the fault (or after the resume / restart) to pass.
+STEPS_AFTER = 10
+
+
+def steps_after(lines, t):
+    """Step lines printed at or after monotonic time t."""
+    return sum(1 for ts, line in list(lines.lines) if ts >= t and line.startswith("step "))
+
+
+def run_on_then_interrupt(proc, lines, t, r):
+    """Waits for STEPS_AFTER steps after t (60 s bound), then stops the demo with Ctrl-C (30 s
+    bound). Returns True when both happened; a demo that ended by itself fails the run."""
+    deadline = time.monotonic() + 60
+    while steps_after(lines, t) < STEPS_AFTER and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        r.note += f"; the demo ended by itself (exit {proc.returncode})"
+        return False
+    if steps_after(lines, t) < STEPS_AFTER:
+        r.hang = True
+        r.note += f"; fewer than {STEPS_AFTER} steps within 60 s after the fault"
+    proc.send_signal(signal.SIGINT)
+    if not wait(proc, 30):
+        r.hang = True
+        r.note += "; the demo did not stop within 30 s of Ctrl-C"
+        return False
+    return not r.hang
 
 
 def rl_demo(sw, work, job, steps, extra=(), env=None):
@@ -164,33 +197,41 @@ def scenario_rl_engine(sw, work, stop):
     rank = random.randrange(4)
     pid = worker_pid(job, "engine", rank)
     t_fault = time.monotonic()
+    resumed = t_fault
     if pid is None:
-        r.note = "engine already gone"
+        r.note = f"engine rank {rank} not found: fault not injected"
     elif stop:
         stall = random.uniform(1.0, 12.0)
         os.kill(pid, signal.SIGSTOP)
         time.sleep(stall)
         os.kill(pid, signal.SIGCONT)
+        resumed = time.monotonic()
         r.note = f"stalled engine rank {rank} {stall:.1f} s"
     else:
         os.kill(pid, signal.SIGKILL)
-        r.note = f"killed engine rank {rank}"
-    finished = wait(proc, 180)
-    r.hang = not finished
+        r.note = f"killed engine rank {rank} (pid {pid})"
+    ran_on = pid is not None and run_on_then_interrupt(proc, lines, resumed, r)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
     lines.thread.join(timeout=5)
     check_rl_output(r, lines)
     if not stop and pid is not None:
         seen = lines.first(f"engine rank {rank} was killed", after=t_fault)
         r.recovery_s = seen - t_fault if seen else None
+        ran_on = ran_on and seen is not None
     elif pid is not None:
         # Recovery: the first step reported after SIGCONT with every engine rank verified.
-        resumed = t_fault + float(r.note.split()[-2])
         seen = lines.first("verified 4/4", after=resumed)
         r.recovery_s = seen - resumed if seen else None
+        ran_on = ran_on and seen is not None
     r.orphans = len(procs_with(b"--job\0" + job.encode() + b"\0"))
-    r.passed = finished and proc.returncode == 0 and not r.partial and r.orphans == 0
+    r.passed = ran_on and not r.partial and r.orphans == 0
     if not r.passed:
-        r.note += f"; exit {proc.returncode}: {lines.text()[-600:]}"
+        txt = lines.text()
+        r.note += f"; {len(lines.lines)} lines, killed-line={'was killed' in txt}, ran_on={ran_on}"
+        r.note += f"; exit {proc.returncode}: " + "\n".join(
+            l for l in lines.text().splitlines() if "killed" in l or "missed" in l or "step 1/" in l)[-900:]
     return r
 
 
@@ -206,7 +247,10 @@ def scenario_rl_trainer_kill(sw, work):
     t_fault = time.monotonic()
     if pid is not None:
         os.kill(pid, signal.SIGKILL)
-    finished = wait(proc, 120)
+    finished = pid is not None and wait(proc, 120)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
     r.hang = not finished
     lines.thread.join(timeout=5)
     check_rl_output(r, lines)
@@ -215,7 +259,7 @@ def scenario_rl_trainer_kill(sw, work):
     text = lines.text()
     named = f"trainer {rank} was killed" in text
     r.passed = finished and proc.returncode != 0 and named and not r.partial and r.orphans == 0
-    r.note = f"killed trainer {rank}"
+    r.note = f"killed trainer {rank}" if pid is not None else f"trainer {rank} not found: fault not injected"
     if not r.passed:
         r.note += f"; exit {proc.returncode}: {text[-600:]}"
     return r
@@ -364,14 +408,17 @@ def scenario_restart(sw, work, what):
             time.sleep(0.5)
             redis = start_redis(redis_port, data)
         r.note = f"restarted the {what}"
-        finished = wait(proc, 180)
-        r.hang = not finished
+        t_back = time.monotonic()
+        ran_on = run_on_then_interrupt(proc, lines, t_back, r)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         lines.thread.join(timeout=5)
         check_rl_output(r, lines)
         seen = lines.first("step", after=t_fault)
         r.recovery_s = seen - t_fault if seen else None
         r.orphans = len(procs_with(b"--job\0" + job.encode() + b"\0"))
-        r.passed = finished and proc.returncode == 0 and not r.partial and r.orphans == 0
+        r.passed = ran_on and not r.partial and r.orphans == 0
         if not r.passed:
             r.note += f"; exit {proc.returncode}: {lines.text()[-600:]}"
     finally:
