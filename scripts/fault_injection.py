@@ -181,6 +181,17 @@ def rl_demo(sw, work, job, steps, extra=(), env=None):
     return proc, Lines(proc)
 
 
+def start_rl_run(sw, work, extra=()):
+    """Starts an unbounded demo rl-sync under a fresh job name and returns (job, proc, lines)
+    at a uniformly random moment 0-2 s after its step 2."""
+    job = f"fi-{os.getpid()}-{random.randrange(1 << 30)}"
+    proc, lines = rl_demo(sw, work, job, RL_STEPS, extra)
+    while lines.first("step 2/") is None and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 2.0))
+    return job, proc, lines
+
+
 def check_rl_output(r, lines):
     text = lines.text()
     if "verification failed" in text or "differs from its recomputation" in text:
@@ -189,11 +200,7 @@ def check_rl_output(r, lines):
 
 def scenario_rl_engine(sw, work, stop):
     r = Result()
-    job = f"fi-{os.getpid()}-{random.randrange(1 << 30)}"
-    proc, lines = rl_demo(sw, work, job, RL_STEPS)
-    while lines.first("step 2/") is None and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 2.0))
+    job, proc, lines = start_rl_run(sw, work)
     rank = random.randrange(4)
     pid = worker_pid(job, "engine", rank)
     t_fault = time.monotonic()
@@ -237,11 +244,7 @@ def scenario_rl_engine(sw, work, stop):
 
 def scenario_rl_trainer_kill(sw, work):
     r = Result()
-    job = f"fi-{os.getpid()}-{random.randrange(1 << 30)}"
-    proc, lines = rl_demo(sw, work, job, RL_STEPS)
-    while lines.first("step 2/") is None and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 2.0))
+    job, proc, lines = start_rl_run(sw, work)
     rank = random.randrange(2)
     pid = worker_pid(job, "trainer", rank)
     t_fault = time.monotonic()
@@ -390,12 +393,8 @@ def scenario_restart(sw, work, what):
     redis = start_redis(redis_port, data)
     url = f"redis://127.0.0.1:{redis_port}"
     serve = start_serve(sw, port, url)
-    job = f"fi-{os.getpid()}-{random.randrange(1 << 30)}"
-    proc, lines = rl_demo(sw, work, job, RL_STEPS, ["--coordinator", f"127.0.0.1:{port}"])
+    job, proc, lines = start_rl_run(sw, work, ["--coordinator", f"127.0.0.1:{port}"])
     try:
-        while lines.first("step 2/") is None and proc.poll() is None:
-            time.sleep(0.05)
-        time.sleep(random.uniform(0.0, 2.0))
         t_fault = time.monotonic()
         if what == "coordinator":
             serve.send_signal(signal.SIGKILL)

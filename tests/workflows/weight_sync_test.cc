@@ -143,6 +143,16 @@ void SendPort(int fd, std::uint16_t port) {
   close(fd);
 }
 
+// Starts the coordinator the children of ForkWithPort wait for and sends each its port.
+// nullptr when the coordinator did not start.
+std::unique_ptr<CoordinatorServer> ServeChildren(const std::vector<int>& port_pipes) {
+  auto server = StartRendezvous();
+  if (!server.ok()) return nullptr;
+  const auto port = static_cast<std::uint16_t>((*server)->port());
+  for (int fd : port_pipes) SendPort(fd, port);
+  return std::move(*server);
+}
+
 int WaitChild(pid_t pid) {
   int status = 0;
   for (int i = 0; i < 600; ++i) {
@@ -166,10 +176,9 @@ TEST(WeightSync, FsdpToTpAcrossProcessesEveryVersionVerified) {
     children.push_back(pid);
     port_pipes.push_back(fd);
   }
-  auto server = StartRendezvous();
-  ASSERT_TRUE(server.ok());
-  const auto port = static_cast<std::uint16_t>((*server)->port());
-  for (int fd : port_pipes) SendPort(fd, port);
+  auto server = ServeChildren(port_pipes);
+  ASSERT_NE(server, nullptr);
+  const auto port = static_cast<std::uint16_t>(server->port());
   auto rz = ConnectRendezvous(port);
   ASSERT_TRUE(rz.ok());
   auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, {"t", 20});
@@ -197,10 +206,9 @@ TEST(WeightSync, FromTrainerMemoryIntoEngineMemory) {
     children.push_back(pid);
     port_pipes.push_back(fd);
   }
-  auto server = StartRendezvous();
-  ASSERT_TRUE(server.ok());
-  const auto port = static_cast<std::uint16_t>((*server)->port());
-  for (int fd : port_pipes) SendPort(fd, port);
+  auto server = ServeChildren(port_pipes);
+  ASSERT_NE(server, nullptr);
+  const auto port = static_cast<std::uint16_t>(server->port());
   auto rz = ConnectRendezvous(port);
   ASSERT_TRUE(rz.ok());
   // The trainer's parameters live in memory it allocated; too small a buffer is refused.
@@ -377,10 +385,9 @@ TEST(WeightSync, Bf16TrainersIntoFp8EnginesEveryByteVerified) {
     children.push_back(pid);
     port_pipes.push_back(fd);
   }
-  auto server = StartRendezvous();
-  ASSERT_TRUE(server.ok());
-  const auto port = static_cast<std::uint16_t>((*server)->port());
-  for (int fd : port_pipes) SendPort(fd, port);
+  auto server = ServeChildren(port_pipes);
+  ASSERT_NE(server, nullptr);
+  const auto port = static_cast<std::uint16_t>(server->port());
   // Three trainer ranks, one thread each (each with its own agent), pushing together.
   std::vector<std::string> errors(3);
   std::vector<PushStats> last(3);
@@ -455,10 +462,9 @@ TEST(WeightSync, DeadOrStalledEngineMissesTheVersionOthersCommit) {
     children.push_back(pid);
     port_pipes.push_back(fd);
   }
-  auto server = StartRendezvous();
-  ASSERT_TRUE(server.ok());
-  const auto port = static_cast<std::uint16_t>((*server)->port());
-  for (int fd : port_pipes) SendPort(fd, port);
+  auto server = ServeChildren(port_pipes);
+  ASSERT_NE(server, nullptr);
+  const auto port = static_cast<std::uint16_t>(server->port());
   auto rz = ConnectRendezvous(port);
   ASSERT_TRUE(rz.ok());
   WeightSyncOptions options{"iso", 30};
@@ -529,10 +535,9 @@ TEST(WeightSync, DoubleBufferedEngineServesTheOldVersionUntilTheNewOneIsWhole) {
     children.push_back(pid);
     port_pipes.push_back(fd);
   }
-  auto server = StartRendezvous();
-  ASSERT_TRUE(server.ok());
-  const auto port = static_cast<std::uint16_t>((*server)->port());
-  for (int fd : port_pipes) SendPort(fd, port);
+  auto server = ServeChildren(port_pipes);
+  ASSERT_NE(server, nullptr);
+  const auto port = static_cast<std::uint16_t>(server->port());
   auto rz = ConnectRendezvous(port);
   ASSERT_TRUE(rz.ok());
   WeightSyncOptions options{"dbl", 20};
