@@ -91,6 +91,22 @@ struct WeightSyncOptions {
   /// scale arithmetic, and the staging bound in bytes. Publishers and subscribers of one job
   /// must pass the same values.
   PushConversionOptions conversion = {};
+  /// Dynamic membership: engine ranks join and leave at any time through the rendezvous
+  /// (the coordinator), and a restarted engine process takes its rank's slot again.
+  /// Publishers: Connect connects to no engine; each Push reads the job's membership for its
+  /// version (trainer rank 0 publishes it: the join and leave requests that arrived since
+  /// its last push) and writes only to member engine ranks, connecting first to those whose
+  /// incarnation changed (a new process: its metadata is imported again and the transfers
+  /// to it prepared again, which the push waits for). An engine rank that missed a push is
+  /// skipped, without waiting, until it joins again (WeightSubscriber::Join), so a stalled
+  /// engine costs one engine_timeout_s, not one per push. Subscribers: Create takes the next
+  /// incarnation of the rank; Join must be called before the first BeginUpdate and after
+  /// every missed version; the destructor leaves (best effort). The plan is the one of the
+  /// two layouts: members fill the engine layout's rank slots (a replica that does not run
+  /// leaves its slots empty). Publishers and subscribers of one job must agree on it. Costs
+  /// per push: trainer rank 0 one rendezvous counter read and one write, every other
+  /// trainer rank one read (the leader's record; polled until it appears).
+  bool dynamic_membership = false;
 };
 
 /// Upper bound, in seconds, of the time between two calls of WeightSyncOptions::interrupt
@@ -121,6 +137,9 @@ struct PushStats {
   /// got DONE). Each such engine's subscriber times out or reports the failure, keeps its
   /// last committed version, and receives the next version in full again.
   std::vector<MissedEngine> missed;
+  /// Dynamic membership: engine ranks this rank would write to that are not members of the
+  /// job for this version (never joined, left, or not restarted yet). Not misses.
+  std::vector<int> absent;
   /// How this push's bytes moved (the agent's AgentStats over the push): bytes
   /// copied by the lanes through a mapping of the destination's arena, and UCX
   /// data requests issued (one per row not copied directly; 0 when every block
@@ -164,6 +183,13 @@ class WeightPublisher {
   /// Errors: kPeerDisconnected when no destination received the version (the message lists
   /// why); a failed trainer peer or conversion input (kCorruptData for NaN/Inf) fails the push.
   Result<PushStats> Push(std::uint64_t version);
+
+  /// Dynamic membership: waits (up to timeout_s seconds) until at least `engine_ranks` engine
+  /// ranks of the job asked to join (WeightSubscriber::Join) and have not left; the next push
+  /// writes to them. For a trainer's first push, which fails when no engine is a member.
+  /// Returns how many asked. Errors: kInvalidArgument without dynamic membership or with a
+  /// count outside [1, engine world size]; kTimedOut saying how many asked; rendezvous errors.
+  Result<int> WaitForEngines(int engine_ranks, double timeout_s);
 
   /// Bytes this rank sends per Push.
   std::uint64_t bytes_per_push() const;
@@ -217,6 +243,30 @@ class WeightSubscriber {
   /// The last version fully received (0 before the first): the version weights() holds and
   /// the engine serves (label generated tokens with it).
   std::uint64_t committed_version() const;
+
+  /// Dynamic membership (WeightSyncOptions::dynamic_membership): asks the trainers to write
+  /// to this engine process from their next push on, and waits (up to timeout_s) until a
+  /// push admits it. Returns that push's version: call BeginUpdate with it. Call after
+  /// Connect, and again after a WaitForUpdate that failed (a missed version: the trainers
+  /// skip this rank until it joins again). Errors: kInvalidArgument without dynamic
+  /// membership; kTimedOut when no push admitted it in time (no trainer pushing);
+  /// rendezvous errors.
+  Result<std::uint64_t> Join();
+
+  /// Dynamic membership: asks the trainers to stop writing to this rank from their next
+  /// push on (returns at once; the destructor does it too). Errors: kInvalidArgument
+  /// without dynamic membership; rendezvous errors.
+  Status Leave();
+
+  /// Declares that weights() already holds `version`, obtained outside a push (e.g. loaded
+  /// from a live engine with the P2P loader when this process restarted): committed_version()
+  /// becomes `version`. Errors: kFailedPrecondition when `version` is not above
+  /// committed_version(), or during an update (between BeginUpdate and the return of its WaitForUpdate).
+  Status AdoptVersion(std::uint64_t version);
+
+  /// This process's incarnation of its rank (dynamic membership: 1 for the first process of
+  /// the rank, +1 per restart; 0 without dynamic membership).
+  std::uint64_t incarnation() const;
 
   struct State;
 

@@ -4,11 +4,13 @@
 #include <cstring>
 #include <map>
 #include <set>
+#include <thread>
 
 #include <fmt/format.h>
 
 #include "shardwire/planner.h"
 #include "shardwire/weight_sync.h"
+#include "workflows/membership.h"
 #include "workflows/push_converter.h"
 #include "workflows/rank_endpoint.h"
 #include "workflows/sync_messages.h"
@@ -32,7 +34,7 @@ struct WeightPublisher::State {
   std::map<int, std::vector<Move>> moves_by_destination;  // direct moves (from the trainer buffer)
   std::uint64_t bytes_per_push = 0;
   std::uint64_t converted_bytes_per_push = 0;
-  std::map<int, std::uint64_t> bytes_to;  // per destination, direct and converted
+  std::map<int, std::uint64_t> bytes_to;         // per destination, direct and converted
   std::map<int, std::string> destination_names;  // every destination, direct or converted
   std::map<int, int> buffers_of;                 // destination -> 1, or 2 when double-buffered
   // Prepared transfers per destination and engine buffer (a double-buffered engine has two;
@@ -46,10 +48,57 @@ struct WeightPublisher::State {
   std::span<std::byte> staging;
   std::vector<std::map<int, std::vector<Move>>> round_moves;
   std::vector<std::map<int, Handles>> round_transfers;  // per round: destination -> transfers
-  std::map<int, std::string> amax_peer_names;  // trainer rank -> agent name
+  std::map<int, std::string> amax_peer_names;           // trainer rank -> agent name
   bool connected = false;
   sync::Inbox inbox;
+  // Dynamic membership: the leader (rank 0), the incarnation each connected destination
+  // had when it was connected, and the version each destination last missed (it is skipped
+  // until it joins again after that).
+  int engine_ranks = 0;
+  std::optional<sync::MembershipLeader> leader;
+  std::map<int, std::uint64_t> incarnation_of;
+  std::map<int, std::uint64_t> missed_at;
+
+  void ReleaseTransfersTo(int dst);
+  Status ConnectDestination(int dst);
 };
+
+namespace {
+
+// One descriptor per move: a row-parallel shard's rows travel as one strided descriptor
+// (count rows, src/dst strides), not one descriptor per row.
+std::vector<TransferDescriptor> Descriptors(const std::vector<Move>& moves, RegionId local, std::uint64_t local_base,
+                                            RegionId remote) {
+  std::vector<TransferDescriptor> descriptors;
+  descriptors.reserve(moves.size());
+  for (const Move& m : moves) {
+    descriptors.push_back(TransferDescriptor{.local_region = local,
+                                             .local_offset = local_base + m.src_offset,
+                                             .remote_region = remote,
+                                             .remote_offset = m.dst_offset,
+                                             .length = m.length,
+                                             .count = m.count,
+                                             .local_stride = m.src_stride,
+                                             .remote_stride = m.dst_stride});
+  }
+  return descriptors;
+}
+
+}  // namespace
+
+void WeightPublisher::State::ReleaseTransfersTo(int dst) {
+  auto release = [&](std::map<int, Handles>& by_destination) {
+    auto it = by_destination.find(dst);
+    if (it == by_destination.end()) return;
+    for (TransferHandle h : it->second)
+      if (h != TransferHandle{}) (void)endpoint.agent->Release(h);
+    by_destination.erase(it);
+  };
+  release(transfers);
+  for (auto& round : round_transfers) release(round);
+  destination_names.erase(dst);
+  buffers_of.erase(dst);
+}
 
 WeightPublisher::WeightPublisher(std::unique_ptr<State> state) : state_(std::move(state)) {}
 
@@ -77,6 +126,8 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
   state->options = std::move(options);
   state->rank = rank;
   state->trainer_layout = trainer_layout;
+  state->engine_ranks = engine_layout.world_size();
+  if (state->options.dynamic_membership && rank == 0) state->leader.emplace();
   SW_ASSIGN_OR_RETURN(PushConversion conversion,
                       PushConversion::Create(trainer_layout, engine_layout, state->options.conversion));
   const TransferPlan& plan = conversion.direct_plan();
@@ -89,8 +140,9 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
       state->bytes_to[static_cast<int>(dst)] += m.bytes();
     }
   }
-  SW_ASSIGN_OR_RETURN(state->endpoint, sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank,
-                                                              trainer_layout.rank(rank).buffer_bytes, state->options.buffer));
+  SW_ASSIGN_OR_RETURN(state->endpoint,
+                      sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank,
+                                             trainer_layout.rank(rank).buffer_bytes, state->options.buffer));
   if (conversion.converts()) {
     SW_ASSIGN_OR_RETURN(TrainerConversion tc, conversion.ForTrainerRank(rank));
     const TransferPlan& converted = conversion.converted_plan();
@@ -113,96 +165,91 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
       std::memset(state->staging.data(), 0, state->staging.size());
     }
     state->conversion.emplace(std::move(conversion));
-    state->converter = std::make_unique<sync::PushConverter>(state->trainer_layout, rank, *state->conversion,
-                                                             std::move(tc), state->endpoint.weights,
-                                                             state->options.conversion.fp8);
+    state->converter =
+        std::make_unique<sync::PushConverter>(state->trainer_layout, rank, *state->conversion, std::move(tc),
+                                              state->endpoint.weights, state->options.conversion.fp8);
   }
   return std::unique_ptr<WeightPublisher>(new WeightPublisher(std::move(state)));
 }
 
 std::span<std::byte> WeightPublisher::weights() { return state_->endpoint.weights; }
+
+Result<int> WeightPublisher::WaitForEngines(int engine_ranks, double timeout_s) {
+  State& s = *state_;
+  if (!s.options.dynamic_membership)
+    return InvalidArgument("WeightPublisher::WaitForEngines without dynamic membership");
+  if (engine_ranks < 1 || engine_ranks > s.engine_ranks) {
+    return InvalidArgument(
+        fmt::format("WaitForEngines({}): the engine layout has {} ranks", engine_ranks, s.engine_ranks));
+  }
+  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
+  while (true) {
+    SW_ASSIGN_OR_RETURN(const std::set<int> joining, sync::JoiningRanks(*s.rendezvous, s.options.job, s.engine_ranks));
+    const int asked = static_cast<int>(joining.size());
+    if (asked >= engine_ranks) return asked;
+    if (Clock::now() >= deadline) {
+      return TimedOut(fmt::format("job {}: {} of the {} engine ranks waited for asked to join within {:.1f} s",
+                                  s.options.job, asked, engine_ranks, timeout_s));
+    }
+    if (s.options.interrupt) SW_RETURN_IF_ERROR(s.options.interrupt());
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
 std::uint64_t WeightPublisher::bytes_per_push() const { return state_->bytes_per_push; }
 AgentStats WeightPublisher::transport_stats() const { return state_->endpoint.agent->Stats(); }
 
-namespace {
-
-// One descriptor per move: a row-parallel shard's rows travel as one strided descriptor
-// (count rows, src/dst strides), not one descriptor per row.
-std::vector<TransferDescriptor> Descriptors(const std::vector<Move>& moves, RegionId local, std::uint64_t local_base,
-                                            RegionId remote) {
-  std::vector<TransferDescriptor> descriptors;
-  descriptors.reserve(moves.size());
-  for (const Move& m : moves) {
-    descriptors.push_back(TransferDescriptor{.local_region = local,
-                                             .local_offset = local_base + m.src_offset,
-                                             .remote_region = remote,
-                                             .remote_offset = m.dst_offset,
-                                             .length = m.length,
-                                             .count = m.count,
-                                             .local_stride = m.src_stride,
-                                             .remote_stride = m.dst_stride});
+Status WeightPublisher::State::ConnectDestination(int dst) {
+  Agent& agent = *endpoint.agent;
+  ReleaseTransfersTo(dst);
+  SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
+                      sync::ImportPeerRank(*rendezvous, agent, options.job, kEngineRole, dst, options.timeout_s,
+                                           options.interrupt, kInterruptPollSeconds));
+  // Connect every lane now: UCX wires endpoints up lazily, and the handshake
+  // (which needs the engine's lanes to answer) would otherwise land in the first push.
+  SW_RETURN_IF_ERROR(agent.WireUp(peer.name, options.timeout_s));
+  // One prepared transfer per engine buffer the destination has.
+  auto prepare = [&](const std::vector<Move>& moves, RegionId local, std::uint64_t local_base) -> Result<Handles> {
+    Handles hs{};
+    const RegionId regions[2] = {peer.region, peer.second_region};
+    for (int b = 0; b < 2; ++b) {
+      if (regions[b] == 0) continue;
+      SW_ASSIGN_OR_RETURN(
+          hs[b], agent.PrepareTransfer(TransferOp::kWrite, peer.name, Descriptors(moves, local, local_base, regions[b]),
+                                       std::nullopt));
+    }
+    return hs;
+  };
+  if (auto it = moves_by_destination.find(dst); it != moves_by_destination.end()) {
+    SW_ASSIGN_OR_RETURN(transfers[dst], prepare(it->second, endpoint.region, 0));
   }
-  return descriptors;
+  if (converter) {
+    const std::uint64_t slot_bytes = converter->plan().slot_bytes;
+    round_transfers.resize(round_moves.size());
+    for (std::size_t k = 0; k < round_moves.size(); ++k) {
+      if (auto it = round_moves[k].find(dst); it != round_moves[k].end()) {
+        SW_ASSIGN_OR_RETURN(round_transfers[k][dst], prepare(it->second, staging_region, (k % 2) * slot_bytes));
+      }
+    }
+  }
+  destination_names[dst] = peer.name;
+  buffers_of[dst] = peer.second_region != 0 ? 2 : 1;
+  return Status::Ok();
 }
-
-}  // namespace
 
 Status WeightPublisher::Connect() {
   State& s = *state_;
   Agent& agent = *s.endpoint.agent;
   // A Connect that failed or was interrupted half-way starts over.
   s.connected = false;
-  auto release = [&](const State::Handles& hs) {
-    for (TransferHandle h : hs)
-      if (h != TransferHandle{}) (void)agent.Release(h);
-  };
-  for (const auto& [dst, hs] : s.transfers) release(hs);
-  for (const auto& round : s.round_transfers)
-    for (const auto& [dst, hs] : round) release(hs);
-  s.transfers.clear();
-  s.round_transfers.clear();
-  s.destination_names.clear();
-  s.buffers_of.clear();
+  for (const auto& [dst, bytes] : s.bytes_to) s.ReleaseTransfersTo(dst);
   s.amax_peer_names.clear();
-  std::map<int, sync::PeerRank> peers;
-  auto peer_of = [&](int dst) -> Result<sync::PeerRank> {
-    if (auto it = peers.find(dst); it != peers.end()) return it->second;
-    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
-                        sync::ImportPeerRank(*s.rendezvous, agent, s.options.job, kEngineRole, dst, s.options.timeout_s,
-                                             s.options.interrupt, kInterruptPollSeconds));
-    // Connect every lane now: UCX wires endpoints up lazily, and the handshake
-    // (which needs the engine's lanes to answer) would otherwise land in step 1.
-    SW_RETURN_IF_ERROR(agent.WireUp(peer.name, s.options.timeout_s));
-    s.destination_names[dst] = peer.name;
-    s.buffers_of[dst] = peer.second_region != 0 ? 2 : 1;
-    peers[dst] = peer;
-    return peer;
-  };
-  // One prepared transfer per engine buffer the destination has.
-  auto prepare = [&](const sync::PeerRank& peer, const std::vector<Move>& moves, RegionId local,
-                     std::uint64_t local_base) -> Result<State::Handles> {
-    State::Handles hs{};
-    const RegionId regions[2] = {peer.region, peer.second_region};
-    for (int b = 0; b < 2; ++b) {
-      if (regions[b] == 0) continue;
-      SW_ASSIGN_OR_RETURN(hs[b], agent.PrepareTransfer(TransferOp::kWrite, peer.name,
-                                                       Descriptors(moves, local, local_base, regions[b]), std::nullopt));
-    }
-    return hs;
-  };
-  for (const auto& [dst, moves] : s.moves_by_destination) {
-    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, peer_of(dst));
-    SW_ASSIGN_OR_RETURN(s.transfers[dst], prepare(peer, moves, s.endpoint.region, 0));
+  s.incarnation_of.clear();
+  s.missed_at.clear();
+  // Static membership: every destination now. Dynamic: each when it joins (Push).
+  if (!s.options.dynamic_membership) {
+    for (const auto& [dst, bytes] : s.bytes_to) SW_RETURN_IF_ERROR(s.ConnectDestination(dst));
   }
   if (s.converter) {
-    const std::uint64_t slot_bytes = s.converter->plan().slot_bytes;
-    s.round_transfers.resize(s.round_moves.size());
-    for (std::size_t k = 0; k < s.round_moves.size(); ++k) {
-      for (const auto& [dst, moves] : s.round_moves[k]) {
-        SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, peer_of(dst));
-        SW_ASSIGN_OR_RETURN(s.round_transfers[k][dst], prepare(peer, moves, s.staging_region, (k % 2) * slot_bytes));
-      }
-    }
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
       SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
                           sync::ImportPeerRank(*s.rendezvous, agent, s.options.job, kTrainerRole, x.peer,
@@ -232,13 +279,60 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     stats.missed.push_back({dst, reason.WithContext(fmt::format("engine rank {} missed v{}", dst, version))});
   };
   const auto t0 = Clock::now();
+  // The destinations this push writes: every one (static membership), or the members of
+  // the job for this version, (re)connected when their incarnation changed (dynamic).
+  std::map<int, std::string> included = s.destination_names;
+  if (s.options.dynamic_membership) {
+    included.clear();
+    sync::Membership members;
+    if (s.leader) {
+      SW_ASSIGN_OR_RETURN(members, s.leader->Publish(*s.rendezvous, s.options.job, s.engine_ranks, version));
+    } else {
+      SW_ASSIGN_OR_RETURN(members, sync::ReadMembership(*s.rendezvous, s.options.job, version, s.options.timeout_s));
+    }
+    for (const auto& [dst, bytes] : s.bytes_to) {
+      auto m = members.members.find(dst);
+      if (m == members.members.end()) {
+        stats.absent.push_back(dst);
+        continue;
+      }
+      const sync::Member& member = m->second;
+      auto missed = s.missed_at.find(dst);
+      if (s.incarnation_of[dst] != member.incarnation) {
+        // A new engine process in this slot (joined, or restarted): connect to it.
+        if (const Status st = s.ConnectDestination(dst); !st.ok()) {
+          stats.missed.push_back({dst, st.WithContext(fmt::format("engine rank {} missed v{}: connecting to "
+                                                                  "incarnation {}",
+                                                                  dst, version, member.incarnation))});
+          s.incarnation_of.erase(dst);
+          continue;
+        }
+        s.incarnation_of[dst] = member.incarnation;
+        if (missed != s.missed_at.end()) s.missed_at.erase(missed);
+      } else if (missed != s.missed_at.end()) {
+        if (missed->second >= member.since) {
+          // It missed an earlier push and has not joined again since: no wait for it.
+          stats.missed.push_back({dst, Unavailable(fmt::format("engine rank {} missed v{}: it missed v{} and has "
+                                                               "not joined again since",
+                                                               dst, version, missed->second))});
+          continue;
+        }
+        s.missed_at.erase(missed);
+      }
+      included[dst] = s.destination_names.at(dst);
+    }
+    if (included.empty() && stats.missed.empty()) {
+      return FailedPrecondition(
+          fmt::format("{}: no engine rank of job {} is a member (none joined, or all left)", who, s.options.job));
+    }
+  }
   {
     std::set<std::string> names;
-    for (const auto& [dst, name] : s.destination_names) names.insert(name);
+    for (const auto& [dst, name] : included) names.insert(name);
     SW_ASSIGN_OR_RETURN(const sync::Collected ready, s.inbox.Collect(agent, sync::MessageKind::kReady, version, names,
                                                                      engine_timeout_s, s.options.interrupt));
-    active = s.destination_names;
-    for (const auto& [dst, name] : s.destination_names) {
+    active = included;
+    for (const auto& [dst, name] : included) {
       if (auto it = ready.arrived.find(name); it != ready.arrived.end()) {
         // A double-buffered engine names the buffer to write; a single-buffered one has buffer 0.
         const int b = it->second.buffer.value_or(0);
@@ -270,11 +364,10 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
       peers.insert(name);
     }
     std::map<std::string, sync::Message> received;
-    SW_RETURN_IF_ERROR(
-        s.inbox
-            .AwaitFromAll(agent, sync::MessageKind::kBlockAmax, version, peers, s.options.timeout_s, &received,
-                          std::nullopt, s.options.interrupt)
-            .WithContext(who));
+    SW_RETURN_IF_ERROR(s.inbox
+                           .AwaitFromAll(agent, sync::MessageKind::kBlockAmax, version, peers, s.options.timeout_s,
+                                         &received, std::nullopt, s.options.interrupt)
+                           .WithContext(who));
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
       const std::string& name = s.amax_peer_names.at(x.peer);
       SW_RETURN_IF_ERROR(s.converter->AddPeerAmax(x.receive, received.at(name).amax, name).WithContext(who));
@@ -326,7 +419,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   // Post every destination's prepared transfer first so they progress together, then
   // wait for each: Wait returns after remote completion (the bytes are visible at the
   // destination), and only then is DONE(v) sent, so it can never overtake the data.
-  for (const auto& [dst, moves] : s.moves_by_destination) post(dst, s.transfers.at(dst), moves);
+  for (const auto& [dst, hs] : s.transfers) post(dst, hs, s.moves_by_destination.at(dst));
   // Conversion, step 2: round k is converted into slot k % 2 while round k - 1 is on the
   // wire; before slot k % 2 is overwritten, round k - 2's WRITEs must have completed.
   if (s.converter) {
@@ -363,7 +456,13 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   // Tell each engine rank that missed v, so that its WaitForUpdate(v) ends now instead of at
   // its timeout (a stalled one sees it when it resumes; a dead one does not care).
   const auto missed_msg = sync::Encode({sync::MessageKind::kMissed, version});
-  for (const MissedEngine& m : stats.missed) (void)agent.SendMessage(s.destination_names.at(m.engine_rank), missed_msg);
+  for (const MissedEngine& m : stats.missed) {
+    s.missed_at[m.engine_rank] = version;
+    if (!included.count(m.engine_rank)) continue;  // skipped before READY: it was told before
+    if (auto it = s.destination_names.find(m.engine_rank); it != s.destination_names.end()) {
+      (void)agent.SendMessage(it->second, missed_msg);
+    }
+  }
   const auto t3 = Clock::now();
   const AgentStats after = agent.Stats();
   stats.direct_copy_bytes = after.direct_copy_bytes - before.direct_copy_bytes;
@@ -372,7 +471,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   stats.ready_wait_s = Seconds(t0, t1);
   stats.amax_exchange_s = Seconds(t1, t2);
   stats.transfer_s = Seconds(t2, t3);
-  if (active.empty() && !s.destination_names.empty()) {
+  if (active.empty() && !stats.missed.empty()) {
     std::string why;
     for (const MissedEngine& m : stats.missed) why += (why.empty() ? "" : "; ") + m.reason.ToString();
     return PeerDisconnected(fmt::format("{}: no engine rank received it: {}", who, why));

@@ -5,6 +5,7 @@
 
 #include "shardwire/planner.h"
 #include "shardwire/weight_sync.h"
+#include "workflows/membership.h"
 #include "workflows/rank_endpoint.h"
 #include "workflows/sync_messages.h"
 
@@ -26,14 +27,19 @@ struct WeightSubscriber::State {
   std::uint64_t begun_version = 0;
   std::chrono::steady_clock::time_point begun_at;
   std::uint64_t committed_version = 0;
-  int serving = 0;  // double-buffered: which buffer holds committed_version (0 = endpoint.weights)
+  int serving = 0;                // double-buffered: which buffer holds committed_version (0 = endpoint.weights)
+  bool updating = false;          // between BeginUpdate and the end of WaitForUpdate
+  std::uint64_t incarnation = 0;  // dynamic membership
+  bool joined = false;
   sync::Inbox inbox;
 
   std::span<std::byte> Buffer(int b) const { return b == 0 ? endpoint.weights : endpoint.second_weights; }
 };
 
 WeightSubscriber::WeightSubscriber(std::unique_ptr<State> state) : state_(std::move(state)) {}
-WeightSubscriber::~WeightSubscriber() = default;
+WeightSubscriber::~WeightSubscriber() {
+  if (state_ && state_->joined) (void)Leave();  // best effort: the trainers skip the slot from their next push
+}
 
 Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& rendezvous, const Layout& trainer_layout,
                                                                    const Layout& engine_layout, int rank,
@@ -51,10 +57,17 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
   state->rank = rank;
   state->sources = conversion.SourcesOf(rank);
   state->bytes_per_update = conversion.BytesTo(rank);
-  SW_ASSIGN_OR_RETURN(state->endpoint, sync::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank,
-                                                              engine_layout.rank(rank).buffer_bytes, state->options.buffer,
-                                                              state->options.double_buffered,
-                                                              state->options.second_buffer));
+  if (state->options.dynamic_membership) {
+    // Taken before the metadata is published, so a trainer that sees this incarnation's
+    // join request finds this process's metadata (or a later one's) under the rank's key.
+    SW_ASSIGN_OR_RETURN(const std::int64_t incarnation,
+                        rendezvous.Add(sync::IncarnationKey(state->options.job, rank), 1));
+    state->incarnation = static_cast<std::uint64_t>(incarnation);
+  }
+  SW_ASSIGN_OR_RETURN(
+      state->endpoint,
+      sync::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank, engine_layout.rank(rank).buffer_bytes,
+                             state->options.buffer, state->options.double_buffered, state->options.second_buffer));
   return std::unique_ptr<WeightSubscriber>(new WeightSubscriber(std::move(state)));
 }
 
@@ -63,6 +76,45 @@ std::span<std::byte> WeightSubscriber::back_buffer() {
   return state_->options.double_buffered ? state_->Buffer(1 - state_->serving) : state_->Buffer(0);
 }
 std::uint64_t WeightSubscriber::committed_version() const { return state_->committed_version; }
+std::uint64_t WeightSubscriber::incarnation() const { return state_->incarnation; }
+
+Result<std::uint64_t> WeightSubscriber::Join() {
+  State& s = *state_;
+  if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::Join without dynamic membership");
+  if (s.source_names.size() != s.sources.size()) return InvalidArgument("WeightSubscriber::Join before Connect");
+  const std::string who =
+      fmt::format("engine rank {} (incarnation {}) joining job {}", s.rank, s.incarnation, s.options.job);
+  SW_ASSIGN_OR_RETURN(const std::int64_t request,
+                      sync::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, s.incarnation));
+  s.joined = true;
+  auto version =
+      sync::AwaitAdmission(*s.rendezvous, s.options.job, s.rank, s.incarnation, request, s.options.timeout_s);
+  if (!version.ok()) return version.status().WithContext(who);
+  if (*version <= s.committed_version) {
+    return FailedPrecondition(fmt::format("{}: admitted at version {}, not above its committed version {}", who,
+                                          *version, s.committed_version));
+  }
+  return *version;
+}
+
+Status WeightSubscriber::Leave() {
+  State& s = *state_;
+  if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::Leave without dynamic membership");
+  s.joined = false;
+  return sync::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, 0).status();
+}
+
+Status WeightSubscriber::AdoptVersion(std::uint64_t version) {
+  State& s = *state_;
+  if (s.updating)
+    return FailedPrecondition(fmt::format("AdoptVersion({}) during the update of v{}", version, s.begun_version));
+  if (version <= s.committed_version) {
+    return FailedPrecondition(
+        fmt::format("AdoptVersion({}): not above the committed version {}", version, s.committed_version));
+  }
+  s.committed_version = version;
+  return Status::Ok();
+}
 
 Status WeightSubscriber::Connect() {
   State& s = *state_;
@@ -91,6 +143,7 @@ Status WeightSubscriber::BeginUpdate(std::uint64_t version) {
   }
   s.begun_version = version;
   s.begun_at = std::chrono::steady_clock::now();
+  s.updating = true;
   return Status::Ok();
 }
 
@@ -99,10 +152,13 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
   if (version != s.begun_version) {
     return InvalidArgument(fmt::format("WaitForUpdate({}) without BeginUpdate({})", version, version));
   }
-  SW_RETURN_IF_ERROR(
+  const Status arrived =
       s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kDone, version, s.source_names, s.options.timeout_s,
-                           nullptr, sync::MessageKind::kMissed, s.options.interrupt)
-          .WithContext(fmt::format("engine rank {} update v{}", s.rank, version)));
+                           nullptr, sync::MessageKind::kMissed, s.options.interrupt);
+  s.updating = false;
+  if (!arrived.ok()) {
+    return arrived.WithContext(fmt::format("engine rank {} update v{}", s.rank, version));
+  }
   s.committed_version = version;
   if (s.options.double_buffered) s.serving = 1 - s.serving;  // the new version is served from now on
   UpdateStats stats;

@@ -1,0 +1,209 @@
+// Dynamic membership (WeightSyncOptions::dynamic_membership) across real processes over UCX
+// and a real coordinator: engines join, die at random steps, are restarted as an orchestrator
+// would restart them, and catch up; every engine checks every version it commits against the
+// oracle of weight_sync_fixture.h.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "shardwire/rendezvous.h"
+#include "shardwire/weight_sync.h"
+#include "weight_sync_fixture.h"
+
+namespace shardwire {
+namespace {
+
+using namespace weight_sync_test;  // NOLINT: the fixture of these tests
+
+constexpr const char* kJob = "members";
+constexpr const char* kLastKey = "members-test/last";  // the final version, once the trainer chose it
+constexpr int kEngines = 3;                            // replicas of TP 1
+constexpr int kKills = 3;
+
+Layout TrainerLayout() { return MakeFsdpLayout(Tensors(), 2).value(); }
+Layout EngineLayout() { return MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, kEngines).value(); }
+
+// Child: one engine process of `rank`. Joins, then commits and verifies every version from the
+// one it was admitted at, without a gap, until the trainer's final version. Exit 0 = all held.
+int RunEngine(std::uint16_t port, int rank) {
+  auto rz = ConnectRendezvous(port);
+  if (!rz.ok()) return 10;
+  WeightSyncOptions options{kJob, 30};
+  options.dynamic_membership = true;
+  options.engine_timeout_s = 5;
+  auto sub = WeightSubscriber::Create(**rz, TrainerLayout(), EngineLayout(), rank, options);
+  const Status connected = sub.ok() ? (*sub)->Connect() : sub.status();
+  if (!connected.ok()) {
+    std::fprintf(stderr, "engine %d: %s\n", rank, connected.ToString().c_str());
+    return 11;
+  }
+  auto first = (*sub)->Join();
+  if (!first.ok()) {
+    std::fprintf(stderr, "engine %d: %s\n", rank, first.status().ToString().c_str());
+    return 12;
+  }
+  for (std::uint64_t v = *first;; ++v) {
+    if (!(*sub)->BeginUpdate(v).ok()) return 13;
+    auto stats = (*sub)->WaitForUpdate(v);
+    if (!stats.ok()) {
+      std::fprintf(stderr, "engine %d v%llu: %s\n", rank, static_cast<unsigned long long>(v),
+                   stats.status().ToString().c_str());
+      return 14;  // a live engine misses no version
+    }
+    if (Walk(EngineLayout(), rank, (*sub)->weights(), v, true) != 0) return 15;
+    auto last = GetString(**rz, kLastKey, 0);
+    if (last.ok() && v >= std::stoull(*last)) return 0;
+  }
+}
+
+// Child: trainer rank 1 (rank 0 is the test process, the membership leader).
+int RunTrainer1(std::uint16_t port) {
+  auto rz = ConnectRendezvous(port);
+  if (!rz.ok()) return 10;
+  WeightSyncOptions options{kJob, 30};
+  options.dynamic_membership = true;
+  options.engine_timeout_s = 5;
+  auto pub = WeightPublisher::Create(**rz, TrainerLayout(), EngineLayout(), 1, options);
+  if (!pub.ok() || !(*pub)->Connect().ok()) return 11;
+  for (std::uint64_t v = 1;; ++v) {
+    Walk(TrainerLayout(), 1, (*pub)->weights(), v, false);
+    auto stats = (*pub)->Push(v);
+    if (!stats.ok()) {
+      std::fprintf(stderr, "trainer 1 v%llu: %s\n", static_cast<unsigned long long>(v),
+                   stats.status().ToString().c_str());
+      return 12;
+    }
+    auto last = GetString(**rz, kLastKey, 0);
+    if (last.ok() && v >= std::stoull(*last)) return 0;
+  }
+}
+
+// Child indexes: engine r = r; trainer 1 = kEngines; the k-th replacement of engine r = 100 + 10 k + r.
+int ReplacementIndex(int k, int rank) { return 100 + 10 * k + rank; }
+
+TEST(WeightSyncMembership, EnginesKilledAtRandomStepsAreReplacedAndEverySurvivorVerifiedEveryVersion) {
+  if (std::getenv("SHARDWIRE_WS_CHILD") != nullptr) {  // a child: run its body (ForkWithPort exits)
+    int fd = -1;
+    for (int r = 0; r < kEngines; ++r) ForkWithPort(&fd, r, [&](std::uint16_t p) { return RunEngine(p, r); });
+    ForkWithPort(&fd, kEngines, [&](std::uint16_t p) { return RunTrainer1(p); });
+    for (int k = 0; k < kKills; ++k)
+      for (int r = 0; r < kEngines; ++r)
+        ForkWithPort(&fd, ReplacementIndex(k, r), [&](std::uint16_t p) { return RunEngine(p, r); });
+    FAIL() << "unknown child index";
+  }
+  // SHARDWIRE_TEST_SEED=<n> replays a failed run's schedule (the seed is in every failure).
+  const char* seed_env = std::getenv("SHARDWIRE_TEST_SEED");
+  const unsigned seed =
+      seed_env != nullptr ? static_cast<unsigned>(std::strtoul(seed_env, nullptr, 10)) : std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  std::map<int, pid_t> engine_pid;  // rank -> its current process
+  std::vector<int> port_pipes;
+  for (int r = 0; r < kEngines; ++r) {
+    int fd = -1;
+    engine_pid[r] = ForkWithPort(&fd, r, [](std::uint16_t) { return 0; });
+    ASSERT_GT(engine_pid[r], 0);
+    port_pipes.push_back(fd);
+  }
+  int trainer_fd = -1;
+  const pid_t trainer1 = ForkWithPort(&trainer_fd, kEngines, [](std::uint16_t) { return 0; });
+  ASSERT_GT(trainer1, 0);
+  port_pipes.push_back(trainer_fd);
+  auto server = ServeChildren(port_pipes);
+  ASSERT_NE(server, nullptr);
+  const auto port = static_cast<std::uint16_t>(server->port());
+  auto rz = ConnectRendezvous(port);
+  ASSERT_TRUE(rz.ok());
+  WeightSyncOptions options{kJob, 30};
+  options.dynamic_membership = true;
+  options.engine_timeout_s = 5;
+  auto pub = WeightPublisher::Create(**rz, TrainerLayout(), EngineLayout(), 0, options);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*pub)->Connect().ok());
+  auto asked = (*pub)->WaitForEngines(kEngines, 30);
+  ASSERT_TRUE(asked.ok()) << asked.status().ToString();
+
+  std::vector<pid_t> killed;
+  std::set<int> waiting_for;       // ranks restarted whose replacement has not received a push yet
+  std::set<int> seen_gone;         // of those, the ones a push found gone
+  std::uint64_t all_in_since = 0;  // first push every engine rank received
+  std::vector<std::uint64_t> kill_at;
+  int kills = 0;
+  constexpr std::uint64_t kMaxVersions = 2000;  // bound: the test fails rather than loops
+  std::uint64_t v = 1;
+  for (;; ++v) {
+    ASSERT_LE(v, kMaxVersions) << "replacements never caught up; waiting for " << waiting_for.size();
+    // Kill an engine at the scheduled steps and restart its rank at once, as an orchestrator would
+    // (one at a time: a step that comes while a replacement is still starting waits for it, so
+    // some engine always receives the push; a push that reaches no engine fails by contract).
+    if (kills < kKills && !kill_at.empty() && v >= kill_at[static_cast<std::size_t>(kills)] && waiting_for.empty()) {
+      const int rank = static_cast<int>(rng() % kEngines);
+      ASSERT_EQ(kill(engine_pid[rank], SIGKILL), 0);
+      killed.push_back(engine_pid[rank]);
+      int fd = -1;
+      engine_pid[rank] = ForkWithPort(&fd, ReplacementIndex(kills, rank), [](std::uint16_t) { return 0; });
+      ASSERT_GT(engine_pid[rank], 0);
+      SendPort(fd, port);
+      waiting_for.insert(rank);
+      ++kills;
+    }
+    Walk(TrainerLayout(), 0, (*pub)->weights(), v, false);
+    const bool final_push = kills == kKills && waiting_for.empty();
+    if (final_push) {
+      ASSERT_TRUE(PutString(**rz, kLastKey, std::to_string(v)).ok());
+    }
+    auto stats = (*pub)->Push(v);
+    ASSERT_TRUE(stats.ok()) << "v" << v << ": " << stats.status().ToString();
+    std::set<int> missed(stats->absent.begin(), stats->absent.end());
+    for (const MissedEngine& m : stats->missed) {
+      missed.insert(m.engine_rank);
+      std::printf("v%llu: %s\n", static_cast<unsigned long long>(v), m.reason.ToString().c_str());
+    }
+    if (all_in_since == 0 && missed.empty()) {
+      all_in_since = v;
+      // Three kills at distinct random steps among the next 12 pushes.
+      std::set<std::uint64_t> steps;
+      while (steps.size() < kKills) steps.insert(v + 1 + rng() % 12);
+      kill_at.assign(steps.begin(), steps.end());
+    }
+    // A restarted rank is back once a push reached it after one that found the killed process
+    // gone (a push right after the kill may still reach the dying process).
+    for (auto it = waiting_for.begin(); it != waiting_for.end();) {
+      if (missed.count(*it)) {
+        seen_gone.insert(*it);
+        ++it;
+      } else {
+        it = seen_gone.count(*it) ? (seen_gone.erase(*it), waiting_for.erase(it)) : std::next(it);
+      }
+    }
+    if (final_push) {
+      EXPECT_TRUE(missed.empty()) << "the final version reaches every engine rank";
+      break;
+    }
+  }
+  EXPECT_EQ(kills, kKills);
+  std::printf("all engine ranks in from v%llu; kills before v%llu, v%llu, v%llu; final version v%llu\n",
+              static_cast<unsigned long long>(all_in_since), static_cast<unsigned long long>(kill_at[0]),
+              static_cast<unsigned long long>(kill_at[1]), static_cast<unsigned long long>(kill_at[2]),
+              static_cast<unsigned long long>(v));
+  for (pid_t pid : killed) EXPECT_EQ(WaitChild(pid), 100) << "killed engine";
+  for (const auto& [rank, pid] : engine_pid) {
+    EXPECT_EQ(WaitChild(pid), 0) << "engine rank " << rank << " (survivor or replacement) verified every version "
+                                 << "from its admission to v" << v;
+  }
+  EXPECT_EQ(WaitChild(trainer1), 0) << "trainer rank 1 pushed every version";
+}
+
+}  // namespace
+}  // namespace shardwire
