@@ -111,6 +111,17 @@ class ModelSource {
   static Result<std::unique_ptr<ModelSource>> Create(SourceRegistry& registry, const ModelDescription& model,
                                                      const ModelIdentity& identity, ModelSourceOptions options,
                                                      const std::function<Status(std::span<std::byte>)>& fill);
+  /// Serves weights the caller already holds, in its own memory (e.g. an engine's
+  /// committed weights): registers `buffer` with a new agent in place (no copy; at least
+  /// layout.rank(rank).buffer_bytes bytes, laid out by that rank's Layout), records the
+  /// digests of its content and registers with `registry`. The caller must keep `buffer`
+  /// valid and unwritten until the source is destroyed: a write makes digest requests
+  /// report the touched blocks as corrupt, and loaders re-read those bytes elsewhere.
+  /// Errors: as Create, plus kInvalidArgument when `buffer` is smaller than the rank's
+  /// buffer.
+  static Result<std::unique_ptr<ModelSource>> Serve(SourceRegistry& registry, const ModelDescription& model,
+                                                    const ModelIdentity& identity, ModelSourceOptions options,
+                                                    std::span<std::byte> buffer);
   ~ModelSource();
   ModelSource(const ModelSource&) = delete;
   ModelSource& operator=(const ModelSource&) = delete;
@@ -188,6 +199,10 @@ struct ModelLoaderOptions {
   double lease_seconds = 0.2;
   /// Agent options; name and lanes are filled in when empty / 0.
   AgentOptions agent = {};
+  /// Where to load: the caller's memory (e.g. the engine's own weights), registered in
+  /// place, at least the rank's buffer_bytes; it must stay valid while the loader (or the
+  /// source it becomes) lives. Empty: an arena the loader allocates.
+  std::span<std::byte> buffer = {};
   /// Interruption hook (e.g. Python's Ctrl-C): when set, Load calls it on its own
   /// thread about every 0.1 s (kInterruptPollSeconds in weight_sync.h); a non-OK
   /// status it returns stops the load (outstanding READs are cancelled, sources are
@@ -216,10 +231,12 @@ struct LoadReport {
 class ModelLoader {
  public:
   /// Builds the rank's layout (MakeLayoutFromString), creates the agent and
-  /// allocates the rank's buffer as an arena, page tables populated for writing; the
+  /// allocates the rank's buffer as an arena (or registers options.buffer), page tables
+  /// populated for writing; the
   /// padding between shards is zeroed, shard bytes are unspecified until Load commits.
   /// Nothing is read yet.
-  /// Errors: kInvalidArgument (layout, rank, empty instance id); agent errors.
+  /// Errors: kInvalidArgument (layout, rank, empty instance id, options.buffer too
+  /// small); agent errors.
   static Result<std::unique_ptr<ModelLoader>> Create(SourceRegistry& registry, const ModelDescription& model,
                                                      ModelLoaderOptions options);
   ~ModelLoader();

@@ -181,7 +181,10 @@ class WeightPublisher {
   /// version (PushStats::missed, with the reason) and the others still get it. Takes at most
   /// the normal push time plus engine_timeout_s (a dead peer: plus its detection time).
   /// Errors: kPeerDisconnected when no destination received the version (the message lists
-  /// why); a failed trainer peer or conversion input (kCorruptData for NaN/Inf) fails the push.
+  /// why; with dynamic membership this is not an error as long as some engine rank is a
+  /// member: every member is then in PushStats::missed); kFailedPrecondition with dynamic
+  /// membership when no engine rank is a member; a failed trainer peer or conversion input
+  /// (kCorruptData for NaN/Inf) fails the push.
   Result<PushStats> Push(std::uint64_t version);
 
   /// Dynamic membership: waits (up to timeout_s seconds) until at least `engine_ranks` engine
@@ -248,10 +251,12 @@ class WeightSubscriber {
   /// to this engine process from their next push on, and waits (up to timeout_s) until a
   /// push admits it. Returns that push's version: call BeginUpdate with it. Call after
   /// Connect, and again after a WaitForUpdate that failed (a missed version: the trainers
-  /// skip this rank until it joins again). Errors: kInvalidArgument without dynamic
-  /// membership; kTimedOut when no push admitted it in time (no trainer pushing);
-  /// rendezvous errors.
-  Result<std::uint64_t> Join();
+  /// skip this rank until it joins again). `timeout_s` < 0: the options' timeout_s. A Join
+  /// that timed out may be called again (the request stands; the wait starts over).
+  /// Errors: kInvalidArgument without dynamic membership or before Connect; kTimedOut when
+  /// no push admitted it in time (no trainer pushing); kFailedPrecondition when the
+  /// admitting version is not above committed_version(); rendezvous errors.
+  Result<std::uint64_t> Join(double timeout_s = -1);
 
   /// Dynamic membership: asks the trainers to stop writing to this rank from their next
   /// push on (returns at once; the destructor does it too). Errors: kInvalidArgument

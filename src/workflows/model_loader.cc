@@ -809,8 +809,18 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
   impl->options = std::move(options);
   SW_ASSIGN_OR_RETURN(impl->agent, Agent::Create(agent_options));
   const std::uint64_t bytes = impl->layout->rank(impl->options.rank).buffer_bytes;
-  SW_ASSIGN_OR_RETURN(impl->region, impl->agent->AllocateArena(std::max<std::uint64_t>(bytes, 64)));
-  impl->buffer = impl->agent->RegionBytes(impl->region).first(bytes);
+  if (!impl->options.buffer.empty()) {
+    if (impl->options.buffer.size() < bytes) {
+      return InvalidArgument(fmt::format("model loader: the caller's buffer has {} bytes, rank {} of {} needs {}",
+                                         impl->options.buffer.size(), impl->options.rank, impl->options.layout, bytes));
+    }
+    SW_ASSIGN_OR_RETURN(impl->region,
+                        impl->agent->RegisterMemory(impl->options.buffer.data(), impl->options.buffer.size()));
+    impl->buffer = impl->options.buffer.first(bytes);
+  } else {
+    SW_ASSIGN_OR_RETURN(impl->region, impl->agent->AllocateArena(std::max<std::uint64_t>(bytes, 64)));
+    impl->buffer = impl->agent->RegionBytes(impl->region).first(bytes);
+  }
   PopulateForWrite(impl->buffer);
   // Only the padding between shards is zeroed here: a committed load has written
   // every shard byte (from sources or disk), so zeroing those too would only cost a

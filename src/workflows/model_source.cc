@@ -41,6 +41,27 @@ std::vector<std::uint64_t> BlockDigests(std::span<const std::byte> buffer) {
   return out;
 }
 
+// The source's layout, after checking the options that do not need an agent.
+Result<Layout> SourceLayout(const ModelDescription& model, const ModelSourceOptions& options) {
+  auto layout = MakeLayoutFromString(model, options.layout);
+  if (!layout.ok()) return layout.status().WithContext("model source");
+  if (options.rank < 0 || options.rank >= layout->world_size()) {
+    return InvalidArgument(fmt::format("model source: rank {} outside layout {} of {} ranks", options.rank,
+                                       options.layout, layout->world_size()));
+  }
+  if (options.instance_id.empty()) return InvalidArgument("model source: empty instance id");
+  return std::move(*layout);
+}
+
+Result<std::unique_ptr<Agent>> CreateSourceAgent(const ModelSourceOptions& options) {
+  AgentOptions agent_options = options.agent;
+  if (agent_options.name.empty()) {
+    agent_options.name =
+        fmt::format("{}/source/{}/{}-{}", options.instance_id, options.rank, ::getpid(), g_agent_counter.fetch_add(1));
+  }
+  return Agent::Create(agent_options);
+}
+
 }  // namespace
 
 struct ModelSource::Impl {
@@ -266,25 +287,28 @@ std::uint64_t ModelSource::bytes_digested() const { return impl_->bytes_digested
 Result<std::unique_ptr<ModelSource>> ModelSource::Create(SourceRegistry& registry, const ModelDescription& model,
                                                          const ModelIdentity& identity, ModelSourceOptions options,
                                                          const std::function<Status(std::span<std::byte>)>& fill) {
-  auto layout = MakeLayoutFromString(model, options.layout);
-  if (!layout.ok()) return layout.status().WithContext("model source");
-  if (options.rank < 0 || options.rank >= layout->world_size()) {
-    return InvalidArgument(fmt::format("model source: rank {} outside layout {} of {} ranks", options.rank,
-                                       options.layout, layout->world_size()));
-  }
-  if (options.instance_id.empty()) return InvalidArgument("model source: empty instance id");
-  AgentOptions agent_options = options.agent;
-  if (agent_options.name.empty()) {
-    agent_options.name =
-        fmt::format("{}/source/{}/{}-{}", options.instance_id, options.rank, ::getpid(), g_agent_counter.fetch_add(1));
-  }
-  SW_ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent, Agent::Create(agent_options));
-  const std::uint64_t bytes = layout->rank(options.rank).buffer_bytes;
+  SW_ASSIGN_OR_RETURN(const Layout layout, SourceLayout(model, options));
+  SW_ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent, CreateSourceAgent(options));
+  const std::uint64_t bytes = layout.rank(options.rank).buffer_bytes;
   SW_ASSIGN_OR_RETURN(const RegionId region, agent->AllocateArena(std::max<std::uint64_t>(bytes, 64)));
   std::span<std::byte> buffer = agent->RegionBytes(region).first(bytes);
   std::fill(buffer.begin(), buffer.end(), std::byte{0});
   if (fill) SW_RETURN_IF_ERROR(fill(buffer));
-  return Start(registry, std::move(agent), region, buffer, *layout, identity, std::move(options));
+  return Start(registry, std::move(agent), region, buffer, layout, identity, std::move(options));
+}
+
+Result<std::unique_ptr<ModelSource>> ModelSource::Serve(SourceRegistry& registry, const ModelDescription& model,
+                                                        const ModelIdentity& identity, ModelSourceOptions options,
+                                                        std::span<std::byte> buffer) {
+  SW_ASSIGN_OR_RETURN(const Layout layout, SourceLayout(model, options));
+  const std::uint64_t bytes = layout.rank(options.rank).buffer_bytes;
+  if (buffer.size() < bytes) {
+    return InvalidArgument(fmt::format("model source {}: the caller's buffer has {} bytes, rank {} of {} needs {}",
+                                       options.instance_id, buffer.size(), options.rank, options.layout, bytes));
+  }
+  SW_ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent, CreateSourceAgent(options));
+  SW_ASSIGN_OR_RETURN(const RegionId region, agent->RegisterMemory(buffer.data(), buffer.size()));
+  return Start(registry, std::move(agent), region, buffer.first(bytes), layout, identity, std::move(options));
 }
 
 Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry, std::unique_ptr<Agent> agent,

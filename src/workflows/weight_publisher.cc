@@ -471,7 +471,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   stats.ready_wait_s = Seconds(t0, t1);
   stats.amax_exchange_s = Seconds(t1, t2);
   stats.transfer_s = Seconds(t2, t3);
-  if (active.empty() && !stats.missed.empty()) {
+  if (active.empty() && !stats.missed.empty() && !s.options.dynamic_membership) {
     std::string why;
     for (const MissedEngine& m : stats.missed) why += (why.empty() ? "" : "; ") + m.reason.ToString();
     return PeerDisconnected(fmt::format("{}: no engine rank received it: {}", who, why));

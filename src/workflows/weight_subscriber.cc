@@ -31,6 +31,7 @@ struct WeightSubscriber::State {
   bool updating = false;          // between BeginUpdate and the end of WaitForUpdate
   std::uint64_t incarnation = 0;  // dynamic membership
   bool joined = false;
+  std::int64_t join_request = 0;  // filed and not yet answered
   sync::Inbox inbox;
 
   std::span<std::byte> Buffer(int b) const { return b == 0 ? endpoint.weights : endpoint.second_weights; }
@@ -78,18 +79,21 @@ std::span<std::byte> WeightSubscriber::back_buffer() {
 std::uint64_t WeightSubscriber::committed_version() const { return state_->committed_version; }
 std::uint64_t WeightSubscriber::incarnation() const { return state_->incarnation; }
 
-Result<std::uint64_t> WeightSubscriber::Join() {
+Result<std::uint64_t> WeightSubscriber::Join(double timeout_s) {
   State& s = *state_;
   if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::Join without dynamic membership");
   if (s.source_names.size() != s.sources.size()) return InvalidArgument("WeightSubscriber::Join before Connect");
   const std::string who =
       fmt::format("engine rank {} (incarnation {}) joining job {}", s.rank, s.incarnation, s.options.job);
-  SW_ASSIGN_OR_RETURN(const std::int64_t request,
-                      sync::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, s.incarnation));
-  s.joined = true;
-  auto version =
-      sync::AwaitAdmission(*s.rendezvous, s.options.job, s.rank, s.incarnation, request, s.options.timeout_s);
-  if (!version.ok()) return version.status().WithContext(who);
+  if (!s.joined || s.join_request == 0) {
+    SW_ASSIGN_OR_RETURN(s.join_request,
+                        sync::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, s.incarnation));
+    s.joined = true;
+  }
+  auto version = sync::AwaitAdmission(*s.rendezvous, s.options.job, s.rank, s.incarnation, s.join_request,
+                                      timeout_s < 0 ? s.options.timeout_s : timeout_s);
+  if (!version.ok()) return version.status().WithContext(who);  // the request stands: Join may wait again
+  s.join_request = 0;  // answered: the next Join (after a missed version) files a new one
   if (*version <= s.committed_version) {
     return FailedPrecondition(fmt::format("{}: admitted at version {}, not above its committed version {}", who,
                                           *version, s.committed_version));
