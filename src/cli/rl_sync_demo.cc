@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <utility>
@@ -16,8 +17,8 @@
 
 #include <fmt/format.h>
 
-#include "cli/model_rules_option.h"
 #include <nlohmann/json.hpp>
+#include "cli/model_rules_option.h"
 
 #include "cli/child_processes.h"
 #include "cli/demo_checkpoint.h"
@@ -43,11 +44,20 @@ struct DeadEngines {
   bool Contains(const std::string& label) const { return why.count(label) > 0; }
 };
 
+// With --restart-engines: restarts engine processes that die, as an orchestrator would.
+struct EngineRestarts {
+  bool enabled = false;
+  std::function<Status(const std::string& label)> respawn;  // starts a catching-up replacement
+  std::map<std::string, int> count;                         // label -> restarts so far
+};
+
 // Waits for one worker's report, watching for children that die and for Ctrl-C. A trainer
-// that dies ends the run; an engine that dies is recorded in `dead` (nullopt: `key`'s
-// engine is among them, no report will come).
+// that dies ends the run; an engine that dies is restarted (--restart-engines) or recorded
+// in `dead` (nullopt: `key`'s engine is among them, no report will come). `skipped`, when
+// it returns true, ends the wait with nullopt too (the engine did not take part in the step).
 Result<std::optional<json>> AwaitReport(Rendezvous& rendezvous, ChildProcesses& children, const std::string& key,
-                                        const std::string& label, DeadEngines& dead, double timeout_s) {
+                                        const std::string& label, DeadEngines& dead, EngineRestarts& restarts,
+                                        double timeout_s, const std::function<bool()>& skipped = {}) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   while (true) {
     if (ChildProcesses::InterruptRequested()) return Status(ErrorCode::kInternal, "interrupted");
@@ -55,9 +65,16 @@ Result<std::optional<json>> AwaitReport(Rendezvous& rendezvous, ChildProcesses& 
     auto value = GetString(rendezvous, key, kPollSlice_s);
     if (value.ok()) return std::optional<json>(json::parse(*value, nullptr, /*allow_exceptions=*/false));
     if (value.status().code() != ErrorCode::kTimedOut) return value.status();
+    if (skipped && skipped()) return std::optional<json>{};
     for (const ChildExit& e : children.ReapExited()) {
       if (e.ok()) continue;
       if (e.label.rfind("engine", 0) != 0) return Internal(e.Describe());
+      if (restarts.enabled) {
+        SW_RETURN_IF_ERROR(restarts.respawn(e.label));
+        fmt::print("            {}: restarted it (restart {}); it catches up from the live engines, then joins\n",
+                   e.Describe(), ++restarts.count[e.label]);
+        continue;
+      }
       dead.why[e.label] = e.Describe();
       fmt::print("            {}: the trainers push on to the other engines\n", e.Describe());
     }
@@ -75,16 +92,16 @@ std::string FormatBytes(double bytes) {
 struct StepFigures {
   std::uint64_t bytes = 0;
   std::uint64_t descriptors = 0;
-  std::uint64_t rows = 0;    // contiguous rows inside those descriptors
-  std::uint64_t faults = 0;  // page faults of the trainer processes during the push
+  std::uint64_t rows = 0;                // contiguous rows inside those descriptors
+  std::uint64_t faults = 0;              // page faults of the trainer processes during the push
   std::uint64_t converted_bytes = 0;     // produced by conversion (FP8 weights, scales, casts)
   double convert_s = 0;                  // slowest trainer's conversion time (overlaps its WRITEs)
   std::uint64_t staging_peak_bytes = 0;  // largest staging use of any trainer
   std::uint64_t staging_bytes = 0;       // largest staging buffer of any trainer
-  std::uint64_t direct_copy_bytes = 0;  // bytes the trainers' lanes copied into mapped engine arenas
-  std::uint64_t ucx_requests = 0;       // UCX data requests (rows not copied directly)
-  double connect_s = 0;                 // step 1 only: slowest trainer's Connect (includes pre-faulting)
-  std::uint64_t prefaulted_pages = 0;   // step 1 only: pages all trainers pre-faulted at Connect
+  std::uint64_t direct_copy_bytes = 0;   // bytes the trainers' lanes copied into mapped engine arenas
+  std::uint64_t ucx_requests = 0;        // UCX data requests (rows not copied directly)
+  double connect_s = 0;                  // step 1 only: slowest trainer's Connect (includes pre-faulting)
+  std::uint64_t prefaulted_pages = 0;    // step 1 only: pages all trainers pre-faulted at Connect
   std::vector<std::pair<double, double>> transfer_windows, compute_windows;  // per trainer, CLOCK_MONOTONIC s
 
   // Seconds during which some trainer was transferring while another computed its update
@@ -98,9 +115,9 @@ struct StepFigures {
                                        std::max(transfer_windows[i].first, compute_windows[j].first));
     return overlap;
   }
-  double transfer_s = 0;     // first post of any trainer to the last remote completion
+  double transfer_s = 0;                 // first post of any trainer to the last remote completion
   json trainer_reports = json::array();  // per trainer: its window and its wait for READY (--json)
-  double engine_wait_s = 0;  // slowest engine: READY to commit
+  double engine_wait_s = 0;              // slowest engine: READY to commit
   int verified = 0;
   std::map<int, std::string> missed;  // engine rank -> why it missed this version (first reason seen)
 };
@@ -161,7 +178,8 @@ Status Run(const RlSyncOptions& o) {
   fmt::print("engines     {} processes, {}\n", engine_ranks, engine_layout.description());
   if (conversion.converts()) {
     std::uint64_t converted = 0;
-    for (std::uint32_t e = 0; e < engine_layout.tensors().size(); ++e) converted += conversion.kind(e) != PushTensorKind::kDirect;
+    for (std::uint32_t e = 0; e < engine_layout.tensors().size(); ++e)
+      converted += conversion.kind(e) != PushTensorKind::kDirect;
     fmt::print("engine fmt  {}: {} of {} engine tensors converted in the push ({} moves unchanged, {} converted)\n",
                engine_dtype, converted, engine_layout.tensors().size(), plan.moves().size(),
                conversion.converted_plan().moves().size());
@@ -206,7 +224,8 @@ Status Run(const RlSyncOptions& o) {
                                   "--timeout",
                                   fmt::format("{}", o.timeout_s)};
     if (!input.config.empty()) args.insert(args.end(), {"--config", input.config});
-    if (o.double_buffer) args.push_back("--double-buffer");
+    if (o.double_buffer || o.restart_engines) args.push_back("--double-buffer");
+    if (o.restart_engines) args.push_back("--dynamic-membership");
     for (const auto& rules : cli::ModelRulesFiles()) args.insert(args.end(), {"--model-rules", rules});
     return args;
   };
@@ -220,6 +239,21 @@ Status Run(const RlSyncOptions& o) {
   co.address = coordinator;
   co.unavailable_timeout_s = o.timeout_s;
   SW_ASSIGN_OR_RETURN(auto rendezvous, CoordinatorClient::Connect(co));
+  EngineRestarts restarts;
+  restarts.enabled = o.restart_engines;
+  restarts.respawn = [&](const std::string& label) {
+    const int rank = std::stoi(label.substr(label.rfind(' ') + 1));
+    auto args = worker_args("engine", rank);
+    args.push_back("--catch-up");
+    return children.Spawn(label, args);
+  };
+  // Dynamic membership: an engine rank takes part from the version it was (re)admitted at.
+  auto admitted_after = [&](int rank, int step) {
+    return [&, rank, step] {
+      auto admitted = GetString(*rendezvous, AdmittedKey(job, rank), 0);
+      return admitted.ok() && std::stoll(*admitted) > step;
+    };
+  };
 
   json summary{{"checkpoint", input.checkpoint},
                {"trainer_layout", trainer_layout.description()},
@@ -228,13 +262,14 @@ Status Run(const RlSyncOptions& o) {
                {"bytes_per_step", bytes_per_step},
                {"steps", json::array()}};
   DeadEngines dead;
+  int missed_versions = 0;  // engine-rank versions missed (dead, stalled or rejoining engines)
   double total_s = 0, steady_s = 0;
   std::uint64_t total_bytes = 0, steady_bytes = 0;
   for (int step = 1; step <= o.steps; ++step) {
     StepFigures f;
     for (int r = 0; r < trainers; ++r) {
       SW_ASSIGN_OR_RETURN(const auto report, AwaitReport(*rendezvous, children, StatsKey(job, step, "trainer", r),
-                                                         fmt::format("trainer {}", r), dead, o.timeout_s));
+                                                         fmt::format("trainer {}", r), dead, restarts, o.timeout_s));
       const json& t = *report;
       for (const json& m : t.value("missed", json::array())) {
         f.missed.emplace(m.value("engine_rank", -1), m.value("reason", std::string()));
@@ -270,10 +305,30 @@ Status Run(const RlSyncOptions& o) {
       }
     }
     for (int r = 0; r < engine_ranks; ++r) {
-      SW_ASSIGN_OR_RETURN(const auto report, AwaitReport(*rendezvous, children, StatsKey(job, step, "engine", r),
-                                                         EngineRankLabel(r), dead, o.timeout_s));
-      if (!report) continue;  // died: the trainers' reports say why it missed the version
+      SW_ASSIGN_OR_RETURN(
+          const auto report,
+          AwaitReport(*rendezvous, children, StatsKey(job, step, "engine", r), EngineRankLabel(r), dead, restarts,
+                      o.timeout_s, o.restart_engines ? admitted_after(r, step) : std::function<bool()>{}));
+      if (!report) continue;  // died or rejoining: the trainers' reports say why it missed the version
       const json& e = *report;
+      if (e.contains("caught_up")) {
+        const json& c = e["caught_up"];
+        if (c.value("version", 0) > 0) {
+          std::string from;
+          for (const auto& [instance, bytes] : c["from"].items()) {
+            from += fmt::format("{}{} {}", from.empty() ? "" : ", ", instance,
+                                FormatBytes(static_cast<double>(bytes.get<std::uint64_t>())));
+          }
+          fmt::print(
+              "            {} (process {} of the rank) caught up to v{} from live engines ({}) in {:.3f} s, "
+              "verified, then received v{}\n",
+              EngineRankLabel(r), c.value("incarnation", 0), c.value("version", 0), from, c.value("seconds", 0.0),
+              step);
+        } else {
+          fmt::print("            {} (process {} of the rank) started from the checkpoint ({}), then received v{}\n",
+                     EngineRankLabel(r), c.value("incarnation", 0), c.value("why", std::string()), step);
+        }
+      }
       f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
       f.verified += e.value("verified", false) ? 1 : 0;
     }
@@ -300,14 +355,16 @@ Status Run(const RlSyncOptions& o) {
         step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.rows, f.faults,
         f.ComputeOverlap(), FormatBytes(static_cast<double>(f.direct_copy_bytes)), f.ucx_requests, f.verified,
         engine_ranks);
+    missed_versions += static_cast<int>(f.missed.size());
     for (const auto& [rank, why] : f.missed) {  // why names the engine rank and the version
       fmt::print("            {}\n", why);
     }
     if (f.converted_bytes > 0) {
-      fmt::print("            converted {} on the way ({:.4f} s of conversion in the slowest trainer, overlapping its "
-                 "writes); staging peak {} of {} allocated per trainer\n",
-                 FormatBytes(static_cast<double>(f.converted_bytes)), f.convert_s,
-                 FormatBytes(static_cast<double>(f.staging_peak_bytes)), FormatBytes(static_cast<double>(f.staging_bytes)));
+      fmt::print(
+          "            converted {} on the way ({:.4f} s of conversion in the slowest trainer, overlapping its "
+          "writes); staging peak {} of {} allocated per trainer\n",
+          FormatBytes(static_cast<double>(f.converted_bytes)), f.convert_s,
+          FormatBytes(static_cast<double>(f.staging_peak_bytes)), FormatBytes(static_cast<double>(f.staging_bytes)));
     }
     std::fflush(stdout);
     total_s += f.transfer_s;
@@ -346,16 +403,25 @@ Status Run(const RlSyncOptions& o) {
   // (each trainer process copies on its own core), capped at the 2 cores here.
   const int copy_threads = std::clamp(trainers, 1, 2);
   const double memcpy_gbps = MeasureMemcpyGBps(bytes_per_step, copy_threads);
+  int restarted = 0;
+  for (const auto& [label, n] : restarts.count) restarted += n;
+  std::string outcome = "every engine rank verified every step";
+  if (!dead.why.empty()) {
+    outcome = fmt::format(
+        "every surviving engine rank verified every version it committed; {} engine rank(s) "
+        "died and missed the versions after",
+        dead.why.size());
+  } else if (restarted > 0 || missed_versions > 0) {
+    outcome = fmt::format(
+        "every engine rank verified every version it committed; {} engine process(es) "
+        "restarted, {} engine-rank versions missed while an engine was down or rejoining",
+        restarted, missed_versions);
+  }
   fmt::print("summary     {} steps, {} moved in {:.3f} s of transfer = {:.2f} GB/s; {}\n", o.steps,
-             FormatBytes(static_cast<double>(total_bytes)), total_s, mean_gbps,
-             dead.why.empty() ? std::string("every engine rank verified every step")
-                              : fmt::format("every surviving engine rank verified every version it committed; {} "
-                                            "engine rank(s) died and missed the versions after",
-                                            dead.why.size()));
+             FormatBytes(static_cast<double>(total_bytes)), total_s, mean_gbps, outcome);
   const double steady_gbps = steady_s > 0 ? static_cast<double>(steady_bytes) / steady_s / 1e9 : mean_gbps;
   if (o.steps > 1) {
-    fmt::print("steady      steps 2..{}: {:.2f} GB/s (step 1 reported on its own line above)\n", o.steps,
-               steady_gbps);
+    fmt::print("steady      steps 2..{}: {:.2f} GB/s (step 1 reported on its own line above)\n", o.steps, steady_gbps);
   }
   fmt::print("reference   memcpy, {} thread(s), same bytes, this run: {:.2f} GB/s -> steady/memcpy = {:.2f}\n",
              copy_threads, memcpy_gbps, memcpy_gbps > 0 ? steady_gbps / memcpy_gbps : 0);
@@ -423,6 +489,10 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_flag("--double-buffer", o->double_buffer,
                 "engines hold two buffers: they serve the committed version from one while the next lands in the "
                 "other (2x engine weight memory)");
+  cmd->add_flag("--restart-engines", o->restart_engines,
+                "engines join and leave through the coordinator; an engine process that dies is restarted, as an "
+                "orchestrator would, loads the latest committed version from the live engines (P2P) and receives "
+                "the next push (implies --double-buffer, so each committed version stays servable for a whole push)");
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--json", o->json_out, "also write the summary as JSON to this file");
   cmd->add_option("--job", o->job, "job name, the prefix of every rendezvous key (default: rl-sync-<pid>)");

@@ -20,6 +20,14 @@ inline std::string ComputedKey(const std::string& job, int step, int rank) {
   return fmt::format("{}/computed/{}/{}", job, step, rank);
 }
 
+/// With --restart-engines (dynamic membership): the version engine rank `rank` was last admitted
+/// at (it joined, or joined again after a missed version). An engine reports no step below it
+/// that it did not take part in: the parent counts those steps as missed.
+inline std::string AdmittedKey(const std::string& job, int rank) { return fmt::format("{}/admitted/{}", job, rank); }
+
+/// Put by trainer rank 0 after its last push: engines still waiting to join stop.
+inline std::string FinishedKey(const std::string& job) { return job + "/finished"; }
+
 /// "engine rank 2": rank 2 of the engine layout (rank = (replica * pp + stage) * tp + tp_rank).
 inline std::string EngineRankLabel(int rank) { return fmt::format("engine rank {}", rank); }
 

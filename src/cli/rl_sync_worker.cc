@@ -2,15 +2,15 @@
 #include <sys/resource.h>
 
 #include <algorithm>
-#include <ctime>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 
 #include <fmt/format.h>
 
-#include "cli/model_rules_option.h"
 #include <nlohmann/json.hpp>
+#include "cli/model_rules_option.h"
 
 #include "cli/demo_checkpoint.h"
 #include "cli/engine_shards.h"
@@ -19,6 +19,7 @@
 #include "cli/synthetic_update.h"
 #include "shardwire/checkpoint.h"
 #include "shardwire/coordinator.h"
+#include "shardwire/engine_catch_up.h"
 #include "shardwire/model_layouts.h"
 #include "shardwire/shard_io.h"
 #include "shardwire/weight_sync.h"
@@ -36,6 +37,8 @@ struct WorkerArgs {
   std::string trainer_layout, engine_layout;
   std::string engine_dtype = "trainer";
   bool double_buffer = false;
+  bool dynamic_membership = false;  // --restart-engines: engines join, restart and catch up
+  bool catch_up = false;            // this engine process replaces a dead one: catch up first
   int steps = 0;
   double timeout_s = 120;
 };
@@ -115,10 +118,16 @@ double MonotonicSeconds() {
 Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& checkpoint,
                   const Layout& trainer_layout, const Layout& engine_layout) {
   const Fault fault = ReadFault("trainer", a.rank, trainer_layout.world_size());
-  SW_ASSIGN_OR_RETURN(auto publisher, WeightPublisher::Create(rendezvous, trainer_layout, engine_layout, a.rank,
-                                                              WeightSyncOptions{a.job, a.timeout_s}));
+  WeightSyncOptions options{a.job, a.timeout_s};
+  options.dynamic_membership = a.dynamic_membership;
+  SW_ASSIGN_OR_RETURN(auto publisher,
+                      WeightPublisher::Create(rendezvous, trainer_layout, engine_layout, a.rank, options));
   const double connect_begin = MonotonicSeconds();
   SW_RETURN_IF_ERROR(publisher->Connect());
+  if (a.dynamic_membership) {
+    // Engines connect when they join; the first push needs them all (later ones need none).
+    SW_RETURN_IF_ERROR(publisher->WaitForEngines(engine_layout.world_size(), a.timeout_s).status());
+  }
   const double connect_s = MonotonicSeconds() - connect_begin;
   const AgentStats connected = publisher->transport_stats();
   for (int step = 1; step <= a.steps; ++step) {
@@ -140,7 +149,8 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
     const std::uint64_t faults_before = MinorFaults();
     SW_ASSIGN_OR_RETURN(const PushStats stats, publisher->Push(static_cast<std::uint64_t>(step)));
     nlohmann::json missed = nlohmann::json::array();
-    for (const MissedEngine& m : stats.missed) missed.push_back({{"engine_rank", m.engine_rank}, {"reason", m.reason.ToString()}});
+    for (const MissedEngine& m : stats.missed)
+      missed.push_back({{"engine_rank", m.engine_rank}, {"reason", m.reason.ToString()}});
     nlohmann::json report{{"bytes", stats.bytes},
                           {"descriptors", stats.descriptors},
                           {"rows", stats.rows},
@@ -164,6 +174,109 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"prefault_s", connected.prefault_s}};
     SW_RETURN_IF_ERROR(PutString(rendezvous, StatsKey(a.job, step, "trainer", a.rank), report.dump()));
   }
+  if (a.dynamic_membership && a.rank == 0) SW_RETURN_IF_ERROR(PutString(rendezvous, FinishedKey(a.job), "1"));
+  return Status::Ok();
+}
+
+// The engine starts from the checkpoint on disk, as a freshly launched engine does (an FP8
+// engine quantises it while loading, as vLLM does with quantization="fp8"): version 0.
+Status LoadEngineStart(const WorkerArgs& a, const Checkpoint& checkpoint, const Layout& engine_layout,
+                       std::span<std::byte> weights) {
+  if (a.engine_dtype == "trainer") return LoadShardsFromCheckpoint(checkpoint, engine_layout, a.rank, weights);
+  return WriteEngineRank(checkpoint, engine_layout, a.rank, 0, weights);
+}
+
+// --restart-engines: an engine that joins through the coordinator, serves every version it
+// commits to engines that restart, and (a replacement) first catches up from the live engines.
+Status RunDynamicEngine(const WorkerArgs& a, CoordinatorClient& client, const Checkpoint& checkpoint,
+                        const ModelDescription& engine_model, const Layout& trainer_layout,
+                        const Layout& engine_layout) {
+  const std::string who = EngineRankLabel(a.rank);
+  WeightSyncOptions options{a.job, a.timeout_s};
+  options.double_buffered = a.double_buffer;
+  options.dynamic_membership = true;
+  SW_ASSIGN_OR_RETURN(auto subscriber,
+                      WeightSubscriber::Create(client, trainer_layout, engine_layout, a.rank, options));
+  SW_ASSIGN_OR_RETURN(const EngineReplica where, LocateEngineRank(engine_model, a.job, a.engine_layout, a.rank));
+  const std::unique_ptr<SourceRegistry> registry = MakeCoordinatorSourceRegistry(client);
+  CommittedVersionSources sources(*registry, engine_model, where);
+  nlohmann::json caught_up;  // what the catch-up did, in the first step report
+  if (a.catch_up) {
+    const double begin = MonotonicSeconds();
+    auto report =
+        CatchUpFromLiveEngines(*registry, engine_model, where, subscriber->incarnation(), subscriber->weights());
+    if (report.ok() && report->version > 0) {
+      // Checked like every pushed version: the bytes must equal version N recomputed here.
+      SW_RETURN_IF_ERROR(VerifyStep(checkpoint, engine_layout, a.rank, report->version, subscriber->weights(), who));
+      SW_RETURN_IF_ERROR(subscriber->AdoptVersion(report->version));
+      nlohmann::json from = nlohmann::json::object();
+      for (const auto& [instance, bytes] : report->load.bytes_per_instance) from[instance] = bytes;
+      caught_up = {{"version", report->version},
+                   {"seconds", MonotonicSeconds() - begin},
+                   {"bytes", report->load.bytes_from_sources},
+                   {"from", from},
+                   {"attempts", report->attempts},
+                   {"incarnation", subscriber->incarnation()},
+                   {"verified", true}};
+    } else {
+      caught_up = {{"version", 0},
+                   {"incarnation", subscriber->incarnation()},
+                   {"why", report.ok() ? "no live engine serves a version" : report.status().ToString()}};
+    }
+  }
+  if (subscriber->committed_version() == 0) {
+    // No catch-up (first start, or nothing to catch up from): start from the checkpoint.
+    SW_RETURN_IF_ERROR(LoadEngineStart(a, checkpoint, engine_layout, subscriber->weights()));
+  }
+  // The fault of the demo's failure tests hits the first process of the rank only.
+  const Fault fault = a.catch_up ? Fault{} : ReadFault("engine", a.rank, engine_layout.world_size());
+  SW_RETURN_IF_ERROR(subscriber->Connect());
+  if (subscriber->committed_version() > 0) {
+    (void)sources.Publish(subscriber->committed_version(), subscriber->weights());
+  }
+  const auto last = static_cast<std::uint64_t>(a.steps);
+  while (subscriber->committed_version() < last) {
+    // (Re)join: wait for a push to admit this process, or for the trainers to finish.
+    std::uint64_t version = 0;
+    while (version == 0) {
+      auto admitted = subscriber->Join(1.0);
+      if (admitted.ok()) {
+        version = *admitted;
+      } else if (admitted.status().code() != ErrorCode::kTimedOut) {
+        return admitted.status();
+      } else if (GetString(client, FinishedKey(a.job), 0).ok()) {
+        return Status::Ok();  // the last push went out before this process could join
+      }
+    }
+    SW_RETURN_IF_ERROR(PutString(client, AdmittedKey(a.job, a.rank), std::to_string(version)));
+    for (; version <= last; ++version) {
+      if (fault.kind == "engine-die" && fault.step == static_cast<int>(version)) raise(SIGKILL);
+      sources.Withdraw(subscriber->back_buffer());  // the update writes it
+      SW_RETURN_IF_ERROR(subscriber->BeginUpdate(version));
+      auto update = subscriber->WaitForUpdate(version);
+      const int step = static_cast<int>(version);
+      if (!update.ok()) {
+        nlohmann::json report{{"verified", false},
+                              {"missed", update.status().ToString()},
+                              {"committed_version", subscriber->committed_version()}};
+        SW_RETURN_IF_ERROR(PutString(client, StatsKey(a.job, step, "engine", a.rank), report.dump()));
+        if (version == last) return Status::Ok();
+        break;  // skipped by the trainers until it joins again
+      }
+      SW_RETURN_IF_ERROR(VerifyStep(checkpoint, engine_layout, a.rank, version, subscriber->weights(), who));
+      (void)sources.Publish(version, subscriber->weights());  // restarting engines may load it now
+      nlohmann::json report{{"bytes", update->bytes},
+                            {"sources", update->sources},
+                            {"wait_s", update->wait_s},
+                            {"verified", true},
+                            {"committed_version", subscriber->committed_version()}};
+      if (!caught_up.is_null()) {
+        report["caught_up"] = caught_up;
+        caught_up = nullptr;
+      }
+      SW_RETURN_IF_ERROR(PutString(client, StatsKey(a.job, step, "engine", a.rank), report.dump()));
+    }
+  }
   return Status::Ok();
 }
 
@@ -174,13 +287,7 @@ Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& 
   options.double_buffered = a.double_buffer;
   SW_ASSIGN_OR_RETURN(auto subscriber,
                       WeightSubscriber::Create(rendezvous, trainer_layout, engine_layout, a.rank, options));
-  // The engine starts from the checkpoint on disk, as a freshly launched engine does (an FP8
-  // engine quantises it while loading, as vLLM does with quantization="fp8").
-  if (a.engine_dtype == "trainer") {
-    SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, engine_layout, a.rank, subscriber->weights()));
-  } else {
-    SW_RETURN_IF_ERROR(WriteEngineRank(checkpoint, engine_layout, a.rank, 0, subscriber->weights()));
-  }
+  SW_RETURN_IF_ERROR(LoadEngineStart(a, checkpoint, engine_layout, subscriber->weights()));
   SW_RETURN_IF_ERROR(VerifyStep(checkpoint, engine_layout, a.rank, 0, subscriber->weights(), who));
   SW_RETURN_IF_ERROR(subscriber->Connect());
   const Fault fault = ReadFault("engine", a.rank, engine_layout.world_size());
@@ -222,6 +329,9 @@ Status RunWorker(const WorkerArgs& a) {
   co.unavailable_timeout_s = a.timeout_s;
   SW_ASSIGN_OR_RETURN(auto rendezvous, CoordinatorClient::Connect(co));
   if (a.role == "trainer") return RunTrainer(a, *rendezvous, checkpoint, trainer_layout, engine_layout);
+  if (a.dynamic_membership) {
+    return RunDynamicEngine(a, *rendezvous, checkpoint, engine_model, trainer_layout, engine_layout);
+  }
   return RunEngine(a, *rendezvous, checkpoint, trainer_layout, engine_layout);
 }
 
@@ -242,6 +352,8 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--steps", args->steps)->required();
   cmd->add_option("--engine-dtype", args->engine_dtype);
   cmd->add_flag("--double-buffer", args->double_buffer);
+  cmd->add_flag("--dynamic-membership", args->dynamic_membership);
+  cmd->add_flag("--catch-up", args->catch_up);
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--timeout", args->timeout_s)->required();
   cmd->callback([args, exit_code] {

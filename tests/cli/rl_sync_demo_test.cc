@@ -194,6 +194,59 @@ TEST(RlSyncDemo, DeadEngineMissesVersionsTheOthersGoOn) {
   EXPECT_EQ(CountWorkers(), 0);
 }
 
+TEST(RlSyncDemo, RestartedEngineCatchesUpFromLiveEnginesAndReceivesTheNextPushes) {
+  // --restart-engines: the last engine rank kills itself before step 3; the demo restarts it, the
+  // new process loads the latest committed version from the other replica (P2P), verifies it
+  // byte for byte, joins, and verifies every later version. The run is open-ended (a restart
+  // takes a second, the pushes milliseconds); it is stopped with SIGINT once the new process
+  // verified two pushes.
+  const std::string model_args = SmallModelArgs();
+  const std::string flag = model_args.substr(0, model_args.find(' '));
+  const std::string path = model_args.substr(model_args.find(' ') + 1);
+  const std::string job = JobName();
+  int out[2];
+  ASSERT_EQ(pipe(out), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    dup2(out[1], 1);
+    dup2(out[1], 2);
+    close(out[0]);
+    setenv("SHARDWIRE_DEMO_FAULT", "engine-die:3", 1);
+    execl(SHARDWIRE_BIN, SHARDWIRE_BIN, "demo", "rl-sync", flag.c_str(), path.c_str(), "--work-dir",
+          SHARDWIRE_TEST_WORK_DIR, "--steps", "100000", "--restart-engines", "--timeout", "30", "--job", job.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out[1]);
+  FILE* stream = fdopen(out[0], "r");
+  ASSERT_NE(stream, nullptr);
+  std::string output;
+  std::array<char, 4096> line{};
+  int full_steps_after_catch_up = -1;  // steps verified by all 4 ranks since the catch-up line
+  while (full_steps_after_catch_up < 2 && fgets(line.data(), line.size(), stream) != nullptr) {
+    const std::string l = line.data();
+    output += l;
+    if (l.find("engine rank 3 (process 2 of the rank) caught up to v") != std::string::npos) {
+      full_steps_after_catch_up = 0;
+    } else if (full_steps_after_catch_up >= 0 && l.find("verified 4/4 engine ranks") != std::string::npos) {
+      ++full_steps_after_catch_up;
+    }
+  }
+  kill(pid, SIGINT);
+  while (fgets(line.data(), line.size(), stream) != nullptr) output += line.data();
+  fclose(stream);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_EQ(full_steps_after_catch_up, 2) << output;
+  EXPECT_NE(output.find("engine rank 3 was killed by signal 9 (Killed): restarted it (restart 1)"), std::string::npos)
+      << output;
+  EXPECT_NE(output.find("engine rank 3 missed v3"), std::string::npos) << output;
+  EXPECT_NE(output.find("from live engines (" + job + "/replica-0 "), std::string::npos) << output;
+  EXPECT_EQ(output.find("verification failed"), std::string::npos) << output;
+  EXPECT_EQ(CountWorkers(), 0);
+}
+
 TEST(RlSyncDemo, CtrlCStopsEveryProcess) {
   const std::string model_args = SmallModelArgs();  // "--checkpoint X" or "--generate X"
   const std::string flag = model_args.substr(0, model_args.find(' '));
