@@ -173,14 +173,20 @@ class WeightPublisher {
   std::span<std::byte> weights();
 
   /// Looks up every destination rank this rank sends to and prepares one transfer per
-  /// destination. Errors: kTimedOut when a destination does not appear in time.
+  /// destination (dynamic membership: none; each when it joins). Errors: kTimedOut when a
+  /// destination does not appear in time; kLayoutMismatch, before any descriptor, naming an
+  /// engine rank (or a trainer rank it exchanges amaxes with) created for other layouts
+  /// (SyncPlanSignature: the layouts' descriptions and fingerprints; their plans would differ).
   Status Connect();
 
   /// Pushes version `version` (see the protocol above) to every destination engine rank that
   /// is ready within engine_timeout_s; an engine rank that is dead, silent or slow misses the
   /// version (PushStats::missed, with the reason) and the others still get it. Takes at most
   /// the normal push time plus engine_timeout_s (a dead peer: plus its detection time).
-  /// Errors: kPeerDisconnected when no destination received the version (the message lists
+  /// Errors: kFailedPrecondition when `version` is 0 or not above the last version this
+  /// publisher pushed to some engine (nothing moves); kAlreadyExists when a later publisher
+  /// claimed this trainer rank (a restarted trainer, or a second one by mistake: this one
+  /// stops, naming both claims; nothing moves); kPeerDisconnected when no destination received the version (the message lists
   /// why; with dynamic membership this is not an error as long as some engine rank is a
   /// member: every member is then in PushStats::missed); kFailedPrecondition with dynamic
   /// membership when no engine rank is a member; a failed trainer peer or conversion input
@@ -231,7 +237,8 @@ class WeightSubscriber {
   /// other buffer when double-buffered.
   std::span<std::byte> back_buffer();
 
-  /// Looks up every source rank this rank receives from. Errors: kTimedOut.
+  /// Looks up every source rank this rank receives from. Errors: kTimedOut; kLayoutMismatch
+  /// naming a trainer rank created for other layouts (nothing is written here then).
   Status Connect();
 
   /// Declares the engine paused for `version`: sources may now write.

@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "shardwire/model_identity.h"
 #include "workflows/sync_messages.h"
 
 namespace shardwire::sync {
@@ -59,6 +60,30 @@ Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string&
   SW_RETURN_IF_ERROR(PutString(rendezvous, key + "/region1", std::to_string(endpoint.second_region)));
   SW_RETURN_IF_ERROR(rendezvous.Put(key + "/metadata", blob));
   return endpoint;
+}
+
+std::string SyncPlanSignature(const Layout& trainer_layout, const Layout& engine_layout) {
+  return fmt::format("{} ({} -> {})",
+                     LayoutFingerprintOf({LayoutFingerprint(trainer_layout), LayoutFingerprint(engine_layout)}),
+                     trainer_layout.description(), engine_layout.description());
+}
+
+Status PublishPlanSignature(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
+                            const std::string& signature) {
+  return PutString(rendezvous, MetadataKey(job, role, rank) + "/plan", signature);
+}
+
+Status CheckPeerPlanSignature(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
+                              const std::string& expected, double timeout_s) {
+  const std::string key = MetadataKey(job, role, rank);
+  SW_ASSIGN_OR_RETURN(const std::string theirs, GetString(rendezvous, key + "/plan", timeout_s));
+  if (theirs != expected) {
+    return LayoutMismatch(
+        fmt::format("{} {} of job {} plans for layouts {}, this rank for {}: their transfers would "
+                    "not meet",
+                    role, rank, job, theirs, expected));
+  }
+  return Status::Ok();
 }
 
 Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std::string& job, const std::string& role,

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "shardwire/agent.h"
+#include "shardwire/layout.h"
 #include "shardwire/rendezvous.h"
 #include "shardwire/status.h"
 
@@ -32,6 +33,22 @@ struct RankEndpoint {
 Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
                                       std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer = {},
                                       bool double_buffered = false, std::span<std::byte> second_caller_buffer = {});
+
+/// What a rank's plan is computed from: "<fingerprint> (<trainer layout> -> <engine layout>)",
+/// the fingerprint covering every shard's placement and buffer offset of both layouts
+/// (LayoutFingerprint). Two ranks of one job must agree on it, else their plans differ and
+/// bytes would land at the wrong offsets.
+std::string SyncPlanSignature(const Layout& trainer_layout, const Layout& engine_layout);
+
+/// Publishes `signature` under MetadataKey(job, role, rank) + "/plan". Call before
+/// OpenRankEndpoint, so that a peer that finds the metadata finds the signature.
+Status PublishPlanSignature(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
+                            const std::string& signature);
+
+/// Compares the peer's published signature with `expected` (waiting up to timeout_s for it).
+/// Errors: kLayoutMismatch naming the peer and both signatures; kTimedOut; rendezvous errors.
+Status CheckPeerPlanSignature(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
+                              const std::string& expected, double timeout_s);
 
 /// A peer rank imported into `agent`: its agent name and its shard buffer's region.
 struct PeerRank {

@@ -55,6 +55,10 @@ struct WeightPublisher::State {
   // had when it was connected, and the version each destination last missed (it is skipped
   // until it joins again after that).
   int engine_ranks = 0;
+  std::string claim_key;          // "<job>/trainer/<rank>/claims": +1 per publisher of the rank
+  std::int64_t claim = 0;         // this publisher's claim
+  std::string plan_signature;     // peers must have the same (SyncPlanSignature)
+  std::uint64_t last_pushed = 0;  // the last version every reachable engine got (0: none yet)
   std::optional<sync::MembershipLeader> leader;
   std::map<int, std::uint64_t> incarnation_of;
   std::map<int, std::uint64_t> missed_at;
@@ -140,6 +144,13 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
       state->bytes_to[static_cast<int>(dst)] += m.bytes();
     }
   }
+  // The rank's claim: a later publisher of the same rank (a restarted trainer, or a second one by
+  // mistake) takes the next claim, and this one stops at its next push with kAlreadyExists.
+  state->claim_key = sync::MetadataKey(state->options.job, kTrainerRole, rank) + "/claims";
+  SW_ASSIGN_OR_RETURN(state->claim, rendezvous.Add(state->claim_key, 1));
+  state->plan_signature = sync::SyncPlanSignature(trainer_layout, engine_layout);
+  SW_RETURN_IF_ERROR(
+      sync::PublishPlanSignature(rendezvous, state->options.job, kTrainerRole, rank, state->plan_signature));
   SW_ASSIGN_OR_RETURN(state->endpoint,
                       sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank,
                                              trainer_layout.rank(rank).buffer_bytes, state->options.buffer));
@@ -204,6 +215,10 @@ Status WeightPublisher::State::ConnectDestination(int dst) {
   SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
                       sync::ImportPeerRank(*rendezvous, agent, options.job, kEngineRole, dst, options.timeout_s,
                                            options.interrupt, kInterruptPollSeconds));
+  // Before a single descriptor: the engine must plan for the same layouts (else its bytes
+  // would land at other offsets than it expects).
+  SW_RETURN_IF_ERROR(
+      sync::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, dst, plan_signature, options.timeout_s));
   // Connect every lane now: UCX wires endpoints up lazily, and the handshake
   // (which needs the engine's lanes to answer) would otherwise land in the first push.
   SW_RETURN_IF_ERROR(agent.WireUp(peer.name, options.timeout_s));
@@ -254,6 +269,8 @@ Status WeightPublisher::Connect() {
       SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
                           sync::ImportPeerRank(*s.rendezvous, agent, s.options.job, kTrainerRole, x.peer,
                                                s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds));
+      SW_RETURN_IF_ERROR(sync::CheckPeerPlanSignature(*s.rendezvous, s.options.job, kTrainerRole, x.peer,
+                                                      s.plan_signature, s.options.timeout_s));
       SW_RETURN_IF_ERROR(agent.WireUp(peer.name, s.options.timeout_s));
       s.amax_peer_names[x.peer] = peer.name;
     }
@@ -267,6 +284,19 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   Agent& agent = *s.endpoint.agent;
   if (!s.connected) return InvalidArgument("WeightPublisher::Push called before Connect");
   const std::string who = fmt::format("trainer rank {} push v{}", s.rank, version);
+  if (version == 0 || version <= s.last_pushed) {
+    return FailedPrecondition(
+        fmt::format("{}: versions must increase (the last pushed version is v{}; 0 is reserved)", who, s.last_pushed));
+  }
+  {
+    SW_ASSIGN_OR_RETURN(const std::int64_t latest, s.rendezvous->Add(s.claim_key, 0));
+    if (latest != s.claim) {
+      return AlreadyExists(
+          fmt::format("{}: another publisher claimed trainer rank {} of job {} (claim {}, this "
+                      "one holds claim {}); this one stops",
+                      who, s.rank, s.options.job, latest, s.claim));
+    }
+  }
   const double engine_timeout_s = std::min(s.options.engine_timeout_s, s.options.timeout_s);
   PushStats stats;
   stats.version = version;
@@ -471,6 +501,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   stats.ready_wait_s = Seconds(t0, t1);
   stats.amax_exchange_s = Seconds(t1, t2);
   stats.transfer_s = Seconds(t2, t3);
+  if (!active.empty()) s.last_pushed = version;
   if (active.empty() && !stats.missed.empty() && !s.options.dynamic_membership) {
     std::string why;
     for (const MissedEngine& m : stats.missed) why += (why.empty() ? "" : "; ") + m.reason.ToString();

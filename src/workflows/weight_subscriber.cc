@@ -32,6 +32,7 @@ struct WeightSubscriber::State {
   std::uint64_t incarnation = 0;  // dynamic membership
   bool joined = false;
   std::int64_t join_request = 0;  // filed and not yet answered
+  std::string plan_signature;     // trainers must have the same (SyncPlanSignature)
   sync::Inbox inbox;
 
   std::span<std::byte> Buffer(int b) const { return b == 0 ? endpoint.weights : endpoint.second_weights; }
@@ -65,6 +66,9 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
                         rendezvous.Add(sync::IncarnationKey(state->options.job, rank), 1));
     state->incarnation = static_cast<std::uint64_t>(incarnation);
   }
+  state->plan_signature = sync::SyncPlanSignature(trainer_layout, engine_layout);
+  SW_RETURN_IF_ERROR(
+      sync::PublishPlanSignature(rendezvous, state->options.job, kEngineRole, rank, state->plan_signature));
   SW_ASSIGN_OR_RETURN(
       state->endpoint,
       sync::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank, engine_layout.rank(rank).buffer_bytes,
@@ -126,6 +130,8 @@ Status WeightSubscriber::Connect() {
     SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
                         sync::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kTrainerRole, src,
                                              s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds));
+    SW_RETURN_IF_ERROR(sync::CheckPeerPlanSignature(*s.rendezvous, s.options.job, kTrainerRole, src, s.plan_signature,
+                                                    s.options.timeout_s));
     s.source_names.insert(peer.name);
   }
   return Status::Ok();

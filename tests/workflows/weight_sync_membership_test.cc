@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "shardwire/model_identity.h"
 #include "shardwire/rendezvous.h"
 #include "shardwire/weight_sync.h"
 #include "weight_sync_fixture.h"
@@ -203,6 +204,96 @@ TEST(WeightSyncMembership, EnginesKilledAtRandomStepsAreReplacedAndEverySurvivor
                                  << "from its admission to v" << v;
   }
   EXPECT_EQ(WaitChild(trainer1), 0) << "trainer rank 1 pushed every version";
+}
+
+// ---- Bad input: a typed error naming who and what, nothing half-applied.
+
+TEST(WeightSyncBadInput, APushToAJobWithNoEngineIsATypedError) {
+  auto server = StartRendezvous();
+  ASSERT_TRUE(server.ok());
+  auto rz = ConnectRendezvous(static_cast<std::uint16_t>((*server)->port()));
+  ASSERT_TRUE(rz.ok());
+  WeightSyncOptions options{"empty", 5};
+  options.dynamic_membership = true;
+  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  auto pub = WeightPublisher::Create(**rz, trainer, EngineLayout(), 0, options);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*pub)->Connect().ok());
+  auto waited = (*pub)->WaitForEngines(2, 0.3);
+  EXPECT_EQ(waited.status().code(), ErrorCode::kTimedOut);
+  EXPECT_NE(waited.status().message().find("0 of the 2 engine ranks"), std::string::npos) << waited.status().ToString();
+  EXPECT_EQ((*pub)->WaitForEngines(kEngines + 1, 1).status().code(), ErrorCode::kInvalidArgument);
+  auto push = (*pub)->Push(1);
+  ASSERT_FALSE(push.ok());
+  EXPECT_EQ(push.status().code(), ErrorCode::kFailedPrecondition);
+  EXPECT_NE(push.status().message().find("no engine rank of job empty is a member"), std::string::npos)
+      << push.status().ToString();
+}
+
+// One trainer rank and one engine rank in this process (separate agents, real UCX).
+struct Pair {
+  std::unique_ptr<CoordinatorServer> server;
+  std::unique_ptr<CoordinatorClient> client;
+  Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  Layout engine = MakeTpLayout(Tensors(), {0, 0, 1, -1}, 1, 1).value();
+};
+
+Pair StartPair() {
+  Pair p;
+  p.server = std::move(StartRendezvous().value());
+  p.client = std::move(ConnectRendezvous(static_cast<std::uint16_t>(p.server->port())).value());
+  return p;
+}
+
+TEST(WeightSyncBadInput, VersionsGoForwardOnlyAndASecondPublisherOfARankStopsTheFirst) {
+  Pair p = StartPair();
+  auto sub = WeightSubscriber::Create(*p.client, p.trainer, p.engine, 0, {"fwd", 10});
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  auto pub = WeightPublisher::Create(*p.client, p.trainer, p.engine, 0, {"fwd", 10});
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*sub)->Connect().ok());
+  ASSERT_TRUE((*pub)->Connect().ok());
+  Walk(p.trainer, 0, (*pub)->weights(), 2, false);
+  ASSERT_TRUE((*sub)->BeginUpdate(2).ok());
+  ASSERT_TRUE((*pub)->Push(2).ok());
+  ASSERT_TRUE((*sub)->WaitForUpdate(2).ok());
+  EXPECT_EQ(Walk(p.engine, 0, (*sub)->weights(), 2, true), 0u);
+  // Backwards or repeated: refused before anything moves; the engine keeps v2.
+  for (std::uint64_t v : {2u, 1u, 0u}) {
+    auto push = (*pub)->Push(v);
+    EXPECT_EQ(push.status().code(), ErrorCode::kFailedPrecondition) << "v" << v;
+    EXPECT_NE(push.status().message().find("versions must increase"), std::string::npos) << push.status().ToString();
+  }
+  EXPECT_EQ((*sub)->BeginUpdate(1).code(), ErrorCode::kInvalidArgument) << "an engine does not go back either";
+  EXPECT_EQ((*sub)->committed_version(), 2u);
+  EXPECT_EQ(Walk(p.engine, 0, (*sub)->weights(), 2, true), 0u);
+  // A second publisher claims trainer rank 0: the first stops with a typed error at its next push.
+  auto second = WeightPublisher::Create(*p.client, p.trainer, p.engine, 0, {"fwd", 10});
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  auto stopped = (*pub)->Push(3);
+  EXPECT_EQ(stopped.status().code(), ErrorCode::kAlreadyExists);
+  EXPECT_NE(stopped.status().message().find("another publisher claimed trainer rank 0 of job fwd"), std::string::npos)
+      << stopped.status().ToString();
+  EXPECT_EQ((*sub)->committed_version(), 2u);
+}
+
+TEST(WeightSyncBadInput, AnEngineThatPlansForOtherLayoutsIsRefusedBeforeAnyDescriptor) {
+  Pair p = StartPair();
+  // Same tensors, same TP size, another split ("col" by columns instead of rows): the plans differ.
+  const Layout engine = MakeTpLayout(Tensors(), {0, 0, 1, -1}, 2, 1).value();
+  const Layout other_engine = MakeTpLayout(Tensors(), {0, 1, 1, -1}, 2, 1).value();
+  ASSERT_NE(LayoutFingerprint(other_engine), LayoutFingerprint(engine));
+  auto sub = WeightSubscriber::Create(*p.client, p.trainer, other_engine, 0, {"mismatch", 5});
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  auto pub = WeightPublisher::Create(*p.client, p.trainer, engine, 0, {"mismatch", 5});
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  const Status connect = (*pub)->Connect();
+  EXPECT_EQ(connect.code(), ErrorCode::kLayoutMismatch) << connect.ToString();
+  EXPECT_NE(connect.message().find("engine 0 of job mismatch plans for layouts"), std::string::npos)
+      << connect.ToString();
+  const Status engine_side = (*sub)->Connect();
+  EXPECT_EQ(engine_side.code(), ErrorCode::kLayoutMismatch) << engine_side.ToString();
+  EXPECT_NE(engine_side.message().find("trainer 0 of job mismatch"), std::string::npos) << engine_side.ToString();
 }
 
 }  // namespace
