@@ -107,6 +107,14 @@ struct WeightSyncOptions {
   /// per push: trainer rank 0 one rendezvous counter read and one write, every other
   /// trainer rank one read (the leader's record; polled until it appears).
   bool dynamic_membership = false;
+  /// Per-version integrity check: each trainer rank hashes (XXH3-64) the bytes it sends each
+  /// engine rank, where it sends them from, and attaches the digest to DONE(v); the engine
+  /// hashes where they landed, in the same order, and commits v only if every source's digest
+  /// matches (else WaitForUpdate fails with kVerificationFailed naming the trainer rank, and
+  /// the engine keeps v-1). Cost: one read of the pushed bytes on each side per push (xxh3 runs
+  /// at memory speed; on GPUs this would be a kernel over device memory). Publishers and
+  /// subscribers of one job must agree (Connect refuses a mismatch).
+  bool verify_digests = false;
 };
 
 /// Upper bound, in seconds, of the time between two calls of WeightSyncOptions::interrupt

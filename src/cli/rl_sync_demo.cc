@@ -226,6 +226,7 @@ Status Run(const RlSyncOptions& o) {
     if (!input.config.empty()) args.insert(args.end(), {"--config", input.config});
     if (o.double_buffer || o.restart_engines) args.push_back("--double-buffer");
     if (o.restart_engines) args.push_back("--dynamic-membership");
+    if (o.verify_digests) args.push_back("--verify-digests");
     for (const auto& rules : cli::ModelRulesFiles()) args.insert(args.end(), {"--model-rules", rules});
     return args;
   };
@@ -489,6 +490,9 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_flag("--double-buffer", o->double_buffer,
                 "engines hold two buffers: they serve the committed version from one while the next lands in the "
                 "other (2x engine weight memory)");
+  cmd->add_flag("--verify-digests", o->verify_digests,
+                "per-version integrity check: each trainer sends the XXH3 digest of the bytes it wrote to each "
+                "engine rank, and the engine commits the version only if what landed hashes the same");
   cmd->add_flag("--restart-engines", o->restart_engines,
                 "engines join and leave through the coordinator; an engine process that dies is restarted, as an "
                 "orchestrator would, loads the latest committed version from the live engines (P2P) and receives "

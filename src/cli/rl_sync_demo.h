@@ -19,6 +19,7 @@ struct RlSyncOptions {
   int steps = 5;
   std::string engine_dtype = "auto";  ///< engine weight format: auto | trainer | fp8-block
   bool double_buffer = false;         ///< engines keep serving the old version while the new one lands
+  bool verify_digests = false;        ///< engines commit a version only if its digests match
   bool restart_engines = false;       ///< dynamic membership; dead engines are restarted and catch up (P2P)
   std::string checkpoint;   ///< empty: the default (real tiny model, or generated)
   std::string config;       ///< empty: the config.json beside the checkpoint

@@ -39,6 +39,7 @@ struct WorkerArgs {
   bool double_buffer = false;
   bool dynamic_membership = false;  // --restart-engines: engines join, restart and catch up
   bool catch_up = false;            // this engine process replaces a dead one: catch up first
+  bool verify_digests = false;      // per-version integrity check
   int steps = 0;
   double timeout_s = 120;
 };
@@ -119,6 +120,7 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                   const Layout& trainer_layout, const Layout& engine_layout) {
   const Fault fault = ReadFault("trainer", a.rank, trainer_layout.world_size());
   WeightSyncOptions options{a.job, a.timeout_s};
+  options.verify_digests = a.verify_digests;
   options.dynamic_membership = a.dynamic_membership;
   SW_ASSIGN_OR_RETURN(auto publisher,
                       WeightPublisher::Create(rendezvous, trainer_layout, engine_layout, a.rank, options));
@@ -193,6 +195,7 @@ Status RunDynamicEngine(const WorkerArgs& a, CoordinatorClient& client, const Ch
                         const Layout& engine_layout) {
   const std::string who = EngineRankLabel(a.rank);
   WeightSyncOptions options{a.job, a.timeout_s};
+  options.verify_digests = a.verify_digests;
   options.double_buffered = a.double_buffer;
   options.dynamic_membership = true;
   SW_ASSIGN_OR_RETURN(auto subscriber,
@@ -284,6 +287,7 @@ Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& 
                  const Layout& trainer_layout, const Layout& engine_layout) {
   const std::string who = EngineRankLabel(a.rank);
   WeightSyncOptions options{a.job, a.timeout_s};
+  options.verify_digests = a.verify_digests;
   options.double_buffered = a.double_buffer;
   SW_ASSIGN_OR_RETURN(auto subscriber,
                       WeightSubscriber::Create(rendezvous, trainer_layout, engine_layout, a.rank, options));
@@ -354,6 +358,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_flag("--double-buffer", args->double_buffer);
   cmd->add_flag("--dynamic-membership", args->dynamic_membership);
   cmd->add_flag("--catch-up", args->catch_up);
+  cmd->add_flag("--verify-digests", args->verify_digests);
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--timeout", args->timeout_s)->required();
   cmd->callback([args, exit_code] {

@@ -26,8 +26,13 @@ const char* MessageKindName(MessageKind kind) {
 std::vector<std::byte> Encode(const Message& message) {
   const std::size_t floats = message.kind == MessageKind::kBlockAmax ? message.amax.size() : 0;
   const bool buffer = message.kind == MessageKind::kReady && message.buffer.has_value();
-  std::vector<std::byte> out(9 + 4 * floats + (buffer ? 1 : 0));
+  const bool digest = message.kind == MessageKind::kDone && message.digest.has_value();
+  std::vector<std::byte> out(9 + 4 * floats + (buffer ? 1 : 0) + (digest ? 8 : 0));
   if (buffer) out[9] = static_cast<std::byte>(*message.buffer);
+  if (digest) {
+    for (int i = 0; i < 8; ++i)
+      out[9 + static_cast<std::size_t>(i)] = static_cast<std::byte>(*message.digest >> (8 * i));
+  }
   out[0] = static_cast<std::byte>(message.kind);
   for (int i = 0; i < 8; ++i)
     out[1 + static_cast<std::size_t>(i)] = static_cast<std::byte>((message.version >> (8 * i)) & 0xFF);
@@ -44,6 +49,8 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
   const auto kind = static_cast<MessageKind>(payload[0]);
   if (kind == MessageKind::kReady && payload.size() == 10) {
     if (payload[9] != std::byte{0} && payload[9] != std::byte{1}) return std::nullopt;
+  } else if (kind == MessageKind::kDone && payload.size() == 17) {
+    // DONE with the digest of the bytes sent
   } else if (kind == MessageKind::kReady || kind == MessageKind::kDone || kind == MessageKind::kMissed) {
     if (payload.size() != 9) return std::nullopt;
   } else if (kind != MessageKind::kBlockAmax || (payload.size() - 9) % 4 != 0) {
@@ -55,6 +62,15 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
   Message m{kind, version};
   if (kind == MessageKind::kReady) {
     if (payload.size() == 10) m.buffer = static_cast<std::uint8_t>(payload[9]);
+    return m;
+  }
+  if (kind == MessageKind::kDone) {
+    if (payload.size() == 17) {
+      std::uint64_t digest = 0;
+      for (int i = 0; i < 8; ++i)
+        digest |= static_cast<std::uint64_t>(payload[9 + static_cast<std::size_t>(i)]) << (8 * i);
+      m.digest = digest;
+    }
     return m;
   }
   m.amax.resize((payload.size() - 9) / 4);
@@ -100,9 +116,8 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
   while (!peers.empty()) {
     const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0) {
-      return fail(TimedOut(fmt::format("{} v{} still missing from {} peer(s): {} after {:.1f} s",
-                                       MessageKindName(kind), version, peers.size(), fmt::join(peers, ", "),
-                                       timeout_s)));
+      return fail(TimedOut(fmt::format("{} v{} still missing from {} peer(s): {} after {:.1f} s", MessageKindName(kind),
+                                       version, peers.size(), fmt::join(peers, ", "), timeout_s)));
     }
     // Wake at least once a second to notice peers the transport declared dead (and every
     // kPollSeconds when an interrupt hook is set).
@@ -117,8 +132,8 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
       }
       for (const std::string& failed : agent.FailedPeers()) {
         if (peers.count(failed)) {
-          return fail(PeerDisconnected(fmt::format("peer {} disconnected while {} v{} was awaited", failed,
-                                                   MessageKindName(kind), version)));
+          return fail(PeerDisconnected(
+              fmt::format("peer {} disconnected while {} v{} was awaited", failed, MessageKindName(kind), version)));
         }
       }
       continue;  // the loop reports what is missing at the deadline
@@ -151,8 +166,8 @@ Result<Collected> Inbox::Collect(Agent& agent, MessageKind kind, std::uint64_t v
   auto drop_failed = [&] {
     for (const std::string& failed : agent.FailedPeers()) {
       if (waiting.erase(failed) == 1) {
-        out.failed.emplace(failed, PeerDisconnected(fmt::format("peer {} disconnected while {} v{} was awaited",
-                                                                failed, MessageKindName(kind), version)));
+        out.failed.emplace(failed, PeerDisconnected(fmt::format("peer {} disconnected while {} v{} was awaited", failed,
+                                                                MessageKindName(kind), version)));
       }
     }
   };

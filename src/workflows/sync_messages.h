@@ -2,7 +2,8 @@
 // as transport notifications: 1 byte kind + 8 bytes little-endian version; READY of a
 // double-buffered engine appends 1 byte, the buffer (0 or 1) to write; BLOCK_AMAX
 // (trainer to trainer, shardwire/push_conversion.h) appends its partial amaxes as
-// little-endian fp32 (the number follows from the payload size).
+// little-endian fp32 (the number follows from the payload size); DONE with the per-version
+// integrity check appends the 8-byte little-endian XXH3-64 digest of the bytes it sent.
 #pragma once
 
 #include <cstdint>
@@ -30,6 +31,7 @@ struct Message {
   std::uint64_t version;
   std::vector<float> amax = {};  ///< kBlockAmax only: partial amaxes in BlockAmaxExchange order
   std::optional<std::uint8_t> buffer = {};  ///< kReady of a double-buffered engine: buffer 0 or 1 to write
+  std::optional<std::uint64_t> digest = {};  ///< kDone with verify_digests: XXH3-64 of the bytes sent (push_digest.h)
 };
 
 /// "READY", "DONE", "BLOCK_AMAX" or "MISSED".

@@ -12,6 +12,7 @@
 #include "shardwire/weight_sync.h"
 #include "workflows/membership.h"
 #include "workflows/push_converter.h"
+#include "workflows/push_digest.h"
 #include "workflows/rank_endpoint.h"
 #include "workflows/sync_messages.h"
 
@@ -148,7 +149,8 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
   // mistake) takes the next claim, and this one stops at its next push with kAlreadyExists.
   state->claim_key = sync::MetadataKey(state->options.job, kTrainerRole, rank) + "/claims";
   SW_ASSIGN_OR_RETURN(state->claim, rendezvous.Add(state->claim_key, 1));
-  state->plan_signature = sync::SyncPlanSignature(trainer_layout, engine_layout);
+  state->plan_signature =
+      sync::SyncPlanSignature(trainer_layout, engine_layout) + (state->options.verify_digests ? " with digests" : "");
   SW_RETURN_IF_ERROR(
       sync::PublishPlanSignature(rendezvous, state->options.job, kTrainerRole, rank, state->plan_signature));
   SW_ASSIGN_OR_RETURN(state->endpoint,
@@ -450,6 +452,17 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   // wait for each: Wait returns after remote completion (the bytes are visible at the
   // destination), and only then is DONE(v) sent, so it can never overtake the data.
   for (const auto& [dst, hs] : s.transfers) post(dst, hs, s.moves_by_destination.at(dst));
+  // Integrity check: per destination, the digest of every byte sent, in the order the engine
+  // hashes what landed (push_digest.h); computed while the WRITEs run.
+  std::map<int, sync::PushDigest> digests;
+  if (s.options.verify_digests) {
+    for (const auto& [dst, name] : active) {
+      sync::PushDigest& digest = digests[dst];
+      if (auto it = s.moves_by_destination.find(dst); it != s.moves_by_destination.end()) {
+        digest.Add(s.endpoint.weights.data(), it->second, sync::MoveSide::kSource);
+      }
+    }
+  }
   // Conversion, step 2: round k is converted into slot k % 2 while round k - 1 is on the
   // wire; before slot k % 2 is overwritten, round k - 2's WRITEs must have completed.
   if (s.converter) {
@@ -467,6 +480,13 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
       SW_RETURN_IF_ERROR(
           s.converter->ConvertRound(k, s.staging.subspan((k % 2) * tc.slot_bytes, tc.slot_bytes)).WithContext(who));
       convert_s += Seconds(c0, Clock::now());
+      if (s.options.verify_digests) {  // before the slot is reused
+        for (auto& [dst, digest] : digests) {
+          if (auto it = s.round_moves[k].find(dst); it != s.round_moves[k].end()) {
+            digest.Add(s.staging.data() + (k % 2) * tc.slot_bytes, it->second, sync::MoveSide::kSource);
+          }
+        }
+      }
       for (const auto& [dst, hs] : s.round_transfers[k]) post(dst, hs, s.round_moves[k].at(dst));
     }
     for (std::size_t k = tc.rounds.size() >= 2 ? tc.rounds.size() - 2 : 0; k < tc.rounds.size(); ++k) settle_round(k);
@@ -479,9 +499,10 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     cancel_posted();
     return interrupted.WithContext(who);
   }
-  const auto done = sync::Encode({sync::MessageKind::kDone, version});
   for (const auto& [dst, name] : std::map<int, std::string>(active)) {
-    if (const Status st = agent.SendMessage(name, done); !st.ok()) miss(dst, st);
+    sync::Message done{sync::MessageKind::kDone, version};
+    if (auto it = digests.find(dst); it != digests.end()) done.digest = it->second.value();
+    if (const Status st = agent.SendMessage(name, sync::Encode(done)); !st.ok()) miss(dst, st);
   }
   // Tell each engine rank that missed v, so that its WaitForUpdate(v) ends now instead of at
   // its timeout (a stalled one sees it when it resumes; a dead one does not care).

@@ -1,4 +1,6 @@
+#include <algorithm>
 #include <chrono>
+#include <map>
 #include <set>
 
 #include <fmt/format.h>
@@ -6,6 +8,7 @@
 #include "shardwire/planner.h"
 #include "shardwire/weight_sync.h"
 #include "workflows/membership.h"
+#include "workflows/push_digest.h"
 #include "workflows/rank_endpoint.h"
 #include "workflows/sync_messages.h"
 
@@ -33,6 +36,9 @@ struct WeightSubscriber::State {
   bool joined = false;
   std::int64_t join_request = 0;  // filed and not yet answered
   std::string plan_signature;     // trainers must have the same (SyncPlanSignature)
+  // verify_digests: per source rank, the moves it writes here, in the order it hashes them.
+  std::map<int, std::vector<Move>> digest_moves;
+  std::map<std::string, int> source_rank_of;  // agent name -> trainer rank
   sync::Inbox inbox;
 
   std::span<std::byte> Buffer(int b) const { return b == 0 ? endpoint.weights : endpoint.second_weights; }
@@ -58,6 +64,24 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
   state->options = std::move(options);
   state->rank = rank;
   state->sources = conversion.SourcesOf(rank);
+  if (state->options.verify_digests) {
+    // The direct moves in plan order, then each conversion round's: the order the trainer hashes.
+    auto mine = [&](const TransferPlan& plan, const Move& m) {
+      const auto& group = plan.dst_groups()[m.dst_group];
+      return std::find(group.begin(), group.end(), static_cast<std::uint32_t>(rank)) != group.end();
+    };
+    for (int src : state->sources) {
+      std::vector<Move>& moves = state->digest_moves[src];
+      for (const Move& m : conversion.direct_plan().MovesFrom(src))
+        if (mine(conversion.direct_plan(), m)) moves.push_back(m);
+      if (conversion.converts()) {
+        SW_ASSIGN_OR_RETURN(const TrainerConversion tc, conversion.ForTrainerRank(src));
+        for (const ConversionRound& round : tc.rounds)
+          for (const Move& m : round.moves)
+            if (mine(conversion.converted_plan(), m)) moves.push_back(m);
+      }
+    }
+  }
   state->bytes_per_update = conversion.BytesTo(rank);
   if (state->options.dynamic_membership) {
     // Taken before the metadata is published, so a trainer that sees this incarnation's
@@ -66,7 +90,8 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
                         rendezvous.Add(sync::IncarnationKey(state->options.job, rank), 1));
     state->incarnation = static_cast<std::uint64_t>(incarnation);
   }
-  state->plan_signature = sync::SyncPlanSignature(trainer_layout, engine_layout);
+  state->plan_signature =
+      sync::SyncPlanSignature(trainer_layout, engine_layout) + (state->options.verify_digests ? " with digests" : "");
   SW_RETURN_IF_ERROR(
       sync::PublishPlanSignature(rendezvous, state->options.job, kEngineRole, rank, state->plan_signature));
   SW_ASSIGN_OR_RETURN(
@@ -133,6 +158,7 @@ Status WeightSubscriber::Connect() {
     SW_RETURN_IF_ERROR(sync::CheckPeerPlanSignature(*s.rendezvous, s.options.job, kTrainerRole, src, s.plan_signature,
                                                     s.options.timeout_s));
     s.source_names.insert(peer.name);
+    s.source_rank_of[peer.name] = src;
   }
   return Status::Ok();
 }
@@ -162,12 +188,31 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
   if (version != s.begun_version) {
     return InvalidArgument(fmt::format("WaitForUpdate({}) without BeginUpdate({})", version, version));
   }
+  std::map<std::string, sync::Message> done;
   const Status arrived =
       s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kDone, version, s.source_names, s.options.timeout_s,
-                           nullptr, sync::MessageKind::kMissed, s.options.interrupt);
+                           &done, sync::MessageKind::kMissed, s.options.interrupt);
   s.updating = false;
   if (!arrived.ok()) {
     return arrived.WithContext(fmt::format("engine rank {} update v{}", s.rank, version));
+  }
+  if (s.options.verify_digests) {
+    // What landed, hashed as each source hashed what it sent; v is committed only if all agree.
+    const std::span<std::byte> written = s.options.double_buffered ? s.Buffer(1 - s.serving) : s.Buffer(0);
+    for (const auto& [name, message] : done) {
+      sync::PushDigest landed;
+      landed.Add(written.data(), s.digest_moves.at(s.source_rank_of.at(name)), sync::MoveSide::kDestination);
+      if (!message.digest) {
+        return VerificationFailed(
+            fmt::format("engine rank {} update v{}: {} sent DONE without a digest", s.rank, version, name));
+      }
+      if (*message.digest != landed.value()) {
+        return VerificationFailed(
+            fmt::format("engine rank {} update v{}: the bytes from {} differ from what it sent (digest {:016x} sent, "
+                        "{:016x} landed); v{} is not committed, the engine keeps v{}",
+                        s.rank, version, name, *message.digest, landed.value(), version, s.committed_version));
+      }
+    }
   }
   s.committed_version = version;
   if (s.options.double_buffered) s.serving = 1 - s.serving;  // the new version is served from now on

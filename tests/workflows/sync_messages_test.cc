@@ -55,6 +55,28 @@ TEST(SyncMessages, ReadyNamesTheBufferOfADoubleBufferedEngine) {
   EXPECT_FALSE(Decode(done).has_value());
 }
 
+TEST(SyncMessages, DoneCarriesTheDigestOfTheBytesSent) {
+  Message m{MessageKind::kDone, 12};
+  m.digest = 0x0123456789ABCDEFull;
+  const auto bytes = Encode(m);
+  ASSERT_EQ(bytes.size(), 17u);
+  EXPECT_EQ(bytes[9], std::byte{0xEF});  // little-endian
+  const auto back = Decode(bytes);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->kind, MessageKind::kDone);
+  EXPECT_EQ(back->version, 12u);
+  ASSERT_TRUE(back->digest.has_value());
+  EXPECT_EQ(*back->digest, 0x0123456789ABCDEFull);
+  const auto plain = Decode(Encode({MessageKind::kDone, 12}));
+  ASSERT_TRUE(plain.has_value());
+  EXPECT_FALSE(plain->digest.has_value());
+  // A digest on any other kind, or a truncated one, is not a sync message.
+  std::vector<std::byte> missed = bytes;
+  missed[0] = static_cast<std::byte>(MessageKind::kMissed);
+  EXPECT_FALSE(Decode(missed).has_value());
+  EXPECT_FALSE(Decode(std::span(bytes).first(16)).has_value());
+}
+
 TEST(SyncMessages, MetadataKeyNamesJobRoleRank) { EXPECT_EQ(MetadataKey("job", "engine", 3), "job/engine/3"); }
 
 }  // namespace

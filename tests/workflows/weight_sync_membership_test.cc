@@ -296,5 +296,46 @@ TEST(WeightSyncBadInput, AnEngineThatPlansForOtherLayoutsIsRefusedBeforeAnyDescr
   EXPECT_NE(engine_side.message().find("trainer 0 of job mismatch"), std::string::npos) << engine_side.ToString();
 }
 
+// ---- Per-version integrity check (WeightSyncOptions::verify_digests).
+
+TEST(WeightSyncDigests, BytesChangedOnTheWayAreCaughtAndTheVersionIsNotCommitted) {
+  Pair p = StartPair();
+  p.engine = MakeTpLayout(Tensors(), {0, 1, 1, -1}, 1, 1).value();
+  WeightSyncOptions options{"digests", 10};
+  options.verify_digests = true;
+  auto sub = WeightSubscriber::Create(*p.client, p.trainer, p.engine, 0, options);
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  auto pub = WeightPublisher::Create(*p.client, p.trainer, p.engine, 0, options);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*sub)->Connect().ok());
+  ASSERT_TRUE((*pub)->Connect().ok());
+  for (std::uint64_t v = 1; v <= 3; ++v) {
+    Walk(p.trainer, 0, (*pub)->weights(), v, false);
+    ASSERT_TRUE((*sub)->BeginUpdate(v).ok());
+    ASSERT_TRUE((*pub)->Push(v).ok());
+    if (v == 2) {
+      // One byte changes after it landed and before the engine commits (a bad link, a stray write).
+      const ShardRef& shard = p.engine.rank(0).shards.back();
+      (*sub)->back_buffer()[shard.byte_offset] ^= std::byte{0x40};
+      auto update = (*sub)->WaitForUpdate(v);
+      ASSERT_FALSE(update.ok());
+      EXPECT_EQ(update.status().code(), ErrorCode::kVerificationFailed) << update.status().ToString();
+      EXPECT_NE(update.status().message().find("the bytes from digests/trainer/0 differ from what it sent"),
+                std::string::npos)
+          << update.status().ToString();
+      EXPECT_EQ((*sub)->committed_version(), 1u) << "v2 is not committed";
+      continue;
+    }
+    auto update = (*sub)->WaitForUpdate(v);
+    ASSERT_TRUE(update.ok()) << "v" << v << ": " << update.status().ToString();
+    EXPECT_EQ((*sub)->committed_version(), v);
+    EXPECT_EQ(Walk(p.engine, 0, (*sub)->weights(), v, true), 0u);
+  }
+  // Publishers and subscribers must agree on the check: a mismatch is refused at Connect.
+  auto plain = WeightPublisher::Create(*p.client, p.trainer, p.engine, 0, {"digests", 5});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ((*plain)->Connect().code(), ErrorCode::kLayoutMismatch);
+}
+
 }  // namespace
 }  // namespace shardwire

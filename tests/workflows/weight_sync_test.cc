@@ -189,7 +189,8 @@ std::vector<std::byte> FullBf16(const TensorSpec& spec, std::uint64_t version) {
     h ^= h >> 13;
     const std::int64_t block = (e / cols / 128) * 7 + (e % cols) / 128;
     // Row 5 of every block-row is 16x larger: the block's amax sits in one shard only.
-    const std::uint32_t exponent = 110 + static_cast<std::uint32_t>((block * 5 + static_cast<std::int64_t>(version)) % 30) +
+    const std::uint32_t exponent = 110 +
+                                   static_cast<std::uint32_t>((block * 5 + static_cast<std::int64_t>(version)) % 30) +
                                    ((e / cols) % 128 == 5 ? 4u : 0u);
     std::uint16_t bits = static_cast<std::uint16_t>((h & 0x8000u) | (exponent << 7) | (h & 0x7Fu));
     if (version == 2 && e % 7 == 0) bits = 0;
@@ -208,7 +209,8 @@ std::vector<std::byte> Crop(std::span<const std::byte> full, const std::vector<s
   std::vector<std::byte> out(static_cast<std::size_t>(rows * bc) * esize);
   for (std::int64_t r = 0; r < rows; ++r)
     std::memcpy(out.data() + static_cast<std::size_t>(r * bc) * esize,
-                full.data() + static_cast<std::size_t>((r0 + r) * cols + c0) * esize, static_cast<std::size_t>(bc) * esize);
+                full.data() + static_cast<std::size_t>((r0 + r) * cols + c0) * esize,
+                static_cast<std::size_t>(bc) * esize);
   return out;
 }
 
@@ -247,6 +249,7 @@ TEST(WeightSync, Bf16TrainersIntoFp8EnginesEveryByteVerified) {
   const Layout engine = MakeTpLayout(EngineFp8(), {0, 0, 0, 1, 1, -1, -1, -1}, 2, 2).value();
   WeightSyncOptions options{"fp8", 30};
   options.conversion.staging_bytes = 160 << 10;  // several rounds per push
+  options.verify_digests = true;                 // and each round's converted bytes in the digests
   std::vector<pid_t> children;
   std::vector<int> port_pipes;
   for (int r = 0; r < engine.world_size(); ++r) {

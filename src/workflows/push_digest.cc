@@ -1,0 +1,19 @@
+#include "workflows/push_digest.h"
+
+namespace shardwire::sync {
+
+PushDigest::PushDigest() : state_(XXH3_createState()) { XXH3_64bits_reset(state_.get()); }
+
+void PushDigest::Add(const std::byte* base, const std::vector<Move>& moves, MoveSide side) {
+  for (const Move& m : moves) {
+    const std::uint64_t offset = side == MoveSide::kSource ? m.src_offset : m.dst_offset;
+    const std::uint64_t stride = side == MoveSide::kSource ? m.src_stride : m.dst_stride;
+    for (std::uint64_t row = 0; row < m.count; ++row) {
+      XXH3_64bits_update(state_.get(), base + offset + row * stride, m.length);
+    }
+  }
+}
+
+std::uint64_t PushDigest::value() const { return XXH3_64bits_digest(state_.get()); }
+
+}  // namespace shardwire::sync
