@@ -135,6 +135,14 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
   if (state->options.dynamic_membership && rank == 0) state->leader.emplace();
   SW_ASSIGN_OR_RETURN(PushConversion conversion,
                       PushConversion::Create(trainer_layout, engine_layout, state->options.conversion));
+  if (!conversion.direct_plan().reductions().empty()) {
+    // The plan sums Partial(sum) sources at reducers (transfer_plan.h, Reduction); the push
+    // does not execute reductions yet, so it refuses them rather than deliver addends.
+    return Unsupported(
+        fmt::format("the trainer layout {} holds Partial(sum) shards ({} reductions planned); the "
+                    "push does not execute reductions yet: reduce them in the trainer first",
+                    trainer_layout.description(), conversion.direct_plan().reductions().size()));
+  }
   const TransferPlan& plan = conversion.direct_plan();
   for (const Move& m : plan.MovesFrom(rank)) {
     // A move to a destination group is written to each member (a fan-out tree is a

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "shardwire/device_mesh.h"
 #include "shardwire/model_identity.h"
 #include "shardwire/rendezvous.h"
 #include "shardwire/weight_sync.h"
@@ -294,6 +295,21 @@ TEST(WeightSyncBadInput, AnEngineThatPlansForOtherLayoutsIsRefusedBeforeAnyDescr
   const Status engine_side = (*sub)->Connect();
   EXPECT_EQ(engine_side.code(), ErrorCode::kLayoutMismatch) << engine_side.ToString();
   EXPECT_NE(engine_side.message().find("trainer 0 of job mismatch"), std::string::npos) << engine_side.ToString();
+}
+
+TEST(WeightSyncBadInput, PartialSumTrainerShardsAreRefusedNotDeliveredAsAddends) {
+  Pair p = StartPair();
+  const std::vector<TensorSpec> t{{"w", DType::kF32, {4, 4}}};
+  const DeviceMesh mesh = DeviceMesh::Create({{"dp", 2}}).value();
+  const Layout partial = MakeDTensorLayout("partial", t, mesh, {{Placement::Partial()}}).value();
+  const Layout engine =
+      MakeDTensorLayout("engine", t, DeviceMesh::Create({{"tp", 1}}).value(), {{Placement::Replicate()}}).value();
+  auto pub = WeightPublisher::Create(*p.client, partial, engine, 0, {"partial", 5});
+  ASSERT_FALSE(pub.ok());
+  EXPECT_EQ(pub.status().code(), ErrorCode::kUnsupported);
+  EXPECT_NE(pub.status().message().find("Partial(sum)"), std::string::npos) << pub.status().ToString();
+  EXPECT_EQ(WeightSubscriber::Create(*p.client, partial, engine, 0, {"partial", 5}).status().code(),
+            ErrorCode::kUnsupported);
 }
 
 // ---- Per-version integrity check (WeightSyncOptions::verify_digests).
