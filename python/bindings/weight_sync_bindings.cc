@@ -18,10 +18,21 @@ namespace py = pybind11;
 namespace shardwire::python {
 namespace {
 
-WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr_t address, std::size_t nbytes) {
+// The Python keyword arguments that map onto WeightSyncOptions (shardwire/weight_sync.h).
+struct SyncFlags {
+  double engine_timeout_s = 10;
+  bool dynamic_membership = false;
+  bool verify_digests = false;
+};
+
+WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr_t address, std::size_t nbytes,
+                          const SyncFlags& flags) {
   WeightSyncOptions o;
   o.job = job;
   o.timeout_s = timeout_s;
+  o.engine_timeout_s = flags.engine_timeout_s;
+  o.dynamic_membership = flags.dynamic_membership;
+  o.verify_digests = flags.verify_digests;
   if (nbytes > 0) o.buffer = std::span<std::byte>(reinterpret_cast<std::byte*>(address), nbytes);
   o.interrupt = PythonSignalHook();  // Ctrl-C ends Connect / Push / WaitForUpdate within ~0.1 s
   return o;
@@ -32,13 +43,16 @@ WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr
 void BindWeightSync(py::module_& m) {
   py::class_<WeightPublisher>(m, "_WeightPublisher")
       .def(py::init([](CoordinatorClient& coordinator, const Layout& trainer, const Layout& engine, int rank,
-                       std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s) {
+                       std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s,
+                       double engine_timeout_s, bool dynamic_membership, bool verify_digests) {
+             const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests};
              py::gil_scoped_release release;
-             return ValueOrThrow(
-                 WeightPublisher::Create(coordinator, trainer, engine, rank, Options(job, timeout_s, address, nbytes)));
+             return ValueOrThrow(WeightPublisher::Create(coordinator, trainer, engine, rank,
+                                                         Options(job, timeout_s, address, nbytes, flags)));
            }),
            py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("trainer_layout"), py::arg("engine_layout"),
-           py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"))
+           py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"),
+           py::arg("engine_timeout_s") = 10.0, py::arg("dynamic_membership") = false, py::arg("verify_digests") = false)
       .def("connect",
            [](WeightPublisher& p) {
              Status st;
@@ -75,21 +89,36 @@ void BindWeightSync(py::module_& m) {
                missed.append(e);
              }
              d["missed"] = missed;
+             d["absent"] = s.absent;  // dynamic membership: engine ranks not members for this version
              return d;
            })
+      .def(
+          "wait_for_engines",
+          [](WeightPublisher& p, int engine_ranks, double timeout_s) {
+            Result<int> r = Internal("not run");
+            {
+              py::gil_scoped_release release;
+              r = p.WaitForEngines(engine_ranks, timeout_s);
+            }
+            return ValueOrPythonError(std::move(r));
+          },
+          py::arg("engine_ranks"), py::arg("timeout_s"))
       .def_property_readonly("bytes_per_push", &WeightPublisher::bytes_per_push)
       .def_property_readonly("buffer_address",
                              [](WeightPublisher& p) { return reinterpret_cast<std::uintptr_t>(p.weights().data()); });
 
   py::class_<WeightSubscriber>(m, "_WeightSubscriber")
       .def(py::init([](CoordinatorClient& coordinator, const Layout& trainer, const Layout& engine, int rank,
-                       std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s) {
+                       std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s,
+                       double engine_timeout_s, bool dynamic_membership, bool verify_digests) {
+             const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests};
              py::gil_scoped_release release;
              return ValueOrThrow(WeightSubscriber::Create(coordinator, trainer, engine, rank,
-                                                          Options(job, timeout_s, address, nbytes)));
+                                                          Options(job, timeout_s, address, nbytes, flags)));
            }),
            py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("trainer_layout"), py::arg("engine_layout"),
-           py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"))
+           py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"),
+           py::arg("engine_timeout_s") = 10.0, py::arg("dynamic_membership") = false, py::arg("verify_digests") = false)
       .def("connect",
            [](WeightSubscriber& s) {
              Status st;
@@ -119,6 +148,28 @@ void BindWeightSync(py::module_& m) {
              d["wait_s"] = u.wait_s;
              return d;
            })
+      .def(
+          "join",
+          [](WeightSubscriber& s, double timeout_s) {
+            Result<std::uint64_t> r = Internal("not run");
+            {
+              py::gil_scoped_release release;
+              r = s.Join(timeout_s);
+            }
+            return ValueOrPythonError(std::move(r));
+          },
+          py::arg("timeout_s") = -1.0)
+      .def("leave",
+           [](WeightSubscriber& s) {
+             py::gil_scoped_release release;
+             ThrowIfError(s.Leave());
+           })
+      .def("adopt_version",
+           [](WeightSubscriber& s, std::uint64_t version) {
+             py::gil_scoped_release release;
+             ThrowIfError(s.AdoptVersion(version));
+           })
+      .def_property_readonly("incarnation", &WeightSubscriber::incarnation)
       .def_property_readonly("committed_version", &WeightSubscriber::committed_version)
       .def_property_readonly("buffer_address",
                              [](WeightSubscriber& s) { return reinterpret_cast<std::uintptr_t>(s.weights().data()); });

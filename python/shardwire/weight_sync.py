@@ -73,20 +73,21 @@ class _Endpoint:
     """Shared construction of publisher and subscriber."""
 
     def __init__(self, cls, coordinator, trainer_layout, engine_layout, layout, rank: int,
-                 params: Optional[Mapping[str, torch.Tensor]], job: str, timeout_s: float):
+                 params: Optional[Mapping[str, torch.Tensor]], job: str, timeout_s: float, **flags):
         nbytes = layout.buffer_bytes(rank)
         if params is None:
             # Shardwire allocates the buffer as a transport arena (UCX-allocated shared memory on
             # one host: true one-sided writes, no emulation); the tensors are views of it and are
             # valid only while this object lives (the arena is freed with it).
-            self._impl = cls(coordinator, trainer_layout, engine_layout, rank, 0, 0, job, timeout_s)
+            self._impl = cls(coordinator, trainer_layout, engine_layout, rank, 0, 0, job, timeout_s, **flags)
             raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(self._impl.buffer_address)
             self.buffer = torch.frombuffer(raw, dtype=torch.uint8)
             self.tensors = shard_views(self.buffer, layout, rank)
         else:
             self.buffer, self.tensors = None, dict(params)
             address = _buffer_address(self.tensors, layout, rank)
-            self._impl = cls(coordinator, trainer_layout, engine_layout, rank, address, nbytes, job, timeout_s)
+            self._impl = cls(coordinator, trainer_layout, engine_layout, rank, address, nbytes, job, timeout_s,
+                             **flags)
 
 
 class WeightPublisher(_Endpoint):
@@ -99,9 +100,21 @@ class WeightPublisher(_Endpoint):
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
-                 timeout_s: float = 120.0):
+                 timeout_s: float = 120.0, engine_timeout_s: float = 10.0, dynamic_membership: bool = False,
+                 verify_digests: bool = False):
+        """``engine_timeout_s``: seconds one engine rank may take (READY, its transfers) before it
+        misses a version. ``dynamic_membership``: engines join and leave through the coordinator
+        (WeightSubscriber.join); each push writes to the members of the job. ``verify_digests``:
+        each DONE carries the XXH3 digest of the bytes sent, engines commit only if what landed
+        matches. Publishers and subscribers of one job must agree on both."""
         super().__init__(_shardwire._WeightPublisher, coordinator, trainer_layout, engine_layout, trainer_layout,
-                         rank, params, job, timeout_s)
+                         rank, params, job, timeout_s, engine_timeout_s=engine_timeout_s,
+                         dynamic_membership=dynamic_membership, verify_digests=verify_digests)
+
+    def wait_for_engines(self, engine_ranks: int, timeout_s: float) -> int:
+        """Dynamic membership: waits (GIL released) until at least ``engine_ranks`` engine ranks
+        asked to join; returns how many did. Raises TimedOutError saying how many asked."""
+        return self._impl.wait_for_engines(engine_ranks, timeout_s)
 
     def connect(self) -> None:
         """Prepares one transfer per destination engine rank (waits up to timeout_s for them; GIL
@@ -114,7 +127,8 @@ class WeightPublisher(_Endpoint):
         is ready within the engine timeout (10 s), and returns {version, bytes (written, bytes),
         descriptors, ready_wait_s, transfer_s (seconds), converted_bytes, convert_s,
         staging_peak_bytes (conversion in the push, when the engines hold another dtype),
-        missed}. ``missed`` lists the engine ranks that did not get this version, each
+        missed, absent}. ``absent`` (dynamic membership) lists engine ranks that are not members
+        for this version (not misses). ``missed`` lists the engine ranks that did not get this version, each
         {engine_rank, code (error code name), reason}: a dead, silent or failing engine rank
         misses the version while the others commit it (fault isolation). Raises
         PeerDisconnectedError when no engine rank received it. Ctrl-C raises KeyboardInterrupt
@@ -137,9 +151,33 @@ class WeightSubscriber(_Endpoint):
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
-                 timeout_s: float = 120.0):
+                 timeout_s: float = 120.0, dynamic_membership: bool = False, verify_digests: bool = False):
+        """``dynamic_membership`` and ``verify_digests``: as WeightPublisher (must agree)."""
         super().__init__(_shardwire._WeightSubscriber, coordinator, trainer_layout, engine_layout, engine_layout,
-                         rank, params, job, timeout_s)
+                         rank, params, job, timeout_s, dynamic_membership=dynamic_membership,
+                         verify_digests=verify_digests)
+
+    def join(self, timeout_s: float = -1.0) -> int:
+        """Dynamic membership: asks the trainers to write to this engine process from their next
+        push on and waits (GIL released; timeout_s < 0: the constructor's) until a push admits
+        it. Returns that push's version: call begin_update with it. Call after connect() and
+        after every failed wait_for_update (a missed version). Raises TimedOutError."""
+        return self._impl.join(timeout_s)
+
+    def leave(self) -> None:
+        """Dynamic membership: the trainers stop writing to this rank from their next push."""
+        self._impl.leave()
+
+    def adopt_version(self, version: int) -> None:
+        """Declares that the weights already hold ``version`` (e.g. loaded from a live engine
+        with shardwire.ModelLoader after a restart). Raises FailedPreconditionError when not
+        above committed_version."""
+        self._impl.adopt_version(version)
+
+    @property
+    def incarnation(self) -> int:
+        """This process's incarnation of its rank (dynamic membership; 0 otherwise)."""
+        return self._impl.incarnation
 
     def connect(self) -> None:
         """Looks up every trainer rank this rank receives from (waits up to timeout_s; GIL released;

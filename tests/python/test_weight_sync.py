@@ -281,3 +281,49 @@ def test_a_dead_engine_misses_the_version_and_push_says_which():
         assert engines[0].returncode == 0 and "committed 3" in out0, out0 + err0
         engines[1].communicate(timeout=120)
         assert engines[1].returncode == -9
+
+
+def test_engines_join_through_the_coordinator_and_digests_guard_every_version():
+    """Dynamic membership and the per-version integrity check from Python: an engine rank joins,
+    receives two digest-checked versions into its own tensors, leaves; the trainer's next push
+    finds no member (a typed error)."""
+    model = shardwire.Model.from_config_json(json.dumps(LLAMA))
+    src, dst = shardwire.Layout.from_string(model, "fsdp=1"), shardwire.Layout.from_string(model, "tp=1")
+    flags = dict(job="py-members", dynamic_membership=True, verify_digests=True)
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        _, engine_params = shardwire.allocate_shard_buffer(dst, 0)
+        sub = shardwire.WeightSubscriber(client, src, dst, 0, params=engine_params, **flags)
+        assert sub.incarnation == 1
+        pub = shardwire.WeightPublisher(client, src, dst, 0, **flags)
+        pub.connect()
+        sub.connect()
+        with pytest.raises(errors.TimedOutError, match="0 of the 1"):
+            pub.wait_for_engines(1, 0.2)
+        outcome = {}
+
+        def engine():
+            v = sub.join()
+            for version in (v, v + 1):
+                sub.begin_update(version)
+                sub.wait_for_update(version)
+                outcome[version] = {n: t.clone() for n, t in engine_params.items()}
+            sub.leave()
+
+        thread = threading.Thread(target=engine)
+        thread.start()
+        assert pub.wait_for_engines(1, 30) == 1
+        for v in (1, 2):
+            for s in src.shards(0):
+                pub.tensors[s["name"]].copy_(global_tensor(s["name"], s["global_shape"], v))
+            stats = pub.push(v)
+            assert stats["missed"] == [] and stats["absent"] == [], stats
+        thread.join(timeout=60)
+        assert sorted(outcome) == [1, 2]
+        for v in (1, 2):
+            for s in dst.shards(0):
+                want = global_tensor(s["name"], s["global_shape"], v)
+                assert torch.equal(outcome[v][s["name"]].view(torch.int16), want.view(torch.int16)), (v, s["name"])
+        assert sub.committed_version == 2
+        with pytest.raises(errors.FailedPreconditionError, match="no engine rank of job py-members is a member"):
+            pub.push(3)
