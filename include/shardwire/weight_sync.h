@@ -26,6 +26,13 @@
 // piece's WRITEs while converting the next; DONE(v) follows the last of them. Both sides
 // derive the same conversion from the two layouts.
 //
+// Partial(sum) trainer shards (DTensor Partial, e.g. a row-parallel output not yet
+// all-reduced): the plan names a reducer per piece (transfer_plan.h, Reduction); at the start of
+// Push(v) each trainer rank writes its addends into the reducers' scratch slots and sends
+// ADDEND(v) after their remote completion; a reducer waits for every addend, sums the slots
+// (fp32 accumulation, one rounding: partial_reduction.h) and the plan's moves carry the sum,
+// so an engine never sees an unreduced byte. (Not with a converting push: kUnsupported.)
+//
 // Processes find each other through a Rendezvous (keys "<job>/trainer/<rank>" and
 // "<job>/engine/<rank>" hold transport metadata blobs).
 //

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include <xxhash.h>
@@ -24,6 +25,9 @@ class PushDigest {
   PushDigest();
   /// Adds the bytes of `moves` on `side`, each at base + its offset (+ row * stride).
   void Add(const std::byte* base, const std::vector<Move>& moves, MoveSide side);
+  /// Adds the source bytes of `moves` of a trainer rank: offsets below buffer.size() in
+  /// `buffer`, the others (reduced Partial sums) in `scratch` at offset - buffer.size().
+  void AddSource(std::span<const std::byte> buffer, std::span<const std::byte> scratch, const std::vector<Move>& moves);
   std::uint64_t value() const;
 
  private:

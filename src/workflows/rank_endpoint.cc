@@ -45,7 +45,8 @@ Result<RegionId> ParseRegion(const std::string& key, const std::string& text) {
 
 Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
                                       std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer,
-                                      bool double_buffered, std::span<std::byte> second_caller_buffer) {
+                                      bool double_buffered, std::span<std::byte> second_caller_buffer,
+                                      std::uint64_t scratch_bytes) {
   RankEndpoint endpoint;
   const std::string key = MetadataKey(job, role, rank);
   SW_ASSIGN_OR_RETURN(endpoint.agent, Agent::Create(AgentOptions{.name = key}));
@@ -55,9 +56,14 @@ Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string&
     SW_RETURN_IF_ERROR(OpenBuffer(*endpoint.agent, key, buffer_bytes, second_caller_buffer, &endpoint.second_region,
                                   &endpoint.second_weights));
   }
+  if (scratch_bytes > 0) {
+    SW_RETURN_IF_ERROR(
+        OpenBuffer(*endpoint.agent, key, scratch_bytes, {}, &endpoint.scratch_region, &endpoint.scratch));
+  }
   SW_ASSIGN_OR_RETURN(const std::vector<std::byte> blob, endpoint.agent->ExportMetadata());
   SW_RETURN_IF_ERROR(PutString(rendezvous, key + "/region", std::to_string(endpoint.region)));
   SW_RETURN_IF_ERROR(PutString(rendezvous, key + "/region1", std::to_string(endpoint.second_region)));
+  SW_RETURN_IF_ERROR(PutString(rendezvous, key + "/scratch", std::to_string(endpoint.scratch_region)));
   SW_RETURN_IF_ERROR(rendezvous.Put(key + "/metadata", blob));
   return endpoint;
 }
@@ -112,9 +118,11 @@ Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std:
   }
   SW_ASSIGN_OR_RETURN(const std::string region_text, GetString(rendezvous, key + "/region", timeout_s));
   SW_ASSIGN_OR_RETURN(const std::string second_text, GetString(rendezvous, key + "/region1", timeout_s));
+  SW_ASSIGN_OR_RETURN(const std::string scratch_text, GetString(rendezvous, key + "/scratch", timeout_s));
   PeerRank peer;
   SW_ASSIGN_OR_RETURN(peer.region, ParseRegion(key + "/region", region_text));
   SW_ASSIGN_OR_RETURN(peer.second_region, ParseRegion(key + "/region1", second_text));
+  SW_ASSIGN_OR_RETURN(peer.scratch_region, ParseRegion(key + "/scratch", scratch_text));
   auto imported = agent.ImportMetadata(blob);
   if (!imported.ok()) return imported.status().WithContext("importing " + key);
   peer.name = *imported;

@@ -21,18 +21,23 @@ struct RankEndpoint {
   /// Double-buffered engines: the second buffer (same size), else 0 / empty.
   RegionId second_region = 0;
   std::span<std::byte> second_weights;
+  /// Trainers with Partial(sum) shards: the scratch arena their reductions use (else 0 / empty).
+  RegionId scratch_region = 0;
+  std::span<std::byte> scratch;
 };
 
 /// Creates the agent named "<job>/<role>/<rank>", allocates `buffer_bytes` as an arena
 /// (or, when `caller_buffer` is non-empty, registers that caller-owned memory in place),
 /// with `double_buffered` a second one likewise (`second_caller_buffer`), and publishes
 /// {metadata blob, region ids} under MetadataKey(job, role, rank) (".../region1" holds the
-/// second region, 0 for none).
+/// second region, 0 for none), and with `scratch_bytes` > 0 a scratch arena (".../scratch":
+/// its region, 0 for none).
 /// Errors: kInvalidArgument when a caller buffer is non-empty but smaller than buffer_bytes;
 /// transport and rendezvous errors.
 Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
                                       std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer = {},
-                                      bool double_buffered = false, std::span<std::byte> second_caller_buffer = {});
+                                      bool double_buffered = false, std::span<std::byte> second_caller_buffer = {},
+                                      std::uint64_t scratch_bytes = 0);
 
 /// What a rank's plan is computed from: "<fingerprint> (<trainer layout> -> <engine layout>)",
 /// the fingerprint covering every shard's placement and buffer offset of both layouts
@@ -54,7 +59,8 @@ Status CheckPeerPlanSignature(Rendezvous& rendezvous, const std::string& job, co
 struct PeerRank {
   std::string name;
   RegionId region = 0;
-  RegionId second_region = 0;  ///< a double-buffered peer's second buffer, else 0
+  RegionId second_region = 0;   ///< a double-buffered peer's second buffer, else 0
+  RegionId scratch_region = 0;  ///< a trainer's reduction scratch, else 0
 };
 
 /// Waits for the peer's published metadata (up to timeout_s) and imports it. `interrupt`,

@@ -19,6 +19,8 @@ const char* MessageKindName(MessageKind kind) {
       return "BLOCK_AMAX";
     case MessageKind::kMissed:
       return "MISSED";
+    case MessageKind::kAddend:
+      return "ADDEND";
   }
   return "?";
 }
@@ -51,7 +53,8 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
     if (payload[9] != std::byte{0} && payload[9] != std::byte{1}) return std::nullopt;
   } else if (kind == MessageKind::kDone && payload.size() == 17) {
     // DONE with the digest of the bytes sent
-  } else if (kind == MessageKind::kReady || kind == MessageKind::kDone || kind == MessageKind::kMissed) {
+  } else if (kind == MessageKind::kReady || kind == MessageKind::kDone || kind == MessageKind::kMissed ||
+             kind == MessageKind::kAddend) {
     if (payload.size() != 9) return std::nullopt;
   } else if (kind != MessageKind::kBlockAmax || (payload.size() - 9) % 4 != 0) {
     return std::nullopt;

@@ -23,18 +23,19 @@ namespace shardwire::sync {
 
 /// READY(v): engine -> trainer, the engine's buffer may be written; DONE(v): trainer -> engine,
 /// all its bytes of v landed; BLOCK_AMAX(v): trainer -> trainer, partial amaxes; MISSED(v):
-/// trainer -> engine, this engine will not get v from it (it was not ready, or failed, in time).
-enum class MessageKind : std::uint8_t { kReady = 1, kDone = 2, kBlockAmax = 3, kMissed = 4 };
+/// trainer -> engine, this engine will not get v from it (it was not ready, or failed, in time);
+/// ADDEND(v): trainer -> trainer, its Partial(sum) addends of v landed in the reducer's scratch.
+enum class MessageKind : std::uint8_t { kReady = 1, kDone = 2, kBlockAmax = 3, kMissed = 4, kAddend = 5 };
 
 struct Message {
   MessageKind kind;
   std::uint64_t version;
-  std::vector<float> amax = {};  ///< kBlockAmax only: partial amaxes in BlockAmaxExchange order
-  std::optional<std::uint8_t> buffer = {};  ///< kReady of a double-buffered engine: buffer 0 or 1 to write
+  std::vector<float> amax = {};              ///< kBlockAmax only: partial amaxes in BlockAmaxExchange order
+  std::optional<std::uint8_t> buffer = {};   ///< kReady of a double-buffered engine: buffer 0 or 1 to write
   std::optional<std::uint64_t> digest = {};  ///< kDone with verify_digests: XXH3-64 of the bytes sent (push_digest.h)
 };
 
-/// "READY", "DONE", "BLOCK_AMAX" or "MISSED".
+/// "READY", "DONE", "BLOCK_AMAX", "MISSED" or "ADDEND".
 const char* MessageKindName(MessageKind kind);
 
 std::vector<std::byte> Encode(const Message& message);
@@ -44,7 +45,7 @@ std::optional<Message> Decode(std::span<const std::byte> payload);
 /// What Inbox::Collect saw: the peers whose message arrived, and those found failed.
 struct Collected {
   std::map<std::string, Message> arrived;  ///< peer -> its message
-  std::map<std::string, Status> failed;  ///< peer -> why (kPeerDisconnected)
+  std::map<std::string, Status> failed;    ///< peer -> why (kPeerDisconnected)
 };
 
 /// Notifications that arrived but were not yet wanted (e.g. READY for the next version).

@@ -11,6 +11,7 @@
 #include "shardwire/planner.h"
 #include "shardwire/weight_sync.h"
 #include "workflows/membership.h"
+#include "workflows/partial_reduction.h"
 #include "workflows/push_converter.h"
 #include "workflows/push_digest.h"
 #include "workflows/rank_endpoint.h"
@@ -63,6 +64,17 @@ struct WeightPublisher::State {
   std::optional<sync::MembershipLeader> leader;
   std::map<int, std::uint64_t> incarnation_of;
   std::map<int, std::uint64_t> missed_at;
+  // Partial(sum) sources (transfer_plan.h, Reduction): this rank's addends for each other
+  // reducer (prepared WRITEs into its scratch), the copies it makes into its own scratch, the
+  // sums it computes as a reducer, and the ranks whose addends it waits for.
+  std::uint64_t buffer_bytes = 0;  // plan offsets at or beyond it address the scratch
+  std::map<int, std::vector<ReduceCopy>> copies_to;
+  std::vector<ReduceCopy> local_copies;
+  std::vector<Reduction> reductions;
+  std::set<int> addend_sources;
+  std::map<int, TransferHandle> copy_transfers;  // reducer -> prepared WRITE of my addends
+  std::map<int, std::string> reducer_names;
+  std::set<std::string> addend_source_names;
 
   void ReleaseTransfersTo(int dst);
   Status ConnectDestination(int dst);
@@ -70,21 +82,31 @@ struct WeightPublisher::State {
 
 namespace {
 
+// Where a move's source lies: `local` at local_base + offset, or, for plan offsets at or beyond
+// `buffer_bytes` (a reduced Partial sum), the scratch region at offset - buffer_bytes.
+struct LocalSource {
+  RegionId local = 0;
+  std::uint64_t local_base = 0;
+  std::uint64_t buffer_bytes = ~0ull;
+  RegionId scratch = 0;
+};
+
 // One descriptor per move: a row-parallel shard's rows travel as one strided descriptor
 // (count rows, src/dst strides), not one descriptor per row.
-std::vector<TransferDescriptor> Descriptors(const std::vector<Move>& moves, RegionId local, std::uint64_t local_base,
-                                            RegionId remote) {
+std::vector<TransferDescriptor> Descriptors(const std::vector<Move>& moves, const LocalSource& from, RegionId remote) {
   std::vector<TransferDescriptor> descriptors;
   descriptors.reserve(moves.size());
   for (const Move& m : moves) {
-    descriptors.push_back(TransferDescriptor{.local_region = local,
-                                             .local_offset = local_base + m.src_offset,
-                                             .remote_region = remote,
-                                             .remote_offset = m.dst_offset,
-                                             .length = m.length,
-                                             .count = m.count,
-                                             .local_stride = m.src_stride,
-                                             .remote_stride = m.dst_stride});
+    const bool scratch = m.src_offset >= from.buffer_bytes;
+    descriptors.push_back(
+        TransferDescriptor{.local_region = scratch ? from.scratch : from.local,
+                           .local_offset = scratch ? m.src_offset - from.buffer_bytes : from.local_base + m.src_offset,
+                           .remote_region = remote,
+                           .remote_offset = m.dst_offset,
+                           .length = m.length,
+                           .count = m.count,
+                           .local_stride = m.src_stride,
+                           .remote_stride = m.dst_stride});
   }
   return descriptors;
 }
@@ -114,6 +136,7 @@ WeightPublisher::~WeightPublisher() {
       if (h != TransferHandle{}) (void)state_->endpoint.agent->Release(h);
   };
   for (const auto& [dst, hs] : state_->transfers) release(hs);
+  for (const auto& [reducer, h] : state_->copy_transfers) (void)state_->endpoint.agent->Release(h);
   for (const auto& round : state_->round_transfers) {
     for (const auto& [dst, hs] : round) release(hs);
   }
@@ -135,15 +158,22 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
   if (state->options.dynamic_membership && rank == 0) state->leader.emplace();
   SW_ASSIGN_OR_RETURN(PushConversion conversion,
                       PushConversion::Create(trainer_layout, engine_layout, state->options.conversion));
-  if (!conversion.direct_plan().reductions().empty()) {
-    // The plan sums Partial(sum) sources at reducers (transfer_plan.h, Reduction); the push
-    // does not execute reductions yet, so it refuses them rather than deliver addends.
-    return Unsupported(
-        fmt::format("the trainer layout {} holds Partial(sum) shards ({} reductions planned); the "
-                    "push does not execute reductions yet: reduce them in the trainer first",
-                    trainer_layout.description(), conversion.direct_plan().reductions().size()));
-  }
   const TransferPlan& plan = conversion.direct_plan();
+  if (!plan.reductions().empty() && conversion.converts()) {
+    return Unsupported(
+        fmt::format("the trainer layout {} holds Partial(sum) shards ({} reductions planned) and the "
+                    "engines another format: reductions in a converting push are not done yet",
+                    trainer_layout.description(), plan.reductions().size()));
+  }
+  state->buffer_bytes = trainer_layout.rank(rank).buffer_bytes;
+  for (const ReduceCopy& c : plan.reduce_copies()) {
+    const int reducer = static_cast<int>(c.reducer), src = static_cast<int>(c.src_rank);
+    if (src == rank && reducer == rank) state->local_copies.push_back(c);
+    if (src == rank && reducer != rank) state->copies_to[reducer].push_back(c);
+    if (reducer == rank && src != rank) state->addend_sources.insert(src);
+  }
+  for (const Reduction& r : plan.reductions())
+    if (static_cast<int>(r.reducer) == rank) state->reductions.push_back(r);
   for (const Move& m : plan.MovesFrom(rank)) {
     // A move to a destination group is written to each member (a fan-out tree is a
     // transport-level optimisation this publisher does not do yet).
@@ -161,9 +191,10 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
       sync::SyncPlanSignature(trainer_layout, engine_layout) + (state->options.verify_digests ? " with digests" : "");
   SW_RETURN_IF_ERROR(
       sync::PublishPlanSignature(rendezvous, state->options.job, kTrainerRole, rank, state->plan_signature));
-  SW_ASSIGN_OR_RETURN(state->endpoint,
-                      sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank,
-                                             trainer_layout.rank(rank).buffer_bytes, state->options.buffer));
+  SW_ASSIGN_OR_RETURN(
+      state->endpoint,
+      sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank, trainer_layout.rank(rank).buffer_bytes,
+                             state->options.buffer, false, {}, plan.scratch_bytes(rank)));
   if (conversion.converts()) {
     SW_ASSIGN_OR_RETURN(TrainerConversion tc, conversion.ForTrainerRank(rank));
     const TransferPlan& converted = conversion.converted_plan();
@@ -236,11 +267,11 @@ Status WeightPublisher::State::ConnectDestination(int dst) {
   auto prepare = [&](const std::vector<Move>& moves, RegionId local, std::uint64_t local_base) -> Result<Handles> {
     Handles hs{};
     const RegionId regions[2] = {peer.region, peer.second_region};
+    const LocalSource from{local, local_base, local == endpoint.region ? buffer_bytes : ~0ull, endpoint.scratch_region};
     for (int b = 0; b < 2; ++b) {
       if (regions[b] == 0) continue;
-      SW_ASSIGN_OR_RETURN(
-          hs[b], agent.PrepareTransfer(TransferOp::kWrite, peer.name, Descriptors(moves, local, local_base, regions[b]),
-                                       std::nullopt));
+      SW_ASSIGN_OR_RETURN(hs[b], agent.PrepareTransfer(TransferOp::kWrite, peer.name,
+                                                       Descriptors(moves, from, regions[b]), std::nullopt));
     }
     return hs;
   };
@@ -274,6 +305,37 @@ Status WeightPublisher::Connect() {
   if (!s.options.dynamic_membership) {
     for (const auto& [dst, bytes] : s.bytes_to) SW_RETURN_IF_ERROR(s.ConnectDestination(dst));
   }
+  // Partial(sum) sources: one prepared WRITE of this rank's addends into each other reducer's
+  // scratch (slot offsets from the plan), and the agent names of the ranks whose addends come here.
+  for (auto& [reducer, h] : s.copy_transfers) (void)agent.Release(h);
+  s.copy_transfers.clear();
+  s.addend_source_names.clear();
+  for (const auto& [reducer, copies] : s.copies_to) {
+    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
+                        sync::ImportPeerRank(*s.rendezvous, agent, s.options.job, kTrainerRole, reducer,
+                                             s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds));
+    SW_RETURN_IF_ERROR(sync::CheckPeerPlanSignature(*s.rendezvous, s.options.job, kTrainerRole, reducer,
+                                                    s.plan_signature, s.options.timeout_s));
+    if (peer.scratch_region == 0) {
+      return CorruptData(fmt::format("trainer rank {} reduces Partial(sum) addends but published no scratch", reducer));
+    }
+    SW_RETURN_IF_ERROR(agent.WireUp(peer.name, s.options.timeout_s));
+    std::vector<TransferDescriptor> descriptors;
+    for (const ReduceCopy& c : copies) {
+      descriptors.push_back(TransferDescriptor{.local_region = s.endpoint.region,
+                                               .local_offset = c.src_offset,
+                                               .remote_region = peer.scratch_region,
+                                               .remote_offset = c.slot_offset,
+                                               .length = c.length,
+                                               .count = c.count,
+                                               .local_stride = c.src_stride,
+                                               .remote_stride = c.slot_stride});
+    }
+    SW_ASSIGN_OR_RETURN(s.copy_transfers[reducer],
+                        agent.PrepareTransfer(TransferOp::kWrite, peer.name, std::move(descriptors), std::nullopt));
+    s.reducer_names[reducer] = peer.name;
+  }
+  for (int src : s.addend_sources) s.addend_source_names.insert(sync::MetadataKey(s.options.job, kTrainerRole, src));
   if (s.converter) {
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
       SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
@@ -318,6 +380,35 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     if (active.erase(dst) == 0) return;
     stats.missed.push_back({dst, reason.WithContext(fmt::format("engine rank {} missed v{}", dst, version))});
   };
+  // Partial(sum) sources, reduced before anything reaches an engine: this rank's addends go
+  // into their reducers' scratch slots (ADDEND(v) follows the remote completion), and as a
+  // reducer it waits for the others' addends and sums the slots into slot 0, which the plan's
+  // moves then carry. A trainer peer that fails here fails the push (no engine gets v).
+  if (!s.copies_to.empty() || !s.reductions.empty() || !s.local_copies.empty()) {
+    for (const ReduceCopy& c : s.local_copies) {
+      for (std::uint64_t row = 0; row < c.count; ++row) {
+        std::memcpy(s.endpoint.scratch.data() + c.slot_offset + row * c.slot_stride,
+                    s.endpoint.weights.data() + c.src_offset + row * c.src_stride, c.length);
+      }
+    }
+    for (const auto& [reducer, h] : s.copy_transfers) SW_RETURN_IF_ERROR(agent.Post(h).WithContext(who));
+    for (const auto& [reducer, h] : s.copy_transfers) {
+      SW_RETURN_IF_ERROR(agent.Wait(h, s.options.timeout_s)
+                             .WithContext(fmt::format("{}: Partial(sum) addends to trainer rank {}", who, reducer)));
+      SW_RETURN_IF_ERROR(
+          agent.SendMessage(s.reducer_names.at(reducer), sync::Encode({sync::MessageKind::kAddend, version}))
+              .WithContext(who));
+    }
+    SW_RETURN_IF_ERROR(s.inbox
+                           .AwaitFromAll(agent, sync::MessageKind::kAddend, version, s.addend_source_names,
+                                         s.options.timeout_s, nullptr, std::nullopt, s.options.interrupt)
+                           .WithContext(fmt::format("{}: Partial(sum) addends", who)));
+    for (const Reduction& r : s.reductions) {
+      SW_RETURN_IF_ERROR(
+          sync::SumSlots(static_cast<DType>(r.dtype), s.endpoint.scratch.subspan(r.scratch_offset), r.bytes, r.addends)
+              .WithContext(who));
+    }
+  }
   const auto t0 = Clock::now();
   // The destinations this push writes: every one (static membership), or the members of
   // the job for this version, (re)connected when their incarnation changed (dynamic).
@@ -467,7 +558,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     for (const auto& [dst, name] : active) {
       sync::PushDigest& digest = digests[dst];
       if (auto it = s.moves_by_destination.find(dst); it != s.moves_by_destination.end()) {
-        digest.Add(s.endpoint.weights.data(), it->second, sync::MoveSide::kSource);
+        digest.AddSource(s.endpoint.weights.first(s.buffer_bytes), s.endpoint.scratch, it->second);
       }
     }
   }

@@ -59,14 +59,6 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
   // The same conversion the publishers derive (a plain plan when the dtypes agree).
   SW_ASSIGN_OR_RETURN(const PushConversion conversion,
                       PushConversion::Create(trainer_layout, engine_layout, options.conversion));
-  if (!conversion.direct_plan().reductions().empty()) {
-    // The plan sums Partial(sum) sources at reducers (transfer_plan.h, Reduction); the push
-    // does not execute reductions yet, so it refuses them rather than deliver addends.
-    return Unsupported(
-        fmt::format("the trainer layout {} holds Partial(sum) shards ({} reductions planned); the "
-                    "push does not execute reductions yet: reduce them in the trainer first",
-                    trainer_layout.description(), conversion.direct_plan().reductions().size()));
-  }
   auto state = std::make_unique<State>();
   state->rendezvous = &rendezvous;
   state->options = std::move(options);

@@ -11,14 +11,17 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "shardwire/device_mesh.h"
 #include "shardwire/model_identity.h"
+#include "shardwire/planner.h"
 #include "shardwire/rendezvous.h"
 #include "shardwire/weight_sync.h"
 #include "weight_sync_fixture.h"
@@ -297,19 +300,121 @@ TEST(WeightSyncBadInput, AnEngineThatPlansForOtherLayoutsIsRefusedBeforeAnyDescr
   EXPECT_NE(engine_side.message().find("trainer 0 of job mismatch"), std::string::npos) << engine_side.ToString();
 }
 
-TEST(WeightSyncBadInput, PartialSumTrainerShardsAreRefusedNotDeliveredAsAddends) {
+// ---- Partial(sum) trainer shards (DTensor Partial): reduced at their reducers before any byte
+// reaches an engine. Oracle: the test's own fp32 sum of the two addends (rounded to bf16 by its
+// own round-to-nearest-even for the bf16 tensor).
+
+float Addend(int rank, std::size_t i, std::uint64_t version) {
+  return static_cast<float>((static_cast<int>(i) * 7 + rank * 13 + static_cast<int>(version) * 3) % 41) * 0.25f - 3.5f +
+         static_cast<float>(rank) * 0.0078125f;
+}
+
+std::uint16_t RoundToBf16(float f) {
+  std::uint32_t u = 0;
+  std::memcpy(&u, &f, 4);
+  return static_cast<std::uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+TEST(WeightSyncPartial, PartialSumShardsAreReducedAtTheirReducerAndEnginesGetTheSum) {
   Pair p = StartPair();
-  const std::vector<TensorSpec> t{{"w", DType::kF32, {4, 4}}};
+  const std::vector<TensorSpec> t{{"w", DType::kF32, {8, 6}}, {"h", DType::kBF16, {4, 10}}, {"s", DType::kF32, {6, 4}}};
+  const DeviceMesh mesh = DeviceMesh::Create({{"dp", 2}}).value();
+  const Layout trainer =
+      MakeDTensorLayout("partial", t, mesh, {{Placement::Partial()}, {Placement::Partial()}, {Placement::Shard(0)}})
+          .value();
+  const Layout engine = MakeDTensorLayout("engine", t, DeviceMesh::Create({{"tp", 2}}).value(),
+                                          {{Placement::Shard(0)}, {Placement::Shard(1)}, {Placement::Replicate()}})
+                            .value();
+  ASSERT_FALSE(PlanTransfer(trainer, engine).value().reductions().empty());
+  auto sub0 = WeightSubscriber::Create(*p.client, trainer, engine, 0, {"partial", 20});
+  auto sub1 = WeightSubscriber::Create(*p.client, trainer, engine, 1, {"partial", 20});
+  ASSERT_TRUE(sub0.ok() && sub1.ok()) << sub0.status().ToString() << sub1.status().ToString();
+  std::vector<std::unique_ptr<WeightPublisher>> pubs;
+  for (int r = 0; r < 2; ++r) {
+    auto pub = WeightPublisher::Create(*p.client, trainer, engine, r, {"partial", 20});
+    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+    pubs.push_back(std::move(*pub));
+  }
+  WeightSubscriber* subs[2] = {sub0->get(), sub1->get()};
+  for (WeightSubscriber* s : subs) ASSERT_TRUE(s->Connect().ok());
+  {
+    std::vector<std::thread> connects;
+    std::vector<Status> st(2);
+    for (int r = 0; r < 2; ++r) connects.emplace_back([&, r] { st[r] = pubs[r]->Connect(); });
+    for (auto& th : connects) th.join();
+    ASSERT_TRUE(st[0].ok() && st[1].ok()) << st[0].ToString() << st[1].ToString();
+  }
+  for (std::uint64_t v = 1; v <= 2; ++v) {
+    // Each trainer rank holds an addend of w and h (the whole tensor) and its rows of s.
+    for (int r = 0; r < 2; ++r) {
+      for (const ShardRef& sh : trainer.rank(r).shards) {
+        const TensorSpec& spec = trainer.tensors()[sh.tensor];
+        std::byte* at = pubs[r]->weights().data() + sh.byte_offset;
+        for (std::int64_t i = 0; i < sh.box.numel(); ++i) {
+          const float x = spec.name == "s" ? Addend(0, static_cast<std::size_t>(i + sh.box.offset[0] * 4), v)
+                                           : Addend(r, static_cast<std::size_t>(i), v);
+          if (spec.dtype == DType::kF32) {
+            std::memcpy(at + i * 4, &x, 4);
+          } else {
+            const std::uint16_t b = RoundToBf16(x);
+            std::memcpy(at + i * 2, &b, 2);
+          }
+        }
+      }
+    }
+    for (WeightSubscriber* s : subs) ASSERT_TRUE(s->BeginUpdate(v).ok());
+    std::vector<Result<PushStats>> results(2, Internal("not run"));
+    std::vector<std::thread> pushes;
+    for (int r = 0; r < 2; ++r) pushes.emplace_back([&, r] { results[r] = pubs[r]->Push(v); });
+    for (auto& th : pushes) th.join();
+    for (int r = 0; r < 2; ++r) ASSERT_TRUE(results[r].ok()) << results[r].status().ToString();
+    for (int e = 0; e < 2; ++e) {
+      ASSERT_TRUE(subs[e]->WaitForUpdate(v).ok());
+      std::size_t bad = 0;
+      for (const ShardRef& sh : engine.rank(e).shards) {
+        const TensorSpec& spec = engine.tensors()[sh.tensor];
+        const std::byte* at = subs[e]->weights().data() + sh.byte_offset;
+        const std::int64_t cols = spec.shape[1];
+        for (std::int64_t i = 0; i < sh.box.numel(); ++i) {
+          const std::int64_t row = i / sh.box.shape[1] + sh.box.offset[0];
+          const std::int64_t col = i % sh.box.shape[1] + sh.box.offset[1];
+          const auto g = static_cast<std::size_t>(row * cols + col);
+          if (spec.name == "s") {
+            const float want = Addend(0, g, v);
+            bad += std::memcmp(at + i * 4, &want, 4) != 0;
+          } else if (spec.dtype == DType::kF32) {
+            const float want = Addend(0, g, v) + Addend(1, g, v);
+            bad += std::memcmp(at + i * 4, &want, 4) != 0;
+          } else {
+            // The addends were bf16; their fp32 sum, rounded once.
+            std::uint16_t a0 = RoundToBf16(Addend(0, g, v)), a1 = RoundToBf16(Addend(1, g, v));
+            std::uint32_t u0 = static_cast<std::uint32_t>(a0) << 16, u1 = static_cast<std::uint32_t>(a1) << 16;
+            float f0 = 0, f1 = 0;
+            std::memcpy(&f0, &u0, 4);
+            std::memcpy(&f1, &u1, 4);
+            const std::uint16_t want = RoundToBf16(f0 + f1);
+            bad += std::memcmp(at + i * 2, &want, 2) != 0;
+          }
+        }
+      }
+      EXPECT_EQ(bad, 0u) << "engine rank " << e << " v" << v;
+    }
+  }
+}
+
+TEST(WeightSyncBadInput, PartialSumShardsIntoAnotherEngineFormatAreRefused) {
+  Pair p = StartPair();
+  const std::vector<TensorSpec> t{{"w", DType::kBF16, {128, 128}}};
+  const std::vector<TensorSpec> fp8{{"w", DType::kF8E4M3, {128, 128}}, {"w_scale_inv", DType::kF32, {1, 1}}};
   const DeviceMesh mesh = DeviceMesh::Create({{"dp", 2}}).value();
   const Layout partial = MakeDTensorLayout("partial", t, mesh, {{Placement::Partial()}}).value();
-  const Layout engine =
-      MakeDTensorLayout("engine", t, DeviceMesh::Create({{"tp", 1}}).value(), {{Placement::Replicate()}}).value();
-  auto pub = WeightPublisher::Create(*p.client, partial, engine, 0, {"partial", 5});
+  auto engine = MakeDTensorLayout("fp8", fp8, DeviceMesh::Create({{"tp", 1}}).value(),
+                                  {{Placement::Replicate()}, {Placement::Replicate()}});
+  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+  auto pub = WeightPublisher::Create(*p.client, partial, *engine, 0, {"partial-fp8", 5});
   ASSERT_FALSE(pub.ok());
-  EXPECT_EQ(pub.status().code(), ErrorCode::kUnsupported);
+  EXPECT_EQ(pub.status().code(), ErrorCode::kUnsupported) << pub.status().ToString();
   EXPECT_NE(pub.status().message().find("Partial(sum)"), std::string::npos) << pub.status().ToString();
-  EXPECT_EQ(WeightSubscriber::Create(*p.client, partial, engine, 0, {"partial", 5}).status().code(),
-            ErrorCode::kUnsupported);
 }
 
 // ---- Per-version integrity check (WeightSyncOptions::verify_digests).
