@@ -21,8 +21,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (!message.has_value()) return 0;
   Check(message->kind == shardwire::sync::MessageKind::kReady || message->kind == shardwire::sync::MessageKind::kDone ||
             message->kind == shardwire::sync::MessageKind::kBlockAmax ||
-            message->kind == shardwire::sync::MessageKind::kMissed,
-        "sync_messages_fuzzer", "accepted kind is READY, DONE, BLOCK_AMAX or MISSED");
+            message->kind == shardwire::sync::MessageKind::kMissed ||
+            message->kind == shardwire::sync::MessageKind::kAddend,
+        "sync_messages_fuzzer", "accepted kind is READY, DONE, BLOCK_AMAX, MISSED or ADDEND");
   const std::vector<std::byte> again = shardwire::sync::Encode(*message);
   Check(std::vector<std::byte>(payload.begin(), payload.end()) == again, "sync_messages_fuzzer",
         "accepted payload re-encodes to the same bytes");
