@@ -157,9 +157,12 @@ void BindModelLoading(py::module_& m) {
   py::class_<PyLoader>(m, "_ModelLoader")
       .def(py::init([](CoordinatorClient& coordinator, const ModelDescription& model, const std::string& layout,
                        int rank, const std::string& instance_id, const std::string& revision,
-                       const std::string& checkpoint_path, double stall_timeout_s, double load_timeout_s) {
+                       const std::string& checkpoint_path, double stall_timeout_s, double load_timeout_s,
+                       std::uintptr_t address, std::size_t nbytes) {
              auto out = std::make_unique<PyLoader>();
              ModelLoaderOptions o;
+             // The engine's own shard buffer (adopt_parameters): loaded in place, no copy.
+             if (nbytes > 0) o.buffer = std::span<std::byte>(reinterpret_cast<std::byte*>(address), nbytes);
              o.instance_id = instance_id;
              o.layout = layout;
              o.rank = rank;
@@ -175,7 +178,7 @@ void BindModelLoading(py::module_& m) {
            }),
            py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("model"), py::arg("layout"), py::arg("rank"),
            py::arg("instance_id"), py::arg("revision"), py::arg("checkpoint_path"), py::arg("stall_timeout_s"),
-           py::arg("load_timeout_s"))
+           py::arg("load_timeout_s"), py::arg("address") = 0, py::arg("nbytes") = 0)
       .def("load",
            [](PyLoader& l) {
              ModelLoader& loader = l.get();

@@ -24,7 +24,7 @@ import torch
 
 from . import _shardwire
 from .errors import InvalidArgumentError
-from .tensors import check_shard_tensors, shard_views
+from .tensors import check_shard_tensors, shard_buffer_address, shard_views
 
 
 def _views(address: int, nbytes: int, layout, rank: int) -> Dict[str, torch.Tensor]:
@@ -118,7 +118,9 @@ class ModelLoader:
     ``coordinator``: a CoordinatorClient; ``model``: a shardwire.Model (the identity's tensor
     list); ``layout``: the new instance's layout string; ``rank``: this rank. ``params``: the
     engine's own parameter tensors (name -> CPU tensor, exactly the rank's shards, checked
-    here before anything is created); ``load()`` copies the verified shards into them (one
+    here before anything is created). When they live in one shard buffer at their slots (see
+    shardwire.adopt_parameters / allocate_shard_buffer) the load lands in them in place, no
+    copy (``in_place`` is True); otherwise ``load()`` copies the verified shards into them (one
     copy out of the loader's arena). None: ``tensors`` are views of the arena (no copy) valid
     while the loader, or the source it becomes, lives. ``revision``: '' takes the one revision
     served; ``checkpoint``: path for the disk fallback ('' = none). ``stall_timeout_s``: seconds
@@ -137,12 +139,19 @@ class ModelLoader:
             raise InvalidArgumentError(f"invalid argument: rank {rank} outside layout {layout!r} of "
                                        f"{self.layout.world_size} ranks")
         self._params = None
+        address, nbytes = 0, 0
         if params is not None:
             check_shard_tensors(params, self.layout, rank)
             self._params = dict(params)
+            try:
+                address, nbytes = shard_buffer_address(self._params, self.layout, rank), self.layout.buffer_bytes(rank)
+            except InvalidArgumentError:
+                address, nbytes = 0, 0  # scattered tensors: load into an arena, then copy
+        self.in_place = nbytes > 0
         self._impl = _shardwire._ModelLoader(coordinator, model, layout, rank, instance_id or f"py-{os.getpid()}",
-                                             revision, checkpoint, stall_timeout_s, load_timeout_s)
-        self._arena = _views(self._impl.buffer_address, self._impl.buffer_bytes, self.layout, rank)
+                                             revision, checkpoint, stall_timeout_s, load_timeout_s, address, nbytes)
+        self._arena = self._params if self.in_place else _views(self._impl.buffer_address, self._impl.buffer_bytes,
+                                                                self.layout, rank)
         self.tensors: Dict[str, torch.Tensor] = self._params if self._params is not None else self._arena
 
     def load(self) -> Dict[str, Any]:
@@ -156,7 +165,7 @@ class ModelLoader:
         served), TimedOutError (load_timeout_s), checkpoint errors, InvalidArgumentError
         (loaded already)."""
         report = self._impl.load()
-        if self._params is not None:
+        if self._params is not None and not self.in_place:
             with torch.no_grad():
                 for name, t in self._params.items():
                     t.copy_(self._arena[name])

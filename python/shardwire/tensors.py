@@ -7,7 +7,7 @@ tensor, into ``{tensor name: torch tensor}`` views that share its memory.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import torch
 
@@ -110,3 +110,22 @@ def check_shard_tensors(params: Mapping[str, torch.Tensor], layout, rank: int, w
             raise InvalidArgumentError(f"invalid argument: {what} {name!r} is not contiguous (strides "
                                        f"{tuple(t.stride())}); expected a contiguous row-major tensor of shape "
                                        f"{want_shape}")
+
+
+def shard_buffer_address(params: Mapping[str, torch.Tensor], layout, rank: int) -> int:
+    """The start address of the shard buffer ``params`` live in, checking that each tensor sits
+    exactly at its slot of one buffer (as adopt_parameters / allocate_shard_buffer leave them).
+    Raises InvalidArgumentError naming the first tensor that does not."""
+    from .errors import InvalidArgumentError
+    check_shard_tensors(params, layout, rank)
+    base: Optional[int] = None
+    for s in layout.shards(rank):
+        t = params[s["name"]]
+        b = t.data_ptr() - s["byte_offset"]
+        if base is None:
+            base = b
+        elif b != base:
+            raise InvalidArgumentError(
+                f"invalid argument: parameter {s['name']!r} does not sit at its slot of one shard buffer "
+                f"(call shardwire.adopt_parameters first)")
+    return base if base is not None else 0

@@ -21,7 +21,7 @@ import torch
 
 from . import _shardwire
 from .errors import InvalidArgumentError
-from .tensors import check_shard_tensors, shard_views
+from .tensors import check_shard_tensors, shard_buffer_address, shard_views
 
 
 def allocate_shard_buffer(layout, rank: int):
@@ -52,23 +52,6 @@ def adopt_parameters(params: Mapping[str, torch.Tensor], layout, rank: int) -> t
     return buffer
 
 
-def _buffer_address(params: Mapping[str, torch.Tensor], layout, rank: int) -> int:
-    """The start address of the shard buffer ``params`` live in, checking that each tensor sits
-    exactly at its slot of one buffer (as adopt_parameters / allocate_shard_buffer leave them)."""
-    _check_parameters(params, layout, rank)
-    base: Optional[int] = None
-    for s in layout.shards(rank):
-        t = params[s["name"]]
-        b = t.data_ptr() - s["byte_offset"]
-        if base is None:
-            base = b
-        elif b != base:
-            raise InvalidArgumentError(
-                f"invalid argument: parameter {s['name']!r} does not sit at its slot of one shard buffer "
-                f"(call shardwire.adopt_parameters first)")
-    return base if base is not None else 0
-
-
 class _Endpoint:
     """Shared construction of publisher and subscriber."""
 
@@ -85,7 +68,7 @@ class _Endpoint:
             self.tensors = shard_views(self.buffer, layout, rank)
         else:
             self.buffer, self.tensors = None, dict(params)
-            address = _buffer_address(self.tensors, layout, rank)
+            address = shard_buffer_address(self.tensors, layout, rank)
             self._impl = cls(coordinator, trainer_layout, engine_layout, rank, address, nbytes, job, timeout_s,
                              **flags)
 

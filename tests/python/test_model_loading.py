@@ -64,7 +64,10 @@ LOAD = textwrap.dedent("""
         if own:
             params = {s["name"]: torch.full(s["shape"], 3.0).to(shardwire.torch_dtype(s["dtype"]))
                       for s in lay.shards(r)}
+            if r % 2 == 1:  # in one shard buffer (as an engine keeps them): loaded in place
+                shardwire.adopt_parameters(params, lay, r)
         loader = shardwire.ModelLoader(client, model, layout, r, params=params, instance_id="new-" + layout)
+        assert loader.in_place == (own and r % 2 == 1)
         report = loader.load()
         assert loader.loaded and report["bytes_from_disk"] == 0, report
         assert report["bytes_per_instance"].get("seed", 0) == report["bytes_from_sources"] > 0, report
