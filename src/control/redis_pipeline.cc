@@ -17,22 +17,21 @@ Result<std::unique_ptr<RedisPipeline>> RedisPipeline::Start(const std::string& u
   }
   if (max_queued < 1) return InvalidArgument("Redis pipeline needs room for at least one command");
   SW_ASSIGN_OR_RETURN(RedisEndpoint ep, ParseRedisUrl(url));
-  std::unique_ptr<RedisPipeline> p(new RedisPipeline(url, std::move(ep), timeout_s, max_queued));
-  RedisPipeline* raw = p.get();
-  p->io_ = std::thread([raw] { raw->Run(); });
-  return p;
+  return std::unique_ptr<RedisPipeline>(new RedisPipeline(url, std::move(ep), timeout_s, max_queued));
 }
 
 RedisPipeline::RedisPipeline(std::string url, RedisEndpoint endpoint, double timeout_s, std::size_t max_queued)
     : url_(std::move(url)), endpoint_(std::move(endpoint)), timeout_s_(timeout_s), max_queued_(max_queued) {}
 
 RedisPipeline::~RedisPipeline() {
+  std::vector<Command> left;
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
     stop_ = true;
+    idle_.wait(lock, [&] { return !leading_; });  // a leader finishes its rounds (each bounded by timeout_s)
+    left.swap(queue_);
   }
-  wake_.notify_all();
-  if (io_.joinable()) io_.join();
+  for (auto& c : left) c.done(Unavailable(fmt::format("Redis at {}: the pipeline is shutting down", url_)));
 }
 
 void RedisPipeline::Submit(const RedisScript& script, std::vector<std::string> args, bool idempotent, Callback done) {
@@ -45,31 +44,27 @@ void RedisPipeline::Submit(const RedisScript& script, std::vector<std::string> a
     return;
   }
   queue_.push_back(Command{&script, std::move(args), idempotent, std::move(done), Clock::now()});
-  const bool notify = io_waiting_;
+  if (leading_) return;  // the leader takes it with its next round
+  leading_ = true;
   lock.unlock();
-  if (notify) wake_.notify_one();  // no futex call while the I/O thread is busy with a round
+  Lead();
 }
 
-void RedisPipeline::Run() {
+void RedisPipeline::Lead() {
   std::vector<Command> round;
   for (;;) {
     {
-      std::unique_lock lock(mu_);
-      while (queue_.empty() && !stop_) {
-        io_waiting_ = true;
-        wake_.wait(lock);
-        io_waiting_ = false;
-      }
-      if (stop_) {
-        round.swap(queue_);
-        break;
+      std::lock_guard lock(mu_);
+      if (queue_.empty()) {
+        leading_ = false;
+        idle_.notify_all();
+        return;
       }
       round.swap(queue_);
     }
     RunRound(round);
     round.clear();
   }
-  for (auto& c : round) c.done(Unavailable(fmt::format("Redis at {}: the pipeline is shutting down", url_)));
 }
 
 Status RedisPipeline::EnsureConnected() {

@@ -6,10 +6,14 @@
 // callback threads must not block one thread per request on a Redis round
 // trip, and on these machines every syscall and thread switch is expensive
 // (a paravirtualised guest: perf put half the coordinator's CPU in the
-// kernel). The pipeline's I/O thread takes every command queued since its last
-// round, writes them with one write(), then reads their replies in order
-// (Redis answers pipelined commands in order: https://redis.io/docs/manual/pipelining/),
-// so N concurrent heartbeats cost one write and a few reads instead of N of each.
+// kernel). Leader/follower, no thread of its own: the caller of Submit() that
+// finds no round in progress becomes the leader and runs rounds on its own
+// thread until the queue is empty; callers that find a leader only queue their
+// command and return. A round takes every command queued since the last one,
+// writes them with one write(), then reads their replies in order (Redis
+// answers pipelined commands in order: https://redis.io/docs/manual/pipelining/)
+// and completes each. So N concurrent heartbeats cost one write and a few
+// reads instead of N of each, and a lone heartbeat costs no thread switch.
 // Each command is still one EVALSHA, atomic on the Redis server, so pipelining
 // changes nothing of what two coordinators over one Redis see.
 //
@@ -29,9 +33,11 @@
 // commands (kUnavailable "overloaded" beyond, so memory stays bounded).
 //
 // Thread-safety: Submit() may be called from any thread. Callbacks run on the
-// pipeline's I/O thread (or on the caller's thread when Submit fails at once);
-// they must be quick and must not call Submit() recursively and wait on it.
-// The destructor fails every queued command with kUnavailable and joins the thread.
+// leader's thread (the caller's own, or another caller's); they must be quick
+// and must not block (they may Submit again: that only queues). Submit() may
+// therefore block its caller for the rounds it leads (each bounded by timeout_s).
+// The destructor waits for a leader to finish and fails every queued command
+// with kUnavailable; no Submit() may start after it began.
 #pragma once
 
 #include <hiredis/hiredis.h>
@@ -43,7 +49,6 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "control/redis_connection.h"
@@ -57,8 +62,8 @@ class RedisPipeline {
   /// status of why there is none (kUnavailable naming the URL).
   using Callback = std::function<void(Result<RedisReplyPtr>)>;
 
-  /// Starts the I/O thread; connects lazily (the first round), so a Redis that
-  /// is down yields kUnavailable per command, not here. `timeout_s` > 0 and
+  /// Connects lazily (the first round), so a Redis that is down yields
+  /// kUnavailable per command, not here. `timeout_s` > 0 and
   /// finite; `max_queued` >= 1. Errors: kInvalidArgument (bad URL or bounds).
   static Result<std::unique_ptr<RedisPipeline>> Start(const std::string& url, double timeout_s,
                                                       std::size_t max_queued = 100000);
@@ -79,7 +84,8 @@ class RedisPipeline {
   };
   RedisPipeline(std::string url, RedisEndpoint endpoint, double timeout_s, std::size_t max_queued);
 
-  void Run();
+  /// Runs rounds until the queue is empty (the caller is the leader).
+  void Lead();
   /// Sends one round and completes every command of it.
   void RunRound(std::vector<Command>& round);
   Status EnsureConnected();
@@ -92,15 +98,14 @@ class RedisPipeline {
   const std::size_t max_queued_;
 
   std::mutex mu_;
-  std::condition_variable wake_;
+  std::condition_variable idle_;  // leading_ became false
   std::vector<Command> queue_;
-  bool io_waiting_ = false;  // the I/O thread sleeps on wake_ (notify only then)
+  bool leading_ = false;  // a caller runs rounds now
   bool stop_ = false;
 
-  // Owned by the I/O thread.
+  // Used only by the leader (leading_ hands them over under mu_).
   RedisContextPtr ctx_;
   std::vector<std::pair<const RedisScript*, std::string>> shas_;
-  std::thread io_;
 };
 
 }  // namespace shardwire::control
