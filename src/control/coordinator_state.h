@@ -97,10 +97,12 @@ class CoordinatorState {
                                std::int64_t now_ms) = 0;
 
   // Asynchronous forms of the heartbeat calls, for the coordinator's callback
-  // (non-blocking) gRPC handlers: the same semantics and errors as the
+  // (reactor) gRPC handlers: the same semantics and errors as the
   // synchronous method of the same name; `done` is called exactly once with
-  // its status, on the caller's thread or on a thread of the implementation
-  // (Redis: the pipeline's I/O thread), so it must be quick and must not block.
+  // its status, on the caller's thread or on another caller's (Redis: the
+  // thread leading the pipeline's round, see redis_pipeline.h), so it must be
+  // quick and must not block. The call itself may block for the Redis rounds
+  // it leads (each bounded by the Redis timeout).
   // The default runs the synchronous method and calls `done` at once (the
   // in-memory state: a mutex held for microseconds).
   using DoneCallback = std::function<void(Status)>;
