@@ -49,7 +49,9 @@
 #include <hiredis/hiredis.h>
 #include <poll.h>
 
+#include <condition_variable>
 #include <deque>
+#include <mutex>
 
 #include "control/coordinator_state.h"
 #include "control/coordinator_state_redis.h"
@@ -512,6 +514,26 @@ int main(int argc, char** argv) {
       return (*st)->HeartbeatSource(ids[(t + i * clients) % sources], now_ms()).ok();
     });
     PrintRow(fmt::format("state heartbeat, redis, pool {}", pool), f, ref);
+    if (pool != 64) continue;
+    // One caller, no gRPC: the pooled synchronous call and the pipelined asynchronous one
+    // (what the server's heartbeat handler uses), against redis-benchmark -c 1 of the script.
+    Figures sync1 = Run(1, 0, seconds, redis->pid(),
+                        [&](int, long i) { return (*st)->HeartbeatSource(ids[i % sources], now_ms()).ok(); });
+    PrintRow("state heartbeat, redis, 1 caller, pool", sync1, eval1.ok ? eval1.p50 : 0);
+    Figures async1 = Run(1, 0, seconds, redis->pid(), [&](int, long i) {
+      std::mutex mu;
+      std::condition_variable cv;
+      bool done = false, ok = false;
+      (*st)->HeartbeatSourceAsync(ids[i % sources], now_ms(), [&](Status s) {
+        std::lock_guard lock(mu);
+        done = true;
+        ok = s.ok();
+        cv.notify_one();
+      });
+      std::unique_lock lock(mu);
+      return cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; }) && ok;
+    });
+    PrintRow("state heartbeat, redis, 1 caller, pipeline", async1, eval1.ok ? eval1.p50 : 0);
   }
 
   // ---- through gRPC: in-memory and Redis coordinators

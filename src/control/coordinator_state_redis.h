@@ -20,7 +20,9 @@ struct RedisStateOptions {
   /// concurrent caller of the benchmark) is what bench/coordinator_bench
   /// measured best: 64 callers got 499 heartbeats/s with 1 connection, 2,894/s
   /// with 8 and 16,522/s with 64 (loaded machine, docs/benchmarks.md). Redis
-  /// serves 10,000 clients by default, so 64 per coordinator is cheap.
+  /// serves 10,000 clients by default, so 64 per coordinator is cheap. The
+  /// asynchronous heartbeats use one more connection of their own
+  /// (RedisPipeline, redis_pipeline.h), opened at the first one.
   int max_connections = 64;
 };
 
