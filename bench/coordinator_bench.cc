@@ -17,9 +17,19 @@
 // Every coordinator figure is printed with its ratio to the EVALSHA reference.
 //
 // Capacity question: can 10,000 sources heartbeating once a second be held on
-// these 2 cores? Printed as heartbeat ops/s / 10,000 and the cores it took.
+// these 2 cores? The closed-loop figures above are saturation figures with the
+// 64 client threads on the same cores as the server. The fair test is open
+// loop: a separate client process (this binary with --load-client) offers
+// --open-rates heartbeats/s (default 2,500, 5,000 and 10,000) over 64 connections and the bench
+// prints whether every one was answered in time and with what p50/p99 (from
+// the scheduled send time), beside raw Redis: the same process sending EVALSHA
+// of the heartbeat script at the same rate over 64 hiredis connections in the
+// same run. "HELD" means: every heartbeat answered without error and p99 below
+// 1 s (the backlog never reached one heartbeat period). Unloaded round trips:
+// 1 client thread through gRPC vs redis-benchmark -c 1 of the same EVALSHA.
 //
 // Usage: coordinator_bench [--sources N] [--clients C] [--seconds S]
+//                          [--open-rates R1,R2,..] [--open-seconds S] [--open-only 1]
 #include <fmt/format.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -35,10 +45,20 @@
 #include <thread>
 #include <vector>
 
+#include <grpcpp/grpcpp.h>
+#include <hiredis/hiredis.h>
+#include <poll.h>
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+
 #include "control/coordinator_state.h"
 #include "control/coordinator_state_redis.h"
+#include "control/grpc_runtime.h"
 #include "control/redis_fixture.h"
 #include "shardwire/coordinator.h"
+#include "shardwire/v1/sources.grpc.pb.h"
 
 using namespace shardwire;
 using Clock = std::chrono::steady_clock;
@@ -177,12 +197,258 @@ void PrintRow(const std::string& name, const Figures& f, double ref_p50) {
               ref_p50 > 0 ? f.p50_ms / ref_p50 : 0.0, f.process_cores, f.redis_cores, f.errors);
 }
 
+// ---------------------------------------------------------------- open loop
+//
+// A separate client process (this binary re-run with --load-client) offers
+// `rate` heartbeats per second, spread round-robin over `conns` connections,
+// each sent at its scheduled time whether or not earlier ones were answered
+// (open loop), and measures every latency from the scheduled send time (so a
+// server that falls behind shows it as queueing, not as a lower offered rate).
+// One thread drives all connections (gRPC: async stub on one CompletionQueue;
+// Redis: non-blocking hiredis contexts, several commands in flight per
+// connection), so the client costs as little CPU as possible on the shared cores.
+
+struct OpenLoopResult {
+  long sent = 0, done = 0, errors = 0, late = 0;  // late: unanswered 5 s after the last send
+  double p50_ms = 0, p99_ms = 0, ops_per_s = 0, client_cpu_s = 0, server_cores = 0, redis_cores = 0;
+  bool ok = false;
+};
+
+struct Percentiles {
+  double p50 = 0, p99 = 0;
+};
+
+Percentiles Pct(std::vector<double>& v) {
+  Percentiles p;
+  if (v.empty()) return p;
+  std::sort(v.begin(), v.end());
+  p.p50 = v[v.size() / 2];
+  p.p99 = v[std::min(v.size() - 1, v.size() * 99 / 100)];
+  return p;
+}
+
+std::vector<std::string> ReadLines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> out;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) out.push_back(line);
+  }
+  return out;
+}
+
+void PrintOpenLoop(long sent, long done, long errors, long late, std::vector<double>& lat, double wall, double cpu) {
+  Percentiles p = Pct(lat);
+  std::printf("RESULT %ld %ld %ld %ld %.6f %.6f %.3f %.6f\n", sent, done, errors, late, p.p50, p.p99,
+              static_cast<double>(done) / wall, cpu);
+}
+
+// gRPC heartbeats to `address` at `rate`/s over `conns` channels for `seconds`.
+int OpenLoopGrpc(const std::string& address, double rate, int conns, double seconds,
+                 const std::vector<std::string>& ids) {
+  std::vector<std::unique_ptr<v1::SourceRegistry::Stub>> stubs;
+  for (int c = 0; c < conns; ++c) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // one connection per channel
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);             // a load generator reports failures, never hides them
+    auto ch = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    if (!ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5))) {
+      std::fprintf(stderr, "load client: cannot connect to %s\n", address.c_str());
+      return 1;
+    }
+    stubs.push_back(v1::SourceRegistry::NewStub(ch));
+  }
+  struct Call {
+    grpc::ClientContext ctx;
+    v1::HeartbeatSourceRequest req;
+    v1::HeartbeatSourceResponse resp;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::HeartbeatSourceResponse>> reader;
+    Clock::time_point scheduled;
+  };
+  grpc::CompletionQueue cq;
+  std::vector<double> lat;
+  lat.reserve(static_cast<size_t>(rate * seconds * 1.1));
+  long sent = 0, done = 0, errors = 0, outstanding = 0;
+  const double cpu0 = ProcessCpuSeconds();
+  const auto t0 = Clock::now() + std::chrono::milliseconds(100);
+  const long total = static_cast<long>(rate * seconds);
+  const auto sched = [&](long i) {
+    return t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(i / rate));
+  };
+  const auto drain_end = sched(total) + std::chrono::seconds(5);
+  while (done < total && Clock::now() < drain_end) {
+    auto now = Clock::now();
+    while (sent < total && sched(sent) <= now) {
+      auto* call = new Call;
+      call->scheduled = sched(sent);
+      call->req.set_source_id(ids[sent % ids.size()]);
+      call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      call->reader = stubs[sent % conns]->AsyncHeartbeat(&call->ctx, call->req, &cq);
+      call->reader->Finish(&call->resp, &call->status, call);
+      ++sent;
+      ++outstanding;
+    }
+    auto wake = sent < total ? sched(sent) : drain_end;
+    void* tag = nullptr;
+    bool ok = false;
+    auto st = cq.AsyncNext(&tag, &ok,
+                           std::chrono::system_clock::now() +
+                               std::chrono::duration_cast<std::chrono::system_clock::duration>(wake - Clock::now()));
+    while (st == grpc::CompletionQueue::GOT_EVENT) {
+      auto* call = static_cast<Call*>(tag);
+      lat.push_back(std::chrono::duration<double, std::milli>(Clock::now() - call->scheduled).count());
+      if (!ok || !call->status.ok()) ++errors;
+      ++done;
+      --outstanding;
+      delete call;
+      st = cq.AsyncNext(&tag, &ok, std::chrono::system_clock::now());  // drain what is ready, no wait
+    }
+  }
+  const double wall = std::chrono::duration<double>(sched(total) - t0).count();
+  const long late = total - done;
+  PrintOpenLoop(sent, done, errors, late, lat, wall, ProcessCpuSeconds() - cpu0);
+  std::fflush(stdout);
+  std::_Exit(0);  // unanswered calls (if any) are abandoned with the process
+}
+
+// Raw Redis: EVALSHA of the heartbeat script (same ARGV as the coordinator) at `rate`/s over `conns` connections.
+int OpenLoopRedis(int port, const std::string& sha, double rate, int conns, double seconds,
+                  const std::vector<std::string>& ids) {
+  struct Conn {
+    redisContext* ctx = nullptr;
+    std::deque<Clock::time_point> inflight;
+  };
+  std::vector<Conn> cs(conns);
+  for (auto& c : cs) {
+    c.ctx = redisConnect("127.0.0.1", port);
+    if (c.ctx == nullptr || c.ctx->err) {
+      std::fprintf(stderr, "load client: cannot connect to Redis on port %d\n", port);
+      return 1;
+    }
+  }
+  std::vector<double> lat;
+  lat.reserve(static_cast<size_t>(rate * seconds * 1.1));
+  long sent = 0, done = 0, errors = 0;
+  const double cpu0 = ProcessCpuSeconds();
+  const auto t0 = Clock::now() + std::chrono::milliseconds(100);
+  const long total = static_cast<long>(rate * seconds);
+  const auto sched = [&](long i) {
+    return t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(i / rate));
+  };
+  const auto drain_end = sched(total) + std::chrono::seconds(5);
+  const std::string delete_ms = "60000";
+  std::vector<pollfd> pfds(conns);
+  while (done < total && Clock::now() < drain_end) {
+    auto now = Clock::now();
+    while (sent < total && sched(sent) <= now) {
+      Conn& c = cs[sent % conns];
+      const std::string& id = ids[sent % ids.size()];
+      const std::string now_ms = std::to_string(
+          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+              .count());
+      const char* argv[] = {"EVALSHA", sha.c_str(), "0", id.c_str(), now_ms.c_str(), delete_ms.c_str()};
+      const size_t lens[] = {7, sha.size(), 1, id.size(), now_ms.size(), delete_ms.size()};
+      redisAppendCommandArgv(c.ctx, 6, argv, lens);
+      int wdone = 0;
+      while (!wdone) {
+        if (redisBufferWrite(c.ctx, &wdone) != REDIS_OK) return 1;
+      }
+      c.inflight.push_back(sched(sent));
+      ++sent;
+    }
+    auto wake = sent < total ? sched(sent) : drain_end;
+    // ppoll: a nanosecond timeout, so the loop neither spins nor sends late by a rounded millisecond.
+    const auto wait = std::max<Clock::duration>(Clock::duration::zero(), wake - Clock::now());
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
+    const timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+    for (int i = 0; i < conns; ++i) pfds[i] = pollfd{cs[i].ctx->fd, POLLIN, 0};
+    if (::ppoll(pfds.data(), pfds.size(), &ts, nullptr) <= 0) continue;
+    for (int i = 0; i < conns; ++i) {
+      if (!(pfds[i].revents & POLLIN)) continue;
+      if (redisBufferRead(cs[i].ctx) != REDIS_OK) return 1;
+      void* reply = nullptr;
+      while (redisGetReplyFromReader(cs[i].ctx, &reply) == REDIS_OK && reply != nullptr) {
+        auto* r = static_cast<redisReply*>(reply);
+        if (r->type == REDIS_REPLY_ERROR) ++errors;
+        freeReplyObject(r);
+        reply = nullptr;
+        lat.push_back(std::chrono::duration<double, std::milli>(Clock::now() - cs[i].inflight.front()).count());
+        cs[i].inflight.pop_front();
+        ++done;
+      }
+    }
+  }
+  const double wall = std::chrono::duration<double>(sched(total) - t0).count();
+  PrintOpenLoop(sent, done, errors, total - done, lat, wall, ProcessCpuSeconds() - cpu0);
+  for (auto& c : cs) redisFree(c.ctx);
+  return 0;
+}
+
+// Runs this binary as the load-client process and parses its RESULT line. The CPU of this
+// process (the coordinator server; its closed-loop client threads are idle) and of
+// redis-server is measured over the same interval.
+OpenLoopResult RunLoadClient(const std::string& args, pid_t redis_pid) {
+  char self[4096];
+  ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  OpenLoopResult out;
+  if (n <= 0) return out;
+  self[n] = 0;
+  std::string cmd = fmt::format("{} --load-client {}", self, args);
+  const double cpu0 = ProcessCpuSeconds(), rcpu0 = PidCpuSeconds(redis_pid);
+  const auto start = Clock::now();
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (f == nullptr) return out;
+  char buf[1024];
+  while (std::fgets(buf, sizeof(buf), f) != nullptr) {
+    if (std::sscanf(buf, "RESULT %ld %ld %ld %ld %lf %lf %lf %lf", &out.sent, &out.done, &out.errors, &out.late,
+                    &out.p50_ms, &out.p99_ms, &out.ops_per_s, &out.client_cpu_s) == 8) {
+      out.ok = true;
+    }
+  }
+  ::pclose(f);
+  const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+  out.server_cores = (ProcessCpuSeconds() - cpu0) / wall;
+  out.redis_cores = (PidCpuSeconds(redis_pid) - rcpu0) / wall;
+  if (!out.ok) std::fprintf(stderr, "load client gave no figure: %s\n", cmd.c_str());
+  return out;
+}
+
+void PrintOpenRow(const std::string& name, const OpenLoopResult& r, double seconds, double ref_p50, double ref_p99) {
+  std::printf("%-40s %8ld %8.0f %9.3f %9.3f %7.2fx %7.2fx %6.2f %6.2f %6.2f %5ld %5ld\n", name.c_str(), r.sent,
+              r.ops_per_s, r.p50_ms, r.p99_ms, ref_p50 > 0 ? r.p50_ms / ref_p50 : 0.0,
+              ref_p99 > 0 ? r.p99_ms / ref_p99 : 0.0, r.server_cores, r.client_cpu_s / seconds, r.redis_cores, r.errors,
+              r.late);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 2 && !std::strcmp(argv[1], "--load-client")) {
+    // --load-client grpc ADDRESS RATE CONNS SECONDS IDS_FILE
+    // --load-client redis PORT SHA RATE CONNS SECONDS IDS_FILE
+    if (argc == 8 && !std::strcmp(argv[2], "grpc")) {
+      control::PrepareGrpcRuntime();  // as the real client does
+      return OpenLoopGrpc(argv[3], std::atof(argv[4]), std::atoi(argv[5]), std::atof(argv[6]), ReadLines(argv[7]));
+    }
+    if (argc == 9 && !std::strcmp(argv[2], "redis")) {
+      return OpenLoopRedis(std::atoi(argv[3]), argv[4], std::atof(argv[5]), std::atoi(argv[6]), std::atof(argv[7]),
+                           ReadLines(argv[8]));
+    }
+    std::fprintf(stderr, "bad --load-client arguments\n");
+    return 2;
+  }
   int sources = 1000, clients = 64;
-  double seconds = 3;
+  double seconds = 3, open_seconds = 5;
+  std::vector<double> open_rates = {2500, 5000, 10000};
+  bool open_only = false;  // --open-only 1: skip the closed-loop heartbeat/list and state-pool phases
   for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--open-rates")) {  // comma-separated heartbeats/s
+      open_rates.clear();
+      std::stringstream list(argv[i + 1]);
+      for (std::string r; std::getline(list, r, ',');) open_rates.push_back(std::atof(r.c_str()));
+    }
+    if (!std::strcmp(argv[i], "--open-only")) open_only = std::atoi(argv[i + 1]) != 0;
+    if (!std::strcmp(argv[i], "--open-seconds")) open_seconds = std::atof(argv[i + 1]);
     if (!std::strcmp(argv[i], "--sources")) sources = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--clients")) clients = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--seconds")) seconds = std::atof(argv[i + 1]);
@@ -218,11 +484,16 @@ int main(int argc, char** argv) {
   BenchLine hset = RedisBenchmark(redis->port(), clients, n_ref, "HSET shardwire:bench:h hb 1700000000000");
   BenchLine eval = RedisBenchmark(redis->port(), clients, n_ref,
                                   fmt::format("EVALSHA {} 0 {} {} 60000", sha, one->source_id, now_ms()));
+  // One client: the unloaded round trip of the same script.
+  BenchLine eval1 = RedisBenchmark(redis->port(), 1, n_ref / 5,
+                                   fmt::format("EVALSHA {} 0 {} {} 60000", sha, one->source_id, now_ms()));
   redis->Command({"FLUSHALL"});
   std::printf("\nreference (redis-benchmark -c %d -n %ld)        ops/s   p50 ms    p99 ms\n", clients, n_ref);
   std::printf("%-44s %10.0f %9.3f %9.3f\n", "PING", ping.rps, ping.p50, ping.p99);
   std::printf("%-44s %10.0f %9.3f %9.3f\n", "HSET (raw heartbeat field)", hset.rps, hset.p50, hset.p99);
   std::printf("%-44s %10.0f %9.3f %9.3f\n", "EVALSHA heartbeat script", eval.rps, eval.p50, eval.p99);
+  std::printf("%-44s %10.0f %9.3f %9.3f\n", "EVALSHA heartbeat script, -c 1 (unloaded)", eval1.rps, eval1.p50,
+              eval1.p99);
   const double ref = eval.ok ? eval.p50 : 0;
   if (!eval.ok) std::printf("(redis-benchmark not available: ratios omitted)\n");
 
@@ -231,6 +502,7 @@ int main(int argc, char** argv) {
 
   // ---- the Redis state object directly (no gRPC): connection pool sizes
   for (int pool : {1, 8, 64}) {
+    if (open_only) break;
     redis->Command({"FLUSHALL"});
     control::RedisStateOptions o;
     o.max_connections = pool;
@@ -242,10 +514,38 @@ int main(int argc, char** argv) {
       return (*st)->HeartbeatSource(ids[(t + i * clients) % sources], now_ms()).ok();
     });
     PrintRow(fmt::format("state heartbeat, redis, pool {}", pool), f, ref);
+    if (pool != 64) continue;
+    // One caller, no gRPC: the pooled synchronous call and the pipelined asynchronous one
+    // (what the server's heartbeat handler uses), against redis-benchmark -c 1 of the script.
+    Figures sync1 = Run(1, 0, seconds, redis->pid(),
+                        [&](int, long i) { return (*st)->HeartbeatSource(ids[i % sources], now_ms()).ok(); });
+    PrintRow("state heartbeat, redis, 1 caller, pool", sync1, eval1.ok ? eval1.p50 : 0);
+    Figures async1 = Run(1, 0, seconds, redis->pid(), [&](int, long i) {
+      // A lone caller leads its own round, so the callback has run when the call returns;
+      // the condition variable is only a guard for the general case.
+      struct Wait {
+        std::mutex mu;
+        std::condition_variable cv;
+        bool done = false, ok = false;
+      };
+      auto w = std::make_shared<Wait>();
+      (*st)->HeartbeatSourceAsync(ids[i % sources], now_ms(), [w](Status s) {
+        std::lock_guard lock(w->mu);
+        w->done = true;
+        w->ok = s.ok();
+        w->cv.notify_one();
+      });
+      std::unique_lock lock(w->mu);
+      return w->cv.wait_for(lock, std::chrono::seconds(10), [&] { return w->done; }) && w->ok;
+    });
+    PrintRow("state heartbeat, redis, 1 caller, pipeline", async1, eval1.ok ? eval1.p50 : 0);
   }
 
   // ---- through gRPC: in-memory and Redis coordinators
   Figures redis_heartbeat;
+  Figures unloaded[2];
+  std::vector<OpenLoopResult> open_grpc[2], open_raw;
+  int bi = 0;
   for (std::string backend : {"memory", "redis"}) {
     redis->Command({"FLUSHALL"});
     CoordinatorServerOptions so;
@@ -279,18 +579,78 @@ int main(int argc, char** argv) {
       return true;
     });
     PrintRow("register, " + backend, reg, ref);
-    Figures hb = Run(clients, 0, seconds, redis->pid(),
-                     [&](int t, long i) { return cl[t]->HeartbeatSource(ids[(t + i * clients) % sources]).ok(); });
-    PrintRow("heartbeat, " + backend, hb, ref);
-    if (backend == "redis") redis_heartbeat = hb;
-    Figures ls = Run(clients, 0, seconds, redis->pid(), [&](int t, long) {
-      auto r = cl[t]->ListSources("bench-model", SourceState::kReady);
-      return r.ok() && static_cast<int>(r->size()) == sources;
-    });
-    PrintRow(fmt::format("list {} READY sources, {}", sources, backend), ls, ref);
+    if (!open_only) {
+      Figures hb = Run(clients, 0, seconds, redis->pid(),
+                       [&](int t, long i) { return cl[t]->HeartbeatSource(ids[(t + i * clients) % sources]).ok(); });
+      PrintRow("heartbeat, " + backend, hb, ref);
+      if (backend == "redis") redis_heartbeat = hb;
+      Figures ls = Run(clients, 0, seconds, redis->pid(), [&](int t, long) {
+        auto r = cl[t]->ListSources("bench-model", SourceState::kReady);
+        return r.ok() && static_cast<int>(r->size()) == sources;
+      });
+      PrintRow(fmt::format("list {} READY sources, {}", sources, backend), ls, ref);
+    }
+    // One client thread: the unloaded round trip through gRPC (compare with EVALSHA -c 1).
+    unloaded[bi] =
+        Run(1, 0, seconds, redis->pid(), [&](int, long i) { return cl[0]->HeartbeatSource(ids[i % sources]).ok(); });
+    PrintRow("heartbeat, " + backend + ", 1 client", unloaded[bi], eval1.ok ? eval1.p50 : 0);
+
+    // Open loop from a separate process at the offered rate (the closed-loop clients above sit idle).
+    const std::string ids_file = fmt::format("/tmp/coordinator_bench_ids.{}", ::getpid());
+    {
+      std::ofstream out(ids_file);
+      for (const auto& id : ids) out << id << "\n";
+    }
+    for (double rate : open_rates) {
+      if (backend == "redis") {
+        open_raw.push_back(RunLoadClient(
+            fmt::format("redis {} {} {} {} {} {}", redis->port(), sha, rate, clients, open_seconds, ids_file),
+            redis->pid()));
+      }
+      open_grpc[bi].push_back(
+          RunLoadClient(fmt::format("grpc {} {} {} {} {}", (*server)->address(), rate, clients, open_seconds, ids_file),
+                        redis->pid()));
+    }
+    std::remove(ids_file.c_str());
+    ++bi;
   }
 
-  std::printf("\ncapacity: 10,000 sources heartbeating once a second need 10,000 heartbeats/s;\n");
+  std::printf(
+      "\nopen loop: heartbeats offered at a fixed rate for %.1f s from a separate client process (one thread, %d "
+      "connections),\nlatency from each heartbeat's scheduled send time; ratios to the raw-Redis EVALSHA run at the "
+      "same rate and connections.\n",
+      open_seconds, clients);
+  std::printf("%-40s %8s %8s %9s %9s %8s %8s %6s %6s %6s %5s %5s\n", "open loop", "sent", "done/s", "p50 ms", "p99 ms",
+              "p50/raw", "p99/raw", "server", "client", "redis", "err", "late");
+  for (size_t k = 0; k < open_rates.size(); ++k) {
+    const OpenLoopResult& raw = open_raw[k];
+    const double rate = open_rates[k];
+    PrintOpenRow(fmt::format("{:.0f}/s raw Redis EVALSHA (hiredis)", rate), raw, open_seconds, raw.p50_ms, raw.p99_ms);
+    PrintOpenRow(fmt::format("{:.0f}/s coordinator, memory", rate), open_grpc[0][k], open_seconds, raw.p50_ms,
+                 raw.p99_ms);
+    PrintOpenRow(fmt::format("{:.0f}/s coordinator, redis", rate), open_grpc[1][k], open_seconds, raw.p50_ms,
+                 raw.p99_ms);
+  }
+  std::printf(
+      "(server = cores of this process, which holds the coordinator; client = cores of the load process; "
+      "late = not answered 5 s after the last send)\n");
+  // Held: every heartbeat answered, none failed, and the backlog never reached one heartbeat period
+  // (p99 below 1 s), so a source beating once a second is never seen late by a whole beat.
+  for (size_t k = 0; k < open_rates.size(); ++k) {
+    for (int b = 0; b < 2; ++b) {
+      const auto& r = open_grpc[b][k];
+      const bool held = r.ok && r.errors == 0 && r.late == 0 && r.p99_ms < 1000.0;
+      std::printf("%s-backed coordinator %s %.0f heartbeats/s (answered %ld of %ld, %ld errors, p99 %.3f ms)\n",
+                  b == 0 ? "memory" : "Redis", held ? "HELD" : "did NOT hold", open_rates[k], r.done, r.done + r.late,
+                  r.errors, r.p99_ms);
+    }
+  }
+  std::printf(
+      "unloaded round trip (1 client): gRPC heartbeat, redis p50 %.3f ms = %.2fx raw EVALSHA -c 1 p50 %.3f ms\n",
+      unloaded[1].p50_ms, eval1.ok && eval1.p50 > 0 ? unloaded[1].p50_ms / eval1.p50 : 0.0, eval1.p50);
+
+  if (open_only) return 0;
+  std::printf("\nclosed-loop saturation: 10,000 sources heartbeating once a second need 10,000 heartbeats/s;\n");
   std::printf("the Redis-backed coordinator served %.0f/s (%.2fx of the need) using %.2f cores in this process\n",
               redis_heartbeat.ops_per_s, redis_heartbeat.ops_per_s / 10000.0, redis_heartbeat.process_cores);
   std::printf("(server + the %d client threads) and %.2f cores in redis-server.\n", clients,

@@ -27,6 +27,7 @@
 #include <thread>
 
 #include "control/coordinator_codec.h"
+#include "control/grpc_runtime.h"
 #include "control/grpc_status.h"
 #include "control/rendezvous_internal.h"
 #include "shardwire/coordinator.h"
@@ -119,6 +120,7 @@ struct CoordinatorClient::Impl {
 
 Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(CoordinatorClientOptions options) {
   if (options.address.empty()) return InvalidArgument("coordinator address is empty");
+  control::PrepareGrpcRuntime();
   auto finite_positive = [](double v) { return std::isfinite(v) && v > 0; };
   if (!finite_positive(options.call_timeout_s) || !(options.unavailable_timeout_s >= 0) ||
       !std::isfinite(options.unavailable_timeout_s)) {

@@ -13,6 +13,7 @@
 #include "control/coordinator_codec.h"
 #include "control/coordinator_service.h"
 #include "control/coordinator_state.h"
+#include "control/grpc_runtime.h"
 #include "shardwire/coordinator.h"
 
 namespace shardwire {
@@ -103,6 +104,7 @@ struct CoordinatorServer::Impl {
 
 Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(CoordinatorServerOptions options) {
   SW_RETURN_IF_ERROR(ValidateOptions(options));
+  control::PrepareGrpcRuntime();
   std::string host;
   int port = 0;
   SW_RETURN_IF_ERROR(SplitHostPort(options.listen_address, &host, &port));

@@ -60,9 +60,13 @@ grpc::Status Invalid(const Status& s) { return ToGrpcStatus(s); }
 // CoordinatorCore
 
 CoordinatorCore::CoordinatorCore(std::shared_ptr<CoordinatorState> state, std::string token, std::string backend)
-    : state_(std::move(state)), token_(std::move(token)), backend_(std::move(backend)), instance_(RandomInstance()) {}
+    : state_(std::move(state)),
+      token_(std::move(token)),
+      expected_header_("Bearer " + token_),
+      backend_(std::move(backend)),
+      instance_(RandomInstance()) {}
 
-grpc::Status CoordinatorCore::Authorize(const grpc::ServerContext* context) const {
+grpc::Status CoordinatorCore::Authorize(const grpc::ServerContextBase* context) const {
   if (token_.empty()) return grpc::Status::OK;
   const auto& md = context->client_metadata();
   auto it = md.find("authorization");
@@ -71,8 +75,7 @@ grpc::Status CoordinatorCore::Authorize(const grpc::ServerContext* context) cons
                         "missing bearer token (metadata 'authorization: Bearer <token>')");
   }
   const std::string_view got(it->second.data(), it->second.size());
-  const std::string expected = "Bearer " + token_;
-  if (!ConstantTimeEquals(got, expected)) {
+  if (!ConstantTimeEquals(got, expected_header_)) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "wrong bearer token");
   }
   return grpc::Status::OK;
@@ -165,9 +168,9 @@ grpc::Status RendezvousService::Add(grpc::ServerContext* ctx, const v1::AddReque
   SW_AUTHORIZE(ctx);
   SW_GRPC_RETURN_IF_ERROR(control_internal::ValidateKey(req->key()));
   if (req->request_id().size() > kMaxAddRequestIdBytes) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        fmt::format("Add: request_id of {} bytes (at most {})", req->request_id().size(),
-                                    kMaxAddRequestIdBytes));
+    return grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        fmt::format("Add: request_id of {} bytes (at most {})", req->request_id().size(), kMaxAddRequestIdBytes));
   }
   auto v = core_->state().Add(req->key(), req->delta(), req->request_id());
   if (!v.ok()) return ToGrpcStatus(v.status());
@@ -200,11 +203,21 @@ grpc::Status SourceRegistryService::Register(grpc::ServerContext* ctx, const v1:
   return grpc::Status::OK;
 }
 
-grpc::Status SourceRegistryService::Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatSourceRequest* req,
-                                              v1::HeartbeatSourceResponse*) {
-  SW_AUTHORIZE(ctx);
-  SW_GRPC_RETURN_IF_ERROR(ValidateSourceId(req->source_id()));
-  return ToGrpcStatus(core_->state().HeartbeatSource(req->source_id(), UnixNowMs()));
+grpc::ServerUnaryReactor* SourceRegistryService::Heartbeat(grpc::CallbackServerContext* ctx,
+                                                           const v1::HeartbeatSourceRequest* req,
+                                                           v1::HeartbeatSourceResponse*) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status auth = core_->Authorize(ctx); !auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
+  if (Status valid = ValidateSourceId(req->source_id()); !valid.ok()) {
+    reactor->Finish(ToGrpcStatus(valid));
+    return reactor;
+  }
+  core_->state().HeartbeatSourceAsync(req->source_id(), UnixNowMs(),
+                                      [reactor](Status s) { reactor->Finish(ToGrpcStatus(s)); });
+  return reactor;
 }
 
 grpc::Status SourceRegistryService::List(grpc::ServerContext* ctx, const v1::ListSourcesRequest* req,
@@ -255,12 +268,24 @@ grpc::Status JobsService::Join(grpc::ServerContext* ctx, const v1::JoinJobReques
   return grpc::Status::OK;
 }
 
-grpc::Status JobsService::HeartbeatMember(grpc::ServerContext* ctx, const v1::HeartbeatMemberRequest* req,
-                                          v1::HeartbeatMemberResponse*) {
-  SW_AUTHORIZE(ctx);
-  SW_GRPC_RETURN_IF_ERROR(ValidateName(req->job(), "job"));
-  SW_GRPC_RETURN_IF_ERROR(ValidateName(req->member_id(), "member_id"));
-  return ToGrpcStatus(core_->state().HeartbeatMember(req->job(), req->member_id(), UnixNowMs()));
+grpc::ServerUnaryReactor* JobsService::HeartbeatMember(grpc::CallbackServerContext* ctx,
+                                                       const v1::HeartbeatMemberRequest* req,
+                                                       v1::HeartbeatMemberResponse*) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  Status valid = Status::Ok();
+  if (grpc::Status auth = core_->Authorize(ctx); !auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
+  valid = ValidateName(req->job(), "job");
+  if (valid.ok()) valid = ValidateName(req->member_id(), "member_id");
+  if (!valid.ok()) {
+    reactor->Finish(ToGrpcStatus(valid));
+    return reactor;
+  }
+  core_->state().HeartbeatMemberAsync(req->job(), req->member_id(), UnixNowMs(),
+                                      [reactor](Status s) { reactor->Finish(ToGrpcStatus(s)); });
+  return reactor;
 }
 
 grpc::Status JobsService::Leave(grpc::ServerContext* ctx, const v1::LeaveJobRequest* req, v1::LeaveJobResponse*) {

@@ -11,6 +11,15 @@
 // at least every 10 ms (so Puts through another coordinator over the same Redis are
 // seen too); a cancelled call or a stopping server ends the wait at once.
 //
+// Threads: the heartbeats (SourceRegistry.Heartbeat, Jobs.HeartbeatMember), the
+// calls a fleet makes every second, are gRPC callback (reactor) handlers: they
+// validate on gRPC's callback thread and hand the state call to
+// CoordinatorState::*Async, which finishes the RPC when the state answers
+// (in memory: at once, on the same thread; Redis: from the pipeline's I/O
+// thread, several concurrent heartbeats per write to Redis), so no thread
+// blocks per heartbeat. Every other method is a synchronous handler (they
+// are rare, and Get blocks by design for up to 30 s).
+//
 // Thread-safety: handlers run concurrently on gRPC's threads; Stop() may be called
 // from any thread.
 #pragma once
@@ -36,7 +45,8 @@ class CoordinatorCore {
   CoordinatorCore(std::shared_ptr<CoordinatorState> state, std::string token, std::string backend);
 
   /// OK, or UNAUTHENTICATED when the call lacks "authorization: Bearer <token>".
-  grpc::Status Authorize(const grpc::ServerContext* context) const;
+  /// Works for synchronous and callback handlers' contexts alike.
+  grpc::Status Authorize(const grpc::ServerContextBase* context) const;
   CoordinatorState& state() { return *state_; }
   const std::string& instance() const { return instance_; }
   const std::string& backend() const { return backend_; }
@@ -54,6 +64,7 @@ class CoordinatorCore {
  private:
   std::shared_ptr<CoordinatorState> state_;
   const std::string token_;
+  const std::string expected_header_;  // "Bearer <token>", built once
   const std::string backend_;
   const std::string instance_;
   std::mutex mu_;
@@ -74,13 +85,17 @@ class RendezvousService final : public v1::Rendezvous::Service {
   CoordinatorCore* core_;
 };
 
-class SourceRegistryService final : public v1::SourceRegistry::Service {
+class SourceRegistryService final
+    : public v1::SourceRegistry::WithCallbackMethod_Heartbeat<v1::SourceRegistry::Service> {
  public:
   explicit SourceRegistryService(CoordinatorCore* core) : core_(core) {}
   grpc::Status Register(grpc::ServerContext* ctx, const v1::RegisterSourceRequest* req,
                         v1::RegisterSourceResponse* resp) override;
-  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatSourceRequest* req,
-                         v1::HeartbeatSourceResponse* resp) override;
+  /// Callback handler (see the top of this file); the synchronous overload
+  /// (never called once the method is a callback one) stays visible.
+  using v1::SourceRegistry::WithCallbackMethod_Heartbeat<v1::SourceRegistry::Service>::Heartbeat;
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx, const v1::HeartbeatSourceRequest* req,
+                                      v1::HeartbeatSourceResponse* resp) override;
   grpc::Status List(grpc::ServerContext* ctx, const v1::ListSourcesRequest* req,
                     v1::ListSourcesResponse* resp) override;
   grpc::Status MarkStale(grpc::ServerContext* ctx, const v1::MarkSourceStaleRequest* req,
@@ -92,12 +107,15 @@ class SourceRegistryService final : public v1::SourceRegistry::Service {
   CoordinatorCore* core_;
 };
 
-class JobsService final : public v1::Jobs::Service {
+class JobsService final : public v1::Jobs::WithCallbackMethod_HeartbeatMember<v1::Jobs::Service> {
  public:
   explicit JobsService(CoordinatorCore* core) : core_(core) {}
   grpc::Status Join(grpc::ServerContext* ctx, const v1::JoinJobRequest* req, v1::JoinJobResponse* resp) override;
-  grpc::Status HeartbeatMember(grpc::ServerContext* ctx, const v1::HeartbeatMemberRequest* req,
-                               v1::HeartbeatMemberResponse* resp) override;
+  /// Callback handler (see the top of this file); the synchronous overload
+  /// (never called once the method is a callback one) stays visible.
+  using v1::Jobs::WithCallbackMethod_HeartbeatMember<v1::Jobs::Service>::HeartbeatMember;
+  grpc::ServerUnaryReactor* HeartbeatMember(grpc::CallbackServerContext* ctx, const v1::HeartbeatMemberRequest* req,
+                                            v1::HeartbeatMemberResponse* resp) override;
   grpc::Status Leave(grpc::ServerContext* ctx, const v1::LeaveJobRequest* req, v1::LeaveJobResponse* resp) override;
   grpc::Status Get(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::GetJobResponse* resp) override;
   grpc::Status CommitVersion(grpc::ServerContext* ctx, const v1::CommitVersionRequest* req,

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -95,6 +96,24 @@ class CoordinatorState {
   virtual Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version,
                                std::int64_t now_ms) = 0;
 
+  // Asynchronous forms of the heartbeat calls, for the coordinator's callback
+  // (reactor) gRPC handlers: the same semantics and errors as the
+  // synchronous method of the same name; `done` is called exactly once with
+  // its status, on the caller's thread or on another caller's (Redis: the
+  // thread leading the pipeline's round, see redis_pipeline.h), so it must be
+  // quick and must not block. The call itself may block for the Redis rounds
+  // it leads (each bounded by the Redis timeout).
+  // The default runs the synchronous method and calls `done` at once (the
+  // in-memory state: a mutex held for microseconds).
+  using DoneCallback = std::function<void(Status)>;
+  virtual void HeartbeatSourceAsync(const std::string& source_id, std::int64_t now_ms, DoneCallback done) {
+    done(HeartbeatSource(source_id, now_ms));
+  }
+  virtual void HeartbeatMemberAsync(const std::string& job, const std::string& member_id, std::int64_t now_ms,
+                                    DoneCallback done) {
+    done(HeartbeatMember(job, member_id, now_ms));
+  }
+
   /// One reaper pass: writes STALE for sources past stale_after, deletes sources
   /// past delete_after (in memory; Redis TTLs do it themselves) and expires
   /// members past member_expire_after (bumping their job's epoch).
@@ -109,6 +128,6 @@ std::unique_ptr<CoordinatorState> MakeInMemoryCoordinatorState(LeasePolicy polic
 /// once on a broken connection. Keys live under "shardwire:v1:".
 /// Errors: kInvalidArgument (bad URL), kUnavailable (Redis unreachable).
 Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std::string& url, LeasePolicy policy,
-                                                                      double connect_timeout_s = 5);
+                                                                       double connect_timeout_s = 5);
 
 }  // namespace shardwire::control

@@ -43,6 +43,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <chrono>
 #include <cstring>
@@ -52,6 +53,7 @@
 #include "control/coordinator_state.h"
 #include "control/coordinator_state_redis.h"
 #include "control/redis_connection.h"
+#include "control/redis_pipeline.h"
 #include "control/rendezvous_internal.h"
 
 namespace shardwire::control {
@@ -515,8 +517,10 @@ std::int64_t Ms(double seconds) { return static_cast<std::int64_t>(seconds * 100
 
 class RedisCoordinatorState final : public CoordinatorState {
  public:
-  RedisCoordinatorState(std::unique_ptr<RedisConnectionPool> pool, LeasePolicy policy)
+  RedisCoordinatorState(std::unique_ptr<RedisConnectionPool> pool,
+                        std::vector<std::unique_ptr<RedisPipeline>> pipelines, LeasePolicy policy)
       : pool_(std::move(pool)),
+        pipelines_(std::move(pipelines)),
         policy_(policy),
         stale_ms_(std::to_string(std::max<std::int64_t>(1, Ms(policy.source_stale_after_s)))),
         delete_ms_(std::to_string(std::max<std::int64_t>(1, Ms(policy.source_delete_after_s)))),
@@ -535,6 +539,8 @@ class RedisCoordinatorState final : public CoordinatorState {
         get_job_(MakeScript("get_job", kGetJobScript)),
         commit_(MakeScript("commit_version", kCommitScript)),
         reap_(MakeScript("reap", kReapScript)) {}
+
+  ~RedisCoordinatorState() override { pipelines_.clear(); }
 
   Status Put(const std::string& key, std::span<const std::byte> value) override {
     SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
@@ -701,6 +707,31 @@ class RedisCoordinatorState final : public CoordinatorState {
     return CheckReply(*r, "CommitVersion of job '" + job + "'");
   }
 
+  // The heartbeats go through the pipelines, taken in turn: concurrent ones
+  // share one write and one connection per pipeline (redis_pipeline.h); the
+  // same script and ARGV as above. Several pipelines, so that one leader
+  // thread descheduled on a busy machine stalls only its share of heartbeats.
+  RedisPipeline& NextPipeline() {
+    return *pipelines_[next_pipeline_.fetch_add(1, std::memory_order_relaxed) % pipelines_.size()];
+  }
+
+  void HeartbeatSourceAsync(const std::string& source_id, std::int64_t now_ms, DoneCallback done) override {
+    NextPipeline().Submit(heartbeat_, {source_id, std::to_string(now_ms), delete_ms_}, /*idempotent=*/true,
+                          [this, done = std::move(done)](Result<RedisReplyPtr> r) {
+                            if (!r.ok()) return done(r.status());
+                            done(CheckReply(**r, "HeartbeatSource"));
+                          });
+  }
+
+  void HeartbeatMemberAsync(const std::string& job, const std::string& member_id, std::int64_t now_ms,
+                            DoneCallback done) override {
+    NextPipeline().Submit(heartbeat_member_, {Hex(job), std::to_string(now_ms), member_ms_, member_id},
+                          /*idempotent=*/true, [this, job, done = std::move(done)](Result<RedisReplyPtr> r) {
+                            if (!r.ok()) return done(r.status());
+                            done(CheckReply(**r, "HeartbeatMember of job '" + job + "'"));
+                          });
+  }
+
   Result<ReapStats> Reap(std::int64_t now_ms) override {
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
                         pool_->Eval(reap_, {std::to_string(now_ms), stale_ms_, delete_ms_, member_ms_}, false));
@@ -794,6 +825,9 @@ class RedisCoordinatorState final : public CoordinatorState {
   }
 
   std::unique_ptr<RedisConnectionPool> pool_;
+  // Stopped first by the destructor (they point at the scripts below).
+  std::vector<std::unique_ptr<RedisPipeline>> pipelines_;
+  std::atomic<unsigned> next_pipeline_{0};
   LeasePolicy policy_;
   const std::string stale_ms_, delete_ms_, member_ms_;
   std::mutex rng_mu_;
@@ -812,7 +846,13 @@ const RedisScript& RedisHeartbeatSourceScript() {
 Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std::string& url, LeasePolicy policy,
                                                                        RedisStateOptions options) {
   SW_ASSIGN_OR_RETURN(auto pool, RedisConnectionPool::Connect(url, options.timeout_s, options.max_connections));
-  return std::unique_ptr<CoordinatorState>(new RedisCoordinatorState(std::move(pool), policy));
+  if (options.pipelines < 1) return InvalidArgument("Redis state needs at least one heartbeat pipeline");
+  std::vector<std::unique_ptr<RedisPipeline>> pipelines;
+  for (int i = 0; i < options.pipelines; ++i) {
+    SW_ASSIGN_OR_RETURN(auto p, RedisPipeline::Start(url, options.timeout_s));
+    pipelines.push_back(std::move(p));
+  }
+  return std::unique_ptr<CoordinatorState>(new RedisCoordinatorState(std::move(pool), std::move(pipelines), policy));
 }
 
 Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std::string& url, LeasePolicy policy,

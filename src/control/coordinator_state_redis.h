@@ -20,8 +20,15 @@ struct RedisStateOptions {
   /// concurrent caller of the benchmark) is what bench/coordinator_bench
   /// measured best: 64 callers got 499 heartbeats/s with 1 connection, 2,894/s
   /// with 8 and 16,522/s with 64 (loaded machine, docs/benchmarks.md). Redis
-  /// serves 10,000 clients by default, so 64 per coordinator is cheap.
+  /// serves 10,000 clients by default, so 64 per coordinator is cheap. The
+  /// asynchronous heartbeats use `pipelines` more connections of their own
+  /// (RedisPipeline, redis_pipeline.h), each opened at its first heartbeat.
   int max_connections = 64;
+  /// Heartbeat pipelines (>= 1), taken in turn by the asynchronous heartbeats:
+  /// each is one connection whose round is run by one caller at a time, so more
+  /// than one keeps a caller descheduled mid-round (a busy machine) from
+  /// stalling every heartbeat. Errors: kInvalidArgument when < 1.
+  int pipelines = 4;
 };
 
 /// As ConnectRedisCoordinatorState(url, policy, timeout) with explicit options.

@@ -93,26 +93,30 @@ Result<std::unique_ptr<RedisConnectionPool>> RedisConnectionPool::Connect(const 
   return pool;
 }
 
-Status RedisConnectionPool::Reconnect(Connection& conn) {
-  conn.ctx.reset();
-  RedisContextPtr ctx(redisConnectWithTimeout(endpoint_.host.c_str(), endpoint_.port, ToTimeval(timeout_s_)));
-  if (ctx == nullptr) return Unavailable(fmt::format("Redis at {}: cannot allocate a connection", url_));
+Result<RedisContextPtr> ConnectRedisContext(const RedisEndpoint& endpoint, const std::string& url, double timeout_s) {
+  RedisContextPtr ctx(redisConnectWithTimeout(endpoint.host.c_str(), endpoint.port, ToTimeval(timeout_s)));
+  if (ctx == nullptr) return Unavailable(fmt::format("Redis at {}: cannot allocate a connection", url));
   if (ctx->err != 0) {
-    return Unavailable(fmt::format("Redis at {} cannot be reached: {}", url_, ctx->errstr));
+    return Unavailable(fmt::format("Redis at {} cannot be reached: {}", url, ctx->errstr));
   }
-  if (redisSetTimeout(ctx.get(), ToTimeval(timeout_s_)) != REDIS_OK) {
-    return Unavailable(fmt::format("Redis at {}: cannot set the {} s timeout: {}", url_, timeout_s_, ctx->errstr));
+  if (redisSetTimeout(ctx.get(), ToTimeval(timeout_s)) != REDIS_OK) {
+    return Unavailable(fmt::format("Redis at {}: cannot set the {} s timeout: {}", url, timeout_s, ctx->errstr));
   }
   redisEnableKeepAlive(ctx.get());
-  if (endpoint_.db != 0) {
-    RedisReplyPtr r(static_cast<redisReply*>(redisCommand(ctx.get(), "SELECT %d", endpoint_.db)));
-    if (r == nullptr) return Unavailable(fmt::format("Redis at {}: SELECT failed: {}", url_, ctx->errstr));
+  if (endpoint.db != 0) {
+    RedisReplyPtr r(static_cast<redisReply*>(redisCommand(ctx.get(), "SELECT %d", endpoint.db)));
+    if (r == nullptr) return Unavailable(fmt::format("Redis at {}: SELECT failed: {}", url, ctx->errstr));
     if (r->type == REDIS_REPLY_ERROR) {
       return InvalidArgument(
-          fmt::format("Redis at {}: SELECT {} refused: {}", url_, endpoint_.db, std::string_view(r->str, r->len)));
+          fmt::format("Redis at {}: SELECT {} refused: {}", url, endpoint.db, std::string_view(r->str, r->len)));
     }
   }
-  conn.ctx = std::move(ctx);
+  return ctx;
+}
+
+Status RedisConnectionPool::Reconnect(Connection& conn) {
+  conn.ctx.reset();
+  SW_ASSIGN_OR_RETURN(conn.ctx, ConnectRedisContext(endpoint_, url_, timeout_s_));
   return Status::Ok();
 }
 

@@ -64,6 +64,12 @@ struct RedisEndpoint {
 /// naming the URL and what is wrong.
 Result<RedisEndpoint> ParseRedisUrl(const std::string& url);
 
+/// Opens one connection to `endpoint` (`url` only names it in messages): connect,
+/// read/write timeout and keep-alive, SELECT of a non-zero db, all bounded by
+/// `timeout_s`. Errors: kUnavailable naming the URL; kInvalidArgument when
+/// SELECT is refused. Thread-safety: none needed (no shared state).
+Result<RedisContextPtr> ConnectRedisContext(const RedisEndpoint& endpoint, const std::string& url, double timeout_s);
+
 /// A Lua script with its SHA1 (filled by the pool when first loaded).
 struct RedisScript {
   std::string name;  ///< for messages, e.g. "register_source"

@@ -11,7 +11,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <limits>
+#include <mutex>
 #include <thread>
 
 #include "control/coordinator_state.h"
@@ -66,6 +68,36 @@ JobMember Member(const std::string& id, JobRole role = JobRole::kSubscriber) {
   m.attributes["k"] = std::string("a\0b", 3);
   return m;
 }
+
+// Counts the completions of asynchronous state calls and waits for them
+// (bounded: a callback that never comes fails the test instead of hanging it).
+class Completions {
+ public:
+  CoordinatorState::DoneCallback Expect(Status* out) {
+    {
+      std::lock_guard lock(mu_);
+      ++expected_;
+    }
+    return [this, out](Status s) {
+      std::lock_guard lock(mu_);
+      if (out != nullptr) *out = std::move(s);
+      ++done_;
+      cv_.notify_all();
+    };
+  }
+  // True when every expected callback came (exactly once each: more would show as done > expected).
+  bool Wait(int* done = nullptr) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, std::chrono::seconds(30), [&] { return done_ >= expected_; });
+    if (done != nullptr) *done = done_;
+    return done_ == expected_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int expected_ = 0, done_ = 0;
+};
 
 // One Redis server shared by the parameterized suite (flushed before each test).
 RedisServer* shared_redis = nullptr;
@@ -392,6 +424,62 @@ TEST_P(CoordinatorStateTest, CommittedVersionsNeverGoBackwards) {
   EXPECT_EQ(st.GetJob("j", t0)->membership_epoch, 2u);
 }
 
+// The asynchronous heartbeats (what the coordinator's callback handlers call)
+// apply exactly what the synchronous ones do: from several threads at once,
+// every source gets its own latest time, unknown ids are kNotFound, and member
+// heartbeats keep a member past its lease.
+TEST_P(CoordinatorStateTest, AsyncHeartbeatsApplyLikeTheSynchronousOnes) {
+  CoordinatorState& st = *state_;
+  const std::int64_t t0 = WallMs();
+  constexpr int kThreads = 4, kPerThread = 30, kBeats = 5;
+  std::vector<std::string> ids;
+  for (int i = 0; i < kThreads * kPerThread; ++i) {
+    auto r = st.RegisterSource(Source("m", "inst-" + std::to_string(i), 0, 1), t0);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ids.push_back(r->source_id);
+  }
+  Completions done;
+  std::vector<Status> results(kThreads * kPerThread * kBeats, InvalidArgument("never completed"));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int beat = 1; beat <= kBeats; ++beat) {
+        for (int k = 0; k < kPerThread; ++k) {
+          const int i = t * kPerThread + k;
+          st.HeartbeatSourceAsync(ids[i], t0 + beat * 1000 + i,
+                                  done.Expect(&results[(beat - 1) * kThreads * kPerThread + i]));
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  int completed = 0;
+  ASSERT_TRUE(done.Wait(&completed)) << completed << " of " << results.size() << " callbacks";
+  for (const auto& r : results) ASSERT_TRUE(r.ok()) << r.ToString();
+  auto listed = st.ListSources("m", std::nullopt, t0 + kBeats * 1000 + 1000);
+  ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+  ASSERT_EQ(listed->size(), ids.size());
+  for (const auto& r : *listed) {
+    const int i = std::stoi(r.instance_id.substr(5));
+    EXPECT_EQ(r.last_heartbeat_unix_ms, t0 + kBeats * 1000 + i) << r.source_id << ": a heartbeat was lost";
+  }
+
+  Status unknown, member_ok, member_unknown;
+  st.HeartbeatSourceAsync("src-0000000000000000", t0, done.Expect(&unknown));
+  ASSERT_TRUE(st.JoinJob("job", Member("s1"), t0).ok());
+  st.HeartbeatMemberAsync("job", "s1", t0 + 4'000, done.Expect(&member_ok));
+  st.HeartbeatMemberAsync("job", "nobody", t0 + 4'000, done.Expect(&member_unknown));
+  ASSERT_TRUE(done.Wait());
+  EXPECT_EQ(unknown.code(), ErrorCode::kNotFound) << unknown.ToString();
+  EXPECT_TRUE(member_ok.ok()) << member_ok.ToString();
+  EXPECT_EQ(member_unknown.code(), ErrorCode::kNotFound) << member_unknown.ToString();
+  // The 5 s member lease runs from the async heartbeat at t0 + 4 s, not from the join.
+  auto job = st.GetJob("job", t0 + 8'000);
+  ASSERT_TRUE(job.ok()) << job.status().ToString();
+  ASSERT_EQ(job->members.size(), 1u);
+  EXPECT_EQ(job->members[0].last_heartbeat_unix_ms, t0 + 4'000);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, CoordinatorStateTest, ::testing::Values("memory", "redis"),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
@@ -564,6 +652,43 @@ TEST_F(RedisStateTest, RedisDownIsUnavailableWithinTheBoundThenRecovers) {
   EXPECT_EQ(*st->Add("c", 2), 2);
 }
 
+// The pipelined (async) heartbeats with Redis gone: every callback comes, once,
+// with kUnavailable naming Redis, within the bound; after Redis is back they work.
+TEST_F(RedisStateTest, AsyncHeartbeatsWithRedisDownAreUnavailableThenRecover) {
+  auto st = Connect(Policy(), 1.0);
+  ASSERT_TRUE(st);
+  const std::int64_t t0 = WallMs();
+  auto a = st->RegisterSource(Source("m", "i", 0, 1), t0);
+  ASSERT_TRUE(a.ok());
+  Status warm;
+  Completions first;
+  st->HeartbeatSourceAsync(a->source_id, t0 + 1, first.Expect(&warm));  // opens the pipeline's connection
+  ASSERT_TRUE(first.Wait());
+  ASSERT_TRUE(warm.ok()) << warm.ToString();
+  redis_->Kill();
+  Completions done;
+  std::vector<Status> results(20);
+  const auto start = std::chrono::steady_clock::now();
+  for (auto& r : results) st->HeartbeatSourceAsync(a->source_id, t0 + 2, done.Expect(&r));
+  int completed = 0;
+  ASSERT_TRUE(done.Wait(&completed)) << completed << " of " << results.size() << " callbacks";
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 30.0)
+      << "not bounded";  // a hang guard, not a speed check
+  for (const auto& r : results) {
+    EXPECT_EQ(r.code(), ErrorCode::kUnavailable) << r.ToString();
+    EXPECT_NE(r.message().find(redis_->url()), std::string::npos) << r.message();
+  }
+  ASSERT_TRUE(redis_->Restart());
+  auto b = st->RegisterSource(Source("m", "i", 1, 2), t0);  // no persistence: register again
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  Status again;
+  Completions after;
+  st->HeartbeatSourceAsync(b->source_id, t0 + 3, after.Expect(&again));
+  ASSERT_TRUE(after.Wait());
+  EXPECT_TRUE(again.ok()) << again.ToString();
+  EXPECT_EQ(st->ListSources("m", std::nullopt, t0 + 3).value().at(0).last_heartbeat_unix_ms, t0 + 3);
+}
+
 TEST(RedisStateUrl, BadUrlsAndUnreachableServers) {
   EXPECT_EQ(ConnectRedisCoordinatorState("http://x:1", Policy(), 1).status().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(ConnectRedisCoordinatorState("redis://", Policy(), 1).status().code(), ErrorCode::kInvalidArgument);
@@ -600,6 +725,34 @@ TEST_F(RedisAofStateTest, SurvivesARedisRestartWithItsData) {
   auto job = st->GetJob("j", t0 + 1);
   ASSERT_TRUE(job.ok());
   EXPECT_EQ(job->members.at(0).committed_version, 7u);
+}
+
+// The same for the pipelined heartbeats: the pipeline's connection breaks and
+// the scripts are gone from Redis's cache (NOSCRIPT: loaded again, re-sent once).
+TEST_F(RedisAofStateTest, AsyncHeartbeatsSurviveARedisRestartWithItsData) {
+  auto st = Connect();
+  ASSERT_TRUE(st);
+  const std::int64_t t0 = WallMs();
+  auto a = st->RegisterSource(Source("m", "i", 0, 1), t0);
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(st->JoinJob("j", Member("s0"), t0).ok());
+  Status s1, m1;
+  Completions before;
+  st->HeartbeatSourceAsync(a->source_id, t0 + 1, before.Expect(&s1));
+  st->HeartbeatMemberAsync("j", "s0", t0 + 1, before.Expect(&m1));
+  ASSERT_TRUE(before.Wait());
+  ASSERT_TRUE(s1.ok() && m1.ok()) << s1.ToString() << " " << m1.ToString();
+  redis_->Kill();
+  ASSERT_TRUE(redis_->Restart());
+  Status s2, m2;
+  Completions after;
+  st->HeartbeatSourceAsync(a->source_id, t0 + 2, after.Expect(&s2));
+  st->HeartbeatMemberAsync("j", "s0", t0 + 2, after.Expect(&m2));
+  ASSERT_TRUE(after.Wait());
+  EXPECT_TRUE(s2.ok()) << s2.ToString();
+  EXPECT_TRUE(m2.ok()) << m2.ToString();
+  EXPECT_EQ(st->ListSources("m", std::nullopt, t0 + 2).value().at(0).last_heartbeat_unix_ms, t0 + 2);
+  EXPECT_EQ(st->GetJob("j", t0 + 2).value().members.at(0).last_heartbeat_unix_ms, t0 + 2);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include <functional>
 #include <thread>
 
+#include "control/redis_fixture.h"
 #include "control/test_util.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/v1/jobs.grpc.pb.h"
@@ -322,6 +324,115 @@ TEST(Coordinator, TokenRefusedWithUnauthenticatedAndStateUnchanged) {
   ::unsetenv("SHARDWIRE_TOKEN");
   ASSERT_NE(from_env, nullptr);
   EXPECT_EQ(*GetString(*from_env, "k", 1), "v");
+}
+
+// The heartbeats are callback (reactor) handlers, in memory answered inline and on
+// Redis through the pipelined connection: the same token check, validation and
+// typed statuses as every other method, nothing changed by a refused call, and
+// many concurrent heartbeats through gRPC each land.
+void CheckCallbackHeartbeats(const std::string& redis_url) {
+  CoordinatorServerOptions o;
+  o.token = "tok";
+  o.redis_url = redis_url;
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  auto c = ConnectTo(server->address(), "tok");
+  ASSERT_NE(c, nullptr);
+  auto a = c->RegisterSource(Source("m", "inst-a", 0, 1));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  ASSERT_TRUE(c->JoinJob("job", Member("s0", JobRole::kSubscriber)).ok());
+  auto heartbeat_of = [&](const std::string& id) {
+    auto listed = c->ListSources("m", std::nullopt);
+    if (!listed.ok()) return std::int64_t{-2};
+    for (const auto& r : *listed) {
+      if (r.source_id == id) return r.last_heartbeat_unix_ms;
+    }
+    return std::int64_t{-1};
+  };
+  auto member_heartbeat = [&] {
+    auto job = c->GetJob("job");
+    return job.ok() && job->members.size() == 1 ? job->members[0].last_heartbeat_unix_ms : std::int64_t{-1};
+  };
+  const std::int64_t registered = heartbeat_of(a->source_id);
+  const std::int64_t joined = member_heartbeat();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a later heartbeat has a later time
+
+  auto channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
+  auto src = v1::SourceRegistry::NewStub(channel);
+  auto jobs = v1::Jobs::NewStub(channel);
+  auto beat = [&](const std::string& header, const std::string& id) {
+    grpc::ClientContext ctx;
+    if (!header.empty()) ctx.AddMetadata("authorization", header);
+    v1::HeartbeatSourceRequest req;
+    req.set_source_id(id);
+    v1::HeartbeatSourceResponse resp;
+    return src->Heartbeat(&ctx, req, &resp).error_code();
+  };
+  auto beat_member = [&](const std::string& header, const std::string& job, const std::string& member) {
+    grpc::ClientContext ctx;
+    if (!header.empty()) ctx.AddMetadata("authorization", header);
+    v1::HeartbeatMemberRequest req;
+    req.set_job(job);
+    req.set_member_id(member);
+    v1::HeartbeatMemberResponse resp;
+    return jobs->HeartbeatMember(&ctx, req, &resp).error_code();
+  };
+  for (const char* header : {"", "Bearer wrong", "tok"}) {
+    EXPECT_EQ(beat(header, a->source_id), grpc::StatusCode::UNAUTHENTICATED) << header;
+    EXPECT_EQ(beat_member(header, "job", "s0"), grpc::StatusCode::UNAUTHENTICATED) << header;
+  }
+  EXPECT_EQ(heartbeat_of(a->source_id), registered) << "a refused heartbeat changed the source";
+  EXPECT_EQ(member_heartbeat(), joined) << "a refused heartbeat changed the member";
+  EXPECT_EQ(beat("Bearer tok", ""), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(beat("Bearer tok", std::string(65, 'x')), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(beat_member("Bearer tok", "", "s0"), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(beat("Bearer tok", "src-0000000000000000"), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(beat_member("Bearer tok", "job", "nobody"), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(heartbeat_of(a->source_id), registered);
+  EXPECT_EQ(beat("Bearer tok", a->source_id), grpc::StatusCode::OK);
+  EXPECT_EQ(beat_member("Bearer tok", "job", "s0"), grpc::StatusCode::OK);
+  EXPECT_GT(heartbeat_of(a->source_id), registered);
+  EXPECT_GT(member_heartbeat(), joined);
+
+  // 8 clients x 40 heartbeats at once over 16 sources: every call OK, every source beaten after the barrier.
+  std::vector<std::string> ids;
+  for (int i = 0; i < 16; ++i)
+    ids.push_back(c->RegisterSource(Source("many", "inst-" + std::to_string(i), 0, 1))->source_id);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  auto registered_many = c->ListSources("many", std::nullopt);
+  ASSERT_TRUE(registered_many.ok() && !registered_many->empty());
+  std::int64_t before = 0;
+  for (const auto& r : *registered_many) before = std::max(before, r.registered_unix_ms);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      auto ct = ConnectTo(server->address(), "tok");
+      if (ct == nullptr) {
+        ++failures;
+        return;
+      }
+      for (int k = 0; k < 40; ++k) {
+        if (!ct->HeartbeatSource(ids[(t * 40 + k) % ids.size()]).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  auto many = c->ListSources("many", std::nullopt);
+  ASSERT_TRUE(many.ok()) << many.status().ToString();
+  ASSERT_EQ(many->size(), ids.size());
+  for (const auto& r : *many) EXPECT_GT(r.last_heartbeat_unix_ms, before) << r.source_id << " was never beaten";
+}
+
+TEST(Coordinator, CallbackHeartbeatsInMemory) { CheckCallbackHeartbeats(""); }
+
+TEST(Coordinator, CallbackHeartbeatsOnRedis) {
+  if (!testing_util::RedisServer::Available()) GTEST_SKIP() << testing_util::RedisServer::SkipReason();
+  std::string error;
+  auto redis = testing_util::RedisServer::Start(&error);
+  ASSERT_NE(redis, nullptr) << error;
+  CheckCallbackHeartbeats(redis->url());
 }
 
 TEST(Coordinator, TlsWithACertificateMadeByOpenssl) {
