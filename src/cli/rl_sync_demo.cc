@@ -83,6 +83,7 @@ struct StepFigures {
   std::uint64_t staging_bytes = 0;       // largest staging buffer of any trainer
   std::uint64_t direct_copy_bytes = 0;  // bytes the trainers' lanes copied into mapped engine arenas
   std::uint64_t ucx_requests = 0;       // UCX data requests (rows not copied directly)
+  double copy_s = 0, copy_cpu_s = 0;    // lanes' direct copies: wall and CPU seconds, summed over lanes
   double connect_s = 0;                 // step 1 only: slowest trainer's Connect (includes pre-faulting)
   std::uint64_t prefaulted_pages = 0;   // step 1 only: pages all trainers pre-faulted at Connect
   std::vector<std::pair<double, double>> transfer_windows, compute_windows;  // per trainer, CLOCK_MONOTONIC s
@@ -254,6 +255,8 @@ Status Run(const RlSyncOptions& o) {
       f.transfer_s = std::max(f.transfer_s, t.value("transfer_s", 0.0));
       f.direct_copy_bytes += t.value("direct_copy_bytes", std::uint64_t{0});
       f.ucx_requests += t.value("ucx_requests", std::uint64_t{0});
+      f.copy_s += t.value("direct_copy_s", 0.0);
+      f.copy_cpu_s += t.value("direct_copy_cpu_s", 0.0);
       f.trainer_reports.push_back({{"rank", r},
                                    {"transfer_s", t.value("transfer_s", 0.0)},
                                    {"ready_wait_s", t.value("ready_wait_s", 0.0)},
@@ -261,6 +264,8 @@ Status Run(const RlSyncOptions& o) {
                                    {"push_end", end},
                                    {"direct_copy_bytes", t.value("direct_copy_bytes", std::uint64_t{0})},
                                    {"ucx_requests", t.value("ucx_requests", std::uint64_t{0})},
+                                   {"direct_copy_s", t.value("direct_copy_s", 0.0)},
+                                   {"direct_copy_cpu_s", t.value("direct_copy_cpu_s", 0.0)},
                                    {"connect_s", t.value("connect_s", 0.0)},
                                    {"prefaulted_pages", t.value("prefaulted_pages", std::uint64_t{0})},
                                    {"prefault_s", t.value("prefault_s", 0.0)}});
@@ -300,6 +305,10 @@ Status Run(const RlSyncOptions& o) {
         step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.rows, f.faults,
         f.ComputeOverlap(), FormatBytes(static_cast<double>(f.direct_copy_bytes)), f.ucx_requests, f.verified,
         engine_ranks);
+    if (f.copy_cpu_s > 0) {
+      fmt::print("            lanes' direct copies: {:.4f} CPU-s in {:.4f} s of lane time = {:.2f} GB per CPU-second\n",
+                 f.copy_cpu_s, f.copy_s, static_cast<double>(f.direct_copy_bytes) / f.copy_cpu_s / 1e9);
+    }
     for (const auto& [rank, why] : f.missed) {  // why names the engine rank and the version
       fmt::print("            {}\n", why);
     }
@@ -330,6 +339,8 @@ Status Run(const RlSyncOptions& o) {
                                 {"compute_overlap_s", f.ComputeOverlap()},
                                 {"direct_copy_bytes", f.direct_copy_bytes},
                                 {"ucx_requests", f.ucx_requests},
+                                {"copy_s", f.copy_s},
+                                {"copy_cpu_s", f.copy_cpu_s},
                                 {"engine_wait_s", f.engine_wait_s},
                                 {"trainers", f.trainer_reports},
                                 {"verified", f.verified},

@@ -53,9 +53,9 @@ Status WriteStep(const Checkpoint& checkpoint, const Layout& layout, int rank, s
 }
 
 // Recomputes every shard of `rank` at `step` and compares it with `buffer` byte for byte.
+// `expected` is the caller's scratch, kept from step to step (see RunEngine).
 Status VerifyStep(const Checkpoint& checkpoint, const Layout& layout, int rank, std::uint64_t step,
-                  std::span<const std::byte> buffer, const std::string& who) {
-  std::vector<std::byte> expected;
+                  std::span<const std::byte> buffer, const std::string& who, std::vector<std::byte>& expected) {
   for (const ShardRef& shard : layout.rank(rank).shards) {
     const TensorSpec& spec = layout.tensors()[shard.tensor];
     const std::size_t bytes = static_cast<std::size_t>(shard.box.numel()) * DTypeSize(spec.dtype);
@@ -138,7 +138,9 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
       if (!got.ok()) return got.status().WithContext(fmt::format("trainer {} waiting for trainer {}", a.rank, r));
     }
     const std::uint64_t faults_before = MinorFaults();
+    const AgentStats agent_before = publisher->transport_stats();
     SW_ASSIGN_OR_RETURN(const PushStats stats, publisher->Push(static_cast<std::uint64_t>(step)));
+    const AgentStats agent_after = publisher->transport_stats();
     nlohmann::json missed = nlohmann::json::array();
     for (const MissedEngine& m : stats.missed) missed.push_back({{"engine_rank", m.engine_rank}, {"reason", m.reason.ToString()}});
     nlohmann::json report{{"bytes", stats.bytes},
@@ -159,6 +161,8 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
 
                           {"direct_copy_bytes", stats.direct_copy_bytes},
                           {"ucx_requests", stats.ucx_requests},
+                          {"direct_copy_s", agent_after.direct_copy_s - agent_before.direct_copy_s},
+                          {"direct_copy_cpu_s", agent_after.direct_copy_cpu_s - agent_before.direct_copy_cpu_s},
                           {"connect_s", connect_s},
                           {"prefaulted_pages", connected.prefaulted_pages},
                           {"prefault_s", connected.prefault_s}};
@@ -181,7 +185,17 @@ Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& 
   } else {
     SW_RETURN_IF_ERROR(WriteEngineRank(checkpoint, engine_layout, a.rank, 0, subscriber->weights()));
   }
-  SW_RETURN_IF_ERROR(VerifyStep(checkpoint, engine_layout, a.rank, 0, subscriber->weights(), who));
+  // Verification scratch, sized once to the largest shard and kept for every step: a fresh
+  // allocation per step (mmap, page faults, munmap of up to 65 MB in each engine process
+  // between two pushes) is avoidable work beside the trainers on a small host.
+  std::vector<std::byte> scratch;
+  std::uint64_t largest = 0;
+  for (const ShardRef& shard : engine_layout.rank(a.rank).shards) {
+    largest = std::max<std::uint64_t>(largest, static_cast<std::uint64_t>(shard.box.numel()) *
+                                                   DTypeSize(engine_layout.tensors()[shard.tensor].dtype));
+  }
+  scratch.resize(largest);
+  SW_RETURN_IF_ERROR(VerifyStep(checkpoint, engine_layout, a.rank, 0, subscriber->weights(), who, scratch));
   SW_RETURN_IF_ERROR(subscriber->Connect());
   const Fault fault = ReadFault("engine", a.rank, engine_layout.world_size());
   for (int step = 1; step <= a.steps; ++step) {
@@ -199,7 +213,7 @@ Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& 
       continue;
     }
     SW_ASSIGN_OR_RETURN(const UpdateStats stats, std::move(update));
-    SW_RETURN_IF_ERROR(VerifyStep(checkpoint, engine_layout, a.rank, version, subscriber->weights(), who));
+    SW_RETURN_IF_ERROR(VerifyStep(checkpoint, engine_layout, a.rank, version, subscriber->weights(), who, scratch));
     nlohmann::json report{{"bytes", stats.bytes},
                           {"sources", stats.sources},
                           {"wait_s", stats.wait_s},
