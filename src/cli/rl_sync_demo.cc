@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "cli/engine_shards.h"
 #include "cli/memcpy_reference.h"
 #include "cli/rl_sync_protocol.h"
+#include "shardwire/agent.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/model_layouts.h"
 #include "shardwire/planner.h"
@@ -43,6 +45,11 @@ struct DeadEngines {
   bool Contains(const std::string& label) const { return why.count(label) > 0; }
 };
 
+// A worker's exit status 3 means it found bytes that differ from their recomputation
+// (rl_sync_worker.cc exits so on kVerificationFailed): that fails the run, unlike an engine
+// that dies (the trainers push on to the others).
+bool FailedVerification(const ChildExit& e) { return e.signal == 0 && e.exit_code == 3; }
+
 // Waits for one worker's report, watching for children that die and for Ctrl-C. A trainer
 // that dies ends the run; an engine that dies is recorded in `dead` (nullopt: `key`'s
 // engine is among them, no report will come).
@@ -58,6 +65,7 @@ Result<std::optional<json>> AwaitReport(Rendezvous& rendezvous, ChildProcesses& 
     for (const ChildExit& e : children.ReapExited()) {
       if (e.ok()) continue;
       if (e.label.rfind("engine", 0) != 0) return Internal(e.Describe());
+      if (FailedVerification(e)) return VerificationFailed(e.Describe());
       dead.why[e.label] = e.Describe();
       fmt::print("            {}: the trainers push on to the other engines\n", e.Describe());
     }
@@ -103,6 +111,7 @@ struct StepFigures {
   json trainer_reports = json::array();  // per trainer: its window and its wait for READY (--json)
   double engine_wait_s = 0;  // slowest engine: READY to commit
   int verified = 0;
+  int unchecked = 0;  // engine ranks that committed the version without checking it (--verify last)
   std::map<int, std::string> missed;  // engine rank -> why it missed this version (first reason seen)
 };
 
@@ -208,6 +217,7 @@ Status Run(const RlSyncOptions& o) {
                                   fmt::format("{}", o.timeout_s)};
     if (!input.config.empty()) args.insert(args.end(), {"--config", input.config});
     if (o.double_buffer) args.push_back("--double-buffer");
+    args.insert(args.end(), {"--verify", o.verify});
     for (const auto& rules : cli::ModelRulesFiles()) args.insert(args.end(), {"--model-rules", rules});
     return args;
   };
@@ -229,7 +239,8 @@ Status Run(const RlSyncOptions& o) {
                {"bytes_per_step", bytes_per_step},
                {"steps", json::array()}};
   DeadEngines dead;
-  double total_s = 0, steady_s = 0;
+  double total_s = 0, steady_s = 0, steady_copy_cpu_s = 0;
+  std::uint64_t steady_copy_bytes = 0;
   std::uint64_t total_bytes = 0, steady_bytes = 0;
   for (int step = 1; step <= o.steps; ++step) {
     StepFigures f;
@@ -281,6 +292,7 @@ Status Run(const RlSyncOptions& o) {
       const json& e = *report;
       f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
       f.verified += e.value("verified", false) ? 1 : 0;
+      f.unchecked += e.value("unchecked", false) ? 1 : 0;
     }
     // The step's time is the union of the trainers' transfer windows (first post of any
     // trainer to the last completion), not the longest single window: trainers that push
@@ -300,11 +312,12 @@ Status Run(const RlSyncOptions& o) {
     }
     fmt::print(
         "step {}/{}  moved {:>10} in {:.4f} s = {:6.2f} GB/s  ({} descriptors for {} rows, {} page faults, "
-        "{:.4f} s beside another trainer's compute, {} copied directly, {} UCX requests)  verified {}/{} engine "
-        "ranks byte for byte\n",
+        "{:.4f} s beside another trainer's compute, {} copied directly, {} UCX requests)  {}\n",
         step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.rows, f.faults,
-        f.ComputeOverlap(), FormatBytes(static_cast<double>(f.direct_copy_bytes)), f.ucx_requests, f.verified,
-        engine_ranks);
+        f.ComputeOverlap(), FormatBytes(static_cast<double>(f.direct_copy_bytes)), f.ucx_requests,
+        f.unchecked > 0 && f.verified == 0
+            ? fmt::format("committed by {}/{} engine ranks, not checked (--verify last)", f.unchecked, engine_ranks)
+            : fmt::format("verified {}/{} engine ranks byte for byte", f.verified, engine_ranks));
     if (f.copy_cpu_s > 0) {
       fmt::print("            lanes' direct copies: {:.4f} CPU-s in {:.4f} s of lane time = {:.2f} GB per CPU-second\n",
                  f.copy_cpu_s, f.copy_s, static_cast<double>(f.direct_copy_bytes) / f.copy_cpu_s / 1e9);
@@ -322,6 +335,8 @@ Status Run(const RlSyncOptions& o) {
     total_s += f.transfer_s;
     total_bytes += f.bytes;
     if (step > 1) {  // the first push also maps the peers' memory
+      steady_copy_cpu_s += f.copy_cpu_s;
+      steady_copy_bytes += f.direct_copy_bytes;
       steady_s += f.transfer_s;
       steady_bytes += f.bytes;
     }
@@ -344,22 +359,30 @@ Status Run(const RlSyncOptions& o) {
                                 {"engine_wait_s", f.engine_wait_s},
                                 {"trainers", f.trainer_reports},
                                 {"verified", f.verified},
+                                {"unchecked", f.unchecked},
                                 {"missed", f.missed.size()}});
   }
   SW_ASSIGN_OR_RETURN(const auto exits, children.WaitAll(o.timeout_s));
   for (const ChildExit& e : exits) {
     if (e.ok()) continue;
     if (e.label.rfind("engine", 0) != 0) return Internal(e.Describe());
+    // An engine that found wrong bytes fails the run even after the last push (no trainer is
+    // left to fail for want of its READY).
+    if (FailedVerification(e)) return VerificationFailed(e.Describe());
     dead.why[e.label] = e.Describe();
   }
   const double mean_gbps = total_s > 0 ? static_cast<double>(total_bytes) / total_s / 1e9 : 0;
-  // Reference measured now: memcpy of one step's bytes with as many threads as trainers
-  // (each trainer process copies on its own core), capped at the 2 cores here.
-  const int copy_threads = std::clamp(trainers, 1, 2);
+  // Reference measured now: memcpy of one step's bytes with as many threads as the trainers
+  // have copying lanes (kDefaultLanes each), capped at this host's cores (2 here): with one
+  // trainer its two lanes copy on both cores, so the reference is two threads as well.
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int copy_threads = std::clamp(trainers * static_cast<int>(kDefaultLanes), 1, cores);
   const double memcpy_gbps = MeasureMemcpyGBps(bytes_per_step, copy_threads);
+  const double memcpy_per_cpu = MeasureMemcpyGBPerCpuSecond(bytes_per_step, copy_threads);
   fmt::print("summary     {} steps, {} moved in {:.3f} s of transfer = {:.2f} GB/s; {}\n", o.steps,
              FormatBytes(static_cast<double>(total_bytes)), total_s, mean_gbps,
-             dead.why.empty() ? std::string("every engine rank verified every step")
+             dead.why.empty() ? std::string(o.verify == "every" ? "every engine rank verified every step"
+                                                                : "every engine rank verified the last step")
                               : fmt::format("every surviving engine rank verified every version it committed; {} "
                                             "engine rank(s) died and missed the versions after",
                                             dead.why.size()));
@@ -370,6 +393,14 @@ Status Run(const RlSyncOptions& o) {
   }
   fmt::print("reference   memcpy, {} thread(s), same bytes, this run: {:.2f} GB/s -> steady/memcpy = {:.2f}\n",
              copy_threads, memcpy_gbps, memcpy_gbps > 0 ? steady_gbps / memcpy_gbps : 0);
+  if (steady_copy_cpu_s > 0 && memcpy_per_cpu > 0) {
+    const double lanes_per_cpu = static_cast<double>(steady_copy_bytes) / steady_copy_cpu_s / 1e9;
+    fmt::print("copy speed  steps 2..{}: lanes {:.2f} GB per CPU-second, memcpy (same run) {:.2f} -> lanes/memcpy = "
+               "{:.2f} (CPU time: hardly moved by other load on the host)\n",
+               o.steps, lanes_per_cpu, memcpy_per_cpu, lanes_per_cpu / memcpy_per_cpu);
+    summary["lanes_gb_per_cpu_s"] = lanes_per_cpu;
+  }
+  summary["memcpy_gb_per_cpu_s"] = memcpy_per_cpu;
   summary["total_bytes"] = total_bytes;
   summary["total_transfer_s"] = total_s;
   summary["gb_per_s"] = mean_gbps;
@@ -431,6 +462,12 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_option("--timeout", o->timeout_s, "seconds any single wait may take")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--verify", o->verify,
+                  "when engines check their weights byte for byte against a recomputation: every step, or only the "
+                  "last one (the pushes then run without the engines' verification work between them, as in "
+                  "bench/python_push_vs_gloo.py)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"every", "last"}));
   cmd->add_flag("--double-buffer", o->double_buffer,
                 "engines hold two buffers: they serve the committed version from one while the next lands in the "
                 "other (2x engine weight memory)");
