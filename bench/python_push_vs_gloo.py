@@ -14,7 +14,8 @@ Prints GB/s (bytes delivered to all receivers / seconds) for both and their rati
 
 The same run also measures the C++ demo on the same bytes: ``shardwire demo rl-sync --generate``
 with this model's config, trainer layout fsdp=1, engine layout tp=1,dp=R (R receiver processes),
-the same number of steps, ``--json``. Both sides report the transfer time the C++ publisher
+the same number of steps, ``--json``, ``--verify last`` (its engines check the last version
+only, as the Python receivers do, instead of recomputing every shard between two pushes). Both sides report the transfer time the C++ publisher
 measures (PushStats.transfer_s: first post to the last remote completion) of an arena-backed
 trainer buffer, and both are summarised the same way: steady GB/s = bytes of steps 2..N /
 their summed transfer time (step 1 also maps the peers' memory). The ratio Python/C++ is the
@@ -146,7 +147,10 @@ def run_cpp_demo(receivers: int, repeats: int, binary: str):
             json.dump(CONFIG, f)
         out = os.path.join(tmp, "demo.json")
         cmd = [binary, "demo", "rl-sync", "--generate", cfg, "--work-dir", tmp, "--trainer-layout", "fsdp=1",
-               "--engine-layout", f"tp=1,dp={receivers}", "--steps", str(repeats), "--json", out]
+               "--engine-layout", f"tp=1,dp={receivers}", "--steps", str(repeats), "--json", out,
+               # the Python receivers check the last version only; so do the demo's engines here, so
+               # that both sides do the same work between two pushes
+               "--verify", "last"]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")

@@ -180,6 +180,12 @@ struct AgentStats {
   /// PrepareTransfer spent doing it.
   std::uint64_t prefaulted_pages = 0;
   double prefault_s = 0;
+  /// Seconds the lanes spent in batches of direct copies, summed over lanes: wall
+  /// time (CLOCK_MONOTONIC, includes time a lane was preempted) and the lane
+  /// threads' CPU time (CLOCK_THREAD_CPUTIME_ID). direct_copy_bytes / cpu seconds is
+  /// the copy's own speed per core, independent of how busy the host is.
+  double direct_copy_s = 0;
+  double direct_copy_cpu_s = 0;
 };
 
 /// One memory kind and whether this process can register and move it.

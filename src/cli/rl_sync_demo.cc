@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "cli/engine_shards.h"
 #include "cli/memcpy_reference.h"
 #include "cli/rl_sync_protocol.h"
+#include "shardwire/agent.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/model_layouts.h"
 #include "shardwire/planner.h"
@@ -50,6 +52,10 @@ struct EngineRestarts {
   std::function<Status(const std::string& label)> respawn;  // starts a catching-up replacement
   std::map<std::string, int> count;                         // label -> restarts so far
 };
+// A worker's exit status 3 means it found bytes that differ from their recomputation
+// (rl_sync_worker.cc exits so on kVerificationFailed): that fails the run, unlike an engine
+// that dies (the trainers push on to the others).
+bool FailedVerification(const ChildExit& e) { return e.signal == 0 && e.exit_code == 3; }
 
 // Waits for one worker's report, watching for children that die and for Ctrl-C. A trainer
 // that dies ends the run; an engine that dies is restarted (--restart-engines) or recorded
@@ -69,6 +75,7 @@ Result<std::optional<json>> AwaitReport(Rendezvous& rendezvous, ChildProcesses& 
     for (const ChildExit& e : children.ReapExited()) {
       if (e.ok()) continue;
       if (e.label.rfind("engine", 0) != 0) return Internal(e.Describe());
+      if (FailedVerification(e)) return VerificationFailed(e.Describe());
       if (restarts.enabled) {
         SW_RETURN_IF_ERROR(restarts.respawn(e.label));
         fmt::print("            {}: restarted it (restart {}); it catches up from the live engines, then joins\n",
@@ -98,10 +105,11 @@ struct StepFigures {
   double convert_s = 0;                  // slowest trainer's conversion time (overlaps its WRITEs)
   std::uint64_t staging_peak_bytes = 0;  // largest staging use of any trainer
   std::uint64_t staging_bytes = 0;       // largest staging buffer of any trainer
-  std::uint64_t direct_copy_bytes = 0;   // bytes the trainers' lanes copied into mapped engine arenas
-  std::uint64_t ucx_requests = 0;        // UCX data requests (rows not copied directly)
-  double connect_s = 0;                  // step 1 only: slowest trainer's Connect (includes pre-faulting)
-  std::uint64_t prefaulted_pages = 0;    // step 1 only: pages all trainers pre-faulted at Connect
+  std::uint64_t direct_copy_bytes = 0;  // bytes the trainers' lanes copied into mapped engine arenas
+  std::uint64_t ucx_requests = 0;       // UCX data requests (rows not copied directly)
+  double copy_s = 0, copy_cpu_s = 0;    // lanes' direct copies: wall and CPU seconds, summed over lanes
+  double connect_s = 0;                 // step 1 only: slowest trainer's Connect (includes pre-faulting)
+  std::uint64_t prefaulted_pages = 0;   // step 1 only: pages all trainers pre-faulted at Connect
   std::vector<std::pair<double, double>> transfer_windows, compute_windows;  // per trainer, CLOCK_MONOTONIC s
 
   // Seconds during which some trainer was transferring while another computed its update
@@ -119,6 +127,7 @@ struct StepFigures {
   json trainer_reports = json::array();  // per trainer: its window and its wait for READY (--json)
   double engine_wait_s = 0;              // slowest engine: READY to commit
   int verified = 0;
+  int unchecked = 0;  // engine ranks that committed the version without checking it (--verify last)
   std::map<int, std::string> missed;  // engine rank -> why it missed this version (first reason seen)
 };
 
@@ -227,6 +236,7 @@ Status Run(const RlSyncOptions& o) {
     if (o.double_buffer || o.restart_engines) args.push_back("--double-buffer");
     if (o.restart_engines) args.push_back("--dynamic-membership");
     if (o.verify_digests) args.push_back("--verify-digests");
+    args.insert(args.end(), {"--verify", o.verify});
     for (const auto& rules : cli::ModelRulesFiles()) args.insert(args.end(), {"--model-rules", rules});
     return args;
   };
@@ -264,7 +274,8 @@ Status Run(const RlSyncOptions& o) {
                {"steps", json::array()}};
   DeadEngines dead;
   int missed_versions = 0;  // engine-rank versions missed (dead, stalled or rejoining engines)
-  double total_s = 0, steady_s = 0;
+  double total_s = 0, steady_s = 0, steady_copy_cpu_s = 0;
+  std::uint64_t steady_copy_bytes = 0;
   std::uint64_t total_bytes = 0, steady_bytes = 0;
   for (int step = 1; step <= o.steps; ++step) {
     StepFigures f;
@@ -290,6 +301,8 @@ Status Run(const RlSyncOptions& o) {
       f.transfer_s = std::max(f.transfer_s, t.value("transfer_s", 0.0));
       f.direct_copy_bytes += t.value("direct_copy_bytes", std::uint64_t{0});
       f.ucx_requests += t.value("ucx_requests", std::uint64_t{0});
+      f.copy_s += t.value("direct_copy_s", 0.0);
+      f.copy_cpu_s += t.value("direct_copy_cpu_s", 0.0);
       f.trainer_reports.push_back({{"rank", r},
                                    {"transfer_s", t.value("transfer_s", 0.0)},
                                    {"ready_wait_s", t.value("ready_wait_s", 0.0)},
@@ -297,6 +310,8 @@ Status Run(const RlSyncOptions& o) {
                                    {"push_end", end},
                                    {"direct_copy_bytes", t.value("direct_copy_bytes", std::uint64_t{0})},
                                    {"ucx_requests", t.value("ucx_requests", std::uint64_t{0})},
+                                   {"direct_copy_s", t.value("direct_copy_s", 0.0)},
+                                   {"direct_copy_cpu_s", t.value("direct_copy_cpu_s", 0.0)},
                                    {"connect_s", t.value("connect_s", 0.0)},
                                    {"prefaulted_pages", t.value("prefaulted_pages", std::uint64_t{0})},
                                    {"prefault_s", t.value("prefault_s", 0.0)}});
@@ -332,6 +347,7 @@ Status Run(const RlSyncOptions& o) {
       }
       f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
       f.verified += e.value("verified", false) ? 1 : 0;
+      f.unchecked += e.value("unchecked", false) ? 1 : 0;
     }
     // The step's time is the union of the trainers' transfer windows (first post of any
     // trainer to the last completion), not the longest single window: trainers that push
@@ -351,12 +367,17 @@ Status Run(const RlSyncOptions& o) {
     }
     fmt::print(
         "step {}/{}  moved {:>10} in {:.4f} s = {:6.2f} GB/s  ({} descriptors for {} rows, {} page faults, "
-        "{:.4f} s beside another trainer's compute, {} copied directly, {} UCX requests)  verified {}/{} engine "
-        "ranks byte for byte\n",
+        "{:.4f} s beside another trainer's compute, {} copied directly, {} UCX requests)  {}\n",
         step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.rows, f.faults,
-        f.ComputeOverlap(), FormatBytes(static_cast<double>(f.direct_copy_bytes)), f.ucx_requests, f.verified,
-        engine_ranks);
+        f.ComputeOverlap(), FormatBytes(static_cast<double>(f.direct_copy_bytes)), f.ucx_requests,
+        f.unchecked > 0 && f.verified == 0
+            ? fmt::format("committed by {}/{} engine ranks, not checked (--verify last)", f.unchecked, engine_ranks)
+            : fmt::format("verified {}/{} engine ranks byte for byte", f.verified, engine_ranks));
     missed_versions += static_cast<int>(f.missed.size());
+    if (f.copy_cpu_s > 0) {
+      fmt::print("            lanes' direct copies: {:.4f} CPU-s in {:.4f} s of lane time = {:.2f} GB per CPU-second\n",
+                 f.copy_cpu_s, f.copy_s, static_cast<double>(f.direct_copy_bytes) / f.copy_cpu_s / 1e9);
+    }
     for (const auto& [rank, why] : f.missed) {  // why names the engine rank and the version
       fmt::print("            {}\n", why);
     }
@@ -371,6 +392,8 @@ Status Run(const RlSyncOptions& o) {
     total_s += f.transfer_s;
     total_bytes += f.bytes;
     if (step > 1) {  // the first push also maps the peers' memory
+      steady_copy_cpu_s += f.copy_cpu_s;
+      steady_copy_bytes += f.direct_copy_bytes;
       steady_s += f.transfer_s;
       steady_bytes += f.bytes;
     }
@@ -388,25 +411,35 @@ Status Run(const RlSyncOptions& o) {
                                 {"compute_overlap_s", f.ComputeOverlap()},
                                 {"direct_copy_bytes", f.direct_copy_bytes},
                                 {"ucx_requests", f.ucx_requests},
+                                {"copy_s", f.copy_s},
+                                {"copy_cpu_s", f.copy_cpu_s},
                                 {"engine_wait_s", f.engine_wait_s},
                                 {"trainers", f.trainer_reports},
                                 {"verified", f.verified},
+                                {"unchecked", f.unchecked},
                                 {"missed", f.missed.size()}});
   }
   SW_ASSIGN_OR_RETURN(const auto exits, children.WaitAll(o.timeout_s));
   for (const ChildExit& e : exits) {
     if (e.ok()) continue;
     if (e.label.rfind("engine", 0) != 0) return Internal(e.Describe());
+    // An engine that found wrong bytes fails the run even after the last push (no trainer is
+    // left to fail for want of its READY).
+    if (FailedVerification(e)) return VerificationFailed(e.Describe());
     dead.why[e.label] = e.Describe();
   }
   const double mean_gbps = total_s > 0 ? static_cast<double>(total_bytes) / total_s / 1e9 : 0;
-  // Reference measured now: memcpy of one step's bytes with as many threads as trainers
-  // (each trainer process copies on its own core), capped at the 2 cores here.
-  const int copy_threads = std::clamp(trainers, 1, 2);
+  // Reference measured now: memcpy of one step's bytes with as many threads as the trainers
+  // have copying lanes (kDefaultLanes each), capped at this host's cores (2 here): with one
+  // trainer its two lanes copy on both cores, so the reference is two threads as well.
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int copy_threads = std::clamp(trainers * static_cast<int>(kDefaultLanes), 1, cores);
   const double memcpy_gbps = MeasureMemcpyGBps(bytes_per_step, copy_threads);
+  const double memcpy_per_cpu = MeasureMemcpyGBPerCpuSecond(bytes_per_step, copy_threads);
   int restarted = 0;
   for (const auto& [label, n] : restarts.count) restarted += n;
-  std::string outcome = "every engine rank verified every step";
+  std::string outcome = o.verify == "every" ? "every engine rank verified every step"
+                                            : "every engine rank verified the last step";
   if (!dead.why.empty()) {
     outcome = fmt::format(
         "every surviving engine rank verified every version it committed; {} engine rank(s) "
@@ -426,6 +459,14 @@ Status Run(const RlSyncOptions& o) {
   }
   fmt::print("reference   memcpy, {} thread(s), same bytes, this run: {:.2f} GB/s -> steady/memcpy = {:.2f}\n",
              copy_threads, memcpy_gbps, memcpy_gbps > 0 ? steady_gbps / memcpy_gbps : 0);
+  if (steady_copy_cpu_s > 0 && memcpy_per_cpu > 0) {
+    const double lanes_per_cpu = static_cast<double>(steady_copy_bytes) / steady_copy_cpu_s / 1e9;
+    fmt::print("copy speed  steps 2..{}: lanes {:.2f} GB per CPU-second, memcpy (same run) {:.2f} -> lanes/memcpy = "
+               "{:.2f} (CPU time: hardly moved by other load on the host)\n",
+               o.steps, lanes_per_cpu, memcpy_per_cpu, lanes_per_cpu / memcpy_per_cpu);
+    summary["lanes_gb_per_cpu_s"] = lanes_per_cpu;
+  }
+  summary["memcpy_gb_per_cpu_s"] = memcpy_per_cpu;
   summary["total_bytes"] = total_bytes;
   summary["total_transfer_s"] = total_s;
   summary["gb_per_s"] = mean_gbps;
@@ -487,6 +528,12 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_option("--timeout", o->timeout_s, "seconds any single wait may take")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--verify", o->verify,
+                  "when engines check their weights byte for byte against a recomputation: every step, or only the "
+                  "last one (the pushes then run without the engines' verification work between them, as in "
+                  "bench/python_push_vs_gloo.py)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"every", "last"}));
   cmd->add_flag("--double-buffer", o->double_buffer,
                 "engines hold two buffers: they serve the committed version from one while the next lands in the "
                 "other (2x engine weight memory)");

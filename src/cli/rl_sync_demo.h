@@ -21,6 +21,9 @@ struct RlSyncOptions {
   bool double_buffer = false;         ///< engines keep serving the old version while the new one lands
   bool verify_digests = false;        ///< engines commit a version only if its digests match
   bool restart_engines = false;       ///< dynamic membership; dead engines are restarted and catch up (P2P)
+  /// When engines verify their weights byte for byte: "every" step, or only the "last" (and
+  /// the checkpoint they start from), as the Python bench's receivers do (comparable runs).
+  std::string verify = "every";
   std::string checkpoint;   ///< empty: the default (real tiny model, or generated)
   std::string config;       ///< empty: the config.json beside the checkpoint
   std::string generate;     ///< HF config to generate a checkpoint from ("tinyllama-1.1b" = built in)

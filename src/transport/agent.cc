@@ -236,6 +236,13 @@ bool OnlyTcp(const std::vector<std::string>& transports) {
   return std::all_of(transports.begin(), transports.end(), [](const std::string& t) { return t.rfind("tcp/", 0) == 0; });
 }
 
+// Nanoseconds of `clock` (CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID).
+std::uint64_t ClockNs(clockid_t clock) {
+  timespec ts{};
+  ::clock_gettime(clock, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
 }  // namespace
 
 // ---- shared types -------------------------------------------------------------
@@ -472,6 +479,8 @@ struct Agent::Impl {
     std::atomic<std::uint64_t> ucx_bytes{0};
     std::atomic<std::uint64_t> prefaulted_pages{0};
     std::atomic<std::uint64_t> prefault_ns{0};
+    std::atomic<std::uint64_t> direct_copy_ns{0};
+    std::atomic<std::uint64_t> direct_copy_cpu_ns{0};
   } counters;
 
   ~Impl() { Shutdown(); }
@@ -830,6 +839,7 @@ struct Agent::Impl {
     bool copied = false;
     std::uint64_t copy_blocks = 0, copy_bytes = 0, requests = 0, request_bytes = 0;
     ucp_request_param_t p{};
+    const std::uint64_t wall0 = ClockNs(CLOCK_MONOTONIC), cpu0 = ClockNs(CLOCK_THREAD_CPUTIME_ID);
     while (j.next < ops.size() && issued < kIssueBatch && !j.failed) {
       const PreparedOp& o = ops[j.next];
       const std::uint64_t bytes = o.bytes();
@@ -904,6 +914,10 @@ struct Agent::Impl {
     if (copy_blocks > 0) {
       counters.direct_copy_blocks.fetch_add(copy_blocks, std::memory_order_relaxed);
       counters.direct_copy_bytes.fetch_add(copy_bytes, std::memory_order_relaxed);
+      if (requests == 0) {  // only direct copies in this batch: its time is theirs
+        counters.direct_copy_ns.fetch_add(ClockNs(CLOCK_MONOTONIC) - wall0, std::memory_order_relaxed);
+        counters.direct_copy_cpu_ns.fetch_add(ClockNs(CLOCK_THREAD_CPUTIME_ID) - cpu0, std::memory_order_relaxed);
+      }
     }
     if (requests > 0) {
       counters.ucx_requests.fetch_add(requests, std::memory_order_relaxed);
@@ -2155,6 +2169,8 @@ AgentStats Agent::Stats() const {
   s.ucx_bytes = c.ucx_bytes.load(std::memory_order_relaxed);
   s.prefaulted_pages = c.prefaulted_pages.load(std::memory_order_relaxed);
   s.prefault_s = static_cast<double>(c.prefault_ns.load(std::memory_order_relaxed)) / 1e9;
+  s.direct_copy_s = static_cast<double>(c.direct_copy_ns.load(std::memory_order_relaxed)) / 1e9;
+  s.direct_copy_cpu_s = static_cast<double>(c.direct_copy_cpu_ns.load(std::memory_order_relaxed)) / 1e9;
   return s;
 }
 

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <array>
@@ -166,6 +167,26 @@ TEST(RlSyncDemo, CorruptedPushIsCaughtAndNamed) {
   EXPECT_NE(r.output.find("verification failed"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("step 2: tensor "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("at byte "), std::string::npos) << r.output;
+  EXPECT_EQ(CountWorkers(), 0);
+}
+
+TEST(RlSyncDemo, VerifyLastChecksOnlyTheLastStepAndStillCatchesItsCorruption) {
+  const std::string model_args = SmallModelArgs();
+  // Clean run: steps 1-2 are committed unchecked, step 3 is verified by every engine rank.
+  const RunResult ok = RunDemo(model_args + " --steps 3 --verify last");
+  ASSERT_EQ(ok.exit_code, 0) << ok.output;
+  const auto line = [&](int step) {
+    const auto at = ok.output.find(fmt::format("step {}/3", step));
+    return at == std::string::npos ? std::string() : ok.output.substr(at, ok.output.find('\n', at) - at);
+  };
+  EXPECT_NE(line(1).find("not checked (--verify last)"), std::string::npos) << ok.output;
+  EXPECT_NE(line(2).find("not checked (--verify last)"), std::string::npos) << ok.output;
+  EXPECT_NE(line(3).find("verified 4/4 engine ranks byte for byte"), std::string::npos) << ok.output;
+  EXPECT_NE(ok.output.find("every engine rank verified the last step"), std::string::npos) << ok.output;
+  // A byte flipped in the last step is still caught and named.
+  const RunResult bad = RunDemo(model_args + " --steps 3 --verify last", "SHARDWIRE_DEMO_FAULT=corrupt:3");
+  EXPECT_NE(bad.exit_code, 0) << bad.output;
+  EXPECT_NE(bad.output.find("step 3: tensor "), std::string::npos) << bad.output;
   EXPECT_EQ(CountWorkers(), 0);
 }
 

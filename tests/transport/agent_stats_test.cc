@@ -202,7 +202,12 @@ TEST(AgentStats, TwoLanesPrefaultEachPageOfAContiguousWriteOnce) {
   EXPECT_EQ(p.writer->Stats().prefaulted_pages, bytes / page);
   ASSERT_TRUE(p.writer->Post(*h).ok());
   ASSERT_TRUE(p.writer->Wait(*h, 30).ok());
-  EXPECT_EQ(p.writer->Stats().direct_copy_bytes, bytes);
+  const AgentStats s = p.writer->Stats();
+  EXPECT_EQ(s.direct_copy_bytes, bytes);
+  // 8 MiB copied by the lanes: their copy time is counted, in wall and in CPU seconds (a
+  // copy of 8 MiB cannot take no CPU time; nothing else runs in those batches).
+  EXPECT_GT(s.direct_copy_cpu_s, 0.0);
+  EXPECT_GT(s.direct_copy_s, 0.0);
   EXPECT_FALSE(FirstMismatch(p.target->RegionBytes(p.dst), 3).has_value());
   EXPECT_TRUE(p.writer->Release(*h).ok());
 }
@@ -221,6 +226,8 @@ TEST(AgentStats, UnmappedTargetMemoryTakesOneUcxRequestPerRowAndNoPrefault) {
   ASSERT_TRUE(p.writer->Wait(*h, 30).ok());
   const AgentStats s = p.writer->Stats();
   EXPECT_EQ(s.direct_copy_bytes, 0u);
+  EXPECT_EQ(s.direct_copy_s, 0.0) << "no direct copies, no direct-copy time";
+  EXPECT_EQ(s.direct_copy_cpu_s, 0.0);
   EXPECT_EQ(s.ucx_requests, 41u);
   EXPECT_EQ(s.ucx_bytes, 40u * 1000 + 300000);
   EXPECT_FALSE(FirstMismatch(std::span(p.owned).subspan(500000, 300000), 3, 500000).has_value());
