@@ -8,6 +8,7 @@
 // e.g. in F. Giesen, "float->half variants", 2016). All constants are derived in comments.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
