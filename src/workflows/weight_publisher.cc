@@ -106,7 +106,7 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     }
     state->bytes_per_push += state->converted_bytes_per_push;
     if (tc.slot_bytes > 0) {
-      SW_ASSIGN_OR_RETURN(state->staging_region, state->endpoint.agent->AllocateArena(2 * tc.slot_bytes));
+      SW_ASSIGN_OR_RETURN(state->staging_region, state->endpoint.agent->AllocateArena(tc.slots * tc.slot_bytes));
       state->staging = state->endpoint.agent->RegionBytes(state->staging_region);
       // Touch every page now, not in step 1 (first touches cost a page fault each, and on a
       // shadow-paging hypervisor far more: docs/transport.md "Pre-faulting").
@@ -196,11 +196,12 @@ Status WeightPublisher::Connect() {
   }
   if (s.converter) {
     const std::uint64_t slot_bytes = s.converter->plan().slot_bytes;
+    const std::uint32_t slots = s.converter->plan().slots;
     s.round_transfers.resize(s.round_moves.size());
     for (std::size_t k = 0; k < s.round_moves.size(); ++k) {
       for (const auto& [dst, moves] : s.round_moves[k]) {
         SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, peer_of(dst));
-        SW_ASSIGN_OR_RETURN(s.round_transfers[k][dst], prepare(peer, moves, s.staging_region, (k % 2) * slot_bytes));
+        SW_ASSIGN_OR_RETURN(s.round_transfers[k][dst], prepare(peer, moves, s.staging_region, (k % slots) * slot_bytes));
       }
     }
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
@@ -327,26 +328,33 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   // wait for each: Wait returns after remote completion (the bytes are visible at the
   // destination), and only then is DONE(v) sent, so it can never overtake the data.
   for (const auto& [dst, moves] : s.moves_by_destination) post(dst, s.transfers.at(dst), moves);
-  // Conversion, step 2: round k is converted into slot k % 2 while round k - 1 is on the
-  // wire; before slot k % 2 is overwritten, round k - 2's WRITEs must have completed.
+  // Conversion, step 2: round k is converted into slot k % slots while the rounds before it are
+  // on the wire; before slot k % slots is overwritten, round k - slots' WRITEs must have completed.
   if (s.converter) {
     const TrainerConversion& tc = s.converter->plan();
+    const std::size_t slots = tc.slots;
     auto settle_round = [&](std::size_t k) {
       for (const auto& [dst, hs] : s.round_transfers[k]) settle(dst, hs);
     };
     double convert_s = 0;
+    std::uint64_t in_flight = 0;  // bytes of the rounds after the last settled one
     for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
-      if (k >= 2) settle_round(k - 2);
+      if (k >= slots) {
+        settle_round(k - slots);
+        in_flight -= tc.rounds[k - slots].bytes;
+      }
       if (!interrupted.ok()) break;
-      const std::uint64_t in_flight = k >= 1 ? tc.rounds[k - 1].bytes : 0;
-      stats.staging_peak_bytes = std::max(stats.staging_peak_bytes, in_flight + tc.rounds[k].bytes);
+      in_flight += tc.rounds[k].bytes;
+      stats.staging_peak_bytes = std::max(stats.staging_peak_bytes, in_flight);
       const auto c0 = Clock::now();
       SW_RETURN_IF_ERROR(
-          s.converter->ConvertRound(k, s.staging.subspan((k % 2) * tc.slot_bytes, tc.slot_bytes)).WithContext(who));
+          s.converter->ConvertRound(k, s.staging.subspan((k % slots) * tc.slot_bytes, tc.slot_bytes)).WithContext(who));
       convert_s += Seconds(c0, Clock::now());
       for (const auto& [dst, hs] : s.round_transfers[k]) post(dst, hs, s.round_moves[k].at(dst));
     }
-    for (std::size_t k = tc.rounds.size() >= 2 ? tc.rounds.size() - 2 : 0; k < tc.rounds.size(); ++k) settle_round(k);
+    for (std::size_t k = tc.rounds.size() >= slots ? tc.rounds.size() - slots : 0; k < tc.rounds.size(); ++k) {
+      settle_round(k);
+    }
     stats.convert_s = convert_s;
     stats.converted_bytes = s.converted_bytes_per_push;
     stats.staging_bytes = s.staging.size();
