@@ -207,6 +207,8 @@ Status Run(const RlSyncOptions& o) {
                                   fmt::format("{}", o.timeout_s)};
     if (!input.config.empty()) args.insert(args.end(), {"--config", input.config});
     if (o.double_buffer) args.push_back("--double-buffer");
+    if (o.staging_bytes > 0) args.insert(args.end(), {"--staging-bytes", std::to_string(o.staging_bytes)});
+    if (o.staging_slots > 0) args.insert(args.end(), {"--staging-slots", std::to_string(o.staging_slots)});
     for (const auto& rules : cli::ModelRulesFiles()) args.insert(args.end(), {"--model-rules", rules});
     return args;
   };
@@ -423,6 +425,12 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_flag("--double-buffer", o->double_buffer,
                 "engines hold two buffers: they serve the committed version from one while the next lands in the "
                 "other (2x engine weight memory)");
+  cmd->add_option("--staging-bytes", o->staging_bytes,
+                  "converting push: each trainer's staging bound in bytes (0 = the default, 64 MiB)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--staging-slots", o->staging_slots,
+                  "converting push: slots of the staging ring, >= 2 (0 = automatic: up to 8)")
+      ->check(CLI::NonNegativeNumber);
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--json", o->json_out, "also write the summary as JSON to this file");
   cmd->add_option("--job", o->job, "job name, the prefix of every rendezvous key (default: rl-sync-<pid>)");

@@ -19,6 +19,8 @@ struct RlSyncOptions {
   int steps = 5;
   std::string engine_dtype = "auto";  ///< engine weight format: auto | trainer | fp8-block
   bool double_buffer = false;         ///< engines keep serving the old version while the new one lands
+  std::uint64_t staging_bytes = 0;    ///< trainers' conversion staging bound in bytes (0: the default, 64 MiB)
+  std::uint32_t staging_slots = 0;    ///< slots of that staging ring (0: automatic)
   std::string checkpoint;   ///< empty: the default (real tiny model, or generated)
   std::string config;       ///< empty: the config.json beside the checkpoint
   std::string generate;     ///< HF config to generate a checkpoint from ("tinyllama-1.1b" = built in)

@@ -36,6 +36,8 @@ struct WorkerArgs {
   std::string trainer_layout, engine_layout;
   std::string engine_dtype = "trainer";
   bool double_buffer = false;
+  std::uint64_t staging_bytes = 0;  // 0: the default
+  std::uint32_t staging_slots = 0;  // 0: automatic
   int steps = 0;
   double timeout_s = 120;
 };
@@ -112,11 +114,19 @@ double MonotonicSeconds() {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
+// The options both roles share (the conversion must be planned alike by trainers and engines).
+WeightSyncOptions SyncOptions(const WorkerArgs& a) {
+  WeightSyncOptions options{a.job, a.timeout_s};
+  if (a.staging_bytes > 0) options.conversion.staging_bytes = a.staging_bytes;
+  options.conversion.staging_slots = a.staging_slots;
+  return options;
+}
+
 Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& checkpoint,
                   const Layout& trainer_layout, const Layout& engine_layout) {
   const Fault fault = ReadFault("trainer", a.rank, trainer_layout.world_size());
-  SW_ASSIGN_OR_RETURN(auto publisher, WeightPublisher::Create(rendezvous, trainer_layout, engine_layout, a.rank,
-                                                              WeightSyncOptions{a.job, a.timeout_s}));
+  SW_ASSIGN_OR_RETURN(auto publisher,
+                      WeightPublisher::Create(rendezvous, trainer_layout, engine_layout, a.rank, SyncOptions(a)));
   const double connect_begin = MonotonicSeconds();
   SW_RETURN_IF_ERROR(publisher->Connect());
   const double connect_s = MonotonicSeconds() - connect_begin;
@@ -170,7 +180,7 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
 Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& checkpoint,
                  const Layout& trainer_layout, const Layout& engine_layout) {
   const std::string who = EngineRankLabel(a.rank);
-  WeightSyncOptions options{a.job, a.timeout_s};
+  WeightSyncOptions options = SyncOptions(a);
   options.double_buffered = a.double_buffer;
   SW_ASSIGN_OR_RETURN(auto subscriber,
                       WeightSubscriber::Create(rendezvous, trainer_layout, engine_layout, a.rank, options));
@@ -242,6 +252,8 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--steps", args->steps)->required();
   cmd->add_option("--engine-dtype", args->engine_dtype);
   cmd->add_flag("--double-buffer", args->double_buffer);
+  cmd->add_option("--staging-bytes", args->staging_bytes);
+  cmd->add_option("--staging-slots", args->staging_slots);
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--timeout", args->timeout_s)->required();
   cmd->callback([args, exit_code] {
