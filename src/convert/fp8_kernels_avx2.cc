@@ -1,14 +1,14 @@
-// The AVX2 kernel table (fp8_kernels.h): the bf16 quantiser's two kernels (per-block amax and
-// scale-and-round, the common case: trainers hold bf16) hand-written with AVX2 intrinsics, the
-// rest the loops of fp8_kernel_loops.inc compiled with __attribute__((target("avx2,f16c"))).
+// The AVX2 kernel table (fp8_kernels.h): the quantiser's scale-and-round kernels (bf16, fp16,
+// fp32 input) and the 16-bit amax hand-written with AVX2/F16C intrinsics, the rest (fp32 amax,
+// casts) the loops of fp8_kernel_loops.inc compiled with __attribute__((target("avx2,f16c"))).
 // Only called after __builtin_cpu_supports said the CPU has both (fp8_kernels.cc). x86-64
 // GCC/Clang builds only.
 //
 // The hand-written loops do lane for lane what the portable loops do (float_bits.h), as the
 // AVX-512 path does (fp8_kernels_avx512.cc has the derivations): bf16 as 16 elements per
-// register, even and odd elements widened in place; E4M3 rounding in integer ops with the
-// subnormal range by an fp32 add of 16384; the last < 16 elements of a block by the portable
-// scalar code.
+// register, even and odd elements widened in place; fp16 through vcvtph2ps (exact); E4M3
+// rounding in integer ops with the subnormal range by an fp32 add of 16384; the last < 16 (< 8)
+// elements of a block by the portable scalar code.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define SW_LOOP_TARGET __attribute__((target("avx2,f16c")))
 #define SW_LOOP_NS avx2_loops
@@ -70,6 +70,42 @@ SW_AVX2 void Bf16ToE4m3(const std::byte* src, std::int64_t stride, std::int64_t 
   }
 }
 
+// 8 fp32 values scaled by `mul`: their 8 E4M3 codes (in the low 8 bytes).
+SW_AVX2_INLINE __m128i F32Codes(__m256 x, __m256 mul) {
+  const __m256i u = _mm256_castps_si256(_mm256_mul_ps(x, mul));
+  const __m256i mag = E4m3MagnitudeCodes(_mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF))));
+  const __m256i c = _mm256_or_si256(mag, _mm256_and_si256(_mm256_srli_epi32(u, 24), _mm256_set1_epi32(0x80)));
+  // Dwords (all <= 0xFF) to words to bytes, in order.
+  const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+  return _mm_packus_epi16(w, w);
+}
+
+// fp16 (vcvtph2ps, exact) or fp32 input, 8 elements per step, the rest of a block scalar.
+#define SW_AVX2_TO_E4M3(NAME, ESIZE, LOAD8, LOAD1)                                                                     \
+  SW_AVX2 void NAME(const std::byte* src, std::int64_t stride, std::int64_t nrows, std::int64_t cols, std::int64_t bc, \
+                    const float* muls, std::uint8_t* out, std::int64_t out_stride) {                                   \
+    for (std::int64_t r = 0; r < nrows; ++r) {                                                                         \
+      const std::byte* row = src + r * stride;                                                                         \
+      std::uint8_t* orow = out + r * out_stride;                                                                       \
+      for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += bc, ++b) {                                                     \
+        const std::int64_t n = cols - c0 < bc ? cols - c0 : bc;                                                        \
+        const float m = muls[b];                                                                                       \
+        const __m256 mul = _mm256_set1_ps(m);                                                                          \
+        const std::byte* s = row + c0 * (ESIZE);                                                                       \
+        std::uint8_t* d = orow + c0;                                                                                   \
+        std::int64_t c = 0;                                                                                            \
+        for (; c + 8 <= n; c += 8) _mm_storel_epi64(reinterpret_cast<__m128i*>(d + c), F32Codes(LOAD8, mul));          \
+        for (; c < n; ++c) d[c] = FloatToE4m3InRange(LOAD1 * m);                                                       \
+      }                                                                                                                \
+    }                                                                                                                  \
+  }
+
+SW_AVX2_TO_E4M3(F16ToE4m3, 2, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + c * 2))),
+                F16ToFloat(LoadLe<std::uint16_t>(s + c * 2)))
+SW_AVX2_TO_E4M3(F32ToE4m3, 4, _mm256_loadu_ps(reinterpret_cast<const float*>(s + c * 4)),
+                BitsToFloat(LoadLe<std::uint32_t>(s + c * 4)))
+#undef SW_AVX2_TO_E4M3
+
 // Per-block maxima of x & 0x7FFF: one vector accumulator per column block (up to kAcc at a time).
 constexpr std::int64_t kAcc = 64;
 
@@ -119,12 +155,12 @@ SW_AVX2 void BlockMax16(const std::byte* src, std::int64_t stride, std::int64_t 
 }  // namespace
 }  // namespace avx2
 
-// The compiled loops, with the two hand-written kernels in their place (constant-initialised).
+// The compiled loops, with the hand-written kernels in their place (constant-initialised).
 const ConvertKernels kAvx2Kernels = {
     KernelIsa::kAvx2,          "avx2",
     avx2::BlockMax16,          avx2_loops::BlockMax32,
-    avx2::Bf16ToE4m3,          avx2_loops::F16ToE4m3,
-    avx2_loops::F32ToE4m3,     avx2_loops::CastBf16ToF32,
+    avx2::Bf16ToE4m3,          avx2::F16ToE4m3,
+    avx2::F32ToE4m3,           avx2_loops::CastBf16ToF32,
     avx2_loops::CastBf16ToF16, avx2_loops::CastF16ToF32,
     avx2_loops::CastF16ToBf16, avx2_loops::CastF32ToBf16,
     avx2_loops::CastF32ToF16,
