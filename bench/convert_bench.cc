@@ -4,7 +4,9 @@
 // Usage: convert_bench [rows cols]   (default 4096 x 7168, a DeepSeek-V3-sized projection;
 //        its bf16 input is 58.7 MB, larger than the caches)
 // Each figure is the best of 5 runs over the whole matrix, timed in thread CPU time (the
-// machine is shared); throughput counts INPUT bytes.
+// machine is shared); throughput counts INPUT bytes. Every kernel runs once per kernel path
+// the CPU supports (src/convert/fp8_kernels.h: portable, avx2, avx512; the active one is marked),
+// each beside the memcpy reference of the same input bytes measured in the same run.
 #include <time.h>
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 
 #include <fmt/format.h>
 
+#include "convert/fp8_kernels.h"
 #include "shardwire/cast.h"
 #include "shardwire/fp8_block.h"
 
@@ -58,11 +61,14 @@ int main(int argc, char** argv) {
   const std::int64_t cols = argc > 2 ? std::stoll(argv[2]) : 7168;
   const std::size_t n = static_cast<std::size_t>(rows * cols);
   fmt::print("convert_bench: [{} x {}] = {} elements, one thread\n", rows, cols, n);
-  fmt::print("{:<34} {:>10} {:>12} {:>10}\n", "kernel", "input MB", "GB/s (in)", "x memcpy");
+  const convert::ConvertKernels& chosen = convert::Kernels();
+  fmt::print("kernel path chosen for this CPU: {}\n", chosen.name);
+  fmt::print("{:<34} {:<10} {:>10} {:>12} {:>10}\n", "kernel", "path", "input MB", "GB/s (in)", "x memcpy");
 
-  auto report = [](const std::string& name, double in_bytes, double seconds, double ref_gbps) {
+  std::string path = "-";
+  auto report = [&](const std::string& name, double in_bytes, double seconds, double ref_gbps) {
     const double gbps = in_bytes / seconds / 1e9;
-    fmt::print("{:<34} {:>10.1f} {:>12.2f} {:>10.2f}\n", name, in_bytes / 1e6, gbps, gbps / ref_gbps);
+    fmt::print("{:<34} {:<10} {:>10.1f} {:>12.2f} {:>10.2f}\n", name, path, in_bytes / 1e6, gbps, gbps / ref_gbps);
   };
 
   const auto bf16 = RandomMatrix(n, DType::kBF16);
@@ -90,23 +96,37 @@ int main(int argc, char** argv) {
     if (!st.ok()) fmt::print(stderr, "{}: {}\n", name, st.ToString());
     report(name, static_cast<double>(src.size()), s, ref);
   };
-  quant("fp8 block-128 from bf16", DType::kBF16, bf16, {}, ref2);
-  Fp8BlockOptions ue8m0;
-  ue8m0.scale_format = Fp8ScaleFormat::kUe8m0;
-  quant("fp8 block-128 from bf16, ue8m0", DType::kBF16, bf16, ue8m0, ref2);
-  quant("fp8 block-128 from fp16", DType::kF16, f16, {}, ref2);
-  quant("fp8 block-128 from fp32", DType::kF32, f32, {}, ref4);
-
   auto cast = [&](const char* name, DType from, DType to, const std::vector<std::byte>& src, double ref) {
     std::span<std::byte> dst(out.data(), n * DTypeSize(to));
     const double s = BestSeconds([&] { (void)CastElements(from, to, src, dst); });
     report(name, static_cast<double>(src.size()), s, ref);
   };
-  cast("cast bf16 -> fp32", DType::kBF16, DType::kF32, bf16, ref2);
-  cast("cast fp32 -> bf16", DType::kF32, DType::kBF16, f32, ref4);
-  cast("cast bf16 -> fp16", DType::kBF16, DType::kF16, bf16, ref2);
-  cast("cast fp16 -> bf16", DType::kF16, DType::kBF16, f16, ref2);
-  cast("cast fp32 -> fp16", DType::kF32, DType::kF16, f32, ref4);
-  cast("cast fp16 -> fp32", DType::kF16, DType::kF32, f16, ref2);
+  for (convert::KernelIsa isa :
+       {convert::KernelIsa::kPortable, convert::KernelIsa::kAvx2, convert::KernelIsa::kAvx512}) {
+    if (!convert::SelectKernels(isa)) continue;
+    path = std::string(convert::Kernels().name) + (convert::Kernels().isa == chosen.isa ? "*" : "");
+    quant("fp8 block-128 from bf16", DType::kBF16, bf16, {}, ref2);
+    Fp8BlockOptions ue8m0;
+    ue8m0.scale_format = Fp8ScaleFormat::kUe8m0;
+    quant("fp8 block-128 from bf16, ue8m0", DType::kBF16, bf16, ue8m0, ref2);
+    quant("fp8 block-128 from fp16", DType::kF16, f16, {}, ref2);
+    quant("fp8 block-128 from fp32", DType::kF32, f32, {}, ref4);
+  }
+  for (convert::KernelIsa isa :
+       {convert::KernelIsa::kPortable, convert::KernelIsa::kAvx2, convert::KernelIsa::kAvx512}) {
+    if (!convert::SelectKernels(isa)) continue;
+    path = std::string(convert::Kernels().name) + (convert::Kernels().isa == chosen.isa ? "*" : "");
+    cast("cast bf16 -> fp32", DType::kBF16, DType::kF32, bf16, ref2);
+    cast("cast fp32 -> bf16", DType::kF32, DType::kBF16, f32, ref4);
+    cast("cast bf16 -> fp16", DType::kBF16, DType::kF16, bf16, ref2);
+    cast("cast fp16 -> bf16", DType::kF16, DType::kBF16, f16, ref2);
+    cast("cast fp32 -> fp16", DType::kF32, DType::kF16, f32, ref4);
+    cast("cast fp16 -> fp32", DType::kF16, DType::kF32, f16, ref2);
+  }
+  convert::SelectKernels(chosen.isa);
+  // The reference again at the end: how much the machine's speed moved during the run.
+  path = "-";
+  report("memcpy (reference again, 2-byte)", static_cast<double>(bf16.size()),
+         bf16.size() / memcpy_gbps(bf16.size()) / 1e9, ref2);
   return 0;
 }

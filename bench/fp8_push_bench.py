@@ -10,7 +10,7 @@ the same-run two-thread memcpy of the bf16 step's bytes as the reference. The go
 push no slower than the bf16 push (ratio of step times <= 1.0), since half the weight bytes move.
 
 Usage: /usr/bin/python3 bench/fp8_push_bench.py [--shardwire build/src/cli/shardwire]
-       [--layers 12] [--steps 5] [--rounds 1]
+       [--layers 12] [--steps 5] [--rounds 1] [--staging-slots 2,8]
 """
 import argparse
 import json
@@ -20,11 +20,11 @@ import sys
 import tempfile
 
 
-def run_demo(shardwire, engine_dtype, layers, steps, work_dir):
+def run_demo(shardwire, engine_dtype, layers, steps, work_dir, extra=()):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
     cmd = [shardwire, "demo", "rl-sync", "--generate", "tinyllama-1.1b", "--layers", str(layers),
-           "--steps", str(steps), "--engine-dtype", engine_dtype, "--work-dir", work_dir, "--json", out]
+           "--steps", str(steps), "--engine-dtype", engine_dtype, "--work-dir", work_dir, "--json", out, *extra]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}")
@@ -51,14 +51,23 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--rounds", type=int, default=1, help="repeat the pair this many times")
     p.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "shardwire-demo"))
+    p.add_argument("--staging-slots", default="",
+                   help="comma-separated staging ring sizes to run the FP8 push with, each in the same round "
+                        "(e.g. 2,8; default: the automatic choice only)")
     a = p.parse_args()
     print(f"model: TinyLlama-1.1B shapes, {a.layers} layers; 2 FSDP trainers -> 2 engines x TP 2; "
           f"steps 2..{a.steps} averaged")
+    slot_runs = [s for s in a.staging_slots.split(",") if s] or [""]
     for r in range(a.rounds):
         bf16 = run_demo(a.shardwire, "trainer", a.layers, a.steps, a.work_dir)
-        fp8 = run_demo(a.shardwire, "fp8-block", a.layers, a.steps, a.work_dir)
+        fp8_runs = []
+        for slots in slot_runs:
+            extra = ("--staging-slots", slots) if slots else ()
+            fp8_runs.append((f"bf16 -> fp8 {'(' + slots + ' slots)' if slots else ''}",
+                             run_demo(a.shardwire, "fp8-block", a.layers, a.steps, a.work_dir, extra)))
+        fp8 = fp8_runs[-1][1]
         ref = bf16["memcpy_gbps"]
-        for name, x in (("bf16 -> bf16", bf16), ("bf16 -> fp8 ", fp8)):
+        for name, x in [("bf16 -> bf16", bf16)] + fp8_runs:
             gbps = x["bytes"] / x["step_s"] / 1e9
             print(f"  {name}: {x['bytes'] / 1e6:8.1f} MB/step in {x['step_s']:.4f} s = {gbps:6.2f} GB/s "
                   f"(step 1 {x['step1_s']:.3f} s; conversion {x['convert_s']:.3f} s; staging peak "
@@ -66,7 +75,9 @@ def main():
         bf16_as_memcpy = bf16["bytes"] / ref / 1e9
         print(f"  reference: memcpy 2 threads of the bf16 step's bytes, same run: {ref:.2f} GB/s = "
               f"{bf16_as_memcpy:.4f} s")
-        print(f"  round {r + 1}: fp8 step / bf16 step = {fp8['step_s'] / bf16['step_s']:.2f} "
+        for name, x in fp8_runs[:-1]:
+            print(f"  round {r + 1}: {name.strip()} step / bf16 step = {x['step_s'] / bf16['step_s']:.2f}")
+        print(f"  round {r + 1}: {fp8_runs[-1][0].strip()} step / bf16 step = {fp8['step_s'] / bf16['step_s']:.2f} "
               f"(goal <= 1.00); bf16 step / memcpy = {bf16_as_memcpy / bf16['step_s']:.2f}x; "
               f"fp8 bytes / bf16 bytes = {fp8['bytes'] / bf16['bytes']:.2f}")
 

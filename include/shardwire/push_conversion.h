@@ -22,10 +22,13 @@
 // quantisation.
 //
 // Staging: converted bytes are produced piece by piece into a staging buffer of
-// `staging_bytes` (two slots: one being converted while the other is on the wire), in rounds;
+// `staging_bytes`, split into a ring of slots (round k is converted into slot k % slots while
+// the rounds before it are on the wire; a slot is reused once its round's WRITEs completed);
 // a piece is a run of whole block-rows of one shard (FP8) or of rows (casts), so the bound is
 // independent of the largest tensor: the minimum is two pieces of one block-row of the widest
-// converted tensor. (Peers stage whole tensors: up to 3x the largest tensor.)
+// converted tensor. (Peers stage whole tensors: up to 3x the largest tensor.) More, smaller
+// slots let the first round go on the wire sooner and the last one finish sooner after the
+// conversion ends, and the WRITE of a slot read it while it is still in the CPU's cache.
 //
 // Everything here is a pure function of the two layouts and the options, so every trainer
 // and engine rank computes the same conversion without exchanging it.
@@ -55,19 +58,26 @@ enum class PushTensorKind : std::uint8_t {
 struct PushConversionOptions {
   /// Block size and scale arithmetic; the block size must agree with the engine's scale shapes.
   Fp8BlockOptions fp8 = {};
-  /// Bound of each trainer rank's conversion staging buffer in bytes (both slots).
+  /// Bound of each trainer rank's conversion staging buffer in bytes (all slots).
   std::uint64_t staging_bytes = std::uint64_t{64} << 20;
+  /// Slots the staging buffer is split into (>= 2); 0 = automatic: kAutoStagingSlots, halved
+  /// (down to 2) while one piece of the widest converted tensor does not fit one slot.
+  std::uint32_t staging_slots = 0;
 };
+
+/// Slots of an automatic staging ring (PushConversionOptions::staging_slots = 0): 8 slots of
+/// 8 MiB in the default 64 MiB.
+inline constexpr std::uint32_t kAutoStagingSlots = 8;
 
 /// One piece of conversion work on a trainer rank: matrix rows [row_begin, row_end) of its
 /// shard of one converted tensor (all the shard's columns), written into the round's slot.
 struct ConversionPiece {
-  std::uint32_t wire_tensor = 0;    ///< index into wire_layout().tensors() (the converted tensor)
-  std::uint32_t trainer_tensor = 0; ///< index into the trainer layout's tensors (its source)
-  std::int64_t row_begin = 0;       ///< first row (dim 0, global index in the tensor)
-  std::int64_t row_end = 0;         ///< one past the last row
-  std::uint64_t slot_offset = 0;    ///< bytes: where the converted rows start in the slot
-  std::uint64_t bytes = 0;          ///< converted bytes of the rows
+  std::uint32_t wire_tensor = 0;     ///< index into wire_layout().tensors() (the converted tensor)
+  std::uint32_t trainer_tensor = 0;  ///< index into the trainer layout's tensors (its source)
+  std::int64_t row_begin = 0;        ///< first row (dim 0, global index in the tensor)
+  std::int64_t row_end = 0;          ///< one past the last row
+  std::uint64_t slot_offset = 0;     ///< bytes: where the converted rows start in the slot
+  std::uint64_t bytes = 0;           ///< converted bytes of the rows
   /// kFp8Weight: the wire scale tensor, and where the scale rows this piece owns land.
   std::uint32_t scale_wire_tensor = 0;
   std::uint64_t scale_slot_offset = 0;
@@ -93,15 +103,16 @@ struct BlockRef {
 /// Partial amaxes a trainer rank exchanges with one other trainer rank, both lists in the
 /// order the values travel (the peer computes the same lists with the roles swapped).
 struct BlockAmaxExchange {
-  int peer = 0;                 ///< trainer rank
-  std::vector<BlockRef> send;   ///< blocks whose partial amax this rank sends (the peer lacks part of them)
-  std::vector<BlockRef> receive;///< blocks whose partial amax the peer sends (this rank lacks part of them)
+  int peer = 0;                   ///< trainer rank
+  std::vector<BlockRef> send;     ///< blocks whose partial amax this rank sends (the peer lacks part of them)
+  std::vector<BlockRef> receive;  ///< blocks whose partial amax the peer sends (this rank lacks part of them)
 };
 
 /// What one trainer rank does in every push.
 struct TrainerConversion {
   std::vector<ConversionRound> rounds;
-  std::uint64_t slot_bytes = 0;  ///< largest round (bytes); the staging buffer holds two slots
+  std::uint64_t slot_bytes = 0;  ///< largest round (bytes); the staging buffer holds `slots` slots
+  std::uint32_t slots = 2;       ///< round k is converted into slot k % slots
   std::vector<BlockAmaxExchange> exchanges;
 };
 
@@ -113,7 +124,8 @@ class PushConversion {
   /// ceil(m/br) x ceil(n/bc) of its weight; kUnsupported for a conversion that cannot be done
   /// (an FP8 weight that is not 2-D or whose trainer dtype is not F16/BF16/F32, a cast
   /// between non-castable dtypes, a Partial trainer shard of a converted tensor);
-  /// kInvalidArgument when staging_bytes is below the minimum (the message gives it);
+  /// kInvalidArgument when staging_bytes is below the minimum (the message gives it) or
+  /// staging_slots is 1;
   /// the errors of PlanTransfer.
   static Result<PushConversion> Create(const Layout& trainer, const Layout& engine,
                                        const PushConversionOptions& options = {});
@@ -145,6 +157,7 @@ class PushConversion {
 
  private:
   explicit PushConversion(std::shared_ptr<const State> state) : state_(std::move(state)) {}
+  Result<TrainerConversion> PlanTrainerRank(int trainer_rank, std::uint32_t slots) const;
   std::shared_ptr<const State> state_;
 };
 

@@ -237,6 +237,8 @@ Status Run(const RlSyncOptions& o) {
     if (o.restart_engines) args.push_back("--dynamic-membership");
     if (o.verify_digests) args.push_back("--verify-digests");
     args.insert(args.end(), {"--verify", o.verify});
+    if (o.staging_bytes > 0) args.insert(args.end(), {"--staging-bytes", std::to_string(o.staging_bytes)});
+    if (o.staging_slots > 0) args.insert(args.end(), {"--staging-slots", std::to_string(o.staging_slots)});
     for (const auto& rules : cli::ModelRulesFiles()) args.insert(args.end(), {"--model-rules", rules});
     return args;
   };
@@ -544,6 +546,12 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
                 "engines join and leave through the coordinator; an engine process that dies is restarted, as an "
                 "orchestrator would, loads the latest committed version from the live engines (P2P) and receives "
                 "the next push (implies --double-buffer, so each committed version stays servable for a whole push)");
+  cmd->add_option("--staging-bytes", o->staging_bytes,
+                  "converting push: each trainer's staging bound in bytes (0 = the default, 64 MiB)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--staging-slots", o->staging_slots,
+                  "converting push: slots of the staging ring, >= 2 (0 = automatic: up to 8)")
+      ->check(CLI::NonNegativeNumber);
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--json", o->json_out, "also write the summary as JSON to this file");
   cmd->add_option("--job", o->job, "job name, the prefix of every rendezvous key (default: rl-sync-<pid>)");

@@ -24,6 +24,8 @@ struct RlSyncOptions {
   /// When engines verify their weights byte for byte: "every" step, or only the "last" (and
   /// the checkpoint they start from), as the Python bench's receivers do (comparable runs).
   std::string verify = "every";
+  std::uint64_t staging_bytes = 0;    ///< trainers' conversion staging bound in bytes (0: the default, 64 MiB)
+  std::uint32_t staging_slots = 0;    ///< slots of that staging ring (0: automatic)
   std::string checkpoint;   ///< empty: the default (real tiny model, or generated)
   std::string config;       ///< empty: the config.json beside the checkpoint
   std::string generate;     ///< HF config to generate a checkpoint from ("tinyllama-1.1b" = built in)

@@ -41,6 +41,8 @@ struct WorkerArgs {
   bool catch_up = false;            // this engine process replaces a dead one: catch up first
   bool verify_digests = false;      // per-version integrity check
   std::string verify = "every";  // every | last
+  std::uint64_t staging_bytes = 0;  // 0: the default
+  std::uint32_t staging_slots = 0;  // 0: automatic
   int steps = 0;
   double timeout_s = 120;
 };
@@ -117,14 +119,21 @@ double MonotonicSeconds() {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
-Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& checkpoint,
-                  const Layout& trainer_layout, const Layout& engine_layout) {
-  const Fault fault = ReadFault("trainer", a.rank, trainer_layout.world_size());
+// The options both roles share (the conversion must be planned alike by trainers and engines).
+WeightSyncOptions SyncOptions(const WorkerArgs& a) {
   WeightSyncOptions options{a.job, a.timeout_s};
   options.verify_digests = a.verify_digests;
   options.dynamic_membership = a.dynamic_membership;
+  if (a.staging_bytes > 0) options.conversion.staging_bytes = a.staging_bytes;
+  options.conversion.staging_slots = a.staging_slots;
+  return options;
+}
+
+Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& checkpoint,
+                  const Layout& trainer_layout, const Layout& engine_layout) {
+  const Fault fault = ReadFault("trainer", a.rank, trainer_layout.world_size());
   SW_ASSIGN_OR_RETURN(auto publisher,
-                      WeightPublisher::Create(rendezvous, trainer_layout, engine_layout, a.rank, options));
+                      WeightPublisher::Create(rendezvous, trainer_layout, engine_layout, a.rank, SyncOptions(a)));
   const double connect_begin = MonotonicSeconds();
   SW_RETURN_IF_ERROR(publisher->Connect());
   if (a.dynamic_membership) {
@@ -199,8 +208,7 @@ Status RunDynamicEngine(const WorkerArgs& a, CoordinatorClient& client, const Ch
                         const ModelDescription& engine_model, const Layout& trainer_layout,
                         const Layout& engine_layout) {
   const std::string who = EngineRankLabel(a.rank);
-  WeightSyncOptions options{a.job, a.timeout_s};
-  options.verify_digests = a.verify_digests;
+  WeightSyncOptions options = SyncOptions(a);
   options.double_buffered = a.double_buffer;
   options.dynamic_membership = true;
   SW_ASSIGN_OR_RETURN(auto subscriber,
@@ -293,8 +301,7 @@ Status RunDynamicEngine(const WorkerArgs& a, CoordinatorClient& client, const Ch
 Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& checkpoint,
                  const Layout& trainer_layout, const Layout& engine_layout) {
   const std::string who = EngineRankLabel(a.rank);
-  WeightSyncOptions options{a.job, a.timeout_s};
-  options.verify_digests = a.verify_digests;
+  WeightSyncOptions options = SyncOptions(a);
   options.double_buffered = a.double_buffer;
   SW_ASSIGN_OR_RETURN(auto subscriber,
                       WeightSubscriber::Create(rendezvous, trainer_layout, engine_layout, a.rank, options));
@@ -381,6 +388,8 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_flag("--catch-up", args->catch_up);
   cmd->add_flag("--verify-digests", args->verify_digests);
   cmd->add_option("--verify", args->verify)->check(CLI::IsMember({"every", "last"}));
+  cmd->add_option("--staging-bytes", args->staging_bytes);
+  cmd->add_option("--staging-slots", args->staging_slots);
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--timeout", args->timeout_s)->required();
   cmd->callback([args, exit_code] {

@@ -31,24 +31,16 @@ Status CastElements(DType from, DType to, std::span<const std::byte> src, std::s
     if (count != 0) std::memcpy(d, s, src.size());
     return Status::Ok();
   }
+  const convert::ConvertKernels& k = convert::Kernels();
   switch (from) {
     case DType::kBF16:
-      if (to == DType::kF32)
-        convert::CastBf16ToF32(s, d, count);
-      else
-        convert::CastBf16ToF16(s, d, count);
+      (to == DType::kF32 ? k.bf16_to_f32 : k.bf16_to_f16)(s, d, count);
       break;
     case DType::kF16:
-      if (to == DType::kF32)
-        convert::CastF16ToF32(s, d, count);
-      else
-        convert::CastF16ToBf16(s, d, count);
+      (to == DType::kF32 ? k.f16_to_f32 : k.f16_to_bf16)(s, d, count);
       break;
     default:  // F32
-      if (to == DType::kBF16)
-        convert::CastF32ToBf16(s, d, count);
-      else
-        convert::CastF32ToF16(s, d, count);
+      (to == DType::kBF16 ? k.f32_to_bf16 : k.f32_to_f16)(s, d, count);
       break;
   }
   return Status::Ok();

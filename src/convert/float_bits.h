@@ -8,13 +8,15 @@
 // e.g. in F. Giesen, "float->half variants", 2016). All constants are derived in comments.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
 namespace shardwire::convert {
 
-// memcpy (a builtin) rather than std::bit_cast: these helpers are also compiled into the
-// per-CPU clones of fp8_kernels.cc, which must not instantiate shared library templates.
+// memcpy (a builtin) rather than std::bit_cast: these helpers are also inlined into the
+// per-CPU kernels (__attribute__((target)) functions of fp8_kernels_avx2.cc / _avx512.cc),
+// which should not instantiate shared library templates.
 inline float BitsToFloat(std::uint32_t u) {
   float f;
   std::memcpy(&f, &u, 4);

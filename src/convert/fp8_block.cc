@@ -24,24 +24,24 @@ struct Bf16Traits {
   static constexpr std::uint32_t kMagnitudeMask = 0x7FFFu;
   static constexpr std::uint32_t kSpecial = 0x7F80u;
   static float ToFloat(Bits b) { return convert::Bf16ToFloat(b); }
-  static constexpr auto RowMax = convert::RowMaxMagnitude16;
-  static constexpr auto RowScale = convert::RowToE4m3Bf16;
+  static convert::BlockMaxFn Max(const convert::ConvertKernels& k) { return k.block_max16; }
+  static convert::ToE4m3Fn Scale(const convert::ConvertKernels& k) { return k.bf16_to_e4m3; }
 };
 struct F16Traits {
   using Bits = std::uint16_t;
   static constexpr std::uint32_t kMagnitudeMask = 0x7FFFu;
   static constexpr std::uint32_t kSpecial = 0x7C00u;
   static float ToFloat(Bits b) { return convert::F16ToFloat(b); }
-  static constexpr auto RowMax = convert::RowMaxMagnitude16;
-  static constexpr auto RowScale = convert::RowToE4m3F16;
+  static convert::BlockMaxFn Max(const convert::ConvertKernels& k) { return k.block_max16; }
+  static convert::ToE4m3Fn Scale(const convert::ConvertKernels& k) { return k.f16_to_e4m3; }
 };
 struct F32Traits {
   using Bits = std::uint32_t;
   static constexpr std::uint32_t kMagnitudeMask = 0x7FFFFFFFu;
   static constexpr std::uint32_t kSpecial = 0x7F800000u;
   static float ToFloat(Bits b) { return BitsToFloat(b); }
-  static constexpr auto RowMax = convert::RowMaxMagnitude32;
-  static constexpr auto RowScale = convert::RowToE4m3F32;
+  static convert::BlockMaxFn Max(const convert::ConvertKernels& k) { return k.block_max32; }
+  static convert::ToE4m3Fn Scale(const convert::ConvertKernels& k) { return k.f32_to_e4m3; }
 };
 
 // fp32(1e-4): the reference clamps an fp32 tensor with the Python float 1e-4.
@@ -116,17 +116,23 @@ Status FindNonFinite(const std::byte* src, std::int64_t cols, std::int64_t nrows
   return Internal(fmt::format("tensor \"{}\": non-finite block not located", ctx.tensor));
 }
 
-// One block-row at a time: pass 1 streams its rows for the per-block amax (magnitude bits),
-// pass 2 streams them again (now from cache) scaling each block by its multiplier. Scratch for
-// the per-block maxes and multipliers lives in the caller's scale row and a small stack buffer.
+// One block-row at a time: pass 1 streams its rows from memory for the per-block amax (magnitude
+// bits), pass 2 reads them again, now from cache (L2/L3), scaling each block by its multiplier.
+// So the matrix crosses the memory bus once. Whole rows per pass: splitting a block-row into
+// column chunks (to fit L2) measured slower, as 128 short strided streams defeat the prefetchers.
+// Scratch for the per-block maxes and multipliers is a small stack buffer.
 template <typename T>
 Status QuantizeRows(const std::byte* src, std::int64_t rows, std::int64_t cols, std::uint8_t* q, float* scale_inv,
                     const Fp8BlockOptions& o, const Fp8ErrorContext& ctx) {
   const std::int64_t br = o.block_rows;
   const std::int64_t bc = o.block_cols;
+  const std::int64_t esize = static_cast<std::int64_t>(sizeof(typename T::Bits));
   const std::int64_t col_blocks = (cols + bc - 1) / bc;
-  const std::int64_t row_bytes = cols * static_cast<std::int64_t>(sizeof(typename T::Bits));
+  const std::int64_t row_bytes = cols * esize;
   constexpr std::int64_t kChunk = 256;  // column blocks per pass (bounded stack scratch)
+  const convert::ConvertKernels& k = convert::Kernels();
+  const convert::BlockMaxFn block_max = T::Max(k);
+  const convert::ToE4m3Fn scale = T::Scale(k);
   std::uint32_t maxes[kChunk];
   float muls[kChunk];
   for (std::int64_t r0 = 0, rb = 0; r0 < rows; r0 += br, ++rb) {
@@ -136,9 +142,9 @@ Status QuantizeRows(const std::byte* src, std::int64_t rows, std::int64_t cols, 
       const std::int64_t nb = std::min(kChunk, col_blocks - cb0);
       const std::int64_t c0 = cb0 * bc;
       const std::int64_t ncols = std::min(nb * bc, cols - c0);
-      const std::byte* part = block_row + c0 * static_cast<std::int64_t>(sizeof(typename T::Bits));
+      const std::byte* part = block_row + c0 * esize;
       std::fill(maxes, maxes + nb, 0u);
-      for (std::int64_t r = 0; r < nrows; ++r) T::RowMax(part + r * row_bytes, ncols, bc, maxes);
+      block_max(part, row_bytes, nrows, ncols, bc, maxes);
       for (std::int64_t b = 0; b < nb; ++b) {
         if (maxes[b] >= T::kSpecial) {
           return FindNonFinite<T>(part, cols, nrows, bc, maxes, nb, ctx.first_row + r0, c0, ctx);
@@ -147,9 +153,7 @@ Status QuantizeRows(const std::byte* src, std::int64_t rows, std::int64_t cols, 
         scale_inv[rb * col_blocks + cb0 + b] = s.scale_inv;
         muls[b] = s.multiplier;
       }
-      for (std::int64_t r = 0; r < nrows; ++r) {
-        T::RowScale(part + r * row_bytes, q + (r0 + r) * cols + c0, ncols, bc, muls);
-      }
+      scale(part, row_bytes, nrows, ncols, bc, muls, q + r0 * cols + c0, cols);
     }
   }
   return Status::Ok();
@@ -181,7 +185,6 @@ const std::array<float, 256>& E4m3Table() {
   return table;
 }
 
-
 // ---- sharded quantisation (Fp8ShardBlockAmax / QuantizeFp8Shard) ----
 
 // Calls fn(first column offset in the row, length, block length, index of the first block relative
@@ -193,6 +196,18 @@ void ForEachRowSegment(const Fp8ShardBox& b, std::int64_t bc, Fn fn) {
   if (b.cols > head) fn(head, b.cols - head, bc, std::int64_t{1});
 }
 
+// Calls fn(first row in the shard, row count, block-row index relative to the touched range) for
+// the runs of the shard's rows that lie in one block-row.
+template <typename Fn>
+void ForEachBlockRowRun(const Fp8ShardBox& b, std::int64_t br, std::int64_t first_block_row, Fn fn) {
+  for (std::int64_t r = 0; r < b.rows;) {
+    const std::int64_t i = (b.row0 + r) / br;
+    const std::int64_t end = std::min(b.rows, (i + 1) * br - b.row0);
+    fn(r, end - r, i - first_block_row);
+    r = end;
+  }
+}
+
 template <typename T>
 Status ShardAmax(const std::byte* src, const Fp8ShardBox& b, float* out, const Fp8BlockOptions& o,
                  const Fp8ErrorContext& ctx) {
@@ -200,24 +215,25 @@ Status ShardAmax(const std::byte* src, const Fp8ShardBox& b, float* out, const F
   const std::int64_t nj = t.col_end - t.col_begin;
   std::vector<std::uint32_t> maxes(static_cast<std::size_t>(t.count()), 0u);
   const std::int64_t row_bytes = b.cols * static_cast<std::int64_t>(sizeof(typename T::Bits));
-  for (std::int64_t r = 0; r < b.rows; ++r) {
-    const std::int64_t i = (b.row0 + r) / o.block_rows - t.row_begin;
+  const convert::BlockMaxFn block_max = T::Max(convert::Kernels());
+  ForEachBlockRowRun(b, o.block_rows, t.row_begin, [&](std::int64_t r, std::int64_t nrows, std::int64_t i) {
     std::uint32_t* m = maxes.data() + i * nj;
-    const std::byte* row = src + r * row_bytes;
     ForEachRowSegment(b, o.block_cols, [&](std::int64_t c, std::int64_t len, std::int64_t bc, std::int64_t j) {
-      T::RowMax(row + c * static_cast<std::int64_t>(sizeof(typename T::Bits)), len, bc, m + j);
+      block_max(src + r * row_bytes + c * static_cast<std::int64_t>(sizeof(typename T::Bits)), row_bytes, nrows, len,
+                bc, m + j);
     });
-  }
+  });
   for (std::size_t k = 0; k < maxes.size(); ++k) {
     if (maxes[k] >= T::kSpecial) {
       // Name the first non-finite element of the shard.
       for (std::int64_t r = 0; r < b.rows; ++r) {
         for (std::int64_t c = 0; c < b.cols; ++c) {
-          const auto bits = LoadLe<typename T::Bits>(src + r * row_bytes + c * static_cast<std::int64_t>(sizeof(typename T::Bits)));
+          const auto bits =
+              LoadLe<typename T::Bits>(src + r * row_bytes + c * static_cast<std::int64_t>(sizeof(typename T::Bits)));
           if ((bits & T::kMagnitudeMask) >= T::kSpecial) {
-            return CorruptData(fmt::format(
-                "tensor \"{}\": element [{}, {}] is {}; FP8 block quantisation needs finite values", ctx.tensor,
-                b.row0 + r, b.col0 + c, DescribeValue(T::ToFloat(bits))));
+            return CorruptData(
+                fmt::format("tensor \"{}\": element [{}, {}] is {}; FP8 block quantisation needs finite values",
+                            ctx.tensor, b.row0 + r, b.col0 + c, DescribeValue(T::ToFloat(bits))));
           }
         }
       }
@@ -240,8 +256,8 @@ Status ShardQuantize(const std::byte* src, const Fp8ShardBox& b, const float* am
       const std::int64_t k = (i - t.row_begin) * nj + (j - t.col_begin);
       const float a = amax[k];
       if (!(a >= 0.0f) || std::isinf(a)) {
-        return CorruptData(fmt::format("tensor \"{}\": amax {} of block [{}, {}] is not a finite value >= 0",
-                                       ctx.tensor, a, i, j));
+        return CorruptData(
+            fmt::format("tensor \"{}\": amax {} of block [{}, {}] is not a finite value >= 0", ctx.tensor, a, i, j));
       }
       const BlockScale s = ScaleFor(a, o);
       muls[static_cast<std::size_t>(k)] = s.multiplier;
@@ -251,15 +267,14 @@ Status ShardQuantize(const std::byte* src, const Fp8ShardBox& b, const float* am
     }
   }
   const std::int64_t row_bytes = b.cols * static_cast<std::int64_t>(sizeof(typename T::Bits));
-  for (std::int64_t r = 0; r < b.rows; ++r) {
-    const std::int64_t i = (b.row0 + r) / o.block_rows - t.row_begin;
+  const convert::ToE4m3Fn scale = T::Scale(convert::Kernels());
+  ForEachBlockRowRun(b, o.block_rows, t.row_begin, [&](std::int64_t r, std::int64_t nrows, std::int64_t i) {
     const float* m = muls.data() + i * nj;
-    const std::byte* row = src + r * row_bytes;
-    std::uint8_t* qrow = q + r * b.cols;
     ForEachRowSegment(b, o.block_cols, [&](std::int64_t c, std::int64_t len, std::int64_t bc, std::int64_t j) {
-      T::RowScale(row + c * static_cast<std::int64_t>(sizeof(typename T::Bits)), qrow + c, len, bc, m + j);
+      scale(src + r * row_bytes + c * static_cast<std::int64_t>(sizeof(typename T::Bits)), row_bytes, nrows, len, bc,
+            m + j, q + r * b.cols + c, b.cols);
     });
-  }
+  });
   return Status::Ok();
 }
 
@@ -329,10 +344,10 @@ Status QuantizeFp8Shard(DType src_dtype, std::span<const std::byte> src, const F
   if (block_amax.size() != static_cast<std::size_t>(t.count()) ||
       q_out.size() != static_cast<std::size_t>(shard.rows * shard.cols) ||
       scale_inv_out.size() != static_cast<std::size_t>(own.count())) {
-    return InvalidArgument(fmt::format(
-        "tensor \"{}\": shard [{}, {}] needs {} amax values, {} FP8 bytes and {} scales; got {}, {} and {}",
-        context.tensor, shard.rows, shard.cols, t.count(), shard.rows * shard.cols, own.count(), block_amax.size(),
-        q_out.size(), scale_inv_out.size()));
+    return InvalidArgument(
+        fmt::format("tensor \"{}\": shard [{}, {}] needs {} amax values, {} FP8 bytes and {} scales; got {}, {} and {}",
+                    context.tensor, shard.rows, shard.cols, t.count(), shard.rows * shard.cols, own.count(),
+                    block_amax.size(), q_out.size(), scale_inv_out.size()));
   }
   if (t.count() == 0) return Status::Ok();
   switch (src_dtype) {
@@ -340,11 +355,11 @@ Status QuantizeFp8Shard(DType src_dtype, std::span<const std::byte> src, const F
       return ShardQuantize<Bf16Traits>(src.data(), shard, block_amax.data(), q_out.data(), scale_inv_out.data(),
                                        options, context);
     case DType::kF16:
-      return ShardQuantize<F16Traits>(src.data(), shard, block_amax.data(), q_out.data(), scale_inv_out.data(),
-                                      options, context);
+      return ShardQuantize<F16Traits>(src.data(), shard, block_amax.data(), q_out.data(), scale_inv_out.data(), options,
+                                      context);
     default:
-      return ShardQuantize<F32Traits>(src.data(), shard, block_amax.data(), q_out.data(), scale_inv_out.data(),
-                                      options, context);
+      return ShardQuantize<F32Traits>(src.data(), shard, block_amax.data(), q_out.data(), scale_inv_out.data(), options,
+                                      context);
   }
 }
 

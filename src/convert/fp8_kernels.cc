@@ -1,89 +1,80 @@
-// The quantiser's hot loops, compiled for AVX-512 (x86-64-v4), AVX2 (x86-64-v3) and the
-// baseline on x86-64; the dynamic loader picks the best per CPU once (GCC `target_clones`, an
-// ifunc). Other CPUs get the portable loop. Every clone computes the same bits: the loops use
-// only integer ops and single IEEE fp32 operations (-ffp-contract=off: no FMA contraction).
+// Run-time choice of the kernel table (fp8_kernels.h): once, by __builtin_cpu_supports (which
+// also checks that the OS saves the wide registers), or by SHARDWIRE_CONVERT_KERNELS.
 #include "convert/fp8_kernels.h"
 
-#include "convert/float_bits.h"
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 
-// SW_KERNELS_NO_CLONES / SW_KERNELS_NAMESPACE let tests/convert/kernel_clones_test.cc compile
-// these same loops once more for the baseline CPU, to compare with the clone the loader picked.
-#ifndef SW_KERNELS_NAMESPACE
-#define SW_KERNELS_NAMESPACE convert
-#endif
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(SW_KERNELS_NO_CLONES)
-#define SW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SW_CLONES
+namespace shardwire::convert {
+namespace {
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SW_HAVE_X86_KERNELS 1
 #endif
 
-namespace shardwire::SW_KERNELS_NAMESPACE {
-using convert::Bf16ToFloat;
-using convert::BitsToFloat;
-using convert::F16ToFloat;
-using convert::FloatToBf16;
-using convert::FloatToBits;
-using convert::FloatToE4m3InRange;
-using convert::FloatToF16;
-using convert::LoadLe;
-using convert::StoreLe;
-
-SW_CLONES void RowMaxMagnitude16(const std::byte* row, std::int64_t cols, std::int64_t bc, std::uint32_t* maxes) {
-  for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += bc, ++b) {
-    const std::int64_t n = cols - c0 < bc ? cols - c0 : bc;
-    const std::byte* seg = row + c0 * 2;
-    std::uint16_t m = 0;
-    for (std::int64_t c = 0; c < n; ++c) {
-      const auto v = static_cast<std::uint16_t>(LoadLe<std::uint16_t>(seg + c * 2) & 0x7FFFu);
-      m = v > m ? v : m;
-    }
-    maxes[b] = m > maxes[b] ? m : maxes[b];
+bool CpuHas(KernelIsa isa) {
+  switch (isa) {
+    case KernelIsa::kPortable:
+      return true;
+#ifdef SW_HAVE_X86_KERNELS
+    case KernelIsa::kAvx2:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    case KernelIsa::kAvx512:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl");
+#endif
+    default:
+      return false;
   }
 }
 
-SW_CLONES void RowMaxMagnitude32(const std::byte* row, std::int64_t cols, std::int64_t bc, std::uint32_t* maxes) {
-  for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += bc, ++b) {
-    const std::int64_t n = cols - c0 < bc ? cols - c0 : bc;
-    const std::byte* seg = row + c0 * 4;
-    std::uint32_t m = 0;
-    for (std::int64_t c = 0; c < n; ++c) {
-      const std::uint32_t v = LoadLe<std::uint32_t>(seg + c * 4) & 0x7FFFFFFFu;
-      m = v > m ? v : m;
-    }
-    maxes[b] = m > maxes[b] ? m : maxes[b];
+const ConvertKernels* Table(KernelIsa isa) {
+  switch (isa) {
+    case KernelIsa::kPortable:
+      return &kPortableKernels;
+#ifdef SW_HAVE_X86_KERNELS
+    case KernelIsa::kAvx2:
+      return &kAvx2Kernels;
+    case KernelIsa::kAvx512:
+      return &kAvx512Kernels;
+#endif
+    default:
+      return nullptr;
   }
 }
 
-// One loop body per dtype; `load` gives the element at index c of a segment as fp32 (exact).
-#define SW_ROW_TO_E4M3(NAME, ESIZE, LOAD)                                                          \
-  SW_CLONES void NAME(const std::byte* row, std::uint8_t* out, std::int64_t cols, std::int64_t bc, \
-                      const float* muls) {                                                         \
-    for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += bc, ++b) {                                   \
-      const std::int64_t n = cols - c0 < bc ? cols - c0 : bc;                                      \
-      const std::byte* __restrict seg = row + c0 * (ESIZE);                                        \
-      std::uint8_t* __restrict dst = out + c0;                                                     \
-      const float mul = muls[b];                                                                   \
-      for (std::int64_t c = 0; c < n; ++c) dst[c] = FloatToE4m3InRange(LOAD * mul);                \
-    }                                                                                              \
+const ConvertKernels* Choose() {
+  if (const char* want = std::getenv("SHARDWIRE_CONVERT_KERNELS")) {
+    for (KernelIsa isa : {KernelIsa::kPortable, KernelIsa::kAvx2, KernelIsa::kAvx512}) {
+      const ConvertKernels* k = KernelsFor(isa);
+      if (k != nullptr && std::strcmp(want, k->name) == 0) return k;
+    }
   }
-
-SW_ROW_TO_E4M3(RowToE4m3Bf16, 2, Bf16ToFloat(LoadLe<std::uint16_t>(seg + c * 2)))
-SW_ROW_TO_E4M3(RowToE4m3F16, 2, F16ToFloat(LoadLe<std::uint16_t>(seg + c * 2)))
-SW_ROW_TO_E4M3(RowToE4m3F32, 4, BitsToFloat(LoadLe<std::uint32_t>(seg + c * 4)))
-
-#define SW_CAST(NAME, SRC_T, DST_T, EXPR)                                                          \
-  SW_CLONES void NAME(const std::byte* __restrict src, std::byte* __restrict dst, std::size_t n) { \
-    for (std::size_t i = 0; i < n; ++i) {                                                          \
-      const SRC_T x = LoadLe<SRC_T>(src + i * sizeof(SRC_T));                                      \
-      StoreLe<DST_T>(dst + i * sizeof(DST_T), EXPR);                                               \
-    }                                                                                              \
+  for (KernelIsa isa : {KernelIsa::kAvx512, KernelIsa::kAvx2}) {
+    if (const ConvertKernels* k = KernelsFor(isa)) return k;
   }
+  return &kPortableKernels;
+}
 
-SW_CAST(CastBf16ToF32, std::uint16_t, std::uint32_t, FloatToBits(Bf16ToFloat(x)))
-SW_CAST(CastBf16ToF16, std::uint16_t, std::uint16_t, FloatToF16(Bf16ToFloat(x)))
-SW_CAST(CastF16ToF32, std::uint16_t, std::uint32_t, FloatToBits(F16ToFloat(x)))
-SW_CAST(CastF16ToBf16, std::uint16_t, std::uint16_t, FloatToBf16(F16ToFloat(x)))
-SW_CAST(CastF32ToBf16, std::uint32_t, std::uint16_t, FloatToBf16(BitsToFloat(x)))
-SW_CAST(CastF32ToF16, std::uint32_t, std::uint16_t, FloatToF16(BitsToFloat(x)))
+std::atomic<const ConvertKernels*>& Active() {
+  static std::atomic<const ConvertKernels*> active{Choose()};
+  return active;
+}
 
-}  // namespace shardwire::SW_KERNELS_NAMESPACE
+}  // namespace
+
+const ConvertKernels* KernelsFor(KernelIsa isa) { return CpuHas(isa) ? Table(isa) : nullptr; }
+
+const ConvertKernels& Kernels() { return *Active().load(std::memory_order_relaxed); }
+
+bool SelectKernels(KernelIsa isa) {
+  const ConvertKernels* k = KernelsFor(isa);
+  if (k == nullptr) return false;
+  Active().store(k, std::memory_order_relaxed);
+  return true;
+}
+
+}  // namespace shardwire::convert

@@ -120,8 +120,8 @@ Result<PushConversion> PushConversion::Create(const Layout& trainer, const Layou
     source[e] = it->second;
     trainer_used[it->second] = true;
     if (s.shape != d.shape) {
-      problems.push_back(fmt::format("shape of {}: trainer {} engine {}", d.name, ShapeToString(s.shape),
-                                     ShapeToString(d.shape)));
+      problems.push_back(
+          fmt::format("shape of {}: trainer {} engine {}", d.name, ShapeToString(s.shape), ShapeToString(d.shape)));
       continue;
     }
     if (s.dtype == d.dtype) continue;  // kDirect
@@ -129,9 +129,10 @@ Result<PushConversion> PushConversion::Create(const Layout& trainer, const Layou
       state->engine_kind[e] = PushTensorKind::kFp8Weight;
       if (d.shape.size() != 2 || !IsCastableDType(s.dtype)) {
         unsupported = true;
-        problems.push_back(fmt::format("{}: FP8 block quantisation in the push takes a 2-D F16/BF16/F32 tensor, "
-                                       "the trainer holds {}",
-                                       d.name, ToString(s)));
+        problems.push_back(
+            fmt::format("{}: FP8 block quantisation in the push takes a 2-D F16/BF16/F32 tensor, "
+                        "the trainer holds {}",
+                        d.name, ToString(s)));
         continue;
       }
       auto sc = engine_index.find(d.name + suffix);
@@ -153,7 +154,8 @@ Result<PushConversion> PushConversion::Create(const Layout& trainer, const Layou
     problems.push_back(fmt::format("{}: no conversion from {} to {}", d.name, DTypeName(s.dtype), DTypeName(d.dtype)));
   }
   for (std::uint32_t t = 0; t < tt.size(); ++t) {
-    if (!trainer_used[t]) problems.push_back(fmt::format("trainer tensor {} is not held by the engines", ToString(tt[t])));
+    if (!trainer_used[t])
+      problems.push_back(fmt::format("trainer tensor {} is not held by the engines", ToString(tt[t])));
   }
   if (!problems.empty()) {
     const std::size_t shown = std::min<std::size_t>(problems.size(), 8);
@@ -207,9 +209,10 @@ Result<PushConversion> PushConversion::Create(const Layout& trainer, const Layou
       const ShardRef* src = shards.Find(state->wire_trainer_tensor[w]);
       if (src == nullptr) continue;
       if (src->partial_group != 0) {
-        return Unsupported(fmt::format("{} is held as a Partial(sum) addend by trainer rank {}: it must be reduced "
-                                       "before it can be converted",
-                                       tt[state->wire_trainer_tensor[w]].name, trainer.ranks_of_class(c).front()));
+        return Unsupported(
+            fmt::format("{} is held as a Partial(sum) addend by trainer rank {}: it must be reduced "
+                        "before it can be converted",
+                        tt[state->wire_trainer_tensor[w]].name, trainer.ranks_of_class(c).front()));
       }
       if (state->wire_kind[w] != PushTensorKind::kFp8Scale) {
         class_shards[c].push_back(ShardEntry{w, LocalShard(src->box)});
@@ -217,13 +220,13 @@ Result<PushConversion> PushConversion::Create(const Layout& trainer, const Layou
       }
       const Fp8BlockRange own = Fp8BlocksOwned(ToShardBox(src->box), fp8);
       if (own.count() == 0) continue;
-      class_shards[c].push_back(ShardEntry{w, LocalShard(Box{{own.row_begin, own.col_begin},
-                                                             {own.row_end - own.row_begin, own.col_end - own.col_begin}})});
+      class_shards[c].push_back(ShardEntry{
+          w,
+          LocalShard(Box{{own.row_begin, own.col_begin}, {own.row_end - own.row_begin, own.col_end - own.col_begin}})});
     }
   }
-  SW_ASSIGN_OR_RETURN(state->wire,
-                      Layout::FromRankClasses("converted(" + trainer.description() + ")", wire_tensors,
-                                              std::move(class_shards), std::move(class_of_rank)));
+  SW_ASSIGN_OR_RETURN(state->wire, Layout::FromRankClasses("converted(" + trainer.description() + ")", wire_tensors,
+                                                           std::move(class_shards), std::move(class_of_rank)));
   {
     SW_ASSIGN_OR_RETURN(const Layout dst, engine.Subset(converted_engine));
     SW_ASSIGN_OR_RETURN(state->converted_plan, PlanTransfer(state->wire, dst));
@@ -239,9 +242,7 @@ Result<PushConversion> PushConversion::Create(const Layout& trainer, const Layou
 }
 
 bool PushConversion::converts() const { return !state_->wire_kind.empty(); }
-PushTensorKind PushConversion::kind(std::uint32_t engine_tensor) const {
-  return state_->engine_kind.at(engine_tensor);
-}
+PushTensorKind PushConversion::kind(std::uint32_t engine_tensor) const { return state_->engine_kind.at(engine_tensor); }
 const TransferPlan& PushConversion::direct_plan() const { return state_->direct_plan; }
 const TransferPlan& PushConversion::converted_plan() const { return state_->converted_plan; }
 const Layout& PushConversion::wire_layout() const { return state_->wire; }
@@ -276,10 +277,25 @@ Result<TrainerConversion> PushConversion::ForTrainerRank(int rank) const {
   if (rank < 0 || rank >= s.trainer.world_size()) {
     return InvalidArgument(fmt::format("trainer rank {} is outside layout {}", rank, s.trainer.description()));
   }
+  if (s.options.staging_slots == 1) {
+    return InvalidArgument("staging_slots is 1: the staging ring needs at least 2 slots (0 = automatic)");
+  }
+  if (s.options.staging_slots >= 2) return PlanTrainerRank(rank, s.options.staging_slots);
+  // Automatic: the most slots (up to kAutoStagingSlots) whose size still holds every first piece.
+  for (std::uint32_t slots = kAutoStagingSlots; slots > 2; slots /= 2) {
+    auto plan = PlanTrainerRank(rank, slots);
+    if (plan.ok() || plan.status().code() != ErrorCode::kInvalidArgument) return plan;
+  }
+  return PlanTrainerRank(rank, 2);
+}
+
+Result<TrainerConversion> PushConversion::PlanTrainerRank(int rank, std::uint32_t slots) const {
+  const State& s = *state_;
   const Fp8BlockOptions& fp8 = s.options.fp8;
-  const std::uint64_t budget = s.options.staging_bytes / 2;
+  const std::uint64_t budget = s.options.staging_bytes / slots;
   const RankShards& wire = s.wire.rank(rank);
   TrainerConversion out;
+  out.slots = slots;
   std::vector<Segment> segments;
   out.rounds.emplace_back();
   auto start_round_if_full = [&](std::uint64_t need) {
@@ -320,8 +336,10 @@ Result<TrainerConversion> PushConversion::ForTrainerRank(int rank) const {
       const std::int64_t first_end = unit_end(r);
       if (piece_bytes(r, first_end) > budget) {
         return InvalidArgument(fmt::format(
-            "staging_bytes {} is below the minimum for {}: two pieces of {} bytes ({} rows of {} plus scales)",
-            s.options.staging_bytes, spec.name, piece_bytes(r, first_end), first_end - r, ShapeToString(spec.shape)));
+            "staging_bytes {} is below the minimum for {} in {} slots: {} pieces of {} bytes ({} rows of {} plus "
+            "scales)",
+            s.options.staging_bytes, spec.name, slots, slots, piece_bytes(r, first_end), first_end - r,
+            ShapeToString(spec.shape)));
       }
       start_round_if_full(piece_bytes(r, first_end));
       ConversionRound& round = out.rounds.back();
@@ -342,8 +360,8 @@ Result<TrainerConversion> PushConversion::ForTrainerRank(int rank) const {
         const std::int64_t first_owned = (r + unit - 1) / unit, end_owned = (end + unit - 1) / unit;
         piece.scale_wire_tensor = s.wire_pair[w];
         piece.scale_slot_offset = AlignUp(round.bytes);
-        piece.scale_bytes = static_cast<std::uint64_t>(std::max<std::int64_t>(0, end_owned - first_owned)) *
-                            scale_row_bytes;
+        piece.scale_bytes =
+            static_cast<std::uint64_t>(std::max<std::int64_t>(0, end_owned - first_owned)) * scale_row_bytes;
         round.bytes = piece.scale_slot_offset + piece.scale_bytes;
         if (piece.scale_bytes > 0) {
           const std::uint64_t begin =

@@ -210,7 +210,7 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     }
     state->bytes_per_push += state->converted_bytes_per_push;
     if (tc.slot_bytes > 0) {
-      SW_ASSIGN_OR_RETURN(state->staging_region, state->endpoint.agent->AllocateArena(2 * tc.slot_bytes));
+      SW_ASSIGN_OR_RETURN(state->staging_region, state->endpoint.agent->AllocateArena(tc.slots * tc.slot_bytes));
       state->staging = state->endpoint.agent->RegionBytes(state->staging_region);
       // Touch every page now, not in step 1 (first touches cost a page fault each, and on a
       // shadow-paging hypervisor far more: docs/transport.md "Pre-faulting").
@@ -283,7 +283,8 @@ Status WeightPublisher::State::ConnectDestination(int dst) {
     round_transfers.resize(round_moves.size());
     for (std::size_t k = 0; k < round_moves.size(); ++k) {
       if (auto it = round_moves[k].find(dst); it != round_moves[k].end()) {
-        SW_ASSIGN_OR_RETURN(round_transfers[k][dst], prepare(it->second, staging_region, (k % 2) * slot_bytes));
+        SW_ASSIGN_OR_RETURN(round_transfers[k][dst],
+                            prepare(it->second, staging_region, (k % converter->plan().slots) * slot_bytes));
       }
     }
   }
@@ -562,33 +563,40 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
       }
     }
   }
-  // Conversion, step 2: round k is converted into slot k % 2 while round k - 1 is on the
-  // wire; before slot k % 2 is overwritten, round k - 2's WRITEs must have completed.
+  // Conversion, step 2: round k is converted into slot k % slots while the rounds before it are
+  // on the wire; before slot k % slots is overwritten, round k - slots' WRITEs must have completed.
   if (s.converter) {
     const TrainerConversion& tc = s.converter->plan();
+    const std::size_t slots = tc.slots;
     auto settle_round = [&](std::size_t k) {
       for (const auto& [dst, hs] : s.round_transfers[k]) settle(dst, hs);
     };
     double convert_s = 0;
+    std::uint64_t in_flight = 0;  // bytes of the rounds after the last settled one
     for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
-      if (k >= 2) settle_round(k - 2);
+      if (k >= slots) {
+        settle_round(k - slots);
+        in_flight -= tc.rounds[k - slots].bytes;
+      }
       if (!interrupted.ok()) break;
-      const std::uint64_t in_flight = k >= 1 ? tc.rounds[k - 1].bytes : 0;
-      stats.staging_peak_bytes = std::max(stats.staging_peak_bytes, in_flight + tc.rounds[k].bytes);
+      in_flight += tc.rounds[k].bytes;
+      stats.staging_peak_bytes = std::max(stats.staging_peak_bytes, in_flight);
       const auto c0 = Clock::now();
       SW_RETURN_IF_ERROR(
-          s.converter->ConvertRound(k, s.staging.subspan((k % 2) * tc.slot_bytes, tc.slot_bytes)).WithContext(who));
+          s.converter->ConvertRound(k, s.staging.subspan((k % slots) * tc.slot_bytes, tc.slot_bytes)).WithContext(who));
       convert_s += Seconds(c0, Clock::now());
       if (s.options.verify_digests) {  // before the slot is reused
         for (auto& [dst, digest] : digests) {
           if (auto it = s.round_moves[k].find(dst); it != s.round_moves[k].end()) {
-            digest.Add(s.staging.data() + (k % 2) * tc.slot_bytes, it->second, sync::MoveSide::kSource);
+            digest.Add(s.staging.data() + (k % slots) * tc.slot_bytes, it->second, sync::MoveSide::kSource);
           }
         }
       }
       for (const auto& [dst, hs] : s.round_transfers[k]) post(dst, hs, s.round_moves[k].at(dst));
     }
-    for (std::size_t k = tc.rounds.size() >= 2 ? tc.rounds.size() - 2 : 0; k < tc.rounds.size(); ++k) settle_round(k);
+    for (std::size_t k = tc.rounds.size() >= slots ? tc.rounds.size() - slots : 0; k < tc.rounds.size(); ++k) {
+      settle_round(k);
+    }
     stats.convert_s = convert_s;
     stats.converted_bytes = s.converted_bytes_per_push;
     stats.staging_bytes = s.staging.size();

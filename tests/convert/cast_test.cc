@@ -44,21 +44,25 @@ void CheckAgainstOracle(DType from, DType to, const std::vector<In>& input) {
   const auto expected = ReadRaw<std::byte>(dir.File("out"));
   const std::size_t osize = DTypeSize(to);
   ASSERT_EQ(expected.size(), input.size() * osize);
-  std::vector<std::byte> got(expected.size());
-  ASSERT_TRUE(CastElements(from, to, std::as_bytes(std::span(input)), got).ok());
-  std::size_t mismatches = 0;
-  for (std::size_t i = 0; i < input.size(); ++i) {
-    std::uint32_t g = 0, e = 0;
-    std::memcpy(&g, got.data() + i * osize, osize);
-    std::memcpy(&e, expected.data() + i * osize, osize);
-    if (g == e) continue;
-    if (IsNan(to, g) && IsNan(to, e) && SignOf(to, g) == SignOf(to, e)) continue;
-    if (++mismatches <= 5) {
-      ADD_FAILURE() << DTypeName(from) << " -> " << DTypeName(to) << ": input 0x" << std::hex
-                    << static_cast<std::uint64_t>(input[i]) << " gave 0x" << g << ", oracle 0x" << e;
+  for (convert::KernelIsa isa : testing::KernelPaths()) {
+    testing::ScopedKernelPath path(isa);
+    SCOPED_TRACE(std::string("kernel path ") + convert::Kernels().name);
+    std::vector<std::byte> got(expected.size());
+    ASSERT_TRUE(CastElements(from, to, std::as_bytes(std::span(input)), got).ok());
+    std::size_t mismatches = 0;
+    for (std::size_t i = 0; i < input.size(); ++i) {
+      std::uint32_t g = 0, e = 0;
+      std::memcpy(&g, got.data() + i * osize, osize);
+      std::memcpy(&e, expected.data() + i * osize, osize);
+      if (g == e) continue;
+      if (IsNan(to, g) && IsNan(to, e) && SignOf(to, g) == SignOf(to, e)) continue;
+      if (++mismatches <= 5) {
+        ADD_FAILURE() << DTypeName(from) << " -> " << DTypeName(to) << ": input 0x" << std::hex
+                      << static_cast<std::uint64_t>(input[i]) << " gave 0x" << g << ", oracle 0x" << e;
+      }
     }
+    EXPECT_EQ(mismatches, 0u);
   }
-  EXPECT_EQ(mismatches, 0u);
 }
 
 std::vector<std::uint16_t> All16() {

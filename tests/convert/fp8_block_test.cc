@@ -112,7 +112,12 @@ void RoundTrip(DType dtype, std::int64_t e, std::int64_t m, std::int64_t n, cons
                float tiny, unsigned seed) {
   if (!testing::HaveNumpy()) GTEST_SKIP() << "/usr/bin/python3 with numpy is needed for the oracle";
   const auto raw = Encode(MakeValues(std::max<std::int64_t>(e, 1), m, n, huge, tiny, seed), dtype);
-  ExpectSame(Ours(dtype, e, m, n, raw, o), Oracle(dtype, e, m, n, raw, o));
+  const Quantized oracle = Oracle(dtype, e, m, n, raw, o);
+  for (convert::KernelIsa isa : testing::KernelPaths()) {
+    testing::ScopedKernelPath path(isa);
+    SCOPED_TRACE(std::string("kernel path ") + convert::Kernels().name);
+    ExpectSame(Ours(dtype, e, m, n, raw, o), oracle);
+  }
 }
 
 constexpr float kBf16Huge = 1e37f, kBf16Tiny = 1e-39f;  // bf16 subnormals are below 1.18e-38

@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "oracle_util.h"
 #include "shardwire/cast.h"
 #include "shardwire/fp8_block.h"
 
@@ -42,8 +43,8 @@ struct Split {
   std::vector<std::int64_t> row_cuts, col_cuts;  // interior cut points
 };
 
-void CheckSplit(std::int64_t m, std::int64_t n, const Split& split, Fp8BlockOptions o) {
-  SCOPED_TRACE(testing::Message() << m << "x" << n << " block " << o.block_rows << "x" << o.block_cols);
+void CheckSplitOnce(std::int64_t m, std::int64_t n, const Split& split, Fp8BlockOptions o) {
+  SCOPED_TRACE(::testing::Message() << m << "x" << n << " block " << o.block_rows << "x" << o.block_cols);
   const auto src = MakeMatrix(m, n, static_cast<unsigned>(m * 31 + n));
   const TensorSpec spec{"w", DType::kBF16, {m, n}};
   const auto scale_shape = Fp8BlockScaleShape({m, n}, o).value();
@@ -58,7 +59,8 @@ void CheckSplit(std::int64_t m, std::int64_t n, const Split& split, Fp8BlockOpti
   cc.push_back(n);
   std::vector<Fp8ShardBox> boxes;
   for (std::size_t a = 0; a + 1 < rc.size(); ++a)
-    for (std::size_t b = 0; b + 1 < cc.size(); ++b) boxes.push_back({rc[a], rc[a + 1] - rc[a], cc[b], cc[b + 1] - cc[b]});
+    for (std::size_t b = 0; b + 1 < cc.size(); ++b)
+      boxes.push_back({rc[a], rc[a + 1] - rc[a], cc[b], cc[b + 1] - cc[b]});
   auto shard_bytes = [&](const Fp8ShardBox& b) {
     std::vector<std::byte> out(static_cast<std::size_t>(b.rows * b.cols) * 2);
     for (std::int64_t r = 0; r < b.rows; ++r)
@@ -75,7 +77,8 @@ void CheckSplit(std::int64_t m, std::int64_t n, const Split& split, Fp8BlockOpti
     for (std::int64_t i = t.row_begin; i < t.row_end; ++i)
       for (std::int64_t j = t.col_begin; j < t.col_end; ++j) {
         float& a = block_amax[{i, j}];
-        a = std::max(a, partial[static_cast<std::size_t>((i - t.row_begin) * (t.col_end - t.col_begin) + j - t.col_begin)]);
+        a = std::max(
+            a, partial[static_cast<std::size_t>((i - t.row_begin) * (t.col_end - t.col_begin) + j - t.col_begin)]);
       }
   }
   std::vector<std::uint8_t> got_q(want_q.size(), 0xAA);
@@ -102,6 +105,16 @@ void CheckSplit(std::int64_t m, std::int64_t n, const Split& split, Fp8BlockOpti
   EXPECT_EQ(got_q, want_q);
   EXPECT_EQ(std::count(owners.begin(), owners.end(), 1), static_cast<long>(owners.size())) << "each block owned once";
   EXPECT_EQ(0, std::memcmp(got_s.data(), want_s.data(), want_s.size() * sizeof(float)));
+}
+
+// The shards' bytes equal the whole matrix's on every kernel path (each path's whole-matrix
+// result is itself checked against the oracle in fp8_block_test.cc).
+void CheckSplit(std::int64_t m, std::int64_t n, const Split& split, Fp8BlockOptions o) {
+  for (convert::KernelIsa isa : testing::KernelPaths()) {
+    testing::ScopedKernelPath path(isa);
+    SCOPED_TRACE(std::string("kernel path ") + convert::Kernels().name);
+    CheckSplitOnce(m, n, split, o);
+  }
 }
 
 TEST(Fp8Shard, FsdpRowsAtNonMultiplesOf128) {

@@ -16,7 +16,32 @@
 #include <string>
 #include <vector>
 
+#include "convert/fp8_kernels.h"
+
 namespace shardwire::testing {
+
+/// Every kernel path (src/convert/fp8_kernels.h) this CPU runs: the oracle tests check each.
+inline std::vector<convert::KernelIsa> KernelPaths() {
+  std::vector<convert::KernelIsa> out;
+  for (auto isa : {convert::KernelIsa::kPortable, convert::KernelIsa::kAvx2, convert::KernelIsa::kAvx512}) {
+    if (convert::KernelsFor(isa) != nullptr) out.push_back(isa);
+  }
+  return out;
+}
+
+/// Makes `isa` the active kernel path for the scope; restores the previous one after.
+class ScopedKernelPath {
+ public:
+  explicit ScopedKernelPath(convert::KernelIsa isa) : saved_(convert::Kernels().isa) {
+    EXPECT_TRUE(convert::SelectKernels(isa));
+  }
+  ~ScopedKernelPath() { convert::SelectKernels(saved_); }
+  ScopedKernelPath(const ScopedKernelPath&) = delete;
+  ScopedKernelPath& operator=(const ScopedKernelPath&) = delete;
+
+ private:
+  convert::KernelIsa saved_;
+};
 
 inline std::string OraclePath() { return std::string(SHARDWIRE_CONVERT_TEST_DIR) + "/convert_oracle.py"; }
 

@@ -56,7 +56,8 @@ TEST(PushConversion, KindsPlansAndCoverage) {
     auto tc = conv->ForTrainerRank(t);
     ASSERT_TRUE(tc.ok()) << tc.status().ToString();
     EXPECT_GT(tc->rounds.size(), 1u) << "the staging bound forces several rounds";
-    EXPECT_LE(2 * tc->slot_bytes, o.staging_bytes);
+    EXPECT_GE(tc->slots, 2u);
+    EXPECT_LE(tc->slots * tc->slot_bytes, o.staging_bytes);
     // Pieces cover each converted shard's rows exactly once, in order.
     std::map<std::uint32_t, std::int64_t> next_row;
     std::uint64_t moved = 0;
@@ -132,6 +133,36 @@ TEST(PushConversion, BadPairsAreTypedErrorsNamingTheTensor) {
   auto small = PushConversion::Create(trainer, Engine(), tiny);
   EXPECT_EQ(small.status().code(), ErrorCode::kInvalidArgument);
   EXPECT_NE(small.status().message().find("minimum"), std::string::npos) << small.status().ToString();
+}
+
+TEST(PushConversion, StagingRingSlots) {
+  const Layout trainer = MakeFsdpLayout(TrainerTensors(), 3).value();
+  // Trainer rank 0's widest first piece: rows 0..86 of wo (FSDP chunk of 256 rows), 86 x 512 FP8
+  // bytes = 44032, plus its one row of scales (64-byte aligned): 44096 bytes.
+  auto slots_for = [&](std::uint64_t staging, std::uint32_t asked) -> Result<TrainerConversion> {
+    PushConversionOptions o;
+    o.staging_bytes = staging;
+    o.staging_slots = asked;
+    SW_ASSIGN_OR_RETURN(auto conv, PushConversion::Create(trainer, Engine(), o));
+    return conv.ForTrainerRank(0);
+  };
+  auto a = slots_for(1 << 20, 0);  // 8 slots of 128 KiB
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_EQ(a->slots, kAutoStagingSlots);
+  EXPECT_LE(a->slots * a->slot_bytes, std::uint64_t{1} << 20);
+  auto b = slots_for(200 << 10, 0);  // 8 x 25.6 KB is too small, 4 x 51.2 KB holds the piece
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(b->slots, 4u);
+  EXPECT_LE(b->slots * b->slot_bytes, std::uint64_t{200} << 10);
+  auto c = slots_for(1 << 20, 3);  // as asked
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->slots, 3u);
+  EXPECT_LE(c->slots * c->slot_bytes, std::uint64_t{1} << 20);
+  EXPECT_EQ(slots_for(1 << 20, 1).status().code(), ErrorCode::kInvalidArgument);
+  // Asked for more slots than fit: the error names the minimum, nothing is silently changed.
+  auto d = slots_for(200 << 10, 8);
+  EXPECT_EQ(d.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(d.status().message().find("minimum"), std::string::npos) << d.status().ToString();
 }
 
 }  // namespace
