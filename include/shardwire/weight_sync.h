@@ -198,6 +198,8 @@ class WeightPublisher {
   /// is ready within engine_timeout_s; an engine rank that is dead, silent or slow misses the
   /// version (PushStats::missed, with the reason) and the others still get it. Takes at most
   /// the normal push time plus engine_timeout_s (a dead peer: plus its detection time).
+  /// Cost beside the transfers: one rendezvous counter read (this rank's claim, see
+  /// kAlreadyExists), plus the membership record with dynamic membership.
   /// Errors: kFailedPrecondition when `version` is 0 or not above the last version this
   /// publisher pushed to some engine (nothing moves); kAlreadyExists when a later publisher
   /// claimed this trainer rank (a restarted trainer, or a second one by mistake: this one

@@ -11,6 +11,7 @@
 #include "shardwire/layout.h"
 #include "shardwire/rendezvous.h"
 #include "shardwire/status.h"
+#include "shardwire/weight_sync.h"
 
 namespace shardwire::sync {
 
@@ -39,11 +40,14 @@ Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string&
                                       bool double_buffered = false, std::span<std::byte> second_caller_buffer = {},
                                       std::uint64_t scratch_bytes = 0);
 
-/// What a rank's plan is computed from: "<fingerprint> (<trainer layout> -> <engine layout>)",
-/// the fingerprint covering every shard's placement and buffer offset of both layouts
-/// (LayoutFingerprint). Two ranks of one job must agree on it, else their plans differ and
-/// bytes would land at the wrong offsets.
-std::string SyncPlanSignature(const Layout& trainer_layout, const Layout& engine_layout);
+/// What a rank's plan is computed from: "<fingerprint> (<trainer layout> -> <engine layout>)"
+/// plus the options that change what moves where or what DONE carries (the conversion's block
+/// size, scale format and arithmetic, staging bytes and slots; verify_digests). The fingerprint
+/// covers every shard's placement and buffer offset of both layouts (LayoutFingerprint). Two
+/// ranks of one job must agree on it, else their plans differ and bytes would land at the wrong
+/// offsets (or digests be compared in another order).
+std::string SyncPlanSignature(const Layout& trainer_layout, const Layout& engine_layout,
+                              const WeightSyncOptions& options);
 
 /// Publishes `signature` under MetadataKey(job, role, rank) + "/plan". Call before
 /// OpenRankEndpoint, so that a peer that finds the metadata finds the signature.

@@ -187,8 +187,7 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
   // mistake) takes the next claim, and this one stops at its next push with kAlreadyExists.
   state->claim_key = sync::MetadataKey(state->options.job, kTrainerRole, rank) + "/claims";
   SW_ASSIGN_OR_RETURN(state->claim, rendezvous.Add(state->claim_key, 1));
-  state->plan_signature =
-      sync::SyncPlanSignature(trainer_layout, engine_layout) + (state->options.verify_digests ? " with digests" : "");
+  state->plan_signature = sync::SyncPlanSignature(trainer_layout, engine_layout, state->options);
   SW_RETURN_IF_ERROR(
       sync::PublishPlanSignature(rendezvous, state->options.job, kTrainerRole, rank, state->plan_signature));
   SW_ASSIGN_OR_RETURN(

@@ -90,8 +90,7 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
                         rendezvous.Add(sync::IncarnationKey(state->options.job, rank), 1));
     state->incarnation = static_cast<std::uint64_t>(incarnation);
   }
-  state->plan_signature =
-      sync::SyncPlanSignature(trainer_layout, engine_layout) + (state->options.verify_digests ? " with digests" : "");
+  state->plan_signature = sync::SyncPlanSignature(trainer_layout, engine_layout, state->options);
   SW_RETURN_IF_ERROR(
       sync::PublishPlanSignature(rendezvous, state->options.job, kEngineRole, rank, state->plan_signature));
   SW_ASSIGN_OR_RETURN(

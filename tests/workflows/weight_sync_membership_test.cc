@@ -36,6 +36,14 @@ constexpr const char* kLastKey = "members-test/last";  // the final version, onc
 constexpr int kEngines = 3;                            // replicas of TP 1
 constexpr int kKills = 3;
 
+// The options of every process of the membership test's job.
+WeightSyncOptions MemberOptions() {
+  WeightSyncOptions options{kJob, 30};
+  options.dynamic_membership = true;
+  options.engine_timeout_s = 5;
+  return options;
+}
+
 Layout TrainerLayout() { return MakeFsdpLayout(Tensors(), 2).value(); }
 Layout EngineLayout() { return MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, kEngines).value(); }
 
@@ -44,9 +52,7 @@ Layout EngineLayout() { return MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, kEng
 int RunEngine(std::uint16_t port, int rank) {
   auto rz = ConnectRendezvous(port);
   if (!rz.ok()) return 10;
-  WeightSyncOptions options{kJob, 30};
-  options.dynamic_membership = true;
-  options.engine_timeout_s = 5;
+  const WeightSyncOptions options = MemberOptions();
   auto sub = WeightSubscriber::Create(**rz, TrainerLayout(), EngineLayout(), rank, options);
   const Status connected = sub.ok() ? (*sub)->Connect() : sub.status();
   if (!connected.ok()) {
@@ -76,9 +82,7 @@ int RunEngine(std::uint16_t port, int rank) {
 int RunTrainer1(std::uint16_t port) {
   auto rz = ConnectRendezvous(port);
   if (!rz.ok()) return 10;
-  WeightSyncOptions options{kJob, 30};
-  options.dynamic_membership = true;
-  options.engine_timeout_s = 5;
+  const WeightSyncOptions options = MemberOptions();
   auto pub = WeightPublisher::Create(**rz, TrainerLayout(), EngineLayout(), 1, options);
   if (!pub.ok() || !(*pub)->Connect().ok()) return 11;
   for (std::uint64_t v = 1;; ++v) {
@@ -130,9 +134,7 @@ TEST(WeightSyncMembership, EnginesKilledAtRandomStepsAreReplacedAndEverySurvivor
   const auto port = static_cast<std::uint16_t>(server->port());
   auto rz = ConnectRendezvous(port);
   ASSERT_TRUE(rz.ok());
-  WeightSyncOptions options{kJob, 30};
-  options.dynamic_membership = true;
-  options.engine_timeout_s = 5;
+  const WeightSyncOptions options = MemberOptions();
   auto pub = WeightPublisher::Create(**rz, TrainerLayout(), EngineLayout(), 0, options);
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();
   ASSERT_TRUE((*pub)->Connect().ok());
@@ -456,6 +458,14 @@ TEST(WeightSyncDigests, BytesChangedOnTheWayAreCaughtAndTheVersionIsNotCommitted
   auto plain = WeightPublisher::Create(*p.client, p.trainer, p.engine, 0, {"digests", 5});
   ASSERT_TRUE(plain.ok());
   EXPECT_EQ((*plain)->Connect().code(), ErrorCode::kLayoutMismatch);
+  // So must they on the conversion options (they decide the rounds, hence what moves where).
+  WeightSyncOptions other = options;
+  other.conversion.staging_bytes = 1 << 20;
+  auto staged = WeightPublisher::Create(*p.client, p.trainer, p.engine, 0, other);
+  ASSERT_TRUE(staged.ok());
+  const Status refused = (*staged)->Connect();
+  EXPECT_EQ(refused.code(), ErrorCode::kLayoutMismatch);
+  EXPECT_NE(refused.message().find("staging 1048576 B"), std::string::npos) << refused.ToString();
 }
 
 }  // namespace
