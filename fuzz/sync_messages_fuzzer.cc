@@ -22,8 +22,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   Check(message->kind == shardwire::sync::MessageKind::kReady || message->kind == shardwire::sync::MessageKind::kDone ||
             message->kind == shardwire::sync::MessageKind::kBlockAmax ||
             message->kind == shardwire::sync::MessageKind::kMissed ||
-            message->kind == shardwire::sync::MessageKind::kAddend,
-        "sync_messages_fuzzer", "accepted kind is READY, DONE, BLOCK_AMAX, MISSED or ADDEND");
+            message->kind == shardwire::sync::MessageKind::kAddend ||
+            message->kind == shardwire::sync::MessageKind::kRoundDone,
+        "sync_messages_fuzzer", "accepted kind is READY, DONE, BLOCK_AMAX, MISSED, ADDEND or ROUND_DONE");
   const std::vector<std::byte> again = shardwire::sync::Encode(*message);
   Check(std::vector<std::byte>(payload.begin(), payload.end()) == again, "sync_messages_fuzzer",
         "accepted payload re-encodes to the same bytes");

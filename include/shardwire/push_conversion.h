@@ -42,6 +42,7 @@
 
 #include "shardwire/fp8_block.h"
 #include "shardwire/layout.h"
+#include "shardwire/planner.h"
 #include "shardwire/status.h"
 #include "shardwire/transfer_plan.h"
 
@@ -126,9 +127,9 @@ class PushConversion {
   /// between non-castable dtypes, a Partial trainer shard of a converted tensor);
   /// kInvalidArgument when staging_bytes is below the minimum (the message gives it) or
   /// staging_slots is 1;
-  /// the errors of PlanTransfer.
+  /// the errors of PlanTransfer. `plan` is passed to both PlanTransfer calls (K, bucket size).
   static Result<PushConversion> Create(const Layout& trainer, const Layout& engine,
-                                       const PushConversionOptions& options = {});
+                                       const PushConversionOptions& options = {}, const PlanOptions& plan = {});
 
   /// True when some engine tensor is converted (otherwise only direct_plan() has moves).
   bool converts() const;

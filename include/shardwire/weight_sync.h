@@ -122,6 +122,21 @@ struct WeightSyncOptions {
   /// at memory speed; on GPUs this would be a kernel over device memory). Publishers and
   /// subscribers of one job must agree (Connect refuses a mismatch).
   bool verify_digests = false;
+  /// K of the transfer plan (PlanOptions::max_concurrency): in each schedule round no trainer
+  /// rank writes to more than K engine ranks and no engine rank receives from more than K
+  /// trainer ranks (src/plan/schedule.h). The push honours the rounds: a trainer rank posts its
+  /// round-r WRITEs to engine rank e only after every trainer rank that wrote to e in the
+  /// previous round in which e receives has completed that round (ROUND_DONE(v, r) messages,
+  /// trainer to trainer, only between trainers that share an engine rank in consecutive
+  /// rounds), so at no moment do more than K trainer ranks write into one engine rank (the
+  /// incast a NIC or an NVLink port suffers under). Each trainer rank runs its own rounds one
+  /// after another. With K at least the number of peers there is one round and nothing waits.
+  /// A broadcast to a destination group of more than K members is written member by member
+  /// within its round (no engine-to-engine relay yet), so a trainer then talks to more than K
+  /// engine ranks at once. Publishers and subscribers of one job must agree (it changes the
+  /// plan; Connect refuses a mismatch). Not used by the converted part of a converting push,
+  /// which moves in the staging ring's rounds (push_conversion.h).
+  int max_concurrency = 4;
 };
 
 /// Upper bound, in seconds, of the time between two calls of WeightSyncOptions::interrupt
@@ -133,6 +148,14 @@ inline constexpr double kInterruptPollSeconds = 0.1;
 struct MissedEngine {
   int engine_rank = 0;
   Status reason;
+};
+
+/// One engine rank's WRITEs of one schedule round, as one trainer rank saw them (PushStats).
+struct RoundSpan {
+  std::uint32_t round = 0;
+  int engine_rank = 0;
+  double posted_s = 0;     ///< CLOCK_MONOTONIC seconds when posted
+  double completed_s = 0;  ///< CLOCK_MONOTONIC seconds when their completion was seen (or they were given up)
 };
 
 /// What one Push did.
@@ -161,6 +184,14 @@ struct PushStats {
   /// took the direct path).
   std::uint64_t direct_copy_bytes = 0;
   std::uint64_t ucx_requests = 0;
+  /// Schedule rounds this rank wrote in (of its direct moves; WeightSyncOptions::max_concurrency).
+  std::uint32_t rounds = 0;
+  /// Time this rank waited for other trainer ranks to finish earlier rounds (seconds).
+  double round_wait_s = 0;
+  /// Per round and engine rank written: when the WRITEs were posted and when this rank saw
+  /// them complete, in seconds of CLOCK_MONOTONIC (std::chrono::steady_clock on Linux: one
+  /// clock for every process of a host, so spans of several trainer ranks can be compared).
+  std::vector<RoundSpan> round_spans;
 };
 
 /// What one WaitForUpdate saw.

@@ -23,6 +23,7 @@ struct SyncFlags {
   double engine_timeout_s = 10;
   bool dynamic_membership = false;
   bool verify_digests = false;
+  int max_concurrency = 4;
 };
 
 WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr_t address, std::size_t nbytes,
@@ -33,6 +34,7 @@ WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr
   o.engine_timeout_s = flags.engine_timeout_s;
   o.dynamic_membership = flags.dynamic_membership;
   o.verify_digests = flags.verify_digests;
+  o.max_concurrency = flags.max_concurrency;
   if (nbytes > 0) o.buffer = std::span<std::byte>(reinterpret_cast<std::byte*>(address), nbytes);
   o.interrupt = PythonSignalHook();  // Ctrl-C ends Connect / Push / WaitForUpdate within ~0.1 s
   return o;
@@ -44,15 +46,16 @@ void BindWeightSync(py::module_& m) {
   py::class_<WeightPublisher>(m, "_WeightPublisher")
       .def(py::init([](CoordinatorClient& coordinator, const Layout& trainer, const Layout& engine, int rank,
                        std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s,
-                       double engine_timeout_s, bool dynamic_membership, bool verify_digests) {
-             const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests};
+                       double engine_timeout_s, bool dynamic_membership, bool verify_digests, int max_concurrency) {
+             const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests, max_concurrency};
              py::gil_scoped_release release;
              return ValueOrThrow(WeightPublisher::Create(coordinator, trainer, engine, rank,
                                                          Options(job, timeout_s, address, nbytes, flags)));
            }),
            py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("trainer_layout"), py::arg("engine_layout"),
            py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"),
-           py::arg("engine_timeout_s") = 10.0, py::arg("dynamic_membership") = false, py::arg("verify_digests") = false)
+           py::arg("engine_timeout_s") = 10.0, py::arg("dynamic_membership") = false, py::arg("verify_digests") = false,
+           py::arg("max_concurrency") = 4)
       .def("connect",
            [](WeightPublisher& p) {
              Status st;
@@ -90,6 +93,8 @@ void BindWeightSync(py::module_& m) {
              }
              d["missed"] = missed;
              d["absent"] = s.absent;  // dynamic membership: engine ranks not members for this version
+             d["rounds"] = s.rounds;  // schedule rounds this rank wrote in
+             d["round_wait_s"] = s.round_wait_s;
              return d;
            })
       .def(
@@ -110,15 +115,16 @@ void BindWeightSync(py::module_& m) {
   py::class_<WeightSubscriber>(m, "_WeightSubscriber")
       .def(py::init([](CoordinatorClient& coordinator, const Layout& trainer, const Layout& engine, int rank,
                        std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s,
-                       double engine_timeout_s, bool dynamic_membership, bool verify_digests) {
-             const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests};
+                       double engine_timeout_s, bool dynamic_membership, bool verify_digests, int max_concurrency) {
+             const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests, max_concurrency};
              py::gil_scoped_release release;
              return ValueOrThrow(WeightSubscriber::Create(coordinator, trainer, engine, rank,
                                                           Options(job, timeout_s, address, nbytes, flags)));
            }),
            py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("trainer_layout"), py::arg("engine_layout"),
            py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"),
-           py::arg("engine_timeout_s") = 10.0, py::arg("dynamic_membership") = false, py::arg("verify_digests") = false)
+           py::arg("engine_timeout_s") = 10.0, py::arg("dynamic_membership") = false, py::arg("verify_digests") = false,
+           py::arg("max_concurrency") = 4)
       .def("connect",
            [](WeightSubscriber& s) {
              Status st;

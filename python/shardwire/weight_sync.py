@@ -84,15 +84,19 @@ class WeightPublisher(_Endpoint):
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
                  timeout_s: float = 120.0, engine_timeout_s: float = 10.0, dynamic_membership: bool = False,
-                 verify_digests: bool = False):
+                 verify_digests: bool = False, max_concurrency: int = 4):
         """``engine_timeout_s``: seconds one engine rank may take (READY, its transfers) before it
         misses a version. ``dynamic_membership``: engines join and leave through the coordinator
         (WeightSubscriber.join); each push writes to the members of the job. ``verify_digests``:
         each DONE carries the XXH3 digest of the bytes sent, engines commit only if what landed
-        matches. Publishers and subscribers of one job must agree on both."""
+        matches. ``max_concurrency``: K of the plan's rounds; in each round no trainer rank writes
+        more than K engine ranks and no engine rank is written by more than K trainer ranks, and
+        the push waits between rounds (WeightSyncOptions::max_concurrency). Publishers and
+        subscribers of one job must agree on all three."""
         super().__init__(_shardwire._WeightPublisher, coordinator, trainer_layout, engine_layout, trainer_layout,
                          rank, params, job, timeout_s, engine_timeout_s=engine_timeout_s,
-                         dynamic_membership=dynamic_membership, verify_digests=verify_digests)
+                         dynamic_membership=dynamic_membership, verify_digests=verify_digests,
+                         max_concurrency=max_concurrency)
 
     def wait_for_engines(self, engine_ranks: int, timeout_s: float) -> int:
         """Dynamic membership: waits (GIL released) until at least ``engine_ranks`` engine ranks
@@ -110,7 +114,8 @@ class WeightPublisher(_Endpoint):
         is ready within the engine timeout (10 s), and returns {version, bytes (written, bytes),
         descriptors, ready_wait_s, transfer_s (seconds), converted_bytes, convert_s,
         staging_peak_bytes (conversion in the push, when the engines hold another dtype),
-        missed, absent}. ``absent`` (dynamic membership) lists engine ranks that are not members
+        rounds, round_wait_s (the plan's rounds this rank wrote in, and its seconds waiting for
+        other trainer ranks' earlier rounds), missed, absent}. ``absent`` (dynamic membership) lists engine ranks that are not members
         for this version (not misses). ``missed`` lists the engine ranks that did not get this version, each
         {engine_rank, code (error code name), reason}: a dead, silent or failing engine rank
         misses the version while the others commit it (fault isolation). Raises
@@ -134,11 +139,13 @@ class WeightSubscriber(_Endpoint):
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
-                 timeout_s: float = 120.0, dynamic_membership: bool = False, verify_digests: bool = False):
-        """``dynamic_membership`` and ``verify_digests``: as WeightPublisher (must agree)."""
+                 timeout_s: float = 120.0, dynamic_membership: bool = False, verify_digests: bool = False,
+                 max_concurrency: int = 4):
+        """``dynamic_membership``, ``verify_digests`` and ``max_concurrency``: as WeightPublisher (must
+        agree)."""
         super().__init__(_shardwire._WeightSubscriber, coordinator, trainer_layout, engine_layout, engine_layout,
                          rank, params, job, timeout_s, dynamic_membership=dynamic_membership,
-                         verify_digests=verify_digests)
+                         verify_digests=verify_digests, max_concurrency=max_concurrency)
 
     def join(self, timeout_s: float = -1.0) -> int:
         """Dynamic membership: asks the trainers to write to this engine process from their next

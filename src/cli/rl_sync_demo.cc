@@ -174,7 +174,9 @@ Status Run(const RlSyncOptions& o) {
   const int engine_ranks = engine_layout.world_size();
   // The push as the workers will run it: moves unchanged where the formats agree, converted
   // (FP8 block quantisation, casts) where they differ.
-  SW_ASSIGN_OR_RETURN(const PushConversion conversion, PushConversion::Create(trainer_layout, engine_layout));
+  SW_ASSIGN_OR_RETURN(const PushConversion conversion,
+                      PushConversion::Create(trainer_layout, engine_layout, {},
+                                             PlanOptions{.max_concurrency = o.max_concurrency}));
   const TransferPlan& plan = conversion.direct_plan();
   std::uint64_t bytes_per_step = 0;
   for (int r = 0; r < trainer_layout.world_size(); ++r) bytes_per_step += conversion.BytesFrom(r);
@@ -193,10 +195,10 @@ Status Run(const RlSyncOptions& o) {
                engine_dtype, converted, engine_layout.tensors().size(), plan.moves().size(),
                conversion.converted_plan().moves().size());
   }
-  fmt::print("plan        {} moves ({} contiguous runs before coalescing), {} per step\n",
+  fmt::print("plan        {} moves ({} contiguous runs before coalescing), {} per step, {} round(s) at K = {}\n",
              plan.moves().size() + conversion.converted_plan().moves().size(),
              plan.runs_before_coalescing() + conversion.converted_plan().runs_before_coalescing(),
-             FormatBytes(static_cast<double>(bytes_per_step)));
+             FormatBytes(static_cast<double>(bytes_per_step)), plan.rounds(), o.max_concurrency);
 
   // The rendezvous: an in-process coordinator unless --coordinator names one
   // (token from SHARDWIRE_TOKEN, which the workers inherit).
@@ -236,6 +238,7 @@ Status Run(const RlSyncOptions& o) {
     if (o.double_buffer || o.restart_engines) args.push_back("--double-buffer");
     if (o.restart_engines) args.push_back("--dynamic-membership");
     if (o.verify_digests) args.push_back("--verify-digests");
+    args.insert(args.end(), {"--concurrency", std::to_string(o.max_concurrency)});
     args.insert(args.end(), {"--verify", o.verify});
     if (o.staging_bytes > 0) args.insert(args.end(), {"--staging-bytes", std::to_string(o.staging_bytes)});
     if (o.staging_slots > 0) args.insert(args.end(), {"--staging-slots", std::to_string(o.staging_slots)});
@@ -539,6 +542,11 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_flag("--double-buffer", o->double_buffer,
                 "engines hold two buffers: they serve the committed version from one while the next lands in the "
                 "other (2x engine weight memory)");
+  cmd->add_option("--concurrency", o->max_concurrency,
+                  "K: in each round of the plan no trainer rank writes more than K engine ranks and no engine rank "
+                  "is written by more than K trainer ranks; the push honours the rounds")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_flag("--verify-digests", o->verify_digests,
                 "per-version integrity check: each trainer sends the XXH3 digest of the bytes it wrote to each "
                 "engine rank, and the engine commits the version only if what landed hashes the same");

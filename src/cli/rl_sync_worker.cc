@@ -43,6 +43,7 @@ struct WorkerArgs {
   std::string verify = "every";  // every | last
   std::uint64_t staging_bytes = 0;  // 0: the default
   std::uint32_t staging_slots = 0;  // 0: automatic
+  int max_concurrency = 4;          // K of the plan's rounds
   int steps = 0;
   double timeout_s = 120;
 };
@@ -126,6 +127,7 @@ WeightSyncOptions SyncOptions(const WorkerArgs& a) {
   options.dynamic_membership = a.dynamic_membership;
   if (a.staging_bytes > 0) options.conversion.staging_bytes = a.staging_bytes;
   options.conversion.staging_slots = a.staging_slots;
+  options.max_concurrency = a.max_concurrency;
   return options;
 }
 
@@ -168,6 +170,8 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
     nlohmann::json report{{"bytes", stats.bytes},
                           {"descriptors", stats.descriptors},
                           {"rows", stats.rows},
+                          {"rounds", stats.rounds},
+                          {"round_wait_s", stats.round_wait_s},
                           {"minor_faults", MinorFaults() - faults_before},
                           {"transfer_s", stats.transfer_s},
                           {"ready_wait_s", stats.ready_wait_s},
@@ -390,6 +394,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--verify", args->verify)->check(CLI::IsMember({"every", "last"}));
   cmd->add_option("--staging-bytes", args->staging_bytes);
   cmd->add_option("--staging-slots", args->staging_slots);
+  cmd->add_option("--concurrency", args->max_concurrency);
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--timeout", args->timeout_s)->required();
   cmd->callback([args, exit_code] {

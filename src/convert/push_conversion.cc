@@ -80,7 +80,7 @@ Status MapRun(const std::vector<Segment>& segs, std::uint64_t a, std::uint64_t l
 }  // namespace
 
 Result<PushConversion> PushConversion::Create(const Layout& trainer, const Layout& engine,
-                                              const PushConversionOptions& options) {
+                                              const PushConversionOptions& options, const PlanOptions& plan) {
   const Fp8BlockOptions& fp8 = options.fp8;
   if (fp8.block_rows < 1 || fp8.block_cols < 1) {
     return InvalidArgument(fmt::format("FP8 block size {}x{} must be at least 1x1", fp8.block_rows, fp8.block_cols));
@@ -180,7 +180,7 @@ Result<PushConversion> PushConversion::Create(const Layout& trainer, const Layou
   {
     SW_ASSIGN_OR_RETURN(const Layout src, trainer.Subset(direct_trainer));
     SW_ASSIGN_OR_RETURN(const Layout dst, engine.Subset(direct_engine));
-    SW_ASSIGN_OR_RETURN(state->direct_plan, PlanTransfer(src, dst));
+    SW_ASSIGN_OR_RETURN(state->direct_plan, PlanTransfer(src, dst, plan));
   }
 
   // Wire layout: the converted tensors over the trainer ranks (same rank classes).
@@ -229,7 +229,7 @@ Result<PushConversion> PushConversion::Create(const Layout& trainer, const Layou
                                                            std::move(class_shards), std::move(class_of_rank)));
   {
     SW_ASSIGN_OR_RETURN(const Layout dst, engine.Subset(converted_engine));
-    SW_ASSIGN_OR_RETURN(state->converted_plan, PlanTransfer(state->wire, dst));
+    SW_ASSIGN_OR_RETURN(state->converted_plan, PlanTransfer(state->wire, dst, plan));
   }
   PushConversion conversion(state);
   // Check the staging bound once, here, so that a bad option fails before anything connects.

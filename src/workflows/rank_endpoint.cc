@@ -71,11 +71,12 @@ Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string&
 std::string SyncPlanSignature(const Layout& trainer_layout, const Layout& engine_layout,
                               const WeightSyncOptions& options) {
   const PushConversionOptions& c = options.conversion;
-  return fmt::format("{} ({} -> {}; fp8 blocks {}x{}, scale format {}, arithmetic {}; staging {} B in {} slots{})",
-                     LayoutFingerprintOf({LayoutFingerprint(trainer_layout), LayoutFingerprint(engine_layout)}),
-                     trainer_layout.description(), engine_layout.description(), c.fp8.block_rows, c.fp8.block_cols,
-                     static_cast<int>(c.fp8.scale_format), static_cast<int>(c.fp8.arithmetic), c.staging_bytes,
-                     c.staging_slots, options.verify_digests ? "; with digests" : "");
+  return fmt::format(
+      "{} ({} -> {}; K {}; fp8 blocks {}x{}, scale format {}, arithmetic {}; staging {} B in {} slots{})",
+      LayoutFingerprintOf({LayoutFingerprint(trainer_layout), LayoutFingerprint(engine_layout)}),
+      trainer_layout.description(), engine_layout.description(), options.max_concurrency, c.fp8.block_rows,
+      c.fp8.block_cols, static_cast<int>(c.fp8.scale_format), static_cast<int>(c.fp8.arithmetic), c.staging_bytes,
+      c.staging_slots, options.verify_digests ? "; with digests" : "");
 }
 
 Status PublishPlanSignature(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,

@@ -41,7 +41,7 @@ Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string&
                                       std::uint64_t scratch_bytes = 0);
 
 /// What a rank's plan is computed from: "<fingerprint> (<trainer layout> -> <engine layout>)"
-/// plus the options that change what moves where or what DONE carries (the conversion's block
+/// plus the options that change what moves where or what DONE carries (K, the conversion's block
 /// size, scale format and arithmetic, staging bytes and slots; verify_digests). The fingerprint
 /// covers every shard's placement and buffer offset of both layouts (LayoutFingerprint). Two
 /// ranks of one job must agree on it, else their plans differ and bytes would land at the wrong

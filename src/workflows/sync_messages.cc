@@ -21,6 +21,8 @@ const char* MessageKindName(MessageKind kind) {
       return "MISSED";
     case MessageKind::kAddend:
       return "ADDEND";
+    case MessageKind::kRoundDone:
+      return "ROUND_DONE";
   }
   return "?";
 }
@@ -29,7 +31,11 @@ std::vector<std::byte> Encode(const Message& message) {
   const std::size_t floats = message.kind == MessageKind::kBlockAmax ? message.amax.size() : 0;
   const bool buffer = message.kind == MessageKind::kReady && message.buffer.has_value();
   const bool digest = message.kind == MessageKind::kDone && message.digest.has_value();
-  std::vector<std::byte> out(9 + 4 * floats + (buffer ? 1 : 0) + (digest ? 8 : 0));
+  const bool round = message.kind == MessageKind::kRoundDone;
+  std::vector<std::byte> out(9 + 4 * floats + (buffer ? 1 : 0) + (digest ? 8 : 0) + (round ? 4 : 0));
+  if (round) {
+    for (int i = 0; i < 4; ++i) out[9 + static_cast<std::size_t>(i)] = static_cast<std::byte>(message.round >> (8 * i));
+  }
   if (buffer) out[9] = static_cast<std::byte>(*message.buffer);
   if (digest) {
     for (int i = 0; i < 8; ++i)
@@ -53,6 +59,8 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
     if (payload[9] != std::byte{0} && payload[9] != std::byte{1}) return std::nullopt;
   } else if (kind == MessageKind::kDone && payload.size() == 17) {
     // DONE with the digest of the bytes sent
+  } else if (kind == MessageKind::kRoundDone) {
+    if (payload.size() != 13) return std::nullopt;
   } else if (kind == MessageKind::kReady || kind == MessageKind::kDone || kind == MessageKind::kMissed ||
              kind == MessageKind::kAddend) {
     if (payload.size() != 9) return std::nullopt;
@@ -65,6 +73,11 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
   Message m{kind, version};
   if (kind == MessageKind::kReady) {
     if (payload.size() == 10) m.buffer = static_cast<std::uint8_t>(payload[9]);
+    return m;
+  }
+  if (kind == MessageKind::kRoundDone) {
+    for (int i = 0; i < 4; ++i)
+      m.round |= static_cast<std::uint32_t>(payload[9 + static_cast<std::size_t>(i)]) << (8 * i);
     return m;
   }
   if (kind == MessageKind::kDone) {
@@ -88,7 +101,8 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
 
 Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,
                            double timeout_s, std::map<std::string, Message>* received,
-                           std::optional<MessageKind> abort_kind, const std::function<Status()>& interrupt) {
+                           std::optional<MessageKind> abort_kind, const std::function<Status()>& interrupt,
+                           std::uint32_t round) {
   std::string aborted_by;
   std::vector<Pending> consumed;  // wanted messages this call took: back to the inbox on failure
   auto take = [&](const std::string& peer, const Message& m) {
@@ -96,7 +110,8 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
       aborted_by = peer;
       return true;
     }
-    if (m.kind == kind && m.version == version && peers.erase(peer) == 1) {
+    if (m.kind == kind && m.version < version) return true;  // stale: drop
+    if (m.kind == kind && m.version == version && m.round == round && peers.erase(peer) == 1) {
       if (received != nullptr) (*received)[peer] = m;
       consumed.push_back({peer, m});
       return true;

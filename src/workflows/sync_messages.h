@@ -3,7 +3,8 @@
 // double-buffered engine appends 1 byte, the buffer (0 or 1) to write; BLOCK_AMAX
 // (trainer to trainer, shardwire/push_conversion.h) appends its partial amaxes as
 // little-endian fp32 (the number follows from the payload size); DONE with the per-version
-// integrity check appends the 8-byte little-endian XXH3-64 digest of the bytes it sent.
+// integrity check appends the 8-byte little-endian XXH3-64 digest of the bytes it sent;
+// ROUND_DONE appends the 4-byte little-endian schedule round.
 #pragma once
 
 #include <cstdint>
@@ -24,8 +25,17 @@ namespace shardwire::sync {
 /// READY(v): engine -> trainer, the engine's buffer may be written; DONE(v): trainer -> engine,
 /// all its bytes of v landed; BLOCK_AMAX(v): trainer -> trainer, partial amaxes; MISSED(v):
 /// trainer -> engine, this engine will not get v from it (it was not ready, or failed, in time);
-/// ADDEND(v): trainer -> trainer, its Partial(sum) addends of v landed in the reducer's scratch.
-enum class MessageKind : std::uint8_t { kReady = 1, kDone = 2, kBlockAmax = 3, kMissed = 4, kAddend = 5 };
+/// ADDEND(v): trainer -> trainer, its Partial(sum) addends of v landed in the reducer's scratch;
+/// ROUND_DONE(v, r): trainer -> trainer, every WRITE this trainer posted in schedule round r of v
+/// completed (or was given up), so the next round's senders of those engine ranks may post.
+enum class MessageKind : std::uint8_t {
+  kReady = 1,
+  kDone = 2,
+  kBlockAmax = 3,
+  kMissed = 4,
+  kAddend = 5,
+  kRoundDone = 6
+};
 
 struct Message {
   MessageKind kind;
@@ -33,9 +43,10 @@ struct Message {
   std::vector<float> amax = {};              ///< kBlockAmax only: partial amaxes in BlockAmaxExchange order
   std::optional<std::uint8_t> buffer = {};   ///< kReady of a double-buffered engine: buffer 0 or 1 to write
   std::optional<std::uint64_t> digest = {};  ///< kDone with verify_digests: XXH3-64 of the bytes sent (push_digest.h)
+  std::uint32_t round = 0;                   ///< kRoundDone: the schedule round (TransferPlan Bucket::round)
 };
 
-/// "READY", "DONE", "BLOCK_AMAX", "MISSED" or "ADDEND".
+/// "READY", "DONE", "BLOCK_AMAX", "MISSED", "ADDEND" or "ROUND_DONE".
 const char* MessageKindName(MessageKind kind);
 
 std::vector<std::byte> Encode(const Message& message);
@@ -69,12 +80,14 @@ class Inbox {
   /// kind for `version` from any of `peers` ends the wait with kTimedOut naming the peer (a
   /// trainer that gave up on this engine for this version). `interrupt`, when set, is called
   /// after every kPollSeconds slice that brought no notification; its non-OK status ends the
-  /// wait. Errors: kTimedOut naming the peers still missing; transport errors (a
+  /// wait. `round` must equal the message's round (ROUND_DONE; 0 for every other kind).
+  /// Messages of `kind` for versions below `version` are dropped (stale: a push abandoned).
+  /// Errors: kTimedOut naming the peers still missing; transport errors (a
   /// disconnected peer) as the agent reports them; the interrupt's status.
   Status AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,
                       double timeout_s, std::map<std::string, Message>* received = nullptr,
                       std::optional<MessageKind> abort_kind = std::nullopt,
-                      const std::function<Status()>& interrupt = {});
+                      const std::function<Status()>& interrupt = {}, std::uint32_t round = 0);
 
   static constexpr double kPollSeconds = 0.1;
 

@@ -42,7 +42,19 @@ struct WeightPublisher::State {
   // Prepared transfers per destination and engine buffer (a double-buffered engine has two;
   // its READY(v) names the one to write; handle 0 = none).
   using Handles = std::array<TransferHandle, 2>;
-  std::map<int, Handles> transfers;  // direct
+  // Direct moves by schedule round (WeightSyncOptions::max_concurrency), run one after another:
+  // per round, the moves and prepared transfers per destination, the earlier rounds whose
+  // ROUND_DONE it waits for (round -> trainer ranks that wrote one of its destinations then),
+  // and the trainer ranks it tells ROUND_DONE(v, round) when it completes.
+  struct Stage {
+    std::uint32_t round = 0;
+    std::map<int, std::vector<Move>> moves;
+    std::map<int, Handles> transfers;
+    std::map<std::uint32_t, std::set<int>> wait_for;
+    std::set<int> notify;
+  };
+  std::vector<Stage> stages;
+  std::map<int, std::string> round_peer_names;  // trainer rank -> agent name
   // Conversion: the converter, the staging arena (two slots) and per round, per destination, one
   // prepared transfer from the round's slot.
   std::unique_ptr<sync::PushConverter> converter;
@@ -78,6 +90,8 @@ struct WeightPublisher::State {
 
   void ReleaseTransfersTo(int dst);
   Status ConnectDestination(int dst);
+  // Imports trainer rank `peer`'s metadata, checks its plan signature and wires the lanes up.
+  Result<sync::PeerRank> ConnectTrainerPeer(int peer);
 };
 
 namespace {
@@ -111,6 +125,47 @@ std::vector<TransferDescriptor> Descriptors(const std::vector<Move>& moves, cons
   return descriptors;
 }
 
+// The direct moves of trainer rank `rank` by schedule round, with the ROUND_DONE dependencies
+// that keep every engine rank at <= K writers at once: a round-r WRITE to engine rank e waits
+// for the writers of e in the previous round in which e receives (transitively, for all earlier
+// ones), and each of those tells it when its round completed. Rounds are totally ordered and
+// each trainer runs its own in order, so the waits cannot form a cycle.
+std::vector<WeightPublisher::State::Stage> DirectStages(const TransferPlan& plan, int rank) {
+  std::map<int, std::set<std::uint32_t>> receive_rounds;           // engine rank -> rounds
+  std::map<std::pair<int, std::uint32_t>, std::set<int>> writers;  // (engine rank, round) -> trainer ranks
+  std::map<std::uint32_t, WeightPublisher::State::Stage> by_round;
+  for (const Bucket& b : plan.buckets()) {
+    for (std::uint32_t member : plan.dst_groups()[b.dst_group]) {
+      const int dst = static_cast<int>(member);
+      receive_rounds[dst].insert(b.round);
+      writers[{dst, b.round}].insert(static_cast<int>(b.src_rank));
+      if (static_cast<int>(b.src_rank) != rank) continue;
+      WeightPublisher::State::Stage& stage = by_round[b.round];
+      stage.round = b.round;
+      for (std::uint64_t i = b.first_move; i < b.first_move + b.move_count; ++i)
+        stage.moves[dst].push_back(plan.moves()[i]);
+    }
+  }
+  std::vector<WeightPublisher::State::Stage> stages;
+  for (auto& [round, stage] : by_round) {
+    for (const auto& [dst, moves] : stage.moves) {
+      const std::set<std::uint32_t>& rounds = receive_rounds.at(dst);
+      const auto at = rounds.find(round);
+      if (at != rounds.begin()) {
+        const std::uint32_t previous = *std::prev(at);
+        for (int t : writers.at({dst, previous}))
+          if (t != rank) stage.wait_for[previous].insert(t);
+      }
+      if (const auto next = std::next(at); next != rounds.end()) {
+        for (int t : writers.at({dst, *next}))
+          if (t != rank) stage.notify.insert(t);
+      }
+    }
+    stages.push_back(std::move(stage));
+  }
+  return stages;
+}
+
 }  // namespace
 
 void WeightPublisher::State::ReleaseTransfersTo(int dst) {
@@ -121,7 +176,7 @@ void WeightPublisher::State::ReleaseTransfersTo(int dst) {
       if (h != TransferHandle{}) (void)endpoint.agent->Release(h);
     by_destination.erase(it);
   };
-  release(transfers);
+  for (Stage& stage : stages) release(stage.transfers);
   for (auto& round : round_transfers) release(round);
   destination_names.erase(dst);
   buffers_of.erase(dst);
@@ -135,7 +190,9 @@ WeightPublisher::~WeightPublisher() {
     for (TransferHandle h : hs)
       if (h != TransferHandle{}) (void)state_->endpoint.agent->Release(h);
   };
-  for (const auto& [dst, hs] : state_->transfers) release(hs);
+  for (const State::Stage& stage : state_->stages) {
+    for (const auto& [dst, hs] : stage.transfers) release(hs);
+  }
   for (const auto& [reducer, h] : state_->copy_transfers) (void)state_->endpoint.agent->Release(h);
   for (const auto& round : state_->round_transfers) {
     for (const auto& [dst, hs] : round) release(hs);
@@ -156,8 +213,13 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
   state->trainer_layout = trainer_layout;
   state->engine_ranks = engine_layout.world_size();
   if (state->options.dynamic_membership && rank == 0) state->leader.emplace();
+  if (state->options.max_concurrency < 1) {
+    return InvalidArgument(
+        fmt::format("max_concurrency (K) must be at least 1, not {}", state->options.max_concurrency));
+  }
   SW_ASSIGN_OR_RETURN(PushConversion conversion,
-                      PushConversion::Create(trainer_layout, engine_layout, state->options.conversion));
+                      PushConversion::Create(trainer_layout, engine_layout, state->options.conversion,
+                                             PlanOptions{.max_concurrency = state->options.max_concurrency}));
   const TransferPlan& plan = conversion.direct_plan();
   if (!plan.reductions().empty() && conversion.converts()) {
     return Unsupported(
@@ -183,6 +245,7 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
       state->bytes_to[static_cast<int>(dst)] += m.bytes();
     }
   }
+  state->stages = DirectStages(plan, rank);
   // The rank's claim: a later publisher of the same rank (a restarted trainer, or a second one by
   // mistake) takes the next claim, and this one stops at its next push with kAlreadyExists.
   state->claim_key = sync::MetadataKey(state->options.job, kTrainerRole, rank) + "/claims";
@@ -274,8 +337,10 @@ Status WeightPublisher::State::ConnectDestination(int dst) {
     }
     return hs;
   };
-  if (auto it = moves_by_destination.find(dst); it != moves_by_destination.end()) {
-    SW_ASSIGN_OR_RETURN(transfers[dst], prepare(it->second, endpoint.region, 0));
+  for (Stage& stage : stages) {
+    if (auto it = stage.moves.find(dst); it != stage.moves.end()) {
+      SW_ASSIGN_OR_RETURN(stage.transfers[dst], prepare(it->second, endpoint.region, 0));
+    }
   }
   if (converter) {
     const std::uint64_t slot_bytes = converter->plan().slot_bytes;
@@ -290,6 +355,17 @@ Status WeightPublisher::State::ConnectDestination(int dst) {
   destination_names[dst] = peer.name;
   buffers_of[dst] = peer.second_region != 0 ? 2 : 1;
   return Status::Ok();
+}
+
+Result<sync::PeerRank> WeightPublisher::State::ConnectTrainerPeer(int peer_rank) {
+  Agent& agent = *endpoint.agent;
+  SW_ASSIGN_OR_RETURN(sync::PeerRank peer,
+                      sync::ImportPeerRank(*rendezvous, agent, options.job, kTrainerRole, peer_rank, options.timeout_s,
+                                           options.interrupt, kInterruptPollSeconds));
+  SW_RETURN_IF_ERROR(sync::CheckPeerPlanSignature(*rendezvous, options.job, kTrainerRole, peer_rank, plan_signature,
+                                                  options.timeout_s));
+  SW_RETURN_IF_ERROR(agent.WireUp(peer.name, options.timeout_s));
+  return peer;
 }
 
 Status WeightPublisher::Connect() {
@@ -311,15 +387,10 @@ Status WeightPublisher::Connect() {
   s.copy_transfers.clear();
   s.addend_source_names.clear();
   for (const auto& [reducer, copies] : s.copies_to) {
-    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
-                        sync::ImportPeerRank(*s.rendezvous, agent, s.options.job, kTrainerRole, reducer,
-                                             s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds));
-    SW_RETURN_IF_ERROR(sync::CheckPeerPlanSignature(*s.rendezvous, s.options.job, kTrainerRole, reducer,
-                                                    s.plan_signature, s.options.timeout_s));
+    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, s.ConnectTrainerPeer(reducer));
     if (peer.scratch_region == 0) {
       return CorruptData(fmt::format("trainer rank {} reduces Partial(sum) addends but published no scratch", reducer));
     }
-    SW_RETURN_IF_ERROR(agent.WireUp(peer.name, s.options.timeout_s));
     std::vector<TransferDescriptor> descriptors;
     for (const ReduceCopy& c : copies) {
       descriptors.push_back(TransferDescriptor{.local_region = s.endpoint.region,
@@ -338,13 +409,19 @@ Status WeightPublisher::Connect() {
   for (int src : s.addend_sources) s.addend_source_names.insert(sync::MetadataKey(s.options.job, kTrainerRole, src));
   if (s.converter) {
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
-      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
-                          sync::ImportPeerRank(*s.rendezvous, agent, s.options.job, kTrainerRole, x.peer,
-                                               s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds));
-      SW_RETURN_IF_ERROR(sync::CheckPeerPlanSignature(*s.rendezvous, s.options.job, kTrainerRole, x.peer,
-                                                      s.plan_signature, s.options.timeout_s));
-      SW_RETURN_IF_ERROR(agent.WireUp(peer.name, s.options.timeout_s));
+      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, s.ConnectTrainerPeer(x.peer));
       s.amax_peer_names[x.peer] = peer.name;
+    }
+  }
+  // Rounds: the trainer ranks this one waits for or tells ROUND_DONE.
+  s.round_peer_names.clear();
+  for (const State::Stage& stage : s.stages) {
+    std::set<int> peers = stage.notify;
+    for (const auto& [round, ranks] : stage.wait_for) peers.insert(ranks.begin(), ranks.end());
+    for (int t : peers) {
+      if (s.round_peer_names.count(t)) continue;
+      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, s.ConnectTrainerPeer(t));
+      s.round_peer_names[t] = peer.name;
     }
   }
   s.connected = true;
@@ -547,10 +624,58 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     stats.descriptors += moves.size();
     for (const Move& m : moves) stats.rows += m.count;
   };
-  // Post every destination's prepared transfer first so they progress together, then
-  // wait for each: Wait returns after remote completion (the bytes are visible at the
-  // destination), and only then is DONE(v) sent, so it can never overtake the data.
-  for (const auto& [dst, hs] : s.transfers) post(dst, hs, s.moves_by_destination.at(dst));
+  // Direct moves, round by round: a round first waits for the ROUND_DONE of the trainer ranks
+  // that wrote its engine ranks in their previous round, then posts every destination's
+  // prepared transfer so they progress together; completing it waits for each (Wait returns
+  // after remote completion: the bytes are visible at the destination, so DONE(v), sent only
+  // after the last round, can never overtake the data) and tells the next round's writers.
+  auto now_s = [] { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); };
+  std::map<int, double> posted_at;  // destination -> when the current round posted to it
+  auto begin_stage = [&](const State::Stage& stage) -> Status {
+    for (const auto& [round, ranks] : stage.wait_for) {
+      std::set<std::string> names;
+      for (int t : ranks) names.insert(s.round_peer_names.at(t));
+      const auto w0 = Clock::now();
+      SW_RETURN_IF_ERROR(s.inbox
+                             .AwaitFromAll(agent, sync::MessageKind::kRoundDone, version, names, s.options.timeout_s,
+                                           nullptr, std::nullopt, s.options.interrupt, round)
+                             .WithContext(fmt::format("{}: round {} waits for the trainer ranks that wrote its engine "
+                                                      "ranks in round {}",
+                                                      who, stage.round, round)));
+      stats.round_wait_s += Seconds(w0, Clock::now());
+    }
+    posted_at.clear();
+    for (const auto& [dst, hs] : stage.transfers) {
+      if (!active.count(dst)) continue;
+      posted_at[dst] = now_s();
+      post(dst, hs, stage.moves.at(dst));
+    }
+    ++stats.rounds;
+    return Status::Ok();
+  };
+  auto finish_stage = [&](const State::Stage& stage) -> Status {
+    for (const auto& [dst, hs] : stage.transfers) {
+      settle(dst, hs);
+      if (auto it = posted_at.find(dst); it != posted_at.end()) {
+        stats.round_spans.push_back({stage.round, dst, it->second, now_s()});
+      }
+    }
+    if (!interrupted.ok()) return interrupted;
+    const auto done = sync::Encode({.kind = sync::MessageKind::kRoundDone, .version = version, .round = stage.round});
+    for (int t : stage.notify) {
+      SW_RETURN_IF_ERROR(
+          agent.SendMessage(s.round_peer_names.at(t), done)
+              .WithContext(fmt::format("{}: ROUND_DONE of round {} to trainer rank {}", who, stage.round, t)));
+    }
+    return Status::Ok();
+  };
+  auto fail_push = [&](Status st) {
+    cancel_posted();
+    return st.WithContext(who);
+  };
+  if (!s.stages.empty()) {
+    if (Status st = begin_stage(s.stages.front()); !st.ok()) return fail_push(st);
+  }
   // Integrity check: per destination, the digest of every byte sent, in the order the engine
   // hashes what landed (push_digest.h); computed while the WRITEs run.
   std::map<int, sync::PushDigest> digests;
@@ -600,11 +725,13 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     stats.converted_bytes = s.converted_bytes_per_push;
     stats.staging_bytes = s.staging.size();
   }
-  for (const auto& [dst, hs] : s.transfers) settle(dst, hs);
-  if (!interrupted.ok()) {
-    cancel_posted();
-    return interrupted.WithContext(who);
+  for (std::size_t i = 0; i < s.stages.size(); ++i) {
+    if (i > 0) {
+      if (Status st = begin_stage(s.stages[i]); !st.ok()) return fail_push(st);
+    }
+    if (Status st = finish_stage(s.stages[i]); !st.ok()) return fail_push(st);
   }
+  if (!interrupted.ok()) return fail_push(interrupted);
   for (const auto& [dst, name] : std::map<int, std::string>(active)) {
     sync::Message done{sync::MessageKind::kDone, version};
     if (auto it = digests.find(dst); it != digests.end()) done.digest = it->second.value();

@@ -58,7 +58,8 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
   }
   // The same conversion the publishers derive (a plain plan when the dtypes agree).
   SW_ASSIGN_OR_RETURN(const PushConversion conversion,
-                      PushConversion::Create(trainer_layout, engine_layout, options.conversion));
+                      PushConversion::Create(trainer_layout, engine_layout, options.conversion,
+                                             PlanOptions{.max_concurrency = options.max_concurrency}));
   auto state = std::make_unique<State>();
   state->rendezvous = &rendezvous;
   state->options = std::move(options);

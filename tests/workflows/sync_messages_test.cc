@@ -77,6 +77,25 @@ TEST(SyncMessages, DoneCarriesTheDigestOfTheBytesSent) {
   EXPECT_FALSE(Decode(std::span(bytes).first(16)).has_value());
 }
 
+TEST(SyncMessages, RoundDoneCarriesItsRound) {
+  Message m{MessageKind::kRoundDone, 7};
+  m.round = 0x01020304u;
+  const auto bytes = Encode(m);
+  ASSERT_EQ(bytes.size(), 13u);
+  EXPECT_EQ(bytes[9], std::byte{0x04});  // little-endian
+  const auto back = Decode(bytes);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->kind, MessageKind::kRoundDone);
+  EXPECT_EQ(back->version, 7u);
+  EXPECT_EQ(back->round, 0x01020304u);
+  EXPECT_STREQ(MessageKindName(MessageKind::kRoundDone), "ROUND_DONE");
+  // Without its round, or with a round on another kind, it is not a sync message.
+  EXPECT_FALSE(Decode(std::span(bytes).first(9)).has_value());
+  std::vector<std::byte> addend = bytes;
+  addend[0] = static_cast<std::byte>(MessageKind::kAddend);
+  EXPECT_FALSE(Decode(addend).has_value());
+}
+
 TEST(SyncMessages, MetadataKeyNamesJobRoleRank) { EXPECT_EQ(MetadataKey("job", "engine", 3), "job/engine/3"); }
 
 }  // namespace

@@ -1,0 +1,150 @@
+// The push honours the plan's schedule rounds (WeightSyncOptions::max_concurrency = K): at no
+// moment do more than K trainer ranks write into one engine rank. Four FSDP trainer ranks push
+// into two TP engine ranks, each with its own UCX agent (threads of this process), through a
+// real in-process gRPC coordinator. Oracles: every engine byte against the fixture's
+// (tensor, element, byte, version) function; the writers in flight per engine rank computed
+// from the spans each trainer recorded (post -> completion seen, on the host's monotonic clock),
+// which a push that posted every round at once would overlap.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "shardwire/planner.h"
+#include "shardwire/weight_sync.h"
+#include "weight_sync_fixture.h"
+
+namespace shardwire {
+namespace {
+
+using namespace weight_sync_test;  // NOLINT: the fixture of these tests
+
+// A few MB per push, so that one round's WRITEs take long enough to overlap the next
+// round's if the push did not wait for it.
+std::vector<TensorSpec> RoundTensors() {
+  return {{"col", DType::kF32, {1024, 768}}, {"row", DType::kBF16, {768, 2048}}, {"norm", DType::kF32, {768}}};
+}
+
+// Most writers in flight at once into each engine rank, from every trainer's spans (a
+// completion and a post at the same instant count as not overlapping).
+std::map<int, int> MostConcurrentWriters(const std::vector<std::vector<RoundSpan>>& spans_by_trainer) {
+  std::map<int, std::vector<std::pair<double, int>>> events;  // engine rank -> (time, +1 post / -1 completion)
+  for (const auto& spans : spans_by_trainer) {
+    for (const RoundSpan& s : spans) {
+      events[s.engine_rank].push_back({s.posted_s, +1});
+      events[s.engine_rank].push_back({s.completed_s, -1});
+    }
+  }
+  std::map<int, int> most;
+  for (auto& [engine, ev] : events) {
+    std::sort(ev.begin(), ev.end());  // at equal times -1 sorts before +1
+    int now = 0;
+    for (const auto& [t, delta] : ev) most[engine] = std::max(most[engine], now += delta);
+  }
+  return most;
+}
+
+void PushInRounds(int k, const std::string& job) {
+  auto server = StartRendezvous();
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  auto client = ConnectRendezvous(static_cast<std::uint16_t>((*server)->port()));
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  const Layout trainer = MakeFsdpLayout(RoundTensors(), 4).value();
+  const Layout engine = MakeTpLayout(RoundTensors(), {0, 1, -1}, 2, 1).value();
+  const auto plan = PlanTransfer(trainer, engine, PlanOptions{.max_concurrency = k});
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  // 4 writers per engine rank and 2 engine ranks per writer: K = 1 needs at least 4 rounds.
+  ASSERT_GE(plan->rounds(), k == 1 ? 4u : 2u);
+
+  WeightSyncOptions options{job, 30};
+  options.max_concurrency = k;
+  std::vector<std::unique_ptr<WeightSubscriber>> subs;
+  for (int e = 0; e < 2; ++e) {
+    auto sub = WeightSubscriber::Create(**client, trainer, engine, e, options);
+    ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+    subs.push_back(std::move(*sub));
+  }
+  std::vector<std::unique_ptr<WeightPublisher>> pubs;
+  for (int t = 0; t < 4; ++t) {
+    auto pub = WeightPublisher::Create(**client, trainer, engine, t, options);
+    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+    pubs.push_back(std::move(*pub));
+  }
+  for (auto& sub : subs) ASSERT_TRUE(sub->Connect().ok());
+  {
+    std::vector<Status> st(4);
+    std::vector<std::thread> connects;
+    for (int t = 0; t < 4; ++t) connects.emplace_back([&, t] { st[t] = pubs[t]->Connect(); });
+    for (auto& th : connects) th.join();
+    for (int t = 0; t < 4; ++t) ASSERT_TRUE(st[t].ok()) << "trainer " << t << ": " << st[t].ToString();
+  }
+  for (std::uint64_t v = 1; v <= 4; ++v) {
+    for (int t = 0; t < 4; ++t) Walk(trainer, t, pubs[t]->weights(), v, false);
+    for (auto& sub : subs) ASSERT_TRUE(sub->BeginUpdate(v).ok());
+    std::vector<Result<PushStats>> results(4, Internal("not run"));
+    std::vector<std::thread> pushes;
+    for (int t = 0; t < 4; ++t) pushes.emplace_back([&, t] { results[t] = pubs[t]->Push(v); });
+    for (auto& th : pushes) th.join();
+    std::vector<std::vector<RoundSpan>> spans;
+    std::uint32_t rounds = 0;
+    for (int t = 0; t < 4; ++t) {
+      ASSERT_TRUE(results[t].ok()) << "trainer " << t << ": " << results[t].status().ToString();
+      EXPECT_TRUE(results[t]->missed.empty());
+      spans.push_back(results[t]->round_spans);
+      rounds += results[t]->rounds;
+      // Every (trainer, engine) pair of the plan wrote in some round of this push.
+      std::set<int> written;
+      for (const RoundSpan& s : results[t]->round_spans) written.insert(s.engine_rank);
+      EXPECT_EQ(written, (std::set<int>{0, 1})) << "trainer " << t << " v" << v;
+    }
+    // K = 1: each trainer's three (source, destination group) pairs, {0}, {1} and the
+    // replicated norm's {0, 1}, each in a round of its own.
+    if (k == 1) {
+      EXPECT_EQ(rounds, 12u);
+    }
+    for (const auto& [engine_rank, most] : MostConcurrentWriters(spans)) {
+      EXPECT_LE(most, k) << "engine rank " << engine_rank << " had " << most << " writers at once in v" << v
+                         << " (K = " << k << ")";
+    }
+    for (int e = 0; e < 2; ++e) {
+      ASSERT_TRUE(subs[e]->WaitForUpdate(v).ok());
+      EXPECT_EQ(Walk(engine, e, subs[e]->weights(), v, true), 0u) << "engine rank " << e << " v" << v;
+    }
+  }
+}
+
+TEST(WeightSyncRounds, AtMostOneWriterPerEngineRankWithKOne) { PushInRounds(1, "rounds-k1"); }
+
+TEST(WeightSyncRounds, AtMostTwoWritersPerEngineRankWithKTwo) { PushInRounds(2, "rounds-k2"); }
+
+TEST(WeightSyncRounds, PeersPlanningForAnotherKAreRefusedAtConnect) {
+  auto server = StartRendezvous();
+  ASSERT_TRUE(server.ok());
+  auto client = ConnectRendezvous(static_cast<std::uint16_t>((*server)->port()));
+  ASSERT_TRUE(client.ok());
+  const Layout trainer = MakeFsdpLayout(RoundTensors(), 1).value();
+  const Layout engine = MakeTpLayout(RoundTensors(), {0, 1, -1}, 1, 1).value();
+  WeightSyncOptions engine_options{"k-mismatch", 5};
+  engine_options.max_concurrency = 2;
+  auto sub = WeightSubscriber::Create(**client, trainer, engine, 0, engine_options);
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  auto pub = WeightPublisher::Create(**client, trainer, engine, 0, {"k-mismatch", 5});
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  const Status st = (*pub)->Connect();
+  EXPECT_EQ(st.code(), ErrorCode::kLayoutMismatch) << st.ToString();
+  EXPECT_NE(st.message().find("K 2"), std::string::npos) << st.ToString();
+
+  WeightSyncOptions zero{"k-zero", 5};
+  zero.max_concurrency = 0;
+  auto bad = WeightPublisher::Create(**client, trainer, engine, 0, zero);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), ErrorCode::kInvalidArgument) << bad.status().ToString();
+}
+
+}  // namespace
+}  // namespace shardwire
