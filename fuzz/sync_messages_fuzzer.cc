@@ -23,8 +23,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             message->kind == shardwire::sync::MessageKind::kBlockAmax ||
             message->kind == shardwire::sync::MessageKind::kMissed ||
             message->kind == shardwire::sync::MessageKind::kAddend ||
-            message->kind == shardwire::sync::MessageKind::kRoundDone,
-        "sync_messages_fuzzer", "accepted kind is READY, DONE, BLOCK_AMAX, MISSED, ADDEND or ROUND_DONE");
+            message->kind == shardwire::sync::MessageKind::kRoundDone ||
+            message->kind == shardwire::sync::MessageKind::kRelayPlan ||
+            message->kind == shardwire::sync::MessageKind::kRelayed,
+        "sync_messages_fuzzer", "accepted kind is one the protocol defines");
   const std::vector<std::byte> again = shardwire::sync::Encode(*message);
   Check(std::vector<std::byte>(payload.begin(), payload.end()) == again, "sync_messages_fuzzer",
         "accepted payload re-encodes to the same bytes");

@@ -131,12 +131,29 @@ struct WeightSyncOptions {
   /// rounds), so at no moment do more than K trainer ranks write into one engine rank (the
   /// incast a NIC or an NVLink port suffers under). Each trainer rank runs its own rounds one
   /// after another. With K at least the number of peers there is one round and nothing waits.
-  /// A broadcast to a destination group of more than K members is written member by member
-  /// within its round (no engine-to-engine relay yet), so a trainer then talks to more than K
-  /// engine ranks at once. Publishers and subscribers of one job must agree (it changes the
+  /// Without relay_broadcasts a broadcast to a destination group of more than K members is
+  /// written member by member within its round, so a trainer then talks to more than K engine
+  /// ranks at once. Publishers and subscribers of one job must agree (it changes the
   /// plan; Connect refuses a mismatch). Not used by the converted part of a converting push,
   /// which moves in the staging ring's rounds (push_conversion.h).
   int max_concurrency = 4;
+  /// Engine-to-engine relays: engine ranks that hold identical shards (the same TP rank of
+  /// every engine replica) need the same bytes, so the trainers write only one of them, the
+  /// root, and each engine rank forwards its buffer's pushed bytes to its children once it has
+  /// committed the version, along a K-ary tree (K = max_concurrency, heap order over the
+  /// replicas' ranks: src/workflows/relay_tree.h). A trainer then sends each byte once instead
+  /// of once per replica (its egress divided by the replica count); each forward is one
+  /// one-sided WRITE of a few coalesced ranges, then RELAYED(v). Per push each trainer tells
+  /// each engine rank in a tree (RELAY_PLAN(v), before DONE(v)) whether its bytes come through
+  /// the parent and which children to forward to: a child whose parent was not ready (dead,
+  /// stalled, missed) is written directly by the trainers, so fault isolation holds as without
+  /// relays; a parent that fails after READY costs its children that version (MISSED(v) from the
+  /// parent, or engine_timeout_s). Digests (verify_digests) stay end to end: the trainers'
+  /// digests are checked by every engine rank, relayed or not. Cost: a child commits after its
+  /// parent (one forward per tree level later); each parent's WaitForUpdate returns after its
+  /// forwards complete (bounded by engine_timeout_s). Publishers and subscribers of one job
+  /// must agree (Connect refuses a mismatch).
+  bool relay_broadcasts = false;
 };
 
 /// Upper bound, in seconds, of the time between two calls of WeightSyncOptions::interrupt
@@ -178,6 +195,9 @@ struct PushStats {
   /// Dynamic membership: engine ranks this rank would write to that are not members of the
   /// job for this version (never joined, left, or not restarted yet). Not misses.
   std::vector<int> absent;
+  /// relay_broadcasts: engine ranks this rank did not write because their relay parent
+  /// forwards the version to them (they got DONE and are not misses).
+  std::vector<int> relayed;
   /// How this push's bytes moved (the agent's AgentStats over the push): bytes
   /// copied by the lanes through a mapping of the destination's arena, and UCX
   /// data requests issued (one per row not copied directly; 0 when every block
@@ -200,6 +220,14 @@ struct UpdateStats {
   std::uint64_t bytes = 0;  ///< bytes this rank received
   int sources = 0;          ///< source ranks it received from
   double wait_s = 0;        ///< BeginUpdate to the last DONE
+  /// relay_broadcasts: the engine rank whose forward brought this version's bytes (-1: the
+  /// trainers wrote them), the children this rank forwarded it to (ascending), those whose
+  /// forward failed (they miss the version; the reason names them), and the seconds the
+  /// forwards took (after the commit).
+  int relayed_from = -1;
+  std::vector<int> relayed_to;
+  std::vector<MissedEngine> relay_failed;
+  double relay_s = 0;
 };
 
 /// One trainer rank. Owns its transport agent and the registered buffer holding its

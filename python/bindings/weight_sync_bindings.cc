@@ -24,6 +24,7 @@ struct SyncFlags {
   bool dynamic_membership = false;
   bool verify_digests = false;
   int max_concurrency = 4;
+  bool relay_broadcasts = false;
 };
 
 WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr_t address, std::size_t nbytes,
@@ -35,6 +36,7 @@ WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr
   o.dynamic_membership = flags.dynamic_membership;
   o.verify_digests = flags.verify_digests;
   o.max_concurrency = flags.max_concurrency;
+  o.relay_broadcasts = flags.relay_broadcasts;
   if (nbytes > 0) o.buffer = std::span<std::byte>(reinterpret_cast<std::byte*>(address), nbytes);
   o.interrupt = PythonSignalHook();  // Ctrl-C ends Connect / Push / WaitForUpdate within ~0.1 s
   return o;
@@ -46,8 +48,10 @@ void BindWeightSync(py::module_& m) {
   py::class_<WeightPublisher>(m, "_WeightPublisher")
       .def(py::init([](CoordinatorClient& coordinator, const Layout& trainer, const Layout& engine, int rank,
                        std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s,
-                       double engine_timeout_s, bool dynamic_membership, bool verify_digests, int max_concurrency) {
-             const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests, max_concurrency};
+                       double engine_timeout_s, bool dynamic_membership, bool verify_digests, int max_concurrency,
+                       bool relay_broadcasts) {
+             const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests, max_concurrency,
+                                   relay_broadcasts};
              py::gil_scoped_release release;
              return ValueOrThrow(WeightPublisher::Create(coordinator, trainer, engine, rank,
                                                          Options(job, timeout_s, address, nbytes, flags)));
@@ -55,7 +59,7 @@ void BindWeightSync(py::module_& m) {
            py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("trainer_layout"), py::arg("engine_layout"),
            py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"),
            py::arg("engine_timeout_s") = 10.0, py::arg("dynamic_membership") = false, py::arg("verify_digests") = false,
-           py::arg("max_concurrency") = 4)
+           py::arg("max_concurrency") = 4, py::arg("relay_broadcasts") = false)
       .def("connect",
            [](WeightPublisher& p) {
              Status st;
@@ -95,6 +99,7 @@ void BindWeightSync(py::module_& m) {
              d["absent"] = s.absent;  // dynamic membership: engine ranks not members for this version
              d["rounds"] = s.rounds;  // schedule rounds this rank wrote in
              d["round_wait_s"] = s.round_wait_s;
+             d["relayed"] = s.relayed;  // engine ranks whose relay parent forwards this version
              return d;
            })
       .def(
@@ -115,8 +120,10 @@ void BindWeightSync(py::module_& m) {
   py::class_<WeightSubscriber>(m, "_WeightSubscriber")
       .def(py::init([](CoordinatorClient& coordinator, const Layout& trainer, const Layout& engine, int rank,
                        std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s,
-                       double engine_timeout_s, bool dynamic_membership, bool verify_digests, int max_concurrency) {
-             const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests, max_concurrency};
+                       double engine_timeout_s, bool dynamic_membership, bool verify_digests, int max_concurrency,
+                       bool relay_broadcasts) {
+             const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests, max_concurrency,
+                                   relay_broadcasts};
              py::gil_scoped_release release;
              return ValueOrThrow(WeightSubscriber::Create(coordinator, trainer, engine, rank,
                                                           Options(job, timeout_s, address, nbytes, flags)));
@@ -124,7 +131,7 @@ void BindWeightSync(py::module_& m) {
            py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("trainer_layout"), py::arg("engine_layout"),
            py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"),
            py::arg("engine_timeout_s") = 10.0, py::arg("dynamic_membership") = false, py::arg("verify_digests") = false,
-           py::arg("max_concurrency") = 4)
+           py::arg("max_concurrency") = 4, py::arg("relay_broadcasts") = false)
       .def("connect",
            [](WeightSubscriber& s) {
              Status st;
@@ -152,6 +159,9 @@ void BindWeightSync(py::module_& m) {
              d["bytes"] = u.bytes;
              d["sources"] = u.sources;
              d["wait_s"] = u.wait_s;
+             d["relayed_from"] = u.relayed_from;  // relay_broadcasts: -1 = written by the trainers
+             d["relayed_to"] = u.relayed_to;
+             d["relay_s"] = u.relay_s;
              return d;
            })
       .def(

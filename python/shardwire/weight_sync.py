@@ -84,19 +84,21 @@ class WeightPublisher(_Endpoint):
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
                  timeout_s: float = 120.0, engine_timeout_s: float = 10.0, dynamic_membership: bool = False,
-                 verify_digests: bool = False, max_concurrency: int = 4):
+                 verify_digests: bool = False, max_concurrency: int = 4, relay_broadcasts: bool = False):
         """``engine_timeout_s``: seconds one engine rank may take (READY, its transfers) before it
         misses a version. ``dynamic_membership``: engines join and leave through the coordinator
         (WeightSubscriber.join); each push writes to the members of the job. ``verify_digests``:
         each DONE carries the XXH3 digest of the bytes sent, engines commit only if what landed
         matches. ``max_concurrency``: K of the plan's rounds; in each round no trainer rank writes
         more than K engine ranks and no engine rank is written by more than K trainer ranks, and
-        the push waits between rounds (WeightSyncOptions::max_concurrency). Publishers and
-        subscribers of one job must agree on all three."""
+        the push waits between rounds (WeightSyncOptions::max_concurrency). ``relay_broadcasts``:
+        the trainers write one replica of each engine rank's shards and each replica forwards
+        them to the next (a K-ary tree) once it committed (WeightSyncOptions::relay_broadcasts).
+        Publishers and subscribers of one job must agree on all four."""
         super().__init__(_shardwire._WeightPublisher, coordinator, trainer_layout, engine_layout, trainer_layout,
                          rank, params, job, timeout_s, engine_timeout_s=engine_timeout_s,
                          dynamic_membership=dynamic_membership, verify_digests=verify_digests,
-                         max_concurrency=max_concurrency)
+                         max_concurrency=max_concurrency, relay_broadcasts=relay_broadcasts)
 
     def wait_for_engines(self, engine_ranks: int, timeout_s: float) -> int:
         """Dynamic membership: waits (GIL released) until at least ``engine_ranks`` engine ranks
@@ -115,7 +117,8 @@ class WeightPublisher(_Endpoint):
         descriptors, ready_wait_s, transfer_s (seconds), converted_bytes, convert_s,
         staging_peak_bytes (conversion in the push, when the engines hold another dtype),
         rounds, round_wait_s (the plan's rounds this rank wrote in, and its seconds waiting for
-        other trainer ranks' earlier rounds), missed, absent}. ``absent`` (dynamic membership) lists engine ranks that are not members
+        other trainer ranks' earlier rounds), relayed (engine ranks their relay parent forwards
+        this version to), missed, absent}. ``absent`` (dynamic membership) lists engine ranks that are not members
         for this version (not misses). ``missed`` lists the engine ranks that did not get this version, each
         {engine_rank, code (error code name), reason}: a dead, silent or failing engine rank
         misses the version while the others commit it (fault isolation). Raises
@@ -140,12 +143,13 @@ class WeightSubscriber(_Endpoint):
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
                  timeout_s: float = 120.0, dynamic_membership: bool = False, verify_digests: bool = False,
-                 max_concurrency: int = 4):
-        """``dynamic_membership``, ``verify_digests`` and ``max_concurrency``: as WeightPublisher (must
-        agree)."""
+                 max_concurrency: int = 4, relay_broadcasts: bool = False):
+        """``dynamic_membership``, ``verify_digests``, ``max_concurrency`` and ``relay_broadcasts``: as
+        WeightPublisher (must agree)."""
         super().__init__(_shardwire._WeightSubscriber, coordinator, trainer_layout, engine_layout, engine_layout,
                          rank, params, job, timeout_s, dynamic_membership=dynamic_membership,
-                         verify_digests=verify_digests, max_concurrency=max_concurrency)
+                         verify_digests=verify_digests, max_concurrency=max_concurrency,
+                         relay_broadcasts=relay_broadcasts)
 
     def join(self, timeout_s: float = -1.0) -> int:
         """Dynamic membership: asks the trainers to write to this engine process from their next
@@ -178,9 +182,11 @@ class WeightSubscriber(_Endpoint):
         """Declares the engine paused for ``version``: trainers may now write its weights."""
         self._impl.begin_update(version)
 
-    def wait_for_update(self, version: int) -> Dict[str, float]:
+    def wait_for_update(self, version: int) -> Dict[str, Any]:
         """Blocks (GIL released) until every source delivered ``version``, then commits it.
-        Returns {version, bytes, sources, wait_s}. Raises TimedOutError naming missing sources,
+        Returns {version, bytes, sources, wait_s (seconds), relayed_from (relay_broadcasts: the
+        engine rank that forwarded it, -1: the trainers), relayed_to (the children this rank
+        forwarded it to, after committing), relay_s}. Raises TimedOutError naming missing sources,
         PeerDisconnectedError naming a trainer process that died. Ctrl-C raises KeyboardInterrupt
         within ~0.1 s with nothing committed; wait_for_update(version) may then be called again
         (DONE messages that arrived are kept)."""

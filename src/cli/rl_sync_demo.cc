@@ -128,6 +128,8 @@ struct StepFigures {
   double engine_wait_s = 0;              // slowest engine: READY to commit
   int verified = 0;
   int unchecked = 0;  // engine ranks that committed the version without checking it (--verify last)
+  double last_commit = 0;  // CLOCK_MONOTONIC s of the last engine rank's commit (its forwards done)
+  int relayed = 0;         // engine ranks that got the version through a relay
   std::map<int, std::string> missed;  // engine rank -> why it missed this version (first reason seen)
 };
 
@@ -239,6 +241,7 @@ Status Run(const RlSyncOptions& o) {
     if (o.restart_engines) args.push_back("--dynamic-membership");
     if (o.verify_digests) args.push_back("--verify-digests");
     args.insert(args.end(), {"--concurrency", std::to_string(o.max_concurrency)});
+    if (o.relay) args.push_back("--relay");
     args.insert(args.end(), {"--verify", o.verify});
     if (o.staging_bytes > 0) args.insert(args.end(), {"--staging-bytes", std::to_string(o.staging_bytes)});
     if (o.staging_slots > 0) args.insert(args.end(), {"--staging-slots", std::to_string(o.staging_slots)});
@@ -279,7 +282,7 @@ Status Run(const RlSyncOptions& o) {
                {"steps", json::array()}};
   DeadEngines dead;
   int missed_versions = 0;  // engine-rank versions missed (dead, stalled or rejoining engines)
-  double total_s = 0, steady_s = 0, steady_copy_cpu_s = 0;
+  double total_s = 0, steady_s = 0, steady_copy_cpu_s = 0, steady_deliver_s = 0;
   std::uint64_t steady_copy_bytes = 0;
   std::uint64_t total_bytes = 0, steady_bytes = 0;
   for (int step = 1; step <= o.steps; ++step) {
@@ -351,12 +354,15 @@ Status Run(const RlSyncOptions& o) {
         }
       }
       f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
+      f.last_commit = std::max(f.last_commit, e.value("committed_at", 0.0));
+      f.relayed += e.value("relayed_from", -1) >= 0 ? 1 : 0;
       f.verified += e.value("verified", false) ? 1 : 0;
       f.unchecked += e.value("unchecked", false) ? 1 : 0;
     }
     // The step's time is the union of the trainers' transfer windows (first post of any
     // trainer to the last completion), not the longest single window: trainers that push
     // one after the other would otherwise be credited with each other's bytes.
+    double deliver_s = 0;  // first write of any trainer to the last engine rank's commit
     if (!f.transfer_windows.empty()) {
       double first = f.transfer_windows.front().first, last = f.transfer_windows.front().second;
       for (const auto& [b, e] : f.transfer_windows) {
@@ -364,6 +370,7 @@ Status Run(const RlSyncOptions& o) {
         last = std::max(last, e);
       }
       f.transfer_s = std::max(f.transfer_s, last - first);
+      if (f.last_commit > first) deliver_s = f.last_commit - first;
     }
     const double gbps = f.transfer_s > 0 ? static_cast<double>(f.bytes) / f.transfer_s / 1e9 : 0;
     if (step == 1) {
@@ -378,6 +385,13 @@ Status Run(const RlSyncOptions& o) {
         f.unchecked > 0 && f.verified == 0
             ? fmt::format("committed by {}/{} engine ranks, not checked (--verify last)", f.unchecked, engine_ranks)
             : fmt::format("verified {}/{} engine ranks byte for byte", f.verified, engine_ranks));
+    if (deliver_s > 0) {
+      fmt::print("            every engine rank committed {:.4f} s after the first write ({} for all engine ranks = "
+                 "{:.2f} GB/s; {} of them through engine-to-engine relays)\n",
+                 deliver_s, FormatBytes(static_cast<double>(bytes_per_step)),
+                 static_cast<double>(bytes_per_step) / deliver_s / 1e9, f.relayed);
+    }
+    if (step > 1) steady_deliver_s += deliver_s;
     missed_versions += static_cast<int>(f.missed.size());
     if (f.copy_cpu_s > 0) {
       fmt::print("            lanes' direct copies: {:.4f} CPU-s in {:.4f} s of lane time = {:.2f} GB per CPU-second\n",
@@ -419,6 +433,8 @@ Status Run(const RlSyncOptions& o) {
                                 {"copy_s", f.copy_s},
                                 {"copy_cpu_s", f.copy_cpu_s},
                                 {"engine_wait_s", f.engine_wait_s},
+                                {"deliver_s", deliver_s},
+                                {"relayed", f.relayed},
                                 {"trainers", f.trainer_reports},
                                 {"verified", f.verified},
                                 {"unchecked", f.unchecked},
@@ -461,6 +477,13 @@ Status Run(const RlSyncOptions& o) {
   const double steady_gbps = steady_s > 0 ? static_cast<double>(steady_bytes) / steady_s / 1e9 : mean_gbps;
   if (o.steps > 1) {
     fmt::print("steady      steps 2..{}: {:.2f} GB/s (step 1 reported on its own line above)\n", o.steps, steady_gbps);
+    if (steady_deliver_s > 0) {
+      fmt::print("delivery    steps 2..{}: {:.4f} s per step from the first write to the last commit = {:.2f} GB/s of "
+                 "engine weights ({})\n",
+                 o.steps, steady_deliver_s / (o.steps - 1),
+                 static_cast<double>(bytes_per_step) * (o.steps - 1) / steady_deliver_s / 1e9,
+                 o.relay ? "engine-to-engine relays" : "trainers write every engine rank");
+    }
   }
   fmt::print("reference   memcpy, {} thread(s), same bytes, this run: {:.2f} GB/s -> steady/memcpy = {:.2f}\n",
              copy_threads, memcpy_gbps, memcpy_gbps > 0 ? steady_gbps / memcpy_gbps : 0);
@@ -547,6 +570,9 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
                   "is written by more than K trainer ranks; the push honours the rounds")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_flag("--relay", o->relay,
+                "engine-to-engine relays: the trainers write one replica of each engine rank's shards and each "
+                "replica forwards them to the next ones (K-ary tree) once it committed; trainers send each byte once");
   cmd->add_flag("--verify-digests", o->verify_digests,
                 "per-version integrity check: each trainer sends the XXH3 digest of the bytes it wrote to each "
                 "engine rank, and the engine commits the version only if what landed hashes the same");

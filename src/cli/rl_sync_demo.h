@@ -21,6 +21,7 @@ struct RlSyncOptions {
   bool double_buffer = false;         ///< engines keep serving the old version while the new one lands
   bool verify_digests = false;        ///< engines commit a version only if its digests match
   int max_concurrency = 4;            ///< K of the plan's rounds (WeightSyncOptions::max_concurrency)
+  bool relay = false;                 ///< engine-to-engine relays (WeightSyncOptions::relay_broadcasts)
   bool restart_engines = false;       ///< dynamic membership; dead engines are restarted and catch up (P2P)
   /// When engines verify their weights byte for byte: "every" step, or only the "last" (and
   /// the checkpoint they start from), as the Python bench's receivers do (comparable runs).

@@ -44,6 +44,7 @@ struct WorkerArgs {
   std::uint64_t staging_bytes = 0;  // 0: the default
   std::uint32_t staging_slots = 0;  // 0: automatic
   int max_concurrency = 4;          // K of the plan's rounds
+  bool relay = false;               // engine-to-engine relays of replicated bytes
   int steps = 0;
   double timeout_s = 120;
 };
@@ -128,6 +129,7 @@ WeightSyncOptions SyncOptions(const WorkerArgs& a) {
   if (a.staging_bytes > 0) options.conversion.staging_bytes = a.staging_bytes;
   options.conversion.staging_slots = a.staging_slots;
   options.max_concurrency = a.max_concurrency;
+  options.relay_broadcasts = a.relay;
   return options;
 }
 
@@ -337,6 +339,7 @@ Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& 
       SW_RETURN_IF_ERROR(PutString(rendezvous, StatsKey(a.job, step, "engine", a.rank), report.dump()));
       continue;
     }
+    const double committed_at = MonotonicSeconds();
     SW_ASSIGN_OR_RETURN(const UpdateStats stats, std::move(update));
     const bool check = a.verify == "every" || step == a.steps;
     if (check) {
@@ -345,6 +348,9 @@ Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& 
     nlohmann::json report{{"bytes", stats.bytes},
                           {"sources", stats.sources},
                           {"wait_s", stats.wait_s},
+                          {"committed_at", committed_at},
+                          {"relayed_from", stats.relayed_from},
+                          {"relay_s", stats.relay_s},
                           {"verified", check},
                           {"unchecked", !check},
                           {"committed_version", subscriber->committed_version()}};
@@ -395,6 +401,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--staging-bytes", args->staging_bytes);
   cmd->add_option("--staging-slots", args->staging_slots);
   cmd->add_option("--concurrency", args->max_concurrency);
+  cmd->add_flag("--relay", args->relay);
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--timeout", args->timeout_s)->required();
   cmd->callback([args, exit_code] {

@@ -72,9 +72,10 @@ std::string SyncPlanSignature(const Layout& trainer_layout, const Layout& engine
                               const WeightSyncOptions& options) {
   const PushConversionOptions& c = options.conversion;
   return fmt::format(
-      "{} ({} -> {}; K {}; fp8 blocks {}x{}, scale format {}, arithmetic {}; staging {} B in {} slots{})",
+      "{} ({} -> {}; K {}{}; fp8 blocks {}x{}, scale format {}, arithmetic {}; staging {} B in {} slots{})",
       LayoutFingerprintOf({LayoutFingerprint(trainer_layout), LayoutFingerprint(engine_layout)}),
-      trainer_layout.description(), engine_layout.description(), options.max_concurrency, c.fp8.block_rows,
+      trainer_layout.description(), engine_layout.description(), options.max_concurrency,
+      options.relay_broadcasts ? ", engine-to-engine relays" : "", c.fp8.block_rows,
       c.fp8.block_cols, static_cast<int>(c.fp8.scale_format), static_cast<int>(c.fp8.arithmetic), c.staging_bytes,
       c.staging_slots, options.verify_digests ? "; with digests" : "");
 }

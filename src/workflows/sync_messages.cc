@@ -23,11 +23,66 @@ const char* MessageKindName(MessageKind kind) {
       return "ADDEND";
     case MessageKind::kRoundDone:
       return "ROUND_DONE";
+    case MessageKind::kRelayPlan:
+      return "RELAY_PLAN";
+    case MessageKind::kRelayed:
+      return "RELAYED";
   }
   return "?";
 }
 
+namespace {
+
+constexpr std::uint32_t kNoRelayParent = 0xFFFFFFFFu;
+constexpr std::size_t kRelayTargetBytes = 13;
+
+void PutLittleEndian(std::vector<std::byte>& out, std::uint64_t value, int bytes) {
+  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<std::byte>(value >> (8 * i)));
+}
+
+std::uint64_t GetLittleEndian(std::span<const std::byte> in, std::size_t at, int bytes) {
+  std::uint64_t value = 0;
+  for (int i = 0; i < bytes; ++i) value |= static_cast<std::uint64_t>(in[at + static_cast<std::size_t>(i)]) << (8 * i);
+  return value;
+}
+
+std::vector<std::byte> EncodeRelayPlan(const Message& message) {
+  std::vector<std::byte> out;
+  out.push_back(static_cast<std::byte>(message.kind));
+  PutLittleEndian(out, message.version, 8);
+  PutLittleEndian(out, message.relay_from.value_or(kNoRelayParent), 4);
+  out.push_back(static_cast<std::byte>(message.relay_to.size()));
+  for (const RelayTarget& t : message.relay_to) {
+    PutLittleEndian(out, t.rank, 4);
+    out.push_back(static_cast<std::byte>(t.buffer));
+    PutLittleEndian(out, t.incarnation, 8);
+  }
+  return out;
+}
+
+std::optional<Message> DecodeRelayPlan(std::span<const std::byte> payload) {
+  if (payload.size() < 14) return std::nullopt;
+  const auto count = static_cast<std::size_t>(payload[13]);
+  if (payload.size() != 14 + count * kRelayTargetBytes) return std::nullopt;
+  Message m{MessageKind::kRelayPlan, GetLittleEndian(payload, 1, 8)};
+  if (const auto from = static_cast<std::uint32_t>(GetLittleEndian(payload, 9, 4)); from != kNoRelayParent) {
+    m.relay_from = from;
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::size_t at = 14 + i * kRelayTargetBytes;
+    const auto buffer = static_cast<std::uint8_t>(payload[at + 4]);
+    if (buffer > 1) return std::nullopt;
+    const auto rank = static_cast<std::uint32_t>(GetLittleEndian(payload, at, 4));
+    if (rank == kNoRelayParent) return std::nullopt;
+    m.relay_to.push_back({rank, buffer, GetLittleEndian(payload, at + 5, 8)});
+  }
+  return m;
+}
+
+}  // namespace
+
 std::vector<std::byte> Encode(const Message& message) {
+  if (message.kind == MessageKind::kRelayPlan) return EncodeRelayPlan(message);
   const std::size_t floats = message.kind == MessageKind::kBlockAmax ? message.amax.size() : 0;
   const bool buffer = message.kind == MessageKind::kReady && message.buffer.has_value();
   const bool digest = message.kind == MessageKind::kDone && message.digest.has_value();
@@ -55,6 +110,7 @@ std::vector<std::byte> Encode(const Message& message) {
 std::optional<Message> Decode(std::span<const std::byte> payload) {
   if (payload.size() < 9) return std::nullopt;
   const auto kind = static_cast<MessageKind>(payload[0]);
+  if (kind == MessageKind::kRelayPlan) return DecodeRelayPlan(payload);
   if (kind == MessageKind::kReady && payload.size() == 10) {
     if (payload[9] != std::byte{0} && payload[9] != std::byte{1}) return std::nullopt;
   } else if (kind == MessageKind::kDone && payload.size() == 17) {
@@ -62,7 +118,7 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
   } else if (kind == MessageKind::kRoundDone) {
     if (payload.size() != 13) return std::nullopt;
   } else if (kind == MessageKind::kReady || kind == MessageKind::kDone || kind == MessageKind::kMissed ||
-             kind == MessageKind::kAddend) {
+             kind == MessageKind::kAddend || kind == MessageKind::kRelayed) {
     if (payload.size() != 9) return std::nullopt;
   } else if (kind != MessageKind::kBlockAmax || (payload.size() - 9) % 4 != 0) {
     return std::nullopt;

@@ -4,7 +4,9 @@
 // (trainer to trainer, shardwire/push_conversion.h) appends its partial amaxes as
 // little-endian fp32 (the number follows from the payload size); DONE with the per-version
 // integrity check appends the 8-byte little-endian XXH3-64 digest of the bytes it sent;
-// ROUND_DONE appends the 4-byte little-endian schedule round.
+// ROUND_DONE appends the 4-byte little-endian schedule round; RELAY_PLAN appends the 4-byte
+// relay parent (0xFFFFFFFF: none), a 1-byte count and per child 4-byte rank, 1-byte buffer and
+// 8-byte incarnation (all little-endian).
 #pragma once
 
 #include <cstdint>
@@ -27,14 +29,28 @@ namespace shardwire::sync {
 /// trainer -> engine, this engine will not get v from it (it was not ready, or failed, in time);
 /// ADDEND(v): trainer -> trainer, its Partial(sum) addends of v landed in the reducer's scratch;
 /// ROUND_DONE(v, r): trainer -> trainer, every WRITE this trainer posted in schedule round r of v
-/// completed (or was given up), so the next round's senders of those engine ranks may post.
+/// completed (or was given up), so the next round's senders of those engine ranks may post;
+/// RELAY_PLAN(v): trainer -> engine with replicas (relay_broadcasts), sent before DONE(v): whether
+/// this trainer's bytes of v reach it through its relay parent, and which of its children it
+/// must forward v to (their buffer and incarnation); RELAYED(v): engine -> engine, the relay
+/// parent's forward of v landed in the child's buffer.
 enum class MessageKind : std::uint8_t {
   kReady = 1,
   kDone = 2,
   kBlockAmax = 3,
   kMissed = 4,
   kAddend = 5,
-  kRoundDone = 6
+  kRoundDone = 6,
+  kRelayPlan = 7,
+  kRelayed = 8
+};
+
+/// An engine rank a relay parent forwards a version to (RELAY_PLAN).
+struct RelayTarget {
+  std::uint32_t rank = 0;         ///< engine rank
+  std::uint8_t buffer = 0;        ///< the buffer it asked to be written (READY)
+  std::uint64_t incarnation = 0;  ///< its process's incarnation (dynamic membership; else 0)
+  bool operator==(const RelayTarget&) const = default;
 };
 
 struct Message {
@@ -44,9 +60,11 @@ struct Message {
   std::optional<std::uint8_t> buffer = {};   ///< kReady of a double-buffered engine: buffer 0 or 1 to write
   std::optional<std::uint64_t> digest = {};  ///< kDone with verify_digests: XXH3-64 of the bytes sent (push_digest.h)
   std::uint32_t round = 0;                   ///< kRoundDone: the schedule round (TransferPlan Bucket::round)
+  std::optional<std::uint32_t> relay_from = {};  ///< kRelayPlan: the parent the bytes come through (none: direct)
+  std::vector<RelayTarget> relay_to = {};        ///< kRelayPlan: children to forward to (at most 255)
 };
 
-/// "READY", "DONE", "BLOCK_AMAX", "MISSED", "ADDEND" or "ROUND_DONE".
+/// "READY", "DONE", "BLOCK_AMAX", "MISSED", "ADDEND", "ROUND_DONE", "RELAY_PLAN" or "RELAYED".
 const char* MessageKindName(MessageKind kind);
 
 std::vector<std::byte> Encode(const Message& message);

@@ -15,6 +15,7 @@
 #include "workflows/push_converter.h"
 #include "workflows/push_digest.h"
 #include "workflows/rank_endpoint.h"
+#include "workflows/relay_tree.h"
 #include "workflows/sync_messages.h"
 
 namespace shardwire {
@@ -55,6 +56,7 @@ struct WeightPublisher::State {
   };
   std::vector<Stage> stages;
   std::map<int, std::string> round_peer_names;  // trainer rank -> agent name
+  std::optional<sync::RelayTree> relay;         // relay_broadcasts
   // Conversion: the converter, the staging arena (two slots) and per round, per destination, one
   // prepared transfer from the round's slot.
   std::unique_ptr<sync::PushConverter> converter;
@@ -246,6 +248,7 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     }
   }
   state->stages = DirectStages(plan, rank);
+  if (state->options.relay_broadcasts) state->relay = sync::MakeRelayTree(engine_layout, state->options.max_concurrency);
   // The rank's claim: a later publisher of the same rank (a restarted trainer, or a second one by
   // mistake) takes the next claim, and this one stops at its next push with kAlreadyExists.
   state->claim_key = sync::MetadataKey(state->options.job, kTrainerRole, rank) + "/claims";
@@ -557,6 +560,15 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
                     : TimedOut(fmt::format("no READY(v{}) from {} within {:.1f} s", version, name, engine_timeout_s)));
     }
   }
+  // Relays: an engine rank whose relay parent is ready gets this version through it; the
+  // trainers write only the others (a child of a parent that is not ready is written directly).
+  std::set<int> relayed;
+  if (s.relay) {
+    for (const auto& [dst, name] : active) {
+      const int parent = s.relay->parent[static_cast<std::size_t>(dst)];
+      if (parent >= 0 && active.count(parent)) relayed.insert(dst);
+    }
+  }
   const auto t1 = Clock::now();
   // Conversion, step 1: partial amaxes of the blocks this rank shares with other trainer ranks
   // (a trainer that fails here fails the push: no engine gets a version it cannot complete).
@@ -603,7 +615,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     }
   };
   auto settle = [&](int dst, const State::Handles& hs) {
-    if (!active.count(dst) || !interrupted.ok()) return;
+    if (!active.count(dst) || relayed.count(dst) || !interrupted.ok()) return;
     const TransferHandle h = hs[static_cast<std::size_t>(buffer_of.at(dst))];
     const Status st = wait_sliced(h);
     if (st.ok() || !interrupted.ok()) return;
@@ -617,7 +629,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     }
   };
   auto post = [&](int dst, const State::Handles& hs, const std::vector<Move>& moves) {
-    if (!active.count(dst) || !interrupted.ok()) return;
+    if (!active.count(dst) || relayed.count(dst) || !interrupted.ok()) return;
     const TransferHandle h = hs[static_cast<std::size_t>(buffer_of.at(dst))];
     if (const Status st = agent.Post(h); !st.ok()) return miss(dst, st);
     posted.push_back(h);
@@ -646,7 +658,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     }
     posted_at.clear();
     for (const auto& [dst, hs] : stage.transfers) {
-      if (!active.count(dst)) continue;
+      if (!active.count(dst) || relayed.count(dst)) continue;
       posted_at[dst] = now_s();
       post(dst, hs, stage.moves.at(dst));
     }
@@ -732,7 +744,29 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     if (Status st = finish_stage(s.stages[i]); !st.ok()) return fail_push(st);
   }
   if (!interrupted.ok()) return fail_push(interrupted);
+  // Ascending ranks: a relay parent (always a lower rank than its children) is settled first.
   for (const auto& [dst, name] : std::map<int, std::string>(active)) {
+    if (relayed.count(dst)) {
+      const int parent = s.relay->parent[static_cast<std::size_t>(dst)];
+      if (!active.count(parent)) {
+        miss(dst, Unavailable(fmt::format("its relay parent, engine rank {}, missed v{}", parent, version)));
+        continue;
+      }
+    }
+    if (s.relay && s.relay->Relays(dst)) {
+      // Before DONE: where this rank's bytes come from and whom it forwards them to.
+      sync::Message plan{sync::MessageKind::kRelayPlan, version};
+      if (relayed.count(dst)) plan.relay_from = static_cast<std::uint32_t>(s.relay->parent[static_cast<std::size_t>(dst)]);
+      for (int child : s.relay->children[static_cast<std::size_t>(dst)]) {
+        if (!relayed.count(child) || !active.count(child)) continue;
+        plan.relay_to.push_back({static_cast<std::uint32_t>(child), static_cast<std::uint8_t>(buffer_of.at(child)),
+                                 s.incarnation_of.count(child) ? s.incarnation_of.at(child) : 0});
+      }
+      if (const Status st = agent.SendMessage(name, sync::Encode(plan)); !st.ok()) {
+        miss(dst, st);
+        continue;
+      }
+    }
     sync::Message done{sync::MessageKind::kDone, version};
     if (auto it = digests.find(dst); it != digests.end()) done.digest = it->second.value();
     if (const Status st = agent.SendMessage(name, sync::Encode(done)); !st.ok()) miss(dst, st);
@@ -751,7 +785,13 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   const AgentStats after = agent.Stats();
   stats.direct_copy_bytes = after.direct_copy_bytes - before.direct_copy_bytes;
   stats.ucx_requests = after.ucx_requests - before.ucx_requests;
-  for (const auto& [dst, name] : active) stats.bytes += s.bytes_to[dst];
+  for (const auto& [dst, name] : active) {
+    if (relayed.count(dst)) {
+      stats.relayed.push_back(dst);
+    } else {
+      stats.bytes += s.bytes_to[dst];
+    }
+  }
   stats.ready_wait_s = Seconds(t0, t1);
   stats.amax_exchange_s = Seconds(t1, t2);
   stats.transfer_s = Seconds(t2, t3);

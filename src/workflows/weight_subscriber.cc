@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <map>
 #include <set>
@@ -10,6 +11,7 @@
 #include "workflows/membership.h"
 #include "workflows/push_digest.h"
 #include "workflows/rank_endpoint.h"
+#include "workflows/relay_tree.h"
 #include "workflows/sync_messages.h"
 
 namespace shardwire {
@@ -40,13 +42,136 @@ struct WeightSubscriber::State {
   std::map<int, std::vector<Move>> digest_moves;
   std::map<std::string, int> source_rank_of;  // agent name -> trainer rank
   sync::Inbox inbox;
+  // relay_broadcasts: the tree, the ranges a push writes here (what a forward copies), and per
+  // child the process it was connected to and the prepared forwards by (own buffer, its buffer).
+  std::optional<sync::RelayTree> relay;
+  std::vector<sync::ByteRange> relay_ranges;
+  struct RelayChild {
+    std::uint64_t incarnation = 0;
+    std::string name;
+    std::array<RegionId, 2> regions{};
+    std::map<std::pair<int, int>, TransferHandle> forwards;
+  };
+  std::map<int, RelayChild> relay_children;
 
   std::span<std::byte> Buffer(int b) const { return b == 0 ? endpoint.weights : endpoint.second_weights; }
+  RegionId Region(int b) const { return b == 0 ? endpoint.region : endpoint.second_region; }
+  // The prepared WRITE of this rank's pushed ranges from its buffer `own` into `target`'s buffer
+  // (connecting to the target's process first when it is new).
+  Result<TransferHandle> Forward(const sync::RelayTarget& target, int own);
+  // Connects to `target`'s process (imports its metadata) unless connected to it already.
+  Result<RelayChild*> ConnectChild(const sync::RelayTarget& target);
+  // Tells `targets` that this rank will not forward `version` (best effort).
+  void AbandonForwards(std::uint64_t version, const std::map<int, sync::RelayTarget>& targets);
+  void ReleaseForwards(RelayChild& child);
+  // Forwards committed version `version` (in buffer `own`) to `targets`; fills the stats.
+  void ForwardVersion(std::uint64_t version, int own, const std::map<int, sync::RelayTarget>& targets,
+                      UpdateStats& stats);
 };
+
+void WeightSubscriber::State::ReleaseForwards(RelayChild& child) {
+  for (const auto& [buffers, h] : child.forwards) (void)endpoint.agent->Release(h);
+  child.forwards.clear();
+}
+
+Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChild(const sync::RelayTarget& target) {
+  const int child_rank = static_cast<int>(target.rank);
+  RelayChild& child = relay_children[child_rank];
+  if (child.name.empty() || child.incarnation != target.incarnation) {
+    ReleaseForwards(child);
+    child.name.clear();
+    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
+                        sync::ImportPeerRank(*rendezvous, *endpoint.agent, options.job, kEngineRole, child_rank,
+                                             options.timeout_s, options.interrupt, kInterruptPollSeconds));
+    SW_RETURN_IF_ERROR(
+        sync::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, child_rank, plan_signature, options.timeout_s));
+    SW_RETURN_IF_ERROR(endpoint.agent->WireUp(peer.name, options.timeout_s));
+    child = RelayChild{target.incarnation, peer.name, {peer.region, peer.second_region}, {}};
+  }
+  return &child;
+}
+
+void WeightSubscriber::State::AbandonForwards(std::uint64_t version, const std::map<int, sync::RelayTarget>& targets) {
+  for (const auto& [child_rank, target] : targets) {
+    auto child = ConnectChild(target);
+    if (child.ok()) (void)endpoint.agent->SendMessage((*child)->name, sync::Encode({sync::MessageKind::kMissed, version}));
+  }
+}
+
+Result<TransferHandle> WeightSubscriber::State::Forward(const sync::RelayTarget& target, int own) {
+  const int child_rank = static_cast<int>(target.rank);
+  SW_ASSIGN_OR_RETURN(RelayChild* const connected, ConnectChild(target));
+  RelayChild& child = *connected;
+  const std::pair<int, int> key{own, target.buffer};
+  if (auto it = child.forwards.find(key); it != child.forwards.end()) return it->second;
+  const RegionId remote = child.regions[target.buffer];
+  if (remote == 0) {
+    return CorruptData(fmt::format("engine rank {} asked for buffer {} it never published", child_rank, target.buffer));
+  }
+  std::vector<TransferDescriptor> descriptors;
+  for (const sync::ByteRange& r : relay_ranges) {
+    descriptors.push_back(TransferDescriptor{.local_region = Region(own),
+                                             .local_offset = r.offset,
+                                             .remote_region = remote,
+                                             .remote_offset = r.offset,
+                                             .length = r.length});
+  }
+  SW_ASSIGN_OR_RETURN(const TransferHandle h, endpoint.agent->PrepareTransfer(TransferOp::kWrite, child.name,
+                                                                              std::move(descriptors), std::nullopt));
+  child.forwards[key] = h;
+  return h;
+}
+
+void WeightSubscriber::State::ForwardVersion(std::uint64_t version, int own,
+                                             const std::map<int, sync::RelayTarget>& targets, UpdateStats& stats) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Agent& agent = *endpoint.agent;
+  const double bound_s = std::min(options.engine_timeout_s, options.timeout_s);
+  std::map<int, TransferHandle> posted;
+  auto fail = [&](int child, Status st) {
+    stats.relay_failed.push_back(
+        {child, st.WithContext(fmt::format("engine rank {} forwarding v{} to engine rank {}", rank, version, child))});
+    // Best effort: the child stops waiting for this forward now rather than at its timeout.
+    if (auto it = relay_children.find(child); it != relay_children.end() && !it->second.name.empty()) {
+      (void)agent.SendMessage(it->second.name, sync::Encode({sync::MessageKind::kMissed, version}));
+    }
+  };
+  for (const auto& [child, target] : targets) {
+    auto h = Forward(target, own);
+    if (!h.ok()) {
+      fail(child, h.status());
+      continue;
+    }
+    if (Status st = agent.Post(*h); !st.ok()) {
+      fail(child, st);
+      continue;
+    }
+    posted[child] = *h;
+  }
+  for (const auto& [child, h] : posted) {
+    Status st = agent.Wait(h, bound_s);
+    if (st.code() == ErrorCode::kTimedOut && !agent.Cancel(h, 1.0).ok()) {
+      (void)agent.InvalidatePeer(relay_children.at(child).name);
+    }
+    if (st.ok()) {
+      st = agent.SendMessage(relay_children.at(child).name, sync::Encode({sync::MessageKind::kRelayed, version}));
+    }
+    if (!st.ok()) {
+      fail(child, st);
+      ReleaseForwards(relay_children.at(child));
+      relay_children.at(child).name.clear();  // reconnect next time
+      continue;
+    }
+    stats.relayed_to.push_back(child);
+  }
+  stats.relay_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
 
 WeightSubscriber::WeightSubscriber(std::unique_ptr<State> state) : state_(std::move(state)) {}
 WeightSubscriber::~WeightSubscriber() {
-  if (state_ && state_->joined) (void)Leave();  // best effort: the trainers skip the slot from their next push
+  if (!state_) return;
+  if (state_->joined) (void)Leave();  // best effort: the trainers skip the slot from their next push
+  for (auto& [rank, child] : state_->relay_children) state_->ReleaseForwards(child);
 }
 
 Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& rendezvous, const Layout& trainer_layout,
@@ -84,6 +209,12 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
     }
   }
   state->bytes_per_update = conversion.BytesTo(rank);
+  if (state->options.relay_broadcasts) {
+    state->relay = sync::MakeRelayTree(engine_layout, state->options.max_concurrency);
+    if (!state->relay->children[static_cast<std::size_t>(rank)].empty()) {
+      state->relay_ranges = sync::WrittenRanges(conversion, rank);
+    }
+  }
   if (state->options.dynamic_membership) {
     // Taken before the metadata is published, so a trainer that sees this incarnation's
     // join request finds this process's metadata (or a later one's) under the rank's key.
@@ -192,10 +323,45 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
   const Status arrived =
       s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kDone, version, s.source_names, s.options.timeout_s,
                            &done, sync::MessageKind::kMissed, s.options.interrupt);
-  s.updating = false;
-  if (!arrived.ok()) {
-    return arrived.WithContext(fmt::format("engine rank {} update v{}", s.rank, version));
+  // relay_broadcasts: whether the bytes come through the relay parent, and whom to forward to
+  // (the children every source named, with the same buffer and incarnation).
+  std::map<std::string, sync::Message> plans;
+  std::map<int, sync::RelayTarget> forward;
+  int relayed_from = -1;
+  Status relay_status = Status::Ok();
+  if (arrived.ok() && s.relay && s.relay->Relays(s.rank)) {
+    relay_status = s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kRelayPlan, version, s.source_names,
+                                        s.options.timeout_s, &plans, sync::MessageKind::kMissed, s.options.interrupt);
+    std::map<int, int> named;  // child -> sources that named it alike
+    std::optional<sync::RelayTarget> first;
+    for (const auto& [name, plan] : plans) {
+      if (plan.relay_from) relayed_from = static_cast<int>(*plan.relay_from);
+      for (const sync::RelayTarget& t : plan.relay_to) {
+        auto [it, added] = forward.emplace(static_cast<int>(t.rank), t);
+        if (added || it->second == t) ++named[static_cast<int>(t.rank)];
+      }
+    }
+    for (auto it = forward.begin(); it != forward.end();) {
+      it = named[it->first] == static_cast<int>(s.source_names.size()) ? std::next(it) : forward.erase(it);
+    }
+    if (relay_status.ok() && relayed_from >= 0) {
+      relay_status = s.inbox.AwaitFromAll(
+          *s.endpoint.agent, sync::MessageKind::kRelayed, version,
+          {sync::MetadataKey(s.options.job, kEngineRole, relayed_from)}, s.options.timeout_s, nullptr,
+          sync::MessageKind::kMissed, s.options.interrupt);
+      if (!relay_status.ok()) {
+        relay_status = relay_status.WithContext(fmt::format("the forward from relay parent engine rank {}", relayed_from));
+      }
+    }
   }
+  s.updating = false;
+  // A version this rank does not commit is not forwarded: its children stop waiting now.
+  auto abandon = [&](Status st) {
+    s.AbandonForwards(version, forward);
+    return st.WithContext(fmt::format("engine rank {} update v{}", s.rank, version));
+  };
+  if (!arrived.ok()) return abandon(arrived);
+  if (!relay_status.ok()) return abandon(relay_status);
   if (s.options.verify_digests) {
     // What landed, hashed as each source hashed what it sent; v is committed only if all agree.
     const std::span<std::byte> written = s.options.double_buffered ? s.Buffer(1 - s.serving) : s.Buffer(0);
@@ -203,14 +369,13 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
       sync::PushDigest landed;
       landed.Add(written.data(), s.digest_moves.at(s.source_rank_of.at(name)), sync::MoveSide::kDestination);
       if (!message.digest) {
-        return VerificationFailed(
-            fmt::format("engine rank {} update v{}: {} sent DONE without a digest", s.rank, version, name));
+        return abandon(VerificationFailed(fmt::format("{} sent DONE without a digest", name)));
       }
       if (*message.digest != landed.value()) {
-        return VerificationFailed(
-            fmt::format("engine rank {} update v{}: the bytes from {} differ from what it sent (digest {:016x} sent, "
-                        "{:016x} landed); v{} is not committed, the engine keeps v{}",
-                        s.rank, version, name, *message.digest, landed.value(), version, s.committed_version));
+        return abandon(VerificationFailed(
+            fmt::format("the bytes from {} differ from what it sent (digest {:016x} sent, {:016x} landed); v{} is not "
+                        "committed, the engine keeps v{}",
+                        name, *message.digest, landed.value(), version, s.committed_version)));
       }
     }
   }
@@ -221,6 +386,8 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
   stats.bytes = s.bytes_per_update;
   stats.sources = static_cast<int>(s.sources.size());
   stats.wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - s.begun_at).count();
+  stats.relayed_from = relayed_from;
+  if (!forward.empty()) s.ForwardVersion(version, s.options.double_buffered ? s.serving : 0, forward, stats);
   return stats;
 }
 

@@ -96,6 +96,32 @@ TEST(SyncMessages, RoundDoneCarriesItsRound) {
   EXPECT_FALSE(Decode(addend).has_value());
 }
 
+TEST(SyncMessages, RelayPlanNamesTheParentAndTheChildrenToForwardTo) {
+  Message m{MessageKind::kRelayPlan, 5};
+  m.relay_from = 2;
+  m.relay_to = {{4, 1, 7}, {6, 0, 0x0102030405060708ull}};
+  const auto bytes = Encode(m);
+  ASSERT_EQ(bytes.size(), 14u + 2 * 13u);
+  const auto back = Decode(bytes);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->kind, MessageKind::kRelayPlan);
+  EXPECT_EQ(back->version, 5u);
+  EXPECT_EQ(back->relay_from, std::optional<std::uint32_t>(2));
+  EXPECT_EQ(back->relay_to, m.relay_to);
+  const auto direct = Decode(Encode({MessageKind::kRelayPlan, 5}));
+  ASSERT_TRUE(direct.has_value());
+  EXPECT_FALSE(direct->relay_from.has_value());
+  EXPECT_TRUE(direct->relay_to.empty());
+  // A count that does not match the payload, or a buffer other than 0 or 1, is refused.
+  EXPECT_FALSE(Decode(std::span(bytes).first(bytes.size() - 1)).has_value());
+  std::vector<std::byte> bad_buffer = bytes;
+  bad_buffer[14 + 4] = std::byte{2};
+  EXPECT_FALSE(Decode(bad_buffer).has_value());
+  // RELAYED is the bare 9-byte form.
+  EXPECT_EQ(Encode({MessageKind::kRelayed, 5}).size(), 9u);
+  EXPECT_STREQ(MessageKindName(MessageKind::kRelayed), "RELAYED");
+}
+
 TEST(SyncMessages, MetadataKeyNamesJobRoleRank) { EXPECT_EQ(MetadataKey("job", "engine", 3), "job/engine/3"); }
 
 }  // namespace

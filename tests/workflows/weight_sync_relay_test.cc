@@ -1,0 +1,173 @@
+// Engine-to-engine relays (WeightSyncOptions::relay_broadcasts): two FSDP trainer ranks push into
+// three engine replicas (tp=1, dp=3), each with its own UCX agent (threads of this process),
+// through a real in-process gRPC coordinator. The trainers write only the relay roots; every
+// other replica gets the version forwarded by its parent. Oracles: every engine byte against the
+// fixture's (tensor, element, byte, version) function, with the trainers' per-version digests
+// checked end to end; the bytes each trainer wrote (one replica's worth).
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shardwire/weight_sync.h"
+#include "weight_sync_fixture.h"
+
+namespace shardwire {
+namespace {
+
+using namespace weight_sync_test;  // NOLINT: the fixture of these tests
+
+struct Job {
+  std::unique_ptr<CoordinatorServer> server;
+  std::unique_ptr<CoordinatorClient> client;
+  Layout trainer = MakeFsdpLayout(Tensors(), 2).value();
+  Layout engine = MakeTpLayout(Tensors(), {0, 0, 1, -1}, 1, 3).value();
+  std::vector<std::unique_ptr<WeightPublisher>> pubs;
+  std::vector<std::unique_ptr<WeightSubscriber>> subs;
+};
+
+// Two trainer ranks, three engine replicas, connected, with relays along a K-ary tree.
+void StartJob(Job& job, const std::string& name, int k) {
+  auto server = StartRendezvous();
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  job.server = std::move(*server);
+  auto client = ConnectRendezvous(static_cast<std::uint16_t>(job.server->port()));
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  job.client = std::move(*client);
+  WeightSyncOptions options{name, 20};
+  options.relay_broadcasts = true;
+  options.max_concurrency = k;
+  options.verify_digests = true;
+  options.engine_timeout_s = 1;
+  for (int e = 0; e < 3; ++e) {
+    auto sub = WeightSubscriber::Create(*job.client, job.trainer, job.engine, e, options);
+    ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+    job.subs.push_back(std::move(*sub));
+  }
+  for (int t = 0; t < 2; ++t) {
+    auto pub = WeightPublisher::Create(*job.client, job.trainer, job.engine, t, options);
+    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+    job.pubs.push_back(std::move(*pub));
+  }
+  for (auto& sub : job.subs) ASSERT_TRUE(sub->Connect().ok());
+  std::vector<Status> st(2);
+  std::vector<std::thread> connects;
+  for (int t = 0; t < 2; ++t) connects.emplace_back([&, t] { st[t] = job.pubs[t]->Connect(); });
+  for (auto& th : connects) th.join();
+  for (int t = 0; t < 2; ++t) ASSERT_TRUE(st[t].ok()) << st[t].ToString();
+}
+
+struct Round {
+  std::vector<Result<PushStats>> pushes;
+  std::vector<Result<UpdateStats>> updates;
+};
+
+// Version v: the engines in `updating` begin it, every trainer pushes, those engines wait for it
+// (concurrently: a relay parent forwards while its children wait).
+Round PushVersion(Job& job, std::uint64_t v, const std::set<int>& updating) {
+  Round out{std::vector<Result<PushStats>>(2, Internal("not run")),
+            std::vector<Result<UpdateStats>>(3, Internal("not updating"))};
+  for (int t = 0; t < 2; ++t) Walk(job.trainer, t, job.pubs[t]->weights(), v, false);
+  for (int e : updating) EXPECT_TRUE(job.subs[e]->BeginUpdate(v).ok());
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) threads.emplace_back([&, t] { out.pushes[t] = job.pubs[t]->Push(v); });
+  for (int e : updating) threads.emplace_back([&, e] { out.updates[e] = job.subs[e]->WaitForUpdate(v); });
+  for (auto& th : threads) th.join();
+  return out;
+}
+
+TEST(WeightSyncRelay, TrainersWriteOneReplicaAndEveryReplicaGetsEveryByteAlongAChain) {
+  Job job;
+  ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-chain", 1));  // K = 1: 0 -> 1 -> 2
+  const std::uint64_t one_replica = job.engine.rank(0).buffer_bytes;
+  for (std::uint64_t v = 1; v <= 3; ++v) {
+    Round r = PushVersion(job, v, {0, 1, 2});
+    std::uint64_t written = 0;
+    for (int t = 0; t < 2; ++t) {
+      ASSERT_TRUE(r.pushes[t].ok()) << r.pushes[t].status().ToString();
+      EXPECT_TRUE(r.pushes[t]->missed.empty());
+      EXPECT_EQ(r.pushes[t]->relayed, (std::vector<int>{1, 2})) << "trainer " << t;
+      written += r.pushes[t]->bytes;
+    }
+    // Each byte left the trainers once: one replica's shards (the tensors are dense, no padding
+    // beyond alignment), not three.
+    EXPECT_LE(written, one_replica);
+    EXPECT_GT(written, one_replica / 2);
+    const int from[3] = {-1, 0, 1};
+    const std::vector<int> to[3] = {{1}, {2}, {}};
+    for (int e = 0; e < 3; ++e) {
+      ASSERT_TRUE(r.updates[e].ok()) << "engine rank " << e << ": " << r.updates[e].status().ToString();
+      EXPECT_EQ(r.updates[e]->relayed_from, from[e]) << "engine rank " << e;
+      EXPECT_EQ(r.updates[e]->relayed_to, to[e]) << "engine rank " << e;
+      EXPECT_TRUE(r.updates[e]->relay_failed.empty());
+      EXPECT_EQ(job.subs[e]->committed_version(), v);
+      EXPECT_EQ(Walk(job.engine, e, job.subs[e]->weights(), v, true), 0u) << "engine rank " << e << " v" << v;
+    }
+  }
+}
+
+TEST(WeightSyncRelay, TheRootForwardsToEveryReplicaWhenKCoversThem) {
+  Job job;
+  ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-star", 2));  // K = 2: 0 -> {1, 2}
+  Round r = PushVersion(job, 1, {0, 1, 2});
+  for (int e = 0; e < 3; ++e) {
+    ASSERT_TRUE(r.updates[e].ok()) << "engine rank " << e << ": " << r.updates[e].status().ToString();
+    EXPECT_EQ(Walk(job.engine, e, job.subs[e]->weights(), 1, true), 0u) << "engine rank " << e;
+  }
+  EXPECT_EQ(r.updates[0]->relayed_to, (std::vector<int>{1, 2}));
+  EXPECT_EQ(r.updates[1]->relayed_from, 0);
+  EXPECT_EQ(r.updates[2]->relayed_from, 0);
+}
+
+TEST(WeightSyncRelay, AChildWhoseParentIsNotReadyIsWrittenDirectlyAndTheParentCatchesUpNextVersion) {
+  Job job;
+  ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-fault", 1));  // 0 -> 1 -> 2
+  ASSERT_TRUE(PushVersion(job, 1, {0, 1, 2}).updates[2].ok());
+  // v2: the middle replica stalls (no READY within engine_timeout_s): it misses v2, and its
+  // child is written by the trainers instead of waiting for a forward that cannot come.
+  Round r = PushVersion(job, 2, {0, 2});
+  for (int t = 0; t < 2; ++t) {
+    ASSERT_TRUE(r.pushes[t].ok()) << r.pushes[t].status().ToString();
+    ASSERT_EQ(r.pushes[t]->missed.size(), 1u);
+    EXPECT_EQ(r.pushes[t]->missed[0].engine_rank, 1);
+    EXPECT_TRUE(r.pushes[t]->relayed.empty());
+  }
+  for (int e : {0, 2}) {
+    ASSERT_TRUE(r.updates[e].ok()) << "engine rank " << e << ": " << r.updates[e].status().ToString();
+    EXPECT_EQ(r.updates[e]->relayed_from, -1);
+    EXPECT_EQ(Walk(job.engine, e, job.subs[e]->weights(), 2, true), 0u) << "engine rank " << e;
+  }
+  EXPECT_TRUE(r.updates[0]->relayed_to.empty());
+  EXPECT_EQ(job.subs[1]->committed_version(), 1u);
+  EXPECT_EQ(Walk(job.engine, 1, job.subs[1]->weights(), 1, true), 0u);  // still whole v1
+  // v3: all ready again; the chain is back and the stalled replica is whole again.
+  r = PushVersion(job, 3, {0, 1, 2});
+  for (int e = 0; e < 3; ++e) {
+    ASSERT_TRUE(r.updates[e].ok()) << "engine rank " << e << ": " << r.updates[e].status().ToString();
+    EXPECT_EQ(Walk(job.engine, e, job.subs[e]->weights(), 3, true), 0u) << "engine rank " << e;
+  }
+  EXPECT_EQ(r.updates[2]->relayed_from, 1);
+}
+
+TEST(WeightSyncRelay, PeersThatDisagreeOnRelaysAreRefusedAtConnect) {
+  auto server = StartRendezvous();
+  ASSERT_TRUE(server.ok());
+  auto client = ConnectRendezvous(static_cast<std::uint16_t>((*server)->port()));
+  ASSERT_TRUE(client.ok());
+  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  const Layout engine = MakeTpLayout(Tensors(), {0, 0, 1, -1}, 1, 2).value();
+  WeightSyncOptions relays{"relay-mismatch", 5};
+  relays.relay_broadcasts = true;
+  auto sub = WeightSubscriber::Create(**client, trainer, engine, 0, relays);
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  auto pub = WeightPublisher::Create(**client, trainer, engine, 0, {"relay-mismatch", 5});
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  const Status st = (*pub)->Connect();
+  EXPECT_EQ(st.code(), ErrorCode::kLayoutMismatch) << st.ToString();
+  EXPECT_NE(st.message().find("relays"), std::string::npos) << st.ToString();
+}
+
+}  // namespace
+}  // namespace shardwire
