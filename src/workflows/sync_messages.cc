@@ -197,7 +197,11 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
     // kPollSeconds when an interrupt hook is set).
     auto note = agent.WaitNotification(std::min(left, interrupt ? kPollSeconds : 1.0));
     if (!note.ok()) {
-      if (note.status().code() != ErrorCode::kTimedOut) return fail(note.status());
+      // A peer that failed fails this wait only if it is awaited (below): an engine also talks
+      // to its relay children, a trainer to other trainers.
+      if (note.status().code() != ErrorCode::kTimedOut && note.status().code() != ErrorCode::kPeerDisconnected) {
+        return fail(note.status());
+      }
       // The hook runs only when a slice passed without a notification: a wait that is
       // progressing pays nothing for it (a Python hook takes the GIL).
       if (interrupt) {

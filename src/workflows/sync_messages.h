@@ -101,7 +101,7 @@ class Inbox {
   /// wait. `round` must equal the message's round (ROUND_DONE; 0 for every other kind).
   /// Messages of `kind` for versions below `version` are dropped (stale: a push abandoned).
   /// Errors: kTimedOut naming the peers still missing; transport errors (a
-  /// disconnected peer) as the agent reports them; the interrupt's status.
+  /// disconnected peer that is awaited: kPeerDisconnected) as the agent reports them; the interrupt's status.
   Status AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,
                       double timeout_s, std::map<std::string, Message>* received = nullptr,
                       std::optional<MessageKind> abort_kind = std::nullopt,

@@ -215,6 +215,23 @@ TEST(RlSyncDemo, DeadEngineMissesVersionsTheOthersGoOn) {
   EXPECT_EQ(CountWorkers(), 0);
 }
 
+TEST(RlSyncDemo, RelaysForwardReplicatedBytesEngineToEngineAndSurviveADeadReplica) {
+  // Three engine replicas (tp=1) in a chain (K = 1): the trainers write replica 0 only, 0
+  // forwards to 1 and 1 to 2; every replica verifies every step byte for byte. The last one
+  // dies before step 3: the others go on, still relayed.
+  const std::string model_args = SmallModelArgs();
+  const RunResult r = RunDemo(model_args + " --engines 3 --tp 1 --concurrency 1 --relay --steps 4 --timeout 30",
+                              "SHARDWIRE_DEMO_FAULT=engine-die:3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("2 of them through engine-to-engine relays"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("verified 3/3 engine ranks byte for byte"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("1 of them through engine-to-engine relays"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("engine rank 2 missed v4"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("verified 2/3 engine ranks byte for byte"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(engine-to-engine relays)"), std::string::npos) << r.output;
+  EXPECT_EQ(CountWorkers(), 0);
+}
+
 TEST(RlSyncDemo, RestartedEngineCatchesUpFromLiveEnginesAndReceivesTheNextPushes) {
   // --restart-engines: the last engine rank kills itself before step 3; the demo restarts it, the
   // new process loads the latest committed version from the other replica (P2P), verifies it
