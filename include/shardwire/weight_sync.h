@@ -33,6 +33,13 @@
 // (fp32 accumulation, one rounding: partial_reduction.h) and the plan's moves carry the sum,
 // so an engine never sees an unreduced byte. (Not with a converting push: kUnsupported.)
 //
+// Rounds: a trainer posts its WRITEs in the plan's schedule rounds; before writing engine rank
+// e in round r it waits for ROUND_DONE(v, r') from the trainers that wrote e in e's previous
+// round r' (max_concurrency). Relays (relay_broadcasts): trainers write one replica of each
+// engine rank's shards and tell each replica (RELAY_PLAN(v)) whether its bytes come through its
+// relay parent and which children to forward to; a parent forwards after it committed v and
+// sends RELAYED(v); a child commits after its trainers' DONE(v) and its parent's RELAYED(v).
+//
 // Processes find each other through a Rendezvous (keys "<job>/trainer/<rank>" and
 // "<job>/engine/<rank>" hold transport metadata blobs).
 //
@@ -63,6 +70,7 @@ struct WeightSyncOptions {
   /// (PushStats::missed); the push goes on for the others. Capped by timeout_s.
   /// It bounds each destination's whole transfer too, so it must exceed the time one engine
   /// rank's share of a push takes on the fabric (not a no-progress bound yet).
+  /// Subscriber with relay_broadcasts: the bound of each forward to a child.
   double engine_timeout_s = 10;
   /// The rank's shard buffer in the caller's own memory (the trainer's parameters, the
   /// engine's weights), laid out by the rank's Layout (Layout::rank(r).buffer_bytes bytes at
