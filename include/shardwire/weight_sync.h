@@ -321,8 +321,10 @@ class WeightSubscriber {
   /// other buffer when double-buffered.
   std::span<std::byte> back_buffer();
 
-  /// Looks up every source rank this rank receives from. Errors: kTimedOut; kLayoutMismatch
-  /// naming a trainer rank created for other layouts (nothing is written here then).
+  /// Looks up every source rank this rank receives from; with relay_broadcasts and a fixed
+  /// membership also its relay children (their metadata must appear within timeout_s), and
+  /// prepares the forwards to them. Errors: kTimedOut; kLayoutMismatch naming a trainer rank
+  /// (or a relay child) created for other layouts (nothing is written here then).
   Status Connect();
 
   /// Declares the engine paused for `version`: sources may now write.

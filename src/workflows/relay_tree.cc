@@ -32,8 +32,9 @@ RelayTree MakeRelayTree(const Layout& engine, int k) {
   RelayTree tree{std::vector<int>(world, -1), std::vector<std::vector<int>>(world)};
   std::vector<std::vector<int>> groups;  // ranks with identical shards, ascending
   for (int r = 0; r < engine.world_size(); ++r) {
-    auto same = std::find_if(groups.begin(), groups.end(),
-                             [&](const std::vector<int>& g) { return SameShards(engine.rank(g.front()), engine.rank(r)); });
+    auto same = std::find_if(groups.begin(), groups.end(), [&](const std::vector<int>& g) {
+      return SameShards(engine.rank(g.front()), engine.rank(r));
+    });
     if (same == groups.end()) {
       groups.push_back({r});
     } else {

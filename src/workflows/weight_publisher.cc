@@ -248,7 +248,8 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     }
   }
   state->stages = DirectStages(plan, rank);
-  if (state->options.relay_broadcasts) state->relay = sync::MakeRelayTree(engine_layout, state->options.max_concurrency);
+  if (state->options.relay_broadcasts)
+    state->relay = sync::MakeRelayTree(engine_layout, state->options.max_concurrency);
   // The rank's claim: a later publisher of the same rank (a restarted trainer, or a second one by
   // mistake) takes the next claim, and this one stops at its next push with kAlreadyExists.
   state->claim_key = sync::MetadataKey(state->options.job, kTrainerRole, rank) + "/claims";
@@ -756,7 +757,8 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     if (s.relay && s.relay->Relays(dst)) {
       // Before DONE: where this rank's bytes come from and whom it forwards them to.
       sync::Message plan{sync::MessageKind::kRelayPlan, version};
-      if (relayed.count(dst)) plan.relay_from = static_cast<std::uint32_t>(s.relay->parent[static_cast<std::size_t>(dst)]);
+      if (relayed.count(dst))
+        plan.relay_from = static_cast<std::uint32_t>(s.relay->parent[static_cast<std::size_t>(dst)]);
       for (int child : s.relay->children[static_cast<std::size_t>(dst)]) {
         if (!relayed.count(child) || !active.count(child)) continue;
         plan.relay_to.push_back({static_cast<std::uint32_t>(child), static_cast<std::uint8_t>(buffer_of.at(child)),

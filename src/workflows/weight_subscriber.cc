@@ -83,8 +83,8 @@ Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChi
     SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
                         sync::ImportPeerRank(*rendezvous, *endpoint.agent, options.job, kEngineRole, child_rank,
                                              options.timeout_s, options.interrupt, kInterruptPollSeconds));
-    SW_RETURN_IF_ERROR(
-        sync::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, child_rank, plan_signature, options.timeout_s));
+    SW_RETURN_IF_ERROR(sync::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, child_rank, plan_signature,
+                                                    options.timeout_s));
     SW_RETURN_IF_ERROR(endpoint.agent->WireUp(peer.name, options.timeout_s));
     child = RelayChild{target.incarnation, peer.name, {peer.region, peer.second_region}, {}};
   }
@@ -94,7 +94,8 @@ Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChi
 void WeightSubscriber::State::AbandonForwards(std::uint64_t version, const std::map<int, sync::RelayTarget>& targets) {
   for (const auto& [child_rank, target] : targets) {
     auto child = ConnectChild(target);
-    if (child.ok()) (void)endpoint.agent->SendMessage((*child)->name, sync::Encode({sync::MessageKind::kMissed, version}));
+    if (child.ok())
+      (void)endpoint.agent->SendMessage((*child)->name, sync::Encode({sync::MessageKind::kMissed, version}));
   }
 }
 
@@ -291,6 +292,22 @@ Status WeightSubscriber::Connect() {
     s.source_names.insert(peer.name);
     s.source_rank_of[peer.name] = src;
   }
+  // Relays with a fixed membership: connect to the children and prepare every forward now (own
+  // buffer x their buffer), so that mapping and pre-faulting their arenas does not land in the
+  // first push (as the trainers' Connect does for their destinations).
+  if (s.relay && !s.options.dynamic_membership) {
+    const int buffers = s.options.double_buffered ? 2 : 1;
+    for (int child : s.relay->children[static_cast<std::size_t>(s.rank)]) {
+      for (int own = 0; own < buffers; ++own) {
+        for (int theirs = 0; theirs < buffers; ++theirs) {
+          const sync::RelayTarget target{static_cast<std::uint32_t>(child), static_cast<std::uint8_t>(theirs), 0};
+          SW_RETURN_IF_ERROR(s.Forward(target, own)
+                                 .status()
+                                 .WithContext(fmt::format("engine rank {} connecting to its relay child", s.rank)));
+        }
+      }
+    }
+  }
   return Status::Ok();
 }
 
@@ -345,12 +362,13 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
       it = named[it->first] == static_cast<int>(s.source_names.size()) ? std::next(it) : forward.erase(it);
     }
     if (relay_status.ok() && relayed_from >= 0) {
-      relay_status = s.inbox.AwaitFromAll(
-          *s.endpoint.agent, sync::MessageKind::kRelayed, version,
-          {sync::MetadataKey(s.options.job, kEngineRole, relayed_from)}, s.options.timeout_s, nullptr,
-          sync::MessageKind::kMissed, s.options.interrupt);
+      relay_status =
+          s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kRelayed, version,
+                               {sync::MetadataKey(s.options.job, kEngineRole, relayed_from)}, s.options.timeout_s,
+                               nullptr, sync::MessageKind::kMissed, s.options.interrupt);
       if (!relay_status.ok()) {
-        relay_status = relay_status.WithContext(fmt::format("the forward from relay parent engine rank {}", relayed_from));
+        relay_status =
+            relay_status.WithContext(fmt::format("the forward from relay parent engine rank {}", relayed_from));
       }
     }
   }
