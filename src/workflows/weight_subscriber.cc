@@ -53,6 +53,7 @@ struct WeightSubscriber::State {
     std::map<std::pair<int, int>, TransferHandle> forwards;
   };
   std::map<int, RelayChild> relay_children;
+  int relay_parent = -1;  // the relay parent whose metadata was imported (its liveness is watched)
 
   std::span<std::byte> Buffer(int b) const { return b == 0 ? endpoint.weights : endpoint.second_weights; }
   RegionId Region(int b) const { return b == 0 ? endpoint.region : endpoint.second_region; }
@@ -362,10 +363,23 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
       it = named[it->first] == static_cast<int>(s.source_names.size()) ? std::next(it) : forward.erase(it);
     }
     if (relay_status.ok() && relayed_from >= 0) {
-      relay_status =
-          s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kRelayed, version,
-                               {sync::MetadataKey(s.options.job, kEngineRole, relayed_from)}, s.options.timeout_s,
-                               nullptr, sync::MessageKind::kMissed, s.options.interrupt);
+      // Import the parent (once, and again after it failed: a replacement) so that the
+      // transport watches its liveness: a parent that dies ends this wait at once.
+      const std::string parent = sync::MetadataKey(s.options.job, kEngineRole, relayed_from);
+      const std::vector<std::string> failed = s.endpoint.agent->FailedPeers();
+      if (s.relay_parent != relayed_from || std::find(failed.begin(), failed.end(), parent) != failed.end()) {
+        s.relay_parent = -1;
+        relay_status = sync::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kEngineRole, relayed_from,
+                                            s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds)
+                           .status();
+        if (relay_status.ok()) s.relay_parent = relayed_from;
+      }
+      // The parent forwards right after its own commit, each forward bounded by engine_timeout_s.
+      if (relay_status.ok()) {
+        relay_status = s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kRelayed, version, {parent},
+                                            std::min(s.options.timeout_s, 2 * s.options.engine_timeout_s), nullptr,
+                                            sync::MessageKind::kMissed, s.options.interrupt);
+      }
       if (!relay_status.ok()) {
         relay_status =
             relay_status.WithContext(fmt::format("the forward from relay parent engine rank {}", relayed_from));

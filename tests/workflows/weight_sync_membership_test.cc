@@ -36,11 +36,13 @@ constexpr const char* kLastKey = "members-test/last";  // the final version, onc
 constexpr int kEngines = 3;                            // replicas of TP 1
 constexpr int kKills = 3;
 
-// The options of every process of the membership test's job.
-WeightSyncOptions MemberOptions() {
+// The options of every process of the membership test's job; `relay`: engine-to-engine relays
+// (replica 0 forwards to replicas 1 and 2).
+WeightSyncOptions MemberOptions(bool relay) {
   WeightSyncOptions options{kJob, 30};
   options.dynamic_membership = true;
   options.engine_timeout_s = 5;
+  options.relay_broadcasts = relay;
   return options;
 }
 
@@ -49,10 +51,12 @@ Layout EngineLayout() { return MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, kEng
 
 // Child: one engine process of `rank`. Joins, then commits and verifies every version from the
 // one it was admitted at, without a gap, until the trainer's final version. Exit 0 = all held.
-int RunEngine(std::uint16_t port, int rank) {
+// With relays a live engine may miss the version whose push killed its relay parent: it then
+// joins again, and verifies every version it commits.
+int RunEngine(std::uint16_t port, int rank, bool relay) {
   auto rz = ConnectRendezvous(port);
   if (!rz.ok()) return 10;
-  const WeightSyncOptions options = MemberOptions();
+  const WeightSyncOptions options = MemberOptions(relay);
   auto sub = WeightSubscriber::Create(**rz, TrainerLayout(), EngineLayout(), rank, options);
   const Status connected = sub.ok() ? (*sub)->Connect() : sub.status();
   if (!connected.ok()) {
@@ -70,7 +74,11 @@ int RunEngine(std::uint16_t port, int rank) {
     if (!stats.ok()) {
       std::fprintf(stderr, "engine %d v%llu: %s\n", rank, static_cast<unsigned long long>(v),
                    stats.status().ToString().c_str());
-      return 14;  // a live engine misses no version
+      if (!relay) return 14;  // a live engine misses no version
+      auto again = (*sub)->Join();
+      if (!again.ok()) return 16;
+      v = *again - 1;
+      continue;
     }
     if (Walk(EngineLayout(), rank, (*sub)->weights(), v, true) != 0) return 15;
     auto last = GetString(**rz, kLastKey, 0);
@@ -79,10 +87,10 @@ int RunEngine(std::uint16_t port, int rank) {
 }
 
 // Child: trainer rank 1 (rank 0 is the test process, the membership leader).
-int RunTrainer1(std::uint16_t port) {
+int RunTrainer1(std::uint16_t port, bool relay) {
   auto rz = ConnectRendezvous(port);
   if (!rz.ok()) return 10;
-  const WeightSyncOptions options = MemberOptions();
+  const WeightSyncOptions options = MemberOptions(relay);
   auto pub = WeightPublisher::Create(**rz, TrainerLayout(), EngineLayout(), 1, options);
   if (!pub.ok() || !(*pub)->Connect().ok()) return 11;
   for (std::uint64_t v = 1;; ++v) {
@@ -101,14 +109,14 @@ int RunTrainer1(std::uint16_t port) {
 // Child indexes: engine r = r; trainer 1 = kEngines; the k-th replacement of engine r = 100 + 10 k + r.
 int ReplacementIndex(int k, int rank) { return 100 + 10 * k + rank; }
 
-TEST(WeightSyncMembership, EnginesKilledAtRandomStepsAreReplacedAndEverySurvivorVerifiedEveryVersion) {
+void KillAndReplaceEnginesAtRandomSteps(bool relay) {
   if (std::getenv("SHARDWIRE_WS_CHILD") != nullptr) {  // a child: run its body (ForkWithPort exits)
     int fd = -1;
-    for (int r = 0; r < kEngines; ++r) ForkWithPort(&fd, r, [&](std::uint16_t p) { return RunEngine(p, r); });
-    ForkWithPort(&fd, kEngines, [&](std::uint16_t p) { return RunTrainer1(p); });
+    for (int r = 0; r < kEngines; ++r) ForkWithPort(&fd, r, [&](std::uint16_t p) { return RunEngine(p, r, relay); });
+    ForkWithPort(&fd, kEngines, [&](std::uint16_t p) { return RunTrainer1(p, relay); });
     for (int k = 0; k < kKills; ++k)
       for (int r = 0; r < kEngines; ++r)
-        ForkWithPort(&fd, ReplacementIndex(k, r), [&](std::uint16_t p) { return RunEngine(p, r); });
+        ForkWithPort(&fd, ReplacementIndex(k, r), [&](std::uint16_t p) { return RunEngine(p, r, relay); });
     FAIL() << "unknown child index";
   }
   // SHARDWIRE_TEST_SEED=<n> replays a failed run's schedule (the seed is in every failure).
@@ -134,7 +142,7 @@ TEST(WeightSyncMembership, EnginesKilledAtRandomStepsAreReplacedAndEverySurvivor
   const auto port = static_cast<std::uint16_t>(server->port());
   auto rz = ConnectRendezvous(port);
   ASSERT_TRUE(rz.ok());
-  const WeightSyncOptions options = MemberOptions();
+  const WeightSyncOptions options = MemberOptions(relay);
   auto pub = WeightPublisher::Create(**rz, TrainerLayout(), EngineLayout(), 0, options);
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();
   ASSERT_TRUE((*pub)->Connect().ok());
@@ -210,6 +218,18 @@ TEST(WeightSyncMembership, EnginesKilledAtRandomStepsAreReplacedAndEverySurvivor
                                  << "from its admission to v" << v;
   }
   EXPECT_EQ(WaitChild(trainer1), 0) << "trainer rank 1 pushed every version";
+}
+
+TEST(WeightSyncMembership, EnginesKilledAtRandomStepsAreReplacedAndEverySurvivorVerifiedEveryVersion) {
+  KillAndReplaceEnginesAtRandomSteps(false);
+}
+
+// The same with engine-to-engine relays: a replacement of a relay parent is connected to again by
+// its trainers and by nobody else; a replacement of a child is forwarded to by its parent after
+// the parent sees its new incarnation (RELAY_PLAN); survivors and replacements verify every
+// version they commit.
+TEST(WeightSyncMembership, EnginesKilledAtRandomStepsWithRelaysAreReplacedAndEveryCommitVerified) {
+  KillAndReplaceEnginesAtRandomSteps(true);
 }
 
 // ---- Bad input: a typed error naming who and what, nothing half-applied.
