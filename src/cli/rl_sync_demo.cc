@@ -130,6 +130,7 @@ struct StepFigures {
   int unchecked = 0;  // engine ranks that committed the version without checking it (--verify last)
   double last_commit = 0;  // CLOCK_MONOTONIC s of the last engine rank's commit (its forwards done)
   int relayed = 0;         // engine ranks that got the version through a relay
+  double relay_s = 0;      // slowest engine rank's forwards to its relay children (after its commit)
   std::map<int, std::string> missed;  // engine rank -> why it missed this version (first reason seen)
 };
 
@@ -356,6 +357,7 @@ Status Run(const RlSyncOptions& o) {
       f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
       f.last_commit = std::max(f.last_commit, e.value("committed_at", 0.0));
       f.relayed += e.value("relayed_from", -1) >= 0 ? 1 : 0;
+      f.relay_s = std::max(f.relay_s, e.value("relay_s", 0.0));
       f.verified += e.value("verified", false) ? 1 : 0;
       f.unchecked += e.value("unchecked", false) ? 1 : 0;
     }
@@ -387,9 +389,10 @@ Status Run(const RlSyncOptions& o) {
             : fmt::format("verified {}/{} engine ranks byte for byte", f.verified, engine_ranks));
     if (deliver_s > 0) {
       fmt::print("            every engine rank committed {:.4f} s after the first write ({} for all engine ranks = "
-                 "{:.2f} GB/s; {} of them through engine-to-engine relays)\n",
+                 "{:.2f} GB/s; {} of them through engine-to-engine relays{})\n",
                  deliver_s, FormatBytes(static_cast<double>(bytes_per_step)),
-                 static_cast<double>(bytes_per_step) / deliver_s / 1e9, f.relayed);
+                 static_cast<double>(bytes_per_step) / deliver_s / 1e9, f.relayed,
+                 f.relayed > 0 ? fmt::format(", the slowest rank's forwards {:.4f} s", f.relay_s) : "");
     }
     if (step > 1) steady_deliver_s += deliver_s;
     missed_versions += static_cast<int>(f.missed.size());
