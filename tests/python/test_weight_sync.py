@@ -327,3 +327,47 @@ def test_engines_join_through_the_coordinator_and_digests_guard_every_version():
         assert sub.committed_version == 2
         with pytest.raises(errors.FailedPreconditionError, match="no engine rank of job py-members is a member"):
             pub.push(3)
+
+
+def test_relays_and_rounds_from_python():
+    """Engine-to-engine relays and K from Python: one trainer rank, two engine replicas (tp=1,
+    dp=2) in threads; the trainer writes replica 0 only, replica 0 forwards to replica 1, and
+    both hold every byte of each version (the oracle), with digests checked end to end."""
+    model = shardwire.Model.from_config_json(json.dumps(LLAMA))
+    src, dst = shardwire.Layout.from_string(model, "fsdp=1"), shardwire.Layout.from_string(model, "tp=1,dp=2")
+    flags = dict(job="py-relay", relay_broadcasts=True, max_concurrency=1, verify_digests=True)
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        subs = [shardwire.WeightSubscriber(client, src, dst, r, **flags) for r in (0, 1)]
+        pub = shardwire.WeightPublisher(client, src, dst, 0, **flags)
+        connects = [threading.Thread(target=s.connect) for s in subs]
+        for t in connects:
+            t.start()
+        pub.connect()
+        for t in connects:
+            t.join(timeout=60)
+        for v in (1, 2):
+            for s in src.shards(0):
+                pub.tensors[s["name"]].copy_(global_tensor(s["name"], s["global_shape"], v))
+            updates = {}
+
+            def engine(r):
+                updates[r] = subs[r].wait_for_update(v)
+
+            for s in subs:
+                s.begin_update(v)
+            waits = [threading.Thread(target=engine, args=(r,)) for r in (0, 1)]
+            for t in waits:
+                t.start()
+            stats = pub.push(v)
+            for t in waits:
+                t.join(timeout=60)
+            assert stats["relayed"] == [1] and stats["missed"] == [], stats
+            assert stats["bytes"] == pub.bytes_per_push // 2, stats
+            assert stats["rounds"] >= 1
+            assert updates[0]["relayed_to"] == [1] and updates[1]["relayed_from"] == 0, updates
+            for r in (0, 1):
+                for s in dst.shards(r):
+                    want = global_tensor(s["name"], s["global_shape"], v)
+                    got = subs[r].tensors[s["name"]]
+                    assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (r, v, s["name"])
