@@ -73,9 +73,7 @@ shared_seeds() {
     safetensors_fuzzer) copy_seeds "$out" -name '*.safetensors' -size -200k ;;
     checkpoint_index_fuzzer) copy_seeds "$out" -name '*.index.json' ;;
     model_config_fuzzer) copy_seeds "$out" -name '*config.json' ;;
-    # Pending fuzzers (issue 11 item 4), being written with their parsers by other helpers:
-    # rules_file_fuzzer) copy_seeds "$out" -name '*.rules.json' ;;
-    # coordinator_request_fuzzer) ;;  # seeds from its own SHARDWIRE_FUZZ_SEED_MAIN writer
+    # Pending (issue 11 item 4): coordinator_request_fuzzer.
     *) ;;
   esac
 }
@@ -86,6 +84,8 @@ for f in "${fuzzers[@]}"; do
   corpus="$work/corpus/$f"
   mkdir -p "$corpus"
   if [ -d "$root/fuzz/corpus/$f" ]; then cp -t "$corpus" "$root/fuzz/corpus/$f"/*; fi
+  # The built-in rules files seed the rules-file fuzzer (they are in the source tree).
+  if [ "$f" = model_rules_fuzzer ]; then cp -t "$corpus" "$root"/models/rules/*.yaml; fi
   if [ -x "$work/build/fuzz/${f}_seeds" ]; then "$work/build/fuzz/${f}_seeds" "$corpus"; fi
   shared_seeds "$f" "$corpus"
   dict=()

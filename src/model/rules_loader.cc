@@ -251,7 +251,8 @@ class Loader {
     if (const YAML::Node blocks = root["blocks"]) {
       if (!blocks.IsMap()) return Error(blocks, "\"blocks\" must map block names to {params, do}");
       for (auto it = blocks.begin(); it != blocks.end(); ++it) {
-        const YAML::Node& b = it->second;
+        // A copy (a Node is a handle): it->second lives in a proxy that dies with this statement.
+        const YAML::Node b = it->second;
         if (!b.IsMap()) return Error(b, "a block must be a map with \"do\" (and \"params\")");
         SW_RETURN_IF_ERROR(CheckKeys(b, "a block", {"params", "do"}));
         Block block;
