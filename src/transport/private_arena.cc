@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -67,7 +68,14 @@ Result<PrivateMapping> PrivateMapping::Map(std::size_t length) {
   m.length_ = length;
   m.huge_ = ::madvise(m.data_, rounded, MADV_HUGEPAGE) == 0 && TransparentHugePagesAdvisable();
   (void)::madvise(m.raw_, raw_length, MADV_DONTFORK);
-  (void)::madvise(m.data_, rounded, MADV_POPULATE_WRITE);
+  // Populated 32 MiB per call: the call holds this process's mmap lock, and other
+  // threads that map memory meanwhile (e.g. the other ranks of a loader creating
+  // their agents) would otherwise wait for the whole arena (seen: 4 ranks' arenas
+  // populated one after another when the host had to back fresh memory).
+  constexpr std::size_t kChunk = std::size_t{32} << 20;
+  for (std::size_t at = 0; at < rounded; at += kChunk) {
+    if (::madvise(m.data_ + at, std::min(kChunk, rounded - at), MADV_POPULATE_WRITE) != 0) break;
+  }
   return m;
 }
 

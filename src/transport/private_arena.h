@@ -39,7 +39,7 @@ class PrivateMapping {
   /// MAP_ANONYMOUS), madvise(MADV_HUGEPAGE) (best effort), madvise(MADV_DONTFORK)
   /// (a fork of the owner neither copies nor write-protects the pages while
   /// peers read them), then madvise(MADV_POPULATE_WRITE) (best effort; Linux
-  /// 5.14+). Contents are zero. `huge_pages()` says whether MADV_HUGEPAGE was
+  /// 5.14+; 32 MiB per call). Contents are zero. `huge_pages()` says whether MADV_HUGEPAGE was
   /// accepted and TransparentHugePagesAdvisable() holds.
   /// Errors: kInvalidArgument for length 0, kIoError when mmap fails (names errno).
   static Result<PrivateMapping> Map(std::size_t length);
