@@ -440,7 +440,7 @@ struct Agent::Impl {
     std::byte* base = nullptr;
     std::size_t length = 0;
     bool arena = false;
-    bool huge = false;               // private huge-page arena (ArenaMemory::kPrivateHugePages)
+    bool huge = false;                // private huge-page arena (ArenaMemory::kPrivateHugePages)
     transport::PrivateMapping owned;  // its memory; declared before memh: unmapped after ucp_mem_unmap
     MemHandle memh;
     std::vector<std::byte> packed_rkey;
@@ -854,8 +854,8 @@ struct Agent::Impl {
       if (o.kernel_copy) {
         // The kernel copies from the peer's pages (process_vm_readv): no
         // mapping of the peer here, no UCX request, no credit (ReadPath).
-        Status st = j.peer->kernel_copy.ReadRows(o.local, o.local_stride, o.remote_addr, o.remote_stride, o.count,
-                                                 o.length);
+        Status st =
+            j.peer->kernel_copy.ReadRows(o.local, o.local_stride, o.remote_addr, o.remote_stride, o.count, o.length);
         if (!st.ok()) {
           j.Fail(st.WithContext(fmt::format("READ from peer {}", t.peer_name)));
           break;
@@ -1874,9 +1874,9 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
       ++pins[d.local_region];
       if (d.length == 0 || d.count == 0) continue;
       remote_used.insert(rit->second);
-      const bool kernel_copy = op == TransferOp::kRead && peer->kernel_copy.valid() &&
-                               (im.options.read_path == ReadPath::kKernelCopy ||
-                                (im.options.read_path == ReadPath::kAuto && lr.huge));
+      const bool kernel_copy =
+          op == TransferOp::kRead && peer->kernel_copy.valid() &&
+          (im.options.read_path == ReadPath::kKernelCopy || (im.options.read_path == ReadPath::kAuto && lr.huge));
       blocks.clear();
       transport::CutIntoBlocks(d, slice, /*one_row_per_block=*/t->am_write, blocks);
       for (const transport::RowBlock& b : blocks) {

@@ -830,8 +830,8 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
     // hypervisor faults of a copy through a mapping of the source (the cause of a
     // P2P load running slower than a warm disk load on the PVM VMs; docs/benchmarks.md,
     // "Issue 8 item 9"). Loaders and sources on other hosts reach it through UCX.
-    SW_ASSIGN_OR_RETURN(impl->region, impl->agent->AllocateArena(std::max<std::uint64_t>(bytes, 64),
-                                                                 ArenaMemory::kPrivateHugePages));
+    SW_ASSIGN_OR_RETURN(impl->region,
+                        impl->agent->AllocateArena(std::max<std::uint64_t>(bytes, 64), ArenaMemory::kPrivateHugePages));
     impl->buffer = impl->agent->RegionBytes(impl->region).first(bytes);
     return std::unique_ptr<ModelLoader>(new ModelLoader(std::move(impl)));  // already zero, padding included
   }
