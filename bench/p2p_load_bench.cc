@@ -407,8 +407,10 @@ int main(int argc, char** argv) {
 
     {
       auto seed = bench.Seed(dir, "bench-seed", a.seed_layout, 0);
-      fmt::print("P2P load {} <- seed {} (separate processes, shared-memory arenas; verified byte for byte):\n",
-                 a.load_layout, a.seed_layout);
+      fmt::print(
+          "P2P load {} <- seed {} (separate processes; seed: shared-memory arenas, loader: private huge-page "
+          "arenas read into by kernel copy; verified byte for byte):\n",
+          a.load_layout, a.seed_layout);
       for (int i = 0; i < a.repeats; ++i) {
         const std::string id = fmt::format("bench-load-{}", i);
         auto c = bench.StartLoad(dir, id, a.load_layout, false, 0);

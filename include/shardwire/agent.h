@@ -88,6 +88,49 @@ enum class WritePath : std::uint8_t {
   kActiveMessage,
 };
 
+/// Where the memory of an arena (Agent::AllocateArena) comes from.
+enum class ArenaMemory : std::uint8_t {
+  /// UCX allocates it (ucp_mem_map with UCP_MEM_MAP_ALLOCATE): on one host
+  /// sysv/posix shared memory, which same-host peers map (ucp_rkey_ptr) and
+  /// write or read one-sidedly with a memcpy. 4 KiB pages on hosts whose
+  /// shmem_enabled is "never" (the development VMs).
+  kShared,
+  /// Private anonymous memory, 2 MiB-aligned and advised for transparent huge
+  /// pages (madvise(MADV_HUGEPAGE); 4 KiB pages where the kernel grants none),
+  /// excluded from fork (MADV_DONTFORK), populated for writing, zero-filled,
+  /// registered with ucp_mem_map. Peers cannot map it: same-host peers read it
+  /// by kernel copy (ReadPath), other peers through UCX (ucp_get_nbx, emulated
+  /// over active messages and served by this agent's lanes); writes into it
+  /// from peers are emulated by UCX too. Meant as the destination of READs
+  /// (ReadPath::kAuto reads into it by kernel copy): a P2P loader's buffer.
+  /// Reason and figures: docs/benchmarks.md, "Issue 8 item 9".
+  kPrivateHugePages,
+};
+
+/// How READ descriptors from a peer on the same host (same boot id and pid
+/// namespace, reached by UCX over shared memory, not TCP only) are executed.
+enum class ReadPath : std::uint8_t {
+  /// kKernelCopy for descriptors whose local region is an
+  /// ArenaMemory::kPrivateHugePages arena that got huge pages
+  /// (TransparentHugePages advisable), kMapped for every other local region.
+  /// Reason: under a shadow-paging hypervisor (PVM) each first user-space access
+  /// through a mapping costs ~11-20 us per 4 KiB page; a mapped READ pays it on
+  /// the peer's mapping and on the destination, a kernel copy into huge pages on
+  /// neither, but a kernel copy into 4 KiB pages still pays it at the
+  /// destination's first user access, later (docs/benchmarks.md, "Issue 8 item 9").
+  kAuto,
+  /// Through this process's mapping of the peer's region where UCX can map it
+  /// (ucp_rkey_ptr: UCX-allocated shared memory), else ucp_get_nbx.
+  kMapped,
+  /// process_vm_readv (Linux cross-memory attach): the kernel copies from the
+  /// peer's pages; no mapping of the peer in this process and no request the
+  /// peer serves (one-sided whatever the peer's memory kind). Needs ptrace
+  /// access to the peer (same user, or CAP_SYS_PTRACE; no Yama restriction) and
+  /// pidfd_open (Linux 5.3): probed at ImportMetadata; a peer that cannot be read
+  /// this way gets kMapped (PeerInfo::kernel_copy says which).
+  kKernelCopy,
+};
+
 /// Lanes an Agent runs when AgentOptions::lanes is 0: measured on the 2-core
 /// development machines (docs/transport.md, "Lanes").
 inline constexpr std::uint32_t kDefaultLanes = 2;
@@ -128,6 +171,8 @@ struct AgentOptions {
   std::uint64_t max_bytes_in_flight_per_peer = std::uint64_t{256} << 20;
   /// See WritePath.
   WritePath write_path = WritePath::kAuto;
+  /// See ReadPath.
+  ReadPath read_path = ReadPath::kAuto;
   /// PrepareTransfer (kWrite) pre-faults, on each lane, the pages of the local
   /// mapping of a peer's shared-memory region (ucp_rkey_ptr) that the lane's
   /// slices will write: one byte per page accessed (value unchanged), which fills
@@ -159,6 +204,9 @@ struct PeerInfo {
   bool ucx_error_handling = false;  ///< UCP_ERR_HANDLING_MODE_PEER endpoints
   WritePath write_path = WritePath::kPut;  ///< kPut or kActiveMessage, resolved
   std::vector<std::string> transports;  ///< lane 0 endpoint's transports, e.g. "sysv/memory"
+  /// READs from this peer may be kernel copies (ReadPath): same host, shared
+  /// memory reachable, read_path not kMapped, pidfd_open and a probe read succeeded.
+  bool kernel_copy = false;
 };
 
 /// Counters of one Agent since Create: which path the bytes took and what
@@ -186,6 +234,10 @@ struct AgentStats {
   /// the copy's own speed per core, independent of how busy the host is.
   double direct_copy_s = 0;
   double direct_copy_cpu_s = 0;
+  /// Blocks of READ descriptors executed as kernel copies (process_vm_readv,
+  /// see ReadPath) and their bytes. Not counted in direct_copy_* or ucx_*.
+  std::uint64_t kernel_copy_blocks = 0;
+  std::uint64_t kernel_copy_bytes = 0;
 };
 
 /// One memory kind and whether this process can register and move it.
@@ -290,6 +342,13 @@ class Agent {
   /// Errors: kInvalidArgument for zero length; kTransportError from UCX
   /// (e.g. out of shared memory).
   Result<RegionId> AllocateArena(std::size_t length);
+
+  /// AllocateArena with the memory kind chosen: ArenaMemory::kShared is the
+  /// overload above; ArenaMemory::kPrivateHugePages maps private huge-page
+  /// memory (see ArenaMemory; contents zero) and registers it. The agent owns the
+  /// memory either way. Errors: kInvalidArgument for zero length; kIoError when
+  /// mmap fails; kTransportError from UCX.
+  Result<RegionId> AllocateArena(std::size_t length, ArenaMemory memory);
 
   /// The bytes of a local region (registered or arena); an empty span for an
   /// unknown id. Valid until Deregister(id) or destruction.

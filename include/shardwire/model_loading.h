@@ -201,7 +201,9 @@ struct ModelLoaderOptions {
   AgentOptions agent = {};
   /// Where to load: the caller's memory (e.g. the engine's own weights), registered in
   /// place, at least the rank's buffer_bytes; it must stay valid while the loader (or the
-  /// source it becomes) lives. Empty: an arena the loader allocates.
+  /// source it becomes) lives. Empty: an arena the loader allocates (private huge-page
+  /// memory, ArenaMemory::kPrivateHugePages: same-host sources are read into it by kernel
+  /// copy, ReadPath::kAuto; docs/p2p_loading.md, "Memory and page faults").
   std::span<std::byte> buffer = {};
   /// Interruption hook (e.g. Python's Ctrl-C): when set, Load calls it on its own
   /// thread about every 0.1 s (kInterruptPollSeconds in weight_sync.h); a non-OK
@@ -231,9 +233,9 @@ struct LoadReport {
 class ModelLoader {
  public:
   /// Builds the rank's layout (MakeLayoutFromString), creates the agent and
-  /// allocates the rank's buffer as an arena (or registers options.buffer), page tables
-  /// populated for writing; the
-  /// padding between shards is zeroed, shard bytes are unspecified until Load commits.
+  /// allocates the rank's buffer as a private huge-page arena, zero-filled (or registers
+  /// options.buffer, whose padding between shards is zeroed), page tables populated for
+  /// writing; shard bytes are unspecified until Load commits.
   /// Nothing is read yet.
   /// Errors: kInvalidArgument (layout, rank, empty instance id, options.buffer too
   /// small); agent errors.

@@ -56,7 +56,9 @@
 #include <spdlog/spdlog.h>
 
 #include "shardwire/metadata_blob.h"
+#include "transport/kernel_copy.h"
 #include "transport/prefault.h"
+#include "transport/private_arena.h"
 #include "transport/strided_rows.h"
 #include "transport/ucx_raii.h"
 
@@ -268,6 +270,7 @@ struct PreparedOp {
   ucp_mem_h memh = nullptr;
   std::uint32_t rkey_index = 0;  // index into PeerState::regions / LaneEp::rkeys
   AmWriteHeader am;              // header of an active-message write (stable storage)
+  bool kernel_copy = false;      // a READ executed by process_vm_readv (ReadPath)
 
   std::uint64_t bytes() const { return count * length; }
 };
@@ -338,6 +341,7 @@ struct Agent::Impl {
     WritePath write_path = WritePath::kPut;
     std::uint32_t remote_lanes = 0;
     std::vector<std::string> transports;
+    transport::PeerProcess kernel_copy;  // valid: READs may be kernel copies (ReadPath)
     std::vector<RemoteRegion> regions;
     std::unordered_map<RegionId, std::uint32_t> region_index;
     std::vector<LaneEp> lanes;  // lanes[i] guarded by Impl::lanes[i]->mu
@@ -436,6 +440,8 @@ struct Agent::Impl {
     std::byte* base = nullptr;
     std::size_t length = 0;
     bool arena = false;
+    bool huge = false;                // private huge-page arena (ArenaMemory::kPrivateHugePages)
+    transport::PrivateMapping owned;  // its memory; declared before memh: unmapped after ucp_mem_unmap
     MemHandle memh;
     std::vector<std::byte> packed_rkey;
     std::uint32_t pins = 0;
@@ -474,6 +480,8 @@ struct Agent::Impl {
   struct Counters {
     std::atomic<std::uint64_t> posts{0};
     std::atomic<std::uint64_t> direct_copy_blocks{0};
+    std::atomic<std::uint64_t> kernel_copy_blocks{0};
+    std::atomic<std::uint64_t> kernel_copy_bytes{0};
     std::atomic<std::uint64_t> direct_copy_bytes{0};
     std::atomic<std::uint64_t> ucx_requests{0};
     std::atomic<std::uint64_t> ucx_bytes{0};
@@ -837,12 +845,28 @@ struct Agent::Impl {
     const TransferCore& t = *j.t;
     std::size_t issued = 0;
     bool copied = false;
-    std::uint64_t copy_blocks = 0, copy_bytes = 0, requests = 0, request_bytes = 0;
+    std::uint64_t copy_blocks = 0, copy_bytes = 0, requests = 0, request_bytes = 0, kernel_blocks = 0, kernel_bytes = 0;
     ucp_request_param_t p{};
     const std::uint64_t wall0 = ClockNs(CLOCK_MONOTONIC), cpu0 = ClockNs(CLOCK_THREAD_CPUTIME_ID);
     while (j.next < ops.size() && issued < kIssueBatch && !j.failed) {
       const PreparedOp& o = ops[j.next];
       const std::uint64_t bytes = o.bytes();
+      if (o.kernel_copy) {
+        // The kernel copies from the peer's pages (process_vm_readv): no
+        // mapping of the peer here, no UCX request, no credit (ReadPath).
+        Status st =
+            j.peer->kernel_copy.ReadRows(o.local, o.local_stride, o.remote_addr, o.remote_stride, o.count, o.length);
+        if (!st.ok()) {
+          j.Fail(st.WithContext(fmt::format("READ from peer {}", t.peer_name)));
+          break;
+        }
+        copied = true;
+        ++kernel_blocks;
+        kernel_bytes += bytes;
+        ++j.next;
+        ++issued;
+        continue;
+      }
       if (!t.am_write && o.rkey_index < lep.mapped_delta.size() && lep.mapped_delta[o.rkey_index]) {
         // The peer's region is mapped here (shared memory): the one-sided
         // move is a 2-D memcpy by this lane, no UCX request, no credit.
@@ -918,6 +942,10 @@ struct Agent::Impl {
         counters.direct_copy_ns.fetch_add(ClockNs(CLOCK_MONOTONIC) - wall0, std::memory_order_relaxed);
         counters.direct_copy_cpu_ns.fetch_add(ClockNs(CLOCK_THREAD_CPUTIME_ID) - cpu0, std::memory_order_relaxed);
       }
+    }
+    if (kernel_blocks > 0) {
+      counters.kernel_copy_blocks.fetch_add(kernel_blocks, std::memory_order_relaxed);
+      counters.kernel_copy_bytes.fetch_add(kernel_bytes, std::memory_order_relaxed);
     }
     if (requests > 0) {
       counters.ucx_requests.fetch_add(requests, std::memory_order_relaxed);
@@ -1546,6 +1574,32 @@ Result<std::vector<Agent::RangeLocation>> Agent::RegisterRanges(std::span<const 
   return out;
 }
 
+Result<RegionId> Agent::AllocateArena(std::size_t length, ArenaMemory memory) {
+  if (memory == ArenaMemory::kShared) return AllocateArena(length);
+  if (length == 0) return InvalidArgument("AllocateArena: length is 0");
+  SW_ASSIGN_OR_RETURN(transport::PrivateMapping owned, transport::PrivateMapping::Map(length));
+  ucp_mem_map_params_t p{};
+  p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  p.address = owned.data();
+  p.length = length;
+  ucp_mem_h raw = nullptr;
+  ucs_status_t st = ucp_mem_map(impl_->context.get(), &p, &raw);
+  if (st != UCS_OK) return UcsError(fmt::format("ucp_mem_map(private arena, {} bytes)", length), st);
+  Impl::LocalRegion r;
+  r.memh = MemHandle(impl_->context.get(), raw);
+  SW_ASSIGN_OR_RETURN(r.packed_rkey, PackRkey(impl_->context.get(), raw));
+  r.base = owned.data();
+  r.length = length;
+  r.arena = true;
+  r.huge = owned.huge_pages();
+  r.owned = std::move(owned);
+  std::lock_guard<std::mutex> g(impl_->regions_mu);
+  r.id = impl_->next_region++;
+  const RegionId id = r.id;
+  impl_->regions.emplace(id, std::move(r));
+  return id;
+}
+
 Result<RegionId> Agent::AllocateArena(std::size_t length) {
   if (length == 0) return InvalidArgument("AllocateArena: length is 0");
   ucp_mem_map_params_t p{};
@@ -1704,8 +1758,27 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
       peer->write_path = im.options.write_path;
       break;
   }
-  spdlog::debug("shardwire agent {}: peer {} via [{}], write path {}", im.options.name, m.name,
-                fmt::join(peer->transports, ", "), WritePathName(peer->write_path));
+  if (im.options.read_path != ReadPath::kMapped && peer->same_host && !peer->transports.empty() &&
+      !OnlyTcp(peer->transports)) {
+    std::uint64_t probe = 0;
+    for (const RemoteRegion& r : peer->regions) {
+      if (r.length > 0) {
+        probe = r.base;
+        break;
+      }
+    }
+    auto opened = transport::PeerProcess::Open(static_cast<pid_t>(m.process.pid), probe);
+    // Opened first, then the start time compared: the pidfd names the process
+    // whose identity the blob carries, even if the pid is reused later.
+    if (opened.ok() && ProcessGone(m.process).empty()) {
+      peer->kernel_copy = std::move(*opened);
+    } else {
+      spdlog::debug("shardwire agent {}: no kernel copy from peer {}: {}", im.options.name, m.name,
+                    opened.ok() ? ProcessGone(m.process) : opened.status().ToString());
+    }
+  }
+  spdlog::debug("shardwire agent {}: peer {} via [{}], write path {}, kernel copy {}", im.options.name, m.name,
+                fmt::join(peer->transports, ", "), WritePathName(peer->write_path), peer->kernel_copy.valid());
 
   if (existing != im.peers.end()) {
     std::shared_ptr<Impl::PeerState> old = existing->second;
@@ -1745,6 +1818,7 @@ Result<PeerInfo> Agent::DescribePeer(const std::string& peer) const {
   info.same_host = p.same_host;
   info.ucx_error_handling = p.ucx_error_handling;
   info.write_path = p.write_path;
+  info.kernel_copy = p.kernel_copy.valid();
   info.transports = p.transports;
   return info;
 }
@@ -1800,6 +1874,9 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
       ++pins[d.local_region];
       if (d.length == 0 || d.count == 0) continue;
       remote_used.insert(rit->second);
+      const bool kernel_copy =
+          op == TransferOp::kRead && peer->kernel_copy.valid() &&
+          (im.options.read_path == ReadPath::kKernelCopy || (im.options.read_path == ReadPath::kAuto && lr.huge));
       blocks.clear();
       transport::CutIntoBlocks(d, slice, /*one_row_per_block=*/t->am_write, blocks);
       for (const transport::RowBlock& b : blocks) {
@@ -1814,6 +1891,7 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
         o.rkey_index = rit->second;
         o.am.region = d.remote_region;
         o.am.offset = b.remote_offset;
+        o.kernel_copy = kernel_copy;
         slices.push_back(o);
       }
       if (d.bytes() > UINT64_MAX - total)
@@ -1863,6 +1941,7 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
         if (!lep.ep) continue;
         if (lp->index >= t->lane_ops.size()) continue;
         for (const PreparedOp& o : t->lane_ops[lp->index]) {
+          if (o.kernel_copy) continue;  // the kernel reads the peer's pages: nothing mapped here
           void* ptr = nullptr;
           if (o.rkey_index >= lep.rkeys.size() || !lep.rkeys[o.rkey_index]) continue;
           if (ucp_rkey_ptr(lep.rkeys[o.rkey_index].get(), o.remote_addr, &ptr) != UCS_OK || ptr == nullptr) continue;
@@ -2171,6 +2250,8 @@ AgentStats Agent::Stats() const {
   s.prefault_s = static_cast<double>(c.prefault_ns.load(std::memory_order_relaxed)) / 1e9;
   s.direct_copy_s = static_cast<double>(c.direct_copy_ns.load(std::memory_order_relaxed)) / 1e9;
   s.direct_copy_cpu_s = static_cast<double>(c.direct_copy_cpu_ns.load(std::memory_order_relaxed)) / 1e9;
+  s.kernel_copy_blocks = c.kernel_copy_blocks.load(std::memory_order_relaxed);
+  s.kernel_copy_bytes = c.kernel_copy_bytes.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -35,6 +35,31 @@ Result<std::vector<SourceRun>> CoverageOf(const Layout& src, const Layout& dst, 
   return merged;
 }
 
+std::vector<StridedSourceRun> GroupStrided(const std::vector<SourceRun>& runs) {
+  std::vector<StridedSourceRun> out;
+  for (const SourceRun& r : runs) {
+    if (!out.empty()) {
+      StridedSourceRun& g = out.back();
+      if (g.length == r.length && r.length > 0) {
+        if (g.count == 1) {
+          if (r.dst_offset >= g.dst_offset + g.length && r.src_offset >= g.src_offset + g.length) {
+            g.dst_stride = r.dst_offset - g.dst_offset;
+            g.src_stride = r.src_offset - g.src_offset;
+            g.count = 2;
+            continue;
+          }
+        } else if (r.dst_offset == g.dst_offset + g.count * g.dst_stride &&
+                   r.src_offset == g.src_offset + g.count * g.src_stride) {
+          ++g.count;
+          continue;
+        }
+      }
+    }
+    out.push_back({r.dst_offset, r.src_offset, r.length, 1, 0, 0});
+  }
+  return out;
+}
+
 std::vector<Interval> Normalize(std::vector<Interval> intervals) {
   std::sort(intervals.begin(), intervals.end(), [](const Interval& a, const Interval& b) { return a.begin < b.begin; });
   std::vector<Interval> out;

@@ -52,6 +52,29 @@ std::vector<SourceRun> Clip(const std::vector<SourceRun>& coverage, const std::v
 /// `move_bytes` bytes (a longer run is split), in dst_offset order.
 std::vector<std::vector<SourceRun>> CutMoves(const std::vector<SourceRun>& runs, std::uint64_t move_bytes);
 
+/// `count` runs of `length` bytes: run i moves [src_offset + i * src_stride, +
+/// length) of the source rank's buffer to [dst_offset + i * dst_stride, + length)
+/// of the destination buffer (count 1: the strides are 0). The shape of a strided
+/// TransferDescriptor (shardwire/transfer_descriptor.h).
+struct StridedSourceRun {
+  std::uint64_t dst_offset = 0;
+  std::uint64_t src_offset = 0;
+  std::uint64_t length = 0;
+  std::uint64_t count = 1;
+  std::uint64_t dst_stride = 0;
+  std::uint64_t src_stride = 0;
+  bool operator==(const StridedSourceRun&) const = default;
+};
+
+/// Regroups runs of one move (in the given order) into strided runs: a run joins
+/// the previous group when it has the group's length and its offsets continue
+/// the group's constant strides, both >= length (so the rows never overlap, as
+/// a strided descriptor requires); otherwise it starts a group. The rows of a
+/// row-parallel (dim 1) shard, expanded to one run per row by CoverageOf, come
+/// back as one strided run per source shard. Expanding the result row by row
+/// gives `runs` again, in order.
+std::vector<StridedSourceRun> GroupStrided(const std::vector<SourceRun>& runs);
+
 /// Sorted, merged union of intervals.
 std::vector<Interval> Normalize(std::vector<Interval> intervals);
 

@@ -444,10 +444,17 @@ struct ModelLoader::Impl {
   void StartRead(std::size_t index) {
     LoadMove& mv = moves[index];
     Instance& inst = instances[mv.instance];
+    // A row-parallel shard's rows as one strided descriptor each, not one per row.
     std::vector<TransferDescriptor> descs;
-    descs.reserve(mv.runs.size());
-    for (const SourceRun& r : mv.runs) {
-      descs.push_back({region, r.dst_offset, inst.regions[mv.src_rank], r.src_offset, r.length});
+    for (const workflows::StridedSourceRun& g : workflows::GroupStrided(mv.runs)) {
+      descs.push_back({.local_region = region,
+                       .local_offset = g.dst_offset,
+                       .remote_region = inst.regions[mv.src_rank],
+                       .remote_offset = g.src_offset,
+                       .length = g.length,
+                       .count = g.count,
+                       .local_stride = g.dst_stride,
+                       .remote_stride = g.src_stride});
     }
     auto handle = agent->PrepareTransfer(TransferOp::kRead, inst.peers[mv.src_rank], std::move(descs), std::nullopt);
     if (!handle.ok()) {
@@ -818,13 +825,20 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
                         impl->agent->RegisterMemory(impl->options.buffer.data(), impl->options.buffer.size()));
     impl->buffer = impl->options.buffer.first(bytes);
   } else {
-    SW_ASSIGN_OR_RETURN(impl->region, impl->agent->AllocateArena(std::max<std::uint64_t>(bytes, 64)));
+    // Private huge-page memory, zero-filled and populated: same-host READs land in
+    // it by kernel copy (ReadPath::kAuto), which pays none of the per-4-KiB-page
+    // hypervisor faults of a copy through a mapping of the source (the cause of a
+    // P2P load running slower than a warm disk load on the PVM VMs; docs/benchmarks.md,
+    // "Issue 8 item 9"). Loaders and sources on other hosts reach it through UCX.
+    SW_ASSIGN_OR_RETURN(impl->region,
+                        impl->agent->AllocateArena(std::max<std::uint64_t>(bytes, 64), ArenaMemory::kPrivateHugePages));
     impl->buffer = impl->agent->RegionBytes(impl->region).first(bytes);
+    return std::unique_ptr<ModelLoader>(new ModelLoader(std::move(impl)));  // already zero, padding included
   }
   PopulateForWrite(impl->buffer);
-  // Only the padding between shards is zeroed here: a committed load has written
-  // every shard byte (from sources or disk), so zeroing those too would only cost a
-  // pass over the whole buffer.
+  // Only the padding between shards of the caller's buffer is zeroed here: a
+  // committed load has written every shard byte (from sources or disk), so zeroing
+  // those too would only cost a pass over the whole buffer.
   std::uint64_t at = 0;
   for (const Interval& iv : NeededIntervals(*impl->layout, impl->options.rank)) {
     std::fill(impl->buffer.begin() + static_cast<std::ptrdiff_t>(at),

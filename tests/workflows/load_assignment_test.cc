@@ -91,5 +91,60 @@ TEST(LoadAssignment, CoverageOfRowParallelShardsIsExact) {
   }
 }
 
+// Expands strided runs back to one run per row (the oracle for GroupStrided).
+std::vector<SourceRun> Expand(const std::vector<StridedSourceRun>& groups, std::uint32_t src_rank) {
+  std::vector<SourceRun> out;
+  for (const StridedSourceRun& g : groups) {
+    for (std::uint64_t i = 0; i < g.count; ++i) {
+      out.push_back({g.dst_offset + i * g.dst_stride, g.length, src_rank, g.src_offset + i * g.src_stride});
+    }
+  }
+  return out;
+}
+
+TEST(LoadAssignment, GroupStridedRegroupsRowsAndNeverOverlaps) {
+  // Rows of 8 bytes, 16 apart at the source, packed at the target; then a run of
+  // another length; then rows whose source goes backwards (not a valid stride).
+  const std::vector<SourceRun> runs = {{0, 8, 0, 100},  {8, 8, 0, 116},  {16, 8, 0, 132}, {24, 8, 0, 148},
+                                       {32, 5, 0, 400}, {40, 4, 0, 900}, {44, 4, 0, 800}, {48, 4, 0, 700}};
+  const auto groups = GroupStrided(runs);
+  ASSERT_EQ(groups.size(), 5u);
+  EXPECT_EQ(groups[0], (StridedSourceRun{0, 100, 8, 4, 8, 16}));
+  EXPECT_EQ(groups[1], (StridedSourceRun{32, 400, 5, 1, 0, 0}));
+  EXPECT_EQ(groups[2].count, 1u);  // 900 then 800: the source stride would be negative
+  EXPECT_EQ(Expand(groups, 0), runs);
+  for (const auto& g : groups) {
+    if (g.count > 1) {
+      EXPECT_GE(g.dst_stride, g.length);
+      EXPECT_GE(g.src_stride, g.length);
+    }
+  }
+}
+
+TEST(LoadAssignment, GroupStridedMakesRowParallelShardsOneDescriptorEach) {
+  auto config = ParseModelConfig(R"({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+      "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 128, "vocab_size": 128,
+      "torch_dtype": "bfloat16"})",
+                                 "t");
+  auto model = DescribeModel(*config);
+  auto src = MakeLayoutFromString(*model, "tp=2");
+  auto dst = MakeLayoutFromString(*model, "tp=4");
+  for (int rank = 0; rank < 4; ++rank) {
+    auto cov = CoverageOf(*src, *dst, rank);
+    ASSERT_TRUE(cov.ok()) << cov.status().ToString();
+    std::size_t runs = 0, descriptors = 0;
+    for (const auto& move : CutMoves(*cov, 1u << 20)) {
+      const auto groups = GroupStrided(move);
+      EXPECT_EQ(Expand(groups, move.front().src_rank), move);
+      runs += move.size();
+      descriptors += groups.size();
+    }
+    // A row-parallel shard (o_proj, down_proj: 64 rows each, 2 layers) is one
+    // group, so far fewer descriptors than runs (one per row: >= 256).
+    EXPECT_GE(runs, 256u) << "rank " << rank;
+    EXPECT_LT(descriptors * 8, runs) << "rank " << rank;
+  }
+}
+
 }  // namespace
 }  // namespace shardwire::workflows
