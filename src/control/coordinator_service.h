@@ -45,7 +45,7 @@ class CoordinatorCore {
   CoordinatorCore(std::shared_ptr<CoordinatorState> state, std::string token, std::string backend);
 
   /// OK, or UNAUTHENTICATED when the call lacks "authorization: Bearer <token>".
-  /// Works for synchronous and callback handlers' contexts alike.
+  /// Works for synchronous and asynchronous handlers' contexts alike.
   grpc::Status Authorize(const grpc::ServerContextBase* context) const;
   CoordinatorState& state() { return *state_; }
   const std::string& instance() const { return instance_; }

@@ -2,9 +2,9 @@
 // one Redis connection, pipelined, with completion callbacks instead of a
 // blocked caller thread.
 //
-// Why: a coordinator answering thousands of heartbeats a second from gRPC's
-// callback threads must not block one thread per request on a Redis round
-// trip, and on these machines every syscall and thread switch is expensive
+// Why: a coordinator answering thousands of heartbeats a second (on its one
+// heartbeat thread, heartbeat_loop.h) must not pay one Redis round trip per
+// heartbeat, and on these machines every syscall and thread switch is expensive
 // (a paravirtualised guest: perf put half the coordinator's CPU in the
 // kernel). Leader/follower, no thread of its own: the caller of Submit() that
 // finds no round in progress becomes the leader and runs rounds on its own
