@@ -26,7 +26,12 @@
 // of the heartbeat script at the same rate over 64 hiredis connections in the
 // same run. "HELD" means: every heartbeat answered without error and p99 below
 // 1 s (the backlog never reached one heartbeat period). Unloaded round trips:
-// 1 client thread through gRPC vs redis-benchmark -c 1 of the same EVALSHA.
+// 1 client thread through gRPC vs redis-benchmark -c 1 of the same EVALSHA, and,
+// from the separate client process (what a source in another process sees), one
+// heartbeat at a time through the generated stub and through CoordinatorClient,
+// beside two same-process references: EVALSHA of the script over one hiredis
+// connection (raw Redis) and a no-op gRPC Heartbeat server with the
+// coordinator's server structure (gRPC's own round trip).
 //
 // Usage: coordinator_bench [--sources N] [--clients C] [--seconds S]
 //                          [--open-rates R1,R2,..] [--open-seconds S] [--open-only 1]
@@ -384,6 +389,145 @@ int OpenLoopRedis(int port, const std::string& sha, double rate, int conns, doub
   return 0;
 }
 
+// ---------------------------------------------------------------- unloaded round trips
+//
+// From the separate load-client process, one heartbeat at a time (the next sent
+// when the last one returned) for `seconds`: through the real CoordinatorClient
+// (retries, deadline, token header: what a source runs), and, as the raw
+// reference in the same process with the same timing code, EVALSHA of the
+// heartbeat script (same ARGV) over one blocking hiredis connection.
+template <typename Op>
+void SequentialRoundTrips(double seconds, Op op) {
+  std::vector<double> lat;
+  long errors = 0;
+  const double cpu0 = ProcessCpuSeconds();
+  for (int i = 0; i < 200; ++i) op();  // warm-up: connections, caches, scripts
+  const auto start = Clock::now();
+  const auto end = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  while (Clock::now() < end) {
+    const auto a = Clock::now();
+    if (!op()) ++errors;
+    lat.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
+  }
+  const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+  const long n = static_cast<long>(lat.size());
+  PrintOpenLoop(n, n, errors, 0, lat, wall, ProcessCpuSeconds() - cpu0);
+}
+
+// The generated stub alone (no retry layer, no token): the same call for the no-op
+// server and the coordinator, so their ratio is what the coordinator's work adds.
+int RoundTripsStub(const std::string& address, double seconds, const std::string& source_id) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // as CoordinatorClient
+  auto stub = v1::SourceRegistry::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  v1::HeartbeatSourceRequest req;
+  req.set_source_id(source_id);
+  SequentialRoundTrips(seconds, [&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::HeartbeatSourceResponse resp;
+    return stub->Heartbeat(&ctx, req, &resp).ok();
+  });
+  return 0;
+}
+
+int RoundTripsGrpc(const std::string& address, double seconds, const std::string& source_id) {
+  CoordinatorClientOptions co;
+  co.address = address;
+  auto client = CoordinatorClient::Connect(co);
+  if (!client.ok()) {
+    std::fprintf(stderr, "load client: %s\n", client.status().ToString().c_str());
+    return 1;
+  }
+  SequentialRoundTrips(seconds, [&] { return (*client)->HeartbeatSource(source_id).ok(); });
+  return 0;
+}
+
+int RoundTripsRedis(int port, const std::string& sha, double seconds, const std::string& source_id) {
+  redisContext* c = redisConnect("127.0.0.1", port);
+  if (c == nullptr || c->err) {
+    std::fprintf(stderr, "load client: cannot connect to Redis on port %d\n", port);
+    return 1;
+  }
+  const std::string delete_ms = "60000";
+  SequentialRoundTrips(seconds, [&] {
+    const std::string now_ms = std::to_string(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+    const char* argv[] = {"EVALSHA", sha.c_str(), "0", source_id.c_str(), now_ms.c_str(), delete_ms.c_str()};
+    const size_t lens[] = {7, sha.size(), 1, source_id.size(), now_ms.size(), delete_ms.size()};
+    auto* r = static_cast<redisReply*>(redisCommandArgv(c, 6, argv, lens));
+    const bool ok = r != nullptr && r->type != REDIS_REPLY_ERROR;
+    if (r != nullptr) freeReplyObject(r);
+    return ok;
+  });
+  redisFree(c);
+  return 0;
+}
+
+// The no-op reference server: SourceRegistry.Heartbeat answered OK at once, with
+// the same server structure as the coordinator's heartbeats (asynchronous API,
+// one thread polling its completion queue; control/heartbeat_loop.h) and in the
+// same process as the coordinators under test. So "coordinator / no-op" is what
+// the coordinator adds to gRPC's own round trip, and "no-op / raw Redis" is
+// gRPC's own round trip against a Redis one.
+class NoopRegistry {
+ public:
+  NoopRegistry() {
+    grpc::ServerBuilder b;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    b.RegisterService(&service_);
+    cq_ = b.AddCompletionQueue();
+    server_ = b.BuildAndStart();
+    Arm();
+    thread_ = std::thread([this] {
+      void* tag = nullptr;
+      bool ok = false;
+      while (cq_->Next(&tag, &ok)) {
+        auto* c = static_cast<Call*>(tag);
+        if (c->finishing || !ok) {
+          delete c;
+          continue;
+        }
+        Arm();
+        c->finishing = true;
+        c->writer.Finish(v1::HeartbeatSourceResponse(), grpc::Status::OK, c);
+      }
+    });
+  }
+  ~NoopRegistry() {
+    server_->Shutdown(std::chrono::system_clock::now());
+    {
+      std::lock_guard lock(mu_);
+      down_ = true;
+      cq_->Shutdown();
+    }
+    thread_.join();
+  }
+  std::string address() const { return fmt::format("127.0.0.1:{}", port_); }
+
+ private:
+  struct Call {
+    grpc::ServerContext ctx;
+    v1::HeartbeatSourceRequest req;
+    grpc::ServerAsyncResponseWriter<v1::HeartbeatSourceResponse> writer{&ctx};
+    bool finishing = false;
+  };
+  void Arm() {
+    std::lock_guard lock(mu_);
+    if (down_) return;
+    auto* c = new Call;
+    service_.RequestHeartbeat(&c->ctx, &c->req, &c->writer, cq_.get(), cq_.get(), c);
+  }
+  v1::SourceRegistry::AsyncService service_;
+  std::unique_ptr<grpc::ServerCompletionQueue> cq_;
+  std::unique_ptr<grpc::Server> server_;
+  std::mutex mu_;
+  bool down_ = false;
+  int port_ = 0;
+  std::thread thread_;
+};
+
 // Runs this binary as the load-client process and parses its RESULT line. The CPU of this
 // process (the coordinator server; its closed-loop client threads are idle) and of
 // redis-server is measured over the same interval.
@@ -429,6 +573,18 @@ int main(int argc, char** argv) {
     if (argc == 8 && !std::strcmp(argv[2], "grpc")) {
       control::PrepareGrpcRuntime();  // as the real client does
       return OpenLoopGrpc(argv[3], std::atof(argv[4]), std::atoi(argv[5]), std::atof(argv[6]), ReadLines(argv[7]));
+    }
+    // --load-client rtt-grpc|rtt-stub ADDRESS SECONDS SOURCE_ID / rtt-redis PORT SHA SECONDS SOURCE_ID
+    if (argc == 6 && !std::strcmp(argv[2], "rtt-stub")) {
+      control::PrepareGrpcRuntime();
+      return RoundTripsStub(argv[3], std::atof(argv[4]), argv[5]);
+    }
+    if (argc == 6 && !std::strcmp(argv[2], "rtt-grpc")) {
+      control::PrepareGrpcRuntime();
+      return RoundTripsGrpc(argv[3], std::atof(argv[4]), argv[5]);
+    }
+    if (argc == 7 && !std::strcmp(argv[2], "rtt-redis")) {
+      return RoundTripsRedis(std::atoi(argv[3]), argv[4], std::atof(argv[5]), argv[6]);
     }
     if (argc == 9 && !std::strcmp(argv[2], "redis")) {
       return OpenLoopRedis(std::atoi(argv[3]), argv[4], std::atof(argv[5]), std::atoi(argv[6]), std::atof(argv[7]),
@@ -544,6 +700,17 @@ int main(int argc, char** argv) {
   // ---- through gRPC: in-memory and Redis coordinators
   Figures redis_heartbeat;
   Figures unloaded[2];
+  // Unloaded round trips from the separate client process: per backend, the no-op gRPC
+  // server, the coordinator and (Redis) raw EVALSHA, back to back.
+  OpenLoopResult rtt_noop[2], rtt_stub[2], rtt_coord[2], rtt_raw, rtt_noop_alone;
+  const double rtt_seconds = std::max(1.0, seconds / 1.5);
+  {
+    // gRPC's own round trip with no other gRPC server in this process (below, each backend's
+    // no-op row shares the process with that coordinator's threads).
+    NoopRegistry noop;
+    rtt_noop_alone =
+        RunLoadClient(fmt::format("rtt-stub {} {} src-0000000000000000", noop.address(), rtt_seconds), redis->pid());
+  }
   std::vector<OpenLoopResult> open_grpc[2], open_raw;
   int bi = 0;
   for (std::string backend : {"memory", "redis"}) {
@@ -594,6 +761,19 @@ int main(int argc, char** argv) {
     unloaded[bi] =
         Run(1, 0, seconds, redis->pid(), [&](int, long i) { return cl[0]->HeartbeatSource(ids[i % sources]).ok(); });
     PrintRow("heartbeat, " + backend + ", 1 client", unloaded[bi], eval1.ok ? eval1.p50 : 0);
+    {
+      // Only while it is measured: its thread polls the process's one epoll set too (heartbeat_loop.h).
+      NoopRegistry noop;
+      rtt_noop[bi] = RunLoadClient(fmt::format("rtt-stub {} {} {}", noop.address(), rtt_seconds, ids[0]), redis->pid());
+    }
+    rtt_stub[bi] =
+        RunLoadClient(fmt::format("rtt-stub {} {} {}", (*server)->address(), rtt_seconds, ids[0]), redis->pid());
+    rtt_coord[bi] =
+        RunLoadClient(fmt::format("rtt-grpc {} {} {}", (*server)->address(), rtt_seconds, ids[0]), redis->pid());
+    if (backend == "redis") {
+      rtt_raw =
+          RunLoadClient(fmt::format("rtt-redis {} {} {} {}", redis->port(), sha, rtt_seconds, ids[0]), redis->pid());
+    }
 
     // Open loop from a separate process at the offered rate (the closed-loop clients above sit idle).
     const std::string ids_file = fmt::format("/tmp/coordinator_bench_ids.{}", ::getpid());
@@ -646,8 +826,38 @@ int main(int argc, char** argv) {
     }
   }
   std::printf(
-      "unloaded round trip (1 client): gRPC heartbeat, redis p50 %.3f ms = %.2fx raw EVALSHA -c 1 p50 %.3f ms\n",
+      "unloaded round trip (1 client thread in this process): gRPC heartbeat, redis p50 %.3f ms = %.2fx raw EVALSHA "
+      "-c 1 p50 %.3f ms\n",
       unloaded[1].p50_ms, eval1.ok && eval1.p50 > 0 ? unloaded[1].p50_ms / eval1.p50 : 0.0, eval1.p50);
+
+  // Unloaded round trips from the separate client process (what a source on another process sees).
+  const double raw = rtt_raw.p50_ms;
+  std::printf(
+      "\nunloaded round trip from a separate client process, one heartbeat at a time, %.1f s each;\n"
+      "ratios to raw Redis = EVALSHA of the heartbeat script over one hiredis connection from the same process\n",
+      rtt_seconds);
+  std::printf("%-52s %8s %9s %9s %9s %9s %6s\n", "unloaded round trip", "calls", "p50 ms", "p99 ms", "p50/raw",
+              "p50/noop", "err");
+  auto rtt_row = [&](const std::string& name, const OpenLoopResult& r, double noop_p50) {
+    std::printf("%-52s %8ld %9.3f %9.3f %8.2fx %8.2fx %6ld\n", name.c_str(), r.done, r.p50_ms, r.p99_ms,
+                raw > 0 ? r.p50_ms / raw : 0.0, noop_p50 > 0 ? r.p50_ms / noop_p50 : 0.0, r.errors);
+  };
+  rtt_row("raw Redis EVALSHA (hiredis, 1 connection)", rtt_raw, 0);
+  rtt_row("gRPC no-op Heartbeat, stub, alone in the process", rtt_noop_alone, 0);
+  for (int b = 0; b < 2; ++b) {
+    const char* name = b == 0 ? "memory" : "redis";
+    rtt_row(fmt::format("gRPC no-op Heartbeat, stub, beside the {} server", name), rtt_noop[b], 0);
+    rtt_row(fmt::format("coordinator {} Heartbeat, stub", name), rtt_stub[b], rtt_noop[b].p50_ms);
+    rtt_row(fmt::format("coordinator {} HeartbeatSource, CoordinatorClient", name), rtt_coord[b], rtt_noop[b].p50_ms);
+  }
+  std::printf(
+      "(redis-benchmark -c 1 EVALSHA of the same script, above: p50 %.3f ms; coordinator redis / that: %.2fx)\n",
+      eval1.p50, eval1.ok && eval1.p50 > 0 ? rtt_coord[1].p50_ms / eval1.p50 : 0.0);
+  std::printf(
+      "unloaded round trip (separate client process): Redis-backed coordinator p50 %.3f ms = %.2fx raw Redis p50 "
+      "%.3f ms; gRPC no-op alone %.3f ms = %.2fx; in-memory coordinator %.3f ms = %.2fx\n",
+      rtt_coord[1].p50_ms, raw > 0 ? rtt_coord[1].p50_ms / raw : 0.0, raw, rtt_noop_alone.p50_ms,
+      raw > 0 ? rtt_noop_alone.p50_ms / raw : 0.0, rtt_coord[0].p50_ms, raw > 0 ? rtt_coord[0].p50_ms / raw : 0.0);
 
   if (open_only) return 0;
   std::printf("\nclosed-loop saturation: 10,000 sources heartbeating once a second need 10,000 heartbeats/s;\n");

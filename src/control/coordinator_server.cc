@@ -14,6 +14,7 @@
 #include "control/coordinator_service.h"
 #include "control/coordinator_state.h"
 #include "control/grpc_runtime.h"
+#include "control/heartbeat_loop.h"
 #include "shardwire/coordinator.h"
 
 namespace shardwire {
@@ -73,6 +74,7 @@ struct CoordinatorServer::Impl {
   std::unique_ptr<control::SourceRegistryService> sources;
   std::unique_ptr<control::JobsService> jobs;
   std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<control::HeartbeatLoop> heartbeats;  // after `server`: destroyed before it
   int port = 0;
   std::string dial_host;
   double reaper_interval_s = 1;
@@ -150,15 +152,19 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(CoordinatorS
   builder.RegisterService(impl->rendezvous.get());
   builder.RegisterService(impl->sources.get());
   builder.RegisterService(impl->jobs.get());
+  impl->heartbeats = std::make_unique<control::HeartbeatLoop>(impl->core.get(), impl->sources.get(), impl->jobs.get(),
+                                                              builder.AddCompletionQueue());
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || impl->port == 0) {
     if (impl->server != nullptr) impl->server->Shutdown();
+    impl->heartbeats->Shutdown();
     return IoError(fmt::format("coordinator cannot listen on {} (port in use, or the address is not local)",
                                options.listen_address));
   }
   impl->dial_host = host;
   if (host.empty() || host == "0.0.0.0") impl->dial_host = "127.0.0.1";
   if (host == "::") impl->dial_host = "::1";
+  impl->heartbeats->Start();
   Impl* raw = impl.get();
   impl->reaper = std::thread([raw] { raw->RunReaper(); });
   spdlog::debug("coordinator listening on {}:{} ({} state{})", impl->dial_host, impl->port, backend,
@@ -186,6 +192,7 @@ void CoordinatorServer::Shutdown(double grace_s) {
       std::chrono::system_clock::now() +
       std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(grace_s)));
   impl_->server->Wait();
+  impl_->heartbeats->Shutdown();  // after the server, as gRPC requires for its queues
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     impl_->stop = true;

@@ -203,21 +203,12 @@ grpc::Status SourceRegistryService::Register(grpc::ServerContext* ctx, const v1:
   return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor* SourceRegistryService::Heartbeat(grpc::CallbackServerContext* ctx,
-                                                           const v1::HeartbeatSourceRequest* req,
-                                                           v1::HeartbeatSourceResponse*) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (grpc::Status auth = core_->Authorize(ctx); !auth.ok()) {
-    reactor->Finish(auth);
-    return reactor;
-  }
-  if (Status valid = ValidateSourceId(req->source_id()); !valid.ok()) {
-    reactor->Finish(ToGrpcStatus(valid));
-    return reactor;
-  }
-  core_->state().HeartbeatSourceAsync(req->source_id(), UnixNowMs(),
-                                      [reactor](Status s) { reactor->Finish(ToGrpcStatus(s)); });
-  return reactor;
+void SourceRegistryService::ServeHeartbeat(const grpc::ServerContext& ctx, const v1::HeartbeatSourceRequest& req,
+                                           HeartbeatDone done) {
+  if (grpc::Status auth = core_->Authorize(&ctx); !auth.ok()) return done(auth);
+  if (Status valid = ValidateSourceId(req.source_id()); !valid.ok()) return done(ToGrpcStatus(valid));
+  core_->state().HeartbeatSourceAsync(req.source_id(), UnixNowMs(),
+                                      [done = std::move(done)](Status s) { done(ToGrpcStatus(s)); });
 }
 
 grpc::Status SourceRegistryService::List(grpc::ServerContext* ctx, const v1::ListSourcesRequest* req,
@@ -268,24 +259,14 @@ grpc::Status JobsService::Join(grpc::ServerContext* ctx, const v1::JoinJobReques
   return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor* JobsService::HeartbeatMember(grpc::CallbackServerContext* ctx,
-                                                       const v1::HeartbeatMemberRequest* req,
-                                                       v1::HeartbeatMemberResponse*) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  Status valid = Status::Ok();
-  if (grpc::Status auth = core_->Authorize(ctx); !auth.ok()) {
-    reactor->Finish(auth);
-    return reactor;
-  }
-  valid = ValidateName(req->job(), "job");
-  if (valid.ok()) valid = ValidateName(req->member_id(), "member_id");
-  if (!valid.ok()) {
-    reactor->Finish(ToGrpcStatus(valid));
-    return reactor;
-  }
-  core_->state().HeartbeatMemberAsync(req->job(), req->member_id(), UnixNowMs(),
-                                      [reactor](Status s) { reactor->Finish(ToGrpcStatus(s)); });
-  return reactor;
+void JobsService::ServeHeartbeatMember(const grpc::ServerContext& ctx, const v1::HeartbeatMemberRequest& req,
+                                       HeartbeatDone done) {
+  if (grpc::Status auth = core_->Authorize(&ctx); !auth.ok()) return done(auth);
+  Status valid = ValidateName(req.job(), "job");
+  if (valid.ok()) valid = ValidateName(req.member_id(), "member_id");
+  if (!valid.ok()) return done(ToGrpcStatus(valid));
+  core_->state().HeartbeatMemberAsync(req.job(), req.member_id(), UnixNowMs(),
+                                      [done = std::move(done)](Status s) { done(ToGrpcStatus(s)); });
 }
 
 grpc::Status JobsService::Leave(grpc::ServerContext* ctx, const v1::LeaveJobRequest* req, v1::LeaveJobResponse*) {

@@ -12,13 +12,12 @@
 // seen too); a cancelled call or a stopping server ends the wait at once.
 //
 // Threads: the heartbeats (SourceRegistry.Heartbeat, Jobs.HeartbeatMember), the
-// calls a fleet makes every second, are gRPC callback (reactor) handlers: they
-// validate on gRPC's callback thread and hand the state call to
-// CoordinatorState::*Async, which finishes the RPC when the state answers
-// (in memory: at once, on the same thread; Redis: from the pipeline's I/O
-// thread, several concurrent heartbeats per write to Redis), so no thread
-// blocks per heartbeat. Every other method is a synchronous handler (they
-// are rare, and Get blocks by design for up to 30 s).
+// calls a fleet makes every second, are asynchronous (completion-queue) methods
+// served by HeartbeatLoop (heartbeat_loop.h) on one thread of its own, through
+// ServeHeartbeat / ServeHeartbeatMember below, which hand the state call to
+// CoordinatorState::*Async (in memory: answered at once; Redis: the heartbeats
+// of one loop batch in one pipelined round). Every other method is a
+// synchronous handler (they are rare, and Get blocks by design for up to 30 s).
 //
 // Thread-safety: handlers run concurrently on gRPC's threads; Stop() may be called
 // from any thread.
@@ -27,6 +26,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -45,7 +45,7 @@ class CoordinatorCore {
   CoordinatorCore(std::shared_ptr<CoordinatorState> state, std::string token, std::string backend);
 
   /// OK, or UNAUTHENTICATED when the call lacks "authorization: Bearer <token>".
-  /// Works for synchronous and callback handlers' contexts alike.
+  /// Works for synchronous and asynchronous handlers' contexts alike.
   grpc::Status Authorize(const grpc::ServerContextBase* context) const;
   CoordinatorState& state() { return *state_; }
   const std::string& instance() const { return instance_; }
@@ -85,17 +85,18 @@ class RendezvousService final : public v1::Rendezvous::Service {
   CoordinatorCore* core_;
 };
 
-class SourceRegistryService final
-    : public v1::SourceRegistry::WithCallbackMethod_Heartbeat<v1::SourceRegistry::Service> {
+/// What a heartbeat gets back: the call's status, exactly once.
+using HeartbeatDone = std::function<void(grpc::Status)>;
+
+class SourceRegistryService final : public v1::SourceRegistry::WithAsyncMethod_Heartbeat<v1::SourceRegistry::Service> {
  public:
   explicit SourceRegistryService(CoordinatorCore* core) : core_(core) {}
   grpc::Status Register(grpc::ServerContext* ctx, const v1::RegisterSourceRequest* req,
                         v1::RegisterSourceResponse* resp) override;
-  /// Callback handler (see the top of this file); the synchronous overload
-  /// (never called once the method is a callback one) stays visible.
-  using v1::SourceRegistry::WithCallbackMethod_Heartbeat<v1::SourceRegistry::Service>::Heartbeat;
-  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx, const v1::HeartbeatSourceRequest* req,
-                                      v1::HeartbeatSourceResponse* resp) override;
+  /// SourceRegistry.Heartbeat (run by HeartbeatLoop): token, then the source id,
+  /// then CoordinatorState::HeartbeatSourceAsync; `done` gets the status (at once
+  /// when refused). Same thread rules as that state call.
+  void ServeHeartbeat(const grpc::ServerContext& ctx, const v1::HeartbeatSourceRequest& req, HeartbeatDone done);
   grpc::Status List(grpc::ServerContext* ctx, const v1::ListSourcesRequest* req,
                     v1::ListSourcesResponse* resp) override;
   grpc::Status MarkStale(grpc::ServerContext* ctx, const v1::MarkSourceStaleRequest* req,
@@ -107,15 +108,13 @@ class SourceRegistryService final
   CoordinatorCore* core_;
 };
 
-class JobsService final : public v1::Jobs::WithCallbackMethod_HeartbeatMember<v1::Jobs::Service> {
+class JobsService final : public v1::Jobs::WithAsyncMethod_HeartbeatMember<v1::Jobs::Service> {
  public:
   explicit JobsService(CoordinatorCore* core) : core_(core) {}
   grpc::Status Join(grpc::ServerContext* ctx, const v1::JoinJobRequest* req, v1::JoinJobResponse* resp) override;
-  /// Callback handler (see the top of this file); the synchronous overload
-  /// (never called once the method is a callback one) stays visible.
-  using v1::Jobs::WithCallbackMethod_HeartbeatMember<v1::Jobs::Service>::HeartbeatMember;
-  grpc::ServerUnaryReactor* HeartbeatMember(grpc::CallbackServerContext* ctx, const v1::HeartbeatMemberRequest* req,
-                                            v1::HeartbeatMemberResponse* resp) override;
+  /// Jobs.HeartbeatMember (run by HeartbeatLoop): token, job and member names,
+  /// then CoordinatorState::HeartbeatMemberAsync; `done` as ServeHeartbeat.
+  void ServeHeartbeatMember(const grpc::ServerContext& ctx, const v1::HeartbeatMemberRequest& req, HeartbeatDone done);
   grpc::Status Leave(grpc::ServerContext* ctx, const v1::LeaveJobRequest* req, v1::LeaveJobResponse* resp) override;
   grpc::Status Get(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::GetJobResponse* resp) override;
   grpc::Status CommitVersion(grpc::ServerContext* ctx, const v1::CommitVersionRequest* req,

@@ -96,8 +96,8 @@ class CoordinatorState {
   virtual Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version,
                                std::int64_t now_ms) = 0;
 
-  // Asynchronous forms of the heartbeat calls, for the coordinator's callback
-  // (reactor) gRPC handlers: the same semantics and errors as the
+  // Asynchronous forms of the heartbeat calls, for the coordinator's
+  // heartbeat loop (heartbeat_loop.h): the same semantics and errors as the
   // synchronous method of the same name; `done` is called exactly once with
   // its status, on the caller's thread or on another caller's (Redis: the
   // thread leading the pipeline's round, see redis_pipeline.h), so it must be
@@ -105,6 +105,15 @@ class CoordinatorState {
   // it leads (each bounded by the Redis timeout).
   // The default runs the synchronous method and calls `done` at once (the
   // in-memory state: a mutex held for microseconds).
+  //
+  // Batches: between BeginHeartbeatBatch() and EndHeartbeatBatch() on one
+  // thread, that thread's *Async calls may be held back and sent together by
+  // EndHeartbeatBatch() (Redis: queued on one pipeline and sent as one
+  // pipelined round, one write for the whole batch); every `done` of the
+  // batch has run when EndHeartbeatBatch() returns, unless another thread
+  // leads that pipeline's round (then that thread runs them). A batch holds
+  // no lock; calls of other threads are unaffected. Batches do not nest. The
+  // defaults do nothing (in memory every call completes at once).
   using DoneCallback = std::function<void(Status)>;
   virtual void HeartbeatSourceAsync(const std::string& source_id, std::int64_t now_ms, DoneCallback done) {
     done(HeartbeatSource(source_id, now_ms));
@@ -113,6 +122,9 @@ class CoordinatorState {
                                     DoneCallback done) {
     done(HeartbeatMember(job, member_id, now_ms));
   }
+
+  virtual void BeginHeartbeatBatch() {}
+  virtual void EndHeartbeatBatch() {}
 
   /// One reaper pass: writes STALE for sources past stale_after, deletes sources
   /// past delete_after (in memory; Redis TTLs do it themselves) and expires

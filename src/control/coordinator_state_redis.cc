@@ -715,21 +715,51 @@ class RedisCoordinatorState final : public CoordinatorState {
     return *pipelines_[next_pipeline_.fetch_add(1, std::memory_order_relaxed) % pipelines_.size()];
   }
 
+  // A batch (coordinator_state.h) of this thread on this state: every heartbeat of
+  // it is held on one pipeline, which EndHeartbeatBatch() flushes.
+  struct Batch {
+    const RedisCoordinatorState* state = nullptr;
+    RedisPipeline* pipeline = nullptr;
+  };
+  static Batch& ThisThreadBatch() {
+    thread_local Batch batch;
+    return batch;
+  }
+
+  void BeginHeartbeatBatch() override { ThisThreadBatch() = Batch{this, &NextPipeline()}; }
+
+  void EndHeartbeatBatch() override {
+    Batch& b = ThisThreadBatch();
+    if (b.state != this) return;
+    RedisPipeline* p = b.pipeline;
+    b = Batch{};
+    p->Flush();
+  }
+
+  void SubmitHeartbeat(const RedisScript& script, std::vector<std::string> args, RedisPipeline::Callback done) {
+    Batch& b = ThisThreadBatch();
+    if (b.state == this) {
+      b.pipeline->Submit(script, std::move(args), /*idempotent=*/true, std::move(done), /*hold=*/true);
+    } else {
+      NextPipeline().Submit(script, std::move(args), /*idempotent=*/true, std::move(done));
+    }
+  }
+
   void HeartbeatSourceAsync(const std::string& source_id, std::int64_t now_ms, DoneCallback done) override {
-    NextPipeline().Submit(heartbeat_, {source_id, std::to_string(now_ms), delete_ms_}, /*idempotent=*/true,
-                          [this, done = std::move(done)](Result<RedisReplyPtr> r) {
-                            if (!r.ok()) return done(r.status());
-                            done(CheckReply(**r, "HeartbeatSource"));
-                          });
+    SubmitHeartbeat(heartbeat_, {source_id, std::to_string(now_ms), delete_ms_},
+                    [this, done = std::move(done)](Result<RedisReplyPtr> r) {
+                      if (!r.ok()) return done(r.status());
+                      done(CheckReply(**r, "HeartbeatSource"));
+                    });
   }
 
   void HeartbeatMemberAsync(const std::string& job, const std::string& member_id, std::int64_t now_ms,
                             DoneCallback done) override {
-    NextPipeline().Submit(heartbeat_member_, {Hex(job), std::to_string(now_ms), member_ms_, member_id},
-                          /*idempotent=*/true, [this, job, done = std::move(done)](Result<RedisReplyPtr> r) {
-                            if (!r.ok()) return done(r.status());
-                            done(CheckReply(**r, "HeartbeatMember of job '" + job + "'"));
-                          });
+    SubmitHeartbeat(heartbeat_member_, {Hex(job), std::to_string(now_ms), member_ms_, member_id},
+                    [this, job, done = std::move(done)](Result<RedisReplyPtr> r) {
+                      if (!r.ok()) return done(r.status());
+                      done(CheckReply(**r, "HeartbeatMember of job '" + job + "'"));
+                    });
   }
 
   Result<ReapStats> Reap(std::int64_t now_ms) override {

@@ -34,7 +34,8 @@ RedisPipeline::~RedisPipeline() {
   for (auto& c : left) c.done(Unavailable(fmt::format("Redis at {}: the pipeline is shutting down", url_)));
 }
 
-void RedisPipeline::Submit(const RedisScript& script, std::vector<std::string> args, bool idempotent, Callback done) {
+void RedisPipeline::Submit(const RedisScript& script, std::vector<std::string> args, bool idempotent, Callback done,
+                           bool hold) {
   std::unique_lock lock(mu_);
   if (stop_ || queue_.size() >= max_queued_) {
     const bool stopping = stop_;
@@ -44,7 +45,15 @@ void RedisPipeline::Submit(const RedisScript& script, std::vector<std::string> a
     return;
   }
   queue_.push_back(Command{&script, std::move(args), idempotent, std::move(done), Clock::now()});
-  if (leading_) return;  // the leader takes it with its next round
+  if (leading_ || hold) return;  // the leader (or the next Flush) takes it with its next round
+  leading_ = true;
+  lock.unlock();
+  Lead();
+}
+
+void RedisPipeline::Flush() {
+  std::unique_lock lock(mu_);
+  if (leading_ || queue_.empty()) return;
   leading_ = true;
   lock.unlock();
   Lead();

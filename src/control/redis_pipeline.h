@@ -2,9 +2,9 @@
 // one Redis connection, pipelined, with completion callbacks instead of a
 // blocked caller thread.
 //
-// Why: a coordinator answering thousands of heartbeats a second from gRPC's
-// callback threads must not block one thread per request on a Redis round
-// trip, and on these machines every syscall and thread switch is expensive
+// Why: a coordinator answering thousands of heartbeats a second (on its one
+// heartbeat thread, heartbeat_loop.h) must not pay one Redis round trip per
+// heartbeat, and on these machines every syscall and thread switch is expensive
 // (a paravirtualised guest: perf put half the coordinator's CPU in the
 // kernel). Leader/follower, no thread of its own: the caller of Submit() that
 // finds no round in progress becomes the leader and runs rounds on its own
@@ -69,10 +69,20 @@ class RedisPipeline {
                                                       std::size_t max_queued = 100000);
   ~RedisPipeline();
 
-  /// Queues EVALSHA of `script` (no KEYS, `args` as ARGV; copied) and returns
-  /// at once; `done` gets the reply later. `idempotent`: may be re-sent when
-  /// its reply was lost.
-  void Submit(const RedisScript& script, std::vector<std::string> args, bool idempotent, Callback done);
+  /// Queues EVALSHA of `script` (no KEYS, `args` as ARGV; copied); `done` gets
+  /// the reply later. `idempotent`: may be re-sent when its reply was lost.
+  /// `hold` false: the caller leads the rounds when no round is in progress
+  /// (see above). `hold` true: the command only waits in the queue for the
+  /// next round, which the current leader or the next Flush() or Submit()
+  /// without hold runs; so one thread can queue a batch and send it with one
+  /// write (the coordinator's heartbeat loop does).
+  void Submit(const RedisScript& script, std::vector<std::string> args, bool idempotent, Callback done,
+              bool hold = false);
+
+  /// Runs rounds until the queue is empty when no round is in progress (the
+  /// caller leads, as Submit without hold); returns at once otherwise (the
+  /// leader takes the queued commands). Blocks like Submit.
+  void Flush();
 
  private:
   struct Command {

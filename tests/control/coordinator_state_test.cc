@@ -424,6 +424,64 @@ TEST_P(CoordinatorStateTest, CommittedVersionsNeverGoBackwards) {
   EXPECT_EQ(st.GetJob("j", t0)->membership_epoch, 2u);
 }
 
+// A heartbeat batch (what the coordinator's heartbeat loop runs per ready batch):
+// every call of the batch completes by the end of EndHeartbeatBatch(), each
+// with its own status (a bad id in the middle fails alone), every source gets
+// its own time, and calls after the batch are sent at once again. Inside the
+// batch, before the end, nothing has been applied on Redis (the batch is
+// held and sent as one round); in memory every call completes at once.
+TEST_P(CoordinatorStateTest, HeartbeatBatchesCompleteEveryCallByTheirEnd) {
+  CoordinatorState& st = *state_;
+  const std::int64_t t0 = WallMs();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 40; ++i) {
+    auto r = st.RegisterSource(Source("m", "inst-" + std::to_string(i), 0, 1), t0);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ids.push_back(r->source_id);
+  }
+  ASSERT_TRUE(st.JoinJob("job", Member("s1"), t0).ok());
+  std::vector<Status> results(ids.size(), InvalidArgument("never completed"));
+  Status unknown = InvalidArgument("never completed"), member = InvalidArgument("never completed");
+  std::atomic<int> completed{0};
+  auto expect = [&](Status* out) {
+    return [out, &completed](Status s) {
+      *out = std::move(s);
+      ++completed;
+    };
+  };
+  st.BeginHeartbeatBatch();
+  for (std::size_t i = 0; i < ids.size() / 2; ++i) st.HeartbeatSourceAsync(ids[i], t0 + 1000 + i, expect(&results[i]));
+  st.HeartbeatSourceAsync("src-0000000000000000", t0 + 1000, expect(&unknown));
+  st.HeartbeatMemberAsync("job", "s1", t0 + 1000, expect(&member));
+  for (std::size_t i = ids.size() / 2; i < ids.size(); ++i) {
+    st.HeartbeatSourceAsync(ids[i], t0 + 1000 + i, expect(&results[i]));
+  }
+  if (GetParam() == "redis") {
+    EXPECT_EQ(completed.load(), 0) << "a Redis batch must be held until its end";
+    // A synchronous call meanwhile (another connection) still sees the registration time.
+    EXPECT_EQ(st.ListSources("m", std::nullopt, t0).value().at(0).last_heartbeat_unix_ms, t0);
+  }
+  st.EndHeartbeatBatch();
+  EXPECT_EQ(completed.load(), static_cast<int>(ids.size()) + 2) << "every call of the batch completes by its end";
+  for (const auto& r : results) EXPECT_TRUE(r.ok()) << r.ToString();
+  EXPECT_EQ(unknown.code(), ErrorCode::kNotFound) << unknown.ToString();
+  EXPECT_TRUE(member.ok()) << member.ToString();
+  auto listed = st.ListSources("m", std::nullopt, t0 + 2000);
+  ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+  ASSERT_EQ(listed->size(), ids.size());
+  for (const auto& r : *listed) {
+    const int i = std::stoi(r.instance_id.substr(5));
+    EXPECT_EQ(r.last_heartbeat_unix_ms, t0 + 1000 + i) << r.source_id;
+  }
+  // After the batch, a heartbeat is sent at once (by its own caller) again.
+  Status after = InvalidArgument("never completed");
+  Completions done;
+  st.HeartbeatSourceAsync(ids[0], t0 + 3000, done.Expect(&after));
+  ASSERT_TRUE(done.Wait());
+  EXPECT_TRUE(after.ok()) << after.ToString();
+  EXPECT_EQ(st.GetJob("job", t0 + 1000)->members.at(0).last_heartbeat_unix_ms, t0 + 1000);
+}
+
 // The asynchronous heartbeats (what the coordinator's callback handlers call)
 // apply exactly what the synchronous ones do: from several threads at once,
 // every source gets its own latest time, unknown ids are kNotFound, and member
