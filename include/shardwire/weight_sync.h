@@ -122,6 +122,16 @@ struct WeightSyncOptions {
   /// at memory speed; on GPUs this would be a kernel over device memory). Publishers and
   /// subscribers of one job must agree (Connect refuses a mismatch).
   bool verify_digests = false;
+  /// Publisher only: convert straight into the engine's buffer when the transport maps it into
+  /// this process (Agent::MapPeerRegion: a same-host engine arena; on a GPU node the NVLink / CUDA
+  /// IPC peer mapping): the converter writes each few rows of FP8 bytes and scales (or cast
+  /// values) into the mapped engine buffer while they are in the CPU's cache, so a converted
+  /// byte is written once per engine rank, with no staging slot and no second copy by a
+  /// transfer. DONE(v) still follows every byte (the writes end before it is sent) and
+  /// verify_digests hashes the bytes as written, read back from the engine's buffer. Engine ranks
+  /// the transport cannot map (RDMA, TCP, caller-registered memory) take the staging ring as
+  /// before. false forces the staging ring for every engine rank (tests compare both paths).
+  bool convert_into_mapped = true;
 };
 
 /// Upper bound, in seconds, of the time between two calls of WeightSyncOptions::interrupt
@@ -148,6 +158,9 @@ struct PushStats {
   double amax_exchange_s = 0;             ///< waiting for other trainer ranks' partial amaxes
   std::uint64_t staging_bytes = 0;        ///< the conversion staging buffer (allocated once, bytes)
   std::uint64_t staging_peak_bytes = 0;   ///< most staging bytes holding data at once in this push
+  /// Converted bytes written straight into mapped engine buffers (convert_into_mapped), each
+  /// destination counted; the rest of converted_bytes went through the staging ring.
+  std::uint64_t mapped_bytes = 0;
   /// Engine ranks this rank writes to that missed the version (the others received it and
   /// got DONE). Each such engine's subscriber times out or reports the failure, keeps its
   /// last committed version, and receives the next version in full again.

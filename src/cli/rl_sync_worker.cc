@@ -43,6 +43,7 @@ struct WorkerArgs {
   std::string verify = "every";  // every | last
   std::uint64_t staging_bytes = 0;  // 0: the default
   std::uint32_t staging_slots = 0;  // 0: automatic
+  bool staging_only = false;        // never convert into mapped engine buffers
   int steps = 0;
   double timeout_s = 120;
 };
@@ -126,6 +127,7 @@ WeightSyncOptions SyncOptions(const WorkerArgs& a) {
   options.dynamic_membership = a.dynamic_membership;
   if (a.staging_bytes > 0) options.conversion.staging_bytes = a.staging_bytes;
   options.conversion.staging_slots = a.staging_slots;
+  options.convert_into_mapped = !a.staging_only;
   return options;
 }
 
@@ -176,6 +178,7 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"amax_exchange_s", stats.amax_exchange_s},
                           {"staging_bytes", stats.staging_bytes},
                           {"staging_peak_bytes", stats.staging_peak_bytes},
+                          {"mapped_bytes", stats.mapped_bytes},
                           {"compute_begin", compute_begin},
                           {"compute_end", compute_end},
                           {"push_end", MonotonicSeconds()},
@@ -390,6 +393,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--verify", args->verify)->check(CLI::IsMember({"every", "last"}));
   cmd->add_option("--staging-bytes", args->staging_bytes);
   cmd->add_option("--staging-slots", args->staging_slots);
+  cmd->add_flag("--staging-only", args->staging_only);
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--timeout", args->timeout_s)->required();
   cmd->callback([args, exit_code] {

@@ -244,10 +244,13 @@ std::size_t CheckFp8Engine(const Layout& engine, int rank, std::span<const std::
   return bad;
 }
 
-TEST(WeightSync, Bf16TrainersIntoFp8EnginesEveryByteVerified) {
+// Both paths of the converting push: into the engine arenas the transport maps into the trainer
+// (convert_into_mapped, the default on one host), and the staging ring with WRITEs (forced).
+void PushBf16IntoFp8Engines(bool into_mapped) {
   const Layout trainer = MakeFsdpLayout(TrainerBf16(), 3).value();
   const Layout engine = MakeTpLayout(EngineFp8(), {0, 0, 0, 1, 1, -1, -1, -1}, 2, 2).value();
-  WeightSyncOptions options{"fp8", 30};
+  WeightSyncOptions options{into_mapped ? "fp8m" : "fp8s", 30};
+  options.convert_into_mapped = into_mapped;
   options.conversion.staging_bytes = 160 << 10;  // several rounds per push
   options.verify_digests = true;                 // and each round's converted bytes in the digests
   std::vector<pid_t> children;
@@ -312,8 +315,21 @@ TEST(WeightSync, Bf16TrainersIntoFp8EnginesEveryByteVerified) {
     EXPECT_GT(last[t].converted_bytes, 0u);
     EXPECT_LE(last[t].staging_bytes, 160u << 10) << "staging stays within its bound";
     EXPECT_LE(last[t].staging_peak_bytes, last[t].staging_bytes);
+    if (into_mapped) {
+      EXPECT_EQ(last[t].mapped_bytes, last[t].converted_bytes) << "every converted byte went straight into a mapping";
+      EXPECT_EQ(last[t].staging_peak_bytes, 0u) << "no staging slot used";
+    } else {
+      EXPECT_EQ(last[t].mapped_bytes, 0u) << "the forced fallback never writes through a mapping";
+      EXPECT_GT(last[t].staging_peak_bytes, 0u);
+    }
   }
   for (pid_t pid : children) EXPECT_EQ(WaitChild(pid), 0);
+}
+
+TEST(WeightSync, Bf16TrainersIntoFp8EnginesEveryByteVerified) { PushBf16IntoFp8Engines(/*into_mapped=*/true); }
+
+TEST(WeightSync, Bf16TrainersIntoFp8EnginesThroughStagingEveryByteVerified) {
+  PushBf16IntoFp8Engines(/*into_mapped=*/false);
 }
 
 // ---- Fault isolation: one engine replica dead (kill -9) or stalled (SIGSTOP) misses the version;
