@@ -1322,7 +1322,8 @@ struct Agent::Impl {
 
   void Shutdown() {
     if (lanes.empty()) return;
-    for (auto& [name, p] : peers) RevokeLeases(*p, PeerDisconnected("the agent mapping peer " + name + " was destroyed"));
+    for (auto& [name, p] : peers)
+      RevokeLeases(*p, PeerDisconnected("the agent mapping peer " + name + " was destroyed"));
     {
       std::lock_guard<std::mutex> g(mu);
       shutting_down = true;

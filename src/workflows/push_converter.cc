@@ -15,7 +15,11 @@ std::int64_t CeilDivI(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; 
 
 PushConverter::PushConverter(const Layout& trainer, int rank, const PushConversion& conversion, TrainerConversion plan,
                              std::span<const std::byte> trainer_buffer, Fp8BlockOptions fp8)
-    : trainer_(trainer), rank_(rank), conversion_(conversion), plan_(std::move(plan)), buffer_(trainer_buffer),
+    : trainer_(trainer),
+      rank_(rank),
+      conversion_(conversion),
+      plan_(std::move(plan)),
+      buffer_(trainer_buffer),
       fp8_(fp8) {
   scratch_bytes_ = kScratchBytes;
   const Layout& wire = conversion_.wire_layout();
@@ -202,8 +206,7 @@ Status PushConverter::ConvertRoundTo(std::size_t round, std::span<std::byte> scr
     if (row_elems == 0) continue;
     // Whole rows per chunk, as many as fit the scratch (at least one row; a row longer than the
     // scratch is cut into runs of elements).
-    const std::uint64_t chunk_elems =
-        std::max<std::uint64_t>(1, scratch.size() / out_size / row_elems) * row_elems;
+    const std::uint64_t chunk_elems = std::max<std::uint64_t>(1, scratch.size() / out_size / row_elems) * row_elems;
     if (dst.dtype != DType::kF8E4M3) {
       const std::uint64_t total = row_elems * static_cast<std::uint64_t>(rows);
       const std::uint64_t step = std::min<std::uint64_t>(chunk_elems, scratch.size() / out_size);
@@ -223,8 +226,8 @@ Status PushConverter::ConvertRoundTo(std::size_t round, std::span<std::byte> scr
     // Rows per quantised chunk: the chunk's FP8 bytes fit the scratch (they are written there and
     // copied out while still in cache); the chunk's scales go after them.
     const std::int64_t scale_room = (CeilDivI(cols, fp8_.block_cols) + 1) * 4 + 64;
-    const std::int64_t chunk_rows =
-        std::max<std::int64_t>(1, (static_cast<std::int64_t>(scratch.size()) - scale_room) / std::max<std::int64_t>(1, cols));
+    const std::int64_t chunk_rows = std::max<std::int64_t>(
+        1, (static_cast<std::int64_t>(scratch.size()) - scale_room) / std::max<std::int64_t>(1, cols));
     if (cols + scale_room > static_cast<std::int64_t>(scratch.size())) {
       return Internal(fmt::format("a row of {} ({} FP8 bytes) does not fit the conversion scratch", dst.name, cols));
     }
@@ -243,17 +246,19 @@ Status PushConverter::ConvertRoundTo(std::size_t round, std::span<std::byte> scr
         const std::size_t q_bytes = static_cast<std::size_t>((c_end - c) * cols);
         auto* q = reinterpret_cast<std::uint8_t*>(scratch.data());
         auto* scales = reinterpret_cast<float*>(scratch.data() + ((q_bytes + 63) & ~std::size_t{63}));
-        const auto sub_src = src.subspan(static_cast<std::size_t>((c - p.row_begin) * cols) * in_size,
-                                         q_bytes * in_size);
+        const auto sub_src =
+            src.subspan(static_cast<std::size_t>((c - p.row_begin) * cols) * in_size, q_bytes * in_size);
         SW_RETURN_IF_ERROR(QuantizeFp8Shard(from, sub_src, sub, amax, std::span<std::uint8_t>(q, q_bytes),
                                             std::span<float>(scales, static_cast<std::size_t>(own.count())), fp8_,
                                             ctx));
-        SW_RETURN_IF_ERROR(sink(p.slot_offset + static_cast<std::uint64_t>(c - p.row_begin) * static_cast<std::uint64_t>(cols),
-                                std::span<const std::byte>(scratch.data(), q_bytes)));
+        SW_RETURN_IF_ERROR(
+            sink(p.slot_offset + static_cast<std::uint64_t>(c - p.row_begin) * static_cast<std::uint64_t>(cols),
+                 std::span<const std::byte>(scratch.data(), q_bytes)));
         if (own.count() > 0) {
-          const std::uint64_t at = p.scale_slot_offset +
-                                   static_cast<std::uint64_t>((own.row_begin - piece_own.row_begin) * scale_cols) * 4;
-          SW_RETURN_IF_ERROR(sink(at, std::as_bytes(std::span<const float>(scales, static_cast<std::size_t>(own.count())))));
+          const std::uint64_t at =
+              p.scale_slot_offset + static_cast<std::uint64_t>((own.row_begin - piece_own.row_begin) * scale_cols) * 4;
+          SW_RETURN_IF_ERROR(
+              sink(at, std::as_bytes(std::span<const float>(scales, static_cast<std::size_t>(own.count())))));
         }
         c = c_end;
       }

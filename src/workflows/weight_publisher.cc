@@ -61,7 +61,7 @@ struct WeightPublisher::State {
   };
   std::map<int, std::array<MappedRegion, 2>> mapped;
   std::vector<std::map<int, std::vector<Segment>>> round_segments;  // per round: destination -> segments
-  std::vector<std::byte> scratch;                                    // PushConverter::ConvertRoundTo
+  std::vector<std::byte> scratch;                                   // PushConverter::ConvertRoundTo
   bool connected = false;
   sync::Inbox inbox;
   // Dynamic membership: the leader (rank 0), the incarnation each connected destination
@@ -304,7 +304,8 @@ Status WeightPublisher::State::ConnectDestination(int dst) {
       auto view = agent.MapPeerRegion(peer.name, regions[b]);
       if (!view.ok()) {
         // Not mappable (another host, RDMA, TCP, caller-registered memory): the staging ring.
-        if (view.status().code() != ErrorCode::kUnsupported) return view.status().WithContext("mapping an engine buffer");
+        if (view.status().code() != ErrorCode::kUnsupported)
+          return view.status().WithContext("mapping an engine buffer");
         all = false;
         break;
       }
@@ -646,9 +647,8 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
       const std::uint64_t end = slot_offset + bytes.size();
       for (Held& h : held) {
         const auto& segs = *h.segments;
-        auto it = std::partition_point(segs.begin(), segs.end(), [&](const State::Segment& g) {
-          return g.src + g.length <= slot_offset;
-        });
+        auto it = std::partition_point(segs.begin(), segs.end(),
+                                       [&](const State::Segment& g) { return g.src + g.length <= slot_offset; });
         std::byte* base = h.access.bytes().data();
         for (; it != segs.end() && it->src < end; ++it) {
           const std::uint64_t a = std::max(it->src, slot_offset), b = std::min(it->src + it->length, end);
