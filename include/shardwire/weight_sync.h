@@ -155,6 +155,10 @@ struct PushStats {
   double transfer_s = 0;          ///< first post to last remote completion
   std::uint64_t converted_bytes = 0;      ///< bytes produced by conversion (FP8 weights, scales, casts)
   double convert_s = 0;                   ///< time spent converting (overlaps the WRITEs of earlier pieces)
+  /// CPU seconds of the pushing thread in those conversions (CLOCK_THREAD_CPUTIME_ID; with
+  /// convert_into_mapped it includes the copies into the mapped engine buffers): unlike convert_s
+  /// it hardly moves when other threads share the cores.
+  double convert_cpu_s = 0;
   double amax_exchange_s = 0;             ///< waiting for other trainer ranks' partial amaxes
   std::uint64_t staging_bytes = 0;        ///< the conversion staging buffer (allocated once, bytes)
   std::uint64_t staging_peak_bytes = 0;   ///< most staging bytes holding data at once in this push

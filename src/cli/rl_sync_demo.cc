@@ -103,6 +103,7 @@ struct StepFigures {
   std::uint64_t faults = 0;              // page faults of the trainer processes during the push
   std::uint64_t converted_bytes = 0;     // produced by conversion (FP8 weights, scales, casts)
   double convert_s = 0;                  // slowest trainer's conversion time (overlaps its WRITEs)
+  double convert_cpu_s = 0;              // conversion CPU seconds, summed over trainers
   std::uint64_t staging_peak_bytes = 0;  // largest staging use of any trainer
   std::uint64_t staging_bytes = 0;       // largest staging buffer of any trainer
   std::uint64_t mapped_bytes = 0;        // converted bytes written straight into mapped engine buffers
@@ -296,6 +297,7 @@ Status Run(const RlSyncOptions& o) {
       f.rows += t.value("rows", std::uint64_t{0});
       f.converted_bytes += t.value("converted_bytes", std::uint64_t{0});
       f.convert_s = std::max(f.convert_s, t.value("convert_s", 0.0));
+      f.convert_cpu_s += t.value("convert_cpu_s", 0.0);
       f.staging_peak_bytes = std::max(f.staging_peak_bytes, t.value("staging_peak_bytes", std::uint64_t{0}));
       f.staging_bytes = std::max(f.staging_bytes, t.value("staging_bytes", std::uint64_t{0}));
       f.mapped_bytes += t.value("mapped_bytes", std::uint64_t{0});
@@ -392,8 +394,10 @@ Status Run(const RlSyncOptions& o) {
           "writes); staging peak {} of {} allocated per trainer\n",
           FormatBytes(static_cast<double>(f.converted_bytes)), f.convert_s,
           FormatBytes(static_cast<double>(f.staging_peak_bytes)), FormatBytes(static_cast<double>(f.staging_bytes)));
-      fmt::print("            of which {} converted straight into mapped engine buffers (no staging, no second copy)\n",
-                 FormatBytes(static_cast<double>(f.mapped_bytes)));
+      fmt::print(
+          "            conversion CPU {:.4f} CPU-s (all trainers); {} of it converted straight into mapped engine "
+          "buffers (no staging, no second copy)\n",
+          f.convert_cpu_s, FormatBytes(static_cast<double>(f.mapped_bytes)));
     }
     std::fflush(stdout);
     total_s += f.transfer_s;
@@ -413,6 +417,7 @@ Status Run(const RlSyncOptions& o) {
                                 {"page_faults", f.faults},
                                 {"converted_bytes", f.converted_bytes},
                                 {"convert_s", f.convert_s},
+                                {"convert_cpu_s", f.convert_cpu_s},
                                 {"staging_peak_bytes", f.staging_peak_bytes},
                                 {"staging_bytes", f.staging_bytes},
                                 {"mapped_bytes", f.mapped_bytes},

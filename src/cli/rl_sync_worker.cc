@@ -175,6 +175,7 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"ready_wait_s", stats.ready_wait_s},
                           {"converted_bytes", stats.converted_bytes},
                           {"convert_s", stats.convert_s},
+                          {"convert_cpu_s", stats.convert_cpu_s},
                           {"amax_exchange_s", stats.amax_exchange_s},
                           {"staging_bytes", stats.staging_bytes},
                           {"staging_peak_bytes", stats.staging_peak_bytes},

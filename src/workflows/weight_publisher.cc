@@ -7,6 +7,8 @@
 #include <set>
 #include <thread>
 
+#include <time.h>
+
 #include <fmt/format.h>
 
 #include "shardwire/planner.h"
@@ -25,6 +27,11 @@ constexpr const char* kTrainerRole = "trainer";
 constexpr const char* kEngineRole = "engine";
 using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double ThreadCpuSeconds() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
 }  // namespace
 
 struct WeightPublisher::State {
@@ -629,7 +636,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
       for (const auto& [dst, hs] : s.round_transfers[k]) settle(dst, hs);
     };
     std::deque<std::size_t> staged_rounds;  // staged rounds whose WRITEs may still read their slot
-    double convert_s = 0;
+    double convert_s = 0, convert_cpu_s = 0;
     std::uint64_t in_flight = 0;  // bytes of the rounds after the last settled one
     // Destinations written through their mapping (State::mapped) in this push, with the mapping
     // of the buffer READY named; held (MappedRegion::Access) one round at a time.
@@ -680,6 +687,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
         // transfer; the bytes are there when the copy returns).
         if (!held.empty()) {
           const auto c0 = Clock::now();
+          const double cpu0 = ThreadCpuSeconds();
           SW_RETURN_IF_ERROR(s.converter
                                  ->ConvertRoundTo(k, s.scratch,
                                                   [&](std::uint64_t at, std::span<const std::byte> bytes) {
@@ -688,6 +696,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
                                                   })
                                  .WithContext(who));
           convert_s += Seconds(c0, Clock::now());
+          convert_cpu_s += ThreadCpuSeconds() - cpu0;
         }
       } else {
         while (!staged_rounds.empty() && staged_rounds.front() + slots <= k) {
@@ -700,9 +709,11 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
         in_flight += tc.rounds[k].bytes;
         stats.staging_peak_bytes = std::max(stats.staging_peak_bytes, in_flight);
         const auto c0 = Clock::now();
+        const double cpu0 = ThreadCpuSeconds();
         const auto slot = s.staging.subspan((k % slots) * tc.slot_bytes, tc.slot_bytes);
         SW_RETURN_IF_ERROR(s.converter->ConvertRound(k, slot).WithContext(who));
         convert_s += Seconds(c0, Clock::now());
+        convert_cpu_s += ThreadCpuSeconds() - cpu0;
         if (s.options.verify_digests) {  // before the slot is reused
           for (auto& [dst, digest] : digests) {
             if (s.mapped.count(dst)) continue;
@@ -730,6 +741,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     }
     for (std::size_t k : staged_rounds) settle_round(k);
     stats.convert_s = convert_s;
+    stats.convert_cpu_s = convert_cpu_s;
     stats.converted_bytes = s.converted_bytes_per_push;
     stats.staging_bytes = s.staging.size();
   }

@@ -244,12 +244,16 @@ std::size_t CheckFp8Engine(const Layout& engine, int rank, std::span<const std::
   return bad;
 }
 
-// Both paths of the converting push: into the engine arenas the transport maps into the trainer
-// (convert_into_mapped, the default on one host), and the staging ring with WRITEs (forced).
-void PushBf16IntoFp8Engines(bool into_mapped) {
+// The paths of the converting push: into the engine arenas the transport maps into the trainer
+// (convert_into_mapped, the default on one host), the staging ring with WRITEs (forced), and both
+// in one push (engine rank 1 holds its weights in caller-registered memory, which does not map).
+enum class Fp8Path { kMapped, kStaging, kMixed };
+
+void PushBf16IntoFp8Engines(Fp8Path path) {
   const Layout trainer = MakeFsdpLayout(TrainerBf16(), 3).value();
   const Layout engine = MakeTpLayout(EngineFp8(), {0, 0, 0, 1, 1, -1, -1, -1}, 2, 2).value();
-  WeightSyncOptions options{into_mapped ? "fp8m" : "fp8s", 30};
+  const bool into_mapped = path != Fp8Path::kStaging;
+  WeightSyncOptions options{path == Fp8Path::kMapped ? "fp8m" : (path == Fp8Path::kStaging ? "fp8s" : "fp8x"), 30};
   options.convert_into_mapped = into_mapped;
   options.conversion.staging_bytes = 160 << 10;  // several rounds per push
   options.verify_digests = true;                 // and each round's converted bytes in the digests
@@ -260,7 +264,13 @@ void PushBf16IntoFp8Engines(bool into_mapped) {
     const pid_t pid = ForkWithPort(&fd, r, [&](std::uint16_t p) {
       auto rz = ConnectRendezvous(p);
       if (!rz.ok()) return 10;
-      auto sub = WeightSubscriber::Create(**rz, trainer, engine, r, options);
+      WeightSyncOptions mine = options;
+      std::vector<std::byte> own;  // caller-registered weights: the transport cannot map them
+      if (path == Fp8Path::kMixed && r == 1) {
+        own.resize(engine.rank(r).buffer_bytes);
+        mine.buffer = own;
+      }
+      auto sub = WeightSubscriber::Create(**rz, trainer, engine, r, mine);
       if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
       for (std::uint64_t v = 1; v <= kVersions; ++v) {
         if (!(*sub)->BeginUpdate(v).ok()) return 12;
@@ -315,9 +325,13 @@ void PushBf16IntoFp8Engines(bool into_mapped) {
     EXPECT_GT(last[t].converted_bytes, 0u);
     EXPECT_LE(last[t].staging_bytes, 160u << 10) << "staging stays within its bound";
     EXPECT_LE(last[t].staging_peak_bytes, last[t].staging_bytes);
-    if (into_mapped) {
+    if (path == Fp8Path::kMapped) {
       EXPECT_EQ(last[t].mapped_bytes, last[t].converted_bytes) << "every converted byte went straight into a mapping";
       EXPECT_EQ(last[t].staging_peak_bytes, 0u) << "no staging slot used";
+    } else if (path == Fp8Path::kMixed) {
+      EXPECT_GT(last[t].mapped_bytes, 0u) << "the arenas were written through their mappings";
+      EXPECT_LT(last[t].mapped_bytes, last[t].converted_bytes) << "engine rank 1's bytes went through the ring";
+      EXPECT_GT(last[t].staging_peak_bytes, 0u);
     } else {
       EXPECT_EQ(last[t].mapped_bytes, 0u) << "the forced fallback never writes through a mapping";
       EXPECT_GT(last[t].staging_peak_bytes, 0u);
@@ -326,11 +340,13 @@ void PushBf16IntoFp8Engines(bool into_mapped) {
   for (pid_t pid : children) EXPECT_EQ(WaitChild(pid), 0);
 }
 
-TEST(WeightSync, Bf16TrainersIntoFp8EnginesEveryByteVerified) { PushBf16IntoFp8Engines(/*into_mapped=*/true); }
+TEST(WeightSync, Bf16TrainersIntoFp8EnginesEveryByteVerified) { PushBf16IntoFp8Engines(Fp8Path::kMapped); }
 
 TEST(WeightSync, Bf16TrainersIntoFp8EnginesThroughStagingEveryByteVerified) {
-  PushBf16IntoFp8Engines(/*into_mapped=*/false);
+  PushBf16IntoFp8Engines(Fp8Path::kStaging);
 }
+
+TEST(WeightSync, Bf16TrainersIntoFp8EnginesMappedAndStagedInOnePush) { PushBf16IntoFp8Engines(Fp8Path::kMixed); }
 
 // ---- Fault isolation: one engine replica dead (kill -9) or stalled (SIGSTOP) misses the version;
 // the other replica commits every version; the stalled one, resumed, catches up with the next.
