@@ -44,11 +44,11 @@ class MappedRegion {
   /// Internal state shared with the Agent (defined in src/transport/agent.cc).
   struct Lease;
 
-  /// A held mapping: the bytes stay mapped until it is destroyed. Movable, not copyable.
+  /// A held mapping: the bytes stay mapped until it is destroyed. Move-constructible only.
   class Access {
    public:
     Access(Access&&) noexcept = default;
-    Access& operator=(Access&&) noexcept = default;
+    Access& operator=(Access&&) = delete;  // would drop the lease before unlocking it
     ~Access();
     /// The whole region (size() bytes) in this process.
     std::span<std::byte> bytes() const { return bytes_; }

@@ -777,6 +777,9 @@ struct Agent::Impl {
   void CloseForced(Lane& lane, PeerState& peer, const Status& why) {
     LaneEp& lep = peer.lanes[lane.index];
     if (!lep.ep) return;
+    // Before lane 0's rkeys (and with them the mappings MappedRegions use) go: a lane may reap a
+    // failed peer before MarkPeerFailed, on another thread, has revoked them.
+    if (lane.index == 0) RevokeLeases(peer, why);
     if (!lep.ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS))
       spdlog::warn("shardwire agent {}: force-closing endpoint to {} did not finish", options.name, peer.name);
     // Let cancellations (UCS_ERR_CANCELED completions) run, briefly.
