@@ -132,6 +132,11 @@ struct WeightSyncOptions {
   /// the transport cannot map (RDMA, TCP, caller-registered memory) take the staging ring as
   /// before. false forces the staging ring for every engine rank (tests compare both paths).
   bool convert_into_mapped = true;
+  /// Publisher only: threads that convert the rounds going into mapped engine buffers (the
+  /// pushing thread and convert_threads - 1 helpers started per push, taking rounds in turn; each
+  /// with its own scratch of about 64 KiB). 0 counts as 1. Rounds any engine rank takes from the
+  /// staging ring are converted by the pushing thread (it posts their transfers).
+  std::uint32_t convert_threads = 2;
 };
 
 /// Upper bound, in seconds, of the time between two calls of WeightSyncOptions::interrupt

@@ -1,10 +1,12 @@
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <deque>
 #include <map>
 #include <set>
+#include <system_error>
 #include <thread>
 
 #include <time.h>
@@ -239,7 +241,8 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     state->converter =
         std::make_unique<sync::PushConverter>(state->trainer_layout, rank, *state->conversion, std::move(tc),
                                               state->endpoint.weights, state->options.conversion.fp8);
-    state->scratch.resize(state->converter->ScratchBytes());
+    state->scratches.resize(std::max<std::uint32_t>(1, state->options.convert_threads));
+    for (auto& scratch : state->scratches) scratch.resize(state->converter->ScratchBytes());
   }
   return std::unique_ptr<WeightPublisher>(new WeightPublisher(std::move(state)));
 }
@@ -663,8 +666,9 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
         }
       }
     };
-    for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
-      // Hold the mappings of this round's mapped destinations; one whose peer failed misses v.
+    // Holds the mappings of round k's mapped destinations; one whose mapping was revoked (its
+    // process died, or it was invalidated) is reported in `failed` and skipped.
+    auto hold = [&](std::size_t k, std::vector<std::pair<int, Status>>& failed) {
       std::vector<Held> held;
       for (const auto& [dst, view] : views) {
         if (!active.count(dst) || k >= s.round_segments.size()) continue;
@@ -672,71 +676,114 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
         if (segs == s.round_segments[k].end()) continue;
         auto access = view->Acquire();
         if (!access.ok()) {
-          miss(dst, access.status());
+          failed.emplace_back(dst, access.status());
           continue;
         }
         held.push_back({dst, std::move(*access), &segs->second});
       }
+      return held;
+    };
+    std::vector<std::size_t> mapped_rounds;  // rounds no active destination takes from a slot
+    std::vector<std::pair<int, Status>> failed;
+    for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
       bool staged = false;  // some destination of this round takes it from the staging slot
       if (k < s.round_transfers.size()) {
         for (const auto& [dst, hs] : s.round_transfers[k]) staged = staged || active.count(dst) > 0;
       }
       if (!staged) {
-        // Every destination of the round is mapped: convert a few rows at a time into the
-        // cache-resident scratch and copy them straight into the engine buffers (no slot, no
-        // transfer; the bytes are there when the copy returns).
-        if (!held.empty()) {
-          const auto c0 = Clock::now();
-          const double cpu0 = ThreadCpuSeconds();
-          SW_RETURN_IF_ERROR(s.converter
-                                 ->ConvertRoundTo(k, s.scratch,
-                                                  [&](std::uint64_t at, std::span<const std::byte> bytes) {
-                                                    scatter(held, at, bytes);
-                                                    return Status::Ok();
-                                                  })
-                                 .WithContext(who));
-          convert_s += Seconds(c0, Clock::now());
-          convert_cpu_s += ThreadCpuSeconds() - cpu0;
-        }
-      } else {
-        while (!staged_rounds.empty() && staged_rounds.front() + slots <= k) {
-          settle_round(staged_rounds.front());
-          in_flight -= tc.rounds[staged_rounds.front()].bytes;
-          staged_rounds.pop_front();
-        }
-        if (!interrupted.ok()) break;
-        staged_rounds.push_back(k);
-        in_flight += tc.rounds[k].bytes;
-        stats.staging_peak_bytes = std::max(stats.staging_peak_bytes, in_flight);
-        const auto c0 = Clock::now();
-        const double cpu0 = ThreadCpuSeconds();
-        const auto slot = s.staging.subspan((k % slots) * tc.slot_bytes, tc.slot_bytes);
-        SW_RETURN_IF_ERROR(s.converter->ConvertRound(k, slot).WithContext(who));
-        convert_s += Seconds(c0, Clock::now());
-        convert_cpu_s += ThreadCpuSeconds() - cpu0;
-        if (s.options.verify_digests) {  // before the slot is reused
-          for (auto& [dst, digest] : digests) {
-            if (s.mapped.count(dst)) continue;
-            if (auto it = s.round_moves[k].find(dst); it != s.round_moves[k].end()) {
-              digest.Add(s.staging.data() + (k % slots) * tc.slot_bytes, it->second, sync::MoveSide::kSource);
-            }
-          }
-        }
-        for (const auto& [dst, hs] : s.round_transfers[k]) post(dst, hs, s.round_moves[k].at(dst));
-        // Mapped destinations of a round that is staged anyway copy from the slot.
-        if (!held.empty()) {
-          for (std::uint64_t b = 0; b < tc.rounds[k].bytes; b += std::uint64_t{1} << 20) {
-            const std::uint64_t n = std::min<std::uint64_t>(std::uint64_t{1} << 20, tc.rounds[k].bytes - b);
-            scatter(held, b, std::span<const std::byte>(slot.data() + b, n));
+        mapped_rounds.push_back(k);
+        continue;
+      }
+      while (!staged_rounds.empty() && staged_rounds.front() + slots <= k) {
+        settle_round(staged_rounds.front());
+        in_flight -= tc.rounds[staged_rounds.front()].bytes;
+        staged_rounds.pop_front();
+      }
+      if (!interrupted.ok()) break;
+      staged_rounds.push_back(k);
+      in_flight += tc.rounds[k].bytes;
+      stats.staging_peak_bytes = std::max(stats.staging_peak_bytes, in_flight);
+      const auto c0 = Clock::now();
+      const double cpu0 = ThreadCpuSeconds();
+      const auto slot = s.staging.subspan((k % slots) * tc.slot_bytes, tc.slot_bytes);
+      SW_RETURN_IF_ERROR(s.converter->ConvertRound(k, slot).WithContext(who));
+      if (s.options.verify_digests) {  // before the slot is reused
+        for (auto& [dst, digest] : digests) {
+          if (s.mapped.count(dst)) continue;
+          if (auto it = s.round_moves[k].find(dst); it != s.round_moves[k].end()) {
+            digest.Add(s.staging.data() + (k % slots) * tc.slot_bytes, it->second, sync::MoveSide::kSource);
           }
         }
       }
-      for (const Held& h : held) {
-        for (const Move& m : s.round_moves[k].at(h.dst)) stats.mapped_bytes += m.bytes();
-        // The digest of what was written, read back from the engine's buffer in move order.
-        if (auto d = digests.find(h.dst); d != digests.end()) {
-          d->second.Add(h.access.bytes().data(), s.round_moves[k].at(h.dst), sync::MoveSide::kDestination);
+      for (const auto& [dst, hs] : s.round_transfers[k]) post(dst, hs, s.round_moves[k].at(dst));
+      // Mapped destinations of a round that is staged anyway copy from the slot.
+      std::vector<Held> held = hold(k, failed);
+      for (std::uint64_t b = 0; !held.empty() && b < tc.rounds[k].bytes; b += std::uint64_t{1} << 20) {
+        const std::uint64_t n = std::min<std::uint64_t>(std::uint64_t{1} << 20, tc.rounds[k].bytes - b);
+        scatter(held, b, std::span<const std::byte>(slot.data() + b, n));
+      }
+      convert_s += Seconds(c0, Clock::now());
+      convert_cpu_s += ThreadCpuSeconds() - cpu0;
+    }
+    // The rounds every active destination of which is mapped: converted a few rows at a time into
+    // a cache-resident scratch and copied straight into the engine buffers (no slot, no transfer;
+    // the bytes are there when the copy returns), by the pushing thread and convert_threads - 1
+    // helpers taking rounds in turn (the lanes are done with or busy on other bytes meanwhile).
+    if (!mapped_rounds.empty() && interrupted.ok()) {
+      const std::size_t workers =
+          std::clamp<std::size_t>(s.options.convert_threads, 1, std::min(mapped_rounds.size(), s.scratches.size()));
+      std::atomic<std::size_t> next{0};
+      std::vector<Status> errors(workers);
+      std::vector<std::vector<std::pair<int, Status>>> worker_failed(workers);
+      std::vector<double> cpu(workers, 0.0);
+      auto work = [&](std::size_t w) {
+        const double cpu0 = ThreadCpuSeconds();
+        for (std::size_t i = next++; i < mapped_rounds.size() && errors[w].ok(); i = next++) {
+          const std::size_t k = mapped_rounds[i];
+          std::vector<Held> held = hold(k, worker_failed[w]);
+          if (held.empty()) continue;
+          errors[w] = s.converter->ConvertRoundTo(k, s.scratches[w],
+                                                  [&](std::uint64_t at, std::span<const std::byte> bytes) {
+                                                    scatter(held, at, bytes);
+                                                    return Status::Ok();
+                                                  });
         }
+        cpu[w] = ThreadCpuSeconds() - cpu0;
+      };
+      const auto c0 = Clock::now();
+      std::vector<std::thread> helpers;
+      for (std::size_t w = 1; w < workers; ++w) {
+        try {
+          helpers.emplace_back(work, w);
+        } catch (const std::system_error&) {
+          break;  // no thread: the others take its rounds
+        }
+      }
+      work(0);
+      for (auto& h : helpers) h.join();
+      convert_s += Seconds(c0, Clock::now());
+      for (std::size_t w = 0; w < workers; ++w) {
+        convert_cpu_s += cpu[w];
+        SW_RETURN_IF_ERROR(errors[w].WithContext(who));
+        failed.insert(failed.end(), worker_failed[w].begin(), worker_failed[w].end());
+      }
+    }
+    for (auto& [dst, why] : failed) miss(dst, why);
+    // Per mapped destination still in the push: its bytes and the digest of what was written,
+    // read back from its buffer round by round in move order (the order the engine hashes).
+    for (const auto& [dst, view] : views) {
+      if (!active.count(dst)) continue;
+      auto access = view->Acquire();
+      if (!access.ok()) {
+        miss(dst, access.status());
+        continue;
+      }
+      auto d = digests.find(dst);
+      for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
+        auto it = s.round_moves[k].find(dst);
+        if (it == s.round_moves[k].end()) continue;
+        for (const Move& m : it->second) stats.mapped_bytes += m.bytes();
+        if (d != digests.end()) d->second.Add(access->bytes().data(), it->second, sync::MoveSide::kDestination);
       }
     }
     for (std::size_t k : staged_rounds) settle_round(k);
