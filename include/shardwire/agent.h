@@ -51,6 +51,7 @@
 #include <string_view>
 #include <vector>
 
+#include "shardwire/mapped_region.h"
 #include "shardwire/status.h"
 #include "shardwire/transfer_descriptor.h"
 
@@ -207,6 +208,11 @@ struct PeerInfo {
   /// READs from this peer may be kernel copies (ReadPath): same host, shared
   /// memory reachable, read_path not kMapped, pidfd_open and a probe read succeeded.
   bool kernel_copy = false;
+  /// The "direct-mapped destination" capability: the peer's regions that this process can map
+  /// (ucp_rkey_ptr succeeded: a same-host arena in sysv/posix shared memory), ascending. Each
+  /// can be opened with Agent::MapPeerRegion. Empty for RDMA / TCP peers and caller-registered
+  /// memory (UCX 1.13.1 emulates puts into it).
+  std::vector<RegionId> mapped_regions;
 };
 
 /// Counters of one Agent since Create: which path the bytes took and what
@@ -514,6 +520,18 @@ class Agent {
   /// What this agent decided about an imported peer (lanes, transports,
   /// write path). Errors: kNotFound for an unknown peer.
   Result<PeerInfo> DescribePeer(const std::string& peer) const;
+
+  /// The direct-mapped destination capability (shardwire/mapped_region.h): the peer's region
+  /// `region`, mapped into this process through the agent's own mapping of it (lane 0's
+  /// unpacked rkey, ucp_rkey_ptr), for the caller to write or read with plain stores and loads.
+  /// The mapping lives as long as the peer's connection: it is revoked when the peer fails, is
+  /// invalidated or re-imported, or this Agent is destroyed (MappedRegion::Acquire then reports
+  /// kPeerDisconnected). Calling again for the same region returns the same mapping. Cheap (no
+  /// system call; the pages are not touched: see MappedRegion::PrefaultForWrite).
+  /// Errors: kNotFound for an unknown peer or a region the peer did not export;
+  /// kPeerDisconnected for a failed peer; kUnsupported when UCX cannot map the region here
+  /// (another host, TCP, RDMA, caller-registered memory: PeerInfo::mapped_regions lacks it).
+  Result<MappedRegion> MapPeerRegion(const std::string& peer, RegionId region);
 
   /// The agent's counters (AgentStats). Thread-safe (relaxed atomic reads; a
   /// post in flight may be counted partly).

@@ -162,6 +162,21 @@ struct WeightSyncOptions {
   /// forwards complete (bounded by engine_timeout_s). Publishers and subscribers of one job
   /// must agree (Connect refuses a mismatch).
   bool relay_broadcasts = false;
+  /// Publisher only: convert straight into the engine's buffer when the transport maps it into
+  /// this process (Agent::MapPeerRegion: a same-host engine arena; on a GPU node the NVLink / CUDA
+  /// IPC peer mapping): the converter writes each few rows of FP8 bytes and scales (or cast
+  /// values) into the mapped engine buffer while they are in the CPU's cache, so a converted
+  /// byte is written once per engine rank, with no staging slot and no second copy by a
+  /// transfer. DONE(v) still follows every byte (the writes end before it is sent) and
+  /// verify_digests hashes the bytes as written, read back from the engine's buffer. Engine ranks
+  /// the transport cannot map (RDMA, TCP, caller-registered memory) take the staging ring as
+  /// before. false forces the staging ring for every engine rank (tests compare both paths).
+  bool convert_into_mapped = true;
+  /// Publisher only: threads that convert the rounds going into mapped engine buffers (the
+  /// pushing thread and convert_threads - 1 helpers started per push, taking rounds in turn; each
+  /// with its own scratch of about 64 KiB). 0 counts as 1. Rounds any engine rank takes from the
+  /// staging ring are converted by the pushing thread (it posts their transfers).
+  std::uint32_t convert_threads = 2;
 };
 
 /// Upper bound, in seconds, of the time between two calls of WeightSyncOptions::interrupt
@@ -193,9 +208,16 @@ struct PushStats {
   double transfer_s = 0;          ///< first post to last remote completion
   std::uint64_t converted_bytes = 0;      ///< bytes produced by conversion (FP8 weights, scales, casts)
   double convert_s = 0;                   ///< time spent converting (overlaps the WRITEs of earlier pieces)
+  /// CPU seconds of the pushing thread in those conversions (CLOCK_THREAD_CPUTIME_ID; with
+  /// convert_into_mapped it includes the copies into the mapped engine buffers): unlike convert_s
+  /// it hardly moves when other threads share the cores.
+  double convert_cpu_s = 0;
   double amax_exchange_s = 0;             ///< waiting for other trainer ranks' partial amaxes
   std::uint64_t staging_bytes = 0;        ///< the conversion staging buffer (allocated once, bytes)
   std::uint64_t staging_peak_bytes = 0;   ///< most staging bytes holding data at once in this push
+  /// Converted bytes written straight into mapped engine buffers (convert_into_mapped), each
+  /// destination counted; the rest of converted_bytes went through the staging ring.
+  std::uint64_t mapped_bytes = 0;
   /// Engine ranks this rank writes to that missed the version (the others received it and
   /// got DONE). Each such engine's subscriber times out or reports the failure, keeps its
   /// last committed version, and receives the next version in full again.

@@ -103,8 +103,10 @@ struct StepFigures {
   std::uint64_t faults = 0;              // page faults of the trainer processes during the push
   std::uint64_t converted_bytes = 0;     // produced by conversion (FP8 weights, scales, casts)
   double convert_s = 0;                  // slowest trainer's conversion time (overlaps its WRITEs)
+  double convert_cpu_s = 0;              // conversion CPU seconds, summed over trainers
   std::uint64_t staging_peak_bytes = 0;  // largest staging use of any trainer
   std::uint64_t staging_bytes = 0;       // largest staging buffer of any trainer
+  std::uint64_t mapped_bytes = 0;        // converted bytes written straight into mapped engine buffers
   std::uint64_t direct_copy_bytes = 0;  // bytes the trainers' lanes copied into mapped engine arenas
   std::uint64_t ucx_requests = 0;       // UCX data requests (rows not copied directly)
   double copy_s = 0, copy_cpu_s = 0;    // lanes' direct copies: wall and CPU seconds, summed over lanes
@@ -246,6 +248,7 @@ Status Run(const RlSyncOptions& o) {
     args.insert(args.end(), {"--verify", o.verify});
     if (o.staging_bytes > 0) args.insert(args.end(), {"--staging-bytes", std::to_string(o.staging_bytes)});
     if (o.staging_slots > 0) args.insert(args.end(), {"--staging-slots", std::to_string(o.staging_slots)});
+    if (o.staging_only) args.push_back("--staging-only");
     for (const auto& rules : cli::ModelRulesFiles()) args.insert(args.end(), {"--model-rules", rules});
     return args;
   };
@@ -301,8 +304,10 @@ Status Run(const RlSyncOptions& o) {
       f.rows += t.value("rows", std::uint64_t{0});
       f.converted_bytes += t.value("converted_bytes", std::uint64_t{0});
       f.convert_s = std::max(f.convert_s, t.value("convert_s", 0.0));
+      f.convert_cpu_s += t.value("convert_cpu_s", 0.0);
       f.staging_peak_bytes = std::max(f.staging_peak_bytes, t.value("staging_peak_bytes", std::uint64_t{0}));
       f.staging_bytes = std::max(f.staging_bytes, t.value("staging_bytes", std::uint64_t{0}));
+      f.mapped_bytes += t.value("mapped_bytes", std::uint64_t{0});
       // This trainer's transfer window [push_end - transfer_s, push_end] and its compute window.
       const double end = t.value("push_end", 0.0);
       f.transfer_windows.emplace_back(end - t.value("transfer_s", 0.0), end);
@@ -409,6 +414,10 @@ Status Run(const RlSyncOptions& o) {
           "writes); staging peak {} of {} allocated per trainer\n",
           FormatBytes(static_cast<double>(f.converted_bytes)), f.convert_s,
           FormatBytes(static_cast<double>(f.staging_peak_bytes)), FormatBytes(static_cast<double>(f.staging_bytes)));
+      fmt::print(
+          "            conversion CPU {:.4f} CPU-s (all trainers); {} of it converted straight into mapped engine "
+          "buffers (no staging, no second copy)\n",
+          f.convert_cpu_s, FormatBytes(static_cast<double>(f.mapped_bytes)));
     }
     std::fflush(stdout);
     total_s += f.transfer_s;
@@ -428,8 +437,10 @@ Status Run(const RlSyncOptions& o) {
                                 {"page_faults", f.faults},
                                 {"converted_bytes", f.converted_bytes},
                                 {"convert_s", f.convert_s},
+                                {"convert_cpu_s", f.convert_cpu_s},
                                 {"staging_peak_bytes", f.staging_peak_bytes},
                                 {"staging_bytes", f.staging_bytes},
+                                {"mapped_bytes", f.mapped_bytes},
                                 {"compute_overlap_s", f.ComputeOverlap()},
                                 {"direct_copy_bytes", f.direct_copy_bytes},
                                 {"ucx_requests", f.ucx_requests},
@@ -589,6 +600,9 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_option("--staging-slots", o->staging_slots,
                   "converting push: slots of the staging ring, >= 2 (0 = automatic: up to 8)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--staging-only", o->staging_only,
+                "converting push: always convert into the staging ring and WRITE from it, even into engine "
+                "buffers the transport maps into the trainer (the fallback path, for comparison)");
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--json", o->json_out, "also write the summary as JSON to this file");
   cmd->add_option("--job", o->job, "job name, the prefix of every rendezvous key (default: rl-sync-<pid>)");

@@ -28,6 +28,7 @@ struct RlSyncOptions {
   std::string verify = "every";
   std::uint64_t staging_bytes = 0;    ///< trainers' conversion staging bound in bytes (0: the default, 64 MiB)
   std::uint32_t staging_slots = 0;    ///< slots of that staging ring (0: automatic)
+  bool staging_only = false;          ///< converting push: always the staging ring, never into mapped engine buffers
   std::string checkpoint;   ///< empty: the default (real tiny model, or generated)
   std::string config;       ///< empty: the config.json beside the checkpoint
   std::string generate;     ///< HF config to generate a checkpoint from ("tinyllama-1.1b" = built in)

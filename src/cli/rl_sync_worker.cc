@@ -45,6 +45,7 @@ struct WorkerArgs {
   std::uint32_t staging_slots = 0;  // 0: automatic
   int max_concurrency = 4;          // K of the plan's rounds
   bool relay = false;               // engine-to-engine relays of replicated bytes
+  bool staging_only = false;        // never convert into mapped engine buffers
   int steps = 0;
   double timeout_s = 120;
 };
@@ -130,6 +131,7 @@ WeightSyncOptions SyncOptions(const WorkerArgs& a) {
   options.conversion.staging_slots = a.staging_slots;
   options.max_concurrency = a.max_concurrency;
   options.relay_broadcasts = a.relay;
+  options.convert_into_mapped = !a.staging_only;
   return options;
 }
 
@@ -179,9 +181,11 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"ready_wait_s", stats.ready_wait_s},
                           {"converted_bytes", stats.converted_bytes},
                           {"convert_s", stats.convert_s},
+                          {"convert_cpu_s", stats.convert_cpu_s},
                           {"amax_exchange_s", stats.amax_exchange_s},
                           {"staging_bytes", stats.staging_bytes},
                           {"staging_peak_bytes", stats.staging_peak_bytes},
+                          {"mapped_bytes", stats.mapped_bytes},
                           {"compute_begin", compute_begin},
                           {"compute_end", compute_end},
                           {"push_end", MonotonicSeconds()},
@@ -402,6 +406,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--staging-slots", args->staging_slots);
   cmd->add_option("--concurrency", args->max_concurrency);
   cmd->add_flag("--relay", args->relay);
+  cmd->add_flag("--staging-only", args->staging_only);
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--timeout", args->timeout_s)->required();
   cmd->callback([args, exit_code] {

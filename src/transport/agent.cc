@@ -47,6 +47,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <shared_mutex>
 #include <system_error>
 #include <thread>
 #include <unordered_map>
@@ -295,6 +296,23 @@ struct LaneEp {
 
 enum class State { kIdle, kRunning, kDone, kFailed, kCancelled };
 
+}  // namespace
+
+// A MappedRegion's state: lane 0's mapping of one peer region, shared by every MappedRegion and
+// Access of it. Revoked (exclusive lock, so only after every Access ended) before the rkey that
+// owns the mapping is destroyed, and when the peer fails.
+struct MappedRegion::Lease {
+  std::string peer;
+  RegionId region = 0;
+  std::byte* base = nullptr;
+  std::uint64_t length = 0;
+  std::shared_mutex mu;
+  bool revoked = false;  // guarded by mu
+  Status why;            // guarded by mu
+};
+
+namespace {
+
 struct TransferCore {
   std::uint64_t id = 0;
   TransferOp op = TransferOp::kWrite;
@@ -347,7 +365,24 @@ struct Agent::Impl {
     std::vector<LaneEp> lanes;  // lanes[i] guarded by Impl::lanes[i]->mu
     std::atomic<bool> failed{false};
     Status failure;  // guarded by Impl::mu
+    // MapPeerRegion's leases by region index (null until mapped), guarded by leases_mu.
+    std::mutex leases_mu;
+    std::vector<std::shared_ptr<MappedRegion::Lease>> leases;
   };
+
+  // Revokes every MappedRegion of `peer`: waits for Accesses still held (their writes finish
+  // into a live mapping), then later Acquires report `why`. Must run before lane 0's rkeys of the
+  // peer are destroyed. Any thread; takes no lane mutex.
+  static void RevokeLeases(PeerState& peer, const Status& why) {
+    std::lock_guard<std::mutex> g(peer.leases_mu);
+    for (auto& lease : peer.leases) {
+      if (!lease) continue;
+      std::unique_lock<std::shared_mutex> w(lease->mu);
+      if (lease->revoked) continue;
+      lease->revoked = true;
+      lease->why = why;
+    }
+  }
 
   // The error-callback argument of one endpoint; owned by the Impl until the
   // workers are gone, so a late callback never reads freed memory.
@@ -686,6 +721,7 @@ struct Agent::Impl {
       unreported_failures.push_back(peer.failure);
       cv.notify_all();
     }
+    RevokeLeases(peer, peer.failure);
     WakeAll();
   }
 
@@ -749,6 +785,9 @@ struct Agent::Impl {
   void CloseForced(Lane& lane, PeerState& peer, const Status& why) {
     LaneEp& lep = peer.lanes[lane.index];
     if (!lep.ep) return;
+    // Before lane 0's rkeys (and with them the mappings MappedRegions use) go: a lane may reap a
+    // failed peer before MarkPeerFailed, on another thread, has revoked them.
+    if (lane.index == 0) RevokeLeases(peer, why);
     if (!lep.ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS))
       spdlog::warn("shardwire agent {}: force-closing endpoint to {} did not finish", options.name, peer.name);
     // Let cancellations (UCS_ERR_CANCELED completions) run, briefly.
@@ -1281,6 +1320,7 @@ struct Agent::Impl {
   // never complete, so their jobs are abandoned (kept until the worker is
   // destroyed) and an abandoned READ keeps its local regions pinned.
   void TeardownPeer(const std::shared_ptr<PeerState>& peer, bool force, const Status& why) {
+    RevokeLeases(*peer, why);
     {
       std::lock_guard<std::mutex> g(mu);
       peers_by_serial.erase(peer->serial);
@@ -1313,6 +1353,8 @@ struct Agent::Impl {
 
   void Shutdown() {
     if (lanes.empty()) return;
+    for (auto& [name, p] : peers)
+      RevokeLeases(*p, PeerDisconnected("the agent mapping peer " + name + " was destroyed"));
     {
       std::lock_guard<std::mutex> g(mu);
       shutting_down = true;
@@ -1820,7 +1862,95 @@ Result<PeerInfo> Agent::DescribePeer(const std::string& peer) const {
   info.write_path = p.write_path;
   info.kernel_copy = p.kernel_copy.valid();
   info.transports = p.transports;
+  {
+    std::lock_guard<std::mutex> g(impl_->lanes[0]->mu);
+    const LaneEp& lep = p.lanes[0];
+    for (std::size_t i = 0; i < lep.mapped_delta.size() && i < p.regions.size(); ++i)
+      if (lep.mapped_delta[i]) info.mapped_regions.push_back(p.regions[i].id);
+  }
+  std::sort(info.mapped_regions.begin(), info.mapped_regions.end());
   return info;
+}
+
+Result<MappedRegion> Agent::MapPeerRegion(const std::string& peer, RegionId region) {
+  Impl& im = *impl_;
+  auto it = im.peers.find(peer);
+  if (it == im.peers.end()) return NotFound(fmt::format("MapPeerRegion: peer {} is not imported", peer));
+  Impl::PeerState& p = *it->second;
+  if (p.failed.load()) {
+    std::lock_guard<std::mutex> g(im.mu);
+    return p.failure.WithContext("MapPeerRegion");
+  }
+  auto rit = p.region_index.find(region);
+  if (rit == p.region_index.end())
+    return NotFound(fmt::format("MapPeerRegion: peer {} exported no region {}", peer, region));
+  const std::uint32_t index = rit->second;
+  std::byte* base = nullptr;
+  {
+    std::lock_guard<std::mutex> g(im.lanes[0]->mu);
+    const LaneEp& lep = p.lanes[0];
+    if (!lep.ep) return PeerDisconnected(fmt::format("MapPeerRegion: the connection to peer {} is closed", peer));
+    if (index >= lep.mapped_delta.size() || !lep.mapped_delta[index]) {
+      return Unsupported(fmt::format(
+          "MapPeerRegion: region {} of peer {} cannot be mapped into this process (transports [{}]; a mapping "
+          "needs a same-host arena in shared memory)",
+          region, peer, fmt::join(p.transports, ", ")));
+    }
+    base = reinterpret_cast<std::byte*>(static_cast<std::intptr_t>(p.regions[index].base) + *lep.mapped_delta[index]);
+  }
+  std::lock_guard<std::mutex> g(p.leases_mu);
+  if (p.leases.size() < p.regions.size()) p.leases.resize(p.regions.size());
+  std::shared_ptr<MappedRegion::Lease>& lease = p.leases[index];
+  if (!lease) {
+    lease = std::make_shared<MappedRegion::Lease>();
+    lease->peer = peer;
+    lease->region = region;
+    lease->base = base;
+    lease->length = p.regions[index].length;
+  }
+  return MappedRegion(lease);
+}
+
+// ---- MappedRegion -------------------------------------------------------------
+
+MappedRegion::Access::Access(std::shared_ptr<Lease> lease, std::span<std::byte> bytes)
+    : lease_(std::move(lease)), lock_(lease_->mu), bytes_(bytes) {}
+
+MappedRegion::Access::~Access() {
+  // Stores through the mapping become visible before whatever the caller does next (e.g. a
+  // notification to the peer); a no-op instruction on x86-64.
+  if (lock_.owns_lock()) std::atomic_thread_fence(std::memory_order_release);
+}
+
+Result<std::span<std::byte>> MappedRegion::Access::Range(std::uint64_t offset, std::uint64_t length) const {
+  if (offset > bytes_.size() || length > bytes_.size() - offset) {
+    return InvalidArgument(fmt::format("mapped region {} of peer {}: bytes [{}, +{}) lie outside its {} bytes",
+                                       lease_->region, lease_->peer, offset, length, bytes_.size()));
+  }
+  return bytes_.subspan(offset, length);
+}
+
+const std::string& MappedRegion::peer() const {
+  static const std::string kNone;
+  return lease_ ? lease_->peer : kNone;
+}
+RegionId MappedRegion::region() const { return lease_ ? lease_->region : 0; }
+std::uint64_t MappedRegion::size() const { return lease_ ? lease_->length : 0; }
+
+Result<MappedRegion::Access> MappedRegion::Acquire() const {
+  if (!lease_) return InvalidArgument("MappedRegion::Acquire on an empty MappedRegion");
+  Access a(lease_, std::span<std::byte>(lease_->base, lease_->length));
+  if (lease_->revoked) {
+    return lease_->why.WithContext(fmt::format("mapped region {} of peer {}", lease_->region, lease_->peer));
+  }
+  return a;
+}
+
+Result<std::uint64_t> MappedRegion::PrefaultForWrite(std::uint64_t offset, std::uint64_t length) const {
+  SW_ASSIGN_OR_RETURN(const Access a, Acquire());
+  SW_ASSIGN_OR_RETURN(const std::span<std::byte> range, a.Range(offset, length));
+  if (range.empty()) return std::uint64_t{0};
+  return transport::PrefaultForWrite(range.data(), range.size()).touched_pages;
 }
 
 Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& peer_name,

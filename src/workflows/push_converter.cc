@@ -9,10 +9,30 @@
 
 namespace shardwire::sync {
 
+namespace {
+std::int64_t CeilDivI(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+}  // namespace
+
 PushConverter::PushConverter(const Layout& trainer, int rank, const PushConversion& conversion, TrainerConversion plan,
                              std::span<const std::byte> trainer_buffer, Fp8BlockOptions fp8)
-    : trainer_(trainer), rank_(rank), conversion_(conversion), plan_(std::move(plan)), buffer_(trainer_buffer),
-      fp8_(fp8) {}
+    : trainer_(trainer),
+      rank_(rank),
+      conversion_(conversion),
+      plan_(std::move(plan)),
+      buffer_(trainer_buffer),
+      fp8_(fp8) {
+  scratch_bytes_ = kScratchBytes;
+  const Layout& wire = conversion_.wire_layout();
+  for (const ConversionRound& round : plan_.rounds) {
+    for (const ConversionPiece& p : round.pieces) {
+      const std::int64_t rows = p.row_end - p.row_begin;
+      if (rows <= 0 || wire.tensors()[p.wire_tensor].dtype != DType::kF8E4M3) continue;
+      const auto cols = static_cast<std::int64_t>(p.bytes) / rows;
+      scratch_bytes_ = std::max<std::size_t>(
+          scratch_bytes_, static_cast<std::size_t>(cols + (CeilDivI(cols, fp8_.block_cols) + 1) * 4 + 64));
+    }
+  }
+}
 
 std::uint64_t PushConverter::Key(std::uint32_t tensor, std::int64_t i, std::int64_t j) {
   // Dimensions are bounded by kMaxModelDimension (2^20): 21 bits per block index suffice.
@@ -140,6 +160,108 @@ Status PushConverter::ConvertRound(std::size_t round, std::span<std::byte> slot)
       SW_RETURN_IF_ERROR(QuantizeFp8Shard(from, part_src, part, amax,
                                           std::span<std::uint8_t>(q, static_cast<std::size_t>((r_end - r) * cols)),
                                           std::span<float>(scales, static_cast<std::size_t>(own.count())), fp8_, ctx));
+      r = r_end;
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace shardwire::sync
+
+namespace shardwire::sync {
+
+Status PushConverter::BlockRowAmax(const ConversionPiece& p, DType from, std::span<const std::byte> part_src,
+                                   const Fp8ShardBox& part, const Fp8ErrorContext& ctx,
+                                   std::vector<float>& amax) const {
+  const Fp8BlockRange touched = Fp8BlocksTouched(part, fp8_);
+  amax.assign(static_cast<std::size_t>(touched.count()), 0.0f);
+  SW_RETURN_IF_ERROR(Fp8ShardBlockAmax(from, part_src, part, amax, fp8_, ctx));
+  if (peer_amax_.empty()) return Status::Ok();
+  const std::int64_t nj = touched.col_end - touched.col_begin;
+  for (std::int64_t i = touched.row_begin; i < touched.row_end; ++i) {
+    for (std::int64_t j = touched.col_begin; j < touched.col_end; ++j) {
+      auto it = peer_amax_.find(Key(p.wire_tensor, i, j));
+      if (it == peer_amax_.end()) continue;
+      float& a = amax[static_cast<std::size_t>((i - touched.row_begin) * nj + (j - touched.col_begin))];
+      a = std::max(a, it->second);
+    }
+  }
+  return Status::Ok();
+}
+
+Status PushConverter::ConvertRoundTo(std::size_t round, std::span<std::byte> scratch, const Sink& sink) const {
+  if (scratch.size() < ScratchBytes()) {
+    return Internal(fmt::format("conversion scratch of {} bytes, {} needed", scratch.size(), ScratchBytes()));
+  }
+  const Layout& wire = conversion_.wire_layout();
+  std::vector<float> amax;
+  for (const ConversionPiece& p : plan_.rounds.at(round).pieces) {
+    Box box;
+    SW_ASSIGN_OR_RETURN(const auto src, SourceRows(p.trainer_tensor, p.row_begin, p.row_end, &box));
+    const DType from = trainer_.tensors()[p.trainer_tensor].dtype;
+    const TensorSpec& dst = wire.tensors()[p.wire_tensor];
+    const std::size_t in_size = DTypeSize(from), out_size = DTypeSize(dst.dtype);
+    const std::int64_t rows = p.row_end - p.row_begin;
+    const std::uint64_t row_elems = rows > 0 ? (p.bytes / out_size) / static_cast<std::uint64_t>(rows) : 0;
+    if (row_elems == 0) continue;
+    // Whole rows per chunk, as many as fit the scratch (at least one row; a row longer than the
+    // scratch is cut into runs of elements).
+    const std::uint64_t chunk_elems = std::max<std::uint64_t>(1, scratch.size() / out_size / row_elems) * row_elems;
+    if (dst.dtype != DType::kF8E4M3) {
+      const std::uint64_t total = row_elems * static_cast<std::uint64_t>(rows);
+      const std::uint64_t step = std::min<std::uint64_t>(chunk_elems, scratch.size() / out_size);
+      for (std::uint64_t e = 0; e < total; e += step) {
+        const std::uint64_t n = std::min(step, total - e);
+        const auto out = scratch.first(n * out_size);
+        SW_RETURN_IF_ERROR(CastElements(from, dst.dtype, src.subspan(e * in_size, n * in_size), out)
+                               .WithContext(fmt::format("casting {} to {}", dst.name, DTypeName(dst.dtype))));
+        SW_RETURN_IF_ERROR(sink(p.slot_offset + e * out_size, out));
+      }
+      continue;
+    }
+    const Fp8ErrorContext ctx{dst.name};
+    const std::int64_t cols = box.shape[1];
+    const Fp8BlockRange piece_own = Fp8BlocksOwned({p.row_begin, rows, box.offset[1], cols}, fp8_);
+    const std::int64_t scale_cols = piece_own.col_end - piece_own.col_begin;
+    // Rows per quantised chunk: the chunk's FP8 bytes fit the scratch (they are written there and
+    // copied out while still in cache); the chunk's scales go after them.
+    const std::int64_t scale_room = (CeilDivI(cols, fp8_.block_cols) + 1) * 4 + 64;
+    const std::int64_t chunk_rows = std::max<std::int64_t>(
+        1, (static_cast<std::int64_t>(scratch.size()) - scale_room) / std::max<std::int64_t>(1, cols));
+    if (cols + scale_room > static_cast<std::int64_t>(scratch.size())) {
+      return Internal(fmt::format("a row of {} ({} FP8 bytes) does not fit the conversion scratch", dst.name, cols));
+    }
+    for (std::int64_t r = p.row_begin; r < p.row_end;) {
+      // Pass 1 over the whole block-row part: the whole blocks' amaxes.
+      const std::int64_t r_end = std::min(p.row_end, (r / fp8_.block_rows + 1) * fp8_.block_rows);
+      const Fp8ShardBox part{r, r_end - r, box.offset[1], cols};
+      const auto part_src = src.subspan(static_cast<std::size_t>((r - p.row_begin) * cols) * in_size,
+                                        static_cast<std::size_t>((r_end - r) * cols) * in_size);
+      SW_RETURN_IF_ERROR(BlockRowAmax(p, from, part_src, part, ctx, amax));
+      // Pass 2, a few rows at a time: quantise into the scratch, hand the bytes on.
+      for (std::int64_t c = r; c < r_end;) {
+        const std::int64_t c_end = std::min(r_end, c + chunk_rows);
+        const Fp8ShardBox sub{c, c_end - c, box.offset[1], cols};
+        const Fp8BlockRange own = Fp8BlocksOwned(sub, fp8_);
+        const std::size_t q_bytes = static_cast<std::size_t>((c_end - c) * cols);
+        auto* q = reinterpret_cast<std::uint8_t*>(scratch.data());
+        auto* scales = reinterpret_cast<float*>(scratch.data() + ((q_bytes + 63) & ~std::size_t{63}));
+        const auto sub_src =
+            src.subspan(static_cast<std::size_t>((c - p.row_begin) * cols) * in_size, q_bytes * in_size);
+        SW_RETURN_IF_ERROR(QuantizeFp8Shard(from, sub_src, sub, amax, std::span<std::uint8_t>(q, q_bytes),
+                                            std::span<float>(scales, static_cast<std::size_t>(own.count())), fp8_,
+                                            ctx));
+        SW_RETURN_IF_ERROR(
+            sink(p.slot_offset + static_cast<std::uint64_t>(c - p.row_begin) * static_cast<std::uint64_t>(cols),
+                 std::span<const std::byte>(scratch.data(), q_bytes)));
+        if (own.count() > 0) {
+          const std::uint64_t at =
+              p.scale_slot_offset + static_cast<std::uint64_t>((own.row_begin - piece_own.row_begin) * scale_cols) * 4;
+          SW_RETURN_IF_ERROR(
+              sink(at, std::as_bytes(std::span<const float>(scales, static_cast<std::size_t>(own.count())))));
+        }
+        c = c_end;
+      }
       r = r_end;
     }
   }

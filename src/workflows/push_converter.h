@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <unordered_map>
 #include <vector>
@@ -38,7 +39,25 @@ class PushConverter {
   /// Errors: kCorruptData naming tensor and element for NaN / Inf input; conversion errors.
   Status ConvertRound(std::size_t round, std::span<std::byte> slot) const;
 
+  /// Receives converted bytes that are not written into a staging slot: `slot_offset` is where
+  /// they would lie in round's slot (the offsets the round's moves use), `bytes` are valid only
+  /// during the call.
+  using Sink = std::function<Status(std::uint64_t slot_offset, std::span<const std::byte> bytes)>;
+  /// Bytes of scratch ConvertRoundTo needs: kScratchBytes, or one FP8 row and its scales of the
+  /// widest converted tensor when that is more.
+  static constexpr std::size_t kScratchBytes = std::size_t{64} << 10;
+  std::size_t ScratchBytes() const { return scratch_bytes_; }
+  /// Converts round `round`'s pieces as ConvertRound does (the same bytes), but a few rows at a
+  /// time into `scratch` (ScratchBytes() or more; it stays in the CPU's cache), handing each chunk
+  /// to `sink` (e.g. copying it straight into mapped engine buffers). Errors: as ConvertRound,
+  /// and the sink's first error.
+  Status ConvertRoundTo(std::size_t round, std::span<std::byte> scratch, const Sink& sink) const;
+
  private:
+  // The whole-block amaxes of block-row part `part` of a piece (this rank's partial amaxes raised
+  // to the peers' where recorded), row-major over Fp8BlocksTouched(part).
+  Status BlockRowAmax(const ConversionPiece& p, DType from, std::span<const std::byte> part_src,
+                      const Fp8ShardBox& part, const Fp8ErrorContext& ctx, std::vector<float>& amax) const;
   static std::uint64_t Key(std::uint32_t tensor, std::int64_t i, std::int64_t j);
   // The trainer-buffer bytes of rows [row_begin, row_end) of the rank's shard of `trainer_tensor`.
   Result<std::span<const std::byte>> SourceRows(std::uint32_t trainer_tensor, std::int64_t row_begin,
@@ -51,6 +70,7 @@ class PushConverter {
   std::span<const std::byte> buffer_;
   Fp8BlockOptions fp8_;
   std::unordered_map<std::uint64_t, float> peer_amax_;
+  std::size_t scratch_bytes_ = kScratchBytes;
 };
 
 }  // namespace shardwire::sync

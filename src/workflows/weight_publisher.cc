@@ -1,10 +1,15 @@
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <set>
+#include <system_error>
 #include <thread>
+
+#include <time.h>
 
 #include <fmt/format.h>
 
@@ -25,6 +30,11 @@ constexpr const char* kTrainerRole = "trainer";
 constexpr const char* kEngineRole = "engine";
 using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double ThreadCpuSeconds() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
 }  // namespace
 
 struct WeightPublisher::State {
@@ -65,6 +75,16 @@ struct WeightPublisher::State {
   std::vector<std::map<int, std::vector<Move>>> round_moves;
   std::vector<std::map<int, Handles>> round_transfers;  // per round: destination -> transfers
   std::map<int, std::string> amax_peer_names;           // trainer rank -> agent name
+  // Converting into mapped engine buffers (WeightSyncOptions::convert_into_mapped): per
+  // destination whose every buffer the transport maps here (Agent::MapPeerRegion), the mapping
+  // of each engine buffer; per round, its row segments sorted by slot offset. Such a destination
+  // gets no staging round transfers: the converter writes its bytes straight into the mapping.
+  struct Segment {
+    std::uint64_t src = 0, dst = 0, length = 0;  // bytes: slot offset, engine buffer offset, length
+  };
+  std::map<int, std::array<MappedRegion, 2>> mapped;
+  std::vector<std::map<int, std::vector<Segment>>> round_segments;  // per round: destination -> segments
+  std::vector<std::vector<std::byte>> scratches;  // per conversion thread: PushConverter::ConvertRoundTo
   bool connected = false;
   sync::Inbox inbox;
   // Dynamic membership: the leader (rank 0), the incarnation each connected destination
@@ -180,6 +200,8 @@ void WeightPublisher::State::ReleaseTransfersTo(int dst) {
   };
   for (Stage& stage : stages) release(stage.transfers);
   for (auto& round : round_transfers) release(round);
+  mapped.erase(dst);
+  for (auto& round : round_segments) round.erase(dst);
   destination_names.erase(dst);
   buffers_of.erase(dst);
 }
@@ -286,6 +308,8 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     state->converter =
         std::make_unique<sync::PushConverter>(state->trainer_layout, rank, *state->conversion, std::move(tc),
                                               state->endpoint.weights, state->options.conversion.fp8);
+    state->scratches.resize(std::max<std::uint32_t>(1, state->options.convert_threads));
+    for (auto& scratch : state->scratches) scratch.resize(state->converter->ScratchBytes());
   }
   return std::unique_ptr<WeightPublisher>(new WeightPublisher(std::move(state)));
 }
@@ -346,9 +370,52 @@ Status WeightPublisher::State::ConnectDestination(int dst) {
       SW_ASSIGN_OR_RETURN(stage.transfers[dst], prepare(it->second, endpoint.region, 0));
     }
   }
-  if (converter) {
+  if (converter && options.convert_into_mapped) {
+    // The direct-mapped destination capability: when the transport maps every engine buffer of
+    // this destination into this process (a same-host arena), the converter writes into it.
+    bool has_converted = false;
+    for (const auto& round : round_moves) has_converted = has_converted || round.count(dst) > 0;
+    std::array<MappedRegion, 2> views;
+    bool all = has_converted;
+    const RegionId regions[2] = {peer.region, peer.second_region};
+    for (int b = 0; b < 2 && all; ++b) {
+      if (regions[b] == 0) continue;
+      auto view = agent.MapPeerRegion(peer.name, regions[b]);
+      if (!view.ok()) {
+        // Not mappable (another host, RDMA, TCP, caller-registered memory): the staging ring.
+        if (view.status().code() != ErrorCode::kUnsupported)
+          return view.status().WithContext("mapping an engine buffer");
+        all = false;
+        break;
+      }
+      views[static_cast<std::size_t>(b)] = *view;
+    }
+    if (all) {
+      round_segments.resize(round_moves.size());
+      for (std::size_t k = 0; k < round_moves.size(); ++k) {
+        auto it = round_moves[k].find(dst);
+        if (it == round_moves[k].end()) continue;
+        std::vector<Segment>& segs = round_segments[k][dst];
+        for (const Move& m : it->second) {
+          for (std::uint64_t row = 0; row < m.count; ++row) {
+            segs.push_back({m.src_offset + row * m.src_stride, m.dst_offset + row * m.dst_stride, m.length});
+          }
+          // Pre-fault the pages the converter will write, through this process's mapping (as
+          // PrepareTransfer does for the lanes' mappings: docs/transport.md "Pre-faulting").
+          const std::uint64_t span = (m.count - 1) * m.dst_stride + m.length;
+          for (int b = 0; b < 2; ++b) {
+            if (regions[b] == 0 || m.count == 0) continue;
+            SW_RETURN_IF_ERROR(views[static_cast<std::size_t>(b)].PrefaultForWrite(m.dst_offset, span).status());
+          }
+        }
+        std::sort(segs.begin(), segs.end(), [](const Segment& a, const Segment& b) { return a.src < b.src; });
+      }
+      mapped[dst] = views;
+    }
+  }
+  if (converter) round_transfers.resize(round_moves.size());
+  if (converter && !mapped.count(dst)) {
     const std::uint64_t slot_bytes = converter->plan().slot_bytes;
-    round_transfers.resize(round_moves.size());
     for (std::size_t k = 0; k < round_moves.size(); ++k) {
       if (auto it = round_moves[k].find(dst); it != round_moves[k].end()) {
         SW_ASSIGN_OR_RETURN(round_transfers[k][dst],
@@ -706,35 +773,172 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     const TrainerConversion& tc = s.converter->plan();
     const std::size_t slots = tc.slots;
     auto settle_round = [&](std::size_t k) {
+      if (k >= s.round_transfers.size()) return;
       for (const auto& [dst, hs] : s.round_transfers[k]) settle(dst, hs);
     };
-    double convert_s = 0;
+    std::deque<std::size_t> staged_rounds;  // staged rounds whose WRITEs may still read their slot
+    double convert_s = 0, convert_cpu_s = 0;
     std::uint64_t in_flight = 0;  // bytes of the rounds after the last settled one
+    // Destinations written through their mapping (State::mapped) in this push, with the mapping
+    // of the buffer READY named; held (MappedRegion::Access) one round at a time.
+    // A relayed destination is not written here (its relay parent forwards the bytes); its
+    // digest is computed where its tree's root got the same bytes (same offsets).
+    std::map<int, const MappedRegion*> views;
+    for (const auto& [dst, regions] : s.mapped) {
+      if (active.count(dst) && !relayed.count(dst)) views[dst] = &regions[static_cast<std::size_t>(buffer_of.at(dst))];
+    }
+    auto root_of = [&](int dst) {
+      while (relayed.count(dst)) dst = s.relay->parent[static_cast<std::size_t>(dst)];
+      return dst;
+    };
+    struct Held {
+      int dst;
+      MappedRegion::Access access;
+      const std::vector<State::Segment>* segments;
+    };
+    // Copies bytes of the round's slot at `slot_offset` to every held destination's segments.
+    auto scatter = [](std::vector<Held>& held, std::uint64_t slot_offset, std::span<const std::byte> bytes) {
+      const std::uint64_t end = slot_offset + bytes.size();
+      for (Held& h : held) {
+        const auto& segs = *h.segments;
+        auto it = std::partition_point(segs.begin(), segs.end(),
+                                       [&](const State::Segment& g) { return g.src + g.length <= slot_offset; });
+        std::byte* base = h.access.bytes().data();
+        for (; it != segs.end() && it->src < end; ++it) {
+          const std::uint64_t a = std::max(it->src, slot_offset), b = std::min(it->src + it->length, end);
+          std::memcpy(base + it->dst + (a - it->src), bytes.data() + (a - slot_offset), b - a);
+        }
+      }
+    };
+    // Holds the mappings of round k's mapped destinations; one whose mapping was revoked (its
+    // process died, or it was invalidated) is reported in `failed` and skipped.
+    auto hold = [&](std::size_t k, std::vector<std::pair<int, Status>>& failed) {
+      std::vector<Held> held;
+      for (const auto& [dst, view] : views) {
+        if (!active.count(dst) || k >= s.round_segments.size()) continue;
+        auto segs = s.round_segments[k].find(dst);
+        if (segs == s.round_segments[k].end()) continue;
+        auto access = view->Acquire();
+        if (!access.ok()) {
+          failed.emplace_back(dst, access.status());
+          continue;
+        }
+        held.push_back({dst, std::move(*access), &segs->second});
+      }
+      return held;
+    };
+    std::vector<std::size_t> mapped_rounds;  // rounds no active destination takes from a slot
+    std::vector<std::pair<int, Status>> failed;
     for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
-      if (k >= slots) {
-        settle_round(k - slots);
-        in_flight -= tc.rounds[k - slots].bytes;
+      bool staged = false;  // some destination of this round takes it from the staging slot
+      if (k < s.round_transfers.size()) {
+        for (const auto& [dst, hs] : s.round_transfers[k]) staged = staged || active.count(dst) > 0;
+      }
+      if (!staged) {
+        mapped_rounds.push_back(k);
+        continue;
+      }
+      while (!staged_rounds.empty() && staged_rounds.front() + slots <= k) {
+        settle_round(staged_rounds.front());
+        in_flight -= tc.rounds[staged_rounds.front()].bytes;
+        staged_rounds.pop_front();
       }
       if (!interrupted.ok()) break;
+      staged_rounds.push_back(k);
       in_flight += tc.rounds[k].bytes;
       stats.staging_peak_bytes = std::max(stats.staging_peak_bytes, in_flight);
       const auto c0 = Clock::now();
-      SW_RETURN_IF_ERROR(
-          s.converter->ConvertRound(k, s.staging.subspan((k % slots) * tc.slot_bytes, tc.slot_bytes)).WithContext(who));
-      convert_s += Seconds(c0, Clock::now());
+      const double cpu0 = ThreadCpuSeconds();
+      const auto slot = s.staging.subspan((k % slots) * tc.slot_bytes, tc.slot_bytes);
+      SW_RETURN_IF_ERROR(s.converter->ConvertRound(k, slot).WithContext(who));
       if (s.options.verify_digests) {  // before the slot is reused
         for (auto& [dst, digest] : digests) {
+          if (views.count(root_of(dst))) continue;  // hashed from the mapped buffer below
           if (auto it = s.round_moves[k].find(dst); it != s.round_moves[k].end()) {
             digest.Add(s.staging.data() + (k % slots) * tc.slot_bytes, it->second, sync::MoveSide::kSource);
           }
         }
       }
       for (const auto& [dst, hs] : s.round_transfers[k]) post(dst, hs, s.round_moves[k].at(dst));
+      // Mapped destinations of a round that is staged anyway copy from the slot.
+      std::vector<Held> held = hold(k, failed);
+      for (std::uint64_t b = 0; !held.empty() && b < tc.rounds[k].bytes; b += std::uint64_t{1} << 20) {
+        const std::uint64_t n = std::min<std::uint64_t>(std::uint64_t{1} << 20, tc.rounds[k].bytes - b);
+        scatter(held, b, std::span<const std::byte>(slot.data() + b, n));
+      }
+      convert_s += Seconds(c0, Clock::now());
+      convert_cpu_s += ThreadCpuSeconds() - cpu0;
     }
-    for (std::size_t k = tc.rounds.size() >= slots ? tc.rounds.size() - slots : 0; k < tc.rounds.size(); ++k) {
-      settle_round(k);
+    // The rounds every active destination of which is mapped: converted a few rows at a time into
+    // a cache-resident scratch and copied straight into the engine buffers (no slot, no transfer;
+    // the bytes are there when the copy returns), by the pushing thread and convert_threads - 1
+    // helpers taking rounds in turn (the lanes are done with or busy on other bytes meanwhile).
+    if (!mapped_rounds.empty() && interrupted.ok()) {
+      const std::size_t workers =
+          std::clamp<std::size_t>(s.options.convert_threads, 1, std::min(mapped_rounds.size(), s.scratches.size()));
+      std::atomic<std::size_t> next{0};
+      std::vector<Status> errors(workers);
+      std::vector<std::vector<std::pair<int, Status>>> worker_failed(workers);
+      std::vector<double> cpu(workers, 0.0);
+      auto work = [&](std::size_t w) {
+        const double cpu0 = ThreadCpuSeconds();
+        for (std::size_t i = next++; i < mapped_rounds.size() && errors[w].ok(); i = next++) {
+          const std::size_t k = mapped_rounds[i];
+          std::vector<Held> held = hold(k, worker_failed[w]);
+          if (held.empty()) continue;
+          errors[w] = s.converter->ConvertRoundTo(k, s.scratches[w],
+                                                  [&](std::uint64_t at, std::span<const std::byte> bytes) {
+                                                    scatter(held, at, bytes);
+                                                    return Status::Ok();
+                                                  });
+        }
+        cpu[w] = ThreadCpuSeconds() - cpu0;
+      };
+      const auto c0 = Clock::now();
+      std::vector<std::thread> helpers;
+      for (std::size_t w = 1; w < workers; ++w) {
+        try {
+          helpers.emplace_back(work, w);
+        } catch (const std::system_error&) {
+          break;  // no thread: the others take its rounds
+        }
+      }
+      work(0);
+      for (auto& h : helpers) h.join();
+      convert_s += Seconds(c0, Clock::now());
+      for (std::size_t w = 0; w < workers; ++w) {
+        convert_cpu_s += cpu[w];
+        SW_RETURN_IF_ERROR(errors[w].WithContext(who));
+        failed.insert(failed.end(), worker_failed[w].begin(), worker_failed[w].end());
+      }
     }
+    for (auto& [dst, why] : failed) miss(dst, why);
+    // Per mapped destination still in the push: its bytes and the digest of what was written,
+    // read back from its buffer round by round in move order (the order the engine hashes).
+    for (const auto& [dst, view] : views) {
+      if (!active.count(dst)) continue;
+      auto access = view->Acquire();
+      if (!access.ok()) {
+        miss(dst, access.status());
+        continue;
+      }
+      for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
+        auto it = s.round_moves[k].find(dst);
+        if (it == s.round_moves[k].end()) continue;
+        for (const Move& m : it->second) stats.mapped_bytes += m.bytes();
+      }
+      // Its digest, and those of the destinations relayed from it, from what was written here.
+      for (auto& [target, digest] : digests) {
+        if (root_of(target) != dst || !active.count(target)) continue;
+        for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
+          auto it = s.round_moves[k].find(target);
+          if (it != s.round_moves[k].end()) digest.Add(access->bytes().data(), it->second, sync::MoveSide::kDestination);
+        }
+      }
+    }
+    for (std::size_t k : staged_rounds) settle_round(k);
     stats.convert_s = convert_s;
+    stats.convert_cpu_s = convert_cpu_s;
     stats.converted_bytes = s.converted_bytes_per_push;
     stats.staging_bytes = s.staging.size();
   }

@@ -244,10 +244,17 @@ std::size_t CheckFp8Engine(const Layout& engine, int rank, std::span<const std::
   return bad;
 }
 
-TEST(WeightSync, Bf16TrainersIntoFp8EnginesEveryByteVerified) {
+// The paths of the converting push: into the engine arenas the transport maps into the trainer
+// (convert_into_mapped, the default on one host), the staging ring with WRITEs (forced), and both
+// in one push (engine rank 1 holds its weights in caller-registered memory, which does not map).
+enum class Fp8Path { kMapped, kStaging, kMixed };
+
+void PushBf16IntoFp8Engines(Fp8Path path) {
   const Layout trainer = MakeFsdpLayout(TrainerBf16(), 3).value();
   const Layout engine = MakeTpLayout(EngineFp8(), {0, 0, 0, 1, 1, -1, -1, -1}, 2, 2).value();
-  WeightSyncOptions options{"fp8", 30};
+  const bool into_mapped = path != Fp8Path::kStaging;
+  WeightSyncOptions options{path == Fp8Path::kMapped ? "fp8m" : (path == Fp8Path::kStaging ? "fp8s" : "fp8x"), 30};
+  options.convert_into_mapped = into_mapped;
   options.conversion.staging_bytes = 160 << 10;  // several rounds per push
   options.verify_digests = true;                 // and each round's converted bytes in the digests
   std::vector<pid_t> children;
@@ -257,7 +264,13 @@ TEST(WeightSync, Bf16TrainersIntoFp8EnginesEveryByteVerified) {
     const pid_t pid = ForkWithPort(&fd, r, [&](std::uint16_t p) {
       auto rz = ConnectRendezvous(p);
       if (!rz.ok()) return 10;
-      auto sub = WeightSubscriber::Create(**rz, trainer, engine, r, options);
+      WeightSyncOptions mine = options;
+      std::vector<std::byte> own;  // caller-registered weights: the transport cannot map them
+      if (path == Fp8Path::kMixed && r == 1) {
+        own.resize(engine.rank(r).buffer_bytes);
+        mine.buffer = own;
+      }
+      auto sub = WeightSubscriber::Create(**rz, trainer, engine, r, mine);
       if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
       for (std::uint64_t v = 1; v <= kVersions; ++v) {
         if (!(*sub)->BeginUpdate(v).ok()) return 12;
@@ -312,8 +325,95 @@ TEST(WeightSync, Bf16TrainersIntoFp8EnginesEveryByteVerified) {
     EXPECT_GT(last[t].converted_bytes, 0u);
     EXPECT_LE(last[t].staging_bytes, 160u << 10) << "staging stays within its bound";
     EXPECT_LE(last[t].staging_peak_bytes, last[t].staging_bytes);
+    if (path == Fp8Path::kMapped) {
+      EXPECT_EQ(last[t].mapped_bytes, last[t].converted_bytes) << "every converted byte went straight into a mapping";
+      EXPECT_EQ(last[t].staging_peak_bytes, 0u) << "no staging slot used";
+    } else if (path == Fp8Path::kMixed) {
+      EXPECT_GT(last[t].mapped_bytes, 0u) << "the arenas were written through their mappings";
+      EXPECT_LT(last[t].mapped_bytes, last[t].converted_bytes) << "engine rank 1's bytes went through the ring";
+      EXPECT_GT(last[t].staging_peak_bytes, 0u);
+    } else {
+      EXPECT_EQ(last[t].mapped_bytes, 0u) << "the forced fallback never writes through a mapping";
+      EXPECT_GT(last[t].staging_peak_bytes, 0u);
+    }
   }
   for (pid_t pid : children) EXPECT_EQ(WaitChild(pid), 0);
+}
+
+TEST(WeightSync, Bf16TrainersIntoFp8EnginesEveryByteVerified) { PushBf16IntoFp8Engines(Fp8Path::kMapped); }
+
+TEST(WeightSync, Bf16TrainersIntoFp8EnginesThroughStagingEveryByteVerified) {
+  PushBf16IntoFp8Engines(Fp8Path::kStaging);
+}
+
+TEST(WeightSync, Bf16TrainersIntoFp8EnginesMappedAndStagedInOnePush) { PushBf16IntoFp8Engines(Fp8Path::kMixed); }
+
+// A converting push into mapped engine buffers when one engine replica died after its READY: its
+// mapping is revoked (the transport's liveness check), so the push does not write through it; the
+// replica misses the version with kPeerDisconnected, no crash, and the live replica commits every
+// version byte for byte.
+TEST(WeightSync, Fp8IntoMappedBuffersDeadEngineMissesTheVersion) {
+  const Layout trainer = MakeFsdpLayout(TrainerBf16(), 1).value();
+  const Layout engine = MakeTpLayout(EngineFp8(), {0, 0, 0, 1, 1, -1, -1, -1}, 1, 2).value();  // 2 replicas
+  WeightSyncOptions options{"fp8dead", 30};
+  options.engine_timeout_s = 5;
+  std::vector<pid_t> children;
+  std::vector<int> port_pipes;
+  for (int r = 0; r < engine.world_size(); ++r) {
+    int fd = -1;
+    const pid_t pid = ForkWithPort(&fd, r, [&](std::uint16_t p) {
+      auto rz = ConnectRendezvous(p);
+      if (!rz.ok()) return 10;
+      auto sub = WeightSubscriber::Create(**rz, trainer, engine, r, options);
+      if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
+      for (std::uint64_t v = 1; v <= kVersions; ++v) {
+        if (!(*sub)->BeginUpdate(v).ok()) return 12;
+        if (r == 1 && v == 2) raise(SIGKILL);  // READY(2) sent, then dead
+        auto stats = (*sub)->WaitForUpdate(v);
+        if (!stats.ok()) {
+          std::fprintf(stderr, "engine %d: %s\n", r, stats.status().ToString().c_str());
+          return 13;
+        }
+        if (CheckFp8Engine(engine, r, (*sub)->weights(), v) != 0) return 15;
+      }
+      return 0;
+    });
+    ASSERT_GE(pid, 0);
+    children.push_back(pid);
+    port_pipes.push_back(fd);
+  }
+  auto server = ServeChildren(port_pipes);
+  ASSERT_NE(server, nullptr);
+  auto rz = ConnectRendezvous(static_cast<std::uint16_t>(server->port()));
+  ASSERT_TRUE(rz.ok());
+  auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, options);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*pub)->Connect().ok());
+  for (std::uint64_t v = 1; v <= kVersions; ++v) {
+    std::span<std::byte> w = (*pub)->weights();
+    for (const ShardRef& sh : trainer.rank(0).shards) {
+      const TensorSpec& spec = trainer.tensors()[sh.tensor];
+      const auto bytes = Crop(FullBf16(spec, v), spec.shape, sh.box, 2);
+      std::memcpy(w.data() + sh.byte_offset, bytes.data(), bytes.size());
+    }
+    if (v == 2) {
+      EXPECT_EQ(WaitChild(children[1]), 100) << "replica 1 was killed after READY(2)";
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));  // several liveness periods
+    }
+    auto stats = (*pub)->Push(v);
+    ASSERT_TRUE(stats.ok()) << "v" << v << ": " << stats.status().ToString();
+    EXPECT_GT(stats->mapped_bytes, 0u) << "v" << v << ": the live replica is written through its mapping";
+    if (v == 1) {
+      EXPECT_TRUE(stats->missed.empty());
+    } else {
+      ASSERT_EQ(stats->missed.size(), 1u) << "v" << v;
+      EXPECT_EQ(stats->missed[0].engine_rank, 1);
+      if (v == 2) {
+        EXPECT_EQ(stats->missed[0].reason.code(), ErrorCode::kPeerDisconnected) << stats->missed[0].reason.ToString();
+      }
+    }
+  }
+  EXPECT_EQ(WaitChild(children[0]), 0) << "the live replica verified every version byte for byte";
 }
 
 // ---- Fault isolation: one engine replica dead (kill -9) or stalled (SIGSTOP) misses the version;
