@@ -246,15 +246,23 @@ std::size_t CheckFp8Engine(const Layout& engine, int rank, std::span<const std::
 
 // The paths of the converting push: into the engine arenas the transport maps into the trainer
 // (convert_into_mapped, the default on one host), the staging ring with WRITEs (forced), and both
-// in one push (engine rank 1 holds its weights in caller-registered memory, which does not map).
-enum class Fp8Path { kMapped, kStaging, kMixed };
+// in one push (engine rank 1 holds its weights in caller-registered memory, which does not map);
+// the last also with engine-to-engine relays (ranks 0 and 1 are the roots, 2 and 3 get their
+// bytes forwarded: 2 from a mapped root, 3 from the caller-memory root).
+enum class Fp8Path { kMapped, kStaging, kMixed, kMixedRelay };
 
 void PushBf16IntoFp8Engines(Fp8Path path) {
   const Layout trainer = MakeFsdpLayout(TrainerBf16(), 3).value();
   const Layout engine = MakeTpLayout(EngineFp8(), {0, 0, 0, 1, 1, -1, -1, -1}, 2, 2).value();
   const bool into_mapped = path != Fp8Path::kStaging;
-  WeightSyncOptions options{path == Fp8Path::kMapped ? "fp8m" : (path == Fp8Path::kStaging ? "fp8s" : "fp8x"), 30};
+  const bool mixed = path == Fp8Path::kMixed || path == Fp8Path::kMixedRelay;
+  WeightSyncOptions options{path == Fp8Path::kMapped    ? "fp8m"
+                            : path == Fp8Path::kStaging ? "fp8s"
+                            : path == Fp8Path::kMixed   ? "fp8x"
+                                                        : "fp8r",
+                            30};
   options.convert_into_mapped = into_mapped;
+  options.relay_broadcasts = path == Fp8Path::kMixedRelay;
   options.conversion.staging_bytes = 160 << 10;  // several rounds per push
   options.verify_digests = true;                 // and each round's converted bytes in the digests
   std::vector<pid_t> children;
@@ -266,7 +274,7 @@ void PushBf16IntoFp8Engines(Fp8Path path) {
       if (!rz.ok()) return 10;
       WeightSyncOptions mine = options;
       std::vector<std::byte> own;  // caller-registered weights: the transport cannot map them
-      if (path == Fp8Path::kMixed && r == 1) {
+      if (mixed && r == 1) {
         own.resize(engine.rank(r).buffer_bytes);
         mine.buffer = own;
       }
@@ -328,7 +336,10 @@ void PushBf16IntoFp8Engines(Fp8Path path) {
     if (path == Fp8Path::kMapped) {
       EXPECT_EQ(last[t].mapped_bytes, last[t].converted_bytes) << "every converted byte went straight into a mapping";
       EXPECT_EQ(last[t].staging_peak_bytes, 0u) << "no staging slot used";
-    } else if (path == Fp8Path::kMixed) {
+    } else if (mixed) {
+      if (path == Fp8Path::kMixedRelay) {
+        EXPECT_EQ(last[t].relayed, (std::vector<int>{2, 3})) << "the replicas got their bytes from the roots";
+      }
       EXPECT_GT(last[t].mapped_bytes, 0u) << "the arenas were written through their mappings";
       EXPECT_LT(last[t].mapped_bytes, last[t].converted_bytes) << "engine rank 1's bytes went through the ring";
       EXPECT_GT(last[t].staging_peak_bytes, 0u);
@@ -347,6 +358,10 @@ TEST(WeightSync, Bf16TrainersIntoFp8EnginesThroughStagingEveryByteVerified) {
 }
 
 TEST(WeightSync, Bf16TrainersIntoFp8EnginesMappedAndStagedInOnePush) { PushBf16IntoFp8Engines(Fp8Path::kMixed); }
+
+TEST(WeightSync, Bf16TrainersIntoFp8EnginesMappedStagedAndRelayedInOnePush) {
+  PushBf16IntoFp8Engines(Fp8Path::kMixedRelay);
+}
 
 // A converting push into mapped engine buffers when one engine replica died after its READY: its
 // mapping is revoked (the transport's liveness check), so the push does not write through it; the
