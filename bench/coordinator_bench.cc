@@ -37,10 +37,12 @@
 //                          [--open-rates R1,R2,..] [--open-seconds S] [--open-only 1]
 #include <fmt/format.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -270,10 +272,13 @@ int OpenLoopGrpc(const std::string& address, double rate, int conns, double seco
     std::unique_ptr<grpc::ClientAsyncResponseReader<v1::HeartbeatSourceResponse>> reader;
     Clock::time_point scheduled;
   };
+  // Two threads, so that neither sending nor the latency clock depends on gRPC's millisecond
+  // timers: this one sends each heartbeat at its scheduled time (clock_nanosleep to the
+  // nanosecond), the drainer blocks in the completion queue and stamps each answer as it arrives.
   grpc::CompletionQueue cq;
   std::vector<double> lat;
   lat.reserve(static_cast<size_t>(rate * seconds * 1.1));
-  long sent = 0, done = 0, errors = 0, outstanding = 0;
+  long done = 0, errors = 0;
   const double cpu0 = ProcessCpuSeconds();
   const auto t0 = Clock::now() + std::chrono::milliseconds(100);
   const long total = static_cast<long>(rate * seconds);
@@ -281,34 +286,37 @@ int OpenLoopGrpc(const std::string& address, double rate, int conns, double seco
     return t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(i / rate));
   };
   const auto drain_end = sched(total) + std::chrono::seconds(5);
-  while (done < total && Clock::now() < drain_end) {
-    auto now = Clock::now();
-    while (sent < total && sched(sent) <= now) {
-      auto* call = new Call;
-      call->scheduled = sched(sent);
-      call->req.set_source_id(ids[sent % ids.size()]);
-      call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-      call->reader = stubs[sent % conns]->AsyncHeartbeat(&call->ctx, call->req, &cq);
-      call->reader->Finish(&call->resp, &call->status, call);
-      ++sent;
-      ++outstanding;
-    }
-    auto wake = sent < total ? sched(sent) : drain_end;
-    void* tag = nullptr;
-    bool ok = false;
-    auto st = cq.AsyncNext(&tag, &ok,
-                           std::chrono::system_clock::now() +
-                               std::chrono::duration_cast<std::chrono::system_clock::duration>(wake - Clock::now()));
-    while (st == grpc::CompletionQueue::GOT_EVENT) {
+  std::thread drainer([&] {
+    while (done < total) {
+      void* tag = nullptr;
+      bool ok = false;
+      const auto st =
+          cq.AsyncNext(&tag, &ok,
+                       std::chrono::system_clock::now() +
+                           std::chrono::duration_cast<std::chrono::system_clock::duration>(drain_end - Clock::now()));
+      if (st != grpc::CompletionQueue::GOT_EVENT) break;  // the drain deadline passed
       auto* call = static_cast<Call*>(tag);
       lat.push_back(std::chrono::duration<double, std::milli>(Clock::now() - call->scheduled).count());
       if (!ok || !call->status.ok()) ++errors;
       ++done;
-      --outstanding;
       delete call;
-      st = cq.AsyncNext(&tag, &ok, std::chrono::system_clock::now());  // drain what is ready, no wait
     }
+  });
+  long sent = 0;
+  for (; sent < total; ++sent) {
+    const auto at = sched(sent);
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(at.time_since_epoch()).count();
+    const timespec when{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+    while (::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &when, nullptr) == EINTR) {
+    }
+    auto* call = new Call;
+    call->scheduled = at;
+    call->req.set_source_id(ids[sent % ids.size()]);
+    call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    call->reader = stubs[sent % conns]->AsyncHeartbeat(&call->ctx, call->req, &cq);
+    call->reader->Finish(&call->resp, &call->status, call);
   }
+  drainer.join();
   const double wall = std::chrono::duration<double>(sched(total) - t0).count();
   const long late = total - done;
   PrintOpenLoop(sent, done, errors, late, lat, wall, ProcessCpuSeconds() - cpu0);
