@@ -139,20 +139,7 @@ Status PushConverter::ConvertRound(std::size_t round, std::span<std::byte> slot)
       const Fp8ShardBox part{r, r_end - r, box.offset[1], cols};
       const auto part_src = src.subspan(static_cast<std::size_t>((r - p.row_begin) * cols) * esize,
                                         static_cast<std::size_t>((r_end - r) * cols) * esize);
-      const Fp8BlockRange touched = Fp8BlocksTouched(part, fp8_);
-      amax.assign(static_cast<std::size_t>(touched.count()), 0.0f);
-      SW_RETURN_IF_ERROR(Fp8ShardBlockAmax(from, part_src, part, amax, fp8_, ctx));
-      if (!peer_amax_.empty()) {
-        const std::int64_t nj = touched.col_end - touched.col_begin;
-        for (std::int64_t i = touched.row_begin; i < touched.row_end; ++i) {
-          for (std::int64_t j = touched.col_begin; j < touched.col_end; ++j) {
-            auto it = peer_amax_.find(Key(p.wire_tensor, i, j));
-            if (it == peer_amax_.end()) continue;
-            float& a = amax[static_cast<std::size_t>((i - touched.row_begin) * nj + (j - touched.col_begin))];
-            a = std::max(a, it->second);
-          }
-        }
-      }
+      SW_RETURN_IF_ERROR(BlockRowAmax(p, from, part_src, part, ctx, amax));
       const Fp8BlockRange own = Fp8BlocksOwned(part, fp8_);
       auto* q = reinterpret_cast<std::uint8_t*>(slot.data() + p.slot_offset) + (r - p.row_begin) * cols;
       auto* scales = reinterpret_cast<float*>(slot.data() + p.scale_slot_offset) +
@@ -165,10 +152,6 @@ Status PushConverter::ConvertRound(std::size_t round, std::span<std::byte> slot)
   }
   return Status::Ok();
 }
-
-}  // namespace shardwire::sync
-
-namespace shardwire::sync {
 
 Status PushConverter::BlockRowAmax(const ConversionPiece& p, DType from, std::span<const std::byte> part_src,
                                    const Fp8ShardBox& part, const Fp8ErrorContext& ctx,
