@@ -351,7 +351,6 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
     relay_status = s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kRelayPlan, version, s.source_names,
                                         s.options.timeout_s, &plans, sync::MessageKind::kMissed, s.options.interrupt);
     std::map<int, int> named;  // child -> sources that named it alike
-    std::optional<sync::RelayTarget> first;
     for (const auto& [name, plan] : plans) {
       if (plan.relay_from) relayed_from = static_cast<int>(*plan.relay_from);
       for (const sync::RelayTarget& t : plan.relay_to) {
