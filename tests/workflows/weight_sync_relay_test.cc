@@ -40,7 +40,7 @@ void StartJob(Job& job, const std::string& name, int k) {
   options.relay_broadcasts = true;
   options.max_concurrency = k;
   options.verify_digests = true;
-  options.engine_timeout_s = 1;
+  options.engine_timeout_s = 3;  // the stalled-replica test waits this long for its READY
   for (int e = 0; e < 3; ++e) {
     auto sub = WeightSubscriber::Create(*job.client, job.trainer, job.engine, e, options);
     ASSERT_TRUE(sub.ok()) << sub.status().ToString();
