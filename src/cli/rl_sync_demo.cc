@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <thread>
@@ -72,9 +73,26 @@ Result<std::optional<json>> AwaitReport(Rendezvous& rendezvous, ChildProcesses& 
     if (value.ok()) return std::optional<json>(json::parse(*value, nullptr, /*allow_exceptions=*/false));
     if (value.status().code() != ErrorCode::kTimedOut) return value.status();
     if (skipped && skipped()) return std::optional<json>{};
-    for (const ChildExit& e : children.ReapExited()) {
+    std::vector<ChildExit> exits = children.ReapExited();
+    auto trainer_failed = [](const ChildExit& e) { return !e.ok() && e.label.rfind("engine", 0) != 0; };
+    if (std::any_of(exits.begin(), exits.end(), trainer_failed)) {
+      // A trainer that failed may have failed because another one died (a push waits for its
+      // peers' ROUND_DONE, amaxes and addends): give the others a moment to show it, and name a
+      // trainer killed by a signal first (the cause), then the ones that failed after it.
+      const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+      while (std::chrono::steady_clock::now() < grace) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        for (ChildExit& e : children.ReapExited()) exits.push_back(std::move(e));
+      }
+      std::vector<ChildExit> failed;
+      std::copy_if(exits.begin(), exits.end(), std::back_inserter(failed), trainer_failed);
+      std::stable_partition(failed.begin(), failed.end(), [](const ChildExit& e) { return e.signal != 0; });
+      std::string why;
+      for (const ChildExit& e : failed) why += (why.empty() ? "" : "; then ") + e.Describe();
+      return Internal(why);
+    }
+    for (const ChildExit& e : exits) {
       if (e.ok()) continue;
-      if (e.label.rfind("engine", 0) != 0) return Internal(e.Describe());
       if (FailedVerification(e)) return VerificationFailed(e.Describe());
       if (restarts.enabled) {
         SW_RETURN_IF_ERROR(restarts.respawn(e.label));
@@ -107,11 +125,11 @@ struct StepFigures {
   std::uint64_t staging_peak_bytes = 0;  // largest staging use of any trainer
   std::uint64_t staging_bytes = 0;       // largest staging buffer of any trainer
   std::uint64_t mapped_bytes = 0;        // converted bytes written straight into mapped engine buffers
-  std::uint64_t direct_copy_bytes = 0;  // bytes the trainers' lanes copied into mapped engine arenas
-  std::uint64_t ucx_requests = 0;       // UCX data requests (rows not copied directly)
-  double copy_s = 0, copy_cpu_s = 0;    // lanes' direct copies: wall and CPU seconds, summed over lanes
-  double connect_s = 0;                 // step 1 only: slowest trainer's Connect (includes pre-faulting)
-  std::uint64_t prefaulted_pages = 0;   // step 1 only: pages all trainers pre-faulted at Connect
+  std::uint64_t direct_copy_bytes = 0;   // bytes the trainers' lanes copied into mapped engine arenas
+  std::uint64_t ucx_requests = 0;        // UCX data requests (rows not copied directly)
+  double copy_s = 0, copy_cpu_s = 0;     // lanes' direct copies: wall and CPU seconds, summed over lanes
+  double connect_s = 0;                  // step 1 only: slowest trainer's Connect (includes pre-faulting)
+  std::uint64_t prefaulted_pages = 0;    // step 1 only: pages all trainers pre-faulted at Connect
   std::vector<std::pair<double, double>> transfer_windows, compute_windows;  // per trainer, CLOCK_MONOTONIC s
 
   // Seconds during which some trainer was transferring while another computed its update
@@ -129,10 +147,10 @@ struct StepFigures {
   json trainer_reports = json::array();  // per trainer: its window and its wait for READY (--json)
   double engine_wait_s = 0;              // slowest engine: READY to commit
   int verified = 0;
-  int unchecked = 0;  // engine ranks that committed the version without checking it (--verify last)
-  double last_commit = 0;  // CLOCK_MONOTONIC s of the last engine rank's commit (its forwards done)
-  int relayed = 0;         // engine ranks that got the version through a relay
-  double relay_s = 0;      // slowest engine rank's forwards to its relay children (after its commit)
+  int unchecked = 0;                  // engine ranks that committed the version without checking it (--verify last)
+  double last_commit = 0;             // CLOCK_MONOTONIC s of the last engine rank's commit (its forwards done)
+  int relayed = 0;                    // engine ranks that got the version through a relay
+  double relay_s = 0;                 // slowest engine rank's forwards to its relay children (after its commit)
   std::map<int, std::string> missed;  // engine rank -> why it missed this version (first reason seen)
 };
 
@@ -179,9 +197,9 @@ Status Run(const RlSyncOptions& o) {
   const int engine_ranks = engine_layout.world_size();
   // The push as the workers will run it: moves unchanged where the formats agree, converted
   // (FP8 block quantisation, casts) where they differ.
-  SW_ASSIGN_OR_RETURN(const PushConversion conversion,
-                      PushConversion::Create(trainer_layout, engine_layout, {},
-                                             PlanOptions{.max_concurrency = o.max_concurrency}));
+  SW_ASSIGN_OR_RETURN(
+      const PushConversion conversion,
+      PushConversion::Create(trainer_layout, engine_layout, {}, PlanOptions{.max_concurrency = o.max_concurrency}));
   const TransferPlan& plan = conversion.direct_plan();
   std::uint64_t bytes_per_step = 0;
   for (int r = 0; r < trainer_layout.world_size(); ++r) bytes_per_step += conversion.BytesFrom(r);
@@ -393,11 +411,12 @@ Status Run(const RlSyncOptions& o) {
             ? fmt::format("committed by {}/{} engine ranks, not checked (--verify last)", f.unchecked, engine_ranks)
             : fmt::format("verified {}/{} engine ranks byte for byte", f.verified, engine_ranks));
     if (deliver_s > 0) {
-      fmt::print("            every engine rank committed {:.4f} s after the first write ({} for all engine ranks = "
-                 "{:.2f} GB/s; {} of them through engine-to-engine relays{})\n",
-                 deliver_s, FormatBytes(static_cast<double>(bytes_per_step)),
-                 static_cast<double>(bytes_per_step) / deliver_s / 1e9, f.relayed,
-                 f.relayed > 0 ? fmt::format(", the slowest rank's forwards {:.4f} s", f.relay_s) : "");
+      fmt::print(
+          "            every engine rank committed {:.4f} s after the first write ({} for all engine ranks = "
+          "{:.2f} GB/s; {} of them through engine-to-engine relays{})\n",
+          deliver_s, FormatBytes(static_cast<double>(bytes_per_step)),
+          static_cast<double>(bytes_per_step) / deliver_s / 1e9, f.relayed,
+          f.relayed > 0 ? fmt::format(", the slowest rank's forwards {:.4f} s", f.relay_s) : "");
     }
     if (step > 1) steady_deliver_s += deliver_s;
     missed_versions += static_cast<int>(f.missed.size());
@@ -473,8 +492,8 @@ Status Run(const RlSyncOptions& o) {
   const double memcpy_per_cpu = MeasureMemcpyGBPerCpuSecond(bytes_per_step, copy_threads);
   int restarted = 0;
   for (const auto& [label, n] : restarts.count) restarted += n;
-  std::string outcome = o.verify == "every" ? "every engine rank verified every step"
-                                            : "every engine rank verified the last step";
+  std::string outcome =
+      o.verify == "every" ? "every engine rank verified every step" : "every engine rank verified the last step";
   if (!dead.why.empty()) {
     outcome = fmt::format(
         "every surviving engine rank verified every version it committed; {} engine rank(s) "
@@ -492,20 +511,22 @@ Status Run(const RlSyncOptions& o) {
   if (o.steps > 1) {
     fmt::print("steady      steps 2..{}: {:.2f} GB/s (step 1 reported on its own line above)\n", o.steps, steady_gbps);
     if (steady_deliver_s > 0) {
-      fmt::print("delivery    steps 2..{}: {:.4f} s per step from the first write to the last commit = {:.2f} GB/s of "
-                 "engine weights ({})\n",
-                 o.steps, steady_deliver_s / (o.steps - 1),
-                 static_cast<double>(bytes_per_step) * (o.steps - 1) / steady_deliver_s / 1e9,
-                 o.relay ? "engine-to-engine relays" : "trainers write every engine rank");
+      fmt::print(
+          "delivery    steps 2..{}: {:.4f} s per step from the first write to the last commit = {:.2f} GB/s of "
+          "engine weights ({})\n",
+          o.steps, steady_deliver_s / (o.steps - 1),
+          static_cast<double>(bytes_per_step) * (o.steps - 1) / steady_deliver_s / 1e9,
+          o.relay ? "engine-to-engine relays" : "trainers write every engine rank");
     }
   }
   fmt::print("reference   memcpy, {} thread(s), same bytes, this run: {:.2f} GB/s -> steady/memcpy = {:.2f}\n",
              copy_threads, memcpy_gbps, memcpy_gbps > 0 ? steady_gbps / memcpy_gbps : 0);
   if (steady_copy_cpu_s > 0 && memcpy_per_cpu > 0) {
     const double lanes_per_cpu = static_cast<double>(steady_copy_bytes) / steady_copy_cpu_s / 1e9;
-    fmt::print("copy speed  steps 2..{}: lanes {:.2f} GB per CPU-second, memcpy (same run) {:.2f} -> lanes/memcpy = "
-               "{:.2f} (CPU time: hardly moved by other load on the host)\n",
-               o.steps, lanes_per_cpu, memcpy_per_cpu, lanes_per_cpu / memcpy_per_cpu);
+    fmt::print(
+        "copy speed  steps 2..{}: lanes {:.2f} GB per CPU-second, memcpy (same run) {:.2f} -> lanes/memcpy = "
+        "{:.2f} (CPU time: hardly moved by other load on the host)\n",
+        o.steps, lanes_per_cpu, memcpy_per_cpu, lanes_per_cpu / memcpy_per_cpu);
     summary["lanes_gb_per_cpu_s"] = lanes_per_cpu;
   }
   summary["memcpy_gb_per_cpu_s"] = memcpy_per_cpu;
