@@ -25,6 +25,8 @@ struct SyncFlags {
   bool verify_digests = false;
   int max_concurrency = 4;
   bool relay_broadcasts = false;
+  bool convert_into_mapped = true;  // publisher only
+  std::uint32_t convert_threads = 2;  // publisher only
 };
 
 WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr_t address, std::size_t nbytes,
@@ -37,6 +39,8 @@ WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr
   o.verify_digests = flags.verify_digests;
   o.max_concurrency = flags.max_concurrency;
   o.relay_broadcasts = flags.relay_broadcasts;
+  o.convert_into_mapped = flags.convert_into_mapped;
+  o.convert_threads = flags.convert_threads;
   if (nbytes > 0) o.buffer = std::span<std::byte>(reinterpret_cast<std::byte*>(address), nbytes);
   o.interrupt = PythonSignalHook();  // Ctrl-C ends Connect / Push / WaitForUpdate within ~0.1 s
   return o;
@@ -49,9 +53,9 @@ void BindWeightSync(py::module_& m) {
       .def(py::init([](CoordinatorClient& coordinator, const Layout& trainer, const Layout& engine, int rank,
                        std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s,
                        double engine_timeout_s, bool dynamic_membership, bool verify_digests, int max_concurrency,
-                       bool relay_broadcasts) {
+                       bool relay_broadcasts, bool convert_into_mapped, std::uint32_t convert_threads) {
              const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests, max_concurrency,
-                                   relay_broadcasts};
+                                   relay_broadcasts, convert_into_mapped, convert_threads};
              py::gil_scoped_release release;
              return ValueOrThrow(WeightPublisher::Create(coordinator, trainer, engine, rank,
                                                          Options(job, timeout_s, address, nbytes, flags)));
@@ -59,7 +63,8 @@ void BindWeightSync(py::module_& m) {
            py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("trainer_layout"), py::arg("engine_layout"),
            py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"),
            py::arg("engine_timeout_s") = 10.0, py::arg("dynamic_membership") = false, py::arg("verify_digests") = false,
-           py::arg("max_concurrency") = 4, py::arg("relay_broadcasts") = false)
+           py::arg("max_concurrency") = 4, py::arg("relay_broadcasts") = false, py::arg("convert_into_mapped") = true,
+           py::arg("convert_threads") = 2)
       .def("connect",
            [](WeightPublisher& p) {
              Status st;
@@ -100,6 +105,8 @@ void BindWeightSync(py::module_& m) {
              d["rounds"] = s.rounds;  // schedule rounds this rank wrote in
              d["round_wait_s"] = s.round_wait_s;
              d["relayed"] = s.relayed;  // engine ranks whose relay parent forwards this version
+             d["mapped_bytes"] = s.mapped_bytes;    // converted straight into mapped engine buffers
+             d["convert_cpu_s"] = s.convert_cpu_s;  // CPU seconds of the conversion threads
              return d;
            })
       .def(

@@ -84,7 +84,8 @@ class WeightPublisher(_Endpoint):
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
                  timeout_s: float = 120.0, engine_timeout_s: float = 10.0, dynamic_membership: bool = False,
-                 verify_digests: bool = False, max_concurrency: int = 4, relay_broadcasts: bool = False):
+                 verify_digests: bool = False, max_concurrency: int = 4, relay_broadcasts: bool = False,
+                 convert_into_mapped: bool = True, convert_threads: int = 2):
         """``engine_timeout_s``: seconds one engine rank may take (READY, its transfers) before it
         misses a version. ``dynamic_membership``: engines join and leave through the coordinator
         (WeightSubscriber.join); each push writes to the members of the job. ``verify_digests``:
@@ -94,11 +95,16 @@ class WeightPublisher(_Endpoint):
         the push waits between rounds (WeightSyncOptions::max_concurrency). ``relay_broadcasts``:
         the trainers write one replica of each engine rank's shards and each replica forwards
         them to the next (a K-ary tree) once it committed (WeightSyncOptions::relay_broadcasts).
-        Publishers and subscribers of one job must agree on all four."""
+        Publishers and subscribers of one job must agree on all four. ``convert_into_mapped`` and
+        ``convert_threads`` (this publisher only; used when the engines hold another dtype, e.g. FP8):
+        quantise straight into engine buffers the transport maps into this process (same-host
+        arenas), with that many threads; False forces the staging ring
+        (WeightSyncOptions::convert_into_mapped, convert_threads)."""
         super().__init__(_shardwire._WeightPublisher, coordinator, trainer_layout, engine_layout, trainer_layout,
                          rank, params, job, timeout_s, engine_timeout_s=engine_timeout_s,
                          dynamic_membership=dynamic_membership, verify_digests=verify_digests,
-                         max_concurrency=max_concurrency, relay_broadcasts=relay_broadcasts)
+                         max_concurrency=max_concurrency, relay_broadcasts=relay_broadcasts,
+                         convert_into_mapped=convert_into_mapped, convert_threads=convert_threads)
 
     def wait_for_engines(self, engine_ranks: int, timeout_s: float) -> int:
         """Dynamic membership: waits (GIL released) until at least ``engine_ranks`` engine ranks
@@ -116,7 +122,8 @@ class WeightPublisher(_Endpoint):
         is ready within the engine timeout (10 s), and returns {version, bytes (written, bytes),
         descriptors, ready_wait_s, transfer_s (seconds), converted_bytes, convert_s,
         staging_peak_bytes (conversion in the push, when the engines hold another dtype),
-        rounds, round_wait_s (the plan's rounds this rank wrote in, and its seconds waiting for
+        mapped_bytes, convert_cpu_s (bytes converted straight into mapped engine buffers, and the
+        conversion threads' CPU seconds), rounds, round_wait_s (the plan's rounds this rank wrote in, and its seconds waiting for
         other trainer ranks' earlier rounds), relayed (engine ranks their relay parent forwards
         this version to), missed, absent}. ``absent`` (dynamic membership) lists engine ranks that are not members
         for this version (not misses). ``missed`` lists the engine ranks that did not get this version, each
