@@ -73,7 +73,6 @@ shared_seeds() {
     safetensors_fuzzer) copy_seeds "$out" -name '*.safetensors' -size -200k ;;
     checkpoint_index_fuzzer) copy_seeds "$out" -name '*.index.json' ;;
     model_config_fuzzer) copy_seeds "$out" -name '*config.json' ;;
-    # Pending (issue 11 item 4): coordinator_request_fuzzer.
     *) ;;
   esac
 }

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "shardwire/layout.h"
@@ -61,5 +62,16 @@ struct PlanOptions {
 ///    box); a Partial destination; bad options (bucket_bytes 0, K < 1, process maps of
 ///    the wrong size);
 Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const PlanOptions& options = {});
+
+/// Re-assigns Bucket::round over several plans between the same source and destination
+/// worlds as if their buckets formed one plan (same rule as PlanTransfer's step 4: in every
+/// round no source rank sends to more than `k` destinations and no destination rank receives
+/// from more than `k` sources, now counted across all the plans; a (source, group) pair of
+/// each plan keeps one round). Used by a push that moves some tensors unchanged (one plan)
+/// and converts others (a second plan over the converted tensors): run round by round, the
+/// two parts together respect K. Moves, groups, buckets and reductions are otherwise
+/// unchanged. Errors: kInvalidArgument when `k` < 1, a pointer is null or the plans' world
+/// sizes differ. Not thread-safe for the plans it changes.
+Status ScheduleJointly(std::span<TransferPlan* const> plans, int k);
 
 }  // namespace shardwire

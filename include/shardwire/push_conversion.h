@@ -89,6 +89,9 @@ struct ConversionPiece {
 /// relative to the slot's start; dst offsets in the engine buffers; dst_group as in
 /// converted_plan().dst_groups()).
 struct ConversionRound {
+  /// The schedule round (Bucket::round of both plans, scheduled jointly) of every move of
+  /// this round; staging rounds are in ascending schedule-round order and never mix two.
+  std::uint32_t schedule_round = 0;
   std::vector<ConversionPiece> pieces;
   std::uint64_t bytes = 0;  ///< slot bytes used
   std::vector<Move> moves;

@@ -142,8 +142,10 @@ struct WeightSyncOptions {
   /// Without relay_broadcasts a broadcast to a destination group of more than K members is
   /// written member by member within its round, so a trainer then talks to more than K engine
   /// ranks at once. Publishers and subscribers of one job must agree (it changes the
-  /// plan; Connect refuses a mismatch). Not used by the converted part of a converting push,
-  /// which moves in the staging ring's rounds (push_conversion.h).
+  /// plan; Connect refuses a mismatch). A converting push schedules its moved and its
+  /// converted tensors as one plan (ScheduleJointly) and converts a round's bytes within the
+  /// round (ConversionRound::schedule_round); rows a trainer rank sends in two rounds are
+  /// converted twice (CPU, not bytes on the wire).
   int max_concurrency = 4;
   /// Engine-to-engine relays: engine ranks that hold identical shards (the same TP rank of
   /// every engine replica) need the same bytes, so the trainers write only one of them, the

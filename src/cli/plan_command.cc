@@ -1,6 +1,7 @@
 #include "cli/plan_command.h"
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <fstream>
 #include <map>
@@ -33,7 +34,7 @@ struct Args {
   int layers = 0;
   bool json = false;
   std::uint64_t bucket_mib = 64;
-  int concurrency = 4;
+  std::string concurrency = "4";  // K, or "auto" (with --fabric: the K the fabric model predicts fastest)
   std::string replica_policy = "spread";
   std::string save;
   std::string fabric;
@@ -146,8 +147,39 @@ Status Run(const Args& a) {
   }
   PlanOptions options;
   options.bucket_bytes = a.bucket_mib << 20;
-  options.max_concurrency = a.concurrency;
   options.replica_policy = a.replica_policy == "first" ? ReplicaPolicy::kFirstReplica : ReplicaPolicy::kSpread;
+  // K: given, or (auto) each power of two up to the larger world (a larger K changes nothing),
+  // planned and predicted on the fabric, keeping the fastest (ties: the smaller K, fewer peers).
+  std::vector<std::pair<int, double>> tried;  // (K, predicted seconds), with auto
+  if (a.concurrency == "auto") {
+    if (!fabric) return InvalidArgument("--concurrency auto needs --fabric (K is chosen by the predicted time)");
+    const int most = std::max(src->world_size(), dst->world_size());
+    double best = 0;
+    for (int k = 1;; k *= 2) {
+      options.max_concurrency = k;
+      SW_ASSIGN_OR_RETURN(const TransferPlan candidate, PlanTransfer(*src, *dst, options));
+      Result<FabricPrediction> p = PredictTransfer(candidate, *fabric);
+      if (!p.ok()) return p.status().WithContext("--fabric " + a.fabric);
+      tried.emplace_back(k, p->predicted_seconds);
+      if (tried.size() == 1 || p->predicted_seconds < best) best = p->predicted_seconds;
+      if (k >= most) break;
+    }
+    for (const auto& [k, predicted] : tried) {
+      if (predicted == best) {
+        options.max_concurrency = k;
+        break;
+      }
+    }
+  } else {
+    int k = 0;
+    const char* end = a.concurrency.data() + a.concurrency.size();
+    const auto [at, ec] = std::from_chars(a.concurrency.data(), end, k);
+    if (ec != std::errc() || at != end || k < 1 || k > 4096) {
+      return InvalidArgument(
+          fmt::format("--concurrency: '{}' is neither an integer in [1, 4096] nor 'auto'", a.concurrency));
+    }
+    options.max_concurrency = k;
+  }
   const auto t0 = std::chrono::steady_clock::now();
   SW_ASSIGN_OR_RETURN(const TransferPlan plan, PlanTransfer(*src, *dst, options));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -211,6 +243,12 @@ Status Run(const Args& a) {
                      {"received_per_destination", Traffic(received)},
                      {"max_source_part_bytes", max_src_part},
                      {"max_destination_part_bytes", max_dst_part}};
+    j["concurrency"] = options.max_concurrency;
+    if (!tried.empty()) {
+      nlohmann::json t = nlohmann::json::array();
+      for (const auto& [k, predicted] : tried) t.push_back({{"concurrency", k}, {"predicted_seconds", predicted}});
+      j["concurrency_tried"] = t;
+    }
     if (prediction) j["fabric"] = FabricJson(*fabric, *prediction);
     for (const auto& [kind, cb] : by_transport) {
       j["transports"][std::string(TransportKindName(kind))] = {{"buckets", cb.first}, {"bytes", cb.second}};
@@ -226,8 +264,13 @@ Status Run(const Args& a) {
              dst->description(), plan.dst_world());
   fmt::print(
       "plan        {:.3f} s; {} contiguous runs -> {} moves; {} buckets in {} rounds (K={}); {} destination groups\n",
-      seconds, plan.runs_before_coalescing(), plan.moves().size(), plan.buckets().size(), plan.rounds(), a.concurrency,
-      plan.dst_groups().size());
+      seconds, plan.runs_before_coalescing(), plan.moves().size(), plan.buckets().size(), plan.rounds(),
+      options.max_concurrency, plan.dst_groups().size());
+  if (!tried.empty()) {
+    std::string list;
+    for (const auto& [k, predicted] : tried) list += fmt::format("{}K={} {:.3f} s", list.empty() ? "" : ", ", k, predicted);
+    fmt::print("concurrency auto: K={} predicted fastest of {}\n", options.max_concurrency, list);
+  }
   for (const auto& [kind, cb] : by_transport) {
     fmt::print("  {:<10} {} buckets, {} delivered\n", TransportKindName(kind), cb.first,
                gb(static_cast<double>(cb.second)));
@@ -257,9 +300,10 @@ void AddPlanCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--bucket-mib", a->bucket_mib, "bucket size cap, MiB")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--concurrency", a->concurrency, "K: peers a rank talks to at once")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--concurrency", a->concurrency,
+                  "K: peers a rank talks to at once (1-4096), or 'auto' with --fabric: the K whose plan the "
+                  "fabric model predicts fastest (powers of two up to the larger world)")
+      ->capture_default_str();
   cmd->add_option("--replica-policy", a->replica_policy, "spread (balance over replicas) or first (one replica sends)")
       ->capture_default_str()
       ->check(CLI::IsMember({"spread", "first"}));

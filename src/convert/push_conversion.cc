@@ -231,6 +231,12 @@ Result<PushConversion> PushConversion::Create(const Layout& trainer, const Layou
     SW_ASSIGN_OR_RETURN(const Layout dst, engine.Subset(converted_engine));
     SW_ASSIGN_OR_RETURN(state->converted_plan, PlanTransfer(state->wire, dst, plan));
   }
+  // One schedule for both parts: run round by round, a rank has at most K peers at once
+  // across the moved and the converted tensors (the publisher's rounds, weight_sync.h).
+  {
+    TransferPlan* const parts[] = {&state->direct_plan, &state->converted_plan};
+    SW_RETURN_IF_ERROR(ScheduleJointly(parts, plan.max_concurrency));
+  }
   PushConversion conversion(state);
   // Check the staging bound once, here, so that a bad option fails before anything connects.
   if (conversion.converts()) {
@@ -296,122 +302,198 @@ Result<TrainerConversion> PushConversion::PlanTrainerRank(int rank, std::uint32_
   const RankShards& wire = s.wire.rank(rank);
   TrainerConversion out;
   out.slots = slots;
-  std::vector<Segment> segments;
-  out.rounds.emplace_back();
-  auto start_round_if_full = [&](std::uint64_t need) {
-    if (AlignUp(out.rounds.back().bytes) + need > budget && out.rounds.back().bytes > 0) out.rounds.emplace_back();
-  };
-  for (const ShardRef& shard : wire.shards) {
-    const std::uint32_t w = shard.tensor;
-    const PushTensorKind kind = s.wire_kind[w];
-    if (kind == PushTensorKind::kFp8Scale) continue;  // produced with its weight
-    const TensorSpec& spec = s.wire.tensors()[w];
-    const Box& box = shard.box;
-    const bool scalar = box.shape.empty();
-    const std::int64_t row0 = scalar ? 0 : box.offset[0];
-    const std::int64_t rows = scalar ? 1 : box.shape[0];
-    const std::uint64_t row_bytes = RowElements(box) * DTypeSize(spec.dtype);
-    // Units: block-rows (FP8) or rows (casts); a piece is a run of whole units.
-    const std::int64_t unit = kind == PushTensorKind::kFp8Weight ? fp8.block_rows : 1;
-    const ShardRef* scale_shard = nullptr;
-    Fp8BlockRange own;
-    std::uint64_t scale_row_bytes = 0;
-    if (kind == PushTensorKind::kFp8Weight) {
-      scale_shard = wire.Find(s.wire_pair[w]);
-      own = Fp8BlocksOwned(ToShardBox(box), fp8);
-      scale_row_bytes = static_cast<std::uint64_t>(own.col_end - own.col_begin) * sizeof(float);
-    }
-    std::int64_t r = row0;
-    while (r < row0 + rows) {
-      // Rows of units [r, next) fitting the budget; at least one unit.
-      auto unit_end = [&](std::int64_t from) { return std::min(row0 + rows, (from / unit + 1) * unit); };
-      auto piece_bytes = [&](std::int64_t a, std::int64_t b) {
-        std::uint64_t bytes = AlignUp(static_cast<std::uint64_t>(b - a) * row_bytes);
-        if (scale_shard != nullptr) {
-          const std::int64_t owned = std::max<std::int64_t>(0, (b + unit - 1) / unit - (a + unit - 1) / unit);
-          bytes += AlignUp(static_cast<std::uint64_t>(owned) * scale_row_bytes);
-        }
-        return bytes;
-      };
-      const std::int64_t first_end = unit_end(r);
-      if (piece_bytes(r, first_end) > budget) {
-        return InvalidArgument(fmt::format(
-            "staging_bytes {} is below the minimum for {} in {} slots: {} pieces of {} bytes ({} rows of {} plus "
-            "scales)",
-            s.options.staging_bytes, spec.name, slots, slots, piece_bytes(r, first_end), first_end - r,
-            ShapeToString(spec.shape)));
-      }
-      start_round_if_full(piece_bytes(r, first_end));
-      ConversionRound& round = out.rounds.back();
-      std::int64_t end = first_end;
-      while (end < row0 + rows && AlignUp(round.bytes) + piece_bytes(r, unit_end(end)) <= budget) end = unit_end(end);
-      ConversionPiece piece;
-      piece.wire_tensor = w;
-      piece.trainer_tensor = s.wire_trainer_tensor[w];
-      piece.row_begin = r;
-      piece.row_end = end;
-      piece.slot_offset = AlignUp(round.bytes);
-      piece.bytes = static_cast<std::uint64_t>(end - r) * row_bytes;
-      round.bytes = piece.slot_offset + piece.bytes;
-      segments.push_back({shard.byte_offset + static_cast<std::uint64_t>(r - row0) * row_bytes,
-                          shard.byte_offset + static_cast<std::uint64_t>(end - r + (r - row0)) * row_bytes,
-                          out.rounds.size() - 1, piece.slot_offset});
-      if (scale_shard != nullptr) {
-        const std::int64_t first_owned = (r + unit - 1) / unit, end_owned = (end + unit - 1) / unit;
-        piece.scale_wire_tensor = s.wire_pair[w];
-        piece.scale_slot_offset = AlignUp(round.bytes);
-        piece.scale_bytes =
-            static_cast<std::uint64_t>(std::max<std::int64_t>(0, end_owned - first_owned)) * scale_row_bytes;
-        round.bytes = piece.scale_slot_offset + piece.scale_bytes;
-        if (piece.scale_bytes > 0) {
-          const std::uint64_t begin =
-              scale_shard->byte_offset + static_cast<std::uint64_t>(first_owned - own.row_begin) * scale_row_bytes;
-          segments.push_back({begin, begin + piece.scale_bytes, out.rounds.size() - 1, piece.scale_slot_offset});
-        }
-      }
-      round.pieces.push_back(piece);
-      r = end;
-    }
+  // The converted plan's moves from this rank by schedule round (ScheduleJointly: the rounds
+  // of the whole push). Each schedule round gets staging rounds of its own, holding the pieces
+  // its moves need, so that the publisher can run the push round by round (at most K peers per
+  // rank at once); rows needed in two schedule rounds are converted in both.
+  std::map<std::uint32_t, std::vector<Move>> moves_by_round;
+  for (const Bucket& b : s.converted_plan.buckets()) {
+    if (static_cast<int>(b.src_rank) != rank) continue;
+    auto& moves = moves_by_round[b.round];
+    moves.insert(moves.end(), s.converted_plan.moves().begin() + static_cast<std::ptrdiff_t>(b.first_move),
+                 s.converted_plan.moves().begin() + static_cast<std::ptrdiff_t>(b.first_move + b.move_count));
   }
-  if (out.rounds.back().pieces.empty()) out.rounds.pop_back();
-  for (const ConversionRound& round : out.rounds) out.slot_bytes = std::max(out.slot_bytes, AlignUp(round.bytes));
-  std::sort(segments.begin(), segments.end(),
-            [](const Segment& a, const Segment& b) { return a.virt_begin < b.virt_begin; });
+  for (const auto& [schedule_round, round_moves] : moves_by_round) {
+    // Wire bytes the round's moves read, as sorted, merged [begin, end) intervals.
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> read;
+    for (const Move& m : round_moves) {
+      for (std::uint64_t i = 0; i < m.count; ++i) {
+        read.emplace_back(m.src_offset + i * m.src_stride, m.src_offset + i * m.src_stride + m.length);
+      }
+    }
+    std::sort(read.begin(), read.end());
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> merged;
+    for (const auto& iv : read) {
+      if (!merged.empty() && iv.first <= merged.back().second) {
+        merged.back().second = std::max(merged.back().second, iv.second);
+      } else {
+        merged.push_back(iv);
+      }
+    }
+    // Rows of the byte range [a, b) of a shard starting at `base` with rows of `row_bytes`.
+    auto rows_of = [&](std::uint64_t base, std::uint64_t row_bytes, std::uint64_t nrows) {
+      std::vector<std::pair<std::int64_t, std::int64_t>> rows;  // [first, end) local row indices
+      const std::uint64_t limit = base + nrows * row_bytes;
+      auto it = std::upper_bound(merged.begin(), merged.end(), base,
+                                 [](std::uint64_t v, const auto& iv) { return v < iv.second; });
+      for (; it != merged.end() && it->first < limit; ++it) {
+        const std::uint64_t a = std::max(it->first, base) - base, b = std::min(it->second, limit) - base;
+        rows.emplace_back(static_cast<std::int64_t>(a / row_bytes),
+                          static_cast<std::int64_t>((b + row_bytes - 1) / row_bytes));
+      }
+      return rows;
+    };
+    if (out.rounds.empty() || !out.rounds.back().pieces.empty()) out.rounds.emplace_back();
+    out.rounds.back().schedule_round = schedule_round;
+    std::vector<Segment> segments;
+    auto start_round_if_full = [&](std::uint64_t need) {
+      if (AlignUp(out.rounds.back().bytes) + need > budget && out.rounds.back().bytes > 0) {
+        out.rounds.emplace_back();
+        out.rounds.back().schedule_round = schedule_round;
+      }
+    };
+    for (const ShardRef& shard : wire.shards) {
+      const std::uint32_t w = shard.tensor;
+      const PushTensorKind kind = s.wire_kind[w];
+      if (kind == PushTensorKind::kFp8Scale) continue;  // produced with its weight
+      const TensorSpec& spec = s.wire.tensors()[w];
+      const Box& box = shard.box;
+      const bool scalar = box.shape.empty();
+      const std::int64_t row0 = scalar ? 0 : box.offset[0];
+      const std::int64_t rows = scalar ? 1 : box.shape[0];
+      const std::uint64_t row_bytes = RowElements(box) * DTypeSize(spec.dtype);
+      // Units: block-rows (FP8) or rows (casts); a piece is a run of whole units.
+      const std::int64_t unit = kind == PushTensorKind::kFp8Weight ? fp8.block_rows : 1;
+      const ShardRef* scale_shard = nullptr;
+      Fp8BlockRange own;
+      std::uint64_t scale_row_bytes = 0;
+      if (kind == PushTensorKind::kFp8Weight) {
+        scale_shard = wire.Find(s.wire_pair[w]);
+        own = Fp8BlocksOwned(ToShardBox(box), fp8);
+        scale_row_bytes = static_cast<std::uint64_t>(own.col_end - own.col_begin) * sizeof(float);
+      }
+      // The rows this round needs, widened to whole units: rows its moves read, and the rows of
+      // the blocks whose scales they read (a block's scale comes with the piece holding its
+      // first row).
+      std::vector<std::pair<std::int64_t, std::int64_t>> needed;
+      for (auto [a, b] : rows_of(shard.byte_offset, row_bytes, static_cast<std::uint64_t>(rows))) {
+        needed.emplace_back(row0 + a, row0 + b);
+      }
+      if (scale_shard != nullptr && scale_row_bytes > 0) {
+        for (auto [a, b] : rows_of(scale_shard->byte_offset, scale_row_bytes,
+                                   static_cast<std::uint64_t>(own.row_end - own.row_begin))) {
+          needed.emplace_back((own.row_begin + a) * unit, std::min(row0 + rows, (own.row_begin + b) * unit));
+        }
+      }
+      for (auto& [a, b] : needed) {
+        a = std::max(row0, a / unit * unit);
+        b = std::min(row0 + rows, (b + unit - 1) / unit * unit);
+      }
+      std::sort(needed.begin(), needed.end());
+      std::vector<std::pair<std::int64_t, std::int64_t>> ranges;
+      for (const auto& iv : needed) {
+        if (!ranges.empty() && iv.first <= ranges.back().second) {
+          ranges.back().second = std::max(ranges.back().second, iv.second);
+        } else {
+          ranges.push_back(iv);
+        }
+      }
+      for (const auto& [range_begin, range_end] : ranges) {
+        std::int64_t r = range_begin;
+        while (r < range_end) {
+          // Rows of units [r, next) fitting the budget; at least one unit.
+          auto unit_end = [&](std::int64_t from) { return std::min(range_end, (from / unit + 1) * unit); };
+          auto piece_bytes = [&](std::int64_t a, std::int64_t b) {
+            std::uint64_t bytes = AlignUp(static_cast<std::uint64_t>(b - a) * row_bytes);
+            if (scale_shard != nullptr) {
+              const std::int64_t owned = std::max<std::int64_t>(0, (b + unit - 1) / unit - (a + unit - 1) / unit);
+              bytes += AlignUp(static_cast<std::uint64_t>(owned) * scale_row_bytes);
+            }
+            return bytes;
+          };
+          const std::int64_t first_end = unit_end(r);
+          if (piece_bytes(r, first_end) > budget) {
+            return InvalidArgument(fmt::format(
+                "staging_bytes {} is below the minimum for {} in {} slots: {} pieces of {} bytes ({} rows of {} "
+                "plus scales)",
+                s.options.staging_bytes, spec.name, slots, slots, piece_bytes(r, first_end), first_end - r,
+                ShapeToString(spec.shape)));
+          }
+          start_round_if_full(piece_bytes(r, first_end));
+          ConversionRound& round = out.rounds.back();
+          std::int64_t end = first_end;
+          while (end < range_end && AlignUp(round.bytes) + piece_bytes(r, unit_end(end)) <= budget) {
+            end = unit_end(end);
+          }
+          ConversionPiece piece;
+          piece.wire_tensor = w;
+          piece.trainer_tensor = s.wire_trainer_tensor[w];
+          piece.row_begin = r;
+          piece.row_end = end;
+          piece.slot_offset = AlignUp(round.bytes);
+          piece.bytes = static_cast<std::uint64_t>(end - r) * row_bytes;
+          round.bytes = piece.slot_offset + piece.bytes;
+          segments.push_back({shard.byte_offset + static_cast<std::uint64_t>(r - row0) * row_bytes,
+                              shard.byte_offset + static_cast<std::uint64_t>(end - row0) * row_bytes,
+                              out.rounds.size() - 1, piece.slot_offset});
+          if (scale_shard != nullptr) {
+            const std::int64_t first_owned = (r + unit - 1) / unit, end_owned = (end + unit - 1) / unit;
+            piece.scale_wire_tensor = s.wire_pair[w];
+            piece.scale_slot_offset = AlignUp(round.bytes);
+            piece.scale_bytes =
+                static_cast<std::uint64_t>(std::max<std::int64_t>(0, end_owned - first_owned)) * scale_row_bytes;
+            round.bytes = piece.scale_slot_offset + piece.scale_bytes;
+            if (piece.scale_bytes > 0) {
+              const std::uint64_t begin = scale_shard->byte_offset +
+                                          static_cast<std::uint64_t>(first_owned - own.row_begin) * scale_row_bytes;
+              segments.push_back({begin, begin + piece.scale_bytes, out.rounds.size() - 1, piece.scale_slot_offset});
+            }
+          }
+          round.pieces.push_back(piece);
+          r = end;
+        }
+      }
+    }
+    std::sort(segments.begin(), segments.end(),
+              [](const Segment& a, const Segment& b) { return a.virt_begin < b.virt_begin; });
 
-  // Moves: every run of the wire plan, re-addressed into its round's slot.
-  for (const Move& m : s.converted_plan.MovesFrom(rank)) {
-    std::vector<std::pair<std::size_t, Move>> parts;  // (round, contiguous run) in run order
-    for (std::uint64_t i = 0; i < m.count; ++i) {
-      const std::uint64_t dst = m.dst_offset + i * m.dst_stride;
-      SW_RETURN_IF_ERROR(MapRun(segments, m.src_offset + i * m.src_stride, m.length,
-                                [&](std::size_t round, std::uint64_t slot, std::uint64_t len, std::uint64_t within) {
-                                  parts.push_back({round, Move{.src_rank = static_cast<std::uint32_t>(rank),
-                                                               .dst_group = m.dst_group,
-                                                               .src_offset = slot,
-                                                               .dst_offset = dst + within,
-                                                               .length = len}});
-                                }));
-    }
-    // Runs that stay in one round with constant strides travel as one strided move again.
-    std::size_t k = 0;
-    while (k < parts.size()) {
-      auto [round, move] = parts[k++];
-      while (k < parts.size() && parts[k].first == round && parts[k].second.length == move.length) {
-        const Move& next = parts[k].second;
-        if (move.count == 1) {
-          if (next.src_offset <= move.src_offset || next.dst_offset <= move.dst_offset) break;
-          move.src_stride = next.src_offset - move.src_offset;
-          move.dst_stride = next.dst_offset - move.dst_offset;
-        } else if (next.src_offset != move.src_offset + move.count * move.src_stride ||
-                   next.dst_offset != move.dst_offset + move.count * move.dst_stride) {
-          break;
-        }
-        ++move.count;
-        ++k;
+    // Moves: every run of the round's moves, re-addressed into its staging round's slot.
+    for (const Move& m : round_moves) {
+      std::vector<std::pair<std::size_t, Move>> parts;  // (staging round, contiguous run) in run order
+      for (std::uint64_t i = 0; i < m.count; ++i) {
+        const std::uint64_t dst = m.dst_offset + i * m.dst_stride;
+        SW_RETURN_IF_ERROR(MapRun(segments, m.src_offset + i * m.src_stride, m.length,
+                                  [&](std::size_t round, std::uint64_t slot, std::uint64_t len, std::uint64_t within) {
+                                    parts.push_back({round, Move{.src_rank = static_cast<std::uint32_t>(rank),
+                                                                 .dst_group = m.dst_group,
+                                                                 .src_offset = slot,
+                                                                 .dst_offset = dst + within,
+                                                                 .length = len}});
+                                  }));
       }
-      out.rounds[round].moves.push_back(move);
+      // Runs that stay in one staging round with constant strides travel as one strided move again.
+      std::size_t k = 0;
+      while (k < parts.size()) {
+        auto [round, move] = parts[k++];
+        while (k < parts.size() && parts[k].first == round && parts[k].second.length == move.length) {
+          const Move& next = parts[k].second;
+          if (move.count == 1) {
+            if (next.src_offset <= move.src_offset || next.dst_offset <= move.dst_offset) break;
+            move.src_stride = next.src_offset - move.src_offset;
+            move.dst_stride = next.dst_offset - move.dst_offset;
+          } else if (next.src_offset != move.src_offset + move.count * move.src_stride ||
+                     next.dst_offset != move.dst_offset + move.count * move.dst_stride) {
+            break;
+          }
+          ++move.count;
+          ++k;
+        }
+        out.rounds[round].moves.push_back(move);
+      }
     }
   }
+  if (!out.rounds.empty() && out.rounds.back().pieces.empty()) out.rounds.pop_back();
+  for (const ConversionRound& round : out.rounds) out.slot_bytes = std::max(out.slot_bytes, AlignUp(round.bytes));
 
   // Partial amaxes: blocks this rank shares with other trainer ranks.
   std::map<int, BlockAmaxExchange> exchanges;

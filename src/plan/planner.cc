@@ -417,3 +417,46 @@ Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const Pl
 }
 
 }  // namespace shardwire
+
+namespace shardwire {
+
+Status ScheduleJointly(std::span<TransferPlan* const> plans, int k) {
+  if (k < 1) return InvalidArgument(fmt::format("ScheduleJointly: K must be at least 1, not {}", k));
+  if (plans.empty()) return Status::Ok();
+  for (const TransferPlan* p : plans) {
+    if (p == nullptr) return InvalidArgument("ScheduleJointly: a null plan");
+    if (p->src_world() != plans.front()->src_world() || p->dst_world() != plans.front()->dst_world()) {
+      return InvalidArgument(fmt::format("ScheduleJointly: world sizes {} -> {} and {} -> {} differ",
+                                         plans.front()->src_world(), plans.front()->dst_world(), p->src_world(),
+                                         p->dst_world()));
+    }
+  }
+  // One bucket list over one group index space: plan i's groups follow plan i-1's.
+  std::vector<std::vector<std::uint32_t>> groups;
+  std::vector<Bucket> joint;
+  for (const TransferPlan* p : plans) {
+    const auto offset = static_cast<std::uint32_t>(groups.size());
+    groups.insert(groups.end(), p->dst_groups().begin(), p->dst_groups().end());
+    for (Bucket b : p->buckets()) {
+      b.dst_group += offset;
+      joint.push_back(b);
+    }
+  }
+  ScheduleRounds(joint, groups, plans.front()->src_world(), plans.front()->dst_world(), k);
+  std::size_t next = 0;
+  for (TransferPlan* p : plans) {
+    std::vector<Bucket> buckets = p->buckets();
+    for (Bucket& b : buckets) b.round = joint[next++].round;
+    std::vector<std::uint64_t> scratch(static_cast<std::size_t>(p->src_world()));
+    for (int r = 0; r < p->src_world(); ++r) scratch[static_cast<std::size_t>(r)] = p->scratch_bytes(r);
+    TransferPlan rescheduled(p->src_world(), p->dst_world(), p->dst_groups(), p->moves(), std::move(buckets),
+                             p->runs_before_coalescing());
+    if (!p->reductions().empty() || !p->reduce_copies().empty()) {
+      rescheduled.SetReductions(p->reduce_copies(), p->reductions(), std::move(scratch));
+    }
+    *p = std::move(rescheduled);
+  }
+  return Status::Ok();
+}
+
+}  // namespace shardwire

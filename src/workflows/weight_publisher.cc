@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
 #include <set>
 #include <system_error>
@@ -53,10 +54,11 @@ struct WeightPublisher::State {
   // Prepared transfers per destination and engine buffer (a double-buffered engine has two;
   // its READY(v) names the one to write; handle 0 = none).
   using Handles = std::array<TransferHandle, 2>;
-  // Direct moves by schedule round (WeightSyncOptions::max_concurrency), run one after another:
-  // per round, the moves and prepared transfers per destination, the earlier rounds whose
-  // ROUND_DONE it waits for (round -> trainer ranks that wrote one of its destinations then),
-  // and the trainer ranks it tells ROUND_DONE(v, round) when it completes.
+  // The push by schedule round (WeightSyncOptions::max_concurrency), run one after another:
+  // per round, its direct moves and prepared transfers per destination, the earlier rounds
+  // whose ROUND_DONE it waits for (round -> trainer ranks that wrote one of its destinations
+  // then), and the trainer ranks it tells ROUND_DONE(v, round) when it completes. Converted moves of a round are in the converter's
+  // staging rounds of that schedule round (ConversionRound::schedule_round).
   struct Stage {
     std::uint32_t round = 0;
     std::map<int, std::vector<Move>> moves;
@@ -147,30 +149,39 @@ std::vector<TransferDescriptor> Descriptors(const std::vector<Move>& moves, cons
   return descriptors;
 }
 
-// The direct moves of trainer rank `rank` by schedule round, with the ROUND_DONE dependencies
-// that keep every engine rank at <= K writers at once: a round-r WRITE to engine rank e waits
-// for the writers of e in the previous round in which e receives (transitively, for all earlier
-// ones), and each of those tells it when its round completed. Rounds are totally ordered and
-// each trainer runs its own in order, so the waits cannot form a cycle.
-std::vector<WeightPublisher::State::Stage> DirectStages(const TransferPlan& plan, int rank) {
+// The rounds of trainer rank `rank` (the schedule of the push, both plans scheduled jointly by
+// PushConversion: direct moves and converted ones), with the direct moves of each and the
+// ROUND_DONE dependencies that keep every engine rank at <= K writers at once: a round-r WRITE to
+// engine rank e waits for the writers of e in the previous round in which e receives
+// (transitively, for all earlier ones), and each of those tells it when its round completed.
+// Rounds are totally ordered and each trainer runs its own in order, so the waits cannot form a
+// cycle. `plans` = {direct plan} or {direct plan, converted plan}; only the first one's moves
+// are kept (the converted ones travel in the converter's staging rounds).
+std::vector<WeightPublisher::State::Stage> PushStages(std::initializer_list<const TransferPlan*> plans, int rank) {
   std::map<int, std::set<std::uint32_t>> receive_rounds;           // engine rank -> rounds
   std::map<std::pair<int, std::uint32_t>, std::set<int>> writers;  // (engine rank, round) -> trainer ranks
   std::map<std::uint32_t, WeightPublisher::State::Stage> by_round;
-  for (const Bucket& b : plan.buckets()) {
-    for (std::uint32_t member : plan.dst_groups()[b.dst_group]) {
-      const int dst = static_cast<int>(member);
-      receive_rounds[dst].insert(b.round);
-      writers[{dst, b.round}].insert(static_cast<int>(b.src_rank));
-      if (static_cast<int>(b.src_rank) != rank) continue;
-      WeightPublisher::State::Stage& stage = by_round[b.round];
-      stage.round = b.round;
-      for (std::uint64_t i = b.first_move; i < b.first_move + b.move_count; ++i)
-        stage.moves[dst].push_back(plan.moves()[i]);
+  std::map<std::uint32_t, std::set<int>> written;  // round -> engine ranks this rank writes
+  for (const TransferPlan* plan : plans) {
+    const bool direct = plan == *plans.begin();
+    for (const Bucket& b : plan->buckets()) {
+      for (std::uint32_t member : plan->dst_groups()[b.dst_group]) {
+        const int dst = static_cast<int>(member);
+        receive_rounds[dst].insert(b.round);
+        writers[{dst, b.round}].insert(static_cast<int>(b.src_rank));
+        if (static_cast<int>(b.src_rank) != rank) continue;
+        WeightPublisher::State::Stage& stage = by_round[b.round];
+        stage.round = b.round;
+        written[b.round].insert(dst);
+        if (!direct) continue;
+        for (std::uint64_t i = b.first_move; i < b.first_move + b.move_count; ++i)
+          stage.moves[dst].push_back(plan->moves()[i]);
+      }
     }
   }
   std::vector<WeightPublisher::State::Stage> stages;
   for (auto& [round, stage] : by_round) {
-    for (const auto& [dst, moves] : stage.moves) {
+    for (int dst : written.at(round)) {
       const std::set<std::uint32_t>& rounds = receive_rounds.at(dst);
       const auto at = rounds.find(round);
       if (at != rounds.begin()) {
@@ -269,7 +280,6 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
       state->bytes_to[static_cast<int>(dst)] += m.bytes();
     }
   }
-  state->stages = DirectStages(plan, rank);
   if (state->options.relay_broadcasts)
     state->relay = sync::MakeRelayTree(engine_layout, state->options.max_concurrency);
   // The rank's claim: a later publisher of the same rank (a restarted trainer, or a second one by
@@ -305,12 +315,14 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
       std::memset(state->staging.data(), 0, state->staging.size());
     }
     state->conversion.emplace(std::move(conversion));
+    state->stages = PushStages({&state->conversion->direct_plan(), &state->conversion->converted_plan()}, rank);
     state->converter =
         std::make_unique<sync::PushConverter>(state->trainer_layout, rank, *state->conversion, std::move(tc),
                                               state->endpoint.weights, state->options.conversion.fp8);
     state->scratches.resize(std::max<std::uint32_t>(1, state->options.convert_threads));
     for (auto& scratch : state->scratches) scratch.resize(state->converter->ScratchBytes());
   }
+  if (!state->conversion) state->stages = PushStages({&plan}, rank);
   return std::unique_ptr<WeightPublisher>(new WeightPublisher(std::move(state)));
 }
 
@@ -696,21 +708,26 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
       if (done.ok() && !*done) (void)agent.Cancel(h, s.options.timeout_s);
     }
   };
+  // When the current round first wrote each destination (PushStats::round_spans).
+  auto now_s = [] { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); };
+  std::map<int, double> posted_at;
   auto post = [&](int dst, const State::Handles& hs, const std::vector<Move>& moves) {
     if (!active.count(dst) || relayed.count(dst) || !interrupted.ok()) return;
     const TransferHandle h = hs[static_cast<std::size_t>(buffer_of.at(dst))];
+    posted_at.emplace(dst, now_s());
     if (const Status st = agent.Post(h); !st.ok()) return miss(dst, st);
     posted.push_back(h);
     stats.descriptors += moves.size();
     for (const Move& m : moves) stats.rows += m.count;
   };
-  // Direct moves, round by round: a round first waits for the ROUND_DONE of the trainer ranks
-  // that wrote its engine ranks in their previous round, then posts every destination's
-  // prepared transfer so they progress together; completing it waits for each (Wait returns
-  // after remote completion: the bytes are visible at the destination, so DONE(v), sent only
-  // after the last round, can never overtake the data) and tells the next round's writers.
-  auto now_s = [] { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); };
-  std::map<int, double> posted_at;  // destination -> when the current round posted to it
+  // The push, round by round (the schedule of both plans, PushStages): a round first waits for
+  // the ROUND_DONE of the trainer ranks that wrote its engine ranks in their previous round,
+  // then posts every destination's prepared direct transfer so they progress together, converts
+  // and sends the round's converted bytes meanwhile, and completes by waiting for each (Wait
+  // returns after remote completion: the bytes are visible at the destination, so DONE(v), sent
+  // only after the last round, can never overtake the data); then it tells the next round's
+  // writers. A round's span per destination (PushStats::round_spans) runs from its first write
+  // there (a post, or a copy into its mapping) to the round's completion.
   auto begin_stage = [&](const State::Stage& stage) -> Status {
     for (const auto& [round, ranks] : stage.wait_for) {
       std::set<std::string> names;
@@ -725,20 +742,14 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
       stats.round_wait_s += Seconds(w0, Clock::now());
     }
     posted_at.clear();
-    for (const auto& [dst, hs] : stage.transfers) {
-      if (!active.count(dst) || relayed.count(dst)) continue;
-      posted_at[dst] = now_s();
-      post(dst, hs, stage.moves.at(dst));
-    }
+    for (const auto& [dst, hs] : stage.transfers) post(dst, hs, stage.moves.at(dst));
     ++stats.rounds;
     return Status::Ok();
   };
   auto finish_stage = [&](const State::Stage& stage) -> Status {
-    for (const auto& [dst, hs] : stage.transfers) {
-      settle(dst, hs);
-      if (auto it = posted_at.find(dst); it != posted_at.end()) {
-        stats.round_spans.push_back({stage.round, dst, it->second, now_s()});
-      }
+    for (const auto& [dst, hs] : stage.transfers) settle(dst, hs);
+    for (const auto& [dst, at] : posted_at) {
+      if (active.count(dst)) stats.round_spans.push_back({stage.round, dst, at, now_s()});
     }
     if (!interrupted.ok()) return interrupted;
     const auto done = sync::Encode({.kind = sync::MessageKind::kRoundDone, .version = version, .round = stage.round});
@@ -753,11 +764,9 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     cancel_posted();
     return st.WithContext(who);
   };
-  if (!s.stages.empty()) {
-    if (Status st = begin_stage(s.stages.front()); !st.ok()) return fail_push(st);
-  }
   // Integrity check: per destination, the digest of every byte sent, in the order the engine
-  // hashes what landed (push_digest.h); computed while the WRITEs run.
+  // hashes what landed (push_digest.h): the direct moves, then the converted ones in staging
+  // round order.
   std::map<int, sync::PushDigest> digests;
   if (s.options.verify_digests) {
     for (const auto& [dst, name] : active) {
@@ -767,187 +776,217 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
       }
     }
   }
-  // Conversion, step 2: round k is converted into slot k % slots while the rounds before it are
-  // on the wire; before slot k % slots is overwritten, round k - slots' WRITEs must have completed.
+  // Conversion: within a round, staging round k is converted into slot k % slots while the
+  // staging rounds before it are on the wire; before slot k % slots is overwritten, staging
+  // round k - slots' WRITEs must have completed. A round's staging rounds all complete before
+  // the round does.
+  std::function<Status(std::uint32_t)> convert_round;  // converts and sends one schedule round
+  std::function<void()> finish_conversion;
+  std::deque<std::size_t> staged_rounds;  // staged rounds whose WRITEs may still read their slot
+  std::vector<std::pair<int, Status>> failed;  // mapped destinations whose mapping was revoked
+  std::map<int, const MappedRegion*> views;
+  std::function<int(int)> root_of = [](int dst) { return dst; };
+  double convert_s = 0, convert_cpu_s = 0;
+  std::uint64_t in_flight = 0;  // bytes of the staged rounds after the last settled one
+  auto settle_round = [&](std::size_t k) {
+    if (k >= s.round_transfers.size()) return;
+    for (const auto& [dst, hs] : s.round_transfers[k]) settle(dst, hs);
+  };
   if (s.converter) {
-    const TrainerConversion& tc = s.converter->plan();
-    const std::size_t slots = tc.slots;
-    auto settle_round = [&](std::size_t k) {
-      if (k >= s.round_transfers.size()) return;
-      for (const auto& [dst, hs] : s.round_transfers[k]) settle(dst, hs);
-    };
-    std::deque<std::size_t> staged_rounds;  // staged rounds whose WRITEs may still read their slot
-    double convert_s = 0, convert_cpu_s = 0;
-    std::uint64_t in_flight = 0;  // bytes of the rounds after the last settled one
     // Destinations written through their mapping (State::mapped) in this push, with the mapping
-    // of the buffer READY named; held (MappedRegion::Access) one round at a time.
+    // of the buffer READY named; held (MappedRegion::Access) one staging round at a time.
     // A relayed destination is not written here (its relay parent forwards the bytes); its
     // digest is computed where its tree's root got the same bytes (same offsets).
-    std::map<int, const MappedRegion*> views;
     for (const auto& [dst, regions] : s.mapped) {
       if (active.count(dst) && !relayed.count(dst)) views[dst] = &regions[static_cast<std::size_t>(buffer_of.at(dst))];
     }
-    auto root_of = [&](int dst) {
+    root_of = [&](int dst) {
       while (relayed.count(dst)) dst = s.relay->parent[static_cast<std::size_t>(dst)];
       return dst;
     };
-    struct Held {
-      int dst;
-      MappedRegion::Access access;
-      const std::vector<State::Segment>* segments;
-    };
-    // Copies bytes of the round's slot at `slot_offset` to every held destination's segments.
-    auto scatter = [](std::vector<Held>& held, std::uint64_t slot_offset, std::span<const std::byte> bytes) {
-      const std::uint64_t end = slot_offset + bytes.size();
-      for (Held& h : held) {
-        const auto& segs = *h.segments;
-        auto it = std::partition_point(segs.begin(), segs.end(),
-                                       [&](const State::Segment& g) { return g.src + g.length <= slot_offset; });
-        std::byte* base = h.access.bytes().data();
-        for (; it != segs.end() && it->src < end; ++it) {
-          const std::uint64_t a = std::max(it->src, slot_offset), b = std::min(it->src + it->length, end);
-          std::memcpy(base + it->dst + (a - it->src), bytes.data() + (a - slot_offset), b - a);
+    convert_round = [&](std::uint32_t schedule_round) -> Status {
+      const TrainerConversion& tc = s.converter->plan();
+      const std::size_t slots = tc.slots;
+      struct Held {
+        int dst;
+        MappedRegion::Access access;
+        const std::vector<State::Segment>* segments;
+      };
+      // Copies bytes of the staging round's slot at `slot_offset` to every held destination's segments.
+      auto scatter = [](std::vector<Held>& held, std::uint64_t slot_offset, std::span<const std::byte> bytes) {
+        const std::uint64_t end = slot_offset + bytes.size();
+        for (Held& h : held) {
+          const auto& segs = *h.segments;
+          auto it = std::partition_point(segs.begin(), segs.end(),
+                                         [&](const State::Segment& g) { return g.src + g.length <= slot_offset; });
+          std::byte* base = h.access.bytes().data();
+          for (; it != segs.end() && it->src < end; ++it) {
+            const std::uint64_t a = std::max(it->src, slot_offset), b = std::min(it->src + it->length, end);
+            std::memcpy(base + it->dst + (a - it->src), bytes.data() + (a - slot_offset), b - a);
+          }
         }
-      }
-    };
-    // Holds the mappings of round k's mapped destinations; one whose mapping was revoked (its
-    // process died, or it was invalidated) is reported in `failed` and skipped.
-    auto hold = [&](std::size_t k, std::vector<std::pair<int, Status>>& failed) {
-      std::vector<Held> held;
-      for (const auto& [dst, view] : views) {
-        if (!active.count(dst) || k >= s.round_segments.size()) continue;
-        auto segs = s.round_segments[k].find(dst);
-        if (segs == s.round_segments[k].end()) continue;
-        auto access = view->Acquire();
-        if (!access.ok()) {
-          failed.emplace_back(dst, access.status());
+      };
+      // Holds the mappings of staging round k's mapped destinations; one whose mapping was
+      // revoked (its process died, or it was invalidated) is reported in `out` and skipped.
+      auto hold = [&](std::size_t k, std::vector<std::pair<int, Status>>& out) {
+        std::vector<Held> held;
+        for (const auto& [dst, view] : views) {
+          if (!active.count(dst) || k >= s.round_segments.size()) continue;
+          auto segs = s.round_segments[k].find(dst);
+          if (segs == s.round_segments[k].end()) continue;
+          auto access = view->Acquire();
+          if (!access.ok()) {
+            out.emplace_back(dst, access.status());
+            continue;
+          }
+          held.push_back({dst, std::move(*access), &segs->second});
+        }
+        return held;
+      };
+      std::vector<std::size_t> mapped_rounds;  // staging rounds no active destination takes from a slot
+      for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
+        if (tc.rounds[k].schedule_round != schedule_round) continue;
+        bool staged = false;  // some destination of this round takes it from the staging slot
+        if (k < s.round_transfers.size()) {
+          for (const auto& [dst, hs] : s.round_transfers[k]) staged = staged || active.count(dst) > 0;
+        }
+        if (!staged) {
+          mapped_rounds.push_back(k);
           continue;
         }
-        held.push_back({dst, std::move(*access), &segs->second});
+        while (!staged_rounds.empty() && staged_rounds.front() + slots <= k) {
+          settle_round(staged_rounds.front());
+          in_flight -= tc.rounds[staged_rounds.front()].bytes;
+          staged_rounds.pop_front();
+        }
+        if (!interrupted.ok()) break;
+        staged_rounds.push_back(k);
+        in_flight += tc.rounds[k].bytes;
+        stats.staging_peak_bytes = std::max(stats.staging_peak_bytes, in_flight);
+        const auto c0 = Clock::now();
+        const double cpu0 = ThreadCpuSeconds();
+        const auto slot = s.staging.subspan((k % slots) * tc.slot_bytes, tc.slot_bytes);
+        SW_RETURN_IF_ERROR(s.converter->ConvertRound(k, slot));
+        if (s.options.verify_digests) {  // before the slot is reused
+          for (auto& [dst, digest] : digests) {
+            if (views.count(root_of(dst))) continue;  // hashed from the mapped buffer at the end
+            if (auto it = s.round_moves[k].find(dst); it != s.round_moves[k].end()) {
+              digest.Add(s.staging.data() + (k % slots) * tc.slot_bytes, it->second, sync::MoveSide::kSource);
+            }
+          }
+        }
+        for (const auto& [dst, hs] : s.round_transfers[k]) post(dst, hs, s.round_moves[k].at(dst));
+        // Mapped destinations of a staging round that is staged anyway copy from the slot.
+        std::vector<Held> held = hold(k, failed);
+        for (const Held& h : held) posted_at.emplace(h.dst, now_s());
+        for (std::uint64_t b = 0; !held.empty() && b < tc.rounds[k].bytes; b += std::uint64_t{1} << 20) {
+          const std::uint64_t n = std::min<std::uint64_t>(std::uint64_t{1} << 20, tc.rounds[k].bytes - b);
+          scatter(held, b, std::span<const std::byte>(slot.data() + b, n));
+        }
+        convert_s += Seconds(c0, Clock::now());
+        convert_cpu_s += ThreadCpuSeconds() - cpu0;
       }
-      return held;
+      // The staging rounds every active destination of which is mapped: converted a few rows at
+      // a time into a cache-resident scratch and copied straight into the engine buffers (no slot,
+      // no transfer; the bytes are there when the copy returns), by the pushing thread and
+      // convert_threads - 1 helpers taking staging rounds in turn (the lanes are busy with the
+      // round's direct bytes meanwhile).
+      if (!mapped_rounds.empty() && interrupted.ok()) {
+        const std::size_t workers =
+            std::clamp<std::size_t>(s.options.convert_threads, 1, std::min(mapped_rounds.size(), s.scratches.size()));
+        std::atomic<std::size_t> next{0};
+        std::vector<Status> errors(workers);
+        std::vector<std::vector<std::pair<int, Status>>> worker_failed(workers);
+        std::vector<double> cpu(workers, 0.0);
+        auto work = [&](std::size_t w) {
+          const double cpu0 = ThreadCpuSeconds();
+          for (std::size_t i = next++; i < mapped_rounds.size() && errors[w].ok(); i = next++) {
+            const std::size_t k = mapped_rounds[i];
+            std::vector<Held> held = hold(k, worker_failed[w]);
+            if (held.empty()) continue;
+            errors[w] = s.converter->ConvertRoundTo(k, s.scratches[w],
+                                                    [&](std::uint64_t at, std::span<const std::byte> bytes) {
+                                                      scatter(held, at, bytes);
+                                                      return Status::Ok();
+                                                    });
+          }
+          cpu[w] = ThreadCpuSeconds() - cpu0;
+        };
+        for (std::size_t k : mapped_rounds) {
+          for (const auto& [dst, view] : views) {
+            if (active.count(dst) && k < s.round_segments.size() && s.round_segments[k].count(dst))
+              posted_at.emplace(dst, now_s());
+          }
+        }
+        const auto c0 = Clock::now();
+        std::vector<std::thread> helpers;
+        for (std::size_t w = 1; w < workers; ++w) {
+          try {
+            helpers.emplace_back(work, w);
+          } catch (const std::system_error&) {
+            break;  // no thread: the others take its staging rounds
+          }
+        }
+        work(0);
+        for (auto& h : helpers) h.join();
+        convert_s += Seconds(c0, Clock::now());
+        for (std::size_t w = 0; w < workers; ++w) {
+          convert_cpu_s += cpu[w];
+          SW_RETURN_IF_ERROR(errors[w]);
+          failed.insert(failed.end(), worker_failed[w].begin(), worker_failed[w].end());
+        }
+      }
+      // Mapped destinations whose mapping was revoked miss the version (later rounds skip them).
+      for (auto& [dst, why] : failed) miss(dst, why);
+      failed.clear();
+      // The round completes with its staged bytes.
+      for (std::size_t k : staged_rounds) {
+        settle_round(k);
+        in_flight -= tc.rounds[k].bytes;
+      }
+      staged_rounds.clear();
+      return Status::Ok();
     };
-    std::vector<std::size_t> mapped_rounds;  // rounds no active destination takes from a slot
-    std::vector<std::pair<int, Status>> failed;
-    for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
-      bool staged = false;  // some destination of this round takes it from the staging slot
-      if (k < s.round_transfers.size()) {
-        for (const auto& [dst, hs] : s.round_transfers[k]) staged = staged || active.count(dst) > 0;
-      }
-      if (!staged) {
-        mapped_rounds.push_back(k);
-        continue;
-      }
-      while (!staged_rounds.empty() && staged_rounds.front() + slots <= k) {
-        settle_round(staged_rounds.front());
-        in_flight -= tc.rounds[staged_rounds.front()].bytes;
-        staged_rounds.pop_front();
-      }
-      if (!interrupted.ok()) break;
-      staged_rounds.push_back(k);
-      in_flight += tc.rounds[k].bytes;
-      stats.staging_peak_bytes = std::max(stats.staging_peak_bytes, in_flight);
-      const auto c0 = Clock::now();
-      const double cpu0 = ThreadCpuSeconds();
-      const auto slot = s.staging.subspan((k % slots) * tc.slot_bytes, tc.slot_bytes);
-      SW_RETURN_IF_ERROR(s.converter->ConvertRound(k, slot).WithContext(who));
-      if (s.options.verify_digests) {  // before the slot is reused
-        for (auto& [dst, digest] : digests) {
-          if (views.count(root_of(dst))) continue;  // hashed from the mapped buffer below
-          if (auto it = s.round_moves[k].find(dst); it != s.round_moves[k].end()) {
-            digest.Add(s.staging.data() + (k % slots) * tc.slot_bytes, it->second, sync::MoveSide::kSource);
+    finish_conversion = [&] {
+      const TrainerConversion& tc = s.converter->plan();
+      // Per mapped destination still in the push: its bytes and the digest of what was written,
+      // read back from its buffer staging round by staging round in move order (the order the
+      // engine hashes).
+      for (const auto& [dst, view] : views) {
+        if (!active.count(dst)) continue;
+        auto access = view->Acquire();
+        if (!access.ok()) {
+          miss(dst, access.status());
+          continue;
+        }
+        for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
+          auto it = s.round_moves[k].find(dst);
+          if (it == s.round_moves[k].end()) continue;
+          for (const Move& m : it->second) stats.mapped_bytes += m.bytes();
+        }
+        // Its digest, and those of the destinations relayed from it, from what was written here.
+        for (auto& [target, digest] : digests) {
+          if (root_of(target) != dst || !active.count(target)) continue;
+          for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
+            auto it = s.round_moves[k].find(target);
+            if (it != s.round_moves[k].end())
+              digest.Add(access->bytes().data(), it->second, sync::MoveSide::kDestination);
           }
         }
       }
-      for (const auto& [dst, hs] : s.round_transfers[k]) post(dst, hs, s.round_moves[k].at(dst));
-      // Mapped destinations of a round that is staged anyway copy from the slot.
-      std::vector<Held> held = hold(k, failed);
-      for (std::uint64_t b = 0; !held.empty() && b < tc.rounds[k].bytes; b += std::uint64_t{1} << 20) {
-        const std::uint64_t n = std::min<std::uint64_t>(std::uint64_t{1} << 20, tc.rounds[k].bytes - b);
-        scatter(held, b, std::span<const std::byte>(slot.data() + b, n));
-      }
-      convert_s += Seconds(c0, Clock::now());
-      convert_cpu_s += ThreadCpuSeconds() - cpu0;
-    }
-    // The rounds every active destination of which is mapped: converted a few rows at a time into
-    // a cache-resident scratch and copied straight into the engine buffers (no slot, no transfer;
-    // the bytes are there when the copy returns), by the pushing thread and convert_threads - 1
-    // helpers taking rounds in turn (the lanes are done with or busy on other bytes meanwhile).
-    if (!mapped_rounds.empty() && interrupted.ok()) {
-      const std::size_t workers =
-          std::clamp<std::size_t>(s.options.convert_threads, 1, std::min(mapped_rounds.size(), s.scratches.size()));
-      std::atomic<std::size_t> next{0};
-      std::vector<Status> errors(workers);
-      std::vector<std::vector<std::pair<int, Status>>> worker_failed(workers);
-      std::vector<double> cpu(workers, 0.0);
-      auto work = [&](std::size_t w) {
-        const double cpu0 = ThreadCpuSeconds();
-        for (std::size_t i = next++; i < mapped_rounds.size() && errors[w].ok(); i = next++) {
-          const std::size_t k = mapped_rounds[i];
-          std::vector<Held> held = hold(k, worker_failed[w]);
-          if (held.empty()) continue;
-          errors[w] = s.converter->ConvertRoundTo(k, s.scratches[w],
-                                                  [&](std::uint64_t at, std::span<const std::byte> bytes) {
-                                                    scatter(held, at, bytes);
-                                                    return Status::Ok();
-                                                  });
-        }
-        cpu[w] = ThreadCpuSeconds() - cpu0;
-      };
-      const auto c0 = Clock::now();
-      std::vector<std::thread> helpers;
-      for (std::size_t w = 1; w < workers; ++w) {
-        try {
-          helpers.emplace_back(work, w);
-        } catch (const std::system_error&) {
-          break;  // no thread: the others take its rounds
-        }
-      }
-      work(0);
-      for (auto& h : helpers) h.join();
-      convert_s += Seconds(c0, Clock::now());
-      for (std::size_t w = 0; w < workers; ++w) {
-        convert_cpu_s += cpu[w];
-        SW_RETURN_IF_ERROR(errors[w].WithContext(who));
-        failed.insert(failed.end(), worker_failed[w].begin(), worker_failed[w].end());
-      }
-    }
-    for (auto& [dst, why] : failed) miss(dst, why);
-    // Per mapped destination still in the push: its bytes and the digest of what was written,
-    // read back from its buffer round by round in move order (the order the engine hashes).
-    for (const auto& [dst, view] : views) {
-      if (!active.count(dst)) continue;
-      auto access = view->Acquire();
-      if (!access.ok()) {
-        miss(dst, access.status());
-        continue;
-      }
-      for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
-        auto it = s.round_moves[k].find(dst);
-        if (it == s.round_moves[k].end()) continue;
-        for (const Move& m : it->second) stats.mapped_bytes += m.bytes();
-      }
-      // Its digest, and those of the destinations relayed from it, from what was written here.
-      for (auto& [target, digest] : digests) {
-        if (root_of(target) != dst || !active.count(target)) continue;
-        for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
-          auto it = s.round_moves[k].find(target);
-          if (it != s.round_moves[k].end()) digest.Add(access->bytes().data(), it->second, sync::MoveSide::kDestination);
-        }
-      }
-    }
-    for (std::size_t k : staged_rounds) settle_round(k);
-    stats.convert_s = convert_s;
-    stats.convert_cpu_s = convert_cpu_s;
-    stats.converted_bytes = s.converted_bytes_per_push;
-    stats.staging_bytes = s.staging.size();
+      stats.convert_s = convert_s;
+      stats.convert_cpu_s = convert_cpu_s;
+      stats.converted_bytes = s.converted_bytes_per_push;
+      stats.staging_bytes = s.staging.size();
+    };
   }
-  for (std::size_t i = 0; i < s.stages.size(); ++i) {
-    if (i > 0) {
-      if (Status st = begin_stage(s.stages[i]); !st.ok()) return fail_push(st);
-    }
-    if (Status st = finish_stage(s.stages[i]); !st.ok()) return fail_push(st);
+  for (const State::Stage& stage : s.stages) {
+    Status st = begin_stage(stage);
+    if (st.ok() && convert_round) st = convert_round(stage.round);
+    if (st.ok()) st = finish_stage(stage);
+    if (!st.ok()) return fail_push(st);
   }
+  if (finish_conversion) finish_conversion();
   if (!interrupted.ok()) return fail_push(interrupted);
   // Ascending ranks: a relay parent (always a lower rank than its children) is settled first.
   for (const auto& [dst, name] : std::map<int, std::string>(active)) {

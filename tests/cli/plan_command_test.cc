@@ -15,6 +15,7 @@
 #include <sstream>
 #include <string>
 
+#include "shardwire/fabric_model.h"
 #include "shardwire/model_config.h"
 #include "shardwire/model_layouts.h"
 #include "shardwire/planner.h"
@@ -187,6 +188,46 @@ TEST(PlanCommand, BadFabricFileIsRejectedBeforePlanning) {
       RunPlan("--config " + small.config.string() + " --from fsdp=4 --to tp=2 --fabric " + f.dir.string() + "/none");
   EXPECT_EQ(code, 1);
   EXPECT_NE(out.find("cannot be opened"), std::string::npos) << out;
+}
+
+// --concurrency auto: every power of two up to the larger world is planned and predicted, and
+// the plan printed is the one with the smallest prediction (ties: the smaller K); each K tried
+// is checked against a plan computed here at that K.
+TEST(PlanCommand, ConcurrencyAutoKeepsTheFastestPredictedK) {
+  const Files f = WriteFiles("plan_fabric_auto", kFabric);
+  auto [code, out] = RunPlan("--config " + f.config.string() + " --from fsdp=8 --to tp=2,dp=4 --fabric " +
+                             f.fabric.string() + " --concurrency auto --json");
+  ASSERT_EQ(code, 0) << out;
+  const auto j = nlohmann::json::parse(out);
+  const auto& tried = j["concurrency_tried"];
+  ASSERT_EQ(tried.size(), 4u) << "K = 1, 2, 4, 8 (the larger world is 8)";
+  const shardwire::ModelConfig config = shardwire::LoadModelConfig(f.config.string()).value();
+  const shardwire::ModelDescription model = shardwire::DescribeModel(config).value();
+  const auto fabric = shardwire::LoadFabricSpec(f.fabric.string()).value();
+  double best = 1e300;
+  int best_k = 0;
+  for (std::size_t i = 0; i < tried.size(); ++i) {
+    const int k = tried[i]["concurrency"].get<int>();
+    EXPECT_EQ(k, 1 << i);
+    const auto plan = shardwire::PlanTransfer(shardwire::MakeLayoutFromString(model, "fsdp=8").value(),
+                                              shardwire::MakeLayoutFromString(model, "tp=2,dp=4").value(),
+                                              {.max_concurrency = k})
+                          .value();
+    const double predicted = shardwire::PredictTransfer(plan, fabric).value().predicted_seconds;
+    EXPECT_DOUBLE_EQ(tried[i]["predicted_seconds"].get<double>(), predicted) << "K = " << k;
+    if (predicted < best) best = predicted, best_k = k;
+  }
+  EXPECT_EQ(j["concurrency"].get<int>(), best_k);
+  EXPECT_DOUBLE_EQ(j["fabric"]["predicted_seconds"].get<double>(), best);
+  EXPECT_LT(best, tried[0]["predicted_seconds"].get<double>()) << "K = 1 serialises every pair: auto beats it";
+
+  std::tie(code, out) =
+      RunPlan("--config " + f.config.string() + " --from fsdp=8 --to tp=2,dp=4 --concurrency auto");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("--concurrency auto needs --fabric"), std::string::npos) << out;
+  std::tie(code, out) = RunPlan("--config " + f.config.string() + " --from fsdp=8 --to tp=2 --concurrency 0");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("'0' is neither an integer in [1, 4096] nor 'auto'"), std::string::npos) << out;
 }
 
 }  // namespace

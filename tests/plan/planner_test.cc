@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <map>
 #include <random>
+#include <set>
 
 namespace shardwire {
 namespace {
@@ -168,6 +170,67 @@ TEST(Planner, ReplicatedSourcesShareTheSending) {
   for (const Move& m : plan.moves()) sent[m.src_rank] += m.length;
   EXPECT_EQ(sent[0], sent[1]);
   EXPECT_EQ(sent[0] + sent[1], 64u * 4 * 4);
+}
+
+// Two plans between the same worlds, scheduled as one: per round, no destination rank has more
+// than K sources and no source more than K destinations across both (scheduled apart, their
+// rounds overlap and a destination gets more), every bucket keeps its moves, and a pair keeps
+// one round.
+TEST(Planner, ScheduleJointlyBoundsPeersAcrossPlans) {
+  // Each plan alone fits K = 2 in one round (two sources into destination 0); together the four
+  // sources would write destination 0 at once.
+  const int k = 2;
+  auto one_round = [](std::uint32_t first_src) {
+    std::vector<Move> moves;
+    std::vector<Bucket> buckets;
+    for (std::uint32_t s = first_src; s < first_src + 2; ++s) {
+      buckets.push_back({.src_rank = s, .dst_group = 0, .first_move = moves.size(), .move_count = 1, .bytes = 64});
+      moves.push_back({.src_rank = s, .dst_group = 0, .src_offset = 0, .dst_offset = 64 * s, .length = 64});
+    }
+    return TransferPlan(4, 1, {{0}}, std::move(moves), std::move(buckets), 2);
+  };
+  TransferPlan p1 = one_round(0), p2 = one_round(2);
+  TransferPlan* const plans[] = {&p1, &p2};
+  // Most sources of one destination, and most destinations of one source, in one round.
+  auto most_peers = [&] {
+    std::map<std::pair<std::uint32_t, std::uint32_t>, std::set<std::uint32_t>> sources, destinations;
+    for (const TransferPlan* p : plans) {
+      for (const Bucket& bucket : p->buckets()) {
+        for (std::uint32_t d : p->dst_groups()[bucket.dst_group]) {
+          sources[{bucket.round, d}].insert(bucket.src_rank);
+          destinations[{bucket.round, bucket.src_rank}].insert(d);
+        }
+      }
+    }
+    std::size_t most = 0;
+    for (const auto& [key, set] : sources) most = std::max(most, set.size());
+    for (const auto& [key, set] : destinations) most = std::max(most, set.size());
+    return most;
+  };
+  ASSERT_GT(most_peers(), static_cast<std::size_t>(k)) << "scheduled apart, the plans' rounds overlap";
+  const TransferPlan before = p1;
+  ASSERT_TRUE(ScheduleJointly(plans, k).ok());
+  EXPECT_LE(most_peers(), static_cast<std::size_t>(k));
+  for (const TransferPlan* p : plans) {
+    std::map<std::pair<std::uint32_t, std::uint32_t>, std::set<std::uint32_t>> pair_rounds;
+    for (const Bucket& bucket : p->buckets()) pair_rounds[{bucket.src_rank, bucket.dst_group}].insert(bucket.round);
+    for (const auto& [pair, rounds] : pair_rounds) EXPECT_EQ(rounds.size(), 1u) << "a pair spans rounds";
+  }
+  EXPECT_EQ(p1.moves(), before.moves());
+  ASSERT_EQ(p1.buckets().size(), before.buckets().size());
+  for (std::size_t i = 0; i < before.buckets().size(); ++i) {
+    EXPECT_EQ(p1.buckets()[i].first_move, before.buckets()[i].first_move);
+    EXPECT_EQ(p1.buckets()[i].bytes, before.buckets()[i].bytes);
+  }
+
+  EXPECT_EQ(ScheduleJointly(plans, 0).code(), ErrorCode::kInvalidArgument);
+  const std::vector<TensorSpec> b = {{"c", DType::kF32, {128, 16}}};
+  auto other = PlanTransfer(MakeFsdpLayout(b, 2).value(), MakeTpLayout(b, {0}, 2, 1).value(), {});
+  ASSERT_TRUE(other.ok());
+  TransferPlan* const mismatched[] = {&p1, &*other};
+  const Status st = ScheduleJointly(mismatched, k);
+  EXPECT_EQ(st.code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("differ"), std::string::npos) << st.ToString();
 }
 
 }  // namespace

@@ -16,7 +16,9 @@
 #include <vector>
 
 #include "shardwire/planner.h"
+#include "shardwire/push_conversion.h"
 #include "shardwire/weight_sync.h"
+#include "fp8_push_fixture.h"
 #include "weight_sync_fixture.h"
 
 namespace shardwire {
@@ -121,6 +123,108 @@ void PushInRounds(int k, const std::string& job) {
 TEST(WeightSyncRounds, AtMostOneWriterPerEngineRankWithKOne) { PushInRounds(1, "rounds-k1"); }
 
 TEST(WeightSyncRounds, AtMostTwoWritersPerEngineRankWithKTwo) { PushInRounds(2, "rounds-k2"); }
+
+// A converting push runs the same rounds: bf16 trainers (FSDP=3) into FP8 block-128 engines
+// (TP=2, 2 replicas), some tensors moved unchanged (emb), the others quantised or cast. The two
+// parts are scheduled as one (ScheduleJointly) and the converted bytes of a round are converted
+// and sent within it, through the staging ring (WRITEs) or straight into mapped engine buffers.
+void PushConvertedInRounds(int k, bool into_mapped, const std::string& job) {
+  auto server = StartRendezvous();
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  auto client = ConnectRendezvous(static_cast<std::uint16_t>((*server)->port()));
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  const Layout trainer = MakeFsdpLayout(TrainerBf16(), 3).value();
+  const Layout engine = MakeTpLayout(EngineFp8(), {0, 0, 0, 1, 1, -1, -1, -1}, 2, 2).value();
+  WeightSyncOptions options{job, 30};
+  options.max_concurrency = k;
+  options.convert_into_mapped = into_mapped;
+  options.conversion.staging_bytes = 160 << 10;  // several staging rounds per push
+
+  // The joint schedule: per round, no engine rank has more than K writers across both parts,
+  // and both parts have moves in rounds after the first (they are interleaved, not one after
+  // the other).
+  const auto conversion =
+      PushConversion::Create(trainer, engine, options.conversion, PlanOptions{.max_concurrency = k});
+  ASSERT_TRUE(conversion.ok()) << conversion.status().ToString();
+  std::map<std::pair<std::uint32_t, int>, std::set<std::uint32_t>> writers;  // (round, engine rank) -> trainer ranks
+  for (const TransferPlan* plan : {&conversion->direct_plan(), &conversion->converted_plan()}) {
+    for (const Bucket& b : plan->buckets()) {
+      for (std::uint32_t d : plan->dst_groups()[b.dst_group]) writers[{b.round, static_cast<int>(d)}].insert(b.src_rank);
+    }
+  }
+  for (const auto& [key, ranks] : writers) {
+    EXPECT_LE(ranks.size(), static_cast<std::size_t>(k)) << "round " << key.first << ", engine rank " << key.second;
+  }
+  ASSERT_GE(conversion->converted_plan().rounds(), 2u);
+
+  std::vector<std::unique_ptr<WeightSubscriber>> subs;
+  for (int e = 0; e < engine.world_size(); ++e) {
+    auto sub = WeightSubscriber::Create(**client, trainer, engine, e, options);
+    ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+    subs.push_back(std::move(*sub));
+  }
+  std::vector<std::unique_ptr<WeightPublisher>> pubs;
+  for (int t = 0; t < 3; ++t) {
+    auto pub = WeightPublisher::Create(**client, trainer, engine, t, options);
+    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+    pubs.push_back(std::move(*pub));
+  }
+  for (auto& sub : subs) ASSERT_TRUE(sub->Connect().ok());
+  {
+    std::vector<Status> st(3);
+    std::vector<std::thread> connects;
+    for (int t = 0; t < 3; ++t) connects.emplace_back([&, t] { st[t] = pubs[t]->Connect(); });
+    for (auto& th : connects) th.join();
+    for (int t = 0; t < 3; ++t) ASSERT_TRUE(st[t].ok()) << "trainer " << t << ": " << st[t].ToString();
+  }
+  for (std::uint64_t v = 1; v <= 3; ++v) {
+    for (int t = 0; t < 3; ++t) {
+      std::span<std::byte> w = pubs[t]->weights();
+      for (const ShardRef& s : trainer.rank(t).shards) {
+        const TensorSpec& spec = trainer.tensors()[s.tensor];
+        const auto bytes = Crop(FullBf16(spec, v), spec.shape, s.box, 2);
+        std::memcpy(w.data() + s.byte_offset, bytes.data(), bytes.size());
+      }
+    }
+    for (auto& sub : subs) ASSERT_TRUE(sub->BeginUpdate(v).ok());
+    std::vector<Result<PushStats>> results(3, Internal("not run"));
+    std::vector<std::thread> pushes;
+    for (int t = 0; t < 3; ++t) pushes.emplace_back([&, t] { results[t] = pubs[t]->Push(v); });
+    for (auto& th : pushes) th.join();
+    std::vector<std::vector<RoundSpan>> spans;
+    for (int t = 0; t < 3; ++t) {
+      ASSERT_TRUE(results[t].ok()) << "trainer " << t << ": " << results[t].status().ToString();
+      EXPECT_TRUE(results[t]->missed.empty());
+      EXPECT_GT(results[t]->converted_bytes, 0u);
+      if (into_mapped) {
+        EXPECT_EQ(results[t]->mapped_bytes, results[t]->converted_bytes) << "trainer " << t;
+      } else {
+        EXPECT_EQ(results[t]->mapped_bytes, 0u) << "trainer " << t;
+        EXPECT_GT(results[t]->staging_peak_bytes, 0u) << "trainer " << t;
+      }
+      EXPECT_GE(results[t]->rounds, 2u) << "trainer " << t;
+      spans.push_back(results[t]->round_spans);
+    }
+    for (const auto& [engine_rank, most] : MostConcurrentWriters(spans)) {
+      EXPECT_LE(most, k) << "engine rank " << engine_rank << " had " << most << " writers at once in v" << v
+                         << " (K = " << k << ")";
+    }
+    for (int e = 0; e < engine.world_size(); ++e) {
+      ASSERT_TRUE(subs[e]->WaitForUpdate(v).ok());
+      EXPECT_EQ(CheckFp8Engine(engine, e, subs[e]->weights(), v), 0u) << "engine rank " << e << " v" << v;
+    }
+  }
+}
+
+TEST(WeightSyncRounds, ConvertingPushThroughStagingKeepsOneWriterPerEngineRankWithKOne) {
+  PushConvertedInRounds(1, false, "rounds-fp8-staged");
+}
+
+TEST(WeightSyncRounds, ConvertingPushIntoMappedBuffersKeepsOneWriterPerEngineRankWithKOne) {
+  PushConvertedInRounds(1, true, "rounds-fp8-mapped");
+}
+
+TEST(WeightSyncRounds, ConvertingPushWithKTwo) { PushConvertedInRounds(2, false, "rounds-fp8-k2"); }
 
 TEST(WeightSyncRounds, PeersPlanningForAnotherKAreRefusedAtConnect) {
   auto server = StartRendezvous();
