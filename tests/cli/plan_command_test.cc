@@ -191,8 +191,8 @@ TEST(PlanCommand, BadFabricFileIsRejectedBeforePlanning) {
 }
 
 // --concurrency auto: every power of two up to the larger world is planned and predicted, and
-// the plan printed is the one with the smallest prediction (ties: the smaller K); each K tried
-// is checked against a plan computed here at that K.
+// the plan printed is the one of the smallest K predicted within 5% of the fastest; each K
+// tried is checked against a plan computed here at that K.
 TEST(PlanCommand, ConcurrencyAutoKeepsTheFastestPredictedK) {
   const Files f = WriteFiles("plan_fabric_auto", kFabric);
   auto [code, out] = RunPlan("--config " + f.config.string() + " --from fsdp=8 --to tp=2,dp=4 --fabric " +
@@ -205,7 +205,7 @@ TEST(PlanCommand, ConcurrencyAutoKeepsTheFastestPredictedK) {
   const shardwire::ModelDescription model = shardwire::DescribeModel(config).value();
   const auto fabric = shardwire::LoadFabricSpec(f.fabric.string()).value();
   double best = 1e300;
-  int best_k = 0;
+  std::vector<std::pair<int, double>> predictions;
   for (std::size_t i = 0; i < tried.size(); ++i) {
     const int k = tried[i]["concurrency"].get<int>();
     EXPECT_EQ(k, 1 << i);
@@ -215,11 +215,20 @@ TEST(PlanCommand, ConcurrencyAutoKeepsTheFastestPredictedK) {
                           .value();
     const double predicted = shardwire::PredictTransfer(plan, fabric).value().predicted_seconds;
     EXPECT_DOUBLE_EQ(tried[i]["predicted_seconds"].get<double>(), predicted) << "K = " << k;
-    if (predicted < best) best = predicted, best_k = k;
+    best = std::min(best, predicted);
+    predictions.emplace_back(k, predicted);
   }
-  EXPECT_EQ(j["concurrency"].get<int>(), best_k);
-  EXPECT_DOUBLE_EQ(j["fabric"]["predicted_seconds"].get<double>(), best);
-  EXPECT_LT(best, tried[0]["predicted_seconds"].get<double>()) << "K = 1 serialises every pair: auto beats it";
+  int chosen = 0;
+  double chosen_predicted = 0;
+  for (const auto& [k, predicted] : predictions) {
+    if (predicted <= best * 1.05) {
+      chosen = k, chosen_predicted = predicted;
+      break;
+    }
+  }
+  EXPECT_EQ(j["concurrency"].get<int>(), chosen);
+  EXPECT_DOUBLE_EQ(j["fabric"]["predicted_seconds"].get<double>(), chosen_predicted);
+  EXPECT_LT(chosen_predicted, tried[0]["predicted_seconds"].get<double>()) << "K = 1 serialises every pair";
 
   std::tie(code, out) =
       RunPlan("--config " + f.config.string() + " --from fsdp=8 --to tp=2,dp=4 --concurrency auto");
