@@ -118,7 +118,8 @@ struct WeightSyncOptions {
   /// incarnation of the rank; Join must be called before the first BeginUpdate and after
   /// every missed version; the destructor leaves (best effort). The plan is the one of the
   /// two layouts: members fill the engine layout's rank slots (a replica that does not run
-  /// leaves its slots empty). Publishers and subscribers of one job must agree on it. Costs
+  /// leaves its slots empty: absent from each push, never waited for), so engines can scale
+  /// out up to the replicas the engine layout names. Publishers and subscribers of one job must agree on it. Costs
   /// per push: trainer rank 0 one rendezvous counter read and one write, every other
   /// trainer rank one read (the leader's record; polled until it appears).
   bool dynamic_membership = false;

@@ -232,6 +232,71 @@ TEST(WeightSyncMembership, EnginesKilledAtRandomStepsWithRelaysAreReplacedAndEve
   KillAndReplaceEnginesAtRandomSteps(true);
 }
 
+// Scale-out within the engine layout's replica slots: the job starts with one engine replica of
+// three; pushes go to it alone (the empty slots are absent, never waited for); two more engine
+// processes start later, join, and from their admission receive and verify every version, as the
+// first one does from its own.
+TEST(WeightSyncMembership, EnginesStartedLaterJoinEmptyReplicaSlotsAndVerifyEveryVersionFromTheirAdmission) {
+  if (std::getenv("SHARDWIRE_WS_CHILD") != nullptr) {  // a child: run its body (ForkWithPort exits)
+    int fd = -1;
+    for (int r = 0; r < kEngines; ++r) ForkWithPort(&fd, r, [&](std::uint16_t p) { return RunEngine(p, r, false); });
+    ForkWithPort(&fd, kEngines, [&](std::uint16_t p) { return RunTrainer1(p, false); });
+    FAIL() << "unknown child index";
+  }
+  std::map<int, pid_t> engine_pid;
+  std::vector<int> port_pipes;
+  int fd = -1;
+  engine_pid[0] = ForkWithPort(&fd, 0, [](std::uint16_t) { return 0; });
+  ASSERT_GT(engine_pid[0], 0);
+  port_pipes.push_back(fd);
+  const pid_t trainer1 = ForkWithPort(&fd, kEngines, [](std::uint16_t) { return 0; });
+  ASSERT_GT(trainer1, 0);
+  port_pipes.push_back(fd);
+  auto server = ServeChildren(port_pipes);
+  ASSERT_NE(server, nullptr);
+  const auto port = static_cast<std::uint16_t>(server->port());
+  auto rz = ConnectRendezvous(port);
+  ASSERT_TRUE(rz.ok());
+  auto pub = WeightPublisher::Create(**rz, TrainerLayout(), EngineLayout(), 0, MemberOptions(false));
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*pub)->Connect().ok());
+  ASSERT_TRUE((*pub)->WaitForEngines(1, 30).ok());
+  std::uint64_t v = 1;
+  for (; v <= 3; ++v) {
+    Walk(TrainerLayout(), 0, (*pub)->weights(), v, false);
+    auto stats = (*pub)->Push(v);
+    ASSERT_TRUE(stats.ok()) << "v" << v << ": " << stats.status().ToString();
+    EXPECT_TRUE(stats->missed.empty()) << "v" << v << ": an empty slot is absent, not missed";
+    std::set<int> absent(stats->absent.begin(), stats->absent.end());
+    EXPECT_TRUE(absent.count(1) && absent.count(2)) << "v" << v;
+    EXPECT_FALSE(absent.count(0)) << "v" << v;
+  }
+  for (int r = 1; r < kEngines; ++r) {
+    engine_pid[r] = ForkWithPort(&fd, r, [](std::uint16_t) { return 0; });
+    ASSERT_GT(engine_pid[r], 0);
+    SendPort(fd, port);
+  }
+  ASSERT_TRUE((*pub)->WaitForEngines(kEngines, 30).ok());
+  constexpr std::uint64_t kMaxVersions = 200;  // bound: the test fails rather than loops
+  bool all_in = false;
+  for (;; ++v) {
+    ASSERT_LE(v, kMaxVersions) << "the new engines never received a push";
+    Walk(TrainerLayout(), 0, (*pub)->weights(), v, false);
+    if (all_in) {
+      ASSERT_TRUE(PutString(**rz, kLastKey, std::to_string(v)).ok());
+    }
+    auto stats = (*pub)->Push(v);
+    ASSERT_TRUE(stats.ok()) << "v" << v << ": " << stats.status().ToString();
+    EXPECT_TRUE(stats->missed.empty()) << "v" << v;
+    if (all_in) break;
+    all_in = stats->absent.empty();
+  }
+  for (const auto& [rank, pid] : engine_pid) {
+    EXPECT_EQ(WaitChild(pid), 0) << "engine rank " << rank << " verified every version from its admission to v" << v;
+  }
+  EXPECT_EQ(WaitChild(trainer1), 0) << "trainer rank 1 pushed every version";
+}
+
 // ---- Bad input: a typed error naming who and what, nothing half-applied.
 
 TEST(WeightSyncBadInput, APushToAJobWithNoEngineIsATypedError) {
