@@ -62,8 +62,9 @@ class CoordinatorState {
   virtual Status Put(const std::string& key, std::span<const std::byte> value) = 0;
   /// nullopt when absent.
   virtual Result<std::optional<std::vector<std::byte>>> Get(const std::string& key) = 0;
-  /// With a non-empty `request_id` (<= kMaxAddRequestIdBytes), applied at most once: a repeat
-  /// within kAddRequestIdTtlMs returns the first result without adding again.
+  /// With a non-empty `request_id` (<= kMaxAddRequestIdBytes), applied at most once per key: a
+  /// repeat on the same key within kAddRequestIdTtlMs returns the first result without adding
+  /// again (the same id on another key is another Add).
   /// Errors: kInvalidArgument when the key holds a non-counter or the sum overflows.
   virtual Result<std::int64_t> Add(const std::string& key, std::int64_t delta, const std::string& request_id = {}) = 0;
   /// A number that changes whenever any key changes (for waiters to detect

@@ -15,6 +15,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <utility>
 
 #include "control/coordinator_state.h"
 #include "control/rendezvous_internal.h"
@@ -73,7 +74,7 @@ class InMemoryCoordinatorState final : public CoordinatorState {
       applied_order_.pop_front();
     }
     if (!request_id.empty()) {
-      if (auto seen = applied_adds_.find(request_id); seen != applied_adds_.end()) return seen->second;
+      if (auto seen = applied_adds_.find({key, request_id}); seen != applied_adds_.end()) return seen->second;
     }
     auto it = kv_.find(key);
     std::vector<std::byte> encoded;
@@ -82,15 +83,16 @@ class InMemoryCoordinatorState final : public CoordinatorState {
     kv_[key] = std::move(encoded);
     ++generation_;
     if (!request_id.empty()) {
-      applied_adds_.emplace(request_id, now);
-      applied_order_.emplace_back(now_t, request_id);
+      applied_adds_.emplace(std::make_pair(key, request_id), now);
+      applied_order_.emplace_back(now_t, std::make_pair(key, request_id));
     }
     return now;
   }
 
-  // Add request ids applied in the last kAddRequestIdTtlMs: id -> result, and ids by time.
-  std::map<std::string, std::int64_t> applied_adds_;
-  std::deque<std::pair<std::chrono::steady_clock::time_point, std::string>> applied_order_;
+  // Adds with a request id applied in the last kAddRequestIdTtlMs: (key, id) -> result, and
+  // (key, id) by time.
+  std::map<std::pair<std::string, std::string>, std::int64_t> applied_adds_;
+  std::deque<std::pair<std::chrono::steady_clock::time_point, std::pair<std::string, std::string>>> applied_order_;
 
   Result<std::uint64_t> KvGeneration() override {
     std::lock_guard<std::mutex> lock(mu_);

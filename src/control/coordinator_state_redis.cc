@@ -139,10 +139,12 @@ return 1
 )lua";
 
 // ARGV: key, delta, request id ('' = none), its TTL in ms. Returns the new value as decimal
-// text (no double rounding); a request id applied before returns the first result unchanged.
+// text (no double rounding); a request id applied before to the same key returns the first result
+// unchanged (the marker is keyed by the length-prefixed key and the id, so ids never collide
+// across keys).
 constexpr std::string_view kAddScript = R"lua(
 local k = P .. 'kv:' .. ARGV[1]
-local req = ARGV[3] ~= '' and (P .. 'addreq:' .. ARGV[3]) or nil
+local req = ARGV[3] ~= '' and (P .. 'addreq:' .. #ARGV[1] .. ':' .. ARGV[1] .. ARGV[3]) or nil
 if req then
   local seen = redis.call('GET', req)
   if seen then return seen end

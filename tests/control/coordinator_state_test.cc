@@ -181,6 +181,11 @@ TEST_P(CoordinatorStateTest, AnAddWithARequestIdIsAppliedOnce) {
   EXPECT_EQ(*st.Add("n", 3, "req-2"), 6);
   EXPECT_EQ(*st.Add("n", 1), 7);
   EXPECT_EQ(*st.Add("n", 1), 8) << "without an id every call adds";
+  // A request id names one Add on one key: the same id on another key is another Add (found by
+  // coordinator_request_fuzzer: it used to return the first key's counter and add nothing).
+  EXPECT_EQ(*st.Add("m", 5, "req-1"), 5);
+  EXPECT_EQ(*st.Add("m", 0), 5) << "the Add on another key was applied";
+  EXPECT_EQ(*st.Add("n", 3, "req-1"), 3) << "and the first key's retry still returns its own result";
 }
 
 TEST_P(CoordinatorStateTest, RegisterAndListRoundTripsEveryField) {
