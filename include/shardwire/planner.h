@@ -66,8 +66,9 @@ Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const Pl
 /// Re-assigns Bucket::round over several plans between the same source and destination
 /// worlds as if their buckets formed one plan (same rule as PlanTransfer's step 4: in every
 /// round no source rank sends to more than `k` destinations and no destination rank receives
-/// from more than `k` sources, now counted across all the plans; a (source, group) pair of
-/// each plan keeps one round). Used by a push that moves some tensors unchanged (one plan)
+/// from more than `k` sources, now counted across all the plans; destination groups with the
+/// same members are one group, so a source's buckets to the same destinations in several plans
+/// form one pair and share one round). Used by a push that moves some tensors unchanged (one plan)
 /// and converts others (a second plan over the converted tensors): run round by round, the
 /// two parts together respect K. Moves, groups, buckets and reductions are otherwise
 /// unchanged. Errors: kInvalidArgument when `k` < 1, a pointer is null or the plans' world

@@ -431,14 +431,18 @@ Status ScheduleJointly(std::span<TransferPlan* const> plans, int k) {
                                          p->dst_world()));
     }
   }
-  // One bucket list over one group index space: plan i's groups follow plan i-1's.
+  // One bucket list over one group index space, where groups with the same members are one
+  // group: a source's buckets to the same destinations in two plans form one pair (one round,
+  // one peer slot), as if one plan held both.
   std::vector<std::vector<std::uint32_t>> groups;
+  std::map<std::vector<std::uint32_t>, std::uint32_t> group_of;
   std::vector<Bucket> joint;
   for (const TransferPlan* p : plans) {
-    const auto offset = static_cast<std::uint32_t>(groups.size());
-    groups.insert(groups.end(), p->dst_groups().begin(), p->dst_groups().end());
     for (Bucket b : p->buckets()) {
-      b.dst_group += offset;
+      const std::vector<std::uint32_t>& members = p->dst_groups()[b.dst_group];
+      auto [it, added] = group_of.try_emplace(members, static_cast<std::uint32_t>(groups.size()));
+      if (added) groups.push_back(members);
+      b.dst_group = it->second;
       joint.push_back(b);
     }
   }
