@@ -8,7 +8,6 @@
 #include <deque>
 #include <map>
 #include <mutex>
-#include <set>
 #include <thread>
 
 #include <fmt/format.h>
@@ -117,7 +116,11 @@ struct ModelSource::Impl {
     reply.id = request.id;
     const bool verify = request.flag;
     workflows::MoveDigest digest;
-    std::set<std::uint64_t> blocks;  // to check against the recorded digests
+    // Blocks to check against the recorded digests: a row-parallel move's ranges are its
+    // rows (thousands of ~1 KiB ranges, ascending), so consecutive duplicates are dropped
+    // as they come and the rest sorted once (a std::set node per row cost the source's
+    // serving thread more than the hashing).
+    std::vector<std::uint64_t> blocks;
     std::uint64_t bytes = 0;
     auto block_length = [&](std::uint64_t b) {
       return std::min<std::uint64_t>(kBlockBytes, buffer.size() - b * kBlockBytes);
@@ -141,9 +144,11 @@ struct ModelSource::Impl {
           return;
         }
         digest.Add(XXH3_64bits(buffer.data() + seg, n));
-        blocks.insert(b);
+        if (blocks.empty() || blocks.back() != b) blocks.push_back(b);
       });
     }
+    std::sort(blocks.begin(), blocks.end());
+    blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
     reply.value = digest.Value();
     if (reply.status == DigestStatus::kOk) {
       for (std::uint64_t b : blocks) {
