@@ -71,8 +71,12 @@ std::vector<StridedSourceRun> GroupStrided(const std::vector<SourceRun>& runs) {
 }
 
 std::vector<Interval> Normalize(std::vector<Interval> intervals) {
-  std::sort(intervals.begin(), intervals.end(), [](const Interval& a, const Interval& b) { return a.begin < b.begin; });
+  auto by_begin = [](const Interval& a, const Interval& b) { return a.begin < b.begin; };
+  if (!std::is_sorted(intervals.begin(), intervals.end(), by_begin)) {  // usually sorted already (CoverageOf)
+    std::sort(intervals.begin(), intervals.end(), by_begin);
+  }
   std::vector<Interval> out;
+  out.reserve(intervals.size());
   for (const Interval& i : intervals) {
     if (i.end <= i.begin) continue;
     if (!out.empty() && out.back().end >= i.begin) {
@@ -86,6 +90,7 @@ std::vector<Interval> Normalize(std::vector<Interval> intervals) {
 
 std::vector<Interval> IntervalsOf(const std::vector<SourceRun>& runs) {
   std::vector<Interval> out;
+  out.reserve(runs.size());
   for (const SourceRun& r : runs) out.push_back({r.dst_offset, r.dst_offset + r.length});
   return Normalize(std::move(out));
 }
@@ -141,7 +146,16 @@ std::vector<SourceRun> Clip(const std::vector<SourceRun>& coverage, const std::v
 std::vector<std::vector<SourceRun>> CutMoves(const std::vector<SourceRun>& runs, std::uint64_t move_bytes) {
   if (move_bytes == 0) move_bytes = 1;
   std::map<std::uint32_t, std::vector<SourceRun>> by_rank;
-  for (const SourceRun& r : runs) by_rank[r.src_rank].push_back(r);
+  const bool one_rank = std::all_of(runs.begin(), runs.end(),
+                                    [&](const SourceRun& r) { return r.src_rank == runs.front().src_rank; });
+  if (one_rank && !runs.empty()) {
+    by_rank[runs.front().src_rank] = runs;  // one copy, no per-row growth
+  } else {
+    std::map<std::uint32_t, std::size_t> count;
+    for (const SourceRun& r : runs) ++count[r.src_rank];
+    for (const auto& [rank, n] : count) by_rank[rank].reserve(n);
+    for (const SourceRun& r : runs) by_rank[r.src_rank].push_back(r);
+  }
   std::vector<std::vector<SourceRun>> moves;
   for (auto& [rank, list] : by_rank) {
     auto by_dst = [](const SourceRun& a, const SourceRun& b) { return a.dst_offset < b.dst_offset; };
