@@ -131,7 +131,8 @@ class ModelSource {
   /// The shard buffer (the instance's weights for this rank). Writing it after
   /// Create makes digest requests report the touched blocks as corrupt.
   std::span<std::byte> buffer() const;
-  /// Moves served so far (digest requests answered), bytes hashed for them.
+  /// Moves served so far (digest requests answered), bytes those requests covered
+  /// (whole 1 MiB blocks are answered from the digests recorded at commit, unhashed).
   std::uint64_t digests_served() const;
   std::uint64_t bytes_digested() const;
 
@@ -227,6 +228,15 @@ struct LoadReport {
   std::uint64_t replans = 0;                                ///< waiting bytes re-split because new instances appeared
   double seconds = 0;                                       ///< wall time of Load, seconds
   double digest_seconds = 0;                                ///< of which hashing landed bytes, seconds
+  /// Phases of Load, wall seconds (for profiling; they add up to about `seconds`):
+  /// resolving the identity and listing and vetting the sources (coordinator calls,
+  /// layout fingerprints, coverage plans); from then until the first READ was posted
+  /// (metadata import, HELLO round trips); from then until the last move was verified
+  /// (READs, digests on both sides, re-reads); the disk fallback and the commit.
+  double list_seconds = 0;
+  double handshake_seconds = 0;
+  double transfer_seconds = 0;
+  double finish_seconds = 0;
 };
 
 /// A new instance's rank loading its shards.

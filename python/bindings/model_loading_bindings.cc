@@ -91,6 +91,10 @@ py::dict ReportToDict(const LoadReport& r) {
   d["replans"] = r.replans;
   d["seconds"] = r.seconds;
   d["digest_seconds"] = r.digest_seconds;
+  d["list_seconds"] = r.list_seconds;
+  d["handshake_seconds"] = r.handshake_seconds;
+  d["transfer_seconds"] = r.transfer_seconds;
+  d["finish_seconds"] = r.finish_seconds;
   return d;
 }
 

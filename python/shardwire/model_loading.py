@@ -159,7 +159,9 @@ class ModelLoader:
         about 0.1 s, raising KeyboardInterrupt with nothing committed; load() may be called again).
         With ``params``, then copies the shards into them. Returns the report {identity,
         buffer_bytes, bytes_from_sources, bytes_from_disk, bytes_per_instance, skipped, failed,
-        moves, rereads, replans, seconds, digest_seconds} (bytes, seconds).
+        moves, rereads, replans, seconds, digest_seconds, list_seconds, handshake_seconds,
+        transfer_seconds, finish_seconds} (bytes, seconds; the last four are the phases of
+        the load, see LoadReport in model_loading.h).
         Raises NotFoundError (nobody serves the model and no checkpoint), UnavailableError
         (every source failed, no checkpoint), FailedPreconditionError (several revisions
         served), TimedOutError (load_timeout_s), checkpoint errors, InvalidArgumentError

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -19,6 +20,7 @@
 #include "shardwire/model_loading.h"
 #include "shardwire/shard_io.h"
 #include "shardwire/source_registry.h"
+#include "transport/private_arena.h"
 
 namespace shardwire::cli {
 namespace {
@@ -124,14 +126,53 @@ Status RunLoad(const LoadOptions& o) {
   SW_ASSIGN_OR_RETURN(const Layout layout, MakeLayoutFromString(model, o.layout));
   const std::string instance = o.instance_id.empty() ? fmt::format("load-{}", ::getpid()) : o.instance_id;
   const int world = layout.world_size();
+  // The instance's parameter memory is allocated before the load, as an engine does (vLLM
+  // allocates the model, then loads the weights into it): private 2 MiB-page memory,
+  // populated for writing (transport::PrivateMapping, the same call the disk reference of
+  // bench/p2p_load_bench uses), one thread per rank. Timed apart from the load
+  // (alloc_seconds): on a VM, the first use of memory the host never backed costs the
+  // kernel's zeroing of it (clear_page_erms), whoever loads into it.
+  std::vector<transport::PrivateMapping> memory(static_cast<std::size_t>(world));
+  std::vector<Status> alloc_status(static_cast<std::size_t>(world), Status::Ok());
+  const auto alloc_start = std::chrono::steady_clock::now();
+  {
+    std::vector<std::thread> alloc_threads;
+    for (int r = 0; r < world; ++r) {
+      alloc_threads.emplace_back([&, r] {
+        auto m = transport::PrivateMapping::Map(std::max<std::uint64_t>(layout.rank(r).buffer_bytes, 64));
+        if (m.ok()) {
+          memory[static_cast<std::size_t>(r)] = std::move(*m);
+        } else {
+          alloc_status[static_cast<std::size_t>(r)] = m.status().WithContext(fmt::format("rank {} memory", r));
+        }
+      });
+    }
+    for (auto& t : alloc_threads) t.join();
+  }
+  for (const Status& s : alloc_status) SW_RETURN_IF_ERROR(s);
+  const double alloc_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - alloc_start).count();
   std::vector<std::unique_ptr<ModelLoader>> loaders(static_cast<std::size_t>(world));
   std::vector<Result<LoadReport>> reports(static_cast<std::size_t>(world), Internal("not run"));
   const auto start = std::chrono::steady_clock::now();
   const std::int64_t start_ms = UnixMs();
+  std::vector<double> create_seconds(static_cast<std::size_t>(world), 0.0);
   std::vector<std::thread> threads;
   for (int r = 0; r < world; ++r) {
     threads.emplace_back([&, r] {
       ModelLoaderOptions lo;
+      const transport::PrivateMapping& mem = memory[static_cast<std::size_t>(r)];
+      lo.buffer = std::span<std::byte>(mem.data(), mem.size());
+      // Same-host sources are read into huge-page memory by kernel copy (what ReadPath::kAuto
+      // picks for the loader's own private huge-page arena; docs/benchmarks.md "Issue 8 item 9").
+      if (mem.huge_pages()) lo.agent.read_path = ReadPath::kKernelCopy;
+      // All ranks run in this process: no more lanes (copy threads, each a UCX worker to
+      // create) than cores in all. On the 2-core development VMs, tp=4 with the default 2
+      // lanes per rank created 8 UCX workers per load (0.13-0.42 s of the load, mostly page
+      // faults in UCX's shared-memory FIFOs) and ran 8 copy threads on 2 cores.
+      lo.agent.lanes = std::max<std::uint32_t>(
+          1, std::min<std::uint32_t>(kDefaultLanes, std::max(1u, std::thread::hardware_concurrency()) /
+                                                        static_cast<std::uint32_t>(world)));
       lo.instance_id = instance;
       lo.layout = o.layout;
       lo.rank = r;
@@ -139,7 +180,10 @@ Status RunLoad(const LoadOptions& o) {
       lo.checkpoint_path = o.fallback_checkpoint;
       lo.stall_timeout_s = o.stall_timeout_s;
       lo.lease_priority = start_ms;  // one priority for all ranks of the instance
+      const auto create_start = std::chrono::steady_clock::now();
       auto loader = ModelLoader::Create(*registry, model, lo);
+      create_seconds[static_cast<std::size_t>(r)] =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - create_start).count();
       if (!loader.ok()) {
         reports[static_cast<std::size_t>(r)] = loader.status();
         return;
@@ -153,6 +197,9 @@ Status RunLoad(const LoadOptions& o) {
   const std::int64_t end_ms = UnixMs();
   std::uint64_t bytes = 0, disk = 0;
   double digest_seconds = 0, rank_seconds = 0;  // summed over ranks (they run in parallel)
+  // Phases, the slowest rank's (ranks run in parallel): ModelLoader::Create (agent,
+  // registration of the memory), then LoadReport's list / handshake / transfer / finish.
+  double create_max = 0, list_max = 0, handshake_max = 0, transfer_max = 0, finish_max = 0;
   std::map<std::string, std::uint64_t> per_instance;
   std::vector<std::string> failed;
   for (int r = 0; r < world; ++r) {
@@ -169,6 +216,11 @@ Status RunLoad(const LoadOptions& o) {
     disk += rep->bytes_from_disk;
     digest_seconds += rep->digest_seconds;
     rank_seconds += rep->seconds;
+    create_max = std::max(create_max, create_seconds[static_cast<std::size_t>(r)]);
+    list_max = std::max(list_max, rep->list_seconds);
+    handshake_max = std::max(handshake_max, rep->handshake_seconds);
+    transfer_max = std::max(transfer_max, rep->transfer_seconds);
+    finish_max = std::max(finish_max, rep->finish_seconds);
     for (const auto& [id, b] : rep->bytes_per_instance) per_instance[id] += b;
     for (const auto& f : rep->failed) failed.push_back(fmt::format("rank {}: {}", r, f));
     if (o.quiet) continue;
@@ -220,10 +272,12 @@ Status RunLoad(const LoadOptions& o) {
   }
   const std::string line = fmt::format(
       "LOADED instance={} layout={} bytes={} disk_bytes={} seconds={:.4f} gbps={:.4f} sources={} failed={} "
-      "verified={} disk_seconds={:.4f} start_ms={} end_ms={} digest_seconds={:.4f} rank_seconds={:.4f}",
+      "verified={} disk_seconds={:.4f} start_ms={} end_ms={} digest_seconds={:.4f} rank_seconds={:.4f} "
+      "alloc_seconds={:.4f} create_seconds={:.4f} list_seconds={:.4f} handshake_seconds={:.4f} "
+      "transfer_seconds={:.4f} finish_seconds={:.4f}",
       instance, o.layout, bytes, disk, seconds, seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0,
       sources.empty() ? "-" : sources, failed.size(), verified, disk_seconds, start_ms, end_ms, digest_seconds,
-      rank_seconds);
+      rank_seconds, alloc_seconds, create_max, list_max, handshake_max, transfer_max, finish_max);
   if (!o.quiet) fmt::print("{}\n", line);
   std::fflush(stdout);
   if (!o.report.empty()) {

@@ -11,28 +11,38 @@ Result<std::vector<SourceRun>> CoverageOf(const Layout& src, const Layout& dst, 
   PlanOptions options;
   options.replica_policy = ReplicaPolicy::kSpread;
   SW_ASSIGN_OR_RETURN(const TransferPlan plan, PlanTransfer(src, dst, options));
+  // One run per row of every move (a row-parallel shard: tens of thousands). Sized once,
+  // sorted only when the moves' rows interleave, merged in place: each fresh page of a
+  // growing vector is a page fault, which costs 10-50 us on the development VMs, and four
+  // ranks planning at once spent 60-200 ms each here before (docs/benchmarks.md).
+  std::vector<Move> moves = plan.MovesTo(dst_rank);
+  std::sort(moves.begin(), moves.end(), [](const Move& a, const Move& b) { return a.dst_offset < b.dst_offset; });
+  std::uint64_t rows = 0;
+  for (const Move& m : moves) rows += m.count;
   std::vector<SourceRun> runs;
-  for (const Move& m : plan.MovesTo(dst_rank)) {
+  runs.reserve(static_cast<std::size_t>(rows));
+  for (const Move& m : moves) {
     for (std::uint64_t k = 0; k < m.count; ++k) {
       runs.push_back({m.dst_offset + k * m.dst_stride, m.length, m.src_rank, m.src_offset + k * m.src_stride});
     }
   }
-  std::sort(runs.begin(), runs.end(),
-            [](const SourceRun& a, const SourceRun& b) { return a.dst_offset < b.dst_offset; });
-  std::vector<SourceRun> merged;
+  auto by_dst = [](const SourceRun& a, const SourceRun& b) { return a.dst_offset < b.dst_offset; };
+  if (!std::is_sorted(runs.begin(), runs.end(), by_dst)) std::sort(runs.begin(), runs.end(), by_dst);
+  std::size_t out = 0;
   for (const SourceRun& r : runs) {
     if (r.length == 0) continue;
-    if (!merged.empty()) {
-      SourceRun& last = merged.back();
+    if (out > 0) {
+      SourceRun& last = runs[out - 1];
       if (last.src_rank == r.src_rank && last.dst_offset + last.length == r.dst_offset &&
           last.src_offset + last.length == r.src_offset) {
         last.length += r.length;
         continue;
       }
     }
-    merged.push_back(r);
+    runs[out++] = r;
   }
-  return merged;
+  runs.resize(out);
+  return runs;
 }
 
 std::vector<StridedSourceRun> GroupStrided(const std::vector<SourceRun>& runs) {
@@ -61,8 +71,12 @@ std::vector<StridedSourceRun> GroupStrided(const std::vector<SourceRun>& runs) {
 }
 
 std::vector<Interval> Normalize(std::vector<Interval> intervals) {
-  std::sort(intervals.begin(), intervals.end(), [](const Interval& a, const Interval& b) { return a.begin < b.begin; });
+  auto by_begin = [](const Interval& a, const Interval& b) { return a.begin < b.begin; };
+  if (!std::is_sorted(intervals.begin(), intervals.end(), by_begin)) {  // usually sorted already (CoverageOf)
+    std::sort(intervals.begin(), intervals.end(), by_begin);
+  }
   std::vector<Interval> out;
+  out.reserve(intervals.size());
   for (const Interval& i : intervals) {
     if (i.end <= i.begin) continue;
     if (!out.empty() && out.back().end >= i.begin) {
@@ -76,6 +90,7 @@ std::vector<Interval> Normalize(std::vector<Interval> intervals) {
 
 std::vector<Interval> IntervalsOf(const std::vector<SourceRun>& runs) {
   std::vector<Interval> out;
+  out.reserve(runs.size());
   for (const SourceRun& r : runs) out.push_back({r.dst_offset, r.dst_offset + r.length});
   return Normalize(std::move(out));
 }
@@ -113,6 +128,7 @@ std::vector<std::vector<Interval>> SplitEvenly(const std::vector<Interval>& inte
 
 std::vector<SourceRun> Clip(const std::vector<SourceRun>& coverage, const std::vector<Interval>& intervals) {
   std::vector<SourceRun> out;
+  out.reserve(coverage.size() + intervals.size());  // at most one run per run plus one per cut
   for (const Interval& iv : intervals) {
     // First run ending after iv.begin.
     auto it = std::upper_bound(coverage.begin(), coverage.end(), iv.begin,
@@ -130,11 +146,20 @@ std::vector<SourceRun> Clip(const std::vector<SourceRun>& coverage, const std::v
 std::vector<std::vector<SourceRun>> CutMoves(const std::vector<SourceRun>& runs, std::uint64_t move_bytes) {
   if (move_bytes == 0) move_bytes = 1;
   std::map<std::uint32_t, std::vector<SourceRun>> by_rank;
-  for (const SourceRun& r : runs) by_rank[r.src_rank].push_back(r);
+  const bool one_rank = std::all_of(runs.begin(), runs.end(),
+                                    [&](const SourceRun& r) { return r.src_rank == runs.front().src_rank; });
+  if (one_rank && !runs.empty()) {
+    by_rank[runs.front().src_rank] = runs;  // one copy, no per-row growth
+  } else {
+    std::map<std::uint32_t, std::size_t> count;
+    for (const SourceRun& r : runs) ++count[r.src_rank];
+    for (const auto& [rank, n] : count) by_rank[rank].reserve(n);
+    for (const SourceRun& r : runs) by_rank[r.src_rank].push_back(r);
+  }
   std::vector<std::vector<SourceRun>> moves;
   for (auto& [rank, list] : by_rank) {
-    std::sort(list.begin(), list.end(),
-              [](const SourceRun& a, const SourceRun& b) { return a.dst_offset < b.dst_offset; });
+    auto by_dst = [](const SourceRun& a, const SourceRun& b) { return a.dst_offset < b.dst_offset; };
+    if (!std::is_sorted(list.begin(), list.end(), by_dst)) std::sort(list.begin(), list.end(), by_dst);
     std::vector<SourceRun> current;
     std::uint64_t current_bytes = 0;
     for (SourceRun r : list) {

@@ -98,7 +98,10 @@ struct Instance {
 };
 
 struct LoadMove {
-  enum class State { kQueued, kLeaseWait, kLeaseQueued, kReading, kDigestWait, kPacing, kDone, kAbandoned };
+  // kHashed: landed and hashed, the digest request waits for the source's HELLO ack
+  // (READs start once HELLO is sent: a kernel copy or UCX READ needs nothing from the
+  // source's server thread, and the HELLO round trip overlaps the first READs).
+  enum class State { kQueued, kLeaseWait, kLeaseQueued, kReading, kHashed, kDigestWait, kPacing, kDone, kAbandoned };
   std::size_t instance = 0;
   std::uint32_t src_rank = 0;
   std::vector<SourceRun> runs;
@@ -109,6 +112,7 @@ struct LoadMove {
   Clock::time_point deadline;
   Clock::time_point pace_until;
   std::uint64_t local_digest = 0;
+  bool verifying = false;  // the digest request asked the source to verify (after a mismatch)
 };
 
 }  // namespace
@@ -141,6 +145,7 @@ struct ModelLoader::Impl {
   std::set<std::string> seen_instances;                      // listed once (used, skipped or failed)
   std::future<Result<std::vector<SourceRecord>>> relisting;  // a re-listing in flight
   bool relist_failed = false;
+  Clock::time_point first_read;  // when this Load posted its first READ (profiling)
 
   Status ResolveIdentity() {
     if (!options.revision.empty()) {
@@ -384,7 +389,15 @@ struct ModelLoader::Impl {
   void Dispatch(const std::string& peer, const P2pMessage& m) {
     if (m.kind == P2pKind::kHelloAck) {
       auto it = hello_of_request.find(m.id);
-      if (it != hello_of_request.end()) instances[it->second.first].hello_acked.insert(it->second.second);
+      if (it == hello_of_request.end()) return;
+      const auto [instance, src_rank] = it->second;
+      if (!instances[instance].hello_acked.insert(src_rank).second) return;
+      for (LoadMove& mv : moves) {  // moves that landed before the ack
+        if (mv.instance == instance && mv.src_rank == src_rank && mv.state == LoadMove::State::kHashed &&
+            !instances[instance].failed) {
+          SendDigestRequest(mv, /*verify=*/false);
+        }
+      }
       return;
     }
     auto it = move_of_request.find(m.id);
@@ -408,6 +421,13 @@ struct ModelLoader::Impl {
         break;
       case P2pKind::kDigestReply:
         if (mv.state != LoadMove::State::kDigestWait) break;
+        if (m.status == DigestStatus::kOk && m.value != mv.local_digest && !mv.verifying) {
+          // The source answered whole blocks from the digests it recorded at commit: ask
+          // it to hash its current bytes and check them, to tell a source whose bytes
+          // changed since commit (kCorrupt) from bytes corrupted on the way.
+          SendDigestRequest(mv, /*verify=*/true);
+          break;
+        }
         if (m.status != DigestStatus::kOk || m.value != mv.local_digest) {
           FailInstance(
               mv.instance,
@@ -468,6 +488,7 @@ struct ModelLoader::Impl {
       return;
     }
     mv.state = LoadMove::State::kReading;
+    if (first_read == Clock::time_point{}) first_read = Clock::now();
     // Generous for the bytes (10 MB/s), strict for silence.
     mv.deadline = Clock::now() + Seconds(options.stall_timeout_s + static_cast<double>(mv.bytes) / 10e6);
   }
@@ -476,23 +497,30 @@ struct ModelLoader::Impl {
     LoadMove& mv = moves[index];
     ReleaseHandle(mv);
     const Clock::time_point t = Clock::now();
-    XXH3_state_t* state = XXH3_createState();
-    XXH3_64bits_reset(state);
+    workflows::MoveDigest digest;
+    for (const SourceRun& r : mv.runs) {
+      workflows::MoveDigest::ForEachSegment(r.src_offset, r.length, [&](std::uint64_t seg, std::uint64_t n) {
+        digest.Add(XXH3_64bits(buffer.data() + r.dst_offset + (seg - r.src_offset), n));
+      });
+    }
+    mv.local_digest = digest.Value();
+    report.digest_seconds += Since(t);
+    mv.state = LoadMove::State::kHashed;
+    if (instances[mv.instance].hello_acked.contains(mv.src_rank)) SendDigestRequest(mv, /*verify=*/false);
+  }
+
+  void SendDigestRequest(LoadMove& mv, bool verify) {
     P2pMessage request;
     request.kind = P2pKind::kDigest;
     request.id = mv.request_id;
-    for (const SourceRun& r : mv.runs) {
-      XXH3_64bits_update(state, buffer.data() + r.dst_offset, r.length);
-      request.ranges.emplace_back(r.src_offset, r.length);
-    }
-    mv.local_digest = XXH3_64bits_digest(state);
-    XXH3_freeState(state);
-    report.digest_seconds += Since(t);
+    request.flag = verify;
+    for (const SourceRun& r : mv.runs) request.ranges.emplace_back(r.src_offset, r.length);
     Status sent = Send(instances[mv.instance].peers[mv.src_rank], request);
     if (!sent.ok()) {
       FailInstance(mv.instance, "sending a digest request failed: " + sent.ToString());
       return;
     }
+    mv.verifying = verify;
     mv.state = LoadMove::State::kDigestWait;
     mv.deadline = Clock::now() + Seconds(options.stall_timeout_s);
   }
@@ -511,7 +539,7 @@ struct ModelLoader::Impl {
       if (m.state != LoadMove::State::kQueued) continue;
       Instance& inst = instances[m.instance];
       if (inst.failed) continue;
-      if (!inst.hello_acked.contains(m.src_rank)) continue;
+      if (!inst.peers.contains(m.src_rank)) continue;  // HELLO not sent yet
       // Capped: one move reading and the next one's lease request queued at the source,
       // so that when the grant ends the source chooses among every waiting loader
       // (this one included) by priority, instead of whoever asks again first.
@@ -583,6 +611,7 @@ struct ModelLoader::Impl {
           if (now >= m.pace_until) Finish(m);
           break;
         case LoadMove::State::kQueued:
+        case LoadMove::State::kHashed:
           if (instances[m.instance].hello_deadline.contains(m.src_rank) &&
               !instances[m.instance].hello_acked.contains(m.src_rank) &&
               now > instances[m.instance].hello_deadline[m.src_rank]) {
@@ -721,6 +750,9 @@ struct ModelLoader::Impl {
     report.buffer_bytes = buffer.size();
     const std::vector<Interval> needed = NeededIntervals(*layout, options.rank);
     SW_RETURN_IF_ERROR(FindInstances(needed));
+    const Clock::time_point listed = Clock::now();
+    report.list_seconds = std::chrono::duration<double>(listed - start).count();
+    first_read = {};
     unassigned = needed;
     Clock::time_point last_list = Clock::now();
     Clock::time_point last_interrupt_check = Clock::now();
@@ -766,6 +798,13 @@ struct ModelLoader::Impl {
         MarkFailedStale();
       }
     }
+    const Clock::time_point transferred = Clock::now();
+    if (first_read != Clock::time_point{}) {
+      report.handshake_seconds = std::chrono::duration<double>(first_read - listed).count();
+      report.transfer_seconds = std::chrono::duration<double>(transferred - first_read).count();
+    } else {
+      report.handshake_seconds = std::chrono::duration<double>(transferred - listed).count();
+    }
     Goodbye();
     MarkFailedStale();
     Status disk = FromDisk();
@@ -777,6 +816,7 @@ struct ModelLoader::Impl {
       return disk;
     }
     report.seconds = Since(start);
+    report.finish_seconds = Since(transferred);
     loaded = true;
     return report;
   }

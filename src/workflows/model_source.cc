@@ -8,7 +8,6 @@
 #include <deque>
 #include <map>
 #include <mutex>
-#include <set>
 #include <thread>
 
 #include <fmt/format.h>
@@ -28,7 +27,7 @@ using workflows::EncodeP2p;
 using workflows::P2pKind;
 using workflows::P2pMessage;
 
-constexpr std::uint64_t kBlockBytes = 1ull << 20;  // granularity of the committed-content check
+constexpr std::uint64_t kBlockBytes = workflows::kSourceBlockBytes;  // granularity of the committed-content check
 
 std::atomic<std::uint64_t> g_agent_counter{0};
 
@@ -107,32 +106,53 @@ struct ModelSource::Impl {
     (void)agent->SendMessage(peer, payload);  // a loader that went away is not our problem
   }
 
+  // The MoveDigest of the requested ranges (p2p_messages.h). A segment that is a whole
+  // block is answered with the digest recorded at commit, without reading it (unless the
+  // request asks to verify); a part of a block is hashed from the buffer, and its block
+  // checked against the recorded digest (kCorrupt when it changed since commit).
   P2pMessage Digest(const P2pMessage& request) {
     P2pMessage reply;
     reply.kind = P2pKind::kDigestReply;
     reply.id = request.id;
-    XXH3_state_t* state = XXH3_createState();
-    XXH3_64bits_reset(state);
-    std::set<std::uint64_t> blocks;
+    const bool verify = request.flag;
+    workflows::MoveDigest digest;
+    // Blocks to check against the recorded digests: a row-parallel move's ranges are its
+    // rows (thousands of ~1 KiB ranges, ascending), so consecutive duplicates are dropped
+    // as they come and the rest sorted once (a std::set node per row cost the source's
+    // serving thread more than the hashing).
+    std::vector<std::uint64_t> blocks;
     std::uint64_t bytes = 0;
+    auto block_length = [&](std::uint64_t b) {
+      return std::min<std::uint64_t>(kBlockBytes, buffer.size() - b * kBlockBytes);
+    };
     for (const auto& [off, len] : request.ranges) {
       if (off > buffer.size() || len > buffer.size() - off) {
         reply.status = DigestStatus::kOutOfRange;
         break;
       }
-      XXH3_64bits_update(state, buffer.data() + off, len);
       bytes += len;
-      if (len > 0) {
-        for (std::uint64_t b = off / kBlockBytes; b <= (off + len - 1) / kBlockBytes; ++b) blocks.insert(b);
-      }
+      workflows::MoveDigest::ForEachSegment(off, len, [&](std::uint64_t seg, std::uint64_t n) {
+        const std::uint64_t b = seg / kBlockBytes;
+        if (seg == b * kBlockBytes && n == block_length(b)) {
+          if (!verify) {
+            digest.Add(block_digests[b]);
+            return;
+          }
+          const std::uint64_t now = XXH3_64bits(buffer.data() + seg, n);
+          if (now != block_digests[b]) reply.status = DigestStatus::kCorrupt;
+          digest.Add(now);
+          return;
+        }
+        digest.Add(XXH3_64bits(buffer.data() + seg, n));
+        if (blocks.empty() || blocks.back() != b) blocks.push_back(b);
+      });
     }
-    reply.value = XXH3_64bits_digest(state);
-    XXH3_freeState(state);
+    std::sort(blocks.begin(), blocks.end());
+    blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+    reply.value = digest.Value();
     if (reply.status == DigestStatus::kOk) {
       for (std::uint64_t b : blocks) {
-        const std::uint64_t off = b * kBlockBytes;
-        const std::uint64_t len = std::min<std::uint64_t>(kBlockBytes, buffer.size() - off);
-        if (XXH3_64bits(buffer.data() + off, len) != block_digests[b]) {
+        if (XXH3_64bits(buffer.data() + b * kBlockBytes, block_length(b)) != block_digests[b]) {
           reply.status = DigestStatus::kCorrupt;
           break;
         }

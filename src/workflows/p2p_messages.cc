@@ -1,5 +1,7 @@
 #include "workflows/p2p_messages.h"
 
+#include <xxhash.h>
+
 #include <cstring>
 
 namespace shardwire::workflows {
@@ -93,6 +95,7 @@ std::vector<std::byte> EncodeP2p(const P2pMessage& m) {
         w.U64(off);
         w.U64(len);
       }
+      w.U8(m.flag ? 1 : 0);
       break;
     case P2pKind::kDigestReply:
       w.U64(m.value);
@@ -147,6 +150,8 @@ std::optional<P2pMessage> DecodeP2p(std::span<const std::byte> payload) {
       for (auto& [off, len] : m.ranges) {
         if (!r.U64(off) || !r.U64(len)) return std::nullopt;
       }
+      if (!r.U8(u8) || u8 > 1) return std::nullopt;
+      m.flag = u8 != 0;
       break;
     case P2pKind::kDigestReply:
       if (!r.U64(m.value) || !r.U8(u8) || u8 > 2) return std::nullopt;
@@ -170,5 +175,16 @@ std::optional<P2pMessage> DecodeP2p(std::span<const std::byte> payload) {
   if (!r.done()) return std::nullopt;
   return m;
 }
+
+MoveDigest::MoveDigest() : state_(XXH3_createState()) { XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_)); }
+MoveDigest::~MoveDigest() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+
+void MoveDigest::Add(std::uint64_t segment_digest) {
+  std::uint8_t le[8];
+  for (int i = 0; i < 8; ++i) le[i] = static_cast<std::uint8_t>(segment_digest >> (8 * i));
+  XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), le, sizeof le);
+}
+
+std::uint64_t MoveDigest::Value() const { return XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state_)); }
 
 }  // namespace shardwire::workflows

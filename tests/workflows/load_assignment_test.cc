@@ -3,10 +3,17 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
 #include <map>
 
+#include "shardwire/checkpoint.h"
+#include "shardwire/checkpoint_generator.h"
 #include "shardwire/model_config.h"
 #include "shardwire/model_layouts.h"
+#include "shardwire/shard_io.h"
 
 namespace shardwire::workflows {
 namespace {
@@ -89,6 +96,53 @@ TEST(LoadAssignment, CoverageOfRowParallelShardsIsExact) {
     EXPECT_EQ(covered, needed);
     EXPECT_EQ(TotalBytes(IntervalsOf(*cov)), needed);
   }
+}
+
+// CoverageOf against the bytes themselves: copying every run from the source ranks' buffers
+// (filled from a generated checkpoint) rebuilds the destination rank's buffer as loaded from
+// the checkpoint directly. Both directions of a row-parallel split (tp=4 -> tp=2: a
+// destination row is assembled from two source ranks, whose moves interleave).
+TEST(LoadAssignment, CoverageOfRebuildsTheDestinationBytes) {
+  auto config = ParseModelConfig(R"({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1,
+      "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 128, "vocab_size": 128,
+      "torch_dtype": "float32"})",
+                                 "t");
+  ASSERT_TRUE(config.ok());
+  auto model = DescribeModel(*config);
+  ASSERT_TRUE(model.ok());
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("sw-coverage-" + std::to_string(::getpid()));
+  ASSERT_TRUE(GenerateCheckpointDirectory(*model, dir.string(), {.seed = 11}).ok());
+  auto ck = Checkpoint::Open(dir.string());
+  ASSERT_TRUE(ck.ok());
+  for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+           {"tp=4", "tp=2"}, {"tp=2", "tp=4"}, {"tp=1", "tp=4"}, {"tp=4", "tp=1"}}) {
+    auto src = MakeLayoutFromString(*model, from);
+    auto dst = MakeLayoutFromString(*model, to);
+    ASSERT_TRUE(src.ok() && dst.ok());
+    std::vector<std::vector<std::byte>> src_bufs;
+    for (int r = 0; r < src->world_size(); ++r) {
+      src_bufs.emplace_back(src->rank(r).buffer_bytes);
+      ASSERT_TRUE(LoadShardsFromCheckpoint(*ck, *src, r, src_bufs.back()).ok());
+    }
+    for (int rank = 0; rank < dst->world_size(); ++rank) {
+      std::vector<std::byte> expected(dst->rank(rank).buffer_bytes), rebuilt(dst->rank(rank).buffer_bytes);
+      ASSERT_TRUE(LoadShardsFromCheckpoint(*ck, *dst, rank, expected).ok());
+      auto cov = CoverageOf(*src, *dst, rank);
+      ASSERT_TRUE(cov.ok()) << cov.status().ToString();
+      for (std::size_t i = 0; i < cov->size(); ++i) {
+        const SourceRun& r = (*cov)[i];
+        if (i > 0) {
+          EXPECT_LE((*cov)[i - 1].dst_offset + (*cov)[i - 1].length, r.dst_offset) << from << " -> " << to;
+        }
+        ASSERT_LE(r.src_offset + r.length, src_bufs[r.src_rank].size());
+        ASSERT_LE(r.dst_offset + r.length, rebuilt.size());
+        std::memcpy(rebuilt.data() + r.dst_offset, src_bufs[r.src_rank].data() + r.src_offset, r.length);
+      }
+      EXPECT_TRUE(rebuilt == expected) << from << " -> " << to << " rank " << rank;
+    }
+  }
+  std::filesystem::remove_all(dir);
 }
 
 // Expands strided runs back to one run per row (the oracle for GroupStrided).

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <xxhash.h>
+
 #include <cstdlib>
 #include <filesystem>
 
@@ -42,9 +44,10 @@ ModelSourceOptions Capped(double bytes_per_s) {
 
 class ModelLoadingTest : public ::testing::Test {
  protected:
+  virtual const char* Config() const { return kLlama; }
   void SetUp() override {
     dir_ = fs::temp_directory_path() / fmt::format("sw_p2p_{}_{}", ::getpid(), counter_++);
-    auto config = ParseModelConfig(kLlama, "test");
+    auto config = ParseModelConfig(Config(), "test");
     ASSERT_TRUE(config.ok()) << config.status().ToString();
     auto model = DescribeModel(*config);
     ASSERT_TRUE(model.ok()) << model.status().ToString();
@@ -530,6 +533,150 @@ TEST_F(ModelLoadingTest, CappedSourceGrantsLeasesByPriorityNotArrival) {
   P2pMessage bye;
   bye.kind = P2pKind::kBye;
   send(bye);
+}
+
+// The digest protocol of a move (workflows::MoveDigest): a segment that is a whole block of
+// the source's buffer is answered from the digest recorded at commit, unread; parts of a
+// block are hashed from the buffer after the block was checked; the verify flag makes the
+// source hash and check everything. The oracle is computed here from a copy of the
+// committed bytes with xxhash directly: xxh3-64 over the segments' xxh3-64s, 8 bytes
+// little-endian each.
+TEST_F(ModelLoadingTest, DigestRequestsUseCommittedBlockDigestsAndVerifyOnRequest) {
+  using workflows::DecodeP2p;
+  using workflows::DigestStatus;
+  using workflows::EncodeP2p;
+  using workflows::P2pKind;
+  using workflows::P2pMessage;
+  auto seed = Seed("digests", "tp=1");
+  ASSERT_EQ(seed.size(), 1u);
+  auto buf = seed[0]->buffer();
+  ASSERT_GT(buf.size(), 300u);
+  ASSERT_LE(buf.size(), workflows::kSourceBlockBytes) << "the test model's buffer is one block";
+  const std::vector<std::byte> committed(buf.begin(), buf.end());
+  auto records = registry_.ListSources("", SourceState::kReady);
+  ASSERT_TRUE(records.ok());
+  auto agent = Agent::Create({.name = "raw-digest-loader"});
+  ASSERT_TRUE(agent.ok());
+  Agent& a = **agent;
+  auto peer = a.ImportMetadata(records->front().metadata);
+  ASSERT_TRUE(peer.ok());
+  auto send = [&](const P2pMessage& m) { ASSERT_TRUE(a.SendMessage(*peer, EncodeP2p(m)).ok()); };
+  auto await = [&](P2pKind kind, std::uint64_t id) -> std::optional<P2pMessage> {
+    for (int i = 0; i < 200; ++i) {
+      auto n = a.WaitNotification(5);
+      if (!n.ok()) return std::nullopt;
+      auto m = DecodeP2p(n->payload);
+      if (m && m->kind == kind && m->id == id) return m;
+    }
+    return std::nullopt;
+  };
+  P2pMessage hello;
+  hello.kind = P2pKind::kHello;
+  hello.id = 1;
+  auto blob = a.ExportMetadata();
+  ASSERT_TRUE(blob.ok());
+  hello.blob = *blob;
+  send(hello);
+  ASSERT_TRUE(await(P2pKind::kHelloAck, 1).has_value());
+  std::uint64_t next_id = 2;
+  auto ask = [&](std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges, bool verify) {
+    P2pMessage m;
+    m.kind = P2pKind::kDigest;
+    m.id = next_id++;
+    m.ranges = std::move(ranges);
+    m.flag = verify;
+    send(m);
+    auto reply = await(P2pKind::kDigestReply, m.id);
+    EXPECT_TRUE(reply.has_value());
+    return reply.value_or(P2pMessage{});
+  };
+  auto oracle = [&](const std::vector<std::pair<std::uint64_t, std::uint64_t>>& segments) {
+    std::vector<std::uint8_t> le;
+    for (const auto& [off, len] : segments) {
+      const std::uint64_t h = XXH3_64bits(committed.data() + off, len);
+      for (int i = 0; i < 8; ++i) le.push_back(static_cast<std::uint8_t>(h >> (8 * i)));
+    }
+    return XXH3_64bits(le.data(), le.size());
+  };
+  const std::uint64_t n = buf.size();
+  const std::vector<std::pair<std::uint64_t, std::uint64_t>> whole = {{0, n}};
+  const std::vector<std::pair<std::uint64_t, std::uint64_t>> parts = {{10, 100}, {200, 50}};
+  P2pMessage r = ask(whole, false);
+  EXPECT_EQ(r.status, DigestStatus::kOk);
+  EXPECT_EQ(r.value, oracle(whole));
+  r = ask(parts, false);
+  EXPECT_EQ(r.status, DigestStatus::kOk);
+  EXPECT_EQ(r.value, oracle(parts));
+  r = ask(parts, true);
+  EXPECT_EQ(r.status, DigestStatus::kOk);
+  EXPECT_EQ(r.value, oracle(parts));
+
+  // A byte of the block changes after commit, outside the parts' ranges.
+  buf[n - 1] ^= std::byte{0x5a};
+  r = ask(whole, false);
+  EXPECT_EQ(r.status, DigestStatus::kOk) << "a whole block is answered from its committed digest";
+  EXPECT_EQ(r.value, oracle(whole)) << "the committed content's digest, which the changed bytes do not match";
+  r = ask(whole, true);
+  EXPECT_EQ(r.status, DigestStatus::kCorrupt) << "verify hashes the block and finds it changed";
+  r = ask(parts, false);
+  EXPECT_EQ(r.status, DigestStatus::kCorrupt) << "parts of a block are served only after their block is checked";
+  P2pMessage bye;
+  bye.kind = P2pKind::kBye;
+  send(bye);
+}
+
+// A model whose tp=1 buffer spans several 1 MiB blocks (7 MiB, shards back to back), so
+// that 4 MiB moves request whole blocks, which sources answer from the digests recorded
+// at commit.
+class ModelLoadingWholeBlocksTest : public ModelLoadingTest {
+ protected:
+  const char* Config() const override {
+    return R"({"model_type": "llama", "hidden_size": 512, "num_hidden_layers": 1, "num_attention_heads": 8,
+        "num_key_value_heads": 8, "intermediate_size": 1024, "vocab_size": 1024, "torch_dtype": "bfloat16"})";
+  }
+};
+
+// A byte changed after commit inside a whole block: the source answers from the committed
+// digest, the loader's landed bytes differ, the loader asks again with the verify flag and
+// the source reports its bytes differ from its committed content; the bytes are re-read
+// from the other instance and the changed one is marked STALE.
+TEST_F(ModelLoadingWholeBlocksTest, ChangedWholeBlockAtASourceIsFoundByTheVerifyRequest) {
+  auto bad = Seed("a-bad", "tp=1");
+  auto good = Seed("b-good", "tp=1");
+  registry_.SetStickyStale(true);
+  auto buf = bad[0]->buffer();
+  ASSERT_GT(buf.size(), 4 * workflows::kSourceBlockBytes);
+  buf[workflows::kSourceBlockBytes + workflows::kSourceBlockBytes / 2] ^= std::byte{0x5a};  // inside block 1
+  const auto reports = LoadAll("new", "tp=1", [](ModelLoaderOptions& o) { o.move_bytes = 4 << 20; });
+  ASSERT_EQ(reports.size(), 1u);
+  ASSERT_EQ(reports[0].failed.size(), 1u);
+  EXPECT_NE(reports[0].failed[0].find("a-bad"), std::string::npos) << reports[0].failed[0];
+  EXPECT_NE(reports[0].failed[0].find("committed content"), std::string::npos) << reports[0].failed[0];
+  EXPECT_EQ(reports[0].bytes_per_instance.count("a-bad"), 0u);
+  for (const SourceRecord& r : registry_.All()) {
+    EXPECT_EQ(r.state, r.instance_id == "a-bad" ? SourceState::kStale : SourceState::kReady) << r.instance_id;
+  }
+}
+
+// Segments of a move digest: cut at multiples of kSourceBlockBytes of the source offset.
+TEST(MoveDigest, SegmentsAreCutAtSourceBlockBoundaries) {
+  constexpr std::uint64_t B = workflows::kSourceBlockBytes;
+  auto cut = [](std::uint64_t off, std::uint64_t len) {
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+    workflows::MoveDigest::ForEachSegment(off, len, [&](std::uint64_t o, std::uint64_t l) { out.emplace_back(o, l); });
+    return out;
+  };
+  using V = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
+  EXPECT_EQ(cut(B - 10, 30), (V{{B - 10, 10}, {B, 20}}));
+  EXPECT_EQ(cut(0, 2 * B + 5), (V{{0, B}, {B, B}, {2 * B, 5}}));
+  EXPECT_EQ(cut(3 * B, B), (V{{3 * B, B}}));
+  EXPECT_EQ(cut(7, 0), V{});
+  // The digest of segments is xxh3 over their digests, 8 bytes little-endian each.
+  workflows::MoveDigest d;
+  d.Add(0x0102030405060708ull);
+  d.Add(42);
+  const std::uint8_t le[16] = {8, 7, 6, 5, 4, 3, 2, 1, 42, 0, 0, 0, 0, 0, 0, 0};
+  EXPECT_EQ(d.Value(), XXH3_64bits(le, sizeof le));
 }
 
 }  // namespace
