@@ -13,10 +13,11 @@ namespace shardwire::control {
 
 /// Default of RedisStateOptions::reply_spin_us (and of the coordinator's
 /// CoordinatorServerOptions::redis_reply_spin_us): off. Measured on the shared,
-/// loaded 2-core machine (docs/benchmarks.md, "Spinning for the Redis reply"),
-/// 50 us lowered the unloaded heartbeat round trip a little but made the
-/// Redis-backed coordinator miss 10,000 heartbeats/s in 3 of 3 runs that held
-/// it without the spin, so it stays off until an idle measurement says otherwise.
+/// loaded 2-core machine (docs/benchmarks.md, "Where the unloaded time goes,
+/// and spinning for the Redis reply"), 50 us lowered the unloaded heartbeat
+/// round trip a little but made the Redis-backed coordinator miss 10,000
+/// heartbeats/s in 3 of 3 runs that held it without the spin, so it stays off
+/// until an idle measurement says otherwise.
 inline constexpr int kDefaultRedisReplySpinUs = 0;
 
 /// How the Redis state talks to Redis.
