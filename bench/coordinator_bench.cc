@@ -35,6 +35,7 @@
 //
 // Usage: coordinator_bench [--sources N] [--clients C] [--seconds S]
 //                          [--open-rates R1,R2,..] [--open-seconds S] [--open-only 1]
+//                          [--redis-spin-us N]  (the coordinator's Redis reply spin, 0: off)
 #include <fmt/format.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -605,6 +606,7 @@ int main(int argc, char** argv) {
   double seconds = 3, open_seconds = 5;
   std::vector<double> open_rates = {2500, 5000, 10000};
   bool open_only = false;  // --open-only 1: skip the closed-loop heartbeat/list and state-pool phases
+  int redis_spin_us = CoordinatorServerOptions().redis_reply_spin_us;  // --redis-spin-us N (0: off)
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--open-rates")) {  // comma-separated heartbeats/s
       open_rates.clear();
@@ -616,6 +618,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--sources")) sources = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--clients")) clients = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--seconds")) seconds = std::atof(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--redis-spin-us")) redis_spin_us = std::atoi(argv[i + 1]);
   }
   if (!testing_util::RedisServer::Available()) {
     std::fprintf(stderr, "%s\n", testing_util::RedisServer::SkipReason().c_str());
@@ -627,8 +630,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", error.c_str());
     return 1;
   }
-  std::printf("coordinator_bench: %d sources, %d clients, %.1f s per timed phase, %u cores\n", sources, clients,
-              seconds, std::thread::hardware_concurrency());
+  std::printf("coordinator_bench: %d sources, %d clients, %.1f s per timed phase, %u cores, Redis reply spin %d us\n",
+              sources, clients, seconds, std::thread::hardware_concurrency(), redis_spin_us);
 
   // ---- references: redis-benchmark -c clients
   const control::LeasePolicy policy{10, 60, 10};
@@ -727,6 +730,7 @@ int main(int argc, char** argv) {
     so.redis_url = backend == "redis" ? redis->url() : "";
     so.source_stale_after_s = 10;
     so.source_delete_after_s = 60;
+    so.redis_reply_spin_us = redis_spin_us;
     auto server = CoordinatorServer::Start(so);
     if (!server.ok()) {
       std::fprintf(stderr, "%s\n", server.status().ToString().c_str());

@@ -224,6 +224,13 @@ struct CoordinatorServerOptions {
   double member_expire_after_s = 10;
   /// Seconds between reaper passes.
   double reaper_interval_s = 1;
+  /// With Redis: microseconds the heartbeat thread polls for Redis's reply to a
+  /// heartbeat round before it sleeps in read() (saves a sleep and a wake-up
+  /// per round, costs at most this much CPU per round; docs/coordinator.md).
+  /// 0 (the default) turns it off: on a CPU-saturated machine it cost the
+  /// Redis-backed coordinator its 10,000 heartbeats/s (docs/benchmarks.md).
+  /// At most 10,000 (kInvalidArgument beyond).
+  int redis_reply_spin_us = 0;
 };
 
 /// A running coordinator (gRPC server + state + reaper thread). Destroying it

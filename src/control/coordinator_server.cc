@@ -13,6 +13,7 @@
 #include "control/coordinator_codec.h"
 #include "control/coordinator_service.h"
 #include "control/coordinator_state.h"
+#include "control/coordinator_state_redis.h"
 #include "control/grpc_runtime.h"
 #include "control/heartbeat_loop.h"
 #include "shardwire/coordinator.h"
@@ -132,7 +133,9 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(CoordinatorS
   if (options.redis_url.empty()) {
     impl->state = control::MakeInMemoryCoordinatorState(policy);
   } else {
-    SW_ASSIGN_OR_RETURN(auto st, control::ConnectRedisCoordinatorState(options.redis_url, policy));
+    control::RedisStateOptions redis_options;
+    redis_options.reply_spin_us = options.redis_reply_spin_us;
+    SW_ASSIGN_OR_RETURN(auto st, control::ConnectRedisCoordinatorState(options.redis_url, policy, redis_options));
     impl->state = std::move(st);
     backend = "redis";
   }

@@ -881,7 +881,7 @@ Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std
   if (options.pipelines < 1) return InvalidArgument("Redis state needs at least one heartbeat pipeline");
   std::vector<std::unique_ptr<RedisPipeline>> pipelines;
   for (int i = 0; i < options.pipelines; ++i) {
-    SW_ASSIGN_OR_RETURN(auto p, RedisPipeline::Start(url, options.timeout_s));
+    SW_ASSIGN_OR_RETURN(auto p, RedisPipeline::Start(url, options.timeout_s, 100000, options.reply_spin_us));
     pipelines.push_back(std::move(p));
   }
   return std::unique_ptr<CoordinatorState>(new RedisCoordinatorState(std::move(pool), std::move(pipelines), policy));

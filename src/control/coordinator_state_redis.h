@@ -11,6 +11,15 @@
 
 namespace shardwire::control {
 
+/// Default of RedisStateOptions::reply_spin_us (and of the coordinator's
+/// CoordinatorServerOptions::redis_reply_spin_us): off. Measured on the shared,
+/// loaded 2-core machine (docs/benchmarks.md, "Where the unloaded time goes,
+/// and spinning for the Redis reply"), 50 us lowered the unloaded heartbeat
+/// round trip a little but made the Redis-backed coordinator miss 10,000
+/// heartbeats/s in 3 of 3 runs that held it without the spin, so it stays off
+/// until an idle measurement says otherwise.
+inline constexpr int kDefaultRedisReplySpinUs = 0;
+
 /// How the Redis state talks to Redis.
 struct RedisStateOptions {
   /// Seconds. Bound of connecting (with PING) and of every later command.
@@ -29,6 +38,12 @@ struct RedisStateOptions {
   /// than one keeps a caller descheduled mid-round (a busy machine) from
   /// stalling every heartbeat. Errors: kInvalidArgument when < 1.
   int pipelines = 4;
+  /// Microseconds each heartbeat pipeline polls for a round's first reply
+  /// before it blocks in read() (RedisPipeline, redis_pipeline.h: saves the
+  /// heartbeat thread a sleep and a wake-up per round; costs at most this much
+  /// CPU per round). 0 turns it off. Errors: kInvalidArgument outside
+  /// [0, RedisPipeline::kMaxReplySpinUs].
+  int reply_spin_us = kDefaultRedisReplySpinUs;
 };
 
 /// As ConnectRedisCoordinatorState(url, policy, timeout) with explicit options.

@@ -27,6 +27,21 @@
 // NOSCRIPT reply (Redis restarted) means the script did not run: it is loaded
 // again and the command re-sent once.
 //
+// Waiting for a round's replies: the leader first polls the socket without
+// blocking for up to `reply_spin_us` microseconds (a non-blocking recv(), then
+// sched_yield() so that a redis-server or client thread runnable on the same
+// core is not held up), and only then blocks in read(). Why: on these machines
+// (paravirtualised 2-core guests) a thread that sleeps in read() and is woken
+// by Redis's reply pays a context switch and a wake-up of its idle vCPU, which
+// perf put at ~11% of the coordinator's CPU per heartbeat, and the Redis reply
+// to a lone heartbeat comes back in ~30 us (docs/benchmarks.md, "Where the
+// unloaded time goes, and spinning for the Redis reply"). The spin is bounded
+// (at most reply_spin_us of CPU per round, 0 turns it off) and reads nothing
+// but what read() would have read. The coordinator leaves it off by default
+// (kDefaultRedisReplySpinUs, coordinator_state_redis.h): under CPU contention
+// sched_yield() hands the core away for a whole time slice, and on the loaded
+// machine the spin cost the 10,000 heartbeats/s.
+//
 // Bounds: connecting and every read/write of a round is bounded by timeout_s;
 // a command queued longer than timeout_s before its round starts (a stuck
 // connection) fails with kUnavailable; the queue holds at most max_queued
@@ -42,7 +57,9 @@
 
 #include <hiredis/hiredis.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -58,6 +75,9 @@ namespace shardwire::control {
 
 class RedisPipeline {
  public:
+  /// Upper bound of `reply_spin_us` (10 ms): a spin is meant to span one Redis
+  /// round trip, never to replace the blocking wait.
+  static constexpr int kMaxReplySpinUs = 10000;
   /// Gets the reply of one command (possibly a Redis error reply), or the
   /// status of why there is none (kUnavailable naming the URL).
   using Callback = std::function<void(Result<RedisReplyPtr>)>;
@@ -65,9 +85,17 @@ class RedisPipeline {
   /// Connects lazily (the first round), so a Redis that is down yields
   /// kUnavailable per command, not here. `timeout_s` > 0 and
   /// finite; `max_queued` >= 1. Errors: kInvalidArgument (bad URL or bounds).
+  /// `reply_spin_us` (>= 0, <= 10,000): how long the leader polls for a
+  /// round's first reply before it blocks (see above); 0: block at once.
   static Result<std::unique_ptr<RedisPipeline>> Start(const std::string& url, double timeout_s,
-                                                      std::size_t max_queued = 100000);
+                                                      std::size_t max_queued = 100000, int reply_spin_us = 0);
   ~RedisPipeline();
+
+  /// Rounds (send attempts) in which replies began to arrive while the leader
+  /// spun (before it would have blocked), and rounds that waited for replies
+  /// at all (counters since Start; for tests and benchmarks). Thread-safe.
+  std::uint64_t rounds_answered_while_spinning() const { return answered_spinning_.load(); }
+  std::uint64_t rounds_waited() const { return rounds_waited_.load(); }
 
   /// Queues EVALSHA of `script` (no KEYS, `args` as ARGV; copied); `done` gets
   /// the reply later. `idempotent`: may be re-sent when its reply was lost.
@@ -92,7 +120,7 @@ class RedisPipeline {
     Callback done;
     std::chrono::steady_clock::time_point queued;
   };
-  RedisPipeline(std::string url, RedisEndpoint endpoint, double timeout_s, std::size_t max_queued);
+  RedisPipeline(std::string url, RedisEndpoint endpoint, double timeout_s, std::size_t max_queued, int reply_spin_us);
 
   /// Runs rounds until the queue is empty (the caller is the leader).
   void Lead();
@@ -101,11 +129,17 @@ class RedisPipeline {
   Status EnsureConnected();
   Result<std::string> ShaOf(const RedisScript& script, bool reload);
   void Append(const Command& c, const std::string& sha);
+  /// Polls the connection for up to reply_spin_us_ and feeds what arrives to
+  /// hiredis's reader (the caller then reads replies as usual).
+  void SpinForReply();
 
   const std::string url_;
   const RedisEndpoint endpoint_;
   const double timeout_s_;
   const std::size_t max_queued_;
+  const int reply_spin_us_;
+  std::atomic<std::uint64_t> answered_spinning_{0};
+  std::atomic<std::uint64_t> rounds_waited_{0};
 
   std::mutex mu_;
   std::condition_variable idle_;  // leading_ became false
