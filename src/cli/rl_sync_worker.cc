@@ -41,6 +41,7 @@ struct WorkerArgs {
   bool catch_up = false;            // this engine process replaces a dead one: catch up first
   bool verify_digests = false;      // per-version integrity check
   std::string verify = "every";  // every | last
+  std::string engine_memory = "auto";  // auto | shared | private (BufferMemory)
   std::uint64_t staging_bytes = 0;  // 0: the default
   std::uint32_t staging_slots = 0;  // 0: automatic
   int max_concurrency = 4;          // K of the plan's rounds
@@ -132,6 +133,9 @@ WeightSyncOptions SyncOptions(const WorkerArgs& a) {
   options.max_concurrency = a.max_concurrency;
   options.relay_broadcasts = a.relay;
   options.convert_into_mapped = !a.staging_only;
+  options.buffer_memory = a.engine_memory == "shared"    ? BufferMemory::kShared
+                                 : a.engine_memory == "private" ? BufferMemory::kPrivateHugePages
+                                                                : BufferMemory::kAuto;
   return options;
 }
 
@@ -195,6 +199,9 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"ucx_requests", stats.ucx_requests},
                           {"direct_copy_s", agent_after.direct_copy_s - agent_before.direct_copy_s},
                           {"direct_copy_cpu_s", agent_after.direct_copy_cpu_s - agent_before.direct_copy_cpu_s},
+                          {"kernel_copy_bytes", stats.kernel_copy_bytes},
+                          {"kernel_copy_s", agent_after.kernel_copy_s - agent_before.kernel_copy_s},
+                          {"kernel_copy_cpu_s", agent_after.kernel_copy_cpu_s - agent_before.kernel_copy_cpu_s},
                           {"connect_s", connect_s},
                           {"prefaulted_pages", connected.prefaulted_pages},
                           {"prefault_s", connected.prefault_s}};
@@ -402,6 +409,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_flag("--catch-up", args->catch_up);
   cmd->add_flag("--verify-digests", args->verify_digests);
   cmd->add_option("--verify", args->verify)->check(CLI::IsMember({"every", "last"}));
+  cmd->add_option("--engine-memory", args->engine_memory)->check(CLI::IsMember({"auto", "shared", "private"}));
   cmd->add_option("--staging-bytes", args->staging_bytes);
   cmd->add_option("--staging-slots", args->staging_slots);
   cmd->add_option("--concurrency", args->max_concurrency);
