@@ -226,10 +226,12 @@ struct PeerInfo {
   bool ucx_error_handling = false;  ///< UCP_ERR_HANDLING_MODE_PEER endpoints
   WritePath write_path = WritePath::kPut;  ///< kPut or kActiveMessage, resolved
   std::vector<std::string> transports;  ///< lane 0 endpoint's transports, e.g. "sysv/memory"
-  /// READs and WRITEs to this peer may be kernel copies (ReadPath, WritePath): same
-  /// host, shared memory reachable, read_path not kMapped or write_path kAuto /
-  /// kKernelCopy, pidfd_open and a probe read succeeded.
+  /// READs from this peer may be kernel copies (ReadPath): same host, shared
+  /// memory reachable, read_path not kMapped, pidfd_open and a probe read succeeded.
   bool kernel_copy = false;
+  /// WRITEs to this peer may be kernel copies (WritePath): as kernel_copy, with
+  /// write_path kAuto or kKernelCopy instead of the read_path condition.
+  bool kernel_copy_writes = false;
   /// The "direct-mapped destination" capability: the peer's regions that this process can map
   /// (ucp_rkey_ptr succeeded: a same-host arena in sysv/posix shared memory), ascending. Each
   /// can be opened with Agent::MapPeerRegion. Empty for RDMA / TCP peers and caller-registered

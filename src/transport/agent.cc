@@ -1883,7 +1883,9 @@ Result<PeerInfo> Agent::DescribePeer(const std::string& peer) const {
   info.same_host = p.same_host;
   info.ucx_error_handling = p.ucx_error_handling;
   info.write_path = p.write_path;
-  info.kernel_copy = p.kernel_copy.valid();
+  info.kernel_copy = p.kernel_copy.valid() && impl_->options.read_path != ReadPath::kMapped;
+  info.kernel_copy_writes = p.kernel_copy.valid() && (impl_->options.write_path == WritePath::kAuto ||
+                                                      impl_->options.write_path == WritePath::kKernelCopy);
   info.transports = p.transports;
   {
     std::lock_guard<std::mutex> g(impl_->lanes[0]->mu);

@@ -254,8 +254,8 @@ TEST_P(AgentKernelCopyWrite, BytesAndPath) {
     const std::uint64_t total = kContiguous + kRows * kRowLen;
     const bool remote_mapped = wc.child_memory == ArenaMemory::kShared && !info->mapped_regions.empty();
     const bool expect_kernel =
-        info->kernel_copy && (wc.path == WritePath::kKernelCopy || (wc.path == WritePath::kAuto && !remote_mapped));
-    if (!info->kernel_copy) GTEST_LOG_(INFO) << "kernel copy not available here (ptrace access): checked bytes only";
+        info->kernel_copy_writes && (wc.path == WritePath::kKernelCopy || (wc.path == WritePath::kAuto && !remote_mapped));
+    if (!info->kernel_copy_writes) GTEST_LOG_(INFO) << "kernel copy not available here (ptrace access): checked bytes only";
     if (expect_kernel) {
       EXPECT_EQ(st.kernel_copy_bytes, total);  // every byte by the kernel, none mapped or via UCX
       EXPECT_EQ(st.direct_copy_bytes + st.ucx_bytes, 0u);
@@ -319,7 +319,7 @@ TEST(AgentKernelCopyWriteDeadPeer, PostToAKilledTargetIsPeerDisconnected) {
   ASSERT_TRUE(peer.ok()) << peer.status().ToString();
   auto info = (*a)->DescribePeer(*peer);
   ASSERT_TRUE(info.ok());
-  if (!info->kernel_copy) GTEST_SKIP() << "kernel copy not available here (ptrace access)";
+  if (!info->kernel_copy_writes) GTEST_SKIP() << "kernel copy not available here (ptrace access)";
   auto h = (*a)->PrepareTransfer(
       TransferOp::kWrite, *peer,
       {{.local_region = *local, .local_offset = 0, .remote_region = remote, .remote_offset = 0, .length = kArena}},
