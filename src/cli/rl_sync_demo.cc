@@ -131,6 +131,7 @@ struct StepFigures {
   double copy_s = 0, copy_cpu_s = 0;     // lanes' direct + kernel copies: wall and CPU seconds, summed over lanes
   double connect_s = 0;                  // step 1 only: slowest trainer's Connect (includes pre-faulting)
   std::uint64_t prefaulted_pages = 0;    // step 1 only: pages all trainers pre-faulted at Connect
+  std::uint64_t trainer_huge = 0, engine_huge = 0;  // bytes in transparent huge pages (AnonHugePages), summed
   std::vector<std::pair<double, double>> transfer_windows, compute_windows;  // per trainer, CLOCK_MONOTONIC s
 
   // Seconds during which some trainer was transferring while another computed its update
@@ -329,6 +330,7 @@ Status Run(const RlSyncOptions& o) {
       f.staging_peak_bytes = std::max(f.staging_peak_bytes, t.value("staging_peak_bytes", std::uint64_t{0}));
       f.staging_bytes = std::max(f.staging_bytes, t.value("staging_bytes", std::uint64_t{0}));
       f.mapped_bytes += t.value("mapped_bytes", std::uint64_t{0});
+      f.trainer_huge += t.value("anon_huge_bytes", std::uint64_t{0});
       // This trainer's transfer window [push_end - transfer_s, push_end] and its compute window.
       const double end = t.value("push_end", 0.0);
       f.transfer_windows.emplace_back(end - t.value("transfer_s", 0.0), end);
@@ -385,6 +387,7 @@ Status Run(const RlSyncOptions& o) {
         }
       }
       f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
+      f.engine_huge += e.value("anon_huge_bytes", std::uint64_t{0});
       f.last_commit = std::max(f.last_commit, e.value("committed_at", 0.0));
       f.relayed += e.value("relayed_from", -1) >= 0 ? 1 : 0;
       f.relay_s = std::max(f.relay_s, e.value("relay_s", 0.0));
@@ -408,6 +411,9 @@ Status Run(const RlSyncOptions& o) {
     if (step == 1) {
       fmt::print("connect     slowest trainer {:.3f} s, {} pages of engine arenas pre-faulted (before step 1)\n",
                  f.connect_s, f.prefaulted_pages);
+      fmt::print("memory      in 2 MiB pages (AnonHugePages): trainers {}, engines {} (--engine-memory {})\n",
+                 FormatBytes(static_cast<double>(f.trainer_huge)), FormatBytes(static_cast<double>(f.engine_huge)),
+                 o.engine_memory);
     }
     fmt::print(
         "step {}/{}  moved {:>10} in {:.4f} s = {:6.2f} GB/s  ({} descriptors for {} rows, {} page faults, "

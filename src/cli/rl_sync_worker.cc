@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -116,6 +117,21 @@ std::uint64_t MinorFaults() {
   return static_cast<std::uint64_t>(u.ru_minflt) + static_cast<std::uint64_t>(u.ru_majflt);
 }
 
+// Bytes of this process's memory in transparent huge pages (AnonHugePages of
+// /proc/self/smaps_rollup; 0 when unreadable): whether the private arenas got 2 MiB pages.
+std::uint64_t AnonHugeBytes() {
+  std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  std::uint64_t kb = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    unsigned long long v = 0;
+    if (std::sscanf(line, "AnonHugePages: %llu kB", &v) == 1) kb = v;
+  }
+  std::fclose(f);
+  return kb * 1024;
+}
+
 // CLOCK_MONOTONIC seconds: comparable between the demo's processes on one host.
 double MonotonicSeconds() {
   timespec ts{};
@@ -181,6 +197,7 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"rounds", stats.rounds},
                           {"round_wait_s", stats.round_wait_s},
                           {"minor_faults", MinorFaults() - faults_before},
+                          {"anon_huge_bytes", AnonHugeBytes()},
                           {"transfer_s", stats.transfer_s},
                           {"ready_wait_s", stats.ready_wait_s},
                           {"converted_bytes", stats.converted_bytes},
@@ -362,6 +379,7 @@ Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& 
                           {"committed_at", committed_at},
                           {"relayed_from", stats.relayed_from},
                           {"relay_s", stats.relay_s},
+                          {"anon_huge_bytes", AnonHugeBytes()},
                           {"verified", check},
                           {"unchecked", !check},
                           {"committed_version", subscriber->committed_version()}};
