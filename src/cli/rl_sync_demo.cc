@@ -628,9 +628,10 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
       ->capture_default_str()
       ->check(CLI::IsMember({"every", "last"}));
   cmd->add_option("--engine-memory", o->engine_memory,
-                  "memory of the engines' weight buffers: private huge pages written by kernel copy "
-                  "(process_vm_writev), shared memory the trainers map and write with memcpy after pre-faulting it, "
-                  "or auto (private unless the push converts into mapped engine buffers)")
+                  "memory of the trainers' and engines' weight buffers: private huge pages (engines written by "
+                  "kernel copy, process_vm_writev), shared memory (the trainers map the engines' buffers and write "
+                  "them with memcpy after pre-faulting them at Connect), or auto (private, except engines of a push "
+                  "that converts into mapped engine buffers)")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "shared", "private"}));
   cmd->add_flag("--double-buffer", o->double_buffer,
