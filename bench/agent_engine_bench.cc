@@ -510,6 +510,9 @@ void Cpu() {
   }
   {  // a transfer that cannot progress: target stopped (registered memory)
     AgentOptions o;
+    // UCX's emulated put, which the stopped target must serve: kAuto would write its registered
+    // memory by kernel copy (process_vm_writev), which completes without the target.
+    o.write_path = WritePath::kPut;
     Target t = StartTarget({64 * kMiB, false, false, o});
     if (auto in = Connect(t, o, 64 * kMiB, false)) {
       ::kill(t.pid, SIGSTOP);

@@ -75,9 +75,16 @@ enum class PeerFailureDetection : std::uint8_t {
 
 /// How WRITE descriptors to a peer are executed.
 enum class WritePath : std::uint8_t {
-  /// Per peer, at ImportMetadata: kActiveMessage when every lane of the UCX
-  /// endpoint (ucp_ep_print_info) is TCP, kPut otherwise. Reason: UCX 1.13.1's
-  /// put over TCP runs at 0.026 GB/s here, its active messages at 3 GB/s.
+  /// Per descriptor, at PrepareTransfer: a kernel copy (see kKernelCopy) when the
+  /// peer is kernel-copy capable (PeerInfo::kernel_copy) and this process cannot
+  /// map the remote region (ArenaMemory::kPrivateHugePages arenas and
+  /// caller-registered memory, into which UCX 1.13.1 emulates puts over active
+  /// messages served by the target's lanes); otherwise, per peer at
+  /// ImportMetadata, kActiveMessage when every lane of the UCX endpoint
+  /// (ucp_ep_print_info) is TCP, kPut otherwise. Reason: UCX 1.13.1's put over
+  /// TCP runs at 0.026 GB/s here, its active messages at 3 GB/s; a kernel copy
+  /// into a private huge-page arena copies at memcpy speed with no first-touch
+  /// cost on a shadow-paging hypervisor (docs/transport.md, "Kernel-copy WRITEs").
   kAuto,
   /// ucp_put_nbx (true one-sided where UCX can, e.g. shared-memory arenas).
   kPut,
@@ -87,6 +94,17 @@ enum class WritePath : std::uint8_t {
   /// checking it against its registered regions. Completion is an
   /// acknowledged fence per lane, so "done" still means "visible at the target".
   kActiveMessage,
+  /// process_vm_writev (Linux cross-memory attach) for every WRITE descriptor to
+  /// a kernel-copy-capable peer (same host, not TCP only, ptrace access,
+  /// pidfd_open: probed at ImportMetadata, PeerInfo::kernel_copy), mapped
+  /// regions included; WRITEs to other peers as kAuto. The lane thread makes
+  /// the system call: the kernel copies into the peer's pages through its own
+  /// mapping (no mapping of the peer here, no pre-fault, no request the peer
+  /// serves). The peer's pidfd is checked before each call and after the last,
+  /// so a write never reaches a process that reused a dead peer's pid (see
+  /// src/transport/kernel_copy.h for the remaining microsecond window); a dead
+  /// peer fails the post with kPeerDisconnected. For tests and A/B runs.
+  kKernelCopy,
 };
 
 /// Where the memory of an arena (Agent::AllocateArena) comes from.
@@ -100,11 +118,14 @@ enum class ArenaMemory : std::uint8_t {
   /// pages (madvise(MADV_HUGEPAGE); 4 KiB pages where the kernel grants none),
   /// excluded from fork (MADV_DONTFORK), populated for writing, zero-filled,
   /// registered with ucp_mem_map. Peers cannot map it: same-host peers read it
-  /// by kernel copy (ReadPath), other peers through UCX (ucp_get_nbx, emulated
-  /// over active messages and served by this agent's lanes); writes into it
-  /// from peers are emulated by UCX too. Meant as the destination of READs
-  /// (ReadPath::kAuto reads into it by kernel copy): a P2P loader's buffer.
-  /// Reason and figures: docs/benchmarks.md, "Issue 8 item 9".
+  /// by kernel copy (ReadPath) and write it by kernel copy (WritePath::kAuto),
+  /// other peers go through UCX (ucp_get_nbx / ucp_put_nbx, emulated over
+  /// active messages and served by this agent's lanes). Meant as the
+  /// destination of READs (ReadPath::kAuto reads into it by kernel copy: a P2P
+  /// loader's buffer) and of same-host WRITEs (an RL engine's weights: the
+  /// writers pay no first touch per page and no pre-fault).
+  /// Reason and figures: docs/benchmarks.md, "Issue 8 item 9" and
+  /// docs/transport.md, "Kernel-copy WRITEs".
   kPrivateHugePages,
 };
 
@@ -208,6 +229,9 @@ struct PeerInfo {
   /// READs from this peer may be kernel copies (ReadPath): same host, shared
   /// memory reachable, read_path not kMapped, pidfd_open and a probe read succeeded.
   bool kernel_copy = false;
+  /// WRITEs to this peer may be kernel copies (WritePath): as kernel_copy, with
+  /// write_path kAuto or kKernelCopy instead of the read_path condition.
+  bool kernel_copy_writes = false;
   /// The "direct-mapped destination" capability: the peer's regions that this process can map
   /// (ucp_rkey_ptr succeeded: a same-host arena in sysv/posix shared memory), ascending. Each
   /// can be opened with Agent::MapPeerRegion. Empty for RDMA / TCP peers and caller-registered
@@ -242,8 +266,14 @@ struct AgentStats {
   double direct_copy_cpu_s = 0;
   /// Blocks of READ descriptors executed as kernel copies (process_vm_readv,
   /// see ReadPath) and their bytes. Not counted in direct_copy_* or ucx_*.
+  /// Blocks of WRITE descriptors executed as process_vm_writev (WritePath) count here too.
   std::uint64_t kernel_copy_blocks = 0;
   std::uint64_t kernel_copy_bytes = 0;
+  /// Seconds the lanes spent in batches of only kernel copies, summed over lanes: wall
+  /// time and the lane threads' CPU time (as direct_copy_s / direct_copy_cpu_s; the
+  /// kernel's copy is system time of the lane thread, so it is included).
+  double kernel_copy_s = 0;
+  double kernel_copy_cpu_s = 0;
 };
 
 /// One memory kind and whether this process can register and move it.
@@ -270,7 +300,7 @@ struct TransportCapabilities {
 /// Errors: kTransportError when ucp_init or uct_query_components fails.
 Result<TransportCapabilities> ProbeTransportCapabilities();
 
-/// Human-readable name of a WritePath ("auto", "put", "active-message").
+/// Human-readable name of a WritePath ("auto", "put", "active-message", "kernel-copy").
 std::string_view WritePathName(WritePath p);
 
 /// A message from a peer: sent by Agent::SendMessage, or attached to a posted

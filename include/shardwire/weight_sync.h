@@ -61,6 +61,30 @@
 
 namespace shardwire {
 
+/// Memory of the shard buffers a WeightPublisher / WeightSubscriber allocates itself
+/// (WeightSyncOptions::buffer and second_buffer empty).
+enum class BufferMemory : std::uint8_t {
+  /// Publisher (trainer buffer, only ever a source): kPrivateHugePages. Subscriber (engine
+  /// buffers): kPrivateHugePages when the push converts nothing (the engine layout's dtypes are
+  /// the trainer's), kShared when it converts (the publisher converts straight into a mapped
+  /// engine buffer, convert_into_mapped, which needs shared memory).
+  /// Why huge pages on the trainer too: a kernel copy reads the source through the writer's
+  /// own user mapping from kernel mode, and on a shadow-paging hypervisor (PVM) the first such
+  /// access costs a fault per 4 KiB page even when user space has touched the page
+  /// (docs/transport.md, "Kernel-copy WRITEs"); a 2 MiB page costs one.
+  kAuto,
+  /// An arena in UCX-allocated shared memory (ArenaMemory::kShared): same-host trainers map it
+  /// and write it with memcpy, after pre-faulting their mapping at Connect (on a
+  /// shadow-paging hypervisor ~20 us per 4 KiB page: docs/transport.md, "Pre-faulting").
+  kShared,
+  /// A private arena in transparent huge pages (ArenaMemory::kPrivateHugePages), populated by
+  /// the engine when allocated: same-host trainers write it by kernel copy
+  /// (process_vm_writev, WritePath::kAuto), others through UCX (emulated puts served by the
+  /// engine's lanes). No mapping in the trainers, no pre-fault, no first-touch cost per page
+  /// (docs/transport.md, "Kernel-copy WRITEs").
+  kPrivateHugePages,
+};
+
 struct WeightSyncOptions {
   std::string job = "shardwire";  ///< rendezvous key prefix; one job = one trainer/engine pair of layouts
   double timeout_s = 120;         ///< bound of every wait (seconds)
@@ -180,6 +204,9 @@ struct WeightSyncOptions {
   /// with its own scratch of about 64 KiB). 0 counts as 1. Rounds any engine rank takes from the
   /// staging ring are converted by the pushing thread (it posts their transfers).
   std::uint32_t convert_threads = 2;
+  /// See BufferMemory. Ignored for buffers in the caller's memory (the caller may advise them
+  /// itself: madvise(MADV_HUGEPAGE) before first touch).
+  BufferMemory buffer_memory = BufferMemory::kAuto;
 };
 
 /// Upper bound, in seconds, of the time between two calls of WeightSyncOptions::interrupt
@@ -237,6 +264,9 @@ struct PushStats {
   /// took the direct path).
   std::uint64_t direct_copy_bytes = 0;
   std::uint64_t ucx_requests = 0;
+  /// Bytes written by kernel copy (process_vm_writev into a same-host engine's private arena:
+  /// BufferMemory::kPrivateHugePages, WritePath::kAuto).
+  std::uint64_t kernel_copy_bytes = 0;
   /// Schedule rounds this rank wrote in (of its direct moves; WeightSyncOptions::max_concurrency).
   std::uint32_t rounds = 0;
   /// Time this rank waited for other trainer ranks to finish earlier rounds (seconds).

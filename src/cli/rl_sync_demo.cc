@@ -127,9 +127,11 @@ struct StepFigures {
   std::uint64_t mapped_bytes = 0;        // converted bytes written straight into mapped engine buffers
   std::uint64_t direct_copy_bytes = 0;   // bytes the trainers' lanes copied into mapped engine arenas
   std::uint64_t ucx_requests = 0;        // UCX data requests (rows not copied directly)
-  double copy_s = 0, copy_cpu_s = 0;     // lanes' direct copies: wall and CPU seconds, summed over lanes
+  std::uint64_t kernel_copy_bytes = 0;   // bytes the trainers' lanes wrote by process_vm_writev (private engine arenas)
+  double copy_s = 0, copy_cpu_s = 0;     // lanes' direct + kernel copies: wall and CPU seconds, summed over lanes
   double connect_s = 0;                  // step 1 only: slowest trainer's Connect (includes pre-faulting)
   std::uint64_t prefaulted_pages = 0;    // step 1 only: pages all trainers pre-faulted at Connect
+  std::uint64_t trainer_huge = 0, engine_huge = 0;  // bytes in transparent huge pages (AnonHugePages), summed
   std::vector<std::pair<double, double>> transfer_windows, compute_windows;  // per trainer, CLOCK_MONOTONIC s
 
   // Seconds during which some trainer was transferring while another computed its update
@@ -264,6 +266,7 @@ Status Run(const RlSyncOptions& o) {
     args.insert(args.end(), {"--concurrency", std::to_string(o.max_concurrency)});
     if (o.relay) args.push_back("--relay");
     args.insert(args.end(), {"--verify", o.verify});
+    args.insert(args.end(), {"--engine-memory", o.engine_memory});
     if (o.staging_bytes > 0) args.insert(args.end(), {"--staging-bytes", std::to_string(o.staging_bytes)});
     if (o.staging_slots > 0) args.insert(args.end(), {"--staging-slots", std::to_string(o.staging_slots)});
     if (o.staging_only) args.push_back("--staging-only");
@@ -307,6 +310,7 @@ Status Run(const RlSyncOptions& o) {
   double total_s = 0, steady_s = 0, steady_copy_cpu_s = 0, steady_deliver_s = 0;
   std::uint64_t steady_copy_bytes = 0;
   std::uint64_t total_bytes = 0, steady_bytes = 0;
+  std::vector<double> step_gbps;  // per step, for the ratios to the memcpy reference at the end
   for (int step = 1; step <= o.steps; ++step) {
     StepFigures f;
     for (int r = 0; r < trainers; ++r) {
@@ -326,6 +330,7 @@ Status Run(const RlSyncOptions& o) {
       f.staging_peak_bytes = std::max(f.staging_peak_bytes, t.value("staging_peak_bytes", std::uint64_t{0}));
       f.staging_bytes = std::max(f.staging_bytes, t.value("staging_bytes", std::uint64_t{0}));
       f.mapped_bytes += t.value("mapped_bytes", std::uint64_t{0});
+      f.trainer_huge += t.value("anon_huge_bytes", std::uint64_t{0});
       // This trainer's transfer window [push_end - transfer_s, push_end] and its compute window.
       const double end = t.value("push_end", 0.0);
       f.transfer_windows.emplace_back(end - t.value("transfer_s", 0.0), end);
@@ -333,8 +338,9 @@ Status Run(const RlSyncOptions& o) {
       f.transfer_s = std::max(f.transfer_s, t.value("transfer_s", 0.0));
       f.direct_copy_bytes += t.value("direct_copy_bytes", std::uint64_t{0});
       f.ucx_requests += t.value("ucx_requests", std::uint64_t{0});
-      f.copy_s += t.value("direct_copy_s", 0.0);
-      f.copy_cpu_s += t.value("direct_copy_cpu_s", 0.0);
+      f.kernel_copy_bytes += t.value("kernel_copy_bytes", std::uint64_t{0});
+      f.copy_s += t.value("direct_copy_s", 0.0) + t.value("kernel_copy_s", 0.0);
+      f.copy_cpu_s += t.value("direct_copy_cpu_s", 0.0) + t.value("kernel_copy_cpu_s", 0.0);
       f.trainer_reports.push_back({{"rank", r},
                                    {"transfer_s", t.value("transfer_s", 0.0)},
                                    {"ready_wait_s", t.value("ready_wait_s", 0.0)},
@@ -344,6 +350,9 @@ Status Run(const RlSyncOptions& o) {
                                    {"ucx_requests", t.value("ucx_requests", std::uint64_t{0})},
                                    {"direct_copy_s", t.value("direct_copy_s", 0.0)},
                                    {"direct_copy_cpu_s", t.value("direct_copy_cpu_s", 0.0)},
+                                   {"kernel_copy_bytes", t.value("kernel_copy_bytes", std::uint64_t{0})},
+                                   {"kernel_copy_s", t.value("kernel_copy_s", 0.0)},
+                                   {"kernel_copy_cpu_s", t.value("kernel_copy_cpu_s", 0.0)},
                                    {"connect_s", t.value("connect_s", 0.0)},
                                    {"prefaulted_pages", t.value("prefaulted_pages", std::uint64_t{0})},
                                    {"prefault_s", t.value("prefault_s", 0.0)}});
@@ -378,6 +387,7 @@ Status Run(const RlSyncOptions& o) {
         }
       }
       f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
+      f.engine_huge += e.value("anon_huge_bytes", std::uint64_t{0});
       f.last_commit = std::max(f.last_commit, e.value("committed_at", 0.0));
       f.relayed += e.value("relayed_from", -1) >= 0 ? 1 : 0;
       f.relay_s = std::max(f.relay_s, e.value("relay_s", 0.0));
@@ -401,12 +411,16 @@ Status Run(const RlSyncOptions& o) {
     if (step == 1) {
       fmt::print("connect     slowest trainer {:.3f} s, {} pages of engine arenas pre-faulted (before step 1)\n",
                  f.connect_s, f.prefaulted_pages);
+      fmt::print("memory      in 2 MiB pages (AnonHugePages): trainers {}, engines {} (--engine-memory {})\n",
+                 FormatBytes(static_cast<double>(f.trainer_huge)), FormatBytes(static_cast<double>(f.engine_huge)),
+                 o.engine_memory);
     }
     fmt::print(
         "step {}/{}  moved {:>10} in {:.4f} s = {:6.2f} GB/s  ({} descriptors for {} rows, {} page faults, "
-        "{:.4f} s beside another trainer's compute, {} copied directly, {} UCX requests)  {}\n",
+        "{:.4f} s beside another trainer's compute, {} copied directly, {} by kernel copy, {} UCX requests)  {}\n",
         step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.rows, f.faults,
-        f.ComputeOverlap(), FormatBytes(static_cast<double>(f.direct_copy_bytes)), f.ucx_requests,
+        f.ComputeOverlap(), FormatBytes(static_cast<double>(f.direct_copy_bytes)),
+        FormatBytes(static_cast<double>(f.kernel_copy_bytes)), f.ucx_requests,
         f.unchecked > 0 && f.verified == 0
             ? fmt::format("committed by {}/{} engine ranks, not checked (--verify last)", f.unchecked, engine_ranks)
             : fmt::format("verified {}/{} engine ranks byte for byte", f.verified, engine_ranks));
@@ -421,8 +435,9 @@ Status Run(const RlSyncOptions& o) {
     if (step > 1) steady_deliver_s += deliver_s;
     missed_versions += static_cast<int>(f.missed.size());
     if (f.copy_cpu_s > 0) {
-      fmt::print("            lanes' direct copies: {:.4f} CPU-s in {:.4f} s of lane time = {:.2f} GB per CPU-second\n",
-                 f.copy_cpu_s, f.copy_s, static_cast<double>(f.direct_copy_bytes) / f.copy_cpu_s / 1e9);
+      fmt::print("            lanes' copies: {:.4f} CPU-s in {:.4f} s of lane time = {:.2f} GB per CPU-second\n",
+                 f.copy_cpu_s, f.copy_s,
+                 static_cast<double>(f.direct_copy_bytes + f.kernel_copy_bytes) / f.copy_cpu_s / 1e9);
     }
     for (const auto& [rank, why] : f.missed) {  // why names the engine rank and the version
       fmt::print("            {}\n", why);
@@ -441,9 +456,10 @@ Status Run(const RlSyncOptions& o) {
     std::fflush(stdout);
     total_s += f.transfer_s;
     total_bytes += f.bytes;
+    step_gbps.push_back(gbps);
     if (step > 1) {  // the first push also maps the peers' memory
       steady_copy_cpu_s += f.copy_cpu_s;
-      steady_copy_bytes += f.direct_copy_bytes;
+      steady_copy_bytes += f.direct_copy_bytes + f.kernel_copy_bytes;
       steady_s += f.transfer_s;
       steady_bytes += f.bytes;
     }
@@ -463,6 +479,7 @@ Status Run(const RlSyncOptions& o) {
                                 {"compute_overlap_s", f.ComputeOverlap()},
                                 {"direct_copy_bytes", f.direct_copy_bytes},
                                 {"ucx_requests", f.ucx_requests},
+                                {"kernel_copy_bytes", f.kernel_copy_bytes},
                                 {"copy_s", f.copy_s},
                                 {"copy_cpu_s", f.copy_cpu_s},
                                 {"engine_wait_s", f.engine_wait_s},
@@ -521,6 +538,19 @@ Status Run(const RlSyncOptions& o) {
   }
   fmt::print("reference   memcpy, {} thread(s), same bytes, this run: {:.2f} GB/s -> steady/memcpy = {:.2f}\n",
              copy_threads, memcpy_gbps, memcpy_gbps > 0 ? steady_gbps / memcpy_gbps : 0);
+  if (memcpy_gbps > 0 && !step_gbps.empty()) {
+    std::string ratios;
+    double worst = step_gbps.front() / memcpy_gbps;
+    for (double g : step_gbps) {
+      ratios += fmt::format("{}{:.2f}", ratios.empty() ? "" : " ", g / memcpy_gbps);
+      worst = std::min(worst, g / memcpy_gbps);
+    }
+    fmt::print("per step    step/memcpy, steps 1..{}: {} (worst {:.2f}; engine buffers: {})\n", o.steps, ratios,
+               worst, o.engine_memory);
+    std::vector<double> over;
+    for (double g : step_gbps) over.push_back(g / memcpy_gbps);
+    summary["step_over_memcpy"] = over;
+  }
   if (steady_copy_cpu_s > 0 && memcpy_per_cpu > 0) {
     const double lanes_per_cpu = static_cast<double>(steady_copy_bytes) / steady_copy_cpu_s / 1e9;
     fmt::print(
@@ -597,6 +627,13 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
                   "bench/python_push_vs_gloo.py)")
       ->capture_default_str()
       ->check(CLI::IsMember({"every", "last"}));
+  cmd->add_option("--engine-memory", o->engine_memory,
+                  "memory of the trainers' and engines' weight buffers: private huge pages (engines written by "
+                  "kernel copy, process_vm_writev), shared memory (the trainers map the engines' buffers and write "
+                  "them with memcpy after pre-faulting them at Connect), or auto (private, except engines of a push "
+                  "that converts into mapped engine buffers)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "shared", "private"}));
   cmd->add_flag("--double-buffer", o->double_buffer,
                 "engines hold two buffers: they serve the committed version from one while the next lands in the "
                 "other (2x engine weight memory)");

@@ -26,6 +26,9 @@ struct RlSyncOptions {
   /// When engines verify their weights byte for byte: "every" step, or only the "last" (and
   /// the checkpoint they start from), as the Python bench's receivers do (comparable runs).
   std::string verify = "every";
+  /// Memory of the engines' weight buffers: "auto", "shared" or "private"
+  /// (WeightSyncOptions::buffer_memory).
+  std::string engine_memory = "auto";
   std::uint64_t staging_bytes = 0;    ///< trainers' conversion staging bound in bytes (0: the default, 64 MiB)
   std::uint32_t staging_slots = 0;    ///< slots of that staging ring (0: automatic)
   bool staging_only = false;          ///< converting push: always the staging ring, never into mapped engine buffers

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -41,6 +42,7 @@ struct WorkerArgs {
   bool catch_up = false;            // this engine process replaces a dead one: catch up first
   bool verify_digests = false;      // per-version integrity check
   std::string verify = "every";  // every | last
+  std::string engine_memory = "auto";  // auto | shared | private (BufferMemory)
   std::uint64_t staging_bytes = 0;  // 0: the default
   std::uint32_t staging_slots = 0;  // 0: automatic
   int max_concurrency = 4;          // K of the plan's rounds
@@ -115,6 +117,21 @@ std::uint64_t MinorFaults() {
   return static_cast<std::uint64_t>(u.ru_minflt) + static_cast<std::uint64_t>(u.ru_majflt);
 }
 
+// Bytes of this process's memory in transparent huge pages (AnonHugePages of
+// /proc/self/smaps_rollup; 0 when unreadable): whether the private arenas got 2 MiB pages.
+std::uint64_t AnonHugeBytes() {
+  std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  std::uint64_t kb = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    unsigned long long v = 0;
+    if (std::sscanf(line, "AnonHugePages: %llu kB", &v) == 1) kb = v;
+  }
+  std::fclose(f);
+  return kb * 1024;
+}
+
 // CLOCK_MONOTONIC seconds: comparable between the demo's processes on one host.
 double MonotonicSeconds() {
   timespec ts{};
@@ -132,6 +149,9 @@ WeightSyncOptions SyncOptions(const WorkerArgs& a) {
   options.max_concurrency = a.max_concurrency;
   options.relay_broadcasts = a.relay;
   options.convert_into_mapped = !a.staging_only;
+  options.buffer_memory = a.engine_memory == "shared"    ? BufferMemory::kShared
+                                 : a.engine_memory == "private" ? BufferMemory::kPrivateHugePages
+                                                                : BufferMemory::kAuto;
   return options;
 }
 
@@ -177,6 +197,7 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"rounds", stats.rounds},
                           {"round_wait_s", stats.round_wait_s},
                           {"minor_faults", MinorFaults() - faults_before},
+                          {"anon_huge_bytes", AnonHugeBytes()},
                           {"transfer_s", stats.transfer_s},
                           {"ready_wait_s", stats.ready_wait_s},
                           {"converted_bytes", stats.converted_bytes},
@@ -195,6 +216,9 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"ucx_requests", stats.ucx_requests},
                           {"direct_copy_s", agent_after.direct_copy_s - agent_before.direct_copy_s},
                           {"direct_copy_cpu_s", agent_after.direct_copy_cpu_s - agent_before.direct_copy_cpu_s},
+                          {"kernel_copy_bytes", stats.kernel_copy_bytes},
+                          {"kernel_copy_s", agent_after.kernel_copy_s - agent_before.kernel_copy_s},
+                          {"kernel_copy_cpu_s", agent_after.kernel_copy_cpu_s - agent_before.kernel_copy_cpu_s},
                           {"connect_s", connect_s},
                           {"prefaulted_pages", connected.prefaulted_pages},
                           {"prefault_s", connected.prefault_s}};
@@ -355,6 +379,7 @@ Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& 
                           {"committed_at", committed_at},
                           {"relayed_from", stats.relayed_from},
                           {"relay_s", stats.relay_s},
+                          {"anon_huge_bytes", AnonHugeBytes()},
                           {"verified", check},
                           {"unchecked", !check},
                           {"committed_version", subscriber->committed_version()}};
@@ -402,6 +427,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_flag("--catch-up", args->catch_up);
   cmd->add_flag("--verify-digests", args->verify_digests);
   cmd->add_option("--verify", args->verify)->check(CLI::IsMember({"every", "last"}));
+  cmd->add_option("--engine-memory", args->engine_memory)->check(CLI::IsMember({"auto", "shared", "private"}));
   cmd->add_option("--staging-bytes", args->staging_bytes);
   cmd->add_option("--staging-slots", args->staging_slots);
   cmd->add_option("--concurrency", args->max_concurrency);

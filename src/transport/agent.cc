@@ -83,6 +83,7 @@ std::string_view WritePathName(WritePath p) {
     case WritePath::kAuto: return "auto";
     case WritePath::kPut: return "put";
     case WritePath::kActiveMessage: return "active-message";
+    case WritePath::kKernelCopy: return "kernel-copy";
   }
   return "unknown";
 }
@@ -271,7 +272,7 @@ struct PreparedOp {
   ucp_mem_h memh = nullptr;
   std::uint32_t rkey_index = 0;  // index into PeerState::regions / LaneEp::rkeys
   AmWriteHeader am;              // header of an active-message write (stable storage)
-  bool kernel_copy = false;      // a READ executed by process_vm_readv (ReadPath)
+  bool kernel_copy = false;      // executed by process_vm_readv (READ, ReadPath) / process_vm_writev (WRITE, WritePath)
 
   std::uint64_t bytes() const { return count * length; }
 };
@@ -359,7 +360,10 @@ struct Agent::Impl {
     WritePath write_path = WritePath::kPut;
     std::uint32_t remote_lanes = 0;
     std::vector<std::string> transports;
-    transport::PeerProcess kernel_copy;  // valid: READs may be kernel copies (ReadPath)
+    transport::PeerProcess kernel_copy;  // valid: READs / WRITEs may be kernel copies (ReadPath, WritePath)
+    // By region index: lane 0 could map the region (ucp_rkey_ptr), i.e. a WRITE to it is a
+    // direct copy; WritePath::kAuto uses kernel copies only into regions not mapped.
+    std::vector<bool> region_mapped;
     std::vector<RemoteRegion> regions;
     std::unordered_map<RegionId, std::uint32_t> region_index;
     std::vector<LaneEp> lanes;  // lanes[i] guarded by Impl::lanes[i]->mu
@@ -517,6 +521,8 @@ struct Agent::Impl {
     std::atomic<std::uint64_t> direct_copy_blocks{0};
     std::atomic<std::uint64_t> kernel_copy_blocks{0};
     std::atomic<std::uint64_t> kernel_copy_bytes{0};
+    std::atomic<std::uint64_t> kernel_copy_ns{0};
+    std::atomic<std::uint64_t> kernel_copy_cpu_ns{0};
     std::atomic<std::uint64_t> direct_copy_bytes{0};
     std::atomic<std::uint64_t> ucx_requests{0};
     std::atomic<std::uint64_t> ucx_bytes{0};
@@ -891,12 +897,18 @@ struct Agent::Impl {
       const PreparedOp& o = ops[j.next];
       const std::uint64_t bytes = o.bytes();
       if (o.kernel_copy) {
-        // The kernel copies from the peer's pages (process_vm_readv): no
-        // mapping of the peer here, no UCX request, no credit (ReadPath).
+        // The kernel copies from / into the peer's pages (process_vm_readv /
+        // process_vm_writev): no mapping of the peer here, no UCX request, no
+        // credit (ReadPath, WritePath).
         Status st =
-            j.peer->kernel_copy.ReadRows(o.local, o.local_stride, o.remote_addr, o.remote_stride, o.count, o.length);
+            t.op == TransferOp::kRead
+                ? j.peer->kernel_copy.ReadRows(o.local, o.local_stride, o.remote_addr, o.remote_stride, o.count,
+                                               o.length)
+                : j.peer->kernel_copy.WriteRows(o.local, o.local_stride, o.remote_addr, o.remote_stride, o.count,
+                                                o.length);
         if (!st.ok()) {
-          j.Fail(st.WithContext(fmt::format("READ from peer {}", t.peer_name)));
+          j.Fail(st.WithContext(
+              fmt::format("{} peer {}", t.op == TransferOp::kRead ? "READ from" : "WRITE to", t.peer_name)));
           break;
         }
         copied = true;
@@ -985,6 +997,10 @@ struct Agent::Impl {
     if (kernel_blocks > 0) {
       counters.kernel_copy_blocks.fetch_add(kernel_blocks, std::memory_order_relaxed);
       counters.kernel_copy_bytes.fetch_add(kernel_bytes, std::memory_order_relaxed);
+      if (requests == 0 && copy_blocks == 0) {  // only kernel copies in this batch: its time is theirs
+        counters.kernel_copy_ns.fetch_add(ClockNs(CLOCK_MONOTONIC) - wall0, std::memory_order_relaxed);
+        counters.kernel_copy_cpu_ns.fetch_add(ClockNs(CLOCK_THREAD_CPUTIME_ID) - cpu0, std::memory_order_relaxed);
+      }
     }
     if (requests > 0) {
       counters.ucx_requests.fetch_add(requests, std::memory_order_relaxed);
@@ -1259,6 +1275,7 @@ struct Agent::Impl {
       const LaneEp& lep = peer.lanes[l];
       if (!lep.ep) return 0;
       for (const PreparedOp& o : t.lane_ops[l]) {
+        if (o.kernel_copy) continue;  // the kernel writes the peer's pages: nothing mapped here
         if (o.rkey_index >= lep.mapped_delta.size() || !lep.mapped_delta[o.rkey_index]) continue;
         const auto mapped =
             static_cast<std::uintptr_t>(static_cast<std::intptr_t>(o.remote_addr) + *lep.mapped_delta[o.rkey_index]);
@@ -1778,6 +1795,7 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
       } else {
         lep.mapped_delta.emplace_back(std::nullopt);
       }
+      if (lane.index == 0) peer->region_mapped.push_back(lep.mapped_delta.back().has_value());
     }
     if (!failure.ok()) break;
     if (lane.index == 0) peer->transports = EndpointTransports(raw_ep);
@@ -1795,12 +1813,17 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
     case WritePath::kAuto:
       peer->write_path = OnlyTcp(peer->transports) ? WritePath::kActiveMessage : WritePath::kPut;
       break;
+    case WritePath::kKernelCopy:  // UCX's path for what is not a kernel copy, as kAuto
+      peer->write_path = OnlyTcp(peer->transports) ? WritePath::kActiveMessage : WritePath::kPut;
+      break;
     case WritePath::kPut:
     case WritePath::kActiveMessage:
       peer->write_path = im.options.write_path;
       break;
   }
-  if (im.options.read_path != ReadPath::kMapped && peer->same_host && !peer->transports.empty() &&
+  const bool writes_may_copy =
+      im.options.write_path == WritePath::kAuto || im.options.write_path == WritePath::kKernelCopy;
+  if ((im.options.read_path != ReadPath::kMapped || writes_may_copy) && peer->same_host && !peer->transports.empty() &&
       !OnlyTcp(peer->transports)) {
     std::uint64_t probe = 0;
     for (const RemoteRegion& r : peer->regions) {
@@ -1860,7 +1883,9 @@ Result<PeerInfo> Agent::DescribePeer(const std::string& peer) const {
   info.same_host = p.same_host;
   info.ucx_error_handling = p.ucx_error_handling;
   info.write_path = p.write_path;
-  info.kernel_copy = p.kernel_copy.valid();
+  info.kernel_copy = p.kernel_copy.valid() && impl_->options.read_path != ReadPath::kMapped;
+  info.kernel_copy_writes = p.kernel_copy.valid() && (impl_->options.write_path == WritePath::kAuto ||
+                                                      impl_->options.write_path == WritePath::kKernelCopy);
   info.transports = p.transports;
   {
     std::lock_guard<std::mutex> g(impl_->lanes[0]->mu);
@@ -2004,9 +2029,14 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
       ++pins[d.local_region];
       if (d.length == 0 || d.count == 0) continue;
       remote_used.insert(rit->second);
+      const bool remote_mapped = rit->second < peer->region_mapped.size() && peer->region_mapped[rit->second];
       const bool kernel_copy =
-          op == TransferOp::kRead && peer->kernel_copy.valid() &&
-          (im.options.read_path == ReadPath::kKernelCopy || (im.options.read_path == ReadPath::kAuto && lr.huge));
+          op == TransferOp::kRead
+              ? peer->kernel_copy.valid() && (im.options.read_path == ReadPath::kKernelCopy ||
+                                               (im.options.read_path == ReadPath::kAuto && lr.huge))
+              : !t->am_write && peer->kernel_copy.valid() &&
+                    (im.options.write_path == WritePath::kKernelCopy ||
+                     (im.options.write_path == WritePath::kAuto && !remote_mapped));
       blocks.clear();
       transport::CutIntoBlocks(d, slice, /*one_row_per_block=*/t->am_write, blocks);
       for (const transport::RowBlock& b : blocks) {
@@ -2382,6 +2412,8 @@ AgentStats Agent::Stats() const {
   s.direct_copy_cpu_s = static_cast<double>(c.direct_copy_cpu_ns.load(std::memory_order_relaxed)) / 1e9;
   s.kernel_copy_blocks = c.kernel_copy_blocks.load(std::memory_order_relaxed);
   s.kernel_copy_bytes = c.kernel_copy_bytes.load(std::memory_order_relaxed);
+  s.kernel_copy_s = static_cast<double>(c.kernel_copy_ns.load(std::memory_order_relaxed)) / 1e9;
+  s.kernel_copy_cpu_s = static_cast<double>(c.kernel_copy_cpu_ns.load(std::memory_order_relaxed)) / 1e9;
   return s;
 }
 

@@ -1,4 +1,5 @@
-// Same-host READs by kernel copy (Linux cross-memory attach, process_vm_readv):
+// Same-host READs and WRITEs by kernel copy (Linux cross-memory attach,
+// process_vm_readv / process_vm_writev; WRITEs: WritePath in agent.h):
 // the kernel copies a peer process's bytes into this process's memory, with no
 // mapping of the peer's memory in this process and no user-space write to the
 // destination.
@@ -76,6 +77,24 @@ class PeerProcess {
   /// not mapped in the peer; EPERM; a short copy).
   Status ReadRows(std::byte* local, std::uint64_t local_stride, std::uint64_t remote_addr, std::uint64_t remote_stride,
                   std::uint64_t count, std::uint64_t length) const;
+
+  /// The WRITE counterpart of ReadRows (process_vm_writev): copies `count` rows
+  /// of `length` bytes from `local`, `local + local_stride`, ... into the peer's
+  /// addresses `remote_addr`, `remote_addr + remote_stride`, ..., at most IOV_MAX
+  /// iovecs per system call (a contiguous side is one iovec). A write must not
+  /// reach a process that reused the peer's pid, so the pidfd is checked
+  /// *before* every system call (a reused pid needs the peer to have exited and
+  /// been reaped first, which the pidfd reports) as well as after the last one.
+  /// The window left between the check and the call is a few microseconds, in
+  /// which the peer would have to exit, be reaped and its pid be handed to a
+  /// new process of the same user (pid_max wraps first); Linux offers no
+  /// pidfd-based process_vm_writev to close it. Rows must not overlap.
+  /// Errors: kPeerDisconnected (the peer exited before or during the copy, or
+  /// ESRCH; the peer's bytes are then unspecified, which no longer matters),
+  /// kTransportError naming the errno for anything else (EFAULT: a remote range
+  /// not mapped in the peer; EPERM; a short copy), kInvalidArgument without a peer.
+  Status WriteRows(const std::byte* local, std::uint64_t local_stride, std::uint64_t remote_addr,
+                   std::uint64_t remote_stride, std::uint64_t count, std::uint64_t length) const;
 
   /// True when the peer has exited (its pidfd is readable), or the pidfd is invalid.
   bool Exited() const;

@@ -16,7 +16,7 @@ namespace {
 // Registers the caller's buffer in place, or allocates an arena (a rank that holds nothing
 // still registers a minimal region so that its peers' bookkeeping has no special case).
 Status OpenBuffer(Agent& agent, const std::string& key, std::uint64_t buffer_bytes, std::span<std::byte> caller,
-                  RegionId* region, std::span<std::byte>* weights) {
+                  RegionId* region, std::span<std::byte>* weights, ArenaMemory memory = ArenaMemory::kShared) {
   if (!caller.empty()) {
     if (caller.size() < buffer_bytes) {
       return InvalidArgument(
@@ -27,7 +27,7 @@ Status OpenBuffer(Agent& agent, const std::string& key, std::uint64_t buffer_byt
     return Status::Ok();
   }
   const std::size_t bytes = std::max<std::uint64_t>(buffer_bytes, 64);
-  SW_ASSIGN_OR_RETURN(*region, agent.AllocateArena(bytes));
+  SW_ASSIGN_OR_RETURN(*region, agent.AllocateArena(bytes, memory));
   *weights = agent.RegionBytes(*region).first(buffer_bytes);
   return Status::Ok();
 }
@@ -46,15 +46,15 @@ Result<RegionId> ParseRegion(const std::string& key, const std::string& text) {
 Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
                                       std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer,
                                       bool double_buffered, std::span<std::byte> second_caller_buffer,
-                                      std::uint64_t scratch_bytes) {
+                                      std::uint64_t scratch_bytes, ArenaMemory memory) {
   RankEndpoint endpoint;
   const std::string key = MetadataKey(job, role, rank);
   SW_ASSIGN_OR_RETURN(endpoint.agent, Agent::Create(AgentOptions{.name = key}));
   SW_RETURN_IF_ERROR(
-      OpenBuffer(*endpoint.agent, key, buffer_bytes, caller_buffer, &endpoint.region, &endpoint.weights));
+      OpenBuffer(*endpoint.agent, key, buffer_bytes, caller_buffer, &endpoint.region, &endpoint.weights, memory));
   if (double_buffered) {
     SW_RETURN_IF_ERROR(OpenBuffer(*endpoint.agent, key, buffer_bytes, second_caller_buffer, &endpoint.second_region,
-                                  &endpoint.second_weights));
+                                  &endpoint.second_weights, memory));
   }
   if (scratch_bytes > 0) {
     SW_RETURN_IF_ERROR(

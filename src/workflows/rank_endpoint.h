@@ -32,13 +32,14 @@ struct RankEndpoint {
 /// with `double_buffered` a second one likewise (`second_caller_buffer`), and publishes
 /// {metadata blob, region ids} under MetadataKey(job, role, rank) (".../region1" holds the
 /// second region, 0 for none), and with `scratch_bytes` > 0 a scratch arena (".../scratch":
-/// its region, 0 for none).
+/// its region, 0 for none). `memory` is the kind of the shard buffers' arenas (the scratch
+/// arena is always shared).
 /// Errors: kInvalidArgument when a caller buffer is non-empty but smaller than buffer_bytes;
 /// transport and rendezvous errors.
 Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
                                       std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer = {},
                                       bool double_buffered = false, std::span<std::byte> second_caller_buffer = {},
-                                      std::uint64_t scratch_bytes = 0);
+                                      std::uint64_t scratch_bytes = 0, ArenaMemory memory = ArenaMemory::kShared);
 
 /// What a rank's plan is computed from: "<fingerprint> (<trainer layout> -> <engine layout>)"
 /// plus the options that change what moves where or what DONE carries (K, the conversion's block

@@ -292,7 +292,9 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
   SW_ASSIGN_OR_RETURN(
       state->endpoint,
       sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank, trainer_layout.rank(rank).buffer_bytes,
-                             state->options.buffer, false, {}, plan.scratch_bytes(rank)));
+                             state->options.buffer, false, {}, plan.scratch_bytes(rank),
+                             state->options.buffer_memory == BufferMemory::kShared ? ArenaMemory::kShared
+                                                                                   : ArenaMemory::kPrivateHugePages));
   if (conversion.converts()) {
     SW_ASSIGN_OR_RETURN(TrainerConversion tc, conversion.ForTrainerRank(rank));
     const TransferPlan& converted = conversion.converted_plan();
@@ -1030,6 +1032,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   const AgentStats after = agent.Stats();
   stats.direct_copy_bytes = after.direct_copy_bytes - before.direct_copy_bytes;
   stats.ucx_requests = after.ucx_requests - before.ucx_requests;
+  stats.kernel_copy_bytes = after.kernel_copy_bytes - before.kernel_copy_bytes;
   for (const auto& [dst, name] : active) {
     if (relayed.count(dst)) {
       stats.relayed.push_back(dst);

@@ -227,10 +227,21 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
   state->plan_signature = sync::SyncPlanSignature(trainer_layout, engine_layout, state->options);
   SW_RETURN_IF_ERROR(
       sync::PublishPlanSignature(rendezvous, state->options.job, kEngineRole, rank, state->plan_signature));
+  // Engine buffers Shardwire allocates: private huge pages unless the publishers convert into
+  // a mapping of them (BufferMemory).
+  ArenaMemory engine_memory = ArenaMemory::kShared;
+  switch (state->options.buffer_memory) {
+    case BufferMemory::kAuto:
+      engine_memory = conversion.converts() ? ArenaMemory::kShared : ArenaMemory::kPrivateHugePages;
+      break;
+    case BufferMemory::kShared: engine_memory = ArenaMemory::kShared; break;
+    case BufferMemory::kPrivateHugePages: engine_memory = ArenaMemory::kPrivateHugePages; break;
+  }
   SW_ASSIGN_OR_RETURN(
       state->endpoint,
       sync::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank, engine_layout.rank(rank).buffer_bytes,
-                             state->options.buffer, state->options.double_buffered, state->options.second_buffer));
+                             state->options.buffer, state->options.double_buffered, state->options.second_buffer,
+                             /*scratch_bytes=*/0, engine_memory));
   return std::unique_ptr<WeightSubscriber>(new WeightSubscriber(std::move(state)));
 }
 

@@ -237,6 +237,14 @@ int StoppingTargetChild(int fd, PeerFailureDetection detection, const std::strin
   return 0;
 }
 
+// These tests need WRITEs the stopped target must serve (UCX's emulated puts into
+// caller-registered memory): under WritePath::kAuto a same-host target's unmapped memory is
+// written by kernel copy, which completes without the target's help, so same-host (kAuto
+// detection) parents write with kPut; TCP-only (kUcxPeer) parents keep kAuto (active messages).
+WritePath UcxServedWrites(PeerFailureDetection det) {
+  return det == PeerFailureDetection::kAuto ? WritePath::kPut : WritePath::kAuto;
+}
+
 class StoppedTarget : public ::testing::TestWithParam<PeerFailureDetection> {};
 
 // In-flight refusals, Cancel, and a per-post notification payload, against a
@@ -247,7 +255,7 @@ TEST_P(StoppedTarget, InFlightRefusalsCancelAndRepost) {
   const pid_t pid = ForkChild(fds, [det](int fd) { return StoppingTargetChild(fd, det, "child"); });
   ASSERT_GT(pid, 0);
   const int fd = fds[0];
-  auto agent = Agent::Create({.name = "parent", .failure_detection = det});
+  auto agent = Agent::Create({.name = "parent", .failure_detection = det, .write_path = UcxServedWrites(det)});
   ASSERT_TRUE(agent.ok());
   Agent& a = **agent;
   std::vector<std::byte> owned;
@@ -304,7 +312,7 @@ TEST_P(StoppedTarget, InitiatorWaitReturnsWhenTargetIsKilled) {
   const pid_t pid = ForkChild(fds, [det](int fd) { return StoppingTargetChild(fd, det, "child"); });
   ASSERT_GT(pid, 0);
   const int fd = fds[0];
-  auto agent = Agent::Create({.name = "parent", .failure_detection = det});
+  auto agent = Agent::Create({.name = "parent", .failure_detection = det, .write_path = UcxServedWrites(det)});
   ASSERT_TRUE(agent.ok());
   Agent& a = **agent;
   std::vector<std::byte> owned;
@@ -375,7 +383,7 @@ TEST_P(StoppedTarget, OtherPeerUnaffectedAndReplacementReconnects) {
   });
   ASSERT_GT(replacement, 0);
 
-  auto agent = Agent::Create({.name = "parent", .failure_detection = det});
+  auto agent = Agent::Create({.name = "parent", .failure_detection = det, .write_path = UcxServedWrites(det)});
   ASSERT_TRUE(agent.ok());
   Agent& a = **agent;
   auto region = a.AllocateArena(kSize);

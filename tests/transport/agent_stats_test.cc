@@ -115,7 +115,9 @@ struct Pair {
 
 Pair MakePair(std::uint32_t lanes, bool arena_target, std::size_t bytes) {
   Pair p;
-  auto w = Agent::Create({.name = "writer", .lanes = lanes});
+  // kPut: these tests count UCX's requests into unmapped (caller-registered) memory, which
+  // kAuto would write by kernel copy on this host (kernel_copy_write_test.cc covers that).
+  auto w = Agent::Create({.name = "writer", .lanes = lanes, .write_path = WritePath::kPut});
   auto t = Agent::Create({.name = "target", .lanes = lanes});
   EXPECT_TRUE(w.ok() && t.ok());
   if (!w.ok() || !t.ok()) return p;

@@ -1,0 +1,338 @@
+// Kernel-copy WRITEs (process_vm_writev, PeerProcess::WriteRows in
+// src/transport/kernel_copy.h) and the Agent's WRITE path that uses them
+// (WritePath::kAuto into peers' regions this process cannot map, kKernelCopy
+// for every region): real child processes, real UCX. Bytes are checked against
+// PatternByte, computed independently of any buffer, and read back through a
+// path the code under test does not use (/proc/<pid>/mem, or the child's own
+// check of its memory).
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <climits>
+#include <csignal>
+#include <cstring>
+#include <functional>
+
+#include <gtest/gtest.h>
+
+#include "shardwire/agent.h"
+#include "transport/kernel_copy.h"
+#include "transport/private_arena.h"
+#include "transport_test_util.h"
+
+namespace shardwire {
+namespace {
+
+using testing::FillPattern;
+using testing::FirstMismatch;
+using testing::PatternByte;
+using testing::RecvFrame;
+using testing::SendFrame;
+using testing::WaitPidFor;
+
+constexpr std::uint64_t kChildSeed = 91;   // what the child's memory holds before the writes
+constexpr std::uint64_t kWriterSeed = 17;  // what the writer sends
+constexpr std::size_t kChildBytes = std::size_t{8} << 20;
+
+// A child that maps kChildBytes after the fork, fills them with kChildSeed's
+// pattern, sends their address, and waits for one byte (or EOF) before exiting.
+struct PatternChild {
+  pid_t pid = -1;
+  int fd = -1;
+  std::uintptr_t addr = 0;
+
+  static PatternChild Start() {
+    PatternChild c;
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return c;
+    c.pid = ::fork();
+    if (c.pid == 0) {
+      ::close(fds[0]);
+      void* p = ::mmap(nullptr, kChildBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) ::_exit(3);
+      FillPattern({static_cast<std::byte*>(p), kChildBytes}, kChildSeed);
+      const auto a = reinterpret_cast<std::uintptr_t>(p);
+      if (!SendFrame(fds[1], {reinterpret_cast<const std::byte*>(&a), sizeof(a)})) ::_exit(4);
+      char b;
+      (void)::read(fds[1], &b, 1);
+      ::_exit(0);
+    }
+    ::close(fds[1]);
+    c.fd = fds[0];
+    auto frame = RecvFrame(c.fd, 20);
+    if (frame && frame->size() == sizeof(c.addr)) std::memcpy(&c.addr, frame->data(), sizeof(c.addr));
+    return c;
+  }
+  // The child's whole mapping, read through /proc/<pid>/mem (not process_vm_*).
+  std::vector<std::byte> ReadBack() const {
+    std::vector<std::byte> out(kChildBytes);
+    const int mem = ::open(fmt_path().c_str(), O_RDONLY);
+    if (mem < 0) return {};
+    std::size_t done = 0;
+    while (done < out.size()) {
+      const ssize_t n = ::pread(mem, out.data() + done, out.size() - done, static_cast<off_t>(addr + done));
+      if (n <= 0) break;
+      done += static_cast<std::size_t>(n);
+    }
+    ::close(mem);
+    if (done != out.size()) return {};
+    return out;
+  }
+  std::string fmt_path() const { return "/proc/" + std::to_string(pid) + "/mem"; }
+  void Stop() {
+    if (fd >= 0) {
+      (void)::send(fd, "x", 1, MSG_NOSIGNAL);  // the child may be dead (no SIGPIPE)
+      ::close(fd);
+      fd = -1;
+    }
+    if (pid > 0) {
+      (void)WaitPidFor(pid, 20);
+      pid = -1;
+    }
+  }
+  ~PatternChild() { Stop(); }
+};
+
+TEST(KernelCopyWrite, WritesContiguousAndStridedRowsIntoAChildProcess) {
+  PatternChild child = PatternChild::Start();
+  ASSERT_GT(child.pid, 0);
+  ASSERT_NE(child.addr, 0u);
+  auto peer = transport::PeerProcess::Open(child.pid, child.addr);
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+
+  std::vector<std::byte> src(std::size_t{4} << 20);
+  FillPattern(src, kWriterSeed);
+  // Expected child memory, built alongside (an oracle independent of WriteRows).
+  std::vector<std::byte> want(kChildBytes);
+  FillPattern(want, kChildSeed);
+
+  // Contiguous: 3 MiB + 5 bytes to child offset 4099, from src offset 7.
+  const std::uint64_t n1 = (3u << 20) + 5;
+  ASSERT_TRUE(peer->WriteRows(src.data() + 7, n1, child.addr + 4099, n1, 1, n1).ok());
+  std::memcpy(want.data() + 4099, src.data() + 7, n1);
+
+  // 3000 rows (more than IOV_MAX remote iovecs) of 24 bytes, packed here, 56 apart
+  // at the child from offset 4 MiB: a contiguous source, strided destination.
+  static_assert(3000 > IOV_MAX);
+  const std::uint64_t rows = 3000, len = 24, dst_stride = 56, at = 4u << 20;
+  ASSERT_TRUE(peer->WriteRows(src.data(), len, child.addr + at, dst_stride, rows, len).ok());
+  for (std::uint64_t r = 0; r < rows; ++r) std::memcpy(want.data() + at + r * dst_stride, src.data() + r * len, len);
+
+  // Strided on both sides: 1500 rows of 100 bytes, 128 apart here, 300 apart there.
+  const std::uint64_t r2 = 1500, l2 = 100, s2 = 128, d2 = 300, at2 = 5u << 20;
+  ASSERT_TRUE(peer->WriteRows(src.data() + 1000, s2, child.addr + at2, d2, r2, l2).ok());
+  for (std::uint64_t r = 0; r < r2; ++r) std::memcpy(want.data() + at2 + r * d2, src.data() + 1000 + r * s2, l2);
+
+  const std::vector<std::byte> got = child.ReadBack();
+  ASSERT_EQ(got.size(), kChildBytes) << "could not read " << child.fmt_path();
+  for (std::size_t i = 0; i < kChildBytes; ++i) {
+    ASSERT_EQ(got[i], want[i]) << "child byte " << i;  // gaps keep the child's own pattern
+  }
+}
+
+TEST(KernelCopyWrite, UnmappedRemoteRangeIsATransportError) {
+  PatternChild child = PatternChild::Start();
+  ASSERT_GT(child.pid, 0);
+  auto peer = transport::PeerProcess::Open(child.pid, child.addr);
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+  std::vector<std::byte> src(4096, std::byte{1});
+  // The child's mapping ends at addr + kChildBytes; a write running past it faults.
+  const Status st = peer->WriteRows(src.data(), src.size(), child.addr + kChildBytes - 100, src.size(), 1, src.size());
+  EXPECT_EQ(st.code(), ErrorCode::kTransportError) << st.ToString();
+}
+
+TEST(KernelCopyWrite, ExitedPeerIsDisconnectedAndNotWritten) {
+  PatternChild child = PatternChild::Start();
+  ASSERT_GT(child.pid, 0);
+  auto peer = transport::PeerProcess::Open(child.pid, child.addr);
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+  // Killed but not reaped: the pid still names the (zombie) child, so only the
+  // pidfd check before the system call stands between the write and the pid.
+  ASSERT_EQ(::kill(child.pid, SIGKILL), 0);
+  for (int i = 0; i < 200 && !peer->Exited(); ++i) ::usleep(10'000);
+  ASSERT_TRUE(peer->Exited());
+  std::vector<std::byte> src(64, std::byte{1});
+  EXPECT_EQ(peer->WriteRows(src.data(), 64, child.addr, 64, 1, 64).code(), ErrorCode::kPeerDisconnected);
+  EXPECT_EQ(transport::PeerProcess().WriteRows(src.data(), 64, child.addr, 64, 1, 64).code(),
+            ErrorCode::kInvalidArgument);
+}
+
+// The Agent's WRITE into a child's arena. The child checks its own arena after the
+// notification (the oracle runs in the target, from PatternByte only) and exits 0
+// when every byte is right, 20 when not; the parent checks which path the stats say
+// the bytes took.
+struct WriteCase {
+  WritePath path;
+  ArenaMemory child_memory;
+};
+
+constexpr std::size_t kArena = std::size_t{8} << 20;
+constexpr std::uint64_t kContiguous = (2u << 20) + 3;  // local offset 11 -> remote offset 0
+constexpr std::uint64_t kRows = 4096, kRowLen = 512, kRemoteStride = 1024;
+constexpr std::uint64_t kRowsLocal = 3u << 20, kRowsRemote = (3u << 20) + 5;  // packed here, strided there
+
+std::byte ExpectedChildByte(std::uint64_t o) {
+  if (o < kContiguous) return PatternByte(kWriterSeed, 11 + o);
+  if (o >= kRowsRemote) {
+    const std::uint64_t r = (o - kRowsRemote) / kRemoteStride, k = (o - kRowsRemote) % kRemoteStride;
+    if (r < kRows && k < kRowLen) return PatternByte(kWriterSeed, kRowsLocal + r * kRowLen + k);
+  }
+  return PatternByte(kChildSeed, o);
+}
+
+class AgentKernelCopyWrite : public ::testing::TestWithParam<WriteCase> {};
+
+TEST_P(AgentKernelCopyWrite, BytesAndPath) {
+  const WriteCase wc = GetParam();
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  const pid_t pid = ::fork();
+  if (pid == 0) {  // the target: an arena with its own pattern, checked after the notification
+    ::close(fds[0]);
+    auto a = Agent::Create({.name = "engine"});
+    if (!a.ok()) ::_exit(10);
+    auto region = (*a)->AllocateArena(kArena, wc.child_memory);
+    if (!region.ok()) ::_exit(11);
+    FillPattern((*a)->RegionBytes(*region), kChildSeed);
+    auto blob = (*a)->ExportMetadata();
+    if (!blob.ok() || !SendFrame(fds[1], *blob)) ::_exit(12);
+    const RegionId id = *region;
+    if (!SendFrame(fds[1], {reinterpret_cast<const std::byte*>(&id), sizeof(id)})) ::_exit(13);
+    auto note = (*a)->WaitNotification(60);
+    if (!note.ok()) ::_exit(14);
+    const auto bytes = (*a)->RegionBytes(*region);
+    for (std::uint64_t o = 0; o < bytes.size(); ++o) {
+      if (bytes[o] != ExpectedChildByte(o)) ::_exit(20);
+    }
+    char b;
+    (void)::read(fds[1], &b, 1);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  auto blob = RecvFrame(fds[0], 30);
+  auto rid = RecvFrame(fds[0], 30);
+  ASSERT_TRUE(blob && rid && rid->size() == sizeof(RegionId));
+  RegionId remote = 0;
+  std::memcpy(&remote, rid->data(), sizeof(remote));
+  {
+    auto a = Agent::Create({.name = "trainer", .write_path = wc.path});
+    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    auto local = (*a)->AllocateArena(kArena, ArenaMemory::kPrivateHugePages);
+    ASSERT_TRUE(local.ok()) << local.status().ToString();
+    FillPattern((*a)->RegionBytes(*local), kWriterSeed);
+    auto peer = (*a)->ImportMetadata(*blob);
+    ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+    // The strided descriptor is 2 MiB: cut into 1 MiB slices of 2048 rows, each more
+    // than IOV_MAX remote iovecs.
+    const std::vector<TransferDescriptor> descs = {{.local_region = *local,
+                                                    .local_offset = 11,
+                                                    .remote_region = remote,
+                                                    .remote_offset = 0,
+                                                    .length = kContiguous},
+                                                   {.local_region = *local,
+                                                    .local_offset = kRowsLocal,
+                                                    .remote_region = remote,
+                                                    .remote_offset = kRowsRemote,
+                                                    .length = kRowLen,
+                                                    .count = kRows,
+                                                    .local_stride = kRowLen,
+                                                    .remote_stride = kRemoteStride}};
+    const std::string note = "done";
+    auto h = (*a)->PrepareTransfer(TransferOp::kWrite, *peer, descs,
+                                   std::vector<std::byte>(reinterpret_cast<const std::byte*>(note.data()),
+                                                          reinterpret_cast<const std::byte*>(note.data()) + note.size()));
+    ASSERT_TRUE(h.ok()) << h.status().ToString();
+    ASSERT_TRUE((*a)->Post(*h).ok());
+    const Status waited = (*a)->Wait(*h, 60);
+    ASSERT_TRUE(waited.ok()) << waited.ToString();
+    const AgentStats st = (*a)->Stats();
+    auto info = (*a)->DescribePeer(*peer);
+    ASSERT_TRUE(info.ok());
+    const std::uint64_t total = kContiguous + kRows * kRowLen;
+    const bool remote_mapped = wc.child_memory == ArenaMemory::kShared && !info->mapped_regions.empty();
+    const bool expect_kernel =
+        info->kernel_copy_writes && (wc.path == WritePath::kKernelCopy || (wc.path == WritePath::kAuto && !remote_mapped));
+    if (!info->kernel_copy_writes) GTEST_LOG_(INFO) << "kernel copy not available here (ptrace access): checked bytes only";
+    if (expect_kernel) {
+      EXPECT_EQ(st.kernel_copy_bytes, total);  // every byte by the kernel, none mapped or via UCX
+      EXPECT_EQ(st.direct_copy_bytes + st.ucx_bytes, 0u);
+      EXPECT_EQ(st.prefaulted_pages, 0u);  // nothing of the peer is mapped here
+    } else {
+      EXPECT_EQ(st.kernel_copy_bytes, 0u);
+      EXPECT_EQ(st.direct_copy_bytes + st.ucx_bytes, total);
+    }
+    (void)(*a)->Release(*h);
+  }
+  (void)::write(fds[0], "x", 1);
+  ::close(fds[0]);
+  auto status = WaitPidFor(pid, 60);
+  ASSERT_TRUE(status.has_value());
+  ASSERT_TRUE(WIFEXITED(*status)) << "target did not exit: status " << *status;
+  EXPECT_EQ(WEXITSTATUS(*status), 0) << "20: a byte in the target's arena is wrong";
+}
+
+INSTANTIATE_TEST_SUITE_P(Transport, AgentKernelCopyWrite,
+                         ::testing::Values(WriteCase{WritePath::kAuto, ArenaMemory::kPrivateHugePages},
+                                           WriteCase{WritePath::kAuto, ArenaMemory::kShared},
+                                           WriteCase{WritePath::kKernelCopy, ArenaMemory::kShared},
+                                           WriteCase{WritePath::kKernelCopy, ArenaMemory::kPrivateHugePages},
+                                           WriteCase{WritePath::kPut, ArenaMemory::kPrivateHugePages}),
+                         [](const ::testing::TestParamInfo<WriteCase>& i) {
+                           return std::string(i.param.path == WritePath::kAuto         ? "Auto"
+                                              : i.param.path == WritePath::kKernelCopy ? "KernelCopy"
+                                                                                       : "Put") +
+                                  "Into" + (i.param.child_memory == ArenaMemory::kShared ? "Shared" : "Private");
+                         });
+
+// A target that dies after exporting: the WRITE into its private arena fails with
+// kPeerDisconnected (typed), within the wait's bound, and nothing hangs.
+TEST(AgentKernelCopyWriteDeadPeer, PostToAKilledTargetIsPeerDisconnected) {
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    auto a = Agent::Create({.name = "engine"});
+    if (!a.ok()) ::_exit(10);
+    auto region = (*a)->AllocateArena(kArena, ArenaMemory::kPrivateHugePages);
+    if (!region.ok()) ::_exit(11);
+    auto blob = (*a)->ExportMetadata();
+    if (!blob.ok() || !SendFrame(fds[1], *blob)) ::_exit(12);
+    const RegionId id = *region;
+    if (!SendFrame(fds[1], {reinterpret_cast<const std::byte*>(&id), sizeof(id)})) ::_exit(13);
+    for (;;) ::pause();
+  }
+  ::close(fds[1]);
+  auto blob = RecvFrame(fds[0], 30);
+  auto rid = RecvFrame(fds[0], 30);
+  ASSERT_TRUE(blob && rid && rid->size() == sizeof(RegionId));
+  RegionId remote = 0;
+  std::memcpy(&remote, rid->data(), sizeof(remote));
+  auto a = Agent::Create({.name = "trainer"});
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  auto local = (*a)->AllocateArena(kArena, ArenaMemory::kPrivateHugePages);
+  ASSERT_TRUE(local.ok());
+  auto peer = (*a)->ImportMetadata(*blob);
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+  auto info = (*a)->DescribePeer(*peer);
+  ASSERT_TRUE(info.ok());
+  if (!info->kernel_copy_writes) GTEST_SKIP() << "kernel copy not available here (ptrace access)";
+  auto h = (*a)->PrepareTransfer(
+      TransferOp::kWrite, *peer,
+      {{.local_region = *local, .local_offset = 0, .remote_region = remote, .remote_offset = 0, .length = kArena}},
+      std::nullopt);
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  ASSERT_TRUE(WaitPidFor(pid, 30).has_value());  // reaped: its pid may now be reused
+  const Status posted = (*a)->Post(*h);
+  const Status st = posted.ok() ? (*a)->Wait(*h, 30) : posted;
+  EXPECT_EQ(st.code(), ErrorCode::kPeerDisconnected) << st.ToString();
+  EXPECT_EQ((*a)->Stats().kernel_copy_bytes, 0u);  // not one byte went to the (possibly reused) pid
+  ::close(fds[0]);
+}
+
+}  // namespace
+}  // namespace shardwire
