@@ -90,9 +90,22 @@ bool PeerProcess::Exited() const {
 
 Status PeerProcess::ReadRows(std::byte* local, std::uint64_t local_stride, std::uint64_t remote_addr,
                              std::uint64_t remote_stride, std::uint64_t count, std::uint64_t length) const {
+  return CopyRows(false, local, local_stride, remote_addr, remote_stride, count, length);
+}
+
+Status PeerProcess::WriteRows(const std::byte* local, std::uint64_t local_stride, std::uint64_t remote_addr,
+                              std::uint64_t remote_stride, std::uint64_t count, std::uint64_t length) const {
+  // process_vm_writev only reads the local iovecs: the cast does not write through `local`.
+  return CopyRows(true, const_cast<std::byte*>(local), local_stride, remote_addr, remote_stride, count, length);
+}
+
+Status PeerProcess::CopyRows(bool write, std::byte* local, std::uint64_t local_stride, std::uint64_t remote_addr,
+                             std::uint64_t remote_stride, std::uint64_t count, std::uint64_t length) const {
   if (pidfd_ < 0) return InvalidArgument("kernel copy: no peer process");
   if (count == 0 || length == 0) return Status::Ok();
   if (count == 1) local_stride = remote_stride = length;
+  const char* call = write ? "process_vm_writev" : "process_vm_readv";
+  const char* peer = write ? "to" : "from";
   std::vector<iovec> liov, riov;
   liov.reserve(std::min<std::uint64_t>(count, kMaxIov));
   riov.reserve(std::min<std::uint64_t>(count, kMaxIov));
@@ -117,17 +130,24 @@ Status PeerProcess::ReadRows(std::byte* local, std::uint64_t local_stride, std::
     const std::uint64_t want = rows * length;
     std::uint64_t done = 0;
     while (done < want) {
-      const ssize_t n = ::process_vm_readv(pid_, liov.data(), liov.size(), riov.data(), riov.size(), 0);
+      // A write checks the pidfd before every call: it must never land in a process that took
+      // over a dead peer's pid (a read from one is caught by the check after the last call).
+      if (write && Exited()) {
+        return PeerDisconnected(
+            fmt::format("kernel copy: process {} exited; nothing more is written to its pid", pid_));
+      }
+      const ssize_t n = write ? ::process_vm_writev(pid_, liov.data(), liov.size(), riov.data(), riov.size(), 0)
+                              : ::process_vm_readv(pid_, liov.data(), liov.size(), riov.data(), riov.size(), 0);
       if (n < 0) {
         const int e = errno;
         if (e == EINTR) continue;
         if (e == ESRCH) return PeerDisconnected(fmt::format("kernel copy: process {} is gone", pid_));
-        return TransportError(fmt::format("kernel copy: process_vm_readv of {} bytes from process {} at {}: {}",
-                                          want - done, pid_, riov.front().iov_base, std::strerror(e)));
+        return TransportError(fmt::format("kernel copy: {} of {} bytes {} process {} at {}: {}", call, want - done,
+                                          peer, pid_, riov.front().iov_base, std::strerror(e)));
       }
       if (n == 0) {
         return TransportError(
-            fmt::format("kernel copy: process_vm_readv from process {} copied {} of {} bytes", pid_, done, want));
+            fmt::format("kernel copy: {} {} process {} copied {} of {} bytes", call, peer, pid_, done, want));
       }
       done += static_cast<std::uint64_t>(n);
       if (done < want) {
@@ -151,76 +171,10 @@ Status PeerProcess::ReadRows(std::byte* local, std::uint64_t local_stride, std::
   }
   if (Exited()) {
     return PeerDisconnected(
-        fmt::format("kernel copy: process {} exited; bytes read from its pid may come from another process", pid_));
+        write ? fmt::format("kernel copy: process {} exited; nothing more is written to its pid", pid_)
+              : fmt::format("kernel copy: process {} exited; bytes read from its pid may come from another process",
+                            pid_));
   }
-  return Status::Ok();
-}
-
-Status PeerProcess::WriteRows(const std::byte* local, std::uint64_t local_stride, std::uint64_t remote_addr,
-                              std::uint64_t remote_stride, std::uint64_t count, std::uint64_t length) const {
-  if (pidfd_ < 0) return InvalidArgument("kernel copy: no peer process");
-  if (count == 0 || length == 0) return Status::Ok();
-  if (count == 1) local_stride = remote_stride = length;
-  auto gone = [&] {
-    return PeerDisconnected(
-        fmt::format("kernel copy: process {} exited; nothing more is written to its pid", pid_));
-  };
-  std::vector<iovec> liov, riov;
-  liov.reserve(std::min<std::uint64_t>(count, kMaxIov));
-  riov.reserve(std::min<std::uint64_t>(count, kMaxIov));
-  std::uint64_t row = 0;
-  while (row < count) {
-    const std::uint64_t rr =
-        RowIovecs(static_cast<std::uintptr_t>(remote_addr), remote_stride, row, count, length, riov);
-    const std::uint64_t rl =
-        RowIovecs(reinterpret_cast<std::uintptr_t>(local), local_stride, row, count, length, liov);
-    const std::uint64_t rows = std::min(rr, rl);
-    auto trim = [&](std::vector<iovec>& v, std::uint64_t covered) {
-      if (covered == rows) return;
-      if (v.size() == 1) {
-        v[0].iov_len = static_cast<std::size_t>(rows * length);
-      } else {
-        v.resize(static_cast<std::size_t>(rows));
-      }
-    };
-    trim(riov, rr);
-    trim(liov, rl);
-    const std::uint64_t want = rows * length;
-    std::uint64_t done = 0;
-    while (done < want) {
-      if (Exited()) return gone();  // never write to a pid the peer no longer owns
-      const ssize_t n = ::process_vm_writev(pid_, liov.data(), liov.size(), riov.data(), riov.size(), 0);
-      if (n < 0) {
-        const int e = errno;
-        if (e == EINTR) continue;
-        if (e == ESRCH) return PeerDisconnected(fmt::format("kernel copy: process {} is gone", pid_));
-        return TransportError(fmt::format("kernel copy: process_vm_writev of {} bytes to process {} at {}: {}",
-                                          want - done, pid_, riov.front().iov_base, std::strerror(e)));
-      }
-      if (n == 0) {
-        return TransportError(
-            fmt::format("kernel copy: process_vm_writev to process {} copied {} of {} bytes", pid_, done, want));
-      }
-      done += static_cast<std::uint64_t>(n);
-      if (done < want) {
-        // A partial copy stops at a fault: advance past the bytes copied and
-        // retry the rest, which reports the error if it persists.
-        auto advance = [](std::vector<iovec>& v, std::uint64_t bytes) {
-          std::size_t i = 0;
-          while (i < v.size() && bytes >= v[i].iov_len) bytes -= v[i++].iov_len;
-          v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(i));
-          if (!v.empty() && bytes > 0) {
-            v[0].iov_base = static_cast<char*>(v[0].iov_base) + bytes;
-            v[0].iov_len -= static_cast<std::size_t>(bytes);
-          }
-        };
-        advance(liov, static_cast<std::uint64_t>(n));
-        advance(riov, static_cast<std::uint64_t>(n));
-      }
-    }
-    row += rows;
-  }
-  if (Exited()) return gone();
   return Status::Ok();
 }
 

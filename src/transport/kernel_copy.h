@@ -100,6 +100,10 @@ class PeerProcess {
   bool Exited() const;
 
  private:
+  // ReadRows (write = false) and WriteRows (write = true): the same iovec batching, partial-copy
+  // resumption and error mapping around process_vm_readv / process_vm_writev.
+  Status CopyRows(bool write, std::byte* local, std::uint64_t local_stride, std::uint64_t remote_addr,
+                  std::uint64_t remote_stride, std::uint64_t count, std::uint64_t length) const;
   int pidfd_ = -1;
   pid_t pid_ = 0;
 };
