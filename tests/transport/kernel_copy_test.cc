@@ -14,6 +14,7 @@
 #include "shardwire/agent.h"
 #include "transport/kernel_copy.h"
 #include "transport/private_arena.h"
+#include "pattern_child.h"
 #include "transport_test_util.h"
 
 namespace shardwire {
@@ -27,53 +28,12 @@ using testing::SendFrame;
 using testing::WaitPidFor;
 
 constexpr std::uint64_t kSeed = 77;
-constexpr std::size_t kChildBytes = std::size_t{8} << 20;
+using testing::PatternChild;
+constexpr std::size_t kChildBytes = PatternChild::kBytes;
 
-// A child that maps kChildBytes after the fork, fills them with the pattern,
-// sends their address, and waits for one byte (or EOF) before exiting.
-struct PatternChild {
-  pid_t pid = -1;
-  int fd = -1;
-  std::uintptr_t addr = 0;
-
-  static PatternChild Start() {
-    PatternChild c;
-    int fds[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return c;
-    c.pid = ::fork();
-    if (c.pid == 0) {
-      ::close(fds[0]);
-      void* p = ::mmap(nullptr, kChildBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (p == MAP_FAILED) ::_exit(3);
-      FillPattern({static_cast<std::byte*>(p), kChildBytes}, kSeed);
-      const auto a = reinterpret_cast<std::uintptr_t>(p);
-      if (!SendFrame(fds[1], {reinterpret_cast<const std::byte*>(&a), sizeof(a)})) ::_exit(4);
-      char b;
-      (void)::read(fds[1], &b, 1);
-      ::_exit(0);
-    }
-    ::close(fds[1]);
-    c.fd = fds[0];
-    auto frame = RecvFrame(c.fd, 20);
-    if (frame && frame->size() == sizeof(c.addr)) std::memcpy(&c.addr, frame->data(), sizeof(c.addr));
-    return c;
-  }
-  void Stop() {
-    if (fd >= 0) {
-      (void)::write(fd, "x", 1);
-      ::close(fd);
-      fd = -1;
-    }
-    if (pid > 0) {
-      (void)WaitPidFor(pid, 20);
-      pid = -1;
-    }
-  }
-  ~PatternChild() { Stop(); }
-};
 
 TEST(KernelCopy, ReadsContiguousAndStridedRowsFromAChildProcess) {
-  PatternChild child = PatternChild::Start();
+  PatternChild child = PatternChild::Start(kSeed);
   ASSERT_GT(child.pid, 0);
   ASSERT_NE(child.addr, 0u);
   auto peer = transport::PeerProcess::Open(child.pid, child.addr);
@@ -110,7 +70,7 @@ TEST(KernelCopy, ReadsContiguousAndStridedRowsFromAChildProcess) {
 }
 
 TEST(KernelCopy, UnmappedRemoteRangeIsATransportError) {
-  PatternChild child = PatternChild::Start();
+  PatternChild child = PatternChild::Start(kSeed);
   ASSERT_GT(child.pid, 0);
   auto peer = transport::PeerProcess::Open(child.pid, child.addr);
   ASSERT_TRUE(peer.ok()) << peer.status().ToString();
@@ -121,7 +81,7 @@ TEST(KernelCopy, UnmappedRemoteRangeIsATransportError) {
 }
 
 TEST(KernelCopy, ExitedPeerIsDisconnected) {
-  PatternChild child = PatternChild::Start();
+  PatternChild child = PatternChild::Start(kSeed);
   ASSERT_GT(child.pid, 0);
   auto peer = transport::PeerProcess::Open(child.pid, child.addr);
   ASSERT_TRUE(peer.ok()) << peer.status().ToString();

@@ -21,6 +21,7 @@
 #include "shardwire/agent.h"
 #include "transport/kernel_copy.h"
 #include "transport/private_arena.h"
+#include "pattern_child.h"
 #include "transport_test_util.h"
 
 namespace shardwire {
@@ -35,69 +36,12 @@ using testing::WaitPidFor;
 
 constexpr std::uint64_t kChildSeed = 91;   // what the child's memory holds before the writes
 constexpr std::uint64_t kWriterSeed = 17;  // what the writer sends
-constexpr std::size_t kChildBytes = std::size_t{8} << 20;
+using testing::PatternChild;
+constexpr std::size_t kChildBytes = PatternChild::kBytes;
 
-// A child that maps kChildBytes after the fork, fills them with kChildSeed's
-// pattern, sends their address, and waits for one byte (or EOF) before exiting.
-struct PatternChild {
-  pid_t pid = -1;
-  int fd = -1;
-  std::uintptr_t addr = 0;
-
-  static PatternChild Start() {
-    PatternChild c;
-    int fds[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return c;
-    c.pid = ::fork();
-    if (c.pid == 0) {
-      ::close(fds[0]);
-      void* p = ::mmap(nullptr, kChildBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (p == MAP_FAILED) ::_exit(3);
-      FillPattern({static_cast<std::byte*>(p), kChildBytes}, kChildSeed);
-      const auto a = reinterpret_cast<std::uintptr_t>(p);
-      if (!SendFrame(fds[1], {reinterpret_cast<const std::byte*>(&a), sizeof(a)})) ::_exit(4);
-      char b;
-      (void)::read(fds[1], &b, 1);
-      ::_exit(0);
-    }
-    ::close(fds[1]);
-    c.fd = fds[0];
-    auto frame = RecvFrame(c.fd, 20);
-    if (frame && frame->size() == sizeof(c.addr)) std::memcpy(&c.addr, frame->data(), sizeof(c.addr));
-    return c;
-  }
-  // The child's whole mapping, read through /proc/<pid>/mem (not process_vm_*).
-  std::vector<std::byte> ReadBack() const {
-    std::vector<std::byte> out(kChildBytes);
-    const int mem = ::open(fmt_path().c_str(), O_RDONLY);
-    if (mem < 0) return {};
-    std::size_t done = 0;
-    while (done < out.size()) {
-      const ssize_t n = ::pread(mem, out.data() + done, out.size() - done, static_cast<off_t>(addr + done));
-      if (n <= 0) break;
-      done += static_cast<std::size_t>(n);
-    }
-    ::close(mem);
-    if (done != out.size()) return {};
-    return out;
-  }
-  std::string fmt_path() const { return "/proc/" + std::to_string(pid) + "/mem"; }
-  void Stop() {
-    if (fd >= 0) {
-      (void)::send(fd, "x", 1, MSG_NOSIGNAL);  // the child may be dead (no SIGPIPE)
-      ::close(fd);
-      fd = -1;
-    }
-    if (pid > 0) {
-      (void)WaitPidFor(pid, 20);
-      pid = -1;
-    }
-  }
-  ~PatternChild() { Stop(); }
-};
 
 TEST(KernelCopyWrite, WritesContiguousAndStridedRowsIntoAChildProcess) {
-  PatternChild child = PatternChild::Start();
+  PatternChild child = PatternChild::Start(kChildSeed);
   ASSERT_GT(child.pid, 0);
   ASSERT_NE(child.addr, 0u);
   auto peer = transport::PeerProcess::Open(child.pid, child.addr);
@@ -127,14 +71,14 @@ TEST(KernelCopyWrite, WritesContiguousAndStridedRowsIntoAChildProcess) {
   for (std::uint64_t r = 0; r < r2; ++r) std::memcpy(want.data() + at2 + r * d2, src.data() + 1000 + r * s2, l2);
 
   const std::vector<std::byte> got = child.ReadBack();
-  ASSERT_EQ(got.size(), kChildBytes) << "could not read " << child.fmt_path();
+  ASSERT_EQ(got.size(), kChildBytes) << "could not read " << child.MemPath();
   for (std::size_t i = 0; i < kChildBytes; ++i) {
     ASSERT_EQ(got[i], want[i]) << "child byte " << i;  // gaps keep the child's own pattern
   }
 }
 
 TEST(KernelCopyWrite, UnmappedRemoteRangeIsATransportError) {
-  PatternChild child = PatternChild::Start();
+  PatternChild child = PatternChild::Start(kChildSeed);
   ASSERT_GT(child.pid, 0);
   auto peer = transport::PeerProcess::Open(child.pid, child.addr);
   ASSERT_TRUE(peer.ok()) << peer.status().ToString();
@@ -145,7 +89,7 @@ TEST(KernelCopyWrite, UnmappedRemoteRangeIsATransportError) {
 }
 
 TEST(KernelCopyWrite, ExitedPeerIsDisconnectedAndNotWritten) {
-  PatternChild child = PatternChild::Start();
+  PatternChild child = PatternChild::Start(kChildSeed);
   ASSERT_GT(child.pid, 0);
   auto peer = transport::PeerProcess::Open(child.pid, child.addr);
   ASSERT_TRUE(peer.ok()) << peer.status().ToString();
