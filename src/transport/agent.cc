@@ -78,6 +78,11 @@ using transport::UcpWorker;
 using transport::UcsError;
 using transport::WorkerAddress;
 
+namespace {
+// WRITEs may be kernel copies under this write path (WritePath::kAuto: into unmapped regions).
+bool WritesMayKernelCopy(WritePath p) { return p == WritePath::kAuto || p == WritePath::kKernelCopy; }
+}  // namespace
+
 std::string_view WritePathName(WritePath p) {
   switch (p) {
     case WritePath::kAuto: return "auto";
@@ -1811,8 +1816,6 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
   }
   switch (im.options.write_path) {
     case WritePath::kAuto:
-      peer->write_path = OnlyTcp(peer->transports) ? WritePath::kActiveMessage : WritePath::kPut;
-      break;
     case WritePath::kKernelCopy:  // UCX's path for what is not a kernel copy, as kAuto
       peer->write_path = OnlyTcp(peer->transports) ? WritePath::kActiveMessage : WritePath::kPut;
       break;
@@ -1821,9 +1824,7 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
       peer->write_path = im.options.write_path;
       break;
   }
-  const bool writes_may_copy =
-      im.options.write_path == WritePath::kAuto || im.options.write_path == WritePath::kKernelCopy;
-  if ((im.options.read_path != ReadPath::kMapped || writes_may_copy) && peer->same_host && !peer->transports.empty() &&
+  if ((im.options.read_path != ReadPath::kMapped || WritesMayKernelCopy(im.options.write_path)) && peer->same_host && !peer->transports.empty() &&
       !OnlyTcp(peer->transports)) {
     std::uint64_t probe = 0;
     for (const RemoteRegion& r : peer->regions) {
@@ -1884,8 +1885,7 @@ Result<PeerInfo> Agent::DescribePeer(const std::string& peer) const {
   info.ucx_error_handling = p.ucx_error_handling;
   info.write_path = p.write_path;
   info.kernel_copy = p.kernel_copy.valid() && impl_->options.read_path != ReadPath::kMapped;
-  info.kernel_copy_writes = p.kernel_copy.valid() && (impl_->options.write_path == WritePath::kAuto ||
-                                                      impl_->options.write_path == WritePath::kKernelCopy);
+  info.kernel_copy_writes = p.kernel_copy.valid() && WritesMayKernelCopy(impl_->options.write_path);
   info.transports = p.transports;
   {
     std::lock_guard<std::mutex> g(impl_->lanes[0]->mu);
