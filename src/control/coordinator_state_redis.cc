@@ -578,6 +578,9 @@ class RedisCoordinatorState final : public CoordinatorState {
   Result<std::uint64_t> KvGeneration() override {
     std::string k = std::string(kPrefix) + "kvgen";
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Command({"GET", k}, true));
+    // An error reply (LOADING while a restarted Redis replays its append-only file, BUSY,
+    // WRONGTYPE) is Redis's answer, not the counter's value: mapped like every other reply.
+    SW_RETURN_IF_ERROR(CheckReply(*r, "KvGeneration"));
     if (r->type == REDIS_REPLY_NIL) return std::uint64_t{0};
     std::uint64_t v = 0;
     if (r->type != REDIS_REPLY_STRING || !ParseNumber(ReplyText(r.get()), &v)) {
@@ -793,7 +796,7 @@ class RedisCoordinatorState final : public CoordinatorState {
     if (err.find("WRONGTYPE") != std::string_view::npos) {
       return CorruptData(fmt::format("{}: Redis key {} has the wrong type: {}", what, key, err));
     }
-    if (err.substr(0, 7) == "LOADING" || err.substr(0, 8) == "MASTERDOWN" || err.substr(0, 4) == "BUSY") {
+    if (IsRedisNotReadyError(err)) {
       return Unavailable(fmt::format("{}: Redis at {} is not ready: {}", what, pool_->url(), err));
     }
     return Internal(fmt::format("{}: Redis at {} replied with an error: {}", what, pool_->url(), err));

@@ -204,6 +204,11 @@ Result<RedisReplyPtr> RedisConnectionPool::CommandOn(Connection& conn, const std
   return Unavailable(fmt::format("Redis at {} cannot be reached: {}", url_, last_error));
 }
 
+bool IsRedisNotReadyError(std::string_view error_reply) {
+  return error_reply.starts_with("LOADING ") || error_reply.starts_with("BUSY ") ||
+         error_reply.starts_with("MASTERDOWN ");
+}
+
 Result<RedisReplyPtr> RedisConnectionPool::Command(const std::vector<std::string_view>& argv, bool idempotent) {
   SW_ASSIGN_OR_RETURN(auto conn, Acquire());
   auto r = CommandOn(*conn, argv, idempotent);
@@ -219,6 +224,10 @@ Result<std::string> RedisConnectionPool::ShaOf(const RedisScript& script, Connec
     }
   }
   SW_ASSIGN_OR_RETURN(RedisReplyPtr r, CommandOn(conn, {"SCRIPT", "LOAD", script.body}, true));
+  if (r->type == REDIS_REPLY_ERROR && IsRedisNotReadyError(std::string_view(r->str, r->len))) {
+    return Unavailable(fmt::format("Redis at {} is not ready (SCRIPT LOAD of '{}'): {}", url_, script.name,
+                                   std::string_view(r->str, r->len)));
+  }
   if (r->type != REDIS_REPLY_STRING) {
     return Internal(fmt::format("Redis at {}: SCRIPT LOAD of '{}' failed: {}", url_, script.name,
                                 r->type == REDIS_REPLY_ERROR ? std::string_view(r->str, r->len) : "no sha"));

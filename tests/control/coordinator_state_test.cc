@@ -690,6 +690,46 @@ TEST_F(RedisStateTest, CorruptRecordsAreCorruptDataNamingTheKey) {
   EXPECT_EQ(st->CommitVersion("j", "s0", 3, t0).code(), ErrorCode::kCorruptData);
 }
 
+// A Redis that answers but is not ready (here BUSY: a script runs past busy-reply-threshold;
+// after a restart it is LOADING while it replays its append-only file) is kUnavailable for
+// every call, which clients retry, never kCorruptData. Found by scripts/fault_injection.py
+// (redis-restart): KvGeneration read the LOADING error reply as "not a counter".
+TEST_F(RedisStateTest, ARedisThatIsNotReadyIsUnavailableNotCorrupt) {
+  auto st = Connect();
+  ASSERT_TRUE(st);
+  const std::int64_t t0 = WallMs();
+  ASSERT_TRUE(st->Put("k", BytesOf("v")).ok());
+  ASSERT_EQ(redis_->Command({"CONFIG", "SET", "busy-reply-threshold", "50"}), "OK");
+  // A read-only script that spins for up to 60 s (SCRIPT KILL ends it below).
+  std::thread busy([&] {
+    redis_->Command({"EVAL",
+                     "local t = tonumber(redis.call('TIME')[1]) "
+                     "while tonumber(redis.call('TIME')[1]) < t + 60 do end return 1",
+                     "0"});
+  });
+  bool is_busy = false;
+  for (int i = 0; i < 400 && !is_busy; ++i) {  // up to 20 s for the script to start
+    is_busy = redis_->Command({"PING"}).rfind("ERR BUSY", 0) == 0;
+    if (!is_busy) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (is_busy) {
+    auto gen = st->KvGeneration();
+    EXPECT_EQ(gen.status().code(), ErrorCode::kUnavailable) << gen.status().ToString();
+    auto get = st->Get("k");
+    EXPECT_EQ(get.status().code(), ErrorCode::kUnavailable) << get.status().ToString();
+    auto list = st->ListSources("m", std::nullopt, t0);
+    EXPECT_EQ(list.status().code(), ErrorCode::kUnavailable) << list.status().ToString();
+  }
+  for (int i = 0; i < 100 && redis_->Command({"SCRIPT", "KILL"}).rfind("ERR NOTBUSY", 0) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  busy.join();
+  ASSERT_TRUE(is_busy) << "the script never made Redis BUSY";
+  // Ready again: the same state object reads the real values.
+  EXPECT_GE(*st->KvGeneration(), 1u);
+  EXPECT_EQ(**st->Get("k"), BytesOf("v"));
+}
+
 TEST_F(RedisStateTest, RedisDownIsUnavailableWithinTheBoundThenRecovers) {
   auto st = Connect(Policy(), 1.0);
   ASSERT_TRUE(st);
