@@ -13,6 +13,8 @@
 # Needs clang++ (Debian clang-14) and its libFuzzer runtime (libclang-rt-14-dev); exits 77
 # ("skipped") when they are missing. Exit 0 = no crash in any fuzzer; 1 = a crash (the
 # names of the reproducers are printed). Run nice'd on shared machines.
+# SHARDWIRE_FUZZ_BUILD=<folder>: use that already configured clang build (configured with
+# -DSHARDWIRE_BUILD_FUZZERS=ON, e.g. scripts/test.sh's build-asan/) instead of WORK_DIR/build.
 set -euo pipefail
 which_fuzzer="${1:-all}"
 seconds="${2:-60}"
@@ -45,8 +47,9 @@ launcher=()
 if command -v ccache >/dev/null 2>&1; then
   launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
 fi
-if [ ! -f "$work/build/CMakeCache.txt" ]; then
-  cmake -S "$root" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_COMPILER="$cc" \
+build="${SHARDWIRE_FUZZ_BUILD:-$work/build}"
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_COMPILER="$cc" \
     -DSHARDWIRE_BUILD_FUZZERS=ON -DSHARDWIRE_BUILD_TESTS=OFF -DSHARDWIRE_BUILD_BENCH=OFF -DSHARDWIRE_WERROR=OFF \
     "${launcher[@]}" >/dev/null
 fi
@@ -55,7 +58,7 @@ for f in "${fuzzers[@]}"; do
   targets+=("$f")
   if grep -q SHARDWIRE_FUZZ_SEED_MAIN "$root/fuzz/$f.cc"; then targets+=("${f}_seeds"); fi
 done
-cmake --build "$work/build" -j2 --target "${targets[@]}" >/dev/null
+cmake --build "$build" -j2 --target "${targets[@]}" >/dev/null
 
 # Copies files matching find(1) arguments into corpus folder $1 as <folder>-<file>.
 copy_seeds() {
@@ -85,12 +88,12 @@ for f in "${fuzzers[@]}"; do
   if [ -d "$root/fuzz/corpus/$f" ]; then cp -t "$corpus" "$root/fuzz/corpus/$f"/*; fi
   # The built-in rules files seed the rules-file fuzzer (they are in the source tree).
   if [ "$f" = model_rules_fuzzer ]; then cp -t "$corpus" "$root"/models/rules/*.yaml; fi
-  if [ -x "$work/build/fuzz/${f}_seeds" ]; then "$work/build/fuzz/${f}_seeds" "$corpus"; fi
+  if [ -x "$build/fuzz/${f}_seeds" ]; then "$build/fuzz/${f}_seeds" "$corpus"; fi
   shared_seeds "$f" "$corpus"
   dict=()
   if [ -f "$root/fuzz/$f.dict" ]; then dict=(-dict="$root/fuzz/$f.dict"); fi
   echo "run_fuzzer: $f for ${seconds}s (corpus $corpus)"
-  if ! "$work/build/fuzz/$f" -max_total_time="$seconds" -max_len=65536 -timeout=30 -rss_limit_mb=2048 \
+  if ! "$build/fuzz/$f" -max_total_time="$seconds" -max_len=65536 -timeout=30 -rss_limit_mb=2048 \
        -print_final_stats=1 -artifact_prefix="$work/crashes/$f-" "${dict[@]}" "$corpus" \
        >"$work/$f.log" 2>&1; then
     status=1

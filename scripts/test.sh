@@ -34,14 +34,19 @@ for stage in $stages; do
     asan)
       stage_start asan
       bash scripts/install-deps.sh
-      cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Release -DSHARDWIRE_SANITIZE=address,undefined \
-        -DSHARDWIRE_BUILD_BENCH=OFF "${launcher[@]}" >/dev/null
+      # One clang build serves two purposes: the whole suite under ASan + UBSan, then a short
+      # run of every libFuzzer target (its libraries carry the fuzzers' coverage hooks too).
+      cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++-14 \
+        -DCMAKE_C_COMPILER=clang-14 -DSHARDWIRE_SANITIZE=address,undefined -DSHARDWIRE_BUILD_FUZZERS=ON \
+        -DSHARDWIRE_WERROR=OFF -DSHARDWIRE_BUILD_BENCH=OFF "${launcher[@]}" >/dev/null
       cmake --build build-asan -j2
       # detect_leaks=0: UCX and gRPC keep process-lifetime caches that LeakSanitizer reports
       # at exit; leaks are not what this stage is for (docs/reliability.md).
       ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1" \
       UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
         ctest --test-dir build-asan --output-on-failure --timeout 1800
+      SHARDWIRE_FUZZ_BUILD="$root/build-asan" \
+        bash fuzz/run_fuzzer.sh all "${SHARDWIRE_FUZZ_SECONDS:-20}" "$root/build-asan/fuzz-runs"
       ;;
     tsan)
       stage_start tsan

@@ -6,11 +6,24 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 namespace shardwire::convert {
 namespace {
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define SW_HAVE_X86_KERNELS 1
+#endif
+
+#ifdef SW_HAVE_X86_KERNELS
+// F16C (the half-precision conversions the AVX2 kernels use): CPUID leaf 1, ECX bit 29. Read
+// with cpuid because clang 14's __builtin_cpu_supports does not know "f16c".
+bool CpuHasF16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+}
 #endif
 
 bool CpuHas(KernelIsa isa) {
@@ -20,7 +33,7 @@ bool CpuHas(KernelIsa isa) {
 #ifdef SW_HAVE_X86_KERNELS
     case KernelIsa::kAvx2:
       __builtin_cpu_init();
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && CpuHasF16c();
     case KernelIsa::kAvx512:
       __builtin_cpu_init();
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&

@@ -313,7 +313,11 @@ Result<TrainerConversion> PushConversion::PlanTrainerRank(int rank, std::uint32_
     moves.insert(moves.end(), s.converted_plan.moves().begin() + static_cast<std::ptrdiff_t>(b.first_move),
                  s.converted_plan.moves().begin() + static_cast<std::ptrdiff_t>(b.first_move + b.move_count));
   }
-  for (const auto& [schedule_round, round_moves] : moves_by_round) {
+  for (const auto& round_entry : moves_by_round) {
+    // Named copies, not structured bindings: the lambdas below capture them (clang 14 cannot
+    // capture a structured binding).
+    const auto schedule_round = round_entry.first;
+    const auto& round_moves = round_entry.second;
     // Wire bytes the round's moves read, as sorted, merged [begin, end) intervals.
     std::vector<std::pair<std::uint64_t, std::uint64_t>> read;
     for (const Move& m : round_moves) {
@@ -398,7 +402,8 @@ Result<TrainerConversion> PushConversion::PlanTrainerRank(int rank, std::uint32_
           ranges.push_back(iv);
         }
       }
-      for (const auto& [range_begin, range_end] : ranges) {
+      for (const auto& range : ranges) {
+        const auto range_begin = range.first, range_end = range.second;  // captured below
         std::int64_t r = range_begin;
         while (r < range_end) {
           // Rows of units [r, next) fitting the budget; at least one unit.
