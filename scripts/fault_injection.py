@@ -16,6 +16,11 @@ redis-server), injects one fault at a uniformly random moment, and checks the ou
   p2p-loader-kill      kill -9 a loader mid-load: the seeds stay healthy and the next loader succeeds
   coordinator-restart  kill -9 a Redis-backed `shardwire serve` during demo rl-sync and restart it on the
                        same port: the run must go on for 10 more steps, nothing lost
+  coordinator-memory-restart
+                       kill -9 an in-memory `shardwire serve` (its state dies with it, by design) during
+                       demo rl-sync and restart it empty: the demo must either go on for 10 more steps or
+                       end by itself with a typed error within 60 s; never hang, commit a wrong byte or
+                       leave a process behind (the note says which outcome)
   redis-restart        kill -9 redis-server (append-only file, fsync always) during demo rl-sync and
                        restart it: the run must go on for 10 more steps
 
@@ -172,6 +177,28 @@ def run_on_then_interrupt(proc, lines, t, r):
         r.note += "; the demo did not stop within 30 s of Ctrl-C"
         return False
     return not r.hang
+
+
+def went_on_or_failed_typed(proc, lines, t, r):
+    """After a fault whose state loss the demo may not survive: True when it either ran
+    STEPS_AFTER more steps (then stopped with Ctrl-C within 30 s) or ended by itself within 60 s
+    with a typed error line ("shardwire demo rl-sync: <error code>: ..."). A run still going
+    without new steps after 60 s is a hang."""
+    deadline = time.monotonic() + 60
+    while steps_after(lines, t) < STEPS_AFTER and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        time.sleep(0.2)  # let the reader thread take the last lines
+        typed = [l for _, l in list(lines.lines) if l.startswith("shardwire demo rl-sync: ")]
+        if proc.returncode != 0 and typed:
+            # The failing worker's own typed error ("shardwire: trainer 0: <code>: ..."), then the demo's.
+            worker = [l for ts, l in list(lines.lines) if ts >= t and l.startswith("shardwire: ")]
+            r.note += f"; ended with a typed error: {(worker[:1] or typed[-1:])[0][:300]}"
+            return True
+        r.note += f"; ended (exit {proc.returncode}) without a typed error"
+        return False
+    r.note += "; went on"
+    return run_on_then_interrupt(proc, lines, t, r)
 
 
 def rl_demo(sw, work, job, steps, extra=(), env=None):
@@ -390,13 +417,14 @@ def scenario_restart(sw, work, what):
     r = Result()
     redis_port, port = free_port(), free_port()
     data = tempfile.mkdtemp(dir=work)
-    redis = start_redis(redis_port, data)
-    url = f"redis://127.0.0.1:{redis_port}"
+    in_memory = what == "coordinator-memory"
+    redis = None if in_memory else start_redis(redis_port, data)
+    url = None if in_memory else f"redis://127.0.0.1:{redis_port}"
     serve = start_serve(sw, port, url)
     job, proc, lines = start_rl_run(sw, work, ["--coordinator", f"127.0.0.1:{port}"])
     try:
         t_fault = time.monotonic()
-        if what == "coordinator":
+        if what in ("coordinator", "coordinator-memory"):
             serve.send_signal(signal.SIGKILL)
             serve.wait()
             time.sleep(0.5)
@@ -408,7 +436,10 @@ def scenario_restart(sw, work, what):
             redis = start_redis(redis_port, data)
         r.note = f"restarted the {what}"
         t_back = time.monotonic()
-        ran_on = run_on_then_interrupt(proc, lines, t_back, r)
+        if in_memory:
+            ran_on = went_on_or_failed_typed(proc, lines, t_back, r)
+        else:
+            ran_on = run_on_then_interrupt(proc, lines, t_back, r)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -422,8 +453,9 @@ def scenario_restart(sw, work, what):
             r.note += f"; exit {proc.returncode}: {lines.text()[-600:]}"
     finally:
         for p in (serve, redis):
-            p.send_signal(signal.SIGTERM)
-            wait(p, 10)
+            if p is not None:
+                p.send_signal(signal.SIGTERM)
+                wait(p, 10)
     return r
 
 
@@ -434,6 +466,7 @@ SCENARIOS = {
     "p2p-source-kill": lambda sw, w: scenario_p2p(sw, w, "source"),
     "p2p-loader-kill": lambda sw, w: scenario_p2p(sw, w, "loader"),
     "coordinator-restart": lambda sw, w: scenario_restart(sw, w, "coordinator"),
+    "coordinator-memory-restart": lambda sw, w: scenario_restart(sw, w, "coordinator-memory"),
     "redis-restart": lambda sw, w: scenario_restart(sw, w, "redis"),
 }
 

@@ -325,7 +325,9 @@ class WeightPublisher {
   /// Errors: kFailedPrecondition when `version` is 0 or not above the last version this
   /// publisher pushed to some engine (nothing moves); kAlreadyExists when a later publisher
   /// claimed this trainer rank (a restarted trainer, or a second one by mistake: this one
-  /// stops, naming both claims; nothing moves); kPeerDisconnected when no destination received the version (the message lists
+  /// stops, naming both claims; nothing moves); kFailedPrecondition when the rendezvous
+  /// forgot the job (its claim counter went below this publisher's claim: an in-memory
+  /// coordinator restarted; nothing moves); kPeerDisconnected when no destination received the version (the message lists
   /// why; with dynamic membership this is not an error as long as some engine rank is a
   /// member: every member is then in PushStats::missed); kFailedPrecondition with dynamic
   /// membership when no engine rank is a member; a failed trainer peer or conversion input

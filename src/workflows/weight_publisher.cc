@@ -524,6 +524,15 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   }
   {
     SW_ASSIGN_OR_RETURN(const std::int64_t latest, s.rendezvous->Add(s.claim_key, 0));
+    if (latest < s.claim) {
+      // Claims only grow: a smaller counter means the rendezvous forgot the job (an in-memory
+      // coordinator restarted). Not another publisher, and not retryable.
+      return FailedPrecondition(fmt::format(
+          "{}: the rendezvous lost job {}'s state (trainer rank {}'s claim counter is {}, below this "
+          "publisher's claim {}): was its coordinator restarted without Redis (serve --redis)? "
+          "Restart the job",
+          who, s.options.job, s.rank, latest, s.claim));
+    }
     if (latest != s.claim) {
       return AlreadyExists(
           fmt::format("{}: another publisher claimed trainer rank {} of job {} (claim {}, this "

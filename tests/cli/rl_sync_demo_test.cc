@@ -12,11 +12,14 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 
 namespace {
 
@@ -262,6 +265,14 @@ TEST(RlSyncDemo, RestartedEngineCatchesUpFromLiveEnginesAndReceivesTheNextPushes
   std::string output;
   std::array<char, 4096> line{};
   int full_steps_after_catch_up = -1;  // steps verified by all 4 ranks since the catch-up line
+  // A bound on the wait, not a speed check: a demo that goes on without the catch-up (the
+  // restarted engine fell back to the checkpoint) is stopped after 300 s, so the test fails
+  // with its output instead of reading forever.
+  std::atomic<bool> seen_enough{false};
+  std::thread watchdog([&] {
+    for (int i = 0; i < 3000 && !seen_enough; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!seen_enough) kill(pid, SIGINT);
+  });
   while (full_steps_after_catch_up < 2 && fgets(line.data(), line.size(), stream) != nullptr) {
     const std::string l = line.data();
     output += l;
@@ -271,6 +282,8 @@ TEST(RlSyncDemo, RestartedEngineCatchesUpFromLiveEnginesAndReceivesTheNextPushes
       ++full_steps_after_catch_up;
     }
   }
+  seen_enough = true;
+  watchdog.join();
   kill(pid, SIGINT);
   while (fgets(line.data(), line.size(), stream) != nullptr) output += line.data();
   fclose(stream);

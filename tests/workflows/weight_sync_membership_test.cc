@@ -25,6 +25,7 @@
 #include "shardwire/rendezvous.h"
 #include "shardwire/weight_sync.h"
 #include "weight_sync_fixture.h"
+#include "workflows/sync_messages.h"
 
 namespace shardwire {
 namespace {
@@ -367,6 +368,32 @@ TEST(WeightSyncBadInput, VersionsGoForwardOnlyAndASecondPublisherOfARankStopsThe
   EXPECT_EQ(stopped.status().code(), ErrorCode::kAlreadyExists);
   EXPECT_NE(stopped.status().message().find("another publisher claimed trainer rank 0 of job fwd"), std::string::npos)
       << stopped.status().ToString();
+  EXPECT_EQ((*sub)->committed_version(), 2u);
+}
+
+// A coordinator that lost its state (in memory, restarted) is named as such, not taken for a
+// second publisher (scripts/fault_injection.py, coordinator-memory-restart, found the old
+// message "another publisher claimed ... (claim 0, this one holds claim 1)").
+TEST(WeightSyncBadInput, ARendezvousThatForgotTheJobIsNamedNotTakenForAnotherPublisher) {
+  Pair p = StartPair();
+  auto sub = WeightSubscriber::Create(*p.client, p.trainer, p.engine, 0, {"forgot", 10});
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  auto pub = WeightPublisher::Create(*p.client, p.trainer, p.engine, 0, {"forgot", 10});
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*sub)->Connect().ok());
+  ASSERT_TRUE((*pub)->Connect().ok());
+  Walk(p.trainer, 0, (*pub)->weights(), 2, false);
+  ASSERT_TRUE((*sub)->BeginUpdate(2).ok());
+  ASSERT_TRUE((*pub)->Push(2).ok());
+  ASSERT_TRUE((*sub)->WaitForUpdate(2).ok());
+  // What an empty, restarted coordinator answers for the claim counter.
+  const std::string zero = "0";
+  ASSERT_TRUE(p.client->Put(sync::MetadataKey("forgot", "trainer", 0) + "/claims",
+                            std::as_bytes(std::span(zero.data(), zero.size()))).ok());
+  auto push = (*pub)->Push(3);
+  EXPECT_EQ(push.status().code(), ErrorCode::kFailedPrecondition) << push.status().ToString();
+  EXPECT_NE(push.status().message().find("the rendezvous lost job forgot's state"), std::string::npos)
+      << push.status().ToString();
   EXPECT_EQ((*sub)->committed_version(), 2u);
 }
 
