@@ -462,13 +462,21 @@ Status WeightPublisher::Connect() {
   if (!s.options.dynamic_membership) {
     for (const auto& [dst, bytes] : s.bytes_to) SW_RETURN_IF_ERROR(s.ConnectDestination(dst));
   }
+  // Each trainer peer is imported once per Connect (a reducer, an amax peer, a round peer): a
+  // second import would orphan the transfers prepared against the first (the addend WRITEs).
+  std::map<int, sync::PeerRank> trainer_peers;
+  auto trainer_peer = [&](int t) -> Result<sync::PeerRank> {
+    if (auto it = trainer_peers.find(t); it != trainer_peers.end()) return it->second;
+    SW_ASSIGN_OR_RETURN(sync::PeerRank peer, s.ConnectTrainerPeer(t));
+    return trainer_peers.emplace(t, std::move(peer)).first->second;
+  };
   // Partial(sum) sources: one prepared WRITE of this rank's addends into each other reducer's
   // scratch (slot offsets from the plan), and the agent names of the ranks whose addends come here.
   for (auto& [reducer, h] : s.copy_transfers) (void)agent.Release(h);
   s.copy_transfers.clear();
   s.addend_source_names.clear();
   for (const auto& [reducer, copies] : s.copies_to) {
-    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, s.ConnectTrainerPeer(reducer));
+    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, trainer_peer(reducer));
     if (peer.scratch_region == 0) {
       return CorruptData(fmt::format("trainer rank {} reduces Partial(sum) addends but published no scratch", reducer));
     }
@@ -490,7 +498,7 @@ Status WeightPublisher::Connect() {
   for (int src : s.addend_sources) s.addend_source_names.insert(sync::MetadataKey(s.options.job, kTrainerRole, src));
   if (s.converter) {
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
-      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, s.ConnectTrainerPeer(x.peer));
+      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, trainer_peer(x.peer));
       s.amax_peer_names[x.peer] = peer.name;
     }
   }
@@ -501,7 +509,7 @@ Status WeightPublisher::Connect() {
     for (const auto& [round, ranks] : stage.wait_for) peers.insert(ranks.begin(), ranks.end());
     for (int t : peers) {
       if (s.round_peer_names.count(t)) continue;
-      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, s.ConnectTrainerPeer(t));
+      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, trainer_peer(t));
       s.round_peer_names[t] = peer.name;
     }
   }

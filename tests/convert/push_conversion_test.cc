@@ -209,7 +209,9 @@ TEST(PushConversion, PartialSumsAreReducedInChunksAndConvertedFromTheReducersScr
       EXPECT_EQ(source->box.offset[0], next);
       EXPECT_EQ(source->box.offset[0] % rows_per_unit, 0) << name;
       next += source->box.shape[0];
-      if (spec.shape.size() == 2) EXPECT_EQ(source->box.shape[1], spec.shape[1]);
+      if (spec.shape.size() == 2) {
+        EXPECT_EQ(source->box.shape[1], spec.shape[1]);
+      }
       // Its reduction: at its slot 0, both addends' rows of the chunk copied in rank order.
       const std::uint64_t bytes = static_cast<std::uint64_t>(source->box.numel()) * 2;
       EXPECT_EQ(std::count(conv->reductions().begin(), conv->reductions().end(),

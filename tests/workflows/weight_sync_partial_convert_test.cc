@@ -100,7 +100,8 @@ struct Case {
   Layout trainer;
   int k = 4;
   bool into_mapped = true;
-  bool direct_partial = true;  // emb (moved unchanged) is Partial too
+  bool direct_partial = true;      // emb (moved unchanged) is Partial too
+  bool sums_share_blocks = false;  // reducers of two sums exchange the partial amaxes of a block
 };
 
 // dp=2, every tensor but wk a Partial(sum) over both ranks: emb is moved unchanged (a direct
@@ -158,6 +159,15 @@ void PushPartialIntoFp8(const Case& c) {
   for (const auto& [key, ranks] : writers) {
     EXPECT_LE(ranks.size(), static_cast<std::size_t>(c.k)) << "round " << key.first << ", engine rank " << key.second;
   }
+  std::size_t reduced_blocks_exchanged = 0;  // blocks of a reduced sum whose partial amax a reducer sends
+  for (int t = 0; t < trainers; ++t) {
+    const auto tc = conversion->ForTrainerRank(t);
+    ASSERT_TRUE(tc.ok()) << tc.status().ToString();
+    for (const BlockAmaxExchange& x : tc->exchanges) {
+      for (const BlockRef& b : x.send) reduced_blocks_exchanged += conversion->SourceOf(t, b.wire_tensor)->in_scratch;
+    }
+  }
+  EXPECT_EQ(reduced_blocks_exchanged > 0, c.sums_share_blocks);
 
   std::vector<std::unique_ptr<WeightSubscriber>> subs;
   for (int e = 0; e < engine.world_size(); ++e) {
@@ -213,8 +223,12 @@ TEST(WeightSyncPartial, PartialSumsAreReducedThenQuantisedThroughStagingWithKOne
 }
 
 TEST(WeightSyncPartial, PartialSumsOnATwoDimensionalMeshShareBlocksAcrossReducers) {
-  PushPartialIntoFp8(
-      {.job = "partial-fp8-2d", .trainer = TwoDimPartial(), .k = 2, .into_mapped = false, .direct_partial = false});
+  PushPartialIntoFp8({.job = "partial-fp8-2d",
+                      .trainer = TwoDimPartial(),
+                      .k = 2,
+                      .into_mapped = false,
+                      .direct_partial = false,
+                      .sums_share_blocks = true});
 }
 
 }  // namespace
