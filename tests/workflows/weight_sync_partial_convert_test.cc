@@ -170,25 +170,8 @@ void PushPartialIntoFp8(const Case& c) {
   EXPECT_EQ(reduced_blocks_exchanged > 0, c.sums_share_blocks);
 
   std::vector<std::unique_ptr<WeightSubscriber>> subs;
-  for (int e = 0; e < engine.world_size(); ++e) {
-    auto sub = WeightSubscriber::Create(**client, trainer, engine, e, options);
-    ASSERT_TRUE(sub.ok()) << sub.status().ToString();
-    subs.push_back(std::move(*sub));
-  }
   std::vector<std::unique_ptr<WeightPublisher>> pubs;
-  for (int t = 0; t < trainers; ++t) {
-    auto pub = WeightPublisher::Create(**client, trainer, engine, t, options);
-    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
-    pubs.push_back(std::move(*pub));
-  }
-  for (auto& sub : subs) ASSERT_TRUE(sub->Connect().ok());
-  {
-    std::vector<Status> st(static_cast<std::size_t>(trainers));
-    std::vector<std::thread> connects;
-    for (int t = 0; t < trainers; ++t) connects.emplace_back([&, t] { st[t] = pubs[t]->Connect(); });
-    for (auto& th : connects) th.join();
-    for (int t = 0; t < trainers; ++t) ASSERT_TRUE(st[t].ok()) << "trainer " << t << ": " << st[t].ToString();
-  }
+  ASSERT_NO_FATAL_FAILURE(CreateAndConnect(**client, trainer, engine, options, subs, pubs));
   for (std::uint64_t v = 1; v <= 3; ++v) {
     for (int t = 0; t < trainers; ++t) FillTrainer(trainer, t, pubs[t]->weights(), v);
     for (auto& sub : subs) ASSERT_TRUE(sub->BeginUpdate(v).ok());
