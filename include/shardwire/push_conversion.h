@@ -86,7 +86,7 @@ inline constexpr std::uint32_t kAutoStagingSlots = 8;
 /// shard of one converted tensor (all the shard's columns), written into the round's slot.
 struct ConversionPiece {
   std::uint32_t wire_tensor = 0;     ///< index into wire_layout().tensors() (the converted tensor)
-  std::uint32_t trainer_tensor = 0;  ///< index into the trainer layout's tensors (its source)
+  std::uint32_t trainer_tensor = 0;  ///< index into the trainer layout's tensors (its source; rows: SourceOf)
   std::int64_t row_begin = 0;        ///< first row (dim 0, global index in the tensor)
   std::int64_t row_end = 0;          ///< one past the last row
   std::uint64_t slot_offset = 0;     ///< bytes: where the converted rows start in the slot
