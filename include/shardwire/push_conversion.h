@@ -10,16 +10,28 @@
 //    bit-exact to DeepGEMM's per_block_cast_to_fp8 on the whole matrix);
 //  * another castable dtype (F16 / BF16 / F32): cast, round-to-nearest-even.
 //
-// Where a conversion happens: each trainer rank converts exactly the shard it holds, and the
-// converted bytes travel from a *wire layout*: the engine-format tensors over the trainer
-// ranks, each FP8 weight with the trainer's box and each scale tensor with the blocks whose
-// first element the rank holds (every block has one owner). A 128x128 block that straddles
+// Where a conversion happens: each trainer rank converts exactly the shard it holds (or the
+// reduced chunk of a Partial(sum) it reduces, below), and the converted bytes travel from a
+// *wire layout*: the engine-format tensors over the trainer ranks, each FP8 weight with the
+// trainer's box and each scale tensor with the blocks whose first element the rank holds
+// (every block has one owner). A 128x128 block that straddles
 // two trainer shards (FSDP's torch.chunk rows at a non-multiple of 128, TP columns) needs the
 // amax of the whole block: instead of gathering the block's rows at one converter rank (up to
 // 127 rows x n elements), the ranks holding parts of it exchange their partial amaxes (one
 // fp32 per straddling block, BlockAmaxExchange) and each quantises its own rows with the
 // block's scale; the owner writes the scale. The result is byte for byte the whole-matrix
 // quantisation.
+//
+// Partial(sum) sources (DTensor Partial: each rank of a sum group holds an addend of the same
+// box): the sum is converted, never an addend. The sum box is cut into row chunks, one per
+// holder of the sum (whole block-rows for FP8, so that no block straddles two chunks of one
+// sum), and each chunk's *reducer* reduces it with the push's reduction machinery
+// (transfer_plan.h, Reduction: every member WRITEs its addend rows into a slot of the reducer's
+// scratch area, the reducer sums the slots in fp32 and rounds once) and then converts the
+// reduced rows like an owned shard: in the wire layout the reducer holds the chunk, its FP8
+// amaxes come from the sum, and its rows are read from the scratch (SourceOf). The reductions
+// of the moved tensors (direct_plan()) and of the converted ones share each rank's scratch
+// area (reductions(), scratch_bytes()).
 //
 // Staging: converted bytes are produced piece by piece into a staging buffer of
 // `staging_bytes`, split into a ring of slots (round k is converted into slot k % slots while
@@ -74,7 +86,7 @@ inline constexpr std::uint32_t kAutoStagingSlots = 8;
 /// shard of one converted tensor (all the shard's columns), written into the round's slot.
 struct ConversionPiece {
   std::uint32_t wire_tensor = 0;     ///< index into wire_layout().tensors() (the converted tensor)
-  std::uint32_t trainer_tensor = 0;  ///< index into the trainer layout's tensors (its source)
+  std::uint32_t trainer_tensor = 0;  ///< index into the trainer layout's tensors (its source; rows: SourceOf)
   std::int64_t row_begin = 0;        ///< first row (dim 0, global index in the tensor)
   std::int64_t row_end = 0;          ///< one past the last row
   std::uint64_t slot_offset = 0;     ///< bytes: where the converted rows start in the slot
@@ -112,6 +124,15 @@ struct BlockAmaxExchange {
   std::vector<BlockRef> receive;  ///< blocks whose partial amax the peer sends (this rank lacks part of them)
 };
 
+/// Where a trainer rank reads the values it converts into one wire tensor (SourceOf).
+struct ConversionSource {
+  /// false: its own shard, in its buffer; true: a reduced Partial(sum) chunk, in its scratch
+  /// area (valid once the push's reductions() have run).
+  bool in_scratch = false;
+  std::uint64_t byte_offset = 0;  ///< bytes: the box's first element, from the buffer's or the scratch's start
+  Box box;                        ///< what lies there, dense row-major (the wire shard's box)
+};
+
 /// What one trainer rank does in every push.
 struct TrainerConversion {
   std::vector<ConversionRound> rounds;
@@ -127,9 +148,9 @@ class PushConversion {
   /// tensor the engine lacks, a shape that differs, or a scale tensor whose shape is not
   /// ceil(m/br) x ceil(n/bc) of its weight; kUnsupported for a conversion that cannot be done
   /// (an FP8 weight that is not 2-D or whose trainer dtype is not F16/BF16/F32, a cast
-  /// between non-castable dtypes, a Partial trainer shard of a converted tensor);
-  /// kInvalidArgument when staging_bytes is below the minimum (the message gives it) or
-  /// staging_slots is 1;
+  /// between non-castable dtypes); kInvalidArgument when staging_bytes is below the minimum
+  /// (the message gives it), staging_slots is 1, or the trainer holds one box of a converted
+  /// tensor both as values and as Partial(sum) addends;
   /// the errors of PlanTransfer. `plan` is passed to both PlanTransfer calls (K, bucket size).
   static Result<PushConversion> Create(const Layout& trainer, const Layout& engine,
                                        const PushConversionOptions& options = {}, const PlanOptions& plan = {});
@@ -153,6 +174,17 @@ class PushConversion {
   std::uint64_t BytesTo(int engine_rank) const;
   /// Bytes trainer rank `trainer_rank` sends per push (each destination counted).
   std::uint64_t BytesFrom(int trainer_rank) const;
+  /// Where trainer rank `trainer_rank` reads what it converts into wire tensor `wire_tensor`
+  /// (not a kFp8Scale: a scale is produced with its weight). Errors: kInvalidArgument for a rank
+  /// or tensor out of range or a scale tensor; kNotFound when the rank converts none of it.
+  Result<ConversionSource> SourceOf(int trainer_rank, std::uint32_t wire_tensor) const;
+  /// Partial(sum) reductions of the whole push, run before anything is sent: the direct plan's
+  /// (its moves carry the sums from the scratch) and the converted tensors' (each reducer then
+  /// converts its reduced chunk, see the file comment), in disjoint parts of each rank's scratch.
+  const std::vector<ReduceCopy>& reduce_copies() const;
+  const std::vector<Reduction>& reductions() const;
+  /// Scratch bytes trainer rank `trainer_rank` needs for reductions() (0 without Partial sources).
+  std::uint64_t scratch_bytes(int trainer_rank) const;
   /// The rounds, pieces and amax exchanges of trainer rank `trainer_rank`. Errors:
   /// kInvalidArgument for a rank out of range or staging_bytes below the minimum.
   Result<TrainerConversion> ForTrainerRank(int trainer_rank) const;

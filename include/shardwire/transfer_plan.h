@@ -72,7 +72,8 @@ struct Bucket {
 /// piece of `bytes` bytes with n addends uses n consecutive slots of `bytes` at
 /// `scratch_offset`: ReduceCopy steps copy addend i (from `src_rank`'s buffer, possibly
 /// strided) into slot i, then the reducer sums the slots elementwise in `dtype` into slot
-/// 0, and the plan's moves carry slot 0 onwards.
+/// 0, and the plan's moves carry slot 0 onwards (a converting push's reductions of converted
+/// tensors are converted from slot 0 instead: shardwire/push_conversion.h).
 struct ReduceCopy {
   std::uint32_t reducer = 0;      ///< source rank that reduces
   std::uint32_t src_rank = 0;     ///< source rank holding the addend (may be the reducer)

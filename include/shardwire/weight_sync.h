@@ -31,7 +31,8 @@
 // Push(v) each trainer rank writes its addends into the reducers' scratch slots and sends
 // ADDEND(v) after their remote completion; a reducer waits for every addend, sums the slots
 // (fp32 accumulation, one rounding: partial_reduction.h) and the plan's moves carry the sum,
-// so an engine never sees an unreduced byte. (Not with a converting push: kUnsupported.)
+// so an engine never sees an unreduced byte. In a converting push the reducer of a converted
+// tensor's chunk converts the sum from its scratch like an owned shard (push_conversion.h).
 //
 // Rounds: a trainer posts its WRITEs in the plan's schedule rounds; before writing engine rank
 // e in round r it waits for ROUND_DONE(v, r') from the trainers that wrote e in e's previous

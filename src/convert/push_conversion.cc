@@ -27,6 +27,13 @@ struct PushConversion::State {
   std::vector<PushTensorKind> wire_kind;
   std::vector<std::uint32_t> wire_trainer_tensor;
   std::vector<std::uint32_t> wire_pair;
+  // Partial(sum) sources (see the file comment in push_conversion.h): the reductions of both
+  // parts, the scratch bytes per trainer rank, and where a reducer's reduced chunk of a wire
+  // tensor lies in its scratch ((rank, wire tensor) -> slot 0).
+  std::vector<ReduceCopy> reduce_copies;
+  std::vector<Reduction> reductions;
+  std::vector<std::uint64_t> scratch_bytes;
+  std::map<std::pair<int, std::uint32_t>, std::uint64_t> reduced_at;
 };
 
 namespace {
@@ -200,29 +207,133 @@ Result<PushConversion> PushConversion::Create(const Layout& trainer, const Layou
     state->wire_pair[w] = s;
     state->wire_pair[s] = w;
   }
-  std::vector<std::vector<ShardEntry>> class_shards(trainer.num_rank_classes());
-  std::vector<std::uint32_t> class_of_rank(static_cast<std::size_t>(trainer.world_size()));
+  // Partial(sum) sources of the converted tensors: their sum groups by (wire tensor, box), each
+  // group's members in rank order with the byte offset of their addend.
+  struct Sum {
+    std::uint32_t wire_tensor = 0;
+    Box box;
+    std::map<std::uint32_t, std::vector<std::pair<std::uint32_t, std::uint64_t>>> groups;  // partial group -> members
+  };
+  std::map<std::vector<std::int64_t>, Sum> sums;  // key: wire tensor, box offset, box shape
+  std::set<std::vector<std::int64_t>> value_boxes;
+  auto key_of = [](std::uint32_t w, const Box& b) {
+    std::vector<std::int64_t> key{w};
+    key.insert(key.end(), b.offset.begin(), b.offset.end());
+    key.insert(key.end(), b.shape.begin(), b.shape.end());
+    return key;
+  };
   for (std::size_t c = 0; c < trainer.num_rank_classes(); ++c) {
-    for (std::uint32_t r : trainer.ranks_of_class(c)) class_of_rank[r] = static_cast<std::uint32_t>(c);
-    const RankShards& shards = trainer.rank_class(c);
     for (std::uint32_t w = 0; w < wire_tensors.size(); ++w) {
-      const ShardRef* src = shards.Find(state->wire_trainer_tensor[w]);
+      if (state->wire_kind[w] == PushTensorKind::kFp8Scale) continue;  // follows its weight
+      const ShardRef* src = trainer.rank_class(c).Find(state->wire_trainer_tensor[w]);
       if (src == nullptr) continue;
-      if (src->partial_group != 0) {
-        return Unsupported(
-            fmt::format("{} is held as a Partial(sum) addend by trainer rank {}: it must be reduced "
-                        "before it can be converted",
-                        tt[state->wire_trainer_tensor[w]].name, trainer.ranks_of_class(c).front()));
-      }
-      if (state->wire_kind[w] != PushTensorKind::kFp8Scale) {
-        class_shards[c].push_back(ShardEntry{w, LocalShard(src->box)});
+      if (src->partial_group == 0) {
+        value_boxes.insert(key_of(w, src->box));
         continue;
       }
-      const Fp8BlockRange own = Fp8BlocksOwned(ToShardBox(src->box), fp8);
-      if (own.count() == 0) continue;
-      class_shards[c].push_back(ShardEntry{
-          w,
-          LocalShard(Box{{own.row_begin, own.col_begin}, {own.row_end - own.row_begin, own.col_end - own.col_begin}})});
+      Sum& sum = sums[key_of(w, src->box)];
+      sum.wire_tensor = w;
+      sum.box = src->box;
+      for (std::uint32_t r : trainer.ranks_of_class(c))
+        sum.groups[src->partial_group].emplace_back(r, src->byte_offset);
+    }
+  }
+  // Each sum box is cut into row chunks, one per holder of the sum (group by group, ranks
+  // ascending), in whole units (block-rows for FP8: no block straddles two chunks of one sum);
+  // a chunk's reducer gets every addend of its group into scratch slots after the direct plan's.
+  const auto world = static_cast<std::size_t>(trainer.world_size());
+  state->reduce_copies = state->direct_plan.reduce_copies();
+  state->reductions = state->direct_plan.reductions();
+  state->scratch_bytes.resize(world);
+  for (std::size_t r = 0; r < world; ++r)
+    state->scratch_bytes[r] = state->direct_plan.scratch_bytes(static_cast<int>(r));
+  struct Chunk {
+    std::uint32_t wire_tensor = 0;
+    Box box;
+  };
+  std::vector<std::vector<Chunk>> chunks_of(world);
+  for (auto& [key, sum] : sums) {
+    const std::uint32_t w = sum.wire_tensor;
+    const TensorSpec& spec = tt[state->wire_trainer_tensor[w]];
+    if (value_boxes.count(key)) {
+      return InvalidArgument(fmt::format("layout {} holds box {} of {} both as values and as Partial(sum) addends",
+                                         trainer.description(), ToString(sum.box), spec.name));
+    }
+    if (spec.dtype != DType::kBF16 && spec.dtype != DType::kF16 && spec.dtype != DType::kF32) {
+      return Unsupported(
+          fmt::format("{} is held as Partial(sum) addends of {}: a converted tensor's addends are "
+                      "summed in fp32 before conversion, which takes BF16, F16 or F32",
+                      spec.name, DTypeName(spec.dtype)));
+    }
+    std::vector<std::pair<const std::vector<std::pair<std::uint32_t, std::uint64_t>>*, std::uint32_t>> holders;
+    for (auto& [group, members] : sum.groups) {
+      std::sort(members.begin(), members.end());
+      for (const auto& [rank, offset] : members) holders.emplace_back(&members, rank);
+    }
+    const Box& box = sum.box;
+    const bool scalar = box.shape.empty();
+    const std::int64_t row0 = scalar ? 0 : box.offset[0], rows = scalar ? 1 : box.shape[0];
+    const std::int64_t unit = state->wire_kind[w] == PushTensorKind::kFp8Weight ? fp8.block_rows : 1;
+    const std::int64_t first_unit = row0 / unit, units = (row0 + rows + unit - 1) / unit - first_unit;
+    const std::uint64_t row_bytes = RowElements(box) * DTypeSize(spec.dtype);
+    const auto n = static_cast<std::int64_t>(holders.size());
+    for (std::int64_t h = 0; h < n; ++h) {
+      const std::int64_t a = std::max(row0, (first_unit + units * h / n) * unit);
+      const std::int64_t b = std::min(row0 + rows, (first_unit + units * (h + 1) / n) * unit);
+      if (a >= b) continue;
+      const auto& [members, reducer] = holders[static_cast<std::size_t>(h)];
+      const std::uint64_t bytes = static_cast<std::uint64_t>(b - a) * row_bytes;
+      std::uint64_t& used = state->scratch_bytes[reducer];
+      const std::uint64_t slot0 = AlignUp(used);
+      used = slot0 + bytes * members->size();
+      for (std::size_t k = 0; k < members->size(); ++k) {
+        const auto& [rank, offset] = (*members)[k];
+        state->reduce_copies.push_back(
+            ReduceCopy{.reducer = reducer,
+                       .src_rank = rank,
+                       .src_offset = offset + static_cast<std::uint64_t>(a - row0) * row_bytes,
+                       .slot_offset = slot0 + k * bytes,
+                       .length = bytes});
+      }
+      state->reductions.push_back(Reduction{reducer, slot0, bytes, static_cast<std::uint32_t>(members->size()),
+                                            static_cast<std::uint8_t>(spec.dtype)});
+      Box chunk = box;
+      if (!scalar) {
+        chunk.offset[0] = a;
+        chunk.shape[0] = b - a;
+      }
+      chunks_of[reducer].push_back({w, chunk});
+      state->reduced_at[{static_cast<int>(reducer), w}] = slot0;
+    }
+  }
+  // The wire layout's rank classes: the trainer's, a rank that reduces chunks in a class of its own.
+  std::vector<std::vector<ShardEntry>> class_shards;
+  std::vector<std::uint32_t> class_of_rank(world);
+  std::map<std::pair<std::size_t, std::int64_t>, std::uint32_t> class_index;  // (trainer class, reducer or -1)
+  for (std::size_t c = 0; c < trainer.num_rank_classes(); ++c) {
+    for (std::uint32_t r : trainer.ranks_of_class(c)) {
+      const bool reduces = !chunks_of[r].empty();
+      auto [it, added] =
+          class_index.try_emplace({c, reduces ? std::int64_t{r} : -1}, static_cast<std::uint32_t>(class_shards.size()));
+      class_of_rank[r] = it->second;
+      if (!added) continue;
+      std::vector<ShardEntry>& entries = class_shards.emplace_back();
+      // A converted tensor's shard of `box`: the weight (or cast), and an FP8 weight's owned scales.
+      auto add = [&](std::uint32_t w, const Box& box) {
+        entries.push_back(ShardEntry{w, LocalShard(box)});
+        if (state->wire_kind[w] != PushTensorKind::kFp8Weight) return;
+        const Fp8BlockRange own = Fp8BlocksOwned(ToShardBox(box), fp8);
+        if (own.count() == 0) return;
+        entries.push_back(ShardEntry{state->wire_pair[w],
+                                     LocalShard(Box{{own.row_begin, own.col_begin},
+                                                    {own.row_end - own.row_begin, own.col_end - own.col_begin}})});
+      };
+      for (std::uint32_t w = 0; w < wire_tensors.size(); ++w) {
+        if (state->wire_kind[w] == PushTensorKind::kFp8Scale) continue;
+        const ShardRef* src = trainer.rank_class(c).Find(state->wire_trainer_tensor[w]);
+        if (src != nullptr && src->partial_group == 0) add(w, src->box);
+      }
+      for (const Chunk& chunk : chunks_of[r]) add(chunk.wire_tensor, chunk.box);
     }
   }
   SW_ASSIGN_OR_RETURN(state->wire, Layout::FromRankClasses("converted(" + trainer.description() + ")", wire_tensors,
@@ -254,6 +365,32 @@ const TransferPlan& PushConversion::converted_plan() const { return state_->conv
 const Layout& PushConversion::wire_layout() const { return state_->wire; }
 std::uint32_t PushConversion::trainer_tensor(std::uint32_t wire_tensor) const {
   return state_->wire_trainer_tensor.at(wire_tensor);
+}
+
+Result<ConversionSource> PushConversion::SourceOf(int trainer_rank, std::uint32_t wire_tensor) const {
+  const State& s = *state_;
+  if (trainer_rank < 0 || trainer_rank >= s.trainer.world_size() || wire_tensor >= s.wire_kind.size() ||
+      s.wire_kind[wire_tensor] == PushTensorKind::kFp8Scale) {
+    return InvalidArgument(fmt::format("SourceOf(trainer rank {}, wire tensor {}): out of range or a scale tensor",
+                                       trainer_rank, wire_tensor));
+  }
+  const ShardRef* shard = s.wire.rank(trainer_rank).Find(wire_tensor);
+  if (shard == nullptr) {
+    return NotFound(
+        fmt::format("trainer rank {} converts no part of {}", trainer_rank, s.wire.tensors()[wire_tensor].name));
+  }
+  if (auto it = s.reduced_at.find({trainer_rank, wire_tensor}); it != s.reduced_at.end()) {
+    return ConversionSource{.in_scratch = true, .byte_offset = it->second, .box = shard->box};
+  }
+  const ShardRef* own = s.trainer.rank(trainer_rank).Find(s.wire_trainer_tensor[wire_tensor]);
+  return ConversionSource{.in_scratch = false, .byte_offset = own->byte_offset, .box = own->box};
+}
+
+const std::vector<ReduceCopy>& PushConversion::reduce_copies() const { return state_->reduce_copies; }
+const std::vector<Reduction>& PushConversion::reductions() const { return state_->reductions; }
+std::uint64_t PushConversion::scratch_bytes(int trainer_rank) const {
+  const auto r = static_cast<std::size_t>(trainer_rank);
+  return r < state_->scratch_bytes.size() ? state_->scratch_bytes[r] : 0;
 }
 
 std::vector<int> PushConversion::SourcesOf(int engine_rank) const {

@@ -14,12 +14,14 @@ std::int64_t CeilDivI(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; 
 }  // namespace
 
 PushConverter::PushConverter(const Layout& trainer, int rank, const PushConversion& conversion, TrainerConversion plan,
-                             std::span<const std::byte> trainer_buffer, Fp8BlockOptions fp8)
+                             std::span<const std::byte> trainer_buffer, std::span<const std::byte> scratch,
+                             Fp8BlockOptions fp8)
     : trainer_(trainer),
       rank_(rank),
       conversion_(conversion),
       plan_(std::move(plan)),
       buffer_(trainer_buffer),
+      scratch_(scratch),
       fp8_(fp8) {
   scratch_bytes_ = kScratchBytes;
   const Layout& wire = conversion_.wire_layout();
@@ -40,24 +42,23 @@ std::uint64_t PushConverter::Key(std::uint32_t tensor, std::int64_t i, std::int6
          static_cast<std::uint64_t>(j);
 }
 
-Result<std::span<const std::byte>> PushConverter::SourceRows(std::uint32_t trainer_tensor, std::int64_t row_begin,
+Result<std::span<const std::byte>> PushConverter::SourceRows(std::uint32_t wire_tensor, std::int64_t row_begin,
                                                              std::int64_t row_end, Box* box) const {
-  const ShardRef* shard = trainer_.rank(rank_).Find(trainer_tensor);
-  if (shard == nullptr) {
-    return Internal(fmt::format("trainer rank {} holds no shard of {}", rank_, trainer_.tensors()[trainer_tensor].name));
-  }
-  const TensorSpec& spec = trainer_.tensors()[trainer_tensor];
-  *box = shard->box;
+  SW_ASSIGN_OR_RETURN(ConversionSource source, conversion_.SourceOf(rank_, wire_tensor));
+  const TensorSpec& spec = trainer_.tensors()[conversion_.trainer_tensor(wire_tensor)];
+  *box = std::move(source.box);
   std::uint64_t row_elems = 1;
   for (std::size_t d = 1; d < box->shape.size(); ++d) row_elems *= static_cast<std::uint64_t>(box->shape[d]);
   const std::uint64_t row_bytes = row_elems * DTypeSize(spec.dtype);
   const std::int64_t row0 = box->shape.empty() ? 0 : box->offset[0];
-  const std::uint64_t begin = shard->byte_offset + static_cast<std::uint64_t>(row_begin - row0) * row_bytes;
+  const std::uint64_t begin = source.byte_offset + static_cast<std::uint64_t>(row_begin - row0) * row_bytes;
   const std::uint64_t bytes = static_cast<std::uint64_t>(row_end - row_begin) * row_bytes;
-  if (begin + bytes > buffer_.size()) {
-    return Internal(fmt::format("rows [{}, {}) of {} lie outside the trainer buffer", row_begin, row_end, spec.name));
+  const std::span<const std::byte> from = source.in_scratch ? scratch_ : buffer_;
+  if (begin + bytes > from.size()) {
+    return Internal(fmt::format("rows [{}, {}) of {} lie outside the trainer {}", row_begin, row_end, spec.name,
+                                source.in_scratch ? "scratch" : "buffer"));
   }
-  return buffer_.subspan(begin, bytes);
+  return from.subspan(begin, bytes);
 }
 
 Result<std::vector<float>> PushConverter::PartialAmax(const std::vector<BlockRef>& blocks) const {
@@ -75,7 +76,7 @@ Result<std::vector<float>> PushConverter::PartialAmax(const std::vector<BlockRef
     const std::int64_t c1 = std::min(box.offset[1] + box.shape[1], (b.block_col + 1) * fp8_.block_cols);
     Box src_box;
     const std::uint32_t tt = conversion_.trainer_tensor(b.wire_tensor);
-    SW_ASSIGN_OR_RETURN(const auto rows, SourceRows(tt, r0, r1, &src_box));
+    SW_ASSIGN_OR_RETURN(const auto rows, SourceRows(b.wire_tensor, r0, r1, &src_box));
     const DType dtype = trainer_.tensors()[tt].dtype;
     const std::size_t esize = DTypeSize(dtype);
     // Gather the block's columns of those rows (at most 128 x 128 elements).
@@ -117,7 +118,7 @@ Status PushConverter::ConvertRound(std::size_t round, std::span<std::byte> slot)
   std::vector<float> amax;
   for (const ConversionPiece& p : plan_.rounds.at(round).pieces) {
     Box box;
-    SW_ASSIGN_OR_RETURN(const auto src, SourceRows(p.trainer_tensor, p.row_begin, p.row_end, &box));
+    SW_ASSIGN_OR_RETURN(const auto src, SourceRows(p.wire_tensor, p.row_begin, p.row_end, &box));
     const DType from = trainer_.tensors()[p.trainer_tensor].dtype;
     const TensorSpec& dst = wire.tensors()[p.wire_tensor];
     if (p.slot_offset + p.bytes > slot.size() || p.scale_slot_offset + p.scale_bytes > slot.size()) {
@@ -180,7 +181,7 @@ Status PushConverter::ConvertRoundTo(std::size_t round, std::span<std::byte> scr
   std::vector<float> amax;
   for (const ConversionPiece& p : plan_.rounds.at(round).pieces) {
     Box box;
-    SW_ASSIGN_OR_RETURN(const auto src, SourceRows(p.trainer_tensor, p.row_begin, p.row_end, &box));
+    SW_ASSIGN_OR_RETURN(const auto src, SourceRows(p.wire_tensor, p.row_begin, p.row_end, &box));
     const DType from = trainer_.tensors()[p.trainer_tensor].dtype;
     const TensorSpec& dst = wire.tensors()[p.wire_tensor];
     const std::size_t in_size = DTypeSize(from), out_size = DTypeSize(dst.dtype);

@@ -19,9 +19,11 @@ namespace shardwire::sync {
 
 class PushConverter {
  public:
-  /// `trainer_buffer` holds the rank's shards laid out by `trainer`; both must outlive this.
+  /// `trainer_buffer` holds the rank's shards laid out by `trainer`, `scratch` its scratch area
+  /// (the reduced Partial(sum) chunks it converts, PushConversion::SourceOf; they must be reduced
+  /// before PartialAmax and the conversion run); all must outlive this.
   PushConverter(const Layout& trainer, int rank, const PushConversion& conversion, TrainerConversion plan,
-                std::span<const std::byte> trainer_buffer, Fp8BlockOptions fp8);
+                std::span<const std::byte> trainer_buffer, std::span<const std::byte> scratch, Fp8BlockOptions fp8);
 
   const TrainerConversion& plan() const { return plan_; }
 
@@ -59,15 +61,17 @@ class PushConverter {
   Status BlockRowAmax(const ConversionPiece& p, DType from, std::span<const std::byte> part_src,
                       const Fp8ShardBox& part, const Fp8ErrorContext& ctx, std::vector<float>& amax) const;
   static std::uint64_t Key(std::uint32_t tensor, std::int64_t i, std::int64_t j);
-  // The trainer-buffer bytes of rows [row_begin, row_end) of the rank's shard of `trainer_tensor`.
-  Result<std::span<const std::byte>> SourceRows(std::uint32_t trainer_tensor, std::int64_t row_begin,
-                                                std::int64_t row_end, Box* box) const;
+  // The bytes of rows [row_begin, row_end) of what the rank converts into `wire_tensor`: its own
+  // shard in the trainer buffer, or a reduced chunk in the scratch (PushConversion::SourceOf).
+  Result<std::span<const std::byte>> SourceRows(std::uint32_t wire_tensor, std::int64_t row_begin, std::int64_t row_end,
+                                                Box* box) const;
 
   const Layout& trainer_;
   int rank_;
   const PushConversion& conversion_;
   TrainerConversion plan_;
   std::span<const std::byte> buffer_;
+  std::span<const std::byte> scratch_;
   Fp8BlockOptions fp8_;
   std::unordered_map<std::uint64_t, float> peer_amax_;
   std::size_t scratch_bytes_ = kScratchBytes;

@@ -256,20 +256,16 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
                       PushConversion::Create(trainer_layout, engine_layout, state->options.conversion,
                                              PlanOptions{.max_concurrency = state->options.max_concurrency}));
   const TransferPlan& plan = conversion.direct_plan();
-  if (!plan.reductions().empty() && conversion.converts()) {
-    return Unsupported(
-        fmt::format("the trainer layout {} holds Partial(sum) shards ({} reductions planned) and the "
-                    "engines another format: reductions in a converting push are not done yet",
-                    trainer_layout.description(), plan.reductions().size()));
-  }
   state->buffer_bytes = trainer_layout.rank(rank).buffer_bytes;
-  for (const ReduceCopy& c : plan.reduce_copies()) {
+  // The reductions of the whole push: the moved tensors' and the converted ones' (whose reducers
+  // convert the sums from their scratch, PushConversion::SourceOf).
+  for (const ReduceCopy& c : conversion.reduce_copies()) {
     const int reducer = static_cast<int>(c.reducer), src = static_cast<int>(c.src_rank);
     if (src == rank && reducer == rank) state->local_copies.push_back(c);
     if (src == rank && reducer != rank) state->copies_to[reducer].push_back(c);
     if (reducer == rank && src != rank) state->addend_sources.insert(src);
   }
-  for (const Reduction& r : plan.reductions())
+  for (const Reduction& r : conversion.reductions())
     if (static_cast<int>(r.reducer) == rank) state->reductions.push_back(r);
   for (const Move& m : plan.MovesFrom(rank)) {
     // A move to a destination group is written to each member (a fan-out tree is a
@@ -292,7 +288,7 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
   SW_ASSIGN_OR_RETURN(
       state->endpoint,
       sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank, trainer_layout.rank(rank).buffer_bytes,
-                             state->options.buffer, false, {}, plan.scratch_bytes(rank),
+                             state->options.buffer, false, {}, conversion.scratch_bytes(rank),
                              state->options.buffer_memory == BufferMemory::kShared ? ArenaMemory::kShared
                                                                                    : ArenaMemory::kPrivateHugePages));
   if (conversion.converts()) {
@@ -318,9 +314,9 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     }
     state->conversion.emplace(std::move(conversion));
     state->stages = PushStages({&state->conversion->direct_plan(), &state->conversion->converted_plan()}, rank);
-    state->converter =
-        std::make_unique<sync::PushConverter>(state->trainer_layout, rank, *state->conversion, std::move(tc),
-                                              state->endpoint.weights, state->options.conversion.fp8);
+    state->converter = std::make_unique<sync::PushConverter>(state->trainer_layout, rank, *state->conversion,
+                                                             std::move(tc), state->endpoint.weights,
+                                                             state->endpoint.scratch, state->options.conversion.fp8);
     state->scratches.resize(std::max<std::uint32_t>(1, state->options.convert_threads));
     for (auto& scratch : state->scratches) scratch.resize(state->converter->ScratchBytes());
   }
@@ -466,13 +462,21 @@ Status WeightPublisher::Connect() {
   if (!s.options.dynamic_membership) {
     for (const auto& [dst, bytes] : s.bytes_to) SW_RETURN_IF_ERROR(s.ConnectDestination(dst));
   }
+  // Each trainer peer is imported once per Connect (a reducer, an amax peer, a round peer): a
+  // second import would orphan the transfers prepared against the first (the addend WRITEs).
+  std::map<int, sync::PeerRank> trainer_peers;
+  auto trainer_peer = [&](int t) -> Result<sync::PeerRank> {
+    if (auto it = trainer_peers.find(t); it != trainer_peers.end()) return it->second;
+    SW_ASSIGN_OR_RETURN(sync::PeerRank peer, s.ConnectTrainerPeer(t));
+    return trainer_peers.emplace(t, std::move(peer)).first->second;
+  };
   // Partial(sum) sources: one prepared WRITE of this rank's addends into each other reducer's
   // scratch (slot offsets from the plan), and the agent names of the ranks whose addends come here.
   for (auto& [reducer, h] : s.copy_transfers) (void)agent.Release(h);
   s.copy_transfers.clear();
   s.addend_source_names.clear();
   for (const auto& [reducer, copies] : s.copies_to) {
-    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, s.ConnectTrainerPeer(reducer));
+    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, trainer_peer(reducer));
     if (peer.scratch_region == 0) {
       return CorruptData(fmt::format("trainer rank {} reduces Partial(sum) addends but published no scratch", reducer));
     }
@@ -494,7 +498,7 @@ Status WeightPublisher::Connect() {
   for (int src : s.addend_sources) s.addend_source_names.insert(sync::MetadataKey(s.options.job, kTrainerRole, src));
   if (s.converter) {
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
-      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, s.ConnectTrainerPeer(x.peer));
+      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, trainer_peer(x.peer));
       s.amax_peer_names[x.peer] = peer.name;
     }
   }
@@ -505,7 +509,7 @@ Status WeightPublisher::Connect() {
     for (const auto& [round, ranks] : stage.wait_for) peers.insert(ranks.begin(), ranks.end());
     for (int t : peers) {
       if (s.round_peer_names.count(t)) continue;
-      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, s.ConnectTrainerPeer(t));
+      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, trainer_peer(t));
       s.round_peer_names[t] = peer.name;
     }
   }

@@ -5,9 +5,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 
+#include "shardwire/device_mesh.h"
 #include "shardwire/planner.h"
 
 namespace shardwire {
@@ -163,6 +165,104 @@ TEST(PushConversion, StagingRingSlots) {
   auto d = slots_for(200 << 10, 8);
   EXPECT_EQ(d.status().code(), ErrorCode::kInvalidArgument);
   EXPECT_NE(d.status().message().find("minimum"), std::string::npos) << d.status().ToString();
+}
+
+// Partial(sum) trainer shards of converted tensors (dp=2: every tensor but wk is a Partial over
+// both ranks): each sum is cut into one chunk per rank at block-row boundaries (FP8) or rows
+// (the cast norm), each chunk reduced at its reducer from both addends into its scratch, after the
+// direct plan's reductions (emb), and converted from there.
+TEST(PushConversion, PartialSumsAreReducedInChunksAndConvertedFromTheReducersScratch) {
+  const DeviceMesh mesh = DeviceMesh::Create({{"dp", 2}}).value();
+  const auto P = Placement::Partial(), S0 = Placement::Shard(0);
+  const Layout trainer = MakeDTensorLayout("dp2", TrainerTensors(), mesh, {{P}, {P}, {P}, {S0}, {P}}).value();
+  PushConversionOptions o;
+  o.staging_bytes = 160 << 10;
+  auto conv = PushConversion::Create(trainer, Engine(), o);
+  ASSERT_TRUE(conv.ok()) << conv.status().ToString();
+  const Layout& wire = conv->wire_layout();
+  // The direct plan's reductions come first, unchanged, and the converted tensors' follow.
+  const auto& direct = conv->direct_plan().reductions();
+  ASSERT_FALSE(direct.empty());
+  ASSERT_GT(conv->reductions().size(), direct.size());
+  EXPECT_TRUE(std::equal(direct.begin(), direct.end(), conv->reductions().begin()));
+  // Per reducer, every reduction's slots lie in its scratch and overlap no other's.
+  std::map<std::uint32_t, std::vector<std::pair<std::uint64_t, std::uint64_t>>> used;
+  for (const Reduction& r : conv->reductions()) {
+    EXPECT_EQ(r.addends, 2u);
+    used[r.reducer].emplace_back(r.scratch_offset, r.scratch_offset + r.bytes * r.addends);
+    EXPECT_LE(r.scratch_offset + r.bytes * r.addends, conv->scratch_bytes(static_cast<int>(r.reducer)));
+  }
+  for (auto& [reducer, ranges] : used) {
+    std::sort(ranges.begin(), ranges.end());
+    for (std::size_t i = 1; i < ranges.size(); ++i) EXPECT_LE(ranges[i - 1].second, ranges[i].first);
+  }
+  const std::map<std::string, std::int64_t> unit{{"wq", 128}, {"wo", 128}, {"norm", 1}};
+  for (const auto& [name, rows_per_unit] : unit) {
+    const std::uint32_t w = wire.TensorIndex(name).value();
+    const TensorSpec& spec = wire.tensors()[w];
+    std::int64_t next = 0;  // the chunks of both ranks tile the tensor's rows in rank order
+    for (int t = 0; t < 2; ++t) {
+      auto source = conv->SourceOf(t, w);
+      ASSERT_TRUE(source.ok()) << source.status().ToString();
+      EXPECT_TRUE(source->in_scratch) << name << " on trainer rank " << t;
+      EXPECT_EQ(source->box, wire.rank(t).Find(w)->box);
+      EXPECT_EQ(source->box.offset[0], next);
+      EXPECT_EQ(source->box.offset[0] % rows_per_unit, 0) << name;
+      next += source->box.shape[0];
+      if (spec.shape.size() == 2) {
+        EXPECT_EQ(source->box.shape[1], spec.shape[1]);
+      }
+      // Its reduction: at its slot 0, both addends' rows of the chunk copied in rank order.
+      const std::uint64_t bytes = static_cast<std::uint64_t>(source->box.numel()) * 2;
+      EXPECT_EQ(std::count(conv->reductions().begin(), conv->reductions().end(),
+                           Reduction{static_cast<std::uint32_t>(t), source->byte_offset, bytes, 2,
+                                     static_cast<std::uint8_t>(DType::kBF16)}),
+                1)
+          << name << " on trainer rank " << t;
+      for (std::uint32_t k = 0; k < 2; ++k) {
+        const ShardRef* addend = trainer.rank(static_cast<int>(k)).Find(trainer.TensorIndex(name).value());
+        const std::uint64_t row_bytes = bytes / static_cast<std::uint64_t>(source->box.shape[0]);
+        const ReduceCopy want{
+            .reducer = static_cast<std::uint32_t>(t),
+            .src_rank = k,
+            .src_offset = addend->byte_offset + static_cast<std::uint64_t>(source->box.offset[0]) * row_bytes,
+            .slot_offset = source->byte_offset + k * bytes,
+            .length = bytes};
+        EXPECT_EQ(std::count(conv->reduce_copies().begin(), conv->reduce_copies().end(), want), 1)
+            << name << " addend " << k << " into trainer rank " << t;
+      }
+    }
+    EXPECT_EQ(next, spec.shape[0]) << name;
+  }
+  // wk is an ordinary shard, read from the buffer; a scale is not a source.
+  const std::uint32_t wk = wire.TensorIndex("wk").value();
+  auto own = conv->SourceOf(1, wk);
+  ASSERT_TRUE(own.ok()) << own.status().ToString();
+  EXPECT_FALSE(own->in_scratch);
+  EXPECT_EQ(own->byte_offset, trainer.rank(1).Find(trainer.TensorIndex("wk").value())->byte_offset);
+  EXPECT_EQ(conv->SourceOf(0, wire.TensorIndex("wq_scale_inv").value()).status().code(), ErrorCode::kInvalidArgument);
+  // Every engine byte still arrives once.
+  const Layout engine = Engine();
+  for (int e = 0; e < engine.world_size(); ++e) {
+    std::uint64_t held = 0;
+    for (const ShardRef& s : engine.rank(e).shards)
+      held += static_cast<std::uint64_t>(s.box.numel()) * DTypeSize(engine.tensors()[s.tensor].dtype);
+    EXPECT_EQ(conv->BytesTo(e), held) << "engine rank " << e;
+  }
+}
+
+TEST(PushConversion, ABoxHeldBothAsValuesAndAsAddendsIsRefused) {
+  const std::vector<TensorSpec> t{{"w", DType::kBF16, {128, 128}}};
+  const std::vector<TensorSpec> fp8{{"w", DType::kF8E4M3, {128, 128}}, {"w_scale_inv", DType::kF32, {1, 1}}};
+  const Box whole{{0, 0}, {128, 128}};
+  const Layout trainer =
+      Layout::FromShards("mixed", t, {{LocalShard(whole)}, {LocalShard(whole, 0, 1)}, {LocalShard(whole, 0, 1)}})
+          .value();
+  const Layout engine = MakeTpLayout(fp8, {-1, -1}, 1, 1).value();
+  auto conv = PushConversion::Create(trainer, engine);
+  EXPECT_EQ(conv.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(conv.status().message().find("both as values and as Partial(sum) addends"), std::string::npos)
+      << conv.status().ToString();
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <map>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "shardwire/cast.h"
@@ -77,11 +78,12 @@ inline std::vector<std::byte> Crop(std::span<const std::byte> full, const std::v
   return out;
 }
 
-// Bytes of engine rank `rank`'s buffer that differ from the oracle at `version`.
-inline std::size_t CheckFp8Engine(const Layout& engine, int rank, std::span<const std::byte> buf, std::uint64_t version) {
+// Bytes of engine rank `rank`'s buffer that differ from what the whole bf16 trainer tensors
+// `full` (by name) become: each FP8 weight and its scales from quantising the whole tensor, the
+// norm cast to fp32, the rest unchanged.
+inline std::size_t CheckFp8Engine(const Layout& engine, int rank, std::span<const std::byte> buf,
+                                  std::map<std::string, std::vector<std::byte>> full) {
   std::size_t bad = 0;
-  std::map<std::string, std::vector<std::byte>> full;  // trainer-dtype values by name
-  for (const TensorSpec& t : TrainerBf16()) full[t.name] = FullBf16(t, version);
   for (const ShardRef& s : engine.rank(rank).shards) {
     const TensorSpec& spec = engine.tensors()[s.tensor];
     std::vector<std::byte> want;
@@ -105,6 +107,14 @@ inline std::size_t CheckFp8Engine(const Layout& engine, int rank, std::span<cons
     for (std::size_t b = 0; b < want.size(); ++b) bad += buf[s.byte_offset + b] != want[b];
   }
   return bad;
+}
+
+// Bytes of engine rank `rank`'s buffer that differ from the oracle at `version`.
+inline std::size_t CheckFp8Engine(const Layout& engine, int rank, std::span<const std::byte> buf,
+                                  std::uint64_t version) {
+  std::map<std::string, std::vector<std::byte>> full;  // trainer-dtype values by name
+  for (const TensorSpec& t : TrainerBf16()) full[t.name] = FullBf16(t, version);
+  return CheckFp8Engine(engine, rank, buf, std::move(full));
 }
 
 }  // namespace shardwire::weight_sync_test

@@ -20,6 +20,7 @@
 
 #include "shardwire/coordinator.h"
 #include "shardwire/layout.h"
+#include "shardwire/weight_sync.h"
 
 namespace shardwire::weight_sync_test {
 
@@ -69,6 +70,31 @@ inline std::size_t Walk(const Layout& layout, int rank, std::span<std::byte> buf
     }
   }
   return bad;
+}
+
+// One job in this process: a subscriber per engine rank and a publisher per trainer rank (each
+// with its own agent), appended to `subs` and `pubs` and connected (the publishers concurrently:
+// their Connects wait for each other). Fails the test on any error.
+inline void CreateAndConnect(Rendezvous& rendezvous, const Layout& trainer, const Layout& engine,
+                             const WeightSyncOptions& options, std::vector<std::unique_ptr<WeightSubscriber>>& subs,
+                             std::vector<std::unique_ptr<WeightPublisher>>& pubs) {
+  for (int e = 0; e < engine.world_size(); ++e) {
+    auto sub = WeightSubscriber::Create(rendezvous, trainer, engine, e, options);
+    ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+    subs.push_back(std::move(*sub));
+  }
+  const int trainers = trainer.world_size();
+  for (int t = 0; t < trainers; ++t) {
+    auto pub = WeightPublisher::Create(rendezvous, trainer, engine, t, options);
+    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+    pubs.push_back(std::move(*pub));
+  }
+  for (auto& sub : subs) ASSERT_TRUE(sub->Connect().ok());
+  std::vector<Status> st(static_cast<std::size_t>(trainers));
+  std::vector<std::thread> connects;
+  for (int t = 0; t < trainers; ++t) connects.emplace_back([&, t] { st[t] = pubs[t]->Connect(); });
+  for (auto& th : connects) th.join();
+  for (int t = 0; t < trainers; ++t) ASSERT_TRUE(st[t].ok()) << "trainer " << t << ": " << st[t].ToString();
 }
 
 // Starts a child process that runs `body(port)` once the parent sends it the

@@ -518,21 +518,6 @@ TEST(WeightSyncPartial, PartialSumShardsAreReducedAtTheirReducerAndEnginesGetThe
   }
 }
 
-TEST(WeightSyncBadInput, PartialSumShardsIntoAnotherEngineFormatAreRefused) {
-  Pair p = StartPair();
-  const std::vector<TensorSpec> t{{"w", DType::kBF16, {128, 128}}};
-  const std::vector<TensorSpec> fp8{{"w", DType::kF8E4M3, {128, 128}}, {"w_scale_inv", DType::kF32, {1, 1}}};
-  const DeviceMesh mesh = DeviceMesh::Create({{"dp", 2}}).value();
-  const Layout partial = MakeDTensorLayout("partial", t, mesh, {{Placement::Partial()}}).value();
-  auto engine = MakeDTensorLayout("fp8", fp8, DeviceMesh::Create({{"tp", 1}}).value(),
-                                  {{Placement::Replicate()}, {Placement::Replicate()}});
-  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
-  auto pub = WeightPublisher::Create(*p.client, partial, *engine, 0, {"partial-fp8", 5});
-  ASSERT_FALSE(pub.ok());
-  EXPECT_EQ(pub.status().code(), ErrorCode::kUnsupported) << pub.status().ToString();
-  EXPECT_NE(pub.status().message().find("Partial(sum)"), std::string::npos) << pub.status().ToString();
-}
-
 // ---- Per-version integrity check (WeightSyncOptions::verify_digests).
 
 TEST(WeightSyncDigests, BytesChangedOnTheWayAreCaughtAndTheVersionIsNotCommitted) {

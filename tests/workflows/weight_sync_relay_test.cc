@@ -41,22 +41,7 @@ void StartJob(Job& job, const std::string& name, int k) {
   options.max_concurrency = k;
   options.verify_digests = true;
   options.engine_timeout_s = 3;  // the stalled-replica test waits this long for its READY
-  for (int e = 0; e < 3; ++e) {
-    auto sub = WeightSubscriber::Create(*job.client, job.trainer, job.engine, e, options);
-    ASSERT_TRUE(sub.ok()) << sub.status().ToString();
-    job.subs.push_back(std::move(*sub));
-  }
-  for (int t = 0; t < 2; ++t) {
-    auto pub = WeightPublisher::Create(*job.client, job.trainer, job.engine, t, options);
-    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
-    job.pubs.push_back(std::move(*pub));
-  }
-  for (auto& sub : job.subs) ASSERT_TRUE(sub->Connect().ok());
-  std::vector<Status> st(2);
-  std::vector<std::thread> connects;
-  for (int t = 0; t < 2; ++t) connects.emplace_back([&, t] { st[t] = job.pubs[t]->Connect(); });
-  for (auto& th : connects) th.join();
-  for (int t = 0; t < 2; ++t) ASSERT_TRUE(st[t].ok()) << st[t].ToString();
+  CreateAndConnect(*job.client, job.trainer, job.engine, options, job.subs, job.pubs);
 }
 
 struct Round {

@@ -66,25 +66,8 @@ void PushInRounds(int k, const std::string& job) {
   WeightSyncOptions options{job, 30};
   options.max_concurrency = k;
   std::vector<std::unique_ptr<WeightSubscriber>> subs;
-  for (int e = 0; e < 2; ++e) {
-    auto sub = WeightSubscriber::Create(**client, trainer, engine, e, options);
-    ASSERT_TRUE(sub.ok()) << sub.status().ToString();
-    subs.push_back(std::move(*sub));
-  }
   std::vector<std::unique_ptr<WeightPublisher>> pubs;
-  for (int t = 0; t < 4; ++t) {
-    auto pub = WeightPublisher::Create(**client, trainer, engine, t, options);
-    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
-    pubs.push_back(std::move(*pub));
-  }
-  for (auto& sub : subs) ASSERT_TRUE(sub->Connect().ok());
-  {
-    std::vector<Status> st(4);
-    std::vector<std::thread> connects;
-    for (int t = 0; t < 4; ++t) connects.emplace_back([&, t] { st[t] = pubs[t]->Connect(); });
-    for (auto& th : connects) th.join();
-    for (int t = 0; t < 4; ++t) ASSERT_TRUE(st[t].ok()) << "trainer " << t << ": " << st[t].ToString();
-  }
+  ASSERT_NO_FATAL_FAILURE(CreateAndConnect(**client, trainer, engine, options, subs, pubs));
   for (std::uint64_t v = 1; v <= 4; ++v) {
     for (int t = 0; t < 4; ++t) Walk(trainer, t, pubs[t]->weights(), v, false);
     for (auto& sub : subs) ASSERT_TRUE(sub->BeginUpdate(v).ok());
@@ -158,25 +141,8 @@ void PushConvertedInRounds(int k, bool into_mapped, const std::string& job) {
   ASSERT_GE(conversion->converted_plan().rounds(), 2u);
 
   std::vector<std::unique_ptr<WeightSubscriber>> subs;
-  for (int e = 0; e < engine.world_size(); ++e) {
-    auto sub = WeightSubscriber::Create(**client, trainer, engine, e, options);
-    ASSERT_TRUE(sub.ok()) << sub.status().ToString();
-    subs.push_back(std::move(*sub));
-  }
   std::vector<std::unique_ptr<WeightPublisher>> pubs;
-  for (int t = 0; t < 3; ++t) {
-    auto pub = WeightPublisher::Create(**client, trainer, engine, t, options);
-    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
-    pubs.push_back(std::move(*pub));
-  }
-  for (auto& sub : subs) ASSERT_TRUE(sub->Connect().ok());
-  {
-    std::vector<Status> st(3);
-    std::vector<std::thread> connects;
-    for (int t = 0; t < 3; ++t) connects.emplace_back([&, t] { st[t] = pubs[t]->Connect(); });
-    for (auto& th : connects) th.join();
-    for (int t = 0; t < 3; ++t) ASSERT_TRUE(st[t].ok()) << "trainer " << t << ": " << st[t].ToString();
-  }
+  ASSERT_NO_FATAL_FAILURE(CreateAndConnect(**client, trainer, engine, options, subs, pubs));
   for (std::uint64_t v = 1; v <= 3; ++v) {
     for (int t = 0; t < 3; ++t) {
       std::span<std::byte> w = pubs[t]->weights();
