@@ -132,7 +132,7 @@ TEST(ServeMetrics, PortInUseOrOutOfRangeExitsOneNamingThePort) {
   Child second;
   Spawn(&second, {"serve", "--port", "0", "--metrics-port", taken});
   EXPECT_EQ(second.Exit(), 1) << second.output;
-  EXPECT_NE(second.output.find("io error"), std::string::npos) << second.output;
+  EXPECT_NE(second.output.find("I/O error"), std::string::npos) << second.output;
   EXPECT_NE(second.output.find(":" + taken), std::string::npos) << second.output;
   Child third;
   Spawn(&third, {"serve", "--port", "0", "--metrics-port", "70000"});
