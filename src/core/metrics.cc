@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <map>
 #include <mutex>
+#include <type_traits>
 #include <variant>
 
 namespace shardwire {
@@ -49,20 +50,25 @@ bool ValidLabelName(std::string_view s) {
   return true;
 }
 
-std::string EscapeHelp(std::string_view help) {
+// The text format's escapes: backslash and newline always, the double quote in label values.
+std::string Escape(std::string_view text, bool quote) {
   std::string out;
-  out.reserve(help.size());
-  for (char c : help) {
+  out.reserve(text.size());
+  for (char c : text) {
     if (c == '\\') {
       out += "\\\\";
     } else if (c == '\n') {
       out += "\\n";
+    } else if (c == '"' && quote) {
+      out += "\\\"";
     } else {
       out += c;
     }
   }
   return out;
 }
+
+std::string EscapeHelp(std::string_view help) { return Escape(help, /*quote=*/false); }
 
 // `{a="x",b="y"}` (plus an optional extra label, e.g. le), or "" with no labels.
 std::string LabelSet(const std::vector<std::string>& names, const LabelValues& values,
@@ -87,11 +93,6 @@ std::string LabelSet(const std::vector<std::string>& names, const LabelValues& v
   return out;
 }
 
-void ReportLabelBug(const std::string& name, std::size_t want, std::size_t got) {
-  std::fprintf(stderr, "shardwire metrics: %s takes %zu label values, got %zu (series not recorded)\n", name.c_str(),
-               want, got);
-}
-
 // What every family shares: name, help, label names and the series by label values.
 template <typename Cell>
 struct Series {
@@ -101,33 +102,42 @@ struct Series {
   mutable std::mutex mu;
   std::map<LabelValues, std::unique_ptr<Cell>> cells;
 
-  Status CheckArity(const LabelValues& values) const {
+  // The cell of `values`, made by `make` on first use. Errors: a wrong number of values.
+  template <typename Make>
+  Result<Cell*> CellOf(const LabelValues& values, Make make) {
     if (values.size() != label_names.size()) {
       return InvalidArgument(fmt::format("metric {} takes {} label values ({}), got {}", name, label_names.size(),
                                          fmt::join(label_names, ", "), values.size()));
     }
-    return Status::Ok();
+    std::lock_guard<std::mutex> g(mu);
+    auto& cell = cells[values];
+    if (!cell) cell = make();
+    return cell.get();
+  }
+  // Labels(): the handle, or a no-op one (reported on stderr) for a wrong number of values.
+  template <typename Handle>
+  Handle OrNoop(Result<Handle> handle, std::size_t got) const {
+    if (handle.ok()) return *handle;
+    std::fprintf(stderr, "shardwire metrics: %s takes %zu label values, got %zu (series not recorded)\n",
+                 name.c_str(), label_names.size(), got);
+    return Handle();
   }
 };
 
+// A family object with its name, help and label names set.
+template <typename Family>
+std::unique_ptr<Family> NewFamily(const std::string& name, const std::string& help,
+                                  const std::vector<std::string>& label_names) {
+  auto impl = std::make_unique<typename Family::Impl>();
+  impl->name = name;
+  impl->help = help;
+  impl->label_names = label_names;
+  return std::make_unique<Family>(std::move(impl));
+}
+
 }  // namespace
 
-std::string EscapeLabelValue(std::string_view value) {
-  std::string out;
-  out.reserve(value.size());
-  for (char c : value) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '"') {
-      out += "\\\"";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
+std::string EscapeLabelValue(std::string_view value) { return Escape(value, /*quote=*/true); }
 
 std::string FormatMetricValue(double v) {
   if (std::isnan(v)) return "NaN";
@@ -177,57 +187,27 @@ HistogramFamily::HistogramFamily(std::unique_ptr<Impl> impl) : impl_(std::move(i
 HistogramFamily::~HistogramFamily() = default;
 
 Result<Counter> CounterFamily::WithLabels(const LabelValues& values) {
-  SW_RETURN_IF_ERROR(impl_->CheckArity(values));
-  std::lock_guard<std::mutex> g(impl_->mu);
-  auto& cell = impl_->cells[values];
-  if (!cell) cell = std::make_unique<std::atomic<std::uint64_t>>(0);
-  return Counter(cell.get());
+  SW_ASSIGN_OR_RETURN(auto* cell, impl_->CellOf(values, [] { return std::make_unique<std::atomic<std::uint64_t>>(0); }));
+  return Counter(cell);
 }
-
-Counter CounterFamily::Labels(const LabelValues& values) {
-  auto c = WithLabels(values);
-  if (!c.ok()) {
-    ReportLabelBug(impl_->name, impl_->label_names.size(), values.size());
-    return Counter();
-  }
-  return *c;
-}
+Counter CounterFamily::Labels(const LabelValues& values) { return impl_->OrNoop(WithLabels(values), values.size()); }
 
 Result<Gauge> GaugeFamily::WithLabels(const LabelValues& values) {
-  SW_RETURN_IF_ERROR(impl_->CheckArity(values));
-  std::lock_guard<std::mutex> g(impl_->mu);
-  auto& cell = impl_->cells[values];
-  if (!cell) cell = std::make_unique<std::atomic<double>>(0.0);
-  return Gauge(cell.get());
+  SW_ASSIGN_OR_RETURN(auto* cell, impl_->CellOf(values, [] { return std::make_unique<std::atomic<double>>(0.0); }));
+  return Gauge(cell);
 }
-
-Gauge GaugeFamily::Labels(const LabelValues& values) {
-  auto c = WithLabels(values);
-  if (!c.ok()) {
-    ReportLabelBug(impl_->name, impl_->label_names.size(), values.size());
-    return Gauge();
-  }
-  return *c;
-}
+Gauge GaugeFamily::Labels(const LabelValues& values) { return impl_->OrNoop(WithLabels(values), values.size()); }
 
 Result<Histogram> HistogramFamily::WithLabels(const LabelValues& values) {
-  SW_RETURN_IF_ERROR(impl_->CheckArity(values));
-  std::lock_guard<std::mutex> g(impl_->mu);
-  auto& cell = impl_->cells[values];
-  if (!cell) {
-    cell = std::make_unique<HistogramCells>(impl_->bounds.size());
-    cell->bounds = &impl_->bounds;
-  }
-  return Histogram(cell.get());
+  SW_ASSIGN_OR_RETURN(auto* cell, impl_->CellOf(values, [this] {
+    auto c = std::make_unique<HistogramCells>(impl_->bounds.size());
+    c->bounds = &impl_->bounds;
+    return c;
+  }));
+  return Histogram(cell);
 }
-
 Histogram HistogramFamily::Labels(const LabelValues& values) {
-  auto c = WithLabels(values);
-  if (!c.ok()) {
-    ReportLabelBug(impl_->name, impl_->label_names.size(), values.size());
-    return Histogram();
-  }
-  return *c;
+  return impl_->OrNoop(WithLabels(values), values.size());
 }
 
 // ---- Registry ---------------------------------------------------------------------------
@@ -289,14 +269,10 @@ Result<CounterFamily*> MetricsRegistry::AddCounter(const std::string& name, cons
   std::lock_guard<std::mutex> g(impl_->mu);
   SW_ASSIGN_OR_RETURN(Impl::Entry * existing, impl_->Check(Kind::kCounter, name, label_names));
   if (existing != nullptr) return existing->counter.get();
-  auto fi = std::make_unique<CounterFamily::Impl>();
-  fi->name = name;
-  fi->help = help;
-  fi->label_names = label_names;
   Impl::Entry& e = impl_->families[name];
   e.kind = Kind::kCounter;
+  e.counter = NewFamily<CounterFamily>(name, help, label_names);
   e.label_names = std::move(label_names);
-  e.counter = std::make_unique<CounterFamily>(std::move(fi));
   return e.counter.get();
 }
 
@@ -305,14 +281,10 @@ Result<GaugeFamily*> MetricsRegistry::AddGauge(const std::string& name, const st
   std::lock_guard<std::mutex> g(impl_->mu);
   SW_ASSIGN_OR_RETURN(Impl::Entry * existing, impl_->Check(Kind::kGauge, name, label_names));
   if (existing != nullptr) return existing->gauge.get();
-  auto fi = std::make_unique<GaugeFamily::Impl>();
-  fi->name = name;
-  fi->help = help;
-  fi->label_names = label_names;
   Impl::Entry& e = impl_->families[name];
   e.kind = Kind::kGauge;
+  e.gauge = NewFamily<GaugeFamily>(name, help, label_names);
   e.label_names = std::move(label_names);
-  e.gauge = std::make_unique<GaugeFamily>(std::move(fi));
   return e.gauge.get();
 }
 
@@ -336,15 +308,11 @@ Result<HistogramFamily*> MetricsRegistry::AddHistogram(const std::string& name, 
     }
     return existing->histogram.get();
   }
-  auto fi = std::make_unique<HistogramFamily::Impl>();
-  fi->name = name;
-  fi->help = help;
-  fi->label_names = label_names;
-  fi->bounds = std::move(bounds);
   Impl::Entry& e = impl_->families[name];
   e.kind = Kind::kHistogram;
+  e.histogram = NewFamily<HistogramFamily>(name, help, label_names);
+  e.histogram->impl_->bounds = std::move(bounds);
   e.label_names = std::move(label_names);
-  e.histogram = std::make_unique<HistogramFamily>(std::move(fi));
   return e.histogram.get();
 }
 
@@ -378,6 +346,21 @@ void MetricsRegistry::RemoveCollector(std::uint64_t id) {
   }
 }
 
+namespace {
+// HELP, TYPE and one line per series of a counter or gauge family.
+template <typename Cell>
+void RenderScalars(const Series<Cell>& f, std::string* out) {
+  const bool counter = std::is_integral_v<decltype(std::declval<Cell&>().load())>;
+  *out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", f.name, EscapeHelp(f.help), f.name, counter ? "counter" : "gauge");
+  std::lock_guard<std::mutex> fg(f.mu);
+  for (const auto& [labels, cell] : f.cells) {
+    const auto v = cell->load(std::memory_order_relaxed);
+    *out += fmt::format("{}{} {}\n", f.name, LabelSet(f.label_names, labels),
+                        counter ? fmt::format("{}", v) : FormatMetricValue(static_cast<double>(v)));
+  }
+}
+}  // namespace
+
 std::string MetricsRegistry::Render() const {
   std::string out;
   std::lock_guard<std::mutex> g(impl_->mu);
@@ -386,25 +369,8 @@ std::string MetricsRegistry::Render() const {
       out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, EscapeHelp(help), name, KindName(e.kind));
     };
     switch (e.kind) {
-      case Kind::kCounter: {
-        const auto& f = *e.counter->impl_;
-        header(f.help);
-        std::lock_guard<std::mutex> fg(f.mu);
-        for (const auto& [labels, cell] : f.cells) {
-          out += fmt::format("{}{} {}\n", name, LabelSet(f.label_names, labels), cell->load(std::memory_order_relaxed));
-        }
-        break;
-      }
-      case Kind::kGauge: {
-        const auto& f = *e.gauge->impl_;
-        header(f.help);
-        std::lock_guard<std::mutex> fg(f.mu);
-        for (const auto& [labels, cell] : f.cells) {
-          out += fmt::format("{}{} {}\n", name, LabelSet(f.label_names, labels),
-                             FormatMetricValue(cell->load(std::memory_order_relaxed)));
-        }
-        break;
-      }
+      case Kind::kCounter: RenderScalars(*e.counter->impl_, &out); break;
+      case Kind::kGauge: RenderScalars(*e.gauge->impl_, &out); break;
       case Kind::kHistogram: {
         const auto& f = *e.histogram->impl_;
         header(f.help);

@@ -3,28 +3,50 @@
 
 namespace shardwire::sync {
 
+namespace {
+
+// What a publisher and a subscriber both report, per rank: a duration histogram, a version gauge
+// and failures by code, labelled (job, <rank_label>).
+struct RankSeriesSpec {
+  const char* rank_label;
+  const char* duration;
+  const char* duration_help;
+  const char* version;
+  const char* version_help;
+  const char* failures;
+  const char* failures_help;
+};
+
+Status MakeRankSeries(MetricsRegistry& registry, const RankSeriesSpec& spec, const std::string& job,
+                      const std::string& rank, Histogram* duration, Gauge* version, CounterFamily** failures) {
+  SW_ASSIGN_OR_RETURN(HistogramFamily * d, registry.AddHistogram(spec.duration, spec.duration_help,
+                                                                 {"job", spec.rank_label}, DurationBucketsSeconds()));
+  SW_ASSIGN_OR_RETURN(GaugeFamily * v, registry.AddGauge(spec.version, spec.version_help, {"job", spec.rank_label}));
+  SW_ASSIGN_OR_RETURN(*failures, registry.AddCounter(spec.failures, spec.failures_help, {"job", spec.rank_label, "code"}));
+  *duration = d->Labels({job, rank});
+  *version = v->Labels({job, rank});
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<PublisherMetrics> PublisherMetrics::Make(MetricsRegistry* registry, const std::string& job, int rank) {
   PublisherMetrics m;
   if (registry == nullptr) return m;
   m.job_ = job;
   m.rank_ = std::to_string(rank);
-  SW_ASSIGN_OR_RETURN(HistogramFamily * duration,
-                      registry->AddHistogram("shardwire_sync_push_duration_seconds",
-                                             "Seconds of successful WeightPublisher::Push calls, per trainer rank.",
-                                             {"job", "trainer_rank"}, DurationBucketsSeconds()));
-  SW_ASSIGN_OR_RETURN(GaugeFamily * version,
-                      registry->AddGauge("shardwire_sync_pushed_version",
-                                         "Last weight version a trainer rank pushed successfully.",
-                                         {"job", "trainer_rank"}));
+  const RankSeriesSpec spec{"trainer_rank",
+                            "shardwire_sync_push_duration_seconds",
+                            "Seconds of successful WeightPublisher::Push calls, per trainer rank.",
+                            "shardwire_sync_pushed_version",
+                            "Last weight version a trainer rank pushed successfully.",
+                            "shardwire_sync_push_failures_total",
+                            "WeightPublisher::Push calls that failed, by error code."};
+  SW_RETURN_IF_ERROR(MakeRankSeries(*registry, spec, m.job_, m.rank_, &m.duration_, &m.version_, &m.failures_));
   SW_ASSIGN_OR_RETURN(m.missed_, registry->AddCounter("shardwire_sync_missed_versions_total",
                                                       "Versions an engine rank missed in a push, as the trainer "
                                                       "rank saw it, by reason (error code).",
                                                       {"job", "trainer_rank", "engine_rank", "reason"}));
-  SW_ASSIGN_OR_RETURN(m.failures_, registry->AddCounter("shardwire_sync_push_failures_total",
-                                                        "WeightPublisher::Push calls that failed, by error code.",
-                                                        {"job", "trainer_rank", "code"}));
-  m.duration_ = duration->Labels({m.job_, m.rank_});
-  m.version_ = version->Labels({m.job_, m.rank_});
   return m;
 }
 
@@ -39,8 +61,7 @@ void PublisherMetrics::Missed(int engine_rank, const Status& reason) const {
 }
 
 void PublisherMetrics::Failed(const Status& error) const {
-  if (failures_ == nullptr) return;
-  failures_->Labels({job_, rank_, std::string(ErrorCodeName(error.code()))}).Increment();
+  if (failures_ != nullptr) failures_->Labels({job_, rank_, std::string(ErrorCodeName(error.code()))}).Increment();
 }
 
 Result<SubscriberMetrics> SubscriberMetrics::Make(MetricsRegistry* registry, const std::string& job, int rank) {
@@ -48,20 +69,14 @@ Result<SubscriberMetrics> SubscriberMetrics::Make(MetricsRegistry* registry, con
   if (registry == nullptr) return m;
   m.job_ = job;
   m.rank_ = std::to_string(rank);
-  SW_ASSIGN_OR_RETURN(HistogramFamily * duration,
-                      registry->AddHistogram("shardwire_sync_update_duration_seconds",
-                                             "Seconds from BeginUpdate to the commit of a version, per engine rank.",
-                                             {"job", "engine_rank"}, DurationBucketsSeconds()));
-  SW_ASSIGN_OR_RETURN(GaugeFamily * version,
-                      registry->AddGauge("shardwire_sync_committed_version",
-                                         "Weight version an engine rank holds and serves (committed_version()).",
-                                         {"job", "engine_rank"}));
-  SW_ASSIGN_OR_RETURN(m.failures_, registry->AddCounter("shardwire_sync_update_failures_total",
-                                                        "WaitForUpdate calls that failed (the engine rank missed "
-                                                        "the version), by error code.",
-                                                        {"job", "engine_rank", "code"}));
-  m.duration_ = duration->Labels({m.job_, m.rank_});
-  m.version_ = version->Labels({m.job_, m.rank_});
+  const RankSeriesSpec spec{"engine_rank",
+                            "shardwire_sync_update_duration_seconds",
+                            "Seconds from BeginUpdate to the commit of a version, per engine rank.",
+                            "shardwire_sync_committed_version",
+                            "Weight version an engine rank holds and serves (committed_version()).",
+                            "shardwire_sync_update_failures_total",
+                            "WaitForUpdate calls that failed (the engine rank missed the version), by error code."};
+  SW_RETURN_IF_ERROR(MakeRankSeries(*registry, spec, m.job_, m.rank_, &m.duration_, &m.version_, &m.failures_));
   return m;
 }
 
@@ -71,8 +86,7 @@ void SubscriberMetrics::Committed(std::uint64_t version, double seconds) const {
 }
 
 void SubscriberMetrics::Failed(const Status& error) const {
-  if (failures_ == nullptr) return;
-  failures_->Labels({job_, rank_, std::string(ErrorCodeName(error.code()))}).Increment();
+  if (failures_ != nullptr) failures_->Labels({job_, rank_, std::string(ErrorCodeName(error.code()))}).Increment();
 }
 
 Result<LoaderMetrics> LoaderMetrics::Make(MetricsRegistry* registry, int rank) {

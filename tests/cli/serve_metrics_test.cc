@@ -92,13 +92,19 @@ double Sample(const std::string& body, const std::string& series) {
   return -1;
 }
 
+// `serve --port 0 --metrics-port 0`; returns the metrics port it printed (-1: none within 30 s).
+int ServeWithMetrics(Child* serve) {
+  Spawn(serve, {"serve", "--port", "0", "--metrics-port", "0"});
+  std::smatch m;
+  if (!serve->WaitFor(std::regex(R"(shardwire metrics on http://127\.0\.0\.1:(\d+)/metrics)"), &m)) return -1;
+  return std::stoi(m[1]);
+}
+
 TEST(ServeMetrics, MetricsPortAnswersWithTheCoordinatorsMetrics) {
   Child serve;
-  Spawn(&serve, {"serve", "--port", "0", "--metrics-port", "0"});
+  const int metrics_port = ServeWithMetrics(&serve);
+  ASSERT_GT(metrics_port, 0) << serve.output;
   std::smatch m;
-  ASSERT_TRUE(serve.WaitFor(std::regex(R"(shardwire metrics on http://127\.0\.0\.1:(\d+)/metrics)"), &m))
-      << serve.output;
-  const int metrics_port = std::stoi(m[1]);
   ASSERT_TRUE(serve.WaitFor(std::regex(R"(listening on (\S+))"), &m)) << serve.output;
   CoordinatorClientOptions co;
   co.address = m[1];
@@ -124,11 +130,9 @@ TEST(ServeMetrics, MetricsPortAnswersWithTheCoordinatorsMetrics) {
 
 TEST(ServeMetrics, PortInUseOrOutOfRangeExitsOneNamingThePort) {
   Child first;
-  Spawn(&first, {"serve", "--port", "0", "--metrics-port", "0"});
-  std::smatch m;
-  ASSERT_TRUE(first.WaitFor(std::regex(R"(shardwire metrics on http://127\.0\.0\.1:(\d+)/metrics)"), &m))
-      << first.output;
-  const std::string taken = m[1];
+  const int port = ServeWithMetrics(&first);
+  ASSERT_GT(port, 0) << first.output;
+  const std::string taken = std::to_string(port);
   Child second;
   Spawn(&second, {"serve", "--port", "0", "--metrics-port", taken});
   EXPECT_EQ(second.Exit(), 1) << second.output;
