@@ -25,6 +25,7 @@ packages=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc  # coordinator service (proto/)
   openssl                       # coordinator TLS test makes its certificate
   libhiredis-dev                # Redis-backed coordinator state
+  libcpp-httplib-dev            # the optional /metrics HTTP endpoint (Prometheus scrape)
   redis-server redis-tools      # Redis for the coordinator tests (started by the fixture) and redis-benchmark
 )
 

@@ -52,6 +52,7 @@
 #include <vector>
 
 #include "shardwire/mapped_region.h"
+#include "shardwire/metrics.h"
 #include "shardwire/status.h"
 #include "shardwire/transfer_descriptor.h"
 
@@ -216,6 +217,10 @@ struct AgentOptions {
   /// lane wake-up latency matters more than the caller's (e.g. a target whose
   /// own thread computes while its lanes serve emulated RMA).
   bool lane_sched_batch = true;
+  /// Where this agent reports bytes, transfers and failures by peer (docs/metrics.md:
+  /// shardwire_transport_*, labelled with this agent's name); must outlive the agent.
+  /// nullptr: no metrics (a completed post then costs two no-op calls).
+  MetricsRegistry* metrics = nullptr;
 };
 
 /// What this agent has decided about one imported peer (for diagnostics).

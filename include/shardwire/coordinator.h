@@ -44,6 +44,8 @@
 
 namespace shardwire {
 
+class MetricsRegistry;  // shardwire/metrics.h
+
 /// Lifecycle state of a registered weight source.
 enum class SourceState : std::uint8_t {
   kReady = 1,  ///< heartbeating; loaders may read from it
@@ -231,6 +233,11 @@ struct CoordinatorServerOptions {
   /// Redis-backed coordinator its 10,000 heartbeats/s (docs/benchmarks.md).
   /// At most 10,000 (kInvalidArgument beyond).
   int redis_reply_spin_us = 0;
+  /// Where the coordinator reports its metrics (requests by method and status code, sources
+  /// by state: docs/metrics.md); must outlive the server. nullptr: no metrics (no interceptor
+  /// installed, nothing computed). Errors at Start: kAlreadyExists when the registry already
+  /// holds another coordinator's metrics.
+  MetricsRegistry* metrics = nullptr;
 };
 
 /// A running coordinator (gRPC server + state + reaper thread). Destroying it

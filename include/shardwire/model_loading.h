@@ -212,6 +212,11 @@ struct ModelLoaderOptions {
   /// told BYE, nothing is committed) and Load returns that status. Load may then be
   /// called again and starts over.
   std::function<Status()> interrupt = {};
+  /// Where this rank reports its metrics (docs/metrics.md): load durations (seconds,
+  /// histogram), loads by result, bytes by origin, and its agent's bytes and transfers by
+  /// peer (also when agent.metrics is null). Must outlive the loader and the source it
+  /// becomes. nullptr: no metrics.
+  MetricsRegistry* metrics = nullptr;
 };
 
 /// What a load did.

@@ -208,6 +208,11 @@ struct WeightSyncOptions {
   /// See BufferMemory. Ignored for buffers in the caller's memory (the caller may advise them
   /// itself: madvise(MADV_HUGEPAGE) before first touch).
   BufferMemory buffer_memory = BufferMemory::kAuto;
+  /// Where this rank reports its metrics (docs/metrics.md): push / update durations (seconds,
+  /// histograms), the pushed / committed version, missed versions by reason, and its agent's
+  /// bytes and transfers by peer (AgentOptions::metrics). Must outlive the publisher or
+  /// subscriber. nullptr: no metrics.
+  MetricsRegistry* metrics = nullptr;
 };
 
 /// Upper bound, in seconds, of the time between two calls of WeightSyncOptions::interrupt

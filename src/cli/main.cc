@@ -11,6 +11,7 @@
 #include "cli/plan_command.h"
 #include "cli/rl_sync_demo.h"
 #include "cli/serve_command.h"
+#include "shardwire/json_log.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"shardwire: move large-model weights between processes, resharding on the way"};
@@ -18,7 +19,14 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   bool verbose = false;
   app.add_flag("-v,--verbose", verbose, "log transport and rendezvous events");
-  app.parse_complete_callback([&] { spdlog::set_level(verbose ? spdlog::level::debug : spdlog::level::warn); });
+  std::string log_format = "text";
+  app.add_option("--log-format", log_format, "log lines as plain text or as one JSON object per line")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+  app.parse_complete_callback([&] {
+    spdlog::set_level(verbose ? spdlog::level::debug : spdlog::level::warn);
+    if (log_format == "json") shardwire::UseJsonLogFormat();
+  });
   CLI::App* demo = app.add_subcommand("demo", "end-to-end demonstrations");
   demo->require_subcommand(1);
   shardwire::demo::AddRlSyncCommand(*demo, &exit_code);

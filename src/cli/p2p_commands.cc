@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "cli/demo_checkpoint.h"
+#include "cli/metrics_option.h"
 #include "shardwire/checkpoint.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/model_layouts.h"
@@ -56,10 +57,13 @@ struct SeedOptions {
   std::string revision;
   double bandwidth = 0;
   bool quiet = false;
+  std::optional<int> metrics_port;
 };
 
 Status RunSeed(const SeedOptions& o) {
   InstallStopHandlers();
+  MetricsRegistry metrics;  // before the sources: it outlives them
+  SW_ASSIGN_OR_RETURN(const auto metrics_http, StartMetricsEndpoint(o.metrics_port, metrics, "127.0.0.1", o.quiet));
   SW_ASSIGN_OR_RETURN(auto client, Connect(o.coordinator));
   auto registry = MakeCoordinatorSourceRegistry(*client);
   SW_ASSIGN_OR_RETURN(const ModelDescription model, demo::DescribeDemoModel({o.checkpoint, o.config}));
@@ -79,6 +83,7 @@ Status RunSeed(const SeedOptions& o) {
     so.rank = r;
     so.bandwidth_bytes_per_s = o.bandwidth;
     so.content_revision = content;
+    if (o.metrics_port) so.agent.metrics = &metrics;
     SW_ASSIGN_OR_RETURN(auto source, ModelSource::Create(*registry, model, identity, so, [&](std::span<std::byte> buf) {
                           return LoadShardsFromCheckpoint(checkpoint, layout, r, buf);
                         }));
@@ -106,6 +111,7 @@ struct LoadOptions {
   double stall_timeout_s = 3;
   bool quiet = false;
   std::string report;  ///< write the LOADED line (plus timestamps) to this file
+  std::optional<int> metrics_port;
 };
 
 std::int64_t UnixMs() {
@@ -115,6 +121,8 @@ std::int64_t UnixMs() {
 
 Status RunLoad(const LoadOptions& o) {
   InstallStopHandlers();
+  MetricsRegistry metrics;  // before the loaders and sources: it outlives them
+  SW_ASSIGN_OR_RETURN(const auto metrics_http, StartMetricsEndpoint(o.metrics_port, metrics, "127.0.0.1", o.quiet));
   SW_ASSIGN_OR_RETURN(auto client, Connect(o.coordinator));
   auto registry = MakeCoordinatorSourceRegistry(*client);
   ModelDescription model;
@@ -161,6 +169,7 @@ Status RunLoad(const LoadOptions& o) {
   for (int r = 0; r < world; ++r) {
     threads.emplace_back([&, r] {
       ModelLoaderOptions lo;
+      if (o.metrics_port) lo.metrics = &metrics;
       const transport::PrivateMapping& mem = memory[static_cast<std::size_t>(r)];
       lo.buffer = std::span<std::byte>(mem.data(), mem.size());
       // Same-host sources are read into huge-page memory by kernel copy (what ReadPath::kAuto
@@ -309,6 +318,7 @@ void AddSeedCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--bandwidth", o->bandwidth, "bytes/s each rank serves at most (0 = unlimited)")
       ->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "print nothing but errors");
+  AddMetricsPortOption(cmd, &o->metrics_port);
   cmd->callback([o, exit_code] {
     Status s = RunSeed(*o);
     if (!s.ok()) {
@@ -332,6 +342,7 @@ void AddLoadCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--report", o->report, "also write the LOADED line to this file (atomically)");
   cmd->add_flag("--quiet", o->quiet, "print nothing but errors (use with --report)");
+  AddMetricsPortOption(cmd, &o->metrics_port);
   cmd->add_flag("--serve", o->serve, "after loading, serve the instance as a source until interrupted");
   cmd->add_option("--bandwidth", o->bandwidth, "with --serve: bytes/s each rank serves at most")->capture_default_str();
   cmd->callback([o, exit_code] {

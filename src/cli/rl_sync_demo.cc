@@ -26,6 +26,7 @@
 #include "cli/demo_checkpoint.h"
 #include "cli/engine_shards.h"
 #include "cli/memcpy_reference.h"
+#include "cli/metrics_option.h"
 #include "cli/rl_sync_protocol.h"
 #include "shardwire/agent.h"
 #include "shardwire/coordinator.h"
@@ -227,11 +228,15 @@ Status Run(const RlSyncOptions& o) {
 
   // The rendezvous: an in-process coordinator unless --coordinator names one
   // (token from SHARDWIRE_TOKEN, which the workers inherit).
+  // --metrics-port: the in-process coordinator's metrics (requests, sources by state).
+  MetricsRegistry metrics;
+  SW_ASSIGN_OR_RETURN(const auto metrics_http, cli::StartMetricsEndpoint(o.metrics_port, metrics));
   std::unique_ptr<CoordinatorServer> server;
   std::string coordinator = o.coordinator;
   if (coordinator.empty()) {
     CoordinatorServerOptions so;
     so.listen_address = fmt::format("127.0.0.1:{}", o.port);
+    if (o.metrics_port) so.metrics = &metrics;
     SW_ASSIGN_OR_RETURN(server, CoordinatorServer::Start(so));
     coordinator = server->address();
   }
@@ -663,6 +668,7 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
                 "buffers the transport maps into the trainer (the fallback path, for comparison)");
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--json", o->json_out, "also write the summary as JSON to this file");
+  cli::AddMetricsPortOption(cmd, &o->metrics_port);
   cmd->add_option("--job", o->job, "job name, the prefix of every rendezvous key (default: rl-sync-<pid>)");
   cmd->callback([o, exit_code] {
     const Status status = Run(*o);

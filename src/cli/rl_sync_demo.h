@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -42,6 +43,9 @@ struct RlSyncOptions {
   double timeout_s = 120;   ///< bound of every wait
   std::string json_out;     ///< write the summary as JSON here
   std::string job;          ///< job name (rendezvous key prefix); empty: rl-sync-<pid>
+  /// Serve the in-process coordinator's metrics at http://127.0.0.1:PORT/metrics (0: any free
+  /// port); unset: no metrics.
+  std::optional<int> metrics_port;
 };
 
 /// Registers the `rl-sync` subcommand on `demo`; the callback stores its exit code.

@@ -5,8 +5,10 @@
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
+#include "cli/metrics_option.h"
 #include "shardwire/coordinator.h"
 
 namespace shardwire::cli {
@@ -19,6 +21,7 @@ struct ServeArgs {
   std::string token_file;
   std::string tls_cert;
   std::string tls_key;
+  std::optional<int> metrics_port;  // --metrics-port: serve /metrics (none: no metrics)
   CoordinatorServerOptions defaults;
 };
 
@@ -61,11 +64,20 @@ int Serve(const ServeArgs& a) {
     return 1;
   }
   o.token = *token;
+  // Declared before the server: the registry outlives it and the endpoint serving it.
+  MetricsRegistry registry;
+  if (a.metrics_port) o.metrics = &registry;
+  auto metrics_http = StartMetricsEndpoint(a.metrics_port, registry, a.host, /*quiet=*/true);
+  if (!metrics_http.ok()) {
+    fmt::print(stderr, "shardwire serve: {}\n", metrics_http.status().ToString());
+    return 1;
+  }
   auto server = CoordinatorServer::Start(o);
   if (!server.ok()) {
     fmt::print(stderr, "shardwire serve: {}\n", server.status().ToString());
     return 1;
   }
+  if (*metrics_http) fmt::print("shardwire metrics on {}\n", (*metrics_http)->url());
   fmt::print("shardwire coordinator listening on {} ({} state, {}, {})\n", (*server)->address(),
              o.redis_url.empty() ? "in-memory" : "redis", o.tls_cert_file.empty() ? "plaintext" : "TLS",
              o.token.empty() ? "no token" : "token required");
@@ -103,6 +115,7 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--member-expire-after", args->defaults.member_expire_after_s,
                   "seconds without heartbeat after which a job member leaves its job")
       ->capture_default_str();
+  AddMetricsPortOption(cmd, &args->metrics_port);
   cmd->add_option("--reaper-interval", args->defaults.reaper_interval_s, "seconds between reaper passes")
       ->capture_default_str();
   cmd->callback([args, exit_code] { *exit_code = Serve(*args); });

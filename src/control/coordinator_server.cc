@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "control/coordinator_codec.h"
+#include "control/coordinator_metrics.h"
 #include "control/coordinator_service.h"
 #include "control/coordinator_state.h"
 #include "control/coordinator_state_redis.h"
@@ -85,6 +86,7 @@ struct CoordinatorServer::Impl {
   std::condition_variable wake;
   bool stop = false;
   bool shut_down = false;
+  CollectorHandle sources_collector;  // last: unregistered before anything it reads goes
 
   void RunReaper() {
     std::unique_lock<std::mutex> lock(mu);
@@ -155,6 +157,11 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(CoordinatorS
   builder.RegisterService(impl->rendezvous.get());
   builder.RegisterService(impl->sources.get());
   builder.RegisterService(impl->jobs.get());
+  if (options.metrics != nullptr) {
+    SW_ASSIGN_OR_RETURN(auto interceptors, control::MakeRequestMetricsInterceptors(*options.metrics));
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+    SW_ASSIGN_OR_RETURN(impl->sources_collector, control::AddSourceStateCollector(*options.metrics, impl->state));
+  }
   impl->heartbeats = std::make_unique<control::HeartbeatLoop>(impl->core.get(), impl->sources.get(), impl->jobs.get(),
                                                               builder.AddCompletionQueue());
   impl->server = builder.BuildAndStart();

@@ -57,6 +57,7 @@
 #include <spdlog/spdlog.h>
 
 #include "shardwire/metadata_blob.h"
+#include "transport/agent_metrics.h"
 #include "transport/kernel_copy.h"
 #include "transport/prefault.h"
 #include "transport/private_arena.h"
@@ -341,6 +342,7 @@ struct TransferCore {
   bool has_wire = false;
   bool notified = false;             // this post's notification was sent
   std::vector<std::byte> post_wire;  // this post's encoded notification
+  transport::TransferMetrics metrics;  // AgentOptions::metrics series (no-op without)
 };
 
 }  // namespace
@@ -536,6 +538,7 @@ struct Agent::Impl {
     std::atomic<std::uint64_t> direct_copy_ns{0};
     std::atomic<std::uint64_t> direct_copy_cpu_ns{0};
   } counters;
+  transport::AgentMetrics metrics;  // AgentOptions::metrics families (no-op without)
 
   ~Impl() { Shutdown(); }
 
@@ -741,6 +744,7 @@ struct Agent::Impl {
       if (t->peer_serial == serial && t->state == State::kRunning) {
         t->state = State::kFailed;
         t->error = why;
+        t->metrics.Failed(why);
       }
     }
   }
@@ -843,6 +847,7 @@ struct Agent::Impl {
     if (t.state == State::kRunning && j.failed) {
       t.state = State::kFailed;
       t.error = j.error.WithContext(fmt::format("transfer {} to {}", t.id, t.peer_name));
+      t.metrics.Failed(t.error);
       cv.notify_all();
       return false;
     }
@@ -869,6 +874,7 @@ struct Agent::Impl {
       if (j.failed) {
         t.state = State::kFailed;
         t.error = j.error.WithContext(fmt::format("transfer {} to {}", t.id, t.peer_name));
+        t.metrics.Failed(t.error);
       } else {
         t.notified = true;
       }
@@ -881,8 +887,10 @@ struct Agent::Impl {
     TransferCore& t = *j.t;
     if (t.jobs_alive > 0) --t.jobs_alive;
     if (t.seq == j.seq && t.state == State::kRunning && t.lanes_pending == 0 && t.jobs_alive == 0 &&
-        (!t.has_wire || t.notified))
+        (!t.has_wire || t.notified)) {
       t.state = State::kDone;
+      t.metrics.Done(t.total_bytes);
+    }
     if (t.state != State::kRunning && t.jobs_alive == 0) active.erase(&t);
     cv.notify_all();
   }
@@ -1384,6 +1392,7 @@ struct Agent::Impl {
         if (t->state == State::kRunning) {
           t->state = State::kFailed;
           t->error = PeerDisconnected("agent is shutting down");
+          t->metrics.Failed(t->error);
         }
       }
     }
@@ -1479,6 +1488,7 @@ Result<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
 
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
+  SW_ASSIGN_OR_RETURN(impl->metrics, transport::AgentMetrics::Make(impl->options.metrics, impl->options.name));
   impl->self = SelfIdentity();
   const std::string& name = impl->options.name;
   const std::string ctx = "Agent::Create " + name;
@@ -1997,6 +2007,7 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
   t->op = op;
   t->peer_name = peer_name;
   t->peer_serial = peer->serial;
+  t->metrics = im.metrics.ForTransfer(peer_name, op);
   t->am_write = op == TransferOp::kWrite && peer->write_path == WritePath::kActiveMessage;
   std::vector<PreparedOp> slices;
   slices.reserve(descriptors.size());
@@ -2139,10 +2150,13 @@ Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bo
   Impl& im = *impl_;
   SW_ASSIGN_OR_RETURN(std::shared_ptr<TransferCore> t, im.FindTransfer(handle));
   auto pit = im.peers.find(t->peer_name);
-  if (pit == im.peers.end() || pit->second->serial != t->peer_serial)
-    return PeerDisconnected(fmt::format(
+  if (pit == im.peers.end() || pit->second->serial != t->peer_serial) {
+    Status gone = PeerDisconnected(fmt::format(
         "Post: transfer {} was prepared against an earlier import of peer {}, which is gone; prepare it again",
         handle.id, t->peer_name));
+    t->metrics.Failed(gone);
+    return gone;
+  }
   std::shared_ptr<Impl::PeerState> peer = pit->second;
   if (replace && payload.size() > (std::size_t{1} << 31))
     return InvalidArgument(fmt::format("Post: notification payload of {} bytes exceeds 2^31", payload.size()));
@@ -2152,7 +2166,10 @@ Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bo
   if (lanes_used.empty()) lanes_used.push_back(0);  // flush (and notify) only
   {
     std::lock_guard<std::mutex> g(im.mu);
-    if (peer->failed.load()) return peer->failure.WithContext("Post");
+    if (peer->failed.load()) {
+      t->metrics.Failed(peer->failure);
+      return peer->failure.WithContext("Post");
+    }
     if (t->state == State::kRunning)
       return InvalidArgument(fmt::format("Post: transfer {} is still in flight; Wait for it first", handle.id));
     if (t->jobs_alive > 0)
@@ -2305,6 +2322,7 @@ Status Agent::Release(TransferHandle handle) {
     if (t->state == State::kRunning) {
       t->state = State::kFailed;
       t->error = PeerDisconnected("released");
+      t->metrics.Failed(t->error);
     }
     if (t->jobs_alive == 0) im.active.erase(t.get());
   }
@@ -2322,6 +2340,7 @@ Status Agent::WireUp(const std::string& peer_name, double timeout_s) {
   // ucp_ep_flush_nbx, which completes only once that endpoint is wired up.
   SW_ASSIGN_OR_RETURN(const TransferHandle h, PrepareTransfer(TransferOp::kWrite, peer_name, {}, std::nullopt));
   im.transfers.at(h.id)->all_lanes = true;
+  im.transfers.at(h.id)->metrics = {};  // internal: not a transfer of the caller's
   Status st = Post(h);
   if (st.ok()) st = Wait(h, timeout_s);
   if (st.code() == ErrorCode::kTimedOut) (void)Cancel(h, 1.0);

@@ -19,6 +19,7 @@
 #include "shardwire/shard_io.h"
 #include "workflows/load_assignment.h"
 #include "workflows/p2p_messages.h"
+#include "workflows/workflow_metrics.h"
 
 namespace shardwire {
 namespace {
@@ -128,6 +129,7 @@ struct ModelLoader::Impl {
   ModelIdentity identity;
   bool loaded = false;
   std::uint64_t next_id = 1;
+  sync::LoaderMetrics metrics;  // ModelLoaderOptions::metrics (no-op without)
   // CheckpointRevision of the bytes being loaded, when known: the identity's revision
   // when it is one, else what the sources advertise (kSourceAttrContent).
   std::string content;
@@ -844,6 +846,8 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
   impl->model = model;
   impl->layout = std::move(*layout);
   AgentOptions agent_options = options.agent;
+  if (agent_options.metrics == nullptr) agent_options.metrics = options.metrics;
+  SW_ASSIGN_OR_RETURN(impl->metrics, sync::LoaderMetrics::Make(options.metrics, options.rank));
   if (agent_options.name.empty()) {
     agent_options.name =
         fmt::format("{}/loader/{}/{}-{}", options.instance_id, options.rank, ::getpid(), g_loader_counter.fetch_add(1));
@@ -892,7 +896,12 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
 Result<LoadReport> ModelLoader::Load() {
   if (!impl_ || !impl_->agent) return InvalidArgument("model loader: already turned into a source");
   if (impl_->loaded) return InvalidArgument("model loader: already loaded");
-  return impl_->Run();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto report = impl_->Run();
+  impl_->metrics.Loaded(report.ok() ? Status::Ok() : report.status(),
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                        report.ok() ? report->bytes_from_sources : 0, report.ok() ? report->bytes_from_disk : 0);
+  return report;
 }
 
 bool ModelLoader::loaded() const { return impl_ && impl_->loaded; }

@@ -46,10 +46,10 @@ Result<RegionId> ParseRegion(const std::string& key, const std::string& text) {
 Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
                                       std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer,
                                       bool double_buffered, std::span<std::byte> second_caller_buffer,
-                                      std::uint64_t scratch_bytes, ArenaMemory memory) {
+                                      std::uint64_t scratch_bytes, ArenaMemory memory, MetricsRegistry* metrics) {
   RankEndpoint endpoint;
   const std::string key = MetadataKey(job, role, rank);
-  SW_ASSIGN_OR_RETURN(endpoint.agent, Agent::Create(AgentOptions{.name = key}));
+  SW_ASSIGN_OR_RETURN(endpoint.agent, Agent::Create(AgentOptions{.name = key, .metrics = metrics}));
   SW_RETURN_IF_ERROR(
       OpenBuffer(*endpoint.agent, key, buffer_bytes, caller_buffer, &endpoint.region, &endpoint.weights, memory));
   if (double_buffered) {

@@ -39,7 +39,8 @@ struct RankEndpoint {
 Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
                                       std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer = {},
                                       bool double_buffered = false, std::span<std::byte> second_caller_buffer = {},
-                                      std::uint64_t scratch_bytes = 0, ArenaMemory memory = ArenaMemory::kShared);
+                                      std::uint64_t scratch_bytes = 0, ArenaMemory memory = ArenaMemory::kShared,
+                                      MetricsRegistry* metrics = nullptr);
 
 /// What a rank's plan is computed from: "<fingerprint> (<trainer layout> -> <engine layout>)"
 /// plus the options that change what moves where or what DONE carries (K, the conversion's block

@@ -23,6 +23,7 @@
 #include "workflows/rank_endpoint.h"
 #include "workflows/relay_tree.h"
 #include "workflows/sync_messages.h"
+#include "workflows/workflow_metrics.h"
 
 namespace shardwire {
 
@@ -41,6 +42,7 @@ double ThreadCpuSeconds() {
 struct WeightPublisher::State {
   Rendezvous* rendezvous = nullptr;
   WeightSyncOptions options;
+  sync::PublisherMetrics metrics;  // WeightSyncOptions::metrics (no-op without)
   int rank = 0;
   Layout trainer_layout;
   std::optional<PushConversion> conversion;
@@ -290,7 +292,9 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
       sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank, trainer_layout.rank(rank).buffer_bytes,
                              state->options.buffer, false, {}, conversion.scratch_bytes(rank),
                              state->options.buffer_memory == BufferMemory::kShared ? ArenaMemory::kShared
-                                                                                   : ArenaMemory::kPrivateHugePages));
+                                                                                   : ArenaMemory::kPrivateHugePages,
+                             state->options.metrics));
+  SW_ASSIGN_OR_RETURN(state->metrics, sync::PublisherMetrics::Make(state->options.metrics, state->options.job, rank));
   if (conversion.converts()) {
     SW_ASSIGN_OR_RETURN(TrainerConversion tc, conversion.ForTrainerRank(rank));
     const TransferPlan& converted = conversion.converted_plan();
@@ -517,8 +521,25 @@ Status WeightPublisher::Connect() {
   return Status::Ok();
 }
 
+namespace {
+Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version);
+}  // namespace
+
 Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   State& s = *state_;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto stats = PushVersion(s, version);
+  if (!stats.ok()) {
+    s.metrics.Failed(stats.status());
+    return stats;
+  }
+  s.metrics.Pushed(version, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return stats;
+}
+
+namespace {
+Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) {
+  using State = WeightPublisher::State;
   Agent& agent = *s.endpoint.agent;
   if (!s.connected) return InvalidArgument("WeightPublisher::Push called before Connect");
   const std::string who = fmt::format("trainer rank {} push v{}", s.rank, version);
@@ -1057,6 +1078,7 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   stats.amax_exchange_s = Seconds(t1, t2);
   stats.transfer_s = Seconds(t2, t3);
   if (!active.empty()) s.last_pushed = version;
+  for (const MissedEngine& m : stats.missed) s.metrics.Missed(m.engine_rank, m.reason);
   if (active.empty() && !stats.missed.empty() && !s.options.dynamic_membership) {
     std::string why;
     for (const MissedEngine& m : stats.missed) why += (why.empty() ? "" : "; ") + m.reason.ToString();
@@ -1064,5 +1086,6 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   }
   return stats;
 }
+}  // namespace
 
 }  // namespace shardwire

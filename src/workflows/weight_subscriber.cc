@@ -13,6 +13,7 @@
 #include "workflows/rank_endpoint.h"
 #include "workflows/relay_tree.h"
 #include "workflows/sync_messages.h"
+#include "workflows/workflow_metrics.h"
 
 namespace shardwire {
 
@@ -24,6 +25,7 @@ constexpr const char* kEngineRole = "engine";
 struct WeightSubscriber::State {
   Rendezvous* rendezvous = nullptr;
   WeightSyncOptions options;
+  sync::SubscriberMetrics metrics;  // WeightSyncOptions::metrics (no-op without)
   int rank = 0;
   sync::RankEndpoint endpoint;
   std::vector<int> sources;
@@ -241,7 +243,8 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
       state->endpoint,
       sync::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank, engine_layout.rank(rank).buffer_bytes,
                              state->options.buffer, state->options.double_buffered, state->options.second_buffer,
-                             /*scratch_bytes=*/0, engine_memory));
+                             /*scratch_bytes=*/0, engine_memory, state->options.metrics));
+  SW_ASSIGN_OR_RETURN(state->metrics, sync::SubscriberMetrics::Make(state->options.metrics, state->options.job, rank));
   return std::unique_ptr<WeightSubscriber>(new WeightSubscriber(std::move(state)));
 }
 
@@ -290,6 +293,7 @@ Status WeightSubscriber::AdoptVersion(std::uint64_t version) {
         fmt::format("AdoptVersion({}): not above the committed version {}", version, s.committed_version));
   }
   s.committed_version = version;
+  s.metrics.Committed(version, /*seconds=*/-1);
   return Status::Ok();
 }
 
@@ -343,8 +347,18 @@ Status WeightSubscriber::BeginUpdate(std::uint64_t version) {
   return Status::Ok();
 }
 
+namespace {
+Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t version);
+}  // namespace
+
 Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
-  State& s = *state_;
+  auto stats = AwaitVersion(*state_, version);
+  if (!stats.ok()) state_->metrics.Failed(stats.status());
+  return stats;
+}
+
+namespace {
+Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t version) {
   if (version != s.begun_version) {
     return InvalidArgument(fmt::format("WaitForUpdate({}) without BeginUpdate({})", version, version));
   }
@@ -422,6 +436,7 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
     }
   }
   s.committed_version = version;
+  s.metrics.Committed(version, std::chrono::duration<double>(std::chrono::steady_clock::now() - s.begun_at).count());
   if (s.options.double_buffered) s.serving = 1 - s.serving;  // the new version is served from now on
   UpdateStats stats;
   stats.version = version;
@@ -432,5 +447,6 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
   if (!forward.empty()) s.ForwardVersion(version, s.options.double_buffered ? s.serving : 0, forward, stats);
   return stats;
 }
+}  // namespace
 
 }  // namespace shardwire

@@ -9,10 +9,13 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <sstream>
+#include <string>
 
 #include "shardwire/checkpoint.h"
 #include "shardwire/checkpoint_generator.h"
 #include "shardwire/checkpoint_model.h"
+#include "shardwire/metrics.h"
 #include "shardwire/model_config.h"
 #include "shardwire/model_layouts.h"
 #include "shardwire/shard_io.h"
@@ -677,6 +680,52 @@ TEST(MoveDigest, SegmentsAreCutAtSourceBlockBoundaries) {
   d.Add(42);
   const std::uint8_t le[16] = {8, 7, 6, 5, 4, 3, 2, 1, 42, 0, 0, 0, 0, 0, 0, 0};
   EXPECT_EQ(d.Value(), XXH3_64bits(le, sizeof le));
+}
+
+
+// ModelLoaderOptions::metrics: a load counts once by result, its duration once, its bytes by
+// origin as the LoadReport says, and its agent's READ bytes by peer add up to the bytes from
+// sources; a failed load counts under its error code and adds no duration or bytes.
+TEST_F(ModelLoadingTest, LoaderReportsLoadsDurationsAndBytesIntoItsRegistry) {
+  auto seed = Seed("seed", "tp=2");
+  MetricsRegistry metrics;
+  ModelLoaderOptions o = LoaderOptions("metered", "tp=1", 0);
+  o.metrics = &metrics;
+  auto loader = ModelLoader::Create(registry_, model_, o);
+  ASSERT_TRUE(loader.ok()) << loader.status().ToString();
+  auto report = (*loader)->Load();
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  ExpectEqualsCheckpoint(**loader, 0);
+  ASSERT_GT(report->bytes_from_sources, 0u);
+  auto sample = [&](const std::string& series) {
+    const std::string text = metrics.Render();
+    const auto at = text.find("\n" + series + " ");
+    EXPECT_NE(at, std::string::npos) << series << " missing in\n" << text;
+    return at == std::string::npos ? -1.0 : std::stod(text.substr(at + series.size() + 2));
+  };
+  EXPECT_EQ(sample("shardwire_loads_total{rank=\"0\",result=\"ok\"}"), 1);
+  EXPECT_EQ(sample("shardwire_load_duration_seconds_count{rank=\"0\"}"), 1);
+  EXPECT_EQ(sample("shardwire_load_bytes_total{rank=\"0\",origin=\"sources\"}"),
+            static_cast<double>(report->bytes_from_sources));
+  EXPECT_EQ(sample("shardwire_load_bytes_total{rank=\"0\",origin=\"disk\"}"), 0);
+  // The loader's agent READ exactly the verified bytes from the two source ranks (no re-reads here).
+  ASSERT_EQ(report->rereads, 0u);
+  double read = 0;
+  std::istringstream in(metrics.Render());
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("shardwire_transport_bytes_total{", 0) == 0 && line.find("op=\"READ\"") != std::string::npos)
+      read += std::stod(line.substr(line.rfind(' ') + 1));
+  EXPECT_EQ(read, static_cast<double>(report->bytes_from_sources));
+
+  seed.clear();
+  auto liar = Seed("liar", "tp=2", Liar());
+  ModelLoaderOptions bad = LoaderOptions("metered-2", "tp=2", 0);
+  bad.metrics = &metrics;
+  auto failing = ModelLoader::Create(registry_, model_, bad);
+  ASSERT_TRUE(failing.ok());
+  ASSERT_EQ((*failing)->Load().status().code(), ErrorCode::kUnavailable);
+  EXPECT_EQ(sample("shardwire_loads_total{rank=\"0\",result=\"unavailable\"}"), 1);
+  EXPECT_EQ(sample("shardwire_load_duration_seconds_count{rank=\"0\"}"), 1) << "failed loads add no duration";
 }
 
 }  // namespace
