@@ -189,12 +189,16 @@ struct Agent::Impl {
   struct Lane;
   struct Job;
 
+  /// One issued op's flow-control accounting: the user_data of its UCX requests. Lane::mu.
   struct OpCookie {
     Job* job = nullptr;
     std::uint64_t bytes = 0;
     std::uint64_t requests = 0;  // UCX requests of this op (one per row) not yet completed
   };
 
+  /// An imported peer: what its blob said, how this agent reaches it (per-lane endpoints,
+  /// write path, kernel copy) and whether it failed. Immutable after ImportMetadata except
+  /// where a member says how it is guarded. Shared by the API thread and the lanes.
   struct PeerState {
     std::string name;
     std::uint64_t serial = 0;
@@ -219,25 +223,23 @@ struct Agent::Impl {
     std::vector<std::shared_ptr<MappedRegion::Lease>> leases;
   };
 
-  // Revokes every MappedRegion of `peer`: waits for Accesses still held (their writes finish
-  // into a live mapping), then later Acquires report `why`. Must run before lane 0's rkeys of the
-  // peer are destroyed. Any thread; takes no lane mutex.
-
   /// Revokes every MappedRegion of `peer`: waits for Accesses still held (their writes finish
   /// into a live mapping), then later Acquires report `why`. Must run before lane 0's rkeys of the
   /// peer are destroyed. Any thread; takes no lane mutex. (peer_failure.cc)
   static void RevokeLeases(PeerState& peer, const Status& why);
 
-  // The error-callback argument of one endpoint; owned by the Impl until the
-  // workers are gone, so a late callback never reads freed memory.
+  /// The error-callback argument of one endpoint; owned by the Impl until the
+  /// workers are gone, so a late callback never reads freed memory.
   struct EpContext {
     Impl* impl = nullptr;
     std::uint64_t peer_serial = 0;
   };
 
+  /// Where a Job is: issuing ops, waiting for its flush (put/get) or fence
+  /// acknowledgement (active-message writes), sending the notification, finished.
   enum class Phase { kIssue, kFlushing, kFencing, kNotifying, kFinished };
 
-  // One lane's part of one post. Owned by the lane; touched under Lane::mu.
+  /// One lane's part of one post. Owned by the lane; touched under Lane::mu.
   struct Job {
     std::shared_ptr<TransferCore> t;
     std::uint64_t seq = 0;
@@ -268,23 +270,27 @@ struct Agent::Impl {
     }
   };
 
+  /// A message with no job (SendMessage, a fence acknowledgement) until UCX sent it. Lane::mu.
   struct PendingSend {
     std::vector<std::byte> wire;
     std::uint64_t header = 0;
     bool done = false;
   };
 
+  /// A notification arriving by rendezvous: its buffer until the receive completes. Lane::mu.
   struct RndvRecv {
     std::vector<std::byte> buffer;
     bool done = false;
     ucs_status_t status = UCS_OK;
   };
 
+  /// A fence to acknowledge once no active-message write is being received. Lane::mu.
   struct PendingAck {
     ucp_ep_h reply_ep = nullptr;
     std::uint64_t token = 0;
   };
 
+  /// One UCX worker, its progress thread and everything it drives (see the file comment).
   struct Lane {
     Impl* impl = nullptr;
     std::uint32_t index = 0;
@@ -307,6 +313,7 @@ struct Agent::Impl {
     std::uint32_t ops_limit = 1;
     std::uint64_t bytes_limit = 1;
 
+    /// Wakes the lane thread (its eventfd). Any thread, no lock needed.
     void Wake() const {
       const std::uint64_t one = 1;
       ssize_t r = ::write(wake.get(), &one, sizeof(one));
@@ -314,6 +321,8 @@ struct Agent::Impl {
     }
   };
 
+  /// A region of this agent: its bytes, UCX memory handle and packed rkey, and how many
+  /// prepared transfers pin it (Deregister refuses while pins > 0). Guarded by regions_mu.
   struct LocalRegion {
     RegionId id = 0;
     std::byte* base = nullptr;
@@ -355,7 +364,7 @@ struct Agent::Impl {
 
   Clock::time_point next_liveness_check{};  // lane 0 thread only
 
-  // AgentStats, updated with relaxed atomics by the lanes and the API thread.
+  /// AgentStats, updated with relaxed atomics by the lanes and the API thread (ns, bytes, counts).
   struct Counters {
     std::atomic<std::uint64_t> posts{0};
     std::atomic<std::uint64_t> direct_copy_blocks{0};
