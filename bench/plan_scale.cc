@@ -78,7 +78,7 @@ int PlanOne(const shardwire::ModelDescription& model, const std::string& name, c
   const auto received = plan->BytesReceivedPerDestination();
   const TrafficStats s = Summarize(sent), d = Summarize(received);
   std::size_t broadcasts = 0;
-  for (const Bucket& b : plan->buckets()) broadcasts += b.transport == TransportKind::kBroadcast;
+  for (const Bucket& b : plan->buckets()) broadcasts += b.delivery == DeliveryKind::kBroadcast;
   const double bytes = static_cast<double>(plan->total_bytes());
   // The transfer this plan describes, at one core's memcpy speed per destination rank
   // (the best a destination can absorb here): the time the plan is amortised against.

@@ -20,7 +20,7 @@ packages=(
   python3-torch python3-pytest  # torch tensors in the Python package; its tests and examples
   clang-14 libclang-rt-14-dev   # libFuzzer targets (fuzz/run_fuzzer.sh)
   ccache                        # keeps the repeated builds of scripts/test.sh (normal, ASan, TSan, fuzz) cheap
-  iperf3                        # plain-TCP reference of bench/agent_engine_bench
+  iperf3                        # plain-TCP reference of bench/agent_transfer_bench
   iproute2                      # network namespaces + veth for the cross-"host" transport test
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc  # coordinator service (proto/)
   openssl                       # coordinator TLS test makes its certificate

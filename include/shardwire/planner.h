@@ -12,7 +12,7 @@
 //     Partial(sum) sources are summed first at a reducer on the source side (see
 //     Reduction in transfer_plan.h); the destination only ever receives the sum.
 //  4. Coalesce runs adjacent in both buffers (also across tensors), cap move sizes at
-//     the bucket size, form buckets per (source, destination group, transport), and
+//     the bucket size, form buckets per (source, destination group, delivery), and
 //     schedule them in rounds (deterministic; bytes balanced per round, see
 //     src/plan/schedule.h) so that no destination receives from more than K sources and
 //     no source sends to more than K destinations at once; a broadcast counts

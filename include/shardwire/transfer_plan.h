@@ -21,12 +21,13 @@
 namespace shardwire {
 
 /// How a bucket's bytes travel.
-enum class TransportKind : std::uint8_t {
+enum class DeliveryKind : std::uint8_t {
   kLocal,      ///< source and destination are the same process: a copy
   kP2P,        ///< one source range to one destination rank (one-sided WRITE)
   kBroadcast,  ///< one source range to several destination ranks (fan-out tree allowed)
 };
-std::string_view TransportKindName(TransportKind kind);
+/// "LOCAL", "P2P" or "BROADCAST" (the names `shardwire plan` prints). Pure; any thread.
+std::string_view DeliveryKindName(DeliveryKind kind);
 
 /// Copy `count` runs of `length` bytes from source rank `src_rank`'s buffer to every
 /// rank of destination group `dst_group`: run i goes from src_offset + i * src_stride
@@ -47,12 +48,12 @@ struct Move {
   bool operator==(const Move&) const = default;
 };
 
-/// A run of consecutive moves with one source, one destination group and one transport,
+/// A run of consecutive moves with one source, one destination group and one delivery kind,
 /// at most PlanOptions::bucket_bytes long, executed in schedule round `round`.
 struct Bucket {
   std::uint32_t src_rank = 0;
   std::uint32_t dst_group = 0;
-  TransportKind transport = TransportKind::kP2P;
+  DeliveryKind delivery = DeliveryKind::kP2P;
   std::uint32_t round = 0;
   std::uint64_t first_move = 0;  ///< index into TransferPlan::moves()
   std::uint64_t move_count = 0;

@@ -189,9 +189,9 @@ Status Run(const Args& a) {
   SW_ASSIGN_OR_RETURN(const TransferPlan plan, PlanTransfer(*src, *dst, options));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  std::map<TransportKind, std::pair<std::uint64_t, std::uint64_t>> by_transport;  // buckets, bytes
+  std::map<DeliveryKind, std::pair<std::uint64_t, std::uint64_t>> by_delivery;  // buckets, bytes
   for (const Bucket& b : plan.buckets()) {
-    auto& [count, bytes] = by_transport[b.transport];
+    auto& [count, bytes] = by_delivery[b.delivery];
     ++count;
     bytes += b.bytes * plan.dst_groups()[b.dst_group].size();
   }
@@ -255,8 +255,8 @@ Status Run(const Args& a) {
       j["concurrency_tried"] = t;
     }
     if (prediction) j["fabric"] = FabricJson(*fabric, *prediction);
-    for (const auto& [kind, cb] : by_transport) {
-      j["transports"][std::string(TransportKindName(kind))] = {{"buckets", cb.first}, {"bytes", cb.second}};
+    for (const auto& [kind, cb] : by_delivery) {
+      j["deliveries"][std::string(DeliveryKindName(kind))] = {{"buckets", cb.first}, {"bytes", cb.second}};
     }
     fmt::print("{}\n", j.dump(2));
     return Status::Ok();
@@ -277,8 +277,8 @@ Status Run(const Args& a) {
     fmt::print("concurrency auto: K={}, the smallest within {:.0f}% of the fastest prediction of {}\n",
                options.max_concurrency, (kAutoConcurrencySlack - 1) * 100, list);
   }
-  for (const auto& [kind, cb] : by_transport) {
-    fmt::print("  {:<10} {} buckets, {} delivered\n", TransportKindName(kind), cb.first,
+  for (const auto& [kind, cb] : by_delivery) {
+    fmt::print("  {:<10} {} buckets, {} delivered\n", DeliveryKindName(kind), cb.first,
                gb(static_cast<double>(cb.second)));
   }
   const TrafficStats s = Summarize(sent), d = Summarize(received);

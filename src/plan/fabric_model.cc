@@ -255,7 +255,7 @@ Result<FabricPrediction> PredictTransfer(const TransferPlan& plan, const FabricS
   std::vector<std::vector<std::size_t>> by_round(rounds);
   for (std::size_t i = 0; i < plan.buckets().size(); ++i) {
     const Bucket& b = plan.buckets()[i];
-    if (b.transport == TransportKind::kLocal) {
+    if (b.delivery == DeliveryKind::kLocal) {
       out.local_bytes += b.bytes * plan.dst_groups()[b.dst_group].size();
     } else {
       by_round[b.round].push_back(i);

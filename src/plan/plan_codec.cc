@@ -105,7 +105,7 @@ std::vector<std::byte> Encode(const TransferPlan& plan, const std::vector<std::s
     const Bucket& b = plan.buckets()[id];
     w.Varint(b.src_rank);
     w.Varint(b.dst_group);
-    w.Varint(static_cast<std::uint64_t>(b.transport));
+    w.Varint(static_cast<std::uint64_t>(b.delivery));
     w.Varint(b.round);
     w.Varint(b.move_count);
     std::uint64_t src_end = 0, dst_end = 0;
@@ -239,17 +239,17 @@ Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes) {
     Bucket b;
     SW_ASSIGN_OR_RETURN(const std::uint64_t src, r.Varint("bucket source"));
     SW_ASSIGN_OR_RETURN(const std::uint64_t group, r.Varint("bucket group"));
-    SW_ASSIGN_OR_RETURN(const std::uint64_t transport, r.Varint("bucket transport"));
+    SW_ASSIGN_OR_RETURN(const std::uint64_t delivery, r.Varint("bucket delivery"));
     SW_ASSIGN_OR_RETURN(const std::uint64_t round, r.Varint("bucket round"));
     SW_ASSIGN_OR_RETURN(const std::uint64_t count, r.Varint("bucket move count"));
     if (src >= src_world || group >= groups.size() || groups[group].empty() ||
-        transport > static_cast<std::uint64_t>(TransportKind::kBroadcast) || round > (1u << 30) ||
+        delivery > static_cast<std::uint64_t>(DeliveryKind::kBroadcast) || round > (1u << 30) ||
         count > r.remaining()) {
-      return CorruptData(fmt::format("plan bucket {} has a source, group, transport, round or count out of range", i));
+      return CorruptData(fmt::format("plan bucket {} has a source, group, delivery, round or count out of range", i));
     }
     b.src_rank = static_cast<std::uint32_t>(src);
     b.dst_group = static_cast<std::uint32_t>(group);
-    b.transport = static_cast<TransportKind>(transport);
+    b.delivery = static_cast<DeliveryKind>(delivery);
     b.round = static_cast<std::uint32_t>(round);
     b.first_move = moves.size();
     b.move_count = count;

@@ -56,9 +56,9 @@ std::vector<Bucket> MakeBuckets(const std::vector<Move>& moves, const std::vecto
     Bucket b;
     b.src_rank = m.src_rank;
     b.dst_group = m.dst_group;
-    b.transport = local[m.dst_group]                ? TransportKind::kLocal
-                  : groups[m.dst_group].size() == 1 ? TransportKind::kP2P
-                                                    : TransportKind::kBroadcast;
+    b.delivery = local[m.dst_group]                ? DeliveryKind::kLocal
+                  : groups[m.dst_group].size() == 1 ? DeliveryKind::kP2P
+                                                    : DeliveryKind::kBroadcast;
     b.first_move = i;
     b.move_count = 1;
     b.bytes = m.bytes();
@@ -230,7 +230,7 @@ void ScheduleRounds(std::vector<Bucket>& buckets, const std::vector<std::vector<
   std::map<std::pair<std::uint32_t, std::uint32_t>, std::size_t> index;
   std::vector<Pair> pairs;
   for (const Bucket& b : buckets) {
-    if (b.transport == TransportKind::kLocal) continue;
+    if (b.delivery == DeliveryKind::kLocal) continue;
     auto [it, inserted] = index.try_emplace({b.src_rank, b.dst_group}, pairs.size());
     if (inserted) pairs.push_back({b.src_rank, b.dst_group, 0});
     pairs[it->second].bytes += b.bytes;
@@ -240,7 +240,7 @@ void ScheduleRounds(std::vector<Bucket>& buckets, const std::vector<std::vector<
   Schedule critical = CriticalFirst(pairs, groups, src_world, dst_world, k, 4 * best.rounds + 4);
   if (critical.cost < best.cost) best = std::move(critical);
   for (Bucket& b : buckets) {
-    if (b.transport != TransportKind::kLocal) b.round = best.round[index.at({b.src_rank, b.dst_group})];
+    if (b.delivery != DeliveryKind::kLocal) b.round = best.round[index.at({b.src_rank, b.dst_group})];
   }
 }
 

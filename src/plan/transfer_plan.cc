@@ -4,13 +4,13 @@
 
 namespace shardwire {
 
-std::string_view TransportKindName(TransportKind kind) {
+std::string_view DeliveryKindName(DeliveryKind kind) {
   switch (kind) {
-    case TransportKind::kLocal:
+    case DeliveryKind::kLocal:
       return "LOCAL";
-    case TransportKind::kP2P:
+    case DeliveryKind::kP2P:
       return "P2P";
-    case TransportKind::kBroadcast:
+    case DeliveryKind::kBroadcast:
       return "BROADCAST";
   }
   return "?";

@@ -41,9 +41,9 @@ std::string CheckSchedule(const TransferPlan& plan, const PlanOptions& options) 
     next_move += b.move_count;
     if (bytes != b.bytes || bytes > options.bucket_bytes) return "bucket bytes wrong or above the cap";
     const auto& group = plan.dst_groups()[b.dst_group];
-    const TransportKind expected_kind = group.size() == 1 ? TransportKind::kP2P : TransportKind::kBroadcast;
-    if (b.transport != TransportKind::kLocal && b.transport != expected_kind) return "wrong transport for the group";
-    if (b.transport == TransportKind::kLocal) continue;
+    const DeliveryKind expected_kind = group.size() == 1 ? DeliveryKind::kP2P : DeliveryKind::kBroadcast;
+    if (b.delivery != DeliveryKind::kLocal && b.delivery != expected_kind) return "wrong delivery for the group";
+    if (b.delivery == DeliveryKind::kLocal) continue;
     auto [it, inserted] = pair_round.try_emplace({b.src_rank, b.dst_group}, b.round);
     if (!inserted && it->second != b.round) return "one (source, group) pair spans rounds";
     if (inserted) {
@@ -378,9 +378,9 @@ TEST(PlannerBalance, ServingReplicasShareAP2PLoad) {
   EXPECT_EQ(CheckPlanAgainstOracle(*src, *dst, *plan), "");
 }
 
-// ---- LOCAL transport ---------------------------------------------------------------------
+// ---- LOCAL delivery ----------------------------------------------------------------------
 
-TEST(PlannerTransport, ColocatedRanksCopyLocally) {
+TEST(PlannerDelivery, ColocatedRanksCopyLocally) {
   // verl-style colocation: trainer rank i and engine rank i share process i.
   auto model = SmallDense();
   ASSERT_TRUE(model.ok());
@@ -392,7 +392,7 @@ TEST(PlannerTransport, ColocatedRanksCopyLocally) {
   ASSERT_TRUE(plan.ok());
   int local = 0;
   for (const Bucket& b : plan->buckets()) {
-    if (b.transport != TransportKind::kLocal) continue;
+    if (b.delivery != DeliveryKind::kLocal) continue;
     ++local;
     for (std::uint32_t d : plan->dst_groups()[b.dst_group]) EXPECT_EQ(d, b.src_rank);
   }
@@ -581,7 +581,7 @@ std::uint64_t Zigzag(std::int64_t v) {
 // past 2^64 was accepted, so an executor's "offset + size <= buffer" check could wrap.
 TEST(PlanCodec, MoveRangesThatOverflow64BitsAreCorrupt) {
   // src_world 1, dst_world 1, runs 0, one group {0}, then one bucket (source 0, group 0,
-  // transport 0, round 0) with `moves`, then no scratch, copies or reductions.
+  // delivery 0, round 0) with `moves`, then no scratch, copies or reductions.
   auto blob = [](const std::vector<std::uint64_t>& moves) {
     std::vector<std::uint64_t> v = {1, 1, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0, moves.size() / 4};
     v.insert(v.end(), moves.begin(), moves.end());

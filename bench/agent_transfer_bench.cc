@@ -1,6 +1,6 @@
-// agent_engine_bench: the transport engine against its references, same run.
+// agent_transfer_bench: the agent's transfers against their references, same run.
 //
-// Usage: agent_engine_bench [--section NAME]... [--trials K] [--seconds S]
+// Usage: agent_transfer_bench [--section NAME]... [--trials K] [--seconds S]
 //   Sections (default: all, in this order):
 //     same-host  WRITE and READ, 16/64/256 MiB, agent (lanes 1 and 2, arena
 //                target that never calls its agent) beside two-thread memcpy
@@ -648,7 +648,7 @@ int main(int argc, char** argv) {
     }
   }
   if (sections.empty()) sections = {"same-host", "tcp", "small", "cpu"};
-  std::printf("agent_engine_bench: lanes default %u, slice %llu B, flow control %u ops / %llu B per peer\n",
+  std::printf("agent_transfer_bench: lanes default %u, slice %llu B, flow control %u ops / %llu B per peer\n",
               shardwire::kDefaultLanes, static_cast<unsigned long long>(AgentOptions{}.slice_bytes),
               AgentOptions{}.max_ops_in_flight_per_peer,
               static_cast<unsigned long long>(AgentOptions{}.max_bytes_in_flight_per_peer));

@@ -1,4 +1,4 @@
-// The engine features of issue 4, in one process: flow control with tens of
+// The agent's transfer features of issue 4, in one process: flow control with tens of
 // thousands of descriptors, lanes, the active-message write path, per-post
 // notification payloads, coalesced registration, arena sub-allocation and the
 // capability probe. No timing assertions.
@@ -132,7 +132,7 @@ TEST_P(FlowControl, FiftyThousandDescriptorsWithSmallWindow) {
   EXPECT_TRUE(p.a->Release(*h).ok());
 }
 
-INSTANTIATE_TEST_SUITE_P(Engine, FlowControl,
+INSTANTIATE_TEST_SUITE_P(AgentTransfer, FlowControl,
                          ::testing::Values(FlowParams{true, PeerFailureDetection::kAuto},
                                            FlowParams{false, PeerFailureDetection::kAuto},
                                            FlowParams{false, PeerFailureDetection::kUcxPeer}),
@@ -206,7 +206,7 @@ TEST_P(Lanes, SlicedAcrossLanesIsByteExact) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Engine, Lanes,
+INSTANTIATE_TEST_SUITE_P(AgentTransfer, Lanes,
                          ::testing::Values(LaneParams{1, 1, WritePath::kAuto, TransferOp::kWrite},
                                            LaneParams{2, 2, WritePath::kAuto, TransferOp::kWrite},
                                            LaneParams{4, 1, WritePath::kAuto, TransferOp::kWrite},
@@ -222,7 +222,7 @@ INSTANTIATE_TEST_SUITE_P(Engine, Lanes,
                                                                            : "auto");
                          });
 
-TEST(Engine, PostCarriesItsOwnNotificationPayload) {
+TEST(AgentTransfer, PostCarriesItsOwnNotificationPayload) {
   Pair p = MakePair({}, {}, 1 << 20, true);
   ASSERT_TRUE(p.a && p.b);
   auto h = p.a->PrepareTransfer(TransferOp::kWrite, "target", {{p.ra, 0, p.rb, 0, 1 << 20}}, Bytes("prepared"));
@@ -255,7 +255,7 @@ TEST(Engine, PostCarriesItsOwnNotificationPayload) {
   EXPECT_TRUE(p.a->Wait(*h2, 1).ok());
 }
 
-TEST(Engine, CreateRejectsBadEngineOptions) {
+TEST(AgentTransfer, CreateRejectsBadOptions) {
   EXPECT_EQ(Agent::Create({.name = "x", .lanes = kMaxLanes + 1}).status().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(Agent::Create({.name = "x", .slice_bytes = 100}).status().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(Agent::Create({.name = "x", .max_ops_in_flight_per_peer = 0}).status().code(), ErrorCode::kInvalidArgument);
@@ -264,7 +264,7 @@ TEST(Engine, CreateRejectsBadEngineOptions) {
   EXPECT_EQ((*a)->options().lanes, kDefaultLanes);
 }
 
-TEST(Engine, RegisterRangesCoalescesAdjacentTensors) {
+TEST(AgentTransfer, RegisterRangesCoalescesAdjacentTensors) {
   auto a = Agent::Create({.name = "a"});
   ASSERT_TRUE(a.ok());
   Agent& g = **a;
@@ -337,7 +337,7 @@ TEST(ArenaAllocatorTest, ManyTensorsInOneArenaAreDisjoint) {
   for (std::size_t i = 1; i < got.size(); ++i) ASSERT_LE(got[i - 1].first + got[i - 1].second, got[i].first);
 }
 
-TEST(Engine, CapabilityProbeReportsHostAndExplainsMissingKinds) {
+TEST(AgentTransfer, CapabilityProbeReportsHostAndExplainsMissingKinds) {
   auto caps = ProbeTransportCapabilities();
   ASSERT_TRUE(caps.ok()) << caps.status().ToString();
   EXPECT_FALSE(caps->ucx_version.empty());

@@ -1,0 +1,546 @@
+// Agent::Impl: the state of one Agent and the declarations of the functions that
+// run it, shared by the files of src/transport that implement the agent. Each
+// of those files holds one concern (docs/transport.md, "Source files"):
+//   agent.cc            the public transfer API (Post, Test, Wait, Cancel, Release,
+//                       WireUp, SendMessage, notifications, stats): thin.
+//   agent_lifecycle.cc  Agent::Create (UCX context, lanes, handlers, threads), Shutdown.
+//   agent_regions.cc    local regions: register, allocate arenas, deregister, export.
+//   agent_peers.cc      peers: import a blob (endpoints, rkeys, paths), invalidate,
+//                       describe, map a peer's region.
+//   mapped_region.cc    MappedRegion and its Access.
+//   prepare_transfer.cc PrepareTransfer: validate, slice, divide among lanes, pre-fault.
+//   lane_jobs.cc        the per-lane job state machine (issue, flush/fence, notify).
+//   lane_loop.cc        a lane's progress thread (progress, advance, sleep).
+//   am_handlers.cc      the active-message handlers (notifications, writes, fences).
+//   peer_failure.cc     peer failure: endpoint errors, liveness, force-close, teardown.
+// and the pure or UCX-thin helpers: am_protocol (ids, notification codec),
+// peer_liveness (/proc), endpoint_info (transports of an endpoint), lane_division,
+// strided_rows (slicing), prefault, kernel_copy, private_arena, ucx_raii.
+//
+// Threads and locks
+//   * The API thread (one caller at a time) owns `peers`, `transfers` and the
+//     option values.
+//   * Each Lane owns one ucp_worker (UCS_THREAD_MODE_SERIALIZED) and runs one
+//     progress thread. Everything that touches a lane's worker, its endpoints,
+//     rkeys and jobs happens with Lane::mu held: by the lane thread, or by the
+//     API thread for endpoint creation/close, rkey unpack and SendMessage.
+//     The lane thread releases mu only while it sleeps in ppoll on the worker's
+//     event fd (armed with ucp_worker_arm) and its wake eventfd.
+//   * Impl::mu (leaf lock, never held while taking a Lane::mu) guards transfer
+//     execution state, the notification queue, peer failure records and
+//     peers_by_serial; Impl::cv is signalled on every change waiters care about.
+//   * Impl::regions_mu guards the local region table (read by lane threads when
+//     they receive active-message writes).
+//   Lock order: Lane::mu -> Impl::mu; Lane::mu -> regions_mu. UCX callbacks run
+//   with the lane's mu held (inside ucp_worker_progress).
+//
+// A post becomes one Job per lane that has slices. A lane issues its job's
+// operations within the per-peer flow-control limits, then completes it with
+// ucp_ep_flush_nbx (put/get) or a fence message that the target acknowledges
+// once everything before it is in place (active-message writes). The last lane
+// to finish sends the notification, then marks the transfer done.
+//
+// Internal header (src/transport); not part of the public API.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include <unistd.h>
+
+#include <ucp/api/ucp.h>
+
+#include "shardwire/agent.h"
+#include "shardwire/metadata_blob.h"
+#include "transport/am_protocol.h"
+#include "transport/agent_metrics.h"
+#include "transport/kernel_copy.h"
+#include "transport/private_arena.h"
+#include "transport/ucx_raii.h"
+
+namespace shardwire::transport {
+
+/// The clock of every deadline and period of the agent.
+using Clock = std::chrono::steady_clock;
+
+/// WRITEs may be kernel copies under write path `p` (kKernelCopy always; kAuto into
+/// regions this process cannot map). Pure.
+inline bool WritesMayKernelCopy(WritePath p) { return p == WritePath::kAuto || p == WritePath::kKernelCopy; }
+
+/// One unit of work of a lane: `count` rows of `length` bytes (a block of a
+/// strided descriptor, or one slice when count is 1), one flow-control credit.
+/// Built by PrepareTransfer, immutable afterwards (read by the lanes without a lock).
+struct PreparedOp {
+  std::byte* local = nullptr;
+  std::uint64_t length = 0;  // bytes per row
+  std::uint64_t remote_addr = 0;
+  std::uint64_t count = 1;          // rows
+  std::uint64_t local_stride = 0;   // bytes between rows (count > 1)
+  std::uint64_t remote_stride = 0;  // bytes between rows (count > 1)
+  ucp_mem_h memh = nullptr;
+  std::uint32_t rkey_index = 0;  // index into PeerState::regions / LaneEp::rkeys
+  AmWriteHeader am;              // header of an active-message write (stable storage)
+  bool kernel_copy = false;      // executed by process_vm_readv (READ, ReadPath) / process_vm_writev (WRITE, WritePath)
+
+  std::uint64_t bytes() const { return count * length; }
+};
+
+/// A region a peer exported (from its metadata blob): id, base address in the
+/// peer's process, length in bytes. Immutable after ImportMetadata.
+struct RemoteRegion {
+  RegionId id = 0;
+  std::uint64_t base = 0;
+  std::uint64_t length = 0;
+};
+
+/// One peer's endpoint and rkeys on one lane. Guarded by that lane's mu.
+struct LaneEp {
+  Endpoint ep;
+  std::vector<Rkey> rkeys;  // by region index; destroyed before ep closes
+  // By region index: this process's address of the region's byte 0 minus the
+  // region's remote base (ucp_rkey_ptr), or nullopt when UCX cannot map it
+  // (not shared memory). Mapped regions are copied into directly (2-D memcpy).
+  std::vector<std::optional<std::intptr_t>> mapped_delta;
+  std::uint32_t ops_in_flight = 0;
+  std::uint64_t bytes_in_flight = 0;
+};
+
+/// The execution state of a prepared transfer's current post.
+enum class TransferState { kIdle, kRunning, kDone, kFailed, kCancelled };
+
+/// A prepared transfer: what PrepareTransfer computed (immutable afterwards) and
+/// the state of its current post (guarded by Agent::Impl::mu). Shared by the API
+/// thread's table and every Job of it (a released transfer lives on while jobs
+/// still point at it).
+struct TransferCore {
+  std::uint64_t id = 0;
+  TransferOp op = TransferOp::kWrite;
+  std::string peer_name;
+  std::uint64_t peer_serial = 0;
+  bool am_write = false;
+  std::uint64_t total_bytes = 0;
+  std::vector<std::vector<PreparedOp>> lane_ops;  // immutable after prepare
+  std::vector<RegionId> pinned;                   // one entry per pin taken
+  std::optional<std::vector<std::byte>> prepared_wire;  // encoded once
+  bool all_lanes = false;  // post a job on every lane even without ops (WireUp: a flush per lane)
+  // Guarded by Impl::mu.
+  TransferState state = TransferState::kIdle;
+  Status error;
+  std::uint64_t seq = 0;           // post counter
+  std::uint32_t lanes_pending = 0;  // lanes of the current post not yet complete
+  std::uint32_t jobs_alive = 0;     // jobs (any post) still holding UCX requests
+  bool abandoned_requests = false;  // a job was abandoned with requests outstanding
+  bool cancel = false;
+  bool has_wire = false;
+  bool notified = false;             // this post's notification was sent
+  std::vector<std::byte> post_wire;  // this post's encoded notification
+  transport::TransferMetrics metrics;  // AgentOptions::metrics series (no-op without)
+};
+
+}  // namespace shardwire::transport
+
+namespace shardwire {
+
+// The files that implement the agent (src/transport only; nothing else includes this
+// header) name the transport's internal types without their namespace.
+using transport::Clock;
+using transport::Endpoint;
+using transport::FileDescriptor;
+using transport::LaneEp;
+using transport::MemHandle;
+using transport::PreparedOp;
+using transport::RemoteRegion;
+using transport::TransferCore;
+using transport::TransferState;
+using transport::UcpContext;
+using transport::UcpWorker;
+using transport::UcsError;
+using transport::WorkerAddress;
+
+/// A MappedRegion's state: lane 0's mapping of one peer region, shared by every MappedRegion and
+/// Access of it. Revoked (exclusive lock, so only after every Access ended) before the rkey that
+/// owns the mapping is destroyed, and when the peer fails.
+struct MappedRegion::Lease {
+  std::string peer;
+  RegionId region = 0;
+  std::byte* base = nullptr;
+  std::uint64_t length = 0;
+  std::shared_mutex mu;
+  bool revoked = false;  // guarded by mu
+  Status why;            // guarded by mu
+};
+
+/// The agent's state and the functions that run it (see the file comment for
+/// which file defines which, and for the threads and locks).
+struct Agent::Impl {
+  struct Lane;
+  struct Job;
+
+  /// One issued op's flow-control accounting: the user_data of its UCX requests. Lane::mu.
+  struct OpCookie {
+    Job* job = nullptr;
+    std::uint64_t bytes = 0;
+    std::uint64_t requests = 0;  // UCX requests of this op (one per row) not yet completed
+  };
+
+  /// An imported peer: what its blob said, how this agent reaches it (per-lane endpoints,
+  /// write path, kernel copy) and whether it failed. Immutable after ImportMetadata except
+  /// where a member says how it is guarded. Shared by the API thread and the lanes.
+  struct PeerState {
+    std::string name;
+    std::uint64_t serial = 0;
+    ProcessIdentity process;
+    bool same_host = false;
+    bool liveness_checked = false;
+    bool ucx_error_handling = false;
+    WritePath write_path = WritePath::kPut;
+    std::uint32_t remote_lanes = 0;
+    std::vector<std::string> transports;
+    transport::PeerProcess kernel_copy;  // valid: READs / WRITEs may be kernel copies (ReadPath, WritePath)
+    // By region index: lane 0 could map the region (ucp_rkey_ptr), i.e. a WRITE to it is a
+    // direct copy; WritePath::kAuto uses kernel copies only into regions not mapped.
+    std::vector<bool> region_mapped;
+    std::vector<RemoteRegion> regions;
+    std::unordered_map<RegionId, std::uint32_t> region_index;
+    std::vector<LaneEp> lanes;  // lanes[i] guarded by Impl::lanes[i]->mu
+    std::atomic<bool> failed{false};
+    Status failure;  // guarded by Impl::mu
+    // MapPeerRegion's leases by region index (null until mapped), guarded by leases_mu.
+    std::mutex leases_mu;
+    std::vector<std::shared_ptr<MappedRegion::Lease>> leases;
+  };
+
+  /// Revokes every MappedRegion of `peer`: waits for Accesses still held (their writes finish
+  /// into a live mapping), then later Acquires report `why`. Must run before lane 0's rkeys of the
+  /// peer are destroyed. Any thread; takes no lane mutex. (peer_failure.cc)
+  static void RevokeLeases(PeerState& peer, const Status& why);
+
+  /// The error-callback argument of one endpoint; owned by the Impl until the
+  /// workers are gone, so a late callback never reads freed memory.
+  struct EpContext {
+    Impl* impl = nullptr;
+    std::uint64_t peer_serial = 0;
+  };
+
+  /// Where a Job is: issuing ops, waiting for its flush (put/get) or fence
+  /// acknowledgement (active-message writes), sending the notification, finished.
+  enum class Phase { kIssue, kFlushing, kFencing, kNotifying, kFinished };
+
+  /// One lane's part of one post. Owned by the lane; touched under Lane::mu.
+  struct Job {
+    std::shared_ptr<TransferCore> t;
+    std::uint64_t seq = 0;
+    Lane* lane = nullptr;
+    PeerState* peer = nullptr;  // valid while attached (lep != nullptr)
+    LaneEp* lep = nullptr;      // nullptr once detached (peer torn down)
+    const std::vector<PreparedOp>* ops = nullptr;
+    std::size_t next = 0;
+    std::uint32_t ops_in_flight = 0;
+    std::uint64_t bytes_in_flight = 0;
+    std::uint32_t outstanding = 0;  // UCX requests referring to this job
+    Phase phase = Phase::kIssue;
+    bool flush_done = false;
+    bool fence_acked = false;
+    std::uint64_t fence_token = 0;
+    bool notify_done = false;
+    bool failed = false;
+    Status error;
+    bool lane_reported = false;  // counted out of TransferCore::lanes_pending
+    std::vector<OpCookie> cookies;
+    std::vector<std::uint32_t> free_cookies;
+
+    void Fail(Status s) {
+      if (!failed) {
+        failed = true;
+        error = std::move(s);
+      }
+    }
+  };
+
+  /// A message with no job (SendMessage, a fence acknowledgement) until UCX sent it. Lane::mu.
+  struct PendingSend {
+    std::vector<std::byte> wire;
+    std::uint64_t header = 0;
+    bool done = false;
+  };
+
+  /// A notification arriving by rendezvous: its buffer until the receive completes. Lane::mu.
+  struct RndvRecv {
+    std::vector<std::byte> buffer;
+    bool done = false;
+    ucs_status_t status = UCS_OK;
+  };
+
+  /// A fence to acknowledge once no active-message write is being received. Lane::mu.
+  struct PendingAck {
+    ucp_ep_h reply_ep = nullptr;
+    std::uint64_t token = 0;
+  };
+
+  /// One UCX worker, its progress thread and everything it drives (see the file comment).
+  struct Lane {
+    Impl* impl = nullptr;
+    std::uint32_t index = 0;
+    UcpWorker worker;
+    int efd = -1;
+    FileDescriptor wake;
+    WorkerAddress address;
+    std::mutex mu;
+    std::thread thread;
+    bool stop = false;  // guarded by mu
+    std::list<std::unique_ptr<Job>> jobs;
+    std::vector<std::unique_ptr<Job>> abandoned;
+    std::vector<std::shared_ptr<PeerState>> peers;
+    std::unordered_map<std::uint64_t, Job*> fences;
+    std::uint64_t next_token = 1;
+    std::list<PendingSend> sends;
+    std::list<RndvRecv> rndv_recvs;
+    std::uint32_t am_receiving = 0;  // active-message writes being received
+    std::deque<PendingAck> acks;
+    std::uint32_t ops_limit = 1;
+    std::uint64_t bytes_limit = 1;
+
+    /// Wakes the lane thread (its eventfd). Any thread, no lock needed.
+    void Wake() const {
+      const std::uint64_t one = 1;
+      ssize_t r = ::write(wake.get(), &one, sizeof(one));
+      (void)r;  // EAGAIN: the counter is already non-zero, the lane will wake
+    }
+  };
+
+  /// A region of this agent: its bytes, UCX memory handle and packed rkey, and how many
+  /// prepared transfers pin it (Deregister refuses while pins > 0). Guarded by regions_mu.
+  struct LocalRegion {
+    RegionId id = 0;
+    std::byte* base = nullptr;
+    std::size_t length = 0;
+    bool arena = false;
+    bool huge = false;                // private huge-page arena (ArenaMemory::kPrivateHugePages)
+    transport::PrivateMapping owned;  // its memory; declared before memh: unmapped after ucp_mem_unmap
+    MemHandle memh;
+    std::vector<std::byte> packed_rkey;
+    std::uint32_t pins = 0;
+  };
+
+  // ---- members ------------------------------------------------------------
+  AgentOptions options;
+  ProcessIdentity self;
+  UcpContext context;
+  std::vector<std::unique_ptr<Lane>> lanes;
+
+  mutable std::mutex regions_mu;
+  std::map<RegionId, LocalRegion> regions;
+  RegionId next_region = 1;
+
+  // API thread only.
+  std::unordered_map<std::string, std::shared_ptr<PeerState>> peers;
+  std::uint64_t next_peer_serial = 1;
+  std::unordered_map<std::uint64_t, std::shared_ptr<TransferCore>> transfers;
+  std::vector<std::shared_ptr<TransferCore>> released_busy;  // kept until shutdown
+  std::uint64_t next_transfer = 1;
+  std::deque<std::unique_ptr<EpContext>> ep_contexts;
+
+  // Guarded by mu.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::unordered_map<std::uint64_t, std::shared_ptr<PeerState>> peers_by_serial;
+  std::unordered_set<TransferCore*> active;
+  std::deque<Notification> notifications;
+  std::deque<Status> unreported_failures;
+  bool shutting_down = false;
+
+  Clock::time_point next_liveness_check{};  // lane 0 thread only
+
+  /// AgentStats, updated with relaxed atomics by the lanes and the API thread (ns, bytes, counts).
+  struct Counters {
+    std::atomic<std::uint64_t> posts{0};
+    std::atomic<std::uint64_t> direct_copy_blocks{0};
+    std::atomic<std::uint64_t> kernel_copy_blocks{0};
+    std::atomic<std::uint64_t> kernel_copy_bytes{0};
+    std::atomic<std::uint64_t> kernel_copy_ns{0};
+    std::atomic<std::uint64_t> kernel_copy_cpu_ns{0};
+    std::atomic<std::uint64_t> direct_copy_bytes{0};
+    std::atomic<std::uint64_t> ucx_requests{0};
+    std::atomic<std::uint64_t> ucx_bytes{0};
+    std::atomic<std::uint64_t> prefaulted_pages{0};
+    std::atomic<std::uint64_t> prefault_ns{0};
+    std::atomic<std::uint64_t> direct_copy_ns{0};
+    std::atomic<std::uint64_t> direct_copy_cpu_ns{0};
+  } counters;
+  transport::AgentMetrics metrics;  // AgentOptions::metrics families (no-op without)
+
+  ~Impl() { Shutdown(); }
+
+  /// Wakes every lane thread (their wake eventfd). Any thread, no lock needed.
+  void WakeAll() {
+    for (auto& l : lanes) l->Wake();
+  }
+
+  // ---- job completion callbacks (lane_jobs.cc) ------------------------------
+  // UCX send callbacks of a job's requests; run inside ucp_worker_progress with
+  // the lane's mu held. `user_data` is the OpCookie (OnOpDone) or the Job.
+
+  /// Ends one op's flow-control accounting (job and endpoint) once its last
+  /// request (row) completed, and returns its cookie to the job's free list.
+  static void ReleaseOp(Job* j, OpCookie* c);
+  /// One request (row) of a put, get or active-message write completed; fails the job on error.
+  static void OnOpDone(void* request, ucs_status_t status, void* user_data);
+  /// The job's ucp_ep_flush_nbx completed; fails the job on error.
+  static void OnFlushDone(void* request, ucs_status_t status, void* user_data);
+  /// The job's fence message was sent (the acknowledgement comes as kFenceAckAmId).
+  static void OnFenceSent(void* request, ucs_status_t status, void* user_data);
+  /// The job's notification was sent; fails the job on error.
+  static void OnNotifySent(void* request, ucs_status_t status, void* user_data);
+
+  // ---- active-message handlers (am_handlers.cc) -----------------------------
+  // Registered per lane by Create (ucp_worker_set_am_recv_handler, arg = the
+  // Lane); run inside ucp_worker_progress with that lane's mu held.
+
+  /// A SendMessage or a fence acknowledgement was sent (PendingSend::done); failures are logged.
+  static void OnMessageSent(void* request, ucs_status_t status, void* user_data);
+  /// A rendezvous notification was received into its RndvRecv buffer.
+  static void OnRndvRecvDone(void* request, ucs_status_t status, std::size_t length, void* user_data);
+  /// A rendezvous active-message write was placed in its region.
+  static void OnAmWriteReceived(void* request, ucs_status_t status, std::size_t length, void* user_data);
+  /// kNotifyAmId: queues the decoded notification (eager), or starts receiving it (rendezvous).
+  static ucs_status_t OnNotification(void* arg, const void* header, std::size_t header_length, void* data,
+                                     std::size_t length, const ucp_am_recv_param_t* param);
+  /// kWriteAmId: the target side of an active-message write. Checks the destination
+  /// against the registered regions (regions_mu), then places the bytes (rendezvous:
+  /// received straight into the region; eager: one memcpy). A write outside every
+  /// region is dropped with a warning.
+  static ucs_status_t OnAmWrite(void* arg, const void* header, std::size_t header_length, void* data,
+                                std::size_t length, const ucp_am_recv_param_t* param);
+  /// kFenceAmId: queues an acknowledgement, sent by ServeAcks once no write is being received.
+  static ucs_status_t OnFence(void* arg, const void* header, std::size_t header_length, void* data,
+                              std::size_t length, const ucp_am_recv_param_t* param);
+  /// kFenceAckAmId: marks the job waiting for that token as fenced.
+  static ucs_status_t OnFenceAck(void* arg, const void* header, std::size_t header_length, void* data,
+                                 std::size_t length, const ucp_am_recv_param_t* param);
+  /// Decodes a received notification and queues it for WaitNotification (takes mu);
+  /// a malformed one is dropped with a warning. Any lane thread.
+  void EnqueueNotification(const std::byte* data, std::size_t length);
+  /// Sends the queued fence acknowledgements once no active-message write is still
+  /// being received on the lane. Lane::mu held. Returns whether it sent any.
+  bool ServeAcks(Lane& lane);
+  /// Drops finished sends and queues the rendezvous notifications received. Lane::mu held.
+  void CollectReceives(Lane& lane);
+
+  // ---- peer failure (peer_failure.cc) ---------------------------------------
+
+  /// UCX error callback of a PEER-mode endpoint (arg = its EpContext): marks the peer failed.
+  static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status);
+  /// Marks the peer with `serial` failed because of UCX `status` (unknown serial: nothing).
+  void MarkPeerFailed(std::uint64_t serial, ucs_status_t status);
+  /// Marks `peer` failed (once; not while shutting down): its running transfers fail
+  /// with kPeerDisconnected naming `why`, WaitNotification reports it once, its
+  /// MappedRegions are revoked and the lanes woken to force-close its endpoints.
+  /// Any thread without Impl::mu held.
+  void MarkPeerFailed(PeerState& peer, const std::string& why);
+  /// Fails every running transfer of the peer with `serial` with `why`. Impl::mu held.
+  void FailTransfersOfLocked(std::uint64_t serial, const Status& why);
+  /// Lane 0's thread, every kLivenessPeriod at most: marks failed the same-host
+  /// peers whose process is gone (ProcessGone, /proc).
+  void CheckLiveness();
+  /// Moves the lane's jobs of `peer` out of its active list, failed with `why`: into
+  /// `abandoned` when UCX may never complete their requests (the endpoint was
+  /// force-closed), else finished. Lane::mu held.
+  void DetachJobsOf(Lane& lane, PeerState* peer, const Status& why);
+  /// Force-closes `peer`'s endpoint on `lane` (after revoking its MappedRegions on
+  /// lane 0), lets cancellations run for up to 50 ms, detaches its jobs and
+  /// destroys its rkeys there. Lane::mu held.
+  void CloseForced(Lane& lane, PeerState& peer, const Status& why);
+  /// Force-closes the lane's endpoints of every failed peer. Lane::mu held.
+  void ReapFailedPeers(Lane& lane);
+  /// Closes a peer's endpoints and destroys its rkeys on every lane. With
+  /// nothing outstanding the rkeys go first and each endpoint is closed with a
+  /// flush (ucp_rkey_destroy: "after all outstanding operations ... are flushed,
+  /// and before the endpoint ... is destroyed"), bounded by connect_timeout_s.
+  /// Otherwise (`force`, failure) endpoints are force-closed: UCX completes queued
+  /// requests with UCS_ERR_CANCELED; requests already waiting for a dead NONE-mode
+  /// peer may never complete, so their jobs are abandoned (kept until the worker is
+  /// destroyed) and an abandoned READ keeps its local regions pinned. Running
+  /// transfers fail with `why`. API thread; takes each Lane::mu in turn, then mu.
+  void TeardownPeer(const std::shared_ptr<PeerState>& peer, bool force, const Status& why);
+
+  // ---- the per-lane job state machine (lane_jobs.cc; Lane::mu held) ---------
+
+  /// Counts this lane's part of the post as finished (successfully or not);
+  /// the last lane of a successful post sends the notification or marks the
+  /// transfer done. Returns true when this job must now send the notification.
+  bool ReportLane(Job& j);
+  /// The notification of a post ended (sent, or failed): settles the transfer.
+  void SettleNotification(Job& j);
+  /// The job returned its last UCX request: declares the post done when every
+  /// lane and the notification are, and drops finished transfers from `active`.
+  void FinishJob(Job& j);
+  /// Issues as many of the job's operations as the flow-control limits allow
+  /// (at most kIssueBatch): kernel copies and direct copies into mapped regions
+  /// run here, the rest become UCX requests. Returns how many were handed on.
+  std::size_t IssueOps(Lane& lane, Job& j);
+  /// Sends the job's fence (active-message writes: completes once the target
+  /// acknowledges everything before it).
+  void SendFence(Lane& lane, Job& j);
+  /// Sends the post's notification on the job's endpoint.
+  void SendNotification(Job& j);
+  /// Advances every job of the lane through Phase. Returns whether anything happened.
+  bool AdvanceJobs(Lane& lane);
+
+  // ---- the lane loop (lane_loop.cc) -----------------------------------------
+
+  /// The lane's progress thread: progress, advance jobs, then sleep on the
+  /// worker's event fd and the wake eventfd (ucp_worker_arm protocol). Sleeps
+  /// kIdleSleep at most when idle; backs off (kMinBackoff..kMaxBackoff) only
+  /// while nothing progresses and either ucp_worker_arm reports UCS_ERR_BUSY or
+  /// the event fd fires kHotWakeups times in a row without events. Returns once
+  /// Lane::stop is set. Takes Lane::mu, released only while sleeping.
+  void RunLane(Lane& lane);
+
+  // ---- pre-faulting a peer's mapped pages (prepare_transfer.cc; API thread) --
+
+  /// Bytes pre-faulted per hold of a lane's mutex: bounds how long a lane thread
+  /// waits (about 30-80 ms under a shadow-paging hypervisor, 4,096 pages).
+  static constexpr std::uintptr_t kPrefaultChunk = std::uintptr_t{16} << 20;
+
+  /// Pre-faults, through lane `l`'s mapping of the peer's regions, the pages
+  /// lane l's ops of `t` write. The mapping lives as long as the lane's rkey,
+  /// which is destroyed (with mapped_delta cleared) only under the lane's mutex:
+  /// each chunk is touched with that mutex held after checking the mapping is
+  /// still there (a peer that fails meanwhile is simply not pre-faulted further).
+  /// Returns the pages touched.
+  std::uint64_t PrefaultLane(PeerState& peer, const TransferCore& t, std::uint32_t l);
+  /// Pre-faults every lane's pages of `t`, the lanes in parallel (lane 0 on
+  /// this thread): under a shadow-paging hypervisor this costs 7-20 us per page.
+  void PrefaultRemotePages(PeerState& peer, const TransferCore& t);
+  /// READs copy from this process's mapping of the peer's shared-memory regions:
+  /// populates the ranges each lane will read (one madvise per merged range)
+  /// instead of taking a read fault per 4 KiB page during the copy. Errors of
+  /// madvise are ignored (the copy then faults as before).
+  void PrefaultRemoteReadRanges(PeerState& peer, const TransferCore& t);
+
+  // ---- API-thread helpers ---------------------------------------------------
+
+  /// The prepared transfer `h`. Errors: kNotFound (unknown or released handle). API thread. (agent.cc)
+  Result<std::shared_ptr<TransferCore>> FindTransfer(TransferHandle h);
+  /// Stops the lane threads, force-closes every endpoint and releases every UCX
+  /// resource in order (requests drained for at most 100 ms per lane). Idempotent.
+  /// (agent_lifecycle.cc)
+  void Shutdown();
+};
+
+}  // namespace shardwire

@@ -1,0 +1,27 @@
+// Dividing a transfer's slices among lanes (lane_division.h).
+#include "transport/lane_division.h"
+
+namespace shardwire::transport {
+
+std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice_bytes, std::uint64_t slice_limit,
+                                            std::uint32_t lanes, std::uint64_t transfer_id) {
+  std::uint64_t total = 0;
+  for (std::uint64_t b : slice_bytes) total += b;
+  std::vector<std::uint32_t> out(slice_bytes.size(), 0);
+  if (total <= slice_limit) {
+    const auto lane = static_cast<std::uint32_t>(transfer_id % lanes);
+    for (auto& l : out) l = lane;
+    return out;
+  }
+  std::uint32_t lane = 0;
+  std::uint64_t acc = 0;
+  const std::uint64_t share = (total + lanes - 1) / lanes;
+  for (std::size_t i = 0; i < slice_bytes.size(); ++i) {
+    if (lane + 1 < lanes && acc >= share * (lane + 1)) ++lane;
+    out[i] = lane;
+    acc += slice_bytes[i];
+  }
+  return out;
+}
+
+}  // namespace shardwire::transport

@@ -1,0 +1,29 @@
+// Dividing a prepared transfer's slices among the agent's lanes. A pure
+// function (no UCX, no Agent state), unit-tested in tests/transport/slicing_test.cc
+// together with the slicing it follows (CutIntoBlocks, strided_rows.h).
+//
+// Internal header (src/transport); not part of the public API. Thread-safety:
+// none needed (no state).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace shardwire::transport {
+
+/// Assigns each slice of a transfer, in order, to one of `lanes` lanes (lanes >= 1;
+/// slice_bytes[i] is slice i's size in bytes) and returns slice i's lane at index i.
+///   * A transfer of at most `slice_limit` bytes in all (AgentOptions::slice_bytes)
+///     stays on one lane, `transfer_id % lanes`: splitting it would only add a
+///     hand-off per lane, and consecutive transfers spread over the lanes.
+///   * A larger transfer is cut into contiguous runs (lanes never decrease along
+///     the slices, which keeps locality) of about share = ceil(total / lanes)
+///     bytes: a lane is left for the next once the bytes assigned so far reach
+///     share * (lane + 1). Each lane then holds at most share + the largest
+///     slice's bytes, and the last lane at most share.
+/// The total must fit 64 bits (PrepareTransfer checks it first). No errors.
+std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice_bytes, std::uint64_t slice_limit,
+                                            std::uint32_t lanes, std::uint64_t transfer_id);
+
+}  // namespace shardwire::transport

@@ -1,0 +1,190 @@
+// Peer failure: UCX endpoint errors (PEER-mode peers), the /proc liveness check
+// of same-host peers (lane 0), marking a peer failed (its transfers fail, its
+// MappedRegions are revoked), force-closing its endpoints on every lane and
+// tearing a peer down (InvalidatePeer, re-import). See agent_impl.h for locks.
+#include <algorithm>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "transport/agent_impl.h"
+#include "transport/peer_liveness.h"
+
+namespace shardwire {
+
+using transport::ProcessGone;
+
+namespace {
+
+// How often same-host peers' processes are checked (see CheckLiveness).
+constexpr std::chrono::milliseconds kLivenessPeriod{100};
+
+}  // namespace
+
+void Agent::Impl::RevokeLeases(PeerState& peer, const Status& why) {
+  std::lock_guard<std::mutex> g(peer.leases_mu);
+  for (auto& lease : peer.leases) {
+    if (!lease) continue;
+    std::unique_lock<std::shared_mutex> w(lease->mu);
+    if (lease->revoked) continue;
+    lease->revoked = true;
+    lease->why = why;
+  }
+}
+
+void Agent::Impl::OnEpError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
+  auto* c = static_cast<EpContext*>(arg);
+  c->impl->MarkPeerFailed(c->peer_serial, status);
+}
+
+void Agent::Impl::MarkPeerFailed(std::uint64_t serial, ucs_status_t status) {
+  std::shared_ptr<PeerState> p;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    auto it = peers_by_serial.find(serial);
+    if (it == peers_by_serial.end()) return;
+    p = it->second;
+  }
+  MarkPeerFailed(*p, fmt::format("UCX endpoint error: {}", ucs_status_string(status)));
+}
+
+void Agent::Impl::MarkPeerFailed(PeerState& peer, const std::string& why) {
+  {
+    std::lock_guard<std::mutex> g(mu);
+    if (shutting_down || peer.failed.load()) return;
+    peer.failure = PeerDisconnected(fmt::format("peer {} disconnected: {}", peer.name, why));
+    peer.failed.store(true);
+    spdlog::debug("shardwire agent {}: {}", options.name, peer.failure.message());
+    FailTransfersOfLocked(peer.serial, peer.failure);
+    unreported_failures.push_back(peer.failure);
+    cv.notify_all();
+  }
+  RevokeLeases(peer, peer.failure);
+  WakeAll();
+}
+
+void Agent::Impl::FailTransfersOfLocked(std::uint64_t serial, const Status& why) {
+  for (TransferCore* t : active) {
+    if (t->peer_serial == serial && t->state == TransferState::kRunning) {
+      t->state = TransferState::kFailed;
+      t->error = why;
+      t->metrics.Failed(why);
+    }
+  }
+}
+
+void Agent::Impl::CheckLiveness() {
+  const auto now = Clock::now();
+  if (now < next_liveness_check) return;
+  next_liveness_check = now + kLivenessPeriod;
+  std::vector<std::shared_ptr<PeerState>> check;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    for (auto& [serial, p] : peers_by_serial)
+      if (p->liveness_checked && !p->failed.load()) check.push_back(p);
+  }
+  for (auto& p : check) {
+    std::string gone = ProcessGone(p->process);
+    if (!gone.empty()) MarkPeerFailed(*p, gone);
+  }
+}
+
+void Agent::Impl::DetachJobsOf(Lane& lane, PeerState* peer, const Status& why) {
+  for (auto it = lane.jobs.begin(); it != lane.jobs.end();) {
+    Job& j = **it;
+    if (j.peer != peer) {
+      ++it;
+      continue;
+    }
+    j.Fail(why);
+    j.lep = nullptr;
+    if (j.phase == Phase::kNotifying) {
+      SettleNotification(j);
+    } else {
+      ReportLane(j);
+    }
+    lane.fences.erase(j.fence_token);
+    if (j.outstanding > 0) {
+      {
+        std::lock_guard<std::mutex> g(mu);
+        j.t->abandoned_requests = true;
+      }
+      lane.abandoned.push_back(std::move(*it));
+    } else {
+      FinishJob(j);
+    }
+    it = lane.jobs.erase(it);
+  }
+}
+
+void Agent::Impl::CloseForced(Lane& lane, PeerState& peer, const Status& why) {
+  LaneEp& lep = peer.lanes[lane.index];
+  if (!lep.ep) return;
+  // Before lane 0's rkeys (and with them the mappings MappedRegions use) go: a lane may reap a
+  // failed peer before MarkPeerFailed, on another thread, has revoked them.
+  if (lane.index == 0) RevokeLeases(peer, why);
+  if (!lep.ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS))
+    spdlog::warn("shardwire agent {}: force-closing endpoint to {} did not finish", options.name, peer.name);
+  // Let cancellations (UCS_ERR_CANCELED completions) run, briefly.
+  const auto deadline = Clock::now() + std::chrono::milliseconds(50);
+  auto busy = [&] {
+    for (auto& j : lane.jobs)
+      if (j->peer == &peer && j->outstanding > 0) return true;
+    return false;
+  };
+  while (busy() && Clock::now() < deadline) {
+    if (ucp_worker_progress(lane.worker.get()) == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  DetachJobsOf(lane, &peer, why);
+  lep.mapped_delta.clear();
+  lep.rkeys.clear();
+  lep.ops_in_flight = 0;
+  lep.bytes_in_flight = 0;
+}
+
+void Agent::Impl::ReapFailedPeers(Lane& lane) {
+  for (auto& p : lane.peers) {
+    if (!p->failed.load() || !p->lanes[lane.index].ep) continue;
+    Status why;
+    {
+      std::lock_guard<std::mutex> g(mu);
+      why = p->failure;
+    }
+    CloseForced(lane, *p, why);
+  }
+}
+
+void Agent::Impl::TeardownPeer(const std::shared_ptr<PeerState>& peer, bool force, const Status& why) {
+  RevokeLeases(*peer, why);
+  {
+    std::lock_guard<std::mutex> g(mu);
+    peers_by_serial.erase(peer->serial);
+    FailTransfersOfLocked(peer->serial, why);
+    cv.notify_all();
+  }
+  const double bound = std::max(0.0, options.connect_timeout_s);
+  for (auto& lp : lanes) {
+    Lane& lane = *lp;
+    std::lock_guard<std::mutex> g(lane.mu);
+    LaneEp& lep = peer->lanes[lane.index];
+    bool busy = false;
+    for (auto& j : lane.jobs)
+      if (j->peer == peer.get()) busy = true;
+    if (!force && !busy && !peer->failed.load() && lep.ep) {
+      lep.mapped_delta.clear();
+      lep.rkeys.clear();
+      if (!lep.ep.Close(/*force=*/false, bound))
+        spdlog::warn("shardwire agent {}: closing endpoint to {} did not finish within {} s", options.name,
+                     peer->name, bound);
+    } else {
+      CloseForced(lane, *peer, why);
+    }
+    DetachJobsOf(lane, peer.get(), why);
+    lep.mapped_delta.clear();
+    lep.rkeys.clear();
+    lane.peers.erase(std::remove(lane.peers.begin(), lane.peers.end(), peer), lane.peers.end());
+  }
+}
+
+}  // namespace shardwire
