@@ -364,7 +364,9 @@ void RenderScalars(const Series<Cell>& f, std::string* out) {
 std::string MetricsRegistry::Render() const {
   std::string out;
   std::lock_guard<std::mutex> g(impl_->mu);
-  for (const auto& [name, e] : impl_->families) {
+  for (const auto& family : impl_->families) {
+    const auto& name = family.first;  // named, not bound: the lambda captures them (clang 14)
+    const auto& e = family.second;
     auto header = [&](const std::string& help) {
       out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, EscapeHelp(help), name, KindName(e.kind));
     };
