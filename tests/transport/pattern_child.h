@@ -34,8 +34,12 @@ struct PatternChild {
     c.pid = ::fork();
     if (c.pid == 0) {
       ::close(fds[0]);
-      void* p = ::mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      // One guard page (PROT_NONE) after the mapping, so a read running past kBytes faults
+      // whatever the allocator (or AddressSanitizer's shadow) mapped next to it.
+      const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+      void* p = ::mmap(nullptr, kBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (p == MAP_FAILED) ::_exit(3);
+      if (::mprotect(static_cast<std::byte*>(p) + kBytes, page, PROT_NONE) != 0) ::_exit(5);
       FillPattern({static_cast<std::byte*>(p), kBytes}, seed);
       const auto a = reinterpret_cast<std::uintptr_t>(p);
       if (!SendFrame(fds[1], {reinterpret_cast<const std::byte*>(&a), sizeof(a)})) ::_exit(4);
