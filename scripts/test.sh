@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs, builds and runs every test, in four stages (docs/reliability.md):
 #   normal  the whole suite, Release build in build/ (unit, property, multi-process tests)
-#   asan    the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
+#   asan    the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer, then a short run
+#           (SHARDWIRE_FUZZ_SECONDS, default 20 s) of every libFuzzer target, from one clang build
+#           (build-asan/)
 #   tsan    the transport, control and workflow tests under ThreadSanitizer (build-tsan/)
-#   fuzz    a short run (SHARDWIRE_FUZZ_SECONDS, default 20 s) of every libFuzzer target
-#           (fuzz/run_fuzzer.sh, build-fuzz/)
+#   fuzz    the fuzzers alone, from their own -O3 clang build (fuzz/run_fuzzer.sh, build-fuzz/)
 # Every sanitizer report is fatal and fails its test. Select stages with
-# SHARDWIRE_TEST_STAGES="normal asan tsan fuzz". Default: normal only — the asan, tsan and
-# fuzz stages exist but have not yet completed once on this code base (docs/reliability.md,
-# "Status"), so CI does not depend on them until they have. Extra arguments go to the normal
+# SHARDWIRE_TEST_STAGES="normal asan tsan fuzz". Default: normal only (docs/reliability.md,
+# "Status": asan ran clean in session 11 but is not yet timed inside CI's 60 minutes; tsan has
+# an open finding, the multi-lane transfer tests time out under it). Extra arguments go to the normal
 # stage's ctest. Builds use ccache when installed; run nice'd on a shared machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,11 +61,11 @@ for stage in $stages; do
                      tests/control/CMakeLists.txt tests/workflows/CMakeLists.txt)
       # shellcheck disable=SC2086
       cmake --build build-tsan -j2 --target $tsan_targets
-      # UCX's memory hooks patch malloc/mmap, which TSan intercepts too: off for this run.
       # Only the tests of the binaries above: the unbuilt ones show as *_NOT_BUILT; the fault-injection
       # script (not a test binary of these layers) runs in the normal and asan stages.
       exclude="_NOT_BUILT\$|^fault_injection_short\$"
       if [ -n "$tsan_excluded" ]; then exclude="$exclude|$tsan_excluded"; fi
+      # UCX's memory hooks patch malloc/mmap, which TSan intercepts too: off for this run.
       UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MALLOC_RELOC=no UCX_MEM_MMAP_HOOK_MODE=none UCX_MEM_EVENTS=no \
       TSAN_OPTIONS="suppressions=$root/tests/sanitizers/tsan.supp:halt_on_error=1:second_deadlock_stack=1" \
         ctest --test-dir build-tsan --output-on-failure --timeout 1800 -E "$exclude"
