@@ -39,6 +39,7 @@ struct WeightSubscriber::State {
   std::uint64_t incarnation = 0;  // dynamic membership
   bool joined = false;
   std::int64_t join_request = 0;  // filed and not yet answered
+  std::int64_t hold_request = 0;  // the latest catch-up hold filed (HoldPushes)
   std::string plan_signature;     // trainers must have the same (SyncPlanSignature)
   // verify_digests: per source rank, the moves it writes here, in the order it hashes them.
   std::map<int, std::vector<Move>> digest_moves;
@@ -273,6 +274,33 @@ Result<std::uint64_t> WeightSubscriber::Join(double timeout_s) {
   if (*version <= s.committed_version) {
     return FailedPrecondition(fmt::format("{}: admitted at version {}, not above its committed version {}", who,
                                           *version, s.committed_version));
+  }
+  return *version;
+}
+
+Status WeightSubscriber::HoldPushes() {
+  State& s = *state_;
+  if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::HoldPushes without dynamic membership");
+  auto request = sync::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, s.incarnation, /*hold=*/true);
+  if (!request.ok()) {
+    return request.status().WithContext(fmt::format("engine rank {} (incarnation {}) holding job {}'s pushes for its "
+                                                    "catch-up",
+                                                    s.rank, s.incarnation, s.options.job));
+  }
+  s.hold_request = *request;
+  return Status::Ok();
+}
+
+Result<std::uint64_t> WeightSubscriber::AwaitHold(double timeout_s) {
+  State& s = *state_;
+  if (s.hold_request == 0) {
+    return FailedPrecondition(fmt::format("engine rank {}: AwaitHold without HoldPushes", s.rank));
+  }
+  auto version = sync::AwaitHold(*s.rendezvous, s.options.job, s.rank, s.hold_request, timeout_s);
+  if (!version.ok()) {
+    return version.status().WithContext(
+        fmt::format("engine rank {} (incarnation {}) awaiting job {}'s trainers to hold for its catch-up", s.rank,
+                    s.incarnation, s.options.job));
   }
   return *version;
 }
