@@ -183,8 +183,22 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
                                                                    const Layout& engine_layout, int rank,
                                                                    WeightSyncOptions options) {
   if (rank < 0 || rank >= engine_layout.world_size()) {
-    return InvalidArgument(fmt::format("engine rank {} is outside layout {} of {} ranks", rank,
-                                       engine_layout.description(), engine_layout.world_size()));
+    // Replica slots: ranks holding identical shards form a class; with dp replicas every class
+    // has dp ranks. Dynamic membership fills these slots and cannot grow past them (the plan is
+    // the one of the two layouts every process computed: docs/reliability.md).
+    const std::size_t classes = engine_layout.num_rank_classes();
+    std::string slots;
+    if (classes > 0 && static_cast<std::size_t>(engine_layout.world_size()) % classes == 0) {
+      slots = fmt::format(" ({} replica slot(s) of {} rank(s))", engine_layout.world_size() / static_cast<int>(classes),
+                          classes);
+    }
+    return InvalidArgument(fmt::format(
+        "engine rank {} is outside engine layout {} of {} ranks{}{}", rank, engine_layout.description(),
+        engine_layout.world_size(), slots,
+        options.dynamic_membership && rank >= engine_layout.world_size()
+            ? ": dynamic membership fills only the replica slots the engine layout names; start the trainers and "
+              "engines with a layout naming more replicas (dp=) to run more"
+            : ""));
   }
   // The same conversion the publishers derive (a plain plan when the dtypes agree).
   SW_ASSIGN_OR_RETURN(const PushConversion conversion,

@@ -1,7 +1,7 @@
 // The race of a catch-up against fast pushes, reproduced on purpose, across real processes over
 // UCX and a real coordinator: the live engine serves each committed version with a bandwidth
 // cap (ModelSourceOptions::bandwidth_bytes_per_s) that makes the new engine's P2P load of one
-// version take about a second, while the trainer pushes a new version every few milliseconds.
+// version take over 2 s, while the trainer pushes a new version every few tens of milliseconds.
 // A live engine withdraws a version as soon as it commits the next one, so without a hold every
 // version the new engine starts to read is withdrawn long before it is read (the failure the
 // rl-sync demo met under load); with the hold (CatchUpOptions::hold) the trainer starts no push
@@ -38,7 +38,8 @@ constexpr const char* kLlama = R"({"model_type": "llama", "hidden_size": 128, "n
     "torch_dtype": "bfloat16"})";
 constexpr const char* kEngineLayout = "tp=1,dp=2";
 // A version's P2P read takes at least buffer_bytes / cap: about 0.9 MB at 0.4 MB/s, over 2 s, in
-// which the trainer pushes hundreds of versions (a push of 0.9 MB takes milliseconds).
+// which the trainer pushes dozens of versions back to back (a push, with the live engine's
+// publication of the version as a source, takes tens of milliseconds here).
 constexpr double kCapBytesPerS = 4e5;
 
 ModelDescription Model() { return DescribeModel(ParseModelConfig(kLlama, "test").value()).value(); }
