@@ -261,6 +261,9 @@ Status RunDynamicEngine(const WorkerArgs& a, CoordinatorClient& client, const Ch
     // catch_up_hold_s), so the version the live engines serve stays served while it is read.
     CatchUpOptions catch_up;
     catch_up.hold = subscriber.get();
+    // The demo's trainers push back to back: trainer rank 0 acknowledges the hold within one
+    // step (compute + push), so the catch-up loads the held version, not an older one.
+    catch_up.hold_ack_wait_s = std::min(5.0, a.timeout_s / 4);
     auto report = CatchUpFromLiveEngines(*registry, engine_model, where, subscriber->incarnation(),
                                          subscriber->weights(), catch_up);
     if (report.ok() && report->version > 0) {

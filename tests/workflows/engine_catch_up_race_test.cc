@@ -109,6 +109,7 @@ int RunJoiningEngine(std::uint16_t port, bool hold) {
   CatchUpOptions options;
   options.hold = hold ? sub->get() : nullptr;
   options.wait_s = 5;
+  options.hold_ack_wait_s = 10;  // the trainer pushes back to back: it acknowledges at its next push
   auto caught = CatchUpFromLiveEngines(*registry, Model(), where, (*sub)->incarnation(), (*sub)->weights(), options);
   std::string result;
   if (!caught.ok()) {
