@@ -392,10 +392,10 @@ Status Run(const RlSyncOptions& o) {
           }
           fmt::print(
               "            {} (process {} of the rank) caught up to v{} from live engines ({}; {} from disk) in "
-              "{:.3f} s{}, verified, then received v{}\n",
+              "{:.3f} s (its P2P load {:.3f} s){}, verified, then received v{}\n",
               EngineRankLabel(r), c.value("incarnation", 0), c.value("version", 0), from,
               FormatBytes(static_cast<double>(c.value("from_disk", std::uint64_t{0}))), c.value("seconds", 0.0),
-              c.value("held", false) ? " with the pushes held" : "", step);
+              c.value("load_s", 0.0), c.value("held", false) ? " with the pushes held" : "", step);
           if (c.value("attempts", 1) > 1 || !c.value("failures", json::array()).empty()) {
             std::string why;
             for (const json& w : c.value("failures", json::array())) why += (why.empty() ? "" : "; ") + w.get<std::string>();
