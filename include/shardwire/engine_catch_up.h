@@ -16,13 +16,14 @@
 // Why pushes are held: a live engine withdraws version v as soon as it commits v+1
 // (double-buffered: v's buffer is the one v+2 lands in, and the engine declares READY for v+2
 // right after committing v+1), and creating a source per version, listing it, importing
-// its metadata and reading it takes a new process longer than two pushes of a small model (or
+// its metadata and reading it takes a new process longer than one push of a small model (or
 // of a large one on a loaded host). So the catch-up first asks the trainers to hold their pushes
 // (CatchUpOptions::hold, WeightSubscriber::HoldPushes): once trainer rank 0 sees the hold no push
 // starts until this process joins (or the hold runs out after the trainers' catch_up_hold_s), so
-// the version the live engines serve stays served while it is read; a push already started
-// completes, which costs at most one more attempt. Healthy engines never stop serving; the
-// trainers wait at most catch_up_hold_s.
+// the version the live engines serve stays served while it is read. Trainer rank 0 acknowledges
+// the hold with the last version it pushed (WeightSubscriber::AwaitHold); the catch-up waits until
+// a replica serves that version whole and loads it, and its join admits it at the next push.
+// Healthy engines never stop serving; the trainers wait at most catch_up_hold_s.
 //
 // Thread-safety: CommittedVersionSources is used by one thread (the engine's update loop);
 // CatchUpFromLiveEngines is reentrant.

@@ -39,7 +39,7 @@ std::uint64_t VersionOf(const std::string& revision, const std::string& job) {
   return std::from_chars(begin, end, version).ptr == end ? version : 0;
 }
 
-// The versions of `job` that READY sources of `structure` in replicas other than `own_replica`
+// The versions of where.job that READY sources of `structure` in replicas other than where.replica
 // serve: per version, whether some instance serves it whole (every rank READY), else a note
 // of how incomplete the best instance is.
 struct ServedVersion {
