@@ -11,7 +11,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 namespace {
 
@@ -289,4 +289,4 @@ Result<std::uint64_t> AwaitAdmission(Rendezvous& rendezvous, const std::string& 
   }
 }
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows
