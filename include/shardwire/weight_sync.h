@@ -148,6 +148,16 @@ struct WeightSyncOptions {
   /// per push: trainer rank 0 one rendezvous counter read and one write, every other
   /// trainer rank one read (the leader's record; polled until it appears).
   bool dynamic_membership = false;
+  /// Dynamic membership, publishers (trainer rank 0 applies it): the longest, in seconds, a
+  /// push waits before it starts while an engine process catches up from live engines
+  /// (WeightSubscriber::HoldPushes, CatchUpOptions::hold), counted from when trainer rank 0
+  /// first sees the hold; the hold ends earlier when that process joins or leaves. While it
+  /// lasts no push starts, so no live engine commits a newer version and withdraws the one the
+  /// new process reads (docs/reliability.md, "Catch-up"); healthy engines keep serving their
+  /// committed version, and only the trainers wait. Capped at timeout_s / 2 (the other trainer
+  /// ranks and the engines wait up to timeout_s for the push). 0: pushes never wait (a catch-up
+  /// then races the pushes and may fall back to the disk).
+  double catch_up_hold_s = 10;
   /// Per-version integrity check: each trainer rank hashes (XXH3-64) the bytes it sends each
   /// engine rank, where it sends them from, and attaches the digest to DONE(v); the engine
   /// hashes where they landed, in the same order, and commits v only if every source's digest
@@ -281,6 +291,12 @@ struct PushStats {
   /// them complete, in seconds of CLOCK_MONOTONIC (std::chrono::steady_clock on Linux: one
   /// clock for every process of a host, so spans of several trainer ranks can be compared).
   std::vector<RoundSpan> round_spans;
+  /// Dynamic membership, trainer rank 0 only: seconds this push waited before it started for
+  /// engine processes catching up (catch_up_hold_s), the engine ranks it waited for, and those
+  /// whose hold ran out rather than ending with their join.
+  double hold_s = 0;
+  std::vector<int> held_for;
+  std::vector<int> hold_expired;
 };
 
 /// What one WaitForUpdate saw.
@@ -413,6 +429,23 @@ class WeightSubscriber {
   /// no push admitted it in time (no trainer pushing); kFailedPrecondition when the
   /// admitting version is not above committed_version(); rendezvous errors.
   Result<std::uint64_t> Join(double timeout_s = -1);
+
+  /// Dynamic membership: asks the trainers not to start another push until this process
+  /// joins (Join) or leaves, so that the version live engines serve stays served while this
+  /// process loads it from them (CatchUpFromLiveEngines, engine_catch_up.h). Trainer rank 0
+  /// honours it when it next starts a push, for at most its catch_up_hold_s; a push it had
+  /// already started completes. Returns at once; call before Connect or after. Join ends the
+  /// hold (and admits this process at the first push after it). Errors: kInvalidArgument
+  /// without dynamic membership; rendezvous errors.
+  Status HoldPushes();
+
+  /// After HoldPushes: waits up to `timeout_s` until trainer rank 0 honours the hold and
+  /// returns the last version pushed before it (the version the live engines then keep
+  /// serving, once each committed it). Errors: kFailedPrecondition without a hold filed by
+  /// this process; kTimedOut when no push started since the hold (no push is running, so
+  /// the newest committed version stays served until one starts and honours the hold);
+  /// rendezvous errors.
+  Result<std::uint64_t> AwaitHold(double timeout_s);
 
   /// Dynamic membership: asks the trainers to stop writing to this rank from their next
   /// push on (returns at once; the destructor does it too). Errors: kInvalidArgument

@@ -102,6 +102,8 @@ void BindWeightSync(py::module_& m) {
              }
              d["missed"] = missed;
              d["absent"] = s.absent;  // dynamic membership: engine ranks not members for this version
+             d["hold_s"] = s.hold_s;  // trainer rank 0: seconds this push waited for catching-up engines
+             d["held_for"] = s.held_for;
              d["rounds"] = s.rounds;  // schedule rounds this rank wrote in
              d["round_wait_s"] = s.round_wait_s;
              d["relayed"] = s.relayed;  // engine ranks whose relay parent forwards this version

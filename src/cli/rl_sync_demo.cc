@@ -118,6 +118,8 @@ std::string FormatBytes(double bytes) {
 struct StepFigures {
   std::uint64_t bytes = 0;
   std::uint64_t descriptors = 0;
+  double hold_s = 0;                     // trainer rank 0 held this push for catching-up engines
+  std::string held_for, hold_expired;    // their engine ranks ("3", "1, 3")
   std::uint64_t rows = 0;                // contiguous rows inside those descriptors
   std::uint64_t faults = 0;              // page faults of the trainer processes during the push
   std::uint64_t converted_bytes = 0;     // produced by conversion (FP8 weights, scales, casts)
@@ -325,6 +327,13 @@ Status Run(const RlSyncOptions& o) {
       for (const json& m : t.value("missed", json::array())) {
         f.missed.emplace(m.value("engine_rank", -1), m.value("reason", std::string()));
       }
+      if (t.value("hold_s", 0.0) > 0) {
+        f.hold_s = t.value("hold_s", 0.0);
+        for (const json& e : t.value("held_for", json::array()))
+          f.held_for += (f.held_for.empty() ? "" : ", ") + std::to_string(e.get<int>());
+        for (const json& e : t.value("hold_expired", json::array()))
+          f.hold_expired += (f.hold_expired.empty() ? "" : ", ") + std::to_string(e.get<int>());
+      }
       f.bytes += t.value("bytes", std::uint64_t{0});
       f.descriptors += t.value("descriptors", std::uint64_t{0});
       f.faults += t.value("minor_faults", std::uint64_t{0});
@@ -382,13 +391,22 @@ Status Run(const RlSyncOptions& o) {
                                 FormatBytes(static_cast<double>(bytes.get<std::uint64_t>())));
           }
           fmt::print(
-              "            {} (process {} of the rank) caught up to v{} from live engines ({}) in {:.3f} s, "
-              "verified, then received v{}\n",
-              EngineRankLabel(r), c.value("incarnation", 0), c.value("version", 0), from, c.value("seconds", 0.0),
-              step);
+              "            {} (process {} of the rank) caught up to v{} from live engines ({}; {} from disk) in "
+              "{:.3f} s (its P2P load {:.3f} s){}, verified, then received v{}\n",
+              EngineRankLabel(r), c.value("incarnation", 0), c.value("version", 0), from,
+              FormatBytes(static_cast<double>(c.value("from_disk", std::uint64_t{0}))), c.value("seconds", 0.0),
+              c.value("load_s", 0.0), c.value("held", false) ? " with the pushes held" : "", step);
+          if (c.value("attempts", 1) > 1 || !c.value("failures", json::array()).empty()) {
+            std::string why;
+            for (const json& w : c.value("failures", json::array())) why += (why.empty() ? "" : "; ") + w.get<std::string>();
+            fmt::print("            (its load took {:.3f} s; {} attempt(s); before: {})\n", c.value("load_s", 0.0),
+                       c.value("attempts", 1), why);
+          }
         } else {
-          fmt::print("            {} (process {} of the rank) started from the checkpoint ({}), then received v{}\n",
-                     EngineRankLabel(r), c.value("incarnation", 0), c.value("why", std::string()), step);
+          fmt::print(
+              "            {} (process {} of the rank) started from the checkpoint on disk, not from live engines "
+              "({}), then received v{}\n",
+              EngineRankLabel(r), c.value("incarnation", 0), c.value("why", std::string()), step);
         }
       }
       f.engine_wait_s = std::max(f.engine_wait_s, e.value("wait_s", 0.0));
@@ -446,6 +464,12 @@ Status Run(const RlSyncOptions& o) {
     }
     for (const auto& [rank, why] : f.missed) {  // why names the engine rank and the version
       fmt::print("            {}\n", why);
+    }
+    if (f.hold_s > 0) {
+      fmt::print("            push v{} started {:.3f} s late: held for engine rank(s) {} catching up from live "
+                 "engines{}\n",
+                 step, f.hold_s, f.held_for,
+                 f.hold_expired.empty() ? "" : fmt::format(" (hold of rank(s) {} ran out)", f.hold_expired));
     }
     if (f.converted_bytes > 0) {
       fmt::print(

@@ -211,6 +211,9 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"compute_end", compute_end},
                           {"push_end", MonotonicSeconds()},
                           {"missed", missed},
+                          {"hold_s", stats.hold_s},
+                          {"held_for", stats.held_for},
+                          {"hold_expired", stats.hold_expired},
 
                           {"direct_copy_bytes", stats.direct_copy_bytes},
                           {"ucx_requests", stats.ucx_requests},
@@ -254,8 +257,15 @@ Status RunDynamicEngine(const WorkerArgs& a, CoordinatorClient& client, const Ch
   std::vector<std::byte> scratch;  // verification buffer, reused for every version
   if (a.catch_up) {
     const double begin = MonotonicSeconds();
-    auto report =
-        CatchUpFromLiveEngines(*registry, engine_model, where, subscriber->incarnation(), subscriber->weights());
+    // The trainers hold their pushes until this process joins (or for at most their
+    // catch_up_hold_s), so the version the live engines serve stays served while it is read.
+    CatchUpOptions catch_up;
+    catch_up.hold = subscriber.get();
+    // The demo's trainers push back to back: trainer rank 0 acknowledges the hold within one
+    // step (compute + push), so the catch-up loads the held version, not an older one.
+    catch_up.hold_ack_wait_s = std::min(5.0, a.timeout_s / 4);
+    auto report = CatchUpFromLiveEngines(*registry, engine_model, where, subscriber->incarnation(),
+                                         subscriber->weights(), catch_up);
     if (report.ok() && report->version > 0) {
       // Checked like every pushed version: the bytes must equal version N recomputed here.
       SW_RETURN_IF_ERROR(
@@ -267,7 +277,11 @@ Status RunDynamicEngine(const WorkerArgs& a, CoordinatorClient& client, const Ch
                    {"seconds", MonotonicSeconds() - begin},
                    {"bytes", report->load.bytes_from_sources},
                    {"from", from},
+                   {"from_disk", report->load.bytes_from_disk},
+                   {"held", report->held},
                    {"attempts", report->attempts},
+                   {"failures", report->failures},
+                   {"load_s", report->load.seconds},
                    {"incarnation", subscriber->incarnation()},
                    {"verified", true}};
     } else {

@@ -4,6 +4,7 @@
 #include <charconv>
 #include <chrono>
 #include <optional>
+#include <string_view>
 #include <thread>
 #include <utility>
 
@@ -38,34 +39,48 @@ Result<std::string> PollKey(Rendezvous& rendezvous, const std::string& key, doub
   }
 }
 
-// Parses "<incarnation> <request id>".
-Status ParseRequest(const std::string& key, const std::string& text, std::uint64_t* incarnation,
-                    std::int64_t* request) {
-  const auto space = text.find(' ');
-  const char* end = text.data() + text.size();
-  if (space == std::string::npos ||
-      std::from_chars(text.data(), text.data() + space, *incarnation).ptr != text.data() + space ||
-      std::from_chars(text.data() + space + 1, end, *request).ptr != end) {
-    return CorruptData(fmt::format("membership request {} holds \"{}\", not \"<incarnation> <request>\"", key, text));
+// One filed request: incarnation (0: leave), request id, and whether it is a catch-up hold.
+struct Request {
+  std::uint64_t incarnation = 0;
+  std::int64_t id = 0;
+  bool hold = false;
+};
+
+// Parses "<incarnation> <request id>" or "<incarnation> <request id> hold".
+Result<Request> ParseRequest(const std::string& key, const std::string& text) {
+  Request r;
+  std::string body = text;
+  constexpr std::string_view kHold = " hold";
+  if (body.size() > kHold.size() && body.compare(body.size() - kHold.size(), kHold.size(), kHold) == 0) {
+    r.hold = true;
+    body.resize(body.size() - kHold.size());
   }
-  return Status::Ok();
+  const auto space = body.find(' ');
+  const char* end = body.data() + body.size();
+  if (space == std::string::npos ||
+      std::from_chars(body.data(), body.data() + space, r.incarnation).ptr != body.data() + space ||
+      std::from_chars(body.data() + space + 1, end, r.id).ptr != end || (r.hold && r.incarnation == 0)) {
+    return CorruptData(fmt::format(
+        "membership request {} holds \"{}\", not \"<incarnation> <request>\" or \"<incarnation> <request> hold\"", key,
+        text));
+  }
+  return r;
 }
 
 // Engine rank r's latest request, or nullopt when it never filed one.
-Result<std::optional<std::pair<std::uint64_t, std::int64_t>>> ReadRequest(Rendezvous& rendezvous,
-                                                                          const std::string& job, int r) {
+Result<std::optional<Request>> ReadRequest(Rendezvous& rendezvous, const std::string& job, int r) {
   const std::string key = MembershipRequestKey(job, r);
   auto got = rendezvous.Get(key, 0);
   if (!got.ok()) {
-    if (got.status().code() == ErrorCode::kTimedOut) return std::optional<std::pair<std::uint64_t, std::int64_t>>();
+    if (got.status().code() == ErrorCode::kTimedOut) return std::optional<Request>();
     return got.status();
   }
-  std::uint64_t incarnation = 0;
-  std::int64_t request = 0;
-  SW_RETURN_IF_ERROR(
-      ParseRequest(key, std::string(reinterpret_cast<const char*>(got->data()), got->size()), &incarnation, &request));
-  return std::make_optional(std::make_pair(incarnation, request));
+  SW_ASSIGN_OR_RETURN(const Request request,
+                      ParseRequest(key, std::string(reinterpret_cast<const char*>(got->data()), got->size())));
+  return std::make_optional(request);
 }
+
+double SteadySeconds() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 
 }  // namespace
 
@@ -73,7 +88,7 @@ Result<std::set<int>> JoiningRanks(Rendezvous& rendezvous, const std::string& jo
   std::set<int> joining;
   for (int r = 0; r < engine_ranks; ++r) {
     SW_ASSIGN_OR_RETURN(const auto request, ReadRequest(rendezvous, job, r));
-    if (request && request->first != 0) joining.insert(r);
+    if (request && request->incarnation != 0 && !request->hold) joining.insert(r);
   }
   return joining;
 }
@@ -87,6 +102,10 @@ std::string MembershipSlotKey(const std::string& job, std::uint64_t version) {
 }
 std::string IncarnationKey(const std::string& job, int engine_rank) {
   return fmt::format("{}/engine/{}/incarnation", job, engine_rank);
+}
+
+std::string HoldAckKey(const std::string& job, int engine_rank) {
+  return fmt::format("{}/membership/held/{}", job, engine_rank);
 }
 
 std::string EncodeMembership(const Membership& m) {
@@ -115,25 +134,69 @@ Result<Membership> DecodeMembership(const std::string& key, const std::string& t
   }
 }
 
-Result<Membership> MembershipLeader::Publish(Rendezvous& rendezvous, const std::string& job, int engine_ranks,
-                                             std::uint64_t version) {
-  SW_ASSIGN_OR_RETURN(const std::int64_t requests, rendezvous.Add(MembershipRequestsKey(job), 0));
-  if (requests != requests_seen_) {
-    for (int r = 0; r < engine_ranks; ++r) {
-      SW_ASSIGN_OR_RETURN(const auto latest, ReadRequest(rendezvous, job, r));
-      if (!latest) continue;  // this rank never asked
-      const auto [incarnation, request] = *latest;
-      auto it = members_.find(r);
-      const std::int64_t answered = it != members_.end() ? it->second.request : 0;
-      if (request <= answered) continue;
-      if (incarnation == 0) {
-        members_.erase(r);
-      } else {
-        members_[r] = Member{incarnation, request, version};
-      }
+Status MembershipLeader::Rescan(Rendezvous& rendezvous, const std::string& job, int engine_ranks,
+                                std::uint64_t version) {
+  for (int r = 0; r < engine_ranks; ++r) {
+    SW_ASSIGN_OR_RETURN(const auto latest, ReadRequest(rendezvous, job, r));
+    if (!latest) continue;  // this rank never asked
+    std::int64_t& processed = processed_[r];
+    if (latest->id <= processed) continue;
+    processed = latest->id;
+    // Any later request of the rank (its join, a leave, another process's hold) ends its hold.
+    holds_.erase(r);
+    if (latest->hold) {
+      if (hold_s_ > 0) holds_[r] = Hold{latest->incarnation, latest->id, SteadySeconds()};
+    } else if (latest->incarnation == 0) {
+      members_.erase(r);
+    } else {
+      members_[r] = Member{latest->incarnation, latest->id, version};
     }
+  }
+  return Status::Ok();
+}
+
+Result<Membership> MembershipLeader::Publish(Rendezvous& rendezvous, const std::string& job, int engine_ranks,
+                                             std::uint64_t version, HoldWait* held,
+                                             const std::function<Status()>& interrupt) {
+  SW_ASSIGN_OR_RETURN(std::int64_t requests, rendezvous.Add(MembershipRequestsKey(job), 0));
+  if (requests != requests_seen_) {
+    SW_RETURN_IF_ERROR(Rescan(rendezvous, job, engine_ranks, version));
     requests_seen_ = requests;
   }
+  // Catch-up holds: no push starts while an engine loads the committed version from live ones.
+  const double begin = SteadySeconds();
+  auto pause = std::chrono::microseconds(500);
+  while (!holds_.empty()) {
+    const double now = SteadySeconds();
+    for (auto it = holds_.begin(); it != holds_.end();) {
+      if (!it->second.acknowledged) {
+        // The last push published before this one: what the live engines keep serving.
+        SW_RETURN_IF_ERROR(PutString(rendezvous, HoldAckKey(job, it->first),
+                                     fmt::format("{} {}", it->second.request, version - 1)));
+        it->second.acknowledged = true;
+      }
+      if (held != nullptr &&
+          std::find(held->ranks.begin(), held->ranks.end(), it->first) == held->ranks.end()) {
+        held->ranks.push_back(it->first);
+      }
+      if (now - it->second.seen_at >= hold_s_) {
+        if (held != nullptr) held->expired.push_back(it->first);
+        it = holds_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (holds_.empty()) break;
+    if (interrupt) SW_RETURN_IF_ERROR(interrupt());
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(10000));
+    SW_ASSIGN_OR_RETURN(requests, rendezvous.Add(MembershipRequestsKey(job), 0));
+    if (requests != requests_seen_) {
+      SW_RETURN_IF_ERROR(Rescan(rendezvous, job, engine_ranks, version));
+      requests_seen_ = requests;
+    }
+  }
+  if (held != nullptr) held->seconds = held->ranks.empty() ? 0 : SteadySeconds() - begin;
   Membership m{version, members_};
   const std::string text = EncodeMembership(m);
   SW_RETURN_IF_ERROR(PutString(rendezvous, MembershipSlotKey(job, version), text));
@@ -162,15 +225,37 @@ Result<Membership> ReadMembership(Rendezvous& rendezvous, const std::string& job
 }
 
 Result<std::int64_t> FileMembershipRequest(Rendezvous& rendezvous, const std::string& job, int engine_rank,
-                                           std::uint64_t incarnation) {
+                                           std::uint64_t incarnation, bool hold) {
+  if (hold && incarnation == 0) {
+    return InvalidArgument(fmt::format("engine rank {} of job {}: a catch-up hold needs an incarnation", engine_rank, job));
+  }
   SW_ASSIGN_OR_RETURN(const std::int64_t request, rendezvous.Add(MembershipRequestsKey(job), 1));
   // The counter moves first, the request lands second: a leader that read the counter in
   // between sees the request on its next push (it re-reads when the counter changed).
   SW_RETURN_IF_ERROR(
-      PutString(rendezvous, MembershipRequestKey(job, engine_rank), fmt::format("{} {}", incarnation, request)));
+      PutString(rendezvous, MembershipRequestKey(job, engine_rank),
+                fmt::format("{} {}{}", incarnation, request, hold ? " hold" : "")));
   // Bump once more so that a leader which read the counter between Add and Put re-scans.
   SW_RETURN_IF_ERROR(rendezvous.Add(MembershipRequestsKey(job), 1).status());
   return request;
+}
+
+Result<std::uint64_t> AwaitHold(Rendezvous& rendezvous, const std::string& job, int engine_rank, std::int64_t request,
+                                double timeout_s) {
+  const std::string key = HoldAckKey(job, engine_rank);
+  std::uint64_t version = 0;
+  auto text = PollKey(rendezvous, key, timeout_s, [&](const std::string& t) -> Result<bool> {
+    std::int64_t acked = 0;
+    const auto space = t.find(' ');
+    const char* end = t.data() + t.size();
+    if (space == std::string::npos || std::from_chars(t.data(), t.data() + space, acked).ptr != t.data() + space ||
+        std::from_chars(t.data() + space + 1, end, version).ptr != end) {
+      return CorruptData(fmt::format("hold acknowledgement {} holds \"{}\", not \"<request> <version>\"", key, t));
+    }
+    return acked == request;
+  });
+  if (!text.ok()) return text.status();
+  return version;
 }
 
 Result<std::uint64_t> AwaitAdmission(Rendezvous& rendezvous, const std::string& job, int engine_rank,

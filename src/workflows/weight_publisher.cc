@@ -249,7 +249,9 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
   state->rank = rank;
   state->trainer_layout = trainer_layout;
   state->engine_ranks = engine_layout.world_size();
-  if (state->options.dynamic_membership && rank == 0) state->leader.emplace();
+  if (state->options.dynamic_membership && rank == 0) {
+    state->leader.emplace(std::max(0.0, std::min(state->options.catch_up_hold_s, state->options.timeout_s / 2)));
+  }
   if (state->options.max_concurrency < 1) {
     return InvalidArgument(
         fmt::format("max_concurrency (K) must be at least 1, not {}", state->options.max_concurrency));
@@ -613,7 +615,12 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
     included.clear();
     workflows::Membership members;
     if (s.leader) {
-      SW_ASSIGN_OR_RETURN(members, s.leader->Publish(*s.rendezvous, s.options.job, s.engine_ranks, version));
+      workflows::HoldWait held;
+      SW_ASSIGN_OR_RETURN(members, s.leader->Publish(*s.rendezvous, s.options.job, s.engine_ranks, version, &held,
+                                                     s.options.interrupt));
+      stats.hold_s = held.seconds;
+      stats.held_for = held.ranks;
+      stats.hold_expired = held.expired;
     } else {
       SW_ASSIGN_OR_RETURN(members, workflows::ReadMembership(*s.rendezvous, s.options.job, version, s.options.timeout_s));
     }
@@ -1074,7 +1081,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       stats.bytes += s.bytes_to[dst];
     }
   }
-  stats.ready_wait_s = Seconds(t0, t1);
+  stats.ready_wait_s = std::max(0.0, Seconds(t0, t1) - stats.hold_s);  // a catch-up hold is not a READY wait
   stats.amax_exchange_s = Seconds(t1, t2);
   stats.transfer_s = Seconds(t2, t3);
   if (!active.empty()) s.last_pushed = version;

@@ -39,6 +39,7 @@ struct WeightSubscriber::State {
   std::uint64_t incarnation = 0;  // dynamic membership
   bool joined = false;
   std::int64_t join_request = 0;  // filed and not yet answered
+  std::int64_t hold_request = 0;  // the latest catch-up hold filed (HoldPushes)
   std::string plan_signature;     // trainers must have the same (SyncPlanSignature)
   // verify_digests: per source rank, the moves it writes here, in the order it hashes them.
   std::map<int, std::vector<Move>> digest_moves;
@@ -182,8 +183,22 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
                                                                    const Layout& engine_layout, int rank,
                                                                    WeightSyncOptions options) {
   if (rank < 0 || rank >= engine_layout.world_size()) {
-    return InvalidArgument(fmt::format("engine rank {} is outside layout {} of {} ranks", rank,
-                                       engine_layout.description(), engine_layout.world_size()));
+    // Replica slots: ranks holding identical shards form a class; with dp replicas every class
+    // has dp ranks. Dynamic membership fills these slots and cannot grow past them (the plan is
+    // the one of the two layouts every process computed: docs/reliability.md).
+    const std::size_t classes = engine_layout.num_rank_classes();
+    std::string slots;
+    if (classes > 0 && static_cast<std::size_t>(engine_layout.world_size()) % classes == 0) {
+      slots = fmt::format(" ({} replica slot(s) of {} rank(s))", engine_layout.world_size() / static_cast<int>(classes),
+                          classes);
+    }
+    return InvalidArgument(fmt::format(
+        "engine rank {} is outside engine layout {} of {} ranks{}{}", rank, engine_layout.description(),
+        engine_layout.world_size(), slots,
+        options.dynamic_membership && rank >= engine_layout.world_size()
+            ? ": dynamic membership fills only the replica slots the engine layout names; start the trainers and "
+              "engines with a layout naming more replicas (dp=) to run more"
+            : ""));
   }
   // The same conversion the publishers derive (a plain plan when the dtypes agree).
   SW_ASSIGN_OR_RETURN(const PushConversion conversion,
@@ -273,6 +288,33 @@ Result<std::uint64_t> WeightSubscriber::Join(double timeout_s) {
   if (*version <= s.committed_version) {
     return FailedPrecondition(fmt::format("{}: admitted at version {}, not above its committed version {}", who,
                                           *version, s.committed_version));
+  }
+  return *version;
+}
+
+Status WeightSubscriber::HoldPushes() {
+  State& s = *state_;
+  if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::HoldPushes without dynamic membership");
+  auto request = workflows::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, s.incarnation, /*hold=*/true);
+  if (!request.ok()) {
+    return request.status().WithContext(fmt::format("engine rank {} (incarnation {}) holding job {}'s pushes for its "
+                                                    "catch-up",
+                                                    s.rank, s.incarnation, s.options.job));
+  }
+  s.hold_request = *request;
+  return Status::Ok();
+}
+
+Result<std::uint64_t> WeightSubscriber::AwaitHold(double timeout_s) {
+  State& s = *state_;
+  if (s.hold_request == 0) {
+    return FailedPrecondition(fmt::format("engine rank {}: AwaitHold without HoldPushes", s.rank));
+  }
+  auto version = workflows::AwaitHold(*s.rendezvous, s.options.job, s.rank, s.hold_request, timeout_s);
+  if (!version.ok()) {
+    return version.status().WithContext(
+        fmt::format("engine rank {} (incarnation {}) awaiting job {}'s trainers to hold for its catch-up", s.rank,
+                    s.incarnation, s.options.job));
   }
   return *version;
 }

@@ -293,7 +293,21 @@ TEST(RlSyncDemo, RestartedEngineCatchesUpFromLiveEnginesAndReceivesTheNextPushes
   EXPECT_NE(output.find("engine rank 3 was killed by signal 9 (Killed): restarted it (restart 1)"), std::string::npos)
       << output;
   EXPECT_NE(output.find("engine rank 3 missed v3"), std::string::npos) << output;
+  // Its weights came from the live engines (replica 0), none from the disk, with the pushes held
+  // meanwhile; the version it loaded is the last one pushed before the hold, and the first push it
+  // received is the next one.
   EXPECT_NE(output.find("from live engines (" + job + "/replica-0 "), std::string::npos) << output;
+  EXPECT_NE(output.find("; 0.0 KB from disk) in "), std::string::npos) << output;
+  EXPECT_NE(output.find(" with the pushes held, verified, then received v"), std::string::npos) << output;
+  EXPECT_EQ(output.find("started from the checkpoint on disk"), std::string::npos) << output;
+  const std::string caught = "engine rank 3 (process 2 of the rank) caught up to v";
+  if (const auto at = output.find(caught); at != std::string::npos) {
+    const std::uint64_t loaded = std::stoull(output.substr(at + caught.size()));
+    const auto received_at = output.find("then received v", at);
+    ASSERT_NE(received_at, std::string::npos) << output;
+    EXPECT_EQ(std::stoull(output.substr(received_at + std::string("then received v").size())), loaded + 1) << output;
+    EXPECT_NE(output.find(fmt::format("push v{} started ", loaded + 1)), std::string::npos) << output;
+  }
   EXPECT_EQ(output.find("verification failed"), std::string::npos) << output;
   EXPECT_EQ(CountWorkers(), 0);
 }

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -403,6 +404,36 @@ TEST(WeightSyncBadInput, AnEngineThatPlansForOtherLayoutsIsRefusedBeforeAnyDescr
   const Status engine_side = (*sub)->Connect();
   EXPECT_EQ(engine_side.code(), ErrorCode::kLayoutMismatch) << engine_side.ToString();
   EXPECT_NE(engine_side.message().find("trainer 0 of job mismatch"), std::string::npos) << engine_side.ToString();
+}
+
+// Dynamic membership grows only up to the replica slots the engine layout names (the plan is the
+// one of the two layouts every process computed; docs/reliability.md says why growing past them is
+// not done): an engine rank past the slots is refused at Create, naming the layout and its slots;
+// an engine whose own layout names one more replica is refused at Connect (its plan differs), so it
+// never joins.
+TEST(WeightSyncBadInput, AnEngineBeyondTheLayoutsReplicaSlotsIsATypedErrorNamingTheLayoutAndItsSlots) {
+  Pair p = StartPair();
+  WeightSyncOptions options{"slots", 5};
+  options.dynamic_membership = true;
+  auto beyond = WeightSubscriber::Create(*p.client, p.trainer, EngineLayout(), kEngines, options);
+  ASSERT_FALSE(beyond.ok());
+  EXPECT_EQ(beyond.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(beyond.status().message().find(fmt::format("engine rank 3 is outside engine layout {} of 3 ranks (3 replica "
+                                                       "slot(s) of 1 rank(s)): dynamic membership fills only the "
+                                                       "replica slots",
+                                                       EngineLayout().description())),
+            std::string::npos)
+      << beyond.status().ToString();
+  auto pub = WeightPublisher::Create(*p.client, p.trainer, EngineLayout(), 0, options);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*pub)->Connect().ok());
+  const Layout four_replicas = MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, kEngines + 1).value();
+  auto extra = WeightSubscriber::Create(*p.client, p.trainer, four_replicas, kEngines, options);
+  ASSERT_TRUE(extra.ok()) << extra.status().ToString();
+  const Status connect = (*extra)->Connect();
+  EXPECT_EQ(connect.code(), ErrorCode::kLayoutMismatch) << connect.ToString();
+  EXPECT_NE(connect.message().find("trainer 0 of job slots"), std::string::npos) << connect.ToString();
+  EXPECT_EQ((*extra)->Join(0.1).status().code(), ErrorCode::kInvalidArgument) << "no join without a Connect";
 }
 
 // ---- Partial(sum) trainer shards (DTensor Partial): reduced at their reducers before any byte
