@@ -12,8 +12,9 @@
 
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -181,8 +182,26 @@ class RedisServer {
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    pid_t pid = -1;
-    if (::posix_spawn(&pid, kRedisServerPath, nullptr, nullptr, argv.data(), environ) != 0) return false;
+    // fork + exec rather than posix_spawn, for two things the child must do first: die
+    // with the test process (PR_SET_PDEATHSIG: a test killed by a sanitizer's halt or a
+    // crash leaves no redis-server behind), and not hold the test's stdout/stderr (ctest
+    // waits for every writer of its pipe to close: a surviving server held it until the
+    // 1800 s test timeout in a TSan run). Only async-signal-safe calls after fork.
+    const int parent = static_cast<int>(::getpid());
+    const pid_t pid = ::fork();
+    if (pid < 0) return false;
+    if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(127);  // the parent died before prctl
+      const int devnull = ::open("/dev/null", O_RDWR);
+      if (devnull >= 0) {
+        ::dup2(devnull, STDIN_FILENO);
+        ::dup2(devnull, STDOUT_FILENO);
+        ::dup2(devnull, STDERR_FILENO);
+      }
+      ::execv(kRedisServerPath, argv.data());
+      ::_exit(127);
+    }
     pid_ = pid;
     return true;
   }
