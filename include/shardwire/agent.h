@@ -160,6 +160,23 @@ inline constexpr std::uint32_t kDefaultLanes = 2;
 /// Upper bound for AgentOptions::lanes (also the metadata blob's limit).
 inline constexpr std::uint32_t kMaxLanes = 64;
 
+/// Options only the UCX backend reads (AgentOptions::ucx; backend "ucx").
+struct UcxOptions {
+  /// Seconds between UCX keepalive rounds (UCX_KEEPALIVE_INTERVAL) that detect
+  /// peers whose process died; 0 keeps the UCX default (20 s). An explicit
+  /// UCX_KEEPALIVE_INTERVAL in the environment always wins. Negative or NaN:
+  /// Agent::Create fails with kInvalidArgument.
+  double keepalive_interval_s = 1;
+  /// See PeerFailureDetection.
+  PeerFailureDetection failure_detection = PeerFailureDetection::kAuto;
+};
+
+/// Name of the default backend (AgentOptions::backend).
+inline constexpr std::string_view kUcxBackend = "ucx";
+/// Name of the in-process backend: agents of one process move bytes with memcpy;
+/// for tests, with fault injection (src/transport/inproc/inproc_backend.h).
+inline constexpr std::string_view kInProcessBackend = "inproc";
+
 /// Construction options of an Agent.
 struct AgentOptions {
   /// Name peers know this agent by; carried in its metadata blob and in every
@@ -170,12 +187,14 @@ struct AgentOptions {
   /// non-blocking (UCX wires up lazily on first use); every other wait takes
   /// its own timeout.
   double connect_timeout_s = 10;
-  /// Seconds between UCX keepalive rounds (UCX_KEEPALIVE_INTERVAL) that detect
-  /// peers whose process died; 0 keeps the UCX default (20 s). An explicit
-  /// UCX_KEEPALIVE_INTERVAL in the environment always wins.
-  double keepalive_interval_s = 1;
-  /// See PeerFailureDetection.
-  PeerFailureDetection failure_detection = PeerFailureDetection::kAuto;
+  /// The transport backend (docs/transport.md, "Backend seam"): kUcxBackend
+  /// ("ucx", default) or kInProcessBackend ("inproc": every agent in this
+  /// process, no other process reachable; for tests). Peers must use the same
+  /// backend: ImportMetadata of another backend's blob is kUnsupported. Unknown
+  /// name: Agent::Create fails with kInvalidArgument.
+  std::string backend = std::string(kUcxBackend);
+  /// What only the UCX backend reads.
+  UcxOptions ucx = {};
   /// Number of lanes: UCX workers, each with a progress thread and its own
   /// endpoint to every peer. Transfers are split across lanes (see
   /// slice_bytes). 0 means kDefaultLanes. At most kMaxLanes.

@@ -45,7 +45,7 @@ struct Side {
 Side MakeSide(const std::string& name, Mem mem, std::size_t length,
               PeerFailureDetection detection = PeerFailureDetection::kAuto) {
   Side s;
-  auto a = Agent::Create({.name = name, .failure_detection = detection});
+  auto a = Agent::Create({.name = name, .ucx = {.failure_detection = detection}});
   EXPECT_TRUE(a.ok()) << a.status().ToString();
   if (!a.ok()) return s;
   s.agent = std::move(a).value();
@@ -305,11 +305,14 @@ TEST(Agent, MetadataListsEveryRegion) {
   EXPECT_EQ(m->regions[1].id, *r2);
   EXPECT_EQ(m->regions[1].base, reinterpret_cast<std::uint64_t>(buf.data()));
   EXPECT_EQ(m->regions[1].length, 8192u);
-  ASSERT_EQ(m->worker_addresses.size(), a.agent->options().lanes);
-  EXPECT_FALSE(m->worker_addresses[0].empty());
-  std::printf("[ info     ] metadata blob: %zu bytes (%zu lanes, worker address %zu, rkeys %zu + %zu bytes)\n",
-              blob->size(), m->worker_addresses.size(), m->worker_addresses[0].size(), m->regions[0].packed_rkey.size(),
-              m->regions[1].packed_rkey.size());
+  ASSERT_EQ(m->sections.size(), 1u);
+  EXPECT_EQ(m->sections[0].backend, "ucx");
+  EXPECT_FALSE(m->sections[0].connection.empty());
+  ASSERT_EQ(m->sections[0].region_keys.size(), 2u);
+  EXPECT_FALSE(m->sections[0].region_keys[0].empty());
+  std::printf("[ info     ] metadata blob: %zu bytes (%u lanes, UCX connection %zu, rkeys %zu + %zu bytes)\n",
+              blob->size(), a.agent->options().lanes, m->sections[0].connection.size(),
+              m->sections[0].region_keys[0].size(), m->sections[0].region_keys[1].size());
   // A corrupted blob is refused by ImportMetadata with the decoder's error.
   Side b = MakeSide("importer", Mem::kArena, 64);
   ASSERT_TRUE(b.agent);

@@ -93,7 +93,7 @@ TEST_P(FlowControl, FiftyThousandDescriptorsWithSmallWindow) {
   constexpr std::size_t kDescs = 50000, kLen = 48, kStride = 64;
   constexpr std::size_t kSize = kDescs * kStride;
   AgentOptions o;
-  o.failure_detection = fp.detection;
+  o.ucx.failure_detection = fp.detection;
   o.max_ops_in_flight_per_peer = 16;
   o.max_bytes_in_flight_per_peer = 256 * 1024;
   Pair p = MakePair(o, o, kSize, fp.arena);
