@@ -79,6 +79,10 @@ namespace shardwire::transport {
 /// The clock of every deadline and period of the agent.
 using Clock = std::chrono::steady_clock;
 
+/// Seconds a force-close of a link may take (TransportBackend::CloseLink; UCX's
+/// Endpoint::kDefaultCloseTimeoutS).
+inline constexpr double kForceCloseTimeoutS = 2.0;
+
 /// WRITEs may be kernel copies under write path `p` (kKernelCopy always; kAuto into
 /// regions this process cannot map). Pure.
 inline bool WritesMayKernelCopy(WritePath p) { return p == WritePath::kAuto || p == WritePath::kKernelCopy; }

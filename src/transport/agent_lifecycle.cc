@@ -101,7 +101,7 @@ void Agent::Impl::Shutdown() {
         backend->ReleaseKeys(l->index, lep.link);
       }
       lep.open = false;
-      backend->CloseLink(l->index, lep.link, /*force=*/true, 2.0);
+      backend->CloseLink(l->index, lep.link, /*force=*/true, transport::kForceCloseTimeoutS);
     }
     // Bounded: requests stuck on a dead peer's link never finish.
     const auto deadline = Clock::now() + std::chrono::milliseconds(100);

@@ -82,7 +82,7 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
       lep.mapped_delta.clear();
       im.backend->ReleaseKeys(lp->index, lep.link);
       lep.open = false;
-      im.backend->CloseLink(lp->index, lep.link, /*force=*/true, 2.0);
+      im.backend->CloseLink(lp->index, lep.link, /*force=*/true, transport::kForceCloseTimeoutS);
     }
     return failure;
   }

@@ -27,8 +27,8 @@
 // by the agent (it holds that Lane::mu) and may come from the lane's thread or
 // from the API thread; Completion callbacks and BackendEvents are invoked only
 // from inside Progress(lane) or a call naming that lane, with that lane's mutex
-// held, except OnPeerFailed (any thread holding no agent lock). Region calls
-// may come from the API thread at any time (the backend locks what it shares).
+// held (OnPeerFailed also from any other thread holding no agent lock). Region
+// calls may come from the API thread at any time (the backend locks what it shares).
 // Internal header (src/transport); not part of the public API.
 #pragma once
 

@@ -19,8 +19,6 @@ namespace {
 
 // How often same-host peers' processes are checked (see CheckLiveness).
 constexpr std::chrono::milliseconds kLivenessPeriod{100};
-// Seconds a force-close of a link may take (UCX: Endpoint::kDefaultCloseTimeoutS).
-constexpr double kForceCloseTimeoutS = 2.0;
 
 }  // namespace
 
@@ -114,7 +112,7 @@ void Agent::Impl::CloseForced(Lane& lane, PeerState& peer, const Status& why) {
   // reap a failed peer before MarkPeerFailed, on another thread, has revoked them.
   if (lane.index == 0) RevokeLeases(peer, why);
   lep.open = false;
-  if (!backend->CloseLink(lane.index, lep.link, /*force=*/true, kForceCloseTimeoutS))
+  if (!backend->CloseLink(lane.index, lep.link, /*force=*/true, transport::kForceCloseTimeoutS))
     spdlog::warn("shardwire agent {}: force-closing the link to {} did not finish", options.name, peer.name);
   // Let cancellations (error completions of queued requests) run, briefly.
   const auto deadline = Clock::now() + std::chrono::milliseconds(50);

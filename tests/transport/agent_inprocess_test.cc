@@ -14,6 +14,9 @@
 namespace shardwire {
 namespace {
 
+using testing::Bytes;
+using testing::Str;
+
 using testing::FillPattern;
 using testing::FirstMismatch;
 using testing::FirstNotEqual;
@@ -24,14 +27,6 @@ constexpr std::byte kUntouched{0xEE};
 enum class Mem { kArena, kRegistered };
 
 std::string MemName(Mem m) { return m == Mem::kArena ? "arena" : "registered"; }
-
-std::vector<std::byte> Bytes(std::string_view s) {
-  std::vector<std::byte> b(s.size());
-  std::memcpy(b.data(), s.data(), s.size());
-  return b;
-}
-
-std::string Str(const std::vector<std::byte>& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
 
 // An agent plus one region of `length` bytes of the given kind.
 struct Side {

@@ -17,6 +17,9 @@
 namespace shardwire {
 namespace {
 
+using testing::Bytes;
+using testing::Str;
+
 using testing::FillPattern;
 using testing::FirstMismatch;
 using testing::PatternByte;
@@ -38,14 +41,6 @@ std::string ParamName(const Params& p) {
   return std::string(p.mem == Mem::kArena ? "arena" : "registered") +
          (p.detection == PeerFailureDetection::kAuto ? "_auto" : "_ucxpeer");
 }
-
-std::vector<std::byte> Bytes(std::string_view s) {
-  std::vector<std::byte> b(s.size());
-  std::memcpy(b.data(), s.data(), s.size());
-  return b;
-}
-
-std::string Str(const std::vector<std::byte>& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
 
 // Several descriptors of uneven sizes that together cover the whole target
 // region exactly once; target ranges are a rotation of source ranges, so

@@ -18,57 +18,15 @@
 namespace shardwire {
 namespace {
 
+using testing::Bytes;
+using testing::Str;
+
 using testing::FillPattern;
 using testing::FirstMismatch;
 using testing::PatternByte;
 
 constexpr std::byte kUntouched{0xEE};
 constexpr double kTimeoutS = 60;
-
-std::vector<std::byte> Bytes(std::string_view s) {
-  // Element-wise copy, not memcpy: for an empty string b.data() is nullptr, and memcpy
-  // with a null pointer is undefined even for length 0 (UBSan reports it).
-  std::vector<std::byte> b(s.size());
-  std::transform(s.begin(), s.end(), b.begin(), [](char c) { return static_cast<std::byte>(c); });
-  return b;
-}
-std::string Str(const std::vector<std::byte>& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
-
-struct Pair {
-  std::unique_ptr<Agent> a, b;
-  std::vector<std::byte> owned_a, owned_b;
-  RegionId ra = 0, rb = 0;
-};
-
-// Two agents with one region each (arena or caller-registered), connected.
-Pair MakePair(AgentOptions oa, AgentOptions ob, std::size_t size, bool arena) {
-  Pair p;
-  oa.name = "initiator";
-  ob.name = "target";
-  auto a = Agent::Create(oa);
-  auto b = Agent::Create(ob);
-  EXPECT_TRUE(a.ok() && b.ok());
-  if (!a.ok() || !b.ok()) return p;
-  p.a = std::move(a).value();
-  p.b = std::move(b).value();
-  auto region = [&](Agent& g, std::vector<std::byte>& owned) {
-    if (arena) return g.AllocateArena(size);
-    owned.resize(size);
-    return g.RegisterMemory(owned.data(), size);
-  };
-  auto ra = region(*p.a, p.owned_a);
-  auto rb = region(*p.b, p.owned_b);
-  EXPECT_TRUE(ra.ok() && rb.ok());
-  if (!ra.ok() || !rb.ok()) return p;
-  p.ra = *ra;
-  p.rb = *rb;
-  auto ma = p.a->ExportMetadata();
-  auto mb = p.b->ExportMetadata();
-  EXPECT_TRUE(ma.ok() && mb.ok());
-  EXPECT_TRUE(p.b->ImportMetadata(*ma).ok());
-  EXPECT_TRUE(p.a->ImportMetadata(*mb).ok());
-  return p;
-}
 
 std::size_t RssKiB() {
   std::ifstream f("/proc/self/status");

@@ -17,6 +17,9 @@
 namespace shardwire {
 namespace {
 
+using testing::Bytes;
+using testing::Str;
+
 using testing::FillPattern;
 using testing::FirstMismatch;
 using transport::inproc::FaultPlan;
@@ -25,14 +28,6 @@ using transport::inproc::Kill;
 
 constexpr double kBoundS = 10;  // upper bound of every wait that must succeed or fail with a typed error
 constexpr std::size_t kBytes = 256 * 1024;
-
-std::vector<std::byte> Bytes(std::string_view s) {
-  std::vector<std::byte> b(s.size());
-  std::memcpy(b.data(), s.data(), s.size());
-  return b;
-}
-
-std::string Str(const std::vector<std::byte>& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
 
 // Two in-process agents ("<tag>-init", "<tag>-target"), each with a kBytes arena,
 // connected both ways, and a prepared WRITE of the whole arena carrying "v".

@@ -40,9 +40,8 @@ void UcxBackend::OnNotifySent(void* request, ucs_status_t status, void* user_dat
   Complete(request, status, user_data, "ucp_am_send_nbx(notification)");
 }
 
-// A flush's request: `user_data` is the request completion, followed in memory by
-// nothing the backend may assume; the visible completion travels in FlushPair.
 namespace {
+// A flush in flight: its request and visible completions (ucp_ep_flush_nbx's user_data).
 struct FlushPair {
   Completion* request;
   Completion* visible;
@@ -64,7 +63,7 @@ void UcxBackend::OnFenceSent(void* request, ucs_status_t status, void* user_data
 }
 
 void UcxBackend::OnFlushDone(void* request, ucs_status_t status, void* user_data) {
-  // user_data is the `visible` completion; its `request` sibling is signalled first.
+  // Visible first, then the request (the agent counts the request as outstanding).
   auto* pair = static_cast<FlushPair*>(user_data);
   Completion* req = pair->request;
   Completion* vis = pair->visible;
