@@ -28,6 +28,42 @@ using testing::PatternByte;
 constexpr std::byte kUntouched{0xEE};
 constexpr double kTimeoutS = 60;
 
+struct Pair {
+  std::unique_ptr<Agent> a, b;
+  std::vector<std::byte> owned_a, owned_b;
+  RegionId ra = 0, rb = 0;
+};
+
+// Two agents with one region each (arena or caller-registered), connected.
+Pair MakePair(AgentOptions oa, AgentOptions ob, std::size_t size, bool arena) {
+  Pair p;
+  oa.name = "initiator";
+  ob.name = "target";
+  auto a = Agent::Create(oa);
+  auto b = Agent::Create(ob);
+  EXPECT_TRUE(a.ok() && b.ok());
+  if (!a.ok() || !b.ok()) return p;
+  p.a = std::move(a).value();
+  p.b = std::move(b).value();
+  auto region = [&](Agent& g, std::vector<std::byte>& owned) {
+    if (arena) return g.AllocateArena(size);
+    owned.resize(size);
+    return g.RegisterMemory(owned.data(), size);
+  };
+  auto ra = region(*p.a, p.owned_a);
+  auto rb = region(*p.b, p.owned_b);
+  EXPECT_TRUE(ra.ok() && rb.ok());
+  if (!ra.ok() || !rb.ok()) return p;
+  p.ra = *ra;
+  p.rb = *rb;
+  auto ma = p.a->ExportMetadata();
+  auto mb = p.b->ExportMetadata();
+  EXPECT_TRUE(ma.ok() && mb.ok());
+  EXPECT_TRUE(p.b->ImportMetadata(*ma).ok());
+  EXPECT_TRUE(p.a->ImportMetadata(*mb).ok());
+  return p;
+}
+
 std::size_t RssKiB() {
   std::ifstream f("/proc/self/status");
   std::string line;
