@@ -1,4 +1,5 @@
-// The transfer Agent: one-sided transfers between processes over UCX.
+// The transfer Agent: one-sided transfers between processes over UCX (or
+// another transport backend, AgentOptions::backend; docs/transport.md, "Backend seam").
 //
 // Modelled on the NIXL agent: register memory once, exchange metadata blobs
 // out of band, prepare a transfer (a descriptor list against one peer) once,
@@ -341,13 +342,14 @@ struct Notification {
 /// SendMessage before destroying an agent in a process that lives on.
 class Agent {
  public:
-  /// Creates the UCX context and one worker per lane (ucp_init,
-  /// ucp_worker_create), installs the active-message handlers
-  /// (ucp_worker_set_am_recv_handler) and starts one progress thread per lane.
-  /// Errors: kInvalidArgument for an empty or over-long name, a negative or
-  /// NaN timeout, lanes above kMaxLanes, slice_bytes below 4096, or zero
-  /// flow-control limits; kTransportError when UCX refuses (message names the
-  /// call); kInternal when a thread or eventfd cannot be created.
+  /// Makes the transport backend (AgentOptions::backend; UCX: the context and one
+  /// worker per lane (ucp_init, ucp_worker_create) with the active-message
+  /// handlers (ucp_worker_set_am_recv_handler)) and starts one progress thread
+  /// per lane. Errors: kInvalidArgument for an empty or over-long name, a
+  /// negative or NaN timeout (ucx.keepalive_interval_s included), lanes above
+  /// kMaxLanes, slice_bytes below 4096, zero flow-control limits or an unknown
+  /// backend; kTransportError when UCX refuses (message names the call);
+  /// kInternal when a thread or eventfd cannot be created.
   static Result<std::unique_ptr<Agent>> Create(AgentOptions options);
 
   /// Stops the lane threads, force-closes every endpoint and releases every
@@ -429,7 +431,8 @@ class Agent {
   /// Errors: none expected today (Result for forward compatibility).
   Result<std::vector<std::byte>> ExportMetadata() const;
 
-  /// Decodes a peer's blob, creates on every lane an endpoint to one of its
+  /// Decodes a peer's blob, takes the section of this agent's backend and (UCX)
+  /// creates on every lane an endpoint to one of its
   /// worker addresses (lane i -> remote lane i mod remote lanes; ucp_ep_create;
   /// UCP_ERR_HANDLING_MODE_PEER with an error callback that marks the peer
   /// failed, or UCP_ERR_HANDLING_MODE_NONE plus process liveness checks for a
@@ -439,7 +442,9 @@ class Agent {
   /// under the same name is replaced: its endpoint is closed and transfers
   /// prepared against it report kPeerDisconnected on Post (prepare them again).
   /// Non-blocking: the connection is wired up on first use.
-  /// Errors: kCorruptData from blob validation (see DecodeAgentMetadata);
+  /// Errors: kCorruptData from blob validation (see DecodeAgentMetadata) or the
+  /// backend's section; kUnsupported when the blob has no section of this
+  /// agent's backend (the message names the blob's backends and this one);
   /// kTransportError when UCX rejects the address or an rkey; kInvalidArgument
   /// when the replaced peer still has transfers in flight (Wait for them or
   /// InvalidatePeer first).
