@@ -1,4 +1,4 @@
-// libFuzzer target for the weight-sync control messages (shardwire::sync::Decode in
+// libFuzzer target for the weight-sync control messages (shardwire::workflows::Decode in
 // src/workflows/sync_messages.h), which arrive as notifications from other processes.
 //
 // Properties checked on every input:
@@ -17,17 +17,17 @@
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using shardwire::fuzz::Check;
   const std::span<const std::byte> payload(reinterpret_cast<const std::byte*>(data), size);
-  const auto message = shardwire::sync::Decode(payload);
+  const auto message = shardwire::workflows::Decode(payload);
   if (!message.has_value()) return 0;
-  Check(message->kind == shardwire::sync::MessageKind::kReady || message->kind == shardwire::sync::MessageKind::kDone ||
-            message->kind == shardwire::sync::MessageKind::kBlockAmax ||
-            message->kind == shardwire::sync::MessageKind::kMissed ||
-            message->kind == shardwire::sync::MessageKind::kAddend ||
-            message->kind == shardwire::sync::MessageKind::kRoundDone ||
-            message->kind == shardwire::sync::MessageKind::kRelayPlan ||
-            message->kind == shardwire::sync::MessageKind::kRelayed,
+  Check(message->kind == shardwire::workflows::MessageKind::kReady || message->kind == shardwire::workflows::MessageKind::kDone ||
+            message->kind == shardwire::workflows::MessageKind::kBlockAmax ||
+            message->kind == shardwire::workflows::MessageKind::kMissed ||
+            message->kind == shardwire::workflows::MessageKind::kAddend ||
+            message->kind == shardwire::workflows::MessageKind::kRoundDone ||
+            message->kind == shardwire::workflows::MessageKind::kRelayPlan ||
+            message->kind == shardwire::workflows::MessageKind::kRelayed,
         "sync_messages_fuzzer", "accepted kind is one the protocol defines");
-  const std::vector<std::byte> again = shardwire::sync::Encode(*message);
+  const std::vector<std::byte> again = shardwire::workflows::Encode(*message);
   Check(std::vector<std::byte>(payload.begin(), payload.end()) == again, "sync_messages_fuzzer",
         "accepted payload re-encodes to the same bytes");
   return 0;

@@ -1,6 +1,6 @@
 #include "cli/builtin_configs.h"
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 
 std::string_view TinyLlamaConfigJson() {
   // Values as published on the Hugging Face hub for TinyLlama-1.1B-Chat-v1.0.
@@ -30,4 +30,4 @@ std::string_view TinyLlamaConfigJson() {
 })";
 }
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

@@ -4,10 +4,10 @@
 
 #include <string_view>
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 
 /// The config.json of TinyLlama/TinyLlama-1.1B-Chat-v1.0 (LlamaForCausalLM: hidden
 /// 2048, 22 layers, 32 heads, 4 key/value heads, intermediate 5632, vocab 32000, bf16).
 std::string_view TinyLlamaConfigJson();
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

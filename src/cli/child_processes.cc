@@ -12,7 +12,7 @@
 
 #include <fmt/format.h>
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 namespace {
 
 volatile sig_atomic_t g_interrupted = 0;  // written only by the signal handler
@@ -108,4 +108,4 @@ void ChildProcesses::KillAll(double grace_s) {
   running_.clear();
 }
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

@@ -18,7 +18,7 @@
 
 #include "shardwire/status.h"
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 
 struct ChildExit {
   std::string label;
@@ -65,4 +65,4 @@ class ChildProcesses {
   std::map<pid_t, std::string> running_;
 };
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

@@ -40,7 +40,7 @@ struct OutputTensor {
 };
 
 Status WriteTextAtomically(const std::string& path, const std::string& text) {
-  SW_ASSIGN_OR_RETURN(auto file, internal::AtomicFile::Create(path));
+  SW_ASSIGN_OR_RETURN(auto file, model::AtomicFile::Create(path));
   SW_RETURN_IF_ERROR(file.Write(std::as_bytes(std::span(text.data(), text.size()))));
   return file.Commit();
 }
@@ -62,7 +62,7 @@ Result<nlohmann::ordered_json> OutputConfig(const ConvertOptions& o, const std::
   nlohmann::ordered_json cfg = nlohmann::ordered_json::object();
   if (!config_path.empty()) {
     std::string text;
-    SW_RETURN_IF_ERROR(internal::ReadWholeFile(config_path, &text));
+    SW_RETURN_IF_ERROR(model::ReadWholeFile(config_path, &text));
     cfg = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (!cfg.is_object()) return CorruptData(fmt::format("config \"{}\" is not a JSON object", config_path));
   }

@@ -11,7 +11,7 @@
 #include "shardwire/checkpoint_model.h"
 #include "shardwire/model_config.h"
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 namespace fs = std::filesystem;
 
 namespace {
@@ -100,4 +100,4 @@ Result<ModelDescription> DescribeDemoModel(const DemoCheckpoint& input) {
   return model;
 }
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

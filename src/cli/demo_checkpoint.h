@@ -10,7 +10,7 @@
 #include "shardwire/model_description.h"
 #include "shardwire/status.h"
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 
 /// A checkpoint path and the config.json describing it.
 struct DemoCheckpoint {
@@ -48,4 +48,4 @@ Result<DemoCheckpoint> ResolveDemoCheckpoint(const std::string& checkpoint, cons
 /// Loads the config and checks it against the checkpoint's tensors.
 Result<ModelDescription> DescribeDemoModel(const DemoCheckpoint& input);
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

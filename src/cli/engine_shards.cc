@@ -9,7 +9,7 @@
 #include "shardwire/cast.h"
 #include "shardwire/engine_format.h"
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 
 namespace {
 constexpr std::string_view kScaleSuffix = "_scale_inv";
@@ -89,4 +89,4 @@ Status WriteEngineRank(const Checkpoint& checkpoint, const Layout& layout, int r
   return Status::Ok();
 }
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

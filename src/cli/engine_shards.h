@@ -15,7 +15,7 @@
 #include "shardwire/model_description.h"
 #include "shardwire/status.h"
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 
 /// The engine's description for `engine_dtype`: "trainer" (the checkpoint's dtypes) or
 /// "fp8-block" (FP8 E4M3 128x128 block-quantised Linear weights with fp32 weight_scale_inv).
@@ -32,4 +32,4 @@ Status WriteEngineShard(const Checkpoint& checkpoint, const TensorSpec& spec, co
 Status WriteEngineRank(const Checkpoint& checkpoint, const Layout& layout, int rank, std::uint64_t step,
                        std::span<std::byte> buffer);
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

@@ -23,7 +23,7 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
   AddModelRulesOption(cmd);
   cmd->add_option("--out", a->out_dir, "parent directory of the generated checkpoint")->capture_default_str();
   cmd->callback([a, exit_code] {
-    auto out = demo::GenerateDemoCheckpoint(a->config, a->layers, a->out_dir);
+    auto out = cli::GenerateDemoCheckpoint(a->config, a->layers, a->out_dir);
     if (!out.ok()) {
       fmt::print(stderr, "shardwire generate: {}\n", out.status().ToString());
       *exit_code = 1;

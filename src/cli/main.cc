@@ -29,9 +29,9 @@ int main(int argc, char** argv) {
   });
   CLI::App* demo = app.add_subcommand("demo", "end-to-end demonstrations");
   demo->require_subcommand(1);
-  shardwire::demo::AddRlSyncCommand(*demo, &exit_code);
-  shardwire::demo::AddP2pLoadCommand(*demo, &exit_code);
-  shardwire::demo::AddRlSyncWorkerCommand(app, &exit_code);
+  shardwire::cli::AddRlSyncCommand(*demo, &exit_code);
+  shardwire::cli::AddP2pLoadCommand(*demo, &exit_code);
+  shardwire::cli::AddRlSyncWorkerCommand(app, &exit_code);
   shardwire::cli::AddConvertCommand(app, &exit_code);
   shardwire::cli::AddGenerateCommand(app, &exit_code);
   shardwire::cli::AddInfoCommand(app, &exit_code);

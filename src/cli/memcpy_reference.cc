@@ -8,7 +8,7 @@
 #include <thread>
 #include <vector>
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 
 double MeasureMemcpyGBps(std::uint64_t bytes, int threads) {
   const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(bytes, 512ull << 20));
@@ -65,4 +65,4 @@ double MeasureMemcpyGBPerCpuSecond(std::uint64_t bytes, int threads) {
   return best;
 }
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 
 /// GB/s (1e9 B/s) of memcpy moving `bytes` (capped at 512 MiB, fresh destination
 /// pages touched once beforehand) split over `threads` threads; best of 3 runs.
@@ -16,4 +16,4 @@ double MeasureMemcpyGBps(std::uint64_t bytes, int threads);
 /// share the cores, so it is the reference for a lane's copy speed per CPU-second.
 double MeasureMemcpyGBPerCpuSecond(std::uint64_t bytes, int threads);
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

@@ -66,7 +66,7 @@ Status RunSeed(const SeedOptions& o) {
   SW_ASSIGN_OR_RETURN(const auto metrics_http, StartMetricsEndpoint(o.metrics_port, metrics, "127.0.0.1", o.quiet));
   SW_ASSIGN_OR_RETURN(auto client, Connect(o.coordinator));
   auto registry = MakeCoordinatorSourceRegistry(*client);
-  SW_ASSIGN_OR_RETURN(const ModelDescription model, demo::DescribeDemoModel({o.checkpoint, o.config}));
+  SW_ASSIGN_OR_RETURN(const ModelDescription model, cli::DescribeDemoModel({o.checkpoint, o.config}));
   SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(o.checkpoint));
   // The content digest is computed even under a user revision: loaders check a disk
   // fallback checkpoint against it (kSourceAttrContent).
@@ -127,9 +127,9 @@ Status RunLoad(const LoadOptions& o) {
   auto registry = MakeCoordinatorSourceRegistry(*client);
   ModelDescription model;
   if (!o.verify_against.empty()) {
-    SW_ASSIGN_OR_RETURN(model, demo::DescribeDemoModel({o.verify_against, o.config}));
+    SW_ASSIGN_OR_RETURN(model, cli::DescribeDemoModel({o.verify_against, o.config}));
   } else {
-    SW_ASSIGN_OR_RETURN(model, demo::DescribeConfig(o.config, 0));
+    SW_ASSIGN_OR_RETURN(model, cli::DescribeConfig(o.config, 0));
   }
   SW_ASSIGN_OR_RETURN(const Layout layout, MakeLayoutFromString(model, o.layout));
   const std::string instance = o.instance_id.empty() ? fmt::format("load-{}", ::getpid()) : o.instance_id;

@@ -19,7 +19,7 @@
 #include "shardwire/coordinator.h"
 #include "shardwire/model_layouts.h"
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 namespace {
 
 namespace fs = std::filesystem;
@@ -309,4 +309,4 @@ void AddP2pLoadCommand(CLI::App& demo, int* exit_code) {
   });
 }
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

@@ -7,8 +7,8 @@
 
 #include <CLI/CLI.hpp>
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 
 void AddP2pLoadCommand(CLI::App& demo, int* exit_code);
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

@@ -34,7 +34,7 @@
 #include "shardwire/planner.h"
 #include "shardwire/push_conversion.h"
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 namespace {
 
 using nlohmann::json;
@@ -679,4 +679,4 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   });
 }
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

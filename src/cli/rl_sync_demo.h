@@ -9,7 +9,7 @@
 
 #include <CLI/CLI.hpp>
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 
 struct RlSyncOptions {
   int trainers = 2;
@@ -54,4 +54,4 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code);
 /// Registers the hidden `worker` subcommand the demo starts its processes with.
 void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code);
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

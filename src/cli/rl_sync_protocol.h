@@ -5,7 +5,7 @@
 
 #include <fmt/format.h>
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 
 /// Key under which a worker reports its statistics for one step (a JSON object).
 inline std::string StatsKey(const std::string& job, int step, const std::string& role, int rank) {
@@ -31,4 +31,4 @@ inline std::string FinishedKey(const std::string& job) { return job + "/finished
 /// "engine rank 2": rank 2 of the engine layout (rank = (replica * pp + stage) * tp + tp_rank).
 inline std::string EngineRankLabel(int rank) { return fmt::format("engine rank {}", rank); }
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

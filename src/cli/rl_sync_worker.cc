@@ -25,7 +25,7 @@
 #include "shardwire/shard_io.h"
 #include "shardwire/weight_sync.h"
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 namespace {
 
 struct WorkerArgs {
@@ -446,4 +446,4 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   });
 }
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

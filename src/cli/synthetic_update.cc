@@ -7,7 +7,7 @@
 #include "shardwire/dtype.h"
 #include "shardwire/shard_io.h"
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 namespace {
 
 inline std::uint64_t Mix(std::uint64_t x) {  // splitmix64 finaliser
@@ -54,4 +54,4 @@ void WriteUpdatedBox(const TensorSpec& spec, std::span<const std::byte> full, co
   });
 }
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

@@ -14,7 +14,7 @@
 #include "shardwire/box.h"
 #include "shardwire/tensor_spec.h"
 
-namespace shardwire::demo {
+namespace shardwire::cli {
 
 /// Writes box `box` of tensor `spec` at step `step` into `out` (dense row-major,
 /// box.numel() * dtype size bytes), reading the step-0 values from `full` (the whole
@@ -22,4 +22,4 @@ namespace shardwire::demo {
 void WriteUpdatedBox(const TensorSpec& spec, std::span<const std::byte> full, const Box& box, std::uint64_t step,
                      std::span<std::byte> out);
 
-}  // namespace shardwire::demo
+}  // namespace shardwire::cli

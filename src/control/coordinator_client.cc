@@ -183,8 +183,8 @@ const std::string& CoordinatorClient::address() const { return impl_->options.ad
 // Rendezvous
 
 Status CoordinatorClient::Put(const std::string& key, std::span<const std::byte> value) {
-  SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
-  SW_RETURN_IF_ERROR(control_internal::ValidateValueSize(value.size(), key));
+  SW_RETURN_IF_ERROR(control::ValidateKey(key));
+  SW_RETURN_IF_ERROR(control::ValidateValueSize(value.size(), key));
   v1::PutRequest req;
   req.set_key(key);
   req.set_value(control::ToString(value));
@@ -195,25 +195,25 @@ Status CoordinatorClient::Put(const std::string& key, std::span<const std::byte>
 }
 
 Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, double timeout_s) {
-  SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
-  SW_RETURN_IF_ERROR(control_internal::ValidateTimeout(timeout_s, fmt::format("Get '{}'", key)));
-  const auto deadline = control_internal::DeadlineAfter(timeout_s);
+  SW_RETURN_IF_ERROR(control::ValidateKey(key));
+  SW_RETURN_IF_ERROR(control::ValidateTimeout(timeout_s, fmt::format("Get '{}'", key)));
+  const auto deadline = control::DeadlineAfter(timeout_s);
   v1::GetRequest req;
   req.set_key(key);
   for (;;) {
-    const double slice = std::min(control_internal::SecondsLeft(deadline), kGetSliceS);
+    const double slice = std::min(control::SecondsLeft(deadline), kGetSliceS);
     req.set_wait_s(slice);
     v1::GetResponse resp;
     SW_RETURN_IF_ERROR(impl_->Call(
         "Get", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Get(&ctx, req, &resp); },
         slice + static_cast<double>(kMaxRendezvousValueBytes) / kSlowestPayloadBytesPerS));
     if (resp.found()) return control::ToBytes(resp.value());
-    if (control_internal::SecondsLeft(deadline) <= 0) return control_internal::GetTimedOut(key, timeout_s);
+    if (control::SecondsLeft(deadline) <= 0) return control::GetTimedOut(key, timeout_s);
   }
 }
 
 Result<std::int64_t> CoordinatorClient::Add(const std::string& key, std::int64_t delta) {
-  SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+  SW_RETURN_IF_ERROR(control::ValidateKey(key));
   v1::AddRequest req;
   req.set_key(key);
   req.set_delta(delta);

@@ -115,8 +115,8 @@ void CoordinatorCore::Stop() {
 
 grpc::Status RendezvousService::Put(grpc::ServerContext* ctx, const v1::PutRequest* req, v1::PutResponse*) {
   SW_AUTHORIZE(ctx);
-  SW_GRPC_RETURN_IF_ERROR(control_internal::ValidateKey(req->key()));
-  SW_GRPC_RETURN_IF_ERROR(control_internal::ValidateValueSize(req->value().size(), req->key()));
+  SW_GRPC_RETURN_IF_ERROR(control::ValidateKey(req->key()));
+  SW_GRPC_RETURN_IF_ERROR(control::ValidateValueSize(req->value().size(), req->key()));
   const auto* b = reinterpret_cast<const std::byte*>(req->value().data());
   Status s = core_->state().Put(req->key(), std::span<const std::byte>(b, req->value().size()));
   if (s.ok()) core_->NotifyKvChanged();
@@ -125,7 +125,7 @@ grpc::Status RendezvousService::Put(grpc::ServerContext* ctx, const v1::PutReque
 
 grpc::Status RendezvousService::Get(grpc::ServerContext* ctx, const v1::GetRequest* req, v1::GetResponse* resp) {
   SW_AUTHORIZE(ctx);
-  SW_GRPC_RETURN_IF_ERROR(control_internal::ValidateKey(req->key()));
+  SW_GRPC_RETURN_IF_ERROR(control::ValidateKey(req->key()));
   SW_GRPC_RETURN_IF_ERROR(ValidateWait(req->wait_s()));
   // Wait at most min(wait_s, kMaxServerWaitS) and end 20 ms before the call's
   // deadline, so the answer "not found" arrives before the client gives up.
@@ -166,7 +166,7 @@ grpc::Status RendezvousService::Get(grpc::ServerContext* ctx, const v1::GetReque
 
 grpc::Status RendezvousService::Add(grpc::ServerContext* ctx, const v1::AddRequest* req, v1::AddResponse* resp) {
   SW_AUTHORIZE(ctx);
-  SW_GRPC_RETURN_IF_ERROR(control_internal::ValidateKey(req->key()));
+  SW_GRPC_RETURN_IF_ERROR(control::ValidateKey(req->key()));
   if (req->request_id().size() > kMaxAddRequestIdBytes) {
     return grpc::Status(
         grpc::StatusCode::INVALID_ARGUMENT,

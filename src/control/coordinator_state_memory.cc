@@ -46,8 +46,8 @@ class InMemoryCoordinatorState final : public CoordinatorState {
   // --- key-value ---------------------------------------------------------
 
   Status Put(const std::string& key, std::span<const std::byte> value) override {
-    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
-    SW_RETURN_IF_ERROR(control_internal::ValidateValueSize(value.size(), key));
+    SW_RETURN_IF_ERROR(control::ValidateKey(key));
+    SW_RETURN_IF_ERROR(control::ValidateValueSize(value.size(), key));
     std::vector<std::byte> copy(value.begin(), value.end());
     std::lock_guard<std::mutex> lock(mu_);
     kv_[key] = std::move(copy);
@@ -56,7 +56,7 @@ class InMemoryCoordinatorState final : public CoordinatorState {
   }
 
   Result<std::optional<std::vector<std::byte>>> Get(const std::string& key) override {
-    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+    SW_RETURN_IF_ERROR(control::ValidateKey(key));
     std::lock_guard<std::mutex> lock(mu_);
     auto it = kv_.find(key);
     if (it == kv_.end()) return std::optional<std::vector<std::byte>>();
@@ -64,7 +64,7 @@ class InMemoryCoordinatorState final : public CoordinatorState {
   }
 
   Result<std::int64_t> Add(const std::string& key, std::int64_t delta, const std::string& request_id) override {
-    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+    SW_RETURN_IF_ERROR(control::ValidateKey(key));
     std::lock_guard<std::mutex> lock(mu_);
     // Forget applied request ids older than the TTL (oldest first), then answer a repeat.
     const auto now_t = std::chrono::steady_clock::now();
@@ -79,7 +79,7 @@ class InMemoryCoordinatorState final : public CoordinatorState {
     auto it = kv_.find(key);
     std::vector<std::byte> encoded;
     SW_ASSIGN_OR_RETURN(std::int64_t now,
-                        control_internal::ApplyAdd(it == kv_.end() ? nullptr : &it->second, delta, key, &encoded));
+                        control::ApplyAdd(it == kv_.end() ? nullptr : &it->second, delta, key, &encoded));
     kv_[key] = std::move(encoded);
     ++generation_;
     if (!request_id.empty()) {

@@ -545,15 +545,15 @@ class RedisCoordinatorState final : public CoordinatorState {
   ~RedisCoordinatorState() override { pipelines_.clear(); }
 
   Status Put(const std::string& key, std::span<const std::byte> value) override {
-    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
-    SW_RETURN_IF_ERROR(control_internal::ValidateValueSize(value.size(), key));
+    SW_RETURN_IF_ERROR(control::ValidateKey(key));
+    SW_RETURN_IF_ERROR(control::ValidateValueSize(value.size(), key));
     std::string_view v(reinterpret_cast<const char*>(value.data()), value.size());
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(put_, {key, v}, /*idempotent=*/true));
     return CheckReply(*r, "Put of key '" + key + "'");
   }
 
   Result<std::optional<std::vector<std::byte>>> Get(const std::string& key) override {
-    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+    SW_RETURN_IF_ERROR(control::ValidateKey(key));
     std::string k = std::string(kPrefix) + "kv:" + key;
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Command({"GET", k}, true));
     if (r->type == REDIS_REPLY_NIL) return std::optional<std::vector<std::byte>>();
@@ -563,7 +563,7 @@ class RedisCoordinatorState final : public CoordinatorState {
   }
 
   Result<std::int64_t> Add(const std::string& key, std::int64_t delta, const std::string& request_id) override {
-    SW_RETURN_IF_ERROR(control_internal::ValidateKey(key));
+    SW_RETURN_IF_ERROR(control::ValidateKey(key));
     std::string d = std::to_string(delta);
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
                         pool_->Eval(add_, {key, d, request_id, std::to_string(kAddRequestIdTtlMs)}, false));

@@ -10,7 +10,7 @@
 #include "control/rendezvous_internal.h"
 
 namespace shardwire {
-namespace control_internal {
+namespace control {
 
 Status ValidateKey(std::string_view key) {
   if (key.empty()) return InvalidArgument("rendezvous key is empty");
@@ -92,9 +92,8 @@ Result<std::int64_t> ApplyAdd(const std::vector<std::byte>* existing, std::int64
   return now;
 }
 
-}  // namespace control_internal
+}  // namespace control
 
-namespace ci = control_internal;
 
 // ---------------------------------------------------------------------------
 // Barrier and string helpers
@@ -108,8 +107,8 @@ Status Barrier(Rendezvous& rz, const std::string& name, int rank, int world_size
     return InvalidArgument(
         fmt::format("barrier '{}': rank {} is outside [0, {})", name, rank, world_size));
   }
-  SW_RETURN_IF_ERROR(ci::ValidateTimeout(timeout_s, fmt::format("barrier '{}'", name)));
-  const ci::Deadline deadline = ci::DeadlineAfter(timeout_s);
+  SW_RETURN_IF_ERROR(control::ValidateTimeout(timeout_s, fmt::format("barrier '{}'", name)));
+  const control::Deadline deadline = control::DeadlineAfter(timeout_s);
   const std::string prefix = "shardwire/barrier/" + name;
   const std::string arrived_key = prefix + "/arrived";
   const std::string done_key = prefix + "/done";
@@ -126,7 +125,7 @@ Status Barrier(Rendezvous& rz, const std::string& name, int rank, int world_size
     Status s = PutString(rz, done_key, "1");
     if (!s.ok()) return s.WithContext(fmt::format("barrier '{}' rank {}", name, rank));
   }
-  auto done = rz.Get(done_key, ci::SecondsLeft(deadline));
+  auto done = rz.Get(done_key, control::SecondsLeft(deadline));
   if (done.ok()) return Status::Ok();
   if (done.status().code() != ErrorCode::kTimedOut) {
     return done.status().WithContext(fmt::format("barrier '{}' rank {}", name, rank));
@@ -150,8 +149,8 @@ Result<std::string> GetString(Rendezvous& rz, const std::string& key, double tim
 // InProcessRendezvous
 
 Status InProcessRendezvous::Put(const std::string& key, std::span<const std::byte> value) {
-  SW_RETURN_IF_ERROR(ci::ValidateKey(key));
-  SW_RETURN_IF_ERROR(ci::ValidateValueSize(value.size(), key));
+  SW_RETURN_IF_ERROR(control::ValidateKey(key));
+  SW_RETURN_IF_ERROR(control::ValidateValueSize(value.size(), key));
   std::vector<std::byte> copy(value.begin(), value.end());
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -162,27 +161,27 @@ Status InProcessRendezvous::Put(const std::string& key, std::span<const std::byt
 }
 
 Result<std::vector<std::byte>> InProcessRendezvous::Get(const std::string& key, double timeout_s) {
-  SW_RETURN_IF_ERROR(ci::ValidateKey(key));
-  SW_RETURN_IF_ERROR(ci::ValidateTimeout(timeout_s, fmt::format("Get '{}'", key)));
-  const ci::Deadline deadline = ci::DeadlineAfter(timeout_s);
+  SW_RETURN_IF_ERROR(control::ValidateKey(key));
+  SW_RETURN_IF_ERROR(control::ValidateTimeout(timeout_s, fmt::format("Get '{}'", key)));
+  const control::Deadline deadline = control::DeadlineAfter(timeout_s);
   std::unique_lock<std::mutex> lock(mu_);
   auto present = [&] { return store_.find(key) != store_.end(); };
-  if (deadline == ci::Deadline::max()) {
+  if (deadline == control::Deadline::max()) {
     changed_.wait(lock, present);
   } else if (!changed_.wait_until(lock, deadline, present)) {
-    return ci::GetTimedOut(key, timeout_s);
+    return control::GetTimedOut(key, timeout_s);
   }
   return store_.find(key)->second;
 }
 
 Result<std::int64_t> InProcessRendezvous::Add(const std::string& key, std::int64_t delta) {
-  SW_RETURN_IF_ERROR(ci::ValidateKey(key));
+  SW_RETURN_IF_ERROR(control::ValidateKey(key));
   std::int64_t now = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = store_.find(key);
     std::vector<std::byte> encoded;
-    SW_ASSIGN_OR_RETURN(now, ci::ApplyAdd(it == store_.end() ? nullptr : &it->second, delta,
+    SW_ASSIGN_OR_RETURN(now, control::ApplyAdd(it == store_.end() ? nullptr : &it->second, delta,
                                           key, &encoded));
     store_[key] = std::move(encoded);
   }

@@ -13,7 +13,7 @@
 
 #include "shardwire/status.h"
 
-namespace shardwire::control_internal {
+namespace shardwire::control {
 
 using Clock = std::chrono::steady_clock;
 using Deadline = Clock::time_point;
@@ -42,4 +42,4 @@ Status GetTimedOut(std::string_view key, double timeout_s);
 Result<std::int64_t> ApplyAdd(const std::vector<std::byte>* existing, std::int64_t delta,
                               std::string_view key, std::vector<std::byte>* encoded);
 
-}  // namespace shardwire::control_internal
+}  // namespace shardwire::control

@@ -11,7 +11,7 @@
 
 #include <fmt/format.h>
 
-namespace shardwire::internal {
+namespace shardwire::model {
 namespace {
 
 Status Errno(std::string_view what, const std::string& path, int err) {
@@ -88,4 +88,4 @@ Status ReadWholeFile(const std::string& path, std::string* out) {
   return Status::Ok();
 }
 
-}  // namespace shardwire::internal
+}  // namespace shardwire::model

@@ -9,7 +9,7 @@
 
 #include "shardwire/status.h"
 
-namespace shardwire::internal {
+namespace shardwire::model {
 
 class AtomicFile {
  public:
@@ -40,4 +40,4 @@ class AtomicFile {
 /// Reads the whole file at `path` into `out`. kIoError naming the path on failure.
 Status ReadWholeFile(const std::string& path, std::string* out);
 
-}  // namespace shardwire::internal
+}  // namespace shardwire::model

@@ -114,7 +114,7 @@ Result<std::optional<std::uint64_t>> ReadTotalSize(const std::string& index_path
 Status LoadIndex(const std::string& index_path, std::vector<SafetensorsFile>* files,
                  ShardMap* shard_of) {
   std::string text;
-  SW_RETURN_IF_ERROR(internal::ReadWholeFile(index_path, &text));
+  SW_RETURN_IF_ERROR(model::ReadWholeFile(index_path, &text));
   nlohmann::json root;
   try {
     root = nlohmann::json::parse(text);

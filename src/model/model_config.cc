@@ -254,7 +254,7 @@ Result<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_vie
 
 Result<ModelConfig> LoadModelConfig(const std::string& path) {
   std::string text;
-  SW_RETURN_IF_ERROR(internal::ReadWholeFile(path, &text));
+  SW_RETURN_IF_ERROR(model::ReadWholeFile(path, &text));
   return ParseModelConfig(text, path);
 }
 

@@ -82,7 +82,7 @@ Status WriteModelConfig(const ModelConfig& c, const std::string& path) {
   }
 
   const std::string text = j.dump(2) + "\n";
-  SW_ASSIGN_OR_RETURN(internal::AtomicFile file, internal::AtomicFile::Create(path));
+  SW_ASSIGN_OR_RETURN(model::AtomicFile file, model::AtomicFile::Create(path));
   SW_RETURN_IF_ERROR(file.Write(std::as_bytes(std::span(text.data(), text.size()))));
   return file.Commit();
 }

@@ -26,7 +26,7 @@ Result<ModelRules> ModelRules::Parse(std::string_view yaml_text, std::string_vie
 
 Result<ModelRules> ModelRules::Load(const std::string& path) {
   std::string text;
-  SW_RETURN_IF_ERROR(internal::ReadWholeFile(path, &text));
+  SW_RETURN_IF_ERROR(model::ReadWholeFile(path, &text));
   return Parse(text, path);
 }
 

@@ -55,7 +55,7 @@ Status WriteAll(const std::string& path, const std::vector<TensorSpec>& specs,
   }
   if (!fill) return InvalidArgument(path + ": no tensor filler given");
   SW_ASSIGN_OR_RETURN(std::string header, BuildHeader(path, specs, metadata));
-  SW_ASSIGN_OR_RETURN(internal::AtomicFile file, internal::AtomicFile::Create(path));
+  SW_ASSIGN_OR_RETURN(model::AtomicFile file, model::AtomicFile::Create(path));
 
   std::byte prefix[8];
   std::uint64_t len = header.size();

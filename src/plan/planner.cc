@@ -191,11 +191,11 @@ class Planner {
 
   TransferPlan Finish() {
     std::vector<Move> moves = CoalescedMoves();
-    moves = CapMoveLength(std::move(moves), options_.bucket_bytes);
+    moves = plan::CapMoveLength(std::move(moves), options_.bucket_bytes);
     const std::vector<bool> local = groups_.local();
     std::vector<std::vector<std::uint32_t>> dst_groups = groups_.TakeGroups();
-    std::vector<Bucket> buckets = MakeBuckets(moves, dst_groups, local, options_.bucket_bytes);
-    ScheduleRounds(buckets, dst_groups, src_.world_size(), dst_.world_size(), options_.max_concurrency);
+    std::vector<Bucket> buckets = plan::MakeBuckets(moves, dst_groups, local, options_.bucket_bytes);
+    plan::ScheduleRounds(buckets, dst_groups, src_.world_size(), dst_.world_size(), options_.max_concurrency);
     TransferPlan plan(src_.world_size(), dst_.world_size(), std::move(dst_groups), std::move(moves), std::move(buckets),
                       run_count_);
     if (!reductions_.empty()) {
@@ -446,7 +446,7 @@ Status ScheduleJointly(std::span<TransferPlan* const> plans, int k) {
       joint.push_back(b);
     }
   }
-  ScheduleRounds(joint, groups, plans.front()->src_world(), plans.front()->dst_world(), k);
+  plan::ScheduleRounds(joint, groups, plans.front()->src_world(), plans.front()->dst_world(), k);
   std::size_t next = 0;
   for (TransferPlan* p : plans) {
     std::vector<Bucket> buckets = p->buckets();

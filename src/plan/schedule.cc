@@ -4,7 +4,7 @@
 #include <map>
 #include <tuple>
 
-namespace shardwire {
+namespace shardwire::plan {
 
 std::vector<Move> CapMoveLength(std::vector<Move> moves, std::uint64_t cap) {
   const bool any_long = std::any_of(moves.begin(), moves.end(), [&](const Move& m) { return m.bytes() > cap; });
@@ -244,4 +244,4 @@ void ScheduleRounds(std::vector<Bucket>& buckets, const std::vector<std::vector<
   }
 }
 
-}  // namespace shardwire
+}  // namespace shardwire::plan

@@ -6,7 +6,7 @@
 
 #include "shardwire/transfer_plan.h"
 
-namespace shardwire {
+namespace shardwire::plan {
 
 /// Splits every move longer than `cap` bytes into consecutive pieces of at most `cap`.
 std::vector<Move> CapMoveLength(std::vector<Move> moves, std::uint64_t cap);
@@ -32,4 +32,4 @@ std::vector<Bucket> MakeBuckets(const std::vector<Move>& moves, const std::vecto
 void ScheduleRounds(std::vector<Bucket>& buckets, const std::vector<std::vector<std::uint32_t>>& groups, int src_world,
                     int dst_world, int k);
 
-}  // namespace shardwire
+}  // namespace shardwire::plan

@@ -10,7 +10,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 namespace {
 
@@ -204,4 +204,4 @@ Result<std::uint64_t> AwaitAdmission(Rendezvous& rendezvous, const std::string& 
   }
 }
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

@@ -26,7 +26,7 @@
 #include "shardwire/rendezvous.h"
 #include "shardwire/status.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 /// One engine rank's membership.
 struct Member {
@@ -86,4 +86,4 @@ Result<std::int64_t> FileMembershipRequest(Rendezvous& rendezvous, const std::st
 Result<std::uint64_t> AwaitAdmission(Rendezvous& rendezvous, const std::string& job, int engine_rank,
                                      std::uint64_t incarnation, std::int64_t request, double timeout_s);
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

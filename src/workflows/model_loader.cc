@@ -129,7 +129,7 @@ struct ModelLoader::Impl {
   ModelIdentity identity;
   bool loaded = false;
   std::uint64_t next_id = 1;
-  sync::LoaderMetrics metrics;  // ModelLoaderOptions::metrics (no-op without)
+  workflows::LoaderMetrics metrics;  // ModelLoaderOptions::metrics (no-op without)
   // CheckpointRevision of the bytes being loaded, when known: the identity's revision
   // when it is one, else what the sources advertise (kSourceAttrContent).
   std::string content;
@@ -847,7 +847,7 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
   impl->layout = std::move(*layout);
   AgentOptions agent_options = options.agent;
   if (agent_options.metrics == nullptr) agent_options.metrics = options.metrics;
-  SW_ASSIGN_OR_RETURN(impl->metrics, sync::LoaderMetrics::Make(options.metrics, options.rank));
+  SW_ASSIGN_OR_RETURN(impl->metrics, workflows::LoaderMetrics::Make(options.metrics, options.rank));
   if (agent_options.name.empty()) {
     agent_options.name =
         fmt::format("{}/loader/{}/{}-{}", options.instance_id, options.rank, ::getpid(), g_loader_counter.fetch_add(1));

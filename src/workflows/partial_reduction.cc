@@ -6,7 +6,7 @@
 
 #include "shardwire/cast.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 Status SumSlots(DType dtype, std::span<std::byte> slots, std::uint64_t bytes, std::uint32_t addends) {
   if (dtype != DType::kBF16 && dtype != DType::kF16 && dtype != DType::kF32) {
@@ -32,4 +32,4 @@ Status SumSlots(DType dtype, std::span<std::byte> slots, std::uint64_t bytes, st
   return CastElements(DType::kF32, dtype, std::as_bytes(std::span<const float>(sum)), slots.first(bytes));
 }
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

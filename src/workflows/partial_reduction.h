@@ -7,7 +7,7 @@
 #include "shardwire/dtype.h"
 #include "shardwire/status.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 /// Sums `addends` consecutive slots of `bytes` bytes each, starting at `slots`, elementwise into
 /// the first slot. Elements of `dtype` (BF16, F16 or F32) are accumulated in fp32 in slot order
@@ -17,4 +17,4 @@ namespace shardwire::sync {
 /// elements.
 Status SumSlots(DType dtype, std::span<std::byte> slots, std::uint64_t bytes, std::uint32_t addends);
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

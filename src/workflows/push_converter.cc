@@ -7,7 +7,7 @@
 
 #include "shardwire/cast.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 namespace {
 std::int64_t CeilDivI(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
@@ -252,4 +252,4 @@ Status PushConverter::ConvertRoundTo(std::size_t round, std::span<std::byte> scr
   return Status::Ok();
 }
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

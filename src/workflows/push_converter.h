@@ -15,7 +15,7 @@
 #include "shardwire/push_conversion.h"
 #include "shardwire/status.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 class PushConverter {
  public:
@@ -77,4 +77,4 @@ class PushConverter {
   std::size_t scratch_bytes_ = kScratchBytes;
 };
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

@@ -1,6 +1,6 @@
 #include "workflows/push_digest.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 PushDigest::PushDigest() : state_(XXH3_createState()) { XXH3_64bits_reset(state_.get()); }
 
@@ -28,4 +28,4 @@ void PushDigest::AddSource(std::span<const std::byte> buffer, std::span<const st
 
 std::uint64_t PushDigest::value() const { return XXH3_64bits_digest(state_.get()); }
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

@@ -14,7 +14,7 @@
 
 #include "shardwire/transfer_plan.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 /// Which side of a move a digest reads.
 enum class MoveSide { kSource, kDestination };
@@ -37,4 +37,4 @@ class PushDigest {
   std::unique_ptr<XXH3_state_t, Free> state_;
 };
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

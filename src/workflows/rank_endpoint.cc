@@ -9,7 +9,7 @@
 #include "shardwire/model_identity.h"
 #include "workflows/sync_messages.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 namespace {
 
@@ -138,4 +138,4 @@ Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std:
   return peer;
 }
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

@@ -13,7 +13,7 @@
 #include "shardwire/status.h"
 #include "shardwire/weight_sync.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 struct RankEndpoint {
   std::unique_ptr<Agent> agent;
@@ -76,4 +76,4 @@ Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std:
                                 int rank, double timeout_s, const std::function<Status()>& interrupt = {},
                                 double poll_s = 0.1);
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

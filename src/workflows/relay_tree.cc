@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <map>
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 namespace {
 
 bool SameShards(const RankShards& a, const RankShards& b) {
@@ -70,4 +70,4 @@ std::vector<ByteRange> WrittenRanges(const PushConversion& conversion, int rank)
   return merged;
 }
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

@@ -11,7 +11,7 @@
 #include "shardwire/layout.h"
 #include "shardwire/push_conversion.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 /// Per engine rank: its relay parent (-1: it is a tree's root, or has no replica) and its
 /// children (ascending).
@@ -42,4 +42,4 @@ struct ByteRange {
 /// overlapping: what a relay forwards (padding the push never writes stays untouched).
 std::vector<ByteRange> WrittenRanges(const PushConversion& conversion, int rank);
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

@@ -7,7 +7,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 const char* MessageKindName(MessageKind kind) {
   switch (kind) {
@@ -279,4 +279,4 @@ std::string MetadataKey(const std::string& job, const std::string& role, int ran
   return fmt::format("{}/{}/{}", job, role, rank);
 }
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

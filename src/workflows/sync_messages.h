@@ -22,7 +22,7 @@
 #include "shardwire/agent.h"
 #include "shardwire/status.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 /// READY(v): engine -> trainer, the engine's buffer may be written; DONE(v): trainer -> engine,
 /// all its bytes of v landed; BLOCK_AMAX(v): trainer -> trainer, partial amaxes; MISSED(v):
@@ -120,4 +120,4 @@ class Inbox {
 /// Rendezvous key under which a rank's transport metadata is published.
 std::string MetadataKey(const std::string& job, const std::string& role, int rank);
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

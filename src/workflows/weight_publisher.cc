@@ -42,11 +42,11 @@ double ThreadCpuSeconds() {
 struct WeightPublisher::State {
   Rendezvous* rendezvous = nullptr;
   WeightSyncOptions options;
-  sync::PublisherMetrics metrics;  // WeightSyncOptions::metrics (no-op without)
+  workflows::PublisherMetrics metrics;  // WeightSyncOptions::metrics (no-op without)
   int rank = 0;
   Layout trainer_layout;
   std::optional<PushConversion> conversion;
-  sync::RankEndpoint endpoint;
+  workflows::RankEndpoint endpoint;
   std::map<int, std::vector<Move>> moves_by_destination;  // direct moves (from the trainer buffer)
   std::uint64_t bytes_per_push = 0;
   std::uint64_t converted_bytes_per_push = 0;
@@ -70,10 +70,10 @@ struct WeightPublisher::State {
   };
   std::vector<Stage> stages;
   std::map<int, std::string> round_peer_names;  // trainer rank -> agent name
-  std::optional<sync::RelayTree> relay;         // relay_broadcasts
+  std::optional<workflows::RelayTree> relay;         // relay_broadcasts
   // Conversion: the converter, the staging arena (two slots) and per round, per destination, one
   // prepared transfer from the round's slot.
-  std::unique_ptr<sync::PushConverter> converter;
+  std::unique_ptr<workflows::PushConverter> converter;
   RegionId staging_region = 0;
   std::span<std::byte> staging;
   std::vector<std::map<int, std::vector<Move>>> round_moves;
@@ -90,7 +90,7 @@ struct WeightPublisher::State {
   std::vector<std::map<int, std::vector<Segment>>> round_segments;  // per round: destination -> segments
   std::vector<std::vector<std::byte>> scratches;  // per conversion thread: PushConverter::ConvertRoundTo
   bool connected = false;
-  sync::Inbox inbox;
+  workflows::Inbox inbox;
   // Dynamic membership: the leader (rank 0), the incarnation each connected destination
   // had when it was connected, and the version each destination last missed (it is skipped
   // until it joins again after that).
@@ -99,7 +99,7 @@ struct WeightPublisher::State {
   std::int64_t claim = 0;         // this publisher's claim
   std::string plan_signature;     // peers must have the same (SyncPlanSignature)
   std::uint64_t last_pushed = 0;  // the last version every reachable engine got (0: none yet)
-  std::optional<sync::MembershipLeader> leader;
+  std::optional<workflows::MembershipLeader> leader;
   std::map<int, std::uint64_t> incarnation_of;
   std::map<int, std::uint64_t> missed_at;
   // Partial(sum) sources (transfer_plan.h, Reduction): this rank's addends for each other
@@ -117,7 +117,7 @@ struct WeightPublisher::State {
   void ReleaseTransfersTo(int dst);
   Status ConnectDestination(int dst);
   // Imports trainer rank `peer`'s metadata, checks its plan signature and wires the lanes up.
-  Result<sync::PeerRank> ConnectTrainerPeer(int peer);
+  Result<workflows::PeerRank> ConnectTrainerPeer(int peer);
 };
 
 namespace {
@@ -279,22 +279,22 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     }
   }
   if (state->options.relay_broadcasts)
-    state->relay = sync::MakeRelayTree(engine_layout, state->options.max_concurrency);
+    state->relay = workflows::MakeRelayTree(engine_layout, state->options.max_concurrency);
   // The rank's claim: a later publisher of the same rank (a restarted trainer, or a second one by
   // mistake) takes the next claim, and this one stops at its next push with kAlreadyExists.
-  state->claim_key = sync::MetadataKey(state->options.job, kTrainerRole, rank) + "/claims";
+  state->claim_key = workflows::MetadataKey(state->options.job, kTrainerRole, rank) + "/claims";
   SW_ASSIGN_OR_RETURN(state->claim, rendezvous.Add(state->claim_key, 1));
-  state->plan_signature = sync::SyncPlanSignature(trainer_layout, engine_layout, state->options);
+  state->plan_signature = workflows::SyncPlanSignature(trainer_layout, engine_layout, state->options);
   SW_RETURN_IF_ERROR(
-      sync::PublishPlanSignature(rendezvous, state->options.job, kTrainerRole, rank, state->plan_signature));
+      workflows::PublishPlanSignature(rendezvous, state->options.job, kTrainerRole, rank, state->plan_signature));
   SW_ASSIGN_OR_RETURN(
       state->endpoint,
-      sync::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank, trainer_layout.rank(rank).buffer_bytes,
+      workflows::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank, trainer_layout.rank(rank).buffer_bytes,
                              state->options.buffer, false, {}, conversion.scratch_bytes(rank),
                              state->options.buffer_memory == BufferMemory::kShared ? ArenaMemory::kShared
                                                                                    : ArenaMemory::kPrivateHugePages,
                              state->options.metrics));
-  SW_ASSIGN_OR_RETURN(state->metrics, sync::PublisherMetrics::Make(state->options.metrics, state->options.job, rank));
+  SW_ASSIGN_OR_RETURN(state->metrics, workflows::PublisherMetrics::Make(state->options.metrics, state->options.job, rank));
   if (conversion.converts()) {
     SW_ASSIGN_OR_RETURN(TrainerConversion tc, conversion.ForTrainerRank(rank));
     const TransferPlan& converted = conversion.converted_plan();
@@ -318,7 +318,7 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     }
     state->conversion.emplace(std::move(conversion));
     state->stages = PushStages({&state->conversion->direct_plan(), &state->conversion->converted_plan()}, rank);
-    state->converter = std::make_unique<sync::PushConverter>(state->trainer_layout, rank, *state->conversion,
+    state->converter = std::make_unique<workflows::PushConverter>(state->trainer_layout, rank, *state->conversion,
                                                              std::move(tc), state->endpoint.weights,
                                                              state->endpoint.scratch, state->options.conversion.fp8);
     state->scratches.resize(std::max<std::uint32_t>(1, state->options.convert_threads));
@@ -340,7 +340,7 @@ Result<int> WeightPublisher::WaitForEngines(int engine_ranks, double timeout_s) 
   }
   const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
   while (true) {
-    SW_ASSIGN_OR_RETURN(const std::set<int> joining, sync::JoiningRanks(*s.rendezvous, s.options.job, s.engine_ranks));
+    SW_ASSIGN_OR_RETURN(const std::set<int> joining, workflows::JoiningRanks(*s.rendezvous, s.options.job, s.engine_ranks));
     const int asked = static_cast<int>(joining.size());
     if (asked >= engine_ranks) return asked;
     if (Clock::now() >= deadline) {
@@ -357,13 +357,13 @@ AgentStats WeightPublisher::transport_stats() const { return state_->endpoint.ag
 Status WeightPublisher::State::ConnectDestination(int dst) {
   Agent& agent = *endpoint.agent;
   ReleaseTransfersTo(dst);
-  SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
-                      sync::ImportPeerRank(*rendezvous, agent, options.job, kEngineRole, dst, options.timeout_s,
+  SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer,
+                      workflows::ImportPeerRank(*rendezvous, agent, options.job, kEngineRole, dst, options.timeout_s,
                                            options.interrupt, kInterruptPollSeconds));
   // Before a single descriptor: the engine must plan for the same layouts (else its bytes
   // would land at other offsets than it expects).
   SW_RETURN_IF_ERROR(
-      sync::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, dst, plan_signature, options.timeout_s));
+      workflows::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, dst, plan_signature, options.timeout_s));
   // Connect every lane now: UCX wires endpoints up lazily, and the handshake
   // (which needs the engine's lanes to answer) would otherwise land in the first push.
   SW_RETURN_IF_ERROR(agent.WireUp(peer.name, options.timeout_s));
@@ -442,12 +442,12 @@ Status WeightPublisher::State::ConnectDestination(int dst) {
   return Status::Ok();
 }
 
-Result<sync::PeerRank> WeightPublisher::State::ConnectTrainerPeer(int peer_rank) {
+Result<workflows::PeerRank> WeightPublisher::State::ConnectTrainerPeer(int peer_rank) {
   Agent& agent = *endpoint.agent;
-  SW_ASSIGN_OR_RETURN(sync::PeerRank peer,
-                      sync::ImportPeerRank(*rendezvous, agent, options.job, kTrainerRole, peer_rank, options.timeout_s,
+  SW_ASSIGN_OR_RETURN(workflows::PeerRank peer,
+                      workflows::ImportPeerRank(*rendezvous, agent, options.job, kTrainerRole, peer_rank, options.timeout_s,
                                            options.interrupt, kInterruptPollSeconds));
-  SW_RETURN_IF_ERROR(sync::CheckPeerPlanSignature(*rendezvous, options.job, kTrainerRole, peer_rank, plan_signature,
+  SW_RETURN_IF_ERROR(workflows::CheckPeerPlanSignature(*rendezvous, options.job, kTrainerRole, peer_rank, plan_signature,
                                                   options.timeout_s));
   SW_RETURN_IF_ERROR(agent.WireUp(peer.name, options.timeout_s));
   return peer;
@@ -468,10 +468,10 @@ Status WeightPublisher::Connect() {
   }
   // Each trainer peer is imported once per Connect (a reducer, an amax peer, a round peer): a
   // second import would orphan the transfers prepared against the first (the addend WRITEs).
-  std::map<int, sync::PeerRank> trainer_peers;
-  auto trainer_peer = [&](int t) -> Result<sync::PeerRank> {
+  std::map<int, workflows::PeerRank> trainer_peers;
+  auto trainer_peer = [&](int t) -> Result<workflows::PeerRank> {
     if (auto it = trainer_peers.find(t); it != trainer_peers.end()) return it->second;
-    SW_ASSIGN_OR_RETURN(sync::PeerRank peer, s.ConnectTrainerPeer(t));
+    SW_ASSIGN_OR_RETURN(workflows::PeerRank peer, s.ConnectTrainerPeer(t));
     return trainer_peers.emplace(t, std::move(peer)).first->second;
   };
   // Partial(sum) sources: one prepared WRITE of this rank's addends into each other reducer's
@@ -480,7 +480,7 @@ Status WeightPublisher::Connect() {
   s.copy_transfers.clear();
   s.addend_source_names.clear();
   for (const auto& [reducer, copies] : s.copies_to) {
-    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, trainer_peer(reducer));
+    SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer, trainer_peer(reducer));
     if (peer.scratch_region == 0) {
       return CorruptData(fmt::format("trainer rank {} reduces Partial(sum) addends but published no scratch", reducer));
     }
@@ -499,10 +499,10 @@ Status WeightPublisher::Connect() {
                         agent.PrepareTransfer(TransferOp::kWrite, peer.name, std::move(descriptors), std::nullopt));
     s.reducer_names[reducer] = peer.name;
   }
-  for (int src : s.addend_sources) s.addend_source_names.insert(sync::MetadataKey(s.options.job, kTrainerRole, src));
+  for (int src : s.addend_sources) s.addend_source_names.insert(workflows::MetadataKey(s.options.job, kTrainerRole, src));
   if (s.converter) {
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
-      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, trainer_peer(x.peer));
+      SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer, trainer_peer(x.peer));
       s.amax_peer_names[x.peer] = peer.name;
     }
   }
@@ -513,7 +513,7 @@ Status WeightPublisher::Connect() {
     for (const auto& [round, ranks] : stage.wait_for) peers.insert(ranks.begin(), ranks.end());
     for (int t : peers) {
       if (s.round_peer_names.count(t)) continue;
-      SW_ASSIGN_OR_RETURN(const sync::PeerRank peer, trainer_peer(t));
+      SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer, trainer_peer(t));
       s.round_peer_names[t] = peer.name;
     }
   }
@@ -592,16 +592,16 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       SW_RETURN_IF_ERROR(agent.Wait(h, s.options.timeout_s)
                              .WithContext(fmt::format("{}: Partial(sum) addends to trainer rank {}", who, reducer)));
       SW_RETURN_IF_ERROR(
-          agent.SendMessage(s.reducer_names.at(reducer), sync::Encode({sync::MessageKind::kAddend, version}))
+          agent.SendMessage(s.reducer_names.at(reducer), workflows::Encode({workflows::MessageKind::kAddend, version}))
               .WithContext(who));
     }
     SW_RETURN_IF_ERROR(s.inbox
-                           .AwaitFromAll(agent, sync::MessageKind::kAddend, version, s.addend_source_names,
+                           .AwaitFromAll(agent, workflows::MessageKind::kAddend, version, s.addend_source_names,
                                          s.options.timeout_s, nullptr, std::nullopt, s.options.interrupt)
                            .WithContext(fmt::format("{}: Partial(sum) addends", who)));
     for (const Reduction& r : s.reductions) {
       SW_RETURN_IF_ERROR(
-          sync::SumSlots(static_cast<DType>(r.dtype), s.endpoint.scratch.subspan(r.scratch_offset), r.bytes, r.addends)
+          workflows::SumSlots(static_cast<DType>(r.dtype), s.endpoint.scratch.subspan(r.scratch_offset), r.bytes, r.addends)
               .WithContext(who));
     }
   }
@@ -611,11 +611,11 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   std::map<int, std::string> included = s.destination_names;
   if (s.options.dynamic_membership) {
     included.clear();
-    sync::Membership members;
+    workflows::Membership members;
     if (s.leader) {
       SW_ASSIGN_OR_RETURN(members, s.leader->Publish(*s.rendezvous, s.options.job, s.engine_ranks, version));
     } else {
-      SW_ASSIGN_OR_RETURN(members, sync::ReadMembership(*s.rendezvous, s.options.job, version, s.options.timeout_s));
+      SW_ASSIGN_OR_RETURN(members, workflows::ReadMembership(*s.rendezvous, s.options.job, version, s.options.timeout_s));
     }
     for (const auto& [dst, bytes] : s.bytes_to) {
       auto m = members.members.find(dst);
@@ -623,7 +623,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
         stats.absent.push_back(dst);
         continue;
       }
-      const sync::Member& member = m->second;
+      const workflows::Member& member = m->second;
       auto missed = s.missed_at.find(dst);
       if (s.incarnation_of[dst] != member.incarnation) {
         // A new engine process in this slot (joined, or restarted): connect to it.
@@ -656,7 +656,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   {
     std::set<std::string> names;
     for (const auto& [dst, name] : included) names.insert(name);
-    SW_ASSIGN_OR_RETURN(const sync::Collected ready, s.inbox.Collect(agent, sync::MessageKind::kReady, version, names,
+    SW_ASSIGN_OR_RETURN(const workflows::Collected ready, s.inbox.Collect(agent, workflows::MessageKind::kReady, version, names,
                                                                      engine_timeout_s, s.options.interrupt));
     active = included;
     for (const auto& [dst, name] : included) {
@@ -695,13 +695,13 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       SW_ASSIGN_OR_RETURN(std::vector<float> mine, s.converter->PartialAmax(x.send));
       const std::string& name = s.amax_peer_names.at(x.peer);
       SW_RETURN_IF_ERROR(
-          agent.SendMessage(name, sync::Encode({sync::MessageKind::kBlockAmax, version, std::move(mine)}))
+          agent.SendMessage(name, workflows::Encode({workflows::MessageKind::kBlockAmax, version, std::move(mine)}))
               .WithContext(who));
       peers.insert(name);
     }
-    std::map<std::string, sync::Message> received;
+    std::map<std::string, workflows::Message> received;
     SW_RETURN_IF_ERROR(s.inbox
-                           .AwaitFromAll(agent, sync::MessageKind::kBlockAmax, version, peers, s.options.timeout_s,
+                           .AwaitFromAll(agent, workflows::MessageKind::kBlockAmax, version, peers, s.options.timeout_s,
                                          &received, std::nullopt, s.options.interrupt)
                            .WithContext(who));
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
@@ -770,7 +770,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       for (int t : ranks) names.insert(s.round_peer_names.at(t));
       const auto w0 = Clock::now();
       SW_RETURN_IF_ERROR(s.inbox
-                             .AwaitFromAll(agent, sync::MessageKind::kRoundDone, version, names, s.options.timeout_s,
+                             .AwaitFromAll(agent, workflows::MessageKind::kRoundDone, version, names, s.options.timeout_s,
                                            nullptr, std::nullopt, s.options.interrupt, round)
                              .WithContext(fmt::format("{}: round {} waits for the trainer ranks that wrote its engine "
                                                       "ranks in round {}",
@@ -788,7 +788,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       if (active.count(dst)) stats.round_spans.push_back({stage.round, dst, at, now_s()});
     }
     if (!interrupted.ok()) return interrupted;
-    const auto done = sync::Encode({.kind = sync::MessageKind::kRoundDone, .version = version, .round = stage.round});
+    const auto done = workflows::Encode({.kind = workflows::MessageKind::kRoundDone, .version = version, .round = stage.round});
     for (int t : stage.notify) {
       SW_RETURN_IF_ERROR(
           agent.SendMessage(s.round_peer_names.at(t), done)
@@ -803,10 +803,10 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   // Integrity check: per destination, the digest of every byte sent, in the order the engine
   // hashes what landed (push_digest.h): the direct moves, then the converted ones in staging
   // round order.
-  std::map<int, sync::PushDigest> digests;
+  std::map<int, workflows::PushDigest> digests;
   if (s.options.verify_digests) {
     for (const auto& [dst, name] : active) {
-      sync::PushDigest& digest = digests[dst];
+      workflows::PushDigest& digest = digests[dst];
       if (auto it = s.moves_by_destination.find(dst); it != s.moves_by_destination.end()) {
         digest.AddSource(s.endpoint.weights.first(s.buffer_bytes), s.endpoint.scratch, it->second);
       }
@@ -907,7 +907,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
           for (auto& [dst, digest] : digests) {
             if (views.count(root_of(dst))) continue;  // hashed from the mapped buffer at the end
             if (auto it = s.round_moves[k].find(dst); it != s.round_moves[k].end()) {
-              digest.Add(s.staging.data() + (k % slots) * tc.slot_bytes, it->second, sync::MoveSide::kSource);
+              digest.Add(s.staging.data() + (k % slots) * tc.slot_bytes, it->second, workflows::MoveSide::kSource);
             }
           }
         }
@@ -1006,7 +1006,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
           for (std::size_t k = 0; k < tc.rounds.size(); ++k) {
             auto it = s.round_moves[k].find(target);
             if (it != s.round_moves[k].end())
-              digest.Add(access->bytes().data(), it->second, sync::MoveSide::kDestination);
+              digest.Add(access->bytes().data(), it->second, workflows::MoveSide::kDestination);
           }
         }
       }
@@ -1035,7 +1035,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
     }
     if (s.relay && s.relay->Relays(dst)) {
       // Before DONE: where this rank's bytes come from and whom it forwards them to.
-      sync::Message plan{sync::MessageKind::kRelayPlan, version};
+      workflows::Message plan{workflows::MessageKind::kRelayPlan, version};
       if (relayed.count(dst))
         plan.relay_from = static_cast<std::uint32_t>(s.relay->parent[static_cast<std::size_t>(dst)]);
       for (int child : s.relay->children[static_cast<std::size_t>(dst)]) {
@@ -1043,18 +1043,18 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
         plan.relay_to.push_back({static_cast<std::uint32_t>(child), static_cast<std::uint8_t>(buffer_of.at(child)),
                                  s.incarnation_of.count(child) ? s.incarnation_of.at(child) : 0});
       }
-      if (const Status st = agent.SendMessage(name, sync::Encode(plan)); !st.ok()) {
+      if (const Status st = agent.SendMessage(name, workflows::Encode(plan)); !st.ok()) {
         miss(dst, st);
         continue;
       }
     }
-    sync::Message done{sync::MessageKind::kDone, version};
+    workflows::Message done{workflows::MessageKind::kDone, version};
     if (auto it = digests.find(dst); it != digests.end()) done.digest = it->second.value();
-    if (const Status st = agent.SendMessage(name, sync::Encode(done)); !st.ok()) miss(dst, st);
+    if (const Status st = agent.SendMessage(name, workflows::Encode(done)); !st.ok()) miss(dst, st);
   }
   // Tell each engine rank that missed v, so that its WaitForUpdate(v) ends now instead of at
   // its timeout (a stalled one sees it when it resumes; a dead one does not care).
-  const auto missed_msg = sync::Encode({sync::MessageKind::kMissed, version});
+  const auto missed_msg = workflows::Encode({workflows::MessageKind::kMissed, version});
   for (const MissedEngine& m : stats.missed) {
     s.missed_at[m.engine_rank] = version;
     if (!included.count(m.engine_rank)) continue;  // skipped before READY: it was told before

@@ -25,9 +25,9 @@ constexpr const char* kEngineRole = "engine";
 struct WeightSubscriber::State {
   Rendezvous* rendezvous = nullptr;
   WeightSyncOptions options;
-  sync::SubscriberMetrics metrics;  // WeightSyncOptions::metrics (no-op without)
+  workflows::SubscriberMetrics metrics;  // WeightSyncOptions::metrics (no-op without)
   int rank = 0;
-  sync::RankEndpoint endpoint;
+  workflows::RankEndpoint endpoint;
   std::vector<int> sources;
   std::uint64_t bytes_per_update = 0;
   std::set<std::string> source_names;
@@ -43,11 +43,11 @@ struct WeightSubscriber::State {
   // verify_digests: per source rank, the moves it writes here, in the order it hashes them.
   std::map<int, std::vector<Move>> digest_moves;
   std::map<std::string, int> source_rank_of;  // agent name -> trainer rank
-  sync::Inbox inbox;
+  workflows::Inbox inbox;
   // relay_broadcasts: the tree, the ranges a push writes here (what a forward copies), and per
   // child the process it was connected to and the prepared forwards by (own buffer, its buffer).
-  std::optional<sync::RelayTree> relay;
-  std::vector<sync::ByteRange> relay_ranges;
+  std::optional<workflows::RelayTree> relay;
+  std::vector<workflows::ByteRange> relay_ranges;
   struct RelayChild {
     std::uint64_t incarnation = 0;
     std::string name;
@@ -61,14 +61,14 @@ struct WeightSubscriber::State {
   RegionId Region(int b) const { return b == 0 ? endpoint.region : endpoint.second_region; }
   // The prepared WRITE of this rank's pushed ranges from its buffer `own` into `target`'s buffer
   // (connecting to the target's process first when it is new).
-  Result<TransferHandle> Forward(const sync::RelayTarget& target, int own);
+  Result<TransferHandle> Forward(const workflows::RelayTarget& target, int own);
   // Connects to `target`'s process (imports its metadata) unless connected to it already.
-  Result<RelayChild*> ConnectChild(const sync::RelayTarget& target);
+  Result<RelayChild*> ConnectChild(const workflows::RelayTarget& target);
   // Tells `targets` that this rank will not forward `version` (best effort).
-  void AbandonForwards(std::uint64_t version, const std::map<int, sync::RelayTarget>& targets);
+  void AbandonForwards(std::uint64_t version, const std::map<int, workflows::RelayTarget>& targets);
   void ReleaseForwards(RelayChild& child);
   // Forwards committed version `version` (in buffer `own`) to `targets`; fills the stats.
-  void ForwardVersion(std::uint64_t version, int own, const std::map<int, sync::RelayTarget>& targets,
+  void ForwardVersion(std::uint64_t version, int own, const std::map<int, workflows::RelayTarget>& targets,
                       UpdateStats& stats);
 };
 
@@ -77,16 +77,16 @@ void WeightSubscriber::State::ReleaseForwards(RelayChild& child) {
   child.forwards.clear();
 }
 
-Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChild(const sync::RelayTarget& target) {
+Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChild(const workflows::RelayTarget& target) {
   const int child_rank = static_cast<int>(target.rank);
   RelayChild& child = relay_children[child_rank];
   if (child.name.empty() || child.incarnation != target.incarnation) {
     ReleaseForwards(child);
     child.name.clear();
-    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
-                        sync::ImportPeerRank(*rendezvous, *endpoint.agent, options.job, kEngineRole, child_rank,
+    SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer,
+                        workflows::ImportPeerRank(*rendezvous, *endpoint.agent, options.job, kEngineRole, child_rank,
                                              options.timeout_s, options.interrupt, kInterruptPollSeconds));
-    SW_RETURN_IF_ERROR(sync::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, child_rank, plan_signature,
+    SW_RETURN_IF_ERROR(workflows::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, child_rank, plan_signature,
                                                     options.timeout_s));
     SW_RETURN_IF_ERROR(endpoint.agent->WireUp(peer.name, options.timeout_s));
     child = RelayChild{target.incarnation, peer.name, {peer.region, peer.second_region}, {}};
@@ -94,15 +94,15 @@ Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChi
   return &child;
 }
 
-void WeightSubscriber::State::AbandonForwards(std::uint64_t version, const std::map<int, sync::RelayTarget>& targets) {
+void WeightSubscriber::State::AbandonForwards(std::uint64_t version, const std::map<int, workflows::RelayTarget>& targets) {
   for (const auto& [child_rank, target] : targets) {
     auto child = ConnectChild(target);
     if (child.ok())
-      (void)endpoint.agent->SendMessage((*child)->name, sync::Encode({sync::MessageKind::kMissed, version}));
+      (void)endpoint.agent->SendMessage((*child)->name, workflows::Encode({workflows::MessageKind::kMissed, version}));
   }
 }
 
-Result<TransferHandle> WeightSubscriber::State::Forward(const sync::RelayTarget& target, int own) {
+Result<TransferHandle> WeightSubscriber::State::Forward(const workflows::RelayTarget& target, int own) {
   const int child_rank = static_cast<int>(target.rank);
   SW_ASSIGN_OR_RETURN(RelayChild* const connected, ConnectChild(target));
   RelayChild& child = *connected;
@@ -113,7 +113,7 @@ Result<TransferHandle> WeightSubscriber::State::Forward(const sync::RelayTarget&
     return CorruptData(fmt::format("engine rank {} asked for buffer {} it never published", child_rank, target.buffer));
   }
   std::vector<TransferDescriptor> descriptors;
-  for (const sync::ByteRange& r : relay_ranges) {
+  for (const workflows::ByteRange& r : relay_ranges) {
     descriptors.push_back(TransferDescriptor{.local_region = Region(own),
                                              .local_offset = r.offset,
                                              .remote_region = remote,
@@ -127,7 +127,7 @@ Result<TransferHandle> WeightSubscriber::State::Forward(const sync::RelayTarget&
 }
 
 void WeightSubscriber::State::ForwardVersion(std::uint64_t version, int own,
-                                             const std::map<int, sync::RelayTarget>& targets, UpdateStats& stats) {
+                                             const std::map<int, workflows::RelayTarget>& targets, UpdateStats& stats) {
   const auto t0 = std::chrono::steady_clock::now();
   Agent& agent = *endpoint.agent;
   const double bound_s = std::min(options.engine_timeout_s, options.timeout_s);
@@ -137,7 +137,7 @@ void WeightSubscriber::State::ForwardVersion(std::uint64_t version, int own,
         {child, st.WithContext(fmt::format("engine rank {} forwarding v{} to engine rank {}", rank, version, child))});
     // Best effort: the child stops waiting for this forward now rather than at its timeout.
     if (auto it = relay_children.find(child); it != relay_children.end() && !it->second.name.empty()) {
-      (void)agent.SendMessage(it->second.name, sync::Encode({sync::MessageKind::kMissed, version}));
+      (void)agent.SendMessage(it->second.name, workflows::Encode({workflows::MessageKind::kMissed, version}));
     }
   };
   for (const auto& [child, target] : targets) {
@@ -158,7 +158,7 @@ void WeightSubscriber::State::ForwardVersion(std::uint64_t version, int own,
       (void)agent.InvalidatePeer(relay_children.at(child).name);
     }
     if (st.ok()) {
-      st = agent.SendMessage(relay_children.at(child).name, sync::Encode({sync::MessageKind::kRelayed, version}));
+      st = agent.SendMessage(relay_children.at(child).name, workflows::Encode({workflows::MessageKind::kRelayed, version}));
     }
     if (!st.ok()) {
       fail(child, st);
@@ -214,21 +214,21 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
   }
   state->bytes_per_update = conversion.BytesTo(rank);
   if (state->options.relay_broadcasts) {
-    state->relay = sync::MakeRelayTree(engine_layout, state->options.max_concurrency);
+    state->relay = workflows::MakeRelayTree(engine_layout, state->options.max_concurrency);
     if (!state->relay->children[static_cast<std::size_t>(rank)].empty()) {
-      state->relay_ranges = sync::WrittenRanges(conversion, rank);
+      state->relay_ranges = workflows::WrittenRanges(conversion, rank);
     }
   }
   if (state->options.dynamic_membership) {
     // Taken before the metadata is published, so a trainer that sees this incarnation's
     // join request finds this process's metadata (or a later one's) under the rank's key.
     SW_ASSIGN_OR_RETURN(const std::int64_t incarnation,
-                        rendezvous.Add(sync::IncarnationKey(state->options.job, rank), 1));
+                        rendezvous.Add(workflows::IncarnationKey(state->options.job, rank), 1));
     state->incarnation = static_cast<std::uint64_t>(incarnation);
   }
-  state->plan_signature = sync::SyncPlanSignature(trainer_layout, engine_layout, state->options);
+  state->plan_signature = workflows::SyncPlanSignature(trainer_layout, engine_layout, state->options);
   SW_RETURN_IF_ERROR(
-      sync::PublishPlanSignature(rendezvous, state->options.job, kEngineRole, rank, state->plan_signature));
+      workflows::PublishPlanSignature(rendezvous, state->options.job, kEngineRole, rank, state->plan_signature));
   // Engine buffers Shardwire allocates: private huge pages unless the publishers convert into
   // a mapping of them (BufferMemory).
   ArenaMemory engine_memory = ArenaMemory::kShared;
@@ -241,10 +241,10 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
   }
   SW_ASSIGN_OR_RETURN(
       state->endpoint,
-      sync::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank, engine_layout.rank(rank).buffer_bytes,
+      workflows::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank, engine_layout.rank(rank).buffer_bytes,
                              state->options.buffer, state->options.double_buffered, state->options.second_buffer,
                              /*scratch_bytes=*/0, engine_memory, state->options.metrics));
-  SW_ASSIGN_OR_RETURN(state->metrics, sync::SubscriberMetrics::Make(state->options.metrics, state->options.job, rank));
+  SW_ASSIGN_OR_RETURN(state->metrics, workflows::SubscriberMetrics::Make(state->options.metrics, state->options.job, rank));
   return std::unique_ptr<WeightSubscriber>(new WeightSubscriber(std::move(state)));
 }
 
@@ -263,10 +263,10 @@ Result<std::uint64_t> WeightSubscriber::Join(double timeout_s) {
       fmt::format("engine rank {} (incarnation {}) joining job {}", s.rank, s.incarnation, s.options.job);
   if (!s.joined || s.join_request == 0) {
     SW_ASSIGN_OR_RETURN(s.join_request,
-                        sync::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, s.incarnation));
+                        workflows::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, s.incarnation));
     s.joined = true;
   }
-  auto version = sync::AwaitAdmission(*s.rendezvous, s.options.job, s.rank, s.incarnation, s.join_request,
+  auto version = workflows::AwaitAdmission(*s.rendezvous, s.options.job, s.rank, s.incarnation, s.join_request,
                                       timeout_s < 0 ? s.options.timeout_s : timeout_s);
   if (!version.ok()) return version.status().WithContext(who);  // the request stands: Join may wait again
   s.join_request = 0;  // answered: the next Join (after a missed version) files a new one
@@ -281,7 +281,7 @@ Status WeightSubscriber::Leave() {
   State& s = *state_;
   if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::Leave without dynamic membership");
   s.joined = false;
-  return sync::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, 0).status();
+  return workflows::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, 0).status();
 }
 
 Status WeightSubscriber::AdoptVersion(std::uint64_t version) {
@@ -300,10 +300,10 @@ Status WeightSubscriber::AdoptVersion(std::uint64_t version) {
 Status WeightSubscriber::Connect() {
   State& s = *state_;
   for (int src : s.sources) {
-    SW_ASSIGN_OR_RETURN(const sync::PeerRank peer,
-                        sync::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kTrainerRole, src,
+    SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer,
+                        workflows::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kTrainerRole, src,
                                              s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds));
-    SW_RETURN_IF_ERROR(sync::CheckPeerPlanSignature(*s.rendezvous, s.options.job, kTrainerRole, src, s.plan_signature,
+    SW_RETURN_IF_ERROR(workflows::CheckPeerPlanSignature(*s.rendezvous, s.options.job, kTrainerRole, src, s.plan_signature,
                                                     s.options.timeout_s));
     s.source_names.insert(peer.name);
     s.source_rank_of[peer.name] = src;
@@ -316,7 +316,7 @@ Status WeightSubscriber::Connect() {
     for (int child : s.relay->children[static_cast<std::size_t>(s.rank)]) {
       for (int own = 0; own < buffers; ++own) {
         for (int theirs = 0; theirs < buffers; ++theirs) {
-          const sync::RelayTarget target{static_cast<std::uint32_t>(child), static_cast<std::uint8_t>(theirs), 0};
+          const workflows::RelayTarget target{static_cast<std::uint32_t>(child), static_cast<std::uint8_t>(theirs), 0};
           SW_RETURN_IF_ERROR(s.Forward(target, own)
                                  .status()
                                  .WithContext(fmt::format("engine rank {} connecting to its relay child", s.rank)));
@@ -334,9 +334,9 @@ Status WeightSubscriber::BeginUpdate(std::uint64_t version) {
     return InvalidArgument(
         fmt::format("version {} is not newer than the committed version {}", version, s.committed_version));
   }
-  sync::Message ready_message{sync::MessageKind::kReady, version};
+  workflows::Message ready_message{workflows::MessageKind::kReady, version};
   if (s.options.double_buffered) ready_message.buffer = static_cast<std::uint8_t>(1 - s.serving);
-  const auto ready = sync::Encode(ready_message);
+  const auto ready = workflows::Encode(ready_message);
   for (const std::string& name : s.source_names) {
     SW_RETURN_IF_ERROR(s.endpoint.agent->SendMessage(name, ready)
                            .WithContext(fmt::format("engine rank {} READY v{}", s.rank, version)));
@@ -362,23 +362,23 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   if (version != s.begun_version) {
     return InvalidArgument(fmt::format("WaitForUpdate({}) without BeginUpdate({})", version, version));
   }
-  std::map<std::string, sync::Message> done;
+  std::map<std::string, workflows::Message> done;
   const Status arrived =
-      s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kDone, version, s.source_names, s.options.timeout_s,
-                           &done, sync::MessageKind::kMissed, s.options.interrupt);
+      s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kDone, version, s.source_names, s.options.timeout_s,
+                           &done, workflows::MessageKind::kMissed, s.options.interrupt);
   // relay_broadcasts: whether the bytes come through the relay parent, and whom to forward to
   // (the children every source named, with the same buffer and incarnation).
-  std::map<std::string, sync::Message> plans;
-  std::map<int, sync::RelayTarget> forward;
+  std::map<std::string, workflows::Message> plans;
+  std::map<int, workflows::RelayTarget> forward;
   int relayed_from = -1;
   Status relay_status = Status::Ok();
   if (arrived.ok() && s.relay && s.relay->Relays(s.rank)) {
-    relay_status = s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kRelayPlan, version, s.source_names,
-                                        s.options.timeout_s, &plans, sync::MessageKind::kMissed, s.options.interrupt);
+    relay_status = s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kRelayPlan, version, s.source_names,
+                                        s.options.timeout_s, &plans, workflows::MessageKind::kMissed, s.options.interrupt);
     std::map<int, int> named;  // child -> sources that named it alike
     for (const auto& [name, plan] : plans) {
       if (plan.relay_from) relayed_from = static_cast<int>(*plan.relay_from);
-      for (const sync::RelayTarget& t : plan.relay_to) {
+      for (const workflows::RelayTarget& t : plan.relay_to) {
         auto [it, added] = forward.emplace(static_cast<int>(t.rank), t);
         if (added || it->second == t) ++named[static_cast<int>(t.rank)];
       }
@@ -389,20 +389,20 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
     if (relay_status.ok() && relayed_from >= 0) {
       // Import the parent (once, and again after it failed: a replacement) so that the
       // transport watches its liveness: a parent that dies ends this wait at once.
-      const std::string parent = sync::MetadataKey(s.options.job, kEngineRole, relayed_from);
+      const std::string parent = workflows::MetadataKey(s.options.job, kEngineRole, relayed_from);
       const std::vector<std::string> failed = s.endpoint.agent->FailedPeers();
       if (s.relay_parent != relayed_from || std::find(failed.begin(), failed.end(), parent) != failed.end()) {
         s.relay_parent = -1;
-        relay_status = sync::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kEngineRole, relayed_from,
+        relay_status = workflows::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kEngineRole, relayed_from,
                                             s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds)
                            .status();
         if (relay_status.ok()) s.relay_parent = relayed_from;
       }
       // The parent forwards right after its own commit, each forward bounded by engine_timeout_s.
       if (relay_status.ok()) {
-        relay_status = s.inbox.AwaitFromAll(*s.endpoint.agent, sync::MessageKind::kRelayed, version, {parent},
+        relay_status = s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kRelayed, version, {parent},
                                             std::min(s.options.timeout_s, 2 * s.options.engine_timeout_s), nullptr,
-                                            sync::MessageKind::kMissed, s.options.interrupt);
+                                            workflows::MessageKind::kMissed, s.options.interrupt);
       }
       if (!relay_status.ok()) {
         relay_status =
@@ -422,8 +422,8 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
     // What landed, hashed as each source hashed what it sent; v is committed only if all agree.
     const std::span<std::byte> written = s.options.double_buffered ? s.Buffer(1 - s.serving) : s.Buffer(0);
     for (const auto& [name, message] : done) {
-      sync::PushDigest landed;
-      landed.Add(written.data(), s.digest_moves.at(s.source_rank_of.at(name)), sync::MoveSide::kDestination);
+      workflows::PushDigest landed;
+      landed.Add(written.data(), s.digest_moves.at(s.source_rank_of.at(name)), workflows::MoveSide::kDestination);
       if (!message.digest) {
         return abandon(VerificationFailed(fmt::format("{} sent DONE without a digest", name)));
       }

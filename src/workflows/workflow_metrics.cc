@@ -1,7 +1,7 @@
 // Workflow metrics (workflows/workflow_metrics.h).
 #include "workflows/workflow_metrics.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 namespace {
 
@@ -121,4 +121,4 @@ void LoaderMetrics::Loaded(const Status& result, double seconds, std::uint64_t b
   from_disk_.Increment(bytes_from_disk);
 }
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

@@ -10,7 +10,7 @@
 #include "shardwire/metrics.h"
 #include "shardwire/status.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 
 /// One trainer rank's series (label job, trainer_rank).
 class PublisherMetrics {
@@ -64,4 +64,4 @@ class LoaderMetrics {
   std::string rank_;
 };
 
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

@@ -8,7 +8,7 @@
 
 #include "shardwire/layout.h"
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 namespace {
 
 std::vector<TensorSpec> Tensors() { return {{"w", DType::kF32, {8, 4}}, {"norm", DType::kF32, {4}}}; }
@@ -54,4 +54,4 @@ TEST(RelayTree, WrittenRangesCoverEveryPushedByteOnceAndSkipPadding) {
 }
 
 }  // namespace
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

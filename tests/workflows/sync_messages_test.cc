@@ -2,7 +2,7 @@
 
 #include <gtest/gtest.h>
 
-namespace shardwire::sync {
+namespace shardwire::workflows {
 namespace {
 
 TEST(SyncMessages, RoundTripAndRejectForeignPayloads) {
@@ -125,4 +125,4 @@ TEST(SyncMessages, RelayPlanNamesTheParentAndTheChildrenToForwardTo) {
 TEST(SyncMessages, MetadataKeyNamesJobRoleRank) { EXPECT_EQ(MetadataKey("job", "engine", 3), "job/engine/3"); }
 
 }  // namespace
-}  // namespace shardwire::sync
+}  // namespace shardwire::workflows

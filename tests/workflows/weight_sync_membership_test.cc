@@ -365,7 +365,7 @@ TEST(WeightSyncBadInput, VersionsGoForwardOnlyAForgottenJobIsNamedAndASecondPubl
   // reads 0) is named as such, not taken for a second publisher (found by
   // scripts/fault_injection.py coordinator-memory-restart: "another publisher claimed ...
   // (claim 0, this one holds claim 1)").
-  const std::string claims = sync::MetadataKey("fwd", "trainer", 0) + "/claims";
+  const std::string claims = workflows::MetadataKey("fwd", "trainer", 0) + "/claims";
   auto put_claim = [&](const std::string& v) {
     return p.client->Put(claims, std::as_bytes(std::span(v.data(), v.size())));
   };
