@@ -217,7 +217,7 @@ std::optional<double> MeasurePosts(Agent& a, RegionId local, RegionId remote, st
 }
 
 int TargetMain(int fd, Session s, std::size_t region_size) {
-  auto agent = Agent::Create({.name = "target", .failure_detection = s.detection});
+  auto agent = Agent::Create({.name = "target", .ucx = {.failure_detection = s.detection}});
   if (!agent.ok()) return 10;
   Agent& a = **agent;
   std::vector<std::byte> owned;
@@ -253,7 +253,7 @@ std::optional<AgentFigures> MeasureAgent(Session s, const std::vector<std::size_
   const int fd = fds[0];
   std::optional<AgentFigures> out;
   {
-    auto agent = Agent::Create({.name = "initiator", .failure_detection = s.detection});
+    auto agent = Agent::Create({.name = "initiator", .ucx = {.failure_detection = s.detection}});
     if (!agent.ok()) return std::nullopt;
     Agent& a = **agent;
     std::vector<std::byte> owned;

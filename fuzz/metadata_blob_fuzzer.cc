@@ -51,20 +51,22 @@ void DecodeAndCheck(const std::vector<std::byte>& blob) {
 shardwire::AgentMetadata Sample(int regions, int lanes) {
   shardwire::AgentMetadata m;
   m.name = "fuzz-agent";
-  for (int l = 0; l < lanes; ++l) {
-    std::vector<std::byte> a;
-    for (int i = 0; i < 24 + l; ++i) a.push_back(static_cast<std::byte>(i * 3 + l));
-    m.worker_addresses.push_back(a);
-  }
+  shardwire::BackendSection ucx{"ucx", {}, {}};
+  for (int l = 0; l < lanes; ++l)
+    for (int i = 0; i < 24 + l; ++i) ucx.connection.push_back(static_cast<std::byte>(i * 3 + l));
+  shardwire::BackendSection inproc{"inproc", std::vector<std::byte>(8, std::byte{7}), {}};
   m.process = {"boot/pid:[1]", 42, 4242};
   for (int r = 0; r < regions; ++r) {
     shardwire::RegionRecord rec;
     rec.id = static_cast<shardwire::RegionId>(r + 1);
     rec.base = 0x7f0000000000ull + static_cast<std::uint64_t>(r) * 4096;
     rec.length = 4096;
-    rec.packed_rkey.assign(static_cast<std::size_t>(12 + r), std::byte{0x5A});
     m.regions.push_back(rec);
+    ucx.region_keys.push_back(std::vector<std::byte>(static_cast<std::size_t>(12 + r), std::byte{0x5A}));
+    inproc.region_keys.push_back(std::vector<std::byte>(8, static_cast<std::byte>(r)));
   }
+  m.sections.push_back(ucx);
+  if (lanes % 2 == 0) m.sections.push_back(inproc);
   return m;
 }
 

@@ -1,4 +1,5 @@
-// The transfer Agent: one-sided transfers between processes over UCX.
+// The transfer Agent: one-sided transfers between processes over UCX (or
+// another transport backend, AgentOptions::backend; docs/transport.md, "Backend seam").
 //
 // Modelled on the NIXL agent: register memory once, exchange metadata blobs
 // out of band, prepare a transfer (a descriptor list against one peer) once,
@@ -160,6 +161,23 @@ inline constexpr std::uint32_t kDefaultLanes = 2;
 /// Upper bound for AgentOptions::lanes (also the metadata blob's limit).
 inline constexpr std::uint32_t kMaxLanes = 64;
 
+/// Options only the UCX backend reads (AgentOptions::ucx; backend "ucx").
+struct UcxOptions {
+  /// Seconds between UCX keepalive rounds (UCX_KEEPALIVE_INTERVAL) that detect
+  /// peers whose process died; 0 keeps the UCX default (20 s). An explicit
+  /// UCX_KEEPALIVE_INTERVAL in the environment always wins. Negative or NaN:
+  /// Agent::Create fails with kInvalidArgument.
+  double keepalive_interval_s = 1;
+  /// See PeerFailureDetection.
+  PeerFailureDetection failure_detection = PeerFailureDetection::kAuto;
+};
+
+/// Name of the default backend (AgentOptions::backend).
+inline constexpr std::string_view kUcxBackend = "ucx";
+/// Name of the in-process backend: agents of one process move bytes with memcpy;
+/// for tests, with fault injection (src/transport/inproc/inproc_backend.h).
+inline constexpr std::string_view kInProcessBackend = "inproc";
+
 /// Construction options of an Agent.
 struct AgentOptions {
   /// Name peers know this agent by; carried in its metadata blob and in every
@@ -170,12 +188,14 @@ struct AgentOptions {
   /// non-blocking (UCX wires up lazily on first use); every other wait takes
   /// its own timeout.
   double connect_timeout_s = 10;
-  /// Seconds between UCX keepalive rounds (UCX_KEEPALIVE_INTERVAL) that detect
-  /// peers whose process died; 0 keeps the UCX default (20 s). An explicit
-  /// UCX_KEEPALIVE_INTERVAL in the environment always wins.
-  double keepalive_interval_s = 1;
-  /// See PeerFailureDetection.
-  PeerFailureDetection failure_detection = PeerFailureDetection::kAuto;
+  /// The transport backend (docs/transport.md, "Backend seam"): kUcxBackend
+  /// ("ucx", default) or kInProcessBackend ("inproc": every agent in this
+  /// process, no other process reachable; for tests). Peers must use the same
+  /// backend: ImportMetadata of another backend's blob is kUnsupported. Unknown
+  /// name: Agent::Create fails with kInvalidArgument.
+  std::string backend = std::string(kUcxBackend);
+  /// What only the UCX backend reads.
+  UcxOptions ucx = {};
   /// Number of lanes: UCX workers, each with a progress thread and its own
   /// endpoint to every peer. Transfers are split across lanes (see
   /// slice_bytes). 0 means kDefaultLanes. At most kMaxLanes.
@@ -322,13 +342,14 @@ struct Notification {
 /// SendMessage before destroying an agent in a process that lives on.
 class Agent {
  public:
-  /// Creates the UCX context and one worker per lane (ucp_init,
-  /// ucp_worker_create), installs the active-message handlers
-  /// (ucp_worker_set_am_recv_handler) and starts one progress thread per lane.
-  /// Errors: kInvalidArgument for an empty or over-long name, a negative or
-  /// NaN timeout, lanes above kMaxLanes, slice_bytes below 4096, or zero
-  /// flow-control limits; kTransportError when UCX refuses (message names the
-  /// call); kInternal when a thread or eventfd cannot be created.
+  /// Makes the transport backend (AgentOptions::backend; UCX: the context and one
+  /// worker per lane (ucp_init, ucp_worker_create) with the active-message
+  /// handlers (ucp_worker_set_am_recv_handler)) and starts one progress thread
+  /// per lane. Errors: kInvalidArgument for an empty or over-long name, a
+  /// negative or NaN timeout (ucx.keepalive_interval_s included), lanes above
+  /// kMaxLanes, slice_bytes below 4096, zero flow-control limits or an unknown
+  /// backend; kTransportError when UCX refuses (message names the call);
+  /// kInternal when a thread or eventfd cannot be created.
   static Result<std::unique_ptr<Agent>> Create(AgentOptions options);
 
   /// Stops the lane threads, force-closes every endpoint and releases every
@@ -410,7 +431,8 @@ class Agent {
   /// Errors: none expected today (Result for forward compatibility).
   Result<std::vector<std::byte>> ExportMetadata() const;
 
-  /// Decodes a peer's blob, creates on every lane an endpoint to one of its
+  /// Decodes a peer's blob, takes the section of this agent's backend and (UCX)
+  /// creates on every lane an endpoint to one of its
   /// worker addresses (lane i -> remote lane i mod remote lanes; ucp_ep_create;
   /// UCP_ERR_HANDLING_MODE_PEER with an error callback that marks the peer
   /// failed, or UCP_ERR_HANDLING_MODE_NONE plus process liveness checks for a
@@ -420,7 +442,9 @@ class Agent {
   /// under the same name is replaced: its endpoint is closed and transfers
   /// prepared against it report kPeerDisconnected on Post (prepare them again).
   /// Non-blocking: the connection is wired up on first use.
-  /// Errors: kCorruptData from blob validation (see DecodeAgentMetadata);
+  /// Errors: kCorruptData from blob validation (see DecodeAgentMetadata) or the
+  /// backend's section; kUnsupported when the blob has no section of this
+  /// agent's backend (the message names the blob's backends and this one);
   /// kTransportError when UCX rejects the address or an rkey; kInvalidArgument
   /// when the replaced peer still has transfers in flight (Wait for them or
   /// InvalidatePeer first).

@@ -23,17 +23,18 @@ void AddInfoCommand(CLI::App& app, int* exit_code) {
     for (const auto& t : caps->transports) fmt::print("  {}\n", t);
     const AgentOptions d;
     fmt::print("\nagent defaults:\n");
+    fmt::print("  backend                       {}\n", d.backend);
     fmt::print("  lanes                         {} (UCX workers, one progress thread each)\n", kDefaultLanes);
     fmt::print("  slice                         {} bytes\n", d.slice_bytes);
     fmt::print("  flow control per peer         {} operations, {} bytes in flight\n", d.max_ops_in_flight_per_peer,
                d.max_bytes_in_flight_per_peer);
     fmt::print("  write path                    {} (active messages when a peer is reachable only over TCP)\n",
                WritePathName(d.write_path));
-    fmt::print("  failure detection             {}\n",
-               d.failure_detection == PeerFailureDetection::kAuto
+    fmt::print("  ucx.failure_detection         {}\n",
+               d.ucx.failure_detection == PeerFailureDetection::kAuto
                    ? "auto (same host: process liveness; other hosts: UCX peer error handling)"
                    : "ucx-peer");
-    fmt::print("  keepalive interval            {} s\n", d.keepalive_interval_s);
+    fmt::print("  ucx.keepalive_interval_s      {} s\n", d.ucx.keepalive_interval_s);
     fmt::print("  pre-fault remote arenas       {}\n", d.prefault_remote ? "yes" : "no");
   });
 }

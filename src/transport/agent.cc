@@ -1,8 +1,8 @@
 // Agent: the public transfer API over Agent::Impl (agent_impl.h): post, test,
 // wait, cancel and release prepared transfers, wire up a peer, send and receive
-// notifications, statistics. Creation, regions, peers, preparation, the lanes
-// and the active-message protocol are in their own files (agent_impl.h lists
-// them). See include/shardwire/agent.h for the contract and docs/transport.md
+// notifications, statistics. Creation, regions, peers, preparation and the
+// lanes are in their own files (agent_impl.h lists them); the transport is the
+// backend's (backend.h). See include/shardwire/agent.h for the contract and docs/transport.md
 // for the design and measurements.
 #include "shardwire/agent.h"
 
@@ -17,7 +17,6 @@
 namespace shardwire {
 
 using transport::EncodeNotification;
-using transport::kNotifyAmId;
 
 namespace {
 
@@ -145,7 +144,7 @@ Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bo
       std::lock_guard<std::mutex> g(lane.mu);
       LaneEp& lep = peer->lanes[l];
       job->lep = &lep;
-      if (!lep.ep) job->Fail(PeerDisconnected(fmt::format("peer {} endpoint is closed", t->peer_name)));
+      if (!lep.open) job->Fail(PeerDisconnected(fmt::format("peer {} endpoint is closed", t->peer_name)));
       lane.jobs.push_back(std::move(job));
     }
     // Small single-lane transfer: issue it from this thread if the lane is not
@@ -162,11 +161,10 @@ Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bo
         // thread). Stop at the first round without progress (requests waiting
         // for a remote reply) and let the lane thread finish.
         for (int round = 0; round < kInlineRounds && !lane.jobs.empty(); ++round) {
-          const unsigned events = ucp_worker_progress(lane.worker.get());
+          const unsigned events = im.backend->Progress(l);
           if (!im.AdvanceJobs(lane) && events == 0) break;
         }
-        lane.sends.remove_if([](const Impl::PendingSend& s) { return s.done; });
-        wake = !lane.jobs.empty() || !lane.sends.empty();
+        wake = !lane.jobs.empty() || im.backend->SendsPending(l);
       }
     }
     if (wake) lane.Wake();
@@ -257,7 +255,7 @@ Status Agent::WireUp(const std::string& peer_name, double timeout_s) {
   auto pit = im.peers.find(peer_name);
   if (pit == im.peers.end()) return NotFound(fmt::format("WireUp: peer {} is not imported", peer_name));
   // An empty transfer posted on every lane: each lane's job goes straight to
-  // ucp_ep_flush_nbx, which completes only once that endpoint is wired up.
+  // the backend's flush (UCX: ucp_ep_flush_nbx, complete only once that endpoint is wired up).
   SW_ASSIGN_OR_RETURN(const TransferHandle h, PrepareTransfer(TransferOp::kWrite, peer_name, {}, std::nullopt));
   im.transfers.at(h.id)->all_lanes = true;
   im.transfers.at(h.id)->metrics = {};  // internal: not a transfer of the caller's
@@ -283,27 +281,10 @@ Status Agent::SendMessage(const std::string& peer_name, std::span<const std::byt
   {
     std::lock_guard<std::mutex> g(lane.mu);
     LaneEp& lep = peer->lanes[0];
-    if (!lep.ep) return PeerDisconnected(fmt::format("SendMessage: endpoint to {} is closed", peer_name));
-    Impl::PendingSend& s = lane.sends.emplace_back();
-    s.wire = EncodeNotification(im.options.name, payload);
-    ucp_request_param_t p{};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-    p.flags = UCP_AM_SEND_FLAG_EAGER;
-    p.cb.send = &Impl::OnMessageSent;
-    p.user_data = &s;
-    ucs_status_ptr_t req = ucp_am_send_nbx(lep.ep.get(), kNotifyAmId, nullptr, 0, s.wire.data(), s.wire.size(), &p);
-    if (req == nullptr) {
-      // Completed at once: on a shared-memory endpoint nothing is left for
-      // the lane thread, so do not wake it (it would compete for this mutex
-      // and the CPU). TCP endpoints may keep unsent bytes that need progress.
-      lane.sends.pop_back();
-      const bool any_tcp = std::any_of(peer->transports.begin(), peer->transports.end(),
-                                       [](const std::string& tr) { return tr.rfind("tcp/", 0) == 0; });
-      if (!peer->transports.empty() && !any_tcp) return Status::Ok();
-    } else if (UCS_PTR_IS_ERR(req)) {
-      lane.sends.pop_back();
-      return UcsError("ucp_am_send_nbx", UCS_PTR_STATUS(req)).WithContext("SendMessage to " + peer_name);
-    }
+    if (!lep.open) return PeerDisconnected(fmt::format("SendMessage: endpoint to {} is closed", peer_name));
+    auto wake = im.backend->SendOwned(0, lep.link, EncodeNotification(im.options.name, payload));
+    if (!wake.ok()) return wake.status().WithContext("SendMessage to " + peer_name);
+    if (!*wake) return Status::Ok();
   }
   lane.Wake();
   return Status::Ok();

@@ -3,7 +3,7 @@
 // of those files holds one concern (docs/transport.md, "Source files"):
 //   agent.cc            the public transfer API (Post, Test, Wait, Cancel, Release,
 //                       WireUp, SendMessage, notifications, stats): thin.
-//   agent_lifecycle.cc  Agent::Create (UCX context, lanes, handlers, threads), Shutdown.
+//   agent_lifecycle.cc  Agent::Create (backend, lanes, threads), Shutdown.
 //   agent_regions.cc    local regions: register, allocate arenas, deregister, export.
 //   agent_peers.cc      peers: import a blob (endpoints, rkeys, paths), invalidate,
 //                       describe, map a peer's region.
@@ -11,34 +11,36 @@
 //   prepare_transfer.cc PrepareTransfer: validate, slice, divide among lanes, pre-fault.
 //   lane_jobs.cc        the per-lane job state machine (issue, flush/fence, notify).
 //   lane_loop.cc        a lane's progress thread (progress, advance, sleep).
-//   am_handlers.cc      the active-message handlers (notifications, writes, fences).
-//   peer_failure.cc     peer failure: endpoint errors, liveness, force-close, teardown.
-// and the pure or UCX-thin helpers: am_protocol (ids, notification codec),
-// peer_liveness (/proc), endpoint_info (transports of an endpoint), lane_division,
-// strided_rows (slicing), prefault, kernel_copy, private_arena, ucx_raii.
+//   backend_events.cc   what the backend reports: messages (notifications), where a
+//                       WRITE sent as messages lands, peer failures.
+//   peer_failure.cc     peer failure: backend reports, liveness, force-close, teardown.
+// and the pure helpers: notification_codec, peer_liveness (/proc),
+// lane_division, strided_rows (slicing), prefault, kernel_copy, private_arena.
+// The transport itself is behind the backend seam (backend.h): src/transport/ucx/,
+// src/transport/inproc/. No file of the agent includes a transport's headers.
 //
 // Threads and locks
 //   * The API thread (one caller at a time) owns `peers`, `transfers` and the
 //     option values.
-//   * Each Lane owns one ucp_worker (UCS_THREAD_MODE_SERIALIZED) and runs one
-//     progress thread. Everything that touches a lane's worker, its endpoints,
-//     rkeys and jobs happens with Lane::mu held: by the lane thread, or by the
-//     API thread for endpoint creation/close, rkey unpack and SendMessage.
-//     The lane thread releases mu only while it sleeps in ppoll on the worker's
-//     event fd (armed with ucp_worker_arm) and its wake eventfd.
+//   * Each Lane has one progress context in the backend (UCX: a worker) and runs
+//     one progress thread. Every backend call naming a lane, and everything that
+//     touches a lane's links and jobs, happens with Lane::mu held: by the lane
+//     thread, or by the API thread for connecting/closing links and SendMessage.
+//     The lane thread releases mu only while it sleeps in ppoll on the backend's
+//     event fd (armed with TransportBackend::Arm) and its wake eventfd.
 //   * Impl::mu (leaf lock, never held while taking a Lane::mu) guards transfer
 //     execution state, the notification queue, peer failure records and
 //     peers_by_serial; Impl::cv is signalled on every change waiters care about.
 //   * Impl::regions_mu guards the local region table (read by lane threads when
-//     they receive active-message writes).
-//   Lock order: Lane::mu -> Impl::mu; Lane::mu -> regions_mu. UCX callbacks run
-//   with the lane's mu held (inside ucp_worker_progress).
+//     a backend asks where a WRITE sent as messages lands).
+//   Lock order: Lane::mu -> Impl::mu; Lane::mu -> regions_mu. Backend completions
+//   and events run with the lane's mu held (inside TransportBackend::Progress).
 //
 // A post becomes one Job per lane that has slices. A lane issues its job's
-// operations within the per-peer flow-control limits, then completes it with
-// ucp_ep_flush_nbx (put/get) or a fence message that the target acknowledges
-// once everything before it is in place (active-message writes). The last lane
-// to finish sends the notification, then marks the transfer done.
+// operations within the per-peer flow-control limits, then completes it with the
+// backend's Flush (UCX: ucp_ep_flush_nbx, or a fence the target acknowledges for
+// WRITEs sent as messages). The last lane to finish sends the notification, then
+// marks the transfer done.
 //
 // Internal header (src/transport); not part of the public API.
 #pragma once
@@ -63,42 +65,27 @@
 
 #include <unistd.h>
 
-#include <ucp/api/ucp.h>
-
 #include "shardwire/agent.h"
 #include "shardwire/metadata_blob.h"
-#include "transport/am_protocol.h"
 #include "transport/agent_metrics.h"
+#include "transport/backend.h"
+#include "transport/file_descriptor.h"
 #include "transport/kernel_copy.h"
+#include "transport/notification_codec.h"
 #include "transport/private_arena.h"
-#include "transport/ucx_raii.h"
 
 namespace shardwire::transport {
 
 /// The clock of every deadline and period of the agent.
 using Clock = std::chrono::steady_clock;
 
+/// Seconds a force-close of a link may take (TransportBackend::CloseLink; UCX's
+/// Endpoint::kDefaultCloseTimeoutS).
+inline constexpr double kForceCloseTimeoutS = 2.0;
+
 /// WRITEs may be kernel copies under write path `p` (kKernelCopy always; kAuto into
 /// regions this process cannot map). Pure.
 inline bool WritesMayKernelCopy(WritePath p) { return p == WritePath::kAuto || p == WritePath::kKernelCopy; }
-
-/// One unit of work of a lane: `count` rows of `length` bytes (a block of a
-/// strided descriptor, or one slice when count is 1), one flow-control credit.
-/// Built by PrepareTransfer, immutable afterwards (read by the lanes without a lock).
-struct PreparedOp {
-  std::byte* local = nullptr;
-  std::uint64_t length = 0;  // bytes per row
-  std::uint64_t remote_addr = 0;
-  std::uint64_t count = 1;          // rows
-  std::uint64_t local_stride = 0;   // bytes between rows (count > 1)
-  std::uint64_t remote_stride = 0;  // bytes between rows (count > 1)
-  ucp_mem_h memh = nullptr;
-  std::uint32_t rkey_index = 0;  // index into PeerState::regions / LaneEp::rkeys
-  AmWriteHeader am;              // header of an active-message write (stable storage)
-  bool kernel_copy = false;      // executed by process_vm_readv (READ, ReadPath) / process_vm_writev (WRITE, WritePath)
-
-  std::uint64_t bytes() const { return count * length; }
-};
 
 /// A region a peer exported (from its metadata blob): id, base address in the
 /// peer's process, length in bytes. Immutable after ImportMetadata.
@@ -108,14 +95,11 @@ struct RemoteRegion {
   std::uint64_t length = 0;
 };
 
-/// One peer's endpoint and rkeys on one lane. Guarded by that lane's mu.
-struct LaneEp {
-  Endpoint ep;
-  std::vector<Rkey> rkeys;  // by region index; destroyed before ep closes
-  // By region index: this process's address of the region's byte 0 minus the
-  // region's remote base (ucp_rkey_ptr), or nullopt when UCX cannot map it
-  // (not shared memory). Mapped regions are copied into directly (2-D memcpy).
-  std::vector<std::optional<std::intptr_t>> mapped_delta;
+/// One peer's link on one lane (BackendLink: the backend's handle and the regions
+/// it mapped here, copied into directly with a 2-D memcpy) and its flow-control
+/// accounting. Guarded by that lane's mu.
+struct LaneEp : BackendLink {
+  bool open = false;  // connected and not closed: ops may be posted on `link`
   std::uint32_t ops_in_flight = 0;
   std::uint64_t bytes_in_flight = 0;
 };
@@ -143,7 +127,7 @@ struct TransferCore {
   Status error;
   std::uint64_t seq = 0;           // post counter
   std::uint32_t lanes_pending = 0;  // lanes of the current post not yet complete
-  std::uint32_t jobs_alive = 0;     // jobs (any post) still holding UCX requests
+  std::uint32_t jobs_alive = 0;     // jobs (any post) still holding backend requests
   bool abandoned_requests = false;  // a job was abandoned with requests outstanding
   bool cancel = false;
   bool has_wire = false;
@@ -159,18 +143,13 @@ namespace shardwire {
 // The files that implement the agent (src/transport only; nothing else includes this
 // header) name the transport's internal types without their namespace.
 using transport::Clock;
-using transport::Endpoint;
+using transport::Completion;
 using transport::FileDescriptor;
 using transport::LaneEp;
-using transport::MemHandle;
 using transport::PreparedOp;
 using transport::RemoteRegion;
 using transport::TransferCore;
 using transport::TransferState;
-using transport::UcpContext;
-using transport::UcpWorker;
-using transport::UcsError;
-using transport::WorkerAddress;
 
 /// A MappedRegion's state: lane 0's mapping of one peer region, shared by every MappedRegion and
 /// Access of it. Revoked (exclusive lock, so only after every Access ended) before the rkey that
@@ -187,15 +166,20 @@ struct MappedRegion::Lease {
 
 /// The agent's state and the functions that run it (see the file comment for
 /// which file defines which, and for the threads and locks).
-struct Agent::Impl {
+struct Agent::Impl final : transport::BackendEvents {
   struct Lane;
   struct Job;
 
-  /// One issued op's flow-control accounting: the user_data of its UCX requests. Lane::mu.
-  struct OpCookie {
+  /// One issued op's flow-control accounting: the Completion of its backend requests. Lane::mu.
+  struct OpCookie : Completion {
     Job* job = nullptr;
     std::uint64_t bytes = 0;
-    std::uint64_t requests = 0;  // UCX requests of this op (one per row) not yet completed
+    std::uint64_t requests = 0;  // backend requests of this op (one per row) not yet completed
+  };
+
+  /// A Completion of one of a job's flush, acknowledgement or notification. Lane::mu.
+  struct JobCompletion : Completion {
+    Job* job = nullptr;
   };
 
   /// An imported peer: what its blob said, how this agent reaches it (per-lane endpoints,
@@ -207,12 +191,13 @@ struct Agent::Impl {
     ProcessIdentity process;
     bool same_host = false;
     bool liveness_checked = false;
-    bool ucx_error_handling = false;
+    bool ucx_error_handling = false;  // the backend reports this peer's failure itself
+    void* handle = nullptr;           // the backend's (TransportBackend::OpenPeer)
     WritePath write_path = WritePath::kPut;
     std::uint32_t remote_lanes = 0;
     std::vector<std::string> transports;
     transport::PeerProcess kernel_copy;  // valid: READs / WRITEs may be kernel copies (ReadPath, WritePath)
-    // By region index: lane 0 could map the region (ucp_rkey_ptr), i.e. a WRITE to it is a
+    // By region index: lane 0 could map the region (backend mapping), i.e. a WRITE to it is a
     // direct copy; WritePath::kAuto uses kernel copies only into regions not mapped.
     std::vector<bool> region_mapped;
     std::vector<RemoteRegion> regions;
@@ -230,16 +215,9 @@ struct Agent::Impl {
   /// peer are destroyed. Any thread; takes no lane mutex. (peer_failure.cc)
   static void RevokeLeases(PeerState& peer, const Status& why);
 
-  /// The error-callback argument of one endpoint; owned by the Impl until the
-  /// workers are gone, so a late callback never reads freed memory.
-  struct EpContext {
-    Impl* impl = nullptr;
-    std::uint64_t peer_serial = 0;
-  };
-
-  /// Where a Job is: issuing ops, waiting for its flush (put/get) or fence
-  /// acknowledgement (active-message writes), sending the notification, finished.
-  enum class Phase { kIssue, kFlushing, kFencing, kNotifying, kFinished };
+  /// Where a Job is: issuing ops, waiting for its flush (the backend's; for WRITEs
+  /// sent as messages an acknowledged fence), sending the notification, finished.
+  enum class Phase { kIssue, kFlushing, kNotifying, kFinished };
 
   /// One lane's part of one post. Owned by the lane; touched under Lane::mu.
   struct Job {
@@ -252,12 +230,12 @@ struct Agent::Impl {
     std::size_t next = 0;
     std::uint32_t ops_in_flight = 0;
     std::uint64_t bytes_in_flight = 0;
-    std::uint32_t outstanding = 0;  // UCX requests referring to this job
+    std::uint32_t outstanding = 0;  // backend requests referring to this job
     Phase phase = Phase::kIssue;
     bool flush_done = false;
-    bool fence_acked = false;
-    std::uint64_t fence_token = 0;
+    bool awaiting_ack = false;  // flush_visible is held by the backend (ForgetAck when finishing early)
     bool notify_done = false;
+    JobCompletion flush_request, flush_visible, notify;
     bool failed = false;
     Status error;
     bool lane_reported = false;  // counted out of TransferCore::lanes_pending
@@ -272,46 +250,17 @@ struct Agent::Impl {
     }
   };
 
-  /// A message with no job (SendMessage, a fence acknowledgement) until UCX sent it. Lane::mu.
-  struct PendingSend {
-    std::vector<std::byte> wire;
-    std::uint64_t header = 0;
-    bool done = false;
-  };
-
-  /// A notification arriving by rendezvous: its buffer until the receive completes. Lane::mu.
-  struct RndvRecv {
-    std::vector<std::byte> buffer;
-    bool done = false;
-    ucs_status_t status = UCS_OK;
-  };
-
-  /// A fence to acknowledge once no active-message write is being received. Lane::mu.
-  struct PendingAck {
-    ucp_ep_h reply_ep = nullptr;
-    std::uint64_t token = 0;
-  };
-
-  /// One UCX worker, its progress thread and everything it drives (see the file comment).
+  /// One lane: its progress thread and jobs; its transport context is the backend's.
   struct Lane {
     Impl* impl = nullptr;
     std::uint32_t index = 0;
-    UcpWorker worker;
-    int efd = -1;
     FileDescriptor wake;
-    WorkerAddress address;
     std::mutex mu;
     std::thread thread;
     bool stop = false;  // guarded by mu
     std::list<std::unique_ptr<Job>> jobs;
     std::vector<std::unique_ptr<Job>> abandoned;
     std::vector<std::shared_ptr<PeerState>> peers;
-    std::unordered_map<std::uint64_t, Job*> fences;
-    std::uint64_t next_token = 1;
-    std::list<PendingSend> sends;
-    std::list<RndvRecv> rndv_recvs;
-    std::uint32_t am_receiving = 0;  // active-message writes being received
-    std::deque<PendingAck> acks;
     std::uint32_t ops_limit = 1;
     std::uint64_t bytes_limit = 1;
 
@@ -323,7 +272,33 @@ struct Agent::Impl {
     }
   };
 
-  /// A region of this agent: its bytes, UCX memory handle and packed rkey, and how many
+  /// The backend's registration of a local region, released on destruction.
+  class RegionKey {
+   public:
+    RegionKey() = default;
+    RegionKey(transport::TransportBackend* b, void* key) : b_(b), key_(key) {}
+    RegionKey(RegionKey&& o) noexcept : b_(o.b_), key_(std::exchange(o.key_, nullptr)) {}
+    RegionKey& operator=(RegionKey&& o) noexcept {
+      if (this != &o) {
+        Reset();
+        b_ = o.b_;
+        key_ = std::exchange(o.key_, nullptr);
+      }
+      return *this;
+    }
+    ~RegionKey() { Reset(); }
+    void* get() const { return key_; }
+
+   private:
+    void Reset() {
+      if (key_ != nullptr) b_->ReleaseRegion(key_);
+      key_ = nullptr;
+    }
+    transport::TransportBackend* b_ = nullptr;
+    void* key_ = nullptr;
+  };
+
+  /// A region of this agent: its bytes, the backend's key and remote key, and how many
   /// prepared transfers pin it (Deregister refuses while pins > 0). Guarded by regions_mu.
   struct LocalRegion {
     RegionId id = 0;
@@ -331,16 +306,16 @@ struct Agent::Impl {
     std::size_t length = 0;
     bool arena = false;
     bool huge = false;                // private huge-page arena (ArenaMemory::kPrivateHugePages)
-    transport::PrivateMapping owned;  // its memory; declared before memh: unmapped after ucp_mem_unmap
-    MemHandle memh;
-    std::vector<std::byte> packed_rkey;
+    transport::PrivateMapping owned;  // its memory; declared before key: unmapped after the backend released it
+    RegionKey key;
+    std::vector<std::byte> remote_key;
     std::uint32_t pins = 0;
   };
 
   // ---- members ------------------------------------------------------------
   AgentOptions options;
   ProcessIdentity self;
-  UcpContext context;
+  std::unique_ptr<transport::TransportBackend> backend;  // outlives lanes' jobs and regions (Shutdown)
   std::vector<std::unique_ptr<Lane>> lanes;
 
   mutable std::mutex regions_mu;
@@ -353,7 +328,6 @@ struct Agent::Impl {
   std::unordered_map<std::uint64_t, std::shared_ptr<TransferCore>> transfers;
   std::vector<std::shared_ptr<TransferCore>> released_busy;  // kept until shutdown
   std::uint64_t next_transfer = 1;
-  std::deque<std::unique_ptr<EpContext>> ep_contexts;
 
   // Guarded by mu.
   std::mutex mu;
@@ -391,62 +365,36 @@ struct Agent::Impl {
     for (auto& l : lanes) l->Wake();
   }
 
-  // ---- job completion callbacks (lane_jobs.cc) ------------------------------
-  // UCX send callbacks of a job's requests; run inside ucp_worker_progress with
-  // the lane's mu held. `user_data` is the OpCookie (OnOpDone) or the Job.
+  // ---- job completions (lane_jobs.cc) --------------------------------------
+  // Completion::done of a job's backend requests; run inside TransportBackend
+  // calls of the job's lane (Progress, PostOp, Flush, Send) with its mu held.
 
-  /// Ends one op's flow-control accounting (job and endpoint) once its last
+  /// Ends one op's flow-control accounting (job and link) once its last
   /// request (row) completed, and returns its cookie to the job's free list.
   static void ReleaseOp(Job* j, OpCookie* c);
-  /// One request (row) of a put, get or active-message write completed; fails the job on error.
-  static void OnOpDone(void* request, ucs_status_t status, void* user_data);
-  /// The job's ucp_ep_flush_nbx completed; fails the job on error.
-  static void OnFlushDone(void* request, ucs_status_t status, void* user_data);
-  /// The job's fence message was sent (the acknowledgement comes as kFenceAckAmId).
-  static void OnFenceSent(void* request, ucs_status_t status, void* user_data);
+  /// One request (row) of an op completed; fails the job on error.
+  static void OnOpDone(Completion* c, const Status* error);
+  /// A request of the job's flush (or fence) completed; fails the job on error.
+  static void OnFlushRequestDone(Completion* c, const Status* error);
+  /// Everything the job issued is visible at the target (flush done, fence acknowledged).
+  static void OnFlushVisible(Completion* c, const Status* error);
   /// The job's notification was sent; fails the job on error.
-  static void OnNotifySent(void* request, ucs_status_t status, void* user_data);
+  static void OnNotifySent(Completion* c, const Status* error);
 
-  // ---- active-message handlers (am_handlers.cc) -----------------------------
-  // Registered per lane by Create (ucp_worker_set_am_recv_handler, arg = the
-  // Lane); run inside ucp_worker_progress with that lane's mu held.
+  // ---- backend events (backend_events.cc; BackendEvents) --------------------
 
-  /// A SendMessage or a fence acknowledgement was sent (PendingSend::done); failures are logged.
-  static void OnMessageSent(void* request, ucs_status_t status, void* user_data);
-  /// A rendezvous notification was received into its RndvRecv buffer.
-  static void OnRndvRecvDone(void* request, ucs_status_t status, std::size_t length, void* user_data);
-  /// A rendezvous active-message write was placed in its region.
-  static void OnAmWriteReceived(void* request, ucs_status_t status, std::size_t length, void* user_data);
-  /// kNotifyAmId: queues the decoded notification (eager), or starts receiving it (rendezvous).
-  static ucs_status_t OnNotification(void* arg, const void* header, std::size_t header_length, void* data,
-                                     std::size_t length, const ucp_am_recv_param_t* param);
-  /// kWriteAmId: the target side of an active-message write. Checks the destination
-  /// against the registered regions (regions_mu), then places the bytes (rendezvous:
-  /// received straight into the region; eager: one memcpy). A write outside every
-  /// region is dropped with a warning.
-  static ucs_status_t OnAmWrite(void* arg, const void* header, std::size_t header_length, void* data,
-                                std::size_t length, const ucp_am_recv_param_t* param);
-  /// kFenceAmId: queues an acknowledgement, sent by ServeAcks once no write is being received.
-  static ucs_status_t OnFence(void* arg, const void* header, std::size_t header_length, void* data,
-                              std::size_t length, const ucp_am_recv_param_t* param);
-  /// kFenceAckAmId: marks the job waiting for that token as fenced.
-  static ucs_status_t OnFenceAck(void* arg, const void* header, std::size_t header_length, void* data,
-                                 std::size_t length, const ucp_am_recv_param_t* param);
+  /// A notification arrived: decoded and queued (EnqueueNotification).
+  void OnMessage(std::uint32_t lane, const std::byte* data, std::size_t length) override;
+  /// The bytes of one of this agent's regions at `place`, or null outside every region (regions_mu).
+  std::byte* Locate(const transport::RemotePlace& place, std::size_t length) override;
+  /// Marks the peer with serial `peer_token` failed with `why` (unknown serial: nothing).
+  void OnPeerFailed(std::uint64_t peer_token, const std::string& why) override;
   /// Decodes a received notification and queues it for WaitNotification (takes mu);
   /// a malformed one is dropped with a warning. Any lane thread.
   void EnqueueNotification(const std::byte* data, std::size_t length);
-  /// Sends the queued fence acknowledgements once no active-message write is still
-  /// being received on the lane. Lane::mu held. Returns whether it sent any.
-  bool ServeAcks(Lane& lane);
-  /// Drops finished sends and queues the rendezvous notifications received. Lane::mu held.
-  void CollectReceives(Lane& lane);
 
   // ---- peer failure (peer_failure.cc) ---------------------------------------
 
-  /// UCX error callback of a PEER-mode endpoint (arg = its EpContext): marks the peer failed.
-  static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status);
-  /// Marks the peer with `serial` failed because of UCX `status` (unknown serial: nothing).
-  void MarkPeerFailed(std::uint64_t serial, ucs_status_t status);
   /// Marks `peer` failed (once; not while shutting down): its running transfers fail
   /// with kPeerDisconnected naming `why`, WaitNotification reports it once, its
   /// MappedRegions are revoked and the lanes woken to force-close its endpoints.
@@ -458,24 +406,24 @@ struct Agent::Impl {
   /// peers whose process is gone (ProcessGone, /proc).
   void CheckLiveness();
   /// Moves the lane's jobs of `peer` out of its active list, failed with `why`: into
-  /// `abandoned` when UCX may never complete their requests (the endpoint was
+  /// `abandoned` when the backend may never complete their requests (the link was
   /// force-closed), else finished. Lane::mu held.
   void DetachJobsOf(Lane& lane, PeerState* peer, const Status& why);
-  /// Force-closes `peer`'s endpoint on `lane` (after revoking its MappedRegions on
+  /// Force-closes `peer`'s link on `lane` (after revoking its MappedRegions on
   /// lane 0), lets cancellations run for up to 50 ms, detaches its jobs and
-  /// destroys its rkeys there. Lane::mu held.
+  /// releases its remote keys there. Lane::mu held.
   void CloseForced(Lane& lane, PeerState& peer, const Status& why);
   /// Force-closes the lane's endpoints of every failed peer. Lane::mu held.
   void ReapFailedPeers(Lane& lane);
-  /// Closes a peer's endpoints and destroys its rkeys on every lane. With
-  /// nothing outstanding the rkeys go first and each endpoint is closed with a
-  /// flush (ucp_rkey_destroy: "after all outstanding operations ... are flushed,
+  /// Closes a peer's links and releases its remote keys on every lane. With
+  /// nothing outstanding the keys go first and each link is closed with a flush
+  /// (UCX: ucp_rkey_destroy "after all outstanding operations ... are flushed,
   /// and before the endpoint ... is destroyed"), bounded by connect_timeout_s.
-  /// Otherwise (`force`, failure) endpoints are force-closed: UCX completes queued
-  /// requests with UCS_ERR_CANCELED; requests already waiting for a dead NONE-mode
-  /// peer may never complete, so their jobs are abandoned (kept until the worker is
-  /// destroyed) and an abandoned READ keeps its local regions pinned. Running
-  /// transfers fail with `why`. API thread; takes each Lane::mu in turn, then mu.
+  /// Otherwise (`force`, failure) links are force-closed: the backend completes
+  /// queued requests with errors; requests already waiting for a dead peer may
+  /// never complete, so their jobs are abandoned (kept until the backend stops)
+  /// and an abandoned READ keeps its local regions pinned. Running transfers fail
+  /// with `why`. API thread; takes each Lane::mu in turn, then mu.
   void TeardownPeer(const std::shared_ptr<PeerState>& peer, bool force, const Status& why);
 
   // ---- the per-lane job state machine (lane_jobs.cc; Lane::mu held) ---------
@@ -486,16 +434,16 @@ struct Agent::Impl {
   bool ReportLane(Job& j);
   /// The notification of a post ended (sent, or failed): settles the transfer.
   void SettleNotification(Job& j);
-  /// The job returned its last UCX request: declares the post done when every
+  /// The job returned its last backend request: declares the post done when every
   /// lane and the notification are, and drops finished transfers from `active`.
   void FinishJob(Job& j);
   /// Issues as many of the job's operations as the flow-control limits allow
   /// (at most kIssueBatch): kernel copies and direct copies into mapped regions
-  /// run here, the rest become UCX requests. Returns how many were handed on.
+  /// run here, the rest go to the backend (PostOp, one call per op). Returns how
+  /// many were handed on.
   std::size_t IssueOps(Lane& lane, Job& j);
-  /// Sends the job's fence (active-message writes: completes once the target
-  /// acknowledges everything before it).
-  void SendFence(Lane& lane, Job& j);
+  /// Starts the job's flush (TransportBackend::Flush; a fence for WRITEs as messages).
+  void StartFlush(Lane& lane, Job& j);
   /// Sends the post's notification on the job's endpoint.
   void SendNotification(Job& j);
   /// Advances every job of the lane through Phase. Returns whether anything happened.
@@ -504,9 +452,9 @@ struct Agent::Impl {
   // ---- the lane loop (lane_loop.cc) -----------------------------------------
 
   /// The lane's progress thread: progress, advance jobs, then sleep on the
-  /// worker's event fd and the wake eventfd (ucp_worker_arm protocol). Sleeps
+  /// backend's event fd and the wake eventfd (TransportBackend::Arm protocol). Sleeps
   /// kIdleSleep at most when idle; backs off (kMinBackoff..kMaxBackoff) only
-  /// while nothing progresses and either ucp_worker_arm reports UCS_ERR_BUSY or
+  /// while nothing progresses and either Arm reports kBusy or
   /// the event fd fires kHotWakeups times in a row without events. Returns once
   /// Lane::stop is set. Takes Lane::mu, released only while sleeping.
   void RunLane(Lane& lane);
@@ -518,8 +466,8 @@ struct Agent::Impl {
   static constexpr std::uintptr_t kPrefaultChunk = std::uintptr_t{16} << 20;
 
   /// Pre-faults, through lane `l`'s mapping of the peer's regions, the pages
-  /// lane l's ops of `t` write. The mapping lives as long as the lane's rkey,
-  /// which is destroyed (with mapped_delta cleared) only under the lane's mutex:
+  /// lane l's ops of `t` write. The mapping lives as long as the lane's remote key,
+  /// which is released (with mapped_delta cleared) only under the lane's mutex:
   /// each chunk is touched with that mutex held after checking the mapping is
   /// still there (a peer that fails meanwhile is simply not pre-faulted further).
   /// Returns the pages touched.
@@ -537,7 +485,7 @@ struct Agent::Impl {
 
   /// The prepared transfer `h`. Errors: kNotFound (unknown or released handle). API thread. (agent.cc)
   Result<std::shared_ptr<TransferCore>> FindTransfer(TransferHandle h);
-  /// Stops the lane threads, force-closes every endpoint and releases every UCX
+  /// Stops the lane threads, force-closes every link and releases every backend
   /// resource in order (requests drained for at most 100 ms per lane). Idempotent.
   /// (agent_lifecycle.cc)
   void Shutdown();

@@ -1,6 +1,6 @@
-// The agent's peers: import a metadata blob (one endpoint and the rkeys per
-// lane, the peer's transports, write path and kernel-copy handle), invalidate
-// a peer, describe it, and map one of its regions (MappedRegion).
+// The agent's peers: import a metadata blob (the backend connects one link per
+// lane; the peer's transports, write path and kernel-copy handle), invalidate a
+// peer, describe it, and map one of its regions (MappedRegion).
 #include <algorithm>
 
 #include <fmt/format.h>
@@ -8,13 +8,10 @@
 #include <spdlog/spdlog.h>
 
 #include "transport/agent_impl.h"
-#include "transport/endpoint_info.h"
 #include "transport/peer_liveness.h"
 
 namespace shardwire {
 
-using transport::EndpointTransports;
-using transport::OnlyTcp;
 using transport::ProcessGone;
 using transport::WritesMayKernelCopy;
 
@@ -22,6 +19,17 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
   SW_ASSIGN_OR_RETURN(AgentMetadata m, DecodeAgentMetadata(blob));
   Impl& im = *impl_;
   const std::string ctx = "ImportMetadata of peer " + m.name;
+  const std::string_view backend_name = im.backend->name();
+  const BackendSection* section = nullptr;
+  for (const BackendSection& s : m.sections)
+    if (s.backend == backend_name) section = &s;
+  if (section == nullptr) {
+    std::vector<std::string> offered;
+    for (const BackendSection& s : m.sections) offered.push_back(s.backend);
+    return Unsupported(fmt::format(
+        "ImportMetadata: peer {} exported a blob for backend(s) [{}]; this agent uses backend {}", m.name,
+        fmt::join(offered, ", "), backend_name));
+  }
   auto existing = im.peers.find(m.name);
   if (existing != im.peers.end() && !existing->second->failed.load()) {
     std::lock_guard<std::mutex> g(im.mu);
@@ -35,84 +43,70 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
   peer->name = m.name;
   peer->serial = im.next_peer_serial++;
   peer->process = m.process;
-  peer->remote_lanes = static_cast<std::uint32_t>(m.worker_addresses.size());
   peer->same_host = !m.process.host.empty() && m.process.host == im.self.host && m.process.pid != 0;
-  peer->liveness_checked = im.options.failure_detection == PeerFailureDetection::kAuto && peer->same_host;
-  peer->ucx_error_handling = !peer->liveness_checked;
   for (const RegionRecord& r : m.regions) {
     peer->region_index[r.id] = static_cast<std::uint32_t>(peer->regions.size());
     peer->regions.push_back({r.id, r.base, r.length});
   }
   peer->lanes.resize(im.lanes.size());
-  auto& ep_ctx = im.ep_contexts.emplace_back(std::make_unique<Impl::EpContext>());
-  ep_ctx->impl = &im;
-  ep_ctx->peer_serial = peer->serial;
+  transport::ConnectRequest request;
+  request.peer_name = m.name;
+  request.connection = section->connection;
+  request.regions = m.regions;
+  request.region_keys = section->region_keys;
+  request.process = &m.process;
+  request.same_host = peer->same_host;
+  request.peer_token = peer->serial;
+  auto opened_peer = im.backend->OpenPeer(request);
+  if (!opened_peer.ok()) return opened_peer.status().WithContext(ctx);
+  peer->handle = *opened_peer;
 
   Status failure;
   for (auto& lp : im.lanes) {
     Impl::Lane& lane = *lp;
     std::lock_guard<std::mutex> g(lane.mu);
     LaneEp& lep = peer->lanes[lane.index];
-    ucp_ep_params_t ep{};
-    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
-    ep.address =
-        reinterpret_cast<const ucp_address_t*>(m.worker_addresses[lane.index % m.worker_addresses.size()].data());
-    if (peer->liveness_checked) {
-      ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
-    } else {
-      ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
-      ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-      ep.err_handler.cb = &Impl::OnEpError;
-      ep.err_handler.arg = ep_ctx.get();
-    }
-    ucp_ep_h raw_ep = nullptr;
-    ucs_status_t st = ucp_ep_create(lane.worker.get(), &ep, &raw_ep);
-    if (st != UCS_OK) {
-      failure = UcsError("ucp_ep_create", st).WithContext(ctx);
+    failure = im.backend->ConnectLane(lane.index, peer->handle, lep);
+    if (!failure.ok()) {
+      failure = failure.WithContext(ctx);
       break;
     }
-    lep.ep = Endpoint(lane.worker.get(), raw_ep);
-    lep.rkeys.reserve(m.regions.size());
-    for (const RegionRecord& r : m.regions) {
-      ucp_rkey_h raw_rkey = nullptr;
-      st = ucp_ep_rkey_unpack(raw_ep, r.packed_rkey.data(), &raw_rkey);
-      if (st != UCS_OK) {
-        failure = UcsError(fmt::format("ucp_ep_rkey_unpack of region {}", r.id), st).WithContext(ctx);
-        break;
-      }
-      lep.rkeys.emplace_back(raw_rkey);
-      void* mapped = nullptr;
-      if (ucp_rkey_ptr(raw_rkey, r.base, &mapped) == UCS_OK && mapped != nullptr) {
-        lep.mapped_delta.emplace_back(reinterpret_cast<std::intptr_t>(mapped) - static_cast<std::intptr_t>(r.base));
-      } else {
-        lep.mapped_delta.emplace_back(std::nullopt);
-      }
-      if (lane.index == 0) peer->region_mapped.push_back(lep.mapped_delta.back().has_value());
-    }
-    if (!failure.ok()) break;
-    if (lane.index == 0) peer->transports = EndpointTransports(raw_ep);
+    lep.open = true;
+    if (lane.index == 0)
+      for (const auto& d : lep.mapped_delta) peer->region_mapped.push_back(d.has_value());
   }
   if (!failure.ok()) {
     for (auto& lp : im.lanes) {
       std::lock_guard<std::mutex> g(lp->mu);
-      peer->lanes[lp->index].mapped_delta.clear();
-      peer->lanes[lp->index].rkeys.clear();
-      peer->lanes[lp->index].ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS);
+      LaneEp& lep = peer->lanes[lp->index];
+      lep.mapped_delta.clear();
+      im.backend->ReleaseKeys(lp->index, lep.link);
+      lep.open = false;
+      im.backend->CloseLink(lp->index, lep.link, /*force=*/true, transport::kForceCloseTimeoutS);
     }
     return failure;
   }
+  transport::BackendPeer described;
+  {
+    std::lock_guard<std::mutex> g(im.lanes[0]->mu);
+    described = im.backend->DescribePeer(peer->handle);
+  }
+  peer->remote_lanes = described.remote_lanes;
+  peer->transports = std::move(described.transports);
+  peer->ucx_error_handling = described.reports_failures;
+  peer->liveness_checked = peer->same_host && !described.reports_failures;
   switch (im.options.write_path) {
     case WritePath::kAuto:
     case WritePath::kKernelCopy:  // UCX's path for what is not a kernel copy, as kAuto
-      peer->write_path = OnlyTcp(peer->transports) ? WritePath::kActiveMessage : WritePath::kPut;
+      peer->write_path = described.prefers_messages ? WritePath::kActiveMessage : WritePath::kPut;
       break;
     case WritePath::kPut:
     case WritePath::kActiveMessage:
       peer->write_path = im.options.write_path;
       break;
   }
-  if ((im.options.read_path != ReadPath::kMapped || WritesMayKernelCopy(im.options.write_path)) && peer->same_host && !peer->transports.empty() &&
-      !OnlyTcp(peer->transports)) {
+  if ((im.options.read_path != ReadPath::kMapped || WritesMayKernelCopy(im.options.write_path)) && peer->same_host &&
+      described.kernel_copy_ok) {
     std::uint64_t probe = 0;
     for (const RemoteRegion& r : peer->regions) {
       if (r.length > 0) {
@@ -201,7 +195,7 @@ Result<MappedRegion> Agent::MapPeerRegion(const std::string& peer, RegionId regi
   {
     std::lock_guard<std::mutex> g(im.lanes[0]->mu);
     const LaneEp& lep = p.lanes[0];
-    if (!lep.ep) return PeerDisconnected(fmt::format("MapPeerRegion: the connection to peer {} is closed", peer));
+    if (!lep.open) return PeerDisconnected(fmt::format("MapPeerRegion: the connection to peer {} is closed", peer));
     if (index >= lep.mapped_delta.size() || !lep.mapped_delta[index]) {
       return Unsupported(fmt::format(
           "MapPeerRegion: region {} of peer {} cannot be mapped into this process (transports [{}]; a mapping "

@@ -1,6 +1,7 @@
 // The agent's local regions: register caller memory (one region, or ranges
-// merged into few regions), allocate arenas (UCX-allocated shared memory or
-// private huge pages), deregister, and export them in the metadata blob.
+// merged into few regions), allocate arenas (backend-allocated shared memory or
+// private huge pages), deregister, and export them in the metadata blob (with
+// the backend's section).
 #include <algorithm>
 
 #include <fmt/format.h>
@@ -9,39 +10,33 @@
 
 namespace shardwire {
 
-using transport::RkeyBuffer;
+namespace {
 
-Result<std::vector<std::byte>> PackRkey(ucp_context_h ctx, ucp_mem_h memh) {
-  void* raw = nullptr;
-  std::size_t size = 0;
-  ucs_status_t st = ucp_rkey_pack(ctx, memh, &raw, &size);
-  if (st != UCS_OK) return UcsError("ucp_rkey_pack", st);
-  RkeyBuffer buffer(raw);
-  const auto* b = static_cast<const std::byte*>(raw);
-  return std::vector<std::byte>(b, b + size);
+// Files `b` (registered by the backend) as a new region of `im`: its id.
+RegionId AddRegion(Agent::Impl& im, transport::BackendRegion b, bool arena, transport::PrivateMapping owned) {
+  Agent::Impl::LocalRegion r;
+  r.key = Agent::Impl::RegionKey(im.backend.get(), b.key);
+  r.remote_key = std::move(b.remote_key);
+  r.base = b.base;
+  r.length = b.length;
+  r.arena = arena;
+  r.huge = owned.huge_pages();
+  r.owned = std::move(owned);
+  std::lock_guard<std::mutex> g(im.regions_mu);
+  r.id = im.next_region++;
+  const RegionId id = r.id;
+  im.regions.emplace(id, std::move(r));
+  return id;
 }
 
+}  // namespace
 
 Result<RegionId> Agent::RegisterMemory(void* addr, std::size_t length) {
   if (addr == nullptr) return InvalidArgument("RegisterMemory: address is null");
   if (length == 0) return InvalidArgument("RegisterMemory: length is 0");
-  ucp_mem_map_params_t p{};
-  p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
-  p.address = addr;
-  p.length = length;
-  ucp_mem_h raw = nullptr;
-  ucs_status_t st = ucp_mem_map(impl_->context.get(), &p, &raw);
-  if (st != UCS_OK) return UcsError(fmt::format("ucp_mem_map({} bytes at {})", length, addr), st);
-  Impl::LocalRegion r;
-  r.memh = MemHandle(impl_->context.get(), raw);
-  SW_ASSIGN_OR_RETURN(r.packed_rkey, PackRkey(impl_->context.get(), raw));
-  r.base = static_cast<std::byte*>(addr);
-  r.length = length;
-  std::lock_guard<std::mutex> g(impl_->regions_mu);
-  r.id = impl_->next_region++;
-  const RegionId id = r.id;
-  impl_->regions.emplace(id, std::move(r));
-  return id;
+  SW_ASSIGN_OR_RETURN(transport::BackendRegion b,
+                      impl_->backend->RegisterRegion(addr, length, fmt::format("{} bytes at {}", length, addr)));
+  return AddRegion(*impl_, std::move(b), /*arena=*/false, {});
 }
 
 Result<std::vector<Agent::RangeLocation>> Agent::RegisterRanges(std::span<const MemoryRange> ranges,
@@ -90,56 +85,16 @@ Result<RegionId> Agent::AllocateArena(std::size_t length, ArenaMemory memory) {
   if (memory == ArenaMemory::kShared) return AllocateArena(length);
   if (length == 0) return InvalidArgument("AllocateArena: length is 0");
   SW_ASSIGN_OR_RETURN(transport::PrivateMapping owned, transport::PrivateMapping::Map(length));
-  ucp_mem_map_params_t p{};
-  p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
-  p.address = owned.data();
-  p.length = length;
-  ucp_mem_h raw = nullptr;
-  ucs_status_t st = ucp_mem_map(impl_->context.get(), &p, &raw);
-  if (st != UCS_OK) return UcsError(fmt::format("ucp_mem_map(private arena, {} bytes)", length), st);
-  Impl::LocalRegion r;
-  r.memh = MemHandle(impl_->context.get(), raw);
-  SW_ASSIGN_OR_RETURN(r.packed_rkey, PackRkey(impl_->context.get(), raw));
-  r.base = owned.data();
-  r.length = length;
-  r.arena = true;
-  r.huge = owned.huge_pages();
-  r.owned = std::move(owned);
-  std::lock_guard<std::mutex> g(impl_->regions_mu);
-  r.id = impl_->next_region++;
-  const RegionId id = r.id;
-  impl_->regions.emplace(id, std::move(r));
-  return id;
+  SW_ASSIGN_OR_RETURN(transport::BackendRegion b,
+                      impl_->backend->RegisterRegion(owned.data(), length,
+                                                     fmt::format("private arena, {} bytes", length)));
+  return AddRegion(*impl_, std::move(b), /*arena=*/true, std::move(owned));
 }
 
 Result<RegionId> Agent::AllocateArena(std::size_t length) {
   if (length == 0) return InvalidArgument("AllocateArena: length is 0");
-  ucp_mem_map_params_t p{};
-  p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
-  p.address = nullptr;
-  p.length = length;
-  p.flags = UCP_MEM_MAP_ALLOCATE;
-  ucp_mem_h raw = nullptr;
-  ucs_status_t st = ucp_mem_map(impl_->context.get(), &p, &raw);
-  if (st != UCS_OK) return UcsError(fmt::format("ucp_mem_map(ALLOCATE, {} bytes)", length), st);
-  Impl::LocalRegion r;
-  r.memh = MemHandle(impl_->context.get(), raw);
-  ucp_mem_attr_t attr{};
-  attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
-  st = ucp_mem_query(raw, &attr);
-  if (st != UCS_OK) return UcsError("ucp_mem_query", st);
-  if (attr.address == nullptr || attr.length < length)
-    return Internal(fmt::format("ucp_mem_map(ALLOCATE) returned {} bytes at {} for a {}-byte request", attr.length,
-                                attr.address, length));
-  SW_ASSIGN_OR_RETURN(r.packed_rkey, PackRkey(impl_->context.get(), raw));
-  r.base = static_cast<std::byte*>(attr.address);
-  r.length = length;
-  r.arena = true;
-  std::lock_guard<std::mutex> g(impl_->regions_mu);
-  r.id = impl_->next_region++;
-  const RegionId id = r.id;
-  impl_->regions.emplace(id, std::move(r));
-  return id;
+  SW_ASSIGN_OR_RETURN(transport::BackendRegion b, impl_->backend->AllocateRegion(length));
+  return AddRegion(*impl_, std::move(b), /*arena=*/true, {});
 }
 
 std::span<std::byte> Agent::RegionBytes(RegionId id) const {
@@ -167,15 +122,17 @@ Status Agent::Deregister(RegionId id) {
 Result<std::vector<std::byte>> Agent::ExportMetadata() const {
   AgentMetadata m;
   m.name = impl_->options.name;
-  for (const auto& l : impl_->lanes) {
-    const auto* a = static_cast<const std::byte*>(l->address.data());
-    m.worker_addresses.emplace_back(a, a + l->address.size());
-  }
+  BackendSection& section = m.sections.emplace_back();
+  section.backend = std::string(impl_->backend->name());
+  section.connection = impl_->backend->ConnectionInfo();
   m.process = impl_->self;
   std::lock_guard<std::mutex> g(impl_->regions_mu);
   m.regions.reserve(impl_->regions.size());
-  for (const auto& [id, r] : impl_->regions)
-    m.regions.push_back(RegionRecord{id, reinterpret_cast<std::uint64_t>(r.base), r.length, r.packed_rkey});
+  section.region_keys.reserve(impl_->regions.size());
+  for (const auto& [id, r] : impl_->regions) {
+    m.regions.push_back(RegionRecord{id, reinterpret_cast<std::uint64_t>(r.base), r.length});
+    section.region_keys.push_back(r.remote_key);
+  }
   return EncodeAgentMetadata(m);
 }
 

@@ -1,6 +1,7 @@
 // The per-lane job state machine: a post becomes one Job per lane; the lane
 // issues its operations within the per-peer flow-control limits (IssueOps),
-// completes them with a flush (put/get) or a fence (active-message writes),
+// completes them with the backend's flush (StartFlush; UCX: a flush, or a fence
+// for WRITEs sent as messages),
 // and the last lane sends the notification (ReportLane, SendNotification),
 // then the transfer is declared done (FinishJob). Phases: Agent::Impl::Phase.
 // Everything here runs with the job's Lane::mu held (agent_impl.h).
@@ -16,9 +17,7 @@
 namespace shardwire {
 
 using transport::CopyRows;
-using transport::kFenceAmId;
-using transport::kNotifyAmId;
-using transport::kWriteAmId;
+using transport::PostCounts;
 
 namespace {
 
@@ -44,39 +43,32 @@ void Agent::Impl::ReleaseOp(Job* j, OpCookie* c) {
   j->free_cookies.push_back(static_cast<std::uint32_t>(c - j->cookies.data()));
 }
 
-void Agent::Impl::OnOpDone(void* request, ucs_status_t status, void* user_data) {
-  auto* c = static_cast<OpCookie*>(user_data);
+void Agent::Impl::OnOpDone(Completion* done, const Status* error) {
+  auto* c = static_cast<OpCookie*>(done);
   Job* j = c->job;
   --j->outstanding;
   if (--c->requests == 0) ReleaseOp(j, c);
-  if (status != UCS_OK) {
-    const char* what = j->t->op == TransferOp::kRead ? "ucp_get_nbx" : (j->t->am_write ? "ucp_am_send_nbx(write)" : "ucp_put_nbx");
-    j->Fail(UcsError(what, status));
-  }
-  ucp_request_free(request);
+  if (error != nullptr) j->Fail(*error);
 }
 
-void Agent::Impl::OnFlushDone(void* request, ucs_status_t status, void* user_data) {
-  auto* j = static_cast<Job*>(user_data);
+void Agent::Impl::OnFlushRequestDone(Completion* done, const Status* error) {
+  Job* j = static_cast<JobCompletion*>(done)->job;
   --j->outstanding;
+  if (error != nullptr) j->Fail(*error);
+}
+
+void Agent::Impl::OnFlushVisible(Completion* done, const Status* error) {
+  Job* j = static_cast<JobCompletion*>(done)->job;
+  j->awaiting_ack = false;
   j->flush_done = true;
-  if (status != UCS_OK) j->Fail(UcsError("ucp_ep_flush_nbx", status));
-  ucp_request_free(request);
+  if (error != nullptr) j->Fail(*error);
 }
 
-void Agent::Impl::OnFenceSent(void* request, ucs_status_t status, void* user_data) {
-  auto* j = static_cast<Job*>(user_data);
-  --j->outstanding;
-  if (status != UCS_OK) j->Fail(UcsError("ucp_am_send_nbx(fence)", status));
-  ucp_request_free(request);
-}
-
-void Agent::Impl::OnNotifySent(void* request, ucs_status_t status, void* user_data) {
-  auto* j = static_cast<Job*>(user_data);
+void Agent::Impl::OnNotifySent(Completion* done, const Status* error) {
+  Job* j = static_cast<JobCompletion*>(done)->job;
   --j->outstanding;
   j->notify_done = true;
-  if (status != UCS_OK) j->Fail(UcsError("ucp_am_send_nbx(notification)", status));
-  ucp_request_free(request);
+  if (error != nullptr) j->Fail(*error);
 }
 
 bool Agent::Impl::ReportLane(Job& j) {
@@ -104,7 +96,7 @@ bool Agent::Impl::ReportLane(Job& j) {
     return false;
   }
   // Success is declared by FinishJob once every job has returned all its
-  // UCX requests, so a caller woken by Wait can Post or Release at once.
+  // backend requests, so a caller woken by Wait can Post or Release at once.
   return t.has_wire;
 }
 
@@ -142,15 +134,16 @@ std::size_t Agent::Impl::IssueOps(Lane& lane, Job& j) {
   const TransferCore& t = *j.t;
   std::size_t issued = 0;
   bool copied = false;
-  std::uint64_t copy_blocks = 0, copy_bytes = 0, requests = 0, request_bytes = 0, kernel_blocks = 0, kernel_bytes = 0;
-  ucp_request_param_t p{};
+  std::uint64_t copy_blocks = 0, copy_bytes = 0, kernel_blocks = 0, kernel_bytes = 0;
+  PostCounts posted;
+  transport::TransportBackend& be = *backend;
   const std::uint64_t wall0 = ClockNs(CLOCK_MONOTONIC), cpu0 = ClockNs(CLOCK_THREAD_CPUTIME_ID);
   while (j.next < ops.size() && issued < kIssueBatch && !j.failed) {
     const PreparedOp& o = ops[j.next];
     const std::uint64_t bytes = o.bytes();
     if (o.kernel_copy) {
       // The kernel copies from / into the peer's pages (process_vm_readv /
-      // process_vm_writev): no mapping of the peer here, no UCX request, no
+      // process_vm_writev): no mapping of the peer here, no backend request, no
       // credit (ReadPath, WritePath).
       Status st =
           t.op == TransferOp::kRead
@@ -172,7 +165,7 @@ std::size_t Agent::Impl::IssueOps(Lane& lane, Job& j) {
     }
     if (!t.am_write && o.rkey_index < lep.mapped_delta.size() && lep.mapped_delta[o.rkey_index]) {
       // The peer's region is mapped here (shared memory): the one-sided
-      // move is a 2-D memcpy by this lane, no UCX request, no credit.
+      // move is a 2-D memcpy by this lane, no backend request, no credit.
       std::byte* remote = reinterpret_cast<std::byte*>(static_cast<std::intptr_t>(o.remote_addr) +
                                                        *lep.mapped_delta[o.rkey_index]);
       if (t.op == TransferOp::kRead) {
@@ -193,38 +186,15 @@ std::size_t Agent::Impl::IssueOps(Lane& lane, Job& j) {
     const std::uint32_t ci = j.free_cookies.back();
     j.free_cookies.pop_back();
     OpCookie& c = j.cookies[ci];
+    c.done = &Impl::OnOpDone;
     c.job = &j;
     c.bytes = bytes;
-    c.requests = 0;
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.cb.send = &Impl::OnOpDone;
-    p.user_data = &c;
-    if (!t.am_write) {
-      p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-      p.memh = o.memh;
-    }
-    // One request per row (active-message writes always have one row per op).
-    for (std::uint64_t r = 0; r < o.count && !j.failed; ++r) {
-      std::byte* local = o.local + r * o.local_stride;
-      const std::uint64_t remote = o.remote_addr + r * o.remote_stride;
-      ucs_status_ptr_t req;
-      if (t.op == TransferOp::kRead) {
-        req = ucp_get_nbx(lep.ep.get(), local, o.length, remote, lep.rkeys[o.rkey_index].get(), &p);
-      } else if (t.am_write) {
-        req = ucp_am_send_nbx(lep.ep.get(), kWriteAmId, &o.am, sizeof(o.am), local, o.length, &p);
-      } else {
-        req = ucp_put_nbx(lep.ep.get(), local, o.length, remote, lep.rkeys[o.rkey_index].get(), &p);
-      }
-      ++requests;
-      request_bytes += o.length;
-      if (UCS_PTR_IS_ERR(req)) {
-        j.Fail(UcsError(t.op == TransferOp::kRead ? "ucp_get_nbx" : (t.am_write ? "ucp_am_send_nbx" : "ucp_put_nbx"),
-                        UCS_PTR_STATUS(req)));
-      } else if (req != nullptr) {
-        ++c.requests;
-        ++j.outstanding;
-      }
-    }
+    Status error;
+    // One backend call per op (UCX: one request per row).
+    const std::uint32_t pending = be.PostOp(lane.index, lep.link, t.op, t.am_write, o, &c, posted, error);
+    c.requests = pending;
+    j.outstanding += pending;
+    if (!error.ok()) j.Fail(std::move(error));
     ++j.next;
     ++issued;
     if (c.requests == 0) {
@@ -241,7 +211,7 @@ std::size_t Agent::Impl::IssueOps(Lane& lane, Job& j) {
   if (copy_blocks > 0) {
     counters.direct_copy_blocks.fetch_add(copy_blocks, std::memory_order_relaxed);
     counters.direct_copy_bytes.fetch_add(copy_bytes, std::memory_order_relaxed);
-    if (requests == 0) {  // only direct copies in this batch: its time is theirs
+    if (posted.requests == 0) {  // only direct copies in this batch: its time is theirs
       counters.direct_copy_ns.fetch_add(ClockNs(CLOCK_MONOTONIC) - wall0, std::memory_order_relaxed);
       counters.direct_copy_cpu_ns.fetch_add(ClockNs(CLOCK_THREAD_CPUTIME_ID) - cpu0, std::memory_order_relaxed);
     }
@@ -249,51 +219,46 @@ std::size_t Agent::Impl::IssueOps(Lane& lane, Job& j) {
   if (kernel_blocks > 0) {
     counters.kernel_copy_blocks.fetch_add(kernel_blocks, std::memory_order_relaxed);
     counters.kernel_copy_bytes.fetch_add(kernel_bytes, std::memory_order_relaxed);
-    if (requests == 0 && copy_blocks == 0) {  // only kernel copies in this batch: its time is theirs
+    if (posted.requests == 0 && copy_blocks == 0) {  // only kernel copies in this batch: its time is theirs
       counters.kernel_copy_ns.fetch_add(ClockNs(CLOCK_MONOTONIC) - wall0, std::memory_order_relaxed);
       counters.kernel_copy_cpu_ns.fetch_add(ClockNs(CLOCK_THREAD_CPUTIME_ID) - cpu0, std::memory_order_relaxed);
     }
   }
-  if (requests > 0) {
-    counters.ucx_requests.fetch_add(requests, std::memory_order_relaxed);
-    counters.ucx_bytes.fetch_add(request_bytes, std::memory_order_relaxed);
+  if (posted.requests > 0) {
+    counters.ucx_requests.fetch_add(posted.requests, std::memory_order_relaxed);
+    counters.ucx_bytes.fetch_add(posted.bytes, std::memory_order_relaxed);
   }
   return issued;
 }
 
-void Agent::Impl::SendFence(Lane& lane, Job& j) {
-  j.fence_token = lane.next_token++;
-  lane.fences[j.fence_token] = &j;
-  ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-  p.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
-  p.cb.send = &Impl::OnFenceSent;
-  p.user_data = &j;
-  ucs_status_ptr_t req = ucp_am_send_nbx(j.lep->ep.get(), kFenceAmId, &j.fence_token, sizeof(j.fence_token),
-                                         nullptr, 0, &p);
-  if (UCS_PTR_IS_ERR(req)) {
-    lane.fences.erase(j.fence_token);
-    j.Fail(UcsError("ucp_am_send_nbx(fence)", UCS_PTR_STATUS(req)));
-  } else if (req != nullptr) {
-    ++j.outstanding;
+void Agent::Impl::StartFlush(Lane& lane, Job& j) {
+  const bool as_message = j.t->am_write && j.t->op == TransferOp::kWrite;
+  j.flush_request.job = &j;
+  j.flush_request.done = &Impl::OnFlushRequestDone;
+  j.flush_visible.job = &j;
+  j.flush_visible.done = &Impl::OnFlushVisible;
+  j.awaiting_ack = true;
+  std::uint32_t pending = 0;
+  Status st = backend->Flush(lane.index, j.lep->link, as_message, &j.flush_request, &j.flush_visible, pending);
+  j.outstanding += pending;
+  if (!st.ok()) {
+    j.awaiting_ack = false;
+    j.Fail(std::move(st));
   }
 }
 
 void Agent::Impl::SendNotification(Job& j) {
-  const std::vector<std::byte>& wire = j.t->post_wire;
-  ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-  p.flags = UCP_AM_SEND_FLAG_EAGER;
-  p.cb.send = &Impl::OnNotifySent;
-  p.user_data = &j;
-  ucs_status_ptr_t req = ucp_am_send_nbx(j.lep->ep.get(), kNotifyAmId, nullptr, 0, wire.data(), wire.size(), &p);
-  if (req == nullptr) {
+  j.notify.job = &j;
+  j.notify.done = &Impl::OnNotifySent;
+  std::uint32_t pending = 0;
+  Status st = backend->Send(j.lane->index, j.lep->link, j.t->post_wire, &j.notify, pending);
+  if (!st.ok()) {
     j.notify_done = true;
-  } else if (UCS_PTR_IS_ERR(req)) {
+    j.Fail(std::move(st));
+  } else if (pending == 0) {
     j.notify_done = true;
-    j.Fail(UcsError("ucp_am_send_nbx(notification)", UCS_PTR_STATUS(req)));
   } else {
-    ++j.outstanding;
+    j.outstanding += pending;
   }
 }
 
@@ -313,7 +278,7 @@ bool Agent::Impl::AdvanceJobs(Lane& lane) {
       j.Fail(j.peer->failure);
     }
     if (j.failed || (cancel && j.phase == Phase::kIssue)) {
-      // Stop issuing; finish once UCX has returned every request.
+      // Stop issuing; finish once the backend has returned every request.
       if (j.phase == Phase::kNotifying) {
         SettleNotification(j);
         j.phase = Phase::kFinished;
@@ -323,7 +288,10 @@ bool Agent::Impl::AdvanceJobs(Lane& lane) {
         did = true;
       }
       if (j.outstanding == 0) {
-        lane.fences.erase(j.fence_token);
+        if (j.awaiting_ack) {
+          backend->ForgetAck(lane.index, &j.flush_visible);
+          j.awaiting_ack = false;
+        }
         j.phase = Phase::kFinished;
         FinishJob(j);
         it = lane.jobs.erase(it);
@@ -337,43 +305,17 @@ bool Agent::Impl::AdvanceJobs(Lane& lane) {
       case Phase::kIssue:
         if (IssueOps(lane, j) > 0) did = true;
         if (!j.failed && j.next == j.ops->size()) {
-          if (j.t->am_write && j.t->op == TransferOp::kWrite) {
-            if (j.ops_in_flight == 0) {
-              j.phase = Phase::kFencing;
-              SendFence(lane, j);
-              did = true;
-            }
-          } else {
+          // WRITEs as messages fence only once every write was handed over (the
+          // target acknowledges what arrived before the fence).
+          if (!(j.t->am_write && j.t->op == TransferOp::kWrite) || j.ops_in_flight == 0) {
             j.phase = Phase::kFlushing;
-            ucp_request_param_t p{};
-            p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-            p.cb.send = &Impl::OnFlushDone;
-            p.user_data = &j;
-            ucs_status_ptr_t req = ucp_ep_flush_nbx(j.lep->ep.get(), &p);
-            if (req == nullptr) {
-              j.flush_done = true;
-            } else if (UCS_PTR_IS_ERR(req)) {
-              j.Fail(UcsError("ucp_ep_flush_nbx", UCS_PTR_STATUS(req)));
-            } else {
-              ++j.outstanding;
-            }
+            StartFlush(lane, j);
             did = true;
           }
         }
         break;
       case Phase::kFlushing:
         if (j.flush_done && j.ops_in_flight == 0) {
-          if (ReportLane(j)) {
-            j.phase = Phase::kNotifying;
-            SendNotification(j);
-          } else {
-            j.phase = Phase::kFinished;
-          }
-          did = true;
-        }
-        break;
-      case Phase::kFencing:
-        if (j.fence_acked) {
           if (ReportLane(j)) {
             j.phase = Phase::kNotifying;
             SendNotification(j);

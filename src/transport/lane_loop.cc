@@ -1,6 +1,7 @@
-// A lane's progress thread (Agent::Impl::RunLane): drive the lane's UCX worker,
-// reap failed peers, advance its jobs, serve fence acknowledgements, then
-// sleep on the worker's event fd and the lane's wake eventfd.
+// A lane's progress thread (Agent::Impl::RunLane): progress the backend's lane
+// (UCX: its worker), reap failed peers, advance its jobs, let the backend serve
+// what it owes (UCX: fence acknowledgements), then sleep on the backend's event
+// fd and the lane's wake eventfd.
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -15,11 +16,11 @@ namespace shardwire {
 
 namespace {
 
-// Upper bound on consecutive ucp_worker_progress calls per loop round.
+// Upper bound on consecutive TransportBackend::Progress calls per loop round.
 constexpr int kMaxProgressSpins = 64;
 // Longest sleep of an idle lane: bounds liveness checks and UCX keepalive.
 constexpr std::chrono::milliseconds kIdleSleep{100};
-// Backoff while ucp_worker_arm reports UCS_ERR_BUSY without progress (UCX has
+// Backoff while Arm reports kBusy without progress (UCX has
 // sends queued on a transport that cannot signal free space, e.g. a shared-
 // memory FIFO the peer does not drain).
 constexpr std::chrono::microseconds kMinBackoff{20};
@@ -42,42 +43,44 @@ void Agent::Impl::RunLane(Lane& lane) {
     if (::pthread_setschedparam(::pthread_self(), SCHED_BATCH, &sp) != 0)
       spdlog::debug("shardwire agent {}: SCHED_BATCH refused for lane {}", options.name, lane.index);
   }
+  transport::TransportBackend& be = *backend;
+  const int efd = be.EventFd(lane.index);
   std::unique_lock<std::mutex> lk(lane.mu);
   auto backoff = kMinBackoff;
   int hot_wakeups = 0;  // consecutive event-fd wake-ups that found nothing to do
   while (!lane.stop) {
     unsigned events = 0;
     for (int i = 0; i < kMaxProgressSpins; ++i) {
-      const unsigned n = ucp_worker_progress(lane.worker.get());
+      const unsigned n = be.Progress(lane.index);
       if (n == 0) break;
       events += n;
     }
     ReapFailedPeers(lane);
     bool did = AdvanceJobs(lane);
-    did = ServeAcks(lane) || did;
-    CollectReceives(lane);
+    did = be.Service(lane.index) || did;
     if (lane.index == 0) CheckLiveness();
     if (events != 0 || did) {
       backoff = kMinBackoff;
       hot_wakeups = 0;
       continue;
     }
-    const ucs_status_t armed = ucp_worker_arm(lane.worker.get());
+    std::string arm_error;
+    const transport::ArmResult armed = be.Arm(lane.index, arm_error);
     std::chrono::nanoseconds sleep = kIdleSleep;
     bool watch_efd = true;
-    if (armed == UCS_ERR_BUSY || hot_wakeups >= kHotWakeups) {
+    if (armed == transport::ArmResult::kBusy || hot_wakeups >= kHotWakeups) {
       // Nothing progressed, yet UCX cannot sleep (sends queued on a transport
       // that cannot signal free space) or its event fd keeps firing without
       // events (seen while a stopped peer's endpoint wires up): back off.
       sleep = backoff;
       backoff = std::min<std::chrono::microseconds>(backoff * 2, kMaxBackoff);
-      watch_efd = armed != UCS_OK ? false : hot_wakeups < kHotWakeups;
-    } else if (armed != UCS_OK) {
-      spdlog::warn("shardwire agent {}: ucp_worker_arm: {}", options.name, ucs_status_string(armed));
+      watch_efd = armed != transport::ArmResult::kArmed ? false : hot_wakeups < kHotWakeups;
+    } else if (armed != transport::ArmResult::kArmed) {
+      spdlog::warn("shardwire agent {}: {}", options.name, arm_error);
       sleep = kMaxBackoff;
     }
     lk.unlock();
-    pollfd fds[2] = {{lane.wake.get(), POLLIN, 0}, {lane.efd, POLLIN, 0}};
+    pollfd fds[2] = {{lane.wake.get(), POLLIN, 0}, {efd, POLLIN, 0}};
     timespec ts{static_cast<time_t>(sleep.count() / 1000000000), static_cast<long>(sleep.count() % 1000000000)};
     const int ready = ::ppoll(fds, watch_efd ? 2 : 1, &ts, nullptr);
     if ((fds[0].revents & POLLIN) != 0) {

@@ -10,8 +10,8 @@
 namespace shardwire {
 namespace {
 
-// Per-region fixed part: id u32, base u64, length u64, rkey_length u32.
-constexpr std::size_t kRegionFixedSize = 4 + 8 + 8 + 4;
+// Per-region fixed part: id u32, base u64, length u64.
+constexpr std::size_t kRegionFixedSize = 4 + 8 + 8;
 
 // Writes into a buffer sized up front (one allocation, no growth).
 class Writer {
@@ -73,9 +73,12 @@ class Reader {
 }  // namespace
 
 std::vector<std::byte> EncodeAgentMetadata(const AgentMetadata& m) {
-  std::size_t body = 4 + m.name.size() + 4 + 4 + m.process.host.size() + 4 + 8 + 4;
-  for (const auto& a : m.worker_addresses) body += 4 + a.size();
-  for (const RegionRecord& r : m.regions) body += kRegionFixedSize + r.packed_rkey.size();
+  std::size_t body = 4 + m.name.size() + 4 + m.process.host.size() + 4 + 8 + 4 + 4;
+  body += m.regions.size() * kRegionFixedSize;
+  for (const BackendSection& sec : m.sections) {
+    body += 4 + sec.backend.size() + 4 + sec.connection.size();
+    for (const auto& k : sec.region_keys) body += 4 + k.size();
+  }
   Writer w(kMetadataHeaderSize + body + kMetadataChecksumSize);
   w.U32(kMetadataMagic);
   w.U16(kMetadataVersion);
@@ -83,11 +86,6 @@ std::vector<std::byte> EncodeAgentMetadata(const AgentMetadata& m) {
   w.U64(body);
   w.U32(static_cast<std::uint32_t>(m.name.size()));
   w.Bytes(m.name.data(), m.name.size());
-  w.U32(static_cast<std::uint32_t>(m.worker_addresses.size()));
-  for (const auto& a : m.worker_addresses) {
-    w.U32(static_cast<std::uint32_t>(a.size()));
-    w.Bytes(a.data(), a.size());
-  }
   w.U32(static_cast<std::uint32_t>(m.process.host.size()));
   w.Bytes(m.process.host.data(), m.process.host.size());
   w.U32(m.process.pid);
@@ -97,8 +95,17 @@ std::vector<std::byte> EncodeAgentMetadata(const AgentMetadata& m) {
     w.U32(r.id);
     w.U64(r.base);
     w.U64(r.length);
-    w.U32(static_cast<std::uint32_t>(r.packed_rkey.size()));
-    w.Bytes(r.packed_rkey.data(), r.packed_rkey.size());
+  }
+  w.U32(static_cast<std::uint32_t>(m.sections.size()));
+  for (const BackendSection& sec : m.sections) {
+    w.U32(static_cast<std::uint32_t>(sec.backend.size()));
+    w.Bytes(sec.backend.data(), sec.backend.size());
+    w.U32(static_cast<std::uint32_t>(sec.connection.size()));
+    w.Bytes(sec.connection.data(), sec.connection.size());
+    for (const auto& k : sec.region_keys) {
+      w.U32(static_cast<std::uint32_t>(k.size()));
+      w.Bytes(k.data(), k.size());
+    }
   }
   w.U64(XXH64(w.out().data(), w.pos(), 0));
   return std::move(w.out());
@@ -141,18 +148,6 @@ Result<AgentMetadata> DecodeAgentMetadata(std::span<const std::byte> blob) {
   SW_ASSIGN_OR_RETURN(auto name, r.Bytes(name_len, "name length"));
   if (name.empty()) return CorruptData("metadata blob has an empty agent name");
   m.name.assign(reinterpret_cast<const char*>(name.data()), name.size());
-  SW_ASSIGN_OR_RETURN(std::uint64_t lanes, r.Int(4, "lane count field"));
-  if (lanes == 0) return CorruptData("metadata blob has no worker address (lane count 0)");
-  if (lanes > kMaxMetadataLanes)
-    return CorruptData(fmt::format("metadata blob has too many lanes: {} (at most {})", lanes, kMaxMetadataLanes));
-  if (lanes > r.left() / 4)
-    return CorruptData(fmt::format("metadata blob lane count {} overruns buffer ({} bytes left)", lanes, r.left()));
-  m.worker_addresses.reserve(static_cast<std::size_t>(lanes));
-  for (std::uint64_t i = 0; i < lanes; ++i) {
-    SW_ASSIGN_OR_RETURN(std::uint64_t addr_len, r.Int(4, "worker address length field"));
-    SW_ASSIGN_OR_RETURN(auto addr, r.Bytes(addr_len, fmt::format("lane {} worker address length", i)));
-    m.worker_addresses.emplace_back(addr.begin(), addr.end());
-  }
   SW_ASSIGN_OR_RETURN(std::uint64_t host_len, r.Int(4, "host length field"));
   SW_ASSIGN_OR_RETURN(auto host, r.Bytes(host_len, "host length"));
   m.process.host.assign(reinterpret_cast<const char*>(host.data()), host.size());
@@ -172,15 +167,45 @@ Result<AgentMetadata> DecodeAgentMetadata(std::span<const std::byte> blob) {
     rec.id = static_cast<RegionId>(id);
     SW_ASSIGN_OR_RETURN(rec.base, r.Int(8, "region base"));
     SW_ASSIGN_OR_RETURN(rec.length, r.Int(8, "region length"));
-    SW_ASSIGN_OR_RETURN(std::uint64_t rkey_len, r.Int(4, "region rkey length field"));
-    SW_ASSIGN_OR_RETURN(auto rkey, r.Bytes(rkey_len, fmt::format("region {} (index {}) rkey length", id, i)));
-    rec.packed_rkey.assign(rkey.begin(), rkey.end());
     if (!seen.insert(rec.id).second)
       return CorruptData(fmt::format("metadata blob has duplicate region id {} (index {})", rec.id, i));
-    m.regions.push_back(std::move(rec));
+    m.regions.push_back(rec);
+  }
+  SW_ASSIGN_OR_RETURN(std::uint64_t sections, r.Int(4, "section count field"));
+  if (sections == 0) return CorruptData("metadata blob has no backend section (section count 0)");
+  if (sections > kMaxMetadataSections)
+    return CorruptData(fmt::format("metadata blob has too many sections: {} (at most {})", sections,
+                                   kMaxMetadataSections));
+  for (std::uint64_t s = 0; s < sections; ++s) {
+    BackendSection sec;
+    SW_ASSIGN_OR_RETURN(std::uint64_t tag_len, r.Int(4, "backend tag length field"));
+    if (tag_len == 0) return CorruptData(fmt::format("metadata blob section {} has an empty backend tag", s));
+    if (tag_len > kMaxBackendTag)
+      return CorruptData(fmt::format("metadata blob section {}: backend tag too long ({} bytes, at most {})", s,
+                                     tag_len, kMaxBackendTag));
+    SW_ASSIGN_OR_RETURN(auto tag, r.Bytes(tag_len, fmt::format("section {} backend tag length", s)));
+    sec.backend.assign(reinterpret_cast<const char*>(tag.data()), tag.size());
+    for (const BackendSection& other : m.sections)
+      if (other.backend == sec.backend)
+        return CorruptData(fmt::format("metadata blob has a duplicate backend section \"{}\"", sec.backend));
+    SW_ASSIGN_OR_RETURN(std::uint64_t conn_len, r.Int(4, "connection length field"));
+    SW_ASSIGN_OR_RETURN(auto conn,
+                        r.Bytes(conn_len, fmt::format("section {} ({}) connection length", s, sec.backend)));
+    sec.connection.assign(conn.begin(), conn.end());
+    if (count > r.left() / 4)
+      return CorruptData(fmt::format("metadata blob section {} ({}): {} region keys overrun buffer ({} bytes left)",
+                                     s, sec.backend, count, r.left()));
+    sec.region_keys.reserve(static_cast<std::size_t>(count));
+    for (std::uint64_t i = 0; i < count; ++i) {
+      SW_ASSIGN_OR_RETURN(std::uint64_t key_len, r.Int(4, "region key length field"));
+      SW_ASSIGN_OR_RETURN(auto key, r.Bytes(key_len, fmt::format("section {} ({}) region {} key length", s,
+                                                                 sec.backend, m.regions[i].id)));
+      sec.region_keys.emplace_back(key.begin(), key.end());
+    }
+    m.sections.push_back(std::move(sec));
   }
   if (r.left() != 0)
-    return CorruptData(fmt::format("metadata blob body has {} trailing bytes after its last region", r.left()));
+    return CorruptData(fmt::format("metadata blob body has {} trailing bytes after its last section", r.left()));
   return m;
 }
 

@@ -1,6 +1,6 @@
-// Peer failure: UCX endpoint errors (PEER-mode peers), the /proc liveness check
-// of same-host peers (lane 0), marking a peer failed (its transfers fail, its
-// MappedRegions are revoked), force-closing its endpoints on every lane and
+// Peer failure: failures the backend reports (backend_events.cc), the /proc
+// liveness check of same-host peers (lane 0), marking a peer failed (its transfers
+// fail, its MappedRegions are revoked), force-closing its links on every lane and
 // tearing a peer down (InvalidatePeer, re-import). See agent_impl.h for locks.
 #include <algorithm>
 #include <thread>
@@ -31,22 +31,6 @@ void Agent::Impl::RevokeLeases(PeerState& peer, const Status& why) {
     lease->revoked = true;
     lease->why = why;
   }
-}
-
-void Agent::Impl::OnEpError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
-  auto* c = static_cast<EpContext*>(arg);
-  c->impl->MarkPeerFailed(c->peer_serial, status);
-}
-
-void Agent::Impl::MarkPeerFailed(std::uint64_t serial, ucs_status_t status) {
-  std::shared_ptr<PeerState> p;
-  {
-    std::lock_guard<std::mutex> g(mu);
-    auto it = peers_by_serial.find(serial);
-    if (it == peers_by_serial.end()) return;
-    p = it->second;
-  }
-  MarkPeerFailed(*p, fmt::format("UCX endpoint error: {}", ucs_status_string(status)));
 }
 
 void Agent::Impl::MarkPeerFailed(PeerState& peer, const std::string& why) {
@@ -99,12 +83,15 @@ void Agent::Impl::DetachJobsOf(Lane& lane, PeerState* peer, const Status& why) {
     }
     j.Fail(why);
     j.lep = nullptr;
+    if (j.awaiting_ack) {
+      backend->ForgetAck(lane.index, &j.flush_visible);
+      j.awaiting_ack = false;
+    }
     if (j.phase == Phase::kNotifying) {
       SettleNotification(j);
     } else {
       ReportLane(j);
     }
-    lane.fences.erase(j.fence_token);
     if (j.outstanding > 0) {
       {
         std::lock_guard<std::mutex> g(mu);
@@ -120,13 +107,14 @@ void Agent::Impl::DetachJobsOf(Lane& lane, PeerState* peer, const Status& why) {
 
 void Agent::Impl::CloseForced(Lane& lane, PeerState& peer, const Status& why) {
   LaneEp& lep = peer.lanes[lane.index];
-  if (!lep.ep) return;
-  // Before lane 0's rkeys (and with them the mappings MappedRegions use) go: a lane may reap a
-  // failed peer before MarkPeerFailed, on another thread, has revoked them.
+  if (!lep.open) return;
+  // Before lane 0's remote keys (and with them the mappings MappedRegions use) go: a lane may
+  // reap a failed peer before MarkPeerFailed, on another thread, has revoked them.
   if (lane.index == 0) RevokeLeases(peer, why);
-  if (!lep.ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS))
-    spdlog::warn("shardwire agent {}: force-closing endpoint to {} did not finish", options.name, peer.name);
-  // Let cancellations (UCS_ERR_CANCELED completions) run, briefly.
+  lep.open = false;
+  if (!backend->CloseLink(lane.index, lep.link, /*force=*/true, transport::kForceCloseTimeoutS))
+    spdlog::warn("shardwire agent {}: force-closing the link to {} did not finish", options.name, peer.name);
+  // Let cancellations (error completions of queued requests) run, briefly.
   const auto deadline = Clock::now() + std::chrono::milliseconds(50);
   auto busy = [&] {
     for (auto& j : lane.jobs)
@@ -134,18 +122,18 @@ void Agent::Impl::CloseForced(Lane& lane, PeerState& peer, const Status& why) {
     return false;
   };
   while (busy() && Clock::now() < deadline) {
-    if (ucp_worker_progress(lane.worker.get()) == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    if (backend->Progress(lane.index) == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
   DetachJobsOf(lane, &peer, why);
   lep.mapped_delta.clear();
-  lep.rkeys.clear();
+  backend->ReleaseKeys(lane.index, lep.link);
   lep.ops_in_flight = 0;
   lep.bytes_in_flight = 0;
 }
 
 void Agent::Impl::ReapFailedPeers(Lane& lane) {
   for (auto& p : lane.peers) {
-    if (!p->failed.load() || !p->lanes[lane.index].ep) continue;
+    if (!p->failed.load() || !p->lanes[lane.index].open) continue;
     Status why;
     {
       std::lock_guard<std::mutex> g(mu);
@@ -171,18 +159,19 @@ void Agent::Impl::TeardownPeer(const std::shared_ptr<PeerState>& peer, bool forc
     bool busy = false;
     for (auto& j : lane.jobs)
       if (j->peer == peer.get()) busy = true;
-    if (!force && !busy && !peer->failed.load() && lep.ep) {
+    if (!force && !busy && !peer->failed.load() && lep.open) {
       lep.mapped_delta.clear();
-      lep.rkeys.clear();
-      if (!lep.ep.Close(/*force=*/false, bound))
-        spdlog::warn("shardwire agent {}: closing endpoint to {} did not finish within {} s", options.name,
+      backend->ReleaseKeys(lane.index, lep.link);
+      lep.open = false;
+      if (!backend->CloseLink(lane.index, lep.link, /*force=*/false, bound))
+        spdlog::warn("shardwire agent {}: closing the link to {} did not finish within {} s", options.name,
                      peer->name, bound);
     } else {
       CloseForced(lane, *peer, why);
     }
     DetachJobsOf(lane, peer.get(), why);
     lep.mapped_delta.clear();
-    lep.rkeys.clear();
+    backend->ReleaseKeys(lane.index, lep.link);
     lane.peers.erase(std::remove(lane.peers.begin(), lane.peers.end(), peer), lane.peers.end());
   }
 }

@@ -25,7 +25,7 @@ std::uint64_t Agent::Impl::PrefaultLane(PeerState& peer, const TransferCore& t, 
   {
     std::lock_guard<std::mutex> g(lane.mu);
     const LaneEp& lep = peer.lanes[l];
-    if (!lep.ep) return 0;
+    if (!lep.open) return 0;
     for (const PreparedOp& o : t.lane_ops[l]) {
       if (o.kernel_copy) continue;  // the kernel writes the peer's pages: nothing mapped here
       if (o.rkey_index >= lep.mapped_delta.size() || !lep.mapped_delta[o.rkey_index]) continue;
@@ -40,7 +40,7 @@ std::uint64_t Agent::Impl::PrefaultLane(PeerState& peer, const TransferCore& t, 
     for (std::uintptr_t a = r.begin; a < r.end;) {
       const std::uintptr_t b = std::min(r.end, a + kPrefaultChunk);
       std::lock_guard<std::mutex> g(lane.mu);
-      if (!peer.lanes[l].ep || peer.lanes[l].mapped_delta.empty()) return pages;  // torn down meanwhile
+      if (!peer.lanes[l].open || peer.lanes[l].mapped_delta.empty()) return pages;  // torn down meanwhile
       transport::PrefaultForWrite(reinterpret_cast<void*>(a), b - a);
       pages += (b - a) / page;
       a = b;
@@ -77,13 +77,12 @@ void Agent::Impl::PrefaultRemoteReadRanges(PeerState& peer, const TransferCore& 
     {
       std::lock_guard<std::mutex> g(lp->mu);
       LaneEp& lep = peer.lanes[lp->index];
-      if (!lep.ep) continue;
+      if (!lep.open) continue;
       if (lp->index >= t.lane_ops.size()) continue;
       for (const PreparedOp& o : t.lane_ops[lp->index]) {
         if (o.kernel_copy) continue;  // the kernel reads the peer's pages: nothing mapped here
-        void* ptr = nullptr;
-        if (o.rkey_index >= lep.rkeys.size() || !lep.rkeys[o.rkey_index]) continue;
-        if (ucp_rkey_ptr(lep.rkeys[o.rkey_index].get(), o.remote_addr, &ptr) != UCS_OK || ptr == nullptr) continue;
+        if (o.rkey_index >= lep.mapped_delta.size() || !lep.mapped_delta[o.rkey_index]) continue;
+        void* ptr = reinterpret_cast<void*>(static_cast<std::intptr_t>(o.remote_addr) + *lep.mapped_delta[o.rkey_index]);
         const std::uint64_t span = o.count > 1 ? (o.count - 1) * o.remote_stride + o.length : o.length;
         ranges.emplace_back(reinterpret_cast<std::uintptr_t>(ptr), reinterpret_cast<std::uintptr_t>(ptr) + span);
       }
@@ -172,10 +171,10 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
         o.remote_stride = b.remote_stride;
         o.local = lr.base + b.local_offset;
         o.remote_addr = rr.base + b.remote_offset;
-        o.memh = lr.memh.get();
+        o.local_key = lr.key.get();
         o.rkey_index = rit->second;
-        o.am.region = d.remote_region;
-        o.am.offset = b.remote_offset;
+        o.place.region = d.remote_region;
+        o.place.offset = b.remote_offset;
         o.kernel_copy = kernel_copy;
         slices.push_back(o);
       }

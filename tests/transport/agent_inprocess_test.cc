@@ -14,6 +14,9 @@
 namespace shardwire {
 namespace {
 
+using testing::Bytes;
+using testing::Str;
+
 using testing::FillPattern;
 using testing::FirstMismatch;
 using testing::FirstNotEqual;
@@ -25,14 +28,6 @@ enum class Mem { kArena, kRegistered };
 
 std::string MemName(Mem m) { return m == Mem::kArena ? "arena" : "registered"; }
 
-std::vector<std::byte> Bytes(std::string_view s) {
-  std::vector<std::byte> b(s.size());
-  std::memcpy(b.data(), s.data(), s.size());
-  return b;
-}
-
-std::string Str(const std::vector<std::byte>& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
-
 // An agent plus one region of `length` bytes of the given kind.
 struct Side {
   std::unique_ptr<Agent> agent;
@@ -43,9 +38,9 @@ struct Side {
 };
 
 Side MakeSide(const std::string& name, Mem mem, std::size_t length,
-              PeerFailureDetection detection = PeerFailureDetection::kAuto) {
+              PeerFailureDetection detection = PeerFailureDetection::kAuto, const std::string& backend = "ucx") {
   Side s;
-  auto a = Agent::Create({.name = name, .failure_detection = detection});
+  auto a = Agent::Create({.name = name, .backend = backend, .ucx = {.failure_detection = detection}});
   EXPECT_TRUE(a.ok()) << a.status().ToString();
   if (!a.ok()) return s;
   s.agent = std::move(a).value();
@@ -121,13 +116,29 @@ void VerifyWrite(std::span<const std::byte> target, const std::vector<TransferDe
   }
 }
 
-void PrintTo(Mem m, std::ostream* os) { *os << MemName(m); }
 
-class InProcess : public ::testing::TestWithParam<Mem> {};
+// The backend-independent tests run on both backends (AgentOptions::backend).
+const std::vector<std::string> kBackends = {"ucx", "inproc"};
+
+struct BackendMem {
+  std::string backend;
+  Mem mem;
+};
+
+void PrintTo(const BackendMem& p, std::ostream* os) { *os << p.backend << "_" << MemName(p.mem); }
+
+std::vector<BackendMem> AllBackendMems() {
+  std::vector<BackendMem> out;
+  for (const auto& b : kBackends)
+    for (Mem m : {Mem::kArena, Mem::kRegistered}) out.push_back({b, m});
+  return out;
+}
+
+class InProcess : public ::testing::TestWithParam<BackendMem> {};
 
 TEST_P(InProcess, WriteIsByteExact) {
-  Side a = MakeSide("writer", GetParam(), kRegion);
-  Side b = MakeSide("target", GetParam(), kRegion);
+  Side a = MakeSide("writer", GetParam().mem, kRegion, PeerFailureDetection::kAuto, GetParam().backend);
+  Side b = MakeSide("target", GetParam().mem, kRegion, PeerFailureDetection::kAuto, GetParam().backend);
   ASSERT_TRUE(a.agent && b.agent);
   Connect(a, b);
   FillPattern(a.bytes(), 11);
@@ -141,8 +152,8 @@ TEST_P(InProcess, WriteIsByteExact) {
 }
 
 TEST_P(InProcess, ReadIsByteExact) {
-  Side a = MakeSide("reader", GetParam(), kRegion);
-  Side b = MakeSide("source", GetParam(), kRegion);
+  Side a = MakeSide("reader", GetParam().mem, kRegion, PeerFailureDetection::kAuto, GetParam().backend);
+  Side b = MakeSide("source", GetParam().mem, kRegion, PeerFailureDetection::kAuto, GetParam().backend);
   ASSERT_TRUE(a.agent && b.agent);
   Connect(a, b);
   FillPattern(b.bytes(), 23);
@@ -160,8 +171,8 @@ TEST_P(InProcess, ReadIsByteExact) {
 }
 
 TEST_P(InProcess, SamePreparedTransferPostsManyTimes) {
-  Side a = MakeSide("writer", GetParam(), kRegion);
-  Side b = MakeSide("target", GetParam(), kRegion);
+  Side a = MakeSide("writer", GetParam().mem, kRegion, PeerFailureDetection::kAuto, GetParam().backend);
+  Side b = MakeSide("target", GetParam().mem, kRegion, PeerFailureDetection::kAuto, GetParam().backend);
   ASSERT_TRUE(a.agent && b.agent);
   Connect(a, b);
   std::fill(b.bytes().begin(), b.bytes().end(), kUntouched);
@@ -183,8 +194,8 @@ TEST_P(InProcess, SamePreparedTransferPostsManyTimes) {
 }
 
 TEST_P(InProcess, NotificationArrivesOnlyAfterData) {
-  Side a = MakeSide("writer", GetParam(), kRegion);
-  Side b = MakeSide("target", GetParam(), kRegion);
+  Side a = MakeSide("writer", GetParam().mem, kRegion, PeerFailureDetection::kAuto, GetParam().backend);
+  Side b = MakeSide("target", GetParam().mem, kRegion, PeerFailureDetection::kAuto, GetParam().backend);
   ASSERT_TRUE(a.agent && b.agent);
   Connect(a, b);
   FillPattern(a.bytes(), 7);
@@ -208,8 +219,8 @@ TEST_P(InProcess, NotificationArrivesOnlyAfterData) {
   ASSERT_TRUE(PumpUntil(*a.agent, *b.agent, [&] { auto t = a.agent->Test(*h); return t.ok() && *t; }));
 }
 
-INSTANTIATE_TEST_SUITE_P(Memory, InProcess, ::testing::Values(Mem::kArena, Mem::kRegistered),
-                         [](const auto& p) { return MemName(p.param); });
+INSTANTIATE_TEST_SUITE_P(Memory, InProcess, ::testing::ValuesIn(AllBackendMems()),
+                         [](const auto& p) { return p.param.backend + "_" + MemName(p.param.mem); });
 
 
 // The target's owner never calls its agent: the target's lane threads serve
@@ -274,8 +285,15 @@ TEST(Agent, CreateRejectsBadOptions) {
   EXPECT_EQ(Agent::Create({.name = "x", .connect_timeout_s = -1}).status().code(), ErrorCode::kInvalidArgument);
 }
 
-TEST(Agent, RegistrationErrorsAndDeregister) {
-  Side a = MakeSide("a", Mem::kArena, 4096);
+// Agent tests that hold on every backend (AgentOptions::backend).
+class AgentBackends : public ::testing::TestWithParam<std::string> {};
+
+Side MakeOn(const std::string& backend, const std::string& name, Mem mem, std::size_t length) {
+  return MakeSide(name, mem, length, PeerFailureDetection::kAuto, backend);
+}
+
+TEST_P(AgentBackends, RegistrationErrorsAndDeregister) {
+  Side a = MakeOn(GetParam(), "a", Mem::kArena, 4096);
   ASSERT_TRUE(a.agent);
   EXPECT_EQ(a.agent->RegisterMemory(nullptr, 10).status().code(), ErrorCode::kInvalidArgument);
   std::vector<std::byte> buf(16);
@@ -305,11 +323,14 @@ TEST(Agent, MetadataListsEveryRegion) {
   EXPECT_EQ(m->regions[1].id, *r2);
   EXPECT_EQ(m->regions[1].base, reinterpret_cast<std::uint64_t>(buf.data()));
   EXPECT_EQ(m->regions[1].length, 8192u);
-  ASSERT_EQ(m->worker_addresses.size(), a.agent->options().lanes);
-  EXPECT_FALSE(m->worker_addresses[0].empty());
-  std::printf("[ info     ] metadata blob: %zu bytes (%zu lanes, worker address %zu, rkeys %zu + %zu bytes)\n",
-              blob->size(), m->worker_addresses.size(), m->worker_addresses[0].size(), m->regions[0].packed_rkey.size(),
-              m->regions[1].packed_rkey.size());
+  ASSERT_EQ(m->sections.size(), 1u);
+  EXPECT_EQ(m->sections[0].backend, "ucx");
+  EXPECT_FALSE(m->sections[0].connection.empty());
+  ASSERT_EQ(m->sections[0].region_keys.size(), 2u);
+  EXPECT_FALSE(m->sections[0].region_keys[0].empty());
+  std::printf("[ info     ] metadata blob: %zu bytes (%u lanes, UCX connection %zu, rkeys %zu + %zu bytes)\n",
+              blob->size(), a.agent->options().lanes, m->sections[0].connection.size(),
+              m->sections[0].region_keys[0].size(), m->sections[0].region_keys[1].size());
   // A corrupted blob is refused by ImportMetadata with the decoder's error.
   Side b = MakeSide("importer", Mem::kArena, 64);
   ASSERT_TRUE(b.agent);
@@ -318,9 +339,9 @@ TEST(Agent, MetadataListsEveryRegion) {
   EXPECT_EQ(b.agent->ImportMetadata(bad).status().code(), ErrorCode::kCorruptData);
 }
 
-TEST(Agent, OutOfRangeDescriptorIsRejectedAndNothingIsPrepared) {
-  Side a = MakeSide("writer", Mem::kRegistered, 4096);
-  Side b = MakeSide("target", Mem::kRegistered, 4096);
+TEST_P(AgentBackends, OutOfRangeDescriptorIsRejectedAndNothingIsPrepared) {
+  Side a = MakeOn(GetParam(), "writer", Mem::kRegistered, 4096);
+  Side b = MakeOn(GetParam(), "target", Mem::kRegistered, 4096);
   ASSERT_TRUE(a.agent && b.agent);
   Connect(a, b);
   std::fill(b.bytes().begin(), b.bytes().end(), kUntouched);
@@ -355,9 +376,9 @@ TEST(Agent, OutOfRangeDescriptorIsRejectedAndNothingIsPrepared) {
   EXPECT_TRUE(a.agent->Deregister(a.region).ok());
 }
 
-TEST(Agent, StandaloneMessagesIncludingLargeOnes) {
-  Side a = MakeSide("sender", Mem::kArena, 64);
-  Side b = MakeSide("receiver", Mem::kArena, 64);
+TEST_P(AgentBackends, StandaloneMessagesIncludingLargeOnes) {
+  Side a = MakeOn(GetParam(), "sender", Mem::kArena, 64);
+  Side b = MakeOn(GetParam(), "receiver", Mem::kArena, 64);
   ASSERT_TRUE(a.agent && b.agent);
   Connect(a, b);
   std::vector<std::byte> big(1 << 20);
@@ -388,9 +409,9 @@ TEST(Agent, StandaloneMessagesIncludingLargeOnes) {
   EXPECT_EQ(a.agent->SendMessage("nobody", Bytes("x")).code(), ErrorCode::kNotFound);
 }
 
-TEST(Agent, InvalidateAndReimportPeer) {
-  Side a = MakeSide("writer", Mem::kArena, 4096);
-  Side b = MakeSide("target", Mem::kArena, 4096);
+TEST_P(AgentBackends, InvalidateAndReimportPeer) {
+  Side a = MakeOn(GetParam(), "writer", Mem::kArena, 4096);
+  Side b = MakeOn(GetParam(), "target", Mem::kArena, 4096);
   ASSERT_TRUE(a.agent && b.agent);
   Connect(a, b);
   FillPattern(a.bytes(), 1);
@@ -420,6 +441,9 @@ TEST(Agent, InvalidateAndReimportPeer) {
   EXPECT_EQ(a.agent->PrepareTransfer(TransferOp::kWrite, "target", d, std::nullopt).status().code(),
             ErrorCode::kNotFound);
 }
+
+INSTANTIATE_TEST_SUITE_P(Backend, AgentBackends, ::testing::ValuesIn(kBackends),
+                         [](const auto& p) { return p.param; });
 
 }  // namespace
 }  // namespace shardwire

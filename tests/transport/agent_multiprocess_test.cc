@@ -17,6 +17,9 @@
 namespace shardwire {
 namespace {
 
+using testing::Bytes;
+using testing::Str;
+
 using testing::FillPattern;
 using testing::FirstMismatch;
 using testing::PatternByte;
@@ -38,14 +41,6 @@ std::string ParamName(const Params& p) {
   return std::string(p.mem == Mem::kArena ? "arena" : "registered") +
          (p.detection == PeerFailureDetection::kAuto ? "_auto" : "_ucxpeer");
 }
-
-std::vector<std::byte> Bytes(std::string_view s) {
-  std::vector<std::byte> b(s.size());
-  std::memcpy(b.data(), s.data(), s.size());
-  return b;
-}
-
-std::string Str(const std::vector<std::byte>& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
 
 // Several descriptors of uneven sizes that together cover the whole target
 // region exactly once; target ranges are a rotation of source ranges, so
@@ -108,7 +103,7 @@ constexpr int kSteps = 2;
 // Target process: receives kSteps posts of one prepared WRITE, verifying every
 // byte after each notification and acknowledging it.
 int TargetChild(int fd, Params p) {
-  auto agent = Agent::Create({.name = "child", .failure_detection = p.detection});
+  auto agent = Agent::Create({.name = "child", .ucx = {.failure_detection = p.detection}});
   if (!agent.ok()) return 10;
   Agent& a = **agent;
   std::vector<std::byte> owned;
@@ -161,7 +156,7 @@ TEST_P(MultiProcess, Write64MiBInSeveralDescriptorsWithNotification) {
   ASSERT_GT(pid, 0);
   const int fd = fds[0];
 
-  auto agent = Agent::Create({.name = "parent", .failure_detection = p.detection});
+  auto agent = Agent::Create({.name = "parent", .ucx = {.failure_detection = p.detection}});
   ASSERT_TRUE(agent.ok()) << agent.status().ToString();
   Agent& a = **agent;
   std::vector<std::byte> owned;
@@ -216,7 +211,7 @@ bool WaitStopped(pid_t pid, double timeout_s) {
 // SIGCONT it waits for one notification, verifies the bytes and acknowledges
 // with the notification's payload.
 int StoppingTargetChild(int fd, PeerFailureDetection detection, const std::string& name) {
-  auto agent = Agent::Create({.name = name, .failure_detection = detection});
+  auto agent = Agent::Create({.name = name, .ucx = {.failure_detection = detection}});
   if (!agent.ok()) return 10;
   Agent& a = **agent;
   std::vector<std::byte> owned;
@@ -255,7 +250,7 @@ TEST_P(StoppedTarget, InFlightRefusalsCancelAndRepost) {
   const pid_t pid = ForkChild(fds, [det](int fd) { return StoppingTargetChild(fd, det, "child"); });
   ASSERT_GT(pid, 0);
   const int fd = fds[0];
-  auto agent = Agent::Create({.name = "parent", .failure_detection = det, .write_path = UcxServedWrites(det)});
+  auto agent = Agent::Create({.name = "parent", .ucx = {.failure_detection = det}, .write_path = UcxServedWrites(det)});
   ASSERT_TRUE(agent.ok());
   Agent& a = **agent;
   std::vector<std::byte> owned;
@@ -312,7 +307,7 @@ TEST_P(StoppedTarget, InitiatorWaitReturnsWhenTargetIsKilled) {
   const pid_t pid = ForkChild(fds, [det](int fd) { return StoppingTargetChild(fd, det, "child"); });
   ASSERT_GT(pid, 0);
   const int fd = fds[0];
-  auto agent = Agent::Create({.name = "parent", .failure_detection = det, .write_path = UcxServedWrites(det)});
+  auto agent = Agent::Create({.name = "parent", .ucx = {.failure_detection = det}, .write_path = UcxServedWrites(det)});
   ASSERT_TRUE(agent.ok());
   Agent& a = **agent;
   std::vector<std::byte> owned;
@@ -354,7 +349,7 @@ TEST_P(StoppedTarget, OtherPeerUnaffectedAndReplacementReconnects) {
   const pid_t victim = ForkChild(vfds, [det](int fd) { return StoppingTargetChild(fd, det, "victim"); });
   ASSERT_GT(victim, 0);
   const pid_t healthy = ForkChild(hfds, [det](int fd) {
-    auto agent = Agent::Create({.name = "healthy", .failure_detection = det});
+    auto agent = Agent::Create({.name = "healthy", .ucx = {.failure_detection = det}});
     if (!agent.ok()) return 10;
     Agent& a = **agent;
     auto region = a.AllocateArena(kSize);
@@ -369,7 +364,7 @@ TEST_P(StoppedTarget, OtherPeerUnaffectedAndReplacementReconnects) {
   ASSERT_GT(healthy, 0);
   const pid_t replacement = ForkChild(rfds, [det](int fd) {
     if (!RecvFrame(fd, kStepTimeoutS * 2)) return 9;  // "go"
-    auto agent = Agent::Create({.name = "victim", .failure_detection = det});
+    auto agent = Agent::Create({.name = "victim", .ucx = {.failure_detection = det}});
     if (!agent.ok()) return 10;
     Agent& a = **agent;
     auto region = a.AllocateArena(kSize);
@@ -383,7 +378,7 @@ TEST_P(StoppedTarget, OtherPeerUnaffectedAndReplacementReconnects) {
   });
   ASSERT_GT(replacement, 0);
 
-  auto agent = Agent::Create({.name = "parent", .failure_detection = det, .write_path = UcxServedWrites(det)});
+  auto agent = Agent::Create({.name = "parent", .ucx = {.failure_detection = det}, .write_path = UcxServedWrites(det)});
   ASSERT_TRUE(agent.ok());
   Agent& a = **agent;
   auto region = a.AllocateArena(kSize);
@@ -456,14 +451,14 @@ TEST_P(MultiProcess, TargetWaitNotificationReturnsWhenInitiatorIsKilled) {
   const Params p = GetParam();
   int fds[2];
   const pid_t pid = ForkChild(fds, [p](int fd) {
-    auto agent = Agent::Create({.name = "child", .failure_detection = p.detection});
+    auto agent = Agent::Create({.name = "child", .ucx = {.failure_detection = p.detection}});
     if (!agent.ok()) return 10;
     if (Handshake(**agent, fd) != "parent") return 11;
     for (;;) ::pause();
   });
   ASSERT_GT(pid, 0);
   const int fd = fds[0];
-  auto agent = Agent::Create({.name = "parent", .failure_detection = p.detection});
+  auto agent = Agent::Create({.name = "parent", .ucx = {.failure_detection = p.detection}});
   ASSERT_TRUE(agent.ok());
   Agent& a = **agent;
   std::vector<std::byte> owned;

@@ -18,21 +18,15 @@
 namespace shardwire {
 namespace {
 
+using testing::Bytes;
+using testing::Str;
+
 using testing::FillPattern;
 using testing::FirstMismatch;
 using testing::PatternByte;
 
 constexpr std::byte kUntouched{0xEE};
 constexpr double kTimeoutS = 60;
-
-std::vector<std::byte> Bytes(std::string_view s) {
-  // Element-wise copy, not memcpy: for an empty string b.data() is nullptr, and memcpy
-  // with a null pointer is undefined even for length 0 (UBSan reports it).
-  std::vector<std::byte> b(s.size());
-  std::transform(s.begin(), s.end(), b.begin(), [](char c) { return static_cast<std::byte>(c); });
-  return b;
-}
-std::string Str(const std::vector<std::byte>& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
 
 struct Pair {
   std::unique_ptr<Agent> a, b;
@@ -81,6 +75,7 @@ std::size_t RssKiB() {
 struct FlowParams {
   bool arena;
   PeerFailureDetection detection;
+  std::string backend = "ucx";  // AgentOptions::backend
 };
 
 class FlowControl : public ::testing::TestWithParam<FlowParams> {};
@@ -93,7 +88,8 @@ TEST_P(FlowControl, FiftyThousandDescriptorsWithSmallWindow) {
   constexpr std::size_t kDescs = 50000, kLen = 48, kStride = 64;
   constexpr std::size_t kSize = kDescs * kStride;
   AgentOptions o;
-  o.failure_detection = fp.detection;
+  o.ucx.failure_detection = fp.detection;
+  o.backend = fp.backend;
   o.max_ops_in_flight_per_peer = 16;
   o.max_bytes_in_flight_per_peer = 256 * 1024;
   Pair p = MakePair(o, o, kSize, fp.arena);
@@ -135,10 +131,12 @@ TEST_P(FlowControl, FiftyThousandDescriptorsWithSmallWindow) {
 INSTANTIATE_TEST_SUITE_P(AgentTransfer, FlowControl,
                          ::testing::Values(FlowParams{true, PeerFailureDetection::kAuto},
                                            FlowParams{false, PeerFailureDetection::kAuto},
-                                           FlowParams{false, PeerFailureDetection::kUcxPeer}),
+                                           FlowParams{false, PeerFailureDetection::kUcxPeer},
+                                           FlowParams{false, PeerFailureDetection::kAuto, "inproc"}),
                          [](const auto& i) {
                            return std::string(i.param.arena ? "arena" : "registered") +
-                                  (i.param.detection == PeerFailureDetection::kAuto ? "_auto" : "_ucxpeer_tcp");
+                                  (i.param.detection == PeerFailureDetection::kAuto ? "_auto" : "_ucxpeer_tcp") +
+                                  (i.param.backend == "ucx" ? "" : "_" + i.param.backend);
                          });
 
 struct LaneParams {
@@ -146,6 +144,7 @@ struct LaneParams {
   std::uint32_t lanes_b;
   WritePath path;
   TransferOp op;
+  std::string backend = "ucx";  // AgentOptions::backend
 };
 
 class Lanes : public ::testing::TestWithParam<LaneParams> {};
@@ -162,6 +161,7 @@ TEST_P(Lanes, SlicedAcrossLanesIsByteExact) {
   ob.lanes = lp.lanes_b;
   oa.slice_bytes = 64 * 1024;
   oa.write_path = lp.path;
+  oa.backend = ob.backend = lp.backend;
   for (bool arena : {true, false}) {
     Pair p = MakePair(oa, ob, kSize, arena);
     ASSERT_TRUE(p.a && p.b);
@@ -213,13 +213,17 @@ INSTANTIATE_TEST_SUITE_P(AgentTransfer, Lanes,
                                            LaneParams{3, 2, WritePath::kActiveMessage, TransferOp::kWrite},
                                            LaneParams{2, 3, WritePath::kPut, TransferOp::kWrite},
                                            LaneParams{2, 2, WritePath::kAuto, TransferOp::kRead},
-                                           LaneParams{4, 2, WritePath::kAuto, TransferOp::kRead}),
+                                           LaneParams{4, 2, WritePath::kAuto, TransferOp::kRead},
+                                           LaneParams{1, 1, WritePath::kAuto, TransferOp::kWrite, "inproc"},
+                                           LaneParams{2, 3, WritePath::kAuto, TransferOp::kWrite, "inproc"},
+                                           LaneParams{4, 2, WritePath::kAuto, TransferOp::kRead, "inproc"}),
                          [](const auto& i) {
                            return std::to_string(i.param.lanes_a) + "x" + std::to_string(i.param.lanes_b) + "_" +
                                   std::string(i.param.op == TransferOp::kWrite ? "write_" : "read_") +
                                   (i.param.path == WritePath::kActiveMessage ? "am"
                                    : i.param.path == WritePath::kPut       ? "put"
-                                                                           : "auto");
+                                                                           : "auto") +
+                                  (i.param.backend == "ucx" ? "" : "_" + i.param.backend);
                          });
 
 TEST(AgentTransfer, PostCarriesItsOwnNotificationPayload) {

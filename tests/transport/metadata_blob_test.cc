@@ -8,21 +8,27 @@
 namespace shardwire {
 namespace {
 
+// Two backend sections ("ucx" with a 40-byte connection, "inproc" with 8), one
+// remote key per region in each.
 AgentMetadata Sample(int regions = 3) {
   AgentMetadata m;
   m.name = "trainer-rank-0";
-  m.worker_addresses.resize(2);
-  for (int i = 0; i < 40; ++i) m.worker_addresses[0].push_back(static_cast<std::byte>(i * 7));
-  for (int i = 0; i < 33; ++i) m.worker_addresses[1].push_back(static_cast<std::byte>(i * 5));
   m.process = {"0f1e2d3c-boot/pid:[4026531836]", 4242, 987654321};
+  BackendSection ucx{"ucx", {}, {}};
+  for (int i = 0; i < 40; ++i) ucx.connection.push_back(static_cast<std::byte>(i * 7));
+  BackendSection inproc{"inproc", std::vector<std::byte>(8, std::byte{3}), {}};
   for (int r = 0; r < regions; ++r) {
     RegionRecord rec;
     rec.id = static_cast<RegionId>(r + 1);
     rec.base = 0x7f0000000000ull + static_cast<std::uint64_t>(r) * 0x100000;
     rec.length = 4096u * static_cast<std::uint64_t>(r + 1);
-    for (int k = 0; k < 20 + r; ++k) rec.packed_rkey.push_back(static_cast<std::byte>(k + r));
     m.regions.push_back(rec);
+    std::vector<std::byte> key;
+    for (int k = 0; k < 20 + r; ++k) key.push_back(static_cast<std::byte>(k + r));
+    ucx.region_keys.push_back(key);
+    inproc.region_keys.push_back(std::vector<std::byte>(8, static_cast<std::byte>(r)));
   }
+  m.sections = {ucx, inproc};
   return m;
 }
 
@@ -46,13 +52,13 @@ void ExpectCorrupt(const std::vector<std::byte>& blob, const std::string& needle
 
 // Body offsets for Sample(): name length field at 16, name at 20.
 constexpr std::size_t kNameLenAt = kMetadataHeaderSize;
-std::size_t LaneCountAt(const AgentMetadata& m) { return kNameLenAt + 4 + m.name.size(); }
-std::size_t HostLenAt(const AgentMetadata& m) {
-  std::size_t at = LaneCountAt(m) + 4;
-  for (const auto& a : m.worker_addresses) at += 4 + a.size();
-  return at;
-}
+std::size_t HostLenAt(const AgentMetadata& m) { return kNameLenAt + 4 + m.name.size(); }
 std::size_t CountAt(const AgentMetadata& m) { return HostLenAt(m) + 4 + m.process.host.size() + 4 + 8; }
+std::size_t SectionCountAt(const AgentMetadata& m) { return CountAt(m) + 4 + 20 * m.regions.size(); }
+// The first section's tag length field, connection length field and first key length field.
+std::size_t TagLenAt(const AgentMetadata& m) { return SectionCountAt(m) + 4; }
+std::size_t ConnLenAt(const AgentMetadata& m) { return TagLenAt(m) + 4 + m.sections[0].backend.size(); }
+std::size_t FirstKeyLenAt(const AgentMetadata& m) { return ConnLenAt(m) + 4 + m.sections[0].connection.size(); }
 
 TEST(MetadataBlob, RoundTrips) {
   const AgentMetadata m = Sample();
@@ -72,12 +78,13 @@ TEST(MetadataBlob, RoundTripsWithNoRegions) {
 TEST(MetadataBlob, SizeGrowsLinearlyWithRegions) {
   AgentMetadata m = Sample(0);
   const std::size_t empty = EncodeAgentMetadata(m).size();
-  RegionRecord rec{1, 0x1000, 4096, std::vector<std::byte>(32)};
   for (int i = 0; i < 100; ++i) {
-    rec.id = static_cast<RegionId>(i + 1);
-    m.regions.push_back(rec);
+    m.regions.push_back(RegionRecord{static_cast<RegionId>(i + 1), 0x1000, 4096});
+    m.sections[0].region_keys.push_back(std::vector<std::byte>(32));
+    m.sections[1].region_keys.push_back(std::vector<std::byte>(8));
   }
-  EXPECT_EQ(EncodeAgentMetadata(m).size(), empty + 100 * (24 + 32));
+  // Per region: id, base, length (20 bytes) and in each section a u32 length and the key.
+  EXPECT_EQ(EncodeAgentMetadata(m).size(), empty + 100 * (20 + (4 + 32) + (4 + 8)));
 }
 
 TEST(MetadataBlob, TruncatedBelowHeader) {
@@ -127,29 +134,49 @@ TEST(MetadataBlob, NameLengthOverrunsBuffer) {
   ExpectCorrupt(blob, "name length 16777215 overruns");
 }
 
-TEST(MetadataBlob, AddressLengthOverrunsBuffer) {
+TEST(MetadataBlob, ConnectionLengthOverrunsBuffer) {
   const AgentMetadata m = Sample();
   auto blob = EncodeAgentMetadata(m);
-  PutLe(blob, LaneCountAt(m) + 4, 1u << 30, 4);
+  PutLe(blob, ConnLenAt(m), 1u << 30, 4);
   Reseal(blob);
-  ExpectCorrupt(blob, "lane 0 worker address length");
+  ExpectCorrupt(blob, "section 0 (ucx) connection length 1073741824 overruns");
 }
 
-TEST(MetadataBlob, LaneCountChecks) {
+TEST(MetadataBlob, SectionCountChecks) {
   const AgentMetadata m = Sample();
   auto zero = EncodeAgentMetadata(m);
-  PutLe(zero, LaneCountAt(m), 0, 4);
+  PutLe(zero, SectionCountAt(m), 0, 4);
   Reseal(zero);
-  ExpectCorrupt(zero, "no worker address");
+  ExpectCorrupt(zero, "no backend section");
   auto many = EncodeAgentMetadata(m);
-  PutLe(many, LaneCountAt(m), kMaxMetadataLanes + 1, 4);
+  PutLe(many, SectionCountAt(m), kMaxMetadataSections + 1, 4);
   Reseal(many);
-  ExpectCorrupt(many, "too many lanes");
-  AgentMetadata few = Sample();
-  few.worker_addresses.resize(1);
-  auto r = DecodeAgentMetadata(EncodeAgentMetadata(few));
+  ExpectCorrupt(many, "too many sections");
+  AgentMetadata one = Sample();
+  one.sections.resize(1);
+  auto r = DecodeAgentMetadata(EncodeAgentMetadata(one));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  EXPECT_EQ(*r, few);
+  EXPECT_EQ(*r, one);
+}
+
+TEST(MetadataBlob, BackendTagChecks) {
+  AgentMetadata empty = Sample();
+  empty.sections[0].backend.clear();
+  ExpectCorrupt(EncodeAgentMetadata(empty), "section 0 has an empty backend tag");
+  AgentMetadata dup = Sample();
+  dup.sections[1].backend = "ucx";
+  ExpectCorrupt(EncodeAgentMetadata(dup), "duplicate backend section \"ucx\"");
+  AgentMetadata longer = Sample();
+  longer.sections[1].backend = std::string(kMaxBackendTag + 1, 'b');
+  ExpectCorrupt(EncodeAgentMetadata(longer), "backend tag too long");
+}
+
+TEST(MetadataBlob, MissingRegionKeysAreTruncation) {
+  AgentMetadata m = Sample();
+  m.sections[1].region_keys.pop_back();  // one key fewer than regions in the last section
+  auto r = DecodeAgentMetadata(EncodeAgentMetadata(m));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kCorruptData);
 }
 
 // Found by fuzz/metadata_blob_fuzzer.cc: reserved flags used to be ignored,
@@ -161,10 +188,12 @@ TEST(MetadataBlob, ReservedFlagsAreRejected) {
   ExpectCorrupt(blob, "unsupported flags 0x2f00");
 }
 
-TEST(MetadataBlob, Version1IsRejected) {
+TEST(MetadataBlob, Versions1And2AreRejected) {
   auto blob = EncodeAgentMetadata(Sample());
   PutLe(blob, 4, 1, 2);
   ExpectCorrupt(blob, "unsupported version 1");
+  PutLe(blob, 4, 2, 2);
+  ExpectCorrupt(blob, "unsupported version 2");
 }
 
 TEST(MetadataBlob, HostLengthOverrunsBuffer) {
@@ -184,13 +213,12 @@ TEST(MetadataBlob, RegionCountOverrunsBuffer) {
   ExpectCorrupt(blob, "region count 1000000 overruns");
 }
 
-TEST(MetadataBlob, RkeyLengthOverrunsBuffer) {
+TEST(MetadataBlob, RegionKeyLengthOverrunsBuffer) {
   const AgentMetadata m = Sample();
   auto blob = EncodeAgentMetadata(m);
-  const std::size_t first_region = CountAt(m) + 4;
-  PutLe(blob, first_region + 20, 999999, 4);  // rkey_length of region 1
+  PutLe(blob, FirstKeyLenAt(m), 999999, 4);  // section 0's key of region 1
   Reseal(blob);
-  ExpectCorrupt(blob, "rkey length 999999 overruns");
+  ExpectCorrupt(blob, "section 0 (ucx) region 1 key length 999999 overruns");
 }
 
 TEST(MetadataBlob, DuplicateRegionId) {

@@ -14,12 +14,26 @@
 #include <functional>
 #include <optional>
 #include <span>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "shardwire/agent.h"
 
 namespace shardwire::testing {
+
+/// The bytes of `s` (a notification payload in tests).
+inline std::vector<std::byte> Bytes(std::string_view s) {
+  std::vector<std::byte> b(s.size());
+  if (!s.empty()) std::memcpy(b.data(), s.data(), s.size());
+  return b;
+}
+
+/// `b` as a string (a received payload in tests).
+inline std::string Str(const std::vector<std::byte>& b) {
+  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
 
 /// The byte expected at absolute position `i` of a pattern with `seed`,
 /// computed independently of any buffer (a splitmix64 step per 8-byte word).

@@ -1,4 +1,4 @@
-#include "transport/ucx_raii.h"
+#include "transport/ucx/ucx_raii.h"
 
 #include <unistd.h>
 
@@ -25,10 +25,6 @@ Status UcsError(std::string_view what, ucs_status_t s) {
   }
 }
 
-void FileDescriptor::Reset() {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
-}
 
 bool Endpoint::Close(bool force, double timeout_s) {
   if (ep_ == nullptr) return true;

@@ -1,5 +1,5 @@
 // Endpoint introspection (endpoint_info.h).
-#include "transport/endpoint_info.h"
+#include "transport/ucx/endpoint_info.h"
 
 #include <algorithm>
 #include <cstdio>

@@ -11,7 +11,7 @@
 #include <fmt/format.h>
 
 #include "shardwire/agent.h"
-#include "transport/ucx_raii.h"
+#include "transport/ucx/ucx_raii.h"
 
 namespace shardwire {
 

@@ -1,5 +1,5 @@
-// The notification codec of the agent's active-message protocol (am_protocol.h).
-#include "transport/am_protocol.h"
+// The notification codec (notification_codec.h).
+#include "transport/notification_codec.h"
 
 #include <cstring>
 

@@ -1,35 +1,25 @@
-// The receiving side of the agent's active-message protocol (am_protocol.h):
-// notifications (eager or rendezvous), active-message writes placed into
-// registered regions, fences and their acknowledgements, plus the send
-// callbacks of messages that belong to no job. Handlers run inside
-// ucp_worker_progress with their lane's mu held (agent_impl.h).
+// The UCX backend's receiving side: active-message handlers for notifications
+// (eager or rendezvous, delivered to BackendEvents::OnMessage), WRITEs as
+// messages (placed where BackendEvents::Locate says, after checking the
+// destination lies inside a registered region), fences and their
+// acknowledgements. Handlers run inside ucp_worker_progress with the lane's
+// mutex held (ucx_backend.h).
 #include <cstring>
 
 #include <spdlog/spdlog.h>
 
-#include "transport/agent_impl.h"
+#include "transport/ucx/ucx_backend.h"
 
-namespace shardwire {
+namespace shardwire::transport::ucx {
 
-using transport::AmWriteHeader;
-using transport::DecodeNotification;
-using transport::kFenceAckAmId;
-
-void Agent::Impl::OnMessageSent(void* request, ucs_status_t status, void* user_data) {
-  auto* s = static_cast<PendingSend*>(user_data);
-  s->done = true;
-  if (status != UCS_OK) spdlog::debug("shardwire agent: message send failed: {}", ucs_status_string(status));
-  ucp_request_free(request);
-}
-
-void Agent::Impl::OnRndvRecvDone(void* request, ucs_status_t status, std::size_t /*length*/, void* user_data) {
+void UcxBackend::OnRndvRecvDone(void* request, ucs_status_t status, std::size_t /*length*/, void* user_data) {
   auto* r = static_cast<RndvRecv*>(user_data);
   r->done = true;
   r->status = status;
   ucp_request_free(request);
 }
 
-void Agent::Impl::OnAmWriteReceived(void* request, ucs_status_t status, std::size_t /*length*/, void* user_data) {
+void UcxBackend::OnAmWriteReceived(void* request, ucs_status_t status, std::size_t /*length*/, void* user_data) {
   auto* lane = static_cast<Lane*>(user_data);
   --lane->am_receiving;
   if (status != UCS_OK)
@@ -37,15 +27,15 @@ void Agent::Impl::OnAmWriteReceived(void* request, ucs_status_t status, std::siz
   ucp_request_free(request);
 }
 
-ucs_status_t Agent::Impl::OnNotification(void* arg, const void* /*header*/, std::size_t /*header_length*/, void* data,
-                                   std::size_t length, const ucp_am_recv_param_t* param) {
+ucs_status_t UcxBackend::OnNotification(void* arg, const void* /*header*/, std::size_t /*header_length*/, void* data,
+                                        std::size_t length, const ucp_am_recv_param_t* param) {
   auto* lane = static_cast<Lane*>(arg);
   if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
     RndvRecv& r = lane->rndv_recvs.emplace_back();
     r.buffer.resize(length);
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.cb.recv_am = &Impl::OnRndvRecvDone;
+    p.cb.recv_am = &UcxBackend::OnRndvRecvDone;
     p.user_data = &r;
     ucs_status_ptr_t req = ucp_am_recv_data_nbx(lane->worker.get(), data, r.buffer.data(), length, &p);
     if (req == nullptr) {
@@ -56,27 +46,24 @@ ucs_status_t Agent::Impl::OnNotification(void* arg, const void* /*header*/, std:
     }
     return UCS_INPROGRESS;
   }
-  lane->impl->EnqueueNotification(static_cast<const std::byte*>(data), length);
+  lane->backend->events_->OnMessage(lane->index, static_cast<const std::byte*>(data), length);
   return UCS_OK;
 }
 
-ucs_status_t Agent::Impl::OnAmWrite(void* arg, const void* header, std::size_t header_length, void* data,
-                              std::size_t length, const ucp_am_recv_param_t* param) {
+ucs_status_t UcxBackend::OnAmWrite(void* arg, const void* header, std::size_t header_length, void* data,
+                                   std::size_t length, const ucp_am_recv_param_t* param) {
   auto* lane = static_cast<Lane*>(arg);
-  Impl& im = *lane->impl;
+  UcxBackend& b = *lane->backend;
   const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
   std::byte* dest = nullptr;
-  if (header_length == sizeof(AmWriteHeader)) {
-    AmWriteHeader h;
+  if (header_length == sizeof(RemotePlace)) {
+    RemotePlace h;
     std::memcpy(&h, header, sizeof(h));
-    std::lock_guard<std::mutex> g(im.regions_mu);
-    auto it = im.regions.find(h.region);
-    if (it != im.regions.end() && h.offset <= it->second.length && length <= it->second.length - h.offset)
-      dest = it->second.base + h.offset;
+    dest = b.events_->Locate(h, length);
   }
   if (dest == nullptr) {
     spdlog::warn("shardwire agent {}: rejected an active-message write of {} bytes outside every region",
-                 im.options.name, length);
+                 b.options_.name, length);
     return rndv ? UCS_ERR_INVALID_PARAM : UCS_OK;
   }
   if (!rndv) {
@@ -85,11 +72,11 @@ ucs_status_t Agent::Impl::OnAmWrite(void* arg, const void* header, std::size_t h
   }
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  p.cb.recv_am = &Impl::OnAmWriteReceived;
+  p.cb.recv_am = &UcxBackend::OnAmWriteReceived;
   p.user_data = lane;
   ucs_status_ptr_t req = ucp_am_recv_data_nbx(lane->worker.get(), data, dest, length, &p);
   if (UCS_PTR_IS_ERR(req)) {
-    spdlog::warn("shardwire agent {}: ucp_am_recv_data_nbx failed: {}", im.options.name,
+    spdlog::warn("shardwire agent {}: ucp_am_recv_data_nbx failed: {}", b.options_.name,
                  ucs_status_string(UCS_PTR_STATUS(req)));
   } else if (req != nullptr) {
     ++lane->am_receiving;
@@ -97,8 +84,8 @@ ucs_status_t Agent::Impl::OnAmWrite(void* arg, const void* header, std::size_t h
   return UCS_INPROGRESS;
 }
 
-ucs_status_t Agent::Impl::OnFence(void* arg, const void* header, std::size_t header_length, void* /*data*/,
-                            std::size_t /*length*/, const ucp_am_recv_param_t* param) {
+ucs_status_t UcxBackend::OnFence(void* arg, const void* header, std::size_t header_length, void* /*data*/,
+                                 std::size_t /*length*/, const ucp_am_recv_param_t* param) {
   auto* lane = static_cast<Lane*>(arg);
   if (header_length != sizeof(std::uint64_t) || (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0)
     return UCS_OK;
@@ -109,32 +96,22 @@ ucs_status_t Agent::Impl::OnFence(void* arg, const void* header, std::size_t hea
   return UCS_OK;
 }
 
-ucs_status_t Agent::Impl::OnFenceAck(void* arg, const void* header, std::size_t header_length, void* /*data*/,
-                               std::size_t /*length*/, const ucp_am_recv_param_t* /*param*/) {
+ucs_status_t UcxBackend::OnFenceAck(void* arg, const void* header, std::size_t header_length, void* /*data*/,
+                                    std::size_t /*length*/, const ucp_am_recv_param_t* /*param*/) {
   auto* lane = static_cast<Lane*>(arg);
   if (header_length != sizeof(std::uint64_t)) return UCS_OK;
   std::uint64_t token = 0;
   std::memcpy(&token, header, sizeof(token));
   auto it = lane->fences.find(token);
   if (it != lane->fences.end()) {
-    it->second->fence_acked = true;
+    Completion* visible = it->second;
     lane->fences.erase(it);
+    visible->done(visible, nullptr);
   }
   return UCS_OK;
 }
 
-void Agent::Impl::EnqueueNotification(const std::byte* data, std::size_t length) {
-  auto n = DecodeNotification(data, length);
-  if (!n) {
-    spdlog::warn("shardwire agent {}: dropped a malformed notification of {} bytes", options.name, length);
-    return;
-  }
-  std::lock_guard<std::mutex> g(mu);
-  notifications.push_back(std::move(*n));
-  cv.notify_all();
-}
-
-bool Agent::Impl::ServeAcks(Lane& lane) {
+bool UcxBackend::ServeAcks(Lane& lane) {
   if (lane.acks.empty() || lane.am_receiving > 0) return false;
   while (!lane.acks.empty()) {
     PendingAck a = lane.acks.front();
@@ -144,7 +121,7 @@ bool Agent::Impl::ServeAcks(Lane& lane) {
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
     p.flags = UCP_AM_SEND_FLAG_EAGER;
-    p.cb.send = &Impl::OnMessageSent;
+    p.cb.send = &UcxBackend::OnMessageSent;
     p.user_data = &s;
     ucs_status_ptr_t req = ucp_am_send_nbx(a.reply_ep, kFenceAckAmId, &s.header, sizeof(s.header), nullptr, 0, &p);
     if (req == nullptr || UCS_PTR_IS_ERR(req)) s.done = true;
@@ -152,7 +129,7 @@ bool Agent::Impl::ServeAcks(Lane& lane) {
   return true;
 }
 
-void Agent::Impl::CollectReceives(Lane& lane) {
+void UcxBackend::CollectReceives(Lane& lane) {
   lane.sends.remove_if([](const PendingSend& s) { return s.done; });
   for (auto it = lane.rndv_recvs.begin(); it != lane.rndv_recvs.end();) {
     if (!it->done) {
@@ -160,13 +137,13 @@ void Agent::Impl::CollectReceives(Lane& lane) {
       continue;
     }
     if (it->status == UCS_OK) {
-      EnqueueNotification(it->buffer.data(), it->buffer.size());
+      events_->OnMessage(lane.index, it->buffer.data(), it->buffer.size());
     } else {
-      spdlog::warn("shardwire agent {}: receiving a notification failed: {}", options.name,
+      spdlog::warn("shardwire agent {}: receiving a notification failed: {}", options_.name,
                    ucs_status_string(it->status));
     }
     it = lane.rndv_recvs.erase(it);
   }
 }
 
-}  // namespace shardwire
+}  // namespace shardwire::transport::ucx

@@ -9,7 +9,6 @@
 //   RkeyBuffer     ucp_rkey_pack          -> ucp_rkey_buffer_release
 //   Rkey           ucp_ep_rkey_unpack     -> ucp_rkey_destroy
 //   Endpoint       ucp_ep_create          -> ucp_ep_close_nbx (+ progress until done)
-//   FileDescriptor eventfd / open          -> close
 //
 // Destruction order is the owner's business: rkeys before their endpoint,
 // endpoints and addresses before their worker, memory handles and workers
@@ -25,6 +24,7 @@
 #include <utility>
 
 #include "shardwire/status.h"
+#include "transport/file_descriptor.h"
 
 namespace shardwire::transport {
 
@@ -88,29 +88,6 @@ class WorkerAddress {
   std::size_t length_ = 0;
 };
 
-/// A file descriptor of ours (e.g. a lane's wake-up eventfd); close() on
-/// destruction. Not for the UCX event fd, which UCX owns.
-class FileDescriptor {
- public:
-  FileDescriptor() = default;
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  FileDescriptor(FileDescriptor&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  FileDescriptor& operator=(FileDescriptor&& o) noexcept {
-    if (this != &o) {
-      Reset();
-      fd_ = std::exchange(o.fd_, -1);
-    }
-    return *this;
-  }
-  ~FileDescriptor() { Reset(); }
-  int get() const { return fd_; }
-  explicit operator bool() const { return fd_ >= 0; }
-
- private:
-  void Reset();
-  int fd_ = -1;
-};
-
 /// A registered (or UCX-allocated) memory region.
 class MemHandle {
  public:
@@ -127,6 +104,8 @@ class MemHandle {
   }
   ~MemHandle() { Reset(); }
   ucp_mem_h get() const { return memh_; }
+  /// Gives up ownership: the caller unmaps the handle (e.g. by wrapping it again).
+  ucp_mem_h release() { return std::exchange(memh_, nullptr); }
 
  private:
   void Reset() {

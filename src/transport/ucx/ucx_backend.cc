@@ -1,0 +1,134 @@
+// The UCX backend's life: the context and one worker (event fd, address,
+// active-message handlers) per lane, progress and the ucp_worker_arm protocol,
+// and the ordered release of everything at shutdown.
+#include "transport/ucx/ucx_backend.h"
+#include "transport/ucx/ucx_factory.h"
+
+#include <cmath>
+#include <cstdlib>
+
+#include <fmt/format.h>
+
+namespace shardwire::transport::ucx {
+
+Result<std::unique_ptr<TransportBackend>> UcxBackend::Make(const AgentOptions& options) {
+  const std::string ctx = "Agent::Create " + options.name;
+  if (!(options.ucx.keepalive_interval_s >= 0))
+    return InvalidArgument(
+        fmt::format("Agent::Create: ucx.keepalive_interval_s {} is negative or NaN", options.ucx.keepalive_interval_s));
+  std::unique_ptr<UcxBackend> b(new UcxBackend());
+  b->options_ = options;
+  ucp_config_t* raw_config = nullptr;
+  ucs_status_t st = ucp_config_read(nullptr, nullptr, &raw_config);
+  if (st != UCS_OK) return UcsError("ucp_config_read", st).WithContext(ctx);
+  UcpConfig config(raw_config);
+  if (options.ucx.keepalive_interval_s > 0 && std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr) {
+    const auto ms = std::max<long long>(1, std::llround(options.ucx.keepalive_interval_s * 1000.0));
+    st = ucp_config_modify(config.get(), "KEEPALIVE_INTERVAL", fmt::format("{}ms", ms).c_str());
+    if (st != UCS_OK) return UcsError("ucp_config_modify(KEEPALIVE_INTERVAL)", st).WithContext(ctx);
+  }
+
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+  params.name = b->options_.name.c_str();
+  params.mt_workers_shared = 1;  // lanes' workers are driven by different threads
+  ucp_context_h raw_context = nullptr;
+  st = ucp_init(&params, config.get(), &raw_context);
+  if (st != UCS_OK) return UcsError("ucp_init", st).WithContext(ctx);
+  b->context_.reset(raw_context);
+
+  for (std::uint32_t i = 0; i < options.lanes; ++i) {
+    auto lane = std::make_unique<Lane>();
+    lane->backend = b.get();
+    lane->index = i;
+    ucp_worker_params_t wparams{};
+    wparams.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    wparams.thread_mode = UCS_THREAD_MODE_SERIALIZED;
+    ucp_worker_h raw_worker = nullptr;
+    st = ucp_worker_create(b->context_.get(), &wparams, &raw_worker);
+    if (st != UCS_OK) return UcsError("ucp_worker_create", st).WithContext(ctx);
+    lane->worker.reset(raw_worker);
+    st = ucp_worker_get_efd(raw_worker, &lane->efd);
+    if (st != UCS_OK) return UcsError("ucp_worker_get_efd", st).WithContext(ctx);
+    ucp_address_t* raw_address = nullptr;
+    std::size_t address_length = 0;
+    st = ucp_worker_get_address(raw_worker, &raw_address, &address_length);
+    if (st != UCS_OK) return UcsError("ucp_worker_get_address", st).WithContext(ctx);
+    lane->address = WorkerAddress(raw_worker, raw_address, address_length);
+    struct Handler {
+      unsigned id;
+      ucp_am_recv_callback_t cb;
+      std::uint32_t flags;
+    };
+    const Handler handlers[] = {{kNotifyAmId, &UcxBackend::OnNotification, UCP_AM_FLAG_WHOLE_MSG},
+                                {kWriteAmId, &UcxBackend::OnAmWrite, UCP_AM_FLAG_WHOLE_MSG},
+                                {kFenceAmId, &UcxBackend::OnFence, UCP_AM_FLAG_WHOLE_MSG},
+                                {kFenceAckAmId, &UcxBackend::OnFenceAck, UCP_AM_FLAG_WHOLE_MSG}};
+    for (const Handler& h : handlers) {
+      ucp_am_handler_param_t am{};
+      am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                      UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+      am.id = h.id;
+      am.flags = h.flags;
+      am.cb = h.cb;
+      am.arg = lane.get();
+      st = ucp_worker_set_am_recv_handler(raw_worker, &am);
+      if (st != UCS_OK) return UcsError("ucp_worker_set_am_recv_handler", st).WithContext(ctx);
+    }
+    b->lanes_.push_back(std::move(lane));
+  }
+  return std::unique_ptr<TransportBackend>(std::move(b));
+}
+
+UcxBackend::~UcxBackend() {
+  StopLanes();
+  context_.reset();  // after every memory handle (the agent released its regions first)
+}
+
+unsigned UcxBackend::Progress(std::uint32_t lane) { return ucp_worker_progress(lanes_[lane]->worker.get()); }
+
+bool UcxBackend::Service(std::uint32_t lane) {
+  Lane& l = *lanes_[lane];
+  const bool did = ServeAcks(l);
+  CollectReceives(l);
+  return did;
+}
+
+int UcxBackend::EventFd(std::uint32_t lane) { return lanes_[lane]->efd; }
+
+ArmResult UcxBackend::Arm(std::uint32_t lane, std::string& error) {
+  const ucs_status_t armed = ucp_worker_arm(lanes_[lane]->worker.get());
+  if (armed == UCS_OK) return ArmResult::kArmed;
+  if (armed == UCS_ERR_BUSY) return ArmResult::kBusy;
+  error = fmt::format("ucp_worker_arm: {}", ucs_status_string(armed));
+  return ArmResult::kError;
+}
+
+void UcxBackend::StopLanes() {
+  for (auto& p : peers_) {
+    for (Link& link : p->links) {
+      link.rkeys.clear();
+      link.ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS);
+    }
+  }
+  for (auto& l : lanes_) {
+    l->address = WorkerAddress();
+    l->worker.reset();  // may complete leftover requests; the agent's jobs are still alive
+    l->sends.clear();
+    l->rndv_recvs.clear();
+    l->fences.clear();
+  }
+  lanes_.clear();
+  peers_.clear();
+}
+
+}  // namespace shardwire::transport::ucx
+
+namespace shardwire::transport::ucx {
+
+Result<std::unique_ptr<TransportBackend>> MakeUcxBackend(const AgentOptions& options) {
+  return UcxBackend::Make(options);
+}
+
+}  // namespace shardwire::transport::ucx

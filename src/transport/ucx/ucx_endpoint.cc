@@ -1,0 +1,148 @@
+// The UCX backend's connections: its section of the metadata blob (one worker
+// address per lane), endpoints per peer and lane (lane i connects to the peer's
+// lane i mod its lane count; error handling mode from AgentOptions::ucx),
+// rkeys and the mappings UCX offers for them (ucp_rkey_ptr), endpoint errors
+// (PEER mode) and closing.
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "transport/ucx/endpoint_info.h"
+#include "transport/ucx/ucx_backend.h"
+
+namespace shardwire::transport::ucx {
+
+namespace {
+
+void PutU32(std::vector<std::byte>& out, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<std::byte>((v >> (8 * i)) & 0xFF));
+}
+
+bool GetU32(std::span<const std::byte> in, std::size_t& at, std::uint32_t& v) {
+  if (in.size() - at < 4) return false;
+  v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(in[at + i]) << (8 * i);
+  at += 4;
+  return true;
+}
+
+}  // namespace
+
+std::vector<std::byte> EncodeUcxSection(const std::vector<std::vector<std::byte>>& addresses) {
+  std::vector<std::byte> out;
+  PutU32(out, static_cast<std::uint32_t>(addresses.size()));
+  for (const auto& a : addresses) {
+    PutU32(out, static_cast<std::uint32_t>(a.size()));
+    out.insert(out.end(), a.begin(), a.end());
+  }
+  return out;
+}
+
+Result<std::vector<std::vector<std::byte>>> DecodeUcxSection(std::span<const std::byte> section) {
+  std::size_t at = 0;
+  std::uint32_t lanes = 0;
+  if (!GetU32(section, at, lanes)) return CorruptData("UCX section: truncated (no lane count)");
+  if (lanes == 0) return CorruptData("UCX section: no worker address");
+  if (lanes > kMaxLanes) return CorruptData(fmt::format("UCX section: too many lanes ({}, at most {})", lanes, kMaxLanes));
+  std::vector<std::vector<std::byte>> out(lanes);
+  for (std::uint32_t i = 0; i < lanes; ++i) {
+    std::uint32_t length = 0;
+    if (!GetU32(section, at, length) || section.size() - at < length)
+      return CorruptData(fmt::format("UCX section: worker address {} overruns the section", i));
+    out[i].assign(section.begin() + static_cast<std::ptrdiff_t>(at),
+                  section.begin() + static_cast<std::ptrdiff_t>(at + length));
+    at += length;
+  }
+  if (at != section.size()) return CorruptData("UCX section: trailing bytes");
+  return out;
+}
+
+std::vector<std::byte> UcxBackend::ConnectionInfo() {
+  std::vector<std::vector<std::byte>> addresses;
+  for (const auto& l : lanes_) {
+    const auto* a = static_cast<const std::byte*>(l->address.data());
+    addresses.emplace_back(a, a + l->address.size());
+  }
+  return EncodeUcxSection(addresses);
+}
+
+Result<void*> UcxBackend::OpenPeer(const ConnectRequest& request) {
+  SW_ASSIGN_OR_RETURN(auto addresses, DecodeUcxSection(request.connection));
+  auto& p = peers_.emplace_back(std::make_unique<Peer>());
+  p->backend = this;
+  p->token = request.peer_token;
+  p->name = std::string(request.peer_name);
+  p->peer_mode = !(options_.ucx.failure_detection == PeerFailureDetection::kAuto && request.same_host);
+  p->addresses = std::move(addresses);
+  p->regions.assign(request.regions.begin(), request.regions.end());
+  p->region_keys.assign(request.region_keys.begin(), request.region_keys.end());
+  p->links.resize(lanes_.size());
+  return static_cast<void*>(p.get());
+}
+
+Status UcxBackend::ConnectLane(std::uint32_t lane, void* peer, BackendLink& out) {
+  auto* p = static_cast<Peer*>(peer);
+  Lane& l = *lanes_[lane];
+  Link& link = p->links[lane];
+  link.peer = p;
+  out.link = &link;
+  ucp_ep_params_t ep{};
+  ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+  ep.address = reinterpret_cast<const ucp_address_t*>(p->addresses[lane % p->addresses.size()].data());
+  if (!p->peer_mode) {
+    ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+  } else {
+    ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    ep.err_handler.cb = &UcxBackend::OnEpError;
+    ep.err_handler.arg = p;
+  }
+  ucp_ep_h raw_ep = nullptr;
+  ucs_status_t st = ucp_ep_create(l.worker.get(), &ep, &raw_ep);
+  if (st != UCS_OK) return UcsError("ucp_ep_create", st);
+  link.ep = Endpoint(l.worker.get(), raw_ep);
+  link.rkeys.reserve(p->regions.size());
+  for (std::size_t i = 0; i < p->regions.size(); ++i) {
+    const RegionRecord& r = p->regions[i];
+    ucp_rkey_h raw_rkey = nullptr;
+    st = ucp_ep_rkey_unpack(raw_ep, p->region_keys[i].data(), &raw_rkey);
+    if (st != UCS_OK) return UcsError(fmt::format("ucp_ep_rkey_unpack of region {}", r.id), st);
+    link.rkeys.emplace_back(raw_rkey);
+    void* mapped = nullptr;
+    if (ucp_rkey_ptr(raw_rkey, r.base, &mapped) == UCS_OK && mapped != nullptr) {
+      out.mapped_delta.emplace_back(reinterpret_cast<std::intptr_t>(mapped) - static_cast<std::intptr_t>(r.base));
+    } else {
+      out.mapped_delta.emplace_back(std::nullopt);
+    }
+  }
+  if (lane == 0) p->transports = EndpointTransports(raw_ep);
+  return Status::Ok();
+}
+
+BackendPeer UcxBackend::DescribePeer(void* peer) {
+  const auto* p = static_cast<const Peer*>(peer);
+  BackendPeer d;
+  d.remote_lanes = static_cast<std::uint32_t>(p->addresses.size());
+  d.transports = p->transports;
+  d.prefers_messages = OnlyTcp(p->transports);
+  d.reports_failures = p->peer_mode;
+  d.kernel_copy_ok = !p->transports.empty() && !OnlyTcp(p->transports);
+  return d;
+}
+
+bool UcxBackend::CloseLink(std::uint32_t /*lane*/, void* link, bool force, double timeout_s) {
+  if (link == nullptr) return true;
+  return static_cast<Link*>(link)->ep.Close(force, timeout_s);
+}
+
+void UcxBackend::ReleaseKeys(std::uint32_t /*lane*/, void* link) {
+  if (link != nullptr) static_cast<Link*>(link)->rkeys.clear();
+}
+
+void UcxBackend::OnEpError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
+  auto* p = static_cast<Peer*>(arg);
+  if (p->backend->events_ != nullptr)
+    p->backend->events_->OnPeerFailed(p->token, fmt::format("UCX endpoint error: {}", ucs_status_string(status)));
+}
+
+}  // namespace shardwire::transport::ucx

@@ -1,0 +1,70 @@
+// The UCX backend's regions: caller (or agent-owned private) memory registered
+// with ucp_mem_map, arenas UCX allocates (UCP_MEM_MAP_ALLOCATE: sysv/posix
+// shared memory on one host, which same-host peers map), and their packed rkeys.
+#include <fmt/format.h>
+
+#include "transport/ucx/ucx_backend.h"
+
+namespace shardwire::transport::ucx {
+
+namespace {
+
+Result<std::vector<std::byte>> PackRkey(ucp_context_h ctx, ucp_mem_h memh) {
+  void* raw = nullptr;
+  std::size_t size = 0;
+  ucs_status_t st = ucp_rkey_pack(ctx, memh, &raw, &size);
+  if (st != UCS_OK) return UcsError("ucp_rkey_pack", st);
+  RkeyBuffer buffer(raw);
+  const auto* b = static_cast<const std::byte*>(raw);
+  return std::vector<std::byte>(b, b + size);
+}
+
+}  // namespace
+
+Result<BackendRegion> UcxBackend::RegisterRegion(void* addr, std::size_t length, std::string_view what) {
+  ucp_mem_map_params_t p{};
+  p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  p.address = addr;
+  p.length = length;
+  ucp_mem_h raw = nullptr;
+  ucs_status_t st = ucp_mem_map(context_.get(), &p, &raw);
+  if (st != UCS_OK) return UcsError(fmt::format("ucp_mem_map({})", what), st);
+  MemHandle memh(context_.get(), raw);
+  BackendRegion r;
+  SW_ASSIGN_OR_RETURN(r.remote_key, PackRkey(context_.get(), raw));
+  r.base = static_cast<std::byte*>(addr);
+  r.length = length;
+  r.key = memh.release();
+  return r;
+}
+
+Result<BackendRegion> UcxBackend::AllocateRegion(std::size_t length) {
+  ucp_mem_map_params_t p{};
+  p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+  p.address = nullptr;
+  p.length = length;
+  p.flags = UCP_MEM_MAP_ALLOCATE;
+  ucp_mem_h raw = nullptr;
+  ucs_status_t st = ucp_mem_map(context_.get(), &p, &raw);
+  if (st != UCS_OK) return UcsError(fmt::format("ucp_mem_map(ALLOCATE, {} bytes)", length), st);
+  MemHandle memh(context_.get(), raw);
+  ucp_mem_attr_t attr{};
+  attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+  st = ucp_mem_query(raw, &attr);
+  if (st != UCS_OK) return UcsError("ucp_mem_query", st);
+  if (attr.address == nullptr || attr.length < length)
+    return Internal(fmt::format("ucp_mem_map(ALLOCATE) returned {} bytes at {} for a {}-byte request", attr.length,
+                                attr.address, length));
+  BackendRegion r;
+  SW_ASSIGN_OR_RETURN(r.remote_key, PackRkey(context_.get(), raw));
+  r.base = static_cast<std::byte*>(attr.address);
+  r.length = length;
+  r.key = memh.release();
+  return r;
+}
+
+void UcxBackend::ReleaseRegion(void* key) {
+  if (key != nullptr) MemHandle(context_.get(), static_cast<ucp_mem_h>(key));  // ucp_mem_unmap
+}
+
+}  // namespace shardwire::transport::ucx
