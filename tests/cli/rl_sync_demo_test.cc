@@ -11,6 +11,8 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "die_with_test_process.h"
+
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -395,8 +397,10 @@ TEST(RlSyncDemo, RunsAgainstAStandaloneCoordinatorWithAToken) {
   std::ofstream(token_file) << "demo-token\n";
   int fds[2];
   ASSERT_EQ(pipe(fds), 0);
+  const pid_t parent = getpid();
   const pid_t serve = fork();
   if (serve == 0) {
+    shardwire::testing_util::DieWithTestProcess(parent);
     dup2(fds[1], 1);
     close(fds[0]);
     close(fds[1]);

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "die_with_test_process.h"
 #include "shardwire/coordinator.h"
 
 namespace shardwire {
@@ -67,8 +68,10 @@ void Spawn(Child* c, std::vector<std::string> args) {
   int fds[2];
   ASSERT_EQ(::pipe(fds), 0);
   args.insert(args.begin(), SHARDWIRE_BIN);
+  const pid_t parent = ::getpid();
   c->pid = ::fork();
   if (c->pid == 0) {
+    testing_util::DieWithTestProcess(parent);
     ::dup2(fds[1], 1);
     ::dup2(fds[1], 2);
     ::close(fds[0]);

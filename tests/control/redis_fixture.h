@@ -14,7 +14,6 @@
 #include <netinet/in.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -30,7 +29,7 @@
 #include <thread>
 #include <vector>
 
-extern char** environ;
+#include "die_with_test_process.h"
 
 namespace shardwire::testing_util {
 
@@ -183,16 +182,13 @@ class RedisServer {
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     // fork + exec rather than posix_spawn, for two things the child must do first: die
-    // with the test process (PR_SET_PDEATHSIG: a test killed by a sanitizer's halt or a
-    // crash leaves no redis-server behind), and not hold the test's stdout/stderr (ctest
-    // waits for every writer of its pipe to close: a surviving server held it until the
-    // 1800 s test timeout in a TSan run). Only async-signal-safe calls after fork.
-    const int parent = static_cast<int>(::getpid());
+    // with the test process (die_with_test_process.h), and not hold the test's
+    // stdout/stderr, which ctest reads to the end. Only async-signal-safe calls after fork.
+    const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     if (pid < 0) return false;
     if (pid == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(127);  // the parent died before prctl
+      DieWithTestProcess(parent);
       const int devnull = ::open("/dev/null", O_RDWR);
       if (devnull >= 0) {
         ::dup2(devnull, STDIN_FILENO);

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "die_with_test_process.h"
+
 namespace shardwire::testing_util {
 
 // A running `shardwire serve`; SIGKILLed and reaped by the destructor.
@@ -41,8 +43,10 @@ inline bool StartServe(ServeProcess* p, int port, const std::vector<std::string>
   if (::pipe(fds) != 0) return false;
   std::vector<std::string> argv_s = {SHARDWIRE_BIN, "serve", "--port", std::to_string(port)};
   argv_s.insert(argv_s.end(), extra.begin(), extra.end());
+  const pid_t parent = ::getpid();
   p->pid = ::fork();
   if (p->pid == 0) {
+    DieWithTestProcess(parent);
     ::dup2(fds[1], 1);
     ::close(fds[0]);
     ::close(fds[1]);

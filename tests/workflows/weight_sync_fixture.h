@@ -21,6 +21,7 @@
 #include "shardwire/coordinator.h"
 #include "shardwire/layout.h"
 #include "shardwire/weight_sync.h"
+#include "die_with_test_process.h"
 
 namespace shardwire::weight_sync_test {
 
@@ -125,8 +126,10 @@ pid_t ForkWithPort(int* port_pipe_write, int index, Body body) {
   for (char** e = environ; *e != nullptr; ++e) envp.push_back(*e);
   envp.push_back(child_env.data());
   envp.push_back(nullptr);
+  const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid == 0) {
+    testing_util::DieWithTestProcess(parent);
     close(fds[1]);
     execve(exe.c_str(), argv.data(), envp.data());
     _exit(127);
