@@ -202,7 +202,8 @@ class InProcessBackend final : public TransportBackend {
     if (!target)
       return PeerDisconnected(fmt::format("in-process peer {} (node {}) is not in this process any more",
                                           request.peer_name, *id));
-    auto& p = peers_.emplace_back(std::make_unique<Peer>());
+    // Built whole, then published: lanes read peers_ (Progress, Arm) while this runs.
+    auto p = std::make_unique<Peer>();
     p->target = target;
     p->token = request.peer_token;
     p->name = std::string(request.peer_name);
@@ -214,7 +215,8 @@ class InProcessBackend final : public TransportBackend {
       p->serials.push_back(*serial);
     }
     p->links.resize(options_.lanes);
-    return static_cast<void*>(p.get());
+    std::lock_guard<std::mutex> g(peers_mu_);
+    return static_cast<void*>(peers_.emplace_back(std::move(p)).get());
   }
 
   Status ConnectLane(std::uint32_t lane, void* peer, BackendLink& link) override {
@@ -390,7 +392,7 @@ class InProcessBackend final : public TransportBackend {
       ++events;
     }
     // Peers that died.
-    for (auto& p : peers_) {
+    for (Peer* p : PeerSnapshot()) {
       if (p->reported.load()) continue;
       std::string death;
       {
@@ -420,7 +422,7 @@ class InProcessBackend final : public TransportBackend {
       if (!in.queue.empty()) return ArmResult::kBusy;  // arrived, or due later: poll
     }
     if (!lanes_[lane].deferred.empty()) return ArmResult::kBusy;
-    for (auto& p : peers_) {
+    for (Peer* p : PeerSnapshot()) {
       if (p->reported.load()) continue;
       std::shared_lock<std::shared_mutex> rl(p->target->mu);
       if (!p->target->alive) return ArmResult::kBusy;
@@ -507,7 +509,18 @@ class InProcessBackend final : public TransportBackend {
   AgentOptions options_;
   std::shared_ptr<Node> node_;
   std::vector<LaneState> lanes_;
+  /// The connected peers, appended by OpenPeer (API thread) while lanes read them in
+  /// Progress and Arm (found by the TSan stage, session 12): guarded by peers_mu_; a Peer
+  /// lives as long as the backend, so lanes walk a snapshot of pointers without the lock.
+  std::mutex peers_mu_;
   std::deque<std::unique_ptr<Peer>> peers_;
+  std::vector<Peer*> PeerSnapshot() {
+    std::lock_guard<std::mutex> g(peers_mu_);
+    std::vector<Peer*> out;
+    out.reserve(peers_.size());
+    for (auto& p : peers_) out.push_back(p.get());
+    return out;
+  }
   std::uint64_t next_serial_ = 1;  // guarded by node_->mu
   BackendEvents* events_ = nullptr;
 };
