@@ -1,11 +1,15 @@
 // libFuzzer target for the metadata blob parser (DecodeAgentMetadata), the one
-// piece of the transport that parses bytes from another process.
+// piece of the transport that parses bytes from another process, and for the
+// parser of the UCX backend's section inside it (DecodeUcxSection: lane count
+// and worker addresses, src/transport/ucx/ucx_backend.h).
 //
 // Properties checked on every input:
 //   * decoding never crashes, hangs or reads outside the input (ASan, UBSan);
 //   * a rejected blob is always kCorruptData;
 //   * an accepted blob re-encodes to exactly the same bytes (the format has a
-//     single encoding) and decodes again to an equal value.
+//     single encoding) and decodes again to an equal value;
+//   * the same three for the UCX section, both for the connection bytes of an
+//     accepted blob's "ucx" section and for the raw input taken as a section.
 // Checksums make random mutations rarely reach the body checks, so every input
 // is also decoded a second time with its checksum recomputed ("resealed"),
 // which lets the fuzzer explore the body parser.
@@ -16,15 +20,18 @@
 // Fuzz links: shardwire_transport
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "shardwire/metadata_blob.h"
+#include "transport/ucx/ucx_backend.h"
 
 namespace {
 
@@ -33,6 +40,21 @@ void Check(bool ok, const char* what) {
     std::fprintf(stderr, "metadata_blob_fuzzer: property violated: %s\n", what);
     std::abort();
   }
+}
+
+void DecodeUcxSectionAndCheck(std::span<const std::byte> section) {
+  auto r = shardwire::transport::ucx::DecodeUcxSection(section);
+  if (!r.ok()) {
+    Check(r.status().code() == shardwire::ErrorCode::kCorruptData, "UCX section rejection is kCorruptData");
+    Check(!r.status().message().empty(), "UCX section rejection has a message");
+    return;
+  }
+  Check(!r->empty(), "an accepted UCX section has a worker address");
+  const std::vector<std::byte> again = shardwire::transport::ucx::EncodeUcxSection(*r);
+  Check(again.size() == section.size() && std::equal(again.begin(), again.end(), section.begin()),
+        "accepted UCX section re-encodes to the same bytes");
+  auto r2 = shardwire::transport::ucx::DecodeUcxSection(again);
+  Check(r2.ok() && *r2 == *r, "re-encoded UCX section decodes to an equal value");
 }
 
 void DecodeAndCheck(const std::vector<std::byte>& blob) {
@@ -46,14 +68,17 @@ void DecodeAndCheck(const std::vector<std::byte>& blob) {
   Check(again == blob, "accepted blob re-encodes to the same bytes");
   auto r2 = shardwire::DecodeAgentMetadata(again);
   Check(r2.ok() && *r2 == *r, "re-encoded blob decodes to an equal value");
+  for (const auto& section : r->sections)
+    if (section.backend == "ucx") DecodeUcxSectionAndCheck(section.connection);
 }
 
 shardwire::AgentMetadata Sample(int regions, int lanes) {
   shardwire::AgentMetadata m;
   m.name = "fuzz-agent";
-  shardwire::BackendSection ucx{"ucx", {}, {}};
+  std::vector<std::vector<std::byte>> addresses(static_cast<std::size_t>(lanes));
   for (int l = 0; l < lanes; ++l)
-    for (int i = 0; i < 24 + l; ++i) ucx.connection.push_back(static_cast<std::byte>(i * 3 + l));
+    for (int i = 0; i < 24 + l; ++i) addresses[static_cast<std::size_t>(l)].push_back(static_cast<std::byte>(i * 3 + l));
+  shardwire::BackendSection ucx{"ucx", shardwire::transport::ucx::EncodeUcxSection(addresses), {}};
   shardwire::BackendSection inproc{"inproc", std::vector<std::byte>(8, std::byte{7}), {}};
   m.process = {"boot/pid:[1]", 42, 4242};
   for (int r = 0; r < regions; ++r) {
@@ -77,6 +102,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::vector<std::byte> blob(size);
   if (size != 0) std::memcpy(blob.data(), data, size);
   DecodeAndCheck(blob);
+  DecodeUcxSectionAndCheck(blob);
   if (size >= shardwire::kMetadataHeaderSize + shardwire::kMetadataChecksumSize) {
     const std::size_t summed = size - shardwire::kMetadataChecksumSize;
     const std::uint64_t h = XXH64(blob.data(), summed, 0);

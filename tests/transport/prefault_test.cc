@@ -12,22 +12,13 @@
 
 #include "shardwire/agent.h"
 #include "transport/prefault.h"
+#include "sanitizer_build.h"
 #include "transport/transport_test_util.h"
 
 namespace shardwire {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kAddressSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kAddressSanitizer = true;
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
+using testing_support::kAddressSanitizer;
 
 // The most page faults a pre-faulted range of `pages` pages may take when it is first written
 // or read: a sixteenth of them. Without pre-faulting it takes one per page. Under

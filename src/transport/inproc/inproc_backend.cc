@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -216,7 +217,9 @@ class InProcessBackend final : public TransportBackend {
     }
     p->links.resize(options_.lanes);
     std::lock_guard<std::mutex> g(peers_mu_);
-    return static_cast<void*>(peers_.emplace_back(std::move(p)).get());
+    Peer* added = peers_.emplace_back(std::move(p)).get();
+    peer_count_.store(peers_.size(), std::memory_order_release);
+    return static_cast<void*>(added);
   }
 
   Status ConnectLane(std::uint32_t lane, void* peer, BackendLink& link) override {
@@ -392,7 +395,7 @@ class InProcessBackend final : public TransportBackend {
       ++events;
     }
     // Peers that died.
-    for (Peer* p : PeerSnapshot()) {
+    for (Peer* p : LanePeers(lane)) {
       if (p->reported.load()) continue;
       std::string death;
       {
@@ -422,7 +425,7 @@ class InProcessBackend final : public TransportBackend {
       if (!in.queue.empty()) return ArmResult::kBusy;  // arrived, or due later: poll
     }
     if (!lanes_[lane].deferred.empty()) return ArmResult::kBusy;
-    for (Peer* p : PeerSnapshot()) {
+    for (Peer* p : LanePeers(lane)) {
       if (p->reported.load()) continue;
       std::shared_lock<std::shared_mutex> rl(p->target->mu);
       if (!p->target->alive) return ArmResult::kBusy;
@@ -457,6 +460,7 @@ class InProcessBackend final : public TransportBackend {
   };
   struct LaneState {
     std::deque<Deferred> deferred;
+    std::vector<Peer*> peers;  ///< this lane's copy of peers_ (LanePeers), appended as peers_ grows
   };
 
   Result<BackendRegion> AddRegion(std::byte* base, std::size_t length, std::byte* owned) {
@@ -510,16 +514,22 @@ class InProcessBackend final : public TransportBackend {
   std::shared_ptr<Node> node_;
   std::vector<LaneState> lanes_;
   /// The connected peers, appended by OpenPeer (API thread) while lanes read them in
-  /// Progress and Arm (found by the TSan stage, session 12): guarded by peers_mu_; a Peer
-  /// lives as long as the backend, so lanes walk a snapshot of pointers without the lock.
+  /// Progress and Arm (found by the TSan stage, session 12): guarded by peers_mu_, and
+  /// peer_count_ publishes their number. A Peer lives as long as the backend and the list
+  /// only grows, so each lane keeps its own copy of the pointers (LaneState::peers) and
+  /// takes the lock only when peer_count_ says a peer was added: no lock and no allocation
+  /// per Progress or Arm.
   std::mutex peers_mu_;
   std::deque<std::unique_ptr<Peer>> peers_;
-  std::vector<Peer*> PeerSnapshot() {
-    std::lock_guard<std::mutex> g(peers_mu_);
-    std::vector<Peer*> out;
-    out.reserve(peers_.size());
-    for (auto& p : peers_) out.push_back(p.get());
-    return out;
+  std::atomic<std::size_t> peer_count_{0};
+  /// The peers as lane `lane` sees them (lane thread, Lane::mu held).
+  const std::vector<Peer*>& LanePeers(std::uint32_t lane) {
+    std::vector<Peer*>& mine = lanes_[lane].peers;
+    if (mine.size() != peer_count_.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> g(peers_mu_);
+      for (std::size_t i = mine.size(); i < peers_.size(); ++i) mine.push_back(peers_[i].get());
+    }
+    return mine;
   }
   std::uint64_t next_serial_ = 1;  // guarded by node_->mu
   BackendEvents* events_ = nullptr;
