@@ -32,7 +32,7 @@ for stage in $stages; do
     normal)
       stage_start normal
       bash scripts/build.sh
-      (cd build && ctest --output-on-failure --timeout 900 "$@")
+      (cd build && ctest --output-on-failure --timeout 900 --parallel 2 "$@")
       ;;
     asan)
       stage_start asan
@@ -47,7 +47,7 @@ for stage in $stages; do
       # at exit; leaks are not what this stage is for (docs/reliability.md).
       ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1" \
       UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-        ctest --test-dir build-asan --output-on-failure --timeout 1800
+        ctest --test-dir build-asan --output-on-failure --timeout 1800 --parallel 2
       SHARDWIRE_FUZZ_BUILD="$root/build-asan" \
         bash fuzz/run_fuzzer.sh all "${SHARDWIRE_FUZZ_SECONDS:-20}" "$root/build-asan/fuzz-runs"
       ;;
@@ -68,7 +68,7 @@ for stage in $stages; do
       # UCX's memory hooks patch malloc/mmap, which TSan intercepts too: off for this run.
       UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MALLOC_RELOC=no UCX_MEM_MMAP_HOOK_MODE=none UCX_MEM_EVENTS=no \
       TSAN_OPTIONS="suppressions=$root/tests/sanitizers/tsan.supp:halt_on_error=1:second_deadlock_stack=1" \
-        ctest --test-dir build-tsan --output-on-failure --timeout 1800 -E "$exclude"
+        ctest --test-dir build-tsan --output-on-failure --timeout 1800 --parallel 2 -E "$exclude"
       ;;
     fuzz)
       stage_start fuzz
