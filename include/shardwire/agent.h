@@ -447,7 +447,10 @@ class Agent {
   /// agent's backend (the message names the blob's backends and this one);
   /// kTransportError when UCX rejects the address or an rkey; kInvalidArgument
   /// when the replaced peer still has transfers in flight (Wait for them or
-  /// InvalidatePeer first).
+  /// InvalidatePeer first); kPeerDisconnected, before any endpoint is created, when
+  /// the blob names a same-host process that is gone (its pid no longer exists or
+  /// now names a process with another start time: a blob a killed process left
+  /// in a rendezvous), the message saying why (transport/peer_liveness.h).
   Result<std::string> ImportMetadata(std::span<const std::byte> blob);
 
   /// Forgets a peer: in-flight transfers to it fail with kPeerDisconnected,

@@ -424,7 +424,11 @@ class WeightSubscriber {
   /// push admits it. Returns that push's version: call BeginUpdate with it. Call after
   /// Connect, and again after a WaitForUpdate that failed (a missed version: the trainers
   /// skip this rank until it joins again). `timeout_s` < 0: the options' timeout_s. A Join
-  /// that timed out may be called again (the request stands; the wait starts over).
+  /// that timed out may be called again (the request stands; the wait starts over). A process
+  /// admitted before tells its sources that it filed a new request (a WITHDRAWN message,
+  /// src/workflows/sync_messages.h), so that a push already waiting for its READY (a trainer
+  /// that does not know this rank failed a version, e.g. one its relay parent did not forward)
+  /// stops waiting for it at once instead of at engine_timeout_s.
   /// Errors: kInvalidArgument without dynamic membership or before Connect; kTimedOut when
   /// no push admitted it in time (no trainer pushing); kFailedPrecondition when the
   /// admitting version is not above committed_version(); rendezvous errors.
@@ -448,7 +452,8 @@ class WeightSubscriber {
   Result<std::uint64_t> AwaitHold(double timeout_s);
 
   /// Dynamic membership: asks the trainers to stop writing to this rank from their next
-  /// push on (returns at once; the destructor does it too). Errors: kInvalidArgument
+  /// push on (returns at once; the destructor does it too); a push already waiting for its
+  /// READY stops waiting (WITHDRAWN, as for Join). Errors: kInvalidArgument
   /// without dynamic membership; rendezvous errors.
   Status Leave();
 

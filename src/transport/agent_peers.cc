@@ -39,11 +39,20 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
             "ImportMetadata: peer {} still has transfers in flight; Wait for them or InvalidatePeer first", m.name));
   }
 
+  // A same-host peer whose process is gone (a blob left behind by a killed process) is refused
+  // before any endpoint is created: UCX would try to attach the dead process's shared memory.
+  const bool same_host = !m.process.host.empty() && m.process.host == im.self.host && m.process.pid != 0;
+  if (same_host) {
+    if (const std::string gone = ProcessGone(m.process); !gone.empty()) {
+      return PeerDisconnected(fmt::format("{}: its process is gone ({})", ctx, gone));
+    }
+  }
+
   auto peer = std::make_shared<Impl::PeerState>();
   peer->name = m.name;
   peer->serial = im.next_peer_serial++;
   peer->process = m.process;
-  peer->same_host = !m.process.host.empty() && m.process.host == im.self.host && m.process.pid != 0;
+  peer->same_host = same_host;
   for (const RegionRecord& r : m.regions) {
     peer->region_index[r.id] = static_cast<std::uint32_t>(peer->regions.size());
     peer->regions.push_back({r.id, r.base, r.length});

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -46,7 +47,8 @@ Result<RegionId> ParseRegion(const std::string& key, const std::string& text) {
 Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
                                       std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer,
                                       bool double_buffered, std::span<std::byte> second_caller_buffer,
-                                      std::uint64_t scratch_bytes, ArenaMemory memory, MetricsRegistry* metrics) {
+                                      std::uint64_t scratch_bytes, ArenaMemory memory, MetricsRegistry* metrics,
+                                      std::uint64_t incarnation) {
   RankEndpoint endpoint;
   const std::string key = MetadataKey(job, role, rank);
   SW_ASSIGN_OR_RETURN(endpoint.agent, Agent::Create(AgentOptions{.name = key, .metrics = metrics}));
@@ -61,11 +63,24 @@ Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string&
         OpenBuffer(*endpoint.agent, key, scratch_bytes, {}, &endpoint.scratch_region, &endpoint.scratch));
   }
   SW_ASSIGN_OR_RETURN(const std::vector<std::byte> blob, endpoint.agent->ExportMetadata());
-  SW_RETURN_IF_ERROR(PutString(rendezvous, key + "/region", std::to_string(endpoint.region)));
-  SW_RETURN_IF_ERROR(PutString(rendezvous, key + "/region1", std::to_string(endpoint.second_region)));
-  SW_RETURN_IF_ERROR(PutString(rendezvous, key + "/scratch", std::to_string(endpoint.scratch_region)));
-  SW_RETURN_IF_ERROR(rendezvous.Put(key + "/metadata", blob));
+  // The incarnation's own keys first, then the rank's (the newest incarnation's); within each,
+  // the metadata last, so that a peer that finds it finds the region ids.
+  std::vector<std::string> bases;
+  if (incarnation != 0) bases.push_back(IncarnationMetadataKey(job, role, rank, incarnation));
+  bases.push_back(key);
+  for (const std::string& base : bases) {
+    SW_RETURN_IF_ERROR(PutString(rendezvous, base + "/region", std::to_string(endpoint.region)));
+    SW_RETURN_IF_ERROR(PutString(rendezvous, base + "/region1", std::to_string(endpoint.second_region)));
+    SW_RETURN_IF_ERROR(PutString(rendezvous, base + "/scratch", std::to_string(endpoint.scratch_region)));
+    SW_RETURN_IF_ERROR(rendezvous.Put(base + "/metadata", blob));
+  }
   return endpoint;
+}
+
+std::string IncarnationMetadataKey(const std::string& job, const std::string& role, int rank,
+                                   std::uint64_t incarnation) {
+  const std::string key = MetadataKey(job, role, rank);
+  return incarnation == 0 ? key : fmt::format("{}/incarnation-{}", key, incarnation);
 }
 
 std::string SyncPlanSignature(const Layout& trainer_layout, const Layout& engine_layout,
@@ -99,8 +114,10 @@ Status CheckPeerPlanSignature(Rendezvous& rendezvous, const std::string& job, co
 }
 
 Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std::string& job, const std::string& role,
-                                int rank, double timeout_s, const std::function<Status()>& interrupt, double poll_s) {
-  const std::string key = MetadataKey(job, role, rank);
+                                int rank, double timeout_s, const std::function<Status()>& interrupt, double poll_s,
+                                std::uint64_t incarnation) {
+  const std::string name = MetadataKey(job, role, rank);  // the agent's name, whatever the incarnation
+  const std::string key = IncarnationMetadataKey(job, role, rank, incarnation);
   std::vector<std::byte> blob;
   if (!interrupt) {
     SW_ASSIGN_OR_RETURN(blob, rendezvous.Get(key + "/metadata", timeout_s));
@@ -132,8 +149,9 @@ Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std:
   auto imported = agent.ImportMetadata(blob);
   if (!imported.ok()) return imported.status().WithContext("importing " + key);
   peer.name = *imported;
-  if (peer.name != key) {
-    return CorruptData(fmt::format("rendezvous key {} holds the metadata of agent {}", key, peer.name));
+  if (peer.name != name) {
+    return CorruptData(fmt::format("rendezvous key {}/metadata holds the metadata of agent {}, not {}", key, peer.name,
+                                   name));
   }
   return peer;
 }

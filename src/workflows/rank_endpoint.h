@@ -33,14 +33,23 @@ struct RankEndpoint {
 /// {metadata blob, region ids} under MetadataKey(job, role, rank) (".../region1" holds the
 /// second region, 0 for none), and with `scratch_bytes` > 0 a scratch arena (".../scratch":
 /// its region, 0 for none). `memory` is the kind of the shard buffers' arenas (the scratch
-/// arena is always shared).
+/// arena is always shared). With `incarnation` != 0 (dynamic membership: the process's
+/// incarnation in its rank) the same keys are published under
+/// IncarnationMetadataKey(job, role, rank, incarnation) first, so that a peer that connects to
+/// one incarnation never imports another's blob (a restarted rank's key holds the newest).
 /// Errors: kInvalidArgument when a caller buffer is non-empty but smaller than buffer_bytes;
 /// transport and rendezvous errors.
 Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string& job, const std::string& role, int rank,
                                       std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer = {},
                                       bool double_buffered = false, std::span<std::byte> second_caller_buffer = {},
                                       std::uint64_t scratch_bytes = 0, ArenaMemory memory = ArenaMemory::kShared,
-                                      MetricsRegistry* metrics = nullptr);
+                                      MetricsRegistry* metrics = nullptr, std::uint64_t incarnation = 0);
+
+/// Where incarnation `incarnation` of a rank publishes its metadata and regions:
+/// MetadataKey(job, role, rank) + "/incarnation-<n>" (MetadataKey itself for 0). These keys
+/// are never overwritten; one set per process start of a rank stays in the rendezvous.
+std::string IncarnationMetadataKey(const std::string& job, const std::string& role, int rank,
+                                   std::uint64_t incarnation);
 
 /// What a rank's plan is computed from: "<fingerprint> (<trainer layout> -> <engine layout>)"
 /// plus the options that change what moves where or what DONE carries (K, the conversion's block
@@ -71,9 +80,13 @@ struct PeerRank {
 
 /// Waits for the peer's published metadata (up to timeout_s) and imports it. `interrupt`,
 /// when set, is called after every rendezvous wait of `poll_s` seconds in which the key did
-/// not appear; its non-OK status ends the wait.
+/// not appear; its non-OK status ends the wait. With `incarnation` != 0, the metadata of that
+/// incarnation of the rank (IncarnationMetadataKey), never a later or earlier one's.
+/// Errors: kTimedOut when the key does not appear; kCorruptData when the blob or a region key
+/// is malformed or names another agent; the agent's import errors (kPeerDisconnected when the
+/// blob's same-host process is gone); rendezvous errors.
 Result<PeerRank> ImportPeerRank(Rendezvous& rendezvous, Agent& agent, const std::string& job, const std::string& role,
                                 int rank, double timeout_s, const std::function<Status()>& interrupt = {},
-                                double poll_s = 0.1);
+                                double poll_s = 0.1, std::uint64_t incarnation = 0);
 
 }  // namespace shardwire::workflows

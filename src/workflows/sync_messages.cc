@@ -27,6 +27,8 @@ const char* MessageKindName(MessageKind kind) {
       return "RELAY_PLAN";
     case MessageKind::kRelayed:
       return "RELAYED";
+    case MessageKind::kWithdrawn:
+      return "WITHDRAWN";
   }
   return "?";
 }
@@ -83,6 +85,13 @@ std::optional<Message> DecodeRelayPlan(std::span<const std::byte> payload) {
 
 std::vector<std::byte> Encode(const Message& message) {
   if (message.kind == MessageKind::kRelayPlan) return EncodeRelayPlan(message);
+  if (message.kind == MessageKind::kWithdrawn) {
+    std::vector<std::byte> out;
+    out.push_back(static_cast<std::byte>(message.kind));
+    PutLittleEndian(out, message.version, 8);
+    PutLittleEndian(out, static_cast<std::uint64_t>(message.request), 8);
+    return out;
+  }
   const std::size_t floats = message.kind == MessageKind::kBlockAmax ? message.amax.size() : 0;
   const bool buffer = message.kind == MessageKind::kReady && message.buffer.has_value();
   const bool digest = message.kind == MessageKind::kDone && message.digest.has_value();
@@ -111,6 +120,12 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
   if (payload.size() < 9) return std::nullopt;
   const auto kind = static_cast<MessageKind>(payload[0]);
   if (kind == MessageKind::kRelayPlan) return DecodeRelayPlan(payload);
+  if (kind == MessageKind::kWithdrawn) {
+    if (payload.size() != 17) return std::nullopt;
+    Message m{kind, GetLittleEndian(payload, 1, 8)};
+    m.request = static_cast<std::int64_t>(GetLittleEndian(payload, 9, 8));
+    return m;
+  }
   if (kind == MessageKind::kReady && payload.size() == 10) {
     if (payload[9] != std::byte{0} && payload[9] != std::byte{1}) return std::nullopt;
   } else if (kind == MessageKind::kDone && payload.size() == 17) {
@@ -166,6 +181,7 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
       aborted_by = peer;
       return true;
     }
+    if (abort_kind && m.kind == *abort_kind && m.version < version) return true;  // about an older wait: drop
     if (m.kind == kind && m.version < version) return true;  // stale: drop
     if (m.kind == kind && m.version == version && m.round == round && peers.erase(peer) == 1) {
       if (received != nullptr) (*received)[peer] = m;
@@ -224,12 +240,22 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
   return Status::Ok();
 }
 
-Result<Collected> Inbox::Collect(Agent& agent, MessageKind kind, std::uint64_t version,
-                                 const std::set<std::string>& peers, double timeout_s,
-                                 const std::function<Status()>& interrupt) {
+Result<Collected> Inbox::Collect(
+    Agent& agent, MessageKind kind, std::uint64_t version, const std::set<std::string>& peers, double timeout_s,
+    const std::function<Status()>& interrupt,
+    const std::function<std::optional<Status>(const std::string& peer, const Message& withdrawn)>& withdrawn) {
   Collected out;
   std::set<std::string> waiting = peers;
   auto take = [&](const std::string& peer, const Message& m) {
+    if (withdrawn && m.kind == MessageKind::kWithdrawn) {
+      if (!waiting.count(peer)) return false;  // for a later wait
+      std::optional<Status> why = withdrawn(peer, m);
+      if (why) {
+        waiting.erase(peer);
+        out.failed.emplace(peer, std::move(*why));
+      }
+      return true;
+    }
     if (m.kind != kind) return false;
     if (m.version < version) return true;  // stale: drop
     if (m.version == version && waiting.erase(peer) == 1) {

@@ -6,7 +6,8 @@
 // integrity check appends the 8-byte little-endian XXH3-64 digest of the bytes it sent;
 // ROUND_DONE appends the 4-byte little-endian schedule round; RELAY_PLAN appends the 4-byte
 // relay parent (0xFFFFFFFF: none), a 1-byte count and per child 4-byte rank, 1-byte buffer and
-// 8-byte incarnation (all little-endian).
+// 8-byte incarnation (all little-endian); WITHDRAWN appends the 8-byte little-endian membership
+// request id (two's complement).
 #pragma once
 
 #include <cstdint>
@@ -33,7 +34,11 @@ namespace shardwire::workflows {
 /// RELAY_PLAN(v): trainer -> engine with replicas (relay_broadcasts), sent before DONE(v): whether
 /// this trainer's bytes of v reach it through its relay parent, and which of its children it
 /// must forward v to (their buffer and incarnation); RELAYED(v): engine -> engine, the relay
-/// parent's forward of v landed in the child's buffer.
+/// parent's forward of v landed in the child's buffer; WITHDRAWN(v, request): engine -> trainer
+/// (dynamic membership), this engine, a member whose last begun version was v, has filed
+/// membership request `request` (to join again after a version it failed, or to leave) and
+/// sends no READY until a push applies that request: a trainer waiting for its READY under a
+/// membership record of the rank with an older request stops waiting for it.
 enum class MessageKind : std::uint8_t {
   kReady = 1,
   kDone = 2,
@@ -42,7 +47,8 @@ enum class MessageKind : std::uint8_t {
   kAddend = 5,
   kRoundDone = 6,
   kRelayPlan = 7,
-  kRelayed = 8
+  kRelayed = 8,
+  kWithdrawn = 9
 };
 
 /// An engine rank a relay parent forwards a version to (RELAY_PLAN).
@@ -62,9 +68,11 @@ struct Message {
   std::uint32_t round = 0;                   ///< kRoundDone: the schedule round (TransferPlan Bucket::round)
   std::optional<std::uint32_t> relay_from = {};  ///< kRelayPlan: the parent the bytes come through (none: direct)
   std::vector<RelayTarget> relay_to = {};        ///< kRelayPlan: children to forward to (at most 255)
+  std::int64_t request = 0;                      ///< kWithdrawn: the engine's membership request id
 };
 
-/// "READY", "DONE", "BLOCK_AMAX", "MISSED", "ADDEND", "ROUND_DONE", "RELAY_PLAN" or "RELAYED".
+/// "READY", "DONE", "BLOCK_AMAX", "MISSED", "ADDEND", "ROUND_DONE", "RELAY_PLAN", "RELAYED" or
+/// "WITHDRAWN".
 const char* MessageKindName(MessageKind kind);
 
 std::vector<std::byte> Encode(const Message& message);
@@ -85,9 +93,15 @@ class Inbox {
   /// are returned in `failed`, peers still silent at the deadline in neither set. Messages of
   /// the same kind for older versions are dropped (a peer that missed a version answers late).
   /// `interrupt` as for AwaitFromAll (on interruption the arrived messages go back to the inbox).
+  /// `withdrawn`, when set, is asked about every WITHDRAWN message from a peer still awaited:
+  /// a status puts the peer in `failed` with it (the peer will not send `kind` for `version`),
+  /// nullopt drops the message (stale: its request was admitted already). WITHDRAWN messages
+  /// from peers not awaited are kept for later calls.
   /// Errors: only transport errors that concern no single peer; the interrupt's status.
-  Result<Collected> Collect(Agent& agent, MessageKind kind, std::uint64_t version, const std::set<std::string>& peers,
-                            double timeout_s, const std::function<Status()>& interrupt = {});
+  Result<Collected> Collect(
+      Agent& agent, MessageKind kind, std::uint64_t version, const std::set<std::string>& peers, double timeout_s,
+      const std::function<Status()>& interrupt = {},
+      const std::function<std::optional<Status>(const std::string& peer, const Message& withdrawn)>& withdrawn = {});
 
   /// Waits until `kind`/`version` has arrived from every peer in `peers` (agent names).
   /// Other messages are kept for later calls. Errors: kTimedOut naming the peers still
@@ -99,7 +113,8 @@ class Inbox {
   /// trainer that gave up on this engine for this version). `interrupt`, when set, is called
   /// after every kPollSeconds slice that brought no notification; its non-OK status ends the
   /// wait. `round` must equal the message's round (ROUND_DONE; 0 for every other kind).
-  /// Messages of `kind` for versions below `version` are dropped (stale: a push abandoned).
+  /// Messages of `kind` or `abort_kind` for versions below `version` are dropped (stale: a push
+  /// abandoned, or an older version given up on).
   /// Errors: kTimedOut naming the peers still missing; transport errors (a
   /// disconnected peer that is awaited: kPeerDisconnected) as the agent reports them; the interrupt's status.
   Status AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,

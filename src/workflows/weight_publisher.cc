@@ -102,6 +102,10 @@ struct WeightPublisher::State {
   std::optional<workflows::MembershipLeader> leader;
   std::map<int, std::uint64_t> incarnation_of;
   std::map<int, std::uint64_t> missed_at;
+  // Destinations whose process was found gone when this rank connected to it: the member record
+  // (incarnation, join request) it was found in. Not connected to again until the record changes
+  // (a replacement process, or the same one joining again).
+  std::map<int, std::pair<std::uint64_t, std::int64_t>> gone_at_connect;
   // Partial(sum) sources (transfer_plan.h, Reduction): this rank's addends for each other
   // reducer (prepared WRITEs into its scratch), the copies it makes into its own scratch, the
   // sums it computes as a reducer, and the ranks whose addends it waits for.
@@ -115,7 +119,9 @@ struct WeightPublisher::State {
   std::set<std::string> addend_source_names;
 
   void ReleaseTransfersTo(int dst);
-  Status ConnectDestination(int dst);
+  // Imports engine rank `dst`'s metadata (of `incarnation` with dynamic membership, else 0: the
+  // one published), checks its plan signature, wires the lanes up and prepares its transfers.
+  Status ConnectDestination(int dst, std::uint64_t incarnation = 0);
   // Imports trainer rank `peer`'s metadata, checks its plan signature and wires the lanes up.
   Result<workflows::PeerRank> ConnectTrainerPeer(int peer);
 };
@@ -356,12 +362,12 @@ Result<int> WeightPublisher::WaitForEngines(int engine_ranks, double timeout_s) 
 std::uint64_t WeightPublisher::bytes_per_push() const { return state_->bytes_per_push; }
 AgentStats WeightPublisher::transport_stats() const { return state_->endpoint.agent->Stats(); }
 
-Status WeightPublisher::State::ConnectDestination(int dst) {
+Status WeightPublisher::State::ConnectDestination(int dst, std::uint64_t incarnation) {
   Agent& agent = *endpoint.agent;
   ReleaseTransfersTo(dst);
   SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer,
                       workflows::ImportPeerRank(*rendezvous, agent, options.job, kEngineRole, dst, options.timeout_s,
-                                           options.interrupt, kInterruptPollSeconds));
+                                           options.interrupt, kInterruptPollSeconds, incarnation));
   // Before a single descriptor: the engine must plan for the same layouts (else its bytes
   // would land at other offsets than it expects).
   SW_RETURN_IF_ERROR(
@@ -464,6 +470,7 @@ Status WeightPublisher::Connect() {
   s.amax_peer_names.clear();
   s.incarnation_of.clear();
   s.missed_at.clear();
+  s.gone_at_connect.clear();
   // Static membership: every destination now. Dynamic: each when it joins (Push).
   if (!s.options.dynamic_membership) {
     for (const auto& [dst, bytes] : s.bytes_to) SW_RETURN_IF_ERROR(s.ConnectDestination(dst));
@@ -611,6 +618,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   // The destinations this push writes: every one (static membership), or the members of
   // the job for this version, (re)connected when their incarnation changed (dynamic).
   std::map<int, std::string> included = s.destination_names;
+  std::map<std::string, std::int64_t> admitted_request;  // dynamic: agent name -> its join request in this membership
   if (s.options.dynamic_membership) {
     included.clear();
     workflows::Membership members;
@@ -633,14 +641,25 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       const workflows::Member& member = m->second;
       auto missed = s.missed_at.find(dst);
       if (s.incarnation_of[dst] != member.incarnation) {
-        // A new engine process in this slot (joined, or restarted): connect to it.
-        if (const Status st = s.ConnectDestination(dst); !st.ok()) {
+        // A new engine process in this slot (joined, or restarted): connect to it, to that
+        // incarnation's own metadata (a later process of the rank may have published its own).
+        const std::pair<std::uint64_t, std::int64_t> record{member.incarnation, member.request};
+        if (auto gone = s.gone_at_connect.find(dst); gone != s.gone_at_connect.end() && gone->second == record) {
+          stats.missed.push_back({dst, PeerDisconnected(fmt::format(
+                                           "engine rank {} missed v{}: its incarnation {} was gone when this rank "
+                                           "connected; waiting for a new process or a new join of the rank",
+                                           dst, version, member.incarnation))});
+          continue;
+        }
+        if (const Status st = s.ConnectDestination(dst, member.incarnation); !st.ok()) {
           stats.missed.push_back({dst, st.WithContext(fmt::format("engine rank {} missed v{}: connecting to "
                                                                   "incarnation {}",
                                                                   dst, version, member.incarnation))});
           s.incarnation_of.erase(dst);
+          if (st.code() == ErrorCode::kPeerDisconnected) s.gone_at_connect[dst] = record;
           continue;
         }
+        s.gone_at_connect.erase(dst);
         s.incarnation_of[dst] = member.incarnation;
         if (missed != s.missed_at.end()) s.missed_at.erase(missed);
       } else if (missed != s.missed_at.end()) {
@@ -654,6 +673,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
         s.missed_at.erase(missed);
       }
       included[dst] = s.destination_names.at(dst);
+      admitted_request[included[dst]] = member.request;
     }
     if (included.empty() && stats.missed.empty()) {
       return FailedPrecondition(
@@ -663,8 +683,18 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   {
     std::set<std::string> names;
     for (const auto& [dst, name] : included) names.insert(name);
-    SW_ASSIGN_OR_RETURN(const workflows::Collected ready, s.inbox.Collect(agent, workflows::MessageKind::kReady, version, names,
-                                                                     engine_timeout_s, s.options.interrupt));
+    // A member that failed an earlier version and is joining again sends no READY until a push
+    // admits its new request: its WITHDRAWN ends the wait for it (it gets a later version).
+    auto withdrawn = [&](const std::string& peer, const workflows::Message& m) -> std::optional<Status> {
+      auto it = admitted_request.find(peer);
+      if (it == admitted_request.end() || m.request <= it->second) return std::nullopt;  // admitted already
+      return Unavailable(fmt::format("{} is joining again (join request {}, after it failed to commit v{}); a later "
+                                     "push admits it",
+                                     peer, m.request, m.version));
+    };
+    SW_ASSIGN_OR_RETURN(const workflows::Collected ready,
+                        s.inbox.Collect(agent, workflows::MessageKind::kReady, version, names, engine_timeout_s,
+                                        s.options.interrupt, withdrawn));
     active = included;
     for (const auto& [dst, name] : included) {
       if (auto it = ready.arrived.find(name); it != ready.arrived.end()) {

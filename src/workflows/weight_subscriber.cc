@@ -38,6 +38,7 @@ struct WeightSubscriber::State {
   bool updating = false;          // between BeginUpdate and the end of WaitForUpdate
   std::uint64_t incarnation = 0;  // dynamic membership
   bool joined = false;
+  bool admitted = false;          // a push admitted one of this process's join requests
   std::int64_t join_request = 0;  // filed and not yet answered
   std::int64_t hold_request = 0;  // the latest catch-up hold filed (HoldPushes)
   std::string plan_signature;     // trainers must have the same (SyncPlanSignature)
@@ -59,6 +60,10 @@ struct WeightSubscriber::State {
   int relay_parent = -1;  // the relay parent whose metadata was imported (its liveness is watched)
 
   std::span<std::byte> Buffer(int b) const { return b == 0 ? endpoint.weights : endpoint.second_weights; }
+  // Tells every source that this member filed membership request `request` and sends no READY
+  // until a push applies it (WITHDRAWN): trainers waiting for its READY stop at once instead of
+  // at engine_timeout_s. Best effort (a source it cannot reach is not waiting for it either).
+  void Withdraw(std::int64_t request);
   RegionId Region(int b) const { return b == 0 ? endpoint.region : endpoint.second_region; }
   // The prepared WRITE of this rank's pushed ranges from its buffer `own` into `target`'s buffer
   // (connecting to the target's process first when it is new).
@@ -73,6 +78,13 @@ struct WeightSubscriber::State {
                       UpdateStats& stats);
 };
 
+void WeightSubscriber::State::Withdraw(std::int64_t request) {
+  workflows::Message m{workflows::MessageKind::kWithdrawn, begun_version};
+  m.request = request;
+  const auto payload = workflows::Encode(m);
+  for (const std::string& name : source_names) (void)endpoint.agent->SendMessage(name, payload);
+}
+
 void WeightSubscriber::State::ReleaseForwards(RelayChild& child) {
   for (const auto& [buffers, h] : child.forwards) (void)endpoint.agent->Release(h);
   child.forwards.clear();
@@ -86,7 +98,8 @@ Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChi
     child.name.clear();
     SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer,
                         workflows::ImportPeerRank(*rendezvous, *endpoint.agent, options.job, kEngineRole, child_rank,
-                                             options.timeout_s, options.interrupt, kInterruptPollSeconds));
+                                             options.timeout_s, options.interrupt, kInterruptPollSeconds,
+                                             target.incarnation));
     SW_RETURN_IF_ERROR(workflows::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, child_rank, plan_signature,
                                                     options.timeout_s));
     SW_RETURN_IF_ERROR(endpoint.agent->WireUp(peer.name, options.timeout_s));
@@ -258,7 +271,7 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
       state->endpoint,
       workflows::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank, engine_layout.rank(rank).buffer_bytes,
                              state->options.buffer, state->options.double_buffered, state->options.second_buffer,
-                             /*scratch_bytes=*/0, engine_memory, state->options.metrics));
+                             /*scratch_bytes=*/0, engine_memory, state->options.metrics, state->incarnation));
   SW_ASSIGN_OR_RETURN(state->metrics, workflows::SubscriberMetrics::Make(state->options.metrics, state->options.job, rank));
   return std::unique_ptr<WeightSubscriber>(new WeightSubscriber(std::move(state)));
 }
@@ -279,12 +292,16 @@ Result<std::uint64_t> WeightSubscriber::Join(double timeout_s) {
   if (!s.joined || s.join_request == 0) {
     SW_ASSIGN_OR_RETURN(s.join_request,
                         workflows::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, s.incarnation));
+    // A member joining again (after a version it did not commit): trainers may be waiting for
+    // its READY under its previous admission.
+    if (s.admitted) s.Withdraw(s.join_request);
     s.joined = true;
   }
   auto version = workflows::AwaitAdmission(*s.rendezvous, s.options.job, s.rank, s.incarnation, s.join_request,
                                       timeout_s < 0 ? s.options.timeout_s : timeout_s);
   if (!version.ok()) return version.status().WithContext(who);  // the request stands: Join may wait again
   s.join_request = 0;  // answered: the next Join (after a missed version) files a new one
+  s.admitted = true;
   if (*version <= s.committed_version) {
     return FailedPrecondition(fmt::format("{}: admitted at version {}, not above its committed version {}", who,
                                           *version, s.committed_version));
@@ -323,7 +340,9 @@ Status WeightSubscriber::Leave() {
   State& s = *state_;
   if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::Leave without dynamic membership");
   s.joined = false;
-  return workflows::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, 0).status();
+  SW_ASSIGN_OR_RETURN(const std::int64_t request, workflows::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, 0));
+  if (s.admitted) s.Withdraw(request);
+  return Status::Ok();
 }
 
 Status WeightSubscriber::AdoptVersion(std::uint64_t version) {

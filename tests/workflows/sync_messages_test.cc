@@ -122,6 +122,26 @@ TEST(SyncMessages, RelayPlanNamesTheParentAndTheChildrenToForwardTo) {
   EXPECT_STREQ(MessageKindName(MessageKind::kRelayed), "RELAYED");
 }
 
+TEST(SyncMessages, WithdrawnCarriesTheMembershipRequest) {
+  Message m{MessageKind::kWithdrawn, 11};
+  m.request = 0x0102030405060708ll;
+  const auto bytes = Encode(m);
+  ASSERT_EQ(bytes.size(), 17u);
+  EXPECT_EQ(bytes[0], std::byte{9});
+  EXPECT_EQ(bytes[9], std::byte{0x08});  // little-endian
+  const auto back = Decode(bytes);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->kind, MessageKind::kWithdrawn);
+  EXPECT_EQ(back->version, 11u);
+  EXPECT_EQ(back->request, 0x0102030405060708ll);
+  EXPECT_STREQ(MessageKindName(MessageKind::kWithdrawn), "WITHDRAWN");
+  // Without its request, or with one byte more, it is not a sync message.
+  EXPECT_FALSE(Decode(std::span(bytes).first(9)).has_value());
+  std::vector<std::byte> longer = bytes;
+  longer.push_back(std::byte{0});
+  EXPECT_FALSE(Decode(longer).has_value());
+}
+
 TEST(SyncMessages, MetadataKeyNamesJobRoleRank) { EXPECT_EQ(MetadataKey("job", "engine", 3), "job/engine/3"); }
 
 }  // namespace
