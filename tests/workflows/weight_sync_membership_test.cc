@@ -106,6 +106,9 @@ int RunTrainer1(std::uint16_t port, bool relay) {
                    stats.status().ToString().c_str());
       return 12;
     }
+    for (const MissedEngine& m : stats->missed) {  // what this rank saw, for a failure's log
+      std::fprintf(stderr, "trainer 1 v%llu: %s\n", static_cast<unsigned long long>(v), m.reason.ToString().c_str());
+    }
     auto last = GetString(**rz, kLastKey, 0);
     if (last.ok() && v >= std::stoull(*last)) return 0;
   }
