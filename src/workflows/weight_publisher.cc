@@ -640,27 +640,34 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       }
       const workflows::Member& member = m->second;
       auto missed = s.missed_at.find(dst);
-      if (s.incarnation_of[dst] != member.incarnation) {
-        // A new engine process in this slot (joined, or restarted): connect to it, to that
-        // incarnation's own metadata (a later process of the rank may have published its own).
+      // Connects to the member's incarnation (its own metadata: a later process of the rank may
+      // have published its own); false when that failed (it misses this push).
+      auto connect = [&](int engine_rank, const char* why) {  // = dst (clang 14 lambdas capture no bindings)
         const std::pair<std::uint64_t, std::int64_t> record{member.incarnation, member.request};
-        if (auto gone = s.gone_at_connect.find(dst); gone != s.gone_at_connect.end() && gone->second == record) {
-          stats.missed.push_back({dst, PeerDisconnected(fmt::format(
-                                           "engine rank {} missed v{}: its incarnation {} was gone when this rank "
-                                           "connected; waiting for a new process or a new join of the rank",
-                                           dst, version, member.incarnation))});
-          continue;
+        if (auto gone = s.gone_at_connect.find(engine_rank);
+            gone != s.gone_at_connect.end() && gone->second == record) {
+          stats.missed.push_back(
+              {engine_rank,
+               PeerDisconnected(fmt::format("engine rank {} missed v{}: its incarnation {} was gone when this rank "
+                                            "connected; waiting for a new process or a new join of the rank",
+                                            engine_rank, version, member.incarnation))});
+          return false;
         }
-        if (const Status st = s.ConnectDestination(dst, member.incarnation); !st.ok()) {
-          stats.missed.push_back({dst, st.WithContext(fmt::format("engine rank {} missed v{}: connecting to "
-                                                                  "incarnation {}",
-                                                                  dst, version, member.incarnation))});
-          s.incarnation_of.erase(dst);
-          if (st.code() == ErrorCode::kPeerDisconnected) s.gone_at_connect[dst] = record;
-          continue;
+        if (const Status st = s.ConnectDestination(engine_rank, member.incarnation); !st.ok()) {
+          stats.missed.push_back(
+              {engine_rank, st.WithContext(fmt::format("engine rank {} missed v{}: connecting to "
+                                                       "incarnation {} ({})",
+                                                       engine_rank, version, member.incarnation, why))});
+          s.incarnation_of.erase(engine_rank);
+          if (st.code() == ErrorCode::kPeerDisconnected) s.gone_at_connect[engine_rank] = record;
+          return false;
         }
-        s.gone_at_connect.erase(dst);
-        s.incarnation_of[dst] = member.incarnation;
+        s.gone_at_connect.erase(engine_rank);
+        s.incarnation_of[engine_rank] = member.incarnation;
+        return true;
+      };
+      if (s.incarnation_of[dst] != member.incarnation) {
+        if (!connect(dst, "a new process in the slot")) continue;
         if (missed != s.missed_at.end()) s.missed_at.erase(missed);
       } else if (missed != s.missed_at.end()) {
         if (missed->second >= member.since) {
@@ -671,6 +678,14 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
           continue;
         }
         s.missed_at.erase(missed);
+        // Joined again after a miss: if this rank abandoned the connection (a transfer it could
+        // not drain: InvalidatePeer) or the transport declared the peer failed, connect again.
+        const std::string& name = s.destination_names.at(dst);  // set by its first connection
+        const std::vector<std::string> failed = agent.FailedPeers();
+        if ((!agent.DescribePeer(name).ok() || std::find(failed.begin(), failed.end(), name) != failed.end()) &&
+            !connect(dst, "joined again after this rank's connection to it was lost")) {
+          continue;
+        }
       }
       included[dst] = s.destination_names.at(dst);
       admitted_request[included[dst]] = member.request;

@@ -400,6 +400,97 @@ TEST(WeightSyncMembership, ATrainerConnectsOnlyToTheIncarnationTheMembershipName
   EXPECT_EQ(WaitChild(second), 0) << "the next process verified every version from its admission to v" << v;
 }
 
+// A member stalled (SIGSTOP) before its READY misses that version (READY timed out) and is
+// skipped; resumed, it gives up on the version it began (MISSED), joins again, and from the push
+// that admits it again receives and verifies every version. The trainer's view: kTimedOut at the
+// stalled version, then "has not joined again" or "joining again" misses, then none.
+int RunStallingEngine(std::uint16_t port, std::uint64_t stall_at) {
+  auto rz = ConnectRendezvous(port);
+  if (!rz.ok()) return 10;
+  WeightSyncOptions options{"stall", 30};
+  options.dynamic_membership = true;
+  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  auto sub = WeightSubscriber::Create(**rz, trainer, EngineLayout(), 0, options);
+  if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
+  auto first = (*sub)->Join();
+  if (!first.ok()) return 12;
+  bool stalled = false;
+  for (std::uint64_t v = *first;; ++v) {
+    if (v == stall_at && !stalled) {
+      stalled = true;
+      raise(SIGSTOP);  // the test resumes it after the trainer gave up on this version
+    }
+    if (!(*sub)->BeginUpdate(v).ok()) return 13;
+    auto stats = (*sub)->WaitForUpdate(v);
+    if (!stats.ok()) {
+      if (v != stall_at) return 14;  // only the stalled version is missed
+      auto again = (*sub)->Join();
+      if (!again.ok()) return 15;
+      v = *again - 1;
+      continue;
+    }
+    if (Walk(EngineLayout(), 0, (*sub)->weights(), v, true) != 0) return 16;
+    auto last = GetString(**rz, kLastKey, 0);
+    if (last.ok() && v >= std::stoull(*last)) return (*sub)->committed_version() > stall_at ? 0 : 17;
+  }
+}
+
+TEST(WeightSyncMembership, AStalledMemberMissesOneVersionThenJoinsAgainAndVerifiesEveryLaterOne) {
+  constexpr std::uint64_t kStallAt = 3;
+  if (std::getenv("SHARDWIRE_WS_CHILD") != nullptr) {  // a child: run its body (ForkWithPort exits)
+    int fd = -1;
+    ForkWithPort(&fd, 0, [](std::uint16_t p) { return RunStallingEngine(p, kStallAt); });
+    FAIL() << "unknown child index";
+  }
+  int fd = -1;
+  const pid_t engine = ForkWithPort(&fd, 0, [](std::uint16_t) { return 0; });
+  ASSERT_GT(engine, 0);
+  auto server = ServeChildren({fd});
+  ASSERT_NE(server, nullptr);
+  auto rz = ConnectRendezvous(static_cast<std::uint16_t>(server->port()));
+  ASSERT_TRUE(rz.ok());
+  WeightSyncOptions options{"stall", 30};
+  options.dynamic_membership = true;
+  options.engine_timeout_s = 2;
+  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  auto pub = WeightPublisher::Create(**rz, trainer, EngineLayout(), 0, options);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*pub)->Connect().ok());
+  ASSERT_TRUE((*pub)->WaitForEngines(1, 30).ok());
+  bool resumed = false, back = false;
+  std::uint64_t v = 1;
+  for (;; ++v) {
+    ASSERT_LE(v, 400u) << "the resumed engine never received a push again";
+    Walk(trainer, 0, (*pub)->weights(), v, false);
+    if (back) {
+      ASSERT_TRUE(PutString(**rz, kLastKey, std::to_string(v)).ok());
+    }
+    auto stats = (*pub)->Push(v);
+    ASSERT_TRUE(stats.ok()) << "v" << v << ": " << stats.status().ToString();
+    const bool missed = !stats->missed.empty();
+    if (v < kStallAt) {
+      EXPECT_FALSE(missed) << "v" << v << ": " << stats->missed[0].reason.ToString();
+      continue;
+    }
+    if (v == kStallAt) {
+      ASSERT_TRUE(missed) << "the stalled engine sends no READY(v" << v << ")";
+      EXPECT_EQ(stats->missed[0].reason.code(), ErrorCode::kTimedOut) << stats->missed[0].reason.ToString();
+      int status = 0;
+      ASSERT_EQ(waitpid(engine, &status, WUNTRACED), engine);
+      ASSERT_TRUE(WIFSTOPPED(status));
+      ASSERT_EQ(kill(engine, SIGCONT), 0);
+      resumed = true;
+      continue;
+    }
+    if (back) {
+      EXPECT_FALSE(missed) << "v" << v << ": " << stats->missed[0].reason.ToString();
+      break;
+    }
+    back = resumed && !missed;
+  }
+  EXPECT_EQ(WaitChild(engine), 0) << "the engine missed only v" << kStallAt << " and verified every version it committed";
+}
+
 // ---- Bad input: a typed error naming who and what, nothing half-applied.
 
 TEST(WeightSyncBadInput, APushToAJobWithNoEngineIsATypedError) {
