@@ -698,13 +698,13 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   {
     std::set<std::string> names;
     for (const auto& [dst, name] : included) names.insert(name);
-    // A member that failed an earlier version and is joining again sends no READY until a push
-    // admits its new request: its WITHDRAWN ends the wait for it (it gets a later version).
+    // A member that filed a new request (joining again after a version it did not commit, or
+    // leaving) sends no READY until a push applies it: its WITHDRAWN ends the wait for it.
     auto withdrawn = [&](const std::string& peer, const workflows::Message& m) -> std::optional<Status> {
       auto it = admitted_request.find(peer);
       if (it == admitted_request.end() || m.request <= it->second) return std::nullopt;  // admitted already
-      return Unavailable(fmt::format("{} is joining again (join request {}, after it failed to commit v{}); a later "
-                                     "push admits it",
+      return Unavailable(fmt::format("{} filed membership request {} after v{} (it joins again or leaves); it sends "
+                                     "no READY until a later push applies it",
                                      peer, m.request, m.version));
     };
     SW_ASSIGN_OR_RETURN(const workflows::Collected ready,

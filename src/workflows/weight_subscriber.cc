@@ -60,11 +60,11 @@ struct WeightSubscriber::State {
   int relay_parent = -1;  // the relay parent whose metadata was imported (its liveness is watched)
 
   std::span<std::byte> Buffer(int b) const { return b == 0 ? endpoint.weights : endpoint.second_weights; }
+  RegionId Region(int b) const { return b == 0 ? endpoint.region : endpoint.second_region; }
   // Tells every source that this member filed membership request `request` and sends no READY
   // until a push applies it (WITHDRAWN): trainers waiting for its READY stop at once instead of
   // at engine_timeout_s. Best effort (a source it cannot reach is not waiting for it either).
   void Withdraw(std::int64_t request);
-  RegionId Region(int b) const { return b == 0 ? endpoint.region : endpoint.second_region; }
   // The prepared WRITE of this rank's pushed ranges from its buffer `own` into `target`'s buffer
   // (connecting to the target's process first when it is new).
   Result<TransferHandle> Forward(const workflows::RelayTarget& target, int own);
