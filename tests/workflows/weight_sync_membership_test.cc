@@ -312,23 +312,35 @@ TEST(WeightSyncMembership, EnginesStartedLaterJoinEmptyReplicaSlotsAndVerifyEver
 // the version). A trainer connects only to the incarnation the membership names: the dead one is
 // a missed rank (its process is gone), not a READY wait; the next process gets every version from
 // its admission on.
+// The single-trainer jobs of the tests below: dynamic membership, trainer FSDP 1 -> EngineLayout().
+WeightSyncOptions DynamicJob(const char* job) {
+  WeightSyncOptions options{job, 30};
+  options.dynamic_membership = true;
+  return options;
+}
+Layout OneTrainer() { return MakeFsdpLayout(Tensors(), 1).value(); }
+
+// Child side: engine rank 0 of `job`, created and connected; nullptr when either failed.
+std::unique_ptr<WeightSubscriber> ConnectedEngineZero(Rendezvous& rz, const char* job) {
+  auto sub = WeightSubscriber::Create(rz, OneTrainer(), EngineLayout(), 0, DynamicJob(job));
+  if (!sub.ok() || !(*sub)->Connect().ok()) return nullptr;
+  return std::move(*sub);
+}
+
 constexpr const char* kGoKey = "members-test/go";  // the replacement joins once this is set
 
 int RunStalledJoiner(std::uint16_t port, bool wait_for_go) {
   auto rz = ConnectRendezvous(port);
   if (!rz.ok()) return 10;
-  WeightSyncOptions options{"incarnations", 30};
-  options.dynamic_membership = true;
-  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
-  auto sub = WeightSubscriber::Create(**rz, trainer, EngineLayout(), 0, options);
-  if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
+  auto sub = ConnectedEngineZero(**rz, "incarnations");
+  if (sub == nullptr) return 11;
   if (wait_for_go && !GetString(**rz, kGoKey, 60).ok()) return 12;
-  auto first = (*sub)->Join();  // the first process is killed in here, its request filed
+  auto first = sub->Join();  // the first process is killed in here, its request filed
   if (!first.ok()) return 13;
   for (std::uint64_t v = *first;; ++v) {
-    if (!(*sub)->BeginUpdate(v).ok()) return 14;
-    if (!(*sub)->WaitForUpdate(v).ok()) return 15;
-    if (Walk(EngineLayout(), 0, (*sub)->weights(), v, true) != 0) return 16;
+    if (!sub->BeginUpdate(v).ok()) return 14;
+    if (!sub->WaitForUpdate(v).ok()) return 15;
+    if (Walk(EngineLayout(), 0, sub->weights(), v, true) != 0) return 16;
     auto last = GetString(**rz, kLastKey, 0);
     if (last.ok() && v >= std::stoull(*last)) return 0;
   }
@@ -349,12 +361,11 @@ TEST(WeightSyncMembership, ATrainerConnectsOnlyToTheIncarnationTheMembershipName
   const auto port = static_cast<std::uint16_t>(server->port());
   auto rz = ConnectRendezvous(port);
   ASSERT_TRUE(rz.ok());
-  WeightSyncOptions options{"incarnations", 30};
-  options.dynamic_membership = true;
+  WeightSyncOptions options = DynamicJob("incarnations");
   // Without the fix the trainer waits this long for a READY that never comes (short: the test
   // then fails in seconds); with it nothing waits for the dead process.
   options.engine_timeout_s = 3;
-  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  const Layout trainer = OneTrainer();
   auto pub = WeightPublisher::Create(**rz, trainer, EngineLayout(), 0, options);
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();
   ASSERT_TRUE((*pub)->Connect().ok());
@@ -407,12 +418,9 @@ TEST(WeightSyncMembership, ATrainerConnectsOnlyToTheIncarnationTheMembershipName
 int RunStallingEngine(std::uint16_t port, std::uint64_t stall_at) {
   auto rz = ConnectRendezvous(port);
   if (!rz.ok()) return 10;
-  WeightSyncOptions options{"stall", 30};
-  options.dynamic_membership = true;
-  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
-  auto sub = WeightSubscriber::Create(**rz, trainer, EngineLayout(), 0, options);
-  if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
-  auto first = (*sub)->Join();
+  auto sub = ConnectedEngineZero(**rz, "stall");
+  if (sub == nullptr) return 11;
+  auto first = sub->Join();
   if (!first.ok()) return 12;
   bool stalled = false;
   for (std::uint64_t v = *first;; ++v) {
@@ -420,18 +428,18 @@ int RunStallingEngine(std::uint16_t port, std::uint64_t stall_at) {
       stalled = true;
       raise(SIGSTOP);  // the test resumes it after the trainer gave up on this version
     }
-    if (!(*sub)->BeginUpdate(v).ok()) return 13;
-    auto stats = (*sub)->WaitForUpdate(v);
+    if (!sub->BeginUpdate(v).ok()) return 13;
+    auto stats = sub->WaitForUpdate(v);
     if (!stats.ok()) {
       if (v != stall_at) return 14;  // only the stalled version is missed
-      auto again = (*sub)->Join();
+      auto again = sub->Join();
       if (!again.ok()) return 15;
       v = *again - 1;
       continue;
     }
-    if (Walk(EngineLayout(), 0, (*sub)->weights(), v, true) != 0) return 16;
+    if (Walk(EngineLayout(), 0, sub->weights(), v, true) != 0) return 16;
     auto last = GetString(**rz, kLastKey, 0);
-    if (last.ok() && v >= std::stoull(*last)) return (*sub)->committed_version() > stall_at ? 0 : 17;
+    if (last.ok() && v >= std::stoull(*last)) return sub->committed_version() > stall_at ? 0 : 17;
   }
 }
 
@@ -449,10 +457,9 @@ TEST(WeightSyncMembership, AStalledMemberMissesOneVersionThenJoinsAgainAndVerifi
   ASSERT_NE(server, nullptr);
   auto rz = ConnectRendezvous(static_cast<std::uint16_t>(server->port()));
   ASSERT_TRUE(rz.ok());
-  WeightSyncOptions options{"stall", 30};
-  options.dynamic_membership = true;
+  WeightSyncOptions options = DynamicJob("stall");
   options.engine_timeout_s = 2;
-  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  const Layout trainer = OneTrainer();
   auto pub = WeightPublisher::Create(**rz, trainer, EngineLayout(), 0, options);
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();
   ASSERT_TRUE((*pub)->Connect().ok());
