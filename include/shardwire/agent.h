@@ -170,6 +170,21 @@ struct UcxOptions {
   double keepalive_interval_s = 1;
   /// See PeerFailureDetection.
   PeerFailureDetection failure_detection = PeerFailureDetection::kAuto;
+  /// UCX transports (a UCX_TLS value) of the separate UCX context that carries
+  /// this agent's messages: notifications and SendMessage. Data (puts, gets,
+  /// mapped regions, kernel copies) keeps every transport. Empty: messages share
+  /// the data endpoints (UCX's shared-memory active messages on one host).
+  /// Why "tcp": UCX's shared-memory transports deliver every same-host sender's
+  /// active messages through one in-order FIFO per receiving worker, and a sender
+  /// killed in the middle of a send (SIGKILL, the OOM killer) leaves an element
+  /// that never becomes ready, so the receiver hears nothing from anyone again;
+  /// reproduced here in 1 to 15 kills (docs/reliability.md, "A killed sender
+  /// deafens a same-host receiver"). A TCP connection dies alone. Costs one more
+  /// UCX context and worker per lane, and a loopback TCP round for each message
+  /// to a same-host peer. Both ends must set it alike for messages to use it (an
+  /// agent with it empty receives on its data workers, and peers send there).
+  /// A UCX_TLS value UCX rejects: Agent::Create fails with kTransportError.
+  std::string message_transports = "tcp";
 };
 
 /// Name of the default backend (AgentOptions::backend).
@@ -250,7 +265,10 @@ struct PeerInfo {
   bool same_host = false;          ///< same boot id and pid namespace
   bool ucx_error_handling = false;  ///< UCP_ERR_HANDLING_MODE_PEER endpoints
   WritePath write_path = WritePath::kPut;  ///< kPut or kActiveMessage, resolved
-  std::vector<std::string> transports;  ///< lane 0 endpoint's transports, e.g. "sysv/memory"
+  std::vector<std::string> transports;  ///< lane 0 data endpoint's transports, e.g. "sysv/memory"
+  /// Lane 0 message endpoint's transports (notifications and SendMessage), e.g.
+  /// "tcp/lo"; empty when messages share the data endpoint (UcxOptions::message_transports).
+  std::vector<std::string> message_transports;
   /// READs from this peer may be kernel copies (ReadPath): same host, shared
   /// memory reachable, read_path not kMapped, pidfd_open and a probe read succeeded.
   bool kernel_copy = false;

@@ -196,6 +196,7 @@ struct Agent::Impl final : transport::BackendEvents {
     WritePath write_path = WritePath::kPut;
     std::uint32_t remote_lanes = 0;
     std::vector<std::string> transports;
+    std::vector<std::string> message_transports;  // PeerInfo::message_transports
     transport::PeerProcess kernel_copy;  // valid: READs / WRITEs may be kernel copies (ReadPath, WritePath)
     // By region index: lane 0 could map the region (backend mapping), i.e. a WRITE to it is a
     // direct copy; WritePath::kAuto uses kernel copies only into regions not mapped.

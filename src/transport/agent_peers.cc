@@ -102,6 +102,7 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
   }
   peer->remote_lanes = described.remote_lanes;
   peer->transports = std::move(described.transports);
+  peer->message_transports = std::move(described.message_transports);
   peer->ucx_error_handling = described.reports_failures;
   peer->liveness_checked = peer->same_host && !described.reports_failures;
   switch (im.options.write_path) {
@@ -177,6 +178,7 @@ Result<PeerInfo> Agent::DescribePeer(const std::string& peer) const {
   info.kernel_copy = p.kernel_copy.valid() && impl_->options.read_path != ReadPath::kMapped;
   info.kernel_copy_writes = p.kernel_copy.valid() && WritesMayKernelCopy(impl_->options.write_path);
   info.transports = p.transports;
+  info.message_transports = p.message_transports;
   {
     std::lock_guard<std::mutex> g(impl_->lanes[0]->mu);
     const LaneEp& lep = p.lanes[0];

@@ -108,6 +108,7 @@ struct BackendLink {
 struct BackendPeer {
   std::uint32_t remote_lanes = 0;       ///< lanes the peer's section offered (PeerInfo::remote_lanes)
   std::vector<std::string> transports;  ///< e.g. "tcp/lo", "sysv/memory" (PeerInfo::transports)
+  std::vector<std::string> message_transports;  ///< where messages travel, when not on the data link (PeerInfo::message_transports)
   bool prefers_messages = false;        ///< WritePath::kAuto should send WRITEs as messages (UCX: TCP only)
   bool reports_failures = false;        ///< the backend reports the peer's death itself (PeerInfo::ucx_error_handling)
   bool kernel_copy_ok = false;          ///< same-host kernel copies may bypass the backend for this peer

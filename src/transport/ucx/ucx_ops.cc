@@ -2,7 +2,7 @@
 // (ucp_put_nbx, ucp_get_nbx, or ucp_am_send_nbx with the row's RemotePlace for
 // WRITEs as messages); a flush is ucp_ep_flush_nbx, or on the message path a
 // fence the target acknowledges once everything before it is placed; sends are
-// eager active messages. Completions go to the agent's Completion (user_data).
+// eager active messages on the link's message endpoint (ucx_backend.h: why). Completions go to the agent's Completion (user_data).
 #include <algorithm>
 
 #include <spdlog/spdlog.h>
@@ -181,7 +181,8 @@ Status UcxBackend::Send(std::uint32_t /*lane*/, void* link, std::span<const std:
   p.flags = UCP_AM_SEND_FLAG_EAGER;
   p.cb.send = &UcxBackend::OnNotifySent;
   p.user_data = c;
-  ucs_status_ptr_t req = ucp_am_send_nbx(lk.ep.get(), kNotifyAmId, nullptr, 0, message.data(), message.size(), &p);
+  ucs_status_ptr_t req =
+      ucp_am_send_nbx(lk.MessageEp(), kNotifyAmId, nullptr, 0, message.data(), message.size(), &p);
   if (UCS_PTR_IS_ERR(req)) return UcsError("ucp_am_send_nbx(notification)", UCS_PTR_STATUS(req));
   if (req != nullptr) pending = 1;
   return Status::Ok();
@@ -204,13 +205,13 @@ Result<bool> UcxBackend::SendOwned(std::uint32_t lane, void* link, std::vector<s
   p.flags = UCP_AM_SEND_FLAG_EAGER;
   p.cb.send = &UcxBackend::OnMessageSent;
   p.user_data = &s;
-  ucs_status_ptr_t req = ucp_am_send_nbx(lk.ep.get(), kNotifyAmId, nullptr, 0, s.wire.data(), s.wire.size(), &p);
+  ucs_status_ptr_t req = ucp_am_send_nbx(lk.MessageEp(), kNotifyAmId, nullptr, 0, s.wire.data(), s.wire.size(), &p);
   if (req == nullptr) {
     // Completed at once: on a shared-memory endpoint nothing is left for the
     // lane thread, so do not wake it (it would compete for the lane's mutex and
     // the CPU). TCP endpoints may keep unsent bytes that need progress.
     l.sends.pop_back();
-    const auto& tr = lk.peer->transports;
+    const auto& tr = lk.message_ep ? lk.peer->message_transports : lk.peer->transports;
     const bool any_tcp =
         std::any_of(tr.begin(), tr.end(), [](const std::string& t) { return t.rfind("tcp/", 0) == 0; });
     return tr.empty() || any_tcp;
