@@ -1,7 +1,7 @@
 // libFuzzer target for the metadata blob parser (DecodeAgentMetadata), the one
 // piece of the transport that parses bytes from another process, and for the
-// parser of the UCX backend's section inside it (DecodeUcxSection: the data
-// and message worker addresses of each lane, src/transport/ucx/ucx_backend.h).
+// parser of the UCX backend's section inside it (DecodeUcxSection: the worker
+// and message channel addresses of each lane, src/transport/ucx/ucx_backend.h).
 //
 // Properties checked on every input:
 //   * decoding never crashes, hangs or reads outside the input (ASan, UBSan);
@@ -49,7 +49,7 @@ void DecodeUcxSectionAndCheck(std::span<const std::byte> section) {
     Check(!r.status().message().empty(), "UCX section rejection has a message");
     return;
   }
-  Check(!r->data_workers.empty(), "an accepted UCX section has a data worker address");
+  Check(!r->workers.empty(), "an accepted UCX section has a worker address");
   const std::vector<std::byte> again = shardwire::transport::ucx::EncodeUcxSection(*r);
   Check(again.size() == section.size() && std::equal(again.begin(), again.end(), section.begin()),
         "accepted UCX section re-encodes to the same bytes");
@@ -76,14 +76,14 @@ shardwire::AgentMetadata Sample(int regions, int lanes) {
   shardwire::AgentMetadata m;
   m.name = "fuzz-agent";
   shardwire::transport::ucx::UcxSection addresses;
-  addresses.data_workers.resize(static_cast<std::size_t>(lanes));
+  addresses.workers.resize(static_cast<std::size_t>(lanes));
   for (int l = 0; l < lanes; ++l)
     for (int i = 0; i < 24 + l; ++i)
-      addresses.data_workers[static_cast<std::size_t>(l)].push_back(static_cast<std::byte>(i * 3 + l));
-  // Odd lane counts: messages share the data workers; even: a message worker per lane.
+      addresses.workers[static_cast<std::size_t>(l)].push_back(static_cast<std::byte>(i * 3 + l));
+  // Odd lane counts: no message channels; even: a channel address per lane.
   if (lanes % 2 == 0) {
-    addresses.message_workers = addresses.data_workers;
-    for (auto& a : addresses.message_workers) a.push_back(std::byte{0x4D});
+    addresses.message_channels = addresses.workers;
+    for (auto& a : addresses.message_channels) a.push_back(std::byte{0x4D});
   }
   shardwire::BackendSection ucx{"ucx", shardwire::transport::ucx::EncodeUcxSection(addresses), {}};
   shardwire::BackendSection inproc{"inproc", std::vector<std::byte>(8, std::byte{7}), {}};

@@ -25,7 +25,8 @@
 // target region with ucp_am_recv_data_nbx) for peers reached only over TCP
 // (WritePath); READ is ucp_get_nbx; completion is ucp_ep_flush_nbx (or an
 // acknowledged fence message on the active-message path); notifications are
-// active messages.
+// active messages, or Unix-domain socket records to a same-host peer
+// (UcxOptions::local_message_sockets: a sender killed mid-send cannot wedge them).
 //
 // Progress: the lane threads progress UCX whether or not the caller is inside
 // an Agent call, so a target serves emulated RMA into caller-registered
@@ -170,21 +171,19 @@ struct UcxOptions {
   double keepalive_interval_s = 1;
   /// See PeerFailureDetection.
   PeerFailureDetection failure_detection = PeerFailureDetection::kAuto;
-  /// UCX transports (a UCX_TLS value) of the separate UCX context that carries
-  /// this agent's messages: notifications and SendMessage. Data (puts, gets,
-  /// mapped regions, kernel copies) keeps every transport. Empty: messages share
-  /// the data endpoints (UCX's shared-memory active messages on one host).
-  /// Why "tcp": UCX's shared-memory transports deliver every same-host sender's
-  /// active messages through one in-order FIFO per receiving worker, and a sender
-  /// killed in the middle of a send (SIGKILL, the OOM killer) leaves an element
-  /// that never becomes ready, so the receiver hears nothing from anyone again;
-  /// reproduced here in 1 to 15 kills (docs/reliability.md, "A killed sender
-  /// deafens a same-host receiver"). A TCP connection dies alone. Costs one more
-  /// UCX context and worker per lane, and a loopback TCP round for each message
-  /// to a same-host peer. Both ends must set it alike for messages to use it (an
-  /// agent with it empty receives on its data workers, and peers send there).
-  /// A UCX_TLS value UCX rejects: Agent::Create fails with kTransportError.
-  std::string message_transports = "tcp";
+  /// Messages (notifications, SendMessage) to a same-host peer travel over a
+  /// Unix-domain SOCK_SEQPACKET connection to the peer's lane (unix(7); abstract
+  /// addresses, so both ends must share a network namespace, else UCX carries
+  /// them) instead of UCX active messages. Why: UCX's shared-memory transports
+  /// deliver every same-host sender's active messages through one in-order FIFO
+  /// per receiving worker, and a sender killed in the middle of a send (SIGKILL,
+  /// the OOM killer) leaves an element that never becomes ready, so the receiver
+  /// hears nothing from anyone again: reproduced here in 1 to 15 kills
+  /// (docs/transport.md, "Messages travel apart from data"). A socket connection
+  /// dies alone. Data (puts, gets, mapped regions, kernel copies) is unaffected.
+  /// Messages above 128 KiB and messages to other hosts stay UCX active messages.
+  /// false: every message is a UCX active message (the behaviour before).
+  bool local_message_sockets = true;
 };
 
 /// Name of the default backend (AgentOptions::backend).
@@ -266,8 +265,9 @@ struct PeerInfo {
   bool ucx_error_handling = false;  ///< UCP_ERR_HANDLING_MODE_PEER endpoints
   WritePath write_path = WritePath::kPut;  ///< kPut or kActiveMessage, resolved
   std::vector<std::string> transports;  ///< lane 0 data endpoint's transports, e.g. "sysv/memory"
-  /// Lane 0 message endpoint's transports (notifications and SendMessage), e.g.
-  /// "tcp/lo"; empty when messages share the data endpoint (UcxOptions::message_transports).
+  /// How messages (notifications, SendMessage) reach this peer when not on the
+  /// endpoint above: {"unix/seqpacket"} for a same-host peer's local message
+  /// channel (UcxOptions::local_message_sockets); empty: UCX active messages.
   std::vector<std::string> message_transports;
   /// READs from this peer may be kernel copies (ReadPath): same host, shared
   /// memory reachable, read_path not kMapped, pidfd_open and a probe read succeeded.
@@ -570,7 +570,8 @@ class Agent {
   /// kTimedOut; kInvalidArgument for a NaN timeout; kTransportError.
   Status WireUp(const std::string& peer, double timeout_s);
 
-  /// Sends a standalone notification (ucp_am_send_nbx). Returns once it is
+  /// Sends a standalone notification (a local socket record to a same-host peer,
+  /// UcxOptions::local_message_sockets; else ucp_am_send_nbx). Returns once it is
   /// queued; the payload is copied and kept until UCX completes the send. No
   /// ordering against this agent's RMA: to signal "data landed", attach the
   /// payload to the transfer instead. A send that later fails marks the peer

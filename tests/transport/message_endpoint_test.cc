@@ -1,18 +1,13 @@
-// Messages (notifications, Agent::SendMessage) survive peers that die in the
-// middle of talking to us: real processes, real UCX. (A peer that stops before
-// answering a message endpoint's wire-up, which UCX 1.13.1 aborts on when the
-// endpoint's worker is destroyed, is covered by tests/python/test_model_loading.py,
-// test_ctrl_c_interrupts_a_load_from_a_stalled_source: it aborted before the
-// guard in UcxBackend::CloseLink and StopLanes.)
+// Messages (notifications, Agent::SendMessage) survive same-host peers that die
+// in the middle of sending them: real processes, real UCX, real sockets.
 //
-// Why this needs its own endpoints (UcxOptions::message_transports,
+// Why messages need their own path (UcxOptions::local_message_sockets,
 // docs/reliability.md "A killed sender deafens a same-host receiver"): UCX's
 // shared-memory transports deliver active messages through one in-order FIFO
 // per receiving worker, and a sender SIGKILLed between reserving an element and
 // marking it written leaves the receiver deaf to every sender. With
-// message_transports = "" (messages on the shared-memory data endpoints) the
-// first test below failed within 1-15 rounds on the development machine; set
-// SHARDWIRE_TEST_MESSAGE_TRANSPORTS to choose the transports it runs with.
+// local_message_sockets off (SHARDWIRE_TEST_LOCAL_MESSAGE_SOCKETS=0) the test
+// below failed within 1-15 rounds on the development machine.
 //
 // Children report through their exit code and never touch gtest. Every wait has
 // a timeout; children are reaped with WaitPidFor.
@@ -44,16 +39,16 @@ using testing::WaitPidFor;
 
 constexpr double kStepTimeoutS = 30;
 
-std::string MessageTransports() {
-  const char* env = std::getenv("SHARDWIRE_TEST_MESSAGE_TRANSPORTS");
-  return env != nullptr ? std::string(env) : UcxOptions{}.message_transports;
+bool LocalMessageSockets() {
+  const char* env = std::getenv("SHARDWIRE_TEST_LOCAL_MESSAGE_SOCKETS");
+  return env != nullptr ? std::string(env) != "0" : UcxOptions{}.local_message_sockets;
 }
 
 Result<std::unique_ptr<Agent>> MakeAgent(const std::string& name) {
   AgentOptions o;
   o.name = name;
   o.lanes = 1;
-  o.ucx.message_transports = MessageTransports();
+  o.ucx.local_message_sockets = LocalMessageSockets();
   return Agent::Create(std::move(o));
 }
 
@@ -130,7 +125,7 @@ TEST(MessageEndpoint, SendersKilledInTheMiddleOfSendingNeverDeafenTheReceiver) {
   ASSERT_TRUE(blob.ok());
   const unsigned seed = std::random_device{}();
   std::mt19937 rng(seed);
-  SCOPED_TRACE("seed " + std::to_string(seed) + ", message transports \"" + MessageTransports() + "\"");
+  SCOPED_TRACE("seed " + std::to_string(seed) + ", local message sockets " + (LocalMessageSockets() ? "on" : "off"));
 
   for (int r = 0; r < kRounds; ++r) {
     Child& c = senders[static_cast<std::size_t>(r)];

@@ -29,8 +29,7 @@ void UcxBackend::OnAmWriteReceived(void* request, ucs_status_t status, std::size
 
 ucs_status_t UcxBackend::OnNotification(void* arg, const void* /*header*/, std::size_t /*header_length*/, void* data,
                                         std::size_t length, const ucp_am_recv_param_t* param) {
-  const auto* handler = static_cast<const HandlerArg*>(arg);
-  Lane* lane = handler->lane;
+  auto* lane = static_cast<Lane*>(arg);
   if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
     RndvRecv& r = lane->rndv_recvs.emplace_back();
     r.buffer.resize(length);
@@ -38,7 +37,7 @@ ucs_status_t UcxBackend::OnNotification(void* arg, const void* /*header*/, std::
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     p.cb.recv_am = &UcxBackend::OnRndvRecvDone;
     p.user_data = &r;
-    ucs_status_ptr_t req = ucp_am_recv_data_nbx(handler->worker, data, r.buffer.data(), length, &p);
+    ucs_status_ptr_t req = ucp_am_recv_data_nbx(lane->worker.get(), data, r.buffer.data(), length, &p);
     if (req == nullptr) {
       r.done = true;
     } else if (UCS_PTR_IS_ERR(req)) {
@@ -53,8 +52,7 @@ ucs_status_t UcxBackend::OnNotification(void* arg, const void* /*header*/, std::
 
 ucs_status_t UcxBackend::OnAmWrite(void* arg, const void* header, std::size_t header_length, void* data,
                                    std::size_t length, const ucp_am_recv_param_t* param) {
-  const auto* handler = static_cast<const HandlerArg*>(arg);
-  Lane* lane = handler->lane;
+  auto* lane = static_cast<Lane*>(arg);
   UcxBackend& b = *lane->backend;
   const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
   std::byte* dest = nullptr;
@@ -76,7 +74,7 @@ ucs_status_t UcxBackend::OnAmWrite(void* arg, const void* header, std::size_t he
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   p.cb.recv_am = &UcxBackend::OnAmWriteReceived;
   p.user_data = lane;
-  ucs_status_ptr_t req = ucp_am_recv_data_nbx(handler->worker, data, dest, length, &p);
+  ucs_status_ptr_t req = ucp_am_recv_data_nbx(lane->worker.get(), data, dest, length, &p);
   if (UCS_PTR_IS_ERR(req)) {
     spdlog::warn("shardwire agent {}: ucp_am_recv_data_nbx failed: {}", b.options_.name,
                  ucs_status_string(UCS_PTR_STATUS(req)));
@@ -88,7 +86,7 @@ ucs_status_t UcxBackend::OnAmWrite(void* arg, const void* header, std::size_t he
 
 ucs_status_t UcxBackend::OnFence(void* arg, const void* header, std::size_t header_length, void* /*data*/,
                                  std::size_t /*length*/, const ucp_am_recv_param_t* param) {
-  Lane* lane = static_cast<const HandlerArg*>(arg)->lane;
+  auto* lane = static_cast<Lane*>(arg);
   if (header_length != sizeof(std::uint64_t) || (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0)
     return UCS_OK;
   PendingAck a;
@@ -100,7 +98,7 @@ ucs_status_t UcxBackend::OnFence(void* arg, const void* header, std::size_t head
 
 ucs_status_t UcxBackend::OnFenceAck(void* arg, const void* header, std::size_t header_length, void* /*data*/,
                                     std::size_t /*length*/, const ucp_am_recv_param_t* /*param*/) {
-  Lane* lane = static_cast<const HandlerArg*>(arg)->lane;
+  auto* lane = static_cast<Lane*>(arg);
   if (header_length != sizeof(std::uint64_t)) return UCS_OK;
   std::uint64_t token = 0;
   std::memcpy(&token, header, sizeof(token));

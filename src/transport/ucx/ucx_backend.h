@@ -1,25 +1,18 @@
-// The UCX backend (TransportBackend over UCP, UCX 1.13.1): one data ucp_context
-// (RMA | AM | WAKEUP, mt_workers_shared) and, unless UcxOptions::message_transports
-// is empty, one message ucp_context (AM | WAKEUP) limited to those transports
-// (default "tcp"); per lane one data ucp_worker and one message ucp_worker
-// (UCS_THREAD_MODE_SERIALIZED), both progressed by the lane's thread; per peer and
-// lane one data ucp_ep with one unpacked rkey per peer region, and one message
-// ucp_ep that carries notifications and SendOwned messages.
+// The UCX backend (TransportBackend over UCP, UCX 1.13.1): one ucp_context
+// (RMA | AM | WAKEUP, mt_workers_shared), one ucp_worker per lane
+// (UCS_THREAD_MODE_SERIALIZED), per peer and lane one ucp_ep and one unpacked
+// rkey per peer region.
 //
-// Why messages travel apart (docs/reliability.md, "A killed sender deafens a
-// same-host receiver"): UCX's shared-memory transports (posix, sysv) deliver
-// active messages through one FIFO per receiving worker that every same-host
-// sender writes into. A sender reserves an element (an atomic increment of the
-// FIFO head), writes it, then flips its owner bit; the receiver reads elements
-// strictly in order. A sender SIGKILLed between the two steps leaves an element
-// that never becomes ready, and the receiver hears nothing from anyone on that
-// worker again (UCX 1.13.1 uct_mm_ep_am_common_send / uct_mm_iface_progress).
-// TCP has one socket per connection: a dead sender closes only its own. Data
-// (puts, gets, mapped regions, kernel copies) stays on the data context, which
-// sends no active message to a same-host peer (WritePath::kActiveMessage aside).
+// Messages (notifications, SendOwned) to a same-host peer travel on a
+// LocalMessageChannel (a Unix-domain SOCK_SEQPACKET socket per lane,
+// transport/local_message_channel.h) unless UcxOptions::local_message_sockets is
+// off: UCX's shared-memory active messages share one FIFO per receiving worker
+// that a sender killed mid-send wedges for everyone. Messages to other hosts, and
+// larger than kMaxLocalMessageBytes, travel as active messages on the endpoint.
 //
 // Its files, one concern each:
-//   ucx_backend.cc   contexts and workers (Make), progress, arm, event fd, shutdown.
+//   ucx_backend.cc   context, workers and message channels (Make), progress, arm,
+//                    event fd (an epoll fd over a lane's worker and channel), shutdown.
 //   ucx_memory.cc    regions: ucp_mem_map of caller memory, UCX-allocated arenas, rkeys.
 //   ucx_endpoint.cc  the blob section (worker addresses), endpoints, rkeys and their
 //                    mappings (ucp_rkey_ptr), endpoint errors, closing.
@@ -45,6 +38,8 @@
 #include <ucp/api/ucp.h>
 
 #include "transport/backend.h"
+#include "transport/file_descriptor.h"
+#include "transport/local_message_channel.h"
 #include "transport/ucx/ucx_raii.h"
 
 namespace shardwire::transport::ucx {
@@ -61,18 +56,18 @@ inline constexpr unsigned kWriteAmId = 18;    ///< a WRITE row as a message (hea
 inline constexpr unsigned kFenceAmId = 19;    ///< a fence (header: u64 token; reply endpoint)
 inline constexpr unsigned kFenceAckAmId = 20; ///< a fence's acknowledgement (header: the token)
 
-/// What the UCX section of a metadata blob holds: the worker address
-/// (ucp_worker_get_address) of each lane's data worker and of each lane's
-/// message worker (none when the agent sends messages on its data workers).
+/// What the UCX section of a metadata blob holds: each lane's worker address
+/// (ucp_worker_get_address) and each lane's local message channel address
+/// (LocalMessageChannel::Address; none when the agent has no channels).
 struct UcxSection {
-  std::vector<std::vector<std::byte>> data_workers;     ///< at least one, at most kMaxLanes
-  std::vector<std::vector<std::byte>> message_workers;  ///< none, or at most kMaxLanes
+  std::vector<std::vector<std::byte>> workers;           ///< at least one, at most kMaxLanes
+  std::vector<std::vector<std::byte>> message_channels;  ///< none, or at most kMaxLanes
   bool operator==(const UcxSection&) const = default;
 };
 
-/// Encodes the UCX section: u32 data worker count, per worker u32 length and
-/// the address; then u32 message worker count (0 allowed), per worker u32
-/// length and the address. Little-endian. Pure.
+/// Encodes the UCX section: u32 worker count, per worker u32 length and the
+/// address; then u32 channel count (0 allowed), per channel u32 length and the
+/// address. Little-endian. Pure.
 std::vector<std::byte> EncodeUcxSection(const UcxSection& section);
 /// Decodes it. Errors: kCorruptData naming the check ("truncated", "no worker
 /// address", "too many lanes", "overruns", "trailing bytes"). Pure.
@@ -80,9 +75,8 @@ Result<UcxSection> DecodeUcxSection(std::span<const std::byte> section);
 
 class UcxBackend final : public TransportBackend {
  public:
-  /// Creates the contexts and each lane's workers (AgentOptions::ucx, lanes).
-  /// Errors: kInvalidArgument (ucx options), kTransportError from UCX (naming
-  /// the message context when its transports are unavailable).
+  /// Creates the context and one worker per lane (AgentOptions::ucx, lanes).
+  /// Errors: kInvalidArgument (ucx options), kTransportError from UCX.
   static Result<std::unique_ptr<TransportBackend>> Make(const AgentOptions& options);
   ~UcxBackend() override;
 
@@ -120,15 +114,12 @@ class UcxBackend final : public TransportBackend {
  private:
   struct Peer;
 
-  /// One peer's endpoints and rkeys on one lane (BackendLink::link). Lane::mu.
+  /// One peer's endpoint and rkeys on one lane (BackendLink::link). Lane::mu.
   struct Link {
     Peer* peer = nullptr;
     Endpoint ep;
-    Endpoint message_ep;      // on the lane's message worker; empty: messages use `ep`
-    bool message_wired = false;  // a flush of message_ep completed: its wire-up finished
     std::vector<Rkey> rkeys;  // by region index; destroyed before ep closes
-    /// Where messages (notifications, SendOwned) go.
-    ucp_ep_h MessageEp() const { return message_ep ? message_ep.get() : ep.get(); }
+    std::unique_ptr<LocalMessageLink> messages;  // same-host peers' channel; null: messages use `ep`
   };
 
   /// The error-callback argument of a peer's endpoints and what connecting needs;
@@ -139,11 +130,12 @@ class UcxBackend final : public TransportBackend {
     std::string name;
     bool peer_mode = false;  // UCP_ERR_HANDLING_MODE_PEER (error callback)
     UcxSection section;
+    bool same_host = false;
     std::vector<RegionRecord> regions;
     std::vector<std::vector<std::byte>> region_keys;  // packed rkeys, by region
-    std::vector<std::string> transports;          // lane 0's data endpoint (ucp_ep_print_info)
-    std::vector<std::string> message_transports;  // lane 0's message endpoint; empty: none
-    std::vector<Link> links;                      // by lane
+    std::vector<std::string> transports;  // lane 0's endpoint (ucp_ep_print_info)
+    std::vector<std::string> message_transports;  // {"unix/seqpacket"} when lane 0 has a message link
+    std::vector<Link> links;              // by lane
   };
 
   /// A message with no job (SendOwned, a fence acknowledgement) until UCX sent it.
@@ -163,27 +155,19 @@ class UcxBackend final : public TransportBackend {
     ucp_ep_h reply_ep = nullptr;
     std::uint64_t token = 0;
   };
-  struct Lane;
-  /// The argument of a worker's active-message handlers: its lane, and the worker
-  /// a rendezvous receive must name.
-  struct HandlerArg {
-    Lane* lane = nullptr;
-    ucp_worker_h worker = nullptr;
-  };
-  /// A lane's workers and what they receive and owe; `fences`: the `visible`
-  /// completion of each fence this lane sent, by token, until its acknowledgement
-  /// comes. `efd` is the data worker's event fd, or an epoll fd over both workers'.
+  /// One worker and what it receives and owes; `fences`: the `visible` completion
+  /// of each fence this lane sent, by token, until its acknowledgement comes.
   struct Lane {
     UcxBackend* backend = nullptr;
     std::uint32_t index = 0;
     UcpWorker worker;
-    UcpWorker message_worker;  // null: messages use `worker`
     int efd = -1;
-    FileDescriptor epoll;      // both workers' event fds (when message_worker)
     WorkerAddress address;
-    WorkerAddress message_address;
-    HandlerArg data_arg;
-    HandlerArg message_arg;
+    std::unique_ptr<LocalMessageChannel> messages;  // null: local_message_sockets off
+    FileDescriptor epoll;                           // the worker's efd and the channel's (with `messages`)
+    std::vector<Link*> backlog;      // links whose message link queued messages
+    bool messages_due = true;        // Progress polls the channel next time
+    std::uint32_t progress_calls = 0;  // the channel's turn: every kChannelPollEvery-th call
     std::unordered_map<std::uint64_t, Completion*> fences;
     std::uint64_t next_token = 1;
     std::list<PendingSend> sends;
@@ -193,9 +177,9 @@ class UcxBackend final : public TransportBackend {
   };
 
   UcxBackend() = default;
-  /// Seconds StopLanes waits for a message worker's flush before it leaves the
-  /// worker allocated (a peer stalled in its wire-up).
-  static constexpr double kMessageFlushTimeoutS = 1.0;
+  /// Progress polls a lane's message channel (a system call) at least every this
+  /// many calls, and at once after Arm or a send.
+  static constexpr std::uint32_t kChannelPollEvery = 8;
 
   // UCX callbacks (ucx_ops.cc): user_data is the agent's Completion.
   static void OnPutDone(void* request, ucs_status_t status, void* user_data);
@@ -216,15 +200,8 @@ class UcxBackend final : public TransportBackend {
                               std::size_t length, const ucp_am_recv_param_t* param);
   static ucs_status_t OnFenceAck(void* arg, const void* header, std::size_t header_length, void* data,
                                  std::size_t length, const ucp_am_recv_param_t* param);
-  /// Completion of the flush ConnectLane posts on a message endpoint (user_data =
-  /// the Link): marks it wired (ucx_endpoint.cc).
-  static void OnMessageEpWired(void* request, ucs_status_t status, void* user_data);
   /// Endpoint error callback (arg = the Peer): reports the peer failed (ucx_endpoint.cc).
   static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status);
-  /// Creates a worker of `context` for `lane` with the active-message handlers
-  /// (argument `arg`), its event fd and its address (ucx_backend.cc).
-  Status OpenWorker(ucp_context_h context, Lane& lane, HandlerArg& arg, UcpWorker& worker, int& efd,
-                    WorkerAddress& address);
   /// Sends the queued fence acknowledgements once no active-message write is being
   /// received on the lane. Returns whether it sent any (ucx_am.cc).
   bool ServeAcks(Lane& lane);
@@ -233,11 +210,6 @@ class UcxBackend final : public TransportBackend {
 
   AgentOptions options_;
   UcpContext context_;
-  UcpContext message_context_;  // null: messages travel on the data workers
-  /// A message worker could not be flushed at shutdown (a peer stalled in the
-  /// middle of its wire-up): it and the message context are left to the process
-  /// instead of destroyed, which UCX 1.13.1 would abort on (StopLanes).
-  bool message_context_leaked_ = false;
   std::vector<std::unique_ptr<Lane>> lanes_;
   std::deque<std::unique_ptr<Peer>> peers_;
   BackendEvents* events_ = nullptr;

@@ -1,8 +1,9 @@
 // The UCX backend's sending side: one op becomes one request per row
 // (ucp_put_nbx, ucp_get_nbx, or ucp_am_send_nbx with the row's RemotePlace for
 // WRITEs as messages); a flush is ucp_ep_flush_nbx, or on the message path a
-// fence the target acknowledges once everything before it is placed; sends are
-// eager active messages on the link's message endpoint (ucx_backend.h: why). Completions go to the agent's Completion (user_data).
+// fence the target acknowledges once everything before it is placed; sends go on
+// a same-host peer's local message channel (ucx_backend.h: why), else they are
+// eager active messages. Completions go to the agent's Completion (user_data).
 #include <algorithm>
 
 #include <spdlog/spdlog.h>
@@ -172,17 +173,28 @@ void UcxBackend::ForgetAck(std::uint32_t lane, Completion* visible) {
   }
 }
 
-Status UcxBackend::Send(std::uint32_t /*lane*/, void* link, std::span<const std::byte> message, Completion* c,
+Status UcxBackend::Send(std::uint32_t lane, void* link, std::span<const std::byte> message, Completion* c,
                         std::uint32_t& pending) {
   Link& lk = *static_cast<Link*>(link);
   pending = 0;
+  if (lk.messages && !message.empty() && message.size() <= kMaxLocalMessageBytes) {
+    Lane& l = *lanes_[lane];
+    l.messages_due = true;
+    auto sent = lk.messages->Send(std::vector<std::byte>(message.begin(), message.end()),
+                                  [c](const Status* error) { c->done(c, error); });
+    if (!sent.ok()) return sent.status().WithContext("notification");
+    if (!*sent) {
+      pending = 1;
+      if (std::find(l.backlog.begin(), l.backlog.end(), &lk) == l.backlog.end()) l.backlog.push_back(&lk);
+    }
+    return Status::Ok();
+  }
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   p.flags = UCP_AM_SEND_FLAG_EAGER;
   p.cb.send = &UcxBackend::OnNotifySent;
   p.user_data = c;
-  ucs_status_ptr_t req =
-      ucp_am_send_nbx(lk.MessageEp(), kNotifyAmId, nullptr, 0, message.data(), message.size(), &p);
+  ucs_status_ptr_t req = ucp_am_send_nbx(lk.ep.get(), kNotifyAmId, nullptr, 0, message.data(), message.size(), &p);
   if (UCS_PTR_IS_ERR(req)) return UcsError("ucp_am_send_nbx(notification)", UCS_PTR_STATUS(req));
   if (req != nullptr) pending = 1;
   return Status::Ok();
@@ -198,6 +210,13 @@ void UcxBackend::OnMessageSent(void* request, ucs_status_t status, void* user_da
 Result<bool> UcxBackend::SendOwned(std::uint32_t lane, void* link, std::vector<std::byte> message) {
   Link& lk = *static_cast<Link*>(link);
   Lane& l = *lanes_[lane];
+  if (lk.messages && !message.empty() && message.size() <= kMaxLocalMessageBytes) {
+    l.messages_due = true;
+    SW_ASSIGN_OR_RETURN(const bool sent, lk.messages->Send(std::move(message), nullptr));
+    if (sent) return false;  // in the peer's socket: nothing left for the lane thread
+    if (std::find(l.backlog.begin(), l.backlog.end(), &lk) == l.backlog.end()) l.backlog.push_back(&lk);
+    return true;
+  }
   PendingSend& s = l.sends.emplace_back();
   s.wire = std::move(message);
   ucp_request_param_t p{};
@@ -205,13 +224,13 @@ Result<bool> UcxBackend::SendOwned(std::uint32_t lane, void* link, std::vector<s
   p.flags = UCP_AM_SEND_FLAG_EAGER;
   p.cb.send = &UcxBackend::OnMessageSent;
   p.user_data = &s;
-  ucs_status_ptr_t req = ucp_am_send_nbx(lk.MessageEp(), kNotifyAmId, nullptr, 0, s.wire.data(), s.wire.size(), &p);
+  ucs_status_ptr_t req = ucp_am_send_nbx(lk.ep.get(), kNotifyAmId, nullptr, 0, s.wire.data(), s.wire.size(), &p);
   if (req == nullptr) {
     // Completed at once: on a shared-memory endpoint nothing is left for the
     // lane thread, so do not wake it (it would compete for the lane's mutex and
     // the CPU). TCP endpoints may keep unsent bytes that need progress.
     l.sends.pop_back();
-    const auto& tr = lk.message_ep ? lk.peer->message_transports : lk.peer->transports;
+    const auto& tr = lk.peer->transports;
     const bool any_tcp =
         std::any_of(tr.begin(), tr.end(), [](const std::string& t) { return t.rfind("tcp/", 0) == 0; });
     return tr.empty() || any_tcp;
@@ -224,9 +243,9 @@ Result<bool> UcxBackend::SendOwned(std::uint32_t lane, void* link, std::vector<s
 }
 
 bool UcxBackend::SendsPending(std::uint32_t lane) {
-  auto& sends = lanes_[lane]->sends;
-  sends.remove_if([](const PendingSend& s) { return s.done; });
-  return !sends.empty();
+  Lane& l = *lanes_[lane];
+  l.sends.remove_if([](const PendingSend& s) { return s.done; });
+  return !l.sends.empty() || !l.backlog.empty();
 }
 
 }  // namespace shardwire::transport::ucx

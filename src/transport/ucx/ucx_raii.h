@@ -141,10 +141,6 @@ class Endpoint {
   /// UCP_EP_CLOSE_FLAG_FORCE (no handshake; outstanding requests complete with
   /// UCS_ERR_CANCELED) over a flushing close. Returns false on timeout.
   bool Close(bool force, double timeout_s);
-  /// Forgets the endpoint without closing it: UCX keeps it until
-  /// ucp_worker_destroy. For an endpoint whose wire-up never finished, which
-  /// UCX 1.13.1 cannot close (see UcxBackend::CloseLink).
-  void Abandon() { ep_ = nullptr; }
 
   static constexpr double kDefaultCloseTimeoutS = 2.0;
 

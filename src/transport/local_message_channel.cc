@@ -1,0 +1,172 @@
+#include "transport/local_message_channel.h"
+
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace shardwire::transport {
+
+namespace {
+
+// sockaddr_un of an abstract address (`name` without the leading NUL).
+socklen_t AbstractAddress(std::span<const std::byte> name, sockaddr_un& out) {
+  std::memset(&out, 0, sizeof(out));
+  out.sun_family = AF_UNIX;
+  const std::size_t n = std::min(name.size(), sizeof(out.sun_path) - 1);
+  std::memcpy(out.sun_path + 1, name.data(), n);
+  return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + n);
+}
+
+std::string Printable(std::span<const std::byte> name) {
+  return std::string(reinterpret_cast<const char*>(name.data()), name.size());
+}
+
+}  // namespace
+
+Result<std::unique_ptr<LocalMessageLink>> LocalMessageLink::Connect(std::span<const std::byte> address) {
+  if (address.empty() || address.size() > sizeof(sockaddr_un{}.sun_path) - 1)
+    return CorruptData(fmt::format("local message address of {} bytes", address.size()));
+  FileDescriptor fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!fd) return Internal(fmt::format("socket(AF_UNIX, SOCK_SEQPACKET): {}", std::strerror(errno)));
+  sockaddr_un sa;
+  const socklen_t len = AbstractAddress(address, sa);
+  // A Unix-domain connect completes at once (the listener's backlog takes it).
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&sa), len) != 0)
+    return PeerDisconnected(
+        fmt::format("connect to local message channel @{}: {}", Printable(address), std::strerror(errno)));
+  return std::unique_ptr<LocalMessageLink>(new LocalMessageLink(std::move(fd)));
+}
+
+Result<bool> LocalMessageLink::Send(std::vector<std::byte> message, Done done) {
+  if (message.size() > kMaxLocalMessageBytes)
+    return InvalidArgument(fmt::format("a local message of {} bytes exceeds {}", message.size(), kMaxLocalMessageBytes));
+  if (!fd_) return PeerDisconnected("local message link closed");
+  if (queue_.empty()) {
+    const ssize_t n = ::send(fd_.get(), message.data(), message.size(), MSG_DONTWAIT | MSG_NOSIGNAL | MSG_EOR);
+    if (n == static_cast<ssize_t>(message.size())) return true;
+    if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+      return PeerDisconnected(fmt::format("send on a local message link: {}",
+                                          n >= 0 ? "short record" : std::strerror(errno)));
+  }
+  queue_.push_back({std::move(message), std::move(done)});
+  return false;
+}
+
+bool LocalMessageLink::Flush() {
+  while (!queue_.empty() && fd_) {
+    Pending& p = queue_.front();
+    const ssize_t n = ::send(fd_.get(), p.message.data(), p.message.size(), MSG_DONTWAIT | MSG_NOSIGNAL | MSG_EOR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+    if (n != static_cast<ssize_t>(p.message.size())) {
+      FailQueued(PeerDisconnected(fmt::format("send on a local message link: {}",
+                                              n >= 0 ? "short record" : std::strerror(errno))));
+      return false;
+    }
+    Done done = std::move(p.done);
+    queue_.pop_front();
+    if (done) done(nullptr);
+  }
+  return !queue_.empty();
+}
+
+void LocalMessageLink::FailQueued(const Status& why) {
+  while (!queue_.empty()) {
+    Done done = std::move(queue_.front().done);
+    queue_.pop_front();
+    if (done) done(&why);
+  }
+}
+
+void LocalMessageLink::Close() {
+  fd_ = FileDescriptor();
+  FailQueued(PeerDisconnected("local message link closed"));
+}
+
+Result<std::unique_ptr<LocalMessageChannel>> LocalMessageChannel::Open(std::uint64_t serial, std::uint32_t lane) {
+  std::unique_ptr<LocalMessageChannel> c(new LocalMessageChannel());
+  const std::string name = fmt::format("shardwire-{}-{}-{}", ::getpid(), serial, lane);
+  c->address_.assign(reinterpret_cast<const std::byte*>(name.data()),
+                     reinterpret_cast<const std::byte*>(name.data()) + name.size());
+  c->listener_ = FileDescriptor(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!c->listener_) return Internal(fmt::format("socket(AF_UNIX, SOCK_SEQPACKET): {}", std::strerror(errno)));
+  sockaddr_un sa;
+  const socklen_t len = AbstractAddress(c->address_, sa);
+  if (::bind(c->listener_.get(), reinterpret_cast<const sockaddr*>(&sa), len) != 0)
+    return Internal(fmt::format("bind @{}: {}", name, std::strerror(errno)));
+  if (::listen(c->listener_.get(), SOMAXCONN) != 0) return Internal(fmt::format("listen @{}: {}", name, std::strerror(errno)));
+  c->epoll_ = FileDescriptor(::epoll_create1(EPOLL_CLOEXEC));
+  if (!c->epoll_) return Internal(fmt::format("epoll_create1: {}", std::strerror(errno)));
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = c->listener_.get();
+  if (::epoll_ctl(c->epoll_.get(), EPOLL_CTL_ADD, c->listener_.get(), &ev) != 0)
+    return Internal(fmt::format("epoll_ctl(ADD listener): {}", std::strerror(errno)));
+  c->buffer_.resize(kMaxLocalMessageBytes + 1);
+  return c;
+}
+
+void LocalMessageChannel::Accept() {
+  for (;;) {
+    FileDescriptor fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!fd) return;  // EAGAIN, or an error that the next readiness repeats
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd.get();
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd.get(), &ev) != 0) {
+      spdlog::warn("shardwire: epoll_ctl(ADD) of a local message connection: {}", std::strerror(errno));
+      continue;
+    }
+    const int key = fd.get();
+    connections_.emplace(key, std::move(fd));
+  }
+}
+
+unsigned LocalMessageChannel::Poll(const std::function<void(const std::byte*, std::size_t)>& deliver) {
+  epoll_event events[16];
+  const int ready = ::epoll_wait(epoll_.get(), events, 16, 0);
+  unsigned delivered = 0;
+  for (int i = 0; i < ready; ++i) {
+    const int fd = events[i].data.fd;
+    if (fd == listener_.get()) {
+      Accept();
+      continue;
+    }
+    auto it = connections_.find(fd);
+    if (it == connections_.end()) continue;
+    bool close = false;
+    for (;;) {
+      const ssize_t n = ::recv(fd, buffer_.data(), buffer_.size(), MSG_DONTWAIT | MSG_TRUNC);
+      if (n < 0) {
+        close = errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+        break;
+      }
+      if (n == 0) {  // the sender closed (or died): its records were all read
+        close = true;
+        break;
+      }
+      if (static_cast<std::size_t>(n) > kMaxLocalMessageBytes) {
+        spdlog::warn("shardwire: dropped a local message connection that sent a {}-byte record (at most {})", n,
+                     kMaxLocalMessageBytes);
+        close = true;
+        break;
+      }
+      deliver(buffer_.data(), static_cast<std::size_t>(n));
+      ++delivered;
+    }
+    if (close) {
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+      connections_.erase(it);
+    }
+  }
+  if (ready > 0 && delivered == 0) return 1;  // accepted or closed something: progress
+  return delivered;
+}
+
+}  // namespace shardwire::transport
