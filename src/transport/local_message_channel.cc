@@ -45,6 +45,7 @@ Result<std::unique_ptr<LocalMessageLink>> LocalMessageLink::Connect(std::span<co
 }
 
 Result<bool> LocalMessageLink::Send(std::vector<std::byte> message, Done done) {
+  if (message.empty()) return InvalidArgument("an empty local message (a zero-length record reads as end of stream)");
   if (message.size() > kMaxLocalMessageBytes)
     return InvalidArgument(fmt::format("a local message of {} bytes exceeds {}", message.size(), kMaxLocalMessageBytes));
   if (!fd_) return PeerDisconnected("local message link closed");
@@ -112,10 +113,11 @@ Result<std::unique_ptr<LocalMessageChannel>> LocalMessageChannel::Open(std::uint
   return c;
 }
 
-void LocalMessageChannel::Accept() {
+unsigned LocalMessageChannel::Accept() {
+  unsigned accepted = 0;
   for (;;) {
     FileDescriptor fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-    if (!fd) return;  // EAGAIN, or an error that the next readiness repeats
+    if (!fd) return accepted;  // EAGAIN, or an error (EMFILE) the next poll retries
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd.get();
@@ -125,6 +127,7 @@ void LocalMessageChannel::Accept() {
     }
     const int key = fd.get();
     connections_.emplace(key, std::move(fd));
+    ++accepted;
   }
 }
 
@@ -132,10 +135,11 @@ unsigned LocalMessageChannel::Poll(const std::function<void(const std::byte*, st
   epoll_event events[16];
   const int ready = ::epoll_wait(epoll_.get(), events, 16, 0);
   unsigned delivered = 0;
+  unsigned changed = 0;  // connections accepted or closed
   for (int i = 0; i < ready; ++i) {
     const int fd = events[i].data.fd;
     if (fd == listener_.get()) {
-      Accept();
+      changed += Accept();
       continue;
     }
     auto it = connections_.find(fd);
@@ -163,10 +167,10 @@ unsigned LocalMessageChannel::Poll(const std::function<void(const std::byte*, st
     if (close) {
       ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
       connections_.erase(it);
+      ++changed;
     }
   }
-  if (ready > 0 && delivered == 0) return 1;  // accepted or closed something: progress
-  return delivered;
+  return delivered + changed;
 }
 
 }  // namespace shardwire::transport

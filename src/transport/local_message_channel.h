@@ -56,11 +56,11 @@ class LocalMessageLink {
   /// errno; kInternal when a socket cannot be made.
   static Result<std::unique_ptr<LocalMessageLink>> Connect(std::span<const std::byte> address);
 
-  /// Sends `message` (at most kMaxLocalMessageBytes) or queues it when the
+  /// Sends `message` (1 to kMaxLocalMessageBytes bytes) or queues it when the
   /// connection is full. Returns true when it left at once (`done` not called),
   /// false when queued (`done` runs from a later Flush or Close). Errors:
-  /// kInvalidArgument for an oversized message; kPeerDisconnected when the peer
-  /// closed its end (`done` not called).
+  /// kInvalidArgument for an empty or oversized message; kPeerDisconnected when
+  /// the peer closed its end (`done` not called).
   Result<bool> Send(std::vector<std::byte> message, Done done);
   /// Sends what is queued, as far as the connection takes it. Returns whether
   /// anything is still queued. A peer that went away fails every queued message.
@@ -97,12 +97,13 @@ class LocalMessageChannel {
   /// Accepts new connections and hands every message that arrived to `deliver`
   /// (in order per connection); drops connections their senders closed. A record
   /// larger than kMaxLocalMessageBytes (a sender of another build) closes its
-  /// connection with a warning. Returns how many messages it delivered.
+  /// connection with a warning. Returns how many messages it delivered plus how
+  /// many connections it accepted or closed (0: nothing happened).
   unsigned Poll(const std::function<void(const std::byte* data, std::size_t length)>& deliver);
 
  private:
   LocalMessageChannel() = default;
-  void Accept();
+  unsigned Accept();  // returns the connections accepted
   std::vector<std::byte> address_;
   FileDescriptor listener_;
   FileDescriptor epoll_;
