@@ -181,7 +181,7 @@ struct UcxOptions {
   /// hears nothing from anyone again: reproduced here in 1 to 15 kills
   /// (docs/transport.md, "Messages travel apart from data"). A socket connection
   /// dies alone. Data (puts, gets, mapped regions, kernel copies) is unaffected.
-  /// Messages above 128 KiB and messages to other hosts stay UCX active messages.
+  /// Messages to other hosts stay UCX active messages (no shared FIFO there).
   /// false: every message is a UCX active message (the behaviour before).
   bool local_message_sockets = true;
 };

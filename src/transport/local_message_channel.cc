@@ -49,23 +49,42 @@ Result<bool> LocalMessageLink::Send(std::vector<std::byte> message, Done done) {
   if (message.size() > kMaxLocalMessageBytes)
     return InvalidArgument(fmt::format("a local message of {} bytes exceeds {}", message.size(), kMaxLocalMessageBytes));
   if (!fd_) return PeerDisconnected("local message link closed");
-  if (queue_.empty()) {
-    const ssize_t n = ::send(fd_.get(), message.data(), message.size(), MSG_DONTWAIT | MSG_NOSIGNAL | MSG_EOR);
-    if (n == static_cast<ssize_t>(message.size())) return true;
-    if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
-      return PeerDisconnected(fmt::format("send on a local message link: {}",
-                                          n >= 0 ? "short record" : std::strerror(errno)));
+  constexpr std::size_t kPayload = kMaxLocalRecordBytes - 1;
+  const bool was_empty = queue_.empty();
+  for (std::size_t at = 0; at < message.size(); at += kPayload) {
+    const std::size_t n = std::min(kPayload, message.size() - at);
+    const bool last = at + n == message.size();
+    Pending p;
+    p.record.reserve(n + 1);
+    p.record.push_back(last ? kLastRecord : std::byte{0});
+    p.record.insert(p.record.end(), message.begin() + static_cast<std::ptrdiff_t>(at),
+                    message.begin() + static_cast<std::ptrdiff_t>(at + n));
+    if (last) p.done = std::move(done);
+    queue_.push_back(std::move(p));
   }
-  queue_.push_back({std::move(message), std::move(done)});
-  return false;
+  if (!was_empty) return false;  // behind records that wait already
+  // Send what the connection takes now. The queue holds this message only: a
+  // message that left whole, or an error, reports no `done`.
+  while (!queue_.empty()) {
+    Pending& p = queue_.front();
+    const ssize_t n = ::send(fd_.get(), p.record.data(), p.record.size(), MSG_DONTWAIT | MSG_NOSIGNAL | MSG_EOR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+    if (n != static_cast<ssize_t>(p.record.size())) {
+      queue_.clear();
+      return PeerDisconnected(
+          fmt::format("send on a local message link: {}", n >= 0 ? "short record" : std::strerror(errno)));
+    }
+    queue_.pop_front();
+  }
+  return true;
 }
 
 bool LocalMessageLink::Flush() {
   while (!queue_.empty() && fd_) {
     Pending& p = queue_.front();
-    const ssize_t n = ::send(fd_.get(), p.message.data(), p.message.size(), MSG_DONTWAIT | MSG_NOSIGNAL | MSG_EOR);
+    const ssize_t n = ::send(fd_.get(), p.record.data(), p.record.size(), MSG_DONTWAIT | MSG_NOSIGNAL | MSG_EOR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
-    if (n != static_cast<ssize_t>(p.message.size())) {
+    if (n != static_cast<ssize_t>(p.record.size())) {
       FailQueued(PeerDisconnected(fmt::format("send on a local message link: {}",
                                               n >= 0 ? "short record" : std::strerror(errno))));
       return false;
@@ -109,7 +128,7 @@ Result<std::unique_ptr<LocalMessageChannel>> LocalMessageChannel::Open(std::uint
   ev.data.fd = c->listener_.get();
   if (::epoll_ctl(c->epoll_.get(), EPOLL_CTL_ADD, c->listener_.get(), &ev) != 0)
     return Internal(fmt::format("epoll_ctl(ADD listener): {}", std::strerror(errno)));
-  c->buffer_.resize(kMaxLocalMessageBytes + 1);
+  c->buffer_.resize(kMaxLocalRecordBytes + 1);
   return c;
 }
 
@@ -126,7 +145,7 @@ unsigned LocalMessageChannel::Accept() {
       continue;
     }
     const int key = fd.get();
-    connections_.emplace(key, std::move(fd));
+    connections_.emplace(key, Connection{std::move(fd), {}});
     ++accepted;
   }
 }
@@ -144,6 +163,7 @@ unsigned LocalMessageChannel::Poll(const std::function<void(const std::byte*, st
     }
     auto it = connections_.find(fd);
     if (it == connections_.end()) continue;
+    Connection& c = it->second;
     bool close = false;
     for (;;) {
       const ssize_t n = ::recv(fd, buffer_.data(), buffer_.size(), MSG_DONTWAIT | MSG_TRUNC);
@@ -155,14 +175,27 @@ unsigned LocalMessageChannel::Poll(const std::function<void(const std::byte*, st
         close = true;
         break;
       }
-      if (static_cast<std::size_t>(n) > kMaxLocalMessageBytes) {
-        spdlog::warn("shardwire: dropped a local message connection that sent a {}-byte record (at most {})", n,
-                     kMaxLocalMessageBytes);
+      const auto length = static_cast<std::size_t>(n);
+      if (length > kMaxLocalRecordBytes || length < 2 || c.partial.size() + length - 1 > kMaxLocalMessageBytes) {
+        spdlog::warn("shardwire: dropped a local message connection that sent a {}-byte record after {} bytes of a "
+                     "message (records 2..{} bytes, messages at most {})",
+                     length, c.partial.size(), kMaxLocalRecordBytes, kMaxLocalMessageBytes);
         close = true;
         break;
       }
-      deliver(buffer_.data(), static_cast<std::size_t>(n));
-      ++delivered;
+      const bool last = buffer_[0] == kLastRecord;
+      if (last && c.partial.empty()) {
+        deliver(buffer_.data() + 1, length - 1);  // a message of one record: no copy
+        ++delivered;
+        continue;
+      }
+      c.partial.insert(c.partial.end(), buffer_.begin() + 1, buffer_.begin() + static_cast<std::ptrdiff_t>(length));
+      if (last) {
+        deliver(c.partial.data(), c.partial.size());
+        ++delivered;
+        c.partial.clear();
+        c.partial.shrink_to_fit();
+      }
     }
     if (close) {
       ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);

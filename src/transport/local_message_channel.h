@@ -16,9 +16,11 @@
 // address ("\0shardwire-<pid>-<serial>-<lane>", per network namespace) plus the
 // connections peers opened to it; a sender opens one connection per peer lane
 // (Connect). Messages are SOCK_SEQPACKET records (boundaries kept, in order per
-// connection), at most kMaxLocalMessageBytes each; larger ones are the caller's
-// to send another way. Nothing blocks: a full connection queues the message in
-// the link until Poll sends it.
+// connection): a message travels as one or more records of at most
+// kMaxLocalRecordBytes, each led by one byte (kLastRecord on a message's last
+// record, 0 on the others), so messages of any size up to kMaxLocalMessageBytes
+// keep their order. Nothing blocks: a full connection queues records in the link
+// until Flush sends them.
 //
 // Thread-safety: none; the owner serialises every call on a channel and its
 // links (the UCX backend holds the lane's mutex).
@@ -40,9 +42,14 @@
 
 namespace shardwire::transport {
 
-/// Largest message a channel carries, bytes (a Unix socket's default send buffer
-/// is 208 KiB; SOCK_SEQPACKET records cannot exceed it).
-inline constexpr std::size_t kMaxLocalMessageBytes = std::size_t{128} << 10;
+/// Largest record on a connection, bytes, its leading byte included (a Unix
+/// socket's default send buffer is 208 KiB; a SOCK_SEQPACKET record cannot
+/// exceed it).
+inline constexpr std::size_t kMaxLocalRecordBytes = std::size_t{64} << 10;
+/// Largest message, bytes (as Agent::SendMessage's bound, 2^31).
+inline constexpr std::size_t kMaxLocalMessageBytes = std::size_t{1} << 31;
+/// The leading byte of a message's last record.
+inline constexpr std::byte kLastRecord{1};
 
 /// One connection to a peer's channel. Owned by the sender's backend.
 class LocalMessageLink {
@@ -56,8 +63,8 @@ class LocalMessageLink {
   /// errno; kInternal when a socket cannot be made.
   static Result<std::unique_ptr<LocalMessageLink>> Connect(std::span<const std::byte> address);
 
-  /// Sends `message` (1 to kMaxLocalMessageBytes bytes) or queues it when the
-  /// connection is full. Returns true when it left at once (`done` not called),
+  /// Sends `message` (1 to kMaxLocalMessageBytes bytes; as records, see above)
+  /// or queues what the connection does not take. Returns true when it left at once (`done` not called),
   /// false when queued (`done` runs from a later Flush or Close). Errors:
   /// kInvalidArgument for an empty or oversized message; kPeerDisconnected when
   /// the peer closed its end (`done` not called).
@@ -72,8 +79,9 @@ class LocalMessageLink {
   ~LocalMessageLink() { Close(); }
 
  private:
+  /// A record not yet sent; `done` on a message's last record.
   struct Pending {
-    std::vector<std::byte> message;
+    std::vector<std::byte> record;
     Done done;
   };
   explicit LocalMessageLink(FileDescriptor fd) : fd_(std::move(fd)) {}
@@ -94,10 +102,11 @@ class LocalMessageChannel {
   std::span<const std::byte> Address() const { return address_; }
   /// An epoll fd that is readable when a connection arrives or a message does.
   int EventFd() const { return epoll_.get(); }
-  /// Accepts new connections and hands every message that arrived to `deliver`
-  /// (in order per connection); drops connections their senders closed. A record
-  /// larger than kMaxLocalMessageBytes (a sender of another build) closes its
-  /// connection with a warning. Returns how many messages it delivered plus how
+  /// Accepts new connections and hands every message that arrived whole to
+  /// `deliver` (in order per connection); drops connections their senders closed
+  /// (with any partial message). A record larger than kMaxLocalRecordBytes, an
+  /// empty one or a message above kMaxLocalMessageBytes (a sender of another
+  /// build) closes its connection with a warning. Returns how many messages it delivered plus how
   /// many connections it accepted or closed (0: nothing happened).
   unsigned Poll(const std::function<void(const std::byte* data, std::size_t length)>& deliver);
 
@@ -107,8 +116,12 @@ class LocalMessageChannel {
   std::vector<std::byte> address_;
   FileDescriptor listener_;
   FileDescriptor epoll_;
-  std::unordered_map<int, FileDescriptor> connections_;  // by fd
-  std::vector<std::byte> buffer_;                         // one record
+  struct Connection {
+    FileDescriptor fd;
+    std::vector<std::byte> partial;  // the records of an unfinished message, leading bytes dropped
+  };
+  std::unordered_map<int, Connection> connections_;  // by fd
+  std::vector<std::byte> buffer_;                    // one record
 };
 
 }  // namespace shardwire::transport

@@ -7,8 +7,8 @@
 // LocalMessageChannel (a Unix-domain SOCK_SEQPACKET socket per lane,
 // transport/local_message_channel.h) unless UcxOptions::local_message_sockets is
 // off: UCX's shared-memory active messages share one FIFO per receiving worker
-// that a sender killed mid-send wedges for everyone. Messages to other hosts, and
-// larger than kMaxLocalMessageBytes, travel as active messages on the endpoint.
+// that a sender killed mid-send wedges for everyone. Messages to other hosts (and
+// empty ones) travel as active messages on the endpoint.
 //
 // Its files, one concern each:
 //   ucx_backend.cc   context, workers and message channels (Make), progress, arm,

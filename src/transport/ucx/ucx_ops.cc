@@ -177,7 +177,7 @@ Status UcxBackend::Send(std::uint32_t lane, void* link, std::span<const std::byt
                         std::uint32_t& pending) {
   Link& lk = *static_cast<Link*>(link);
   pending = 0;
-  if (lk.messages && !message.empty() && message.size() <= kMaxLocalMessageBytes) {
+  if (lk.messages && !message.empty() && message.size() <= kMaxLocalMessageBytes) {  // ucx_backend.h: why
     Lane& l = *lanes_[lane];
     l.messages_due = true;
     auto sent = lk.messages->Send(std::vector<std::byte>(message.begin(), message.end()),
