@@ -35,6 +35,9 @@ void AddInfoCommand(CLI::App& app, int* exit_code) {
                    ? "auto (same host: process liveness; other hosts: UCX peer error handling)"
                    : "ucx-peer");
     fmt::print("  ucx.keepalive_interval_s      {} s\n", d.ucx.keepalive_interval_s);
+    fmt::print("  ucx.local_message_sockets     {}\n",
+               d.ucx.local_message_sockets ? "yes (same-host messages on Unix-domain sockets)"
+                                           : "no (UCX active messages)");
     fmt::print("  pre-fault remote arenas       {}\n", d.prefault_remote ? "yes" : "no");
   });
 }

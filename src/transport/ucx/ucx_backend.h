@@ -14,8 +14,9 @@
 //   ucx_backend.cc   context, workers and message channels (Make), progress, arm,
 //                    event fd (an epoll fd over a lane's worker and channel), shutdown.
 //   ucx_memory.cc    regions: ucp_mem_map of caller memory, UCX-allocated arenas, rkeys.
-//   ucx_endpoint.cc  the blob section (worker addresses), endpoints, rkeys and their
-//                    mappings (ucp_rkey_ptr), endpoint errors, closing.
+//   ucx_endpoint.cc  the blob section (worker and message channel addresses),
+//                    endpoints and message links, rkeys and their mappings
+//                    (ucp_rkey_ptr), endpoint errors, closing.
 //   ucx_ops.cc       puts, gets, active-message writes, flushes and fences, sends.
 //   ucx_am.cc        the receiving side: active-message handlers (notifications,
 //                    writes, fences) and fence acknowledgements.

@@ -28,10 +28,6 @@ bool GetU32(std::span<const std::byte> in, std::size_t& at, std::uint32_t& v) {
   return true;
 }
 
-}  // namespace
-
-namespace {
-
 void PutAddresses(std::vector<std::byte>& out, const std::vector<std::vector<std::byte>>& addresses) {
   PutU32(out, static_cast<std::uint32_t>(addresses.size()));
   for (const auto& a : addresses) {
