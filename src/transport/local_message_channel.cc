@@ -5,6 +5,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -33,11 +34,12 @@ std::string Printable(std::span<const std::byte> name) {
 Result<std::unique_ptr<LocalMessageLink>> LocalMessageLink::Connect(std::span<const std::byte> address) {
   if (address.empty() || address.size() > sizeof(sockaddr_un{}.sun_path) - 1)
     return CorruptData(fmt::format("local message address of {} bytes", address.size()));
-  FileDescriptor fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  FileDescriptor fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd) return Internal(fmt::format("socket(AF_UNIX, SOCK_SEQPACKET): {}", std::strerror(errno)));
   sockaddr_un sa;
   const socklen_t len = AbstractAddress(address, sa);
-  // A Unix-domain connect completes at once (the listener's backlog takes it).
+  // A Unix-domain connect completes at once (the listener's backlog takes it) or
+  // fails at once: EAGAIN when that backlog is full (a peer that stopped accepting).
   if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&sa), len) != 0)
     return PeerDisconnected(
         fmt::format("connect to local message channel @{}: {}", Printable(address), std::strerror(errno)));
