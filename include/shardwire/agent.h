@@ -367,7 +367,8 @@ class Agent {
   /// negative or NaN timeout (ucx.keepalive_interval_s included), lanes above
   /// kMaxLanes, slice_bytes below 4096, zero flow-control limits or an unknown
   /// backend; kTransportError when UCX refuses (message names the call);
-  /// kInternal when a thread or eventfd cannot be created.
+  /// kInternal when a thread, eventfd, epoll fd or a lane's local message
+  /// socket (UcxOptions::local_message_sockets) cannot be made.
   static Result<std::unique_ptr<Agent>> Create(AgentOptions options);
 
   /// Stops the lane threads, force-closes every endpoint and releases every

@@ -134,6 +134,12 @@ TEST(MessageEndpoint, SendersKilledInTheMiddleOfSendingNeverDeafenTheReceiver) {
     ASSERT_TRUE(theirs.has_value()) << "sender " << r << " sent no metadata";
     auto name = a.ImportMetadata(*theirs);
     ASSERT_TRUE(name.ok()) << name.status().ToString();
+    if (r == 0) {  // the path under test is the one in use
+      auto info = a.DescribePeer(*name);
+      ASSERT_TRUE(info.ok());
+      EXPECT_EQ(info->message_transports,
+                LocalMessageSockets() ? std::vector<std::string>{"unix/seqpacket"} : std::vector<std::string>{});
+    }
     // The live sender's messages must arrive, however many senders died mid-send before.
     bool heard = false;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(kStepTimeoutS);
