@@ -68,30 +68,36 @@ Result<bool> LocalMessageLink::Send(std::vector<std::byte> message, Done done) {
   // Send what the connection takes now. The queue holds this message only: a
   // message that left whole, or an error, reports no `done`.
   while (!queue_.empty()) {
-    Pending& p = queue_.front();
-    const ssize_t n = ::send(fd_.get(), p.record.data(), p.record.size(), MSG_DONTWAIT | MSG_NOSIGNAL | MSG_EOR);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
-    if (n != static_cast<ssize_t>(p.record.size())) {
+    Status error;
+    if (!SendFront(error)) {
+      if (error.ok()) return false;  // the connection is full: queued
       queue_.clear();
-      return PeerDisconnected(
-          fmt::format("send on a local message link: {}", n >= 0 ? "short record" : std::strerror(errno)));
+      return error;
     }
     queue_.pop_front();
   }
   return true;
 }
 
+bool LocalMessageLink::SendFront(Status& error) {
+  const Pending& p = queue_.front();
+  const ssize_t n = ::send(fd_.get(), p.record.data(), p.record.size(), MSG_DONTWAIT | MSG_NOSIGNAL | MSG_EOR);
+  if (n == static_cast<ssize_t>(p.record.size())) return true;
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+  error = PeerDisconnected(
+      fmt::format("send on a local message link: {}", n >= 0 ? "short record" : std::strerror(errno)));
+  return false;
+}
+
 bool LocalMessageLink::Flush() {
   while (!queue_.empty() && fd_) {
-    Pending& p = queue_.front();
-    const ssize_t n = ::send(fd_.get(), p.record.data(), p.record.size(), MSG_DONTWAIT | MSG_NOSIGNAL | MSG_EOR);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
-    if (n != static_cast<ssize_t>(p.record.size())) {
-      FailQueued(PeerDisconnected(fmt::format("send on a local message link: {}",
-                                              n >= 0 ? "short record" : std::strerror(errno))));
+    Status error;
+    if (!SendFront(error)) {
+      if (error.ok()) return true;  // still full
+      FailQueued(error);
       return false;
     }
-    Done done = std::move(p.done);
+    Done done = std::move(queue_.front().done);
     queue_.pop_front();
     if (done) done(nullptr);
   }

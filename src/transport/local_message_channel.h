@@ -86,6 +86,9 @@ class LocalMessageLink {
   };
   explicit LocalMessageLink(FileDescriptor fd) : fd_(std::move(fd)) {}
   void FailQueued(const Status& why);
+  /// Sends the queue's first record. Returns whether it left; false with `error`
+  /// ok: the connection is full; false with `error` set: the peer is gone.
+  bool SendFront(Status& error);
   FileDescriptor fd_;
   std::deque<Pending> queue_;
 };
