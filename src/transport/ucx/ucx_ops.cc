@@ -212,8 +212,17 @@ Result<bool> UcxBackend::SendOwned(std::uint32_t lane, void* link, std::vector<s
   Lane& l = *lanes_[lane];
   if (lk.messages && !message.empty() && message.size() <= kMaxLocalMessageBytes) {
     l.messages_due = true;
-    SW_ASSIGN_OR_RETURN(const bool sent, lk.messages->Send(std::move(message), nullptr));
-    if (sent) return false;  // in the peer's socket: nothing left for the lane thread
+    auto sent = lk.messages->Send(std::move(message), nullptr);
+    if (!sent.ok() && sent.status().code() == ErrorCode::kPeerDisconnected) {
+      // The peer's process is gone. As with an active message into a dead peer's
+      // FIFO, the message is lost and the send is not an error here: the peer's
+      // liveness check reports the failure (Agent::SendMessage's contract).
+      spdlog::debug("shardwire agent {}: message to {} dropped: {}", options_.name, lk.peer->name,
+                    sent.status().ToString());
+      return false;
+    }
+    if (!sent.ok()) return sent.status();
+    if (*sent) return false;  // in the peer's socket: nothing left for the lane thread
     if (std::find(l.backlog.begin(), l.backlog.end(), &lk) == l.backlog.end()) l.backlog.push_back(&lk);
     return true;
   }
