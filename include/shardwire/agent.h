@@ -336,6 +336,12 @@ struct TransportCapabilities {
   /// (UCP_ATTR_FIELD_MEMORY_TYPES) and each memory domain's reg/access memory
   /// types (uct_md_query).
   std::vector<MemoryKindSupport> memory_kinds;
+  /// Defects of the running UCX version (ucp_get_version) that Shardwire cannot
+  /// guard against from outside UCX, one sentence each with the upstream fix
+  /// (e.g. on UCX < 1.14: a process aborts when its TCP peer dies during
+  /// connection set-up, openucx/ucx#8175). Empty for versions with none known.
+  /// Source: docs/transport.md ("Tried first: a TCP-only UCX context").
+  std::vector<std::string> known_defects;
 };
 
 /// Probes UCX once (a throw-away ucp context and every UCT component's memory

@@ -39,6 +39,10 @@ void AddInfoCommand(CLI::App& app, int* exit_code) {
                d.ucx.local_message_sockets ? "yes (same-host messages on Unix-domain sockets)"
                                            : "no (UCX active messages)");
     fmt::print("  pre-fault remote arenas       {}\n", d.prefault_remote ? "yes" : "no");
+    if (!caps->known_defects.empty()) {
+      fmt::print("\nknown defects of this UCX (not guarded by Shardwire):\n");
+      for (const auto& defect : caps->known_defects) fmt::print("  - {}\n", defect);
+    }
   });
 }
 

@@ -366,5 +366,20 @@ TEST(AgentTransfer, CapabilityProbeReportsHostAndExplainsMissingKinds) {
   for (const auto& t : caps->transports) std::printf("[ info     ] transport %s\n", t.c_str());
 }
 
+// The version check reads ucp_get_version; the oracle here parses the version
+// string instead. Debian 12's UCX 1.13.1 has the wire-up abort of openucx/ucx#8175.
+TEST(AgentTransfer, CapabilityProbeNamesTheKnownDefectsOfThisUcxVersion) {
+  auto caps = ProbeTransportCapabilities();
+  ASSERT_TRUE(caps.ok()) << caps.status().ToString();
+  unsigned major = 0, minor = 0;
+  ASSERT_EQ(std::sscanf(caps->ucx_version.c_str(), "%u.%u", &major, &minor), 2) << caps->ucx_version;
+  const bool before_fix = major == 1 && minor < 14;
+  ASSERT_EQ(caps->known_defects.size(), before_fix ? 1u : 0u) << caps->ucx_version;
+  if (before_fix) {
+    EXPECT_NE(caps->known_defects[0].find("openucx/ucx#8175"), std::string::npos) << caps->known_defects[0];
+    EXPECT_NE(caps->known_defects[0].find(caps->ucx_version), std::string::npos) << caps->known_defects[0];
+  }
+}
+
 }  // namespace
 }  // namespace shardwire

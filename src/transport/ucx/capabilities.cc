@@ -123,6 +123,17 @@ Result<TransportCapabilities> ProbeTransportCapabilities() {
     }
     caps.memory_kinds.push_back(std::move(m));
   }
+
+  unsigned major = 0, minor = 0, release = 0;
+  ucp_get_version(&major, &minor, &release);
+  if (major == 1 && minor < 14) {
+    caps.known_defects.push_back(fmt::format(
+        "UCX {}.{}.{} aborts a process (assertion \"got REQ message\" in ucp_request_send_state_ff) when a TCP "
+        "endpoint's peer dies or is closed while the endpoint's wire-up request still waits for the connection: "
+        "peers on other hosts and failure_detection ucx-peer are exposed during connection set-up; fixed in UCX "
+        "1.14 (openucx/ucx#8175)",
+        major, minor, release));
+  }
   return caps;
 }
 
