@@ -13,8 +13,9 @@
 // (UCP_ERR_HANDLING_MODE_NONE, docs/transport.md "Peer failure") connects to
 // the peer's FIFO without any wire-up message (UCX debug log: "wireup_msg_lane
 // <none>"), so a peer killed while connecting cannot wedge it either; the
-// second test keeps it so (3 x 1000 rounds with local_message_sockets off and
-// 3 x 300 with it on passed in session 17).
+// second test keeps it so (session 17: 3 x 300 rounds passed; 3 x 1000 rounds
+// of a variant without the per-connection message passed with
+// local_message_sockets off, where a wedged FIFO would have shown).
 //
 // Children report through their exit code and never touch gtest. Every wait has
 // a timeout; children are reaped with WaitPidFor.
@@ -119,8 +120,8 @@ int SendForever(Agent& a, const std::string& peer, const std::vector<std::byte>&
   }
 }
 
-// Connects to the peer (WireUp: UCX's wire-up handshake, which the peer's lanes
-// flushes its endpoints), says hello, waits for the peer's go, then connects
+// Connects to the peer (WireUp: a flush of the new endpoint on every lane), says
+// hello, waits for the peer's go, then connects
 // again and again until killed (InvalidatePeer, a fresh ImportMetadata, WireUp
 // and one small message, which opens a new message connection), so that most
 // of its time lies in connection set-up.
@@ -143,14 +144,12 @@ int ConnectForever(Agent& a, const std::string& peer, const std::vector<std::byt
 
 // Round r: child r (running `body`) connects to one receiver agent and must be
 // heard (a notification from it arrives); with `receiver_wires_up` the
-// receiver's own WireUp to it must succeed first (the handshake needs the
-// receiver's worker to read the child's replies) and the receiver then sends
+// receiver's own WireUp to it must succeed first and the receiver then sends
 // the child a go. Then the child is SIGKILLed at a random moment 0.5-20 ms
 // later, in the middle of `body`.
 void KilledPeersNeverDeafenTheReceiver(int rounds, const ChildBody& body, bool receiver_wires_up) {
-  const int kRounds = rounds;
   std::vector<Child> senders;
-  for (int r = 0; r < kRounds; ++r) senders.push_back(ForkChild("sender-" + std::to_string(r), body));
+  for (int r = 0; r < rounds; ++r) senders.push_back(ForkChild("sender-" + std::to_string(r), body));
   for (const Child& c : senders) ASSERT_GT(c.pid, 0) << "fork";
 
   auto receiver = MakeAgent("receiver");
@@ -162,7 +161,7 @@ void KilledPeersNeverDeafenTheReceiver(int rounds, const ChildBody& body, bool r
   std::mt19937 rng(seed);
   SCOPED_TRACE("seed " + std::to_string(seed) + ", local message sockets " + (LocalMessageSockets() ? "on" : "off"));
 
-  for (int r = 0; r < kRounds; ++r) {
+  for (int r = 0; r < rounds; ++r) {
     Child& c = senders[static_cast<std::size_t>(r)];
     ASSERT_TRUE(SendFrame(c.fd, *blob));
     auto theirs = RecvFrame(c.fd, kStepTimeoutS);
@@ -203,8 +202,9 @@ TEST(MessageEndpoint, SendersKilledInTheMiddleOfSendingNeverDeafenTheReceiver) {
   KilledPeersNeverDeafenTheReceiver(40, SendForever, false);
 }
 
-// Peers killed while UCX wires up connections to the receiver (their wire-up
-// messages travel over UCX, not over the message sockets). Rounds:
+// Peers killed while they connect to the receiver: UCX endpoints (any wire-up
+// message would travel over UCX, not over the message sockets; same-host
+// endpoints send none) and message connections. Rounds:
 // SHARDWIRE_TEST_CONNECT_ROUNDS (default 40).
 TEST(MessageEndpoint, PeersKilledWhileConnectingNeverDeafenTheReceiver) {
   const char* env = std::getenv("SHARDWIRE_TEST_CONNECT_ROUNDS");
