@@ -132,7 +132,7 @@ struct StepFigures {
   std::uint64_t ucx_requests = 0;        // UCX data requests (rows not copied directly)
   std::uint64_t kernel_copy_bytes = 0;   // bytes the trainers' lanes wrote by process_vm_writev (private engine arenas)
   double copy_s = 0, copy_cpu_s = 0;     // lanes' direct + kernel copies: wall and CPU seconds, summed over lanes
-  double connect_s = 0;                  // step 1 only: slowest trainer's Connect (includes pre-faulting)
+  double connect_s = 0;                  // step 1: slowest trainer's Connect (pre-faulting, waiting for engines)
   std::uint64_t prefaulted_pages = 0;    // step 1 only: pages all trainers pre-faulted at Connect
   std::uint64_t trainer_huge = 0, engine_huge = 0;  // bytes in transparent huge pages (AnonHugePages), summed
   std::vector<std::pair<double, double>> transfer_windows, compute_windows;  // per trainer, CLOCK_MONOTONIC s
@@ -432,8 +432,10 @@ Status Run(const RlSyncOptions& o) {
     }
     const double gbps = f.transfer_s > 0 ? static_cast<double>(f.bytes) / f.transfer_s / 1e9 : 0;
     if (step == 1) {
-      fmt::print("connect     slowest trainer {:.3f} s, {} pages of engine arenas pre-faulted (before step 1)\n",
-                 f.connect_s, f.prefaulted_pages);
+      fmt::print(
+          "connect     slowest trainer {:.3f} s (Connect, waiting for the engines to publish included), {} "
+          "pages of engine arenas pre-faulted (before step 1)\n",
+          f.connect_s, f.prefaulted_pages);
       fmt::print("memory      in 2 MiB pages (AnonHugePages): trainers {}, engines {} (--engine-memory {})\n",
                  FormatBytes(static_cast<double>(f.trainer_huge)), FormatBytes(static_cast<double>(f.engine_huge)),
                  o.engine_memory);

@@ -176,8 +176,8 @@ void KilledPeersNeverDeafenTheReceiver(int rounds, const ChildBody& body, bool r
     }
     if (receiver_wires_up) {
       const Status up = a.WireUp(*name, kStepTimeoutS);
-      ASSERT_TRUE(up.ok()) << "after " << r << " peers were SIGKILLed, the receiver's wire-up to the live peer " << *name
-                           << " failed: " << up.ToString();
+      ASSERT_TRUE(up.ok()) << "after " << r << " peers were SIGKILLed, the receiver's wire-up to the live peer "
+                           << *name << " failed: " << up.ToString();
     }
     // The live sender's messages must arrive, however many senders died mid-send before.
     bool heard = false;
