@@ -356,7 +356,8 @@ TEST_P(StoppedTarget, OtherPeerUnaffectedAndReplacementReconnects) {
   const PeerFailureDetection det = GetParam();
   int vfds[2], hfds[2], rfds[2];
   // Every child is forked before this process starts agent threads.
-  const pid_t victim = ForkChild(vfds, [det](int fd) { return StoppingTargetChild(fd, det, "victim"); });
+  const pid_t victim =
+      ForkChild(vfds, [det](int fd) { return StoppingTargetChild(fd, det, "victim", /*wait_for_go=*/true); });
   ASSERT_GT(victim, 0);
   const pid_t healthy = ForkChild(hfds, [det](int fd) {
     auto agent = Agent::Create({.name = "healthy", .ucx = {.failure_detection = det}});
@@ -395,6 +396,11 @@ TEST_P(StoppedTarget, OtherPeerUnaffectedAndReplacementReconnects) {
   ASSERT_TRUE(region.ok());
   FillPattern(a.RegionBytes(*region), 77);
   ASSERT_EQ(Handshake(a, vfds[0]), "victim");
+  // Wire up before the victim stops, as in InitiatorWaitReturnsWhenTargetIsKilled: on UCX 1.13.1
+  // a TCP endpoint (ucxpeer) failing with a wire-up message still queued aborts the process
+  // (openucx/ucx#8175; hit once here in session 17's asan stage: "got REP message").
+  ASSERT_TRUE(a.WireUp("victim", 30).ok());
+  ASSERT_TRUE(SendFrame(vfds[0], Bytes("go")));
   ASSERT_EQ(Handshake(a, hfds[0]), "healthy");
   ASSERT_TRUE(WaitStopped(victim, 30));
   auto hv = a.PrepareTransfer(TransferOp::kWrite, "victim", {{*region, 0, 1, 0, kSize}}, Bytes("v"));
