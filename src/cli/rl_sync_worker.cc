@@ -187,6 +187,10 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
     const std::uint64_t faults_before = MinorFaults();
     const AgentStats agent_before = publisher->transport_stats();
     SW_ASSIGN_OR_RETURN(const PushStats stats, publisher->Push(static_cast<std::uint64_t>(step)));
+    // Taken at once: the report's /proc reads below (page faults, smaps_rollup) take
+    // milliseconds under sanitizers, and the demo places this push's transfer window at
+    // [push_end - transfer_s, push_end] against the engines' commit times.
+    const double push_end = MonotonicSeconds();
     const AgentStats agent_after = publisher->transport_stats();
     nlohmann::json missed = nlohmann::json::array();
     for (const MissedEngine& m : stats.missed)
@@ -209,7 +213,7 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"mapped_bytes", stats.mapped_bytes},
                           {"compute_begin", compute_begin},
                           {"compute_end", compute_end},
-                          {"push_end", MonotonicSeconds()},
+                          {"push_end", push_end},
                           {"missed", missed},
                           {"hold_s", stats.hold_s},
                           {"held_for", stats.held_for},
