@@ -68,35 +68,34 @@ Result<bool> LocalMessageLink::Send(std::vector<std::byte> message, Done done) {
   // Send what the connection takes now. The queue holds this message only: a
   // message that left whole, or an error, reports no `done`.
   while (!queue_.empty()) {
-    Status error;
-    if (!SendFront(error)) {
-      if (error.ok()) return false;  // the connection is full: queued
+    const Result<bool> sent = SendFront();
+    if (!sent.ok()) {
       queue_.clear();
-      return error;
+      return sent.status();
     }
+    if (!*sent) return false;  // the connection is full: queued
     queue_.pop_front();
   }
   return true;
 }
 
-bool LocalMessageLink::SendFront(Status& error) {
+Result<bool> LocalMessageLink::SendFront() {
   const Pending& p = queue_.front();
   const ssize_t n = ::send(fd_.get(), p.record.data(), p.record.size(), MSG_DONTWAIT | MSG_NOSIGNAL | MSG_EOR);
   if (n == static_cast<ssize_t>(p.record.size())) return true;
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
-  error = PeerDisconnected(
+  return PeerDisconnected(
       fmt::format("send on a local message link: {}", n >= 0 ? "short record" : std::strerror(errno)));
-  return false;
 }
 
 bool LocalMessageLink::Flush() {
   while (!queue_.empty() && fd_) {
-    Status error;
-    if (!SendFront(error)) {
-      if (error.ok()) return true;  // still full
-      FailQueued(error);
+    const Result<bool> sent = SendFront();
+    if (!sent.ok()) {
+      FailQueued(sent.status());
       return false;
     }
+    if (!*sent) return true;  // still full
     Done done = std::move(queue_.front().done);
     queue_.pop_front();
     if (done) done(nullptr);

@@ -86,9 +86,11 @@ class LocalMessageLink {
   };
   explicit LocalMessageLink(FileDescriptor fd) : fd_(std::move(fd)) {}
   void FailQueued(const Status& why);
-  /// Sends the queue's first record. Returns whether it left; false with `error`
-  /// ok: the connection is full; false with `error` set: the peer is gone.
-  bool SendFront(Status& error);
+  /// Sends the queue's first record without blocking. Returns true when it
+  /// left whole, false when the connection is full (the record stays queued).
+  /// Errors: kPeerDisconnected when the peer closed the connection (or a short
+  /// record, which SOCK_SEQPACKET never produces for a live peer).
+  Result<bool> SendFront();
   FileDescriptor fd_;
   std::deque<Pending> queue_;
 };
