@@ -2,8 +2,8 @@
 //
 // Format (version 1, little-endian): u32 magic "SWPL", u16 version, u16 flags (bit 0:
 // the blob is one rank's part), then LEB128 varints: src_world, dst_world,
-// runs_before_coalescing, the destination groups the blob references (id, size, ranks
-// delta-coded), and the buckets (source, group, delivery, round, move count) each
+// runs_before_coalescing, the destination groups the blob references (id ascending, size,
+// ranks ascending and delta-coded), and the buckets (source, group, delivery, round, move count) each
 // followed by its moves (source offset and length as deltas from the previous move's
 // end, destination offset zigzag-delta-coded), then the reductions of Partial sources
 // (scratch sizes, copies, sums); the body is compressed as one zstd frame (libzstd)
@@ -40,7 +40,8 @@ inline constexpr std::uint64_t kMaxPlanGroups = std::uint64_t{1} << 20;
 /// Decodes either form. A part decodes to a plan holding just those buckets (group ids
 /// are kept; groups it does not reference are empty). Errors (kCorruptData, naming the
 /// check): truncated, bad magic, unsupported version, checksum mismatch, a varint or
-/// count that overruns, a rank, group (id >= kMaxPlanGroups) or delivery kind out of range, a move whose byte range
+/// count that overruns, a rank, group (id >= kMaxPlanGroups) or delivery kind out of range, group ids
+/// not strictly ascending (a repeated group), a move whose byte range
 /// (offset + (count - 1) * stride + length, either side) or byte count overflows 64 bits.
 Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes);
 

@@ -222,7 +222,10 @@ Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes) {
     // Group ids index a vector: an id is bounded by kMaxPlanGroups so that a few bytes
     // cannot make us allocate hundreds of MB (2^24 ids were 400 MB of empty groups).
     if (id >= kMaxPlanGroups || size > dst_world || size > r.remaining()) return CorruptData("plan group out of range");
-    if (groups.size() <= id) groups.resize(id + 1);
+    // The encoder writes each group once, ids ascending; a repeated id would append a
+    // second run of ranks to the first (unsorted, possibly repeated ranks).
+    if (id < groups.size()) return CorruptData(fmt::format("plan group id {} repeated or out of order", id));
+    groups.resize(id + 1);
     std::uint64_t rank = 0;
     for (std::uint64_t j = 0; j < size; ++j) {
       SW_ASSIGN_OR_RETURN(const std::uint64_t delta, r.Varint("group rank"));

@@ -624,5 +624,24 @@ TEST(PlanCodec, GroupIdsBeyondTheLimitAreCorrupt) {
   }
 }
 
+// Found by fuzz/plan_codec_fuzzer.cc (CI, session 17's head): a group id written twice
+// appended its second run of ranks to the first, so a decoded group held ranks unsorted and
+// repeated, and a destination rank's binary search over its group could miss it.
+TEST(PlanCodec, RepeatedOrDescendingGroupIdsAreCorrupt) {
+  // src_world 1, dst_world 4, runs 0, two groups, no buckets, scratch, copies or reductions.
+  auto blob = [](std::uint64_t first_id, std::uint64_t second_id) {
+    return SealPlanBody({1, 4, 0, 2, first_id, 2, 1, 2, second_id, 1, 0, 0, 0, 0, 0});
+  };
+  auto ok = DeserializePlan(blob(0, 1));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->dst_groups().at(0), (std::vector<std::uint32_t>{1, 3}));
+  EXPECT_EQ(ok->dst_groups().at(1), (std::vector<std::uint32_t>{0}));
+  for (auto [first, second] : {std::pair<std::uint64_t, std::uint64_t>{0, 0}, {1, 0}, {5, 5}}) {
+    auto r = DeserializePlan(blob(first, second));
+    EXPECT_EQ(r.status().code(), ErrorCode::kCorruptData) << first << "," << second;
+    EXPECT_NE(r.status().message().find("repeated or out of order"), std::string::npos) << r.status().message();
+  }
+}
+
 }  // namespace
 }  // namespace shardwire
