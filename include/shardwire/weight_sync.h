@@ -218,6 +218,13 @@ struct WeightSyncOptions {
   /// See BufferMemory. Ignored for buffers in the caller's memory (the caller may advise them
   /// itself: madvise(MADV_HUGEPAGE) before first touch).
   BufferMemory buffer_memory = BufferMemory::kAuto;
+  /// Lanes (progress and copy threads, AgentOptions::lanes) of this rank's transport agent;
+  /// 0 means kDefaultLanes. A same-host trainer's lanes do its copies into the engines (kernel
+  /// copy or memcpy), so where several ranks share a host's cores, more lanes than cores per
+  /// rank only add context switches and cache contention: on this 2-core VM, 2 trainers with
+  /// 1 lane each pushed 10-20% faster than with 2 each (demo rl-sync --trainer-lanes,
+  /// docs/benchmarks.md). Independent per rank: publishers and subscribers need not agree.
+  std::uint32_t lanes = 0;
   /// Where this rank reports its metrics (docs/metrics.md): push / update durations (seconds,
   /// histograms), the pushed / committed version, missed versions by reason, and its agent's
   /// bytes and transfers by peer (AgentOptions::metrics). Must outlive the publisher or

@@ -200,6 +200,12 @@ Status Run(const RlSyncOptions& o) {
   SW_ASSIGN_OR_RETURN(const Layout engine_layout, MakeLayoutFromString(engine_model, engine_spec));
   const int trainers = trainer_layout.world_size();
   const int engine_ranks = engine_layout.world_size();
+  // Every trainer runs on this host: its lanes copy into the engines, so the host's cores are
+  // shared among the trainers (at least 1 lane each, at most kDefaultLanes) unless told.
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const auto trainer_lanes =
+      o.trainer_lanes > 0 ? o.trainer_lanes
+                          : std::clamp<std::uint32_t>(static_cast<std::uint32_t>(cores / trainers), 1, kDefaultLanes);
   // The push as the workers will run it: moves unchanged where the formats agree, converted
   // (FP8 block quantisation, casts) where they differ.
   SW_ASSIGN_OR_RETURN(
@@ -213,7 +219,8 @@ Status Run(const RlSyncOptions& o) {
              model.config.architecture.empty() ? model.config.model_type : model.config.architecture,
              DTypeName(model.tensors.front().spec.dtype), model.tensors.size(),
              FormatBytes(static_cast<double>(model.total_bytes())));
-  fmt::print("trainers    {} processes, {}\n", trainers, trainer_layout.description());
+  fmt::print("trainers    {} processes, {}, {} transport lane(s) each{}\n", trainers, trainer_layout.description(),
+             trainer_lanes, o.trainer_lanes > 0 ? "" : fmt::format(" (automatic: {} cores here)", cores));
   fmt::print("engines     {} processes, {}\n", engine_ranks, engine_layout.description());
   if (conversion.converts()) {
     std::uint64_t converted = 0;
@@ -274,6 +281,7 @@ Status Run(const RlSyncOptions& o) {
     if (o.relay) args.push_back("--relay");
     args.insert(args.end(), {"--verify", o.verify});
     args.insert(args.end(), {"--engine-memory", o.engine_memory});
+    if (role == "trainer") args.insert(args.end(), {"--lanes", std::to_string(trainer_lanes)});
     if (o.staging_bytes > 0) args.insert(args.end(), {"--staging-bytes", std::to_string(o.staging_bytes)});
     if (o.staging_slots > 0) args.insert(args.end(), {"--staging-slots", std::to_string(o.staging_slots)});
     if (o.staging_only) args.push_back("--staging-only");
@@ -532,10 +540,9 @@ Status Run(const RlSyncOptions& o) {
   }
   const double mean_gbps = total_s > 0 ? static_cast<double>(total_bytes) / total_s / 1e9 : 0;
   // Reference measured now: memcpy of one step's bytes with as many threads as the trainers
-  // have copying lanes (kDefaultLanes each), capped at this host's cores (2 here): with one
-  // trainer its two lanes copy on both cores, so the reference is two threads as well.
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int copy_threads = std::clamp(trainers * static_cast<int>(kDefaultLanes), 1, cores);
+  // have copying lanes, capped at this host's cores (2 here): one trainer with two lanes, or two
+  // with one each, copy on both cores, so the reference is two threads as well.
+  const int copy_threads = std::clamp(trainers * static_cast<int>(trainer_lanes), 1, cores);
   const double memcpy_gbps = MeasureMemcpyGBps(bytes_per_step, copy_threads);
   const double memcpy_per_cpu = MeasureMemcpyGBPerCpuSecond(bytes_per_step, copy_threads);
   int restarted = 0;
@@ -665,6 +672,11 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
                   "that converts into mapped engine buffers)")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "shared", "private"}));
+  cmd->add_option("--trainer-lanes", o->trainer_lanes,
+                  "transport lanes (copy threads) per trainer (0 = automatic: this host's cores shared among the "
+                  "trainers, at least 1 and at most 2 each)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, static_cast<int>(kMaxLanes)));
   cmd->add_flag("--double-buffer", o->double_buffer,
                 "engines hold two buffers: they serve the committed version from one while the next lands in the "
                 "other (2x engine weight memory)");

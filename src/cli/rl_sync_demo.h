@@ -30,6 +30,9 @@ struct RlSyncOptions {
   /// Memory of the engines' weight buffers: "auto", "shared" or "private"
   /// (WeightSyncOptions::buffer_memory).
   std::string engine_memory = "auto";
+  /// Transport lanes per trainer (WeightSyncOptions::lanes); 0: automatic, the host's cores
+  /// divided among the trainers, at least 1 and at most kDefaultLanes each.
+  std::uint32_t trainer_lanes = 0;
   std::uint64_t staging_bytes = 0;    ///< trainers' conversion staging bound in bytes (0: the default, 64 MiB)
   std::uint32_t staging_slots = 0;    ///< slots of that staging ring (0: automatic)
   bool staging_only = false;          ///< converting push: always the staging ring, never into mapped engine buffers

@@ -43,6 +43,7 @@ struct WorkerArgs {
   bool verify_digests = false;      // per-version integrity check
   std::string verify = "every";  // every | last
   std::string engine_memory = "auto";  // auto | shared | private (BufferMemory)
+  std::uint32_t lanes = 0;             // trainer: transport lanes (0: kDefaultLanes)
   std::uint64_t staging_bytes = 0;  // 0: the default
   std::uint32_t staging_slots = 0;  // 0: automatic
   int max_concurrency = 4;          // K of the plan's rounds
@@ -152,6 +153,7 @@ WeightSyncOptions SyncOptions(const WorkerArgs& a) {
   options.buffer_memory = a.engine_memory == "shared"    ? BufferMemory::kShared
                                  : a.engine_memory == "private" ? BufferMemory::kPrivateHugePages
                                                                 : BufferMemory::kAuto;
+  options.lanes = a.lanes;
   return options;
 }
 
@@ -446,6 +448,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_flag("--verify-digests", args->verify_digests);
   cmd->add_option("--verify", args->verify)->check(CLI::IsMember({"every", "last"}));
   cmd->add_option("--engine-memory", args->engine_memory)->check(CLI::IsMember({"auto", "shared", "private"}));
+  cmd->add_option("--lanes", args->lanes)->check(CLI::Range(0, static_cast<int>(kMaxLanes)));
   cmd->add_option("--staging-bytes", args->staging_bytes);
   cmd->add_option("--staging-slots", args->staging_slots);
   cmd->add_option("--concurrency", args->max_concurrency);

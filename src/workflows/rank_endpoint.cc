@@ -48,10 +48,10 @@ Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string&
                                       std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer,
                                       bool double_buffered, std::span<std::byte> second_caller_buffer,
                                       std::uint64_t scratch_bytes, ArenaMemory memory, MetricsRegistry* metrics,
-                                      std::uint64_t incarnation) {
+                                      std::uint64_t incarnation, std::uint32_t lanes) {
   RankEndpoint endpoint;
   const std::string key = MetadataKey(job, role, rank);
-  SW_ASSIGN_OR_RETURN(endpoint.agent, Agent::Create(AgentOptions{.name = key, .metrics = metrics}));
+  SW_ASSIGN_OR_RETURN(endpoint.agent, Agent::Create(AgentOptions{.name = key, .lanes = lanes, .metrics = metrics}));
   SW_RETURN_IF_ERROR(
       OpenBuffer(*endpoint.agent, key, buffer_bytes, caller_buffer, &endpoint.region, &endpoint.weights, memory));
   if (double_buffered) {

@@ -27,7 +27,8 @@ struct RankEndpoint {
   std::span<std::byte> scratch;
 };
 
-/// Creates the agent named "<job>/<role>/<rank>", allocates `buffer_bytes` as an arena
+/// Creates the agent named "<job>/<role>/<rank>" (with `lanes` lanes, AgentOptions::lanes: 0 =
+/// kDefaultLanes), allocates `buffer_bytes` as an arena
 /// (or, when `caller_buffer` is non-empty, registers that caller-owned memory in place),
 /// with `double_buffered` a second one likewise (`second_caller_buffer`), and publishes
 /// {metadata blob, region ids} under MetadataKey(job, role, rank) (".../region1" holds the
@@ -43,7 +44,8 @@ Result<RankEndpoint> OpenRankEndpoint(Rendezvous& rendezvous, const std::string&
                                       std::uint64_t buffer_bytes, std::span<std::byte> caller_buffer = {},
                                       bool double_buffered = false, std::span<std::byte> second_caller_buffer = {},
                                       std::uint64_t scratch_bytes = 0, ArenaMemory memory = ArenaMemory::kShared,
-                                      MetricsRegistry* metrics = nullptr, std::uint64_t incarnation = 0);
+                                      MetricsRegistry* metrics = nullptr, std::uint64_t incarnation = 0,
+                                      std::uint32_t lanes = 0);
 
 /// Where incarnation `incarnation` of a rank publishes its metadata and regions:
 /// MetadataKey(job, role, rank) + "/incarnation-<n>" (MetadataKey itself for 0). These keys

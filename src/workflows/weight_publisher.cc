@@ -301,7 +301,7 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
                              state->options.buffer, false, {}, conversion.scratch_bytes(rank),
                              state->options.buffer_memory == BufferMemory::kShared ? ArenaMemory::kShared
                                                                                    : ArenaMemory::kPrivateHugePages,
-                             state->options.metrics));
+                             state->options.metrics, /*incarnation=*/0, state->options.lanes));
   SW_ASSIGN_OR_RETURN(state->metrics, workflows::PublisherMetrics::Make(state->options.metrics, state->options.job, rank));
   if (conversion.converts()) {
     SW_ASSIGN_OR_RETURN(TrainerConversion tc, conversion.ForTrainerRank(rank));

@@ -271,7 +271,8 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
       state->endpoint,
       workflows::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank, engine_layout.rank(rank).buffer_bytes,
                              state->options.buffer, state->options.double_buffered, state->options.second_buffer,
-                             /*scratch_bytes=*/0, engine_memory, state->options.metrics, state->incarnation));
+                             /*scratch_bytes=*/0, engine_memory, state->options.metrics, state->incarnation,
+                             state->options.lanes));
   SW_ASSIGN_OR_RETURN(state->metrics, workflows::SubscriberMetrics::Make(state->options.metrics, state->options.job, rank));
   return std::unique_ptr<WeightSubscriber>(new WeightSubscriber(std::move(state)));
 }

@@ -99,6 +99,15 @@ TEST(RlSyncDemo, OtherLayoutsAndShardedF32Checkpoint) {
       RunDemo("--checkpoint " + model + " --config " + config + " --trainers 3 --engines 1 --tp 1 --steps 2");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("verified 1/1 engine ranks"), std::string::npos) << r.output;
+  // 3 trainers share this host's cores: 1 lane each unless the host has 6 or more cores.
+  EXPECT_TRUE(r.output.find("1 transport lane(s) each (automatic") != std::string::npos ||
+              std::thread::hardware_concurrency() >= 6)
+      << r.output;
+  const RunResult three_lanes = RunDemo("--checkpoint " + model + " --config " + config +
+                                        " --trainers 3 --engines 1 --tp 1 --steps 1 --trainer-lanes 3");
+  ASSERT_EQ(three_lanes.exit_code, 0) << three_lanes.output;
+  EXPECT_NE(three_lanes.output.find("3 transport lane(s) each\n"), std::string::npos) << three_lanes.output;
+  EXPECT_NE(three_lanes.output.find("verified 1/1 engine ranks"), std::string::npos) << three_lanes.output;
 }
 
 TEST(RlSyncDemo, MoeCheckpointWithExpertParallelEngines) {

@@ -24,6 +24,7 @@
 #include "shardwire/coordinator.h"
 #include "shardwire/fp8_block.h"
 #include "fp8_push_fixture.h"
+#include "workflows/sync_messages.h"
 #include "weight_sync_fixture.h"
 
 namespace shardwire {
@@ -155,6 +156,44 @@ TEST(WeightSync, SubscriberReportsADeadPublisher) {
   EXPECT_NE(update.status().message().find("t/trainer/0"), std::string::npos) << update.status().ToString();
   EXPECT_EQ((*sub)->committed_version(), 0u);  // nothing half-received is ever committed
   EXPECT_EQ(WaitChild(pid), 100);
+}
+
+// WeightSyncOptions::lanes reaches each rank's agent (publisher and subscriber alike,
+// independently): a probe agent that imports the metadata a rank published sees that many
+// lanes, and kDefaultLanes when the option is 0.
+TEST(WeightSync, LanesOptionSetsEachRanksAgentLanes) {
+  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  const Layout engine = MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, 1).value();
+  auto server = StartRendezvous();
+  ASSERT_TRUE(server.ok());
+  auto rz = ConnectRendezvous(static_cast<std::uint16_t>((*server)->port()));
+  ASSERT_TRUE(rz.ok());
+  WeightSyncOptions one{"lanes", 10};
+  one.lanes = 1;
+  WeightSyncOptions three{"lanes", 10};
+  three.lanes = 3;
+  auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, one);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  auto sub = WeightSubscriber::Create(**rz, trainer, engine, 0, three);
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  auto default_pub = WeightPublisher::Create(**rz, trainer, engine, 0, {"lanes-default", 10});
+  ASSERT_TRUE(default_pub.ok()) << default_pub.status().ToString();
+  auto probe = Agent::Create({.name = "probe"});
+  ASSERT_TRUE(probe.ok()) << probe.status().ToString();
+  const struct {
+    const char* job;
+    const char* role;
+    std::uint32_t lanes;
+  } ranks[] = {{"lanes", "trainer", 1}, {"lanes", "engine", 3}, {"lanes-default", "trainer", kDefaultLanes}};
+  for (const auto& r : ranks) {
+    auto blob = (*rz)->Get(workflows::MetadataKey(r.job, r.role, 0) + "/metadata", 5);
+    ASSERT_TRUE(blob.ok()) << r.job << "/" << r.role << ": " << blob.status().ToString();
+    auto name = (*probe)->ImportMetadata(*blob);
+    ASSERT_TRUE(name.ok()) << name.status().ToString();
+    auto info = (*probe)->DescribePeer(*name);
+    ASSERT_TRUE(info.ok()) << info.status().ToString();
+    EXPECT_EQ(info->remote_lanes, r.lanes) << r.job << "/" << r.role;
+  }
 }
 
 // ---- Conversion in the push: bf16 trainers into FP8 block-128 engines; the oracle is in
