@@ -222,8 +222,9 @@ struct WeightSyncOptions {
   /// 0 means kDefaultLanes. A same-host trainer's lanes do its copies into the engines (kernel
   /// copy or memcpy), so where several ranks share a host's cores, more lanes than cores per
   /// rank only add context switches and cache contention: on this 2-core VM, 2 trainers with
-  /// 1 lane each pushed 10-20% faster than with 2 each (demo rl-sync --trainer-lanes,
-  /// docs/benchmarks.md). Independent per rank: publishers and subscribers need not agree.
+  /// 1 lane each pushed about 7% faster on average than with 2 each (5 of 6 same-machine pairs;
+  /// demo rl-sync --trainer-lanes, docs/benchmarks.md). Independent per rank: publishers and
+  /// subscribers need not agree.
   std::uint32_t lanes = 0;
   /// Where this rank reports its metrics (docs/metrics.md): push / update durations (seconds,
   /// histograms), the pushed / committed version, missed versions by reason, and its agent's
