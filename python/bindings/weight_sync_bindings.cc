@@ -27,6 +27,7 @@ struct SyncFlags {
   bool relay_broadcasts = false;
   bool convert_into_mapped = true;  // publisher only
   std::uint32_t convert_threads = 2;  // publisher only
+  std::uint32_t lanes = 0;            // publisher only here: the agent's lanes (0 = kDefaultLanes)
 };
 
 WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr_t address, std::size_t nbytes,
@@ -41,6 +42,7 @@ WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr
   o.relay_broadcasts = flags.relay_broadcasts;
   o.convert_into_mapped = flags.convert_into_mapped;
   o.convert_threads = flags.convert_threads;
+  o.lanes = flags.lanes;
   if (nbytes > 0) o.buffer = std::span<std::byte>(reinterpret_cast<std::byte*>(address), nbytes);
   o.interrupt = PythonSignalHook();  // Ctrl-C ends Connect / Push / WaitForUpdate within ~0.1 s
   return o;
@@ -53,9 +55,10 @@ void BindWeightSync(py::module_& m) {
       .def(py::init([](CoordinatorClient& coordinator, const Layout& trainer, const Layout& engine, int rank,
                        std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s,
                        double engine_timeout_s, bool dynamic_membership, bool verify_digests, int max_concurrency,
-                       bool relay_broadcasts, bool convert_into_mapped, std::uint32_t convert_threads) {
+                       bool relay_broadcasts, bool convert_into_mapped, std::uint32_t convert_threads,
+                       std::uint32_t lanes) {
              const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests, max_concurrency,
-                                   relay_broadcasts, convert_into_mapped, convert_threads};
+                                   relay_broadcasts, convert_into_mapped, convert_threads, lanes};
              py::gil_scoped_release release;
              return ValueOrThrow(WeightPublisher::Create(coordinator, trainer, engine, rank,
                                                          Options(job, timeout_s, address, nbytes, flags)));
@@ -64,7 +67,7 @@ void BindWeightSync(py::module_& m) {
            py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"),
            py::arg("engine_timeout_s") = 10.0, py::arg("dynamic_membership") = false, py::arg("verify_digests") = false,
            py::arg("max_concurrency") = 4, py::arg("relay_broadcasts") = false, py::arg("convert_into_mapped") = true,
-           py::arg("convert_threads") = 2)
+           py::arg("convert_threads") = 2, py::arg("lanes") = 0)
       .def("connect",
            [](WeightPublisher& p) {
              Status st;

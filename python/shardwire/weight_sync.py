@@ -85,7 +85,7 @@ class WeightPublisher(_Endpoint):
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
                  timeout_s: float = 120.0, engine_timeout_s: float = 10.0, dynamic_membership: bool = False,
                  verify_digests: bool = False, max_concurrency: int = 4, relay_broadcasts: bool = False,
-                 convert_into_mapped: bool = True, convert_threads: int = 2):
+                 convert_into_mapped: bool = True, convert_threads: int = 2, lanes: int = 0):
         """``engine_timeout_s``: seconds one engine rank may take (READY, its transfers) before it
         misses a version. ``dynamic_membership``: engines join and leave through the coordinator
         (WeightSubscriber.join); each push writes to the members of the job. ``verify_digests``:
@@ -99,12 +99,15 @@ class WeightPublisher(_Endpoint):
         ``convert_threads`` (this publisher only; used when the engines hold another dtype, e.g. FP8):
         quantise straight into engine buffers the transport maps into this process (same-host
         arenas), with that many threads; False forces the staging ring
-        (WeightSyncOptions::convert_into_mapped, convert_threads)."""
+        (WeightSyncOptions::convert_into_mapped, convert_threads). ``lanes``: this rank's transport
+        lanes, the threads that copy its pushes into same-host engines (0: the default, 2); where
+        several trainer ranks share a host's cores, cores / ranks avoids more copy threads than
+        cores (WeightSyncOptions::lanes)."""
         super().__init__(_shardwire._WeightPublisher, coordinator, trainer_layout, engine_layout, trainer_layout,
                          rank, params, job, timeout_s, engine_timeout_s=engine_timeout_s,
                          dynamic_membership=dynamic_membership, verify_digests=verify_digests,
                          max_concurrency=max_concurrency, relay_broadcasts=relay_broadcasts,
-                         convert_into_mapped=convert_into_mapped, convert_threads=convert_threads)
+                         convert_into_mapped=convert_into_mapped, convert_threads=convert_threads, lanes=lanes)
 
     def wait_for_engines(self, engine_ranks: int, timeout_s: float) -> int:
         """Dynamic membership: waits (GIL released) until at least ``engine_ranks`` engine ranks

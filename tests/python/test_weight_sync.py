@@ -61,7 +61,8 @@ def test_push_from_trainer_parameters_into_engine_tensors_byte_for_byte():
                                      str(pathlib.Path(__file__).parent)], stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True) for r in range(2)]
         trainers = []
-        # two trainer ranks in this process, each with parameters it allocated itself
+        # two trainer ranks in this process, each with parameters it allocated itself, and with
+        # its own lane count (1 and 3: the bytes must land the same whatever the lanes)
         client = shardwire.CoordinatorClient(server.address)
         params = []
         for rank in range(2):
@@ -70,7 +71,7 @@ def test_push_from_trainer_parameters_into_engine_tensors_byte_for_byte():
             assert all(t.data_ptr() - buf.data_ptr() == s["byte_offset"]
                        for s in src.shards(rank) for t in [p[s["name"]]])
             params.append(p)
-            trainers.append(shardwire.WeightPublisher(client, src, dst, rank, params=p, job="py"))
+            trainers.append(shardwire.WeightPublisher(client, src, dst, rank, params=p, job="py", lanes=1 + 2 * rank))
         for t in trainers:
             t.connect()
         for v in (1, 2):
