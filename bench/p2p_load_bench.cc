@@ -39,7 +39,6 @@
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <chrono>
@@ -66,6 +65,7 @@
 #include "shardwire/model_layouts.h"
 #include "shardwire/shard_io.h"
 #include "transport/private_arena.h"
+#include "workflows/xxh3_dispatch.h"
 
 extern char** environ;
 

@@ -137,7 +137,10 @@ enum class ArenaMemory : std::uint8_t {
 enum class ReadPath : std::uint8_t {
   /// kKernelCopy for descriptors whose local region is an
   /// ArenaMemory::kPrivateHugePages arena that got huge pages
-  /// (TransparentHugePages advisable), kMapped for every other local region.
+  /// (TransparentHugePages advisable) or whose remote region this process cannot
+  /// map (the peer's private memory: the alternative is UCX's get, emulated over
+  /// active messages and served by the peer's lanes); kMapped for the rest (a
+  /// 4 KiB-page local region reading a peer's shared memory).
   /// Reason: under a shadow-paging hypervisor (PVM) each first user-space access
   /// through a mapping costs ~11-20 us per 4 KiB page; a mapped READ pays it on
   /// the peer's mapping and on the destination, a kernel copy into huge pages on
@@ -260,11 +263,11 @@ struct AgentOptions {
 /// What this agent has decided about one imported peer (for diagnostics).
 struct PeerInfo {
   std::string name;
-  std::uint32_t remote_lanes = 0;  ///< worker addresses in the peer's blob
-  bool same_host = false;          ///< same boot id and pid namespace
-  bool ucx_error_handling = false;  ///< UCP_ERR_HANDLING_MODE_PEER endpoints
+  std::uint32_t remote_lanes = 0;          ///< worker addresses in the peer's blob
+  bool same_host = false;                  ///< same boot id and pid namespace
+  bool ucx_error_handling = false;         ///< UCP_ERR_HANDLING_MODE_PEER endpoints
   WritePath write_path = WritePath::kPut;  ///< kPut or kActiveMessage, resolved
-  std::vector<std::string> transports;  ///< lane 0 data endpoint's transports, e.g. "sysv/memory"
+  std::vector<std::string> transports;     ///< lane 0 data endpoint's transports, e.g. "sysv/memory"
   /// How messages (notifications, SendMessage) reach this peer when not on the
   /// endpoint above: {"unix/seqpacket"} for a same-host peer's local message
   /// channel (UcxOptions::local_message_sockets); empty: UCX active messages.
@@ -321,9 +324,9 @@ struct AgentStats {
 
 /// One memory kind and whether this process can register and move it.
 struct MemoryKindSupport {
-  std::string kind;        ///< "host", "cuda", "cuda-managed", "rocm"
+  std::string kind;  ///< "host", "cuda", "cuda-managed", "rocm"
   bool available = false;
-  std::string detail;      ///< why (not), e.g. "UCX built without CUDA support"
+  std::string detail;  ///< why (not), e.g. "UCX built without CUDA support"
 };
 
 /// What UCX can do on this machine, found at run time (not at build time).

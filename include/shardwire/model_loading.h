@@ -87,6 +87,18 @@ struct ModelSourceOptions {
   /// Needed only when identity.revision is a user string: loaders then compare a
   /// disk-fallback checkpoint with it. BecomeSource fills it from the loader.
   std::string content_revision;
+  /// Create only: after `fill`, the buffer is made read-only (mprotect PROT_READ):
+  /// no write from this process (a stray write faults instead of corrupting what
+  /// loaders read) and none by kernel copy from another (process_vm_writev fails).
+  /// The source then answers a digest request for parts of a 1 MiB block by hashing
+  /// the parts alone, without re-hashing the whole block against its committed digest
+  /// (no write can have changed it); a verify request still hashes every block. This
+  /// halves the source's hashing for row-parallel moves, which are all parts of
+  /// blocks (docs/benchmarks.md, "P2P load on a host with cheap page faults").
+  /// false: the buffer stays writable (e.g. Python hands out writable tensor views of
+  /// it) and every part's block is checked, as for Serve. Serve and BecomeSource
+  /// never protect the caller's memory.
+  bool read_only_buffer = true;
   /// Agent options; name and lanes are filled in when empty / 0.
   AgentOptions agent = {};
   /// For failure tests only: the source adds 1 to every digest it reports, as if
@@ -103,9 +115,11 @@ struct ModelSourceOptions {
 class ModelSource {
  public:
   /// Allocates the rank's buffer (layout.rank(rank).buffer_bytes bytes) as an
-  /// agent arena, calls `fill` on it (e.g. LoadShardsFromCheckpoint), records the
-  /// digests of its content (xxh3 per 1 MiB block), registers with `registry` and
-  /// starts serving. `registry` must outlive the source.
+  /// agent arena in private huge pages (ArenaMemory::kPrivateHugePages: same-host
+  /// loaders read it by kernel copy, others through UCX), calls `fill` on it (e.g.
+  /// LoadShardsFromCheckpoint), makes it read-only (options.read_only_buffer),
+  /// records the digests of its content (xxh3 per 1 MiB block), registers with
+  /// `registry` and starts serving. `registry` must outlive the source.
   /// Errors: kInvalidArgument (bad options, rank out of range, a layout string the
   /// model cannot take); fill's error; the agent's and the registry's errors.
   static Result<std::unique_ptr<ModelSource>> Create(SourceRegistry& registry, const ModelDescription& model,
@@ -128,8 +142,9 @@ class ModelSource {
 
   /// The coordinator's id of this source (changes if it had to register again).
   std::string source_id() const;
-  /// The shard buffer (the instance's weights for this rank). Writing it after
-  /// Create makes digest requests report the touched blocks as corrupt.
+  /// The shard buffer (the instance's weights for this rank). After Create it is
+  /// read-only unless options.read_only_buffer was false (a write then makes digest
+  /// requests report the touched blocks as corrupt).
   std::span<std::byte> buffer() const;
   /// Moves served so far (digest requests answered), bytes those requests covered
   /// (whole 1 MiB blocks are answered from the digests recorded at commit, unhashed).
@@ -141,10 +156,12 @@ class ModelSource {
  private:
   friend class ModelLoader;
   // Serves `region` of `agent` (the rank's buffer of `layout`): records block
-  // digests, registers, starts the threads.
+  // digests, registers, starts the threads. `read_only`: the buffer cannot be written
+  // (Create protected it), so parts of blocks are served without checking the block.
   static Result<std::unique_ptr<ModelSource>> Start(SourceRegistry& registry, std::unique_ptr<Agent> agent,
                                                     RegionId region, std::span<std::byte> buffer, const Layout& layout,
-                                                    const ModelIdentity& identity, ModelSourceOptions options);
+                                                    const ModelIdentity& identity, ModelSourceOptions options,
+                                                    bool read_only = false);
   explicit ModelSource(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

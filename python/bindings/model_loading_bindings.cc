@@ -140,9 +140,13 @@ void BindModelLoading(py::module_& m) {
                }
                return Status::Ok();
              };
-             out->source = ValueOrThrow(ModelSource::Create(
-                 *out->registry, model, out->identity,
-                 SourceOptions(instance_id, layout, rank, heartbeat_interval_s, bandwidth_bytes_per_s), fill));
+             ModelSourceOptions options =
+                 SourceOptions(instance_id, layout, rank, heartbeat_interval_s, bandwidth_bytes_per_s);
+             // ModelSource.tensors are writable torch views of the served buffer: keep it
+             // writable (a write to read-only memory would kill the interpreter with SIGSEGV);
+             // the source then checks every part's block, as Serve does.
+             options.read_only_buffer = false;
+             out->source = ValueOrThrow(ModelSource::Create(*out->registry, model, out->identity, options, fill));
              return out;
            }),
            py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("model"), py::arg("layout"), py::arg("rank"),

@@ -82,7 +82,8 @@ void Agent::Impl::PrefaultRemoteReadRanges(PeerState& peer, const TransferCore& 
       for (const PreparedOp& o : t.lane_ops[lp->index]) {
         if (o.kernel_copy) continue;  // the kernel reads the peer's pages: nothing mapped here
         if (o.rkey_index >= lep.mapped_delta.size() || !lep.mapped_delta[o.rkey_index]) continue;
-        void* ptr = reinterpret_cast<void*>(static_cast<std::intptr_t>(o.remote_addr) + *lep.mapped_delta[o.rkey_index]);
+        void* ptr =
+            reinterpret_cast<void*>(static_cast<std::intptr_t>(o.remote_addr) + *lep.mapped_delta[o.rkey_index]);
         const std::uint64_t span = o.count > 1 ? (o.count - 1) * o.remote_stride + o.length : o.length;
         ranges.emplace_back(reinterpret_cast<std::uintptr_t>(ptr), reinterpret_cast<std::uintptr_t>(ptr) + span);
       }
@@ -135,20 +136,20 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
       const TransferDescriptor& d = descriptors[i];
       auto lit = im.regions.find(d.local_region);
       if (lit == im.regions.end())
-        return InvalidArgument(fmt::format("PrepareTransfer: descriptor {}: local region {} is not registered", i,
-                                           d.local_region));
+        return InvalidArgument(
+            fmt::format("PrepareTransfer: descriptor {}: local region {} is not registered", i, d.local_region));
       const Impl::LocalRegion& lr = lit->second;
       SW_RETURN_IF_ERROR(transport::CheckRows(d.local_offset, d.local_stride, d.count, d.length, lr.length,
                                               fmt::format("descriptor {}: local region {}:", i, d.local_region))
                              .WithContext("PrepareTransfer"));
       auto rit = peer->region_index.find(d.remote_region);
       if (rit == peer->region_index.end())
-        return InvalidArgument(fmt::format("PrepareTransfer: descriptor {}: peer {} has no region {}", i, peer_name,
-                                           d.remote_region));
+        return InvalidArgument(
+            fmt::format("PrepareTransfer: descriptor {}: peer {} has no region {}", i, peer_name, d.remote_region));
       const RemoteRegion& rr = peer->regions[rit->second];
-      SW_RETURN_IF_ERROR(transport::CheckRows(d.remote_offset, d.remote_stride, d.count, d.length, rr.length,
-                                              fmt::format("descriptor {}: remote region {} of peer {}:", i,
-                                                          d.remote_region, peer_name))
+      SW_RETURN_IF_ERROR(transport::CheckRows(
+                             d.remote_offset, d.remote_stride, d.count, d.length, rr.length,
+                             fmt::format("descriptor {}: remote region {} of peer {}:", i, d.remote_region, peer_name))
                              .WithContext("PrepareTransfer"));
       ++pins[d.local_region];
       if (d.length == 0 || d.count == 0) continue;
@@ -157,7 +158,7 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
       const bool kernel_copy =
           op == TransferOp::kRead
               ? peer->kernel_copy.valid() && (im.options.read_path == ReadPath::kKernelCopy ||
-                                               (im.options.read_path == ReadPath::kAuto && lr.huge))
+                                              (im.options.read_path == ReadPath::kAuto && (lr.huge || !remote_mapped)))
               : !t->am_write && peer->kernel_copy.valid() &&
                     (im.options.write_path == WritePath::kKernelCopy ||
                      (im.options.write_path == WritePath::kAuto && !remote_mapped));

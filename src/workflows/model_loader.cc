@@ -11,7 +11,6 @@
 #include <set>
 
 #include <fmt/format.h>
-#include <xxhash.h>
 
 #include "shardwire/checkpoint.h"
 #include "shardwire/model_layouts.h"
@@ -20,6 +19,7 @@
 #include "workflows/load_assignment.h"
 #include "workflows/p2p_messages.h"
 #include "workflows/workflow_metrics.h"
+#include "workflows/xxh3_dispatch.h"
 
 namespace shardwire {
 namespace {

@@ -1,4 +1,5 @@
 // ModelSource: a serving rank's weights offered to P2P loaders (model_loading.h).
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,11 +12,11 @@
 #include <thread>
 
 #include <fmt/format.h>
-#include <xxhash.h>
 
 #include "shardwire/model_layouts.h"
 #include "shardwire/model_loading.h"
 #include "workflows/p2p_messages.h"
+#include "workflows/xxh3_dispatch.h"
 
 namespace shardwire {
 namespace {
@@ -73,6 +74,7 @@ struct ModelSource::Impl {
   std::string fingerprint;
   std::vector<std::string> fingerprint_inputs;
   std::vector<std::uint64_t> block_digests;
+  bool read_only = false;  // the buffer is mprotect'ed PROT_READ (Create): parts need no block check
 
   mutable std::mutex mu;  // guards record.source_id, stop
   std::condition_variable cv;
@@ -109,7 +111,8 @@ struct ModelSource::Impl {
   // The MoveDigest of the requested ranges (p2p_messages.h). A segment that is a whole
   // block is answered with the digest recorded at commit, without reading it (unless the
   // request asks to verify); a part of a block is hashed from the buffer, and its block
-  // checked against the recorded digest (kCorrupt when it changed since commit).
+  // checked against the recorded digest (kCorrupt when it changed since commit) unless
+  // the buffer is read-only and the request does not ask to verify.
   P2pMessage Digest(const P2pMessage& request) {
     P2pMessage reply;
     reply.kind = P2pKind::kDigestReply;
@@ -144,7 +147,7 @@ struct ModelSource::Impl {
           return;
         }
         digest.Add(XXH3_64bits(buffer.data() + seg, n));
-        if (blocks.empty() || blocks.back() != b) blocks.push_back(b);
+        if ((verify || !read_only) && (blocks.empty() || blocks.back() != b)) blocks.push_back(b);
       });
     }
     std::sort(blocks.begin(), blocks.end());
@@ -310,11 +313,18 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Create(SourceRegistry& registr
   SW_ASSIGN_OR_RETURN(const Layout layout, SourceLayout(model, options));
   SW_ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent, CreateSourceAgent(options));
   const std::uint64_t bytes = layout.rank(options.rank).buffer_bytes;
-  SW_ASSIGN_OR_RETURN(const RegionId region, agent->AllocateArena(std::max<std::uint64_t>(bytes, 64)));
+  // Private huge pages (zero-filled): same-host loaders read them by kernel copy, which
+  // pins a 2 MiB page per lookup instead of a 4 KiB shared-memory page
+  // (docs/benchmarks.md, "P2P load on a host with cheap page faults").
+  SW_ASSIGN_OR_RETURN(const RegionId region,
+                      agent->AllocateArena(std::max<std::uint64_t>(bytes, 64), ArenaMemory::kPrivateHugePages));
   std::span<std::byte> buffer = agent->RegionBytes(region).first(bytes);
-  std::fill(buffer.begin(), buffer.end(), std::byte{0});
   if (fill) SW_RETURN_IF_ERROR(fill(buffer));
-  return Start(registry, std::move(agent), region, buffer, layout, identity, std::move(options));
+  // The arena starts page-aligned (2 MiB); mprotect rounds the length up to whole pages,
+  // all inside the arena. Should it fail, the source keeps checking blocks.
+  const bool read_only =
+      options.read_only_buffer && bytes > 0 && ::mprotect(buffer.data(), buffer.size(), PROT_READ) == 0;
+  return Start(registry, std::move(agent), region, buffer, layout, identity, std::move(options), read_only);
 }
 
 Result<std::unique_ptr<ModelSource>> ModelSource::Serve(SourceRegistry& registry, const ModelDescription& model,
@@ -334,7 +344,7 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Serve(SourceRegistry& registry
 Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry, std::unique_ptr<Agent> agent,
                                                         RegionId region, std::span<std::byte> buffer,
                                                         const Layout& layout, const ModelIdentity& identity,
-                                                        ModelSourceOptions options) {
+                                                        ModelSourceOptions options, bool read_only) {
   if (!(options.heartbeat_interval_s > 0) || !(options.bandwidth_bytes_per_s >= 0)) {
     return InvalidArgument("model source: heartbeat interval must be > 0 and the bandwidth cap >= 0");
   }
@@ -346,6 +356,7 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry
   impl->fingerprint_inputs = LayoutFingerprintInputs(layout);
   impl->fingerprint = LayoutFingerprintOf(impl->fingerprint_inputs);
   impl->block_digests = BlockDigests(buffer);
+  impl->read_only = read_only;
   SW_ASSIGN_OR_RETURN(impl->record.metadata, agent->ExportMetadata());
   impl->agent = std::move(agent);
   SourceRecord& r = impl->record;

@@ -1,5 +1,7 @@
 #include "workflows/push_digest.h"
 
+#include "workflows/xxh3_dispatch.h"
+
 namespace shardwire::workflows {
 
 PushDigest::PushDigest() : state_(XXH3_createState()) { XXH3_64bits_reset(state_.get()); }

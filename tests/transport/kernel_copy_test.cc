@@ -11,10 +11,10 @@
 
 #include <gtest/gtest.h>
 
+#include "pattern_child.h"
 #include "shardwire/agent.h"
 #include "transport/kernel_copy.h"
 #include "transport/private_arena.h"
-#include "pattern_child.h"
 #include "transport_test_util.h"
 
 namespace shardwire {
@@ -30,7 +30,6 @@ using testing::WaitPidFor;
 constexpr std::uint64_t kSeed = 77;
 using testing::PatternChild;
 constexpr std::size_t kChildBytes = PatternChild::kBytes;
-
 
 TEST(KernelCopy, ReadsContiguousAndStridedRowsFromAChildProcess) {
   PatternChild child = PatternChild::Start(kSeed);
@@ -104,13 +103,14 @@ TEST(PrivateArena, AlignedZeroFilledAndSized) {
   EXPECT_EQ(transport::PrivateMapping::Map(0).status().code(), ErrorCode::kInvalidArgument);
 }
 
-// The Agent's READ from a child's arena into a private huge-page arena: with
-// ReadPath::kAuto (kernel copy where huge pages were granted) and kMapped (never),
-// strided and contiguous descriptors, both arena kinds at the child. Checks the
-// bytes and which path the stats say they took.
+// The Agent's READ from a child's arena into a local arena: with ReadPath::kAuto
+// (kernel copy where huge pages were granted locally or the child's region cannot be
+// mapped) and kMapped (never), strided and contiguous descriptors, both arena kinds at
+// the child and locally. Checks the bytes and which path the stats say they took.
 struct ReadCase {
   ReadPath path;
   ArenaMemory child_memory;
+  ArenaMemory local_memory = ArenaMemory::kPrivateHugePages;
 };
 
 class AgentKernelCopyRead : public ::testing::TestWithParam<ReadCase> {};
@@ -145,7 +145,7 @@ TEST_P(AgentKernelCopyRead, BytesAndPath) {
   {
     auto a = Agent::Create({.name = "loader", .read_path = rc.path});
     ASSERT_TRUE(a.ok()) << a.status().ToString();
-    auto local = (*a)->AllocateArena(kArena, ArenaMemory::kPrivateHugePages);
+    auto local = (*a)->AllocateArena(kArena, rc.local_memory);
     ASSERT_TRUE(local.ok()) << local.status().ToString();
     auto peer = (*a)->ImportMetadata(*blob);
     ASSERT_TRUE(peer.ok()) << peer.status().ToString();
@@ -179,14 +179,23 @@ TEST_P(AgentKernelCopyRead, BytesAndPath) {
     auto info = (*a)->DescribePeer(*peer);
     ASSERT_TRUE(info.ok());
     const std::uint64_t total = (2u << 20) + 3 + 4096 * 512;
+    // kAuto: the kernel copies into local huge pages, and from a child region this
+    // process cannot map (private memory); a 4 KiB-page local region reads a child's
+    // shared memory through its mapping.
+    const bool local_huge =
+        rc.local_memory == ArenaMemory::kPrivateHugePages && transport::TransparentHugePagesAdvisable();
+    const bool by_kernel = local_huge || rc.child_memory == ArenaMemory::kPrivateHugePages;
     if (rc.path == ReadPath::kMapped) {
       EXPECT_FALSE(info->kernel_copy);
       EXPECT_EQ(st.kernel_copy_bytes, 0u);
-    } else if (info->kernel_copy && transport::TransparentHugePagesAdvisable()) {
+    } else if (!info->kernel_copy) {
+      GTEST_LOG_(INFO) << "kernel copy not available here (ptrace access): checked bytes only";
+    } else if (by_kernel) {
       EXPECT_EQ(st.kernel_copy_bytes, total);  // every byte by the kernel, none mapped or via UCX
       EXPECT_EQ(st.direct_copy_bytes + st.ucx_bytes, 0u);
     } else {
-      GTEST_LOG_(INFO) << "kernel copy not available here (ptrace access or huge pages): checked bytes only";
+      EXPECT_EQ(st.kernel_copy_bytes, 0u);
+      EXPECT_EQ(st.direct_copy_bytes, total);  // through this process's mapping of the child's memory
     }
     (void)(*a)->Release(*h);
   }
@@ -201,10 +210,14 @@ INSTANTIATE_TEST_SUITE_P(Transport, AgentKernelCopyRead,
                          ::testing::Values(ReadCase{ReadPath::kAuto, ArenaMemory::kShared},
                                            ReadCase{ReadPath::kAuto, ArenaMemory::kPrivateHugePages},
                                            ReadCase{ReadPath::kMapped, ArenaMemory::kShared},
-                                           ReadCase{ReadPath::kMapped, ArenaMemory::kPrivateHugePages}),
+                                           ReadCase{ReadPath::kMapped, ArenaMemory::kPrivateHugePages},
+                                           ReadCase{ReadPath::kAuto, ArenaMemory::kShared, ArenaMemory::kShared},
+                                           ReadCase{ReadPath::kAuto, ArenaMemory::kPrivateHugePages,
+                                                    ArenaMemory::kShared}),
                          [](const ::testing::TestParamInfo<ReadCase>& i) {
                            return std::string(i.param.path == ReadPath::kAuto ? "Auto" : "Mapped") + "From" +
-                                  (i.param.child_memory == ArenaMemory::kShared ? "Shared" : "Private");
+                                  (i.param.child_memory == ArenaMemory::kShared ? "Shared" : "Private") +
+                                  (i.param.local_memory == ArenaMemory::kShared ? "IntoShared" : "");
                          });
 
 }  // namespace

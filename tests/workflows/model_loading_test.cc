@@ -7,8 +7,10 @@
 
 #include <xxhash.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <string>
 
@@ -36,6 +38,15 @@ constexpr const char* kLlama = R"({"model_type": "llama", "hidden_size": 128, "n
 ModelSourceOptions Liar() {
   ModelSourceOptions o;
   o.test_lie_about_digests = true;
+  return o;
+}
+
+// A source whose buffer stays writable after Create (ModelSourceOptions::read_only_buffer
+// false), so that a test can change its bytes after commit; every part's block is then
+// checked, as for Serve.
+ModelSourceOptions Writable() {
+  ModelSourceOptions o;
+  o.read_only_buffer = false;
   return o;
 }
 
@@ -221,7 +232,7 @@ TEST_F(ModelLoadingTest, FingerprintMismatchListsTheFirstDifferences) {
 }
 
 TEST_F(ModelLoadingTest, CorruptBytesAtASourceAreReReadElsewhereAndTheSourceMarkedStale) {
-  auto bad = Seed("a-bad", "tp=2");
+  auto bad = Seed("a-bad", "tp=2", Writable());
   auto good = Seed("b-good", "tp=2");
   registry_.SetStickyStale(true);
   // Flip bytes in the bad instance's rank 0 after it committed its content.
@@ -544,13 +555,33 @@ TEST_F(ModelLoadingTest, CappedSourceGrantsLeasesByPriorityNotArrival) {
 // source hash and check everything. The oracle is computed here from a copy of the
 // committed bytes with xxhash directly: xxh3-64 over the segments' xxh3-64s, 8 bytes
 // little-endian each.
-TEST_F(ModelLoadingTest, DigestRequestsUseCommittedBlockDigestsAndVerifyOnRequest) {
+//
+// Parameter: the source's buffer is read-only (Create's default: parts are hashed without
+// a block check, and nothing can write the buffer) or writable (parts are served only
+// after their block is checked against its committed digest).
+class ModelLoadingDigestTest : public ModelLoadingTest, public ::testing::WithParamInterface<bool> {};
+
+// The permissions /proc/self/maps gives the mapping that holds `p` ("r--p", "rw-p"), or "".
+std::string MappingPermissions(const void* p) {
+  std::ifstream maps("/proc/self/maps");
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  std::string line;
+  while (std::getline(maps, line)) {
+    std::uintptr_t lo = 0, hi = 0;
+    char perms[5] = {};
+    if (std::sscanf(line.c_str(), "%lx-%lx %4s", &lo, &hi, perms) == 3 && lo <= a && a < hi) return perms;
+  }
+  return "";
+}
+
+TEST_P(ModelLoadingDigestTest, DigestRequestsUseCommittedBlockDigestsAndVerifyOnRequest) {
   using workflows::DecodeP2p;
   using workflows::DigestStatus;
   using workflows::EncodeP2p;
   using workflows::P2pKind;
   using workflows::P2pMessage;
-  auto seed = Seed("digests", "tp=1");
+  const bool read_only = GetParam();
+  auto seed = Seed("digests", "tp=1", read_only ? ModelSourceOptions{} : Writable());
   ASSERT_EQ(seed.size(), 1u);
   auto buf = seed[0]->buffer();
   ASSERT_GT(buf.size(), 300u);
@@ -613,20 +644,25 @@ TEST_F(ModelLoadingTest, DigestRequestsUseCommittedBlockDigestsAndVerifyOnReques
   r = ask(parts, true);
   EXPECT_EQ(r.status, DigestStatus::kOk);
   EXPECT_EQ(r.value, oracle(parts));
-
-  // A byte of the block changes after commit, outside the parts' ranges.
-  buf[n - 1] ^= std::byte{0x5a};
-  r = ask(whole, false);
-  EXPECT_EQ(r.status, DigestStatus::kOk) << "a whole block is answered from its committed digest";
-  EXPECT_EQ(r.value, oracle(whole)) << "the committed content's digest, which the changed bytes do not match";
-  r = ask(whole, true);
-  EXPECT_EQ(r.status, DigestStatus::kCorrupt) << "verify hashes the block and finds it changed";
-  r = ask(parts, false);
-  EXPECT_EQ(r.status, DigestStatus::kCorrupt) << "parts of a block are served only after their block is checked";
+  EXPECT_EQ(MappingPermissions(buf.data()).substr(0, 3), read_only ? "r--" : "rw-");
+  if (!read_only) {
+    // A byte of the block changes after commit, outside the parts' ranges.
+    buf[n - 1] ^= std::byte{0x5a};
+    r = ask(whole, false);
+    EXPECT_EQ(r.status, DigestStatus::kOk) << "a whole block is answered from its committed digest";
+    EXPECT_EQ(r.value, oracle(whole)) << "the committed content's digest, which the changed bytes do not match";
+    r = ask(whole, true);
+    EXPECT_EQ(r.status, DigestStatus::kCorrupt) << "verify hashes the block and finds it changed";
+    r = ask(parts, false);
+    EXPECT_EQ(r.status, DigestStatus::kCorrupt) << "parts of a block are served only after their block is checked";
+  }
   P2pMessage bye;
   bye.kind = P2pKind::kBye;
   send(bye);
 }
+
+INSTANTIATE_TEST_SUITE_P(Workflows, ModelLoadingDigestTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "ReadOnly" : "Writable"; });
 
 // A model whose tp=1 buffer spans several 1 MiB blocks (7 MiB, shards back to back), so
 // that 4 MiB moves request whole blocks, which sources answer from the digests recorded
@@ -644,7 +680,7 @@ class ModelLoadingWholeBlocksTest : public ModelLoadingTest {
 // the source reports its bytes differ from its committed content; the bytes are re-read
 // from the other instance and the changed one is marked STALE.
 TEST_F(ModelLoadingWholeBlocksTest, ChangedWholeBlockAtASourceIsFoundByTheVerifyRequest) {
-  auto bad = Seed("a-bad", "tp=1");
+  auto bad = Seed("a-bad", "tp=1", Writable());
   auto good = Seed("b-good", "tp=1");
   registry_.SetStickyStale(true);
   auto buf = bad[0]->buffer();
@@ -681,7 +717,6 @@ TEST(MoveDigest, SegmentsAreCutAtSourceBlockBoundaries) {
   const std::uint8_t le[16] = {8, 7, 6, 5, 4, 3, 2, 1, 42, 0, 0, 0, 0, 0, 0, 0};
   EXPECT_EQ(d.Value(), XXH3_64bits(le, sizeof le));
 }
-
 
 // ModelLoaderOptions::metrics: a load counts once by result, its duration once, its bytes by
 // origin as the LoadReport says, and its agent's READ bytes by peer add up to the bytes from
