@@ -92,9 +92,11 @@ struct ModelSourceOptions {
   /// loaders read) and none by kernel copy from another (process_vm_writev fails).
   /// The source then answers a digest request for parts of a 1 MiB block by hashing
   /// the parts alone, without re-hashing the whole block against its committed digest
-  /// (no write can have changed it); a verify request still hashes every block. This
-  /// halves the source's hashing for row-parallel moves, which are all parts of
-  /// blocks (docs/benchmarks.md, "P2P load on a host with cheap page faults").
+  /// (no write can have changed it); a verify request still hashes every block.
+  /// Row-parallel moves are all parts of blocks: the source then hashes their bytes
+  /// once instead of once plus a whole-block check per request that touches the
+  /// block (three passes for a tp=2 -> tp=4 load; docs/benchmarks.md, "P2P load on a
+  /// host with cheap page faults").
   /// false: the buffer stays writable (e.g. Python hands out writable tensor views of
   /// it) and every part's block is checked, as for Serve. Serve and BecomeSource
   /// never protect the caller's memory.
