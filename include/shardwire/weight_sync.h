@@ -66,9 +66,14 @@ namespace shardwire {
 /// (WeightSyncOptions::buffer and second_buffer empty).
 enum class BufferMemory : std::uint8_t {
   /// Publisher (trainer buffer, only ever a source): kPrivateHugePages. Subscriber (engine
-  /// buffers): kPrivateHugePages when the push converts nothing (the engine layout's dtypes are
-  /// the trainer's), kShared when it converts (the publisher converts straight into a mapped
-  /// engine buffer, convert_into_mapped, which needs shared memory).
+  /// buffers): kShared when the push converts (the publisher converts straight into a mapped
+  /// engine buffer, convert_into_mapped, which needs shared memory) or when the first write to
+  /// a fresh 4 KiB page costs less than 6 us on this host (measured when the subscriber is
+  /// created, ~10 ms: hardware-walked page tables, bare metal or KVM with EPT/NPT), so that
+  /// same-host trainers pre-fault a mapping at Connect (~2-3 us per page) and write it with
+  /// streaming stores at ~0.8-0.95x memcpy; else (shadow paging, PVM: 7-20 us per page)
+  /// kPrivateHugePages, written by kernel copy at ~0.6x memcpy per CPU-second, with no
+  /// pre-fault (docs/benchmarks.md, "Streaming stores into mapped engine buffers").
   /// Why huge pages on the trainer too: a kernel copy reads the source through the writer's
   /// own user mapping from kernel mode, and on a shadow-paging hypervisor (PVM) the first such
   /// access costs a fault per 4 KiB page even when user space has touched the page

@@ -145,12 +145,10 @@ std::size_t Agent::Impl::IssueOps(Lane& lane, Job& j) {
       // The kernel copies from / into the peer's pages (process_vm_readv /
       // process_vm_writev): no mapping of the peer here, no backend request, no
       // credit (ReadPath, WritePath).
-      Status st =
-          t.op == TransferOp::kRead
-              ? j.peer->kernel_copy.ReadRows(o.local, o.local_stride, o.remote_addr, o.remote_stride, o.count,
-                                             o.length)
-              : j.peer->kernel_copy.WriteRows(o.local, o.local_stride, o.remote_addr, o.remote_stride, o.count,
-                                              o.length);
+      Status st = t.op == TransferOp::kRead ? j.peer->kernel_copy.ReadRows(o.local, o.local_stride, o.remote_addr,
+                                                                           o.remote_stride, o.count, o.length)
+                                            : j.peer->kernel_copy.WriteRows(o.local, o.local_stride, o.remote_addr,
+                                                                            o.remote_stride, o.count, o.length);
       if (!st.ok()) {
         j.Fail(st.WithContext(
             fmt::format("{} peer {}", t.op == TransferOp::kRead ? "READ from" : "WRITE to", t.peer_name)));
@@ -166,12 +164,14 @@ std::size_t Agent::Impl::IssueOps(Lane& lane, Job& j) {
     if (!t.am_write && o.rkey_index < lep.mapped_delta.size() && lep.mapped_delta[o.rkey_index]) {
       // The peer's region is mapped here (shared memory): the one-sided
       // move is a 2-D memcpy by this lane, no backend request, no credit.
-      std::byte* remote = reinterpret_cast<std::byte*>(static_cast<std::intptr_t>(o.remote_addr) +
-                                                       *lep.mapped_delta[o.rkey_index]);
+      std::byte* remote =
+          reinterpret_cast<std::byte*>(static_cast<std::intptr_t>(o.remote_addr) + *lep.mapped_delta[o.rkey_index]);
       if (t.op == TransferOp::kRead) {
         CopyRows(o.local, o.local_stride, remote, o.remote_stride, o.count, o.length);
       } else {
-        CopyRows(remote, o.remote_stride, o.local, o.local_stride, o.count, o.length);
+        // The peer's buffer: this lane will not read it again, so stream it (no
+        // read-for-ownership of each destination line).
+        transport::CopyRowsStreaming(remote, o.remote_stride, o.local, o.local_stride, o.count, o.length);
       }
       copied = true;
       ++copy_blocks;

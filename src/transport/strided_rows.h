@@ -76,4 +76,21 @@ void MergePageRanges(std::vector<PageRange>& ranges);
 void CopyRows(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, std::uint64_t src_stride,
               std::uint64_t count, std::uint64_t length);
 
+/// CopyRows for a destination this thread will not read again soon (a peer's
+/// buffer): on x86-64 the bytes are written with non-temporal (streaming) stores,
+/// SSE2 `movntdq`, 16-byte aligned, with plain stores for the unaligned head and
+/// tail of each row and an `sfence` at the end, so that a line is written without
+/// first being read (no read-for-ownership) and without evicting the cache.
+/// glibc's memcpy streams only copies above a large threshold (~3/4 of the shared
+/// cache); row-sized copies, and the kernel's page-by-page copies, pay the extra
+/// read: 0.6x of a streaming copy on the development VMs (docs/benchmarks.md,
+/// "Streaming stores"). Rows shorter than kMinStreamingRowBytes, and every row
+/// elsewhere than x86-64, are copied with memcpy. Same arguments and result as
+/// CopyRows; the bytes are globally visible when it returns.
+void CopyRowsStreaming(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, std::uint64_t src_stride,
+                       std::uint64_t count, std::uint64_t length);
+
+/// Rows shorter than this (bytes) are not worth a streaming copy: memcpy them.
+inline constexpr std::uint64_t kMinStreamingRowBytes = 256;
+
 }  // namespace shardwire::transport

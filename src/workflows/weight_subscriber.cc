@@ -8,6 +8,7 @@
 
 #include "shardwire/planner.h"
 #include "shardwire/weight_sync.h"
+#include "workflows/first_touch_probe.h"
 #include "workflows/membership.h"
 #include "workflows/push_digest.h"
 #include "workflows/rank_endpoint.h"
@@ -90,25 +91,27 @@ void WeightSubscriber::State::ReleaseForwards(RelayChild& child) {
   child.forwards.clear();
 }
 
-Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChild(const workflows::RelayTarget& target) {
+Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChild(
+    const workflows::RelayTarget& target) {
   const int child_rank = static_cast<int>(target.rank);
   RelayChild& child = relay_children[child_rank];
   if (child.name.empty() || child.incarnation != target.incarnation) {
     ReleaseForwards(child);
     child.name.clear();
-    SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer,
-                        workflows::ImportPeerRank(*rendezvous, *endpoint.agent, options.job, kEngineRole, child_rank,
-                                             options.timeout_s, options.interrupt, kInterruptPollSeconds,
-                                             target.incarnation));
-    SW_RETURN_IF_ERROR(workflows::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, child_rank, plan_signature,
-                                                    options.timeout_s));
+    SW_ASSIGN_OR_RETURN(
+        const workflows::PeerRank peer,
+        workflows::ImportPeerRank(*rendezvous, *endpoint.agent, options.job, kEngineRole, child_rank, options.timeout_s,
+                                  options.interrupt, kInterruptPollSeconds, target.incarnation));
+    SW_RETURN_IF_ERROR(workflows::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, child_rank,
+                                                         plan_signature, options.timeout_s));
     SW_RETURN_IF_ERROR(endpoint.agent->WireUp(peer.name, options.timeout_s));
     child = RelayChild{target.incarnation, peer.name, {peer.region, peer.second_region}, {}};
   }
   return &child;
 }
 
-void WeightSubscriber::State::AbandonForwards(std::uint64_t version, const std::map<int, workflows::RelayTarget>& targets) {
+void WeightSubscriber::State::AbandonForwards(std::uint64_t version,
+                                              const std::map<int, workflows::RelayTarget>& targets) {
   for (const auto& [child_rank, target] : targets) {
     auto child = ConnectChild(target);
     if (child.ok())
@@ -172,7 +175,8 @@ void WeightSubscriber::State::ForwardVersion(std::uint64_t version, int own,
       (void)agent.InvalidatePeer(relay_children.at(child).name);
     }
     if (st.ok()) {
-      st = agent.SendMessage(relay_children.at(child).name, workflows::Encode({workflows::MessageKind::kRelayed, version}));
+      st = agent.SendMessage(relay_children.at(child).name,
+                             workflows::Encode({workflows::MessageKind::kRelayed, version}));
     }
     if (!st.ok()) {
       fail(child, st);
@@ -257,23 +261,33 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
   state->plan_signature = workflows::SyncPlanSignature(trainer_layout, engine_layout, state->options);
   SW_RETURN_IF_ERROR(
       workflows::PublishPlanSignature(rendezvous, state->options.job, kEngineRole, rank, state->plan_signature));
-  // Engine buffers Shardwire allocates: private huge pages unless the publishers convert into
-  // a mapping of them (BufferMemory).
+  // Engine buffers Shardwire allocates: shared memory where the publishers convert into a
+  // mapping of them or where pre-faulting a mapping is cheap (trainers then write them with
+  // streaming stores), else private huge pages (kernel copies; BufferMemory).
   ArenaMemory engine_memory = ArenaMemory::kShared;
   switch (state->options.buffer_memory) {
     case BufferMemory::kAuto:
-      engine_memory = conversion.converts() ? ArenaMemory::kShared : ArenaMemory::kPrivateHugePages;
+      engine_memory = conversion.converts() ||
+                              (state->options.buffer.empty() &&
+                               workflows::FirstWriteMicrosecondsPerPage() < workflows::kCheapFirstWriteMicroseconds)
+                          ? ArenaMemory::kShared
+                          : ArenaMemory::kPrivateHugePages;
       break;
-    case BufferMemory::kShared: engine_memory = ArenaMemory::kShared; break;
-    case BufferMemory::kPrivateHugePages: engine_memory = ArenaMemory::kPrivateHugePages; break;
+    case BufferMemory::kShared:
+      engine_memory = ArenaMemory::kShared;
+      break;
+    case BufferMemory::kPrivateHugePages:
+      engine_memory = ArenaMemory::kPrivateHugePages;
+      break;
   }
-  SW_ASSIGN_OR_RETURN(
-      state->endpoint,
-      workflows::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank, engine_layout.rank(rank).buffer_bytes,
-                             state->options.buffer, state->options.double_buffered, state->options.second_buffer,
-                             /*scratch_bytes=*/0, engine_memory, state->options.metrics, state->incarnation,
-                             state->options.lanes));
-  SW_ASSIGN_OR_RETURN(state->metrics, workflows::SubscriberMetrics::Make(state->options.metrics, state->options.job, rank));
+  SW_ASSIGN_OR_RETURN(state->endpoint,
+                      workflows::OpenRankEndpoint(rendezvous, state->options.job, kEngineRole, rank,
+                                                  engine_layout.rank(rank).buffer_bytes, state->options.buffer,
+                                                  state->options.double_buffered, state->options.second_buffer,
+                                                  /*scratch_bytes=*/0, engine_memory, state->options.metrics,
+                                                  state->incarnation, state->options.lanes));
+  SW_ASSIGN_OR_RETURN(state->metrics,
+                      workflows::SubscriberMetrics::Make(state->options.metrics, state->options.job, rank));
   return std::unique_ptr<WeightSubscriber>(new WeightSubscriber(std::move(state)));
 }
 
@@ -299,7 +313,7 @@ Result<std::uint64_t> WeightSubscriber::Join(double timeout_s) {
     s.joined = true;
   }
   auto version = workflows::AwaitAdmission(*s.rendezvous, s.options.job, s.rank, s.incarnation, s.join_request,
-                                      timeout_s < 0 ? s.options.timeout_s : timeout_s);
+                                           timeout_s < 0 ? s.options.timeout_s : timeout_s);
   if (!version.ok()) return version.status().WithContext(who);  // the request stands: Join may wait again
   s.join_request = 0;  // answered: the next Join (after a missed version) files a new one
   s.admitted = true;
@@ -315,9 +329,10 @@ Status WeightSubscriber::HoldPushes() {
   if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::HoldPushes without dynamic membership");
   auto request = workflows::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, s.incarnation, /*hold=*/true);
   if (!request.ok()) {
-    return request.status().WithContext(fmt::format("engine rank {} (incarnation {}) holding job {}'s pushes for its "
-                                                    "catch-up",
-                                                    s.rank, s.incarnation, s.options.job));
+    return request.status().WithContext(
+        fmt::format("engine rank {} (incarnation {}) holding job {}'s pushes for its "
+                    "catch-up",
+                    s.rank, s.incarnation, s.options.job));
   }
   s.hold_request = *request;
   return Status::Ok();
@@ -341,7 +356,8 @@ Status WeightSubscriber::Leave() {
   State& s = *state_;
   if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::Leave without dynamic membership");
   s.joined = false;
-  SW_ASSIGN_OR_RETURN(const std::int64_t request, workflows::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, 0));
+  SW_ASSIGN_OR_RETURN(const std::int64_t request,
+                      workflows::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, 0));
   if (s.admitted) s.Withdraw(request);
   return Status::Ok();
 }
@@ -364,9 +380,9 @@ Status WeightSubscriber::Connect() {
   for (int src : s.sources) {
     SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer,
                         workflows::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kTrainerRole, src,
-                                             s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds));
-    SW_RETURN_IF_ERROR(workflows::CheckPeerPlanSignature(*s.rendezvous, s.options.job, kTrainerRole, src, s.plan_signature,
-                                                    s.options.timeout_s));
+                                                  s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds));
+    SW_RETURN_IF_ERROR(workflows::CheckPeerPlanSignature(*s.rendezvous, s.options.job, kTrainerRole, src,
+                                                         s.plan_signature, s.options.timeout_s));
     s.source_names.insert(peer.name);
     s.source_rank_of[peer.name] = src;
   }
@@ -426,8 +442,8 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   }
   std::map<std::string, workflows::Message> done;
   const Status arrived =
-      s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kDone, version, s.source_names, s.options.timeout_s,
-                           &done, workflows::MessageKind::kMissed, s.options.interrupt);
+      s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kDone, version, s.source_names,
+                           s.options.timeout_s, &done, workflows::MessageKind::kMissed, s.options.interrupt);
   // relay_broadcasts: whether the bytes come through the relay parent, and whom to forward to
   // (the children every source named, with the same buffer and incarnation).
   std::map<std::string, workflows::Message> plans;
@@ -435,8 +451,9 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   int relayed_from = -1;
   Status relay_status = Status::Ok();
   if (arrived.ok() && s.relay && s.relay->Relays(s.rank)) {
-    relay_status = s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kRelayPlan, version, s.source_names,
-                                        s.options.timeout_s, &plans, workflows::MessageKind::kMissed, s.options.interrupt);
+    relay_status =
+        s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kRelayPlan, version, s.source_names,
+                             s.options.timeout_s, &plans, workflows::MessageKind::kMissed, s.options.interrupt);
     std::map<int, int> named;  // child -> sources that named it alike
     for (const auto& [name, plan] : plans) {
       if (plan.relay_from) relayed_from = static_cast<int>(*plan.relay_from);
@@ -455,9 +472,10 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
       const std::vector<std::string> failed = s.endpoint.agent->FailedPeers();
       if (s.relay_parent != relayed_from || std::find(failed.begin(), failed.end(), parent) != failed.end()) {
         s.relay_parent = -1;
-        relay_status = workflows::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kEngineRole, relayed_from,
-                                            s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds)
-                           .status();
+        relay_status =
+            workflows::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kEngineRole, relayed_from,
+                                      s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds)
+                .status();
         if (relay_status.ok()) s.relay_parent = relayed_from;
       }
       // The parent forwards right after its own commit, each forward bounded by engine_timeout_s.

@@ -14,18 +14,20 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "fp8_push_fixture.h"
 #include "shardwire/cast.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/fp8_block.h"
-#include "fp8_push_fixture.h"
-#include "workflows/sync_messages.h"
 #include "weight_sync_fixture.h"
+#include "workflows/first_touch_probe.h"
+#include "workflows/sync_messages.h"
 
 namespace shardwire {
 namespace {
@@ -194,6 +196,53 @@ TEST(WeightSync, LanesOptionSetsEachRanksAgentLanes) {
     ASSERT_TRUE(info.ok()) << info.status().ToString();
     EXPECT_EQ(info->remote_lanes, r.lanes) << r.job << "/" << r.role;
   }
+}
+
+// The permissions /proc/self/maps gives the mapping that holds `p` ("rw-s": shared,
+// "rw-p": private), or "".
+std::string MappingPermissions(const void* p) {
+  std::ifstream maps("/proc/self/maps");
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  std::string line;
+  while (std::getline(maps, line)) {
+    std::uintptr_t lo = 0, hi = 0;
+    char perms[5] = {};
+    if (std::sscanf(line.c_str(), "%lx-%lx %4s", &lo, &hi, perms) == 3 && lo <= a && a < hi) return perms;
+  }
+  return "";
+}
+
+// BufferMemory: kShared and kPrivateHugePages give the engine's buffer the memory they name;
+// kAuto (no conversion) gives shared memory where a first write per 4 KiB page is cheap
+// (workflows::FirstWriteMicrosecondsPerPage below kCheapFirstWriteMicroseconds), else private.
+TEST(WeightSync, BufferMemoryChoosesTheEngineBuffersMemory) {
+  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  const Layout engine = MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, 1).value();
+  auto server = StartRendezvous();
+  ASSERT_TRUE(server.ok());
+  auto rz = ConnectRendezvous(static_cast<std::uint16_t>((*server)->port()));
+  ASSERT_TRUE(rz.ok());
+  const bool cheap_before = workflows::FirstWriteMicrosecondsPerPage() < workflows::kCheapFirstWriteMicroseconds;
+  const struct {
+    const char* job;
+    BufferMemory memory;
+  } cases[] = {{"mem-shared", BufferMemory::kShared},
+               {"mem-private", BufferMemory::kPrivateHugePages},
+               {"mem-auto", BufferMemory::kAuto}};
+  std::map<std::string, std::string> perms;
+  for (const auto& c : cases) {
+    WeightSyncOptions o{c.job, 10};
+    o.buffer_memory = c.memory;
+    auto sub = WeightSubscriber::Create(**rz, trainer, engine, 0, o);
+    ASSERT_TRUE(sub.ok()) << c.job << ": " << sub.status().ToString();
+    perms[c.job] = MappingPermissions((*sub)->back_buffer().data());
+  }
+  const bool cheap_after = workflows::FirstWriteMicrosecondsPerPage() < workflows::kCheapFirstWriteMicroseconds;
+  EXPECT_EQ(perms["mem-shared"], "rw-s");
+  EXPECT_EQ(perms["mem-private"], "rw-p");
+  if (cheap_before != cheap_after) GTEST_SKIP() << "first-write cost crossed the threshold during the test";
+  EXPECT_EQ(perms["mem-auto"], cheap_before ? "rw-s" : "rw-p")
+      << "first write " << workflows::FirstWriteMicrosecondsPerPage() << " us per page";
 }
 
 // ---- Conversion in the push: bf16 trainers into FP8 block-128 engines; the oracle is in
