@@ -668,8 +668,9 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_option("--engine-memory", o->engine_memory,
                   "memory of the trainers' and engines' weight buffers: private huge pages (engines written by "
                   "kernel copy, process_vm_writev), shared memory (the trainers map the engines' buffers and write "
-                  "them with memcpy after pre-faulting them at Connect), or auto (private, except engines of a push "
-                  "that converts into mapped engine buffers)")
+                  "them with streaming stores after pre-faulting them at Connect), or auto (trainers private; "
+                  "engines shared where a first write per 4 KiB page costs under 6 us or the push converts into "
+                  "mapped engine buffers, else private)")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "shared", "private"}));
   cmd->add_option("--trainer-lanes", o->trainer_lanes,

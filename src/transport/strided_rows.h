@@ -83,8 +83,9 @@ void CopyRows(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, st
 /// first being read (no read-for-ownership) and without evicting the cache.
 /// glibc's memcpy streams only copies above a large threshold (~3/4 of the shared
 /// cache); row-sized copies, and the kernel's page-by-page copies, pay the extra
-/// read: 0.6x of a streaming copy on the development VMs (docs/benchmarks.md,
-/// "Streaming stores"). Rows shorter than kMinStreamingRowBytes, and every row
+/// read: ~0.5x of a whole-buffer memcpy on the Zen 3 development VM, this copy
+/// ~0.85x (bench/streaming_copy_bench; docs/benchmarks.md, "Streaming stores into
+/// mapped engine buffers"). Rows shorter than kMinStreamingRowBytes, and every row
 /// elsewhere than x86-64, are copied with memcpy. Same arguments and result as
 /// CopyRows; the bytes are globally visible when it returns.
 void CopyRowsStreaming(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, std::uint64_t src_stride,
