@@ -25,6 +25,8 @@
 
 #include <fmt/format.h>
 
+#include "core/thread_cpu_time.h"
+
 #include "transport/kernel_copy.h"
 #include "transport/private_arena.h"
 #include "transport/strided_rows.h"
@@ -34,18 +36,12 @@ namespace {
 using shardwire::transport::CopyRows;
 using shardwire::transport::CopyRowsStreaming;
 
-double ThreadSeconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
 double BestGbps(std::size_t bytes, const std::function<void()>& f) {
   double best = 1e30;
   for (int i = 0; i < 5; ++i) {
-    const double t = ThreadSeconds();
+    const double t = shardwire::ThreadCpuSeconds();
     f();
-    best = std::min(best, ThreadSeconds() - t);
+    best = std::min(best, shardwire::ThreadCpuSeconds() - t);
   }
   return static_cast<double>(bytes) / best / 1e9;
 }
@@ -78,9 +74,8 @@ int main(int argc, char** argv) {
       }));
   auto self = shardwire::transport::PeerProcess::Open(::getpid(), reinterpret_cast<std::uint64_t>(dst));
   if (self.ok()) {
-    row("kernel copy, process_vm_writev into this process, whole", BestGbps(n, [&] {
-          (void)self->WriteRows(src, n, reinterpret_cast<std::uint64_t>(dst), n, 1, n);
-        }));
+    row("kernel copy, process_vm_writev into this process, whole",
+        BestGbps(n, [&] { (void)self->WriteRows(src, n, reinterpret_cast<std::uint64_t>(dst), n, 1, n); }));
   } else {
     fmt::print("{:<58} {:>8}\n", "kernel copy (process_vm_writev)", "n/a");
   }

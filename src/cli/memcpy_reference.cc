@@ -8,6 +8,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/thread_cpu_time.h"
+
 namespace shardwire::cli {
 
 double MeasureMemcpyGBps(std::uint64_t bytes, int threads) {
@@ -30,14 +32,6 @@ double MeasureMemcpyGBps(std::uint64_t bytes, int threads) {
   }
   return best;
 }
-
-namespace {
-double ThreadCpuSeconds() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
-}
-}  // namespace
 
 double MeasureMemcpyGBPerCpuSecond(std::uint64_t bytes, int threads) {
   const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(bytes, 512ull << 20));

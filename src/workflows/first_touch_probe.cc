@@ -1,24 +1,14 @@
 #include "workflows/first_touch_probe.h"
 
 #include <sys/mman.h>
-#include <time.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
 
+#include "core/thread_cpu_time.h"
+
 namespace shardwire::workflows {
-namespace {
-
-// This thread's CPU time (s): a probe preempted by the other processes starting beside it
-// (engines and trainers start together) does not count the time it waited.
-double ThreadCpuSeconds() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
-}
-
-}  // namespace
 
 double FirstWriteMicrosecondsPerPage() {
   constexpr std::size_t kPage = 4096;

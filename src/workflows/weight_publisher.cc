@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "core/thread_cpu_time.h"
 #include "shardwire/planner.h"
 #include "shardwire/weight_sync.h"
 #include "workflows/membership.h"
@@ -32,11 +33,6 @@ constexpr const char* kTrainerRole = "trainer";
 constexpr const char* kEngineRole = "engine";
 using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
-double ThreadCpuSeconds() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
 }  // namespace
 
 struct WeightPublisher::State {
@@ -59,8 +55,8 @@ struct WeightPublisher::State {
   // The push by schedule round (WeightSyncOptions::max_concurrency), run one after another:
   // per round, its direct moves and prepared transfers per destination, the earlier rounds
   // whose ROUND_DONE it waits for (round -> trainer ranks that wrote one of its destinations
-  // then), and the trainer ranks it tells ROUND_DONE(v, round) when it completes. Converted moves of a round are in the converter's
-  // staging rounds of that schedule round (ConversionRound::schedule_round).
+  // then), and the trainer ranks it tells ROUND_DONE(v, round) when it completes. Converted moves of a round are in the
+  // converter's staging rounds of that schedule round (ConversionRound::schedule_round).
   struct Stage {
     std::uint32_t round = 0;
     std::map<int, std::vector<Move>> moves;
@@ -70,7 +66,7 @@ struct WeightPublisher::State {
   };
   std::vector<Stage> stages;
   std::map<int, std::string> round_peer_names;  // trainer rank -> agent name
-  std::optional<workflows::RelayTree> relay;         // relay_broadcasts
+  std::optional<workflows::RelayTree> relay;    // relay_broadcasts
   // Conversion: the converter, the staging arena (two slots) and per round, per destination, one
   // prepared transfer from the round's slot.
   std::unique_ptr<workflows::PushConverter> converter;
@@ -297,12 +293,13 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
       workflows::PublishPlanSignature(rendezvous, state->options.job, kTrainerRole, rank, state->plan_signature));
   SW_ASSIGN_OR_RETURN(
       state->endpoint,
-      workflows::OpenRankEndpoint(rendezvous, state->options.job, kTrainerRole, rank, trainer_layout.rank(rank).buffer_bytes,
-                             state->options.buffer, false, {}, conversion.scratch_bytes(rank),
-                             state->options.buffer_memory == BufferMemory::kShared ? ArenaMemory::kShared
-                                                                                   : ArenaMemory::kPrivateHugePages,
-                             state->options.metrics, /*incarnation=*/0, state->options.lanes));
-  SW_ASSIGN_OR_RETURN(state->metrics, workflows::PublisherMetrics::Make(state->options.metrics, state->options.job, rank));
+      workflows::OpenRankEndpoint(
+          rendezvous, state->options.job, kTrainerRole, rank, trainer_layout.rank(rank).buffer_bytes,
+          state->options.buffer, false, {}, conversion.scratch_bytes(rank),
+          state->options.buffer_memory == BufferMemory::kShared ? ArenaMemory::kShared : ArenaMemory::kPrivateHugePages,
+          state->options.metrics, /*incarnation=*/0, state->options.lanes));
+  SW_ASSIGN_OR_RETURN(state->metrics,
+                      workflows::PublisherMetrics::Make(state->options.metrics, state->options.job, rank));
   if (conversion.converts()) {
     SW_ASSIGN_OR_RETURN(TrainerConversion tc, conversion.ForTrainerRank(rank));
     const TransferPlan& converted = conversion.converted_plan();
@@ -326,9 +323,9 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     }
     state->conversion.emplace(std::move(conversion));
     state->stages = PushStages({&state->conversion->direct_plan(), &state->conversion->converted_plan()}, rank);
-    state->converter = std::make_unique<workflows::PushConverter>(state->trainer_layout, rank, *state->conversion,
-                                                             std::move(tc), state->endpoint.weights,
-                                                             state->endpoint.scratch, state->options.conversion.fp8);
+    state->converter = std::make_unique<workflows::PushConverter>(
+        state->trainer_layout, rank, *state->conversion, std::move(tc), state->endpoint.weights,
+        state->endpoint.scratch, state->options.conversion.fp8);
     state->scratches.resize(std::max<std::uint32_t>(1, state->options.convert_threads));
     for (auto& scratch : state->scratches) scratch.resize(state->converter->ScratchBytes());
   }
@@ -348,7 +345,8 @@ Result<int> WeightPublisher::WaitForEngines(int engine_ranks, double timeout_s) 
   }
   const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
   while (true) {
-    SW_ASSIGN_OR_RETURN(const std::set<int> joining, workflows::JoiningRanks(*s.rendezvous, s.options.job, s.engine_ranks));
+    SW_ASSIGN_OR_RETURN(const std::set<int> joining,
+                        workflows::JoiningRanks(*s.rendezvous, s.options.job, s.engine_ranks));
     const int asked = static_cast<int>(joining.size());
     if (asked >= engine_ranks) return asked;
     if (Clock::now() >= deadline) {
@@ -367,7 +365,7 @@ Status WeightPublisher::State::ConnectDestination(int dst, std::uint64_t incarna
   ReleaseTransfersTo(dst);
   SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer,
                       workflows::ImportPeerRank(*rendezvous, agent, options.job, kEngineRole, dst, options.timeout_s,
-                                           options.interrupt, kInterruptPollSeconds, incarnation));
+                                                options.interrupt, kInterruptPollSeconds, incarnation));
   // Before a single descriptor: the engine must plan for the same layouts (else its bytes
   // would land at other offsets than it expects).
   SW_RETURN_IF_ERROR(
@@ -453,10 +451,10 @@ Status WeightPublisher::State::ConnectDestination(int dst, std::uint64_t incarna
 Result<workflows::PeerRank> WeightPublisher::State::ConnectTrainerPeer(int peer_rank) {
   Agent& agent = *endpoint.agent;
   SW_ASSIGN_OR_RETURN(workflows::PeerRank peer,
-                      workflows::ImportPeerRank(*rendezvous, agent, options.job, kTrainerRole, peer_rank, options.timeout_s,
-                                           options.interrupt, kInterruptPollSeconds));
-  SW_RETURN_IF_ERROR(workflows::CheckPeerPlanSignature(*rendezvous, options.job, kTrainerRole, peer_rank, plan_signature,
-                                                  options.timeout_s));
+                      workflows::ImportPeerRank(*rendezvous, agent, options.job, kTrainerRole, peer_rank,
+                                                options.timeout_s, options.interrupt, kInterruptPollSeconds));
+  SW_RETURN_IF_ERROR(workflows::CheckPeerPlanSignature(*rendezvous, options.job, kTrainerRole, peer_rank,
+                                                       plan_signature, options.timeout_s));
   SW_RETURN_IF_ERROR(agent.WireUp(peer.name, options.timeout_s));
   return peer;
 }
@@ -508,7 +506,8 @@ Status WeightPublisher::Connect() {
                         agent.PrepareTransfer(TransferOp::kWrite, peer.name, std::move(descriptors), std::nullopt));
     s.reducer_names[reducer] = peer.name;
   }
-  for (int src : s.addend_sources) s.addend_source_names.insert(workflows::MetadataKey(s.options.job, kTrainerRole, src));
+  for (int src : s.addend_sources)
+    s.addend_source_names.insert(workflows::MetadataKey(s.options.job, kTrainerRole, src));
   if (s.converter) {
     for (const BlockAmaxExchange& x : s.converter->plan().exchanges) {
       SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer, trainer_peer(x.peer));
@@ -561,11 +560,11 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
     if (latest < s.claim) {
       // Claims only grow: a smaller counter means the rendezvous forgot the job (an in-memory
       // coordinator restarted). Not another publisher, and not retryable.
-      return FailedPrecondition(fmt::format(
-          "{}: the rendezvous lost job {}'s state (trainer rank {}'s claim counter is {}, below this "
-          "publisher's claim {}): was its coordinator restarted without Redis (serve --redis)? "
-          "Restart the job",
-          who, s.options.job, s.rank, latest, s.claim));
+      return FailedPrecondition(
+          fmt::format("{}: the rendezvous lost job {}'s state (trainer rank {}'s claim counter is {}, below this "
+                      "publisher's claim {}): was its coordinator restarted without Redis (serve --redis)? "
+                      "Restart the job",
+                      who, s.options.job, s.rank, latest, s.claim));
     }
     if (latest != s.claim) {
       return AlreadyExists(
@@ -609,9 +608,9 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
                                          s.options.timeout_s, nullptr, std::nullopt, s.options.interrupt)
                            .WithContext(fmt::format("{}: Partial(sum) addends", who)));
     for (const Reduction& r : s.reductions) {
-      SW_RETURN_IF_ERROR(
-          workflows::SumSlots(static_cast<DType>(r.dtype), s.endpoint.scratch.subspan(r.scratch_offset), r.bytes, r.addends)
-              .WithContext(who));
+      SW_RETURN_IF_ERROR(workflows::SumSlots(static_cast<DType>(r.dtype), s.endpoint.scratch.subspan(r.scratch_offset),
+                                             r.bytes, r.addends)
+                             .WithContext(who));
     }
   }
   const auto t0 = Clock::now();
@@ -630,7 +629,8 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       stats.held_for = held.ranks;
       stats.hold_expired = held.expired;
     } else {
-      SW_ASSIGN_OR_RETURN(members, workflows::ReadMembership(*s.rendezvous, s.options.job, version, s.options.timeout_s));
+      SW_ASSIGN_OR_RETURN(members,
+                          workflows::ReadMembership(*s.rendezvous, s.options.job, version, s.options.timeout_s));
     }
     for (const auto& [dst, bytes] : s.bytes_to) {
       auto m = members.members.find(dst);
@@ -703,9 +703,10 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
     auto withdrawn = [&](const std::string& peer, const workflows::Message& m) -> std::optional<Status> {
       auto it = admitted_request.find(peer);
       if (it == admitted_request.end() || m.request <= it->second) return std::nullopt;  // admitted already
-      return Unavailable(fmt::format("{} filed membership request {} after v{} (it joins again or leaves); it sends "
-                                     "no READY until a later push applies it",
-                                     peer, m.request, m.version));
+      return Unavailable(
+          fmt::format("{} filed membership request {} after v{} (it joins again or leaves); it sends "
+                      "no READY until a later push applies it",
+                      peer, m.request, m.version));
     };
     SW_ASSIGN_OR_RETURN(const workflows::Collected ready,
                         s.inbox.Collect(agent, workflows::MessageKind::kReady, version, names, engine_timeout_s,
@@ -822,8 +823,8 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       for (int t : ranks) names.insert(s.round_peer_names.at(t));
       const auto w0 = Clock::now();
       SW_RETURN_IF_ERROR(s.inbox
-                             .AwaitFromAll(agent, workflows::MessageKind::kRoundDone, version, names, s.options.timeout_s,
-                                           nullptr, std::nullopt, s.options.interrupt, round)
+                             .AwaitFromAll(agent, workflows::MessageKind::kRoundDone, version, names,
+                                           s.options.timeout_s, nullptr, std::nullopt, s.options.interrupt, round)
                              .WithContext(fmt::format("{}: round {} waits for the trainer ranks that wrote its engine "
                                                       "ranks in round {}",
                                                       who, stage.round, round)));
@@ -840,7 +841,8 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       if (active.count(dst)) stats.round_spans.push_back({stage.round, dst, at, now_s()});
     }
     if (!interrupted.ok()) return interrupted;
-    const auto done = workflows::Encode({.kind = workflows::MessageKind::kRoundDone, .version = version, .round = stage.round});
+    const auto done =
+        workflows::Encode({.kind = workflows::MessageKind::kRoundDone, .version = version, .round = stage.round});
     for (int t : stage.notify) {
       SW_RETURN_IF_ERROR(
           agent.SendMessage(s.round_peer_names.at(t), done)
@@ -870,7 +872,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   // the round does.
   std::function<Status(std::uint32_t)> convert_round;  // converts and sends one schedule round
   std::function<void()> finish_conversion;
-  std::deque<std::size_t> staged_rounds;  // staged rounds whose WRITEs may still read their slot
+  std::deque<std::size_t> staged_rounds;       // staged rounds whose WRITEs may still read their slot
   std::vector<std::pair<int, Status>> failed;  // mapped destinations whose mapping was revoked
   std::map<int, const MappedRegion*> views;
   std::function<int(int)> root_of = [](int dst) { return dst; };
@@ -992,11 +994,11 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
             const std::size_t k = mapped_rounds[i];
             std::vector<Held> held = hold(k, worker_failed[w]);
             if (held.empty()) continue;
-            errors[w] = s.converter->ConvertRoundTo(k, s.scratches[w],
-                                                    [&](std::uint64_t at, std::span<const std::byte> bytes) {
-                                                      scatter(held, at, bytes);
-                                                      return Status::Ok();
-                                                    });
+            errors[w] =
+                s.converter->ConvertRoundTo(k, s.scratches[w], [&](std::uint64_t at, std::span<const std::byte> bytes) {
+                  scatter(held, at, bytes);
+                  return Status::Ok();
+                });
           }
           cpu[w] = ThreadCpuSeconds() - cpu0;
         };

@@ -7,13 +7,12 @@
 
 #include <xxhash.h>
 
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 #include <string>
 
+#include "mapping_permissions.h"
 #include "shardwire/checkpoint.h"
 #include "shardwire/checkpoint_generator.h"
 #include "shardwire/checkpoint_model.h"
@@ -561,19 +560,6 @@ TEST_F(ModelLoadingTest, CappedSourceGrantsLeasesByPriorityNotArrival) {
 // after their block is checked against its committed digest).
 class ModelLoadingDigestTest : public ModelLoadingTest, public ::testing::WithParamInterface<bool> {};
 
-// The permissions /proc/self/maps gives the mapping that holds `p` ("r--p", "rw-p"), or "".
-std::string MappingPermissions(const void* p) {
-  std::ifstream maps("/proc/self/maps");
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  std::string line;
-  while (std::getline(maps, line)) {
-    std::uintptr_t lo = 0, hi = 0;
-    char perms[5] = {};
-    if (std::sscanf(line.c_str(), "%lx-%lx %4s", &lo, &hi, perms) == 3 && lo <= a && a < hi) return perms;
-  }
-  return "";
-}
-
 TEST_P(ModelLoadingDigestTest, DigestRequestsUseCommittedBlockDigestsAndVerifyOnRequest) {
   using workflows::DecodeP2p;
   using workflows::DigestStatus;
@@ -644,7 +630,7 @@ TEST_P(ModelLoadingDigestTest, DigestRequestsUseCommittedBlockDigestsAndVerifyOn
   r = ask(parts, true);
   EXPECT_EQ(r.status, DigestStatus::kOk);
   EXPECT_EQ(r.value, oracle(parts));
-  EXPECT_EQ(MappingPermissions(buf.data()).substr(0, 3), read_only ? "r--" : "rw-");
+  EXPECT_EQ(testing_util::MappingPermissions(buf.data()).substr(0, 3), read_only ? "r--" : "rw-");
   if (!read_only) {
     // A byte of the block changes after commit, outside the parts' ranges.
     buf[n - 1] ^= std::byte{0x5a};

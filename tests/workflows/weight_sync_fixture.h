@@ -18,10 +18,10 @@
 #include <thread>
 #include <vector>
 
+#include "die_with_test_process.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/layout.h"
 #include "shardwire/weight_sync.h"
-#include "die_with_test_process.h"
 
 namespace shardwire::weight_sync_test {
 
@@ -35,6 +35,18 @@ inline Result<std::unique_ptr<CoordinatorClient>> ConnectRendezvous(std::uint16_
 
 // An in-process coordinator on a free loopback port.
 inline Result<std::unique_ptr<CoordinatorServer>> StartRendezvous() { return CoordinatorServer::Start({}); }
+
+// An in-process coordinator and a client of it: the rendezvous of a test whose ranks all
+// run in this process.
+struct LocalRendezvous {
+  std::unique_ptr<CoordinatorServer> server;
+  std::unique_ptr<CoordinatorClient> client;
+};
+inline Result<LocalRendezvous> StartLocalRendezvous() {
+  SW_ASSIGN_OR_RETURN(auto server, StartRendezvous());
+  SW_ASSIGN_OR_RETURN(auto client, ConnectRendezvous(static_cast<std::uint16_t>(server->port())));
+  return LocalRendezvous{std::move(server), std::move(client)};
+}
 
 inline std::vector<TensorSpec> Tensors() {
   return {{"emb", DType::kBF16, {64, 48}},

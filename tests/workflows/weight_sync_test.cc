@@ -14,7 +14,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <set>
 #include <string>
@@ -22,6 +21,7 @@
 #include <vector>
 
 #include "fp8_push_fixture.h"
+#include "mapping_permissions.h"
 #include "shardwire/cast.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/fp8_block.h"
@@ -166,19 +166,18 @@ TEST(WeightSync, SubscriberReportsADeadPublisher) {
 TEST(WeightSync, LanesOptionSetsEachRanksAgentLanes) {
   const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
   const Layout engine = MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, 1).value();
-  auto server = StartRendezvous();
-  ASSERT_TRUE(server.ok());
-  auto rz = ConnectRendezvous(static_cast<std::uint16_t>((*server)->port()));
-  ASSERT_TRUE(rz.ok());
+  auto local = StartLocalRendezvous();
+  ASSERT_TRUE(local.ok()) << local.status().ToString();
+  CoordinatorClient& rz = *local->client;
   WeightSyncOptions one{"lanes", 10};
   one.lanes = 1;
   WeightSyncOptions three{"lanes", 10};
   three.lanes = 3;
-  auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, one);
+  auto pub = WeightPublisher::Create(rz, trainer, engine, 0, one);
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();
-  auto sub = WeightSubscriber::Create(**rz, trainer, engine, 0, three);
+  auto sub = WeightSubscriber::Create(rz, trainer, engine, 0, three);
   ASSERT_TRUE(sub.ok()) << sub.status().ToString();
-  auto default_pub = WeightPublisher::Create(**rz, trainer, engine, 0, {"lanes-default", 10});
+  auto default_pub = WeightPublisher::Create(rz, trainer, engine, 0, {"lanes-default", 10});
   ASSERT_TRUE(default_pub.ok()) << default_pub.status().ToString();
   auto probe = Agent::Create({.name = "probe"});
   ASSERT_TRUE(probe.ok()) << probe.status().ToString();
@@ -188,7 +187,7 @@ TEST(WeightSync, LanesOptionSetsEachRanksAgentLanes) {
     std::uint32_t lanes;
   } ranks[] = {{"lanes", "trainer", 1}, {"lanes", "engine", 3}, {"lanes-default", "trainer", kDefaultLanes}};
   for (const auto& r : ranks) {
-    auto blob = (*rz)->Get(workflows::MetadataKey(r.job, r.role, 0) + "/metadata", 5);
+    auto blob = rz.Get(workflows::MetadataKey(r.job, r.role, 0) + "/metadata", 5);
     ASSERT_TRUE(blob.ok()) << r.job << "/" << r.role << ": " << blob.status().ToString();
     auto name = (*probe)->ImportMetadata(*blob);
     ASSERT_TRUE(name.ok()) << name.status().ToString();
@@ -198,30 +197,15 @@ TEST(WeightSync, LanesOptionSetsEachRanksAgentLanes) {
   }
 }
 
-// The permissions /proc/self/maps gives the mapping that holds `p` ("rw-s": shared,
-// "rw-p": private), or "".
-std::string MappingPermissions(const void* p) {
-  std::ifstream maps("/proc/self/maps");
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  std::string line;
-  while (std::getline(maps, line)) {
-    std::uintptr_t lo = 0, hi = 0;
-    char perms[5] = {};
-    if (std::sscanf(line.c_str(), "%lx-%lx %4s", &lo, &hi, perms) == 3 && lo <= a && a < hi) return perms;
-  }
-  return "";
-}
-
 // BufferMemory: kShared and kPrivateHugePages give the engine's buffer the memory they name;
 // kAuto (no conversion) gives shared memory where a first write per 4 KiB page is cheap
 // (workflows::FirstWriteMicrosecondsPerPage below kCheapFirstWriteMicroseconds), else private.
 TEST(WeightSync, BufferMemoryChoosesTheEngineBuffersMemory) {
   const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
   const Layout engine = MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, 1).value();
-  auto server = StartRendezvous();
-  ASSERT_TRUE(server.ok());
-  auto rz = ConnectRendezvous(static_cast<std::uint16_t>((*server)->port()));
-  ASSERT_TRUE(rz.ok());
+  auto local = StartLocalRendezvous();
+  ASSERT_TRUE(local.ok()) << local.status().ToString();
+  CoordinatorClient& rz = *local->client;
   const bool cheap_before = workflows::FirstWriteMicrosecondsPerPage() < workflows::kCheapFirstWriteMicroseconds;
   const struct {
     const char* job;
@@ -233,9 +217,9 @@ TEST(WeightSync, BufferMemoryChoosesTheEngineBuffersMemory) {
   for (const auto& c : cases) {
     WeightSyncOptions o{c.job, 10};
     o.buffer_memory = c.memory;
-    auto sub = WeightSubscriber::Create(**rz, trainer, engine, 0, o);
+    auto sub = WeightSubscriber::Create(rz, trainer, engine, 0, o);
     ASSERT_TRUE(sub.ok()) << c.job << ": " << sub.status().ToString();
-    perms[c.job] = MappingPermissions((*sub)->back_buffer().data());
+    perms[c.job] = testing_util::MappingPermissions((*sub)->back_buffer().data());
   }
   const bool cheap_after = workflows::FirstWriteMicrosecondsPerPage() < workflows::kCheapFirstWriteMicroseconds;
   EXPECT_EQ(perms["mem-shared"], "rw-s");
@@ -593,10 +577,9 @@ namespace {
 TEST(WeightSync, InterruptEndsEveryWaitAndKeepsWhatArrived) {
   const Layout trainer = MakeFsdpLayout(Tensors(), 2).value();
   const Layout engine = MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, 1).value();
-  auto server = StartRendezvous();
-  ASSERT_TRUE(server.ok());
-  auto rz = ConnectRendezvous(static_cast<std::uint16_t>((*server)->port()));
-  ASSERT_TRUE(rz.ok());
+  auto local = StartLocalRendezvous();
+  ASSERT_TRUE(local.ok()) << local.status().ToString();
+  CoordinatorClient& rz = *local->client;
   std::atomic<bool> stop{false};
   std::atomic<int> calls{0};
   WeightSyncOptions options{"irq", 30};
@@ -604,7 +587,7 @@ TEST(WeightSync, InterruptEndsEveryWaitAndKeepsWhatArrived) {
     calls.fetch_add(1);
     return stop.load() ? FailedPrecondition("stop requested") : Status::Ok();
   };
-  auto sub = WeightSubscriber::Create(**rz, trainer, engine, 0, options);
+  auto sub = WeightSubscriber::Create(rz, trainer, engine, 0, options);
   ASSERT_TRUE(sub.ok()) << sub.status().ToString();
   // Connect with no trainer published: only the hook ends it (timeout 30 s).
   stop = true;
@@ -614,7 +597,7 @@ TEST(WeightSync, InterruptEndsEveryWaitAndKeepsWhatArrived) {
   stop = false;
   std::vector<std::unique_ptr<WeightPublisher>> pubs;
   for (int r = 0; r < 2; ++r) {
-    auto pub = WeightPublisher::Create(**rz, trainer, engine, r, options);
+    auto pub = WeightPublisher::Create(rz, trainer, engine, r, options);
     ASSERT_TRUE(pub.ok()) << pub.status().ToString();
     pubs.push_back(std::move(*pub));
   }
