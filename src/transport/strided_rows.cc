@@ -131,7 +131,7 @@ void CopyRowsStreaming(std::byte* dst, std::uint64_t dst_stride, const std::byte
     length *= count;
     count = 1;
   }
-  if (length < kMinStreamingRowBytes) {
+  if (length < kMinStreamingRowBytes || count * length < kMinStreamingCopyBytes) {
     CopyRows(dst, dst_stride, src, src_stride, count, length);
     return;
   }

@@ -83,15 +83,21 @@ void CopyRows(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, st
 /// first being read (no read-for-ownership) and without evicting the cache.
 /// glibc's memcpy streams only copies above a large threshold (~3/4 of the shared
 /// cache); row-sized copies, and the kernel's page-by-page copies, pay the extra
-/// read: ~0.5x of a whole-buffer memcpy on the Zen 3 development VM, this copy
-/// ~0.85x (bench/streaming_copy_bench; docs/benchmarks.md, "Streaming stores into
-/// mapped engine buffers"). Rows shorter than kMinStreamingRowBytes, and every row
-/// elsewhere than x86-64, are copied with memcpy. Same arguments and result as
-/// CopyRows; the bytes are globally visible when it returns.
+/// read: 0.54-0.62x of a whole-buffer memcpy on the Zen 3 development VM, this
+/// copy 0.95-1.01x (bench/streaming_copy_bench; docs/benchmarks.md, "Streaming
+/// stores into mapped engine buffers"). Copies of fewer than kMinStreamingCopyBytes
+/// in all (they may stay in cache, where streaming stores are slower: 4 KiB WRITEs
+/// fell from 9.4 to 2.5 M messages/s in agent_transfer_bench --section small),
+/// rows shorter than kMinStreamingRowBytes, and every copy elsewhere than x86-64
+/// go to CopyRows. Same arguments and result as CopyRows; the bytes are globally
+/// visible when it returns.
 void CopyRowsStreaming(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, std::uint64_t src_stride,
                        std::uint64_t count, std::uint64_t length);
 
 /// Rows shorter than this (bytes) are not worth a streaming copy: memcpy them.
 inline constexpr std::uint64_t kMinStreamingRowBytes = 256;
+/// Copies (count x length) smaller than this (bytes; half the 512 KiB L2 of a
+/// development VM core) go to CopyRows: they may be read back from cache.
+inline constexpr std::uint64_t kMinStreamingCopyBytes = 256 << 10;
 
 }  // namespace shardwire::transport

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -135,40 +136,45 @@ TEST(StridedRows, CopyRowsMatchesARowWalk) {
   }
 }
 
-// CopyRowsStreaming: the same bytes as a row walk for every destination alignment
-// (the unaligned head and tail are plain stores, the middle streaming stores), rows
-// just below and above kMinStreamingRowBytes, contiguous rows (one long row) and
-// strided ones; bytes outside the rows are untouched.
+// CopyRowsStreaming: the same bytes as a byte-by-byte row walk for every destination
+// alignment (the unaligned head and tail of a row are plain stores, the middle streaming
+// stores), rows just below and above kMinStreamingRowBytes, copies just below and above
+// kMinStreamingCopyBytes in all, contiguous rows (one long row) and strided ones; bytes
+// outside the rows are untouched.
 TEST(StridedRows, CopyRowsStreamingMatchesARowWalkAtEveryAlignment) {
   using transport::CopyRowsStreaming;
+  using transport::kMinStreamingCopyBytes;
   using transport::kMinStreamingRowBytes;
   struct Shape {
     std::uint64_t count, length, src_stride, dst_stride;
   };
+  constexpr std::uint64_t kBig = kMinStreamingCopyBytes;
   const std::vector<Shape> shapes = {{1, 7, 7, 7},
-                                     {1, kMinStreamingRowBytes - 1, 0, 0},
-                                     {1, kMinStreamingRowBytes, 0, 0},
-                                     {1, 4096 + 13, 0, 0},
-                                     {5, 333, 333, 333},  // contiguous: one row of 1665 bytes
-                                     {9, 300, 517, 301},
-                                     {17, 64 * 9 + 15, 1200, 64 * 9 + 15},
-                                     {3, kMinStreamingRowBytes - 3, 400, 260}};
+                                     {1, kBig - 1, 0, 0},
+                                     {1, kBig, 0, 0},
+                                     {1, kBig + 4096 + 13, 0, 0},
+                                     {5, kBig / 5 + 333, kBig / 5 + 333, kBig / 5 + 333},  // contiguous
+                                     {kBig / 300 + 9, 300, 517, 301},
+                                     {kBig / 591 + 17, 64 * 9 + 15, 1200, 64 * 9 + 15},
+                                     {kBig / 253 + 3, kMinStreamingRowBytes - 3, 400, 260},
+                                     {9, 300, 517, 301}};  // small in all: CopyRows
   for (const Shape& sh : shapes) {
     for (std::uint64_t src_off = 0; src_off < 3; ++src_off) {
       for (std::uint64_t dst_off = 0; dst_off < 18; ++dst_off) {
-        const std::uint64_t span = (sh.count - 1) * std::max(sh.src_stride, sh.dst_stride) + sh.length + 64;
-        std::vector<std::byte> src(span + 32), dst(span + 32, kUntouched);
-        FillPattern(src, 11);
-        CopyRowsStreaming(dst.data() + dst_off, sh.dst_stride, src.data() + src_off, sh.src_stride, sh.count,
-                          sh.length);
         const std::uint64_t ds = sh.count == 1 ? sh.length : sh.dst_stride;
         const std::uint64_t ss = sh.count == 1 ? sh.length : sh.src_stride;
-        const auto expect = RowBytes(src_off, ss, dst_off, ds, sh.count, sh.length);
-        for (std::size_t k = 0; k < dst.size(); ++k) {
-          auto it = expect.find(k);
-          ASSERT_EQ(dst[k], it == expect.end() ? kUntouched : PatternByte(11, it->second))
-              << "byte " << k << " rows " << sh.count << "x" << sh.length << " src+" << src_off << " dst+" << dst_off;
+        const std::uint64_t span = (sh.count - 1) * std::max(ss, ds) + sh.length + 64;
+        std::vector<std::byte> src(span + 32), dst(span + 32, kUntouched);
+        FillPattern(src, 11);
+        std::vector<std::byte> expect = dst;
+        for (std::uint64_t r = 0; r < sh.count; ++r) {
+          for (std::uint64_t k = 0; k < sh.length; ++k) expect[dst_off + r * ds + k] = src[src_off + r * ss + k];
         }
+        CopyRowsStreaming(dst.data() + dst_off, sh.dst_stride, src.data() + src_off, sh.src_stride, sh.count,
+                          sh.length);
+        const auto diff = std::mismatch(dst.begin(), dst.end(), expect.begin());
+        ASSERT_TRUE(diff.first == dst.end()) << "byte " << (diff.first - dst.begin()) << " rows " << sh.count << "x"
+                                             << sh.length << " src+" << src_off << " dst+" << dst_off;
       }
     }
   }
