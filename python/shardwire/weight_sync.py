@@ -59,9 +59,10 @@ class _Endpoint:
                  params: Optional[Mapping[str, torch.Tensor]], job: str, timeout_s: float, **flags):
         nbytes = layout.buffer_bytes(rank)
         if params is None:
-            # Shardwire allocates the buffer as a transport arena (UCX-allocated shared memory on
-            # one host: true one-sided writes, no emulation); the tensors are views of it and are
-            # valid only while this object lives (the arena is freed with it).
+            # Shardwire allocates the buffer as a transport arena (BufferMemory::kAuto: shared
+            # memory that same-host trainers map and stream into, or private huge pages they write
+            # by kernel copy, whichever this host does faster); the tensors are views of it and
+            # are valid only while this object lives (the arena is freed with it).
             self._impl = cls(coordinator, trainer_layout, engine_layout, rank, 0, 0, job, timeout_s, **flags)
             raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(self._impl.buffer_address)
             self.buffer = torch.frombuffer(raw, dtype=torch.uint8)
