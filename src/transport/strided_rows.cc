@@ -3,11 +3,9 @@
 #include <algorithm>
 #include <cstring>
 
-#if defined(__x86_64__)
-#include <emmintrin.h>
-#endif
-
 #include <fmt/format.h>
+
+#include "core/streaming_store.h"
 
 namespace shardwire::transport {
 
@@ -95,37 +93,8 @@ void CopyRows(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, st
   for (std::uint64_t r = 0; r < count; ++r) std::memcpy(dst + r * dst_stride, src + r * src_stride, length);
 }
 
-namespace {
-
-#if defined(__x86_64__)
-// One row by streaming stores: plain head up to 16-byte alignment of `dst`,
-// movntdq in 64-byte steps, then 16-byte steps, plain tail.
-void StreamRow(std::byte* dst, const std::byte* src, std::uint64_t length) {
-  const std::uint64_t head = std::min<std::uint64_t>(length, (16 - (reinterpret_cast<std::uintptr_t>(dst) & 15)) & 15);
-  if (head > 0) std::memcpy(dst, src, head);
-  std::uint64_t i = head;
-  for (; i + 64 <= length; i += 64) {
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
-    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
-    const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
-  }
-  for (; i + 16 <= length; i += 16) {
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
-  }
-  if (i < length) std::memcpy(dst + i, src + i, length - i);
-}
-#endif
-
-}  // namespace
-
 void CopyRowsStreaming(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, std::uint64_t src_stride,
                        std::uint64_t count, std::uint64_t length) {
-#if defined(__x86_64__)
   if (count == 0 || length == 0) return;
   if (count == 1 || (dst_stride == length && src_stride == length)) {
     length *= count;
@@ -135,11 +104,8 @@ void CopyRowsStreaming(std::byte* dst, std::uint64_t dst_stride, const std::byte
     CopyRows(dst, dst_stride, src, src_stride, count, length);
     return;
   }
-  for (std::uint64_t r = 0; r < count; ++r) StreamRow(dst + r * dst_stride, src + r * src_stride, length);
-  _mm_sfence();  // streaming stores are weakly ordered: visible before the caller signals completion
-#else
-  CopyRows(dst, dst_stride, src, src_stride, count, length);
-#endif
+  for (std::uint64_t r = 0; r < count; ++r) StreamCopy(dst + r * dst_stride, src + r * src_stride, length);
+  StreamFence();  // streaming stores are weakly ordered: visible before the caller signals completion
 }
 
 }  // namespace shardwire::transport

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/streaming_store.h"
 #include "shardwire/status.h"
 #include "shardwire/transfer_descriptor.h"
 
@@ -77,25 +78,21 @@ void CopyRows(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, st
               std::uint64_t count, std::uint64_t length);
 
 /// CopyRows for a destination this thread will not read again soon (a peer's
-/// buffer): on x86-64 the bytes are written with non-temporal (streaming) stores,
-/// SSE2 `movntdq`, 16-byte aligned, with plain stores for the unaligned head and
-/// tail of each row and an `sfence` at the end, so that a line is written without
-/// first being read (no read-for-ownership) and without evicting the cache.
-/// glibc's memcpy streams only copies above a large threshold (~3/4 of the shared
-/// cache); row-sized copies, and the kernel's page-by-page copies, pay the extra
-/// read: 0.54-0.62x of a whole-buffer memcpy on the Zen 3 development VM, this
-/// copy 0.95-1.01x (bench/streaming_copy_bench; docs/benchmarks.md, "Streaming
-/// stores into mapped engine buffers"). Copies of fewer than kMinStreamingCopyBytes
-/// in all (they may stay in cache, where streaming stores are slower: 4 KiB WRITEs
-/// fell from 9.4 to 2.5 M messages/s in agent_transfer_bench --section small),
-/// rows shorter than kMinStreamingRowBytes, and every copy elsewhere than x86-64
-/// go to CopyRows. Same arguments and result as CopyRows; the bytes are globally
-/// visible when it returns.
+/// buffer): rows by StreamCopy (core/streaming_store.h: non-temporal stores on
+/// x86-64, no read-for-ownership), then StreamFence, so the bytes are globally
+/// visible when it returns. On the Zen 3 development VM plain row copies into a
+/// mapped peer buffer, and the kernel's page-by-page copies, ran at 0.54-0.62x of a
+/// whole-buffer memcpy, this copy at 0.95-1.01x (bench/streaming_copy_bench;
+/// docs/benchmarks.md, "Streaming stores into mapped engine buffers"). Copies of
+/// fewer than kMinStreamingCopyBytes in all (they may stay in cache, where
+/// streaming stores are slower: 4 KiB WRITEs fell from 9.4 to 2.5 M messages/s in
+/// agent_transfer_bench --section small) and rows shorter than
+/// kMinStreamingRowBytes go to CopyRows. Same arguments and result as CopyRows.
 void CopyRowsStreaming(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, std::uint64_t src_stride,
                        std::uint64_t count, std::uint64_t length);
 
 /// Rows shorter than this (bytes) are not worth a streaming copy: memcpy them.
-inline constexpr std::uint64_t kMinStreamingRowBytes = 256;
+inline constexpr std::uint64_t kMinStreamingRowBytes = kMinStreamCopyBytes;
 /// Copies (count x length) smaller than this (bytes; half the 512 KiB L2 of a
 /// development VM core) go to CopyRows: they may be read back from cache.
 inline constexpr std::uint64_t kMinStreamingCopyBytes = 256 << 10;

@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "core/streaming_store.h"
 #include "core/thread_cpu_time.h"
 #include "shardwire/planner.h"
 #include "shardwire/weight_sync.h"
@@ -912,9 +913,16 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
           std::byte* base = h.access.bytes().data();
           for (; it != segs.end() && it->src < end; ++it) {
             const std::uint64_t a = std::max(it->src, slot_offset), b = std::min(it->src + it->length, end);
-            std::memcpy(base + it->dst + (a - it->src), bytes.data() + (a - slot_offset), b - a);
+            std::byte* to = base + it->dst + (a - it->src);
+            const std::byte* from = bytes.data() + (a - slot_offset);
+            if (b - a >= kMinStreamCopyBytes) {
+              StreamCopy(to, from, b - a);  // the engine reads it, not this core: no read-for-ownership
+            } else {
+              std::memcpy(to, from, b - a);
+            }
           }
         }
+        StreamFence();  // visible before the push reports the version written
       };
       // Holds the mappings of staging round k's mapped destinations; one whose mapping was
       // revoked (its process died, or it was invalidated) is reported in `out` and skipped.
