@@ -153,7 +153,8 @@ Status QuantizeRows(const std::byte* src, std::int64_t rows, std::int64_t cols, 
         scale_inv[rb * col_blocks + cb0 + b] = s.scale_inv;
         muls[b] = s.multiplier;
       }
-      scale(part, row_bytes, nrows, ncols, bc, muls, q + r0 * cols + c0, cols);
+      // Prefetching the next block-row while scaling this one: the next pass 1 reads from cache.
+      scale(part, row_bytes, nrows, ncols, bc, muls, q + r0 * cols + c0, cols, br * row_bytes);
     }
   }
   return Status::Ok();
@@ -268,11 +269,13 @@ Status ShardQuantize(const std::byte* src, const Fp8ShardBox& b, const float* am
   }
   const std::int64_t row_bytes = b.cols * static_cast<std::int64_t>(sizeof(typename T::Bits));
   const convert::ToE4m3Fn scale = T::Scale(convert::Kernels());
+  // The same rows of the next block-row are what the caller's (or this loop's) next pass reads.
+  const std::int64_t prefetch_offset = o.block_rows * row_bytes;
   ForEachBlockRowRun(b, o.block_rows, t.row_begin, [&](std::int64_t r, std::int64_t nrows, std::int64_t i) {
     const float* m = muls.data() + i * nj;
     ForEachRowSegment(b, o.block_cols, [&](std::int64_t c, std::int64_t len, std::int64_t bc, std::int64_t j) {
       scale(src + r * row_bytes + c * static_cast<std::int64_t>(sizeof(typename T::Bits)), row_bytes, nrows, len, bc,
-            m + j, q + r * b.cols + c, b.cols);
+            m + j, q + r * b.cols + c, b.cols, prefetch_offset);
     });
   });
   return Status::Ok();

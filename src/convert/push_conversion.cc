@@ -586,8 +586,8 @@ Result<TrainerConversion> PushConversion::PlanTrainerRank(int rank, std::uint32_
                 static_cast<std::uint64_t>(std::max<std::int64_t>(0, end_owned - first_owned)) * scale_row_bytes;
             round.bytes = piece.scale_slot_offset + piece.scale_bytes;
             if (piece.scale_bytes > 0) {
-              const std::uint64_t begin = scale_shard->byte_offset +
-                                          static_cast<std::uint64_t>(first_owned - own.row_begin) * scale_row_bytes;
+              const std::uint64_t begin =
+                  scale_shard->byte_offset + static_cast<std::uint64_t>(first_owned - own.row_begin) * scale_row_bytes;
               segments.push_back({begin, begin + piece.scale_bytes, out.rounds.size() - 1, piece.scale_slot_offset});
             }
           }

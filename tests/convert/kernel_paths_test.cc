@@ -130,13 +130,16 @@ void CompareQuantiser(const Matrix& m, std::int64_t bc, convert::BlockMaxFn (*ma
     // Output rows 7 bytes wider than the matrix, filled with a canary.
     const std::int64_t out_stride = m.cols + 7;
     std::vector<std::uint8_t> want(static_cast<std::size_t>(m.rows * out_stride), 0xA5);
-    scale_of(base)(m.bytes.data(), stride, m.rows, m.cols, bc, muls.data(), want.data(), out_stride);
+    scale_of(base)(m.bytes.data(), stride, m.rows, m.cols, bc, muls.data(), want.data(), out_stride, 0);
     for (std::int64_t r = 0; r < m.rows; ++r)
       for (std::int64_t c = m.cols; c < out_stride; ++c)
         ASSERT_EQ(want[static_cast<std::size_t>(r * out_stride + c)], 0xA5);
+    // Prefetching changes no byte, and prefetches past the matrix (the next block-row of the last
+    // one) or far from any mapping (2^46 bytes on) never fault.
+    const std::int64_t prefetch_offset = variant % 2 == 0 ? 128 * stride : std::int64_t{1} << 46;
     for (const ConvertKernels* k : OtherPaths()) {
       std::vector<std::uint8_t> got(want.size(), 0xA5);
-      scale_of (*k)(m.bytes.data(), stride, m.rows, m.cols, bc, muls.data(), got.data(), out_stride);
+      scale_of (*k)(m.bytes.data(), stride, m.rows, m.cols, bc, muls.data(), got.data(), out_stride, prefetch_offset);
       std::size_t bad = 0;
       for (std::size_t i = 0; i < got.size(); ++i) {
         if (got[i] != want[i] && ++bad <= 5) {
@@ -159,8 +162,9 @@ convert::ToE4m3Fn F32(const ConvertKernels& k) { return k.f32_to_e4m3; }
 TEST(KernelPaths, QuantiserMatchesPortableOnEveryFiniteBf16) {
   if (OtherPaths().empty()) GTEST_SKIP() << "this CPU has only the portable path";
   const auto p = Finite16(0x7F80u);
-  // 130 x 523: 523 is no multiple of 16 or 32 (masked tails); bc 128, 100 and 7.
-  for (std::int64_t bc : {128, 100, 7}) CompareQuantiser(Fill(p, 2, 130, 523, 1), bc, Max16, Bf16, false);
+  // 130 x 523: 523 is no multiple of 16 or 32 (masked tails); bc 128, 100 and 7, and 48 (the AVX2
+  // path's 32-element step, then its 16-element step).
+  for (std::int64_t bc : {128, 100, 48, 7}) CompareQuantiser(Fill(p, 2, 130, 523, 1), bc, Max16, Bf16, false);
   // Blocks whose amax is tiny (multipliers up to 448/1e-4: subnormal and rounding-up products).
   std::vector<std::uint32_t> tiny;
   for (std::uint32_t h = 0; h < 0x0400u; ++h) tiny.insert(tiny.end(), {h, h | 0x8000u});
