@@ -34,7 +34,7 @@ using BlockMaxFn = void (*)(const std::byte* src, std::int64_t src_stride, std::
 /// at src[r][c] + prefetch_offset, i.e. with block_rows * src_stride the same elements of the
 /// next block-row, which the quantiser's amax pass reads next. That pass is bound by memory and
 /// this one by arithmetic; overlapping them took the AVX2 bf16 quantiser from 0.52-0.59x to
-/// 0.68-0.83x one-thread memcpy on the Zen 3 development VM (bench/convert_bench). Prefetches
+/// 0.64-0.83x one-thread memcpy on the Zen 3 development VM (bench/convert_bench). Prefetches
 /// never fault, so the addresses may lie past the matrix. The portable loops ignore it.
 using ToE4m3Fn = void (*)(const std::byte* src, std::int64_t src_stride, std::int64_t nrows, std::int64_t cols,
                           std::int64_t bc, const float* muls, std::uint8_t* out, std::int64_t out_stride,
