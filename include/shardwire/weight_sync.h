@@ -215,6 +215,18 @@ struct WeightSyncOptions {
   /// the transport cannot map (RDMA, TCP, caller-registered memory) take the staging ring as
   /// before. false forces the staging ring for every engine rank (tests compare both paths).
   bool convert_into_mapped = true;
+  /// Publisher only: copy the moved (not converted) bytes into the engine buffers the transport
+  /// maps into this process (Agent::MapPeerRegion: a same-host engine arena; on a GPU node the
+  /// NVLink / CUDA IPC peer mapping) on the pushing thread and lanes - 1 helpers, instead of
+  /// posting them to the lanes: read once, write to every replica. Engine ranks that hold the
+  /// same shard (the same TP rank of each replica) take identical moves, and each chunk of
+  /// them (64 KiB) is written into every such rank while it is in this core's cache, so a
+  /// source byte is read from memory once rather than once per replica (src/workflows/
+  /// replica_fanout.h; docs/benchmarks.md "Read once, write to every replica"). The copies end
+  /// (streaming stores fenced) before DONE(v); verify_digests is unchanged. Engine ranks the
+  /// transport cannot map take the lanes as before. false: the lanes copy every direct move
+  /// (tests compare both paths; demo rl-sync --lane-copies).
+  bool copy_into_mapped = true;
   /// Publisher only: threads that convert the rounds going into mapped engine buffers (the
   /// pushing thread and convert_threads - 1 helpers started per push, taking rounds in turn; each
   /// with its own scratch of about 64 KiB). 0 counts as 1. Rounds any engine rank takes from the
@@ -260,23 +272,35 @@ struct RoundSpan {
 /// What one Push did.
 struct PushStats {
   std::uint64_t version = 0;
-  std::uint64_t bytes = 0;        ///< bytes this rank wrote (to the engine ranks that got the version)
-  std::uint64_t descriptors = 0;  ///< descriptors posted (a strided move of many rows counts once)
-  std::uint64_t rows = 0;         ///< contiguous row moves inside them (what one descriptor per row would post)
-  double ready_wait_s = 0;        ///< waiting for destinations to be ready
-  double transfer_s = 0;          ///< first post to last remote completion
-  std::uint64_t converted_bytes = 0;      ///< bytes produced by conversion (FP8 weights, scales, casts)
-  double convert_s = 0;                   ///< time spent converting (overlaps the WRITEs of earlier pieces)
+  std::uint64_t bytes = 0;  ///< bytes this rank wrote (to the engine ranks that got the version)
+  /// Descriptors posted to the lanes or copied into mapped engine buffers (copy_into_mapped),
+  /// per destination (a strided move of many rows counts once).
+  std::uint64_t descriptors = 0;
+  std::uint64_t rows = 0;             ///< contiguous row moves inside them (what one descriptor per row would post)
+  double ready_wait_s = 0;            ///< waiting for destinations to be ready
+  double transfer_s = 0;              ///< first post to last remote completion
+  std::uint64_t converted_bytes = 0;  ///< bytes produced by conversion (FP8 weights, scales, casts)
+  double convert_s = 0;               ///< time spent converting (overlaps the WRITEs of earlier pieces)
   /// CPU seconds of the pushing thread in those conversions (CLOCK_THREAD_CPUTIME_ID; with
   /// convert_into_mapped it includes the copies into the mapped engine buffers): unlike convert_s
   /// it hardly moves when other threads share the cores.
   double convert_cpu_s = 0;
-  double amax_exchange_s = 0;             ///< waiting for other trainer ranks' partial amaxes
-  std::uint64_t staging_bytes = 0;        ///< the conversion staging buffer (allocated once, bytes)
-  std::uint64_t staging_peak_bytes = 0;   ///< most staging bytes holding data at once in this push
+  double amax_exchange_s = 0;            ///< waiting for other trainer ranks' partial amaxes
+  std::uint64_t staging_bytes = 0;       ///< the conversion staging buffer (allocated once, bytes)
+  std::uint64_t staging_peak_bytes = 0;  ///< most staging bytes holding data at once in this push
   /// Converted bytes written straight into mapped engine buffers (convert_into_mapped), each
   /// destination counted; the rest of converted_bytes went through the staging ring.
   std::uint64_t mapped_bytes = 0;
+  /// Moved (not converted) bytes the pushing threads copied into mapped engine buffers
+  /// (copy_into_mapped), each destination counted, and the source bytes they read for them
+  /// (each once, whatever the number of replicas that took them: copied_bytes / copy_read_bytes
+  /// is the fan-out). The other moved bytes went through the lanes (direct_copy_bytes,
+  /// kernel_copy_bytes, ucx_requests).
+  std::uint64_t copied_bytes = 0;
+  std::uint64_t copy_read_bytes = 0;
+  /// CPU seconds of those copies, summed over the pushing thread and its helpers
+  /// (CLOCK_THREAD_CPUTIME_ID).
+  double copy_cpu_s = 0;
   /// Engine ranks this rank writes to that missed the version (the others received it and
   /// got DONE). Each such engine's subscriber times out or reports the failure, keeps its
   /// last committed version, and receives the next version in full again.
@@ -362,11 +386,10 @@ class WeightPublisher {
   /// claimed this trainer rank (a restarted trainer, or a second one by mistake: this one
   /// stops, naming both claims; nothing moves); kFailedPrecondition when the rendezvous
   /// forgot the job (its claim counter went below this publisher's claim: an in-memory
-  /// coordinator restarted; nothing moves); kPeerDisconnected when no destination received the version (the message lists
-  /// why; with dynamic membership this is not an error as long as some engine rank is a
-  /// member: every member is then in PushStats::missed); kFailedPrecondition with dynamic
-  /// membership when no engine rank is a member; a failed trainer peer or conversion input
-  /// (kCorruptData for NaN/Inf) fails the push.
+  /// coordinator restarted; nothing moves); kPeerDisconnected when no destination received the version (the message
+  /// lists why; with dynamic membership this is not an error as long as some engine rank is a member: every member is
+  /// then in PushStats::missed); kFailedPrecondition with dynamic membership when no engine rank is a member; a failed
+  /// trainer peer or conversion input (kCorruptData for NaN/Inf) fails the push.
   Result<PushStats> Push(std::uint64_t version);
 
   /// Dynamic membership: waits (up to timeout_s seconds) until at least `engine_ranks` engine

@@ -25,9 +25,10 @@ struct SyncFlags {
   bool verify_digests = false;
   int max_concurrency = 4;
   bool relay_broadcasts = false;
-  bool convert_into_mapped = true;  // publisher only
+  bool convert_into_mapped = true;    // publisher only
   std::uint32_t convert_threads = 2;  // publisher only
   std::uint32_t lanes = 0;            // publisher only here: the agent's lanes (0 = kDefaultLanes)
+  bool copy_into_mapped = true;       // publisher only
 };
 
 WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr_t address, std::size_t nbytes,
@@ -43,6 +44,7 @@ WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr
   o.convert_into_mapped = flags.convert_into_mapped;
   o.convert_threads = flags.convert_threads;
   o.lanes = flags.lanes;
+  o.copy_into_mapped = flags.copy_into_mapped;
   if (nbytes > 0) o.buffer = std::span<std::byte>(reinterpret_cast<std::byte*>(address), nbytes);
   o.interrupt = PythonSignalHook();  // Ctrl-C ends Connect / Push / WaitForUpdate within ~0.1 s
   return o;
@@ -56,9 +58,10 @@ void BindWeightSync(py::module_& m) {
                        std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s,
                        double engine_timeout_s, bool dynamic_membership, bool verify_digests, int max_concurrency,
                        bool relay_broadcasts, bool convert_into_mapped, std::uint32_t convert_threads,
-                       std::uint32_t lanes) {
-             const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests, max_concurrency,
-                                   relay_broadcasts, convert_into_mapped, convert_threads, lanes};
+                       std::uint32_t lanes, bool copy_into_mapped) {
+             const SyncFlags flags{engine_timeout_s, dynamic_membership,  verify_digests,  max_concurrency,
+                                   relay_broadcasts, convert_into_mapped, convert_threads, lanes,
+                                   copy_into_mapped};
              py::gil_scoped_release release;
              return ValueOrThrow(WeightPublisher::Create(coordinator, trainer, engine, rank,
                                                          Options(job, timeout_s, address, nbytes, flags)));
@@ -67,7 +70,7 @@ void BindWeightSync(py::module_& m) {
            py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"),
            py::arg("engine_timeout_s") = 10.0, py::arg("dynamic_membership") = false, py::arg("verify_digests") = false,
            py::arg("max_concurrency") = 4, py::arg("relay_broadcasts") = false, py::arg("convert_into_mapped") = true,
-           py::arg("convert_threads") = 2, py::arg("lanes") = 0)
+           py::arg("convert_threads") = 2, py::arg("lanes") = 0, py::arg("copy_into_mapped") = true)
       .def("connect",
            [](WeightPublisher& p) {
              Status st;
@@ -109,9 +112,12 @@ void BindWeightSync(py::module_& m) {
              d["held_for"] = s.held_for;
              d["rounds"] = s.rounds;  // schedule rounds this rank wrote in
              d["round_wait_s"] = s.round_wait_s;
-             d["relayed"] = s.relayed;  // engine ranks whose relay parent forwards this version
-             d["mapped_bytes"] = s.mapped_bytes;    // converted straight into mapped engine buffers
-             d["convert_cpu_s"] = s.convert_cpu_s;  // CPU seconds of the conversion threads
+             d["relayed"] = s.relayed;                  // engine ranks whose relay parent forwards this version
+             d["mapped_bytes"] = s.mapped_bytes;        // converted straight into mapped engine buffers
+             d["convert_cpu_s"] = s.convert_cpu_s;      // CPU seconds of the conversion threads
+             d["copied_bytes"] = s.copied_bytes;        // moved bytes the pushing threads copied into mappings
+             d["copy_read_bytes"] = s.copy_read_bytes;  // the source bytes read for them (each once)
+             d["copy_cpu_s"] = s.copy_cpu_s;
              return d;
            })
       .def(

@@ -86,7 +86,8 @@ class WeightPublisher(_Endpoint):
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
                  timeout_s: float = 120.0, engine_timeout_s: float = 10.0, dynamic_membership: bool = False,
                  verify_digests: bool = False, max_concurrency: int = 4, relay_broadcasts: bool = False,
-                 convert_into_mapped: bool = True, convert_threads: int = 2, lanes: int = 0):
+                 convert_into_mapped: bool = True, convert_threads: int = 2, lanes: int = 0,
+                 copy_into_mapped: bool = True):
         """``engine_timeout_s``: seconds one engine rank may take (READY, its transfers) before it
         misses a version. ``dynamic_membership``: engines join and leave through the coordinator
         (WeightSubscriber.join); each push writes to the members of the job. ``verify_digests``:
@@ -103,12 +104,17 @@ class WeightPublisher(_Endpoint):
         (WeightSyncOptions::convert_into_mapped, convert_threads). ``lanes``: this rank's transport
         lanes, the threads that copy its pushes into same-host engines (0: the default, 2); where
         several trainer ranks share a host's cores, cores / ranks avoids more copy threads than
-        cores (WeightSyncOptions::lanes)."""
+        cores (WeightSyncOptions::lanes). ``copy_into_mapped`` (this publisher only): the pushing
+        thread and lanes - 1 helpers copy the moved bytes into engine buffers the transport maps
+        into this process, each chunk into every replica that takes it while it is in cache (the
+        source is read once, not once per replica); False leaves every copy to the lanes
+        (WeightSyncOptions::copy_into_mapped)."""
         super().__init__(_shardwire._WeightPublisher, coordinator, trainer_layout, engine_layout, trainer_layout,
                          rank, params, job, timeout_s, engine_timeout_s=engine_timeout_s,
                          dynamic_membership=dynamic_membership, verify_digests=verify_digests,
                          max_concurrency=max_concurrency, relay_broadcasts=relay_broadcasts,
-                         convert_into_mapped=convert_into_mapped, convert_threads=convert_threads, lanes=lanes)
+                         convert_into_mapped=convert_into_mapped, convert_threads=convert_threads, lanes=lanes,
+                         copy_into_mapped=copy_into_mapped)
 
     def wait_for_engines(self, engine_ranks: int, timeout_s: float) -> int:
         """Dynamic membership: waits (GIL released) until at least ``engine_ranks`` engine ranks
@@ -127,7 +133,9 @@ class WeightPublisher(_Endpoint):
         descriptors, ready_wait_s, transfer_s (seconds), converted_bytes, convert_s,
         staging_peak_bytes (conversion in the push, when the engines hold another dtype),
         mapped_bytes, convert_cpu_s (bytes converted straight into mapped engine buffers, and the
-        conversion threads' CPU seconds), rounds, round_wait_s (the plan's rounds this rank wrote in, and its seconds waiting for
+        conversion threads' CPU seconds), copied_bytes, copy_read_bytes, copy_cpu_s (moved bytes the
+        pushing threads copied into mapped engine buffers, every replica counted, the source bytes
+        they read for them, each once, and their CPU seconds), rounds, round_wait_s (the plan's rounds this rank wrote in, and its seconds waiting for
         other trainer ranks' earlier rounds), relayed (engine ranks their relay parent forwards
         this version to), missed, absent}. ``absent`` (dynamic membership) lists engine ranks that are not members
         for this version (not misses). ``missed`` lists the engine ranks that did not get this version, each

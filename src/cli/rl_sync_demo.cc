@@ -132,6 +132,9 @@ struct StepFigures {
   std::uint64_t ucx_requests = 0;        // UCX data requests (rows not copied directly)
   std::uint64_t kernel_copy_bytes = 0;   // bytes the trainers' lanes wrote by process_vm_writev (private engine arenas)
   double copy_s = 0, copy_cpu_s = 0;     // lanes' direct + kernel copies: wall and CPU seconds, summed over lanes
+  std::uint64_t copied_bytes = 0;        // bytes the pushing threads copied into mapped engine buffers (every replica)
+  std::uint64_t copy_read_bytes = 0;     // the source bytes they read for them (each once)
+  double pushed_copy_cpu_s = 0;          // their CPU seconds, summed over threads and trainers
   double connect_s = 0;                  // step 1: slowest trainer's Connect (pre-faulting, waiting for engines)
   std::uint64_t prefaulted_pages = 0;    // step 1 only: pages all trainers pre-faulted at Connect
   std::uint64_t trainer_huge = 0, engine_huge = 0;  // bytes in transparent huge pages (AnonHugePages), summed
@@ -285,6 +288,7 @@ Status Run(const RlSyncOptions& o) {
     if (o.staging_bytes > 0) args.insert(args.end(), {"--staging-bytes", std::to_string(o.staging_bytes)});
     if (o.staging_slots > 0) args.insert(args.end(), {"--staging-slots", std::to_string(o.staging_slots)});
     if (o.staging_only) args.push_back("--staging-only");
+    if (o.lane_copies) args.push_back("--lane-copies");
     for (const auto& rules : cli::ModelRulesFiles()) args.insert(args.end(), {"--model-rules", rules});
     return args;
   };
@@ -363,6 +367,9 @@ Status Run(const RlSyncOptions& o) {
       f.kernel_copy_bytes += t.value("kernel_copy_bytes", std::uint64_t{0});
       f.copy_s += t.value("direct_copy_s", 0.0) + t.value("kernel_copy_s", 0.0);
       f.copy_cpu_s += t.value("direct_copy_cpu_s", 0.0) + t.value("kernel_copy_cpu_s", 0.0);
+      f.copied_bytes += t.value("copied_bytes", std::uint64_t{0});
+      f.copy_read_bytes += t.value("copy_read_bytes", std::uint64_t{0});
+      f.pushed_copy_cpu_s += t.value("copy_cpu_s", 0.0);
       f.trainer_reports.push_back({{"rank", r},
                                    {"transfer_s", t.value("transfer_s", 0.0)},
                                    {"ready_wait_s", t.value("ready_wait_s", 0.0)},
@@ -375,6 +382,9 @@ Status Run(const RlSyncOptions& o) {
                                    {"kernel_copy_bytes", t.value("kernel_copy_bytes", std::uint64_t{0})},
                                    {"kernel_copy_s", t.value("kernel_copy_s", 0.0)},
                                    {"kernel_copy_cpu_s", t.value("kernel_copy_cpu_s", 0.0)},
+                                   {"copied_bytes", t.value("copied_bytes", std::uint64_t{0})},
+                                   {"copy_read_bytes", t.value("copy_read_bytes", std::uint64_t{0})},
+                                   {"copy_cpu_s", t.value("copy_cpu_s", 0.0)},
                                    {"connect_s", t.value("connect_s", 0.0)},
                                    {"prefaulted_pages", t.value("prefaulted_pages", std::uint64_t{0})},
                                    {"prefault_s", t.value("prefault_s", 0.0)}});
@@ -406,7 +416,8 @@ Status Run(const RlSyncOptions& o) {
               c.value("load_s", 0.0), c.value("held", false) ? " with the pushes held" : "", step);
           if (c.value("attempts", 1) > 1 || !c.value("failures", json::array()).empty()) {
             std::string why;
-            for (const json& w : c.value("failures", json::array())) why += (why.empty() ? "" : "; ") + w.get<std::string>();
+            for (const json& w : c.value("failures", json::array()))
+              why += (why.empty() ? "" : "; ") + w.get<std::string>();
             fmt::print("            (its load took {:.3f} s; {} attempt(s); before: {})\n", c.value("load_s", 0.0),
                        c.value("attempts", 1), why);
           }
@@ -450,7 +461,8 @@ Status Run(const RlSyncOptions& o) {
     }
     fmt::print(
         "step {}/{}  moved {:>10} in {:.4f} s = {:6.2f} GB/s  ({} descriptors for {} rows, {} page faults, "
-        "{:.4f} s beside another trainer's compute, {} copied directly, {} by kernel copy, {} UCX requests)  {}\n",
+        "{:.4f} s beside another trainer's compute, {} copied directly by the lanes, {} by kernel copy, {} UCX "
+        "requests)  {}\n",
         step, o.steps, FormatBytes(static_cast<double>(f.bytes)), f.transfer_s, gbps, f.descriptors, f.rows, f.faults,
         f.ComputeOverlap(), FormatBytes(static_cast<double>(f.direct_copy_bytes)),
         FormatBytes(static_cast<double>(f.kernel_copy_bytes)), f.ucx_requests,
@@ -472,14 +484,23 @@ Status Run(const RlSyncOptions& o) {
                  f.copy_cpu_s, f.copy_s,
                  static_cast<double>(f.direct_copy_bytes + f.kernel_copy_bytes) / f.copy_cpu_s / 1e9);
     }
+    if (f.pushed_copy_cpu_s > 0) {
+      fmt::print(
+          "            pushing threads copied {} into mapped engine buffers, reading {} of source once for every "
+          "replica (fan-out {:.2f}): {:.4f} CPU-s = {:.2f} GB written per CPU-second\n",
+          FormatBytes(static_cast<double>(f.copied_bytes)), FormatBytes(static_cast<double>(f.copy_read_bytes)),
+          f.copy_read_bytes > 0 ? static_cast<double>(f.copied_bytes) / static_cast<double>(f.copy_read_bytes) : 0.0,
+          f.pushed_copy_cpu_s, static_cast<double>(f.copied_bytes) / f.pushed_copy_cpu_s / 1e9);
+    }
     for (const auto& [rank, why] : f.missed) {  // why names the engine rank and the version
       fmt::print("            {}\n", why);
     }
     if (f.hold_s > 0) {
-      fmt::print("            push v{} started {:.3f} s late: held for engine rank(s) {} catching up from live "
-                 "engines{}\n",
-                 step, f.hold_s, f.held_for,
-                 f.hold_expired.empty() ? "" : fmt::format(" (hold of rank(s) {} ran out)", f.hold_expired));
+      fmt::print(
+          "            push v{} started {:.3f} s late: held for engine rank(s) {} catching up from live "
+          "engines{}\n",
+          step, f.hold_s, f.held_for,
+          f.hold_expired.empty() ? "" : fmt::format(" (hold of rank(s) {} ran out)", f.hold_expired));
     }
     if (f.converted_bytes > 0) {
       fmt::print(
@@ -497,8 +518,8 @@ Status Run(const RlSyncOptions& o) {
     total_bytes += f.bytes;
     step_gbps.push_back(gbps);
     if (step > 1) {  // the first push also maps the peers' memory
-      steady_copy_cpu_s += f.copy_cpu_s;
-      steady_copy_bytes += f.direct_copy_bytes + f.kernel_copy_bytes;
+      steady_copy_cpu_s += f.copy_cpu_s + f.pushed_copy_cpu_s;
+      steady_copy_bytes += f.direct_copy_bytes + f.kernel_copy_bytes + f.copied_bytes;
       steady_s += f.transfer_s;
       steady_bytes += f.bytes;
     }
@@ -521,6 +542,9 @@ Status Run(const RlSyncOptions& o) {
                                 {"kernel_copy_bytes", f.kernel_copy_bytes},
                                 {"copy_s", f.copy_s},
                                 {"copy_cpu_s", f.copy_cpu_s},
+                                {"copied_bytes", f.copied_bytes},
+                                {"copy_read_bytes", f.copy_read_bytes},
+                                {"pushed_copy_cpu_s", f.pushed_copy_cpu_s},
                                 {"engine_wait_s", f.engine_wait_s},
                                 {"deliver_s", deliver_s},
                                 {"relayed", f.relayed},
@@ -583,19 +607,19 @@ Status Run(const RlSyncOptions& o) {
       ratios += fmt::format("{}{:.2f}", ratios.empty() ? "" : " ", g / memcpy_gbps);
       worst = std::min(worst, g / memcpy_gbps);
     }
-    fmt::print("per step    step/memcpy, steps 1..{}: {} (worst {:.2f}; engine buffers: {})\n", o.steps, ratios,
-               worst, o.engine_memory);
+    fmt::print("per step    step/memcpy, steps 1..{}: {} (worst {:.2f}; engine buffers: {})\n", o.steps, ratios, worst,
+               o.engine_memory);
     std::vector<double> over;
     for (double g : step_gbps) over.push_back(g / memcpy_gbps);
     summary["step_over_memcpy"] = over;
   }
   if (steady_copy_cpu_s > 0 && memcpy_per_cpu > 0) {
-    const double lanes_per_cpu = static_cast<double>(steady_copy_bytes) / steady_copy_cpu_s / 1e9;
+    const double copies_per_cpu = static_cast<double>(steady_copy_bytes) / steady_copy_cpu_s / 1e9;
     fmt::print(
-        "copy speed  steps 2..{}: lanes {:.2f} GB per CPU-second, memcpy (same run) {:.2f} -> lanes/memcpy = "
-        "{:.2f} (CPU time: hardly moved by other load on the host)\n",
-        o.steps, lanes_per_cpu, memcpy_per_cpu, lanes_per_cpu / memcpy_per_cpu);
-    summary["lanes_gb_per_cpu_s"] = lanes_per_cpu;
+        "copy speed  steps 2..{}: copies (lanes and pushing threads) {:.2f} GB written per CPU-second, memcpy (same "
+        "run) {:.2f} -> copies/memcpy = {:.2f} (CPU time: hardly moved by other load on the host)\n",
+        o.steps, copies_per_cpu, memcpy_per_cpu, copies_per_cpu / memcpy_per_cpu);
+    summary["copies_gb_per_cpu_s"] = copies_per_cpu;
   }
   summary["memcpy_gb_per_cpu_s"] = memcpy_per_cpu;
   summary["total_bytes"] = total_bytes;
@@ -705,6 +729,10 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_flag("--staging-only", o->staging_only,
                 "converting push: always convert into the staging ring and WRITE from it, even into engine "
                 "buffers the transport maps into the trainer (the fallback path, for comparison)");
+  cmd->add_flag("--lane-copies", o->lane_copies,
+                "the trainers' transport lanes copy every moved byte, one transfer per engine rank, even into "
+                "engine buffers mapped into the trainer (the path before read-once-write-to-every-replica, for "
+                "comparison)");
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--json", o->json_out, "also write the summary as JSON to this file");
   cli::AddMetricsPortOption(cmd, &o->metrics_port);

@@ -33,19 +33,20 @@ struct RlSyncOptions {
   /// Transport lanes per trainer (WeightSyncOptions::lanes); 0: automatic, the host's cores
   /// divided among the trainers, at least 1 and at most kDefaultLanes each.
   std::uint32_t trainer_lanes = 0;
-  std::uint64_t staging_bytes = 0;    ///< trainers' conversion staging bound in bytes (0: the default, 64 MiB)
-  std::uint32_t staging_slots = 0;    ///< slots of that staging ring (0: automatic)
-  bool staging_only = false;          ///< converting push: always the staging ring, never into mapped engine buffers
-  std::string checkpoint;   ///< empty: the default (real tiny model, or generated)
-  std::string config;       ///< empty: the config.json beside the checkpoint
-  std::string generate;     ///< HF config to generate a checkpoint from ("tinyllama-1.1b" = built in)
-  int layers = 0;           ///< with --generate: decoder layers (0 = as the config says)
-  std::string work_dir;     ///< where generated checkpoints go
-  std::uint16_t port = 0;   ///< port of the in-process coordinator (0 = any free port)
-  std::string coordinator;  ///< HOST:PORT of a running coordinator; empty: start one in process
-  double timeout_s = 120;   ///< bound of every wait
-  std::string json_out;     ///< write the summary as JSON here
-  std::string job;          ///< job name (rendezvous key prefix); empty: rl-sync-<pid>
+  std::uint64_t staging_bytes = 0;  ///< trainers' conversion staging bound in bytes (0: the default, 64 MiB)
+  std::uint32_t staging_slots = 0;  ///< slots of that staging ring (0: automatic)
+  bool staging_only = false;        ///< converting push: always the staging ring, never into mapped engine buffers
+  bool lane_copies = false;  ///< the trainers' lanes copy every direct move (WeightSyncOptions::copy_into_mapped off)
+  std::string checkpoint;    ///< empty: the default (real tiny model, or generated)
+  std::string config;        ///< empty: the config.json beside the checkpoint
+  std::string generate;      ///< HF config to generate a checkpoint from ("tinyllama-1.1b" = built in)
+  int layers = 0;            ///< with --generate: decoder layers (0 = as the config says)
+  std::string work_dir;      ///< where generated checkpoints go
+  std::uint16_t port = 0;    ///< port of the in-process coordinator (0 = any free port)
+  std::string coordinator;   ///< HOST:PORT of a running coordinator; empty: start one in process
+  double timeout_s = 120;    ///< bound of every wait
+  std::string json_out;      ///< write the summary as JSON here
+  std::string job;           ///< job name (rendezvous key prefix); empty: rl-sync-<pid>
   /// Serve the in-process coordinator's metrics at http://127.0.0.1:PORT/metrics (0: any free
   /// port); unset: no metrics.
   std::optional<int> metrics_port;

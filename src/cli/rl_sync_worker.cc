@@ -38,17 +38,18 @@ struct WorkerArgs {
   std::string trainer_layout, engine_layout;
   std::string engine_dtype = "trainer";
   bool double_buffer = false;
-  bool dynamic_membership = false;  // --restart-engines: engines join, restart and catch up
-  bool catch_up = false;            // this engine process replaces a dead one: catch up first
-  bool verify_digests = false;      // per-version integrity check
-  std::string verify = "every";  // every | last
+  bool dynamic_membership = false;     // --restart-engines: engines join, restart and catch up
+  bool catch_up = false;               // this engine process replaces a dead one: catch up first
+  bool verify_digests = false;         // per-version integrity check
+  std::string verify = "every";        // every | last
   std::string engine_memory = "auto";  // auto | shared | private (BufferMemory)
   std::uint32_t lanes = 0;             // trainer: transport lanes (0: kDefaultLanes)
-  std::uint64_t staging_bytes = 0;  // 0: the default
-  std::uint32_t staging_slots = 0;  // 0: automatic
-  int max_concurrency = 4;          // K of the plan's rounds
-  bool relay = false;               // engine-to-engine relays of replicated bytes
-  bool staging_only = false;        // never convert into mapped engine buffers
+  std::uint64_t staging_bytes = 0;     // 0: the default
+  std::uint32_t staging_slots = 0;     // 0: automatic
+  int max_concurrency = 4;             // K of the plan's rounds
+  bool relay = false;                  // engine-to-engine relays of replicated bytes
+  bool staging_only = false;           // never convert into mapped engine buffers
+  bool lane_copies = false;            // the lanes copy every direct move (never the pushing threads)
   int steps = 0;
   double timeout_s = 120;
 };
@@ -150,9 +151,10 @@ WeightSyncOptions SyncOptions(const WorkerArgs& a) {
   options.max_concurrency = a.max_concurrency;
   options.relay_broadcasts = a.relay;
   options.convert_into_mapped = !a.staging_only;
+  options.copy_into_mapped = !a.lane_copies;
   options.buffer_memory = a.engine_memory == "shared"    ? BufferMemory::kShared
-                                 : a.engine_memory == "private" ? BufferMemory::kPrivateHugePages
-                                                                : BufferMemory::kAuto;
+                          : a.engine_memory == "private" ? BufferMemory::kPrivateHugePages
+                                                         : BufferMemory::kAuto;
   options.lanes = a.lanes;
   return options;
 }
@@ -213,6 +215,9 @@ Status RunTrainer(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint&
                           {"staging_bytes", stats.staging_bytes},
                           {"staging_peak_bytes", stats.staging_peak_bytes},
                           {"mapped_bytes", stats.mapped_bytes},
+                          {"copied_bytes", stats.copied_bytes},
+                          {"copy_read_bytes", stats.copy_read_bytes},
+                          {"copy_cpu_s", stats.copy_cpu_s},
                           {"compute_begin", compute_begin},
                           {"compute_end", compute_end},
                           {"push_end", push_end},
@@ -259,7 +264,7 @@ Status RunDynamicEngine(const WorkerArgs& a, CoordinatorClient& client, const Ch
   SW_ASSIGN_OR_RETURN(const EngineReplica where, LocateEngineRank(engine_model, a.job, a.engine_layout, a.rank));
   const std::unique_ptr<SourceRegistry> registry = MakeCoordinatorSourceRegistry(client);
   CommittedVersionSources sources(*registry, engine_model, where);
-  nlohmann::json caught_up;          // what the catch-up did, in the first step report
+  nlohmann::json caught_up;        // what the catch-up did, in the first step report
   std::vector<std::byte> scratch;  // verification buffer, reused for every version
   if (a.catch_up) {
     const double begin = MonotonicSeconds();
@@ -454,6 +459,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--concurrency", args->max_concurrency);
   cmd->add_flag("--relay", args->relay);
   cmd->add_flag("--staging-only", args->staging_only);
+  cmd->add_flag("--lane-copies", args->lane_copies);
   cli::AddModelRulesOption(cmd);
   cmd->add_option("--timeout", args->timeout_s)->required();
   cmd->callback([args, exit_code] {

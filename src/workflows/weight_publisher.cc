@@ -7,7 +7,6 @@
 #include <functional>
 #include <map>
 #include <set>
-#include <system_error>
 #include <thread>
 
 #include <time.h>
@@ -22,8 +21,10 @@
 #include "workflows/partial_reduction.h"
 #include "workflows/push_converter.h"
 #include "workflows/push_digest.h"
+#include "workflows/push_workers.h"
 #include "workflows/rank_endpoint.h"
 #include "workflows/relay_tree.h"
+#include "workflows/replica_fanout.h"
 #include "workflows/sync_messages.h"
 #include "workflows/workflow_metrics.h"
 
@@ -76,14 +77,21 @@ struct WeightPublisher::State {
   std::vector<std::map<int, std::vector<Move>>> round_moves;
   std::vector<std::map<int, Handles>> round_transfers;  // per round: destination -> transfers
   std::map<int, std::string> amax_peer_names;           // trainer rank -> agent name
-  // Converting into mapped engine buffers (WeightSyncOptions::convert_into_mapped): per
-  // destination whose every buffer the transport maps here (Agent::MapPeerRegion), the mapping
-  // of each engine buffer; per round, its row segments sorted by slot offset. Such a destination
-  // gets no staging round transfers: the converter writes its bytes straight into the mapping.
+  // Writing into mapped engine buffers: per destination whose every buffer the transport maps
+  // here (Agent::MapPeerRegion), the mapping of each engine buffer and what goes through it:
+  // the converted bytes (WeightSyncOptions::convert_into_mapped: no staging round transfers, the
+  // converter writes straight into the mapping; per round, its row segments sorted by slot
+  // offset) and / or the direct moves (copy_into_mapped: no prepared transfers, the pushing
+  // threads copy them, replica_fanout.h).
   struct Segment {
     std::uint64_t src = 0, dst = 0, length = 0;  // bytes: slot offset, engine buffer offset, length
   };
-  std::map<int, std::array<MappedRegion, 2>> mapped;
+  struct MappedDestination {
+    std::array<MappedRegion, 2> views;
+    bool converted = false;
+    bool copied = false;
+  };
+  std::map<int, MappedDestination> mapped;
   std::vector<std::map<int, std::vector<Segment>>> round_segments;  // per round: destination -> segments
   std::vector<std::vector<std::byte>> scratches;  // per conversion thread: PushConverter::ConvertRoundTo
   bool connected = false;
@@ -386,56 +394,74 @@ Status WeightPublisher::State::ConnectDestination(int dst, std::uint64_t incarna
     }
     return hs;
   };
-  for (Stage& stage : stages) {
-    if (auto it = stage.moves.find(dst); it != stage.moves.end()) {
-      SW_ASSIGN_OR_RETURN(stage.transfers[dst], prepare(it->second, endpoint.region, 0));
-    }
-  }
-  if (converter && options.convert_into_mapped) {
-    // The direct-mapped destination capability: when the transport maps every engine buffer of
-    // this destination into this process (a same-host arena), the converter writes into it.
-    bool has_converted = false;
-    for (const auto& round : round_moves) has_converted = has_converted || round.count(dst) > 0;
-    std::array<MappedRegion, 2> views;
-    bool all = has_converted;
-    const RegionId regions[2] = {peer.region, peer.second_region};
+  // The direct-mapped destination capability: when the transport maps every engine buffer of
+  // this destination into this process (a same-host arena), the pushing threads copy its direct
+  // moves (copy_into_mapped) and the converter writes into it (convert_into_mapped).
+  bool has_direct = false, has_converted = false;
+  for (const Stage& stage : stages) has_direct = has_direct || stage.moves.count(dst) > 0;
+  for (const auto& round : round_moves) has_converted = has_converted || round.count(dst) > 0;
+  MappedDestination into;
+  const RegionId regions[2] = {peer.region, peer.second_region};
+  if ((options.copy_into_mapped && has_direct) || (converter && options.convert_into_mapped && has_converted)) {
+    bool all = true;
     for (int b = 0; b < 2 && all; ++b) {
       if (regions[b] == 0) continue;
       auto view = agent.MapPeerRegion(peer.name, regions[b]);
       if (!view.ok()) {
-        // Not mappable (another host, RDMA, TCP, caller-registered memory): the staging ring.
+        // Not mappable (another host, RDMA, TCP, caller-registered memory): the lanes and the
+        // staging ring.
         if (view.status().code() != ErrorCode::kUnsupported)
           return view.status().WithContext("mapping an engine buffer");
         all = false;
         break;
       }
-      views[static_cast<std::size_t>(b)] = *view;
+      into.views[static_cast<std::size_t>(b)] = *view;
     }
-    if (all) {
-      round_segments.resize(round_moves.size());
-      for (std::size_t k = 0; k < round_moves.size(); ++k) {
-        auto it = round_moves[k].find(dst);
-        if (it == round_moves[k].end()) continue;
-        std::vector<Segment>& segs = round_segments[k][dst];
-        for (const Move& m : it->second) {
-          for (std::uint64_t row = 0; row < m.count; ++row) {
-            segs.push_back({m.src_offset + row * m.src_stride, m.dst_offset + row * m.dst_stride, m.length});
-          }
-          // Pre-fault the pages the converter will write, through this process's mapping (as
-          // PrepareTransfer does for the lanes' mappings: docs/transport.md "Pre-faulting").
-          const std::uint64_t span = (m.count - 1) * m.dst_stride + m.length;
-          for (int b = 0; b < 2; ++b) {
-            if (regions[b] == 0 || m.count == 0) continue;
-            SW_RETURN_IF_ERROR(views[static_cast<std::size_t>(b)].PrefaultForWrite(m.dst_offset, span).status());
-          }
-        }
-        std::sort(segs.begin(), segs.end(), [](const Segment& a, const Segment& b) { return a.src < b.src; });
-      }
-      mapped[dst] = views;
+    into.copied = all && options.copy_into_mapped && has_direct;
+    into.converted = all && converter && options.convert_into_mapped && has_converted;
+  }
+  // Pre-faults the pages a move writes through this process's mappings (as PrepareTransfer does
+  // for the lanes' mappings: docs/transport.md "Pre-faulting"); also checks that the move lies
+  // inside every engine buffer.
+  auto prefault = [&](const Move& m) -> Status {
+    if (m.count == 0) return Status::Ok();
+    const std::uint64_t span = (m.count - 1) * m.dst_stride + m.length;
+    for (int b = 0; b < 2; ++b) {
+      if (regions[b] == 0) continue;
+      SW_RETURN_IF_ERROR(into.views[static_cast<std::size_t>(b)].PrefaultForWrite(m.dst_offset, span).status());
+    }
+    return Status::Ok();
+  };
+  const workflows::FanoutSource source{endpoint.weights.first(buffer_bytes), endpoint.scratch};
+  for (Stage& stage : stages) {
+    auto it = stage.moves.find(dst);
+    if (it == stage.moves.end()) continue;
+    if (into.copied) {
+      SW_RETURN_IF_ERROR(workflows::CheckFanoutSource(it->second, source)
+                             .WithContext(fmt::format("direct moves to engine rank {}", dst)));
+      for (const Move& m : it->second) SW_RETURN_IF_ERROR(prefault(m).WithContext("mapping an engine buffer"));
+    } else {
+      SW_ASSIGN_OR_RETURN(stage.transfers[dst], prepare(it->second, endpoint.region, 0));
     }
   }
+  if (into.converted) {
+    round_segments.resize(round_moves.size());
+    for (std::size_t k = 0; k < round_moves.size(); ++k) {
+      auto it = round_moves[k].find(dst);
+      if (it == round_moves[k].end()) continue;
+      std::vector<Segment>& segs = round_segments[k][dst];
+      for (const Move& m : it->second) {
+        for (std::uint64_t row = 0; row < m.count; ++row) {
+          segs.push_back({m.src_offset + row * m.src_stride, m.dst_offset + row * m.dst_stride, m.length});
+        }
+        SW_RETURN_IF_ERROR(prefault(m).WithContext("mapping an engine buffer"));
+      }
+      std::sort(segs.begin(), segs.end(), [](const Segment& a, const Segment& b) { return a.src < b.src; });
+    }
+  }
+  if (into.copied || into.converted) mapped[dst] = into;
   if (converter) round_transfers.resize(round_moves.size());
-  if (converter && !mapped.count(dst)) {
+  if (converter && !into.converted) {
     const std::uint64_t slot_bytes = converter->plan().slot_bytes;
     for (std::size_t k = 0; k < round_moves.size(); ++k) {
       if (auto it = round_moves[k].find(dst); it != round_moves[k].end()) {
@@ -810,9 +836,47 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
     stats.descriptors += moves.size();
     for (const Move& m : moves) stats.rows += m.count;
   };
+  // The direct moves of a round into mapped engine buffers (copy_into_mapped): per group of
+  // destinations with identical moves (the replicas of one shard), each chunk is copied into
+  // every one of them while it is in cache, by this thread and lanes - 1 helpers
+  // (replica_fanout.h). A destination whose mapping was revoked (its process died, or it was
+  // invalidated) misses the version. The Accesses end before the next call into the agent.
+  const workflows::FanoutSource fanout_source{s.endpoint.weights.first(s.buffer_bytes), s.endpoint.scratch};
+  auto copy_stage = [&](const State::Stage& stage) {
+    if (!interrupted.ok()) return;
+    std::vector<MappedRegion::Access> held;
+    std::vector<workflows::FanoutGroup> groups;
+    for (const auto& [dst, moves] : stage.moves) {
+      auto into = s.mapped.find(dst);
+      if (into == s.mapped.end() || !into->second.copied || !active.count(dst) || relayed.count(dst)) continue;
+      auto access = into->second.views[static_cast<std::size_t>(buffer_of.at(dst))].Acquire();
+      if (!access.ok()) {
+        miss(dst, access.status());
+        continue;
+      }
+      std::byte* base = access->bytes().data();
+      held.push_back(std::move(*access));
+      posted_at.emplace(dst, now_s());
+      stats.descriptors += moves.size();
+      for (const Move& m : moves) stats.rows += m.count;
+      auto group = std::find_if(groups.begin(), groups.end(),
+                                [&](const workflows::FanoutGroup& g) { return *g.moves == moves; });
+      if (group == groups.end()) {
+        groups.push_back({&moves, {base}});
+      } else {
+        group->destinations.push_back(base);
+      }
+    }
+    if (groups.empty()) return;
+    const workflows::FanoutStats copied = workflows::CopyToReplicas(groups, fanout_source, agent.options().lanes);
+    stats.copied_bytes += copied.bytes_written;
+    stats.copy_read_bytes += copied.bytes_read;
+    stats.copy_cpu_s += copied.cpu_s;
+  };
   // The push, round by round (the schedule of both plans, PushStages): a round first waits for
   // the ROUND_DONE of the trainer ranks that wrote its engine ranks in their previous round,
-  // then posts every destination's prepared direct transfer so they progress together, converts
+  // then posts every destination's prepared direct transfer so they progress together, copies
+  // the direct moves into mapped destinations itself (copy_stage), converts
   // and sends the round's converted bytes meanwhile, and completes by waiting for each (Wait
   // returns after remote completion: the bytes are visible at the destination, so DONE(v), sent
   // only after the last round, can never overtake the data); then it tells the next round's
@@ -833,6 +897,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
     }
     posted_at.clear();
     for (const auto& [dst, hs] : stage.transfers) post(dst, hs, stage.moves.at(dst));
+    copy_stage(stage);
     ++stats.rounds;
     return Status::Ok();
   };
@@ -888,8 +953,9 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
     // of the buffer READY named; held (MappedRegion::Access) one staging round at a time.
     // A relayed destination is not written here (its relay parent forwards the bytes); its
     // digest is computed where its tree's root got the same bytes (same offsets).
-    for (const auto& [dst, regions] : s.mapped) {
-      if (active.count(dst) && !relayed.count(dst)) views[dst] = &regions[static_cast<std::size_t>(buffer_of.at(dst))];
+    for (const auto& [dst, into] : s.mapped) {
+      if (into.converted && active.count(dst) && !relayed.count(dst))
+        views[dst] = &into.views[static_cast<std::size_t>(buffer_of.at(dst))];
     }
     root_of = [&](int dst) {
       while (relayed.count(dst)) dst = s.relay->parent[static_cast<std::size_t>(dst)];
@@ -1017,16 +1083,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
           }
         }
         const auto c0 = Clock::now();
-        std::vector<std::thread> helpers;
-        for (std::size_t w = 1; w < workers; ++w) {
-          try {
-            helpers.emplace_back(work, w);
-          } catch (const std::system_error&) {
-            break;  // no thread: the others take its staging rounds
-          }
-        }
-        work(0);
-        for (auto& h : helpers) h.join();
+        workflows::RunOnWorkers(workers, work);
         convert_s += Seconds(c0, Clock::now());
         for (std::size_t w = 0; w < workers; ++w) {
           convert_cpu_s += cpu[w];

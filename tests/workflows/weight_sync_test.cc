@@ -126,6 +126,91 @@ TEST(WeightSync, FromTrainerMemoryIntoEngineMemory) {
   for (pid_t pid : children) EXPECT_EQ(WaitChild(pid), 0);
 }
 
+// Read once, write to every replica (WeightSyncOptions::copy_into_mapped): one trainer rank
+// into two engine replicas of TP 2 in shared memory. With the option, the pushing threads copy
+// every byte (none by the lanes) and read each source byte once for the two replicas; without
+// it, the lanes copy every byte and the pushing threads none. Every engine rank checks every
+// byte of every version against the oracle either way. In the third replica, rank 4 dies before
+// v2: it misses every later version, its TP peer rank 5 and the other replicas commit them.
+class CopyIntoMapped : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CopyIntoMapped, EveryReplicaGetsEveryByteAndTheSourceIsReadOnce) {
+  const bool into_mapped = GetParam();
+  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  const Layout engine = MakeTpLayout(Tensors(), {0, 0, 1, -1}, 2, 3).value();  // ranks 4 and 5: the third replica
+  const std::string job = into_mapped ? "fanout" : "fanout-lanes";
+  std::vector<pid_t> children;
+  std::vector<int> port_pipes;
+  for (int r = 0; r < engine.world_size(); ++r) {
+    int fd = -1;
+    const pid_t pid = ForkWithPort(&fd, r, [&](std::uint16_t port) {
+      auto rz = ConnectRendezvous(port);
+      if (!rz.ok()) return 10;
+      WeightSyncOptions options{job, 20};
+      options.buffer_memory = BufferMemory::kShared;  // mappable whatever this host's first-write cost
+      auto sub = WeightSubscriber::Create(**rz, trainer, engine, r, options);
+      if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
+      for (std::uint64_t v = 1; v <= kVersions; ++v) {
+        if (r == 4 && v == 2) raise(SIGKILL);  // dies before v2: its replica misses it
+        if (!(*sub)->BeginUpdate(v).ok()) return 12;
+        if (!(*sub)->WaitForUpdate(v).ok()) return 13;
+        if (Walk(engine, r, (*sub)->weights(), v, true) != 0) return 15;
+      }
+      return 0;
+    });
+    ASSERT_GE(pid, 0);
+    children.push_back(pid);
+    port_pipes.push_back(fd);
+  }
+  auto server = ServeChildren(port_pipes);
+  ASSERT_NE(server, nullptr);
+  auto rz = ConnectRendezvous(static_cast<std::uint16_t>(server->port()));
+  ASSERT_TRUE(rz.ok());
+  WeightSyncOptions options{job, 20};
+  options.engine_timeout_s = 5;
+  options.copy_into_mapped = into_mapped;
+  options.lanes = 2;  // the pushing thread and one helper
+  auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, options);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*pub)->Connect().ok());
+  // Every TP rank holds half of each sharded tensor and all of `norm`: the same bytes.
+  const std::uint64_t per_replica = (*pub)->bytes_per_push() / 3, per_rank = per_replica / 2;
+  std::uint64_t model_bytes = 0;
+  for (const TensorSpec& t : Tensors()) model_bytes += t.nbytes();
+  for (std::uint64_t v = 1; v <= kVersions; ++v) {
+    Walk(trainer, 0, (*pub)->weights(), v, false);
+    auto stats = (*pub)->Push(v);
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+    // From v2 on rank 4 misses every version: 5 engine ranks written.
+    ASSERT_EQ(stats->bytes, v == 1 ? 3 * per_replica : 5 * per_rank) << "v" << v;
+    if (v > 1) {
+      ASSERT_EQ(stats->missed.size(), 1u) << "v" << v;
+      EXPECT_EQ(stats->missed[0].engine_rank, 4);
+    }
+    if (into_mapped) {
+      EXPECT_EQ(stats->copied_bytes, stats->bytes) << "v" << v;
+      EXPECT_EQ(stats->direct_copy_bytes + stats->kernel_copy_bytes + stats->ucx_requests, 0u)
+          << "v" << v << ": nothing went through the lanes";
+      // The replicas of a shard form one group ({0, 2, 4} or {0, 2}, and {1, 3, 5}; `norm`,
+      // which every rank holds, all of them where a round writes it alone): each byte of the
+      // model read once.
+      EXPECT_EQ(stats->copy_read_bytes, model_bytes) << "v" << v;
+      EXPECT_GT(stats->copy_cpu_s, 0.0);
+      EXPECT_GT(stats->descriptors, 0u);
+    } else {
+      EXPECT_EQ(stats->copied_bytes, 0u);
+      EXPECT_EQ(stats->copy_read_bytes, 0u);
+      EXPECT_EQ(stats->direct_copy_bytes, stats->bytes) << "v" << v << ": the lanes copied every byte";
+    }
+  }
+  for (std::size_t r = 0; r < children.size(); ++r) {
+    EXPECT_EQ(WaitChild(children[r]), r == 4 ? 100 : 0) << "engine rank " << r;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(PushingThreadsAndLanes, CopyIntoMapped, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& p) { return p.param ? "PushingThreads" : "Lanes"; });
+
 TEST(WeightSync, SubscriberReportsADeadPublisher) {
   const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
   const Layout engine = MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, 1).value();
