@@ -10,7 +10,8 @@ the same-run two-thread memcpy of the bf16 step's bytes as the reference. The go
 push no slower than the bf16 push (ratio of step times <= 1.0), since half the weight bytes move.
 
 Usage: /usr/bin/python3 bench/fp8_push_bench.py [--shardwire build/src/cli/shardwire]
-       [--layers 12] [--steps 5] [--rounds 1] [--staging-slots 2,8]
+       [--layers 12] [--steps 5] [--rounds 1] [--staging-slots 2,8] [--with-staging]
+       [--with-lane-copies]
 """
 import argparse
 import json
@@ -40,8 +41,10 @@ def run_demo(shardwire, engine_dtype, layers, steps, work_dir, extra=()):
         "staging_peak": max(s.get("staging_peak_bytes", 0) for s in steady),
         "mapped": max(s.get("mapped_bytes", 0) for s in steady),
         # CPU seconds per step of the push's own work, all trainers: conversion (with the copies into
-        # mapped engine buffers when it writes there) + the lanes' copies. Hardly moved by other load.
-        "cpu_s": sum(s.get("convert_cpu_s", 0.0) + s.get("copy_cpu_s", 0.0) for s in steady) / len(steady),
+        # mapped engine buffers when it writes there) + the lanes' copies + the pushing threads' copies of
+        # moved bytes into mapped engine buffers. Hardly moved by other load.
+        "cpu_s": sum(s.get("convert_cpu_s", 0.0) + s.get("copy_cpu_s", 0.0) + s.get("pushed_copy_cpu_s", 0.0)
+                     for s in steady) / len(steady),
         "memcpy_gbps": summary["memcpy_gb_per_s"],
         "verified": all(s["verified"] > 0 for s in summary["steps"]),
     }
@@ -61,6 +64,9 @@ def main():
     p.add_argument("--with-staging", action="store_true",
                    help="also run the FP8 push with --staging-only (convert into the staging ring and WRITE from it, "
                         "instead of converting straight into the engine buffers the transport maps), same round")
+    p.add_argument("--with-lane-copies", action="store_true",
+                   help="also run the FP8 push with --lane-copies (the lanes copy the moved bytes, one transfer per "
+                        "engine rank, instead of the pushing threads reading them once for every replica), same round")
     a = p.parse_args()
     print(f"model: TinyLlama-1.1B shapes, {a.layers} layers; 2 FSDP trainers -> 2 engines x TP 2; "
           f"steps 2..{a.steps} averaged")
@@ -71,6 +77,9 @@ def main():
         if a.with_staging:
             fp8_runs.append(("bf16 -> fp8 (staging ring)",
                              run_demo(a.shardwire, "fp8-block", a.layers, a.steps, a.work_dir, ("--staging-only",))))
+        if a.with_lane_copies:
+            fp8_runs.append(("bf16 -> fp8 (lane copies)",
+                             run_demo(a.shardwire, "fp8-block", a.layers, a.steps, a.work_dir, ("--lane-copies",))))
         for slots in slot_runs:
             extra = ("--staging-slots", slots) if slots else ()
             fp8_runs.append((f"bf16 -> fp8 {'(' + slots + ' slots)' if slots else ''}",

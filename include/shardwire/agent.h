@@ -300,8 +300,9 @@ struct AgentStats {
   std::uint64_t ucx_requests = 0;
   std::uint64_t ucx_bytes = 0;
   /// Pages of peers' mapped regions pre-faulted by PrepareTransfer
-  /// (AgentOptions::prefault_remote), summed over lanes, and the wall seconds
-  /// PrepareTransfer spent doing it.
+  /// (AgentOptions::prefault_remote, summed over lanes) and by
+  /// MappedRegion::PrefaultForWrite on this agent's mappings, and the wall seconds
+  /// spent doing it.
   std::uint64_t prefaulted_pages = 0;
   double prefault_s = 0;
   /// Seconds the lanes spent in batches of direct copies, summed over lanes: wall

@@ -162,6 +162,11 @@ struct MappedRegion::Lease {
   std::shared_mutex mu;
   bool revoked = false;  // guarded by mu
   Status why;            // guarded by mu
+  // The owning agent's AgentStats counters that PrefaultForWrite adds to (Impl::Counters).
+  // Valid while the lease is not revoked: the agent revokes every lease before it is destroyed,
+  // and revocation waits for Accesses (PrefaultForWrite counts under one).
+  std::atomic<std::uint64_t>* prefaulted_pages = nullptr;
+  std::atomic<std::uint64_t>* prefault_ns = nullptr;
 };
 
 /// The agent's state and the functions that run it (see the file comment for

@@ -224,6 +224,8 @@ Result<MappedRegion> Agent::MapPeerRegion(const std::string& peer, RegionId regi
     lease->region = region;
     lease->base = base;
     lease->length = p.regions[index].length;
+    lease->prefaulted_pages = &im.counters.prefaulted_pages;
+    lease->prefault_ns = &im.counters.prefault_ns;
   }
   return MappedRegion(lease);
 }

@@ -1,6 +1,7 @@
 // MappedRegion and MappedRegion::Access (shardwire/mapped_region.h): a lease on
 // lane 0's mapping of one peer region, revoked by the agent (peer_failure.cc).
 #include <atomic>
+#include <chrono>
 
 #include <fmt/format.h>
 
@@ -46,7 +47,17 @@ Result<std::uint64_t> MappedRegion::PrefaultForWrite(std::uint64_t offset, std::
   SW_ASSIGN_OR_RETURN(const Access a, Acquire());
   SW_ASSIGN_OR_RETURN(const std::span<std::byte> range, a.Range(offset, length));
   if (range.empty()) return std::uint64_t{0};
-  return transport::PrefaultForWrite(range.data(), range.size()).touched_pages;
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::uint64_t pages = transport::PrefaultForWrite(range.data(), range.size()).touched_pages;
+  // Counted as the agent's own pre-faults are (AgentStats::prefaulted_pages, prefault_s).
+  if (lease_->prefaulted_pages) lease_->prefaulted_pages->fetch_add(pages, std::memory_order_relaxed);
+  if (lease_->prefault_ns) {
+    lease_->prefault_ns->fetch_add(
+        static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count()),
+        std::memory_order_relaxed);
+  }
+  return pages;
 }
 
 }  // namespace shardwire

@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <system_error>
 #include <thread>
 
 #include <time.h>
@@ -838,14 +839,34 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   };
   // The direct moves of a round into mapped engine buffers (copy_into_mapped): per group of
   // destinations with identical moves (the replicas of one shard), each chunk is copied into
-  // every one of them while it is in cache, by this thread and lanes - 1 helpers
-  // (replica_fanout.h). A destination whose mapping was revoked (its process died, or it was
-  // invalidated) misses the version. The Accesses end before the next call into the agent.
-  const workflows::FanoutSource fanout_source{s.endpoint.weights.first(s.buffer_bytes), s.endpoint.scratch};
-  auto copy_stage = [&](const State::Stage& stage) {
-    if (!interrupted.ok()) return;
+  // every one of them while it is in cache, by lanes threads (replica_fanout.h). In a converting
+  // push the copy runs beside the round's conversion, on threads of its own (as the lanes' copies
+  // would), and the round collects it before it completes (collect_copy); otherwise this thread
+  // is one of them. A destination whose mapping was revoked (its process died, or it was
+  // invalidated) misses the version. Nothing that holds an Access calls into the agent.
+  struct StageCopy {
     std::vector<MappedRegion::Access> held;
     std::vector<workflows::FanoutGroup> groups;
+    workflows::FanoutStats done;
+    std::thread worker;  // a converting push's copy; joined before the Accesses end
+    ~StageCopy() {
+      if (worker.joinable()) worker.join();
+    }
+  };
+  const workflows::FanoutSource fanout_source{s.endpoint.weights.first(s.buffer_bytes), s.endpoint.scratch};
+  const std::size_t copy_threads = agent.options().lanes;
+  std::unique_ptr<StageCopy> copying;
+  auto collect_copy = [&] {
+    if (!copying) return;
+    if (copying->worker.joinable()) copying->worker.join();
+    stats.copied_bytes += copying->done.bytes_written;
+    stats.copy_read_bytes += copying->done.bytes_read;
+    stats.copy_cpu_s += copying->done.cpu_s;
+    copying.reset();
+  };
+  auto copy_stage = [&](const State::Stage& stage) {
+    if (!interrupted.ok()) return;
+    auto c = std::make_unique<StageCopy>();
     for (const auto& [dst, moves] : stage.moves) {
       auto into = s.mapped.find(dst);
       if (into == s.mapped.end() || !into->second.copied || !active.count(dst) || relayed.count(dst)) continue;
@@ -855,23 +876,32 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
         continue;
       }
       std::byte* base = access->bytes().data();
-      held.push_back(std::move(*access));
+      c->held.push_back(std::move(*access));
       posted_at.emplace(dst, now_s());
       stats.descriptors += moves.size();
       for (const Move& m : moves) stats.rows += m.count;
-      auto group = std::find_if(groups.begin(), groups.end(),
+      auto group = std::find_if(c->groups.begin(), c->groups.end(),
                                 [&](const workflows::FanoutGroup& g) { return *g.moves == moves; });
-      if (group == groups.end()) {
-        groups.push_back({&moves, {base}});
+      if (group == c->groups.end()) {
+        c->groups.push_back({&moves, {base}});
       } else {
         group->destinations.push_back(base);
       }
     }
-    if (groups.empty()) return;
-    const workflows::FanoutStats copied = workflows::CopyToReplicas(groups, fanout_source, agent.options().lanes);
-    stats.copied_bytes += copied.bytes_written;
-    stats.copy_read_bytes += copied.bytes_read;
-    stats.copy_cpu_s += copied.cpu_s;
+    if (c->groups.empty()) return;
+    copying = std::move(c);
+    StageCopy* pending = copying.get();
+    if (s.converter) {
+      try {
+        pending->worker = std::thread([pending, &fanout_source, copy_threads] {
+          pending->done = workflows::CopyToReplicas(pending->groups, fanout_source, copy_threads);
+        });
+        return;
+      } catch (const std::system_error&) {
+        // No thread: copy here, before the conversion.
+      }
+    }
+    pending->done = workflows::CopyToReplicas(pending->groups, fanout_source, copy_threads);
   };
   // The push, round by round (the schedule of both plans, PushStages): a round first waits for
   // the ROUND_DONE of the trainer ranks that wrote its engine ranks in their previous round,
@@ -902,6 +932,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
     return Status::Ok();
   };
   auto finish_stage = [&](const State::Stage& stage) -> Status {
+    collect_copy();
     for (const auto& [dst, hs] : stage.transfers) settle(dst, hs);
     for (const auto& [dst, at] : posted_at) {
       if (active.count(dst)) stats.round_spans.push_back({stage.round, dst, at, now_s()});

@@ -340,8 +340,10 @@ def test_relays_and_rounds_from_python():
     with shardwire.CoordinatorServer() as server:
         client = shardwire.CoordinatorClient(server.address)
         subs = [shardwire.WeightSubscriber(client, src, dst, r, **flags) for r in (0, 1)]
-        # (The conversion options reach the C++ publisher; with no dtype change nothing converts.)
-        pub = shardwire.WeightPublisher(client, src, dst, 0, convert_into_mapped=False, convert_threads=1, **flags)
+        # (The conversion options reach the C++ publisher; with no dtype change nothing converts.
+        # copy_into_mapped=False leaves every moved byte to the transport's lanes.)
+        pub = shardwire.WeightPublisher(client, src, dst, 0, convert_into_mapped=False, convert_threads=1,
+                                        copy_into_mapped=False, **flags)
         connects = [threading.Thread(target=s.connect) for s in subs]
         for t in connects:
             t.start()
@@ -368,6 +370,7 @@ def test_relays_and_rounds_from_python():
             assert stats["bytes"] == pub.bytes_per_push // 2, stats
             assert stats["rounds"] >= 1
             assert stats["mapped_bytes"] == 0 and stats["convert_cpu_s"] == 0.0, stats
+            assert stats["copied_bytes"] == 0 and stats["copy_read_bytes"] == 0 and stats["copy_cpu_s"] == 0.0, stats
             assert updates[0]["relayed_to"] == [1] and updates[1]["relayed_from"] == 0, updates
             for r in (0, 1):
                 for s in dst.shards(r):

@@ -80,10 +80,13 @@ TEST(MappedRegion, ArenaMapsWritesLandAndBoundsAreChecked) {
   EXPECT_FALSE(FirstMismatch(owner.subspan(4096, kArena - 8192), 2, 4096).has_value());
   EXPECT_FALSE(FirstMismatch(owner.subspan(kArena - 4096), 1, kArena - 4096).has_value()) << "bytes after untouched";
 
-  // Pre-faulting touches every page of the range and changes no byte.
+  // Pre-faulting touches every page of the range, changes no byte, and is counted in the
+  // mapping agent's stats.
+  const std::uint64_t counted_before = p.a->Stats().prefaulted_pages;
   auto pages = view->PrefaultForWrite(0, kArena);
   ASSERT_TRUE(pages.ok()) << pages.status().ToString();
   EXPECT_EQ(*pages, kArena / static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)));
+  EXPECT_EQ(p.a->Stats().prefaulted_pages - counted_before, *pages);
   EXPECT_FALSE(FirstMismatch(owner.subspan(4096, kArena - 8192), 2, 4096).has_value());
   EXPECT_EQ(view->PrefaultForWrite(kArena, 1).status().code(), ErrorCode::kInvalidArgument);
 
