@@ -166,6 +166,23 @@ inline std::unique_ptr<CoordinatorServer> ServeChildren(const std::vector<int>& 
   return std::move(*server);
 }
 
+// One child process per rank 0 .. ranks - 1 (ForkWithPort with index = rank), each running
+// body(port, rank) once the coordinator's port arrives; then starts the coordinator
+// (ServeChildren) and sends it to them. Returns the coordinator (nullptr when a child could not
+// be forked or the coordinator did not start) and the children's pids in `children`.
+template <typename Body>
+std::unique_ptr<CoordinatorServer> ForkRanksAndServe(int ranks, std::vector<pid_t>* children, Body body) {
+  std::vector<int> port_pipes;
+  for (int r = 0; r < ranks; ++r) {
+    int fd = -1;
+    const pid_t pid = ForkWithPort(&fd, r, [&](std::uint16_t port) { return body(port, r); });
+    if (pid < 0) return nullptr;
+    children->push_back(pid);
+    port_pipes.push_back(fd);
+  }
+  return ServeChildren(port_pipes);
+}
+
 inline int WaitChild(pid_t pid) {
   int status = 0;
   for (int i = 0; i < 600; ++i) {

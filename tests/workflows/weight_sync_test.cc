@@ -140,29 +140,21 @@ TEST_P(CopyIntoMapped, EveryReplicaGetsEveryByteAndTheSourceIsReadOnce) {
   const Layout engine = MakeTpLayout(Tensors(), {0, 0, 1, -1}, 2, 3).value();  // ranks 4 and 5: the third replica
   const std::string job = into_mapped ? "fanout" : "fanout-lanes";
   std::vector<pid_t> children;
-  std::vector<int> port_pipes;
-  for (int r = 0; r < engine.world_size(); ++r) {
-    int fd = -1;
-    const pid_t pid = ForkWithPort(&fd, r, [&](std::uint16_t port) {
-      auto rz = ConnectRendezvous(port);
-      if (!rz.ok()) return 10;
-      WeightSyncOptions options{job, 20};
-      options.buffer_memory = BufferMemory::kShared;  // mappable whatever this host's first-write cost
-      auto sub = WeightSubscriber::Create(**rz, trainer, engine, r, options);
-      if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
-      for (std::uint64_t v = 1; v <= kVersions; ++v) {
-        if (r == 4 && v == 2) raise(SIGKILL);  // dies before v2: its replica misses it
-        if (!(*sub)->BeginUpdate(v).ok()) return 12;
-        if (!(*sub)->WaitForUpdate(v).ok()) return 13;
-        if (Walk(engine, r, (*sub)->weights(), v, true) != 0) return 15;
-      }
-      return 0;
-    });
-    ASSERT_GE(pid, 0);
-    children.push_back(pid);
-    port_pipes.push_back(fd);
-  }
-  auto server = ServeChildren(port_pipes);
+  auto server = ForkRanksAndServe(engine.world_size(), &children, [&](std::uint16_t port, int r) {
+    auto rz = ConnectRendezvous(port);
+    if (!rz.ok()) return 10;
+    WeightSyncOptions options{job, 20};
+    options.buffer_memory = BufferMemory::kShared;  // mappable whatever this host's first-write cost
+    auto sub = WeightSubscriber::Create(**rz, trainer, engine, r, options);
+    if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
+    for (std::uint64_t v = 1; v <= kVersions; ++v) {
+      if (r == 4 && v == 2) raise(SIGKILL);  // dies before v2: its replica misses it
+      if (!(*sub)->BeginUpdate(v).ok()) return 12;
+      if (!(*sub)->WaitForUpdate(v).ok()) return 13;
+      if (Walk(engine, r, (*sub)->weights(), v, true) != 0) return 15;
+    }
+    return 0;
+  });
   ASSERT_NE(server, nullptr);
   auto rz = ConnectRendezvous(static_cast<std::uint16_t>(server->port()));
   ASSERT_TRUE(rz.ok());
