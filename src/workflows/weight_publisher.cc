@@ -867,7 +867,9 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   auto copy_stage = [&](const State::Stage& stage) {
     if (!interrupted.ok()) return;
     auto c = std::make_unique<StageCopy>();
-    for (const auto& [dst, moves] : stage.moves) {
+    for (const auto& entry : stage.moves) {  // not a structured binding: clang 14 lambdas cannot capture one
+      const int dst = entry.first;
+      const std::vector<Move>& moves = entry.second;
       auto into = s.mapped.find(dst);
       if (into == s.mapped.end() || !into->second.copied || !active.count(dst) || relayed.count(dst)) continue;
       auto access = into->second.views[static_cast<std::size_t>(buffer_of.at(dst))].Acquire();
