@@ -217,8 +217,9 @@ struct WeightSyncOptions {
   bool convert_into_mapped = true;
   /// Publisher only: copy the moved (not converted) bytes into the engine buffers the transport
   /// maps into this process (Agent::MapPeerRegion: a same-host engine arena; on a GPU node the
-  /// NVLink / CUDA IPC peer mapping) on the pushing thread and lanes - 1 helpers, instead of
-  /// posting them to the lanes: read once, write to every replica. Engine ranks that hold the
+  /// NVLink / CUDA IPC peer mapping) on the pushing thread and lanes - 1 helpers (in a converting
+  /// push: on lanes threads of their own, beside the conversion), instead of posting them to the
+  /// lanes: read once, write to every replica. Engine ranks that hold the
   /// same shard (the same TP rank of each replica) take identical moves, and each chunk of
   /// them (64 KiB) is written into every such rank while it is in this core's cache, so a
   /// source byte is read from memory once rather than once per replica (src/workflows/

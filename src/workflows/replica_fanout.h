@@ -13,9 +13,9 @@
 // HBM and one NVLink write per replica through peer mappings (CUDA IPC), as the converter
 // already does for converted bytes.
 //
-// Measured on the 2-core Zen 3 VM (docs/benchmarks.md, "Read once, write to every replica"):
-// copying a source to two replicas chunk by chunk moved 37-42 GB/s of writes with two threads,
-// against 33-35 GB/s copying it twice.
+// Measured with bench/replica_fanout_bench on the 2-core PVM VM of session 21 (docs/benchmarks.md,
+// "Read once, write to every replica"): 1.46-1.49x a streaming copy per replica in two of three
+// runs with two threads (0.81x in a disturbed one), 1.07x with one thread.
 //
 // Thread-safety: CopyToReplicas runs its own workers; the destinations must stay mapped (an
 // Access held) until it returns, and nothing else may write the same bytes meanwhile.
