@@ -443,7 +443,11 @@ class WeightSubscriber {
   /// (or a relay child) created for other layouts (nothing is written here then).
   Status Connect();
 
-  /// Declares the engine paused for `version`: sources may now write.
+  /// Declares the engine paused for `version`: sends READY(version) to every source rank, which
+  /// may then write. Errors: kInvalidArgument before Connect or when `version` is not newer than
+  /// committed_version(). A source that cannot be reached (dead process, failed endpoint) does
+  /// not fail it: the others got READY and write, so the update has begun either way, and the
+  /// following WaitForUpdate fails with that send's error (kPeerDisconnected) naming the source.
   Status BeginUpdate(std::uint64_t version);
 
   /// Blocks until every source has delivered `version`, then commits it.

@@ -198,7 +198,10 @@ class WeightSubscriber(_Endpoint):
         self._impl.connect()
 
     def begin_update(self, version: int) -> None:
-        """Declares the engine paused for ``version``: trainers may now write its weights."""
+        """Declares the engine paused for ``version``: trainers may now write its weights.
+        Raises InvalidArgumentError before connect() or when ``version`` is not newer than
+        committed_version. A trainer that cannot be reached does not raise here (the others
+        write): the next wait_for_update raises PeerDisconnectedError naming it."""
         self._impl.begin_update(version)
 
     def wait_for_update(self, version: int) -> Dict[str, Any]:

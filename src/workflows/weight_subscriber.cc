@@ -34,6 +34,7 @@ struct WeightSubscriber::State {
   std::set<std::string> source_names;
   std::uint64_t begun_version = 0;
   std::chrono::steady_clock::time_point begun_at;
+  Status begin_failure;  // the first READY of begun_version that could not be sent (WaitForUpdate reports it)
   std::uint64_t committed_version = 0;
   int serving = 0;                // double-buffered: which buffer holds committed_version (0 = endpoint.weights)
   bool updating = false;          // between BeginUpdate and the end of WaitForUpdate
@@ -415,9 +416,15 @@ Status WeightSubscriber::BeginUpdate(std::uint64_t version) {
   workflows::Message ready_message{workflows::MessageKind::kReady, version};
   if (s.options.double_buffered) ready_message.buffer = static_cast<std::uint8_t>(1 - s.serving);
   const auto ready = workflows::Encode(ready_message);
+  // Every reachable source gets READY even when one cannot be reached: the sources that got it
+  // write now, so failing here would leave the caller believing nothing is being written. The
+  // first unreachable source fails WaitForUpdate instead.
+  s.begin_failure = Status::Ok();
   for (const std::string& name : s.source_names) {
-    SW_RETURN_IF_ERROR(s.endpoint.agent->SendMessage(name, ready)
-                           .WithContext(fmt::format("engine rank {} READY v{}", s.rank, version)));
+    Status sent = s.endpoint.agent->SendMessage(name, ready);
+    if (!sent.ok() && s.begin_failure.ok()) {
+      s.begin_failure = sent.WithContext(fmt::format("engine rank {} READY v{} to {}", s.rank, version, name));
+    }
   }
   s.begun_version = version;
   s.begun_at = std::chrono::steady_clock::now();
@@ -442,8 +449,10 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   }
   std::map<std::string, workflows::Message> done;
   const Status arrived =
-      s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kDone, version, s.source_names,
-                           s.options.timeout_s, &done, workflows::MessageKind::kMissed, s.options.interrupt);
+      !s.begin_failure.ok()
+          ? s.begin_failure
+          : s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kDone, version, s.source_names,
+                                 s.options.timeout_s, &done, workflows::MessageKind::kMissed, s.options.interrupt);
   // relay_broadcasts: whether the bytes come through the relay parent, and whom to forward to
   // (the children every source named, with the same buffer and incarnation).
   std::map<std::string, workflows::Message> plans;
