@@ -843,22 +843,52 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   // push the copy runs beside the round's conversion, on threads of its own (as the lanes' copies
   // would), and the round collects it before it completes (collect_copy); otherwise this thread
   // is one of them. A destination whose mapping was revoked (its process died, or it was
-  // invalidated) misses the version. Nothing that holds an Access calls into the agent.
+  // invalidated) misses the version. Nothing that holds an Access calls into the agent: the
+  // copy acquires the mappings on the thread that copies, in ascending destination order (as
+  // the conversion's threads do: one order, so no two threads take two of them in opposite
+  // orders), and releases them when the copy ends, before this thread's next agent call
+  // (run_copy).
   struct StageCopy {
-    std::vector<MappedRegion::Access> held;
+    std::vector<std::pair<int, const MappedRegion*>> targets;  // ascending destinations
+    std::vector<const std::vector<Move>*> moves_of;            // per target
     std::vector<workflows::FanoutGroup> groups;
+    std::vector<std::pair<int, Status>> revoked;  // targets whose mapping was revoked (they miss v)
     workflows::FanoutStats done;
-    std::thread worker;  // a converting push's copy; joined before the Accesses end
+    std::thread worker;  // a converting push's copy
     ~StageCopy() {
       if (worker.joinable()) worker.join();
     }
   };
   const workflows::FanoutSource fanout_source{s.endpoint.weights.first(s.buffer_bytes), s.endpoint.scratch};
   const std::size_t copy_threads = agent.options().lanes;
-  std::unique_ptr<StageCopy> copying;
+  // Acquires the targets' mappings, groups the destinations with identical moves (the replicas
+  // of one shard), copies, and releases the mappings. Runs on the copying thread.
+  auto run_copy = [&fanout_source, copy_threads](StageCopy& c) {
+    std::vector<MappedRegion::Access> held;
+    for (std::size_t i = 0; i < c.targets.size(); ++i) {
+      auto access = c.targets[i].second->Acquire();
+      if (!access.ok()) {
+        c.revoked.emplace_back(c.targets[i].first, access.status());
+        continue;
+      }
+      std::byte* base = access->bytes().data();
+      held.push_back(std::move(*access));
+      const std::vector<Move>* moves = c.moves_of[i];
+      auto group = std::find_if(c.groups.begin(), c.groups.end(),
+                                [&](const workflows::FanoutGroup& g) { return *g.moves == *moves; });
+      if (group == c.groups.end()) {
+        c.groups.push_back({moves, {base}});
+      } else {
+        group->destinations.push_back(base);
+      }
+    }
+    c.done = workflows::CopyToReplicas(c.groups, fanout_source, copy_threads);
+  };
+  std::unique_ptr<StageCopy> copying;  // after run_copy: its destructor joins a thread running run_copy
   auto collect_copy = [&] {
     if (!copying) return;
     if (copying->worker.joinable()) copying->worker.join();
+    for (auto& [dst, why] : copying->revoked) miss(dst, why);
     stats.copied_bytes += copying->done.bytes_written;
     stats.copy_read_bytes += copying->done.bytes_read;
     stats.copy_cpu_s += copying->done.cpu_s;
@@ -872,38 +902,24 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       const std::vector<Move>& moves = entry.second;
       auto into = s.mapped.find(dst);
       if (into == s.mapped.end() || !into->second.copied || !active.count(dst) || relayed.count(dst)) continue;
-      auto access = into->second.views[static_cast<std::size_t>(buffer_of.at(dst))].Acquire();
-      if (!access.ok()) {
-        miss(dst, access.status());
-        continue;
-      }
-      std::byte* base = access->bytes().data();
-      c->held.push_back(std::move(*access));
+      c->targets.emplace_back(dst, &into->second.views[static_cast<std::size_t>(buffer_of.at(dst))]);
+      c->moves_of.push_back(&moves);
       posted_at.emplace(dst, now_s());
       stats.descriptors += moves.size();
       for (const Move& m : moves) stats.rows += m.count;
-      auto group = std::find_if(c->groups.begin(), c->groups.end(),
-                                [&](const workflows::FanoutGroup& g) { return *g.moves == moves; });
-      if (group == c->groups.end()) {
-        c->groups.push_back({&moves, {base}});
-      } else {
-        group->destinations.push_back(base);
-      }
     }
-    if (c->groups.empty()) return;
+    if (c->targets.empty()) return;
     copying = std::move(c);
     StageCopy* pending = copying.get();
     if (s.converter) {
       try {
-        pending->worker = std::thread([pending, &fanout_source, copy_threads] {
-          pending->done = workflows::CopyToReplicas(pending->groups, fanout_source, copy_threads);
-        });
+        pending->worker = std::thread([pending, &run_copy] { run_copy(*pending); });
         return;
       } catch (const std::system_error&) {
         // No thread: copy here, before the conversion.
       }
     }
-    pending->done = workflows::CopyToReplicas(pending->groups, fanout_source, copy_threads);
+    run_copy(*pending);
   };
   // The push, round by round (the schedule of both plans, PushStages): a round first waits for
   // the ROUND_DONE of the trainer ranks that wrote its engine ranks in their previous round,
