@@ -24,6 +24,12 @@ namespace {
 // single-lane transfer (each round issues at most kIssueBatch operations).
 constexpr int kInlineRounds = 64;
 
+// Post runs a lane's job on the posting thread when that lane holds at most this many
+// slices' bytes (AgentOptions::slice_bytes): 2 MiB by default, tens of microseconds of copying
+// into a mapped arena. A 64 x 64 KiB post (4 MiB on two lanes) then wakes one lane thread
+// instead of two (docs/benchmarks.md, "Small transfers").
+constexpr std::uint64_t kInlineLaneSlices = 2;
+
 // The time `seconds` from now (clamped to [0, 1e9] s: a negative timeout polls once). Pure but for the clock.
 Clock::time_point DeadlineAfter(double seconds) {
   const double s = std::clamp(seconds, 0.0, 1e9);
@@ -128,6 +134,12 @@ Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bo
     im.active.insert(t.get());
   }
   im.counters.posts.fetch_add(1, std::memory_order_relaxed);
+  std::optional<std::uint32_t> inline_lane;
+  {
+    std::uint64_t first_lane_bytes = 0;
+    for (const PreparedOp& op : t->lane_ops[lanes_used[0]]) first_lane_bytes += op.bytes();
+    if (first_lane_bytes <= kInlineLaneSlices * im.options.slice_bytes) inline_lane = lanes_used[0];
+  }
   for (std::uint32_t l : lanes_used) {
     Impl::Lane& lane = *im.lanes[l];
     auto job = std::make_unique<Impl::Job>();
@@ -147,19 +159,24 @@ Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bo
       if (!lep.open) job->Fail(PeerDisconnected(fmt::format("peer {} endpoint is closed", t->peer_name)));
       lane.jobs.push_back(std::move(job));
     }
-    // Small single-lane transfer: issue it from this thread if the lane is not
-    // busy; one-sided puts then complete before Post returns and nobody has to
-    // be woken (saves two thread hand-offs per post). Never blocks.
+    if (l != inline_lane) lane.Wake();
+  }
+  // A small post (at most kInlineLaneSlices slices on its first lane): this thread runs the first
+  // lane's job itself if that lane is not busy, after the other lanes were woken, so they work
+  // beside it. One-sided puts and direct copies into a mapped arena then complete before Post
+  // returns and that lane's thread is never woken: a single-lane post saves two thread
+  // hand-offs, a post split over two lanes one of three. Never blocks on a lock.
+  if (inline_lane) {
+    const std::uint32_t l = *inline_lane;
+    Impl::Lane& lane = *im.lanes[l];
     bool wake = true;
-    if (lanes_used.size() == 1 && t->total_bytes <= im.options.slice_bytes) {
+    {
       std::unique_lock<std::mutex> lk(lane.mu, std::try_to_lock);
       if (lk.owns_lock()) {
-        // Run the job to completion while it makes progress: one-sided puts
-        // into a mapped arena complete at once, and a few hundred descriptors
-        // need several rounds of kIssueBatch plus the flush (the old cap of 3
-        // rounds handed every transfer above 192 descriptors to the lane
-        // thread). Stop at the first round without progress (requests waiting
-        // for a remote reply) and let the lane thread finish.
+        // Run the job to completion while it makes progress: a few hundred descriptors need
+        // several rounds of kIssueBatch plus the flush (the old cap of 3 rounds handed every
+        // transfer above 192 descriptors to the lane thread). Stop at the first round without
+        // progress (requests waiting for a remote reply) and let the lane thread finish.
         for (int round = 0; round < kInlineRounds && !lane.jobs.empty(); ++round) {
           const unsigned events = im.backend->Progress(l);
           if (!im.AdvanceJobs(lane) && events == 0) break;
