@@ -635,8 +635,8 @@ TEST(WeightSync, DoubleBufferedEngineServesTheOldVersionUntilTheNewOneIsWhole) {
   // WaitForUpdate names the dead trainer, the engine keeps v2, and the weights it serves are
   // exactly v2 (trainer 0's bytes went into the back buffer only).
   EXPECT_EQ(WaitChild(children[1]), 100);
-  // Let the transport declare it dead first (keepalive 1 s), so that the READY send itself
-  // fails, the race CI hit; the contract checked below holds either way.
+  // Give the transport time to declare it dead first (same-host liveness is checked every 0.1 s),
+  // so that the READY send itself fails: the race CI hit. The contract below holds either way.
   std::this_thread::sleep_for(std::chrono::seconds(3));
   const Status begun = (*sub)->BeginUpdate(3);
   ASSERT_TRUE(begun.ok()) << begun.ToString();
