@@ -135,11 +135,7 @@ Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bo
   }
   im.counters.posts.fetch_add(1, std::memory_order_relaxed);
   std::optional<std::uint32_t> inline_lane;
-  {
-    std::uint64_t first_lane_bytes = 0;
-    for (const PreparedOp& op : t->lane_ops[lanes_used[0]]) first_lane_bytes += op.bytes();
-    if (first_lane_bytes <= kInlineLaneSlices * im.options.slice_bytes) inline_lane = lanes_used[0];
-  }
+  if (t->lane_bytes[lanes_used[0]] <= kInlineLaneSlices * im.options.slice_bytes) inline_lane = lanes_used[0];
   for (std::uint32_t l : lanes_used) {
     Impl::Lane& lane = *im.lanes[l];
     auto job = std::make_unique<Impl::Job>();

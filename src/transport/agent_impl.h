@@ -119,6 +119,7 @@ struct TransferCore {
   bool am_write = false;
   std::uint64_t total_bytes = 0;
   std::vector<std::vector<PreparedOp>> lane_ops;  // immutable after prepare
+  std::vector<std::uint64_t> lane_bytes;          // bytes of lane_ops[l], immutable after prepare
   std::vector<RegionId> pinned;                   // one entry per pin taken
   std::optional<std::vector<std::byte>> prepared_wire;  // encoded once
   bool all_lanes = false;  // post a job on every lane even without ops (WireUp: a flush per lane)

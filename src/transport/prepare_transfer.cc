@@ -197,7 +197,11 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
   for (std::size_t i = 0; i < slices.size(); ++i) slice_sizes[i] = slices[i].bytes();
   const std::vector<std::uint32_t> lane_of =
       transport::DivideAmongLanes(slice_sizes, slice, static_cast<std::uint32_t>(nl), im.next_transfer);
-  for (std::size_t i = 0; i < slices.size(); ++i) t->lane_ops[lane_of[i]].push_back(slices[i]);
+  t->lane_bytes.assign(nl, 0);
+  for (std::size_t i = 0; i < slices.size(); ++i) {
+    t->lane_ops[lane_of[i]].push_back(slices[i]);
+    t->lane_bytes[lane_of[i]] += slice_sizes[i];
+  }
   if (notification_payload) t->prepared_wire = EncodeNotification(im.options.name, *notification_payload);
 
   // Pre-fault the pages of this process's mappings of the peer's shared-memory
