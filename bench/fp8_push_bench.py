@@ -11,7 +11,7 @@ push no slower than the bf16 push (ratio of step times <= 1.0), since half the w
 
 Usage: /usr/bin/python3 bench/fp8_push_bench.py [--shardwire build/src/cli/shardwire]
        [--layers 12] [--steps 5] [--rounds 1] [--staging-slots 2,8] [--with-staging]
-       [--with-lane-copies]
+       [--with-lane-copies] [--with-private-engines]
 """
 import argparse
 import json
@@ -67,6 +67,10 @@ def main():
     p.add_argument("--with-lane-copies", action="store_true",
                    help="also run the FP8 push with --lane-copies (the lanes copy the moved bytes, one transfer per "
                         "engine rank, instead of the pushing threads reading them once for every replica), same round")
+    p.add_argument("--with-private-engines", action="store_true",
+                   help="also run the FP8 push with --engine-memory private (engines in private huge pages, written by "
+                        "kernel copy from the staging ring, instead of shared memory the trainers convert into), "
+                        "same round")
     a = p.parse_args()
     print(f"model: TinyLlama-1.1B shapes, {a.layers} layers; 2 FSDP trainers -> 2 engines x TP 2; "
           f"steps 2..{a.steps} averaged")
@@ -80,6 +84,10 @@ def main():
         if a.with_lane_copies:
             fp8_runs.append(("bf16 -> fp8 (lane copies)",
                              run_demo(a.shardwire, "fp8-block", a.layers, a.steps, a.work_dir, ("--lane-copies",))))
+        if a.with_private_engines:
+            fp8_runs.append(("bf16 -> fp8 (private engines)",
+                             run_demo(a.shardwire, "fp8-block", a.layers, a.steps, a.work_dir,
+                                      ("--engine-memory", "private"))))
         for slots in slot_runs:
             extra = ("--staging-slots", slots) if slots else ()
             fp8_runs.append((f"bf16 -> fp8 {'(' + slots + ' slots)' if slots else ''}",
