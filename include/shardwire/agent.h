@@ -641,9 +641,8 @@ class Agent {
   /// diagnostics.
   std::vector<std::string> FailedPeers() const;
 
-  struct Impl;  // public only so the implementation's UCX callbacks can name it
-
  private:
+  struct Impl;  // src/transport/agent_impl.h: the agent's bookkeeping over its TransportBackend
   explicit Agent(std::unique_ptr<Impl> impl);
   Status Post(TransferHandle handle, std::span<const std::byte> payload, bool replace);
   std::unique_ptr<Impl> impl_;

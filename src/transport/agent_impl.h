@@ -319,6 +319,10 @@ struct Agent::Impl final : transport::BackendEvents {
     std::uint32_t pins = 0;
   };
 
+  /// Files `b` (registered by the backend) as a new region: its id. `owned` is the
+  /// region's memory when this agent allocated it (private arenas). Takes regions_mu.
+  RegionId AddRegion(transport::BackendRegion b, bool arena, transport::PrivateMapping owned);
+
   // ---- members ------------------------------------------------------------
   AgentOptions options;
   ProcessIdentity self;

@@ -10,33 +10,28 @@
 
 namespace shardwire {
 
-namespace {
-
-// Files `b` (registered by the backend) as a new region of `im`: its id.
-RegionId AddRegion(Agent::Impl& im, transport::BackendRegion b, bool arena, transport::PrivateMapping owned) {
-  Agent::Impl::LocalRegion r;
-  r.key = Agent::Impl::RegionKey(im.backend.get(), b.key);
+RegionId Agent::Impl::AddRegion(transport::BackendRegion b, bool arena, transport::PrivateMapping owned) {
+  LocalRegion r;
+  r.key = RegionKey(backend.get(), b.key);
   r.remote_key = std::move(b.remote_key);
   r.base = b.base;
   r.length = b.length;
   r.arena = arena;
   r.huge = owned.huge_pages();
   r.owned = std::move(owned);
-  std::lock_guard<std::mutex> g(im.regions_mu);
-  r.id = im.next_region++;
+  std::lock_guard<std::mutex> g(regions_mu);
+  r.id = next_region++;
   const RegionId id = r.id;
-  im.regions.emplace(id, std::move(r));
+  regions.emplace(id, std::move(r));
   return id;
 }
-
-}  // namespace
 
 Result<RegionId> Agent::RegisterMemory(void* addr, std::size_t length) {
   if (addr == nullptr) return InvalidArgument("RegisterMemory: address is null");
   if (length == 0) return InvalidArgument("RegisterMemory: length is 0");
   SW_ASSIGN_OR_RETURN(transport::BackendRegion b,
                       impl_->backend->RegisterRegion(addr, length, fmt::format("{} bytes at {}", length, addr)));
-  return AddRegion(*impl_, std::move(b), /*arena=*/false, {});
+  return impl_->AddRegion(std::move(b), /*arena=*/false, {});
 }
 
 Result<std::vector<Agent::RangeLocation>> Agent::RegisterRanges(std::span<const MemoryRange> ranges,
@@ -88,13 +83,13 @@ Result<RegionId> Agent::AllocateArena(std::size_t length, ArenaMemory memory) {
   SW_ASSIGN_OR_RETURN(transport::BackendRegion b,
                       impl_->backend->RegisterRegion(owned.data(), length,
                                                      fmt::format("private arena, {} bytes", length)));
-  return AddRegion(*impl_, std::move(b), /*arena=*/true, std::move(owned));
+  return impl_->AddRegion(std::move(b), /*arena=*/true, std::move(owned));
 }
 
 Result<RegionId> Agent::AllocateArena(std::size_t length) {
   if (length == 0) return InvalidArgument("AllocateArena: length is 0");
   SW_ASSIGN_OR_RETURN(transport::BackendRegion b, impl_->backend->AllocateRegion(length));
-  return AddRegion(*impl_, std::move(b), /*arena=*/true, {});
+  return impl_->AddRegion(std::move(b), /*arena=*/true, {});
 }
 
 std::span<std::byte> Agent::RegionBytes(RegionId id) const {
