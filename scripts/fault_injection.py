@@ -21,6 +21,10 @@ redis-server), injects one fault at a uniformly random moment, and checks the ou
                        demo rl-sync and restart it empty: the demo must either go on for 10 more steps or
                        end by itself with a typed error within 60 s; never hang, commit a wrong byte or
                        leave a process behind (the note says which outcome)
+  p2p-coordinator-memory-restart
+                       kill -9 an in-memory `shardwire serve` while two seeds are registered with it and
+                       restart it empty: every seed must register again (a heartbeat answered NOT_FOUND)
+                       within 30 s, and the next loader must take every byte from the seeds (no disk)
   redis-restart        kill -9 redis-server (append-only file, fsync always) during demo rl-sync and
                        restart it: the run must go on for 10 more steps
 
@@ -121,6 +125,7 @@ class Result:
         self.lost = False
         self.orphans = 0
         self.recovery_s = None
+        self.ended_at = None  # monotonic time the run was seen to end by itself (went_on_or_failed_typed)
         self.note = ""
 
 
@@ -188,6 +193,7 @@ def went_on_or_failed_typed(proc, lines, t, r):
     while steps_after(lines, t) < STEPS_AFTER and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     if proc.poll() is not None:
+        r.ended_at = time.monotonic()  # within 50 ms of the exit
         time.sleep(0.2)  # let the reader thread take the last lines
         typed = [l for _, l in list(lines.lines) if l.startswith("shardwire demo rl-sync: ")]
         if proc.returncode != 0 and typed:
@@ -399,6 +405,61 @@ def scenario_p2p(sw, work, kill_what):
     return r
 
 
+def scenario_p2p_coordinator_memory_restart(sw, work):
+    r = Result()
+    ckpt, config = generated_checkpoint(sw, work)
+    port = free_port()
+    coord = f"127.0.0.1:{port}"
+    serve = start_serve(sw, port)
+    tag = f"fi{random.randrange(1 << 30)}"
+    seeds = []
+    try:
+        seeds = [start_seed(sw, coord, ckpt, "tp=2", f"{tag}-a", 0), start_seed(sw, coord, ckpt, "tp=1", f"{tag}-b", 0)]
+        time.sleep(random.uniform(0.0, 2.0))
+        t_fault = time.monotonic()
+        serve.send_signal(signal.SIGKILL)
+        serve.wait()
+        time.sleep(0.5)
+        serve = start_serve(sw, port)
+        r.note = "restarted the in-memory coordinator"
+        # Every rank of every seed logs its registration again ("registered again as").
+        ranks = 3  # tp=2 + tp=1
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            again = sum(lines.text().count("registered again as") for _, lines in seeds)
+            if again >= ranks:
+                break
+            time.sleep(0.05)
+        again = sum(lines.text().count("registered again as") for _, lines in seeds)
+        if again >= ranks:
+            r.recovery_s = time.monotonic() - t_fault
+        alive = all(p.poll() is None for p, _ in seeds)
+        load = subprocess.run([sw, "load", "--coordinator", coord, "--config", config, "--layout", "tp=4",
+                               "--verify-against", ckpt, "--checkpoint", ckpt, "--instance-id", f"{tag}-l"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180)
+        # Lost registration: a seed alive but not used (the load fell back to the disk).
+        r.lost = again < ranks or " disk_bytes=0 " not in load.stdout
+        r.partial = load.returncode == 0 and "verified=byte-for-byte" not in load.stdout
+        r.passed = alive and load.returncode == 0 and not r.lost and not r.partial
+        r.note += f"; {again} of {ranks} seed ranks registered again"
+        if not r.passed:
+            r.note += f"; seeds alive={alive}; load exit {load.returncode}: {load.stdout[-600:]}"
+    except subprocess.TimeoutExpired:
+        r.hang = True
+    finally:
+        for p in [p for p, _ in reversed(seeds)] + [serve]:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            if not wait(p, 10):
+                r.hang = True
+                r.passed = False
+                r.note += f"; pid {p.pid} did not exit within 10 s of SIGTERM"
+    r.orphans = len(procs_with(tag.encode()))
+    if r.orphans:
+        r.passed = False
+    return r
+
+
 def start_redis(port, data_dir):
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "yes", "--appendfsync", "always", "--dir", data_dir],
@@ -445,8 +506,11 @@ def scenario_restart(sw, work, what):
             proc.wait()
         lines.thread.join(timeout=5)
         check_rl_output(r, lines)
-        seen = lines.first("step", after=t_fault)
-        r.recovery_s = seen - t_fault if seen else None
+        if r.ended_at is not None:
+            r.recovery_s = r.ended_at - t_fault  # the demo ended by itself with a typed error
+        else:
+            seen = lines.first("step", after=t_fault)
+            r.recovery_s = seen - t_fault if seen else None
         r.orphans = len(procs_with(b"--job\0" + job.encode() + b"\0"))
         r.passed = ran_on and not r.partial and r.orphans == 0
         if not r.passed:
@@ -467,6 +531,7 @@ SCENARIOS = {
     "p2p-loader-kill": lambda sw, w: scenario_p2p(sw, w, "loader"),
     "coordinator-restart": lambda sw, w: scenario_restart(sw, w, "coordinator"),
     "coordinator-memory-restart": lambda sw, w: scenario_restart(sw, w, "coordinator-memory"),
+    "p2p-coordinator-memory-restart": scenario_p2p_coordinator_memory_restart,
     "redis-restart": lambda sw, w: scenario_restart(sw, w, "redis"),
 }
 

@@ -72,7 +72,9 @@ struct ModelSourceOptions {
   std::string layout;
   /// Seconds between heartbeats (must be well below the coordinator's
   /// source_stale_after_s, default 10 s). A heartbeat answered kNotFound (the record
-  /// was deleted) registers the source again.
+  /// was deleted, or an in-memory coordinator was restarted and lost it) registers
+  /// the source again under a new source_id and logs a warning, so loaders find it
+  /// again within about one interval of the coordinator's return.
   double heartbeat_interval_s = 1;
   /// Bytes per second this rank serves at most (0: unlimited). Models a source NIC
   /// on one host where memory bandwidth is shared: readers take a lease for each

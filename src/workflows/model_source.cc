@@ -12,6 +12,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "shardwire/model_layouts.h"
 #include "shardwire/model_loading.h"
@@ -272,9 +273,16 @@ struct ModelSource::Impl {
       lock.unlock();
       Status s = registry->HeartbeatSource(id);
       if (s.code() == ErrorCode::kNotFound) {
+        // The coordinator deleted the record (missed heartbeats) or lost it (restarted
+        // without Redis): register again, so loaders find this source without a restart.
         auto again = registry->RegisterSource(record);
         lock.lock();
-        if (again.ok()) record.source_id = again->source_id;
+        if (again.ok()) {
+          spdlog::warn("model source {} rank {}: the coordinator had no record {} (deleted, or restarted without "
+                       "Redis); registered again as {}",
+                       record.instance_id, record.rank, id, again->source_id);
+          record.source_id = again->source_id;
+        }
         continue;
       }
       lock.lock();

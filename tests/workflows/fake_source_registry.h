@@ -73,6 +73,11 @@ class FakeSourceRegistry final : public SourceRegistry {
       if (r.instance_id == instance_id) edit(r);
     }
   }
+  /// Drops every record, as an in-memory coordinator restarted empty does.
+  void Forget() {
+    std::lock_guard<std::mutex> lock(mu_);
+    records_.clear();
+  }
   /// Heartbeats no longer revive STALE sources (so a test can observe the mark).
   void SetStickyStale(bool on) {
     std::lock_guard<std::mutex> lock(mu_);

@@ -7,10 +7,13 @@
 
 #include <xxhash.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "mapping_permissions.h"
 #include "shardwire/checkpoint.h"
@@ -279,6 +282,34 @@ TEST_F(ModelLoadingTest, NoSourceFallsBackToDisk) {
        })) {
     EXPECT_EQ(r.bytes_from_sources, 0u);
     EXPECT_GT(r.bytes_from_disk, 0u);
+  }
+}
+
+// An in-memory coordinator restarted empty: each source's next heartbeat is answered NOT_FOUND,
+// and the source registers again (a new source_id), so the next loader reads every byte from it.
+TEST_F(ModelLoadingTest, SourcesRegisterAgainAfterTheRegistryForgetsThem) {
+  ModelSourceOptions fast;
+  fast.heartbeat_interval_s = 0.02;
+  auto seed = Seed("src", "tp=2", fast);
+  ASSERT_EQ(seed.size(), 2u);
+  std::set<std::string> before;
+  for (const SourceRecord& r : registry_.All()) before.insert(r.source_id);
+  ASSERT_EQ(before.size(), 2u);
+  registry_.Forget();
+  ASSERT_TRUE(registry_.All().empty());
+  std::vector<SourceRecord> after;
+  for (int i = 0; i < 500 && after.size() < 2; ++i) {  // 10 s at most
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    after = registry_.All();
+  }
+  ASSERT_EQ(after.size(), 2u) << "the sources did not register again";
+  for (const SourceRecord& r : after) {
+    EXPECT_EQ(r.instance_id, "src");
+    EXPECT_EQ(before.count(r.source_id), 0u) << "a record forgotten by the registry came back under its old id";
+  }
+  for (const LoadReport& r : LoadAll("new", "tp=1")) {
+    EXPECT_EQ(r.bytes_from_disk, 0u);
+    EXPECT_EQ(r.bytes_per_instance.at("src"), r.bytes_from_sources);
   }
 }
 
