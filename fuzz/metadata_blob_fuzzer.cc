@@ -30,7 +30,7 @@
 #include <string>
 #include <vector>
 
-#include "shardwire/metadata_blob.h"
+#include "transport/metadata_blob.h"
 #include "transport/ucx/ucx_backend.h"
 
 namespace {
@@ -58,22 +58,22 @@ void DecodeUcxSectionAndCheck(std::span<const std::byte> section) {
 }
 
 void DecodeAndCheck(const std::vector<std::byte>& blob) {
-  auto r = shardwire::DecodeAgentMetadata(blob);
+  auto r = shardwire::transport::DecodeAgentMetadata(blob);
   if (!r.ok()) {
     Check(r.status().code() == shardwire::ErrorCode::kCorruptData, "rejection is kCorruptData");
     Check(!r.status().message().empty(), "rejection has a message");
     return;
   }
-  const std::vector<std::byte> again = shardwire::EncodeAgentMetadata(*r);
+  const std::vector<std::byte> again = shardwire::transport::EncodeAgentMetadata(*r);
   Check(again == blob, "accepted blob re-encodes to the same bytes");
-  auto r2 = shardwire::DecodeAgentMetadata(again);
+  auto r2 = shardwire::transport::DecodeAgentMetadata(again);
   Check(r2.ok() && *r2 == *r, "re-encoded blob decodes to an equal value");
   for (const auto& section : r->sections)
     if (section.backend == "ucx") DecodeUcxSectionAndCheck(section.connection);
 }
 
-shardwire::AgentMetadata Sample(int regions, int lanes) {
-  shardwire::AgentMetadata m;
+shardwire::transport::AgentMetadata Sample(int regions, int lanes) {
+  shardwire::transport::AgentMetadata m;
   m.name = "fuzz-agent";
   shardwire::transport::ucx::UcxSection addresses;
   addresses.workers.resize(static_cast<std::size_t>(lanes));
@@ -85,11 +85,11 @@ shardwire::AgentMetadata Sample(int regions, int lanes) {
     addresses.message_channels = addresses.workers;
     for (auto& a : addresses.message_channels) a.push_back(std::byte{0x4D});
   }
-  shardwire::BackendSection ucx{"ucx", shardwire::transport::ucx::EncodeUcxSection(addresses), {}};
-  shardwire::BackendSection inproc{"inproc", std::vector<std::byte>(8, std::byte{7}), {}};
+  shardwire::transport::BackendSection ucx{"ucx", shardwire::transport::ucx::EncodeUcxSection(addresses), {}};
+  shardwire::transport::BackendSection inproc{"inproc", std::vector<std::byte>(8, std::byte{7}), {}};
   m.process = {"boot/pid:[1]", 42, 4242};
   for (int r = 0; r < regions; ++r) {
-    shardwire::RegionRecord rec;
+    shardwire::transport::RegionRecord rec;
     rec.id = static_cast<shardwire::RegionId>(r + 1);
     rec.base = 0x7f0000000000ull + static_cast<std::uint64_t>(r) * 4096;
     rec.length = 4096;
@@ -110,8 +110,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size != 0) std::memcpy(blob.data(), data, size);
   DecodeAndCheck(blob);
   DecodeUcxSectionAndCheck(blob);
-  if (size >= shardwire::kMetadataHeaderSize + shardwire::kMetadataChecksumSize) {
-    const std::size_t summed = size - shardwire::kMetadataChecksumSize;
+  if (size >= shardwire::transport::kMetadataHeaderSize + shardwire::transport::kMetadataChecksumSize) {
+    const std::size_t summed = size - shardwire::transport::kMetadataChecksumSize;
     const std::uint64_t h = XXH64(blob.data(), summed, 0);
     for (int i = 0; i < 8; ++i) blob[summed + static_cast<std::size_t>(i)] = static_cast<std::byte>((h >> (8 * i)) & 0xFF);
     DecodeAndCheck(blob);
@@ -127,7 +127,7 @@ int main(int argc, char** argv) {
   int n = 0;
   for (int regions : {0, 1, 3})
     for (int lanes : {1, 2}) {
-      const auto blob = shardwire::EncodeAgentMetadata(Sample(regions, lanes));
+      const auto blob = shardwire::transport::EncodeAgentMetadata(Sample(regions, lanes));
       const std::string path = std::string(argv[1]) + "/seed-" + std::to_string(n++);
       FILE* f = std::fopen(path.c_str(), "wb");
       if (f == nullptr || std::fwrite(blob.data(), 1, blob.size(), f) != blob.size()) return 1;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "shardwire/agent.h"
+#include "shardwire/transport_capabilities.h"
 
 namespace shardwire::cli {
 

@@ -66,11 +66,11 @@
 #include <unistd.h>
 
 #include "shardwire/agent.h"
-#include "shardwire/metadata_blob.h"
 #include "transport/agent_metrics.h"
 #include "transport/backend.h"
 #include "transport/file_descriptor.h"
 #include "transport/kernel_copy.h"
+#include "transport/metadata_blob.h"
 #include "transport/notification_codec.h"
 #include "transport/private_arena.h"
 
@@ -194,7 +194,7 @@ struct Agent::Impl final : transport::BackendEvents {
   struct PeerState {
     std::string name;
     std::uint64_t serial = 0;
-    ProcessIdentity process;
+    transport::ProcessIdentity process;
     bool same_host = false;
     bool liveness_checked = false;
     bool ucx_error_handling = false;  // the backend reports this peer's failure itself
@@ -325,7 +325,7 @@ struct Agent::Impl final : transport::BackendEvents {
 
   // ---- members ------------------------------------------------------------
   AgentOptions options;
-  ProcessIdentity self;
+  transport::ProcessIdentity self;
   std::unique_ptr<transport::TransportBackend> backend;  // outlives lanes' jobs and regions (Shutdown)
   std::vector<std::unique_ptr<Lane>> lanes;
 

@@ -16,16 +16,16 @@ using transport::ProcessGone;
 using transport::WritesMayKernelCopy;
 
 Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
-  SW_ASSIGN_OR_RETURN(AgentMetadata m, DecodeAgentMetadata(blob));
+  SW_ASSIGN_OR_RETURN(transport::AgentMetadata m, transport::DecodeAgentMetadata(blob));
   Impl& im = *impl_;
   const std::string ctx = "ImportMetadata of peer " + m.name;
   const std::string_view backend_name = im.backend->name();
-  const BackendSection* section = nullptr;
-  for (const BackendSection& s : m.sections)
+  const transport::BackendSection* section = nullptr;
+  for (const transport::BackendSection& s : m.sections)
     if (s.backend == backend_name) section = &s;
   if (section == nullptr) {
     std::vector<std::string> offered;
-    for (const BackendSection& s : m.sections) offered.push_back(s.backend);
+    for (const transport::BackendSection& s : m.sections) offered.push_back(s.backend);
     return Unsupported(fmt::format(
         "ImportMetadata: peer {} exported a blob for backend(s) [{}]; this agent uses backend {}", m.name,
         fmt::join(offered, ", "), backend_name));
@@ -53,7 +53,7 @@ Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
   peer->serial = im.next_peer_serial++;
   peer->process = m.process;
   peer->same_host = same_host;
-  for (const RegionRecord& r : m.regions) {
+  for (const transport::RegionRecord& r : m.regions) {
     peer->region_index[r.id] = static_cast<std::uint32_t>(peer->regions.size());
     peer->regions.push_back({r.id, r.base, r.length});
   }

@@ -115,9 +115,9 @@ Status Agent::Deregister(RegionId id) {
 }
 
 Result<std::vector<std::byte>> Agent::ExportMetadata() const {
-  AgentMetadata m;
+  transport::AgentMetadata m;
   m.name = impl_->options.name;
-  BackendSection& section = m.sections.emplace_back();
+  transport::BackendSection& section = m.sections.emplace_back();
   section.backend = std::string(impl_->backend->name());
   section.connection = impl_->backend->ConnectionInfo();
   m.process = impl_->self;
@@ -125,10 +125,10 @@ Result<std::vector<std::byte>> Agent::ExportMetadata() const {
   m.regions.reserve(impl_->regions.size());
   section.region_keys.reserve(impl_->regions.size());
   for (const auto& [id, r] : impl_->regions) {
-    m.regions.push_back(RegionRecord{id, reinterpret_cast<std::uint64_t>(r.base), r.length});
+    m.regions.push_back(transport::RegionRecord{id, reinterpret_cast<std::uint64_t>(r.base), r.length});
     section.region_keys.push_back(r.remote_key);
   }
-  return EncodeAgentMetadata(m);
+  return transport::EncodeAgentMetadata(m);
 }
 
 }  // namespace shardwire

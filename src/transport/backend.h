@@ -42,9 +42,9 @@
 #include <vector>
 
 #include "shardwire/agent.h"
-#include "shardwire/metadata_blob.h"
 #include "shardwire/status.h"
 #include "shardwire/transfer_descriptor.h"
+#include "transport/metadata_blob.h"
 
 namespace shardwire::transport {
 

@@ -1,4 +1,4 @@
-#include "shardwire/metadata_blob.h"
+#include "transport/metadata_blob.h"
 
 #include <xxhash.h>
 
@@ -7,7 +7,7 @@
 
 #include <fmt/format.h>
 
-namespace shardwire {
+namespace shardwire::transport {
 namespace {
 
 // Per-region fixed part: id u32, base u64, length u64.
@@ -209,4 +209,4 @@ Result<AgentMetadata> DecodeAgentMetadata(std::span<const std::byte> blob) {
   return m;
 }
 
-}  // namespace shardwire
+}  // namespace shardwire::transport

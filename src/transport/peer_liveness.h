@@ -12,7 +12,7 @@
 #include <optional>
 #include <string>
 
-#include "shardwire/metadata_blob.h"
+#include "transport/metadata_blob.h"
 
 namespace shardwire::transport {
 

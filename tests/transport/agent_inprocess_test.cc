@@ -8,7 +8,7 @@
 #include <string>
 
 #include "shardwire/agent.h"
-#include "shardwire/metadata_blob.h"
+#include "transport/metadata_blob.h"
 #include "transport/transport_test_util.h"
 
 namespace shardwire {
@@ -314,7 +314,7 @@ TEST(Agent, MetadataListsEveryRegion) {
   ASSERT_TRUE(r2.ok());
   auto blob = a.agent->ExportMetadata();
   ASSERT_TRUE(blob.ok());
-  auto m = DecodeAgentMetadata(*blob);
+  auto m = transport::DecodeAgentMetadata(*blob);
   ASSERT_TRUE(m.ok()) << m.status().ToString();
   EXPECT_EQ(m->name, "exporter");
   ASSERT_EQ(m->regions.size(), 2u);

@@ -12,8 +12,9 @@
 
 #include "shardwire/agent.h"
 #include "shardwire/arena_allocator.h"
-#include "shardwire/metadata_blob.h"
+#include "shardwire/transport_capabilities.h"
 #include "sanitizer_build.h"
+#include "transport/metadata_blob.h"
 #include "transport/transport_test_util.h"
 
 namespace shardwire {
@@ -359,7 +360,7 @@ TEST(AgentTransfer, RegisterRangesCoalescesAdjacentTensors) {
   EXPECT_EQ(g.RegionBytes(r_big).data(), big.data());
   auto blob = g.ExportMetadata();
   ASSERT_TRUE(blob.ok());
-  auto m = DecodeAgentMetadata(*blob);
+  auto m = transport::DecodeAgentMetadata(*blob);
   ASSERT_TRUE(m.ok());
   EXPECT_EQ(m->regions.size(), 2u);  // five tensors, two registrations
   EXPECT_EQ(g.RegisterRanges({}).status().code(), ErrorCode::kInvalidArgument);

@@ -10,7 +10,7 @@
 
 #include <fmt/format.h>
 
-#include "shardwire/agent.h"
+#include "shardwire/transport_capabilities.h"
 #include "transport/ucx/ucx_raii.h"
 
 namespace shardwire {

@@ -32,6 +32,10 @@
 //                       u32 key_length, key bytes
 //   16+body 8     checksum         XXH64 (seed 0) of bytes [0, 16 + body_length)
 //
+// Internal to the transport (namespace shardwire::transport): callers pass the blob
+// as opaque bytes (Agent::ExportMetadata, Agent::ImportMetadata); only the agent, its
+// backends, their tests and the fuzzer read it.
+//
 // Thread-safety: pure functions, thread-safe.
 #pragma once
 
@@ -44,7 +48,7 @@
 #include "shardwire/status.h"
 #include "shardwire/transfer_descriptor.h"
 
-namespace shardwire {
+namespace shardwire::transport {
 
 inline constexpr std::uint32_t kMetadataMagic = 0x444D5753u;  // bytes "SWMD"
 inline constexpr std::uint16_t kMetadataVersion = 3;
@@ -119,4 +123,4 @@ std::vector<std::byte> EncodeAgentMetadata(const AgentMetadata& metadata);
 /// Never reads outside `blob` (fuzzed: fuzz/metadata_blob_fuzzer.cc).
 Result<AgentMetadata> DecodeAgentMetadata(std::span<const std::byte> blob);
 
-}  // namespace shardwire
+}  // namespace shardwire::transport
