@@ -389,20 +389,25 @@ def scenario_p2p(sw, work, kill_what):
     except subprocess.TimeoutExpired:
         r.hang = True
     finally:
-        # Stop clients before the service, as an orchestrator would: a seed stopped after the
-        # coordinator is gone spends its client's unavailable timeout (15 s) trying to deregister
-        # (bounded, recorded in docs/reliability.md).
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-            if not wait(p, 10):
-                r.hang = True
-                r.passed = False
-                r.note += f"; {labels.get(p.pid, p.pid)} did not exit within 10 s of SIGTERM"
+        stop_in_order(reversed(procs), labels, r)
     r.orphans = len(procs_with(tag.encode()))
     if r.orphans:
         r.passed = False
     return r
+
+
+def stop_in_order(procs, labels, r):
+    """SIGTERMs each process in turn and waits up to 10 s for it; one that does not exit is a hang.
+    Callers list clients before the service, as an orchestrator would: a seed stopped after the
+    coordinator is gone spends its client's unavailable timeout (15 s) trying to deregister
+    (bounded, recorded in docs/reliability.md)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+        if not wait(p, 10):
+            r.hang = True
+            r.passed = False
+            r.note += f"; {labels.get(p.pid, p.pid)} did not exit within 10 s of SIGTERM"
 
 
 def scenario_p2p_coordinator_memory_restart(sw, work):
@@ -447,13 +452,8 @@ def scenario_p2p_coordinator_memory_restart(sw, work):
     except subprocess.TimeoutExpired:
         r.hang = True
     finally:
-        for p in [p for p, _ in reversed(seeds)] + [serve]:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-            if not wait(p, 10):
-                r.hang = True
-                r.passed = False
-                r.note += f"; pid {p.pid} did not exit within 10 s of SIGTERM"
+        labels = {serve.pid: "coordinator", **{p.pid: f"seed {'ab'[i]}" for i, (p, _) in enumerate(seeds)}}
+        stop_in_order([p for p, _ in reversed(seeds)] + [serve], labels, r)
     r.orphans = len(procs_with(tag.encode()))
     if r.orphans:
         r.passed = False
