@@ -5,11 +5,13 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <string>
 #include <thread>
 #include <tuple>
+#include <vector>
 
 #include "shardwire/agent.h"
 #include "transport/transport_test_util.h"
@@ -431,7 +433,11 @@ TEST_P(StoppedTarget, OtherPeerUnaffectedAndReplacementReconnects) {
   // The replacement registers under the dead peer's name.
   ASSERT_TRUE(SendFrame(rfds[0], Bytes("go")));
   ASSERT_EQ(Handshake(a, rfds[0]), "victim");
-  EXPECT_TRUE(a.FailedPeers().empty());
+  // Re-importing the name clears the dead incarnation's failure. ("healthy" may be listed: it
+  // exits 0.2 s after its ack, and a slow replacement start, e.g. under TSan, lets the parent
+  // see that first: seen once in a cold TSan stage.)
+  const std::vector<std::string> failed = a.FailedPeers();
+  EXPECT_EQ(std::count(failed.begin(), failed.end(), "victim"), 0) << "the replacement is listed as failed";
   auto hr = a.PrepareTransfer(TransferOp::kWrite, "victim", CoveringDescs(*region, 1), Bytes("r"));
   ASSERT_TRUE(hr.ok()) << hr.status().ToString();
   ASSERT_TRUE(a.Post(*hr).ok());
