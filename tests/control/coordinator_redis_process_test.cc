@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <regex>
 #include <set>
 #include <string>
@@ -109,14 +110,19 @@ TEST_F(CoordinatorRedisProcess, KillNineAndRestartUnderLoadLosesNothingAcknowled
       }
     });
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  // Waits (at most 60 s: a sanitizer build on a loaded host is slow) until `done` holds; no
+  // fixed sleep decides whether load ran (a 700 ms sleep saw none once under TSan).
+  auto wait_until = [](const std::function<bool()>& done) {
+    for (int i = 0; i < 6000 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  };
+  wait_until([&] { return acked_registrations.load() >= 4 * kThreads; });
   const long before_kill = acked_registrations.load();
   first.Kill();  // SIGKILL in the middle of the load
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   Serve second;
   out.clear();
   ASSERT_TRUE(StartServe(&second, port, redis_->url(), {}, &out)) << out;
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  wait_until([&] { return acked_registrations.load() >= before_kill + 4 * kThreads; });
   stop = true;
   for (auto& th : threads) th.join();
   EXPECT_GT(before_kill, 0) << "no load before the kill";
