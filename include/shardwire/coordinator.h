@@ -33,6 +33,7 @@
 
 #include <cstdint>
 #include <map>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <span>
@@ -147,7 +148,9 @@ struct CoordinatorClientOptions {
 /// Errors common to every method: kUnavailable naming the address when the
 /// coordinator cannot be reached within unavailable_timeout_s; kUnauthenticated
 /// for a missing or wrong token; kInvalidArgument for requests the server
-/// refuses as malformed or oversized (the server's message is kept).
+/// refuses as malformed or oversized (the server's message is kept);
+/// kFailedPrecondition from the state-bound methods once the state this client
+/// joined is lost (see state_id()).
 /// Thread-safety: fully thread-safe; one client may be shared by all threads.
 class CoordinatorClient final : public Rendezvous {
  public:
@@ -159,6 +162,14 @@ class CoordinatorClient final : public Rendezvous {
 
   /// The address this client talks to.
   const std::string& address() const;
+  /// The coordinator state this client joined (PingResponse.state_id at Connect: 32 hex
+  /// digits; empty from a coordinator that predates state ids). Put, Get, Add and the job
+  /// methods are bound to it: once the coordinator serves another state (an in-memory
+  /// coordinator restarted, a Redis flushed or restarted without persistence) they fail with
+  /// kFailedPrecondition saying the state is lost, at once, instead of waiting for keys that
+  /// are gone. The source-registry methods are not bound (a source whose heartbeat gets
+  /// kNotFound registers again). Connect a new client to join the new state.
+  const std::string& state_id() const;
 
   // Rendezvous (contracts in rendezvous.h). Get waits on the server side, in
   // slices of at most a few seconds, so no single RPC outlives its deadline.
@@ -171,16 +182,24 @@ class CoordinatorClient final : public Rendezvous {
   /// above, rank outside [0, world_size)).
   Result<SourceRecord> RegisterSource(const SourceRecord& record);
   /// Renews a source's lease and makes a STALE source READY again.
-  /// Errors: kNotFound when the source was deleted (register again).
-  Status HeartbeatSource(const std::string& source_id);
+  /// `timeout_s`: seconds the whole call may take, retries included (> 0; +inf: bounded
+  /// by unavailable_timeout_s and call_timeout_s alone), so a heartbeat thread or a
+  /// shutdown never waits longer than its owner allows.
+  /// Errors: kNotFound when the source was deleted (register again); kUnavailable or
+  /// kTimedOut naming the address when `timeout_s` runs out; kInvalidArgument for a
+  /// timeout_s that is not > 0.
+  Status HeartbeatSource(const std::string& source_id,
+                         double timeout_s = std::numeric_limits<double>::infinity());
   /// Sources of `model_identity` (every identity when empty), filtered by
   /// state when given, sorted by (instance_id, rank). At most 100,000.
   Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity,
                                                 std::optional<SourceState> state);
   /// Marks a source STALE with a reason. Errors: kNotFound.
   Status MarkSourceStale(const std::string& source_id, const std::string& reason);
-  /// Removes a source. Errors: kNotFound.
-  Status DeregisterSource(const std::string& source_id);
+  /// Removes a source. `timeout_s` as for HeartbeatSource.
+  /// Errors: kNotFound; as HeartbeatSource for the bound.
+  Status DeregisterSource(const std::string& source_id,
+                          double timeout_s = std::numeric_limits<double>::infinity());
 
   /// Adds a member to `job` (created on first join); returns the stored member
   /// and the new membership epoch. Errors: kAlreadyExists (live member id),

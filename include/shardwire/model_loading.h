@@ -74,8 +74,16 @@ struct ModelSourceOptions {
   /// source_stale_after_s, default 10 s). A heartbeat answered kNotFound (the record
   /// was deleted, or an in-memory coordinator was restarted and lost it) registers
   /// the source again under a new source_id and logs a warning, so loaders find it
-  /// again within about one interval of the coordinator's return.
+  /// again within about one interval of the coordinator's return. Each heartbeat
+  /// gives up after max(2 x heartbeat_interval_s, 1 s) when the coordinator does not
+  /// answer (the next one tries again), so an unreachable coordinator never holds
+  /// the heartbeat thread longer than that.
   double heartbeat_interval_s = 1;
+  /// Seconds the destructor spends at most deregistering (>= 0 and finite; 0 skips it).
+  /// With an unreachable coordinator the record is left to its lease: STALE after the
+  /// coordinator's source_stale_after_s, so loaders stop choosing it, then deleted. The
+  /// destructor's whole wait on the coordinator is at most this plus one heartbeat bound.
+  double shutdown_timeout_s = 2;
   /// Bytes per second this rank serves at most (0: unlimited). Models a source NIC
   /// on one host where memory bandwidth is shared: readers take a lease for each
   /// move (LEASE -> GRANT), the source grants one reader at a time, the loader
@@ -140,6 +148,8 @@ class ModelSource {
   static Result<std::unique_ptr<ModelSource>> Serve(SourceRegistry& registry, const ModelDescription& model,
                                                     const ModelIdentity& identity, ModelSourceOptions options,
                                                     std::span<std::byte> buffer);
+  /// Stops heartbeating and serving, then deregisters (bounded by
+  /// options.shutdown_timeout_s; a failure is logged, not thrown).
   ~ModelSource();
   ModelSource(const ModelSource&) = delete;
   ModelSource& operator=(const ModelSource&) = delete;

@@ -103,6 +103,11 @@ void BindCoordinator(py::module_& m) {
            "Connects to 'host:port' (token: '' reads SHARDWIRE_TOKEN). Raises UnavailableError,\n"
            "UnauthenticatedError, InvalidArgumentError.")
       .def_property_readonly("address", &CoordinatorClient::address)
+      .def_property_readonly(
+          "state_id", &CoordinatorClient::state_id,
+          "The coordinator state this client joined (32 hex digits). put/get/add and the job methods\n"
+          "raise FailedPreconditionError once that state is lost (an in-memory coordinator restarted,\n"
+          "a Redis flushed); connect a new client to join the new state.")
       .def(
           "put",
           [](CoordinatorClient& c, const std::string& key, const py::bytes& value) {

@@ -9,10 +9,17 @@
 //     policy alone cannot do this: it caps attempts at 5 and has no total-time
 //     bound. The channel itself reconnects (reconnect backoff 100 ms .. 1 s), which
 //     is how a client survives a coordinator restart.
+// State binding: the rendezvous and job calls carry the state id the client saw at
+// Connect (metadata "shardwire-state-id"); a coordinator serving another state
+// (the one joined was lost) refuses them with FAILED_PRECONDITION, so a job fails
+// at its next call instead of waiting for keys that no longer exist.
 // Every attempt carries a deadline: call_timeout_s, plus the server-side wait for
 // Get, plus time for the payload at a slow 4 MB/s (Put: its value; Get: the
 // largest value, 16 s), so a 64 MiB value does not miss its deadline on a loaded
-// machine while a dead coordinator is still noticed.
+// machine while a dead coordinator is still noticed. HeartbeatSource and
+// DeregisterSource also take a bound for the whole call (retries and attempt
+// deadlines both cut to it), so a source's heartbeat thread and shutdown stay
+// bounded by the source's own options, not by unavailable_timeout_s.
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
 
@@ -21,6 +28,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <mutex>
 #include <random>
 #include <sstream>
@@ -30,6 +38,7 @@
 #include "control/grpc_runtime.h"
 #include "control/grpc_status.h"
 #include "control/rendezvous_internal.h"
+#include "control/state_id.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/v1/jobs.grpc.pb.h"
 #include "shardwire/v1/rendezvous.grpc.pb.h"
@@ -61,6 +70,13 @@ constexpr char kServiceConfig[] = R"({
   }]
 })";
 
+// A per-call bound: > 0 (+inf: none beyond the client's options); NaN, 0 and negatives
+// are refused.
+Status ValidateCallBound(double timeout_s, std::string_view method) {
+  if (timeout_s > 0) return Status::Ok();
+  return InvalidArgument(fmt::format("{}: timeout_s must be > 0 s (or +inf), got {}", method, timeout_s));
+}
+
 Clock::duration Seconds(double s) {
   return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
 }
@@ -82,24 +98,50 @@ struct CoordinatorClient::Impl {
     return fmt::format("{}-{:x}", id_prefix, ++id_counter);
   }
   std::string auth_header;  // "Bearer <token>" or empty
+  // The state this client joined (PingResponse.state_id at Connect; empty from a
+  // coordinator that predates state ids). Set once before the client is shared.
+  std::string state_id;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Rendezvous::Stub> rendezvous;
   std::unique_ptr<v1::SourceRegistry::Stub> sources;
   std::unique_ptr<v1::Jobs::Stub> jobs;
 
+  // Whether a call's meaning depends on the state the client joined (rendezvous
+  // keys and counters, job membership): such calls carry the state id, and the
+  // coordinator refuses them with FAILED_PRECONDITION once that state is gone.
+  enum class Binding { kUnbound, kJoinedState };
+
+  struct CallOptions {
+    double extra_s = 0;  // seconds added to each attempt's deadline (server-side waits, payload)
+    Binding binding = Binding::kUnbound;
+    // Seconds the whole call may take, retries included (+inf: bounded by
+    // unavailable_timeout_s and the attempt deadline alone).
+    double bound_s = std::numeric_limits<double>::infinity();
+  };
+
   // Runs `rpc(context)` with retries of UNAVAILABLE as described above.
-  // `extra_s`: seconds added to the attempt deadline (server-side waits).
   template <typename Rpc>
-  Status Call(std::string_view method, Rpc&& rpc, double extra_s = 0) {
+  Status Call(std::string_view method, Rpc&& rpc, CallOptions call = {}) {
     const auto start = Clock::now();
-    const auto give_up = start + Seconds(options.unavailable_timeout_s);
+    const bool bounded = std::isfinite(call.bound_s);
+    const double retry_s = bounded ? std::min(options.unavailable_timeout_s, call.bound_s)  //
+                                   : options.unavailable_timeout_s;
+    const auto give_up = start + Seconds(retry_s);
     auto backoff = std::chrono::milliseconds(50);
     for (;;) {
       grpc::ClientContext ctx;
+      double attempt_s = options.call_timeout_s + call.extra_s;
+      if (bounded) {
+        const double spent_s = std::chrono::duration<double>(Clock::now() - start).count();
+        attempt_s = std::min(attempt_s, std::max(0.0, call.bound_s - spent_s));
+      }
       ctx.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                           std::chrono::duration<double>(options.call_timeout_s + extra_s)));
+                           std::chrono::duration<double>(attempt_s)));
       if (!auth_header.empty()) ctx.AddMetadata("authorization", auth_header);
+      if (call.binding == Binding::kJoinedState && !state_id.empty()) {
+        ctx.AddMetadata(control::kStateIdMetadataKey, state_id);
+      }
       grpc::Status st = rpc(ctx);
       if (st.error_code() != grpc::StatusCode::UNAVAILABLE) return control::FromGrpcStatus(st, method, options.address);
       const auto now = Clock::now();
@@ -171,6 +213,7 @@ Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(Coordinato
   Impl* raw = impl.get();
   SW_RETURN_IF_ERROR(
       raw->Call("Ping", [&](grpc::ClientContext& ctx) { return raw->rendezvous->Ping(&ctx, req, &resp); }));
+  raw->state_id = resp.state_id();
   return std::unique_ptr<CoordinatorClient>(new CoordinatorClient(std::move(impl)));
 }
 
@@ -178,6 +221,8 @@ CoordinatorClient::CoordinatorClient(std::unique_ptr<Impl> impl) : impl_(std::mo
 CoordinatorClient::~CoordinatorClient() = default;
 
 const std::string& CoordinatorClient::address() const { return impl_->options.address; }
+
+const std::string& CoordinatorClient::state_id() const { return impl_->state_id; }
 
 // ---------------------------------------------------------------------------
 // Rendezvous
@@ -191,7 +236,8 @@ Status CoordinatorClient::Put(const std::string& key, std::span<const std::byte>
   v1::PutResponse resp;
   return impl_->Call(
       "Put", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Put(&ctx, req, &resp); },
-      static_cast<double>(value.size()) / kSlowestPayloadBytesPerS);
+      {.extra_s = static_cast<double>(value.size()) / kSlowestPayloadBytesPerS,
+       .binding = Impl::Binding::kJoinedState});
 }
 
 Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, double timeout_s) {
@@ -206,7 +252,8 @@ Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, do
     v1::GetResponse resp;
     SW_RETURN_IF_ERROR(impl_->Call(
         "Get", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Get(&ctx, req, &resp); },
-        slice + static_cast<double>(kMaxRendezvousValueBytes) / kSlowestPayloadBytesPerS));
+        {.extra_s = slice + static_cast<double>(kMaxRendezvousValueBytes) / kSlowestPayloadBytesPerS,
+         .binding = Impl::Binding::kJoinedState}));
     if (resp.found()) return control::ToBytes(resp.value());
     if (control::SecondsLeft(deadline) <= 0) return control::GetTimedOut(key, timeout_s);
   }
@@ -221,7 +268,8 @@ Result<std::int64_t> CoordinatorClient::Add(const std::string& key, std::int64_t
   req.set_request_id(impl_->NextRequestId());
   v1::AddResponse resp;
   SW_RETURN_IF_ERROR(
-      impl_->Call("Add", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Add(&ctx, req, &resp); }));
+      impl_->Call("Add", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Add(&ctx, req, &resp); },
+                  {.binding = Impl::Binding::kJoinedState}));
   return resp.value();
 }
 
@@ -243,13 +291,15 @@ Result<SourceRecord> CoordinatorClient::RegisterSource(const SourceRecord& recor
   return control::FromProto(resp.source());
 }
 
-Status CoordinatorClient::HeartbeatSource(const std::string& source_id) {
+Status CoordinatorClient::HeartbeatSource(const std::string& source_id, double timeout_s) {
   SW_RETURN_IF_ERROR(control::ValidateSourceId(source_id));
+  SW_RETURN_IF_ERROR(ValidateCallBound(timeout_s, "HeartbeatSource"));
   v1::HeartbeatSourceRequest req;
   req.set_source_id(source_id);
   v1::HeartbeatSourceResponse resp;
-  return impl_->Call("HeartbeatSource",
-                     [&](grpc::ClientContext& ctx) { return impl_->sources->Heartbeat(&ctx, req, &resp); });
+  return impl_->Call(
+      "HeartbeatSource", [&](grpc::ClientContext& ctx) { return impl_->sources->Heartbeat(&ctx, req, &resp); },
+      {.bound_s = timeout_s});
 }
 
 Result<std::vector<SourceRecord>> CoordinatorClient::ListSources(const std::string& model_identity,
@@ -281,13 +331,15 @@ Status CoordinatorClient::MarkSourceStale(const std::string& source_id, const st
                      [&](grpc::ClientContext& ctx) { return impl_->sources->MarkStale(&ctx, req, &resp); });
 }
 
-Status CoordinatorClient::DeregisterSource(const std::string& source_id) {
+Status CoordinatorClient::DeregisterSource(const std::string& source_id, double timeout_s) {
   SW_RETURN_IF_ERROR(control::ValidateSourceId(source_id));
+  SW_RETURN_IF_ERROR(ValidateCallBound(timeout_s, "DeregisterSource"));
   v1::DeregisterSourceRequest req;
   req.set_source_id(source_id);
   v1::DeregisterSourceResponse resp;
-  return impl_->Call("DeregisterSource",
-                     [&](grpc::ClientContext& ctx) { return impl_->sources->Deregister(&ctx, req, &resp); });
+  return impl_->Call(
+      "DeregisterSource", [&](grpc::ClientContext& ctx) { return impl_->sources->Deregister(&ctx, req, &resp); },
+      {.bound_s = timeout_s});
 }
 
 // ---------------------------------------------------------------------------
@@ -304,7 +356,8 @@ Result<JobView> CoordinatorClient::JoinJob(const std::string& job, const JobMemb
   SW_RETURN_IF_ERROR(control::ValidateMember(req.member()));
   v1::JoinJobResponse resp;
   SW_RETURN_IF_ERROR(
-      impl_->Call("JoinJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Join(&ctx, req, &resp); }));
+      impl_->Call("JoinJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Join(&ctx, req, &resp); },
+                  {.binding = Impl::Binding::kJoinedState}));
   return control::FromProto(resp.job());
 }
 
@@ -315,8 +368,9 @@ Status CoordinatorClient::HeartbeatMember(const std::string& job, const std::str
   req.set_job(job);
   req.set_member_id(member_id);
   v1::HeartbeatMemberResponse resp;
-  return impl_->Call("HeartbeatMember",
-                     [&](grpc::ClientContext& ctx) { return impl_->jobs->HeartbeatMember(&ctx, req, &resp); });
+  return impl_->Call(
+      "HeartbeatMember", [&](grpc::ClientContext& ctx) { return impl_->jobs->HeartbeatMember(&ctx, req, &resp); },
+      {.binding = Impl::Binding::kJoinedState});
 }
 
 Status CoordinatorClient::LeaveJob(const std::string& job, const std::string& member_id) {
@@ -326,7 +380,9 @@ Status CoordinatorClient::LeaveJob(const std::string& job, const std::string& me
   req.set_job(job);
   req.set_member_id(member_id);
   v1::LeaveJobResponse resp;
-  return impl_->Call("LeaveJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Leave(&ctx, req, &resp); });
+  return impl_->Call(
+      "LeaveJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Leave(&ctx, req, &resp); },
+      {.binding = Impl::Binding::kJoinedState});
 }
 
 Result<JobView> CoordinatorClient::GetJob(const std::string& job) {
@@ -335,7 +391,8 @@ Result<JobView> CoordinatorClient::GetJob(const std::string& job) {
   req.set_job(job);
   v1::GetJobResponse resp;
   SW_RETURN_IF_ERROR(
-      impl_->Call("GetJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Get(&ctx, req, &resp); }));
+      impl_->Call("GetJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Get(&ctx, req, &resp); },
+                  {.binding = Impl::Binding::kJoinedState}));
   return control::FromProto(resp.job());
 }
 
@@ -347,8 +404,9 @@ Status CoordinatorClient::CommitVersion(const std::string& job, const std::strin
   req.set_member_id(member_id);
   req.set_version(version);
   v1::CommitVersionResponse resp;
-  return impl_->Call("CommitVersion",
-                     [&](grpc::ClientContext& ctx) { return impl_->jobs->CommitVersion(&ctx, req, &resp); });
+  return impl_->Call(
+      "CommitVersion", [&](grpc::ClientContext& ctx) { return impl_->jobs->CommitVersion(&ctx, req, &resp); },
+      {.binding = Impl::Binding::kJoinedState});
 }
 
 }  // namespace shardwire

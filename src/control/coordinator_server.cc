@@ -95,6 +95,9 @@ struct CoordinatorServer::Impl {
     while (!stop) {
       if (wake.wait_for(lock, interval, [&] { return stop; })) break;
       lock.unlock();
+      // A Redis that lost the state gets a new id here, so clients bound to the old one
+      // learn it at their next call (docs/coordinator.md, "State ids").
+      if (Status s = state->RefreshStateId(); !s.ok()) spdlog::warn("coordinator state id: {}", s.ToString());
       auto stats = state->Reap(control::UnixNowMs());
       if (!stats.ok()) {
         spdlog::warn("coordinator reaper: {}", stats.status().ToString());

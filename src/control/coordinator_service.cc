@@ -10,6 +10,7 @@
 #include "control/coordinator_codec.h"
 #include "control/grpc_status.h"
 #include "control/rendezvous_internal.h"
+#include "control/state_id.h"
 
 namespace shardwire::control {
 
@@ -54,6 +55,15 @@ grpc::Status Invalid(const Status& s) { return ToGrpcStatus(s); }
     if (!sw_auth_.ok()) return sw_auth_;           \
   } while (0)
 
+// For the methods whose meaning depends on earlier calls (rendezvous keys and
+// counters, job membership): the token, then the client's state binding.
+#define SW_AUTHORIZE_BOUND(ctx)                             \
+  do {                                                      \
+    SW_AUTHORIZE(ctx);                                      \
+    grpc::Status sw_bound_ = core_->CheckStateBinding(ctx); \
+    if (!sw_bound_.ok()) return sw_bound_;                  \
+  } while (0)
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -79,6 +89,22 @@ grpc::Status CoordinatorCore::Authorize(const grpc::ServerContextBase* context) 
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "wrong bearer token");
   }
   return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorCore::CheckStateBinding(const grpc::ServerContextBase* context) const {
+  const auto& md = context->client_metadata();
+  auto it = md.find(kStateIdMetadataKey);
+  if (it == md.end()) return grpc::Status::OK;  // an unbound call (or an older client)
+  const std::string_view bound(it->second.data(), it->second.size());
+  const std::string serving = state_->StateId();
+  if (bound == serving) return grpc::Status::OK;
+  return grpc::Status(
+      grpc::StatusCode::FAILED_PRECONDITION,
+      fmt::format("the coordinator state this client joined ({}) is gone; the coordinator now serves state {} "
+                  "(an in-memory coordinator was restarted, or its Redis lost its data): keys, counters and job "
+                  "membership made before are lost, so restart the job (`shardwire serve --redis URL` with a "
+                  "persistent Redis survives coordinator restarts)",
+                  bound.substr(0, 64), serving));
 }
 
 void CoordinatorCore::NotifyKvChanged() {
@@ -114,7 +140,7 @@ void CoordinatorCore::Stop() {
 // Rendezvous
 
 grpc::Status RendezvousService::Put(grpc::ServerContext* ctx, const v1::PutRequest* req, v1::PutResponse*) {
-  SW_AUTHORIZE(ctx);
+  SW_AUTHORIZE_BOUND(ctx);
   SW_GRPC_RETURN_IF_ERROR(control::ValidateKey(req->key()));
   SW_GRPC_RETURN_IF_ERROR(control::ValidateValueSize(req->value().size(), req->key()));
   const auto* b = reinterpret_cast<const std::byte*>(req->value().data());
@@ -124,7 +150,7 @@ grpc::Status RendezvousService::Put(grpc::ServerContext* ctx, const v1::PutReque
 }
 
 grpc::Status RendezvousService::Get(grpc::ServerContext* ctx, const v1::GetRequest* req, v1::GetResponse* resp) {
-  SW_AUTHORIZE(ctx);
+  SW_AUTHORIZE_BOUND(ctx);
   SW_GRPC_RETURN_IF_ERROR(control::ValidateKey(req->key()));
   SW_GRPC_RETURN_IF_ERROR(ValidateWait(req->wait_s()));
   // Wait at most min(wait_s, kMaxServerWaitS) and end 20 ms before the call's
@@ -158,6 +184,8 @@ grpc::Status RendezvousService::Get(grpc::ServerContext* ctx, const v1::GetReque
       resp->set_found(false);
       return grpc::Status::OK;
     }
+    // The state may be lost while this Get waits (a flushed Redis, seen by the reaper).
+    if (grpc::Status bound = core_->CheckStateBinding(ctx); !bound.ok()) return bound;
     if (core_->WaitForLocalChange(&seen_local, std::min(deadline, Clock::now() + std::chrono::milliseconds(10)))) {
       generation.reset();  // a local Put/Add: re-read regardless of the generation
     }
@@ -165,7 +193,7 @@ grpc::Status RendezvousService::Get(grpc::ServerContext* ctx, const v1::GetReque
 }
 
 grpc::Status RendezvousService::Add(grpc::ServerContext* ctx, const v1::AddRequest* req, v1::AddResponse* resp) {
-  SW_AUTHORIZE(ctx);
+  SW_AUTHORIZE_BOUND(ctx);
   SW_GRPC_RETURN_IF_ERROR(control::ValidateKey(req->key()));
   if (req->request_id().size() > kMaxAddRequestIdBytes) {
     return grpc::Status(
@@ -183,6 +211,7 @@ grpc::Status RendezvousService::Ping(grpc::ServerContext* ctx, const v1::PingReq
   SW_AUTHORIZE(ctx);
   resp->set_server_instance(core_->instance());
   resp->set_state_backend(core_->backend());
+  resp->set_state_id(core_->state().StateId());
   resp->set_server_unix_ms(UnixNowMs());
   return grpc::Status::OK;
 }
@@ -247,7 +276,7 @@ grpc::Status SourceRegistryService::Deregister(grpc::ServerContext* ctx, const v
 // Jobs
 
 grpc::Status JobsService::Join(grpc::ServerContext* ctx, const v1::JoinJobRequest* req, v1::JoinJobResponse* resp) {
-  SW_AUTHORIZE(ctx);
+  SW_AUTHORIZE_BOUND(ctx);
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->job(), "job"));
   if (!req->has_member()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Join without a member");
   SW_GRPC_RETURN_IF_ERROR(ValidateMember(req->member()));
@@ -262,6 +291,7 @@ grpc::Status JobsService::Join(grpc::ServerContext* ctx, const v1::JoinJobReques
 void JobsService::ServeHeartbeatMember(const grpc::ServerContext& ctx, const v1::HeartbeatMemberRequest& req,
                                        HeartbeatDone done) {
   if (grpc::Status auth = core_->Authorize(&ctx); !auth.ok()) return done(auth);
+  if (grpc::Status bound = core_->CheckStateBinding(&ctx); !bound.ok()) return done(bound);
   Status valid = ValidateName(req.job(), "job");
   if (valid.ok()) valid = ValidateName(req.member_id(), "member_id");
   if (!valid.ok()) return done(ToGrpcStatus(valid));
@@ -270,14 +300,14 @@ void JobsService::ServeHeartbeatMember(const grpc::ServerContext& ctx, const v1:
 }
 
 grpc::Status JobsService::Leave(grpc::ServerContext* ctx, const v1::LeaveJobRequest* req, v1::LeaveJobResponse*) {
-  SW_AUTHORIZE(ctx);
+  SW_AUTHORIZE_BOUND(ctx);
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->job(), "job"));
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->member_id(), "member_id"));
   return ToGrpcStatus(core_->state().LeaveJob(req->job(), req->member_id(), UnixNowMs()));
 }
 
 grpc::Status JobsService::Get(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::GetJobResponse* resp) {
-  SW_AUTHORIZE(ctx);
+  SW_AUTHORIZE_BOUND(ctx);
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->job(), "job"));
   auto view = core_->state().GetJob(req->job(), UnixNowMs());
   if (!view.ok()) return ToGrpcStatus(view.status());
@@ -287,7 +317,7 @@ grpc::Status JobsService::Get(grpc::ServerContext* ctx, const v1::GetJobRequest*
 
 grpc::Status JobsService::CommitVersion(grpc::ServerContext* ctx, const v1::CommitVersionRequest* req,
                                         v1::CommitVersionResponse*) {
-  SW_AUTHORIZE(ctx);
+  SW_AUTHORIZE_BOUND(ctx);
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->job(), "job"));
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->member_id(), "member_id"));
   return ToGrpcStatus(core_->state().CommitVersion(req->job(), req->member_id(), req->version(), UnixNowMs()));

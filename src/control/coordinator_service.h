@@ -2,7 +2,9 @@
 // (shardwire.v1.Rendezvous, SourceRegistry, Jobs) over one CoordinatorState.
 //
 // Every handler, in this order: checks the bearer token (UNAUTHENTICATED, nothing
-// changed; compared in constant time), validates the request against the limits of
+// changed; compared in constant time), then, for the rendezvous and job methods,
+// the client's state binding (FAILED_PRECONDITION when the state the client joined
+// is gone; docs/coordinator.md, "State ids"), validates the request against the limits of
 // coordinator_codec.h (INVALID_ARGUMENT with a message), then calls exactly one
 // state method per mutation and maps its Status with ToGrpcStatus.
 //
@@ -47,6 +49,10 @@ class CoordinatorCore {
   /// OK, or UNAUTHENTICATED when the call lacks "authorization: Bearer <token>".
   /// Works for synchronous and asynchronous handlers' contexts alike.
   grpc::Status Authorize(const grpc::ServerContextBase* context) const;
+  /// OK, or FAILED_PRECONDITION when the call is bound to a state (metadata
+  /// kStateIdMetadataKey, state_id.h) other than the one served now: that state
+  /// was lost. A call without the entry is not bound. Thread-safe.
+  grpc::Status CheckStateBinding(const grpc::ServerContextBase* context) const;
   CoordinatorState& state() { return *state_; }
   const std::string& instance() const { return instance_; }
   const std::string& backend() const { return backend_; }

@@ -127,6 +127,19 @@ class CoordinatorState {
   virtual void BeginHeartbeatBatch() {}
   virtual void EndHeartbeatBatch() {}
 
+  // State identity (shardwire.v1.PingResponse.state_id).
+  /// Names the stored state: 32 lowercase hex digits, the same for every coordinator serving
+  /// this state and across their restarts; a new one once the state is lost (an in-memory state
+  /// is new with every object; Redis: the key "shardwire:v1:state_id", made by the first
+  /// coordinator with SET NX, so a flushed Redis, or one restarted without persistence, gets a
+  /// new id at the next RefreshStateId). Cheap (cached); thread-safe.
+  virtual std::string StateId() = 0;
+  /// Re-reads the state id from the store, making a new one when the store has none (Redis:
+  /// one Lua script, SET NX then GET); the reaper calls it every pass. In memory: nothing.
+  /// Errors: kUnavailable (Redis unreachable; the cached id is kept), kCorruptData (the stored
+  /// id is not 32 hex digits; names the key).
+  virtual Status RefreshStateId() { return Status::Ok(); }
+
   /// One reaper pass: writes STALE for sources past stale_after, deletes sources
   /// past delete_after (in memory; Redis TTLs do it themselves) and expires
   /// members past member_expire_after (bumping their job's epoch).

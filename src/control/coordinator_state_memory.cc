@@ -19,6 +19,7 @@
 
 #include "control/coordinator_state.h"
 #include "control/rendezvous_internal.h"
+#include "control/state_id.h"
 
 namespace shardwire::control {
 namespace {
@@ -41,7 +42,10 @@ class InMemoryCoordinatorState final : public CoordinatorState {
       : stale_after_ms_(SecondsToMs(policy.source_stale_after_s)),
         delete_after_ms_(SecondsToMs(policy.source_delete_after_s)),
         expire_after_ms_(SecondsToMs(policy.member_expire_after_s)),
-        rng_(std::random_device{}()) {}
+        rng_(std::random_device{}()),
+        state_id_(NewStateId()) {}
+
+  std::string StateId() override { return state_id_; }
 
   // --- key-value ---------------------------------------------------------
 
@@ -317,6 +321,7 @@ class InMemoryCoordinatorState final : public CoordinatorState {
 
   std::mutex mu_;
   std::mt19937_64 rng_;
+  const std::string state_id_;  // new with every object: its state ends with it
   std::map<std::string, std::vector<std::byte>, std::less<>> kv_;
   std::uint64_t generation_ = 0;
   std::map<std::string, StoredSource> sources_;

@@ -12,6 +12,8 @@
 //   srcall            set      every source id
 //   job:<hex(job)>    hash     one job (fields below)
 //   jobs              set      hex job names (for the reaper)
+//   state_id          string   32 hex digits naming this state (CoordinatorState::StateId);
+//                              set once (SET NX), no TTL: gone only with the data
 //
 // The source id sets are cleaned lazily: a member whose hash is gone is removed
 // by the next ListSources or Reap. Their TTL is extended (never shortened) to
@@ -41,6 +43,7 @@
 // one of NOTFOUND, EXISTS, PRECOND, BADARG, CORRUPT, mapped to ErrorCodes;
 // WRONGTYPE (a key of the wrong type, i.e. corrupt) maps to kCorruptData.
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <atomic>
@@ -55,6 +58,7 @@
 #include "control/redis_connection.h"
 #include "control/redis_pipeline.h"
 #include "control/rendezvous_internal.h"
+#include "control/state_id.h"
 
 namespace shardwire::control {
 namespace {
@@ -348,6 +352,13 @@ end
 return {marked, deleted, expired}
 )lua";
 
+// ARGV: a new state id. Keeps the stored id when there is one, else stores ARGV[1];
+// returns the id now stored. No TTL: the id lives as long as the data it names.
+constexpr std::string_view kStateIdScript = R"lua(
+redis.call('SET', P .. 'state_id', ARGV[1], 'NX')
+return redis.call('GET', P .. 'state_id')
+)lua";
+
 RedisScript MakeScript(std::string name, std::string_view body) {
   std::string full(kPrelude);
   full += body;
@@ -540,7 +551,8 @@ class RedisCoordinatorState final : public CoordinatorState {
         leave_(MakeScript("leave_job", kLeaveScript)),
         get_job_(MakeScript("get_job", kGetJobScript)),
         commit_(MakeScript("commit_version", kCommitScript)),
-        reap_(MakeScript("reap", kReapScript)) {}
+        reap_(MakeScript("reap", kReapScript)),
+        state_id_script_(MakeScript("state_id", kStateIdScript)) {}
 
   ~RedisCoordinatorState() override { pipelines_.clear(); }
 
@@ -767,6 +779,30 @@ class RedisCoordinatorState final : public CoordinatorState {
                     });
   }
 
+  std::string StateId() override {
+    std::lock_guard lock(state_id_mu_);
+    return state_id_;
+  }
+
+  Status RefreshStateId() override {
+    const std::string key = std::string(kPrefix) + "state_id";
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(state_id_script_, {NewStateId()}, /*idempotent=*/true));
+    SW_RETURN_IF_ERROR(CheckReply(*r, "RefreshStateId"));
+    if (r->type != REDIS_REPLY_STRING || !IsStateId(ReplyText(r.get()))) {
+      return CorruptData(fmt::format("Redis key {}: not a state id (32 lowercase hex digits)", key));
+    }
+    std::string id(ReplyText(r.get()));
+    std::lock_guard lock(state_id_mu_);
+    if (!state_id_.empty() && id != state_id_) {
+      spdlog::warn(
+          "coordinator state id changed from {} to {}: Redis at {} lost the coordinator's state (flushed, or "
+          "restarted without persistence); clients bound to the old state get FAILED_PRECONDITION",
+          state_id_, id, pool_->url());
+    }
+    state_id_ = std::move(id);
+    return Status::Ok();
+  }
+
   Result<ReapStats> Reap(std::int64_t now_ms) override {
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
                         pool_->Eval(reap_, {std::to_string(now_ms), stale_ms_, delete_ms_, member_ms_}, false));
@@ -868,7 +904,9 @@ class RedisCoordinatorState final : public CoordinatorState {
   std::mutex rng_mu_;
   std::mt19937_64 rng_;
   const RedisScript put_, add_, register_, heartbeat_, mark_stale_, deregister_, list_, join_, heartbeat_member_,
-      leave_, get_job_, commit_, reap_;
+      leave_, get_job_, commit_, reap_, state_id_script_;
+  std::mutex state_id_mu_;
+  std::string state_id_;  // empty until the first RefreshStateId (done by the connect function)
 };
 
 }  // namespace
@@ -887,7 +925,9 @@ Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std
     SW_ASSIGN_OR_RETURN(auto p, RedisPipeline::Start(url, options.timeout_s, 100000, options.reply_spin_us));
     pipelines.push_back(std::move(p));
   }
-  return std::unique_ptr<CoordinatorState>(new RedisCoordinatorState(std::move(pool), std::move(pipelines), policy));
+  auto state = std::make_unique<RedisCoordinatorState>(std::move(pool), std::move(pipelines), policy);
+  SW_RETURN_IF_ERROR(state->RefreshStateId());
+  return std::unique_ptr<CoordinatorState>(std::move(state));
 }
 
 Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std::string& url, LeasePolicy policy,

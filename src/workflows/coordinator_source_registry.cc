@@ -7,7 +7,9 @@ class CoordinatorSourceRegistry final : public SourceRegistry {
  public:
   explicit CoordinatorSourceRegistry(CoordinatorClient& client) : client_(client) {}
   Result<SourceRecord> RegisterSource(const SourceRecord& record) override { return client_.RegisterSource(record); }
-  Status HeartbeatSource(const std::string& source_id) override { return client_.HeartbeatSource(source_id); }
+  Status HeartbeatSource(const std::string& source_id, double timeout_s) override {
+    return client_.HeartbeatSource(source_id, timeout_s);
+  }
   Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity,
                                                 std::optional<SourceState> state) override {
     return client_.ListSources(model_identity, state);
@@ -15,7 +17,9 @@ class CoordinatorSourceRegistry final : public SourceRegistry {
   Status MarkSourceStale(const std::string& source_id, const std::string& reason) override {
     return client_.MarkSourceStale(source_id, reason);
   }
-  Status DeregisterSource(const std::string& source_id) override { return client_.DeregisterSource(source_id); }
+  Status DeregisterSource(const std::string& source_id, double timeout_s) override {
+    return client_.DeregisterSource(source_id, timeout_s);
+  }
 
  private:
   CoordinatorClient& client_;

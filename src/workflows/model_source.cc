@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -23,6 +24,10 @@ namespace shardwire {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Seconds one heartbeat may take in all (ModelSourceOptions::heartbeat_interval_s).
+double HeartbeatBoundS(const ModelSourceOptions& options) { return std::max(2 * options.heartbeat_interval_s, 1.0); }
+
 using workflows::DecodeP2p;
 using workflows::DigestStatus;
 using workflows::EncodeP2p;
@@ -271,7 +276,7 @@ struct ModelSource::Impl {
       if (stop) break;
       const std::string id = record.source_id;
       lock.unlock();
-      Status s = registry->HeartbeatSource(id);
+      Status s = registry->HeartbeatSource(id, HeartbeatBoundS(options));
       if (s.code() == ErrorCode::kNotFound) {
         // The coordinator deleted the record (missed heartbeats) or lost it (restarted
         // without Redis): register again, so loaders find this source without a restart.
@@ -302,7 +307,14 @@ ModelSource::~ModelSource() {
   impl_->stop_server.store(true);
   if (impl_->heartbeat_thread.joinable()) impl_->heartbeat_thread.join();
   if (impl_->server_thread.joinable()) impl_->server_thread.join();
-  (void)impl_->registry->DeregisterSource(impl_->record.source_id);
+  if (impl_->options.shutdown_timeout_s > 0) {
+    Status s = impl_->registry->DeregisterSource(impl_->record.source_id, impl_->options.shutdown_timeout_s);
+    if (!s.ok() && s.code() != ErrorCode::kNotFound) {
+      spdlog::warn("model source {} rank {}: could not deregister {} within {} s ({}); the record ends with its lease",
+                   impl_->record.instance_id, impl_->record.rank, impl_->record.source_id,
+                   impl_->options.shutdown_timeout_s, s.ToString());
+    }
+  }
   impl_->agent.reset();
 }
 
@@ -353,8 +365,13 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry
                                                         RegionId region, std::span<std::byte> buffer,
                                                         const Layout& layout, const ModelIdentity& identity,
                                                         ModelSourceOptions options, bool read_only) {
-  if (!(options.heartbeat_interval_s > 0) || !(options.bandwidth_bytes_per_s >= 0)) {
-    return InvalidArgument("model source: heartbeat interval must be > 0 and the bandwidth cap >= 0");
+  if (!(options.heartbeat_interval_s > 0) || !std::isfinite(options.heartbeat_interval_s) ||
+      !(options.bandwidth_bytes_per_s >= 0)) {
+    return InvalidArgument("model source: heartbeat interval must be finite and > 0 s, and the bandwidth cap >= 0");
+  }
+  if (!(options.shutdown_timeout_s >= 0) || !std::isfinite(options.shutdown_timeout_s)) {
+    return InvalidArgument(
+        fmt::format("model source: shutdown_timeout_s must be finite and >= 0 s, got {}", options.shutdown_timeout_s));
   }
   auto impl = std::make_unique<Impl>();
   impl->registry = &registry;

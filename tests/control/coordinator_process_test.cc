@@ -2,7 +2,8 @@
 // killed with SIGKILL and restarted on the same port. A client made before the
 // kill reconnects by itself (a call issued while the coordinator is down is retried
 // until it is back); with in-memory state the data is gone after the restart,
-// which is the documented behaviour.
+// which is the documented behaviour, and the client's rendezvous and job calls say
+// so (kFailedPrecondition: the state it joined is lost).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -55,11 +56,26 @@ TEST(CoordinatorProcess, ClientReconnectsAfterSigkillAndRestartOnTheSamePort) {
   out.clear();
   ASSERT_TRUE(StartServe(&second, port, {}, &out)) << out;
   t.join();
-  EXPECT_TRUE(during.ok()) << during.ToString();
-  EXPECT_EQ(*GetString(**c, "during", 5), "2");
-  // In-memory state: what the killed coordinator held is gone.
-  EXPECT_EQ((*c)->Get("before", 0).status().code(), ErrorCode::kTimedOut);
+  // In-memory state: what the killed coordinator held is gone, and the client is told so
+  // (its rendezvous calls are bound to the state it joined) instead of waiting for "before".
+  EXPECT_EQ(during.code(), ErrorCode::kFailedPrecondition) << during.ToString();
+  EXPECT_NE(during.message().find((*c)->state_id()), std::string::npos) << during.message();
+  auto before = (*c)->Get("before", 30);
+  EXPECT_EQ(before.status().code(), ErrorCode::kFailedPrecondition) << before.status().ToString();
+  EXPECT_NE(before.status().message().find("is gone"), std::string::npos) << before.status().message();
+  EXPECT_EQ((*c)->Add("counter", 1).status().code(), ErrorCode::kFailedPrecondition);
+  EXPECT_EQ((*c)->GetJob("job").status().code(), ErrorCode::kFailedPrecondition);
+  // The registry is not bound: a source registers again through the same client.
   EXPECT_TRUE((*c)->ListSources("m", std::nullopt)->empty());
+  EXPECT_TRUE((*c)->RegisterSource(src).ok());
+  EXPECT_EQ((*c)->ListSources("m", std::nullopt)->size(), 1u);
+  // A client that connects now joins the new state.
+  auto fresh = CoordinatorClient::Connect(o);
+  ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
+  EXPECT_NE((*fresh)->state_id(), (*c)->state_id());
+  ASSERT_TRUE((*fresh)->Put("after", BytesOf("3")).ok());
+  EXPECT_EQ(*GetString(**fresh, "after", 5), "3");
+  EXPECT_EQ((*fresh)->Get("before", 0).status().code(), ErrorCode::kTimedOut);
 
   // A second serve on the same port fails with a message naming the address.
   ServeProcess third;

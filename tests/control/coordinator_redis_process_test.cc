@@ -86,6 +86,13 @@ TEST_F(CoordinatorRedisProcess, KillNineAndRestartUnderLoadLosesNothingAcknowled
   std::atomic<long> acked_registrations{0};
   std::vector<std::vector<std::string>> acked_ids(kThreads);
   std::vector<long> acked_adds(kThreads, 0), failed_adds(kThreads, 0), failed_other(kThreads, 0);
+  std::atomic<long> state_lost{0};  // bound calls refused as "state gone": must stay 0 on Redis
+  std::string joined_state;
+  {
+    auto probe = Client(first.address);
+    ASSERT_TRUE(probe);
+    joined_state = probe->state_id();
+  }
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
@@ -99,10 +106,11 @@ TEST_F(CoordinatorRedisProcess, KillNineAndRestartUnderLoadLosesNothingAcknowled
         } else {
           ++failed_other[t];
         }
-        if (c->Add("acked-counter", 1).ok()) {
+        if (auto added = c->Add("acked-counter", 1); added.ok()) {
           ++acked_adds[t];
         } else {
           ++failed_adds[t];
+          if (added.status().code() == ErrorCode::kFailedPrecondition) ++state_lost;
         }
         if (!acked_ids[t].empty() && !c->HeartbeatSource(acked_ids[t][i % acked_ids[t].size()]).ok()) {
           ++failed_other[t];
@@ -130,6 +138,9 @@ TEST_F(CoordinatorRedisProcess, KillNineAndRestartUnderLoadLosesNothingAcknowled
 
   auto c = Client(second.address);
   ASSERT_TRUE(c);
+  // The state lives in Redis, so the restarted coordinator serves the same one.
+  EXPECT_EQ(c->state_id(), joined_state);
+  EXPECT_EQ(state_lost.load(), 0) << "a coordinator restart on Redis must not look like a lost state";
   auto listed = c->ListSources("model-x", std::nullopt);
   ASSERT_TRUE(listed.ok()) << listed.status().ToString();
   std::set<std::string> present;
@@ -163,6 +174,7 @@ TEST_F(CoordinatorRedisProcess, TwoCoordinatorsOnOneRedisServeOneState) {
   auto a = Client(a_proc.address);
   auto b = Client(b_proc.address);
   ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->state_id(), b->state_id()) << "one Redis, one state";
 
   // A client of A sees B's writes, and the other way round.
   auto reg = b->RegisterSource(Source("inst-b", 0));

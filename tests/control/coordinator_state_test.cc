@@ -543,6 +543,37 @@ TEST_P(CoordinatorStateTest, AsyncHeartbeatsApplyLikeTheSynchronousOnes) {
   EXPECT_EQ(job->members[0].last_heartbeat_unix_ms, t0 + 4'000);
 }
 
+// The state id names the state: 32 hex digits, stable while the state lives; a
+// second state object gets another id in memory and the same one on one Redis;
+// a flushed Redis (the state lost) gets a new id at the next refresh.
+TEST_P(CoordinatorStateTest, TheStateIdNamesTheStateUntilItIsLost) {
+  const std::string id = state_->StateId();
+  ASSERT_EQ(id.size(), 32u) << id;
+  EXPECT_EQ(id.find_first_not_of("0123456789abcdef"), std::string::npos) << id;
+  ASSERT_TRUE(state_->RefreshStateId().ok());
+  EXPECT_EQ(state_->StateId(), id);
+  if (GetParam() == "memory") {
+    EXPECT_NE(MakeInMemoryCoordinatorState(Policy())->StateId(), id);
+    return;
+  }
+  auto other = ConnectRedisCoordinatorState(shared_redis->url(), Policy(), 5.0);
+  ASSERT_TRUE(other.ok()) << other.status().ToString();
+  EXPECT_EQ((*other)->StateId(), id) << "two coordinators over one Redis serve one state";
+  ASSERT_EQ(shared_redis->Command({"FLUSHALL"}), "OK");
+  EXPECT_EQ(state_->StateId(), id) << "cached until the next refresh";
+  ASSERT_TRUE((*other)->RefreshStateId().ok());
+  ASSERT_TRUE(state_->RefreshStateId().ok());
+  EXPECT_NE(state_->StateId(), id) << "a flushed Redis lost the state: it must get a new id";
+  EXPECT_EQ((*other)->StateId(), state_->StateId()) << "the first refresh's id is the one both serve";
+  // A stored id that is not one is corrupt data naming the key; the cached id stays.
+  const std::string now_serving = state_->StateId();
+  ASSERT_EQ(shared_redis->Command({"SET", "shardwire:v1:state_id", "not-an-id"}), "OK");
+  Status bad = state_->RefreshStateId();
+  EXPECT_EQ(bad.code(), ErrorCode::kCorruptData) << bad.ToString();
+  EXPECT_NE(bad.message().find("shardwire:v1:state_id"), std::string::npos) << bad.message();
+  EXPECT_EQ(state_->StateId(), now_serving);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, CoordinatorStateTest, ::testing::Values("memory", "redis"),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
@@ -813,6 +844,7 @@ class RedisAofStateTest : public RedisStateTest {
 TEST_F(RedisAofStateTest, SurvivesARedisRestartWithItsData) {
   auto st = Connect();
   ASSERT_TRUE(st);
+  const std::string state_id = st->StateId();
   const std::int64_t t0 = WallMs();
   auto a = st->RegisterSource(Source("m", "i", 0, 1), t0);
   ASSERT_TRUE(a.ok());
@@ -821,6 +853,12 @@ TEST_F(RedisAofStateTest, SurvivesARedisRestartWithItsData) {
   redis_->Kill();
   ASSERT_TRUE(redis_->Restart());
   ASSERT_TRUE(st->HeartbeatSource(a->source_id, t0 + 1).ok());
+  // The data survived, so the state is the same one: same id, for this object and a new one.
+  ASSERT_TRUE(st->RefreshStateId().ok());
+  EXPECT_EQ(st->StateId(), state_id);
+  auto again = Connect();
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->StateId(), state_id);
   auto l = st->ListSources("m", std::nullopt, t0 + 1);
   ASSERT_TRUE(l.ok()) << l.status().ToString();
   ASSERT_EQ(l->size(), 1u);

@@ -49,6 +49,16 @@ std::unique_ptr<CoordinatorClient> ConnectTo(const std::string& address, std::st
   return c.ok() ? std::move(*c) : nullptr;
 }
 
+// A client of `address` that retries an unreachable coordinator for `unavailable_timeout_s`.
+std::unique_ptr<CoordinatorClient> ConnectWithRetryBound(const std::string& address, double unavailable_timeout_s) {
+  CoordinatorClientOptions o;
+  o.address = address;
+  o.unavailable_timeout_s = unavailable_timeout_s;
+  auto c = CoordinatorClient::Connect(o);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return c.ok() ? std::move(*c) : nullptr;
+}
+
 // Polls `cond` every 20 ms until it holds or `timeout_s` passes.
 bool PollUntil(const std::function<bool()>& cond, double timeout_s = 15) {
   const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int>(timeout_s * 1000));
@@ -435,6 +445,100 @@ TEST(Coordinator, CallbackHeartbeatsOnRedis) {
   CheckCallbackHeartbeats(redis->url());
 }
 
+// A Redis that loses the coordinator's data (FLUSHALL here; a restart without
+// persistence in production) while a client waits in Get: the reaper gives the
+// state a new id and the waiting Get, and every later rendezvous or job call of
+// that client, fails with kFailedPrecondition at once instead of waiting out its
+// timeout for a key that is gone. The registry stays usable; a new client joins the
+// new state. Without the binding the Get would end kTimedOut after 20 s.
+TEST(Coordinator, AStateLostUnderAWaitingGetIsFailedPreconditionNotATimeout) {
+  if (!testing_util::RedisServer::Available()) GTEST_SKIP() << testing_util::RedisServer::SkipReason();
+  std::string error;
+  auto redis = testing_util::RedisServer::Start(&error);
+  ASSERT_NE(redis, nullptr) << error;
+  CoordinatorServerOptions so;
+  so.redis_url = redis->url();
+  so.reaper_interval_s = 0.1;
+  auto server = StartServer(so);
+  ASSERT_NE(server, nullptr);
+  auto c = ConnectTo(server->address());
+  ASSERT_NE(c, nullptr);
+  const std::string joined = c->state_id();
+  ASSERT_EQ(joined.size(), 32u);
+  ASSERT_TRUE(c->Put("there", BytesOf("1")).ok());
+  ASSERT_TRUE(c->JoinJob("job", Member("engine-0/rank-0", JobRole::kSubscriber)).ok());
+
+  Result<std::vector<std::byte>> waited = Internal("not run");
+  std::atomic<bool> done{false};
+  std::thread waiter([&] {
+    waited = c->Get("never-put", 20);
+    done = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(done.load()) << "the Get returned before the state was lost";
+  ASSERT_EQ(redis->Command({"FLUSHALL"}), "OK");
+  waiter.join();
+  EXPECT_EQ(waited.status().code(), ErrorCode::kFailedPrecondition) << waited.status().ToString();
+  EXPECT_NE(waited.status().message().find(joined), std::string::npos) << waited.status().message();
+
+  EXPECT_EQ(c->Get("there", 0).status().code(), ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(c->Put("there", BytesOf("2")).code(), ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(c->CommitVersion("job", "engine-0/rank-0", 1).code(), ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(c->HeartbeatMember("job", "engine-0/rank-0").code(), ErrorCode::kFailedPrecondition);
+  // The refused Put changed nothing: the key is still absent for a client of the new state.
+  auto fresh = ConnectTo(server->address());
+  ASSERT_NE(fresh, nullptr);
+  EXPECT_NE(fresh->state_id(), joined);
+  EXPECT_EQ(fresh->Get("there", 0).status().code(), ErrorCode::kTimedOut);
+  ASSERT_TRUE(fresh->Put("there", BytesOf("3")).ok());
+  auto got = GetString(*fresh, "there", 1);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, "3");
+  // Registry calls are not bound: the old client registers a source in the new state.
+  auto reg = c->RegisterSource(Source("m", "inst", 0, 1));
+  ASSERT_TRUE(reg.ok()) << reg.status().ToString();
+  EXPECT_TRUE(c->HeartbeatSource(reg->source_id).ok());
+  EXPECT_EQ(fresh->ListSources("m", std::nullopt)->size(), 1u);
+}
+
+// A call that carries a state id the coordinator does not serve (sent with the raw
+// stub) is refused with FAILED_PRECONDITION and changes nothing; Ping reports the id.
+TEST(Coordinator, ACallBoundToAnotherStateIsRefusedAndChangesNothing) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
+  auto stub = v1::Rendezvous::NewStub(channel);
+  v1::PingResponse ping;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->Ping(&ctx, v1::PingRequest(), &ping).ok());
+  }
+  ASSERT_EQ(ping.state_id().size(), 32u);
+  v1::PutRequest put;
+  put.set_key("k");
+  put.set_value("v");
+  v1::PutResponse put_resp;
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("shardwire-state-id", std::string(32, '0'));
+    grpc::Status st = stub->Put(&ctx, put, &put_resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+    EXPECT_NE(st.error_message().find(ping.state_id()), std::string::npos) << st.error_message();
+  }
+  auto c = ConnectTo(server->address());
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->state_id(), ping.state_id());
+  EXPECT_EQ(c->Get("k", 0).status().code(), ErrorCode::kTimedOut) << "the refused Put stored its value";
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("shardwire-state-id", ping.state_id());
+    EXPECT_TRUE(stub->Put(&ctx, put, &put_resp).ok());
+  }
+  auto got = GetString(*c, "k", 1);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, "v");
+}
+
 TEST(Coordinator, TlsWithACertificateMadeByOpenssl) {
   const auto dir = std::filesystem::temp_directory_path() / ("shardwire-tls-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
@@ -643,6 +747,33 @@ TEST(Coordinator, UnreachableAddressIsUnavailableWithinTheBound) {
   EXPECT_EQ(CoordinatorClient::Connect(CoordinatorClientOptions{}).status().code(), ErrorCode::kInvalidArgument);
 }
 
+// The lease calls take a bound of their own: with the coordinator gone and a client
+// whose unavailable_timeout_s is 60 s, a heartbeat or deregistration bounded to 0.5 s
+// gives up within that bound (plus slack for a loaded machine), naming the address,
+// instead of after 60 s. A bound that is not > 0 is kInvalidArgument.
+TEST(Coordinator, LeaseCallsGiveUpWithinTheirOwnBound) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  const std::string address = server->address();
+  auto c = ConnectWithRetryBound(address, 60);
+  ASSERT_NE(c, nullptr);
+  auto reg = c->RegisterSource(Source("m", "inst", 0, 1));
+  ASSERT_TRUE(reg.ok()) << reg.status().ToString();
+  EXPECT_TRUE(c->HeartbeatSource(reg->source_id, 5).ok());
+  EXPECT_EQ(c->HeartbeatSource(reg->source_id, 0).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(c->DeregisterSource(reg->source_id, std::nan("")).code(), ErrorCode::kInvalidArgument);
+  server->Shutdown(0);
+  for (int call = 0; call < 2; ++call) {
+    const auto start = std::chrono::steady_clock::now();
+    Status s = call == 0 ? c->HeartbeatSource(reg->source_id, 0.5) : c->DeregisterSource(reg->source_id, 0.5);
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_TRUE(s.code() == ErrorCode::kUnavailable || s.code() == ErrorCode::kTimedOut) << s.ToString();
+    EXPECT_NE(s.message().find(address), std::string::npos) << s.message();
+    // A bound, not a speed measurement: far below the client's 60 s, with slack for a loaded machine.
+    EXPECT_LT(took, 30) << (call == 0 ? "HeartbeatSource" : "DeregisterSource") << " ignored its bound";
+  }
+}
+
 TEST(Coordinator, PortInUseIsIoErrorNamingTheAddress) {
   auto first = StartServer();
   ASSERT_NE(first, nullptr);
@@ -670,20 +801,17 @@ TEST(Coordinator, PortInUseIsIoErrorNamingTheAddress) {
 TEST(Coordinator, ShutdownEndsWaitingGetsAndLaterCallsAreUnavailable) {
   auto server = StartServer();
   ASSERT_NE(server, nullptr);
-  CoordinatorClientOptions o;
-  o.address = server->address();
-  o.unavailable_timeout_s = 1;
-  auto c = CoordinatorClient::Connect(o);
-  ASSERT_TRUE(c.ok());
+  auto c = ConnectWithRetryBound(server->address(), 1);
+  ASSERT_NE(c, nullptr);
   std::thread t([&] {
-    auto r = (*c)->Get("never", 30);
+    auto r = c->Get("never", 30);
     EXPECT_FALSE(r.ok());
     EXPECT_NE(r.status().code(), ErrorCode::kOk);
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   server->Shutdown(0.5);
   t.join();
-  EXPECT_EQ((*c)->Put("k", BytesOf("v")).code(), ErrorCode::kUnavailable);
+  EXPECT_EQ(c->Put("k", BytesOf("v")).code(), ErrorCode::kUnavailable);
 }
 
 }  // namespace

@@ -79,3 +79,20 @@ def test_ctrl_c_interrupts_a_wait():
         out, err = child.communicate(timeout=30)  # a hang guard, not a timing assertion
         assert child.returncode == 7, err
         assert "interrupted" in out
+
+
+def test_a_restarted_in_memory_coordinator_is_a_lost_state_not_a_hang():
+    first = shardwire.CoordinatorServer()
+    address = first.address
+    client = shardwire.CoordinatorClient(address, unavailable_timeout_s=30)
+    assert len(client.state_id) == 32
+    client.put("job/before", b"1")
+    first.shutdown(0)
+    with shardwire.CoordinatorServer(listen_address=address) as second:
+        with pytest.raises(errors.FailedPreconditionError, match=client.state_id):
+            client.get("job/before", timeout_s=60)  # without the binding: a 60 s wait, then TimedOutError
+        assert client.list_sources() == []  # the registry is not bound to the state
+        fresh = shardwire.CoordinatorClient(second.address)
+        assert fresh.state_id != client.state_id
+        fresh.put("job/after", b"2")
+        assert fresh.get("job/after", timeout_s=5) == b"2"

@@ -24,8 +24,9 @@ class FakeSourceRegistry final : public SourceRegistry {
     records_[r.source_id] = r;
     return r;
   }
-  Status HeartbeatSource(const std::string& id) override {
+  Status HeartbeatSource(const std::string& id, double timeout_s) override {
     std::lock_guard<std::mutex> lock(mu_);
+    longest_lease_call_bound_s_ = std::max(longest_lease_call_bound_s_, timeout_s);
     auto it = records_.find(id);
     if (it == records_.end()) return NotFound("source " + id);
     ++heartbeats_;
@@ -57,8 +58,10 @@ class FakeSourceRegistry final : public SourceRegistry {
     it->second.stale_reason = reason;
     return Status::Ok();
   }
-  Status DeregisterSource(const std::string& id) override {
+  Status DeregisterSource(const std::string& id, double timeout_s) override {
     std::lock_guard<std::mutex> lock(mu_);
+    longest_lease_call_bound_s_ = std::max(longest_lease_call_bound_s_, timeout_s);
+    ++deregistrations_;
     return records_.erase(id) ? Status::Ok() : NotFound("source " + id);
   }
 
@@ -72,6 +75,15 @@ class FakeSourceRegistry final : public SourceRegistry {
     for (auto& [id, r] : records_) {
       if (r.instance_id == instance_id) edit(r);
     }
+  }
+  /// The largest timeout_s any HeartbeatSource / DeregisterSource was given (0: none yet).
+  double longest_lease_call_bound_s() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return longest_lease_call_bound_s_;
+  }
+  int deregistrations() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return deregistrations_;
   }
   /// Drops every record, as an in-memory coordinator restarted empty does.
   void Forget() {
@@ -89,6 +101,8 @@ class FakeSourceRegistry final : public SourceRegistry {
   std::map<std::string, SourceRecord> records_;
   std::uint64_t next_ = 0;
   std::uint64_t heartbeats_ = 0;
+  double longest_lease_call_bound_s_ = 0;
+  int deregistrations_ = 0;
   bool sticky_stale_ = false;
 };
 

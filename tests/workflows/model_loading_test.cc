@@ -8,8 +8,10 @@
 #include <xxhash.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <string>
@@ -311,6 +313,43 @@ TEST_F(ModelLoadingTest, SourcesRegisterAgainAfterTheRegistryForgetsThem) {
     EXPECT_EQ(r.bytes_from_disk, 0u);
     EXPECT_EQ(r.bytes_per_instance.at("src"), r.bytes_from_sources);
   }
+}
+
+// Every call a source makes on the registry's leases carries a finite bound (so an
+// unreachable coordinator cannot hold its heartbeat thread or its destructor for the
+// client's whole retry time), the destructor deregisters once, shutdown_timeout_s = 0
+// skips that, and bad bounds are refused before anything is registered.
+TEST_F(ModelLoadingTest, SourcesBoundEveryLeaseCallAndDeregisterOnce) {
+  ModelSourceOptions fast;
+  fast.heartbeat_interval_s = 0.02;
+  fast.shutdown_timeout_s = 3;
+  {
+    auto seed = Seed("src", "tp=1", fast);
+    ASSERT_EQ(seed.size(), 1u);
+    for (int i = 0; i < 500 && registry_.longest_lease_call_bound_s() == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    EXPECT_EQ(registry_.longest_lease_call_bound_s(), 1.0) << "heartbeat bound: max(2 x 0.02 s, 1 s)";
+  }
+  EXPECT_EQ(registry_.deregistrations(), 1);
+  EXPECT_EQ(registry_.longest_lease_call_bound_s(), 3.0) << "the deregistration's bound is shutdown_timeout_s";
+  EXPECT_TRUE(registry_.All().empty());
+
+  ModelSourceOptions keep = fast;
+  keep.shutdown_timeout_s = 0;
+  { auto seed = Seed("kept", "tp=1", keep); }
+  EXPECT_EQ(registry_.deregistrations(), 1) << "shutdown_timeout_s = 0 must skip the deregistration";
+  EXPECT_EQ(registry_.All().size(), 1u);
+
+  for (double bad : {-1.0, std::nan(""), std::numeric_limits<double>::infinity()}) {
+    ModelSourceOptions o = fast;
+    o.instance_id = "bad";
+    o.layout = "tp=1";
+    o.shutdown_timeout_s = bad;
+    auto s = ModelSource::Create(registry_, model_, identity_, o, [](std::span<std::byte>) { return Status::Ok(); });
+    EXPECT_EQ(s.status().code(), ErrorCode::kInvalidArgument) << bad;
+  }
+  EXPECT_EQ(registry_.All().size(), 1u) << "a refused source registered anyway";
 }
 
 TEST_F(ModelLoadingTest, AllSourcesBadAndNoCheckpointFailsWithoutCommitting) {

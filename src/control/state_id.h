@@ -1,0 +1,22 @@
+// State ids (CoordinatorState::StateId): what names one coordinator state, so a
+// client can tell the state it joined from a new, empty one (docs/coordinator.md,
+// "State ids").
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace shardwire::control {
+
+/// A new random state id: 32 lowercase hex digits (128 bits from std::random_device).
+std::string NewStateId();
+
+/// Whether `id` has the form NewStateId makes (32 lowercase hex digits).
+bool IsStateId(std::string_view id);
+
+/// Metadata key a client sends with calls bound to the state it joined (its value: that
+/// state id); the service refuses such a call with FAILED_PRECONDITION when the state it
+/// serves has another id.
+inline constexpr char kStateIdMetadataKey[] = "shardwire-state-id";
+
+}  // namespace shardwire::control
