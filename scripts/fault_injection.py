@@ -25,6 +25,11 @@ redis-server), injects one fault at a uniformly random moment, and checks the ou
                        kill -9 an in-memory `shardwire serve` while two seeds are registered with it and
                        restart it empty: every seed must register again (a heartbeat answered NOT_FOUND)
                        within 30 s, and the next loader must take every byte from the seeds (no disk)
+  p2p-coordinator-gone-stop
+                       kill -9 the coordinator while two seeds are registered with it, then SIGTERM each
+                       seed: each must exit cleanly (code 0) within 10 s although it cannot deregister
+                       (its heartbeats and its deregistration are bounded by the source's own options);
+                       the time column is the slowest seed's exit after its SIGTERM
   redis-restart        kill -9 redis-server (append-only file, fsync always) during demo rl-sync and
                        restart it: the run must go on for 10 more steps
 
@@ -53,6 +58,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -335,13 +341,18 @@ def start_seed(sw, coord, ckpt, layout, instance, bandwidth):
     return proc, lines
 
 
-def scenario_p2p(sw, work, kill_what):
-    r = Result()
+def start_p2p_run(sw, work):
+    """The common start of a P2P scenario: the generated checkpoint and its config, an in-memory
+    `shardwire serve` on a free port, and a random tag that names every process of the run."""
     ckpt, config = generated_checkpoint(sw, work)
     port = free_port()
-    coord = f"127.0.0.1:{port}"
     serve = start_serve(sw, port)
-    tag = f"fi{random.randrange(1 << 30)}"
+    return ckpt, config, port, f"127.0.0.1:{port}", serve, f"fi{random.randrange(1 << 30)}"
+
+
+def scenario_p2p(sw, work, kill_what):
+    r = Result()
+    ckpt, config, port, coord, serve, tag = start_p2p_run(sw, work)
     procs = [serve]
     labels = {serve.pid: "coordinator"}
     try:
@@ -398,9 +409,8 @@ def scenario_p2p(sw, work, kill_what):
 
 def stop_in_order(procs, labels, r):
     """SIGTERMs each process in turn and waits up to 10 s for it; one that does not exit is a hang.
-    Callers list clients before the service, as an orchestrator would: a seed stopped after the
-    coordinator is gone spends its client's unavailable timeout (15 s) trying to deregister
-    (bounded, recorded in docs/reliability.md)."""
+    Callers list clients before the service, as an orchestrator would (a seed stopped after the
+    coordinator is gone exits too, within its own bounds: scenario p2p-coordinator-gone-stop)."""
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -410,54 +420,82 @@ def stop_in_order(procs, labels, r):
             r.note += f"; {labels.get(p.pid, p.pid)} did not exit within 10 s of SIGTERM"
 
 
-def scenario_p2p_coordinator_memory_restart(sw, work):
-    r = Result()
-    ckpt, config = generated_checkpoint(sw, work)
-    port = free_port()
-    coord = f"127.0.0.1:{port}"
-    serve = start_serve(sw, port)
-    tag = f"fi{random.randrange(1 << 30)}"
-    seeds = []
+def two_seed_run(sw, work, body):
+    """Runs `body(run)` with an in-memory `shardwire serve` and two seeds registered with it (tp=2
+    and tp=1, no bandwidth cap) after a random 0-2 s, then stops the seeds and the coordinator
+    (`run.serve`, which the body may replace) and counts orphans. `run` holds r (the Result),
+    ckpt, config, port, coord, serve, tag and seeds ((process, Lines) pairs)."""
+    ckpt, config, port, coord, serve, tag = start_p2p_run(sw, work)
+    run = types.SimpleNamespace(r=Result(), sw=sw, ckpt=ckpt, config=config, port=port, coord=coord, serve=serve,
+                                tag=tag, seeds=[])
     try:
-        seeds = [start_seed(sw, coord, ckpt, "tp=2", f"{tag}-a", 0), start_seed(sw, coord, ckpt, "tp=1", f"{tag}-b", 0)]
+        run.seeds = [start_seed(sw, coord, ckpt, "tp=2", f"{tag}-a", 0),
+                     start_seed(sw, coord, ckpt, "tp=1", f"{tag}-b", 0)]
         time.sleep(random.uniform(0.0, 2.0))
-        t_fault = time.monotonic()
-        serve.send_signal(signal.SIGKILL)
-        serve.wait()
-        time.sleep(0.5)
-        serve = start_serve(sw, port)
-        r.note = "restarted the in-memory coordinator"
-        # Every rank of every seed logs its registration again ("registered again as").
-        ranks = 3  # tp=2 + tp=1
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            again = sum(lines.text().count("registered again as") for _, lines in seeds)
-            if again >= ranks:
-                break
-            time.sleep(0.05)
+        body(run)
+    except subprocess.TimeoutExpired:
+        run.r.hang = True
+    finally:
+        labels = {run.serve.pid: "coordinator", **{p.pid: f"seed {'ab'[i]}" for i, (p, _) in enumerate(run.seeds)}}
+        stop_in_order([p for p, _ in reversed(run.seeds)] + [run.serve], labels, run.r)
+    run.r.orphans = len(procs_with(tag.encode()))
+    if run.r.orphans:
+        run.r.passed = False
+    return run.r
+
+
+def coordinator_memory_restart_under_seeds(run):
+    r, seeds = run.r, run.seeds
+    t_fault = time.monotonic()
+    run.serve.send_signal(signal.SIGKILL)
+    run.serve.wait()
+    time.sleep(0.5)
+    run.serve = start_serve(run.sw, run.port)
+    r.note = "restarted the in-memory coordinator"
+    # Every rank of every seed logs its registration again ("registered again as").
+    ranks = 3  # tp=2 + tp=1
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         again = sum(lines.text().count("registered again as") for _, lines in seeds)
         if again >= ranks:
-            r.recovery_s = time.monotonic() - t_fault
-        alive = all(p.poll() is None for p, _ in seeds)
-        load = subprocess.run([sw, "load", "--coordinator", coord, "--config", config, "--layout", "tp=4",
-                               "--verify-against", ckpt, "--checkpoint", ckpt, "--instance-id", f"{tag}-l"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180)
-        # Lost registration: a seed alive but not used (the load fell back to the disk).
-        r.lost = again < ranks or " disk_bytes=0 " not in load.stdout
-        r.partial = load.returncode == 0 and "verified=byte-for-byte" not in load.stdout
-        r.passed = alive and load.returncode == 0 and not r.lost and not r.partial
-        r.note += f"; {again} of {ranks} seed ranks registered again"
-        if not r.passed:
-            r.note += f"; seeds alive={alive}; load exit {load.returncode}: {load.stdout[-600:]}"
-    except subprocess.TimeoutExpired:
-        r.hang = True
-    finally:
-        labels = {serve.pid: "coordinator", **{p.pid: f"seed {'ab'[i]}" for i, (p, _) in enumerate(seeds)}}
-        stop_in_order([p for p, _ in reversed(seeds)] + [serve], labels, r)
-    r.orphans = len(procs_with(tag.encode()))
-    if r.orphans:
-        r.passed = False
-    return r
+            break
+        time.sleep(0.05)
+    again = sum(lines.text().count("registered again as") for _, lines in seeds)
+    if again >= ranks:
+        r.recovery_s = time.monotonic() - t_fault
+    alive = all(p.poll() is None for p, _ in seeds)
+    load = subprocess.run([run.sw, "load", "--coordinator", run.coord, "--config", run.config, "--layout", "tp=4",
+                           "--verify-against", run.ckpt, "--checkpoint", run.ckpt, "--instance-id", f"{run.tag}-l"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180)
+    # Lost registration: a seed alive but not used (the load fell back to the disk).
+    r.lost = again < ranks or " disk_bytes=0 " not in load.stdout
+    r.partial = load.returncode == 0 and "verified=byte-for-byte" not in load.stdout
+    r.passed = alive and load.returncode == 0 and not r.lost and not r.partial
+    r.note += f"; {again} of {ranks} seed ranks registered again"
+    if not r.passed:
+        r.note += f"; seeds alive={alive}; load exit {load.returncode}: {load.stdout[-600:]}"
+
+
+def seeds_stopped_with_the_coordinator_gone(run):
+    r = run.r
+    run.serve.send_signal(signal.SIGKILL)
+    run.serve.wait()
+    time.sleep(random.uniform(0.0, 2.0))  # heartbeats now fail, each bounded by the source itself
+    r.note = "killed the coordinator, then stopped the seeds"
+    slowest = 0.0
+    for i, (p, _) in enumerate(run.seeds):
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        if not wait(p, 10):
+            r.hang = True
+            r.note += f"; seed {'ab'[i]} did not exit within 10 s of SIGTERM"
+        slowest = max(slowest, time.monotonic() - t0)
+    r.recovery_s = slowest
+    codes = [p.returncode for p, _ in run.seeds]
+    r.passed = not r.hang and all(c == 0 for c in codes)
+    r.note += f"; slowest seed exit {slowest:.2f} s, exit codes {codes}"
+    if not r.passed:
+        r.note += "; " + " | ".join(lines.text()[-300:] for _, lines in run.seeds)
 
 
 def start_redis(port, data_dir):
@@ -531,7 +569,8 @@ SCENARIOS = {
     "p2p-loader-kill": lambda sw, w: scenario_p2p(sw, w, "loader"),
     "coordinator-restart": lambda sw, w: scenario_restart(sw, w, "coordinator"),
     "coordinator-memory-restart": lambda sw, w: scenario_restart(sw, w, "coordinator-memory"),
-    "p2p-coordinator-memory-restart": scenario_p2p_coordinator_memory_restart,
+    "p2p-coordinator-memory-restart": lambda sw, w: two_seed_run(sw, w, coordinator_memory_restart_under_seeds),
+    "p2p-coordinator-gone-stop": lambda sw, w: two_seed_run(sw, w, seeds_stopped_with_the_coordinator_gone),
     "redis-restart": lambda sw, w: scenario_restart(sw, w, "redis"),
 }
 

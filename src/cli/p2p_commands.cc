@@ -48,6 +48,17 @@ void WaitForStop() {
   while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
 }
 
+// Destroys every source at once, each on its own thread: each deregisters within its
+// own bound (ModelSourceOptions::shutdown_timeout_s, after at most one bounded heartbeat),
+// so stopping with the coordinator gone takes the slowest rank's bound, not their sum.
+void StopSources(std::vector<std::unique_ptr<ModelSource>>& sources) {
+  std::vector<std::thread> stoppers;
+  stoppers.reserve(sources.size());
+  for (auto& source : sources) stoppers.emplace_back([&source] { source.reset(); });
+  for (auto& t : stoppers) t.join();
+  sources.clear();
+}
+
 struct SeedOptions {
   std::string coordinator;
   std::string checkpoint;
@@ -94,7 +105,7 @@ Status RunSeed(const SeedOptions& o) {
                revision);
   std::fflush(stdout);
   WaitForStop();
-  ranks.clear();  // deregisters
+  StopSources(ranks);  // deregisters
   return Status::Ok();
 }
 
@@ -301,6 +312,7 @@ Status RunLoad(const LoadOptions& o) {
   if (!o.quiet) fmt::print("SERVING instance={}\n", instance);
   std::fflush(stdout);
   WaitForStop();
+  StopSources(sources_out);  // deregisters
   return Status::Ok();
 }
 
