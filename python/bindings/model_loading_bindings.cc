@@ -67,13 +67,15 @@ struct PyLoader {
 using TensorCopy = std::tuple<std::uintptr_t, std::uint64_t, std::uint64_t>;
 
 ModelSourceOptions SourceOptions(const std::string& instance_id, const std::string& layout, int rank,
-                                 double heartbeat_interval_s, double bandwidth_bytes_per_s) {
+                                 double heartbeat_interval_s, double bandwidth_bytes_per_s,
+                                 double shutdown_timeout_s) {
   ModelSourceOptions o;
   o.instance_id = instance_id;
   o.layout = layout;
   o.rank = rank;
   o.heartbeat_interval_s = heartbeat_interval_s;
   o.bandwidth_bytes_per_s = bandwidth_bytes_per_s;
+  o.shutdown_timeout_s = shutdown_timeout_s;
   return o;
 }
 
@@ -105,7 +107,7 @@ void BindModelLoading(py::module_& m) {
       .def(py::init([](CoordinatorClient& coordinator, const ModelDescription& model, const std::string& layout,
                        int rank, const std::string& instance_id, std::string revision,
                        const std::string& checkpoint_path, const std::vector<TensorCopy>& tensors,
-                       double heartbeat_interval_s, double bandwidth_bytes_per_s) {
+                       double heartbeat_interval_s, double bandwidth_bytes_per_s, double shutdown_timeout_s) {
              auto out = std::make_unique<PySource>();
              py::gil_scoped_release release;
              const Layout lay = ValueOrThrow(MakeLayoutFromString(model, layout));
@@ -140,8 +142,8 @@ void BindModelLoading(py::module_& m) {
                }
                return Status::Ok();
              };
-             ModelSourceOptions options =
-                 SourceOptions(instance_id, layout, rank, heartbeat_interval_s, bandwidth_bytes_per_s);
+             ModelSourceOptions options = SourceOptions(instance_id, layout, rank, heartbeat_interval_s,
+                                                        bandwidth_bytes_per_s, shutdown_timeout_s);
              // ModelSource.tensors are writable torch views of the served buffer: keep it
              // writable (a write to read-only memory would kill the interpreter with SIGSEGV);
              // the source then checks every part's block, as Serve does.
@@ -151,7 +153,7 @@ void BindModelLoading(py::module_& m) {
            }),
            py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("model"), py::arg("layout"), py::arg("rank"),
            py::arg("instance_id"), py::arg("revision"), py::arg("checkpoint_path"), py::arg("tensors"),
-           py::arg("heartbeat_interval_s"), py::arg("bandwidth_bytes_per_s"))
+           py::arg("heartbeat_interval_s"), py::arg("bandwidth_bytes_per_s"), py::arg("shutdown_timeout_s"))
       .def_property_readonly("source_id", [](PySource& s) { return s.get().source_id(); })
       .def_property_readonly("identity", [](PySource& s) { return s.identity.Digest(); })
       .def_property_readonly("revision", [](PySource& s) { return s.identity.revision; })
@@ -204,13 +206,14 @@ void BindModelLoading(py::module_& m) {
       .def_property_readonly("buffer_bytes", [](PyLoader& l) { return l.get().buffer().size(); })
       .def(
           "become_source",
-          [](PyLoader& l, double heartbeat_interval_s, double bandwidth_bytes_per_s) {
+          [](PyLoader& l, double heartbeat_interval_s, double bandwidth_bytes_per_s, double shutdown_timeout_s) {
             ModelLoader& loader = l.get();
             auto out = std::make_unique<PySource>();
             out->registry = l.registry;
             out->identity = loader.identity();
             out->buffer_bytes = loader.buffer().size();
-            ModelSourceOptions o = SourceOptions("", "", 0, heartbeat_interval_s, bandwidth_bytes_per_s);
+            ModelSourceOptions o =
+                SourceOptions("", "", 0, heartbeat_interval_s, bandwidth_bytes_per_s, shutdown_timeout_s);
             {
               py::gil_scoped_release release;
               out->source = ValueOrThrow(loader.BecomeSource(std::move(o)));
@@ -218,7 +221,8 @@ void BindModelLoading(py::module_& m) {
             l.loader.reset();
             return out;
           },
-          py::keep_alive<0, 1>(), py::arg("heartbeat_interval_s"), py::arg("bandwidth_bytes_per_s"));
+          py::keep_alive<0, 1>(), py::arg("heartbeat_interval_s"), py::arg("bandwidth_bytes_per_s"),
+          py::arg("shutdown_timeout_s"));
 }
 
 }  // namespace shardwire::python

@@ -45,7 +45,10 @@ class ModelSource:
     xxh3 digest of its tensors (CheckpointRevision); required with ``params``.
     ``instance_id``: shared by every rank of the instance (default ``"py-<pid>"``).
     ``heartbeat_interval_s``: seconds between lease renewals (keep it well below the
-    coordinator's stale_after_s). ``bandwidth_bytes_per_s``: cap per rank (0: none).
+    coordinator's stale_after_s; each renewal gives up after max(2 x interval, 1 s) when the
+    coordinator does not answer). ``bandwidth_bytes_per_s``: cap per rank (0: none).
+    ``shutdown_timeout_s``: seconds close() spends at most deregistering (finite, >= 0; 0 skips
+    it; an unreachable coordinator leaves the record to its lease, STALE after stale_after_s).
 
     ``tensors`` are views (no copy) of the served arena, valid while the source is open;
     writing them makes digest checks report those bytes as corrupt (readers re-read elsewhere).
@@ -58,7 +61,7 @@ class ModelSource:
     def __init__(self, coordinator, model, layout: str, rank: int = 0, *,
                  params: Optional[Mapping[str, torch.Tensor]] = None, checkpoint: Optional[str] = None,
                  revision: str = "", instance_id: str = "", heartbeat_interval_s: float = 1.0,
-                 bandwidth_bytes_per_s: float = 0.0, _impl=None):
+                 bandwidth_bytes_per_s: float = 0.0, shutdown_timeout_s: float = 2.0, _impl=None):
         if _impl is not None:  # from ModelLoader.become_source
             self._impl, self.layout, self.rank = _impl, layout, rank
         else:
@@ -77,7 +80,8 @@ class ModelSource:
                           for s in self.layout.shards(rank) if s["nbytes"] > 0]
             self._impl = _shardwire._ModelSource(coordinator, model, layout, rank,
                                                  instance_id or f"py-{os.getpid()}", revision, checkpoint or "",
-                                                 copies, heartbeat_interval_s, bandwidth_bytes_per_s)
+                                                 copies, heartbeat_interval_s, bandwidth_bytes_per_s,
+                                                 shutdown_timeout_s)
         self.tensors: Dict[str, torch.Tensor] = _views(self._impl.buffer_address, self._impl.buffer_bytes,
                                                        self.layout, self.rank)
 
@@ -183,11 +187,13 @@ class ModelLoader:
         """The model identity loaded (valid after load())."""
         return self._impl.identity
 
-    def become_source(self, heartbeat_interval_s: float = 1.0, bandwidth_bytes_per_s: float = 0.0) -> ModelSource:
+    def become_source(self, heartbeat_interval_s: float = 1.0, bandwidth_bytes_per_s: float = 0.0,
+                      shutdown_timeout_s: float = 2.0) -> ModelSource:
         """Serves the loaded shards (no copy: the arena moves into the source) as the same
-        instance id and layout. The loader is empty afterwards. Raises FailedPreconditionError
-        before a committed load."""
-        impl = self._impl.become_source(heartbeat_interval_s, bandwidth_bytes_per_s)
+        instance id and layout; the arguments as for ModelSource. The loader is empty afterwards.
+        Raises FailedPreconditionError before a committed load, InvalidArgumentError for bad
+        arguments."""
+        impl = self._impl.become_source(heartbeat_interval_s, bandwidth_bytes_per_s, shutdown_timeout_s)
         self._arena = {}
         if self._params is None:
             self.tensors = {}

@@ -188,6 +188,33 @@ def test_bad_tensors_for_a_source_or_loader_are_refused_before_registration(tmp_
             assert all(same_bytes(ok.tensors[k], v) for k, v in good.items())
 
 
+def test_close_deregisters_within_its_own_bound(tmp_path):
+    ckpt = str(checkpoint_dir(tmp_path))
+    model = shardwire.Model.from_checkpoint(ckpt)
+    server = shardwire.CoordinatorServer()
+    try:
+        client = shardwire.CoordinatorClient(server.address, unavailable_timeout_s=60)
+        for bad in (-1.0, float("nan"), float("inf")):
+            with pytest.raises(errors.InvalidArgumentError, match="shutdown_timeout_s"):
+                shardwire.ModelSource(client, model, "tp=1", checkpoint=ckpt, shutdown_timeout_s=bad)
+        assert client.list_sources() == []
+        kept = shardwire.ModelSource(client, model, "tp=1", checkpoint=ckpt, instance_id="kept",
+                                     shutdown_timeout_s=0)
+        kept.close()  # 0: no deregistration, the record is left to its lease
+        assert [s["instance_id"] for s in client.list_sources()] == ["kept"]
+        gone = shardwire.ModelSource(client, model, "tp=1", checkpoint=ckpt, instance_id="gone")
+        gone.close()
+        assert [s["instance_id"] for s in client.list_sources()] == ["kept"]
+        orphan = shardwire.ModelSource(client, model, "tp=1", checkpoint=ckpt, instance_id="orphan",
+                                       shutdown_timeout_s=0.5)
+    finally:
+        server.shutdown(0)
+    # The coordinator is gone and the client would retry for 60 s: close() gives up within the
+    # source's own bounds (one heartbeat, 2 s, plus 0.5 s) and raises nothing.
+    orphan.close()
+    assert orphan._impl.closed
+
+
 CTRL_C_LOAD = textwrap.dedent("""
     import sys, shardwire
     address, ckpt = sys.argv[1], sys.argv[2]
