@@ -23,26 +23,29 @@ inline constexpr double kSliceSeconds = 0.25;
 
 /// Calls `attempt(slice_s)` (which must return Result<T> and may block up to slice_s
 /// seconds, returning kTimedOut when nothing happened) with the GIL released, until it
-/// returns anything but kTimedOut or `timeout_s` seconds passed. Between slices, checks for
+/// returns anything but kTimedOut or `timeout_s` seconds passed (+inf: never; only a
+/// result or a signal ends the wait). Between slices, checks for
 /// signals and throws pybind11::error_already_set (KeyboardInterrupt) if one is pending.
 /// Returns the last result (kTimedOut after timeout_s). Call with the GIL held.
 template <typename Attempt>
 auto WaitInterruptibly(double timeout_s, Attempt attempt) -> decltype(attempt(0.0)) {
   using Clock = std::chrono::steady_clock;
+  const bool forever = std::isinf(timeout_s);  // until a result other than kTimedOut, or a signal
   const auto deadline =
-      std::isinf(timeout_s)
+      forever
           ? Clock::time_point::max()
           : Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
   while (true) {
-    const double left = deadline == Clock::time_point::max()
-                            ? kSliceSeconds
-                            : std::chrono::duration<double>(deadline - Clock::now()).count();
+    const double left =
+        forever ? kSliceSeconds : std::chrono::duration<double>(deadline - Clock::now()).count();
     const double slice = std::clamp(left, 0.0, kSliceSeconds);
     auto result = [&] {
       pybind11::gil_scoped_release release;
       return attempt(slice);
     }();
-    if (result.ok() || result.status().code() != ErrorCode::kTimedOut || left <= kSliceSeconds) return result;
+    if (result.ok() || result.status().code() != ErrorCode::kTimedOut || (!forever && left <= kSliceSeconds)) {
+      return result;
+    }
     if (PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
   }
 }

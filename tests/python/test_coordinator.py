@@ -37,6 +37,21 @@ def test_blocking_get_in_another_process_sees_put():
         assert client.add("job/count", 5) == 5 and client.add("job/count", -2) == 3
 
 
+def test_get_without_a_timeout_waits_for_the_put():
+    # The default timeout_s is infinite: the wait ends with the value, never with TimedOutError
+    # (it once gave up after its first 0.25 s slice).
+    with shardwire.CoordinatorServer() as server:
+        child = _child("""
+            import sys, time, shardwire
+            time.sleep(1.5)
+            shardwire.CoordinatorClient(sys.argv[1]).put("late", b"here")
+        """, server.address)
+        client = shardwire.CoordinatorClient(server.address)
+        assert client.get("late") == b"here"
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+
+
 def test_wrong_token_is_refused_and_changes_nothing():
     with shardwire.CoordinatorServer(token="s3cret") as server:
         good = shardwire.CoordinatorClient(server.address, token="s3cret")
