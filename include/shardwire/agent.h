@@ -200,8 +200,8 @@ struct AgentOptions {
   /// Name peers know this agent by; carried in its metadata blob and in every
   /// notification it sends. Must be non-empty and at most 65535 bytes.
   std::string name;
-  /// Seconds. Upper bound for the flushing endpoint close (ucp_ep_close_nbx)
-  /// when ImportMetadata replaces an idle peer. Endpoint creation itself is
+  /// Seconds, finite and >= 0. Upper bound for the flushing endpoint close (ucp_ep_close_nbx)
+  /// when ImportMetadata replaces an idle peer (the lane waits for it). Endpoint creation itself is
   /// non-blocking (UCX wires up lazily on first use); every other wait takes
   /// its own timeout.
   double connect_timeout_s = 10;

@@ -178,9 +178,11 @@ class CoordinatorClient final : public Rendezvous {
   Result<std::int64_t> Add(const std::string& key, std::int64_t delta) override;
 
   /// Registers a source (fields the coordinator sets are ignored) and returns
-  /// the stored record with its source_id. Errors: kInvalidArgument (limits
-  /// above, rank outside [0, world_size)).
-  Result<SourceRecord> RegisterSource(const SourceRecord& record);
+  /// the stored record with its source_id. `timeout_s` as for HeartbeatSource.
+  /// Errors: kInvalidArgument (limits above, rank outside [0, world_size), a
+  /// timeout_s that is not > 0); as HeartbeatSource for the bound.
+  Result<SourceRecord> RegisterSource(const SourceRecord& record,
+                                      double timeout_s = std::numeric_limits<double>::infinity());
   /// Renews a source's lease and makes a STALE source READY again.
   /// `timeout_s`: seconds the whole call may take, retries included (> 0; +inf: bounded
   /// by unavailable_timeout_s and call_timeout_s alone), so a heartbeat thread or a

@@ -70,19 +70,19 @@ struct ModelSourceOptions {
   int rank = 0;
   /// The instance's layout string (MakeLayoutFromString), e.g. "tp=2".
   std::string layout;
-  /// Seconds between heartbeats (must be well below the coordinator's
+  /// Seconds between heartbeats (must be finite and well below the coordinator's
   /// source_stale_after_s, default 10 s). A heartbeat answered kNotFound (the record
   /// was deleted, or an in-memory coordinator was restarted and lost it) registers
   /// the source again under a new source_id and logs a warning, so loaders find it
-  /// again within about one interval of the coordinator's return. Each heartbeat
-  /// gives up after max(2 x heartbeat_interval_s, 1 s) when the coordinator does not
-  /// answer (the next one tries again), so an unreachable coordinator never holds
-  /// the heartbeat thread longer than that.
+  /// again within about one interval of the coordinator's return. Each heartbeat, and
+  /// each such re-registration, gives up after max(2 x heartbeat_interval_s, 1 s)
+  /// when the coordinator does not answer (the next interval tries again).
   double heartbeat_interval_s = 1;
   /// Seconds the destructor spends at most deregistering (>= 0 and finite; 0 skips it).
   /// With an unreachable coordinator the record is left to its lease: STALE after the
   /// coordinator's source_stale_after_s, so loaders stop choosing it, then deleted. The
-  /// destructor's whole wait on the coordinator is at most this plus one heartbeat bound.
+  /// destructor's whole wait on the coordinator is at most this plus two heartbeat
+  /// bounds (a heartbeat and a re-registration in flight on the heartbeat thread).
   double shutdown_timeout_s = 2;
   /// Bytes per second this rank serves at most (0: unlimited). Models a source NIC
   /// on one host where memory bandwidth is shared: readers take a lease for each

@@ -19,7 +19,7 @@ namespace shardwire {
 
 /// The source-registry part of the coordinator API. Contracts (arguments, errors)
 /// are those of the CoordinatorClient methods of the same names; the lease calls
-/// take their time bound explicitly (`timeout_s`, seconds, > 0, +inf for the
+/// (register, heartbeat, deregister) take their time bound explicitly (`timeout_s`, seconds, > 0, +inf for the
 /// implementation's own bound), so ModelSource's heartbeat thread and destructor
 /// stay bounded whatever the registry's options.
 /// Thread-safety: implementations must be fully thread-safe (ModelSource
@@ -27,7 +27,7 @@ namespace shardwire {
 class SourceRegistry {
  public:
   virtual ~SourceRegistry() = default;
-  virtual Result<SourceRecord> RegisterSource(const SourceRecord& record) = 0;
+  virtual Result<SourceRecord> RegisterSource(const SourceRecord& record, double timeout_s) = 0;
   virtual Status HeartbeatSource(const std::string& source_id, double timeout_s) = 0;
   virtual Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity,
                                                         std::optional<SourceState> state) = 0;

@@ -156,7 +156,9 @@ struct WeightSyncOptions {
   /// Dynamic membership, publishers (trainer rank 0 applies it): the longest, in seconds, a
   /// push waits before it starts while an engine process catches up from live engines
   /// (WeightSubscriber::HoldPushes, CatchUpOptions::hold), counted from when trainer rank 0
-  /// first sees the hold; the hold ends earlier when that process joins or leaves. While it
+  /// first sees the hold, and at most this long in all per push however many holds arrive
+  /// meanwhile (an engine that crash-loops filing holds cannot stall the job); a hold ends
+  /// earlier when its process joins or leaves. While it
   /// lasts no push starts, so no live engine commits a newer version and withdraws the one the
   /// new process reads (docs/reliability.md, "Catch-up"); healthy engines keep serving their
   /// committed version, and only the trainers wait. Capped at timeout_s / 2 (the other trainer
@@ -250,6 +252,12 @@ struct WeightSyncOptions {
   /// subscriber. nullptr: no metrics.
   MetricsRegistry* metrics = nullptr;
 };
+
+/// Checks the time bounds of `options` (what WeightPublisher::Create and
+/// WeightSubscriber::Create check first): timeout_s and engine_timeout_s finite and > 0,
+/// catch_up_hold_s finite and >= 0, so every wait of a push or an update ends.
+/// Errors: kInvalidArgument naming the field and its value. Thread-safe (pure).
+Status ValidateWeightSyncTimes(const WeightSyncOptions& options);
 
 /// Upper bound, in seconds, of the time between two calls of WeightSyncOptions::interrupt
 /// (and ModelLoaderOptions::interrupt) while a wait is in progress.

@@ -2,6 +2,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -313,8 +314,12 @@ Status RunDynamicEngine(const WorkerArgs& a, CoordinatorClient& client, const Ch
   }
   const auto last = static_cast<std::uint64_t>(a.steps);
   while (subscriber->committed_version() < last) {
-    // (Re)join: wait for a push to admit this process, or for the trainers to finish.
+    // (Re)join: wait for a push to admit this process, or for the trainers to finish; the
+    // trainers push every step, so no admission within --timeout means they are gone.
     std::uint64_t version = 0;
+    const auto join_deadline =
+        std::chrono::steady_clock::now() +
+        std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(a.timeout_s));
     while (version == 0) {
       auto admitted = subscriber->Join(1.0);
       if (admitted.ok()) {
@@ -323,6 +328,10 @@ Status RunDynamicEngine(const WorkerArgs& a, CoordinatorClient& client, const Ch
         return admitted.status();
       } else if (GetString(client, FinishedKey(a.job), 0).ok()) {
         return Status::Ok();  // the last push went out before this process could join
+      } else if (std::chrono::steady_clock::now() >= join_deadline) {
+        return TimedOut(fmt::format("engine rank {}: no push admitted it within {} s and the trainers did not "
+                                    "finish (are they still running?)",
+                                    a.rank, a.timeout_s));
       }
     }
     SW_RETURN_IF_ERROR(PutString(client, AdmittedKey(a.job, a.rank), std::to_string(version)));

@@ -16,8 +16,8 @@
 // Every attempt carries a deadline: call_timeout_s, plus the server-side wait for
 // Get, plus time for the payload at a slow 4 MB/s (Put: its value; Get: the
 // largest value, 16 s), so a 64 MiB value does not miss its deadline on a loaded
-// machine while a dead coordinator is still noticed. HeartbeatSource and
-// DeregisterSource also take a bound for the whole call (retries and attempt
+// machine while a dead coordinator is still noticed. RegisterSource, HeartbeatSource
+// and DeregisterSource also take a bound for the whole call (retries and attempt
 // deadlines both cut to it), so a source's heartbeat thread and shutdown stay
 // bounded by the source's own options, not by unavailable_timeout_s.
 #include <fmt/format.h>
@@ -276,7 +276,8 @@ Result<std::int64_t> CoordinatorClient::Add(const std::string& key, std::int64_t
 // ---------------------------------------------------------------------------
 // Sources
 
-Result<SourceRecord> CoordinatorClient::RegisterSource(const SourceRecord& record) {
+Result<SourceRecord> CoordinatorClient::RegisterSource(const SourceRecord& record, double timeout_s) {
+  SW_RETURN_IF_ERROR(ValidateCallBound(timeout_s, "RegisterSource"));
   v1::RegisterSourceRequest req;
   control::ToProto(record, req.mutable_source());
   req.mutable_source()->clear_source_id();
@@ -286,8 +287,9 @@ Result<SourceRecord> CoordinatorClient::RegisterSource(const SourceRecord& recor
   req.mutable_source()->clear_last_heartbeat_unix_ms();
   SW_RETURN_IF_ERROR(control::ValidateSource(req.source()));
   v1::RegisterSourceResponse resp;
-  SW_RETURN_IF_ERROR(impl_->Call("RegisterSource",
-                                 [&](grpc::ClientContext& ctx) { return impl_->sources->Register(&ctx, req, &resp); }));
+  SW_RETURN_IF_ERROR(impl_->Call(
+      "RegisterSource", [&](grpc::ClientContext& ctx) { return impl_->sources->Register(&ctx, req, &resp); },
+      {.bound_s = timeout_s}));
   return control::FromProto(resp.source());
 }
 

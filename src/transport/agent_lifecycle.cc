@@ -23,8 +23,9 @@ Result<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
   if (options.name.empty()) return InvalidArgument("Agent::Create: name is empty");
   if (options.name.size() > 0xFFFF)
     return InvalidArgument(fmt::format("Agent::Create: name is {} bytes, at most 65535", options.name.size()));
-  if (!(options.connect_timeout_s >= 0))
-    return InvalidArgument(fmt::format("Agent::Create: connect_timeout_s {} is negative or NaN", options.connect_timeout_s));
+  if (!(options.connect_timeout_s >= 0) || !std::isfinite(options.connect_timeout_s))
+    return InvalidArgument(
+        fmt::format("Agent::Create: connect_timeout_s {} is not finite and >= 0", options.connect_timeout_s));
   if (options.lanes == 0) options.lanes = kDefaultLanes;
   if (options.lanes > kMaxLanes)
     return InvalidArgument(fmt::format("Agent::Create: {} lanes, at most {}", options.lanes, kMaxLanes));

@@ -6,7 +6,9 @@ namespace {
 class CoordinatorSourceRegistry final : public SourceRegistry {
  public:
   explicit CoordinatorSourceRegistry(CoordinatorClient& client) : client_(client) {}
-  Result<SourceRecord> RegisterSource(const SourceRecord& record) override { return client_.RegisterSource(record); }
+  Result<SourceRecord> RegisterSource(const SourceRecord& record, double timeout_s) override {
+    return client_.RegisterSource(record, timeout_s);
+  }
   Status HeartbeatSource(const std::string& source_id, double timeout_s) override {
     return client_.HeartbeatSource(source_id, timeout_s);
   }

@@ -179,7 +179,9 @@ Result<Membership> MembershipLeader::Publish(Rendezvous& rendezvous, const std::
           std::find(held->ranks.begin(), held->ranks.end(), it->first) == held->ranks.end()) {
         held->ranks.push_back(it->first);
       }
-      if (now - it->second.seen_at >= hold_s_) {
+      // Each hold lasts at most hold_s, and so does the whole wait: an engine that crash-loops
+      // and files a new hold each time cannot keep the push (and the job) waiting.
+      if (now - it->second.seen_at >= hold_s_ || now - begin >= hold_s_) {
         if (held != nullptr) held->expired.push_back(it->first);
         it = holds_.erase(it);
       } else {

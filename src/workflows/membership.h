@@ -82,7 +82,8 @@ struct HoldWait {
 
 /// Trainer rank 0's side: applies the join, leave and hold requests that arrived since the
 /// last call (one counter read when none did), waits while catch-up holds are open (at most
-/// hold_s per hold from when it first saw it; 0: never waits), and publishes the membership of
+/// hold_s per hold from when it first saw it, and at most hold_s in all however many holds
+/// arrive meanwhile; 0: never waits), and publishes the membership of
 /// push `version`. `engine_ranks`: the engine layout's world size. `interrupt` (may be empty)
 /// is called between polls of a hold wait; its error ends the wait. Errors: rendezvous errors;
 /// kCorruptData for a malformed request value (naming its key); interrupt's error.

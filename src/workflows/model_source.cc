@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -280,7 +281,7 @@ struct ModelSource::Impl {
       if (s.code() == ErrorCode::kNotFound) {
         // The coordinator deleted the record (missed heartbeats) or lost it (restarted
         // without Redis): register again, so loaders find this source without a restart.
-        auto again = registry->RegisterSource(record);
+        auto again = registry->RegisterSource(record, HeartbeatBoundS(options));
         lock.lock();
         if (again.ok()) {
           spdlog::warn("model source {} rank {}: the coordinator had no record {} (deleted, or restarted without "
@@ -400,7 +401,7 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry
   // Serve before registering: a loader may read the moment the record is listed.
   Impl* raw = impl.get();
   raw->server_thread = std::thread([raw] { raw->Serve(); });
-  auto registered = registry.RegisterSource(r);
+  auto registered = registry.RegisterSource(r, std::numeric_limits<double>::infinity());
   if (!registered.ok()) {
     raw->stop_server.store(true);
     raw->server_thread.join();

@@ -251,6 +251,7 @@ WeightPublisher::~WeightPublisher() {
 Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& rendezvous, const Layout& trainer_layout,
                                                                  const Layout& engine_layout, int rank,
                                                                  WeightSyncOptions options) {
+  SW_RETURN_IF_ERROR(ValidateWeightSyncTimes(options));
   if (rank < 0 || rank >= trainer_layout.world_size()) {
     return InvalidArgument(fmt::format("trainer rank {} is outside layout {} of {} ranks", rank,
                                        trainer_layout.description(), trainer_layout.world_size()));
@@ -797,7 +798,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   // With an interrupt hook the wait runs in slices; an interrupt cancels every transfer of this
   // push still in flight (no DONE goes out, so no engine commits the version) and ends the push.
   Status interrupted;
-  std::vector<TransferHandle> posted;
+  std::vector<std::pair<TransferHandle, int>> posted;  // (handle, destination engine rank)
   auto wait_sliced = [&](TransferHandle h) -> Status {
     if (!s.options.interrupt) return agent.Wait(h, engine_timeout_s);
     const auto deadline = Clock::now() + std::chrono::duration<double>(engine_timeout_s);
@@ -819,10 +820,14 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
     if (st.code() == ErrorCode::kTimedOut && !agent.Cancel(h, 1.0).ok()) (void)agent.InvalidatePeer(active.at(dst));
     miss(dst, st);
   };
+  // A failed or interrupted push stops what it posted: each transfer still running gets 1 s to
+  // drain what UCX already issued, then its peer is abandoned (as settle does), so k stalled
+  // engines cost about k seconds, not k x timeout_s.
   auto cancel_posted = [&] {
-    for (TransferHandle h : posted) {
+    for (const auto& [h, dst] : posted) {
       auto done = agent.Test(h);
-      if (done.ok() && !*done) (void)agent.Cancel(h, s.options.timeout_s);
+      if (!done.ok() || *done) continue;
+      if (!agent.Cancel(h, 1.0).ok() && active.count(dst)) (void)agent.InvalidatePeer(active.at(dst));
     }
   };
   // When the current round first wrote each destination (PushStats::round_spans).
@@ -833,7 +838,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
     const TransferHandle h = hs[static_cast<std::size_t>(buffer_of.at(dst))];
     posted_at.emplace(dst, now_s());
     if (const Status st = agent.Post(h); !st.ok()) return miss(dst, st);
-    posted.push_back(h);
+    posted.emplace_back(h, dst);
     stats.descriptors += moves.size();
     for (const Move& m : moves) stats.rows += m.count;
   };

@@ -200,6 +200,7 @@ WeightSubscriber::~WeightSubscriber() {
 Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& rendezvous, const Layout& trainer_layout,
                                                                    const Layout& engine_layout, int rank,
                                                                    WeightSyncOptions options) {
+  SW_RETURN_IF_ERROR(ValidateWeightSyncTimes(options));
   if (rank < 0 || rank >= engine_layout.world_size()) {
     // Replica slots: ranks holding identical shards form a class; with dp replicas every class
     // has dp ranks. Dynamic membership fills these slots and cannot grow past them (the plan is

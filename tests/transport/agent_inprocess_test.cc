@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <string>
 
@@ -283,6 +284,9 @@ INSTANTIATE_TEST_SUITE_P(Matrix, TargetNeverCalls, ::testing::ValuesIn(AllProbes
 TEST(Agent, CreateRejectsBadOptions) {
   EXPECT_EQ(Agent::Create({.name = ""}).status().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(Agent::Create({.name = "x", .connect_timeout_s = -1}).status().code(), ErrorCode::kInvalidArgument);
+  // Infinite: the flushing close would wait without end (and overflow its deadline).
+  EXPECT_EQ(Agent::Create({.name = "x", .connect_timeout_s = std::numeric_limits<double>::infinity()}).status().code(),
+            ErrorCode::kInvalidArgument);
 }
 
 // Agent tests that hold on every backend (AgentOptions::backend).

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <mutex>
 
@@ -15,8 +16,9 @@ namespace shardwire::testing {
 
 class FakeSourceRegistry final : public SourceRegistry {
  public:
-  Result<SourceRecord> RegisterSource(const SourceRecord& record) override {
+  Result<SourceRecord> RegisterSource(const SourceRecord& record, double timeout_s) override {
     std::lock_guard<std::mutex> lock(mu_);
+    last_register_bound_s_ = timeout_s;
     SourceRecord r = record;
     r.source_id = fmt::format("src-{:016x}", ++next_);
     r.state = SourceState::kReady;
@@ -81,6 +83,11 @@ class FakeSourceRegistry final : public SourceRegistry {
     std::lock_guard<std::mutex> lock(mu_);
     return longest_lease_call_bound_s_;
   }
+  /// The timeout_s of the latest RegisterSource (0: none yet).
+  double last_register_bound_s() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_register_bound_s_;
+  }
   int deregistrations() {
     std::lock_guard<std::mutex> lock(mu_);
     return deregistrations_;
@@ -102,6 +109,7 @@ class FakeSourceRegistry final : public SourceRegistry {
   std::uint64_t next_ = 0;
   std::uint64_t heartbeats_ = 0;
   double longest_lease_call_bound_s_ = 0;
+  double last_register_bound_s_ = 0;
   int deregistrations_ = 0;
   bool sticky_stale_ = false;
 };

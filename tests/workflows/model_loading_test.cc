@@ -305,6 +305,9 @@ TEST_F(ModelLoadingTest, SourcesRegisterAgainAfterTheRegistryForgetsThem) {
     after = registry_.All();
   }
   ASSERT_EQ(after.size(), 2u) << "the sources did not register again";
+  // Registering again runs on the heartbeat thread: bounded like a heartbeat (max(2 x 0.02 s, 1 s)),
+  // so a stopping source never waits on it for the client's whole retry time.
+  EXPECT_EQ(registry_.last_register_bound_s(), 1.0);
   for (const SourceRecord& r : after) {
     EXPECT_EQ(r.instance_id, "src");
     EXPECT_EQ(before.count(r.source_id), 0u) << "a record forgotten by the registry came back under its old id";

@@ -11,9 +11,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <limits>
 #include <map>
 #include <set>
 #include <string>
@@ -85,6 +88,38 @@ TEST(WeightSync, FsdpToTpAcrossProcessesEveryVersionVerified) {
     EXPECT_EQ(stats->bytes, 2 * (64 * 48 * 2 + 40 * 24 * 4 + 24 * 40 * 2) / 2 + 2 * 24 * 4);
   }
   for (pid_t pid : children) EXPECT_EQ(WaitChild(pid), 0);
+}
+
+// Every wait of a push or an update needs an end: infinite, NaN or negative time options are
+// refused by both Create calls, naming the field, before anything is registered or connected.
+TEST(WeightSync, UnboundedTimeOptionsAreRefusedNamingTheField) {
+  const Layout trainer = MakeFsdpLayout(Tensors(), 1).value();
+  const Layout engine = MakeTpLayout(Tensors(), {0, 0, 1, -1}, 2, 1).value();
+  InProcessRendezvous rz;
+  const double inf = std::numeric_limits<double>::infinity();
+  struct Case {
+    const char* field;
+    std::function<void(WeightSyncOptions&)> set;
+  };
+  const std::vector<Case> cases = {
+      {"timeout_s", [&](WeightSyncOptions& o) { o.timeout_s = inf; }},
+      {"timeout_s", [](WeightSyncOptions& o) { o.timeout_s = 0; }},
+      {"engine_timeout_s", [](WeightSyncOptions& o) { o.engine_timeout_s = std::nan(""); }},
+      {"catch_up_hold_s", [&](WeightSyncOptions& o) { o.catch_up_hold_s = inf; }},
+      {"catch_up_hold_s", [](WeightSyncOptions& o) { o.catch_up_hold_s = -1; }},
+  };
+  for (const Case& c : cases) {
+    WeightSyncOptions o{"t-bad", 20};
+    c.set(o);
+    auto pub = WeightPublisher::Create(rz, trainer, engine, 0, o);
+    EXPECT_EQ(pub.status().code(), ErrorCode::kInvalidArgument) << c.field;
+    EXPECT_NE(pub.status().message().find(c.field), std::string::npos) << pub.status().message();
+    auto sub = WeightSubscriber::Create(rz, trainer, engine, 0, o);
+    EXPECT_EQ(sub.status().code(), ErrorCode::kInvalidArgument) << c.field;
+  }
+  WeightSyncOptions zero_hold{"t-ok", 20};
+  zero_hold.catch_up_hold_s = 0;  // no hold is a valid choice
+  EXPECT_TRUE(ValidateWeightSyncTimes(zero_hold).ok());
 }
 
 TEST(WeightSync, FromTrainerMemoryIntoEngineMemory) {

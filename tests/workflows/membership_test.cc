@@ -1,0 +1,50 @@
+// The membership leader's catch-up holds (src/workflows/membership.h) on an in-process
+// rendezvous: a push waits at most hold_s in all, even while an engine that crash-loops keeps
+// filing new holds faster than each one runs out.
+#include "workflows/membership.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "shardwire/rendezvous.h"
+
+namespace shardwire::workflows {
+namespace {
+
+TEST(MembershipLeader, HoldsFiledAgainAndAgainDelayAPushAtMostHoldSeconds) {
+  InProcessRendezvous rz;
+  constexpr double kHoldS = 0.5;
+  MembershipLeader leader(kHoldS);
+  std::atomic<bool> published{false};
+  std::thread crash_loop([&] {
+    // A new process of engine rank 0 every 0.1 s, each filing a hold and never joining; it
+    // stops when the push is published (or after 30 s: then the test fails below).
+    const auto stop_at = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (std::uint64_t incarnation = 1; !published.load() && std::chrono::steady_clock::now() < stop_at;
+         ++incarnation) {
+      ASSERT_TRUE(FileMembershipRequest(rz, "job", 0, incarnation, /*hold=*/true).ok());
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the first hold is filed
+  HoldWait held;
+  const auto start = std::chrono::steady_clock::now();
+  auto m = leader.Publish(rz, "job", 1, 1, &held);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  published = true;
+  crash_loop.join();
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_TRUE(m->members.empty()) << "a process that only held must not be a member";
+  ASSERT_EQ(held.ranks.size(), 1u);
+  ASSERT_EQ(held.expired.size(), 1u) << "the hold must have run out, not been released";
+  EXPECT_GE(held.seconds, kHoldS * 0.9);
+  // A bound, not a speed measurement: hold_s plus generous slack; without the overall cap the
+  // push waits until the crash loop stops (30 s).
+  EXPECT_LT(took, 15) << "the push waited past its overall hold bound";
+}
+
+}  // namespace
+}  // namespace shardwire::workflows
