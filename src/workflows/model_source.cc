@@ -6,9 +6,9 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <limits>
 #include <condition_variable>
 #include <deque>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <thread>
