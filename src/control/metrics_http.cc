@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <chrono>
 #include <thread>
 
@@ -14,11 +15,18 @@ namespace shardwire {
 struct MetricsHttpServer::Impl {
   httplib::Server server;
   std::thread thread;
+  std::atomic<bool> listen_returned{false};
   std::string host;
   int port = 0;
 
   ~Impl() {
-    server.stop();
+    // httplib's stop() acts only on a running server; a listen that had not started yet (the
+    // 5 s start-failure path of Start) would start afterwards and never return. So stop until
+    // the listening thread has returned.
+    while (thread.joinable() && !listen_returned.load()) {
+      server.stop();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     if (thread.joinable()) thread.join();
   }
 };
@@ -54,7 +62,10 @@ Result<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(const Metric
     impl->port = options.port;
   }
   Impl* raw = impl.get();
-  impl->thread = std::thread([raw] { raw->server.listen_after_bind(); });
+  impl->thread = std::thread([raw] {
+    raw->server.listen_after_bind();
+    raw->listen_returned.store(true);
+  });
   // listen_after_bind sets is_running before it accepts; the socket already queues
   // connections, so this wait only makes "running" observable to the caller.
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
