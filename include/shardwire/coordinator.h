@@ -278,6 +278,10 @@ class CoordinatorServer {
 
   int port() const;                    ///< the bound port
   std::string address() const;         ///< "host:port" clients can dial
+  /// The id of the state served now (32 hex digits; what clients see as
+  /// CoordinatorClient::state_id). New at every in-memory start; with Redis the id stored
+  /// there, re-read every reaper pass. Thread-safe.
+  std::string state_id() const;
   void Shutdown(double grace_s = 1);   ///< stops serving; idempotent
 
   struct Impl;

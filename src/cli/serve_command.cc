@@ -78,9 +78,9 @@ int Serve(const ServeArgs& a) {
     return 1;
   }
   if (*metrics_http) fmt::print("shardwire metrics on {}\n", (*metrics_http)->url());
-  fmt::print("shardwire coordinator listening on {} ({} state, {}, {})\n", (*server)->address(),
-             o.redis_url.empty() ? "in-memory" : "redis", o.tls_cert_file.empty() ? "plaintext" : "TLS",
-             o.token.empty() ? "no token" : "token required");
+  fmt::print("shardwire coordinator listening on {} ({} state {}, {}, {})\n", (*server)->address(),
+             o.redis_url.empty() ? "in-memory" : "redis", (*server)->state_id(),
+             o.tls_cert_file.empty() ? "plaintext" : "TLS", o.token.empty() ? "no token" : "token required");
   std::fflush(stdout);
   int sig = 0;
   sigwait(&signals, &sig);

@@ -191,6 +191,8 @@ CoordinatorServer::~CoordinatorServer() { Shutdown(0.2); }
 
 int CoordinatorServer::port() const { return impl_->port; }
 
+std::string CoordinatorServer::state_id() const { return impl_->state->StateId(); }
+
 std::string CoordinatorServer::address() const {
   if (impl_->dial_host.find(':') != std::string::npos) return fmt::format("[{}]:{}", impl_->dial_host, impl_->port);
   return fmt::format("{}:{}", impl_->dial_host, impl_->port);

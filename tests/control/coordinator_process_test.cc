@@ -39,6 +39,7 @@ TEST(CoordinatorProcess, ClientReconnectsAfterSigkillAndRestartOnTheSamePort) {
   o.unavailable_timeout_s = 30;
   auto c = CoordinatorClient::Connect(o);
   ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_NE(out.find("state " + (*c)->state_id()), std::string::npos) << "serve names the state it serves: " << out;
   ASSERT_TRUE((*c)->Put("before", BytesOf("1")).ok());
   auto src = SourceRecord{};
   src.model_identity = "m";
