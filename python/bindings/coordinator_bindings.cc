@@ -71,6 +71,8 @@ void BindCoordinator(py::module_& m) {
            "Times in seconds. Raises IoError (port in use), UnavailableError (Redis), InvalidArgumentError.")
       .def_property_readonly("address", &CoordinatorServer::address, "'host:port' clients can dial.")
       .def_property_readonly("port", &CoordinatorServer::port)
+      .def_property_readonly("state_id", &CoordinatorServer::state_id,
+                             "The id of the state served now (32 hex digits; CoordinatorClient.state_id).")
       .def(
           "shutdown",
           [](CoordinatorServer& s, double grace_s) {

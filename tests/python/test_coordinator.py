@@ -100,7 +100,7 @@ def test_a_restarted_in_memory_coordinator_is_a_lost_state_not_a_hang():
     first = shardwire.CoordinatorServer()
     address = first.address
     client = shardwire.CoordinatorClient(address, unavailable_timeout_s=30)
-    assert len(client.state_id) == 32
+    assert len(client.state_id) == 32 and client.state_id == first.state_id
     client.put("job/before", b"1")
     first.shutdown(0)
     with shardwire.CoordinatorServer(listen_address=address) as second:
@@ -108,6 +108,6 @@ def test_a_restarted_in_memory_coordinator_is_a_lost_state_not_a_hang():
             client.get("job/before", timeout_s=60)  # without the binding: a 60 s wait, then TimedOutError
         assert client.list_sources() == []  # the registry is not bound to the state
         fresh = shardwire.CoordinatorClient(second.address)
-        assert fresh.state_id != client.state_id
+        assert fresh.state_id != client.state_id and fresh.state_id == second.state_id
         fresh.put("job/after", b"2")
         assert fresh.get("job/after", timeout_s=5) == b"2"
