@@ -156,7 +156,8 @@ class CoordinatorClient final : public Rendezvous {
  public:
   /// Creates the channel and checks the coordinator answers (one Ping) within
   /// unavailable_timeout_s. Errors: kInvalidArgument (empty address, unreadable
-  /// certificate file), kUnavailable, kUnauthenticated.
+  /// certificate file), kUnavailable, kUnauthenticated, kCorruptData (the Ping
+  /// answer's state id is not 32 lowercase hex digits).
   static Result<std::unique_ptr<CoordinatorClient>> Connect(CoordinatorClientOptions options);
   ~CoordinatorClient() override;
 

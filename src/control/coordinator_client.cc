@@ -213,6 +213,12 @@ Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(Coordinato
   Impl* raw = impl.get();
   SW_RETURN_IF_ERROR(
       raw->Call("Ping", [&](grpc::ClientContext& ctx) { return raw->rendezvous->Ping(&ctx, req, &resp); }));
+  if (!resp.state_id().empty() && !control::IsStateId(resp.state_id())) {
+    // It is sent back as metadata on every bound call: never send what the server mangled.
+    return CorruptData(fmt::format("coordinator at {} answered Ping with a malformed state id ({} bytes, not 32 "
+                                   "lowercase hex digits)",
+                                   raw->options.address, resp.state_id().size()));
+  }
   raw->state_id = resp.state_id();
   return std::unique_ptr<CoordinatorClient>(new CoordinatorClient(std::move(impl)));
 }

@@ -539,6 +539,34 @@ TEST(Coordinator, ACallBoundToAnotherStateIsRefusedAndChangesNothing) {
   EXPECT_EQ(*got, "v");
 }
 
+// A server whose Ping answers a malformed state id (another program on the port, or a
+// corrupted answer): Connect refuses it with kCorruptData naming the address, instead of
+// sending that text back as metadata on every later call.
+class MalformedStateIdPing final : public v1::Rendezvous::Service {
+  grpc::Status Ping(grpc::ServerContext*, const v1::PingRequest*, v1::PingResponse* resp) override {
+    resp->set_state_id("not a state id\x01");
+    return grpc::Status::OK;
+  }
+};
+
+TEST(Coordinator, AMalformedStateIdFromTheServerIsCorruptData) {
+  MalformedStateIdPing service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  auto server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  ASSERT_GT(port, 0);
+  CoordinatorClientOptions o;
+  o.address = "127.0.0.1:" + std::to_string(port);
+  o.unavailable_timeout_s = 5;
+  auto c = CoordinatorClient::Connect(o);
+  EXPECT_EQ(c.status().code(), ErrorCode::kCorruptData) << c.status().ToString();
+  EXPECT_NE(c.status().message().find(o.address), std::string::npos) << c.status().message();
+  server->Shutdown();
+}
+
 TEST(Coordinator, TlsWithACertificateMadeByOpenssl) {
   const auto dir = std::filesystem::temp_directory_path() / ("shardwire-tls-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
