@@ -81,6 +81,21 @@ Clock::duration Seconds(double s) {
   return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
 }
 
+// Whether a call's meaning depends on the state the client joined (rendezvous
+// keys and counters, job membership): such calls carry the state id, and the
+// coordinator refuses them with FAILED_PRECONDITION once that state is gone.
+enum class Binding { kUnbound, kJoinedState };
+
+// How Impl::Call runs one call. (At namespace scope: clang 14 refuses a nested struct's
+// default member initializers in a default argument of the enclosing class.)
+struct CallOptions {
+  double extra_s = 0;  // seconds added to each attempt's deadline (server-side waits, payload)
+  Binding binding = Binding::kUnbound;
+  // Seconds the whole call may take, retries included (+inf: bounded by
+  // unavailable_timeout_s and the attempt deadline alone).
+  double bound_s = std::numeric_limits<double>::infinity();
+};
+
 }  // namespace
 
 struct CoordinatorClient::Impl {
@@ -105,19 +120,6 @@ struct CoordinatorClient::Impl {
   std::unique_ptr<v1::Rendezvous::Stub> rendezvous;
   std::unique_ptr<v1::SourceRegistry::Stub> sources;
   std::unique_ptr<v1::Jobs::Stub> jobs;
-
-  // Whether a call's meaning depends on the state the client joined (rendezvous
-  // keys and counters, job membership): such calls carry the state id, and the
-  // coordinator refuses them with FAILED_PRECONDITION once that state is gone.
-  enum class Binding { kUnbound, kJoinedState };
-
-  struct CallOptions {
-    double extra_s = 0;  // seconds added to each attempt's deadline (server-side waits, payload)
-    Binding binding = Binding::kUnbound;
-    // Seconds the whole call may take, retries included (+inf: bounded by
-    // unavailable_timeout_s and the attempt deadline alone).
-    double bound_s = std::numeric_limits<double>::infinity();
-  };
 
   // Runs `rpc(context)` with retries of UNAVAILABLE as described above.
   template <typename Rpc>
@@ -243,7 +245,7 @@ Status CoordinatorClient::Put(const std::string& key, std::span<const std::byte>
   return impl_->Call(
       "Put", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Put(&ctx, req, &resp); },
       {.extra_s = static_cast<double>(value.size()) / kSlowestPayloadBytesPerS,
-       .binding = Impl::Binding::kJoinedState});
+       .binding = Binding::kJoinedState});
 }
 
 Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, double timeout_s) {
@@ -259,7 +261,7 @@ Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, do
     SW_RETURN_IF_ERROR(impl_->Call(
         "Get", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Get(&ctx, req, &resp); },
         {.extra_s = slice + static_cast<double>(kMaxRendezvousValueBytes) / kSlowestPayloadBytesPerS,
-         .binding = Impl::Binding::kJoinedState}));
+         .binding = Binding::kJoinedState}));
     if (resp.found()) return control::ToBytes(resp.value());
     if (control::SecondsLeft(deadline) <= 0) return control::GetTimedOut(key, timeout_s);
   }
@@ -275,7 +277,7 @@ Result<std::int64_t> CoordinatorClient::Add(const std::string& key, std::int64_t
   v1::AddResponse resp;
   SW_RETURN_IF_ERROR(
       impl_->Call("Add", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Add(&ctx, req, &resp); },
-                  {.binding = Impl::Binding::kJoinedState}));
+                  {.binding = Binding::kJoinedState}));
   return resp.value();
 }
 
@@ -365,7 +367,7 @@ Result<JobView> CoordinatorClient::JoinJob(const std::string& job, const JobMemb
   v1::JoinJobResponse resp;
   SW_RETURN_IF_ERROR(
       impl_->Call("JoinJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Join(&ctx, req, &resp); },
-                  {.binding = Impl::Binding::kJoinedState}));
+                  {.binding = Binding::kJoinedState}));
   return control::FromProto(resp.job());
 }
 
@@ -378,7 +380,7 @@ Status CoordinatorClient::HeartbeatMember(const std::string& job, const std::str
   v1::HeartbeatMemberResponse resp;
   return impl_->Call(
       "HeartbeatMember", [&](grpc::ClientContext& ctx) { return impl_->jobs->HeartbeatMember(&ctx, req, &resp); },
-      {.binding = Impl::Binding::kJoinedState});
+      {.binding = Binding::kJoinedState});
 }
 
 Status CoordinatorClient::LeaveJob(const std::string& job, const std::string& member_id) {
@@ -390,7 +392,7 @@ Status CoordinatorClient::LeaveJob(const std::string& job, const std::string& me
   v1::LeaveJobResponse resp;
   return impl_->Call(
       "LeaveJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Leave(&ctx, req, &resp); },
-      {.binding = Impl::Binding::kJoinedState});
+      {.binding = Binding::kJoinedState});
 }
 
 Result<JobView> CoordinatorClient::GetJob(const std::string& job) {
@@ -400,7 +402,7 @@ Result<JobView> CoordinatorClient::GetJob(const std::string& job) {
   v1::GetJobResponse resp;
   SW_RETURN_IF_ERROR(
       impl_->Call("GetJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Get(&ctx, req, &resp); },
-                  {.binding = Impl::Binding::kJoinedState}));
+                  {.binding = Binding::kJoinedState}));
   return control::FromProto(resp.job());
 }
 
@@ -414,7 +416,7 @@ Status CoordinatorClient::CommitVersion(const std::string& job, const std::strin
   v1::CommitVersionResponse resp;
   return impl_->Call(
       "CommitVersion", [&](grpc::ClientContext& ctx) { return impl_->jobs->CommitVersion(&ctx, req, &resp); },
-      {.binding = Impl::Binding::kJoinedState});
+      {.binding = Binding::kJoinedState});
 }
 
 }  // namespace shardwire
