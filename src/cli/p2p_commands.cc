@@ -49,8 +49,9 @@ void WaitForStop() {
 }
 
 // Destroys every source at once, each on its own thread: each deregisters within its
-// own bound (ModelSourceOptions::shutdown_timeout_s, after at most one bounded heartbeat),
-// so stopping with the coordinator gone takes the slowest rank's bound, not their sum.
+// own bound (ModelSourceOptions::shutdown_timeout_s, after at most a bounded heartbeat and
+// re-registration), so stopping with the coordinator gone takes the slowest rank's bound,
+// not their sum.
 void StopSources(std::vector<std::unique_ptr<ModelSource>>& sources) {
   std::vector<std::thread> stoppers;
   stoppers.reserve(sources.size());
