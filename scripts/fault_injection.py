@@ -9,6 +9,8 @@ redis-server), injects one fault at a uniformly random moment, and checks the ou
   rl-engine-stop       SIGSTOP one engine rank for 1-12 s, then SIGCONT: 10 more steps after the resume,
                        with every engine rank verified again, every commit verified
                        (a stall below engine_timeout_s only delays; above it the rank misses versions)
+  rl-trainer-stop      SIGSTOP one trainer for 1-12 s, then SIGCONT: 10 more steps after the resume, with
+                       every engine rank verified again (a stalled trainer delays pushes; nothing is lost)
   rl-trainer-kill      kill -9 one trainer: the run must end with a typed error naming it, in bounded
                        time, with no engine committing a wrong byte
   p2p-source-kill      kill -9 one of two seeds while a tp=4 instance loads from both (bandwidth-capped):
@@ -237,22 +239,22 @@ def check_rl_output(r, lines):
         r.partial = True
 
 
-def scenario_rl_engine(sw, work, stop):
+def scenario_rl_engine(sw, work, stop, role="engine"):
     r = Result()
     job, proc, lines = start_rl_run(sw, work)
-    rank = random.randrange(4)
-    pid = worker_pid(job, "engine", rank)
+    rank = random.randrange(4 if role == "engine" else 2)
+    pid = worker_pid(job, role, rank)
     t_fault = time.monotonic()
     resumed = t_fault
     if pid is None:
-        r.note = f"engine rank {rank} not found: fault not injected"
+        r.note = f"{role} rank {rank} not found: fault not injected"
     elif stop:
         stall = random.uniform(1.0, 12.0)
         os.kill(pid, signal.SIGSTOP)
         time.sleep(stall)
         os.kill(pid, signal.SIGCONT)
         resumed = time.monotonic()
-        r.note = f"stalled engine rank {rank} {stall:.1f} s"
+        r.note = f"stalled {role} rank {rank} {stall:.1f} s"
     else:
         os.kill(pid, signal.SIGKILL)
         r.note = f"killed engine rank {rank} (pid {pid})"
@@ -564,6 +566,7 @@ def scenario_restart(sw, work, what):
 SCENARIOS = {
     "rl-engine-kill": lambda sw, w: scenario_rl_engine(sw, w, stop=False),
     "rl-engine-stop": lambda sw, w: scenario_rl_engine(sw, w, stop=True),
+    "rl-trainer-stop": lambda sw, w: scenario_rl_engine(sw, w, stop=True, role="trainer"),
     "rl-trainer-kill": scenario_rl_trainer_kill,
     "p2p-source-kill": lambda sw, w: scenario_p2p(sw, w, "source"),
     "p2p-loader-kill": lambda sw, w: scenario_p2p(sw, w, "loader"),

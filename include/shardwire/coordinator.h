@@ -132,7 +132,16 @@ struct CoordinatorClientOptions {
   /// PEM file of the CA that signed the server's certificate; empty: plaintext.
   std::string tls_root_cert_file;
   /// Seconds. Deadline of one RPC attempt (server-side waits add their own
-  /// timeout on top).
+  /// timeout on top). An attempt whose deadline passes is sent again with a fresh
+  /// deadline if the call is safe to repeat (Put, Get, Add, HeartbeatSource,
+  /// ListSources, MarkSourceStale, HeartbeatMember, GetJob, CommitVersion): while
+  /// unavailable_timeout_s has not passed since the call began, and once in any
+  /// case, so that a caller stopped longer than the deadline (SIGSTOP, a debugger,
+  /// a paused VM) is not failed by a deadline that passed while it was not running.
+  /// A coordinator that accepts connections but does not answer therefore fails
+  /// those calls with kTimedOut after at most unavailable_timeout_s plus one
+  /// attempt's deadline (at least two attempts). The other calls fail with
+  /// kTimedOut at the first deadline (a repeat could register twice).
   double call_timeout_s = 10;
   /// Seconds. Total time a call keeps retrying a coordinator that cannot be
   /// reached (UNAVAILABLE), with bounded exponential backoff, before it fails
@@ -146,7 +155,8 @@ struct CoordinatorClientOptions {
 /// restart) are retried with bounded backoff, so with a Redis-backed
 /// coordinator a restart is invisible to callers except as latency.
 /// Errors common to every method: kUnavailable naming the address when the
-/// coordinator cannot be reached within unavailable_timeout_s; kUnauthenticated
+/// coordinator cannot be reached within unavailable_timeout_s; kTimedOut naming
+/// the address when it does not answer in time (see call_timeout_s); kUnauthenticated
 /// for a missing or wrong token; kInvalidArgument for requests the server
 /// refuses as malformed or oversized (the server's message is kept);
 /// kFailedPrecondition from the state-bound methods once the state this client

@@ -5,7 +5,9 @@
 //     UNAVAILABLE up to 5 times with 50 ms .. 1 s exponential backoff;
 //   - around attempts, Call() keeps retrying UNAVAILABLE with bounded exponential
 //     backoff (50 ms doubling to 1 s) until unavailable_timeout_s has passed since
-//     the first attempt, then returns kUnavailable naming the address. gRPC's
+//     the first attempt, then returns kUnavailable naming the address; calls
+//     safe to repeat are also sent again after an attempt's deadline passed
+//     (CoordinatorClientOptions::call_timeout_s says when). gRPC's
 //     policy alone cannot do this: it caps attempts at 5 and has no total-time
 //     bound. The channel itself reconnects (reconnect backoff 100 ms .. 1 s), which
 //     is how a client survives a coordinator restart.
@@ -94,6 +96,12 @@ struct CallOptions {
   // Seconds the whole call may take, retries included (+inf: bounded by
   // unavailable_timeout_s and the attempt deadline alone).
   double bound_s = std::numeric_limits<double>::infinity();
+  // The call may be sent again after an attempt whose deadline passed (DEADLINE_EXCEEDED),
+  // although the coordinator may have applied it: true for calls whose repetition changes
+  // nothing (Put, Get, Add with its request id, heartbeats, reads, a version commit), false
+  // for Register/Deregister/Join/Leave (a second registration, or NOT_FOUND for a
+  // deregistration that did happen).
+  bool resend_after_deadline = false;
 };
 
 }  // namespace
@@ -130,6 +138,7 @@ struct CoordinatorClient::Impl {
                                    : options.unavailable_timeout_s;
     const auto give_up = start + Seconds(retry_s);
     auto backoff = std::chrono::milliseconds(50);
+    bool resent_after_deadline = false;
     for (;;) {
       grpc::ClientContext ctx;
       double attempt_s = options.call_timeout_s + call.extra_s;
@@ -145,8 +154,25 @@ struct CoordinatorClient::Impl {
         ctx.AddMetadata(control::kStateIdMetadataKey, state_id);
       }
       grpc::Status st = rpc(ctx);
-      if (st.error_code() != grpc::StatusCode::UNAVAILABLE) return control::FromGrpcStatus(st, method, options.address);
       const auto now = Clock::now();
+      if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && call.resend_after_deadline) {
+        // No answer within the attempt's deadline: a coordinator that is stopped or
+        // overloaded, or this process was not running while the deadline passed (SIGSTOP,
+        // a debugger, a paused VM, a CPU-starved container) and the answer may be waiting.
+        // Sent again, with a fresh deadline, while unavailable_timeout_s (or the call's
+        // bound) allows, and once in any case, so that a caller that was itself stopped
+        // longer than unavailable_timeout_s gets one real attempt after it resumes.
+        const bool bound_left = !bounded || std::chrono::duration<double>(now - start).count() < call.bound_s;
+        if (bound_left && (now < give_up || !resent_after_deadline)) {
+          resent_after_deadline = true;
+          continue;
+        }
+        return TimedOut(fmt::format("coordinator {} at {} did not answer within an attempt's deadline ({:.1f} s; "
+                                    "gave up after {:.1f} s): {}",
+                                    method, options.address, options.call_timeout_s + call.extra_s,
+                                    std::chrono::duration<double>(now - start).count(), st.error_message()));
+      }
+      if (st.error_code() != grpc::StatusCode::UNAVAILABLE) return control::FromGrpcStatus(st, method, options.address);
       if (now >= give_up) {
         return Unavailable(fmt::format("coordinator at {} is unavailable ({} gave up after {:.1f} s): {}",
                                        options.address, method, std::chrono::duration<double>(now - start).count(),
@@ -245,7 +271,8 @@ Status CoordinatorClient::Put(const std::string& key, std::span<const std::byte>
   return impl_->Call(
       "Put", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Put(&ctx, req, &resp); },
       {.extra_s = static_cast<double>(value.size()) / kSlowestPayloadBytesPerS,
-       .binding = Binding::kJoinedState});
+       .binding = Binding::kJoinedState,
+       .resend_after_deadline = true});
 }
 
 Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, double timeout_s) {
@@ -261,7 +288,8 @@ Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, do
     SW_RETURN_IF_ERROR(impl_->Call(
         "Get", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Get(&ctx, req, &resp); },
         {.extra_s = slice + static_cast<double>(kMaxRendezvousValueBytes) / kSlowestPayloadBytesPerS,
-         .binding = Binding::kJoinedState}));
+         .binding = Binding::kJoinedState,
+         .resend_after_deadline = true}));
     if (resp.found()) return control::ToBytes(resp.value());
     if (control::SecondsLeft(deadline) <= 0) return control::GetTimedOut(key, timeout_s);
   }
@@ -277,7 +305,7 @@ Result<std::int64_t> CoordinatorClient::Add(const std::string& key, std::int64_t
   v1::AddResponse resp;
   SW_RETURN_IF_ERROR(
       impl_->Call("Add", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Add(&ctx, req, &resp); },
-                  {.binding = Binding::kJoinedState}));
+                  {.binding = Binding::kJoinedState, .resend_after_deadline = true}));
   return resp.value();
 }
 
@@ -309,7 +337,7 @@ Status CoordinatorClient::HeartbeatSource(const std::string& source_id, double t
   v1::HeartbeatSourceResponse resp;
   return impl_->Call(
       "HeartbeatSource", [&](grpc::ClientContext& ctx) { return impl_->sources->Heartbeat(&ctx, req, &resp); },
-      {.bound_s = timeout_s});
+      {.bound_s = timeout_s, .resend_after_deadline = true});
 }
 
 Result<std::vector<SourceRecord>> CoordinatorClient::ListSources(const std::string& model_identity,
@@ -320,7 +348,8 @@ Result<std::vector<SourceRecord>> CoordinatorClient::ListSources(const std::stri
   req.set_state(control::ToProto(state));
   v1::ListSourcesResponse resp;
   SW_RETURN_IF_ERROR(
-      impl_->Call("ListSources", [&](grpc::ClientContext& ctx) { return impl_->sources->List(&ctx, req, &resp); }));
+      impl_->Call("ListSources", [&](grpc::ClientContext& ctx) { return impl_->sources->List(&ctx, req, &resp); },
+                  {.resend_after_deadline = true}));
   std::vector<SourceRecord> out;
   out.reserve(resp.sources_size());
   for (const auto& s : resp.sources()) {
@@ -338,7 +367,8 @@ Status CoordinatorClient::MarkSourceStale(const std::string& source_id, const st
   req.set_reason(reason);
   v1::MarkSourceStaleResponse resp;
   return impl_->Call("MarkSourceStale",
-                     [&](grpc::ClientContext& ctx) { return impl_->sources->MarkStale(&ctx, req, &resp); });
+                     [&](grpc::ClientContext& ctx) { return impl_->sources->MarkStale(&ctx, req, &resp); },
+                     {.resend_after_deadline = true});
 }
 
 Status CoordinatorClient::DeregisterSource(const std::string& source_id, double timeout_s) {
@@ -380,7 +410,7 @@ Status CoordinatorClient::HeartbeatMember(const std::string& job, const std::str
   v1::HeartbeatMemberResponse resp;
   return impl_->Call(
       "HeartbeatMember", [&](grpc::ClientContext& ctx) { return impl_->jobs->HeartbeatMember(&ctx, req, &resp); },
-      {.binding = Binding::kJoinedState});
+      {.binding = Binding::kJoinedState, .resend_after_deadline = true});
 }
 
 Status CoordinatorClient::LeaveJob(const std::string& job, const std::string& member_id) {
@@ -402,7 +432,7 @@ Result<JobView> CoordinatorClient::GetJob(const std::string& job) {
   v1::GetJobResponse resp;
   SW_RETURN_IF_ERROR(
       impl_->Call("GetJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Get(&ctx, req, &resp); },
-                  {.binding = Binding::kJoinedState}));
+                  {.binding = Binding::kJoinedState, .resend_after_deadline = true}));
   return control::FromProto(resp.job());
 }
 
@@ -416,7 +446,7 @@ Status CoordinatorClient::CommitVersion(const std::string& job, const std::strin
   v1::CommitVersionResponse resp;
   return impl_->Call(
       "CommitVersion", [&](grpc::ClientContext& ctx) { return impl_->jobs->CommitVersion(&ctx, req, &resp); },
-      {.binding = Binding::kJoinedState});
+      {.binding = Binding::kJoinedState, .resend_after_deadline = true});
 }
 
 }  // namespace shardwire

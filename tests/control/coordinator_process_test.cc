@@ -117,5 +117,45 @@ TEST(CoordinatorProcess, ServeWithTokenFileRefusesOtherTokens) {
   std::remove(path.c_str());
 }
 
+// A process that does not run for longer than an attempt's deadline (SIGSTOP, a paused VM)
+// finds the deadline passed when it resumes, with no fault anywhere. The fault-injection
+// scenario rl-engine-stop found it: an engine rank stopped 11 s in the middle of a Put
+// (call_timeout_s 10 s) exited with "coordinator Put ...: Deadline Exceeded" after SIGCONT.
+// Reproduced here from the other side, with the coordinator stopped past the deadline:
+// a call that is safe to repeat is sent again (once even after unavailable_timeout_s, which
+// a stopped caller may have slept through) and succeeds once the coordinator runs again;
+// a coordinator that stays stopped is kTimedOut naming the address, not a hang.
+TEST(CoordinatorProcess, ACallSafeToRepeatOutlivesAStopPastItsDeadline) {
+  ServeProcess serve;
+  std::string out;
+  ASSERT_TRUE(StartServe(&serve, 0, {}, &out)) << out;
+  CoordinatorClientOptions o;
+  o.address = serve.address;
+  o.call_timeout_s = 3;
+  o.unavailable_timeout_s = 0.1;  // only the one resend a stopped caller is owed can save the call
+  auto c = CoordinatorClient::Connect(o);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+
+  ASSERT_EQ(::kill(serve.pid, SIGSTOP), 0);
+  Status put = Internal("not run");
+  std::thread t([&] { put = (*c)->Put("k", BytesOf("v")); });
+  // Past the first attempt's 3 s deadline, within the resend's.
+  std::this_thread::sleep_for(std::chrono::milliseconds(4500));
+  ASSERT_EQ(::kill(serve.pid, SIGCONT), 0);
+  t.join();
+  EXPECT_TRUE(put.ok()) << put.ToString();
+  auto got = GetString(**c, "k", 5);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, "v");
+
+  // Stopped for good: the resend also runs out, and the call says so.
+  ASSERT_EQ(::kill(serve.pid, SIGSTOP), 0);
+  const Status stuck = (*c)->Put("k2", BytesOf("v"));
+  ASSERT_EQ(::kill(serve.pid, SIGCONT), 0);
+  EXPECT_EQ(stuck.code(), ErrorCode::kTimedOut) << stuck.ToString();
+  EXPECT_NE(stuck.message().find(serve.address), std::string::npos) << stuck.message();
+  EXPECT_NE(stuck.message().find("did not answer"), std::string::npos) << stuck.message();
+}
+
 }  // namespace
 }  // namespace shardwire
