@@ -230,9 +230,8 @@ class CoordinatorClient final : public Rendezvous {
   /// member's committed version (versions never go backwards; equal is a no-op).
   Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version);
 
-  struct Impl;
-
  private:
+  struct Impl;
   explicit CoordinatorClient(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -32,7 +32,6 @@
 #include <fstream>
 #include <limits>
 #include <mutex>
-#include <random>
 #include <sstream>
 #include <thread>
 
@@ -108,16 +107,13 @@ struct CallOptions {
 
 struct CoordinatorClient::Impl {
   CoordinatorClientOptions options;
-  // Request ids: 16 random bytes per client (from std::random_device) + a counter, as hex.
+  // Request ids: 128 random bits per client (as a state id is made) + a counter, as hex.
   std::mutex id_mu;
   std::string id_prefix;
   std::uint64_t id_counter = 0;
   std::string NextRequestId() {
     std::lock_guard<std::mutex> lock(id_mu);
-    if (id_prefix.empty()) {
-      std::random_device rd;
-      for (int i = 0; i < 4; ++i) id_prefix += fmt::format("{:08x}", rd());
-    }
+    if (id_prefix.empty()) id_prefix = control::NewStateId();
     return fmt::format("{}-{:x}", id_prefix, ++id_counter);
   }
   std::string auth_header;  // "Bearer <token>" or empty

@@ -9,6 +9,7 @@
 namespace shardwire::control {
 
 /// A new random state id: 32 lowercase hex digits (128 bits from std::random_device).
+/// CoordinatorClient also takes its request-id prefix from it (unique per client).
 std::string NewStateId();
 
 /// Whether `id` has the form NewStateId makes (32 lowercase hex digits).
