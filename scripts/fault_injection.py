@@ -34,6 +34,10 @@ redis-server), injects one fault at a uniformly random moment, and checks the ou
                        the time column is the slowest seed's exit after its SIGTERM
   redis-restart        kill -9 redis-server (append-only file, fsync always) during demo rl-sync and
                        restart it: the run must go on for 10 more steps
+  coordinator-stop     SIGSTOP an in-memory `shardwire serve` for 1-12 s during demo rl-sync, then SIGCONT:
+                       the run must go on for 10 more steps (calls whose deadline passed are sent again)
+  redis-stop           SIGSTOP the redis-server under a Redis-backed `shardwire serve` for 1-12 s during
+                       demo rl-sync, then SIGCONT: the run must go on for 10 more steps
 
 RL runs are unbounded (--steps 100000); once a run has shown what it must, the script stops it
 with Ctrl-C, which must end every process within 30 s. A run whose victim was already gone
@@ -518,14 +522,24 @@ def scenario_restart(sw, work, what):
     r = Result()
     redis_port, port = free_port(), free_port()
     data = tempfile.mkdtemp(dir=work)
-    in_memory = what == "coordinator-memory"
+    in_memory = what in ("coordinator-memory", "coordinator-stop")
     redis = None if in_memory else start_redis(redis_port, data)
     url = None if in_memory else f"redis://127.0.0.1:{redis_port}"
     serve = start_serve(sw, port, url)
     job, proc, lines = start_rl_run(sw, work, ["--coordinator", f"127.0.0.1:{port}"])
     try:
         t_fault = time.monotonic()
-        if what in ("coordinator", "coordinator-memory"):
+        if what in ("coordinator-stop", "redis-stop"):
+            # Stopped, not killed: the state survives, and every call in flight meanwhile must
+            # outlive the stop (an attempt's deadline may pass: it is sent again).
+            victim = serve if what == "coordinator-stop" else redis
+            stall = random.uniform(1.0, 12.0)
+            victim.send_signal(signal.SIGSTOP)
+            time.sleep(stall)
+            victim.send_signal(signal.SIGCONT)
+            t_fault = time.monotonic()  # the time column: from the resume to the next step
+            r.note = f"stalled the {what[:-len('-stop')]} {stall:.1f} s"
+        elif what in ("coordinator", "coordinator-memory"):
             serve.send_signal(signal.SIGKILL)
             serve.wait()
             time.sleep(0.5)
@@ -535,9 +549,10 @@ def scenario_restart(sw, work, what):
             redis.wait()
             time.sleep(0.5)
             redis = start_redis(redis_port, data)
-        r.note = f"restarted the {what}"
+        if not r.note:
+            r.note = f"restarted the {what}"
         t_back = time.monotonic()
-        if in_memory:
+        if what == "coordinator-memory":
             ran_on = went_on_or_failed_typed(proc, lines, t_back, r)
         else:
             ran_on = run_on_then_interrupt(proc, lines, t_back, r)
@@ -575,6 +590,8 @@ SCENARIOS = {
     "p2p-coordinator-memory-restart": lambda sw, w: two_seed_run(sw, w, coordinator_memory_restart_under_seeds),
     "p2p-coordinator-gone-stop": lambda sw, w: two_seed_run(sw, w, seeds_stopped_with_the_coordinator_gone),
     "redis-restart": lambda sw, w: scenario_restart(sw, w, "redis"),
+    "coordinator-stop": lambda sw, w: scenario_restart(sw, w, "coordinator-stop"),
+    "redis-stop": lambda sw, w: scenario_restart(sw, w, "redis-stop"),
 }
 
 
