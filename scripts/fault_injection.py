@@ -15,6 +15,9 @@ redis-server), injects one fault at a uniformly random moment, and checks the ou
                        time, with no engine committing a wrong byte
   p2p-source-kill      kill -9 one of two seeds while a tp=4 instance loads from both (bandwidth-capped):
                        the load must complete (other source, or the disk fallback) and verify every byte
+  p2p-source-stop      SIGSTOP one of two seeds for 1-12 s while a tp=4 instance loads from both: the load
+                       must complete verified, and after SIGCONT the stopped seed must serve the next
+                       loader (no disk bytes, the seed among its sources)
   p2p-loader-kill      kill -9 a loader mid-load: the seeds stay healthy and the next loader succeeds
   coordinator-restart  kill -9 a Redis-backed `shardwire serve` during demo rl-sync and restart it on the
                        same port: the run must go on for 10 more steps, nothing lost
@@ -56,6 +59,7 @@ registration or orphan.
 import argparse
 import os
 import random
+import re
 import signal
 import socket
 import statistics
@@ -376,7 +380,35 @@ def scenario_p2p(sw, work, kill_what):
         loader_lines = Lines(loader)
         time.sleep(random.uniform(0.3, 2.0))
         t_fault = time.monotonic()
-        if kill_what == "source":
+        if kill_what == "source-stop":
+            # A seed stopped 1-12 s mid-load: the load completes verified (from the other seed,
+            # or from this one once it runs again), and the stopped seed serves again afterwards.
+            victim = random.randrange(2)
+            stall = random.uniform(1.0, 12.0)
+            seeds[victim][0].send_signal(signal.SIGSTOP)
+            resume = threading.Timer(stall, seeds[victim][0].send_signal, args=(signal.SIGCONT,))
+            resume.start()
+            r.note = f"stalled seed {'ab'[victim]} {stall:.1f} s"
+            finished = wait(loader, 180)
+            r.recovery_s = time.monotonic() - t_fault if finished else None  # the stop to the load's end
+            resume.join()
+            r.hang = not finished
+            loader_lines.thread.join(timeout=5)
+            text = loader_lines.text()
+            r.partial = loader.returncode == 0 and "verified=byte-for-byte" not in text
+            # Its heartbeats (1 s) make it READY again if anything marked it STALE meanwhile.
+            time.sleep(3.0)
+            second = subprocess.run(load_cmd + ["--instance-id", f"{tag}-l2"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, timeout=180)
+            used = re.search(r" sources=(\S+) ", second.stdout)
+            victim_id = f"{tag}-{'ab'[victim]}"
+            r.lost = (seeds[victim][0].poll() is not None or used is None or victim_id not in used.group(1)
+                      or " disk_bytes=0 " not in second.stdout)
+            r.passed = finished and loader.returncode == 0 and not r.partial and second.returncode == 0 and not r.lost
+            if not r.passed:
+                r.note += (f"; load exit {loader.returncode}: {text[-400:]}; second load exit {second.returncode}: "
+                           f"{second.stdout[-400:]}")
+        elif kill_what == "source":
             victim = random.randrange(2)
             seeds[victim][0].send_signal(signal.SIGKILL)
             r.note = f"killed seed {'ab'[victim]}"
@@ -585,6 +617,7 @@ SCENARIOS = {
     "rl-trainer-kill": scenario_rl_trainer_kill,
     "p2p-source-kill": lambda sw, w: scenario_p2p(sw, w, "source"),
     "p2p-loader-kill": lambda sw, w: scenario_p2p(sw, w, "loader"),
+    "p2p-source-stop": lambda sw, w: scenario_p2p(sw, w, "source-stop"),
     "coordinator-restart": lambda sw, w: scenario_restart(sw, w, "coordinator"),
     "coordinator-memory-restart": lambda sw, w: scenario_restart(sw, w, "coordinator-memory"),
     "p2p-coordinator-memory-restart": lambda sw, w: two_seed_run(sw, w, coordinator_memory_restart_under_seeds),
