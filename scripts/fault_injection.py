@@ -18,6 +18,9 @@ redis-server), injects one fault at a uniformly random moment, and checks the ou
   p2p-source-stop      SIGSTOP one of two seeds for 1-12 s while a tp=4 instance loads from both: the load
                        must complete verified, and after SIGCONT the stopped seed must serve the next
                        loader (no disk bytes, the seed among its sources)
+  p2p-loader-stop      SIGSTOP a loader mid-load for 1-12 s, then SIGCONT: it must finish verified (the time
+                       column: from the resume) without blaming its seeds for its own stop (no failed
+                       source, no disk bytes), and the seeds serve the next loader
   p2p-loader-kill      kill -9 a loader mid-load: the seeds stay healthy and the next loader succeeds
   coordinator-restart  kill -9 a Redis-backed `shardwire serve` during demo rl-sync and restart it on the
                        same port: the run must go on for 10 more steps, nothing lost
@@ -408,6 +411,32 @@ def scenario_p2p(sw, work, kill_what):
             if not r.passed:
                 r.note += (f"; load exit {loader.returncode}: {text[-400:]}; second load exit {second.returncode}: "
                            f"{second.stdout[-400:]}")
+        elif kill_what == "loader-stop":
+            # A loader stopped 1-12 s mid-load: when it runs again it finishes verified (moves
+            # whose deadlines passed meanwhile are re-read), and the seeds stay healthy.
+            stall = random.uniform(1.0, 12.0)
+            loader.send_signal(signal.SIGSTOP)
+            time.sleep(stall)
+            loader.send_signal(signal.SIGCONT)
+            resumed = time.monotonic()
+            r.note = f"stalled the loader {stall:.1f} s"
+            finished = wait(loader, 180)
+            r.recovery_s = time.monotonic() - resumed if finished else None  # the resume to the load's end
+            r.hang = not finished
+            loader_lines.thread.join(timeout=5)
+            text = loader_lines.text()
+            r.partial = loader.returncode == 0 and "verified=byte-for-byte" not in text
+            alive = all(p.poll() is None for p, _ in seeds)
+            # The loader's own stop is no fault of the seeds: none failed, nothing came from disk.
+            blamed = " failed=0 " not in text or " disk_bytes=0 " not in text
+            second = subprocess.run(load_cmd + ["--instance-id", f"{tag}-l2"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, timeout=180)
+            r.lost = not alive or blamed or " disk_bytes=0 " not in second.stdout
+            r.passed = finished and loader.returncode == 0 and not r.partial and second.returncode == 0 and not r.lost
+            if not r.passed:
+                r.note += (f"; seeds alive={alive}, blamed={blamed}; load exit {loader.returncode}: {text[-400:]}; "
+                           f"second load exit "
+                           f"{second.returncode}: {second.stdout[-400:]}")
         elif kill_what == "source":
             victim = random.randrange(2)
             seeds[victim][0].send_signal(signal.SIGKILL)
@@ -618,6 +647,7 @@ SCENARIOS = {
     "p2p-source-kill": lambda sw, w: scenario_p2p(sw, w, "source"),
     "p2p-loader-kill": lambda sw, w: scenario_p2p(sw, w, "loader"),
     "p2p-source-stop": lambda sw, w: scenario_p2p(sw, w, "source-stop"),
+    "p2p-loader-stop": lambda sw, w: scenario_p2p(sw, w, "loader-stop"),
     "coordinator-restart": lambda sw, w: scenario_restart(sw, w, "coordinator"),
     "coordinator-memory-restart": lambda sw, w: scenario_restart(sw, w, "coordinator-memory"),
     "p2p-coordinator-memory-restart": lambda sw, w: two_seed_run(sw, w, coordinator_memory_restart_under_seeds),

@@ -203,7 +203,9 @@ struct ModelLoaderOptions {
   std::string checkpoint_path;
   /// Seconds a move may take without progress (READ not complete, digest or
   /// HELLO not answered, lease not acknowledged) before its source is declared
-  /// dead or stalled and its bytes are re-planned from the other sources.
+  /// dead or stalled and its bytes are re-planned from the other sources. Counted
+  /// while the loader runs: a pause of the loader itself (LoadReport::paused_seconds)
+  /// does not count against its sources.
   double stall_timeout_s = 3;
   /// Seconds a whole load may take before it fails with kTimedOut (not committed).
   double load_timeout_s = 600;
@@ -273,6 +275,12 @@ struct LoadReport {
   double handshake_seconds = 0;
   double transfer_seconds = 0;
   double finish_seconds = 0;
+  /// Seconds this loader itself did not run while it waited for its sources (its
+  /// process stopped, traced, or starved of CPU: gaps of more than 0.5 s between two
+  /// turns of its loop, which otherwise take milliseconds). Every stall deadline
+  /// moved by such a gap, so no source is declared stalled, re-read elsewhere or
+  /// marked STALE for the loader's own pause.
+  double paused_seconds = 0;
 };
 
 /// A new instance's rank loading its shards.

@@ -97,6 +97,7 @@ py::dict ReportToDict(const LoadReport& r) {
   d["handshake_seconds"] = r.handshake_seconds;
   d["transfer_seconds"] = r.transfer_seconds;
   d["finish_seconds"] = r.finish_seconds;
+  d["paused_seconds"] = r.paused_seconds;
   return d;
 }
 

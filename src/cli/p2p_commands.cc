@@ -220,7 +220,7 @@ Status RunLoad(const LoadOptions& o) {
   double digest_seconds = 0, rank_seconds = 0;  // summed over ranks (they run in parallel)
   // Phases, the slowest rank's (ranks run in parallel): ModelLoader::Create (agent,
   // registration of the memory), then LoadReport's list / handshake / transfer / finish.
-  double create_max = 0, list_max = 0, handshake_max = 0, transfer_max = 0, finish_max = 0;
+  double create_max = 0, list_max = 0, handshake_max = 0, transfer_max = 0, finish_max = 0, paused_max = 0;
   std::map<std::string, std::uint64_t> per_instance;
   std::vector<std::string> failed;
   for (int r = 0; r < world; ++r) {
@@ -242,6 +242,7 @@ Status RunLoad(const LoadOptions& o) {
     handshake_max = std::max(handshake_max, rep->handshake_seconds);
     transfer_max = std::max(transfer_max, rep->transfer_seconds);
     finish_max = std::max(finish_max, rep->finish_seconds);
+    paused_max = std::max(paused_max, rep->paused_seconds);
     for (const auto& [id, b] : rep->bytes_per_instance) per_instance[id] += b;
     for (const auto& f : rep->failed) failed.push_back(fmt::format("rank {}: {}", r, f));
     if (o.quiet) continue;
@@ -295,10 +296,10 @@ Status RunLoad(const LoadOptions& o) {
       "LOADED instance={} layout={} bytes={} disk_bytes={} seconds={:.4f} gbps={:.4f} sources={} failed={} "
       "verified={} disk_seconds={:.4f} start_ms={} end_ms={} digest_seconds={:.4f} rank_seconds={:.4f} "
       "alloc_seconds={:.4f} create_seconds={:.4f} list_seconds={:.4f} handshake_seconds={:.4f} "
-      "transfer_seconds={:.4f} finish_seconds={:.4f}",
+      "transfer_seconds={:.4f} finish_seconds={:.4f} paused_seconds={:.2f}",
       instance, o.layout, bytes, disk, seconds, seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0,
       sources.empty() ? "-" : sources, failed.size(), verified, disk_seconds, start_ms, end_ms, digest_seconds,
-      rank_seconds, alloc_seconds, create_max, list_max, handshake_max, transfer_max, finish_max);
+      rank_seconds, alloc_seconds, create_max, list_max, handshake_max, transfer_max, finish_max, paused_max);
   if (!o.quiet) fmt::print("{}\n", line);
   std::fflush(stdout);
   if (!o.report.empty()) {

@@ -11,6 +11,7 @@
 #include <set>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "shardwire/checkpoint.h"
 #include "shardwire/model_layouts.h"
@@ -148,6 +149,7 @@ struct ModelLoader::Impl {
   std::future<Result<std::vector<SourceRecord>>> relisting;  // a re-listing in flight
   bool relist_failed = false;
   Clock::time_point first_read;  // when this Load posted its first READ (profiling)
+  Clock::time_point last_deadline_check;  // Poll's previous look at the deadlines (pause detection)
 
   Status ResolveIdentity() {
     if (!options.revision.empty()) {
@@ -582,6 +584,32 @@ struct ModelLoader::Impl {
     }
   }
 
+  // A turn of Load's loop takes milliseconds (Poll waits at most 2 ms for a message). A
+  // longer gap between two looks at the deadlines means this process did not run: stopped
+  // (SIGSTOP, a debugger, a paused VM) or starved of CPU. Its sources were not silent
+  // meanwhile; their answers wait in the agent's queues, and after a stop the lane threads
+  // deliver them only once they run again, maybe after this thread's next look. Every stall
+  // deadline moves by the gap, so that no healthy source is declared stalled, re-read
+  // elsewhere (or from disk) and marked STALE because the loader itself paused: the
+  // "healthy source marked STALE for the target's own problem" peers' users report.
+  // Found by fault injection (`p2p-loader-stop`): a loader stopped 5-9 s blamed both of
+  // its healthy seeds and read up to 87 MB of a rank from disk.
+  void ForgiveOwnPause(Clock::time_point now) {
+    constexpr auto kOwnPause = std::chrono::milliseconds(500);
+    const Clock::duration gap = now - last_deadline_check;
+    const bool paused = last_deadline_check != Clock::time_point{} && gap > kOwnPause;
+    last_deadline_check = now;
+    if (!paused) return;
+    for (LoadMove& m : moves) m.deadline += gap;  // unused outside the waiting states: harmless
+    for (Instance& inst : instances) {
+      for (auto& [rank, answer_by] : inst.hello_deadline) answer_by += gap;
+    }
+    report.paused_seconds += std::chrono::duration<double>(gap).count();
+    spdlog::warn("model loader rank {}: this process did not run for {:.2f} s; its sources' stall deadlines "
+                 "move by as much",
+                 options.rank, std::chrono::duration<double>(gap).count());
+  }
+
   void Poll() {
     for (std::size_t i = 0; i < moves.size(); ++i) {
       LoadMove& m = moves[i];
@@ -606,6 +634,7 @@ struct ModelLoader::Impl {
     // consulted: on UCX 1.13.1 a failed shared-memory connect to one peer was seen to
     // flag a live peer of the same worker.)
     const Clock::time_point now = Clock::now();
+    ForgiveOwnPause(now);
     for (LoadMove& m : moves) {
       if (instances[m.instance].failed) continue;
       switch (m.state) {
@@ -755,6 +784,7 @@ struct ModelLoader::Impl {
     const Clock::time_point listed = Clock::now();
     report.list_seconds = std::chrono::duration<double>(listed - start).count();
     first_read = {};
+    last_deadline_check = {};
     unassigned = needed;
     Clock::time_point last_list = Clock::now();
     Clock::time_point last_interrupt_check = Clock::now();

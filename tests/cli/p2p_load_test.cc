@@ -225,6 +225,30 @@ TEST_F(P2pLoadProcessTest, SourceStoppedMidLoadIsReplacedByTheOthers) {
   processes_[0]->Signal(SIGCONT);
 }
 
+// The loader itself stopped (SIGSTOP) for 4 s, four times its stall timeout, while its moves
+// wait for bandwidth leases from two healthy seeds: when it runs again it must not blame
+// them. Before the fix the deadlines that passed during the stop failed the seeds at the
+// first look ("lease request not answered within 1.0 s (dead or stalled)"), re-read their
+// bytes from disk and marked them STALE (fault injection `p2p-loader-stop`).
+TEST_F(P2pLoadProcessTest, ALoaderStoppedMidLoadBlamesNoSource) {
+  Seed("a-healthy", "tp=2", 300e3);  // ~7 MB over 4 seed ranks at 300 KB/s: ~6 s of reading
+  Seed("b-healthy", "tp=2", 300e3);
+  AwaitReady("a-healthy", 2);
+  AwaitReady("b-healthy", 2);
+  Process& load = Load("new", "tp=4", {"--checkpoint", Ckpt()});
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // reading, most moves queued for leases
+  load.Signal(SIGSTOP);
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  load.Signal(SIGCONT);
+  const std::string out = ExpectLoaded(load, "new");
+  EXPECT_NE(out.find("failed=0 "), std::string::npos) << out;
+  EXPECT_NE(out.find("disk_bytes=0 "), std::string::npos) << out;
+  EXPECT_EQ(out.find("paused_seconds=0.00"), std::string::npos) << "the stop was not seen: " << out;
+  auto list = client_->ListSources("", SourceState::kReady);
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->size(), 4u) << "a healthy seed rank was marked STALE";
+}
+
 TEST_F(P2pLoadProcessTest, NoSourceFallsBackToDiskAndNoCheckpointFails) {
   const std::string out = ExpectLoaded(Load("new", "tp=2", {"--checkpoint", Ckpt()}), "new");
   EXPECT_NE(out.find("sources=- "), std::string::npos) << out;
