@@ -131,7 +131,7 @@ TEST(CoordinatorProcess, ACallSafeToRepeatOutlivesAStopPastItsDeadline) {
   ASSERT_TRUE(StartServe(&serve, 0, {}, &out)) << out;
   CoordinatorClientOptions o;
   o.address = serve.address;
-  o.call_timeout_s = 3;
+  o.call_timeout_s = 4;
   o.unavailable_timeout_s = 0.1;  // only the one resend a stopped caller is owed can save the call
   auto c = CoordinatorClient::Connect(o);
   ASSERT_TRUE(c.ok()) << c.status().ToString();
@@ -139,8 +139,8 @@ TEST(CoordinatorProcess, ACallSafeToRepeatOutlivesAStopPastItsDeadline) {
   ASSERT_EQ(::kill(serve.pid, SIGSTOP), 0);
   Status put = Internal("not run");
   std::thread t([&] { put = (*c)->Put("k", BytesOf("v")); });
-  // Past the first attempt's 3 s deadline, within the resend's.
-  std::this_thread::sleep_for(std::chrono::milliseconds(4500));
+  // Past the first attempt's 4 s deadline, within the resend's (2 s of slack either way).
+  std::this_thread::sleep_for(std::chrono::seconds(6));
   ASSERT_EQ(::kill(serve.pid, SIGCONT), 0);
   t.join();
   EXPECT_TRUE(put.ok()) << put.ToString();
