@@ -290,6 +290,11 @@ def scenario_rl_engine(sw, work, stop, role="engine"):
         txt = lines.text()
         r.note += f"; {len(lines.lines)} lines, killed-line={'was killed' in txt}, ran_on={ran_on}"
         r.note += f"; exit {proc.returncode}: " + "\n".join(
+            l for l in lines.text().splitlines()
+            # A worker's own error line ("shardwire: engine rank 2: ...") and its exit come first:
+            # session 24's CI failure note cut them off, and with them the cause.
+            if l.startswith("shardwire") or "exited with" in l)[-600:]
+        r.note += "\n" + "\n".join(
             l for l in lines.text().splitlines() if "killed" in l or "missed" in l or "step 1/" in l)[-900:]
     return r
 
