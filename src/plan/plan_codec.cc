@@ -111,8 +111,12 @@ std::vector<std::byte> Encode(const TransferPlan& plan, const std::vector<std::s
     std::uint64_t src_end = 0, dst_end = 0;
     for (std::uint64_t i = b.first_move; i < b.first_move + b.move_count; ++i) {
       const Move& m = plan.moves()[i];
-      w.Zigzag(static_cast<std::int64_t>(m.src_offset) - static_cast<std::int64_t>(src_end));
-      w.Zigzag(static_cast<std::int64_t>(m.dst_offset) - static_cast<std::int64_t>(dst_end));
+      // Differences modulo 2^64 (unsigned, then the C++20 two's-complement conversion): a
+      // plan decoded from untrusted bytes may hold any 64-bit offset, and a signed
+      // subtraction of two such overflows (UBSan, plan_codec_fuzzer). The decoder adds them
+      // back modulo 2^64, so every offset round-trips.
+      w.Zigzag(static_cast<std::int64_t>(m.src_offset - src_end));
+      w.Zigzag(static_cast<std::int64_t>(m.dst_offset - dst_end));
       w.Varint(m.length);
       w.Varint(m.count);
       if (m.count > 1) {
