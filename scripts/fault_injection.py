@@ -368,6 +368,21 @@ def start_p2p_run(sw, work):
     return ckpt, config, port, f"127.0.0.1:{port}", serve, f"fi{random.randrange(1 << 30)}"
 
 
+def next_load(load_cmd, tag):
+    """The second loader of a P2P scenario (180 s bound), run to its end."""
+    return subprocess.run(load_cmd + ["--instance-id", f"{tag}-l2"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=180)
+
+
+def ended_load(r, finished, loader, loader_lines):
+    """Records a first load's end in r (hang; partial = exit 0 unverified) and returns its output."""
+    r.hang = not finished
+    loader_lines.thread.join(timeout=5)
+    text = loader_lines.text()
+    r.partial = loader.returncode == 0 and "verified=byte-for-byte" not in text
+    return text
+
+
 def scenario_p2p(sw, work, kill_what):
     r = Result()
     ckpt, config, port, coord, serve, tag = start_p2p_run(sw, work)
@@ -400,14 +415,10 @@ def scenario_p2p(sw, work, kill_what):
             finished = wait(loader, 180)
             r.recovery_s = time.monotonic() - t_fault if finished else None  # the stop to the load's end
             resume.join()
-            r.hang = not finished
-            loader_lines.thread.join(timeout=5)
-            text = loader_lines.text()
-            r.partial = loader.returncode == 0 and "verified=byte-for-byte" not in text
+            text = ended_load(r, finished, loader, loader_lines)
             # Its heartbeats (1 s) make it READY again if anything marked it STALE meanwhile.
             time.sleep(3.0)
-            second = subprocess.run(load_cmd + ["--instance-id", f"{tag}-l2"], stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, timeout=180)
+            second = next_load(load_cmd, tag)
             used = re.search(r" sources=(\S+) ", second.stdout)
             victim_id = f"{tag}-{'ab'[victim]}"
             r.lost = (seeds[victim][0].poll() is not None or used is None or victim_id not in used.group(1)
@@ -427,15 +438,11 @@ def scenario_p2p(sw, work, kill_what):
             r.note = f"stalled the loader {stall:.1f} s"
             finished = wait(loader, 180)
             r.recovery_s = time.monotonic() - resumed if finished else None  # the resume to the load's end
-            r.hang = not finished
-            loader_lines.thread.join(timeout=5)
-            text = loader_lines.text()
-            r.partial = loader.returncode == 0 and "verified=byte-for-byte" not in text
+            text = ended_load(r, finished, loader, loader_lines)
             alive = all(p.poll() is None for p, _ in seeds)
             # The loader's own stop is no fault of the seeds: none failed, nothing came from disk.
             blamed = " failed=0 " not in text or " disk_bytes=0 " not in text
-            second = subprocess.run(load_cmd + ["--instance-id", f"{tag}-l2"], stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, timeout=180)
+            second = next_load(load_cmd, tag)
             r.lost = not alive or blamed or " disk_bytes=0 " not in second.stdout
             r.passed = finished and loader.returncode == 0 and not r.partial and second.returncode == 0 and not r.lost
             if not r.passed:
@@ -447,10 +454,7 @@ def scenario_p2p(sw, work, kill_what):
             seeds[victim][0].send_signal(signal.SIGKILL)
             r.note = f"killed seed {'ab'[victim]}"
             finished = wait(loader, 180)
-            r.hang = not finished
-            loader_lines.thread.join(timeout=5)
-            text = loader_lines.text()
-            r.partial = loader.returncode == 0 and "verified=byte-for-byte" not in text
+            text = ended_load(r, finished, loader, loader_lines)
             r.recovery_s = time.monotonic() - t_fault if finished else None
             r.passed = finished and loader.returncode == 0 and not r.partial
             if not r.passed:
@@ -461,8 +465,7 @@ def scenario_p2p(sw, work, kill_what):
             r.note = "killed the loader"
             # The seeds must stay healthy (alive, and serving the next loader).
             alive = all(p.poll() is None for p, _ in seeds)
-            second = subprocess.run(load_cmd + ["--instance-id", f"{tag}-l2"], stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, timeout=180)
+            second = next_load(load_cmd, tag)
             r.recovery_s = time.monotonic() - t_fault
             # Lost registration: a seed alive but no longer used (the second load fell back to disk).
             r.lost = not alive or " disk_bytes=0 " not in second.stdout
