@@ -254,6 +254,15 @@ struct AgentOptions {
   /// lane wake-up latency matters more than the caller's (e.g. a target whose
   /// own thread computes while its lanes serve emulated RMA).
   bool lane_sched_batch = true;
+  /// Seconds a lane thread keeps polling for new work after its last job, and Wait
+  /// polls for its transfer's completion, before either sleeps (a pause-instruction
+  /// loop on an atomic counter; no system call, no lock held). Back-to-back posts
+  /// then find their lanes awake and the caller awake for the completion: on the
+  /// 2-core development VM a sleeping thread took tens of microseconds to wake,
+  /// more than a 4 MiB post's copy (docs/transport.md, "Idle spin"). Costs at most
+  /// this much CPU per lane per job and per Wait; an idle agent does not spin.
+  /// 0 = sleep at once. Must be finite and in [0, 0.01].
+  double idle_spin_s = 50e-6;
   /// Where this agent reports bytes, transfers and failures by peer (docs/metrics.md:
   /// shardwire_transport_*, labelled with this agent's name); must outlive the agent.
   /// nullptr: no metrics (a completed post then costs two no-op calls).
@@ -308,7 +317,10 @@ struct AgentStats {
   /// Seconds the lanes spent in batches of direct copies, summed over lanes: wall
   /// time (CLOCK_MONOTONIC, includes time a lane was preempted) and the lane
   /// threads' CPU time (CLOCK_THREAD_CPUTIME_ID). direct_copy_bytes / cpu seconds is
-  /// the copy's own speed per core, independent of how busy the host is.
+  /// the copy's own speed per core, independent of how busy the host is. A batch of
+  /// under 4 MiB counts its wall time as CPU time (reading the thread CPU clock is a
+  /// system call that would cost more than such a batch's copy), so a lane preempted
+  /// inside small batches makes this figure larger, never smaller.
   double direct_copy_s = 0;
   double direct_copy_cpu_s = 0;
   /// Blocks of READ descriptors executed as kernel copies (process_vm_readv,
@@ -491,7 +503,8 @@ class Agent {
   /// data. Returns without waiting for completion; observe it with Test or Wait.
   /// When the transfer's first lane holds at most 2 slices (2 x slice_bytes) and
   /// that lane is idle, the calling thread issues that lane's operations itself
-  /// (after waking the other lanes), and direct copies into a mapped arena then
+  /// (after waking the other lanes), then whatever the other lanes' threads have
+  /// not started yet (their lock free), and direct copies into a mapped arena then
   /// finish before Post returns: tens of microseconds of copying at the default
   /// slice size, never a blocking lock or a wait for a peer. A
   /// completed, failed or cancelled transfer may be posted again.
@@ -516,8 +529,9 @@ class Agent {
   Result<bool> Test(TransferHandle handle);
 
   /// Blocks until the latest post of `handle` completes, fails, or `timeout_s`
-  /// seconds pass. Sleeps on a condition variable that the lane threads
-  /// signal; uses no CPU while it waits. Notifications that arrive meanwhile
+  /// seconds pass. Polls for at most AgentOptions::idle_spin_s (not when this
+  /// post had to wake a sleeping lane), then sleeps on a condition variable that
+  /// the lane threads signal, using no CPU. Notifications that arrive meanwhile
   /// are queued (see WaitNotification).
   /// Errors: as Test, plus kTimedOut (the transfer keeps running; Wait again,
   /// Cancel it, or InvalidatePeer to abandon it).

@@ -134,6 +134,7 @@ Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bo
     im.active.insert(t.get());
   }
   im.counters.posts.fetch_add(1, std::memory_order_relaxed);
+  bool woke_sleeper = false;
   std::optional<std::uint32_t> inline_lane;
   if (t->lane_bytes[lanes_used[0]] <= kInlineLaneSlices * im.options.slice_bytes) inline_lane = lanes_used[0];
   for (std::uint32_t l : lanes_used) {
@@ -155,33 +156,38 @@ Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bo
       if (!lep.open) job->Fail(PeerDisconnected(fmt::format("peer {} endpoint is closed", t->peer_name)));
       lane.jobs.push_back(std::move(job));
     }
-    if (l != inline_lane) lane.Wake();
+    if (l != inline_lane) woke_sleeper = lane.Wake() || woke_sleeper;
   }
   // A small post (at most kInlineLaneSlices slices on its first lane): this thread runs the first
   // lane's job itself if that lane is not busy, after the other lanes were woken, so they work
   // beside it. One-sided puts and direct copies into a mapped arena then complete before Post
   // returns and that lane's thread is never woken: a single-lane post saves two thread
-  // hand-offs, a post split over two lanes one of three. Never blocks on a lock.
-  if (inline_lane) {
-    const std::uint32_t l = *inline_lane;
+  // hand-offs, a post split over two lanes one of three. Then it takes what the other lanes'
+  // threads have not started (their lock free): a woken thread may need tens to a hundred
+  // microseconds to run, longer than a lane's share of a small post (docs/transport.md,
+  // "Idle spin"). Never blocks on a lock.
+  // Runs lane `l`'s jobs on this thread if its lock is free; true when the lane thread must
+  // still finish something (jobs left or sends pending), or the lock was taken.
+  auto run_here = [&](std::uint32_t l) {
     Impl::Lane& lane = *im.lanes[l];
-    bool wake = true;
-    {
-      std::unique_lock<std::mutex> lk(lane.mu, std::try_to_lock);
-      if (lk.owns_lock()) {
-        // Run the job to completion while it makes progress: a few hundred descriptors need
-        // several rounds of kIssueBatch plus the flush (the old cap of 3 rounds handed every
-        // transfer above 192 descriptors to the lane thread). Stop at the first round without
-        // progress (requests waiting for a remote reply) and let the lane thread finish.
-        for (int round = 0; round < kInlineRounds && !lane.jobs.empty(); ++round) {
-          const unsigned events = im.backend->Progress(l);
-          if (!im.AdvanceJobs(lane) && events == 0) break;
-        }
-        wake = !lane.jobs.empty() || im.backend->SendsPending(l);
-      }
+    std::unique_lock<std::mutex> lk(lane.mu, std::try_to_lock);
+    if (!lk.owns_lock()) return true;
+    // Run the jobs to completion while they make progress: a few hundred descriptors need
+    // several rounds of kIssueBatch plus the flush (the old cap of 3 rounds handed every
+    // transfer above 192 descriptors to the lane thread). Stop at the first round without
+    // progress (requests waiting for a remote reply) and let the lane thread finish.
+    for (int round = 0; round < kInlineRounds && !lane.jobs.empty(); ++round) {
+      const unsigned events = im.backend->Progress(l);
+      if (!im.AdvanceJobs(lane) && events == 0) break;
     }
-    if (wake) lane.Wake();
+    return !lane.jobs.empty() || im.backend->SendsPending(l);
+  };
+  if (inline_lane) {
+    if (run_here(*inline_lane)) woke_sleeper = im.lanes[*inline_lane]->Wake() || woke_sleeper;
+    for (std::uint32_t l : lanes_used)
+      if (l != *inline_lane) (void)run_here(l);  // already woken: it finishes what is left
   }
+  t->woke_sleeping_lane.store(woke_sleeper, std::memory_order_relaxed);
   return Status::Ok();
 }
 
@@ -201,6 +207,22 @@ Status Agent::Wait(TransferHandle handle, double timeout_s) {
   const auto deadline = DeadlineAfter(timeout_s);
   std::unique_lock<std::mutex> lk(im.mu);
   if (t->state == TransferState::kIdle) return InvalidArgument(fmt::format("Wait: transfer {} was never posted", handle.id));
+  // Poll for the completion for idle_spin_s before sleeping on cv (AgentOptions::idle_spin_s):
+  // look under mu only when a notification was sent.
+  const double spin_s = std::min(im.options.idle_spin_s, std::clamp(timeout_s, 0.0, 1e9));
+  if (spin_s > 0 && t->state == TransferState::kRunning && !t->woke_sleeping_lane.load(std::memory_order_relaxed)) {
+    const auto spin_end = DeadlineAfter(spin_s);
+    std::uint64_t seen = im.cv_signals.load(std::memory_order_acquire);
+    while (t->state == TransferState::kRunning && Clock::now() < spin_end) {
+      lk.unlock();
+      const bool signalled = transport::SpinUntil(std::chrono::duration<double>(spin_end - Clock::now()).count(), [&] {
+        return im.cv_signals.load(std::memory_order_acquire) != seen;
+      });
+      lk.lock();
+      if (!signalled) break;
+      seen = im.cv_signals.load(std::memory_order_acquire);
+    }
+  }
   if (!im.cv.wait_until(lk, deadline, [&] { return t->state != TransferState::kRunning; }))
     return TimedOut(fmt::format("Wait for transfer {} to {}: no completion within {} s", handle.id, t->peer_name,
                                 timeout_s));

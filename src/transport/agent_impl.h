@@ -87,6 +87,23 @@ inline constexpr double kForceCloseTimeoutS = 2.0;
 /// regions this process cannot map). Pure.
 inline bool WritesMayKernelCopy(WritePath p) { return p == WritePath::kAuto || p == WritePath::kKernelCopy; }
 
+/// Polls `changed()` (a relaxed atomic read or similar, no lock) with a pause instruction between
+/// reads until it returns true (then returns true) or `seconds` passed (false); reads the clock
+/// every 64 polls. No system call. AgentOptions::idle_spin_s.
+template <class Changed>
+bool SpinUntil(double seconds, Changed changed) {
+  const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  for (unsigned i = 1;; ++i) {
+    if (changed()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+    if (i % 64 == 0 && Clock::now() >= until) return false;
+  }
+}
+
 /// A region a peer exported (from its metadata blob): id, base address in the
 /// peer's process, length in bytes. Immutable after ImportMetadata.
 struct RemoteRegion {
@@ -135,6 +152,10 @@ struct TransferCore {
   bool notified = false;             // this post's notification was sent
   std::vector<std::byte> post_wire;  // this post's encoded notification
   transport::TransferMetrics metrics;  // AgentOptions::metrics series (no-op without)
+  // The current post woke a sleeping lane thread. Wait then sleeps at once instead of spinning
+  // (AgentOptions::idle_spin_s): the scheduler tends to wake a thread on its waker's CPU, and a
+  // spinning waiter would keep the lane from running there. Written by Post, read by Wait.
+  std::atomic<bool> woke_sleeping_lane{false};
 };
 
 }  // namespace shardwire::transport
@@ -270,12 +291,25 @@ struct Agent::Impl final : transport::BackendEvents {
     std::vector<std::shared_ptr<PeerState>> peers;
     std::uint32_t ops_limit = 1;
     std::uint64_t bytes_limit = 1;
+    std::vector<transport::RowCopy> kernel_batch;  // IssueOps' scratch, guarded by mu
 
-    /// Wakes the lane thread (its eventfd). Any thread, no lock needed.
-    void Wake() const {
+    // Wake-ups asked for (Wake) and whether the thread is about to sleep or asleep in ppoll
+    // (RunLane). Wake writes the eventfd only when `sleeping`: a lane that is running or spinning
+    // (AgentOptions::idle_spin_s) sees `wakes` change instead, without a system call. Both are
+    // sequentially consistent: either the lane sees the new count before it sleeps, or Wake sees
+    // `sleeping` and writes the eventfd.
+    std::atomic<std::uint64_t> wakes{0};
+    std::atomic<bool> sleeping{false};
+
+    /// Wakes the lane thread (its eventfd, if it sleeps). Returns true when it was asleep (or
+    /// about to be). Any thread, no lock needed.
+    bool Wake() {
+      wakes.fetch_add(1);
+      if (!sleeping.load()) return false;
       const std::uint64_t one = 1;
       ssize_t r = ::write(wake.get(), &one, sizeof(one));
       (void)r;  // EAGAIN: the counter is already non-zero, the lane will wake
+      return true;
     }
   };
 
@@ -343,6 +377,14 @@ struct Agent::Impl final : transport::BackendEvents {
   // Guarded by mu.
   std::mutex mu;
   std::condition_variable cv;
+  // Incremented before every cv notification (NotifyWaiters): Wait spins on it without mu
+  // (AgentOptions::idle_spin_s) and takes mu to look only when it changed.
+  std::atomic<std::uint64_t> cv_signals{0};
+  /// Tells cv's waiters and Wait's spin that state they watch changed. Call with or without mu.
+  void NotifyWaiters() {
+    cv_signals.fetch_add(1, std::memory_order_release);
+    cv.notify_all();
+  }
   std::unordered_map<std::uint64_t, std::shared_ptr<PeerState>> peers_by_serial;
   std::unordered_set<TransferCore*> active;
   std::deque<Notification> notifications;

@@ -31,6 +31,8 @@ Result<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
     return InvalidArgument(fmt::format("Agent::Create: {} lanes, at most {}", options.lanes, kMaxLanes));
   if (options.slice_bytes < 4096)
     return InvalidArgument(fmt::format("Agent::Create: slice_bytes {} is below 4096", options.slice_bytes));
+  if (!(options.idle_spin_s >= 0 && options.idle_spin_s <= 0.01))
+    return InvalidArgument(fmt::format("Agent::Create: idle_spin_s {} is not in [0, 0.01]", options.idle_spin_s));
   if (options.max_ops_in_flight_per_peer == 0 || options.max_bytes_in_flight_per_peer == 0)
     return InvalidArgument("Agent::Create: flow-control limits must be positive");
 

@@ -22,7 +22,7 @@ void Agent::Impl::EnqueueNotification(const std::byte* data, std::size_t length)
   }
   std::lock_guard<std::mutex> g(mu);
   notifications.push_back(std::move(*n));
-  cv.notify_all();
+  NotifyWaiters();
 }
 
 std::byte* Agent::Impl::Locate(const transport::RemotePlace& place, std::size_t length) {

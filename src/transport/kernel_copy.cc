@@ -5,6 +5,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -22,21 +23,24 @@ namespace {
 
 constexpr std::size_t kMaxIov = IOV_MAX;
 
-// The iovecs of `count` rows of `length` bytes at `base`, `stride` apart,
-// starting at row `first`, at most kMaxIov of them; rows that touch are merged.
-// Returns the number of rows covered.
-std::uint64_t RowIovecs(std::uintptr_t base, std::uint64_t stride, std::uint64_t first, std::uint64_t count,
-                        std::uint64_t length, std::vector<iovec>& out) {
-  out.clear();
-  if (stride == length || count == 1) {  // contiguous: one iovec for every row left
-    out.push_back({reinterpret_cast<void*>(base + first * stride), static_cast<std::size_t>((count - first) * length)});
-    return count - first;
+// Appends the segment [addr, addr + length) to `v`, merged into the last iovec when it continues it.
+void AppendSegment(std::vector<iovec>& v, std::uintptr_t addr, std::uint64_t length) {
+  if (!v.empty() && reinterpret_cast<std::uintptr_t>(v.back().iov_base) + v.back().iov_len == addr) {
+    v.back().iov_len += static_cast<std::size_t>(length);
+    return;
   }
-  std::uint64_t r = first;
-  for (; r < count && out.size() < kMaxIov; ++r) {
-    out.push_back({reinterpret_cast<void*>(base + r * stride), static_cast<std::size_t>(length)});
+  v.push_back({reinterpret_cast<void*>(addr), static_cast<std::size_t>(length)});
+}
+
+// Advances an iovec list past its first `bytes` bytes (a partial process_vm_* copy).
+void AdvanceIovecs(std::vector<iovec>& v, std::uint64_t bytes) {
+  std::size_t i = 0;
+  while (i < v.size() && bytes >= v[i].iov_len) bytes -= v[i++].iov_len;
+  v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(i));
+  if (!v.empty() && bytes > 0) {
+    v[0].iov_base = static_cast<char*>(v[0].iov_base) + bytes;
+    v[0].iov_len -= static_cast<std::size_t>(bytes);
   }
-  return r - first;
 }
 
 }  // namespace
@@ -90,44 +94,33 @@ bool PeerProcess::Exited() const {
 
 Status PeerProcess::ReadRows(std::byte* local, std::uint64_t local_stride, std::uint64_t remote_addr,
                              std::uint64_t remote_stride, std::uint64_t count, std::uint64_t length) const {
-  return CopyRows(false, local, local_stride, remote_addr, remote_stride, count, length);
+  const RowCopy c{local, local_stride, remote_addr, remote_stride, count, length};
+  return Copy(false, {&c, 1});
 }
 
 Status PeerProcess::WriteRows(const std::byte* local, std::uint64_t local_stride, std::uint64_t remote_addr,
                               std::uint64_t remote_stride, std::uint64_t count, std::uint64_t length) const {
   // process_vm_writev only reads the local iovecs: the cast does not write through `local`.
-  return CopyRows(true, const_cast<std::byte*>(local), local_stride, remote_addr, remote_stride, count, length);
+  const RowCopy c{const_cast<std::byte*>(local), local_stride, remote_addr, remote_stride, count, length};
+  return Copy(true, {&c, 1});
 }
 
-Status PeerProcess::CopyRows(bool write, std::byte* local, std::uint64_t local_stride, std::uint64_t remote_addr,
-                             std::uint64_t remote_stride, std::uint64_t count, std::uint64_t length) const {
+Status PeerProcess::ReadBatch(std::span<const RowCopy> copies) const { return Copy(false, copies); }
+
+Status PeerProcess::WriteBatch(std::span<const RowCopy> copies) const { return Copy(true, copies); }
+
+Status PeerProcess::Copy(bool write, std::span<const RowCopy> copies) const {
   if (pidfd_ < 0) return InvalidArgument("kernel copy: no peer process");
-  if (count == 0 || length == 0) return Status::Ok();
-  if (count == 1) local_stride = remote_stride = length;
   const char* call = write ? "process_vm_writev" : "process_vm_readv";
   const char* peer = write ? "to" : "from";
   std::vector<iovec> liov, riov;
-  liov.reserve(std::min<std::uint64_t>(count, kMaxIov));
-  riov.reserve(std::min<std::uint64_t>(count, kMaxIov));
-  std::uint64_t row = 0;
-  while (row < count) {
-    // As many rows as both sides fit in kMaxIov iovecs.
-    const std::uint64_t rr =
-        RowIovecs(static_cast<std::uintptr_t>(remote_addr), remote_stride, row, count, length, riov);
-    const std::uint64_t rl = RowIovecs(reinterpret_cast<std::uintptr_t>(local), local_stride, row, count, length, liov);
-    const std::uint64_t rows = std::min(rr, rl);
-    // Trim the side that covers more rows to exactly `rows` rows.
-    auto trim = [&](std::vector<iovec>& v, std::uint64_t covered) {
-      if (covered == rows) return;
-      if (v.size() == 1) {
-        v[0].iov_len = static_cast<std::size_t>(rows * length);
-      } else {
-        v.resize(static_cast<std::size_t>(rows));
-      }
-    };
-    trim(riov, rr);
-    trim(liov, rl);
-    const std::uint64_t want = rows * length;
+  std::uint64_t rows_total = 0;
+  for (const RowCopy& c : copies) rows_total += c.count;
+  liov.reserve(std::min<std::uint64_t>(rows_total, kMaxIov));
+  riov.reserve(std::min<std::uint64_t>(rows_total, kMaxIov));
+  std::uint64_t want = 0;  // bytes described by liov / riov (both cover the same rows)
+  // Copies what liov / riov describe in as many system calls as partial copies need.
+  auto flush = [&]() -> Status {
     std::uint64_t done = 0;
     while (done < want) {
       // A write checks the pidfd before every call: it must never land in a process that took
@@ -150,25 +143,39 @@ Status PeerProcess::CopyRows(bool write, std::byte* local, std::uint64_t local_s
             fmt::format("kernel copy: {} {} process {} copied {} of {} bytes", call, peer, pid_, done, want));
       }
       done += static_cast<std::uint64_t>(n);
+      // A partial copy stops at a fault (a remote range not mapped): skip the bytes copied and
+      // retry the rest, which reports the error if it persists.
       if (done < want) {
-        // A partial copy stops at a fault (a remote range not mapped): advance
-        // both iovec lists past the bytes copied and retry the rest, which
-        // reports the error if it persists.
-        auto advance = [](std::vector<iovec>& v, std::uint64_t bytes) {
-          std::size_t i = 0;
-          while (i < v.size() && bytes >= v[i].iov_len) bytes -= v[i++].iov_len;
-          v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(i));
-          if (!v.empty() && bytes > 0) {
-            v[0].iov_base = static_cast<char*>(v[0].iov_base) + bytes;
-            v[0].iov_len -= static_cast<std::size_t>(bytes);
-          }
-        };
-        advance(liov, static_cast<std::uint64_t>(n));
-        advance(riov, static_cast<std::uint64_t>(n));
+        AdvanceIovecs(liov, static_cast<std::uint64_t>(n));
+        AdvanceIovecs(riov, static_cast<std::uint64_t>(n));
       }
     }
-    row += rows;
+    liov.clear();
+    riov.clear();
+    want = 0;
+    return Status::Ok();
+  };
+  for (const RowCopy& c : copies) {
+    if (c.count == 0 || c.length == 0) continue;
+    const std::uint64_t ls = c.count == 1 ? c.length : c.local_stride;
+    const std::uint64_t rs = c.count == 1 ? c.length : c.remote_stride;
+    const auto local = reinterpret_cast<std::uintptr_t>(c.local);
+    if (ls == c.length && rs == c.length) {  // contiguous on both sides: one segment each
+      if (liov.size() >= kMaxIov || riov.size() >= kMaxIov) SW_RETURN_IF_ERROR(flush());
+      AppendSegment(liov, local, c.count * c.length);
+      AppendSegment(riov, static_cast<std::uintptr_t>(c.remote_addr), c.count * c.length);
+      want += c.count * c.length;
+      continue;
+    }
+    for (std::uint64_t r = 0; r < c.count; ++r) {
+      // A row adds at most one iovec per side: make room first.
+      if (liov.size() >= kMaxIov || riov.size() >= kMaxIov) SW_RETURN_IF_ERROR(flush());
+      AppendSegment(liov, local + r * ls, c.length);
+      AppendSegment(riov, static_cast<std::uintptr_t>(c.remote_addr + r * rs), c.length);
+      want += c.length;
+    }
   }
+  if (want > 0) SW_RETURN_IF_ERROR(flush());
   if (Exited()) {
     return PeerDisconnected(
         write ? fmt::format("kernel copy: process {} exited; nothing more is written to its pid", pid_)

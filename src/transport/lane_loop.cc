@@ -48,7 +48,10 @@ void Agent::Impl::RunLane(Lane& lane) {
   std::unique_lock<std::mutex> lk(lane.mu);
   auto backoff = kMinBackoff;
   int hot_wakeups = 0;  // consecutive event-fd wake-ups that found nothing to do
+  bool may_spin = false;  // the last round did work: poll for the next post before sleeping
   while (!lane.stop) {
+    // Wakes up to here asked for work this round sees (jobs are pushed under lk before Wake).
+    const std::uint64_t seen_wakes = lane.wakes.load();
     unsigned events = 0;
     for (int i = 0; i < kMaxProgressSpins; ++i) {
       const unsigned n = be.Progress(lane.index);
@@ -62,6 +65,16 @@ void Agent::Impl::RunLane(Lane& lane) {
     if (events != 0 || did) {
       backoff = kMinBackoff;
       hot_wakeups = 0;
+      may_spin = true;
+      continue;
+    }
+    if (may_spin && options.idle_spin_s > 0) {
+      // Idle after work: poll for a Wake (a new post) for idle_spin_s before sleeping, without
+      // the lock, then run one more round (which also progresses what arrived meanwhile).
+      may_spin = false;
+      lk.unlock();
+      transport::SpinUntil(options.idle_spin_s, [&] { return lane.wakes.load(std::memory_order_relaxed) != seen_wakes; });
+      lk.lock();
       continue;
     }
     std::string arm_error;
@@ -80,9 +93,18 @@ void Agent::Impl::RunLane(Lane& lane) {
       sleep = kMaxBackoff;
     }
     lk.unlock();
+    // Announce the sleep, then look once more: a Wake after this store writes the eventfd, one
+    // before it changed `wakes` (both sequentially consistent; Lane::Wake).
+    lane.sleeping.store(true);
+    if (lane.wakes.load() != seen_wakes) {
+      lane.sleeping.store(false);
+      lk.lock();
+      continue;
+    }
     pollfd fds[2] = {{lane.wake.get(), POLLIN, 0}, {efd, POLLIN, 0}};
     timespec ts{static_cast<time_t>(sleep.count() / 1000000000), static_cast<long>(sleep.count() % 1000000000)};
     const int ready = ::ppoll(fds, watch_efd ? 2 : 1, &ts, nullptr);
+    lane.sleeping.store(false);
     if ((fds[0].revents & POLLIN) != 0) {
       std::uint64_t v = 0;
       ssize_t r = ::read(lane.wake.get(), &v, sizeof(v));

@@ -42,7 +42,7 @@ void Agent::Impl::MarkPeerFailed(PeerState& peer, const std::string& why) {
     spdlog::debug("shardwire agent {}: {}", options.name, peer.failure.message());
     FailTransfersOfLocked(peer.serial, peer.failure);
     unreported_failures.push_back(peer.failure);
-    cv.notify_all();
+    NotifyWaiters();
   }
   RevokeLeases(peer, peer.failure);
   WakeAll();
@@ -149,7 +149,7 @@ void Agent::Impl::TeardownPeer(const std::shared_ptr<PeerState>& peer, bool forc
     std::lock_guard<std::mutex> g(mu);
     peers_by_serial.erase(peer->serial);
     FailTransfersOfLocked(peer->serial, why);
-    cv.notify_all();
+    NotifyWaiters();
   }
   const double bound = std::max(0.0, options.connect_timeout_s);
   for (auto& lp : lanes) {

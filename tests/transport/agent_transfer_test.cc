@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "shardwire/agent.h"
 #include "shardwire/arena_allocator.h"
@@ -238,14 +241,19 @@ INSTANTIATE_TEST_SUITE_P(AgentTransfer, Lanes,
 // 2 lanes, 2 MiB each, at the default 1 MiB slices) while lane 1's thread issues the rest:
 // posted again and again with new contents, WRITE and READ, arena and caller-registered memory,
 // every byte lands, the notification comes after the data, and nothing outside the descriptors
-// is touched.
+// is touched. With the lanes' idle spin (AgentOptions::idle_spin_s) and without; every other post
+// follows a pause longer than the spin, so lane threads are found both awake and asleep (the
+// Wake / sleeping handshake of Lane::Wake), and Post may take over lane 1's job.
 TEST(AgentTransfer, SmallPostsSplitOverLanesAreByteExactPostAfterPost) {
   constexpr std::size_t kRow = 64 * 1024, kRows = 64, kSize = 2 * kRows * kRow;
-  AgentOptions o;
-  o.lanes = 2;
+  for (double spin_s : {AgentOptions{}.idle_spin_s, 0.0})
   for (bool arena : {true, false}) {
     for (TransferOp op : {TransferOp::kWrite, TransferOp::kRead}) {
-      SCOPED_TRACE(std::string(arena ? "arena " : "registered ") + (op == TransferOp::kWrite ? "WRITE" : "READ"));
+      AgentOptions o;
+      o.lanes = 2;
+      o.idle_spin_s = spin_s;
+      SCOPED_TRACE(std::string(arena ? "arena " : "registered ") + (op == TransferOp::kWrite ? "WRITE" : "READ") +
+                   ", idle spin " + std::to_string(spin_s) + " s");
       Pair p = MakePair(o, o, kSize, arena);
       ASSERT_TRUE(p.a && p.b);
       Agent& src = op == TransferOp::kWrite ? *p.a : *p.b;
@@ -257,7 +265,8 @@ TEST(AgentTransfer, SmallPostsSplitOverLanesAreByteExactPostAfterPost) {
       for (std::size_t i = 0; i < kRows; ++i) d.push_back({p.ra, 2 * i * kRow, p.rb, (kRows - 1 - i) * kRow, kRow});
       auto h = p.a->PrepareTransfer(op, "target", d, Bytes("small"));
       ASSERT_TRUE(h.ok()) << h.status().ToString();
-      for (std::uint64_t post = 1; post <= 5; ++post) {
+      for (std::uint64_t post = 1; post <= 6; ++post) {
+        if (post % 2 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));  // lanes fall asleep
         FillPattern(src.RegionBytes(src_r), 700 + post);
         std::fill(dst.RegionBytes(dst_r).begin(), dst.RegionBytes(dst_r).end(), kUntouched);
         ASSERT_TRUE(p.a->Post(*h).ok());
@@ -328,6 +337,11 @@ TEST(AgentTransfer, CreateRejectsBadOptions) {
   EXPECT_EQ(Agent::Create({.name = "x", .lanes = kMaxLanes + 1}).status().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(Agent::Create({.name = "x", .slice_bytes = 100}).status().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(Agent::Create({.name = "x", .max_ops_in_flight_per_peer = 0}).status().code(), ErrorCode::kInvalidArgument);
+  for (double spin_s : {-1e-6, 0.02, std::nan("")}) {
+    AgentOptions o{.name = "x"};
+    o.idle_spin_s = spin_s;
+    EXPECT_EQ(Agent::Create(o).status().code(), ErrorCode::kInvalidArgument) << spin_s;
+  }
   auto a = Agent::Create({.name = "x"});
   ASSERT_TRUE(a.ok());
   EXPECT_EQ((*a)->options().lanes, kDefaultLanes);

@@ -31,6 +31,38 @@ constexpr std::uint64_t kSeed = 77;
 using testing::PatternChild;
 constexpr std::size_t kChildBytes = PatternChild::kBytes;
 
+// ReadBatch: several copies of different shapes in shared system calls (one flush inside, as
+// the rows pass IOV_MAX), each checked against PatternByte; bytes between rows keep their sentinel.
+TEST(KernelCopy, ReadBatchOfManyCopiesMatchesThePattern) {
+  PatternChild child = PatternChild::Start(kSeed);
+  ASSERT_GT(child.pid, 0);
+  auto peer = transport::PeerProcess::Open(child.pid, child.addr);
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+  struct Shape {
+    std::uint64_t at, remote_stride, local_stride, count, length;
+  };
+  const std::vector<Shape> shapes = {{4099, 65536, 65536, 1, 65536},      {1u << 20, 65536, 65536, 16, 65536},
+                                     {3u << 20, 56, 24, 900, 24},          {5u << 20, 300, 128, 500, 100},
+                                     {6u << 20, 4096, 4096, 1, 4096}};
+  std::vector<std::vector<std::byte>> outs;
+  std::vector<transport::RowCopy> batch;
+  for (const Shape& sh : shapes) outs.emplace_back(sh.count * sh.local_stride, std::byte{0xEE});
+  for (std::size_t i = 0; i < shapes.size(); ++i) {
+    const Shape& sh = shapes[i];
+    batch.push_back({outs[i].data(), sh.local_stride, child.addr + sh.at, sh.remote_stride, sh.count, sh.length});
+  }
+  ASSERT_TRUE(peer->ReadBatch(batch).ok());
+  for (std::size_t i = 0; i < shapes.size(); ++i) {
+    const Shape& sh = shapes[i];
+    for (std::uint64_t r = 0; r < sh.count; ++r) {
+      for (std::uint64_t k = 0; k < sh.local_stride; ++k) {
+        const std::byte want = k < sh.length ? PatternByte(kSeed, sh.at + r * sh.remote_stride + k) : std::byte{0xEE};
+        ASSERT_EQ(outs[i][r * sh.local_stride + k], want) << "copy " << i << " row " << r << " byte " << k;
+      }
+    }
+  }
+}
+
 TEST(KernelCopy, ReadsContiguousAndStridedRowsFromAChildProcess) {
   PatternChild child = PatternChild::Start(kSeed);
   ASSERT_GT(child.pid, 0);
