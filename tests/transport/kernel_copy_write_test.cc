@@ -40,61 +40,63 @@ using testing::PatternChild;
 constexpr std::size_t kChildBytes = PatternChild::kBytes;
 
 
-TEST(KernelCopyWrite, WritesContiguousAndStridedRowsIntoAChildProcess) {
-  PatternChild child = PatternChild::Start(kChildSeed);
-  ASSERT_GT(child.pid, 0);
-  ASSERT_NE(child.addr, 0u);
-  auto peer = transport::PeerProcess::Open(child.pid, child.addr);
-  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+// A child process holding kChildSeed's pattern, opened for kernel-copy writes; a 4 MiB source
+// holding kWriterSeed's; and `want`, the child's expected memory, which each test updates with
+// memcpy beside every write (an oracle independent of WriteRows / WriteBatch) and compares
+// against the child's memory read back through /proc/<pid>/mem.
+class KernelCopyWriteIntoChild : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_GT(child_.pid, 0);
+    ASSERT_NE(child_.addr, 0u);
+    auto peer = transport::PeerProcess::Open(child_.pid, child_.addr);
+    ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+    peer_ = std::move(*peer);
+    src_.resize(std::size_t{4} << 20);
+    FillPattern(src_, kWriterSeed);
+    want_.resize(kChildBytes);
+    FillPattern(want_, kChildSeed);
+  }
+  // Every byte of the child equals `want_` (gaps keep the child's own pattern).
+  void ExpectChildIsWant() {
+    const std::vector<std::byte> got = child_.ReadBack();
+    ASSERT_EQ(got.size(), kChildBytes) << "could not read " << child_.MemPath();
+    for (std::size_t i = 0; i < kChildBytes; ++i) ASSERT_EQ(got[i], want_[i]) << "child byte " << i;
+  }
+  PatternChild child_ = PatternChild::Start(kChildSeed);  // initialised in place: it has no move
+  transport::PeerProcess peer_;
+  std::vector<std::byte> src_, want_;
+};
 
-  std::vector<std::byte> src(std::size_t{4} << 20);
-  FillPattern(src, kWriterSeed);
-  // Expected child memory, built alongside (an oracle independent of WriteRows).
-  std::vector<std::byte> want(kChildBytes);
-  FillPattern(want, kChildSeed);
-
+TEST_F(KernelCopyWriteIntoChild, WritesContiguousAndStridedRows) {
   // Contiguous: 3 MiB + 5 bytes to child offset 4099, from src offset 7.
   const std::uint64_t n1 = (3u << 20) + 5;
-  ASSERT_TRUE(peer->WriteRows(src.data() + 7, n1, child.addr + 4099, n1, 1, n1).ok());
-  std::memcpy(want.data() + 4099, src.data() + 7, n1);
+  ASSERT_TRUE(peer_.WriteRows(src_.data() + 7, n1, child_.addr + 4099, n1, 1, n1).ok());
+  std::memcpy(want_.data() + 4099, src_.data() + 7, n1);
 
   // 3000 rows (more than IOV_MAX remote iovecs) of 24 bytes, packed here, 56 apart
   // at the child from offset 4 MiB: a contiguous source, strided destination.
   static_assert(3000 > IOV_MAX);
   const std::uint64_t rows = 3000, len = 24, dst_stride = 56, at = 4u << 20;
-  ASSERT_TRUE(peer->WriteRows(src.data(), len, child.addr + at, dst_stride, rows, len).ok());
-  for (std::uint64_t r = 0; r < rows; ++r) std::memcpy(want.data() + at + r * dst_stride, src.data() + r * len, len);
+  ASSERT_TRUE(peer_.WriteRows(src_.data(), len, child_.addr + at, dst_stride, rows, len).ok());
+  for (std::uint64_t r = 0; r < rows; ++r) std::memcpy(want_.data() + at + r * dst_stride, src_.data() + r * len, len);
 
   // Strided on both sides: 1500 rows of 100 bytes, 128 apart here, 300 apart there.
   const std::uint64_t r2 = 1500, l2 = 100, s2 = 128, d2 = 300, at2 = 5u << 20;
-  ASSERT_TRUE(peer->WriteRows(src.data() + 1000, s2, child.addr + at2, d2, r2, l2).ok());
-  for (std::uint64_t r = 0; r < r2; ++r) std::memcpy(want.data() + at2 + r * d2, src.data() + 1000 + r * s2, l2);
-
-  const std::vector<std::byte> got = child.ReadBack();
-  ASSERT_EQ(got.size(), kChildBytes) << "could not read " << child.MemPath();
-  for (std::size_t i = 0; i < kChildBytes; ++i) {
-    ASSERT_EQ(got[i], want[i]) << "child byte " << i;  // gaps keep the child's own pattern
-  }
+  ASSERT_TRUE(peer_.WriteRows(src_.data() + 1000, s2, child_.addr + at2, d2, r2, l2).ok());
+  for (std::uint64_t r = 0; r < r2; ++r) std::memcpy(want_.data() + at2 + r * d2, src_.data() + 1000 + r * s2, l2);
+  ExpectChildIsWant();
 }
 
 // WriteBatch: many copies of every shape in shared system calls, 64 KiB rows as the Agent's
 // small posts send them, single contiguous runs that touch (merged into one iovec), and strided
-// copies whose rows together pass IOV_MAX (the batch is flushed mid-copy). Checked against an
-// oracle built with memcpy from the same description.
-TEST(KernelCopyWrite, WriteBatchOfManyCopiesMatchesRowByRowOracle) {
-  PatternChild child = PatternChild::Start(kChildSeed);
-  ASSERT_GT(child.pid, 0);
-  auto peer = transport::PeerProcess::Open(child.pid, child.addr);
-  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
-  std::vector<std::byte> src(std::size_t{4} << 20);
-  FillPattern(src, kWriterSeed);
-  std::vector<std::byte> want(kChildBytes);
-  FillPattern(want, kChildSeed);
+// copies whose rows together pass IOV_MAX (the batch is flushed mid-copy).
+TEST_F(KernelCopyWriteIntoChild, WriteBatchOfManyCopiesMatchesTheOracle) {
   std::vector<transport::RowCopy> batch;
   auto add = [&](std::uint64_t from, std::uint64_t ls, std::uint64_t at, std::uint64_t rs, std::uint64_t count,
                  std::uint64_t len) {
-    batch.push_back({src.data() + from, ls, child.addr + at, rs, count, len});
-    for (std::uint64_t r = 0; r < count; ++r) std::memcpy(want.data() + at + r * rs, src.data() + from + r * ls, len);
+    batch.push_back({src_.data() + from, ls, child_.addr + at, rs, count, len});
+    for (std::uint64_t r = 0; r < count; ++r) std::memcpy(want_.data() + at + r * rs, src_.data() + from + r * ls, len);
   };
   // 20 x 64 KiB, reversed at the target (distinct, non-touching iovecs).
   for (std::uint64_t i = 0; i < 20; ++i) add(i * 65536, 65536, (19 - i) * 65536 + 4096, 65536, 1, 65536);
@@ -106,12 +108,10 @@ TEST(KernelCopyWrite, WriteBatchOfManyCopiesMatchesRowByRowOracle) {
   add(3000000, 40, 4u << 20, 96, 700, 40);
   add(3100000, 64, 5u << 20, 200, 600, 33);
   // A zero-row and a zero-length copy change nothing.
-  batch.push_back({src.data(), 1, child.addr, 1, 0, 1});
-  batch.push_back({src.data(), 1, child.addr, 1, 3, 0});
-  ASSERT_TRUE(peer->WriteBatch(batch).ok());
-  const std::vector<std::byte> got = child.ReadBack();
-  ASSERT_EQ(got.size(), kChildBytes) << "could not read " << child.MemPath();
-  for (std::size_t i = 0; i < kChildBytes; ++i) ASSERT_EQ(got[i], want[i]) << "child byte " << i;
+  batch.push_back({src_.data(), 1, child_.addr, 1, 0, 1});
+  batch.push_back({src_.data(), 1, child_.addr, 1, 3, 0});
+  ASSERT_TRUE(peer_.WriteBatch(batch).ok());
+  ExpectChildIsWant();
 }
 
 TEST(KernelCopyWrite, UnmappedRemoteRangeIsATransportError) {
