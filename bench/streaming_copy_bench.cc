@@ -10,7 +10,9 @@
 //   * a kernel copy (process_vm_writev into this process): page by page, plain stores,
 //     what a trainer's WRITE into a private engine arena costs;
 //   * transport::CopyRowsStreaming (SSE2 movntdq), whole and as 2 KiB rows 4 KiB
-//     apart (a row-parallel shard), beside transport::CopyRows of the same rows.
+//     apart, beside transport::CopyRows of the same rows;
+//   * half of every source row into a contiguous destination (what a row-parallel shard of
+//     an FSDP trainer is to a TP engine), by memcpy per row and by kernel copy.
 // Each figure is the best of 5 passes in thread CPU time (GB/s of bytes copied).
 //
 // Usage: streaming_copy_bench [MiB=256]
@@ -22,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <string>
 
 #include <fmt/format.h>
 
@@ -85,6 +88,22 @@ int main(int argc, char** argv) {
       BestGbps(rows * 2048, [&] { CopyRows(dst, 4096, src, 4096, rows, 2048); }));
   row("CopyRowsStreaming, 2 KiB rows 4 KiB apart",
       BestGbps(rows * 2048, [&] { CopyRowsStreaming(dst, 4096, src, 4096, rows, 2048); }));
+  // A row-parallel shard as a push moves it (o_proj, down_proj of an FSDP trainer into a TP
+  // engine): half of every source row, into a contiguous destination. Row lengths of TinyLlama's
+  // o_proj (2,048 bf16 columns: 2 KiB halves of 4 KiB rows) and down_proj (5,632 columns: 5.5 KiB
+  // halves of 11 KiB rows).
+  for (const std::size_t half : {std::size_t{2048}, std::size_t{5632}}) {
+    const std::size_t half_rows = n / (2 * half);
+    const std::string kib = fmt::format("{:.1f} KiB", static_cast<double>(half) / 1024);
+    row(fmt::format("memcpy per row, {} halves of rows -> contiguous", kib).c_str(),
+        BestGbps(half_rows * half, [&] { CopyRows(dst, half, src, 2 * half, half_rows, half); }));
+    if (self.ok()) {
+      row(fmt::format("kernel copy, {} halves of rows -> contiguous", kib).c_str(),
+          BestGbps(half_rows * half, [&] {
+            (void)self->WriteRows(src, 2 * half, reinterpret_cast<std::uint64_t>(dst), half, half_rows, half);
+          }));
+    }
+  }
   // The rows' reference is the whole-buffer memcpy: a row copy moves half the bytes per
   // page, so its ratio is a rate ratio, not a time ratio.
   return 0;

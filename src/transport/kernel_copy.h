@@ -26,8 +26,8 @@
 // copy closes the race).
 //
 // Internal header (src/transport); not part of the public API. Thread-safety:
-// ReadRows may run on several threads for one PeerProcess at once (the pidfd is
-// only polled); opening and closing are not concurrent with reads (the Agent
+// ReadRows, WriteRows, ReadBatch and WriteBatch may run on several threads for one
+// PeerProcess at once (the pidfd is only polled; each call keeps its iovecs on its own); opening and closing are not concurrent with reads (the Agent
 // opens at ImportMetadata and closes at peer teardown).
 #pragma once
 
