@@ -27,8 +27,9 @@
 //
 // Internal header (src/transport); not part of the public API. Thread-safety:
 // ReadRows, WriteRows, ReadBatch and WriteBatch may run on several threads for one
-// PeerProcess at once (the pidfd is only polled; each call keeps its iovecs on its own); opening and closing are not concurrent with reads (the Agent
-// opens at ImportMetadata and closes at peer teardown).
+// PeerProcess at once (the pidfd is only polled; each call builds its own iovecs);
+// opening and closing are not concurrent with copies (the Agent opens at
+// ImportMetadata and closes at peer teardown).
 #pragma once
 
 #include <sys/types.h>
