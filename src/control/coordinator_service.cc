@@ -92,19 +92,18 @@ grpc::Status CoordinatorCore::Authorize(const grpc::ServerContextBase* context) 
 }
 
 grpc::Status CoordinatorCore::CheckStateBinding(const grpc::ServerContextBase* context) const {
-  const auto& md = context->client_metadata();
-  auto it = md.find(kStateIdMetadataKey);
-  if (it == md.end()) return grpc::Status::OK;  // an unbound call (or an older client)
-  const std::string_view bound(it->second.data(), it->second.size());
+  const std::string bound = BoundStateId(context);
+  if (bound.empty()) return grpc::Status::OK;  // an unbound call (or an older client)
   const std::string serving = state_->StateId();
   if (bound == serving) return grpc::Status::OK;
-  return grpc::Status(
-      grpc::StatusCode::FAILED_PRECONDITION,
-      fmt::format("the coordinator state this client joined ({}) is gone; the coordinator now serves state {} "
-                  "(an in-memory coordinator was restarted, or its Redis lost its data): keys, counters and job "
-                  "membership made before are lost, so restart the job (`shardwire serve --redis URL` with a "
-                  "persistent Redis survives coordinator restarts)",
-                  bound.substr(0, 64), serving));
+  return ToGrpcStatus(StateGone(bound, serving));
+}
+
+std::string CoordinatorCore::BoundStateId(const grpc::ServerContextBase* context) {
+  const auto& md = context->client_metadata();
+  auto it = md.find(kStateIdMetadataKey);
+  if (it == md.end()) return {};
+  return std::string(it->second.data(), it->second.size());
 }
 
 void CoordinatorCore::NotifyKvChanged() {
@@ -144,7 +143,8 @@ grpc::Status RendezvousService::Put(grpc::ServerContext* ctx, const v1::PutReque
   SW_GRPC_RETURN_IF_ERROR(control::ValidateKey(req->key()));
   SW_GRPC_RETURN_IF_ERROR(control::ValidateValueSize(req->value().size(), req->key()));
   const auto* b = reinterpret_cast<const std::byte*>(req->value().data());
-  Status s = core_->state().Put(req->key(), std::span<const std::byte>(b, req->value().size()));
+  Status s = core_->state().Put(req->key(), std::span<const std::byte>(b, req->value().size()),
+                                  CoordinatorCore::BoundStateId(ctx));
   if (s.ok()) core_->NotifyKvChanged();
   return ToGrpcStatus(s);
 }
@@ -200,7 +200,7 @@ grpc::Status RendezvousService::Add(grpc::ServerContext* ctx, const v1::AddReque
         grpc::StatusCode::INVALID_ARGUMENT,
         fmt::format("Add: request_id of {} bytes (at most {})", req->request_id().size(), kMaxAddRequestIdBytes));
   }
-  auto v = core_->state().Add(req->key(), req->delta(), req->request_id());
+  auto v = core_->state().Add(req->key(), req->delta(), req->request_id(), CoordinatorCore::BoundStateId(ctx));
   if (!v.ok()) return ToGrpcStatus(v.status());
   core_->NotifyKvChanged();
   resp->set_value(*v);
@@ -282,7 +282,7 @@ grpc::Status JobsService::Join(grpc::ServerContext* ctx, const v1::JoinJobReques
   SW_GRPC_RETURN_IF_ERROR(ValidateMember(req->member()));
   auto member = FromProto(req->member());
   if (!member.ok()) return Invalid(InvalidArgument(member.status().message()));
-  auto view = core_->state().JoinJob(req->job(), std::move(*member), UnixNowMs());
+  auto view = core_->state().JoinJob(req->job(), std::move(*member), UnixNowMs(), CoordinatorCore::BoundStateId(ctx));
   if (!view.ok()) return ToGrpcStatus(view.status());
   ToProto(*view, resp->mutable_job());
   return grpc::Status::OK;
@@ -295,21 +295,22 @@ void JobsService::ServeHeartbeatMember(const grpc::ServerContext& ctx, const v1:
   Status valid = ValidateName(req.job(), "job");
   if (valid.ok()) valid = ValidateName(req.member_id(), "member_id");
   if (!valid.ok()) return done(ToGrpcStatus(valid));
-  core_->state().HeartbeatMemberAsync(req.job(), req.member_id(), UnixNowMs(),
-                                      [done = std::move(done)](Status s) { done(ToGrpcStatus(s)); });
+  core_->state().HeartbeatMemberAsync(
+      req.job(), req.member_id(), UnixNowMs(), [done = std::move(done)](Status s) { done(ToGrpcStatus(s)); },
+      CoordinatorCore::BoundStateId(&ctx));
 }
 
 grpc::Status JobsService::Leave(grpc::ServerContext* ctx, const v1::LeaveJobRequest* req, v1::LeaveJobResponse*) {
   SW_AUTHORIZE_BOUND(ctx);
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->job(), "job"));
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->member_id(), "member_id"));
-  return ToGrpcStatus(core_->state().LeaveJob(req->job(), req->member_id(), UnixNowMs()));
+  return ToGrpcStatus(core_->state().LeaveJob(req->job(), req->member_id(), UnixNowMs(), CoordinatorCore::BoundStateId(ctx)));
 }
 
 grpc::Status JobsService::Get(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::GetJobResponse* resp) {
   SW_AUTHORIZE_BOUND(ctx);
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->job(), "job"));
-  auto view = core_->state().GetJob(req->job(), UnixNowMs());
+  auto view = core_->state().GetJob(req->job(), UnixNowMs(), CoordinatorCore::BoundStateId(ctx));
   if (!view.ok()) return ToGrpcStatus(view.status());
   ToProto(*view, resp->mutable_job());
   return grpc::Status::OK;
@@ -320,7 +321,8 @@ grpc::Status JobsService::CommitVersion(grpc::ServerContext* ctx, const v1::Comm
   SW_AUTHORIZE_BOUND(ctx);
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->job(), "job"));
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->member_id(), "member_id"));
-  return ToGrpcStatus(core_->state().CommitVersion(req->job(), req->member_id(), req->version(), UnixNowMs()));
+  return ToGrpcStatus(core_->state().CommitVersion(req->job(), req->member_id(), req->version(), UnixNowMs(),
+                                                      CoordinatorCore::BoundStateId(ctx)));
 }
 
 }  // namespace shardwire::control

@@ -53,6 +53,10 @@ class CoordinatorCore {
   /// kStateIdMetadataKey, state_id.h) other than the one served now: that state
   /// was lost. A call without the entry is not bound. Thread-safe.
   grpc::Status CheckStateBinding(const grpc::ServerContextBase* context) const;
+  /// The state id a call is bound to (its kStateIdMetadataKey entry), empty for an unbound
+  /// call; what the service passes as the bound state methods' `state_id`
+  /// (coordinator_state.h), so the store checks it again inside the change itself.
+  static std::string BoundStateId(const grpc::ServerContextBase* context);
   CoordinatorState& state() { return *state_; }
   const std::string& instance() const { return instance_; }
   const std::string& backend() const { return backend_; }

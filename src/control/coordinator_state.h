@@ -57,16 +57,26 @@ class CoordinatorState {
  public:
   virtual ~CoordinatorState() = default;
 
+  // Bound calls. The methods whose meaning depends on earlier calls (Put, Add and every job
+  // method) take `state_id`: the state the caller is bound
+  // to (the service passes the client's metadata entry kStateIdMetadataKey, state_id.h). When it
+  // is not empty and the store no longer holds that state, the call is kFailedPrecondition naming
+  // both ids and changes nothing; checked inside the same atomic step as the change (Redis: in
+  // the method's Lua script), so a Redis that lost its data (flushed, restarted without
+  // persistence) never serves a bound call from the empty state, not even before the next
+  // RefreshStateId. Empty: not checked (unbound callers, tests).
+
   // Key-value rendezvous (semantics of Rendezvous; waiting is the service's job:
   // it re-reads after local Puts and at least every 10 ms for shared backends).
-  virtual Status Put(const std::string& key, std::span<const std::byte> value) = 0;
+  virtual Status Put(const std::string& key, std::span<const std::byte> value, const std::string& state_id = {}) = 0;
   /// nullopt when absent.
   virtual Result<std::optional<std::vector<std::byte>>> Get(const std::string& key) = 0;
   /// With a non-empty `request_id` (<= kMaxAddRequestIdBytes), applied at most once per key: a
   /// repeat on the same key within kAddRequestIdTtlMs returns the first result without adding
   /// again (the same id on another key is another Add).
   /// Errors: kInvalidArgument when the key holds a non-counter or the sum overflows.
-  virtual Result<std::int64_t> Add(const std::string& key, std::int64_t delta, const std::string& request_id = {}) = 0;
+  virtual Result<std::int64_t> Add(const std::string& key, std::int64_t delta, const std::string& request_id = {},
+                                   const std::string& state_id = {}) = 0;
   /// A number that changes whenever any key changes (for waiters to detect
   /// changes cheaply); may change spuriously.
   virtual Result<std::uint64_t> KvGeneration() = 0;
@@ -86,16 +96,19 @@ class CoordinatorState {
 
   // Jobs.
   /// Errors: kAlreadyExists for a live member id.
-  virtual Result<JobView> JoinJob(const std::string& job, JobMember member, std::int64_t now_ms) = 0;
+  virtual Result<JobView> JoinJob(const std::string& job, JobMember member, std::int64_t now_ms,
+                                  const std::string& state_id = {}) = 0;
   /// Errors: kNotFound.
-  virtual Status HeartbeatMember(const std::string& job, const std::string& member_id, std::int64_t now_ms) = 0;
+  virtual Status HeartbeatMember(const std::string& job, const std::string& member_id, std::int64_t now_ms,
+                                 const std::string& state_id = {}) = 0;
   /// Errors: kNotFound.
-  virtual Status LeaveJob(const std::string& job, const std::string& member_id, std::int64_t now_ms) = 0;
+  virtual Status LeaveJob(const std::string& job, const std::string& member_id, std::int64_t now_ms,
+                          const std::string& state_id = {}) = 0;
   /// Errors: kNotFound for a job with no live members and no history.
-  virtual Result<JobView> GetJob(const std::string& job, std::int64_t now_ms) = 0;
+  virtual Result<JobView> GetJob(const std::string& job, std::int64_t now_ms, const std::string& state_id = {}) = 0;
   /// Errors: kNotFound; kFailedPrecondition when version < committed.
   virtual Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version,
-                               std::int64_t now_ms) = 0;
+                               std::int64_t now_ms, const std::string& state_id = {}) = 0;
 
   // Asynchronous forms of the heartbeat calls, for the coordinator's
   // heartbeat loop (heartbeat_loop.h): the same semantics and errors as the
@@ -120,8 +133,8 @@ class CoordinatorState {
     done(HeartbeatSource(source_id, now_ms));
   }
   virtual void HeartbeatMemberAsync(const std::string& job, const std::string& member_id, std::int64_t now_ms,
-                                    DoneCallback done) {
-    done(HeartbeatMember(job, member_id, now_ms));
+                                    DoneCallback done, const std::string& state_id = {}) {
+    done(HeartbeatMember(job, member_id, now_ms, state_id));
   }
 
   virtual void BeginHeartbeatBatch() {}

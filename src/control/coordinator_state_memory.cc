@@ -47,9 +47,16 @@ class InMemoryCoordinatorState final : public CoordinatorState {
 
   std::string StateId() override { return state_id_; }
 
+  // A bound call (coordinator_state.h) names this object's state or none: this state is never
+  // lost while the object lives, so another id is a state that ended with another object.
+  Status CheckBound(const std::string& state_id) const {
+    return state_id.empty() || state_id == state_id_ ? Status::Ok() : StateGone(state_id, state_id_);
+  }
+
   // --- key-value ---------------------------------------------------------
 
-  Status Put(const std::string& key, std::span<const std::byte> value) override {
+  Status Put(const std::string& key, std::span<const std::byte> value, const std::string& state_id) override {
+    SW_RETURN_IF_ERROR(CheckBound(state_id));
     SW_RETURN_IF_ERROR(control::ValidateKey(key));
     SW_RETURN_IF_ERROR(control::ValidateValueSize(value.size(), key));
     std::vector<std::byte> copy(value.begin(), value.end());
@@ -67,7 +74,9 @@ class InMemoryCoordinatorState final : public CoordinatorState {
     return std::optional<std::vector<std::byte>>(it->second);
   }
 
-  Result<std::int64_t> Add(const std::string& key, std::int64_t delta, const std::string& request_id) override {
+  Result<std::int64_t> Add(const std::string& key, std::int64_t delta, const std::string& request_id,
+                           const std::string& state_id) override {
+    SW_RETURN_IF_ERROR(CheckBound(state_id));
     SW_RETURN_IF_ERROR(control::ValidateKey(key));
     std::lock_guard<std::mutex> lock(mu_);
     // Forget applied request ids older than the TTL (oldest first), then answer a repeat.
@@ -170,7 +179,9 @@ class InMemoryCoordinatorState final : public CoordinatorState {
 
   // --- jobs --------------------------------------------------------------
 
-  Result<JobView> JoinJob(const std::string& job, JobMember member, std::int64_t now_ms) override {
+  Result<JobView> JoinJob(const std::string& job, JobMember member, std::int64_t now_ms,
+                          const std::string& state_id) override {
+    SW_RETURN_IF_ERROR(CheckBound(state_id));
     std::lock_guard<std::mutex> lock(mu_);
     Job& j = jobs_[job];
     ExpireMembers(j, now_ms);
@@ -185,14 +196,18 @@ class InMemoryCoordinatorState final : public CoordinatorState {
     return View(job, j);
   }
 
-  Status HeartbeatMember(const std::string& job, const std::string& member_id, std::int64_t now_ms) override {
+  Status HeartbeatMember(const std::string& job, const std::string& member_id, std::int64_t now_ms,
+                         const std::string& state_id) override {
+    SW_RETURN_IF_ERROR(CheckBound(state_id));
     std::lock_guard<std::mutex> lock(mu_);
     SW_ASSIGN_OR_RETURN(JobMember * m, FindMember(job, member_id, now_ms));
     m->last_heartbeat_unix_ms = std::max(m->last_heartbeat_unix_ms, now_ms);
     return Status::Ok();
   }
 
-  Status LeaveJob(const std::string& job, const std::string& member_id, std::int64_t now_ms) override {
+  Status LeaveJob(const std::string& job, const std::string& member_id, std::int64_t now_ms,
+                  const std::string& state_id) override {
+    SW_RETURN_IF_ERROR(CheckBound(state_id));
     std::lock_guard<std::mutex> lock(mu_);
     SW_ASSIGN_OR_RETURN(JobMember * m, FindMember(job, member_id, now_ms));
     (void)m;
@@ -202,7 +217,8 @@ class InMemoryCoordinatorState final : public CoordinatorState {
     return Status::Ok();
   }
 
-  Result<JobView> GetJob(const std::string& job, std::int64_t now_ms) override {
+  Result<JobView> GetJob(const std::string& job, std::int64_t now_ms, const std::string& state_id) override {
+    SW_RETURN_IF_ERROR(CheckBound(state_id));
     std::lock_guard<std::mutex> lock(mu_);
     auto it = jobs_.find(job);
     if (it == jobs_.end()) return NotFound(fmt::format("job '{}' does not exist", job));
@@ -211,7 +227,8 @@ class InMemoryCoordinatorState final : public CoordinatorState {
   }
 
   Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version,
-                       std::int64_t now_ms) override {
+                       std::int64_t now_ms, const std::string& state_id) override {
+    SW_RETURN_IF_ERROR(CheckBound(state_id));
     std::lock_guard<std::mutex> lock(mu_);
     SW_ASSIGN_OR_RETURN(JobMember * m, FindMember(job, member_id, now_ms));
     if (version < m->committed_version) {

@@ -42,6 +42,9 @@
 // Errors from scripts come back as error replies "<KIND> <message>" with KIND
 // one of NOTFOUND, EXISTS, PRECOND, BADARG, CORRUPT, mapped to ErrorCodes;
 // WRONGTYPE (a key of the wrong type, i.e. corrupt) maps to kCorruptData.
+// STATELOST <stored id> answers a bound call (Put, Add, the job scripts; their
+// last ARGV is the state id the caller is bound to, '' for none) when state_id
+// holds another id or none, before the script changes anything: kFailedPrecondition.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -72,6 +75,14 @@ constexpr std::string_view kPrelude = R"lua(
 local P = 'shardwire:v1:'
 local function fail(kind, msg) return redis.error_reply(kind .. ' ' .. msg) end
 local function is_err(r) return type(r) == 'table' and r.err ~= nil end
+-- A bound call (CoordinatorState, "Bound calls"): its last ARGV is the state id it is bound to
+-- ('' = unbound). The error when Redis holds another id or none (the data was lost).
+local function state_lost(sid)
+  if sid == '' then return nil end
+  local cur = redis.call('GET', P .. 'state_id')
+  if cur ~= sid then return fail('STATELOST', cur or '') end
+  return nil
+end
 local function extend(key, d)
   local t = redis.call('PTTL', key)
   if t == -1 or (t >= 0 and t < d) then redis.call('PEXPIRE', key, d) end
@@ -135,18 +146,22 @@ local function job_expire(key, now, m)
 end
 )lua";
 
-// ARGV: key, value
+// ARGV: key, value, bound state id
 constexpr std::string_view kPutScript = R"lua(
+local lost = state_lost(ARGV[#ARGV])
+if lost then return lost end
 redis.call('SET', P .. 'kv:' .. ARGV[1], ARGV[2])
 redis.call('INCR', P .. 'kvgen')
 return 1
 )lua";
 
-// ARGV: key, delta, request id ('' = none), its TTL in ms. Returns the new value as decimal
+// ARGV: key, delta, request id ('' = none), its TTL in ms, bound state id. Returns the new value as decimal
 // text (no double rounding); a request id applied before to the same key returns the first result
 // unchanged (the marker is keyed by the length-prefixed key and the id, so ids never collide
 // across keys).
 constexpr std::string_view kAddScript = R"lua(
+local lost = state_lost(ARGV[#ARGV])
+if lost then return lost end
 local k = P .. 'kv:' .. ARGV[1]
 local req = ARGV[3] ~= '' and (P .. 'addreq:' .. #ARGV[1] .. ':' .. ARGV[1] .. ARGV[3]) or nil
 if req then
@@ -244,8 +259,10 @@ end
 return out
 )lua";
 
-// ARGV: hex(job), now, member_ms, member_id, rec
+// ARGV: hex(job), now, member_ms, member_id, rec, bound state id
 constexpr std::string_view kJoinScript = R"lua(
+local lost = state_lost(ARGV[#ARGV])
+if lost then return lost end
 local now, m, mid = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local key = P .. 'job:' .. ARGV[1]
 local s, msg = member_load(key, mid, now, m)
@@ -259,8 +276,10 @@ redis.call('SADD', P .. 'jobs', ARGV[1])
 return redis.call('HGETALL', key)
 )lua";
 
-// ARGV: hex(job), now, member_ms, member_id
+// ARGV: hex(job), now, member_ms, member_id, bound state id
 constexpr std::string_view kHeartbeatMemberScript = R"lua(
+local lost = state_lost(ARGV[#ARGV])
+if lost then return lost end
 local now, m, mid = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local key = P .. 'job:' .. ARGV[1]
 local s, hb = member_load(key, mid, now, m)
@@ -270,8 +289,10 @@ if now > hb then redis.call('HSET', key, 'h:' .. mid, ARGV[2]) end
 return 1
 )lua";
 
-// ARGV: hex(job), now, member_ms, member_id
+// ARGV: hex(job), now, member_ms, member_id, bound state id
 constexpr std::string_view kLeaveScript = R"lua(
+local lost = state_lost(ARGV[#ARGV])
+if lost then return lost end
 local now, m, mid = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local key = P .. 'job:' .. ARGV[1]
 local s, msg = member_load(key, mid, now, m)
@@ -282,8 +303,10 @@ redis.call('HINCRBY', key, 'e', 1)
 return 1
 )lua";
 
-// ARGV: hex(job), now, member_ms
+// ARGV: hex(job), now, member_ms, bound state id
 constexpr std::string_view kGetJobScript = R"lua(
+local lost = state_lost(ARGV[#ARGV])
+if lost then return lost end
 local now, m = tonumber(ARGV[2]), tonumber(ARGV[3])
 local key = P .. 'job:' .. ARGV[1]
 local n, err = job_expire(key, now, m)
@@ -292,8 +315,10 @@ if redis.call('HEXISTS', key, 'e') == 0 then return fail('NOTFOUND', 'no such jo
 return redis.call('HGETALL', key)
 )lua";
 
-// ARGV: hex(job), now, member_ms, member_id, version (decimal uint64)
+// ARGV: hex(job), now, member_ms, member_id, version (decimal uint64), bound state id
 constexpr std::string_view kCommitScript = R"lua(
+local lost = state_lost(ARGV[#ARGV])
+if lost then return lost end
 local now, m, mid, ver = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local key = P .. 'job:' .. ARGV[1]
 local s, msg = member_load(key, mid, now, m)
@@ -556,12 +581,12 @@ class RedisCoordinatorState final : public CoordinatorState {
 
   ~RedisCoordinatorState() override { pipelines_.clear(); }
 
-  Status Put(const std::string& key, std::span<const std::byte> value) override {
+  Status Put(const std::string& key, std::span<const std::byte> value, const std::string& state_id) override {
     SW_RETURN_IF_ERROR(control::ValidateKey(key));
     SW_RETURN_IF_ERROR(control::ValidateValueSize(value.size(), key));
     std::string_view v(reinterpret_cast<const char*>(value.data()), value.size());
-    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(put_, {key, v}, /*idempotent=*/true));
-    return CheckReply(*r, "Put of key '" + key + "'");
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(put_, {key, v, state_id}, /*idempotent=*/true));
+    return CheckBoundReply(*r, "Put of key '" + key + "'", state_id);
   }
 
   Result<std::optional<std::vector<std::byte>>> Get(const std::string& key) override {
@@ -574,12 +599,13 @@ class RedisCoordinatorState final : public CoordinatorState {
     return CorruptData(fmt::format("Redis key {}: unexpected reply type {}", k, r->type));
   }
 
-  Result<std::int64_t> Add(const std::string& key, std::int64_t delta, const std::string& request_id) override {
+  Result<std::int64_t> Add(const std::string& key, std::int64_t delta, const std::string& request_id,
+                           const std::string& state_id) override {
     SW_RETURN_IF_ERROR(control::ValidateKey(key));
     std::string d = std::to_string(delta);
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
-                        pool_->Eval(add_, {key, d, request_id, std::to_string(kAddRequestIdTtlMs)}, false));
-    SW_RETURN_IF_ERROR(CheckReply(*r, "Add to key '" + key + "'"));
+                        pool_->Eval(add_, {key, d, request_id, std::to_string(kAddRequestIdTtlMs), state_id}, false));
+    SW_RETURN_IF_ERROR(CheckBoundReply(*r, "Add to key '" + key + "'", state_id));
     std::int64_t v = 0;
     if (r->type != REDIS_REPLY_STRING || !ParseNumber(ReplyText(r.get()), &v)) {
       return CorruptData(fmt::format("Redis key {}kv:{}: counter reply is not a number", kPrefix, key));
@@ -689,39 +715,49 @@ class RedisCoordinatorState final : public CoordinatorState {
     return CheckReply(*r, "DeregisterSource");
   }
 
-  Result<JobView> JoinJob(const std::string& job, JobMember member, std::int64_t now_ms) override {
+  Result<JobView> JoinJob(const std::string& job, JobMember member, std::int64_t now_ms,
+                          const std::string& state_id) override {
     std::string hex = Hex(job);
-    SW_ASSIGN_OR_RETURN(
-        RedisReplyPtr r,
-        pool_->Eval(join_, {hex, std::to_string(now_ms), member_ms_, member.member_id, EncodeMember(member)}, false));
-    SW_RETURN_IF_ERROR(CheckReply(*r, "JoinJob of '" + member.member_id + "' to job '" + job + "'"));
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
+                        pool_->Eval(join_,
+                                    {hex, std::to_string(now_ms), member_ms_, member.member_id, EncodeMember(member),
+                                     state_id},
+                                    false));
+    SW_RETURN_IF_ERROR(CheckBoundReply(*r, "JoinJob of '" + member.member_id + "' to job '" + job + "'", state_id));
     return DecodeJob(job, *r);
   }
 
-  Status HeartbeatMember(const std::string& job, const std::string& member_id, std::int64_t now_ms) override {
-    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(heartbeat_member_,
-                                                     {Hex(job), std::to_string(now_ms), member_ms_, member_id}, true));
-    return CheckReply(*r, "HeartbeatMember of job '" + job + "'");
+  Status HeartbeatMember(const std::string& job, const std::string& member_id, std::int64_t now_ms,
+                         const std::string& state_id) override {
+    SW_ASSIGN_OR_RETURN(
+        RedisReplyPtr r,
+        pool_->Eval(heartbeat_member_, {Hex(job), std::to_string(now_ms), member_ms_, member_id, state_id}, true));
+    return CheckBoundReply(*r, "HeartbeatMember of job '" + job + "'", state_id);
   }
 
-  Status LeaveJob(const std::string& job, const std::string& member_id, std::int64_t now_ms) override {
+  Status LeaveJob(const std::string& job, const std::string& member_id, std::int64_t now_ms,
+                  const std::string& state_id) override {
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(leave_,
+                                                     {Hex(job), std::to_string(now_ms), member_ms_, member_id, state_id},
+                                                     false));
+    return CheckBoundReply(*r, "LeaveJob of job '" + job + "'", state_id);
+  }
+
+  Result<JobView> GetJob(const std::string& job, std::int64_t now_ms, const std::string& state_id) override {
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
-                        pool_->Eval(leave_, {Hex(job), std::to_string(now_ms), member_ms_, member_id}, false));
-    return CheckReply(*r, "LeaveJob of job '" + job + "'");
-  }
-
-  Result<JobView> GetJob(const std::string& job, std::int64_t now_ms) override {
-    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(get_job_, {Hex(job), std::to_string(now_ms), member_ms_}, false));
-    SW_RETURN_IF_ERROR(CheckReply(*r, "GetJob of job '" + job + "'"));
+                        pool_->Eval(get_job_, {Hex(job), std::to_string(now_ms), member_ms_, state_id}, false));
+    SW_RETURN_IF_ERROR(CheckBoundReply(*r, "GetJob of job '" + job + "'", state_id));
     return DecodeJob(job, *r);
   }
 
   Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version,
-                       std::int64_t now_ms) override {
-    SW_ASSIGN_OR_RETURN(
-        RedisReplyPtr r,
-        pool_->Eval(commit_, {Hex(job), std::to_string(now_ms), member_ms_, member_id, std::to_string(version)}, true));
-    return CheckReply(*r, "CommitVersion of job '" + job + "'");
+                       std::int64_t now_ms, const std::string& state_id) override {
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
+                        pool_->Eval(commit_,
+                                    {Hex(job), std::to_string(now_ms), member_ms_, member_id, std::to_string(version),
+                                     state_id},
+                                    true));
+    return CheckBoundReply(*r, "CommitVersion of job '" + job + "'", state_id);
   }
 
   // The heartbeats go through the pipelines, taken in turn: concurrent ones
@@ -771,11 +807,13 @@ class RedisCoordinatorState final : public CoordinatorState {
   }
 
   void HeartbeatMemberAsync(const std::string& job, const std::string& member_id, std::int64_t now_ms,
-                            DoneCallback done) override {
-    SubmitHeartbeat(heartbeat_member_, {Hex(job), std::to_string(now_ms), member_ms_, member_id},
-                    [this, job, done = std::move(done)](Result<RedisReplyPtr> r) {
+                            DoneCallback done, const std::string& state_id) override {
+    // No refresh of the cached id on a lost state here: `done` runs on a pipeline's thread and
+    // must not block (the reaper or the next synchronous bound call refreshes it).
+    SubmitHeartbeat(heartbeat_member_, {Hex(job), std::to_string(now_ms), member_ms_, member_id, state_id},
+                    [this, job, state_id, done = std::move(done)](Result<RedisReplyPtr> r) {
                       if (!r.ok()) return done(r.status());
-                      done(CheckReply(**r, "HeartbeatMember of job '" + job + "'"));
+                      done(StateLostOr(**r, "HeartbeatMember of job '" + job + "'", state_id));
                     });
   }
 
@@ -841,6 +879,28 @@ class RedisCoordinatorState final : public CoordinatorState {
   Status CheckReply(const redisReply& r, const std::string& what) const {
     if (r.type == REDIS_REPLY_ERROR) return MapError(ReplyText(&r), what);
     return Status::Ok();
+  }
+
+  // CheckReply for a bound call's script: "STATELOST <stored id>" (state_lost in kPrelude) is
+  // StateGone naming the bound id and the stored one.
+  Status StateLostOr(const redisReply& r, const std::string& what, const std::string& state_id) const {
+    if (r.type == REDIS_REPLY_ERROR && ReplyText(&r).substr(0, 10) == "STATELOST ") {
+      return StateGone(state_id, ReplyText(&r).substr(10)).WithContext(what);
+    }
+    return CheckReply(r, what);
+  }
+
+  // StateLostOr, and on a lost state the cached id is re-read at once (a new one stored when
+  // Redis holds none) rather than at the reaper's next pass, so Ping hands new clients the
+  // state they will be served from.
+  Status CheckBoundReply(const redisReply& r, const std::string& what, const std::string& state_id) {
+    const bool lost = r.type == REDIS_REPLY_ERROR && ReplyText(&r).substr(0, 10) == "STATELOST ";
+    if (lost) {
+      if (Status refreshed = RefreshStateId(); !refreshed.ok()) {
+        spdlog::warn("after a lost coordinator state: {}", refreshed.ToString());
+      }
+    }
+    return StateLostOr(r, what, state_id);
   }
 
   Result<JobView> DecodeJob(const std::string& job, const redisReply& r) const {

@@ -21,4 +21,14 @@ bool IsStateId(std::string_view id) {
   return true;
 }
 
+Status StateGone(std::string_view bound, std::string_view serving) {
+  return FailedPrecondition(fmt::format(
+      "the coordinator state this client joined ({}) is gone; the coordinator now serves {} (an in-memory "
+      "coordinator was restarted, or its Redis lost its data): keys, counters and job membership made before "
+      "are lost, so restart the job (`shardwire serve --redis URL` with a persistent Redis survives coordinator "
+      "restarts)",
+      bound.substr(0, 64), serving.empty() ? std::string("no state yet (Redis holds no state id)")
+                                           : fmt::format("state {}", serving)));
+}
+
 }  // namespace shardwire::control

@@ -19,6 +19,7 @@
 #include "control/coordinator_state.h"
 #include "control/coordinator_state_redis.h"
 #include "control/redis_fixture.h"
+#include "control/state_id.h"
 #include "control/test_util.h"
 
 namespace shardwire::control {
@@ -572,6 +573,84 @@ TEST_P(CoordinatorStateTest, TheStateIdNamesTheStateUntilItIsLost) {
   EXPECT_EQ(bad.code(), ErrorCode::kCorruptData) << bad.ToString();
   EXPECT_NE(bad.message().find("shardwire:v1:state_id"), std::string::npos) << bad.message();
   EXPECT_EQ(state_->StateId(), now_serving);
+}
+
+// A bound call (coordinator_state.h, "Bound calls") names the state it belongs to: the state
+// it names is served; another id is kFailedPrecondition naming it, and nothing changes. On
+// Redis, a flushed Redis refuses bound calls of the old state at once, inside the script, not
+// only after the next RefreshStateId, and the state object re-reads its id at the first refusal.
+TEST_P(CoordinatorStateTest, ABoundCallOfALostStateIsRefusedAndChangesNothing) {
+  const std::string id = state_->StateId();
+  const std::int64_t t0 = WallMs();
+  ASSERT_TRUE(state_->Put("k", BytesOf("v"), id).ok());
+  auto added = state_->Add("n", 5, "", id);
+  ASSERT_TRUE(added.ok()) << added.status().ToString();
+  ASSERT_TRUE(state_->JoinJob("job", Member("m0"), t0, id).ok());
+
+  // Every bound method against a state id that is not the one stored.
+  auto expect_refused = [&](const std::string& bound, const std::string& when) {
+    auto check = [&](const Status& s, const char* call) {
+      EXPECT_EQ(s.code(), ErrorCode::kFailedPrecondition) << when << ", " << call << ": " << s.ToString();
+      EXPECT_NE(s.message().find(bound), std::string::npos) << when << ", " << call << ": " << s.message();
+    };
+    check(state_->Put("k", BytesOf("changed"), bound), "Put");
+    check(state_->Put("new-key", BytesOf("x"), bound), "Put of a new key");
+    check(state_->Add("n", 1, "", bound).status(), "Add");
+    check(state_->Add("fresh-counter", 1, "req-1", bound).status(), "Add of a new counter");
+    check(state_->JoinJob("job", Member("m1"), t0 + 1, bound).status(), "JoinJob");
+    check(state_->JoinJob("other-job", Member("m1"), t0 + 1, bound).status(), "JoinJob of a new job");
+    check(state_->HeartbeatMember("job", "m0", t0 + 2, bound), "HeartbeatMember");
+    check(state_->CommitVersion("job", "m0", 7, t0 + 2, bound), "CommitVersion");
+    check(state_->GetJob("job", t0 + 2, bound).status(), "GetJob");
+    check(state_->LeaveJob("job", "m0", t0 + 2, bound), "LeaveJob");
+    Completions done;
+    Status async_status;
+    state_->HeartbeatMemberAsync("job", "m0", t0 + 3, done.Expect(&async_status), bound);
+    ASSERT_TRUE(done.Wait()) << "HeartbeatMemberAsync never completed";
+    check(async_status, "HeartbeatMemberAsync");
+  };
+  const std::string other = NewStateId();
+  expect_refused(other, "a state id never served");
+  // Nothing changed: the old values, counter, member and its heartbeat/version stand.
+  auto v = state_->Get("k");
+  ASSERT_TRUE(v.ok() && v->has_value());
+  EXPECT_EQ(**v, BytesOf("v"));
+  auto none = state_->Get("new-key");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  auto n = state_->Add("n", 0, "", id);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 5);
+  auto job = state_->GetJob("job", t0 + 4, id);
+  ASSERT_TRUE(job.ok()) << job.status().ToString();
+  ASSERT_EQ(job->members.size(), 1u);
+  EXPECT_EQ(job->members[0].member_id, "m0");
+  EXPECT_EQ(job->members[0].last_heartbeat_unix_ms, t0);
+  EXPECT_EQ(job->members[0].committed_version, 0u);
+  EXPECT_EQ(state_->GetJob("other-job", t0 + 4).status().code(), ErrorCode::kNotFound);
+  // Unbound calls are served as before.
+  EXPECT_TRUE(state_->Put("unbound", BytesOf("u")).ok());
+  if (GetParam() == "memory") return;
+
+  // Redis loses the data: every call bound to `id` is refused before any refresh, and the
+  // store stays empty of what they would have written.
+  ASSERT_EQ(shared_redis->Command({"FLUSHALL"}), "OK");
+  ASSERT_EQ(state_->StateId(), id) << "no refresh has run yet";
+  {
+    SCOPED_TRACE("after FLUSHALL");
+    Status put = state_->Put("k", BytesOf("into the empty state"), id);
+    EXPECT_EQ(put.code(), ErrorCode::kFailedPrecondition) << put.ToString();
+    EXPECT_NE(state_->StateId(), id) << "the first refused call re-reads the state id";
+    expect_refused(id, "Redis flushed");
+  }
+  EXPECT_EQ(shared_redis->Command({"EXISTS", "shardwire:v1:kv:k"}), "0");
+  EXPECT_EQ(shared_redis->Command({"EXISTS", "shardwire:v1:kv:n"}), "0");
+  EXPECT_EQ(shared_redis->Command({"EXISTS", "shardwire:v1:kv:fresh-counter"}), "0");
+  EXPECT_EQ(shared_redis->Command({"EXISTS", "shardwire:v1:jobs"}), "0");
+  EXPECT_EQ(shared_redis->Command({"DBSIZE"}), "1") << "only the new state id";
+  EXPECT_EQ(shared_redis->Command({"GET", "shardwire:v1:state_id"}), state_->StateId());
+  // The new state serves calls bound to it.
+  EXPECT_TRUE(state_->Put("k", BytesOf("new"), state_->StateId()).ok());
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, CoordinatorStateTest, ::testing::Values("memory", "redis"),

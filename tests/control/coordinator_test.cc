@@ -501,6 +501,51 @@ TEST(Coordinator, AStateLostUnderAWaitingGetIsFailedPreconditionNotATimeout) {
   EXPECT_EQ(fresh->ListSources("m", std::nullopt)->size(), 1u);
 }
 
+// The same loss with no reaper pass to notice it (interval 1 h): the client's next bound calls
+// are refused by the Redis scripts themselves, not served from the empty state (which would
+// hand out counter values again and let a rank see keys of nobody's job), and the first
+// refusal makes the coordinator read the new state id, so a new client joins the new state.
+TEST(Coordinator, ABoundCallIsRefusedAtOnceAfterRedisLostItsDataWithoutAReaperPass) {
+  if (!testing_util::RedisServer::Available()) GTEST_SKIP() << testing_util::RedisServer::SkipReason();
+  std::string error;
+  auto redis = testing_util::RedisServer::Start(&error);
+  ASSERT_NE(redis, nullptr) << error;
+  CoordinatorServerOptions so;
+  so.redis_url = redis->url();
+  so.reaper_interval_s = 3600;
+  auto server = StartServer(so);
+  ASSERT_NE(server, nullptr);
+  auto c = ConnectTo(server->address());
+  ASSERT_NE(c, nullptr);
+  const std::string joined = c->state_id();
+  auto first = c->Add("rank-counter", 1);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  ASSERT_EQ(*first, 1);
+  ASSERT_TRUE(c->JoinJob("job", Member("engine-0/rank-0", JobRole::kSubscriber)).ok());
+
+  ASSERT_EQ(redis->Command({"FLUSHALL"}), "OK");
+  auto again = c->Add("rank-counter", 1);
+  EXPECT_EQ(again.status().code(), ErrorCode::kFailedPrecondition)
+      << (again.ok() ? "served from the empty state: rank " + std::to_string(*again) + " handed out again"
+                     : again.status().ToString());
+  EXPECT_NE(again.status().message().find(joined), std::string::npos) << again.status().message();
+  EXPECT_EQ(c->Put("key", BytesOf("v")).code(), ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(c->JoinJob("job", Member("engine-0/rank-1", JobRole::kSubscriber)).status().code(),
+            ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(c->CommitVersion("job", "engine-0/rank-0", 1).code(), ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(redis->Command({"EXISTS", "shardwire:v1:kv:rank-counter"}), "0");
+  EXPECT_EQ(redis->Command({"EXISTS", "shardwire:v1:kv:key"}), "0");
+  EXPECT_EQ(redis->Command({"EXISTS", "shardwire:v1:jobs"}), "0");
+
+  auto fresh = ConnectTo(server->address());
+  ASSERT_NE(fresh, nullptr);
+  EXPECT_NE(fresh->state_id(), joined) << "the refusal re-read the state id; no reaper pass ran";
+  EXPECT_EQ(fresh->state_id(), redis->Command({"GET", "shardwire:v1:state_id"}));
+  auto restarted = fresh->Add("rank-counter", 1);
+  ASSERT_TRUE(restarted.ok()) << restarted.status().ToString();
+  EXPECT_EQ(*restarted, 1);
+}
+
 // A call that carries a state id the coordinator does not serve (sent with the raw
 // stub) is refused with FAILED_PRECONDITION and changes nothing; Ping reports the id.
 TEST(Coordinator, ACallBoundToAnotherStateIsRefusedAndChangesNothing) {
