@@ -43,15 +43,11 @@ else
   fuzzers=("$which_fuzzer")
 fi
 
-launcher=()
-if command -v ccache >/dev/null 2>&1; then
-  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
-fi
+source "$root/scripts/cmake_configure.sh"
 build="${SHARDWIRE_FUZZ_BUILD:-$work/build}"
 if [ ! -f "$build/CMakeCache.txt" ]; then
-  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_COMPILER="$cc" \
-    -DSHARDWIRE_BUILD_FUZZERS=ON -DSHARDWIRE_BUILD_TESTS=OFF -DSHARDWIRE_BUILD_BENCH=OFF -DSHARDWIRE_WERROR=OFF \
-    "${launcher[@]}" >/dev/null
+  configure_build "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_COMPILER="$cc" \
+    -DSHARDWIRE_BUILD_FUZZERS=ON -DSHARDWIRE_BUILD_TESTS=OFF -DSHARDWIRE_BUILD_BENCH=OFF -DSHARDWIRE_WERROR=OFF
 fi
 targets=()
 for f in "${fuzzers[@]}"; do

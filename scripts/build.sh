@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
 # Installs dependencies (Debian packages) and builds Shardwire (Release) into build/.
 # Usage: scripts/build.sh [extra cmake -D options]
-# Uses ccache (Debian package) when installed, so repeated builds are cheap.
+# Ninja and ccache (Debian packages) as scripts/cmake_configure.sh says.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-launcher=()
-if command -v ccache >/dev/null 2>&1; then
-  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
-fi
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" "$@" >/dev/null
+source scripts/cmake_configure.sh
+configure_build build -DCMAKE_BUILD_TYPE=Release "$@"
 cmake --build build -j2
 # `import shardwire` with Debian's /usr/bin/python3: a .pth file in its site directory points at
 # the package this build assembled (build/python/shardwire). Only when that directory is writable.

@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
+  ninja-build                   # the build tool (scripts/cmake_configure.sh: keeps both cores busy)
   libucx-dev ucx-utils          # transport (UCX) and ucx_perftest, the benchmark reference
   nlohmann-json3-dev            # safetensors headers, HF config.json, index files
   libyaml-cpp-dev               # model rules files (models/rules/*.yaml), errors with file:line
