@@ -8,8 +8,8 @@
 #   fuzz    the fuzzers alone, from their own -O3 clang build (fuzz/run_fuzzer.sh, build-fuzz/)
 # Every sanitizer report is fatal and fails its test. Select stages with
 # SHARDWIRE_TEST_STAGES="normal asan tsan fuzz". Default (and so .ci/run): normal asan tsan, about
-# 37 min from a fresh clone without ccache on 2 cores (docs/reliability.md, "Status (session 15)");
-# SHARDWIRE_TEST_STAGES=normal runs the plain suite alone (about 10 min). Each stage's ctest runs 2
+# 49 min from a fresh clone without ccache on 2 cores (docs/reliability.md, "How long CI takes");
+# SHARDWIRE_TEST_STAGES=normal runs the plain suite alone (about 14 min). Each stage's ctest runs 2
 # tests at once. Extra arguments go to the normal stage's ctest. Builds use ccache when installed;
 # run nice'd on a shared machine.
 set -euo pipefail
