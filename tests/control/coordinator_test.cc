@@ -451,18 +451,33 @@ TEST(Coordinator, CallbackHeartbeatsOnRedis) {
 // that client, fails with kFailedPrecondition at once instead of waiting out its
 // timeout for a key that is gone. The registry stays usable; a new client joins the
 // new state. Without the binding the Get would end kTimedOut after 20 s.
+// A coordinator on its own redis-server with the given reaper interval, and one client of it.
+struct RedisBackedCoordinator {
+  std::unique_ptr<testing_util::RedisServer> redis;
+  std::unique_ptr<CoordinatorServer> server;
+  std::unique_ptr<CoordinatorClient> client;
+};
+RedisBackedCoordinator StartOnRedis(double reaper_interval_s) {
+  RedisBackedCoordinator r;
+  std::string error;
+  r.redis = testing_util::RedisServer::Start(&error);
+  EXPECT_NE(r.redis, nullptr) << error;
+  if (r.redis == nullptr) return r;
+  CoordinatorServerOptions so;
+  so.redis_url = r.redis->url();
+  so.reaper_interval_s = reaper_interval_s;
+  r.server = StartServer(so);
+  if (r.server != nullptr) r.client = ConnectTo(r.server->address());
+  return r;
+}
+
 TEST(Coordinator, AStateLostUnderAWaitingGetIsFailedPreconditionNotATimeout) {
   if (!testing_util::RedisServer::Available()) GTEST_SKIP() << testing_util::RedisServer::SkipReason();
-  std::string error;
-  auto redis = testing_util::RedisServer::Start(&error);
-  ASSERT_NE(redis, nullptr) << error;
-  CoordinatorServerOptions so;
-  so.redis_url = redis->url();
-  so.reaper_interval_s = 0.1;
-  auto server = StartServer(so);
-  ASSERT_NE(server, nullptr);
-  auto c = ConnectTo(server->address());
-  ASSERT_NE(c, nullptr);
+  RedisBackedCoordinator rc = StartOnRedis(0.1);
+  ASSERT_NE(rc.client, nullptr);
+  auto& redis = rc.redis;
+  auto& server = rc.server;
+  auto& c = rc.client;
   const std::string joined = c->state_id();
   ASSERT_EQ(joined.size(), 32u);
   ASSERT_TRUE(c->Put("there", BytesOf("1")).ok());
@@ -507,16 +522,11 @@ TEST(Coordinator, AStateLostUnderAWaitingGetIsFailedPreconditionNotATimeout) {
 // refusal makes the coordinator read the new state id, so a new client joins the new state.
 TEST(Coordinator, ABoundCallIsRefusedAtOnceAfterRedisLostItsDataWithoutAReaperPass) {
   if (!testing_util::RedisServer::Available()) GTEST_SKIP() << testing_util::RedisServer::SkipReason();
-  std::string error;
-  auto redis = testing_util::RedisServer::Start(&error);
-  ASSERT_NE(redis, nullptr) << error;
-  CoordinatorServerOptions so;
-  so.redis_url = redis->url();
-  so.reaper_interval_s = 3600;
-  auto server = StartServer(so);
-  ASSERT_NE(server, nullptr);
-  auto c = ConnectTo(server->address());
-  ASSERT_NE(c, nullptr);
+  RedisBackedCoordinator rc = StartOnRedis(3600);
+  ASSERT_NE(rc.client, nullptr);
+  auto& redis = rc.redis;
+  auto& server = rc.server;
+  auto& c = rc.client;
   const std::string joined = c->state_id();
   auto first = c->Add("rank-counter", 1);
   ASSERT_TRUE(first.ok()) << first.status().ToString();
