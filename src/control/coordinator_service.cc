@@ -144,7 +144,7 @@ grpc::Status RendezvousService::Put(grpc::ServerContext* ctx, const v1::PutReque
   SW_GRPC_RETURN_IF_ERROR(control::ValidateValueSize(req->value().size(), req->key()));
   const auto* b = reinterpret_cast<const std::byte*>(req->value().data());
   Status s = core_->state().Put(req->key(), std::span<const std::byte>(b, req->value().size()),
-                                  CoordinatorCore::BoundStateId(ctx));
+                                CoordinatorCore::BoundStateId(ctx));
   if (s.ok()) core_->NotifyKvChanged();
   return ToGrpcStatus(s);
 }
@@ -304,7 +304,8 @@ grpc::Status JobsService::Leave(grpc::ServerContext* ctx, const v1::LeaveJobRequ
   SW_AUTHORIZE_BOUND(ctx);
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->job(), "job"));
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->member_id(), "member_id"));
-  return ToGrpcStatus(core_->state().LeaveJob(req->job(), req->member_id(), UnixNowMs(), CoordinatorCore::BoundStateId(ctx)));
+  return ToGrpcStatus(
+      core_->state().LeaveJob(req->job(), req->member_id(), UnixNowMs(), CoordinatorCore::BoundStateId(ctx)));
 }
 
 grpc::Status JobsService::Get(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::GetJobResponse* resp) {
@@ -322,7 +323,7 @@ grpc::Status JobsService::CommitVersion(grpc::ServerContext* ctx, const v1::Comm
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->job(), "job"));
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->member_id(), "member_id"));
   return ToGrpcStatus(core_->state().CommitVersion(req->job(), req->member_id(), req->version(), UnixNowMs(),
-                                                      CoordinatorCore::BoundStateId(ctx)));
+                                                   CoordinatorCore::BoundStateId(ctx)));
 }
 
 }  // namespace shardwire::control

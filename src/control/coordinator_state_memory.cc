@@ -226,8 +226,8 @@ class InMemoryCoordinatorState final : public CoordinatorState {
     return View(job, it->second);
   }
 
-  Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version,
-                       std::int64_t now_ms, const std::string& state_id) override {
+  Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version, std::int64_t now_ms,
+                       const std::string& state_id) override {
     SW_RETURN_IF_ERROR(CheckBound(state_id));
     std::lock_guard<std::mutex> lock(mu_);
     SW_ASSIGN_OR_RETURN(JobMember * m, FindMember(job, member_id, now_ms));

@@ -718,11 +718,10 @@ class RedisCoordinatorState final : public CoordinatorState {
   Result<JobView> JoinJob(const std::string& job, JobMember member, std::int64_t now_ms,
                           const std::string& state_id) override {
     std::string hex = Hex(job);
-    SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
-                        pool_->Eval(join_,
-                                    {hex, std::to_string(now_ms), member_ms_, member.member_id, EncodeMember(member),
-                                     state_id},
-                                    false));
+    SW_ASSIGN_OR_RETURN(
+        RedisReplyPtr r,
+        pool_->Eval(join_, {hex, std::to_string(now_ms), member_ms_, member.member_id, EncodeMember(member), state_id},
+                    false));
     SW_RETURN_IF_ERROR(CheckBoundReply(*r, "JoinJob of '" + member.member_id + "' to job '" + job + "'", state_id));
     return DecodeJob(job, *r);
   }
@@ -737,9 +736,9 @@ class RedisCoordinatorState final : public CoordinatorState {
 
   Status LeaveJob(const std::string& job, const std::string& member_id, std::int64_t now_ms,
                   const std::string& state_id) override {
-    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(leave_,
-                                                     {Hex(job), std::to_string(now_ms), member_ms_, member_id, state_id},
-                                                     false));
+    SW_ASSIGN_OR_RETURN(
+        RedisReplyPtr r,
+        pool_->Eval(leave_, {Hex(job), std::to_string(now_ms), member_ms_, member_id, state_id}, false));
     return CheckBoundReply(*r, "LeaveJob of job '" + job + "'", state_id);
   }
 
@@ -750,13 +749,12 @@ class RedisCoordinatorState final : public CoordinatorState {
     return DecodeJob(job, *r);
   }
 
-  Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version,
-                       std::int64_t now_ms, const std::string& state_id) override {
-    SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
-                        pool_->Eval(commit_,
-                                    {Hex(job), std::to_string(now_ms), member_ms_, member_id, std::to_string(version),
-                                     state_id},
-                                    true));
+  Status CommitVersion(const std::string& job, const std::string& member_id, std::uint64_t version, std::int64_t now_ms,
+                       const std::string& state_id) override {
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(commit_,
+                                                     {Hex(job), std::to_string(now_ms), member_ms_, member_id,
+                                                      std::to_string(version), state_id},
+                                                     true));
     return CheckBoundReply(*r, "CommitVersion of job '" + job + "'", state_id);
   }
 

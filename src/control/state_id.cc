@@ -27,8 +27,8 @@ Status StateGone(std::string_view bound, std::string_view serving) {
       "coordinator was restarted, or its Redis lost its data): keys, counters and job membership made before "
       "are lost, so restart the job (`shardwire serve --redis URL` with a persistent Redis survives coordinator "
       "restarts)",
-      bound.substr(0, 64), serving.empty() ? std::string("no state yet (Redis holds no state id)")
-                                           : fmt::format("state {}", serving)));
+      bound.substr(0, 64),
+      serving.empty() ? std::string("no state yet (Redis holds no state id)") : fmt::format("state {}", serving)));
 }
 
 }  // namespace shardwire::control
