@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <future>
 #include <regex>
 #include <string>
 #include <thread>
@@ -131,16 +132,24 @@ TEST(CoordinatorProcess, ACallSafeToRepeatOutlivesAStopPastItsDeadline) {
   ASSERT_TRUE(StartServe(&serve, 0, {}, &out)) << out;
   CoordinatorClientOptions o;
   o.address = serve.address;
-  o.call_timeout_s = 4;
+  o.call_timeout_s = 5;
   o.unavailable_timeout_s = 0.1;  // only the one resend a stopped caller is owed can save the call
   auto c = CoordinatorClient::Connect(o);
   ASSERT_TRUE(c.ok()) << c.status().ToString();
 
   ASSERT_EQ(::kill(serve.pid, SIGSTOP), 0);
   Status put = Internal("not run");
-  std::thread t([&] { put = (*c)->Put("k", BytesOf("v")); });
-  // Past the first attempt's 4 s deadline, within the resend's (2 s of slack either way).
-  std::this_thread::sleep_for(std::chrono::seconds(6));
+  std::promise<std::chrono::steady_clock::time_point> started;
+  std::thread t([&] {
+    started.set_value(std::chrono::steady_clock::now());
+    put = (*c)->Put("k", BytesOf("v"));
+  });
+  // Resumed 0.5 s after the first attempt's deadline, counted from when the call was made (not
+  // from when the thread was asked to start, which a loaded machine may delay): the resend then
+  // has 4.5 s of its own 5 s deadline left for the coordinator to answer. (Resumed early, the
+  // first attempt would succeed and the call too: only a late resume could fail the test.)
+  const auto call_made = started.get_future().get();
+  std::this_thread::sleep_until(call_made + std::chrono::milliseconds(5500));
   ASSERT_EQ(::kill(serve.pid, SIGCONT), 0);
   t.join();
   EXPECT_TRUE(put.ok()) << put.ToString();
