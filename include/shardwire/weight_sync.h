@@ -100,6 +100,10 @@ struct WeightSyncOptions {
   /// (PushStats::missed); the push goes on for the others. Capped by timeout_s.
   /// It bounds each destination's whole transfer too, so it must exceed the time one engine
   /// rank's share of a push takes on the fabric (not a no-progress bound yet).
+  /// Counted while this process runs: a stop of the trainer itself (SIGSTOP, a paused VM,
+  /// CPU starvation) moves the READY and transfer deadlines by its length, so no ready engine
+  /// misses a version for the trainer's own pause (docs/reliability.md, "Own pauses"; the
+  /// message waits of both roles, bounded by timeout_s, count the same way).
   /// Subscriber with relay_broadcasts: the bound of each forward to a child.
   double engine_timeout_s = 10;
   /// The rank's shard buffer in the caller's own memory (the trainer's parameters, the

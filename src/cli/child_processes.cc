@@ -40,6 +40,10 @@ ChildProcesses::~ChildProcesses() { KillAll(); }
 
 bool ChildProcesses::InterruptRequested() { return g_interrupted != 0; }
 
+Status ChildProcesses::Interrupted() {
+  return FailedPrecondition("interrupted by SIGINT or SIGTERM (Ctrl-C); every worker process was stopped");
+}
+
 Status ChildProcesses::Spawn(const std::string& label, const std::vector<std::string>& args) {
   std::vector<std::string> argv_storage{"shardwire"};
   argv_storage.insert(argv_storage.end(), args.begin(), args.end());

@@ -61,6 +61,11 @@ class ChildProcesses {
   /// True once SIGINT or SIGTERM reached this process (after construction).
   static bool InterruptRequested();
 
+  /// What a command returns when InterruptRequested() stopped it: kFailedPrecondition (the
+  /// code the Python bindings give a wait that Ctrl-C ended), naming the signal. The command
+  /// exits with 130, as a shell does for SIGINT.
+  static Status Interrupted();
+
  private:
   std::map<pid_t, std::string> running_;
 };

@@ -104,7 +104,7 @@ class Demo {
       for (const ChildExit& e : children_.ReapExited()) {
         return Internal(fmt::format("{} exited before serving ({})", e.label, e.Describe()));
       }
-      if (ChildProcesses::InterruptRequested()) return Internal("interrupted");
+      if (ChildProcesses::InterruptRequested()) return ChildProcesses::Interrupted();
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     return TimedOut(fmt::format("{} did not serve within {} s", id, o_.timeout_s));
@@ -125,7 +125,7 @@ class Demo {
           return Internal(fmt::format("{} exited ({})", e.label, e.Describe()));
         }
       }
-      if (ChildProcesses::InterruptRequested()) return Internal("interrupted");
+      if (ChildProcesses::InterruptRequested()) return ChildProcesses::Interrupted();
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     return TimedOut(fmt::format("{} did not finish loading within {} s", id, o_.timeout_s));
@@ -304,7 +304,7 @@ void AddP2pLoadCommand(CLI::App& demo, int* exit_code) {
     Status s = RunP2pDemo(*o);
     if (!s.ok()) {
       fmt::print(stderr, "shardwire demo p2p-load: {}\n", s.ToString());
-      *exit_code = 1;
+      *exit_code = ChildProcesses::InterruptRequested() ? 130 : 1;
     }
   });
 }

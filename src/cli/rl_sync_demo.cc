@@ -68,7 +68,7 @@ Result<std::optional<json>> AwaitReport(Rendezvous& rendezvous, ChildProcesses& 
                                         double timeout_s, const std::function<bool()>& skipped = {}) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   while (true) {
-    if (ChildProcesses::InterruptRequested()) return Status(ErrorCode::kInternal, "interrupted");
+    if (ChildProcesses::InterruptRequested()) return ChildProcesses::Interrupted();
     if (dead.Contains(label)) return std::optional<json>{};
     auto value = GetString(rendezvous, key, kPollSlice_s);
     if (value.ok()) return std::optional<json>(json::parse(*value, nullptr, /*allow_exceptions=*/false));

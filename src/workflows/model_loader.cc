@@ -8,6 +8,7 @@
 #include <chrono>
 #include <future>
 #include <map>
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
@@ -18,6 +19,7 @@
 #include "shardwire/model_loading.h"
 #include "shardwire/shard_io.h"
 #include "workflows/load_assignment.h"
+#include "workflows/own_pause.h"
 #include "workflows/p2p_messages.h"
 #include "workflows/workflow_metrics.h"
 #include "workflows/xxh3_dispatch.h"
@@ -149,7 +151,7 @@ struct ModelLoader::Impl {
   std::future<Result<std::vector<SourceRecord>>> relisting;  // a re-listing in flight
   bool relist_failed = false;
   Clock::time_point first_read;  // when this Load posted its first READ (profiling)
-  Clock::time_point last_deadline_check;  // Poll's previous look at the deadlines (pause detection)
+  std::optional<workflows::OwnPauseDetector> own_pause;  // from Poll's first look at the deadlines on
 
   Status ResolveIdentity() {
     if (!options.revision.empty()) {
@@ -595,11 +597,12 @@ struct ModelLoader::Impl {
   // Found by fault injection (`p2p-loader-stop`): a loader stopped 5-9 s blamed both of
   // its healthy seeds and read up to 87 MB of a rank from disk.
   void ForgiveOwnPause(Clock::time_point now) {
-    constexpr auto kOwnPause = std::chrono::milliseconds(500);
-    const Clock::duration gap = now - last_deadline_check;
-    const bool paused = last_deadline_check != Clock::time_point{} && gap > kOwnPause;
-    last_deadline_check = now;
-    if (!paused) return;
+    if (!own_pause) {
+      own_pause.emplace(0.0, now);  // a turn waits at most 2 ms: a gap over kOwnPauseSeconds is a pause
+      return;
+    }
+    const Clock::duration gap = own_pause->Check(now);
+    if (gap == Clock::duration::zero()) return;
     for (LoadMove& m : moves) m.deadline += gap;  // unused outside the waiting states: harmless
     for (Instance& inst : instances) {
       for (auto& [rank, answer_by] : inst.hello_deadline) answer_by += gap;
@@ -784,7 +787,7 @@ struct ModelLoader::Impl {
     const Clock::time_point listed = Clock::now();
     report.list_seconds = std::chrono::duration<double>(listed - start).count();
     first_read = {};
-    last_deadline_check = {};
+    own_pause.reset();
     unassigned = needed;
     Clock::time_point last_list = Clock::now();
     Clock::time_point last_interrupt_check = Clock::now();

@@ -6,6 +6,9 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
+
+#include "workflows/own_pause.h"
 
 namespace shardwire::workflows {
 
@@ -81,6 +84,16 @@ std::optional<Message> DecodeRelayPlan(std::span<const std::byte> payload) {
   return m;
 }
 
+}  // namespace
+
+namespace {
+// Says, once per wait, that this process did not run for a while and the wait's deadline
+// moved by as much (own_pause.h).
+void WarnOwnPause(const OwnPauseDeadline& deadline, MessageKind kind, std::uint64_t version) {
+  if (deadline.paused_s() <= 0) return;
+  spdlog::warn("waiting for {} v{}: this process did not run for {:.2f} s; the wait's deadline moved by as much",
+               MessageKindName(kind), version, deadline.paused_s());
+}
 }  // namespace
 
 std::vector<std::byte> Encode(const Message& message) {
@@ -202,16 +215,18 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
                                 aborted_by, version, MessageKindName(*abort_kind), version));
   };
   if (!aborted_by.empty()) return aborted();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  // Wake at least once a second to notice peers the transport declared dead (and every
+  // kPollSeconds when an interrupt hook is set).
+  const double slice_s = interrupt ? kPollSeconds : 1.0;
+  OwnPauseDeadline deadline(timeout_s, slice_s);  // this process's own pauses do not count
   while (!peers.empty()) {
-    const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
+    const double left = deadline.Left();
     if (left <= 0) {
+      WarnOwnPause(deadline, kind, version);
       return fail(TimedOut(fmt::format("{} v{} still missing from {} peer(s): {} after {:.1f} s", MessageKindName(kind),
                                        version, peers.size(), fmt::join(peers, ", "), timeout_s)));
     }
-    // Wake at least once a second to notice peers the transport declared dead (and every
-    // kPollSeconds when an interrupt hook is set).
-    auto note = agent.WaitNotification(std::min(left, interrupt ? kPollSeconds : 1.0));
+    auto note = agent.WaitNotification(std::min(left, slice_s));
     if (!note.ok()) {
       // A peer that failed fails this wait only if it is awaited (below): an engine also talks
       // to its relay children, a trainer to other trainers.
@@ -237,6 +252,7 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
     if (!take(note->peer, *message)) pending_.push_back({note->peer, *message});
     if (!aborted_by.empty()) return fail(aborted());
   }
+  WarnOwnPause(deadline, kind, version);
   return Status::Ok();
 }
 
@@ -276,11 +292,12 @@ Result<Collected> Inbox::Collect(
     }
   };
   drop_failed();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  const double slice_s = interrupt ? kPollSeconds : 0.25;
+  OwnPauseDeadline deadline(timeout_s, slice_s);  // this process's own pauses do not count
   while (!waiting.empty()) {
-    const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
+    const double left = deadline.Left();
     if (left <= 0) break;
-    auto note = agent.WaitNotification(std::min(left, interrupt ? kPollSeconds : 0.25));
+    auto note = agent.WaitNotification(std::min(left, slice_s));
     if (!note.ok()) {
       if (note.status().code() != ErrorCode::kTimedOut && note.status().code() != ErrorCode::kPeerDisconnected) {
         return note.status();
@@ -298,6 +315,7 @@ Result<Collected> Inbox::Collect(
     if (!message) continue;  // not ours: ignore
     if (!take(note->peer, *message)) pending_.push_back({note->peer, *message});
   }
+  WarnOwnPause(deadline, kind, version);
   return out;
 }
 

@@ -19,6 +19,7 @@
 #include "shardwire/planner.h"
 #include "shardwire/weight_sync.h"
 #include "workflows/membership.h"
+#include "workflows/own_pause.h"
 #include "workflows/partial_reduction.h"
 #include "workflows/push_converter.h"
 #include "workflows/push_digest.h"
@@ -799,13 +800,25 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   // push still in flight (no DONE goes out, so no engine commits the version) and ends the push.
   Status interrupted;
   std::vector<std::pair<TransferHandle, int>> posted;  // (handle, destination engine rank)
+  // The wait runs in slices (kInterruptPollSeconds with the hook, else 0.25 s) against a
+  // deadline that this process's own pauses move (own_pause.h): a trainer that was stopped for
+  // longer than engine_timeout_s does not fail a healthy engine's transfer for it.
   auto wait_sliced = [&](TransferHandle h) -> Status {
-    if (!s.options.interrupt) return agent.Wait(h, engine_timeout_s);
-    const auto deadline = Clock::now() + std::chrono::duration<double>(engine_timeout_s);
+    const double slice_s = s.options.interrupt ? kInterruptPollSeconds : 0.25;
+    workflows::OwnPauseDeadline deadline(engine_timeout_s, slice_s);
     while (true) {
-      const double left = std::chrono::duration<double>(deadline - Clock::now()).count();
-      Status st = agent.Wait(h, std::clamp(left, 0.0, kInterruptPollSeconds));
-      if (st.code() != ErrorCode::kTimedOut || left <= kInterruptPollSeconds) return st;
+      Status st = agent.Wait(h, std::clamp(deadline.Left(), 0.0, slice_s));
+      if (st.code() != ErrorCode::kTimedOut) return st;
+      if (deadline.Left() <= 0) {
+        return TimedOut(fmt::format("transfer not complete within engine_timeout_s = {:.1f} s{} (last slice: {})",
+                                    engine_timeout_s,
+                                    deadline.paused_s() > 0
+                                        ? fmt::format(" of this process running (it did not run for {:.2f} s)",
+                                                      deadline.paused_s())
+                                        : std::string(),
+                                    st.message()));
+      }
+      if (!s.options.interrupt) continue;
       if (Status stop = s.options.interrupt(); !stop.ok()) {
         interrupted = stop;
         return stop;

@@ -137,7 +137,7 @@ TEST(CoordinatorProcess, ACallSafeToRepeatOutlivesAStopPastItsDeadline) {
   auto c = CoordinatorClient::Connect(o);
   ASSERT_TRUE(c.ok()) << c.status().ToString();
 
-  ASSERT_EQ(::kill(serve.pid, SIGSTOP), 0);
+  ASSERT_TRUE(serve.Stop());
   Status put = Internal("not run");
   std::promise<std::chrono::steady_clock::time_point> started;
   std::thread t([&] {
@@ -158,7 +158,7 @@ TEST(CoordinatorProcess, ACallSafeToRepeatOutlivesAStopPastItsDeadline) {
   EXPECT_EQ(*got, "v");
 
   // Stopped for good: the resend also runs out, and the call says so.
-  ASSERT_EQ(::kill(serve.pid, SIGSTOP), 0);
+  ASSERT_TRUE(serve.Stop());
   const Status stuck = (*c)->Put("k2", BytesOf("v"));
   ASSERT_EQ(::kill(serve.pid, SIGCONT), 0);
   EXPECT_EQ(stuck.code(), ErrorCode::kTimedOut) << stuck.ToString();

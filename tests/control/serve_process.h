@@ -34,6 +34,21 @@ struct ServeProcess {
   }
   /// The port of `address` ("host:port").
   int port() const { return std::stoi(address.substr(address.rfind(':') + 1)); }
+  /// Sends SIGSTOP and waits (<= 10 s) until every thread of the process has stopped: kill()
+  /// returns once the signal is queued, and a server thread not yet stopped could still answer
+  /// a call made right after it. False if it did not stop in time.
+  bool Stop() const {
+    if (pid <= 0 || ::kill(pid, SIGSTOP) != 0) return false;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+      int st = 0;
+      const pid_t r = ::waitpid(pid, &st, WUNTRACED | WNOHANG);
+      if (r == pid) return WIFSTOPPED(st);
+      if (r < 0) return false;
+      ::usleep(2000);
+    }
+    return false;
+  }
 };
 
 // Starts `shardwire serve --port <port> extra...` and waits (<= 30 s) for its

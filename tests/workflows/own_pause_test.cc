@@ -1,0 +1,124 @@
+// Waits that do not count this process's own pauses (src/workflows/own_pause.h): the gap
+// arithmetic on explicit time points, and Inbox waits whose caller did not run past the
+// deadline while the awaited message arrived (it must be taken, not reported missing).
+#include "workflows/own_pause.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "shardwire/agent.h"
+#include "workflows/sync_messages.h"
+
+namespace shardwire::workflows {
+namespace {
+
+using std::chrono::milliseconds;
+
+TEST(OwnPause, AGapLongerThanTheSliceAndHalfASecondIsAPause) {
+  const PauseClock::time_point t0{};
+  OwnPauseDetector d(0.25, t0);
+  EXPECT_EQ(d.Check(t0 + milliseconds(200)), PauseClock::duration::zero());  // a normal turn
+  EXPECT_EQ(d.Check(t0 + milliseconds(950)), PauseClock::duration::zero());  // 0.75 s: at the limit
+  EXPECT_EQ(d.Check(t0 + milliseconds(4950)), milliseconds(4000));           // 4 s: a pause
+  EXPECT_EQ(d.Check(t0 + milliseconds(5000)), PauseClock::duration::zero());
+  EXPECT_DOUBLE_EQ(d.paused_s(), 4.0);
+}
+
+TEST(OwnPause, TheDeadlineMovesByEveryPauseAndOnlyByPauses) {
+  const PauseClock::time_point t0{};
+  OwnPauseDeadline d(1.0, 0.25, t0);
+  EXPECT_NEAR(d.Left(t0 + milliseconds(200)), 0.8, 1e-9);
+  EXPECT_NEAR(d.Left(t0 + milliseconds(3200)), 0.8, 1e-9);  // stopped 3 s: the 3 s do not count
+  EXPECT_NEAR(d.paused_s(), 3.0, 1e-9);
+  EXPECT_NEAR(d.Left(t0 + milliseconds(3400)), 0.6, 1e-9);
+  EXPECT_NEAR(d.Left(t0 + milliseconds(3650)), 0.35, 1e-9);
+  EXPECT_NEAR(d.Left(t0 + milliseconds(4000)), 0.0, 1e-9);  // ran out while running
+  EXPECT_LT(d.Left(t0 + milliseconds(4100)), 0.0);
+  // The first look after a pause that began at the start counts it too.
+  OwnPauseDeadline late(1.0, 0.1, t0);
+  EXPECT_NEAR(late.Left(t0 + milliseconds(5000)), 1.0, 1e-9);
+}
+
+// Two agents in this process; `receiver` waits, `sender` sends.
+struct Pair {
+  std::unique_ptr<Agent> sender, receiver;
+};
+
+Pair Connected() {
+  Pair p;
+  auto a = Agent::Create({.name = "own-pause-sender"});
+  auto b = Agent::Create({.name = "own-pause-receiver"});
+  EXPECT_TRUE(a.ok() && b.ok());
+  if (!a.ok() || !b.ok()) return p;
+  p.sender = std::move(*a);
+  p.receiver = std::move(*b);
+  auto blob_a = p.sender->ExportMetadata();
+  auto blob_b = p.receiver->ExportMetadata();
+  EXPECT_TRUE(blob_a.ok() && blob_b.ok());
+  EXPECT_TRUE(p.sender->ImportMetadata(*blob_b).ok());
+  EXPECT_TRUE(p.receiver->ImportMetadata(*blob_a).ok());
+  EXPECT_TRUE(p.sender->WireUp("own-pause-receiver", 10).ok());
+  EXPECT_TRUE(p.receiver->WireUp("own-pause-sender", 10).ok());
+  return p;
+}
+
+// The waiting thread stands for a process that did not run: the interrupt hook (called after a
+// slice without notifications) sleeps 3 s, three times the wait's timeout, and the awaited
+// message is sent meanwhile. A deadline that counted those 3 s would report the sender missing
+// (Collect: "no READY from a ready engine", the miss this change removes).
+TEST(OwnPause, CollectTakesAMessageThatArrivedWhileTheWaiterDidNotRun) {
+  Pair p = Connected();
+  ASSERT_TRUE(p.sender && p.receiver);
+  Inbox inbox;
+  int calls = 0;
+  auto not_running = [&]() -> Status {
+    if (calls++ == 0) {
+      EXPECT_TRUE(p.sender->SendMessage("own-pause-receiver", Encode({MessageKind::kReady, 7})).ok());
+      std::this_thread::sleep_for(std::chrono::seconds(3));
+    }
+    return Status::Ok();
+  };
+  auto got = inbox.Collect(*p.receiver, MessageKind::kReady, 7, {"own-pause-sender"}, 1.0, not_running);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->arrived.count("own-pause-sender"), 1u) << "the message that arrived during the pause was not taken";
+  EXPECT_TRUE(got->failed.empty());
+}
+
+TEST(OwnPause, AwaitFromAllTakesAMessageThatArrivedWhileTheWaiterDidNotRun) {
+  Pair p = Connected();
+  ASSERT_TRUE(p.sender && p.receiver);
+  Inbox inbox;
+  int calls = 0;
+  auto not_running = [&]() -> Status {
+    if (calls++ == 0) {
+      EXPECT_TRUE(p.sender->SendMessage("own-pause-receiver", Encode({MessageKind::kDone, 3})).ok());
+      std::this_thread::sleep_for(std::chrono::seconds(3));
+    }
+    return Status::Ok();
+  };
+  const Status st = inbox.AwaitFromAll(*p.receiver, MessageKind::kDone, 3, {"own-pause-sender"}, 1.0, nullptr,
+                                       std::nullopt, not_running);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+}
+
+// A peer that really is silent is still reported at the deadline (the pause moved it, no more).
+TEST(OwnPause, ASilentPeerIsStillMissingAtTheDeadline) {
+  Pair p = Connected();
+  ASSERT_TRUE(p.sender && p.receiver);
+  Inbox inbox;
+  int calls = 0;
+  auto not_running = [&]() -> Status {
+    if (calls++ == 0) std::this_thread::sleep_for(std::chrono::seconds(2));
+    return Status::Ok();
+  };
+  auto got = inbox.Collect(*p.receiver, MessageKind::kReady, 7, {"own-pause-sender"}, 0.5, not_running);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_TRUE(got->arrived.empty());
+  const Status st = inbox.AwaitFromAll(*p.receiver, MessageKind::kDone, 3, {"own-pause-sender"}, 0.3);
+  EXPECT_EQ(st.code(), ErrorCode::kTimedOut) << st.ToString();
+}
+
+}  // namespace
+}  // namespace shardwire::workflows
