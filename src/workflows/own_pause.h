@@ -35,7 +35,8 @@ class OwnPauseDetector {
   /// `slice_s`: the longest a turn of the caller's loop waits when the process runs (its poll
   /// slice, seconds, >= 0); `start`: when the wait began (the first gap is measured from it).
   explicit OwnPauseDetector(double slice_s, PauseClock::time_point start = PauseClock::now())
-      : limit_(std::chrono::duration_cast<PauseClock::duration>(std::chrono::duration<double>(slice_s + kOwnPauseSeconds))),
+      : limit_(std::chrono::duration_cast<PauseClock::duration>(
+            std::chrono::duration<double>(slice_s + kOwnPauseSeconds))),
         last_(start) {}
 
   /// The gap since the previous call (or the start) when it is longer than the slice plus

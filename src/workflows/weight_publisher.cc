@@ -810,13 +810,12 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       Status st = agent.Wait(h, std::clamp(deadline.Left(), 0.0, slice_s));
       if (st.code() != ErrorCode::kTimedOut) return st;
       if (deadline.Left() <= 0) {
-        return TimedOut(fmt::format("transfer not complete within engine_timeout_s = {:.1f} s{} (last slice: {})",
-                                    engine_timeout_s,
-                                    deadline.paused_s() > 0
-                                        ? fmt::format(" of this process running (it did not run for {:.2f} s)",
-                                                      deadline.paused_s())
-                                        : std::string(),
-                                    st.message()));
+        return TimedOut(
+            fmt::format("transfer not complete within engine_timeout_s = {:.1f} s{} (last slice: {})", engine_timeout_s,
+                        deadline.paused_s() > 0
+                            ? fmt::format(" of this process running (it did not run for {:.2f} s)", deadline.paused_s())
+                            : std::string(),
+                        st.message()));
       }
       if (!s.options.interrupt) continue;
       if (Status stop = s.options.interrupt(); !stop.ok()) {

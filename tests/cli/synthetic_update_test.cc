@@ -102,7 +102,7 @@ std::vector<std::byte> BaseValues(DType dtype, std::size_t n) {
 
 struct Case {
   DType dtype;
-  std::int64_t rows, cols;   // the tensor
+  std::int64_t rows, cols;      // the tensor
   std::int64_t r0, nr, c0, nc;  // the box
 };
 
@@ -144,11 +144,10 @@ TEST_P(SyntheticUpdate, MatchesTheFormulaElementByElement) {
 
 INSTANTIATE_TEST_SUITE_P(
     Boxes, SyntheticUpdate,
-    ::testing::Values(Case{DType::kBF16, 9, 5000, 0, 9, 0, 5000},    // whole tensor: one run of 45,000
+    ::testing::Values(Case{DType::kBF16, 9, 5000, 0, 9, 0, 5000},     // whole tensor: one run of 45,000
                       Case{DType::kBF16, 9, 5000, 2, 5, 1234, 2049},  // runs of 2049 (a chunk and one)
                       Case{DType::kBF16, 40, 300, 3, 30, 7, 11},      // short runs
-                      Case{DType::kF32, 7, 4099, 1, 6, 3, 4096},
-                      Case{DType::kI32, 5, 700, 1, 3, 10, 600},
+                      Case{DType::kF32, 7, 4099, 1, 6, 3, 4096}, Case{DType::kI32, 5, 700, 1, 3, 10, 600},
                       Case{DType::kU8, 3, 1000, 0, 3, 0, 1000}));
 
 }  // namespace
