@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
+#include <memory>
 #include <thread>
 
 #include "shardwire/agent.h"
@@ -68,18 +70,23 @@ Pair Connected() {
 // slice without notifications) sleeps 3 s, three times the wait's timeout, and the awaited
 // message is sent meanwhile. A deadline that counted those 3 s would report the sender missing
 // (Collect: "no READY from a ready engine", the miss this change removes).
-TEST(OwnPause, CollectTakesAMessageThatArrivedWhileTheWaiterDidNotRun) {
-  Pair p = Connected();
-  ASSERT_TRUE(p.sender && p.receiver);
-  Inbox inbox;
-  int calls = 0;
-  auto not_running = [&]() -> Status {
-    if (calls++ == 0) {
-      EXPECT_TRUE(p.sender->SendMessage("own-pause-receiver", Encode({MessageKind::kReady, 7})).ok());
+// An interrupt hook whose first call sends `message` from the sender and then sleeps 3 s.
+std::function<Status()> SendThenDoNotRun(Pair& p, Message message) {
+  auto calls = std::make_shared<int>(0);
+  return [&p, message, calls]() -> Status {
+    if ((*calls)++ == 0) {
+      EXPECT_TRUE(p.sender->SendMessage("own-pause-receiver", Encode(message)).ok());
       std::this_thread::sleep_for(std::chrono::seconds(3));
     }
     return Status::Ok();
   };
+}
+
+TEST(OwnPause, CollectTakesAMessageThatArrivedWhileTheWaiterDidNotRun) {
+  Pair p = Connected();
+  ASSERT_TRUE(p.sender && p.receiver);
+  Inbox inbox;
+  const auto not_running = SendThenDoNotRun(p, {MessageKind::kReady, 7});
   auto got = inbox.Collect(*p.receiver, MessageKind::kReady, 7, {"own-pause-sender"}, 1.0, not_running);
   ASSERT_TRUE(got.ok()) << got.status().ToString();
   EXPECT_EQ(got->arrived.count("own-pause-sender"), 1u) << "the message that arrived during the pause was not taken";
@@ -90,14 +97,7 @@ TEST(OwnPause, AwaitFromAllTakesAMessageThatArrivedWhileTheWaiterDidNotRun) {
   Pair p = Connected();
   ASSERT_TRUE(p.sender && p.receiver);
   Inbox inbox;
-  int calls = 0;
-  auto not_running = [&]() -> Status {
-    if (calls++ == 0) {
-      EXPECT_TRUE(p.sender->SendMessage("own-pause-receiver", Encode({MessageKind::kDone, 3})).ok());
-      std::this_thread::sleep_for(std::chrono::seconds(3));
-    }
-    return Status::Ok();
-  };
+  const auto not_running = SendThenDoNotRun(p, {MessageKind::kDone, 3});
   const Status st = inbox.AwaitFromAll(*p.receiver, MessageKind::kDone, 3, {"own-pause-sender"}, 1.0, nullptr,
                                        std::nullopt, not_running);
   EXPECT_TRUE(st.ok()) << st.ToString();
