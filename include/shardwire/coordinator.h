@@ -132,16 +132,19 @@ struct CoordinatorClientOptions {
   /// PEM file of the CA that signed the server's certificate; empty: plaintext.
   std::string tls_root_cert_file;
   /// Seconds. Deadline of one RPC attempt (server-side waits add their own
-  /// timeout on top). An attempt whose deadline passes is sent again with a fresh
-  /// deadline if the call is safe to repeat (Put, Get, Add, HeartbeatSource,
+  /// timeout on top). An attempt whose deadline passes is sent again, with twice
+  /// this deadline, if the call is safe to repeat (Put, Get, Add, HeartbeatSource,
   /// ListSources, MarkSourceStale, HeartbeatMember, GetJob, CommitVersion): while
   /// unavailable_timeout_s has not passed since the call began, and once in any
   /// case, so that a caller stopped longer than the deadline (SIGSTOP, a debugger,
-  /// a paused VM) is not failed by a deadline that passed while it was not running.
-  /// A coordinator that accepts connections but does not answer therefore fails
-  /// those calls with kTimedOut after at most unavailable_timeout_s plus one
-  /// attempt's deadline (at least two attempts). The other calls fail with
-  /// kTimedOut at the first deadline (a repeat could register twice).
+  /// a paused VM) is not failed by a deadline that passed while it was not running,
+  /// nor a call to a coordinator that was stopped (which may judge a waiting request
+  /// expired the moment it runs again). A coordinator that accepts connections but
+  /// does not answer therefore fails those calls with kTimedOut after at most
+  /// unavailable_timeout_s plus twice this deadline (at least two attempts: one
+  /// deadline, then two). A call's own bound (timeout_s of the lease calls) caps
+  /// every attempt. The other calls fail with kTimedOut at the first deadline (a
+  /// repeat could register twice).
   double call_timeout_s = 10;
   /// Seconds. Total time a call keeps retrying a coordinator that cannot be
   /// reached (UNAVAILABLE), with bounded exponential backoff, before it fails

@@ -90,8 +90,9 @@ void BindCoordinator(py::module_& m) {
                                 "A connection to a coordinator. Thread-safe. Every call has a deadline; a coordinator\n"
                                 "that cannot be reached raises UnavailableError naming the address. call_timeout_s\n"
                                 "(seconds) is one attempt's deadline: put/get/add/list_sources/job/commit_version are\n"
-                                "sent again after a deadline that passed (also once after unavailable_timeout_s, for a\n"
-                                "process that was stopped meanwhile); a coordinator that stays silent raises\n"
+                                "sent again, with twice the deadline, after a deadline that passed (also once after\n"
+                                "unavailable_timeout_s, for a process that was stopped meanwhile); a coordinator that\n"
+                                "stays silent raises\n"
                                 "TimedOutError naming the address.")
       .def(py::init([](const std::string& address, const std::string& token, const std::string& tls_root_cert_file,
                        double call_timeout_s, double unavailable_timeout_s) {

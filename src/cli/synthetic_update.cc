@@ -41,10 +41,9 @@ void AddDeltas(float* v, std::uint64_t salt, std::int64_t global, std::size_t n)
 // BF16 and F32 runs: widened to float by the convert layer's casts (exact), the deltas added,
 // narrowed back with its round-to-nearest-even (NaN kept quiet, as FloatToBf16 in dtype.cc),
 // kChunk elements at a time through a stack buffer. Byte for byte what the per-element loop
-// gives (tests/cli/synthetic_update_test.cc), and faster: 0.45-0.49 ns per bf16 element on the
-// AVX-512 development host against 3.5 ns per element before (1.5 ns with the generic clone),
-// which matters because every trainer rank and every verifying engine rank runs this over its
-// whole shard every step (it was most of the demo's CPU time).
+// gives (tests/cli/synthetic_update_test.cc), and several times faster, which matters because
+// every trainer rank and every verifying engine rank runs this over its whole shard every step:
+// it was most of the demo's CPU time (docs/benchmarks.md, "The demo's own work between pushes").
 constexpr std::size_t kChunk = 2048;
 void UpdateRunThroughFloat(DType dtype, std::byte* p, std::uint64_t salt, std::int64_t global, std::int64_t n) {
   const std::size_t esize = DTypeSize(dtype);
