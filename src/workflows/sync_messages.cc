@@ -84,9 +84,6 @@ std::optional<Message> DecodeRelayPlan(std::span<const std::byte> payload) {
   return m;
 }
 
-}  // namespace
-
-namespace {
 // Says, once per wait, that this process did not run for a while and the wait's deadline
 // moved by as much (own_pause.h).
 void WarnOwnPause(const OwnPauseDeadline& deadline, MessageKind kind, std::uint64_t version) {
