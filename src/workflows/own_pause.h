@@ -18,6 +18,10 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
+
+#include "shardwire/agent.h"
+#include "shardwire/status.h"
 
 namespace shardwire::workflows {
 
@@ -81,5 +85,14 @@ class OwnPauseDeadline {
   PauseClock::time_point start_;
   double timeout_s_;
 };
+
+/// Agent::Wait for `h` in slices of `slice_s` seconds against an OwnPauseDeadline of
+/// `timeout_s` (> 0): this process's own pauses do not count. `between_slices`, when set, is
+/// called after every slice that ended without a completion; its non-OK status ends the wait
+/// and is returned (an interrupt hook). Errors: the transfer's own error; kTimedOut naming
+/// timeout_s (and the pause forgiven, if any) when the transfer is not complete after that much
+/// running time; the hook's status. Thread-safety: as Agent::Wait.
+Status WaitTransferWithoutOwnPauses(Agent& agent, TransferHandle h, double timeout_s, double slice_s,
+                                    const std::function<Status()>& between_slices = {});
 
 }  // namespace shardwire::workflows

@@ -804,25 +804,11 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   // deadline that this process's own pauses move (own_pause.h): a trainer that was stopped for
   // longer than engine_timeout_s does not fail a healthy engine's transfer for it.
   auto wait_sliced = [&](TransferHandle h) -> Status {
-    const double slice_s = s.options.interrupt ? kInterruptPollSeconds : 0.25;
-    workflows::OwnPauseDeadline deadline(engine_timeout_s, slice_s);
-    while (true) {
-      Status st = agent.Wait(h, std::clamp(deadline.Left(), 0.0, slice_s));
-      if (st.code() != ErrorCode::kTimedOut) return st;
-      if (deadline.Left() <= 0) {
-        return TimedOut(
-            fmt::format("transfer not complete within engine_timeout_s = {:.1f} s{} (last slice: {})", engine_timeout_s,
-                        deadline.paused_s() > 0
-                            ? fmt::format(" of this process running (it did not run for {:.2f} s)", deadline.paused_s())
-                            : std::string(),
-                        st.message()));
-      }
-      if (!s.options.interrupt) continue;
-      if (Status stop = s.options.interrupt(); !stop.ok()) {
-        interrupted = stop;
-        return stop;
-      }
-    }
+    if (!s.options.interrupt) return workflows::WaitTransferWithoutOwnPauses(agent, h, engine_timeout_s, 0.25);
+    return workflows::WaitTransferWithoutOwnPauses(agent, h, engine_timeout_s, kInterruptPollSeconds, [&] {
+      interrupted = s.options.interrupt();
+      return interrupted;
+    });
   };
   auto settle = [&](int dst, const State::Handles& hs) {
     if (!active.count(dst) || relayed.count(dst) || !interrupted.ok()) return;

@@ -10,6 +10,7 @@
 #include "shardwire/weight_sync.h"
 #include "workflows/first_touch_probe.h"
 #include "workflows/membership.h"
+#include "workflows/own_pause.h"
 #include "workflows/push_digest.h"
 #include "workflows/rank_endpoint.h"
 #include "workflows/relay_tree.h"
@@ -171,7 +172,7 @@ void WeightSubscriber::State::ForwardVersion(std::uint64_t version, int own,
     posted[child] = *h;
   }
   for (const auto& [child, h] : posted) {
-    Status st = agent.Wait(h, bound_s);
+    Status st = workflows::WaitTransferWithoutOwnPauses(agent, h, bound_s, 0.25);  // own pauses do not count
     if (st.code() == ErrorCode::kTimedOut && !agent.Cancel(h, 1.0).ok()) {
       (void)agent.InvalidatePeer(relay_children.at(child).name);
     }
