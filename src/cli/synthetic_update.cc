@@ -29,13 +29,27 @@ void ForEachRun(const TensorSpec& spec, const Box& box, Fn&& fn) {
 
 // v[i] += delta of global element `global + i`, in float: the same sum the per-element loop
 // below computes for one element, as one loop the compiler can keep in registers.
-// Cloned for AVX-512 (DQ: 64-bit multiplies and u64 -> float in vectors), picked at load time
-// for the CPU (GCC function multiversioning); the generic clone is plain x86-64.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("default", "arch=x86-64-v4")))
-#endif
-void AddDeltas(float* v, std::uint64_t salt, std::int64_t global, std::size_t n) {
+inline void AddDeltasLoop(float* v, std::uint64_t salt, std::int64_t global, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) v[i] += Delta(Mix(salt + static_cast<std::uint64_t>(global) + i));
+}
+
+// The same loop compiled for AVX-512 (DQ: 64-bit multiplies and u64 -> float in vectors), chosen
+// at run time as the convert kernels are (no ifunc / target_clones: their resolvers run before
+// ThreadSanitizer's runtime is up, and the TSan build of the binary crashed at start).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx512f,avx512dq,avx512vl"))) void AddDeltasAvx512(float* v, std::uint64_t salt,
+                                                                          std::int64_t global, std::size_t n) {
+  AddDeltasLoop(v, salt, global, n);
+}
+#endif
+
+void AddDeltas(float* v, std::uint64_t salt, std::int64_t global, std::size_t n) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool avx512 =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  if (avx512) return AddDeltasAvx512(v, salt, global, n);
+#endif
+  AddDeltasLoop(v, salt, global, n);
 }
 
 // BF16 and F32 runs: widened to float by the convert layer's casts (exact), the deltas added,
