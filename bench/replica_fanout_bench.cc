@@ -1,5 +1,5 @@
 // bench/replica_fanout_bench: what read-once-write-to-every-replica gains over copying a
-// trainer's bytes once per replica (WeightSyncOptions::copy_into_mapped; docs/benchmarks.md,
+// trainer's bytes once per replica (WeightSyncOptions::copy_into_mapped; docs/benchmarks_history.md,
 // "Read once, write to every replica"). A source of MiB bytes goes into R destination buffers
 // (private memory, every page touched before timing), on T threads, three ways:
 //   memcpy       glibc memcpy of each thread's slice into each replica, one replica after

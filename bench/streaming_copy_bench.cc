@@ -1,5 +1,5 @@
 // bench/streaming_copy_bench: why a same-host push writes mapped engine buffers with
-// streaming stores (issue 10 item 1; docs/benchmarks.md, "Streaming stores into mapped
+// streaming stores (issue 10 item 1; docs/benchmarks_history.md, "Streaming stores into mapped
 // engine buffers"). One thread copies a 256 MiB source into a 256 MiB destination
 // (both private memory, 2 MiB pages where the kernel grants them) in each of the ways a
 // push can write, beside glibc's memcpy of the whole buffer measured in the same run

@@ -127,7 +127,7 @@ enum class ArenaMemory : std::uint8_t {
   /// destination of READs (ReadPath::kAuto reads into it by kernel copy: a P2P
   /// loader's buffer) and of same-host WRITEs (an RL engine's weights: the
   /// writers pay no first touch per page and no pre-fault).
-  /// Reason and figures: docs/benchmarks.md, "Issue 8 item 9" and
+  /// Reason and figures: docs/benchmarks_history.md, "Issue 8 item 9" and
   /// docs/transport.md, "Kernel-copy WRITEs".
   kPrivateHugePages,
 };
@@ -145,7 +145,7 @@ enum class ReadPath : std::uint8_t {
   /// through a mapping costs ~11-20 us per 4 KiB page; a mapped READ pays it on
   /// the peer's mapping and on the destination, a kernel copy into huge pages on
   /// neither, but a kernel copy into 4 KiB pages still pays it at the
-  /// destination's first user access, later (docs/benchmarks.md, "Issue 8 item 9").
+  /// destination's first user access, later (docs/benchmarks_history.md, "Issue 8 item 9").
   kAuto,
   /// Through this process's mapping of the peer's region where UCX can map it
   /// (ucp_rkey_ptr: UCX-allocated shared memory), else ucp_get_nbx.

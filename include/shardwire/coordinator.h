@@ -264,7 +264,7 @@ struct CoordinatorServerOptions {
   /// heartbeat round before it sleeps in read() (saves a sleep and a wake-up
   /// per round, costs at most this much CPU per round; docs/coordinator.md).
   /// 0 (the default) turns it off: on a CPU-saturated machine it cost the
-  /// Redis-backed coordinator its 10,000 heartbeats/s (docs/benchmarks.md).
+  /// Redis-backed coordinator its 10,000 heartbeats/s (docs/benchmarks_history.md).
   /// At most 10,000 (kInvalidArgument beyond).
   int redis_reply_spin_us = 0;
   /// Where the coordinator reports its metrics (requests by method and status code, sources

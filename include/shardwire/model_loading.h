@@ -105,7 +105,7 @@ struct ModelSourceOptions {
   /// (no write can have changed it); a verify request still hashes every block.
   /// Row-parallel moves are all parts of blocks: the source then hashes their bytes
   /// once instead of once plus a whole-block check per request that touches the
-  /// block (three passes for a tp=2 -> tp=4 load; docs/benchmarks.md, "P2P load on a
+  /// block (three passes for a tp=2 -> tp=4 load; docs/benchmarks_history.md, "P2P load on a
   /// host with cheap page faults").
   /// false: the buffer stays writable (e.g. Python hands out writable tensor views of
   /// it) and every part's block is checked, as for Serve. Serve and BecomeSource

@@ -73,7 +73,7 @@ enum class BufferMemory : std::uint8_t {
   /// same-host trainers pre-fault a mapping at Connect (~2-3 us per page) and write it with
   /// streaming stores at ~0.8-0.95x memcpy; else (shadow paging, PVM: 7-20 us per page)
   /// kPrivateHugePages, written by kernel copy at ~0.6x memcpy per CPU-second, with no
-  /// pre-fault (docs/benchmarks.md, "Streaming stores into mapped engine buffers").
+  /// pre-fault (docs/benchmarks_history.md, "Streaming stores into mapped engine buffers").
   /// Why huge pages on the trainer too: a kernel copy reads the source through the writer's
   /// own user mapping from kernel mode, and on a shadow-paging hypervisor (PVM) the first such
   /// access costs a fault per 4 KiB page even when user space has touched the page
@@ -229,7 +229,7 @@ struct WeightSyncOptions {
   /// same shard (the same TP rank of each replica) take identical moves, and each chunk of
   /// them (64 KiB) is written into every such rank while it is in this core's cache, so a
   /// source byte is read from memory once rather than once per replica (src/workflows/
-  /// replica_fanout.h; docs/benchmarks.md "Read once, write to every replica"). The copies end
+  /// replica_fanout.h; docs/benchmarks_history.md "Read once, write to every replica"). The copies end
   /// (streaming stores fenced) before DONE(v); verify_digests is unchanged. Engine ranks the
   /// transport cannot map take the lanes as before. false: the lanes copy every direct move
   /// (tests compare both paths; demo rl-sync --lane-copies).
@@ -247,7 +247,7 @@ struct WeightSyncOptions {
   /// copy or memcpy), so where several ranks share a host's cores, more lanes than cores per
   /// rank only add context switches and cache contention: on this 2-core VM, 2 trainers with
   /// 1 lane each pushed about 7% faster on average than with 2 each (5 of 6 same-machine pairs;
-  /// demo rl-sync --trainer-lanes, docs/benchmarks.md). Independent per rank: publishers and
+  /// demo rl-sync --trainer-lanes, docs/benchmarks_history.md). Independent per rank: publishers and
   /// subscribers need not agree.
   std::uint32_t lanes = 0;
   /// Where this rank reports its metrics (docs/metrics.md): push / update durations (seconds,

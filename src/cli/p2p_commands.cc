@@ -185,7 +185,7 @@ Status RunLoad(const LoadOptions& o) {
       const transport::PrivateMapping& mem = memory[static_cast<std::size_t>(r)];
       lo.buffer = std::span<std::byte>(mem.data(), mem.size());
       // Same-host sources are read into huge-page memory by kernel copy (what ReadPath::kAuto
-      // picks for the loader's own private huge-page arena; docs/benchmarks.md "Issue 8 item 9").
+      // picks for the loader's own private huge-page arena; docs/benchmarks_history.md "Issue 8 item 9").
       if (mem.huge_pages()) lo.agent.read_path = ReadPath::kKernelCopy;
       // All ranks run in this process: no more lanes (copy threads, each a UCX worker to
       // create) than cores in all. On the 2-core development VMs, tp=4 with the default 2

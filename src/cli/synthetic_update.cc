@@ -57,7 +57,7 @@ void AddDeltas(float* v, std::uint64_t salt, std::int64_t global, std::size_t n)
 // kChunk elements at a time through a stack buffer. Byte for byte what the per-element loop
 // gives (tests/cli/synthetic_update_test.cc), and several times faster, which matters because
 // every trainer rank and every verifying engine rank runs this over its whole shard every step:
-// it was most of the demo's CPU time (docs/benchmarks.md, "The demo's own work between pushes").
+// it was most of the demo's CPU time (docs/benchmarks_history.md, "The demo's own work between pushes").
 constexpr std::size_t kChunk = 2048;
 void UpdateRunThroughFloat(DType dtype, std::byte* p, std::uint64_t salt, std::int64_t global, std::int64_t n) {
   const std::size_t esize = DTypeSize(dtype);

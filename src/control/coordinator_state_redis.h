@@ -13,7 +13,7 @@ namespace shardwire::control {
 
 /// Default of RedisStateOptions::reply_spin_us (and of the coordinator's
 /// CoordinatorServerOptions::redis_reply_spin_us): off. Measured on the shared,
-/// loaded 2-core machine (docs/benchmarks.md, "Where the unloaded time goes,
+/// loaded 2-core machine (docs/benchmarks_history.md, "Where the unloaded time goes,
 /// and spinning for the Redis reply"), 50 us lowered the unloaded heartbeat
 /// round trip a little but made the Redis-backed coordinator miss 10,000
 /// heartbeats/s in 3 of 3 runs that held it without the spin, so it stays off
@@ -28,7 +28,7 @@ struct RedisStateOptions {
   /// more lets concurrent calls overlap their round trips. 64 (one per
   /// concurrent caller of the benchmark) is what bench/coordinator_bench
   /// measured best: 64 callers got 499 heartbeats/s with 1 connection, 2,894/s
-  /// with 8 and 16,522/s with 64 (loaded machine, docs/benchmarks.md). Redis
+  /// with 8 and 16,522/s with 64 (loaded machine, docs/benchmarks_history.md). Redis
   /// serves 10,000 clients by default, so 64 per coordinator is cheap. The
   /// asynchronous heartbeats use `pipelines` more connections of their own
   /// (RedisPipeline, redis_pipeline.h), each opened at its first heartbeat.

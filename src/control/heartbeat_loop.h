@@ -11,7 +11,7 @@
 // second thread's wake-up per heartbeat). Measured on these 2 cores, a no-op
 // unary call from another process took 62-65 us p50 on a callback server and
 // 43 us on an async server polled by one thread, 63-83 us with two threads and
-// ~100 us with three polling the same queue (docs/benchmarks.md, coordinator
+// ~100 us with three polling the same queue (docs/benchmarks_history.md, coordinator
 // section). So exactly one thread polls this queue, and it never hands a
 // heartbeat to another thread: the request is read, checked and answered on it.
 //

@@ -34,7 +34,7 @@
 // (paravirtualised 2-core guests) a thread that sleeps in read() and is woken
 // by Redis's reply pays a context switch and a wake-up of its idle vCPU, which
 // perf put at ~11% of the coordinator's CPU per heartbeat, and the Redis reply
-// to a lone heartbeat comes back in ~30 us (docs/benchmarks.md, "Where the
+// to a lone heartbeat comes back in ~30 us (docs/benchmarks_history.md, "Where the
 // unloaded time goes, and spinning for the Redis reply"). The spin is bounded
 // (at most reply_spin_us of CPU per round, 0 turns it off) and reads nothing
 // but what read() would have read. The coordinator leaves it off by default

@@ -8,7 +8,7 @@
 // nobody reads on this core moves 3 bytes over the memory bus per byte copied; glibc's memcpy
 // streams only above ~3/4 of the shared cache. Measured on the Zen 3 development VM: plain
 // copies into a mapped peer buffer 0.55-0.62x of a whole-buffer memcpy, streaming 0.95-1.01x
-// (bench/streaming_copy_bench; docs/benchmarks.md).
+// (bench/streaming_copy_bench; docs/benchmarks_history.md).
 //
 // Internal header (src/core), usable from every layer; not part of the public API.
 // Thread-safety: none needed (no state); the usual rules for the bytes themselves.

@@ -27,7 +27,7 @@ constexpr int kInlineRounds = 64;
 // Post runs a lane's job on the posting thread when that lane holds at most this many
 // slices' bytes (AgentOptions::slice_bytes): 2 MiB by default, tens of microseconds of copying
 // into a mapped arena. A 64 x 64 KiB post (4 MiB on two lanes) then wakes one lane thread
-// instead of two (docs/benchmarks.md, "Small transfers").
+// instead of two (docs/benchmarks_history.md, "Small transfers").
 constexpr std::uint64_t kInlineLaneSlices = 2;
 
 // The time `seconds` from now (clamped to [0, 1e9] s: a negative timeout polls once). Pure but for the clock.

@@ -5,7 +5,7 @@
 // destination.
 //
 // Why (issue 8 item 9, measured on the 2-core PVM development VMs with
-// /tmp-only microbenchmarks, docs/benchmarks.md "Issue 8 item 9"): under a
+// /tmp-only microbenchmarks, docs/benchmarks_history.md "Issue 8 item 9"): under a
 // shadow-paging hypervisor every first user-space access through a mapping costs
 // about 11-20 us per 4 KiB page (a hypervisor fault, shown as user time inside
 // memcpy), whether the page is 4 KiB or part of a transparent huge page. A READ
@@ -115,7 +115,7 @@ class PeerProcess {
   /// (up to IOV_MAX iovecs per side each; segments that touch are merged), with one
   /// exit check after the last. A batch of 64 x 64 KiB rows is one process_vm_readv
   /// instead of 64 calls and 64 checks (each a system call costing 1-3 us under the
-  /// paravirtualised development host; docs/benchmarks.md, "Small transfers").
+  /// paravirtualised development host; docs/benchmarks_history.md, "Small transfers").
   /// Errors as ReadRows; on error, which copies landed is unspecified.
   Status ReadBatch(std::span<const RowCopy> copies) const;
 

@@ -27,7 +27,7 @@ constexpr std::size_t kIssueBatch = 64;
 // IssueOps reads the thread's CPU clock (CLOCK_THREAD_CPUTIME_ID, a system call: vDSO serves only
 // the wall clocks, and one call costs 1-3 us on the paravirtualised development host) around a batch
 // of at least this many bytes; a smaller batch counts its wall time as its CPU time. Two such calls
-// per 64 x 16 KiB post were about 15% of its time (perf, docs/benchmarks.md "Small transfers"),
+// per 64 x 16 KiB post were about 15% of its time (perf, docs/benchmarks_history.md "Small transfers"),
 // against under 4% of a 4 MiB batch's copy even from cache.
 constexpr std::uint64_t kCpuClockMinBatchBytes = std::uint64_t{4} << 20;
 

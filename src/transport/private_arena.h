@@ -6,7 +6,7 @@
 // fault per 4 KiB page, and a 4 KiB page costs a trapped page-table write when
 // it is populated; a 2 MiB page populates with one entry, and bytes the kernel
 // writes into it (process_vm_readv, read) are read back from user space at
-// memory speed (docs/benchmarks.md, "Issue 8 item 9"). Shared memory cannot
+// memory speed (docs/benchmarks_history.md, "Issue 8 item 9"). Shared memory cannot
 // have huge pages here (shmem_enabled is "never"), so an arena that wants them
 // is private: peers read it by kernel copy or through UCX, never by mapping it.
 //

@@ -83,7 +83,7 @@ void CopyRows(std::byte* dst, std::uint64_t dst_stride, const std::byte* src, st
 /// visible when it returns. On the Zen 3 development VM plain row copies into a
 /// mapped peer buffer, and the kernel's page-by-page copies, ran at 0.54-0.62x of a
 /// whole-buffer memcpy, this copy at 0.95-1.01x (bench/streaming_copy_bench;
-/// docs/benchmarks.md, "Streaming stores into mapped engine buffers"). Copies of
+/// docs/benchmarks_history.md, "Streaming stores into mapped engine buffers"). Copies of
 /// fewer than kMinStreamingCopyBytes in all (they may stay in cache, where
 /// streaming stores are slower: 4 KiB WRITEs fell from 9.4 to 2.5 M messages/s in
 /// agent_transfer_bench --section small) and rows shorter than

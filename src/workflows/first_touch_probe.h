@@ -3,7 +3,7 @@
 // (which same-host trainers map, pre-fault and write with streaming stores) or
 // private huge pages (which they write by kernel copy).
 //
-// Why (docs/benchmarks.md, "Streaming stores into mapped engine buffers"): a
+// Why (docs/benchmarks_history.md, "Streaming stores into mapped engine buffers"): a
 // kernel copy (process_vm_writev) writes page by page with plain stores, each
 // destination line read before it is written, and ran at ~0.6x of a streaming
 // memcpy per CPU-second on both kinds of development VM. A trainer that maps the

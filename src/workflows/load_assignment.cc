@@ -14,7 +14,7 @@ Result<std::vector<SourceRun>> CoverageOf(const Layout& src, const Layout& dst, 
   // One run per row of every move (a row-parallel shard: tens of thousands). Sized once,
   // sorted only when the moves' rows interleave, merged in place: each fresh page of a
   // growing vector is a page fault, which costs 10-50 us on the development VMs, and four
-  // ranks planning at once spent 60-200 ms each here before (docs/benchmarks.md).
+  // ranks planning at once spent 60-200 ms each here before (docs/benchmarks_history.md).
   std::vector<Move> moves = plan.MovesTo(dst_rank);
   std::sort(moves.begin(), moves.end(), [](const Move& a, const Move& b) { return a.dst_offset < b.dst_offset; });
   std::uint64_t rows = 0;

@@ -905,7 +905,7 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
     // Private huge-page memory, zero-filled and populated: same-host READs land in
     // it by kernel copy (ReadPath::kAuto), which pays none of the per-4-KiB-page
     // hypervisor faults of a copy through a mapping of the source (the cause of a
-    // P2P load running slower than a warm disk load on the PVM VMs; docs/benchmarks.md,
+    // P2P load running slower than a warm disk load on the PVM VMs; docs/benchmarks_history.md,
     // "Issue 8 item 9"). Loaders and sources on other hosts reach it through UCX.
     SW_ASSIGN_OR_RETURN(impl->region,
                         impl->agent->AllocateArena(std::max<std::uint64_t>(bytes, 64), ArenaMemory::kPrivateHugePages));

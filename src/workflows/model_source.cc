@@ -336,7 +336,7 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Create(SourceRegistry& registr
   const std::uint64_t bytes = layout.rank(options.rank).buffer_bytes;
   // Private huge pages (zero-filled): same-host loaders read them by kernel copy, which
   // pins a 2 MiB page per lookup instead of a 4 KiB shared-memory page
-  // (docs/benchmarks.md, "P2P load on a host with cheap page faults").
+  // (docs/benchmarks_history.md, "P2P load on a host with cheap page faults").
   SW_ASSIGN_OR_RETURN(const RegionId region,
                       agent->AllocateArena(std::max<std::uint64_t>(bytes, 64), ArenaMemory::kPrivateHugePages));
   std::span<std::byte> buffer = agent->RegionBytes(region).first(bytes);

@@ -13,7 +13,7 @@
 // HBM and one NVLink write per replica through peer mappings (CUDA IPC), as the converter
 // already does for converted bytes.
 //
-// Measured with bench/replica_fanout_bench on the 2-core PVM VM of session 21 (docs/benchmarks.md,
+// Measured with bench/replica_fanout_bench on the 2-core PVM VM of session 21 (docs/benchmarks_history.md,
 // "Read once, write to every replica"): 1.46-1.49x a streaming copy per replica in two of three
 // runs with two threads (0.81x in a disturbed one), 1.07x with one thread.
 //

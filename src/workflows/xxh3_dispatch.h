@@ -6,7 +6,7 @@
 // AVX-512 loop the CPU has at run time (xxh_x86dispatch.h). The digests are the
 // same on every path (the XXH3 specification, xxhash_spec.md); only the speed
 // differs: over 256 MiB from memory AVX2 hashed at 15.4-17.4 GB/s, SSE2 at
-// 11.5-12.1 GB/s, on a Zen 3 development VM (docs/benchmarks.md, "P2P load on a
+// 11.5-12.1 GB/s, on a Zen 3 development VM (docs/benchmarks_history.md, "P2P load on a
 // host with cheap page faults").
 //
 // Include this header instead of <xxhash.h> where whole shards, moves or
