@@ -11,7 +11,7 @@
 # Builds first (scripts/build.sh installs what is missing). At the end it prints the headline lines
 # of every log (the lines docs/benchmarks.md's summary table quotes), grouped by benchmark, each run
 # headed by the load average it started at. Run it on an otherwise idle machine: the two-process
-# figures move with whatever else runs on the cores. All of it takes about 30 minutes per run on a
+# figures move with whatever else runs on the cores. All of it takes about 18 minutes per run on a
 # 2-core machine; p2p-load drops the page cache (root) for its cold-disk reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +53,7 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --list) names; exit 0 ;;
     --report) report_only=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "bench.sh: unknown option \"$1\" (--runs N, --out DIR, --report, --list)" >&2; exit 2 ;;
     *)
       names | grep -qx -- "$1" || { echo "bench.sh: unknown benchmark \"$1\"; known: $(names | tr '\n' ' ')" >&2; exit 2; }
