@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <map>
+#include <memory_resource>
 #include <tuple>
 
 #include <fmt/format.h>
 
+#include "core/huge_page_memory.h"
 #include "plan/schedule.h"
 
 namespace shardwire {
@@ -147,8 +149,10 @@ class Planner {
         options_(options),
         by_process_(!options.src_process.empty()),
         load_(static_cast<std::size_t>(src.world_size()), 0),
-        scratch_(static_cast<std::size_t>(src.world_size()), 0),
-        runs_by_source_(static_cast<std::size_t>(src.world_size())) {}
+        scratch_(static_cast<std::size_t>(src.world_size()), 0) {
+    runs_by_source_.reserve(static_cast<std::size_t>(src.world_size()));
+    for (int r = 0; r < src.world_size(); ++r) runs_by_source_.emplace_back(&run_memory_);
+  }
 
   Status Run(const std::vector<std::uint32_t>& match) {
     // Work on rank classes (replicas share shards), never on rank x tensor.
@@ -302,7 +306,7 @@ class Planner {
   // The runs of `piece` from `from`'s shard to the destination class, as moves.
   void Emit(const Candidate& from, const Box& piece, Destination& d) {
     const auto [local_gid, remote_gid] = GroupIds(from.rank, d);
-    std::vector<Move>& out = runs_by_source_[from.rank];
+    std::pmr::vector<Move>& out = runs_by_source_[from.rank];
     for (const std::int64_t g : {local_gid, remote_gid}) {
       if (g < 0) continue;
       ForEachStridedRun(piece, from.shard->box, d.box, [&](const StridedRun& r) {
@@ -364,13 +368,14 @@ class Planner {
   // Step 4a: runs sorted per source by (group, offset), adjacent ones merged.
   std::vector<Move> CoalescedMoves() {
     std::size_t total = 0;
-    for (const std::vector<Move>& runs : runs_by_source_) total += runs.size();
+    for (const std::pmr::vector<Move>& runs : runs_by_source_) total += runs.size();
     std::vector<Move> moves;
     moves.reserve(total);
+    AdviseHugePages(moves.data(), total * sizeof(Move));  // before its first touch
     auto less = [](const Move& a, const Move& b) {
       return std::tie(a.dst_group, a.src_offset) < std::tie(b.dst_group, b.src_offset);
     };
-    for (std::vector<Move>& runs : runs_by_source_) {
+    for (std::pmr::vector<Move>& runs : runs_by_source_) {
       // Runs mostly arrive in order already; sorting per source keeps it cheap.
       if (!std::is_sorted(runs.begin(), runs.end(), less)) std::stable_sort(runs.begin(), runs.end(), less);
       for (const Move& r : runs) {
@@ -384,7 +389,6 @@ class Planner {
         }
         moves.push_back(r);
       }
-      runs = {};
     }
     return moves;
   }
@@ -398,7 +402,13 @@ class Planner {
   std::vector<ReduceCopy> reduce_copies_;
   std::vector<Reduction> reductions_;
   std::vector<std::uint64_t> scratch_;  // scratch bytes per source rank
-  std::vector<std::vector<Move>> runs_by_source_;
+  // The runs each source sends, until CoalescedMoves merges them. Up to hundreds of MB for a
+  // 1T-parameter model; held in 2 MiB pages because first touches of fresh 4 KiB pages were most
+  // of the planning time on a shadow-paging host (core/huge_page_memory.h). Released with the
+  // Planner.
+  HugePageMemoryResource huge_pages_;
+  std::pmr::monotonic_buffer_resource run_memory_{kHugePageBytes, &huge_pages_};
+  std::vector<std::pmr::vector<Move>> runs_by_source_;
   std::uint64_t run_count_ = 0;
   // The tensor being planned: destination index, source index, element size.
   std::uint32_t tensor_ = 0;
