@@ -63,34 +63,36 @@ done
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --runs must be a positive integer, got \"$runs\"" >&2; exit 2; }
 [ ${#selected[@]} -gt 0 ] || mapfile -t selected < <(names)
 
-if [ "$report_only" = 0 ]; then
-bash scripts/build.sh
-cmake --build build -j2 >/dev/null
-mkdir -p "$out"
+# Builds, then runs every selected benchmark `runs` times, each into its own log.
+run_all() {
+  bash scripts/build.sh
+  cmake --build build -j2 >/dev/null
+  mkdir -p "$out"
 
-
-for name in "${selected[@]}"; do
-  row=$(row_of "$name")
-  for run in $(seq 1 "$runs"); do
-    log="$out/$name.$run.log"
-    work="$out/work"
-    mkdir -p "$work"
-    cmd=$(field "$row" 2)
-    cmd=${cmd//\$work/$work}
-    echo "=== bench.sh: $name run $run/$runs ($(date -u +%H:%M:%S) UTC, load average $(cut -d' ' -f1-3 /proc/loadavg)): $cmd"
-    {
-      echo "# $cmd"
-      echo "# started $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    } > "$log"
-    # shellcheck disable=SC2086  # the command is a word list by design
-    if ! $cmd >> "$log" 2>&1; then
-      echo "bench.sh: $name run $run failed; its log: $log" >&2
-      tail -n 20 "$log" >&2
-      exit 1
-    fi
+  for name in "${selected[@]}"; do
+    row=$(row_of "$name")
+    for run in $(seq 1 "$runs"); do
+      log="$out/$name.$run.log"
+      work="$out/work"
+      mkdir -p "$work"
+      cmd=$(field "$row" 2)
+      cmd=${cmd//\$work/$work}
+      echo "=== bench.sh: $name run $run/$runs ($(date -u +%H:%M:%S) UTC, load average $(cut -d' ' -f1-3 /proc/loadavg)): $cmd"
+      {
+        echo "# $cmd"
+        echo "# started $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+      } > "$log"
+      # shellcheck disable=SC2086  # the command is a word list by design
+      if ! $cmd >> "$log" 2>&1; then
+        echo "bench.sh: $name run $run failed; its log: $log" >&2
+        tail -n 20 "$log" >&2
+        exit 1
+      fi
+    done
   done
-done
-fi
+}
+
+[ "$report_only" = 1 ] || run_all
 
 echo
 echo "=== bench.sh: headline lines (logs in $out)"
