@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include "core/huge_page_memory.h"
+
 namespace shardwire {
 namespace {
 
@@ -199,6 +201,26 @@ Result<Layout> MakeEngineLayout(const ModelDescription& model, const EngineLayou
   // stage * tp + tp_rank.
   const int world = o.dp * o.pp * o.tp;
   Classes classes(static_cast<std::size_t>(o.pp * o.tp));
+  // Each class's entries in one buffer of its final size, in 2 MiB pages: Kimi-K2 at tp=8 is
+  // 1.1 million entries (150 MB), whose growth by doubling and first touches of 4 KiB pages were
+  // most of the layout's time on a shadow-paging host (core/huge_page_memory.h;
+  // docs/benchmarks.md, "Planner at scale").
+  {
+    std::vector<std::size_t> entries_per_class(classes.size(), 0);
+    for (const ModelTensor& t : model.tensors) {
+      const int stage = PipelineStage(t, stage_of_layer, o.pp);
+      if (t.expert >= 0 && o.ep > 1) {
+        ++entries_per_class[static_cast<std::size_t>(stage * o.tp + expert_rank[static_cast<std::size_t>(t.expert)])];
+      } else {
+        for (int tp_rank = 0; tp_rank < o.tp; ++tp_rank)
+          ++entries_per_class[static_cast<std::size_t>(stage * o.tp + tp_rank)];
+      }
+    }
+    for (std::size_t c = 0; c < classes.size(); ++c) {
+      classes[c].reserve(entries_per_class[c]);
+      AdviseHugePages(classes[c].data(), entries_per_class[c] * sizeof(ShardEntry));
+    }
+  }
   for (std::uint32_t i = 0; i < model.tensors.size(); ++i) {
     const ModelTensor& t = model.tensors[i];
     const int stage = PipelineStage(t, stage_of_layer, o.pp);
