@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <xxhash.h>
 
 #include "shardwire/model_config.h"
 #include "shardwire/model_layouts.h"
@@ -78,12 +79,22 @@ int PlanOne(const shardwire::ModelDescription& model, const std::string& name, c
   const long faults2 = MinorFaults();
   const auto t2 = Clock::now();
   std::size_t max_src_part = 0, max_dst_part = 0;
+  // XXH3-64 over every serialised part in rank order: two builds that print the same digest
+  // planned the same moves, buckets and rounds (a check for planner changes meant to be faster only).
+  XXH3_state_t* digest = XXH3_createState();
+  XXH3_64bits_reset(digest);
   for (int r = 0; r < plan->src_world(); ++r) {
-    max_src_part = std::max(max_src_part, SerializePlanPart(*plan, PlanSide::kSource, r).size());
+    const auto part = SerializePlanPart(*plan, PlanSide::kSource, r);
+    XXH3_64bits_update(digest, part.data(), part.size());
+    max_src_part = std::max(max_src_part, part.size());
   }
   for (int r = 0; r < plan->dst_world(); ++r) {
-    max_dst_part = std::max(max_dst_part, SerializePlanPart(*plan, PlanSide::kDestination, r).size());
+    const auto part = SerializePlanPart(*plan, PlanSide::kDestination, r);
+    XXH3_64bits_update(digest, part.data(), part.size());
+    max_dst_part = std::max(max_dst_part, part.size());
   }
+  const std::uint64_t plan_digest = XXH3_64bits_digest(digest);
+  XXH3_freeState(digest);
   const double serialize_s = Since(t2);
   const auto sent = plan->BytesSentPerSource();
   const auto received = plan->BytesReceivedPerDestination();
@@ -109,6 +120,7 @@ int PlanOne(const shardwire::ModelDescription& model, const std::string& name, c
              Gb(static_cast<double>(d.max)));
   fmt::print("  largest serialised part: source {:.1f} KiB, destination {:.1f} KiB (goal <= 1024 KiB)\n",
              static_cast<double>(max_src_part) / 1024, static_cast<double>(max_dst_part) / 1024);
+  fmt::print("  plan digest (XXH3-64 of all serialised parts): {:016x}\n", plan_digest);
   fmt::print("  peak RSS so far {:.2f} GB (goal < 2 GB); plan time {:.3f} s (goal < 1 s) vs the transfer it plans at "
              "memcpy speed {:.1f} s -> plan/transfer = {:.4f}\n\n",
              PeakRssGb(), plan_s, transfer_s, transfer_s > 0 ? plan_s / transfer_s : 0);

@@ -215,18 +215,29 @@ class Planner {
     std::uint64_t offset = 0;
     std::vector<std::uint32_t> ranks;
     std::map<int, std::pair<std::int64_t, std::int64_t>> group_ids;  // source process -> (LOCAL, remote)
+    std::optional<std::pair<std::int64_t, std::int64_t>> remote_ids;  // without a process map: (-1, remote)
   };
 
   // Step 3 for one destination class: take each source class's part of what is missing.
+  // Called about a million times for a 1T-parameter model at tp=8, so its working vectors are
+  // members, cleared and reused, not allocated per call.
   Status FillDestinationClass(const std::vector<Holder>& dclass, const std::vector<std::vector<Holder>>& src_classes) {
-    Destination d{dclass.front().shard->box, dclass.front().shard->byte_offset, {}, {}};
+    Destination& d = destination_;
+    d.box = dclass.front().shard->box;
+    d.offset = dclass.front().shard->byte_offset;
+    d.ranks.clear();
+    d.group_ids.clear();
+    d.remote_ids.reset();
     for (const Holder& h : dclass) {
       const auto& ranks = dst_.ranks_of_class(h.rank_class);
       d.ranks.insert(d.ranks.end(), ranks.begin(), ranks.end());
     }
     std::sort(d.ranks.begin(), d.ranks.end());
-    std::vector<Box> remaining{d.box};
-    std::vector<std::optional<Box>> haves;
+    std::vector<Box>& remaining = remaining_;
+    std::vector<Box>& next = next_;
+    std::vector<std::optional<Box>>& haves = haves_;
+    std::vector<Candidate>& candidates = candidates_;
+    remaining.assign(1, d.box);
     for (const auto& sclass : src_classes) {
       if (remaining.empty()) break;
       const Box& sbox = sclass.front().shard->box;
@@ -239,7 +250,7 @@ class Planner {
       haves.clear();
       for (const Box& want : remaining) haves.push_back(Intersect(want, sbox));
       if (std::none_of(haves.begin(), haves.end(), [](const auto& h) { return h.has_value(); })) continue;
-      std::vector<Candidate> candidates;
+      candidates.clear();
       std::map<std::uint32_t, std::vector<Candidate>> sum_groups;  // Partial(sum) addends by group
       for (const Holder& h : sclass) {
         for (std::uint32_t r : src_.ranks_of_class(h.rank_class)) {
@@ -253,7 +264,7 @@ class Planner {
       auto by_rank = [](const Candidate& a, const Candidate& b) { return a.rank < b.rank; };
       std::sort(candidates.begin(), candidates.end(), by_rank);
       for (auto& [id, members] : sum_groups) std::sort(members.begin(), members.end(), by_rank);
-      std::vector<Box> next;
+      next.clear();
       for (std::size_t w = 0; w < remaining.size(); ++w) {
         if (!haves[w]) {
           next.push_back(remaining[w]);
@@ -265,13 +276,17 @@ class Planner {
         } else {
           const bool split = options_.replica_policy == ReplicaPolicy::kSpread && candidates.size() > 1 &&
                              static_cast<std::uint64_t>(have.numel()) * esize_ >= kSplitPieceBytes;
-          for (const Box& piece : split ? SplitPiece(have, candidates.size()) : std::vector<Box>{have}) {
-            Emit(Choose(candidates), piece, d);
+          if (split) {
+            for (const Box& piece : SplitPiece(have, candidates.size())) Emit(Choose(candidates), piece, d);
+          } else {
+            Emit(Choose(candidates), have, d);
           }
         }
-        for (Box& rest : Subtract(remaining[w], have)) next.push_back(std::move(rest));
+        if (!(have == remaining[w])) {
+          for (Box& rest : Subtract(remaining[w], have)) next.push_back(std::move(rest));
+        }
       }
-      remaining = std::move(next);
+      remaining.swap(next);
     }
     if (!remaining.empty()) {
       return InvalidArgument(fmt::format("no rank of layout {} holds {} of {} needed by rank {} of layout {}",
@@ -292,7 +307,11 @@ class Planner {
   // Destination groups of `d` for a source in some process: the ranks in that process
   // (LOCAL) and the others; -1 when empty. Without a process map: one remote group.
   std::pair<std::int64_t, std::int64_t> GroupIds(std::uint32_t src_rank, Destination& d) {
-    const int process = by_process_ ? options_.src_process[src_rank] : -1;
+    if (!by_process_) {
+      if (!d.remote_ids) d.remote_ids.emplace(-1, d.ranks.empty() ? -1 : groups_.Id(d.ranks, false));
+      return *d.remote_ids;
+    }
+    const int process = options_.src_process[src_rank];
     auto [it, inserted] = d.group_ids.try_emplace(process, -1, -1);
     if (inserted) {
       std::vector<std::uint32_t> local, remote;
@@ -306,21 +325,29 @@ class Planner {
   // The runs of `piece` from `from`'s shard to the destination class, as moves.
   void Emit(const Candidate& from, const Box& piece, Destination& d) {
     const auto [local_gid, remote_gid] = GroupIds(from.rank, d);
-    std::pmr::vector<Move>& out = runs_by_source_[from.rank];
+    // What each run needs, behind one pointer: the callback then fits std::function's inline
+    // storage instead of a heap block per call.
+    struct RunSink {
+      std::pmr::vector<Move>* out;
+      std::uint64_t* run_count;
+      std::uint64_t esize, src_base, dst_base;
+      std::uint32_t src_rank, dst_group;
+    } sink{&runs_by_source_[from.rank], &run_count_, esize_, from.shard->byte_offset, d.offset, from.rank, 0};
     for (const std::int64_t g : {local_gid, remote_gid}) {
       if (g < 0) continue;
-      ForEachStridedRun(piece, from.shard->box, d.box, [&](const StridedRun& r) {
+      sink.dst_group = static_cast<std::uint32_t>(g);
+      ForEachStridedRun(piece, from.shard->box, d.box, [k = &sink](const StridedRun& r) {
         Move m;
-        m.src_rank = from.rank;
-        m.dst_group = static_cast<std::uint32_t>(g);
-        m.src_offset = from.shard->byte_offset + static_cast<std::uint64_t>(r.from_element) * esize_;
-        m.dst_offset = d.offset + static_cast<std::uint64_t>(r.to_element) * esize_;
-        m.length = static_cast<std::uint64_t>(r.elements) * esize_;
+        m.src_rank = k->src_rank;
+        m.dst_group = k->dst_group;
+        m.src_offset = k->src_base + static_cast<std::uint64_t>(r.from_element) * k->esize;
+        m.dst_offset = k->dst_base + static_cast<std::uint64_t>(r.to_element) * k->esize;
+        m.length = static_cast<std::uint64_t>(r.elements) * k->esize;
         m.count = static_cast<std::uint64_t>(r.count);
-        m.src_stride = static_cast<std::uint64_t>(r.from_stride) * esize_;
-        m.dst_stride = static_cast<std::uint64_t>(r.to_stride) * esize_;
-        run_count_ += m.count;
-        out.push_back(m);
+        m.src_stride = static_cast<std::uint64_t>(r.from_stride) * k->esize;
+        m.dst_stride = static_cast<std::uint64_t>(r.to_stride) * k->esize;
+        *k->run_count += m.count;
+        k->out->push_back(m);
       });
     }
     load_[from.rank] += static_cast<std::uint64_t>(piece.numel()) * esize_ * d.ranks.size();
@@ -410,6 +437,11 @@ class Planner {
   std::pmr::monotonic_buffer_resource run_memory_{kHugePageBytes, &huge_pages_};
   std::vector<std::pmr::vector<Move>> runs_by_source_;
   std::uint64_t run_count_ = 0;
+  // FillDestinationClass's working state, reused from call to call.
+  Destination destination_;
+  std::vector<Box> remaining_, next_;
+  std::vector<std::optional<Box>> haves_;
+  std::vector<Candidate> candidates_;
   // The tensor being planned: destination index, source index, element size.
   std::uint32_t tensor_ = 0;
   std::uint32_t src_tensor_ = 0;
