@@ -1,6 +1,7 @@
 #include "shardwire/planner.h"
 
 #include <algorithm>
+#include <deque>
 #include <map>
 #include <memory_resource>
 #include <tuple>
@@ -328,7 +329,7 @@ class Planner {
     // What each run needs, behind one pointer: the callback then fits std::function's inline
     // storage instead of a heap block per call.
     struct RunSink {
-      std::pmr::vector<Move>* out;
+      std::pmr::deque<Move>* out;
       std::uint64_t* run_count;
       std::uint64_t esize, src_base, dst_base;
       std::uint32_t src_rank, dst_group;
@@ -395,14 +396,14 @@ class Planner {
   // Step 4a: runs sorted per source by (group, offset), adjacent ones merged.
   std::vector<Move> CoalescedMoves() {
     std::size_t total = 0;
-    for (const std::pmr::vector<Move>& runs : runs_by_source_) total += runs.size();
+    for (const std::pmr::deque<Move>& runs : runs_by_source_) total += runs.size();
     std::vector<Move> moves;
     moves.reserve(total);
     AdviseHugePages(moves.data(), total * sizeof(Move));  // before its first touch
     auto less = [](const Move& a, const Move& b) {
       return std::tie(a.dst_group, a.src_offset) < std::tie(b.dst_group, b.src_offset);
     };
-    for (std::pmr::vector<Move>& runs : runs_by_source_) {
+    for (std::pmr::deque<Move>& runs : runs_by_source_) {
       // Runs mostly arrive in order already; sorting per source keeps it cheap.
       if (!std::is_sorted(runs.begin(), runs.end(), less)) std::stable_sort(runs.begin(), runs.end(), less);
       for (const Move& r : runs) {
@@ -431,11 +432,13 @@ class Planner {
   std::vector<std::uint64_t> scratch_;  // scratch bytes per source rank
   // The runs each source sends, until CoalescedMoves merges them. Up to hundreds of MB for a
   // 1T-parameter model; held in 2 MiB pages because first touches of fresh 4 KiB pages were most
-  // of the planning time on a shadow-paging host (core/huge_page_memory.h). Released with the
-  // Planner.
+  // of the planning time on a shadow-paging host (core/huge_page_memory.h). A deque, not a
+  // vector: it grows by blocks, so nothing is copied and no outgrown buffer is left behind in the
+  // monotonic resource (a vector's doubling touched twice the final size; peak RSS for Kimi-K2
+  // 0.71 -> 0.58 GB). Released with the Planner.
   HugePageMemoryResource huge_pages_;
   std::pmr::monotonic_buffer_resource run_memory_{kHugePageBytes, &huge_pages_};
-  std::vector<std::pmr::vector<Move>> runs_by_source_;
+  std::vector<std::pmr::deque<Move>> runs_by_source_;
   std::uint64_t run_count_ = 0;
   // FillDestinationClass's working state, reused from call to call.
   Destination destination_;

@@ -4,13 +4,28 @@
 #include <map>
 #include <tuple>
 
+#include "core/huge_page_memory.h"
+
 namespace shardwire::plan {
 
 std::vector<Move> CapMoveLength(std::vector<Move> moves, std::uint64_t cap) {
-  const bool any_long = std::any_of(moves.begin(), moves.end(), [&](const Move& m) { return m.bytes() > cap; });
-  if (!any_long) return moves;
+  // The pieces each move becomes, counted first: the output is allocated once, at its final
+  // size and in 2 MiB pages (tens of MB for a 1T-parameter model; core/huge_page_memory.h).
+  std::size_t pieces = 0;
+  for (const Move& m : moves) {
+    if (m.bytes() <= cap) {
+      pieces += 1;
+    } else if (m.length <= cap) {
+      const std::uint64_t per = cap / m.length;
+      pieces += static_cast<std::size_t>((m.count + per - 1) / per);
+    } else {
+      pieces += static_cast<std::size_t>(m.count * ((m.length + cap - 1) / cap));
+    }
+  }
+  if (pieces == moves.size()) return moves;  // no move was longer than the cap
   std::vector<Move> out;
-  out.reserve(moves.size());
+  out.reserve(pieces);
+  AdviseHugePages(out.data(), pieces * sizeof(Move));
   for (const Move& m : moves) {
     if (m.bytes() <= cap) {
       out.push_back(m);
