@@ -5,7 +5,7 @@
 // a table of 200 MB built from fresh memory spends ~0.5 s in page faults. Planning Kimi-K2 for
 // 128 engine ranks (1.6 million moves) took 1.3-1.8 s on such a host, 52,000 first touches; with
 // the same tables in 2 MiB pages, about 500 (docs/benchmarks.md, "Planner at scale"); building
-// the layouts of that plan went from 121,000 faults and 2.0-2.4 s to 25,000 and 0.6-1.1 s. The
+// the layouts of that plan went from 121,000 faults and 1.9-2.8 s to 33,000 and 0.8-1.5 s. The
 // kernel gives an anonymous range 2 MiB pages when it is advised MADV_HUGEPAGE and the system's
 // transparent huge page mode is "always" or "madvise"; otherwise the advice is ignored and the
 // memory works as usual, in 4 KiB pages.
