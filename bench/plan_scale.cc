@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -81,7 +82,8 @@ int PlanOne(const shardwire::ModelDescription& model, const std::string& name, c
   std::size_t max_src_part = 0, max_dst_part = 0;
   // XXH3-64 over every serialised part in rank order: two builds that print the same digest
   // planned the same moves, buckets and rounds (a check for planner changes meant to be faster only).
-  XXH3_state_t* digest = XXH3_createState();
+  const std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(), &XXH3_freeState);
+  XXH3_state_t* digest = state.get();
   XXH3_64bits_reset(digest);
   for (int r = 0; r < plan->src_world(); ++r) {
     const auto part = SerializePlanPart(*plan, PlanSide::kSource, r);
@@ -94,7 +96,6 @@ int PlanOne(const shardwire::ModelDescription& model, const std::string& name, c
     max_dst_part = std::max(max_dst_part, part.size());
   }
   const std::uint64_t plan_digest = XXH3_64bits_digest(digest);
-  XXH3_freeState(digest);
   const double serialize_s = Since(t2);
   const auto sent = plan->BytesSentPerSource();
   const auto received = plan->BytesReceivedPerDestination();

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <memory_resource>
 #include <vector>
 
@@ -62,6 +63,26 @@ TEST(HugePageMemory, PmrVectorGrowingThroughAMonotonicResourceKeepsItsElements) 
     ASSERT_EQ(lists[l].size(), n);
     for (std::uint64_t i = 0; i < n; i += 997) ASSERT_EQ(lists[l][i], i * 3 + l);
     EXPECT_EQ(lists[l].back(), (n - 1) * 3 + l);
+  }
+}
+
+// The planner's per-source lists are deques over such a resource: many small blocks carved from
+// the huge-page buffers, none moved as the lists grow.
+TEST(HugePageMemory, PmrDequeGrowingThroughAMonotonicResourceKeepsItsElements) {
+  HugePageMemoryResource huge;
+  std::pmr::monotonic_buffer_resource memory(kHugePageBytes, &huge);
+  std::vector<std::pmr::deque<std::uint64_t>> lists;
+  for (int i = 0; i < 3; ++i) lists.emplace_back(&memory);
+  const std::uint64_t n = 1'000'000;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    for (std::size_t l = 0; l < lists.size(); ++l) lists[l].push_back(i * 3 + l);
+  }
+  const std::uint64_t* first = &lists[0].front();
+  lists[0].push_back(0);  // a deque never moves its elements on push_back
+  EXPECT_EQ(first, &lists[0].front());
+  for (std::size_t l = 0; l < lists.size(); ++l) {
+    ASSERT_EQ(lists[l].size(), l == 0 ? n + 1 : n);
+    for (std::uint64_t i = 0; i < n; i += 997) ASSERT_EQ(lists[l][i], i * 3 + l);
   }
 }
 
