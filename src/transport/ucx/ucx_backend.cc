@@ -31,6 +31,21 @@ Result<std::unique_ptr<TransportBackend>> UcxBackend::Make(const AgentOptions& o
     st = ucp_config_modify(config.get(), "KEEPALIVE_INTERVAL", fmt::format("{}ms", ms).c_str());
     if (st != UCS_OK) return UcsError("ucp_config_modify(KEEPALIVE_INTERVAL)", st).WithContext(ctx);
   }
+  // Each worker's shared-memory interfaces (posix, sysv) start with a pool of receive
+  // buffers of UCX_MM_RX_BUFS_GROW elements of UCX_MM_SEG_SIZE (8 KiB) each, every one
+  // written at ucp_worker_create: 512 by default, 4 MiB per interface and hundreds of
+  // first touches, which cost 10-20 us each on the PVM guests of docs/benchmarks.md
+  // (`shardwire load` of 4 ranks: 3,000 page faults and 25-40 ms of its agents' creation
+  // fewer with 64). Same-host messages travel over Unix sockets
+  // (UcxOptions::local_message_sockets) and data by kernel copy or mapped regions, so
+  // these buffers carry little; 64 (the FIFO's size, which takes one buffer per element
+  // at creation) and growth by 64 on demand. An explicit setting in the environment
+  // (UCX_MM_, UCX_POSIX_ or UCX_SYSV_RX_BUFS_GROW) wins.
+  if (std::getenv("UCX_MM_RX_BUFS_GROW") == nullptr && std::getenv("UCX_POSIX_RX_BUFS_GROW") == nullptr &&
+      std::getenv("UCX_SYSV_RX_BUFS_GROW") == nullptr) {
+    st = ucp_config_modify(config.get(), "MM_RX_BUFS_GROW", "64");
+    if (st != UCS_OK) return UcsError("ucp_config_modify(MM_RX_BUFS_GROW)", st).WithContext(ctx);
+  }
 
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
