@@ -463,7 +463,8 @@ int main(int argc, char** argv) {
     {
       auto seed = bench.Seed(dir, "bench-seed", a.seed_layout, 0);
       fmt::print(
-          "P2P load {} <- seed {} (separate processes; seed: shared-memory arenas; loader: memory allocated before "
+          "P2P load {} <- seed {} (separate processes; seed: private huge pages made read-only; loader: memory "
+          "allocated before "
           "the load like the disk loads', read into by kernel copy; verified byte for byte; a warm disk load pair "
           "after each):\n",
           a.load_layout, a.seed_layout);

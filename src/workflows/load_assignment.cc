@@ -6,35 +6,88 @@
 #include "shardwire/planner.h"
 
 namespace shardwire::workflows {
+namespace {
+
+bool ByDst(const SourceRun& a, const SourceRun& b) { return a.dst_offset < b.dst_offset; }
+
+// A run whose rows are contiguous in both buffers is one row.
+SourceRun Flatten(SourceRun r) {
+  if (r.count > 1 && r.dst_stride == r.length && r.src_stride == r.length) {
+    r.length *= r.count;
+    r.count = 1;
+  }
+  if (r.count == 1) r.dst_stride = r.src_stride = 0;
+  return r;
+}
+
+// Rows [first, first + n) of `r` as a run (n >= 1).
+SourceRun Rows(const SourceRun& r, std::uint64_t first, std::uint64_t n) {
+  SourceRun out = r.Row(first);
+  if (n > 1) {
+    out.count = n;
+    out.dst_stride = r.dst_stride;
+    out.src_stride = r.src_stride;
+  }
+  return out;
+}
+
+// Bytes [from, to) of row `i` of `r` (offsets within the row) as a one-row run.
+SourceRun RowPart(const SourceRun& r, std::uint64_t i, std::uint64_t from, std::uint64_t to) {
+  SourceRun out = r.Row(i);
+  out.dst_offset += from;
+  out.src_offset += from;
+  out.length = to - from;
+  return out;
+}
+
+// Appends the part of `r` inside [b, e) to `out`: whole rows as one strided run, a row
+// the interval cuts as a one-row run of its part.
+void ClipRun(const SourceRun& r, std::uint64_t b, std::uint64_t e, std::vector<SourceRun>& out) {
+  if (r.count == 1) {
+    const std::uint64_t lo = std::max(b, r.dst_offset), hi = std::min(e, r.dst_offset + r.length);
+    if (lo < hi) out.push_back(RowPart(r, 0, lo - r.dst_offset, hi - r.dst_offset));
+    return;
+  }
+  // Rows that reach past b: dst_offset + i * stride + length > b.
+  std::uint64_t first = 0;
+  if (b >= r.dst_offset + r.length) first = (b - r.dst_offset - r.length) / r.dst_stride + 1;
+  // Rows that start before e: dst_offset + i * stride < e.
+  const std::uint64_t end = e <= r.dst_offset ? 0 : std::min(r.count, (e - r.dst_offset - 1) / r.dst_stride + 1);
+  if (first >= end) return;
+  auto row_start = [&](std::uint64_t i) { return r.dst_offset + i * r.dst_stride; };
+  if (row_start(first) < b || row_start(first) + r.length > e) {  // first row cut
+    const std::uint64_t s = row_start(first);
+    out.push_back(RowPart(r, first, std::max(b, s) - s, std::min(e, s + r.length) - s));
+    if (++first >= end) return;
+  }
+  std::uint64_t whole_end = end;
+  const bool last_cut = row_start(end - 1) + r.length > e;
+  if (last_cut) --whole_end;
+  if (first < whole_end) out.push_back(Rows(r, first, whole_end - first));
+  if (last_cut) out.push_back(RowPart(r, end - 1, 0, e - row_start(end - 1)));
+}
+
+}  // namespace
 
 Result<std::vector<SourceRun>> CoverageOf(const Layout& src, const Layout& dst, int dst_rank) {
   PlanOptions options;
   options.replica_policy = ReplicaPolicy::kSpread;
   SW_ASSIGN_OR_RETURN(const TransferPlan plan, PlanTransfer(src, dst, options));
-  // One run per row of every move (a row-parallel shard: tens of thousands). Sized once,
-  // sorted only when the moves' rows interleave, merged in place: each fresh page of a
-  // growing vector is a page fault, which costs 10-50 us on the development VMs, and four
-  // ranks planning at once spent 60-200 ms each here before (docs/benchmarks_history.md).
-  std::vector<Move> moves = plan.MovesTo(dst_rank);
-  std::sort(moves.begin(), moves.end(), [](const Move& a, const Move& b) { return a.dst_offset < b.dst_offset; });
-  std::uint64_t rows = 0;
-  for (const Move& m : moves) rows += m.count;
+  // One run per move, strided moves kept strided: a row-parallel shard is one run, not
+  // tens of thousands (each fresh page of a per-row vector costs a page fault, 10-50 us
+  // on the development VMs: docs/benchmarks_history.md).
   std::vector<SourceRun> runs;
-  runs.reserve(static_cast<std::size_t>(rows));
-  for (const Move& m : moves) {
-    for (std::uint64_t k = 0; k < m.count; ++k) {
-      runs.push_back({m.dst_offset + k * m.dst_stride, m.length, m.src_rank, m.src_offset + k * m.src_stride});
-    }
+  for (const Move& m : plan.MovesTo(dst_rank)) {
+    if (m.length == 0 || m.count == 0) continue;
+    runs.push_back(Flatten({m.dst_offset, m.length, m.src_rank, m.src_offset, m.count, m.dst_stride, m.src_stride}));
   }
-  auto by_dst = [](const SourceRun& a, const SourceRun& b) { return a.dst_offset < b.dst_offset; };
-  if (!std::is_sorted(runs.begin(), runs.end(), by_dst)) std::sort(runs.begin(), runs.end(), by_dst);
+  if (!std::is_sorted(runs.begin(), runs.end(), ByDst)) std::sort(runs.begin(), runs.end(), ByDst);
   std::size_t out = 0;
   for (const SourceRun& r : runs) {
-    if (r.length == 0) continue;
     if (out > 0) {
       SourceRun& last = runs[out - 1];
-      if (last.src_rank == r.src_rank && last.dst_offset + last.length == r.dst_offset &&
-          last.src_offset + last.length == r.src_offset) {
+      if (last.count == 1 && r.count == 1 && last.src_rank == r.src_rank &&
+          last.dst_offset + last.length == r.dst_offset && last.src_offset + last.length == r.src_offset) {
         last.length += r.length;
         continue;
       }
@@ -45,29 +98,13 @@ Result<std::vector<SourceRun>> CoverageOf(const Layout& src, const Layout& dst, 
   return runs;
 }
 
-std::vector<StridedSourceRun> GroupStrided(const std::vector<SourceRun>& runs) {
-  std::vector<StridedSourceRun> out;
-  for (const SourceRun& r : runs) {
-    if (!out.empty()) {
-      StridedSourceRun& g = out.back();
-      if (g.length == r.length && r.length > 0) {
-        if (g.count == 1) {
-          if (r.dst_offset >= g.dst_offset + g.length && r.src_offset >= g.src_offset + g.length) {
-            g.dst_stride = r.dst_offset - g.dst_offset;
-            g.src_stride = r.src_offset - g.src_offset;
-            g.count = 2;
-            continue;
-          }
-        } else if (r.dst_offset == g.dst_offset + g.count * g.dst_stride &&
-                   r.src_offset == g.src_offset + g.count * g.src_stride) {
-          ++g.count;
-          continue;
-        }
-      }
-    }
-    out.push_back({r.dst_offset, r.src_offset, r.length, 1, 0, 0});
+void AppendIntervals(const SourceRun& run, std::vector<Interval>& out) {
+  if (run.length == 0 || run.count == 0) return;
+  if (run.count == 1 || run.dst_stride == run.length) {
+    out.push_back({run.dst_offset, run.dst_end()});
+    return;
   }
-  return out;
+  ForEachRow(run, [&](std::uint64_t dst, std::uint64_t, std::uint64_t n) { out.push_back({dst, dst + n}); });
 }
 
 std::vector<Interval> Normalize(std::vector<Interval> intervals) {
@@ -75,23 +112,23 @@ std::vector<Interval> Normalize(std::vector<Interval> intervals) {
   if (!std::is_sorted(intervals.begin(), intervals.end(), by_begin)) {  // usually sorted already (CoverageOf)
     std::sort(intervals.begin(), intervals.end(), by_begin);
   }
-  std::vector<Interval> out;
-  out.reserve(intervals.size());
+  std::size_t out = 0;  // merged in place
   for (const Interval& i : intervals) {
     if (i.end <= i.begin) continue;
-    if (!out.empty() && out.back().end >= i.begin) {
-      out.back().end = std::max(out.back().end, i.end);
+    if (out > 0 && intervals[out - 1].end >= i.begin) {
+      intervals[out - 1].end = std::max(intervals[out - 1].end, i.end);
     } else {
-      out.push_back(i);
+      intervals[out++] = i;
     }
   }
-  return out;
+  intervals.resize(out);
+  return intervals;
 }
 
 std::vector<Interval> IntervalsOf(const std::vector<SourceRun>& runs) {
   std::vector<Interval> out;
   out.reserve(runs.size());
-  for (const SourceRun& r : runs) out.push_back({r.dst_offset, r.dst_offset + r.length});
+  for (const SourceRun& r : runs) AppendIntervals(r, out);
   return Normalize(std::move(out));
 }
 
@@ -128,53 +165,56 @@ std::vector<std::vector<Interval>> SplitEvenly(const std::vector<Interval>& inte
 
 std::vector<SourceRun> Clip(const std::vector<SourceRun>& coverage, const std::vector<Interval>& intervals) {
   std::vector<SourceRun> out;
-  out.reserve(coverage.size() + intervals.size());  // at most one run per run plus one per cut
-  for (const Interval& iv : intervals) {
-    // First run ending after iv.begin.
-    auto it = std::upper_bound(coverage.begin(), coverage.end(), iv.begin,
-                               [](std::uint64_t v, const SourceRun& r) { return v < r.dst_offset + r.length; });
-    for (; it != coverage.end() && it->dst_offset < iv.end; ++it) {
-      const std::uint64_t b = std::max(iv.begin, it->dst_offset);
-      const std::uint64_t e = std::min(iv.end, it->dst_offset + it->length);
-      if (e <= b) continue;
-      out.push_back({b, e - b, it->src_rank, it->src_offset + (b - it->dst_offset)});
-    }
+  for (const SourceRun& r : coverage) {
+    if (r.length == 0 || r.count == 0) continue;
+    const std::uint64_t r_end = r.dst_end();
+    // First interval ending after the run's first byte (intervals are sorted and disjoint,
+    // so their ends are sorted too).
+    auto it = std::upper_bound(intervals.begin(), intervals.end(), r.dst_offset,
+                               [](std::uint64_t v, const Interval& iv) { return v < iv.end; });
+    for (; it != intervals.end() && it->begin < r_end; ++it) ClipRun(r, it->begin, it->end, out);
   }
+  if (!std::is_sorted(out.begin(), out.end(), ByDst)) std::sort(out.begin(), out.end(), ByDst);
   return out;
 }
 
 std::vector<std::vector<SourceRun>> CutMoves(const std::vector<SourceRun>& runs, std::uint64_t move_bytes) {
   if (move_bytes == 0) move_bytes = 1;
   std::map<std::uint32_t, std::vector<SourceRun>> by_rank;
-  const bool one_rank = std::all_of(runs.begin(), runs.end(),
-                                    [&](const SourceRun& r) { return r.src_rank == runs.front().src_rank; });
-  if (one_rank && !runs.empty()) {
-    by_rank[runs.front().src_rank] = runs;  // one copy, no per-row growth
-  } else {
-    std::map<std::uint32_t, std::size_t> count;
-    for (const SourceRun& r : runs) ++count[r.src_rank];
-    for (const auto& [rank, n] : count) by_rank[rank].reserve(n);
-    for (const SourceRun& r : runs) by_rank[r.src_rank].push_back(r);
+  for (const SourceRun& r : runs) {
+    if (r.length > 0 && r.count > 0) by_rank[r.src_rank].push_back(r);
   }
   std::vector<std::vector<SourceRun>> moves;
   for (auto& [rank, list] : by_rank) {
-    auto by_dst = [](const SourceRun& a, const SourceRun& b) { return a.dst_offset < b.dst_offset; };
-    if (!std::is_sorted(list.begin(), list.end(), by_dst)) std::sort(list.begin(), list.end(), by_dst);
+    if (!std::is_sorted(list.begin(), list.end(), ByDst)) std::sort(list.begin(), list.end(), ByDst);
     std::vector<SourceRun> current;
     std::uint64_t current_bytes = 0;
-    for (SourceRun r : list) {
-      while (r.length > 0) {
-        const std::uint64_t take = std::min(r.length, move_bytes - current_bytes);
-        current.push_back({r.dst_offset, take, r.src_rank, r.src_offset});
-        current_bytes += take;
-        r.dst_offset += take;
-        r.src_offset += take;
-        r.length -= take;
-        if (current_bytes == move_bytes) {
-          moves.push_back(std::move(current));
-          current.clear();
-          current_bytes = 0;
+    auto add = [&](const SourceRun& piece) {
+      current.push_back(piece);
+      current_bytes += piece.bytes();
+      if (current_bytes == move_bytes) {
+        moves.push_back(std::move(current));
+        current.clear();
+        current_bytes = 0;
+      }
+    };
+    for (const SourceRun& r : list) {
+      std::uint64_t row = 0;  // the next row of r to place
+      while (row < r.count) {
+        const std::uint64_t whole = std::min(r.count - row, (move_bytes - current_bytes) / r.length);
+        if (whole > 0) {
+          add(Rows(r, row, whole));
+          row += whole;
+          continue;
         }
+        // The row does not fit in what is left of this move: it ends this move and
+        // continues in the next one(s).
+        for (std::uint64_t from = 0; from < r.length;) {
+          const std::uint64_t take = std::min(r.length - from, move_bytes - current_bytes);
+          add(RowPart(r, row, from, from + take));
+          from += take;
+        }
+        ++row;
       }
     }
     if (!current.empty()) moves.push_back(std::move(current));

@@ -356,7 +356,7 @@ struct ModelLoader::Impl {
         LoadMove m;
         m.instance = alive[k];
         m.src_rank = cut.front().src_rank;
-        for (const SourceRun& r : cut) m.bytes += r.length;
+        for (const SourceRun& r : cut) m.bytes += r.bytes();
         m.runs = std::move(cut);
         moves.push_back(std::move(m));
       }
@@ -385,7 +385,7 @@ struct ModelLoader::Impl {
       if (m.instance != i || m.state == LoadMove::State::kDone || m.state == LoadMove::State::kAbandoned) continue;
       ReleaseHandle(m);
       m.state = LoadMove::State::kAbandoned;
-      for (const SourceRun& r : m.runs) unassigned.push_back({r.dst_offset, r.dst_offset + r.length});
+      for (const SourceRun& r : m.runs) workflows::AppendIntervals(r, unassigned);
       ++report.rereads;
     }
     unassigned = workflows::Normalize(std::move(unassigned));
@@ -472,15 +472,16 @@ struct ModelLoader::Impl {
     Instance& inst = instances[mv.instance];
     // A row-parallel shard's rows as one strided descriptor each, not one per row.
     std::vector<TransferDescriptor> descs;
-    for (const workflows::StridedSourceRun& g : workflows::GroupStrided(mv.runs)) {
+    descs.reserve(mv.runs.size());
+    for (const SourceRun& r : mv.runs) {
       descs.push_back({.local_region = region,
-                       .local_offset = g.dst_offset,
+                       .local_offset = r.dst_offset,
                        .remote_region = inst.regions[mv.src_rank],
-                       .remote_offset = g.src_offset,
-                       .length = g.length,
-                       .count = g.count,
-                       .local_stride = g.dst_stride,
-                       .remote_stride = g.src_stride});
+                       .remote_offset = r.src_offset,
+                       .length = r.length,
+                       .count = r.count,
+                       .local_stride = r.dst_stride,
+                       .remote_stride = r.src_stride});
     }
     auto handle = agent->PrepareTransfer(TransferOp::kRead, inst.peers[mv.src_rank], std::move(descs), std::nullopt);
     if (!handle.ok()) {
@@ -505,8 +506,10 @@ struct ModelLoader::Impl {
     const Clock::time_point t = Clock::now();
     workflows::MoveDigest digest;
     for (const SourceRun& r : mv.runs) {
-      workflows::MoveDigest::ForEachSegment(r.src_offset, r.length, [&](std::uint64_t seg, std::uint64_t n) {
-        digest.Add(XXH3_64bits(buffer.data() + r.dst_offset + (seg - r.src_offset), n));
+      workflows::ForEachRow(r, [&](std::uint64_t dst, std::uint64_t src, std::uint64_t length) {
+        workflows::MoveDigest::ForEachSegment(src, length, [&](std::uint64_t seg, std::uint64_t n) {
+          digest.Add(XXH3_64bits(buffer.data() + dst + (seg - src), n));
+        });
       });
     }
     mv.local_digest = digest.Value();
@@ -520,7 +523,10 @@ struct ModelLoader::Impl {
     request.kind = P2pKind::kDigest;
     request.id = mv.request_id;
     request.flag = verify;
-    for (const SourceRun& r : mv.runs) request.ranges.emplace_back(r.src_offset, r.length);
+    for (const SourceRun& r : mv.runs) {
+      workflows::ForEachRow(
+          r, [&](std::uint64_t, std::uint64_t src, std::uint64_t length) { request.ranges.emplace_back(src, length); });
+    }
     Status sent = Send(instances[mv.instance].peers[mv.src_rank], request);
     if (!sent.ok()) {
       FailInstance(mv.instance, "sending a digest request failed: " + sent.ToString());
@@ -728,7 +734,7 @@ struct ModelLoader::Impl {
         (void)Send(instances[m.instance].peers[m.src_rank], Msg(P2pKind::kRelease, m.request_id));
       }
       m.state = LoadMove::State::kAbandoned;
-      for (const SourceRun& r : m.runs) unassigned.push_back({r.dst_offset, r.dst_offset + r.length});
+      for (const SourceRun& r : m.runs) workflows::AppendIntervals(r, unassigned);
     }
     unassigned = workflows::Normalize(std::move(unassigned));
     ++report.replans;

@@ -43,31 +43,111 @@ TEST(LoadAssignment, SplitEvenlyCoversEveryByteOnceInOrder) {
   }
 }
 
+// Byte map of runs: destination byte -> (source rank, source byte); a byte twice fails.
+using ByteMap = std::map<std::uint64_t, std::pair<std::uint32_t, std::uint64_t>>;
+ByteMap BytesOf(const std::vector<SourceRun>& runs) {
+  ByteMap bytes;
+  for (const SourceRun& r : runs) {
+    if (r.count > 1) {
+      EXPECT_GE(r.dst_stride, r.length);
+      EXPECT_GE(r.src_stride, r.length);
+    }
+    ForEachRow(r, [&](std::uint64_t dst, std::uint64_t src, std::uint64_t n) {
+      for (std::uint64_t k = 0; k < n; ++k) {
+        EXPECT_TRUE(bytes.emplace(dst + k, std::make_pair(r.src_rank, src + k)).second) << "byte " << dst + k;
+      }
+    });
+  }
+  return bytes;
+}
+
+ByteMap Restrict(const ByteMap& all, const std::vector<Interval>& intervals) {
+  ByteMap out;
+  for (const Interval& iv : intervals) out.insert(all.lower_bound(iv.begin), all.lower_bound(iv.end));
+  return out;
+}
+
+// Every move comes from one source rank and holds exactly move_bytes, but the last
+// move of each rank; together the moves are `runs`, byte for byte.
+void ExpectMovesAre(const std::vector<SourceRun>& runs, std::uint64_t move_bytes) {
+  const auto moves = CutMoves(runs, move_bytes);
+  std::vector<SourceRun> all;
+  for (std::size_t i = 0; i < moves.size(); ++i) {
+    const auto& m = moves[i];
+    ASSERT_FALSE(m.empty());
+    std::uint64_t b = 0;
+    for (const SourceRun& r : m) {
+      EXPECT_EQ(r.src_rank, m.front().src_rank);
+      b += r.bytes();
+    }
+    const bool last_of_rank = i + 1 == moves.size() || moves[i + 1].front().src_rank != m.front().src_rank;
+    if (last_of_rank) {
+      EXPECT_LE(b, move_bytes);
+    } else {
+      EXPECT_EQ(b, move_bytes) << "move " << i;
+    }
+    all.insert(all.end(), m.begin(), m.end());
+  }
+  EXPECT_EQ(BytesOf(all), BytesOf(runs));
+}
+
 TEST(LoadAssignment, ClipAndCutKeepTheSourceMapping) {
   const std::vector<SourceRun> coverage = {{0, 100, 0, 1000}, {100, 50, 1, 0}, {200, 100, 0, 5000}};
   const std::vector<Interval> want = {{50, 120}, {250, 260}};
   const auto clipped = Clip(coverage, want);
-  std::map<std::uint64_t, std::pair<std::uint32_t, std::uint64_t>> bytes;  // dst -> (rank, src)
-  for (const SourceRun& r : clipped) {
-    for (std::uint64_t k = 0; k < r.length; ++k) bytes[r.dst_offset + k] = {r.src_rank, r.src_offset + k};
-  }
+  const ByteMap bytes = BytesOf(clipped);
   ASSERT_EQ(bytes.size(), 80u);
   EXPECT_EQ(bytes.at(50), std::make_pair(0u, std::uint64_t{1050}));
   EXPECT_EQ(bytes.at(110), std::make_pair(1u, std::uint64_t{10}));
   EXPECT_EQ(bytes.at(259), std::make_pair(0u, std::uint64_t{5059}));
   EXPECT_EQ(bytes.count(120), 0u);
-  const auto moves = CutMoves(clipped, 16);
-  std::uint64_t total = 0;
-  for (const auto& m : moves) {
-    std::uint64_t b = 0;
-    for (const SourceRun& r : m) {
-      EXPECT_EQ(r.src_rank, m.front().src_rank);
-      b += r.length;
-    }
-    EXPECT_LE(b, 16u);
-    total += b;
+  EXPECT_EQ(bytes, Restrict(BytesOf(coverage), want));
+  ExpectMovesAre(clipped, 16);
+}
+
+// Strided runs whose rows interleave at the destination (a row assembled from two
+// source ranks, as tp=4 -> tp=2 row-parallel shards are), clipped by intervals that cut
+// rows and gaps, and cut into moves that end inside rows: the same bytes from the same
+// source bytes, against a byte map.
+TEST(LoadAssignment, StridedRunsClipAndCutByteForByte) {
+  // Destination rows of 12 bytes: bytes 0-7 from rank 0 (rows 16 apart there), 8-11 from
+  // rank 1 (rows 4 apart: packed); 10 rows. Then a contiguous run of rank 1.
+  const std::vector<SourceRun> coverage = {{0, 8, 0, 100, 10, 12, 16}, {8, 4, 1, 0, 10, 12, 4}, {120, 30, 1, 500}};
+  const ByteMap all = BytesOf(coverage);
+  ASSERT_EQ(all.size(), 150u);
+  EXPECT_EQ(TotalBytes(IntervalsOf(coverage)), 150u);
+  EXPECT_EQ(IntervalsOf(coverage), (std::vector<Interval>{{0, 150}}));
+  const std::vector<std::vector<Interval>> cases = {
+      {{0, 150}},                      // everything
+      {{3, 5}},                        // inside one row piece
+      {{5, 40}},                       // cuts a rank-0 row at both ends
+      {{9, 10}, {20, 21}, {30, 129}},  // rank-1 pieces, gaps, into the contiguous run
+      {{0, 1}, {11, 13}, {119, 121}},  // single bytes at row edges
+      {{60, 61}, {62, 150}},
+  };
+  for (const auto& want : cases) {
+    const auto clipped = Clip(coverage, want);
+    EXPECT_TRUE(std::is_sorted(clipped.begin(), clipped.end(),
+                               [](const SourceRun& a, const SourceRun& b) { return a.dst_offset < b.dst_offset; }));
+    EXPECT_EQ(BytesOf(clipped), Restrict(all, want)) << want.front().begin;
+    for (std::uint64_t move_bytes : {1u, 5u, 8u, 13u, 64u, 1000u}) ExpectMovesAre(clipped, move_bytes);
   }
-  EXPECT_EQ(total, 80u);
+  // Rows held whole by an interval stay one strided run.
+  const auto whole = Clip(coverage, {{0, 150}});
+  EXPECT_EQ(whole, coverage);
+  // Cutting keeps strides: 10 rows of 8 bytes of rank 0 in moves of 32 bytes are 3
+  // runs of 4, 4 and 2 rows.
+  const auto cut = CutMoves({coverage[0]}, 32);
+  ASSERT_EQ(cut.size(), 3u);
+  EXPECT_EQ(cut[0], (std::vector<SourceRun>{{0, 8, 0, 100, 4, 12, 16}}));
+  EXPECT_EQ(cut[2], (std::vector<SourceRun>{{96, 8, 0, 228, 2, 12, 16}}));
+  // The destination intervals of a strided run: one per row unless rows touch.
+  std::vector<Interval> iv;
+  AppendIntervals(coverage[1], iv);
+  EXPECT_EQ(iv.size(), 10u);
+  iv.clear();
+  AppendIntervals({0, 4, 0, 0, 5, 4, 16}, iv);
+  EXPECT_EQ(iv, (std::vector<Interval>{{0, 20}}));
 }
 
 TEST(LoadAssignment, CoverageOfRowParallelShardsIsExact) {
@@ -87,13 +167,9 @@ TEST(LoadAssignment, CoverageOfRowParallelShardsIsExact) {
       needed += static_cast<std::uint64_t>(s.box.numel()) * 4;
     }
     std::uint64_t covered = 0;
-    for (std::size_t i = 0; i < cov->size(); ++i) {
-      covered += (*cov)[i].length;
-      if (i > 0) {
-        EXPECT_LE((*cov)[i - 1].dst_offset + (*cov)[i - 1].length, (*cov)[i].dst_offset);
-      }
-    }
+    for (const SourceRun& r : *cov) covered += r.bytes();
     EXPECT_EQ(covered, needed);
+    EXPECT_EQ(BytesOf(*cov).size(), needed);  // no byte twice
     EXPECT_EQ(TotalBytes(IntervalsOf(*cov)), needed);
   }
 }
@@ -130,52 +206,25 @@ TEST(LoadAssignment, CoverageOfRebuildsTheDestinationBytes) {
       ASSERT_TRUE(LoadShardsFromCheckpoint(*ck, *dst, rank, expected).ok());
       auto cov = CoverageOf(*src, *dst, rank);
       ASSERT_TRUE(cov.ok()) << cov.status().ToString();
-      for (std::size_t i = 0; i < cov->size(); ++i) {
-        const SourceRun& r = (*cov)[i];
-        if (i > 0) {
-          EXPECT_LE((*cov)[i - 1].dst_offset + (*cov)[i - 1].length, r.dst_offset) << from << " -> " << to;
-        }
-        ASSERT_LE(r.src_offset + r.length, src_bufs[r.src_rank].size());
-        ASSERT_LE(r.dst_offset + r.length, rebuilt.size());
-        std::memcpy(rebuilt.data() + r.dst_offset, src_bufs[r.src_rank].data() + r.src_offset, r.length);
+      std::uint64_t covered = 0;
+      for (const SourceRun& r : *cov) {
+        ForEachRow(r, [&](std::uint64_t to_byte, std::uint64_t from_byte, std::uint64_t n) {
+          ASSERT_LE(from_byte + n, src_bufs[r.src_rank].size());
+          ASSERT_LE(to_byte + n, rebuilt.size());
+          std::memcpy(rebuilt.data() + to_byte, src_bufs[r.src_rank].data() + from_byte, n);
+        });
+        covered += r.bytes();
       }
+      EXPECT_EQ(covered, rebuilt.size()) << from << " -> " << to << " rank " << rank;  // each byte once
       EXPECT_TRUE(rebuilt == expected) << from << " -> " << to << " rank " << rank;
     }
   }
   std::filesystem::remove_all(dir);
 }
 
-// Expands strided runs back to one run per row (the oracle for GroupStrided).
-std::vector<SourceRun> Expand(const std::vector<StridedSourceRun>& groups, std::uint32_t src_rank) {
-  std::vector<SourceRun> out;
-  for (const StridedSourceRun& g : groups) {
-    for (std::uint64_t i = 0; i < g.count; ++i) {
-      out.push_back({g.dst_offset + i * g.dst_stride, g.length, src_rank, g.src_offset + i * g.src_stride});
-    }
-  }
-  return out;
-}
-
-TEST(LoadAssignment, GroupStridedRegroupsRowsAndNeverOverlaps) {
-  // Rows of 8 bytes, 16 apart at the source, packed at the target; then a run of
-  // another length; then rows whose source goes backwards (not a valid stride).
-  const std::vector<SourceRun> runs = {{0, 8, 0, 100},  {8, 8, 0, 116},  {16, 8, 0, 132}, {24, 8, 0, 148},
-                                       {32, 5, 0, 400}, {40, 4, 0, 900}, {44, 4, 0, 800}, {48, 4, 0, 700}};
-  const auto groups = GroupStrided(runs);
-  ASSERT_EQ(groups.size(), 5u);
-  EXPECT_EQ(groups[0], (StridedSourceRun{0, 100, 8, 4, 8, 16}));
-  EXPECT_EQ(groups[1], (StridedSourceRun{32, 400, 5, 1, 0, 0}));
-  EXPECT_EQ(groups[2].count, 1u);  // 900 then 800: the source stride would be negative
-  EXPECT_EQ(Expand(groups, 0), runs);
-  for (const auto& g : groups) {
-    if (g.count > 1) {
-      EXPECT_GE(g.dst_stride, g.length);
-      EXPECT_GE(g.src_stride, g.length);
-    }
-  }
-}
-
-TEST(LoadAssignment, GroupStridedMakesRowParallelShardsOneDescriptorEach) {
+// A row-parallel shard reaches the transport as one strided run per source shard and
+// move, not one run per row.
+TEST(LoadAssignment, RowParallelShardsStayStridedThroughClipAndCut) {
   auto config = ParseModelConfig(R"({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
       "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 128, "vocab_size": 128,
       "torch_dtype": "bfloat16"})",
@@ -186,17 +235,17 @@ TEST(LoadAssignment, GroupStridedMakesRowParallelShardsOneDescriptorEach) {
   for (int rank = 0; rank < 4; ++rank) {
     auto cov = CoverageOf(*src, *dst, rank);
     ASSERT_TRUE(cov.ok()) << cov.status().ToString();
-    std::size_t runs = 0, descriptors = 0;
-    for (const auto& move : CutMoves(*cov, 1u << 20)) {
-      const auto groups = GroupStrided(move);
-      EXPECT_EQ(Expand(groups, move.front().src_rank), move);
+    std::uint64_t rows = 0, runs = 0;
+    const auto clipped = Clip(*cov, IntervalsOf(*cov));
+    EXPECT_EQ(clipped, *cov);
+    for (const auto& move : CutMoves(clipped, 1u << 20)) {
+      for (const SourceRun& r : move) rows += r.count;
       runs += move.size();
-      descriptors += groups.size();
     }
-    // A row-parallel shard (o_proj, down_proj: 64 rows each, 2 layers) is one
-    // group, so far fewer descriptors than runs (one per row: >= 256).
-    EXPECT_GE(runs, 256u) << "rank " << rank;
-    EXPECT_LT(descriptors * 8, runs) << "rank " << rank;
+    // o_proj and down_proj: 64 rows each, 2 layers, so >= 256 rows; far fewer runs.
+    EXPECT_GE(rows, 256u) << "rank " << rank;
+    EXPECT_LT(runs * 8, rows) << "rank " << rank;
+    ExpectMovesAre(*cov, 1000);
   }
 }
 
