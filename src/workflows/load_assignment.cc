@@ -79,7 +79,14 @@ Result<std::vector<SourceRun>> CoverageOf(const Layout& src, const Layout& dst, 
   std::vector<SourceRun> runs;
   for (const Move& m : plan.MovesTo(dst_rank)) {
     if (m.length == 0 || m.count == 0) continue;
-    runs.push_back(Flatten({m.dst_offset, m.length, m.src_rank, m.src_offset, m.count, m.dst_stride, m.src_stride}));
+    const SourceRun run{m.dst_offset, m.length, m.src_rank, m.src_offset, m.count, m.dst_stride, m.src_stride};
+    if (m.count > 1 && (m.dst_stride < m.length || m.src_stride < m.length)) {
+      // Rows that would overlap are not a strided run (never made by the planner: a
+      // row is at most its tensor's row pitch); kept correct row by row all the same.
+      for (std::uint64_t i = 0; i < m.count; ++i) runs.push_back(run.Row(i));
+      continue;
+    }
+    runs.push_back(Flatten(run));
   }
   if (!std::is_sorted(runs.begin(), runs.end(), ByDst)) std::sort(runs.begin(), runs.end(), ByDst);
   std::size_t out = 0;
