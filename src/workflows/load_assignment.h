@@ -17,7 +17,7 @@ namespace shardwire::workflows {
 /// strides 0. count > 1: both strides >= length, so rows never overlap (the shape of a
 /// strided TransferDescriptor, shardwire/transfer_descriptor.h, and of the planner's
 /// strided Move). A row-parallel (dim 1) shard is one such run per source shard, not one
-/// run per row: 41,000 rows per rank of a TinyLlama-shaped tp=2 -> tp=4 load.
+/// run per row (41,000 rows per rank in bench/p2p_load_bench's tp=2 -> tp=4 load).
 struct SourceRun {
   std::uint64_t dst_offset = 0;
   std::uint64_t length = 0;
