@@ -61,7 +61,9 @@ class P2pLoadProcessTest : public ::testing::Test {
     ASSERT_TRUE(model.ok());
     ASSERT_TRUE(GenerateCheckpointDirectory(*model, (dir_ / "ckpt").string(), {.seed = 3}).ok());
     CoordinatorServerOptions so;
-    so.source_stale_after_s = 5;
+    // Far away: a source a loader failed is STALE because the loader marked it, and a seed killed
+    // or stopped before a slow loader listed the sources is still listed (and so still tried).
+    so.source_stale_after_s = 60;
     auto server = CoordinatorServer::Start(so);
     ASSERT_TRUE(server.ok()) << server.status().ToString();
     server_ = std::move(*server);
@@ -131,7 +133,10 @@ class P2pLoadProcessTest : public ::testing::Test {
     FAIL() << id << " never became READY: " << Slurp(Out(id));
   }
 
-  Process& Load(const std::string& id, const std::string& layout, std::vector<std::string> extra = {}) {
+  // `stall_timeout`: --stall-timeout, seconds; long enough by default that no healthy (capped)
+  // seed under ASan on a loaded CI machine is taken for a stalled one.
+  Process& Load(const std::string& id, const std::string& layout, std::vector<std::string> extra = {},
+                const std::string& stall_timeout = "5") {
     std::vector<std::string> args = {"load",
                                      "--coordinator",
                                      Coordinator(),
@@ -144,7 +149,7 @@ class P2pLoadProcessTest : public ::testing::Test {
                                      "--verify-against",
                                      Ckpt(),
                                      "--stall-timeout",
-                                     "1"};
+                                     stall_timeout};
     args.insert(args.end(), extra.begin(), extra.end());
     processes_.push_back(std::make_unique<Process>(SHARDWIRE_BIN, args, Out(id)));
     return *processes_.back();
@@ -235,7 +240,7 @@ TEST_F(P2pLoadProcessTest, ALoaderStoppedMidLoadBlamesNoSource) {
   Seed("b-healthy", "tp=2", 300e3);
   AwaitReady("a-healthy", 2);
   AwaitReady("b-healthy", 2);
-  Process& load = Load("new", "tp=4", {"--checkpoint", Ckpt()});
+  Process& load = Load("new", "tp=4", {"--checkpoint", Ckpt()}, "1");
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // reading, most moves queued for leases
   load.Signal(SIGSTOP);
   std::this_thread::sleep_for(std::chrono::seconds(4));

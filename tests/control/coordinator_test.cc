@@ -379,6 +379,9 @@ void CheckCallbackHeartbeats(const std::string& redis_url) {
   CoordinatorServerOptions o;
   o.token = "tok";
   o.redis_url = redis_url;
+  o.member_expire_after_s = 600;  // no member expires however slowly the test runs
+  o.source_stale_after_s = 600;
+  o.source_delete_after_s = 1200;
   auto server = StartServer(o);
   ASSERT_NE(server, nullptr);
   auto c = ConnectTo(server->address(), "tok");

@@ -116,6 +116,8 @@ void CheckCoordinatorMetrics(const std::string& redis_url) {
   CoordinatorServerOptions so;
   so.redis_url = redis_url;
   so.metrics = &registry;
+  so.source_stale_after_s = 600;  // only the marked source is STALE, however slowly the test runs
+  so.source_delete_after_s = 1200;
   auto server = CoordinatorServer::Start(so);
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   auto http = MetricsHttpServer::Start(registry);

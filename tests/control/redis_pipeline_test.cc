@@ -126,14 +126,16 @@ TEST_F(RedisPipelineTest, WithoutSpinTheSameRepliesAndNoSpinning) {
 }
 
 TEST_F(RedisPipelineTest, AReplySlowerThanTheSpinIsReadByTheBlockingRead) {
-  auto p = Pipeline(100);  // 0.1 ms of spin; the script takes 50 ms
+  // 0.1 ms of spin; the script takes 1 s, far longer than the spinning thread could be kept
+  // off the CPU on a loaded machine.
+  auto p = Pipeline(100);
   ASSERT_TRUE(p);
   RunRounds(*p, 1, 1);  // loads the connection
   const auto spun_before = p->rounds_answered_while_spinning();
   Replies slow;
-  p->Submit(kSlowEcho, {"50", "late reply"}, false, slow.Expect(0));
+  p->Submit(kSlowEcho, {"1000", "late reply"}, false, slow.Expect(0));
   EXPECT_EQ(slow.Wait().at(0), "late reply");
-  EXPECT_EQ(p->rounds_answered_while_spinning(), spun_before) << "a 50 ms reply cannot come within a 0.1 ms spin";
+  EXPECT_EQ(p->rounds_answered_while_spinning(), spun_before) << "a 1 s reply cannot come within a 0.1 ms spin";
   RunRounds(*p, 5, 3);  // and the connection is still in step
 }
 

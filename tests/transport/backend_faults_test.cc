@@ -120,7 +120,8 @@ TEST(BackendFaults, CorruptNotificationIsDroppedByTheDecoderAndTimesOut) {
 TEST(BackendFaults, DelayedCompletionIsInFlightThenLands) {
   Pair p = MakePair("delay");
   ASSERT_TRUE(p.init && p.target);
-  ASSERT_TRUE(InjectFaults(p.init_name, FaultPlan{.delay = std::chrono::milliseconds(1500)}).ok());
+  // Long enough that the two checks below run while it is in flight, however slowly this runs.
+  ASSERT_TRUE(InjectFaults(p.init_name, FaultPlan{.delay = std::chrono::milliseconds(5000)}).ok());
   FillPattern(p.init->RegionBytes(p.ri), 5);
   ASSERT_TRUE(p.init->Post(p.h).ok());
   EXPECT_EQ(p.init->Wait(p.h, 0.05).code(), ErrorCode::kTimedOut);

@@ -133,7 +133,7 @@ TEST(KernelCopyWrite, ExitedPeerIsDisconnectedAndNotWritten) {
   // Killed but not reaped: the pid still names the (zombie) child, so only the
   // pidfd check before the system call stands between the write and the pid.
   ASSERT_EQ(::kill(child.pid, SIGKILL), 0);
-  for (int i = 0; i < 200 && !peer->Exited(); ++i) ::usleep(10'000);
+  for (int i = 0; i < 3000 && !peer->Exited(); ++i) ::usleep(10'000);  // 30 s at most
   ASSERT_TRUE(peer->Exited());
   std::vector<std::byte> src(64, std::byte{1});
   EXPECT_EQ(peer->WriteRows(src.data(), 64, child.addr, 64, 1, 64).code(), ErrorCode::kPeerDisconnected);

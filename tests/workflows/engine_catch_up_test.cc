@@ -107,7 +107,8 @@ TEST_F(EngineCatchUpTest, ARestartedRankLoadsTheNewestCompleteVersionFromLiveEng
   ASSERT_TRUE(live[0]->Publish(7, v7).ok());
   EXPECT_EQ(live[0]->versions(), (std::vector<std::uint64_t>{6, 7})) << "two versions at most";
 
-  auto caught = CatchUpFromLiveEngines(registry_, model_, restarted, 2, mine);
+  // A long stall timeout: one attempt, however slowly this runs (no source here stalls).
+  auto caught = CatchUpFromLiveEngines(registry_, model_, restarted, 2, mine, {.stall_timeout_s = 20});
   ASSERT_TRUE(caught.ok()) << caught.status().ToString();
   EXPECT_EQ(caught->version, 6u) << "v7 is incomplete; v6 is the newest whole version";
   EXPECT_EQ(caught->attempts, 1) << "an incomplete version is skipped, not tried";
@@ -134,7 +135,7 @@ TEST_F(EngineCatchUpTest, ARestartedRankLoadsTheNewestCompleteVersionFromLiveEng
   v7_rank1 = Expected(1, 7);
   ASSERT_TRUE(live[1]->Publish(7, v7_rank1).ok());
   std::fill(mine.begin(), mine.end(), std::byte{0});
-  auto newest = CatchUpFromLiveEngines(registry_, model_, restarted, 3, mine);
+  auto newest = CatchUpFromLiveEngines(registry_, model_, restarted, 3, mine, {.stall_timeout_s = 20});
   ASSERT_TRUE(newest.ok()) << newest.status().ToString();
   EXPECT_EQ(newest->version, 7u);
   EXPECT_EQ(newest->attempts, 1);

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <thread>
 
 #include "shardwire/rendezvous.h"
@@ -19,17 +20,25 @@ TEST(MembershipLeader, HoldsFiledAgainAndAgainDelayAPushAtMostHoldSeconds) {
   constexpr double kHoldS = 0.5;
   MembershipLeader leader(kHoldS);
   std::atomic<bool> published{false};
+  std::promise<void> first_filed;
   std::thread crash_loop([&] {
     // A new process of engine rank 0 every 0.1 s, each filing a hold and never joining; it
     // stops when the push is published (or after 30 s: then the test fails below).
     const auto stop_at = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     for (std::uint64_t incarnation = 1; !published.load() && std::chrono::steady_clock::now() < stop_at;
          ++incarnation) {
-      ASSERT_TRUE(FileMembershipRequest(rz, "job", 0, incarnation, /*hold=*/true).ok());
+      const bool filed = FileMembershipRequest(rz, "job", 0, incarnation, /*hold=*/true).ok();
+      if (incarnation == 1) first_filed.set_value();
+      ASSERT_TRUE(filed);
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the first hold is filed
+  // The push starts once the first hold is filed (not after a sleep that a slow run outlasts).
+  if (first_filed.get_future().wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+    published = true;
+    crash_loop.join();
+    FAIL() << "the first hold was never filed";
+  }
   HoldWait held;
   const auto start = std::chrono::steady_clock::now();
   auto m = leader.Publish(rz, "job", 1, 1, &held);

@@ -109,7 +109,9 @@ class ModelLoadingTest : public ::testing::Test {
     o.layout = layout;
     o.rank = rank;
     o.revision = "rev-test";
-    o.stall_timeout_s = 2;
+    // No test here stalls a source: long enough that no healthy in-process source under TSan on
+    // a loaded CI machine is taken for a stalled one.
+    o.stall_timeout_s = 20;
     o.move_bytes = 16 << 10;  // many moves, so failures hit the middle of a load
     return o;
   }

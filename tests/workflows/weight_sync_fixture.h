@@ -185,7 +185,7 @@ std::unique_ptr<CoordinatorServer> ForkRanksAndServe(int ranks, std::vector<pid_
 
 inline int WaitChild(pid_t pid) {
   int status = 0;
-  for (int i = 0; i < 600; ++i) {
+  for (int i = 0; i < 2400; ++i) {  // 120 s: children under TSan on a loaded CI machine
     if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 100;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }

@@ -362,9 +362,10 @@ TEST(WeightSyncMembership, ATrainerConnectsOnlyToTheIncarnationTheMembershipName
   auto rz = ConnectRendezvous(port);
   ASSERT_TRUE(rz.ok());
   WeightSyncOptions options = DynamicJob("incarnations");
-  // Without the fix the trainer waits this long for a READY that never comes (short: the test
-  // then fails in seconds); with it nothing waits for the dead process.
-  options.engine_timeout_s = 3;
+  // Without the fix the trainer waits this long for a READY that never comes; with it nothing
+  // waits for the dead process. Long enough that a healthy engine under TSan on a loaded CI
+  // machine is never counted as missed.
+  options.engine_timeout_s = 15;
   const Layout trainer = OneTrainer();
   auto pub = WeightPublisher::Create(**rz, trainer, EngineLayout(), 0, options);
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();
@@ -458,7 +459,9 @@ TEST(WeightSyncMembership, AStalledMemberMissesOneVersionThenJoinsAgainAndVerifi
   auto rz = ConnectRendezvous(static_cast<std::uint16_t>(server->port()));
   ASSERT_TRUE(rz.ok());
   WeightSyncOptions options = DynamicJob("stall");
-  options.engine_timeout_s = 2;
+  // Waited in full once (the stalled version); every other READY must come within it, so it is
+  // long enough for a loaded CI machine under TSan.
+  options.engine_timeout_s = 15;
   const Layout trainer = OneTrainer();
   auto pub = WeightPublisher::Create(**rz, trainer, EngineLayout(), 0, options);
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();

@@ -40,7 +40,9 @@ void StartJob(Job& job, const std::string& name, int k) {
   options.relay_broadcasts = true;
   options.max_concurrency = k;
   options.verify_digests = true;
-  options.engine_timeout_s = 3;  // the stalled-replica test waits this long for its READY
+  // The stalled-replica test waits this long for its READY, once; every healthy READY, transfer
+  // and forward must come within it, also under TSan on a loaded CI machine.
+  options.engine_timeout_s = 15;
   CreateAndConnect(*job.client, job.trainer, job.engine, options, job.subs, job.pubs);
 }
 

@@ -194,7 +194,7 @@ TEST_P(CopyIntoMapped, EveryReplicaGetsEveryByteAndTheSourceIsReadOnce) {
   auto rz = ConnectRendezvous(static_cast<std::uint16_t>(server->port()));
   ASSERT_TRUE(rz.ok());
   WeightSyncOptions options{job, 20};
-  options.engine_timeout_s = 5;
+  options.engine_timeout_s = 15;  // healthy engines under TSan on a loaded CI machine stay inside it
   options.copy_into_mapped = into_mapped;
   options.lanes = 2;  // the pushing thread and one helper
   auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, options);
@@ -248,9 +248,10 @@ TEST(WeightSync, SubscriberReportsADeadPublisher) {
     if (!rz.ok()) return 10;
     auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, {"t", 20});
     if (!pub.ok() || !(*pub)->Connect().ok()) return 11;
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    // Dies once the subscriber is connected (then its wait for the update sees the death).
+    if (!GetString(**rz, "test/subscriber-connected", 60).ok()) return 12;
     raise(SIGKILL);
-    return 12;
+    return 13;
   });
   ASSERT_GE(pid, 0);
   auto server = StartRendezvous();
@@ -262,6 +263,7 @@ TEST(WeightSync, SubscriberReportsADeadPublisher) {
   auto sub = WeightSubscriber::Create(**rz, trainer, engine, 0, {"t", 10});
   ASSERT_TRUE(sub.ok()) << sub.status().ToString();
   ASSERT_TRUE((*sub)->Connect().ok());
+  ASSERT_TRUE(PutString(**rz, "test/subscriber-connected", "1").ok());
   ASSERT_TRUE((*sub)->BeginUpdate(1).ok());
   auto update = (*sub)->WaitForUpdate(1);
   ASSERT_FALSE(update.ok());
@@ -471,7 +473,7 @@ TEST(WeightSync, Fp8IntoMappedBuffersDeadEngineMissesTheVersion) {
   const Layout trainer = MakeFsdpLayout(TrainerBf16(), 1).value();
   const Layout engine = MakeTpLayout(EngineFp8(), {0, 0, 0, 1, 1, -1, -1, -1}, 1, 2).value();  // 2 replicas
   WeightSyncOptions options{"fp8dead", 30};
-  options.engine_timeout_s = 5;
+  options.engine_timeout_s = 15;  // healthy engines under TSan on a loaded CI machine stay inside it
   std::vector<pid_t> children;
   std::vector<int> port_pipes;
   for (int r = 0; r < engine.world_size(); ++r) {
@@ -576,7 +578,9 @@ TEST(WeightSync, DeadOrStalledEngineMissesTheVersionOthersCommit) {
   auto rz = ConnectRendezvous(port);
   ASSERT_TRUE(rz.ok());
   WeightSyncOptions options{"iso", 30};
-  options.engine_timeout_s = 3;
+  // Waited in full once (the stalled replica's READY(2)); healthy replicas under TSan on a
+  // loaded CI machine stay inside it.
+  options.engine_timeout_s = 15;
   auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, options);
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();
   ASSERT_TRUE((*pub)->Connect().ok());
@@ -585,7 +589,7 @@ TEST(WeightSync, DeadOrStalledEngineMissesTheVersionOthersCommit) {
       // Replica 2 is stopped (it stopped itself before READY(2)); resume it: it gives up on v2
       // (no DONE for it within its own timeout) and asks for v3.
       int status = 0;
-      ASSERT_EQ(waitpid(children[2], &status, WUNTRACED | WNOHANG), children[2]);
+      ASSERT_EQ(waitpid(children[2], &status, WUNTRACED), children[2]);
       ASSERT_TRUE(WIFSTOPPED(status));
       kill(children[2], SIGCONT);
     }
