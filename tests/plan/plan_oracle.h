@@ -160,6 +160,14 @@ inline std::string CheckPlanAgainstOracle(const Layout& src, const Layout& dst, 
     got.emplace_back(dst.rank(r).buffer_bytes, std::byte{0});
     writes.emplace_back(dst.rank(r).buffer_bytes, 0);
   }
+  // TransferPlan::moves()'s order: by (src_rank, dst_group, src_offset).
+  for (std::size_t i = 1; i < plan.moves().size(); ++i) {
+    const Move& p = plan.moves()[i - 1];
+    const Move& m = plan.moves()[i];
+    if (std::tie(m.src_rank, m.dst_group, m.src_offset) < std::tie(p.src_rank, p.dst_group, p.src_offset)) {
+      return "moves " + std::to_string(i - 1) + " and " + std::to_string(i) + " are out of order";
+    }
+  }
   for (std::size_t i = 0; i < plan.moves().size(); ++i) {
     const Move& m = plan.moves()[i];
     if (m.src_rank >= src_bufs.size() || m.dst_group >= plan.dst_groups().size() || m.count < 1) {

@@ -114,6 +114,27 @@ TEST(Planner, RandomLayoutsMatchOracle) {
   }
 }
 
+// Tensors are matched by name, not by position: the destination lists them in another order
+// (the planner's hash-map path; the same order takes its linear path, tested above).
+TEST(Planner, TensorsInAnotherOrderAreMatchedByName) {
+  std::mt19937 rng(20261205);
+  int reordered = 0;
+  for (int iter = 0; iter < 500; ++iter) {
+    const auto tensors = RandomTensors(rng);
+    auto shuffled = tensors;
+    std::shuffle(shuffled.begin(), shuffled.end(), rng);
+    reordered += shuffled != tensors;
+    const Layout src = AnyLayout(rng, tensors);
+    const Layout dst = AnyLayout(rng, shuffled);
+    auto plan = PlanTransfer(src, dst);
+    ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+    SCOPED_TRACE("case " + std::to_string(iter) + ": " + src.description() + " -> " + dst.description());
+    CheckPlan(src, dst, *plan);
+    if (HasFatalFailure()) return;
+  }
+  EXPECT_GT(reordered, 100) << "too few cases had another order";
+}
+
 TEST(Planner, PlanIsDeterministicAndMaximallyCoalesced) {
   std::vector<TensorSpec> tensors{{"w", DType::kBF16, {8, 16}}, {"v", DType::kBF16, {16, 8}}};
   auto src = MakeFsdpLayout(tensors, 2).value();
