@@ -199,15 +199,21 @@ TEST(Coordinator, SourcesRegisterHeartbeatListStaleDeregister) {
   EXPECT_EQ(c->RegisterSource(bad).status().code(), ErrorCode::kInvalidArgument);
 }
 
+// A coordinator whose reaper runs every 50 ms, sources STALE after 0.3 s without a heartbeat
+// and deleted after `delete_after_s`.
+std::unique_ptr<CoordinatorServer> StartLeaseServer(double delete_after_s) {
+  CoordinatorServerOptions o;
+  o.source_stale_after_s = 0.3;
+  o.source_delete_after_s = delete_after_s;
+  o.reaper_interval_s = 0.05;
+  return StartServer(o);
+}
+
 // The reaper marks a source STALE after missed heartbeats; a heartbeat is still answered
 // (the state tests check it makes the record READY again, at explicit times). The delete time
 // is far away here, so however slowly this process runs (TSan), the STALE record is still there.
 TEST(Coordinator, LeaseTurnsSourcesStale) {
-  CoordinatorServerOptions o;
-  o.source_stale_after_s = 0.3;
-  o.source_delete_after_s = 600;
-  o.reaper_interval_s = 0.05;
-  auto server = StartServer(o);
+  auto server = StartLeaseServer(/*delete_after_s=*/600);
   ASSERT_NE(server, nullptr);
   auto c = ConnectTo(server->address());
   ASSERT_NE(c, nullptr);
@@ -228,11 +234,7 @@ TEST(Coordinator, LeaseTurnsSourcesStale) {
 
 // Without heartbeats a source is deleted: gone from lists, and heartbeats say NOT_FOUND.
 TEST(Coordinator, LeaseDeletesSourcesWithoutHeartbeats) {
-  CoordinatorServerOptions o;
-  o.source_stale_after_s = 0.3;
-  o.source_delete_after_s = 1.0;
-  o.reaper_interval_s = 0.05;
-  auto server = StartServer(o);
+  auto server = StartLeaseServer(/*delete_after_s=*/1.0);
   ASSERT_NE(server, nullptr);
   auto c = ConnectTo(server->address());
   ASSERT_NE(c, nullptr);
