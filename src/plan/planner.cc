@@ -107,6 +107,10 @@ struct Candidate {
 // comparator), and they are copied only for a new group.
 class GroupRegistry {
  public:
+  GroupRegistry() = default;
+  GroupRegistry(const GroupRegistry&) = delete;  // last_ points into this object's map
+  GroupRegistry& operator=(const GroupRegistry&) = delete;
+
   std::uint32_t Id(const std::vector<std::uint32_t>& ranks, bool local) {
     if (last_ != ids_.end() && last_->first.second == local && last_->first.first == ranks) return last_->second;
     auto it = ids_.find(KeyView{ranks, local});
@@ -454,12 +458,13 @@ class Planner {
     AdviseHugePages(moves.data(), total * sizeof(Move));  // before its first touch
     std::vector<Move> by_group(longest);
     std::vector<std::size_t> group_start(groups_.size() + 1);
+    std::vector<std::size_t> next(groups_.size());
     auto by_offset = [](const Move& a, const Move& b) { return a.src_offset < b.src_offset; };
     for (std::pmr::deque<Move>& runs : runs_by_source_) {
       std::fill(group_start.begin(), group_start.end(), 0);
       for (const Move& r : runs) ++group_start[r.dst_group + 1];
       for (std::size_t g = 1; g < group_start.size(); ++g) group_start[g] += group_start[g - 1];
-      std::vector<std::size_t> next(group_start.begin(), group_start.end() - 1);
+      std::copy(group_start.begin(), group_start.end() - 1, next.begin());
       for (const Move& r : runs) by_group[next[r.dst_group]++] = r;
       for (std::size_t g = 0; g + 1 < group_start.size(); ++g) {
         const auto first = by_group.begin() + static_cast<std::ptrdiff_t>(group_start[g]);
