@@ -11,11 +11,13 @@
 #include <fcntl.h>
 
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -155,6 +157,38 @@ class P2pLoadProcessTest : public ::testing::Test {
     return *processes_.back();
   }
 
+  // Returns once the load `id` (started with --metrics-port 0) has completed a READ from a
+  // source: its agent's shardwire_transport_transfers_total{op="READ"}, scraped from the
+  // endpoint it printed, is at least 1. By then it has listed its sources and shaken hands
+  // with them, and (sources being capped) most of its moves still wait for leases. A test
+  // that disturbs a load mid-way waits for this instead of sleeping for a guess of how long
+  // the loader takes to start. Fails the test after 60 s.
+  void AwaitReading(Process& load, const std::string& id) {
+    ASSERT_TRUE(testing::AwaitOutput(Out(id), "shardwire metrics on ", load, 60)) << Slurp(Out(id));
+    const std::string printed = Slurp(Out(id));
+    std::smatch port;
+    ASSERT_TRUE(std::regex_search(printed, port, std::regex(R"(shardwire metrics on http://127\.0\.0\.1:(\d+)/)")))
+        << printed;
+    httplib::Client http("127.0.0.1", std::stoi(port[1]));
+    http.set_read_timeout(5, 0);
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    while (Clock::now() < deadline) {
+      if (auto res = http.Get("/metrics"); res && res->status == 200) {
+        std::istringstream lines(res->body);
+        double reads = 0;
+        for (std::string line; std::getline(lines, line);) {
+          if (line.rfind("shardwire_transport_transfers_total{", 0) == 0 &&
+              line.find("op=\"READ\"") != std::string::npos) {
+            reads += std::stod(line.substr(line.rfind(' ') + 1));
+          }
+        }
+        if (reads >= 1) return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    FAIL() << id << " never completed a READ: " << Slurp(Out(id));
+  }
+
   // Waits for a load to exit 0 with a verified LOADED line; returns its output.
   std::string ExpectLoaded(Process& p, const std::string& id) {
     const auto rc = p.Wait(120);
@@ -203,8 +237,8 @@ TEST_F(P2pLoadProcessTest, SourceKilledMidLoadIsReplacedByTheOthers) {
   Seed("b-healthy", "tp=1");
   AwaitReady("a-victim", 2);
   AwaitReady("b-healthy", 1);
-  Process& load = Load("new", "tp=4");
-  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  Process& load = Load("new", "tp=4", {"--metrics-port", "0"});
+  AwaitReading(load, "new");
   processes_[0]->Signal(SIGKILL);
   const std::string out = ExpectLoaded(load, "new");
   EXPECT_EQ(out.find("failed=0 "), std::string::npos) << out;  // the failure was seen and handled
@@ -222,8 +256,8 @@ TEST_F(P2pLoadProcessTest, SourceStoppedMidLoadIsReplacedByTheOthers) {
   Seed("b-healthy", "tp=2");
   AwaitReady("a-stopped", 2);
   AwaitReady("b-healthy", 2);
-  Process& load = Load("new", "tp=4");
-  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  Process& load = Load("new", "tp=4", {"--metrics-port", "0"});
+  AwaitReading(load, "new");
   processes_[0]->Signal(SIGSTOP);
   const std::string out = ExpectLoaded(load, "new");
   EXPECT_EQ(out.find("failed=0 "), std::string::npos) << out;
@@ -240,8 +274,8 @@ TEST_F(P2pLoadProcessTest, ALoaderStoppedMidLoadBlamesNoSource) {
   Seed("b-healthy", "tp=2", 300e3);
   AwaitReady("a-healthy", 2);
   AwaitReady("b-healthy", 2);
-  Process& load = Load("new", "tp=4", {"--checkpoint", Ckpt()}, "1");
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // reading, most moves queued for leases
+  Process& load = Load("new", "tp=4", {"--checkpoint", Ckpt(), "--metrics-port", "0"}, "1");
+  AwaitReading(load, "new");  // reading, most moves queued for leases
   load.Signal(SIGSTOP);
   std::this_thread::sleep_for(std::chrono::seconds(4));
   load.Signal(SIGCONT);
@@ -338,14 +372,14 @@ TEST_F(P2pLoadProcessTest, CoordinatorGoesAwayMidLoad) {
   const auto at = text.find("listening on ") + 13;
   coordinator_ = text.substr(at, text.find(' ', at) - at);
   // Each source rank serves two loader ranks of ~0.9 MB at 300 KB/s (~6 s in all): the
-  // loader has listed its sources long before the coordinator dies at 2.5 s (even on a
-  // loaded machine), and its second rank per source rank still waits for its lease (and
-  // re-lists) then. (Were the coordinator gone before the first listing, the load would
-  // fail with kUnavailable naming it after the client's retry window.)
+  // coordinator dies once the loader has read from the seed (so it has listed its sources),
+  // while its second rank per source rank still waits for its lease (and re-lists). (Were the
+  // coordinator gone before the first listing, the load would fail with kUnavailable naming it
+  // after the client's retry window.)
   Process& seed = Seed("seed", "tp=2", 300e3);
   ASSERT_TRUE(testing::AwaitOutput(Out("seed"), "SEED READY", seed, 60)) << Slurp(Out("seed"));
-  Process& load = Load("new", "tp=4");
-  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  Process& load = Load("new", "tp=4", {"--metrics-port", "0"});
+  AwaitReading(load, "new");
   serve.Signal(SIGKILL);
   ASSERT_EQ(serve.Wait(10).value_or(0), -SIGKILL);
   // The LOADED line is printed only after every byte was compared with the checkpoint.
