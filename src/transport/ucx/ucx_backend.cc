@@ -13,6 +13,8 @@
 
 #include <fmt/format.h>
 
+#include "transport/ucx/shared_memory_tls.h"
+
 namespace shardwire::transport::ucx {
 
 Result<std::unique_ptr<TransportBackend>> UcxBackend::Make(const AgentOptions& options) {
@@ -40,9 +42,10 @@ Result<std::unique_ptr<TransportBackend>> UcxBackend::Make(const AgentOptions& o
   // (UcxOptions::local_message_sockets) and data by kernel copy or mapped regions, so
   // these buffers carry little; 64 (the FIFO's size, which takes one buffer per element
   // at creation) and growth by 64 on demand. An explicit setting in the environment
-  // (UCX_MM_, UCX_POSIX_ or UCX_SYSV_RX_BUFS_GROW) wins.
+  // (UCX_MM_, UCX_POSIX_ or UCX_SYSV_RX_BUFS_GROW) wins; without shared-memory transports
+  // in UCX_TLS (e.g. tcp alone) nothing reads it, and UCX would warn at every worker.
   if (std::getenv("UCX_MM_RX_BUFS_GROW") == nullptr && std::getenv("UCX_POSIX_RX_BUFS_GROW") == nullptr &&
-      std::getenv("UCX_SYSV_RX_BUFS_GROW") == nullptr) {
+      std::getenv("UCX_SYSV_RX_BUFS_GROW") == nullptr && UcxTlsSelectsSharedMemory(std::getenv("UCX_TLS"))) {
     st = ucp_config_modify(config.get(), "MM_RX_BUFS_GROW", "64");
     if (st != UCS_OK) return UcsError("ucp_config_modify(MM_RX_BUFS_GROW)", st).WithContext(ctx);
   }
