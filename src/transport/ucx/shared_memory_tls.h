@@ -13,7 +13,9 @@ namespace shardwire::transport::ucx {
 /// '^'. The names that select shared memory: "all", the aliases "sm" and "shm", "mm",
 /// "posix", "sysv". nullptr or "" (unset): UCX's default "all", so true. A negated list
 /// leaves shared memory selected unless it names "sm", "shm" or "mm", or both "posix" and
-/// "sysv". Pure function; thread-safe.
+/// "sysv". Only the environment's value is seen: a TLS set in a UCX configuration file is
+/// not, and then the pool setting is applied as before (UCX may warn once per worker).
+/// Pure function; thread-safe.
 bool UcxTlsSelectsSharedMemory(const char* ucx_tls);
 
 }  // namespace shardwire::transport::ucx
