@@ -219,7 +219,8 @@ struct AgentOptions {
   std::uint32_t lanes = 0;
   /// Bytes. Descriptors longer than this are cut into slices of at most this
   /// size before the slices are divided among the lanes (contiguous runs of
-  /// about equal bytes per lane). Must be >= 4096.
+  /// about equal bytes per lane); a transfer of at most half a slice in all
+  /// stays on one lane. Must be >= 4096.
   std::uint64_t slice_bytes = std::uint64_t{1} << 20;
   /// Flow control: at most this many UCX operations (put/get/active message
   /// requests not yet completed) in flight per peer, shared evenly by the

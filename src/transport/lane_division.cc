@@ -3,12 +3,14 @@
 
 namespace shardwire::transport {
 
-std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice_bytes, std::uint64_t slice_limit,
+std::uint64_t OneLaneMaxBytes(std::uint64_t slice_bytes) { return slice_bytes / 2; }
+
+std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice_bytes, std::uint64_t one_lane_max_bytes,
                                             std::uint32_t lanes, std::uint64_t transfer_id) {
   std::uint64_t total = 0;
   for (std::uint64_t b : slice_bytes) total += b;
   std::vector<std::uint32_t> out(slice_bytes.size(), 0);
-  if (total <= slice_limit) {
+  if (total <= one_lane_max_bytes) {
     const auto lane = static_cast<std::uint32_t>(transfer_id % lanes);
     for (auto& l : out) l = lane;
     return out;

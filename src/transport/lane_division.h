@@ -12,18 +12,27 @@
 
 namespace shardwire::transport {
 
+/// The most bytes a transfer may hold and still stay on one lane, for slices of at
+/// most `slice_bytes` (AgentOptions::slice_bytes): half a slice, 512 KiB by default.
+/// Why half: a post of 64 x 16 KiB (1 MiB) copied by two lanes at once ran at 1.04-1.24x
+/// ucx_perftest's message rate against 0.53-0.73x on one lane (the posting thread; lanes
+/// awake by their idle spin, docs/benchmarks_history.md, "Small transfers: a 1 MiB post
+/// over both lanes"); below 512 KiB the copy is shorter than a lane's hand-off is worth.
+std::uint64_t OneLaneMaxBytes(std::uint64_t slice_bytes);
+
 /// Assigns each slice of a transfer, in order, to one of `lanes` lanes (lanes >= 1;
 /// slice_bytes[i] is slice i's size in bytes) and returns slice i's lane at index i.
-///   * A transfer of at most `slice_limit` bytes in all (AgentOptions::slice_bytes)
-///     stays on one lane, `transfer_id % lanes`: splitting it would only add a
-///     hand-off per lane, and consecutive transfers spread over the lanes.
+///   * A transfer of at most `one_lane_max_bytes` bytes in all (PrepareTransfer
+///     passes OneLaneMaxBytes) stays on one lane, `transfer_id % lanes`: splitting
+///     it would only add a hand-off per lane, and consecutive transfers spread
+///     over the lanes.
 ///   * A larger transfer is cut into contiguous runs (lanes never decrease along
 ///     the slices, which keeps locality) of about share = ceil(total / lanes)
 ///     bytes: a lane is left for the next once the bytes assigned so far reach
 ///     share * (lane + 1). Each lane then holds at most share + the largest
 ///     slice's bytes, and the last lane at most share.
 /// The total must fit 64 bits (PrepareTransfer checks it first). No errors.
-std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice_bytes, std::uint64_t slice_limit,
+std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice_bytes, std::uint64_t one_lane_max_bytes,
                                             std::uint32_t lanes, std::uint64_t transfer_id);
 
 }  // namespace shardwire::transport

@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "shardwire/agent.h"
 #include "transport/lane_division.h"
 #include "transport/strided_rows.h"
 
@@ -29,12 +30,12 @@ std::vector<std::uint64_t> LaneBytes(const std::vector<std::uint64_t>& sizes, co
 }
 
 // The properties every assignment has (lane_division.h): one lane per slice, in
-// range; a transfer of at most one slice on lane id % lanes; otherwise lanes never
+// range; a transfer of at most `one_lane_max` bytes on lane id % lanes; otherwise lanes never
 // decrease along the slices and each lane holds at most ceil(total / lanes) + the
 // largest slice (the last lane at most ceil(total / lanes)).
-void ExpectWellDivided(const std::vector<std::uint64_t>& sizes, std::uint64_t slice, std::uint32_t lanes,
+void ExpectWellDivided(const std::vector<std::uint64_t>& sizes, std::uint64_t one_lane_max, std::uint32_t lanes,
                        std::uint64_t id, const std::string& what) {
-  const std::vector<std::uint32_t> lane_of = DivideAmongLanes(sizes, slice, lanes, id);
+  const std::vector<std::uint32_t> lane_of = DivideAmongLanes(sizes, one_lane_max, lanes, id);
   ASSERT_EQ(lane_of.size(), sizes.size()) << what;
   std::uint64_t total = 0, largest = 0;
   for (std::uint64_t s : sizes) {
@@ -42,7 +43,7 @@ void ExpectWellDivided(const std::vector<std::uint64_t>& sizes, std::uint64_t sl
     largest = std::max(largest, s);
   }
   for (std::uint32_t l : lane_of) ASSERT_LT(l, lanes) << what;
-  if (total <= slice) {
+  if (total <= one_lane_max) {
     for (std::uint32_t l : lane_of) EXPECT_EQ(l, id % lanes) << what;
     return;
   }
@@ -65,17 +66,35 @@ TEST(LaneDivision, EqualSlicesAreSplitEvenlyInContiguousRuns) {
   EXPECT_EQ(LaneBytes(ten, DivideAmongLanes(ten, 4096, 3, 0), 3), (std::vector<std::uint64_t>{4 * 4096, 3 * 4096, 3 * 4096}));
 }
 
-TEST(LaneDivision, ATransferOfOneSliceStaysOnTheLaneOfItsId) {
-  const std::vector<std::uint64_t> small{100, 200, 300};  // 600 bytes <= slice 1000
+TEST(LaneDivision, ATransferUpToTheOneLaneLimitStaysOnTheLaneOfItsId) {
+  const std::vector<std::uint64_t> small{100, 200, 300};  // 600 bytes <= the one-lane limit 1000
   for (std::uint64_t id = 0; id < 8; ++id) {
     const std::vector<std::uint32_t> lane_of = DivideAmongLanes(small, 1000, 4, id);
     EXPECT_EQ(lane_of, (std::vector<std::uint32_t>(3, static_cast<std::uint32_t>(id % 4)))) << "id " << id;
   }
-  // Exactly one slice is still "at most one slice".
+  // Exactly the limit is still "at most".
   EXPECT_EQ(DivideAmongLanes(std::vector<std::uint64_t>{1000}, 1000, 4, 3), (std::vector<std::uint32_t>{3}));
   // One byte more spreads from lane 0.
   EXPECT_EQ(DivideAmongLanes(std::vector<std::uint64_t>{1000, 1}, 1000, 4, 3), (std::vector<std::uint32_t>{0, 1}));
   EXPECT_TRUE(DivideAmongLanes({}, 1000, 4, 3).empty());
+}
+
+// What PrepareTransfer passes (OneLaneMaxBytes): at the default 1 MiB slice, a post of 64 x 16 KiB
+// (1 MiB) is split over both lanes, 32 descriptors each, while 64 x 4 KiB (256 KiB) and anything
+// up to 512 KiB stays on one lane.
+TEST(LaneDivision, PostsAboveHalfASliceAreSplitOverTheLanes) {
+  const std::uint64_t slice = AgentOptions{}.slice_bytes;
+  ASSERT_EQ(slice, std::uint64_t{1} << 20);
+  const std::uint64_t one_lane = transport::OneLaneMaxBytes(slice);
+  EXPECT_EQ(one_lane, std::uint64_t{512} << 10);
+  const std::vector<std::uint64_t> sixteen(64, 16 << 10);
+  std::vector<std::uint32_t> halves(64, 0);
+  std::fill(halves.begin() + 32, halves.end(), 1u);
+  EXPECT_EQ(DivideAmongLanes(sixteen, one_lane, 2, 5), halves);
+  const std::vector<std::uint64_t> four(64, 4 << 10);
+  EXPECT_EQ(DivideAmongLanes(four, one_lane, 2, 5), std::vector<std::uint32_t>(64, 1));
+  const std::vector<std::uint64_t> half(32, 16 << 10);  // exactly 512 KiB
+  EXPECT_EQ(DivideAmongLanes(half, one_lane, 2, 4), std::vector<std::uint32_t>(32, 0));
 }
 
 TEST(LaneDivision, RandomSlicesRespectTheBoundOnEveryLane) {
@@ -128,7 +147,7 @@ TEST(LaneDivision, SlicedDescriptorsLandOnLanesEveryByteOnce) {
       EXPECT_LE(b.bytes(), slice) << "trial " << trial;
       sizes.push_back(b.bytes());
     }
-    const std::vector<std::uint32_t> lane_of = DivideAmongLanes(sizes, slice, lanes, trial);
+    const std::vector<std::uint32_t> lane_of = DivideAmongLanes(sizes, transport::OneLaneMaxBytes(slice), lanes, trial);
     std::vector<std::map<std::uint64_t, std::uint64_t>> per_lane(lanes);
     std::map<std::uint64_t, std::uint64_t> got;
     for (std::size_t i = 0; i < blocks.size(); ++i) {
@@ -140,7 +159,7 @@ TEST(LaneDivision, SlicedDescriptorsLandOnLanesEveryByteOnce) {
     std::size_t lane_total = 0;
     for (const auto& m : per_lane) lane_total += m.size();
     EXPECT_EQ(lane_total, expected.size()) << "trial " << trial;
-    ExpectWellDivided(sizes, slice, lanes, trial, "trial " + std::to_string(trial));
+    ExpectWellDivided(sizes, transport::OneLaneMaxBytes(slice), lanes, trial, "trial " + std::to_string(trial));
   }
 }
 
