@@ -5,8 +5,9 @@ namespace shardwire::transport {
 
 std::uint64_t OneLaneMaxBytes(std::uint64_t slice_bytes) { return slice_bytes / 2; }
 
-std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice_bytes, std::uint64_t one_lane_max_bytes,
-                                            std::uint32_t lanes, std::uint64_t transfer_id) {
+std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice_bytes,
+                                            std::uint64_t one_lane_max_bytes, std::uint32_t lanes,
+                                            std::uint64_t transfer_id) {
   std::uint64_t total = 0;
   for (std::uint64_t b : slice_bytes) total += b;
   std::vector<std::uint32_t> out(slice_bytes.size(), 0);

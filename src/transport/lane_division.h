@@ -14,10 +14,11 @@ namespace shardwire::transport {
 
 /// The most bytes a transfer may hold and still stay on one lane, for slices of at
 /// most `slice_bytes` (AgentOptions::slice_bytes): half a slice, 512 KiB by default.
-/// Why half: a post of 64 x 16 KiB (1 MiB) copied by two lanes at once ran at 1.04-1.24x
-/// ucx_perftest's message rate against 0.53-0.73x on one lane (the posting thread; lanes
-/// awake by their idle spin, docs/benchmarks_history.md, "Small transfers: a 1 MiB post
-/// over both lanes"); below 512 KiB the copy is shorter than a lane's hand-off is worth.
+/// Why half: back-to-back posts of 64 x 16 KiB (1 MiB, distinct memory) copied by two lanes
+/// at once ran at 3.6-4.2 M descriptors/s against 2.8-3.2 M on one lane (the posting thread),
+/// while isolated posts (the second lane asleep) lost 15-25% to its wake-up
+/// (docs/benchmarks_history.md, "Small transfers: a 1 MiB post over both lanes", session 34).
+/// Transfers of at most 512 KiB (64 x 4 KiB) stay on one lane, as before.
 std::uint64_t OneLaneMaxBytes(std::uint64_t slice_bytes);
 
 /// Assigns each slice of a transfer, in order, to one of `lanes` lanes (lanes >= 1;
@@ -32,7 +33,8 @@ std::uint64_t OneLaneMaxBytes(std::uint64_t slice_bytes);
 ///     share * (lane + 1). Each lane then holds at most share + the largest
 ///     slice's bytes, and the last lane at most share.
 /// The total must fit 64 bits (PrepareTransfer checks it first). No errors.
-std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice_bytes, std::uint64_t one_lane_max_bytes,
-                                            std::uint32_t lanes, std::uint64_t transfer_id);
+std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice_bytes,
+                                            std::uint64_t one_lane_max_bytes, std::uint32_t lanes,
+                                            std::uint64_t transfer_id);
 
 }  // namespace shardwire::transport

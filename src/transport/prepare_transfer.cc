@@ -195,8 +195,8 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
   t->total_bytes = total;
   std::vector<std::uint64_t> slice_sizes(slices.size());
   for (std::size_t i = 0; i < slices.size(); ++i) slice_sizes[i] = slices[i].bytes();
-  const std::vector<std::uint32_t> lane_of =
-      transport::DivideAmongLanes(slice_sizes, transport::OneLaneMaxBytes(slice), static_cast<std::uint32_t>(nl), im.next_transfer);
+  const std::vector<std::uint32_t> lane_of = transport::DivideAmongLanes(
+      slice_sizes, transport::OneLaneMaxBytes(slice), static_cast<std::uint32_t>(nl), im.next_transfer);
   t->lane_bytes.assign(nl, 0);
   for (std::size_t i = 0; i < slices.size(); ++i) {
     t->lane_ops[lane_of[i]].push_back(slices[i]);
