@@ -151,7 +151,10 @@ struct ModelLoader::Impl {
   std::future<Result<std::vector<SourceRecord>>> relisting;  // a re-listing in flight
   bool relist_failed = false;
   Clock::time_point first_read;  // when this Load posted its first READ (profiling)
-  std::optional<workflows::OwnPauseDetector> own_pause;  // from Poll's first look at the deadlines on
+  // This process's own pauses, measured from the start of Load's loop: a stop after the first
+  // HELLO or lease deadline is set and before Poll first looks at it is a gap too (a loader
+  // stopped in its first turns used to fail its healthy seeds at that first look).
+  workflows::OwnPauseDetector own_pause{0.0};
 
   Status ResolveIdentity() {
     if (!options.revision.empty()) {
@@ -603,11 +606,8 @@ struct ModelLoader::Impl {
   // Found by fault injection (`p2p-loader-stop`): a loader stopped 5-9 s blamed both of
   // its healthy seeds and read up to 87 MB of a rank from disk.
   void ForgiveOwnPause(Clock::time_point now) {
-    if (!own_pause) {
-      own_pause.emplace(0.0, now);  // a turn waits at most 2 ms: a gap over kOwnPauseSeconds is a pause
-      return;
-    }
-    const Clock::duration gap = own_pause->Check(now);
+    // A turn waits at most 2 ms (slice 0): a gap over kOwnPauseSeconds is a pause.
+    const Clock::duration gap = own_pause.Check(now);
     if (gap == Clock::duration::zero()) return;
     for (LoadMove& m : moves) m.deadline += gap;  // unused outside the waiting states: harmless
     for (Instance& inst : instances) {
@@ -793,7 +793,7 @@ struct ModelLoader::Impl {
     const Clock::time_point listed = Clock::now();
     report.list_seconds = std::chrono::duration<double>(listed - start).count();
     first_read = {};
-    own_pause.reset();
+    own_pause = workflows::OwnPauseDetector(0.0, Clock::now());  // before any deadline is set
     unassigned = needed;
     Clock::time_point last_list = Clock::now();
     Clock::time_point last_interrupt_check = Clock::now();
