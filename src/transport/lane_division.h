@@ -18,7 +18,7 @@ namespace shardwire::transport {
 /// at once ran at 3.6-4.2 M descriptors/s against 2.8-3.2 M on one lane (the posting thread),
 /// while isolated posts (the second lane asleep) lost 15-25% to its wake-up
 /// (docs/benchmarks_history.md, "Small transfers: a 1 MiB post over both lanes", session 34).
-/// Transfers of at most 512 KiB (64 x 4 KiB) stay on one lane, as before.
+/// Transfers of at most 512 KiB (64 x 4 KiB posts, for one) stay on one lane as they did.
 std::uint64_t OneLaneMaxBytes(std::uint64_t slice_bytes);
 
 /// Assigns each slice of a transfer, in order, to one of `lanes` lanes (lanes >= 1;
