@@ -301,6 +301,10 @@ struct PeerInfo {
 /// a post and subtract).
 struct AgentStats {
   std::uint64_t posts = 0;  ///< Post calls accepted
+  /// Lane jobs those posts started: each post adds the number of lanes its slices
+  /// were divided among (PrepareTransfer; 1 for a transfer of at most half a slice,
+  /// up to AgentOptions::lanes above that). lane_jobs / posts is lanes per post.
+  std::uint64_t lane_jobs = 0;
   /// Blocks (a slice, or the rows of a strided descriptor within one slice)
   /// executed by a lane as a memcpy through this process's mapping of the
   /// peer's region (ucp_rkey_ptr): no UCX request. Bytes: their payload.

@@ -88,7 +88,8 @@ class Layout {
   /// tensor; nullopt or an empty box means none of it. Places the shards in each rank's
   /// buffer (see LayoutOptions). Errors (kInvalidArgument): a box of the wrong rank or
   /// outside its tensor's shape, naming the rank and tensor; reserved_bytes smaller
-  /// than the box; alignment not a power of two; a tensor in two fused groups; zero ranks.
+  /// than the box; alignment not a power of two; a tensor in two fused groups; zero ranks;
+  /// a tensor name listed twice (tensors are matched by name), naming both indices.
   static Result<Layout> FromShards(std::string description, std::vector<TensorSpec> tensors,
                                    const std::vector<std::vector<std::optional<LocalShard>>>& shards,
                                    const LayoutOptions& options = {});

@@ -1,6 +1,8 @@
 #include "shardwire/layout.h"
 
 #include <algorithm>
+#include <string_view>
+#include <unordered_map>
 
 #include <fmt/format.h>
 
@@ -44,6 +46,19 @@ Result<Layout> Layout::FromRankClasses(std::string description, std::vector<Tens
                                        std::vector<std::vector<ShardEntry>> class_shards,
                                        std::vector<std::uint32_t> class_of_rank, const LayoutOptions& options) {
   if (class_of_rank.empty()) return InvalidArgument("layout " + description + " has zero ranks");
+  {
+    // Tensors are matched by name (planner, P2P loading): a name listed twice would be matched
+    // by position in one tensor order and fail as "missing" in another.
+    std::unordered_map<std::string_view, std::uint32_t> index_of;
+    index_of.reserve(tensors.size());
+    for (std::uint32_t t = 0; t < tensors.size(); ++t) {
+      const auto [it, inserted] = index_of.try_emplace(tensors[t].name, t);
+      if (!inserted) {
+        return InvalidArgument(fmt::format("layout {}: tensor name '{}' is listed twice (tensors {} and {})",
+                                           description, tensors[t].name, it->second, t));
+      }
+    }
+  }
   const std::uint64_t alignment = options.alignment;
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
     return InvalidArgument(fmt::format("alignment {} is not a power of two", alignment));

@@ -134,6 +134,7 @@ Status Agent::Post(TransferHandle handle, std::span<const std::byte> payload, bo
     im.active.insert(t.get());
   }
   im.counters.posts.fetch_add(1, std::memory_order_relaxed);
+  im.counters.lane_jobs.fetch_add(lanes_used.size(), std::memory_order_relaxed);
   bool woke_sleeper = false;
   std::optional<std::uint32_t> inline_lane;
   if (t->lane_bytes[lanes_used[0]] <= kInlineLaneSlices * im.options.slice_bytes) inline_lane = lanes_used[0];
@@ -357,6 +358,7 @@ AgentStats Agent::Stats() const {
   const Impl::Counters& c = impl_->counters;
   AgentStats s;
   s.posts = c.posts.load(std::memory_order_relaxed);
+  s.lane_jobs = c.lane_jobs.load(std::memory_order_relaxed);
   s.direct_copy_blocks = c.direct_copy_blocks.load(std::memory_order_relaxed);
   s.direct_copy_bytes = c.direct_copy_bytes.load(std::memory_order_relaxed);
   s.ucx_requests = c.ucx_requests.load(std::memory_order_relaxed);

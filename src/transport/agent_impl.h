@@ -396,6 +396,7 @@ struct Agent::Impl final : transport::BackendEvents {
   /// AgentStats, updated with relaxed atomics by the lanes and the API thread (ns, bytes, counts).
   struct Counters {
     std::atomic<std::uint64_t> posts{0};
+    std::atomic<std::uint64_t> lane_jobs{0};
     std::atomic<std::uint64_t> direct_copy_blocks{0};
     std::atomic<std::uint64_t> kernel_copy_blocks{0};
     std::atomic<std::uint64_t> kernel_copy_bytes{0};

@@ -24,6 +24,12 @@ std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice
     out[i] = lane;
     acc += slice_bytes[i];
   }
+  if (lane == 0) {
+    // Nothing to divide (one slice, or the first slices too small to fill a share
+    // before the last): the lane of the transfer's id, as for a small transfer.
+    const auto own = static_cast<std::uint32_t>(transfer_id % lanes);
+    for (auto& l : out) l = own;
+  }
   return out;
 }
 

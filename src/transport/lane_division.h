@@ -31,7 +31,10 @@ std::uint64_t OneLaneMaxBytes(std::uint64_t slice_bytes);
 ///     the slices, which keeps locality) of about share = ceil(total / lanes)
 ///     bytes: a lane is left for the next once the bytes assigned so far reach
 ///     share * (lane + 1). Each lane then holds at most share + the largest
-///     slice's bytes, and the last lane at most share.
+///     slice's bytes, and the last lane at most share. If that leaves every slice on
+///     lane 0 (a single slice of more than one_lane_max_bytes, or slices that never
+///     fill a share before the last), the transfer goes to lane `transfer_id % lanes`
+///     instead, as a small one does, so back-to-back undividable transfers alternate.
 /// The total must fit 64 bits (PrepareTransfer checks it first). No errors.
 std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice_bytes,
                                             std::uint64_t one_lane_max_bytes, std::uint32_t lanes,

@@ -68,5 +68,19 @@ TEST(Layout, RejectsBoxOutsideTensor) {
   EXPECT_NE(layout.status().message().find("rank 0"), std::string::npos);
 }
 
+TEST(Layout, RejectsATensorNameListedTwice) {
+  // Tensors are matched by name: a duplicate would plan by position in one order and fail as
+  // "missing" in another (found by review, session 35). Rejected when the layout is built.
+  std::vector<TensorSpec> tensors = Tensors();
+  tensors.push_back({"b", DType::kF32, {6}});
+  for (auto layout : {MakeFsdpLayout(tensors, 2), MakeTpLayout(tensors, {0, -1, -1, 1, -1}, 2, 1)}) {
+    ASSERT_FALSE(layout.ok());
+    EXPECT_EQ(layout.status().code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(layout.status().message().find("'b' is listed twice (tensors 1 and 4)"), std::string::npos)
+        << layout.status().message();
+  }
+  EXPECT_TRUE(MakeFsdpLayout(Tensors(), 2).ok());
+}
+
 }  // namespace
 }  // namespace shardwire

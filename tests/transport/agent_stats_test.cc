@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <set>
@@ -212,6 +213,43 @@ TEST(AgentStats, TwoLanesPrefaultEachPageOfAContiguousWriteOnce) {
   EXPECT_GT(s.direct_copy_s, 0.0);
   EXPECT_FALSE(FirstMismatch(p.target->RegionBytes(p.dst), 3).has_value());
   EXPECT_TRUE(p.writer->Release(*h).ok());
+}
+
+TEST(AgentStats, APostAboveHalfASliceIsDividedAmongTheLanesAndASmallerOneIsNot) {
+  // Issue 10 item 3: PrepareTransfer keeps a transfer on one lane only up to
+  // OneLaneMaxBytes (half of the default 1 MiB slice), so a batch of 64 x 16 KiB
+  // (1 MiB, one slice per descriptor) is copied by both lanes and 64 x 4 KiB
+  // (256 KiB) by one. Counted by AgentStats::lane_jobs (lanes per post).
+  const std::size_t bytes = 2u << 20;
+  Pair p = MakePair(2, /*arena_target=*/true, bytes);
+  ASSERT_TRUE(p.writer && p.target);
+  auto batch = [&](std::uint64_t each, std::uint64_t n) {
+    std::vector<TransferDescriptor> ds;
+    // Descriptors in reverse order of their offsets: distinct, not one contiguous run.
+    for (std::uint64_t i = 0; i < n; ++i) ds.push_back({p.src, (n - 1 - i) * each, p.dst, (n - 1 - i) * each, each});
+    return ds;
+  };
+  struct Case {
+    std::uint64_t each, n, lanes;
+  };
+  for (const Case c : {Case{16u << 10, 64, 2}, Case{4u << 10, 64, 1}, Case{8u << 10, 64, 1}, Case{32u << 10, 64, 2}}) {
+    std::memset(p.target->RegionBytes(p.dst).data(), 0, bytes);
+    auto h = p.writer->PrepareTransfer(TransferOp::kWrite, "target", batch(c.each, c.n), std::nullopt);
+    ASSERT_TRUE(h.ok()) << h.status().ToString();
+    const AgentStats s0 = p.writer->Stats();
+    ASSERT_TRUE(p.writer->Post(*h).ok());
+    ASSERT_TRUE(p.writer->Wait(*h, 30).ok());
+    const AgentStats s1 = p.writer->Stats();
+    EXPECT_EQ(s1.posts - s0.posts, 1u);
+    EXPECT_EQ(s1.lane_jobs - s0.lane_jobs, c.lanes) << c.n << " x " << c.each << " bytes";
+    EXPECT_EQ(s1.direct_copy_bytes - s0.direct_copy_bytes, c.each * c.n);
+    const auto dst = p.target->RegionBytes(p.dst);
+    EXPECT_FALSE(FirstMismatch(dst.first(c.each * c.n), 3).has_value()) << c.n << " x " << c.each;
+    EXPECT_TRUE(std::all_of(dst.begin() + static_cast<std::ptrdiff_t>(c.each * c.n), dst.end(), [](std::byte b) {
+      return b == std::byte{0};
+    })) << "bytes beyond the batch were written";
+    EXPECT_TRUE(p.writer->Release(*h).ok());
+  }
 }
 
 TEST(AgentStats, UnmappedTargetMemoryTakesOneUcxRequestPerRowAndNoPrefault) {

@@ -30,9 +30,10 @@ std::vector<std::uint64_t> LaneBytes(const std::vector<std::uint64_t>& sizes, co
 }
 
 // The properties every assignment has (lane_division.h): one lane per slice, in
-// range; a transfer of at most `one_lane_max` bytes on lane id % lanes; otherwise lanes never
-// decrease along the slices and each lane holds at most ceil(total / lanes) + the
-// largest slice (the last lane at most ceil(total / lanes)).
+// range; a transfer of at most `one_lane_max` bytes, or one whose slices before the last
+// do not fill a share of ceil(total / lanes), on lane id % lanes; otherwise lanes never
+// decrease along the slices from lane 0, at least two are used, and each lane holds at most
+// ceil(total / lanes) + the largest slice (the last lane at most ceil(total / lanes)).
 void ExpectWellDivided(const std::vector<std::uint64_t>& sizes, std::uint64_t one_lane_max, std::uint32_t lanes,
                        std::uint64_t id, const std::string& what) {
   const std::vector<std::uint32_t> lane_of = DivideAmongLanes(sizes, one_lane_max, lanes, id);
@@ -47,8 +48,14 @@ void ExpectWellDivided(const std::vector<std::uint64_t>& sizes, std::uint64_t on
     for (std::uint32_t l : lane_of) EXPECT_EQ(l, id % lanes) << what;
     return;
   }
-  for (std::size_t i = 1; i < lane_of.size(); ++i) EXPECT_LE(lane_of[i - 1], lane_of[i]) << what << " slice " << i;
   const std::uint64_t share = (total + lanes - 1) / lanes;
+  if (total - sizes.back() < share) {  // no share filled before the last slice: nothing to divide
+    for (std::uint32_t l : lane_of) EXPECT_EQ(l, id % lanes) << what << " (undividable)";
+    return;
+  }
+  for (std::size_t i = 1; i < lane_of.size(); ++i) EXPECT_LE(lane_of[i - 1], lane_of[i]) << what << " slice " << i;
+  EXPECT_EQ(lane_of.front(), 0u) << what;
+  EXPECT_GT(lane_of.back(), 0u) << what << ": a dividable transfer used one lane";
   const std::vector<std::uint64_t> bytes = LaneBytes(sizes, lane_of, lanes);
   for (std::uint32_t l = 0; l < lanes; ++l) {
     EXPECT_LE(bytes[l], share + largest) << what << " lane " << l;
@@ -77,6 +84,24 @@ TEST(LaneDivision, ATransferUpToTheOneLaneLimitStaysOnTheLaneOfItsId) {
   // One byte more spreads from lane 0.
   EXPECT_EQ(DivideAmongLanes(std::vector<std::uint64_t>{1000, 1}, 1000, 4, 3), (std::vector<std::uint32_t>{0, 1}));
   EXPECT_TRUE(DivideAmongLanes({}, 1000, 4, 3).empty());
+}
+
+// A transfer above the one-lane limit that cannot be divided (one slice of 600 KiB at the
+// default 1 MiB slice, or a tiny slice before a large one) alternates lanes with its id like a
+// small one, instead of always taking lane 0 (found by review, session 35).
+TEST(LaneDivision, AnUndividableTransferTakesTheLaneOfItsId) {
+  const std::uint64_t one_lane = transport::OneLaneMaxBytes(std::uint64_t{1} << 20);
+  const std::vector<std::uint64_t> one{600 << 10};
+  const std::vector<std::uint64_t> tiny_then_large{100, 900 << 10};
+  for (std::uint64_t id = 0; id < 6; ++id) {
+    const auto lane = static_cast<std::uint32_t>(id % 2);
+    EXPECT_EQ(DivideAmongLanes(one, one_lane, 2, id), (std::vector<std::uint32_t>{lane})) << "id " << id;
+    EXPECT_EQ(DivideAmongLanes(tiny_then_large, one_lane, 2, id), (std::vector<std::uint32_t>{lane, lane}))
+        << "id " << id;
+  }
+  // Two equal slices above the limit are still divided, from lane 0 whatever the id.
+  const std::vector<std::uint64_t> two(2, 400 << 10);
+  EXPECT_EQ(DivideAmongLanes(two, one_lane, 2, 1), (std::vector<std::uint32_t>{0, 1}));
 }
 
 // What PrepareTransfer passes (OneLaneMaxBytes): at the default 1 MiB slice, a post of 64 x 16 KiB

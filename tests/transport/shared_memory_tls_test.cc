@@ -13,10 +13,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 
 #include "shardwire/agent.h"
+#include "transport/transport_test_util.h"
 
 namespace shardwire::transport::ucx {
 namespace {
@@ -67,12 +69,15 @@ std::string AgentLogWith(const char* tls) {
     ::_exit(rc);
   }
   ::close(fd);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
+  // 120 s: two agents under TSan on a loaded CI machine take a few seconds; a child that
+  // hangs in UCX is killed and reported instead of holding the test to ctest's timeout.
+  const std::optional<int> waited = shardwire::testing::WaitPidFor(pid, 120);
+  const int status = waited.value_or(-1);
   std::ifstream in(path);
   std::stringstream log;
   log << in.rdbuf();
   ::unlink(path);
+  if (!waited) return "exit (killed after 120 s without exiting): " + log.str();
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return "exit " + std::to_string(status) + ": " + log.str();
   return log.str();
 }

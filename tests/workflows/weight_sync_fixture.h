@@ -183,6 +183,18 @@ std::unique_ptr<CoordinatorServer> ForkRanksAndServe(int ranks, std::vector<pid_
   return ServeChildren(port_pipes);
 }
 
+/// Waits up to 120 s for `pid` to stop (SIGSTOP); false if it exited or did not stop in time.
+inline bool WaitStopped(pid_t pid) {
+  int status = 0;
+  for (int i = 0; i < 2400; ++i) {  // 120 s, as WaitChild
+    const pid_t r = waitpid(pid, &status, WUNTRACED | WNOHANG);
+    if (r == pid) return WIFSTOPPED(status);
+    if (r < 0) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
 inline int WaitChild(pid_t pid) {
   int status = 0;
   for (int i = 0; i < 2400; ++i) {  // 120 s: children under TSan on a loaded CI machine

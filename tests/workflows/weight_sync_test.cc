@@ -588,9 +588,7 @@ TEST(WeightSync, DeadOrStalledEngineMissesTheVersionOthersCommit) {
     if (v == 3) {
       // Replica 2 is stopped (it stopped itself before READY(2)); resume it: it gives up on v2
       // (no DONE for it within its own timeout) and asks for v3.
-      int status = 0;
-      ASSERT_EQ(waitpid(children[2], &status, WUNTRACED), children[2]);
-      ASSERT_TRUE(WIFSTOPPED(status));
+      ASSERT_TRUE(WaitStopped(children[2])) << "replica 2 did not stop itself before READY(2) within 120 s";
       kill(children[2], SIGCONT);
     }
     Walk(trainer, 0, (*pub)->weights(), v, false);
