@@ -159,7 +159,10 @@ struct CoordinatorClientOptions {
 /// coordinator a restart is invisible to callers except as latency.
 /// Errors common to every method: kUnavailable naming the address when the
 /// coordinator cannot be reached within unavailable_timeout_s; kTimedOut naming
-/// the address when it does not answer in time (see call_timeout_s); kUnauthenticated
+/// the address when it does not answer in time (see call_timeout_s), or when a
+/// Redis-backed coordinator lost Redis's reply to a change it sent (the message says
+/// whether it was applied is unknown; such a change is never repeated by the client
+/// unless the call is safe to repeat); kUnauthenticated
 /// for a missing or wrong token; kInvalidArgument for requests the server
 /// refuses as malformed or oversized (the server's message is kept);
 /// kFailedPrecondition from the state-bound methods once the state this client

@@ -149,7 +149,15 @@ class ModelSource {
                                                     const ModelIdentity& identity, ModelSourceOptions options,
                                                     std::span<std::byte> buffer);
   /// Stops heartbeating and serving, then deregisters (bounded by
-  /// options.shutdown_timeout_s; a failure is logged, not thrown).
+  /// options.shutdown_timeout_s; a failure is logged, not thrown). The buffer and the
+  /// agent stay until destruction: loaders mid-read get no more digest or lease
+  /// answers and re-plan after their stall timeout, and memory the caller still reads
+  /// (the Python views of it) stays valid. Idempotent. Call from one thread (not
+  /// concurrently with itself or the destructor); blocks up to about
+  /// shutdown_timeout_s + one heartbeat interval.
+  void Stop();
+  /// Stop(), then releases the agent and its buffer (loaders mid-read see the peer
+  /// disconnect and re-plan at once).
   ~ModelSource();
   ModelSource(const ModelSource&) = delete;
   ModelSource& operator=(const ModelSource&) = delete;

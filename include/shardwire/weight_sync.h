@@ -125,8 +125,8 @@ struct WeightSyncOptions {
   /// With double_buffered: the second buffer in the caller's memory (as `buffer`); empty:
   /// an arena.
   std::span<std::byte> second_buffer = {};
-  /// Interruption hook (e.g. Python's Ctrl-C): when set, every wait of Connect, Push and
-  /// WaitForUpdate is cut into slices of at most kInterruptPollSeconds and calls it between
+  /// Interruption hook (e.g. Python's Ctrl-C): when set, every wait of Connect, Push,
+  /// WaitForUpdate and Join is cut into slices of at most kInterruptPollSeconds and calls it between
   /// slices, on the calling thread. A non-OK status it returns ends the wait with that status
   /// (given context). State stays consistent: an interrupted Connect or WaitForUpdate may be
   /// called again (notifications that arrived meanwhile are kept); a Push interrupted while
@@ -484,7 +484,8 @@ class WeightSubscriber {
   /// stops waiting for it at once instead of at engine_timeout_s.
   /// Errors: kInvalidArgument without dynamic membership or before Connect; kTimedOut when
   /// no push admitted it in time (no trainer pushing); kFailedPrecondition when the
-  /// admitting version is not above committed_version(); rendezvous errors.
+  /// admitting version is not above committed_version(); rendezvous errors; the status of
+  /// options.interrupt (the request stands, as after a timeout).
   Result<std::uint64_t> Join(double timeout_s = -1);
 
   /// Dynamic membership: asks the trainers not to start another push until this process

@@ -36,20 +36,27 @@ namespace {
 
 /// A served rank: the registry it is registered with (shared with the loader it may come
 /// from) and the source. The source goes first on destruction (it deregisters through the
-/// registry).
+/// registry). Close stops serving and deregisters but keeps the buffer: tensor views of it
+/// keep this object alive (model_loading.py), so the memory is freed only with the last view.
 struct PySource {
   std::shared_ptr<SourceRegistry> registry;
   std::unique_ptr<ModelSource> source;
   ModelIdentity identity;
   std::uint64_t buffer_bytes = 0;
+  bool closed = false;
 
-  ~PySource() { Close(); }
-  void Close() {
+  ~PySource() {
     py::gil_scoped_release release;  // deregistration is a coordinator call
     source.reset();
   }
+  void Close() {
+    if (closed || !source) return;
+    py::gil_scoped_release release;
+    source->Stop();
+    closed = true;
+  }
   ModelSource& get() {
-    if (!source) throw StatusError(FailedPrecondition("model source: closed"));
+    if (!source || closed) throw StatusError(FailedPrecondition("model source: closed"));
     return *source;
   }
 };
@@ -162,7 +169,7 @@ void BindModelLoading(py::module_& m) {
                              [](PySource& s) { return reinterpret_cast<std::uintptr_t>(s.get().buffer().data()); })
       .def_property_readonly("buffer_bytes", [](PySource& s) { return s.buffer_bytes; })
       .def_property_readonly("digests_served", [](PySource& s) { return s.get().digests_served(); })
-      .def_property_readonly("closed", [](PySource& s) { return !s.source; })
+      .def_property_readonly("closed", [](PySource& s) { return !s.source || s.closed; })
       .def("close", &PySource::Close);
 
   py::class_<PyLoader>(m, "_ModelLoader")

@@ -46,7 +46,7 @@ WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr
   o.lanes = flags.lanes;
   o.copy_into_mapped = flags.copy_into_mapped;
   if (nbytes > 0) o.buffer = std::span<std::byte>(reinterpret_cast<std::byte*>(address), nbytes);
-  o.interrupt = PythonSignalHook();  // Ctrl-C ends Connect / Push / WaitForUpdate within ~0.1 s
+  o.interrupt = PythonSignalHook();  // Ctrl-C ends Connect / Push / WaitForUpdate / Join within ~0.1 s
   return o;
 }
 

@@ -27,8 +27,20 @@ from .errors import InvalidArgumentError
 from .tensors import check_shard_tensors, shard_buffer_address, shard_views
 
 
-def _views(address: int, nbytes: int, layout, rank: int) -> Dict[str, torch.Tensor]:
+class _MemoryOwner:
+    """What keeps a Shardwire buffer alive: the binding object that holds it now (a loader's
+    arena moves into the source it becomes, become_source re-points ``impl``)."""
+
+    def __init__(self, impl) -> None:
+        self.impl = impl
+
+
+def _views(address: int, nbytes: int, layout, rank: int, owner) -> Dict[str, torch.Tensor]:
+    """Tensor views of the ``nbytes`` at ``address``; every view (and any view of a view) keeps
+    ``owner`` alive through the buffer object torch.frombuffer holds, so the memory is not freed
+    while a tensor still points into it."""
     raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(address)
+    raw._shardwire_owner = owner
     return shard_views(torch.frombuffer(raw, dtype=torch.uint8), layout, rank)
 
 
@@ -50,8 +62,8 @@ class ModelSource:
     ``shutdown_timeout_s``: seconds close() spends at most deregistering (finite, >= 0; 0 skips
     it; an unreachable coordinator leaves the record to its lease, STALE after stale_after_s).
 
-    ``tensors`` are views (no copy) of the served arena, valid while the source is open;
-    writing them makes digest checks report those bytes as corrupt (readers re-read elsewhere).
+    ``tensors`` are views (no copy) of the served arena; each keeps the arena alive (also after
+    close()), so it never points at freed memory; writing them makes digest checks report those bytes as corrupt (readers re-read elsewhere).
 
     Raises InvalidArgumentError (tensors, layout string, rank, missing revision; before
     anything is registered), NotFoundError / CorruptDataError / LayoutMismatchError (checkpoint),
@@ -61,7 +73,7 @@ class ModelSource:
     def __init__(self, coordinator, model, layout: str, rank: int = 0, *,
                  params: Optional[Mapping[str, torch.Tensor]] = None, checkpoint: Optional[str] = None,
                  revision: str = "", instance_id: str = "", heartbeat_interval_s: float = 1.0,
-                 bandwidth_bytes_per_s: float = 0.0, shutdown_timeout_s: float = 2.0, _impl=None):
+                 bandwidth_bytes_per_s: float = 0.0, shutdown_timeout_s: float = 2.0, _impl=None, _params=None):
         if _impl is not None:  # from ModelLoader.become_source
             self._impl, self.layout, self.rank = _impl, layout, rank
         else:
@@ -83,7 +95,8 @@ class ModelSource:
                                                  copies, heartbeat_interval_s, bandwidth_bytes_per_s,
                                                  shutdown_timeout_s)
         self.tensors: Dict[str, torch.Tensor] = _views(self._impl.buffer_address, self._impl.buffer_bytes,
-                                                       self.layout, self.rank)
+                                                       self.layout, self.rank, _MemoryOwner(self._impl))
+        self._params = _params  # the caller's memory a loader's source serves in place
 
     @property
     def source_id(self) -> str:
@@ -104,8 +117,15 @@ class ModelSource:
         """Digest requests answered so far (one per move a loader read from this rank)."""
         return self._impl.digests_served
 
+    @property
+    def closed(self) -> bool:
+        """True once close() ran (no longer registered or serving)."""
+        return self._impl.closed
+
     def close(self) -> None:
-        """Deregisters (best effort) and stops serving; ``tensors`` become invalid. Idempotent."""
+        """Deregisters (best effort) and stops serving. Idempotent. ``tensors`` is emptied; views
+        taken from it before stay readable: the buffer is freed only once neither this object nor
+        any view of it is left."""
         self.tensors = {}
         self._impl.close()
 
@@ -125,8 +145,10 @@ class ModelLoader:
     here before anything is created). When they live in one shard buffer at their slots (see
     shardwire.adopt_parameters / allocate_shard_buffer) the load lands in them in place, no
     copy (``in_place`` is True); otherwise ``load()`` copies the verified shards into them (one
-    copy out of the loader's arena). None: ``tensors`` are views of the arena (no copy) valid
-    while the loader, or the source it becomes, lives. ``revision``: '' takes the one revision
+    copy out of the loader's arena). None: ``tensors`` are views of the arena (no copy); each keeps
+    the arena alive, in the loader or in the source it becomes. The memory registered or
+    copied into is the storage ``params`` have now: it is kept alive even if a parameter is
+    re-pointed later (``p.data = ...``), and a source it becomes keeps it too. ``revision``: '' takes the one revision
     served; ``checkpoint``: path for the disk fallback ('' = none). ``stall_timeout_s``: seconds
     without progress before a source counts as dead; ``load_timeout_s``: bound of a whole load.
 
@@ -143,10 +165,14 @@ class ModelLoader:
             raise InvalidArgumentError(f"invalid argument: rank {rank} outside layout {layout!r} of "
                                        f"{self.layout.world_size} ranks")
         self._params = None
+        self._storage: list = []
         address, nbytes = 0, 0
         if params is not None:
             check_shard_tensors(params, self.layout, rank)
             self._params = dict(params)
+            # The memory registered (in place) or copied into is the tensors' storage now: kept
+            # alive by detached aliases even if the caller re-points a parameter (p.data = ...).
+            self._storage = [t.detach() for t in self._params.values()]
             try:
                 address, nbytes = shard_buffer_address(self._params, self.layout, rank), self.layout.buffer_bytes(rank)
             except InvalidArgumentError:
@@ -154,8 +180,9 @@ class ModelLoader:
         self.in_place = nbytes > 0
         self._impl = _shardwire._ModelLoader(coordinator, model, layout, rank, instance_id or f"py-{os.getpid()}",
                                              revision, checkpoint, stall_timeout_s, load_timeout_s, address, nbytes)
+        self._owner = _MemoryOwner(self._impl)
         self._arena = self._params if self.in_place else _views(self._impl.buffer_address, self._impl.buffer_bytes,
-                                                                self.layout, rank)
+                                                                self.layout, rank, self._owner)
         self.tensors: Dict[str, torch.Tensor] = self._params if self._params is not None else self._arena
 
     def load(self) -> Dict[str, Any]:
@@ -195,7 +222,10 @@ class ModelLoader:
         Raises FailedPreconditionError before a committed load, InvalidArgumentError for bad
         arguments."""
         impl = self._impl.become_source(heartbeat_interval_s, bandwidth_bytes_per_s, shutdown_timeout_s)
+        self._owner.impl = impl  # views of the arena now keep the source (which holds it) alive
         self._arena = {}
         if self._params is None:
             self.tensors = {}
-        return ModelSource(None, None, self.layout, self.rank, _impl=impl)
+        # In place, the source serves the caller's tensors: it keeps their storage alive.
+        return ModelSource(None, None, self.layout, self.rank, _impl=impl,
+                           _params=self._storage if self.in_place else None)

@@ -62,13 +62,17 @@ class _Endpoint:
             # Shardwire allocates the buffer as a transport arena (BufferMemory::kAuto: shared
             # memory that same-host trainers map and stream into, or private huge pages they write
             # by kernel copy, whichever this host does faster); the tensors are views of it and
-            # are valid only while this object lives (the arena is freed with it).
+            # keep this object alive (the arena is freed with it, after the last view).
             self._impl = cls(coordinator, trainer_layout, engine_layout, rank, 0, 0, job, timeout_s, **flags)
             raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(self._impl.buffer_address)
+            raw._shardwire_owner = self._impl  # every view keeps the arena's owner alive
             self.buffer = torch.frombuffer(raw, dtype=torch.uint8)
             self.tensors = shard_views(self.buffer, layout, rank)
         else:
             self.buffer, self.tensors = None, dict(params)
+            # The registered memory is the tensors' storage: kept alive by detached aliases even
+            # if the caller re-points a parameter (p.data = ...) while peers still write into it.
+            self._storage = [t.detach() for t in self.tensors.values()]
             address = shard_buffer_address(self.tensors, layout, rank)
             self._impl = cls(coordinator, trainer_layout, engine_layout, rank, address, nbytes, job, timeout_s,
                              **flags)
@@ -79,7 +83,9 @@ class WeightPublisher(_Endpoint):
     buffer (see adopt_parameters), registered in place; None lets Shardwire allocate the buffer
     as a transport arena whose views are ``self.tensors`` (faster on this UCX build: arenas take
     true one-sided writes, registered caller memory is emulated; docs/transport.md). Those views
-    are valid only while the publisher lives; ``params`` must stay alive and unmoved as long. ``coordinator``: a CoordinatorClient. Times in seconds.
+    keep the publisher alive, so they never point at freed memory; with ``params`` the storage
+    they have now is what is registered, and it is kept alive by the publisher even if a
+    parameter is re-pointed (``p.data = ...``): write new weights into that storage. ``coordinator``: a CoordinatorClient. Times in seconds.
     Raises InvalidArgumentError (tensors), LayoutMismatchError (layouts), TransportError."""
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
@@ -156,8 +162,10 @@ class WeightPublisher(_Endpoint):
 class WeightSubscriber(_Endpoint):
     """One inference-engine rank, receiving into ``params`` (its weights, in one shard buffer;
     see adopt_parameters) in place, or, with params=None, into a transport arena whose views
-    (``self.tensors``) the engine then uses as its weights; those views are valid only while the
-    subscriber lives. Thread-safety: one thread at a time per object (as the C++ classes)."""
+    (``self.tensors``) the engine then uses as its weights; each view keeps the subscriber (and
+    so the arena) alive. With ``params`` their current storage is registered and kept alive by
+    the subscriber even if a parameter is re-pointed (``p.data = ...``), which would make that
+    parameter stop receiving updates. Thread-safety: one thread at a time per object (as the C++ classes)."""
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",

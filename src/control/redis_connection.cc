@@ -194,7 +194,8 @@ Result<RedisReplyPtr> RedisConnectionPool::CommandOn(Connection& conn, const std
       last_error = c->errstr;
       conn.ctx.reset();
       if (idempotent) continue;
-      return Unavailable(
+      // kTimedOut, not kUnavailable (which clients retry): the command may have been applied.
+      return TimedOut(
           fmt::format("Redis at {}: connection lost waiting for the reply to {} ({}); "
                       "whether it was applied is unknown",
                       url_, argv[0], last_error));

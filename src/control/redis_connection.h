@@ -11,8 +11,8 @@
 // fresh connection only when it provably did not reach Redis (the connection
 // was found closed before sending, or writing it failed) or when it is
 // idempotent (reads). A mutation whose reply was lost (connection dropped or
-// the timeout passed after sending) fails with kUnavailable saying the outcome
-// is unknown.
+// the timeout passed after sending) fails with kTimedOut saying the outcome
+// is unknown (kUnavailable would tell the coordinator's clients to retry it).
 //
 // Errors: kInvalidArgument for a bad URL; kUnavailable naming the URL when
 // Redis cannot be reached, refuses, or does not answer within the timeout.

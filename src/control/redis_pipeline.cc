@@ -263,7 +263,9 @@ void RedisPipeline::RunRound(std::vector<Command>& round) {
       if (c->idempotent && attempt == 0) {
         again.push_back(c);
       } else {
-        c->done(Unavailable(fmt::format(
+        // kTimedOut, not kUnavailable: UNAVAILABLE tells clients "safe to retry", and a repeat
+        // of a change that was applied (a Join, a Register) would fail or apply it twice.
+        c->done(TimedOut(fmt::format(
             "Redis at {}: connection lost waiting for the reply to the '{}' script ({}); whether it was applied is "
             "unknown",
             url_, c->script->name, error)));

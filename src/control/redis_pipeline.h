@@ -23,7 +23,9 @@
 // Retry rule (the same as RedisConnectionPool's): a command is re-sent on a
 // fresh connection only when it provably did not reach Redis (the connection
 // was found closed before the round) or when it is idempotent. A mutation whose
-// reply was lost fails with kUnavailable saying the outcome is unknown. A
+// reply was lost fails with kTimedOut saying the outcome is unknown (not
+// kUnavailable, which the coordinator's clients retry: a repeated Join or
+// Register would fail as ALREADY_EXISTS or apply twice). A
 // NOSCRIPT reply (Redis restarted) means the script did not run: it is loaded
 // again and the command re-sent once.
 //
@@ -79,7 +81,8 @@ class RedisPipeline {
   /// round trip, never to replace the blocking wait.
   static constexpr int kMaxReplySpinUs = 10000;
   /// Gets the reply of one command (possibly a Redis error reply), or the
-  /// status of why there is none (kUnavailable naming the URL).
+  /// status of why there is none (kUnavailable naming the URL; kTimedOut for a
+  /// non-idempotent command sent whose reply was lost: maybe applied).
   using Callback = std::function<void(Result<RedisReplyPtr>)>;
 
   /// Connects lazily (the first round), so a Redis that is down yields

@@ -261,10 +261,17 @@ Result<std::uint64_t> AwaitHold(Rendezvous& rendezvous, const std::string& job, 
 }
 
 Result<std::uint64_t> AwaitAdmission(Rendezvous& rendezvous, const std::string& job, int engine_rank,
-                                     std::uint64_t incarnation, std::int64_t request, double timeout_s) {
+                                     std::uint64_t incarnation, std::int64_t request, double timeout_s,
+                                     const std::function<Status()>& interrupt, double interrupt_poll_s) {
   const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
+  const auto interrupt_every = std::chrono::duration<double>(interrupt_poll_s);
+  auto last_interrupt_check = Clock::now();
   auto pause = std::chrono::microseconds(500);
   while (true) {
+    if (interrupt && Clock::now() - last_interrupt_check >= interrupt_every) {
+      SW_RETURN_IF_ERROR(interrupt());
+      last_interrupt_check = Clock::now();
+    }
     std::uint64_t best = 0;
     for (std::uint64_t slot = 0; slot < kSlots; ++slot) {
       const std::string key = MembershipSlotKey(job, slot);

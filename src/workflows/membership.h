@@ -126,9 +126,13 @@ Result<std::int64_t> FileMembershipRequest(Rendezvous& rendezvous, const std::st
 
 /// Waits (up to timeout_s, polling the ring) for a push whose membership answers join
 /// `request` of engine rank `engine_rank`, and returns that push's version (the version the
-/// engine begins with). Errors: kTimedOut (no push admitted it in time: are the trainers
-/// pushing?); kCorruptData.
+/// engine begins with). `interrupt` (WeightSyncOptions::interrupt), when set, is called
+/// between polls at least every interrupt_poll_s seconds; a non-OK status it returns ends
+/// the wait with that status (the request stands: the wait may start again).
+/// Errors: kTimedOut (no push admitted it in time: are the trainers pushing?); kCorruptData;
+/// the interrupt's status.
 Result<std::uint64_t> AwaitAdmission(Rendezvous& rendezvous, const std::string& job, int engine_rank,
-                                     std::uint64_t incarnation, std::int64_t request, double timeout_s);
+                                     std::uint64_t incarnation, std::int64_t request, double timeout_s,
+                                     const std::function<Status()>& interrupt = {}, double interrupt_poll_s = 0.1);
 
 }  // namespace shardwire::workflows

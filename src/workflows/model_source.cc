@@ -300,8 +300,14 @@ ModelSource::ModelSource(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 ModelSource::~ModelSource() {
   if (!impl_) return;
+  Stop();
+  impl_->agent.reset();
+}
+
+void ModelSource::Stop() {
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
+    if (impl_->stop) return;
     impl_->stop = true;
   }
   impl_->cv.notify_all();
@@ -316,7 +322,6 @@ ModelSource::~ModelSource() {
                    impl_->options.shutdown_timeout_s, s.ToString());
     }
   }
-  impl_->agent.reset();
 }
 
 std::string ModelSource::source_id() const {

@@ -316,7 +316,8 @@ Result<std::uint64_t> WeightSubscriber::Join(double timeout_s) {
     s.joined = true;
   }
   auto version = workflows::AwaitAdmission(*s.rendezvous, s.options.job, s.rank, s.incarnation, s.join_request,
-                                           timeout_s < 0 ? s.options.timeout_s : timeout_s);
+                                           timeout_s < 0 ? s.options.timeout_s : timeout_s, s.options.interrupt,
+                                           kInterruptPollSeconds);
   if (!version.ok()) return version.status().WithContext(who);  // the request stands: Join may wait again
   s.join_request = 0;  // answered: the next Join (after a missed version) files a new one
   s.admitted = true;

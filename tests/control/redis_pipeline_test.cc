@@ -139,6 +139,33 @@ TEST_F(RedisPipelineTest, AReplySlowerThanTheSpinIsReadByTheBlockingRead) {
   RunRounds(*p, 5, 3);  // and the connection is still in step
 }
 
+// Increments KEYS-less counter ARGV[1], then busy-waits ARGV[2] milliseconds: a mutation whose
+// reply comes after the pipeline's timeout.
+const RedisScript kSlowIncrement{"slow_increment",
+                                 "local n = redis.call('INCR', ARGV[1])\n"
+                                 "local t = redis.call('TIME')\n"
+                                 "local start = t[1] * 1000000 + t[2]\n"
+                                 "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= ARGV[2] * 1000\n"
+                                 "return tostring(n)"};
+
+TEST_F(RedisPipelineTest, AMutationWhoseReplyIsLostIsTimedOutNotUnavailableAndNotResent) {
+  // kUnavailable means "changed nothing, safe to retry" to the coordinator's clients (gRPC
+  // UNAVAILABLE); a lost reply to a mutation must not say that (found by review, session 35).
+  auto impatient = RedisPipeline::Start(redis_->url(), 0.2, 1000, 0);
+  ASSERT_TRUE(impatient.ok()) << impatient.status().ToString();
+  Replies lost;
+  (*impatient)->Submit(kSlowIncrement, {"applied", "3000"}, /*idempotent=*/false, lost.Expect(0));
+  const std::string got = lost.Wait().at(0);
+  EXPECT_NE(got.find("error: timed out"), std::string::npos) << got;
+  EXPECT_NE(got.find("whether it was applied is unknown"), std::string::npos) << got;
+  // It was applied, once: not re-sent on a fresh connection.
+  auto patient = Pipeline(0);
+  ASSERT_TRUE(patient);
+  Replies after;
+  patient->Submit(kSlowIncrement, {"applied", "0"}, false, after.Expect(0));
+  EXPECT_EQ(after.Wait().at(0), "2") << "the lost mutation ran once, this one second";
+}
+
 TEST_F(RedisPipelineTest, SpinOutsideItsBoundsIsInvalid) {
   EXPECT_EQ(RedisPipeline::Start(redis_->url(), 5.0, 1000, -1).status().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(RedisPipeline::Start(redis_->url(), 5.0, 1000, RedisPipeline::kMaxReplySpinUs + 1).status().code(),

@@ -139,6 +139,48 @@ def test_loaded_instance_serves_the_next_one(tmp_path):
         served.close()
 
 
+# Views kept by the caller after close() and after every Shardwire object is dropped: a source's
+# views, and a loader's arena views after the arena moved into the source it became. Each
+# is read against the oracle; a freed buffer (munmap'ed huge pages) would crash this child.
+VIEWS_OUTLIVE = textwrap.dedent("""
+    import gc, sys, shardwire
+    sys.path.insert(0, sys.argv[3])
+    from checkpoint_oracle import read_safetensors, expected_shard, same_bytes
+    address, ckpt = sys.argv[1:3]
+    client = shardwire.CoordinatorClient(address)
+    model = shardwire.Model.from_checkpoint(ckpt)
+    lay = shardwire.Layout.from_string(model, "tp=1")
+    full = read_safetensors(ckpt + "/model.safetensors")
+    seed = shardwire.ModelSource(client, model, "tp=1", 0, checkpoint=ckpt, instance_id="seed")
+    from_source = dict(seed.tensors)
+    loader = shardwire.ModelLoader(client, model, "tp=1", 0, instance_id="new")
+    loader.load()
+    from_loader = {name: t[:1] for name, t in loader.tensors.items()}  # views of views, too
+    served = loader.become_source()
+    assert seed.closed is False
+    seed.close()
+    served.close()
+    assert seed.closed and served.closed and seed.tensors == {}
+    del seed, loader, served
+    gc.collect()
+    for s in lay.shards(0):
+        want = expected_shard(full, s)
+        assert same_bytes(from_source[s["name"]], want), s["name"]
+        assert same_bytes(from_loader[s["name"]], want[:1]), s["name"]
+    print("VIEWS OK", len(from_source), flush=True)
+""")
+
+
+def test_views_stay_valid_after_close_and_after_the_objects_are_dropped(tmp_path):
+    ckpt = checkpoint_dir(tmp_path)
+    with shardwire.CoordinatorServer() as server:
+        p = _run(VIEWS_OUTLIVE, server.address, str(ckpt), HERE)
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and "VIEWS OK" in out, f"exit {p.returncode}: {out}{err}"
+        client = shardwire.CoordinatorClient(server.address)
+        assert client.list_sources(state="READY") == []  # close() deregistered both sources
+
+
 def test_nobody_serving_is_not_found_and_checkpoint_fallback_loads(tmp_path):
     ckpt = checkpoint_dir(tmp_path)
     full = read_safetensors(ckpt / "model.safetensors")

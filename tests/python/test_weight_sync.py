@@ -175,6 +175,16 @@ CTRL_C_SYNC = textwrap.dedent("""
     sub.begin_update(2)
     assert pub.push(2)["version"] == 2
     assert sub.wait_for_update(2)["version"] == 2 and sub.committed_version == 2
+    # 4. join (dynamic membership) while the trainer never pushes
+    dpub = shardwire.WeightPublisher(client, src, dst, 0, job="dyn", timeout_s=600, dynamic_membership=True)
+    dsub = shardwire.WeightSubscriber(client, src, dst, 0, job="dyn", timeout_s=600, dynamic_membership=True)
+    dsub.connect(); dpub.connect()
+    interrupted("join", lambda: dsub.join(600))
+    try:  # the request stands: a later join waits again (and times out: still nobody pushes)
+        dsub.join(0.3)
+        sys.exit(4)
+    except shardwire.errors.TimedOutError:
+        pass
     print("consistent", flush=True)
 """)
 
@@ -196,7 +206,7 @@ class _Lines:
             return ""
 
 
-def test_ctrl_c_interrupts_connect_wait_for_update_and_push():
+def test_ctrl_c_interrupts_connect_wait_for_update_push_and_join():
     """SIGINT raises KeyboardInterrupt out of each blocking call (timeouts 600 s) and leaves the
     publisher and subscriber usable: the interrupted version then syncs normally."""
     import signal
@@ -206,7 +216,7 @@ def test_ctrl_c_interrupts_connect_wait_for_update_and_push():
                                  stderr=subprocess.PIPE, text=True)
         lines = _Lines(child)
         try:
-            for what in ("connect", "wait_for_update", "push"):
+            for what in ("connect", "wait_for_update", "push", "join"):
                 line = lines.next()
                 assert line.strip() == f"waiting {what}", line
                 time.sleep(0.7)  # let it block inside the call (not a timing assertion)
