@@ -83,6 +83,31 @@ local function state_lost(sid)
   if cur ~= sid then return fail('STATELOST', cur or '') end
   return nil
 end
+-- Scripts check every key and field they will write before the first write: Redis does not
+-- roll a script back when a command fails part-way, so a corrupt key found late would leave
+-- the change half-applied. These return nil when fine, else a CORRUPT message naming the key.
+-- `key` missing or of Redis type `want`:
+local function wrong_type(key, want)
+  local t = redis.call('TYPE', key).ok
+  if t == 'none' or t == want then return nil end
+  return key .. ' is a ' .. t .. ', not a ' .. want
+end
+-- String `key` missing or an integer (a counter INCR/INCRBY can bump):
+local function bad_counter(key)
+  local t = wrong_type(key, 'string')
+  if t then return t end
+  local v = redis.call('GET', key)
+  if v and not string.match(v, '^%-?%d+$') then return key .. ' holds ' .. v .. ', not an integer' end
+  return nil
+end
+-- Hash `key` missing or a hash whose field `f` is missing or an integer (HINCRBY-able):
+local function bad_hash_counter(key, f)
+  local t = wrong_type(key, 'hash')
+  if t then return t end
+  local v = redis.call('HGET', key, f)
+  if v and not string.match(v, '^%-?%d+$') then return key .. ': field ' .. f .. ' holds ' .. v .. ', not an integer' end
+  return nil
+end
 local function extend(key, d)
   local t = redis.call('PTTL', key)
   if t == -1 or (t >= 0 and t < d) then redis.call('PEXPIRE', key, d) end
@@ -100,6 +125,8 @@ local function src_load(id, now, d)
   local hb = tonumber(r[1])
   if not hb or not r[2] then return 'corrupt', key .. ': field hb or ix malformed' end
   if now - hb >= d then
+    local bad = wrong_type(P .. 'srcidx:' .. r[2], 'set') or wrong_type(P .. 'srcall', 'set')
+    if bad then return 'corrupt', bad end
     redis.call('DEL', key)
     redis.call('SREM', P .. 'srcidx:' .. r[2], id)
     redis.call('SREM', P .. 'srcall', id)
@@ -113,6 +140,8 @@ end
 -- Loads member `mid` of job hash `key`: 'live', hb | 'absent' | 'corrupt', message.
 -- A member past its lease is dropped (epoch bumped) and reported absent.
 local function member_load(key, mid, now, m)
+  local bad = bad_hash_counter(key, 'e')
+  if bad then return 'corrupt', bad end
   local hb = redis.pcall('HGET', key, 'h:' .. mid)
   if is_err(hb) then return 'corrupt', key .. ': ' .. hb.err end
   if not hb then return 'absent' end
@@ -126,23 +155,22 @@ local function member_load(key, mid, now, m)
   return 'live', n
 end
 -- Drops every member of job hash `key` past its lease; returns count or nil, message.
+-- Checks every heartbeat field and the epoch before it drops anyone (nothing half-done).
 local function job_expire(key, now, m)
-  local fields = redis.pcall('HKEYS', key)
-  if is_err(fields) then return nil, key .. ': ' .. fields.err end
-  local n = 0
+  local bad = bad_hash_counter(key, 'e')
+  if bad then return nil, bad end
+  local fields = redis.call('HKEYS', key)
+  local expired = {}
   for _, f in ipairs(fields) do
     if string.sub(f, 1, 2) == 'h:' then
-      local mid = string.sub(f, 3)
       local hb = tonumber(redis.call('HGET', key, f))
       if not hb then return nil, key .. ': field ' .. f .. ' malformed' end
-      if now - hb >= m then
-        member_drop(key, mid)
-        n = n + 1
-      end
+      if now - hb >= m then expired[#expired + 1] = string.sub(f, 3) end
     end
   end
-  if n > 0 then redis.call('HINCRBY', key, 'e', n) end
-  return n
+  for _, mid in ipairs(expired) do member_drop(key, mid) end
+  if #expired > 0 then redis.call('HINCRBY', key, 'e', #expired) end
+  return #expired
 end
 )lua";
 
@@ -150,6 +178,8 @@ end
 constexpr std::string_view kPutScript = R"lua(
 local lost = state_lost(ARGV[#ARGV])
 if lost then return lost end
+local bad = bad_counter(P .. 'kvgen')
+if bad then return fail('CORRUPT', bad) end
 redis.call('SET', P .. 'kv:' .. ARGV[1], ARGV[2])
 redis.call('INCR', P .. 'kvgen')
 return 1
@@ -168,6 +198,8 @@ if req then
   local seen = redis.call('GET', req)
   if seen then return seen end
 end
+local bad = bad_counter(P .. 'kvgen')
+if bad then return fail('CORRUPT', bad) end
 local r = redis.pcall('INCRBY', k, ARGV[2])
 if is_err(r) then return fail('BADARG', r.err) end
 redis.call('INCR', P .. 'kvgen')
@@ -181,6 +213,8 @@ constexpr std::string_view kRegisterScript = R"lua(
 local id, d = ARGV[1], tonumber(ARGV[3])
 local key = P .. 'src:' .. id
 if redis.call('EXISTS', key) == 1 then return fail('EXISTS', key) end
+local bad = wrong_type(P .. 'srcidx:' .. ARGV[5], 'set') or wrong_type(P .. 'srcall', 'set')
+if bad then return fail('CORRUPT', bad) end
 redis.call('HSET', key, 'v', '1', 'mi', ARGV[4], 'ix', ARGV[5], 'rg', ARGV[2], 'hb', ARGV[2],
            'st', '', 'sr', '', 'rec', ARGV[6])
 redis.call('PEXPIRE', key, d)
@@ -225,6 +259,8 @@ local id, now, d = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local s, msg, ix = src_load(id, now, d)
 if s == 'corrupt' then return fail('CORRUPT', msg) end
 if s == 'absent' then return fail('NOTFOUND', 'source ' .. id .. ' is not registered') end
+local bad = wrong_type(P .. 'srcidx:' .. ix, 'set') or wrong_type(P .. 'srcall', 'set')
+if bad then return fail('CORRUPT', bad) end
 redis.call('DEL', P .. 'src:' .. id)
 redis.call('SREM', P .. 'srcidx:' .. ix, id)
 redis.call('SREM', P .. 'srcall', id)
@@ -265,6 +301,8 @@ local lost = state_lost(ARGV[#ARGV])
 if lost then return lost end
 local now, m, mid = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local key = P .. 'job:' .. ARGV[1]
+local bad = wrong_type(P .. 'jobs', 'set')
+if bad then return fail('CORRUPT', bad) end
 local s, msg = member_load(key, mid, now, m)
 if s == 'corrupt' then return fail('CORRUPT', msg) end
 if s == 'live' then return fail('EXISTS', 'member ' .. mid .. ' is already a live member of the job') end
@@ -347,7 +385,7 @@ if not is_err(ids) then
       local hb = tonumber(r[1])
       if not r[1] then
         if redis.call('EXISTS', key) == 0 then redis.call('SREM', P .. 'srcall', id) end
-      elseif hb and r[2] then
+      elseif hb and r[2] and not wrong_type(P .. 'srcidx:' .. r[2], 'set') then
         if now - hb >= d then
           redis.call('DEL', key)
           redis.call('SREM', P .. 'srcidx:' .. r[2], id)
@@ -866,7 +904,8 @@ class RedisCoordinatorState final : public CoordinatorState {
     if (err.substr(0, 7) == "BADARG ") return InvalidArgument(fmt::format("{}: {}", what, rest(7)));
     if (err.substr(0, 8) == "CORRUPT ") return CorruptData(fmt::format("{}: Redis record {}", what, rest(8)));
     if (err.find("WRONGTYPE") != std::string_view::npos) {
-      return CorruptData(fmt::format("{}: Redis key {} has the wrong type: {}", what, key, err));
+      return CorruptData(key.empty() ? fmt::format("{}: a Redis key it uses has the wrong type: {}", what, err)
+                                     : fmt::format("{}: Redis key {} has the wrong type: {}", what, key, err));
     }
     if (IsRedisNotReadyError(err)) {
       return Unavailable(fmt::format("{}: Redis at {} is not ready: {}", what, pool_->url(), err));

@@ -206,8 +206,11 @@ Result<RedisReplyPtr> RedisConnectionPool::CommandOn(Connection& conn, const std
 }
 
 bool IsRedisNotReadyError(std::string_view error_reply) {
-  return error_reply.starts_with("LOADING ") || error_reply.starts_with("BUSY ") ||
-         error_reply.starts_with("MASTERDOWN ");
+  for (std::string_view prefix :
+       {"LOADING ", "BUSY ", "MASTERDOWN ", "READONLY ", "OOM ", "NOREPLICAS ", "MISCONF ", "TRYAGAIN "}) {
+    if (error_reply.starts_with(prefix)) return true;
+  }
+  return false;
 }
 
 Result<RedisReplyPtr> RedisConnectionPool::Command(const std::vector<std::string_view>& argv, bool idempotent) {

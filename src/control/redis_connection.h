@@ -70,11 +70,13 @@ Result<RedisEndpoint> ParseRedisUrl(const std::string& url);
 /// SELECT is refused. Thread-safety: none needed (no shared state).
 Result<RedisContextPtr> ConnectRedisContext(const RedisEndpoint& endpoint, const std::string& url, double timeout_s);
 
-/// True when a Redis error reply says the server answers but cannot serve commands yet:
-/// LOADING (a restarted server replays its append-only file or snapshot), BUSY (a script
-/// runs past busy-reply-threshold) or MASTERDOWN (a replica without its master). Callers
-/// map it to kUnavailable, which clients retry, never to kInternal or kCorruptData.
-/// Prefixes from the Redis 7 error replies (server.c, shared.loadingerr/busykeyerr/masterdownerr).
+/// True when a Redis error reply says the server answers but cannot serve the command now,
+/// and did not run it: LOADING (a restarted server replays its append-only file or
+/// snapshot), BUSY (a script runs past busy-reply-threshold), MASTERDOWN (a replica without
+/// its master), READONLY (a replica, e.g. the old master after a failover), OOM (maxmemory
+/// reached), NOREPLICAS (min-replicas-to-write not met), MISCONF (writes refused while
+/// snapshots fail) or TRYAGAIN. Callers map it to kUnavailable, which clients retry, never
+/// to kInternal or kCorruptData. Prefixes from the Redis 7 error replies (server.c, shared.*err).
 bool IsRedisNotReadyError(std::string_view error_reply);
 
 /// A Lua script with its SHA1 (filled by the pool when first loaded).

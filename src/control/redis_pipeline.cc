@@ -109,6 +109,10 @@ Result<std::string> RedisPipeline::ShaOf(const RedisScript& script, bool reload)
     ctx_.reset();
     return Unavailable(fmt::format("Redis at {}: SCRIPT LOAD of '{}' failed: {}", url_, script.name, err));
   }
+  if (r->type == REDIS_REPLY_ERROR && IsRedisNotReadyError(std::string_view(r->str, r->len))) {
+    return Unavailable(fmt::format("Redis at {} is not ready (SCRIPT LOAD of '{}'): {}", url_, script.name,
+                                   std::string_view(r->str, r->len)));
+  }
   if (r->type != REDIS_REPLY_STRING) {
     return Internal(fmt::format("Redis at {}: SCRIPT LOAD of '{}' failed: {}", url_, script.name,
                                 r->type == REDIS_REPLY_ERROR ? std::string_view(r->str, r->len) : "no sha"));

@@ -800,6 +800,75 @@ TEST_F(RedisStateTest, CorruptRecordsAreCorruptDataNamingTheKey) {
   EXPECT_EQ(st->CommitVersion("j", "s0", 3, t0).code(), ErrorCode::kCorruptData);
 }
 
+// Redis does not roll a script back when a command fails part-way: every script checks the
+// keys and fields it will write before its first write, so a corrupt key refuses the change
+// with kCorruptData naming the key and leaves the state exactly as it was (found by review,
+// session 35: a Join wrote the member and then failed on a corrupt epoch).
+TEST_F(RedisStateTest, ACorruptKeyRefusesAChangeBeforeAnythingIsWritten) {
+  auto st = Connect();
+  ASSERT_TRUE(st);
+  const std::int64_t t0 = WallMs();
+  // Put and Add with a corrupt generation counter: the value is not stored.
+  ASSERT_EQ(redis_->Command({"SET", "shardwire:v1:kvgen", "many"}), "OK");
+  const Status put = st->Put("k", BytesOf("v"));
+  EXPECT_EQ(put.code(), ErrorCode::kCorruptData) << put.ToString();
+  EXPECT_NE(put.message().find("shardwire:v1:kvgen"), std::string::npos) << put.ToString();
+  EXPECT_EQ(redis_->Command({"EXISTS", "shardwire:v1:kv:k"}), "0") << "a refused Put stored its value";
+  EXPECT_EQ(st->Add("n", 2).status().code(), ErrorCode::kCorruptData);
+  EXPECT_EQ(redis_->Command({"EXISTS", "shardwire:v1:kv:n"}), "0") << "a refused Add changed its counter";
+  ASSERT_EQ(redis_->Command({"SET", "shardwire:v1:kvgen", "7"}), "OK");
+  EXPECT_TRUE(st->Put("k", BytesOf("v")).ok());
+
+  // Register with the all-sources set of the wrong type: no record is created.
+  ASSERT_EQ(redis_->Command({"SET", "shardwire:v1:srcall", "junk"}), "OK");
+  auto reg = st->RegisterSource(Source("m", "i", 0, 1), t0);
+  EXPECT_EQ(reg.status().code(), ErrorCode::kCorruptData) << reg.status().ToString();
+  EXPECT_NE(reg.status().message().find("shardwire:v1:srcall"), std::string::npos) << reg.status().ToString();
+  EXPECT_EQ(redis_->Command({"EVAL", "return #redis.call('KEYS', 'shardwire:v1:src:*')", "0"}), "0")
+      << "a refused Register left a record";
+  ASSERT_EQ(redis_->Command({"DEL", "shardwire:v1:srcall"}), "1");
+
+  // Join and Leave with a corrupt epoch: membership unchanged.
+  ASSERT_TRUE(st->JoinJob("j", Member("s0"), t0).ok());
+  const std::string job_key = "shardwire:v1:job:6a";  // hex("j")
+  ASSERT_EQ(redis_->Command({"HSET", job_key, "e", "one"}), "0");
+  auto join = st->JoinJob("j", Member("s1"), t0);
+  EXPECT_EQ(join.status().code(), ErrorCode::kCorruptData) << join.status().ToString();
+  EXPECT_NE(join.status().message().find(job_key), std::string::npos) << join.status().ToString();
+  EXPECT_EQ(redis_->Command({"HEXISTS", job_key, "r:s1"}), "0") << "a refused Join added the member";
+  EXPECT_EQ(st->LeaveJob("j", "s0", t0).code(), ErrorCode::kCorruptData);
+  EXPECT_EQ(redis_->Command({"HEXISTS", job_key, "r:s0"}), "1") << "a refused Leave dropped the member";
+  // An expired member with a corrupt epoch: GetJob and the reaper drop nobody.
+  EXPECT_EQ(st->GetJob("j", t0 + 3'600'000).status().code(), ErrorCode::kCorruptData);
+  EXPECT_TRUE(st->Reap(t0 + 3'600'000).ok());
+  EXPECT_EQ(redis_->Command({"HGET", job_key, "e"}), "one");
+  EXPECT_EQ(redis_->Command({"HEXISTS", job_key, "r:s0"}), "1") << "a failed expiry dropped the member";
+  // Repaired, the same calls work.
+  ASSERT_EQ(redis_->Command({"HSET", job_key, "e", "1"}), "0");
+  EXPECT_TRUE(st->JoinJob("j", Member("s1"), t0).ok());
+  EXPECT_TRUE(st->LeaveJob("j", "s0", t0).ok());
+}
+
+// A Redis that refuses writes without running them (a replica after a failover: READONLY;
+// maxmemory reached: OOM) is kUnavailable, which clients retry, not kInternal ("a bug").
+TEST_F(RedisStateTest, ARedisThatRefusesWritesIsUnavailable) {
+  auto st = Connect();
+  ASSERT_TRUE(st);
+  ASSERT_TRUE(st->Put("k", BytesOf("v")).ok());
+  ASSERT_EQ(redis_->Command({"REPLICAOF", "127.0.0.1", "1"}), "OK");  // no master there
+  const Status readonly = st->Put("k", BytesOf("w"));
+  ASSERT_EQ(redis_->Command({"REPLICAOF", "NO", "ONE"}), "OK");
+  EXPECT_EQ(readonly.code(), ErrorCode::kUnavailable) << readonly.ToString();
+  EXPECT_NE(readonly.message().find("READONLY"), std::string::npos) << readonly.ToString();
+  ASSERT_EQ(redis_->Command({"CONFIG", "SET", "maxmemory", "1"}), "OK");
+  const Status oom = st->Put("k", BytesOf("w"));
+  ASSERT_EQ(redis_->Command({"CONFIG", "SET", "maxmemory", "0"}), "OK");
+  EXPECT_EQ(oom.code(), ErrorCode::kUnavailable) << oom.ToString();
+  EXPECT_EQ(**st->Get("k"), BytesOf("v")) << "a refused write changed the value";
+  EXPECT_TRUE(st->Put("k", BytesOf("w")).ok());
+  EXPECT_EQ(**st->Get("k"), BytesOf("w"));
+}
+
 // A Redis that answers but is not ready (here BUSY: a script runs past busy-reply-threshold;
 // after a restart it is LOADING while it replays its append-only file) is kUnavailable for
 // every call, which clients retry, never kCorruptData. Found by scripts/fault_injection.py
