@@ -3,7 +3,24 @@
 
 #include <pybind11/pybind11.h>
 
+#include <memory>
+
 namespace shardwire::python {
+
+/// Deleter for bound objects whose destructor blocks (it joins threads, or makes a coordinator
+/// call: WeightSubscriber leaves its job, CoordinatorServer shuts its service down): the GIL is
+/// released while it runs, so other Python threads go on. Python frees objects holding the GIL.
+template <typename T>
+struct ReleaseGilDelete {
+  void operator()(T* p) const {
+    if (p == nullptr) return;
+    pybind11::gil_scoped_release release;
+    delete p;
+  }
+};
+/// Holder type (py::class_<T, ReleaseGilHolder<T>>) of such objects.
+template <typename T>
+using ReleaseGilHolder = std::unique_ptr<T, ReleaseGilDelete<T>>;
 
 void BindStatus(pybind11::module_& m);        ///< status_bindings.cc: errors
 void BindModel(pybind11::module_& m);         ///< model_bindings.cc: dtypes, model descriptions

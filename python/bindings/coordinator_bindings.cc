@@ -46,9 +46,10 @@ py::dict SourceToDict(const SourceRecord& r) {
 }  // namespace
 
 void BindCoordinator(py::module_& m) {
-  py::class_<CoordinatorServer>(m, "CoordinatorServer",
-                                "A running coordinator (gRPC service + state + reaper) in this process.\n"
-                                "Use as a context manager or call shutdown(); docs/coordinator.md.")
+  py::class_<CoordinatorServer, ReleaseGilHolder<CoordinatorServer>>(
+      m, "CoordinatorServer",
+      "A running coordinator (gRPC service + state + reaper) in this process.\n"
+      "Use as a context manager or call shutdown(); docs/coordinator.md.")
       .def(py::init([](const std::string& listen_address, const std::string& redis_url, const std::string& token,
                        const std::string& tls_cert_file, const std::string& tls_key_file, double stale_after_s,
                        double delete_after_s) {
@@ -61,7 +62,7 @@ void BindCoordinator(py::module_& m) {
              o.source_stale_after_s = stale_after_s;
              o.source_delete_after_s = delete_after_s;
              py::gil_scoped_release release;
-             return ValueOrThrow(CoordinatorServer::Start(std::move(o)));
+             return ReleaseGilHolder<CoordinatorServer>(ValueOrThrow(CoordinatorServer::Start(std::move(o))).release());
            }),
            py::arg("listen_address") = "127.0.0.1:0", py::arg("redis_url") = "", py::arg("token") = "",
            py::arg("tls_cert_file") = "", py::arg("tls_key_file") = "", py::arg("stale_after_s") = 10.0,

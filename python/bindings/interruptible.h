@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <functional>
+#include <string>
 #include <utility>
 
 #include "shardwire/status.h"
@@ -30,6 +31,9 @@ inline constexpr double kSliceSeconds = 0.25;
 template <typename Attempt>
 auto WaitInterruptibly(double timeout_s, Attempt attempt) -> decltype(attempt(0.0)) {
   using Clock = std::chrono::steady_clock;
+  if (!(timeout_s >= 0)) {  // NaN and negatives (-inf included): no deadline can be computed
+    throw StatusError(InvalidArgument("timeout_s must be >= 0 s or +inf, got " + std::to_string(timeout_s)));
+  }
   const bool forever = std::isinf(timeout_s);  // until a result other than kTimedOut, or a signal
   const auto deadline =
       forever

@@ -13,6 +13,18 @@ namespace py = pybind11;
 
 namespace shardwire::python {
 
+namespace {
+
+// An out-of-range rank is the caller's error: InvalidArgumentError (a ShardwireError) naming it.
+void CheckRank(const Layout& l, int rank) {
+  if (rank < 0 || rank >= l.world_size()) {
+    throw StatusError(InvalidArgument("layout " + l.description() + ": rank " + std::to_string(rank) +
+                                      " is outside its " + std::to_string(l.world_size()) + " ranks"));
+  }
+}
+
+}  // namespace
+
 void BindLayout(py::module_& m) {
   py::class_<Layout>(m, "Layout",
                      "Which slice of which tensor every rank holds and where in the rank's buffer it lives.\n"
@@ -31,14 +43,14 @@ void BindLayout(py::module_& m) {
       .def(
           "buffer_bytes",
           [](const Layout& l, int rank) {
-            if (rank < 0 || rank >= l.world_size()) throw py::index_error("rank out of range");
+            CheckRank(l, rank);
             return l.rank(rank).buffer_bytes;
           },
           py::arg("rank"), "Bytes of rank `rank`'s shard buffer.")
       .def(
           "shards",
           [](const Layout& l, int rank) {
-            if (rank < 0 || rank >= l.world_size()) throw py::index_error("rank out of range");
+            CheckRank(l, rank);
             py::list out;
             for (const ShardRef& s : l.rank(rank).shards) {
               const TensorSpec& t = l.tensors()[s.tensor];

@@ -64,6 +64,11 @@ struct PySource {
 struct PyLoader {
   std::shared_ptr<SourceRegistry> registry;
   std::unique_ptr<ModelLoader> loader;
+
+  ~PyLoader() {
+    py::gil_scoped_release release;  // waits for a source listing still in flight
+    loader.reset();
+  }
   ModelLoader& get() {
     if (!loader) throw StatusError(FailedPrecondition("model loader: turned into a source"));
     return *loader;

@@ -12,30 +12,49 @@ namespace py = pybind11;
 
 namespace shardwire::python {
 
+namespace {
+
+// An out-of-range destination rank: InvalidArgumentError (a ShardwireError) naming it.
+void CheckDestinationRank(const TransferPlan& p, int dst_rank) {
+  if (dst_rank < 0 || dst_rank >= p.dst_world()) {
+    throw StatusError(InvalidArgument("plan: destination rank " + std::to_string(dst_rank) + " is outside its " +
+                                      std::to_string(p.dst_world()) + " ranks"));
+  }
+}
+
+}  // namespace
+
 void BindPlan(py::module_& m) {
   py::class_<TransferPlan>(m, "Plan",
                            "The byte moves that fill every shard of a destination layout from a source layout\n"
                            "(C++ TransferPlan, docs/planner.md). Immutable.")
       .def_property_readonly("src_world", &TransferPlan::src_world)
       .def_property_readonly("dst_world", &TransferPlan::dst_world)
-      .def_property_readonly("num_moves", [](const TransferPlan& p) { return p.moves().size(); },
-                             "Moves (a strided move counts once).")
+      .def_property_readonly(
+          "num_moves", [](const TransferPlan& p) { return p.moves().size(); }, "Moves (a strided move counts once).")
       .def_property_readonly("runs_before_coalescing", &TransferPlan::runs_before_coalescing,
                              "Contiguous runs before adjacent runs were merged.")
       .def_property_readonly("total_bytes", &TransferPlan::total_bytes,
                              "Bytes delivered, counting every destination of a group.")
       .def_property_readonly("num_buckets", [](const TransferPlan& p) { return p.buckets().size(); })
       .def_property_readonly("rounds", &TransferPlan::rounds, "Schedule rounds (at most K peers per rank each).")
-      .def_property_readonly("num_reductions", [](const TransferPlan& p) { return p.reductions().size(); },
-                             "Partial(sum) reductions planned at source-side reducers.")
+      .def_property_readonly(
+          "num_reductions", [](const TransferPlan& p) { return p.reductions().size(); },
+          "Partial(sum) reductions planned at source-side reducers.")
       .def("bytes_sent_per_source", &TransferPlan::BytesSentPerSource, "Bytes each source rank sends (list).")
       .def("bytes_received_per_destination", &TransferPlan::BytesReceivedPerDestination,
            "Bytes each destination rank receives (list).")
-      .def("sources_of", &TransferPlan::SourcesOf, py::arg("dst_rank"), "Source ranks sending to dst_rank.")
+      .def(
+          "sources_of",
+          [](const TransferPlan& p, int dst_rank) {
+            CheckDestinationRank(p, dst_rank);
+            return p.SourcesOf(dst_rank);
+          },
+          py::arg("dst_rank"), "Source ranks sending to dst_rank. Raises InvalidArgumentError out of range.")
       .def(
           "moves_to",
           [](const TransferPlan& p, int dst_rank) {
-            if (dst_rank < 0 || dst_rank >= p.dst_world()) throw py::index_error("destination rank out of range");
+            CheckDestinationRank(p, dst_rank);
             py::list out;
             for (const Move& mv : p.MovesTo(dst_rank)) {
               py::dict e;

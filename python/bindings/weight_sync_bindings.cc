@@ -53,7 +53,7 @@ WeightSyncOptions Options(const std::string& job, double timeout_s, std::uintptr
 }  // namespace
 
 void BindWeightSync(py::module_& m) {
-  py::class_<WeightPublisher>(m, "_WeightPublisher")
+  py::class_<WeightPublisher, ReleaseGilHolder<WeightPublisher>>(m, "_WeightPublisher")
       .def(py::init([](CoordinatorClient& coordinator, const Layout& trainer, const Layout& engine, int rank,
                        std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s,
                        double engine_timeout_s, bool dynamic_membership, bool verify_digests, int max_concurrency,
@@ -63,8 +63,10 @@ void BindWeightSync(py::module_& m) {
                                    relay_broadcasts, convert_into_mapped, convert_threads, lanes,
                                    copy_into_mapped};
              py::gil_scoped_release release;
-             return ValueOrThrow(WeightPublisher::Create(coordinator, trainer, engine, rank,
-                                                         Options(job, timeout_s, address, nbytes, flags)));
+             return ReleaseGilHolder<WeightPublisher>(
+                 ValueOrThrow(WeightPublisher::Create(coordinator, trainer, engine, rank,
+                                                      Options(job, timeout_s, address, nbytes, flags)))
+                     .release());
            }),
            py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("trainer_layout"), py::arg("engine_layout"),
            py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"),
@@ -135,7 +137,7 @@ void BindWeightSync(py::module_& m) {
       .def_property_readonly("buffer_address",
                              [](WeightPublisher& p) { return reinterpret_cast<std::uintptr_t>(p.weights().data()); });
 
-  py::class_<WeightSubscriber>(m, "_WeightSubscriber")
+  py::class_<WeightSubscriber, ReleaseGilHolder<WeightSubscriber>>(m, "_WeightSubscriber")
       .def(py::init([](CoordinatorClient& coordinator, const Layout& trainer, const Layout& engine, int rank,
                        std::uintptr_t address, std::size_t nbytes, const std::string& job, double timeout_s,
                        double engine_timeout_s, bool dynamic_membership, bool verify_digests, int max_concurrency,
@@ -143,8 +145,10 @@ void BindWeightSync(py::module_& m) {
              const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests, max_concurrency,
                                    relay_broadcasts};
              py::gil_scoped_release release;
-             return ValueOrThrow(WeightSubscriber::Create(coordinator, trainer, engine, rank,
-                                                          Options(job, timeout_s, address, nbytes, flags)));
+             return ReleaseGilHolder<WeightSubscriber>(
+                 ValueOrThrow(WeightSubscriber::Create(coordinator, trainer, engine, rank,
+                                                       Options(job, timeout_s, address, nbytes, flags)))
+                     .release());
            }),
            py::keep_alive<1, 2>(), py::arg("coordinator"), py::arg("trainer_layout"), py::arg("engine_layout"),
            py::arg("rank"), py::arg("address"), py::arg("nbytes"), py::arg("job"), py::arg("timeout_s"),

@@ -1,9 +1,9 @@
 """Type stubs of the C++ extension module (python/bindings/*.cc). Times in seconds, sizes in bytes."""
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Tuple
 
 ERROR_CODES: List[Tuple[int, str]]
 
-def _raise_error(code: int, message: str) -> None: ...
+def _raise_error(code: int, message: str) -> NoReturn: ...
 
 class Model:
     @staticmethod

@@ -2,7 +2,7 @@
 
 A rank's shards live in one contiguous buffer (a Layout places every shard as a dense
 row-major box at a byte offset). ``shard_views`` turns such a buffer, given as any object
-with the buffer protocol (a memoryview, a numpy array, a Shardwire buffer) or a uint8 torch
+with the buffer protocol (a memoryview, a bytearray, a numpy array) or a uint8 torch
 tensor, into ``{tensor name: torch tensor}`` views that share its memory.
 """
 from __future__ import annotations
@@ -47,7 +47,8 @@ def shard_views(buffer, layout, rank: int) -> Dict[str, torch.Tensor]:
     ``buffer``: the rank's shard buffer, at least ``layout.buffer_bytes(rank)`` bytes (a
     contiguous CPU uint8 tensor or any buffer-protocol object). Each view has the shard's
     shape (``shards(rank)[i]['shape']``) and dtype. Writing a view writes the buffer.
-    Raises shardwire.errors.InvalidArgumentError when the buffer is too small or not contiguous.
+    Raises shardwire.errors.InvalidArgumentError when the buffer is too small, not contiguous,
+    or not a buffer at all.
     """
     from .errors import InvalidArgumentError
 
@@ -56,7 +57,10 @@ def shard_views(buffer, layout, rank: int) -> Dict[str, torch.Tensor]:
             raise InvalidArgumentError("invalid argument: shard buffer must be a contiguous CPU uint8 tensor")
         flat = buffer.view(-1)
     else:
-        flat = torch.frombuffer(buffer, dtype=torch.uint8)
+        try:
+            flat = torch.frombuffer(buffer, dtype=torch.uint8)
+        except (TypeError, ValueError, BufferError) as e:  # no buffer protocol, or not contiguous
+            raise InvalidArgumentError(f"invalid argument: shard buffer of rank {rank}: {e}") from None
     need = layout.buffer_bytes(rank)
     if flat.numel() < need:
         raise InvalidArgumentError(

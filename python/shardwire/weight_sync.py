@@ -135,7 +135,7 @@ class WeightPublisher(_Endpoint):
 
     def push(self, version: int) -> Dict[str, Any]:
         """Pushes weight version ``version`` (GIL released) to every destination engine rank that
-        is ready within the engine timeout (10 s), and returns {version, bytes (written, bytes),
+        is ready within the engine timeout (``engine_timeout_s``), and returns {version, bytes (written, bytes),
         descriptors, ready_wait_s, transfer_s (seconds), converted_bytes, convert_s,
         staging_peak_bytes (conversion in the push, when the engines hold another dtype),
         mapped_bytes, convert_cpu_s (bytes converted straight into mapped engine buffers, and the

@@ -130,3 +130,16 @@ def test_shard_views_reject_bad_buffers():
         shardwire.shard_views(torch.zeros(16, dtype=torch.uint8), tp, 0)
     with pytest.raises(errors.InvalidArgumentError, match="contiguous"):
         shardwire.shard_views(torch.zeros(tp.buffer_bytes(0), dtype=torch.float32), tp, 0)
+    with pytest.raises(errors.InvalidArgumentError, match="shard buffer of rank 0"):
+        shardwire.shard_views(12345, tp, 0)  # no buffer protocol at all
+
+
+def test_out_of_range_ranks_are_invalid_argument_errors():
+    model = shardwire.Model.from_config_json(json.dumps(LLAMA))
+    fsdp, tp = shardwire.Layout.from_string(model, "fsdp=2"), shardwire.Layout.from_string(model, "tp=2")
+    plan = shardwire.plan(fsdp, tp)
+    for call in (lambda: tp.buffer_bytes(2), lambda: tp.shards(-1), lambda: plan.moves_to(2),
+                 lambda: plan.sources_of(5)):
+        with pytest.raises(errors.InvalidArgumentError, match="outside its 2 ranks"):
+            call()
+    assert plan.sources_of(1) == [0, 1]
