@@ -24,7 +24,7 @@ import torch
 
 from . import _shardwire
 from .errors import InvalidArgumentError
-from .tensors import check_shard_tensors, shard_buffer_address, shard_views
+from .tensors import as_tensors, check_shard_tensors, shard_buffer_address, shard_views
 
 
 class _MemoryOwner:
@@ -49,8 +49,8 @@ class ModelSource:
 
     ``coordinator``: a CoordinatorClient (kept alive by the source). ``model``: a shardwire.Model.
     ``layout``: the instance's layout string; ``rank``: this rank in it. Exactly one of
-    ``params`` (name -> CPU torch tensor: exactly the shards ``rank`` holds, with their
-    dtypes and shard shapes, copied once into the served arena) and ``checkpoint`` (path of a
+    ``params`` (name -> CPU torch tensor or numpy array: exactly the shards ``rank`` holds, with
+    their dtypes and shard shapes, copied once into the served arena) and ``checkpoint`` (path of a
     safetensors file, index or directory; its shards are read straight into the arena).
     ``revision``: the content version served (e.g. a hub commit or a training step); two
     instances match only when model and revision are equal. Default for a checkpoint: the
@@ -87,6 +87,7 @@ class ModelSource:
                                            f"{self.layout.world_size} ranks")
             copies = []
             if params is not None:
+                params = as_tensors(params)
                 check_shard_tensors(params, self.layout, rank)
                 copies = [(params[s["name"]].data_ptr(), s["byte_offset"], s["nbytes"])
                           for s in self.layout.shards(rank) if s["nbytes"] > 0]
@@ -141,7 +142,8 @@ class ModelLoader:
 
     ``coordinator``: a CoordinatorClient; ``model``: a shardwire.Model (the identity's tensor
     list); ``layout``: the new instance's layout string; ``rank``: this rank. ``params``: the
-    engine's own parameter tensors (name -> CPU tensor, exactly the rank's shards, checked
+    engine's own parameter tensors (name -> CPU tensor or numpy array, shared without a copy;
+    exactly the rank's shards, checked
     here before anything is created). When they live in one shard buffer at their slots (see
     shardwire.adopt_parameters / allocate_shard_buffer) the load lands in them in place, no
     copy (``in_place`` is True); otherwise ``load()`` copies the verified shards into them (one
@@ -168,6 +170,7 @@ class ModelLoader:
         self._storage: list = []
         address, nbytes = 0, 0
         if params is not None:
+            params = as_tensors(params)  # numpy arrays: torch views of the same memory
             check_shard_tensors(params, self.layout, rank)
             self._params = dict(params)
             # The memory registered (in place) or copied into is the tensors' storage now: kept

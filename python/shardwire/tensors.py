@@ -74,6 +74,30 @@ def shard_views(buffer, layout, rank: int) -> Dict[str, torch.Tensor]:
     return views
 
 
+def as_tensors(params):
+    """``params`` (name -> tensor) with every numpy array replaced by a torch tensor sharing its
+    memory (torch.from_numpy, no copy), so workflows take numpy arrays wherever they take
+    tensors; other values are kept (check_shard_tensors judges them). A non-mapping is returned
+    as is. Raises InvalidArgumentError naming an array torch cannot share (e.g. an unsupported
+    numpy dtype; bf16 and FP8 shards have no numpy dtype: pass torch tensors for those)."""
+    from .errors import InvalidArgumentError
+
+    if not isinstance(params, Mapping):
+        return params
+    import numpy as np
+
+    out = {}
+    for name, v in params.items():
+        if isinstance(v, np.ndarray):
+            try:
+                v = torch.from_numpy(v)
+            except (TypeError, ValueError) as e:
+                raise InvalidArgumentError(f"invalid argument: parameter {name!r}: numpy array of dtype {v.dtype} "
+                                           f"cannot be shared with torch: {e}") from None
+        out[name] = v
+    return out
+
+
 def check_shard_tensors(params: Mapping[str, torch.Tensor], layout, rank: int, what: str = "parameter") -> None:
     """Checks that ``params`` (name -> torch tensor) holds exactly the shards rank ``rank`` of
     ``layout`` holds, each a contiguous CPU tensor of its slot's dtype and shard shape.

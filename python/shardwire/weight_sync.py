@@ -21,7 +21,7 @@ import torch
 
 from . import _shardwire
 from .errors import InvalidArgumentError
-from .tensors import check_shard_tensors, shard_buffer_address, shard_views
+from .tensors import as_tensors, check_shard_tensors, shard_buffer_address, shard_views
 
 
 def allocate_shard_buffer(layout, rank: int):
@@ -69,7 +69,7 @@ class _Endpoint:
             self.buffer = torch.frombuffer(raw, dtype=torch.uint8)
             self.tensors = shard_views(self.buffer, layout, rank)
         else:
-            self.buffer, self.tensors = None, dict(params)
+            self.buffer, self.tensors = None, dict(as_tensors(params))  # numpy arrays: torch views, no copy
             # The registered memory is the tensors' storage: kept alive by detached aliases even
             # if the caller re-points a parameter (p.data = ...) while peers still write into it.
             self._storage = [t.detach() for t in self.tensors.values()]
@@ -79,8 +79,8 @@ class _Endpoint:
 
 
 class WeightPublisher(_Endpoint):
-    """One trainer rank. ``params``: the rank's parameter tensors (name -> tensor) in one shard
-    buffer (see adopt_parameters), registered in place; None lets Shardwire allocate the buffer
+    """One trainer rank. ``params``: the rank's parameter tensors (name -> tensor, or numpy arrays
+    shared without a copy) in one shard buffer (see adopt_parameters), registered in place; None lets Shardwire allocate the buffer
     as a transport arena whose views are ``self.tensors`` (faster on this UCX build: arenas take
     true one-sided writes, registered caller memory is emulated; docs/transport.md). Those views
     keep the publisher alive, so they never point at freed memory; with ``params`` the storage

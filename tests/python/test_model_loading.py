@@ -181,6 +181,33 @@ def test_views_stay_valid_after_close_and_after_the_objects_are_dropped(tmp_path
         assert client.list_sources(state="READY") == []  # close() deregistered both sources
 
 
+def test_numpy_arrays_are_served_and_loaded_without_torch_tensors():
+    """numpy arrays as a source's params and as a loader's own params (float32 model: numpy has
+    no bf16): the loaded arrays equal the served ones, and the loader wrote into the caller's
+    arrays themselves. The oracle is the arrays; nothing here reads Shardwire's buffers."""
+    import json
+    import numpy as np
+    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 96, "torch_dtype": "float32"}
+    model = shardwire.Model.from_config_json(json.dumps(cfg))
+    lay = shardwire.Layout.from_string(model, "tp=1")
+    rng = np.random.default_rng(5)
+    served = {s["name"]: rng.standard_normal(s["shape"]).astype(np.float32) for s in lay.shards(0)}
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        src = shardwire.ModelSource(client, model, "tp=1", 0, params=served, revision="np-1", instance_id="np-seed")
+        mine = {name: np.zeros_like(a) for name, a in served.items()}
+        loader = shardwire.ModelLoader(client, model, "tp=1", 0, params=mine, instance_id="np-new")
+        report = loader.load()
+        assert report["bytes_per_instance"] == {"np-seed": report["bytes_from_sources"]}, report
+        for name, a in served.items():
+            assert np.array_equal(mine[name], a), name  # the caller's own arrays were filled
+        with pytest.raises(errors.InvalidArgumentError, match="cannot be shared with torch"):
+            shardwire.ModelSource(client, model, "tp=1", 0, revision="np-2",
+                                  params=dict(served, **{"lm_head.weight": served["lm_head.weight"].astype(">f4")}))
+        src.close()
+
+
 def test_nobody_serving_is_not_found_and_checkpoint_fallback_loads(tmp_path):
     ckpt = checkpoint_dir(tmp_path)
     full = read_safetensors(ckpt / "model.safetensors")
