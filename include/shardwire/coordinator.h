@@ -210,7 +210,9 @@ class CoordinatorClient final : public Rendezvous {
   Status HeartbeatSource(const std::string& source_id,
                          double timeout_s = std::numeric_limits<double>::infinity());
   /// Sources of `model_identity` (every identity when empty), filtered by
-  /// state when given, sorted by (instance_id, rank). At most 100,000.
+  /// state when given, sorted by (instance_id, rank). Errors: kInvalidArgument when
+  /// more than 100,000 match (the server's RESOURCE_EXHAUSTED: filter by identity);
+  /// kCorruptData naming the Redis key of a record that cannot be read.
   Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity,
                                                 std::optional<SourceState> state);
   /// Marks a source STALE with a reason. Errors: kNotFound.
