@@ -31,7 +31,9 @@
 // r:M = "SWM1" blob, h:M = last heartbeat unix ms, v:M = committed version
 // (decimal uint64, compared as digit strings so no precision is lost in Lua),
 // j:M = joined unix ms. Members past member_expire_after are removed (and the
-// epoch bumped) by any script that touches the job, and by Reap.
+// epoch bumped): all of them by Join, GetJob and Reap; by HeartbeatMember, Leave
+// and CommitVersion only the member named (the in-memory state expires all there
+// too; the next GetJob or Reap brings both to the same members and epoch).
 //
 // Blobs: 4-byte magic, then fields each as a little-endian uint32 length and
 // that many bytes. SWS1: instance_id, rank, world_size (decimal), layout,

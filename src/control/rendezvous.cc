@@ -71,7 +71,14 @@ Result<std::int64_t> ApplyAdd(const std::vector<std::byte>* existing, std::int64
     const char* first = reinterpret_cast<const char*>(existing->data());
     const char* last = first + existing->size();
     auto [ptr, ec] = std::from_chars(first, last, old);
-    if (existing->empty() || ec != std::errc() || ptr != last) {
+    // Canonical decimal only, as Redis's INCRBY (string2ll) takes it: "007" and "-0" parse
+    // here but are refused there, and both backends must agree on what a counter is.
+    char canonical[32];
+    const auto written = std::to_chars(canonical, canonical + sizeof canonical, old);
+    const bool is_canonical = ec == std::errc() && ptr == last &&
+                              std::string_view(first, existing->size()) ==
+                                  std::string_view(canonical, static_cast<std::size_t>(written.ptr - canonical));
+    if (existing->empty() || !is_canonical) {
       return InvalidArgument(fmt::format(
           "rendezvous key '{}' holds a {}-byte value that is not a counter (decimal int64)",
           key, existing->size()));

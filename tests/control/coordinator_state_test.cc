@@ -170,6 +170,15 @@ TEST_P(CoordinatorStateTest, KvPutGetAddAndGeneration) {
   auto bad = st.Add("k", 1);
   EXPECT_EQ(bad.status().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(**st.Get("k"), BytesOf(binary)) << "failed Add changed the value";
+  // Both backends take exactly what Redis's INCRBY takes as a counter: canonical decimal int64
+  // (no sign on zero, no '+', no leading zeros or spaces); anything else is refused unchanged.
+  for (const char* text : {"007", "-0", "+5", " 5", "5 ", "18446744073709551615", ""}) {
+    ASSERT_TRUE(st.Put("t", BytesOf(text)).ok());
+    EXPECT_EQ(st.Add("t", 1).status().code(), ErrorCode::kInvalidArgument) << "'" << text << "'";
+    EXPECT_EQ(**st.Get("t"), BytesOf(text)) << "'" << text << "'";
+  }
+  ASSERT_TRUE(st.Put("t", BytesOf("-9")).ok());
+  EXPECT_EQ(*st.Add("t", 1), -8);
   EXPECT_EQ(st.Put("", BytesOf("x")).code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(st.Get("").status().code(), ErrorCode::kInvalidArgument);
 }
