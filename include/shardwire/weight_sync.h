@@ -148,7 +148,9 @@ struct WeightSyncOptions {
   /// incarnation changed (a new process: its metadata is imported again and the transfers
   /// to it prepared again, which the push waits for). An engine rank that missed a push is
   /// skipped, without waiting, until it joins again (WeightSubscriber::Join), so a stalled
-  /// engine costs one engine_timeout_s, not one per push. Subscribers: Create takes the next
+  /// engine costs one engine_timeout_s, not one per push; so does a joiner that stalls before
+  /// a trainer connected to it (the connect is bounded by engine_timeout_s, and a failed
+  /// connect is not tried again until the rank's member record changes). Subscribers: Create takes the next
   /// incarnation of the rank; Join must be called before the first BeginUpdate and after
   /// every missed version; the destructor leaves (best effort). The plan is the one of the
   /// two layouts: members fill the engine layout's rank slots (a replica that does not run

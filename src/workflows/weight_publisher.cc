@@ -109,10 +109,15 @@ struct WeightPublisher::State {
   std::optional<workflows::MembershipLeader> leader;
   std::map<int, std::uint64_t> incarnation_of;
   std::map<int, std::uint64_t> missed_at;
-  // Destinations whose process was found gone when this rank connected to it: the member record
-  // (incarnation, join request) it was found in. Not connected to again until the record changes
-  // (a replacement process, or the same one joining again).
-  std::map<int, std::pair<std::uint64_t, std::int64_t>> gone_at_connect;
+  // Destinations this rank failed to connect to (the process gone, or stalled past
+  // engine_timeout_s): the member record (incarnation, join request) it was found in and why.
+  // Not connected to again until the record changes (a replacement process, or the same one
+  // joining again after the version it missed), so a stalled joiner costs one engine_timeout_s.
+  struct FailedConnect {
+    std::pair<std::uint64_t, std::int64_t> record;
+    Status why;
+  };
+  std::map<int, FailedConnect> failed_connect;
   // Partial(sum) sources (transfer_plan.h, Reduction): this rank's addends for each other
   // reducer (prepared WRITEs into its scratch), the copies it makes into its own scratch, the
   // sums it computes as a reducer, and the ranks whose addends it waits for.
@@ -127,8 +132,9 @@ struct WeightPublisher::State {
 
   void ReleaseTransfersTo(int dst);
   // Imports engine rank `dst`'s metadata (of `incarnation` with dynamic membership, else 0: the
-  // one published), checks its plan signature, wires the lanes up and prepares its transfers.
-  Status ConnectDestination(int dst, std::uint64_t incarnation = 0);
+  // one published), checks its plan signature, wires the lanes up and prepares its transfers,
+  // each wait bounded by `timeout_s` seconds.
+  Status ConnectDestination(int dst, std::uint64_t incarnation, double timeout_s);
   // Imports trainer rank `peer`'s metadata, checks its plan signature and wires the lanes up.
   Result<workflows::PeerRank> ConnectTrainerPeer(int peer);
 };
@@ -372,19 +378,24 @@ Result<int> WeightPublisher::WaitForEngines(int engine_ranks, double timeout_s) 
 std::uint64_t WeightPublisher::bytes_per_push() const { return state_->bytes_per_push; }
 AgentStats WeightPublisher::transport_stats() const { return state_->endpoint.agent->Stats(); }
 
-Status WeightPublisher::State::ConnectDestination(int dst, std::uint64_t incarnation) {
+Status WeightPublisher::State::ConnectDestination(int dst, std::uint64_t incarnation, double timeout_s) {
   Agent& agent = *endpoint.agent;
   ReleaseTransfersTo(dst);
   SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer,
-                      workflows::ImportPeerRank(*rendezvous, agent, options.job, kEngineRole, dst, options.timeout_s,
+                      workflows::ImportPeerRank(*rendezvous, agent, options.job, kEngineRole, dst, timeout_s,
                                                 options.interrupt, kInterruptPollSeconds, incarnation));
   // Before a single descriptor: the engine must plan for the same layouts (else its bytes
   // would land at other offsets than it expects).
   SW_RETURN_IF_ERROR(
-      workflows::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, dst, plan_signature, options.timeout_s));
+      workflows::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, dst, plan_signature, timeout_s));
   // Connect every lane now: UCX wires endpoints up lazily, and the handshake
   // (which needs the engine's lanes to answer) would otherwise land in the first push.
-  SW_RETURN_IF_ERROR(agent.WireUp(peer.name, options.timeout_s));
+  if (Status wired = agent.WireUp(peer.name, timeout_s); !wired.ok()) {
+    // A stalled peer's wire-up flushes stay in flight and would make the next import of the
+    // rank (its next process, or its next join) fail with "transfers in flight": forget it.
+    (void)agent.InvalidatePeer(peer.name);
+    return wired;
+  }
   // One prepared transfer per engine buffer the destination has.
   auto prepare = [&](const std::vector<Move>& moves, RegionId local, std::uint64_t local_base) -> Result<Handles> {
     Handles hs{};
@@ -498,10 +509,10 @@ Status WeightPublisher::Connect() {
   s.amax_peer_names.clear();
   s.incarnation_of.clear();
   s.missed_at.clear();
-  s.gone_at_connect.clear();
+  s.failed_connect.clear();
   // Static membership: every destination now. Dynamic: each when it joins (Push).
   if (!s.options.dynamic_membership) {
-    for (const auto& [dst, bytes] : s.bytes_to) SW_RETURN_IF_ERROR(s.ConnectDestination(dst));
+    for (const auto& [dst, bytes] : s.bytes_to) SW_RETURN_IF_ERROR(s.ConnectDestination(dst, 0, s.options.timeout_s));
   }
   // Each trainer peer is imported once per Connect (a reducer, an amax peer, a round peer): a
   // second import would orphan the transfers prepared against the first (the addend WRITEs).
@@ -674,25 +685,34 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       // have published its own); false when that failed (it misses this push).
       auto connect = [&](int engine_rank, const char* why) {  // = dst (clang 14 lambdas capture no bindings)
         const std::pair<std::uint64_t, std::int64_t> record{member.incarnation, member.request};
-        if (auto gone = s.gone_at_connect.find(engine_rank);
-            gone != s.gone_at_connect.end() && gone->second == record) {
+        if (auto failed = s.failed_connect.find(engine_rank);
+            failed != s.failed_connect.end() && failed->second.record == record) {
+          // The same record failed before: no second wait for it (a stalled joiner would otherwise
+          // cost engine_timeout_s per push, and its peers' updates would time out meanwhile).
           stats.missed.push_back(
               {engine_rank,
-               PeerDisconnected(fmt::format("engine rank {} missed v{}: its incarnation {} was gone when this rank "
-                                            "connected; waiting for a new process or a new join of the rank",
-                                            engine_rank, version, member.incarnation))});
+               Status(failed->second.why.code(),
+                      fmt::format("engine rank {} missed v{}: connecting to its incarnation {} failed "
+                                  "before ({}); waiting for a new process or a new join of the rank",
+                                  engine_rank, version, member.incarnation, failed->second.why.message()))});
           return false;
         }
-        if (const Status st = s.ConnectDestination(engine_rank, member.incarnation); !st.ok()) {
+        // Bounded by engine_timeout_s, as a READY is: a joiner that stalls costs that once.
+        if (const Status st = s.ConnectDestination(engine_rank, member.incarnation, s.options.engine_timeout_s);
+            !st.ok()) {
           stats.missed.push_back(
               {engine_rank, st.WithContext(fmt::format("engine rank {} missed v{}: connecting to "
                                                        "incarnation {} ({})",
                                                        engine_rank, version, member.incarnation, why))});
           s.incarnation_of.erase(engine_rank);
-          if (st.code() == ErrorCode::kPeerDisconnected) s.gone_at_connect[engine_rank] = record;
+          // Gone or stalled: not tried again for this record. Other errors (an interrupt, a plan
+          // mismatch) return at once and are tried again by the next push.
+          if (st.code() == ErrorCode::kPeerDisconnected || st.code() == ErrorCode::kTimedOut) {
+            s.failed_connect[engine_rank] = {record, st};
+          }
           return false;
         }
-        s.gone_at_connect.erase(engine_rank);
+        s.failed_connect.erase(engine_rank);
         s.incarnation_of[engine_rank] = member.incarnation;
         return true;
       };

@@ -18,6 +18,10 @@ Status UcsError(std::string_view what, ucs_status_t s) {
     case UCS_ERR_NOT_CONNECTED:
     case UCS_ERR_CANCELED:
       return PeerDisconnected(std::move(m));
+    case UCS_ERR_SHMEM_SEGMENT:
+      // Attaching the peer's shared-memory segment failed: the segment is gone, which is what
+      // a peer that exited (or was killed mid-transfer) leaves (UCX mm_sysv: shmat EINVAL).
+      return PeerDisconnected(m + " (the peer's shared memory is gone: did its process exit?)");
     case UCS_ERR_TIMED_OUT:
       return TimedOut(std::move(m));
     default:

@@ -29,8 +29,9 @@
 namespace shardwire::transport {
 
 /// "ucp_xxx failed: <ucs_status_string>" as a Status of the code matching `s`:
-/// connection-loss statuses map to kPeerDisconnected, UCS_ERR_TIMED_OUT to
-/// kTimedOut, everything else to kTransportError.
+/// connection-loss statuses and UCS_ERR_SHMEM_SEGMENT (a peer's shared-memory
+/// segment that cannot be attached: the peer exited) map to kPeerDisconnected,
+/// UCS_ERR_TIMED_OUT to kTimedOut, everything else to kTransportError.
 Status UcsError(std::string_view what, ucs_status_t s);
 
 struct ConfigDeleter {
