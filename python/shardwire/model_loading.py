@@ -63,7 +63,8 @@ class ModelSource:
     it; an unreachable coordinator leaves the record to its lease, STALE after stale_after_s).
 
     ``tensors`` are views (no copy) of the served arena; each keeps the arena alive (also after
-    close()), so it never points at freed memory; writing them makes digest checks report those bytes as corrupt (readers re-read elsewhere).
+    close()), so it never points at freed memory; writing them makes digest checks report
+    those bytes as corrupt (readers re-read elsewhere).
 
     Raises InvalidArgumentError (tensors, layout string, rank, missing revision; before
     anything is registered), NotFoundError / CorruptDataError / LayoutMismatchError (checkpoint),
@@ -143,15 +144,14 @@ class ModelLoader:
     ``coordinator``: a CoordinatorClient; ``model``: a shardwire.Model (the identity's tensor
     list); ``layout``: the new instance's layout string; ``rank``: this rank. ``params``: the
     engine's own parameter tensors (name -> CPU tensor or numpy array, shared without a copy;
-    exactly the rank's shards, checked
-    here before anything is created). When they live in one shard buffer at their slots (see
+    exactly the rank's shards, checked here before anything is created). When they live in one shard buffer at their slots (see
     shardwire.adopt_parameters / allocate_shard_buffer) the load lands in them in place, no
     copy (``in_place`` is True); otherwise ``load()`` copies the verified shards into them (one
     copy out of the loader's arena). None: ``tensors`` are views of the arena (no copy); each keeps
     the arena alive, in the loader or in the source it becomes. The memory registered or
     copied into is the storage ``params`` have now: it is kept alive even if a parameter is
-    re-pointed later (``p.data = ...``), and a source it becomes keeps it too. ``revision``: '' takes the one revision
-    served; ``checkpoint``: path for the disk fallback ('' = none). ``stall_timeout_s``: seconds
+    re-pointed later (``p.data = ...``), and a source it becomes keeps it too. ``revision``: ''
+    takes the one revision served; ``checkpoint``: path for the disk fallback ('' = none). ``stall_timeout_s``: seconds
     without progress before a source counts as dead; ``load_timeout_s``: bound of a whole load.
 
     Raises InvalidArgumentError (tensors, layout, rank) at construction; see load().

@@ -80,12 +80,13 @@ class _Endpoint:
 
 class WeightPublisher(_Endpoint):
     """One trainer rank. ``params``: the rank's parameter tensors (name -> tensor, or numpy arrays
-    shared without a copy) in one shard buffer (see adopt_parameters), registered in place; None lets Shardwire allocate the buffer
-    as a transport arena whose views are ``self.tensors`` (faster on this UCX build: arenas take
+    shared without a copy) in one shard buffer (see adopt_parameters), registered in place;
+    None lets Shardwire allocate the buffer as a transport arena whose views are ``self.tensors`` (faster on this UCX build: arenas take
     true one-sided writes, registered caller memory is emulated; docs/transport.md). Those views
     keep the publisher alive, so they never point at freed memory; with ``params`` the storage
     they have now is what is registered, and it is kept alive by the publisher even if a
-    parameter is re-pointed (``p.data = ...``): write new weights into that storage. ``coordinator``: a CoordinatorClient. Times in seconds.
+    parameter is re-pointed (``p.data = ...``): write new weights into that storage.
+    ``coordinator``: a CoordinatorClient. Times in seconds.
     Raises InvalidArgumentError (tensors), LayoutMismatchError (layouts), TransportError."""
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
@@ -165,7 +166,8 @@ class WeightSubscriber(_Endpoint):
     (``self.tensors``) the engine then uses as its weights; each view keeps the subscriber (and
     so the arena) alive. With ``params`` their current storage is registered and kept alive by
     the subscriber even if a parameter is re-pointed (``p.data = ...``), which would make that
-    parameter stop receiving updates. Thread-safety: one thread at a time per object (as the C++ classes)."""
+    parameter stop receiving updates. Thread-safety: one thread at a time per object (as the
+    C++ classes)."""
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",

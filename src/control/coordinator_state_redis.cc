@@ -387,12 +387,14 @@ if not is_err(ids) then
       local hb = tonumber(r[1])
       if not r[1] then
         if redis.call('EXISTS', key) == 0 then redis.call('SREM', P .. 'srcall', id) end
-      elseif hb and r[2] and not wrong_type(P .. 'srcidx:' .. r[2], 'set') then
+      elseif hb and r[2] then
         if now - hb >= d then
-          redis.call('DEL', key)
-          redis.call('SREM', P .. 'srcidx:' .. r[2], id)
-          redis.call('SREM', P .. 'srcall', id)
-          deleted = deleted + 1
+          if not wrong_type(P .. 'srcidx:' .. r[2], 'set') then  -- checked only here: rare, and per source
+            redis.call('DEL', key)
+            redis.call('SREM', P .. 'srcidx:' .. r[2], id)
+            redis.call('SREM', P .. 'srcall', id)
+            deleted = deleted + 1
+          end
         elseif now - hb >= stale and r[3] ~= '1' then
           redis.call('HSET', key, 'st', '1', 'sr',
                      'no heartbeat for ' .. (now - hb) .. ' ms (stale after ' .. ARGV[2] .. ' ms)')
