@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -329,6 +330,64 @@ std::unique_ptr<WeightSubscriber> ConnectedEngineZero(Rendezvous& rz, const char
 
 constexpr const char* kGoKey = "members-test/go";  // the replacement joins once this is set
 
+// The test side of a job with one engine process: engine rank 0 forked (child index 0, its body
+// chosen by the test's child branch), the coordinator it waits for, and a rendezvous on it.
+// Check ok() (a failure is reported to gtest).
+struct OneEngineJob {
+  pid_t engine = -1;
+  std::unique_ptr<CoordinatorServer> server;
+  std::unique_ptr<CoordinatorClient> rz;
+  bool ok() const { return engine > 0 && server != nullptr && rz != nullptr; }
+};
+OneEngineJob StartOneEngineJob() {
+  OneEngineJob job;
+  int fd = -1;
+  job.engine = ForkWithPort(&fd, 0, [](std::uint16_t) { return 0; });
+  EXPECT_GT(job.engine, 0);
+  if (job.engine <= 0) return job;
+  job.server = ServeChildren({fd});
+  EXPECT_NE(job.server, nullptr);
+  if (job.server == nullptr) return job;
+  auto rz = ConnectRendezvous(static_cast<std::uint16_t>(job.server->port()));
+  EXPECT_TRUE(rz.ok()) << rz.status().ToString();
+  if (rz.ok()) job.rz = std::move(rz).value();
+  return job;
+}
+
+// Pushes versions first, first + 1, ... until one reaches engine rank 0 (neither missed nor
+// absent), then one more, named the last (kLastKey) before it is pushed, which must miss no
+// engine. While rank 0 is not in, sleeps pace_ms between pushes (pacing, not a timing
+// assertion: a push with no member returns at once) and shows `on_miss` each engine missed.
+// Returns the last version pushed; 0 after a failure (reported to gtest).
+std::uint64_t PushUntilRankZeroIsInThenOnceMore(
+    WeightPublisher& pub, Rendezvous& rz, std::uint64_t first, std::uint64_t max_version, int pace_ms,
+    const std::function<void(std::uint64_t, const MissedEngine&)>& on_miss = {}) {
+  bool in = false;
+  for (std::uint64_t v = first; v <= max_version; ++v) {
+    if (!in && pace_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(pace_ms));
+    Walk(OneTrainer(), 0, pub.weights(), v, false);
+    if (in && !PutString(rz, kLastKey, std::to_string(v)).ok()) {
+      ADD_FAILURE() << "v" << v << ": could not name it the last version";
+      return 0;
+    }
+    auto stats = pub.Push(v);
+    if (!stats.ok()) {
+      ADD_FAILURE() << "v" << v << ": " << stats.status().ToString();
+      return 0;
+    }
+    if (in) {
+      EXPECT_TRUE(stats->missed.empty()) << "v" << v << ": " << stats->missed[0].reason.ToString();
+      return v;
+    }
+    if (on_miss) {
+      for (const MissedEngine& m : stats->missed) on_miss(v, m);
+    }
+    in = stats->missed.empty() && std::find(stats->absent.begin(), stats->absent.end(), 0) == stats->absent.end();
+  }
+  ADD_FAILURE() << "engine rank 0 was never admitted up to v" << max_version;
+  return 0;
+}
+
 int RunStalledJoiner(std::uint16_t port, bool wait_for_go, const char* job = "incarnations") {
   auto rz = ConnectRendezvous(port);
   if (!rz.ok()) return 10;
@@ -394,21 +453,8 @@ TEST(WeightSyncMembership, ATrainerConnectsOnlyToTheIncarnationTheMembershipName
         << stats->missed[0].reason.ToString();
   }
   ASSERT_TRUE(PutString(**rz, kGoKey, "1").ok());
-  bool in = false;
-  for (;; ++v) {
-    ASSERT_LE(v, 400u) << "the next process was never admitted";
-    Walk(trainer, 0, (*pub)->weights(), v, false);
-    if (in) {
-      ASSERT_TRUE(PutString(**rz, kLastKey, std::to_string(v)).ok());
-    }
-    auto stats = (*pub)->Push(v);
-    ASSERT_TRUE(stats.ok()) << "v" << v << ": " << stats.status().ToString();
-    if (in) {
-      EXPECT_TRUE(stats->missed.empty()) << "v" << v << ": " << stats->missed[0].reason.ToString();
-      break;
-    }
-    in = stats->missed.empty() && std::find(stats->absent.begin(), stats->absent.end(), 0) == stats->absent.end();
-  }
+  v = PushUntilRankZeroIsInThenOnceMore(**pub, **rz, v, 400, 0);
+  ASSERT_GT(v, 0u);
   EXPECT_EQ(WaitChild(second), 0) << "the next process verified every version from its admission to v" << v;
 }
 
@@ -451,13 +497,10 @@ TEST(WeightSyncMembership, AStalledMemberMissesOneVersionThenJoinsAgainAndVerifi
     ForkWithPort(&fd, 0, [](std::uint16_t p) { return RunStallingEngine(p, kStallAt); });
     FAIL() << "unknown child index";
   }
-  int fd = -1;
-  const pid_t engine = ForkWithPort(&fd, 0, [](std::uint16_t) { return 0; });
-  ASSERT_GT(engine, 0);
-  auto server = ServeChildren({fd});
-  ASSERT_NE(server, nullptr);
-  auto rz = ConnectRendezvous(static_cast<std::uint16_t>(server->port()));
-  ASSERT_TRUE(rz.ok());
+  OneEngineJob job = StartOneEngineJob();
+  ASSERT_TRUE(job.ok());
+  const pid_t engine = job.engine;
+  auto* rz = &job.rz;
   WeightSyncOptions options = DynamicJob("stall");
   // Waited in full once (the stalled version); every other READY must come within it, so it is
   // long enough for a loaded CI machine under TSan.
@@ -532,13 +575,10 @@ TEST(WeightSyncMembership, AJoinerStalledBeforeTheConnectCostsOneEngineTimeoutNo
       ::unsetenv("UCX_NET_DEVICES");
     }
   } tcp_only;
-  int fd = -1;
-  const pid_t engine = ForkWithPort(&fd, 0, [](std::uint16_t) { return 0; });
-  ASSERT_GT(engine, 0);
-  auto server = ServeChildren({fd});
-  ASSERT_NE(server, nullptr);
-  auto rz = ConnectRendezvous(static_cast<std::uint16_t>(server->port()));
-  ASSERT_TRUE(rz.ok());
+  OneEngineJob job = StartOneEngineJob();
+  ASSERT_TRUE(job.ok());
+  const pid_t engine = job.engine;
+  auto* rz = &job.rz;
   WeightSyncOptions options = DynamicJob("stalled-joiner");
   options.engine_timeout_s = 3;  // waited once, for the stopped process (no healthy engine here)
   const Layout trainer = OneTrainer();
@@ -569,30 +609,15 @@ TEST(WeightSyncMembership, AJoinerStalledBeforeTheConnectCostsOneEngineTimeoutNo
   int next_fd = -1;
   const pid_t next = ForkWithPort(&next_fd, 1, [](std::uint16_t) { return 0; });
   ASSERT_GT(next, 0);
-  SendPort(next_fd, static_cast<std::uint16_t>(server->port()));
+  SendPort(next_fd, static_cast<std::uint16_t>(job.server->port()));
   ASSERT_TRUE(
       GetString(**rz, workflows::IncarnationMetadataKey("stalled-joiner", "engine", 0, 2) + "/metadata", 120).ok());
-  bool in = false;
-  for (std::uint64_t v = 4;; ++v) {
-    // Paced (not a timing assertion): pushes with no member return at once, and its join
-    // request follows its metadata by a moment.
-    ASSERT_LE(v, 6000u) << "the next process was never admitted (about 120 s of pushes)";
-    if (!in) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    Walk(trainer, 0, (*pub)->weights(), v, false);
-    if (in) {
-      ASSERT_TRUE(PutString(**rz, kLastKey, std::to_string(v)).ok());
-    }
-    auto stats = (*pub)->Push(v);
-    ASSERT_TRUE(stats.ok()) << "v" << v << ": " << stats.status().ToString();
-    if (in) {
-      EXPECT_TRUE(stats->missed.empty()) << "v" << v << ": " << stats->missed[0].reason.ToString();
-      break;
-    }
-    for (const MissedEngine& m : stats->missed) {
-      EXPECT_EQ(m.reason.message().find("in flight"), std::string::npos) << "v" << v << ": " << m.reason.ToString();
-    }
-    in = stats->missed.empty() && std::find(stats->absent.begin(), stats->absent.end(), 0) == stats->absent.end();
-  }
+  // Paced 20 ms, up to 6000 pushes (about 120 s): its join request follows its metadata.
+  const std::uint64_t last =
+      PushUntilRankZeroIsInThenOnceMore(**pub, **rz, 4, 6000, 20, [](std::uint64_t v, const MissedEngine& m) {
+        EXPECT_EQ(m.reason.message().find("in flight"), std::string::npos) << "v" << v << ": " << m.reason.ToString();
+      });
+  EXPECT_GT(last, 0u);
   EXPECT_EQ(WaitChild(next), 0) << "the next process verified every version from its admission";
   ASSERT_EQ(kill(engine, SIGKILL), 0);
   EXPECT_EQ(WaitChild(engine), 100);  // killed (WaitChild: 100 = not a normal exit)
