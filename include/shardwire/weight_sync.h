@@ -125,16 +125,22 @@ struct WeightSyncOptions {
   /// With double_buffered: the second buffer in the caller's memory (as `buffer`); empty:
   /// an arena.
   std::span<std::byte> second_buffer = {};
-  /// Interruption hook (e.g. Python's Ctrl-C): when set, every wait of Connect, Push,
-  /// WaitForUpdate and Join is cut into slices of at most kInterruptPollSeconds and calls it between
-  /// slices, on the calling thread. A non-OK status it returns ends the wait with that status
-  /// (given context). State stays consistent: an interrupted Connect or WaitForUpdate may be
+  /// Interruption hook (e.g. Python's Ctrl-C): when set, the long waits of Connect, Push,
+  /// WaitForUpdate and Join (an engine's READY, a trainer's DONE, an admission, a peer's
+  /// metadata, the writes of a push) are cut into slices of at most kInterruptPollSeconds and
+  /// call it between slices, on the calling thread. A non-OK status it returns ends the wait
+  /// with that status (given context). Not cut: waits bounded by their own timeouts that a
+  /// healthy peer answers at once (reading the membership record of a push on trainer ranks
+  /// other than 0, a peer's plan signature, a lane wire-up, the partial-sum addends' writes).
+  /// State stays consistent: an interrupted Connect or WaitForUpdate (without relays) may be
   /// called again (notifications that arrived meanwhile are kept); a Push interrupted while
-  /// waiting for READY posted nothing and may be called again; one interrupted while its
-  /// writes were in flight cancels those not complete (Agent::Cancel): no destination gets
-  /// DONE for that version, so none commits it (their bytes may be partly written) and
-  /// BeginUpdate / Push of it must run again. The hook is called only after a slice in which
-  /// nothing arrived, so a progressing wait does not pay for it.
+  /// waiting for READY wrote no engine buffer (partial-sum addends to other trainer ranks may
+  /// have gone out) and may be called again; one interrupted while its writes were in flight
+  /// cancels those not complete (Agent::Cancel): no destination gets DONE for that version
+  /// from this rank, so none commits it (their bytes may be partly written); with several
+  /// trainer ranks, push the next version on every rank rather than this one again (ranks
+  /// that completed it refuse it). The hook is called only after a slice in which nothing
+  /// arrived, so a progressing wait does not pay for it.
   std::function<Status()> interrupt = {};
   /// Conversion in the push (used only when the layouts' dtypes differ): FP8 block size and
   /// scale arithmetic, and the staging bound in bytes. Publishers and subscribers of one job
