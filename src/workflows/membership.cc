@@ -170,9 +170,12 @@ Result<Membership> MembershipLeader::Publish(Rendezvous& rendezvous, const std::
     const double now = SteadySeconds();
     for (auto it = holds_.begin(); it != holds_.end();) {
       if (!it->second.acknowledged) {
-        // The last push published before this one: what the live engines keep serving.
-        SW_RETURN_IF_ERROR(PutString(rendezvous, HoldAckKey(job, it->first),
-                                     fmt::format("{} {}", it->second.request, version - 1)));
+        // The last push published before this one: what the live engines keep serving. Versions
+        // need not be consecutive (a training step); version - 1 only for a leader that has not
+        // published yet (a trainer rank 0 restarted mid-job).
+        const std::uint64_t serving = last_published_ != 0 ? last_published_ : version - 1;
+        SW_RETURN_IF_ERROR(
+            PutString(rendezvous, HoldAckKey(job, it->first), fmt::format("{} {}", it->second.request, serving)));
         it->second.acknowledged = true;
       }
       if (held != nullptr &&
@@ -202,6 +205,7 @@ Result<Membership> MembershipLeader::Publish(Rendezvous& rendezvous, const std::
   Membership m{version, members_};
   const std::string text = EncodeMembership(m);
   SW_RETURN_IF_ERROR(PutString(rendezvous, MembershipSlotKey(job, version), text));
+  last_published_ = version;
   return m;
 }
 

@@ -106,6 +106,7 @@ class MembershipLeader {
   std::map<int, Member> members_;
   std::map<int, std::int64_t> processed_;  // engine rank -> latest request id applied
   std::map<int, Hold> holds_;               // open catch-up holds
+  std::uint64_t last_published_ = 0;        // the version of this leader's last Publish (0: none)
 };
 
 /// The engine ranks whose latest request is a join (they are members from the leader's next

@@ -55,5 +55,21 @@ TEST(MembershipLeader, HoldsFiledAgainAndAgainDelayAPushAtMostHoldSeconds) {
   EXPECT_LT(took, 15) << "the push waited past its overall hold bound";
 }
 
+// A hold's acknowledgement names the version the live engines serve: the leader's last
+// published push, also when versions skip numbers (a training step), not version - 1 (found by
+// review, session 35: a catch-up then waited for a version that was never pushed).
+TEST(MembershipLeader, AHoldIsAcknowledgedWithTheLastPublishedVersionWhenVersionsSkip) {
+  InProcessRendezvous rz;
+  MembershipLeader leader(/*hold_s=*/0.2);
+  ASSERT_TRUE(leader.Publish(rz, "job", 1, 10).ok());
+  auto request = FileMembershipRequest(rz, "job", 0, 1, /*hold=*/true);
+  ASSERT_TRUE(request.ok()) << request.status().ToString();
+  auto push = std::async(std::launch::async, [&] { return leader.Publish(rz, "job", 1, 20); });
+  auto serving = AwaitHold(rz, "job", 0, *request, 60);
+  ASSERT_TRUE(serving.ok()) << serving.status().ToString();
+  EXPECT_EQ(*serving, 10u) << "the hold must name v10, the last push, not v19";
+  EXPECT_TRUE(push.get().ok());  // the hold runs out (0.2 s) and v20 is published
+}
+
 }  // namespace
 }  // namespace shardwire::workflows
