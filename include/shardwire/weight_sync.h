@@ -5,9 +5,9 @@
 //   subscriber: BeginUpdate(v)   -> READY(v) to each source rank it receives from
 //                                   (the engine has paused serving from its buffer)
 //   publisher:  Push(v)          waits for READY(v) from each destination it sends
-//                                to, then posts its prepared one-sided WRITEs, each
-//                                with DONE(v) attached: the transport delivers DONE
-//                                only after every byte of that transfer is visible
+//                                to, then posts its prepared one-sided WRITEs, waits
+//                                for their remote completion (every byte visible at
+//                                the engine) and only then sends DONE(v)
 //   subscriber: WaitForUpdate(v) waits for DONE(v) from every source, then commits v
 //   publisher:  to an engine rank that was not READY within engine_timeout_s, or failed
 //               during the push: MISSED(v) instead of DONE(v); that engine keeps v-1 and
