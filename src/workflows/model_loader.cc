@@ -256,6 +256,7 @@ struct ModelLoader::Impl {
     SW_ASSIGN_OR_RETURN(const std::vector<SourceRecord> records,
                         registry->ListSources(identity.Digest(), SourceState::kReady));
     AddInstances(records, needed);
+    metrics.SourceInstances(Alive().size());
     return Status::Ok();
   }
 
@@ -380,6 +381,7 @@ struct ModelLoader::Impl {
     inst.failed = true;
     inst.failure = reason;
     report.failed.push_back(fmt::format("{}: {}", inst.id, reason));
+    metrics.SourceInstances(Alive().size());
     for (auto& [rank, peer] : inst.peers) {
       (void)Send(peer, Msg(P2pKind::kBye));
       (void)agent->InvalidatePeer(peer);
@@ -726,6 +728,7 @@ struct ModelLoader::Impl {
     const std::size_t before = instances.size();
     AddInstances(records, needed);
     if (instances.size() == before) return;
+    metrics.SourceInstances(Alive().size());
     for (LoadMove& m : moves) {
       const bool waiting = m.state == LoadMove::State::kQueued || m.state == LoadMove::State::kLeaseWait ||
                            m.state == LoadMove::State::kLeaseQueued;

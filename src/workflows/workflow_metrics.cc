@@ -105,7 +105,13 @@ Result<LoaderMetrics> LoaderMetrics::Make(MetricsRegistry* registry, int rank) {
   SW_ASSIGN_OR_RETURN(m.loads_, registry->AddCounter("shardwire_loads_total",
                                                      "ModelLoader::Load calls by result (ok, or the error code).",
                                                      {"rank", "result"}));
+  SW_ASSIGN_OR_RETURN(GaugeFamily * instances,
+                      registry->AddGauge("shardwire_load_source_instances",
+                                         "Source instances the rank's current load reads from: usable ones found "
+                                         "by its listings, less those that failed.",
+                                         {"rank"}));
   m.duration_ = duration->Labels({m.rank_});
+  m.source_instances_ = instances->Labels({m.rank_});
   m.from_sources_ = bytes->Labels({m.rank_, "sources"});
   m.from_disk_ = bytes->Labels({m.rank_, "disk"});
   return m;
@@ -120,5 +126,7 @@ void LoaderMetrics::Loaded(const Status& result, double seconds, std::uint64_t b
   from_sources_.Increment(bytes_from_sources);
   from_disk_.Increment(bytes_from_disk);
 }
+
+void LoaderMetrics::SourceInstances(std::size_t live) const { source_instances_.Set(static_cast<double>(live)); }
 
 }  // namespace shardwire::workflows

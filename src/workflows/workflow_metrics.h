@@ -56,9 +56,13 @@ class LoaderMetrics {
   /// A Load call ended with `result` after `seconds`; on success with these byte counts.
   void Loaded(const Status& result, double seconds, std::uint64_t bytes_from_sources,
               std::uint64_t bytes_from_disk) const;
+  /// The current load reads from `live` source instances (set after each listing and each
+  /// instance failure).
+  void SourceInstances(std::size_t live) const;
 
  private:
   Histogram duration_;
+  Gauge source_instances_;
   Counter from_sources_, from_disk_;
   CounterFamily* loads_ = nullptr;
   std::string rank_;

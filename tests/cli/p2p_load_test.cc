@@ -163,7 +163,10 @@ class P2pLoadProcessTest : public ::testing::Test {
   // with them, and (sources being capped) most of its moves still wait for leases. A test
   // that disturbs a load mid-way waits for this instead of sleeping for a guess of how long
   // the loader takes to start. Fails the test after 60 s.
-  void AwaitReading(Process& load, const std::string& id) {
+  // Waits, through the load's metrics endpoint (--metrics-port 0), until its ranks
+  // 0..listed_ranks-1 each know at least one source instance (their first listing is
+  // done) and it has completed at least one READ.
+  void AwaitReading(Process& load, const std::string& id, int listed_ranks = 0) {
     ASSERT_TRUE(testing::AwaitOutput(Out(id), "shardwire metrics on ", load, 60)) << Slurp(Out(id));
     const std::string printed = Slurp(Out(id));
     std::smatch port;
@@ -176,17 +179,20 @@ class P2pLoadProcessTest : public ::testing::Test {
       if (auto res = http.Get("/metrics"); res && res->status == 200) {
         std::istringstream lines(res->body);
         double reads = 0;
+        int listed = 0;
         for (std::string line; std::getline(lines, line);) {
+          auto value = [&] { return std::stod(line.substr(line.rfind(' ') + 1)); };
           if (line.rfind("shardwire_transport_transfers_total{", 0) == 0 &&
               line.find("op=\"READ\"") != std::string::npos) {
-            reads += std::stod(line.substr(line.rfind(' ') + 1));
+            reads += value();
           }
+          if (line.rfind("shardwire_load_source_instances{", 0) == 0 && value() >= 1) ++listed;
         }
-        if (reads >= 1) return;
+        if (reads >= 1 && listed >= listed_ranks) return;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    FAIL() << id << " never completed a READ: " << Slurp(Out(id));
+    FAIL() << id << " never completed a READ with " << listed_ranks << " ranks listed: " << Slurp(Out(id));
   }
 
   // Waits for a load to exit 0 with a verified LOADED line; returns its output.
@@ -372,14 +378,14 @@ TEST_F(P2pLoadProcessTest, CoordinatorGoesAwayMidLoad) {
   const auto at = text.find("listening on ") + 13;
   coordinator_ = text.substr(at, text.find(' ', at) - at);
   // Each source rank serves two loader ranks of ~0.9 MB at 300 KB/s (~6 s in all): the
-  // coordinator dies once the loader has read from the seed (so it has listed its sources),
-  // while its second rank per source rank still waits for its lease (and re-lists). (Were the
-  // coordinator gone before the first listing, the load would fail with kUnavailable naming it
-  // after the client's retry window.)
+  // coordinator dies once every loader rank has listed its sources and one has read from the
+  // seed, while the second rank per source rank still waits for its lease (and re-lists).
+  // (Were the coordinator gone before a rank's first listing, the load would fail with
+  // kUnavailable naming it after the client's retry window.)
   Process& seed = Seed("seed", "tp=2", 300e3);
   ASSERT_TRUE(testing::AwaitOutput(Out("seed"), "SEED READY", seed, 60)) << Slurp(Out("seed"));
   Process& load = Load("new", "tp=4", {"--metrics-port", "0"});
-  AwaitReading(load, "new");
+  AwaitReading(load, "new", 4);
   serve.Signal(SIGKILL);
   ASSERT_EQ(serve.Wait(10).value_or(0), -SIGKILL);
   // The LOADED line is printed only after every byte was compared with the checkpoint.

@@ -780,7 +780,7 @@ TEST(MoveDigest, SegmentsAreCutAtSourceBlockBoundaries) {
 }
 
 // ModelLoaderOptions::metrics: a load counts once by result, its duration once, its bytes by
-// origin as the LoadReport says, and its agent's READ bytes by peer add up to the bytes from
+// origin as the LoadReport says, its live source instances, and its agent's READ bytes by peer add up to the bytes from
 // sources; a failed load counts under its error code and adds no duration or bytes.
 TEST_F(ModelLoadingTest, LoaderReportsLoadsDurationsAndBytesIntoItsRegistry) {
   auto seed = Seed("seed", "tp=2");
@@ -804,6 +804,7 @@ TEST_F(ModelLoadingTest, LoaderReportsLoadsDurationsAndBytesIntoItsRegistry) {
   EXPECT_EQ(sample("shardwire_load_bytes_total{rank=\"0\",origin=\"sources\"}"),
             static_cast<double>(report->bytes_from_sources));
   EXPECT_EQ(sample("shardwire_load_bytes_total{rank=\"0\",origin=\"disk\"}"), 0);
+  EXPECT_EQ(sample("shardwire_load_source_instances{rank=\"0\"}"), 1);  // the seed, never failed
   // The loader's agent READ exactly the verified bytes from the two source ranks (no re-reads here).
   ASSERT_EQ(report->rereads, 0u);
   double read = 0;
@@ -822,6 +823,7 @@ TEST_F(ModelLoadingTest, LoaderReportsLoadsDurationsAndBytesIntoItsRegistry) {
   ASSERT_EQ((*failing)->Load().status().code(), ErrorCode::kUnavailable);
   EXPECT_EQ(sample("shardwire_loads_total{rank=\"0\",result=\"unavailable\"}"), 1);
   EXPECT_EQ(sample("shardwire_load_duration_seconds_count{rank=\"0\"}"), 1) << "failed loads add no duration";
+  EXPECT_EQ(sample("shardwire_load_source_instances{rank=\"0\"}"), 0) << "the liar was listed, then failed";
 }
 
 }  // namespace
