@@ -26,7 +26,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             message->kind == shardwire::workflows::MessageKind::kRoundDone ||
             message->kind == shardwire::workflows::MessageKind::kRelayPlan ||
             message->kind == shardwire::workflows::MessageKind::kRelayed ||
-            message->kind == shardwire::workflows::MessageKind::kWithdrawn,
+            message->kind == shardwire::workflows::MessageKind::kWithdrawn ||
+            message->kind == shardwire::workflows::MessageKind::kSlotsFree,
         "sync_messages_fuzzer", "accepted kind is one the protocol defines");
   const std::vector<std::byte> again = shardwire::workflows::Encode(*message);
   Check(std::vector<std::byte>(payload.begin(), payload.end()) == again, "sync_messages_fuzzer",

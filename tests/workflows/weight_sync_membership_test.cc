@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -858,6 +859,80 @@ TEST(WeightSyncPartial, PartialSumShardsAreReducedAtTheirReducerAndEnginesGetThe
       EXPECT_EQ(bad, 0u) << "engine rank " << e << " v" << v;
     }
   }
+}
+
+// A trainer rank that only sends addends (its reducer is another rank) finishes its push of
+// v at once and may call Push(v+1) before its reducer has summed v. Its addends of v+1 must not
+// overwrite the reducer's slot of v: it waits for the reducer's SLOTS_FREE(v) first. Oracle:
+// the test's own fp32 sums of each version's addends.
+TEST(WeightSyncPartial, ARankPushingAVersionAheadWaitsUntilItsReducerIsDoneWithItsSlots) {
+  Pair p = StartPair();
+  const std::vector<TensorSpec> t{{"w", DType::kF32, {8, 6}}};
+  const Layout trainer =
+      MakeDTensorLayout("partial", t, DeviceMesh::Create({{"dp", 2}}).value(), {{Placement::Partial()}}).value();
+  const Layout engine =
+      MakeDTensorLayout("engine", t, DeviceMesh::Create({{"tp", 1}}).value(), {{Placement::Replicate()}}).value();
+  const TransferPlan plan = PlanTransfer(trainer, engine).value();
+  ASSERT_EQ(plan.reductions().size(), 1u);
+  ASSERT_EQ(plan.reductions()[0].reducer, 0u) << "rank 1 is meant to be a pure addend source";
+  auto sub = WeightSubscriber::Create(*p.client, trainer, engine, 0, {"ahead", 20});
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  std::vector<std::unique_ptr<WeightPublisher>> pubs;
+  for (int r = 0; r < 2; ++r) {
+    auto pub = WeightPublisher::Create(*p.client, trainer, engine, r, {"ahead", 20});
+    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+    pubs.push_back(std::move(*pub));
+  }
+  ASSERT_TRUE((*sub)->Connect().ok());
+  {
+    std::vector<std::thread> connects;
+    std::vector<Status> st(2);
+    for (int r = 0; r < 2; ++r) connects.emplace_back([&, r] { st[r] = pubs[r]->Connect(); });
+    for (auto& th : connects) th.join();
+    ASSERT_TRUE(st[0].ok() && st[1].ok()) << st[0].ToString() << st[1].ToString();
+  }
+  auto fill = [&](int r, std::uint64_t v) {
+    for (std::size_t i = 0; i < 48; ++i) {
+      const float x = Addend(r, i, v);
+      std::memcpy(pubs[static_cast<std::size_t>(r)]->weights().data() + i * 4, &x, 4);
+    }
+  };
+  auto expect_sum = [&](std::uint64_t v) {
+    ASSERT_TRUE((*sub)->WaitForUpdate(v).ok()) << "v" << v;
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < 48; ++i) {
+      const float want = Addend(0, i, v) + Addend(1, i, v);
+      bad += std::memcmp((*sub)->weights().data() + i * 4, &want, 4) != 0;
+    }
+    EXPECT_EQ(bad, 0u) << "v" << v << ": elements that are not the sum of that version's addends";
+  };
+  ASSERT_TRUE((*sub)->BeginUpdate(1).ok());
+  std::atomic<int> rank1_pushes{0};
+  Result<PushStats> first = Internal("not run"), second = Internal("not run");
+  std::thread ahead([&] {
+    fill(1, 1);
+    first = pubs[1]->Push(1);
+    rank1_pushes = 1;
+    fill(1, 2);
+    second = pubs[1]->Push(2);
+    rank1_pushes = 2;
+  });
+  // Rank 1 is in (or through) its push of v2 before the reducer starts v1: without the wait its
+  // v2 addends are in the reducer's slot by now (up to 2 s given to let them land).
+  for (int i = 0; i < 3000 && rank1_pushes < 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 200 && rank1_pushes < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  fill(0, 1);
+  const auto reduced = pubs[0]->Push(1);
+  EXPECT_TRUE(reduced.ok()) << reduced.status().ToString();
+  expect_sum(1);
+  ASSERT_TRUE((*sub)->BeginUpdate(2).ok());
+  fill(0, 2);
+  const auto reduced2 = pubs[0]->Push(2);
+  ahead.join();
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  ASSERT_TRUE(reduced2.ok()) << reduced2.status().ToString();
+  expect_sum(2);
 }
 
 // ---- Per-version integrity check (WeightSyncOptions::verify_digests).
