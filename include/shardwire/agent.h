@@ -571,7 +571,9 @@ class Agent {
   /// path a transfer uses and waits for all of them, so the first Post of a
   /// prepared transfer pays no wire-up. Idempotent; cheap once connected.
   /// Blocks at most timeout_s seconds (Wait semantics; the peer's lanes must
-  /// progress, which they do on their own).
+  /// progress, which they do on their own). A wire-up that fails (timed out, peer
+  /// gone, transport error) forgets the peer as InvalidatePeer does, so that no
+  /// flush to a stalled peer outlives the call: ImportMetadata it again to retry.
   /// Errors: kNotFound for an unknown peer; kPeerDisconnected for a failed peer;
   /// kTimedOut; kInvalidArgument for a NaN timeout; kTransportError.
   Status WireUp(const std::string& peer, double timeout_s);

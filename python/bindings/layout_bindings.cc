@@ -13,18 +13,6 @@ namespace py = pybind11;
 
 namespace shardwire::python {
 
-namespace {
-
-// An out-of-range rank is the caller's error: InvalidArgumentError (a ShardwireError) naming it.
-void CheckRank(const Layout& l, int rank) {
-  if (rank < 0 || rank >= l.world_size()) {
-    throw StatusError(InvalidArgument("layout " + l.description() + ": rank " + std::to_string(rank) +
-                                      " is outside its " + std::to_string(l.world_size()) + " ranks"));
-  }
-}
-
-}  // namespace
-
 void BindLayout(py::module_& m) {
   py::class_<Layout>(m, "Layout",
                      "Which slice of which tensor every rank holds and where in the rank's buffer it lives.\n"
@@ -43,14 +31,14 @@ void BindLayout(py::module_& m) {
       .def(
           "buffer_bytes",
           [](const Layout& l, int rank) {
-            CheckRank(l, rank);
+            CheckRankInRange("layout " + l.description() + ":", rank, l.world_size());
             return l.rank(rank).buffer_bytes;
           },
           py::arg("rank"), "Bytes of rank `rank`'s shard buffer.")
       .def(
           "shards",
           [](const Layout& l, int rank) {
-            CheckRank(l, rank);
+            CheckRankInRange("layout " + l.description() + ":", rank, l.world_size());
             py::list out;
             for (const ShardRef& s : l.rank(rank).shards) {
               const TensorSpec& t = l.tensors()[s.tensor];

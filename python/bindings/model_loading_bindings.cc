@@ -124,10 +124,7 @@ void BindModelLoading(py::module_& m) {
              auto out = std::make_unique<PySource>();
              py::gil_scoped_release release;
              const Layout lay = ValueOrThrow(MakeLayoutFromString(model, layout));
-             if (rank < 0 || rank >= lay.world_size()) {
-               throw StatusError(InvalidArgument(
-                   fmt::format("model source: rank {} outside layout {} of {} ranks", rank, layout, lay.world_size())));
-             }
+             CheckRankInRange(fmt::format("model source: layout {}:", layout), rank, lay.world_size());
              std::optional<Checkpoint> checkpoint;
              if (!checkpoint_path.empty()) {
                checkpoint = ValueOrThrow(Checkpoint::Open(checkpoint_path));

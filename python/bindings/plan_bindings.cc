@@ -12,18 +12,6 @@ namespace py = pybind11;
 
 namespace shardwire::python {
 
-namespace {
-
-// An out-of-range destination rank: InvalidArgumentError (a ShardwireError) naming it.
-void CheckDestinationRank(const TransferPlan& p, int dst_rank) {
-  if (dst_rank < 0 || dst_rank >= p.dst_world()) {
-    throw StatusError(InvalidArgument("plan: destination rank " + std::to_string(dst_rank) + " is outside its " +
-                                      std::to_string(p.dst_world()) + " ranks"));
-  }
-}
-
-}  // namespace
-
 void BindPlan(py::module_& m) {
   py::class_<TransferPlan>(m, "Plan",
                            "The byte moves that fill every shard of a destination layout from a source layout\n"
@@ -47,14 +35,14 @@ void BindPlan(py::module_& m) {
       .def(
           "sources_of",
           [](const TransferPlan& p, int dst_rank) {
-            CheckDestinationRank(p, dst_rank);
+            CheckRankInRange("plan: destination", dst_rank, p.dst_world());
             return p.SourcesOf(dst_rank);
           },
           py::arg("dst_rank"), "Source ranks sending to dst_rank. Raises InvalidArgumentError out of range.")
       .def(
           "moves_to",
           [](const TransferPlan& p, int dst_rank) {
-            CheckDestinationRank(p, dst_rank);
+            CheckRankInRange("plan: destination", dst_rank, p.dst_world());
             py::list out;
             for (const Move& mv : p.MovesTo(dst_rank)) {
               py::dict e;

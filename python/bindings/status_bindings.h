@@ -28,6 +28,15 @@ inline void ThrowIfError(const Status& status) {
   if (!status.ok()) throw StatusError(status);
 }
 
+/// Throws InvalidArgumentError (a ShardwireError) "<what> rank <rank> is outside its <world>
+/// ranks" unless 0 <= rank < world: an out-of-range rank is the caller's error.
+inline void CheckRankInRange(const std::string& what, int rank, int world) {
+  if (rank < 0 || rank >= world) {
+    throw StatusError(InvalidArgument(what + " rank " + std::to_string(rank) + " is outside its " +
+                                      std::to_string(world) + " ranks"));
+  }
+}
+
 /// The value of `result`, or throws StatusError.
 template <typename T>
 T ValueOrThrow(Result<T> result) {

@@ -297,7 +297,13 @@ Status Agent::WireUp(const std::string& peer_name, double timeout_s) {
   im.transfers.at(h.id)->metrics = {};  // internal: not a transfer of the caller's
   Status st = Post(h);
   if (st.ok()) st = Wait(h, timeout_s);
-  if (st.code() == ErrorCode::kTimedOut) (void)Cancel(h, 1.0);
+  if (!st.ok()) {
+    // A flush to a stalled peer cannot be drained (Cancel gives it 1 s) and would make the
+    // peer's next ImportMetadata fail with "transfers in flight": the peer is forgotten.
+    if (st.code() == ErrorCode::kTimedOut) (void)Cancel(h, 1.0);
+    (void)InvalidatePeer(peer_name);
+    st = st.WithContext("the peer was invalidated (import it again to retry)");
+  }
   (void)Release(h);
   return st.WithContext("WireUp with peer " + peer_name);
 }

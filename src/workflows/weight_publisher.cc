@@ -396,12 +396,8 @@ Status WeightPublisher::State::ConnectDestination(int dst, std::uint64_t incarna
       workflows::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, dst, plan_signature, timeout_s));
   // Connect every lane now: UCX wires endpoints up lazily, and the handshake
   // (which needs the engine's lanes to answer) would otherwise land in the first push.
-  if (Status wired = agent.WireUp(peer.name, timeout_s); !wired.ok()) {
-    // A stalled peer's wire-up flushes stay in flight and would make the next import of the
-    // rank (its next process, or its next join) fail with "transfers in flight": forget it.
-    (void)agent.InvalidatePeer(peer.name);
-    return wired;
-  }
+  // (A failed wire-up forgets the peer, so the rank's next process or join imports afresh.)
+  SW_RETURN_IF_ERROR(agent.WireUp(peer.name, timeout_s));
   // One prepared transfer per engine buffer the destination has.
   auto prepare = [&](const std::vector<Move>& moves, RegionId local, std::uint64_t local_base) -> Result<Handles> {
     Handles hs{};

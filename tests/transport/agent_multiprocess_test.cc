@@ -463,6 +463,45 @@ TEST_P(StoppedTarget, OtherPeerUnaffectedAndReplacementReconnects) {
   }
 }
 
+// A peer that stops (SIGSTOP) before it answers the wire-up (over TCP, kUcxPeer: the handshake
+// needs its worker): WireUp times out and forgets the peer, so no flush of it stays in flight
+// and the same name can be imported afresh at once (a rank's next process). (Not wired up
+// again to the same process once it runs: UCX 1.13.1 over TCP then fails the new endpoint,
+// "Endpoint timeout", or asserts on the stale wire-up reply, ucp_request.c:684.)
+TEST(WireUpToAStoppedPeer, TimesOutAndForgetsThePeerSoItCanBeImportedAfresh) {
+  int fds[2];
+  const pid_t pid = ForkChild(fds, [](int fd) {
+    auto agent = Agent::Create({.name = "stops", .ucx = {.failure_detection = PeerFailureDetection::kUcxPeer}});
+    if (!agent.ok()) return 10;
+    if (Handshake(**agent, fd) != "parent") return 12;
+    ::raise(SIGSTOP);
+    return 0;
+  });
+  ASSERT_GT(pid, 0);
+  const int fd = fds[0];
+  auto agent = Agent::Create({.name = "parent", .ucx = {.failure_detection = PeerFailureDetection::kUcxPeer}});
+  ASSERT_TRUE(agent.ok()) << agent.status().ToString();
+  Agent& a = **agent;
+  auto mine = a.ExportMetadata();
+  ASSERT_TRUE(mine.ok() && SendFrame(fd, *mine));
+  const auto blob = RecvFrame(fd, kStepTimeoutS);
+  ASSERT_TRUE(blob.has_value());
+  auto name = a.ImportMetadata(*blob);
+  ASSERT_TRUE(name.ok()) << name.status().ToString();
+  ASSERT_TRUE(WaitStopped(pid, 30));
+  const Status stalled = a.WireUp(*name, 1.0);
+  EXPECT_EQ(stalled.code(), ErrorCode::kTimedOut) << stalled.ToString();
+  EXPECT_NE(stalled.message().find("invalidated"), std::string::npos) << stalled.ToString();
+  EXPECT_EQ(a.DescribePeer(*name).status().code(), ErrorCode::kNotFound) << "the stalled peer was kept";
+  auto again = a.ImportMetadata(*blob);
+  EXPECT_TRUE(again.ok()) << again.status().ToString();
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  const auto status = WaitPidFor(pid, 30);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(WIFSIGNALED(*status));
+  ::close(fd);
+}
+
 INSTANTIATE_TEST_SUITE_P(Transport, StoppedTarget,
                          ::testing::Values(PeerFailureDetection::kAuto, PeerFailureDetection::kUcxPeer),
                          [](const auto& i) { return i.param == PeerFailureDetection::kAuto ? "auto" : "ucxpeer"; });
