@@ -81,11 +81,15 @@ class ShardwireWorkerExtension:
 
     def update_weights(self, version: int) -> Dict[str, float]:
         """Receives weight version ``version`` (the worker must not run the model meanwhile)
-        and commits it; ``self.weight_version`` labels tokens generated afterwards."""
+        and commits it; ``self.weight_version`` labels tokens generated afterwards (None after a
+        failed update left the weights mixing two versions)."""
         self._sw_sub.begin_update(version)
-        stats = self._sw_sub.wait_for_update(version)
-        self.weight_version = self._sw_sub.committed_version
-        return stats
+        try:
+            return self._sw_sub.wait_for_update(version)
+        finally:
+            # After a failed update the (single-buffered) weights may mix two versions: no label
+            # until the next update commits.
+            self.weight_version = self._sw_sub.committed_version if self._sw_sub.holds_committed_version else None
 
     def check_weights(self, expected: Dict[str, torch.Tensor]) -> bool:
         """True when every parameter equals the matching slice of ``expected`` (HF name -> full

@@ -471,14 +471,23 @@ class WeightSubscriber {
   Status BeginUpdate(std::uint64_t version);
 
   /// Blocks until every source has delivered `version`, then commits it.
-  /// Errors (committed_version() unchanged, the buffer possibly partly written): kTimedOut
+  /// Errors (committed_version() unchanged; single-buffered, the buffer possibly partly
+  /// written, which holds_committed_version() then says until the next commit): kTimedOut
   /// naming the sources still missing, or naming a trainer that gave up on this rank for
   /// `version` (MISSED); kPeerDisconnected.
   Result<UpdateStats> WaitForUpdate(std::uint64_t version);
 
   /// The last version fully received (0 before the first): the version weights() holds and
-  /// the engine serves (label generated tokens with it).
+  /// the engine serves (label generated tokens with it), unless holds_committed_version() is false.
   std::uint64_t committed_version() const;
+
+  /// Whether weights() holds exactly committed_version(). False from a failed (or interrupted)
+  /// WaitForUpdate of a single-buffered engine, whose trainers may have written part of the
+  /// failed version into the buffer it serves, until the next commit (WaitForUpdate or
+  /// AdoptVersion): such an engine must not serve, or must not label its tokens with
+  /// committed_version(), before then. Always true when double-buffered (a failed version only
+  /// touches the back buffer).
+  bool holds_committed_version() const;
 
   /// Dynamic membership (WeightSyncOptions::dynamic_membership): asks the trainers to write
   /// to this engine process from their next push on, and waits (up to timeout_s) until a

@@ -209,6 +209,7 @@ void BindWeightSync(py::module_& m) {
            })
       .def_property_readonly("incarnation", &WeightSubscriber::incarnation)
       .def_property_readonly("committed_version", &WeightSubscriber::committed_version)
+      .def_property_readonly("holds_committed_version", &WeightSubscriber::holds_committed_version)
       .def_property_readonly("buffer_address",
                              [](WeightSubscriber& s) { return reinterpret_cast<std::uintptr_t>(s.weights().data()); });
 }

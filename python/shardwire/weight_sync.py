@@ -227,5 +227,14 @@ class WeightSubscriber(_Endpoint):
     @property
     def committed_version(self) -> int:
         """The version the engine's weights hold completely (0 before the first); label
-        generated tokens with it."""
+        generated tokens with it, unless holds_committed_version is False."""
         return self._impl.committed_version
+
+    @property
+    def holds_committed_version(self) -> bool:
+        """Whether the weights hold exactly committed_version. False after a failed or
+        interrupted wait_for_update of a single-buffered engine (its trainers may have written
+        part of the failed version into the weights it serves) until the next commit
+        (wait_for_update or adopt_version): do not serve, or do not label tokens with
+        committed_version, until then. Always True when double-buffered."""
+        return self._impl.holds_committed_version

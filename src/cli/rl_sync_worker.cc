@@ -344,7 +344,8 @@ Status RunDynamicEngine(const WorkerArgs& a, CoordinatorClient& client, const Ch
       if (!update.ok()) {
         nlohmann::json report{{"verified", false},
                               {"missed", update.status().ToString()},
-                              {"committed_version", subscriber->committed_version()}};
+                              {"committed_version", subscriber->committed_version()},
+                              {"holds_committed_version", subscriber->holds_committed_version()}};
         SW_RETURN_IF_ERROR(PutString(client, StatsKey(a.job, step, "engine", a.rank), report.dump()));
         if (version == last) return Status::Ok();
         break;  // skipped by the trainers until it joins again
@@ -393,11 +394,13 @@ Status RunEngine(const WorkerArgs& a, Rendezvous& rendezvous, const Checkpoint& 
     SW_RETURN_IF_ERROR(subscriber->BeginUpdate(version));
     auto update = subscriber->WaitForUpdate(version);
     if (!update.ok() && update.status().code() == ErrorCode::kTimedOut) {
-      // This engine missed the version (a trainer gave up on it, or it waited too long): it keeps
-      // serving its committed version and takes the next one, which rewrites every byte.
+      // This engine missed the version (a trainer gave up on it, or it waited too long): it takes
+      // the next one, which rewrites every byte. Single-buffered, its weights meanwhile may mix
+      // the committed and the missed version (holds_committed_version false).
       nlohmann::json report{{"verified", false},
                             {"missed", update.status().ToString()},
-                            {"committed_version", subscriber->committed_version()}};
+                            {"committed_version", subscriber->committed_version()},
+                            {"holds_committed_version", subscriber->holds_committed_version()}};
       SW_RETURN_IF_ERROR(PutString(rendezvous, StatsKey(a.job, step, "engine", a.rank), report.dump()));
       continue;
     }

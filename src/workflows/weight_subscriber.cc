@@ -37,6 +37,7 @@ struct WeightSubscriber::State {
   std::chrono::steady_clock::time_point begun_at;
   Status begin_failure;  // the first READY of begun_version that could not be sent (WaitForUpdate reports it)
   std::uint64_t committed_version = 0;
+  bool torn = false;              // single-buffered: a failed update may have written into weights()
   int serving = 0;                // double-buffered: which buffer holds committed_version (0 = endpoint.weights)
   bool updating = false;          // between BeginUpdate and the end of WaitForUpdate
   std::uint64_t incarnation = 0;  // dynamic membership
@@ -299,6 +300,8 @@ std::span<std::byte> WeightSubscriber::back_buffer() {
   return state_->options.double_buffered ? state_->Buffer(1 - state_->serving) : state_->Buffer(0);
 }
 std::uint64_t WeightSubscriber::committed_version() const { return state_->committed_version; }
+
+bool WeightSubscriber::holds_committed_version() const { return !state_->torn; }
 std::uint64_t WeightSubscriber::incarnation() const { return state_->incarnation; }
 
 Result<std::uint64_t> WeightSubscriber::Join(double timeout_s) {
@@ -375,6 +378,7 @@ Status WeightSubscriber::AdoptVersion(std::uint64_t version) {
         fmt::format("AdoptVersion({}): not above the committed version {}", version, s.committed_version));
   }
   s.committed_version = version;
+  s.torn = false;
   s.metrics.Committed(version, /*seconds=*/-1);
   return Status::Ok();
 }
@@ -505,6 +509,8 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   s.updating = false;
   // A version this rank does not commit is not forwarded: its children stop waiting now.
   auto abandon = [&](Status st) {
+    // READY went out, so sources may have written part of v into the only buffer.
+    if (!s.options.double_buffered) s.torn = true;
     s.AbandonForwards(version, forward);
     return st.WithContext(fmt::format("engine rank {} update v{}", s.rank, version));
   };
@@ -528,6 +534,7 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
     }
   }
   s.committed_version = version;
+  s.torn = false;
   s.metrics.Committed(version, std::chrono::duration<double>(std::chrono::steady_clock::now() - s.begun_at).count());
   if (s.options.double_buffered) s.serving = 1 - s.serving;  // the new version is served from now on
   UpdateStats stats;

@@ -118,9 +118,12 @@ def test_peer_disconnected_when_the_trainer_process_is_killed():
             sub.begin_update(1)
             trainer.send_signal(signal.SIGKILL)
             trainer.wait(timeout=30)
+            assert sub.holds_committed_version
             with pytest.raises(errors.PeerDisconnectedError, match="dies/trainer/0"):
                 sub.wait_for_update(1)
             assert sub.committed_version == 0
+            # single-buffered: the weights may hold part of v1 now, not v0
+            assert not sub.holds_committed_version
         finally:
             if trainer.poll() is None:
                 trainer.kill()

@@ -168,7 +168,9 @@ CTRL_C_SYNC = textwrap.dedent("""
     assert sub.committed_version == 0  # nothing committed by the interrupted wait
     # state is consistent: the same version still goes through
     pub.push(1)
+    assert not sub.holds_committed_version  # single-buffered, after a failed (interrupted) wait
     assert sub.wait_for_update(1)["version"] == 1 and sub.committed_version == 1
+    assert sub.holds_committed_version
     assert bool((sub.tensors["model.norm.weight"] == 1.5).all())
     # 3. push with no engine ready for version 2
     interrupted("push", lambda: pub.push(2))

@@ -963,11 +963,14 @@ TEST(WeightSyncDigests, BytesChangedOnTheWayAreCaughtAndTheVersionIsNotCommitted
                 std::string::npos)
           << update.status().ToString();
       EXPECT_EQ((*sub)->committed_version(), 1u) << "v2 is not committed";
+      // Single-buffered: the buffer it serves holds v2's bytes now, not v1's.
+      EXPECT_FALSE((*sub)->holds_committed_version());
       continue;
     }
     auto update = (*sub)->WaitForUpdate(v);
     ASSERT_TRUE(update.ok()) << "v" << v << ": " << update.status().ToString();
     EXPECT_EQ((*sub)->committed_version(), v);
+    EXPECT_TRUE((*sub)->holds_committed_version()) << "v" << v << " committed whole";
     EXPECT_EQ(Walk(p.engine, 0, (*sub)->weights(), v, true), 0u);
   }
   // Publishers and subscribers must agree on the check: a mismatch is refused at Connect.

@@ -682,6 +682,7 @@ TEST(WeightSync, DoubleBufferedEngineServesTheOldVersionUntilTheNewOneIsWhole) {
   EXPECT_EQ(failed.status().code(), ErrorCode::kPeerDisconnected) << failed.status().ToString();
   EXPECT_EQ((*sub)->committed_version(), 2u);
   EXPECT_EQ(Walk(engine, 0, (*sub)->weights(), 2, true), 0u) << "nothing of the failed v3 is served";
+  EXPECT_TRUE((*sub)->holds_committed_version()) << "double-buffered: the failed v3 touched the back buffer only";
   kill(children[0], SIGKILL);  // trainer 0 may still wait for READY(4)
   WaitChild(children[0]);
 }
