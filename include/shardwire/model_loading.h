@@ -205,8 +205,10 @@ struct ModelLoaderOptions {
   /// CheckpointRevision ("xxh3:..."), else the "content" attribute the sources of the
   /// identity advertise. A checkpoint of another revision fails the load with
   /// kFailedPrecondition naming both (never a silent load of other bytes). With a user
-  /// revision and no source advertising its content, the checkpoint cannot be checked
-  /// and is trusted (the caller paired them). Computing the revision reads the whole
+  /// revision and no source advertising its content, the checkpoint cannot be checked:
+  /// it is trusted when `revision` names that revision (the caller paired them), and
+  /// refused with kFailedPrecondition when the revision was taken from the sources
+  /// (`revision` empty: nothing ties the checkpoint to it). Computing the revision reads the whole
   /// checkpoint once (~0.1 s per GB warm), only when the fallback is used.
   std::string checkpoint_path;
   /// Seconds a move may take without progress (READ not complete, digest or

@@ -685,6 +685,15 @@ struct ModelLoader::Impl {
       return Unavailable(fmt::format("{} bytes of rank {} have no usable source and no checkpoint was given",
                                      workflows::TotalBytes(unassigned), options.rank));
     }
+    if (content.empty() && options.revision.empty()) {
+      // The revision came from the sources (ResolveIdentity) and none said which bytes it is:
+      // nothing ties this checkpoint to it, and its bytes would be served under it afterwards.
+      return FailedPrecondition(fmt::format(
+          "disk fallback of rank {}: the model being loaded ({}, revision {}) was taken from its sources, none "
+          "of which advertised its content, so checkpoint \"{}\" cannot be checked against it; refusing to load "
+          "unchecked bytes (name the revision, ModelLoaderOptions::revision, to trust this checkpoint for it)",
+          options.rank, identity.Digest(), identity.revision, options.checkpoint_path));
+    }
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
     if (!content.empty() && content != checked_checkpoint) {
       SW_ASSIGN_OR_RETURN(const std::string on_disk, CheckpointRevision(checkpoint));

@@ -495,6 +495,33 @@ TEST_F(ModelLoadingRevisionTest, UserRevisionIsCheckedThroughTheContentSourcesAd
   for (const LoadReport& r : reports) EXPECT_EQ(r.bytes_from_sources, 0u);
 }
 
+// Sources under the user revision "rev-test" advertise no content and serve bad bytes: a load
+// that took that revision from them (no ModelLoaderOptions::revision) cannot check a fallback
+// checkpoint against it, and refuses it instead of serving its bytes as "rev-test" afterwards;
+// naming the revision pairs them (trusted: the loaded bytes are the checkpoint's).
+TEST_F(ModelLoadingRevisionTest, AFallbackCheckpointIsRefusedForARevisionTakenFromSourcesThatNameNoContent) {
+  auto seed = Seed("liar", "tp=2", Liar());
+  ModelLoaderOptions o = LoaderOptions("new", "tp=2", 0);
+  o.revision.clear();  // taken from the sources
+  o.checkpoint_path = other_dir_;
+  auto loader = ModelLoader::Create(registry_, model_, o);
+  ASSERT_TRUE(loader.ok());
+  auto report = (*loader)->Load();
+  ASSERT_FALSE(report.ok()) << "loaded " << report->bytes_from_disk << " unchecked bytes from disk";
+  EXPECT_EQ(report.status().code(), ErrorCode::kFailedPrecondition) << report.status().ToString();
+  EXPECT_NE(report.status().message().find(other_dir_), std::string::npos) << report.status().ToString();
+  EXPECT_NE(report.status().message().find("rev-test"), std::string::npos) << report.status().ToString();
+  EXPECT_FALSE((*loader)->loaded());
+  seed.clear();
+  seed = Seed("liar2", "tp=2", Liar());
+  for (const LoadReport& r : LoadAll("new2", "tp=2", [&](ModelLoaderOptions& lo) {
+         lo.revision = "rev-test";
+         lo.checkpoint_path = dir_.string();
+       })) {
+    EXPECT_GT(r.bytes_from_disk, 0u);
+  }
+}
+
 TEST_F(ModelLoadingRevisionTest, ALoadedInstancePassesOnTheContentItLearned) {
   ModelSourceOptions seed_options;
   seed_options.content_revision = revision_;
