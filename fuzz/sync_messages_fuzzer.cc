@@ -27,7 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             message->kind == shardwire::workflows::MessageKind::kRelayPlan ||
             message->kind == shardwire::workflows::MessageKind::kRelayed ||
             message->kind == shardwire::workflows::MessageKind::kWithdrawn ||
-            message->kind == shardwire::workflows::MessageKind::kSlotsFree,
+            message->kind == shardwire::workflows::MessageKind::kSlotsOpen,
         "sync_messages_fuzzer", "accepted kind is one the protocol defines");
   const std::vector<std::byte> again = shardwire::workflows::Encode(*message);
   Check(std::vector<std::byte>(payload.begin(), payload.end()) == again, "sync_messages_fuzzer",

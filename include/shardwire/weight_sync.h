@@ -127,11 +127,12 @@ struct WeightSyncOptions {
   std::span<std::byte> second_buffer = {};
   /// Interruption hook (e.g. Python's Ctrl-C): when set, the long waits of Connect, Push,
   /// WaitForUpdate and Join (an engine's READY, a trainer's DONE, an admission, a peer's
-  /// metadata, the writes of a push) are cut into slices of at most kInterruptPollSeconds and
+  /// metadata, the writes of a push, a Partial(sum) reducer's SLOTS_OPEN and the addends'
+  /// writes) are cut into slices of at most kInterruptPollSeconds and
   /// call it between slices, on the calling thread. A non-OK status it returns ends the wait
   /// with that status (given context). Not cut: waits bounded by their own timeouts that a
   /// healthy peer answers at once (reading the membership record of a push on trainer ranks
-  /// other than 0, a peer's plan signature, a lane wire-up, the partial-sum addends' writes).
+  /// other than 0, a peer's plan signature, a lane wire-up).
   /// State stays consistent: an interrupted Connect or WaitForUpdate (without relays) may be
   /// called again (notifications that arrived meanwhile are kept); a Push interrupted while
   /// waiting for READY wrote no engine buffer (partial-sum addends to other trainer ranks may

@@ -32,8 +32,8 @@ const char* MessageKindName(MessageKind kind) {
       return "RELAYED";
     case MessageKind::kWithdrawn:
       return "WITHDRAWN";
-    case MessageKind::kSlotsFree:
-      return "SLOTS_FREE";
+    case MessageKind::kSlotsOpen:
+      return "SLOTS_OPEN";
   }
   return "?";
 }
@@ -145,7 +145,7 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
   } else if (kind == MessageKind::kRoundDone) {
     if (payload.size() != 13) return std::nullopt;
   } else if (kind == MessageKind::kReady || kind == MessageKind::kDone || kind == MessageKind::kMissed ||
-             kind == MessageKind::kAddend || kind == MessageKind::kRelayed || kind == MessageKind::kSlotsFree) {
+             kind == MessageKind::kAddend || kind == MessageKind::kRelayed || kind == MessageKind::kSlotsOpen) {
     if (payload.size() != 9) return std::nullopt;
   } else if (kind != MessageKind::kBlockAmax || (payload.size() - 9) % 4 != 0) {
     return std::nullopt;

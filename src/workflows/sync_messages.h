@@ -38,10 +38,10 @@ namespace shardwire::workflows {
 /// (dynamic membership), this engine, a member whose last begun version was v, has filed
 /// membership request `request` (to join again after a version it failed, or to leave) and
 /// sends no READY until a push applies that request: a trainer waiting for its READY under a
-/// membership record of the rank with an older request stops waiting for it; SLOTS_FREE(v):
-/// trainer -> trainer, a Partial(sum) reducer's push of v ended (whatever its result), so its
-/// scratch slots of v are not read any more and an addend source may write those of a later
-/// version (without it, a source running a version ahead overwrote addends not yet summed).
+/// membership record of the rank with an older request stops waiting for it; SLOTS_OPEN(v):
+/// trainer -> trainer, a Partial(sum) reducer's push of v started (its pushes of older versions
+/// ended), so an addend source may write its addends of v into the reducer's scratch slots
+/// (without it, a source running a version ahead overwrote addends not yet summed).
 enum class MessageKind : std::uint8_t {
   kReady = 1,
   kDone = 2,
@@ -52,7 +52,7 @@ enum class MessageKind : std::uint8_t {
   kRelayPlan = 7,
   kRelayed = 8,
   kWithdrawn = 9,
-  kSlotsFree = 10
+  kSlotsOpen = 10
 };
 
 /// An engine rank a relay parent forwards a version to (RELAY_PLAN).
@@ -76,7 +76,7 @@ struct Message {
 };
 
 /// "READY", "DONE", "BLOCK_AMAX", "MISSED", "ADDEND", "ROUND_DONE", "RELAY_PLAN", "RELAYED",
-/// "WITHDRAWN" or "SLOTS_FREE".
+/// "WITHDRAWN" or "SLOTS_OPEN".
 const char* MessageKindName(MessageKind kind);
 
 std::vector<std::byte> Encode(const Message& message);

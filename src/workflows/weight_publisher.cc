@@ -131,10 +131,6 @@ struct WeightPublisher::State {
   std::map<int, TransferHandle> copy_transfers;  // reducer -> prepared WRITE of my addends
   std::map<int, std::string> reducer_names;
   std::set<std::string> addend_source_names;
-  // The version whose addends this rank wrote into its reducers' slots and whose SLOTS_FREE
-  // (the reducers' pushes of it ended) it has not yet seen: the next push waits for it before
-  // writing again. Cleared by Connect (the reducers are imported anew).
-  std::optional<std::uint64_t> addends_in_reducer_slots;
 
   void ReleaseTransfersTo(int dst);
   // Imports engine rank `dst`'s metadata (of `incarnation` with dynamic membership, else 0: the
@@ -529,7 +525,6 @@ Status WeightPublisher::Connect() {
   for (auto& [reducer, h] : s.copy_transfers) (void)agent.Release(h);
   s.copy_transfers.clear();
   s.addend_source_names.clear();
-  s.addends_in_reducer_slots.reset();
   for (const auto& [reducer, copies] : s.copies_to) {
     SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer, trainer_peer(reducer));
     if (peer.scratch_region == 0) {
@@ -550,7 +545,7 @@ Status WeightPublisher::Connect() {
                         agent.PrepareTransfer(TransferOp::kWrite, peer.name, std::move(descriptors), std::nullopt));
     s.reducer_names[reducer] = peer.name;
   }
-  // The addend sources are imported too: this rank tells them SLOTS_FREE after each push.
+  // The addend sources are imported too: this rank tells them SLOTS_OPEN as each push starts.
   for (int src : s.addend_sources) {
     SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer, trainer_peer(src));
     s.addend_source_names.insert(peer.name);
@@ -594,32 +589,6 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
 
 namespace {
 
-// A Partial(sum) reducer's promise to its addend sources: when its push of `version` ends,
-// whatever the result, it sends each SLOTS_FREE(version) (sync_messages.h): its scratch slots
-// are no longer summed or read for that version, so a source may write a later one's addends.
-class SlotsFreeOnExit {
- public:
-  SlotsFreeOnExit(Agent& agent, const std::set<std::string>& sources, std::uint64_t version)
-      : agent_(agent), sources_(sources), version_(version) {}
-  SlotsFreeOnExit(const SlotsFreeOnExit&) = delete;
-  SlotsFreeOnExit& operator=(const SlotsFreeOnExit&) = delete;
-  ~SlotsFreeOnExit() {
-    for (const std::string& source : sources_) {
-      // A source that is gone cannot be told; its next process starts with free slots.
-      if (const Status st =
-              agent_.SendMessage(source, workflows::Encode({workflows::MessageKind::kSlotsFree, version_}));
-          !st.ok()) {
-        spdlog::debug("SLOTS_FREE(v{}) to {} not sent: {}", version_, source, st.ToString());
-      }
-    }
-  }
-
- private:
-  Agent& agent_;
-  const std::set<std::string>& sources_;
-  std::uint64_t version_;
-};
-
 Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) {
   using State = WeightPublisher::State;
   Agent& agent = *s.endpoint.agent;
@@ -647,7 +616,16 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
                       who, s.rank, s.options.job, latest, s.claim));
     }
   }
-  const SlotsFreeOnExit slots_free(agent, s.addend_source_names, version);
+  // As a Partial(sum) reducer, open the scratch slots for this version (SLOTS_OPEN, sync_messages.h):
+  // its addend sources write only after it, so none overwrites slots a push of an older version
+  // still sums or sends (a source may run a version ahead: its push ends before this one's).
+  // A source that cannot be told fails this push's ADDEND wait, naming it.
+  for (const std::string& source : s.addend_source_names) {
+    if (const Status st = agent.SendMessage(source, workflows::Encode({workflows::MessageKind::kSlotsOpen, version}));
+        !st.ok()) {
+      spdlog::debug("{}: SLOTS_OPEN to {} not sent: {}", who, source, st.ToString());
+    }
+  }
   const double engine_timeout_s = std::min(s.options.engine_timeout_s, s.options.timeout_s);
   PushStats stats;
   stats.version = version;
@@ -670,22 +648,17 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
                     s.endpoint.weights.data() + c.src_offset + row * c.src_stride, c.length);
       }
     }
-    if (s.addends_in_reducer_slots) {
-      // This rank may run a version ahead of a reducer (its push of the last version can end
-      // before the reducer's summed): its addends must not overwrite slots not yet summed.
+    if (!s.copy_transfers.empty()) {
+      // The reducers' slots are written only once they opened them for this version.
       std::set<std::string> reducers;
       for (const auto& [reducer, name] : s.reducer_names) reducers.insert(name);
-      const std::uint64_t previous = *s.addends_in_reducer_slots;
-      SW_RETURN_IF_ERROR(
-          s.inbox
-              .AwaitFromAll(agent, workflows::MessageKind::kSlotsFree, previous, reducers, s.options.timeout_s,
-                            nullptr, std::nullopt, s.options.interrupt)
-              .WithContext(fmt::format("{}: waiting for the Partial(sum) reducers to be done with v{}'s addends "
-                                       "(SLOTS_FREE)",
-                                       who, previous)));
-      s.addends_in_reducer_slots.reset();
+      SW_RETURN_IF_ERROR(s.inbox
+                             .AwaitFromAll(agent, workflows::MessageKind::kSlotsOpen, version, reducers,
+                                           s.options.timeout_s, nullptr, std::nullopt, s.options.interrupt)
+                             .WithContext(fmt::format("{}: waiting for the Partial(sum) reducers to start v{} "
+                                                      "(SLOTS_OPEN) before writing its addends",
+                                                      who, version)));
     }
-    if (!s.copy_transfers.empty()) s.addends_in_reducer_slots = version;
     // The addend WRITEs: waited for in slices (the interrupt hook is asked between them, this
     // process's own pauses do not count); a failed or interrupted wait stops every one still
     // running (1 s to drain, else its reducer is abandoned), so none outlives the push and the

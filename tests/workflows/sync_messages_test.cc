@@ -120,19 +120,19 @@ TEST(SyncMessages, RelayPlanNamesTheParentAndTheChildrenToForwardTo) {
   // RELAYED is the bare 9-byte form.
   EXPECT_EQ(Encode({MessageKind::kRelayed, 5}).size(), 9u);
   EXPECT_STREQ(MessageKindName(MessageKind::kRelayed), "RELAYED");
-  // SLOTS_FREE too: kind 10, the version, nothing more.
-  const auto slots_free = Encode({MessageKind::kSlotsFree, 0x0102030405060708ull});
-  ASSERT_EQ(slots_free.size(), 9u);
-  EXPECT_EQ(slots_free[0], std::byte{10});
-  EXPECT_EQ(slots_free[1], std::byte{0x08});
-  const auto freed = Decode(slots_free);
-  ASSERT_TRUE(freed.has_value());
-  EXPECT_EQ(freed->kind, MessageKind::kSlotsFree);
-  EXPECT_EQ(freed->version, 0x0102030405060708ull);
-  EXPECT_STREQ(MessageKindName(MessageKind::kSlotsFree), "SLOTS_FREE");
-  std::vector<std::byte> longer_free = slots_free;
-  longer_free.push_back(std::byte{0});
-  EXPECT_FALSE(Decode(longer_free).has_value());
+  // SLOTS_OPEN too: kind 10, the version, nothing more.
+  const auto slots_open = Encode({MessageKind::kSlotsOpen, 0x0102030405060708ull});
+  ASSERT_EQ(slots_open.size(), 9u);
+  EXPECT_EQ(slots_open[0], std::byte{10});
+  EXPECT_EQ(slots_open[1], std::byte{0x08});
+  const auto opened = Decode(slots_open);
+  ASSERT_TRUE(opened.has_value());
+  EXPECT_EQ(opened->kind, MessageKind::kSlotsOpen);
+  EXPECT_EQ(opened->version, 0x0102030405060708ull);
+  EXPECT_STREQ(MessageKindName(MessageKind::kSlotsOpen), "SLOTS_OPEN");
+  std::vector<std::byte> longer_open = slots_open;
+  longer_open.push_back(std::byte{0});
+  EXPECT_FALSE(Decode(longer_open).has_value());
 }
 
 TEST(SyncMessages, WithdrawnCarriesTheMembershipRequest) {

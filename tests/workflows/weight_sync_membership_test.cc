@@ -863,8 +863,10 @@ TEST(WeightSyncPartial, PartialSumShardsAreReducedAtTheirReducerAndEnginesGetThe
 
 // A trainer rank that only sends addends (its reducer is another rank) finishes its push of
 // v at once and may call Push(v+1) before its reducer has summed v. Its addends of v+1 must not
-// overwrite the reducer's slot of v: it waits for the reducer's SLOTS_FREE(v) first. Oracle:
-// the test's own fp32 sums of each version's addends.
+// overwrite the reducer's slot of v: it writes them only once the reducer opened its slots for
+// v+1 (SLOTS_OPEN, as its push of v+1 starts). A version one rank skips costs the other rank
+// that push (a timeout), not every later one. Oracle: the test's own fp32 sums of each
+// version's addends.
 TEST(WeightSyncPartial, ARankPushingAVersionAheadWaitsUntilItsReducerIsDoneWithItsSlots) {
   Pair p = StartPair();
   const std::vector<TensorSpec> t{{"w", DType::kF32, {8, 6}}};
@@ -878,8 +880,15 @@ TEST(WeightSyncPartial, ARankPushingAVersionAheadWaitsUntilItsReducerIsDoneWithI
   auto sub = WeightSubscriber::Create(*p.client, trainer, engine, 0, {"ahead", 20});
   ASSERT_TRUE(sub.ok()) << sub.status().ToString();
   std::vector<std::unique_ptr<WeightPublisher>> pubs;
+  std::atomic<bool> give_up{false};  // rank 1's interrupt hook: ends its waits while set
   for (int r = 0; r < 2; ++r) {
-    auto pub = WeightPublisher::Create(*p.client, trainer, engine, r, {"ahead", 20});
+    WeightSyncOptions options{"ahead", 20};
+    if (r == 1) {
+      options.interrupt = [&]() -> Status {
+        return give_up ? FailedPrecondition("the test gives up on v3") : Status::Ok();
+      };
+    }
+    auto pub = WeightPublisher::Create(*p.client, trainer, engine, r, options);
     ASSERT_TRUE(pub.ok()) << pub.status().ToString();
     pubs.push_back(std::move(*pub));
   }
@@ -917,9 +926,9 @@ TEST(WeightSyncPartial, ARankPushingAVersionAheadWaitsUntilItsReducerIsDoneWithI
     second = pubs[1]->Push(2);
     rank1_pushes = 2;
   });
-  // Rank 1 is in (or through) its push of v2 before the reducer starts v1: without the wait its
-  // v2 addends are in the reducer's slot by now (up to 2 s given to let them land).
-  for (int i = 0; i < 3000 && rank1_pushes < 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // Rank 1 pushes v1 and v2 before the reducer starts v1: without SLOTS_OPEN both pushes end at
+  // once and its v2 addends are in the reducer's slot by now (up to 2 s given to let them land);
+  // with it, its push of v1 waits for the reducer's.
   for (int i = 0; i < 200 && rank1_pushes < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   fill(0, 1);
   const auto reduced = pubs[0]->Push(1);
@@ -933,6 +942,26 @@ TEST(WeightSyncPartial, ARankPushingAVersionAheadWaitsUntilItsReducerIsDoneWithI
   ASSERT_TRUE(second.ok()) << second.status().ToString();
   ASSERT_TRUE(reduced2.ok()) << reduced2.status().ToString();
   expect_sum(2);
+  // v3: the reducer skips it (e.g. interrupted in its training step). The source's push of v3
+  // waits for SLOTS_OPEN(3) and writes nothing (ended here by its interrupt hook, else by
+  // timeout_s); v4 then goes through on both ranks, summed right.
+  give_up = true;
+  fill(1, 3);
+  const auto skipped = pubs[1]->Push(3);
+  give_up = false;
+  ASSERT_FALSE(skipped.ok());
+  EXPECT_NE(skipped.status().message().find("SLOTS_OPEN"), std::string::npos) << skipped.status().ToString();
+  ASSERT_TRUE((*sub)->BeginUpdate(4).ok());
+  fill(0, 4);
+  fill(1, 4);
+  std::vector<Result<PushStats>> fourth(2, Internal("not run"));
+  {
+    std::vector<std::thread> pushes;
+    for (int r = 0; r < 2; ++r) pushes.emplace_back([&, r] { fourth[static_cast<std::size_t>(r)] = pubs[r]->Push(4); });
+    for (auto& th : pushes) th.join();
+  }
+  for (int r = 0; r < 2; ++r) ASSERT_TRUE(fourth[r].ok()) << "rank " << r << " v4: " << fourth[r].status().ToString();
+  expect_sum(4);
 }
 
 // ---- Per-version integrity check (WeightSyncOptions::verify_digests).
