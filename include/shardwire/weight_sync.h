@@ -471,7 +471,9 @@ class WeightSubscriber {
   /// following WaitForUpdate fails with that send's error (kPeerDisconnected) naming the source.
   Status BeginUpdate(std::uint64_t version);
 
-  /// Blocks until every source has delivered `version`, then commits it.
+  /// Blocks until every source has delivered `version`, then commits it. kInvalidArgument
+  /// when `version` is not the one BeginUpdate began; kFailedPrecondition when it is committed
+  /// already (a second WaitForUpdate after success).
   /// Errors (committed_version() unchanged; single-buffered, the buffer possibly partly
   /// written, which holds_committed_version() then says until the next commit): kTimedOut
   /// naming the sources still missing, or naming a trainer that gave up on this rank for
@@ -482,12 +484,12 @@ class WeightSubscriber {
   /// the engine serves (label generated tokens with it), unless holds_committed_version() is false.
   std::uint64_t committed_version() const;
 
-  /// Whether weights() holds exactly committed_version(). False from a failed (or interrupted)
-  /// WaitForUpdate of a single-buffered engine, whose trainers may have written part of the
-  /// failed version into the buffer it serves, until the next commit (WaitForUpdate or
-  /// AdoptVersion): such an engine must not serve, or must not label its tokens with
-  /// committed_version(), before then. Always true when double-buffered (a failed version only
-  /// touches the back buffer).
+  /// Whether weights() holds exactly committed_version(). Single-buffered: false from
+  /// BeginUpdate (the trainers write the buffer it serves) until a version commits
+  /// (WaitForUpdate or AdoptVersion), so also after a failed or interrupted WaitForUpdate, whose
+  /// version may be partly written: such an engine must not serve, or must not label its tokens
+  /// with committed_version(), before then. Always true when double-buffered (an update only
+  /// touches the back buffer). Not thread-safe against the update calls (read it between them).
   bool holds_committed_version() const;
 
   /// Dynamic membership (WeightSyncOptions::dynamic_membership): asks the trainers to write

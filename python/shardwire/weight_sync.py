@@ -232,9 +232,9 @@ class WeightSubscriber(_Endpoint):
 
     @property
     def holds_committed_version(self) -> bool:
-        """Whether the weights hold exactly committed_version. False after a failed or
-        interrupted wait_for_update of a single-buffered engine (its trainers may have written
-        part of the failed version into the weights it serves) until the next commit
-        (wait_for_update or adopt_version): do not serve, or do not label tokens with
-        committed_version, until then. Always True when double-buffered."""
+        """Whether the weights hold exactly committed_version. Single-buffered: False from
+        begin_update (the trainers write the weights it serves) until a version commits
+        (wait_for_update or adopt_version), so also after a failed or interrupted
+        wait_for_update: do not serve, or do not label tokens with committed_version, until
+        then. Always True when double-buffered."""
         return self._impl.holds_committed_version

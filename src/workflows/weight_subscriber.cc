@@ -37,7 +37,7 @@ struct WeightSubscriber::State {
   std::chrono::steady_clock::time_point begun_at;
   Status begin_failure;  // the first READY of begun_version that could not be sent (WaitForUpdate reports it)
   std::uint64_t committed_version = 0;
-  bool torn = false;              // single-buffered: a failed update may have written into weights()
+  bool torn = false;              // single-buffered: from BeginUpdate until a commit, weights() may mix versions
   int serving = 0;                // double-buffered: which buffer holds committed_version (0 = endpoint.weights)
   bool updating = false;          // between BeginUpdate and the end of WaitForUpdate
   std::uint64_t incarnation = 0;  // dynamic membership
@@ -436,6 +436,7 @@ Status WeightSubscriber::BeginUpdate(std::uint64_t version) {
   s.begun_version = version;
   s.begun_at = std::chrono::steady_clock::now();
   s.updating = true;
+  if (!s.options.double_buffered) s.torn = true;  // the sources write the buffer it serves
   return Status::Ok();
 }
 
@@ -452,7 +453,11 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
 namespace {
 Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t version) {
   if (version != s.begun_version) {
-    return InvalidArgument(fmt::format("WaitForUpdate({}) without BeginUpdate({})", version, version));
+    return InvalidArgument(fmt::format("WaitForUpdate({}) without BeginUpdate({}) (the update begun is v{})", version,
+                                       version, s.begun_version));
+  }
+  if (version <= s.committed_version) {
+    return FailedPrecondition(fmt::format("WaitForUpdate({}): v{} is committed already", version, version));
   }
   std::map<std::string, workflows::Message> done;
   const Status arrived =
@@ -509,8 +514,6 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   s.updating = false;
   // A version this rank does not commit is not forwarded: its children stop waiting now.
   auto abandon = [&](Status st) {
-    // READY went out, so sources may have written part of v into the only buffer.
-    if (!s.options.double_buffered) s.torn = true;
     s.AbandonForwards(version, forward);
     return st.WithContext(fmt::format("engine rank {} update v{}", s.rank, version));
   };

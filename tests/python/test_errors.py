@@ -115,10 +115,11 @@ def test_peer_disconnected_when_the_trainer_process_is_killed():
         try:
             sub.connect()
             assert trainer.stdout.readline().strip() == "connected"
+            assert sub.holds_committed_version
             sub.begin_update(1)
+            assert not sub.holds_committed_version  # single-buffered: the trainers write it now
             trainer.send_signal(signal.SIGKILL)
             trainer.wait(timeout=30)
-            assert sub.holds_committed_version
             with pytest.raises(errors.PeerDisconnectedError, match="dies/trainer/0"):
                 sub.wait_for_update(1)
             assert sub.committed_version == 0

@@ -979,7 +979,10 @@ TEST(WeightSyncDigests, BytesChangedOnTheWayAreCaughtAndTheVersionIsNotCommitted
   ASSERT_TRUE((*pub)->Connect().ok());
   for (std::uint64_t v = 1; v <= 3; ++v) {
     Walk(p.trainer, 0, (*pub)->weights(), v, false);
+    // Before v3, the buffer still holds part of the failed v2.
+    EXPECT_EQ((*sub)->holds_committed_version(), v != 3) << "before v" << v;
     ASSERT_TRUE((*sub)->BeginUpdate(v).ok());
+    EXPECT_FALSE((*sub)->holds_committed_version()) << "single-buffered, during v" << v;
     ASSERT_TRUE((*pub)->Push(v).ok());
     if (v == 2) {
       // One byte changes after it landed and before the engine commits (a bad link, a stray write).
@@ -1000,6 +1003,11 @@ TEST(WeightSyncDigests, BytesChangedOnTheWayAreCaughtAndTheVersionIsNotCommitted
     ASSERT_TRUE(update.ok()) << "v" << v << ": " << update.status().ToString();
     EXPECT_EQ((*sub)->committed_version(), v);
     EXPECT_TRUE((*sub)->holds_committed_version()) << "v" << v << " committed whole";
+    // Waiting again for a committed version is refused at once (it used to wait timeout_s and
+    // then report the buffer torn).
+    const auto again = (*sub)->WaitForUpdate(v);
+    EXPECT_EQ(again.status().code(), ErrorCode::kFailedPrecondition) << again.status().ToString();
+    EXPECT_TRUE((*sub)->holds_committed_version());
     EXPECT_EQ(Walk(p.engine, 0, (*sub)->weights(), v, true), 0u);
   }
   // Publishers and subscribers must agree on the check: a mismatch is refused at Connect.
