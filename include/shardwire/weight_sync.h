@@ -527,7 +527,9 @@ class WeightSubscriber {
 
   /// Dynamic membership: asks the trainers to stop writing to this rank from their next
   /// push on (returns at once; the destructor does it too); a push already waiting for its
-  /// READY stops waiting (WITHDRAWN, as for Join). Errors: kInvalidArgument
+  /// READY stops waiting (WITHDRAWN, as for Join). Does nothing when a later process of the
+  /// same rank exists (a replacement started while this one shuts down): its requests stand,
+  /// and this process's leave would evict it. Errors: kInvalidArgument
   /// without dynamic membership; rendezvous errors.
   Status Leave();
 

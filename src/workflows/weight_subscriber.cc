@@ -363,6 +363,11 @@ Status WeightSubscriber::Leave() {
   State& s = *state_;
   if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::Leave without dynamic membership");
   s.joined = false;
+  // A later process of this rank (a replacement started while this one shuts down) owns the
+  // rank's request now: a leave filed here would overwrite its join and evict it.
+  SW_ASSIGN_OR_RETURN(const std::int64_t latest,
+                      s.rendezvous->Add(workflows::IncarnationKey(s.options.job, s.rank), 0));
+  if (latest > 0 && static_cast<std::uint64_t>(latest) > s.incarnation) return Status::Ok();
   SW_ASSIGN_OR_RETURN(const std::int64_t request,
                       workflows::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, 0));
   if (s.admitted) s.Withdraw(request);

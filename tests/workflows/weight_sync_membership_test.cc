@@ -28,6 +28,7 @@
 #include "shardwire/rendezvous.h"
 #include "shardwire/weight_sync.h"
 #include "weight_sync_fixture.h"
+#include "workflows/membership.h"
 #include "workflows/rank_endpoint.h"
 #include "workflows/sync_messages.h"
 
@@ -757,6 +758,30 @@ TEST(WeightSyncBadInput, AnEngineBeyondTheLayoutsReplicaSlotsIsATypedErrorNaming
   EXPECT_EQ(connect.code(), ErrorCode::kLayoutMismatch) << connect.ToString();
   EXPECT_NE(connect.message().find("trainer 0 of job slots"), std::string::npos) << connect.ToString();
   EXPECT_EQ((*extra)->Join(0.1).status().code(), ErrorCode::kInvalidArgument) << "no join without a Connect";
+}
+
+// A replacement process of engine rank 0 filed its join while the process it replaces shuts
+// down: the old process's Leave (its destructor's too) must not overwrite that join (the rank's
+// one request slot) and so evict the replacement. The newest process's Leave still works.
+TEST(WeightSyncMembership, ALeaveOfAReplacedProcessLeavesItsReplacementsJoinAlone) {
+  Pair p = StartPair();
+  auto old_process = WeightSubscriber::Create(*p.client, OneTrainer(), EngineLayout(), 0, DynamicJob("replaced"));
+  ASSERT_TRUE(old_process.ok()) << old_process.status().ToString();
+  auto replacement = WeightSubscriber::Create(*p.client, OneTrainer(), EngineLayout(), 0, DynamicJob("replaced"));
+  ASSERT_TRUE(replacement.ok()) << replacement.status().ToString();
+  ASSERT_GT((*replacement)->incarnation(), (*old_process)->incarnation());
+  // The replacement's join request, as Join files it.
+  auto join = workflows::FileMembershipRequest(*p.client, "replaced", 0, (*replacement)->incarnation());
+  ASSERT_TRUE(join.ok()) << join.status().ToString();
+  ASSERT_TRUE((*old_process)->Leave().ok());
+  old_process->reset();
+  auto request = GetString(*p.client, workflows::MembershipRequestKey("replaced", 0), 5);
+  ASSERT_TRUE(request.ok()) << request.status().ToString();
+  EXPECT_EQ(*request, fmt::format("{} {}", (*replacement)->incarnation(), *join))
+      << "the replacement's join was replaced";
+  EXPECT_EQ(workflows::JoiningRanks(*p.client, "replaced", 1).value(), std::set<int>{0});
+  ASSERT_TRUE((*replacement)->Leave().ok());
+  EXPECT_TRUE(workflows::JoiningRanks(*p.client, "replaced", 1).value().empty()) << "the newest process's leave counts";
 }
 
 // ---- Partial(sum) trainer shards (DTensor Partial): reduced at their reducers before any byte
