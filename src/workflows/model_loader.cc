@@ -501,8 +501,15 @@ struct ModelLoader::Impl {
     }
     mv.state = LoadMove::State::kReading;
     if (first_read == Clock::time_point{}) first_read = Clock::now();
-    // Generous for the bytes (10 MB/s), strict for silence.
-    mv.deadline = Clock::now() + Seconds(options.stall_timeout_s + static_cast<double>(mv.bytes) / 10e6);
+    // Generous for the bytes (10 MB/s), strict for silence. The READs in flight from one source
+    // rank share its link: each gets the time of those posted before it too, so that a slow
+    // link is not taken for a stalled source.
+    std::uint64_t in_flight = 0;
+    for (const LoadMove& o : moves) {
+      if (o.state == LoadMove::State::kReading && o.instance == mv.instance && o.src_rank == mv.src_rank)
+        in_flight += o.bytes;
+    }
+    mv.deadline = Clock::now() + Seconds(options.stall_timeout_s + static_cast<double>(in_flight) / 10e6);
   }
 
   void AfterRead(std::size_t index) {
@@ -666,7 +673,7 @@ struct ModelLoader::Impl {
         case LoadMove::State::kReading:
         case LoadMove::State::kDigestWait:
           if (now > m.deadline) {
-            const char* what = m.state == LoadMove::State::kReading      ? "READ made no progress"
+            const char* what = m.state == LoadMove::State::kReading      ? "READ not complete (10 MB/s allowed on top)"
                                : m.state == LoadMove::State::kDigestWait ? "digest request not answered"
                                                                          : "lease request not answered";
             FailInstance(m.instance, fmt::format("rank {}: {} within {:.1f} s (dead or stalled)", m.src_rank, what,
@@ -705,6 +712,14 @@ struct ModelLoader::Impl {
       }
       checked_checkpoint = on_disk;
     }
+    if (unassigned.size() == 1 && unassigned.front().begin == 0 && unassigned.front().end >= buffer.size()) {
+      // The whole rank (no source served any of it): read straight into the buffer, no copy of
+      // the rank's size beside it.
+      SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, *layout, options.rank, buffer));
+      report.bytes_from_disk += workflows::TotalBytes(unassigned);
+      unassigned.clear();
+      return Status::Ok();
+    }
     std::vector<std::byte> scratch(buffer.size());
     SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, *layout, options.rank, scratch));
     for (const Interval& iv : unassigned) {
@@ -724,7 +739,11 @@ struct ModelLoader::Impl {
     }
     for (LoadMove& m : moves) {
       if (m.handle) {
-        if (m.state == LoadMove::State::kReading) (void)agent->Cancel(*m.handle, 1.0);
+        // A READ that does not drain within 1 s abandons its source rank (InvalidatePeer), so
+        // that none stays in flight, pinned and unreleasable, into the next Load.
+        if (m.state == LoadMove::State::kReading && !agent->Cancel(*m.handle, 1.0).ok()) {
+          (void)agent->InvalidatePeer(instances[m.instance].peers[m.src_rank]);
+        }
         ReleaseHandle(m);
       }
     }
