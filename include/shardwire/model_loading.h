@@ -27,9 +27,11 @@
 //
 // Thread-safety: ModelSource runs two threads of its own (heartbeat, serving) and is
 // otherwise not used concurrently; ModelLoader is used by one thread at a time. During
-// Load a ModelLoader re-lists the registry on a helper thread (so a slow or vanished
-// coordinator never stalls the transfers); the loader's destructor waits for a
-// listing still in flight (at most the registry's own call timeout).
+// Load a ModelLoader re-lists the registry and marks failed sources STALE on helper
+// threads (so a slow or vanished coordinator never stalls the transfers); Load waits
+// for the marks at its end for at most 2 s, and the loader's destructor (and the next
+// Load) for every listing and mark still in flight (at most the registry's own call
+// timeout each).
 #pragma once
 
 #include <cstddef>
@@ -318,7 +320,8 @@ class ModelLoader {
   /// with a kLayoutMismatch reason listing the first differences, obtained from the
   /// source with a HELLO; the source is NOT marked STALE); split the bytes among the
   /// usable instances, read, verify, re-plan on failures (a dead or stalled source
-  /// is marked STALE with the reason only after its bytes were re-planned); what no
+  /// is marked STALE with the reason only after its bytes were re-planned, off the
+  /// transfer loop: see the thread-safety note above); what no
   /// source can give comes from the checkpoint. Never commits a partial load.
   /// Errors (buffer then not loaded): kNotFound when no source serves the identity
   /// and there is no checkpoint; kFailedPrecondition when the fallback checkpoint is

@@ -792,13 +792,31 @@ struct ModelLoader::Impl {
     Relist(*records, needed);
   }
 
+  // STALE marks run off the transfer loop too, in order on their own thread: a coordinator that
+  // is gone costs each call its client's retry window (unavailable_timeout_s), which must not
+  // stall the transfers or count as this process's own pause. Load waits for them at its end
+  // for at most kMarksWaitSeconds, the next Load and the destructor for all of them.
+  static constexpr double kMarksWaitSeconds = 2.0;
+  std::vector<std::future<void>> marking;
+
   void MarkFailedStale() {
+    std::vector<std::pair<std::string, std::string>> marks;  // source id, reason
     for (std::size_t i : to_mark_stale) {
       for (const SourceRecord& r : instances[i].ranks) {
-        (void)registry->MarkSourceStale(r.source_id, "P2P loader " + options.instance_id + ": " + instances[i].failure);
+        marks.emplace_back(r.source_id, "P2P loader " + options.instance_id + ": " + instances[i].failure);
       }
     }
     to_mark_stale.clear();
+    if (marks.empty()) return;
+    marking.push_back(std::async(std::launch::async, [reg = registry, marks = std::move(marks)] {
+      for (const auto& [id, reason] : marks) (void)reg->MarkSourceStale(id, reason);
+    }));
+  }
+
+  // Waits for the marks in flight, at most `timeout_s` in all; drops those that finished.
+  void AwaitMarks(double timeout_s) {
+    const Clock::time_point until = Clock::now() + Seconds(timeout_s);
+    std::erase_if(marking, [&](std::future<void>& f) { return f.wait_until(until) == std::future_status::ready; });
   }
 
   Result<LoadReport> Run() {
@@ -814,6 +832,8 @@ struct ModelLoader::Impl {
     checked_checkpoint.clear();
     if (relisting.valid()) relisting.wait();  // of a previous failed Load
     relisting = {};
+    for (std::future<void>& f : marking) f.wait();  // of a previous Load
+    marking.clear();
     relist_failed = false;
     SW_RETURN_IF_ERROR(ResolveIdentity());
     content = identity.revision.starts_with(kCheckpointRevisionPrefix) ? identity.revision : "";
@@ -968,6 +988,7 @@ Result<LoadReport> ModelLoader::Load() {
   if (impl_->loaded) return InvalidArgument("model loader: already loaded");
   const auto t0 = std::chrono::steady_clock::now();
   auto report = impl_->Run();
+  impl_->AwaitMarks(Impl::kMarksWaitSeconds);
   impl_->metrics.Loaded(report.ok() ? Status::Ok() : report.status(),
                         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                         report.ok() ? report->bytes_from_sources : 0, report.ok() ? report->bytes_from_disk : 0);

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <mutex>
 
@@ -53,6 +54,12 @@ class FakeSourceRegistry final : public SourceRegistry {
     return out;
   }
   Status MarkSourceStale(const std::string& id, const std::string& reason) override {
+    std::function<void()> before;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      before = before_mark_;
+    }
+    if (before) before();  // e.g. blocks, as a coordinator that is gone does
     std::lock_guard<std::mutex> lock(mu_);
     auto it = records_.find(id);
     if (it == records_.end()) return NotFound("source " + id);
@@ -97,6 +104,11 @@ class FakeSourceRegistry final : public SourceRegistry {
     std::lock_guard<std::mutex> lock(mu_);
     records_.clear();
   }
+  /// Called (without the lock) at the start of every MarkSourceStale; empty: none.
+  void SetBeforeMarkStale(std::function<void()> hook) {
+    std::lock_guard<std::mutex> lock(mu_);
+    before_mark_ = std::move(hook);
+  }
   /// Heartbeats no longer revive STALE sources (so a test can observe the mark).
   void SetStickyStale(bool on) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -112,6 +124,7 @@ class FakeSourceRegistry final : public SourceRegistry {
   double last_register_bound_s_ = 0;
   int deregistrations_ = 0;
   bool sticky_stale_ = false;
+  std::function<void()> before_mark_;
 };
 
 }  // namespace shardwire::testing

@@ -7,10 +7,12 @@
 
 #include <xxhash.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <future>
 #include <limits>
 #include <set>
 #include <sstream>
@@ -220,6 +222,42 @@ TEST_F(ModelLoadingTest, FingerprintMismatchSkipsInstanceWithoutMarkingItStale) 
   EXPECT_NE(report->skipped[0].find("layout mismatch"), std::string::npos) << report->skipped[0];
   EXPECT_NE(report->skipped[0].find("a-liar"), std::string::npos) << report->skipped[0];
   for (const SourceRecord& r : registry_.All()) EXPECT_EQ(r.state, SourceState::kReady) << r.instance_id;
+}
+
+// Marking a failed source STALE goes to the coordinator, which may be gone (each call then
+// costs the client's retry window): the load must not wait for it. Here every MarkSourceStale
+// blocks until the test releases it; the load still finishes from the good source, and the
+// mark lands once released (the loader's destructor waits for it).
+TEST_F(ModelLoadingTest, AStaleMarkThatHangsDoesNotHoldUpTheLoad) {
+  auto bad = Seed("a-bad", "tp=2", Writable());
+  auto good = Seed("b-good", "tp=2");
+  registry_.SetStickyStale(true);
+  auto buf = bad[0]->buffer();
+  for (std::size_t i = 0; i < buf.size(); i += 4096) buf[i] ^= std::byte{0x5a};
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<int> marks_started{0};
+  registry_.SetBeforeMarkStale([&, released] {
+    ++marks_started;
+    released.wait();
+  });
+  auto loader = ModelLoader::Create(registry_, model_, LoaderOptions("new", "tp=2", 0));
+  ASSERT_TRUE(loader.ok());
+  auto load = std::async(std::launch::async, [&] { return (*loader)->Load(); });
+  const bool finished = load.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  release.set_value();
+  ASSERT_TRUE(finished) << "the load waited for a STALE mark the registry never answered";
+  auto report = load.get();
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  ExpectEqualsCheckpoint(**loader, 0);
+  ASSERT_EQ(report->failed.size(), 1u);
+  EXPECT_NE(report->failed[0].find("a-bad"), std::string::npos) << report->failed[0];
+  EXPECT_GE(marks_started.load(), 1) << "the failed source was being marked";
+  loader->reset();  // waits for the mark in flight
+  for (const SourceRecord& r : registry_.All()) {
+    EXPECT_EQ(r.state, r.instance_id == "a-bad" ? SourceState::kStale : SourceState::kReady) << r.instance_id;
+  }
+  registry_.SetBeforeMarkStale({});
 }
 
 TEST_F(ModelLoadingTest, FingerprintMismatchListsTheFirstDifferences) {
