@@ -70,10 +70,12 @@ struct WeightSubscriber::State {
   // at engine_timeout_s. Best effort (a source it cannot reach is not waiting for it either).
   void Withdraw(std::int64_t request);
   // The prepared WRITE of this rank's pushed ranges from its buffer `own` into `target`'s buffer
-  // (connecting to the target's process first when it is new).
-  Result<TransferHandle> Forward(const workflows::RelayTarget& target, int own);
-  // Connects to `target`'s process (imports its metadata) unless connected to it already.
-  Result<RelayChild*> ConnectChild(const workflows::RelayTarget& target);
+  // (connecting to the target's process first when it is new, each step of the connect bounded
+  // by `timeout_s` seconds).
+  Result<TransferHandle> Forward(const workflows::RelayTarget& target, int own, double timeout_s);
+  // Connects to `target`'s process (imports its metadata, checks its plan signature, wires the
+  // lanes up; each step bounded by `timeout_s` seconds) unless connected to it already.
+  Result<RelayChild*> ConnectChild(const workflows::RelayTarget& target, double timeout_s);
   // Tells `targets` that this rank will not forward `version` (best effort).
   void AbandonForwards(std::uint64_t version, const std::map<int, workflows::RelayTarget>& targets);
   void ReleaseForwards(RelayChild& child);
@@ -94,8 +96,8 @@ void WeightSubscriber::State::ReleaseForwards(RelayChild& child) {
   child.forwards.clear();
 }
 
-Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChild(
-    const workflows::RelayTarget& target) {
+Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChild(const workflows::RelayTarget& target,
+                                                                                   double timeout_s) {
   const int child_rank = static_cast<int>(target.rank);
   RelayChild& child = relay_children[child_rank];
   if (child.name.empty() || child.incarnation != target.incarnation) {
@@ -103,11 +105,11 @@ Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChi
     child.name.clear();
     SW_ASSIGN_OR_RETURN(
         const workflows::PeerRank peer,
-        workflows::ImportPeerRank(*rendezvous, *endpoint.agent, options.job, kEngineRole, child_rank, options.timeout_s,
+        workflows::ImportPeerRank(*rendezvous, *endpoint.agent, options.job, kEngineRole, child_rank, timeout_s,
                                   options.interrupt, kInterruptPollSeconds, target.incarnation));
     SW_RETURN_IF_ERROR(workflows::CheckPeerPlanSignature(*rendezvous, options.job, kEngineRole, child_rank,
-                                                         plan_signature, options.timeout_s));
-    SW_RETURN_IF_ERROR(endpoint.agent->WireUp(peer.name, options.timeout_s));
+                                                         plan_signature, timeout_s));
+    SW_RETURN_IF_ERROR(endpoint.agent->WireUp(peer.name, timeout_s));
     child = RelayChild{target.incarnation, peer.name, {peer.region, peer.second_region}, {}};
   }
   return &child;
@@ -115,16 +117,19 @@ Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChi
 
 void WeightSubscriber::State::AbandonForwards(std::uint64_t version,
                                               const std::map<int, workflows::RelayTarget>& targets) {
+  // Each bounded as a forward is: a child that stalls costs engine_timeout_s, not timeout_s.
+  const double bound_s = std::min(options.engine_timeout_s, options.timeout_s);
   for (const auto& [child_rank, target] : targets) {
-    auto child = ConnectChild(target);
+    auto child = ConnectChild(target, bound_s);
     if (child.ok())
       (void)endpoint.agent->SendMessage((*child)->name, workflows::Encode({workflows::MessageKind::kMissed, version}));
   }
 }
 
-Result<TransferHandle> WeightSubscriber::State::Forward(const workflows::RelayTarget& target, int own) {
+Result<TransferHandle> WeightSubscriber::State::Forward(const workflows::RelayTarget& target, int own,
+                                                        double timeout_s) {
   const int child_rank = static_cast<int>(target.rank);
-  SW_ASSIGN_OR_RETURN(RelayChild* const connected, ConnectChild(target));
+  SW_ASSIGN_OR_RETURN(RelayChild* const connected, ConnectChild(target, timeout_s));
   RelayChild& child = *connected;
   const std::pair<int, int> key{own, target.buffer};
   if (auto it = child.forwards.find(key); it != child.forwards.end()) return it->second;
@@ -161,7 +166,7 @@ void WeightSubscriber::State::ForwardVersion(std::uint64_t version, int own,
     }
   };
   for (const auto& [child, target] : targets) {
-    auto h = Forward(target, own);
+    auto h = Forward(target, own, bound_s);  // a stalled child's connect costs bound_s, not timeout_s
     if (!h.ok()) {
       fail(child, h.status());
       continue;
@@ -408,7 +413,7 @@ Status WeightSubscriber::Connect() {
       for (int own = 0; own < buffers; ++own) {
         for (int theirs = 0; theirs < buffers; ++theirs) {
           const workflows::RelayTarget target{static_cast<std::uint32_t>(child), static_cast<std::uint8_t>(theirs), 0};
-          SW_RETURN_IF_ERROR(s.Forward(target, own)
+          SW_RETURN_IF_ERROR(s.Forward(target, own, s.options.timeout_s)
                                  .status()
                                  .WithContext(fmt::format("engine rank {} connecting to its relay child", s.rank)));
         }

@@ -85,6 +85,19 @@ class ModelLoadingTest : public ::testing::Test {
     fs::remove_all(dir_, ec);
   }
 
+  // A serving instance "a-bad" (tp=2) whose rank 0 bytes change after it committed its
+  // content, beside a healthy "b-good" (tp=2); STALE marks then stick (SetStickyStale).
+  std::pair<std::vector<std::unique_ptr<ModelSource>>, std::vector<std::unique_ptr<ModelSource>>> BadAndGoodSeeds() {
+    auto bad = Seed("a-bad", "tp=2", Writable());
+    auto good = Seed("b-good", "tp=2");
+    registry_.SetStickyStale(true);
+    if (!bad.empty()) {
+      auto buf = bad[0]->buffer();
+      for (std::size_t i = 0; i < buf.size(); i += 4096) buf[i] ^= std::byte{0x5a};
+    }
+    return {std::move(bad), std::move(good)};
+  }
+
   // Starts every rank of a serving instance, filled from the checkpoint.
   std::vector<std::unique_ptr<ModelSource>> Seed(const std::string& instance, const std::string& layout,
                                                  ModelSourceOptions base = {}) {
@@ -229,11 +242,7 @@ TEST_F(ModelLoadingTest, FingerprintMismatchSkipsInstanceWithoutMarkingItStale) 
 // blocks until the test releases it; the load still finishes from the good source, and the
 // mark lands once released (the loader's destructor waits for it).
 TEST_F(ModelLoadingTest, AStaleMarkThatHangsDoesNotHoldUpTheLoad) {
-  auto bad = Seed("a-bad", "tp=2", Writable());
-  auto good = Seed("b-good", "tp=2");
-  registry_.SetStickyStale(true);
-  auto buf = bad[0]->buffer();
-  for (std::size_t i = 0; i < buf.size(); i += 4096) buf[i] ^= std::byte{0x5a};
+  auto seeds = BadAndGoodSeeds();
   std::promise<void> release;
   std::shared_future<void> released = release.get_future().share();
   std::atomic<int> marks_started{0};
@@ -276,12 +285,7 @@ TEST_F(ModelLoadingTest, FingerprintMismatchListsTheFirstDifferences) {
 }
 
 TEST_F(ModelLoadingTest, CorruptBytesAtASourceAreReReadElsewhereAndTheSourceMarkedStale) {
-  auto bad = Seed("a-bad", "tp=2", Writable());
-  auto good = Seed("b-good", "tp=2");
-  registry_.SetStickyStale(true);
-  // Flip bytes in the bad instance's rank 0 after it committed its content.
-  auto buf = bad[0]->buffer();
-  for (std::size_t i = 0; i < buf.size(); i += 4096) buf[i] ^= std::byte{0x5a};
+  auto seeds = BadAndGoodSeeds();  // a-bad's rank 0 bytes changed after it committed its content
   auto loader = ModelLoader::Create(registry_, model_, LoaderOptions("new", "tp=2", 0));
   auto report = (*loader)->Load();
   ASSERT_TRUE(report.ok()) << report.status().ToString();
