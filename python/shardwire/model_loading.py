@@ -151,7 +151,9 @@ class ModelLoader:
     the arena alive, in the loader or in the source it becomes. The memory registered or
     copied into is the storage ``params`` have now: it is kept alive even if a parameter is
     re-pointed later (``p.data = ...``), and a source it becomes keeps it too. ``revision``: ''
-    takes the one revision served; ``checkpoint``: path for the disk fallback ('' = none). ``stall_timeout_s``: seconds
+    takes the one revision served; ``checkpoint``: path for the disk fallback ('' = none; checked against the
+    content the sources advertise, and refused with FailedPreconditionError when they advertise none and
+    ``revision`` was not named, since nothing then ties it to the revision served). ``stall_timeout_s``: seconds
     without progress before a source counts as dead; ``load_timeout_s``: bound of a whole load.
 
     Raises InvalidArgumentError (tensors, layout, rank) at construction; see load().
