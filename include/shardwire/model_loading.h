@@ -29,9 +29,10 @@
 // otherwise not used concurrently; ModelLoader is used by one thread at a time. During
 // Load a ModelLoader re-lists the registry and marks failed sources STALE on helper
 // threads (so a slow or vanished coordinator never stalls the transfers); Load waits
-// for the marks at its end for at most 2 s, and the loader's destructor (and the next
-// Load) for every listing and mark still in flight (at most the registry's own call
-// timeout each).
+// for the marks at its end for at most 2 s (not after an interrupt or load_timeout_s),
+// and the loader's destructor (and the next Load) for every listing and mark still in
+// flight (each registry call at most its own timeout; a failed instance of n ranks is
+// marked in n calls).
 #pragma once
 
 #include <cstddef>

@@ -138,6 +138,13 @@ struct ModelLoader::Impl {
   std::string content;
   // The content revision the fallback checkpoint was found to have (computed once).
   std::string checked_checkpoint;
+  // Every content revision a listed record of the identity advertised, usable instance or
+  // not (an incomplete instance still says which bytes the revision is): the fallback
+  // checkpoint is checked against it when `content` is unknown.
+  std::set<std::string> advertised_contents;
+  // Run ended by the interrupt hook or load_timeout_s: Load then returns without waiting
+  // for the STALE marks in flight.
+  bool cut_short = false;
 
   // State of one Load call.
   std::vector<Instance> instances;
@@ -266,6 +273,8 @@ struct ModelLoader::Impl {
     for (const SourceRecord& r : records) {
       if (r.instance_id == options.instance_id) continue;
       by_instance[r.instance_id].push_back(r);
+      if (auto c = r.attributes.find(kSourceAttrContent); c != r.attributes.end())
+        advertised_contents.insert(c->second);
     }
     for (auto& [id, recs] : by_instance) {
       if (options.max_instances > 0 && static_cast<int>(instances.size()) >= options.max_instances) break;
@@ -502,14 +511,21 @@ struct ModelLoader::Impl {
     mv.state = LoadMove::State::kReading;
     if (first_read == Clock::time_point{}) first_read = Clock::now();
     // Generous for the bytes (10 MB/s), strict for silence. The READs in flight from one source
-    // rank share its link: each gets the time of those posted before it too, so that a slow
-    // link is not taken for a stalled source.
+    // rank share its link: they share one deadline for all their bytes, so that a slow link is
+    // not taken for a stalled source.
     std::uint64_t in_flight = 0;
     for (const LoadMove& o : moves) {
       if (o.state == LoadMove::State::kReading && o.instance == mv.instance && o.src_rank == mv.src_rank)
         in_flight += o.bytes;
     }
-    mv.deadline = Clock::now() + Seconds(options.stall_timeout_s + static_cast<double>(in_flight) / 10e6);
+    // One deadline for all of them, covering all their bytes (they may progress in any order).
+    const Clock::time_point deadline =
+        Clock::now() + Seconds(options.stall_timeout_s + static_cast<double>(in_flight) / 10e6);
+    for (LoadMove& o : moves) {
+      if (o.state == LoadMove::State::kReading && o.instance == mv.instance && o.src_rank == mv.src_rank)
+        o.deadline = std::max(o.deadline, deadline);
+    }
+    mv.deadline = deadline;
   }
 
   void AfterRead(std::size_t index) {
@@ -692,29 +708,36 @@ struct ModelLoader::Impl {
       return Unavailable(fmt::format("{} bytes of rank {} have no usable source and no checkpoint was given",
                                      workflows::TotalBytes(unassigned), options.rank));
     }
-    if (content.empty() && options.revision.empty()) {
-      // The revision came from the sources (ResolveIdentity) and none said which bytes it is:
-      // nothing ties this checkpoint to it, and its bytes would be served under it afterwards.
+    // What the checkpoint must hold: the content known, else the one every listed record of
+    // the identity advertised (a skipped instance's too).
+    std::string expected = content;
+    if (expected.empty() && advertised_contents.size() == 1) expected = *advertised_contents.begin();
+    if (expected.empty() && options.revision.empty()) {
+      // The revision came from the sources (ResolveIdentity) and they do not say which bytes it
+      // is: nothing ties this checkpoint to it, and its bytes would be served under it afterwards.
       return FailedPrecondition(fmt::format(
-          "disk fallback of rank {}: the model being loaded ({}, revision {}) was taken from its sources, none "
-          "of which advertised its content, so checkpoint \"{}\" cannot be checked against it; refusing to load "
+          "disk fallback of rank {}: the model being loaded ({}, revision {}) was taken from its sources, which "
+          "advertise {} content for it, so checkpoint \"{}\" cannot be checked against it; refusing to load "
           "unchecked bytes (name the revision, ModelLoaderOptions::revision, to trust this checkpoint for it)",
-          options.rank, identity.Digest(), identity.revision, options.checkpoint_path));
+          options.rank, identity.Digest(), identity.revision,
+          advertised_contents.empty() ? std::string("no")
+                                      : fmt::format("differing ({})", fmt::join(advertised_contents, ", ")),
+          options.checkpoint_path));
     }
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
-    if (!content.empty() && content != checked_checkpoint) {
+    if (!expected.empty() && expected != checked_checkpoint) {
       SW_ASSIGN_OR_RETURN(const std::string on_disk, CheckpointRevision(checkpoint));
-      if (on_disk != content) {
+      if (on_disk != expected) {
         return FailedPrecondition(fmt::format(
             "disk fallback of rank {}: checkpoint \"{}\" has revision {}, but the model being loaded ({}, revision "
             "{}) has content {}; refusing to load other bytes",
-            options.rank, options.checkpoint_path, on_disk, identity.Digest(), identity.revision, content));
+            options.rank, options.checkpoint_path, on_disk, identity.Digest(), identity.revision, expected));
       }
       checked_checkpoint = on_disk;
     }
-    if (unassigned.size() == 1 && unassigned.front().begin == 0 && unassigned.front().end >= buffer.size()) {
+    if (unassigned == NeededIntervals(*layout, options.rank)) {
       // The whole rank (no source served any of it): read straight into the buffer, no copy of
-      // the rank's size beside it.
+      // the rank's size beside it (the padding between shards stays zero).
       SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, *layout, options.rank, buffer));
       report.bytes_from_disk += workflows::TotalBytes(unassigned);
       unassigned.clear();
@@ -792,10 +815,11 @@ struct ModelLoader::Impl {
     Relist(*records, needed);
   }
 
-  // STALE marks run off the transfer loop too, in order on their own thread: a coordinator that
-  // is gone costs each call its client's retry window (unavailable_timeout_s), which must not
-  // stall the transfers or count as this process's own pause. Load waits for them at its end
-  // for at most kMarksWaitSeconds, the next Load and the destructor for all of them.
+  // STALE marks run off the transfer loop too, one helper thread per failed instance (its ranks
+  // marked one after another): a coordinator that is gone costs each call its client's retry
+  // window (unavailable_timeout_s), which must not stall the transfers or count as this
+  // process's own pause. Load waits for them at its end for at most kMarksWaitSeconds (not
+  // after an interrupt or load_timeout_s), the next Load and the destructor for all of them.
   static constexpr double kMarksWaitSeconds = 2.0;
   std::vector<std::future<void>> marking;
 
@@ -834,6 +858,8 @@ struct ModelLoader::Impl {
     relisting = {};
     for (std::future<void>& f : marking) f.wait();  // of a previous Load
     marking.clear();
+    advertised_contents.clear();
+    cut_short = false;
     relist_failed = false;
     SW_RETURN_IF_ERROR(ResolveIdentity());
     content = identity.revision.starts_with(kCheckpointRevisionPrefix) ? identity.revision : "";
@@ -866,11 +892,13 @@ struct ModelLoader::Impl {
         last_interrupt_check = Clock::now();
         Status interrupted = options.interrupt();
         if (!interrupted.ok()) {
+          cut_short = true;
           Goodbye();
           return interrupted;
         }
       }
       if (Clock::now() > give_up) {
+        cut_short = true;
         Goodbye();
         return TimedOut(
             fmt::format("P2P load of rank {} did not finish within {} s", options.rank, options.load_timeout_s));
@@ -988,7 +1016,7 @@ Result<LoadReport> ModelLoader::Load() {
   if (impl_->loaded) return InvalidArgument("model loader: already loaded");
   const auto t0 = std::chrono::steady_clock::now();
   auto report = impl_->Run();
-  impl_->AwaitMarks(Impl::kMarksWaitSeconds);
+  if (!impl_->cut_short) impl_->AwaitMarks(Impl::kMarksWaitSeconds);
   impl_->metrics.Loaded(report.ok() ? Status::Ok() : report.status(),
                         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                         report.ok() ? report->bytes_from_sources : 0, report.ok() ? report->bytes_from_disk : 0);

@@ -131,6 +131,10 @@ struct WeightPublisher::State {
   std::map<int, TransferHandle> copy_transfers;  // reducer -> prepared WRITE of my addends
   std::map<int, std::string> reducer_names;
   std::set<std::string> addend_source_names;
+  // The version every reducer opened its slots for (SLOTS_OPEN) in a push of this rank: a
+  // retry of that version (after an interrupt) writes the same addends again without waiting
+  // for a SLOTS_OPEN that was consumed. 0: none since Connect.
+  std::uint64_t slots_opened_for = 0;
 
   void ReleaseTransfersTo(int dst);
   // Imports engine rank `dst`'s metadata (of `incarnation` with dynamic membership, else 0: the
@@ -525,6 +529,7 @@ Status WeightPublisher::Connect() {
   for (auto& [reducer, h] : s.copy_transfers) (void)agent.Release(h);
   s.copy_transfers.clear();
   s.addend_source_names.clear();
+  s.slots_opened_for = 0;
   for (const auto& [reducer, copies] : s.copies_to) {
     SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer, trainer_peer(reducer));
     if (peer.scratch_region == 0) {
@@ -648,7 +653,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
                     s.endpoint.weights.data() + c.src_offset + row * c.src_stride, c.length);
       }
     }
-    if (!s.copy_transfers.empty()) {
+    if (!s.copy_transfers.empty() && s.slots_opened_for != version) {
       // The reducers' slots are written only once they opened them for this version.
       std::set<std::string> reducers;
       for (const auto& [reducer, name] : s.reducer_names) reducers.insert(name);
@@ -658,6 +663,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
                              .WithContext(fmt::format("{}: waiting for the Partial(sum) reducers to start v{} "
                                                       "(SLOTS_OPEN) before writing its addends",
                                                       who, version)));
+      s.slots_opened_for = version;
     }
     // The addend WRITEs: waited for in slices (the interrupt hook is asked between them, this
     // process's own pauses do not count); a failed or interrupted wait stops every one still

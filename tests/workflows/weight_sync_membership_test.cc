@@ -989,6 +989,82 @@ TEST(WeightSyncPartial, ARankPushingAVersionAheadWaitsUntilItsReducerIsDoneWithI
   expect_sum(4);
 }
 
+// A source rank whose push of v is interrupted after its addends went out (here: while it waits
+// for the engine's READY) may push v again (weight_sync.h, `interrupt`): the retry must not wait
+// for the reducer's SLOTS_OPEN(v) a second time (the reducer sent it once, and the first attempt
+// consumed it). Oracle: the test's own fp32 sum of the addends, and the sharded rows as written.
+TEST(WeightSyncPartial, ASourceRetriesAVersionAfterAnInterruptWithoutWaitingForItsSlotsAgain) {
+  Pair p = StartPair();
+  const std::vector<TensorSpec> t{{"w", DType::kF32, {8, 6}}, {"s", DType::kF32, {6, 4}}};
+  const Layout trainer = MakeDTensorLayout("partial", t, DeviceMesh::Create({{"dp", 2}}).value(),
+                                           {{Placement::Partial()}, {Placement::Shard(0)}})
+                             .value();
+  const Layout engine = MakeDTensorLayout("engine", t, DeviceMesh::Create({{"tp", 1}}).value(),
+                                          {{Placement::Replicate()}, {Placement::Replicate()}})
+                            .value();
+  const TransferPlan plan = PlanTransfer(trainer, engine).value();
+  ASSERT_EQ(plan.reductions().size(), 1u);
+  ASSERT_EQ(plan.reductions()[0].reducer, 0u) << "rank 1 is meant to be the addend source";
+  auto sub = WeightSubscriber::Create(*p.client, trainer, engine, 0, {"retry", 20});
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  std::atomic<bool> give_up{false};
+  std::vector<std::unique_ptr<WeightPublisher>> pubs;
+  for (int r = 0; r < 2; ++r) {
+    WeightSyncOptions options{"retry", 20};
+    if (r == 1) {  // the source only
+      options.interrupt = [&]() -> Status {
+        return give_up ? FailedPrecondition("interrupted by the test") : Status::Ok();
+      };
+    }
+    auto pub = WeightPublisher::Create(*p.client, trainer, engine, r, options);
+    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+    pubs.push_back(std::move(*pub));
+  }
+  ASSERT_TRUE((*sub)->Connect().ok());
+  {
+    std::vector<std::thread> connects;
+    std::vector<Status> st(2);
+    for (int r = 0; r < 2; ++r) connects.emplace_back([&, r] { st[r] = pubs[r]->Connect(); });
+    for (auto& th : connects) th.join();
+    ASSERT_TRUE(st[0].ok() && st[1].ok()) << st[0].ToString() << st[1].ToString();
+  }
+  for (int r = 0; r < 2; ++r) {
+    for (const ShardRef& sh : trainer.rank(r).shards) {
+      const bool partial = trainer.tensors()[sh.tensor].name == "w";
+      for (std::int64_t i = 0; i < sh.box.numel(); ++i) {
+        const float x = partial ? Addend(r, static_cast<std::size_t>(i), 1)
+                                : Addend(0, static_cast<std::size_t>(i + sh.box.offset[0] * 4), 1);
+        std::memcpy(pubs[static_cast<std::size_t>(r)]->weights().data() + sh.byte_offset + i * 4, &x, 4);
+      }
+    }
+  }
+  // The reducer starts v1 first (its SLOTS_OPEN(1) is out), then the source, whose READY wait
+  // (the engine has not begun v1) the hook ends once its addends went out.
+  Result<PushStats> reduced = Internal("not run");
+  std::thread reducer([&] { reduced = pubs[0]->Push(1); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  give_up = true;
+  const auto interrupted = pubs[1]->Push(1);
+  give_up = false;
+  EXPECT_FALSE(interrupted.ok());
+  ASSERT_TRUE((*sub)->BeginUpdate(1).ok());
+  const auto retried = pubs[1]->Push(1);
+  reducer.join();
+  ASSERT_TRUE(retried.ok()) << retried.status().ToString();
+  ASSERT_TRUE(reduced.ok()) << reduced.status().ToString();
+  ASSERT_TRUE((*sub)->WaitForUpdate(1).ok());
+  std::size_t bad = 0;
+  for (const ShardRef& sh : engine.rank(0).shards) {
+    const bool partial = engine.tensors()[sh.tensor].name == "w";
+    for (std::int64_t i = 0; i < sh.box.numel(); ++i) {
+      const auto g = static_cast<std::size_t>(i);
+      const float want = partial ? Addend(0, g, 1) + Addend(1, g, 1) : Addend(0, g, 1);
+      bad += std::memcmp((*sub)->weights().data() + sh.byte_offset + i * 4, &want, 4) != 0;
+    }
+  }
+  EXPECT_EQ(bad, 0u);
+}
+
 // ---- Per-version integrity check (WeightSyncOptions::verify_digests).
 
 TEST(WeightSyncDigests, BytesChangedOnTheWayAreCaughtAndTheVersionIsNotCommitted) {
