@@ -564,6 +564,35 @@ TEST_F(ModelLoadingRevisionTest, AFallbackCheckpointIsRefusedForARevisionTakenFr
   }
 }
 
+// The only instance is incomplete (one rank's record gone) but says which content the revision
+// is: the load falls back to a checkpoint of that content, and refuses one of other content.
+TEST_F(ModelLoadingRevisionTest, AnIncompleteInstanceStillSaysWhichCheckpointMayBeLoaded) {
+  ModelSourceOptions seed_options;
+  seed_options.content_revision = revision_;
+  auto seed = Seed("half", "tp=2", seed_options);
+  for (const SourceRecord& r : registry_.All()) {
+    if (r.rank == 1) {
+      ASSERT_TRUE(registry_.DeregisterSource(r.source_id, 1).ok());
+    }
+  }
+  auto load = [&](const std::string& id, const std::string& checkpoint) {
+    ModelLoaderOptions o = LoaderOptions(id, "tp=2", 0);
+    o.revision.clear();  // taken from the sources
+    o.checkpoint_path = checkpoint;
+    auto loader = ModelLoader::Create(registry_, model_, o);
+    EXPECT_TRUE(loader.ok());
+    return (*loader)->Load();
+  };
+  const auto other = load("new-other", other_dir_);
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.status().code(), ErrorCode::kFailedPrecondition) << other.status().ToString();
+  EXPECT_NE(other.status().message().find(revision_), std::string::npos) << other.status().ToString();
+  const auto right = load("new-right", dir_.string());
+  ASSERT_TRUE(right.ok()) << right.status().ToString();
+  EXPECT_EQ(right->bytes_from_sources, 0u);
+  EXPECT_GT(right->bytes_from_disk, 0u);
+}
+
 TEST_F(ModelLoadingRevisionTest, ALoadedInstancePassesOnTheContentItLearned) {
   ModelSourceOptions seed_options;
   seed_options.content_revision = revision_;
