@@ -799,6 +799,33 @@ std::uint16_t RoundToBf16(float f) {
   return static_cast<std::uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
 }
 
+// Trainer ranks 0 and 1 of `trainer` pushing to `engine` in job `job` (timeout_s 20), rank 1
+// with `rank1_interrupt` as its interrupt hook (empty: none), created and connected at once
+// (each waits for the other as a Partial(sum) peer). Empty when a Create or Connect failed
+// (the failure is reported).
+std::vector<std::unique_ptr<WeightPublisher>> ConnectedTrainerPair(Pair& p, const Layout& trainer, const Layout& engine,
+                                                                   const char* job,
+                                                                   std::function<Status()> rank1_interrupt = {}) {
+  std::vector<std::unique_ptr<WeightPublisher>> pubs;
+  for (int r = 0; r < 2; ++r) {
+    WeightSyncOptions options{job, 20};
+    if (r == 1) options.interrupt = rank1_interrupt;
+    auto pub = WeightPublisher::Create(*p.client, trainer, engine, r, options);
+    EXPECT_TRUE(pub.ok()) << pub.status().ToString();
+    if (!pub.ok()) return {};
+    pubs.push_back(std::move(*pub));
+  }
+  std::vector<Status> st(2);
+  {
+    std::vector<std::thread> connects;
+    for (int r = 0; r < 2; ++r) connects.emplace_back([&, r] { st[r] = pubs[r]->Connect(); });
+    for (auto& th : connects) th.join();
+  }
+  EXPECT_TRUE(st[0].ok() && st[1].ok()) << st[0].ToString() << st[1].ToString();
+  if (!st[0].ok() || !st[1].ok()) return {};
+  return pubs;
+}
+
 TEST(WeightSyncPartial, PartialSumShardsAreReducedAtTheirReducerAndEnginesGetTheSum) {
   Pair p = StartPair();
   const std::vector<TensorSpec> t{{"w", DType::kF32, {8, 6}}, {"h", DType::kBF16, {4, 10}}, {"s", DType::kF32, {6, 4}}};
@@ -813,21 +840,10 @@ TEST(WeightSyncPartial, PartialSumShardsAreReducedAtTheirReducerAndEnginesGetThe
   auto sub0 = WeightSubscriber::Create(*p.client, trainer, engine, 0, {"partial", 20});
   auto sub1 = WeightSubscriber::Create(*p.client, trainer, engine, 1, {"partial", 20});
   ASSERT_TRUE(sub0.ok() && sub1.ok()) << sub0.status().ToString() << sub1.status().ToString();
-  std::vector<std::unique_ptr<WeightPublisher>> pubs;
-  for (int r = 0; r < 2; ++r) {
-    auto pub = WeightPublisher::Create(*p.client, trainer, engine, r, {"partial", 20});
-    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
-    pubs.push_back(std::move(*pub));
-  }
+  const auto pubs = ConnectedTrainerPair(p, trainer, engine, "partial");
+  ASSERT_EQ(pubs.size(), 2u);
   WeightSubscriber* subs[2] = {sub0->get(), sub1->get()};
   for (WeightSubscriber* s : subs) ASSERT_TRUE(s->Connect().ok());
-  {
-    std::vector<std::thread> connects;
-    std::vector<Status> st(2);
-    for (int r = 0; r < 2; ++r) connects.emplace_back([&, r] { st[r] = pubs[r]->Connect(); });
-    for (auto& th : connects) th.join();
-    ASSERT_TRUE(st[0].ok() && st[1].ok()) << st[0].ToString() << st[1].ToString();
-  }
   for (std::uint64_t v = 1; v <= 2; ++v) {
     // Each trainer rank holds an addend of w and h (the whole tensor) and its rows of s.
     for (int r = 0; r < 2; ++r) {
@@ -904,27 +920,12 @@ TEST(WeightSyncPartial, ARankPushingAVersionAheadWaitsUntilItsReducerIsDoneWithI
   ASSERT_EQ(plan.reductions()[0].reducer, 0u) << "rank 1 is meant to be a pure addend source";
   auto sub = WeightSubscriber::Create(*p.client, trainer, engine, 0, {"ahead", 20});
   ASSERT_TRUE(sub.ok()) << sub.status().ToString();
-  std::vector<std::unique_ptr<WeightPublisher>> pubs;
   std::atomic<bool> give_up{false};  // rank 1's interrupt hook: ends its waits while set
-  for (int r = 0; r < 2; ++r) {
-    WeightSyncOptions options{"ahead", 20};
-    if (r == 1) {
-      options.interrupt = [&]() -> Status {
-        return give_up ? FailedPrecondition("the test gives up on v3") : Status::Ok();
-      };
-    }
-    auto pub = WeightPublisher::Create(*p.client, trainer, engine, r, options);
-    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
-    pubs.push_back(std::move(*pub));
-  }
+  const auto pubs = ConnectedTrainerPair(p, trainer, engine, "ahead", [&]() -> Status {
+    return give_up ? FailedPrecondition("the test gives up on v3") : Status::Ok();
+  });
+  ASSERT_EQ(pubs.size(), 2u);
   ASSERT_TRUE((*sub)->Connect().ok());
-  {
-    std::vector<std::thread> connects;
-    std::vector<Status> st(2);
-    for (int r = 0; r < 2; ++r) connects.emplace_back([&, r] { st[r] = pubs[r]->Connect(); });
-    for (auto& th : connects) th.join();
-    ASSERT_TRUE(st[0].ok() && st[1].ok()) << st[0].ToString() << st[1].ToString();
-  }
   auto fill = [&](int r, std::uint64_t v) {
     for (std::size_t i = 0; i < 48; ++i) {
       const float x = Addend(r, i, v);
@@ -1007,27 +1008,12 @@ TEST(WeightSyncPartial, ASourceRetriesAVersionAfterAnInterruptWithoutWaitingForI
   ASSERT_EQ(plan.reductions()[0].reducer, 0u) << "rank 1 is meant to be the addend source";
   auto sub = WeightSubscriber::Create(*p.client, trainer, engine, 0, {"retry", 20});
   ASSERT_TRUE(sub.ok()) << sub.status().ToString();
-  std::atomic<bool> give_up{false};
-  std::vector<std::unique_ptr<WeightPublisher>> pubs;
-  for (int r = 0; r < 2; ++r) {
-    WeightSyncOptions options{"retry", 20};
-    if (r == 1) {  // the source only
-      options.interrupt = [&]() -> Status {
-        return give_up ? FailedPrecondition("interrupted by the test") : Status::Ok();
-      };
-    }
-    auto pub = WeightPublisher::Create(*p.client, trainer, engine, r, options);
-    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
-    pubs.push_back(std::move(*pub));
-  }
+  std::atomic<bool> give_up{false};  // the source's (rank 1's) interrupt hook
+  const auto pubs = ConnectedTrainerPair(p, trainer, engine, "retry", [&]() -> Status {
+    return give_up ? FailedPrecondition("interrupted by the test") : Status::Ok();
+  });
+  ASSERT_EQ(pubs.size(), 2u);
   ASSERT_TRUE((*sub)->Connect().ok());
-  {
-    std::vector<std::thread> connects;
-    std::vector<Status> st(2);
-    for (int r = 0; r < 2; ++r) connects.emplace_back([&, r] { st[r] = pubs[r]->Connect(); });
-    for (auto& th : connects) th.join();
-    ASSERT_TRUE(st[0].ok() && st[1].ok()) << st[0].ToString() << st[1].ToString();
-  }
   for (int r = 0; r < 2; ++r) {
     for (const ShardRef& sh : trainer.rank(r).shards) {
       const bool partial = trainer.tensors()[sh.tensor].name == "w";
