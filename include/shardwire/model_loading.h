@@ -216,9 +216,9 @@ struct ModelLoaderOptions {
   std::string checkpoint_path;
   /// Seconds a move may take without progress (READ not complete, digest or
   /// HELLO not answered, lease not acknowledged) before its source is declared
-  /// dead or stalled and its bytes are re-planned from the other sources. A READ gets
-  /// 1 s more per 10 MB of its bytes and of the READs in flight before it from the
-  /// same source rank (they share the link). Counted
+  /// dead or stalled and its bytes are re-planned from the other sources. The READs in
+  /// flight from one source rank share its link and one deadline: stall_timeout_s plus
+  /// 1 s per 10 MB of all their bytes, moved out as each is posted. Counted
   /// while the loader runs: a pause of the loader itself (LoadReport::paused_seconds)
   /// does not count against its sources.
   double stall_timeout_s = 3;
