@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -72,9 +73,12 @@ inline constexpr std::string_view kCheckpointRevisionPrefix = "xxh3:";
 /// A content revision of a checkpoint: "xxh3:" + 32 hex digits, XXH3-128 over every
 /// tensor's name, dtype, shape and data bytes in name order (so re-sharding the same
 /// tensors into other files keeps the revision). Reads every byte once (about the
-/// speed of memory: ~0.1 s per GB warm).
-/// Errors: none beyond those of Checkpoint::Get (kNotFound for a vanished tensor).
-Result<std::string> CheckpointRevision(const Checkpoint& checkpoint);
+/// speed of memory: ~0.1 s per GB warm, the disk's speed cold).
+/// `interrupt`, when set, is asked before each tensor and after every
+/// kInterruptCheckBytes hashed (shard_io.h), on the calling thread; a non-OK Status
+/// stops the hashing and is returned as it is (e.g. a load's Ctrl-C or deadline).
+/// Errors: those of Checkpoint::Get (kNotFound for a vanished tensor); the interrupt's.
+Result<std::string> CheckpointRevision(const Checkpoint& checkpoint, const std::function<Status()>& interrupt = {});
 
 /// The fingerprint inputs of a layout, one text line each, in a fixed order:
 ///   "layout <description> world <N> tensors <T>",

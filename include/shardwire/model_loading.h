@@ -212,7 +212,10 @@ struct ModelLoaderOptions {
   /// it is trusted when `revision` names that revision (the caller paired them), and
   /// refused with kFailedPrecondition when the revision was taken from the sources
   /// (`revision` empty: nothing ties the checkpoint to it). Computing the revision reads the whole
-  /// checkpoint once (~0.1 s per GB warm), only when the fallback is used.
+  /// checkpoint once (~0.1 s per GB warm), only when the fallback is used. The fallback reads
+  /// exactly the bytes no source gave, straight into the buffer (ShardReadOptions::only), and
+  /// both it and the revision check ask `interrupt` and `load_timeout_s` every tensor and
+  /// every 64 MiB (kInterruptCheckBytes).
   std::string checkpoint_path;
   /// Seconds a move may take without progress (READ not complete, digest or
   /// HELLO not answered, lease not acknowledged) before its source is declared
@@ -222,7 +225,8 @@ struct ModelLoaderOptions {
   /// while the loader runs: a pause of the loader itself (LoadReport::paused_seconds)
   /// does not count against its sources.
   double stall_timeout_s = 3;
-  /// Seconds a whole load may take before it fails with kTimedOut (not committed).
+  /// Seconds a whole load may take before it fails with kTimedOut (not committed),
+  /// counted from the start of Load, the disk fallback included.
   double load_timeout_s = 600;
   /// Largest move (bytes): the unit of reading, digest verification and re-reading.
   std::uint64_t move_bytes = 16ull << 20;
@@ -255,7 +259,8 @@ struct ModelLoaderOptions {
   /// copy, ReadPath::kAuto; docs/p2p_loading.md, "Memory and page faults").
   std::span<std::byte> buffer = {};
   /// Interruption hook (e.g. Python's Ctrl-C): when set, Load calls it on its own
-  /// thread about every 0.1 s (kInterruptPollSeconds in weight_sync.h); a non-OK
+  /// thread about every 0.1 s (kInterruptPollSeconds in weight_sync.h) while it
+  /// transfers, and every tensor and 64 MiB of a disk fallback; a non-OK
   /// status it returns stops the load (outstanding READs are cancelled, sources are
   /// told BYE, nothing is committed) and Load returns that status. Load may then be
   /// called again and starts over.

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 
 #include <fmt/format.h>
 #include <xxhash.h>
 
 #include "shardwire/dtype.h"
+#include "shardwire/shard_io.h"
 
 namespace shardwire {
 namespace {
@@ -58,25 +60,30 @@ Result<ModelIdentity> MakeModelIdentity(const ModelDescription& model, std::stri
   return id;
 }
 
-Result<std::string> CheckpointRevision(const Checkpoint& checkpoint) {
-  XXH3_state_t* state = XXH3_createState();
+Result<std::string> CheckpointRevision(const Checkpoint& checkpoint, const std::function<Status()>& interrupt) {
+  const std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(), &XXH3_freeState);
   if (state == nullptr) return Internal("XXH3_createState failed");
-  XXH3_128bits_reset(state);
-  Status status = Status::Ok();
+  XXH3_128bits_reset(state.get());
+  // XXH3's streaming digest does not depend on how the input is cut: the pieces are where
+  // the hook is asked.
+  std::uint64_t since_check = 0;
   for (const TensorSpec& spec : checkpoint.tensors()) {  // sorted by name
-    auto view = checkpoint.Get(spec.name);
-    if (!view.ok()) {
-      status = view.status();
-      break;
-    }
+    if (interrupt) SW_RETURN_IF_ERROR(interrupt());
+    SW_ASSIGN_OR_RETURN(const TensorView view, checkpoint.Get(spec.name));
     const std::string header = SpecText(spec) + "\n";
-    XXH3_128bits_update(state, header.data(), header.size());
-    XXH3_128bits_update(state, view->data.data(), view->data.size());
+    XXH3_128bits_update(state.get(), header.data(), header.size());
+    for (std::uint64_t at = 0; at < view.data.size();) {
+      const std::uint64_t piece = std::min<std::uint64_t>(view.data.size() - at, kInterruptCheckBytes - since_check);
+      XXH3_128bits_update(state.get(), view.data.data() + at, piece);
+      at += piece;
+      since_check += piece;
+      if (since_check == kInterruptCheckBytes) {
+        since_check = 0;
+        if (interrupt) SW_RETURN_IF_ERROR(interrupt());
+      }
+    }
   }
-  const XXH128_hash_t h = XXH3_128bits_digest(state);
-  XXH3_freeState(state);
-  if (!status.ok()) return status;
-  return "xxh3:" + Hex128(h);
+  return "xxh3:" + Hex128(XXH3_128bits_digest(state.get()));
 }
 
 std::vector<std::string> LayoutFingerprintInputs(const Layout& layout) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "shardwire/layout.h"
+#include "shardwire/shard_io.h"
 #include "shardwire/status.h"
 
 namespace shardwire::workflows {
@@ -46,12 +47,9 @@ void ForEachRow(const SourceRun& run, Fn&& fn) {
   }
 }
 
-/// A half-open byte range [begin, end) of the destination buffer.
-struct Interval {
-  std::uint64_t begin = 0;
-  std::uint64_t end = 0;
-  bool operator==(const Interval&) const = default;
-};
+/// A half-open byte range [begin, end) of the destination buffer (the disk fallback
+/// reads exactly these from a checkpoint: ShardReadOptions::only).
+using Interval = BufferInterval;
 
 /// Where every byte `dst_rank` needs lives in one source instance of layout `src`
 /// (PlanTransfer with ReplicaPolicy::kSpread, so replicated tensors are spread over

@@ -18,6 +18,7 @@
 #include "shardwire/model_layouts.h"
 #include "shardwire/model_loading.h"
 #include "shardwire/shard_io.h"
+#include "shardwire/weight_sync.h"
 #include "workflows/load_assignment.h"
 #include "workflows/own_pause.h"
 #include "workflows/p2p_messages.h"
@@ -145,6 +146,10 @@ struct ModelLoader::Impl {
   // Run ended by the interrupt hook or load_timeout_s: Load then returns without waiting
   // for the STALE marks in flight.
   bool cut_short = false;
+  // When this Load fails with kTimedOut (its start + load_timeout_s), and when it last asked
+  // options.interrupt.
+  Clock::time_point give_up;
+  Clock::time_point last_interrupt_check;
 
   // State of one Load call.
   std::vector<Instance> instances;
@@ -189,7 +194,7 @@ struct ModelLoader::Impl {
       return NotFound(fmt::format("no READY source serves model {} and no checkpoint was given", wanted));
     }
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
-    SW_ASSIGN_OR_RETURN(const std::string revision, CheckpointRevision(checkpoint));
+    SW_ASSIGN_OR_RETURN(const std::string revision, CheckpointRevision(checkpoint, StopHook()));
     SW_ASSIGN_OR_RETURN(identity, MakeModelIdentity(model, revision));
     checked_checkpoint = revision;  // the fallback reads this very checkpoint
     return Status::Ok();
@@ -726,7 +731,7 @@ struct ModelLoader::Impl {
     }
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
     if (!expected.empty() && expected != checked_checkpoint) {
-      SW_ASSIGN_OR_RETURN(const std::string on_disk, CheckpointRevision(checkpoint));
+      SW_ASSIGN_OR_RETURN(const std::string on_disk, CheckpointRevision(checkpoint, StopHook()));
       if (on_disk != expected) {
         return FailedPrecondition(fmt::format(
             "disk fallback of rank {}: checkpoint \"{}\" has revision {}, but the model being loaded ({}, revision "
@@ -735,21 +740,12 @@ struct ModelLoader::Impl {
       }
       checked_checkpoint = on_disk;
     }
-    if (unassigned == NeededIntervals(*layout, options.rank)) {
-      // The whole rank (no source served any of it): read straight into the buffer, no copy of
-      // the rank's size beside it (the padding between shards stays zero).
-      SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, *layout, options.rank, buffer));
-      report.bytes_from_disk += workflows::TotalBytes(unassigned);
-      unassigned.clear();
-      return Status::Ok();
-    }
-    std::vector<std::byte> scratch(buffer.size());
-    SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, *layout, options.rank, scratch));
-    for (const Interval& iv : unassigned) {
-      std::copy(scratch.begin() + static_cast<std::ptrdiff_t>(iv.begin),
-                scratch.begin() + static_cast<std::ptrdiff_t>(iv.end),
-                buffer.begin() + static_cast<std::ptrdiff_t>(iv.begin));
-    }
+    // Exactly the bytes no source gave, straight into the buffer (no copy of the rank beside
+    // it; the padding between shards stays zero), stopped by the interrupt hook or the deadline.
+    ShardReadOptions read;
+    read.only = std::span<const Interval>(unassigned);
+    read.interrupt = StopHook();
+    SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, *layout, options.rank, buffer, read));
     report.bytes_from_disk += workflows::TotalBytes(unassigned);
     unassigned.clear();
     return Status::Ok();
@@ -843,9 +839,35 @@ struct ModelLoader::Impl {
     std::erase_if(marking, [&](std::future<void>& f) { return f.wait_until(until) == std::future_status::ready; });
   }
 
+  // Asks options.interrupt (in the transfer loop at most every kInterruptPollSeconds;
+  // `every_call`: now) and the deadline: non-OK (the interrupt's status, or kTimedOut) ends
+  // the Load, which is then cut short.
+  Status CheckStop(bool every_call = false) {
+    if (options.interrupt && (every_call || Since(last_interrupt_check) >= kInterruptPollSeconds)) {
+      last_interrupt_check = Clock::now();
+      Status interrupted = options.interrupt();
+      if (!interrupted.ok()) {
+        cut_short = true;
+        return interrupted;
+      }
+    }
+    if (Clock::now() > give_up) {
+      cut_short = true;
+      return TimedOut(
+          fmt::format("P2P load of rank {} did not finish within {} s", options.rank, options.load_timeout_s));
+    }
+    return Status::Ok();
+  }
+  // CheckStop as the hook of a checkpoint read (the disk fallback, its revision check): asked
+  // per tensor and per kInterruptCheckBytes, each time.
+  std::function<Status()> StopHook() {
+    return [this] { return CheckStop(/*every_call=*/true); };
+  }
+
   Result<LoadReport> Run() {
     const Clock::time_point start = Clock::now();
-    const Clock::time_point give_up = start + Seconds(options.load_timeout_s);
+    give_up = start + Seconds(options.load_timeout_s);
+    last_interrupt_check = start;
     report = LoadReport{};
     instances.clear();
     moves.clear();
@@ -873,7 +895,6 @@ struct ModelLoader::Impl {
     own_pause = workflows::OwnPauseDetector(0.0, Clock::now());  // before any deadline is set
     unassigned = needed;
     Clock::time_point last_list = Clock::now();
-    Clock::time_point last_interrupt_check = Clock::now();
     if (instances.empty() && options.checkpoint_path.empty()) {
       return NotFound(fmt::format("no usable READY source of {} for layout {} rank {} and no checkpoint{}{}",
                                   identity.Digest(), options.layout, options.rank,
@@ -888,20 +909,9 @@ struct ModelLoader::Impl {
         return m.state == LoadMove::State::kDone || m.state == LoadMove::State::kAbandoned;
       });
       if (all_done && unassigned.empty()) break;
-      if (options.interrupt && Since(last_interrupt_check) >= 0.1) {
-        last_interrupt_check = Clock::now();
-        Status interrupted = options.interrupt();
-        if (!interrupted.ok()) {
-          cut_short = true;
-          Goodbye();
-          return interrupted;
-        }
-      }
-      if (Clock::now() > give_up) {
-        cut_short = true;
+      if (Status stop = CheckStop(); !stop.ok()) {
         Goodbye();
-        return TimedOut(
-            fmt::format("P2P load of rank {} did not finish within {} s", options.rank, options.load_timeout_s));
+        return stop;
       }
       Poll();
       if (options.relist_interval_s > 0 && Since(last_list) > options.relist_interval_s) {

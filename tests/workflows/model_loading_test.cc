@@ -331,6 +331,51 @@ TEST_F(ModelLoadingTest, NoSourceFallsBackToDisk) {
   }
 }
 
+// The disk fallback asks the interrupt hook and the deadline while it reads (and while it
+// hashes a checkpoint to learn its revision): a stopped Load returns the hook's status or
+// kTimedOut and commits nothing, and the next Load starts over.
+TEST_F(ModelLoadingTest, ADiskFallbackStopsForTheInterruptAndTheDeadline) {
+  for (const bool hash_first : {false, true}) {
+    SCOPED_TRACE(hash_first ? "revision from the checkpoint" : "revision named");
+    bool stop = true;
+    int asked = 0;
+    ModelLoaderOptions o = LoaderOptions(hash_first ? "new-hashed" : "new", "tp=2", 0);
+    o.checkpoint_path = dir_.string();
+    if (hash_first) o.revision.clear();
+    o.interrupt = [&]() -> Status {
+      ++asked;
+      return stop ? Unavailable("interrupted by the test") : Status::Ok();
+    };
+    auto loader = ModelLoader::Create(registry_, model_, o);
+    ASSERT_TRUE(loader.ok()) << loader.status().ToString();
+    auto report = (*loader)->Load();
+    ASSERT_FALSE(report.ok()) << "the interrupt was never asked during the fallback";
+    EXPECT_EQ(report.status().code(), ErrorCode::kUnavailable) << report.status().ToString();
+    EXPECT_NE(report.status().message().find("interrupted by the test"), std::string::npos)
+        << report.status().ToString();
+    EXPECT_EQ(asked, 1);
+    EXPECT_FALSE((*loader)->loaded());
+    stop = false;
+    auto again = (*loader)->Load();
+    ASSERT_TRUE(again.ok()) << again.status().ToString();
+    EXPECT_EQ(again->bytes_from_disk, again->buffer_bytes);
+    EXPECT_GT(asked, 1);
+    ExpectEqualsCheckpoint(**loader, 0);
+
+    ModelLoaderOptions late = LoaderOptions(hash_first ? "late-hashed" : "late", "tp=2", 1);
+    late.checkpoint_path = dir_.string();
+    if (hash_first) late.revision.clear();
+    late.load_timeout_s = 1e-9;  // past before the fallback starts
+    auto late_loader = ModelLoader::Create(registry_, model_, late);
+    ASSERT_TRUE(late_loader.ok()) << late_loader.status().ToString();
+    auto timed_out = (*late_loader)->Load();
+    ASSERT_FALSE(timed_out.ok()) << "the deadline was never asked during the fallback";
+    EXPECT_EQ(timed_out.status().code(), ErrorCode::kTimedOut) << timed_out.status().ToString();
+    EXPECT_NE(timed_out.status().message().find("rank 1"), std::string::npos) << timed_out.status().ToString();
+    EXPECT_FALSE((*late_loader)->loaded());
+  }
+}
+
 // An in-memory coordinator restarted empty: each source's next heartbeat is answered NOT_FOUND,
 // and the source registers again (a new source_id), so the next loader reads every byte from it.
 TEST_F(ModelLoadingTest, SourcesRegisterAgainAfterTheRegistryForgetsThem) {
@@ -854,6 +899,28 @@ TEST_F(ModelLoadingWholeBlocksTest, ChangedWholeBlockAtASourceIsFoundByTheVerify
   for (const SourceRecord& r : registry_.All()) {
     EXPECT_EQ(r.state, r.instance_id == "a-bad" ? SourceState::kStale : SourceState::kReady) << r.instance_id;
   }
+}
+
+// The only source's last block goes bad: what it served before stays (its blocks are checked
+// one by one, moves are read in order, 4 at a time), and only the rest comes from the
+// checkpoint, straight into the loader's buffer (ExpectEqualsCheckpoint checks every byte, so a
+// fallback that wrote outside the missing bytes or missed one fails).
+TEST_F(ModelLoadingWholeBlocksTest, ADiskFallbackFillsOnlyTheBytesNoSourceGave) {
+  auto bad = Seed("a-bad", "tp=1", Writable());
+  ASSERT_EQ(bad.size(), 1u);
+  registry_.SetStickyStale(true);
+  auto buf = bad[0]->buffer();
+  ASSERT_GT(buf.size(), 4 * workflows::kSourceBlockBytes);
+  buf[buf.size() - 100] ^= std::byte{0x5a};  // in the last block
+  const auto reports = LoadAll("new", "tp=1", [&](ModelLoaderOptions& o) { o.checkpoint_path = dir_.string(); });
+  ASSERT_EQ(reports.size(), 1u);
+  const LoadReport& r = reports[0];
+  ASSERT_EQ(r.failed.size(), 1u);
+  EXPECT_NE(r.failed[0].find("a-bad"), std::string::npos) << r.failed[0];
+  EXPECT_GT(r.bytes_from_sources, 0u) << "the moves before the bad one were read from the source";
+  EXPECT_GT(r.bytes_from_disk, 0u);
+  EXPECT_LT(r.bytes_from_disk, r.buffer_bytes);
+  EXPECT_EQ(r.bytes_from_sources + r.bytes_from_disk, r.buffer_bytes);
 }
 
 // Segments of a move digest: cut at multiples of kSourceBlockBytes of the source offset.
