@@ -76,8 +76,11 @@ struct WeightSubscriber::State {
   // Connects to `target`'s process (imports its metadata, checks its plan signature, wires the
   // lanes up; each step bounded by `timeout_s` seconds) unless connected to it already.
   Result<RelayChild*> ConnectChild(const workflows::RelayTarget& target, double timeout_s);
-  // Tells `targets` that this rank will not forward `version` (best effort).
-  void AbandonForwards(std::uint64_t version, const std::map<int, workflows::RelayTarget>& targets);
+  // Tells `targets` that this rank will not forward `version` (best effort). `plans_known`
+  // false (its wait failed before every source's RELAY_PLAN of `version` arrived, so a child
+  // may be waiting for a forward this rank never heard of): also every child of the tree it is
+  // connected to, so that none waits out its RELAYED bound.
+  void AbandonForwards(std::uint64_t version, const std::map<int, workflows::RelayTarget>& targets, bool plans_known);
   void ReleaseForwards(RelayChild& child);
   // Forwards committed version `version` (in buffer `own`) to `targets`; fills the stats.
   void ForwardVersion(std::uint64_t version, int own, const std::map<int, workflows::RelayTarget>& targets,
@@ -116,13 +119,22 @@ Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChi
 }
 
 void WeightSubscriber::State::AbandonForwards(std::uint64_t version,
-                                              const std::map<int, workflows::RelayTarget>& targets) {
+                                              const std::map<int, workflows::RelayTarget>& targets, bool plans_known) {
+  const auto missed = workflows::Encode({workflows::MessageKind::kMissed, version});
   // Each bounded as a forward is: a child that stalls costs engine_timeout_s, not timeout_s.
   const double bound_s = std::min(options.engine_timeout_s, options.timeout_s);
   for (const auto& [child_rank, target] : targets) {
     auto child = ConnectChild(target, bound_s);
-    if (child.ok())
-      (void)endpoint.agent->SendMessage((*child)->name, workflows::Encode({workflows::MessageKind::kMissed, version}));
+    if (child.ok()) (void)endpoint.agent->SendMessage((*child)->name, missed);
+  }
+  if (plans_known || !relay) return;
+  // Only the children connected already (with a fixed membership, Connect connected them all;
+  // with a dynamic one, those a past plan named): no connect in a failure path. A child that
+  // got v directly and awaits no forward drops this MISSED(v) in its next wait (Inbox).
+  for (int child_rank : relay->children[static_cast<std::size_t>(rank)]) {
+    auto it = relay_children.find(child_rank);
+    if (targets.contains(child_rank) || it == relay_children.end() || it->second.name.empty()) continue;
+    (void)endpoint.agent->SendMessage(it->second.name, missed);
   }
 }
 
@@ -523,8 +535,9 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   }
   s.updating = false;
   // A version this rank does not commit is not forwarded: its children stop waiting now.
+  const bool plans_known = plans.size() == s.source_names.size();
   auto abandon = [&](Status st) {
-    s.AbandonForwards(version, forward);
+    s.AbandonForwards(version, forward, plans_known);
     return st.WithContext(fmt::format("engine rank {} update v{}", s.rank, version));
   };
   if (!arrived.ok()) return abandon(arrived);

@@ -28,6 +28,10 @@ struct Job {
   std::vector<std::unique_ptr<WeightSubscriber>> subs;
 };
 
+// Set by a test on the thread whose WaitForUpdate it interrupts (the hook every process of a
+// job gets; the other threads never see it set).
+thread_local bool interrupt_this_thread = false;
+
 // Two trainer ranks, three engine replicas, connected, with relays along a K-ary tree.
 void StartJob(Job& job, const std::string& name, int k) {
   auto server = StartRendezvous();
@@ -43,6 +47,7 @@ void StartJob(Job& job, const std::string& name, int k) {
   // The stalled-replica test waits this long for its READY, once; every healthy READY, transfer
   // and forward must come within it, also under TSan on a loaded CI machine.
   options.engine_timeout_s = 15;
+  options.interrupt = [] { return interrupt_this_thread ? Unavailable("interrupted by the test") : Status::Ok(); };
   CreateAndConnect(*job.client, job.trainer, job.engine, options, job.subs, job.pubs);
 }
 
@@ -131,6 +136,51 @@ TEST(WeightSyncRelay, AChildWhoseParentIsNotReadyIsWrittenDirectlyAndTheParentCa
   EXPECT_EQ(Walk(job.engine, 1, job.subs[1]->weights(), 1, true), 0u);  // still whole v1
   // v3: all ready again; the chain is back and the stalled replica is whole again.
   r = PushVersion(job, 3, {0, 1, 2});
+  for (int e = 0; e < 3; ++e) {
+    ASSERT_TRUE(r.updates[e].ok()) << "engine rank " << e << ": " << r.updates[e].status().ToString();
+    EXPECT_EQ(Walk(job.engine, e, job.subs[e]->weights(), 3, true), 0u) << "engine rank " << e;
+  }
+  EXPECT_EQ(r.updates[2]->relayed_from, 1);
+}
+
+// A relay parent whose own wait for v ends before its sources' RELAY_PLANs of v arrived (here
+// interrupted: an engine stopped by Ctrl-C after its READY) never learns whom it would forward
+// v to; it still tells its children, so the child the trainers relayed through it fails v at
+// once (with the parent's MISSED) instead of waiting out its RELAYED bound (20 s here), and the
+// next version reaches everyone.
+TEST(WeightSyncRelay, AChildIsToldAtOnceWhenItsParentGaveUpBeforeItsPlanArrived) {
+  Job job;
+  ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-parent-gave-up", 1));  // 0 -> 1 -> 2
+  ASSERT_TRUE(PushVersion(job, 1, {0, 1, 2}).updates[2].ok());
+  for (int t = 0; t < 2; ++t) Walk(job.trainer, t, job.pubs[t]->weights(), 2, false);
+  for (int e = 0; e < 3; ++e) ASSERT_TRUE(job.subs[e]->BeginUpdate(2).ok());
+  // Engine 1 sent READY(2) and gives up before any trainer pushed.
+  Result<UpdateStats> parent = Internal("not run");
+  std::thread([&] {
+    interrupt_this_thread = true;
+    parent = job.subs[1]->WaitForUpdate(2);
+  }).join();
+  ASSERT_FALSE(parent.ok());
+  EXPECT_NE(parent.status().message().find("interrupted by the test"), std::string::npos) << parent.status().ToString();
+  std::vector<Result<PushStats>> pushes(2, Internal("not run"));
+  std::vector<Result<UpdateStats>> updates(3, Internal("not run"));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) threads.emplace_back([&, t] { pushes[t] = job.pubs[t]->Push(2); });
+  for (int e : {0, 2}) threads.emplace_back([&, e] { updates[e] = job.subs[e]->WaitForUpdate(2); });
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 2; ++t) {
+    ASSERT_TRUE(pushes[t].ok()) << pushes[t].status().ToString();
+    EXPECT_EQ(pushes[t]->relayed, (std::vector<int>{1, 2})) << "engine 1 was READY when the trainers pushed";
+  }
+  ASSERT_TRUE(updates[0].ok()) << updates[0].status().ToString();
+  EXPECT_EQ(Walk(job.engine, 0, job.subs[0]->weights(), 2, true), 0u);
+  ASSERT_FALSE(updates[2].ok());
+  const std::string why = updates[2].status().ToString();
+  EXPECT_NE(why.find("relay parent engine rank 1"), std::string::npos) << why;
+  EXPECT_NE(why.find("gave up on v2"), std::string::npos) << "waited out its RELAYED bound: " << why;
+  EXPECT_EQ(job.subs[2]->committed_version(), 1u);
+  // v3: everyone ready; the chain delivers every byte again.
+  Round r = PushVersion(job, 3, {0, 1, 2});
   for (int e = 0; e < 3; ++e) {
     ASSERT_TRUE(r.updates[e].ok()) << "engine rank " << e << ": " << r.updates[e].status().ToString();
     EXPECT_EQ(Walk(job.engine, e, job.subs[e]->weights(), 3, true), 0u) << "engine rank " << e;
