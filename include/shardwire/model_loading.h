@@ -213,9 +213,12 @@ struct ModelLoaderOptions {
   /// refused with kFailedPrecondition when the revision was taken from the sources
   /// (`revision` empty: nothing ties the checkpoint to it). Computing the revision reads the whole
   /// checkpoint once (~0.1 s per GB warm), only when the fallback is used. The fallback reads
-  /// exactly the bytes no source gave, straight into the buffer (ShardReadOptions::only), and
-  /// both it and the revision check ask `interrupt` and `load_timeout_s` every tensor and
-  /// every 64 MiB (kInterruptCheckBytes).
+  /// exactly the bytes no source gave, straight into the buffer (ShardReadOptions::only); it
+  /// and the revision check ask `load_timeout_s` before they start and then every 64 MiB
+  /// (kInterruptCheckBytes; the hash also every tensor), `interrupt` at those points at most
+  /// every 0.1 s. The deadline covers them: a load from a cold disk of a checkpoint larger
+  /// than load_timeout_s allows (it is read twice when its revision must be checked) needs a
+  /// larger load_timeout_s.
   std::string checkpoint_path;
   /// Seconds a move may take without progress (READ not complete, digest or
   /// HELLO not answered, lease not acknowledged) before its source is declared
@@ -260,7 +263,7 @@ struct ModelLoaderOptions {
   std::span<std::byte> buffer = {};
   /// Interruption hook (e.g. Python's Ctrl-C): when set, Load calls it on its own
   /// thread about every 0.1 s (kInterruptPollSeconds in weight_sync.h) while it
-  /// transfers, and every tensor and 64 MiB of a disk fallback; a non-OK
+  /// transfers or reads a disk fallback (at its start, then every 64 MiB); a non-OK
   /// status it returns stops the load (outstanding READs are cancelled, sources are
   /// told BYE, nothing is committed) and Load returns that status. Load may then be
   /// called again and starts over.

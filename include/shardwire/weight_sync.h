@@ -133,8 +133,10 @@ struct WeightSyncOptions {
   /// with that status (given context). Not cut: waits bounded by their own timeouts that a
   /// healthy peer answers at once (reading the membership record of a push on trainer ranks
   /// other than 0, a peer's plan signature, a lane wire-up).
-  /// State stays consistent: an interrupted Connect or WaitForUpdate (without relays) may be
-  /// called again (notifications that arrived meanwhile are kept); a Push interrupted while
+  /// State stays consistent: an interrupted Connect or WaitForUpdate may be called again
+  /// (notifications that arrived meanwhile are kept), except the WaitForUpdate of a relay
+  /// parent (relay_broadcasts), which told its children it will not forward that version and
+  /// refuses it again with kFailedPrecondition; a Push interrupted while
   /// waiting for READY wrote no engine buffer (partial-sum addends to other trainer ranks may
   /// have gone out) and may be called again; one interrupted while its writes were in flight
   /// cancels those not complete (Agent::Cancel): no destination gets DONE for that version
@@ -214,11 +216,11 @@ struct WeightSyncOptions {
   /// the parent and which children to forward to: a child whose parent was not ready (dead,
   /// stalled, missed) is written directly by the trainers, so fault isolation holds as without
   /// relays; a parent that fails after READY costs its children that version (MISSED(v) from the
-  /// parent, or engine_timeout_s). Digests (verify_digests) stay end to end: the trainers'
-  /// digests are checked by every engine rank, relayed or not. Cost: a child commits after its
-  /// parent (one forward per tree level later); each parent's WaitForUpdate returns after its
-  /// forwards complete (bounded by engine_timeout_s). Publishers and subscribers of one job
-  /// must agree (Connect refuses a mismatch).
+  /// parent as its wait fails, also before it learnt its plan; else, e.g. to a child it was
+  /// never connected to, their wait of min(timeout_s, 2 x engine_timeout_s)). Digests (verify_digests) stay end to end:
+  /// the trainers' digests are checked by every engine rank, relayed or not. Cost: a child commits after its parent
+  /// (one forward per tree level later); each parent's WaitForUpdate returns after its forwards complete (bounded by
+  /// engine_timeout_s). Publishers and subscribers of one job must agree (Connect refuses a mismatch).
   bool relay_broadcasts = false;
   /// Publisher only: convert straight into the engine's buffer when the transport maps it into
   /// this process (Agent::MapPeerRegion: a same-host engine arena; on a GPU node the NVLink / CUDA

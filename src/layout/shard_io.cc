@@ -24,11 +24,15 @@ Status CheckIntervals(std::span<const BufferInterval> only, std::uint64_t size, 
   std::uint64_t last_end = 0;
   for (std::size_t i = 0; i < only.size(); ++i) {
     const BufferInterval& iv = only[i];
-    if (iv.begin >= iv.end || iv.end > size || (i > 0 && iv.begin < last_end)) {
+    const char* what = iv.begin >= iv.end             ? "is empty"
+                       : iv.end > size                ? "ends past the buffer"
+                       : i > 0 && iv.begin < last_end ? "starts before the end of the interval before it"
+                                                      : nullptr;
+    if (what != nullptr) {
       return InvalidArgument(
-          fmt::format("rank {} buffer of {} bytes: interval {} [{}, {}) is empty, out of the "
-                      "buffer or not after the one before it (ends at {})",
-                      rank, size, i, iv.begin, iv.end, last_end));
+          fmt::format("rank {} buffer of {} bytes: interval {} [{}, {}) {} (intervals must be "
+                      "sorted, disjoint and non-empty)",
+                      rank, size, i, iv.begin, iv.end, what));
     }
     last_end = iv.end;
   }

@@ -194,7 +194,7 @@ struct ModelLoader::Impl {
       return NotFound(fmt::format("no READY source serves model {} and no checkpoint was given", wanted));
     }
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
-    SW_ASSIGN_OR_RETURN(const std::string revision, CheckpointRevision(checkpoint, StopHook()));
+    SW_ASSIGN_OR_RETURN(const std::string revision, HashCheckpoint(checkpoint));
     SW_ASSIGN_OR_RETURN(identity, MakeModelIdentity(model, revision));
     checked_checkpoint = revision;  // the fallback reads this very checkpoint
     return Status::Ok();
@@ -731,7 +731,7 @@ struct ModelLoader::Impl {
     }
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
     if (!expected.empty() && expected != checked_checkpoint) {
-      SW_ASSIGN_OR_RETURN(const std::string on_disk, CheckpointRevision(checkpoint, StopHook()));
+      SW_ASSIGN_OR_RETURN(const std::string on_disk, HashCheckpoint(checkpoint));
       if (on_disk != expected) {
         return FailedPrecondition(fmt::format(
             "disk fallback of rank {}: checkpoint \"{}\" has revision {}, but the model being loaded ({}, revision "
@@ -745,7 +745,12 @@ struct ModelLoader::Impl {
     ShardReadOptions read;
     read.only = std::span<const Interval>(unassigned);
     read.interrupt = StopHook();
-    SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, *layout, options.rank, buffer, read));
+    const auto where = [&] {
+      return fmt::format("disk fallback of rank {} reading {} bytes of checkpoint \"{}\"", options.rank,
+                         workflows::TotalBytes(unassigned), options.checkpoint_path);
+    };
+    SW_RETURN_IF_ERROR(CheckStop(/*every_call=*/true).WithContext(where()));
+    SW_RETURN_IF_ERROR(LoadShardsFromCheckpoint(checkpoint, *layout, options.rank, buffer, read).WithContext(where()));
     report.bytes_from_disk += workflows::TotalBytes(unassigned);
     unassigned.clear();
     return Status::Ok();
@@ -858,10 +863,23 @@ struct ModelLoader::Impl {
     }
     return Status::Ok();
   }
-  // CheckStop as the hook of a checkpoint read (the disk fallback, its revision check): asked
-  // per tensor and per kInterruptCheckBytes, each time.
+  // CheckStop as the hook of a checkpoint read (the disk fallback, its revision check), which
+  // calls it per tensor and per kInterruptCheckBytes: the deadline each time, options.interrupt
+  // at most every kInterruptPollSeconds (a Python hook takes the GIL; a checkpoint may hold
+  // 100,000 tensors). Each such read first asks CheckStop(true) itself, so a stop already asked
+  // for (e.g. a Ctrl-C during the transfers) is seen before the read starts.
   std::function<Status()> StopHook() {
-    return [this] { return CheckStop(/*every_call=*/true); };
+    return [this] { return CheckStop(); };
+  }
+
+  // CheckpointRevision of the fallback checkpoint, stopped by the interrupt or the deadline.
+  Result<std::string> HashCheckpoint(const Checkpoint& checkpoint) {
+    const std::string where =
+        fmt::format("rank {} hashing checkpoint \"{}\" to check its revision", options.rank, options.checkpoint_path);
+    SW_RETURN_IF_ERROR(CheckStop(/*every_call=*/true).WithContext(where));
+    auto revision = CheckpointRevision(checkpoint, StopHook());
+    if (!revision.ok()) return revision.status().WithContext(where);
+    return revision;
   }
 
   Result<LoadReport> Run() {

@@ -213,7 +213,7 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
     return TimedOut(fmt::format("{} gave up on v{} for this rank ({} v{}): it was not ready or not reachable in time",
                                 aborted_by, version, MessageKindName(*abort_kind), version));
   };
-  if (!aborted_by.empty()) return aborted();
+  if (!aborted_by.empty()) return fail(aborted());
   // Wake at least once a second to notice peers the transport declared dead (and every
   // kPollSeconds when an interrupt hook is set).
   const double slice_s = interrupt ? kPollSeconds : 1.0;

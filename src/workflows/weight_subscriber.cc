@@ -62,6 +62,9 @@ struct WeightSubscriber::State {
   };
   std::map<int, RelayChild> relay_children;
   int relay_parent = -1;  // the relay parent whose metadata was imported (its liveness is watched)
+  // The last version whose wait failed after this rank told its relay children it will not
+  // forward it: waiting for it again is refused (they have given it up).
+  std::uint64_t abandoned_version = 0;
 
   std::span<std::byte> Buffer(int b) const { return b == 0 ? endpoint.weights : endpoint.second_weights; }
   RegionId Region(int b) const { return b == 0 ? endpoint.region : endpoint.second_region; }
@@ -129,8 +132,11 @@ void WeightSubscriber::State::AbandonForwards(std::uint64_t version,
   }
   if (plans_known || !relay) return;
   // Only the children connected already (with a fixed membership, Connect connected them all;
-  // with a dynamic one, those a past plan named): no connect in a failure path. A child that
-  // got v directly and awaits no forward drops this MISSED(v) in its next wait (Inbox).
+  // with a dynamic one, those a past plan named): no connect in a failure path. Not told, and so
+  // waiting out their RELAYED bound (2 x engine_timeout_s): a dynamic member this rank never
+  // forwarded to, a new process of a child, a child whose last forward failed (its connection is
+  // dropped until the next forward). A child that got v directly and awaits no forward drops this
+  // MISSED(v) in its next wait (Inbox).
   for (int child_rank : relay->children[static_cast<std::size_t>(rank)]) {
     auto it = relay_children.find(child_rank);
     if (targets.contains(child_rank) || it == relay_children.end() || it->second.name.empty()) continue;
@@ -481,6 +487,12 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   if (version <= s.committed_version) {
     return FailedPrecondition(fmt::format("WaitForUpdate({}): v{} is committed already", version, version));
   }
+  if (version == s.abandoned_version) {
+    return FailedPrecondition(fmt::format(
+        "WaitForUpdate({}) again after it failed on engine rank {}, a relay parent: its relay children were told it "
+        "will not forward v{} and gave it up; begin the next version",
+        version, s.rank, version));
+  }
   std::map<std::string, workflows::Message> done;
   const Status arrived =
       !s.begin_failure.ok()
@@ -537,6 +549,7 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   // A version this rank does not commit is not forwarded: its children stop waiting now.
   const bool plans_known = plans.size() == s.source_names.size();
   auto abandon = [&](Status st) {
+    if (s.relay && !s.relay->children[static_cast<std::size_t>(s.rank)].empty()) s.abandoned_version = version;
     s.AbandonForwards(version, forward, plans_known);
     return st.WithContext(fmt::format("engine rank {} update v{}", s.rank, version));
   };

@@ -33,7 +33,8 @@ struct Job {
 thread_local bool interrupt_this_thread = false;
 
 // Two trainer ranks, three engine replicas, connected, with relays along a K-ary tree.
-void StartJob(Job& job, const std::string& name, int k) {
+// `interruptible`: every process gets the hook that interrupt_this_thread sets.
+void StartJob(Job& job, const std::string& name, int k, bool interruptible = false) {
   auto server = StartRendezvous();
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   job.server = std::move(*server);
@@ -47,7 +48,9 @@ void StartJob(Job& job, const std::string& name, int k) {
   // The stalled-replica test waits this long for its READY, once; every healthy READY, transfer
   // and forward must come within it, also under TSan on a loaded CI machine.
   options.engine_timeout_s = 15;
-  options.interrupt = [] { return interrupt_this_thread ? Unavailable("interrupted by the test") : Status::Ok(); };
+  if (interruptible) {
+    options.interrupt = [] { return interrupt_this_thread ? Unavailable("interrupted by the test") : Status::Ok(); };
+  }
   CreateAndConnect(*job.client, job.trainer, job.engine, options, job.subs, job.pubs);
 }
 
@@ -150,7 +153,7 @@ TEST(WeightSyncRelay, AChildWhoseParentIsNotReadyIsWrittenDirectlyAndTheParentCa
 // next version reaches everyone.
 TEST(WeightSyncRelay, AChildIsToldAtOnceWhenItsParentGaveUpBeforeItsPlanArrived) {
   Job job;
-  ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-parent-gave-up", 1));  // 0 -> 1 -> 2
+  ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-parent-gave-up", 1, /*interruptible=*/true));  // 0 -> 1 -> 2
   ASSERT_TRUE(PushVersion(job, 1, {0, 1, 2}).updates[2].ok());
   for (int t = 0; t < 2; ++t) Walk(job.trainer, t, job.pubs[t]->weights(), 2, false);
   for (int e = 0; e < 3; ++e) ASSERT_TRUE(job.subs[e]->BeginUpdate(2).ok());
@@ -162,6 +165,10 @@ TEST(WeightSyncRelay, AChildIsToldAtOnceWhenItsParentGaveUpBeforeItsPlanArrived)
   }).join();
   ASSERT_FALSE(parent.ok());
   EXPECT_NE(parent.status().message().find("interrupted by the test"), std::string::npos) << parent.status().ToString();
+  // Its children were told: the same wait is refused now rather than committed and forwarded to
+  // children that gave the version up.
+  const auto again = job.subs[1]->WaitForUpdate(2);
+  EXPECT_EQ(again.status().code(), ErrorCode::kFailedPrecondition) << again.status().ToString();
   std::vector<Result<PushStats>> pushes(2, Internal("not run"));
   std::vector<Result<UpdateStats>> updates(3, Internal("not run"));
   std::vector<std::thread> threads;
