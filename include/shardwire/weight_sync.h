@@ -217,7 +217,11 @@ struct WeightSyncOptions {
   /// stalled, missed) is written directly by the trainers, so fault isolation holds as without
   /// relays; a parent that fails after READY costs its children that version (MISSED(v) from the
   /// parent as its wait fails, also before it learnt its plan; else, e.g. to a child it was
-  /// never connected to, their wait of min(timeout_s, 2 x engine_timeout_s)). Digests (verify_digests) stay end to end:
+  /// never connected to, their wait of min(timeout_s, 2 x engine_timeout_s)). A child that
+  /// gives v up tells its parent (MISSED(v), child -> parent), which then skips that forward:
+  /// a parent late by more than the child's wait does not write v over the v+1 the child took
+  /// meanwhile (asked right before each forward is posted; a parent that stalls while its
+  /// forward WRITE is in flight can still land it late). Digests (verify_digests) stay end to end:
   /// the trainers' digests are checked by every engine rank, relayed or not. Cost: a child commits after its parent
   /// (one forward per tree level later); each parent's WaitForUpdate returns after its forwards complete (bounded by
   /// engine_timeout_s). Publishers and subscribers of one job must agree (Connect refuses a mismatch).

@@ -255,6 +255,25 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
   return Status::Ok();
 }
 
+std::set<std::string> Inbox::TakeArrived(Agent& agent, MessageKind kind, std::uint64_t version,
+                                         const std::set<std::string>& peers) {
+  while (true) {  // drain what is queued; kPeerDisconnected comes once per failed peer
+    auto note = agent.WaitNotification(0);
+    if (!note.ok()) {
+      if (note.status().code() == ErrorCode::kPeerDisconnected) continue;
+      break;
+    }
+    if (auto message = Decode(note->payload)) pending_.push_back({note->peer, *message});
+  }
+  std::set<std::string> arrived;
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    const bool match = it->message.kind == kind && it->message.version == version && peers.count(it->peer) == 1;
+    if (match) arrived.insert(it->peer);
+    it = match ? pending_.erase(it) : std::next(it);
+  }
+  return arrived;
+}
+
 Result<Collected> Inbox::Collect(
     Agent& agent, MessageKind kind, std::uint64_t version, const std::set<std::string>& peers, double timeout_s,
     const std::function<Status()>& interrupt,

@@ -28,6 +28,8 @@ namespace shardwire::workflows {
 /// READY(v): engine -> trainer, the engine's buffer may be written; DONE(v): trainer -> engine,
 /// all its bytes of v landed; BLOCK_AMAX(v): trainer -> trainer, partial amaxes; MISSED(v):
 /// trainer -> engine, this engine will not get v from it (it was not ready, or failed, in time);
+/// engine -> engine, a relay parent will not forward v to this child (its own wait failed), or
+/// (child -> parent) the child gave v up and must not be forwarded v any more;
 /// ADDEND(v): trainer -> trainer, its Partial(sum) addends of v landed in the reducer's scratch;
 /// ROUND_DONE(v, r): trainer -> trainer, every WRITE this trainer posted in schedule round r of v
 /// completed (or was given up), so the next round's senders of those engine ranks may post;
@@ -125,6 +127,13 @@ class Inbox {
                       double timeout_s, std::map<std::string, Message>* received = nullptr,
                       std::optional<MessageKind> abort_kind = std::nullopt,
                       const std::function<Status()>& interrupt = {}, std::uint32_t round = 0);
+
+  /// Without waiting: takes every notification the agent has queued into the inbox, then
+  /// removes and returns the peers of `peers` whose `kind`/`version` message is in it (e.g. a
+  /// relay parent asking, right before a forward, which children gave the version up).
+  /// Transport errors are left for the next wait (a failed peer stays in Agent::FailedPeers).
+  std::set<std::string> TakeArrived(Agent& agent, MessageKind kind, std::uint64_t version,
+                                    const std::set<std::string>& peers);
 
   static constexpr double kPollSeconds = 0.1;
 

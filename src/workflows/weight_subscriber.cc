@@ -189,6 +189,16 @@ void WeightSubscriber::State::ForwardVersion(std::uint64_t version, int own,
       fail(child, h.status());
       continue;
     }
+    // A child that gave v up (its RELAYED wait ended: this rank is late) may be taking v+1 into
+    // the buffer this forward would write: asked right before the post, nothing is written.
+    const std::string child_name = workflows::MetadataKey(options.job, kEngineRole, child);
+    if (!inbox.TakeArrived(agent, workflows::MessageKind::kMissed, version, {child_name}).empty()) {
+      stats.relay_failed.push_back(
+          {child, FailedPrecondition(fmt::format("engine rank {} gave v{} up before engine rank {} forwarded it "
+                                                 "(the forward came after its RELAYED wait); not written",
+                                                 child, version, rank))});
+      continue;
+    }
     if (Status st = agent.Post(*h); !st.ok()) {
       fail(child, st);
       continue;
@@ -551,6 +561,14 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   auto abandon = [&](Status st) {
     if (s.relay && !s.relay->children[static_cast<std::size_t>(s.rank)].empty()) s.abandoned_version = version;
     s.AbandonForwards(version, forward, plans_known);
+    // A child tells its relay parent (imported once it relayed through it) that it gave v up, so
+    // that a parent late by more than this wait does not forward v into the buffer where the
+    // child takes its next version (best effort: the parent asks right before each forward).
+    if (const int tree_parent = s.relay ? s.relay->parent[static_cast<std::size_t>(s.rank)] : -1;
+        tree_parent >= 0 && s.relay_parent == tree_parent) {
+      (void)s.endpoint.agent->SendMessage(workflows::MetadataKey(s.options.job, kEngineRole, tree_parent),
+                                          workflows::Encode({workflows::MessageKind::kMissed, version}));
+    }
     return st.WithContext(fmt::format("engine rank {} update v{}", s.rank, version));
   };
   if (!arrived.ok()) return abandon(arrived);

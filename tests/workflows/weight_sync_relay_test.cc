@@ -34,7 +34,7 @@ thread_local bool interrupt_this_thread = false;
 
 // Two trainer ranks, three engine replicas, connected, with relays along a K-ary tree.
 // `interruptible`: every process gets the hook that interrupt_this_thread sets.
-void StartJob(Job& job, const std::string& name, int k, bool interruptible = false) {
+void StartJob(Job& job, const std::string& name, int k, bool interruptible = false, double engine_timeout_s = 15) {
   auto server = StartRendezvous();
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   job.server = std::move(*server);
@@ -47,7 +47,7 @@ void StartJob(Job& job, const std::string& name, int k, bool interruptible = fal
   options.verify_digests = true;
   // The stalled-replica test waits this long for its READY, once; every healthy READY, transfer
   // and forward must come within it, also under TSan on a loaded CI machine.
-  options.engine_timeout_s = 15;
+  options.engine_timeout_s = engine_timeout_s;
   if (interruptible) {
     options.interrupt = [] { return interrupt_this_thread ? Unavailable("interrupted by the test") : Status::Ok(); };
   }
@@ -191,6 +191,59 @@ TEST(WeightSyncRelay, AChildIsToldAtOnceWhenItsParentGaveUpBeforeItsPlanArrived)
   for (int e = 0; e < 3; ++e) {
     ASSERT_TRUE(r.updates[e].ok()) << "engine rank " << e << ": " << r.updates[e].status().ToString();
     EXPECT_EQ(Walk(job.engine, e, job.subs[e]->weights(), 3, true), 0u) << "engine rank " << e;
+  }
+  EXPECT_EQ(r.updates[2]->relayed_from, 1);
+}
+
+// A relay parent late by more than its child's RELAYED wait (min(timeout_s, 2 x
+// engine_timeout_s)): the child gives v up and takes v+1 straight from the trainers; the parent
+// then commits v and must not forward it into the buffer the child now serves v+1 from. The
+// child told it (MISSED(v), child -> parent), and the parent asks right before the forward.
+TEST(WeightSyncRelay, ALateParentDoesNotForwardIntoAChildThatMovedOn) {
+  Job job;
+  // engine_timeout_s 3: the child waits 6 s for the forward; the trainers 3 s for a READY.
+  ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-late-parent", 1, false, 3));  // 0 -> 1 -> 2
+  ASSERT_TRUE(PushVersion(job, 1, {0, 1, 2}).updates[2].ok());
+  // v2: every engine is READY, but engine 1 (the parent of 2) waits for it only much later.
+  for (int t = 0; t < 2; ++t) Walk(job.trainer, t, job.pubs[t]->weights(), 2, false);
+  for (int e = 0; e < 3; ++e) ASSERT_TRUE(job.subs[e]->BeginUpdate(2).ok());
+  {
+    std::vector<Result<PushStats>> pushes(2, Internal("not run"));
+    std::vector<Result<UpdateStats>> updates(3, Internal("not run"));
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 2; ++t) threads.emplace_back([&, t] { pushes[t] = job.pubs[t]->Push(2); });
+    for (int e : {0, 2}) threads.emplace_back([&, e] { updates[e] = job.subs[e]->WaitForUpdate(2); });
+    for (auto& th : threads) th.join();
+    for (int t = 0; t < 2; ++t) ASSERT_TRUE(pushes[t].ok()) << pushes[t].status().ToString();
+    ASSERT_TRUE(updates[0].ok()) << updates[0].status().ToString();
+    ASSERT_FALSE(updates[2].ok()) << "engine 2 got v2 without its relay parent";
+    EXPECT_NE(updates[2].status().message().find("RELAYED v2 still missing"), std::string::npos)
+        << updates[2].status().ToString();
+  }
+  // v3: engine 1 is still not back (no READY): engine 2 is written directly and commits v3.
+  Round r = PushVersion(job, 3, {0, 2});
+  for (int e : {0, 2}) {
+    ASSERT_TRUE(r.updates[e].ok()) << "engine rank " << e << ": " << r.updates[e].status().ToString();
+    EXPECT_EQ(r.updates[e]->relayed_from, -1) << "engine rank " << e;
+    EXPECT_EQ(Walk(job.engine, e, job.subs[e]->weights(), 3, true), 0u) << "engine rank " << e;
+  }
+  // Engine 1 comes back and waits for v2: its bytes are all there (engine 0 forwarded them), it
+  // commits v2, and does not forward v2 over engine 2's v3.
+  auto late = job.subs[1]->WaitForUpdate(2);
+  ASSERT_TRUE(late.ok()) << late.status().ToString();
+  EXPECT_EQ(Walk(job.engine, 1, job.subs[1]->weights(), 2, true), 0u);
+  EXPECT_EQ(job.subs[2]->committed_version(), 3u);
+  EXPECT_EQ(Walk(job.engine, 2, job.subs[2]->weights(), 3, true), 0u) << "v2 forwarded over engine 2's v3";
+  EXPECT_TRUE(late->relayed_to.empty());
+  ASSERT_EQ(late->relay_failed.size(), 1u);
+  EXPECT_EQ(late->relay_failed[0].engine_rank, 2);
+  EXPECT_NE(late->relay_failed[0].reason.message().find("gave v2 up"), std::string::npos)
+      << late->relay_failed[0].reason.ToString();
+  // v4: everyone ready; the chain is back.
+  r = PushVersion(job, 4, {0, 1, 2});
+  for (int e = 0; e < 3; ++e) {
+    ASSERT_TRUE(r.updates[e].ok()) << "engine rank " << e << ": " << r.updates[e].status().ToString();
+    EXPECT_EQ(Walk(job.engine, e, job.subs[e]->weights(), 4, true), 0u) << "engine rank " << e;
   }
   EXPECT_EQ(r.updates[2]->relayed_from, 1);
 }
