@@ -533,9 +533,12 @@ class WeightSubscriber {
 
   /// Dynamic membership: asks the trainers to stop writing to this rank from their next
   /// push on (returns at once; the destructor does it too); a push already waiting for its
-  /// READY stops waiting (WITHDRAWN, as for Join). Does nothing when a later process of the
+  /// READY stops waiting (WITHDRAWN, as for Join). Files no leave when a later process of the
   /// same rank exists (a replacement started while this one shuts down): its requests stand,
-  /// and this process's leave would evict it. Errors: kInvalidArgument
+  /// and this process's leave would evict it; a push waiting for this process's READY still
+  /// stops waiting when the replacement has filed its join by then (WITHDRAWN under that
+  /// request; else it waits until the transport finds this process gone or engine_timeout_s).
+  /// Errors: kInvalidArgument
   /// without dynamic membership; rendezvous errors.
   Status Leave();
 

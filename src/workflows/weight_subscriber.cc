@@ -400,7 +400,18 @@ Status WeightSubscriber::Leave() {
   // rank's request now: a leave filed here would overwrite its join and evict it.
   SW_ASSIGN_OR_RETURN(const std::int64_t latest,
                       s.rendezvous->Add(workflows::IncarnationKey(s.options.job, s.rank), 0));
-  if (latest > 0 && static_cast<std::uint64_t>(latest) > s.incarnation) return Status::Ok();
+  if (latest > 0 && static_cast<std::uint64_t>(latest) > s.incarnation) {
+    // This process still sends no READY any more: WITHDRAWN under the rank's latest request
+    // (the replacement's join, newer than the one that admitted this process) ends the wait of a
+    // push for its READY now instead of at engine_timeout_s. Before the replacement filed one,
+    // the latest request is this process's own join, which the trainers ignore (admitted).
+    if (s.admitted) {
+      SW_ASSIGN_OR_RETURN(const std::int64_t request,
+                          workflows::LatestMembershipRequest(*s.rendezvous, s.options.job, s.rank));
+      if (request > 0) s.Withdraw(request);
+    }
+    return Status::Ok();
+  }
   SW_ASSIGN_OR_RETURN(const std::int64_t request,
                       workflows::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, 0));
   if (s.admitted) s.Withdraw(request);

@@ -784,6 +784,63 @@ TEST(WeightSyncMembership, ALeaveOfAReplacedProcessLeavesItsReplacementsJoinAlon
   EXPECT_TRUE(workflows::JoiningRanks(*p.client, "replaced", 1).value().empty()) << "the newest process's leave counts";
 }
 
+// A member replaced while a push waits for its READY (a pod terminating after its successor
+// filed its join): the old process's Leave files nothing (the join stands) but still tells the
+// trainer it sends no READY (WITHDRAWN under the successor's request), so the push misses it now
+// instead of at engine_timeout_s (20 s here), naming the request.
+TEST(WeightSyncMembership, ALeaveOfAReplacedMemberEndsAPushsWaitForItsReady) {
+  Pair p = StartPair();
+  WeightSyncOptions options = DynamicJob("replaced-ready");
+  options.engine_timeout_s = 20;
+  const Layout trainer = OneTrainer();
+  auto old_process = WeightSubscriber::Create(*p.client, trainer, EngineLayout(), 0, options);
+  ASSERT_TRUE(old_process.ok()) << old_process.status().ToString();
+  auto pub = WeightPublisher::Create(*p.client, trainer, EngineLayout(), 0, options);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  Status engine_connect = Internal("not run");
+  std::thread connect([&] { engine_connect = (*old_process)->Connect(); });
+  const Status trainer_connect = (*pub)->Connect();
+  connect.join();
+  ASSERT_TRUE(engine_connect.ok()) << engine_connect.ToString();
+  ASSERT_TRUE(trainer_connect.ok()) << trainer_connect.ToString();
+  // v1 admits the old process, which commits it.
+  Status engine = Internal("not run");
+  std::thread joiner([&] {
+    auto v = (*old_process)->Join();
+    if (!v.ok()) {
+      engine = v.status();
+      return;
+    }
+    engine = (*old_process)->BeginUpdate(*v);
+    if (engine.ok()) engine = (*old_process)->WaitForUpdate(*v).status();
+  });
+  ASSERT_TRUE((*pub)->WaitForEngines(1, 30).ok());
+  Walk(trainer, 0, (*pub)->weights(), 1, false);
+  auto first = (*pub)->Push(1);
+  joiner.join();
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  ASSERT_TRUE(engine.ok()) << engine.ToString();
+  ASSERT_TRUE(first->missed.empty());
+  // v2: the membership (the old process) is published, then the push waits for its READY.
+  Result<PushStats> second = Internal("not run");
+  std::thread push([&] { second = (*pub)->Push(2); });
+  const auto slot = GetString(*p.client, workflows::MembershipSlotKey("replaced-ready", 2), 30);
+  ASSERT_TRUE(slot.ok()) << slot.status().ToString();
+  auto replacement = WeightSubscriber::Create(*p.client, trainer, EngineLayout(), 0, options);
+  ASSERT_TRUE(replacement.ok()) << replacement.status().ToString();
+  auto join = workflows::FileMembershipRequest(*p.client, "replaced-ready", 0, (*replacement)->incarnation());
+  ASSERT_TRUE(join.ok()) << join.status().ToString();
+  ASSERT_TRUE((*old_process)->Leave().ok());
+  push.join();
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  ASSERT_EQ(second->missed.size(), 1u);
+  const Status& why = second->missed[0].reason;
+  EXPECT_EQ(why.code(), ErrorCode::kUnavailable) << why.ToString();
+  EXPECT_NE(why.message().find(fmt::format("membership request {}", *join)), std::string::npos) << why.ToString();
+  // The successor's join stands.
+  EXPECT_EQ(workflows::JoiningRanks(*p.client, "replaced-ready", 1).value(), std::set<int>{0});
+}
+
 // ---- Partial(sum) trainer shards (DTensor Partial): reduced at their reducers before any byte
 // reaches an engine. Oracle: the test's own fp32 sum of the two addends (rounded to bf16 by its
 // own round-to-nearest-even for the bf16 tensor).
