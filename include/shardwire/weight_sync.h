@@ -134,9 +134,9 @@ struct WeightSyncOptions {
   /// healthy peer answers at once (reading the membership record of a push on trainer ranks
   /// other than 0, a peer's plan signature, a lane wire-up).
   /// State stays consistent: an interrupted Connect or WaitForUpdate may be called again
-  /// (notifications that arrived meanwhile are kept), except the WaitForUpdate of a relay
-  /// parent (relay_broadcasts), which told its children it will not forward that version and
-  /// refuses it again with kFailedPrecondition; a Push interrupted while
+  /// (notifications that arrived meanwhile are kept), except the update of a relay parent
+  /// (relay_broadcasts) that told its children it will not forward that version: its
+  /// WaitForUpdate and BeginUpdate of that version are refused with kFailedPrecondition; a Push interrupted while
   /// waiting for READY wrote no engine buffer (partial-sum addends to other trainer ranks may
   /// have gone out) and may be called again; one interrupted while its writes were in flight
   /// cancels those not complete (Agent::Cancel): no destination gets DONE for that version
@@ -218,13 +218,15 @@ struct WeightSyncOptions {
   /// relays; a parent that fails after READY costs its children that version (MISSED(v) from the
   /// parent as its wait fails, also before it learnt its plan; else, e.g. to a child it was
   /// never connected to, their wait of min(timeout_s, 2 x engine_timeout_s)). A child that
-  /// gives v up tells its parent (MISSED(v), child -> parent), which then skips that forward:
-  /// a parent late by more than the child's wait does not write v over the v+1 the child took
-  /// meanwhile (asked right before each forward is posted; a parent that stalls while its
-  /// forward WRITE is in flight can still land it late). Digests (verify_digests) stay end to end:
-  /// the trainers' digests are checked by every engine rank, relayed or not. Cost: a child commits after its parent
-  /// (one forward per tree level later); each parent's WaitForUpdate returns after its forwards complete (bounded by
-  /// engine_timeout_s). Publishers and subscribers of one job must agree (Connect refuses a mismatch).
+  /// failed v tells its parent as it moves on (BeginUpdate of a later version, AdoptVersion:
+  /// MISSED(v), child -> parent), and the parent then skips that forward, so a parent late by
+  /// more than the child's wait does not write v over the v+1 the child takes meanwhile. Best
+  /// effort: the parent asks right before it posts each forward, so a MISSED still on its way
+  /// then, or a parent that stalls while its forward WRITE is in flight, can still land v late
+  /// (verify_digests catches it only if it lands before the child's digest check of v+1). Digests (verify_digests) stay
+  /// end to end: the trainers' digests are checked by every engine rank, relayed or not. Cost: a child commits after
+  /// its parent (one forward per tree level later); each parent's WaitForUpdate returns after its forwards complete
+  /// (bounded by engine_timeout_s). Publishers and subscribers of one job must agree (Connect refuses a mismatch).
   bool relay_broadcasts = false;
   /// Publisher only: convert straight into the engine's buffer when the transport maps it into
   /// this process (Agent::MapPeerRegion: a same-host engine arena; on a GPU node the NVLink / CUDA

@@ -28,8 +28,9 @@ namespace shardwire::workflows {
 /// READY(v): engine -> trainer, the engine's buffer may be written; DONE(v): trainer -> engine,
 /// all its bytes of v landed; BLOCK_AMAX(v): trainer -> trainer, partial amaxes; MISSED(v):
 /// trainer -> engine, this engine will not get v from it (it was not ready, or failed, in time);
-/// engine -> engine, a relay parent will not forward v to this child (its own wait failed), or
-/// (child -> parent) the child gave v up and must not be forwarded v any more;
+/// engine -> engine, a relay parent will not forward v to this child (its own wait failed, or
+/// the forward did), or (child -> parent) the child gave v up and moved on: v must not be
+/// forwarded to it any more;
 /// ADDEND(v): trainer -> trainer, its Partial(sum) addends of v landed in the reducer's scratch;
 /// ROUND_DONE(v, r): trainer -> trainer, every WRITE this trainer posted in schedule round r of v
 /// completed (or was given up), so the next round's senders of those engine ranks may post;
@@ -131,7 +132,8 @@ class Inbox {
   /// Without waiting: takes every notification the agent has queued into the inbox, then
   /// removes and returns the peers of `peers` whose `kind`/`version` message is in it (e.g. a
   /// relay parent asking, right before a forward, which children gave the version up).
-  /// Transport errors are left for the next wait (a failed peer stays in Agent::FailedPeers).
+  /// A peer-failure notice it drains is not reported again by WaitNotification, but the peer
+  /// stays in Agent::FailedPeers, which every wait here checks at least once a second.
   std::set<std::string> TakeArrived(Agent& agent, MessageKind kind, std::uint64_t version,
                                     const std::set<std::string>& peers);
 

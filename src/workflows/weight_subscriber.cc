@@ -3,6 +3,7 @@
 #include <chrono>
 #include <map>
 #include <set>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -63,8 +64,15 @@ struct WeightSubscriber::State {
   std::map<int, RelayChild> relay_children;
   int relay_parent = -1;  // the relay parent whose metadata was imported (its liveness is watched)
   // The last version whose wait failed after this rank told its relay children it will not
-  // forward it: waiting for it again is refused (they have given it up).
+  // forward it: beginning or waiting for it again is refused (they have given it up).
   std::uint64_t abandoned_version = 0;
+  // A version this rank failed while its relay parent (imported) may still forward it: the
+  // parent is told (MISSED, child -> parent) when this rank moves on (BeginUpdate of a later
+  // version, AdoptVersion), since from then on a late forward would land over newer bytes. Not
+  // at the failure itself: an interrupted wait may be called again and take the forward.
+  std::uint64_t unforwarded_version = 0;
+  // Tells the relay parent that this rank gave up unforwarded_version (best effort), once.
+  void DeclineForward();
 
   std::span<std::byte> Buffer(int b) const { return b == 0 ? endpoint.weights : endpoint.second_weights; }
   RegionId Region(int b) const { return b == 0 ? endpoint.region : endpoint.second_region; }
@@ -79,11 +87,12 @@ struct WeightSubscriber::State {
   // Connects to `target`'s process (imports its metadata, checks its plan signature, wires the
   // lanes up; each step bounded by `timeout_s` seconds) unless connected to it already.
   Result<RelayChild*> ConnectChild(const workflows::RelayTarget& target, double timeout_s);
-  // Tells `targets` that this rank will not forward `version` (best effort). `plans_known`
+  // Tells `targets` that this rank will not forward `version` (best effort); returns how many
+  // children it sent that to. `plans_known`
   // false (its wait failed before every source's RELAY_PLAN of `version` arrived, so a child
   // may be waiting for a forward this rank never heard of): also every child of the tree it is
   // connected to, so that none waits out its RELAYED bound.
-  void AbandonForwards(std::uint64_t version, const std::map<int, workflows::RelayTarget>& targets, bool plans_known);
+  int AbandonForwards(std::uint64_t version, const std::map<int, workflows::RelayTarget>& targets, bool plans_known);
   void ReleaseForwards(RelayChild& child);
   // Forwards committed version `version` (in buffer `own`) to `targets`; fills the stats.
   void ForwardVersion(std::uint64_t version, int own, const std::map<int, workflows::RelayTarget>& targets,
@@ -95,6 +104,15 @@ void WeightSubscriber::State::Withdraw(std::int64_t request) {
   m.request = request;
   const auto payload = workflows::Encode(m);
   for (const std::string& name : source_names) (void)endpoint.agent->SendMessage(name, payload);
+}
+
+void WeightSubscriber::State::DeclineForward() {
+  if (unforwarded_version == 0) return;
+  const std::uint64_t version = std::exchange(unforwarded_version, 0);
+  const int tree_parent = relay ? relay->parent[static_cast<std::size_t>(rank)] : -1;
+  if (tree_parent < 0 || relay_parent != tree_parent) return;
+  (void)endpoint.agent->SendMessage(workflows::MetadataKey(options.job, kEngineRole, tree_parent),
+                                    workflows::Encode({workflows::MessageKind::kMissed, version}));
 }
 
 void WeightSubscriber::State::ReleaseForwards(RelayChild& child) {
@@ -121,16 +139,19 @@ Result<WeightSubscriber::State::RelayChild*> WeightSubscriber::State::ConnectChi
   return &child;
 }
 
-void WeightSubscriber::State::AbandonForwards(std::uint64_t version,
-                                              const std::map<int, workflows::RelayTarget>& targets, bool plans_known) {
+int WeightSubscriber::State::AbandonForwards(std::uint64_t version,
+                                             const std::map<int, workflows::RelayTarget>& targets, bool plans_known) {
   const auto missed = workflows::Encode({workflows::MessageKind::kMissed, version});
   // Each bounded as a forward is: a child that stalls costs engine_timeout_s, not timeout_s.
   const double bound_s = std::min(options.engine_timeout_s, options.timeout_s);
+  int told = 0;
   for (const auto& [child_rank, target] : targets) {
     auto child = ConnectChild(target, bound_s);
-    if (child.ok()) (void)endpoint.agent->SendMessage((*child)->name, missed);
+    if (!child.ok()) continue;
+    (void)endpoint.agent->SendMessage((*child)->name, missed);
+    ++told;
   }
-  if (plans_known || !relay) return;
+  if (plans_known || !relay) return told;
   // Only the children connected already (with a fixed membership, Connect connected them all;
   // with a dynamic one, those a past plan named): no connect in a failure path. Not told, and so
   // waiting out their RELAYED bound (2 x engine_timeout_s): a dynamic member this rank never
@@ -141,7 +162,9 @@ void WeightSubscriber::State::AbandonForwards(std::uint64_t version,
     auto it = relay_children.find(child_rank);
     if (targets.contains(child_rank) || it == relay_children.end() || it->second.name.empty()) continue;
     (void)endpoint.agent->SendMessage(it->second.name, missed);
+    ++told;
   }
+  return told;
 }
 
 Result<TransferHandle> WeightSubscriber::State::Forward(const workflows::RelayTarget& target, int own,
@@ -426,6 +449,7 @@ Status WeightSubscriber::AdoptVersion(std::uint64_t version) {
     return FailedPrecondition(
         fmt::format("AdoptVersion({}): not above the committed version {}", version, s.committed_version));
   }
+  s.DeclineForward();  // the buffer now holds `version`: no late forward of a failed one
   s.committed_version = version;
   s.torn = false;
   s.metrics.Committed(version, /*seconds=*/-1);
@@ -469,6 +493,14 @@ Status WeightSubscriber::BeginUpdate(std::uint64_t version) {
     return InvalidArgument(
         fmt::format("version {} is not newer than the committed version {}", version, s.committed_version));
   }
+  if (version == s.abandoned_version) {
+    return FailedPrecondition(fmt::format(
+        "BeginUpdate({}) again after its update failed on engine rank {}, a relay parent that told its children it "
+        "will not forward v{}; begin a later version",
+        version, s.rank, version));
+  }
+  // Moving on from a version this rank failed: its relay parent must not forward that one now.
+  if (version != s.unforwarded_version) s.DeclineForward();
   workflows::Message ready_message{workflows::MessageKind::kReady, version};
   if (s.options.double_buffered) ready_message.buffer = static_cast<std::uint8_t>(1 - s.serving);
   const auto ready = workflows::Encode(ready_message);
@@ -570,16 +602,9 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   // A version this rank does not commit is not forwarded: its children stop waiting now.
   const bool plans_known = plans.size() == s.source_names.size();
   auto abandon = [&](Status st) {
-    if (s.relay && !s.relay->children[static_cast<std::size_t>(s.rank)].empty()) s.abandoned_version = version;
-    s.AbandonForwards(version, forward, plans_known);
-    // A child tells its relay parent (imported once it relayed through it) that it gave v up, so
-    // that a parent late by more than this wait does not forward v into the buffer where the
-    // child takes its next version (best effort: the parent asks right before each forward).
-    if (const int tree_parent = s.relay ? s.relay->parent[static_cast<std::size_t>(s.rank)] : -1;
-        tree_parent >= 0 && s.relay_parent == tree_parent) {
-      (void)s.endpoint.agent->SendMessage(workflows::MetadataKey(s.options.job, kEngineRole, tree_parent),
-                                          workflows::Encode({workflows::MessageKind::kMissed, version}));
-    }
+    if (s.AbandonForwards(version, forward, plans_known) > 0) s.abandoned_version = version;
+    // Its relay parent may still forward v: told when this rank moves on (DeclineForward).
+    if (s.relay && s.relay->parent[static_cast<std::size_t>(s.rank)] >= 0) s.unforwarded_version = version;
     return st.WithContext(fmt::format("engine rank {} update v{}", s.rank, version));
   };
   if (!arrived.ok()) return abandon(arrived);

@@ -90,9 +90,12 @@ inline std::size_t Walk(const Layout& layout, int rank, std::span<std::byte> buf
 // their Connects wait for each other). Fails the test on any error.
 inline void CreateAndConnect(Rendezvous& rendezvous, const Layout& trainer, const Layout& engine,
                              const WeightSyncOptions& options, std::vector<std::unique_ptr<WeightSubscriber>>& subs,
-                             std::vector<std::unique_ptr<WeightPublisher>>& pubs) {
+                             std::vector<std::unique_ptr<WeightPublisher>>& pubs,
+                             const std::function<void(int engine_rank, WeightSyncOptions&)>& engine_options = {}) {
   for (int e = 0; e < engine.world_size(); ++e) {
-    auto sub = WeightSubscriber::Create(rendezvous, trainer, engine, e, options);
+    WeightSyncOptions own = options;
+    if (engine_options) engine_options(e, own);
+    auto sub = WeightSubscriber::Create(rendezvous, trainer, engine, e, own);
     ASSERT_TRUE(sub.ok()) << sub.status().ToString();
     subs.push_back(std::move(*sub));
   }
