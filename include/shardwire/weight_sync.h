@@ -538,8 +538,8 @@ class WeightSubscriber {
   /// READY stops waiting (WITHDRAWN, as for Join). Files no leave when a later process of the
   /// same rank exists (a replacement started while this one shuts down): its requests stand,
   /// and this process's leave would evict it; a push waiting for this process's READY still
-  /// stops waiting when the replacement has filed its join by then (WITHDRAWN under that
-  /// request; else it waits until the transport finds this process gone or engine_timeout_s).
+  /// stops waiting (WITHDRAWN under a request above this process's admission, which a trainer
+  /// that admitted a later process of the rank ignores).
   /// Errors: kInvalidArgument
   /// without dynamic membership; rendezvous errors.
   Status Leave();

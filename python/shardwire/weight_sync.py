@@ -221,7 +221,8 @@ class WeightSubscriber(_Endpoint):
         forwarded it to, after committing), relay_s}. Raises TimedOutError naming missing sources,
         PeerDisconnectedError naming a trainer process that died. Ctrl-C raises KeyboardInterrupt
         within ~0.1 s with nothing committed; wait_for_update(version) may then be called again
-        (DONE messages that arrived are kept)."""
+        (DONE messages that arrived are kept), except on a relay parent that told its children it
+        will not forward ``version``: FailedPreconditionError, begin a later version."""
         return self._impl.wait_for_update(version)
 
     @property

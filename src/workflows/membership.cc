@@ -230,11 +230,6 @@ Result<Membership> ReadMembership(Rendezvous& rendezvous, const std::string& job
   return out;
 }
 
-Result<std::int64_t> LatestMembershipRequest(Rendezvous& rendezvous, const std::string& job, int engine_rank) {
-  SW_ASSIGN_OR_RETURN(const auto request, ReadRequest(rendezvous, job, engine_rank));
-  return request ? request->id : 0;
-}
-
 Result<std::int64_t> FileMembershipRequest(Rendezvous& rendezvous, const std::string& job, int engine_rank,
                                            std::uint64_t incarnation, bool hold) {
   if (hold && incarnation == 0) {

@@ -119,10 +119,6 @@ Result<std::set<int>> JoiningRanks(Rendezvous& rendezvous, const std::string& jo
 Result<Membership> ReadMembership(Rendezvous& rendezvous, const std::string& job, std::uint64_t version,
                                   double timeout_s);
 
-/// Engine rank `engine_rank`'s latest membership request id (FileMembershipRequest), 0 when it
-/// never filed one. Errors: rendezvous errors; kCorruptData naming the key.
-Result<std::int64_t> LatestMembershipRequest(Rendezvous& rendezvous, const std::string& job, int engine_rank);
-
 /// An engine rank's side: files a join (incarnation > 0) or leave (incarnation 0) request,
 /// or with `hold` a catch-up hold of that incarnation (> 0), and returns its request id.
 /// Errors: rendezvous errors; kInvalidArgument for a hold of incarnation 0.

@@ -805,10 +805,10 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
     auto withdrawn = [&](const std::string& peer, const workflows::Message& m) -> std::optional<Status> {
       auto it = admitted_request.find(peer);
       if (it == admitted_request.end() || m.request <= it->second) return std::nullopt;  // admitted already
-      return Unavailable(
-          fmt::format("{} filed membership request {} after v{} (it joins again or leaves); it sends "
-                      "no READY until a later push applies it",
-                      peer, m.request, m.version));
+      return Unavailable(fmt::format(
+          "{} withdrew from the membership after v{} (request {} is after {}, the one that admitted it: it joins "
+          "again, leaves or was replaced); it sends no READY until a later push applies a request of its rank",
+          peer, m.version, m.request, it->second));
     };
     SW_ASSIGN_OR_RETURN(const workflows::Collected ready,
                         s.inbox.Collect(agent, workflows::MessageKind::kReady, version, names, engine_timeout_s,

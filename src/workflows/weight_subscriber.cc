@@ -44,6 +44,7 @@ struct WeightSubscriber::State {
   std::uint64_t incarnation = 0;  // dynamic membership
   bool joined = false;
   bool admitted = false;          // a push admitted one of this process's join requests
+  std::int64_t admitted_request = 0;  // the request of its latest admission
   std::int64_t join_request = 0;  // filed and not yet answered
   std::int64_t hold_request = 0;  // the latest catch-up hold filed (HoldPushes)
   std::string plan_signature;     // trainers must have the same (SyncPlanSignature)
@@ -252,6 +253,7 @@ WeightSubscriber::WeightSubscriber(std::unique_ptr<State> state) : state_(std::m
 WeightSubscriber::~WeightSubscriber() {
   if (!state_) return;
   if (state_->joined) (void)Leave();  // best effort: the trainers skip the slot from their next push
+  state_->DeclineForward();
   for (auto& [rank, child] : state_->relay_children) state_->ReleaseForwards(child);
 }
 
@@ -378,8 +380,10 @@ Result<std::uint64_t> WeightSubscriber::Join(double timeout_s) {
                                            timeout_s < 0 ? s.options.timeout_s : timeout_s, s.options.interrupt,
                                            kInterruptPollSeconds);
   if (!version.ok()) return version.status().WithContext(who);  // the request stands: Join may wait again
+  s.admitted_request = s.join_request;
   s.join_request = 0;  // answered: the next Join (after a missed version) files a new one
   s.admitted = true;
+  s.DeclineForward();  // it begins anew: no forward of the version it failed
   if (*version <= s.committed_version) {
     return FailedPrecondition(fmt::format("{}: admitted at version {}, not above its committed version {}", who,
                                           *version, s.committed_version));
@@ -398,6 +402,7 @@ Status WeightSubscriber::HoldPushes() {
                     s.rank, s.incarnation, s.options.job));
   }
   s.hold_request = *request;
+  s.DeclineForward();  // a catch-up writes the buffer next: no late forward over it
   return Status::Ok();
 }
 
@@ -424,19 +429,19 @@ Status WeightSubscriber::Leave() {
   SW_ASSIGN_OR_RETURN(const std::int64_t latest,
                       s.rendezvous->Add(workflows::IncarnationKey(s.options.job, s.rank), 0));
   if (latest > 0 && static_cast<std::uint64_t>(latest) > s.incarnation) {
-    // This process still sends no READY any more: WITHDRAWN under the rank's latest request
-    // (the replacement's join, newer than the one that admitted this process) ends the wait of a
-    // push for its READY now instead of at engine_timeout_s. Before the replacement filed one,
-    // the latest request is this process's own join, which the trainers ignore (admitted).
-    if (s.admitted) {
-      SW_ASSIGN_OR_RETURN(const std::int64_t request,
-                          workflows::LatestMembershipRequest(*s.rendezvous, s.options.job, s.rank));
-      if (request > 0) s.Withdraw(request);
-    }
+    // This process still sends no READY any more: WITHDRAWN ends the wait of a push for its
+    // READY now instead of at engine_timeout_s. Its id is the one above this process's
+    // admission: a trainer holding this process's record stops waiting for it, one holding a
+    // later process's record (admitted under a later request, the rank's agent name being the
+    // same) ignores it. Not the rank's latest request: a third process's may be newer than the
+    // replacement's admission.
+    s.DeclineForward();
+    if (s.admitted) s.Withdraw(s.admitted_request + 1);
     return Status::Ok();
   }
   SW_ASSIGN_OR_RETURN(const std::int64_t request,
                       workflows::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, 0));
+  s.DeclineForward();
   if (s.admitted) s.Withdraw(request);
   return Status::Ok();
 }
@@ -628,6 +633,7 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   }
   s.committed_version = version;
   s.torn = false;
+  if (s.unforwarded_version == version) s.unforwarded_version = 0;  // a repeated wait took it after all
   s.metrics.Committed(version, std::chrono::duration<double>(std::chrono::steady_clock::now() - s.begun_at).count());
   if (s.options.double_buffered) s.serving = 1 - s.serving;  // the new version is served from now on
   UpdateStats stats;
