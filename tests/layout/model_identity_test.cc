@@ -6,19 +6,14 @@
 
 #include <fmt/format.h>
 
+#include "describe_model.h"
 #include "shardwire/model_config.h"
 #include "shardwire/model_layouts.h"
 
 namespace shardwire {
 namespace {
 
-ModelDescription Describe(const std::string& json) {
-  auto config = ParseModelConfig(json, "test");
-  EXPECT_TRUE(config.ok()) << config.status().ToString();
-  auto model = DescribeModel(*config);
-  EXPECT_TRUE(model.ok()) << model.status().ToString();
-  return *model;
-}
+using layout_test::Describe;
 
 ModelDescription Llama(int layers = 2, const char* dtype = "bfloat16") {
   return Describe(fmt::format(R"({{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": {},

@@ -4,18 +4,13 @@
 
 #include <gtest/gtest.h>
 
+#include "describe_model.h"
 #include "shardwire/model_config.h"
 
 namespace shardwire {
 namespace {
 
-ModelDescription Describe(const std::string& json) {
-  auto config = ParseModelConfig(json, "test");
-  EXPECT_TRUE(config.ok()) << config.status().ToString();
-  auto model = DescribeModel(*config);
-  EXPECT_TRUE(model.ok()) << model.status().ToString();
-  return *model;
-}
+using layout_test::Describe;
 
 // Llama: hidden 64, 4 heads, 2 kv heads of 16, 3 layers, vocab 100 (not a multiple of 64).
 ModelDescription Llama() {

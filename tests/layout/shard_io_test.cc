@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "describe_model.h"
 #include "shardwire/checkpoint_generator.h"
 #include "shardwire/model_config.h"
 #include "shardwire/model_identity.h"
@@ -23,13 +24,7 @@ namespace {
 constexpr std::byte kUntouched{0xa5};
 constexpr std::uint64_t kSeed = 7;
 
-ModelDescription Describe(const std::string& json) {
-  auto config = ParseModelConfig(json, "test");
-  EXPECT_TRUE(config.ok()) << config.status().ToString();
-  auto model = DescribeModel(*config);
-  EXPECT_TRUE(model.ok()) << model.status().ToString();
-  return *model;
-}
+using layout_test::Describe;
 
 // A small Llama, BF16: every projection is split by tp=2, the norms are replicated.
 ModelDescription SmallLlama() {

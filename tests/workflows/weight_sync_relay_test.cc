@@ -61,18 +61,40 @@ struct Round {
   std::vector<Result<UpdateStats>> updates;
 };
 
-// Version v: the engines in `updating` begin it, every trainer pushes, those engines wait for it
-// (concurrently: a relay parent forwards while its children wait).
-Round PushVersion(Job& job, std::uint64_t v, const std::set<int>& updating) {
+// Every trainer pushes version v (its weights set already) while the engines in `waiting` wait
+// for it (concurrently: a relay parent forwards while its children wait).
+Round PushAndWait(Job& job, std::uint64_t v, const std::set<int>& waiting) {
   Round out{std::vector<Result<PushStats>>(2, Internal("not run")),
             std::vector<Result<UpdateStats>>(3, Internal("not updating"))};
-  for (int t = 0; t < 2; ++t) Walk(job.trainer, t, job.pubs[t]->weights(), v, false);
-  for (int e : updating) EXPECT_TRUE(job.subs[e]->BeginUpdate(v).ok());
   std::vector<std::thread> threads;
   for (int t = 0; t < 2; ++t) threads.emplace_back([&, t] { out.pushes[t] = job.pubs[t]->Push(v); });
-  for (int e : updating) threads.emplace_back([&, e] { out.updates[e] = job.subs[e]->WaitForUpdate(v); });
+  for (int e : waiting) threads.emplace_back([&, e] { out.updates[e] = job.subs[e]->WaitForUpdate(v); });
   for (auto& th : threads) th.join();
   return out;
+}
+
+// Version v: the trainers' weights set, the engines in `updating` begin it, then PushAndWait.
+Round PushVersion(Job& job, std::uint64_t v, const std::set<int>& updating) {
+  for (int t = 0; t < 2; ++t) Walk(job.trainer, t, job.pubs[t]->weights(), v, false);
+  for (int e : updating) EXPECT_TRUE(job.subs[e]->BeginUpdate(v).ok());
+  return PushAndWait(job, v, updating);
+}
+
+// Engine `e`'s WaitForUpdate(v), interrupted by the hook (StartJob's `interruptible`) at its
+// first slice without a message: before any trainer pushed, it fails with the hook's status.
+Result<UpdateStats> InterruptedWait(Job& job, int e, std::uint64_t v) {
+  Result<UpdateStats> out = Internal("not run");
+  std::thread([&] {
+    interrupt_this_thread = true;
+    out = job.subs[e]->WaitForUpdate(v);
+  }).join();
+  return out;
+}
+
+// The trainers' weights set to v and every engine's READY(v) sent, nothing pushed yet.
+void BeginEverywhere(Job& job, std::uint64_t v) {
+  for (int t = 0; t < 2; ++t) Walk(job.trainer, t, job.pubs[t]->weights(), v, false);
+  for (int e = 0; e < 3; ++e) ASSERT_TRUE(job.subs[e]->BeginUpdate(v).ok());
 }
 
 TEST(WeightSyncRelay, TrainersWriteOneReplicaAndEveryReplicaGetsEveryByteAlongAChain) {
@@ -157,34 +179,24 @@ TEST(WeightSyncRelay, AChildIsToldAtOnceWhenItsParentGaveUpBeforeItsPlanArrived)
   Job job;
   ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-parent-gave-up", 1, /*interruptible=*/true));  // 0 -> 1 -> 2
   ASSERT_TRUE(PushVersion(job, 1, {0, 1, 2}).updates[2].ok());
-  for (int t = 0; t < 2; ++t) Walk(job.trainer, t, job.pubs[t]->weights(), 2, false);
-  for (int e = 0; e < 3; ++e) ASSERT_TRUE(job.subs[e]->BeginUpdate(2).ok());
+  ASSERT_NO_FATAL_FAILURE(BeginEverywhere(job, 2));
   // Engine 1 sent READY(2) and gives up before any trainer pushed.
-  Result<UpdateStats> parent = Internal("not run");
-  std::thread([&] {
-    interrupt_this_thread = true;
-    parent = job.subs[1]->WaitForUpdate(2);
-  }).join();
+  const Result<UpdateStats> parent = InterruptedWait(job, 1, 2);
   ASSERT_FALSE(parent.ok());
   EXPECT_NE(parent.status().message().find("interrupted by the test"), std::string::npos) << parent.status().ToString();
   // Its children were told: the same wait is refused now rather than committed and forwarded to
   // children that gave the version up.
   const auto again = job.subs[1]->WaitForUpdate(2);
   EXPECT_EQ(again.status().code(), ErrorCode::kFailedPrecondition) << again.status().ToString();
-  std::vector<Result<PushStats>> pushes(2, Internal("not run"));
-  std::vector<Result<UpdateStats>> updates(3, Internal("not run"));
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 2; ++t) threads.emplace_back([&, t] { pushes[t] = job.pubs[t]->Push(2); });
-  for (int e : {0, 2}) threads.emplace_back([&, e] { updates[e] = job.subs[e]->WaitForUpdate(2); });
-  for (auto& th : threads) th.join();
+  Round pushed = PushAndWait(job, 2, {0, 2});
   for (int t = 0; t < 2; ++t) {
-    ASSERT_TRUE(pushes[t].ok()) << pushes[t].status().ToString();
-    EXPECT_EQ(pushes[t]->relayed, (std::vector<int>{1, 2})) << "engine 1 was READY when the trainers pushed";
+    ASSERT_TRUE(pushed.pushes[t].ok()) << pushed.pushes[t].status().ToString();
+    EXPECT_EQ(pushed.pushes[t]->relayed, (std::vector<int>{1, 2})) << "engine 1 was READY when the trainers pushed";
   }
-  ASSERT_TRUE(updates[0].ok()) << updates[0].status().ToString();
+  ASSERT_TRUE(pushed.updates[0].ok()) << pushed.updates[0].status().ToString();
   EXPECT_EQ(Walk(job.engine, 0, job.subs[0]->weights(), 2, true), 0u);
-  ASSERT_FALSE(updates[2].ok());
-  const std::string why = updates[2].status().ToString();
+  ASSERT_FALSE(pushed.updates[2].ok());
+  const std::string why = pushed.updates[2].status().ToString();
   EXPECT_NE(why.find("relay parent engine rank 1"), std::string::npos) << why;
   EXPECT_NE(why.find("gave up on v2"), std::string::npos) << "waited out its RELAYED bound: " << why;
   EXPECT_EQ(job.subs[2]->committed_version(), 1u);
@@ -204,29 +216,19 @@ TEST(WeightSyncRelay, ARelayedChildInterruptedBeforeItsForwardTakesItWhenItWaits
   Job job;
   ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-child-retries", 1, /*interruptible=*/true));  // 0 -> 1 -> 2
   ASSERT_TRUE(PushVersion(job, 1, {0, 1, 2}).updates[2].ok());
-  for (int t = 0; t < 2; ++t) Walk(job.trainer, t, job.pubs[t]->weights(), 2, false);
-  for (int e = 0; e < 3; ++e) ASSERT_TRUE(job.subs[e]->BeginUpdate(2).ok());
-  Result<UpdateStats> interrupted = Internal("not run");
-  std::thread([&] {
-    interrupt_this_thread = true;
-    interrupted = job.subs[2]->WaitForUpdate(2);
-  }).join();
+  ASSERT_NO_FATAL_FAILURE(BeginEverywhere(job, 2));
+  const Result<UpdateStats> interrupted = InterruptedWait(job, 2, 2);
   ASSERT_FALSE(interrupted.ok());
   EXPECT_NE(interrupted.status().message().find("interrupted by the test"), std::string::npos)
       << interrupted.status().ToString();
-  std::vector<Result<PushStats>> pushes(2, Internal("not run"));
-  std::vector<Result<UpdateStats>> updates(3, Internal("not run"));
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 2; ++t) threads.emplace_back([&, t] { pushes[t] = job.pubs[t]->Push(2); });
-  for (int e = 0; e < 3; ++e) threads.emplace_back([&, e] { updates[e] = job.subs[e]->WaitForUpdate(2); });
-  for (auto& th : threads) th.join();
-  for (int t = 0; t < 2; ++t) ASSERT_TRUE(pushes[t].ok()) << pushes[t].status().ToString();
+  const Round r = PushAndWait(job, 2, {0, 1, 2});
+  for (int t = 0; t < 2; ++t) ASSERT_TRUE(r.pushes[t].ok()) << r.pushes[t].status().ToString();
   for (int e = 0; e < 3; ++e) {
-    ASSERT_TRUE(updates[e].ok()) << "engine rank " << e << ": " << updates[e].status().ToString();
+    ASSERT_TRUE(r.updates[e].ok()) << "engine rank " << e << ": " << r.updates[e].status().ToString();
     EXPECT_EQ(Walk(job.engine, e, job.subs[e]->weights(), 2, true), 0u) << "engine rank " << e;
   }
-  EXPECT_EQ(updates[2]->relayed_from, 1);
-  EXPECT_EQ(updates[1]->relayed_to, std::vector<int>{2});
+  EXPECT_EQ(r.updates[2]->relayed_from, 1);
+  EXPECT_EQ(r.updates[1]->relayed_to, std::vector<int>{2});
 }
 
 // A relay parent late by more than its child's RELAYED wait (min(timeout_s, 2 x
@@ -243,20 +245,14 @@ TEST(WeightSyncRelay, ALateParentDoesNotForwardIntoAChildThatMovedOn) {
   }));  // 0 -> 1 -> 2
   ASSERT_TRUE(PushVersion(job, 1, {0, 1, 2}).updates[2].ok());
   // v2: every engine is READY, but engine 1 (the parent of 2) waits for it only much later.
-  for (int t = 0; t < 2; ++t) Walk(job.trainer, t, job.pubs[t]->weights(), 2, false);
-  for (int e = 0; e < 3; ++e) ASSERT_TRUE(job.subs[e]->BeginUpdate(2).ok());
+  ASSERT_NO_FATAL_FAILURE(BeginEverywhere(job, 2));
   {
-    std::vector<Result<PushStats>> pushes(2, Internal("not run"));
-    std::vector<Result<UpdateStats>> updates(3, Internal("not run"));
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 2; ++t) threads.emplace_back([&, t] { pushes[t] = job.pubs[t]->Push(2); });
-    for (int e : {0, 2}) threads.emplace_back([&, e] { updates[e] = job.subs[e]->WaitForUpdate(2); });
-    for (auto& th : threads) th.join();
-    for (int t = 0; t < 2; ++t) ASSERT_TRUE(pushes[t].ok()) << pushes[t].status().ToString();
-    ASSERT_TRUE(updates[0].ok()) << updates[0].status().ToString();
-    ASSERT_FALSE(updates[2].ok()) << "engine 2 got v2 without its relay parent";
-    EXPECT_NE(updates[2].status().message().find("RELAYED v2 still missing"), std::string::npos)
-        << updates[2].status().ToString();
+    const Round r = PushAndWait(job, 2, {0, 2});
+    for (int t = 0; t < 2; ++t) ASSERT_TRUE(r.pushes[t].ok()) << r.pushes[t].status().ToString();
+    ASSERT_TRUE(r.updates[0].ok()) << r.updates[0].status().ToString();
+    ASSERT_FALSE(r.updates[2].ok()) << "engine 2 got v2 without its relay parent";
+    EXPECT_NE(r.updates[2].status().message().find("RELAYED v2 still missing"), std::string::npos)
+        << r.updates[2].status().ToString();
   }
   // v3: engine 1 is still not back (no READY within 15 s): engine 2 is written directly and
   // commits v3.
