@@ -136,14 +136,14 @@ struct WeightSyncOptions {
   /// State stays consistent: an interrupted Connect or WaitForUpdate may be called again
   /// (notifications that arrived meanwhile are kept), except the update of a relay parent
   /// (relay_broadcasts) that told its children it will not forward that version: its
-  /// WaitForUpdate and BeginUpdate of that version are refused with kFailedPrecondition; a Push interrupted while
-  /// waiting for READY wrote no engine buffer (partial-sum addends to other trainer ranks may
-  /// have gone out) and may be called again; one interrupted while its writes were in flight
-  /// cancels those not complete (Agent::Cancel): no destination gets DONE for that version
-  /// from this rank, so none commits it (their bytes may be partly written); with several
-  /// trainer ranks, push the next version on every rank rather than this one again (ranks
-  /// that completed it refuse it). The hook is called only after a slice in which nothing
-  /// arrived, so a progressing wait does not pay for it.
+  /// WaitForUpdate and BeginUpdate of that version are refused with kFailedPrecondition; a Push
+  /// interrupted while waiting for READY wrote no engine buffer (partial-sum addends to other
+  /// trainer ranks may have gone out) and may be called again; one interrupted while its writes
+  /// were in flight cancels those not complete (Agent::Cancel): no destination gets DONE for
+  /// that version from this rank, so none commits it (their bytes may be partly written); with
+  /// several trainer ranks, push the next version on every rank rather than this one again
+  /// (ranks that completed it refuse it). The hook is called only after a slice in which
+  /// nothing arrived, so a progressing wait does not pay for it.
   std::function<Status()> interrupt = {};
   /// Conversion in the push (used only when the layouts' dtypes differ): FP8 block size and
   /// scale arithmetic, and the staging bound in bytes. Publishers and subscribers of one job
@@ -215,18 +215,20 @@ struct WeightSyncOptions {
   /// each engine rank in a tree (RELAY_PLAN(v), before DONE(v)) whether its bytes come through
   /// the parent and which children to forward to: a child whose parent was not ready (dead,
   /// stalled, missed) is written directly by the trainers, so fault isolation holds as without
-  /// relays; a parent that fails after READY costs its children that version (MISSED(v) from the
-  /// parent as its wait fails, also before it learnt its plan; else, e.g. to a child it was
+  /// relays; a parent that fails after READY costs its children that version (MISSED(v) from
+  /// the parent as its wait fails, also before it learnt its plan; else, e.g. to a child it was
   /// never connected to, their wait of min(timeout_s, 2 x engine_timeout_s)). A child that
-  /// failed v tells its parent as it moves on (BeginUpdate of a later version, AdoptVersion:
-  /// MISSED(v), child -> parent), and the parent then skips that forward, so a parent late by
-  /// more than the child's wait does not write v over the v+1 the child takes meanwhile. Best
-  /// effort: the parent asks right before it posts each forward, so a MISSED still on its way
-  /// then, or a parent that stalls while its forward WRITE is in flight, can still land v late
-  /// (verify_digests catches it only if it lands before the child's digest check of v+1). Digests (verify_digests) stay
-  /// end to end: the trainers' digests are checked by every engine rank, relayed or not. Cost: a child commits after
-  /// its parent (one forward per tree level later); each parent's WaitForUpdate returns after its forwards complete
-  /// (bounded by engine_timeout_s). Publishers and subscribers of one job must agree (Connect refuses a mismatch).
+  /// failed v tells its parent as it moves on (BeginUpdate of a later version, AdoptVersion,
+  /// Join, HoldPushes, Leave: MISSED(v), child -> parent), and the parent then skips that
+  /// forward, so a parent late by more than the child's wait does not write v over the v+1 the
+  /// child takes meanwhile. Best effort: the parent asks right before it posts each forward, so
+  /// a MISSED still on its way then, or a parent that stalls while its forward WRITE is in
+  /// flight, can still land v late (verify_digests catches it only if it lands before the
+  /// child's digest check of v+1). Digests (verify_digests) stay end to end: the trainers'
+  /// digests are checked by every engine rank, relayed or not. Cost: a child commits after its
+  /// parent (one forward per tree level later); each parent's WaitForUpdate returns after its
+  /// forwards complete (bounded by engine_timeout_s). Publishers and subscribers of one job
+  /// must agree (Connect refuses a mismatch).
   bool relay_broadcasts = false;
   /// Publisher only: convert straight into the engine's buffer when the transport maps it into
   /// this process (Agent::MapPeerRegion: a same-host engine arena; on a GPU node the NVLink / CUDA

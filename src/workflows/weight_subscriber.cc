@@ -69,8 +69,9 @@ struct WeightSubscriber::State {
   std::uint64_t abandoned_version = 0;
   // A version this rank failed while its relay parent (imported) may still forward it: the
   // parent is told (MISSED, child -> parent) when this rank moves on (BeginUpdate of a later
-  // version, AdoptVersion), since from then on a late forward would land over newer bytes. Not
-  // at the failure itself: an interrupted wait may be called again and take the forward.
+  // version, AdoptVersion, Join, HoldPushes, Leave, the destructor), since from then on a late
+  // forward would land over other bytes. Not at the failure itself: an interrupted wait may be
+  // called again and take the forward.
   std::uint64_t unforwarded_version = 0;
   // Tells the relay parent that this rank gave up unforwarded_version (best effort), once.
   void DeclineForward();
@@ -89,10 +90,10 @@ struct WeightSubscriber::State {
   // lanes up; each step bounded by `timeout_s` seconds) unless connected to it already.
   Result<RelayChild*> ConnectChild(const workflows::RelayTarget& target, double timeout_s);
   // Tells `targets` that this rank will not forward `version` (best effort); returns how many
-  // children it sent that to. `plans_known`
-  // false (its wait failed before every source's RELAY_PLAN of `version` arrived, so a child
-  // may be waiting for a forward this rank never heard of): also every child of the tree it is
-  // connected to, so that none waits out its RELAYED bound.
+  // children it sent that to. `plans_known` false (its wait failed before every source's
+  // RELAY_PLAN of `version` arrived, so a child may be waiting for a forward this rank never
+  // heard of): also every child of the tree it is connected to, so that none waits out its
+  // RELAYED bound.
   int AbandonForwards(std::uint64_t version, const std::map<int, workflows::RelayTarget>& targets, bool plans_known);
   void ReleaseForwards(RelayChild& child);
   // Forwards committed version `version` (in buffer `own`) to `targets`; fills the stats.
