@@ -238,12 +238,19 @@ TEST_F(P2pLoadProcessTest, Tp4SourceToTp2AndLoadedInstanceServes) {
   EXPECT_EQ(first.Wait(30).value_or(-1), 0);
 }
 
+// --stall-timeout of the two tests below, which stop or kill one seed while the healthy one must
+// carry the load: 10 s, twice the default of these tests. With 5 s a healthy seed's READ was
+// taken for a stalled one in 3 full ctest runs under load (session 35's cold59, session 37's
+// local run and cold66; never in 40 runs of these tests alone or paired): the cause is not found
+// (docs/reliability.md, "Session 37"). The stopped seed is found after 10 s instead of 5.
+constexpr const char* kHealthySeedStallTimeout = "10";
+
 TEST_F(P2pLoadProcessTest, SourceKilledMidLoadIsReplacedByTheOthers) {
   Seed("a-victim", "tp=2", 300e3);  // its share (~1.8 MB) takes ~3 s at 300 KB/s per rank
   Seed("b-healthy", "tp=1");
   AwaitReady("a-victim", 2);
   AwaitReady("b-healthy", 1);
-  Process& load = Load("new", "tp=4", {"--metrics-port", "0"});
+  Process& load = Load("new", "tp=4", {"--metrics-port", "0"}, kHealthySeedStallTimeout);
   AwaitReading(load, "new");
   processes_[0]->Signal(SIGKILL);
   const std::string out = ExpectLoaded(load, "new");
@@ -262,7 +269,7 @@ TEST_F(P2pLoadProcessTest, SourceStoppedMidLoadIsReplacedByTheOthers) {
   Seed("b-healthy", "tp=2");
   AwaitReady("a-stopped", 2);
   AwaitReady("b-healthy", 2);
-  Process& load = Load("new", "tp=4", {"--metrics-port", "0"});
+  Process& load = Load("new", "tp=4", {"--metrics-port", "0"}, kHealthySeedStallTimeout);
   AwaitReading(load, "new");
   processes_[0]->Signal(SIGSTOP);
   const std::string out = ExpectLoaded(load, "new");
