@@ -91,8 +91,12 @@ double ProcessCpuSeconds() {
 
 double PidCpuSeconds(pid_t pid) {
   if (pid <= 0) return 0;
+  // The process may exit between the open and the read; `<< rdbuf()` then leaves the
+  // string empty where an istreambuf_iterator would throw from basic_filebuf::underflow.
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::ostringstream read;
+  if (in) read << in.rdbuf();
+  const std::string s = read.str();
   auto close = s.rfind(')');
   if (close == std::string::npos) return 0;
   std::istringstream fields(s.substr(close + 2));

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -70,8 +71,13 @@ int CountWorkers() {
   int count = 0;
   DIR* proc = opendir("/proc");
   while (dirent* e = readdir(proc)) {
+    // A process may exit between the open and the read: the read then fails (ESRCH). The
+    // stream insertion below turns that into a failed stream and an empty or partial
+    // string, where an istreambuf_iterator would throw from basic_filebuf::underflow.
     std::ifstream f(std::string("/proc/") + e->d_name + "/cmdline");
-    std::string cmdline((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::ostringstream read;
+    if (f) read << f.rdbuf();
+    const std::string cmdline = read.str();
     if (cmdline.find(std::string("worker") + '\0' + "--role") != std::string::npos &&
         cmdline.find(job) != std::string::npos) {
       ++count;
