@@ -341,6 +341,11 @@ struct AgentStats {
   double kernel_copy_cpu_s = 0;
 };
 
+/// A gap between two rounds of a lane's progress thread longer than this (seconds) counts
+/// toward Agent::LaneStallSeconds by its excess. A round of a running lane ends in a sleep of
+/// at most 0.1 s, so a healthy lane never comes near it.
+inline constexpr double kLaneStallThresholdS = 0.5;
+
 /// Human-readable name of a WritePath ("auto", "put", "active-message", "kernel-copy").
 std::string_view WritePathName(WritePath p);
 
@@ -625,6 +630,19 @@ class Agent {
   /// The agent's counters (AgentStats). Thread-safe (relaxed atomic reads; a
   /// post in flight may be counted partly).
   AgentStats Stats() const;
+
+  /// Seconds this agent's lanes were held up, since Create: each lane's progress thread starts
+  /// a round (progress the backend, advance its jobs, then sleep at most 0.1 s) every few
+  /// milliseconds when it runs; a gap of more than kLaneStallThresholdS between two rounds of
+  /// one lane counts its excess over kLaneStallThresholdS, and a gap still open counts up to
+  /// now. The largest of the lanes' sums: never decreases. A held-up lane moves no bytes and
+  /// delivers no message, whatever its peers do: its thread was starved of CPU, stopped with
+  /// the process, or waited for the lane's lock held by a call on another thread (e.g. a
+  /// force-close of a failed peer's endpoint, bounded by 2 s). Waits that blame a peer for
+  /// silence move their deadlines by its growth (the P2P loader's stall deadlines, the push's
+  /// transfer and message waits: docs/reliability.md, "Own pauses"). Thread-safe; cheap (one
+  /// uncontended lock per lane, no system call).
+  double LaneStallSeconds() const;
 
   /// Names of peers found dead (UCX error callback or failed liveness check)
   /// and not invalidated or re-imported since. A failed peer's endpoint is

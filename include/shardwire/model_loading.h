@@ -225,8 +225,8 @@ struct ModelLoaderOptions {
   /// dead or stalled and its bytes are re-planned from the other sources. The READs in
   /// flight from one source rank share its link and one deadline: stall_timeout_s plus
   /// 1 s per 10 MB of all their bytes, moved out as each is posted. Counted
-  /// while the loader runs: a pause of the loader itself (LoadReport::paused_seconds)
-  /// does not count against its sources.
+  /// while the loader runs: a pause of the loader itself or a stall of its agent's
+  /// lanes (LoadReport::paused_seconds) does not count against its sources.
   double stall_timeout_s = 3;
   /// Seconds a whole load may take before it fails with kTimedOut (not committed),
   /// counted from the start of Load, the disk fallback included.
@@ -300,9 +300,10 @@ struct LoadReport {
   double finish_seconds = 0;
   /// Seconds this loader itself did not run while it waited for its sources (its
   /// process stopped, traced, or starved of CPU: gaps of more than 0.5 s between two
-  /// turns of its loop, which otherwise take milliseconds). Every stall deadline
-  /// moved by such a gap, so no source is declared stalled, re-read elsewhere or
-  /// marked STALE for the loader's own pause.
+  /// turns of its loop, which otherwise take milliseconds), or its agent's lanes were
+  /// held up while its loop ran (Agent::LaneStallSeconds; the larger of the two where
+  /// both were). Every stall deadline moved by such a gap, so no source is declared
+  /// stalled, re-read elsewhere or marked STALE for the loader's own pause.
   double paused_seconds = 0;
 };
 

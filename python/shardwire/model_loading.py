@@ -197,8 +197,9 @@ class ModelLoader:
         buffer_bytes, bytes_from_sources, bytes_from_disk, bytes_per_instance, skipped, failed,
         moves, rereads, replans, seconds, digest_seconds, list_seconds, handshake_seconds,
         transfer_seconds, finish_seconds, paused_seconds} (bytes, seconds; handshake, transfer and
-        finish are phases of the load; paused_seconds is time this process did not run while it
-        waited, which is not held against its sources; see LoadReport in model_loading.h).
+        finish are phases of the load; paused_seconds is time this process or its transport lanes
+        did not run while it waited, which is not held against its sources; see LoadReport in
+        model_loading.h).
         Raises NotFoundError (nobody serves the model and no checkpoint), UnavailableError
         (every source failed, no checkpoint), FailedPreconditionError (several revisions
         served), TimedOutError (load_timeout_s), checkpoint errors, InvalidArgumentError

@@ -360,6 +360,13 @@ std::vector<Notification> Agent::TakeNotifications() {
 
 void Agent::Progress() { impl_->WakeAll(); }
 
+double Agent::LaneStallSeconds() const {
+  const auto now = std::chrono::steady_clock::now();
+  double most = 0;
+  for (const auto& lane : impl_->lanes) most = std::max(most, lane->StalledSeconds(now));
+  return most;
+}
+
 AgentStats Agent::Stats() const {
   const Impl::Counters& c = impl_->counters;
   AgentStats s;

@@ -45,6 +45,7 @@
 // Internal header (src/transport); not part of the public API.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -300,6 +301,31 @@ struct Agent::Impl final : transport::BackendEvents {
     // `sleeping` and writes the eventfd.
     std::atomic<std::uint64_t> wakes{0};
     std::atomic<bool> sleeping{false};
+
+    // When the thread last started a round of RunLane, and the sum of the excess over
+    // kLaneStallThresholdS of every gap between rounds (Agent::LaneStallSeconds). Guarded by
+    // stall_mu (not mu: a reader must not wait for a held-up round), together so that a
+    // reader sees a gap either still open or already summed, never both or neither.
+    std::mutex stall_mu;
+    std::chrono::steady_clock::time_point round_start = std::chrono::steady_clock::now();
+    std::chrono::steady_clock::duration stalled{};
+
+    /// Called by the lane thread at the start of each round: closes the gap since the last.
+    void StartRound(std::chrono::steady_clock::time_point now) {
+      std::lock_guard<std::mutex> g(stall_mu);
+      const auto gap = now - round_start;
+      const auto threshold = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+          std::chrono::duration<double>(kLaneStallThresholdS));
+      if (gap > threshold) stalled += gap - threshold;
+      round_start = now;
+    }
+
+    /// Seconds held up so far, the open gap's excess included. Any thread.
+    double StalledSeconds(std::chrono::steady_clock::time_point now) {
+      std::lock_guard<std::mutex> g(stall_mu);
+      const double open = std::chrono::duration<double>(now - round_start).count() - kLaneStallThresholdS;
+      return std::chrono::duration<double>(stalled).count() + std::max(0.0, open);
+    }
 
     /// Wakes the lane thread (its eventfd, if it sleeps). Returns true when it was asleep (or
     /// about to be). Any thread, no lock needed.

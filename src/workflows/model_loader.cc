@@ -163,10 +163,12 @@ struct ModelLoader::Impl {
   std::future<Result<std::vector<SourceRecord>>> relisting;  // a re-listing in flight
   bool relist_failed = false;
   Clock::time_point first_read;  // when this Load posted its first READ (profiling)
-  // This process's own pauses, measured from the start of Load's loop: a stop after the first
-  // HELLO or lease deadline is set and before Poll first looks at it is a gap too (a loader
-  // stopped in its first turns used to fail its healthy seeds at that first look).
-  workflows::OwnPauseDetector own_pause{0.0};
+  // This process's own pauses and its agent's lane stalls, measured from the start of Load's
+  // loop: a stop after the first HELLO or lease deadline is set and before Poll first looks at
+  // it is a gap too (a loader stopped in its first turns used to fail its healthy seeds at that
+  // first look).
+  workflows::OwnPauseForgiveness own_pause{0.0, Clock::now()};
+  bool lanes_held = false;  // the last look forgave a stall of the agent's lanes
 
   Status ResolveIdentity() {
     if (!options.revision.empty()) {
@@ -634,19 +636,36 @@ struct ModelLoader::Impl {
   // elsewhere (or from disk) and marked STALE because the loader itself paused: the
   // "healthy source marked STALE for the target's own problem" peers' users report.
   // Found by fault injection (`p2p-loader-stop`): a loader stopped 5-9 s blamed both of
-  // its healthy seeds and read up to 87 MB of a rank from disk.
+  // its healthy seeds and read up to 87 MB of a rank from disk. The same for a stall of the
+  // agent's lanes while this thread ran (Agent::LaneStallSeconds): READs and answers sat
+  // unmoved on this side.
   void ForgiveOwnPause(Clock::time_point now) {
     // A turn waits at most 2 ms (slice 0): a gap over kOwnPauseSeconds is a pause.
+    const double lanes_before = own_pause.lanes_s();
     const Clock::duration gap = own_pause.Check(now);
+    const bool lanes_were_held = lanes_held;
+    lanes_held = own_pause.lanes_s() > lanes_before;
     if (gap == Clock::duration::zero()) return;
     for (LoadMove& m : moves) m.deadline += gap;  // unused outside the waiting states: harmless
     for (Instance& inst : instances) {
       for (auto& [rank, answer_by] : inst.hello_deadline) answer_by += gap;
     }
-    report.paused_seconds += std::chrono::duration<double>(gap).count();
-    spdlog::warn("model loader rank {}: this process did not run for {:.2f} s; its sources' stall deadlines "
-                 "move by as much",
-                 options.rank, std::chrono::duration<double>(gap).count());
+    const double gap_s = std::chrono::duration<double>(gap).count();
+    report.paused_seconds += gap_s;
+    // A lane stall is forgiven look by look while it lasts: one warning when it is first seen.
+    if (lanes_held) {
+      if (!lanes_were_held) {
+        spdlog::warn(
+            "model loader rank {}: its agent's lanes are held up (not run for over {} s); its sources' "
+            "stall deadlines move by as long as that lasts",
+            options.rank, kLaneStallThresholdS);
+      }
+      return;
+    }
+    spdlog::warn(
+        "model loader rank {}: this process did not run for {:.2f} s; its sources' stall deadlines "
+        "move by as much",
+        options.rank, gap_s);
   }
 
   void Poll() {
@@ -910,7 +929,9 @@ struct ModelLoader::Impl {
     const Clock::time_point listed = Clock::now();
     report.list_seconds = std::chrono::duration<double>(listed - start).count();
     first_read = {};
-    own_pause = workflows::OwnPauseDetector(0.0, Clock::now());  // before any deadline is set
+    // Before any deadline is set.
+    own_pause = workflows::OwnPauseForgiveness(0.0, Clock::now(), workflows::LaneStallOf(*agent));
+    lanes_held = false;
     unassigned = needed;
     Clock::time_point last_list = Clock::now();
     if (instances.empty() && options.checkpoint_path.empty()) {

@@ -90,8 +90,10 @@ std::optional<Message> DecodeRelayPlan(std::span<const std::byte> payload) {
 // moved by as much (own_pause.h).
 void WarnOwnPause(const OwnPauseDeadline& deadline, MessageKind kind, std::uint64_t version) {
   if (deadline.paused_s() <= 0) return;
-  spdlog::warn("waiting for {} v{}: this process did not run for {:.2f} s; the wait's deadline moved by as much",
-               MessageKindName(kind), version, deadline.paused_s());
+  spdlog::warn(
+      "waiting for {} v{}: this process or its agent's lanes did not run for {:.2f} s ({:.2f} s of it the lanes); "
+      "the wait's deadline moved by as much",
+      MessageKindName(kind), version, deadline.paused_s(), deadline.lanes_s());
 }
 }  // namespace
 
@@ -217,7 +219,8 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
   // Wake at least once a second to notice peers the transport declared dead (and every
   // kPollSeconds when an interrupt hook is set).
   const double slice_s = interrupt ? kPollSeconds : 1.0;
-  OwnPauseDeadline deadline(timeout_s, slice_s);  // this process's own pauses do not count
+  // This process's own pauses and its lanes' stalls do not count.
+  OwnPauseDeadline deadline(timeout_s, slice_s, PauseClock::now(), LaneStallOf(agent));
   while (!peers.empty()) {
     const double left = deadline.Left();
     if (left <= 0) {
@@ -311,7 +314,8 @@ Result<Collected> Inbox::Collect(
   };
   drop_failed();
   const double slice_s = interrupt ? kPollSeconds : 0.25;
-  OwnPauseDeadline deadline(timeout_s, slice_s);  // this process's own pauses do not count
+  // This process's own pauses and its lanes' stalls do not count.
+  OwnPauseDeadline deadline(timeout_s, slice_s, PauseClock::now(), LaneStallOf(agent));
   while (!waiting.empty()) {
     const double left = deadline.Left();
     if (left <= 0) break;

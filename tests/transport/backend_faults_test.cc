@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "shardwire/agent.h"
 #include "transport/inproc/inproc_factory.h"
@@ -131,6 +132,39 @@ TEST(BackendFaults, DelayedCompletionIsInFlightThenLands) {
   EXPECT_FALSE(FirstMismatch(p.target->RegionBytes(p.rt), 5).has_value());
   auto n = p.target->WaitNotification(kBoundS);
   ASSERT_TRUE(n.ok()) << n.status().ToString();
+}
+
+// A lane held up 4 s (as one starved of CPU, or waiting for its lock, would be) is seen by
+// Agent::LaneStallSeconds while it lasts, before the op it holds completes, and counted whole
+// (the gap less kLaneStallThresholdS) after; the op then lands intact.
+TEST(BackendFaults, AHeldUpLaneCountsAsLaneStallWhileAndAfterItLasts) {
+  Pair p = MakePair("hold");
+  ASSERT_TRUE(p.init && p.target);
+  const double before = p.init->LaneStallSeconds();
+  ASSERT_TRUE(InjectFaults(p.init_name, FaultPlan{.hold_lane = std::chrono::milliseconds(4000)}).ok());
+  FillPattern(p.init->RegionBytes(p.ri), 6);
+  ASSERT_TRUE(p.init->Post(p.h).ok());
+  // The stall is read first, then whether the op completed: not yet complete means it was
+  // still held when the stall was read.
+  double during = before;
+  bool done = false;
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::duration<double>(kBoundS);
+  while (std::chrono::steady_clock::now() < give_up) {
+    during = p.init->LaneStallSeconds();
+    auto t = p.init->Test(p.h);
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    done = *t;
+    if (done || during - before >= 1.0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_FALSE(done) << "the held op completed before the lane's stall showed (" << during - before << " s)";
+  EXPECT_GE(during - before, 1.0);
+  Status w = p.init->Wait(p.h, kBoundS);
+  ASSERT_TRUE(w.ok()) << w.ToString();
+  EXPECT_FALSE(FirstMismatch(p.target->RegionBytes(p.rt), 6).has_value());
+  EXPECT_GE(p.init->LaneStallSeconds() - before, 4.0 - kLaneStallThresholdS);
+  EXPECT_GE(p.init->LaneStallSeconds(), during);  // never decreases
+  ExpectCleanPost(p, 7);                          // the hold is consumed
 }
 
 TEST(BackendFaults, KilledTargetFailsTheTransferInFlightWithPeerDisconnected) {

@@ -27,6 +27,7 @@
 #include "shardwire/model_config.h"
 #include "shardwire/model_layouts.h"
 #include "shardwire/shard_io.h"
+#include "transport/inproc/inproc_factory.h"
 #include "workflows/fake_source_registry.h"
 #include "workflows/p2p_messages.h"
 
@@ -329,6 +330,35 @@ TEST_F(ModelLoadingTest, NoSourceFallsBackToDisk) {
     EXPECT_EQ(r.bytes_from_sources, 0u);
     EXPECT_GT(r.bytes_from_disk, 0u);
   }
+}
+
+// The loader's own lane held up 4 s (as a lane thread starved of CPU, or waiting for its lock
+// while another call force-closes a failed peer, would be) with its one READ in flight, four
+// times stall_timeout_s, while the loader's thread kept looking: the source was healthy, and
+// the loader must not blame it. In-process backend (FaultPlan::hold_lane) for sources and
+// loader. Without the lane stall forgiven the READ was declared stalled ("READ not complete
+// ... within 1.0 s") and, with no other source and no checkpoint, the load failed.
+TEST_F(ModelLoadingTest, ALoaderWhoseLaneIsHeldUpBlamesNoSource) {
+  ModelSourceOptions in_process;
+  in_process.agent.backend = std::string(kInProcessBackend);
+  auto seed = Seed("held-seed", "tp=1", in_process);
+  ASSERT_EQ(seed.size(), 1u);
+  ModelLoaderOptions o = LoaderOptions("held-new", "tp=1", 0);
+  o.agent.backend = std::string(kInProcessBackend);
+  o.agent.name = "held-loader";
+  o.stall_timeout_s = 1;
+  o.move_bytes = 64 << 20;  // the whole rank in one READ: nothing else to post while it is held
+  auto loader = ModelLoader::Create(registry_, model_, o);
+  ASSERT_TRUE(loader.ok()) << loader.status().ToString();
+  ASSERT_TRUE(transport::inproc::InjectFaults("held-loader", {.hold_lane = std::chrono::milliseconds(4000)}).ok());
+  auto report = (*loader)->Load();
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  ExpectEqualsCheckpoint(**loader, 0);
+  EXPECT_TRUE(report->failed.empty()) << report->failed.front();
+  EXPECT_EQ(report->bytes_from_disk, 0u);
+  EXPECT_EQ(report->moves, 1u);
+  EXPECT_GE(report->paused_seconds, 4.0 - kLaneStallThresholdS) << "the hold was not seen";
+  for (const SourceRecord& r : registry_.All()) EXPECT_EQ(r.state, SourceState::kReady) << r.instance_id;
 }
 
 // The disk fallback asks the interrupt hook and the deadline while it reads (and while it

@@ -43,6 +43,24 @@ TEST(OwnPause, TheDeadlineMovesByEveryPauseAndOnlyByPauses) {
   EXPECT_NEAR(late.Left(t0 + milliseconds(5000)), 1.0, 1e-9);
 }
 
+// The lanes' stall is forgiven as it grows, look by look; a process stop that shows up in both
+// (its lanes did not run either) is forgiven once, as the larger of the two.
+TEST(OwnPause, TheLanesStallIsForgivenAndAStopIsNotForgivenTwice) {
+  const PauseClock::time_point t0{};
+  double lanes = 7.0;  // whatever the agent counted before the wait began
+  OwnPauseDeadline d(1.0, 0.25, t0, [&lanes] { return lanes; });
+  EXPECT_NEAR(d.Left(t0 + milliseconds(200)), 0.8, 1e-9);
+  lanes = 8.5;  // the lanes held up 1.5 s while this thread kept looking
+  EXPECT_NEAR(d.Left(t0 + milliseconds(400)), 0.6 + 1.5, 1e-9);
+  EXPECT_NEAR(d.lanes_s(), 1.5, 1e-9);
+  lanes = 11.0;  // a 3 s stop of the process: the lanes stalled 2.5 s of it
+  EXPECT_NEAR(d.Left(t0 + milliseconds(3400)), 0.6 + 1.5, 1e-9);
+  EXPECT_NEAR(d.paused_s(), 4.5, 1e-9);
+  EXPECT_NEAR(d.lanes_s(), 1.5, 1e-9);                      // the stop was the larger
+  EXPECT_NEAR(d.Left(t0 + milliseconds(3600)), 1.9, 1e-9);  // both ran: the time counts
+  EXPECT_NEAR(d.paused_s(), 4.5, 1e-9);
+}
+
 // Two agents in this process; `receiver` waits, `sender` sends.
 struct Pair {
   std::unique_ptr<Agent> sender, receiver;

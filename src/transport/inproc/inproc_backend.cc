@@ -19,7 +19,9 @@
 #include <deque>
 #include <mutex>
 #include <shared_mutex>
+#include <thread>
 #include <unordered_map>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -248,6 +250,7 @@ class InProcessBackend final : public TransportBackend {
     Node& t = *lk.peer->target;
     bool corrupt = false;
     std::chrono::milliseconds delay{0};
+    std::chrono::milliseconds hold{0};
     {
       std::lock_guard<std::mutex> g(node_->faults_mu);
       if (node_->faults.corrupt_ops > 0) {
@@ -255,6 +258,7 @@ class InProcessBackend final : public TransportBackend {
         corrupt = true;
       }
       delay = node_->faults.delay;
+      hold = std::exchange(node_->faults.hold_lane, std::chrono::milliseconds{0});
     }
     {
       std::shared_lock<std::shared_mutex> r(t.mu);
@@ -286,9 +290,14 @@ class InProcessBackend final : public TransportBackend {
     }
     counts.requests += o.count;
     counts.bytes += o.bytes();
-    if (!corrupt && delay.count() == 0) return 0;
+    if (!corrupt && delay.count() == 0 && hold.count() == 0) return 0;
     Deferred d;
     d.due = Clock::now() + delay;
+    if (hold.count() > 0) {
+      // Completes when the lane thread's hold ends (Service), not before.
+      lanes_[lane].hold = std::max(lanes_[lane].hold, hold);
+      d.due = Clock::time_point::max();
+    }
     d.c = c;
     d.link = &lk;
     if (corrupt)
@@ -411,7 +420,19 @@ class InProcessBackend final : public TransportBackend {
     return events;
   }
 
-  bool Service(std::uint32_t /*lane*/) override { return false; }
+  // A held-up lane (FaultPlan::hold_lane): the lane thread (the only caller of Service; a
+  // thread that runs a small post inline never calls it) sleeps under the agent's lane lock, as
+  // a lane thread starved of CPU or waiting for that lock would; then the held ops (and the
+  // flushes behind them) are due.
+  bool Service(std::uint32_t lane) override {
+    const auto hold = std::exchange(lanes_[lane].hold, std::chrono::milliseconds{0});
+    if (hold.count() == 0) return false;
+    std::this_thread::sleep_for(hold);
+    const auto now = Clock::now();
+    for (Deferred& d : lanes_[lane].deferred)
+      if (d.due == Clock::time_point::max()) d.due = now;
+    return true;
+  }
 
   int EventFd(std::uint32_t lane) override { return node_->inbox[lane]->efd.get(); }
 
@@ -460,6 +481,7 @@ class InProcessBackend final : public TransportBackend {
   };
   struct LaneState {
     std::deque<Deferred> deferred;
+    std::chrono::milliseconds hold{0};  ///< FaultPlan::hold_lane taken by an op: the next Progress sleeps it
     std::vector<Peer*> peers;  ///< this lane's copy of peers_ (LanePeers), appended as peers_ grows
   };
 

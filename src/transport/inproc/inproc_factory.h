@@ -17,6 +17,11 @@
 //   corrupt_ops    the next N ops land with their first byte flipped and complete
 //                  with kCorruptData (a link checksum catching it): Wait fails.
 //   delay          every op completes, and every message arrives, this much later.
+//   hold_lane      the lane that issues this agent's next op is then held up this long
+//                  (once): that lane's thread, at the end of its next round, sleeps under the
+//                  agent's lane lock, as a lane thread starved of CPU or waiting for its lock
+//                  would (Agent::LaneStallSeconds); the op completes only after. A thread that
+//                  runs a small post inline is not held.
 //   Kill(name)     the agent is dead: ops to it fail with kPeerDisconnected, its
 //                  peers' lanes report it failed (BackendEvents::OnPeerFailed) at
 //                  their next progress (they are woken), its messages are lost.
@@ -43,6 +48,7 @@ struct FaultPlan {
   int corrupt_messages = 0;
   int corrupt_ops = 0;
   std::chrono::milliseconds delay{0};
+  std::chrono::milliseconds hold_lane{0};
 };
 
 /// Replaces the fault plan of the live in-process agent named `agent` (the most
