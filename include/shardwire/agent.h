@@ -631,18 +631,19 @@ class Agent {
   /// post in flight may be counted partly).
   AgentStats Stats() const;
 
-  /// Seconds this agent's lanes were held up, since Create: each lane's progress thread starts
-  /// a round (progress the backend, advance its jobs, then sleep at most 0.1 s) every few
-  /// milliseconds when it runs; a gap of more than kLaneStallThresholdS between two rounds of
-  /// one lane counts its excess over kLaneStallThresholdS, and a gap still open counts up to
-  /// now. The largest of the lanes' sums: never decreases. A held-up lane moves no bytes and
-  /// delivers no message, whatever its peers do: its thread was starved of CPU, stopped with
-  /// the process, or waited for the lane's lock held by a call on another thread (e.g. a
-  /// force-close of a failed peer's endpoint, bounded by 2 s). Waits that blame a peer for
-  /// silence move their deadlines by its growth (the P2P loader's stall deadlines, the push's
-  /// transfer and message waits: docs/reliability.md, "Own pauses"). Thread-safe; cheap (one
-  /// uncontended lock per lane, no system call).
-  double LaneStallSeconds() const;
+  /// Seconds each of this agent's lanes was held up since Create, by lane index (size
+  /// options().lanes). Each lane's progress thread starts a round (progress the backend,
+  /// advance its jobs, then sleep at most 0.1 s) every few milliseconds when it runs; a gap of
+  /// more than kLaneStallThresholdS between two rounds counts its excess over
+  /// kLaneStallThresholdS, and a gap still open counts up to now. Each entry never decreases.
+  /// A held-up lane moves no bytes and delivers no message, whatever its peers do: its thread
+  /// was starved of CPU, stopped with the process, or waited for the lane's lock held by a
+  /// call on another thread (e.g. a force-close of a failed peer's endpoint, bounded by 2 s, or
+  /// a small post run inline on the posting thread). Waits that blame a peer for silence move
+  /// their deadlines by the largest growth of one lane (the P2P loader's stall deadlines, the
+  /// push's transfer and message waits: docs/reliability.md, "Own pauses"). Thread-safe;
+  /// cheap (one uncontended lock per lane, no system call).
+  std::vector<double> LaneStallSeconds() const;
 
   /// Names of peers found dead (UCX error callback or failed liveness check)
   /// and not invalidated or re-imported since. A failed peer's endpoint is

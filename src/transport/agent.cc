@@ -360,11 +360,11 @@ std::vector<Notification> Agent::TakeNotifications() {
 
 void Agent::Progress() { impl_->WakeAll(); }
 
-double Agent::LaneStallSeconds() const {
-  const auto now = std::chrono::steady_clock::now();
-  double most = 0;
-  for (const auto& lane : impl_->lanes) most = std::max(most, lane->StalledSeconds(now));
-  return most;
+std::vector<double> Agent::LaneStallSeconds() const {
+  std::vector<double> out;
+  out.reserve(impl_->lanes.size());
+  for (const auto& lane : impl_->lanes) out.push_back(lane->StalledSeconds());
+  return out;
 }
 
 AgentStats Agent::Stats() const {

@@ -310,9 +310,11 @@ struct Agent::Impl final : transport::BackendEvents {
     std::chrono::steady_clock::time_point round_start = std::chrono::steady_clock::now();
     std::chrono::steady_clock::duration stalled{};
 
-    /// Called by the lane thread at the start of each round: closes the gap since the last.
-    void StartRound(std::chrono::steady_clock::time_point now) {
+    /// Called by the lane thread at the start of each round: closes the gap since the last. The
+    /// clock is read under the lock, so that no reader saw the gap open past the time it closes.
+    void StartRound() {
       std::lock_guard<std::mutex> g(stall_mu);
+      const auto now = std::chrono::steady_clock::now();
       const auto gap = now - round_start;
       const auto threshold = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
           std::chrono::duration<double>(kLaneStallThresholdS));
@@ -321,8 +323,9 @@ struct Agent::Impl final : transport::BackendEvents {
     }
 
     /// Seconds held up so far, the open gap's excess included. Any thread.
-    double StalledSeconds(std::chrono::steady_clock::time_point now) {
+    double StalledSeconds() {
       std::lock_guard<std::mutex> g(stall_mu);
+      const auto now = std::chrono::steady_clock::now();
       const double open = std::chrono::duration<double>(now - round_start).count() - kLaneStallThresholdS;
       return std::chrono::duration<double>(stalled).count() + std::max(0.0, open);
     }

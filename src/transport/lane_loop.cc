@@ -52,7 +52,7 @@ void Agent::Impl::RunLane(Lane& lane) {
   while (!lane.stop) {
     // Wakes up to here asked for work this round sees (jobs are pushed under lk before Wake).
     const std::uint64_t seen_wakes = lane.wakes.load();
-    lane.StartRound(std::chrono::steady_clock::now());
+    lane.StartRound();
     unsigned events = 0;
     for (int i = 0; i < kMaxProgressSpins; ++i) {
       const unsigned n = be.Progress(lane.index);

@@ -24,7 +24,9 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <limits>
 #include <utility>
+#include <vector>
 
 #include "shardwire/agent.h"
 #include "shardwire/status.h"
@@ -68,66 +70,76 @@ class OwnPauseDetector {
   PauseClock::duration paused_ = PauseClock::duration::zero();
 };
 
-/// Seconds an agent's lanes were held up so far (Agent::LaneStallSeconds), as a function for
-/// OwnPauseDeadline and OwnPauseForgiveness. `agent` must outlive the function.
-inline std::function<double()> LaneStallOf(const Agent& agent) {
+/// Seconds each lane of an agent was held up so far (Agent::LaneStallSeconds), as a function
+/// for OwnPauseDeadline and OwnPauseForgiveness. `agent` must outlive the function.
+using LaneStallFn = std::function<std::vector<double>()>;
+inline LaneStallFn LaneStallOf(const Agent& agent) {
   return [&agent] { return agent.LaneStallSeconds(); };
 }
 
 /// What a wait forgives at each look: this process's own pauses (OwnPauseDetector) and the
-/// growth of its agent's lane stall (Agent::LaneStallSeconds: a lane held up moves no bytes and
-/// delivers no message, whatever the peers do). One stop of the process shows up in both: the
-/// larger of the two is forgiven, never their sum.
+/// growth of its agent's lane stalls (Agent::LaneStallSeconds: a lane held up moves no bytes
+/// and delivers no message, whatever the peers do), the largest growth of one lane. One stop
+/// of the process shows up in both: the larger of the two is forgiven, never their sum. What
+/// the lanes account for is capped (`max_lanes_s`), so that a lane stuck for good cannot make
+/// a wait without another bound wait for ever.
 class OwnPauseForgiveness {
  public:
   /// `slice_s` as for OwnPauseDetector; `lane_stall_s`: LaneStallOf(agent), or empty (own pauses
-  /// only); it is first read here.
-  OwnPauseForgiveness(double slice_s, PauseClock::time_point start, std::function<double()> lane_stall_s = {})
-      : detector_(slice_s, start), lane_stall_s_(std::move(lane_stall_s)) {
+  /// only), first read here; `max_lanes_s` >= 0: the most the lanes may account for in all.
+  OwnPauseForgiveness(double slice_s, PauseClock::time_point start, LaneStallFn lane_stall_s = {},
+                      double max_lanes_s = std::numeric_limits<double>::infinity())
+      : detector_(slice_s, start), lane_stall_s_(std::move(lane_stall_s)), max_lanes_s_(max_lanes_s) {
     if (lane_stall_s_) lane_seen_s_ = lane_stall_s_();
   }
 
   /// What to forgive at `now` (zero, or the gap since the previous look): the larger of this
-  /// process's pause and the lanes' stall since the previous call. `now` must not go back.
+  /// process's pause and the largest stall of one lane since the previous call (within what
+  /// is left of `max_lanes_s`). `now` must not go back.
   PauseClock::duration Check(PauseClock::time_point now) {
-    const PauseClock::duration own = detector_.Check(now);
-    PauseClock::duration lanes = PauseClock::duration::zero();
+    const double own_s = std::chrono::duration<double>(detector_.Check(now)).count();
+    double lanes_s = 0;
     if (lane_stall_s_) {
-      const double total = lane_stall_s_();
-      if (total > lane_seen_s_) {
-        lanes = std::chrono::duration_cast<PauseClock::duration>(std::chrono::duration<double>(total - lane_seen_s_));
-        lane_seen_s_ = total;
+      const std::vector<double> total = lane_stall_s_();
+      for (std::size_t i = 0; i < total.size(); ++i) {
+        if (i >= lane_seen_s_.size()) lane_seen_s_.push_back(total[i]);
+        lanes_s = std::max(lanes_s, total[i] - lane_seen_s_[i]);
+        lane_seen_s_[i] = std::max(lane_seen_s_[i], total[i]);
       }
+      lanes_s = std::min(lanes_s, std::max(0.0, max_lanes_s_ - lanes_forgiven_s_));
     }
-    const PauseClock::duration forgiven = std::max(own, lanes);
-    forgiven_ += forgiven;
-    if (lanes > own) lanes_forgiven_ += lanes;
-    return forgiven;
+    const double forgiven = std::max(own_s, lanes_s);
+    forgiven_s_ += forgiven;
+    if (lanes_s > own_s) lanes_forgiven_s_ += lanes_s;
+    return std::chrono::duration_cast<PauseClock::duration>(std::chrono::duration<double>(forgiven));
   }
 
   /// Seconds forgiven so far, and the part of them the lanes' stall accounted for (more than
   /// this process's own pause at the same look).
-  double forgiven_s() const { return std::chrono::duration<double>(forgiven_).count(); }
-  double lanes_s() const { return std::chrono::duration<double>(lanes_forgiven_).count(); }
+  double forgiven_s() const { return forgiven_s_; }
+  double lanes_s() const { return lanes_forgiven_s_; }
 
  private:
   OwnPauseDetector detector_;
-  std::function<double()> lane_stall_s_;
-  double lane_seen_s_ = 0;
-  PauseClock::duration forgiven_ = PauseClock::duration::zero();
-  PauseClock::duration lanes_forgiven_ = PauseClock::duration::zero();
+  LaneStallFn lane_stall_s_;
+  double max_lanes_s_;
+  std::vector<double> lane_seen_s_;  // by lane
+  double forgiven_s_ = 0;
+  double lanes_forgiven_s_ = 0;
 };
 
 /// A wait's deadline, `timeout_s` seconds after its start, that moves by every pause of this
 /// process its OwnPauseDetector finds, and by every stall of its agent's lanes when given one
-/// (OwnPauseForgiveness): the peers get the whole timeout of time this side could listen.
+/// (OwnPauseForgiveness): the peers get the whole timeout of time this side could listen. The
+/// lanes move it by at most `timeout_s` in all: a wait ends within twice its timeout of this
+/// process's running time, even with a lane stuck for good.
 class OwnPauseDeadline {
  public:
   /// `timeout_s` >= 0 (+inf: never), `slice_s` as for OwnPauseDetector, `lane_stall_s` as for
   /// OwnPauseForgiveness.
   OwnPauseDeadline(double timeout_s, double slice_s, PauseClock::time_point start = PauseClock::now(),
-                   std::function<double()> lane_stall_s = {})
-      : forgiveness_(slice_s, start, std::move(lane_stall_s)), start_(start), timeout_s_(timeout_s) {}
+                   LaneStallFn lane_stall_s = {})
+      : forgiveness_(slice_s, start, std::move(lane_stall_s), timeout_s), start_(start), timeout_s_(timeout_s) {}
 
   /// Seconds left at `now` (<= 0: the timeout passed while this process and its lanes ran),
   /// after moving the deadline by what was forgiven since the previous call. Call it once per

@@ -89,7 +89,7 @@ std::optional<Message> DecodeRelayPlan(std::span<const std::byte> payload) {
 // Says, once per wait, that this process did not run for a while and the wait's deadline
 // moved by as much (own_pause.h).
 void WarnOwnPause(const OwnPauseDeadline& deadline, MessageKind kind, std::uint64_t version) {
-  if (deadline.paused_s() <= 0) return;
+  if (deadline.paused_s() < kOwnPauseSeconds) return;  // a lane a little late: not worth a line
   spdlog::warn(
       "waiting for {} v{}: this process or its agent's lanes did not run for {:.2f} s ({:.2f} s of it the lanes); "
       "the wait's deadline moved by as much",

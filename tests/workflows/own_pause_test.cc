@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "shardwire/agent.h"
 #include "workflows/sync_messages.h"
@@ -47,18 +48,33 @@ TEST(OwnPause, TheDeadlineMovesByEveryPauseAndOnlyByPauses) {
 // (its lanes did not run either) is forgiven once, as the larger of the two.
 TEST(OwnPause, TheLanesStallIsForgivenAndAStopIsNotForgivenTwice) {
   const PauseClock::time_point t0{};
-  double lanes = 7.0;  // whatever the agent counted before the wait began
-  OwnPauseDeadline d(1.0, 0.25, t0, [&lanes] { return lanes; });
-  EXPECT_NEAR(d.Left(t0 + milliseconds(200)), 0.8, 1e-9);
-  lanes = 8.5;  // the lanes held up 1.5 s while this thread kept looking
-  EXPECT_NEAR(d.Left(t0 + milliseconds(400)), 0.6 + 1.5, 1e-9);
+  // Whatever the agent's two lanes counted before the wait began: lane 0 more than lane 1.
+  std::vector<double> lanes = {7.0, 2.0};
+  OwnPauseDeadline d(10.0, 0.25, t0, [&lanes] { return lanes; });
+  EXPECT_NEAR(d.Left(t0 + milliseconds(200)), 9.8, 1e-9);
+  lanes = {7.0, 3.5};  // lane 1 held up 1.5 s while this thread kept looking (still below lane 0)
+  EXPECT_NEAR(d.Left(t0 + milliseconds(400)), 9.6 + 1.5, 1e-9);
   EXPECT_NEAR(d.lanes_s(), 1.5, 1e-9);
-  lanes = 11.0;  // a 3 s stop of the process: the lanes stalled 2.5 s of it
-  EXPECT_NEAR(d.Left(t0 + milliseconds(3400)), 0.6 + 1.5, 1e-9);
+  lanes = {9.5, 6.0};  // a 3 s stop of the process: each lane stalled 2.5 s of it
+  EXPECT_NEAR(d.Left(t0 + milliseconds(3400)), 9.6 + 1.5, 1e-9);
   EXPECT_NEAR(d.paused_s(), 4.5, 1e-9);
-  EXPECT_NEAR(d.lanes_s(), 1.5, 1e-9);                      // the stop was the larger
-  EXPECT_NEAR(d.Left(t0 + milliseconds(3600)), 1.9, 1e-9);  // both ran: the time counts
+  EXPECT_NEAR(d.lanes_s(), 1.5, 1e-9);                       // the stop was the larger
+  EXPECT_NEAR(d.Left(t0 + milliseconds(3600)), 10.9, 1e-9);  // both ran: the time counts
   EXPECT_NEAR(d.paused_s(), 4.5, 1e-9);
+}
+
+// A lane stuck for good moves a wait's deadline by at most its timeout: the wait still ends.
+TEST(OwnPause, ALaneStuckForGoodMovesTheDeadlineByAtMostTheTimeout) {
+  const PauseClock::time_point t0{};
+  std::vector<double> lanes = {0.0};
+  OwnPauseDeadline d(1.0, 0.25, t0, [&lanes] { return lanes; });
+  double left = 1.0;
+  for (int look = 1; look <= 100 && left > 0; ++look) {  // a look every 0.1 s; the lane's gap grows
+    lanes = {0.1 * look};
+    left = d.Left(t0 + milliseconds(100 * look));
+  }
+  EXPECT_LE(left, 0.0) << "the wait never ended";
+  EXPECT_NEAR(d.lanes_s(), 1.0, 1e-9);
 }
 
 // Two agents in this process; `receiver` waits, `sender` sends.
