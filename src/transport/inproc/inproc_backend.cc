@@ -481,7 +481,7 @@ class InProcessBackend final : public TransportBackend {
   };
   struct LaneState {
     std::deque<Deferred> deferred;
-    std::chrono::milliseconds hold{0};  ///< FaultPlan::hold_lane taken by an op: the next Progress sleeps it
+    std::chrono::milliseconds hold{0};  ///< FaultPlan::hold_lane taken by an op: the next Service sleeps it
     std::vector<Peer*> peers;  ///< this lane's copy of peers_ (LanePeers), appended as peers_ grows
   };
 
