@@ -668,6 +668,14 @@ struct ModelLoader::Impl {
         options.rank, gap_s);
   }
 
+  // For a stall's error: what this loader forgave of its own pauses and lane stalls (they did
+  // not count against the source), when anything.
+  std::string Forgiven() const {
+    if (report.paused_seconds <= 0) return "";
+    return fmt::format(" (not counting {:.2f} s this loader or its lanes did not run, {:.2f} s of it the lanes)",
+                       report.paused_seconds, own_pause.lanes_s());
+  }
+
   void Poll() {
     for (std::size_t i = 0; i < moves.size(); ++i) {
       LoadMove& m = moves[i];
@@ -704,8 +712,8 @@ struct ModelLoader::Impl {
           if (instances[m.instance].hello_deadline.contains(m.src_rank) &&
               !instances[m.instance].hello_acked.contains(m.src_rank) &&
               now > instances[m.instance].hello_deadline[m.src_rank]) {
-            FailInstance(m.instance,
-                         fmt::format("rank {} did not answer HELLO within {} s", m.src_rank, options.stall_timeout_s));
+            FailInstance(m.instance, fmt::format("rank {} did not answer HELLO within {} s{}", m.src_rank,
+                                                 options.stall_timeout_s, Forgiven()));
           }
           break;
         case LoadMove::State::kLeaseWait:
@@ -716,8 +724,8 @@ struct ModelLoader::Impl {
             const char* what = m.state == LoadMove::State::kReading      ? "READ not complete (10 MB/s allowed on top)"
                                : m.state == LoadMove::State::kDigestWait ? "digest request not answered"
                                                                          : "lease request not answered";
-            FailInstance(m.instance, fmt::format("rank {}: {} within {:.1f} s (dead or stalled)", m.src_rank, what,
-                                                 options.stall_timeout_s));
+            FailInstance(m.instance, fmt::format("rank {}: {} within {:.1f} s (dead or stalled){}", m.src_rank, what,
+                                                 options.stall_timeout_s, Forgiven()));
           }
           break;
         default:
