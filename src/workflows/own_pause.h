@@ -25,6 +25,7 @@
 #include <chrono>
 #include <functional>
 #include <limits>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -166,5 +167,22 @@ class OwnPauseDeadline {
 /// the transfer is not complete after that much running time; the hook's status. Thread-safety: as Agent::Wait.
 Status WaitTransferWithoutOwnPauses(Agent& agent, TransferHandle h, double timeout_s, double slice_s,
                                     const std::function<Status()>& between_slices = {});
+
+/// Waits for several transfers (to different peers, say) at once, against one OwnPauseDeadline
+/// of `timeout_s` (> 0) shared by all of them: k stalled peers cost one timeout, not k (a loop of
+/// WaitTransferWithoutOwnPauses gives each the whole timeout after the previous one's). Every
+/// transfer is looked at (Agent::Test) each turn, so one stuck in front does not delay noticing
+/// the others. `on_end(i, status)` is called once per transfer `handles[i]`, as it is seen to
+/// end: OK when complete, its own error (kPeerDisconnected, kCorruptData, ...) when failed, and
+/// kTimedOut (naming timeout_s and what was forgiven) for every one still running when the
+/// deadline passes, all at that one look; it runs on the calling thread and may call the agent.
+/// A transfer that timed out keeps running (Cancel it or InvalidatePeer). Between turns the call
+/// waits on the first transfer still running for at most `slice_s` seconds, then calls
+/// `between_slices` if set (an interrupt hook): its non-OK status ends the wait and is returned,
+/// and the transfers not yet reported get no on_end. Returns OK otherwise.
+/// Thread-safety: as Agent::Wait.
+Status WaitTransfersWithoutOwnPauses(Agent& agent, std::span<const TransferHandle> handles, double timeout_s,
+                                     double slice_s, const std::function<void(std::size_t, const Status&)>& on_end,
+                                     const std::function<Status()>& between_slices = {});
 
 }  // namespace shardwire::workflows

@@ -866,29 +866,47 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   }
   const auto t2 = Clock::now();
   const AgentStats before = agent.Stats();
-  // A transfer that did not complete within the engine's bound is stopped; if it cannot be
-  // drained, the peer is abandoned (InvalidatePeer) so that nothing of it outlives the push.
-  // With an interrupt hook the wait runs in slices; an interrupt cancels every transfer of this
-  // push still in flight (no DONE goes out, so no engine commits the version) and ends the push.
+  // The transfers of one round (or staging round) are waited for together, against one deadline
+  // of engine_timeout_s (WaitTransfersWithoutOwnPauses: k stalled engines cost one timeout, not
+  // k) that this process's own pauses and its lanes' stalls move (own_pause.h): a trainer that
+  // was stopped for longer than engine_timeout_s does not fail a healthy engine's transfer for
+  // it. A transfer that did not complete is then stopped; if it cannot be drained, the peer is
+  // abandoned (InvalidatePeer) so that nothing of it outlives the push, and its engine rank
+  // misses v. With an interrupt hook the wait runs in slices of kInterruptPollSeconds (else
+  // 0.25 s); an interrupt cancels every transfer of this push still in flight (no DONE goes out,
+  // so no engine commits the version) and ends the push.
   Status interrupted;
   std::vector<std::pair<TransferHandle, int>> posted;  // (handle, destination engine rank)
-  // The wait runs in slices (kInterruptPollSeconds with the hook, else 0.25 s) against a
-  // deadline that this process's own pauses move (own_pause.h): a trainer that was stopped for
-  // longer than engine_timeout_s does not fail a healthy engine's transfer for it.
-  auto wait_sliced = [&](TransferHandle h) -> Status {
-    if (!s.options.interrupt) return workflows::WaitTransferWithoutOwnPauses(agent, h, engine_timeout_s, 0.25);
-    return workflows::WaitTransferWithoutOwnPauses(agent, h, engine_timeout_s, kInterruptPollSeconds, [&] {
-      interrupted = s.options.interrupt();
-      return interrupted;
-    });
-  };
-  auto settle = [&](int dst, const State::Handles& hs) {
-    if (!active.count(dst) || relayed.count(dst) || !interrupted.ok()) return;
-    const TransferHandle h = hs[static_cast<std::size_t>(buffer_of.at(dst))];
-    const Status st = wait_sliced(h);
-    if (st.ok() || !interrupted.ok()) return;
-    if (st.code() == ErrorCode::kTimedOut && !agent.Cancel(h, 1.0).ok()) (void)agent.InvalidatePeer(active.at(dst));
-    miss(dst, st);
+  auto settle = [&](const std::map<int, State::Handles>& transfers) {
+    if (!interrupted.ok()) return;
+    std::vector<int> dsts;
+    std::vector<TransferHandle> handles;
+    for (const auto& [dst, hs] : transfers) {
+      if (!active.count(dst) || relayed.count(dst)) continue;
+      dsts.push_back(dst);
+      handles.push_back(hs[static_cast<std::size_t>(buffer_of.at(dst))]);
+    }
+    if (handles.empty()) return;
+    std::vector<std::pair<std::size_t, Status>> failed_transfers;
+    std::function<Status()> poll_interrupt;
+    if (s.options.interrupt) {
+      poll_interrupt = [&] {
+        interrupted = s.options.interrupt();
+        return interrupted;
+      };
+    }
+    const Status waited = workflows::WaitTransfersWithoutOwnPauses(
+        agent, handles, engine_timeout_s, s.options.interrupt ? kInterruptPollSeconds : 0.25,
+        [&](std::size_t i, const Status& end) {
+          if (!end.ok()) failed_transfers.emplace_back(i, end);
+        },
+        poll_interrupt);
+    if (!waited.ok() || !interrupted.ok()) return;  // the push fails; cancel_posted stops what it posted
+    for (const auto& [i, why] : failed_transfers) {
+      if (why.code() == ErrorCode::kTimedOut && !agent.Cancel(handles[i], 1.0).ok())
+        (void)agent.InvalidatePeer(active.at(dsts[i]));
+      miss(dsts[i], why);
+    }
   };
   // A failed or interrupted push stops what it posted: each transfer still running gets 1 s to
   // drain what UCX already issued, then its peer is abandoned (as settle does), so k stalled
@@ -1026,7 +1044,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   };
   auto finish_stage = [&](const State::Stage& stage) -> Status {
     collect_copy();
-    for (const auto& [dst, hs] : stage.transfers) settle(dst, hs);
+    settle(stage.transfers);
     for (const auto& [dst, at] : posted_at) {
       if (active.count(dst)) stats.round_spans.push_back({stage.round, dst, at, now_s()});
     }
@@ -1070,7 +1088,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   std::uint64_t in_flight = 0;  // bytes of the staged rounds after the last settled one
   auto settle_round = [&](std::size_t k) {
     if (k >= s.round_transfers.size()) return;
-    for (const auto& [dst, hs] : s.round_transfers[k]) settle(dst, hs);
+    settle(s.round_transfers[k]);
   };
   if (s.converter) {
     // Destinations written through their mapping (State::mapped) in this push, with the mapping

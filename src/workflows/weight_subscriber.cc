@@ -230,9 +230,18 @@ void WeightSubscriber::State::ForwardVersion(std::uint64_t version, int own,
     }
     posted[child] = *h;
   }
+  // One deadline for every forward (k stalled children cost one bound_s, not k), which this
+  // process's own pauses do not count; each child hears RELAYED as soon as its forward is seen
+  // complete, whatever the others do.
+  std::vector<int> children;
+  std::vector<TransferHandle> handles;
   for (const auto& [child, h] : posted) {
-    Status st = workflows::WaitTransferWithoutOwnPauses(agent, h, bound_s, 0.25);  // own pauses do not count
-    if (st.code() == ErrorCode::kTimedOut && !agent.Cancel(h, 1.0).ok()) {
+    children.push_back(child);
+    handles.push_back(h);
+  }
+  (void)workflows::WaitTransfersWithoutOwnPauses(agent, handles, bound_s, 0.25, [&](std::size_t i, Status st) {
+    const int child = children[i];
+    if (st.code() == ErrorCode::kTimedOut && !agent.Cancel(handles[i], 1.0).ok()) {
       (void)agent.InvalidatePeer(relay_children.at(child).name);
     }
     if (st.ok()) {
@@ -243,10 +252,10 @@ void WeightSubscriber::State::ForwardVersion(std::uint64_t version, int own,
       fail(child, st);
       ReleaseForwards(relay_children.at(child));
       relay_children.at(child).name.clear();  // reconnect next time
-      continue;
+      return;
     }
     stats.relayed_to.push_back(child);
-  }
+  });  // no interrupt hook: it returns OK
   stats.relay_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 

@@ -8,10 +8,15 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "shardwire/agent.h"
+#include "transport/inproc/inproc_factory.h"
 #include "workflows/sync_messages.h"
 
 namespace shardwire::workflows {
@@ -75,6 +80,72 @@ TEST(OwnPause, ALaneStuckForGoodMovesTheDeadlineByAtMostTheTimeout) {
   }
   EXPECT_LE(left, 0.0) << "the wait never ended";
   EXPECT_NEAR(d.lanes_s(), 1.0, 1e-9);
+}
+
+// Three WRITEs of one in-process agent, waited for together; the ops to peers 0 and 2 are held
+// up for a minute (FaultPlan::delay_to: two stalled peers), peer 1 is healthy. The healthy one is
+// reported complete first although it is not first in the list, with its bytes landed; the two
+// stalled ones are reported timed out at one look, no slice between them: they shared one
+// deadline (waiting for each in turn would have spent the whole timeout again on the second).
+TEST(OwnPause, TransfersWaitedForTogetherShareOneDeadline) {
+  constexpr std::size_t kBytes = 64 * 1024;
+  const std::string init_name = "shared-deadline-init";
+  auto init = Agent::Create({.name = init_name, .backend = "inproc"});
+  ASSERT_TRUE(init.ok()) << init.status().ToString();
+  auto source = (*init)->AllocateArena(kBytes);
+  ASSERT_TRUE(source.ok());
+  std::span<std::byte> source_bytes = (*init)->RegionBytes(*source);
+  for (std::size_t i = 0; i < kBytes; ++i) source_bytes[i] = static_cast<std::byte>((i * 131 + 7) % 251);
+  auto init_blob = (*init)->ExportMetadata();
+  ASSERT_TRUE(init_blob.ok());
+  std::vector<std::unique_ptr<Agent>> peers;
+  std::vector<RegionId> regions;
+  std::vector<TransferHandle> handles;
+  for (int t = 0; t < 3; ++t) {
+    const std::string name = fmt::format("shared-deadline-{}", t);
+    auto peer = Agent::Create({.name = name, .backend = "inproc"});
+    ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+    auto region = (*peer)->AllocateArena(kBytes);
+    ASSERT_TRUE(region.ok());
+    auto blob = (*peer)->ExportMetadata();
+    ASSERT_TRUE(blob.ok());
+    ASSERT_TRUE((*peer)->ImportMetadata(*init_blob).ok());
+    ASSERT_TRUE((*init)->ImportMetadata(*blob).ok());
+    auto h = (*init)->PrepareTransfer(TransferOp::kWrite, name, {{*source, 0, *region, 0, kBytes}}, std::nullopt);
+    ASSERT_TRUE(h.ok()) << h.status().ToString();
+    peers.push_back(std::move(*peer));
+    regions.push_back(*region);
+    handles.push_back(*h);
+  }
+  const auto stalled = std::chrono::seconds(60);
+  ASSERT_TRUE(transport::inproc::InjectFaults(
+                  init_name, {.delay_to = {{"shared-deadline-0", stalled}, {"shared-deadline-2", stalled}}})
+                  .ok());
+  for (TransferHandle h : handles) ASSERT_TRUE((*init)->Post(h).ok());
+  std::vector<std::pair<int, ErrorCode>> events;  // (transfer, how it ended); (-1, kOk): a slice passed
+  const Status st = WaitTransfersWithoutOwnPauses(
+      **init, handles, 1.0, 0.1, [&](std::size_t i, const Status& end) { events.emplace_back(int(i), end.code()); },
+      [&] {
+        events.emplace_back(-1, ErrorCode::kOk);
+        return Status::Ok();
+      });
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  std::vector<std::pair<int, ErrorCode>> ends;
+  for (const auto& e : events) {
+    if (e.first >= 0) ends.push_back(e);
+  }
+  const std::vector<std::pair<int, ErrorCode>> expected = {
+      {1, ErrorCode::kOk}, {0, ErrorCode::kTimedOut}, {2, ErrorCode::kTimedOut}};
+  EXPECT_EQ(ends, expected) << "each transfer reported once: the healthy one first, then both stalled ones";
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_EQ(events[events.size() - 2], std::make_pair(0, ErrorCode::kTimedOut))
+      << "a slice passed between the two stalled transfers' timeouts: they did not share one deadline";
+  const std::span<std::byte> landed = peers[1]->RegionBytes(regions[1]);
+  EXPECT_TRUE(std::equal(landed.begin(), landed.end(), source_bytes.begin())) << "the healthy WRITE's bytes";
+  for (int t : {0, 2}) {  // as the push does with a transfer that timed out
+    if (!(*init)->Cancel(handles[static_cast<std::size_t>(t)], 0.1).ok())
+      (void)(*init)->InvalidatePeer(fmt::format("shared-deadline-{}", t));
+  }
 }
 
 // Two agents in this process; `receiver` waits, `sender` sends.

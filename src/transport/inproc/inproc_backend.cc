@@ -257,7 +257,7 @@ class InProcessBackend final : public TransportBackend {
         --node_->faults.corrupt_ops;
         corrupt = true;
       }
-      delay = node_->faults.delay;
+      delay = DelayTo(lk.peer->name);
       hold = std::exchange(node_->faults.hold_lane, std::chrono::milliseconds{0});
     }
     {
@@ -497,6 +497,12 @@ class InProcessBackend final : public TransportBackend {
     return r;
   }
 
+  /// FaultPlan::delay_to for `peer`, else FaultPlan::delay. Caller holds node_->faults_mu.
+  std::chrono::milliseconds DelayTo(std::string_view peer) const {
+    auto it = node_->faults.delay_to.find(peer);
+    return it != node_->faults.delay_to.end() ? it->second : node_->faults.delay;
+  }
+
   /// Queues `bytes` to the link's peer lane (faults applied), then wakes it.
   Status Deliver(std::uint32_t lane, Link& lk, std::vector<std::byte> bytes) {
     Node& t = *lk.peer->target;
@@ -519,7 +525,7 @@ class InProcessBackend final : public TransportBackend {
         --node_->faults.corrupt_messages;
         bytes[0] ^= std::byte{0xFF};
       }
-      delay = node_->faults.delay;
+      delay = DelayTo(lk.peer->name);
     }
     Inbox& in = *t.inbox[lane % t.inbox.size()];
     {

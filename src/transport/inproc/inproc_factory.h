@@ -17,6 +17,8 @@
 //   corrupt_ops    the next N ops land with their first byte flipped and complete
 //                  with kCorruptData (a link checksum catching it): Wait fails.
 //   delay          every op completes, and every message arrives, this much later.
+//   delay_to       per peer name: ops to that peer complete, and messages to it arrive, this
+//                  much later (instead of `delay`): one stalled peer among healthy ones.
 //   hold_lane      the lane that issues this agent's next op is then held up this long
 //                  (once): that lane's thread, at the end of its next round, sleeps under the
 //                  agent's lane lock, as a lane thread starved of CPU or waiting for its lock
@@ -30,6 +32,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -48,6 +51,7 @@ struct FaultPlan {
   int corrupt_messages = 0;
   int corrupt_ops = 0;
   std::chrono::milliseconds delay{0};
+  std::map<std::string, std::chrono::milliseconds, std::less<>> delay_to{};
   std::chrono::milliseconds hold_lane{0};
 };
 
