@@ -207,14 +207,18 @@ std::vector<WeightPublisher::State::Stage> PushStages(std::initializer_list<cons
     }
   }
   std::vector<WeightPublisher::State::Stage> stages;
+  // Each (round, trainer rank) is waited for once, in the first stage that needs it: its
+  // ROUND_DONE arrives once, and the stages run in order, so the later ones are covered.
+  std::set<std::pair<std::uint32_t, int>> awaited;
   for (auto& [round, stage] : by_round) {
     for (int dst : written.at(round)) {
       const std::set<std::uint32_t>& rounds = receive_rounds.at(dst);
       const auto at = rounds.find(round);
       if (at != rounds.begin()) {
         const std::uint32_t previous = *std::prev(at);
-        for (int t : writers.at({dst, previous}))
-          if (t != rank) stage.wait_for[previous].insert(t);
+        for (int t : writers.at({dst, previous})) {
+          if (t != rank && awaited.emplace(previous, t).second) stage.wait_for[previous].insert(t);
+        }
       }
       if (const auto next = std::next(at); next != rounds.end()) {
         for (int t : writers.at({dst, *next}))
@@ -1031,9 +1035,9 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
       SW_RETURN_IF_ERROR(s.inbox
                              .AwaitFromAll(agent, workflows::MessageKind::kRoundDone, version, names,
                                            s.options.timeout_s, nullptr, std::nullopt, s.options.interrupt, round)
-                             .WithContext(fmt::format("{}: round {} waits for the trainer ranks that wrote its engine "
+                             .WithContext(fmt::format("round {} waits for the trainer ranks that wrote its engine "
                                                       "ranks in round {}",
-                                                      who, stage.round, round)));
+                                                      stage.round, round)));
       stats.round_wait_s += Seconds(w0, Clock::now());
     }
     posted_at.clear();
