@@ -183,7 +183,8 @@ class ModelSource {
   // Serves `region` of `agent` (the rank's buffer of `layout`): records block
   // digests, registers, starts the threads. `read_only`: the buffer cannot be written
   // (Create protected it), so parts of blocks are served without checking the block.
-  static Result<std::unique_ptr<ModelSource>> Start(SourceRegistry& registry, std::unique_ptr<Agent> agent,
+  // `agent` is moved from only on success: on an error it is left with the caller.
+  static Result<std::unique_ptr<ModelSource>> Start(SourceRegistry& registry, std::unique_ptr<Agent>& agent,
                                                     RegionId region, std::span<std::byte> buffer, const Layout& layout,
                                                     const ModelIdentity& identity, ModelSourceOptions options,
                                                     bool read_only = false);
@@ -354,7 +355,10 @@ class ModelLoader {
   /// into the source). The loader is empty afterwards. `options.instance_id`,
   /// `rank`, `layout` and `content_revision` (when the load learned it) are taken from
   /// the loader when empty.
-  /// Errors: kFailedPrecondition when not loaded; those of ModelSource::Create.
+  /// Errors: kFailedPrecondition when not loaded; those of ModelSource::Create
+  /// (bad options, the registry unreachable). On an error nothing moved: the loader
+  /// keeps its committed buffer and agent (loaded() stays true, buffer() and the
+  /// memory behind it stay valid), and BecomeSource may be called again.
   Result<std::unique_ptr<ModelSource>> BecomeSource(ModelSourceOptions options = {});
 
   struct Impl;

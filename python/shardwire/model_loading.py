@@ -226,7 +226,8 @@ class ModelLoader:
         """Serves the loaded shards (no copy: the arena moves into the source) as the same
         instance id and layout; the arguments as for ModelSource. The loader is empty afterwards.
         Raises FailedPreconditionError before a committed load, InvalidArgumentError for bad
-        arguments."""
+        arguments, UnavailableError when the coordinator cannot be reached; after an error the
+        loader is unchanged (loaded, its tensors valid) and become_source may be called again."""
         impl = self._impl.become_source(heartbeat_interval_s, bandwidth_bytes_per_s, shutdown_timeout_s)
         self._owner.impl = impl  # views of the arena now keep the source (which holds it) alive
         self._arena = {}

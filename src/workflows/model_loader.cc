@@ -1091,8 +1091,9 @@ Result<std::unique_ptr<ModelSource>> ModelLoader::BecomeSource(ModelSourceOption
   if (options.layout.empty()) options.layout = impl_->options.layout;
   if (options.content_revision.empty()) options.content_revision = impl_->content;
   options.rank = impl_->options.rank;
-  auto source = ModelSource::Start(*impl_->registry, std::move(impl_->agent), impl_->region, impl_->buffer,
-                                   *impl_->layout, impl_->identity, std::move(options));
+  auto source = ModelSource::Start(*impl_->registry, impl_->agent, impl_->region, impl_->buffer, *impl_->layout,
+                                   impl_->identity, std::move(options));
+  if (!source.ok()) return source.status();  // the loader keeps its buffer and agent
   impl_->loaded = false;
   impl_->buffer = {};
   return source;

@@ -350,7 +350,7 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Create(SourceRegistry& registr
   // all inside the arena. Should it fail, the source keeps checking blocks.
   const bool read_only =
       options.read_only_buffer && bytes > 0 && ::mprotect(buffer.data(), buffer.size(), PROT_READ) == 0;
-  return Start(registry, std::move(agent), region, buffer, layout, identity, std::move(options), read_only);
+  return Start(registry, agent, region, buffer, layout, identity, std::move(options), read_only);
 }
 
 Result<std::unique_ptr<ModelSource>> ModelSource::Serve(SourceRegistry& registry, const ModelDescription& model,
@@ -364,10 +364,10 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Serve(SourceRegistry& registry
   }
   SW_ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent, CreateSourceAgent(options));
   SW_ASSIGN_OR_RETURN(const RegionId region, agent->RegisterMemory(buffer.data(), buffer.size()));
-  return Start(registry, std::move(agent), region, buffer.first(bytes), layout, identity, std::move(options));
+  return Start(registry, agent, region, buffer.first(bytes), layout, identity, std::move(options));
 }
 
-Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry, std::unique_ptr<Agent> agent,
+Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry, std::unique_ptr<Agent>& agent,
                                                         RegionId region, std::span<std::byte> buffer,
                                                         const Layout& layout, const ModelIdentity& identity,
                                                         ModelSourceOptions options, bool read_only) {
@@ -410,6 +410,7 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry
   if (!registered.ok()) {
     raw->stop_server.store(true);
     raw->server_thread.join();
+    agent = std::move(raw->agent);  // nothing moved: the caller keeps its agent and buffer
     return registered.status().WithContext("registering model source " + options.instance_id);
   }
   r.source_id = registered->source_id;

@@ -125,6 +125,14 @@ def test_loaded_instance_serves_the_next_one(tmp_path):
         with pytest.raises(errors.FailedPreconditionError):
             first.become_source()  # nothing loaded yet
         first.load()
+        lay1 = shardwire.Layout.from_string(model, "tp=1")
+        with pytest.raises(errors.InvalidArgumentError):
+            first.become_source(heartbeat_interval_s=0)
+        # Refused: the loader keeps its arena, and its views still read the loaded bytes (a
+        # freed arena would crash this process here).
+        assert first.loaded
+        for s in lay1.shards(0):
+            assert same_bytes(first.tensors[s["name"]], expected_shard(full, s)), s["name"]
         served = first.become_source()
         for s in seeds:
             s.close()

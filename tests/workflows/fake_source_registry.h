@@ -20,6 +20,7 @@ class FakeSourceRegistry final : public SourceRegistry {
   Result<SourceRecord> RegisterSource(const SourceRecord& record, double timeout_s) override {
     std::lock_guard<std::mutex> lock(mu_);
     last_register_bound_s_ = timeout_s;
+    if (!register_error_.ok()) return register_error_;
     SourceRecord r = record;
     r.source_id = fmt::format("src-{:016x}", ++next_);
     r.state = SourceState::kReady;
@@ -109,6 +110,12 @@ class FakeSourceRegistry final : public SourceRegistry {
     std::lock_guard<std::mutex> lock(mu_);
     before_mark_ = std::move(hook);
   }
+  /// Every RegisterSource fails with `error` (OK: they succeed again), as an unreachable
+  /// coordinator's do.
+  void SetRegisterError(Status error) {
+    std::lock_guard<std::mutex> lock(mu_);
+    register_error_ = std::move(error);
+  }
   /// Heartbeats no longer revive STALE sources (so a test can observe the mark).
   void SetStickyStale(bool on) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -124,6 +131,7 @@ class FakeSourceRegistry final : public SourceRegistry {
   double last_register_bound_s_ = 0;
   int deregistrations_ = 0;
   bool sticky_stale_ = false;
+  Status register_error_;
   std::function<void()> before_mark_;
 };
 

@@ -216,6 +216,31 @@ TEST_F(ModelLoadingTest, LoadedInstanceBecomesASource) {
   }
 }
 
+// A BecomeSource that fails (a bad option; the coordinator unreachable) leaves the committed
+// load with the loader, byte for byte, and a later BecomeSource serves it.
+TEST_F(ModelLoadingTest, ABecomeSourceThatFailsKeepsTheLoadedBuffer) {
+  auto seed = Seed("seed", "tp=2");
+  auto loader = ModelLoader::Create(registry_, model_, LoaderOptions("second", "tp=1", 0));
+  ASSERT_TRUE(loader.ok());
+  ASSERT_TRUE((*loader)->Load().ok());
+  ModelSourceOptions bad;
+  bad.heartbeat_interval_s = 0;
+  auto refused = (*loader)->BecomeSource(bad);
+  EXPECT_EQ(refused.status().code(), ErrorCode::kInvalidArgument) << refused.status().ToString();
+  ASSERT_TRUE((*loader)->loaded());
+  ExpectEqualsCheckpoint(**loader, 0);
+  registry_.SetRegisterError(Unavailable("coordinator unreachable (test)"));
+  auto unregistered = (*loader)->BecomeSource();
+  EXPECT_EQ(unregistered.status().code(), ErrorCode::kUnavailable) << unregistered.status().ToString();
+  ASSERT_TRUE((*loader)->loaded());
+  ExpectEqualsCheckpoint(**loader, 0);
+  registry_.SetRegisterError(Status::Ok());
+  auto second = (*loader)->BecomeSource();
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  seed.clear();  // only the loaded instance serves now
+  for (const LoadReport& r : LoadAll("third", "tp=2")) EXPECT_EQ(r.bytes_per_instance.count("second"), 1u);
+}
+
 TEST_F(ModelLoadingTest, FingerprintMismatchSkipsInstanceWithoutMarkingItStale) {
   auto liar = Seed("a-liar", "tp=2");
   auto good = Seed("b-good", "tp=4");
