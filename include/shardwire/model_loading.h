@@ -250,8 +250,9 @@ struct ModelLoaderOptions {
   /// this rank's loader was created. Must be >= 0 (kInvalidArgument otherwise).
   std::int64_t lease_priority = 0;
   /// Seconds of a capped source's bandwidth one move asks for (moves from a source
-  /// with a bandwidth cap are cut to cap x lease_seconds bytes, at least 64 KiB, at
-  /// most move_bytes): the granularity at which sources re-apply the priority order.
+  /// with a bandwidth cap are cut to cap x lease_seconds bytes, at least 64 KiB (or
+  /// move_bytes when smaller), at most move_bytes): the granularity at which sources
+  /// re-apply the priority order.
   /// Must be > 0 (kInvalidArgument).
   double lease_seconds = 0.2;
   /// Agent options; name and lanes are filled in when empty / 0.

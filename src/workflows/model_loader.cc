@@ -159,7 +159,8 @@ struct ModelLoader::Impl {
   std::vector<Interval> unassigned;  // bytes no move is responsible for
   LoadReport report;
   std::vector<std::size_t> to_mark_stale;
-  std::set<std::string> seen_instances;                      // listed once (used, skipped or failed)
+  std::set<std::string> seen_instances;                      // listed whole once (used, skipped or failed)
+  std::set<std::string> partial_instances;                   // listed with ranks missing, not whole yet
   std::future<Result<std::vector<SourceRecord>>> relisting;  // a re-listing in flight
   bool relist_failed = false;
   Clock::time_point first_read;  // when this Load posted its first READ (profiling)
@@ -285,7 +286,7 @@ struct ModelLoader::Impl {
     }
     for (auto& [id, recs] : by_instance) {
       if (options.max_instances > 0 && static_cast<int>(instances.size()) >= options.max_instances) break;
-      if (!seen_instances.insert(id).second) continue;
+      if (seen_instances.count(id)) continue;
       Instance inst;
       inst.id = id;
       const int world = recs.front().world_size;
@@ -299,9 +300,17 @@ struct ModelLoader::Impl {
                    recs[static_cast<std::size_t>(r)].layout_fingerprint == recs.front().layout_fingerprint;
       }
       if (!complete) {
-        report.skipped.push_back(
-            fmt::format("{}: {} of {} ranks READY or ranks disagree on the layout", id, recs.size(), world));
+        // Not seen yet: its ranks register one after another (each after hashing its buffer),
+        // so a later listing may find it whole. Reported once, until then.
+        if (partial_instances.insert(id).second) {
+          report.skipped.push_back(
+              fmt::format("{}: {} of {} ranks READY or ranks disagree on the layout", id, recs.size(), world));
+        }
         continue;
+      }
+      seen_instances.insert(id);
+      if (partial_instances.erase(id)) {  // whole now: no longer skipped
+        std::erase_if(report.skipped, [&id](const std::string& why) { return why.starts_with(id + ": "); });
       }
       inst.ranks = recs;
       auto content_it = recs.front().attributes.find(kSourceAttrContent);
@@ -370,7 +379,9 @@ struct ModelLoader::Impl {
       std::uint64_t cut_bytes = options.move_bytes;
       if (instances[alive[k]].bandwidth > 0) {
         const double lease_bytes = instances[alive[k]].bandwidth * options.lease_seconds;
-        cut_bytes = std::clamp<std::uint64_t>(static_cast<std::uint64_t>(lease_bytes), 64u << 10, options.move_bytes);
+        // At least 64 KiB (or move_bytes, if smaller), at most move_bytes.
+        cut_bytes = std::max<std::uint64_t>(std::min<std::uint64_t>(static_cast<std::uint64_t>(lease_bytes), cut_bytes),
+                                            std::min<std::uint64_t>(64u << 10, cut_bytes));
       }
       for (auto& cut : workflows::CutMoves(runs, cut_bytes)) {
         LoadMove m;
@@ -920,6 +931,7 @@ struct ModelLoader::Impl {
     hello_of_request.clear();
     to_mark_stale.clear();
     seen_instances.clear();
+    partial_instances.clear();
     checked_checkpoint.clear();
     if (relisting.valid()) relisting.wait();  // of a previous failed Load
     relisting = {};

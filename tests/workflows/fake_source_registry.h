@@ -42,7 +42,7 @@ class FakeSourceRegistry final : public SourceRegistry {
   }
   Result<std::vector<SourceRecord>> ListSources(const std::string& identity,
                                                 std::optional<SourceState> state) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     std::vector<SourceRecord> out;
     for (const auto& [id, r] : records_) {
       if (!identity.empty() && r.model_identity != identity) continue;
@@ -52,6 +52,11 @@ class FakeSourceRegistry final : public SourceRegistry {
     std::sort(out.begin(), out.end(), [](const SourceRecord& a, const SourceRecord& b) {
       return std::tie(a.instance_id, a.rank) < std::tie(b.instance_id, b.rank);
     });
+    if (after_list_) {
+      const std::function<void()> after = after_list_;
+      lock.unlock();
+      after();  // e.g. registers a rank, as the next rank of a starting instance does
+    }
     return out;
   }
   Status MarkSourceStale(const std::string& id, const std::string& reason) override {
@@ -116,6 +121,12 @@ class FakeSourceRegistry final : public SourceRegistry {
     std::lock_guard<std::mutex> lock(mu_);
     register_error_ = std::move(error);
   }
+  /// Called (without the lock) at the end of every ListSources, on the listing thread;
+  /// empty: none.
+  void SetAfterList(std::function<void()> hook) {
+    std::lock_guard<std::mutex> lock(mu_);
+    after_list_ = std::move(hook);
+  }
   /// Heartbeats no longer revive STALE sources (so a test can observe the mark).
   void SetStickyStale(bool on) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -133,6 +144,7 @@ class FakeSourceRegistry final : public SourceRegistry {
   bool sticky_stale_ = false;
   Status register_error_;
   std::function<void()> before_mark_;
+  std::function<void()> after_list_;
 };
 
 }  // namespace shardwire::testing

@@ -241,6 +241,30 @@ TEST_F(ModelLoadingTest, ABecomeSourceThatFailsKeepsTheLoadedBuffer) {
   for (const LoadReport& r : LoadAll("third", "tp=2")) EXPECT_EQ(r.bytes_per_instance.count("second"), 1u);
 }
 
+// An instance listed while only some of its ranks are READY (they register one after another,
+// each after hashing its buffer) is used once a later listing finds it whole: rank 1 of "b-late"
+// turns READY right after the loader's first listing, while a slow seed serves.
+TEST_F(ModelLoadingTest, AnInstanceListedHalfRegisteredIsUsedOnceWhole) {
+  auto slow = Seed("a-slow", "tp=1", Capped(1e6));
+  auto late = Seed("b-late", "tp=2");
+  registry_.SetStickyStale(true);  // no heartbeat makes rank 1 READY before the hook does
+  registry_.Edit("b-late", [](SourceRecord& r) {
+    if (r.rank == 1) r.state = SourceState::kStale;
+  });
+  std::atomic<int> listings{0};
+  registry_.SetAfterList([&] {
+    if (listings++ == 0) registry_.Edit("b-late", [](SourceRecord& r) { r.state = SourceState::kReady; });
+  });
+  auto loader = ModelLoader::Create(registry_, model_, LoaderOptions("new", "tp=1", 0));
+  ASSERT_TRUE(loader.ok());
+  auto report = (*loader)->Load();
+  registry_.SetAfterList({});
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_GT(report->bytes_per_instance["b-late"], 0u) << "the instance found whole at a re-listing was not used";
+  for (const std::string& why : report->skipped) EXPECT_FALSE(why.starts_with("b-late")) << why;
+  ExpectEqualsCheckpoint(**loader, 0);
+}
+
 TEST_F(ModelLoadingTest, FingerprintMismatchSkipsInstanceWithoutMarkingItStale) {
   auto liar = Seed("a-liar", "tp=2");
   auto good = Seed("b-good", "tp=4");
