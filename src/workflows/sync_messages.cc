@@ -108,13 +108,20 @@ std::vector<std::byte> Encode(const Message& message) {
   }
   const std::size_t floats = message.kind == MessageKind::kBlockAmax ? message.amax.size() : 0;
   const bool buffer = message.kind == MessageKind::kReady && message.buffer.has_value();
+  const bool incarnation = message.kind == MessageKind::kReady && message.incarnation.has_value();
   const bool digest = message.kind == MessageKind::kDone && message.digest.has_value();
   const bool round = message.kind == MessageKind::kRoundDone;
-  std::vector<std::byte> out(9 + 4 * floats + (buffer ? 1 : 0) + (digest ? 8 : 0) + (round ? 4 : 0));
+  std::vector<std::byte> out(9 + 4 * floats + (buffer ? 1 : 0) + (incarnation ? 8 : 0) + (digest ? 8 : 0) +
+                             (round ? 4 : 0));
   if (round) {
     for (int i = 0; i < 4; ++i) out[9 + static_cast<std::size_t>(i)] = static_cast<std::byte>(message.round >> (8 * i));
   }
   if (buffer) out[9] = static_cast<std::byte>(*message.buffer);
+  if (incarnation) {
+    const std::size_t at = buffer ? 10 : 9;
+    for (int i = 0; i < 8; ++i)
+      out[at + static_cast<std::size_t>(i)] = static_cast<std::byte>(*message.incarnation >> (8 * i));
+  }
   if (digest) {
     for (int i = 0; i < 8; ++i)
       out[9 + static_cast<std::size_t>(i)] = static_cast<std::byte>(*message.digest >> (8 * i));
@@ -140,8 +147,10 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
     m.request = static_cast<std::int64_t>(GetLittleEndian(payload, 9, 8));
     return m;
   }
-  if (kind == MessageKind::kReady && payload.size() == 10) {
+  if (kind == MessageKind::kReady && (payload.size() == 10 || payload.size() == 18)) {
     if (payload[9] != std::byte{0} && payload[9] != std::byte{1}) return std::nullopt;
+  } else if (kind == MessageKind::kReady && payload.size() == 17) {
+    // READY with the incarnation, no buffer
   } else if (kind == MessageKind::kDone && payload.size() == 17) {
     // DONE with the digest of the bytes sent
   } else if (kind == MessageKind::kRoundDone) {
@@ -157,7 +166,9 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
     version |= static_cast<std::uint64_t>(payload[1 + static_cast<std::size_t>(i)]) << (8 * i);
   Message m{kind, version};
   if (kind == MessageKind::kReady) {
-    if (payload.size() == 10) m.buffer = static_cast<std::uint8_t>(payload[9]);
+    const bool buffer = payload.size() == 10 || payload.size() == 18;
+    if (buffer) m.buffer = static_cast<std::uint8_t>(payload[9]);
+    if (payload.size() >= 17) m.incarnation = GetLittleEndian(payload, buffer ? 10 : 9, 8);
     return m;
   }
   if (kind == MessageKind::kRoundDone) {
@@ -280,7 +291,8 @@ std::set<std::string> Inbox::TakeArrived(Agent& agent, MessageKind kind, std::ui
 Result<Collected> Inbox::Collect(
     Agent& agent, MessageKind kind, std::uint64_t version, const std::set<std::string>& peers, double timeout_s,
     const std::function<Status()>& interrupt,
-    const std::function<std::optional<Status>(const std::string& peer, const Message& withdrawn)>& withdrawn) {
+    const std::function<std::optional<Status>(const std::string& peer, const Message& withdrawn)>& withdrawn,
+    const std::function<bool(const std::string& peer, const Message& m)>& from_awaited) {
   Collected out;
   std::set<std::string> waiting = peers;
   auto take = [&](const std::string& peer, const Message& m) {
@@ -295,7 +307,8 @@ Result<Collected> Inbox::Collect(
     }
     if (m.kind != kind) return false;
     if (m.version < version) return true;  // stale: drop
-    if (m.version == version && waiting.erase(peer) == 1) {
+    if (m.version == version && waiting.count(peer) && (!from_awaited || from_awaited(peer, m))) {
+      waiting.erase(peer);
       out.arrived.emplace(peer, m);
       return true;
     }

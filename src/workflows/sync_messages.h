@@ -1,6 +1,8 @@
 // Control messages of the weight-sync protocol (see shardwire/weight_sync.h), carried
 // as transport notifications: 1 byte kind + 8 bytes little-endian version; READY of a
-// double-buffered engine appends 1 byte, the buffer (0 or 1) to write; BLOCK_AMAX
+// double-buffered engine appends 1 byte, the buffer (0 or 1) to write, and READY of an engine
+// under dynamic membership then appends its process's 8-byte little-endian incarnation (so a
+// READY is 9, 10, 17 or 18 bytes); BLOCK_AMAX
 // (trainer to trainer, shardwire/push_conversion.h) appends its partial amaxes as
 // little-endian fp32 (the number follows from the payload size); DONE with the per-version
 // integrity check appends the 8-byte little-endian XXH3-64 digest of the bytes it sent;
@@ -76,6 +78,10 @@ struct Message {
   std::optional<std::uint32_t> relay_from = {};  ///< kRelayPlan: the parent the bytes come through (none: direct)
   std::vector<RelayTarget> relay_to = {};        ///< kRelayPlan: children to forward to (at most 255)
   std::int64_t request = 0;                      ///< kWithdrawn: the engine's membership request id
+  /// kReady under dynamic membership: the incarnation of the engine process that sent it (every
+  /// process of an engine rank has the rank's agent name; a READY a killed process sent before it
+  /// died must not be taken for its replacement's). None: 0 (static membership).
+  std::optional<std::uint64_t> incarnation = {};
 };
 
 /// "READY", "DONE", "BLOCK_AMAX", "MISSED", "ADDEND", "ROUND_DONE", "RELAY_PLAN", "RELAYED",
@@ -103,12 +109,16 @@ class Inbox {
   /// `withdrawn`, when set, is asked about every WITHDRAWN message from a peer still awaited:
   /// a status puts the peer in `failed` with it (the peer will not send `kind` for `version`),
   /// nullopt drops the message (stale: its request was admitted already). WITHDRAWN messages
-  /// from peers not awaited are kept for later calls.
+  /// from peers not awaited are kept for later calls. `from_awaited`, when set, is asked about
+  /// every message of `kind`/`version` from a peer still awaited: false means it came from
+  /// another process of that name (READY of an older incarnation) and is not taken; it stays
+  /// queued until a later version's wait drops it as stale.
   /// Errors: only transport errors that concern no single peer; the interrupt's status.
   Result<Collected> Collect(
       Agent& agent, MessageKind kind, std::uint64_t version, const std::set<std::string>& peers, double timeout_s,
       const std::function<Status()>& interrupt = {},
-      const std::function<std::optional<Status>(const std::string& peer, const Message& withdrawn)>& withdrawn = {});
+      const std::function<std::optional<Status>(const std::string& peer, const Message& withdrawn)>& withdrawn = {},
+      const std::function<bool(const std::string& peer, const Message& m)>& from_awaited = {});
 
   /// Waits until `kind`/`version` has arrived from every peer in `peers` (agent names).
   /// Other messages are kept for later calls. Errors: kTimedOut naming the peers still

@@ -814,9 +814,22 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
           "again, leaves or was replaced); it sends no READY until a later push applies a request of its rank",
           peer, m.version, m.request, it->second));
     };
+    // Every process of an engine rank has the rank's agent name: a READY from a process this
+    // push did not connect to (one killed after sending it, replaced since) would have the
+    // bytes written into the new process's buffers before it asked for them, maybe into the
+    // one it serves. Only the connected incarnation's READY counts (0: static membership).
+    std::map<std::string, std::uint64_t> incarnation_of_name;
+    for (const auto& [dst, name] : included) {
+      auto it = s.incarnation_of.find(dst);
+      incarnation_of_name[name] = it != s.incarnation_of.end() ? it->second : 0;
+    }
+    auto from_connected = [&](const std::string& peer, const workflows::Message& m) {
+      auto it = incarnation_of_name.find(peer);
+      return it == incarnation_of_name.end() || m.incarnation.value_or(0) == it->second;
+    };
     SW_ASSIGN_OR_RETURN(const workflows::Collected ready,
                         s.inbox.Collect(agent, workflows::MessageKind::kReady, version, names, engine_timeout_s,
-                                        s.options.interrupt, withdrawn));
+                                        s.options.interrupt, withdrawn, from_connected));
     active = included;
     for (const auto& [dst, name] : included) {
       if (auto it = ready.arrived.find(name); it != ready.arrived.end()) {

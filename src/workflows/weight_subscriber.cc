@@ -518,6 +518,7 @@ Status WeightSubscriber::BeginUpdate(std::uint64_t version) {
   if (version != s.unforwarded_version) s.DeclineForward();
   workflows::Message ready_message{workflows::MessageKind::kReady, version};
   if (s.options.double_buffered) ready_message.buffer = static_cast<std::uint8_t>(1 - s.serving);
+  if (s.options.dynamic_membership) ready_message.incarnation = s.incarnation;
   const auto ready = workflows::Encode(ready_message);
   // Every reachable source gets READY even when one cannot be reached: the sources that got it
   // write now, so failing here would leave the caller believing nothing is being written. The

@@ -55,6 +55,40 @@ TEST(SyncMessages, ReadyNamesTheBufferOfADoubleBufferedEngine) {
   EXPECT_FALSE(Decode(done).has_value());
 }
 
+// READY under dynamic membership names the engine process's incarnation, after the buffer byte
+// when there is one: 17 bytes without a buffer, 18 with.
+TEST(SyncMessages, ReadyNamesTheIncarnationOfTheProcessThatSentIt) {
+  Message m{MessageKind::kReady, 9};
+  m.incarnation = 0x0102030405060708ull;
+  const auto bytes = Encode(m);
+  ASSERT_EQ(bytes.size(), 17u);
+  EXPECT_EQ(bytes[9], std::byte{0x08});  // little-endian
+  auto back = Decode(bytes);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->incarnation, m.incarnation);
+  EXPECT_FALSE(back->buffer.has_value());
+  m.buffer = 1;
+  const auto with_buffer = Encode(m);
+  ASSERT_EQ(with_buffer.size(), 18u);
+  EXPECT_EQ(with_buffer[9], std::byte{1});
+  back = Decode(with_buffer);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->buffer, std::optional<std::uint8_t>(1));
+  EXPECT_EQ(back->incarnation, m.incarnation);
+  EXPECT_FALSE(Decode(Encode({MessageKind::kReady, 9})).value().incarnation.has_value());
+  auto bad = with_buffer;
+  bad[9] = std::byte{7};  // the buffer byte is still checked
+  EXPECT_FALSE(Decode(bad).has_value());
+  for (std::size_t size : {11u, 16u, 19u}) {  // nothing between or beyond
+    std::vector<std::byte> cut = with_buffer;
+    cut.resize(size);
+    EXPECT_FALSE(Decode(cut).has_value()) << size << " bytes";
+  }
+  Message done{MessageKind::kDone, 9};
+  done.incarnation = 3;  // only READY carries it
+  EXPECT_EQ(Encode(done).size(), 9u);
+}
+
 TEST(SyncMessages, DoneCarriesTheDigestOfTheBytesSent) {
   Message m{MessageKind::kDone, 12};
   m.digest = 0x0123456789ABCDEFull;

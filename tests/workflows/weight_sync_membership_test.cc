@@ -460,6 +460,103 @@ TEST(WeightSyncMembership, ATrainerConnectsOnlyToTheIncarnationTheMembershipName
   EXPECT_EQ(WaitChild(second), 0) << "the next process verified every version from its admission to v" << v;
 }
 
+// Every process of an engine rank has the rank's agent name. The first process commits every
+// version up to the last, sends READY(last + 1) and is killed; its replacement joins but never
+// calls BeginUpdate. The trainer must not take the dead process's READY for its replacement's:
+// push last + 1 misses rank 0 (no READY from the incarnation it connected to) and the
+// replacement's buffer, which it may be serving, is not written (it checks every byte).
+constexpr const char* kReadySentKey = "stale-ready/sent";  // the first process sent READY(last + 1)
+constexpr const char* kPushedKey = "stale-ready/pushed";   // push last + 1 returned
+constexpr std::byte kUntouched{0xA5};
+
+int RunEngineThatSendsReadyAndDies(std::uint16_t port) {
+  auto rz = ConnectRendezvous(port);
+  if (!rz.ok()) return 10;
+  auto sub = ConnectedEngineZero(**rz, "stale-ready");
+  if (sub == nullptr) return 11;
+  auto first = sub->Join();
+  if (!first.ok()) return 13;
+  for (std::uint64_t v = *first;; ++v) {
+    if (!sub->BeginUpdate(v).ok()) return 14;
+    if (!sub->WaitForUpdate(v).ok()) return 15;
+    if (Walk(EngineLayout(), 0, sub->weights(), v, true) != 0) return 16;
+    auto last = GetString(**rz, kLastKey, 0);
+    if (last.ok() && v >= std::stoull(*last)) break;
+  }
+  const std::uint64_t next = sub->committed_version() + 1;
+  if (!sub->BeginUpdate(next).ok()) return 17;  // READY(next) to the trainer
+  if (!PutString(**rz, kReadySentKey, std::to_string(next)).ok()) return 18;
+  for (;;) pause();  // killed by the test
+}
+
+int RunReplacementThatNeverBegins(std::uint16_t port) {
+  auto rz = ConnectRendezvous(port);
+  if (!rz.ok()) return 10;
+  auto sub = ConnectedEngineZero(**rz, "stale-ready");
+  if (sub == nullptr) return 11;
+  std::span<std::byte> weights = sub->weights();
+  std::fill(weights.begin(), weights.end(), kUntouched);
+  auto admitted = sub->Join();
+  if (!admitted.ok()) return 13;
+  if (!GetString(**rz, kPushedKey, 120).ok()) return 19;
+  const auto written = std::find_if(weights.begin(), weights.end(), [](std::byte b) { return b != kUntouched; });
+  return written == weights.end() ? 0 : 20;  // 20: a trainer wrote a buffer nobody asked it to
+}
+
+TEST(WeightSyncMembership, AReadyOfAKilledProcessIsNotTakenForItsReplacements) {
+  if (std::getenv("SHARDWIRE_WS_CHILD") != nullptr) {  // a child: run its body (ForkWithPort exits)
+    int fd = -1;
+    ForkWithPort(&fd, 0, [](std::uint16_t p) { return RunEngineThatSendsReadyAndDies(p); });
+    ForkWithPort(&fd, 1, [](std::uint16_t p) { return RunReplacementThatNeverBegins(p); });
+    FAIL() << "unknown child index";
+  }
+  int first_fd = -1;
+  const pid_t first = ForkWithPort(&first_fd, 0, [](std::uint16_t) { return 0; });
+  ASSERT_GT(first, 0);
+  auto server = ServeChildren({first_fd});
+  ASSERT_NE(server, nullptr);
+  const auto port = static_cast<std::uint16_t>(server->port());
+  auto rz = ConnectRendezvous(port);
+  ASSERT_TRUE(rz.ok());
+  WeightSyncOptions options = DynamicJob("stale-ready");
+  // The push after the kill waits this long for a READY the replacement never sends. Long
+  // enough that the first process's READYs are never late under TSan on a loaded CI machine.
+  options.engine_timeout_s = 10;
+  const Layout trainer = OneTrainer();
+  auto pub = WeightPublisher::Create(**rz, trainer, EngineLayout(), 0, options);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*pub)->Connect().ok());
+  ASSERT_TRUE((*pub)->WaitForEngines(1, 30).ok());
+  const std::uint64_t last = PushUntilRankZeroIsInThenOnceMore(**pub, **rz, 1, 400, 0);
+  ASSERT_GT(last, 0u);
+  auto sent = GetString(**rz, kReadySentKey, 60);
+  ASSERT_TRUE(sent.ok()) << sent.status().ToString();
+  ASSERT_EQ(std::stoull(*sent), last + 1);
+  ASSERT_EQ(kill(first, SIGKILL), 0);
+  EXPECT_EQ(WaitChild(first), 100);
+  int second_fd = -1;
+  const pid_t second = ForkWithPort(&second_fd, 1, [](std::uint16_t) { return 0; });
+  ASSERT_GT(second, 0);
+  SendPort(second_fd, port);
+  // Once the replacement (incarnation 2) filed its join request, the next push admits it and
+  // connects to it.
+  bool filed = false;
+  for (int i = 0; i < 1200 && !filed; ++i) {  // 60 s
+    auto request = GetString(**rz, workflows::MembershipRequestKey("stale-ready", 0), 0);
+    filed = request.ok() && request->starts_with("2 ");
+    if (!filed) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(filed) << "the replacement never filed its join request";
+  Walk(trainer, 0, (*pub)->weights(), last + 1, false);
+  auto stats = (*pub)->Push(last + 1);
+  ASSERT_TRUE(PutString(**rz, kPushedKey, "1").ok());
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  ASSERT_EQ(stats->missed.size(), 1u) << "the dead process's READY was taken for its replacement's";
+  EXPECT_EQ(stats->missed[0].engine_rank, 0);
+  EXPECT_EQ(stats->missed[0].reason.code(), ErrorCode::kTimedOut) << stats->missed[0].reason.ToString();
+  EXPECT_EQ(WaitChild(second), 0) << "the replacement's buffer was written before it asked (exit 20)";
+}
+
 // A member stalled (SIGSTOP) before its READY misses that version (READY timed out) and is
 // skipped; resumed, it gives up on the version it began (MISSED), joins again, and from the push
 // that admits it again receives and verifies every version. The trainer's view: kTimedOut at the
