@@ -217,7 +217,8 @@ struct WeightSyncOptions {
   /// stalled, missed) is written directly by the trainers, so fault isolation holds as without
   /// relays; a parent that fails after READY costs its children that version (MISSED(v) from
   /// the parent as its wait fails, also before it learnt its plan; else, e.g. to a child it was
-  /// never connected to, their wait of min(timeout_s, 2 x engine_timeout_s)). A child that
+  /// never connected to, their wait of min(timeout_s, (d + 1) x engine_timeout_s) for a rank
+  /// d levels below its tree's root: each level's commit may wait for the forward above it). A child that
   /// failed v tells its parent as it moves on (BeginUpdate of a later version, AdoptVersion,
   /// Join, HoldPushes, Leave: MISSED(v), child -> parent), and the parent then skips that
   /// forward, so a parent late by more than the child's wait does not write v over the v+1 the

@@ -275,8 +275,11 @@ struct ModelLoader::Impl {
     return Status::Ok();
   }
 
-  // Vets the instances of `records` not seen before and adds the usable ones.
-  void AddInstances(const std::vector<SourceRecord>& records, const std::vector<Interval>& needed) {
+  // Vets the instances of `records` not seen before and adds the usable ones. `explain`: a
+  // fingerprint mismatch is explained by asking the source for its fingerprint inputs (a wait
+  // of up to stall_timeout_s); false while transfers run (a re-listing), which must not wait.
+  void AddInstances(const std::vector<SourceRecord>& records, const std::vector<Interval>& needed,
+                    bool explain = true) {
     std::map<std::string, std::vector<SourceRecord>> by_instance;
     for (const SourceRecord& r : records) {
       if (r.instance_id == options.instance_id) continue;
@@ -339,7 +342,9 @@ struct ModelLoader::Impl {
         report.skipped.push_back(
             fmt::format("{}: {}: layout fingerprint {} of \"{}\" differs from {} computed here: {}", id,
                         ErrorCodeName(ErrorCode::kLayoutMismatch), recs.front().layout_fingerprint, inst.layout_string,
-                        LayoutFingerprintOf(inputs), MismatchReason(inst, inputs)));
+                        LayoutFingerprintOf(inputs),
+                        explain ? MismatchReason(inst, inputs)
+                                : std::string("found while loading (its fingerprint inputs were not asked for)")));
         for (auto& [rank, peer] : inst.peers) (void)Send(peer, Msg(P2pKind::kBye));
         continue;
       }
@@ -816,7 +821,7 @@ struct ModelLoader::Impl {
   // those bytes over all live instances again.
   void Relist(const std::vector<SourceRecord>& records, const std::vector<Interval>& needed) {
     const std::size_t before = instances.size();
-    AddInstances(records, needed);
+    AddInstances(records, needed, /*explain=*/false);
     if (instances.size() == before) return;
     metrics.SourceInstances(Alive().size());
     for (LoadMove& m : moves) {

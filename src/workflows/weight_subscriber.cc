@@ -156,7 +156,7 @@ int WeightSubscriber::State::AbandonForwards(std::uint64_t version,
   if (plans_known || !relay) return told;
   // Only the children connected already (with a fixed membership, Connect connected them all;
   // with a dynamic one, those a past plan named): no connect in a failure path. Not told, and so
-  // waiting out their RELAYED bound (2 x engine_timeout_s): a dynamic member this rank never
+  // waiting out their RELAYED bound ((d + 1) x engine_timeout_s at depth d): a dynamic member this rank never
   // forwarded to, a new process of a child, a child whose last forward failed (its connection is
   // dropped until the next forward). A child that got v directly and awaits no forward drops this
   // MISSED(v) in its next wait (Inbox).
@@ -602,11 +602,20 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
                 .status();
         if (relay_status.ok()) s.relay_parent = relayed_from;
       }
-      // The parent forwards right after its own commit, each forward bounded by engine_timeout_s.
+      // The parent forwards right after its own commit, each forward bounded by engine_timeout_s;
+      // its commit may wait for its own parent's forward, and so on up the tree: a rank at depth
+      // d (d ancestors) waits up to (d + 1) x engine_timeout_s (at most timeout_s).
       if (relay_status.ok()) {
-        relay_status = s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kRelayed, version, {parent},
-                                            std::min(s.options.timeout_s, 2 * s.options.engine_timeout_s), nullptr,
-                                            workflows::MessageKind::kMissed, s.options.interrupt);
+        int depth = 1;  // relayed_from >= 0: a relay tree, and this rank has a parent in it
+        if (s.relay) {
+          for (int r = relayed_from; s.relay->parent[static_cast<std::size_t>(r)] >= 0;
+               r = s.relay->parent[static_cast<std::size_t>(r)])
+            ++depth;
+        }
+        const double relayed_bound_s = std::min(s.options.timeout_s, (depth + 1) * s.options.engine_timeout_s);
+        relay_status =
+            s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kRelayed, version, {parent},
+                                 relayed_bound_s, nullptr, workflows::MessageKind::kMissed, s.options.interrupt);
       }
       if (!relay_status.ok()) {
         relay_status =
