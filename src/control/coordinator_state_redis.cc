@@ -94,20 +94,33 @@ local function wrong_type(key, want)
   if t == 'none' or t == want then return nil end
   return key .. ' is a ' .. t .. ', not a ' .. want
 end
--- String `key` missing or an integer (a counter INCR/INCRBY can bump):
+-- Whether text `v` is a counter INCRBY/HINCRBY accept and can bump: what Redis's string2ll
+-- parses ('0', or an optional '-' and digits without a leading zero, within int64; not "007",
+-- "-0", "+1", " 1" or 20 digits), and below 9e18, so that the small increments of a script
+-- (1 per call, 1 per expired member) cannot overflow int64 either. Redis refuses any other
+-- value only when the increment runs, after the script's earlier writes.
+local function is_counter(v)
+  if v == '0' then return true end
+  local digits = string.match(v, '^%-?([1-9]%d*)$')
+  if not digits or #digits > 19 then return false end
+  if #digits < 19 then return true end
+  if string.sub(v, 1, 1) == '-' then return digits <= '9223372036854775808' end
+  return digits < '9000000000000000000'
+end
+-- String `key` missing or a counter (is_counter) INCR/INCRBY can bump:
 local function bad_counter(key)
   local t = wrong_type(key, 'string')
   if t then return t end
   local v = redis.call('GET', key)
-  if v and not string.match(v, '^%-?%d+$') then return key .. ' holds ' .. v .. ', not an integer' end
+  if v and not is_counter(v) then return key .. ' holds ' .. v .. ', not an integer counter' end
   return nil
 end
--- Hash `key` missing or a hash whose field `f` is missing or an integer (HINCRBY-able):
+-- Hash `key` missing or a hash whose field `f` is missing or a counter (is_counter) HINCRBY can bump:
 local function bad_hash_counter(key, f)
   local t = wrong_type(key, 'hash')
   if t then return t end
   local v = redis.call('HGET', key, f)
-  if v and not string.match(v, '^%-?%d+$') then return key .. ': field ' .. f .. ' holds ' .. v .. ', not an integer' end
+  if v and not is_counter(v) then return key .. ': field ' .. f .. ' holds ' .. v .. ', not an integer counter' end
   return nil
 end
 local function extend(key, d)
@@ -156,9 +169,10 @@ local function member_load(key, mid, now, m)
   end
   return 'live', n
 end
--- Drops every member of job hash `key` past its lease; returns count or nil, message.
--- Checks every heartbeat field and the epoch before it drops anyone (nothing half-done).
-local function job_expire(key, now, m)
+-- The members of job hash `key` past their lease: returns their ids (a list), or nil, message.
+-- Writes nothing; checks the key's type, the epoch and every heartbeat field, so a script can
+-- call it before its first write and then drop them (job_drop) without failing half-way.
+local function job_scan(key, now, m)
   local bad = bad_hash_counter(key, 'e')
   if bad then return nil, bad end
   local fields = redis.call('HKEYS', key)
@@ -170,9 +184,21 @@ local function job_expire(key, now, m)
       if now - hb >= m then expired[#expired + 1] = string.sub(f, 3) end
     end
   end
+  return expired
+end
+-- Drops the members `expired` (from job_scan) of job hash `key` and bumps the epoch by their
+-- count; returns the count.
+local function job_drop(key, expired)
   for _, mid in ipairs(expired) do member_drop(key, mid) end
   if #expired > 0 then redis.call('HINCRBY', key, 'e', #expired) end
   return #expired
+end
+-- Drops every member of job hash `key` past its lease; returns count or nil, message.
+-- Checks every heartbeat field and the epoch before it drops anyone (nothing half-done).
+local function job_expire(key, now, m)
+  local expired, err = job_scan(key, now, m)
+  if not expired then return nil, err end
+  return job_drop(key, expired)
 end
 )lua";
 
@@ -305,11 +331,14 @@ local now, m, mid = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local key = P .. 'job:' .. ARGV[1]
 local bad = wrong_type(P .. 'jobs', 'set')
 if bad then return fail('CORRUPT', bad) end
-local s, msg = member_load(key, mid, now, m)
-if s == 'corrupt' then return fail('CORRUPT', msg) end
-if s == 'live' then return fail('EXISTS', 'member ' .. mid .. ' is already a live member of the job') end
-local n, err = job_expire(key, now, m)
-if not n then return fail('CORRUPT', err) end
+-- Everything is checked before the first write (job_scan reads the epoch and every member's
+-- heartbeat, the joining member's too): a corrupt field found after the joining member's
+-- expired entry was dropped would leave the job half-changed.
+local expired, err = job_scan(key, now, m)
+if not expired then return fail('CORRUPT', err) end
+local hb = tonumber(redis.call('HGET', key, 'h:' .. mid))
+if hb and now - hb < m then return fail('EXISTS', 'member ' .. mid .. ' is already a live member of the job') end
+job_drop(key, expired)
 redis.call('HSET', key, 'r:' .. mid, ARGV[5], 'h:' .. mid, ARGV[2], 'v:' .. mid, '0', 'j:' .. mid, ARGV[2])
 redis.call('HINCRBY', key, 'e', 1)
 redis.call('SADD', P .. 'jobs', ARGV[1])

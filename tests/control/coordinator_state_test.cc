@@ -858,6 +858,94 @@ TEST_F(RedisStateTest, ACorruptKeyRefusesAChangeBeforeAnythingIsWritten) {
   EXPECT_TRUE(st->LeaveJob("j", "s0", t0).ok());
 }
 
+// A counter (kvgen, a job's epoch) is checked to hold what Redis's INCR/HINCRBY accept
+// (string2ll: no leading zero, no "-0", at most 19 digits within int64) and can bump: Redis
+// refuses "007" or 20 digits only when the increment runs, after the script's earlier writes
+// (found by review: a Put stored its value and then failed kInternal; a Join wrote
+// its member; a Reap stopped at such a job and expired nobody in the jobs after it).
+TEST_F(RedisStateTest, ACounterRedisCannotIncrementIsCorruptBeforeAnythingIsWritten) {
+  auto st = Connect();
+  ASSERT_TRUE(st);
+  const std::int64_t t0 = WallMs();
+  for (const char* gen : {"007", "-0", "+1", " 1", "12345678901234567890", "9223372036854775807", "-"}) {
+    ASSERT_EQ(redis_->Command({"SET", "shardwire:v1:kvgen", gen}), "OK");
+    const Status put = st->Put("k", BytesOf("v"));
+    EXPECT_EQ(put.code(), ErrorCode::kCorruptData) << gen << ": " << put.ToString();
+    EXPECT_NE(put.message().find("shardwire:v1:kvgen"), std::string::npos) << put.ToString();
+    EXPECT_EQ(redis_->Command({"EXISTS", "shardwire:v1:kv:k"}), "0") << gen << ": a refused Put stored its value";
+    EXPECT_EQ(st->Add("n", 2).status().code(), ErrorCode::kCorruptData) << gen;
+    EXPECT_EQ(redis_->Command({"EXISTS", "shardwire:v1:kv:n"}), "0") << gen << ": a refused Add changed its counter";
+    EXPECT_EQ(redis_->Command({"GET", "shardwire:v1:kvgen"}), gen);
+  }
+  // Every value Redis can increment still works, the extremes included.
+  for (const char* gen : {"0", "-9223372036854775808", "-12", "8999999999999999999"}) {
+    ASSERT_EQ(redis_->Command({"SET", "shardwire:v1:kvgen", gen}), "OK");
+    EXPECT_TRUE(st->Put("k", BytesOf("v")).ok()) << gen;
+  }
+  ASSERT_EQ(redis_->Command({"DEL", "shardwire:v1:kv:k"}), "1");
+
+  // A job whose epoch is "01": Join and Leave refuse with nothing written.
+  ASSERT_TRUE(st->JoinJob("j", Member("s0"), t0).ok());
+  const std::string job_key = "shardwire:v1:job:6a";  // hex("j")
+  ASSERT_EQ(redis_->Command({"HSET", job_key, "e", "01"}), "0");
+  auto join = st->JoinJob("j", Member("s1"), t0);
+  EXPECT_EQ(join.status().code(), ErrorCode::kCorruptData) << join.status().ToString();
+  EXPECT_NE(join.status().message().find(job_key), std::string::npos) << join.status().ToString();
+  EXPECT_EQ(redis_->Command({"EVAL", "return #redis.call('HKEYS', KEYS[1])", "1", job_key}), "5")
+      << "a refused Join wrote member fields";
+  EXPECT_EQ(st->LeaveJob("j", "s0", t0).code(), ErrorCode::kCorruptData);
+  EXPECT_EQ(redis_->Command({"HEXISTS", job_key, "r:s0"}), "1") << "a refused Leave dropped the member";
+  // The reaper skips that job (its expired member stays) and still expires the others'.
+  ASSERT_TRUE(st->JoinJob("other", Member("s2"), t0).ok());
+  auto reap = st->Reap(t0 + 3'600'000);
+  ASSERT_TRUE(reap.ok()) << reap.status().ToString();
+  EXPECT_EQ(reap->members_expired, 1);
+  EXPECT_EQ(redis_->Command({"HEXISTS", job_key, "r:s0"}), "1") << "the reaper dropped a member of a corrupt job";
+  EXPECT_EQ(redis_->Command({"HGET", job_key, "e"}), "01");
+  // Repaired, the same calls work.
+  ASSERT_EQ(redis_->Command({"HSET", job_key, "e", "1"}), "0");
+  EXPECT_TRUE(st->JoinJob("j", Member("s1"), t0).ok());
+  EXPECT_TRUE(st->LeaveJob("j", "s0", t0).ok());
+}
+
+// A Join checks every member's heartbeat field before it drops the joining member's expired
+// entry (found by review: it dropped that entry and bumped the epoch, then failed
+// on another member's corrupt heartbeat).
+TEST_F(RedisStateTest, AJoinThatMeetsACorruptMemberChangesNothing) {
+  auto st = Connect();  // members expire after 5 s
+  ASSERT_TRUE(st);
+  const std::int64_t t0 = WallMs();
+  ASSERT_TRUE(st->JoinJob("j", Member("a"), t0).ok());
+  ASSERT_TRUE(st->JoinJob("j", Member("b"), t0 + 4'000).ok());
+  const std::string job_key = "shardwire:v1:job:6a";  // hex("j")
+  ASSERT_EQ(redis_->Command({"HSET", job_key, "h:b", "soon"}), "0");
+  // The job hash as text: its fields sorted, "field=value" one per line.
+  const auto dump = [&] {
+    return redis_->Command({"EVAL",
+                            "local t, o = redis.call('HGETALL', KEYS[1]), {} "
+                            "for i = 1, #t, 2 do o[#o + 1] = t[i] .. '=' .. t[i + 1] end "
+                            "table.sort(o) return table.concat(o, '\\n')",
+                            "1", job_key});
+  };
+  const std::string before = dump();
+  // At t0 + 6 s member a has expired; b's heartbeat field is corrupt.
+  auto join = st->JoinJob("j", Member("a"), t0 + 6'000);
+  EXPECT_EQ(join.status().code(), ErrorCode::kCorruptData) << join.status().ToString();
+  EXPECT_NE(join.status().message().find("h:b"), std::string::npos) << join.status().ToString();
+  EXPECT_EQ(dump(), before) << "a refused Join changed the job";
+  EXPECT_EQ(redis_->Command({"HGET", job_key, "e"}), "2");
+  // Repaired: a's expired entry is replaced, the epoch counts its expiry and its join.
+  ASSERT_EQ(redis_->Command({"HSET", job_key, "h:b", std::to_string(t0 + 4'000)}), "0");
+  auto rejoin = st->JoinJob("j", Member("a"), t0 + 6'000);
+  ASSERT_TRUE(rejoin.ok()) << rejoin.status().ToString();
+  EXPECT_EQ(rejoin->membership_epoch, 4u);
+  EXPECT_EQ(rejoin->members.size(), 2u);
+  // A live member joining again is refused and nothing changes.
+  const std::string live = dump();
+  EXPECT_EQ(st->JoinJob("j", Member("b"), t0 + 6'000).status().code(), ErrorCode::kAlreadyExists);
+  EXPECT_EQ(dump(), live);
+}
+
 // A Redis that refuses writes without running them (a replica after a failover: READONLY;
 // maxmemory reached: OOM) is kUnavailable, which clients retry, not kInternal ("a bug").
 TEST_F(RedisStateTest, ARedisThatRefusesWritesIsUnavailable) {
