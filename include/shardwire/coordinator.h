@@ -122,6 +122,14 @@ struct JobView {
   std::vector<JobMember> members;  ///< live members, sorted by member_id
 };
 
+/// Largest value (seconds) of every time option of CoordinatorClientOptions and
+/// CoordinatorServerOptions: 1e9 s, about 31.7 years. A larger one would overflow the
+/// int64 milliseconds and nanoseconds it becomes (a member_expire_after_s of 1e16 would
+/// expire every member at once, a reaper_interval_s of 1e10 would run the reaper without
+/// pause), so CoordinatorClient::Connect and CoordinatorServer::Start refuse it with
+/// kInvalidArgument naming the option.
+inline constexpr double kMaxCoordinatorTimeS = 1e9;
+
 /// How a client reaches and authenticates to a coordinator.
 struct CoordinatorClientOptions {
   /// "host:port" (IPv4, IPv6 in brackets, or a name).
@@ -144,11 +152,11 @@ struct CoordinatorClientOptions {
   /// unavailable_timeout_s plus twice this deadline (at least two attempts: one
   /// deadline, then two). A call's own bound (timeout_s of the lease calls) caps
   /// every attempt. The other calls fail with kTimedOut at the first deadline (a
-  /// repeat could register twice).
+  /// repeat could register twice). > 0 and at most kMaxCoordinatorTimeS.
   double call_timeout_s = 10;
   /// Seconds. Total time a call keeps retrying a coordinator that cannot be
   /// reached (UNAVAILABLE), with bounded exponential backoff, before it fails
-  /// with kUnavailable naming the address.
+  /// with kUnavailable naming the address. >= 0 and at most kMaxCoordinatorTimeS.
   double unavailable_timeout_s = 15;
 };
 
@@ -171,9 +179,10 @@ struct CoordinatorClientOptions {
 class CoordinatorClient final : public Rendezvous {
  public:
   /// Creates the channel and checks the coordinator answers (one Ping) within
-  /// unavailable_timeout_s. Errors: kInvalidArgument (empty address, unreadable
-  /// certificate file), kUnavailable, kUnauthenticated, kCorruptData (the Ping
-  /// answer's state id is not 32 lowercase hex digits).
+  /// unavailable_timeout_s. Errors: kInvalidArgument (empty address, a timeout out of
+  /// its range, naming the option; unreadable certificate file), kUnavailable,
+  /// kUnauthenticated, kCorruptData (the Ping answer's state id is not 32 lowercase hex
+  /// digits).
   static Result<std::unique_ptr<CoordinatorClient>> Connect(CoordinatorClientOptions options);
   ~CoordinatorClient() override;
 
@@ -257,9 +266,10 @@ struct CoordinatorServerOptions {
   std::string tls_key_file;
   /// Seconds without heartbeat after which a source is STALE (ModelExpress: 30 s
   /// heartbeats, STALE at 90 s; ours are shorter because a dead source on a
-  /// fabric is a failed load).
+  /// fabric is a failed load). Every time below (seconds) is > 0 and at most
+  /// kMaxCoordinatorTimeS; Start refuses others with kInvalidArgument naming the option.
   double source_stale_after_s = 10;
-  /// Seconds without heartbeat after which a source is deleted.
+  /// Seconds without heartbeat after which a source is deleted (>= source_stale_after_s).
   double source_delete_after_s = 60;
   /// Seconds without heartbeat after which a job member leaves its job.
   double member_expire_after_s = 10;
@@ -286,7 +296,8 @@ struct CoordinatorServerOptions {
 class CoordinatorServer {
  public:
   /// Binds, connects the state (Redis: PING within 5 s) and starts serving.
-  /// Errors: kInvalidArgument (bad address or options, unreadable TLS files),
+  /// Errors: kInvalidArgument (bad address or options, e.g. a time out of its range,
+  /// naming the option; unreadable TLS files),
   /// kIoError naming the address when the port is in use, kUnavailable naming
   /// the Redis URL.
   static Result<std::unique_ptr<CoordinatorServer>> Start(CoordinatorServerOptions options);

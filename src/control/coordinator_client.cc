@@ -193,12 +193,17 @@ struct CoordinatorClient::Impl {
 Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(CoordinatorClientOptions options) {
   if (options.address.empty()) return InvalidArgument("coordinator address is empty");
   control::PrepareGrpcRuntime();
-  auto finite_positive = [](double v) { return std::isfinite(v) && v > 0; };
-  if (!finite_positive(options.call_timeout_s) || !(options.unavailable_timeout_s >= 0) ||
-      !std::isfinite(options.unavailable_timeout_s)) {
+  // Both become nanosecond deadlines (call_timeout_s doubled on a resend): beyond
+  // kMaxCoordinatorTimeS they would overflow.
+  if (!(options.call_timeout_s > 0 && options.call_timeout_s <= kMaxCoordinatorTimeS)) {
     return InvalidArgument(
-        fmt::format("coordinator client timeouts must be finite (call {} s > 0, unavailable {} s >= 0)",
-                    options.call_timeout_s, options.unavailable_timeout_s));
+        fmt::format("coordinator client option call_timeout_s is {} s; it must be > 0 and at most {:g} s",
+                    options.call_timeout_s, kMaxCoordinatorTimeS));
+  }
+  if (!(options.unavailable_timeout_s >= 0 && options.unavailable_timeout_s <= kMaxCoordinatorTimeS)) {
+    return InvalidArgument(
+        fmt::format("coordinator client option unavailable_timeout_s is {} s; it must be >= 0 and at most {:g} s",
+                    options.unavailable_timeout_s, kMaxCoordinatorTimeS));
   }
   auto impl = std::make_unique<Impl>();
   std::string token = options.token;

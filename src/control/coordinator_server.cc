@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "control/coordinator_codec.h"
 #include "control/coordinator_metrics.h"
@@ -49,13 +50,18 @@ Status SplitHostPort(const std::string& address, std::string* host, int* port) {
 }
 
 Status ValidateOptions(const CoordinatorServerOptions& o) {
-  auto positive = [](double v) { return std::isfinite(v) && v > 0; };
-  if (!positive(o.source_stale_after_s) || !positive(o.source_delete_after_s) || !positive(o.member_expire_after_s) ||
-      !positive(o.reaper_interval_s)) {
-    return InvalidArgument(fmt::format(
-        "coordinator times must be finite and > 0 s: stale_after {}, delete_after {}, member_expire_after {}, "
-        "reaper_interval {}",
-        o.source_stale_after_s, o.source_delete_after_s, o.member_expire_after_s, o.reaper_interval_s));
+  // Each time becomes int64 milliseconds (leases) or nanoseconds (the reaper's wait): beyond
+  // kMaxCoordinatorTimeS it would overflow (a member_expire_after_s of 1e16 expired every
+  // member at once; a reaper_interval_s of 1e10 ran the reaper without pause).
+  const std::pair<const char*, double> times[] = {{"source_stale_after_s", o.source_stale_after_s},
+                                                  {"source_delete_after_s", o.source_delete_after_s},
+                                                  {"member_expire_after_s", o.member_expire_after_s},
+                                                  {"reaper_interval_s", o.reaper_interval_s}};
+  for (const auto& [name, v] : times) {
+    if (!(v > 0 && v <= kMaxCoordinatorTimeS)) {
+      return InvalidArgument(fmt::format("coordinator option {} is {} s; it must be > 0 and at most {:g} s", name, v,
+                                         kMaxCoordinatorTimeS));
+    }
   }
   if (o.source_delete_after_s < o.source_stale_after_s) {
     return InvalidArgument(fmt::format("source delete_after ({} s) must be >= stale_after ({} s)",

@@ -42,6 +42,15 @@ struct LeasePolicy {
   double member_expire_after_s = 10;
 };
 
+/// Milliseconds of a LeasePolicy time of `seconds`, clamped to [0, kMaxCoordinatorTimeS s]
+/// (NaN and negative: 0). CoordinatorServer::Start refuses times beyond that range; the
+/// clamp keeps other callers (tests, tools) from an int64 overflow that would expire every
+/// lease at once.
+inline std::int64_t LeaseMs(double seconds) {
+  if (!(seconds > 0)) return 0;
+  return static_cast<std::int64_t>((seconds < kMaxCoordinatorTimeS ? seconds : kMaxCoordinatorTimeS) * 1000.0);
+}
+
 /// What one Reap pass did.
 struct ReapStats {
   int sources_marked_stale = 0;

@@ -24,8 +24,6 @@
 namespace shardwire::control {
 namespace {
 
-std::int64_t SecondsToMs(double s) { return static_cast<std::int64_t>(s * 1000.0); }
-
 struct StoredSource {
   SourceRecord record;  // state/stale_reason as last written (marked stale or by Reap)
   bool marked_stale = false;
@@ -39,9 +37,9 @@ struct Job {
 class InMemoryCoordinatorState final : public CoordinatorState {
  public:
   explicit InMemoryCoordinatorState(LeasePolicy policy)
-      : stale_after_ms_(SecondsToMs(policy.source_stale_after_s)),
-        delete_after_ms_(SecondsToMs(policy.source_delete_after_s)),
-        expire_after_ms_(SecondsToMs(policy.member_expire_after_s)),
+      : stale_after_ms_(LeaseMs(policy.source_stale_after_s)),
+        delete_after_ms_(LeaseMs(policy.source_delete_after_s)),
+        expire_after_ms_(LeaseMs(policy.member_expire_after_s)),
         rng_(std::random_device{}()),
         state_id_(NewStateId()) {}
 

@@ -622,8 +622,6 @@ std::string_view ReplyText(const redisReply* r) {
   return r->str == nullptr ? std::string_view() : std::string_view(r->str, r->len);
 }
 
-std::int64_t Ms(double seconds) { return static_cast<std::int64_t>(seconds * 1000.0); }
-
 class RedisCoordinatorState final : public CoordinatorState {
  public:
   RedisCoordinatorState(std::unique_ptr<RedisConnectionPool> pool,
@@ -631,9 +629,9 @@ class RedisCoordinatorState final : public CoordinatorState {
       : pool_(std::move(pool)),
         pipelines_(std::move(pipelines)),
         policy_(policy),
-        stale_ms_(std::to_string(std::max<std::int64_t>(1, Ms(policy.source_stale_after_s)))),
-        delete_ms_(std::to_string(std::max<std::int64_t>(1, Ms(policy.source_delete_after_s)))),
-        member_ms_(std::to_string(std::max<std::int64_t>(1, Ms(policy.member_expire_after_s)))),
+        stale_ms_(std::to_string(std::max<std::int64_t>(1, LeaseMs(policy.source_stale_after_s)))),
+        delete_ms_(std::to_string(std::max<std::int64_t>(1, LeaseMs(policy.source_delete_after_s)))),
+        member_ms_(std::to_string(std::max<std::int64_t>(1, LeaseMs(policy.member_expire_after_s)))),
         rng_(std::random_device{}()),
         put_(MakeScript("put", kPutScript)),
         add_(MakeScript("add", kAddScript)),

@@ -662,6 +662,37 @@ TEST_P(CoordinatorStateTest, ABoundCallOfALostStateIsRefusedAndChangesNothing) {
   EXPECT_TRUE(state_->Put("k", BytesOf("new"), state_->StateId()).ok());
 }
 
+// A lease time beyond kMaxCoordinatorTimeS (which CoordinatorServer::Start refuses) is
+// clamped to it by the state itself: 1e16 s no longer overflows int64 milliseconds and
+// expires every member and source at once (found by review).
+TEST_P(CoordinatorStateTest, LeaseTimesBeyondTheCapAreClampedNotOverflowed) {
+  LeasePolicy huge;
+  huge.source_stale_after_s = 1e16;
+  huge.source_delete_after_s = 1e16;
+  huge.member_expire_after_s = 1e16;
+  std::unique_ptr<CoordinatorState> st;
+  if (GetParam() == "memory") {
+    st = MakeInMemoryCoordinatorState(huge);
+  } else {
+    auto r = ConnectRedisCoordinatorState(shared_redis->url(), huge, 5.0);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    st = std::move(r).value();
+  }
+  const std::int64_t t0 = WallMs();
+  ASSERT_TRUE(st->JoinJob("j", Member("s0"), t0).ok());
+  ASSERT_TRUE(st->RegisterSource(Source("m", "i", 0, 1), t0).ok());
+  const std::int64_t later = t0 + 3'600'000;
+  auto reap = st->Reap(later);
+  ASSERT_TRUE(reap.ok()) << reap.status().ToString();
+  EXPECT_EQ(reap->members_expired + reap->sources_deleted + reap->sources_marked_stale, 0);
+  auto job = st->GetJob("j", later);
+  ASSERT_TRUE(job.ok()) << job.status().ToString();
+  EXPECT_EQ(job->members.size(), 1u);
+  auto ready = st->ListSources("m", SourceState::kReady, later);
+  ASSERT_TRUE(ready.ok()) << ready.status().ToString();
+  EXPECT_EQ(ready->size(), 1u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, CoordinatorStateTest, ::testing::Values("memory", "redis"),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <thread>
 
 #include "control/redis_fixture.h"
@@ -919,6 +920,62 @@ TEST(Coordinator, PortInUseIsIoErrorNamingTheAddress) {
   bad.source_stale_after_s = 10;
   bad.redis_url = "redis://127.0.0.1:1";  // placeholder or real Redis state: either way not OK
   EXPECT_FALSE(CoordinatorServer::Start(bad).ok());
+}
+
+// A time option beyond kMaxCoordinatorTimeS would overflow the int64 milliseconds or
+// nanoseconds it becomes (found by review: member_expire_after_s = 1e16 expired
+// every member at once, reaper_interval_s = 1e10 ran the reaper without pause): Start and
+// Connect refuse it with kInvalidArgument naming the option. The cap itself is accepted.
+TEST(Coordinator, TimesBeyondTheCapAreInvalidArgumentNamingTheOption) {
+  struct Case {
+    const char* name;
+    double CoordinatorServerOptions::*field;
+  };
+  const Case cases[] = {{"source_stale_after_s", &CoordinatorServerOptions::source_stale_after_s},
+                        {"source_delete_after_s", &CoordinatorServerOptions::source_delete_after_s},
+                        {"member_expire_after_s", &CoordinatorServerOptions::member_expire_after_s},
+                        {"reaper_interval_s", &CoordinatorServerOptions::reaper_interval_s}};
+  for (const Case& c : cases) {
+    for (double v : {1e16, 1e10, std::numeric_limits<double>::infinity(), std::nan("")}) {
+      CoordinatorServerOptions o;
+      o.*c.field = v;
+      auto server = CoordinatorServer::Start(o);
+      ASSERT_FALSE(server.ok()) << c.name << " = " << v;
+      EXPECT_EQ(server.status().code(), ErrorCode::kInvalidArgument) << server.status().ToString();
+      EXPECT_NE(server.status().message().find(c.name), std::string::npos) << server.status().ToString();
+    }
+  }
+  CoordinatorServerOptions at_cap;
+  at_cap.source_stale_after_s = kMaxCoordinatorTimeS;
+  at_cap.source_delete_after_s = kMaxCoordinatorTimeS;
+  at_cap.member_expire_after_s = kMaxCoordinatorTimeS;
+  at_cap.reaper_interval_s = kMaxCoordinatorTimeS;
+  auto server = CoordinatorServer::Start(at_cap);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+
+  CoordinatorClientOptions co;
+  co.address = (*server)->address();
+  co.call_timeout_s = 1e10;
+  auto client = CoordinatorClient::Connect(co);
+  ASSERT_FALSE(client.ok());
+  EXPECT_EQ(client.status().code(), ErrorCode::kInvalidArgument) << client.status().ToString();
+  EXPECT_NE(client.status().message().find("call_timeout_s"), std::string::npos) << client.status().ToString();
+  co.call_timeout_s = 10;
+  co.unavailable_timeout_s = 1e10;
+  client = CoordinatorClient::Connect(co);
+  ASSERT_FALSE(client.ok());
+  EXPECT_EQ(client.status().code(), ErrorCode::kInvalidArgument) << client.status().ToString();
+  EXPECT_NE(client.status().message().find("unavailable_timeout_s"), std::string::npos) << client.status().ToString();
+  // At the cap both work, and members of a server whose times are at the cap do not expire.
+  co.call_timeout_s = kMaxCoordinatorTimeS;
+  co.unavailable_timeout_s = kMaxCoordinatorTimeS;
+  client = CoordinatorClient::Connect(co);
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  auto joined = (*client)->JoinJob("j", Member("m0", JobRole::kSubscriber));
+  ASSERT_TRUE(joined.ok()) << joined.status().ToString();
+  auto job = (*client)->GetJob("j");
+  ASSERT_TRUE(job.ok()) << job.status().ToString();
+  EXPECT_EQ(job->members.size(), 1u);
 }
 
 TEST(Coordinator, ShutdownEndsWaitingGetsAndLaterCallsAreUnavailable) {
