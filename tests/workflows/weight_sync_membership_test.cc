@@ -510,26 +510,23 @@ TEST(WeightSyncMembership, AReadyOfAKilledProcessIsNotTakenForItsReplacements) {
     ForkWithPort(&fd, 1, [](std::uint16_t p) { return RunReplacementThatNeverBegins(p); });
     FAIL() << "unknown child index";
   }
-  int first_fd = -1;
-  const pid_t first = ForkWithPort(&first_fd, 0, [](std::uint16_t) { return 0; });
-  ASSERT_GT(first, 0);
-  auto server = ServeChildren({first_fd});
-  ASSERT_NE(server, nullptr);
-  const auto port = static_cast<std::uint16_t>(server->port());
-  auto rz = ConnectRendezvous(port);
-  ASSERT_TRUE(rz.ok());
+  OneEngineJob job = StartOneEngineJob();
+  ASSERT_TRUE(job.ok());
+  const pid_t first = job.engine;
+  const auto port = static_cast<std::uint16_t>(job.server->port());
+  CoordinatorClient& rz = *job.rz;
   WeightSyncOptions options = DynamicJob("stale-ready");
   // The push after the kill waits this long for a READY the replacement never sends. Long
   // enough that the first process's READYs are never late under TSan on a loaded CI machine.
   options.engine_timeout_s = 10;
   const Layout trainer = OneTrainer();
-  auto pub = WeightPublisher::Create(**rz, trainer, EngineLayout(), 0, options);
+  auto pub = WeightPublisher::Create(rz, trainer, EngineLayout(), 0, options);
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();
   ASSERT_TRUE((*pub)->Connect().ok());
   ASSERT_TRUE((*pub)->WaitForEngines(1, 30).ok());
-  const std::uint64_t last = PushUntilRankZeroIsInThenOnceMore(**pub, **rz, 1, 400, 0);
+  const std::uint64_t last = PushUntilRankZeroIsInThenOnceMore(**pub, rz, 1, 400, 0);
   ASSERT_GT(last, 0u);
-  auto sent = GetString(**rz, kReadySentKey, 60);
+  auto sent = GetString(rz, kReadySentKey, 60);
   ASSERT_TRUE(sent.ok()) << sent.status().ToString();
   ASSERT_EQ(std::stoull(*sent), last + 1);
   ASSERT_EQ(kill(first, SIGKILL), 0);
@@ -542,14 +539,14 @@ TEST(WeightSyncMembership, AReadyOfAKilledProcessIsNotTakenForItsReplacements) {
   // connects to it.
   bool filed = false;
   for (int i = 0; i < 1200 && !filed; ++i) {  // 60 s
-    auto request = GetString(**rz, workflows::MembershipRequestKey("stale-ready", 0), 0);
+    auto request = GetString(rz, workflows::MembershipRequestKey("stale-ready", 0), 0);
     filed = request.ok() && request->starts_with("2 ");
     if (!filed) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   ASSERT_TRUE(filed) << "the replacement never filed its join request";
   Walk(trainer, 0, (*pub)->weights(), last + 1, false);
   auto stats = (*pub)->Push(last + 1);
-  ASSERT_TRUE(PutString(**rz, kPushedKey, "1").ok());
+  ASSERT_TRUE(PutString(rz, kPushedKey, "1").ok());
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   ASSERT_EQ(stats->missed.size(), 1u) << "the dead process's READY was taken for its replacement's";
   EXPECT_EQ(stats->missed[0].engine_rank, 0);
