@@ -167,7 +167,8 @@ Status CheckOptions(const Fp8BlockOptions& o) {
   return Status::Ok();
 }
 
-std::int64_t CeilDiv(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+// ceil(a / b) for a >= 0, b >= 1, without the overflow of (a + b - 1) / b near INT64_MAX.
+std::int64_t CeilDiv(std::int64_t a, std::int64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
 
 std::array<float, 256> MakeE4m3Table() {
   std::array<float, 256> t{};

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/atomic_file.h"
+#include "model/bounded_json.h"
 
 namespace shardwire {
 namespace {
@@ -115,12 +116,9 @@ Status LoadIndex(const std::string& index_path, std::vector<SafetensorsFile>* fi
                  ShardMap* shard_of) {
   std::string text;
   SW_RETURN_IF_ERROR(model::ReadWholeFile(index_path, &text));
-  nlohmann::json root;
-  try {
-    root = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    return CorruptData(fmt::format("{}: index is not valid JSON: {}", index_path, e.what()));
-  }
+  auto parsed = model::ParseBoundedJson(text);
+  if (!parsed.ok()) return CorruptData(fmt::format("{}: index is {}", index_path, parsed.status().message()));
+  nlohmann::json root = std::move(*parsed);
   if (!root.is_object()) return CorruptData(fmt::format("{}: index is not a JSON object", index_path));
   const auto wm = root.find("weight_map");
   if (wm == root.end() || !wm->is_object()) {

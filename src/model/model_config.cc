@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/atomic_file.h"
+#include "model/bounded_json.h"
 
 namespace shardwire {
 namespace {
@@ -240,12 +241,9 @@ Status Parse(const ConfigReader& r, ModelConfig* c) {
 }  // namespace
 
 Result<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_view source_name) {
-  json root;
-  try {
-    root = json::parse(json_text);
-  } catch (const json::exception& e) {
-    return CorruptData(fmt::format("{}: not valid JSON: {}", source_name, e.what()));
-  }
+  auto parsed = model::ParseBoundedJson(json_text);
+  if (!parsed.ok()) return CorruptData(fmt::format("{}: {}", source_name, parsed.status().message()));
+  json root = std::move(*parsed);
   if (!root.is_object()) return CorruptData(fmt::format("{}: not a JSON object", source_name));
   ModelConfig config;
   SW_RETURN_IF_ERROR(Parse(ConfigReader(root, source_name), &config));

@@ -3,6 +3,7 @@
 // + -, * / %, ??, unary ! -.
 #include "model/rules_expression.h"
 
+#include <algorithm>
 #include <cctype>
 #include <limits>
 
@@ -16,11 +17,18 @@ struct ExpressionNode {
   RuleValue literal;
   std::string name;  // identifier, operator or function name
   std::vector<std::shared_ptr<const ExpressionNode>> args;
+  int height = 1;  // levels of the tree below and including this node
 };
 
 namespace {
 
 using NodePtr = std::shared_ptr<const ExpressionNode>;
+
+// Parsing, evaluating and destroying an expression recurse once per level of its tree (and
+// parsing once per open parenthesis or prefix operator): deeper ones are refused, so that a rules
+// file of 200,000 '(' or a sum of a million terms is an error, not a stack overflow. The rules
+// Shardwire ships nest a few levels.
+constexpr int kMaxExpressionDepth = 256;
 
 struct Token {
   enum class Kind { kEnd, kInt, kIdent, kOp };
@@ -93,10 +101,23 @@ class Parser {
     n->op = op;
     n->name = std::move(name);
     n->args = std::move(args);
+    for (const NodePtr& a : n->args) n->height = std::max(n->height, a->height + 1);
     return n;
   }
 
+  // Counts the parser's nesting while a recursive step runs (kMaxExpressionDepth).
+  struct Nesting {
+    explicit Nesting(int& depth) : depth_(depth) { ++depth_; }
+    ~Nesting() { --depth_; }
+    Nesting(const Nesting&) = delete;
+    Nesting& operator=(const Nesting&) = delete;
+    int& depth_;
+  };
+  Status TooDeep() const { return Error(fmt::format("nested deeper than {} levels", kMaxExpressionDepth)); }
+
   Result<NodePtr> ParseTernary() {
+    const Nesting nesting(depth_);
+    if (depth_ > kMaxExpressionDepth) return TooDeep();
     SW_ASSIGN_OR_RETURN(NodePtr cond, ParseBinary(0));
     if (!IsOp("?")) return cond;
     SW_RETURN_IF_ERROR(Next());
@@ -127,11 +148,14 @@ class Parser {
       SW_RETURN_IF_ERROR(Next());
       SW_ASSIGN_OR_RETURN(NodePtr rhs, ParseBinary(prec + 1));
       lhs = Make(ExpressionNode::Op::kBinary, op, {lhs, rhs});
+      if (lhs->height > kMaxExpressionDepth) return TooDeep();  // a long chain: a left-deep tree
     }
     return lhs;
   }
 
   Result<NodePtr> ParseUnary() {
+    const Nesting nesting(depth_);
+    if (depth_ > kMaxExpressionDepth) return TooDeep();
     if (IsOp("!") || IsOp("-")) {
       const std::string op = tok_.text;
       SW_RETURN_IF_ERROR(Next());
@@ -191,6 +215,7 @@ class Parser {
   std::string_view where_;
   std::size_t pos_ = 0;
   Token tok_;
+  int depth_ = 0;  // ParseTernary / ParseUnary calls in progress
 };
 
 std::string_view KindName(RuleValue::Kind k) {
@@ -238,7 +263,9 @@ class Evaluator {
           return RuleValue::Bool(!b);
         }
         SW_ASSIGN_OR_RETURN(std::int64_t i, AsInt(a, "-"));
-        return RuleValue::Int(-i);
+        std::int64_t negated = 0;
+        if (__builtin_sub_overflow(std::int64_t{0}, i, &negated)) return Error("integer overflow");
+        return RuleValue::Int(negated);
       }
       case Op::kTernary: {
         SW_ASSIGN_OR_RETURN(RuleValue c, Eval(*n.args[0]));
@@ -325,7 +352,13 @@ class Evaluator {
       if (__builtin_mul_overflow(x, y, &r)) return Error("integer overflow");
     } else {
       if (y == 0) return Error(fmt::format("{} by zero", op == "/" ? "division" : "modulo"));
-      r = op == "/" ? x / y : x % y;
+      // INT64_MIN / -1 does not fit (and traps, SIGFPE, as does INT64_MIN % -1).
+      if (x == std::numeric_limits<std::int64_t>::min() && y == -1) {
+        if (op == "/") return Error("integer overflow");
+        r = 0;
+      } else {
+        r = op == "/" ? x / y : x % y;
+      }
     }
     return RuleValue::Int(r);
   }

@@ -1,7 +1,9 @@
 // Loads a model rules file (YAML, docs/model_rules.md) into a RulesFile with yaml-cpp,
 // checking every key, role, dtype, expression and name pattern; each error names
 // "<file>:<line>" from the node's mark.
+#include <algorithm>
 #include <cctype>
+#include <map>
 #include <set>
 
 #include <fmt/format.h>
@@ -273,7 +275,54 @@ class Loader {
     SW_ASSIGN_OR_RETURN(f.tensors, RuleList(root["tensors"], "tensors"));
     SW_RETURN_IF_ERROR(CheckUses(f.tensors, f));
     for (const auto& [name, b] : f.blocks) SW_RETURN_IF_ERROR(CheckUses(b.body, f));
+    SW_RETURN_IF_ERROR(CheckNoCycle(f));
     return f;
+  }
+
+  // The blocks `rules` use directly (through nested bodies, not through other blocks).
+  static void UsedBlocks(const std::vector<Rule>& rules, std::vector<std::string>* out) {
+    for (const Rule& r : rules) {
+      if (r.kind == Rule::Kind::kUse) out->push_back(r.pattern);
+      UsedBlocks(r.body, out);
+      UsedBlocks(r.else_body, out);
+    }
+  }
+
+  // No block uses itself, directly or through others (describing it would recurse for ever).
+  // Depth-first over the use graph with an explicit stack; the error names the cycle.
+  Status CheckNoCycle(const RulesFile& f) const {
+    std::map<std::string, std::vector<std::string>> uses;
+    for (const auto& [name, b] : f.blocks) UsedBlocks(b.body, &uses[name]);
+    enum class Mark { kNew, kOnPath, kDone };
+    std::map<std::string, Mark> mark;
+    for (const auto& [root, unused] : uses) {
+      if (mark[root] != Mark::kNew) continue;
+      std::vector<std::pair<std::string, std::size_t>> path{{root, 0}};  // block, next use to visit
+      mark[root] = Mark::kOnPath;
+      while (!path.empty()) {
+        auto& [block, next] = path.back();
+        const std::vector<std::string>& used = uses[block];
+        if (next == used.size()) {
+          mark[block] = Mark::kDone;
+          path.pop_back();
+          continue;
+        }
+        const std::string callee = used[next++];
+        if (mark[callee] == Mark::kOnPath) {
+          std::vector<std::string> cycle;
+          auto from = std::find_if(path.begin(), path.end(), [&](const auto& p) { return p.first == callee; });
+          for (auto it = from; it != path.end(); ++it) cycle.push_back(it->first);
+          cycle.push_back(callee);
+          return InvalidArgument(
+              fmt::format("{}: block \"{}\" uses itself ({})", file_, callee, fmt::join(cycle, " -> ")));
+        }
+        if (mark[callee] == Mark::kNew) {
+          mark[callee] = Mark::kOnPath;
+          path.emplace_back(callee, 0);
+        }
+      }
+    }
+    return Status::Ok();
   }
 
  private:

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "model/bounded_json.h"
 #include "shardwire/safetensors.h"
 
 namespace shardwire {
@@ -161,12 +162,9 @@ Result<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
   const std::uint64_t data_size = file_size - file.data_offset_;
 
   const char* header = reinterpret_cast<const char*>(file.base_ + 8);
-  json root;
-  try {
-    root = json::parse(header, header + header_len);
-  } catch (const json::exception& e) {
-    return CorruptData(fmt::format("{}: header is not valid JSON: {}", path, e.what()));
-  }
+  auto parsed = model::ParseBoundedJson(std::string_view(header, header_len));
+  if (!parsed.ok()) return CorruptData(fmt::format("{}: header is {}", path, parsed.status().message()));
+  json root = std::move(*parsed);
   if (!root.is_object()) {
     return CorruptData(fmt::format("{}: header is not a JSON object", path));
   }

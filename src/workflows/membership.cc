@@ -11,6 +11,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "model/bounded_json.h"
+
 namespace shardwire::workflows {
 
 namespace {
@@ -119,7 +121,9 @@ std::string EncodeMembership(const Membership& m) {
 
 Result<Membership> DecodeMembership(const std::string& key, const std::string& text) {
   try {
-    const nlohmann::json j = nlohmann::json::parse(text);
+    auto parsed = model::ParseBoundedJson(text);
+    if (!parsed.ok()) return CorruptData(fmt::format("membership record {}: {}", key, parsed.status().message()));
+    const nlohmann::json& j = *parsed;
     Membership m;
     m.version = j.at("version").get<std::uint64_t>();
     for (const nlohmann::json& e : j.at("members")) {

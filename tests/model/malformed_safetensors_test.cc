@@ -35,6 +35,18 @@ TEST(MalformedSafetensors, ShorterThanEightBytes) {
   EXPECT_MESSAGE_HAS(s, "truncated");
 }
 
+// A shape nested 100,000 levels deep: printing it in the error message recursed once per level
+// and overflowed the stack (SIGSEGV). Refused while parsing, naming the file.
+TEST(MalformedSafetensors, AHeaderNestedDeeperThanAnyRealOneIsRefusedWithoutCrashing) {
+  TempDir dir;
+  std::string path;
+  const std::string deep = std::string(100'000, '[') + std::string(100'000, ']');
+  Status s = OpenBroken(dir, RawSafetensors("{" + F32Entry("w", deep, 0, 0) + "}", ""), &path);
+  EXPECT_EQ(s.code(), ErrorCode::kCorruptData);
+  EXPECT_MESSAGE_HAS(s, path);
+  EXPECT_MESSAGE_HAS(s, "nested deeper than 64 levels");
+}
+
 TEST(MalformedSafetensors, EmptyFile) {
   TempDir dir;
   std::string path;

@@ -53,6 +53,21 @@ TEST(ModelConfig, EveryRealConfigParsesAndRoundTrips) {
   }
 }
 
+// config.json is parsed with a bound on its nesting (model/bounded_json.h): a value 100,000
+// levels deep crashed the error message that printed it; 64 levels still parse.
+TEST(ModelConfig, AValueNestedDeeperThan64LevelsIsCorruptDataNotACrash) {
+  const std::string deep = std::string(100'000, '[') + std::string(100'000, ']');
+  auto c = ParseModelConfig("{\"model_type\":\"llama\",\"hidden_size\":" + deep + "}", "deep/config.json");
+  EXPECT_EQ(c.status().code(), ErrorCode::kCorruptData);
+  EXPECT_NE(c.status().message().find("deep/config.json"), std::string::npos) << c.status().ToString();
+  EXPECT_NE(c.status().message().find("nested deeper than 64 levels"), std::string::npos) << c.status().ToString();
+  // 64 levels (the top-level object is the first) parse; the value is then simply not an integer.
+  const std::string sixty_three = std::string(63, '[') + std::string(63, ']');
+  c = ParseModelConfig("{\"model_type\":\"llama\",\"hidden_size\":" + sixty_three + "}", "ok/config.json");
+  EXPECT_EQ(c.status().message().find("nested deeper"), std::string::npos) << c.status().ToString();
+  EXPECT_NE(c.status().message().find("hidden_size"), std::string::npos) << c.status().ToString();
+}
+
 TEST(ModelConfig, Llama31_8B) {
   SW_REQUIRE_MODELS_DIR(models);
   const ModelConfig c = MustLoad(models, "Llama-3.1-8B/config.json");

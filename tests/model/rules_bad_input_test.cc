@@ -140,6 +140,64 @@ TEST(ModelRulesBadInput, PatternMatchingNothingInTheCheckpoint) {
   EXPECT_MESSAGE_HAS(s, "no rule places: model.layers.0.mlp.unknown.weight");
 }
 
+// Arithmetic that does not fit int64 is an error naming the expression, not a trap: INT64_MIN / -1
+// and INT64_MIN % -1 raised SIGFPE, and -INT64_MIN was undefined.
+TEST(ModelRulesBadInput, IntegerOverflowIsAnErrorNotATrap) {
+  for (const char* expr : {"(-9223372036854775807 - 1) / -1", "-(-9223372036854775807 - 1)"}) {
+    std::string text = kGood;
+    text.replace(text.find("out: intermediate_size"), 22, std::string("out: ") + expr);
+    auto r = ModelRules::Parse(text, "overflow.yaml");
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    auto d = r->Describe(Tiny());
+    EXPECT_EQ(d.status().code(), ErrorCode::kInvalidArgument) << expr;
+    EXPECT_MESSAGE_HAS(d.status(), "integer overflow");
+  }
+  // The remainder of INT64_MIN by -1 is 0: a size that is not positive, not a trap.
+  std::string text = kGood;
+  text.replace(text.find("out: intermediate_size"), 22, "out: (-9223372036854775807 - 1) % -1");
+  auto d = ModelRules::Parse(text, "rem.yaml")->Describe(Tiny());
+  EXPECT_EQ(d.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(d.status(), "must be positive");
+}
+
+// Expressions nested deeper than 256 levels (parentheses, prefix operators, or a chain of binary
+// operators, a left-deep tree) are refused while parsing: 200,000 '(' overflowed the parser's
+// stack (SIGSEGV).
+TEST(ModelRulesBadInput, AnExpressionNestedTooDeeplyIsRefused) {
+  const std::string parens = std::string(200'000, '(') + "1" + std::string(200'000, ')');
+  std::string chain = "1";
+  for (int i = 0; i < 300; ++i) chain += " + 1";
+  for (const std::string& expr : {parens, std::string(300, '-') + "1", chain}) {
+    std::string text = kGood;
+    text.replace(text.find("out: intermediate_size"), 22, "out: " + expr);
+    auto r = ModelRules::Parse(text, "deep.yaml");
+    EXPECT_EQ(r.status().code(), ErrorCode::kInvalidArgument) << expr.substr(0, 40);
+    EXPECT_MESSAGE_HAS(r.status(), "nested deeper than 256 levels");
+  }
+  std::string fine = "1";  // 200 terms: within the bound
+  for (int i = 0; i < 199; ++i) fine += " + 1";
+  std::string text = kGood;
+  text.replace(text.find("out: intermediate_size"), 22, "out: " + fine);
+  auto r = ModelRules::Parse(text, "sum.yaml");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->Describe(Tiny()).ok());
+}
+
+// A block that uses itself, directly or through another, is refused when the file is loaded
+// (describing it recursed until the stack overflowed), naming the cycle.
+TEST(ModelRulesBadInput, ABlockThatUsesItselfIsRefusedNamingTheCycle) {
+  const std::string direct = std::string(kGood) + "blocks:\n  a:\n    do:\n      - use: a\n";
+  auto r = ModelRules::Parse(direct, "self.yaml");
+  EXPECT_EQ(r.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(r.status(), "block \"a\" uses itself (a -> a)");
+  const std::string mutual = std::string(kGood) +
+                             "blocks:\n  a:\n    do:\n      - use: b\n  b:\n    do:\n      - for: layer\n"
+                             "        count: 2\n        do:\n          - use: a\n";
+  r = ModelRules::Parse(mutual, "mutual.yaml");
+  EXPECT_EQ(r.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(r.status(), "uses itself (a -> b -> a)");
+}
+
 TEST(ModelRulesBadInput, UndefinedBlockAndParameters) {
   const std::string text = std::string(kGood) + "  - use: missing_block\n";
   auto r = ModelRules::Parse(text, "use.yaml");
