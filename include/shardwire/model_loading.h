@@ -73,7 +73,7 @@ struct ModelSourceOptions {
   int rank = 0;
   /// The instance's layout string (MakeLayoutFromString), e.g. "tp=2".
   std::string layout;
-  /// Seconds between heartbeats (must be finite and well below the coordinator's
+  /// Seconds between heartbeats (> 0 and at most 86400; well below the coordinator's
   /// source_stale_after_s, default 10 s). A heartbeat answered kNotFound (the record
   /// was deleted, or an in-memory coordinator was restarted and lost it) registers
   /// the source again under a new source_id and logs a warning, so loaders find it
@@ -94,6 +94,7 @@ struct ModelSourceOptions {
   /// and a grant lasts bytes / cap seconds even when the bytes arrived sooner; it
   /// ends then (or at the reader's RELEASE, if sooner), and the source grants the next
   /// waiting reader. Advertised to loaders in the record's "bandwidth" attribute.
+  /// Finite and >= 0 (kInvalidArgument otherwise).
   double bandwidth_bytes_per_s = 0;
   /// CheckpointRevision of the checkpoint whose bytes this source serves ("xxh3:" +
   /// 32 hex), advertised as the "content" attribute; empty: unknown (not advertised).
@@ -228,9 +229,11 @@ struct ModelLoaderOptions {
   /// 1 s per 10 MB of all their bytes, moved out as each is posted. Counted
   /// while the loader runs: a pause of the loader itself or a stall of its agent's
   /// lanes (LoadReport::paused_seconds) does not count against its sources.
+  /// > 0; +inf (or anything beyond 1e9 s): never.
   double stall_timeout_s = 3;
   /// Seconds a whole load may take before it fails with kTimedOut (not committed),
-  /// counted from the start of Load, the disk fallback included.
+  /// counted from the start of Load, the disk fallback included. > 0; +inf (or anything
+  /// beyond 1e9 s): never.
   double load_timeout_s = 600;
   /// Largest move (bytes): the unit of reading, digest verification and re-reading.
   std::uint64_t move_bytes = 16ull << 20;

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -14,9 +15,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "model/atomic_file.h"
-#include "shardwire/cast.h"
 #include "cli/model_rules_option.h"
+#include "model/atomic_file.h"
+#include "model/bounded_json.h"
+#include "shardwire/cast.h"
 #include "shardwire/checkpoint.h"
 #include "shardwire/checkpoint_model.h"
 #include "shardwire/fp8_block.h"
@@ -45,6 +47,21 @@ Status WriteTextAtomically(const std::string& path, const std::string& text) {
   return file.Commit();
 }
 
+// The checkpoint files in `dir` (a missing directory has none): what Checkpoint::Open would
+// pick from, sorted.
+std::vector<std::string> CheckpointFilesIn(const std::string& dir) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name == "model.safetensors.index.json" || it->path().extension() == ".safetensors") {
+      files.push_back(it->path().string());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
 Status CheckWritable(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -63,7 +80,9 @@ Result<nlohmann::ordered_json> OutputConfig(const ConvertOptions& o, const std::
   if (!config_path.empty()) {
     std::string text;
     SW_RETURN_IF_ERROR(model::ReadWholeFile(config_path, &text));
-    cfg = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+    auto parsed = model::ParseBoundedJson<nlohmann::ordered_json>(text);
+    if (!parsed.ok()) return CorruptData(fmt::format("config \"{}\" is {}", config_path, parsed.status().message()));
+    cfg = std::move(*parsed);
     if (!cfg.is_object()) return CorruptData(fmt::format("config \"{}\" is not a JSON object", config_path));
   }
   if (o.format == "fp8-block128") {
@@ -175,6 +194,13 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
     conversions.push_back(std::move(spec));
     in_bytes += t.nbytes();
   }
+  const std::vector<std::string> old_files = CheckpointFilesIn(o.out_dir);
+  if (!old_files.empty() && !o.overwrite) {
+    return AlreadyExists(
+        fmt::format("--out \"{}\" holds a checkpoint already ({}); choose another directory or "
+                    "pass --overwrite to replace it",
+                    o.out_dir, old_files.front()));
+  }
   SW_RETURN_IF_ERROR(CheckWritable(o.out_dir));
 
   // Greedy packing into shards (a weight and its scale stay together).
@@ -252,6 +278,18 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
   const std::string config_out = (fs::path(o.out_dir) / "config.json").string();
   Status st = WriteTextAtomically(config_out, config.dump(2) + "\n");
   if (!st.ok()) return cleanup(st);
+  // --overwrite: the old checkpoint's files this run did not rewrite go (a stale index would be
+  // opened instead of a new single file, stale shards would lie about what the directory holds).
+  for (const std::string& old : old_files) {
+    const bool rewritten = std::any_of(written.begin(), written.end(), [&](const std::string& w) {
+      std::error_code ec;
+      return fs::equivalent(w, old, ec);
+    });
+    std::error_code ec;
+    if (!rewritten && !fs::remove(old, ec) && ec) {
+      return IoError(fmt::format("--overwrite: removing \"{}\" of the old checkpoint: {}", old, ec.message()));
+    }
+  }
   fmt::print("{} tensors ({} quantised to FP8) from {} -> {}: {} file(s), {} -> {} bytes\n", conversions.size(),
              quantised, checkpoint.path(), o.out_dir, shards.size(), in_bytes, out_bytes);
   return Status::Ok();
@@ -268,6 +306,8 @@ void AddConvertCommand(CLI::App& app, int* exit_code) {
   cmd->add_flag("--ue8m0", o->ue8m0, "fp8: power-of-two (UE8M0) scales, as DeepGEMM on Blackwell");
   cmd->add_option("--shard-size", o->shard_size, "bytes per output shard (0: one file)")->capture_default_str();
   cmd->add_option("--config", o->config, "HF config.json (default: the one beside the checkpoint)");
+  cmd->add_flag("--overwrite", o->overwrite,
+                "replace a checkpoint already in --out (its files this run does not rewrite are removed)");
   AddModelRulesOption(cmd);
   cmd->callback([o, exit_code] {
     const Status s = ConvertCheckpoint(*o, ::isatty(STDERR_FILENO) ? stderr : nullptr);

@@ -33,6 +33,11 @@ struct ConvertOptions {
   bool ue8m0 = false;            ///< fp8 only: power-of-two scales
   std::uint64_t shard_size = 0;  ///< bytes per output shard (0: one file); a bigger tensor gets its own shard
   std::string config;            ///< HF config.json; default: the one beside the checkpoint
+  /// `out_dir` may hold a checkpoint already (`*.safetensors`, `model.safetensors.index.json`):
+  /// the new one replaces it, and once every new file is written the old files this run did not
+  /// rewrite are removed (an index left beside a single new file would be opened instead of it).
+  /// A run that fails part-way may leave such a directory without a usable checkpoint.
+  bool overwrite = false;
 };
 
 /// The fallback when no rules describe the checkpoint (ConvertCheckpoint prints that it is used):
@@ -44,7 +49,8 @@ bool IsFp8Quantised(const TensorSpec& spec);
 /// every tensor, the config, that `out_dir` is writable); streams tensor by tensor with memory
 /// bounded by one 8 MiB chunk plus one 128-row block-row; writes each file atomically and removes
 /// the files it wrote if a later step fails. `progress` (may be null) gets a one-line progress
-/// display. Errors: kInvalidArgument (bad format/options), kUnsupported (a tensor's dtype, naming
+/// display. Errors: kInvalidArgument (bad format/options), kAlreadyExists (`out_dir` holds a
+/// checkpoint and `overwrite` is false, naming the file), kUnsupported (a tensor's dtype, naming
 /// it), kIoError (out dir, naming it), kCorruptData (NaN/Inf in a quantised tensor), plus
 /// Checkpoint::Open's errors.
 Status ConvertCheckpoint(const ConvertOptions& options, std::FILE* progress);

@@ -57,8 +57,11 @@ P2pMessage Msg(P2pKind kind, std::uint64_t id = 0, std::uint64_t value = 0) {
   return m;
 }
 
+// `s` seconds as a clock duration, saturated to [0, 1e9 s] (31 years): a timeout of +inf (or any
+// value past int64 nanoseconds) means never, not a deadline that wrapped into the past.
 Clock::duration Seconds(double s) {
-  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+  constexpr double kNeverS = 1e9;
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(std::clamp(s, 0.0, kNeverS)));
 }
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -383,7 +386,10 @@ struct ModelLoader::Impl {
       // order, so a lower-priority loader that got in first yields after one short lease.
       std::uint64_t cut_bytes = options.move_bytes;
       if (instances[alive[k]].bandwidth > 0) {
-        const double lease_bytes = instances[alive[k]].bandwidth * options.lease_seconds;
+        // Compared as doubles: a cap read back as "inf" or a huge one must not reach the
+        // integer conversion (undefined beyond uint64).
+        const double lease_bytes =
+            std::min(instances[alive[k]].bandwidth * options.lease_seconds, static_cast<double>(cut_bytes));
         // At least 64 KiB (or move_bytes, if smaller), at most move_bytes.
         cut_bytes = std::max<std::uint64_t>(std::min<std::uint64_t>(static_cast<std::uint64_t>(lease_bytes), cut_bytes),
                                             std::min<std::uint64_t>(64u << 10, cut_bytes));
@@ -1023,7 +1029,9 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
                                                          ModelLoaderOptions options) {
   if (options.instance_id.empty()) return InvalidArgument("model loader: empty instance id");
   if (options.lease_priority < 0) return InvalidArgument("model loader: negative lease_priority");
-  if (!(options.lease_seconds > 0)) return InvalidArgument("model loader: lease_seconds must be > 0");
+  if (!(options.lease_seconds > 0) || !std::isfinite(options.lease_seconds)) {
+    return InvalidArgument("model loader: lease_seconds must be finite and > 0");
+  }
   if (!(options.stall_timeout_s > 0) || !(options.load_timeout_s > 0) || options.move_bytes == 0) {
     return InvalidArgument("model loader: stall and load timeouts must be > 0 and move_bytes > 0");
   }

@@ -371,9 +371,14 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry
                                                         RegionId region, std::span<std::byte> buffer,
                                                         const Layout& layout, const ModelIdentity& identity,
                                                         ModelSourceOptions options, bool read_only) {
-  if (!(options.heartbeat_interval_s > 0) || !std::isfinite(options.heartbeat_interval_s) ||
-      !(options.bandwidth_bytes_per_s >= 0)) {
-    return InvalidArgument("model source: heartbeat interval must be finite and > 0 s, and the bandwidth cap >= 0");
+  // At most a day between heartbeats (a lease outlives that by far in no real deployment; a
+  // larger wait overflowed the heartbeat thread's clock and it heartbeat without pause).
+  if (!(options.heartbeat_interval_s > 0) || !(options.heartbeat_interval_s <= 86400) ||
+      !(options.bandwidth_bytes_per_s >= 0) || !std::isfinite(options.bandwidth_bytes_per_s)) {
+    return InvalidArgument(fmt::format(
+        "model source: heartbeat interval must be > 0 and <= 86400 s (got {}), and the bandwidth cap finite and >= 0 "
+        "(got {}; 0: no cap)",
+        options.heartbeat_interval_s, options.bandwidth_bytes_per_s));
   }
   if (!(options.shutdown_timeout_s >= 0) || !std::isfinite(options.shutdown_timeout_s)) {
     return InvalidArgument(

@@ -580,6 +580,15 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
                              s.options.timeout_s, &plans, workflows::MessageKind::kMissed, s.options.interrupt);
     std::map<int, int> named;  // child -> sources that named it alike
     for (const auto& [name, plan] : plans) {
+      // Only this rank's parent in the tree every rank computes may relay to it.
+      if (plan.relay_from &&
+          *plan.relay_from != static_cast<std::uint32_t>(s.relay->parent[static_cast<std::size_t>(s.rank)])) {
+        relay_status = CorruptData(
+            fmt::format("RELAY_PLAN(v{}) from {} names engine rank {} as the relay parent of "
+                        "engine rank {}, whose parent in the relay tree is {}",
+                        version, name, *plan.relay_from, s.rank, s.relay->parent[static_cast<std::size_t>(s.rank)]));
+        break;
+      }
       if (plan.relay_from) relayed_from = static_cast<int>(*plan.relay_from);
       for (const workflows::RelayTarget& t : plan.relay_to) {
         auto [it, added] = forward.emplace(static_cast<int>(t.rank), t);

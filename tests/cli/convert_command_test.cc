@@ -168,6 +168,34 @@ TEST(ConvertCommand, GeneratedCheckpointShardedWithIndexAndUe8m0) {
   EXPECT_EQ(OracleCheck(dir.File("src"), dir.File("ue"), "fp8-block128", "ue8m0"), "ok 11\n");
 }
 
+// An output directory that holds a checkpoint is refused unless --overwrite; with it, the old
+// checkpoint's files the new run did not rewrite are removed: a sharded FP8 output's index
+// would otherwise be opened instead of the single fp32 file written after it.
+TEST(ConvertCommand, AnExistingCheckpointInTheOutputIsRefusedOrReplacedWhole) {
+  TempDir dir;
+  WriteCheckpoint(dir.File("src"), GeneratedTensors());
+  auto [code, out] = RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("o") +
+                                " --format fp8-block128 --shard-size 100000");
+  ASSERT_EQ(code, 0) << out;
+  ASSERT_TRUE(fs::exists(dir.File("o/model.safetensors.index.json")));
+  std::tie(code, out) = RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("o") + " --format fp32");
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(out.find("holds a checkpoint already"), std::string::npos) << out;
+  EXPECT_NE(out.find("--overwrite"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir.File("o/model.safetensors"))) << "refused, yet written";
+  std::tie(code, out) =
+      RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("o") + " --format fp32 --overwrite");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_FALSE(fs::exists(dir.File("o/model.safetensors.index.json"))) << "the old index is left";
+  EXPECT_FALSE(fs::exists(dir.File("o/model-00001-of-00005.safetensors"))) << "an old shard is left";
+  auto opened = Checkpoint::Open(dir.File("o"));
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  EXPECT_TRUE(opened->path().ends_with("model.safetensors")) << opened->path();
+  for (const auto& f : opened->files()) {
+    for (const auto& t : f.tensors()) EXPECT_EQ(t.dtype, DType::kF32) << t.name;
+  }
+}
+
 TEST(ConvertCommand, CastsMatchTheOracle) {
   if (!testing::HaveNumpy()) GTEST_SKIP() << "/usr/bin/python3 with numpy is needed for the oracle";
   TempDir dir;

@@ -223,10 +223,14 @@ TEST_F(ModelLoadingTest, ABecomeSourceThatFailsKeepsTheLoadedBuffer) {
   auto loader = ModelLoader::Create(registry_, model_, LoaderOptions("second", "tp=1", 0));
   ASSERT_TRUE(loader.ok());
   ASSERT_TRUE((*loader)->Load().ok());
-  ModelSourceOptions bad;
-  bad.heartbeat_interval_s = 0;
-  auto refused = (*loader)->BecomeSource(bad);
-  EXPECT_EQ(refused.status().code(), ErrorCode::kInvalidArgument) << refused.status().ToString();
+  for (auto [interval_s, cap] : {std::pair{0.0, 0.0}, std::pair{1e10, 0.0},  // a wait that overflowed its clock
+                                 std::pair{1.0, std::numeric_limits<double>::infinity()}}) {
+    ModelSourceOptions bad;
+    bad.heartbeat_interval_s = interval_s;
+    bad.bandwidth_bytes_per_s = cap;
+    auto refused = (*loader)->BecomeSource(bad);
+    EXPECT_EQ(refused.status().code(), ErrorCode::kInvalidArgument) << interval_s << " " << cap;
+  }
   ASSERT_TRUE((*loader)->loaded());
   ExpectEqualsCheckpoint(**loader, 0);
   registry_.SetRegisterError(Unavailable("coordinator unreachable (test)"));
@@ -582,6 +586,21 @@ TEST_F(ModelLoadingTest, BandwidthCappedSourcesServeThroughLeases) {
     EXPECT_EQ(r.bytes_per_instance.size(), 2u);
     EXPECT_TRUE(r.failed.empty());
   }
+}
+
+// Timeouts of +inf mean never: they became int64 nanoseconds that wrapped into the past, so every
+// deadline had passed at once ("did not finish within inf s", healthy sources marked STALE).
+TEST_F(ModelLoadingTest, InfiniteTimeoutsMeanNever) {
+  auto seed = Seed("seed", "tp=2");
+  ModelLoaderOptions o = LoaderOptions("new", "tp=1", 0);
+  o.stall_timeout_s = std::numeric_limits<double>::infinity();
+  o.load_timeout_s = std::numeric_limits<double>::infinity();
+  auto loader = ModelLoader::Create(registry_, model_, o);
+  ASSERT_TRUE(loader.ok()) << loader.status().ToString();
+  auto report = (*loader)->Load();
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_TRUE(report->failed.empty());
+  ExpectEqualsCheckpoint(**loader, 0);
 }
 
 TEST_F(ModelLoadingTest, BadOptions) {
