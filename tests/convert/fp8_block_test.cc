@@ -11,6 +11,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <limits>
 #include <vector>
 
 #include "convert/oracle_util.h"
@@ -232,6 +233,11 @@ TEST(Fp8Block, ShapeAndBufferErrors) {
   EXPECT_EQ(*shape, (std::vector<std::int64_t>{56, 5}));
   shape = Fp8BlockScaleShape({256, 4096, 7168}, {});
   EXPECT_EQ(*shape, (std::vector<std::int64_t>{256, 32, 56}));
+  // A zero-element tensor may have a huge other dimension: its scale grid is rounded up without
+  // the signed overflow of (d + 127) / 128 (it came out negative).
+  shape = Fp8BlockScaleShape({0, std::numeric_limits<std::int64_t>::max()}, {});
+  ASSERT_TRUE(shape.ok()) << shape.status().ToString();
+  EXPECT_EQ(*shape, (std::vector<std::int64_t>{0, std::int64_t{1} << 56}));
 }
 
 TEST(Fp8Block, DequantisationMatchesOracle) {
