@@ -428,8 +428,9 @@ class WeightPublisher {
   /// Dynamic membership: waits (up to timeout_s seconds) until at least `engine_ranks` engine
   /// ranks of the job asked to join (WeightSubscriber::Join) and have not left; the next push
   /// writes to them. For a trainer's first push, which fails when no engine is a member.
-  /// Returns how many asked. Errors: kInvalidArgument without dynamic membership or with a
-  /// count outside [1, engine world size]; kTimedOut saying how many asked; rendezvous errors.
+  /// `timeout_s` >= 0 (+inf: 1e9 s). Returns how many asked. Errors: kInvalidArgument without
+  /// dynamic membership, with a count outside [1, engine world size], or a negative or NaN
+  /// timeout; kTimedOut saying how many asked; rendezvous errors.
   Result<int> WaitForEngines(int engine_ranks, double timeout_s);
 
   /// Bytes this rank sends per Push.
@@ -513,7 +514,8 @@ class WeightSubscriber {
   /// src/workflows/sync_messages.h), so that a push already waiting for its READY (a trainer
   /// that does not know this rank failed a version, e.g. one its relay parent did not forward)
   /// stops waiting for it at once instead of at engine_timeout_s.
-  /// Errors: kInvalidArgument without dynamic membership or before Connect; kTimedOut when
+  /// Errors: kInvalidArgument without dynamic membership, before Connect, or for a NaN
+  /// timeout_s (+inf: 1e9 s); kTimedOut when
   /// no push admitted it in time (no trainer pushing); kFailedPrecondition when the
   /// admitting version is not above committed_version(); rendezvous errors; the status of
   /// options.interrupt (the request stands, as after a timeout).

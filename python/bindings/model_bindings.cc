@@ -25,7 +25,8 @@ void BindModel(py::module_& m) {
             return num_layers > 0 ? ValueOrThrow(WithLayers(d, num_layers)) : d;
           },
           py::arg("config_path"), py::arg("num_layers") = 0,
-          "Describes the model of an HF config.json. num_layers > 0 keeps only that many decoder layers.\n"
+          "Describes the model of an HF config.json. num_layers > 0 gives it that many decoder layers (fewer or more\n"
+          "than the config's: the test and benchmark models of real shapes).\n"
           "Raises UnsupportedError (unknown model_type), InvalidArgumentError, NotFoundError, CorruptDataError.")
       .def_static(
           "from_config_json",

@@ -29,10 +29,12 @@ from .tensors import as_tensors, check_shard_tensors, shard_buffer_address, shar
 
 class _MemoryOwner:
     """What keeps a Shardwire buffer alive: the binding object that holds it now (a loader's
-    arena moves into the source it becomes, become_source re-points ``impl``)."""
+    arena moves into the source it becomes, become_source re-points ``impl``), and, when the
+    buffer is the caller's memory (a loader with ``params``), that memory (``storage``)."""
 
-    def __init__(self, impl) -> None:
+    def __init__(self, impl, storage=None) -> None:
         self.impl = impl
+        self.storage = storage
 
 
 def _views(address: int, nbytes: int, layout, rank: int, owner) -> Dict[str, torch.Tensor]:
@@ -96,9 +98,11 @@ class ModelSource:
                                                  instance_id or f"py-{os.getpid()}", revision, checkpoint or "",
                                                  copies, heartbeat_interval_s, bandwidth_bytes_per_s,
                                                  shutdown_timeout_s)
+        # A loader's source serving the caller's memory in place (``_params``): the views keep
+        # that memory alive too, not only the source, which does not own it.
         self.tensors: Dict[str, torch.Tensor] = _views(self._impl.buffer_address, self._impl.buffer_bytes,
-                                                       self.layout, self.rank, _MemoryOwner(self._impl))
-        self._params = _params  # the caller's memory a loader's source serves in place
+                                                       self.layout, self.rank, _MemoryOwner(self._impl, _params))
+        self._params = _params
 
     @property
     def source_id(self) -> str:

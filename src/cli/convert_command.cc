@@ -304,7 +304,9 @@ void AddConvertCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--out", o->out_dir, "output directory (created if absent)")->required();
   cmd->add_option("--format", o->format, "fp8-block128 | bf16 | fp16 | fp32")->required();
   cmd->add_flag("--ue8m0", o->ue8m0, "fp8: power-of-two (UE8M0) scales, as DeepGEMM on Blackwell");
-  cmd->add_option("--shard-size", o->shard_size, "bytes per output shard (0: one file)")->capture_default_str();
+  cmd->add_option("--shard-size", o->shard_size, "bytes per output shard (0: one file)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--config", o->config, "HF config.json (default: the one beside the checkpoint)");
   cmd->add_flag("--overwrite", o->overwrite,
                 "replace a checkpoint already in --out (its files this run does not rewrite are removed)");

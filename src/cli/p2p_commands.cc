@@ -15,6 +15,7 @@
 
 #include "cli/demo_checkpoint.h"
 #include "cli/metrics_option.h"
+#include "model/atomic_file.h"
 #include "shardwire/checkpoint.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/model_layouts.h"
@@ -46,6 +47,13 @@ Result<std::unique_ptr<CoordinatorClient>> Connect(const std::string& address) {
 
 void WaitForStop() {
   while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+}
+
+// The interrupt hook of the work before serving (reading a checkpoint, a load): a SIGINT or
+// SIGTERM stops it, and the command exits non-zero, instead of finishing the work first.
+Status StopRequested() {
+  return g_stop.load() ? FailedPrecondition("interrupted by SIGINT or SIGTERM; nothing was committed or served")
+                       : Status::Ok();
 }
 
 // Destroys every source at once, each on its own thread: each deregisters within its
@@ -96,8 +104,9 @@ Status RunSeed(const SeedOptions& o) {
     so.bandwidth_bytes_per_s = o.bandwidth;
     so.content_revision = content;
     if (o.metrics_port) so.agent.metrics = &metrics;
+    SW_RETURN_IF_ERROR(StopRequested());
     SW_ASSIGN_OR_RETURN(auto source, ModelSource::Create(*registry, model, identity, so, [&](std::span<std::byte> buf) {
-                          return LoadShardsFromCheckpoint(checkpoint, layout, r, buf);
+                          return LoadShardsFromCheckpoint(checkpoint, layout, r, buf, {.interrupt = StopRequested});
                         }));
     ranks.push_back(std::move(source));
   }
@@ -201,6 +210,7 @@ Status RunLoad(const LoadOptions& o) {
       lo.checkpoint_path = o.fallback_checkpoint;
       lo.stall_timeout_s = o.stall_timeout_s;
       lo.lease_priority = start_ms;  // one priority for all ranks of the instance
+      lo.interrupt = StopRequested;
       const auto create_start = std::chrono::steady_clock::now();
       auto loader = ModelLoader::Create(*registry, model, lo);
       create_seconds[static_cast<std::size_t>(r)] =
@@ -303,12 +313,15 @@ Status RunLoad(const LoadOptions& o) {
   if (!o.quiet) fmt::print("{}\n", line);
   std::fflush(stdout);
   if (!o.report.empty()) {
-    const std::string tmp = o.report + ".tmp";
-    if (FILE* f = std::fopen(tmp.c_str(), "w")) {
-      std::fprintf(f, "%s\n", line.c_str());
-      std::fclose(f);
-      std::rename(tmp.c_str(), o.report.c_str());
-    }
+    // A report that cannot be written fails the command (a script reading it with --quiet
+    // would otherwise see success and no report).
+    const std::string text = line + "\n";
+    auto write_report = [&]() -> Status {
+      SW_ASSIGN_OR_RETURN(auto file, model::AtomicFile::Create(o.report));
+      SW_RETURN_IF_ERROR(file.Write(std::as_bytes(std::span(text.data(), text.size()))));
+      return file.Commit();
+    };
+    SW_RETURN_IF_ERROR(write_report().WithContext(fmt::format("--report {}", o.report)));
   }
   if (!o.serve) return Status::Ok();
   if (!o.quiet) fmt::print("SERVING instance={}\n", instance);

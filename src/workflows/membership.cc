@@ -271,7 +271,8 @@ Result<std::uint64_t> AwaitHold(Rendezvous& rendezvous, const std::string& job, 
 Result<std::uint64_t> AwaitAdmission(Rendezvous& rendezvous, const std::string& job, int engine_rank,
                                      std::uint64_t incarnation, std::int64_t request, double timeout_s,
                                      const std::function<Status()>& interrupt, double interrupt_poll_s) {
-  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
+  // +inf: 1e9 s (31 years) away; the conversion of more overflows the clock.
+  const auto deadline = Clock::now() + std::chrono::duration<double>(std::clamp(timeout_s, 0.0, 1e9));
   const auto interrupt_every = std::chrono::duration<double>(interrupt_poll_s);
   auto last_interrupt_check = Clock::now();
   auto pause = std::chrono::microseconds(500);

@@ -371,7 +371,9 @@ Result<int> WeightPublisher::WaitForEngines(int engine_ranks, double timeout_s) 
     return InvalidArgument(
         fmt::format("WaitForEngines({}): the engine layout has {} ranks", engine_ranks, s.engine_ranks));
   }
-  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
+  if (!(timeout_s >= 0)) return InvalidArgument(fmt::format("WaitForEngines: timeout_s {} is not >= 0", timeout_s));
+  // +inf: a deadline 1e9 s (31 years) away; the conversion of more overflows the clock.
+  const auto deadline = Clock::now() + std::chrono::duration<double>(std::min(timeout_s, 1e9));
   while (true) {
     SW_ASSIGN_OR_RETURN(const std::set<int> joining,
                         workflows::JoiningRanks(*s.rendezvous, s.options.job, s.engine_ranks));

@@ -376,6 +376,7 @@ Result<std::uint64_t> WeightSubscriber::Join(double timeout_s) {
   State& s = *state_;
   if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::Join without dynamic membership");
   if (s.source_names.size() != s.sources.size()) return InvalidArgument("WeightSubscriber::Join before Connect");
+  if (std::isnan(timeout_s)) return InvalidArgument("WeightSubscriber::Join: timeout_s is NaN");
   const std::string who =
       fmt::format("engine rank {} (incarnation {}) joining job {}", s.rank, s.incarnation, s.options.job);
   if (!s.joined || s.join_request == 0) {

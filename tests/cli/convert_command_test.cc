@@ -220,6 +220,12 @@ TEST(ConvertCommand, ErrorsBeforeWritingAndNothingLeftBehind) {
   auto [code, out] = RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("o") + " --format fp4");
   EXPECT_EQ(code, 1);
   EXPECT_NE(out.find("--format \"fp4\""), std::string::npos) << out;
+  // A negative shard size is refused by the argument parser (it became 2^64 - 1: one file).
+  std::tie(code, out) =
+      RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("o") + " --format bf16 --shard-size -1");
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(out.find("--shard-size"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir.File("o/model.safetensors")));
   std::tie(code, out) =
       RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("o") + " --format bf16 --ue8m0");
   EXPECT_EQ(code, 1);

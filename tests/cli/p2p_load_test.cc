@@ -301,6 +301,34 @@ TEST_F(P2pLoadProcessTest, ALoaderStoppedMidLoadBlamesNoSource) {
   EXPECT_EQ(list->size(), 4u) << "a healthy seed rank was marked STALE";
 }
 
+// SIGINT or SIGTERM during a load stops it (the loader's interrupt hook): the command exits
+// non-zero, names the signal and prints no LOADED line. It ignored both, finished the load and
+// exited 0. A --report that cannot be written fails the command (it was silently skipped).
+TEST_F(P2pLoadProcessTest, ASignalStopsALoadAndAnUnwritableReportFailsIt) {
+  Process& seed = Seed("slow", "tp=1", 100e3);  // ~7 MB at 100 KB/s: a minute of reading
+  AwaitReady("slow", 1);
+  for (int signal : {SIGINT, SIGTERM}) {
+    const std::string id = signal == SIGINT ? "int" : "term";
+    Process& load = Load(id, "tp=1", {"--metrics-port", "0"}, "20");
+    AwaitReading(load, id);
+    load.Signal(signal);
+    const auto rc = load.Wait(60);  // a bound, not a timing assertion: the load alone takes a minute
+    const std::string out = Slurp(Out(id));
+    ASSERT_TRUE(rc.has_value()) << "the load did not stop for the signal: " << out;
+    EXPECT_NE(*rc, 0) << out;
+    EXPECT_NE(out.find("interrupted by SIGINT or SIGTERM"), std::string::npos) << out;
+    EXPECT_EQ(out.find("LOADED"), std::string::npos) << out;
+  }
+  seed.Signal(SIGTERM);  // deregisters: the next load reads the checkpoint
+  ASSERT_TRUE(seed.Wait(60).has_value());
+  Process& unwritable =
+      Load("report", "tp=2", {"--checkpoint", Ckpt(), "--report", (dir_ / "no-such-dir" / "r.txt").string()});
+  const auto rc = unwritable.Wait(120);
+  ASSERT_TRUE(rc.has_value());
+  EXPECT_NE(*rc, 0) << Slurp(Out("report"));
+  EXPECT_NE(Slurp(Out("report")).find("--report"), std::string::npos) << Slurp(Out("report"));
+}
+
 TEST_F(P2pLoadProcessTest, NoSourceFallsBackToDiskAndNoCheckpointFails) {
   const std::string out = ExpectLoaded(Load("new", "tp=2", {"--checkpoint", Ckpt()}), "new");
   EXPECT_NE(out.find("sources=- "), std::string::npos) << out;

@@ -151,7 +151,7 @@ def test_loaded_instance_serves_the_next_one(tmp_path):
 # views, and a loader's arena views after the arena moved into the source it became. Each
 # is read against the oracle; a freed buffer (munmap'ed huge pages) would crash this child.
 VIEWS_OUTLIVE = textwrap.dedent("""
-    import gc, sys, shardwire
+    import gc, sys, torch, shardwire
     sys.path.insert(0, sys.argv[3])
     from checkpoint_oracle import read_safetensors, expected_shard, same_bytes
     address, ckpt = sys.argv[1:3]
@@ -165,16 +165,27 @@ VIEWS_OUTLIVE = textwrap.dedent("""
     loader.load()
     from_loader = {name: t[:1] for name, t in loader.tensors.items()}  # views of views, too
     served = loader.become_source()
+    # In place: the loader writes the caller's memory, and the source it becomes serves that
+    # memory; the source's views must keep the caller's memory alive, not only the source.
+    buf, params = shardwire.allocate_shard_buffer(lay, 0)
+    inplace = shardwire.ModelLoader(client, model, "tp=1", 0, params=params, instance_id="inplace")
+    assert inplace.in_place
+    inplace.load()
+    served_in_place = inplace.become_source()
+    from_in_place = dict(served_in_place.tensors)
     assert seed.closed is False
     seed.close()
     served.close()
+    served_in_place.close()
     assert seed.closed and served.closed and seed.tensors == {}
-    del seed, loader, served
+    del seed, loader, served, inplace, served_in_place, buf, params
     gc.collect()
+    reuse = [torch.full((1 << 16,), 0x5A, dtype=torch.uint8) for _ in range(256)]  # takes freed memory
     for s in lay.shards(0):
         want = expected_shard(full, s)
         assert same_bytes(from_source[s["name"]], want), s["name"]
         assert same_bytes(from_loader[s["name"]], want[:1]), s["name"]
+        assert same_bytes(from_in_place[s["name"]], want), s["name"]
     print("VIEWS OK", len(from_source), flush=True)
 """)
 

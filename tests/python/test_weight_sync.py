@@ -313,6 +313,12 @@ def test_engines_join_through_the_coordinator_and_digests_guard_every_version():
         sub.connect()
         with pytest.raises(errors.TimedOutError, match="0 of the 1"):
             pub.wait_for_engines(1, 0.2)
+        # A NaN or negative timeout is refused (NaN waited for ever); so is a NaN join timeout.
+        for bad in (float("nan"), -1.0):
+            with pytest.raises(errors.InvalidArgumentError, match="timeout_s"):
+                pub.wait_for_engines(1, bad)
+        with pytest.raises(errors.InvalidArgumentError, match="NaN"):
+            sub.join(float("nan"))
         outcome = {}
 
         def engine():
