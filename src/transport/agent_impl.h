@@ -263,6 +263,7 @@ struct Agent::Impl final : transport::BackendEvents {
     Phase phase = Phase::kIssue;
     bool flush_done = false;
     bool awaiting_ack = false;  // flush_visible is held by the backend (ForgetAck when finishing early)
+    bool backend_ops = false;   // some op went to the backend (else all were kernel or direct copies)
     bool notify_done = false;
     JobCompletion flush_request, flush_visible, notify;
     bool failed = false;

@@ -211,6 +211,7 @@ std::size_t Agent::Impl::IssueOps(Lane& lane, Job& j) {
     c.bytes = bytes;
     Status error;
     // One backend call per op (UCX: one request per row).
+    j.backend_ops = true;
     const std::uint32_t pending = be.PostOp(lane.index, lep.link, t.op, t.am_write, o, &c, posted, error);
     c.requests = pending;
     j.outstanding += pending;
@@ -331,7 +332,15 @@ bool Agent::Impl::AdvanceJobs(Lane& lane) {
           // target acknowledges what arrived before the fence).
           if (!(j.t->am_write && j.t->op == TransferOp::kWrite) || j.ops_in_flight == 0) {
             j.phase = Phase::kFlushing;
-            StartFlush(lane, j);
+            if (j.backend_ops || j.ops->empty()) {
+              StartFlush(lane, j);  // an empty job is WireUp's: its flush completes once wired up
+            } else {
+              // Only kernel copies and direct copies: the bytes were in place when each returned
+              // (fenced in IssueOps), so there is nothing to flush. A UCX endpoint flush would
+              // only wait on the transport's state towards the peer (a shared-memory FIFO it
+              // finds full), which these bytes never used.
+              j.flush_done = true;
+            }
             did = true;
           }
         }
