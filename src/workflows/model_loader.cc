@@ -316,7 +316,8 @@ struct ModelLoader::Impl {
       }
       seen_instances.insert(id);
       if (partial_instances.erase(id)) {  // whole now: no longer skipped
-        std::erase_if(report.skipped, [&id](const std::string& why) { return why.starts_with(id + ": "); });
+        const std::string prefix = id + ": ";  // (clang 14 lambdas capture no structured bindings)
+        std::erase_if(report.skipped, [&prefix](const std::string& why) { return why.starts_with(prefix); });
       }
       inst.ranks = recs;
       auto content_it = recs.front().attributes.find(kSourceAttrContent);
