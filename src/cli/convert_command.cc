@@ -41,12 +41,6 @@ struct OutputTensor {
   bool scale = false;
 };
 
-Status WriteTextAtomically(const std::string& path, const std::string& text) {
-  SW_ASSIGN_OR_RETURN(auto file, model::AtomicFile::Create(path));
-  SW_RETURN_IF_ERROR(file.Write(std::as_bytes(std::span(text.data(), text.size()))));
-  return file.Commit();
-}
-
 // The checkpoint files in `dir` (a missing directory has none): what Checkpoint::Open would
 // pick from, sorted.
 std::vector<std::string> CheckpointFilesIn(const std::string& dir) {
@@ -271,12 +265,12 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
   if (shards.size() > 1) {
     nlohmann::ordered_json index = {{"metadata", {{"total_size", out_bytes}}}, {"weight_map", weight_map}};
     const std::string path = (fs::path(o.out_dir) / "model.safetensors.index.json").string();
-    Status st = WriteTextAtomically(path, index.dump(2) + "\n");
+    Status st = model::WriteFileAtomically(path, index.dump(2) + "\n");
     if (!st.ok()) return cleanup(st);
     written.push_back(path);
   }
   const std::string config_out = (fs::path(o.out_dir) / "config.json").string();
-  Status st = WriteTextAtomically(config_out, config.dump(2) + "\n");
+  Status st = model::WriteFileAtomically(config_out, config.dump(2) + "\n");
   if (!st.ok()) return cleanup(st);
   // --overwrite: the old checkpoint's files this run did not rewrite go (a stale index would be
   // opened instead of a new single file, stale shards would lie about what the directory holds).

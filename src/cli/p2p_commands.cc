@@ -315,13 +315,8 @@ Status RunLoad(const LoadOptions& o) {
   if (!o.report.empty()) {
     // A report that cannot be written fails the command (a script reading it with --quiet
     // would otherwise see success and no report).
-    const std::string text = line + "\n";
-    auto write_report = [&]() -> Status {
-      SW_ASSIGN_OR_RETURN(auto file, model::AtomicFile::Create(o.report));
-      SW_RETURN_IF_ERROR(file.Write(std::as_bytes(std::span(text.data(), text.size()))));
-      return file.Commit();
-    };
-    SW_RETURN_IF_ERROR(write_report().WithContext(fmt::format("--report {}", o.report)));
+    SW_RETURN_IF_ERROR(
+        model::WriteFileAtomically(o.report, line + "\n").WithContext(fmt::format("--report {}", o.report)));
   }
   if (!o.serve) return Status::Ok();
   if (!o.quiet) fmt::print("SERVING instance={}\n", instance);

@@ -67,6 +67,12 @@ Status AtomicFile::Commit() {
   return Status::Ok();
 }
 
+Status WriteFileAtomically(const std::string& path, std::string_view text) {
+  SW_ASSIGN_OR_RETURN(AtomicFile file, AtomicFile::Create(path));
+  SW_RETURN_IF_ERROR(file.Write(std::as_bytes(std::span(text.data(), text.size()))));
+  return file.Commit();
+}
+
 Status ReadWholeFile(const std::string& path, std::string* out) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Errno("cannot open", path, errno);

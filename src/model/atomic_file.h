@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "shardwire/status.h"
 
@@ -36,6 +37,10 @@ class AtomicFile {
   int fd_ = -1;
   bool committed_ = false;
 };
+
+/// Writes `text` to `path` through an AtomicFile: the file holds all of it or is left as it
+/// was. kIoError naming the path on failure.
+Status WriteFileAtomically(const std::string& path, std::string_view text);
 
 /// Reads the whole file at `path` into `out`. kIoError naming the path on failure.
 Status ReadWholeFile(const std::string& path, std::string* out);
