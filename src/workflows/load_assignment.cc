@@ -114,6 +114,13 @@ void AppendIntervals(const SourceRun& run, std::vector<Interval>& out) {
   ForEachRow(run, [&](std::uint64_t dst, std::uint64_t, std::uint64_t n) { out.push_back({dst, dst + n}); });
 }
 
+std::uint64_t CappedMoveBytes(double bandwidth_bytes_per_s, double lease_seconds, std::uint64_t move_bytes) {
+  const std::uint64_t floor_bytes = std::min<std::uint64_t>(64u << 10, move_bytes);
+  const double lease_bytes = bandwidth_bytes_per_s * lease_seconds;
+  if (!(lease_bytes < static_cast<double>(move_bytes))) return move_bytes;  // also NaN and +inf
+  return std::max(static_cast<std::uint64_t>(std::max(lease_bytes, 0.0)), floor_bytes);
+}
+
 std::vector<Interval> Normalize(std::vector<Interval> intervals) {
   auto by_begin = [](const Interval& a, const Interval& b) { return a.begin < b.begin; };
   if (!std::is_sorted(intervals.begin(), intervals.end(), by_begin)) {  // usually sorted already (CoverageOf)

@@ -86,6 +86,14 @@ std::vector<SourceRun> Clip(const std::vector<SourceRun>& coverage, const std::v
 /// inside it. Every byte of `runs` is in exactly one move, from the same source bytes.
 std::vector<std::vector<SourceRun>> CutMoves(const std::vector<SourceRun>& runs, std::uint64_t move_bytes);
 
+/// The move size, in bytes, for a source capped at `bandwidth_bytes_per_s` (> 0; +inf
+/// and huge caps allowed) when a lease lasts `lease_seconds`: one lease's worth,
+/// rounded down, at most `move_bytes` and at least min(64 KiB, `move_bytes`), so a
+/// slow source is not read in tiny moves and a move is never larger than the loader
+/// asked for. Compared as doubles: a cap beyond uint64 never reaches an integer
+/// conversion. Pure; thread-safe.
+std::uint64_t CappedMoveBytes(double bandwidth_bytes_per_s, double lease_seconds, std::uint64_t move_bytes);
+
 /// Sorted, merged union of intervals.
 std::vector<Interval> Normalize(std::vector<Interval> intervals);
 

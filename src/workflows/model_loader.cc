@@ -385,16 +385,10 @@ struct ModelLoader::Impl {
       // From a bandwidth-capped instance, moves of at most lease_seconds of its
       // bandwidth: a lease is the unit in which a source serves loaders in priority
       // order, so a lower-priority loader that got in first yields after one short lease.
-      std::uint64_t cut_bytes = options.move_bytes;
-      if (instances[alive[k]].bandwidth > 0) {
-        // Compared as doubles: a cap read back as "inf" or a huge one must not reach the
-        // integer conversion (undefined beyond uint64).
-        const double lease_bytes =
-            std::min(instances[alive[k]].bandwidth * options.lease_seconds, static_cast<double>(cut_bytes));
-        // At least 64 KiB (or move_bytes, if smaller), at most move_bytes.
-        cut_bytes = std::max<std::uint64_t>(std::min<std::uint64_t>(static_cast<std::uint64_t>(lease_bytes), cut_bytes),
-                                            std::min<std::uint64_t>(64u << 10, cut_bytes));
-      }
+      const double bandwidth = instances[alive[k]].bandwidth;
+      const std::uint64_t cut_bytes =
+          bandwidth > 0 ? workflows::CappedMoveBytes(bandwidth, options.lease_seconds, options.move_bytes)
+                        : options.move_bytes;
       for (auto& cut : workflows::CutMoves(runs, cut_bytes)) {
         LoadMove m;
         m.instance = alive[k];
