@@ -82,15 +82,13 @@ Result<CollectorHandle> AddSourceStateCollector(MetricsRegistry& registry, std::
   return registry.AddGaugeCollector(
       "shardwire_coordinator_sources", "Registered weight sources by state (READY, STALE), read at scrape time.",
       {"state"}, [state]() -> std::vector<CollectedSample> {
-        auto sources = state->ListSources("", std::nullopt, UnixNowMs());
-        if (!sources.ok()) {
-          spdlog::warn("coordinator metrics: listing sources failed: {}", sources.status().ToString());
+        auto counts = state->CountSources(UnixNowMs());
+        if (!counts.ok()) {
+          spdlog::warn("coordinator metrics: counting sources failed: {}", counts.status().ToString());
           return {};
         }
-        double ready = 0, stale = 0;
-        for (const auto& s : *sources) (s.state == SourceState::kReady ? ready : stale) += 1;
-        return {{{std::string(SourceStateName(SourceState::kReady))}, ready},
-                {{std::string(SourceStateName(SourceState::kStale))}, stale}};
+        return {{{std::string(SourceStateName(SourceState::kReady))}, static_cast<double>(counts->ready)},
+                {{std::string(SourceStateName(SourceState::kStale))}, static_cast<double>(counts->stale)}};
       });
 }
 

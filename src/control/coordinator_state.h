@@ -58,6 +58,12 @@ struct ReapStats {
   int members_expired = 0;
 };
 
+/// How many registered sources are in each state (CountSources).
+struct SourceCounts {
+  std::uint64_t ready = 0;
+  std::uint64_t stale = 0;
+};
+
 /// Longest AddRequest.request_id (bytes), and how long an applied one is remembered (ms).
 inline constexpr std::size_t kMaxAddRequestIdBytes = 64;
 inline constexpr std::int64_t kAddRequestIdTtlMs = 10 * 60 * 1000;
@@ -98,6 +104,10 @@ class CoordinatorState {
   /// Sorted by (instance_id, rank). Empty identity: all.
   virtual Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity,
                                                         std::optional<SourceState> state, std::int64_t now_ms) = 0;
+  /// How many sources are READY and STALE at now_ms, as ListSources("", nullopt, now_ms)
+  /// would list them, without building or moving the records (the metrics scrape: a fleet's
+  /// records carry up to 1 MiB of transport metadata each). Errors: as ListSources.
+  virtual Result<SourceCounts> CountSources(std::int64_t now_ms) = 0;
   /// Errors: kNotFound.
   virtual Status MarkSourceStale(const std::string& source_id, const std::string& reason, std::int64_t now_ms) = 0;
   /// Errors: kNotFound.

@@ -159,6 +159,16 @@ class InMemoryCoordinatorState final : public CoordinatorState {
     return out;
   }
 
+  Result<SourceCounts> CountSources(std::int64_t now_ms) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    SourceCounts counts;
+    for (const auto& [id, s] : sources_) {
+      if (Deleted(s, now_ms)) continue;
+      ++(s.marked_stale || Expired(s, now_ms) ? counts.stale : counts.ready);
+    }
+    return counts;
+  }
+
   Status MarkSourceStale(const std::string& source_id, const std::string& reason, std::int64_t now_ms) override {
     std::lock_guard<std::mutex> lock(mu_);
     StoredSource* s = FindLiveSource(source_id, now_ms);

@@ -295,15 +295,19 @@ redis.call('SREM', P .. 'srcall', id)
 return 1
 )lua";
 
-// ARGV: hex(identity) or '' for all, now, stale_ms, delete_ms, state filter ('', '1', '2').
-// Returns 7 entries per source: id, state, mi, rg, hb, sr, rec.
+// ARGV: hex(identity) or '' for all, now, stale_ms, delete_ms, state filter ('', '1', '2'),
+// count only ('1') or not ('').
+// Returns 7 entries per source: id, state, mi, rg, hb, sr, rec; counting only: the number of
+// READY and of STALE sources (no record leaves Redis).
 constexpr std::string_view kListScript = R"lua(
 local now, stale, d, filter = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local count_only = ARGV[6] == '1'
 local set = P .. 'srcall'
 if ARGV[1] ~= '' then set = P .. 'srcidx:' .. ARGV[1] end
 local ids = redis.pcall('SMEMBERS', set)
 if is_err(ids) then return fail('CORRUPT', set .. ': ' .. ids.err) end
 local out = {}
+local counts = {0, 0}
 for _, id in ipairs(ids) do
   local s, hb, ix, st = src_load(id, now, d)
   if s == 'corrupt' then return fail('CORRUPT', hb) end
@@ -312,7 +316,9 @@ for _, id in ipairs(ids) do
   else
     local state = '1'
     if st == '1' or now - hb >= stale then state = '2' end
-    if filter == '' or filter == state then
+    if count_only then
+      counts[tonumber(state)] = counts[tonumber(state)] + 1
+    elseif filter == '' or filter == state then
       local r = redis.call('HMGET', P .. 'src:' .. id, 'mi', 'rg', 'hb', 'sr', 'rec')
       out[#out + 1] = id
       out[#out + 1] = state
@@ -320,6 +326,7 @@ for _, id in ipairs(ids) do
     end
   end
 end
+if count_only then return counts end
 return out
 )lua";
 
@@ -716,6 +723,18 @@ class RedisCoordinatorState final : public CoordinatorState {
     return Internal("RegisterSource: 8 random source ids in a row collided");
   }
 
+  Result<SourceCounts> CountSources(std::int64_t now_ms) override {
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
+                        pool_->Eval(list_, {"", std::to_string(now_ms), stale_ms_, delete_ms_, "", "1"}, false));
+    SW_RETURN_IF_ERROR(CheckReply(*r, "CountSources"));
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_INTEGER ||
+        r->element[1]->type != REDIS_REPLY_INTEGER || r->element[0]->integer < 0 || r->element[1]->integer < 0) {
+      return CorruptData("CountSources: Redis script returned a malformed reply");
+    }
+    return SourceCounts{static_cast<std::uint64_t>(r->element[0]->integer),
+                        static_cast<std::uint64_t>(r->element[1]->integer)};
+  }
+
   Status HeartbeatSource(const std::string& source_id, std::int64_t now_ms) override {
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
                         pool_->Eval(heartbeat_, {source_id, std::to_string(now_ms), delete_ms_}, true));
@@ -727,7 +746,7 @@ class RedisCoordinatorState final : public CoordinatorState {
     std::string filter = state ? std::to_string(static_cast<int>(*state)) : std::string();
     SW_ASSIGN_OR_RETURN(
         RedisReplyPtr r,
-        pool_->Eval(list_, {Hex(model_identity), std::to_string(now_ms), stale_ms_, delete_ms_, filter}, false));
+        pool_->Eval(list_, {Hex(model_identity), std::to_string(now_ms), stale_ms_, delete_ms_, filter, ""}, false));
     SW_RETURN_IF_ERROR(CheckReply(*r, "ListSources"));
     if (r->type != REDIS_REPLY_ARRAY || r->elements % 7 != 0) {
       return CorruptData("ListSources: Redis script returned a malformed reply");

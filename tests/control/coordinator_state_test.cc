@@ -298,6 +298,40 @@ TEST_P(CoordinatorStateTest, SourcesPastDeleteAfterAreGone) {
   EXPECT_EQ(st.ListSources("", std::nullopt, t0 + 60'000).value().size(), 1u);
 }
 
+// The metrics scrape's count agrees with the listing at every moment of a source's life:
+// READY, STALE by its lease or by a mark, gone after delete-after or a deregistration.
+TEST_P(CoordinatorStateTest, CountsAgreeWithTheListing) {
+  auto& st = *state_;
+  const std::int64_t t0 = WallMs();
+  auto expect_counts = [&](std::int64_t now, std::uint64_t ready, std::uint64_t stale) {
+    auto counts = st.CountSources(now);
+    ASSERT_TRUE(counts.ok()) << counts.status().ToString();
+    EXPECT_EQ(counts->ready, ready) << "at t0 + " << now - t0;
+    EXPECT_EQ(counts->stale, stale) << "at t0 + " << now - t0;
+    auto listed = st.ListSources("", std::nullopt, now);
+    ASSERT_TRUE(listed.ok());
+    std::uint64_t listed_ready = 0;
+    for (const auto& r : *listed) listed_ready += r.state == SourceState::kReady;
+    EXPECT_EQ(listed_ready, ready);
+    EXPECT_EQ(listed->size() - listed_ready, stale);
+  };
+  expect_counts(t0, 0, 0);
+  auto a = st.RegisterSource(Source("m1", "a", 0, 1), t0);
+  auto b = st.RegisterSource(Source("m1", "b", 0, 1), t0);
+  auto c = st.RegisterSource(Source("m2", "c", 0, 1), t0);
+  auto d = st.RegisterSource(Source("m2", "d", 0, 1), t0);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok() && d.ok());
+  expect_counts(t0 + 1, 4, 0);
+  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "bad bytes", t0 + 2).ok());
+  ASSERT_TRUE(st.DeregisterSource(d->source_id).ok());
+  expect_counts(t0 + 3, 2, 1);
+  ASSERT_TRUE(st.HeartbeatSource(b->source_id, t0 + 30'000).ok());
+  expect_counts(t0 + 30'000, 1, 2);  // c's lease ended: STALE
+  expect_counts(t0 + 50'000, 0, 3);  // b's lease ended too
+  ASSERT_TRUE(st.HeartbeatSource(b->source_id, t0 + 55'000).ok());
+  expect_counts(t0 + 60'000, 1, 0);  // a and c past delete-after, b READY again
+}
+
 TEST_P(CoordinatorStateTest, DeregisterAndUnknownIds) {
   auto& st = *state_;
   const std::int64_t t0 = WallMs();
