@@ -3,6 +3,8 @@
 // independently from the checkpoint (LoadShardsFromCheckpoint).
 #include "shardwire/model_loading.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
 #include <xxhash.h>
@@ -267,6 +269,39 @@ TEST_F(ModelLoadingTest, AnInstanceListedHalfRegisteredIsUsedOnceWhole) {
   EXPECT_GT(report->bytes_per_instance["b-late"], 0u) << "the instance found whole at a re-listing was not used";
   for (const std::string& why : report->skipped) EXPECT_FALSE(why.starts_with("b-late")) << why;
   ExpectEqualsCheckpoint(**loader, 0);
+}
+
+// A mismatched instance found by a re-listing, while transfers run, is skipped without asking
+// it for its fingerprint inputs (a wait of up to stall_timeout_s inside the transfer loop, no
+// move tested meanwhile); the first listing, before any transfer, still asks (the test above).
+TEST_F(ModelLoadingTest, AMismatchFoundWhileLoadingIsSkippedWithoutAskingTheSource) {
+  auto slow = Seed("a-slow", "tp=1", Capped(1e6));
+  auto liar = Seed("b-liar", "tp=2");
+  registry_.SetStickyStale(true);
+  registry_.Edit("b-liar", [](SourceRecord& r) {
+    r.layout = "tp=4";  // holds tp=2 shards: its fingerprint is the tp=2 one
+    r.world_size = 2;
+    r.state = SourceState::kStale;  // not in the first listing
+  });
+  std::atomic<int> listings{0};
+  registry_.SetAfterList([&] {
+    if (listings++ == 0) registry_.Edit("b-liar", [](SourceRecord& r) { r.state = SourceState::kReady; });
+  });
+  auto loader = ModelLoader::Create(registry_, model_, LoaderOptions("new", "tp=1", 0));
+  ASSERT_TRUE(loader.ok());
+  auto report = (*loader)->Load();
+  registry_.SetAfterList({});
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  ExpectEqualsCheckpoint(**loader, 0);
+  ASSERT_GE(listings.load(), 2) << "no re-listing happened during the load";
+  std::vector<std::string> liar_skips;
+  for (const std::string& why : report->skipped)
+    if (why.starts_with("b-liar")) liar_skips.push_back(why);
+  ASSERT_EQ(liar_skips.size(), 1u) << fmt::format("{}", fmt::join(report->skipped, " | "));
+  EXPECT_NE(liar_skips[0].find("layout mismatch"), std::string::npos) << liar_skips[0];
+  EXPECT_NE(liar_skips[0].find("found while loading"), std::string::npos)
+      << "the source was asked for its fingerprint inputs mid-load: " << liar_skips[0];
+  EXPECT_EQ(report->bytes_per_instance.count("b-liar"), 0u);
 }
 
 TEST_F(ModelLoadingTest, FingerprintMismatchSkipsInstanceWithoutMarkingItStale) {
