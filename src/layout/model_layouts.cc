@@ -128,13 +128,31 @@ Result<LocalShard> TensorParallelShard(const ModelDescription& model, const Mode
   }
   const int dim = ShardDim(t.role);
   const std::int64_t kv = model.config.num_key_value_heads;
+  Box box;
   if (engine && t.role == ParallelRole::kColumn && IsKeyValueProjection(spec.name) && kv < tp) {
     // GQA: kv head h is replicated on the tp / kv ranks that share it.
-    SW_ASSIGN_OR_RETURN(Box box,
-                        EvenSplit(spec, whole, 0, static_cast<int>(kv), tp_rank / (tp / static_cast<int>(kv))));
-    return LocalShard(box);
+    SW_ASSIGN_OR_RETURN(box, EvenSplit(spec, whole, 0, static_cast<int>(kv), tp_rank / (tp / static_cast<int>(kv))));
+  } else {
+    SW_ASSIGN_OR_RETURN(box, EvenSplit(spec, whole, dim, tp, tp_rank));
   }
-  SW_ASSIGN_OR_RETURN(Box box, EvenSplit(spec, whole, dim, tp, tp_rank));
+  // An FP8 block-quantised weight is split on whole blocks: a rank's weight_scale_inv rows
+  // (or columns) then cover exactly its own weight rows (columns). Otherwise both splits are
+  // even yet disagree (456 rows at tp=2: 228 rows per rank, but scale rows [2, 4) start at
+  // row 256), and the engine would dequantise rows with another block's scale. vLLM refuses
+  // the same engine (Fp8LinearMethod: "output_size_per_partition % block_n", and
+  // "input_size_per_partition % block_k"). Checked on the weight; its scale follows it.
+  const std::size_t rank_of_tensor = spec.shape.size();
+  if (engine && spec.dtype == DType::kF8E4M3 && t.scale_of.empty() && model.config.fp8_block_size &&
+      rank_of_tensor >= 2 && static_cast<std::size_t>(dim) + 2 >= rank_of_tensor) {
+    const std::int64_t block = (*model.config.fp8_block_size)[static_cast<std::size_t>(dim) + 2 - rank_of_tensor];
+    const std::int64_t part = box.shape[static_cast<std::size_t>(dim)];
+    if (block > 0 && part % block != 0) {
+      return InvalidArgument(fmt::format(
+          "{}: tp={} gives each rank {} of dim {}, not a multiple of the FP8 block size {} (weight_block_size): a "
+          "rank's weight_scale_inv would cover another rank's rows; choose a TP size that splits whole blocks",
+          ToString(spec), tp, part, dim, block));
+    }
+  }
   return LocalShard(box);
 }
 

@@ -2,6 +2,7 @@
 // expectations of what vLLM / SGLang and torchtitan hold on each rank.
 #include "shardwire/model_layouts.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "describe_model.h"
@@ -47,6 +48,38 @@ TEST(EngineLayout, KeyValueHeadsReplicatedWhenFewerThanTp) {
   EXPECT_EQ(Shard(l, 3, "model.layers.0.self_attn.q_proj.weight").box, (Box{{48, 0}, {16, 64}}));
   // o_proj is row-parallel: dim 1.
   EXPECT_EQ(Shard(l, 1, "model.layers.0.self_attn.o_proj.weight").box, (Box{{0, 16}, {64, 16}}));
+}
+
+// An FP8 block-quantised Llama (blocks of 128 x 128) with `intermediate` MLP rows.
+ModelDescription Fp8Llama(int intermediate) {
+  return Describe(fmt::format(
+      R"({{"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 1, "num_attention_heads": 2,
+      "num_key_value_heads": 2, "intermediate_size": {}, "vocab_size": 128, "torch_dtype": "bfloat16",
+      "quantization_config": {{"quant_method": "fp8", "weight_block_size": [128, 128]}}}})",
+      intermediate));
+}
+
+// TP splits an FP8 weight on whole blocks, so each rank's weight_scale_inv covers its own rows.
+// 456 MLP rows at tp=2 split evenly (228 per rank) and so do their 4 scale rows (2 per rank),
+// yet rank 1's scale rows [2, 4) start at weight row 256, not 228: refused, as vLLM refuses it.
+TEST(EngineLayout, Fp8WeightsAreSplitOnWholeBlocks) {
+  const Layout l = MakeEngineLayout(Fp8Llama(512), {.tp = 2}).value();
+  EXPECT_EQ(Shard(l, 1, "model.layers.0.mlp.gate_proj.weight").box, (Box{{256, 0}, {256, 256}}));
+  EXPECT_EQ(Shard(l, 1, "model.layers.0.mlp.gate_proj.weight_scale_inv").box, (Box{{2, 0}, {2, 2}}));
+  EXPECT_EQ(Shard(l, 1, "model.layers.0.mlp.down_proj.weight_scale_inv").box, (Box{{0, 2}, {2, 2}}));
+  auto unaligned = MakeEngineLayout(Fp8Llama(456), {.tp = 2});
+  ASSERT_FALSE(unaligned.ok());
+  EXPECT_EQ(unaligned.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(unaligned.status().message().find("mlp."), std::string::npos) << unaligned.status().message();
+  EXPECT_NE(unaligned.status().message().find("FP8 block size 128"), std::string::npos)
+      << unaligned.status().message();
+  // The same model is fine unsharded, and a BF16 engine of it at tp=2 too.
+  EXPECT_TRUE(MakeEngineLayout(Fp8Llama(456), {.tp = 1}).ok());
+  EXPECT_TRUE(MakeEngineLayout(Describe(R"({"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 1,
+      "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 456, "vocab_size": 128,
+      "torch_dtype": "bfloat16"})"),
+                               {.tp = 2})
+                  .ok());
 }
 
 // Shard sizes that are not multiples of the 64-byte alignment (q: 6 rows x 24 x 2 bytes =
