@@ -41,8 +41,10 @@ inline constexpr std::uint64_t kMaxPlanGroups = std::uint64_t{1} << 20;
 /// are kept; groups it does not reference are empty). Errors (kCorruptData, naming the
 /// check): truncated, bad magic, unsupported version, checksum mismatch, a varint or
 /// count that overruns, a rank, group (id >= kMaxPlanGroups) or delivery kind out of range, group ids
-/// not strictly ascending (a repeated group), a move whose byte range
-/// (offset + (count - 1) * stride + length, either side) or byte count overflows 64 bits.
+/// not strictly ascending (a repeated group), buckets not sorted by source rank, a move,
+/// reduce copy or reduction whose byte range (offset + (count - 1) * stride + length, every
+/// side) or byte count overflows 64 bits, a zstd frame that does not declare the header's
+/// body size (checked before the body is allocated).
 Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes);
 
 }  // namespace shardwire

@@ -208,8 +208,13 @@ Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes) {
   SW_RETURN_IF_ERROR(h.Fixed(2, "flags").status());
   SW_ASSIGN_OR_RETURN(const std::uint64_t body_size, h.Fixed(8, "body size"));
   if (body_size > kMaxBodyBytes) return CorruptData(fmt::format("plan body of {} bytes is implausible", body_size));
-  std::vector<std::byte> body(body_size);
   const std::span<const std::byte> frame = bytes.subspan(16, bytes.size() - 24);
+  // The frame must declare the same size (the encoder's ZSTD_compress always records it)
+  // before anything is allocated: the checksum is no authentication, and 24 bytes with a
+  // body size of 4 GiB would otherwise commit 4 GiB before the frame failed.
+  if (ZSTD_getFrameContentSize(frame.data(), frame.size()) != body_size)
+    return CorruptData("plan body's zstd frame does not declare the recorded body size");
+  std::vector<std::byte> body(body_size);
   const std::size_t n = ZSTD_decompress(body.data(), body.size(), frame.data(), frame.size());
   if (ZSTD_isError(n) || n != body_size) return CorruptData("plan body does not decompress to its recorded size");
   Reader r(body);
@@ -254,6 +259,10 @@ Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes) {
         count > r.remaining()) {
       return CorruptData(fmt::format("plan bucket {} has a source, group, delivery, round or count out of range", i));
     }
+    // TransferPlan keeps buckets sorted by source rank (MovesFrom and SourcesOf search it).
+    if (!buckets.empty() && src < buckets.back().src_rank)
+      return CorruptData(fmt::format("plan bucket {}: source rank {} after rank {} (buckets are sorted by source)", i,
+                                     src, buckets.back().src_rank));
     b.src_rank = static_cast<std::uint32_t>(src);
     b.dst_group = static_cast<std::uint32_t>(group);
     b.delivery = static_cast<DeliveryKind>(delivery);
@@ -306,7 +315,12 @@ Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes) {
     for (auto& x : v) {
       SW_ASSIGN_OR_RETURN(x, r.Varint("reduce copy"));
     }
-    if (v[0] >= src_world || v[1] >= src_world || v[5] == 0) return CorruptData("plan reduce copy out of range");
+    // Ranks in range; both extents (the addend in the source's buffer, the run in the slot)
+    // and the byte count within 64 bits, as for moves.
+    if (v[0] >= src_world || v[1] >= src_world || v[5] == 0 || !ExtentFits(v[2], v[5], v[6], v[4]) ||
+        !ExtentFits(v[3], v[5], v[7], v[4]) || v[4] > std::numeric_limits<std::uint64_t>::max() / v[5]) {
+      return CorruptData(fmt::format("plan reduce copy {}: rank or byte range out of range", i));
+    }
     copies.push_back(ReduceCopy{static_cast<std::uint32_t>(v[0]), static_cast<std::uint32_t>(v[1]), v[2], v[3], v[4],
                                 v[5], v[6], v[7]});
   }
@@ -318,8 +332,10 @@ Result<TransferPlan> DeserializePlan(std::span<const std::byte> bytes) {
     for (auto& x : v) {
       SW_ASSIGN_OR_RETURN(x, r.Varint("reduction"));
     }
-    if (v[0] >= src_world || v[3] == 0 || v[3] > (1u << 24) || v[4] > static_cast<std::uint64_t>(DType::kF8E5M2)) {
-      return CorruptData("plan reduction out of range");
+    // The addends' slots (scratch_offset + addends x bytes) within 64 bits.
+    if (v[0] >= src_world || v[3] == 0 || v[3] > (1u << 24) || v[4] > static_cast<std::uint64_t>(DType::kF8E5M2) ||
+        !ExtentFits(v[1], v[3], v[2], v[2])) {
+      return CorruptData(fmt::format("plan reduction {}: rank, addends, dtype or byte range out of range", i));
     }
     sums.push_back(Reduction{static_cast<std::uint32_t>(v[0]), v[1], v[2], static_cast<std::uint32_t>(v[3]),
                              static_cast<std::uint8_t>(v[4])});

@@ -643,5 +643,64 @@ TEST(PlanCodec, RepeatedOrDescendingGroupIdsAreCorrupt) {
   }
 }
 
+// Found by review: the body size in the header was allocated (and zeroed) before the zstd
+// frame was looked at, so 24 bytes naming a 4 GiB body committed 4 GiB. The frame's declared
+// content size must now equal it first.
+TEST(PlanCodec, ABodySizeTheFrameDoesNotDeclareIsCorruptBeforeAnyAllocation) {
+  auto blob = SealPlanBody({1, 1, 0, 1, 0, 1, 0, 0, 0, 0, 0});
+  ASSERT_TRUE(DeserializePlan(blob).ok());
+  for (std::uint64_t lie : {std::uint64_t{1} << 32, std::uint64_t{12}}) {
+    auto b = blob;
+    for (int i = 0; i < 8; ++i) b[8 + static_cast<std::size_t>(i)] = static_cast<std::byte>((lie >> (8 * i)) & 0xFF);
+    const std::uint64_t sum = XXH64(b.data(), b.size() - 8, 0);  // the checksum is no authentication
+    for (int i = 0; i < 8; ++i) b[b.size() - 8 + static_cast<std::size_t>(i)] = static_cast<std::byte>(sum >> (8 * i));
+    auto r = DeserializePlan(b);
+    EXPECT_EQ(r.status().code(), ErrorCode::kCorruptData) << lie;
+    EXPECT_NE(r.status().message().find("does not declare the recorded body size"), std::string::npos)
+        << r.status().message();
+  }
+}
+
+// Found by review: buckets out of source order were accepted, and MovesFrom (a binary
+// search over the sorted buckets) then gave rank 0 rank 1's moves and rank 1 none.
+TEST(PlanCodec, BucketsOutOfSourceOrderAreCorrupt) {
+  // src_world 2, dst_world 1, runs 0, group {0}, two buckets of one 8-byte move each, with
+  // sources `first` then `second`; no scratch, copies or reductions.
+  auto blob = [](std::uint64_t first, std::uint64_t second) {
+    return SealPlanBody({2, 1, 0, 1, 0, 1, 0, 2, first, 0, 0, 0, 1, 0, 0, 8, 1, second, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0,
+                         0});
+  };
+  auto ok = DeserializePlan(blob(0, 1));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->MovesFrom(1).size(), 1u);
+  auto r = DeserializePlan(blob(1, 0));
+  EXPECT_EQ(r.status().code(), ErrorCode::kCorruptData);
+  EXPECT_NE(r.status().message().find("sorted by source"), std::string::npos) << r.status().message();
+}
+
+// Found by review: reduce copies and reductions were not range-checked as moves are.
+TEST(PlanCodec, ReductionRangesThatOverflow64BitsAreCorrupt) {
+  // src_world 1, dst_world 1, runs 0, group {0}, no buckets, no scratch, then `copies` (8
+  // varints each) and `sums` (5 each).
+  auto blob = [](const std::vector<std::uint64_t>& copy, const std::vector<std::uint64_t>& sum) {
+    std::vector<std::uint64_t> v = {1, 1, 0, 1, 0, 1, 0, 0, 0, copy.size() / 8};
+    v.insert(v.end(), copy.begin(), copy.end());
+    v.push_back(sum.size() / 5);
+    v.insert(v.end(), sum.begin(), sum.end());
+    return SealPlanBody(v);
+  };
+  constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
+  auto ok = DeserializePlan(blob({0, 0, 0, 64, 16, 2, 16, 16}, {0, 64, 32, 2, 0}));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  auto copy = DeserializePlan(blob({0, 0, 0, kMax - 7, 16, 1, 0, 0}, {}));  // the slot run wraps
+  EXPECT_EQ(copy.status().code(), ErrorCode::kCorruptData);
+  EXPECT_NE(copy.status().message().find("reduce copy 0"), std::string::npos) << copy.status().message();
+  auto strided = DeserializePlan(blob({0, 0, 1ull << 62, 0, 1, 4, 1ull << 62, 0}, {}));  // the source runs wrap
+  EXPECT_EQ(strided.status().code(), ErrorCode::kCorruptData);
+  auto sum = DeserializePlan(blob({}, {0, 1ull << 63, 1ull << 62, 3, 0}));  // 2^63 + 3 x 2^62
+  EXPECT_EQ(sum.status().code(), ErrorCode::kCorruptData);
+  EXPECT_NE(sum.status().message().find("reduction 0"), std::string::npos) << sum.status().message();
+}
+
 }  // namespace
 }  // namespace shardwire
