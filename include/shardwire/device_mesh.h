@@ -38,7 +38,8 @@ struct MeshDim {
 
 class DeviceMesh {
  public:
-  /// Errors (kInvalidArgument): no dimensions, a size < 1, an empty or repeated name.
+  /// Errors (kInvalidArgument): no dimensions, a size < 1, an empty or repeated name, more
+  /// than INT_MAX ranks in all.
   static Result<DeviceMesh> Create(std::vector<MeshDim> dims);
 
   const std::vector<MeshDim>& dims() const { return dims_; }

@@ -202,10 +202,15 @@ Status TensorConverter::FillScale(std::uint64_t offset, std::span<std::byte> out
     return InvalidArgument(fmt::format("scale \"{}\": byte range [{}, {}) is past its {} bytes or splits an element",
                                        outputs_.scale->name, offset, offset + out.size(), total));
   }
-  const std::uint64_t first_row = offset / 4 / static_cast<std::uint64_t>(col_blocks_);
-  const std::uint64_t last_row = (offset + out.size() + 3) / 4 / static_cast<std::uint64_t>(col_blocks_);
-  for (std::uint64_t b = first_row; b <= last_row && b < scales_done_.size(); ++b) {
-    if (!scales_done_[b]) SW_RETURN_IF_ERROR(ComputeBlockRow(static_cast<std::int64_t>(b)));
+  // The block-rows the range's scale elements lie in: [first_row, end_row). (A scale tensor of
+  // zero columns has no elements: nothing to compute.)
+  if (!out.empty() && col_blocks_ > 0) {
+    const auto per_row = static_cast<std::uint64_t>(col_blocks_);
+    const std::uint64_t first_row = offset / 4 / per_row;
+    const std::uint64_t end_row = ((offset + out.size()) / 4 + per_row - 1) / per_row;
+    for (std::uint64_t b = first_row; b < end_row && b < scales_done_.size(); ++b) {
+      if (!scales_done_[b]) SW_RETURN_IF_ERROR(ComputeBlockRow(static_cast<std::int64_t>(b)));
+    }
   }
   if (!out.empty()) std::memcpy(out.data(), reinterpret_cast<const std::byte*>(scales_.data()) + offset, out.size());
   return Status::Ok();

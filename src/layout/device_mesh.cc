@@ -1,5 +1,6 @@
 #include "shardwire/device_mesh.h"
 
+#include <limits>
 #include <set>
 
 #include <fmt/format.h>
@@ -16,6 +17,11 @@ Result<DeviceMesh> DeviceMesh::Create(std::vector<MeshDim> dims) {
     if (d.name.empty()) return InvalidArgument("a device mesh dimension has an empty name");
     if (!names.insert(d.name).second) return InvalidArgument(fmt::format("mesh dimension {} appears twice", d.name));
     if (d.size < 1) return InvalidArgument(fmt::format("mesh dimension {} has size {}", d.name, d.size));
+    // Ranks are ints: a product past INT_MAX (65536 x 65537) was signed overflow and wrapped.
+    if (mesh.size_ > std::numeric_limits<int>::max() / d.size) {
+      return InvalidArgument(fmt::format("device mesh of more than {} ranks (at dimension {} of size {})",
+                                         std::numeric_limits<int>::max(), d.name, d.size));
+    }
     mesh.size_ *= d.size;
   }
   mesh.dims_ = std::move(dims);

@@ -110,6 +110,10 @@ Result<Layout> Layout::FromRankClasses(std::string description, std::vector<Tens
     }
     const std::uint32_t first_rank = layout.ranks_of_class_[c].front();
     std::vector<ShardEntry>& entries = class_shards[c];
+    for (const ShardEntry& e : entries) {  // before the sort, which indexes position[] by them
+      if (e.tensor >= tensors.size())
+        return InvalidArgument(fmt::format("layout {}: tensor index {} out of range", description, e.tensor));
+    }
     std::sort(entries.begin(), entries.end(),
               [&](const ShardEntry& a, const ShardEntry& b) { return position[a.tensor] < position[b.tensor]; });
     RankShards& rank = layout.classes_[c];

@@ -119,6 +119,34 @@ TEST(TensorConversion, FusedFp8QuantisesTheConcatenation) {
   EXPECT_EQ(Drain(*c2, 16, true), s);
 }
 
+// Found by review: FillScale quantised one block-row past the range it was asked for (its end
+// was taken as inclusive), so a NaN in block-row 1 failed a read of row 0's scales; and a
+// destination of zero columns (no scale elements) divided by zero.
+TEST(TensorConversion, FillScaleQuantisesOnlyTheBlockRowsItWrites) {
+  auto w = MakeBf16("w.weight", {256, 128}, 3);
+  const std::uint16_t nan = 0x7FC0;  // bf16 NaN at element [200, 0]: block-row 1
+  std::memcpy(w.bytes.data() + 200 * 128 * 2, &nan, 2);
+  auto c = TensorConverter::Create({"w.weight", {"w.weight"}, 0, DType::kF8E4M3}, {w.view()});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  ASSERT_EQ(c->outputs().scale->shape, (std::vector<std::int64_t>{2, 1}));
+  std::vector<std::byte> row0(4);
+  ASSERT_TRUE(c->FillScale(0, row0).ok()) << "block-row 1's NaN failed a read of block-row 0's scale";
+  std::vector<float> ref_q_scale(1);
+  std::vector<std::uint8_t> ref_q(128 * 128);
+  ASSERT_TRUE(QuantizeFp8BlockTensor({TensorSpec{"x", DType::kBF16, {128, 128}}, std::span(w.bytes).first(128 * 128 * 2)},
+                                     ref_q, ref_q_scale, {})
+                  .ok());
+  EXPECT_EQ(std::memcmp(row0.data(), ref_q_scale.data(), 4), 0);
+  std::vector<std::byte> row1(4);
+  const Status bad = c->FillScale(4, row1);
+  EXPECT_EQ(bad.code(), ErrorCode::kCorruptData) << bad.ToString();
+  // Zero columns: a [128, 0] destination has a [1, 0] scale, no bytes to fill.
+  const auto empty = MakeBf16("e.weight", {128, 0}, 1);
+  auto e = TensorConverter::Create({"e.weight", {"e.weight"}, 0, DType::kF8E4M3}, {empty.view()});
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  EXPECT_TRUE(e->FillScale(0, {}).ok());
+}
+
 TEST(TensorConversion, ShapeAndDtypeErrorsNameTheTensors) {
   const TensorSpec q{"q", DType::kBF16, {8, 6}}, k{"k", DType::kBF16, {4, 5}}, k3{"k3", DType::kBF16, {4, 6, 1}};
   auto r = ResolveConversion({"qkv", {"q", "k"}, 0, DType::kBF16}, {q, k});

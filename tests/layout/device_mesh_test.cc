@@ -14,6 +14,16 @@ TEST(DeviceMesh, RowMajorCoordinates) {
   EXPECT_EQ(mesh->DimIndex("ep").status().code(), ErrorCode::kNotFound);
 }
 
+// Found by review: the rank count was an unchecked int product; 65536 x 65537 wrapped to a
+// mesh of 65536 ranks, every one at coordinate a = 0.
+TEST(DeviceMesh, AMeshOfMoreRanksThanAnIntHoldsIsRefused) {
+  auto mesh = DeviceMesh::Create({{"a", 65536}, {"b", 65537}});
+  ASSERT_FALSE(mesh.ok());
+  EXPECT_EQ(mesh.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(mesh.status().message().find("dimension b"), std::string::npos) << mesh.status().message();
+  EXPECT_TRUE(DeviceMesh::Create({{"a", 65536}, {"b", 32767}}).ok());
+}
+
 // DTensor: Shard(0) on both mesh dims of a [10] tensor applies in mesh order: first
 // chunk(2) -> [0:5], [5:10]; then each chunk(2) -> [0:3], [3:5], [5:8], [8:10].
 TEST(DeviceMesh, TwoMeshDimsShardOneTensorDimInMeshOrder) {

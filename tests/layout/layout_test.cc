@@ -68,6 +68,17 @@ TEST(Layout, RejectsBoxOutsideTensor) {
   EXPECT_NE(layout.status().message().find("rank 0"), std::string::npos);
 }
 
+// Found by review: a class entry's tensor index was range-checked only after the entries were
+// sorted by it, so the sort read past the end of the position table (ASan: heap overflow).
+TEST(Layout, RejectsATensorIndexOutOfRangeBeforeUsingIt) {
+  std::vector<std::vector<ShardEntry>> classes{{{0, LocalShard(Box{{0}, {10}})}, {7, LocalShard(Box{{0}, {10}})}}};
+  auto layout = Layout::FromRankClasses("custom", {{"x", DType::kF32, {10}}}, classes, {0});
+  ASSERT_FALSE(layout.ok());
+  EXPECT_EQ(layout.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(layout.status().message().find("tensor index 7 out of range"), std::string::npos)
+      << layout.status().message();
+}
+
 TEST(Layout, RejectsATensorNameListedTwice) {
   // Tensors are matched by name: a duplicate would plan by position in one order and fail as
   // "missing" in another (found by review, session 35). Rejected when the layout is built.
