@@ -88,8 +88,12 @@ Result<PeerProcess> PeerProcess::Open(pid_t pid, std::uint64_t probe_addr) {
 bool PeerProcess::Exited() const {
   if (pidfd_ < 0) return true;
   pollfd f{pidfd_, POLLIN, 0};
-  const int n = ::poll(&f, 1, 0);
-  return n != 0;  // readable (exited), or an error: never trust the pid then
+  int n;
+  do {
+    n = ::poll(&f, 1, 0);
+  } while (n < 0 && errno == EINTR);  // a signal is no exit
+  // Readable (exited), or another error (never trust the pid then).
+  return n < 0 || (n > 0 && (f.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)) != 0);
 }
 
 Status PeerProcess::ReadRows(std::byte* local, std::uint64_t local_stride, std::uint64_t remote_addr,

@@ -174,6 +174,12 @@ bool UcxBackend::CloseLink(std::uint32_t lane, void* link, bool force, double ti
     std::erase(lanes_[lane]->backlog, &lk);
     lk.messages.reset();  // queued messages fail (their completions run now)
   }
+  // Fence acknowledgements owed through this endpoint (UCX may hand it as the fence's reply
+  // endpoint) are dropped with it: ServeAcks would otherwise send on a closed endpoint. The
+  // peer's fence then waits for its own timeout, as for any peer that forgot it.
+  if (ucp_ep_h closing = lk.ep.get(); closing != nullptr) {
+    std::erase_if(lanes_[lane]->acks, [closing](const PendingAck& a) { return a.reply_ep == closing; });
+  }
   return lk.ep.Close(force, timeout_s);
 }
 
