@@ -136,6 +136,11 @@ Status Fp8ShardBlockAmax(DType src_dtype, std::span<const std::byte> src, const 
 /// row-major) and the owned scales into scale_inv_out (row-major over Fp8BlocksOwned).
 /// The result is bit-identical to QuantizeFp8BlockRows over the whole matrix, restricted to
 /// the shard (same ScaleFor arithmetic, same kernels).
+/// Precondition: block_amax[k] >= the shard's own partial amax of block k (Fp8ShardBlockAmax),
+/// as a max over every shard's partial amaxes is. Not checked (it would cost a second read of
+/// the shard): with a smaller amax an element scales past 448 and its code is garbage (a sign
+/// flip in the portable kernel, other bytes in AVX2 / AVX-512). PushConverter maxes every
+/// received amax with its own partial one first.
 /// Errors: as Fp8ShardBlockAmax, plus kCorruptData for a negative, NaN or infinite amax (a
 /// peer's amax is untrusted input).
 Status QuantizeFp8Shard(DType src_dtype, std::span<const std::byte> src, const Fp8ShardBox& shard,
