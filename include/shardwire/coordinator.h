@@ -58,8 +58,10 @@ std::string_view SourceStateName(SourceState state);
 
 /// One rank of a serving instance, registered as a weight source.
 struct SourceRecord {
-  /// Assigned by the coordinator at RegisterSource ("src-" + 16 hex digits);
-  /// ignored on input.
+  /// "src-" + 16 lowercase hex digits. Empty in RegisterSource: the coordinator assigns one.
+  /// Set: proposed by the caller, which makes the registration idempotent (a repeat with
+  /// the same contents returns the stored record and renews its lease; other contents under
+  /// a live record of the id: kAlreadyExists), so a call whose reply was lost is retried.
   std::string source_id;
   /// What bytes the source holds (ModelIdentity digest, see the P2P loading
   /// workflow). Sources with equal identities hold equal tensors. 1..256 bytes.
@@ -205,8 +207,12 @@ class CoordinatorClient final : public Rendezvous {
 
   /// Registers a source (fields the coordinator sets are ignored) and returns
   /// the stored record with its source_id. `timeout_s` as for HeartbeatSource.
+  /// With a proposed source_id an attempt whose deadline passed is sent again
+  /// within the bound (the registration is idempotent); without, it is not.
   /// Errors: kInvalidArgument (limits above, rank outside [0, world_size), a
-  /// timeout_s that is not > 0); as HeartbeatSource for the bound.
+  /// timeout_s that is not > 0, a malformed proposed id); kAlreadyExists when
+  /// a live record of the proposed id has other contents; as HeartbeatSource
+  /// for the bound.
   Result<SourceRecord> RegisterSource(const SourceRecord& record,
                                       double timeout_s = std::numeric_limits<double>::infinity());
   /// Renews a source's lease and makes a STALE source READY again.

@@ -77,7 +77,9 @@ inline constexpr std::int64_t kMaxLayoutRankClasses = std::int64_t{1} << 16;
 /// more than kMaxLayoutRanks ranks or kMaxLayoutRankClasses rank classes;
 /// heads not divisible by tp; tp not a multiple of (or divisible by) the key/value heads;
 /// ep not 1 or tp; experts not divisible by ep; a bad expert_to_rank map; a sharded
-/// dimension (incl. FP8 block-scale rows) not divisible; pp > number of layers.
+/// dimension (incl. FP8 block-scale rows) not divisible; an FP8 block-quantised weight whose
+/// per-rank part is not a multiple of weight_block_size along the split dimension (its
+/// ranks' scales would cover other ranks' rows; vLLM refuses it alike); pp > number of layers.
 Result<Layout> MakeEngineLayout(const ModelDescription& model, const EngineLayoutOptions& options);
 
 /// Trainer layout. Errors (kInvalidArgument): sizes < 1; more than kMaxLayoutRanks ranks

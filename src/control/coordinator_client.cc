@@ -323,7 +323,8 @@ Result<SourceRecord> CoordinatorClient::RegisterSource(const SourceRecord& recor
   SW_RETURN_IF_ERROR(ValidateCallBound(timeout_s, "RegisterSource"));
   v1::RegisterSourceRequest req;
   control::ToProto(record, req.mutable_source());
-  req.mutable_source()->clear_source_id();
+  const bool proposed = !record.source_id.empty();
+  if (proposed) SW_RETURN_IF_ERROR(control::ValidateProposedSourceId(record.source_id));
   req.mutable_source()->clear_state();
   req.mutable_source()->clear_stale_reason();
   req.mutable_source()->clear_registered_unix_ms();
@@ -332,7 +333,8 @@ Result<SourceRecord> CoordinatorClient::RegisterSource(const SourceRecord& recor
   v1::RegisterSourceResponse resp;
   SW_RETURN_IF_ERROR(impl_->Call(
       "RegisterSource", [&](grpc::ClientContext& ctx) { return impl_->sources->Register(&ctx, req, &resp); },
-      {.bound_s = timeout_s}));
+      // With a proposed id a repeat is idempotent, so an attempt whose reply was lost is sent again.
+      {.bound_s = timeout_s, .resend_after_deadline = proposed}));
   return control::FromProto(resp.source());
 }
 

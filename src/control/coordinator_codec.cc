@@ -1,6 +1,7 @@
 #include "control/coordinator_codec.h"
 
 #include <fmt/format.h>
+#include <algorithm>
 
 #include <cmath>
 #include <set>
@@ -73,6 +74,17 @@ Status ValidateName(const std::string& value, std::string_view field, bool allow
 Status ValidateSourceId(const std::string& value) {
   if (value.empty()) return InvalidArgument("source_id is empty");
   if (value.size() > kMaxSourceIdBytes) return TooLong("source_id", value.size(), kMaxSourceIdBytes);
+  return Status::Ok();
+}
+
+Status ValidateProposedSourceId(const std::string& value) {
+  const bool ok = value.size() == 20 && value.starts_with("src-") &&
+                  std::all_of(value.begin() + 4, value.end(),
+                              [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+  if (!ok) {
+    return InvalidArgument(fmt::format("a proposed source_id must be \"src-\" and 16 lowercase hex digits, got \"{}\"",
+                                       value.substr(0, kMaxSourceIdBytes)));
+  }
   return Status::Ok();
 }
 

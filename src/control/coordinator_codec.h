@@ -38,6 +38,9 @@ inline constexpr int kMaxResponseBytes = 1024 * 1024 * 1024;
 // Validation: kInvalidArgument naming the field and the limit.
 Status ValidateName(const std::string& value, std::string_view field, bool allow_empty = false);
 Status ValidateSourceId(const std::string& value);
+/// A source_id a client proposes in Register: "src-" and 16 lowercase hex digits (the form
+/// the coordinator assigns). Errors: kInvalidArgument naming the value.
+Status ValidateProposedSourceId(const std::string& value);
 Status ValidateReason(const std::string& value);
 Status ValidateWait(double wait_s);
 Status ValidateSource(const v1::Source& source);

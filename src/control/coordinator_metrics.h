@@ -5,8 +5,8 @@
 //   by a gRPC server interceptor when the status is sent (method "Rendezvous/Put", code the
 //   gRPC status name, e.g. "OK", "NOT_FOUND"). Covers the synchronous handlers and the
 //   asynchronous heartbeats alike.
-// - shardwire_coordinator_sources{state}: sources by state (READY / STALE), read from the
-//   state (in memory or Redis: one ListSources per scrape) when the registry renders.
+// - shardwire_coordinator_sources{state}: sources by state (READY / STALE), counted by the
+//   state (CoordinatorState::CountSources: no record leaves it) when the registry renders.
 #pragma once
 
 #include <grpcpp/grpcpp.h>

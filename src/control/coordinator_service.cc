@@ -224,6 +224,7 @@ grpc::Status SourceRegistryService::Register(grpc::ServerContext* ctx, const v1:
   SW_AUTHORIZE(ctx);
   if (!req->has_source()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Register without a source");
   SW_GRPC_RETURN_IF_ERROR(ValidateSource(req->source()));
+  if (!req->source().source_id().empty()) SW_GRPC_RETURN_IF_ERROR(ValidateProposedSourceId(req->source().source_id()));
   auto record = FromProto(req->source());
   if (!record.ok()) return Invalid(InvalidArgument(record.status().message()));
   auto stored = core_->state().RegisterSource(std::move(*record), UnixNowMs());

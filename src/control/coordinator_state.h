@@ -96,8 +96,12 @@ class CoordinatorState {
   /// changes cheaply); may change spuriously.
   virtual Result<std::uint64_t> KvGeneration() = 0;
 
-  // Sources. `record` arrives validated; the state assigns source_id,
-  // registered/last-heartbeat times and state READY.
+  // Sources. `record` arrives validated; the state assigns registered/last-heartbeat times,
+  // state READY, and a random source_id unless the record proposes one. With a proposed id
+  // the call is idempotent: a live record of that id with the same contents (identity,
+  // instance, rank, world size, layout, fingerprint, metadata, attributes) is returned with
+  // its lease renewed (as a heartbeat would), so a retry after a lost reply registers nothing
+  // twice. Errors: kAlreadyExists when a live record of the proposed id has other contents.
   virtual Result<SourceRecord> RegisterSource(SourceRecord record, std::int64_t now_ms) = 0;
   /// Errors: kNotFound.
   virtual Status HeartbeatSource(const std::string& source_id, std::int64_t now_ms) = 0;

@@ -114,10 +114,30 @@ class InMemoryCoordinatorState final : public CoordinatorState {
 
   Result<SourceRecord> RegisterSource(SourceRecord record, std::int64_t now_ms) override {
     std::lock_guard<std::mutex> lock(mu_);
-    std::string id;
-    do {
-      id = fmt::format("src-{:016x}", rng_());
-    } while (sources_.count(id) != 0);
+    std::string id = record.source_id;
+    if (!id.empty()) {  // proposed by the caller: a repeat of the same registration is idempotent
+      auto it = sources_.find(id);
+      if (it != sources_.end() && Deleted(it->second, now_ms)) {
+        sources_.erase(it);
+      } else if (it != sources_.end()) {
+        SourceRecord& stored = it->second.record;
+        if (stored.model_identity != record.model_identity || stored.instance_id != record.instance_id ||
+            stored.rank != record.rank || stored.world_size != record.world_size || stored.layout != record.layout ||
+            stored.layout_fingerprint != record.layout_fingerprint || stored.metadata != record.metadata ||
+            stored.attributes != record.attributes) {
+          return AlreadyExists(fmt::format("source {} is registered with other contents", id));
+        }
+        stored.last_heartbeat_unix_ms = std::max(stored.last_heartbeat_unix_ms, now_ms);
+        it->second.marked_stale = false;
+        stored.state = SourceState::kReady;
+        stored.stale_reason.clear();
+        return stored;
+      }
+    } else {
+      do {
+        id = fmt::format("src-{:016x}", rng_());
+      } while (sources_.count(id) != 0);
+    }
     record.source_id = id;
     record.state = SourceState::kReady;
     record.stale_reason.clear();

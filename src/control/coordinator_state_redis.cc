@@ -236,11 +236,30 @@ if req then redis.call('SET', req, v, 'PX', ARGV[4]) end
 return v
 )lua";
 
-// ARGV: id, now, delete_ms, identity, hex(identity), rec
+// ARGV: id, now, delete_ms, identity, hex(identity), rec, proposed ('1': the caller chose the id)
+// Returns 1 for a new record; for a proposed id whose live record holds the same identity and
+// rec, the stored registration time (a repeat: its lease renewed as a heartbeat would).
 constexpr std::string_view kRegisterScript = R"lua(
-local id, d = ARGV[1], tonumber(ARGV[3])
+local id, now, d = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local key = P .. 'src:' .. id
-if redis.call('EXISTS', key) == 1 then return fail('EXISTS', key) end
+if ARGV[7] == '1' then
+  local s, hb = src_load(id, now, d)
+  if s == 'corrupt' then return fail('CORRUPT', hb) end
+  if s == 'ok' then
+    local r = redis.call('HMGET', key, 'mi', 'rec', 'rg')
+    if r[1] ~= ARGV[4] or r[2] ~= ARGV[6] or not r[3] then
+      return fail('EXISTS', 'source ' .. id .. ' is registered with other contents')
+    end
+    if now > hb then redis.call('HSET', key, 'hb', ARGV[2]) end
+    redis.call('HSET', key, 'st', '', 'sr', '')
+    redis.call('PEXPIRE', key, d)
+    extend(P .. 'srcidx:' .. ARGV[5], d)
+    extend(P .. 'srcall', d)
+    return r[3]
+  end
+elseif redis.call('EXISTS', key) == 1 then
+  return fail('EXISTS', key)
+end
 local bad = wrong_type(P .. 'srcidx:' .. ARGV[5], 'set') or wrong_type(P .. 'srcall', 'set')
 if bad then return fail('CORRUPT', bad) end
 redis.call('HSET', key, 'v', '1', 'mi', ARGV[4], 'ix', ARGV[5], 'rg', ARGV[2], 'hb', ARGV[2],
@@ -711,13 +730,22 @@ class RedisCoordinatorState final : public CoordinatorState {
     std::string rec = EncodeSource(record);
     std::string ix = Hex(record.model_identity);
     std::string now = std::to_string(now_ms);
+    const bool proposed = !record.source_id.empty();
     for (int attempt = 0; attempt < 8; ++attempt) {
-      record.source_id = NewSourceId();
+      if (!proposed) record.source_id = NewSourceId();
       SW_ASSIGN_OR_RETURN(
           RedisReplyPtr r,
-          pool_->Eval(register_, {record.source_id, now, delete_ms_, record.model_identity, ix, rec}, false));
-      if (r->type == REDIS_REPLY_ERROR && ReplyText(r.get()).substr(0, 7) == "EXISTS ") continue;  // id collision
+          pool_->Eval(register_,
+                      {record.source_id, now, delete_ms_, record.model_identity, ix, rec, proposed ? "1" : ""}, false));
+      const bool exists = r->type == REDIS_REPLY_ERROR && ReplyText(r.get()).substr(0, 7) == "EXISTS ";
+      if (exists && !proposed) continue;  // a random id collided: draw another
+      if (exists) return AlreadyExists(std::string(ReplyText(r.get()).substr(7)));
       SW_RETURN_IF_ERROR(CheckReply(*r, "RegisterSource"));
+      if (r->type == REDIS_REPLY_STRING) {  // a repeat of a proposed id's registration
+        if (!ParseNumber(ReplyText(r.get()), &record.registered_unix_ms)) {
+          return CorruptData(fmt::format("Redis record {}src:{}: field rg is not a number", kPrefix, record.source_id));
+        }
+      }
       return record;
     }
     return Internal("RegisterSource: 8 random source ids in a row collided");

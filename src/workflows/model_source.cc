@@ -11,6 +11,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include <fmt/format.h>
@@ -396,6 +397,12 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry
   SW_ASSIGN_OR_RETURN(impl->record.metadata, agent->ExportMetadata());
   impl->agent = std::move(agent);
   SourceRecord& r = impl->record;
+  // A source id of its own: the registration is then idempotent, so the client resends one
+  // whose reply was lost instead of leaving an orphan record beside a second one (loaders
+  // skip an instance whose rank is listed twice). Kept when it registers again after the
+  // coordinator lost the record.
+  std::random_device entropy;
+  r.source_id = fmt::format("src-{:016x}", (std::uint64_t{entropy()} << 32) | entropy());
   r.model_identity = identity.Digest();
   r.instance_id = options.instance_id;
   r.rank = options.rank;

@@ -204,15 +204,13 @@ TEST_P(CoordinatorStateTest, RegisterAndListRoundTripsEveryField) {
   SourceRecord big = Source("m1", "b-inst", 1, 2);
   big.metadata = Pattern(1 << 20, 3);  // 1 MiB, zero bytes included
   big.metadata[0] = std::byte{0};
-  big.source_id = "ignored";
   big.state = SourceState::kStale;
   big.stale_reason = "ignored";
   auto a1 = st.RegisterSource(big, t0);
   auto a0 = st.RegisterSource(Source("m1", "b-inst", 0, 2), t0 + 1);
   auto other = st.RegisterSource(Source("m2", "a-inst", 0, 1), t0 + 2);
   ASSERT_TRUE(a1.ok() && a0.ok() && other.ok()) << a1.status().ToString();
-  EXPECT_NE(a1->source_id, "ignored");
-  EXPECT_EQ(a1->source_id.size(), 20u);
+  EXPECT_EQ(a1->source_id.size(), 20u);  // assigned (none was proposed)
   EXPECT_EQ(a1->source_id.substr(0, 4), "src-");
   EXPECT_NE(a1->source_id, a0->source_id);
   EXPECT_EQ(a1->state, SourceState::kReady);
@@ -296,6 +294,41 @@ TEST_P(CoordinatorStateTest, SourcesPastDeleteAfterAreGone) {
   EXPECT_EQ(st.HeartbeatSource(a->source_id, t0 + 60'000).code(), ErrorCode::kNotFound);
   EXPECT_EQ(st.MarkSourceStale(a->source_id, "x", t0 + 60'000).code(), ErrorCode::kNotFound);
   EXPECT_EQ(st.ListSources("", std::nullopt, t0 + 60'000).value().size(), 1u);
+}
+
+// A registration under an id the caller proposes is idempotent: a repeat (a retry whose first
+// reply was lost) returns the stored record with its lease renewed and lists once; other
+// contents under a live record of the id are kAlreadyExists; once the record is gone the id
+// is free again. (Without proposals a timed-out registration's retry left an orphan record.)
+TEST_P(CoordinatorStateTest, ARegistrationUnderAProposedIdIsIdempotent) {
+  auto& st = *state_;
+  const std::int64_t t0 = WallMs();
+  SourceRecord r = Source("m", "i", 0, 1);
+  r.source_id = "src-00000000000000aa";
+  auto first = st.RegisterSource(r, t0);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(first->source_id, "src-00000000000000aa");
+  ASSERT_TRUE(st.MarkSourceStale(first->source_id, "x", t0 + 1).ok());
+  auto again = st.RegisterSource(r, t0 + 5'000);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->source_id, first->source_id);
+  EXPECT_EQ(again->registered_unix_ms, t0);  // the first registration's
+  auto listed = st.ListSources("m", std::nullopt, t0 + 12'000);
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].state, SourceState::kReady);  // the repeat renewed the lease, cleared the mark
+  EXPECT_EQ((*listed)[0].last_heartbeat_unix_ms, t0 + 5'000);
+  SourceRecord other = r;
+  other.metadata = BytesOf("another process");
+  auto clash = st.RegisterSource(other, t0 + 6'000);
+  EXPECT_EQ(clash.status().code(), ErrorCode::kAlreadyExists) << clash.status().ToString();
+  EXPECT_EQ(st.ListSources("m", std::nullopt, t0 + 6'000).value()[0].metadata, r.metadata);
+  auto after = st.RegisterSource(other, t0 + 5'000 + 60'000);  // past delete-after: the id is free
+  ASSERT_TRUE(after.ok()) << after.status().ToString();
+  EXPECT_EQ(after->source_id, r.source_id);
+  auto now_listed = st.ListSources("m", std::nullopt, t0 + 65'001).value();
+  ASSERT_EQ(now_listed.size(), 1u);
+  EXPECT_EQ(now_listed[0].metadata, other.metadata);
 }
 
 // The metrics scrape's count agrees with the listing at every moment of a source's life:

@@ -19,6 +19,7 @@
 #include <limits>
 #include <thread>
 
+#include "control/coordinator_codec.h"
 #include "control/redis_fixture.h"
 #include "control/test_util.h"
 #include "shardwire/coordinator.h"
@@ -198,6 +199,39 @@ TEST(Coordinator, SourcesRegisterHeartbeatListStaleDeregister) {
 
   SourceRecord bad = Source("m", "i", 2, 2);
   EXPECT_EQ(c->RegisterSource(bad).status().code(), ErrorCode::kInvalidArgument);
+
+  // A proposed id goes through the client and the server and comes back; a repeat is the same
+  // record; another process under it is kAlreadyExists; a malformed one kInvalidArgument (the
+  // client checks, and so does the server, which a raw request reaches).
+  SourceRecord proposed = Source("model-p", "inst-p", 0, 1);
+  proposed.source_id = "src-0123456789abcdef";
+  auto p1 = c->RegisterSource(proposed);
+  ASSERT_TRUE(p1.ok()) << p1.status().ToString();
+  EXPECT_EQ(p1->source_id, proposed.source_id);
+  auto p2 = c->RegisterSource(proposed);
+  ASSERT_TRUE(p2.ok()) << p2.status().ToString();
+  EXPECT_EQ(c->ListSources("model-p", std::nullopt)->size(), 1u);
+  SourceRecord clash = proposed;
+  clash.metadata = {std::byte{1}};
+  EXPECT_EQ(c->RegisterSource(clash).status().code(), ErrorCode::kAlreadyExists);
+  for (const char* id : {"src-0123", "src-0123456789ABCDEF", "other-0123456789ab", "src-0123456789abcdeg"}) {
+    SourceRecord malformed = proposed;
+    malformed.source_id = id;
+    EXPECT_EQ(c->RegisterSource(malformed).status().code(), ErrorCode::kInvalidArgument) << id;
+  }
+  // The server checks too: a raw request with a malformed id.
+  auto channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
+  auto src = v1::SourceRegistry::NewStub(channel);
+  grpc::ClientContext ctx;
+  v1::RegisterSourceRequest req;
+  req.mutable_source()->set_source_id("src-x:y");
+  req.mutable_source()->set_model_identity("m");
+  req.mutable_source()->set_instance_id("i");
+  req.mutable_source()->set_world_size(1);
+  v1::RegisterSourceResponse resp;
+  const grpc::Status raw = src->Register(&ctx, req, &resp);
+  EXPECT_EQ(raw.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << raw.error_message();
+  EXPECT_NE(raw.error_message().find("src-x:y"), std::string::npos) << raw.error_message();
 }
 
 // A coordinator whose reaper runs every 50 ms, sources STALE after 0.3 s without a heartbeat

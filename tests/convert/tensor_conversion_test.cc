@@ -133,9 +133,10 @@ TEST(TensorConversion, FillScaleQuantisesOnlyTheBlockRowsItWrites) {
   ASSERT_TRUE(c->FillScale(0, row0).ok()) << "block-row 1's NaN failed a read of block-row 0's scale";
   std::vector<float> ref_q_scale(1);
   std::vector<std::uint8_t> ref_q(128 * 128);
-  ASSERT_TRUE(QuantizeFp8BlockTensor({TensorSpec{"x", DType::kBF16, {128, 128}}, std::span(w.bytes).first(128 * 128 * 2)},
-                                     ref_q, ref_q_scale, {})
-                  .ok());
+  ASSERT_TRUE(
+      QuantizeFp8BlockTensor({TensorSpec{"x", DType::kBF16, {128, 128}}, std::span(w.bytes).first(128 * 128 * 2)},
+                             ref_q, ref_q_scale, {})
+          .ok());
   EXPECT_EQ(std::memcmp(row0.data(), ref_q_scale.data(), 4), 0);
   std::vector<std::byte> row1(4);
   const Status bad = c->FillScale(4, row1);

@@ -71,8 +71,7 @@ TEST(EngineLayout, Fp8WeightsAreSplitOnWholeBlocks) {
   ASSERT_FALSE(unaligned.ok());
   EXPECT_EQ(unaligned.status().code(), ErrorCode::kInvalidArgument);
   EXPECT_NE(unaligned.status().message().find("mlp."), std::string::npos) << unaligned.status().message();
-  EXPECT_NE(unaligned.status().message().find("FP8 block size 128"), std::string::npos)
-      << unaligned.status().message();
+  EXPECT_NE(unaligned.status().message().find("FP8 block size 128"), std::string::npos) << unaligned.status().message();
   // The same model is fine unsharded, and a BF16 engine of it at tp=2 too.
   EXPECT_TRUE(MakeEngineLayout(Fp8Llama(456), {.tp = 1}).ok());
   EXPECT_TRUE(MakeEngineLayout(Describe(R"({"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 1,

@@ -667,8 +667,8 @@ TEST(PlanCodec, BucketsOutOfSourceOrderAreCorrupt) {
   // src_world 2, dst_world 1, runs 0, group {0}, two buckets of one 8-byte move each, with
   // sources `first` then `second`; no scratch, copies or reductions.
   auto blob = [](std::uint64_t first, std::uint64_t second) {
-    return SealPlanBody({2, 1, 0, 1, 0, 1, 0, 2, first, 0, 0, 0, 1, 0, 0, 8, 1, second, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0,
-                         0});
+    return SealPlanBody(
+        {2, 1, 0, 1, 0, 1, 0, 2, first, 0, 0, 0, 1, 0, 0, 8, 1, second, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0});
   };
   auto ok = DeserializePlan(blob(0, 1));
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();

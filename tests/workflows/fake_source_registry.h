@@ -22,7 +22,7 @@ class FakeSourceRegistry final : public SourceRegistry {
     last_register_bound_s_ = timeout_s;
     if (!register_error_.ok()) return register_error_;
     SourceRecord r = record;
-    r.source_id = fmt::format("src-{:016x}", ++next_);
+    if (r.source_id.empty()) r.source_id = fmt::format("src-{:016x}", ++next_);  // else proposed: kept
     r.state = SourceState::kReady;
     r.stale_reason.clear();
     records_[r.source_id] = r;

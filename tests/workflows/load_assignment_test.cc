@@ -152,13 +152,14 @@ TEST(LoadAssignment, StridedRunsClipAndCutByteForByte) {
 }
 
 // A capped source's moves: one lease's worth, at least 64 KiB, never more than move_bytes
-// (std::clamp(lease, 64 KiB, move_bytes) was undefined below 64 KiB and gave 64 KiB moves).
+// (std::clamp(lease, 64 KiB, move_bytes), before session 39's fix, was undefined below 64 KiB
+// and gave 64 KiB moves).
 TEST(LoadAssignment, CappedMovesAreOneLeaseBetween64KiBAndMoveBytes) {
   constexpr std::uint64_t kMiB = 1u << 20;
-  EXPECT_EQ(CappedMoveBytes(1e6, 0.5, 4 * kMiB), 500000u);          // one lease
-  EXPECT_EQ(CappedMoveBytes(1e9, 0.5, 4 * kMiB), 4 * kMiB);         // capped by move_bytes
-  EXPECT_EQ(CappedMoveBytes(1e3, 0.5, 4 * kMiB), 64u << 10);        // a tiny lease: 64 KiB
-  EXPECT_EQ(CappedMoveBytes(1e3, 0.5, 4096), 4096u);                // move_bytes below 64 KiB wins
+  EXPECT_EQ(CappedMoveBytes(1e6, 0.5, 4 * kMiB), 500000u);    // one lease
+  EXPECT_EQ(CappedMoveBytes(1e9, 0.5, 4 * kMiB), 4 * kMiB);   // capped by move_bytes
+  EXPECT_EQ(CappedMoveBytes(1e3, 0.5, 4 * kMiB), 64u << 10);  // a tiny lease: 64 KiB
+  EXPECT_EQ(CappedMoveBytes(1e3, 0.5, 4096), 4096u);          // move_bytes below 64 KiB wins
   EXPECT_EQ(CappedMoveBytes(1e6, 0.5, 4096), 4096u);
   EXPECT_EQ(CappedMoveBytes(std::numeric_limits<double>::infinity(), 0.5, 4 * kMiB), 4 * kMiB);
   EXPECT_EQ(CappedMoveBytes(1e300, 1e300, 4 * kMiB), 4 * kMiB);
