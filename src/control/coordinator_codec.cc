@@ -1,8 +1,8 @@
 #include "control/coordinator_codec.h"
 
 #include <fmt/format.h>
-#include <algorithm>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
