@@ -68,6 +68,10 @@ enum class PeerFailureDetection : std::uint8_t {
   /// itself checks, at most every 100 ms while progressing, that the peer's
   /// process still exists (/proc/<pid>/stat: present, not a zombie, same start
   /// time). Other peers get UCP_ERR_HANDLING_MODE_PEER (UCX error callback).
+  /// In either mode a same-host peer reached over a local message link
+  /// (UcxOptions::local_message_sockets) is also reported failed the moment its
+  /// end hangs up: its process died, or it destroyed its Agent while the
+  /// process lives on (which /proc does not show).
   /// Reason: UCX 1.13.1 refuses sysv/posix for PEER-mode endpoints ("no peer
   /// failure handler") and falls back to TCP, where puts are emulated and slow.
   kAuto,

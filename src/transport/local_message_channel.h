@@ -74,6 +74,9 @@ class LocalMessageLink {
   bool Flush();
   /// Whether messages wait in the queue.
   bool Queued() const { return !queue_.empty(); }
+  /// The connection's socket, for watching it (epoll EPOLLRDHUP: the peer closed
+  /// its channel); -1 after Close. The link keeps owning it.
+  int Socket() const { return fd_.get(); }
   /// Closes the connection; queued messages fail with kPeerDisconnected.
   void Close();
   ~LocalMessageLink() { Close(); }

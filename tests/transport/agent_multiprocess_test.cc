@@ -506,6 +506,43 @@ INSTANTIATE_TEST_SUITE_P(Transport, StoppedTarget,
                          ::testing::Values(PeerFailureDetection::kAuto, PeerFailureDetection::kUcxPeer),
                          [](const auto& i) { return i.param == PeerFailureDetection::kAuto ? "auto" : "ucxpeer"; });
 
+// A peer destroys its agent but its process lives on (a serving process that stops
+// being a source, an engine that closes its subscriber): the /proc liveness check
+// still sees the process, but the peer's message channel closed, so the agent
+// reports the peer failed at once instead of letting waits run out their time.
+TEST(PeerAgentDestroyed, InALiveProcessIsReportedAsAPeerFailure) {
+  int fds[2];
+  const pid_t pid = ForkChild(fds, [](int fd) {
+    auto agent = Agent::Create({.name = "child"});
+    if (!agent.ok()) return 10;
+    if (Handshake(**agent, fd) != "parent") return 11;
+    agent->reset();  // the agent goes, the process stays
+    if (!SendFrame(fd, Bytes("destroyed"))) return 12;
+    for (;;) ::pause();
+  });
+  ASSERT_GT(pid, 0);
+  const int fd = fds[0];
+  auto agent = Agent::Create({.name = "parent"});
+  ASSERT_TRUE(agent.ok());
+  Agent& a = **agent;
+  ASSERT_EQ(Handshake(a, fd), "child");
+  ASSERT_EQ(a.DescribePeer("child").value().message_transports, std::vector<std::string>{"unix/seqpacket"});
+  auto frame = RecvFrame(fd, kStepTimeoutS);
+  ASSERT_TRUE(frame.has_value());
+  ASSERT_EQ(Str(*frame), "destroyed");
+  auto n = a.WaitNotification(10);
+  ASSERT_FALSE(n.ok()) << "a notification from an agent that was destroyed";
+  EXPECT_EQ(n.status().code(), ErrorCode::kPeerDisconnected) << n.status().ToString();
+  EXPECT_NE(n.status().message().find("peer child"), std::string::npos) << n.status().ToString();
+  EXPECT_NE(n.status().message().find("message channel"), std::string::npos) << n.status().ToString();
+  const Status sent = a.SendMessage("child", Bytes("anyone?"));
+  EXPECT_EQ(sent.code(), ErrorCode::kPeerDisconnected) << sent.ToString();
+  ::kill(pid, SIGKILL);
+  auto status = WaitPidFor(pid, 10);
+  ::close(fd);
+  ASSERT_TRUE(status.has_value());
+}
+
 // The initiator is SIGKILLed while the target waits for its notification:
 // WaitNotification must return kPeerDisconnected or kTimedOut.
 TEST_P(MultiProcess, TargetWaitNotificationReturnsWhenInitiatorIsKilled) {

@@ -104,8 +104,10 @@ Result<std::unique_ptr<TransportBackend>> UcxBackend::Make(const AgentOptions& o
       lane->messages = std::move(*channel);
       // One fd the lane thread sleeps on: readable when the worker or the channel has events.
       lane->epoll = FileDescriptor(::epoll_create1(EPOLL_CLOEXEC));
-      if (!lane->epoll) return Internal(fmt::format("{}: epoll_create1: {}", ctx, std::strerror(errno)));
-      for (int fd : {lane->efd, lane->messages->EventFd()}) {
+      lane->hangups = FileDescriptor(::epoll_create1(EPOLL_CLOEXEC));
+      if (!lane->epoll || !lane->hangups)
+        return Internal(fmt::format("{}: epoll_create1: {}", ctx, std::strerror(errno)));
+      for (int fd : {lane->efd, lane->messages->EventFd(), lane->hangups.get()}) {
         epoll_event ev{};
         ev.events = EPOLLIN;
         ev.data.fd = fd;
@@ -138,6 +140,7 @@ unsigned UcxBackend::Progress(std::uint32_t lane) {
       ++m;  // drained (or failed): progress
       return true;
     });
+    m += ReportHangups(l);
     l.messages_due = m > 0;
     n += m;
   }
@@ -169,10 +172,11 @@ ArmResult UcxBackend::Arm(std::uint32_t lane, std::string& error) {
 
 void UcxBackend::StopLanes() {
   for (auto& p : peers_) {
-    for (Link& link : p->links) {
+    for (std::size_t i = 0; i < p->links.size() && i < lanes_.size(); ++i) {
+      Link& link = p->links[i];
       link.rkeys.clear();
       link.ep.Close(/*force=*/true, Endpoint::kDefaultCloseTimeoutS);
-      link.messages.reset();
+      SetMessageLink(*lanes_[i], link, nullptr);
     }
   }
   for (auto& l : lanes_) {

@@ -165,7 +165,8 @@ class UcxBackend final : public TransportBackend {
     int efd = -1;
     WorkerAddress address;
     std::unique_ptr<LocalMessageChannel> messages;  // null: local_message_sockets off
-    FileDescriptor epoll;                           // the worker's efd and the channel's (with `messages`)
+    FileDescriptor epoll;                           // the worker's efd, the channel's and `hangups` (with `messages`)
+    FileDescriptor hangups;          // epoll over this lane's message links (EPOLLRDHUP): a peer closed its channel
     std::vector<Link*> backlog;      // links whose message link queued messages
     bool messages_due = true;        // Progress polls the channel next time
     std::uint32_t progress_calls = 0;  // the channel's turn: every kChannelPollEvery-th call
@@ -208,6 +209,16 @@ class UcxBackend final : public TransportBackend {
   bool ServeAcks(Lane& lane);
   /// Drops finished sends and delivers the rendezvous notifications received (ucx_am.cc).
   void CollectReceives(Lane& lane);
+  /// Gives `link` its message link `messages` (null: none), watching it for the
+  /// peer's hangup in lane.hangups; a link it replaces is unwatched and closed
+  /// (its queued messages fail). Lane::mu (ucx_endpoint.cc).
+  void SetMessageLink(Lane& lane, Link& link, std::unique_ptr<LocalMessageLink> messages);
+  /// Reports as failed (BackendEvents::OnPeerFailed) every peer whose end of a
+  /// message link on this lane hung up, and stops watching those links; returns
+  /// how many. A hangup means the peer's channel closed: its agent was destroyed
+  /// or its process died, which the /proc liveness check sees only for the
+  /// latter (ucx_endpoint.cc).
+  unsigned ReportHangups(Lane& lane);
 
   AgentOptions options_;
   UcpContext context_;

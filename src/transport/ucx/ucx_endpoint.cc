@@ -3,7 +3,11 @@
 // lane (lane i connects to the peer's lane i mod its lane count; error handling
 // mode from AgentOptions::ucx) and, to a same-host peer, a local message link,
 // rkeys and the mappings UCX offers for them (ucp_rkey_ptr), endpoint errors
-// (PEER mode) and closing.
+// (PEER mode), hangups of the message links (a peer that closed its channel) and
+// closing.
+#include <sys/epoll.h>
+
+#include <cerrno>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -145,7 +149,7 @@ Status UcxBackend::ConnectLane(std::uint32_t lane, void* peer, BackendLink& out)
   if (l.messages && p->same_host && !channels.empty()) {
     auto messages = LocalMessageLink::Connect(channels[lane % channels.size()]);
     if (messages.ok()) {
-      link.messages = std::move(*messages);
+      SetMessageLink(l, link, std::move(*messages));
       if (lane == 0) p->message_transports = {"unix/seqpacket"};
     } else {
       spdlog::debug("shardwire agent {}: messages to {} on lane {} travel on the UCX endpoint: {}", options_.name,
@@ -172,7 +176,7 @@ bool UcxBackend::CloseLink(std::uint32_t lane, void* link, bool force, double ti
   Link& lk = *static_cast<Link*>(link);
   if (lk.messages) {
     std::erase(lanes_[lane]->backlog, &lk);
-    lk.messages.reset();  // queued messages fail (their completions run now)
+    SetMessageLink(*lanes_[lane], lk, nullptr);  // queued messages fail (their completions run now)
   }
   // Fence acknowledgements owed through this endpoint (UCX may hand it as the fence's reply
   // endpoint) are dropped with it: ServeAcks would otherwise send on a closed endpoint. The
@@ -185,6 +189,37 @@ bool UcxBackend::CloseLink(std::uint32_t lane, void* link, bool force, double ti
 
 void UcxBackend::ReleaseKeys(std::uint32_t /*lane*/, void* link) {
   if (link != nullptr) static_cast<Link*>(link)->rkeys.clear();
+}
+
+void UcxBackend::SetMessageLink(Lane& lane, Link& link, std::unique_ptr<LocalMessageLink> messages) {
+  // Unwatched before it closes: a forked child holding a copy of the socket would keep
+  // a closed fd's registration (and its pointer to `link`) alive in the epoll set.
+  if (link.messages && link.messages->Socket() >= 0 && lane.hangups)
+    (void)::epoll_ctl(lane.hangups.get(), EPOLL_CTL_DEL, link.messages->Socket(), nullptr);
+  link.messages = std::move(messages);
+  if (!link.messages || !lane.hangups) return;
+  epoll_event ev{};
+  ev.events = EPOLLRDHUP;  // EPOLLHUP and EPOLLERR are always reported; no data comes back on a link
+  ev.data.ptr = &link;
+  if (::epoll_ctl(lane.hangups.get(), EPOLL_CTL_ADD, link.messages->Socket(), &ev) != 0)
+    spdlog::debug("shardwire agent {}: not watching the message link to {} for hangups: epoll_ctl: {}", options_.name,
+                  link.peer != nullptr ? link.peer->name : "?", std::strerror(errno));
+}
+
+unsigned UcxBackend::ReportHangups(Lane& lane) {
+  if (!lane.hangups) return 0;
+  epoll_event events[16];
+  const int n = ::epoll_wait(lane.hangups.get(), events, 16, 0);
+  for (int i = 0; i < n; ++i) {
+    Link& link = *static_cast<Link*>(events[i].data.ptr);
+    if (link.messages && link.messages->Socket() >= 0)
+      (void)::epoll_ctl(lane.hangups.get(), EPOLL_CTL_DEL, link.messages->Socket(), nullptr);
+    if (link.peer != nullptr && events_ != nullptr)
+      events_->OnPeerFailed(
+          link.peer->token,
+          fmt::format("its message channel on lane {} closed (agent destroyed or process gone)", lane.index));
+  }
+  return n > 0 ? static_cast<unsigned>(n) : 0;
 }
 
 void UcxBackend::OnEpError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {

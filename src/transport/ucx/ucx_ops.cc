@@ -214,11 +214,14 @@ Result<bool> UcxBackend::SendOwned(std::uint32_t lane, void* link, std::vector<s
     l.messages_due = true;
     auto sent = lk.messages->Send(std::move(message), nullptr);
     if (!sent.ok() && sent.status().code() == ErrorCode::kPeerDisconnected) {
-      // The peer's process is gone. As with an active message into a dead peer's
-      // FIFO, the message is lost and the send is not an error here: the peer's
-      // liveness check reports the failure (Agent::SendMessage's contract).
+      // The peer's channel closed: its process is gone or its agent was destroyed.
+      // As with an active message into a dead peer's FIFO, the message is lost and
+      // the send is not an error here; the peer is reported failed (for a live
+      // process whose agent is gone the /proc liveness check never would).
       spdlog::debug("shardwire agent {}: message to {} dropped: {}", options_.name, lk.peer->name,
                     sent.status().ToString());
+      if (events_ != nullptr)
+        events_->OnPeerFailed(lk.peer->token, "its message channel closed (agent destroyed or process gone)");
       return false;
     }
     if (!sent.ok()) return sent.status();
