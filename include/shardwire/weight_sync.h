@@ -208,8 +208,8 @@ struct WeightSyncOptions {
   /// Engine-to-engine relays: engine ranks that hold identical shards (the same TP rank of
   /// every engine replica) need the same bytes, so the trainers write only one of them, the
   /// root, and each engine rank forwards its buffer's pushed bytes to its children once it has
-  /// committed the version, along a K-ary tree (K = max_concurrency, heap order over the
-  /// replicas' ranks: src/workflows/relay_tree.h). A trainer then sends each byte once instead
+  /// committed the version, along a K-ary tree (K = max_concurrency, at most 255; heap order
+  /// over the replicas' ranks: src/workflows/relay_tree.h). A trainer then sends each byte once instead
   /// of once per replica (its egress divided by the replica count); each forward is one
   /// one-sided WRITE of a few coalesced ranges, then RELAYED(v). Per push each trainer tells
   /// each engine rank in a tree (RELAY_PLAN(v), before DONE(v)) whether its bytes come through
@@ -228,8 +228,13 @@ struct WeightSyncOptions {
   /// child's digest check of v+1). Digests (verify_digests) stay end to end: the trainers'
   /// digests are checked by every engine rank, relayed or not. Cost: a child commits after its
   /// parent (one forward per tree level later); each parent's WaitForUpdate returns after its
-  /// forwards complete (bounded by engine_timeout_s). Publishers and subscribers of one job
-  /// must agree (Connect refuses a mismatch).
+  /// forwards complete (bounded by engine_timeout_s). Deep trees (K = 1 is a chain) need
+  /// timeout_s >= (depth + 1) x engine_timeout_s for a slow chain of forwards to reach the
+  /// deepest rank; WeightSubscriber::Create warns when it is not. engine_timeout_s should be
+  /// the same on every engine rank of a tree (a child's RELAYED bound uses its own). A
+  /// RELAY_PLAN naming any parent or child but those of the tree every rank computes fails
+  /// that version for the rank (kCorruptData), and its children are told (MISSED). Publishers
+  /// and subscribers of one job must agree (Connect refuses a mismatch).
   bool relay_broadcasts = false;
   /// Publisher only: convert straight into the engine's buffer when the transport maps it into
   /// this process (Agent::MapPeerRegion: a same-host engine arena; on a GPU node the NVLink / CUDA

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
+
+#include <fmt/format.h>
 
 namespace shardwire::workflows {
 namespace {
@@ -41,7 +44,7 @@ RelayTree MakeRelayTree(const Layout& engine, int k) {
       same->push_back(r);
     }
   }
-  const std::size_t fan_out = static_cast<std::size_t>(std::max(k, 1));
+  const std::size_t fan_out = static_cast<std::size_t>(std::clamp(k, 1, kMaxRelayFanout));
   for (const std::vector<int>& g : groups) {
     for (std::size_t i = 1; i < g.size(); ++i) {
       const int parent = g[(i - 1) / fan_out];
@@ -50,6 +53,36 @@ RelayTree MakeRelayTree(const Layout& engine, int k) {
     }
   }
   return tree;
+}
+
+int RelayDepth(const RelayTree& tree, int rank) {
+  int depth = 0;
+  for (int r = tree.parent[static_cast<std::size_t>(rank)]; r >= 0; r = tree.parent[static_cast<std::size_t>(r)])
+    ++depth;  // ends: a parent is always an earlier rank of its group (heap order)
+  return depth;
+}
+
+Status CheckRelayPlan(const RelayTree& tree, int rank, std::optional<std::uint32_t> relay_from,
+                      std::span<const RelayTarget> relay_to) {
+  const int parent = tree.parent[static_cast<std::size_t>(rank)];
+  if (relay_from && (parent < 0 || *relay_from != static_cast<std::uint32_t>(parent))) {
+    return CorruptData(
+        fmt::format("it names engine rank {} as the relay parent of engine rank {}, whose parent in "
+                    "the relay tree is {}",
+                    *relay_from, rank, parent));
+  }
+  std::set<std::uint32_t> seen;
+  for (const RelayTarget& t : relay_to) {
+    if (t.rank >= tree.parent.size() || tree.parent[t.rank] != rank) {
+      return CorruptData(
+          fmt::format("it names engine rank {} as a relay child of engine rank {}, which is not its parent in the "
+                      "relay tree",
+                      t.rank, rank));
+    }
+    if (!seen.insert(t.rank).second)
+      return CorruptData(fmt::format("it names relay child engine rank {} twice", t.rank));
+  }
+  return Status::Ok();
 }
 
 std::vector<ByteRange> WrittenRanges(const PushConversion& conversion, int rank) {

@@ -6,10 +6,14 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <span>
 #include <vector>
 
 #include "shardwire/layout.h"
 #include "shardwire/push_conversion.h"
+#include "shardwire/status.h"
+#include "workflows/sync_messages.h"
 
 namespace shardwire::workflows {
 
@@ -24,11 +28,27 @@ struct RelayTree {
   }
 };
 
+/// Most children a relay parent has: a RELAY_PLAN carries its child count in one byte
+/// (sync_messages.h), so MakeRelayTree caps its fan-out here whatever K is.
+inline constexpr int kMaxRelayFanout = 255;
+
 /// Groups the engine ranks of `engine` whose shards are identical (same tensors, boxes, byte
 /// offsets, partial groups and buffer size) and arranges each group, ranks r_0 < r_1 < ... in
-/// ascending order, as a K-ary tree in heap order: r_i's parent is r_((i-1)/k) (k >= 1; k = 1
-/// is a chain). Deterministic, so trainers and engines compute the same tree.
+/// ascending order, as a k'-ary tree in heap order, k' = min(max(k, 1), kMaxRelayFanout):
+/// r_i's parent is r_((i-1)/k') (k' = 1 is a chain). Deterministic, so trainers and engines
+/// compute the same tree.
 RelayTree MakeRelayTree(const Layout& engine, int k);
+
+/// How many ancestors `rank` has in `tree` (0: a root, or a rank without replicas).
+/// Precondition: 0 <= rank < tree.parent.size().
+int RelayDepth(const RelayTree& tree, int rank);
+
+/// Checks a RELAY_PLAN that engine rank `rank` received against the tree it computed itself:
+/// `relay_from`, when set, must be its parent in `tree`; every one of `relay_to` must be a
+/// child of `rank` in `tree`, each named once. Errors: kCorruptData naming the first wrong
+/// entry (a peer of another build, or a corrupt message); nothing for a valid plan.
+Status CheckRelayPlan(const RelayTree& tree, int rank, std::optional<std::uint32_t> relay_from,
+                      std::span<const RelayTarget> relay_to);
 
 /// A byte range of a rank buffer.
 struct ByteRange {

@@ -76,7 +76,8 @@ struct Message {
   std::optional<std::uint64_t> digest = {};  ///< kDone with verify_digests: XXH3-64 of the bytes sent (push_digest.h)
   std::uint32_t round = 0;                   ///< kRoundDone: the schedule round (TransferPlan Bucket::round)
   std::optional<std::uint32_t> relay_from = {};  ///< kRelayPlan: the parent the bytes come through (none: direct)
-  std::vector<RelayTarget> relay_to = {};        ///< kRelayPlan: children to forward to (at most 255)
+  std::vector<RelayTarget> relay_to = {};        ///< kRelayPlan: children to forward to (at most 255, the
+                                                 ///< one-byte count; kMaxRelayFanout caps every tree so)
   std::int64_t request = 0;                      ///< kWithdrawn: the engine's membership request id
   /// kReady under dynamic membership: the incarnation of the engine process that sent it (every
   /// process of an engine rank has the rank's agent name; a READY a killed process sent before it

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "shardwire/planner.h"
 #include "shardwire/weight_sync.h"
@@ -112,7 +113,18 @@ void WeightSubscriber::State::DeclineForward() {
   if (unforwarded_version == 0) return;
   const std::uint64_t version = std::exchange(unforwarded_version, 0);
   const int tree_parent = relay ? relay->parent[static_cast<std::size_t>(rank)] : -1;
-  if (tree_parent < 0 || relay_parent != tree_parent) return;
+  if (tree_parent < 0) return;
+  if (relay_parent != tree_parent) {
+    // Never imported (this rank failed before its first relayed version's plans, or the
+    // import after a failure did not succeed): the parent may still forward v, so it is
+    // imported now, bounded as a forward is. A parent that cannot be reached forwards nothing.
+    const double bound_s = std::min(options.engine_timeout_s, options.timeout_s);
+    if (!workflows::ImportPeerRank(*rendezvous, *endpoint.agent, options.job, kEngineRole, tree_parent, bound_s,
+                                   options.interrupt, kInterruptPollSeconds)
+             .ok())
+      return;
+    relay_parent = tree_parent;
+  }
   (void)endpoint.agent->SendMessage(workflows::MetadataKey(options.job, kEngineRole, tree_parent),
                                     workflows::Encode({workflows::MessageKind::kMissed, version}));
 }
@@ -322,6 +334,14 @@ Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& r
     if (!state->relay->children[static_cast<std::size_t>(rank)].empty()) {
       state->relay_ranges = workflows::WrittenRanges(conversion, rank);
     }
+    const int depth = workflows::RelayDepth(*state->relay, rank);
+    if (depth > 0 && (depth + 1) * state->options.engine_timeout_s > state->options.timeout_s) {
+      spdlog::warn(
+          "engine rank {} is {} levels below its relay tree's root: a chain of slow forwards may take up to "
+          "{} x engine_timeout_s = {} s to reach it, but it waits at most timeout_s = {} s (raise timeout_s, or "
+          "max_concurrency for a shallower tree)",
+          rank, depth, depth + 1, (depth + 1) * state->options.engine_timeout_s, state->options.timeout_s);
+    }
   }
   if (state->options.dynamic_membership) {
     // Taken before the metadata is published, so a trainer that sees this incarnation's
@@ -489,14 +509,31 @@ Status WeightSubscriber::Connect() {
   if (s.relay && !s.options.dynamic_membership) {
     const int buffers = s.options.double_buffered ? 2 : 1;
     for (int child : s.relay->children[static_cast<std::size_t>(s.rank)]) {
+      const auto context = fmt::format("engine rank {} connecting to its relay child {}", s.rank, child);
+      const workflows::RelayTarget first{static_cast<std::uint32_t>(child), 0, 0};
+      auto child_connected = s.ConnectChild(first, s.options.timeout_s);
+      if (!child_connected.ok()) return child_connected.status().WithContext(context);
+      const State::RelayChild* const connected = *child_connected;
       for (int own = 0; own < buffers; ++own) {
-        for (int theirs = 0; theirs < buffers; ++theirs) {
+        // Into each buffer the child published (a child may be single-buffered under a
+        // double-buffered parent, or the reverse).
+        for (int theirs = 0; theirs < 2; ++theirs) {
+          if (connected->regions[static_cast<std::size_t>(theirs)] == 0) continue;
           const workflows::RelayTarget target{static_cast<std::uint32_t>(child), static_cast<std::uint8_t>(theirs), 0};
-          SW_RETURN_IF_ERROR(s.Forward(target, own, s.options.timeout_s)
-                                 .status()
-                                 .WithContext(fmt::format("engine rank {} connecting to its relay child", s.rank)));
+          SW_RETURN_IF_ERROR(s.Forward(target, own, s.options.timeout_s).status().WithContext(context));
         }
       }
+    }
+  }
+  // Its relay parent too (fixed membership): imported now, its liveness is watched from the
+  // first version, and a version this rank gives up can be declined to it (DeclineForward).
+  if (s.relay && !s.options.dynamic_membership) {
+    if (const int parent = s.relay->parent[static_cast<std::size_t>(s.rank)]; parent >= 0) {
+      SW_RETURN_IF_ERROR(workflows::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kEngineRole, parent,
+                                                   s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds)
+                             .status()
+                             .WithContext(fmt::format("engine rank {} connecting to its relay parent", s.rank)));
+      s.relay_parent = parent;
     }
   }
   return Status::Ok();
@@ -573,6 +610,8 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   // (the children every source named, with the same buffer and incarnation).
   std::map<std::string, workflows::Message> plans;
   std::map<int, workflows::RelayTarget> forward;
+  std::map<int, workflows::RelayTarget> not_forwarded;  // named, but not alike by every source
+  bool plans_valid = true;                              // every plan named only this rank's tree
   int relayed_from = -1;
   Status relay_status = Status::Ok();
   if (arrived.ok() && s.relay && s.relay->Relays(s.rank)) {
@@ -581,14 +620,11 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
                              s.options.timeout_s, &plans, workflows::MessageKind::kMissed, s.options.interrupt);
     std::map<int, int> named;  // child -> sources that named it alike
     for (const auto& [name, plan] : plans) {
-      // Only this rank's parent in the tree every rank computes may relay to it.
-      if (plan.relay_from &&
-          *plan.relay_from != static_cast<std::uint32_t>(s.relay->parent[static_cast<std::size_t>(s.rank)])) {
-        relay_status = CorruptData(
-            fmt::format("RELAY_PLAN(v{}) from {} names engine rank {} as the relay parent of "
-                        "engine rank {}, whose parent in the relay tree is {}",
-                        version, name, *plan.relay_from, s.rank, s.relay->parent[static_cast<std::size_t>(s.rank)]));
-        break;
+      // Only this rank's parent and children in the tree every rank computes.
+      if (Status valid = workflows::CheckRelayPlan(*s.relay, s.rank, plan.relay_from, plan.relay_to); !valid.ok()) {
+        relay_status = valid.WithContext(fmt::format("RELAY_PLAN(v{}) from {}", version, name));
+        plans_valid = false;
+        continue;
       }
       if (plan.relay_from) relayed_from = static_cast<int>(*plan.relay_from);
       for (const workflows::RelayTarget& t : plan.relay_to) {
@@ -596,8 +632,14 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
         if (added || it->second == t) ++named[static_cast<int>(t.rank)];
       }
     }
+    // A child the sources did not all name alike gets no forward, and is told so (below).
     for (auto it = forward.begin(); it != forward.end();) {
-      it = named[it->first] == static_cast<int>(s.source_names.size()) ? std::next(it) : forward.erase(it);
+      if (named[it->first] == static_cast<int>(s.source_names.size())) {
+        ++it;
+      } else {
+        not_forwarded.insert(*it);
+        it = forward.erase(it);
+      }
     }
     if (relay_status.ok() && relayed_from >= 0) {
       // Import the parent (once, and again after it failed: a replacement) so that the
@@ -616,12 +658,7 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
       // its commit may wait for its own parent's forward, and so on up the tree: a rank at depth
       // d (d ancestors) waits up to (d + 1) x engine_timeout_s (at most timeout_s).
       if (relay_status.ok()) {
-        int depth = 1;  // relayed_from >= 0: a relay tree, and this rank has a parent in it
-        if (s.relay) {
-          for (int r = relayed_from; s.relay->parent[static_cast<std::size_t>(r)] >= 0;
-               r = s.relay->parent[static_cast<std::size_t>(r)])
-            ++depth;
-        }
+        const int depth = workflows::RelayDepth(*s.relay, s.rank);  // >= 1: relayed_from is its parent
         const double relayed_bound_s = std::min(s.options.timeout_s, (depth + 1) * s.options.engine_timeout_s);
         relay_status =
             s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kRelayed, version, {parent},
@@ -635,7 +672,13 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   }
   s.updating = false;
   // A version this rank does not commit is not forwarded: its children stop waiting now.
-  const bool plans_known = plans.size() == s.source_names.size();
+  // With a plan it refused, every connected child of its tree is told too (it cannot know
+  // whom the refused plan's sender routed through it).
+  const bool plans_known = plans.size() == s.source_names.size() && plans_valid;
+  if (!not_forwarded.empty()) {
+    // Named by some sources only, or differently: waiting for a forward that will not come.
+    (void)s.AbandonForwards(version, not_forwarded, /*plans_known=*/true);
+  }
   auto abandon = [&](Status st) {
     if (s.AbandonForwards(version, forward, plans_known) > 0) s.abandoned_version = version;
     // Its relay parent may still forward v: told when this rank moves on (DeclineForward).

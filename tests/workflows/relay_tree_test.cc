@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "shardwire/layout.h"
@@ -35,6 +37,58 @@ TEST(RelayTree, RanksWithoutAReplicaRelayNothing) {
   EXPECT_EQ(tree.parent, (std::vector<int>{-1, -1}));
   EXPECT_FALSE(tree.Relays(0));
   EXPECT_FALSE(tree.Relays(1));
+}
+
+TEST(RelayTree, FanOutIsCappedAtWhatARelayPlanCarries) {
+  // 300 replicas of one rank, K = 1000: without the cap the root would have 299 children, more
+  // than RELAY_PLAN's one-byte count holds (every version of the tree then failed to decode).
+  const Layout engine = MakeTpLayout(Tensors(), {0, -1}, 1, 300).value();
+  const RelayTree tree = MakeRelayTree(engine, 1000);
+  ASSERT_EQ(tree.children[0].size(), static_cast<std::size_t>(kMaxRelayFanout));
+  EXPECT_EQ(tree.children[0].front(), 1);
+  EXPECT_EQ(tree.children[0].back(), 255);
+  // Ranks 256..299 hang below rank 1 (heap order: parent of r_i is r_((i - 1) / 255)).
+  EXPECT_EQ(tree.children[1].size(), 44u);
+  EXPECT_EQ(tree.parent[256], 1);
+  EXPECT_EQ(tree.parent[299], 1);
+  for (const auto& c : tree.children) EXPECT_LE(c.size(), static_cast<std::size_t>(kMaxRelayFanout));
+  EXPECT_EQ(RelayDepth(tree, 0), 0);
+  EXPECT_EQ(RelayDepth(tree, 255), 1);
+  EXPECT_EQ(RelayDepth(tree, 299), 2);
+}
+
+TEST(RelayTree, DepthCountsTheAncestors) {
+  const Layout engine = MakeTpLayout(Tensors(), {0, -1}, 1, 5).value();
+  const RelayTree chain = MakeRelayTree(engine, 1);  // 0 -> 1 -> 2 -> 3 -> 4
+  for (int r = 0; r < 5; ++r) EXPECT_EQ(RelayDepth(chain, r), r);
+  const RelayTree binary = MakeRelayTree(engine, 2);  // 0 -> {1, 2}, 1 -> {3, 4}
+  EXPECT_EQ(RelayDepth(binary, 2), 1);
+  EXPECT_EQ(RelayDepth(binary, 4), 2);
+  const Layout alone = MakeTpLayout(Tensors(), {0, -1}, 2, 1).value();
+  EXPECT_EQ(RelayDepth(MakeRelayTree(alone, 1), 1), 0);
+}
+
+TEST(RelayTree, APlanNamingAnythingButTheTreesParentAndChildrenIsCorrupt) {
+  // tp=2, dp=4, K = 2: group 0,2,4,6: 0 -> {2, 4}, 2 -> {6}; group 1,3,5,7 alike.
+  const Layout engine = MakeTpLayout(Tensors(), {0, -1}, 2, 4).value();
+  const RelayTree tree = MakeRelayTree(engine, 2);
+  using Targets = std::vector<RelayTarget>;
+  EXPECT_TRUE(CheckRelayPlan(tree, 0, std::nullopt, Targets{{2, 0, 0}, {4, 1, 0}}).ok());
+  EXPECT_TRUE(CheckRelayPlan(tree, 2, 0u, Targets{{6, 0, 0}}).ok());
+  EXPECT_TRUE(CheckRelayPlan(tree, 6, 2u, Targets{}).ok());
+  EXPECT_TRUE(CheckRelayPlan(tree, 4, std::nullopt, Targets{}).ok());  // written directly
+  const auto corrupt = [&](int rank, std::optional<std::uint32_t> from, const Targets& to, const std::string& what) {
+    const Status st = CheckRelayPlan(tree, rank, from, to);
+    EXPECT_EQ(st.code(), ErrorCode::kCorruptData) << st.ToString();
+    EXPECT_NE(st.message().find(what), std::string::npos) << st.ToString();
+  };
+  corrupt(6, 0u, {}, "names engine rank 0 as the relay parent of engine rank 6, whose parent in the relay tree is 2");
+  corrupt(0, 1u, {}, "whose parent in the relay tree is -1");               // a root has none
+  corrupt(0, std::nullopt, {{3, 0, 0}}, "engine rank 3 as a relay child");  // another TP rank's replica
+  corrupt(0, std::nullopt, {{6, 0, 0}}, "engine rank 6 as a relay child");  // a grandchild
+  corrupt(0, std::nullopt, {{8, 0, 0}}, "engine rank 8 as a relay child");  // past the world
+  corrupt(0, std::nullopt, {{0xFFFFFFFEu, 0, 0}}, "as a relay child");      // would be a negative rank
+  corrupt(0, std::nullopt, {{2, 0, 0}, {2, 0, 0}}, "names relay child engine rank 2 twice");
 }
 
 TEST(RelayTree, WrittenRangesCoverEveryPushedByteOnceAndSkipPadding) {

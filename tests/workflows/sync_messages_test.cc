@@ -151,6 +151,12 @@ TEST(SyncMessages, RelayPlanNamesTheParentAndTheChildrenToForwardTo) {
   std::vector<std::byte> bad_buffer = bytes;
   bad_buffer[14 + 4] = std::byte{2};
   EXPECT_FALSE(Decode(bad_buffer).has_value());
+  // The most children a plan carries (kMaxRelayFanout) round-trip.
+  Message widest{MessageKind::kRelayPlan, 6};
+  for (std::uint32_t c = 0; c < 255; ++c) widest.relay_to.push_back({c + 1, static_cast<std::uint8_t>(c % 2), c});
+  const auto widest_back = Decode(Encode(widest));
+  ASSERT_TRUE(widest_back.has_value());
+  EXPECT_EQ(widest_back->relay_to, widest.relay_to);
   // RELAYED is the bare 9-byte form.
   EXPECT_EQ(Encode({MessageKind::kRelayed, 5}).size(), 9u);
   EXPECT_STREQ(MessageKindName(MessageKind::kRelayed), "RELAYED");

@@ -284,6 +284,58 @@ TEST(WeightSyncRelay, ALateParentDoesNotForwardIntoAChildThatMovedOn) {
   EXPECT_EQ(r.updates[2]->relayed_from, 1);
 }
 
+TEST(WeightSyncRelay, ADoubleBufferedParentForwardsIntoASingleBufferedChild) {
+  Job job;
+  // Engine 0 double-buffered, its children single-buffered: the parent's Connect prepared
+  // forwards into its own buffer count of the child's buffers, and refused to connect ("asked
+  // for buffer 1 it never published").
+  ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-mixed-buffers", 1, false, [](int e, WeightSyncOptions& o) {
+    if (e == 0) o.double_buffered = true;
+  }));  // 0 -> 1 -> 2
+  for (std::uint64_t v = 1; v <= 3; ++v) {
+    Round r = PushVersion(job, v, {0, 1, 2});
+    for (int t = 0; t < 2; ++t) ASSERT_TRUE(r.pushes[t].ok()) << r.pushes[t].status().ToString();
+    for (int e = 0; e < 3; ++e) {
+      ASSERT_TRUE(r.updates[e].ok()) << "engine rank " << e << ": " << r.updates[e].status().ToString();
+      EXPECT_EQ(r.updates[e]->relayed_from, e - 1) << "engine rank " << e;
+      EXPECT_EQ(Walk(job.engine, e, job.subs[e]->weights(), v, true), 0u) << "engine rank " << e << " v" << v;
+    }
+  }
+}
+
+TEST(WeightSyncRelay, AChildThatGaveUpItsFirstRelayedVersionTellsItsParentWhenItMovesOn) {
+  Job job;
+  // As ALateParentDoesNotForwardIntoAChildThatMovedOn, but the child fails v1, its first
+  // version, before any plan named its parent: the parent must be known (imported at Connect)
+  // for the child to decline v1 as it moves on to v2.
+  ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-first-version", 1, /*interruptible=*/true));  // 0 -> 1 -> 2
+  ASSERT_NO_FATAL_FAILURE(BeginEverywhere(job, 1));
+  auto gave_up = InterruptedWait(job, 2, 1);
+  ASSERT_FALSE(gave_up.ok());
+  {
+    // v1 reaches engine 0; engine 1 (READY, not waiting) gets engine 0's forward later when
+    // it waits; engine 2 has moved on.
+    const Round r = PushAndWait(job, 1, {0});
+    for (int t = 0; t < 2; ++t) ASSERT_TRUE(r.pushes[t].ok()) << r.pushes[t].status().ToString();
+    ASSERT_TRUE(r.updates[0].ok()) << r.updates[0].status().ToString();
+  }
+  // v2: engine 2 begins it (declining v1 to engine 1), engine 1 does not: written directly.
+  Round r = PushVersion(job, 2, {0, 2});
+  for (int e : {0, 2}) {
+    ASSERT_TRUE(r.updates[e].ok()) << "engine rank " << e << ": " << r.updates[e].status().ToString();
+    EXPECT_EQ(Walk(job.engine, e, job.subs[e]->weights(), 2, true), 0u) << "engine rank " << e;
+  }
+  EXPECT_EQ(r.updates[2]->relayed_from, -1);
+  // Engine 1 now waits for v1: it commits it and does not forward v1 over engine 2's v2.
+  auto late = job.subs[1]->WaitForUpdate(1);
+  ASSERT_TRUE(late.ok()) << late.status().ToString();
+  EXPECT_EQ(Walk(job.engine, 1, job.subs[1]->weights(), 1, true), 0u);
+  EXPECT_EQ(Walk(job.engine, 2, job.subs[2]->weights(), 2, true), 0u) << "v1 forwarded over engine 2's v2";
+  EXPECT_TRUE(late->relayed_to.empty());
+  ASSERT_EQ(late->relay_failed.size(), 1u);
+  EXPECT_EQ(late->relay_failed[0].engine_rank, 2);
+}
+
 TEST(WeightSyncRelay, PeersThatDisagreeOnRelaysAreRefusedAtConnect) {
   auto server = StartRendezvous();
   ASSERT_TRUE(server.ok());
