@@ -15,6 +15,7 @@
 
 #include "cli/demo_checkpoint.h"
 #include "cli/metrics_option.h"
+#include "cli/model_rules_option.h"
 #include "model/atomic_file.h"
 #include "shardwire/checkpoint.h"
 #include "shardwire/coordinator.h"
@@ -341,6 +342,7 @@ void AddSeedCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "print nothing but errors");
   AddMetricsPortOption(cmd, &o->metrics_port);
+  AddModelRulesOption(cmd);
   cmd->callback([o, exit_code] {
     Status s = RunSeed(*o);
     if (!s.ok()) {
@@ -367,6 +369,7 @@ void AddLoadCommand(CLI::App& app, int* exit_code) {
   AddMetricsPortOption(cmd, &o->metrics_port);
   cmd->add_flag("--serve", o->serve, "after loading, serve the instance as a source until interrupted");
   cmd->add_option("--bandwidth", o->bandwidth, "with --serve: bytes/s each rank serves at most")->capture_default_str();
+  AddModelRulesOption(cmd);
   cmd->callback([o, exit_code] {
     Status s = RunLoad(*o);
     if (!s.ok()) {

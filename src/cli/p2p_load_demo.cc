@@ -15,6 +15,7 @@
 
 #include "cli/child_processes.h"
 #include "cli/demo_checkpoint.h"
+#include "cli/model_rules_option.h"
 #include "shardwire/checkpoint.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/model_layouts.h"
@@ -61,6 +62,7 @@ class Demo {
     if (!input_.config.empty()) args.insert(args.end(), {"--config", input_.config});
     if (!revision.empty()) args.insert(args.end(), {"--revision", revision});
     if (bandwidth > 0) args.insert(args.end(), {"--bandwidth", fmt::format("{:.0f}", bandwidth)});
+    for (const auto& rules : ModelRulesFiles()) args.insert(args.end(), {"--model-rules", rules});
     SW_RETURN_IF_ERROR(children_.Spawn(id, args));
     return AwaitServing(id);
   }
@@ -86,6 +88,7 @@ class Demo {
                                      fmt::format("{}", stall_s)};
     if (!revision.empty()) args.insert(args.end(), {"--revision", revision});
     if (bandwidth > 0) args.insert(args.end(), {"--bandwidth", fmt::format("{:.0f}", bandwidth)});
+    for (const auto& rules : ModelRulesFiles()) args.insert(args.end(), {"--model-rules", rules});
     if (std::getenv("SW_P2P_DEBUG")) std::erase(args, std::string("--quiet"));
     layouts_[id] = layout;
     return children_.Spawn(id, args);
@@ -300,6 +303,7 @@ void AddP2pLoadCommand(CLI::App& demo, int* exit_code) {
   cmd->add_option("--fleet", o->fleet, "loaders started together in the fleet part")->capture_default_str();
   cmd->add_option("--fleet-bandwidth", o->fleet_bandwidth, "bytes/s per source rank in the fleet (0 = auto)");
   cmd->add_option("--timeout", o->timeout_s, "seconds any single wait may take")->capture_default_str();
+  AddModelRulesOption(cmd);  // passed on to the seed and load processes
   cmd->callback([o, exit_code] {
     Status s = RunP2pDemo(*o);
     if (!s.ok()) {

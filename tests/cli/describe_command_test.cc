@@ -76,4 +76,38 @@ TEST(DescribeCommand, InferWriteRulesAndPlanWithThem) {
   EXPECT_NE(out.find("broken.yaml:5: unknown key \"shap\""), std::string::npos) << out;
 }
 
+// A model family only a rules file describes is served and loaded P2P too: `demo p2p-load`
+// passes --model-rules on to its `seed` and `load` processes (each describes the model).
+TEST(DescribeCommand, RulesFilesReachTheSeedAndLoadProcessesOfTheP2pDemo) {
+  const char* env = std::getenv("SHARDWIRE_SHARED_DIR");
+  const std::string dir = std::string(env ? env : "") + "/models/tiny-llama3-bf16";
+  if (env == nullptr || !std::filesystem::exists(dir + "/model.safetensors")) GTEST_SKIP() << "no tiny-llama3-bf16";
+  const std::string work = std::string(SHARDWIRE_TEST_WORK_DIR) + "/describe-p2p";
+  std::filesystem::remove_all(work);
+  std::filesystem::create_directories(work);
+  auto [code, out] = RunCli("describe --checkpoint " + dir + "/model.safetensors --config " + dir +
+                            "/config.json --infer --write-rules " + work + "/inferred.yaml");
+  ASSERT_EQ(code, 0) << out;
+  std::stringstream text;
+  text << std::ifstream(work + "/inferred.yaml").rdbuf();
+  std::string yaml = text.str();
+  ASSERT_NE(yaml.find("model_types: [llama]"), std::string::npos) << yaml;
+  yaml.replace(yaml.find("model_types: [llama]"), 20, "model_types: [my_llama]");
+  std::ofstream(work + "/my_llama.yaml") << yaml;
+  std::stringstream config_text;
+  config_text << std::ifstream(dir + "/config.json").rdbuf();
+  std::string config = config_text.str();
+  ASSERT_NE(config.find("\"llama\""), std::string::npos);
+  config.replace(config.find("\"llama\""), 7, "\"my_llama\"");
+  std::ofstream(work + "/config.json") << config;
+  const std::string demo = "demo p2p-load --checkpoint " + dir + "/model.safetensors --config " + work +
+                           "/config.json --fleet 1 --timeout 60 --work-dir " + work;
+  std::tie(code, out) = RunCli(demo);
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(out.find("\"my_llama\""), std::string::npos) << out;
+  std::tie(code, out) = RunCli(demo + " --model-rules " + work + "/my_llama.yaml");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("byte-for-byte"), std::string::npos) << out;
+}
+
 }  // namespace
