@@ -229,7 +229,15 @@ end
 local bad = bad_counter(P .. 'kvgen')
 if bad then return fail('CORRUPT', bad) end
 local r = redis.pcall('INCRBY', k, ARGV[2])
-if is_err(r) then return fail('BADARG', r.err) end
+if is_err(r) then
+  -- The value's fault: not a counter, or the sum would overflow. Anything else (READONLY,
+  -- OOM, MISCONF, NOREPLICAS: checked at a script's first write) goes back as Redis said it.
+  local e = r.err
+  if e:find('not an integer', 1, true) or e:find('overflow', 1, true) or e:find('WRONGTYPE', 1, true) then
+    return fail('BADARG', e)
+  end
+  return r
+end
 redis.call('INCR', P .. 'kvgen')
 local v = redis.call('GET', k)
 if req then redis.call('SET', req, v, 'PX', ARGV[4]) end
@@ -330,7 +338,9 @@ local counts = {0, 0}
 for _, id in ipairs(ids) do
   local s, hb, ix, st = src_load(id, now, d)
   if s == 'corrupt' then return fail('CORRUPT', hb) end
-  if s == 'absent' then
+  if s == 'absent' or (ARGV[1] ~= '' and ix ~= ARGV[1]) then
+    -- Gone, or the id now names a record of another identity (its old record expired by
+    -- TTL, which cleans no index, and the id was registered again): not this identity's.
     redis.call('SREM', set, id)
   else
     local state = '1'

@@ -1062,6 +1062,47 @@ TEST_F(RedisStateTest, ARedisThatRefusesWritesIsUnavailable) {
   EXPECT_EQ(**st->Get("k"), BytesOf("v")) << "a refused write changed the value";
   EXPECT_TRUE(st->Put("k", BytesOf("w")).ok());
   EXPECT_EQ(**st->Get("k"), BytesOf("w"));
+  // An Add's first write is its INCRBY, under pcall: Redis's refusal is not the counter's fault
+  // (it was relabelled kInvalidArgument, "holds a non-counter", which clients do not retry).
+  ASSERT_EQ(st->Add("c", 1).value(), 1);
+  ASSERT_EQ(redis_->Command({"REPLICAOF", "127.0.0.1", "1"}), "OK");
+  const auto add_readonly = st->Add("c", 1);
+  ASSERT_EQ(redis_->Command({"REPLICAOF", "NO", "ONE"}), "OK");
+  EXPECT_EQ(add_readonly.status().code(), ErrorCode::kUnavailable) << add_readonly.status().ToString();
+  EXPECT_NE(add_readonly.status().message().find("READONLY"), std::string::npos) << add_readonly.status().ToString();
+  ASSERT_EQ(redis_->Command({"CONFIG", "SET", "maxmemory", "1"}), "OK");
+  const auto add_oom = st->Add("c", 1);
+  ASSERT_EQ(redis_->Command({"CONFIG", "SET", "maxmemory", "0"}), "OK");
+  EXPECT_EQ(add_oom.status().code(), ErrorCode::kUnavailable) << add_oom.status().ToString();
+  EXPECT_EQ(st->Add("c", 1).value(), 2) << "a refused Add changed the counter";
+  // A value that is not a counter is still the caller's error.
+  ASSERT_TRUE(st->Put("text", BytesOf("abc")).ok());
+  EXPECT_EQ(st->Add("text", 1).status().code(), ErrorCode::kInvalidArgument);
+}
+
+// A record that Redis expired by its TTL (its process died; no Deregister, no script ran)
+// leaves its id in its identity's index; the same proposed id registered again under another
+// identity must not be listed under the first (the in-memory state filters by identity).
+TEST_F(RedisStateTest, AnIdRegisteredAgainUnderAnotherIdentityIsListedOnlyUnderIt) {
+  auto st = Connect();
+  ASSERT_TRUE(st);
+  const std::int64_t t0 = WallMs();
+  SourceRecord a = Source("model-a", "i", 0, 1);
+  a.source_id = "src-00000000000000ab";
+  ASSERT_TRUE(st->RegisterSource(a, t0).ok());
+  SourceRecord other_a = Source("model-a", "j", 0, 1);  // keeps model-a's index alive
+  ASSERT_TRUE(st->RegisterSource(other_a, t0).ok());
+  ASSERT_EQ(redis_->Command({"DEL", "shardwire:v1:src:" + a.source_id}), "1");  // as its TTL would
+  SourceRecord b = Source("model-b", "i", 0, 1);
+  b.source_id = a.source_id;
+  ASSERT_TRUE(st->RegisterSource(b, t0 + 1).ok());
+  const auto listed_a = st->ListSources("model-a", std::nullopt, t0 + 2).value();
+  ASSERT_EQ(listed_a.size(), 1u) << "a source of model-b listed under model-a";
+  EXPECT_EQ(listed_a[0].instance_id, "j");
+  const auto listed_b = st->ListSources("model-b", std::nullopt, t0 + 2).value();
+  ASSERT_EQ(listed_b.size(), 1u);
+  EXPECT_EQ(listed_b[0].source_id, a.source_id);
+  EXPECT_EQ(st->CountSources(t0 + 2).value().ready, 2u);
 }
 
 // A Redis that answers but is not ready (here BUSY: a script runs past busy-reply-threshold;
