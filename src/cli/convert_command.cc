@@ -1,9 +1,12 @@
 #include "cli/convert_command.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -54,6 +57,71 @@ std::vector<std::string> CheckpointFilesIn(const std::string& dir) {
   }
   std::sort(files.begin(), files.end());
   return files;
+}
+
+// New files are written into `<out>/.shardwire-convert-<pid>/` and renamed into `<out>` only once
+// every one of them is written (Commit), so a run that fails or is killed part-way leaves the
+// old checkpoint whole.
+constexpr std::string_view kStagingPrefix = ".shardwire-convert-";
+
+std::string StagingDir(const std::string& out_dir) {
+  return (fs::path(out_dir) / fmt::format("{}{}", kStagingPrefix, ::getpid())).string();
+}
+
+// Removes the staging directories of earlier runs whose process is gone (a run killed before
+// its commit). A pid that names a live process (the run itself, a concurrent one, or a reuse)
+// keeps its directory.
+void RemoveAbandonedStaging(const std::string& out_dir) {
+  std::error_code ec;
+  for (fs::directory_iterator it(out_dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind(kStagingPrefix, 0) != 0) continue;
+    const std::string digits = name.substr(kStagingPrefix.size());
+    if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    const auto pid = static_cast<pid_t>(std::stol(digits));
+    if (pid == ::getpid() || ::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    std::error_code rm;
+    fs::remove_all(it->path(), rm);
+  }
+}
+
+// Moves every file staged in `staging` into `out_dir` (a rename each: same file system), then
+// removes the old checkpoint files (`old_files`) that were not replaced, then the staging
+// directory. SIGINT, SIGTERM and SIGHUP are held back meanwhile, so an interrupt cannot leave
+// old and new files mixed (one that comes ends the process right after). Errors: kIoError naming
+// the file (a rename can fail only for a file system fault here).
+Status CommitStaged(const std::string& staging, const std::vector<std::string>& names, const std::string& out_dir,
+                    const std::vector<std::string>& old_files) {
+  sigset_t held, before;
+  sigemptyset(&held);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&held, sig);
+  ::pthread_sigmask(SIG_BLOCK, &held, &before);
+  Status result = Status::Ok();
+  std::set<std::string> replaced;
+  for (const std::string& name : names) {
+    const fs::path to = fs::path(out_dir) / name;
+    std::error_code ec;
+    fs::rename(fs::path(staging) / name, to, ec);
+    if (ec) {
+      result = IoError(fmt::format("moving the new \"{}\" into \"{}\": {}", name, out_dir, ec.message()));
+      break;
+    }
+    replaced.insert(to.lexically_normal().string());
+  }
+  // --overwrite: the old checkpoint's files this run did not rewrite go (a stale index would be
+  // opened instead of a new single file, stale shards would lie about what the directory holds).
+  for (const std::string& old : old_files) {
+    if (!result.ok()) break;
+    if (replaced.count(fs::path(old).lexically_normal().string()) > 0) continue;
+    std::error_code ec;
+    if (!fs::remove(old, ec) && ec) {
+      result = IoError(fmt::format("--overwrite: removing \"{}\" of the old checkpoint: {}", old, ec.message()));
+    }
+  }
+  std::error_code ec;
+  fs::remove_all(staging, ec);
+  ::pthread_sigmask(SIG_SETMASK, &before, nullptr);
+  return result;
 }
 
 Status CheckWritable(const std::string& dir) {
@@ -213,12 +281,23 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
     current += bytes;
   }
 
-  std::vector<std::string> written;
+  RemoveAbandonedStaging(o.out_dir);
+  const std::string staging = StagingDir(o.out_dir);
+  {
+    std::error_code ec;
+    fs::remove_all(staging, ec);
+    fs::create_directory(staging, ec);
+    if (ec) return IoError(fmt::format("staging directory \"{}\": {}", staging, ec.message()));
+  }
+  std::vector<std::string> written;  // file names, in `staging` until the commit
   auto cleanup = [&](Status s) {
     std::error_code ec;
-    for (const auto& path : written) fs::remove(path, ec);
+    fs::remove_all(staging, ec);
     return s;
   };
+  // A tensor the conversion refuses (NaN or Inf to quantise) is the input's fault: said naming
+  // the checkpoint, not the output file being written.
+  Status fill_error = Status::Ok();
   std::unique_ptr<TensorConverter> converter;
   std::span<const std::byte> converter_source;
   std::size_t converter_index = SIZE_MAX, done = 0;
@@ -226,7 +305,7 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
   for (std::size_t s = 0; s < shards.size(); ++s) {
     const std::string name = shards.size() == 1 ? "model.safetensors" : ShardName(s, shards.size());
-    const std::string path = (fs::path(o.out_dir) / name).string();
+    const std::string path = (fs::path(staging) / name).string();
     std::vector<TensorSpec> specs;
     std::map<std::string, const OutputTensor*, std::less<>> by_name;
     for (std::size_t i : shards[s]) {
@@ -253,37 +332,28 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
           std::fflush(progress);
         }
       }
-      return t.scale ? converter->FillScale(offset, out) : converter->FillDestination(offset, out);
+      Status filled = t.scale ? converter->FillScale(offset, out) : converter->FillDestination(offset, out);
+      if (!filled.ok() && fill_error.ok()) fill_error = filled.WithContext(checkpoint.path());
+      return filled;
     };
     Status st = WriteSafetensorsStreaming(path, specs, fill, {{"format", "pt"}});
-    if (!st.ok()) return cleanup(st);
-    written.push_back(path);
+    if (!st.ok()) return cleanup(fill_error.ok() ? st : fill_error);
+    written.push_back(name);
   }
   converter.reset();
   if (progress != nullptr) fmt::print(progress, "\n");
 
   if (shards.size() > 1) {
     nlohmann::ordered_json index = {{"metadata", {{"total_size", out_bytes}}}, {"weight_map", weight_map}};
-    const std::string path = (fs::path(o.out_dir) / "model.safetensors.index.json").string();
-    Status st = model::WriteFileAtomically(path, index.dump(2) + "\n");
+    const std::string name = "model.safetensors.index.json";
+    Status st = model::WriteFileAtomically((fs::path(staging) / name).string(), index.dump(2) + "\n");
     if (!st.ok()) return cleanup(st);
-    written.push_back(path);
+    written.push_back(name);
   }
-  const std::string config_out = (fs::path(o.out_dir) / "config.json").string();
-  Status st = model::WriteFileAtomically(config_out, config.dump(2) + "\n");
+  Status st = model::WriteFileAtomically((fs::path(staging) / "config.json").string(), config.dump(2) + "\n");
   if (!st.ok()) return cleanup(st);
-  // --overwrite: the old checkpoint's files this run did not rewrite go (a stale index would be
-  // opened instead of a new single file, stale shards would lie about what the directory holds).
-  for (const std::string& old : old_files) {
-    const bool rewritten = std::any_of(written.begin(), written.end(), [&](const std::string& w) {
-      std::error_code ec;
-      return fs::equivalent(w, old, ec);
-    });
-    std::error_code ec;
-    if (!rewritten && !fs::remove(old, ec) && ec) {
-      return IoError(fmt::format("--overwrite: removing \"{}\" of the old checkpoint: {}", old, ec.message()));
-    }
-  }
+  written.push_back("config.json");
+  SW_RETURN_IF_ERROR(CommitStaged(staging, written, o.out_dir, old_files));
   fmt::print("{} tensors ({} quantised to FP8) from {} -> {}: {} file(s), {} -> {} bytes\n", conversions.size(),
              quantised, checkpoint.path(), o.out_dir, shards.size(), in_bytes, out_bytes);
   return Status::Ok();

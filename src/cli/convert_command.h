@@ -34,9 +34,12 @@ struct ConvertOptions {
   std::uint64_t shard_size = 0;  ///< bytes per output shard (0: one file); a bigger tensor gets its own shard
   std::string config;            ///< HF config.json; default: the one beside the checkpoint
   /// `out_dir` may hold a checkpoint already (`*.safetensors`, `model.safetensors.index.json`):
-  /// the new one replaces it, and once every new file is written the old files this run did not
-  /// rewrite are removed (an index left beside a single new file would be opened instead of it).
-  /// A run that fails part-way may leave such a directory without a usable checkpoint.
+  /// the new one replaces it. Every new file is written into a staging directory inside
+  /// `out_dir` first; once all are written they are renamed into place and the old files this
+  /// run did not rewrite are removed (an index left beside a single new file would be opened
+  /// instead of it), with SIGINT/SIGTERM/SIGHUP held back. A run that fails or is interrupted
+  /// before that leaves the old checkpoint as it was (a killed run's staging directory is
+  /// removed by the next run into `out_dir`).
   bool overwrite = false;
 };
 
@@ -47,11 +50,12 @@ bool IsFp8Quantised(const TensorSpec& spec);
 
 /// Runs the conversion. Checks everything it can before writing (format and options, dtypes of
 /// every tensor, the config, that `out_dir` is writable); streams tensor by tensor with memory
-/// bounded by one 8 MiB chunk plus one 128-row block-row; writes each file atomically and removes
-/// the files it wrote if a later step fails. `progress` (may be null) gets a one-line progress
-/// display. Errors: kInvalidArgument (bad format/options), kAlreadyExists (`out_dir` holds a
-/// checkpoint and `overwrite` is false, naming the file), kUnsupported (a tensor's dtype, naming
-/// it), kIoError (out dir, naming it), kCorruptData (NaN/Inf in a quantised tensor), plus
+/// bounded by one 8 MiB chunk plus one 128-row block-row; writes every file into a staging
+/// directory inside `out_dir` and moves them into place only when all are written (removing
+/// the staging directory if a step fails, see ConvertOptions::overwrite). `progress` (may be null) gets a one-line
+/// progress display. Errors: kInvalidArgument (bad format/options), kAlreadyExists (`out_dir` holds a checkpoint and
+/// `overwrite` is false, naming the file), kUnsupported (a tensor's dtype, naming it), kIoError (out dir, naming it),
+/// kCorruptData (NaN/Inf in a quantised tensor, naming the checkpoint, the tensor and the element), plus
 /// Checkpoint::Open's errors.
 Status ConvertCheckpoint(const ConvertOptions& options, std::FILE* progress);
 

@@ -3,6 +3,7 @@
 // DeepGEMM transcription, index total_size and quantization_config) and re-read with our
 // Checkpoint API against the in-process kernels; errors leave no output behind.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -13,8 +14,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -194,6 +197,61 @@ TEST(ConvertCommand, AnExistingCheckpointInTheOutputIsRefusedOrReplacedWhole) {
   for (const auto& f : opened->files()) {
     for (const auto& t : f.tensors()) EXPECT_EQ(t.dtype, DType::kF32) << t.name;
   }
+}
+
+// The files of directory `dir` (names, not below) and their bytes.
+std::map<std::string, std::string> FilesOf(const std::string& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    std::ifstream in(e.path(), std::ios::binary);
+    std::stringstream bytes;
+    bytes << in.rdbuf();
+    files[e.path().filename().string()] = e.is_regular_file() ? bytes.str() : "<not a file>";
+  }
+  return files;
+}
+
+// A run with --overwrite that fails part-way (a NaN in the fourth of five shards) used to have
+// renamed its first shards over the old ones and then deleted them: the old checkpoint was gone.
+// Now every file is staged and moved into place only when all are written; a run killed before
+// that leaves a staging directory, which the next run removes.
+TEST(ConvertCommand, AFailedOverwriteLeavesTheOldCheckpointWhole) {
+  TempDir dir;
+  auto tensors = GeneratedTensors();
+  WriteCheckpoint(dir.File("src"), tensors);
+  auto [code, out] = RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("o") +
+                                " --format fp8-block128 --shard-size 100000");
+  ASSERT_EQ(code, 0) << out;
+  const auto before = FilesOf(dir.File("o"));
+  ASSERT_GT(before.size(), 3u);
+  tensors[6] = Random("model.layers.0.mlp.down_proj.weight", DType::kF16, {130, 260}, 7, 129 * 260 + 3);
+  WriteCheckpoint(dir.File("nan"), tensors);
+  std::tie(code, out) = RunConvert("--checkpoint " + dir.File("nan") + " --out " + dir.File("o") +
+                                   " --format fp8-block128 --shard-size 100000 --overwrite");
+  EXPECT_EQ(code, 1) << out;
+  // The input is at fault: named, not the output file being written.
+  EXPECT_NE(out.find(dir.File("nan") + "/model.safetensors: tensor \"model.layers.0.mlp.down_proj.weight\": element "
+                                       "[129, 3] is NaN"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(out.find(dir.File("o") + "/"), std::string::npos) << out;
+  EXPECT_TRUE(FilesOf(dir.File("o")) == before) << "the old checkpoint changed";
+
+  // A staging directory a killed run left (its pid is gone) is removed by the next run.
+  const pid_t gone = ::fork();
+  if (gone == 0) ::_exit(0);
+  ASSERT_GT(gone, 0);
+  ::waitpid(gone, nullptr, 0);
+  const std::string left = dir.File("o/.shardwire-convert-" + std::to_string(gone));
+  fs::create_directories(left);
+  std::ofstream(left + "/model-00001-of-00005.safetensors") << "half written";
+  std::tie(code, out) =
+      RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("o") + " --format fp32 --overwrite");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_FALSE(fs::exists(left));
+  const auto after = FilesOf(dir.File("o"));
+  EXPECT_EQ(after.size(), 2u);  // model.safetensors, config.json: no staging directory, no old shard
+  EXPECT_TRUE(after.count("model.safetensors") == 1 && after.count("config.json") == 1);
 }
 
 TEST(ConvertCommand, CastsMatchTheOracle) {

@@ -1,9 +1,15 @@
 // ParseModelConfig / LoadModelConfig / WriteModelConfig on every real config and on
 // broken ones.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
 
 #include "model/test_util.h"
 #include "shardwire/model_config.h"
+#include "shardwire/model_rules.h"
 
 namespace shardwire {
 namespace {
@@ -66,6 +72,29 @@ TEST(ModelConfig, AValueNestedDeeperThan64LevelsIsCorruptDataNotACrash) {
   c = ParseModelConfig("{\"model_type\":\"llama\",\"hidden_size\":" + sixty_three + "}", "ok/config.json");
   EXPECT_EQ(c.status().message().find("nested deeper"), std::string::npos) << c.status().ToString();
   EXPECT_NE(c.status().message().find("hidden_size"), std::string::npos) << c.status().ToString();
+}
+
+// A config (or rules file, or index: all read by ReadWholeFile) that is not a regular file is
+// refused without reading it: /dev/zero was read until memory ran out, and a FIFO blocked the
+// open until a writer came. A file past the size cap is refused before it is read.
+TEST(ModelConfig, ANonRegularOrHugeFileIsRefusedWithoutReadingIt) {
+  auto zero = LoadModelConfig("/dev/zero");
+  EXPECT_EQ(zero.status().code(), ErrorCode::kIoError) << zero.status().ToString();
+  EXPECT_MESSAGE_HAS(zero.status(), "/dev/zero is not a regular file");
+  TempDir dir;
+  const std::string fifo = dir.File("config.json");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto from_fifo = LoadModelConfig(fifo);
+  EXPECT_EQ(from_fifo.status().code(), ErrorCode::kIoError) << from_fifo.status().ToString();
+  EXPECT_MESSAGE_HAS(from_fifo.status(), "is not a regular file");
+  const std::string huge = dir.File("huge.json");
+  std::ofstream(huge).put('{');
+  std::filesystem::resize_file(huge, (std::uint64_t{64} << 20) + 1);  // sparse
+  auto from_huge = LoadModelConfig(huge);
+  EXPECT_EQ(from_huge.status().code(), ErrorCode::kIoError) << from_huge.status().ToString();
+  EXPECT_MESSAGE_HAS(from_huge.status(), "67108865 bytes, more than the 67108864");
+  const Status rules = LoadUserModelRules("/dev/zero");
+  EXPECT_EQ(rules.code(), ErrorCode::kIoError) << rules.ToString();
 }
 
 TEST(ModelConfig, Llama31_8B) {
