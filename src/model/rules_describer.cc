@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "model/rules_file.h"
 
@@ -37,6 +38,13 @@ RuleValue ExtraValue(const std::string& text) {
   }
   return RuleValue::Int(text[0] == '-' ? -v : v);
 }
+
+// Most elements one tensor the rules describe may have: 2^48 (the largest real tensor,
+// DeepSeek-V3's stacked experts, has about 2^32); its bytes then fit in 64 bits for any dtype.
+constexpr std::int64_t kMaxRuleTensorElements = std::int64_t{1} << 48;
+// Most iterations all of a description's for loops may run together, and the largest first
+// index: 4 x kMaxModelTensors (a loop may skip layers, e.g. dense ones, making no tensor).
+constexpr std::int64_t kMaxLoopIterations = 4 * kMaxModelTensors;
 
 class Describer {
  public:
@@ -179,6 +187,17 @@ class Describer {
       if (fresh) rule_names_.push_back(rule.where);
       current_rule_ = rit->second;
       current_rule_ptr_ = &rule;
+    }
+    if (tensors_.size() >= static_cast<std::size_t>(kMaxModelTensors)) {
+      return InvalidArgument(fmt::format("{}: model config {}: the rules make more than {} tensors (at \"{}\")",
+                                         rule.where, c_.model_type, kMaxModelTensors, name));
+    }
+    std::int64_t numel = 1;
+    for (std::int64_t d : shape) {
+      if (__builtin_mul_overflow(numel, d, &numel) || numel > kMaxRuleTensorElements) {
+        return InvalidArgument(fmt::format("{}: model config {}: tensor {} of shape [{}] has more than 2^48 elements",
+                                           rule.where, c_.model_type, name, fmt::join(shape, ", ")));
+      }
     }
     ModelTensor t{TensorSpec{std::move(name), dtype, std::move(shape)}, role, BoundInt("layer"), BoundInt("expert"),
                   shared_};
@@ -334,6 +353,15 @@ class Describer {
           return InvalidArgument(fmt::format("{}: model config {}: for {}: from {} count {} must not be negative",
                                              r.where, c_.model_type, r.pattern, from, count));
         }
+        // Bounded so the loop variable fits a layer or expert index and the work stays bounded
+        // (a loop whose body makes no tensor is not stopped by the tensor limit).
+        if (from > kMaxLoopIterations || count > kMaxLoopIterations - loop_iterations_) {
+          return InvalidArgument(fmt::format(
+              "{}: model config {}: for {}: from {} count {}: the rules' loops would run more than {} iterations "
+              "(or start past it)",
+              r.where, c_.model_type, r.pattern, from, count, kMaxLoopIterations));
+        }
+        loop_iterations_ += count;
         const bool saved = shared_;
         shared_ = shared_ || r.shared_expert;
         frames_.emplace_back(r.pattern, RuleValue::Int(from));
@@ -398,6 +426,7 @@ class Describer {
   int let_depth_ = 0;
   bool shared_ = false;
   std::vector<ModelTensor> tensors_;
+  std::int64_t loop_iterations_ = 0;  // every for loop's count so far (kMaxLoopIterations)
   std::vector<FusedParameter> fused_;
 };
 

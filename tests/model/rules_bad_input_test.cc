@@ -163,6 +163,54 @@ TEST(ModelRulesBadInput, IntegerOverflowIsAnErrorNotATrap) {
 // Expressions nested deeper than 256 levels (parentheses, prefix operators, or a chain of binary
 // operators, a left-deep tree) are refused while parsing: 200,000 '(' overflowed the parser's
 // stack (SIGSEGV).
+// A shape whose element count overflows (2^80 here) was described as a tensor of 0 bytes:
+// `generate` wrote a checkpoint its own reader refused, `plan` moved 0 bytes for it.
+TEST(ModelRulesBadInput, AShapeWithTooManyElementsIsRefusedNamingTheRule) {
+  std::string text = kGood;
+  text.replace(text.find("[vocab_size, hidden_size]"), 25, "[1048576, 1048576, 1048576, 1048576]");
+  auto r = ModelRules::Parse(text, "huge.yaml");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto d = r->Describe(Tiny());
+  EXPECT_EQ(d.status().code(), ErrorCode::kInvalidArgument) << d.status().ToString();
+  EXPECT_MESSAGE_HAS(d.status(),
+                     "huge.yaml:4: model config toy: tensor model.embed_tokens.weight of shape "
+                     "[1048576, 1048576, 1048576, 1048576] has more than 2^48 elements");
+}
+
+// A for loop's count was not bounded by the tensor limit: 10^9 iterations ran out of memory
+// (std::bad_alloc, a crash), two nested 10^5 loops too; a first index near 2^63 overflowed
+// `from + count` and made no layer at all, silently.
+TEST(ModelRulesBadInput, LoopsAreBoundedAndTheirFirstIndexChecked) {
+  const auto describe = [](const std::string& from, const std::string& count, const std::string& inner) {
+    std::string text = kGood;
+    text.replace(text.find("    count: num_hidden_layers"), 28, "    from: " + from + "\n    count: " + count);
+    if (!inner.empty()) {
+      text +=
+          "  - for: outer\n    count: " + inner + "\n    do:\n      - for: inner\n        count: " + inner +
+          "\n        do:\n          - if: inner < 0\n            then:\n              - tensor: never.{outer}.{inner}\n"
+          "                shape: [1]\n                role: replicated\n";
+    }
+    auto r = ModelRules::Parse(text, "loops.yaml");
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? r->Describe(Tiny()).status() : r.status();
+  };
+  Status st = describe("0", "1000000000", "");
+  EXPECT_EQ(st.code(), ErrorCode::kInvalidArgument) << st.ToString();
+  EXPECT_MESSAGE_HAS(st, "loops.yaml:7: model config toy: for layer: from 0 count 1000000000");
+  EXPECT_MESSAGE_HAS(st, "more than 4194304 iterations");
+  st = describe("9223372036854775807", "2", "");
+  EXPECT_EQ(st.code(), ErrorCode::kInvalidArgument) << st.ToString();
+  EXPECT_MESSAGE_HAS(st, "from 9223372036854775807 count 2");
+  st = describe("0", "num_hidden_layers", "100000");  // 10^10 iterations making no tensor
+  EXPECT_EQ(st.code(), ErrorCode::kInvalidArgument) << st.ToString();
+  EXPECT_MESSAGE_HAS(st, "more than 4194304 iterations");
+  // 2^20 + 1 tensors from loops within the iteration bound: the tensor limit.
+  st = describe("0", "1048577", "");
+  EXPECT_EQ(st.code(), ErrorCode::kInvalidArgument) << st.ToString();
+  EXPECT_MESSAGE_HAS(st, "the rules make more than 1048576 tensors");
+  EXPECT_TRUE(describe("3", "num_hidden_layers", "").ok());
+}
+
 TEST(ModelRulesBadInput, AnExpressionNestedTooDeeplyIsRefused) {
   const std::string parens = std::string(200'000, '(') + "1" + std::string(200'000, ')');
   std::string chain = "1";
