@@ -211,11 +211,15 @@ class InMemoryCoordinatorState final : public CoordinatorState {
                           const std::string& state_id) override {
     SW_RETURN_IF_ERROR(CheckBound(state_id));
     std::lock_guard<std::mutex> lock(mu_);
+    // A live member of that id refuses the join before anything changes (as the Redis script).
+    if (auto found = jobs_.find(job); found != jobs_.end()) {
+      auto m = found->second.members.find(member.member_id);
+      if (m != found->second.members.end() && now_ms - m->second.last_heartbeat_unix_ms < expire_after_ms_) {
+        return AlreadyExists(fmt::format("job '{}' already has a live member '{}'", job, member.member_id));
+      }
+    }
     Job& j = jobs_[job];
     ExpireMembers(j, now_ms);
-    if (j.members.count(member.member_id) != 0) {
-      return AlreadyExists(fmt::format("job '{}' already has a live member '{}'", job, member.member_id));
-    }
     member.committed_version = 0;
     member.joined_unix_ms = now_ms;
     member.last_heartbeat_unix_ms = now_ms;

@@ -481,6 +481,19 @@ TEST_P(CoordinatorStateTest, JobMembershipAndEpochs) {
   EXPECT_EQ(again->members[0].committed_version, 0u);
 }
 
+// A refused join changes nothing at all: it does not even expire another member whose lease
+// ran out (the in-memory state did, the Redis script did not); the next reap does.
+TEST_P(CoordinatorStateTest, ARefusedJoinChangesNothing) {
+  auto& st = *state_;
+  const std::int64_t t1 = WallMs();
+  ASSERT_TRUE(st.JoinJob("refused", Member("a"), t1).ok());
+  ASSERT_TRUE(st.JoinJob("refused", Member("b"), t1 + 4'000).ok());
+  EXPECT_EQ(st.JoinJob("refused", Member("b"), t1 + 6'000).status().code(), ErrorCode::kAlreadyExists);
+  auto reaped = st.Reap(t1 + 6'000);
+  ASSERT_TRUE(reaped.ok()) << reaped.status().ToString();
+  EXPECT_EQ(reaped->members_expired, 1) << "the refused join had expired member a";
+}
+
 TEST_P(CoordinatorStateTest, CommittedVersionsNeverGoBackwards) {
   auto& st = *state_;
   const std::int64_t t0 = WallMs();
