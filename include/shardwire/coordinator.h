@@ -207,8 +207,11 @@ class CoordinatorClient final : public Rendezvous {
 
   /// Registers a source (fields the coordinator sets are ignored) and returns
   /// the stored record with its source_id. `timeout_s` as for HeartbeatSource.
-  /// With a proposed source_id an attempt whose deadline passed is sent again
-  /// within the bound (the registration is idempotent); without, it is not.
+  /// The registration is made under a proposed source_id ("src-" and 16 lowercase
+  /// hex digits): the record's, or one this client draws at random when it is
+  /// empty. Under it a repeat is idempotent, so an attempt whose reply was lost
+  /// (a passed deadline, a dropped connection) is sent again within the bound and
+  /// never leaves a second record.
   /// Errors: kInvalidArgument (limits above, rank outside [0, world_size), a
   /// timeout_s that is not > 0, a malformed proposed id); kAlreadyExists when
   /// a live record of the proposed id has other contents; as HeartbeatSource
@@ -233,18 +236,23 @@ class CoordinatorClient final : public Rendezvous {
   /// Marks a source STALE with a reason. Errors: kNotFound.
   Status MarkSourceStale(const std::string& source_id, const std::string& reason);
   /// Removes a source. `timeout_s` as for HeartbeatSource.
-  /// Errors: kNotFound; as HeartbeatSource for the bound.
+  /// Errors: kNotFound (not when an earlier attempt of this call, whose reply was
+  /// lost, may have removed it: then Ok); as HeartbeatSource for the bound.
   Status DeregisterSource(const std::string& source_id,
                           double timeout_s = std::numeric_limits<double>::infinity());
 
   /// Adds a member to `job` (created on first join); returns the stored member
-  /// and the new membership epoch. Errors: kAlreadyExists (live member id),
-  /// kInvalidArgument.
+  /// and the new membership epoch. An attempt that failed as unavailable may have
+  /// joined before its reply was lost: when the attempt sent again is refused
+  /// because the member id is live, the job is read and a member holding exactly
+  /// what was sent counts as this join (its view is returned). Errors:
+  /// kAlreadyExists (a live member id with other contents), kInvalidArgument.
   Result<JobView> JoinJob(const std::string& job, const JobMember& member);
   /// Renews a member's lease (members whose heartbeat is older than the
   /// server's member_expire_after_s leave the job). Errors: kNotFound.
   Status HeartbeatMember(const std::string& job, const std::string& member_id);
-  /// Removes a member. Errors: kNotFound.
+  /// Removes a member. Errors: kNotFound (not when an earlier attempt of this call,
+  /// whose reply was lost, may have removed it: then Ok).
   Status LeaveJob(const std::string& job, const std::string& member_id);
   /// The job's live members and epoch. Errors: kNotFound for an unknown job.
   Result<JobView> GetJob(const std::string& job);

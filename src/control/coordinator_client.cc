@@ -2,7 +2,8 @@
 //
 // Retries, in two layers:
 //   - inside one attempt, gRPC's own retry policy (service config below) retries
-//     UNAVAILABLE up to 5 times with 50 ms .. 1 s exponential backoff;
+//     UNAVAILABLE up to 5 times with 50 ms .. 1 s exponential backoff (not for JoinJob,
+//     LeaveJob, DeregisterSource: their repeats are resolved by the call itself);
 //   - around attempts, Call() keeps retrying UNAVAILABLE with bounded exponential
 //     backoff (50 ms doubling to 1 s) until unavailable_timeout_s has passed since
 //     the first attempt, then returns kUnavailable naming the address; calls
@@ -23,6 +24,7 @@
 // deadlines both cut to it), so a source's heartbeat thread and shutdown stay
 // bounded by the source's own options, not by unavailable_timeout_s.
 #include <fmt/format.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -57,6 +59,9 @@ constexpr double kGetSliceS = 5;
 /// a loaded machine: a 64 MiB rendezvous value gets 16 s on top of call_timeout_s.
 constexpr double kSlowestPayloadBytesPerS = 4e6;
 
+// Join, Leave and Deregister get no gRPC retry policy (a method's own entry wins over its
+// service's): an UNAVAILABLE after the coordinator applied one of them must reach Call, which
+// then knows a later kAlreadyExists or kNotFound may answer its own earlier attempt.
 constexpr char kServiceConfig[] = R"({
   "methodConfig": [{
     "name": [{"service": "shardwire.v1.Rendezvous"}, {"service": "shardwire.v1.SourceRegistry"},
@@ -68,6 +73,9 @@ constexpr char kServiceConfig[] = R"({
       "backoffMultiplier": 2,
       "retryableStatusCodes": ["UNAVAILABLE"]
     }
+  }, {
+    "name": [{"service": "shardwire.v1.Jobs", "method": "Join"}, {"service": "shardwire.v1.Jobs", "method": "Leave"},
+             {"service": "shardwire.v1.SourceRegistry", "method": "Deregister"}]
   }]
 })";
 
@@ -101,6 +109,10 @@ struct CallOptions {
   // for Register/Deregister/Join/Leave (a second registration, or NOT_FOUND for a
   // deregistration that did happen).
   bool resend_after_deadline = false;
+  // Set true when an attempt failed in a way that may have reached the coordinator (an
+  // UNAVAILABLE from a dropped connection, a passed deadline) and the call was sent again:
+  // a later refusal may then answer this call's own earlier attempt (JoinJob, LeaveJob).
+  bool* sent_again = nullptr;
 };
 
 }  // namespace
@@ -166,6 +178,7 @@ struct CoordinatorClient::Impl {
         const bool bound_left = !bounded || std::chrono::duration<double>(now - start).count() < call.bound_s;
         if (bound_left && (now < give_up || !resent_after_deadline)) {
           resent_after_deadline = true;
+          if (call.sent_again != nullptr) *call.sent_again = true;
           continue;
         }
         return TimedOut(
@@ -186,6 +199,7 @@ struct CoordinatorClient::Impl {
                                 std::chrono::duration_cast<std::chrono::system_clock::duration>(pause));
       std::this_thread::sleep_until(std::min(give_up, now + pause));
       backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
+      if (call.sent_again != nullptr) *call.sent_again = true;
     }
   }
 };
@@ -323,8 +337,13 @@ Result<SourceRecord> CoordinatorClient::RegisterSource(const SourceRecord& recor
   SW_RETURN_IF_ERROR(ValidateCallBound(timeout_s, "RegisterSource"));
   v1::RegisterSourceRequest req;
   control::ToProto(record, req.mutable_source());
-  const bool proposed = !record.source_id.empty();
-  if (proposed) SW_RETURN_IF_ERROR(control::ValidateProposedSourceId(record.source_id));
+  if (record.source_id.empty()) {
+    // Proposed here (64 random bits) when the caller did not: the registration is then
+    // idempotent, so an attempt whose reply was lost (a passed deadline, a connection that
+    // dropped after the coordinator stored it) is sent again without leaving an orphan record.
+    req.mutable_source()->set_source_id("src-" + control::NewStateId().substr(0, 16));
+  }
+  SW_RETURN_IF_ERROR(control::ValidateProposedSourceId(req.source().source_id()));
   req.mutable_source()->clear_state();
   req.mutable_source()->clear_stale_reason();
   req.mutable_source()->clear_registered_unix_ms();
@@ -333,8 +352,8 @@ Result<SourceRecord> CoordinatorClient::RegisterSource(const SourceRecord& recor
   v1::RegisterSourceResponse resp;
   SW_RETURN_IF_ERROR(impl_->Call(
       "RegisterSource", [&](grpc::ClientContext& ctx) { return impl_->sources->Register(&ctx, req, &resp); },
-      // With a proposed id a repeat is idempotent, so an attempt whose reply was lost is sent again.
-      {.bound_s = timeout_s, .resend_after_deadline = proposed}));
+      // Under a proposed id a repeat is idempotent, so an attempt whose reply was lost is sent again.
+      {.bound_s = timeout_s, .resend_after_deadline = true}));
   return control::FromProto(resp.source());
 }
 
@@ -386,9 +405,13 @@ Status CoordinatorClient::DeregisterSource(const std::string& source_id, double 
   v1::DeregisterSourceRequest req;
   req.set_source_id(source_id);
   v1::DeregisterSourceResponse resp;
-  return impl_->Call(
-      "DeregisterSource", [&](grpc::ClientContext& ctx) { return impl_->sources->Deregister(&ctx, req, &resp); },
-      {.bound_s = timeout_s});
+  bool sent_again = false;
+  Status gone = impl_->Call("DeregisterSource",
+                            [&](grpc::ClientContext& ctx) { return impl_->sources->Deregister(&ctx, req, &resp); },
+                            {.bound_s = timeout_s, .sent_again = &sent_again});
+  // An earlier attempt of this call may have removed the record before its reply was lost.
+  if (gone.code() == ErrorCode::kNotFound && sent_again) return Status::Ok();
+  return gone;
 }
 
 // ---------------------------------------------------------------------------
@@ -404,9 +427,26 @@ Result<JobView> CoordinatorClient::JoinJob(const std::string& job, const JobMemb
   req.mutable_member()->clear_last_heartbeat_unix_ms();
   SW_RETURN_IF_ERROR(control::ValidateMember(req.member()));
   v1::JoinJobResponse resp;
-  SW_RETURN_IF_ERROR(
-      impl_->Call("JoinJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Join(&ctx, req, &resp); },
-                  {.binding = Binding::kJoinedState}));
+  bool sent_again = false;
+  Status joined = impl_->Call("JoinJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Join(&ctx, req, &resp); },
+                              {.binding = Binding::kJoinedState, .sent_again = &sent_again});
+  if (joined.code() == ErrorCode::kAlreadyExists && sent_again) {
+    // An earlier attempt of this call may have joined before its reply was lost: the live
+    // member is this join when it holds exactly what was sent.
+    auto view = GetJob(job);
+    if (view.ok()) {
+      for (const JobMember& m : view->members) {
+        if (m.member_id != member.member_id) continue;
+        v1::JobMember stored;
+        control::ToProto(m, &stored);
+        stored.clear_committed_version();
+        stored.clear_joined_unix_ms();
+        stored.clear_last_heartbeat_unix_ms();
+        if (google::protobuf::util::MessageDifferencer::Equals(stored, req.member())) return *view;
+      }
+    }
+  }
+  SW_RETURN_IF_ERROR(joined);
   return control::FromProto(resp.job());
 }
 
@@ -429,9 +469,12 @@ Status CoordinatorClient::LeaveJob(const std::string& job, const std::string& me
   req.set_job(job);
   req.set_member_id(member_id);
   v1::LeaveJobResponse resp;
-  return impl_->Call(
-      "LeaveJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Leave(&ctx, req, &resp); },
-      {.binding = Binding::kJoinedState});
+  bool sent_again = false;
+  Status left = impl_->Call("LeaveJob", [&](grpc::ClientContext& ctx) { return impl_->jobs->Leave(&ctx, req, &resp); },
+                            {.binding = Binding::kJoinedState, .sent_again = &sent_again});
+  // An earlier attempt of this call may have removed the member before its reply was lost.
+  if (left.code() == ErrorCode::kNotFound && sent_again) return Status::Ok();
+  return left;
 }
 
 Result<JobView> CoordinatorClient::GetJob(const std::string& job) {

@@ -21,6 +21,7 @@
 
 #include "control/coordinator_codec.h"
 #include "control/redis_fixture.h"
+#include "control/state_id.h"
 #include "control/test_util.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/v1/jobs.grpc.pb.h"
@@ -317,6 +318,92 @@ TEST(Coordinator, JobsJoinLeaveEpochCommit) {
   EXPECT_EQ(v4->members[0].member_id, "engine-1/0");
   EXPECT_TRUE(c->HeartbeatMember("rl", "engine-1/0").ok());
   EXPECT_EQ(c->HeartbeatMember("rl", "trainer/0").code(), ErrorCode::kNotFound);
+}
+
+// A client context carrying the caller's state binding (a proxy's forwarded call).
+std::unique_ptr<grpc::ClientContext> ForwardedContext(const grpc::ServerContext& in) {
+  auto out = std::make_unique<grpc::ClientContext>();
+  for (const auto& [key, value] : in.client_metadata()) {
+    if (key == control::kStateIdMetadataKey) {
+      out->AddMetadata(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+    }
+  }
+  return out;
+}
+
+// Forwards Ping (what CoordinatorClient::Connect calls) to the real coordinator.
+class PingProxy final : public v1::Rendezvous::Service {
+ public:
+  explicit PingProxy(const std::shared_ptr<grpc::Channel>& channel) : rendezvous_(v1::Rendezvous::NewStub(channel)) {}
+  grpc::Status Ping(grpc::ServerContext* in, const v1::PingRequest* req, v1::PingResponse* resp) override {
+    return rendezvous_->Ping(ForwardedContext(*in).get(), *req, resp);
+  }
+
+ private:
+  std::unique_ptr<v1::Rendezvous::Stub> rendezvous_;
+};
+
+// A coordinator that applies a Join or a Leave and is gone before it replies, as seen through a
+// proxy: each first Join and first Leave is forwarded to the real coordinator, and then answered
+// UNAVAILABLE (the connection dropped). Get is forwarded as it is.
+class ApplyThenDropProxy final : public v1::Jobs::Service {
+ public:
+  explicit ApplyThenDropProxy(const std::shared_ptr<grpc::Channel>& channel) : jobs_(v1::Jobs::NewStub(channel)) {}
+  grpc::Status Join(grpc::ServerContext* in, const v1::JoinJobRequest* req, v1::JoinJobResponse* resp) override {
+    grpc::Status st = jobs_->Join(ForwardedContext(*in).get(), *req, resp);
+    return joins_++ == 0 ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection dropped (test)") : st;
+  }
+  grpc::Status Leave(grpc::ServerContext* in, const v1::LeaveJobRequest* req, v1::LeaveJobResponse* resp) override {
+    grpc::Status st = jobs_->Leave(ForwardedContext(*in).get(), *req, resp);
+    return leaves_++ == 0 ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection dropped (test)") : st;
+  }
+  grpc::Status Get(grpc::ServerContext* in, const v1::GetJobRequest* req, v1::GetJobResponse* resp) override {
+    return jobs_->Get(ForwardedContext(*in).get(), *req, resp);
+  }
+  int joins() const { return joins_; }
+  int leaves() const { return leaves_; }
+
+ private:
+  std::unique_ptr<v1::Jobs::Stub> jobs_;
+  std::atomic<int> joins_{0};
+  std::atomic<int> leaves_{0};
+};
+
+// A Join or Leave whose reply was lost after the coordinator applied it is sent again; the
+// repeat's refusal (ALREADY_EXISTS for its own membership, NOT_FOUND for the member it removed)
+// answered the caller, so a member that had joined failed to. Now the client resolves them.
+TEST(Coordinator, AJoinOrLeaveAppliedBeforeItsReplyWasLostSucceeds) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  const auto channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
+  PingProxy ping(channel);
+  ApplyThenDropProxy proxy(channel);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&ping);
+  builder.RegisterService(&proxy);
+  auto proxied = builder.BuildAndStart();
+  ASSERT_NE(proxied, nullptr);
+  auto c = ConnectTo("127.0.0.1:" + std::to_string(port));
+  ASSERT_NE(c, nullptr);
+  const JobMember me = Member("engine-1/0", JobRole::kSubscriber);
+  auto joined = c->JoinJob("rl", me);
+  ASSERT_TRUE(joined.ok()) << joined.status().ToString();
+  EXPECT_EQ(proxy.joins(), 2) << "the dropped attempt was not sent again";
+  ASSERT_EQ(joined->members.size(), 1u);
+  EXPECT_EQ(joined->members[0].member_id, "engine-1/0");
+  EXPECT_EQ(joined->members[0].metadata, me.metadata);
+  // Another process's member under the same id (other contents) is still refused.
+  JobMember other = me;
+  other.metadata = BytesOf("another process");
+  EXPECT_EQ(c->JoinJob("rl", other).status().code(), ErrorCode::kAlreadyExists);
+  const Status left = c->LeaveJob("rl", "engine-1/0");
+  EXPECT_TRUE(left.ok()) << left.ToString();
+  EXPECT_EQ(proxy.leaves(), 2);
+  EXPECT_TRUE(c->GetJob("rl")->members.empty());
+  EXPECT_EQ(c->LeaveJob("rl", "engine-1/0").code(), ErrorCode::kNotFound);  // not sent again: refused
+  proxied->Shutdown();
 }
 
 // Without heartbeats a member expires, and the membership epoch moves.
