@@ -206,6 +206,17 @@ struct CoordinatorClient::Impl {
 
 Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(CoordinatorClientOptions options) {
   if (options.address.empty()) return InvalidArgument("coordinator address is empty");
+  // HOST:PORT (gRPC target URIs such as "unix:..." or "dns:///..." pass as they are): gRPC
+  // would take a port past 65535 modulo 2^16 and reach another service.
+  if (options.address.find(':') != std::string::npos && options.address.find('/') == std::string::npos &&
+      options.address.rfind("unix:", 0) != 0) {
+    const std::string port = options.address.substr(options.address.rfind(':') + 1);
+    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoi(port) < 1 || std::stoi(port) > 65535) {
+      return InvalidArgument(
+          fmt::format("coordinator address '{}': the port '{}' is not a number in 1..65535", options.address, port));
+    }
+  }
   control::PrepareGrpcRuntime();
   // Both become nanosecond deadlines (call_timeout_s doubled on a resend): beyond
   // kMaxCoordinatorTimeS they would overflow.

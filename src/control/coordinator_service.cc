@@ -94,6 +94,10 @@ grpc::Status CoordinatorCore::Authorize(const grpc::ServerContextBase* context) 
 grpc::Status CoordinatorCore::CheckStateBinding(const grpc::ServerContextBase* context) const {
   const std::string bound = BoundStateId(context);
   if (bound.empty()) return grpc::Status::OK;  // an unbound call (or an older client)
+  if (bound == state_->StateId()) return grpc::Status::OK;
+  // The cached id may be stale: another coordinator on the same Redis may have noticed a loss
+  // (and stored the new id) before this one's reaper did. Read it again before refusing.
+  (void)state_->RefreshStateId();
   const std::string serving = state_->StateId();
   if (bound == serving) return grpc::Status::OK;
   return ToGrpcStatus(StateGone(bound, serving));
@@ -211,6 +215,9 @@ grpc::Status RendezvousService::Ping(grpc::ServerContext* ctx, const v1::PingReq
   SW_AUTHORIZE(ctx);
   resp->set_server_instance(core_->instance());
   resp->set_state_backend(core_->backend());
+  // Read from the store, not the cache: a client binds to what Ping says (a cached id could be
+  // a lost state's that another coordinator on the same Redis already replaced).
+  (void)core_->state().RefreshStateId();
   resp->set_state_id(core_->state().StateId());
   resp->set_server_unix_ms(UnixNowMs());
   return grpc::Status::OK;

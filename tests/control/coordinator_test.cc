@@ -678,6 +678,35 @@ TEST(Coordinator, AStateLostUnderAWaitingGetIsFailedPreconditionNotATimeout) {
   EXPECT_EQ(fresh->ListSources("m", std::nullopt)->size(), 1u);
 }
 
+// Two coordinators on one Redis, no reaper pass (interval 1 h): after Redis lost its data, A
+// learns the new state id from a refused call; B still had the old one cached and handed it to
+// a new client at Connect, whose every bound call the scripts then refused ("restart the job")
+// although its job had just started. Ping and a binding mismatch now read the id from Redis.
+TEST(Coordinator, CoordinatorsOnOneRedisHandANewClientTheNewStateId) {
+  if (!testing_util::RedisServer::Available()) GTEST_SKIP() << testing_util::RedisServer::SkipReason();
+  RedisBackedCoordinator rc = StartOnRedis(3600);
+  ASSERT_NE(rc.client, nullptr);
+  CoordinatorServerOptions so;
+  so.redis_url = rc.redis->url();
+  so.reaper_interval_s = 3600;
+  auto second = StartServer(so);
+  ASSERT_NE(second, nullptr);
+  const std::string old_id = rc.client->state_id();
+  ASSERT_TRUE(rc.client->Add("c", 1).ok());
+  ASSERT_EQ(rc.redis->Command({"FLUSHALL"}), "OK");
+  EXPECT_EQ(rc.client->Add("c", 1).status().code(), ErrorCode::kFailedPrecondition);  // A learns the new id
+  auto via_a = ConnectTo(rc.server->address());
+  auto via_b = ConnectTo(second->address());
+  ASSERT_NE(via_a, nullptr);
+  ASSERT_NE(via_b, nullptr);
+  EXPECT_NE(via_a->state_id(), old_id);
+  EXPECT_EQ(via_b->state_id(), via_a->state_id()) << "B handed out the lost state's id";
+  auto added = via_b->Add("c", 1);
+  ASSERT_TRUE(added.ok()) << added.status().ToString();
+  EXPECT_EQ(*added, 1);
+  EXPECT_EQ(via_a->Add("c", 1).value(), 2);
+}
+
 // The same loss with no reaper pass to notice it (interval 1 h): the client's next bound calls
 // are refused by the Redis scripts themselves, not served from the empty state (which would
 // hand out counter values again and let a rank see keys of nobody's job), and the first
@@ -990,6 +1019,14 @@ TEST(Coordinator, UnreachableAddressIsUnavailableWithinTheBound) {
   // A bound, not a speed measurement: the limit plus generous slack for a loaded machine.
   EXPECT_LT(took, o.unavailable_timeout_s + 20);
   EXPECT_EQ(CoordinatorClient::Connect(CoordinatorClientOptions{}).status().code(), ErrorCode::kInvalidArgument);
+  // A port past 65535 (gRPC took it modulo 2^16: 99999 reached port 34463) or not a number.
+  for (const char* bad : {"127.0.0.1:99999", "127.0.0.1:0", "localhost:http", "127.0.0.1:"}) {
+    CoordinatorClientOptions bo;
+    bo.address = bad;
+    const auto refused = CoordinatorClient::Connect(bo);
+    EXPECT_EQ(refused.status().code(), ErrorCode::kInvalidArgument) << bad << ": " << refused.status().ToString();
+    EXPECT_NE(refused.status().message().find("is not a number in 1..65535"), std::string::npos) << bad;
+  }
 }
 
 // The lease calls take a bound of their own: with the coordinator gone and a client
