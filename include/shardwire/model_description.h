@@ -175,6 +175,12 @@ Result<ModelDescription> DescribeModel(const ModelConfig& config);
 /// num_layers < 1; otherwise the errors of DescribeModel.
 Result<ModelDescription> WithLayers(const ModelDescription& description, int num_layers);
 
+/// Whether checkpoint tensor `spec` is the tied copy of the embedding a model with
+/// tie_word_embeddings may carry: `lm_head.weight` with the dtype and shape of
+/// `model.embed_tokens.weight` (some writers store it; transformers loads it into the shared
+/// parameter, vLLM's loaders skip it). Pure; thread-safe.
+bool IsTiedEmbeddingCopy(const ModelDescription& description, const TensorSpec& spec);
+
 /// Compares a checkpoint's tensors with the description. OK when the sets of names are
 /// equal and every shape and dtype agrees. Otherwise kLayoutMismatch whose message names
 /// checkpoint_name, counts the differences ("N differences") and lists the first 8:

@@ -94,7 +94,8 @@ Result<std::optional<ModelRules>> FindModelRules(std::string_view model_type);
 /// rule: kLayoutMismatch naming the rule "<file>:<line>" and its name pattern when a rule
 /// produced tensors of which none is in the checkpoint ("matches nothing"), and naming the
 /// first checkpoint tensors no rule produced. OK when every rule matches at least one
-/// tensor and every checkpoint tensor (but `rotary_emb.inv_freq` buffers) is produced.
+/// tensor and every checkpoint tensor (but `rotary_emb.inv_freq` buffers and a tied
+/// embedding copy, IsTiedEmbeddingCopy) is produced.
 /// Shapes and dtypes are CheckCheckpointMatchesModel's business.
 Status CheckRulesCoverCheckpoint(const ModelDescription& description, const std::vector<TensorSpec>& checkpoint_tensors,
                                  std::string_view checkpoint_name);

@@ -19,6 +19,12 @@ bool IsIgnoredBuffer(std::string_view name) { return EndsWith(name, "rotary_emb.
 
 }  // namespace
 
+bool IsTiedEmbeddingCopy(const ModelDescription& description, const TensorSpec& spec) {
+  if (!description.config.tie_word_embeddings || spec.name != "lm_head.weight") return false;
+  const ModelTensor* embed = description.Find("model.embed_tokens.weight");
+  return embed != nullptr && spec.dtype == embed->spec.dtype && spec.shape == embed->spec.shape;
+}
+
 Status CheckCheckpointMatchesModel(const ModelDescription& description,
                                    const std::vector<TensorSpec>& checkpoint_tensors,
                                    std::string_view checkpoint_name) {
@@ -46,13 +52,9 @@ Status CheckCheckpointMatchesModel(const ModelDescription& description,
                                   DTypeName(t.spec.dtype), DTypeName(got.dtype)));
     }
   }
-  const ModelTensor* embed = description.Find("model.embed_tokens.weight");
   for (const auto& [name, spec] : found) {
     if (expected.contains(name)) continue;
-    const bool tied_copy = description.config.tie_word_embeddings && name == "lm_head.weight" &&
-                           embed != nullptr && spec->dtype == embed->spec.dtype &&
-                           spec->shape == embed->spec.shape;
-    if (!tied_copy) diffs.push_back("unexpected " + ToString(*spec));
+    if (!IsTiedEmbeddingCopy(description, *spec)) diffs.push_back("unexpected " + ToString(*spec));
   }
   if (diffs.empty()) return Status::Ok();
 

@@ -160,7 +160,7 @@ Status CheckRulesCoverCheckpoint(const ModelDescription& description, const std:
   for (const auto& t : checkpoint_tensors) {
     const std::string_view n = t.name;
     if (n.size() >= 19 && n.substr(n.size() - 19) == "rotary_emb.inv_freq") continue;
-    if (described.count(t.name) == 0) unplaced.push_back(t.name);
+    if (described.count(t.name) == 0 && !IsTiedEmbeddingCopy(description, t)) unplaced.push_back(t.name);
   }
   if (!unplaced.empty()) {
     std::sort(unplaced.begin(), unplaced.end());

@@ -138,6 +138,19 @@ TEST(ModelRulesBadInput, PatternMatchingNothingInTheCheckpoint) {
   s = CheckRulesCoverCheckpoint(*good, extra, "ckpt");
   EXPECT_EQ(s.code(), ErrorCode::kLayoutMismatch);
   EXPECT_MESSAGE_HAS(s, "no rule places: model.layers.0.mlp.unknown.weight");
+
+  // With tied word embeddings, an lm_head.weight that copies the embedding is placed (as
+  // CheckCheckpointMatchesModel accepts it): `describe` refused the real tiny-qwen3-f32.
+  auto with_head = checkpoint;
+  with_head.push_back({"lm_head.weight", DType::kBF16, {10, 8}});
+  ModelConfig tied = Tiny();
+  tied.tie_word_embeddings = true;
+  auto tied_model = ModelRules::Parse(kGood, "toy.yaml")->Describe(tied);
+  ASSERT_TRUE(tied_model.ok());
+  EXPECT_TRUE(CheckRulesCoverCheckpoint(*tied_model, with_head, "ckpt").ok());
+  EXPECT_MESSAGE_HAS(CheckRulesCoverCheckpoint(*good, with_head, "ckpt"), "no rule places: lm_head.weight");
+  with_head.back().shape = {10, 4};  // not a copy of the embedding
+  EXPECT_MESSAGE_HAS(CheckRulesCoverCheckpoint(*tied_model, with_head, "ckpt"), "no rule places: lm_head.weight");
 }
 
 // Arithmetic that does not fit int64 is an error naming the expression, not a trap: INT64_MIN / -1
