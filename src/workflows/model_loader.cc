@@ -197,13 +197,43 @@ struct ModelLoader::Impl {
       return Status::Ok();
     }
     if (options.checkpoint_path.empty()) {
-      return NotFound(fmt::format("no READY source serves model {} and no checkpoint was given", wanted));
+      return NotFound(
+          fmt::format("no READY source serves model {} and no checkpoint was given{}", wanted, DTypeHint(all)));
     }
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
     SW_ASSIGN_OR_RETURN(const std::string revision, HashCheckpoint(checkpoint));
     SW_ASSIGN_OR_RETURN(identity, MakeModelIdentity(model, revision));
     checked_checkpoint = revision;  // the fallback reads this very checkpoint
     return Status::Ok();
+  }
+
+  // A config without torch_dtype describes the model in BF16 (ModelConfig::dtype); a seed that
+  // described it from its checkpoint serves it in that checkpoint's dtype, so the structures
+  // differ. Names the dtypes READY sources serve this model in, or "" when none does (or the
+  // config named its dtype).
+  std::string DTypeHint(const std::vector<SourceRecord>& ready) const {
+    if (model.config.torch_dtype.has_value()) return "";
+    std::vector<std::string> served;
+    for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+      if (dtype == model.config.dtype()) continue;
+      ModelConfig config = model.config;
+      config.torch_dtype = dtype;
+      auto other = DescribeModel(config);
+      if (!other.ok()) continue;
+      auto id = MakeModelIdentity(*other, "?");
+      if (!id.ok()) continue;
+      const std::string digest = id->StructureDigest();
+      const bool any = std::any_of(ready.begin(), ready.end(), [&](const SourceRecord& r) {
+        auto a = r.attributes.find(kSourceAttrStructure);
+        return a != r.attributes.end() && a->second == digest;
+      });
+      if (any) served.emplace_back(DTypeName(dtype));
+    }
+    if (served.empty()) return "";
+    return fmt::format(
+        " (the config names no torch_dtype, so {} was assumed; READY sources serve this model in {}: "
+        "set torch_dtype in the config)",
+        DTypeName(model.config.dtype()), fmt::join(served, ", "));
   }
 
   std::vector<std::byte> Encode(const P2pMessage& m) { return EncodeP2p(m); }

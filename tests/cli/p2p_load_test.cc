@@ -356,6 +356,29 @@ TEST_F(P2pLoadProcessTest, NoSourceFallsBackToDiskAndNoCheckpointFails) {
   EXPECT_NE(Slurp(Out("new2")).find("not found"), std::string::npos) << Slurp(Out("new2"));
 }
 
+// A config without torch_dtype (the real tiny-qwen3-f32's) is described in BF16 by the loader,
+// while the seed described the model from its F32 checkpoint: the loader found "no READY
+// source" and left the user to guess why. It now names the dtype the sources serve.
+TEST_F(P2pLoadProcessTest, AConfigWithoutADtypeNamesTheDtypeTheSourcesServe) {
+  const char* shared = std::getenv("SHARDWIRE_SHARED_DIR");
+  const std::string dir = std::string(shared ? shared : "") + "/models/tiny-qwen3-f32";
+  if (shared == nullptr || !fs::exists(dir + "/tiny_qwen3.safetensors")) GTEST_SKIP() << "no tiny-qwen3-f32";
+  ckpt_ = dir;
+  Seed("f32-seed", "tp=1");
+  AwaitReady("f32-seed", 1);
+  Process load(SHARDWIRE_BIN,
+               {"load", "--coordinator", Coordinator(), "--config", dir + "/tiny_qwen3_config.json", "--layout", "tp=1",
+                "--instance-id", "bf16-guess"},
+               Out("bf16-guess"));
+  const auto rc = load.Wait(60);
+  ASSERT_TRUE(rc.has_value());
+  EXPECT_EQ(*rc, 1);
+  const std::string out = Slurp(Out("bf16-guess"));
+  EXPECT_NE(out.find("the config names no torch_dtype, so BF16 was assumed; READY sources serve this model in F32"),
+            std::string::npos)
+      << out;
+}
+
 // MoE: a tp=2,ep=2 seed (whole experts per rank) serves tp=4,ep=4, tp=1 and tp=4 (experts
 // split by TP: gate/up on dim 0, down_proj row-parallel on dim 1); a loaded tp=4,ep=4
 // instance then serves a tp=2 load together with the seed.
