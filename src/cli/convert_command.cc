@@ -216,10 +216,14 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
   // checkpoint is a model Shardwire can describe and matches it; otherwise the name rule of
   // IsFp8Quantised, said on stdout (nothing is guessed silently).
   std::optional<std::set<std::string>> by_rules;
+  auto model = DescribeCheckpointModel(checkpoint, config_path);
+  const Status match =
+      model.ok() ? CheckCheckpointMatchesModel(*model, checkpoint.tensors(), checkpoint.path()) : model.status();
+  if (!o.config.empty() && model.ok() && !match.ok()) {
+    // An explicit --config that describes another model would be written beside these weights.
+    return match.WithContext(fmt::format("--config \"{}\"", o.config));
+  }
   if (fp8) {
-    auto model = DescribeCheckpointModel(checkpoint, config_path);
-    Status match = model.ok() ? CheckCheckpointMatchesModel(*model, checkpoint.tensors(), checkpoint.path())
-                              : model.status();
     if (match.ok()) {
       by_rules.emplace();
       for (const ModelTensor& t : model->tensors)

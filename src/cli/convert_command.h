@@ -32,7 +32,10 @@ struct ConvertOptions {
   std::string format;            ///< "fp8-block128", "bf16", "fp16" or "fp32"
   bool ue8m0 = false;            ///< fp8 only: power-of-two scales
   std::uint64_t shard_size = 0;  ///< bytes per output shard (0: one file); a bigger tensor gets its own shard
-  std::string config;            ///< HF config.json; default: the one beside the checkpoint
+  /// HF config.json written to `out_dir` (with the format's fields); default: the one beside
+  /// the checkpoint. Given explicitly, it must describe this checkpoint when rules describe its
+  /// model_type (else kLayoutMismatch naming the differences).
+  std::string config;
   /// `out_dir` may hold a checkpoint already (`*.safetensors`, `model.safetensors.index.json`):
   /// the new one replaces it. Every new file is written into a staging directory inside
   /// `out_dir` first; once all are written they are renamed into place and the old files this

@@ -254,6 +254,24 @@ TEST(ConvertCommand, AFailedOverwriteLeavesTheOldCheckpointWhole) {
   EXPECT_TRUE(after.count("model.safetensors") == 1 && after.count("config.json") == 1);
 }
 
+// An explicit --config of another model was written beside the weights (exit 0, a llama
+// config.json next to tiny-qwen3 tensors); it is now a layout mismatch and nothing is written.
+TEST(ConvertCommand, AnExplicitConfigOfAnotherModelIsALayoutMismatch) {
+  const std::string qwen = SharedModel("tiny-qwen3-f32");
+  const std::string llama = SharedModel("tiny-llama3-bf16");
+  if (qwen.empty() || llama.empty()) GTEST_SKIP() << "no ../shared/models here";
+  TempDir dir;
+  auto [code, out] = RunConvert("--checkpoint " + qwen + " --out " + dir.File("o") + " --format bf16 --config " +
+                                llama + "/config.json");
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("layout mismatch"), std::string::npos) << out;
+  EXPECT_NE(out.find("--config \"" + llama + "/config.json\""), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir.File("o/config.json")));
+  std::tie(code, out) = RunConvert("--checkpoint " + llama + " --out " + dir.File("o") + " --format fp16 --config " +
+                                   llama + "/config.json");
+  EXPECT_EQ(code, 0) << out;
+}
+
 TEST(ConvertCommand, CastsMatchTheOracle) {
   if (!testing::HaveNumpy()) GTEST_SKIP() << "/usr/bin/python3 with numpy is needed for the oracle";
   TempDir dir;
