@@ -14,6 +14,8 @@
 
 #include <string>
 #include <string_view>
+#include <unordered_set>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -26,21 +28,33 @@ namespace shardwire::model {
 inline constexpr int kMaxJsonDepth = 64;
 
 /// Parses `text` as one JSON document (RFC 8259, nlohmann::json or nlohmann::ordered_json).
-/// Errors: kCorruptData "not valid JSON: <parser message>" for malformed text, and "nested
-/// deeper than <max_depth> levels" for a document that is (callers add the file or key).
+/// Errors: kCorruptData "not valid JSON: <parser message>" for malformed text, "nested deeper
+/// than <max_depth> levels" for a document that is, and "duplicate key \"<name>\"" for an object
+/// naming a key twice (RFC 8259 leaves the meaning open; nlohmann keeps the last silently, so a
+/// safetensors header naming a tensor twice described one tensor over another's bytes). Callers
+/// add the file or key.
 template <class Json = nlohmann::json>
 Result<Json> ParseBoundedJson(std::string_view text, int max_depth = kMaxJsonDepth) {
   bool too_deep = false;
+  std::string duplicate;
+  std::vector<std::unordered_set<std::string>> keys;  // the keys of each object being parsed
   // A callback sees every value with its depth; an array or object that opens past the bound
   // is discarded (the parser skips its contents without building them) and fails the parse.
-  const typename Json::parser_callback_t bound = [&too_deep, max_depth](int depth, nlohmann::json::parse_event_t event,
-                                                                         Json&) {
-    if ((event == nlohmann::json::parse_event_t::object_start || event == nlohmann::json::parse_event_t::array_start) &&
-        depth >= max_depth) {
+  const typename Json::parser_callback_t bound = [&](int depth, nlohmann::json::parse_event_t event, Json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    if ((event == E::object_start || event == E::array_start) && depth >= max_depth) {
       too_deep = true;
       return false;
     }
-    return !too_deep;
+    if (too_deep || !duplicate.empty()) return false;
+    if (event == E::object_start) keys.emplace_back();
+    if (event == E::object_end && !keys.empty()) keys.pop_back();
+    if (event == E::key && !keys.empty() && parsed.is_string() &&
+        !keys.back().insert(parsed.template get_ref<const std::string&>()).second) {
+      duplicate = parsed.template get<std::string>();
+      return false;
+    }
+    return true;
   };
   Json root;
   try {
@@ -49,6 +63,7 @@ Result<Json> ParseBoundedJson(std::string_view text, int max_depth = kMaxJsonDep
     return CorruptData(fmt::format("not valid JSON: {}", e.what()));
   }
   if (too_deep) return CorruptData(fmt::format("nested deeper than {} levels", max_depth));
+  if (!duplicate.empty()) return CorruptData(fmt::format("duplicate key \"{}\"", duplicate.substr(0, 256)));
   return root;
 }
 

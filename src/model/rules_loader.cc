@@ -24,8 +24,11 @@ class Loader {
   }
 
   Status CheckKeys(const YAML::Node& map, std::string_view what, std::initializer_list<std::string_view> known) const {
+    std::set<std::string> seen;
     for (auto it = map.begin(); it != map.end(); ++it) {
       const std::string key = it->first.as<std::string>();
+      // YAML 1.2 requires unique keys; yaml-cpp keeps both and `map[key]` returns the first.
+      if (!seen.insert(key).second) return Error(it->first, fmt::format("key \"{}\" given twice in {}", key, what));
       bool ok = false;
       for (auto k : known) ok = ok || k == key;
       if (!ok) {
@@ -237,6 +240,9 @@ class Loader {
     if (const YAML::Node lets = root["let"]) {
       if (!lets.IsMap()) return Error(lets, "\"let\" must map names to expressions");
       for (auto it = lets.begin(); it != lets.end(); ++it) {
+        const std::string name = it->first.as<std::string>();
+        if (std::any_of(f.lets.begin(), f.lets.end(), [&](const auto& l) { return l.first == name; }))
+          return Error(it->first, fmt::format("let \"{}\" given twice", name));
         SW_ASSIGN_OR_RETURN(std::string text, Scalar(it->second, "let"));
         SW_ASSIGN_OR_RETURN(Expression e, Expression::Parse(text, Where(it->second)));
         f.lets.emplace_back(it->first.as<std::string>(), std::move(e));
@@ -268,11 +274,13 @@ class Loader {
         }
         if (!b["do"]) return Error(b, "missing key \"do\"");
         SW_ASSIGN_OR_RETURN(block.body, RuleList(b["do"], "do"));
-        f.blocks[it->first.as<std::string>()] = std::move(block);
+        if (!f.blocks.emplace(it->first.as<std::string>(), std::move(block)).second)
+          return Error(it->first, fmt::format("block \"{}\" given twice", it->first.as<std::string>()));
       }
     }
     if (!root["tensors"]) return Error(root, "missing key \"tensors\"");
     SW_ASSIGN_OR_RETURN(f.tensors, RuleList(root["tensors"], "tensors"));
+    if (f.tensors.empty()) return Error(root["tensors"], "\"tensors\" is empty: the rules would describe no tensor");
     SW_RETURN_IF_ERROR(CheckUses(f.tensors, f));
     for (const auto& [name, b] : f.blocks) SW_RETURN_IF_ERROR(CheckUses(b.body, f));
     SW_RETURN_IF_ERROR(CheckNoCycle(f));
@@ -332,6 +340,7 @@ class Loader {
 }  // namespace
 
 Status CheckPattern(std::string_view pattern, std::string_view where) {
+  if (pattern.empty()) return InvalidArgument(fmt::format("{}: an empty name pattern", where));
   std::size_t i = 0;
   while (i < pattern.size()) {
     if (pattern[i] == '}') return InvalidArgument(fmt::format("{}: pattern \"{}\": '}}' without '{{'", where, pattern));

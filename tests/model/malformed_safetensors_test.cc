@@ -167,6 +167,21 @@ TEST(MalformedSafetensors, OffsetsPastDataSection) {
   EXPECT_MESSAGE_HAS(s, "past the data section");
 }
 
+// A header naming a tensor twice: JSON parsers keep one of the two silently (nlohmann the
+// last), so the file was read as holding one tensor where its writer meant two. With the same
+// offsets twice nothing else noticed.
+TEST(MalformedSafetensors, ATensorNamedTwiceIsCorrupt) {
+  TempDir dir;
+  std::string path;
+  Status s = OpenBroken(dir,
+                        RawSafetensors("{" + F32Entry("w", "[4]", 0, 16) + "," + F32Entry("w", "[4]", 0, 16) + "}",
+                                       std::string(16, '\0')),
+                        &path);
+  EXPECT_EQ(s.code(), ErrorCode::kCorruptData) << s.ToString();
+  EXPECT_MESSAGE_HAS(s, path);
+  EXPECT_MESSAGE_HAS(s, "duplicate key \"w\"");
+}
+
 TEST(MalformedSafetensors, OverlappingTensors) {
   TempDir dir;
   std::string path;

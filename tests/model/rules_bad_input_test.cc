@@ -74,6 +74,26 @@ TEST(ModelRulesBadInput, UnknownKeyNamesFileAndLine) {
   EXPECT_MESSAGE_HAS(r.status(), "role.yaml:6: unknown role \"vocabulary\"");
 }
 
+// YAML 1.2 wants unique keys; yaml-cpp keeps both and a lookup returned the first, so a file
+// with `family:` twice (or a rule with `shape:` twice) loaded with the other value ignored.
+// An empty name and an empty tensor list described nothing, silently.
+TEST(ModelRulesBadInput, DuplicateKeysEmptyNamesAndNoTensorsAreRefused) {
+  auto twice = ModelRules::Parse(std::string(kGood) + "family: toy2\n", "twice.yaml");
+  EXPECT_EQ(twice.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(twice.status(), "twice.yaml:14: key \"family\" given twice in a rules file");
+  std::string shape = kGood;
+  shape.replace(shape.find("    role: vocab"), 14, "    shape: [1]\n    role: vocab");
+  EXPECT_MESSAGE_HAS(ModelRules::Parse(shape, "shape.yaml").status(), "key \"shape\" given twice in a tensor rule");
+  std::string empty_name = kGood;
+  empty_name.replace(empty_name.find("tensor: model.embed_tokens.weight"), 33, "tensor: \"\"");
+  EXPECT_MESSAGE_HAS(ModelRules::Parse(empty_name, "empty.yaml").status(), "empty.yaml:4: an empty name pattern");
+  auto none = ModelRules::Parse("family: toy\nmodel_types: [toy]\ntensors: []\n", "none.yaml");
+  EXPECT_EQ(none.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(none.status(), "none.yaml:3: \"tensors\" is empty");
+  auto lets = ModelRules::Parse(std::string(kGood) + "let:\n  a: 1\n  a: 2\n", "lets.yaml");
+  EXPECT_MESSAGE_HAS(lets.status(), "let \"a\" given twice");
+}
+
 TEST(ModelRulesBadInput, WrongShapeExpression) {
   std::string text = kGood;
   text.replace(text.find("[vocab_size, hidden_size]"), 25, "[vocab_size, hidden_size *]");
