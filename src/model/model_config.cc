@@ -181,7 +181,15 @@ Status Parse(const ConfigReader& r, ModelConfig* c) {
 
   SW_ASSIGN_OR_RETURN(auto kv_heads, r.OptionalInt({"num_key_value_heads"}));
   c->num_key_value_heads = kv_heads.value_or(c->num_attention_heads);
-  if (c->num_key_value_heads <= 0) return r.Error("num_key_value_heads", "is not positive");
+  if (c->num_key_value_heads <= 0) {
+    return r.Error("num_key_value_heads", fmt::format("{} is not positive", c->num_key_value_heads));
+  }
+  // Grouped-query attention shares each KV head among num_attention_heads / num_key_value_heads
+  // query heads (transformers' repeat_kv; vLLM asserts the same).
+  if (c->num_attention_heads % c->num_key_value_heads != 0) {
+    return r.Error("num_key_value_heads", fmt::format("{} does not divide num_attention_heads {}",
+                                                      c->num_key_value_heads, c->num_attention_heads));
+  }
 
   SW_ASSIGN_OR_RETURN(auto head_dim, r.OptionalInt({"head_dim"}));
   if (head_dim.has_value()) {

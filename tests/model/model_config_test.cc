@@ -248,6 +248,19 @@ TEST(ModelConfig, WrongTypes) {
   EXPECT_MESSAGE_HAS(neg.status(), "head_dim");
 }
 
+// Grouped-query attention needs the KV heads to divide the query heads (8 KV heads for 4
+// query heads was accepted); 0 says its value.
+TEST(ModelConfig, KvHeadsMustDivideTheAttentionHeads) {
+  auto more = ParseModelConfig(Minimal(R"(,"num_key_value_heads":8)"), "kv.json");
+  EXPECT_EQ(more.status().code(), ErrorCode::kCorruptData);
+  EXPECT_MESSAGE_HAS(more.status(), "kv.json: key \"num_key_value_heads\": 8 does not divide num_attention_heads 4");
+  auto three = ParseModelConfig(Minimal(R"(,"num_key_value_heads":3)"), "kv.json");
+  EXPECT_MESSAGE_HAS(three.status(), "3 does not divide num_attention_heads 4");
+  auto zero = ParseModelConfig(Minimal(R"(,"num_key_value_heads":0)"), "kv.json");
+  EXPECT_MESSAGE_HAS(zero.status(), "key \"num_key_value_heads\": 0 is not positive");
+  EXPECT_TRUE(ParseModelConfig(Minimal(R"(,"num_key_value_heads":2)"), "kv.json").ok());
+}
+
 TEST(ModelConfig, UnknownTorchDtype) {
   auto c = ParseModelConfig(Minimal(R"(,"torch_dtype":"float8")"), "d.json");
   EXPECT_EQ(c.status().code(), ErrorCode::kCorruptData);
