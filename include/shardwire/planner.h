@@ -59,8 +59,8 @@ struct PlanOptions {
 ///  * kLayoutMismatch: the tensor sets, a shape or a dtype differ (the message counts the
 ///    differences and lists the first few);
 ///  * kInvalidArgument: destination bytes that no source rank holds (names tensor and
-///    box); a Partial destination; bad options (bucket_bytes 0, K < 1, process maps of
-///    the wrong size);
+///    box); a Partial destination; bad options (bucket_bytes 0, or so small that the plan
+///    would have more than 2^26 moves; K < 1; process maps of the wrong size);
 Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const PlanOptions& options = {});
 
 /// Re-assigns Bucket::round over several plans between the same source and destination

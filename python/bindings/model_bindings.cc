@@ -1,5 +1,6 @@
 // Model descriptions in Python: shardwire.Model (a ModelDescription) from an HF config or a
 // checkpoint, and its tensors with their parallel roles.
+#include <fmt/format.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -21,13 +22,18 @@ void BindModel(py::module_& m) {
       .def_static(
           "from_config",
           [](const std::string& config_path, int num_layers) {
+            if (num_layers < 0) {
+              ThrowIfError(InvalidArgument(
+                  fmt::format("Model.from_config: num_layers {} is negative (0: the config's layers)", num_layers)));
+            }
             ModelDescription d = ValueOrThrow(DescribeModel(ValueOrThrow(LoadModelConfig(config_path))));
             return num_layers > 0 ? ValueOrThrow(WithLayers(d, num_layers)) : d;
           },
           py::arg("config_path"), py::arg("num_layers") = 0,
           "Describes the model of an HF config.json. num_layers > 0 gives it that many decoder layers (fewer or more\n"
-          "than the config's: the test and benchmark models of real shapes).\n"
-          "Raises UnsupportedError (unknown model_type), InvalidArgumentError, NotFoundError, CorruptDataError.")
+          "than the config's: the test and benchmark models of real shapes); 0 keeps the config's.\n"
+          "Raises UnsupportedError (unknown model_type), InvalidArgumentError (also a negative num_layers),\n"
+          "NotFoundError, CorruptDataError.")
       .def_static(
           "from_config_json",
           [](const std::string& json_text) {

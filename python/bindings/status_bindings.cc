@@ -26,7 +26,14 @@ void BindStatus(py::module_& m) {
     } catch (const StatusError& e) {
       py::object errors = py::module_::import("shardwire.errors");
       py::object cls = errors.attr("error_class")(static_cast<int>(e.status().code()));
-      PyErr_SetObject(cls.ptr(), py::str(e.status().ToString()).ptr());
+      // Messages may quote bytes that are not UTF-8 (a tensor name given as bytes, a file's
+      // contents): decoded with backslash escapes, so the typed error is raised, not a
+      // UnicodeDecodeError from building its message.
+      const std::string text = e.status().ToString();
+      py::object message = py::reinterpret_steal<py::object>(
+          PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()), "backslashreplace"));
+      if (!message) return;  // the decoder's own error is set (out of memory)
+      PyErr_SetObject(cls.ptr(), message.ptr());
     }
   });
   m.def(

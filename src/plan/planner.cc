@@ -242,9 +242,9 @@ class Planner {
     return Status::Ok();
   }
 
-  TransferPlan Finish() {
+  Result<TransferPlan> Finish() {
     std::vector<Move> moves = CoalescedMoves();
-    moves = plan::CapMoveLength(std::move(moves), options_.bucket_bytes);
+    SW_ASSIGN_OR_RETURN(moves, plan::CapMoveLength(std::move(moves), options_.bucket_bytes));
     const std::vector<bool> local = groups_.local();
     std::vector<std::vector<std::uint32_t>> dst_groups = groups_.TakeGroups();
     std::vector<Bucket> buckets = plan::MakeBuckets(moves, dst_groups, local, options_.bucket_bytes);

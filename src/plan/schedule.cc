@@ -4,22 +4,29 @@
 #include <map>
 #include <tuple>
 
+#include <fmt/format.h>
+
 #include "core/huge_page_memory.h"
 
 namespace shardwire::plan {
 
-std::vector<Move> CapMoveLength(std::vector<Move> moves, std::uint64_t cap) {
+Result<std::vector<Move>> CapMoveLength(std::vector<Move> moves, std::uint64_t cap) {
   // The pieces each move becomes, counted first: the output is allocated once, at its final
   // size and in 2 MiB pages (tens of MB for a 1T-parameter model; core/huge_page_memory.h).
-  std::size_t pieces = 0;
+  std::uint64_t pieces = 0;
   for (const Move& m : moves) {
     if (m.bytes() <= cap) {
       pieces += 1;
     } else if (m.length <= cap) {
       const std::uint64_t per = cap / m.length;
-      pieces += static_cast<std::size_t>((m.count + per - 1) / per);
+      pieces += (m.count + per - 1) / per;
     } else {
-      pieces += static_cast<std::size_t>(m.count * ((m.length + cap - 1) / cap));
+      const std::uint64_t per_run = (m.length + cap - 1) / cap;
+      pieces += per_run > kMaxPlanMoves / m.count ? kMaxPlanMoves + 1 : m.count * per_run;
+    }
+    if (pieces > kMaxPlanMoves) {
+      return InvalidArgument(
+          fmt::format("bucket_bytes {} cuts the plan into more than {} moves; raise it", cap, kMaxPlanMoves));
     }
   }
   if (pieces == moves.size()) return moves;  // no move was longer than the cap

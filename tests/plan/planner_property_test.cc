@@ -490,6 +490,17 @@ TEST(PlannerValidation, BadOptions) {
   EXPECT_EQ(PlanTransfer(l, l, PlanOptions{.max_concurrency = 0}).status().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(PlanTransfer(l, l, PlanOptions{.src_process = {0}, .dst_process = {0, 1}}).status().code(),
             ErrorCode::kInvalidArgument);
+  // A bucket of 1 byte cut a 256 MiB move into 2^28 one-byte moves (16 GiB of them: out of
+  // memory, a MemoryError from Python); refused before anything is allocated for them.
+  std::vector<TensorSpec> big{{"w", DType::kF32, {64 << 20}}};
+  auto whole = MakeFsdpLayout(big, 1).value();
+  auto halves = MakeFsdpLayout(big, 2).value();
+  const auto tiny = PlanTransfer(whole, halves, PlanOptions{.bucket_bytes = 1});
+  EXPECT_EQ(tiny.status().code(), ErrorCode::kInvalidArgument) << tiny.status().ToString();
+  EXPECT_NE(tiny.status().message().find("bucket_bytes 1 cuts the plan into more than 67108864 moves"),
+            std::string::npos)
+      << tiny.status().ToString();
+  EXPECT_TRUE(PlanTransfer(whole, halves, PlanOptions{.bucket_bytes = 4096}).ok());
 }
 
 // ---- Serialisation -----------------------------------------------------------------------

@@ -40,3 +40,9 @@ def test_bad_input_is_typed():
         shardwire.quantize_fp8_block(torch.zeros(8, 4, dtype=torch.bfloat16).T)
     with pytest.raises(errors.InvalidArgumentError):
         shardwire.quantize_fp8_block(torch.zeros(8, dtype=torch.bfloat16))
+    # A name that is not UTF-8 (bytes) in the message: the typed error, not a UnicodeDecodeError
+    # raised while building it.
+    with pytest.raises(errors.CorruptDataError, match=r"\\xff"):
+        t = torch.zeros(128, 128, dtype=torch.float32)
+        t[0, 0] = float("nan")
+        shardwire.quantize_fp8_block(t, b"\xff")

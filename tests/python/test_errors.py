@@ -32,6 +32,21 @@ def llama():
     return shardwire.Model.from_config_json(json.dumps(LLAMA))
 
 
+def test_invalid_argument_negative_layers_and_tiny_buckets(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(LLAMA))
+    # -1 meant "the config's layers", silently.
+    with pytest.raises(errors.InvalidArgumentError, match="num_layers -1 is negative"):
+        shardwire.Model.from_config(str(config), -1)
+    assert len(shardwire.Model.from_config(str(config), 1).tensors) < len(shardwire.Model.from_config(str(config)).tensors)
+    # A 1-byte bucket cut the plan into more moves than memory holds: MemoryError, not a typed error.
+    big = shardwire.Model.from_config_json(json.dumps(dict(LLAMA, vocab_size=1 << 19, hidden_size=512)))
+    src = shardwire.Layout.from_string(big, "fsdp=1")
+    dst = shardwire.Layout.from_string(big, "tp=2")
+    with pytest.raises(errors.InvalidArgumentError, match="bucket_bytes 1 cuts the plan"):
+        shardwire.plan(src, dst, bucket_bytes=1)
+
+
 def test_invalid_argument_bad_layout_string():
     with pytest.raises(errors.InvalidArgumentError, match="TP size 3 does not divide"):
         shardwire.Layout.from_string(llama(), "tp=3")  # 4 heads do not split 3 ways
