@@ -362,9 +362,11 @@ struct Notification {
 
 /// One endpoint of one-sided transfers. Create with Agent::Create; destroy to
 /// release every UCX resource. Endpoints are force-closed: PEER-mode peers see
-/// this agent as disconnected; same-host kAuto peers notice only when this
-/// process exits (their liveness check), so tell them out of band or with a
-/// SendMessage before destroying an agent in a process that lives on.
+/// this agent as disconnected; same-host peers reached over a local message link
+/// (UcxOptions::local_message_sockets) see its channel hang up and mark it failed
+/// at once; other same-host kAuto peers notice only when this process exits
+/// (their liveness check), so tell those out of band or with a SendMessage before
+/// destroying an agent in a process that lives on.
 class Agent {
  public:
   /// Makes the transport backend (AgentOptions::backend; UCX: the context and one
@@ -649,7 +651,8 @@ class Agent {
   /// cheap (one uncontended lock per lane, no system call).
   std::vector<double> LaneStallSeconds() const;
 
-  /// Names of peers found dead (UCX error callback or failed liveness check)
+  /// Names of peers found dead (UCX error callback, failed liveness check, or a
+  /// local message link the peer hung up)
   /// and not invalidated or re-imported since. A failed peer's endpoint is
   /// force-closed by its lane threads within about 100 ms, which cancels its
   /// outstanding requests, so its transfers can then be released. For

@@ -58,10 +58,11 @@ std::string_view SourceStateName(SourceState state);
 
 /// One rank of a serving instance, registered as a weight source.
 struct SourceRecord {
-  /// "src-" + 16 lowercase hex digits. Empty in RegisterSource: the coordinator assigns one.
-  /// Set: proposed by the caller, which makes the registration idempotent (a repeat with
-  /// the same contents returns the stored record and renews its lease; other contents under
-  /// a live record of the id: kAlreadyExists), so a call whose reply was lost is retried.
+  /// "src-" + 16 lowercase hex digits, proposed by the caller, which makes the registration
+  /// idempotent (a repeat with the same contents returns the stored record and renews its
+  /// lease; other contents under a live record of the id: kAlreadyExists), so a call whose
+  /// reply was lost is retried. Empty in CoordinatorClient::RegisterSource: the client draws
+  /// one; a raw gRPC request without one gets one the coordinator draws (not idempotent).
   std::string source_id;
   /// What bytes the source holds (ModelIdentity digest, see the P2P loading
   /// workflow). Sources with equal identities hold equal tensors. 1..256 bytes.

@@ -32,9 +32,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <sstream>
+#include <string_view>
 #include <thread>
 
 #include "control/coordinator_codec.h"
@@ -78,6 +80,10 @@ constexpr char kServiceConfig[] = R"({
              {"service": "shardwire.v1.SourceRegistry", "method": "Deregister"}]
   }]
 })";
+
+// The name resolvers of gRPC C++ 1.51 (doc/naming.md): an address starting with one is a target
+// URI, not HOST:PORT.
+constexpr std::string_view kGrpcSchemes[] = {"dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:"};
 
 // A per-call bound: > 0 (+inf: none beyond the client's options); NaN, 0 and negatives
 // are refused.
@@ -206,10 +212,11 @@ struct CoordinatorClient::Impl {
 
 Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(CoordinatorClientOptions options) {
   if (options.address.empty()) return InvalidArgument("coordinator address is empty");
-  // HOST:PORT (gRPC target URIs such as "unix:..." or "dns:///..." pass as they are): gRPC
-  // would take a port past 65535 modulo 2^16 and reach another service.
-  if (options.address.find(':') != std::string::npos && options.address.find('/') == std::string::npos &&
-      options.address.rfind("unix:", 0) != 0) {
+  // HOST:PORT (gRPC target URIs with a scheme pass as they are): gRPC would take a port past
+  // 65535 modulo 2^16 and reach another service.
+  const bool uri = std::any_of(std::begin(kGrpcSchemes), std::end(kGrpcSchemes),
+                               [&](std::string_view scheme) { return options.address.rfind(scheme, 0) == 0; });
+  if (!uri && options.address.find(':') != std::string::npos) {
     const std::string port = options.address.substr(options.address.rfind(':') + 1);
     if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
         std::stoi(port) < 1 || std::stoi(port) > 65535) {

@@ -97,10 +97,20 @@ grpc::Status CoordinatorCore::CheckStateBinding(const grpc::ServerContextBase* c
   if (bound == state_->StateId()) return grpc::Status::OK;
   // The cached id may be stale: another coordinator on the same Redis may have noticed a loss
   // (and stored the new id) before this one's reaper did. Read it again before refusing.
-  (void)state_->RefreshStateId();
+  RefreshStateIdSoon();
   const std::string serving = state_->StateId();
   if (bound == serving) return grpc::Status::OK;
   return ToGrpcStatus(StateGone(bound, serving));
+}
+
+void CoordinatorCore::RefreshStateIdSoon() const {
+  const std::int64_t now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count();
+  std::int64_t last = last_state_id_refresh_ms_.load();
+  if (now_ms - last < kStateIdRefreshMs) return;
+  if (!last_state_id_refresh_ms_.compare_exchange_strong(last, now_ms)) return;  // another caller reads it
+  (void)state_->RefreshStateId();
 }
 
 std::string CoordinatorCore::BoundStateId(const grpc::ServerContextBase* context) {
@@ -217,7 +227,7 @@ grpc::Status RendezvousService::Ping(grpc::ServerContext* ctx, const v1::PingReq
   resp->set_state_backend(core_->backend());
   // Read from the store, not the cache: a client binds to what Ping says (a cached id could be
   // a lost state's that another coordinator on the same Redis already replaced).
-  (void)core_->state().RefreshStateId();
+  core_->RefreshStateIdSoon();
   resp->set_state_id(core_->state().StateId());
   resp->set_server_unix_ms(UnixNowMs());
   return grpc::Status::OK;

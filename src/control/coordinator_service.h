@@ -51,8 +51,16 @@ class CoordinatorCore {
   grpc::Status Authorize(const grpc::ServerContextBase* context) const;
   /// OK, or FAILED_PRECONDITION when the call is bound to a state (metadata
   /// kStateIdMetadataKey, state_id.h) other than the one served now: that state
-  /// was lost. A call without the entry is not bound. Thread-safe.
+  /// was lost. A call without the entry is not bound. A mismatch with the cached
+  /// id first re-reads it from the store (RefreshStateIdSoon). Thread-safe.
   grpc::Status CheckStateBinding(const grpc::ServerContextBase* context) const;
+  /// Re-reads the state id from the store (CoordinatorState::RefreshStateId), at most
+  /// once per kStateIdRefreshMs across all callers (a client of a lost state calling
+  /// in a loop, a burst of Connects): the others keep the cached id. Errors ignored
+  /// (the cached id stays). Thread-safe.
+  void RefreshStateIdSoon() const;
+  /// Least milliseconds between two reads of the state id by RefreshStateIdSoon.
+  static constexpr std::int64_t kStateIdRefreshMs = 100;
   /// The state id a call is bound to (its kStateIdMetadataKey entry), empty for an unbound
   /// call; what the service passes as the bound state methods' `state_id`
   /// (coordinator_state.h), so the store checks it again inside the change itself.
@@ -81,6 +89,7 @@ class CoordinatorCore {
   std::condition_variable changed_;
   std::uint64_t local_changes_ = 0;
   std::atomic<bool> stopping_{false};
+  mutable std::atomic<std::int64_t> last_state_id_refresh_ms_{0};  // steady clock, RefreshStateIdSoon
 };
 
 class RendezvousService final : public v1::Rendezvous::Service {

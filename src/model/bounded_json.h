@@ -27,14 +27,22 @@ namespace shardwire::model {
 /// Levels of nested arrays and objects a document may have (the top-level value is level 1).
 inline constexpr int kMaxJsonDepth = 64;
 
+/// What an object naming a key twice is (RFC 8259 leaves the meaning open).
+enum class DuplicateKeys {
+  /// kCorruptData: nlohmann keeps the last silently, so a safetensors header or an index naming a
+  /// tensor twice described one tensor over another's bytes.
+  kRefuse,
+  /// The last one wins, as Python's json (and so transformers) reads a config.json.
+  kLastWins,
+};
+
 /// Parses `text` as one JSON document (RFC 8259, nlohmann::json or nlohmann::ordered_json).
 /// Errors: kCorruptData "not valid JSON: <parser message>" for malformed text, "nested deeper
-/// than <max_depth> levels" for a document that is, and "duplicate key \"<name>\"" for an object
-/// naming a key twice (RFC 8259 leaves the meaning open; nlohmann keeps the last silently, so a
-/// safetensors header naming a tensor twice described one tensor over another's bytes). Callers
-/// add the file or key.
+/// than <max_depth> levels" for a document that is, and (kRefuse) "duplicate key \"<name>\""
+/// for an object naming a key twice. Callers add the file or key.
 template <class Json = nlohmann::json>
-Result<Json> ParseBoundedJson(std::string_view text, int max_depth = kMaxJsonDepth) {
+Result<Json> ParseBoundedJson(std::string_view text, int max_depth = kMaxJsonDepth,
+                              DuplicateKeys duplicates = DuplicateKeys::kRefuse) {
   bool too_deep = false;
   std::string duplicate;
   std::vector<std::unordered_set<std::string>> keys;  // the keys of each object being parsed
@@ -47,6 +55,7 @@ Result<Json> ParseBoundedJson(std::string_view text, int max_depth = kMaxJsonDep
       return false;
     }
     if (too_deep || !duplicate.empty()) return false;
+    if (duplicates == DuplicateKeys::kLastWins) return true;
     if (event == E::object_start) keys.emplace_back();
     if (event == E::object_end && !keys.empty()) keys.pop_back();
     if (event == E::key && !keys.empty() && parsed.is_string() &&

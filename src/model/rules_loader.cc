@@ -80,6 +80,8 @@ class Loader {
 
   Result<std::string> Pattern(const YAML::Node& n, std::string_view key) const {
     SW_ASSIGN_OR_RETURN(std::string p, Scalar(n, key));
+    // A name must not be empty; a use rule's prefix may (no prefix).
+    if (p.empty() && key != "prefix") return Error(n, fmt::format("an empty name pattern for \"{}\"", key));
     SW_RETURN_IF_ERROR(CheckPattern(p, Where(n)));
     return p;
   }
@@ -340,7 +342,6 @@ class Loader {
 }  // namespace
 
 Status CheckPattern(std::string_view pattern, std::string_view where) {
-  if (pattern.empty()) return InvalidArgument(fmt::format("{}: an empty name pattern", where));
   std::size_t i = 0;
   while (i < pattern.size()) {
     if (pattern[i] == '}') return InvalidArgument(fmt::format("{}: pattern \"{}\": '}}' without '{{'", where, pattern));

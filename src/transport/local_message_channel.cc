@@ -84,6 +84,11 @@ Result<bool> LocalMessageLink::SendFront() {
   const ssize_t n = ::send(fd_.get(), p.record.data(), p.record.size(), MSG_DONTWAIT | MSG_NOSIGNAL | MSG_EOR);
   if (n == static_cast<ssize_t>(p.record.size())) return true;
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+  // The peer closed its end (or is gone): only these say so. Anything else (EMSGSIZE for a
+  // lowered socket buffer, ENOBUFS, ENOMEM) is this host's trouble, not the peer's.
+  if (n < 0 && errno != EPIPE && errno != ECONNRESET && errno != ENOTCONN) {
+    return Internal(fmt::format("send on a local message link: {}", std::strerror(errno)));
+  }
   return PeerDisconnected(
       fmt::format("send on a local message link: {}", n >= 0 ? "short record" : std::strerror(errno)));
 }

@@ -67,7 +67,8 @@ class LocalMessageLink {
   /// or queues what the connection does not take. Returns true when it left at once (`done` not called),
   /// false when queued (`done` runs from a later Flush or Close). Errors:
   /// kInvalidArgument for an empty or oversized message; kPeerDisconnected when
-  /// the peer closed its end (`done` not called).
+  /// the peer closed its end (EPIPE, ECONNRESET, ENOTCONN); kInternal for another
+  /// send error of this host (EMSGSIZE, ENOBUFS, ENOMEM) (`done` not called).
   Result<bool> Send(std::vector<std::byte> message, Done done);
   /// Sends what is queued, as far as the connection takes it. Returns whether
   /// anything is still queued. A peer that went away fails every queued message.
@@ -92,7 +93,8 @@ class LocalMessageLink {
   /// Sends the queue's first record without blocking. Returns true when it
   /// left whole, false when the connection is full (the record stays queued).
   /// Errors: kPeerDisconnected when the peer closed the connection (or a short
-  /// record, which SOCK_SEQPACKET never produces for a live peer).
+  /// record, which SOCK_SEQPACKET never produces for a live peer); kInternal
+  /// naming errno for another send error.
   Result<bool> SendFront();
   FileDescriptor fd_;
   std::deque<Pending> queue_;

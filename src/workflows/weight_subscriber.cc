@@ -117,10 +117,10 @@ void WeightSubscriber::State::DeclineForward() {
   if (relay_parent != tree_parent) {
     // Never imported (this rank failed before its first relayed version's plans, or the
     // import after a failure did not succeed): the parent may still forward v, so it is
-    // imported now, bounded as a forward is. A parent that cannot be reached forwards nothing.
-    const double bound_s = std::min(options.engine_timeout_s, options.timeout_s);
-    if (!workflows::ImportPeerRank(*rendezvous, *endpoint.agent, options.job, kEngineRole, tree_parent, bound_s,
-                                   options.interrupt, kInterruptPollSeconds)
+    // imported now if its metadata is published (no waiting: this runs in BeginUpdate and
+    // Join, before READY; a parent not published yet has not begun and forwards nothing).
+    if (!workflows::ImportPeerRank(*rendezvous, *endpoint.agent, options.job, kEngineRole, tree_parent,
+                                   /*timeout_s=*/0, nullptr, kInterruptPollSeconds)
              .ok())
       return;
     relay_parent = tree_parent;

@@ -259,6 +259,11 @@ TEST(ModelConfig, KvHeadsMustDivideTheAttentionHeads) {
   auto zero = ParseModelConfig(Minimal(R"(,"num_key_value_heads":0)"), "kv.json");
   EXPECT_MESSAGE_HAS(zero.status(), "key \"num_key_value_heads\": 0 is not positive");
   EXPECT_TRUE(ParseModelConfig(Minimal(R"(,"num_key_value_heads":2)"), "kv.json").ok());
+  // A key given twice: the last wins, as transformers (Python's json) reads it; safetensors
+  // headers and indexes refuse duplicates instead (MalformedSafetensors.ATensorNamedTwiceIsCorrupt).
+  auto twice = ParseModelConfig(Minimal(R"(,"num_key_value_heads":4,"num_key_value_heads":2)"), "kv.json");
+  ASSERT_TRUE(twice.ok()) << twice.status().ToString();
+  EXPECT_EQ(twice->num_key_value_heads, 2);
 }
 
 TEST(ModelConfig, UnknownTorchDtype) {

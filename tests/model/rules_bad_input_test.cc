@@ -86,7 +86,8 @@ TEST(ModelRulesBadInput, DuplicateKeysEmptyNamesAndNoTensorsAreRefused) {
   EXPECT_MESSAGE_HAS(ModelRules::Parse(shape, "shape.yaml").status(), "key \"shape\" given twice in a tensor rule");
   std::string empty_name = kGood;
   empty_name.replace(empty_name.find("tensor: model.embed_tokens.weight"), 33, "tensor: \"\"");
-  EXPECT_MESSAGE_HAS(ModelRules::Parse(empty_name, "empty.yaml").status(), "empty.yaml:4: an empty name pattern");
+  EXPECT_MESSAGE_HAS(ModelRules::Parse(empty_name, "empty.yaml").status(),
+                     "empty.yaml:4: an empty name pattern for \"tensor\"");
   auto none = ModelRules::Parse("family: toy\nmodel_types: [toy]\ntensors: []\n", "none.yaml");
   EXPECT_EQ(none.status().code(), ErrorCode::kInvalidArgument);
   EXPECT_MESSAGE_HAS(none.status(), "none.yaml:3: \"tensors\" is empty");

@@ -133,6 +133,9 @@ unsigned UcxBackend::Progress(std::uint32_t lane) {
   // kChannelPollEvery-th call, so a busy lane does not pay a system call per
   // round for a channel that carries a few messages per transfer.
   if (l.messages && (l.messages_due || ++l.progress_calls % kChannelPollEvery == 0)) {
+    // Hang-ups (another epoll_wait) are looked for after a wake-up (a hang-up wakes a sleeping
+    // lane: the set is in the lane's epoll) and on a busy lane every kHangupPollEvery-th call.
+    const bool hangups_due = l.messages_due || l.progress_calls % kHangupPollEvery == 0;
     unsigned m = l.messages->Poll(
         [&](const std::byte* data, std::size_t length) { events_->OnMessage(l.index, data, length); });
     std::erase_if(l.backlog, [&](Link* link) {
@@ -140,7 +143,7 @@ unsigned UcxBackend::Progress(std::uint32_t lane) {
       ++m;  // drained (or failed): progress
       return true;
     });
-    m += ReportHangups(l);
+    if (hangups_due) m += ReportHangups(l);
     l.messages_due = m > 0;
     n += m;
   }

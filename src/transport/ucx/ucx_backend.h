@@ -182,6 +182,9 @@ class UcxBackend final : public TransportBackend {
   /// Progress polls a lane's message channel (a system call) at least every this
   /// many calls, and at once after Arm or a send.
   static constexpr std::uint32_t kChannelPollEvery = 8;
+  /// A busy lane looks for hang-ups of its message links every this many calls (a multiple of
+  /// kChannelPollEvery), and after every wake-up.
+  static constexpr std::uint32_t kHangupPollEvery = 64;
 
   // UCX callbacks (ucx_ops.cc): user_data is the agent's Completion.
   static void OnPutDone(void* request, ucs_status_t status, void* user_data);
