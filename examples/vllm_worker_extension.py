@@ -51,25 +51,34 @@ class ShardwireWorkerExtension:
         shards = {s["name"]: s for s in self._sw_dst.shards(rank)}
         # vLLM parameter name -> the byte range of the shard buffer holding it (a fused
         # parameter is its parts' shards back to back: the engine layout places them so).
-        ranges = {n: (s["byte_offset"], s["nbytes"], s["shape"]) for n, s in shards.items()}
+        # name -> (byte offset, bytes, shape, dtype, the layout's shards it covers)
+        ranges = {n: (s["byte_offset"], s["nbytes"], s["shape"], shardwire.torch_dtype(s["dtype"]), [n])
+                  for n, s in shards.items()}
         for fused, parts in model.fused.items():
             first, last = shards[parts[0]], shards[parts[-1]]
             rows = sum(shards[p]["shape"][0] for p in parts)
             ranges[fused] = (first["byte_offset"], last["byte_offset"] + last["nbytes"] - first["byte_offset"],
-                             [rows] + first["shape"][1:])
+                             [rows] + first["shape"][1:], shardwire.torch_dtype(first["dtype"]), list(parts))
         params = dict(self.model_runner.model.named_parameters())
+        covered = set()
         for name, p in params.items():
             if name not in ranges:
                 raise shardwire.errors.InvalidArgumentError(f"invalid argument: parameter {name!r} has no slot in "
                                                             f"engine layout {engine_layout!r}")
-            off, nbytes, shape = ranges[name]
-            if list(p.shape) != list(shape) or p.dtype != torch.bfloat16:
+            off, nbytes, shape, dtype, parts = ranges[name]
+            if list(p.shape) != list(shape) or p.dtype != dtype:
                 raise shardwire.errors.InvalidArgumentError(
-                    f"invalid argument: parameter {name!r} is {p.dtype} {list(p.shape)}, slot is bf16 {shape}")
+                    f"invalid argument: parameter {name!r} is {p.dtype} {list(p.shape)}, its slot is {dtype} {shape}")
+            covered.update(parts)
+        uncovered = sorted(set(shards) - covered)
+        if uncovered:  # weights the trainers would push that this engine would never serve
+            raise shardwire.errors.InvalidArgumentError(
+                f"invalid argument: engine layout {engine_layout!r} holds {uncovered[0]!r} but the model has no "
+                f"parameter for it ({len(uncovered)} such shards)")
         with torch.no_grad():
             for name, p in params.items():
-                off, nbytes, shape = ranges[name]
-                view = buffer[off:off + nbytes].view(torch.bfloat16).view(shape)
+                off, nbytes, shape, dtype, _ = ranges[name]
+                view = buffer[off:off + nbytes].view(dtype).view(shape)
                 view.copy_(p)
                 p.data = view  # the worker now serves from the Shardwire buffer, in place
         self._sw_client = shardwire.CoordinatorClient(coordinator)

@@ -373,7 +373,8 @@ class Agent {
   /// worker per lane (ucp_init, ucp_worker_create) with the active-message
   /// handlers (ucp_worker_set_am_recv_handler)) and starts one progress thread
   /// per lane. Errors: kInvalidArgument for an empty or over-long name, a
-  /// negative or NaN timeout (ucx.keepalive_interval_s included), lanes above
+  /// negative or NaN timeout (ucx.keepalive_interval_s included), an infinite
+  /// connect_timeout_s, idle_spin_s outside [0, 0.01] s, lanes above
   /// kMaxLanes, slice_bytes below 4096, zero flow-control limits or an unknown
   /// backend; kTransportError when UCX refuses (message names the call);
   /// kInternal when a thread, eventfd, epoll fd or a lane's local message
@@ -551,7 +552,8 @@ class Agent {
   /// the lane threads signal, using no CPU. Notifications that arrive meanwhile
   /// are queued (see WaitNotification).
   /// Errors: as Test, plus kTimedOut (the transfer keeps running; Wait again,
-  /// Cancel it, or InvalidatePeer to abandon it).
+  /// Cancel it, or InvalidatePeer to abandon it); kInvalidArgument for a NaN
+  /// `timeout_s` (a negative one polls once).
   Status Wait(TransferHandle handle, double timeout_s);
 
   /// Stops the latest post of `handle`: slices not yet handed to UCX are
@@ -562,7 +564,8 @@ class Agent {
   /// that already completed or failed is left as it is.
   /// Errors: kNotFound for an unknown handle; kInvalidArgument if never
   /// posted; kTimedOut when issued operations did not drain in time (Cancel
-  /// again or InvalidatePeer).
+  /// again or InvalidatePeer); kInvalidArgument for a NaN `timeout_s` (a negative
+  /// one polls once).
   Status Cancel(TransferHandle handle, double timeout_s);
 
   /// Forgets a prepared transfer and unpins its local regions. A transfer whose

@@ -38,6 +38,7 @@ class ArenaAllocator {
   /// Errors: kNotFound when no allocation starts at `offset` (double free).
   Status Free(std::uint64_t offset);
 
+  /// Size of the arena in bytes.
   std::uint64_t capacity() const { return capacity_; }
   /// Bytes currently allocated (alignment padding not counted).
   std::uint64_t bytes_in_use() const { return in_use_; }

@@ -34,7 +34,8 @@ struct GeneratedCheckpointOptions {
 
 /// Fills `out` with bytes [offset, offset + out.size()) of the synthetic content of
 /// `spec` under `seed` (offset in bytes from the tensor's start). offset and out.size()
-/// must be multiples of the dtype size (kInvalidArgument otherwise). Use it to verify
+/// must be multiples of the dtype size (kInvalidArgument otherwise); a range past
+/// spec.nbytes() is not refused: it continues the same sequence. Use it to verify
 /// received bytes without keeping the file.
 Status FillSyntheticTensor(const TensorSpec& spec, std::uint64_t seed, std::uint64_t offset,
                            std::span<std::byte> out);
@@ -51,7 +52,7 @@ Status GenerateCheckpoint(const ModelDescription& description, const std::string
 /// `dir/model.safetensors` as GenerateCheckpoint plus `dir/config.json` (WriteModelConfig
 /// of the generated config, whose num_hidden_layers reflects the override), so
 /// Checkpoint::Open(dir) and its config_path() find both. kIoError naming `dir` if it
-/// cannot be created.
+/// cannot be created; otherwise the errors of GenerateCheckpoint and WriteModelConfig.
 Status GenerateCheckpointDirectory(const ModelDescription& description, const std::string& dir,
                                    const GeneratedCheckpointOptions& options = {});
 

@@ -138,7 +138,8 @@ struct CoordinatorClientOptions {
   /// "host:port" (IPv4, IPv6 in brackets, or a name).
   std::string address;
   /// Bearer token sent with every call. Empty: the SHARDWIRE_TOKEN environment
-  /// variable if set, else none.
+  /// variable if set (surrounding whitespace removed), else none. Visible ASCII only
+  /// (0x21-0x7e; gRPC metadata): Connect refuses others with kInvalidArgument.
   std::string token;
   /// PEM file of the CA that signed the server's certificate; empty: plaintext.
   std::string tls_root_cert_file;
@@ -177,7 +178,9 @@ struct CoordinatorClientOptions {
 /// for a missing or wrong token; kInvalidArgument for requests the server
 /// refuses as malformed or oversized (the server's message is kept);
 /// kFailedPrecondition from the state-bound methods once the state this client
-/// joined is lost (see state_id()).
+/// joined is lost (see state_id()); kUnsupported when the coordinator does not
+/// implement a method (UNIMPLEMENTED: an older coordinator); kCorruptData for
+/// DATA_LOSS; kInternal for any other gRPC status.
 /// Thread-safety: fully thread-safe; one client may be shared by all threads.
 class CoordinatorClient final : public Rendezvous {
  public:
@@ -274,9 +277,12 @@ struct CoordinatorServerOptions {
   std::string listen_address = "127.0.0.1:0";
   /// Empty: in-memory state. Otherwise "redis://host:port[/db]" (Redis >= 6).
   std::string redis_url;
-  /// Bearer token every call must carry; empty: no authentication.
+  /// Bearer token every call must carry; empty: no authentication. Visible ASCII only
+  /// (0x21-0x7e): Start refuses others with kInvalidArgument.
   std::string token;
-  /// PEM certificate chain and private key; both empty: plaintext.
+  /// PEM certificate chain and private key; both empty: plaintext. Start refuses a file
+  /// without a PEM CERTIFICATE / PRIVATE KEY block with kInvalidArgument naming it; a pair
+  /// gRPC cannot use is the kIoError of a failed listen (gRPC logs why).
   std::string tls_cert_file;
   std::string tls_key_file;
   /// Seconds without heartbeat after which a source is STALE (ModelExpress: 30 s
@@ -326,7 +332,9 @@ class CoordinatorServer {
   /// CoordinatorClient::state_id). New at every in-memory start; with Redis the id stored
   /// there, re-read every reaper pass. Thread-safe.
   std::string state_id() const;
-  void Shutdown(double grace_s = 1);   ///< stops serving; idempotent
+  /// Stops serving; in-flight calls get `grace_s` seconds to finish, then are cancelled.
+  /// Idempotent.
+  void Shutdown(double grace_s = 1);
 
   struct Impl;
 

@@ -33,7 +33,7 @@ namespace shardwire {
 /// One named mesh dimension, e.g. {"dp_shard", 8}.
 struct MeshDim {
   std::string name;
-  int size = 1;
+  int size = 1;  ///< ranks along this dimension (>= 1)
 };
 
 class DeviceMesh {

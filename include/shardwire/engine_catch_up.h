@@ -146,11 +146,11 @@ struct CatchUpOptions {
 /// which it waits for and loads. Only versions that some other replica serves whole (every
 /// rank of it READY) are tried, the newest first; when a load fails (the version was withdrawn
 /// as the next push began, sources died) it lists again, up to options.max_attempts loads in
-/// all, waiting up to options.wait_s for a whole version. Returns version 0 at once (nothing loaded, buffer untouched) when no other replica
-/// serves any version. `incarnation` makes the loader's instance id unique. Errors (the
-/// buffer's content is then unspecified: load it from elsewhere): kUnavailable listing every
-/// attempt's failure (and incomplete versions) when none succeeded; registry errors;
-/// kInvalidArgument (buffer too small); HoldPushes' errors.
+/// all, waiting up to options.wait_s for a whole version. Returns version 0 at once (nothing loaded, buffer untouched)
+/// when no other replica serves any version. `incarnation` makes the loader's instance id unique. Errors (the buffer's
+/// content is then unspecified: load it from elsewhere): kUnavailable listing every attempt's failure (and incomplete
+/// versions) when none succeeded; registry errors; kInvalidArgument (buffer too small); HoldPushes' errors; AwaitHold's
+/// errors other than kTimedOut; ModelLoader::Create's errors.
 Result<CatchUpReport> CatchUpFromLiveEngines(SourceRegistry& registry, const ModelDescription& engine_model,
                                              const EngineReplica& where, std::uint64_t incarnation,
                                              std::span<std::byte> buffer, const CatchUpOptions& options = {});

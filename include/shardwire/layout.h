@@ -72,6 +72,8 @@ struct ShardEntry {
   LocalShard shard;
 };
 
+/// Which shard of which tensor every rank holds, and at which byte offset of the rank's
+/// buffer (see the file comment). A value type; immutable once built.
 class Layout {
  public:
   /// Builds a layout whose ranks fall into *rank classes*: ranks of one class hold
@@ -79,7 +81,7 @@ class Layout {
   /// the shards are stored once per class — a trillion-parameter MoE on hundreds of
   /// ranks stays in memory. class_shards[c] lists what class c holds (any order; at most
   /// one entry per tensor); class_of_rank[r] is rank r's class. Errors: those of
-  /// FromShards, plus a class index out of range or a class with no rank.
+  /// FromShards, plus kInvalidArgument for a class index out of range or a class with no rank.
   static Result<Layout> FromRankClasses(std::string description, std::vector<TensorSpec> tensors,
                                         std::vector<std::vector<ShardEntry>> class_shards,
                                         std::vector<std::uint32_t> class_of_rank, const LayoutOptions& options = {});
@@ -101,6 +103,7 @@ class Layout {
   /// Precondition: 0 <= rank < world_size().
   const RankShards& rank(int rank) const { return classes_[class_of_rank_[static_cast<std::size_t>(rank)]]; }
   /// Rank classes (see FromRankClasses): their shards, and the ranks of each (ascending).
+  /// Precondition for rank_class / ranks_of_class: c < num_rank_classes().
   std::size_t num_rank_classes() const { return classes_.size(); }
   const RankShards& rank_class(std::size_t c) const { return classes_[c]; }
   const std::vector<std::uint32_t>& ranks_of_class(std::size_t c) const { return ranks_of_class_[c]; }

@@ -66,7 +66,7 @@ class MappedRegion {
 
   MappedRegion() = default;
 
-  /// The peer's name and region id this maps.
+  /// The peer's name and region id this maps (a default-constructed MappedRegion: "", 0, 0).
   const std::string& peer() const;
   RegionId region() const;
   /// Bytes of the region (its registered length).

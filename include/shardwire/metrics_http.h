@@ -6,8 +6,9 @@
 //   auto http = MetricsHttpServer::Start(registry, {.port = 9464});
 //   // scrape:  curl http://127.0.0.1:9464/metrics
 //
-// Other paths get 404. The server runs a listening thread plus cpp-httplib's worker pool
-// (at most a few threads, idle between scrapes); each scrape renders the registry once.
+// Other paths get 404; methods other than GET and HEAD get 405 before any body is read
+// (the port has no token, so a client cannot make the process buffer a large body). The server runs a listening thread
+// plus cpp-httplib's worker pool (at most a few threads, idle between scrapes); each scrape renders the registry once.
 //
 // Thread-safety: Start, port() and the destructor are called by one thread; scrapes are
 // served concurrently with any use of the registry.
@@ -30,7 +31,9 @@ struct MetricsHttpOptions {
 };
 
 /// A running `/metrics` endpoint. Destroying it stops the server and joins its thread
-/// (a scrape in progress finishes first; scrapes time out after 5 s of a silent client).
+/// within about a second: a scrape in progress may finish for 1 s, then its connection is
+/// shut down (a client that trickles a byte every few seconds cannot hold it up; reads time
+/// out after 5 s of a silent client).
 class MetricsHttpServer {
  public:
   /// Binds host:port (SO_REUSEADDR, not SO_REUSEPORT: a port another process listens on is

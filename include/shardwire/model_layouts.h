@@ -50,7 +50,7 @@ struct EngineLayoutOptions {
   int dp = 1;              ///< engine replicas
   int ep = 1;              ///< 1, or tp: routed experts whole on one rank of the TP group
   bool fuse = true;        ///< hold fused parameters contiguously
-  int vocab_padding = 64;  ///< vLLM DEFAULT_VOCAB_PADDING_SIZE
+  int vocab_padding = 64;  ///< rows: the vocabulary is padded to a multiple (vLLM DEFAULT_VOCAB_PADDING_SIZE)
   /// Optional expert -> EP rank map (size = routed experts, values in [0, ep)); empty =
   /// linear (e * ep / E).
   std::vector<int> expert_to_rank = {};

@@ -236,8 +236,8 @@ struct ModelLoaderOptions {
   /// beyond 1e9 s): never.
   double load_timeout_s = 600;
   /// Largest move (bytes): the unit of reading, digest verification and re-reading.
-  std::uint64_t move_bytes = 16ull << 20;
-  /// Use at most this many instances (0: all usable ones).
+  std::uint64_t move_bytes = 16ull << 20;  ///< > 0 (kInvalidArgument otherwise)
+  /// Use at most this many instances (0: all usable ones; >= 0).
   int max_instances = 0;
   /// Seconds between re-listings of the registry while some bytes still wait for
   /// a source (queued, or waiting for a bandwidth lease): instances that became
@@ -321,7 +321,8 @@ class ModelLoader {
   /// writing; shard bytes are unspecified until Load commits.
   /// Nothing is read yet.
   /// Errors: kInvalidArgument (layout, rank, empty instance id, options.buffer too
-  /// small); agent errors.
+  /// small, stall_timeout_s or load_timeout_s not > 0, move_bytes 0, a negative
+  /// lease_priority, lease_seconds not finite and > 0); agent errors.
   static Result<std::unique_ptr<ModelLoader>> Create(SourceRegistry& registry, const ModelDescription& model,
                                                      ModelLoaderOptions options);
   ~ModelLoader();
@@ -343,7 +344,9 @@ class ModelLoader {
   /// of another revision (see checkpoint_path); kUnavailable when every source failed and there is
   /// no checkpoint; kFailedPrecondition for an ambiguous revision; kTimedOut after
   /// load_timeout_s; checkpoint errors (kNotFound, kLayoutMismatch); kInvalidArgument
-  /// when called again after a commit.
+  /// when called again after a commit or after BecomeSource; the interrupt hook's status
+  /// when it fires. (kNotFound also when sources were listed but every instance was
+  /// skipped, e.g. all of other layouts' fingerprints failing, and there is no checkpoint.)
   Result<LoadReport> Load();
 
   /// True once Load committed.

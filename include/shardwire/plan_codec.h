@@ -30,7 +30,8 @@ enum class PlanSide : std::uint8_t { kSource, kDestination };
 std::vector<std::byte> SerializePlan(const TransferPlan& plan);
 
 /// Only what `rank` of `side` needs: the buckets it sends (kSource) or receives
-/// (kDestination), with their moves and the groups they name.
+/// (kDestination), with their moves and the groups they name. A rank outside that side's
+/// world gives an empty part (no buckets).
 std::vector<std::byte> SerializePlanPart(const TransferPlan& plan, PlanSide side, int rank);
 
 /// Largest number of destination groups (group ids are below it) a decoded plan may have:

@@ -60,7 +60,9 @@ struct PlanOptions {
 ///    differences and lists the first few);
 ///  * kInvalidArgument: destination bytes that no source rank holds (names tensor and
 ///    box); a Partial destination; bad options (bucket_bytes 0, or so small that the plan
-///    would have more than 2^26 moves; K < 1; process maps of the wrong size);
+///    would have more than 2^26 moves; K < 1; process maps of the wrong size, or only one
+///    of src_process / dst_process given); a source box held both as values and as
+///    Partial addends.
 Result<TransferPlan> PlanTransfer(const Layout& src, const Layout& dst, const PlanOptions& options = {});
 
 /// Re-assigns Bucket::round over several plans between the same source and destination

@@ -17,6 +17,8 @@ namespace shardwire {
 
 /// Copies `box` of a full row-major tensor (`full`, spec.nbytes() bytes) into `out`
 /// (box.numel() * dtype size bytes, dense row-major). Uses maximal contiguous runs.
+/// Preconditions, not checked (callers validate): full.size() == spec.nbytes(), `box` inside
+/// spec.shape, out.size() == box.numel() * DTypeSize(spec.dtype).
 void CopyBoxFromTensor(const TensorSpec& spec, std::span<const std::byte> full, const Box& box,
                        std::span<std::byte> out);
 

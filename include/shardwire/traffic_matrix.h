@@ -14,8 +14,8 @@ namespace shardwire {
 
 /// Bytes from source-rank blocks (rows) to destination-rank blocks (columns).
 struct TrafficMatrix {
-  int src_world = 0;
-  int dst_world = 0;
+  int src_world = 0;  ///< source ranks
+  int dst_world = 0;  ///< destination ranks
   int src_block = 1;  ///< source ranks per row: row i is ranks [i * src_block, (i + 1) * src_block)
   int dst_block = 1;  ///< destination ranks per column
   int rows = 0;       ///< ceil(src_world / src_block)
@@ -24,6 +24,7 @@ struct TrafficMatrix {
   /// its destination group; LOCAL buckets are included).
   std::vector<std::uint64_t> bytes;
 
+  /// Bytes of cell (row, col). Precondition: 0 <= row < rows, 0 <= col < cols.
   std::uint64_t at(int row, int col) const {
     return bytes[static_cast<std::size_t>(row) * static_cast<std::size_t>(cols) + static_cast<std::size_t>(col)];
   }

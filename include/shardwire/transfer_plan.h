@@ -8,7 +8,8 @@
 // same offset (e.g. the same TP rank of every engine replica), so replicated
 // destinations are planned once and can be served by one broadcast.
 //
-// Thread-safety: a TransferPlan is immutable after construction; share freely.
+// Thread-safety: a TransferPlan is immutable once built (PlanTransfer, SetReductions and
+// ScheduleJointly done); after that its const methods may be called from any thread at once.
 #pragma once
 
 #include <cstdint>
@@ -87,8 +88,10 @@ struct ReduceCopy {
   bool operator==(const ReduceCopy&) const = default;
 };
 
+/// One piece held as Partial(sum) by several source ranks: source rank `reducer` receives
+/// `addends` slots (its own and the others' copies, ReduceCopy) and sums them before sending.
 struct Reduction {
-  std::uint32_t reducer = 0;
+  std::uint32_t reducer = 0;         ///< the source rank that sums the slots
   std::uint64_t scratch_offset = 0;  ///< slot 0, bytes from the start of the reducer's scratch
   std::uint64_t bytes = 0;           ///< bytes per slot
   std::uint32_t addends = 0;         ///< slots
@@ -105,6 +108,9 @@ struct TrafficStats {
 class TransferPlan {
  public:
   TransferPlan() = default;
+  /// Takes the parts as given, unchecked: moves must be sorted by (src_rank, dst_group,
+  /// src_offset) and groups ascending, or MovesFrom answers wrongly. Build plans with
+  /// PlanTransfer or DeserializePlan, which check.
   TransferPlan(int src_world, int dst_world, std::vector<std::vector<std::uint32_t>> dst_groups,
                std::vector<Move> moves, std::vector<Bucket> buckets, std::uint64_t runs_before_coalescing);
 

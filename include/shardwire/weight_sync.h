@@ -394,10 +394,12 @@ struct UpdateStats {
 /// shards, laid out by trainer_layout.rank(rank) (see shardwire::Layout).
 class WeightPublisher {
  public:
-  /// Creates the agent, allocates the shard buffer (a UCX-allocated arena: on one host
-  /// it is shared memory and takes true one-sided puts), computes the plan and
-  /// publishes this rank's metadata. Errors: rank out of range (kInvalidArgument),
-  /// layouts that cannot be planned (kLayoutMismatch), transport errors.
+  /// Creates the agent, registers options.buffer in place or allocates the shard buffer
+  /// (BufferMemory: private huge pages for a publisher unless options.buffer_memory is kShared),
+  /// computes the plan and publishes this rank's metadata. Errors: kInvalidArgument for a rank
+  /// out of range, max_concurrency < 1 or time options ValidateWeightSyncTimes refuses;
+  /// kLayoutMismatch for layouts that cannot be planned; PushConversion::Create's errors
+  /// (kUnsupported, kInvalidArgument) when the push converts; rendezvous and transport errors.
   static Result<std::unique_ptr<WeightPublisher>> Create(Rendezvous& rendezvous, const Layout& trainer_layout,
                                                          const Layout& engine_layout, int rank,
                                                          WeightSyncOptions options);
@@ -410,7 +412,9 @@ class WeightPublisher {
   /// destination (dynamic membership: none; each when it joins). Errors: kTimedOut when a
   /// destination does not appear in time; kLayoutMismatch, before any descriptor, naming an
   /// engine rank (or a trainer rank it exchanges amaxes with) created for other layouts
-  /// (SyncPlanSignature: the layouts' descriptions and fingerprints; their plans would differ).
+  /// (SyncPlanSignature: the layouts' descriptions and fingerprints; their plans would differ);
+  /// kCorruptData when a trainer rank that reduces Partial(sum) addends published no scratch
+  /// region; the interrupt hook's status when it fires.
   Status Connect();
 
   /// Pushes version `version` (see the protocol above) to every destination engine rank that
@@ -427,7 +431,8 @@ class WeightPublisher {
   /// coordinator restarted; nothing moves); kPeerDisconnected when no destination received the version (the message
   /// lists why; with dynamic membership this is not an error as long as some engine rank is a member: every member is
   /// then in PushStats::missed); kFailedPrecondition with dynamic membership when no engine rank is a member; a failed
-  /// trainer peer or conversion input (kCorruptData for NaN/Inf) fails the push.
+  /// trainer peer or conversion input (kCorruptData for NaN/Inf) fails the push; kInvalidArgument
+  /// before Connect.
   Result<PushStats> Push(std::uint64_t version);
 
   /// Dynamic membership: waits (up to timeout_s seconds) until at least `engine_ranks` engine
@@ -486,6 +491,8 @@ class WeightSubscriber {
   /// committed_version(). A source that cannot be reached (dead process, failed endpoint) does
   /// not fail it: the others got READY and write, so the update has begun either way, and the
   /// following WaitForUpdate fails with that send's error (kPeerDisconnected) naming the source.
+  /// kFailedPrecondition for a version whose update failed on this rank while it was a relay
+  /// parent (its children were told it will not be forwarded): begin a later version.
   Status BeginUpdate(std::uint64_t version);
 
   /// Blocks until every source has delivered `version`, then commits it. kInvalidArgument
@@ -494,7 +501,10 @@ class WeightSubscriber {
   /// Errors (committed_version() unchanged; single-buffered, the buffer possibly partly
   /// written, which holds_committed_version() then says until the next commit): kTimedOut
   /// naming the sources still missing, or naming a trainer that gave up on this rank for
-  /// `version` (MISSED); kPeerDisconnected.
+  /// `version` (MISSED); kPeerDisconnected (also the failed READY send of BeginUpdate);
+  /// kVerificationFailed naming the trainer whose digest differs or is missing (verify_digests);
+  /// kCorruptData for a relay message outside the relay tree; kFailedPrecondition for a version
+  /// this rank gave up as a relay parent; the interrupt hook's status when it fires.
   Result<UpdateStats> WaitForUpdate(std::uint64_t version);
 
   /// The last version fully received (0 before the first): the version weights() holds and
@@ -535,7 +545,7 @@ class WeightSubscriber {
   /// without dynamic membership; rendezvous errors.
   Status HoldPushes();
 
-  /// After HoldPushes: waits up to `timeout_s` until trainer rank 0 honours the hold and
+  /// After HoldPushes: waits up to `timeout_s` seconds (>= 0) until trainer rank 0 honours the hold and
   /// returns the last version pushed before it (the version the live engines then keep
   /// serving, once each committed it). Errors: kFailedPrecondition without a hold filed by
   /// this process; kTimedOut when no push started since the hold (no push is running, so

@@ -20,6 +20,8 @@ _DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 
 
 def _check(t: torch.Tensor, name: str, what: str) -> None:
+    if t.layout != torch.strided:
+        raise InvalidArgumentError(f"invalid argument: {what} {name!r} has layout {t.layout}; dense tensors only")
     if t.device.type != "cpu":
         raise InvalidArgumentError(f"invalid argument: {what} {name!r} is on {t.device}; only CPU tensors here")
     if not t.is_contiguous():
@@ -38,6 +40,9 @@ def quantize_fp8_block(tensor: torch.Tensor, name: str = "tensor", ue8m0: bool =
         raise InvalidArgumentError(f"invalid argument: tensor {name!r} is {tensor.dtype}; FP8 block quantisation "
                                    f"takes bfloat16, float16 or float32")
     _check(tensor, name, "tensor")
+    if tensor.dim() not in (2, 3):
+        raise InvalidArgumentError(f"invalid argument: tensor {name!r} has shape {list(tensor.shape)}; FP8 block "
+                                   f"quantisation takes a 2-D [m, n] or 3-D [E, m, n] tensor")
     shape = list(tensor.shape)
     q = torch.empty(shape, dtype=torch.uint8)
     scale_inv = torch.empty(_shardwire._fp8_scale_shape(shape), dtype=torch.float32)

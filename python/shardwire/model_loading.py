@@ -24,7 +24,7 @@ import torch
 
 from . import _shardwire
 from .errors import InvalidArgumentError
-from .tensors import as_tensors, check_shard_tensors, shard_buffer_address, shard_views
+from .tensors import RegisteredMemory, as_tensors, check_shard_tensors, shard_buffer_address, shard_views
 
 
 class _MemoryOwner:
@@ -173,15 +173,15 @@ class ModelLoader:
             raise InvalidArgumentError(f"invalid argument: rank {rank} outside layout {layout!r} of "
                                        f"{self.layout.world_size} ranks")
         self._params = None
-        self._storage: list = []
+        self._registered: Optional[RegisteredMemory] = None
         address, nbytes = 0, 0
         if params is not None:
-            params = as_tensors(params)  # numpy arrays: torch views of the same memory
+            params = as_tensors(params, writable=True)  # numpy arrays: torch views of the same memory
             check_shard_tensors(params, self.layout, rank)
             self._params = dict(params)
             # The memory registered (in place) or copied into is the tensors' storage now: kept
             # alive by detached aliases even if the caller re-points a parameter (p.data = ...).
-            self._storage = [t.detach() for t in self._params.values()]
+            self._registered = RegisteredMemory(self._params)
             try:
                 address, nbytes = shard_buffer_address(self._params, self.layout, rank), self.layout.buffer_bytes(rank)
             except InvalidArgumentError:
@@ -207,7 +207,10 @@ class ModelLoader:
         Raises NotFoundError (nobody serves the model and no checkpoint), UnavailableError
         (every source failed, no checkpoint), FailedPreconditionError (several revisions
         served), TimedOutError (load_timeout_s), checkpoint errors, InvalidArgumentError
-        (loaded already)."""
+        (loaded already), FailedPreconditionError (``params``' storage resized or freed in place
+        since construction; nothing read)."""
+        if self._registered is not None:
+            self._registered.check("load")
         report = self._impl.load()
         if self._params is not None and not self.in_place:
             with torch.no_grad():
@@ -231,7 +234,10 @@ class ModelLoader:
         instance id and layout; the arguments as for ModelSource. The loader is empty afterwards.
         Raises FailedPreconditionError before a committed load, InvalidArgumentError for bad
         arguments, UnavailableError when the coordinator cannot be reached; after an error the
-        loader is unchanged (loaded, its tensors valid) and become_source may be called again."""
+        loader is unchanged (loaded, its tensors valid) and become_source may be called again.
+        In place (``params`` in one shard buffer), the source serves the caller's memory: its
+        storage must not be resized or freed while the source lives (allocate_shard_buffer's
+        and adopt_parameters' buffers cannot be)."""
         impl = self._impl.become_source(heartbeat_interval_s, bandwidth_bytes_per_s, shutdown_timeout_s)
         self._owner.impl = impl  # views of the arena now keep the source (which holds it) alive
         self._arena = {}
@@ -239,4 +245,4 @@ class ModelLoader:
             self.tensors = {}
         # In place, the source serves the caller's tensors: it keeps their storage alive.
         return ModelSource(None, None, self.layout, self.rank, _impl=impl,
-                           _params=self._storage if self.in_place else None)
+                           _params=self._registered.aliases() if self.in_place else None)

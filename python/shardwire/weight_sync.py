@@ -21,13 +21,17 @@ import torch
 
 from . import _shardwire
 from .errors import InvalidArgumentError
-from .tensors import as_tensors, check_shard_tensors, shard_buffer_address, shard_views
+from .tensors import RegisteredMemory, as_tensors, check_shard_tensors, shard_buffer_address, shard_views
 
 
 def allocate_shard_buffer(layout, rank: int):
     """A zeroed CPU uint8 buffer of ``layout.buffer_bytes(rank)`` bytes and the views of every
-    shard of ``rank`` into it: ``(buffer, {name: tensor})``."""
-    buffer = torch.zeros(max(layout.buffer_bytes(rank), 1), dtype=torch.uint8)
+    shard of ``rank`` into it: ``(buffer, {name: tensor})``. The buffer's storage (numpy-owned)
+    cannot be resized or freed in place (``resize_`` raises RuntimeError), so memory registered
+    with the transport never moves under it."""
+    import numpy as np
+
+    buffer = torch.from_numpy(np.zeros(max(layout.buffer_bytes(rank), 1), dtype=np.uint8))
     return buffer, shard_views(buffer, layout, rank)
 
 
@@ -56,8 +60,10 @@ class _Endpoint:
     """Shared construction of publisher and subscriber."""
 
     def __init__(self, cls, coordinator, trainer_layout, engine_layout, layout, rank: int,
-                 params: Optional[Mapping[str, torch.Tensor]], job: str, timeout_s: float, **flags):
+                 params: Optional[Mapping[str, torch.Tensor]], job: str, timeout_s: float, writable: bool,
+                 **flags):
         nbytes = layout.buffer_bytes(rank)
+        self._registered: Optional[RegisteredMemory] = None
         if params is None:
             # Shardwire allocates the buffer as a transport arena (BufferMemory::kAuto: shared
             # memory that same-host trainers map and stream into, or private huge pages they write
@@ -69,13 +75,20 @@ class _Endpoint:
             self.buffer = torch.frombuffer(raw, dtype=torch.uint8)
             self.tensors = shard_views(self.buffer, layout, rank)
         else:
-            self.buffer, self.tensors = None, dict(as_tensors(params))  # numpy arrays: torch views, no copy
+            params = as_tensors(params, writable)  # numpy arrays: torch views, no copy
+            address = shard_buffer_address(params, layout, rank)  # checks every tensor first
+            self.buffer, self.tensors = None, dict(params)
             # The registered memory is the tensors' storage: kept alive by detached aliases even
             # if the caller re-points a parameter (p.data = ...) while peers still write into it.
-            self._storage = [t.detach() for t in self.tensors.values()]
-            address = shard_buffer_address(self.tensors, layout, rank)
+            self._registered = RegisteredMemory(self.tensors)
             self._impl = cls(coordinator, trainer_layout, engine_layout, rank, address, nbytes, job, timeout_s,
                              **flags)
+
+    def _check_registered(self, what: str) -> None:
+        """Raises FailedPreconditionError when the caller's registered storage was resized or
+        freed in place since construction (see shardwire.tensors.RegisteredMemory)."""
+        if self._registered is not None:
+            self._registered.check(what)
 
 
 class WeightPublisher(_Endpoint):
@@ -117,7 +130,7 @@ class WeightPublisher(_Endpoint):
         source is read once, not once per replica); False leaves every copy to the lanes
         (WeightSyncOptions::copy_into_mapped)."""
         super().__init__(_shardwire._WeightPublisher, coordinator, trainer_layout, engine_layout, trainer_layout,
-                         rank, params, job, timeout_s, engine_timeout_s=engine_timeout_s,
+                         rank, params, job, timeout_s, False, engine_timeout_s=engine_timeout_s,
                          dynamic_membership=dynamic_membership, verify_digests=verify_digests,
                          max_concurrency=max_concurrency, relay_broadcasts=relay_broadcasts,
                          convert_into_mapped=convert_into_mapped, convert_threads=convert_threads, lanes=lanes,
@@ -132,6 +145,7 @@ class WeightPublisher(_Endpoint):
         """Prepares one transfer per destination engine rank (waits up to timeout_s for them; GIL
         released; Ctrl-C raises KeyboardInterrupt within ~0.1 s and connect() may be called again).
         Raises TimedOutError naming the missing engine rank."""
+        self._check_registered("connect")
         self._impl.connect()
 
     def push(self, version: int) -> Dict[str, Any]:
@@ -151,7 +165,9 @@ class WeightPublisher(_Endpoint):
         PeerDisconnectedError when no engine rank received it. Ctrl-C raises KeyboardInterrupt
         within ~0.1 s: while waiting for READY nothing was written and push(version) may be called
         again; during the writes the unfinished ones are cancelled and no engine commits
-        ``version`` (they need begin_update(version) again)."""
+        ``version`` (they need begin_update(version) again). Raises FailedPreconditionError, with
+        nothing moved, when ``params``' storage was resized or freed in place since construction."""
+        self._check_registered(f"push({version})")
         return self._impl.push(version)
 
     @property
@@ -176,7 +192,7 @@ class WeightSubscriber(_Endpoint):
         """``dynamic_membership``, ``verify_digests``, ``max_concurrency`` and ``relay_broadcasts``: as
         WeightPublisher (must agree)."""
         super().__init__(_shardwire._WeightSubscriber, coordinator, trainer_layout, engine_layout, engine_layout,
-                         rank, params, job, timeout_s, dynamic_membership=dynamic_membership,
+                         rank, params, job, timeout_s, True, dynamic_membership=dynamic_membership,
                          verify_digests=verify_digests, max_concurrency=max_concurrency,
                          relay_broadcasts=relay_broadcasts)
 
@@ -205,13 +221,17 @@ class WeightSubscriber(_Endpoint):
     def connect(self) -> None:
         """Looks up every trainer rank this rank receives from (waits up to timeout_s; GIL released;
         Ctrl-C raises KeyboardInterrupt within ~0.1 s and connect() may be called again)."""
+        self._check_registered("connect")
         self._impl.connect()
 
     def begin_update(self, version: int) -> None:
         """Declares the engine paused for ``version``: trainers may now write its weights.
         Raises InvalidArgumentError before connect() or when ``version`` is not newer than
         committed_version. A trainer that cannot be reached does not raise here (the others
-        write): the next wait_for_update raises PeerDisconnectedError naming it."""
+        write): the next wait_for_update raises PeerDisconnectedError naming it. Raises
+        FailedPreconditionError, before any trainer is told, when ``params``' storage was resized
+        or freed in place since construction."""
+        self._check_registered(f"begin_update({version})")
         self._impl.begin_update(version)
 
     def wait_for_update(self, version: int) -> Dict[str, Any]:
@@ -222,7 +242,13 @@ class WeightSubscriber(_Endpoint):
         PeerDisconnectedError naming a trainer process that died. Ctrl-C raises KeyboardInterrupt
         within ~0.1 s with nothing committed; wait_for_update(version) may then be called again
         (DONE messages that arrived are kept), except on a relay parent that told its children it
-        will not forward ``version``: FailedPreconditionError, begin a later version."""
+        will not forward ``version``: FailedPreconditionError, begin a later version. A relay
+        parent forwards ``version`` to its children after committing it (bounded by
+        engine_timeout_s): a Ctrl-C then cuts those forwards (the children miss ``version``) and
+        is raised after the commit; ``committed_version`` tells which happened.
+        Raises FailedPreconditionError, nothing committed, when ``params``' storage was resized
+        or freed in place since construction."""
+        self._check_registered(f"wait_for_update({version})")
         return self._impl.wait_for_update(version)
 
     @property

@@ -89,7 +89,8 @@ Result<std::vector<ChildExit>> ChildProcesses::WaitAll(double timeout_s) {
   while (!running_.empty()) {
     for (auto& e : ReapExited()) exits.push_back(e);
     if (running_.empty()) break;
-    if (std::chrono::steady_clock::now() > deadline || InterruptRequested()) {
+    if (InterruptRequested()) return Interrupted();
+    if (std::chrono::steady_clock::now() > deadline) {
       std::string names;
       for (const auto& [pid, label] : running_) names += (names.empty() ? "" : ", ") + label;
       return TimedOut(fmt::format("still running after {:.0f} s: {}", timeout_s, names));

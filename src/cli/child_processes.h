@@ -42,7 +42,8 @@ class ChildProcesses {
   std::vector<ChildExit> ReapExited();
 
   /// Waits up to timeout_s for all children to exit; returns the exits seen.
-  /// kTimedOut (naming the children still running) when some did not exit.
+  /// kTimedOut (naming the children still running) when some did not exit; Interrupted()
+  /// once SIGINT/SIGTERM arrived (the children are left to the caller's cleanup).
   Result<std::vector<ChildExit>> WaitAll(double timeout_s);
 
   /// SIGTERM to every running child, SIGKILL after `grace_s`, then reaps them all.

@@ -91,7 +91,7 @@ Status RunSeed(const SeedOptions& o) {
   SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(o.checkpoint));
   // The content digest is computed even under a user revision: loaders check a disk
   // fallback checkpoint against it (kSourceAttrContent).
-  SW_ASSIGN_OR_RETURN(const std::string content, CheckpointRevision(checkpoint));
+  SW_ASSIGN_OR_RETURN(const std::string content, CheckpointRevision(checkpoint, StopRequested));
   const std::string revision = o.revision.empty() ? content : o.revision;
   SW_ASSIGN_OR_RETURN(const ModelIdentity identity, MakeModelIdentity(model, revision));
   SW_ASSIGN_OR_RETURN(const Layout layout, MakeLayoutFromString(model, o.layout));

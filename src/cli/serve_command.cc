@@ -8,6 +8,8 @@
 #include <optional>
 #include <sstream>
 
+#include <sys/stat.h>
+
 #include "cli/metrics_option.h"
 #include "shardwire/coordinator.h"
 
@@ -25,22 +27,35 @@ struct ServeArgs {
   CoordinatorServerOptions defaults;
 };
 
-// The token from --token-file (surrounding whitespace and the trailing newline
-// removed), else SHARDWIRE_TOKEN, else none.
+// `t` without surrounding whitespace (as CoordinatorClient trims SHARDWIRE_TOKEN).
+std::string Trim(const std::string& t) {
+  const auto first = t.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos) return {};
+  const auto last = t.find_last_not_of(" \t\r\n");
+  return t.substr(first, last - first + 1);
+}
+
+// The token from --token-file, else SHARDWIRE_TOKEN, else none; surrounding whitespace (a
+// trailing newline, Windows line endings) removed. What a token may hold is checked by
+// CoordinatorServer::Start. A token file others can read is warned about (README: chmod 600).
 Result<std::string> LoadToken(const std::string& path) {
   if (path.empty()) {
     const char* env = std::getenv("SHARDWIRE_TOKEN");
-    return std::string(env != nullptr ? env : "");
+    return Trim(env != nullptr ? env : "");
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) return InvalidArgument(fmt::format("cannot read the token file '{}'", path));
   std::ostringstream ss;
   ss << in.rdbuf();
-  std::string t = ss.str();
-  const auto first = t.find_first_not_of(" \t\r\n");
-  const auto last = t.find_last_not_of(" \t\r\n");
-  if (first == std::string::npos) return InvalidArgument(fmt::format("the token file '{}' is empty", path));
-  return t.substr(first, last - first + 1);
+  std::string t = Trim(ss.str());
+  if (t.empty()) return InvalidArgument(fmt::format("the token file '{}' is empty", path));
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+    fmt::print(stderr,
+               "shardwire serve: warning: the token file '{}' is readable by others (mode {:03o}); chmod 600 it\n",
+               path, st.st_mode & 0777);
+  }
+  return t;
 }
 
 int Serve(const ServeArgs& a) {

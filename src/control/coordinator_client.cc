@@ -39,6 +39,7 @@
 #include <string_view>
 #include <thread>
 
+#include "control/bearer_token.h"
 #include "control/coordinator_codec.h"
 #include "control/grpc_runtime.h"
 #include "control/grpc_status.h"
@@ -240,7 +241,10 @@ Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(Coordinato
   auto impl = std::make_unique<Impl>();
   std::string token = options.token;
   if (token.empty()) {
-    if (const char* env = std::getenv("SHARDWIRE_TOKEN"); env != nullptr) token = env;
+    token = control::TokenFromEnvironment();
+    SW_RETURN_IF_ERROR(control::CheckBearerToken(token, "SHARDWIRE_TOKEN"));
+  } else {
+    SW_RETURN_IF_ERROR(control::CheckBearerToken(token, "CoordinatorClientOptions::token"));
   }
   if (!token.empty()) impl->auth_header = "Bearer " + token;
 

@@ -11,6 +11,7 @@
 #include <thread>
 #include <utility>
 
+#include "control/bearer_token.h"
 #include "control/coordinator_codec.h"
 #include "control/coordinator_metrics.h"
 #include "control/coordinator_service.h"
@@ -33,6 +34,21 @@ Result<std::string> ReadPemFile(const std::string& path, std::string_view what) 
   return ss.str();
 }
 
+// Refuses a file that is not PEM of the kind `marker` names ("CERTIFICATE", "PRIVATE KEY"):
+// gRPC would only log it and fail to listen, which reads like a port in use. Whether key and
+// certificate belong together is checked by gRPC when it starts (see the listen error).
+Status CheckPemKind(const std::string& pem, const std::string& path, std::string_view what, std::string_view marker) {
+  const std::string begin = "-----BEGIN ";
+  for (auto at = pem.find(begin); at != std::string::npos; at = pem.find(begin, at + 1)) {
+    const auto end = pem.find("-----", at + begin.size());
+    if (end == std::string::npos) break;
+    const std::string_view label(pem.data() + at + begin.size(), end - at - begin.size());
+    if (label.size() >= marker.size() && label.substr(label.size() - marker.size()) == marker) return Status::Ok();
+  }
+  return InvalidArgument(
+      fmt::format("the {} file '{}' holds no PEM block \"-----BEGIN ...{}-----\"", what, path, marker));
+}
+
 // Splits "host:port" / "[v6]:port"; host keeps no brackets.
 Status SplitHostPort(const std::string& address, std::string* host, int* port) {
   const auto colon = address.rfind(':');
@@ -50,6 +66,7 @@ Status SplitHostPort(const std::string& address, std::string* host, int* port) {
 }
 
 Status ValidateOptions(const CoordinatorServerOptions& o) {
+  SW_RETURN_IF_ERROR(control::CheckBearerToken(o.token, "CoordinatorServerOptions::token"));
   // Each time becomes int64 milliseconds (leases) or nanoseconds (the reaper's wait): beyond
   // kMaxCoordinatorTimeS it would overflow (a member_expire_after_s of 1e16 expired every
   // member at once; a reaper_interval_s of 1e10 ran the reaper without pause).
@@ -127,6 +144,8 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(CoordinatorS
   if (!options.tls_cert_file.empty()) {
     SW_ASSIGN_OR_RETURN(std::string cert, ReadPemFile(options.tls_cert_file, "TLS certificate"));
     SW_ASSIGN_OR_RETURN(std::string key, ReadPemFile(options.tls_key_file, "TLS private key"));
+    SW_RETURN_IF_ERROR(CheckPemKind(cert, options.tls_cert_file, "TLS certificate", "CERTIFICATE"));
+    SW_RETURN_IF_ERROR(CheckPemKind(key, options.tls_key_file, "TLS private key", "PRIVATE KEY"));
     grpc::SslServerCredentialsOptions ssl;
     ssl.pem_key_cert_pairs.push_back({key, cert});
     creds = grpc::SslServerCredentials(ssl);
@@ -177,8 +196,11 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(CoordinatorS
   if (impl->server == nullptr || impl->port == 0) {
     if (impl->server != nullptr) impl->server->Shutdown();
     impl->heartbeats->Shutdown();
-    return IoError(fmt::format("coordinator cannot listen on {} (port in use, or the address is not local)",
-                               options.listen_address));
+    return IoError(fmt::format(
+        "coordinator cannot listen on {} (port in use, or the address is not local{})", options.listen_address,
+        options.tls_cert_file.empty() ? ""
+                                      : ", or the TLS certificate and key do not parse or do not belong together: "
+                                        "gRPC's log above says which"));
   }
   impl->dial_host = host;
   if (host.empty() || host == "0.0.0.0") impl->dial_host = "127.0.0.1";

@@ -3,11 +3,13 @@
 
 #include <fmt/format.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
 namespace shardwire {
@@ -22,12 +24,51 @@ struct MetricsHttpServer::Impl {
   ~Impl() {
     // httplib's stop() acts only on a running server; a listen that had not started yet (the
     // 5 s start-failure path of Start) would start afterwards and never return. So stop until
-    // the listening thread has returned.
+    // the listening thread has returned. That thread joins httplib's workers, and a worker
+    // serving a client that sends a byte every few seconds never ends by itself (the read
+    // timeout is per read): after kShutdownGrace its connection is shut down under it.
+    const auto start = std::chrono::steady_clock::now();
+    auto next_cut = start + kShutdownGrace;
     while (thread.joinable() && !listen_returned.load()) {
       server.stop();
+      if (port > 0 && std::chrono::steady_clock::now() >= next_cut) {
+        ShutDownAcceptedConnections(port);
+        next_cut += std::chrono::milliseconds(50);
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     if (thread.joinable()) thread.join();
+  }
+
+  // How long a scrape in progress may go on after the destructor began.
+  static constexpr std::chrono::seconds kShutdownGrace{1};
+
+  // shutdown(SHUT_RDWR) of every connected TCP socket of this process whose local port is
+  // `port`: the connections the listener on `port` accepted (an outgoing connection has an
+  // ephemeral local port, never a port a listener holds). A worker blocked reading one then
+  // sees end-of-file and returns. The fds are found in /proc/self/fd; each is checked and shut
+  // down in two consecutive calls.
+  static void ShutDownAcceptedConnections(int port) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+      int fd = -1;
+      try {
+        fd = std::stoi(entry.path().filename().string());
+      } catch (...) {
+        continue;
+      }
+      sockaddr_storage local{};
+      socklen_t len = sizeof(local);
+      if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) continue;
+      int local_port = -1;
+      if (local.ss_family == AF_INET) local_port = ntohs(reinterpret_cast<const sockaddr_in&>(local).sin_port);
+      if (local.ss_family == AF_INET6) local_port = ntohs(reinterpret_cast<const sockaddr_in6&>(local).sin6_port);
+      if (local_port != port) continue;
+      sockaddr_storage peer{};
+      len = sizeof(peer);
+      if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) continue;  // the listener
+      ::shutdown(fd, SHUT_RDWR);
+    }
   }
 };
 
@@ -46,6 +87,16 @@ Result<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(const Metric
   });
   impl->server.set_read_timeout(5, 0);
   impl->server.set_write_timeout(5, 0);
+  // Only GET and HEAD are served. Anything else is answered before its body is read: cpp-httplib
+  // 0.11 reads a POST/PUT/PATCH/DELETE body whole into memory, with no limit for a chunked one,
+  // before routing (a 1 GB POST grew the process by 1 GB), and this port has no token.
+  impl->server.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (req.method == "GET" || req.method == "HEAD") return httplib::Server::HandlerResponse::Unhandled;
+    res.status = 405;
+    res.set_header("Allow", "GET, HEAD");
+    res.set_header("Connection", "close");
+    return httplib::Server::HandlerResponse::Handled;
+  });
   const MetricsRegistry* reg = &registry;
   impl->server.Get("/metrics", [reg](const httplib::Request&, httplib::Response& res) {
     res.set_content(reg->Render(), std::string(MetricsRegistry::kContentType).c_str());

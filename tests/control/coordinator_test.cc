@@ -15,9 +15,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <thread>
+#include <tuple>
 
 #include "control/coordinator_codec.h"
 #include "control/redis_fixture.h"
@@ -849,7 +851,53 @@ TEST(Coordinator, TlsWithACertificateMadeByOpenssl) {
   bad_client.address = server->address();
   bad_client.tls_root_cert_file = (dir / "missing.pem").string();
   EXPECT_EQ(CoordinatorClient::Connect(bad_client).status().code(), ErrorCode::kInvalidArgument);
+  // A file that is not PEM of its kind is named, not reported as a port in use; the key file
+  // given as the certificate and the other way round alike.
+  const std::string garbage = (dir / "garbage.pem").string();
+  std::ofstream(garbage) << "not a certificate\n";
+  for (const auto& [cert_file, key_file, named] :
+       {std::tuple{garbage, key, garbage}, std::tuple{cert, garbage, garbage}, std::tuple{key, key, key},
+        std::tuple{cert, cert, cert}}) {
+    CoordinatorServerOptions wrong = o;
+    wrong.tls_cert_file = cert_file;
+    wrong.tls_key_file = key_file;
+    const Status st = CoordinatorServer::Start(wrong).status();
+    EXPECT_EQ(st.code(), ErrorCode::kInvalidArgument) << st.ToString();
+    EXPECT_NE(st.message().find(named), std::string::npos) << st.ToString();
+  }
   std::filesystem::remove_all(dir);
+}
+
+// gRPC aborts the process on a metadata value with a control character: a token with one (a
+// token file with Windows line endings, an exported variable with a newline inside) is a typed
+// error at Connect / Start instead, and SHARDWIRE_TOKEN's surrounding whitespace is removed.
+TEST(Coordinator, TokensWithControlCharactersAreInvalidArgumentNotAnAbort) {
+  CoordinatorServerOptions bad_server;
+  bad_server.token = "ab\ncd";
+  const Status refused = CoordinatorServer::Start(bad_server).status();
+  EXPECT_EQ(refused.code(), ErrorCode::kInvalidArgument) << refused.ToString();
+  EXPECT_EQ(refused.message().find("ab"), std::string::npos) << "the token itself is not printed";
+  CoordinatorServerOptions o;
+  o.token = "t0k";
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  CoordinatorClientOptions co;
+  co.address = server->address();
+  co.unavailable_timeout_s = 2;
+  for (const char* token : {"t0k\r", "t\x01k", "t k", "t0k\x7f"}) {
+    co.token = token;
+    const Status st = CoordinatorClient::Connect(co).status();
+    EXPECT_EQ(st.code(), ErrorCode::kInvalidArgument) << st.ToString();
+  }
+  co.token.clear();
+  ::setenv("SHARDWIRE_TOKEN", "t0k\r\n", 1);  // trimmed: the right token
+  auto trimmed = CoordinatorClient::Connect(co);
+  EXPECT_TRUE(trimmed.ok()) << trimmed.status().ToString();
+  ::setenv("SHARDWIRE_TOKEN", "t0\rk", 1);  // inside: refused, naming the variable
+  const Status inner = CoordinatorClient::Connect(co).status();
+  EXPECT_EQ(inner.code(), ErrorCode::kInvalidArgument) << inner.ToString();
+  EXPECT_NE(inner.message().find("SHARDWIRE_TOKEN"), std::string::npos) << inner.ToString();
+  ::unsetenv("SHARDWIRE_TOKEN");
 }
 
 // Every malformed request is sent with the raw stubs and must come back as

@@ -5,9 +5,18 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <fmt/format.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <map>
 #include <sstream>
 #include <string>
+#include <string_view>
+#include <thread>
 
 #include "control/redis_fixture.h"
 #include "shardwire/coordinator.h"
@@ -95,6 +104,86 @@ TEST(MetricsHttp, BadPortAndPortInUseAreTypedErrorsNamingThePort) {
   EXPECT_EQ(raw, "");
   auto not_local = MetricsHttpServer::Start(registry, {.host = "203.0.113.7", .port = 0});
   EXPECT_EQ(not_local.status().code(), ErrorCode::kIoError) << not_local.status().ToString();
+}
+
+// A raw TCP connection to 127.0.0.1:port (the tests below need requests cpp-httplib's client
+// would not send: a body never sent, a request that never ends). -1 on failure.
+int ConnectRaw(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  timeval tv{.tv_sec = 10, .tv_usec = 0};  // no read waits forever
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+bool SendAll(int fd, std::string_view bytes) {
+  return ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
+}
+
+// Reads until the end of a response's header block (or EOF / the 10 s receive timeout).
+std::string ReadResponseHead(int fd) {
+  std::string got;
+  char c = 0;
+  while (got.find("\r\n\r\n") == std::string::npos && ::recv(fd, &c, 1, 0) == 1) got.push_back(c);
+  return got;
+}
+
+TEST(MetricsHttp, OtherMethodsAreRefusedBeforeTheirBodyIsRead) {
+  MetricsRegistry registry;
+  auto http = MetricsHttpServer::Start(registry, {.port = 0});
+  ASSERT_TRUE(http.ok()) << http.status().ToString();
+  // A chunked POST whose body never comes: answered at once with 405; a server that read the
+  // body first (all of it, unbounded, in cpp-httplib 0.11) would wait for it instead.
+  for (const char* method : {"POST", "PUT", "DELETE"}) {
+    const int fd = ConnectRaw((*http)->port());
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(
+        SendAll(fd, fmt::format("{} /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", method)));
+    const std::string head = ReadResponseHead(fd);
+    ::close(fd);
+    EXPECT_EQ(head.rfind("HTTP/1.1 405", 0), 0u) << method << " got: " << head;
+    EXPECT_NE(head.find("Allow: GET, HEAD"), std::string::npos) << head;
+  }
+  Scrape((*http)->port());  // GET still served
+}
+
+TEST(MetricsHttp, AClientTricklingARequestCannotHoldUpDestruction) {
+  MetricsRegistry registry;
+  auto http = MetricsHttpServer::Start(registry, {.port = 0});
+  ASSERT_TRUE(http.ok()) << http.status().ToString();
+  const int fd = ConnectRaw((*http)->port());
+  ASSERT_GE(fd, 0);
+  // One whole request first, so a worker owns the connection (keep-alive) before the trickle.
+  ASSERT_TRUE(SendAll(fd, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ASSERT_EQ(ReadResponseHead(fd).rfind("HTTP/1.1 200", 0), 0u);
+  // Then a request that never ends: a header line every 200 ms, each well inside the server's
+  // 5 s read timeout, until the server cuts the connection (or 60 s, when the test fails).
+  std::atomic<bool> cut{false};
+  std::thread trickle([&] {
+    (void)SendAll(fd, "GET /metrics HTTP/1.1\r\n");
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < give_up) {
+      char c = 0;
+      const ssize_t n = ::recv(fd, &c, 1, MSG_DONTWAIT);
+      if (n == 0 || !SendAll(fd, "X-Slow: 1\r\n")) {
+        cut = true;
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // a few lines in
+  http->reset();  // returns once the trickling connection is shut down under its worker
+  trickle.join();
+  ::close(fd);
+  EXPECT_TRUE(cut.load()) << "the destructor returned only after the client gave up";
 }
 
 SourceRecord Source(const std::string& instance, int rank) {

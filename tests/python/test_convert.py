@@ -38,8 +38,10 @@ def test_bad_input_is_typed():
         shardwire.quantize_fp8_block(torch.zeros(4, 4, dtype=torch.float64))
     with pytest.raises(errors.InvalidArgumentError, match="contiguous"):
         shardwire.quantize_fp8_block(torch.zeros(8, 4, dtype=torch.bfloat16).T)
-    with pytest.raises(errors.InvalidArgumentError):
-        shardwire.quantize_fp8_block(torch.zeros(8, dtype=torch.bfloat16))
+    with pytest.raises(errors.InvalidArgumentError, match="'w1'.*2-D"):
+        shardwire.quantize_fp8_block(torch.zeros(8, dtype=torch.bfloat16), "w1")
+    with pytest.raises(errors.InvalidArgumentError, match="'w2'.*layout"):
+        shardwire.quantize_fp8_block(torch.zeros(8, 8).to_sparse(), "w2")
     # A name that is not UTF-8 (bytes) in the message: the typed error, not a UnicodeDecodeError
     # raised while building it.
     with pytest.raises(errors.CorruptDataError, match=r"\\xff"):

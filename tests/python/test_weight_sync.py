@@ -257,6 +257,71 @@ def test_meta_device_and_bad_tensors_refused_by_publisher_and_subscriber():
                 client.get(key, timeout_s=0.3)
 
 
+def test_registered_storage_that_moves_is_refused_before_any_transfer():
+    """Memory registered with the transport must stay put: storage resized or freed in place
+    (FSDP frees parameters with storage().resize_(0)) is found before the next transfer, not
+    written after free; a read-only array, a sparse tensor and a buffer shorter than the rank's
+    whole shard buffer are refused at construction."""
+    import numpy as np
+    model = shardwire.Model.from_config_json(json.dumps(LLAMA))
+    src, dst = shardwire.Layout.from_string(model, "fsdp=2"), shardwire.Layout.from_string(model, "tp=2")
+    name = "model.layers.0.mlp.down_proj.weight"
+    # allocate_shard_buffer's storage cannot be resized or freed at all
+    buf, views = shardwire.allocate_shard_buffer(dst, 0)
+    with pytest.raises(RuntimeError):
+        buf.resize_(2 * buf.numel())
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        # a caller's own torch buffer can be freed in place: begin_update refuses, naming a tensor
+        own = torch.zeros(dst.buffer_bytes(0), dtype=torch.uint8)
+        own_views = shardwire.shard_views(own, dst, 0)
+        sub = shardwire.WeightSubscriber(client, src, dst, 0, params=own_views, job="moved", timeout_s=2)
+        own.storage().resize_(0)
+        with pytest.raises(errors.FailedPreconditionError, match="resized or freed"):
+            sub.begin_update(1)
+        with pytest.raises(errors.FailedPreconditionError, match="resized or freed"):
+            sub.connect()
+        # the publisher side alike
+        tbuf = torch.zeros(src.buffer_bytes(0), dtype=torch.uint8)
+        pub = shardwire.WeightPublisher(client, src, dst, 0, params=shardwire.shard_views(tbuf, src, 0),
+                                        job="moved2", timeout_s=2)
+        tbuf.resize_(2 * tbuf.numel())
+        with pytest.raises(errors.FailedPreconditionError, match="resized or freed"):
+            pub.push(1)
+        # a buffer whose slots fit but whose padding tail is past the storage's end
+        need = dst.buffer_bytes(1)
+        end = max(s["byte_offset"] + s["nbytes"] for s in dst.shards(1))
+        if end < need:
+            short = torch.zeros(end, dtype=torch.uint8)
+            short_views = {s["name"]: short[s["byte_offset"]:s["byte_offset"] + s["nbytes"]]
+                           .view(torch.bfloat16).view(s["shape"]) for s in dst.shards(1)}
+            with pytest.raises(errors.InvalidArgumentError, match="needs"):
+                shardwire.WeightSubscriber(client, src, dst, 1, params=short_views, job="short")
+        # read-only numpy destinations and sparse tensors
+        arrays = {s["name"]: np.zeros(s["shape"], dtype=np.float32) for s in dst.shards(0)}
+        f32 = shardwire.Model.from_config_json(json.dumps(dict(LLAMA, torch_dtype="float32")))
+        f32_dst = shardwire.Layout.from_string(f32, "tp=2")
+        arrays[name].setflags(write=False)
+        with pytest.raises(errors.InvalidArgumentError, match=f"{name}.*read-only"):
+            shardwire.ModelLoader(client, f32, "tp=2", 0, params=arrays)
+        with pytest.raises(errors.InvalidArgumentError, match=f"{name}.*read-only"):
+            shardwire.WeightSubscriber(client, shardwire.Layout.from_string(f32, "fsdp=2"), f32_dst, 0,
+                                       params=arrays, job="ro")
+        sparse = dict(views, **{name: views[name].float().to_sparse().to(torch.bfloat16)})
+        with pytest.raises(errors.InvalidArgumentError, match=f"{name}.*layout"):
+            shardwire.WeightSubscriber(client, src, dst, 0, params=sparse, job="sparse")
+        with pytest.raises(errors.InvalidArgumentError, match=f"{name}.*NoneType"):
+            shardwire.WeightSubscriber(client, src, dst, 0, params=dict(views, **{name: None}), job="none")
+        for key in ("short/engine/1/metadata", "ro/engine/0/metadata", "sparse/engine/0/metadata"):
+            with pytest.raises(errors.TimedOutError):
+                client.get(key, timeout_s=0.2)
+    # shard_views: a strided or read-only buffer is an InvalidArgumentError, not a RuntimeError
+    with pytest.raises(errors.InvalidArgumentError, match="not contiguous"):
+        shardwire.shard_views(np.zeros(2 * dst.buffer_bytes(0), np.uint8)[::2], dst, 0)
+    with pytest.raises(errors.InvalidArgumentError, match="read-only"):
+        shardwire.shard_views(bytes(dst.buffer_bytes(0)), dst, 0)
+
+
 DYING_ENGINE = textwrap.dedent("""
     import json, os, signal, sys, shardwire
     cfg, address, rank = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
