@@ -594,7 +594,8 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
     s.metrics.Failed(stats.status());
     return stats;
   }
-  s.metrics.Pushed(version, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  s.metrics.Pushed(version, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                   stats->bytes);
   return stats;
 }
 

@@ -43,6 +43,12 @@ Result<PublisherMetrics> PublisherMetrics::Make(MetricsRegistry* registry, const
                             "shardwire_sync_push_failures_total",
                             "WeightPublisher::Push calls that failed, by error code."};
   SW_RETURN_IF_ERROR(MakeRankSeries(*registry, spec, m.job_, m.rank_, &m.duration_, &m.version_, &m.failures_));
+  SW_ASSIGN_OR_RETURN(CounterFamily * pushed_bytes,
+                      registry->AddCounter("shardwire_sync_pushed_bytes_total",
+                                           "Bytes successful pushes wrote into engine ranks, per trainer rank, by "
+                                           "the transport or copied into mapped engine buffers.",
+                                           {"job", "trainer_rank"}));
+  m.pushed_bytes_ = pushed_bytes->Labels({m.job_, m.rank_});
   SW_ASSIGN_OR_RETURN(m.missed_, registry->AddCounter("shardwire_sync_missed_versions_total",
                                                       "Versions an engine rank missed in a push, as the trainer "
                                                       "rank saw it, by reason (error code).",
@@ -50,8 +56,9 @@ Result<PublisherMetrics> PublisherMetrics::Make(MetricsRegistry* registry, const
   return m;
 }
 
-void PublisherMetrics::Pushed(std::uint64_t version, double seconds) const {
+void PublisherMetrics::Pushed(std::uint64_t version, double seconds, std::uint64_t bytes) const {
   duration_.Observe(seconds);
+  pushed_bytes_.Increment(bytes);
   version_.Set(static_cast<double>(version));
 }
 

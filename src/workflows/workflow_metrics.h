@@ -17,8 +17,9 @@ class PublisherMetrics {
  public:
   /// Errors: a name clash in `registry` (kAlreadyExists).
   static Result<PublisherMetrics> Make(MetricsRegistry* registry, const std::string& job, int rank);
-  /// A push of `version` succeeded after `seconds` (whole Push call).
-  void Pushed(std::uint64_t version, double seconds) const;
+  /// A push of `version` succeeded after `seconds` (whole Push call), writing `bytes` (PushStats::bytes:
+  /// by the transport or copied into mapped engine buffers, whichever moved them).
+  void Pushed(std::uint64_t version, double seconds, std::uint64_t bytes) const;
   /// The push missed `engine_rank` because of `reason`.
   void Missed(int engine_rank, const Status& reason) const;
   /// The Push call failed with `error`.
@@ -27,6 +28,7 @@ class PublisherMetrics {
  private:
   Histogram duration_;
   Gauge version_;
+  Counter pushed_bytes_;
   CounterFamily* missed_ = nullptr;
   CounterFamily* failures_ = nullptr;
   std::string job_, rank_;

@@ -82,12 +82,14 @@ TEST(WeightSyncMetrics, PushesVersionsAndBytesByPeerAreCounted) {
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();
   ASSERT_TRUE((*pub)->Connect().ok());
   std::uint64_t pushed_bytes = 0;
+  std::uint64_t copied_bytes = 0;  // into engine buffers mapped into this process (same-host shared memory)
   for (std::uint64_t v = 1; v <= kVersions; ++v) {
     Walk(trainer, 0, (*pub)->weights(), v, false);
     auto stats = (*pub)->Push(v);
     ASSERT_TRUE(stats.ok()) << stats.status().ToString();
     ASSERT_TRUE(stats->missed.empty());
     pushed_bytes += stats->bytes;
+    copied_bytes += stats->copied_bytes;
   }
   for (pid_t pid : children) EXPECT_EQ(WaitChild(pid), 0) << "an engine rank's check failed (exit code)";
   const std::string text = registry.Render();
@@ -95,8 +97,13 @@ TEST(WeightSyncMetrics, PushesVersionsAndBytesByPeerAreCounted) {
   EXPECT_EQ(SumOf(text, "shardwire_sync_pushed_version", {"job=\"tm\"", "trainer_rank=\"0\""}), kVersions) << text;
   EXPECT_EQ(SumOf(text, "shardwire_sync_missed_versions_total"), 0) << text;
   EXPECT_GT(pushed_bytes, 0u);
-  EXPECT_EQ(SumOf(text, "shardwire_transport_bytes_total", {"agent=\"tm/trainer/0\"", "op=\"WRITE\""}),
+  EXPECT_EQ(SumOf(text, "shardwire_sync_pushed_bytes_total", {"job=\"tm\"", "trainer_rank=\"0\""}),
             static_cast<double>(pushed_bytes))
+      << text;
+  // Whatever the trainer did not copy into mapped engine buffers itself went through the
+  // transport (which path is the host's: BufferMemory::kAuto, first_touch_probe.h).
+  EXPECT_EQ(SumOf(text, "shardwire_transport_bytes_total", {"agent=\"tm/trainer/0\"", "op=\"WRITE\""}),
+            static_cast<double>(pushed_bytes - copied_bytes))
       << text;
 }
 
