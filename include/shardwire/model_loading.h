@@ -76,10 +76,11 @@ struct ModelSourceOptions {
   /// Seconds between heartbeats (> 0 and at most 86400; well below the coordinator's
   /// source_stale_after_s, default 10 s). A heartbeat answered kNotFound (the record
   /// was deleted, or an in-memory coordinator was restarted and lost it) registers
-  /// the source again under a new source_id and logs a warning, so loaders find it
+  /// the source again under the same source_id and logs a warning, so loaders find it
   /// again within about one interval of the coordinator's return. Each heartbeat, and
   /// each such re-registration, gives up after max(2 x heartbeat_interval_s, 1 s)
-  /// when the coordinator does not answer (the next interval tries again).
+  /// when the coordinator does not answer (the next interval tries again); the first
+  /// failed heartbeat after a success, and the recovery, are logged as warnings.
   double heartbeat_interval_s = 1;
   /// Seconds the destructor spends at most deregistering (>= 0 and finite; 0 skips it).
   /// With an unreachable coordinator the record is left to its lease: STALE after the
@@ -166,7 +167,7 @@ class ModelSource {
   ModelSource(const ModelSource&) = delete;
   ModelSource& operator=(const ModelSource&) = delete;
 
-  /// The coordinator's id of this source (changes if it had to register again).
+  /// The coordinator's id of this source (kept when it has to register again).
   std::string source_id() const;
   /// The shard buffer (the instance's weights for this rank). After Create it is
   /// read-only unless options.read_only_buffer was false (a write then makes digest

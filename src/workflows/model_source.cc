@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 
 #include <fmt/format.h>
@@ -106,6 +107,9 @@ struct ModelSource::Impl {
   // finishing last together, and every source rank of every source agrees on the
   // order (the loader's ranks share one priority).
   std::map<std::string, std::uint64_t> first_request;
+  // Peers that sent a HELLO this source answered: only they may ask for leases (a LEASE is
+  // a loader's request after its handshake; a stray one is ignored).
+  std::set<std::string> greeted;
   std::deque<LeaseRequest> lease_queue;
   std::optional<LeaseRequest> lease_holder;
   Clock::time_point lease_deadline;
@@ -175,7 +179,12 @@ struct ModelSource::Impl {
     return reply;
   }
 
+  // Queued leases one peer may have: a loader asks for one per move it reads from this rank
+  // and keeps a few in flight; more is a broken or hostile peer (ignored beyond the bound).
+  static constexpr std::size_t kMaxQueuedLeasesPerPeer = 256;
+
   void DropLeases(const std::string& peer) {
+    greeted.erase(peer);
     std::erase_if(lease_queue, [&](const LeaseRequest& r) { return r.peer == peer; });
     if (lease_holder && lease_holder->peer == peer) lease_holder.reset();
   }
@@ -192,6 +201,7 @@ struct ModelSource::Impl {
         ack.id = m->id;
         ack.text = fingerprint;
         if (m->flag) ack.lines = fingerprint_inputs;
+        greeted.insert(n.peer);
         Reply(n.peer, ack);
         break;
       }
@@ -199,8 +209,16 @@ struct ModelSource::Impl {
         Reply(n.peer, Digest(*m));
         break;
       case P2pKind::kLease: {
+        if (!greeted.contains(n.peer)) return;
+        if (std::count_if(lease_queue.begin(), lease_queue.end(), [&](const LeaseRequest& r) {
+              return r.peer == n.peer;
+            }) >= static_cast<std::ptrdiff_t>(kMaxQueuedLeasesPerPeer)) {
+          return;
+        }
         first_request.try_emplace(m->text, m->priority);
-        lease_queue.push_back({n.peer, m->id, m->value, m->text});
+        // A lease covers at most this rank's whole buffer: a larger count (2^64 - 1 overflowed
+        // the deadline's clock) would hold every other loader for as long as it says.
+        lease_queue.push_back({n.peer, m->id, std::min<std::uint64_t>(m->value, buffer.size()), m->text});
         P2pMessage queued;
         queued.kind = P2pKind::kQueued;
         queued.id = m->id;
@@ -249,8 +267,9 @@ struct ModelSource::Impl {
     lease_holder = *next;
     lease_queue.erase(next);
     if (first_request.size() > 4096) first_request.clear();  // bounded memory; order restarts
+    // At most 1e9 s: a cap of a fraction of a byte per second must not overflow the clock.
     const double seconds = options.bandwidth_bytes_per_s > 0
-                               ? static_cast<double>(lease_holder->bytes) / options.bandwidth_bytes_per_s
+                               ? std::min(static_cast<double>(lease_holder->bytes) / options.bandwidth_bytes_per_s, 1e9)
                                : 0;
     lease_deadline = now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
     P2pMessage grant;
@@ -273,6 +292,18 @@ struct ModelSource::Impl {
 
   void Heartbeat() {
     std::unique_lock<std::mutex> lock(mu);
+    bool failing = false;  // the last heartbeat failed: logged once, and again at recovery
+    auto outcome = [&](const Status& s, const std::string& id) {
+      if (!s.ok() && !failing) {
+        spdlog::warn(
+            "model source {} rank {}: heartbeat of {} failed ({}); loaders see it STALE once the "
+            "coordinator's stale_after_s passes without one; retrying every {} s",
+            record.instance_id, record.rank, id, s.ToString(), options.heartbeat_interval_s);
+      } else if (s.ok() && failing) {
+        spdlog::warn("model source {} rank {}: heartbeats of {} succeed again", record.instance_id, record.rank, id);
+      }
+      failing = !s.ok();
+    };
     while (!stop) {
       cv.wait_for(lock, std::chrono::duration<double>(options.heartbeat_interval_s));
       if (stop) break;
@@ -290,9 +321,11 @@ struct ModelSource::Impl {
                        record.instance_id, record.rank, id, again->source_id);
           record.source_id = again->source_id;
         }
+        outcome(again.status(), id);
         continue;
       }
       lock.lock();
+      outcome(s, id);
     }
   }
 };
@@ -412,7 +445,8 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry
   r.attributes[kSourceAttrRegion] = std::to_string(region);
   r.attributes[kSourceAttrStructure] = identity.StructureDigest();
   r.attributes[kSourceAttrRevision] = identity.revision;
-  r.attributes[kSourceAttrBandwidthCap] = fmt::format("{:.0f}", options.bandwidth_bytes_per_s);
+  // Shortest round-trip form: a cap below 0.5 B/s printed as "0" would read as no cap.
+  r.attributes[kSourceAttrBandwidthCap] = fmt::format("{}", options.bandwidth_bytes_per_s);
   r.attributes[kSourceAttrBufferBytes] = std::to_string(buffer.size());
   if (!options.content_revision.empty()) r.attributes[kSourceAttrContent] = options.content_revision;
   // Serve before registering: a loader may read the moment the record is listed.

@@ -59,6 +59,8 @@ class Reader {
     return true;
   }
   bool done() const { return pos_ == in_.size(); }
+  /// Bytes not read yet: a count of items is checked against it before anything is allocated.
+  std::size_t remaining() const { return in_.size() - pos_; }
 
  private:
   bool Fixed(std::uint64_t& v, int n) {
@@ -138,14 +140,16 @@ std::optional<P2pMessage> DecodeP2p(std::span<const std::byte> payload) {
       m.flag = u8 != 0;
       break;
     case P2pKind::kHelloAck:
-      if (!r.Str(m.text) || !r.U32(n) || n > kMaxItems) return std::nullopt;
+      // Each line takes at least its 4-byte length: a count the payload cannot hold is refused
+      // before 2^24 empty strings (512 MiB) are made for it.
+      if (!r.Str(m.text) || !r.U32(n) || n > kMaxItems || n > r.remaining() / 4) return std::nullopt;
       m.lines.resize(n);
       for (std::string& l : m.lines) {
         if (!r.Str(l)) return std::nullopt;
       }
       break;
     case P2pKind::kDigest:
-      if (!r.U32(n) || n > kMaxItems || n > payload.size() / 16) return std::nullopt;
+      if (!r.U32(n) || n > kMaxItems || n > r.remaining() / 16) return std::nullopt;
       m.ranges.resize(n);
       for (auto& [off, len] : m.ranges) {
         if (!r.U64(off) || !r.U64(len)) return std::nullopt;

@@ -9,6 +9,8 @@
 
 #include <xxhash.h>
 
+#include <sys/resource.h>
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -901,6 +903,101 @@ TEST_F(ModelLoadingTest, CappedSourceGrantsLeasesByPriorityNotArrival) {
   P2pMessage bye;
   bye.kind = P2pKind::kBye;
   send(bye);
+}
+
+// A capped source trusts no lease it was not asked for properly: a LEASE from a peer that
+// never sent HELLO is ignored (no QUEUED, no GRANT), and a lease of 2^64 - 1 bytes lasts at
+// most as long as the rank's whole buffer takes at the cap (it overflowed the deadline's
+// clock, and a huge count held every other loader for as long as it said).
+TEST_F(ModelLoadingTest, CappedSourceIgnoresLeasesWithoutHelloAndBoundsTheirBytes) {
+  using workflows::DecodeP2p;
+  using workflows::EncodeP2p;
+  using workflows::P2pKind;
+  using workflows::P2pMessage;
+  constexpr double kCap = 1e6;
+  auto seed = Seed("capped", "tp=1", Capped(kCap));
+  ASSERT_EQ(seed.size(), 1u);
+  const double whole_buffer_s = static_cast<double>(seed.front()->buffer().size()) / kCap;
+  auto records = registry_.ListSources("", SourceState::kReady);
+  ASSERT_TRUE(records.ok());
+  ASSERT_EQ(records->size(), 1u);
+  auto agent = Agent::Create({.name = "raw-loader"});
+  ASSERT_TRUE(agent.ok());
+  Agent& a = **agent;
+  auto peer = a.ImportMetadata(records->front().metadata);
+  ASSERT_TRUE(peer.ok());
+  auto send = [&](P2pMessage m) { ASSERT_TRUE(a.SendMessage(*peer, EncodeP2p(m)).ok()); };
+  auto lease = [&](std::uint64_t id, std::uint64_t bytes) {
+    P2pMessage m;
+    m.kind = P2pKind::kLease;
+    m.id = id;
+    m.value = bytes;
+    m.text = "hostile";
+    m.priority = 1;
+    send(m);
+  };
+  // A LEASE before any HELLO: the source cannot answer it yet (it has not imported this
+  // agent), but kept in its queue it was granted once the HELLO below made this agent
+  // reachable. Only the HELLO's answer may come back.
+  lease(1, 1000);
+  P2pMessage hello;
+  hello.kind = P2pKind::kHello;
+  hello.id = 1000;
+  auto blob = a.ExportMetadata();
+  ASSERT_TRUE(blob.ok());
+  hello.blob = *blob;
+  send(hello);
+  std::vector<P2pMessage> seen;
+  for (int i = 0; i < 20; ++i) {
+    auto n = a.WaitNotification(i == 0 ? 5 : 0.2);
+    if (!n.ok()) break;
+    if (auto m = DecodeP2p(n->payload)) seen.push_back(*m);
+  }
+  ASSERT_FALSE(seen.empty());
+  for (const P2pMessage& m : seen) {
+    EXPECT_EQ(m.kind, P2pKind::kHelloAck) << "answered the LEASE sent before HELLO: kind " << static_cast<int>(m.kind);
+  }
+  lease(2, std::numeric_limits<std::uint64_t>::max());
+  std::optional<P2pMessage> grant;
+  for (int i = 0; i < 50 && !grant; ++i) {
+    auto n = a.WaitNotification(5);
+    ASSERT_TRUE(n.ok()) << n.status().ToString();
+    auto m = DecodeP2p(n->payload);
+    if (m && m->kind == P2pKind::kGrant) grant = m;
+  }
+  ASSERT_TRUE(grant.has_value());
+  EXPECT_EQ(grant->id, 2u);
+  EXPECT_LE(grant->seconds, whole_buffer_s) << "a lease longer than the whole buffer takes at the cap";
+  EXPECT_GT(grant->seconds, 0);
+  P2pMessage bye;
+  bye.kind = P2pKind::kBye;
+  send(bye);
+}
+
+// A HELLO_ACK that says it holds 2^24 lines in a 30-byte message is refused before anything
+// is allocated for them (it made 2^24 empty strings, 512 MiB, first): peak RSS barely moves.
+TEST(P2pMessages, CountsThePayloadCannotHoldAreRefusedBeforeAllocating) {
+  using workflows::DecodeP2p;
+  using workflows::EncodeP2p;
+  using workflows::P2pKind;
+  using workflows::P2pMessage;
+  P2pMessage ack;
+  ack.kind = P2pKind::kHelloAck;
+  ack.id = 7;
+  ack.lines = {"a"};
+  std::vector<std::byte> wire = EncodeP2p(ack);
+  ASSERT_TRUE(DecodeP2p(wire).has_value());
+  // The line count is the 4 bytes before the one line (4-byte length + 1 byte): set it to 2^24.
+  const std::size_t count_at = wire.size() - 5 - 4;
+  ASSERT_EQ(static_cast<int>(wire[count_at]), 1);
+  wire[count_at] = std::byte{0};
+  wire[count_at + 3] = std::byte{1};  // little-endian 0x01000000
+  rusage before{};
+  ::getrusage(RUSAGE_SELF, &before);
+  for (int i = 0; i < 4; ++i) EXPECT_FALSE(DecodeP2p(wire).has_value());
+  rusage after{};
+  ::getrusage(RUSAGE_SELF, &after);
+  EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 64 * 1024) << "KiB of peak RSS for decoding a 30-byte message";
 }
 
 // The digest protocol of a move (workflows::MoveDigest): a segment that is a whole block of
