@@ -69,6 +69,20 @@ ModelSourceOptions Capped(double bytes_per_s) {
 
 class ModelLoadingTest : public ::testing::Test {
  protected:
+  // An agent of its own that speaks the P2P protocol by hand to the one READY source (its
+  // metadata imported as `peer`): the tests of what a source does with odd requests.
+  struct RawLoader {
+    std::unique_ptr<Agent> agent;
+    std::string peer;
+  };
+  Result<RawLoader> RawLoaderOfTheOnlySource() {
+    SW_ASSIGN_OR_RETURN(const auto records, registry_.ListSources("", SourceState::kReady));
+    if (records.size() != 1) return Internal(fmt::format("{} READY sources, expected 1", records.size()));
+    RawLoader raw;
+    SW_ASSIGN_OR_RETURN(raw.agent, Agent::Create({.name = "raw-loader"}));
+    SW_ASSIGN_OR_RETURN(raw.peer, raw.agent->ImportMetadata(records.front().metadata));
+    return raw;
+  }
   virtual const char* Config() const { return kLlama; }
   void SetUp() override {
     dir_ = fs::temp_directory_path() / fmt::format("sw_p2p_{}_{}", ::getpid(), counter_++);
@@ -843,15 +857,10 @@ TEST_F(ModelLoadingTest, CappedSourceGrantsLeasesByPriorityNotArrival) {
   using workflows::P2pMessage;
   auto seed = Seed("capped", "tp=1", Capped(1e6));
   ASSERT_EQ(seed.size(), 1u);
-  auto records = registry_.ListSources("", SourceState::kReady);
-  ASSERT_TRUE(records.ok());
-  ASSERT_EQ(records->size(), 1u);
-  auto agent = Agent::Create({.name = "raw-loader"});
-  ASSERT_TRUE(agent.ok());
-  Agent& a = **agent;
-  auto peer = a.ImportMetadata(records->front().metadata);
-  ASSERT_TRUE(peer.ok());
-  auto send = [&](P2pMessage m) { ASSERT_TRUE(a.SendMessage(*peer, EncodeP2p(m)).ok()); };
+  auto raw = RawLoaderOfTheOnlySource();
+  ASSERT_TRUE(raw.ok()) << raw.status().ToString();
+  Agent& a = *raw->agent;
+  auto send = [&](const P2pMessage& m) { ASSERT_TRUE(a.SendMessage(raw->peer, EncodeP2p(m)).ok()); };
   // Next message of `kind` (others, e.g. QUEUED keepalives, are skipped).
   auto await = [&](P2pKind kind) -> std::optional<P2pMessage> {
     for (int i = 0; i < 200; ++i) {
@@ -918,15 +927,10 @@ TEST_F(ModelLoadingTest, CappedSourceIgnoresLeasesWithoutHelloAndBoundsTheirByte
   auto seed = Seed("capped", "tp=1", Capped(kCap));
   ASSERT_EQ(seed.size(), 1u);
   const double whole_buffer_s = static_cast<double>(seed.front()->buffer().size()) / kCap;
-  auto records = registry_.ListSources("", SourceState::kReady);
-  ASSERT_TRUE(records.ok());
-  ASSERT_EQ(records->size(), 1u);
-  auto agent = Agent::Create({.name = "raw-loader"});
-  ASSERT_TRUE(agent.ok());
-  Agent& a = **agent;
-  auto peer = a.ImportMetadata(records->front().metadata);
-  ASSERT_TRUE(peer.ok());
-  auto send = [&](P2pMessage m) { ASSERT_TRUE(a.SendMessage(*peer, EncodeP2p(m)).ok()); };
+  auto raw = RawLoaderOfTheOnlySource();
+  ASSERT_TRUE(raw.ok()) << raw.status().ToString();
+  Agent& a = *raw->agent;
+  auto send = [&](const P2pMessage& m) { ASSERT_TRUE(a.SendMessage(raw->peer, EncodeP2p(m)).ok()); };
   auto lease = [&](std::uint64_t id, std::uint64_t bytes) {
     P2pMessage m;
     m.kind = P2pKind::kLease;
