@@ -91,6 +91,9 @@ enum class BufferMemory : std::uint8_t {
   kPrivateHugePages,
 };
 
+/// Largest WeightSyncOptions::convert_threads (each is a thread and a scratch buffer).
+inline constexpr std::uint32_t kMaxConvertThreads = 256;
+
 struct WeightSyncOptions {
   std::string job = "shardwire";  ///< rendezvous key prefix; one job = one trainer/engine pair of layouts
   double timeout_s = 120;         ///< bound of every wait (seconds)
@@ -263,7 +266,7 @@ struct WeightSyncOptions {
   /// pushing thread and convert_threads - 1 helpers started per push, taking rounds in turn; each
   /// with its own scratch of about 64 KiB). 0 counts as 1. Rounds any engine rank takes from the
   /// staging ring are converted by the pushing thread (it posts their transfers).
-  std::uint32_t convert_threads = 2;
+  std::uint32_t convert_threads = 2;  ///< at most kMaxConvertThreads (Create: kInvalidArgument)
   /// See BufferMemory. Ignored for buffers in the caller's memory (the caller may advise them
   /// itself: madvise(MADV_HUGEPAGE) before first touch).
   BufferMemory buffer_memory = BufferMemory::kAuto;

@@ -66,7 +66,9 @@ class ModelSource:
 
     ``tensors`` are views (no copy) of the served arena; each keeps the arena alive (also after
     close()), so it never points at freed memory; writing them makes digest checks report
-    those bytes as corrupt (readers re-read elsewhere).
+    those bytes as corrupt (readers re-read elsewhere). Because the views keep it alive,
+    dropping the source (``del source``) does not stop it while a view exists: it stays
+    registered and serving; call close() (or use ``with``) to stop serving.
 
     Raises InvalidArgumentError (tensors, layout string, rank, missing revision; before
     anything is registered), NotFoundError / CorruptDataError / LayoutMismatchError (checkpoint),

@@ -165,7 +165,10 @@ class WeightPublisher(_Endpoint):
         PeerDisconnectedError when no engine rank received it. Ctrl-C raises KeyboardInterrupt
         within ~0.1 s: while waiting for READY nothing was written and push(version) may be called
         again; during the writes the unfinished ones are cancelled and no engine commits
-        ``version`` (they need begin_update(version) again). Raises FailedPreconditionError, with
+        ``version`` (they need begin_update(version) again). A push shorter than the ~0.1 s
+        between two looks at the signal may complete first: KeyboardInterrupt is then raised
+        after it, the engines commit ``version``, and push(version) again raises
+        FailedPreconditionError (the last pushed version): push the next one. Raises FailedPreconditionError, with
         nothing moved, when ``params``' storage was resized or freed in place since construction."""
         self._check_registered(f"push({version})")
         return self._impl.push(version)

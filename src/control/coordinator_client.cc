@@ -58,8 +58,9 @@ using Clock = std::chrono::steady_clock;
 
 /// Longest server-side wait a client asks for in one Get RPC (seconds).
 constexpr double kGetSliceS = 5;
-/// Slowest transfer rate (bytes/s) an attempt's deadline allows for its payload on
-/// a loaded machine: a 64 MiB rendezvous value gets 16 s on top of call_timeout_s.
+/// Slowest transfer rate (bytes/s) an attempt's deadline allows for the payload it sends
+/// on a loaded machine: a 64 MiB rendezvous value Put gets 16 s on top of call_timeout_s.
+/// (A Get cannot know its value's size; its attempts get call_timeout_s: see Get.)
 constexpr double kSlowestPayloadBytesPerS = 4e6;
 
 // Join, Leave and Deregister get no gRPC retry policy (a method's own entry wins over its
@@ -328,11 +329,16 @@ Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, do
     const double slice = std::min(control::SecondsLeft(deadline), kGetSliceS);
     req.set_wait_s(slice);
     v1::GetResponse resp;
-    SW_RETURN_IF_ERROR(impl_->Call(
-        "Get", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Get(&ctx, req, &resp); },
-        {.extra_s = slice + static_cast<double>(kMaxRendezvousValueBytes) / kSlowestPayloadBytesPerS,
-         .binding = Binding::kJoinedState,
-         .resend_after_deadline = true}));
+    // Bounded: a coordinator that accepts the call but never answers (stopped, wedged) fails
+    // this slice with kTimedOut after slice + max(call_timeout_s, unavailable_timeout_s), as
+    // a restart within unavailable_timeout_s is still ridden out. Unbounded, each slice took
+    // three attempts of call_timeout_s + 22 s (81 s; a Python Ctrl-C waited that long).
+    SW_RETURN_IF_ERROR(
+        impl_->Call("Get", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Get(&ctx, req, &resp); },
+                    {.extra_s = slice,
+                     .binding = Binding::kJoinedState,
+                     .bound_s = slice + std::max(impl_->options.call_timeout_s, impl_->options.unavailable_timeout_s),
+                     .resend_after_deadline = true}));
     if (resp.found()) return control::ToBytes(resp.value());
     if (control::SecondsLeft(deadline) <= 0) return control::GetTimedOut(key, timeout_s);
   }

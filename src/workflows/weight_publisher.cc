@@ -286,6 +286,11 @@ Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& ren
     return InvalidArgument(
         fmt::format("max_concurrency (K) must be at least 1, not {}", state->options.max_concurrency));
   }
+  // Each conversion thread gets a scratch buffer at Create: 2^32 - 1 of them was std::bad_alloc.
+  if (state->options.convert_threads > kMaxConvertThreads) {
+    return InvalidArgument(
+        fmt::format("convert_threads is {}; at most {}", state->options.convert_threads, kMaxConvertThreads));
+  }
   SW_ASSIGN_OR_RETURN(PushConversion conversion,
                       PushConversion::Create(trainer_layout, engine_layout, state->options.conversion,
                                              PlanOptions{.max_concurrency = state->options.max_concurrency}));

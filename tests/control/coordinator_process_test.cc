@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <future>
+#include <limits>
 #include <regex>
 #include <string>
 #include <thread>
@@ -166,6 +167,32 @@ TEST(CoordinatorProcess, ACallSafeToRepeatOutlivesAStopPastItsDeadline) {
   EXPECT_EQ(stuck.code(), ErrorCode::kTimedOut) << stuck.ToString();
   EXPECT_NE(stuck.message().find(serve.address), std::string::npos) << stuck.message();
   EXPECT_NE(stuck.message().find("did not answer"), std::string::npos) << stuck.message();
+}
+
+// A Get against a coordinator that accepts the call and never answers (stopped) ends with
+// kTimedOut naming the address within its slice plus max(call_timeout_s,
+// unavailable_timeout_s), whatever its own timeout: each slice used to be three attempts of
+// call_timeout_s + 22 s (room for a 64 MiB value), and a Python Ctrl-C waited all of it.
+// The bound asserted is twice the documented one: a liveness check, not a speed figure.
+TEST(CoordinatorProcess, AGetFromAStoppedCoordinatorEndsWithinItsBound) {
+  ServeProcess serve;
+  std::string out;
+  ASSERT_TRUE(StartServe(&serve, 0, {}, &out)) << out;
+  CoordinatorClientOptions o;
+  o.address = serve.address;
+  o.call_timeout_s = 1;
+  o.unavailable_timeout_s = 1;
+  auto c = CoordinatorClient::Connect(o);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  ASSERT_TRUE(serve.Stop());
+  const auto t0 = std::chrono::steady_clock::now();
+  auto got = (*c)->Get("never-put", std::numeric_limits<double>::infinity());
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(::kill(serve.pid, SIGCONT), 0);
+  EXPECT_EQ(got.status().code(), ErrorCode::kTimedOut) << got.status().ToString();
+  EXPECT_NE(got.status().message().find("did not answer"), std::string::npos) << got.status().ToString();
+  EXPECT_NE(got.status().message().find(serve.address), std::string::npos) << got.status().ToString();
+  EXPECT_LT(took, 2 * (5 + 1)) << "the bound is a 5 s slice plus max(call_timeout_s, unavailable_timeout_s)";
 }
 
 }  // namespace
