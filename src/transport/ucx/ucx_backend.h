@@ -213,14 +213,19 @@ class UcxBackend final : public TransportBackend {
   /// Drops finished sends and delivers the rendezvous notifications received (ucx_am.cc).
   void CollectReceives(Lane& lane);
   /// Gives `link` its message link `messages` (null: none), watching it for the
-  /// peer's hangup in lane.hangups; a link it replaces is unwatched and closed
-  /// (its queued messages fail). Lane::mu (ucx_endpoint.cc).
+  /// peer's hangup in lane.hangups when `lane` is lane 0 (the lane messages travel on; a
+  /// peer's agent closes every lane's channel at once, so lane 0 sees each hangup); a link
+  /// it replaces is unwatched and closed (its queued messages fail). Lane::mu
+  /// (ucx_endpoint.cc).
   void SetMessageLink(Lane& lane, Link& link, std::unique_ptr<LocalMessageLink> messages);
   /// Reports as failed (BackendEvents::OnPeerFailed) every peer whose end of a
   /// message link on this lane hung up, and stops watching those links; returns
   /// how many. A hangup means the peer's channel closed: its agent was destroyed
   /// or its process died, which the /proc liveness check sees only for the
-  /// latter (ucx_endpoint.cc).
+  /// latter (ucx_endpoint.cc). Before reporting, the lane's channel is drained: what
+  /// the peer sent before it closed (a DONE, then exit) is in this process's socket
+  /// buffers by then and is delivered first, so a wait for that message never sees the
+  /// failure instead.
   unsigned ReportHangups(Lane& lane);
 
   AgentOptions options_;

@@ -197,7 +197,7 @@ void UcxBackend::SetMessageLink(Lane& lane, Link& link, std::unique_ptr<LocalMes
   if (link.messages && link.messages->Socket() >= 0 && lane.hangups)
     (void)::epoll_ctl(lane.hangups.get(), EPOLL_CTL_DEL, link.messages->Socket(), nullptr);
   link.messages = std::move(messages);
-  if (!link.messages || !lane.hangups) return;
+  if (!link.messages || !lane.hangups || lane.index != 0) return;
   epoll_event ev{};
   ev.events = EPOLLRDHUP;  // EPOLLHUP and EPOLLERR are always reported; no data comes back on a link
   ev.data.ptr = &link;
@@ -210,6 +210,16 @@ unsigned UcxBackend::ReportHangups(Lane& lane) {
   if (!lane.hangups) return 0;
   epoll_event events[16];
   const int n = ::epoll_wait(lane.hangups.get(), events, 16, 0);
+  if (n > 0 && lane.messages) {
+    // Messages first: a peer that sent DONE and exited hung up after the DONE reached this
+    // process's socket buffers, which the last Poll may have missed. Poll drains every ready
+    // connection it sees (16 per call): a few calls empty the channel.
+    for (int i = 0; i < 64; ++i) {
+      if (lane.messages->Poll(
+              [&](const std::byte* data, std::size_t length) { events_->OnMessage(lane.index, data, length); }) == 0)
+        break;
+    }
+  }
   for (int i = 0; i < n; ++i) {
     Link& link = *static_cast<Link*>(events[i].data.ptr);
     if (link.messages && link.messages->Socket() >= 0)
