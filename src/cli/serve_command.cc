@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <csignal>
-#include <cstdlib>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -11,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "cli/metrics_option.h"
+#include "control/bearer_token.h"
 #include "shardwire/coordinator.h"
 
 namespace shardwire::cli {
@@ -27,27 +27,16 @@ struct ServeArgs {
   CoordinatorServerOptions defaults;
 };
 
-// `t` without surrounding whitespace (as CoordinatorClient trims SHARDWIRE_TOKEN).
-std::string Trim(const std::string& t) {
-  const auto first = t.find_first_not_of(" \t\r\n");
-  if (first == std::string::npos) return {};
-  const auto last = t.find_last_not_of(" \t\r\n");
-  return t.substr(first, last - first + 1);
-}
-
 // The token from --token-file, else SHARDWIRE_TOKEN, else none; surrounding whitespace (a
 // trailing newline, Windows line endings) removed. What a token may hold is checked by
 // CoordinatorServer::Start. A token file others can read is warned about (README: chmod 600).
 Result<std::string> LoadToken(const std::string& path) {
-  if (path.empty()) {
-    const char* env = std::getenv("SHARDWIRE_TOKEN");
-    return Trim(env != nullptr ? env : "");
-  }
+  if (path.empty()) return control::TokenFromEnvironment();
   std::ifstream in(path, std::ios::binary);
   if (!in) return InvalidArgument(fmt::format("cannot read the token file '{}'", path));
   std::ostringstream ss;
   ss << in.rdbuf();
-  std::string t = Trim(ss.str());
+  std::string t = control::TrimTokenText(ss.str());
   if (t.empty()) return InvalidArgument(fmt::format("the token file '{}' is empty", path));
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
