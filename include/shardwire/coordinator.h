@@ -24,8 +24,9 @@
 // STALE even before the reaper wrote that down, so a lease expires even while no
 // coordinator runs); a source whose last heartbeat is older than
 // `source_delete_after_s` is gone (Redis key TTL, or the reaper in memory).
-// MarkSourceStale makes a source STALE at once (a loader found it dead); a later
-// heartbeat from the source makes it READY again.
+// MarkSourceStale makes a source STALE at once (a loader found it dead, stalled or
+// serving bytes that failed their digest) and holds it so for `source_mark_hold_s`
+// however it heartbeats; its first heartbeat after that makes it READY again.
 //
 // Times: seconds (double) in options; unix milliseconds (int64, wall clock) in
 // records.
@@ -296,6 +297,14 @@ struct CoordinatorServerOptions {
   double source_stale_after_s = 10;
   /// Seconds without heartbeat after which a source is deleted (>= source_stale_after_s).
   double source_delete_after_s = 60;
+  /// Seconds a loader's MarkSourceStale holds a source STALE whatever its heartbeats (and
+  /// repeated registrations) say, so the next loads do not try a source that just failed
+  /// one; the first heartbeat after the hold makes it READY again. 0: no hold (READY at
+  /// its next heartbeat). At least 0 and at most kMaxCoordinatorTimeS, else Start refuses
+  /// it with kInvalidArgument. A healthy source a loader blamed for the loader's own
+  /// stall sits out this long; a source that serves corrupt bytes is tried again this
+  /// often (once per load otherwise).
+  double source_mark_hold_s = 30;
   /// Seconds without heartbeat after which a job member leaves its job.
   double member_expire_after_s = 10;
   /// Seconds between reaper passes.

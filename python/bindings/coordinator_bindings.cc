@@ -52,7 +52,7 @@ void BindCoordinator(py::module_& m) {
       "Use as a context manager or call shutdown(); docs/coordinator.md.")
       .def(py::init([](const std::string& listen_address, const std::string& redis_url, const std::string& token,
                        const std::string& tls_cert_file, const std::string& tls_key_file, double stale_after_s,
-                       double delete_after_s) {
+                       double delete_after_s, double mark_hold_s) {
              CoordinatorServerOptions o;
              o.listen_address = listen_address;
              o.redis_url = redis_url;
@@ -61,15 +61,18 @@ void BindCoordinator(py::module_& m) {
              o.tls_key_file = tls_key_file;
              o.source_stale_after_s = stale_after_s;
              o.source_delete_after_s = delete_after_s;
+             o.source_mark_hold_s = mark_hold_s;
              py::gil_scoped_release release;
              return ReleaseGilHolder<CoordinatorServer>(ValueOrThrow(CoordinatorServer::Start(std::move(o))).release());
            }),
            py::arg("listen_address") = "127.0.0.1:0", py::arg("redis_url") = "", py::arg("token") = "",
            py::arg("tls_cert_file") = "", py::arg("tls_key_file") = "", py::arg("stale_after_s") = 10.0,
-           py::arg("delete_after_s") = 60.0,
+           py::arg("delete_after_s") = 60.0, py::arg("mark_hold_s") = 30.0,
            "Starts a coordinator. listen_address 'host:port' (port 0 picks a free one); redis_url\n"
            "'redis://host:port[/db]' or '' for in-memory state; token: bearer token every call must carry.\n"
-           "Times in seconds. Raises IoError (port in use), UnavailableError (Redis), InvalidArgumentError.")
+           "stale_after_s / delete_after_s: a source without heartbeat this long is STALE / deleted;\n"
+           "mark_hold_s: a source a loader marked STALE stays so this long however it heartbeats (0: until\n"
+           "its next heartbeat). Times in seconds. Raises IoError (port in use), UnavailableError (Redis), InvalidArgumentError.")
       .def_property_readonly("address", &CoordinatorServer::address, "'host:port' clients can dial.")
       .def_property_readonly("port", &CoordinatorServer::port)
       .def_property_readonly("state_id", &CoordinatorServer::state_id,

@@ -116,6 +116,10 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--delete-after", args->defaults.source_delete_after_s,
                   "seconds without heartbeat after which a source is deleted")
       ->capture_default_str();
+  cmd->add_option("--mark-hold", args->defaults.source_mark_hold_s,
+                  "seconds a source a loader marked STALE stays STALE however it heartbeats (0: until its next "
+                  "heartbeat)")
+      ->capture_default_str();
   cmd->add_option("--member-expire-after", args->defaults.member_expire_after_s,
                   "seconds without heartbeat after which a job member leaves its job")
       ->capture_default_str();

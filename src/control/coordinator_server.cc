@@ -80,6 +80,11 @@ Status ValidateOptions(const CoordinatorServerOptions& o) {
                                          kMaxCoordinatorTimeS));
     }
   }
+  if (!(o.source_mark_hold_s >= 0 && o.source_mark_hold_s <= kMaxCoordinatorTimeS)) {
+    return InvalidArgument(fmt::format(
+        "coordinator option source_mark_hold_s is {} s; it must be >= 0 and at most {:g} s", o.source_mark_hold_s,
+        kMaxCoordinatorTimeS));
+  }
   if (o.source_delete_after_s < o.source_stale_after_s) {
     return InvalidArgument(fmt::format("source delete_after ({} s) must be >= stale_after ({} s)",
                                        o.source_delete_after_s, o.source_stale_after_s));
@@ -156,6 +161,7 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(CoordinatorS
   control::LeasePolicy policy;
   policy.source_stale_after_s = options.source_stale_after_s;
   policy.source_delete_after_s = options.source_delete_after_s;
+  policy.source_mark_hold_s = options.source_mark_hold_s;
   policy.member_expire_after_s = options.member_expire_after_s;
 
   auto impl = std::make_unique<Impl>();

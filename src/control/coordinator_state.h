@@ -39,6 +39,9 @@ namespace shardwire::control {
 struct LeasePolicy {
   double source_stale_after_s = 10;
   double source_delete_after_s = 60;
+  /// How long a loader's MarkSourceStale holds a source STALE whatever its heartbeats
+  /// say (CoordinatorServerOptions::source_mark_hold_s); 0: until its next heartbeat.
+  double source_mark_hold_s = 30;
   double member_expire_after_s = 10;
 };
 
@@ -49,6 +52,12 @@ struct LeasePolicy {
 inline std::int64_t LeaseMs(double seconds) {
   if (!(seconds > 0)) return 0;
   return static_cast<std::int64_t>((seconds < kMaxCoordinatorTimeS ? seconds : kMaxCoordinatorTimeS) * 1000.0);
+}
+
+/// Until when (unix ms) a mark made at `now_ms` holds a source STALE, for a hold of
+/// `hold_ms` (LeaseMs of source_mark_hold_s): now_ms + hold_ms, saturating at INT64_MAX.
+inline std::int64_t MarkHeldUntilMs(std::int64_t now_ms, std::int64_t hold_ms) {
+  return now_ms > INT64_MAX - hold_ms ? INT64_MAX : now_ms + hold_ms;
 }
 
 /// What one Reap pass did.
@@ -103,6 +112,8 @@ class CoordinatorState {
   // its lease renewed (as a heartbeat would), so a retry after a lost reply registers nothing
   // twice. Errors: kAlreadyExists when a live record of the proposed id has other contents.
   virtual Result<SourceRecord> RegisterSource(SourceRecord record, std::int64_t now_ms) = 0;
+  /// Renews the lease; a source marked STALE becomes READY again unless the mark still
+  /// holds (now_ms < mark time + source_mark_hold_s): then only the lease is renewed.
   /// Errors: kNotFound.
   virtual Status HeartbeatSource(const std::string& source_id, std::int64_t now_ms) = 0;
   /// Sorted by (instance_id, rank). Empty identity: all.
@@ -112,7 +123,9 @@ class CoordinatorState {
   /// would list them, without building or moving the records (the metrics scrape: a fleet's
   /// records carry up to 1 MiB of transport metadata each). Errors: as ListSources.
   virtual Result<SourceCounts> CountSources(std::int64_t now_ms) = 0;
-  /// Errors: kNotFound.
+  /// STALE at once with `reason` (empty: "marked stale"), held so until now_ms +
+  /// source_mark_hold_s however the source heartbeats or repeats its registration; a mark
+  /// of a marked source restarts the hold. Errors: kNotFound.
   virtual Status MarkSourceStale(const std::string& source_id, const std::string& reason, std::int64_t now_ms) = 0;
   /// Errors: kNotFound.
   virtual Status DeregisterSource(const std::string& source_id) = 0;

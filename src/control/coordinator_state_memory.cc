@@ -27,6 +27,9 @@ namespace {
 struct StoredSource {
   SourceRecord record;  // state/stale_reason as last written (marked stale or by Reap)
   bool marked_stale = false;
+  // A loader's mark holds the source STALE until this time (unix ms), whatever its
+  // heartbeats say (LeasePolicy::source_mark_hold_s); 0: no hold.
+  std::int64_t mark_held_until_ms = 0;
 };
 
 struct Job {
@@ -39,6 +42,7 @@ class InMemoryCoordinatorState final : public CoordinatorState {
   explicit InMemoryCoordinatorState(LeasePolicy policy)
       : stale_after_ms_(LeaseMs(policy.source_stale_after_s)),
         delete_after_ms_(LeaseMs(policy.source_delete_after_s)),
+        mark_hold_ms_(LeaseMs(policy.source_mark_hold_s)),
         expire_after_ms_(LeaseMs(policy.member_expire_after_s)),
         rng_(std::random_device{}()),
         state_id_(NewStateId()) {}
@@ -128,10 +132,8 @@ class InMemoryCoordinatorState final : public CoordinatorState {
           return AlreadyExists(fmt::format("source {} is registered with other contents", id));
         }
         stored.last_heartbeat_unix_ms = std::max(stored.last_heartbeat_unix_ms, now_ms);
-        it->second.marked_stale = false;
-        stored.state = SourceState::kReady;
-        stored.stale_reason.clear();
-        return stored;
+        ClearMarkUnlessHeld(it->second, now_ms);
+        return Derive(it->second, now_ms);
       }
     } else {
       do {
@@ -152,9 +154,7 @@ class InMemoryCoordinatorState final : public CoordinatorState {
     StoredSource* s = FindLiveSource(source_id, now_ms);
     if (s == nullptr) return SourceNotFound(source_id);
     s->record.last_heartbeat_unix_ms = std::max(s->record.last_heartbeat_unix_ms, now_ms);
-    s->marked_stale = false;
-    s->record.state = SourceState::kReady;
-    s->record.stale_reason.clear();
+    ClearMarkUnlessHeld(*s, now_ms);
     return Status::Ok();
   }
 
@@ -194,6 +194,7 @@ class InMemoryCoordinatorState final : public CoordinatorState {
     StoredSource* s = FindLiveSource(source_id, now_ms);
     if (s == nullptr) return SourceNotFound(source_id);
     s->marked_stale = true;
+    s->mark_held_until_ms = MarkHeldUntilMs(now_ms, mark_hold_ms_);
     s->record.state = SourceState::kStale;
     s->record.stale_reason = reason.empty() ? "marked stale" : reason;
     return Status::Ok();
@@ -296,6 +297,16 @@ class InMemoryCoordinatorState final : public CoordinatorState {
     return NotFound(fmt::format("source '{}' is not registered (deleted or never registered; register again)", id));
   }
 
+  // A heartbeat (or a repeated registration) at now_ms: READY again unless a loader's
+  // mark still holds the source STALE.
+  static void ClearMarkUnlessHeld(StoredSource& s, std::int64_t now_ms) {
+    if (s.marked_stale && now_ms < s.mark_held_until_ms) return;
+    s.marked_stale = false;
+    s.mark_held_until_ms = 0;
+    s.record.state = SourceState::kReady;
+    s.record.stale_reason.clear();
+  }
+
   bool Expired(const StoredSource& s, std::int64_t now_ms) const {
     return now_ms - s.record.last_heartbeat_unix_ms >= stale_after_ms_;
   }
@@ -366,6 +377,7 @@ class InMemoryCoordinatorState final : public CoordinatorState {
 
   const std::int64_t stale_after_ms_;
   const std::int64_t delete_after_ms_;
+  const std::int64_t mark_hold_ms_;
   const std::int64_t expire_after_ms_;
 
   std::mutex mu_;

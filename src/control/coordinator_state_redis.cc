@@ -22,7 +22,8 @@
 //
 // Source hash fields: v = "1" (format), mi = model identity, ix = hex(mi),
 // rg = registered unix ms, hb = last heartbeat unix ms (decimal), st = "1" when
-// marked STALE else "", sr = stale reason, rec = the rest of the record in the
+// marked STALE else "", sr = stale reason, mu = until when (unix ms) a loader's mark
+// holds st = "1" against heartbeats (absent: no hold), rec = the rest of the record in the
 // "SWS1" blob below. State is derived at read time: STALE when st = "1" or
 // now - hb >= stale_after; gone when now - hb >= delete_after (deleted on sight,
 // in addition to the key TTL, because callers pass `now`).
@@ -149,6 +150,20 @@ local function src_load(id, now, d)
   end
   return 'ok', hb, r[2], r[3]
 end
+-- A heartbeat or repeated registration of source hash `key` at `now`: clears the STALE
+-- mark unless a loader's mark still holds it (field mu). Returns nil, or an error message
+-- for a malformed mu.
+local function src_unmark(key, now)
+  local mu = redis.call('HGET', key, 'mu')
+  if mu then
+    local until_ms = tonumber(mu)
+    if not until_ms then return key .. ': field mu malformed' end
+    if now < until_ms then return nil end
+  end
+  redis.call('HSET', key, 'st', '', 'sr', '')
+  redis.call('HDEL', key, 'mu')
+  return nil
+end
 local function member_drop(key, mid)
   redis.call('HDEL', key, 'r:' .. mid, 'h:' .. mid, 'v:' .. mid, 'j:' .. mid)
 end
@@ -246,7 +261,8 @@ return v
 
 // ARGV: id, now, delete_ms, identity, hex(identity), rec, proposed ('1': the caller chose the id)
 // Returns 1 for a new record; for a proposed id whose live record holds the same identity and
-// rec, the stored registration time (a repeat: its lease renewed as a heartbeat would).
+// rec (a repeat: its lease renewed as a heartbeat would), {stored registration time, the stale
+// reason of a loader's mark that still holds it, else ''}.
 constexpr std::string_view kRegisterScript = R"lua(
 local id, now, d = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local key = P .. 'src:' .. id
@@ -258,12 +274,14 @@ if ARGV[7] == '1' then
     if r[1] ~= ARGV[4] or r[2] ~= ARGV[6] or not r[3] then
       return fail('EXISTS', 'source ' .. id .. ' is registered with other contents')
     end
+    local bad = src_unmark(key, now)
+    if bad then return fail('CORRUPT', bad) end
     if now > hb then redis.call('HSET', key, 'hb', ARGV[2]) end
-    redis.call('HSET', key, 'st', '', 'sr', '')
     redis.call('PEXPIRE', key, d)
     extend(P .. 'srcidx:' .. ARGV[5], d)
     extend(P .. 'srcall', d)
-    return r[3]
+    local held = redis.call('HMGET', key, 'st', 'sr')
+    return {r[3], held[1] == '1' and (held[2] or '') or ''}
   end
 elseif redis.call('EXISTS', key) == 1 then
   return fail('EXISTS', key)
@@ -287,24 +305,22 @@ local s, hb, ix = src_load(id, now, d)
 if s == 'corrupt' then return fail('CORRUPT', hb) end
 if s == 'absent' then return fail('NOTFOUND', 'source ' .. id .. ' is not registered (or its lease ended)') end
 local key = P .. 'src:' .. id
-if now > hb then
-  redis.call('HSET', key, 'hb', ARGV[2], 'st', '', 'sr', '')
-else
-  redis.call('HSET', key, 'st', '', 'sr', '')
-end
+local bad = src_unmark(key, now)
+if bad then return fail('CORRUPT', bad) end
+if now > hb then redis.call('HSET', key, 'hb', ARGV[2]) end
 redis.call('PEXPIRE', key, d)
 extend(P .. 'srcidx:' .. ix, d)
 extend(P .. 'srcall', d)
 return 1
 )lua";
 
-// ARGV: id, now, delete_ms, reason
+// ARGV: id, now, delete_ms, reason, held until (unix ms)
 constexpr std::string_view kMarkStaleScript = R"lua(
 local id, now, d = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local s, msg = src_load(id, now, d)
 if s == 'corrupt' then return fail('CORRUPT', msg) end
 if s == 'absent' then return fail('NOTFOUND', 'source ' .. id .. ' is not registered') end
-redis.call('HSET', P .. 'src:' .. id, 'st', '1', 'sr', ARGV[4])
+redis.call('HSET', P .. 'src:' .. id, 'st', '1', 'sr', ARGV[4], 'mu', ARGV[5])
 return 1
 )lua";
 
@@ -751,9 +767,15 @@ class RedisCoordinatorState final : public CoordinatorState {
       if (exists && !proposed) continue;  // a random id collided: draw another
       if (exists) return AlreadyExists(std::string(ReplyText(r.get()).substr(7)));
       SW_RETURN_IF_ERROR(CheckReply(*r, "RegisterSource"));
-      if (r->type == REDIS_REPLY_STRING) {  // a repeat of a proposed id's registration
-        if (!ParseNumber(ReplyText(r.get()), &record.registered_unix_ms)) {
+      if (r->type == REDIS_REPLY_ARRAY) {  // a repeat of a proposed id's registration
+        if (r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+            r->element[1]->type != REDIS_REPLY_STRING ||
+            !ParseNumber(ReplyText(r->element[0]), &record.registered_unix_ms)) {
           return CorruptData(fmt::format("Redis record {}src:{}: field rg is not a number", kPrefix, record.source_id));
+        }
+        if (r->element[1]->len > 0) {  // a loader's mark still holds it STALE
+          record.state = SourceState::kStale;
+          record.stale_reason = std::string(ReplyText(r->element[1]));
         }
       }
       return record;
@@ -827,10 +849,13 @@ class RedisCoordinatorState final : public CoordinatorState {
   }
 
   Status MarkSourceStale(const std::string& source_id, const std::string& reason, std::int64_t now_ms) override {
-    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Eval(mark_stale_,
-                                                     {source_id, std::to_string(now_ms), delete_ms_,
-                                                      reason.empty() ? std::string("marked stale") : reason},
-                                                     true));
+    SW_ASSIGN_OR_RETURN(
+        RedisReplyPtr r,
+        pool_->Eval(mark_stale_,
+                    {source_id, std::to_string(now_ms), delete_ms_,
+                     reason.empty() ? std::string("marked stale") : reason,
+                     std::to_string(MarkHeldUntilMs(now_ms, LeaseMs(policy_.source_mark_hold_s)))},
+                    true));
     return CheckReply(*r, "MarkSourceStale");
   }
 

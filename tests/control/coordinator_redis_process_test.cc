@@ -186,6 +186,12 @@ TEST_F(CoordinatorRedisProcess, TwoCoordinatorsOnOneRedisServeOneState) {
   EXPECT_EQ(seen->at(0).metadata, Source("inst-b", 0).metadata);
   ASSERT_TRUE(a->MarkSourceStale(reg->source_id, "unreachable from a loader").ok());
   EXPECT_EQ(b->ListSources("model-x", SourceState::kStale)->size(), 1u);
+  // The mark's hold (serve's default 30 s) is in Redis: a heartbeat through B keeps it STALE.
+  ASSERT_TRUE(b->HeartbeatSource(reg->source_id).ok());
+  auto held = a->ListSources("model-x", SourceState::kStale);
+  ASSERT_TRUE(held.ok());
+  ASSERT_EQ(held->size(), 1u);
+  EXPECT_EQ(held->at(0).stale_reason, "unreachable from a loader");
   ASSERT_TRUE(b->DeregisterSource(reg->source_id).ok());
   EXPECT_EQ(a->DeregisterSource(reg->source_id).code(), ErrorCode::kNotFound);
 

@@ -14,6 +14,7 @@ LeasePolicy Policy() {
   LeasePolicy p;
   p.source_stale_after_s = 10;
   p.source_delete_after_s = 60;
+  p.source_mark_hold_s = 0;  // a mark lasts until the next heartbeat (the hold: coordinator_state_test.cc)
   p.member_expire_after_s = 5;
   return p;
 }
@@ -85,7 +86,7 @@ TEST(InMemoryCoordinatorState, SourceLifecycleAndDerivedLease) {
   EXPECT_EQ((*stale)[0].source_id, a1->source_id);
   EXPECT_FALSE((*stale)[0].stale_reason.empty());
 
-  // Marked stale, then a heartbeat makes it READY again.
+  // Marked stale, then (no hold) a heartbeat makes it READY again.
   ASSERT_TRUE(st->MarkSourceStale(a0->source_id, "read failed", t0 + 12000).ok());
   stale = st->ListSources("m1", SourceState::kStale, t0 + 12000);
   ASSERT_EQ(stale->size(), 2u);

@@ -38,6 +38,7 @@ LeasePolicy Policy() {
   LeasePolicy p;
   p.source_stale_after_s = 10;
   p.source_delete_after_s = 60;
+  p.source_mark_hold_s = 30;
   p.member_expire_after_s = 5;
   return p;
 }
@@ -268,16 +269,49 @@ TEST_P(CoordinatorStateTest, StalenessIsDerivedFromTheHeartbeatTime) {
   // A heartbeat with an older time never moves the heartbeat backwards.
   ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + 11'000).ok());
   EXPECT_EQ(st.ListSources("m", SourceState::kReady, t0 + 12'000).value()[0].last_heartbeat_unix_ms, t0 + 12'000);
-  // Marked stale by a loader: STALE at once with the reason, READY after the next heartbeat.
-  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "read failed", t0 + 13'000).ok());
-  auto marked = st.ListSources("m", SourceState::kStale, t0 + 13'000).value();
-  ASSERT_EQ(marked.size(), 2u);
-  EXPECT_EQ(marked[0].source_id, a->source_id);
-  EXPECT_EQ(marked[0].stale_reason, "read failed");
-  ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + 14'000).ok());
-  auto back = st.ListSources("m", SourceState::kReady, t0 + 14'000).value();
-  ASSERT_EQ(back.size(), 1u);
-  EXPECT_TRUE(back[0].stale_reason.empty());
+}
+
+// A loader's mark holds a source STALE for source_mark_hold_s (30 s here) whatever its
+// heartbeats say, keeping the loader's reason; the first heartbeat after the hold makes it
+// READY; a second mark restarts the hold; the listing and the counts agree throughout.
+// (Until session 43 the next heartbeat, a second later, made it READY: every load tried a
+// source serving corrupt bytes again.)
+TEST_P(CoordinatorStateTest, ALoadersMarkHoldsTheSourceStaleAgainstHeartbeats) {
+  auto& st = *state_;
+  const std::int64_t t0 = WallMs();
+  auto a = st.RegisterSource(Source("m", "i", 0, 1), t0);
+  auto b = st.RegisterSource(Source("m", "j", 0, 1), t0);
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto state_of_a = [&](std::int64_t now) {
+    const std::vector<SourceRecord> listed = st.ListSources("m", std::nullopt, now).value();
+    for (const SourceRecord& r : listed) {
+      if (r.source_id == a->source_id) return std::make_pair(r.state, r.stale_reason);
+    }
+    ADD_FAILURE() << "source a not listed at t0 + " << now - t0;
+    return std::make_pair(SourceState::kReady, std::string("not listed"));
+  };
+  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "digest mismatch", t0 + 1'000).ok());
+  for (std::int64_t at : {2'000, 15'000, 30'999}) {  // heartbeats within the hold
+    ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + at).ok());
+    EXPECT_EQ(state_of_a(t0 + at), std::make_pair(SourceState::kStale, std::string("digest mismatch")))
+        << "at t0 + " << at;
+  }
+  auto counts = st.CountSources(t0 + 2'000);
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->ready, 1u);  // b
+  EXPECT_EQ(counts->stale, 1u);  // a, held
+  // The heartbeats renewed the lease meanwhile: the hold ends, the next heartbeat makes it READY.
+  EXPECT_EQ(st.ListSources("m", SourceState::kStale, t0 + 31'000).value().size(), 2u);  // a held, b's lease ended
+  ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + 31'000).ok());
+  EXPECT_EQ(state_of_a(t0 + 31'000), std::make_pair(SourceState::kReady, std::string()));
+  // A second mark restarts the hold from its own time; the reaper does not end it.
+  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "stalled", t0 + 32'000).ok());
+  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "stalled again", t0 + 50'000).ok());
+  ASSERT_TRUE(st.Reap(t0 + 51'000).ok());
+  ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + 79'999).ok());
+  EXPECT_EQ(state_of_a(t0 + 79'999), std::make_pair(SourceState::kStale, std::string("stalled again")));
+  ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + 80'000).ok());
+  EXPECT_EQ(state_of_a(t0 + 80'000), std::make_pair(SourceState::kReady, std::string()));
 }
 
 TEST_P(CoordinatorStateTest, SourcesPastDeleteAfterAreGone) {
@@ -313,20 +347,26 @@ TEST_P(CoordinatorStateTest, ARegistrationUnderAProposedIdIsIdempotent) {
   ASSERT_TRUE(again.ok()) << again.status().ToString();
   EXPECT_EQ(again->source_id, first->source_id);
   EXPECT_EQ(again->registered_unix_ms, t0);  // the first registration's
+  EXPECT_EQ(again->state, SourceState::kStale);  // a repeat does not escape a loader's mark
+  EXPECT_EQ(again->stale_reason, "x");
   auto listed = st.ListSources("m", std::nullopt, t0 + 12'000);
   ASSERT_TRUE(listed.ok());
   ASSERT_EQ(listed->size(), 1u);
-  EXPECT_EQ((*listed)[0].state, SourceState::kReady);  // the repeat renewed the lease, cleared the mark
+  EXPECT_EQ((*listed)[0].state, SourceState::kStale);  // held; the repeat renewed the lease
   EXPECT_EQ((*listed)[0].last_heartbeat_unix_ms, t0 + 5'000);
+  auto after_hold = st.RegisterSource(r, t0 + 30'001);  // the hold ended: the repeat clears the mark
+  ASSERT_TRUE(after_hold.ok()) << after_hold.status().ToString();
+  EXPECT_EQ(after_hold->state, SourceState::kReady);
+  EXPECT_EQ(st.ListSources("m", SourceState::kReady, t0 + 30'001).value().size(), 1u);
   SourceRecord other = r;
   other.metadata = BytesOf("another process");
   auto clash = st.RegisterSource(other, t0 + 6'000);
   EXPECT_EQ(clash.status().code(), ErrorCode::kAlreadyExists) << clash.status().ToString();
   EXPECT_EQ(st.ListSources("m", std::nullopt, t0 + 6'000).value()[0].metadata, r.metadata);
-  auto after = st.RegisterSource(other, t0 + 5'000 + 60'000);  // past delete-after: the id is free
+  auto after = st.RegisterSource(other, t0 + 30'001 + 60'000);  // past delete-after: the id is free
   ASSERT_TRUE(after.ok()) << after.status().ToString();
   EXPECT_EQ(after->source_id, r.source_id);
-  auto now_listed = st.ListSources("m", std::nullopt, t0 + 65'001).value();
+  auto now_listed = st.ListSources("m", std::nullopt, t0 + 90'002).value();
   ASSERT_EQ(now_listed.size(), 1u);
   EXPECT_EQ(now_listed[0].metadata, other.metadata);
 }

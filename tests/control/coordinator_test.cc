@@ -191,8 +191,12 @@ TEST(Coordinator, SourcesRegisterHeartbeatListStaleDeregister) {
   auto stale = c->ListSources("model-x", SourceState::kStale);
   ASSERT_EQ(stale->size(), 1u);
   EXPECT_EQ((*stale)[0].stale_reason, "read failed: peer gone");
-  ASSERT_TRUE(c->HeartbeatSource(a1->source_id).ok());  // READY again
-  EXPECT_EQ(c->ListSources("model-x", SourceState::kReady)->size(), 2u);
+  // The server's default source_mark_hold_s (30 s) holds the loader's mark against heartbeats.
+  ASSERT_TRUE(c->HeartbeatSource(a1->source_id).ok());
+  stale = c->ListSources("model-x", SourceState::kStale);
+  ASSERT_EQ(stale->size(), 1u);
+  EXPECT_EQ((*stale)[0].stale_reason, "read failed: peer gone");
+  EXPECT_EQ(c->ListSources("model-x", SourceState::kReady)->size(), 1u);
 
   ASSERT_TRUE(c->DeregisterSource(a1->source_id).ok());
   EXPECT_EQ(c->DeregisterSource(a1->source_id).code(), ErrorCode::kNotFound);
@@ -1141,6 +1145,7 @@ TEST(Coordinator, TimesBeyondTheCapAreInvalidArgumentNamingTheOption) {
                         {"source_delete_after_s", &CoordinatorServerOptions::source_delete_after_s},
                         {"member_expire_after_s", &CoordinatorServerOptions::member_expire_after_s},
                         {"reaper_interval_s", &CoordinatorServerOptions::reaper_interval_s}};
+  const Case hold{"source_mark_hold_s", &CoordinatorServerOptions::source_mark_hold_s};  // may be 0
   for (const Case& c : cases) {
     for (double v : {1e16, 1e10, std::numeric_limits<double>::infinity(), std::nan("")}) {
       CoordinatorServerOptions o;
@@ -1151,7 +1156,19 @@ TEST(Coordinator, TimesBeyondTheCapAreInvalidArgumentNamingTheOption) {
       EXPECT_NE(server.status().message().find(c.name), std::string::npos) << server.status().ToString();
     }
   }
+  for (double v : {-1.0, 1e10, std::nan("")}) {
+    CoordinatorServerOptions o;
+    o.*hold.field = v;
+    auto server = CoordinatorServer::Start(o);
+    ASSERT_FALSE(server.ok()) << hold.name << " = " << v;
+    EXPECT_EQ(server.status().code(), ErrorCode::kInvalidArgument) << server.status().ToString();
+    EXPECT_NE(server.status().message().find(hold.name), std::string::npos) << server.status().ToString();
+  }
+  CoordinatorServerOptions no_hold;
+  no_hold.source_mark_hold_s = 0;
+  EXPECT_TRUE(CoordinatorServer::Start(no_hold).ok());
   CoordinatorServerOptions at_cap;
+  at_cap.source_mark_hold_s = kMaxCoordinatorTimeS;
   at_cap.source_stale_after_s = kMaxCoordinatorTimeS;
   at_cap.source_delete_after_s = kMaxCoordinatorTimeS;
   at_cap.member_expire_after_s = kMaxCoordinatorTimeS;
