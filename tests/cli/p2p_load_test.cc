@@ -463,10 +463,11 @@ TEST_F(P2pLoadProcessTest, CoordinatorGoesAwayMidLoad) {
   AwaitReading(load, "new", 4);
   serve.Signal(SIGKILL);
   ASSERT_EQ(serve.Wait(10).value_or(0), -SIGKILL);
-  // The LOADED line is printed only after every byte was compared with the checkpoint.
-  // (The process then exits once its last re-listing gives up, up to the coordinator
-  // client's 15 s retry window later; not waited for here.)
+  // The LOADED line is printed only after every byte was compared with the checkpoint. The
+  // process then exits once its last re-listing gives up (up to the coordinator client's 15 s
+  // retry window later) with success: the load did not need the coordinator.
   ASSERT_TRUE(testing::AwaitOutput(Out("new"), "verified=byte-for-byte", load, 60)) << Slurp(Out("new"));
+  EXPECT_EQ(load.Wait(60).value_or(-1), 0) << Slurp(Out("new"));
   const std::string out = Slurp(Out("new"));
   EXPECT_NE(out.find("sources=seed:3680256 "), std::string::npos) << out;
   EXPECT_NE(out.find("disk_bytes=0 "), std::string::npos) << out;

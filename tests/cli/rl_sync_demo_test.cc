@@ -307,6 +307,8 @@ TEST(RlSyncDemo, RestartedEngineCatchesUpFromLiveEnginesAndReceivesTheNextPushes
   int status = 0;
   waitpid(pid, &status, 0);
   EXPECT_EQ(full_steps_after_catch_up, 2) << output;
+  // Stopped by the test's Ctrl-C (130), not by a failure of its own (1) or a crash.
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 130) << "wait status " << status << "\n" << output;
   EXPECT_NE(output.find("engine rank 3 was killed by signal 9 (Killed): restarted it (restart 1)"), std::string::npos)
       << output;
   EXPECT_NE(output.find("engine rank 3 missed v3"), std::string::npos) << output;

@@ -1206,14 +1206,21 @@ TEST(Coordinator, ShutdownEndsWaitingGetsAndLaterCallsAreUnavailable) {
   ASSERT_NE(server, nullptr);
   auto c = ConnectWithRetryBound(server->address(), 1);
   ASSERT_NE(c, nullptr);
+  Status waited = Internal("not run");
+  double waited_s = 0;
   std::thread t([&] {
-    auto r = c->Get("never", 30);
-    EXPECT_FALSE(r.ok());
-    EXPECT_NE(r.status().code(), ErrorCode::kOk);
+    const auto start = std::chrono::steady_clock::now();
+    waited = c->Get("never", 30).status();
+    waited_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   server->Shutdown(0.5);
   t.join();
+  // Ended by the shutdown (the unreachable coordinator, after the client's 1 s retry bound),
+  // not by the Get's own 30 s: kTimedOut naming the key, or a wait of 30 s, would mean the
+  // shutdown left it waiting. (A bound against a hang, not a speed figure.)
+  EXPECT_EQ(waited.code(), ErrorCode::kUnavailable) << waited.ToString();
+  EXPECT_LT(waited_s, 25.0) << waited.ToString();
   EXPECT_EQ(c->Put("k", BytesOf("v")).code(), ErrorCode::kUnavailable);
 }
 

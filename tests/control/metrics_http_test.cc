@@ -223,8 +223,8 @@ void CheckCoordinatorMetrics(const std::string& redis_url) {
     ids.push_back(r->source_id);
   }
   auto m = Scrape((*http)->port());
-  EXPECT_EQ(m["shardwire_coordinator_sources{state=\"READY\"}"], 3);
-  EXPECT_EQ(m["shardwire_coordinator_sources{state=\"STALE\"}"], 0);
+  EXPECT_EQ(m.at("shardwire_coordinator_sources{state=\"READY\"}"), 3);
+  EXPECT_EQ(m.at("shardwire_coordinator_sources{state=\"STALE\"}"), 0);  // present, and 0
 
   ASSERT_TRUE((*client)->HeartbeatSource(ids[0]).ok());
   ASSERT_TRUE((*client)->HeartbeatSource(ids[0]).ok());

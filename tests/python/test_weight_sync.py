@@ -323,11 +323,14 @@ def test_registered_storage_that_moves_is_refused_before_any_transfer():
 
 
 DYING_ENGINE = textwrap.dedent("""
-    import json, os, signal, sys, shardwire
+    import json, os, signal, sys, torch, shardwire
+    sys.path.insert(0, sys.argv[4])
+    from test_weight_sync import global_tensor
     cfg, address, rank = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     model = shardwire.Model.from_config_json(json.dumps(cfg))
     src, dst = shardwire.Layout.from_string(model, "fsdp=1"), shardwire.Layout.from_string(model, "tp=1,dp=2")
-    sub = shardwire.WeightSubscriber(shardwire.CoordinatorClient(address), src, dst, rank, params=None, job="iso")
+    buffer, params = shardwire.allocate_shard_buffer(dst, rank)
+    sub = shardwire.WeightSubscriber(shardwire.CoordinatorClient(address), src, dst, rank, params=params, job="iso")
     sub.connect()
     for v in (1, 2, 3):
         if rank == 1 and v == 2:
@@ -335,6 +338,10 @@ DYING_ENGINE = textwrap.dedent("""
         sub.begin_update(v)
         sub.wait_for_update(v)
         assert sub.committed_version == v
+        for s in dst.shards(rank):   # the survivor holds every version byte for byte
+            want = global_tensor(s["name"], s["global_shape"], v)
+            if not torch.equal(params[s["name"]].view(torch.int16), want.view(torch.int16)):
+                print("MISMATCH", v, s["name"]); sys.exit(3)
     print("engine", rank, "committed", sub.committed_version, flush=True)
 """)
 
@@ -345,12 +352,15 @@ def test_a_dead_engine_misses_the_version_and_push_says_which():
     model = shardwire.Model.from_config_json(json.dumps(LLAMA))
     src, dst = shardwire.Layout.from_string(model, "fsdp=1"), shardwire.Layout.from_string(model, "tp=1,dp=2")
     with shardwire.CoordinatorServer() as server:
-        engines = [subprocess.Popen([PY, "-c", DYING_ENGINE, json.dumps(LLAMA), server.address, str(r)],
+        engines = [subprocess.Popen([PY, "-c", DYING_ENGINE, json.dumps(LLAMA), server.address, str(r),
+                                     str(pathlib.Path(__file__).parent)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
         trainer = shardwire.WeightPublisher(shardwire.CoordinatorClient(server.address), src, dst, 0, job="iso")
         trainer.connect()
         missed = {}
         for v in (1, 2, 3):
+            for s in src.shards(0):
+                trainer.tensors[s["name"]].copy_(global_tensor(s["name"], s["global_shape"], v))
             stats = trainer.push(v)
             missed[v] = [(m["engine_rank"], m["code"]) for m in stats["missed"]]
         assert missed[1] == []
@@ -427,12 +437,21 @@ def test_relays_and_rounds_from_python():
         # copy_into_mapped=False leaves every moved byte to the transport's lanes.)
         pub = shardwire.WeightPublisher(client, src, dst, 0, convert_into_mapped=False, convert_threads=1,
                                         copy_into_mapped=False, **flags)
-        connects = [threading.Thread(target=s.connect) for s in subs]
+        failures = []
+
+        def run(call, *args):   # a thread's exception fails the test, not just the thread
+            try:
+                call(*args)
+            except BaseException as e:  # noqa: B902 - re-raised below in the test's thread
+                failures.append(e)
+
+        connects = [threading.Thread(target=run, args=(s.connect,)) for s in subs]
         for t in connects:
             t.start()
         pub.connect()
         for t in connects:
             t.join(timeout=60)
+        assert not failures and not any(t.is_alive() for t in connects), failures
         for v in (1, 2):
             for s in src.shards(0):
                 pub.tensors[s["name"]].copy_(global_tensor(s["name"], s["global_shape"], v))
@@ -443,12 +462,13 @@ def test_relays_and_rounds_from_python():
 
             for s in subs:
                 s.begin_update(v)
-            waits = [threading.Thread(target=engine, args=(r,)) for r in (0, 1)]
+            waits = [threading.Thread(target=run, args=(engine, r)) for r in (0, 1)]
             for t in waits:
                 t.start()
             stats = pub.push(v)
             for t in waits:
                 t.join(timeout=60)
+            assert not failures and not any(t.is_alive() for t in waits), failures
             assert stats["relayed"] == [1] and stats["missed"] == [], stats
             assert stats["bytes"] == pub.bytes_per_push // 2, stats
             assert stats["rounds"] >= 1

@@ -99,7 +99,9 @@ void PushInRounds(int k, const std::string& job, int trainers = 4, int tp = 2) {
     if (k == 1 && four_into_two) {
       EXPECT_EQ(rounds, 12u);
     }
-    for (const auto& [engine_rank, most] : MostConcurrentWriters(spans)) {
+    const auto most_writers = MostConcurrentWriters(spans);
+    ASSERT_EQ(most_writers.size(), static_cast<std::size_t>(tp)) << "every engine rank is written in some round";
+    for (const auto& [engine_rank, most] : most_writers) {
       EXPECT_LE(most, k) << "engine rank " << engine_rank << " had " << most << " writers at once in v" << v
                          << " (K = " << k << ")";
     }
@@ -186,7 +188,10 @@ void PushConvertedInRounds(int k, bool into_mapped, const std::string& job) {
       EXPECT_GE(results[t]->rounds, 2u) << "trainer " << t;
       spans.push_back(results[t]->round_spans);
     }
-    for (const auto& [engine_rank, most] : MostConcurrentWriters(spans)) {
+    const auto most_writers = MostConcurrentWriters(spans);
+    ASSERT_EQ(most_writers.size(), static_cast<std::size_t>(engine.world_size()))
+        << "every engine rank is written in some round";
+    for (const auto& [engine_rank, most] : most_writers) {
       EXPECT_LE(most, k) << "engine rank " << engine_rank << " had " << most << " writers at once in v" << v
                          << " (K = " << k << ")";
     }
