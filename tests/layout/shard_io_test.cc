@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -59,20 +60,29 @@ class ShardIoTest : public ::testing::Test {
     return std::move(*ck);
   }
 
-  // The oracle: rank `rank`'s buffer built from the generator, element by element.
+  // The oracle: rank `rank`'s buffer built from the generator, element by element. Shares no
+  // placement code with shard_io.cc (which cuts boxes into runs with ForEachContiguousRun):
+  // each element's global row-major index is computed from its index within the box.
   static std::vector<std::byte> Expected(const Layout& layout, int rank) {
     const RankShards& shards = layout.rank(rank);
     std::vector<std::byte> out(shards.buffer_bytes, std::byte{0});
     for (const ShardRef& shard : shards.shards) {
       const TensorSpec& spec = layout.tensors()[shard.tensor];
-      const std::uint64_t esize = DTypeSize(spec.dtype);
-      ForEachContiguousRun(shard.box, WholeBox(spec.shape), shard.box,
-                           [&](std::int64_t from, std::int64_t to, std::int64_t n) {
-                             const std::uint64_t at = shard.byte_offset + static_cast<std::uint64_t>(to) * esize;
-                             EXPECT_TRUE(FillSyntheticTensor(spec, kSeed, static_cast<std::uint64_t>(from) * esize,
-                                                             std::span(out).subspan(at, n * esize))
-                                             .ok());
-                           });
+      const std::size_t esize = DTypeSize(spec.dtype);
+      std::int64_t numel = 1;
+      for (std::int64_t e : spec.shape) numel *= e;
+      std::vector<std::byte> whole(static_cast<std::size_t>(numel) * esize);
+      EXPECT_TRUE(FillSyntheticTensor(spec, kSeed, 0, whole).ok());
+      for (std::int64_t local = 0; local < shard.box.numel(); ++local) {
+        std::int64_t rem = local, global = 0, stride = 1;
+        for (std::size_t d = spec.shape.size(); d-- > 0;) {
+          global += (rem % shard.box.shape[d] + shard.box.offset[d]) * stride;
+          rem /= shard.box.shape[d];
+          stride *= spec.shape[d];
+        }
+        std::memcpy(out.data() + shard.byte_offset + static_cast<std::size_t>(local) * esize,
+                    whole.data() + static_cast<std::size_t>(global) * esize, esize);
+      }
     }
     return out;
   }

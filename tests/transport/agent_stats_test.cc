@@ -185,10 +185,17 @@ TEST(AgentStats, OneLanePrefaultsExactlyThePagesItWillWriteAndCopiesDirectly) {
   EXPECT_GT(s2.direct_copy_blocks, s1.direct_copy_blocks);
   EXPECT_EQ(s2.ucx_requests, s1.ucx_requests) << "an arena on this host must take the direct path";
   EXPECT_EQ(s2.prefaulted_pages, s1.prefaulted_pages) << "posts must not pre-fault again";
-  // The bytes landed (the rows of descriptor 0, checked against the source pattern).
+  // The bytes landed: every row of every descriptor, checked against the source pattern.
   const auto dst = p.target->RegionBytes(p.dst);
-  for (std::uint64_t r = 0; r < 20; ++r)
-    ASSERT_FALSE(FirstMismatch(dst.subspan(10 + r * 5 * page, 100), 3, r * 5 * page).has_value()) << "row " << r;
+  for (std::size_t i = 0; i < ds.size(); ++i) {
+    const TransferDescriptor& d = ds[i];
+    for (std::uint64_t r = 0; r < d.count; ++r) {
+      ASSERT_FALSE(FirstMismatch(dst.subspan(d.remote_offset + r * d.remote_stride, d.length), 3,
+                                 d.local_offset + r * d.local_stride)
+                       .has_value())
+          << "descriptor " << i << " row " << r;
+    }
+  }
   EXPECT_TRUE(p.writer->Release(*h).ok());
 }
 
