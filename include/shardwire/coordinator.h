@@ -206,9 +206,10 @@ class CoordinatorClient final : public Rendezvous {
 
   // Rendezvous (contracts in rendezvous.h). Get waits on the server side, in
   // slices of at most 5 s, so no single RPC outlives its deadline; a coordinator that
-  // accepts a slice but does not answer it fails Get with kTimedOut ("did not answer")
-  // after that slice plus max(call_timeout_s, unavailable_timeout_s) seconds, whatever
-  // timeout_s is (+inf included). A Get's value travels within call_timeout_s: values
+  // accepts a slice but does not answer it fails Get with kUnavailable ("did not answer",
+  // naming the address; not the kTimedOut of a key that did not appear, so a caller
+  // polling a key in slices stops) after that slice plus max(call_timeout_s,
+  // unavailable_timeout_s) seconds, whatever timeout_s is (+inf included). A Get's value travels within call_timeout_s: values
   // beyond call_timeout_s x 4 MB/s (40 MB by default) over a slower link need a larger one.
   Status Put(const std::string& key, std::span<const std::byte> value) override;
   Result<std::vector<std::byte>> Get(const std::string& key, double timeout_s) override;

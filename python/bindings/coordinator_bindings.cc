@@ -136,9 +136,9 @@ void BindCoordinator(py::module_& m) {
           py::arg("key"), py::arg("timeout_s") = std::numeric_limits<double>::infinity(),
           "The bytes under key, waiting (GIL released; Ctrl-C interrupts within 0.25 s) until some\n"
           "process puts it or timeout_s seconds pass (TimedOutError). A coordinator that accepts calls but\n"
-          "does not answer (stopped, wedged) holds each 0.25 s slice up to max(call_timeout_s,\n"
-          "unavailable_timeout_s) seconds: Ctrl-C then takes up to that long, and timeout_s=inf keeps\n"
-          "waiting for it to answer.")
+          "does not answer (stopped, wedged) holds a 0.25 s slice up to max(call_timeout_s,\n"
+          "unavailable_timeout_s) seconds, then raises UnavailableError naming its address (timeout_s=inf\n"
+          "included); Ctrl-C then takes up to that long.")
       .def(
           "add",
           [](CoordinatorClient& c, const std::string& key, std::int64_t delta) {

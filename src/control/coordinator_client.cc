@@ -117,6 +117,11 @@ struct CallOptions {
   // for Register/Deregister/Join/Leave (a second registration, or NOT_FOUND for a
   // deregistration that did happen).
   bool resend_after_deadline = false;
+  // A coordinator that never answered (every attempt's deadline passed) is kUnavailable rather
+  // than kTimedOut: for Get, whose kTimedOut means "the key did not appear in time", so that a
+  // caller polling a key (Python's get(key, inf), membership and metadata waits) stops on a
+  // silent coordinator instead of taking it for a missing key.
+  bool silence_is_unavailable = false;
   // Set true when an attempt failed in a way that may have reached the coordinator (an
   // UNAVAILABLE from a dropped connection, a passed deadline) and the call was sent again:
   // a later refusal may then answer this call's own earlier attempt (JoinJob, LeaveJob).
@@ -189,11 +194,12 @@ struct CoordinatorClient::Impl {
           if (call.sent_again != nullptr) *call.sent_again = true;
           continue;
         }
-        return TimedOut(
+        std::string message =
             fmt::format("coordinator {} at {} did not answer within an attempt's deadline ({:.1f} s; "
                         "gave up after {:.1f} s): {}",
                         method, options.address, attempt_s, std::chrono::duration<double>(now - start).count(),
-                        st.error_message()));
+                        st.error_message());
+        return call.silence_is_unavailable ? Unavailable(std::move(message)) : TimedOut(std::move(message));
       }
       if (st.error_code() != grpc::StatusCode::UNAVAILABLE) return control::FromGrpcStatus(st, method, options.address);
       if (now >= give_up) {
@@ -338,7 +344,8 @@ Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, do
                     {.extra_s = slice,
                      .binding = Binding::kJoinedState,
                      .bound_s = slice + std::max(impl_->options.call_timeout_s, impl_->options.unavailable_timeout_s),
-                     .resend_after_deadline = true}));
+                     .resend_after_deadline = true,
+                     .silence_is_unavailable = true}));
     if (resp.found()) return control::ToBytes(resp.value());
     if (control::SecondsLeft(deadline) <= 0) return control::GetTimedOut(key, timeout_s);
   }

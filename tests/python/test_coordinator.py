@@ -110,6 +110,43 @@ def test_ctrl_c_interrupts_a_wait():
         assert "interrupted" in out
 
 
+def test_get_without_a_timeout_from_a_stopped_coordinator_is_unavailable_not_a_hang():
+    """A coordinator that accepts calls but never answers (SIGSTOP) ends get(key, inf) with
+    UnavailableError naming its address (before session 43 each 0.25 s slice ended in the
+    TimedOutError of a missing key and get kept waiting for ever)."""
+    server = _child("""
+        import sys, time, shardwire
+        with shardwire.CoordinatorServer() as s:
+            print(s.address, flush=True)
+            time.sleep(600)
+    """)
+    try:
+        address = server.stdout.readline().strip()
+        assert address, server.stderr.read()
+        getter = subprocess.Popen([PY, "-c", textwrap.dedent("""
+            import sys, shardwire
+            from shardwire import errors
+            c = shardwire.CoordinatorClient(sys.argv[1], call_timeout_s=1, unavailable_timeout_s=1)
+            c.put("k", b"v")  # it answers
+            print("connected", flush=True)
+            sys.stdin.readline()  # the coordinator is stopped now
+            try:
+                c.get("never", timeout_s=float("inf"))
+            except errors.UnavailableError as e:
+                print("unavailable:", e, flush=True)
+                sys.exit(5)
+        """), address], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert getter.stdout.readline().strip() == "connected"
+        server.send_signal(signal.SIGSTOP)
+        out, err = getter.communicate("stopped\n", timeout=120)  # a hang guard, not a timing assertion
+        assert getter.returncode == 5, out + err
+        assert "did not answer" in out and address in out, out
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.kill()
+        server.communicate(timeout=30)
+
+
 def test_a_restarted_in_memory_coordinator_is_a_lost_state_not_a_hang():
     first = shardwire.CoordinatorServer()
     address = first.address
