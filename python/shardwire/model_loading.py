@@ -23,6 +23,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from . import _shardwire
+from ._args import check_rank, check_text
 from .errors import InvalidArgumentError
 from .tensors import RegisteredMemory, as_tensors, check_shard_tensors, shard_buffer_address, shard_views
 
@@ -85,6 +86,10 @@ class ModelSource:
             if (params is None) == (checkpoint is None):
                 raise InvalidArgumentError("invalid argument: ModelSource takes exactly one of params= and "
                                            "checkpoint=")
+            rank, layout = check_rank("rank", rank), check_text("layout", layout)
+            instance_id, revision = check_text("instance_id", instance_id), check_text("revision", revision)
+            if checkpoint is not None:
+                checkpoint = check_text("checkpoint", checkpoint)
             self.layout = _shardwire.Layout.from_string(model, layout)
             self.rank = rank
             if not 0 <= rank < self.layout.world_size:
@@ -168,6 +173,9 @@ class ModelLoader:
     def __init__(self, coordinator, model, layout: str, rank: int = 0, *,
                  params: Optional[Mapping[str, torch.Tensor]] = None, instance_id: str = "", revision: str = "",
                  checkpoint: str = "", stall_timeout_s: float = 3.0, load_timeout_s: float = 600.0):
+        rank, layout = check_rank("rank", rank), check_text("layout", layout)
+        instance_id, revision = check_text("instance_id", instance_id), check_text("revision", revision)
+        checkpoint = check_text("checkpoint", checkpoint)
         self.layout_string = layout
         self.layout = _shardwire.Layout.from_string(model, layout)
         self.rank = rank

@@ -20,6 +20,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from . import _shardwire
+from ._args import INT32_MAX, UINT32_MAX, check_int, check_rank, check_text, check_version
 from .errors import InvalidArgumentError
 from .tensors import RegisteredMemory, as_tensors, check_shard_tensors, shard_buffer_address, shard_views
 
@@ -31,6 +32,7 @@ def allocate_shard_buffer(layout, rank: int):
     with the transport never moves under it."""
     import numpy as np
 
+    rank = check_rank("rank", rank)
     buffer = torch.from_numpy(np.zeros(max(layout.buffer_bytes(rank), 1), dtype=np.uint8))
     return buffer, shard_views(buffer, layout, rank)
 
@@ -47,6 +49,7 @@ def adopt_parameters(params: Mapping[str, torch.Tensor], layout, rank: int) -> t
     its slot (``t.data = view``), so nn.Parameters stay the same objects. One copy, here;
     none afterwards. Returns the buffer (CPU uint8). Raises InvalidArgumentError naming the
     tensor before anything is changed."""
+    rank = check_rank("rank", rank)
     _check_parameters(params, layout, rank)
     buffer, views = allocate_shard_buffer(layout, rank)
     with torch.no_grad():
@@ -62,6 +65,13 @@ class _Endpoint:
     def __init__(self, cls, coordinator, trainer_layout, engine_layout, layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]], job: str, timeout_s: float, writable: bool,
                  **flags):
+        rank, job = check_rank("rank", rank), check_text("job", job)
+        for name in ("max_concurrency", "engine_ranks"):
+            if name in flags:
+                flags[name] = check_int(name, flags[name], -INT32_MAX - 1, INT32_MAX)
+        for name in ("convert_threads", "lanes"):
+            if name in flags:
+                flags[name] = check_int(name, flags[name], 0, UINT32_MAX)
         nbytes = layout.buffer_bytes(rank)
         self._registered: Optional[RegisteredMemory] = None
         if params is None:
@@ -139,7 +149,8 @@ class WeightPublisher(_Endpoint):
     def wait_for_engines(self, engine_ranks: int, timeout_s: float) -> int:
         """Dynamic membership: waits (GIL released) until at least ``engine_ranks`` engine ranks
         asked to join; returns how many did. Raises TimedOutError saying how many asked."""
-        return self._impl.wait_for_engines(engine_ranks, timeout_s)
+        return self._impl.wait_for_engines(check_int("engine_ranks", engine_ranks, -INT32_MAX - 1, INT32_MAX),
+                                           timeout_s)
 
     def connect(self) -> None:
         """Prepares one transfer per destination engine rank (waits up to timeout_s for them; GIL
@@ -170,6 +181,7 @@ class WeightPublisher(_Endpoint):
         after it, the engines commit ``version``, and push(version) again raises
         FailedPreconditionError (the last pushed version): push the next one. Raises FailedPreconditionError, with
         nothing moved, when ``params``' storage was resized or freed in place since construction."""
+        version = check_version("version", version)
         self._check_registered(f"push({version})")
         return self._impl.push(version)
 
@@ -214,7 +226,7 @@ class WeightSubscriber(_Endpoint):
         """Declares that the weights already hold ``version`` (e.g. loaded from a live engine
         with shardwire.ModelLoader after a restart). Raises FailedPreconditionError when not
         above committed_version."""
-        self._impl.adopt_version(version)
+        self._impl.adopt_version(check_version("version", version))
 
     @property
     def incarnation(self) -> int:
@@ -234,6 +246,7 @@ class WeightSubscriber(_Endpoint):
         write): the next wait_for_update raises PeerDisconnectedError naming it. Raises
         FailedPreconditionError, before any trainer is told, when ``params``' storage was resized
         or freed in place since construction."""
+        version = check_version("version", version)
         self._check_registered(f"begin_update({version})")
         self._impl.begin_update(version)
 
@@ -251,6 +264,7 @@ class WeightSubscriber(_Endpoint):
         is raised after the commit; ``committed_version`` tells which happened.
         Raises FailedPreconditionError, nothing committed, when ``params``' storage was resized
         or freed in place since construction."""
+        version = check_version("version", version)
         self._check_registered(f"wait_for_update({version})")
         return self._impl.wait_for_update(version)
 

@@ -47,6 +47,41 @@ def test_invalid_argument_negative_layers_and_tiny_buckets(tmp_path):
         shardwire.plan(src, dst, bucket_bytes=1)
 
 
+def test_integers_and_text_the_bindings_cannot_take_are_invalid_argument_naming_them(tmp_path):
+    """pybind11 refused these with a TypeError ("incompatible function arguments") naming no
+    argument; the wrappers check first."""
+    model = llama()
+    src, dst = shardwire.Layout.from_string(model, "fsdp=1"), shardwire.Layout.from_string(model, "tp=1")
+    with pytest.raises(errors.InvalidArgumentError, match=r"rank is 2147483648; it must be in \[0, 2147483647\]"):
+        shardwire.allocate_shard_buffer(dst, 2**31)
+    with pytest.raises(errors.InvalidArgumentError, match="rank must be an integer, got float"):
+        shardwire.allocate_shard_buffer(dst, 0.0)
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        with pytest.raises(errors.InvalidArgumentError, match="rank is -1"):
+            shardwire.WeightPublisher(client, src, dst, -1, job="args")
+        with pytest.raises(errors.InvalidArgumentError, match="job is not valid UTF-8"):
+            shardwire.WeightPublisher(client, src, dst, 0, job="bad\ud800")
+        with pytest.raises(errors.InvalidArgumentError, match="lanes is -1"):
+            shardwire.WeightPublisher(client, src, dst, 0, job="args", lanes=-1)
+        with pytest.raises(errors.InvalidArgumentError, match="max_concurrency is 4294967296"):
+            shardwire.WeightSubscriber(client, src, dst, 0, job="args", max_concurrency=2**32)
+        pub = shardwire.WeightPublisher(client, src, dst, 0, job="args")
+        sub = shardwire.WeightSubscriber(client, src, dst, 0, job="args")
+        with pytest.raises(errors.InvalidArgumentError, match=r"version is -1; it must be in \[0, 18446744073709551615\]"):
+            pub.push(-1)
+        with pytest.raises(errors.InvalidArgumentError, match="version is 18446744073709551616"):
+            sub.begin_update(2**64)
+        with pytest.raises(errors.InvalidArgumentError, match="version must be an integer, got bool"):
+            sub.wait_for_update(True)
+        with pytest.raises(errors.InvalidArgumentError, match="engine_ranks is 2147483648"):
+            pub.wait_for_engines(2**31, 0.1)
+        with pytest.raises(errors.InvalidArgumentError, match="instance_id is not valid UTF-8"):
+            shardwire.ModelLoader(client, model, "tp=1", 0, instance_id="\udcff")
+        with pytest.raises(errors.InvalidArgumentError, match="rank is 4294967296"):
+            shardwire.ModelLoader(client, model, "tp=1", 2**32)
+
+
 def test_invalid_argument_bad_layout_string():
     with pytest.raises(errors.InvalidArgumentError, match="TP size 3 does not divide"):
         shardwire.Layout.from_string(llama(), "tp=3")  # 4 heads do not split 3 ways
