@@ -1,6 +1,8 @@
 // Dividing a transfer's slices among lanes (lane_division.h).
 #include "transport/lane_division.h"
 
+#include <algorithm>
+
 namespace shardwire::transport {
 
 std::uint64_t OneLaneMaxBytes(std::uint64_t slice_bytes) { return slice_bytes / 2; }
@@ -31,6 +33,15 @@ std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice
     for (auto& l : out) l = own;
   }
   return out;
+}
+
+bool AnyRangesOverlap(std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges) {
+  std::erase_if(ranges, [](const auto& r) { return r.second <= r.first; });
+  std::sort(ranges.begin(), ranges.end());
+  for (std::size_t i = 1; i < ranges.size(); ++i) {
+    if (ranges[i].first < ranges[i - 1].second) return true;
+  }
+  return false;
 }
 
 }  // namespace shardwire::transport

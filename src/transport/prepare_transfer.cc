@@ -189,14 +189,27 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
     }
   }
   // Contiguous runs of about total/lanes bytes per lane (keeps locality); a
-  // transfer of at most half a slice stays on one lane (lane_division.h).
+  // transfer of at most half a slice, or one whose contiguous writes overlap, stays on
+  // one lane (lane_division.h).
   const std::size_t nl = im.lanes.size();
   t->lane_ops.resize(nl);
   t->total_bytes = total;
   std::vector<std::uint64_t> slice_sizes(slices.size());
   for (std::size_t i = 0; i < slices.size(); ++i) slice_sizes[i] = slices[i].bytes();
+  bool writes_overlap = false;
+  if (nl > 1 && total > transport::OneLaneMaxBytes(slice)) {
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> written;
+    written.reserve(slices.size());
+    for (const PreparedOp& o : slices) {
+      if (o.count != 1) continue;  // strided rows: planned moves, which never overlap
+      const std::uint64_t at = op == TransferOp::kWrite ? o.remote_addr : reinterpret_cast<std::uintptr_t>(o.local);
+      written.emplace_back(at, at + o.length);
+    }
+    writes_overlap = transport::AnyRangesOverlap(std::move(written));
+  }
   const std::vector<std::uint32_t> lane_of = transport::DivideAmongLanes(
-      slice_sizes, transport::OneLaneMaxBytes(slice), static_cast<std::uint32_t>(nl), im.next_transfer);
+      slice_sizes, writes_overlap ? UINT64_MAX : transport::OneLaneMaxBytes(slice), static_cast<std::uint32_t>(nl),
+      im.next_transfer);
   t->lane_bytes.assign(nl, 0);
   for (std::size_t i = 0; i < slices.size(); ++i) {
     t->lane_ops[lane_of[i]].push_back(slices[i]);

@@ -188,5 +188,30 @@ TEST(LaneDivision, SlicedDescriptorsLandOnLanesEveryByteOnce) {
   }
 }
 
+// AnyRangesOverlap against a byte-by-byte oracle on random ranges (empty ones included), and
+// the cases at the edges: touching ranges share nothing, a range inside another overlaps it,
+// an overlap of two ranges that are not neighbours once sorted is found.
+TEST(AnyRangesOverlap, AgreesWithAByteByByteOracle) {
+  using Ranges = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
+  EXPECT_FALSE(transport::AnyRangesOverlap({}));
+  EXPECT_FALSE(transport::AnyRangesOverlap(Ranges{{0, 10}, {10, 20}, {20, 20}, {5, 5}}));
+  EXPECT_TRUE(transport::AnyRangesOverlap(Ranges{{0, 16}, {0, 16}}));
+  EXPECT_TRUE(transport::AnyRangesOverlap(Ranges{{30, 40}, {0, 100}}));
+  EXPECT_TRUE(transport::AnyRangesOverlap(Ranges{{0, 100}, {100, 110}, {99, 100}}));
+  std::mt19937_64 rng(43);
+  for (int trial = 0; trial < 2000; ++trial) {
+    Ranges ranges;
+    std::vector<int> covered(256, 0);
+    const int n = static_cast<int>(rng() % 6);
+    for (int i = 0; i < n; ++i) {
+      const std::uint64_t begin = rng() % 240, length = rng() % 17;
+      ranges.emplace_back(begin, begin + length);
+      for (std::uint64_t b = begin; b < begin + length; ++b) ++covered[b];
+    }
+    const bool oracle = std::any_of(covered.begin(), covered.end(), [](int c) { return c > 1; });
+    EXPECT_EQ(transport::AnyRangesOverlap(ranges), oracle) << "trial " << trial;
+  }
+}
+
 }  // namespace
 }  // namespace shardwire
