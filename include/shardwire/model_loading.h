@@ -153,8 +153,9 @@ class ModelSource {
   static Result<std::unique_ptr<ModelSource>> Serve(SourceRegistry& registry, const ModelDescription& model,
                                                     const ModelIdentity& identity, ModelSourceOptions options,
                                                     std::span<std::byte> buffer);
-  /// Stops heartbeating and serving, then deregisters (bounded by
-  /// options.shutdown_timeout_s; a failure is logged, not thrown). The buffer and the
+  /// Stops heartbeating, deregisters (bounded by options.shutdown_timeout_s; a failure is
+  /// logged, not thrown; serving goes on meanwhile, so no loader lists a source that no
+  /// longer answers), then stops serving. The buffer and the
   /// agent stay until destruction: loaders mid-read get no more digest or lease
   /// answers and re-plan after their stall timeout, and memory the caller still reads
   /// (the Python views of it) stays valid. Idempotent. Call from one thread (not

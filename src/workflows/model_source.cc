@@ -345,9 +345,11 @@ void ModelSource::Stop() {
     impl_->stop = true;
   }
   impl_->cv.notify_all();
-  impl_->stop_server.store(true);
   if (impl_->heartbeat_thread.joinable()) impl_->heartbeat_thread.join();
-  if (impl_->server_thread.joinable()) impl_->server_thread.join();
+  // Deregistered while still serving: a loader that lists sources meanwhile no longer finds
+  // this one, where it used to find a record whose server had already stopped (and lost its
+  // stall timeout on it). Loaders reading from it keep their digest and lease answers until
+  // the deregistration is done.
   if (impl_->options.shutdown_timeout_s > 0) {
     Status s = impl_->registry->DeregisterSource(impl_->record.source_id, impl_->options.shutdown_timeout_s);
     if (!s.ok() && s.code() != ErrorCode::kNotFound) {
@@ -356,6 +358,8 @@ void ModelSource::Stop() {
                    impl_->options.shutdown_timeout_s, s.ToString());
     }
   }
+  impl_->stop_server.store(true);
+  if (impl_->server_thread.joinable()) impl_->server_thread.join();
 }
 
 std::string ModelSource::source_id() const {
