@@ -315,6 +315,7 @@ int main(int argc, char** argv) {
     v1::MarkSourceStaleRequest stale;
     stale.set_source_id("instance-a/0");
     stale.set_reason("loader saw a digest mismatch");
+    stale.set_hold(true);
     Record(seeds[1], 7, stale);
     v1::DeregisterSourceRequest dereg;
     dereg.set_source_id("instance-a/0");

@@ -25,8 +25,9 @@
 // coordinator runs); a source whose last heartbeat is older than
 // `source_delete_after_s` is gone (Redis key TTL, or the reaper in memory).
 // MarkSourceStale makes a source STALE at once (a loader found it dead, stalled or
-// serving bytes that failed their digest) and holds it so for `source_mark_hold_s`
-// however it heartbeats; its first heartbeat after that makes it READY again.
+// serving bytes that failed their digest) until its next heartbeat; a mark with hold
+// (bytes that failed their digest) keeps it so for `source_mark_hold_s` however it
+// heartbeats, and its first heartbeat after that makes it READY again.
 //
 // Times: seconds (double) in options; unix milliseconds (int64, wall clock) in
 // records.
@@ -208,8 +209,10 @@ class CoordinatorClient final : public Rendezvous {
   // slices of at most 5 s, so no single RPC outlives its deadline; a coordinator that
   // accepts a slice but does not answer it fails Get with kUnavailable ("did not answer",
   // naming the address; not the kTimedOut of a key that did not appear, so a caller
-  // polling a key in slices stops) after that slice plus max(call_timeout_s,
-  // unavailable_timeout_s) seconds, whatever timeout_s is (+inf included). A Get's value travels within call_timeout_s: values
+  // polling a key in slices stops) once two attempts in a row went unanswered: after that
+  // slice plus max(call_timeout_s, unavailable_timeout_s) seconds, or (when the bound
+  // passed before the resend: this process may have been stopped) one more attempt of
+  // call_timeout_s + the slice later, whatever timeout_s is (+inf included). A Get's value travels within call_timeout_s: values
   // beyond call_timeout_s x 4 MB/s (40 MB by default) over a slower link need a larger one.
   Status Put(const std::string& key, std::span<const std::byte> value) override;
   Result<std::vector<std::byte>> Get(const std::string& key, double timeout_s) override;
@@ -243,8 +246,11 @@ class CoordinatorClient final : public Rendezvous {
   /// kCorruptData naming the Redis key of a record that cannot be read.
   Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity,
                                                 std::optional<SourceState> state);
-  /// Marks a source STALE with a reason. Errors: kNotFound.
-  Status MarkSourceStale(const std::string& source_id, const std::string& reason);
+  /// Marks a source STALE with a reason: until its next heartbeat, or with `hold` for the
+  /// coordinator's source_mark_hold_s whatever its heartbeats say (a loader holds the mark
+  /// of a source whose bytes failed their digest, not of one that stalled: the stall may be
+  /// the loader's own). Errors: kNotFound.
+  Status MarkSourceStale(const std::string& source_id, const std::string& reason, bool hold = false);
   /// Removes a source. `timeout_s` as for HeartbeatSource.
   /// Errors: kNotFound (not when an earlier attempt of this call, whose reply was
   /// lost, may have removed it: then Ok); as HeartbeatSource for the bound.
@@ -298,13 +304,12 @@ struct CoordinatorServerOptions {
   double source_stale_after_s = 10;
   /// Seconds without heartbeat after which a source is deleted (>= source_stale_after_s).
   double source_delete_after_s = 60;
-  /// Seconds a loader's MarkSourceStale holds a source STALE whatever its heartbeats (and
-  /// repeated registrations) say, so the next loads do not try a source that just failed
-  /// one; the first heartbeat after the hold makes it READY again. 0: no hold (READY at
-  /// its next heartbeat). At least 0 and at most kMaxCoordinatorTimeS, else Start refuses
-  /// it with kInvalidArgument. A healthy source a loader blamed for the loader's own
-  /// stall sits out this long; a source that serves corrupt bytes is tried again this
-  /// often (once per load otherwise).
+  /// Seconds a loader's MarkSourceStale with hold (a source whose bytes failed their
+  /// digest) keeps a source STALE whatever its heartbeats (and repeated registrations) say,
+  /// so the next loads do not try it again at once; the first heartbeat after the hold
+  /// makes it READY again. Marks without hold (stalls, failed reads) last until the next
+  /// heartbeat. 0: no hold. At least 0 and at most kMaxCoordinatorTimeS, else Start
+  /// refuses it with kInvalidArgument.
   double source_mark_hold_s = 30;
   /// Seconds without heartbeat after which a job member leaves its job.
   double member_expire_after_s = 10;

@@ -31,7 +31,9 @@ class SourceRegistry {
   virtual Status HeartbeatSource(const std::string& source_id, double timeout_s) = 0;
   virtual Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity,
                                                         std::optional<SourceState> state) = 0;
-  virtual Status MarkSourceStale(const std::string& source_id, const std::string& reason) = 0;
+  /// `hold`: as CoordinatorClient::MarkSourceStale (kept STALE for the coordinator's
+  /// source_mark_hold_s, not only until the source's next heartbeat).
+  virtual Status MarkSourceStale(const std::string& source_id, const std::string& reason, bool hold) = 0;
   virtual Status DeregisterSource(const std::string& source_id, double timeout_s) = 0;
 };
 

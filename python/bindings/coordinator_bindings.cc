@@ -137,8 +137,9 @@ void BindCoordinator(py::module_& m) {
           "The bytes under key, waiting (GIL released; Ctrl-C interrupts within 0.25 s) until some\n"
           "process puts it or timeout_s seconds pass (TimedOutError). A coordinator that accepts calls but\n"
           "does not answer (stopped, wedged) holds a 0.25 s slice up to max(call_timeout_s,\n"
-          "unavailable_timeout_s) seconds, then raises UnavailableError naming its address (timeout_s=inf\n"
-          "included); Ctrl-C then takes up to that long.")
+          "unavailable_timeout_s) + call_timeout_s + 0.5 seconds, then raises UnavailableError naming its\n"
+          "address (timeout_s=inf included); Ctrl-C then takes up to that long. A pause of this process\n"
+          "alone (SIGSTOP) is not taken for a silent coordinator.")
       .def(
           "add",
           [](CoordinatorClient& c, const std::string& key, std::int64_t delta) {

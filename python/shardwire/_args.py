@@ -8,7 +8,7 @@ Thread-safety: pure functions.
 """
 from __future__ import annotations
 
-import numbers
+import operator
 
 from .errors import InvalidArgumentError
 
@@ -18,12 +18,17 @@ UINT64_MAX = 2**64 - 1
 
 
 def check_int(name: str, value, lo: int, hi: int) -> int:
-    """``value`` as an int when it is an integer (Python int or numpy integer, not bool) in
-    [lo, hi]; else InvalidArgumentError naming ``name``, the value and the range."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    """``value`` as an int when it is an integer in [lo, hi]: anything with ``__index__`` (a
+    Python int, a numpy integer, a 0-d integer torch tensor), as pybind11 takes it, except bool
+    (``push(True)`` is a bug, not version 1); else InvalidArgumentError naming ``name``, the value
+    and the range."""
+    if isinstance(value, bool):
+        raise InvalidArgumentError(f"invalid argument: {name} must be an integer, got bool {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
         raise InvalidArgumentError(f"invalid argument: {name} must be an integer, got {type(value).__name__} "
-                                   f"{value!r}")
-    v = int(value)
+                                   f"{value!r}") from None
     if not lo <= v <= hi:
         raise InvalidArgumentError(f"invalid argument: {name} is {v}; it must be in [{lo}, {hi}]")
     return v
@@ -40,9 +45,11 @@ def check_rank(name: str, value) -> int:
     return check_int(name, value, 0, INT32_MAX)
 
 
-def check_text(name: str, value) -> str:
-    """``value`` when it is a str that encodes as UTF-8 (no lone surrogates); else
-    InvalidArgumentError naming ``name``."""
+def check_text(name: str, value):
+    """``value`` when it is a str that encodes as UTF-8 (no lone surrogates) or bytes (passed on
+    as they are, as pybind11 takes them); else InvalidArgumentError naming ``name``."""
+    if isinstance(value, bytes):
+        return value
     if not isinstance(value, str):
         raise InvalidArgumentError(f"invalid argument: {name} must be a str, got {type(value).__name__}")
     try:

@@ -87,7 +87,8 @@ class ModelSource:
                 raise InvalidArgumentError("invalid argument: ModelSource takes exactly one of params= and "
                                            "checkpoint=")
             rank, layout = check_rank("rank", rank), check_text("layout", layout)
-            instance_id, revision = check_text("instance_id", instance_id), check_text("revision", revision)
+            instance_id = check_text("instance_id", instance_id or "")
+            revision = check_text("revision", revision or "")
             if checkpoint is not None:
                 checkpoint = check_text("checkpoint", checkpoint)
             self.layout = _shardwire.Layout.from_string(model, layout)
@@ -174,8 +175,9 @@ class ModelLoader:
                  params: Optional[Mapping[str, torch.Tensor]] = None, instance_id: str = "", revision: str = "",
                  checkpoint: str = "", stall_timeout_s: float = 3.0, load_timeout_s: float = 600.0):
         rank, layout = check_rank("rank", rank), check_text("layout", layout)
-        instance_id, revision = check_text("instance_id", instance_id), check_text("revision", revision)
-        checkpoint = check_text("checkpoint", checkpoint)
+        instance_id = check_text("instance_id", instance_id or "")
+        revision = check_text("revision", revision or "")
+        checkpoint = check_text("checkpoint", checkpoint or "")
         self.layout_string = layout
         self.layout = _shardwire.Layout.from_string(model, layout)
         self.rank = rank

@@ -51,8 +51,10 @@ def shard_views(buffer, layout, rank: int) -> Dict[str, torch.Tensor]:
     read-only (views are written in place: torch would write into memory it may not), or not a
     buffer at all.
     """
+    from ._args import check_rank
     from .errors import InvalidArgumentError
 
+    rank = check_rank("rank", rank)
     if isinstance(buffer, torch.Tensor):
         if (buffer.layout != torch.strided or buffer.dtype != torch.uint8 or not buffer.is_contiguous()
                 or buffer.device.type != "cpu"):
@@ -124,8 +126,10 @@ def check_shard_tensors(params: Mapping[str, torch.Tensor], layout, rank: int, w
     its slot expects: a name the rank holds but ``params`` lacks, a name the rank does not
     hold, a tensor on another device (this build moves host memory only; 'cuda' and 'meta'
     tensors are refused), of another dtype or shape, or not contiguous. Nothing is changed."""
+    from ._args import check_rank
     from .errors import InvalidArgumentError
 
+    rank = check_rank("rank", rank)
     if not isinstance(params, Mapping):
         raise InvalidArgumentError(f"invalid argument: {what}s must be a mapping name -> torch.Tensor, "
                                    f"got {type(params).__name__}")

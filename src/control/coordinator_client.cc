@@ -117,10 +117,10 @@ struct CallOptions {
   // for Register/Deregister/Join/Leave (a second registration, or NOT_FOUND for a
   // deregistration that did happen).
   bool resend_after_deadline = false;
-  // A coordinator that never answered (every attempt's deadline passed) is kUnavailable rather
-  // than kTimedOut: for Get, whose kTimedOut means "the key did not appear in time", so that a
-  // caller polling a key (Python's get(key, inf), membership and metadata waits) stops on a
-  // silent coordinator instead of taking it for a missing key.
+  // A coordinator that never answered (two attempts in a row, the second sent even past the
+  // bound) is kUnavailable rather than kTimedOut: for Get, whose kTimedOut means "the key did
+  // not appear in time", so that a caller polling a key (Python's get(key, inf), membership
+  // and metadata waits) stops on a silent coordinator instead of taking it for a missing key.
   bool silence_is_unavailable = false;
   // Set true when an attempt failed in a way that may have reached the coordinator (an
   // UNAVAILABLE from a dropped connection, a passed deadline) and the call was sent again:
@@ -170,7 +170,9 @@ struct CoordinatorClient::Impl {
       double attempt_s = (options.call_timeout_s + call.extra_s) * (resent_after_deadline ? 2 : 1);
       if (bounded) {
         const double spent_s = std::chrono::duration<double>(Clock::now() - start).count();
-        attempt_s = std::min(attempt_s, std::max(0.0, call.bound_s - spent_s));
+        attempt_s = resent_after_deadline && call.silence_is_unavailable && spent_s >= call.bound_s
+                        ? options.call_timeout_s + call.extra_s  // the one real attempt past the bound
+                        : std::min(attempt_s, std::max(0.0, call.bound_s - spent_s));
       }
       ctx.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::duration_cast<std::chrono::system_clock::duration>(
@@ -189,7 +191,11 @@ struct CoordinatorClient::Impl {
         // bound) allows, and once in any case, so that a caller that was itself stopped
         // longer than unavailable_timeout_s gets one real attempt after it resumes.
         const bool bound_left = !bounded || std::chrono::duration<double>(now - start).count() < call.bound_s;
-        if (bound_left && (now < give_up || !resent_after_deadline)) {
+        // A call whose silence is kUnavailable gets its one resend even past its bound: the
+        // first deadline may have passed while this process was not running (SIGSTOP, a paused
+        // VM), which is no sign of a silent coordinator; only a resend unanswered too is.
+        const bool one_real_attempt = call.silence_is_unavailable && !resent_after_deadline;
+        if ((bound_left || one_real_attempt) && (now < give_up || !resent_after_deadline)) {
           resent_after_deadline = true;
           if (call.sent_again != nullptr) *call.sent_again = true;
           continue;
@@ -336,8 +342,9 @@ Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, do
     req.set_wait_s(slice);
     v1::GetResponse resp;
     // Bounded: a coordinator that accepts the call but never answers (stopped, wedged) fails
-    // this slice with kTimedOut after slice + max(call_timeout_s, unavailable_timeout_s), as
-    // a restart within unavailable_timeout_s is still ridden out. Unbounded, each slice took
+    // this slice with kUnavailable after slice + max(call_timeout_s, unavailable_timeout_s)
+    // plus one more attempt (call_timeout_s + slice) if the bound passed before it was resent,
+    // as a restart within unavailable_timeout_s is still ridden out. Unbounded, each slice took
     // three attempts of call_timeout_s + 22 s (81 s; a Python Ctrl-C waited that long).
     SW_RETURN_IF_ERROR(
         impl_->Call("Get", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Get(&ctx, req, &resp); },
@@ -422,12 +429,13 @@ Result<std::vector<SourceRecord>> CoordinatorClient::ListSources(const std::stri
   return out;
 }
 
-Status CoordinatorClient::MarkSourceStale(const std::string& source_id, const std::string& reason) {
+Status CoordinatorClient::MarkSourceStale(const std::string& source_id, const std::string& reason, bool hold) {
   SW_RETURN_IF_ERROR(control::ValidateSourceId(source_id));
   SW_RETURN_IF_ERROR(control::ValidateReason(reason));
   v1::MarkSourceStaleRequest req;
   req.set_source_id(source_id);
   req.set_reason(reason);
+  req.set_hold(hold);
   v1::MarkSourceStaleResponse resp;
   return impl_->Call("MarkSourceStale",
                      [&](grpc::ClientContext& ctx) { return impl_->sources->MarkStale(&ctx, req, &resp); },

@@ -280,7 +280,7 @@ grpc::Status SourceRegistryService::MarkStale(grpc::ServerContext* ctx, const v1
   SW_AUTHORIZE(ctx);
   SW_GRPC_RETURN_IF_ERROR(ValidateSourceId(req->source_id()));
   SW_GRPC_RETURN_IF_ERROR(ValidateReason(req->reason()));
-  return ToGrpcStatus(core_->state().MarkSourceStale(req->source_id(), req->reason(), UnixNowMs()));
+  return ToGrpcStatus(core_->state().MarkSourceStale(req->source_id(), req->reason(), UnixNowMs(), req->hold()));
 }
 
 grpc::Status SourceRegistryService::Deregister(grpc::ServerContext* ctx, const v1::DeregisterSourceRequest* req,

@@ -39,8 +39,8 @@ namespace shardwire::control {
 struct LeasePolicy {
   double source_stale_after_s = 10;
   double source_delete_after_s = 60;
-  /// How long a loader's MarkSourceStale holds a source STALE whatever its heartbeats
-  /// say (CoordinatorServerOptions::source_mark_hold_s); 0: until its next heartbeat.
+  /// How long a loader's MarkSourceStale with hold keeps a source STALE whatever its
+  /// heartbeats say (CoordinatorServerOptions::source_mark_hold_s); 0: until its next heartbeat.
   double source_mark_hold_s = 30;
   double member_expire_after_s = 10;
 };
@@ -123,10 +123,12 @@ class CoordinatorState {
   /// would list them, without building or moving the records (the metrics scrape: a fleet's
   /// records carry up to 1 MiB of transport metadata each). Errors: as ListSources.
   virtual Result<SourceCounts> CountSources(std::int64_t now_ms) = 0;
-  /// STALE at once with `reason` (empty: "marked stale"), held so until now_ms +
-  /// source_mark_hold_s however the source heartbeats or repeats its registration; a mark
-  /// of a marked source restarts the hold. Errors: kNotFound.
-  virtual Status MarkSourceStale(const std::string& source_id, const std::string& reason, std::int64_t now_ms) = 0;
+  /// STALE at once with `reason` (empty: "marked stale"). With `hold`, held so until now_ms +
+  /// source_mark_hold_s however the source heartbeats or repeats its registration (a held
+  /// mark of a marked source restarts the hold); without, until its next heartbeat (a mark
+  /// without hold leaves a running hold as it is). Errors: kNotFound.
+  virtual Status MarkSourceStale(const std::string& source_id, const std::string& reason, std::int64_t now_ms,
+                                 bool hold) = 0;
   /// Errors: kNotFound.
   virtual Status DeregisterSource(const std::string& source_id) = 0;
 

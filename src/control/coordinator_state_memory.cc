@@ -189,12 +189,13 @@ class InMemoryCoordinatorState final : public CoordinatorState {
     return counts;
   }
 
-  Status MarkSourceStale(const std::string& source_id, const std::string& reason, std::int64_t now_ms) override {
+  Status MarkSourceStale(const std::string& source_id, const std::string& reason, std::int64_t now_ms,
+                         bool hold) override {
     std::lock_guard<std::mutex> lock(mu_);
     StoredSource* s = FindLiveSource(source_id, now_ms);
     if (s == nullptr) return SourceNotFound(source_id);
     s->marked_stale = true;
-    s->mark_held_until_ms = MarkHeldUntilMs(now_ms, mark_hold_ms_);
+    if (hold) s->mark_held_until_ms = MarkHeldUntilMs(now_ms, mark_hold_ms_);
     s->record.state = SourceState::kStale;
     s->record.stale_reason = reason.empty() ? "marked stale" : reason;
     return Status::Ok();

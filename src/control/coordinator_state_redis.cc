@@ -314,13 +314,14 @@ extend(P .. 'srcall', d)
 return 1
 )lua";
 
-// ARGV: id, now, delete_ms, reason, held until (unix ms)
+// ARGV: id, now, delete_ms, reason, held until (unix ms; '': no hold, a running hold stays)
 constexpr std::string_view kMarkStaleScript = R"lua(
 local id, now, d = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local s, msg = src_load(id, now, d)
 if s == 'corrupt' then return fail('CORRUPT', msg) end
 if s == 'absent' then return fail('NOTFOUND', 'source ' .. id .. ' is not registered') end
-redis.call('HSET', P .. 'src:' .. id, 'st', '1', 'sr', ARGV[4], 'mu', ARGV[5])
+redis.call('HSET', P .. 'src:' .. id, 'st', '1', 'sr', ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSET', P .. 'src:' .. id, 'mu', ARGV[5]) end
 return 1
 )lua";
 
@@ -848,13 +849,15 @@ class RedisCoordinatorState final : public CoordinatorState {
     return out;
   }
 
-  Status MarkSourceStale(const std::string& source_id, const std::string& reason, std::int64_t now_ms) override {
+  Status MarkSourceStale(const std::string& source_id, const std::string& reason, std::int64_t now_ms,
+                         bool hold) override {
     SW_ASSIGN_OR_RETURN(
         RedisReplyPtr r,
         pool_->Eval(mark_stale_,
                     {source_id, std::to_string(now_ms), delete_ms_,
                      reason.empty() ? std::string("marked stale") : reason,
-                     std::to_string(MarkHeldUntilMs(now_ms, LeaseMs(policy_.source_mark_hold_s)))},
+                     hold ? std::to_string(MarkHeldUntilMs(now_ms, LeaseMs(policy_.source_mark_hold_s)))
+                          : std::string()},
                     true));
     return CheckReply(*r, "MarkSourceStale");
   }

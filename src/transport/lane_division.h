@@ -43,12 +43,14 @@ std::vector<std::uint32_t> DivideAmongLanes(std::span<const std::uint64_t> slice
 
 /// Whether any two of `ranges` share a byte: each is [begin, end) in one address space
 /// (bytes; begin <= end, empty ranges share nothing). O(n log n); takes the ranges by value
-/// (sorts them). PrepareTransfer asks it of the bytes a transfer writes (the remote ranges of
-/// a WRITE's contiguous slices, the local ones of a READ's): a transfer whose writes overlap
-/// stays on one lane (DivideAmongLanes with no division), so the writes land in descriptor
-/// order (the last one's bytes win, as on one lane) and two lanes never write the same cache
-/// lines at once (64 x 16 KiB posts into one 16 KiB buffer ran at 0.14x ucx_perftest's rate
-/// over two lanes; docs/benchmarks.md, "Small transfers"). No errors.
+/// (sorts them). PrepareTransfer asks it of the bytes a transfer's single-row slices write (the
+/// remote ranges of a WRITE, the local ones of a READ; strided multi-row blocks, which come
+/// from planned moves, are not checked): a transfer whose writes overlap stays on one lane
+/// (DivideAmongLanes with no division), so two lanes never write the same cache lines at once
+/// (64 x 16 KiB posts into one 16 KiB buffer ran at 0.14x ucx_perftest's rate over two lanes;
+/// docs/benchmarks.md, "Small transfers"), and on the direct-copy and kernel-copy paths (one
+/// lane copies its slices in order) the last descriptor's bytes win; UCX puts are not ordered
+/// among themselves (no fence between them). No errors.
 bool AnyRangesOverlap(std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges);
 
 }  // namespace shardwire::transport

@@ -16,8 +16,8 @@ class CoordinatorSourceRegistry final : public SourceRegistry {
                                                 std::optional<SourceState> state) override {
     return client_.ListSources(model_identity, state);
   }
-  Status MarkSourceStale(const std::string& source_id, const std::string& reason) override {
-    return client_.MarkSourceStale(source_id, reason);
+  Status MarkSourceStale(const std::string& source_id, const std::string& reason, bool hold) override {
+    return client_.MarkSourceStale(source_id, reason, hold);
   }
   Status DeregisterSource(const std::string& source_id, double timeout_s) override {
     return client_.DeregisterSource(source_id, timeout_s);

@@ -103,6 +103,7 @@ struct Instance {
   std::map<std::uint32_t, std::chrono::steady_clock::time_point> hello_deadline;  // src rank -> answer by
   bool failed = false;
   std::string failure;
+  bool hold_mark = false;  // its STALE mark is held (bytes that failed their digest)
 };
 
 struct LoadMove {
@@ -437,12 +438,19 @@ struct ModelLoader::Impl {
     }
   }
 
-  // An instance died, stalled or served bad bytes: give its unfinished moves back.
-  void FailInstance(std::size_t i, const std::string& reason) {
+  // An instance died, stalled or served bad bytes: give its unfinished moves back. `hold`: its
+  // STALE mark is held (the coordinator's source_mark_hold_s) because the source itself
+  // reported that its served bytes differ from its committed content; a stall, a failed read
+  // or bytes that changed on the way are marked until its next heartbeat only, since the cause
+  // may be this loader's own (a starved process, its network, its memory) and a held mark
+  // would keep a healthy source from the retry of the same load (engine catch-up retries a
+  // stalled load).
+  void FailInstance(std::size_t i, const std::string& reason, bool hold = false) {
     Instance& inst = instances[i];
     if (inst.failed) return;
     inst.failed = true;
     inst.failure = reason;
+    inst.hold_mark = hold;
     report.failed.push_back(fmt::format("{}: {}", inst.id, reason));
     metrics.SourceInstances(Alive().size());
     for (auto& [rank, peer] : inst.peers) {
@@ -510,7 +518,8 @@ struct ModelLoader::Impl {
               : m.status == DigestStatus::kOutOfRange
                   ? fmt::format("rank {} says a read range lies outside its buffer", mv.src_rank)
                   : fmt::format("digest mismatch on a {}-byte move from rank {}: source {:016x}, landed {:016x}",
-                                mv.bytes, mv.src_rank, m.value, mv.local_digest));
+                                mv.bytes, mv.src_rank, m.value, mv.local_digest),
+              /*hold=*/m.status == DigestStatus::kCorrupt);  // the source says its own bytes are bad
           break;
         }
         if (inst.bandwidth > 0 && now < mv.pace_until) {
@@ -899,16 +908,17 @@ struct ModelLoader::Impl {
   std::vector<std::future<void>> marking;
 
   void MarkFailedStale() {
-    std::vector<std::pair<std::string, std::string>> marks;  // source id, reason
+    std::vector<std::tuple<std::string, std::string, bool>> marks;  // source id, reason, hold
     for (std::size_t i : to_mark_stale) {
       for (const SourceRecord& r : instances[i].ranks) {
-        marks.emplace_back(r.source_id, "P2P loader " + options.instance_id + ": " + instances[i].failure);
+        marks.emplace_back(r.source_id, "P2P loader " + options.instance_id + ": " + instances[i].failure,
+                           instances[i].hold_mark);
       }
     }
     to_mark_stale.clear();
     if (marks.empty()) return;
     marking.push_back(std::async(std::launch::async, [reg = registry, marks = std::move(marks)] {
-      for (const auto& [id, reason] : marks) (void)reg->MarkSourceStale(id, reason);
+      for (const auto& [id, reason, hold] : marks) (void)reg->MarkSourceStale(id, reason, hold);
     }));
   }
 

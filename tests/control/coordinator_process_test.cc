@@ -194,7 +194,8 @@ TEST(CoordinatorProcess, AGetFromAStoppedCoordinatorEndsWithinItsBound) {
   EXPECT_EQ(got.status().code(), ErrorCode::kUnavailable) << got.status().ToString();
   EXPECT_NE(got.status().message().find("did not answer"), std::string::npos) << got.status().ToString();
   EXPECT_NE(got.status().message().find(serve.address), std::string::npos) << got.status().ToString();
-  EXPECT_LT(took, 2 * (5 + 1)) << "the bound is a 5 s slice plus max(call_timeout_s, unavailable_timeout_s)";
+  EXPECT_LT(took, 3 * (5 + 1)) << "the bound is a 5 s slice plus max(call_timeout_s, unavailable_timeout_s), and one "
+                                  "more attempt of call_timeout_s + the slice (a hang guard, not a speed figure)";
 }
 
 }  // namespace

@@ -184,7 +184,7 @@ TEST_F(CoordinatorRedisProcess, TwoCoordinatorsOnOneRedisServeOneState) {
   ASSERT_EQ(seen->size(), 1u);
   EXPECT_EQ(seen->at(0).source_id, reg->source_id);
   EXPECT_EQ(seen->at(0).metadata, Source("inst-b", 0).metadata);
-  ASSERT_TRUE(a->MarkSourceStale(reg->source_id, "unreachable from a loader").ok());
+  ASSERT_TRUE(a->MarkSourceStale(reg->source_id, "unreachable from a loader", /*hold=*/true).ok());
   EXPECT_EQ(b->ListSources("model-x", SourceState::kStale)->size(), 1u);
   // The mark's hold (serve's default 30 s) is in Redis: a heartbeat through B keeps it STALE.
   ASSERT_TRUE(b->HeartbeatSource(reg->source_id).ok());

@@ -87,7 +87,7 @@ TEST(InMemoryCoordinatorState, SourceLifecycleAndDerivedLease) {
   EXPECT_FALSE((*stale)[0].stale_reason.empty());
 
   // Marked stale, then (no hold) a heartbeat makes it READY again.
-  ASSERT_TRUE(st->MarkSourceStale(a0->source_id, "read failed", t0 + 12000).ok());
+  ASSERT_TRUE(st->MarkSourceStale(a0->source_id, "read failed", t0 + 12000, /*hold=*/true).ok());
   stale = st->ListSources("m1", SourceState::kStale, t0 + 12000);
   ASSERT_EQ(stale->size(), 2u);
   EXPECT_EQ((*stale)[0].stale_reason, "read failed");
@@ -106,7 +106,7 @@ TEST(InMemoryCoordinatorState, SourceLifecycleAndDerivedLease) {
   EXPECT_EQ(st->ListSources("", std::nullopt, t0 + 73000)->size(), 0u);
   EXPECT_EQ(st->HeartbeatSource(a0->source_id, t0 + 73000).code(), ErrorCode::kNotFound);
 
-  EXPECT_EQ(st->MarkSourceStale("src-nope", "", t0).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st->MarkSourceStale("src-nope", "", t0, false).code(), ErrorCode::kNotFound);
   EXPECT_EQ(st->DeregisterSource("src-nope").code(), ErrorCode::kNotFound);
 }
 

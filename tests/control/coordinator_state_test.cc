@@ -271,9 +271,10 @@ TEST_P(CoordinatorStateTest, StalenessIsDerivedFromTheHeartbeatTime) {
   EXPECT_EQ(st.ListSources("m", SourceState::kReady, t0 + 12'000).value()[0].last_heartbeat_unix_ms, t0 + 12'000);
 }
 
-// A loader's mark holds a source STALE for source_mark_hold_s (30 s here) whatever its
+// A loader's held mark keeps a source STALE for source_mark_hold_s (30 s here) whatever its
 // heartbeats say, keeping the loader's reason; the first heartbeat after the hold makes it
-// READY; a second mark restarts the hold; the listing and the counts agree throughout.
+// READY; a mark without hold lasts until the next heartbeat; a second held mark restarts the
+// hold; the listing and the counts agree throughout.
 // (Until session 43 the next heartbeat, a second later, made it READY: every load tried a
 // source serving corrupt bytes again.)
 TEST_P(CoordinatorStateTest, ALoadersMarkHoldsTheSourceStaleAgainstHeartbeats) {
@@ -290,7 +291,7 @@ TEST_P(CoordinatorStateTest, ALoadersMarkHoldsTheSourceStaleAgainstHeartbeats) {
     ADD_FAILURE() << "source a not listed at t0 + " << now - t0;
     return std::make_pair(SourceState::kReady, std::string("not listed"));
   };
-  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "digest mismatch", t0 + 1'000).ok());
+  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "digest mismatch", t0 + 1'000, /*hold=*/true).ok());
   for (std::int64_t at : {2'000, 15'000, 30'999}) {  // heartbeats within the hold
     ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + at).ok());
     EXPECT_EQ(state_of_a(t0 + at), std::make_pair(SourceState::kStale, std::string("digest mismatch")))
@@ -304,12 +305,19 @@ TEST_P(CoordinatorStateTest, ALoadersMarkHoldsTheSourceStaleAgainstHeartbeats) {
   EXPECT_EQ(st.ListSources("m", SourceState::kStale, t0 + 31'000).value().size(), 2u);  // a held, b's lease ended
   ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + 31'000).ok());
   EXPECT_EQ(state_of_a(t0 + 31'000), std::make_pair(SourceState::kReady, std::string()));
-  // A second mark restarts the hold from its own time; the reaper does not end it.
-  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "stalled", t0 + 32'000).ok());
-  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "stalled again", t0 + 50'000).ok());
+  // A mark without hold (a stall) lasts until the next heartbeat.
+  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "stalled", t0 + 31'500, /*hold=*/false).ok());
+  EXPECT_EQ(state_of_a(t0 + 31'500), std::make_pair(SourceState::kStale, std::string("stalled")));
+  ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + 31'600).ok());
+  EXPECT_EQ(state_of_a(t0 + 31'600), std::make_pair(SourceState::kReady, std::string()));
+  // A second held mark restarts the hold from its own time; the reaper does not end it, nor
+  // does a mark without hold made meanwhile (it changes the reason only).
+  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "corrupt", t0 + 32'000, /*hold=*/true).ok());
+  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "corrupt again", t0 + 50'000, /*hold=*/true).ok());
   ASSERT_TRUE(st.Reap(t0 + 51'000).ok());
+  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "stalled", t0 + 52'000, /*hold=*/false).ok());
   ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + 79'999).ok());
-  EXPECT_EQ(state_of_a(t0 + 79'999), std::make_pair(SourceState::kStale, std::string("stalled again")));
+  EXPECT_EQ(state_of_a(t0 + 79'999), std::make_pair(SourceState::kStale, std::string("stalled")));
   ASSERT_TRUE(st.HeartbeatSource(a->source_id, t0 + 80'000).ok());
   EXPECT_EQ(state_of_a(t0 + 80'000), std::make_pair(SourceState::kReady, std::string()));
 }
@@ -326,7 +334,7 @@ TEST_P(CoordinatorStateTest, SourcesPastDeleteAfterAreGone) {
   ASSERT_EQ(left.size(), 1u);
   EXPECT_EQ(left[0].source_id, b->source_id);
   EXPECT_EQ(st.HeartbeatSource(a->source_id, t0 + 60'000).code(), ErrorCode::kNotFound);
-  EXPECT_EQ(st.MarkSourceStale(a->source_id, "x", t0 + 60'000).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st.MarkSourceStale(a->source_id, "x", t0 + 60'000, false).code(), ErrorCode::kNotFound);
   EXPECT_EQ(st.ListSources("", std::nullopt, t0 + 60'000).value().size(), 1u);
 }
 
@@ -342,7 +350,7 @@ TEST_P(CoordinatorStateTest, ARegistrationUnderAProposedIdIsIdempotent) {
   auto first = st.RegisterSource(r, t0);
   ASSERT_TRUE(first.ok()) << first.status().ToString();
   EXPECT_EQ(first->source_id, "src-00000000000000aa");
-  ASSERT_TRUE(st.MarkSourceStale(first->source_id, "x", t0 + 1).ok());
+  ASSERT_TRUE(st.MarkSourceStale(first->source_id, "x", t0 + 1, /*hold=*/true).ok());
   auto again = st.RegisterSource(r, t0 + 5'000);
   ASSERT_TRUE(again.ok()) << again.status().ToString();
   EXPECT_EQ(again->source_id, first->source_id);
@@ -395,7 +403,7 @@ TEST_P(CoordinatorStateTest, CountsAgreeWithTheListing) {
   auto d = st.RegisterSource(Source("m2", "d", 0, 1), t0);
   ASSERT_TRUE(a.ok() && b.ok() && c.ok() && d.ok());
   expect_counts(t0 + 1, 4, 0);
-  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "bad bytes", t0 + 2).ok());
+  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "bad bytes", t0 + 2, false).ok());
   ASSERT_TRUE(st.DeregisterSource(d->source_id).ok());
   expect_counts(t0 + 3, 2, 1);
   ASSERT_TRUE(st.HeartbeatSource(b->source_id, t0 + 30'000).ok());
@@ -411,7 +419,7 @@ TEST_P(CoordinatorStateTest, DeregisterAndUnknownIds) {
   auto a = st.RegisterSource(Source("m", "i", 0, 1), t0);
   ASSERT_TRUE(a.ok());
   EXPECT_EQ(st.HeartbeatSource("src-0000000000000000", t0).code(), ErrorCode::kNotFound);
-  EXPECT_EQ(st.MarkSourceStale("src-0000000000000000", "x", t0).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st.MarkSourceStale("src-0000000000000000", "x", t0, false).code(), ErrorCode::kNotFound);
   EXPECT_EQ(st.DeregisterSource("src-0000000000000000").code(), ErrorCode::kNotFound);
   ASSERT_TRUE(st.DeregisterSource(a->source_id).ok());
   EXPECT_EQ(st.DeregisterSource(a->source_id).code(), ErrorCode::kNotFound);
@@ -945,7 +953,7 @@ TEST_F(RedisStateTest, CorruptRecordsAreCorruptDataNamingTheKey) {
   auto l2 = st->ListSources("", std::nullopt, t0);
   EXPECT_EQ(l2.status().code(), ErrorCode::kCorruptData);
   EXPECT_NE(l2.status().message().find(key), std::string::npos) << l2.status().message();
-  EXPECT_EQ(st->MarkSourceStale(a->source_id, "x", t0).code(), ErrorCode::kCorruptData);
+  EXPECT_EQ(st->MarkSourceStale(a->source_id, "x", t0, false).code(), ErrorCode::kCorruptData);
   // The reaper skips what it cannot read instead of failing every pass.
   EXPECT_TRUE(st->Reap(t0).ok());
 

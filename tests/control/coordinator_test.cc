@@ -184,7 +184,7 @@ TEST(Coordinator, SourcesRegisterHeartbeatListStaleDeregister) {
   EXPECT_EQ(c->ListSources("", std::nullopt)->size(), 3u);
 
   ASSERT_TRUE(c->HeartbeatSource(a1->source_id).ok());
-  ASSERT_TRUE(c->MarkSourceStale(a1->source_id, "read failed: peer gone").ok());
+  ASSERT_TRUE(c->MarkSourceStale(a1->source_id, "read failed: peer gone", /*hold=*/true).ok());
   auto ready = c->ListSources("model-x", SourceState::kReady);
   ASSERT_EQ(ready->size(), 1u);
   EXPECT_EQ((*ready)[0].source_id, a0->source_id);
@@ -196,6 +196,11 @@ TEST(Coordinator, SourcesRegisterHeartbeatListStaleDeregister) {
   stale = c->ListSources("model-x", SourceState::kStale);
   ASSERT_EQ(stale->size(), 1u);
   EXPECT_EQ((*stale)[0].stale_reason, "read failed: peer gone");
+  EXPECT_EQ(c->ListSources("model-x", SourceState::kReady)->size(), 1u);
+  // A mark without hold lasts until the source's next heartbeat.
+  ASSERT_TRUE(c->MarkSourceStale(a0->source_id, "stalled").ok());
+  EXPECT_EQ(c->ListSources("model-x", SourceState::kReady)->size(), 0u);
+  ASSERT_TRUE(c->HeartbeatSource(a0->source_id).ok());
   EXPECT_EQ(c->ListSources("model-x", SourceState::kReady)->size(), 1u);
 
   ASSERT_TRUE(c->DeregisterSource(a1->source_id).ok());

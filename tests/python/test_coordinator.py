@@ -147,6 +147,33 @@ def test_get_without_a_timeout_from_a_stopped_coordinator_is_unavailable_not_a_h
         server.communicate(timeout=30)
 
 
+def test_a_stopped_client_does_not_take_its_own_pause_for_a_silent_coordinator():
+    """The client (not the coordinator) is stopped 4 s in get(key, inf), past its attempt deadline
+    and its slice's bound: on resuming it sends the slice once more instead of raising
+    UnavailableError, and gets the key put later."""
+    with shardwire.CoordinatorServer() as server:
+        getter = _child("""
+            import sys, shardwire
+            from shardwire import errors
+            c = shardwire.CoordinatorClient(sys.argv[1], call_timeout_s=1, unavailable_timeout_s=1)
+            print("waiting", flush=True)
+            try:
+                print("got", c.get("late", timeout_s=float("inf")).decode(), flush=True)
+            except errors.UnavailableError as e:
+                print("unavailable:", e, flush=True)
+                sys.exit(5)
+        """, server.address)
+        assert getter.stdout.readline().strip() == "waiting"
+        time.sleep(0.5)  # inside get (not a timing assertion)
+        getter.send_signal(signal.SIGSTOP)
+        time.sleep(4)
+        getter.send_signal(signal.SIGCONT)
+        time.sleep(2)  # the resumed client polls on (it raised at once before the fix)
+        shardwire.CoordinatorClient(server.address).put("late", b"v")
+        out, err = getter.communicate(timeout=60)  # a hang guard, not a timing assertion
+        assert getter.returncode == 0 and "got v" in out, out + err
+
+
 def test_a_restarted_in_memory_coordinator_is_a_lost_state_not_a_hang():
     first = shardwire.CoordinatorServer()
     address = first.address

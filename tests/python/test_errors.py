@@ -56,6 +56,12 @@ def test_integers_and_text_the_bindings_cannot_take_are_invalid_argument_naming_
         shardwire.allocate_shard_buffer(dst, 2**31)
     with pytest.raises(errors.InvalidArgumentError, match="rank must be an integer, got float"):
         shardwire.allocate_shard_buffer(dst, 0.0)
+    with pytest.raises(errors.InvalidArgumentError, match="rank is 4294967296"):
+        shardwire.shard_views(torch.zeros(16, dtype=torch.uint8), dst, 2**32)
+    # What pybind11 took before the checks still passes: numpy and 0-d torch integers.
+    import numpy as np
+    assert shardwire.allocate_shard_buffer(dst, np.int64(0))[0].numel() == dst.buffer_bytes(0)
+    assert shardwire.allocate_shard_buffer(dst, torch.tensor(0))[0].numel() == dst.buffer_bytes(0)
     with shardwire.CoordinatorServer() as server:
         client = shardwire.CoordinatorClient(server.address)
         with pytest.raises(errors.InvalidArgumentError, match="rank is -1"):

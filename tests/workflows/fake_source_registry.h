@@ -59,7 +59,7 @@ class FakeSourceRegistry final : public SourceRegistry {
     }
     return out;
   }
-  Status MarkSourceStale(const std::string& id, const std::string& reason) override {
+  Status MarkSourceStale(const std::string& id, const std::string& reason, bool hold) override {
     std::function<void()> before;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -71,6 +71,7 @@ class FakeSourceRegistry final : public SourceRegistry {
     if (it == records_.end()) return NotFound("source " + id);
     it->second.state = SourceState::kStale;
     it->second.stale_reason = reason;
+    held_[id] = hold;
     return Status::Ok();
   }
   Status DeregisterSource(const std::string& id, double timeout_s) override {
@@ -81,6 +82,12 @@ class FakeSourceRegistry final : public SourceRegistry {
   }
 
   // Test helpers.
+  /// Whether the last MarkSourceStale of `id` asked for a held mark (false: never marked).
+  bool MarkHeld(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = held_.find(id);
+    return it != held_.end() && it->second;
+  }
   std::vector<SourceRecord> All() {
     auto all = ListSources("", std::nullopt);
     return all.ok() ? *all : std::vector<SourceRecord>{};
@@ -142,6 +149,7 @@ class FakeSourceRegistry final : public SourceRegistry {
   double last_register_bound_s_ = 0;
   int deregistrations_ = 0;
   bool sticky_stale_ = false;
+  std::map<std::string, bool> held_;  // source id -> hold of its last mark
   Status register_error_;
   std::function<void()> before_mark_;
   std::function<void()> after_list_;
