@@ -117,8 +117,8 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
                   "seconds without heartbeat after which a source is deleted")
       ->capture_default_str();
   cmd->add_option("--mark-hold", args->defaults.source_mark_hold_s,
-                  "seconds a source a loader marked STALE stays STALE however it heartbeats (0: until its next "
-                  "heartbeat)")
+                  "seconds a source a loader marked STALE with hold (it reported its own bytes bad) stays STALE "
+                  "however it heartbeats (0: no hold)")
       ->capture_default_str();
   cmd->add_option("--member-expire-after", args->defaults.member_expire_after_s,
                   "seconds without heartbeat after which a job member leaves its job")
