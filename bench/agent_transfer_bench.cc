@@ -459,15 +459,17 @@ void Tcp() {
 
 void Small() {
   std::printf("\n## small transfers, same host: messages/s (64 descriptors per post)\n\n");
-  std::printf("distinct: the 64 descriptors use distinct offsets (64 x size of memory per post); one buffer: all 64 "
-              "move the same size bytes, as ucx_perftest (which reuses one buffer) does; isolated: distinct, each post "
-              "1 ms after the last completed (lane threads asleep), that 1 ms not counted; memcpy2: two threads copying "
-              "the 64 x size bytes of a distinct post (each its half, a barrier per post), as messages of size: what "
-              "the memory hierarchy gives two cores for that footprint\n\n");
-  std::printf("| size | ucx_perftest ucp_put_bw msg/s | ucx_perftest ucp_am_bw msg/s | memcpy2 of a post, msg/s | agent "
-              "WRITE arena, distinct msg/s | agent WRITE arena, one buffer msg/s | agent WRITE arena, isolated msg/s | "
-              "agent WRITE registered msg/s | distinct/put_bw | one buffer/put_bw | distinct/memcpy2 | memcpy2/put_bw "
-              "|\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::printf(
+      "distinct: the 64 descriptors use distinct offsets (64 x size of memory per post); one buffer: all 64 "
+      "move the same size bytes, as ucx_perftest (which reuses one buffer) does; isolated: distinct, each post "
+      "1 ms after the last completed (lane threads asleep), that 1 ms not counted; memcpy2: two threads copying "
+      "the 64 x size bytes of a distinct post (each its half, a barrier per post), as messages of size: what "
+      "the memory hierarchy gives two cores for that footprint\n\n");
+  std::printf(
+      "| size | ucx_perftest ucp_put_bw msg/s | ucx_perftest ucp_am_bw msg/s | memcpy2 of a post, msg/s | agent "
+      "WRITE arena, distinct msg/s | agent WRITE arena, one buffer msg/s | agent WRITE arena, isolated msg/s | "
+      "agent WRITE registered msg/s | distinct/put_bw | one buffer/put_bw | distinct/memcpy2 | memcpy2/put_bw "
+      "|\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (std::size_t size : {4 * kKiB, 16 * kKiB, 64 * kKiB}) {
     auto put = Perftest("ucp_put_bw", size, 200000, "");
     auto am = Perftest("ucp_am_bw", size, 200000, "");

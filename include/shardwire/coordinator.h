@@ -212,8 +212,8 @@ class CoordinatorClient final : public Rendezvous {
   // polling a key in slices stops) once two attempts in a row went unanswered: after that
   // slice plus max(call_timeout_s, unavailable_timeout_s) seconds, or (when the bound
   // passed before the resend: this process may have been stopped) one more attempt of
-  // call_timeout_s + the slice later, whatever timeout_s is (+inf included). A Get's value travels within call_timeout_s: values
-  // beyond call_timeout_s x 4 MB/s (40 MB by default) over a slower link need a larger one.
+  // call_timeout_s + the slice later, whatever timeout_s is (+inf included). A Get's value travels within
+  // call_timeout_s: values beyond call_timeout_s x 4 MB/s (40 MB by default) over a slower link need a larger one.
   Status Put(const std::string& key, std::span<const std::byte> value) override;
   Result<std::vector<std::byte>> Get(const std::string& key, double timeout_s) override;
   Result<std::int64_t> Add(const std::string& key, std::int64_t delta) override;

@@ -72,7 +72,8 @@ void BindCoordinator(py::module_& m) {
            "'redis://host:port[/db]' or '' for in-memory state; token: bearer token every call must carry.\n"
            "stale_after_s / delete_after_s: a source without heartbeat this long is STALE / deleted;\n"
            "mark_hold_s: a source a loader marked STALE with hold (it reported its own bytes bad) stays so\n"
-           "this long however it heartbeats (0: no hold). Times in seconds. Raises IoError (port in use), UnavailableError (Redis), InvalidArgumentError.")
+           "this long however it heartbeats (0: no hold). Times in seconds. Raises IoError (port in use), "
+           "UnavailableError (Redis), InvalidArgumentError.")
       .def_property_readonly("address", &CoordinatorServer::address, "'host:port' clients can dial.")
       .def_property_readonly("port", &CoordinatorServer::port)
       .def_property_readonly("state_id", &CoordinatorServer::state_id,

@@ -200,11 +200,10 @@ struct CoordinatorClient::Impl {
           if (call.sent_again != nullptr) *call.sent_again = true;
           continue;
         }
-        std::string message =
-            fmt::format("coordinator {} at {} did not answer within an attempt's deadline ({:.1f} s; "
-                        "gave up after {:.1f} s): {}",
-                        method, options.address, attempt_s, std::chrono::duration<double>(now - start).count(),
-                        st.error_message());
+        std::string message = fmt::format(
+            "coordinator {} at {} did not answer within an attempt's deadline ({:.1f} s; "
+            "gave up after {:.1f} s): {}",
+            method, options.address, attempt_s, std::chrono::duration<double>(now - start).count(), st.error_message());
         return call.silence_is_unavailable ? Unavailable(std::move(message)) : TimedOut(std::move(message));
       }
       if (st.error_code() != grpc::StatusCode::UNAVAILABLE) return control::FromGrpcStatus(st, method, options.address);

@@ -81,9 +81,9 @@ Status ValidateOptions(const CoordinatorServerOptions& o) {
     }
   }
   if (!(o.source_mark_hold_s >= 0 && o.source_mark_hold_s <= kMaxCoordinatorTimeS)) {
-    return InvalidArgument(fmt::format(
-        "coordinator option source_mark_hold_s is {} s; it must be >= 0 and at most {:g} s", o.source_mark_hold_s,
-        kMaxCoordinatorTimeS));
+    return InvalidArgument(
+        fmt::format("coordinator option source_mark_hold_s is {} s; it must be >= 0 and at most {:g} s",
+                    o.source_mark_hold_s, kMaxCoordinatorTimeS));
   }
   if (o.source_delete_after_s < o.source_stale_after_s) {
     return InvalidArgument(fmt::format("source delete_after ({} s) must be >= stale_after ({} s)",

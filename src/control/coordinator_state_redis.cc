@@ -853,12 +853,11 @@ class RedisCoordinatorState final : public CoordinatorState {
                          bool hold) override {
     SW_ASSIGN_OR_RETURN(
         RedisReplyPtr r,
-        pool_->Eval(mark_stale_,
-                    {source_id, std::to_string(now_ms), delete_ms_,
-                     reason.empty() ? std::string("marked stale") : reason,
-                     hold ? std::to_string(MarkHeldUntilMs(now_ms, LeaseMs(policy_.source_mark_hold_s)))
-                          : std::string()},
-                    true));
+        pool_->Eval(
+            mark_stale_,
+            {source_id, std::to_string(now_ms), delete_ms_, reason.empty() ? std::string("marked stale") : reason,
+             hold ? std::to_string(MarkHeldUntilMs(now_ms, LeaseMs(policy_.source_mark_hold_s))) : std::string()},
+            true));
     return CheckReply(*r, "MarkSourceStale");
   }
 

@@ -207,9 +207,9 @@ Result<TransferHandle> Agent::PrepareTransfer(TransferOp op, const std::string& 
     }
     writes_overlap = transport::AnyRangesOverlap(std::move(written));
   }
-  const std::vector<std::uint32_t> lane_of = transport::DivideAmongLanes(
-      slice_sizes, writes_overlap ? UINT64_MAX : transport::OneLaneMaxBytes(slice), static_cast<std::uint32_t>(nl),
-      im.next_transfer);
+  const std::vector<std::uint32_t> lane_of =
+      transport::DivideAmongLanes(slice_sizes, writes_overlap ? UINT64_MAX : transport::OneLaneMaxBytes(slice),
+                                  static_cast<std::uint32_t>(nl), im.next_transfer);
   t->lane_bytes.assign(nl, 0);
   for (std::size_t i = 0; i < slices.size(); ++i) {
     t->lane_ops[lane_of[i]].push_back(slices[i]);

@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "box_element_index.h"
 #include "describe_model.h"
 #include "shardwire/checkpoint_generator.h"
 #include "shardwire/model_config.h"
@@ -74,12 +75,7 @@ class ShardIoTest : public ::testing::Test {
       std::vector<std::byte> whole(static_cast<std::size_t>(numel) * esize);
       EXPECT_TRUE(FillSyntheticTensor(spec, kSeed, 0, whole).ok());
       for (std::int64_t local = 0; local < shard.box.numel(); ++local) {
-        std::int64_t rem = local, global = 0, stride = 1;
-        for (std::size_t d = spec.shape.size(); d-- > 0;) {
-          global += (rem % shard.box.shape[d] + shard.box.offset[d]) * stride;
-          rem /= shard.box.shape[d];
-          stride *= spec.shape[d];
-        }
+        const std::int64_t global = testing_util::GlobalIndexOfBoxElement(shard.box, spec.shape, local);
         std::memcpy(out.data() + shard.byte_offset + static_cast<std::size_t>(local) * esize,
                     whole.data() + static_cast<std::size_t>(global) * esize, esize);
       }

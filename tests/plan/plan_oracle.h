@@ -12,6 +12,7 @@
 #include <map>
 #include <tuple>
 
+#include "box_element_index.h"
 #include "shardwire/layout.h"
 #include "shardwire/transfer_plan.h"
 
@@ -91,12 +92,7 @@ inline std::vector<std::vector<std::byte>> Materialise(const Layout& layout,
         member = static_cast<std::size_t>(std::find(group.begin(), group.end(), r) - group.begin());
       }
       for (std::int64_t local = 0; local < s.box.numel(); ++local) {
-        std::int64_t rem = local, global = 0, gstride = 1;
-        for (std::size_t d = spec.shape.size(); d-- > 0;) {
-          global += (rem % s.box.shape[d] + s.box.offset[d]) * gstride;
-          rem /= s.box.shape[d];
-          gstride *= spec.shape[d];
-        }
+        const std::int64_t global = testing_util::GlobalIndexOfBoxElement(s.box, spec.shape, local);
         std::byte* out = buf.data() + s.byte_offset + static_cast<std::uint64_t>(local) * esize;
         if (values == OracleValues::kBytes) {
           for (std::size_t b = 0; b < esize; ++b) out[b] = OracleByte(spec.name, global, b);

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "box_element_index.h"
 #include "die_with_test_process.h"
 #include "shardwire/coordinator.h"
 #include "shardwire/layout.h"
@@ -66,12 +67,7 @@ inline std::size_t Walk(const Layout& layout, int rank, std::span<std::byte> buf
     const TensorSpec& spec = layout.tensors()[s.tensor];
     const std::size_t esize = DTypeSize(spec.dtype);
     for (std::int64_t local = 0; local < s.box.numel(); ++local) {
-      std::int64_t rem = local, global = 0, stride = 1;
-      for (std::size_t d = spec.shape.size(); d-- > 0;) {
-        global += (rem % s.box.shape[d] + s.box.offset[d]) * stride;
-        rem /= s.box.shape[d];
-        stride *= spec.shape[d];
-      }
+      const std::int64_t global = testing_util::GlobalIndexOfBoxElement(s.box, spec.shape, local);
       for (std::size_t b = 0; b < esize; ++b) {
         std::byte& at = buf[s.byte_offset + static_cast<std::size_t>(local) * esize + b];
         const std::byte want = Oracle(s.tensor, global, b, version);
