@@ -19,9 +19,9 @@ UINT64_MAX = 2**64 - 1
 
 def check_int(name: str, value, lo: int, hi: int) -> int:
     """``value`` as an int when it is an integer in [lo, hi]: anything with ``__index__`` (a
-    Python int, a numpy integer, a 0-d integer torch tensor), as pybind11 takes it, except bool
-    (``push(True)`` is a bug, not version 1); else InvalidArgumentError naming ``name``, the value
-    and the range."""
+    Python int, a numpy integer, a 0-d integer torch tensor) except bool (``push(True)`` is a bug,
+    not version 1). Narrower than pybind11, which also converted floats and bools: those are
+    refused. Else InvalidArgumentError naming ``name``, the value and the range."""
     if isinstance(value, bool):
         raise InvalidArgumentError(f"invalid argument: {name} must be an integer, got bool {value!r}")
     try:
@@ -46,12 +46,12 @@ def check_rank(name: str, value) -> int:
 
 
 def check_text(name: str, value):
-    """``value`` when it is a str that encodes as UTF-8 (no lone surrogates) or bytes (passed on
-    as they are, as pybind11 takes them); else InvalidArgumentError naming ``name``."""
-    if isinstance(value, bytes):
-        return value
+    """``value`` when it is a str that encodes as UTF-8 (no lone surrogates), or bytes / bytearray
+    (passed on as bytes, as pybind11 takes them); else InvalidArgumentError naming ``name``."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
     if not isinstance(value, str):
-        raise InvalidArgumentError(f"invalid argument: {name} must be a str, got {type(value).__name__}")
+        raise InvalidArgumentError(f"invalid argument: {name} must be a str or bytes, got {type(value).__name__}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:

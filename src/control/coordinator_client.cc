@@ -170,9 +170,13 @@ struct CoordinatorClient::Impl {
       double attempt_s = (options.call_timeout_s + call.extra_s) * (resent_after_deadline ? 2 : 1);
       if (bounded) {
         const double spent_s = std::chrono::duration<double>(Clock::now() - start).count();
-        attempt_s = resent_after_deadline && call.silence_is_unavailable && spent_s >= call.bound_s
-                        ? options.call_timeout_s + call.extra_s  // the one real attempt past the bound
-                        : std::min(attempt_s, std::max(0.0, call.bound_s - spent_s));
+        const double clipped_s = std::min(attempt_s, std::max(0.0, call.bound_s - spent_s));
+        // The one resend of a call whose silence is kUnavailable is a real attempt, however little
+        // of the bound is left (a client resumed just before its bound must not get a resend of
+        // milliseconds, which the coordinator cannot answer: it ends a Get's wait 20 ms early).
+        attempt_s = resent_after_deadline && call.silence_is_unavailable
+                        ? std::max(options.call_timeout_s + call.extra_s, clipped_s)
+                        : clipped_s;
       }
       ctx.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::duration_cast<std::chrono::system_clock::duration>(
