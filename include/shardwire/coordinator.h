@@ -209,10 +209,11 @@ class CoordinatorClient final : public Rendezvous {
   // slices of at most 5 s, so no single RPC outlives its deadline; a coordinator that
   // accepts a slice but does not answer it fails Get with kUnavailable ("did not answer",
   // naming the address; not the kTimedOut of a key that did not appear, so a caller
-  // polling a key in slices stops) once two attempts in a row went unanswered: after that
-  // slice plus max(call_timeout_s, unavailable_timeout_s) seconds, or (when the bound
-  // passed before the resend: this process may have been stopped) one more attempt of
-  // call_timeout_s + the slice later, whatever timeout_s is (+inf included). A Get's value travels within
+  // polling a key in slices stops) once two attempts in a row went unanswered, the resend
+  // a full attempt (at least call_timeout_s + the slice, so that a pause of this process
+  // alone is not taken for silence): within the slice + max(call_timeout_s,
+  // unavailable_timeout_s) + call_timeout_s + the slice again, whatever timeout_s is (+inf
+  // included). A Get's value travels within
   // call_timeout_s: values beyond call_timeout_s x 4 MB/s (40 MB by default) over a slower link need a larger one.
   Status Put(const std::string& key, std::span<const std::byte> value) override;
   Result<std::vector<std::byte>> Get(const std::string& key, double timeout_s) override;
