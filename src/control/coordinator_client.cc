@@ -345,9 +345,10 @@ Result<std::vector<std::byte>> CoordinatorClient::Get(const std::string& key, do
     req.set_wait_s(slice);
     v1::GetResponse resp;
     // Bounded: a coordinator that accepts the call but never answers (stopped, wedged) fails
-    // this slice with kUnavailable after slice + max(call_timeout_s, unavailable_timeout_s)
-    // plus one more attempt (call_timeout_s + slice) if the bound passed before it was resent,
-    // as a restart within unavailable_timeout_s is still ridden out. Unbounded, each slice took
+    // this slice with kUnavailable within slice + max(call_timeout_s, unavailable_timeout_s)
+    // plus one more attempt of call_timeout_s + slice (the resend is always a full attempt, so
+    // a pause of this process is not taken for silence), as a restart within
+    // unavailable_timeout_s is still ridden out. Unbounded, each slice took
     // three attempts of call_timeout_s + 22 s (81 s; a Python Ctrl-C waited that long).
     SW_RETURN_IF_ERROR(
         impl_->Call("Get", [&](grpc::ClientContext& ctx) { return impl_->rendezvous->Get(&ctx, req, &resp); },
