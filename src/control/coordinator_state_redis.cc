@@ -150,10 +150,12 @@ local function src_load(id, now, d)
   end
   return 'ok', hb, r[2], r[3]
 end
--- A heartbeat or repeated registration of source hash `key` at `now`: clears the STALE
--- mark unless a loader's mark still holds it (field mu). Returns nil, or an error message
--- for a malformed mu.
-local function src_unmark(key, now)
+-- A heartbeat or repeated registration of source hash `key` at `now`, whose field st is
+-- `st`: clears the STALE mark unless a loader's mark still holds it (field mu, only ever set
+-- beside st = '1'). An unmarked source costs no read and no write. Returns nil, or an error
+-- message for a malformed mu.
+local function src_unmark(key, now, st)
+  if st ~= '1' then return nil end
   local mu = redis.call('HGET', key, 'mu')
   if mu then
     local until_ms = tonumber(mu)
@@ -267,14 +269,14 @@ constexpr std::string_view kRegisterScript = R"lua(
 local id, now, d = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local key = P .. 'src:' .. id
 if ARGV[7] == '1' then
-  local s, hb = src_load(id, now, d)
+  local s, hb, _, st = src_load(id, now, d)
   if s == 'corrupt' then return fail('CORRUPT', hb) end
   if s == 'ok' then
     local r = redis.call('HMGET', key, 'mi', 'rec', 'rg')
     if r[1] ~= ARGV[4] or r[2] ~= ARGV[6] or not r[3] then
       return fail('EXISTS', 'source ' .. id .. ' is registered with other contents')
     end
-    local bad = src_unmark(key, now)
+    local bad = src_unmark(key, now, st)
     if bad then return fail('CORRUPT', bad) end
     if now > hb then redis.call('HSET', key, 'hb', ARGV[2]) end
     redis.call('PEXPIRE', key, d)
@@ -301,11 +303,11 @@ return 1
 // ARGV: id, now, delete_ms
 constexpr std::string_view kHeartbeatScript = R"lua(
 local id, now, d = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local s, hb, ix = src_load(id, now, d)
+local s, hb, ix, st = src_load(id, now, d)
 if s == 'corrupt' then return fail('CORRUPT', hb) end
 if s == 'absent' then return fail('NOTFOUND', 'source ' .. id .. ' is not registered (or its lease ended)') end
 local key = P .. 'src:' .. id
-local bad = src_unmark(key, now)
+local bad = src_unmark(key, now, st)
 if bad then return fail('CORRUPT', bad) end
 if now > hb then redis.call('HSET', key, 'hb', ARGV[2]) end
 redis.call('PEXPIRE', key, d)
