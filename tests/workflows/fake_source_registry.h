@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -82,11 +83,12 @@ class FakeSourceRegistry final : public SourceRegistry {
   }
 
   // Test helpers.
-  /// Whether the last MarkSourceStale of `id` asked for a held mark (false: never marked).
-  bool MarkHeld(const std::string& id) {
+  /// Whether the last MarkSourceStale of `id` asked for a held mark; nullopt: never marked.
+  std::optional<bool> MarkHeld(const std::string& id) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = held_.find(id);
-    return it != held_.end() && it->second;
+    if (it == held_.end()) return std::nullopt;
+    return it->second;
   }
   std::vector<SourceRecord> All() {
     auto all = ListSources("", std::nullopt);

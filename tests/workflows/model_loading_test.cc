@@ -404,7 +404,7 @@ TEST_F(ModelLoadingTest, CorruptBytesAtASourceAreReReadElsewhereAndTheSourceMark
       EXPECT_EQ(r.state, SourceState::kStale);
       EXPECT_NE(r.stale_reason.find("committed content"), std::string::npos) << r.stale_reason;
       // The source itself says its bytes are bad: the mark is held (source_mark_hold_s).
-      EXPECT_TRUE(registry_.MarkHeld(r.source_id)) << r.source_id;
+      EXPECT_EQ(registry_.MarkHeld(r.source_id), std::optional<bool>(true)) << r.source_id;
       ++stale;
     } else {
       EXPECT_EQ(r.state, SourceState::kReady);
@@ -430,7 +430,7 @@ TEST_F(ModelLoadingTest, DigestMismatchOnTheWayIsReReadElsewhere) {
   // lasts until the source's next heartbeat, not the coordinator's hold.
   for (const SourceRecord& r : registry_.All()) {
     if (r.instance_id == "a-liar") {
-      EXPECT_FALSE(registry_.MarkHeld(r.source_id)) << r.source_id;
+      EXPECT_EQ(registry_.MarkHeld(r.source_id), std::optional<bool>(false)) << r.source_id << " marked, not held";
     }
   }
 }
