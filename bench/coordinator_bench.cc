@@ -700,7 +700,7 @@ int main(int argc, char** argv) {
         bool done = false, ok = false;
       };
       auto w = std::make_shared<Wait>();
-      (*st)->HeartbeatSourceAsync(ids[i % sources], now_ms(), [w](Status s) {
+      (*st)->HeartbeatSourceAsync(ids[i % sources], now_ms(), [w](const Result<SourceHeartbeat>& s) {
         std::lock_guard lock(w->mu);
         w->done = true;
         w->ok = s.ok();

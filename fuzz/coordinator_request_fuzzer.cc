@@ -82,13 +82,20 @@ struct Coordinator {
     grpc::ServerContext ctx;
     v1::HeartbeatSourceRequest req;
     req.set_source_id(source_id);
+    v1::HeartbeatSourceResponse resp;
     grpc::Status out(StatusCode::UNKNOWN, "no answer");
     int answers = 0;
-    sources.ServeHeartbeat(ctx, req, [&](grpc::Status st) {
+    sources.ServeHeartbeat(ctx, req, &resp, [&](grpc::Status st) {
       out = std::move(st);
       ++answers;
     });
     Check(answers == 1, kName, "an in-memory heartbeat is answered exactly once, at once");
+    if (out.ok()) {
+      Check(resp.state() == v1::SOURCE_STATE_READY || resp.state() == v1::SOURCE_STATE_STALE, kName,
+            "an answered heartbeat says READY or STALE");
+      Check(resp.state() != v1::SOURCE_STATE_STALE || !resp.stale_reason().empty(), kName,
+            "a heartbeat that leaves a source STALE names the loader's reason");
+    }
     return out;
   }
 };

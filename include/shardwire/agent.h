@@ -481,6 +481,11 @@ class Agent {
   /// now names a process with another start time: a blob a killed process left
   /// in a rendezvous), the message saying why (transport/peer_liveness.h).
   Result<std::string> ImportMetadata(std::span<const std::byte> blob);
+  /// ImportMetadata of a blob that must name `expected_name` (e.g. the sender of the message
+  /// that carried it): a blob naming another agent is refused with kInvalidArgument naming
+  /// both, before anything is imported or replaced, so a peer cannot replace another peer's
+  /// connection by sending that peer's blob. Errors: those of ImportMetadata, and that one.
+  Result<std::string> ImportMetadata(std::span<const std::byte> blob, std::string_view expected_name);
 
   /// Forgets a peer: in-flight transfers to it fail with kPeerDisconnected,
   /// its endpoint is force-closed (ucp_ep_close_nbx, UCP_EP_CLOSE_FLAG_FORCE;

@@ -58,6 +58,22 @@ enum class SourceState : std::uint8_t {
 /// "READY" or "STALE".
 std::string_view SourceStateName(SourceState state);
 
+/// What a source's heartbeat found (shardwire.v1.HeartbeatSourceResponse): whether a
+/// loader had marked the source STALE since its previous heartbeat, and whether the
+/// mark still holds. A source learns this way that loaders found it stalled or its
+/// bytes corrupt (a held mark: ModelLoader holds the mark of a source whose bytes failed
+/// their digest).
+struct SourceHeartbeat {
+  /// The state after the heartbeat: kReady, or kStale while a loader's held mark lasts
+  /// (the coordinator's source_mark_hold_s after the mark).
+  SourceState state = SourceState::kReady;
+  /// The reason of the loader's mark the source carried when the heartbeat arrived
+  /// (cleared by this heartbeat, or still holding it STALE); empty when it carried none.
+  /// A lease that ran out between heartbeats is no mark; each mark is reported by the one
+  /// heartbeat that finds it, and again by each later one while it holds. <= 4 KiB.
+  std::string stale_reason;
+};
+
 /// One rank of a serving instance, registered as a weight source.
 struct SourceRecord {
   /// "src-" + 16 lowercase hex digits, proposed by the caller, which makes the registration
@@ -232,15 +248,20 @@ class CoordinatorClient final : public Rendezvous {
   /// for the bound.
   Result<SourceRecord> RegisterSource(const SourceRecord& record,
                                       double timeout_s = std::numeric_limits<double>::infinity());
-  /// Renews a source's lease and makes a STALE source READY again.
+  /// Renews a source's lease and makes a STALE source READY again, unless a loader's held
+  /// mark still holds it STALE; returns what the heartbeat found (SourceHeartbeat: the
+  /// state after it and the reason of a loader's mark the source carried). A coordinator
+  /// older than that reply field gives kReady and no reason.
   /// `timeout_s`: seconds the whole call may take, retries included (> 0; +inf: bounded
   /// by unavailable_timeout_s and call_timeout_s alone), so a heartbeat thread or a
-  /// shutdown never waits longer than its owner allows.
+  /// shutdown never waits longer than its owner allows. Of a heartbeat resent after a
+  /// lost reply, the reply of the attempt that answered is returned: a mark the lost
+  /// attempt cleared is then not reported.
   /// Errors: kNotFound when the source was deleted (register again); kUnavailable or
   /// kTimedOut naming the address when `timeout_s` runs out; kInvalidArgument for a
   /// timeout_s that is not > 0.
-  Status HeartbeatSource(const std::string& source_id,
-                         double timeout_s = std::numeric_limits<double>::infinity());
+  Result<SourceHeartbeat> HeartbeatSource(const std::string& source_id,
+                                          double timeout_s = std::numeric_limits<double>::infinity());
   /// Sources of `model_identity` (every identity when empty), filtered by
   /// state when given, sorted by (instance_id, rank). Errors: kInvalidArgument when
   /// more than 100,000 match (the server's RESOURCE_EXHAUSTED: filter by identity);

@@ -138,7 +138,10 @@ class ModelSource {
   /// records the digests of its content (xxh3 per 1 MiB block), registers with
   /// `registry` and starts serving. `registry` must outlive the source.
   /// Errors: kInvalidArgument (bad options, rank out of range, a layout string the
-  /// model cannot take); fill's error; the agent's and the registry's errors.
+  /// model cannot take); fill's error; the agent's and the registry's errors. A
+  /// registration that failed kUnavailable or kTimedOut (the coordinator may have stored
+  /// it before its reply was lost) is deregistered, best effort within
+  /// options.shutdown_timeout_s (0: not), so loaders do not list a source that never served.
   static Result<std::unique_ptr<ModelSource>> Create(SourceRegistry& registry, const ModelDescription& model,
                                                      const ModelIdentity& identity, ModelSourceOptions options,
                                                      const std::function<Status(std::span<std::byte>)>& fill);
@@ -178,6 +181,15 @@ class ModelSource {
   /// (whole 1 MiB blocks are answered from the digests recorded at commit, unhashed).
   std::uint64_t digests_served() const;
   std::uint64_t bytes_digested() const;
+  /// What the last heartbeat that found a loader's mark on this source found: the
+  /// source's state after that heartbeat (kStale while a held mark lasts: a loader found
+  /// bytes that failed their digest) and the mark's reason; nullopt while no heartbeat has
+  /// found one. When a later heartbeat finds a held mark gone, `state` turns kReady. Each
+  /// new mark, and the end of a hold, is also logged as a warning. Thread-safe.
+  std::optional<SourceHeartbeat> last_mark() const;
+  /// How many heartbeats found a loader's mark (a held mark counts at every heartbeat it
+  /// holds). Thread-safe.
+  std::uint64_t marks_seen() const;
 
   struct Impl;
 

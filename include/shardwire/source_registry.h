@@ -28,7 +28,7 @@ class SourceRegistry {
  public:
   virtual ~SourceRegistry() = default;
   virtual Result<SourceRecord> RegisterSource(const SourceRecord& record, double timeout_s) = 0;
-  virtual Status HeartbeatSource(const std::string& source_id, double timeout_s) = 0;
+  virtual Result<SourceHeartbeat> HeartbeatSource(const std::string& source_id, double timeout_s) = 0;
   virtual Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity,
                                                         std::optional<SourceState> state) = 0;
   /// `hold`: as CoordinatorClient::MarkSourceStale (kept STALE for the coordinator's

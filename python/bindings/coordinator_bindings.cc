@@ -170,6 +170,17 @@ void BindCoordinator(py::module_& m) {
           py::arg("model_identity") = "", py::arg("state") = "",
           "Registered weight sources (dicts) of a model identity ('' = all), optionally only 'READY' or 'STALE'.")
       .def(
+          "mark_source_stale",
+          [](CoordinatorClient& c, const std::string& source_id, const std::string& reason, bool hold) {
+            py::gil_scoped_release release;
+            ThrowIfError(c.MarkSourceStale(source_id, reason, hold));
+          },
+          py::arg("source_id"), py::arg("reason") = "", py::arg("hold") = false,
+          "Marks a source STALE (loaders skip it) with a reason (<= 4 KiB): until its next heartbeat,\n"
+          "or with hold=True for the coordinator's mark_hold_s (seconds) whatever its heartbeats say.\n"
+          "The source learns of the mark from its next heartbeat (ModelSource.last_mark). Raises\n"
+          "NotFoundError, InvalidArgumentError.")
+      .def(
           "join_job",
           [](CoordinatorClient& c, const std::string& job, const std::string& member_id, const std::string& role,
              const std::string& group, int rank, int world_size, const std::string& layout) {

@@ -171,6 +171,16 @@ void BindModelLoading(py::module_& m) {
                              [](PySource& s) { return reinterpret_cast<std::uintptr_t>(s.get().buffer().data()); })
       .def_property_readonly("buffer_bytes", [](PySource& s) { return s.buffer_bytes; })
       .def_property_readonly("digests_served", [](PySource& s) { return s.get().digests_served(); })
+      .def_property_readonly("last_mark",
+                             [](PySource& s) -> py::object {
+                               const std::optional<SourceHeartbeat> mark = s.get().last_mark();
+                               if (!mark) return py::none();
+                               py::dict d;
+                               d["state"] = std::string(SourceStateName(mark->state));
+                               d["stale_reason"] = mark->stale_reason;
+                               return d;
+                             })
+      .def_property_readonly("marks_seen", [](PySource& s) { return s.get().marks_seen(); })
       .def_property_readonly("closed", [](PySource& s) { return !s.source || s.closed; })
       .def("close", &PySource::Close);
 

@@ -27,7 +27,15 @@ from ._shardwire import ERROR_CODES as _ERROR_CODES
 
 errors._register_codes(_ERROR_CODES)
 
-from ._shardwire import CoordinatorClient, CoordinatorServer, Layout, Model, Plan, plan  # noqa: E402
+from ._shardwire import CoordinatorClient, CoordinatorServer, Layout, Model, Plan  # noqa: E402
+from ._shardwire import plan as _plan  # noqa: E402
+from ._bound_arguments import translate as _translate, translate_argument_errors as _translate_argument_errors  # noqa: E402
+
+# Arguments pybind11 cannot convert raise InvalidArgumentError, not TypeError (_bound_arguments).
+for _cls in (CoordinatorClient, CoordinatorServer, Layout, Model, Plan):
+    _translate_argument_errors(_cls)
+plan = _translate(_plan)
+del _cls
 from .errors import ShardwireError  # noqa: E402
 from .convert import dequantize_fp8_block, quantize_fp8_block  # noqa: E402
 from .tensors import shard_views, torch_dtype  # noqa: E402

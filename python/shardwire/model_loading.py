@@ -132,6 +132,20 @@ class ModelSource:
         return self._impl.digests_served
 
     @property
+    def last_mark(self) -> Optional[Dict[str, str]]:
+        """What the last heartbeat that found a loader's mark on this source found, or None while
+        none has: ``{"state": "STALE" | "READY", "stale_reason": the loader's reason}``. "STALE":
+        the mark holds (a loader found bytes that failed their digest; loaders skip this source
+        for the coordinator's mark_hold_s); "READY": that heartbeat cleared it, or a later one found
+        the hold over. Each new mark is also logged as a warning."""
+        return self._impl.last_mark
+
+    @property
+    def marks_seen(self) -> int:
+        """Heartbeats that found a loader's mark (a held mark counts at every heartbeat it holds)."""
+        return self._impl.marks_seen
+
+    @property
     def closed(self) -> bool:
         """True once close() ran (no longer registered or serving)."""
         return self._impl.closed

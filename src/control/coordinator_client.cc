@@ -403,15 +403,16 @@ Result<SourceRecord> CoordinatorClient::RegisterSource(const SourceRecord& recor
   return control::FromProto(resp.source());
 }
 
-Status CoordinatorClient::HeartbeatSource(const std::string& source_id, double timeout_s) {
+Result<SourceHeartbeat> CoordinatorClient::HeartbeatSource(const std::string& source_id, double timeout_s) {
   SW_RETURN_IF_ERROR(control::ValidateSourceId(source_id));
   SW_RETURN_IF_ERROR(ValidateCallBound(timeout_s, "HeartbeatSource"));
   v1::HeartbeatSourceRequest req;
   req.set_source_id(source_id);
   v1::HeartbeatSourceResponse resp;
-  return impl_->Call(
-      "HeartbeatSource", [&](grpc::ClientContext& ctx) { return impl_->sources->Heartbeat(&ctx, req, &resp); },
-      {.bound_s = timeout_s, .resend_after_deadline = true});
+  SW_RETURN_IF_ERROR(impl_->Call("HeartbeatSource",
+                                 [&](grpc::ClientContext& ctx) { return impl_->sources->Heartbeat(&ctx, req, &resp); },
+                                 {.bound_s = timeout_s, .resend_after_deadline = true}));
+  return control::FromProto(resp);
 }
 
 Result<std::vector<SourceRecord>> CoordinatorClient::ListSources(const std::string& model_identity,

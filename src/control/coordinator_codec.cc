@@ -230,6 +230,31 @@ Result<JobView> FromProto(const v1::JobView& in) {
   return v;
 }
 
+void ToProto(const SourceHeartbeat& in, v1::HeartbeatSourceResponse* out) {
+  out->set_state(ToProto(std::optional<SourceState>(in.state)));
+  out->set_stale_reason(in.stale_reason);
+}
+
+Result<SourceHeartbeat> FromProto(const v1::HeartbeatSourceResponse& in) {
+  SourceHeartbeat h;
+  switch (in.state()) {
+    case v1::SOURCE_STATE_UNSPECIFIED:  // a coordinator older than the field
+    case v1::SOURCE_STATE_READY:
+      h.state = SourceState::kReady;
+      break;
+    case v1::SOURCE_STATE_STALE:
+      h.state = SourceState::kStale;
+      break;
+    default:
+      return CorruptData(fmt::format("heartbeat reply has unknown source state {}", static_cast<int>(in.state())));
+  }
+  if (Status s = ValidateReason(in.stale_reason()); !s.ok()) {
+    return CorruptData(fmt::format("heartbeat reply: {}", s.message()));
+  }
+  h.stale_reason = in.stale_reason();
+  return h;
+}
+
 v1::SourceState ToProto(std::optional<SourceState> state) {
   if (!state.has_value()) return v1::SOURCE_STATE_UNSPECIFIED;
   return *state == SourceState::kStale ? v1::SOURCE_STATE_STALE : v1::SOURCE_STATE_READY;

@@ -54,6 +54,10 @@ void ToProto(const JobMember& in, v1::JobMember* out);
 Result<JobMember> FromProto(const v1::JobMember& in);
 void ToProto(const JobView& in, v1::JobView* out);
 Result<JobView> FromProto(const v1::JobView& in);
+void ToProto(const SourceHeartbeat& in, v1::HeartbeatSourceResponse* out);
+/// SOURCE_STATE_UNSPECIFIED (the empty reply of a coordinator older than the fields) reads
+/// as READY; kCorruptData for an unknown state or a reason longer than a mark's (4 KiB).
+Result<SourceHeartbeat> FromProto(const v1::HeartbeatSourceResponse& in);
 v1::SourceState ToProto(std::optional<SourceState> state);
 /// nullopt for SOURCE_STATE_UNSPECIFIED; kInvalidArgument for unknown values.
 Result<std::optional<SourceState>> FromProto(v1::SourceState state);

@@ -251,11 +251,15 @@ grpc::Status SourceRegistryService::Register(grpc::ServerContext* ctx, const v1:
 }
 
 void SourceRegistryService::ServeHeartbeat(const grpc::ServerContext& ctx, const v1::HeartbeatSourceRequest& req,
-                                           HeartbeatDone done) {
+                                           v1::HeartbeatSourceResponse* resp, HeartbeatDone done) {
   if (grpc::Status auth = core_->Authorize(&ctx); !auth.ok()) return done(auth);
   if (Status valid = ValidateSourceId(req.source_id()); !valid.ok()) return done(ToGrpcStatus(valid));
   core_->state().HeartbeatSourceAsync(req.source_id(), UnixNowMs(),
-                                      [done = std::move(done)](Status s) { done(ToGrpcStatus(s)); });
+                                      [resp, done = std::move(done)](Result<SourceHeartbeat> found) {
+                                        if (!found.ok()) return done(ToGrpcStatus(found.status()));
+                                        ToProto(*found, resp);
+                                        done(grpc::Status::OK);
+                                      });
 }
 
 grpc::Status SourceRegistryService::List(grpc::ServerContext* ctx, const v1::ListSourcesRequest* req,

@@ -113,9 +113,11 @@ class SourceRegistryService final : public v1::SourceRegistry::WithAsyncMethod_H
   grpc::Status Register(grpc::ServerContext* ctx, const v1::RegisterSourceRequest* req,
                         v1::RegisterSourceResponse* resp) override;
   /// SourceRegistry.Heartbeat (run by HeartbeatLoop): token, then the source id,
-  /// then CoordinatorState::HeartbeatSourceAsync; `done` gets the status (at once
-  /// when refused). Same thread rules as that state call.
-  void ServeHeartbeat(const grpc::ServerContext& ctx, const v1::HeartbeatSourceRequest& req, HeartbeatDone done);
+  /// then CoordinatorState::HeartbeatSourceAsync; `resp` (which must live until `done`
+  /// runs) gets what the heartbeat found, then `done` the status (at once when
+  /// refused). Same thread rules as that state call.
+  void ServeHeartbeat(const grpc::ServerContext& ctx, const v1::HeartbeatSourceRequest& req,
+                      v1::HeartbeatSourceResponse* resp, HeartbeatDone done);
   grpc::Status List(grpc::ServerContext* ctx, const v1::ListSourcesRequest* req,
                     v1::ListSourcesResponse* resp) override;
   grpc::Status MarkStale(grpc::ServerContext* ctx, const v1::MarkSourceStaleRequest* req,

@@ -114,8 +114,10 @@ class CoordinatorState {
   virtual Result<SourceRecord> RegisterSource(SourceRecord record, std::int64_t now_ms) = 0;
   /// Renews the lease; a source marked STALE becomes READY again unless the mark still
   /// holds (now_ms < mark time + source_mark_hold_s): then only the lease is renewed.
+  /// Returns what the heartbeat found (SourceHeartbeat): the state after it, and the reason
+  /// of the loader's mark the source carried (cleared now, or still holding).
   /// Errors: kNotFound.
-  virtual Status HeartbeatSource(const std::string& source_id, std::int64_t now_ms) = 0;
+  virtual Result<SourceHeartbeat> HeartbeatSource(const std::string& source_id, std::int64_t now_ms) = 0;
   /// Sorted by (instance_id, rank). Empty identity: all.
   virtual Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity,
                                                         std::optional<SourceState> state, std::int64_t now_ms) = 0;
@@ -167,7 +169,8 @@ class CoordinatorState {
   // no lock; calls of other threads are unaffected. Batches do not nest. The
   // defaults do nothing (in memory every call completes at once).
   using DoneCallback = std::function<void(Status)>;
-  virtual void HeartbeatSourceAsync(const std::string& source_id, std::int64_t now_ms, DoneCallback done) {
+  using SourceHeartbeatCallback = std::function<void(Result<SourceHeartbeat>)>;
+  virtual void HeartbeatSourceAsync(const std::string& source_id, std::int64_t now_ms, SourceHeartbeatCallback done) {
     done(HeartbeatSource(source_id, now_ms));
   }
   virtual void HeartbeatMemberAsync(const std::string& job, const std::string& member_id, std::int64_t now_ms,

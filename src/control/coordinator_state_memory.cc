@@ -149,13 +149,16 @@ class InMemoryCoordinatorState final : public CoordinatorState {
     return record;
   }
 
-  Status HeartbeatSource(const std::string& source_id, std::int64_t now_ms) override {
+  Result<SourceHeartbeat> HeartbeatSource(const std::string& source_id, std::int64_t now_ms) override {
     std::lock_guard<std::mutex> lock(mu_);
     StoredSource* s = FindLiveSource(source_id, now_ms);
     if (s == nullptr) return SourceNotFound(source_id);
     s->record.last_heartbeat_unix_ms = std::max(s->record.last_heartbeat_unix_ms, now_ms);
+    SourceHeartbeat found;
+    if (s->marked_stale) found.stale_reason = s->record.stale_reason;
     ClearMarkUnlessHeld(*s, now_ms);
-    return Status::Ok();
+    found.state = s->marked_stale ? SourceState::kStale : SourceState::kReady;
+    return found;
   }
 
   Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity, std::optional<SourceState> state,

@@ -152,19 +152,21 @@ local function src_load(id, now, d)
 end
 -- A heartbeat or repeated registration of source hash `key` at `now`, whose field st is
 -- `st`: clears the STALE mark unless a loader's mark still holds it (field mu, only ever set
--- beside st = '1'). An unmarked source costs no read and no write. Returns nil, or an error
--- message for a malformed mu.
+-- beside st = '1'). An unmarked source costs no read and no write. Returns nil for an
+-- unmarked source; an error message for a malformed mu; else false, the mark's reason
+-- (field sr) and whether the mark still holds.
 local function src_unmark(key, now, st)
   if st ~= '1' then return nil end
-  local mu = redis.call('HGET', key, 'mu')
-  if mu then
-    local until_ms = tonumber(mu)
+  local f = redis.call('HMGET', key, 'mu', 'sr')
+  local sr = f[2] or ''
+  if f[1] then
+    local until_ms = tonumber(f[1])
     if not until_ms then return key .. ': field mu malformed' end
-    if now < until_ms then return nil end
+    if now < until_ms then return false, sr, true end
   end
   redis.call('HSET', key, 'st', '', 'sr', '')
   redis.call('HDEL', key, 'mu')
-  return nil
+  return false, sr, false
 end
 local function member_drop(key, mid)
   redis.call('HDEL', key, 'r:' .. mid, 'h:' .. mid, 'v:' .. mid, 'j:' .. mid)
@@ -276,14 +278,13 @@ if ARGV[7] == '1' then
     if r[1] ~= ARGV[4] or r[2] ~= ARGV[6] or not r[3] then
       return fail('EXISTS', 'source ' .. id .. ' is registered with other contents')
     end
-    local bad = src_unmark(key, now, st)
+    local bad, sr, held = src_unmark(key, now, st)
     if bad then return fail('CORRUPT', bad) end
     if now > hb then redis.call('HSET', key, 'hb', ARGV[2]) end
     redis.call('PEXPIRE', key, d)
     extend(P .. 'srcidx:' .. ARGV[5], d)
     extend(P .. 'srcall', d)
-    local held = redis.call('HMGET', key, 'st', 'sr')
-    return {r[3], held[1] == '1' and (held[2] or '') or ''}
+    return {r[3], held and sr or ''}
   end
 elseif redis.call('EXISTS', key) == 1 then
   return fail('EXISTS', key)
@@ -301,19 +302,22 @@ return 1
 )lua";
 
 // ARGV: id, now, delete_ms
+// Returns 1 for a source that carried no mark; for a marked one {1 (READY: the mark is
+// cleared) or 2 (STALE: it still holds), the mark's reason}.
 constexpr std::string_view kHeartbeatScript = R"lua(
 local id, now, d = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local s, hb, ix, st = src_load(id, now, d)
 if s == 'corrupt' then return fail('CORRUPT', hb) end
 if s == 'absent' then return fail('NOTFOUND', 'source ' .. id .. ' is not registered (or its lease ended)') end
 local key = P .. 'src:' .. id
-local bad = src_unmark(key, now, st)
+local bad, sr, held = src_unmark(key, now, st)
 if bad then return fail('CORRUPT', bad) end
 if now > hb then redis.call('HSET', key, 'hb', ARGV[2]) end
 redis.call('PEXPIRE', key, d)
 extend(P .. 'srcidx:' .. ix, d)
 extend(P .. 'srcall', d)
-return 1
+if bad == nil then return 1 end
+return {held and 2 or 1, sr}
 )lua";
 
 // ARGV: id, now, delete_ms, reason, held until (unix ms; '': no hold, a running hold stays)
@@ -798,10 +802,10 @@ class RedisCoordinatorState final : public CoordinatorState {
                         static_cast<std::uint64_t>(r->element[1]->integer)};
   }
 
-  Status HeartbeatSource(const std::string& source_id, std::int64_t now_ms) override {
+  Result<SourceHeartbeat> HeartbeatSource(const std::string& source_id, std::int64_t now_ms) override {
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
                         pool_->Eval(heartbeat_, {source_id, std::to_string(now_ms), delete_ms_}, true));
-    return CheckReply(*r, "HeartbeatSource");
+    return HeartbeatFound(*r, source_id);
   }
 
   Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity, std::optional<SourceState> state,
@@ -951,11 +955,11 @@ class RedisCoordinatorState final : public CoordinatorState {
     }
   }
 
-  void HeartbeatSourceAsync(const std::string& source_id, std::int64_t now_ms, DoneCallback done) override {
+  void HeartbeatSourceAsync(const std::string& source_id, std::int64_t now_ms, SourceHeartbeatCallback done) override {
     SubmitHeartbeat(heartbeat_, {source_id, std::to_string(now_ms), delete_ms_},
-                    [this, done = std::move(done)](Result<RedisReplyPtr> r) {
+                    [this, source_id, done = std::move(done)](Result<RedisReplyPtr> r) {
                       if (!r.ok()) return done(r.status());
-                      done(CheckReply(**r, "HeartbeatSource"));
+                      done(HeartbeatFound(**r, source_id));
                     });
   }
 
@@ -1028,6 +1032,20 @@ class RedisCoordinatorState final : public CoordinatorState {
       return Unavailable(fmt::format("{}: Redis at {} is not ready: {}", what, pool_->url(), err));
     }
     return Internal(fmt::format("{}: Redis at {} replied with an error: {}", what, pool_->url(), err));
+  }
+
+  // The heartbeat script's reply (kHeartbeatScript): 1, or {1 | 2, the mark's reason}.
+  Result<SourceHeartbeat> HeartbeatFound(const redisReply& r, const std::string& source_id) const {
+    SW_RETURN_IF_ERROR(CheckReply(r, "HeartbeatSource"));
+    SourceHeartbeat found;
+    if (r.type == REDIS_REPLY_INTEGER && r.integer == 1) return found;
+    if (r.type != REDIS_REPLY_ARRAY || r.elements != 2 || r.element[0]->type != REDIS_REPLY_INTEGER ||
+        (r.element[0]->integer != 1 && r.element[0]->integer != 2) || r.element[1]->type != REDIS_REPLY_STRING) {
+      return CorruptData(fmt::format("HeartbeatSource of {}: Redis script returned a malformed reply", source_id));
+    }
+    found.state = r.element[0]->integer == 2 ? SourceState::kStale : SourceState::kReady;
+    found.stale_reason.assign(r.element[1]->str, r.element[1]->len);
+    return found;
   }
 
   Status CheckReply(const redisReply& r, const std::string& what) const {

@@ -58,7 +58,7 @@ class SourceHeartbeatCall final : public HeartbeatLoop::Call {
     loop_->sources_->RequestHeartbeat(&ctx_, &req_, &writer_, cq, cq, this);
   }
   void Serve() override {
-    loop_->sources_->ServeHeartbeat(ctx_, req_, [this](grpc::Status s) { Finish(s); });
+    loop_->sources_->ServeHeartbeat(ctx_, req_, &resp_, [this](grpc::Status s) { Finish(s); });
   }
 
  private:

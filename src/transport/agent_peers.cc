@@ -15,6 +15,15 @@ namespace shardwire {
 using transport::ProcessGone;
 using transport::WritesMayKernelCopy;
 
+Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob, std::string_view expected_name) {
+  SW_ASSIGN_OR_RETURN(transport::AgentMetadata m, transport::DecodeAgentMetadata(blob));
+  if (m.name != expected_name) {
+    return InvalidArgument(fmt::format("ImportMetadata: the blob names agent '{}', expected '{}'; nothing imported",
+                                       m.name, expected_name));
+  }
+  return ImportMetadata(blob);
+}
+
 Result<std::string> Agent::ImportMetadata(std::span<const std::byte> blob) {
   SW_ASSIGN_OR_RETURN(transport::AgentMetadata m, transport::DecodeAgentMetadata(blob));
   Impl& im = *impl_;

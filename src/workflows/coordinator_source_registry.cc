@@ -9,7 +9,7 @@ class CoordinatorSourceRegistry final : public SourceRegistry {
   Result<SourceRecord> RegisterSource(const SourceRecord& record, double timeout_s) override {
     return client_.RegisterSource(record, timeout_s);
   }
-  Status HeartbeatSource(const std::string& source_id, double timeout_s) override {
+  Result<SourceHeartbeat> HeartbeatSource(const std::string& source_id, double timeout_s) override {
     return client_.HeartbeatSource(source_id, timeout_s);
   }
   Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity,

@@ -7,10 +7,12 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -83,11 +85,14 @@ struct ModelSource::Impl {
   std::string fingerprint;
   std::vector<std::string> fingerprint_inputs;
   std::vector<std::uint64_t> block_digests;
+  std::vector<std::byte> snapshot;  // Digest's copy of one block (server thread only)
   bool read_only = false;  // the buffer is mprotect'ed PROT_READ (Create): parts need no block check
 
-  mutable std::mutex mu;  // guards record.source_id, stop
+  mutable std::mutex mu;  // guards record.source_id, stop, last_mark, marks_seen
   std::condition_variable cv;
   bool stop = false;
+  std::optional<SourceHeartbeat> last_mark;  // of the last heartbeat that found a loader's mark
+  std::uint64_t marks_seen = 0;
   std::atomic<bool> stop_server{false};
   std::thread heartbeat_thread;
   std::thread server_thread;
@@ -115,30 +120,45 @@ struct ModelSource::Impl {
   Clock::time_point lease_deadline;
   Clock::time_point next_keepalive;
 
+  // Sends `m` to `peer`. A loader the agent knows is gone (kPeerDisconnected: its socket or
+  // endpoint failed; kNotFound: forgotten) loses its leases at once, so its queued requests
+  // are never granted to nobody; other failures are not ours to handle.
   void Reply(const std::string& peer, const P2pMessage& m) {
     const std::vector<std::byte> payload = EncodeP2p(m);
-    (void)agent->SendMessage(peer, payload);  // a loader that went away is not our problem
+    const Status sent = agent->SendMessage(peer, payload);
+    if (sent.code() == ErrorCode::kPeerDisconnected || sent.code() == ErrorCode::kNotFound) DropLeases(peer);
   }
 
   // The MoveDigest of the requested ranges (p2p_messages.h). A segment that is a whole
   // block is answered with the digest recorded at commit, without reading it (unless the
-  // request asks to verify); a part of a block is hashed from the buffer, and its block
-  // checked against the recorded digest (kCorrupt when it changed since commit) unless
-  // the buffer is read-only and the request does not ask to verify.
+  // request asks to verify); a part of a block is hashed from the buffer when it is
+  // read-only and the request does not ask to verify; otherwise from a snapshot of its
+  // block that is checked against the recorded digest (kCorrupt when it changed since
+  // commit), so the part's digest and the check see the same bytes: a write between two
+  // reads of the buffer (which the contract forbids) cannot pass the check with bytes
+  // other than the committed ones.
   P2pMessage Digest(const P2pMessage& request) {
     P2pMessage reply;
     reply.kind = P2pKind::kDigestReply;
     reply.id = request.id;
     const bool verify = request.flag;
     workflows::MoveDigest digest;
-    // Blocks to check against the recorded digests: a row-parallel move's ranges are its
-    // rows (thousands of ~1 KiB ranges, ascending), so consecutive duplicates are dropped
-    // as they come and the rest sorted once (a std::set node per row cost the source's
-    // serving thread more than the hashing).
-    std::vector<std::uint64_t> blocks;
     std::uint64_t bytes = 0;
     auto block_length = [&](std::uint64_t b) {
       return std::min<std::uint64_t>(kBlockBytes, buffer.size() - b * kBlockBytes);
+    };
+    // The block the last part came from, copied and checked once: a row-parallel move's
+    // ranges are its rows (thousands of ~1 KiB ranges, ascending), so each block is
+    // copied once per move.
+    std::uint64_t snapshot_block = std::numeric_limits<std::uint64_t>::max();
+    auto snapshot_part = [&](std::uint64_t seg, std::uint64_t b) -> const std::byte* {
+      if (b != snapshot_block) {
+        snapshot.resize(kBlockBytes);
+        std::memcpy(snapshot.data(), buffer.data() + b * kBlockBytes, block_length(b));
+        snapshot_block = b;
+        if (XXH3_64bits(snapshot.data(), block_length(b)) != block_digests[b]) reply.status = DigestStatus::kCorrupt;
+      }
+      return snapshot.data() + (seg - b * kBlockBytes);
     };
     for (const auto& [off, len] : request.ranges) {
       if (off > buffer.size() || len > buffer.size() - off) {
@@ -158,21 +178,11 @@ struct ModelSource::Impl {
           digest.Add(now);
           return;
         }
-        digest.Add(XXH3_64bits(buffer.data() + seg, n));
-        if ((verify || !read_only) && (blocks.empty() || blocks.back() != b)) blocks.push_back(b);
+        const std::byte* part = (verify || !read_only) ? snapshot_part(seg, b) : buffer.data() + seg;
+        digest.Add(XXH3_64bits(part, n));
       });
     }
-    std::sort(blocks.begin(), blocks.end());
-    blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
     reply.value = digest.Value();
-    if (reply.status == DigestStatus::kOk) {
-      for (std::uint64_t b : blocks) {
-        if (XXH3_64bits(buffer.data() + b * kBlockBytes, block_length(b)) != block_digests[b]) {
-          reply.status = DigestStatus::kCorrupt;
-          break;
-        }
-      }
-    }
     if (options.test_lie_about_digests) reply.value += 1;
     digests_served.fetch_add(1);
     bytes_digested.fetch_add(bytes);
@@ -194,8 +204,9 @@ struct ModelSource::Impl {
     if (!m) return;  // not ours; ignore
     switch (m->kind) {
       case P2pKind::kHello: {
-        auto name = agent->ImportMetadata(m->blob);
-        if (!name.ok() || *name != n.peer) return;  // cannot answer a peer we cannot reach
+        // Only the sender's own blob: one naming another peer would replace that peer's connection.
+        auto name = agent->ImportMetadata(m->blob, n.peer);
+        if (!name.ok()) return;  // cannot answer a peer we cannot reach
         P2pMessage ack;
         ack.kind = P2pKind::kHelloAck;
         ack.id = m->id;
@@ -245,7 +256,8 @@ struct ModelSource::Impl {
     const Clock::time_point now = Clock::now();
     if (!lease_queue.empty() && now > next_keepalive) {  // queued readers know we are alive
       next_keepalive = now + std::chrono::milliseconds(500);
-      for (const LeaseRequest& r : lease_queue) {
+      const std::deque<LeaseRequest> queue = lease_queue;  // Reply drops the leases of a dead loader
+      for (const LeaseRequest& r : queue) {
         P2pMessage queued;
         queued.kind = P2pKind::kQueued;
         queued.id = r.id;
@@ -257,7 +269,12 @@ struct ModelSource::Impl {
     // instead of a RELEASE -> GRANT round trip later (on a busy host tens of ms per
     // lease), and a reader that died or overran holds nothing.
     if (lease_holder && now >= lease_deadline) lease_holder.reset();
-    if (lease_holder || lease_queue.empty()) return;
+    // A grant that cannot reach its loader (gone) drops its leases: the next one goes at once.
+    while (!lease_holder && !lease_queue.empty()) Grant(now);
+  }
+
+  // Grants the first lease of the queue (by priority, then instance, then arrival).
+  void Grant(Clock::time_point now) {
     auto next =
         std::min_element(lease_queue.begin(), lease_queue.end(), [&](const LeaseRequest& a, const LeaseRequest& b) {
           // min_element keeps the first of equals: earlier arrival wins ties.
@@ -309,8 +326,8 @@ struct ModelSource::Impl {
       if (stop) break;
       const std::string id = record.source_id;
       lock.unlock();
-      Status s = registry->HeartbeatSource(id, HeartbeatBoundS(options));
-      if (s.code() == ErrorCode::kNotFound) {
+      Result<SourceHeartbeat> s = registry->HeartbeatSource(id, HeartbeatBoundS(options));
+      if (s.status().code() == ErrorCode::kNotFound) {
         // The coordinator deleted the record (missed heartbeats) or lost it (restarted
         // without Redis): register again, so loaders find this source without a restart.
         auto again = registry->RegisterSource(record, HeartbeatBoundS(options));
@@ -325,8 +342,35 @@ struct ModelSource::Impl {
         continue;
       }
       lock.lock();
-      outcome(s, id);
+      outcome(s.status(), id);
+      if (s.ok()) Found(*s, id);
     }
+  }
+
+  // Records and logs what a heartbeat of `id` found (mu held): a loader's mark is logged
+  // when it first shows and when its state or reason changes (a held mark shows at every
+  // heartbeat for source_mark_hold_s), and the end of a hold once.
+  void Found(const SourceHeartbeat& found, const std::string& id) {
+    const bool was_held = last_mark.has_value() && last_mark->state == SourceState::kStale;
+    if (found.stale_reason.empty()) {
+      if (was_held) {
+        spdlog::warn("model source {} rank {}: the loader's mark on {} no longer holds; READY again",
+                     record.instance_id, record.rank, id);
+        last_mark->state = SourceState::kReady;
+      }
+      return;
+    }
+    ++marks_seen;
+    if (!last_mark.has_value() || !was_held || last_mark->stale_reason != found.stale_reason ||
+        found.state != SourceState::kStale) {
+      spdlog::warn("model source {} rank {}: a loader marked {} STALE ({}); {}", record.instance_id, record.rank, id,
+                   found.stale_reason,
+                   found.state == SourceState::kStale
+                       ? "the mark holds: loaders skip this source until the coordinator's source_mark_hold_s "
+                         "passes (a held mark means its bytes failed their digest: check the served memory)"
+                       : "this heartbeat made it READY again");
+    }
+    last_mark = found;
   }
 };
 
@@ -367,6 +411,16 @@ std::string ModelSource::source_id() const {
   return impl_->record.source_id;
 }
 
+std::optional<SourceHeartbeat> ModelSource::last_mark() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->last_mark;
+}
+
+std::uint64_t ModelSource::marks_seen() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->marks_seen;
+}
+
 std::span<std::byte> ModelSource::buffer() const { return impl_->buffer; }
 std::uint64_t ModelSource::digests_served() const { return impl_->digests_served.load(); }
 std::uint64_t ModelSource::bytes_digested() const { return impl_->bytes_digested.load(); }
@@ -401,7 +455,7 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Serve(SourceRegistry& registry
                                        options.instance_id, buffer.size(), options.rank, options.layout, bytes));
   }
   SW_ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent, CreateSourceAgent(options));
-  SW_ASSIGN_OR_RETURN(const RegionId region, agent->RegisterMemory(buffer.data(), buffer.size()));
+  SW_ASSIGN_OR_RETURN(const RegionId region, agent->RegisterMemory(buffer.data(), bytes));
   return Start(registry, agent, region, buffer.first(bytes), layout, identity, std::move(options));
 }
 
@@ -458,6 +512,12 @@ Result<std::unique_ptr<ModelSource>> ModelSource::Start(SourceRegistry& registry
   raw->server_thread = std::thread([raw] { raw->Serve(); });
   auto registered = registry.RegisterSource(r, std::numeric_limits<double>::infinity());
   if (!registered.ok()) {
+    const ErrorCode code = registered.status().code();
+    if ((code == ErrorCode::kUnavailable || code == ErrorCode::kTimedOut) && options.shutdown_timeout_s > 0) {
+      // The coordinator may have stored the record before the reply was lost: remove it, so
+      // no loader lists a source that is not serving until its lease runs out.
+      (void)registry.DeregisterSource(r.source_id, options.shutdown_timeout_s);
+    }
     raw->stop_server.store(true);
     raw->server_thread.join();
     agent = std::move(raw->agent);  // nothing moved: the caller keeps its agent and buffer

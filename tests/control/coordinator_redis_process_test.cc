@@ -294,7 +294,7 @@ TEST_F(CoordinatorRedisProcess, LeasesEndWhileNoCoordinatorRuns) {
   auto c = Client(third.address);
   ASSERT_TRUE(c);
   EXPECT_TRUE(c->ListSources("", std::nullopt)->empty());
-  EXPECT_EQ(c->HeartbeatSource(id).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(c->HeartbeatSource(id).status().code(), ErrorCode::kNotFound);
 }
 
 }  // namespace

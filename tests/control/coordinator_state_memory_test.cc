@@ -101,10 +101,10 @@ TEST(InMemoryCoordinatorState, SourceLifecycleAndDerivedLease) {
   EXPECT_EQ(r1->sources_deleted, 0);
   auto r2 = st->Reap(t0 + 61000);
   EXPECT_EQ(r2->sources_deleted, 2);
-  EXPECT_EQ(st->HeartbeatSource(a1->source_id, t0 + 61000).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st->HeartbeatSource(a1->source_id, t0 + 61000).status().code(), ErrorCode::kNotFound);
   // Deleted at read time even without Reap: a0 last heartbeat t0+13 s.
   EXPECT_EQ(st->ListSources("", std::nullopt, t0 + 73000)->size(), 0u);
-  EXPECT_EQ(st->HeartbeatSource(a0->source_id, t0 + 73000).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st->HeartbeatSource(a0->source_id, t0 + 73000).status().code(), ErrorCode::kNotFound);
 
   EXPECT_EQ(st->MarkSourceStale("src-nope", "", t0, false).code(), ErrorCode::kNotFound);
   EXPECT_EQ(st->DeregisterSource("src-nope").code(), ErrorCode::kNotFound);

@@ -71,18 +71,26 @@ JobMember Member(const std::string& id, JobRole role = JobRole::kSubscriber) {
   return m;
 }
 
+// The status of an asynchronous heartbeat's outcome (members: Status; sources: a Result).
+Status StatusOf(Status s) { return s; }
+template <typename T>
+Status StatusOf(const Result<T>& r) {
+  return r.status();
+}
+
 // Counts the completions of asynchronous state calls and waits for them
 // (bounded: a callback that never comes fails the test instead of hanging it).
+// Expect's callback takes either heartbeat's outcome and keeps its status.
 class Completions {
  public:
-  CoordinatorState::DoneCallback Expect(Status* out) {
+  auto Expect(Status* out) {
     {
       std::lock_guard lock(mu_);
       ++expected_;
     }
-    return [this, out](Status s) {
+    return [this, out](const auto& outcome) {
       std::lock_guard lock(mu_);
-      if (out != nullptr) *out = std::move(s);
+      if (out != nullptr) *out = StatusOf(outcome);
       ++done_;
       cv_.notify_all();
     };
@@ -322,6 +330,36 @@ TEST_P(CoordinatorStateTest, ALoadersMarkHoldsTheSourceStaleAgainstHeartbeats) {
   EXPECT_EQ(state_of_a(t0 + 80'000), std::make_pair(SourceState::kReady, std::string()));
 }
 
+// A heartbeat tells the source of a loader's mark it carried: a mark without hold once, by
+// the heartbeat that clears it; a held mark at every heartbeat while it holds (STALE), then
+// once more by the heartbeat that clears it (READY); a lease that merely ran out is no mark.
+TEST_P(CoordinatorStateTest, AHeartbeatTellsTheSourceOfALoadersMark) {
+  auto& st = *state_;
+  const std::int64_t t0 = WallMs();
+  auto a = st.RegisterSource(Source("m", "i", 0, 1), t0);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  auto beat = [&](std::int64_t at) {
+    auto found = st.HeartbeatSource(a->source_id, t0 + at);
+    EXPECT_TRUE(found.ok()) << found.status().ToString();
+    return found.ok() ? *found : SourceHeartbeat{SourceState::kStale, "the heartbeat failed"};
+  };
+  auto expect = [](const SourceHeartbeat& found, SourceState state, const std::string& reason, const char* when) {
+    EXPECT_EQ(found.state, state) << when;
+    EXPECT_EQ(found.stale_reason, reason) << when;
+  };
+  expect(beat(1'000), SourceState::kReady, "", "unmarked");
+  expect(beat(12'000), SourceState::kReady, "", "after its lease ran out (STALE, no mark)");
+  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "stalled for 5 s", t0 + 12'500, /*hold=*/false).ok());
+  expect(beat(13'000), SourceState::kReady, "stalled for 5 s", "the heartbeat that clears a mark");
+  expect(beat(14'000), SourceState::kReady, "", "the mark was reported once");
+  ASSERT_TRUE(st.MarkSourceStale(a->source_id, "block 3 digest mismatch", t0 + 15'000, /*hold=*/true).ok());
+  expect(beat(16'000), SourceState::kStale, "block 3 digest mismatch", "within the hold");
+  expect(beat(44'999), SourceState::kStale, "block 3 digest mismatch", "the hold's last ms");
+  expect(beat(45'000), SourceState::kReady, "block 3 digest mismatch", "the hold's end");
+  expect(beat(46'000), SourceState::kReady, "", "after the hold");
+  EXPECT_EQ(st.ListSources("m", SourceState::kReady, t0 + 46'000).value().size(), 1u);
+}
+
 TEST_P(CoordinatorStateTest, SourcesPastDeleteAfterAreGone) {
   auto& st = *state_;
   const std::int64_t t0 = WallMs();
@@ -333,7 +371,7 @@ TEST_P(CoordinatorStateTest, SourcesPastDeleteAfterAreGone) {
   auto left = st.ListSources("m", std::nullopt, t0 + 60'000).value();
   ASSERT_EQ(left.size(), 1u);
   EXPECT_EQ(left[0].source_id, b->source_id);
-  EXPECT_EQ(st.HeartbeatSource(a->source_id, t0 + 60'000).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st.HeartbeatSource(a->source_id, t0 + 60'000).status().code(), ErrorCode::kNotFound);
   EXPECT_EQ(st.MarkSourceStale(a->source_id, "x", t0 + 60'000, false).code(), ErrorCode::kNotFound);
   EXPECT_EQ(st.ListSources("", std::nullopt, t0 + 60'000).value().size(), 1u);
 }
@@ -418,12 +456,12 @@ TEST_P(CoordinatorStateTest, DeregisterAndUnknownIds) {
   const std::int64_t t0 = WallMs();
   auto a = st.RegisterSource(Source("m", "i", 0, 1), t0);
   ASSERT_TRUE(a.ok());
-  EXPECT_EQ(st.HeartbeatSource("src-0000000000000000", t0).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st.HeartbeatSource("src-0000000000000000", t0).status().code(), ErrorCode::kNotFound);
   EXPECT_EQ(st.MarkSourceStale("src-0000000000000000", "x", t0, false).code(), ErrorCode::kNotFound);
   EXPECT_EQ(st.DeregisterSource("src-0000000000000000").code(), ErrorCode::kNotFound);
   ASSERT_TRUE(st.DeregisterSource(a->source_id).ok());
   EXPECT_EQ(st.DeregisterSource(a->source_id).code(), ErrorCode::kNotFound);
-  EXPECT_EQ(st.HeartbeatSource(a->source_id, t0).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st.HeartbeatSource(a->source_id, t0).status().code(), ErrorCode::kNotFound);
   EXPECT_TRUE(st.ListSources("m", std::nullopt, t0).value().empty());
   EXPECT_TRUE(st.ListSources("", std::nullopt, t0).value().empty());
 }
@@ -587,8 +625,8 @@ TEST_P(CoordinatorStateTest, HeartbeatBatchesCompleteEveryCallByTheirEnd) {
   Status unknown = InvalidArgument("never completed"), member = InvalidArgument("never completed");
   std::atomic<int> completed{0};
   auto expect = [&](Status* out) {
-    return [out, &completed](Status s) {
-      *out = std::move(s);
+    return [out, &completed](const auto& outcome) {
+      *out = StatusOf(outcome);
       ++completed;
     };
   };
@@ -923,7 +961,7 @@ TEST_F(RedisStateTest, LeaseExpiresWithNoStateObjectAlive) {
   auto st = Connect(p);
   ASSERT_TRUE(st);
   EXPECT_TRUE(st->ListSources("", std::nullopt, WallMs()).value().empty());
-  EXPECT_EQ(st->HeartbeatSource(id, WallMs()).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(st->HeartbeatSource(id, WallMs()).status().code(), ErrorCode::kNotFound);
 }
 
 TEST_F(RedisStateTest, CorruptRecordsAreCorruptDataNamingTheKey) {
@@ -942,7 +980,7 @@ TEST_F(RedisStateTest, CorruptRecordsAreCorruptDataNamingTheKey) {
 
   // A heartbeat time that is not a number.
   ASSERT_EQ(redis_->Command({"HSET", key, "hb", "yesterday"}), "0");
-  auto hb = st->HeartbeatSource(a->source_id, t0);
+  Status hb = st->HeartbeatSource(a->source_id, t0).status();
   EXPECT_EQ(hb.code(), ErrorCode::kCorruptData);
   EXPECT_NE(hb.message().find(key), std::string::npos) << hb.message();
   EXPECT_EQ(redis_->Command({"HGET", key, "hb"}), "yesterday") << "a refused heartbeat changed the record";

@@ -183,7 +183,10 @@ TEST(Coordinator, SourcesRegisterHeartbeatListStaleDeregister) {
   EXPECT_EQ((*list)[0].layout_fingerprint, "abc123");
   EXPECT_EQ(c->ListSources("", std::nullopt)->size(), 3u);
 
-  ASSERT_TRUE(c->HeartbeatSource(a1->source_id).ok());
+  auto unmarked = c->HeartbeatSource(a1->source_id);
+  ASSERT_TRUE(unmarked.ok()) << unmarked.status().ToString();
+  EXPECT_EQ(unmarked->state, SourceState::kReady);
+  EXPECT_EQ(unmarked->stale_reason, "");
   ASSERT_TRUE(c->MarkSourceStale(a1->source_id, "read failed: peer gone", /*hold=*/true).ok());
   auto ready = c->ListSources("model-x", SourceState::kReady);
   ASSERT_EQ(ready->size(), 1u);
@@ -191,8 +194,12 @@ TEST(Coordinator, SourcesRegisterHeartbeatListStaleDeregister) {
   auto stale = c->ListSources("model-x", SourceState::kStale);
   ASSERT_EQ(stale->size(), 1u);
   EXPECT_EQ((*stale)[0].stale_reason, "read failed: peer gone");
-  // The server's default source_mark_hold_s (30 s) holds the loader's mark against heartbeats.
-  ASSERT_TRUE(c->HeartbeatSource(a1->source_id).ok());
+  // The server's default source_mark_hold_s (30 s) holds the loader's mark against heartbeats,
+  // and the heartbeat's reply says so (through the server's asynchronous heartbeat path).
+  auto held = c->HeartbeatSource(a1->source_id);
+  ASSERT_TRUE(held.ok()) << held.status().ToString();
+  EXPECT_EQ(held->state, SourceState::kStale);
+  EXPECT_EQ(held->stale_reason, "read failed: peer gone");
   stale = c->ListSources("model-x", SourceState::kStale);
   ASSERT_EQ(stale->size(), 1u);
   EXPECT_EQ((*stale)[0].stale_reason, "read failed: peer gone");
@@ -200,12 +207,15 @@ TEST(Coordinator, SourcesRegisterHeartbeatListStaleDeregister) {
   // A mark without hold lasts until the source's next heartbeat.
   ASSERT_TRUE(c->MarkSourceStale(a0->source_id, "stalled").ok());
   EXPECT_EQ(c->ListSources("model-x", SourceState::kReady)->size(), 0u);
-  ASSERT_TRUE(c->HeartbeatSource(a0->source_id).ok());
+  auto cleared = c->HeartbeatSource(a0->source_id);
+  ASSERT_TRUE(cleared.ok()) << cleared.status().ToString();
+  EXPECT_EQ(cleared->state, SourceState::kReady);
+  EXPECT_EQ(cleared->stale_reason, "stalled");
   EXPECT_EQ(c->ListSources("model-x", SourceState::kReady)->size(), 1u);
 
   ASSERT_TRUE(c->DeregisterSource(a1->source_id).ok());
   EXPECT_EQ(c->DeregisterSource(a1->source_id).code(), ErrorCode::kNotFound);
-  EXPECT_EQ(c->HeartbeatSource(a1->source_id).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(c->HeartbeatSource(a1->source_id).status().code(), ErrorCode::kNotFound);
   EXPECT_EQ(c->MarkSourceStale("src-0000000000000000", "x").code(), ErrorCode::kNotFound);
   EXPECT_EQ(c->ListSources("model-x", std::nullopt)->size(), 1u);
 
@@ -288,7 +298,7 @@ TEST(Coordinator, LeaseDeletesSourcesWithoutHeartbeats) {
   auto s = c->RegisterSource(Source("m", "i", 0, 1));
   ASSERT_TRUE(s.ok());
   ASSERT_TRUE(PollUntil([&] { return c->ListSources("m", std::nullopt)->empty(); })) << "never deleted";
-  EXPECT_EQ(c->HeartbeatSource(s->source_id).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(c->HeartbeatSource(s->source_id).status().code(), ErrorCode::kNotFound);
 }
 
 // Members expire only after 600 s here: however slowly this process runs (TSan), every
@@ -1099,12 +1109,12 @@ TEST(Coordinator, LeaseCallsGiveUpWithinTheirOwnBound) {
   auto reg = c->RegisterSource(Source("m", "inst", 0, 1));
   ASSERT_TRUE(reg.ok()) << reg.status().ToString();
   EXPECT_TRUE(c->HeartbeatSource(reg->source_id, 5).ok());
-  EXPECT_EQ(c->HeartbeatSource(reg->source_id, 0).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(c->HeartbeatSource(reg->source_id, 0).status().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(c->DeregisterSource(reg->source_id, std::nan("")).code(), ErrorCode::kInvalidArgument);
   server->Shutdown(0);
   for (int call = 0; call < 2; ++call) {
     const auto start = std::chrono::steady_clock::now();
-    Status s = call == 0 ? c->HeartbeatSource(reg->source_id, 0.5) : c->DeregisterSource(reg->source_id, 0.5);
+    Status s = call == 0 ? c->HeartbeatSource(reg->source_id, 0.5).status() : c->DeregisterSource(reg->source_id, 0.5);
     const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     EXPECT_TRUE(s.code() == ErrorCode::kUnavailable || s.code() == ErrorCode::kTimedOut) << s.ToString();
     EXPECT_NE(s.message().find(address), std::string::npos) << s.message();

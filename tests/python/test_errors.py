@@ -88,6 +88,37 @@ def test_integers_and_text_the_bindings_cannot_take_are_invalid_argument_naming_
             shardwire.ModelLoader(client, model, "tp=1", 2**32)
 
 
+def test_arguments_the_raw_bindings_cannot_take_are_invalid_argument_naming_the_call():
+    """The classes bound straight from C++ raised pybind11's TypeError for an argument that does
+    not fit the C++ parameter; now InvalidArgumentError (a ValueError) with pybind11's message:
+    the call, the signature it takes and the values it was given."""
+    model = llama()
+    src, dst = shardwire.Layout.from_string(model, "fsdp=1"), shardwire.Layout.from_string(model, "tp=1")
+    refused = r"incompatible (function|constructor) arguments"
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        with pytest.raises(errors.InvalidArgumentError, match=r"add\(\): " + refused) as e:
+            client.add("k", 2**70)
+        assert "1180591620717411303424" in str(e.value)  # the value given
+        with pytest.raises(errors.InvalidArgumentError, match=r"commit_version\(\): " + refused):
+            client.commit_version("job", "m", -1)
+        with pytest.raises(errors.InvalidArgumentError, match=r"__init__\(\): " + refused):
+            shardwire.CoordinatorClient(server.address, call_timeout_s="soon")
+        with pytest.raises(errors.InvalidArgumentError, match=r"mark_source_stale\(\): " + refused):
+            client.mark_source_stale("src-0000000000000000", "x", hold="yes")
+        assert client.add("k", 2) == 2  # the client still works; nothing was applied
+    with pytest.raises(errors.InvalidArgumentError, match=r"plan\(\): " + refused):
+        shardwire.plan(src, dst, bucket_bytes=-1)
+    with pytest.raises(errors.InvalidArgumentError, match=r"from_checkpoint\(\): " + refused):
+        shardwire.Model.from_checkpoint(5)  # a static method
+    with pytest.raises(errors.InvalidArgumentError, match=r"buffer_bytes\(\): " + refused):
+        dst.buffer_bytes(2**40)
+    # Errors the C++ side raises keep their own class and message.
+    with pytest.raises(errors.InvalidArgumentError, match="TP size 3 does not divide"):
+        shardwire.Layout.from_string(model, "tp=3")
+    assert shardwire.CoordinatorClient.add.__doc__.startswith("add(")  # docstrings kept
+
+
 def test_invalid_argument_bad_layout_string():
     with pytest.raises(errors.InvalidArgumentError, match="TP size 3 does not divide"):
         shardwire.Layout.from_string(llama(), "tp=3")  # 4 heads do not split 3 ways

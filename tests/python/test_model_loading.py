@@ -228,6 +228,43 @@ def test_numpy_arrays_are_served_and_loaded_without_torch_tensors():
         src.close()
 
 
+def test_a_source_learns_of_a_loaders_mark_from_its_heartbeats():
+    """mark_source_stale as a loader calls it: a held mark shows in the source's last_mark as
+    STALE with the reason while the coordinator holds it (loaders list it STALE), then READY once
+    the hold (mark_hold_s = 3 s here) is over; a mark without hold shows once, READY."""
+    import json
+    import numpy as np
+    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 96, "torch_dtype": "float32"}
+    model = shardwire.Model.from_config_json(json.dumps(cfg))
+    lay = shardwire.Layout.from_string(model, "tp=1")
+    served = {s["name"]: np.ones(s["shape"], np.float32) for s in lay.shards(0)}
+
+    def eventually(cond, timeout_s=10.0):
+        end = time.monotonic() + timeout_s
+        while not cond() and time.monotonic() < end:
+            time.sleep(0.02)
+        return cond()
+
+    with shardwire.CoordinatorServer(mark_hold_s=3.0) as server:
+        client = shardwire.CoordinatorClient(server.address)
+        with shardwire.ModelSource(client, model, "tp=1", 0, params=served, revision="r", instance_id="marked",
+                                   heartbeat_interval_s=0.05) as src:
+            time.sleep(0.2)
+            assert src.last_mark is None and src.marks_seen == 0
+            client.mark_source_stale(src.source_id, "block 2 failed its digest", hold=True)
+            assert eventually(lambda: src.last_mark is not None), "no heartbeat reported the mark"
+            assert src.last_mark == {"state": "STALE", "stale_reason": "block 2 failed its digest"}
+            assert [s["state"] for s in client.list_sources()] == ["STALE"]  # held against heartbeats
+            assert eventually(lambda: src.last_mark["state"] == "READY"), "the hold never ended"
+            assert src.last_mark["stale_reason"] == "block 2 failed its digest"
+            assert eventually(lambda: [s["state"] for s in client.list_sources()] == ["READY"])
+            seen = src.marks_seen
+            client.mark_source_stale(src.source_id, "stalled")
+            assert eventually(lambda: src.last_mark["stale_reason"] == "stalled")
+            assert src.last_mark["state"] == "READY" and src.marks_seen == seen + 1
+
+
 def test_nobody_serving_is_not_found_and_checkpoint_fallback_loads(tmp_path):
     ckpt = checkpoint_dir(tmp_path)
     full = read_safetensors(ckpt / "model.safetensors")

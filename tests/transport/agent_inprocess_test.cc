@@ -424,10 +424,22 @@ TEST_P(AgentBackends, InvalidateAndReimportPeer) {
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE(RunToCompletion(*a.agent, *b.agent, *h).ok());
 
-  // Re-import: the old plan is stale, a new one works.
+  // The blob of "target" sent by someone else ("intruder"): refused before anything is
+  // replaced, so the prepared transfer still moves the bytes.
   auto blob = b.agent->ExportMetadata();
   ASSERT_TRUE(blob.ok());
-  ASSERT_TRUE(a.agent->ImportMetadata(*blob).ok());
+  auto refused = a.agent->ImportMetadata(*blob, "intruder");
+  EXPECT_EQ(refused.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("names agent 'target', expected 'intruder'"), std::string::npos)
+      << refused.status().ToString();
+  FillPattern(a.bytes(), 3);
+  ASSERT_TRUE(RunToCompletion(*a.agent, *b.agent, *h).ok()) << "a refused blob replaced the peer";
+  EXPECT_FALSE(FirstMismatch(b.bytes(), 3).has_value());
+
+  // Re-import (under the name it carries): the old plan is stale, a new one works.
+  auto named = a.agent->ImportMetadata(*blob, "target");
+  ASSERT_TRUE(named.ok()) << named.status().ToString();
+  EXPECT_EQ(*named, "target");
   EXPECT_EQ(a.agent->Post(*h).code(), ErrorCode::kPeerDisconnected);
   auto h2 = a.agent->PrepareTransfer(TransferOp::kWrite, "target", d, std::nullopt);
   ASSERT_TRUE(h2.ok());

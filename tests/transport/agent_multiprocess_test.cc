@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "die_with_test_process.h"
 #include "shardwire/agent.h"
 #include "transport/transport_test_util.h"
 
@@ -136,8 +137,10 @@ int TargetChild(int fd, Params p) {
 
 pid_t ForkChild(int fds[2], const std::function<int(int)>& child) {
   if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return -1;
+  const pid_t test_pid = ::getpid();
   const pid_t pid = ::fork();
   if (pid == 0) {
+    shardwire::testing_util::DieWithTestProcess(test_pid);
     ::close(fds[0]);
     int code = 99;
     code = child(fds[1]);
@@ -516,6 +519,10 @@ TEST(PeerAgentDestroyed, InALiveProcessIsReportedAsAPeerFailure) {
     auto agent = Agent::Create({.name = "child"});
     if (!agent.ok()) return 10;
     if (Handshake(**agent, fd) != "parent") return 11;
+    // Not before the parent imported this agent's blob: its import maps this agent's
+    // shared memory, which the reset removes (the import then failed, 1 run in ~70).
+    auto imported = RecvFrame(fd, kStepTimeoutS);
+    if (!imported || Str(*imported) != "imported") return 13;
     agent->reset();  // the agent goes, the process stays
     if (!SendFrame(fd, Bytes("destroyed"))) return 12;
     for (;;) ::pause();
@@ -527,6 +534,7 @@ TEST(PeerAgentDestroyed, InALiveProcessIsReportedAsAPeerFailure) {
   Agent& a = **agent;
   ASSERT_EQ(Handshake(a, fd), "child");
   ASSERT_EQ(a.DescribePeer("child").value().message_transports, std::vector<std::string>{"unix/seqpacket"});
+  ASSERT_TRUE(SendFrame(fd, Bytes("imported")));
   auto frame = RecvFrame(fd, kStepTimeoutS);
   ASSERT_TRUE(frame.has_value());
   ASSERT_EQ(Str(*frame), "destroyed");

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "die_with_test_process.h"
 #include "shardwire/agent.h"
 #include "transport/transport_test_util.h"
 
@@ -206,13 +207,16 @@ TEST(NetNamespaces, WriteAndReadAcrossVethOverTcpAreByteExact) {
   if (!v.error.empty()) GTEST_SKIP() << "cannot build the veth pair here: " << v.error;
   int fds[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  const pid_t test_pid = ::getpid();
   const pid_t target = ::fork();
   if (target == 0) {
+    shardwire::testing_util::DieWithTestProcess(test_pid);
     ::close(fds[0]);
     ::_exit(TargetChild(fds[1], v));
   }
   const pid_t initiator = ::fork();
   if (initiator == 0) {
+    shardwire::testing_util::DieWithTestProcess(test_pid);
     ::close(fds[1]);
     ::_exit(InitiatorChild(fds[0], v));
   }

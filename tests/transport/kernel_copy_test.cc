@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include "die_with_test_process.h"
 #include "pattern_child.h"
 #include "shardwire/agent.h"
 #include "transport/kernel_copy.h"
@@ -152,8 +153,10 @@ TEST_P(AgentKernelCopyRead, BytesAndPath) {
   constexpr std::size_t kArena = std::size_t{6} << 20;
   int fds[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  const pid_t test_pid = ::getpid();
   const pid_t pid = ::fork();
   if (pid == 0) {  // the source: an arena filled with the pattern, served until EOF
+    shardwire::testing_util::DieWithTestProcess(test_pid);
     ::close(fds[0]);
     auto a = Agent::Create({.name = "source"});
     if (!a.ok()) ::_exit(10);

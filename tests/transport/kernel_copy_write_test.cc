@@ -18,10 +18,11 @@
 
 #include <gtest/gtest.h>
 
+#include "die_with_test_process.h"
+#include "pattern_child.h"
 #include "shardwire/agent.h"
 #include "transport/kernel_copy.h"
 #include "transport/private_arena.h"
-#include "pattern_child.h"
 #include "transport_test_util.h"
 
 namespace shardwire {
@@ -170,8 +171,10 @@ TEST_P(AgentKernelCopyWrite, BytesAndPath) {
   const WriteCase wc = GetParam();
   int fds[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  const pid_t test_pid = ::getpid();
   const pid_t pid = ::fork();
   if (pid == 0) {  // the target: an arena with its own pattern, checked after the notification
+    shardwire::testing_util::DieWithTestProcess(test_pid);
     ::close(fds[0]);
     auto a = Agent::Create({.name = "engine"});
     if (!a.ok()) ::_exit(10);
@@ -273,8 +276,10 @@ INSTANTIATE_TEST_SUITE_P(Transport, AgentKernelCopyWrite,
 TEST(AgentKernelCopyWriteDeadPeer, PostToAKilledTargetIsPeerDisconnected) {
   int fds[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  const pid_t test_pid = ::getpid();
   const pid_t pid = ::fork();
   if (pid == 0) {
+    shardwire::testing_util::DieWithTestProcess(test_pid);
     ::close(fds[0]);
     auto a = Agent::Create({.name = "engine"});
     if (!a.ok()) ::_exit(10);

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "die_with_test_process.h"
 #include "shardwire/agent.h"
 #include "transport/transport_test_util.h"
 
@@ -140,9 +141,11 @@ TEST(MappedRegion, RevokedOnInvalidateReimportAndAgentDestruction) {
 TEST(MappedRegion, DeadPeersMappingIsNotUsedAfterFailure) {
   int fds[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  const pid_t test_pid = ::getpid();
   const pid_t pid = ::fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
+    shardwire::testing_util::DieWithTestProcess(test_pid);
     ::close(fds[0]);
     int code = 0;
     {

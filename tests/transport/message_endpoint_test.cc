@@ -34,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include "die_with_test_process.h"
 #include "shardwire/agent.h"
 #include "transport/transport_test_util.h"
 
@@ -89,8 +90,10 @@ Child ForkChild(const std::string& name, const ChildBody& body) {
   int fds[2];
   Child c;
   if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return c;
+  const pid_t test_pid = ::getpid();
   c.pid = ::fork();
   if (c.pid == 0) {
+    shardwire::testing_util::DieWithTestProcess(test_pid);
     ::close(fds[0]);
     auto theirs = RecvFrame(fds[1], 600);
     if (!theirs) ::_exit(0);

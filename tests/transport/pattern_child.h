@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "die_with_test_process.h"
 #include "transport_test_util.h"
 
 namespace shardwire::testing {
@@ -31,8 +32,10 @@ struct PatternChild {
     PatternChild c;
     int fds[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return c;
+    const pid_t test_pid = ::getpid();
     c.pid = ::fork();
     if (c.pid == 0) {
+      shardwire::testing_util::DieWithTestProcess(test_pid);
       ::close(fds[0]);
       // One guard page (PROT_NONE) after the mapping, so a read running past kBytes faults
       // whatever the allocator (or AddressSanitizer's shadow) mapped next to it.

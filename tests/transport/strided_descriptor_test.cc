@@ -14,6 +14,7 @@
 #include <random>
 #include <string>
 
+#include "die_with_test_process.h"
 #include "shardwire/agent.h"
 #include "transport/strided_rows.h"
 #include "transport/transport_test_util.h"
@@ -404,8 +405,10 @@ TEST_P(StridedMultiProcess, RowParallelShardIsByteExactInTheTargetProcess) {
   int fds[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
   const Mem mem = GetParam();
+  const pid_t test_pid = ::getpid();
   const pid_t pid = ::fork();
   if (pid == 0) {
+    shardwire::testing_util::DieWithTestProcess(test_pid);
     ::close(fds[0]);
     ::_exit(StridedTargetChild(fds[1], mem));
   }

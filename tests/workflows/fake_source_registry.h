@@ -27,19 +27,25 @@ class FakeSourceRegistry final : public SourceRegistry {
     r.state = SourceState::kReady;
     r.stale_reason.clear();
     records_[r.source_id] = r;
+    if (!lost_register_reply_.ok()) return lost_register_reply_;  // stored, but the caller hears an error
     return r;
   }
-  Status HeartbeatSource(const std::string& id, double timeout_s) override {
+  // Only marks make a record STALE here (no leases), so a STALE record carries a mark:
+  // reported, and cleared unless marks are sticky (then reported as still holding).
+  Result<SourceHeartbeat> HeartbeatSource(const std::string& id, double timeout_s) override {
     std::lock_guard<std::mutex> lock(mu_);
     longest_lease_call_bound_s_ = std::max(longest_lease_call_bound_s_, timeout_s);
     auto it = records_.find(id);
     if (it == records_.end()) return NotFound("source " + id);
     ++heartbeats_;
+    SourceHeartbeat found;
+    if (it->second.state == SourceState::kStale) found.stale_reason = it->second.stale_reason;
     if (!sticky_stale_) {
       it->second.state = SourceState::kReady;
       it->second.stale_reason.clear();
     }
-    return Status::Ok();
+    found.state = it->second.state;
+    return found;
   }
   Result<std::vector<SourceRecord>> ListSources(const std::string& identity,
                                                 std::optional<SourceState> state) override {
@@ -130,6 +136,12 @@ class FakeSourceRegistry final : public SourceRegistry {
     std::lock_guard<std::mutex> lock(mu_);
     register_error_ = std::move(error);
   }
+  /// Every RegisterSource stores its record, then fails with `error` (OK: they succeed
+  /// again), as a call whose reply was lost after the coordinator stored it does.
+  void SetLostRegisterReply(Status error) {
+    std::lock_guard<std::mutex> lock(mu_);
+    lost_register_reply_ = std::move(error);
+  }
   /// Called (without the lock) at the end of every ListSources, on the listing thread;
   /// empty: none.
   void SetAfterList(std::function<void()> hook) {
@@ -153,6 +165,7 @@ class FakeSourceRegistry final : public SourceRegistry {
   bool sticky_stale_ = false;
   std::map<std::string, bool> held_;  // source id -> hold of its last mark
   Status register_error_;
+  Status lost_register_reply_;
   std::function<void()> before_mark_;
   std::function<void()> after_list_;
 };

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <limits>
 #include <set>
@@ -32,6 +33,7 @@
 #include "shardwire/model_layouts.h"
 #include "shardwire/shard_io.h"
 #include "transport/inproc/inproc_factory.h"
+#include "transport/metadata_blob.h"
 #include "workflows/fake_source_registry.h"
 #include "workflows/p2p_messages.h"
 
@@ -75,11 +77,11 @@ class ModelLoadingTest : public ::testing::Test {
     std::unique_ptr<Agent> agent;
     std::string peer;
   };
-  Result<RawLoader> RawLoaderOfTheOnlySource() {
+  Result<RawLoader> RawLoaderOfTheOnlySource(const std::string& name = "raw-loader") {
     SW_ASSIGN_OR_RETURN(const auto records, registry_.ListSources("", SourceState::kReady));
     if (records.size() != 1) return Internal(fmt::format("{} READY sources, expected 1", records.size()));
     RawLoader raw;
-    SW_ASSIGN_OR_RETURN(raw.agent, Agent::Create({.name = "raw-loader"}));
+    SW_ASSIGN_OR_RETURN(raw.agent, Agent::Create({.name = name}));
     SW_ASSIGN_OR_RETURN(raw.peer, raw.agent->ImportMetadata(records.front().metadata));
     return raw;
   }
@@ -261,6 +263,63 @@ TEST_F(ModelLoadingTest, ABecomeSourceThatFailsKeepsTheLoadedBuffer) {
   ASSERT_TRUE(second.ok()) << second.status().ToString();
   seed.clear();  // only the loaded instance serves now
   for (const LoadReport& r : LoadAll("third", "tp=2")) EXPECT_EQ(r.bytes_per_instance.count("second"), 1u);
+}
+
+// Serve over a caller's span longer than the rank's buffer registers only the rank's bytes with
+// the transport: the region a loader can read (the registered blob's) ends where the rank's
+// buffer ends, and a loader loads the rank byte for byte.
+TEST_F(ModelLoadingTest, ServeRegistersOnlyTheRanksBytesOfTheCallersSpan) {
+  auto l = MakeLayoutFromString(model_, "tp=1");
+  ASSERT_TRUE(l.ok());
+  const std::uint64_t bytes = l->rank(0).buffer_bytes;
+  std::vector<std::byte> span(bytes + (1 << 20), std::byte{0x77});  // 1 MiB the caller keeps private
+  ASSERT_TRUE(LoadShardsFromCheckpoint(*checkpoint_, *l, 0, std::span(span).first(bytes)).ok());
+  ModelSourceOptions o;
+  o.instance_id = "served";
+  o.layout = "tp=1";
+  auto source = ModelSource::Serve(registry_, model_, identity_, o, span);
+  ASSERT_TRUE(source.ok()) << source.status().ToString();
+  const auto records = registry_.All();
+  ASSERT_EQ(records.size(), 1u);
+  auto blob = transport::DecodeAgentMetadata(records[0].metadata);
+  ASSERT_TRUE(blob.ok()) << blob.status().ToString();
+  ASSERT_EQ(blob->regions.size(), 1u);
+  EXPECT_EQ(blob->regions[0].base, reinterpret_cast<std::uintptr_t>(span.data()));
+  EXPECT_EQ(blob->regions[0].length, bytes) << "the caller's whole span was registered";
+  for (const LoadReport& r : LoadAll("new", "tp=1")) EXPECT_EQ(r.bytes_per_instance.at("served"), r.bytes_from_sources);
+}
+
+// A registration the coordinator stored but whose reply was lost (kUnavailable / kTimedOut to
+// the caller) fails Create and is deregistered, so no loader lists a source that never served;
+// with shutdown_timeout_s = 0 (no deregistration asked for) the record is left to its lease.
+TEST_F(ModelLoadingTest, ARegistrationWhoseReplyWasLostLeavesNoRecord) {
+  auto l = MakeLayoutFromString(model_, "tp=1");
+  ASSERT_TRUE(l.ok());
+  auto create = [&](double shutdown_timeout_s) {
+    ModelSourceOptions o;
+    o.instance_id = "lost-reply";
+    o.layout = "tp=1";
+    o.shutdown_timeout_s = shutdown_timeout_s;
+    return ModelSource::Create(registry_, model_, identity_, o, [&](std::span<std::byte> buf) {
+      return LoadShardsFromCheckpoint(*checkpoint_, *l, 0, buf);
+    });
+  };
+  for (const Status& lost : {Unavailable("reply lost (test)"), TimedOut("reply lost (test)")}) {
+    registry_.SetLostRegisterReply(lost);
+    const int before = registry_.deregistrations();
+    auto failed = create(2.0);
+    EXPECT_EQ(failed.status().code(), lost.code()) << failed.status().ToString();
+    EXPECT_TRUE(registry_.All().empty()) << "an orphan record stayed listed after " << lost.ToString();
+    EXPECT_EQ(registry_.deregistrations(), before + 1);
+  }
+  auto kept = create(0);
+  EXPECT_EQ(kept.status().code(), ErrorCode::kTimedOut);
+  EXPECT_EQ(registry_.All().size(), 1u) << "shutdown_timeout_s = 0 asks for no deregistration";
+  registry_.Forget();
+  registry_.SetLostRegisterReply(Status::Ok());
+  auto served = create(2.0);
+  ASSERT_TRUE(served.ok()) << served.status().ToString();
+  EXPECT_EQ(registry_.All().size(), 1u);
 }
 
 // An instance listed while only some of its ranks are READY (they register one after another,
@@ -519,6 +578,46 @@ TEST_F(ModelLoadingTest, ADiskFallbackStopsForTheInterruptAndTheDeadline) {
         << timed_out.status().ToString();
     EXPECT_FALSE((*late_loader)->loaded());
   }
+}
+
+// A source learns of a loader's mark from its heartbeats: a held mark shows as STALE with the
+// loader's reason while it holds and turns READY when it no longer does; a mark without hold
+// shows once, READY (its heartbeat cleared it); heartbeats without a mark leave last_mark empty.
+TEST_F(ModelLoadingTest, ASourceLearnsOfALoadersMarkFromItsHeartbeats) {
+  ModelSourceOptions fast;
+  fast.heartbeat_interval_s = 0.02;
+  auto seed = Seed("src", "tp=1", fast);
+  ASSERT_EQ(seed.size(), 1u);
+  ModelSource& source = *seed[0];
+  // Polls every 20 ms for 10 s at most until `cond` holds.
+  auto eventually = [](const std::function<bool()>& cond) {
+    for (int i = 0; i < 500 && !cond(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return cond();
+  };
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // several unmarked heartbeats
+  EXPECT_FALSE(source.last_mark().has_value());
+  EXPECT_EQ(source.marks_seen(), 0u);
+
+  registry_.SetStickyStale(true);  // the fake's stand-in for the coordinator's hold
+  ASSERT_TRUE(registry_.MarkSourceStale(source.source_id(), "block 7 failed its digest", /*hold=*/true).ok());
+  ASSERT_TRUE(eventually([&] { return source.last_mark().has_value(); })) << "no heartbeat reported the mark";
+  EXPECT_EQ(source.last_mark()->state, SourceState::kStale);
+  EXPECT_EQ(source.last_mark()->stale_reason, "block 7 failed its digest");
+  ASSERT_TRUE(eventually([&] { return source.marks_seen() >= 3; })) << "a held mark shows at every heartbeat";
+  EXPECT_EQ(source.last_mark()->state, SourceState::kStale);
+
+  registry_.SetStickyStale(false);  // the hold ends: the next heartbeat clears the mark
+  ASSERT_TRUE(eventually([&] { return source.last_mark()->state == SourceState::kReady; }));
+  EXPECT_EQ(source.last_mark()->stale_reason, "block 7 failed its digest");
+  const std::uint64_t seen = source.marks_seen();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // heartbeats without a mark
+  EXPECT_EQ(source.marks_seen(), seen);
+
+  ASSERT_TRUE(registry_.MarkSourceStale(source.source_id(), "stalled for 5 s", /*hold=*/false).ok());
+  ASSERT_TRUE(eventually([&] { return source.last_mark()->stale_reason == "stalled for 5 s"; }));
+  EXPECT_EQ(source.last_mark()->state, SourceState::kReady);
+  EXPECT_EQ(source.marks_seen(), seen + 1);
+  for (const SourceRecord& r : registry_.All()) EXPECT_EQ(r.state, SourceState::kReady);
 }
 
 // An in-memory coordinator restarted empty: each source's next heartbeat is answered NOT_FOUND,
@@ -921,6 +1020,69 @@ TEST_F(ModelLoadingTest, CappedSourceGrantsLeasesByPriorityNotArrival) {
   P2pMessage bye;
   bye.kind = P2pKind::kBye;
   send(bye);
+}
+
+// A loader that dies with leases queued at a capped source holds it no longer than its current
+// grant: the source drops a loader's leases once a message to it fails (its QUEUED keepalives,
+// every 0.5 s; a GRANT), so a live loader queued behind them is granted when the dead one's
+// 1 s grant ends, not after its two queued 60 s leases ran their time (the test's 30 s bound).
+TEST_F(ModelLoadingTest, ADeadLoadersQueuedLeasesAreDropped) {
+  using workflows::DecodeP2p;
+  using workflows::EncodeP2p;
+  using workflows::P2pKind;
+  using workflows::P2pMessage;
+  constexpr double kCap = 1e4;  // bytes per second: a lease is capped at the rank's buffer
+  auto seed = Seed("capped", "tp=1", Capped(kCap));
+  ASSERT_EQ(seed.size(), 1u);
+  ASSERT_GE(seed.front()->buffer().size(), 60 * kCap) << "a 60 s lease needs 600 KB at the cap";
+  auto dead = RawLoaderOfTheOnlySource("raw-dead");
+  auto live = RawLoaderOfTheOnlySource("raw-live");
+  ASSERT_TRUE(dead.ok() && live.ok());
+  auto send = [](RawLoader& r, const P2pMessage& m) { ASSERT_TRUE(r.agent->SendMessage(r.peer, EncodeP2p(m)).ok()); };
+  // Next message of `kind` within 30 s (others skipped).
+  auto await = [](RawLoader& r, P2pKind kind) -> std::optional<P2pMessage> {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < end) {
+      auto n = r.agent->WaitNotification(1);
+      if (!n.ok()) continue;
+      auto m = DecodeP2p(n->payload);
+      if (m && m->kind == kind) return m;
+    }
+    return std::nullopt;
+  };
+  auto lease = [&](RawLoader& r, std::uint64_t id, const std::string& instance, std::uint64_t priority,
+                   double seconds) {
+    P2pMessage m;
+    m.kind = P2pKind::kLease;
+    m.id = id;
+    m.value = static_cast<std::uint64_t>(seconds * kCap);
+    m.text = instance;
+    m.priority = priority;
+    send(r, m);
+  };
+  for (RawLoader* r : {&*dead, &*live}) {
+    P2pMessage hello;
+    hello.kind = P2pKind::kHello;
+    hello.id = 1000;
+    auto blob = r->agent->ExportMetadata();
+    ASSERT_TRUE(blob.ok());
+    hello.blob = *blob;
+    send(*r, hello);
+    ASSERT_TRUE(await(*r, P2pKind::kHelloAck).has_value());
+  }
+  lease(*dead, 1, "a-dead", 100, 1.0);
+  auto first = await(*dead, P2pKind::kGrant);
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->id, 1u);
+  lease(*dead, 2, "a-dead", 100, 60.0);  // ahead of the live loader's by priority
+  lease(*dead, 3, "a-dead", 100, 60.0);
+  ASSERT_TRUE(await(*dead, P2pKind::kQueued).has_value());
+  lease(*live, 10, "b-live", 200, 0.001);
+  ASSERT_TRUE(await(*live, P2pKind::kQueued).has_value());
+  dead->agent.reset();  // dies without BYE or RELEASE
+  auto granted = await(*live, P2pKind::kGrant);
+  ASSERT_TRUE(granted.has_value()) << "the live loader waited behind a dead loader's queued leases";
+  EXPECT_EQ(granted->id, 10u);
 }
 
 // A capped source trusts no lease it was not asked for properly: a LEASE from a peer that
