@@ -26,8 +26,9 @@
 // `source_delete_after_s` is gone (Redis key TTL, or the reaper in memory).
 // MarkSourceStale makes a source STALE at once (a loader found it dead, stalled or
 // serving bytes that failed their digest) until its next heartbeat; a mark with hold
-// (bytes that failed their digest) keeps it so for `source_mark_hold_s` however it
-// heartbeats, and its first heartbeat after that makes it READY again.
+// (the source itself reported CORRUPT: its bytes differ from its committed content) keeps
+// it so for `source_mark_hold_s` however it heartbeats, and its first heartbeat after that
+// makes it READY again. The source's heartbeat reply tells it of the mark (SourceHeartbeat).
 //
 // Times: seconds (double) in options; unix milliseconds (int64, wall clock) in
 // records.
@@ -61,8 +62,9 @@ std::string_view SourceStateName(SourceState state);
 /// What a source's heartbeat found (shardwire.v1.HeartbeatSourceResponse): whether a
 /// loader had marked the source STALE since its previous heartbeat, and whether the
 /// mark still holds. A source learns this way that loaders found it stalled or its
-/// bytes corrupt (a held mark: ModelLoader holds the mark of a source whose bytes failed
-/// their digest).
+/// bytes corrupt (a held mark: ModelLoader holds the mark of a source that itself reported
+/// CORRUPT, its bytes differing from its committed content; a digest mismatch on the way
+/// is marked without hold).
 struct SourceHeartbeat {
   /// The state after the heartbeat: kReady, or kStale while a loader's held mark lasts
   /// (the coordinator's source_mark_hold_s after the mark).
@@ -259,7 +261,8 @@ class CoordinatorClient final : public Rendezvous {
   /// attempt cleared is then not reported.
   /// Errors: kNotFound when the source was deleted (register again); kUnavailable or
   /// kTimedOut naming the address when `timeout_s` runs out; kInvalidArgument for a
-  /// timeout_s that is not > 0.
+  /// timeout_s that is not > 0; kCorruptData for a reply whose reason is over 4 KiB (a
+  /// state this client does not know reads as kReady: the lease was renewed).
   Result<SourceHeartbeat> HeartbeatSource(const std::string& source_id,
                                           double timeout_s = std::numeric_limits<double>::infinity());
   /// Sources of `model_identity` (every identity when empty), filtered by

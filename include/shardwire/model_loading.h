@@ -82,7 +82,9 @@ struct ModelSourceOptions {
   /// when the coordinator does not answer (the next interval tries again); the first
   /// failed heartbeat after a success, and the recovery, are logged as warnings.
   double heartbeat_interval_s = 1;
-  /// Seconds the destructor spends at most deregistering (>= 0 and finite; 0 skips it).
+  /// Seconds the destructor spends at most deregistering (>= 0 and finite; 0 skips it);
+  /// also the bound of the deregistration after a registration that failed kUnavailable
+  /// or kTimedOut (Create, Serve, BecomeSource).
   /// With an unreachable coordinator the record is left to its lease: STALE after the
   /// coordinator's source_stale_after_s, so loaders stop choosing it, then deleted. The
   /// destructor's whole wait on the coordinator is at most this plus two heartbeat
@@ -141,13 +143,17 @@ class ModelSource {
   /// model cannot take); fill's error; the agent's and the registry's errors. A
   /// registration that failed kUnavailable or kTimedOut (the coordinator may have stored
   /// it before its reply was lost) is deregistered, best effort within
-  /// options.shutdown_timeout_s (0: not), so loaders do not list a source that never served.
+  /// options.shutdown_timeout_s (0: not), so loaders do not list a source that never served
+  /// (a Register attempt still in flight can land after it: that record is left to its
+  /// lease); with the coordinator down that adds up to shutdown_timeout_s to the failure.
   static Result<std::unique_ptr<ModelSource>> Create(SourceRegistry& registry, const ModelDescription& model,
                                                      const ModelIdentity& identity, ModelSourceOptions options,
                                                      const std::function<Status(std::span<std::byte>)>& fill);
   /// Serves weights the caller already holds, in its own memory (e.g. an engine's
-  /// committed weights): registers `buffer` with a new agent in place (no copy; at least
-  /// layout.rank(rank).buffer_bytes bytes, laid out by that rank's Layout), records the
+  /// committed weights): registers the first layout.rank(rank).buffer_bytes bytes of
+  /// `buffer` (which must be at least that long, laid out by that rank's Layout) with a new
+  /// agent in place (no copy; bytes past them are neither registered nor readable by
+  /// loaders), records the
   /// digests of its content and registers with `registry`. The caller must keep `buffer`
   /// valid and unwritten until the source is destroyed: a write makes digest requests
   /// report the touched blocks as corrupt, and loaders re-read those bytes elsewhere.
@@ -182,8 +188,9 @@ class ModelSource {
   std::uint64_t digests_served() const;
   std::uint64_t bytes_digested() const;
   /// What the last heartbeat that found a loader's mark on this source found: the
-  /// source's state after that heartbeat (kStale while a held mark lasts: a loader found
-  /// bytes that failed their digest) and the mark's reason; nullopt while no heartbeat has
+  /// source's state after that heartbeat (kStale while a held mark lasts: this source
+  /// reported CORRUPT to a loader, its bytes differing from its committed content) and the
+  /// mark's reason; nullopt while no heartbeat has
   /// found one. When a later heartbeat finds a held mark gone, `state` turns kReady. Each
   /// new mark, and the end of a hold, is also logged as a warning. Thread-safe.
   std::optional<SourceHeartbeat> last_mark() const;

@@ -176,10 +176,11 @@ void BindCoordinator(py::module_& m) {
             ThrowIfError(c.MarkSourceStale(source_id, reason, hold));
           },
           py::arg("source_id"), py::arg("reason") = "", py::arg("hold") = false,
-          "Marks a source STALE (loaders skip it) with a reason (<= 4 KiB): until its next heartbeat,\n"
-          "or with hold=True for the coordinator's mark_hold_s (seconds) whatever its heartbeats say.\n"
-          "The source learns of the mark from its next heartbeat (ModelSource.last_mark). Raises\n"
-          "NotFoundError, InvalidArgumentError.")
+          "Marks a source STALE (loaders skip it) with a reason (<= 4 KiB; '' is stored as 'marked\n"
+          "stale'): until its next heartbeat, or with hold=True for the coordinator's mark_hold_s\n"
+          "(seconds) whatever its heartbeats say. The source learns of the mark from its next heartbeat\n"
+          "(ModelSource.last_mark). Raises NotFoundError, InvalidArgumentError, UnavailableError,\n"
+          "TimedOutError.")
       .def(
           "join_job",
           [](CoordinatorClient& c, const std::string& job, const std::string& member_id, const std::string& role,

@@ -18,7 +18,8 @@ wait_for_update, join, wait_for_engines, ModelLoader.load) raise KeyboardInterru
 by their timeouts (CoordinatorClient: call_timeout_s, unavailable_timeout_s).
 
 Every error is a subclass of :class:`shardwire.errors.ShardwireError`, one class per C++
-error code, carrying the C++ message.
+error code, carrying the C++ message; an argument pybind11 cannot convert to its C++ parameter
+(``add("k", 2**70)``) is an InvalidArgumentError carrying pybind11's message (_bound_arguments).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from ._bound_arguments import translate as _translate, translate_argument_errors
 for _cls in (CoordinatorClient, CoordinatorServer, Layout, Model, Plan):
     _translate_argument_errors(_cls)
 plan = _translate(_plan)
+plan.__module__, plan.__qualname__ = __name__, "plan"  # picklable by reference, as shardwire.plan
 del _cls
 from .errors import ShardwireError  # noqa: E402
 from .convert import dequantize_fp8_block, quantize_fp8_block  # noqa: E402

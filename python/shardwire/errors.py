@@ -2,7 +2,9 @@
 
 The C++ message (naming what is wrong and where: file, tensor, rank, peer, byte offset) is
 the exception's message, prefixed with the code name, e.g.
-``InvalidArgumentError('invalid argument: layout "tp=3": ...')``.
+``InvalidArgumentError('invalid argument: layout "tp=3": ...')``. An argument pybind11 cannot
+convert to its C++ parameter is an InvalidArgumentError carrying pybind11's message
+(_bound_arguments.py).
 """
 from __future__ import annotations
 

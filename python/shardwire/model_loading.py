@@ -63,7 +63,9 @@ class ModelSource:
     coordinator's stale_after_s; each renewal gives up after max(2 x interval, 1 s) when the
     coordinator does not answer). ``bandwidth_bytes_per_s``: cap per rank (0: none).
     ``shutdown_timeout_s``: seconds close() spends at most deregistering (finite, >= 0; 0 skips
-    it; an unreachable coordinator leaves the record to its lease, STALE after stale_after_s).
+    it; an unreachable coordinator leaves the record to its lease, STALE after stale_after_s);
+    also the bound of the deregistration after a registration that failed as unavailable or
+    timed out (the coordinator may have stored it before its reply was lost).
 
     ``tensors`` are views (no copy) of the served arena; each keeps the arena alive (also after
     close()), so it never points at freed memory; writing them makes digest checks report
@@ -135,8 +137,8 @@ class ModelSource:
     def last_mark(self) -> Optional[Dict[str, str]]:
         """What the last heartbeat that found a loader's mark on this source found, or None while
         none has: ``{"state": "STALE" | "READY", "stale_reason": the loader's reason}``. "STALE":
-        the mark holds (a loader found bytes that failed their digest; loaders skip this source
-        for the coordinator's mark_hold_s); "READY": that heartbeat cleared it, or a later one found
+        the mark holds (this source reported CORRUPT to a loader, its bytes differing from its
+        committed content; loaders skip it for the coordinator's mark_hold_s); "READY": that heartbeat cleared it, or a later one found
         the hold over. Each new mark is also logged as a warning."""
         return self._impl.last_mark
 

@@ -237,17 +237,10 @@ void ToProto(const SourceHeartbeat& in, v1::HeartbeatSourceResponse* out) {
 
 Result<SourceHeartbeat> FromProto(const v1::HeartbeatSourceResponse& in) {
   SourceHeartbeat h;
-  switch (in.state()) {
-    case v1::SOURCE_STATE_UNSPECIFIED:  // a coordinator older than the field
-    case v1::SOURCE_STATE_READY:
-      h.state = SourceState::kReady;
-      break;
-    case v1::SOURCE_STATE_STALE:
-      h.state = SourceState::kStale;
-      break;
-    default:
-      return CorruptData(fmt::format("heartbeat reply has unknown source state {}", static_cast<int>(in.state())));
-  }
+  // Unspecified: a coordinator older than the field. A state this client does not know (a
+  // newer coordinator's) reads as READY too: the heartbeat did renew the lease, and failing
+  // the call would make the source report failed heartbeats for ever.
+  h.state = in.state() == v1::SOURCE_STATE_STALE ? SourceState::kStale : SourceState::kReady;
   if (Status s = ValidateReason(in.stale_reason()); !s.ok()) {
     return CorruptData(fmt::format("heartbeat reply: {}", s.message()));
   }

@@ -55,8 +55,9 @@ Result<JobMember> FromProto(const v1::JobMember& in);
 void ToProto(const JobView& in, v1::JobView* out);
 Result<JobView> FromProto(const v1::JobView& in);
 void ToProto(const SourceHeartbeat& in, v1::HeartbeatSourceResponse* out);
-/// SOURCE_STATE_UNSPECIFIED (the empty reply of a coordinator older than the fields) reads
-/// as READY; kCorruptData for an unknown state or a reason longer than a mark's (4 KiB).
+/// SOURCE_STATE_UNSPECIFIED (the empty reply of a coordinator older than the fields) and a
+/// state this client does not know read as READY; kCorruptData for a reason longer than a
+/// mark's (4 KiB).
 Result<SourceHeartbeat> FromProto(const v1::HeartbeatSourceResponse& in);
 v1::SourceState ToProto(std::optional<SourceState> state);
 /// nullopt for SOURCE_STATE_UNSPECIFIED; kInvalidArgument for unknown values.

@@ -120,6 +120,16 @@ std::string CoordinatorCore::BoundStateId(const grpc::ServerContextBase* context
   return std::string(it->second.data(), it->second.size());
 }
 
+Result<std::uint64_t> CoordinatorCore::WaitingKvGeneration() {
+  std::lock_guard<std::mutex> lock(generation_mu_);
+  const Clock::time_point now = Clock::now();
+  if (!generation_read_at_.has_value() || now - *generation_read_at_ >= std::chrono::milliseconds(kGenerationPollMs)) {
+    generation_ = state_->KvGeneration();
+    generation_read_at_ = Clock::now();  // after the read: a slow read is not read again at once
+  }
+  return generation_;
+}
+
 void CoordinatorCore::NotifyKvChanged() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -182,7 +192,7 @@ grpc::Status RendezvousService::Get(grpc::ServerContext* ctx, const v1::GetReque
   std::uint64_t seen_local = core_->local_changes();
   std::optional<std::uint64_t> generation;
   for (;;) {
-    auto gen = st.KvGeneration();
+    auto gen = core_->WaitingKvGeneration();
     if (!gen.ok()) return ToGrpcStatus(gen.status());
     if (!generation.has_value() || *gen != *generation) {
       generation = *gen;

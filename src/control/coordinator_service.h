@@ -26,11 +26,13 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "control/coordinator_state.h"
@@ -69,6 +71,16 @@ class CoordinatorCore {
   const std::string& instance() const { return instance_; }
   const std::string& backend() const { return backend_; }
 
+  /// The state's KvGeneration for waiting Gets, read from the store at most once per
+  /// kGenerationPollMs across all of them (Redis: one GET per 10 ms however many Gets wait,
+  /// instead of one per waiter per 10 ms); the others get the outcome of that read, at most
+  /// kGenerationPollMs old, a failed one included (so waiters of an unreachable Redis do
+  /// not queue behind one another's timeouts). A change is then seen at most
+  /// 2 x kGenerationPollMs after it (local Put/Add wake waiters at once, NotifyKvChanged).
+  /// Errors: the state's KvGeneration's. Thread-safe.
+  Result<std::uint64_t> WaitingKvGeneration();
+  static constexpr std::int64_t kGenerationPollMs = 10;
+
   /// Wakes waiting Gets after a local Put/Add.
   void NotifyKvChanged();
   /// Waits until a local change, `max_wait` passes or Stop(); returns true when a
@@ -90,6 +102,10 @@ class CoordinatorCore {
   std::uint64_t local_changes_ = 0;
   std::atomic<bool> stopping_{false};
   mutable std::atomic<std::int64_t> last_state_id_refresh_ms_{0};  // steady clock, RefreshStateIdSoon
+  // WaitingKvGeneration's last read: when (steady clock), and its outcome.
+  std::mutex generation_mu_;
+  std::optional<std::chrono::steady_clock::time_point> generation_read_at_;
+  Result<std::uint64_t> generation_ = Internal("not read yet");
 };
 
 class RendezvousService final : public v1::Rendezvous::Service {

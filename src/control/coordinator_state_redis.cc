@@ -151,11 +151,16 @@ local function src_load(id, now, d)
   return 'ok', hb, r[2], r[3]
 end
 -- A heartbeat or repeated registration of source hash `key` at `now`, whose field st is
--- `st`: clears the STALE mark unless a loader's mark still holds it (field mu, only ever set
--- beside st = '1'). An unmarked source costs no read and no write. Returns nil for an
--- unmarked source; an error message for a malformed mu; else false, the mark's reason
--- (field sr) and whether the mark still holds.
+-- `st` ('1': a loader's mark; '2': the reaper's note of a lease that ran out, no mark):
+-- clears either, unless a loader's mark still holds (field mu, only ever set beside
+-- st = '1'). A source with neither costs no read and no write. Returns nil for a source
+-- without a loader's mark; an error message for a malformed mu; else false, the mark's
+-- reason (field sr) and whether the mark still holds.
 local function src_unmark(key, now, st)
+  if st == '2' then
+    redis.call('HSET', key, 'st', '', 'sr', '')
+    return nil
+  end
   if st ~= '1' then return nil end
   local f = redis.call('HMGET', key, 'mu', 'sr')
   local sr = f[2] or ''
@@ -483,8 +488,10 @@ if not is_err(ids) then
             redis.call('SREM', P .. 'srcall', id)
             deleted = deleted + 1
           end
-        elseif now - hb >= stale and r[3] ~= '1' then
-          redis.call('HSET', key, 'st', '1', 'sr',
+        elseif now - hb >= stale and (r[3] or '') == '' then
+          -- st '2': STALE by its lease, noted with the reason listings show; not a loader's
+          -- mark, so the source's next heartbeat clears it without reporting a mark.
+          redis.call('HSET', key, 'st', '2', 'sr',
                      'no heartbeat for ' .. (now - hb) .. ' ms (stale after ' .. ARGV[2] .. ' ms)')
           marked = marked + 1
         end

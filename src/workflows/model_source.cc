@@ -256,6 +256,9 @@ struct ModelSource::Impl {
     const Clock::time_point now = Clock::now();
     if (!lease_queue.empty() && now > next_keepalive) {  // queued readers know we are alive
       next_keepalive = now + std::chrono::milliseconds(500);
+      // Loaders the agent found dead (a hung-up message link, a UCX error, a failed liveness
+      // check) hold nothing, their current grant included: the readers queued behind go on.
+      for (const std::string& dead : agent->FailedPeers()) DropLeases(dead);
       const std::deque<LeaseRequest> queue = lease_queue;  // Reply drops the leases of a dead loader
       for (const LeaseRequest& r : queue) {
         P2pMessage queued;
@@ -361,13 +364,16 @@ struct ModelSource::Impl {
       return;
     }
     ++marks_seen;
-    if (!last_mark.has_value() || !was_held || last_mark->stale_reason != found.stale_reason ||
-        found.state != SourceState::kStale) {
+    if (was_held && last_mark->stale_reason == found.stale_reason && found.state == SourceState::kReady) {
+      spdlog::warn("model source {} rank {}: the loader's mark on {} no longer holds; READY again", record.instance_id,
+                   record.rank, id);
+    } else if (!was_held || last_mark->stale_reason != found.stale_reason || found.state != SourceState::kStale) {
       spdlog::warn("model source {} rank {}: a loader marked {} STALE ({}); {}", record.instance_id, record.rank, id,
                    found.stale_reason,
                    found.state == SourceState::kStale
                        ? "the mark holds: loaders skip this source until the coordinator's source_mark_hold_s "
-                         "passes (a held mark means its bytes failed their digest: check the served memory)"
+                         "passes (a held mark means this source's bytes differ from its committed content: check "
+                         "the served memory)"
                        : "this heartbeat made it READY again");
     }
     last_mark = found;

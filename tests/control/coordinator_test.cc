@@ -654,6 +654,63 @@ RedisBackedCoordinator StartOnRedis(double reaper_interval_s) {
   return r;
 }
 
+// Redis GET calls so far (INFO commandstats), or -1 when the line is missing.
+long RedisGetCalls(const testing_util::RedisServer& redis) {
+  const std::string info = redis.Command({"INFO", "commandstats"});
+  const std::string field = "cmdstat_get:calls=";
+  const auto at = info.find(field);
+  if (at == std::string::npos) return -1;
+  return std::stol(info.substr(at + field.size()));
+}
+
+// Gets waiting on a Redis-backed coordinator share one read of the KV generation per 10 ms:
+// 16 waiters for 1 s cost about 100 GETs of it (plus one GET of the key each), not 16 x 100;
+// a Put through another coordinator of the same Redis still wakes them all with its value.
+TEST(Coordinator, WaitingGetsShareOneGenerationReadOnRedis) {
+  if (!testing_util::RedisServer::Available()) GTEST_SKIP() << testing_util::RedisServer::SkipReason();
+  RedisBackedCoordinator rc = StartOnRedis(1.0);
+  ASSERT_NE(rc.client, nullptr);
+  constexpr int kWaiters = 16;
+  const long before = RedisGetCalls(*rc.redis);
+  ASSERT_GE(before, 0);
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> waiters;
+  std::atomic<int> timed_out{0};
+  for (int i = 0; i < kWaiters; ++i) {
+    waiters.emplace_back([&] {
+      if (rc.client->Get("never-put", 1.0).status().code() == ErrorCode::kTimedOut) ++timed_out;
+    });
+  }
+  for (auto& t : waiters) t.join();
+  const double waited_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  const long calls = RedisGetCalls(*rc.redis) - before;
+  EXPECT_EQ(timed_out.load(), kWaiters);
+  // At most one generation read per 10 ms of the wait, one key read per waiter, and slack for
+  // the client's retries; one read per waiter per 10 ms would be ~16 x 100.
+  EXPECT_LE(calls, static_cast<long>(waited_ms / 10 * 1.5) + 3 * kWaiters) << "over " << waited_ms << " ms";
+
+  // A Put through a second coordinator of the same Redis (no local notification here) wakes
+  // every waiter of the first with the value.
+  CoordinatorServerOptions so;
+  so.redis_url = rc.redis->url();
+  auto other = StartServer(so);
+  ASSERT_NE(other, nullptr);
+  auto writer = ConnectTo(other->address());
+  ASSERT_NE(writer, nullptr);
+  std::vector<std::string> got(kWaiters);
+  waiters.clear();
+  for (int i = 0; i < kWaiters; ++i) {
+    waiters.emplace_back([&, i] {
+      auto v = GetString(*rc.client, "put-elsewhere", 20);
+      got[i] = v.ok() ? *v : v.status().ToString();
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_TRUE(writer->Put("put-elsewhere", BytesOf("value")).ok());
+  for (auto& t : waiters) t.join();
+  for (const std::string& g : got) EXPECT_EQ(g, "value");
+}
+
 TEST(Coordinator, AStateLostUnderAWaitingGetIsFailedPreconditionNotATimeout) {
   if (!testing_util::RedisServer::Available()) GTEST_SKIP() << testing_util::RedisServer::SkipReason();
   RedisBackedCoordinator rc = StartOnRedis(0.1);

@@ -231,7 +231,7 @@ def test_numpy_arrays_are_served_and_loaded_without_torch_tensors():
 def test_a_source_learns_of_a_loaders_mark_from_its_heartbeats():
     """mark_source_stale as a loader calls it: a held mark shows in the source's last_mark as
     STALE with the reason while the coordinator holds it (loaders list it STALE), then READY once
-    the hold (mark_hold_s = 3 s here) is over; a mark without hold shows once, READY."""
+    the hold (mark_hold_s = 5 s here) is over; a mark without hold shows once, READY."""
     import json
     import numpy as np
     cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
@@ -246,7 +246,7 @@ def test_a_source_learns_of_a_loaders_mark_from_its_heartbeats():
             time.sleep(0.02)
         return cond()
 
-    with shardwire.CoordinatorServer(mark_hold_s=3.0) as server:
+    with shardwire.CoordinatorServer(mark_hold_s=5.0) as server:
         client = shardwire.CoordinatorClient(server.address)
         with shardwire.ModelSource(client, model, "tp=1", 0, params=served, revision="r", instance_id="marked",
                                    heartbeat_interval_s=0.05) as src:

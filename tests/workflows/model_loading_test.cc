@@ -1022,10 +1022,10 @@ TEST_F(ModelLoadingTest, CappedSourceGrantsLeasesByPriorityNotArrival) {
   send(bye);
 }
 
-// A loader that dies with leases queued at a capped source holds it no longer than its current
-// grant: the source drops a loader's leases once a message to it fails (its QUEUED keepalives,
-// every 0.5 s; a GRANT), so a live loader queued behind them is granted when the dead one's
-// 1 s grant ends, not after its two queued 60 s leases ran their time (the test's 30 s bound).
+// A loader that dies holding a capped source's grant, with more leases queued, holds nothing
+// once the source's agent knows it is gone (its message link hung up, or a QUEUED or GRANT to
+// it failed): a live loader queued behind it is granted at once, not after the dead one's
+// 60 s grant and its two queued 60 s leases ran their time (the test's bound: 30 s).
 TEST_F(ModelLoadingTest, ADeadLoadersQueuedLeasesAreDropped) {
   using workflows::DecodeP2p;
   using workflows::EncodeP2p;
@@ -1070,7 +1070,7 @@ TEST_F(ModelLoadingTest, ADeadLoadersQueuedLeasesAreDropped) {
     send(*r, hello);
     ASSERT_TRUE(await(*r, P2pKind::kHelloAck).has_value());
   }
-  lease(*dead, 1, "a-dead", 100, 1.0);
+  lease(*dead, 1, "a-dead", 100, 60.0);
   auto first = await(*dead, P2pKind::kGrant);
   ASSERT_TRUE(first.has_value());
   EXPECT_EQ(first->id, 1u);
