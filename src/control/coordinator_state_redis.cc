@@ -812,7 +812,7 @@ class RedisCoordinatorState final : public CoordinatorState {
   Result<SourceHeartbeat> HeartbeatSource(const std::string& source_id, std::int64_t now_ms) override {
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
                         pool_->Eval(heartbeat_, {source_id, std::to_string(now_ms), delete_ms_}, true));
-    return HeartbeatFound(*r, source_id);
+    return HeartbeatFound(*r);
   }
 
   Result<std::vector<SourceRecord>> ListSources(const std::string& model_identity, std::optional<SourceState> state,
@@ -964,9 +964,9 @@ class RedisCoordinatorState final : public CoordinatorState {
 
   void HeartbeatSourceAsync(const std::string& source_id, std::int64_t now_ms, SourceHeartbeatCallback done) override {
     SubmitHeartbeat(heartbeat_, {source_id, std::to_string(now_ms), delete_ms_},
-                    [this, source_id, done = std::move(done)](Result<RedisReplyPtr> r) {
+                    [this, done = std::move(done)](Result<RedisReplyPtr> r) {
                       if (!r.ok()) return done(r.status());
-                      done(HeartbeatFound(**r, source_id));
+                      done(HeartbeatFound(**r));
                     });
   }
 
@@ -1042,13 +1042,14 @@ class RedisCoordinatorState final : public CoordinatorState {
   }
 
   // The heartbeat script's reply (kHeartbeatScript): 1, or {1 | 2, the mark's reason}.
-  Result<SourceHeartbeat> HeartbeatFound(const redisReply& r, const std::string& source_id) const {
+  // (No source id in the message: the asynchronous path would copy it for every heartbeat.)
+  Result<SourceHeartbeat> HeartbeatFound(const redisReply& r) const {
     SW_RETURN_IF_ERROR(CheckReply(r, "HeartbeatSource"));
     SourceHeartbeat found;
     if (r.type == REDIS_REPLY_INTEGER && r.integer == 1) return found;
     if (r.type != REDIS_REPLY_ARRAY || r.elements != 2 || r.element[0]->type != REDIS_REPLY_INTEGER ||
         (r.element[0]->integer != 1 && r.element[0]->integer != 2) || r.element[1]->type != REDIS_REPLY_STRING) {
-      return CorruptData(fmt::format("HeartbeatSource of {}: Redis script returned a malformed reply", source_id));
+      return CorruptData("HeartbeatSource: Redis script returned a malformed reply");
     }
     found.state = r.element[0]->integer == 2 ? SourceState::kStale : SourceState::kReady;
     found.stale_reason.assign(r.element[1]->str, r.element[1]->len);

@@ -355,18 +355,20 @@ struct ModelSource::Impl {
   // heartbeat for source_mark_hold_s), and the end of a hold once.
   void Found(const SourceHeartbeat& found, const std::string& id) {
     const bool was_held = last_mark.has_value() && last_mark->state == SourceState::kStale;
-    if (found.stale_reason.empty()) {
+    auto log_hold_ended = [&] {
+      spdlog::warn("model source {} rank {}: the loader's mark on {} no longer holds; READY again", record.instance_id,
+                   record.rank, id);
+    };
+    if (found.stale_reason.empty()) {  // no mark: a hold that ended with a reply this source missed
       if (was_held) {
-        spdlog::warn("model source {} rank {}: the loader's mark on {} no longer holds; READY again",
-                     record.instance_id, record.rank, id);
+        log_hold_ended();
         last_mark->state = SourceState::kReady;
       }
       return;
     }
     ++marks_seen;
     if (was_held && last_mark->stale_reason == found.stale_reason && found.state == SourceState::kReady) {
-      spdlog::warn("model source {} rank {}: the loader's mark on {} no longer holds; READY again", record.instance_id,
-                   record.rank, id);
+      log_hold_ended();  // the heartbeat that cleared the held mark
     } else if (!was_held || last_mark->stale_reason != found.stale_reason || found.state != SourceState::kStale) {
       spdlog::warn("model source {} rank {}: a loader marked {} STALE ({}); {}", record.instance_id, record.rank, id,
                    found.stale_reason,
