@@ -21,8 +21,9 @@
 // nothing behind.
 //
 // Source hash fields: v = "1" (format), mi = model identity, ix = hex(mi),
-// rg = registered unix ms, hb = last heartbeat unix ms (decimal), st = "1" when
-// marked STALE else "", sr = stale reason, mu = until when (unix ms) a loader's mark
+// rg = registered unix ms, hb = last heartbeat unix ms (decimal), st = "1" when a loader
+// marked it STALE, "2" when the reaper noted that its lease ran out (no mark), else "",
+// sr = stale reason, mu = until when (unix ms) a loader's mark
 // holds st = "1" against heartbeats (absent: no hold), rec = the rest of the record in the
 // "SWS1" blob below. State is derived at read time: STALE when st = "1" or
 // now - hb >= stale_after; gone when now - hb >= delete_after (deleted on sight,
@@ -377,6 +378,9 @@ for _, id in ipairs(ids) do
       counts[tonumber(state)] = counts[tonumber(state)] + 1
     elseif filter == '' or filter == state then
       local r = redis.call('HMGET', P .. 'src:' .. id, 'mi', 'rg', 'hb', 'sr', 'rec')
+      -- A reason only for a loader's mark; a lease that ran out gets one built from hb by
+      -- the reader (the reaper's note, st '2', dates from when it first ran out).
+      if st ~= '1' then r[4] = '' end
       out[#out + 1] = id
       out[#out + 1] = state
       for i = 1, 5 do out[#out + 1] = r[i] end

@@ -258,7 +258,10 @@ struct ModelSource::Impl {
       next_keepalive = now + std::chrono::milliseconds(500);
       // Loaders the agent found dead (a hung-up message link, a UCX error, a failed liveness
       // check) hold nothing, their current grant included: the readers queued behind go on.
-      for (const std::string& dead : agent->FailedPeers()) DropLeases(dead);
+      for (const std::string& dead : agent->FailedPeers()) {
+        DropLeases(dead);
+        (void)agent->InvalidatePeer(dead);  // as BYE: no longer listed as failed
+      }
       const std::deque<LeaseRequest> queue = lease_queue;  // Reply drops the leases of a dead loader
       for (const LeaseRequest& r : queue) {
         P2pMessage queued;

@@ -345,10 +345,11 @@ TEST_P(CoordinatorStateTest, AHeartbeatTellsTheSourceOfALoadersMark) {
   auto beat = [&](std::int64_t at) {
     Result<SourceHeartbeat> found = Internal("no answer");
     if (++beats % 2 == 0) {
-      std::promise<Result<SourceHeartbeat>> answered;
-      auto future = answered.get_future();
+      // Shared: a callback after the wait below gave up must not write into a dead promise.
+      auto answered = std::make_shared<std::promise<Result<SourceHeartbeat>>>();
+      auto future = answered->get_future();
       st.HeartbeatSourceAsync(a->source_id, t0 + at,
-                              [&answered](Result<SourceHeartbeat> r) { answered.set_value(std::move(r)); });
+                              [answered](Result<SourceHeartbeat> r) { answered->set_value(std::move(r)); });
       if (future.wait_for(std::chrono::seconds(10)) == std::future_status::ready) found = future.get();
     } else {
       found = st.HeartbeatSource(a->source_id, t0 + at);
