@@ -60,8 +60,8 @@ enum class SourceState : std::uint8_t {
 std::string_view SourceStateName(SourceState state);
 
 /// What a source's heartbeat found (shardwire.v1.HeartbeatSourceResponse): whether a
-/// loader had marked the source STALE since its previous heartbeat, and whether the
-/// mark still holds. A source learns this way that loaders found it stalled or its
+/// loader's STALE mark was on the source when it arrived (one made since its previous
+/// heartbeat, or a held one), and whether the mark still holds. A source learns this way that loaders found it stalled or its
 /// bytes corrupt (a held mark: ModelLoader holds the mark of a source that itself reported
 /// CORRUPT, its bytes differing from its committed content; a digest mismatch on the way
 /// is marked without hold).
