@@ -28,6 +28,7 @@ packages=(
   libhiredis-dev                # Redis-backed coordinator state
   libcpp-httplib-dev            # the optional /metrics HTTP endpoint (Prometheus scrape)
   redis-server redis-tools      # Redis for the coordinator tests (started by the fixture) and redis-benchmark
+  libfaketime                   # a Redis whose clock runs ahead of this machine (coordinator clock tests)
 )
 
 missing=()

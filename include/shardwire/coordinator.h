@@ -105,8 +105,10 @@ struct SourceRecord {
   // Set by the coordinator (ignored on input):
   SourceState state = SourceState::kReady;
   std::string stale_reason;                 ///< why it is STALE (empty when READY)
-  std::int64_t registered_unix_ms = 0;      ///< when it was registered
-  std::int64_t last_heartbeat_unix_ms = 0;  ///< last RegisterSource or HeartbeatSource
+  /// When it was registered, unix ms on the coordinator's clock (with Redis: the Redis
+  /// server's; docs/coordinator_redis.md, "Clocks").
+  std::int64_t registered_unix_ms = 0;
+  std::int64_t last_heartbeat_unix_ms = 0;  ///< last RegisterSource or HeartbeatSource, same clock
 };
 
 /// Role of a job member.
@@ -132,8 +134,8 @@ struct JobMember {
   std::map<std::string, std::string> attributes;  ///< as SourceRecord::attributes
   // Set by the coordinator:
   std::uint64_t committed_version = 0;      ///< last CommitVersion (0: none)
-  std::int64_t joined_unix_ms = 0;
-  std::int64_t last_heartbeat_unix_ms = 0;
+  std::int64_t joined_unix_ms = 0;          ///< unix ms, the coordinator's clock (as SourceRecord's)
+  std::int64_t last_heartbeat_unix_ms = 0;  ///< unix ms, the coordinator's clock
 };
 
 /// A job as the coordinator sees it.

@@ -82,7 +82,7 @@ Result<CollectorHandle> AddSourceStateCollector(MetricsRegistry& registry, std::
   return registry.AddGaugeCollector(
       "shardwire_coordinator_sources", "Registered weight sources by state (READY, STALE), read at scrape time.",
       {"state"}, [state]() -> std::vector<CollectedSample> {
-        auto counts = state->CountSources(UnixNowMs());
+        auto counts = state->CountSources(state->NowMs());
         if (!counts.ok()) {
           spdlog::warn("coordinator metrics: counting sources failed: {}", counts.status().ToString());
           return {};

@@ -126,7 +126,9 @@ struct CoordinatorServer::Impl {
       // A Redis that lost the state gets a new id here, so clients bound to the old one
       // learn it at their next call (docs/coordinator.md, "State ids").
       if (Status s = state->RefreshStateId(); !s.ok()) spdlog::warn("coordinator state id: {}", s.ToString());
-      auto stats = state->Reap(control::UnixNowMs());
+      // Before the pass: the pass and every call until the next one read the clock it measures.
+      if (Status s = state->SyncClock(); !s.ok()) spdlog::warn("coordinator clock: {}", s.ToString());
+      auto stats = state->Reap(state->NowMs());
       if (!stats.ok()) {
         spdlog::warn("coordinator reaper: {}", stats.status().ToString());
       } else if (stats->sources_marked_stale + stats->sources_deleted + stats->members_expired > 0) {

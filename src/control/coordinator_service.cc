@@ -16,11 +16,6 @@ namespace shardwire::control {
 
 using Clock = std::chrono::steady_clock;
 
-std::int64_t UnixNowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 bool ConstantTimeEquals(std::string_view a, std::string_view b) {
   // Every byte of `a` is compared (against b, or against itself when b is
   // shorter), so the time depends on the lengths only, never on where they differ.
@@ -239,7 +234,7 @@ grpc::Status RendezvousService::Ping(grpc::ServerContext* ctx, const v1::PingReq
   // a lost state's that another coordinator on the same Redis already replaced).
   core_->RefreshStateIdSoon();
   resp->set_state_id(core_->state().StateId());
-  resp->set_server_unix_ms(UnixNowMs());
+  resp->set_server_unix_ms(core_->NowMs());
   return grpc::Status::OK;
 }
 
@@ -254,7 +249,7 @@ grpc::Status SourceRegistryService::Register(grpc::ServerContext* ctx, const v1:
   if (!req->source().source_id().empty()) SW_GRPC_RETURN_IF_ERROR(ValidateProposedSourceId(req->source().source_id()));
   auto record = FromProto(req->source());
   if (!record.ok()) return Invalid(InvalidArgument(record.status().message()));
-  auto stored = core_->state().RegisterSource(std::move(*record), UnixNowMs());
+  auto stored = core_->state().RegisterSource(std::move(*record), core_->NowMs());
   if (!stored.ok()) return ToGrpcStatus(stored.status());
   ToProto(*stored, resp->mutable_source());
   return grpc::Status::OK;
@@ -264,7 +259,7 @@ void SourceRegistryService::ServeHeartbeat(const grpc::ServerContext& ctx, const
                                            v1::HeartbeatSourceResponse* resp, HeartbeatDone done) {
   if (grpc::Status auth = core_->Authorize(&ctx); !auth.ok()) return done(auth);
   if (Status valid = ValidateSourceId(req.source_id()); !valid.ok()) return done(ToGrpcStatus(valid));
-  core_->state().HeartbeatSourceAsync(req.source_id(), UnixNowMs(),
+  core_->state().HeartbeatSourceAsync(req.source_id(), core_->NowMs(),
                                       [resp, done = std::move(done)](Result<SourceHeartbeat> found) {
                                         if (!found.ok()) return done(ToGrpcStatus(found.status()));
                                         ToProto(*found, resp);
@@ -278,7 +273,7 @@ grpc::Status SourceRegistryService::List(grpc::ServerContext* ctx, const v1::Lis
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->model_identity(), "model_identity filter", /*allow_empty=*/true));
   auto filter = FromProto(req->state());
   if (!filter.ok()) return ToGrpcStatus(filter.status());
-  auto list = core_->state().ListSources(req->model_identity(), *filter, UnixNowMs());
+  auto list = core_->state().ListSources(req->model_identity(), *filter, core_->NowMs());
   if (!list.ok()) return ToGrpcStatus(list.status());
   if (list->size() > kMaxListedSources) {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -294,7 +289,7 @@ grpc::Status SourceRegistryService::MarkStale(grpc::ServerContext* ctx, const v1
   SW_AUTHORIZE(ctx);
   SW_GRPC_RETURN_IF_ERROR(ValidateSourceId(req->source_id()));
   SW_GRPC_RETURN_IF_ERROR(ValidateReason(req->reason()));
-  return ToGrpcStatus(core_->state().MarkSourceStale(req->source_id(), req->reason(), UnixNowMs(), req->hold()));
+  return ToGrpcStatus(core_->state().MarkSourceStale(req->source_id(), req->reason(), core_->NowMs(), req->hold()));
 }
 
 grpc::Status SourceRegistryService::Deregister(grpc::ServerContext* ctx, const v1::DeregisterSourceRequest* req,
@@ -314,7 +309,8 @@ grpc::Status JobsService::Join(grpc::ServerContext* ctx, const v1::JoinJobReques
   SW_GRPC_RETURN_IF_ERROR(ValidateMember(req->member()));
   auto member = FromProto(req->member());
   if (!member.ok()) return Invalid(InvalidArgument(member.status().message()));
-  auto view = core_->state().JoinJob(req->job(), std::move(*member), UnixNowMs(), CoordinatorCore::BoundStateId(ctx));
+  auto view =
+      core_->state().JoinJob(req->job(), std::move(*member), core_->NowMs(), CoordinatorCore::BoundStateId(ctx));
   if (!view.ok()) return ToGrpcStatus(view.status());
   ToProto(*view, resp->mutable_job());
   return grpc::Status::OK;
@@ -328,7 +324,7 @@ void JobsService::ServeHeartbeatMember(const grpc::ServerContext& ctx, const v1:
   if (valid.ok()) valid = ValidateName(req.member_id(), "member_id");
   if (!valid.ok()) return done(ToGrpcStatus(valid));
   core_->state().HeartbeatMemberAsync(
-      req.job(), req.member_id(), UnixNowMs(), [done = std::move(done)](Status s) { done(ToGrpcStatus(s)); },
+      req.job(), req.member_id(), core_->NowMs(), [done = std::move(done)](Status s) { done(ToGrpcStatus(s)); },
       CoordinatorCore::BoundStateId(&ctx));
 }
 
@@ -337,13 +333,13 @@ grpc::Status JobsService::Leave(grpc::ServerContext* ctx, const v1::LeaveJobRequ
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->job(), "job"));
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->member_id(), "member_id"));
   return ToGrpcStatus(
-      core_->state().LeaveJob(req->job(), req->member_id(), UnixNowMs(), CoordinatorCore::BoundStateId(ctx)));
+      core_->state().LeaveJob(req->job(), req->member_id(), core_->NowMs(), CoordinatorCore::BoundStateId(ctx)));
 }
 
 grpc::Status JobsService::Get(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::GetJobResponse* resp) {
   SW_AUTHORIZE_BOUND(ctx);
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->job(), "job"));
-  auto view = core_->state().GetJob(req->job(), UnixNowMs(), CoordinatorCore::BoundStateId(ctx));
+  auto view = core_->state().GetJob(req->job(), core_->NowMs(), CoordinatorCore::BoundStateId(ctx));
   if (!view.ok()) return ToGrpcStatus(view.status());
   ToProto(*view, resp->mutable_job());
   return grpc::Status::OK;
@@ -354,7 +350,7 @@ grpc::Status JobsService::CommitVersion(grpc::ServerContext* ctx, const v1::Comm
   SW_AUTHORIZE_BOUND(ctx);
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->job(), "job"));
   SW_GRPC_RETURN_IF_ERROR(ValidateName(req->member_id(), "member_id"));
-  return ToGrpcStatus(core_->state().CommitVersion(req->job(), req->member_id(), req->version(), UnixNowMs(),
+  return ToGrpcStatus(core_->state().CommitVersion(req->job(), req->member_id(), req->version(), core_->NowMs(),
                                                    CoordinatorCore::BoundStateId(ctx)));
 }
 

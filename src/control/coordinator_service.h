@@ -68,6 +68,8 @@ class CoordinatorCore {
   /// (coordinator_state.h), so the store checks it again inside the change itself.
   static std::string BoundStateId(const grpc::ServerContextBase* context);
   CoordinatorState& state() { return *state_; }
+  /// The state's clock (CoordinatorState::NowMs): unix ms, what every time-dependent call passes.
+  std::int64_t NowMs() { return state_->NowMs(); }
   const std::string& instance() const { return instance_; }
   const std::string& backend() const { return backend_; }
 
@@ -160,9 +162,6 @@ class JobsService final : public v1::Jobs::WithAsyncMethod_HeartbeatMember<v1::J
  private:
   CoordinatorCore* core_;
 };
-
-/// Wall clock, unix milliseconds (what every time-dependent state method takes).
-std::int64_t UnixNowMs();
 
 /// Constant-time equality of two byte strings (time depends only on the lengths).
 bool ConstantTimeEquals(std::string_view a, std::string_view b);

@@ -7,12 +7,11 @@
 // MULTI/EXEC, so two coordinators over one Redis never lose a heartbeat or a
 // registration under concurrency.
 //
-// Time: every method that depends on time takes `now_ms` (unix milliseconds, wall
-// clock) from the caller, so tests control time. Source state is derived at read
-// time: READY when now - last_heartbeat < stale_after, STALE otherwise or when
-// marked; a source whose heartbeat is older than delete_after is gone (Redis: key
-// TTL set to delete_after on every register/heartbeat, so it expires even with no
-// coordinator running; in memory: Reap deletes it).
+// Time: every method that depends on time takes `now_ms` (unix milliseconds) from the
+// caller, so tests control time; the service passes NowMs() (Redis: the Redis server's clock). Source state is derived
+// at read time: READY when now - last_heartbeat < stale_after, STALE otherwise or when marked; a source whose heartbeat
+// is older than delete_after is gone (Redis: key TTL set to delete_after on every register/heartbeat, so it expires
+// even with no coordinator running; in memory: Reap deletes it).
 //
 // Errors: kNotFound, kAlreadyExists, kFailedPrecondition, kInvalidArgument as the
 // methods say; kUnavailable naming the Redis URL when Redis cannot be reached (the
@@ -22,6 +21,7 @@
 // Thread-safety: every implementation is fully thread-safe.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -193,6 +193,22 @@ class CoordinatorState {
   /// Errors: kUnavailable (Redis unreachable; the cached id is kept), kCorruptData (the stored
   /// id is not 32 hex digits; names the key).
   virtual Status RefreshStateId() { return Status::Ok(); }
+
+  // Time.
+  /// The clock the service passes as `now_ms` to every time-dependent method: unix
+  /// milliseconds. In memory: this machine's wall clock (std::chrono::system_clock). Redis: the
+  /// Redis server's clock as the last SyncClock measured it (RedisClock, redis_clock.h), so
+  /// coordinators sharing one Redis agree on every lease and mark whatever their own clocks say
+  /// (docs/coordinator_redis.md, "Clocks"). No round trip; thread-safe.
+  virtual std::int64_t NowMs() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+  /// Measures the store's clock again (Redis: RedisClock::Sync, RedisClock::kSyncSamples TIME
+  /// round trips); the connect function and then the reaper, every pass, call it. In memory:
+  /// nothing. Errors: kUnavailable (Redis unreachable: the last measurement is kept),
+  /// kCorruptData (a reply that is not a time).
+  virtual Status SyncClock() { return Status::Ok(); }
 
   /// One reaper pass: writes STALE for sources past stale_after, deletes sources
   /// past delete_after (in memory; Redis TTLs do it themselves) and expires

@@ -62,6 +62,7 @@
 
 #include "control/coordinator_state.h"
 #include "control/coordinator_state_redis.h"
+#include "control/redis_clock.h"
 #include "control/redis_connection.h"
 #include "control/redis_pipeline.h"
 #include "control/rendezvous_internal.h"
@@ -1009,6 +1010,16 @@ class RedisCoordinatorState final : public CoordinatorState {
     return Status::Ok();
   }
 
+  std::int64_t NowMs() override { return clock_.NowMs(); }
+
+  Status SyncClock() override {
+    return clock_.Sync([this]() -> Result<std::int64_t> {
+      SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Command({"TIME"}, /*idempotent=*/true));
+      SW_RETURN_IF_ERROR(CheckReply(*r, "TIME"));
+      return ParseRedisTimeUs(*r, "Redis at " + pool_->url());
+    });
+  }
+
   Result<ReapStats> Reap(std::int64_t now_ms) override {
     SW_ASSIGN_OR_RETURN(RedisReplyPtr r,
                         pool_->Eval(reap_, {std::to_string(now_ms), stale_ms_, delete_ms_, member_ms_}, false));
@@ -1151,6 +1162,7 @@ class RedisCoordinatorState final : public CoordinatorState {
       leave_, get_job_, commit_, reap_, state_id_script_;
   std::mutex state_id_mu_;
   std::string state_id_;  // empty until the first RefreshStateId (done by the connect function)
+  RedisClock clock_;      // synchronised by the connect function, then by every reaper pass
 };
 
 }  // namespace
@@ -1171,6 +1183,7 @@ Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std
   }
   auto state = std::make_unique<RedisCoordinatorState>(std::move(pool), std::move(pipelines), policy);
   SW_RETURN_IF_ERROR(state->RefreshStateId());
+  SW_RETURN_IF_ERROR(state->SyncClock());
   return std::unique_ptr<CoordinatorState>(std::move(state));
 }
 

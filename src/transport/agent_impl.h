@@ -487,7 +487,9 @@ struct Agent::Impl final : transport::BackendEvents {
   /// Fails every running transfer of the peer with `serial` with `why`. Impl::mu held.
   void FailTransfersOfLocked(std::uint64_t serial, const Status& why);
   /// Lane 0's thread, every kLivenessPeriod at most: marks failed the same-host
-  /// peers whose process is gone (ProcessGone, /proc).
+  /// peers whose process is gone (ProcessGone, /proc), after delivering what lane 0
+  /// and every lane whose mutex is free already received (TransportBackend::DrainMessages).
+  /// Lane 0's mutex held.
   void CheckLiveness();
   /// Moves the lane's jobs of `peer` out of its active list, failed with `why`: into
   /// `abandoned` when the backend may never complete their requests (the link was
@@ -497,7 +499,9 @@ struct Agent::Impl final : transport::BackendEvents {
   /// lane 0), lets cancellations run for up to 50 ms, detaches its jobs and
   /// releases its remote keys there. Lane::mu held.
   void CloseForced(Lane& lane, PeerState& peer, const Status& why);
-  /// Force-closes the lane's endpoints of every failed peer. Lane::mu held.
+  /// Force-closes the lane's endpoints of every failed peer. Lane::mu held. (What the
+  /// peer sent stays deliverable: its connections to this agent's channels are the
+  /// channels', not the links'.)
   void ReapFailedPeers(Lane& lane);
   /// Closes a peer's links and releases its remote keys on every lane. With
   /// nothing outstanding the keys go first and each link is closed with a flush

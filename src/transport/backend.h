@@ -230,6 +230,13 @@ class TransportBackend {
   // ---- progress (the lane's thread or a caller holding the lane's mutex) ------
   /// One round of progress on `lane`; returns how many events happened.
   virtual unsigned Progress(std::uint32_t lane) = 0;
+  /// Delivers (BackendEvents::OnMessage) every message already received on `lane`,
+  /// whatever Progress's polling rhythm: the agent calls it before it marks a peer
+  /// failed on its own evidence (the /proc liveness check), so what a peer sent just
+  /// before it died (a DONE, a READY, then exit) reaches the application before the
+  /// failure. Bounded (a peer that keeps sending cannot hold it); returns how many
+  /// events it handled. The lane's thread or a caller holding the lane's mutex.
+  virtual unsigned DrainMessages(std::uint32_t lane) = 0;
   /// Work after the agent advanced its jobs (UCX: acknowledgements, received
   /// messages). Returns whether it did anything.
   virtual bool Service(std::uint32_t lane) = 0;

@@ -68,9 +68,24 @@ void Agent::Impl::CheckLiveness() {
     for (auto& [serial, p] : peers_by_serial)
       if (p->liveness_checked && !p->failed.load()) check.push_back(p);
   }
+  bool drained = false;
   for (auto& p : check) {
     std::string gone = ProcessGone(p->process);
-    if (!gone.empty()) MarkPeerFailed(*p, gone);
+    if (gone.empty()) continue;
+    // What the peer sent before it died may sit unpolled in this process's socket buffers (a
+    // busy lane polls its channel every few rounds): delivered before the failure, so a wait for
+    // that message does not see the failure instead. Lane 0 (this thread holds its mutex)
+    // carries every SendMessage; another lane (a transfer's notification) is drained when its
+    // mutex is free, else its thread is in a round, polling its channel itself.
+    if (!drained) {
+      backend->DrainMessages(0);
+      for (std::size_t i = 1; i < lanes.size(); ++i) {
+        std::unique_lock<std::mutex> other(lanes[i]->mu, std::try_to_lock);
+        if (other.owns_lock()) backend->DrainMessages(static_cast<std::uint32_t>(i));
+      }
+    }
+    drained = true;
+    MarkPeerFailed(*p, gone);
   }
 }
 

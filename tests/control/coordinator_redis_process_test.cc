@@ -7,6 +7,7 @@
 //   - two coordinators over one Redis serve one state: a client of A sees B's
 //     writes (also a blocked Get woken by a Put through the other coordinator),
 //     concurrent Adds through both sum exactly, job epochs and versions agree;
+//   - two coordinators whose wall clocks disagree agree on leases (both read Redis's clock);
 //   - a lease ends while no coordinator runs (Redis key TTL), and a restarted
 //     coordinator derives STALE from the stored heartbeat time.
 #include <fcntl.h>
@@ -18,6 +19,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
 #include <functional>
 #include <regex>
 #include <set>
@@ -238,6 +242,87 @@ TEST_F(CoordinatorRedisProcess, TwoCoordinatorsOnOneRedisServeOneState) {
   ASSERT_TRUE(b->CommitVersion("job", x.member_id, 5).ok());
   EXPECT_EQ(a->CommitVersion("job", x.member_id, 3).code(), ErrorCode::kFailedPrecondition);
   EXPECT_EQ(a->GetJob("job")->members.at(0).committed_version, 5u);
+}
+
+// libfaketime (Debian libfaketime, scripts/install-deps.sh): preloaded, it moves a process's wall
+// clock. Empty when not installed.
+std::string LibFaketime() {
+  for (const char* p : {"/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"}) {
+    if (::access(p, R_OK) == 0) return p;
+  }
+  return {};
+}
+
+// The environment that runs a process `seconds` ahead of this machine's wall clock. (Redis itself
+// cannot be run so: libfaketime and Debian's jemalloc-linked redis-server recurse at start.)
+std::vector<std::string> ClockAheadEnv(const std::string& lib, int seconds) {
+  std::string asan = "verify_asan_link_order=0";  // the ASan stage: libfaketime is preloaded first
+  if (const char* a = std::getenv("ASAN_OPTIONS"); a != nullptr && *a != '\0') asan = std::string(a) + ":" + asan;
+  return {"LD_PRELOAD=" + lib, "FAKETIME=+" + std::to_string(seconds) + "s", "FAKETIME_DONT_FAKE_MONOTONIC=1",
+          "ASAN_OPTIONS=" + asan};
+}
+
+// Unix seconds by /bin/date run in `env` (-1 when it fails): shows the environment moves a clock.
+long long DateIn(const std::vector<std::string>& env) {
+  std::string cmd = "env";
+  for (const auto& e : env) cmd += " '" + e + "'";
+  cmd += " /bin/date +%s 2>/dev/null";
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (f == nullptr) return -1;
+  long long t = -1;
+  if (std::fscanf(f, "%lld", &t) != 1) t = -1;
+  ::pclose(f);
+  return t;
+}
+
+// Two coordinators on one Redis whose own wall clocks disagree by 30 s, three times the STALE
+// bound: both take `now` from Redis's clock (RedisClock), so a source registered through one is
+// READY through the other, and the other's reaper leaves it so. Before, the coordinator 30 s
+// ahead saw every heartbeat of the first as 30 s old and listed the source STALE.
+TEST_F(CoordinatorRedisProcess, CoordinatorsWhoseClocksDisagreeAgreeOnLeases) {
+  const std::string lib = LibFaketime();
+  if (lib.empty()) GTEST_SKIP() << "libfaketime is not installed (Debian package libfaketime; scripts/install-deps.sh)";
+  constexpr int kAheadS = 30;
+  const std::vector<std::string> ahead = ClockAheadEnv(lib, kAheadS);
+  const auto real_now = static_cast<long long>(std::time(nullptr));
+  ASSERT_GE(DateIn(ahead), real_now + kAheadS - 5) << "libfaketime did not move the clock of a process";
+
+  const std::vector<std::string> times = {"--stale-after", "10", "--delete-after", "600"};
+  Serve on_time, late;
+  std::string out;
+  ASSERT_TRUE(StartServe(&on_time, 0, redis_->url(), times, &out)) << out;
+  out.clear();
+  std::vector<std::string> extra = times;
+  extra.insert(extra.begin(), {"--redis", redis_->url()});
+  ASSERT_TRUE(testing_util::StartServe(&late, 0, extra, &out, ahead)) << out;
+  auto a = Client(on_time.address);
+  auto b = Client(late.address);
+  ASSERT_TRUE(a && b);
+
+  auto reg = a->RegisterSource(Source("inst", 0));
+  ASSERT_TRUE(reg.ok()) << reg.status().ToString();
+  auto seen = b->ListSources("model-x", std::nullopt);
+  ASSERT_TRUE(seen.ok()) << seen.status().ToString();
+  ASSERT_EQ(seen->size(), 1u);
+  EXPECT_EQ(seen->at(0).state, SourceState::kReady) << "the coordinator ahead: " << seen->at(0).stale_reason;
+
+  // A heartbeat through the coordinator ahead, then a pass of its reaper (every second): READY on
+  // both, and the heartbeat's reply says so.
+  auto hb = b->HeartbeatSource(reg->source_id);
+  ASSERT_TRUE(hb.ok()) << hb.status().ToString();
+  EXPECT_EQ(hb->state, SourceState::kReady);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  for (CoordinatorClient* c : {a.get(), b.get()}) {
+    auto l = c->ListSources("model-x", std::nullopt);
+    ASSERT_TRUE(l.ok()) << l.status().ToString();
+    ASSERT_EQ(l->size(), 1u);
+    EXPECT_EQ(l->at(0).state, SourceState::kReady) << l->at(0).stale_reason;
+  }
+  auto again = a->HeartbeatSource(reg->source_id);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->state, SourceState::kReady);
+  EXPECT_TRUE(again->stale_reason.empty()) << again->stale_reason;
 }
 
 // A source whose coordinator went away turns STALE by its stored heartbeat time: the next

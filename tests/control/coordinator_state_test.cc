@@ -963,6 +963,27 @@ TEST_F(RedisStateTest, ConcurrentStateObjectsLoseNothing) {
   for (const auto& m : job->members) EXPECT_EQ(m.committed_version, 20u) << m.member_id;
 }
 
+// The Redis state's clock is Redis's TIME (RedisClock), read without a round trip of its own;
+// CoordinatorRedisProcess.CoordinatorsWhoseClocksDisagreeAgreeOnLeases shows what it is for.
+TEST_F(RedisStateTest, TheStatesClockIsRedisTime) {
+  auto st = Connect();
+  ASSERT_TRUE(st);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(st->SyncClock().ok());
+    const long long before = redis_->TimeMs();
+    const std::int64_t now = st->NowMs();
+    const long long after = redis_->TimeMs();
+    ASSERT_GT(before, 0);
+    // Bound: half a sync's shortest round trip; 1 s allows for a loaded machine.
+    EXPECT_GE(now, before - 1000);
+    EXPECT_LE(now, after + 1000);
+  }
+  redis_->Kill();
+  EXPECT_EQ(st->SyncClock().code(), ErrorCode::kUnavailable) << "Redis is gone";
+  const std::int64_t kept = st->NowMs();
+  EXPECT_GT(kept, 0) << "the last measurement is kept";
+}
+
 // A lease ends in Redis itself (key TTL) while no state object exists.
 TEST_F(RedisStateTest, LeaseExpiresWithNoStateObjectAlive) {
   LeasePolicy p = Policy();

@@ -114,6 +114,22 @@ class RedisServer {
     return false;
   }
 
+  /// Redis's clock (TIME), unix milliseconds; -1 when the command fails.
+  long long TimeMs() const {
+    timeval tv{5, 0};
+    redisContext* c = redisConnectWithTimeout("127.0.0.1", port_, tv);
+    long long ms = -1;
+    if (c != nullptr && c->err == 0) {
+      auto* r = static_cast<redisReply*>(redisCommand(c, "TIME"));
+      if (r != nullptr && r->type == REDIS_REPLY_ARRAY && r->elements == 2)
+        ms = std::stoll(std::string(r->element[0]->str, r->element[0]->len)) * 1000 +
+             std::stoll(std::string(r->element[1]->str, r->element[1]->len)) / 1000;
+      if (r != nullptr) freeReplyObject(r);
+    }
+    if (c != nullptr) redisFree(c);
+    return ms;
+  }
+
   /// Runs one command on a fresh connection (for tests that inject records);
   /// returns the reply as text ("(nil)", the string, the integer, or "ERR ...").
   std::string Command(const std::vector<std::string>& argv) const {

@@ -53,11 +53,29 @@ struct ServeProcess {
 
 // Starts `shardwire serve --port <port> extra...` and waits (<= 30 s) for its
 // "listening on HOST:PORT" line. Returns false (with the output so far) otherwise.
-inline bool StartServe(ServeProcess* p, int port, const std::vector<std::string>& extra, std::string* output) {
+// `env`: "NAME=value" entries the process gets besides (and over) this process's environment.
+inline bool StartServe(ServeProcess* p, int port, const std::vector<std::string>& extra, std::string* output,
+                       const std::vector<std::string>& env = {}) {
   int fds[2];
   if (::pipe(fds) != 0) return false;
   std::vector<std::string> argv_s = {SHARDWIRE_BIN, "serve", "--port", std::to_string(port)};
   argv_s.insert(argv_s.end(), extra.begin(), extra.end());
+  // Built before fork: only async-signal-safe calls in the child.
+  std::vector<std::string> env_s;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string entry(*e);
+    const std::string name = entry.substr(0, entry.find('=') + 1);
+    bool replaced = false;
+    for (const auto& x : env) replaced = replaced || x.compare(0, name.size(), name) == 0;
+    if (!replaced) env_s.push_back(entry);
+  }
+  env_s.insert(env_s.end(), env.begin(), env.end());
+  std::vector<char*> envp;
+  for (auto& e : env_s) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
   const pid_t parent = ::getpid();
   p->pid = ::fork();
   if (p->pid == 0) {
@@ -65,10 +83,7 @@ inline bool StartServe(ServeProcess* p, int port, const std::vector<std::string>
     ::dup2(fds[1], 1);
     ::close(fds[0]);
     ::close(fds[1]);
-    std::vector<char*> argv;
-    for (auto& s : argv_s) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
+    ::execve(argv[0], argv.data(), envp.data());
     ::_exit(127);
   }
   ::close(fds[1]);

@@ -420,6 +420,10 @@ class InProcessBackend final : public TransportBackend {
     return events;
   }
 
+  // Messages are delivered by Progress (with the completions that are due): there is no
+  // polling rhythm that could leave one behind, and the in-process peers have no /proc check.
+  unsigned DrainMessages(std::uint32_t /*lane*/) override { return 0; }
+
   // A held-up lane (FaultPlan::hold_lane): the lane thread (the only caller of Service; a
   // thread that runs a small post inline never calls it) sleeps under the agent's lane lock, as
   // a lane thread starved of CPU or waiting for that lock would; then the held ops (and the

@@ -107,6 +107,7 @@ class UcxBackend final : public TransportBackend {
   void ReleaseKeys(std::uint32_t lane, void* link) override;
 
   unsigned Progress(std::uint32_t lane) override;
+  unsigned DrainMessages(std::uint32_t lane) override;
   bool Service(std::uint32_t lane) override;
   int EventFd(std::uint32_t lane) override;
   ArmResult Arm(std::uint32_t lane, std::string& error) override;
@@ -185,6 +186,9 @@ class UcxBackend final : public TransportBackend {
   /// A busy lane looks for hang-ups of its message links every this many calls (a multiple of
   /// kChannelPollEvery), and after every wake-up.
   static constexpr std::uint32_t kHangupPollEvery = 64;
+  /// Most channel polls (and UCX progress calls) of one DrainMessages: what arrived before
+  /// it is delivered in a few; the bound keeps a peer that keeps sending from holding it.
+  static constexpr int kDrainPolls = 64;
 
   // UCX callbacks (ucx_ops.cc): user_data is the agent's Completion.
   static void OnPutDone(void* request, ucs_status_t status, void* user_data);
@@ -227,6 +231,9 @@ class UcxBackend final : public TransportBackend {
   /// buffers by then and is delivered first, so a wait for that message never sees the
   /// failure instead.
   unsigned ReportHangups(Lane& lane);
+  /// Polls the lane's message channel until it is empty (at most kDrainPolls calls, each
+  /// draining up to 16 ready connections); returns the messages delivered.
+  unsigned DrainChannel(Lane& lane);
 
   AgentOptions options_;
   UcpContext context_;

@@ -206,20 +206,39 @@ void UcxBackend::SetMessageLink(Lane& lane, Link& link, std::unique_ptr<LocalMes
                   link.peer != nullptr ? link.peer->name : "?", std::strerror(errno));
 }
 
+unsigned UcxBackend::DrainChannel(Lane& lane) {
+  if (!lane.messages) return 0;
+  unsigned delivered = 0;
+  for (int i = 0; i < kDrainPolls; ++i) {
+    const unsigned m = lane.messages->Poll(
+        [&](const std::byte* data, std::size_t length) { events_->OnMessage(lane.index, data, length); });
+    if (m == 0) break;
+    delivered += m;
+  }
+  return delivered;
+}
+
+unsigned UcxBackend::DrainMessages(std::uint32_t lane) {
+  Lane& l = *lanes_[lane];
+  unsigned n = DrainChannel(l);
+  // Active messages (other hosts' notifications) that UCX holds: progress until a round finds
+  // none, then hand over the rendezvous receives that completed.
+  for (int i = 0; i < kDrainPolls; ++i) {
+    const unsigned m = ucp_worker_progress(l.worker.get());
+    if (m == 0) break;
+    n += m;
+  }
+  CollectReceives(l);
+  return n;
+}
+
 unsigned UcxBackend::ReportHangups(Lane& lane) {
   if (!lane.hangups) return 0;
   epoll_event events[16];
   const int n = ::epoll_wait(lane.hangups.get(), events, 16, 0);
-  if (n > 0 && lane.messages) {
-    // Messages first: a peer that sent DONE and exited hung up after the DONE reached this
-    // process's socket buffers, which the last Poll may have missed. Poll drains every ready
-    // connection it sees (16 per call): a few calls empty the channel.
-    for (int i = 0; i < 64; ++i) {
-      if (lane.messages->Poll(
-              [&](const std::byte* data, std::size_t length) { events_->OnMessage(lane.index, data, length); }) == 0)
-        break;
-    }
-  }
+  // Messages first: a peer that sent DONE and exited hung up after the DONE reached this
+  // process's socket buffers, which the last Poll may have missed.
+  if (n > 0) DrainChannel(lane);
   for (int i = 0; i < n; ++i) {
     Link& link = *static_cast<Link*>(events[i].data.ptr);
     if (link.messages && link.messages->Socket() >= 0)
