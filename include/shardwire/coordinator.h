@@ -30,8 +30,9 @@
 // it so for `source_mark_hold_s` however it heartbeats, and its first heartbeat after that
 // makes it READY again. The source's heartbeat reply tells it of the mark (SourceHeartbeat).
 //
-// Times: seconds (double) in options; unix milliseconds (int64, wall clock) in
-// records.
+// Times: seconds (double) in options; unix milliseconds (int64) in records, on the
+// coordinator's clock: its wall clock in memory, the Redis server's with Redis (so every
+// coordinator on one Redis agrees; docs/coordinator_redis.md, "Clocks").
 #pragma once
 
 #include <cstdint>

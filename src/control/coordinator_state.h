@@ -8,10 +8,12 @@
 // registration under concurrency.
 //
 // Time: every method that depends on time takes `now_ms` (unix milliseconds) from the
-// caller, so tests control time; the service passes NowMs() (Redis: the Redis server's clock). Source state is derived
-// at read time: READY when now - last_heartbeat < stale_after, STALE otherwise or when marked; a source whose heartbeat
-// is older than delete_after is gone (Redis: key TTL set to delete_after on every register/heartbeat, so it expires
-// even with no coordinator running; in memory: Reap deletes it).
+// caller, so tests control time; the service passes NowMs() (Redis: the Redis
+// server's clock). Source state is derived at read time: READY when now -
+// last_heartbeat < stale_after, STALE otherwise or when marked; a source whose
+// heartbeat is older than delete_after is gone (Redis: key TTL set to delete_after
+// on every register/heartbeat, so it expires even with no coordinator running; in
+// memory: Reap deletes it).
 //
 // Errors: kNotFound, kAlreadyExists, kFailedPrecondition, kInvalidArgument as the
 // methods say; kUnavailable naming the Redis URL when Redis cannot be reached (the
