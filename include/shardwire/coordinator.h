@@ -341,7 +341,8 @@ struct CoordinatorServerOptions {
   double source_mark_hold_s = 30;
   /// Seconds without heartbeat after which a job member leaves its job.
   double member_expire_after_s = 10;
-  /// Seconds between reaper passes.
+  /// Seconds between reaper passes. (The coordinator's clock, with Redis the Redis server's, is
+  /// measured again every min(reaper_interval_s, 1) seconds; docs/coordinator_redis.md, "Clocks".)
   double reaper_interval_s = 1;
   /// With Redis: microseconds the heartbeat thread polls for Redis's reply to a
   /// heartbeat round before it sleeps in read() (saves a sleep and a wake-up

@@ -4,6 +4,8 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <fstream>
@@ -97,6 +99,9 @@ Status ValidateOptions(const CoordinatorServerOptions& o) {
 
 }  // namespace
 
+// Longest time between two measurements of the state's clock (CoordinatorState::SyncClock).
+constexpr std::chrono::seconds kClockSyncInterval{1};
+
 struct CoordinatorServer::Impl {
   std::shared_ptr<control::CoordinatorState> state;
   std::unique_ptr<control::CoordinatorCore> core;
@@ -118,22 +123,32 @@ struct CoordinatorServer::Impl {
 
   void RunReaper() {
     std::unique_lock<std::mutex> lock(mu);
-    const auto interval = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-        std::chrono::duration<double>(reaper_interval_s));
+    using SteadyClock = std::chrono::steady_clock;
+    const auto interval =
+        std::chrono::duration_cast<SteadyClock::duration>(std::chrono::duration<double>(reaper_interval_s));
+    // The state's clock is measured again at least every kClockSyncInterval, whatever the
+    // reaper's interval (a Redis host's clock step is followed within it).
+    const auto wake_every = std::min<SteadyClock::duration>(interval, kClockSyncInterval);
+    auto next_pass = SteadyClock::now() + interval;
     while (!stop) {
-      if (wake.wait_for(lock, interval, [&] { return stop; })) break;
+      if (wake.wait_for(lock, std::min<SteadyClock::duration>(wake_every, next_pass - SteadyClock::now()),
+                        [&] { return stop; }))
+        break;
       lock.unlock();
-      // A Redis that lost the state gets a new id here, so clients bound to the old one
-      // learn it at their next call (docs/coordinator.md, "State ids").
-      if (Status s = state->RefreshStateId(); !s.ok()) spdlog::warn("coordinator state id: {}", s.ToString());
-      // Before the pass: the pass and every call until the next one read the clock it measures.
+      // Before a pass: the pass and every call until the next sync read the clock it measures.
       if (Status s = state->SyncClock(); !s.ok()) spdlog::warn("coordinator clock: {}", s.ToString());
-      auto stats = state->Reap(state->NowMs());
-      if (!stats.ok()) {
-        spdlog::warn("coordinator reaper: {}", stats.status().ToString());
-      } else if (stats->sources_marked_stale + stats->sources_deleted + stats->members_expired > 0) {
-        spdlog::debug("coordinator reaper: {} sources stale, {} deleted, {} members expired",
-                      stats->sources_marked_stale, stats->sources_deleted, stats->members_expired);
+      if (SteadyClock::now() >= next_pass) {
+        next_pass = SteadyClock::now() + interval;
+        // A Redis that lost the state gets a new id here, so clients bound to the old one
+        // learn it at their next call (docs/coordinator.md, "State ids").
+        if (Status s = state->RefreshStateId(); !s.ok()) spdlog::warn("coordinator state id: {}", s.ToString());
+        auto stats = state->Reap(state->NowMs());
+        if (!stats.ok()) {
+          spdlog::warn("coordinator reaper: {}", stats.status().ToString());
+        } else if (stats->sources_marked_stale + stats->sources_deleted + stats->members_expired > 0) {
+          spdlog::debug("coordinator reaper: {} sources stale, {} deleted, {} members expired",
+                        stats->sources_marked_stale, stats->sources_deleted, stats->members_expired);
+        }
       }
       lock.lock();
     }

@@ -208,8 +208,10 @@ class CoordinatorState {
   }
   /// Measures the store's clock again (Redis: RedisClock::Sync, RedisClock::kSyncSamples TIME
   /// round trips); the connect function and then the reaper, every pass, call it. In memory:
-  /// nothing. Errors: kUnavailable (Redis unreachable: the last measurement is kept),
-  /// kCorruptData (a reply that is not a time).
+  /// nothing. Errors (the last measurement is kept): kUnavailable (Redis unreachable, not
+  /// ready, or answering too slowly for a useful measurement), kCorruptData (a reply that is not
+  /// a time), kInternal (Redis refused TIME: the connect function then keeps the wall clock and
+  /// later calls do nothing).
   virtual Status SyncClock() { return Status::Ok(); }
 
   /// One reaper pass: writes STALE for sources past stale_after, deletes sources

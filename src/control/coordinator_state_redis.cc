@@ -1013,11 +1013,24 @@ class RedisCoordinatorState final : public CoordinatorState {
   std::int64_t NowMs() override { return clock_.NowMs(); }
 
   Status SyncClock() override {
+    if (clock_refused_.load(std::memory_order_relaxed)) return Status::Ok();  // the wall clock, said at connect
     return clock_.Sync([this]() -> Result<std::int64_t> {
       SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Command({"TIME"}, /*idempotent=*/true));
       SW_RETURN_IF_ERROR(CheckReply(*r, "TIME"));
       return ParseRedisTimeUs(*r, "Redis at " + pool_->url());
     });
+  }
+
+  /// The connect function's first SyncClock failed other than for Redis's availability (an ACL
+  /// user without +time: NOPERM; a renamed TIME; a proxy without it): NowMs stays this
+  /// machine's wall clock, as before RedisClock, and SyncClock does nothing. Logged once.
+  void UseWallClock(const Status& why) {
+    spdlog::warn(
+        "coordinator: Redis at {} refused TIME ({}): this coordinator's wall clock is its clock for leases, so "
+        "coordinators sharing this Redis must keep their clocks in step (NTP; docs/coordinator_redis.md, "
+        "\"Clocks\")",
+        pool_->url(), why.ToString());
+    clock_refused_.store(true, std::memory_order_relaxed);
   }
 
   Result<ReapStats> Reap(std::int64_t now_ms) override {
@@ -1162,7 +1175,8 @@ class RedisCoordinatorState final : public CoordinatorState {
       leave_, get_job_, commit_, reap_, state_id_script_;
   std::mutex state_id_mu_;
   std::string state_id_;  // empty until the first RefreshStateId (done by the connect function)
-  RedisClock clock_;      // synchronised by the connect function, then by every reaper pass
+  RedisClock clock_;      // synchronised by the connect function, then by the reaper every second
+  std::atomic<bool> clock_refused_{false};  // UseWallClock
 };
 
 }  // namespace
@@ -1183,7 +1197,10 @@ Result<std::unique_ptr<CoordinatorState>> ConnectRedisCoordinatorState(const std
   }
   auto state = std::make_unique<RedisCoordinatorState>(std::move(pool), std::move(pipelines), policy);
   SW_RETURN_IF_ERROR(state->RefreshStateId());
-  SW_RETURN_IF_ERROR(state->SyncClock());
+  if (Status s = state->SyncClock(); !s.ok()) {
+    if (s.code() == ErrorCode::kUnavailable || s.code() == ErrorCode::kTimedOut) return s;
+    state->UseWallClock(s);
+  }
   return std::unique_ptr<CoordinatorState>(std::move(state));
 }
 

@@ -68,6 +68,11 @@ Status RedisClock::Sync(const ServerTimeUs& read) {
     }
   }
   if (best_round_trip < 0) return Internal("RedisClock: the local clock went backwards in every sample");
+  if (best_round_trip > kMaxRoundTripUs && synced_.load(std::memory_order_acquire)) {
+    return Unavailable(fmt::format(
+        "RedisClock: the shortest of {} TIME round trips took {} ms (more than {} ms): the last offset is kept",
+        kSyncSamples, best_round_trip / 1000, kMaxRoundTripUs / 1000));
+  }
   offset_us_.store(best_offset, std::memory_order_relaxed);
   last_round_trip_us_.store(best_round_trip, std::memory_order_relaxed);
   synced_.store(true, std::memory_order_release);

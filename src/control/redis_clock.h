@@ -22,10 +22,16 @@
 
 namespace shardwire::control {
 
+/// A server's clock as this process sees it: Sync measures it, NowMs reads it. One per
+/// coordinator state; not copyable (atomics).
 class RedisClock {
  public:
   /// Round trips one Sync takes (the shortest is kept).
   static constexpr int kSyncSamples = 3;
+  /// Microseconds. A Sync whose shortest round trip is longer (a loaded Redis, a connection
+  /// pool with none free) keeps the previous offset, whose error is smaller, unless there is
+  /// none yet: the error of an offset is at most half its round trip.
+  static constexpr std::int64_t kMaxRoundTripUs = 250'000;
 
   /// A local monotonic clock, in microseconds (any epoch).
   using LocalClockUs = std::function<std::int64_t()>;
@@ -38,9 +44,11 @@ class RedisClock {
   explicit RedisClock(LocalClockUs local = {});
 
   /// Reads the server's clock kSyncSamples times through `read` and keeps the offset of the
-  /// sample with the shortest round trip. Errors: the first failed read's error (the previous
-  /// offset is kept; NowMs goes on from it). Thread-safety: safe beside NowMs and other Syncs
-  /// (the offset is one atomic store).
+  /// sample with the shortest round trip. Errors (the previous offset is kept; NowMs goes on
+  /// from it): the first failed read's error; kUnavailable when every round trip exceeded
+  /// kMaxRoundTripUs and an earlier Sync succeeded; kInternal when the local clock went
+  /// backwards in every sample (a broken test clock). Thread-safety: safe beside NowMs and other
+  /// Syncs (the offset is one atomic store).
   Status Sync(const ServerTimeUs& read);
 
   /// The server's clock now, unix milliseconds (as a coordinator's state methods take it).

@@ -25,9 +25,12 @@
 //   * Each Lane has one progress context in the backend (UCX: a worker) and runs
 //     one progress thread. Every backend call naming a lane, and everything that
 //     touches a lane's links and jobs, happens with Lane::mu held: by the lane
-//     thread, or by the API thread for connecting/closing links and SendMessage.
-//     The lane thread releases mu only while it sleeps in ppoll on the backend's
-//     event fd (armed with TransportBackend::Arm) and its wake eventfd.
+//     thread, or by the API thread for connecting/closing links and SendMessage,
+//     or by lane 0's thread, which in CheckLiveness try_locks another lane's mu
+//     while it holds its own (never waiting for it) to drain that lane's messages.
+//     The lane thread releases mu only while it spins idle (idle_spin_s) or sleeps
+//     in ppoll on the backend's event fd (armed with TransportBackend::Arm) and its
+//     wake eventfd.
 //   * Impl::mu (leaf lock, never held while taking a Lane::mu) guards transfer
 //     execution state, the notification queue, peer failure records and
 //     peers_by_serial; Impl::cv is signalled on every change waiters care about.

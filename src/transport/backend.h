@@ -234,7 +234,7 @@ class TransportBackend {
   /// whatever Progress's polling rhythm: the agent calls it before it marks a peer
   /// failed on its own evidence (the /proc liveness check), so what a peer sent just
   /// before it died (a DONE, a READY, then exit) reaches the application before the
-  /// failure. Bounded (a peer that keeps sending cannot hold it); returns how many
+  /// failure. Bounded in polls (UCX: ucx_backend.h, kDrainPolls); returns how many
   /// events it handled. The lane's thread or a caller holding the lane's mutex.
   virtual unsigned DrainMessages(std::uint32_t lane) = 0;
   /// Work after the agent advanced its jobs (UCX: acknowledgements, received

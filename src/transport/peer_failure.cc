@@ -76,7 +76,7 @@ void Agent::Impl::CheckLiveness() {
     // busy lane polls its channel every few rounds): delivered before the failure, so a wait for
     // that message does not see the failure instead. Lane 0 (this thread holds its mutex)
     // carries every SendMessage; another lane (a transfer's notification) is drained when its
-    // mutex is free, else its thread is in a round, polling its channel itself.
+    // mutex is free (try_lock: never waits), else it is left to its own next poll.
     if (!drained) {
       backend->DrainMessages(0);
       for (std::size_t i = 1; i < lanes.size(); ++i) {

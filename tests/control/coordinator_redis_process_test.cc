@@ -19,7 +19,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <functional>
@@ -245,10 +244,10 @@ TEST_F(CoordinatorRedisProcess, TwoCoordinatorsOnOneRedisServeOneState) {
 }
 
 // libfaketime (Debian libfaketime, scripts/install-deps.sh): preloaded, it moves a process's wall
-// clock. Empty when not installed.
+// clock; the MT variant is the one for threaded programs (its README). Empty when not installed.
 std::string LibFaketime() {
-  for (const char* p : {"/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-                        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"}) {
+  for (const char* p : {"/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+                        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1"}) {
     if (::access(p, R_OK) == 0) return p;
   }
   return {};
@@ -259,21 +258,24 @@ std::string LibFaketime() {
 std::vector<std::string> ClockAheadEnv(const std::string& lib, int seconds) {
   std::string asan = "verify_asan_link_order=0";  // the ASan stage: libfaketime is preloaded first
   if (const char* a = std::getenv("ASAN_OPTIONS"); a != nullptr && *a != '\0') asan = std::string(a) + ":" + asan;
-  return {"LD_PRELOAD=" + lib, "FAKETIME=+" + std::to_string(seconds) + "s", "FAKETIME_DONT_FAKE_MONOTONIC=1",
+  return {"LD_PRELOAD=" + lib, "FAKETIME=+" + std::to_string(seconds), "FAKETIME_DONT_FAKE_MONOTONIC=1",
           "ASAN_OPTIONS=" + asan};
 }
 
-// Unix seconds by /bin/date run in `env` (-1 when it fails): shows the environment moves a clock.
-long long DateIn(const std::vector<std::string>& env) {
-  std::string cmd = "env";
-  for (const auto& e : env) cmd += " '" + e + "'";
-  cmd += " /bin/date +%s 2>/dev/null";
-  FILE* f = ::popen(cmd.c_str(), "r");
-  if (f == nullptr) return -1;
-  long long t = -1;
-  if (std::fscanf(f, "%lld", &t) != 1) t = -1;
-  ::pclose(f);
-  return t;
+// Unix seconds of the first JSON log line in `output` (`shardwire --log-format json`: "time":
+// "YYYY-MM-DDTHH:MM:SS.ffffffZ"); -1 when there is none.
+long long FirstLogLineUnixS(const std::string& output) {
+  std::smatch m;
+  if (!std::regex_search(output, m, std::regex(R"re("time":"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2}))re")))
+    return -1;
+  std::tm t{};
+  t.tm_year = std::stoi(m[1]) - 1900;
+  t.tm_mon = std::stoi(m[2]) - 1;
+  t.tm_mday = std::stoi(m[3]);
+  t.tm_hour = std::stoi(m[4]);
+  t.tm_min = std::stoi(m[5]);
+  t.tm_sec = std::stoi(m[6]);
+  return static_cast<long long>(::timegm(&t));
 }
 
 // Two coordinators on one Redis whose own wall clocks disagree by 30 s, three times the STALE
@@ -286,7 +288,6 @@ TEST_F(CoordinatorRedisProcess, CoordinatorsWhoseClocksDisagreeAgreeOnLeases) {
   constexpr int kAheadS = 30;
   const std::vector<std::string> ahead = ClockAheadEnv(lib, kAheadS);
   const auto real_now = static_cast<long long>(std::time(nullptr));
-  ASSERT_GE(DateIn(ahead), real_now + kAheadS - 5) << "libfaketime did not move the clock of a process";
 
   const std::vector<std::string> times = {"--stale-after", "10", "--delete-after", "600"};
   Serve on_time, late;
@@ -295,7 +296,9 @@ TEST_F(CoordinatorRedisProcess, CoordinatorsWhoseClocksDisagreeAgreeOnLeases) {
   out.clear();
   std::vector<std::string> extra = times;
   extra.insert(extra.begin(), {"--redis", redis_->url()});
-  ASSERT_TRUE(testing_util::StartServe(&late, 0, extra, &out, ahead)) << out;
+  ASSERT_TRUE(testing_util::StartServe(&late, 0, extra, &out, ahead, {"--log-format", "json", "-v"})) << out;
+  // The late coordinator's own log says its clock runs ahead (else this test would test nothing).
+  ASSERT_GE(FirstLogLineUnixS(out), real_now + kAheadS - 5) << "libfaketime did not move serve's clock: " << out;
   auto a = Client(on_time.address);
   auto b = Client(late.address);
   ASSERT_TRUE(a && b);

@@ -984,6 +984,26 @@ TEST_F(RedisStateTest, TheStatesClockIsRedisTime) {
   EXPECT_GT(kept, 0) << "the last measurement is kept";
 }
 
+// A Redis whose ACL refuses TIME (NOPERM): the state connects, keeps this machine's wall clock
+// (logged once) and works; its SyncClock does nothing.
+TEST_F(RedisStateTest, ARedisThatRefusesTimeLeavesTheWallClock) {
+  ASSERT_EQ(redis_->Command({"ACL", "SETUSER", "default", "-time"}), "OK");
+  ASSERT_NE(redis_->Command({"TIME"}).rfind("ERR NOPERM", 0), std::string::npos) << "the ACL did not take";
+  auto st = Connect();
+  ASSERT_TRUE(st);
+  EXPECT_TRUE(st->SyncClock().ok());
+  const std::int64_t before = WallMs();
+  const std::int64_t now = st->NowMs();
+  const std::int64_t after = WallMs();
+  EXPECT_GE(now, before);
+  EXPECT_LE(now, after);
+  auto r = st->RegisterSource(Source("m", "i", 0, 1), st->NowMs());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto listed = st->ListSources("m", SourceState::kReady, st->NowMs());
+  ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+  EXPECT_EQ(listed->size(), 1u);
+}
+
 // A lease ends in Redis itself (key TTL) while no state object exists.
 TEST_F(RedisStateTest, LeaseExpiresWithNoStateObjectAlive) {
   LeasePolicy p = Policy();

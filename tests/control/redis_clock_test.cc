@@ -66,6 +66,32 @@ TEST(RedisClock, AFailedSyncKeepsTheLastOffset) {
   EXPECT_EQ(clock.last_round_trip_us(), 2);
 }
 
+// Round trips all longer than kMaxRoundTripUs: a first Sync takes the best it has (nothing
+// better to keep), a later one keeps the earlier, more exact offset and says why.
+TEST(RedisClock, SlowRoundTripsKeepABetterEarlierOffset) {
+  auto local = std::make_shared<ScriptedLocal>();
+  const std::int64_t slow = RedisClock::kMaxRoundTripUs + 2;
+  local->reads = {0, slow, 10 * slow, 11 * slow, 20 * slow, 21 * slow};
+  RedisClock clock([local] { return (*local)(); });
+  ASSERT_TRUE(clock.Sync([]() -> Result<std::int64_t> { return std::int64_t{9'000'000}; }).ok());
+  EXPECT_EQ(clock.last_round_trip_us(), slow);
+  const std::int64_t first_offset = 9'000'000 - slow / 2;
+
+  local->reads = {100 * slow, 100 * slow + 4, 101 * slow, 101 * slow + 4, 102 * slow, 102 * slow + 4};
+  ASSERT_TRUE(clock.Sync([]() -> Result<std::int64_t> { return std::int64_t{5'000'000'000}; }).ok());
+  const std::int64_t good_offset = 5'000'000'000 - (100 * slow + 2);
+  EXPECT_EQ(clock.last_round_trip_us(), 4);
+
+  local->reads = {200 * slow, 201 * slow, 202 * slow, 203 * slow, 204 * slow, 205 * slow};
+  Status s = clock.Sync([]() -> Result<std::int64_t> { return std::int64_t{1}; });
+  EXPECT_EQ(s.code(), ErrorCode::kUnavailable);
+  EXPECT_NE(s.message().find("the last offset is kept"), std::string::npos) << s.message();
+  local->reads = {300'000'000};
+  EXPECT_EQ(clock.NowMs(), (300'000'000 + good_offset) / 1000);
+  EXPECT_NE(good_offset, first_offset);
+  EXPECT_EQ(clock.last_round_trip_us(), 4);
+}
+
 TEST(RedisClock, BeforeTheFirstSyncItIsTheWallClock) {
   RedisClock clock([] { return std::int64_t{0}; });
   const auto wall = [] {

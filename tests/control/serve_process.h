@@ -53,12 +53,15 @@ struct ServeProcess {
 
 // Starts `shardwire serve --port <port> extra...` and waits (<= 30 s) for its
 // "listening on HOST:PORT" line. Returns false (with the output so far) otherwise.
-// `env`: "NAME=value" entries the process gets besides (and over) this process's environment.
+// `env`: "NAME=value" entries the process gets besides (and over) this process's environment;
+// `global`: options of `shardwire` itself, before `serve` (e.g. --log-format json).
 inline bool StartServe(ServeProcess* p, int port, const std::vector<std::string>& extra, std::string* output,
-                       const std::vector<std::string>& env = {}) {
+                       const std::vector<std::string>& env = {}, const std::vector<std::string>& global = {}) {
   int fds[2];
   if (::pipe(fds) != 0) return false;
-  std::vector<std::string> argv_s = {SHARDWIRE_BIN, "serve", "--port", std::to_string(port)};
+  std::vector<std::string> argv_s = {SHARDWIRE_BIN};
+  argv_s.insert(argv_s.end(), global.begin(), global.end());
+  argv_s.insert(argv_s.end(), {"serve", "--port", std::to_string(port)});
   argv_s.insert(argv_s.end(), extra.begin(), extra.end());
   // Built before fork: only async-signal-safe calls in the child.
   std::vector<std::string> env_s;

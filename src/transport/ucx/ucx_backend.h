@@ -187,7 +187,7 @@ class UcxBackend final : public TransportBackend {
   /// kChannelPollEvery), and after every wake-up.
   static constexpr std::uint32_t kHangupPollEvery = 64;
   /// Most channel polls (and UCX progress calls) of one DrainMessages: what arrived before
-  /// it is delivered in a few; the bound keeps a peer that keeps sending from holding it.
+  /// it is delivered in a few.
   static constexpr int kDrainPolls = 64;
 
   // UCX callbacks (ucx_ops.cc): user_data is the agent's Completion.
@@ -231,8 +231,9 @@ class UcxBackend final : public TransportBackend {
   /// buffers by then and is delivered first, so a wait for that message never sees the
   /// failure instead.
   unsigned ReportHangups(Lane& lane);
-  /// Polls the lane's message channel until it is empty (at most kDrainPolls calls, each
-  /// draining up to 16 ready connections); returns the messages delivered.
+  /// Polls the lane's message channel until a poll finds nothing (at most kDrainPolls calls,
+  /// each draining up to 16 ready connections); returns the messages delivered plus the
+  /// connections accepted or closed (LocalMessageChannel::Poll's count).
   unsigned DrainChannel(Lane& lane);
 
   AgentOptions options_;
