@@ -17,11 +17,13 @@
 #include <string>
 #include <vector>
 
+#include "shardwire/tensor_spec.h"
+
 namespace shardwire {
 
-/// Most dimensions a box (and so a sharded tensor) may have. Model weights have at
-/// most 3 (grouped experts); layouts reject tensors of higher rank.
-inline constexpr std::size_t kMaxBoxDims = 6;
+/// Most dimensions a box (and so a sharded tensor) may have: kMaxTensorDims. Model weights
+/// have at most 3 (grouped experts); layouts reject tensors of higher rank.
+inline constexpr std::size_t kMaxBoxDims = kMaxTensorDims;
 
 /// A fixed-capacity list of up to kMaxBoxDims int64 values, stored inline: layouts of
 /// trillion-parameter MoE models hold millions of boxes, so a box must not allocate.

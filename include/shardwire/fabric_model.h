@@ -73,8 +73,12 @@ struct FabricSpec {
 /// needed), negative, zero where it must be positive, an unknown key.
 Result<FabricSpec> ParseFabricSpec(std::string_view json_text, std::string_view origin = "fabric");
 
-/// Reads and parses a fabric file. kNotFound / kIoError when it cannot be read, else as
-/// ParseFabricSpec.
+/// Largest fabric file LoadFabricSpec reads, bytes.
+inline constexpr std::uint64_t kMaxFabricFileBytes = std::uint64_t{16} << 20;
+
+/// Reads and parses a fabric file. kNotFound when it does not exist; kIoError when it cannot
+/// be read, is not a regular file (a FIFO, /dev/zero: nothing read, no wait) or holds more than
+/// kMaxFabricFileBytes; else as ParseFabricSpec.
 Result<FabricSpec> LoadFabricSpec(const std::string& path);
 
 /// A GPU of the cluster.

@@ -58,7 +58,8 @@ class SafetensorsFile {
   ///    strings; an entry missing dtype/shape/data_offsets or of the wrong JSON type;
   ///    unknown dtype; negative or non-integer dims; element count overflow; begin > end;
   ///    end past the data section; end-begin != numel * dtype size; two tensors
-  ///    overlapping; a hole between tensors or trailing bytes after the last one.
+  ///    overlapping; a hole between tensors or trailing bytes after the last one;
+  ///  * kInvalidArgument: a tensor of more than kMaxTensorDims dimensions (names it).
   /// Zero-size tensors (a 0 in the shape) are allowed.
   static Result<SafetensorsFile> Open(const std::string& path);
 
@@ -113,7 +114,8 @@ class SafetensorsFile {
 /// `__metadata__` (omitted when empty). The bytes go to `path + ".tmp.<pid>"`, which is fsync'ed
 /// and renamed over `path`, so readers never see a partial file.
 /// Errors: kInvalidArgument for an empty or duplicate name, the name "__metadata__", a
-/// negative dim, or data.size() != spec.nbytes() (names the tensor); kIoError naming the
+/// negative dim, more than kMaxTensorDims dims, or data.size() != spec.nbytes() (names the
+/// tensor); kIoError naming the
 /// path when creating, writing, syncing or renaming fails (the .tmp file is removed).
 Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,
                         const std::map<std::string, std::string>& metadata = {});

@@ -6,6 +6,7 @@
 // Thread-safety: plain value type.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -13,6 +14,11 @@
 #include "shardwire/dtype.h"
 
 namespace shardwire {
+
+/// Most dimensions a tensor may have in Shardwire: model weights have at most 3 (grouped
+/// experts), and a layout's boxes hold this many inline (kMaxBoxDims, box.h). Checkpoint
+/// headers, rules and layouts refuse a tensor of more with a typed error naming it.
+inline constexpr std::size_t kMaxTensorDims = 6;
 
 /// A tensor's name, element type and global shape (elements per dimension).
 struct TensorSpec {

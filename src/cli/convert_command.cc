@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/model_rules_option.h"
+#include "core/regular_file.h"
 #include "model/atomic_file.h"
 #include "model/bounded_json.h"
 #include "shardwire/cast.h"
@@ -141,7 +142,7 @@ Result<nlohmann::ordered_json> OutputConfig(const ConvertOptions& o, const std::
   nlohmann::ordered_json cfg = nlohmann::ordered_json::object();
   if (!config_path.empty()) {
     std::string text;
-    SW_RETURN_IF_ERROR(model::ReadWholeFile(config_path, &text));
+    SW_RETURN_IF_ERROR(ReadRegularFile(config_path, &text));
     auto parsed =
         model::ParseBoundedJson<nlohmann::ordered_json>(text, model::kMaxJsonDepth, model::DuplicateKeys::kLastWins);
     if (!parsed.ok()) return CorruptData(fmt::format("config \"{}\" is {}", config_path, parsed.status().message()));

@@ -2,6 +2,9 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <cstdio>
+#include <new>
+
 #include "cli/convert_command.h"
 #include "cli/describe_command.h"
 #include "cli/generate_command.h"
@@ -40,6 +43,15 @@ int main(int argc, char** argv) {
   shardwire::cli::AddSeedCommand(app, &exit_code);
   shardwire::cli::AddLoadCommand(app, &exit_code);
   shardwire::cli::AddDescribeCommand(app, &exit_code);
-  CLI11_PARSE(app, argc, argv);
+  // A command runs inside parse. Running out of memory on this thread (a plan of more boxes
+  // than the machine holds, within the documented limits) is an error message and exit code 1,
+  // not an abort; other threads' allocations still terminate the process.
+  try {
+    CLI11_PARSE(app, argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::fputs("shardwire: resource exhausted: out of memory (a smaller input, or a machine with more memory)\n",
+               stderr);
+    return 1;
+  }
   return exit_code;
 }

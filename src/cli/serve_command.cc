@@ -11,6 +11,7 @@
 
 #include "cli/metrics_option.h"
 #include "control/bearer_token.h"
+#include "core/regular_file.h"
 #include "shardwire/coordinator.h"
 
 namespace shardwire::cli {
@@ -27,16 +28,21 @@ struct ServeArgs {
   CoordinatorServerOptions defaults;
 };
 
+// Largest token file read, bytes: the token and surrounding whitespace.
+constexpr std::uint64_t kMaxTokenFileBytes = 64 << 10;
+
 // The token from --token-file, else SHARDWIRE_TOKEN, else none; surrounding whitespace (a
 // trailing newline, Windows line endings) removed. What a token may hold is checked by
 // CoordinatorServer::Start. A token file others can read is warned about (README: chmod 600).
 Result<std::string> LoadToken(const std::string& path) {
   if (path.empty()) return control::TokenFromEnvironment();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return InvalidArgument(fmt::format("cannot read the token file '{}'", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  std::string t = control::TrimTokenText(ss.str());
+  // A regular file only (a FIFO would block the open with SIGINT/SIGTERM already blocked), and a
+  // small one: a longer token is refused anyway (control::kMaxBearerTokenBytes).
+  std::string text;
+  if (Status s = ReadRegularFile(path, &text, kMaxTokenFileBytes); !s.ok()) {
+    return InvalidArgument(fmt::format("cannot read the token file: {}", s.message()));
+  }
+  std::string t = control::TrimTokenText(text);
   if (t.empty()) return InvalidArgument(fmt::format("the token file '{}' is empty", path));
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {

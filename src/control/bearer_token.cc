@@ -7,6 +7,11 @@
 namespace shardwire::control {
 
 Status CheckBearerToken(std::string_view token, std::string_view where) {
+  if (token.size() > kMaxBearerTokenBytes) {
+    return InvalidArgument(fmt::format(
+        "the bearer token from {} is {} bytes, more than the {} a call's metadata can carry (gRPC's 8 KiB limit)",
+        where, token.size(), kMaxBearerTokenBytes));
+  }
   for (std::size_t i = 0; i < token.size(); ++i) {
     const auto c = static_cast<unsigned char>(token[i]);
     if (c < 0x21 || c > 0x7e) {

@@ -8,6 +8,7 @@
 // Thread-safety: pure functions (TokenFromEnvironment reads the environment).
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -15,9 +16,14 @@
 
 namespace shardwire::control {
 
-/// OK when `token` is empty (no authentication) or every byte is visible ASCII (0x21-0x7E).
-/// Errors: kInvalidArgument naming `where` (e.g. "SHARDWIRE_TOKEN", "the token file 't'"), the
-/// offending byte (hex) and its position; the token itself is never printed.
+/// Longest token, bytes: gRPC refuses a call whose metadata exceeds 8 KiB (its default
+/// GRPC_ARG_MAX_METADATA_SIZE), so a longer token could be configured but never sent.
+inline constexpr std::size_t kMaxBearerTokenBytes = 4096;
+
+/// OK when `token` is empty (no authentication) or it is at most kMaxBearerTokenBytes of visible
+/// ASCII (0x21-0x7E). Errors: kInvalidArgument naming `where` (e.g. "SHARDWIRE_TOKEN", "the
+/// token file 't'") and the length, or the offending byte (hex) and its position; the token
+/// itself is never printed.
 Status CheckBearerToken(std::string_view token, std::string_view where);
 
 /// `text` without surrounding whitespace (spaces, tabs, CR, LF): a token file written by an

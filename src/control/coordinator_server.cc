@@ -21,19 +21,23 @@
 #include "control/coordinator_state_redis.h"
 #include "control/grpc_runtime.h"
 #include "control/heartbeat_loop.h"
+#include "core/regular_file.h"
 #include "shardwire/coordinator.h"
 
 namespace shardwire {
 
 namespace {
 
+// Largest TLS certificate or key file read, bytes (a long chain is tens of KiB).
+constexpr std::uint64_t kMaxPemFileBytes = std::uint64_t{1} << 20;
+
 Result<std::string> ReadPemFile(const std::string& path, std::string_view what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return InvalidArgument(fmt::format("cannot read the {} file '{}'", what, path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (ss.str().empty()) return InvalidArgument(fmt::format("the {} file '{}' is empty", what, path));
-  return ss.str();
+  std::string pem;
+  if (Status s = ReadRegularFile(path, &pem, kMaxPemFileBytes); !s.ok()) {
+    return InvalidArgument(fmt::format("cannot read the {} file: {}", what, s.message()));
+  }
+  if (pem.empty()) return InvalidArgument(fmt::format("the {} file '{}' is empty", what, path));
+  return pem;
 }
 
 // Refuses a file that is not PEM of the kind `marker` names ("CERTIFICATE", "PRIVATE KEY"):

@@ -43,13 +43,4 @@ class AtomicFile {
 /// was. kIoError naming the path on failure.
 Status WriteFileAtomically(const std::string& path, std::string_view text);
 
-/// Largest text file ReadWholeFile reads by default (config.json, rules files, a checkpoint's
-/// index; the largest index of a published model is a few MiB), bytes.
-inline constexpr std::uint64_t kMaxTextFileBytes = std::uint64_t{64} << 20;
-
-/// Reads the whole regular file at `path` into `out`. kIoError naming the path when it
-/// cannot be opened or read, is not a regular file (a FIFO, /dev/zero, a directory: nothing
-/// is read from it, and opening never blocks) or holds more than `max_bytes`.
-Status ReadWholeFile(const std::string& path, std::string* out, std::uint64_t max_bytes = kMaxTextFileBytes);
-
 }  // namespace shardwire::model

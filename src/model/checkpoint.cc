@@ -11,6 +11,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "core/regular_file.h"
 #include "model/atomic_file.h"
 #include "model/bounded_json.h"
 
@@ -115,7 +116,7 @@ Result<std::optional<std::uint64_t>> ReadTotalSize(const std::string& index_path
 Status LoadIndex(const std::string& index_path, std::vector<SafetensorsFile>* files,
                  ShardMap* shard_of) {
   std::string text;
-  SW_RETURN_IF_ERROR(model::ReadWholeFile(index_path, &text));
+  SW_RETURN_IF_ERROR(ReadRegularFile(index_path, &text));
   auto parsed = model::ParseBoundedJson(text);
   if (!parsed.ok()) return CorruptData(fmt::format("{}: index is {}", index_path, parsed.status().message()));
   nlohmann::json root = std::move(*parsed);

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/regular_file.h"
 #include "model/atomic_file.h"
 #include "model/bounded_json.h"
 
@@ -261,7 +262,7 @@ Result<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_vie
 
 Result<ModelConfig> LoadModelConfig(const std::string& path) {
   std::string text;
-  SW_RETURN_IF_ERROR(model::ReadWholeFile(path, &text));
+  SW_RETURN_IF_ERROR(ReadRegularFile(path, &text));
   return ParseModelConfig(text, path);
 }
 

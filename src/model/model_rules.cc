@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "core/regular_file.h"
 #include "model/atomic_file.h"
 #include "model/builtin_rules.h"
 #include "model/rules_file.h"
@@ -26,7 +27,7 @@ Result<ModelRules> ModelRules::Parse(std::string_view yaml_text, std::string_vie
 
 Result<ModelRules> ModelRules::Load(const std::string& path) {
   std::string text;
-  SW_RETURN_IF_ERROR(model::ReadWholeFile(path, &text));
+  SW_RETURN_IF_ERROR(ReadRegularFile(path, &text));
   return Parse(text, path);
 }
 

@@ -192,6 +192,10 @@ class Describer {
       return InvalidArgument(fmt::format("{}: model config {}: the rules make more than {} tensors (at \"{}\")",
                                          rule.where, c_.model_type, kMaxModelTensors, name));
     }
+    if (shape.size() > kMaxTensorDims) {
+      return InvalidArgument(fmt::format("{}: model config {}: tensor {} has {} dimensions (at most {})", rule.where,
+                                         c_.model_type, name, shape.size(), kMaxTensorDims));
+    }
     std::int64_t numel = 1;
     for (std::int64_t d : shape) {
       if (__builtin_mul_overflow(numel, d, &numel) || numel > kMaxRuleTensorElements) {

@@ -19,6 +19,9 @@ class Loader {
   explicit Loader(std::string_view file) : file_(file) {}
 
   std::string Where(const YAML::Node& n) const { return fmt::format("{}:{}", file_, n.Mark().line + 1); }
+  /// Most rule lists (tensors, do, then, else) nested in one another.
+  static constexpr int kMaxRuleListDepth = 64;
+  mutable int list_depth_ = 0;  // RuleList's current nesting
   Status Error(const YAML::Node& n, std::string_view what) const {
     return InvalidArgument(fmt::format("{}: {}", Where(n), what));
   }
@@ -88,6 +91,17 @@ class Loader {
 
   Result<std::vector<Rule>> RuleList(const YAML::Node& list, std::string_view key) const {
     if (!list.IsSequence()) return Error(list, fmt::format("\"{}\" must be a list of rules", key));
+    // A YAML alias can make a list contain itself (`tensors: &t [{for: ..., do: *t}]`): the node
+    // graph is then a cycle that no parser depth limit sees.
+    if (list_depth_ >= kMaxRuleListDepth) {
+      return Error(list, fmt::format("rule lists nest more than {} deep (a YAML alias that refers to itself?)",
+                                     kMaxRuleListDepth));
+    }
+    ++list_depth_;
+    struct Leave {
+      int& depth;
+      ~Leave() { --depth; }
+    } leave{list_depth_};
     std::vector<Rule> out;
     for (const YAML::Node& n : list) {
       SW_ASSIGN_OR_RETURN(Rule r, OneRule(n));

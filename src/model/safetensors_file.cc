@@ -50,6 +50,11 @@ Status ParseEntry(const std::string& path, const std::string& name, const json& 
   const auto shape_it = value.find("shape");
   if (shape_it == value.end()) return bad("missing \"shape\"");
   if (!shape_it->is_array()) return bad("\"shape\" is not an array");
+  if (shape_it->size() > kMaxTensorDims) {
+    // Valid safetensors, but no model weight has so many: refused before any layout meets it.
+    return InvalidArgument(fmt::format("{}: tensor \"{}\": {} dimensions (Shardwire handles at most {})", path, name,
+                                       shape_it->size(), kMaxTensorDims));
+  }
   std::vector<std::int64_t> shape;
   std::uint64_t numel = 1;
   for (const auto& dim : *shape_it) {

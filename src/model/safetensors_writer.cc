@@ -34,6 +34,9 @@ Result<std::string> BuildHeader(const std::string& path, const std::vector<Tenso
     if (std::any_of(spec.shape.begin(), spec.shape.end(), [](std::int64_t d) { return d < 0; })) {
       return bad("negative dimension in shape " + ShapeToString(spec.shape));
     }
+    if (spec.shape.size() > kMaxTensorDims) {
+      return bad(fmt::format("{} dimensions (Shardwire handles at most {})", spec.shape.size(), kMaxTensorDims));
+    }
     const std::uint64_t n = spec.nbytes();
     auto& entry = header[spec.name];
     entry["dtype"] = std::string(DTypeName(spec.dtype));

@@ -1,6 +1,9 @@
 #include "shardwire/fabric_model.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -8,6 +11,8 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+
+#include "core/regular_file.h"
 
 namespace shardwire {
 namespace {
@@ -158,12 +163,14 @@ Result<FabricSpec> ParseFabricSpec(std::string_view json_text, std::string_view 
 }
 
 Result<FabricSpec> LoadFabricSpec(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(fmt::format("fabric file {} cannot be opened", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return IoError(fmt::format("fabric file {} cannot be read", path));
-  return ParseFabricSpec(text.str(), "fabric file " + path);
+  if (::access(path.c_str(), F_OK) != 0 && errno == ENOENT) {
+    return NotFound(fmt::format("fabric file {} does not exist", path));
+  }
+  std::string text;
+  if (Status s = ReadRegularFile(path, &text, kMaxFabricFileBytes); !s.ok()) {
+    return IoError(fmt::format("fabric file: {}", s.message()));
+  }
+  return ParseFabricSpec(text, "fabric file " + path);
 }
 
 Result<FabricPlacement> PlaceRanks(const FabricSpec& spec, int src_world, int dst_world) {

@@ -187,7 +187,12 @@ TEST(PlanCommand, BadFabricFileIsRejectedBeforePlanning) {
   std::tie(code, out) =
       RunPlan("--config " + small.config.string() + " --from fsdp=4 --to tp=2 --fabric " + f.dir.string() + "/none");
   EXPECT_EQ(code, 1);
-  EXPECT_NE(out.find("cannot be opened"), std::string::npos) << out;
+  EXPECT_NE(out.find("not found: --fabric: fabric file " + f.dir.string() + "/none does not exist"), std::string::npos)
+      << out;
+  // Not a regular file: refused at once, nothing read (/dev/zero was read until memory ran out).
+  std::tie(code, out) = RunPlan("--config " + small.config.string() + " --from fsdp=4 --to tp=2 --fabric /dev/zero");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("fabric file: /dev/zero is not a regular file"), std::string::npos) << out;
 }
 
 // --concurrency auto: every power of two up to the larger world is planned and predicted, and

@@ -8,15 +8,18 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <future>
 #include <limits>
 #include <regex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "control/serve_process.h"
 #include "control/test_util.h"
@@ -117,6 +120,57 @@ TEST(CoordinatorProcess, ServeWithTokenFileRefusesOtherTokens) {
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ(*(*c)->Add("n", 2), 2);
   std::remove(path.c_str());
+}
+
+// Runs `shardwire serve --port 0 <args>` under timeout(1) (60 s), stdout and stderr together;
+// returns the output and sets *status to the shell's exit status (124: timed out).
+std::string RunServeExpectingRefusal(const std::string& args, int* status) {
+  const std::string cmd = std::string("timeout 60 ") + SHARDWIRE_BIN + " serve --port 0 " + args + " 2>&1";
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (f == nullptr) return "popen failed";
+  std::string out;
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, f) != nullptr) out += buf;
+  const int st = ::pclose(f);
+  *status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return out;
+}
+
+// A token or TLS file that is a FIFO blocked serve in open() with SIGINT and SIGTERM already
+// blocked (only SIGKILL ended it); /dev/zero (or a huge file) was read until the machine ran
+// out of memory; a 100 MB token started a coordinator no client could ever call (gRPC's 8 KiB
+// metadata limit). Each is refused at once, naming the file.
+TEST(CoordinatorProcess, TokenAndTlsFilesThatAreNotSmallRegularFilesAreRefusedAtOnce) {
+  const std::string dir = ::testing::TempDir() + "/shardwire-files-" + std::to_string(::getpid());
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
+  const std::string fifo = dir + "/fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::string long_token = dir + "/long-token";
+  {
+    FILE* f = std::fopen(long_token.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs(std::string(5000, 'k').c_str(), f);
+    std::fclose(f);
+  }
+  struct Case {
+    std::string args, expect;
+  };
+  const std::vector<Case> cases = {
+      {"--token-file " + fifo, "cannot read the token file: " + fifo + " is not a regular file"},
+      {"--token-file /dev/zero", "cannot read the token file: /dev/zero is not a regular file"},
+      {"--token-file " + dir, "cannot read the token file: " + dir + " is not a regular file"},
+      {"--token-file " + long_token, "is 5000 bytes, more than the 4096 a call's metadata can carry"},
+      {"--tls-cert " + fifo + " --tls-key " + fifo, "cannot read the TLS certificate file: " + fifo},
+  };
+  for (const Case& c : cases) {
+    int status = 0;
+    const std::string out = RunServeExpectingRefusal(c.args, &status);
+    EXPECT_EQ(status, 1) << c.args << ": " << out;
+    EXPECT_NE(out.find(c.expect), std::string::npos) << c.args << ": " << out;
+  }
+  std::remove(fifo.c_str());
+  std::remove(long_token.c_str());
+  ::rmdir(dir.c_str());
 }
 
 // A process that does not run for longer than an attempt's deadline (SIGSTOP, a paused VM)

@@ -142,6 +142,21 @@ TEST(MalformedSafetensors, NegativeDimension) {
   EXPECT_MESSAGE_HAS(s, "negative");
 }
 
+// Valid safetensors, but more dimensions than any layout holds (kMaxTensorDims): refused at open,
+// before rules inference or a layout meets it (a 64-dimension tensor crashed `seed`).
+TEST(MalformedSafetensors, MoreDimensionsThanShardwireHandles) {
+  TempDir dir;
+  std::string path;
+  Status s = OpenBroken(
+      dir, RawSafetensors("{" + F32Entry("deep", "[1,1,1,1,1,1,2]", 0, 8) + "}", std::string(8, '\0')), &path);
+  EXPECT_EQ(s.code(), ErrorCode::kInvalidArgument) << s.ToString();
+  EXPECT_MESSAGE_HAS(s, path);
+  EXPECT_MESSAGE_HAS(s, "\"deep\": 7 dimensions (Shardwire handles at most 6)");
+  const std::string six = dir.File("six.safetensors");
+  WriteBytes(six, RawSafetensors("{" + F32Entry("deep", "[1,1,1,1,1,2]", 0, 8) + "}", std::string(8, '\0')));
+  EXPECT_TRUE(SafetensorsFile::Open(six).ok());
+}
+
 TEST(MalformedSafetensors, BeginAfterEnd) {
   TempDir dir;
   std::string path;

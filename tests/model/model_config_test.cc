@@ -74,7 +74,7 @@ TEST(ModelConfig, AValueNestedDeeperThan64LevelsIsCorruptDataNotACrash) {
   EXPECT_NE(c.status().message().find("hidden_size"), std::string::npos) << c.status().ToString();
 }
 
-// A config (or rules file, or index: all read by ReadWholeFile) that is not a regular file is
+// A config (or rules file, or index: all read by ReadRegularFile) that is not a regular file is
 // refused without reading it: /dev/zero was read until memory ran out, and a FIFO blocked the
 // open until a writer came. A file past the size cap is refused before it is read.
 TEST(ModelConfig, ANonRegularOrHugeFileIsRefusedWithoutReadingIt) {

@@ -280,6 +280,32 @@ TEST(ModelRulesBadInput, ABlockThatUsesItselfIsRefusedNamingTheCycle) {
   EXPECT_MESSAGE_HAS(r.status(), "uses itself (a -> b -> a)");
 }
 
+// A tensor of more than kMaxTensorDims dimensions overran a layout's inline box (a segfault at
+// 64 dimensions, silent memory corruption at 7-63); a YAML alias that makes a rule list contain
+// itself recursed until the stack ran out.
+TEST(ModelRulesBadInput, TooManyDimensionsAndSelfContainingAliasesAreRefused) {
+  std::string text = kGood;
+  text.replace(text.find("[vocab_size, hidden_size]"), 25, "[1, 1, 1, 1, 1, 1, 2]");
+  auto r = ModelRules::Parse(text, "rank7.yaml");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto d = r->Describe(Tiny());
+  EXPECT_EQ(d.status().code(), ErrorCode::kInvalidArgument) << d.status().ToString();
+  EXPECT_MESSAGE_HAS(d.status(), "rank7.yaml:4: model config toy: tensor model.embed_tokens.weight has 7 dimensions");
+  std::string six = kGood;
+  six.replace(six.find("[vocab_size, hidden_size]"), 25, "[1, 1, 1, 1, vocab_size, hidden_size]");
+  auto ok = ModelRules::Parse(six, "rank6.yaml");
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_TRUE(ok->Describe(Tiny()).ok()) << "six dimensions are allowed";
+
+  const std::string alias =
+      "family: toy\nmodel_types: [toy]\ntensors: &t\n  - tensor: a.weight\n    shape: [2]\n    role: replicated\n"
+      "  - for: layer\n    count: 1\n    do: *t\n";
+  auto looped = ModelRules::Parse(alias, "alias.yaml");
+  EXPECT_EQ(looped.status().code(), ErrorCode::kInvalidArgument) << looped.status().ToString();
+  EXPECT_MESSAGE_HAS(looped.status(), "alias.yaml:");
+  EXPECT_MESSAGE_HAS(looped.status(), "rule lists nest more than 64 deep");
+}
+
 TEST(ModelRulesBadInput, UndefinedBlockAndParameters) {
   const std::string text = std::string(kGood) + "  - use: missing_block\n";
   auto r = ModelRules::Parse(text, "use.yaml");
