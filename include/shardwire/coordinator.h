@@ -208,8 +208,9 @@ struct CoordinatorClientOptions {
 class CoordinatorClient final : public Rendezvous {
  public:
   /// Creates the channel and checks the coordinator answers (one Ping) within
-  /// unavailable_timeout_s. Errors: kInvalidArgument (empty address, a timeout out of
-  /// its range, naming the option; unreadable certificate file), kUnavailable,
+  /// unavailable_timeout_s. Errors: kInvalidArgument (empty address, no port or one outside
+  /// 1..65535 in HOST:PORT, a timeout out of its range, naming the option; unreadable
+  /// certificate file), kUnavailable,
   /// kUnauthenticated, kCorruptData (the Ping answer's state id is not 32 lowercase hex
   /// digits).
   static Result<std::unique_ptr<CoordinatorClient>> Connect(CoordinatorClientOptions options);

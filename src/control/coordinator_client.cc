@@ -233,7 +233,11 @@ Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(Coordinato
   // 65535 modulo 2^16 and reach another service.
   const bool uri = std::any_of(std::begin(kGrpcSchemes), std::end(kGrpcSchemes),
                                [&](std::string_view scheme) { return options.address.rfind(scheme, 0) == 0; });
-  if (!uri && options.address.find(':') != std::string::npos) {
+  if (!uri && options.address.find(':') == std::string::npos) {
+    // gRPC would dial port 0 (or 443) and retry for unavailable_timeout_s before failing.
+    return InvalidArgument(fmt::format("coordinator address '{}' has no port (HOST:PORT)", options.address));
+  }
+  if (!uri) {
     const std::string port = options.address.substr(options.address.rfind(':') + 1);
     if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
         std::stoi(port) < 1 || std::stoi(port) > 65535) {

@@ -1151,6 +1151,13 @@ TEST(Coordinator, UnreachableAddressIsUnavailableWithinTheBound) {
     EXPECT_EQ(refused.status().code(), ErrorCode::kInvalidArgument) << bad << ": " << refused.status().ToString();
     EXPECT_NE(refused.status().message().find("is not a number in 1..65535"), std::string::npos) << bad;
   }
+  // No port at all: refused at once (it dialled port 0 and retried for unavailable_timeout_s).
+  CoordinatorClientOptions no_port;
+  no_port.address = "127.0.0.1";
+  const auto refused = CoordinatorClient::Connect(no_port);
+  EXPECT_EQ(refused.status().code(), ErrorCode::kInvalidArgument) << refused.status().ToString();
+  EXPECT_NE(refused.status().message().find("'127.0.0.1' has no port (HOST:PORT)"), std::string::npos)
+      << refused.status().message();
 }
 
 // The lease calls take a bound of their own: with the coordinator gone and a client
