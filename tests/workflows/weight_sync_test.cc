@@ -320,7 +320,11 @@ TEST(WeightSync, BufferMemoryChoosesTheEngineBuffersMemory) {
   auto local = StartLocalRendezvous();
   ASSERT_TRUE(local.ok()) << local.status().ToString();
   CoordinatorClient& rz = *local->client;
-  const bool cheap_before = workflows::FirstWriteMicrosecondsPerPage() < workflows::kCheapFirstWriteMicroseconds;
+  // The probe is a timing: near the threshold (a loaded or sanitizer-instrumented run) the
+  // subscriber's own probe, between these two, can fall either side. The kAuto check needs both
+  // of this test's probes clearly on one side (a factor of 2 off the threshold).
+  const double us_before = workflows::FirstWriteMicrosecondsPerPage();
+  const bool cheap_before = us_before < workflows::kCheapFirstWriteMicroseconds;
   const struct {
     const char* job;
     BufferMemory memory;
@@ -335,10 +339,17 @@ TEST(WeightSync, BufferMemoryChoosesTheEngineBuffersMemory) {
     ASSERT_TRUE(sub.ok()) << c.job << ": " << sub.status().ToString();
     perms[c.job] = testing_util::MappingPermissions((*sub)->back_buffer().data());
   }
-  const bool cheap_after = workflows::FirstWriteMicrosecondsPerPage() < workflows::kCheapFirstWriteMicroseconds;
+  const double us_after = workflows::FirstWriteMicrosecondsPerPage();
+  const bool cheap_after = us_after < workflows::kCheapFirstWriteMicroseconds;
   EXPECT_EQ(perms["mem-shared"], "rw-s");
   EXPECT_EQ(perms["mem-private"], "rw-p");
-  if (cheap_before != cheap_after) GTEST_SKIP() << "first-write cost crossed the threshold during the test";
+  const auto clear = [](double us) {
+    return us < workflows::kCheapFirstWriteMicroseconds / 2 || us > workflows::kCheapFirstWriteMicroseconds * 2;
+  };
+  if (cheap_before != cheap_after || !clear(us_before) || !clear(us_after)) {
+    GTEST_SKIP() << "first-write cost " << us_before << " then " << us_after << " us per page: too near the "
+                 << workflows::kCheapFirstWriteMicroseconds << " us threshold to know what kAuto's own probe saw";
+  }
   EXPECT_EQ(perms["mem-auto"], cheap_before ? "rw-s" : "rw-p")
       << "first write " << workflows::FirstWriteMicrosecondsPerPage() << " us per page";
 }
