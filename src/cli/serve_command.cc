@@ -3,9 +3,7 @@
 #include <fmt/format.h>
 
 #include <csignal>
-#include <fstream>
 #include <optional>
-#include <sstream>
 
 #include <sys/stat.h>
 

@@ -8,8 +8,6 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
-#include <fstream>
-#include <sstream>
 #include <thread>
 #include <utility>
 

@@ -5,8 +5,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <fstream>
-#include <sstream>
 #include <tuple>
 
 #include <fmt/format.h>
