@@ -131,7 +131,8 @@ void BindCoordinator(py::module_& m) {
       .def(
           "get",
           [](CoordinatorClient& c, const std::string& key, double timeout_s) {
-            auto r = WaitInterruptibly(timeout_s, [&](double slice) { return c.Get(key, slice); });
+            auto r = WaitInterruptibly(timeout_s, fmt::format("rendezvous key '{}' was not set", key),
+                                      [&](double slice) { return c.Get(key, slice); });
             return ToBytes(ValueOrThrow(std::move(r)));
           },
           py::arg("key"), py::arg("timeout_s") = std::numeric_limits<double>::infinity(),

@@ -6,6 +6,7 @@
 // harmless to repeat (reads, waits for a notification) are sliced this way.
 #pragma once
 
+#include <fmt/format.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "shardwire/status.h"
@@ -27,9 +29,12 @@ inline constexpr double kSliceSeconds = 0.25;
 /// returns anything but kTimedOut or `timeout_s` seconds passed (+inf: never; only a
 /// result or a signal ends the wait). Between slices, checks for
 /// signals and throws pybind11::error_already_set (KeyboardInterrupt) if one is pending.
-/// Returns the last result (kTimedOut after timeout_s). Call with the GIL held.
+/// Returns the first result that is not kTimedOut; after timeout_s, kTimedOut with the
+/// message "<what> within <timeout_s> s" (the whole wait, not the last slice's). A
+/// timeout_s that is NaN or negative throws StatusError (kInvalidArgument).
+/// Call with the GIL held.
 template <typename Attempt>
-auto WaitInterruptibly(double timeout_s, Attempt attempt) -> decltype(attempt(0.0)) {
+auto WaitInterruptibly(double timeout_s, std::string_view what, Attempt attempt) -> decltype(attempt(0.0)) {
   using Clock = std::chrono::steady_clock;
   if (!(timeout_s >= 0)) {  // NaN and negatives (-inf included): no deadline can be computed
     throw StatusError(InvalidArgument("timeout_s must be >= 0 s or +inf, got " + std::to_string(timeout_s)));
@@ -47,9 +52,8 @@ auto WaitInterruptibly(double timeout_s, Attempt attempt) -> decltype(attempt(0.
       pybind11::gil_scoped_release release;
       return attempt(slice);
     }();
-    if (result.ok() || result.status().code() != ErrorCode::kTimedOut || (!forever && left <= kSliceSeconds)) {
-      return result;
-    }
+    if (result.ok() || result.status().code() != ErrorCode::kTimedOut) return result;
+    if (!forever && left <= kSliceSeconds) return TimedOut(fmt::format("{} within {} s", what, timeout_s));
     if (PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
   }
 }

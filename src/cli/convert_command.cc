@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/model_rules_option.h"
+#include "cli/option_checks.h"
 #include "core/regular_file.h"
 #include "model/atomic_file.h"
 #include "model/bounded_json.h"
@@ -376,7 +377,7 @@ void AddConvertCommand(CLI::App& app, int* exit_code) {
   cmd->add_flag("--ue8m0", o->ue8m0, "fp8: power-of-two (UE8M0) scales, as DeepGEMM on Blackwell");
   cmd->add_option("--shard-size", o->shard_size, "bytes per output shard (0: one file)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(NonNegativeNumber());
   cmd->add_option("--config", o->config, "HF config.json (default: the one beside the checkpoint)");
   cmd->add_flag("--overwrite", o->overwrite,
                 "replace a checkpoint already in --out (its files this run does not rewrite are removed)");

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "cli/model_rules_option.h"
+#include "cli/option_checks.h"
 
 #include "cli/demo_checkpoint.h"
 
@@ -19,7 +20,7 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
                                      "write a safetensors checkpoint (+ config.json) with the shapes "
                                      "of a Hugging Face config, filled with deterministic values");
   cmd->add_option("--config", a->config, "HF config.json, or 'tinyllama-1.1b' (built in)")->required();
-  cmd->add_option("--layers", a->layers, "decoder layers (0 = as in the config)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--layers", a->layers, "decoder layers (0 = as in the config)")->check(NonNegativeNumber());
   AddModelRulesOption(cmd);
   cmd->add_option("--out", a->out_dir, "parent directory of the generated checkpoint")->capture_default_str();
   cmd->callback([a, exit_code] {

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "cli/model_rules_option.h"
+#include "cli/option_checks.h"
 #include <nlohmann/json.hpp>
 
 #include "cli/plan_svg.h"
@@ -301,7 +302,7 @@ void AddPlanCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--config", a->config, "Hugging Face config.json of the model")->required();
   cmd->add_option("--from", a->from, "source layout, e.g. fsdp=256,ep=8")->required();
   cmd->add_option("--to", a->to, "destination layout, e.g. tp=8,ep=8,dp=16")->required();
-  cmd->add_option("--layers", a->layers, "override the number of decoder layers")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--layers", a->layers, "override the number of decoder layers")->check(NonNegativeNumber());
   cmd->add_flag("--json", a->json, "print the summary as JSON");
   cmd->add_option("--bucket-mib", a->bucket_mib, "bucket size cap, MiB")
       ->capture_default_str()

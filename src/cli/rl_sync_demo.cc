@@ -21,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 #include "cli/model_rules_option.h"
+#include "cli/option_checks.h"
 
 #include "cli/child_processes.h"
 #include "cli/demo_checkpoint.h"
@@ -673,16 +674,17 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
                   "generate a checkpoint with the shapes of this HF config.json ('tinyllama-1.1b' = built in)")
       ->excludes("--checkpoint");
   cmd->add_option("--layers", o->layers, "with --generate: decoder layers (0 = as in the config)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(NonNegativeNumber());
   cmd->add_option("--work-dir", o->work_dir, "where generated checkpoints are kept (default: $TMPDIR/shardwire-demo)");
   cmd->add_option("--port", o->port, "port of the in-process coordinator on 127.0.0.1 (0 = any free port)")
       ->capture_default_str();
   cmd->add_option("--coordinator", o->coordinator,
                   "HOST:PORT of a running coordinator (`shardwire serve`) to use instead of an in-process one")
-      ->excludes("--port");
+      ->excludes("--port")
+      ->check(NonEmpty("HOST:PORT"));
   cmd->add_option("--timeout", o->timeout_s, "seconds any single wait may take")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(PositiveNumber());
   cmd->add_option("--verify", o->verify,
                   "when engines check their weights byte for byte against a recomputation: every step, or only the "
                   "last one (the pushes then run without the engines' verification work between them, as in "
@@ -709,7 +711,7 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
                   "K: in each round of the plan no trainer rank writes more than K engine ranks and no engine rank "
                   "is written by more than K trainer ranks; the push honours the rounds")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(PositiveNumber());
   cmd->add_flag("--relay", o->relay,
                 "engine-to-engine relays: the trainers write one replica of each engine rank's shards and each "
                 "replica forwards them to the next ones (K-ary tree) once it committed; trainers send each byte once");
@@ -722,10 +724,10 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
                 "the next push (implies --double-buffer, so each committed version stays servable for a whole push)");
   cmd->add_option("--staging-bytes", o->staging_bytes,
                   "converting push: each trainer's staging bound in bytes (0 = the default, 64 MiB)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(NonNegativeNumber());
   cmd->add_option("--staging-slots", o->staging_slots,
                   "converting push: slots of the staging ring, >= 2 (0 = automatic: up to 8)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(NonNegativeNumber());
   cmd->add_flag("--staging-only", o->staging_only,
                 "converting push: always convert into the staging ring and WRITE from it, even into engine "
                 "buffers the transport maps into the trainer (the fallback path, for comparison)");

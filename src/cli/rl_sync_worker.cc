@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 #include "cli/model_rules_option.h"
+#include "cli/option_checks.h"
 
 #include "cli/demo_checkpoint.h"
 #include "cli/engine_shards.h"
@@ -450,7 +451,7 @@ void AddRlSyncWorkerCommand(CLI::App& app, int* exit_code) {
   CLI::App* cmd = app.add_subcommand("worker", "internal: one process of `demo rl-sync`");
   cmd->group("");  // hidden from --help
   cmd->add_option("--role", args->role)->required()->check(CLI::IsMember({"trainer", "engine"}));
-  cmd->add_option("--rank", args->rank)->required()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--rank", args->rank)->required()->check(NonNegativeNumber());
   cmd->add_option("--coordinator", args->coordinator)->required();
   cmd->add_option("--job", args->job)->required();
   cmd->add_option("--checkpoint", args->checkpoint)->required();

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "cli/metrics_option.h"
+#include "cli/option_checks.h"
 #include "control/bearer_token.h"
 #include "core/regular_file.h"
 #include "shardwire/coordinator.h"
@@ -109,7 +110,8 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--port", args->port, "TCP port (0: pick a free one)")
       ->check(CLI::Range(0, 65535))
       ->capture_default_str();
-  cmd->add_option("--redis", args->redis_url, "keep state in Redis, redis://host:port[/db] (default: in memory)");
+  cmd->add_option("--redis", args->redis_url, "keep state in Redis, redis://host:port[/db] (default: in memory)")
+      ->check(NonEmpty("redis://host:port[/db]"));
   cmd->add_option("--token-file", args->token_file,
                   "file holding the bearer token every call must carry (default: SHARDWIRE_TOKEN, else none)");
   cmd->add_option("--tls-cert", args->tls_cert, "PEM certificate chain (TLS; needs --tls-key)");

@@ -195,6 +195,22 @@ TEST(PlanCommand, BadFabricFileIsRejectedBeforePlanning) {
   EXPECT_NE(out.find("fabric file: /dev/zero is not a regular file"), std::string::npos) << out;
 }
 
+// A negative or non-numeric count is refused with a message a person can act on (CLI11's own
+// check printed its range up to DBL_MAX: "not in range 0.000000 to 1797693134862315708...").
+TEST(PlanCommand, ANegativeLayerCountNamesTheBoundNotDblMax) {
+  const Files f = WriteFiles("plan_layers_bad", R"({"gpus_per_node": 2, "nic_bytes_per_second": 1,
+    "nvlink_bytes_per_second": 1})");
+  auto [code, out] = RunPlan("--config " + f.config.string() + " --from fsdp=4 --to tp=2 --layers -1");
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("--layers: must be a number >= 0, got -1"), std::string::npos) << out;
+  EXPECT_EQ(out.find("179769"), std::string::npos) << out;
+  std::tie(code, out) = RunPlan("--config " + f.config.string() + " --from fsdp=4 --to tp=2 --layers two");
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("--layers: must be a number >= 0, got 'two'"), std::string::npos) << out;
+  std::tie(code, out) = RunPlan("--config " + f.config.string() + " --from fsdp=4 --to tp=2 --layers 1");
+  EXPECT_EQ(code, 0) << out;
+}
+
 // --concurrency auto: every power of two up to the larger world is planned and predicted, and
 // the plan printed is the one of the smallest K predicted within 5% of the fastest; each K
 // tried is checked against a plan computed here at that K.

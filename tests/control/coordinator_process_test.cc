@@ -173,6 +173,16 @@ TEST(CoordinatorProcess, TokenAndTlsFilesThatAreNotSmallRegularFilesAreRefusedAt
   ::rmdir(dir.c_str());
 }
 
+// `--redis ""` (an unset shell variable: `--redis "$REDIS_URL"`) kept the state in memory without
+// a word, so each coordinator of a fleet had its own; it is refused before anything starts.
+TEST(CoordinatorProcess, AnEmptyRedisUrlIsRefusedNotTakenForInMemory) {
+  int status = 0;
+  const std::string out = RunServeExpectingRefusal("--redis ''", &status);
+  EXPECT_EQ(status, 105) << out;  // CLI11's exit code for a value its check refused
+  EXPECT_NE(out.find("--redis: must not be empty"), std::string::npos) << out;
+  EXPECT_EQ(out.find("listening"), std::string::npos) << out;
+}
+
 // A process that does not run for longer than an attempt's deadline (SIGSTOP, a paused VM)
 // finds the deadline passed when it resumes, with no fault anywhere. The fault-injection
 // scenario rl-engine-stop found it: an engine rank stopped 11 s in the middle of a Put
