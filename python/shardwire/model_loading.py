@@ -93,6 +93,9 @@ class ModelSource:
             revision = check_text("revision", revision or "")
             if checkpoint is not None:
                 checkpoint = check_text("checkpoint", checkpoint)
+                if not checkpoint:  # "" would be taken for "serve params" below and fail on the revision
+                    raise InvalidArgumentError("invalid argument: ModelSource checkpoint= is empty (give the "
+                                               "checkpoint directory, or params=)")
             self.layout = _shardwire.Layout.from_string(model, layout)
             self.rank = rank
             if not 0 <= rank < self.layout.world_size:

@@ -308,6 +308,9 @@ def test_bad_tensors_for_a_source_or_loader_are_refused_before_registration(tmp_
                 shardwire.ModelLoader(client, model, "tp=2", 0, params=params, instance_id="x")
         with pytest.raises(errors.InvalidArgumentError, match="revision"):
             shardwire.ModelSource(client, model, "tp=2", 0, params=good)  # tensors need a revision
+        # An empty checkpoint path is named as such (it was taken for params= and blamed the revision).
+        with pytest.raises(errors.InvalidArgumentError, match="checkpoint= is empty"):
+            shardwire.ModelSource(client, model, "tp=2", 0, checkpoint="")
         assert client.list_sources() == []  # nothing was registered by any refused call
         with shardwire.ModelSource(client, model, "tp=2", 0, params=good, revision="r") as ok:
             assert len(client.list_sources()) == 1
