@@ -35,27 +35,32 @@ Status CheckCheckpointMatchesModel(const ModelDescription& description,
   std::map<std::string_view, const TensorSpec*> expected;
   for (const auto& t : description.tensors) expected.emplace(t.spec.name, &t.spec);
 
-  std::vector<std::string> diffs;
+  // Listed names first, then shapes, then dtypes: a renamed or missing tensor is the likelier
+  // cause and must not be cut off the listed eight by a dtype that differs everywhere.
+  std::vector<std::string> names, shapes, dtypes;
   for (const auto& t : description.tensors) {
     const auto it = found.find(t.spec.name);
     if (it == found.end()) {
-      diffs.push_back("missing " + ToString(t.spec));
+      names.push_back("missing " + ToString(t.spec));
       continue;
     }
     const TensorSpec& got = *it->second;
     if (got.shape != t.spec.shape) {
-      diffs.push_back(fmt::format("shape of {}: expected {} found {}", t.spec.name,
-                                  ShapeToString(t.spec.shape), ShapeToString(got.shape)));
+      shapes.push_back(fmt::format("shape of {}: expected {} found {}", t.spec.name,
+                                   ShapeToString(t.spec.shape), ShapeToString(got.shape)));
     }
     if (got.dtype != t.spec.dtype) {
-      diffs.push_back(fmt::format("dtype of {}: expected {} found {}", t.spec.name,
-                                  DTypeName(t.spec.dtype), DTypeName(got.dtype)));
+      dtypes.push_back(fmt::format("dtype of {}: expected {} found {}", t.spec.name,
+                                   DTypeName(t.spec.dtype), DTypeName(got.dtype)));
     }
   }
   for (const auto& [name, spec] : found) {
     if (expected.contains(name)) continue;
-    if (!IsTiedEmbeddingCopy(description, *spec)) diffs.push_back("unexpected " + ToString(*spec));
+    if (!IsTiedEmbeddingCopy(description, *spec)) names.push_back("unexpected " + ToString(*spec));
   }
+  std::vector<std::string> diffs = std::move(names);
+  diffs.insert(diffs.end(), shapes.begin(), shapes.end());
+  diffs.insert(diffs.end(), dtypes.begin(), dtypes.end());
   if (diffs.empty()) return Status::Ok();
 
   std::string list;

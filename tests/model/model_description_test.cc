@@ -2,6 +2,8 @@
 // mismatch reports.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "model/test_util.h"
 #include "shardwire/checkpoint.h"
 #include "shardwire/checkpoint_model.h"
@@ -257,6 +259,26 @@ TEST(CheckCheckpointMatchesModel, WrongDtype) {
   EXPECT_EQ(s.code(), ErrorCode::kLayoutMismatch);
   EXPECT_MESSAGE_HAS(s, "21 differences");
   EXPECT_MESSAGE_HAS(s, "dtype of model.embed_tokens.weight: expected F32 found BF16");
+}
+
+// A renamed tensor in a checkpoint whose dtype also differs everywhere: the missing and the
+// unexpected name are listed first, not cut off behind eight dtype differences.
+TEST(CheckCheckpointMatchesModel, NamesAreListedBeforeDtypes) {
+  SW_REQUIRE_MODELS_DIR(models);
+  testing::LoadedModel l = testing::LoadRealModel(models, "tiny-llama3-bf16");
+  ModelConfig c = l.description.config;
+  c.torch_dtype = DType::kF32;
+  auto d = DescribeModel(c);
+  ASSERT_TRUE(d.ok());
+  auto renamed = l.checkpoint_tensors;
+  auto it = std::find_if(renamed.begin(), renamed.end(),
+                         [](const TensorSpec& t) { return t.name == "model.layers.1.mlp.up_proj.weight"; });
+  ASSERT_NE(it, renamed.end());
+  it->name = "model.layers.1.mlp.up_proj.weight_renamed";
+  Status s = CheckCheckpointMatchesModel(*d, renamed, "ckpt");
+  EXPECT_EQ(s.code(), ErrorCode::kLayoutMismatch);
+  EXPECT_MESSAGE_HAS(s, "22 differences: missing model.layers.1.mlp.up_proj.weight F32[128, 64]; unexpected "
+                        "model.layers.1.mlp.up_proj.weight_renamed BF16[128, 64]; dtype of model.embed_tokens.weight");
 }
 
 TEST(CheckCheckpointMatchesModel, BuffersIgnoredOtherExtrasReported) {
