@@ -22,6 +22,12 @@ class Loader {
   /// Most rule lists (tensors, do, then, else) nested in one another.
   static constexpr int kMaxRuleListDepth = 64;
   mutable int list_depth_ = 0;  // RuleList's current nesting
+  /// Most rules one file may load, counting each rule of an aliased list once per use: aliases
+  /// nested in one another (`b1: {do: &l1 [{if: "0", then: *l0, else: *l0}]}`, ...) double the
+  /// rules at each level, 2^40 rules from 3 KB (a YAML "billion laughs"). The built-in files
+  /// load a few hundred.
+  static constexpr std::size_t kMaxLoadedRules = 100'000;
+  mutable std::size_t rules_loaded_ = 0;
   Status Error(const YAML::Node& n, std::string_view what) const {
     return InvalidArgument(fmt::format("{}: {}", Where(n), what));
   }
@@ -112,6 +118,10 @@ class Loader {
 
   Result<Rule> OneRule(const YAML::Node& n) const {
     if (!n.IsMap()) return Error(n, "a rule must be a map with one of tensor, linear, fuse, for, if, use");
+    if (++rules_loaded_ > kMaxLoadedRules) {
+      return Error(n, fmt::format("the file loads more than {} rules (YAML aliases used inside each other?)",
+                                  kMaxLoadedRules));
+    }
     Rule r;
     r.where = Where(n);
     int kinds = 0;
