@@ -68,10 +68,15 @@ Status RedisClock::Sync(const ServerTimeUs& read) {
     }
   }
   if (best_round_trip < 0) return Internal("RedisClock: the local clock went backwards in every sample");
-  if (best_round_trip > kMaxRoundTripUs && synced_.load(std::memory_order_acquire)) {
+  // Kept unless slow and worse than the offset kept: an offset measured over a 2 s round trip
+  // (a Redis loaded when the coordinator started) gives way to a 300 ms one.
+  if (best_round_trip > kMaxRoundTripUs && synced_.load(std::memory_order_acquire) &&
+      best_round_trip > last_round_trip_us_.load(std::memory_order_relaxed)) {
     return Unavailable(fmt::format(
-        "RedisClock: the shortest of {} TIME round trips took {} ms (more than {} ms): the last offset is kept",
-        kSyncSamples, best_round_trip / 1000, kMaxRoundTripUs / 1000));
+        "RedisClock: the shortest of {} TIME round trips took {} ms (more than {} ms and than the {} ms of the "
+        "offset kept): the last offset is kept",
+        kSyncSamples, best_round_trip / 1000, kMaxRoundTripUs / 1000,
+        last_round_trip_us_.load(std::memory_order_relaxed) / 1000));
   }
   offset_us_.store(best_offset, std::memory_order_relaxed);
   last_round_trip_us_.store(best_round_trip, std::memory_order_relaxed);

@@ -29,8 +29,9 @@ class RedisClock {
   /// Round trips one Sync takes (the shortest is kept).
   static constexpr int kSyncSamples = 3;
   /// Microseconds. A Sync whose shortest round trip is longer (a loaded Redis, a connection
-  /// pool with none free) keeps the previous offset, whose error is smaller, unless there is
-  /// none yet: the error of an offset is at most half its round trip.
+  /// pool with none free) and also longer than the kept offset's keeps the previous offset,
+  /// whose error is smaller (the error of an offset is at most half its round trip); the first
+  /// Sync is always kept.
   static constexpr std::int64_t kMaxRoundTripUs = 250'000;
 
   /// A local monotonic clock, in microseconds (any epoch).
@@ -45,8 +46,8 @@ class RedisClock {
 
   /// Reads the server's clock kSyncSamples times through `read` and keeps the offset of the
   /// sample with the shortest round trip. Errors (the previous offset is kept; NowMs goes on
-  /// from it): the first failed read's error; kUnavailable when every round trip exceeded
-  /// kMaxRoundTripUs and an earlier Sync succeeded; kInternal when the local clock went
+  /// from it): the first failed read's error; kUnavailable when every round trip exceeded both
+  /// kMaxRoundTripUs and the kept offset's round trip; kInternal when the local clock went
   /// backwards in every sample (a broken test clock). Thread-safety: safe beside NowMs and other
   /// Syncs (the offset is one atomic store).
   Status Sync(const ServerTimeUs& read);

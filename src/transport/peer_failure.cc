@@ -3,7 +3,10 @@
 // fail, its MappedRegions are revoked), force-closing its links on every lane and
 // tearing a peer down (InvalidatePeer, re-import). See agent_impl.h for locks.
 #include <algorithm>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -68,25 +71,26 @@ void Agent::Impl::CheckLiveness() {
     for (auto& [serial, p] : peers_by_serial)
       if (p->liveness_checked && !p->failed.load()) check.push_back(p);
   }
-  bool drained = false;
+  // Every check first, then one drain, then the marks: a peer found gone is dead, so whatever it
+  // sent is already in this process's socket buffers when the drain runs. (Draining at the first
+  // dead peer left a second one, which died while the drain ran, marked without a drain.)
+  std::vector<std::pair<std::shared_ptr<PeerState>, std::string>> gone;
   for (auto& p : check) {
-    std::string gone = ProcessGone(p->process);
-    if (gone.empty()) continue;
-    // What the peer sent before it died may sit unpolled in this process's socket buffers (a
-    // busy lane polls its channel every few rounds): delivered before the failure, so a wait for
-    // that message does not see the failure instead. Lane 0 (this thread holds its mutex)
-    // carries every SendMessage; another lane (a transfer's notification) is drained when its
-    // mutex is free (try_lock: never waits), else it is left to its own next poll.
-    if (!drained) {
-      backend->DrainMessages(0);
-      for (std::size_t i = 1; i < lanes.size(); ++i) {
-        std::unique_lock<std::mutex> other(lanes[i]->mu, std::try_to_lock);
-        if (other.owns_lock()) backend->DrainMessages(static_cast<std::uint32_t>(i));
-      }
-    }
-    drained = true;
-    MarkPeerFailed(*p, gone);
+    std::string why = ProcessGone(p->process);
+    if (!why.empty()) gone.emplace_back(p, std::move(why));
   }
+  if (gone.empty()) return;
+  // What a dead peer sent before it died may sit unpolled in this process's socket buffers (a
+  // busy lane polls its channel every few rounds): delivered before the failure, so a wait for
+  // that message does not see the failure instead. Lane 0 (this thread holds its mutex)
+  // carries every SendMessage; another lane (a transfer's notification) is drained when its
+  // mutex is free (try_lock: never waits), else it is left to its own next poll.
+  backend->DrainMessages(0);
+  for (std::size_t i = 1; i < lanes.size(); ++i) {
+    std::unique_lock<std::mutex> other(lanes[i]->mu, std::try_to_lock);
+    if (other.owns_lock()) backend->DrainMessages(static_cast<std::uint32_t>(i));
+  }
+  for (auto& [p, why] : gone) MarkPeerFailed(*p, why);
 }
 
 void Agent::Impl::DetachJobsOf(Lane& lane, PeerState* peer, const Status& why) {
