@@ -134,14 +134,15 @@ std::vector<std::pair<std::int64_t, std::int64_t>> ChunkRanges(std::int64_t exte
 
 /// FSDP (FSDP2 / fully_shard): every tensor sharded on dim 0 across `num_ranks`
 /// ranks with torch.chunk splits; 0-d tensors are held whole by rank 0.
-/// Errors: num_ranks < 1 (kInvalidArgument).
+/// Errors (kInvalidArgument): num_ranks < 1; a tensor of more than kMaxTensorDims dimensions.
 Result<Layout> MakeFsdpLayout(std::vector<TensorSpec> tensors, int num_ranks);
 
 /// Tensor parallelism as inference engines hold it: tensor i is split evenly on
 /// dimension shard_dims[i] across `tp` ranks (-1 = replicated on every TP rank),
 /// and the whole TP group is repeated `replicas` times (rank = replica * tp + tp_rank).
 /// Errors (kInvalidArgument): tp or replicas < 1; a sharded dimension not divisible
-/// by tp (names the tensor, dimension and sizes); shard_dims of the wrong length.
+/// by tp (names the tensor, dimension and sizes); shard_dims of the wrong length; a tensor of
+/// more than kMaxTensorDims dimensions.
 Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<int>& shard_dims, int tp, int replicas);
 
 }  // namespace shardwire

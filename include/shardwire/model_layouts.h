@@ -79,13 +79,15 @@ inline constexpr std::int64_t kMaxLayoutRankClasses = std::int64_t{1} << 16;
 /// ep not 1 or tp; experts not divisible by ep; a bad expert_to_rank map; a sharded
 /// dimension (incl. FP8 block-scale rows) not divisible; an FP8 block-quantised weight whose
 /// per-rank part is not a multiple of weight_block_size along the split dimension (its
-/// ranks' scales would cover other ranks' rows; vLLM refuses it alike); pp > number of layers.
+/// ranks' scales would cover other ranks' rows; vLLM refuses it alike); pp > number of layers;
+/// a tensor of more than kMaxTensorDims dimensions (a hand-built description).
 Result<Layout> MakeEngineLayout(const ModelDescription& model, const EngineLayoutOptions& options);
 
 /// Trainer layout. Errors (kInvalidArgument): sizes < 1; more than kMaxLayoutRanks ranks
 /// or kMaxLayoutRankClasses rank classes; tp not dividing heads, key/value heads or a
 /// sharded dimension; ep not dividing dp_shard or the expert count; pp > number of
-/// layers. kUnsupported: ep > 1 together with tp > 1.
+/// layers; a tensor of more than kMaxTensorDims dimensions. kUnsupported: ep > 1 together
+/// with tp > 1.
 Result<Layout> MakeTrainerLayout(const ModelDescription& model, const TrainerLayoutOptions& options);
 
 /// FSDP over `num_ranks` ranks: MakeTrainerLayout with dp_shard = num_ranks.

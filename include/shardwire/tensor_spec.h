@@ -8,10 +8,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "shardwire/dtype.h"
+#include "shardwire/status.h"
 
 namespace shardwire {
 
@@ -39,5 +42,11 @@ std::string ShapeToString(const std::vector<std::int64_t>& shape);
 
 /// "name BF16[4096, 128]"-style rendering, for error messages and summaries.
 std::string ToString(const TensorSpec& spec);
+
+/// OK when every tensor has at most kMaxTensorDims dimensions; else kInvalidArgument naming
+/// `where` (e.g. "layout fsdp=4"), the first such tensor and its dimension count. The layout
+/// builders call it before they build any box (a box holds kMaxBoxDims inline).
+/// Thread-safety: pure.
+Status CheckTensorDims(std::span<const TensorSpec> tensors, std::string_view where);
 
 }  // namespace shardwire

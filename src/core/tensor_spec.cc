@@ -23,4 +23,14 @@ std::string ToString(const TensorSpec& spec) {
   return fmt::format("{} {}{}", spec.name, DTypeName(spec.dtype), ShapeToString(spec.shape));
 }
 
+Status CheckTensorDims(std::span<const TensorSpec> tensors, std::string_view where) {
+  for (const TensorSpec& t : tensors) {
+    if (t.shape.size() > kMaxTensorDims) {
+      return InvalidArgument(fmt::format("{}: tensor {} has {} dimensions (Shardwire handles at most {})", where,
+                                         t.name, t.shape.size(), kMaxTensorDims));
+    }
+  }
+  return Status::Ok();
+}
+
 }  // namespace shardwire

@@ -226,6 +226,7 @@ std::vector<std::pair<std::int64_t, std::int64_t>> ChunkRanges(std::int64_t exte
 
 Result<Layout> MakeFsdpLayout(std::vector<TensorSpec> tensors, int num_ranks) {
   if (num_ranks < 1) return InvalidArgument(fmt::format("FSDP needs at least 1 rank, got {}", num_ranks));
+  SW_RETURN_IF_ERROR(CheckTensorDims(tensors, fmt::format("layout fsdp={}", num_ranks)));
   std::vector<std::vector<std::optional<LocalShard>>> boxes(static_cast<std::size_t>(num_ranks));
   for (const TensorSpec& spec : tensors) {
     if (spec.shape.empty()) {
@@ -253,6 +254,7 @@ Result<Layout> MakeTpLayout(std::vector<TensorSpec> tensors, const std::vector<i
   if (shard_dims.size() != tensors.size()) {
     return InvalidArgument(fmt::format("{} shard dims given for {} tensors", shard_dims.size(), tensors.size()));
   }
+  SW_RETURN_IF_ERROR(CheckTensorDims(tensors, fmt::format("layout tp={}", tp)));
   // Replicas share shards: rank replica * tp + tp_rank is in class tp_rank.
   std::vector<std::vector<ShardEntry>> classes(static_cast<std::size_t>(tp));
   for (std::uint32_t t = 0; t < tensors.size(); ++t) {

@@ -53,6 +53,13 @@ Status CheckSizes(std::initializer_list<std::pair<const char*, int>> sizes) {
   return Status::Ok();
 }
 
+// Every tensor fits a box (kMaxTensorDims): a hand-built description may hold more (the model
+// layer's checkpoint and rules readers refuse them already).
+Status CheckModelDims(const ModelDescription& model) {
+  for (const ModelTensor& t : model.tensors) SW_RETURN_IF_ERROR(CheckTensorDims({&t.spec, 1}, "layout"));
+  return Status::Ok();
+}
+
 // world = product of all sizes, classes = product of the sizes that give ranks distinct
 // shards; computed in 64 bits (each size is an int) and bounded before anything is built.
 Status CheckRankCounts(std::initializer_list<int> world_sizes, std::initializer_list<int> class_sizes) {
@@ -199,6 +206,7 @@ Result<Layout> MakeEngineLayout(const ModelDescription& model, const EngineLayou
                                  {"EP size", o.ep},
                                  {"vocab padding", o.vocab_padding}}));
   SW_RETURN_IF_ERROR(CheckRankCounts({o.dp, o.pp, o.tp}, {o.pp, o.tp}));
+  SW_RETURN_IF_ERROR(CheckModelDims(model));
   SW_RETURN_IF_ERROR(CheckHeads(model.config, o.tp, /*allow_kv_replication=*/true));
   SW_RETURN_IF_ERROR(CheckPipeline(model, o.pp));
   const std::int64_t experts = RoutedExperts(model);
@@ -274,6 +282,7 @@ Result<Layout> MakeTrainerLayout(const ModelDescription& model, const TrainerLay
                                  {"EP size", o.ep},
                                  {"pipeline stages", o.pp}}));
   SW_RETURN_IF_ERROR(CheckRankCounts({o.pp, o.dp_replicate, o.dp_shard, o.tp}, {o.pp, o.dp_shard, o.tp}));
+  SW_RETURN_IF_ERROR(CheckModelDims(model));
   if (o.tp > 1) SW_RETURN_IF_ERROR(CheckHeads(model.config, o.tp, /*allow_kv_replication=*/false));
   SW_RETURN_IF_ERROR(CheckPipeline(model, o.pp));
   const std::int64_t experts = RoutedExperts(model);

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "describe_model.h"
+#include "shardwire/layout.h"
 #include "shardwire/model_config.h"
 
 namespace shardwire {
@@ -242,6 +243,32 @@ TEST(LayoutString, RankCountsBeyondTheLimitsAreRejected) {
   EXPECT_EQ(wide->num_rank_classes(), 1u);
   // FSDP ranks each hold their own shards: capped at 65536 classes.
   EXPECT_TRUE(MakeLayoutFromString(m, "fsdp=65537").status().message().find("distinct shards") != std::string::npos);
+}
+
+// A hand-built description (the C++ API) may hold a tensor of more dimensions than a box
+// holds inline: every builder refuses it before building a box (8 dimensions overwrote the
+// box's size field, a wrong "wrong rank" error; 64 crashed).
+TEST(LayoutBuilders, ATensorOfMoreThanSixDimensionsIsRefusedBeforeAnyBox) {
+  ModelDescription m = Llama();
+  const std::string name = m.tensors.front().spec.name;
+  m.tensors.front().spec.shape = std::vector<std::int64_t>(8, 1);
+  m.tensors.front().role = ParallelRole::kReplicated;
+  const auto expect_refused = [&](const Status& s, const std::string& where) {
+    EXPECT_EQ(s.code(), ErrorCode::kInvalidArgument) << where << ": " << s.ToString();
+    EXPECT_NE(s.message().find("tensor " + name + " has 8 dimensions (Shardwire handles at most 6)"),
+              std::string::npos)
+        << where << ": " << s.message();
+  };
+  expect_refused(MakeEngineLayout(m, EngineLayoutOptions{.tp = 2}).status(), "engine");
+  expect_refused(MakeTrainerLayout(m, TrainerLayoutOptions{.dp_shard = 2}).status(), "trainer");
+  expect_refused(MakeLayoutFromString(m, "fsdp=2").status(), "string");
+  std::vector<TensorSpec> specs = {{"big", DType::kF32, std::vector<std::int64_t>(64, 1)}};
+  const Status fsdp = MakeFsdpLayout(specs, 2).status();
+  EXPECT_NE(fsdp.message().find("layout fsdp=2: tensor big has 64 dimensions"), std::string::npos) << fsdp.ToString();
+  const Status tp = MakeTpLayout(specs, {-1}, 2, 1).status();
+  EXPECT_NE(tp.message().find("layout tp=2: tensor big has 64 dimensions"), std::string::npos) << tp.ToString();
+  specs[0].shape.resize(6);
+  EXPECT_TRUE(MakeFsdpLayout(specs, 2).ok()) << "six dimensions are allowed";
 }
 
 }  // namespace
