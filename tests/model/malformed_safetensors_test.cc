@@ -292,6 +292,22 @@ TEST(HandBuiltSafetensors, AHeaderOfAQuarterMillionTensorsOpens) {
   EXPECT_EQ(last->data.size(), 4u);
 }
 
+// A 99 MB header of empty objects (under kMaxSafetensorsHeaderBytes) is 33 million JSON values:
+// the DOM built for it peaked at 3.2 GB before the reader saw it was no header. The bounds pass
+// refuses it at 8 Mi values, before any DOM exists.
+TEST(MalformedSafetensors, AHeaderOfMillionsOfEmptyValuesIsRefusedBeforeItIsBuilt) {
+  TempDir dir;
+  std::string header = "[{}";
+  header.reserve(3 * 9'000'000);
+  for (int i = 1; i < 9'000'000; ++i) header += ",{}";
+  header += "]";
+  std::string path;
+  Status s = OpenBroken(dir, RawSafetensors(header, ""), &path);
+  EXPECT_EQ(s.code(), ErrorCode::kCorruptData) << s.ToString();
+  EXPECT_MESSAGE_HAS(s, path);
+  EXPECT_MESSAGE_HAS(s, "more than 8388608 values");
+}
+
 TEST(MalformedSafetensors, MissingFileAndDirectory) {
   TempDir dir;
   auto missing = SafetensorsFile::Open(dir.File("nope.safetensors"));
