@@ -186,6 +186,10 @@ class ModelLoader:
     content the sources advertise, and refused with FailedPreconditionError when they advertise none and
     ``revision`` was not named, since nothing then ties it to the revision served). ``stall_timeout_s``: seconds
     without progress before a source counts as dead; ``load_timeout_s``: bound of a whole load.
+    ``instance_id``: shared by every rank of the new instance (default ``"py-<pid>-loader"``, not a
+    ModelSource's default, so a seed in the same process is loaded from); sources registered under
+    the loader's own instance_id are never loaded from (an instance does not load from itself; load()
+    reports them in ``skipped``).
 
     Raises InvalidArgumentError (tensors, layout, rank) at construction; see load().
     Thread-safety: one thread at a time."""
@@ -218,7 +222,8 @@ class ModelLoader:
             except InvalidArgumentError:
                 address, nbytes = 0, 0  # scattered tensors: load into an arena, then copy
         self.in_place = nbytes > 0
-        self._impl = _shardwire._ModelLoader(coordinator, model, layout, rank, instance_id or f"py-{os.getpid()}",
+        instance_id = instance_id or f"py-{os.getpid()}-loader"
+        self._impl = _shardwire._ModelLoader(coordinator, model, layout, rank, instance_id,
                                              revision, checkpoint, stall_timeout_s, load_timeout_s, address, nbytes)
         self._owner = _MemoryOwner(self._impl)
         self._arena = self._params if self.in_place else _views(self._impl.buffer_address, self._impl.buffer_bytes,

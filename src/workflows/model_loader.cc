@@ -164,6 +164,7 @@ struct ModelLoader::Impl {
   LoadReport report;
   std::vector<std::size_t> to_mark_stale;
   std::set<std::string> seen_instances;                      // listed whole once (used, skipped or failed)
+  bool own_instance_reported = false;                        // sources of options.instance_id, in report.skipped
   std::set<std::string> partial_instances;                   // listed with ranks missing, not whole yet
   std::future<Result<std::vector<SourceRecord>>> relisting;  // a re-listing in flight
   bool relist_failed = false;
@@ -316,7 +317,18 @@ struct ModelLoader::Impl {
                     bool explain = true) {
     std::map<std::string, std::vector<SourceRecord>> by_instance;
     for (const SourceRecord& r : records) {
-      if (r.instance_id == options.instance_id) continue;
+      if (r.instance_id == options.instance_id) {
+        // An instance does not load from itself; a seed in the loader's process with the same
+        // instance_id is one (reported once, so a NotFound says why its sources were passed over).
+        if (!own_instance_reported) {
+          own_instance_reported = true;
+          report.skipped.push_back(fmt::format(
+              "{}: this loader's own instance_id (an instance never loads from itself: give the loader another "
+              "instance_id than the sources)",
+              r.instance_id));
+        }
+        continue;
+      }
       by_instance[r.instance_id].push_back(r);
       if (auto c = r.attributes.find(kSourceAttrContent); c != r.attributes.end())
         advertised_contents.insert(c->second);

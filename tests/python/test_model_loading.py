@@ -282,6 +282,30 @@ def test_nobody_serving_is_not_found_and_checkpoint_fallback_loads(tmp_path):
             assert same_bytes(fallback.tensors[s["name"]], expected_shard(full, s)), s["name"]
 
 
+def test_a_seed_and_a_loader_in_one_process_with_default_ids_load(tmp_path):
+    """Both defaulted to instance_id "py-<pid>", and a loader passes over its own instance's
+    sources: the README's one-process example raised NotFoundError with two READY sources listed."""
+    ckpt = checkpoint_dir(tmp_path)
+    full = read_safetensors(ckpt / "model.safetensors")
+    model = shardwire.Model.from_checkpoint(str(ckpt))
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        seeds = [shardwire.ModelSource(client, model, "tp=2", r, checkpoint=str(ckpt)) for r in range(2)]
+        try:
+            loader = shardwire.ModelLoader(client, model, "tp=1", 0)
+            report = loader.load()
+            assert report["bytes_from_sources"] == report["buffer_bytes"] > 0
+            for s in shardwire.Layout.from_string(model, "tp=1").shards(0):
+                assert same_bytes(loader.tensors[s["name"]], expected_shard(full, s)), s["name"]
+            # Named alike on purpose, the sources are the loader's own instance: the error says so.
+            same = shardwire.ModelLoader(client, model, "tp=1", 0, instance_id=f"py-{os.getpid()}")
+            with pytest.raises(errors.NotFoundError, match="this loader's own instance_id"):
+                same.load()
+        finally:
+            for s in seeds:
+                s.close()
+
+
 def test_bad_tensors_for_a_source_or_loader_are_refused_before_registration(tmp_path):
     ckpt = checkpoint_dir(tmp_path)
     full = read_safetensors(ckpt / "model.safetensors")
