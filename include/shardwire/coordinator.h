@@ -156,6 +156,10 @@ struct JobView {
 /// kInvalidArgument naming the option.
 inline constexpr double kMaxCoordinatorTimeS = 1e9;
 
+/// The environment variable a client reads its TLS root certificate file from when
+/// CoordinatorClientOptions::tls_root_cert_file is empty.
+inline constexpr const char* kTlsRootCertEnvironmentVariable = "SHARDWIRE_TLS_ROOT_CERT";
+
 /// How a client reaches and authenticates to a coordinator.
 struct CoordinatorClientOptions {
   /// "host:port" (IPv4, IPv6 in brackets, or a name).
@@ -164,7 +168,12 @@ struct CoordinatorClientOptions {
   /// variable if set (surrounding whitespace removed), else none. Visible ASCII only
   /// (0x21-0x7e; gRPC metadata): Connect refuses others with kInvalidArgument.
   std::string token;
-  /// PEM file of the CA that signed the server's certificate; empty: plaintext.
+  /// PEM file of the CA that signed the server's certificate (TLS). Empty: the file the
+  /// SHARDWIRE_TLS_ROOT_CERT environment variable names (kTlsRootCertEnvironmentVariable; how
+  /// the CLI's seed, load and demo commands and their workers reach a TLS coordinator), else
+  /// plaintext. Connect refuses a file that is not a regular file of at most 1 MiB holding a PEM
+  /// CERTIFICATE block with kInvalidArgument naming it. A plaintext client of a TLS coordinator
+  /// sees its connections closed: kUnavailable ("Socket closed") after unavailable_timeout_s.
   std::string tls_root_cert_file;
   /// Seconds. Deadline of one RPC attempt (server-side waits add their own
   /// timeout on top). An attempt whose deadline passes is sent again, with twice

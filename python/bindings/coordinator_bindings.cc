@@ -112,8 +112,9 @@ void BindCoordinator(py::module_& m) {
            }),
            py::arg("address"), py::arg("token") = "", py::arg("tls_root_cert_file") = "",
            py::arg("call_timeout_s") = 10.0, py::arg("unavailable_timeout_s") = 15.0,
-           "Connects to 'host:port' (token: '' reads SHARDWIRE_TOKEN). Raises UnavailableError,\n"
-           "UnauthenticatedError, InvalidArgumentError.")
+           "Connects to 'host:port' (token: '' reads SHARDWIRE_TOKEN; tls_root_cert_file: PEM file of\n"
+           "the CA that signed a TLS coordinator's certificate, '' reads SHARDWIRE_TLS_ROOT_CERT, unset:\n"
+           "plaintext). Raises UnavailableError, UnauthenticatedError, InvalidArgumentError.")
       .def_property_readonly("address", &CoordinatorClient::address)
       .def_property_readonly(
           "state_id", &CoordinatorClient::state_id,

@@ -679,7 +679,8 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
   cmd->add_option("--port", o->port, "port of the in-process coordinator on 127.0.0.1 (0 = any free port)")
       ->capture_default_str();
   cmd->add_option("--coordinator", o->coordinator,
-                  "HOST:PORT of a running coordinator (`shardwire serve`) to use instead of an in-process one")
+                  "HOST:PORT of a running coordinator (`shardwire serve`) to use instead of an in-process one (token: "
+                  "SHARDWIRE_TOKEN; TLS: SHARDWIRE_TLS_ROOT_CERT names the CA certificate)")
       ->excludes("--port")
       ->check(NonEmpty("HOST:PORT"));
   cmd->add_option("--timeout", o->timeout_s, "seconds any single wait may take")

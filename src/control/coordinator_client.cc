@@ -31,11 +31,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
-#include <fstream>
 #include <iterator>
 #include <limits>
 #include <mutex>
-#include <sstream>
 #include <string_view>
 #include <thread>
 
@@ -43,6 +41,7 @@
 #include "control/coordinator_codec.h"
 #include "control/grpc_runtime.h"
 #include "control/grpc_status.h"
+#include "control/pem_file.h"
 #include "control/rendezvous_internal.h"
 #include "control/state_id.h"
 #include "shardwire/coordinator.h"
@@ -264,20 +263,20 @@ Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(Coordinato
     token = control::TokenFromEnvironment();
     SW_RETURN_IF_ERROR(control::CheckBearerToken(token, "SHARDWIRE_TOKEN"));
   } else {
-    SW_RETURN_IF_ERROR(control::CheckBearerToken(token, "CoordinatorClientOptions::token"));
+    SW_RETURN_IF_ERROR(control::CheckBearerToken(token, "the token option (CoordinatorClientOptions::token, Python token=)"));
   }
   if (!token.empty()) impl->auth_header = "Bearer " + token;
 
   std::shared_ptr<grpc::ChannelCredentials> creds;
-  if (!options.tls_root_cert_file.empty()) {
-    std::ifstream in(options.tls_root_cert_file, std::ios::binary);
-    std::ostringstream ss;
-    if (in) ss << in.rdbuf();
-    if (!in || ss.str().empty()) {
-      return InvalidArgument(fmt::format("cannot read the TLS root certificate file '{}'", options.tls_root_cert_file));
-    }
+  std::string root_cert_file = options.tls_root_cert_file;
+  if (root_cert_file.empty()) {
+    if (const char* env = std::getenv(kTlsRootCertEnvironmentVariable); env != nullptr) root_cert_file = env;
+  }
+  if (!root_cert_file.empty()) {
+    SW_ASSIGN_OR_RETURN(std::string pem, control::ReadPemFile(root_cert_file, "TLS root certificate"));
+    SW_RETURN_IF_ERROR(control::CheckPemKind(pem, root_cert_file, "TLS root certificate", "CERTIFICATE"));
     grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = ss.str();
+    ssl.pem_root_certs = std::move(pem);
     creds = grpc::SslCredentials(ssl);
   } else {
     creds = grpc::InsecureChannelCredentials();
@@ -302,8 +301,23 @@ Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(Coordinato
   v1::PingRequest req;
   v1::PingResponse resp;
   Impl* raw = impl.get();
-  SW_RETURN_IF_ERROR(
-      raw->Call("Ping", [&](grpc::ClientContext& ctx) { return raw->rendezvous->Ping(&ctx, req, &resp); }));
+  if (Status pinged =
+          raw->Call("Ping", [&](grpc::ClientContext& ctx) { return raw->rendezvous->Ping(&ctx, req, &resp); });
+      !pinged.ok()) {
+    // What the user can change, when the symptom points at it: gRPC says only "Socket closed"
+    // to a plaintext client of a TLS coordinator, and "missing bearer token" to a client with none.
+    if (pinged.code() == ErrorCode::kUnavailable && root_cert_file.empty() &&
+        pinged.message().find("Socket closed") != std::string::npos) {
+      return Unavailable(fmt::format("{} (this client speaks plaintext; if the coordinator serves TLS, name its CA "
+                                     "certificate: {} or the tls_root_cert_file option)",
+                                     pinged.message(), kTlsRootCertEnvironmentVariable));
+    }
+    if (pinged.code() == ErrorCode::kUnauthenticated && raw->auth_header.empty()) {
+      return Unauthenticated(fmt::format("{} (this client sends no token: set SHARDWIRE_TOKEN or the token option)",
+                                         pinged.message()));
+    }
+    return pinged;
+  }
   if (!resp.state_id().empty() && !control::IsStateId(resp.state_id())) {
     // It is sent back as metadata on every bound call: never send what the server mangled.
     return CorruptData(fmt::format("coordinator at {} answered Ping with a malformed state id ({} bytes, not 32 "

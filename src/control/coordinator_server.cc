@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "control/bearer_token.h"
+#include "control/pem_file.h"
 #include "control/coordinator_codec.h"
 #include "control/coordinator_metrics.h"
 #include "control/coordinator_service.h"
@@ -25,33 +26,6 @@
 namespace shardwire {
 
 namespace {
-
-// Largest TLS certificate or key file read, bytes (a long chain is tens of KiB).
-constexpr std::uint64_t kMaxPemFileBytes = std::uint64_t{1} << 20;
-
-Result<std::string> ReadPemFile(const std::string& path, std::string_view what) {
-  std::string pem;
-  if (Status s = ReadRegularFile(path, &pem, kMaxPemFileBytes); !s.ok()) {
-    return InvalidArgument(fmt::format("cannot read the {} file: {}", what, s.message()));
-  }
-  if (pem.empty()) return InvalidArgument(fmt::format("the {} file '{}' is empty", what, path));
-  return pem;
-}
-
-// Refuses a file that is not PEM of the kind `marker` names ("CERTIFICATE", "PRIVATE KEY"):
-// gRPC would only log it and fail to listen, which reads like a port in use. Whether key and
-// certificate belong together is checked by gRPC when it starts (see the listen error).
-Status CheckPemKind(const std::string& pem, const std::string& path, std::string_view what, std::string_view marker) {
-  const std::string begin = "-----BEGIN ";
-  for (auto at = pem.find(begin); at != std::string::npos; at = pem.find(begin, at + 1)) {
-    const auto end = pem.find("-----", at + begin.size());
-    if (end == std::string::npos) break;
-    const std::string_view label(pem.data() + at + begin.size(), end - at - begin.size());
-    if (label.size() >= marker.size() && label.substr(label.size() - marker.size()) == marker) return Status::Ok();
-  }
-  return InvalidArgument(
-      fmt::format("the {} file '{}' holds no PEM block \"-----BEGIN ...{}-----\"", what, path, marker));
-}
 
 // Splits "host:port" / "[v6]:port"; host keeps no brackets.
 Status SplitHostPort(const std::string& address, std::string* host, int* port) {
@@ -166,10 +140,10 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(CoordinatorS
 
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (!options.tls_cert_file.empty()) {
-    SW_ASSIGN_OR_RETURN(std::string cert, ReadPemFile(options.tls_cert_file, "TLS certificate"));
-    SW_ASSIGN_OR_RETURN(std::string key, ReadPemFile(options.tls_key_file, "TLS private key"));
-    SW_RETURN_IF_ERROR(CheckPemKind(cert, options.tls_cert_file, "TLS certificate", "CERTIFICATE"));
-    SW_RETURN_IF_ERROR(CheckPemKind(key, options.tls_key_file, "TLS private key", "PRIVATE KEY"));
+    SW_ASSIGN_OR_RETURN(std::string cert, control::ReadPemFile(options.tls_cert_file, "TLS certificate"));
+    SW_ASSIGN_OR_RETURN(std::string key, control::ReadPemFile(options.tls_key_file, "TLS private key"));
+    SW_RETURN_IF_ERROR(control::CheckPemKind(cert, options.tls_cert_file, "TLS certificate", "CERTIFICATE"));
+    SW_RETURN_IF_ERROR(control::CheckPemKind(key, options.tls_key_file, "TLS private key", "PRIVATE KEY"));
     grpc::SslServerCredentialsOptions ssl;
     ssl.pem_key_cert_pairs.push_back({key, cert});
     creds = grpc::SslServerCredentials(ssl);

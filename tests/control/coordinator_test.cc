@@ -458,9 +458,12 @@ TEST(Coordinator, TokenRefusedWithUnauthenticatedAndStateUnchanged) {
     ::unsetenv("SHARDWIRE_TOKEN");
     auto none = CoordinatorClient::Connect(co);
     EXPECT_EQ(none.status().code(), ErrorCode::kUnauthenticated) << none.status().ToString();
+    EXPECT_NE(none.status().message().find("this client sends no token: set SHARDWIRE_TOKEN"), std::string::npos)
+        << none.status().ToString();
     co.token = "s3cret-tokeX";
     auto wrong = CoordinatorClient::Connect(co);
     EXPECT_EQ(wrong.status().code(), ErrorCode::kUnauthenticated);
+    EXPECT_EQ(wrong.status().message().find("sends no token"), std::string::npos) << wrong.status().ToString();
   }
   // Mutations with a wrong token, sent with the raw stubs, change nothing.
   auto channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
@@ -919,6 +922,16 @@ TEST(Coordinator, TlsWithACertificateMadeByOpenssl) {
   plain.unavailable_timeout_s = 1;
   auto p = CoordinatorClient::Connect(plain);
   EXPECT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("if the coordinator serves TLS, name its CA certificate: "
+                                      "SHARDWIRE_TLS_ROOT_CERT"),
+            std::string::npos)
+      << p.status().ToString();
+  // The CLI's commands reach it through the environment: SHARDWIRE_TLS_ROOT_CERT names the CA.
+  ASSERT_EQ(::setenv(kTlsRootCertEnvironmentVariable, cert.c_str(), 1), 0);
+  auto from_env = CoordinatorClient::Connect(plain);
+  ::unsetenv(kTlsRootCertEnvironmentVariable);
+  ASSERT_TRUE(from_env.ok()) << from_env.status().ToString();
+  EXPECT_EQ(*(*from_env)->Get("tls", 1), v);
   // Bad TLS file options are refused up front.
   CoordinatorServerOptions bad = o;
   bad.tls_key_file = (dir / "missing.pem").string();
@@ -927,6 +940,14 @@ TEST(Coordinator, TlsWithACertificateMadeByOpenssl) {
   bad_client.address = server->address();
   bad_client.tls_root_cert_file = (dir / "missing.pem").string();
   EXPECT_EQ(CoordinatorClient::Connect(bad_client).status().code(), ErrorCode::kInvalidArgument);
+  // A root certificate file that is no regular file, or holds no certificate, is named at once
+  // (the key given for the CA was a handshake failure; /dev/zero was read without end).
+  for (const std::string& wrong_ca : {std::string("/dev/zero"), key}) {
+    bad_client.tls_root_cert_file = wrong_ca;
+    const Status st = CoordinatorClient::Connect(bad_client).status();
+    EXPECT_EQ(st.code(), ErrorCode::kInvalidArgument) << st.ToString();
+    EXPECT_NE(st.message().find(wrong_ca), std::string::npos) << st.ToString();
+  }
   // A file that is not PEM of its kind is named, not reported as a port in use; the key file
   // given as the certificate and the other way round alike.
   const std::string garbage = (dir / "garbage.pem").string();
