@@ -200,6 +200,11 @@ grpc::Status RendezvousService::Get(grpc::ServerContext* ctx, const v1::GetReque
       }
     }
     if (Clock::now() >= deadline || ctx->IsCancelled() || core_->stopping()) {
+      // Nothing found: from the state the caller joined, or because that state is gone (a
+      // flushed Redis between two reaper passes still has the old id cached here).
+      if (Status joined = st.CheckStateId(CoordinatorCore::BoundStateId(ctx)); !joined.ok()) {
+        return ToGrpcStatus(joined);
+      }
       resp->set_found(false);
       return grpc::Status::OK;
     }

@@ -195,6 +195,16 @@ class CoordinatorState {
   /// Errors: kUnavailable (Redis unreachable; the cached id is kept), kCorruptData (the stored
   /// id is not 32 hex digits; names the key).
   virtual Status RefreshStateId() { return Status::Ok(); }
+  /// OK when `state_id` is empty (an unbound caller) or the store still holds that state.
+  /// Otherwise kFailedPrecondition (StateGone, naming both ids), after re-reading the id as
+  /// RefreshStateId does. For a Get that found nothing: between two reaper passes the cached id
+  /// of a flushed Redis is still the old one, and the Get would end as a key "not set" rather
+  /// than as the lost state. Redis: one GET; in memory: nothing. Other errors: as RefreshStateId.
+  /// Thread-safe.
+  virtual Status CheckStateId(const std::string& state_id) {
+    (void)state_id;
+    return Status::Ok();
+  }
 
   // Time.
   /// The clock the service passes as `now_ms` to every time-dependent method: unix

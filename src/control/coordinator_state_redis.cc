@@ -1010,6 +1010,16 @@ class RedisCoordinatorState final : public CoordinatorState {
     return Status::Ok();
   }
 
+  Status CheckStateId(const std::string& state_id) override {
+    if (state_id.empty()) return Status::Ok();
+    const std::string key = std::string(kPrefix) + "state_id";
+    SW_ASSIGN_OR_RETURN(RedisReplyPtr r, pool_->Command({"GET", key}, /*idempotent=*/true));
+    SW_RETURN_IF_ERROR(CheckReply(*r, "the state id check"));
+    if (r->type == REDIS_REPLY_STRING && ReplyText(r.get()) == state_id) return Status::Ok();
+    SW_RETURN_IF_ERROR(RefreshStateId());  // none stored (flushed) or another: the new one
+    return StateGone(state_id, StateId());
+  }
+
   std::int64_t NowMs() override { return clock_.NowMs(); }
 
   Status SyncClock() override {

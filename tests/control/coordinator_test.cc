@@ -806,6 +806,11 @@ TEST(Coordinator, ABoundCallIsRefusedAtOnceAfterRedisLostItsDataWithoutAReaperPa
   ASSERT_TRUE(c->JoinJob("job", Member("engine-0/rank-0", JobRole::kSubscriber)).ok());
 
   ASSERT_EQ(redis->Command({"FLUSHALL"}), "OK");
+  // A Get shorter than a reaper pass found nothing and ended as "key not set" (kTimedOut): the
+  // coordinator's cached id was still the lost one. Its end now checks the id in Redis.
+  const auto lost_get = c->Get("never-put", 0.3);
+  EXPECT_EQ(lost_get.status().code(), ErrorCode::kFailedPrecondition) << lost_get.status().ToString();
+  EXPECT_NE(lost_get.status().message().find(joined), std::string::npos) << lost_get.status().message();
   auto again = c->Add("rank-counter", 1);
   EXPECT_EQ(again.status().code(), ErrorCode::kFailedPrecondition)
       << (again.ok() ? "served from the empty state: rank " + std::to_string(*again) + " handed out again"
