@@ -169,7 +169,8 @@ class WeightPublisher(_Endpoint):
         pushing threads copied into mapped engine buffers, every replica counted, the source bytes
         they read for them, each once, and their CPU seconds), rounds, round_wait_s (the plan's rounds this rank wrote in, and its seconds waiting for
         other trainer ranks' earlier rounds), relayed (engine ranks their relay parent forwards
-        this version to), missed, absent}. ``absent`` (dynamic membership) lists engine ranks that are not members
+        this version to), hold_s, held_for (dynamic membership, trainer rank 0: seconds this push waited
+        for engine processes catching up, and the engine ranks it waited for), missed, absent}. ``absent`` (dynamic membership) lists engine ranks that are not members
         for this version (not misses). ``missed`` lists the engine ranks that did not get this version, each
         {engine_rank, code (error code name), reason}: a dead, silent or failing engine rank
         misses the version while the others commit it (fault isolation). Raises
@@ -203,11 +204,14 @@ class WeightSubscriber(_Endpoint):
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
                  timeout_s: float = 120.0, dynamic_membership: bool = False, verify_digests: bool = False,
-                 max_concurrency: int = 4, relay_broadcasts: bool = False):
+                 max_concurrency: int = 4, relay_broadcasts: bool = False, engine_timeout_s: float = 10.0):
         """``dynamic_membership``, ``verify_digests``, ``max_concurrency`` and ``relay_broadcasts``: as
-        WeightPublisher (must agree)."""
+        WeightPublisher (must agree). ``engine_timeout_s``: with ``relay_broadcasts``, seconds a relay
+        parent waits for each child it forwards a version to (its READY, its transfers) before that
+        child misses the version."""
         super().__init__(_shardwire._WeightSubscriber, coordinator, trainer_layout, engine_layout, engine_layout,
-                         rank, params, job, timeout_s, True, dynamic_membership=dynamic_membership,
+                         rank, params, job, timeout_s, True, engine_timeout_s=engine_timeout_s,
+                         dynamic_membership=dynamic_membership,
                          verify_digests=verify_digests, max_concurrency=max_concurrency,
                          relay_broadcasts=relay_broadcasts)
 
@@ -280,5 +284,6 @@ class WeightSubscriber(_Endpoint):
         begin_update (the trainers write the weights it serves) until a version commits
         (wait_for_update or adopt_version), so also after a failed or interrupted
         wait_for_update: do not serve, or do not label tokens with committed_version, until
-        then. Always True when double-buffered."""
+        then. (The C++ WeightSubscriber's double-buffered mode, WeightSyncOptions::double_buffered,
+        keeps it True; this Python class is single-buffered.)"""
         return self._impl.holds_committed_version

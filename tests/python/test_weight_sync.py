@@ -432,7 +432,8 @@ def test_relays_and_rounds_from_python():
     flags = dict(job="py-relay", relay_broadcasts=True, max_concurrency=1, verify_digests=True)
     with shardwire.CoordinatorServer() as server:
         client = shardwire.CoordinatorClient(server.address)
-        subs = [shardwire.WeightSubscriber(client, src, dst, r, **flags) for r in (0, 1)]
+        # engine_timeout_s bounds a relay parent's forwards (it was documented but not accepted).
+        subs = [shardwire.WeightSubscriber(client, src, dst, r, engine_timeout_s=20.0, **flags) for r in (0, 1)]
         # (The conversion options reach the C++ publisher; with no dtype change nothing converts.
         # copy_into_mapped=False leaves every moved byte to the transport's lanes.)
         pub = shardwire.WeightPublisher(client, src, dst, 0, convert_into_mapped=False, convert_threads=1,
