@@ -1,6 +1,7 @@
 #include "cli/serve_command.h"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <csignal>
 #include <optional>
@@ -45,9 +46,9 @@ Result<std::string> LoadToken(const std::string& path) {
   if (t.empty()) return InvalidArgument(fmt::format("the token file '{}' is empty", path));
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-    fmt::print(stderr,
-               "shardwire serve: warning: the token file '{}' is readable by others (mode {:03o}); chmod 600 it\n",
-               path, st.st_mode & 0777);
+    // Through the logger, so --log-format json writes it as JSON like every other log line.
+    spdlog::warn("shardwire serve: the token file '{}' is readable by others (mode {:03o}); chmod 600 it", path,
+                 st.st_mode & 0777);
   }
   return t;
 }

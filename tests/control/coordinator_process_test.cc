@@ -173,6 +173,35 @@ TEST(CoordinatorProcess, TokenAndTlsFilesThatAreNotSmallRegularFilesAreRefusedAt
   ::rmdir(dir.c_str());
 }
 
+// The warning about a token file others can read went to stderr as plain text under
+// `--log-format json`; it is a log line like the others now, one JSON object.
+TEST(CoordinatorProcess, TheTokenFileWarningIsAJsonLogLineUnderLogFormatJson) {
+  const std::string token = ::testing::TempDir() + "/shardwire-open-token-" + std::to_string(::getpid());
+  {
+    FILE* f = std::fopen(token.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs("tok123\n", f);
+    std::fclose(f);
+  }
+  ASSERT_EQ(::chmod(token.c_str(), 0644), 0);
+  // A certificate that is refused ends serve right after it read the token.
+  const std::string cmd = std::string("timeout 60 ") + SHARDWIRE_BIN + " --log-format json serve --port 0 --token-file " +
+                          token + " --tls-cert /dev/zero --tls-key /dev/zero 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
+  ::pclose(p);
+  std::remove(token.c_str());
+  const auto at = out.find("readable by others (mode 644)");
+  ASSERT_NE(at, std::string::npos) << out;
+  const auto line_start = out.rfind('\n', at);
+  const std::string line = out.substr(line_start == std::string::npos ? 0 : line_start + 1,
+                                      out.find('\n', at) - (line_start == std::string::npos ? 0 : line_start + 1));
+  EXPECT_EQ(line.rfind("{\"level\":\"warning\"", 0), 0u) << line;
+}
+
 // `--redis ""` (an unset shell variable: `--redis "$REDIS_URL"`) kept the state in memory without
 // a word, so each coordinator of a fleet had its own; it is refused before anything starts.
 TEST(CoordinatorProcess, AnEmptyRedisUrlIsRefusedNotTakenForInMemory) {
