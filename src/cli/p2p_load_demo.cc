@@ -295,7 +295,8 @@ void AddP2pLoadCommand(CLI::App& demo, int* exit_code) {
   auto o = std::make_shared<P2pDemoOptions>();
   CLI::App* cmd = demo.add_subcommand("p2p-load", "P2P model loading across TP sizes, with a source killed mid-load");
   cmd->add_option("--checkpoint", o->checkpoint,
-                  "checkpoint (default: ../shared/models/tiny-llama3-bf16 or generated)");
+                  "checkpoint (default: $SHARDWIRE_SHARED_DIR/models/tiny-llama3-bf16, else shared/models/ beside the "
+                  "source tree, else generated)");
   cmd->add_option("--config", o->config, "HF config.json (default: the one beside the checkpoint)");
   cmd->add_option("--generate", o->generate, "HF config to generate a checkpoint from");
   cmd->add_option("--layers", o->layers, "with --generate: decoder layers (0 = as in the config)");

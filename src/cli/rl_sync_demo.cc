@@ -667,8 +667,9 @@ void AddRlSyncCommand(CLI::App& demo, int* exit_code) {
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "trainer", "fp8-block"}));
   cmd->add_option("--checkpoint", o->checkpoint,
-                  "safetensors file, index JSON or directory (default: ../shared/models/tiny-llama3-bf16, "
-                  "or a generated TinyLlama-shaped checkpoint when ../shared is absent)");
+                  "safetensors file, index JSON or directory (default: $SHARDWIRE_SHARED_DIR/models/tiny-llama3-bf16, "
+                  "else shared/models/tiny-llama3-bf16 beside the source tree, else a generated TinyLlama-shaped "
+                  "checkpoint)");
   cmd->add_option("--config", o->config, "HF config.json (default: the one beside the checkpoint)");
   cmd->add_option("--generate", o->generate,
                   "generate a checkpoint with the shapes of this HF config.json ('tinyllama-1.1b' = built in)")
