@@ -2,6 +2,8 @@
 
 #include <filesystem>
 
+#include <fmt/format.h>
+
 #include "shardwire/model_rules.h"
 
 namespace shardwire::cli {
@@ -17,10 +19,15 @@ std::vector<std::string>& Files() {
 void AddModelRulesOption(CLI::App* cmd) {
   cmd->add_option_function<std::vector<std::string>>(
          "--model-rules",
-         [](const std::vector<std::string>& paths) {
+         [name = cmd->get_name()](const std::vector<std::string>& paths) {
            for (const auto& path : paths) {
              Status s = LoadUserModelRules(path);
-             if (!s.ok()) throw CLI::ValidationError("--model-rules", s.ToString());
+             if (!s.ok()) {
+               // A bad file is the command's error (exit code 1, "shardwire <command>: ..."), as a bad
+               // checkpoint is; not a usage error (CLI11's 105 and "Run with --help").
+               fmt::print(stderr, "shardwire {}: --model-rules: {}\n", name, s.ToString());
+               throw CLI::RuntimeError(1);
+             }
              std::error_code ec;
              const auto abs = std::filesystem::absolute(path, ec);
              Files().push_back(ec ? path : abs.string());

@@ -72,8 +72,12 @@ TEST(DescribeCommand, InferWriteRulesAndPlanWithThem) {
       << "family: x\nmodel_types: [x]\ntensors:\n  - tensor: a.weight\n    shap: [1]\n";
   std::tie(code, out) = RunCli("plan --model-rules " + work + "/broken.yaml --config " + work +
                                "/my_moe_config.json --from fsdp=2 --to tp=2");
-  EXPECT_NE(code, 0);
+  // The command's error (exit code 1, named after the command), not a usage error (105, "Run
+  // with --help", which it was).
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("shardwire plan: --model-rules: invalid argument: "), std::string::npos) << out;
   EXPECT_NE(out.find("broken.yaml:5: unknown key \"shap\""), std::string::npos) << out;
+  EXPECT_EQ(out.find("Run with --help"), std::string::npos) << out;
 }
 
 // A model family only a rules file describes is served and loaded P2P too: `demo p2p-load`
