@@ -291,7 +291,9 @@ Result<Layout> MakeTrainerLayout(const ModelDescription& model, const TrainerLay
     if (o.dp_shard % o.ep != 0) {
       return InvalidArgument(fmt::format("EP size {} does not divide the FSDP size {}", o.ep, o.dp_shard));
     }
-    if (experts == 0 || experts % o.ep != 0) {
+    if (experts == 0)
+      return InvalidArgument(fmt::format("ep={} for {}, which has no experts", o.ep, model.config.model_type));
+    if (experts % o.ep != 0) {
       return InvalidArgument(fmt::format("EP size {} does not divide the {} routed experts of {}", o.ep, experts,
                                          model.config.model_type));
     }

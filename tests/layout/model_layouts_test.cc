@@ -199,6 +199,10 @@ TEST(TrainerLayout, FsdpWithExpertParallelism) {
   const Layout split = MakeTrainerLayout(Qwen3Moe(), {.dp_shard = 8, .ep = 2}).value();
   EXPECT_EQ(Shard(split, 6, "model.layers.0.mlp.experts.0.up_proj.weight").box, (Box{{6, 0}, {2, 16}}));
   EXPECT_FALSE(MakeTrainerLayout(Qwen3Moe(), {.dp_shard = 3, .ep = 2}).ok());
+  // A dense model: said so, not "does not divide the 0 routed experts".
+  const Status dense = MakeTrainerLayout(Llama(), {.dp_shard = 2, .ep = 2}).status();
+  EXPECT_EQ(dense.code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(dense.message().find("ep=2 for llama, which has no experts"), std::string::npos) << dense.ToString();
 }
 
 TEST(LayoutString, ParsesExamplesAndPointsAtErrors) {
