@@ -119,20 +119,25 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--tls-key", args->tls_key, "PEM private key (TLS; needs --tls-cert)");
   cmd->add_option("--stale-after", args->defaults.source_stale_after_s,
                   "seconds without heartbeat after which a source is STALE")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(PositiveNumber());
   cmd->add_option("--delete-after", args->defaults.source_delete_after_s,
                   "seconds without heartbeat after which a source is deleted")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(PositiveNumber());
   cmd->add_option("--mark-hold", args->defaults.source_mark_hold_s,
                   "seconds a source a loader marked STALE with hold (it reported its own bytes bad) stays STALE "
                   "however it heartbeats (0: no hold)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(NonNegativeNumber());
   cmd->add_option("--member-expire-after", args->defaults.member_expire_after_s,
                   "seconds without heartbeat after which a job member leaves its job")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(PositiveNumber());
   AddMetricsPortOption(cmd, &args->metrics_port);
   cmd->add_option("--reaper-interval", args->defaults.reaper_interval_s, "seconds between reaper passes")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(PositiveNumber());
   cmd->callback([args, exit_code] { *exit_code = Serve(*args); });
 }
 
