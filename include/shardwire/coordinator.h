@@ -214,6 +214,10 @@ struct CoordinatorClientOptions {
 /// implement a method (UNIMPLEMENTED: an older coordinator); kCorruptData for
 /// DATA_LOSS; kInternal for any other gRPC status.
 /// Thread-safety: fully thread-safe; one client may be shared by all threads.
+/// Fork: gRPC does not survive fork() without exec. A client used in a process forked from
+/// the one that connected it fails every call with kFailedPrecondition at once (it waited
+/// without end), and Connect in a process forked from one where gRPC ran fails alike; the
+/// destructor of such an inherited client leaves its channel to the process's end.
 class CoordinatorClient final : public Rendezvous {
  public:
   /// Creates the channel and checks the coordinator answers (one Ping) within
@@ -391,7 +395,9 @@ class CoordinatorServer {
   /// there, re-read every reaper pass. Thread-safe.
   std::string state_id() const;
   /// Stops serving; in-flight calls get `grace_s` seconds to finish, then are cancelled.
-  /// Idempotent.
+  /// Idempotent. In a process forked from the one that started it (without exec), Shutdown
+  /// and the destructor leave it alone: it serves on in the parent (gRPC's threads are not in
+  /// the child, and a shutdown there closed the parent's listening socket).
   void Shutdown(double grace_s = 1);
 
   struct Impl;

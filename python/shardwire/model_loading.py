@@ -24,6 +24,7 @@ import torch
 
 from . import _shardwire
 from ._args import check_rank, check_text
+from ._process_guard import ObjectGuard
 from .errors import InvalidArgumentError
 from .tensors import RegisteredMemory, as_tensors, check_shard_tensors, shard_buffer_address, shard_views
 
@@ -82,6 +83,7 @@ class ModelSource:
                  params: Optional[Mapping[str, torch.Tensor]] = None, checkpoint: Optional[str] = None,
                  revision: str = "", instance_id: str = "", heartbeat_interval_s: float = 1.0,
                  bandwidth_bytes_per_s: float = 0.0, shutdown_timeout_s: float = 2.0, _impl=None, _params=None):
+        self._guard = ObjectGuard(self)  # forked children and a second thread are refused
         if _impl is not None:  # from ModelLoader.become_source
             self._impl, self.layout, self.rank = _impl, layout, rank
         else:
@@ -159,8 +161,11 @@ class ModelSource:
         """Deregisters (best effort) and stops serving. Idempotent. ``tensors`` is emptied; views
         taken from it before stay readable: the buffer is freed only once neither this object nor
         any view of it is left."""
-        self.tensors = {}
-        self._impl.close()
+        if self._guard.inherited():
+            return  # a forked child's copy: the source serves on in the parent (_process_guard.py)
+        with self._guard.use("close"):
+            self.tensors = {}
+            self._impl.close()
 
     def __enter__(self) -> "ModelSource":
         return self
@@ -197,6 +202,7 @@ class ModelLoader:
     def __init__(self, coordinator, model, layout: str, rank: int = 0, *,
                  params: Optional[Mapping[str, torch.Tensor]] = None, instance_id: str = "", revision: str = "",
                  checkpoint: str = "", stall_timeout_s: float = 3.0, load_timeout_s: float = 600.0):
+        self._guard = ObjectGuard(self)  # forked children and a second thread are refused
         rank, layout = check_rank("rank", rank), check_text("layout", layout)
         instance_id = check_text("instance_id", instance_id or "")
         revision = check_text("revision", revision or "")
@@ -245,14 +251,15 @@ class ModelLoader:
         served), TimedOutError (load_timeout_s), checkpoint errors, InvalidArgumentError
         (loaded already), FailedPreconditionError (``params``' storage resized or freed in place
         since construction; nothing read)."""
-        if self._registered is not None:
-            self._registered.check("load")
-        report = self._impl.load()
-        if self._params is not None and not self.in_place:
-            with torch.no_grad():
-                for name, t in self._params.items():
-                    t.copy_(self._arena[name])
-        return report
+        with self._guard.use("load"):
+            if self._registered is not None:
+                self._registered.check("load")
+            report = self._impl.load()
+            if self._params is not None and not self.in_place:
+                with torch.no_grad():
+                    for name, t in self._params.items():
+                        t.copy_(self._arena[name])
+            return report
 
     @property
     def loaded(self) -> bool:
@@ -274,7 +281,8 @@ class ModelLoader:
         In place (``params`` in one shard buffer), the source serves the caller's memory: its
         storage must not be resized or freed while the source lives (allocate_shard_buffer's
         and adopt_parameters' buffers cannot be)."""
-        impl = self._impl.become_source(heartbeat_interval_s, bandwidth_bytes_per_s, shutdown_timeout_s)
+        with self._guard.use("become_source"):
+            impl = self._impl.become_source(heartbeat_interval_s, bandwidth_bytes_per_s, shutdown_timeout_s)
         self._owner.impl = impl  # views of the arena now keep the source (which holds it) alive
         self._arena = {}
         if self._params is None:

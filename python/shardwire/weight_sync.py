@@ -21,6 +21,7 @@ import torch
 
 from . import _shardwire
 from ._args import INT32_MAX, UINT32_MAX, check_int, check_rank, check_text, check_version
+from ._process_guard import ObjectGuard
 from .errors import InvalidArgumentError
 from .tensors import RegisteredMemory, as_tensors, check_shard_tensors, shard_buffer_address, shard_views
 
@@ -65,6 +66,7 @@ class _Endpoint:
     def __init__(self, cls, coordinator, trainer_layout, engine_layout, layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]], job: str, timeout_s: float, writable: bool,
                  **flags):
+        self._guard = ObjectGuard(self)  # forked children and a second thread are refused
         rank, job = check_rank("rank", rank), check_text("job", job)
         for name in ("max_concurrency", "engine_ranks"):
             if name in flags:
@@ -110,7 +112,10 @@ class WeightPublisher(_Endpoint):
     they have now is what is registered, and it is kept alive by the publisher even if a
     parameter is re-pointed (``p.data = ...``): write new weights into that storage.
     ``coordinator``: a CoordinatorClient. Times in seconds.
-    Raises InvalidArgumentError (tensors), LayoutMismatchError (layouts), TransportError."""
+    Raises InvalidArgumentError (tensors), LayoutMismatchError (layouts), TransportError.
+    Thread-safety: one thread at a time: a call while another thread is in one raises
+    FailedPreconditionError at once. Not usable in a process forked from the one that made it
+    (FailedPreconditionError; shardwire/_process_guard.py)."""
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
@@ -149,15 +154,17 @@ class WeightPublisher(_Endpoint):
     def wait_for_engines(self, engine_ranks: int, timeout_s: float) -> int:
         """Dynamic membership: waits (GIL released) until at least ``engine_ranks`` engine ranks
         asked to join; returns how many did. Raises TimedOutError saying how many asked."""
-        return self._impl.wait_for_engines(check_int("engine_ranks", engine_ranks, -INT32_MAX - 1, INT32_MAX),
-                                           timeout_s)
+        engine_ranks = check_int("engine_ranks", engine_ranks, -INT32_MAX - 1, INT32_MAX)
+        with self._guard.use("wait_for_engines"):
+            return self._impl.wait_for_engines(engine_ranks, timeout_s)
 
     def connect(self) -> None:
         """Prepares one transfer per destination engine rank (waits up to timeout_s for them; GIL
         released; Ctrl-C raises KeyboardInterrupt within ~0.1 s and connect() may be called again).
         Raises TimedOutError naming the missing engine rank."""
-        self._check_registered("connect")
-        self._impl.connect()
+        with self._guard.use("connect"):
+            self._check_registered("connect")
+            self._impl.connect()
 
     def push(self, version: int) -> Dict[str, Any]:
         """Pushes weight version ``version`` (GIL released) to every destination engine rank that
@@ -171,10 +178,16 @@ class WeightPublisher(_Endpoint):
         other trainer ranks' earlier rounds), relayed (engine ranks their relay parent forwards
         this version to), hold_s, held_for (dynamic membership, trainer rank 0: seconds this push waited
         for engine processes catching up, and the engine ranks it waited for), missed, absent}. ``absent`` (dynamic membership) lists engine ranks that are not members
-        for this version (not misses). ``missed`` lists the engine ranks that did not get this version, each
+        for this version (not misses). ``missed`` lists the engine ranks this push could not deliver the version to, each
         {engine_rank, code (error code name), reason}: a dead, silent or failing engine rank
-        misses the version while the others commit it (fault isolation). Raises
-        PeerDisconnectedError when no engine rank received it. Ctrl-C raises KeyboardInterrupt
+        misses the version while the others commit it (fault isolation). An engine rank that dies
+        after its bytes and DONE were delivered, before it committed, is not in ``missed`` (the push
+        does not wait for commits): the next push lists it. Raises
+        PeerDisconnectedError when no engine rank received it; AlreadyExistsError when another
+        publisher took this trainer rank; FailedPreconditionError when an in-memory coordinator lost
+        the job (restarted); UnavailableError when the coordinator cannot be reached within the
+        client's unavailable_timeout_s (every push asks it which engine ranks are members);
+        CorruptDataError when a converting push meets a NaN or an infinity (FP8). Ctrl-C raises KeyboardInterrupt
         within ~0.1 s: while waiting for READY nothing was written and push(version) may be called
         again; during the writes the unfinished ones are cancelled and no engine commits
         ``version`` (they need begin_update(version) again). A push shorter than the ~0.1 s
@@ -183,8 +196,9 @@ class WeightPublisher(_Endpoint):
         FailedPreconditionError (the last pushed version): push the next one. Raises FailedPreconditionError, with
         nothing moved, when ``params``' storage was resized or freed in place since construction."""
         version = check_version("version", version)
-        self._check_registered(f"push({version})")
-        return self._impl.push(version)
+        with self._guard.use(f"push({version})"):
+            self._check_registered(f"push({version})")
+            return self._impl.push(version)
 
     @property
     def bytes_per_push(self) -> int:
@@ -199,7 +213,8 @@ class WeightSubscriber(_Endpoint):
     so the arena) alive. With ``params`` their current storage is registered and kept alive by
     the subscriber even if a parameter is re-pointed (``p.data = ...``), which would make that
     parameter stop receiving updates. Thread-safety: one thread at a time per object (as the
-    C++ classes)."""
+    C++ classes): a call while another thread is in one raises FailedPreconditionError at once.
+    Not usable in a process forked from the one that made it (FailedPreconditionError)."""
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
@@ -220,17 +235,21 @@ class WeightSubscriber(_Endpoint):
         push on and waits (GIL released; timeout_s < 0: the constructor's) until a push admits
         it. Returns that push's version: call begin_update with it. Call after connect() and
         after every failed wait_for_update (a missed version). Raises TimedOutError."""
-        return self._impl.join(timeout_s)
+        with self._guard.use("join"):
+            return self._impl.join(timeout_s)
 
     def leave(self) -> None:
         """Dynamic membership: the trainers stop writing to this rank from their next push."""
-        self._impl.leave()
+        with self._guard.use("leave"):
+            self._impl.leave()
 
     def adopt_version(self, version: int) -> None:
         """Declares that the weights already hold ``version`` (e.g. loaded from a live engine
         with shardwire.ModelLoader after a restart). Raises FailedPreconditionError when not
         above committed_version."""
-        self._impl.adopt_version(check_version("version", version))
+        version = check_version("version", version)
+        with self._guard.use(f"adopt_version({version})"):
+            self._impl.adopt_version(version)
 
     @property
     def incarnation(self) -> int:
@@ -240,8 +259,9 @@ class WeightSubscriber(_Endpoint):
     def connect(self) -> None:
         """Looks up every trainer rank this rank receives from (waits up to timeout_s; GIL released;
         Ctrl-C raises KeyboardInterrupt within ~0.1 s and connect() may be called again)."""
-        self._check_registered("connect")
-        self._impl.connect()
+        with self._guard.use("connect"):
+            self._check_registered("connect")
+            self._impl.connect()
 
     def begin_update(self, version: int) -> None:
         """Declares the engine paused for ``version``: trainers may now write its weights.
@@ -251,8 +271,9 @@ class WeightSubscriber(_Endpoint):
         FailedPreconditionError, before any trainer is told, when ``params``' storage was resized
         or freed in place since construction."""
         version = check_version("version", version)
-        self._check_registered(f"begin_update({version})")
-        self._impl.begin_update(version)
+        with self._guard.use(f"begin_update({version})"):
+            self._check_registered(f"begin_update({version})")
+            self._impl.begin_update(version)
 
     def wait_for_update(self, version: int) -> Dict[str, Any]:
         """Blocks (GIL released) until every source delivered ``version``, then commits it.
@@ -269,8 +290,9 @@ class WeightSubscriber(_Endpoint):
         Raises FailedPreconditionError, nothing committed, when ``params``' storage was resized
         or freed in place since construction."""
         version = check_version("version", version)
-        self._check_registered(f"wait_for_update({version})")
-        return self._impl.wait_for_update(version)
+        with self._guard.use(f"wait_for_update({version})"):
+            self._check_registered(f"wait_for_update({version})")
+            return self._impl.wait_for_update(version)
 
     @property
     def committed_version(self) -> int:

@@ -24,6 +24,7 @@
 // deadlines both cut to it), so a source's heartbeat thread and shutdown stay
 // bounded by the source's own options, not by unavailable_timeout_s.
 #include <fmt/format.h>
+#include <unistd.h>
 #include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/grpcpp.h>
 
@@ -131,6 +132,8 @@ struct CallOptions {
 
 struct CoordinatorClient::Impl {
   CoordinatorClientOptions options;
+  // The process that connected: gRPC does not survive a fork, so a call from a child is refused.
+  long connected_in = static_cast<long>(::getpid());
   // Request ids: 128 random bits per client (as a state id is made) + a counter, as hex.
   std::mutex id_mu;
   std::string id_prefix;
@@ -152,6 +155,11 @@ struct CoordinatorClient::Impl {
   // Runs `rpc(context)` with retries of UNAVAILABLE as described above.
   template <typename Rpc>
   Status Call(std::string_view method, Rpc&& rpc, CallOptions call = {}) {
+    if (static_cast<long>(::getpid()) != connected_in) {
+      return control::UsedAcrossFork(
+          fmt::format("coordinator {} through a client of {} connected before the fork", method, options.address),
+          connected_in);
+    }
     const auto start = Clock::now();
     const bool bounded = std::isfinite(call.bound_s);
     const double retry_s = bounded ? std::min(options.unavailable_timeout_s, call.bound_s)  //
@@ -244,6 +252,8 @@ Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(Coordinato
           fmt::format("coordinator address '{}': the port '{}' is not a number in 1..65535", options.address, port));
     }
   }
+  SW_RETURN_IF_ERROR(
+      control::CheckGrpcNotInheritedByFork(fmt::format("connecting a coordinator client to {}", options.address)));
   control::PrepareGrpcRuntime();
   // Both become nanosecond deadlines (call_timeout_s doubled on a resend): beyond
   // kMaxCoordinatorTimeS they would overflow.
@@ -329,7 +339,16 @@ Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(Coordinato
 }
 
 CoordinatorClient::CoordinatorClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-CoordinatorClient::~CoordinatorClient() = default;
+CoordinatorClient::~CoordinatorClient() {
+  if (impl_ != nullptr && static_cast<long>(::getpid()) != impl_->connected_in) {
+    // A copy inherited by a forked child: destroying its channel waits on gRPC threads that
+    // exist only in the parent (the child hung at exit). Left to the process's end instead.
+    (void)impl_->rendezvous.release();
+    (void)impl_->sources.release();
+    (void)impl_->jobs.release();
+    (void)new std::shared_ptr<grpc::Channel>(std::move(impl_->channel));
+  }
+}
 
 const std::string& CoordinatorClient::address() const { return impl_->options.address; }
 

@@ -1,6 +1,7 @@
 // CoordinatorServer (coordinator.h): a synchronous gRPC server running the three
 // coordinator services over one CoordinatorState, plus the reaper thread.
 #include <fmt/format.h>
+#include <unistd.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
@@ -95,6 +96,10 @@ struct CoordinatorServer::Impl {
   std::condition_variable wake;
   bool stop = false;
   bool shut_down = false;
+  // The process that started it. A forked child holds a copy whose threads do not exist there:
+  // it must neither shut the server down (that closed the parent's listening socket: the
+  // parent's clients were refused) nor destroy it (joining a thread that is not there).
+  long started_in = static_cast<long>(::getpid());
   CollectorHandle sources_collector;  // last: unregistered before anything it reads goes
 
   void RunReaper() {
@@ -133,6 +138,7 @@ struct CoordinatorServer::Impl {
 
 Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(CoordinatorServerOptions options) {
   SW_RETURN_IF_ERROR(ValidateOptions(options));
+  SW_RETURN_IF_ERROR(control::CheckGrpcNotInheritedByFork("starting a coordinator server"));
   control::PrepareGrpcRuntime();
   std::string host;
   int port = 0;
@@ -214,7 +220,13 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(CoordinatorS
 
 CoordinatorServer::CoordinatorServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-CoordinatorServer::~CoordinatorServer() { Shutdown(0.2); }
+CoordinatorServer::~CoordinatorServer() {
+  if (impl_ != nullptr && static_cast<long>(::getpid()) != impl_->started_in) {
+    (void)impl_.release();  // a forked child's copy: left alone (see Impl::started_in)
+    return;
+  }
+  Shutdown(0.2);
+}
 
 int CoordinatorServer::port() const { return impl_->port; }
 
@@ -226,7 +238,7 @@ std::string CoordinatorServer::address() const {
 }
 
 void CoordinatorServer::Shutdown(double grace_s) {
-  if (impl_->shut_down) return;
+  if (impl_->shut_down || static_cast<long>(::getpid()) != impl_->started_in) return;
   impl_->shut_down = true;
   impl_->core->Stop();  // waiting Gets answer "not found" at once
   if (!(grace_s >= 0) || !std::isfinite(grace_s)) grace_s = 0;

@@ -13,12 +13,33 @@
 //
 // Thread-safety: safe to call from any thread, any number of times (the first
 // call does the work; later calls do nothing). The setting is process-wide.
+//
+// gRPC and fork(): gRPC's threads (timers, executors) do not exist in a child forked without exec,
+// and its pollers and locks are left as the parent's threads had them: a call there waited in
+// epoll without end, deadlines included (a vLLM engine forks its workers by default). The check
+// below turns that into an error at once. It knows which process started gRPC through Shardwire
+// from the pid PrepareGrpcRuntime records.
 #pragma once
+
+#include <string_view>
+
+#include "shardwire/status.h"
 
 namespace shardwire::control {
 
-/// Applies the settings above once per process. Called by CoordinatorServer::Start
-/// and CoordinatorClient::Connect before they create any gRPC object.
+/// Applies the settings above once per process and records this process as the one that
+/// started gRPC. Called by CoordinatorServer::Start and CoordinatorClient::Connect before they
+/// create any gRPC object (after CheckGrpcNotInheritedByFork).
 void PrepareGrpcRuntime();
+
+/// OK when gRPC may be used in this process: never started, started by this process, or shut
+/// down (no channel or server left) before this process was forked. kFailedPrecondition, naming
+/// `what` and both processes, when gRPC was running in the parent this process was forked from.
+/// Thread-safe.
+Status CheckGrpcNotInheritedByFork(std::string_view what);
+
+/// kFailedPrecondition naming `what` and both processes (the message the check above and a
+/// client used in a forked child give), for an object made in process `created_in`.
+Status UsedAcrossFork(std::string_view what, long created_in);
 
 }  // namespace shardwire::control
