@@ -101,3 +101,32 @@ def test_a_second_thread_on_a_busy_object_is_refused_at_once():
         pub.push(1)
         waiter.join(timeout=60)
         assert result.get("update", {}).get("version") == 1, result
+
+
+# A daemon thread still in wait_for_update when the main thread ends: the interpreter's
+# shutdown ended it with pthread_exit as it took the GIL back, which aborted the process
+# (exit code 134, "terminate called without an active exception").
+DAEMON_WAITER = textwrap.dedent("""
+    import json, sys, threading, time, shardwire
+    cfg = json.loads(sys.argv[1])
+    model = shardwire.Model.from_config_json(json.dumps(cfg))
+    src, dst = shardwire.Layout.from_string(model, "fsdp=1"), shardwire.Layout.from_string(model, "tp=1")
+    server = shardwire.CoordinatorServer()
+    client = shardwire.CoordinatorClient(server.address)
+    pub = shardwire.WeightPublisher(client, src, dst, 0, job="daemon", timeout_s=10)
+    sub = shardwire.WeightSubscriber(client, src, dst, 0, job="daemon", timeout_s=600)
+    connect = threading.Thread(target=sub.connect)
+    connect.start(); pub.connect(); connect.join()
+    sub.begin_update(1)
+    threading.Thread(target=sub.wait_for_update, args=(1,), daemon=True).start()
+    while sub._guard._busy_with != "wait_for_update(1)":
+        time.sleep(0.01)
+    print("main thread returns", flush=True)
+""")
+
+
+def test_the_interpreter_ends_cleanly_with_a_daemon_thread_in_a_wait():
+    out = subprocess.run([sys.executable, "-c", DAEMON_WAITER, json.dumps(LLAMA)], capture_output=True, text=True,
+                         timeout=240)
+    assert "main thread returns" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0, f"exit code {out.returncode}: {out.stderr}"
