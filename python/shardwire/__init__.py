@@ -33,11 +33,14 @@ from ._shardwire import plan as _plan  # noqa: E402
 from ._bound_arguments import translate as _translate, translate_argument_errors as _translate_argument_errors  # noqa: E402
 
 # Arguments pybind11 cannot convert raise InvalidArgumentError, not TypeError (_bound_arguments).
-for _cls in (CoordinatorClient, CoordinatorServer, Layout, Model, Plan):
+from . import _shardwire as _raw  # noqa: E402
+
+for _cls in (CoordinatorClient, CoordinatorServer, Layout, Model, Plan, _raw._WeightPublisher,
+             _raw._WeightSubscriber, _raw._ModelSource, _raw._ModelLoader):
     _translate_argument_errors(_cls)
 plan = _translate(_plan)
 plan.__module__, plan.__qualname__ = __name__, "plan"  # picklable by reference, as shardwire.plan
-del _cls
+del _cls, _raw
 from .errors import ShardwireError  # noqa: E402
 from .convert import dequantize_fp8_block, quantize_fp8_block  # noqa: E402
 from .tensors import shard_views, torch_dtype  # noqa: E402

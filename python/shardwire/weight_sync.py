@@ -68,6 +68,10 @@ class _Endpoint:
                  **flags):
         self._guard = ObjectGuard(self)  # forked children and a second thread are refused
         rank, job = check_rank("rank", rank), check_text("job", job)
+        for name, value in (("trainer_layout", trainer_layout), ("engine_layout", engine_layout)):
+            if not isinstance(value, _shardwire.Layout):
+                raise InvalidArgumentError(f"invalid argument: {name} must be a shardwire.Layout "
+                                           f"(shardwire.Layout.from_string(model, 'fsdp=8')), got {type(value).__name__}")
         for name in ("max_concurrency", "engine_ranks"):
             if name in flags:
                 flags[name] = check_int(name, flags[name], -INT32_MAX - 1, INT32_MAX)

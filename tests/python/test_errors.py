@@ -107,6 +107,16 @@ def test_arguments_the_raw_bindings_cannot_take_are_invalid_argument_naming_the_
         with pytest.raises(errors.InvalidArgumentError, match=r"mark_source_stale\(\): " + refused):
             client.mark_source_stale("src-0000000000000000", "x", hold="yes")
         assert client.add("k", 2) == 2  # the client still works; nothing was applied
+        # The workflow classes too (their pybind11 constructors raised TypeError), and layout
+        # strings where Layout objects are taken (an AttributeError on 'buffer_bytes').
+        with pytest.raises(errors.InvalidArgumentError, match=r"__init__\(\): " + refused):
+            shardwire.WeightPublisher(client, src, dst, 0, job="x", timeout_s="5")
+        with pytest.raises(errors.InvalidArgumentError, match=r"__init__\(\): " + refused):
+            shardwire.WeightSubscriber(server.address, src, dst, 0, job="x")  # an address, not a client
+        with pytest.raises(errors.InvalidArgumentError, match=r"__init__\(\): " + refused):
+            shardwire.ModelLoader(client, model, "tp=1", 0, stall_timeout_s="3")
+        with pytest.raises(errors.InvalidArgumentError, match="trainer_layout must be a shardwire.Layout"):
+            shardwire.WeightPublisher(client, "fsdp=1", "tp=1", 0, job="x")
     with pytest.raises(errors.InvalidArgumentError, match=r"plan\(\): " + refused):
         shardwire.plan(src, dst, bucket_bytes=-1)
     with pytest.raises(errors.InvalidArgumentError, match=r"from_checkpoint\(\): " + refused):
