@@ -15,6 +15,7 @@
 
 #include "cli/demo_checkpoint.h"
 #include "cli/metrics_option.h"
+#include "cli/option_checks.h"
 #include "cli/model_rules_option.h"
 #include "model/atomic_file.h"
 #include "shardwire/checkpoint.h"
@@ -340,7 +341,8 @@ void AddSeedCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--instance-id", o->instance_id, "instance id (default: seed-<pid>)");
   cmd->add_option("--revision", o->revision, "content revision (default: xxh3 digest of the checkpoint)");
   cmd->add_option("--bandwidth", o->bandwidth, "bytes/s each rank serves at most (0 = unlimited)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(NonNegativeNumber());
   cmd->add_flag("--quiet", o->quiet, "print nothing but errors");
   AddMetricsPortOption(cmd, &o->metrics_port);
   AddModelRulesOption(cmd);
@@ -369,8 +371,12 @@ void AddLoadCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--report", o->report, "also write the LOADED line to this file (atomically)");
   cmd->add_flag("--quiet", o->quiet, "print nothing but errors (use with --report)");
   AddMetricsPortOption(cmd, &o->metrics_port);
-  cmd->add_flag("--serve", o->serve, "after loading, serve the instance as a source until interrupted");
-  cmd->add_option("--bandwidth", o->bandwidth, "with --serve: bytes/s each rank serves at most")->capture_default_str();
+  CLI::Option* serve =
+      cmd->add_flag("--serve", o->serve, "after loading, serve the instance as a source until interrupted");
+  cmd->add_option("--bandwidth", o->bandwidth, "with --serve: bytes/s each rank serves at most")
+      ->capture_default_str()
+      ->check(NonNegativeNumber())
+      ->needs(serve);  // without --serve nothing is served: a cap there would be ignored in silence
   AddModelRulesOption(cmd);
   cmd->callback([o, exit_code] {
     Status s = RunLoad(*o);
