@@ -214,6 +214,20 @@ class P2pLoadProcessTest : public ::testing::Test {
   std::vector<std::unique_ptr<Process>> processes_;
 };
 
+// `load --bandwidth` caps what the loaded instance serves, which only --serve does: alone it was
+// accepted and ignored in silence. Refused before anything runs (no coordinator is dialled).
+TEST_F(P2pLoadProcessTest, ABandwidthCapWithoutServeIsRefused) {
+  Process p(SHARDWIRE_BIN,
+            {"load", "--coordinator", "127.0.0.1:1", "--config", Ckpt() + "/config.json", "--layout", "tp=1",
+             "--bandwidth", "5"},
+            Out("bandwidth-alone"));
+  const auto rc = p.Wait(60);
+  ASSERT_TRUE(rc.has_value());
+  EXPECT_NE(*rc, 0);
+  EXPECT_NE(Slurp(Out("bandwidth-alone")).find("--bandwidth requires --serve"), std::string::npos)
+      << Slurp(Out("bandwidth-alone"));
+}
+
 TEST_F(P2pLoadProcessTest, MixedTpLoadsFromRealProcesses) {
   Seed("seed", "tp=2");
   AwaitReady("seed", 2);

@@ -51,8 +51,8 @@ struct ServeProcess {
   }
 };
 
-// Starts `shardwire serve --port <port> extra...` and waits (<= 30 s) for its
-// "listening on HOST:PORT" line. Returns false (with the output so far) otherwise.
+// Starts `shardwire serve --port <port> extra...` (stdout and stderr into one pipe) and waits
+// (<= 30 s) for its "listening on HOST:PORT" line. Returns false (with the output so far) otherwise.
 // `env`: "NAME=value" entries the process gets besides (and over) this process's environment;
 // `global`: options of `shardwire` itself, before `serve` (e.g. --log-format json).
 inline bool StartServe(ServeProcess* p, int port, const std::vector<std::string>& extra, std::string* output,
@@ -84,6 +84,7 @@ inline bool StartServe(ServeProcess* p, int port, const std::vector<std::string>
   if (p->pid == 0) {
     DieWithTestProcess(parent);
     ::dup2(fds[1], 1);
+    ::dup2(fds[1], 2);  // its log lines too (stderr), as tests read them beside "listening on"
     ::close(fds[0]);
     ::close(fds[1]);
     ::execve(argv[0], argv.data(), envp.data());
