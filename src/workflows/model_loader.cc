@@ -184,12 +184,7 @@ struct ModelLoader::Impl {
     SW_ASSIGN_OR_RETURN(ModelIdentity structure, MakeModelIdentity(model, "?"));
     const std::string wanted = structure.StructureDigest();
     SW_ASSIGN_OR_RETURN(const std::vector<SourceRecord> all, registry->ListSources("", SourceState::kReady));
-    std::set<std::string> revisions;
-    for (const SourceRecord& r : all) {
-      auto s = r.attributes.find(kSourceAttrStructure);
-      auto v = r.attributes.find(kSourceAttrRevision);
-      if (s != r.attributes.end() && s->second == wanted && v != r.attributes.end()) revisions.insert(v->second);
-    }
+    const std::set<std::string> revisions = RevisionsServed(all, wanted);
     if (revisions.size() > 1) {
       return FailedPrecondition(fmt::format("model {} is served in {} revisions ({}); name one", wanted,
                                             revisions.size(), fmt::join(revisions, ", ")));
@@ -207,6 +202,31 @@ struct ModelLoader::Impl {
     SW_ASSIGN_OR_RETURN(identity, MakeModelIdentity(model, revision));
     checked_checkpoint = revision;  // the fallback reads this very checkpoint
     return Status::Ok();
+  }
+
+  // The revisions READY records of `records` serve of the model whose structure digest is
+  // `structure` (every source advertises both: kSourceAttrStructure, kSourceAttrRevision).
+  static std::set<std::string> RevisionsServed(const std::vector<SourceRecord>& records, const std::string& structure) {
+    std::set<std::string> revisions;
+    for (const SourceRecord& r : records) {
+      auto s = r.attributes.find(kSourceAttrStructure);
+      auto v = r.attributes.find(kSourceAttrRevision);
+      if (s != r.attributes.end() && s->second == structure && v != r.attributes.end()) revisions.insert(v->second);
+    }
+    return revisions;
+  }
+
+  // For a NotFound of a named revision: "; the revisions served of this model: a, b" (or that none
+  // is), so a typo or a stale revision is seen at once. One listing; "" when it fails.
+  std::string RevisionsServedHint() {
+    if (options.revision.empty()) return "";
+    auto all = registry->ListSources("", SourceState::kReady);
+    if (!all.ok()) return "";
+    const std::set<std::string> revisions = RevisionsServed(*all, identity.StructureDigest());
+    if (revisions.contains(options.revision)) return "";  // served, but unusable: `skipped` says why
+    if (revisions.empty()) return "; no revision of this model is served";
+    return fmt::format("; revision {} is not served; the revisions served of this model: {}", options.revision,
+                       fmt::join(revisions, ", "));
   }
 
   // A config without torch_dtype describes the model in BF16 (ModelConfig::dtype); a seed that
@@ -1013,9 +1033,10 @@ struct ModelLoader::Impl {
     unassigned = needed;
     Clock::time_point last_list = Clock::now();
     if (instances.empty() && options.checkpoint_path.empty()) {
-      return NotFound(fmt::format("no usable READY source of {} for layout {} rank {} and no checkpoint{}{}",
+      return NotFound(fmt::format("no usable READY source of {} for layout {} rank {} and no checkpoint{}{}{}",
                                   identity.Digest(), options.layout, options.rank,
-                                  report.skipped.empty() ? "" : "; skipped: ", fmt::join(report.skipped, "; ")));
+                                  report.skipped.empty() ? "" : "; skipped: ", fmt::join(report.skipped, "; "),
+                                  RevisionsServedHint()));
     }
     while (true) {
       Assign();

@@ -301,6 +301,11 @@ def test_a_seed_and_a_loader_in_one_process_with_default_ids_load(tmp_path):
             same = shardwire.ModelLoader(client, model, "tp=1", 0, instance_id=f"py-{os.getpid()}")
             with pytest.raises(errors.NotFoundError, match="this loader's own instance_id"):
                 same.load()
+            # A revision nobody serves: the error lists the ones served (it named only the digest).
+            typo = shardwire.ModelLoader(client, model, "tp=1", 0, revision="step-nope")
+            with pytest.raises(errors.NotFoundError,
+                               match="revision step-nope is not served; the revisions served of this model: xxh3"):
+                typo.load()
         finally:
             for s in seeds:
                 s.close()
