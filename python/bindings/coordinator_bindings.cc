@@ -133,7 +133,7 @@ void BindCoordinator(py::module_& m) {
           "get",
           [](CoordinatorClient& c, const std::string& key, double timeout_s) {
             auto r = WaitInterruptibly(timeout_s, fmt::format("rendezvous key '{}' was not set", key),
-                                      [&](double slice) { return c.Get(key, slice); });
+                                       [&](double slice) { return c.Get(key, slice); });
             return ToBytes(ValueOrThrow(std::move(r)));
           },
           py::arg("key"), py::arg("timeout_s") = std::numeric_limits<double>::infinity(),

@@ -144,9 +144,8 @@ Result<nlohmann::ordered_json> OutputConfig(const ConvertOptions& o, const std::
   if (!config_path.empty()) {
     std::string text;
     SW_RETURN_IF_ERROR(ReadRegularFile(config_path, &text));
-    auto parsed =
-        model::ParseBoundedJson<nlohmann::ordered_json>(text, model::kMaxJsonDepth, model::DuplicateKeys::kLastWins,
-                                                        model::kMaxConfigJsonValues);
+    auto parsed = model::ParseBoundedJson<nlohmann::ordered_json>(
+        text, model::kMaxJsonDepth, model::DuplicateKeys::kLastWins, model::kMaxConfigJsonValues);
     if (!parsed.ok()) return CorruptData(fmt::format("config \"{}\" is {}", config_path, parsed.status().message()));
     cfg = std::move(*parsed);
     if (!cfg.is_object()) return CorruptData(fmt::format("config \"{}\" is not a JSON object", config_path));

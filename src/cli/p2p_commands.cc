@@ -15,8 +15,8 @@
 
 #include "cli/demo_checkpoint.h"
 #include "cli/metrics_option.h"
-#include "cli/option_checks.h"
 #include "cli/model_rules_option.h"
+#include "cli/option_checks.h"
 #include "model/atomic_file.h"
 #include "shardwire/checkpoint.h"
 #include "shardwire/coordinator.h"
@@ -333,7 +333,9 @@ Status RunLoad(const LoadOptions& o) {
 void AddSeedCommand(CLI::App& app, int* exit_code) {
   auto o = std::make_shared<SeedOptions>();
   CLI::App* cmd = app.add_subcommand("seed", "serve a checkpoint's shards as a P2P source instance until interrupted");
-  cmd->add_option("--coordinator", o->coordinator, "coordinator address HOST:PORT (token: SHARDWIRE_TOKEN; TLS: SHARDWIRE_TLS_ROOT_CERT names the CA certificate)")
+  cmd->add_option("--coordinator", o->coordinator,
+                  "coordinator address HOST:PORT (token: SHARDWIRE_TOKEN; TLS: SHARDWIRE_TLS_ROOT_CERT names the CA "
+                  "certificate)")
       ->required();
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint file, index or directory")->required();
   cmd->add_option("--config", o->config, "HF config.json (default: the one beside the checkpoint)");
@@ -358,7 +360,9 @@ void AddSeedCommand(CLI::App& app, int* exit_code) {
 void AddLoadCommand(CLI::App& app, int* exit_code) {
   auto o = std::make_shared<LoadOptions>();
   CLI::App* cmd = app.add_subcommand("load", "load an instance from the coordinator's P2P sources");
-  cmd->add_option("--coordinator", o->coordinator, "coordinator address HOST:PORT (token: SHARDWIRE_TOKEN; TLS: SHARDWIRE_TLS_ROOT_CERT names the CA certificate)")
+  cmd->add_option("--coordinator", o->coordinator,
+                  "coordinator address HOST:PORT (token: SHARDWIRE_TOKEN; TLS: SHARDWIRE_TLS_ROOT_CERT names the CA "
+                  "certificate)")
       ->required();
   cmd->add_option("--config", o->config, "HF config.json of the model")->required();
   cmd->add_option("--layout", o->layout, "the new instance's layout, e.g. tp=4")->capture_default_str();

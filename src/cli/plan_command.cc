@@ -8,11 +8,10 @@
 #include <optional>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "cli/model_rules_option.h"
 #include "cli/option_checks.h"
-#include <nlohmann/json.hpp>
-
 #include "cli/plan_svg.h"
 #include "shardwire/fabric_model.h"
 #include "shardwire/model_config.h"

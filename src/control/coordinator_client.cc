@@ -24,9 +24,9 @@
 // deadlines both cut to it), so a source's heartbeat thread and shutdown stay
 // bounded by the source's own options, not by unavailable_timeout_s.
 #include <fmt/format.h>
-#include <unistd.h>
 #include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -273,7 +273,8 @@ Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(Coordinato
     token = control::TokenFromEnvironment();
     SW_RETURN_IF_ERROR(control::CheckBearerToken(token, "SHARDWIRE_TOKEN"));
   } else {
-    SW_RETURN_IF_ERROR(control::CheckBearerToken(token, "the token option (CoordinatorClientOptions::token, Python token=)"));
+    SW_RETURN_IF_ERROR(
+        control::CheckBearerToken(token, "the token option (CoordinatorClientOptions::token, Python token=)"));
   }
   if (!token.empty()) impl->auth_header = "Bearer " + token;
 
@@ -318,13 +319,14 @@ Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(Coordinato
     // to a plaintext client of a TLS coordinator, and "missing bearer token" to a client with none.
     if (pinged.code() == ErrorCode::kUnavailable && root_cert_file.empty() &&
         pinged.message().find("Socket closed") != std::string::npos) {
-      return Unavailable(fmt::format("{} (this client speaks plaintext; if the coordinator serves TLS, name its CA "
-                                     "certificate: {} or the tls_root_cert_file option)",
-                                     pinged.message(), kTlsRootCertEnvironmentVariable));
+      return Unavailable(
+          fmt::format("{} (this client speaks plaintext; if the coordinator serves TLS, name its CA "
+                      "certificate: {} or the tls_root_cert_file option)",
+                      pinged.message(), kTlsRootCertEnvironmentVariable));
     }
     if (pinged.code() == ErrorCode::kUnauthenticated && raw->auth_header.empty()) {
-      return Unauthenticated(fmt::format("{} (this client sends no token: set SHARDWIRE_TOKEN or the token option)",
-                                         pinged.message()));
+      return Unauthenticated(
+          fmt::format("{} (this client sends no token: set SHARDWIRE_TOKEN or the token option)", pinged.message()));
     }
     return pinged;
   }

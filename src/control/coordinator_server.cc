@@ -1,9 +1,9 @@
 // CoordinatorServer (coordinator.h): a synchronous gRPC server running the three
 // coordinator services over one CoordinatorState, plus the reaper thread.
 #include <fmt/format.h>
-#include <unistd.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -13,7 +13,6 @@
 #include <utility>
 
 #include "control/bearer_token.h"
-#include "control/pem_file.h"
 #include "control/coordinator_codec.h"
 #include "control/coordinator_metrics.h"
 #include "control/coordinator_service.h"
@@ -21,6 +20,7 @@
 #include "control/coordinator_state_redis.h"
 #include "control/grpc_runtime.h"
 #include "control/heartbeat_loop.h"
+#include "control/pem_file.h"
 #include "core/regular_file.h"
 #include "shardwire/coordinator.h"
 

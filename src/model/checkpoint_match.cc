@@ -46,12 +46,12 @@ Status CheckCheckpointMatchesModel(const ModelDescription& description,
     }
     const TensorSpec& got = *it->second;
     if (got.shape != t.spec.shape) {
-      shapes.push_back(fmt::format("shape of {}: expected {} found {}", t.spec.name,
-                                   ShapeToString(t.spec.shape), ShapeToString(got.shape)));
+      shapes.push_back(fmt::format("shape of {}: expected {} found {}", t.spec.name, ShapeToString(t.spec.shape),
+                                   ShapeToString(got.shape)));
     }
     if (got.dtype != t.spec.dtype) {
-      dtypes.push_back(fmt::format("dtype of {}: expected {} found {}", t.spec.name,
-                                   DTypeName(t.spec.dtype), DTypeName(got.dtype)));
+      dtypes.push_back(
+          fmt::format("dtype of {}: expected {} found {}", t.spec.name, DTypeName(t.spec.dtype), DTypeName(got.dtype)));
     }
   }
   for (const auto& [name, spec] : found) {

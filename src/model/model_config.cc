@@ -252,7 +252,7 @@ Status Parse(const ConfigReader& r, ModelConfig* c) {
 Result<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_view source_name) {
   // Duplicate keys: the last wins, as transformers reads a config.json (Python's json).
   auto parsed = model::ParseBoundedJson(json_text, model::kMaxJsonDepth, model::DuplicateKeys::kLastWins,
-                                         model::kMaxConfigJsonValues);
+                                        model::kMaxConfigJsonValues);
   if (!parsed.ok()) return CorruptData(fmt::format("{}: {}", source_name, parsed.status().message()));
   json root = std::move(*parsed);
   if (!root.is_object()) return CorruptData(fmt::format("{}: not a JSON object", source_name));

@@ -119,8 +119,8 @@ class Loader {
   Result<Rule> OneRule(const YAML::Node& n) const {
     if (!n.IsMap()) return Error(n, "a rule must be a map with one of tensor, linear, fuse, for, if, use");
     if (++rules_loaded_ > kMaxLoadedRules) {
-      return Error(n, fmt::format("the file loads more than {} rules (YAML aliases used inside each other?)",
-                                  kMaxLoadedRules));
+      return Error(
+          n, fmt::format("the file loads more than {} rules (YAML aliases used inside each other?)", kMaxLoadedRules));
     }
     Rule r;
     r.where = Where(n);

@@ -185,8 +185,9 @@ TEST(CoordinatorProcess, TheTokenFileWarningIsAJsonLogLineUnderLogFormatJson) {
   }
   ASSERT_EQ(::chmod(token.c_str(), 0644), 0);
   // A certificate that is refused ends serve right after it read the token.
-  const std::string cmd = std::string("timeout 60 ") + SHARDWIRE_BIN + " --log-format json serve --port 0 --token-file " +
-                          token + " --tls-cert /dev/zero --tls-key /dev/zero 2>&1";
+  const std::string cmd = std::string("timeout 60 ") + SHARDWIRE_BIN +
+                          " --log-format json serve --port 0 --token-file " + token +
+                          " --tls-cert /dev/zero --tls-key /dev/zero 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   ASSERT_NE(p, nullptr);
   std::string out;

@@ -259,8 +259,7 @@ TEST(LayoutBuilders, ATensorOfMoreThanSixDimensionsIsRefusedBeforeAnyBox) {
   m.tensors.front().role = ParallelRole::kReplicated;
   const auto expect_refused = [&](const Status& s, const std::string& where) {
     EXPECT_EQ(s.code(), ErrorCode::kInvalidArgument) << where << ": " << s.ToString();
-    EXPECT_NE(s.message().find("tensor " + name + " has 8 dimensions (Shardwire handles at most 6)"),
-              std::string::npos)
+    EXPECT_NE(s.message().find("tensor " + name + " has 8 dimensions (Shardwire handles at most 6)"), std::string::npos)
         << where << ": " << s.message();
   };
   expect_refused(MakeEngineLayout(m, EngineLayoutOptions{.tp = 2}).status(), "engine");

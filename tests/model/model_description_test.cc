@@ -277,8 +277,9 @@ TEST(CheckCheckpointMatchesModel, NamesAreListedBeforeDtypes) {
   it->name = "model.layers.1.mlp.up_proj.weight_renamed";
   Status s = CheckCheckpointMatchesModel(*d, renamed, "ckpt");
   EXPECT_EQ(s.code(), ErrorCode::kLayoutMismatch);
-  EXPECT_MESSAGE_HAS(s, "22 differences: missing model.layers.1.mlp.up_proj.weight F32[128, 64]; unexpected "
-                        "model.layers.1.mlp.up_proj.weight_renamed BF16[128, 64]; dtype of model.embed_tokens.weight");
+  EXPECT_MESSAGE_HAS(s,
+                     "22 differences: missing model.layers.1.mlp.up_proj.weight F32[128, 64]; unexpected "
+                     "model.layers.1.mlp.up_proj.weight_renamed BF16[128, 64]; dtype of model.embed_tokens.weight");
 }
 
 TEST(CheckCheckpointMatchesModel, BuffersIgnoredOtherExtrasReported) {

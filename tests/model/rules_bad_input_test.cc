@@ -308,8 +308,9 @@ TEST(ModelRulesBadInput, TooManyDimensionsAndSelfContainingAliasesAreRefused) {
 
   // Aliases used twice inside each other double the rules at each level: 2^40 rules from 3 KB
   // (with n = 18 it took 17 s and 1.9 GB before the bound; n = 40 would never end).
-  std::string laughs = "family: toy\nmodel_types: [toy]\nblocks:\n  b0: {do: &l0 [{tensor: a.weight, shape: [2], "
-                       "role: replicated}]}\n";
+  std::string laughs =
+      "family: toy\nmodel_types: [toy]\nblocks:\n  b0: {do: &l0 [{tensor: a.weight, shape: [2], "
+      "role: replicated}]}\n";
   for (int k = 1; k <= 40; ++k) {
     laughs += fmt::format("  b{0}: {{do: &l{0} [{{if: \"0\", then: *l{1}, else: *l{1}}}]}}\n", k, k - 1);
   }
