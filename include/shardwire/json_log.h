@@ -28,4 +28,10 @@ class JsonLogFormatter final : public spdlog::formatter {
 /// logs to).
 void UseJsonLogFormat();
 
+/// Replaces spdlog's default logger (which writes to stdout) with one of the same name, level
+/// and (text) format that writes to stderr: stdout stays the program's output (the CLI's
+/// results, a worker's protocol lines). The CLI and the Python module call it at start. Same
+/// thread-safety as UseJsonLogFormat.
+void LogToStderr();
+
 }  // namespace shardwire

@@ -5,6 +5,8 @@
 
 #include <memory>
 
+#include "gil_release.h"
+
 namespace shardwire::python {
 
 /// Deleter for bound objects whose destructor blocks (it joins threads, or makes a coordinator
@@ -14,7 +16,7 @@ template <typename T>
 struct ReleaseGilDelete {
   void operator()(T* p) const {
     if (p == nullptr) return;
-    pybind11::gil_scoped_release release;
+    GilRelease release;
     delete p;
   }
 };

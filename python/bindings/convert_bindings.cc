@@ -47,7 +47,7 @@ void BindConvert(py::module_& m) {
         TensorView view{TensorSpec{name, d, shape},
                         std::span(reinterpret_cast<const std::byte*>(src),
                                   static_cast<std::size_t>(numel) * DTypeSize(d))};
-        py::gil_scoped_release release;
+        GilRelease release;
         ThrowIfError(QuantizeFp8BlockTensor(
             view, std::span(reinterpret_cast<std::uint8_t*>(q), static_cast<std::size_t>(numel)),
             std::span(reinterpret_cast<float*>(scale_inv), static_cast<std::size_t>(scales)), options));
@@ -62,7 +62,7 @@ void BindConvert(py::module_& m) {
         const Fp8BlockOptions options = Options(ue8m0, false);
         const std::int64_t numel = Numel(shape);
         const std::int64_t scales = Numel(ValueOrThrow(Fp8BlockScaleShape(shape, options)));
-        py::gil_scoped_release release;
+        GilRelease release;
         ThrowIfError(DequantizeFp8Block(
             std::span(reinterpret_cast<const std::uint8_t*>(q), static_cast<std::size_t>(numel)),
             std::span(reinterpret_cast<const float*>(scale_inv), static_cast<std::size_t>(scales)), shape, d,

@@ -62,7 +62,7 @@ void BindCoordinator(py::module_& m) {
              o.source_stale_after_s = stale_after_s;
              o.source_delete_after_s = delete_after_s;
              o.source_mark_hold_s = mark_hold_s;
-             py::gil_scoped_release release;
+             GilRelease release;
              return ReleaseGilHolder<CoordinatorServer>(ValueOrThrow(CoordinatorServer::Start(std::move(o))).release());
            }),
            py::arg("listen_address") = "127.0.0.1:0", py::arg("redis_url") = "", py::arg("token") = "",
@@ -81,13 +81,13 @@ void BindCoordinator(py::module_& m) {
       .def(
           "shutdown",
           [](CoordinatorServer& s, double grace_s) {
-            py::gil_scoped_release release;
+            GilRelease release;
             s.Shutdown(grace_s);
           },
           py::arg("grace_s") = 1.0, "Stops serving (idempotent).")
       .def("__enter__", [](CoordinatorServer& s) -> CoordinatorServer& { return s; })
       .def("__exit__", [](CoordinatorServer& s, py::args) {
-        py::gil_scoped_release release;
+        GilRelease release;
         s.Shutdown(1.0);
       });
 
@@ -107,7 +107,7 @@ void BindCoordinator(py::module_& m) {
              o.tls_root_cert_file = tls_root_cert_file;
              o.call_timeout_s = call_timeout_s;
              o.unavailable_timeout_s = unavailable_timeout_s;
-             py::gil_scoped_release release;
+             GilRelease release;
              return ValueOrThrow(CoordinatorClient::Connect(std::move(o)));
            }),
            py::arg("address"), py::arg("token") = "", py::arg("tls_root_cert_file") = "",
@@ -125,7 +125,7 @@ void BindCoordinator(py::module_& m) {
           "put",
           [](CoordinatorClient& c, const std::string& key, const py::bytes& value) {
             auto v = FromBytes(value);
-            py::gil_scoped_release release;
+            GilRelease release;
             ThrowIfError(c.Put(key, v));
           },
           py::arg("key"), py::arg("value"), "Stores bytes under key (<= 4 KiB key, <= 64 MiB value).")
@@ -146,7 +146,7 @@ void BindCoordinator(py::module_& m) {
       .def(
           "add",
           [](CoordinatorClient& c, const std::string& key, std::int64_t delta) {
-            py::gil_scoped_release release;
+            GilRelease release;
             return ValueOrThrow(c.Add(key, delta));
           },
           py::arg("key"), py::arg("delta"), "Atomically adds delta to the counter under key; returns the new value.")
@@ -162,7 +162,7 @@ void BindCoordinator(py::module_& m) {
               throw StatusError(InvalidArgument("state must be 'READY', 'STALE' or ''"));
             std::vector<SourceRecord> records;
             {
-              py::gil_scoped_release release;
+              GilRelease release;
               records = ValueOrThrow(c.ListSources(model_identity, filter));
             }
             py::list out;
@@ -174,7 +174,7 @@ void BindCoordinator(py::module_& m) {
       .def(
           "mark_source_stale",
           [](CoordinatorClient& c, const std::string& source_id, const std::string& reason, bool hold) {
-            py::gil_scoped_release release;
+            GilRelease release;
             ThrowIfError(c.MarkSourceStale(source_id, reason, hold));
           },
           py::arg("source_id"), py::arg("reason") = "", py::arg("hold") = false,
@@ -199,7 +199,7 @@ void BindCoordinator(py::module_& m) {
             mb.rank = rank;
             mb.world_size = world_size;
             mb.layout = layout;
-            py::gil_scoped_release release;
+            GilRelease release;
             return ValueOrThrow(c.JoinJob(job, mb)).membership_epoch;
           },
           py::arg("job"), py::arg("member_id"), py::arg("role") = "subscriber", py::arg("group") = "",
@@ -209,14 +209,14 @@ void BindCoordinator(py::module_& m) {
       .def(
           "leave_job",
           [](CoordinatorClient& c, const std::string& job, const std::string& member_id) {
-            py::gil_scoped_release release;
+            GilRelease release;
             ThrowIfError(c.LeaveJob(job, member_id));
           },
           py::arg("job"), py::arg("member_id"), "Removes a member. Raises NotFoundError.")
       .def(
           "commit_version",
           [](CoordinatorClient& c, const std::string& job, const std::string& member_id, std::uint64_t version) {
-            py::gil_scoped_release release;
+            GilRelease release;
             ThrowIfError(c.CommitVersion(job, member_id, version));
           },
           py::arg("job"), py::arg("member_id"), py::arg("version"),
@@ -227,7 +227,7 @@ void BindCoordinator(py::module_& m) {
           [](CoordinatorClient& c, const std::string& job) {
             JobView v;
             {
-              py::gil_scoped_release release;
+              GilRelease release;
               v = ValueOrThrow(c.GetJob(job));
             }
             py::dict d;

@@ -18,27 +18,13 @@
 #include <thread>
 #include <utility>
 
+#include "gil_release.h"
 #include "shardwire/status.h"
 #include "status_bindings.h"
 
 namespace shardwire::python {
 
 inline constexpr double kSliceSeconds = 0.25;
-
-/// Called without the GIL by a thread about to take it back: when the interpreter is shutting
-/// down (a daemon thread still in a Shardwire wait when the main thread ended), taking the GIL
-/// would end the thread with pthread_exit, whose unwinding through pybind11's noexcept GIL guards
-/// aborted the process ("terminate called without an active exception", exit code 134). The
-/// thread sleeps instead until the process exits, as daemon threads are meant to.
-inline void ParkIfPythonIsFinalizing() {
-#if PY_VERSION_HEX >= 0x030D0000
-  const bool finalizing = Py_IsFinalizing() != 0;
-#else
-  const bool finalizing = _Py_IsFinalizing() != 0;
-#endif
-  if (!finalizing) return;
-  for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
-}
 
 /// Calls `attempt(slice_s)` (which must return Result<T> and may block up to slice_s
 /// seconds, returning kTimedOut when nothing happened) with the GIL released, until it
@@ -65,10 +51,8 @@ auto WaitInterruptibly(double timeout_s, std::string_view what, Attempt attempt)
         forever ? kSliceSeconds : std::chrono::duration<double>(deadline - Clock::now()).count();
     const double slice = std::clamp(left, 0.0, kSliceSeconds);
     auto result = [&] {
-      pybind11::gil_scoped_release release;
-      auto r = attempt(slice);
-      ParkIfPythonIsFinalizing();  // before the guard's destructor takes the GIL back
-      return r;
+      GilRelease release;
+      return attempt(slice);
     }();
     if (result.ok() || result.status().code() != ErrorCode::kTimedOut) return result;
     if (!forever && left <= kSliceSeconds) return TimedOut(fmt::format("{} within {} s", what, timeout_s));

@@ -46,12 +46,12 @@ struct PySource {
   bool closed = false;
 
   ~PySource() {
-    py::gil_scoped_release release;  // deregistration is a coordinator call
+    GilRelease release;  // deregistration is a coordinator call
     source.reset();
   }
   void Close() {
     if (closed || !source) return;
-    py::gil_scoped_release release;
+    GilRelease release;
     source->Stop();
     closed = true;
   }
@@ -66,7 +66,7 @@ struct PyLoader {
   std::unique_ptr<ModelLoader> loader;
 
   ~PyLoader() {
-    py::gil_scoped_release release;  // waits for a source listing still in flight
+    GilRelease release;  // waits for a source listing still in flight
     loader.reset();
   }
   ModelLoader& get() {
@@ -122,7 +122,7 @@ void BindModelLoading(py::module_& m) {
                        const std::string& checkpoint_path, const std::vector<TensorCopy>& tensors,
                        double heartbeat_interval_s, double bandwidth_bytes_per_s, double shutdown_timeout_s) {
              auto out = std::make_unique<PySource>();
-             py::gil_scoped_release release;
+             GilRelease release;
              const Layout lay = ValueOrThrow(MakeLayoutFromString(model, layout));
              CheckRankInRange(fmt::format("model source: layout {}:", layout), rank, lay.world_size());
              std::optional<Checkpoint> checkpoint;
@@ -201,7 +201,7 @@ void BindModelLoading(py::module_& m) {
              o.stall_timeout_s = stall_timeout_s;
              o.load_timeout_s = load_timeout_s;
              o.interrupt = PythonSignalHook();  // Ctrl-C stops Load within ~0.1 s
-             py::gil_scoped_release release;
+             GilRelease release;
              out->registry = MakeCoordinatorSourceRegistry(coordinator);
              out->loader = ValueOrThrow(ModelLoader::Create(*out->registry, model, std::move(o)));
              return out;
@@ -214,7 +214,7 @@ void BindModelLoading(py::module_& m) {
              ModelLoader& loader = l.get();
              Result<LoadReport> r = Internal("not run");
              {
-               py::gil_scoped_release release;
+               GilRelease release;
                r = loader.Load();
              }
              return ReportToDict(ValueOrPythonError(std::move(r)));
@@ -235,7 +235,7 @@ void BindModelLoading(py::module_& m) {
             ModelSourceOptions o =
                 SourceOptions("", "", 0, heartbeat_interval_s, bandwidth_bytes_per_s, shutdown_timeout_s);
             {
-              py::gil_scoped_release release;
+              GilRelease release;
               out->source = ValueOrThrow(loader.BecomeSource(std::move(o)));
             }
             l.loader.reset();

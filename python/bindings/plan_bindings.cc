@@ -66,7 +66,7 @@ void BindPlan(py::module_& m) {
         PlanOptions options;
         options.bucket_bytes = bucket_bytes;
         options.max_concurrency = max_concurrency;
-        py::gil_scoped_release release;  // planning a trillion-parameter model takes ~1 s
+        GilRelease release;  // planning a trillion-parameter model takes ~1 s
         return ValueOrThrow(PlanTransfer(src, dst, options));
       },
       py::arg("src"), py::arg("dst"), py::arg("bucket_bytes") = 64ull << 20, py::arg("max_concurrency") = 4,

@@ -62,7 +62,7 @@ void BindWeightSync(py::module_& m) {
              const SyncFlags flags{engine_timeout_s, dynamic_membership,  verify_digests,  max_concurrency,
                                    relay_broadcasts, convert_into_mapped, convert_threads, lanes,
                                    copy_into_mapped};
-             py::gil_scoped_release release;
+             GilRelease release;
              return ReleaseGilHolder<WeightPublisher>(
                  ValueOrThrow(WeightPublisher::Create(coordinator, trainer, engine, rank,
                                                       Options(job, timeout_s, address, nbytes, flags)))
@@ -77,7 +77,7 @@ void BindWeightSync(py::module_& m) {
            [](WeightPublisher& p) {
              Status st;
              {
-               py::gil_scoped_release release;
+               GilRelease release;
                st = p.Connect();
              }
              ThrowPythonErrorOrStatus(st);
@@ -86,7 +86,7 @@ void BindWeightSync(py::module_& m) {
            [](WeightPublisher& p, std::uint64_t version) {
              Result<PushStats> r = Internal("not run");
              {
-               py::gil_scoped_release release;
+               GilRelease release;
                r = p.Push(version);
              }
              const PushStats s = ValueOrPythonError(std::move(r));
@@ -127,7 +127,7 @@ void BindWeightSync(py::module_& m) {
           [](WeightPublisher& p, int engine_ranks, double timeout_s) {
             Result<int> r = Internal("not run");
             {
-              py::gil_scoped_release release;
+              GilRelease release;
               r = p.WaitForEngines(engine_ranks, timeout_s);
             }
             return ValueOrPythonError(std::move(r));
@@ -144,7 +144,7 @@ void BindWeightSync(py::module_& m) {
                        bool relay_broadcasts) {
              const SyncFlags flags{engine_timeout_s, dynamic_membership, verify_digests, max_concurrency,
                                    relay_broadcasts};
-             py::gil_scoped_release release;
+             GilRelease release;
              return ReleaseGilHolder<WeightSubscriber>(
                  ValueOrThrow(WeightSubscriber::Create(coordinator, trainer, engine, rank,
                                                        Options(job, timeout_s, address, nbytes, flags)))
@@ -158,21 +158,21 @@ void BindWeightSync(py::module_& m) {
            [](WeightSubscriber& s) {
              Status st;
              {
-               py::gil_scoped_release release;
+               GilRelease release;
                st = s.Connect();
              }
              ThrowPythonErrorOrStatus(st);
            })
       .def("begin_update",
            [](WeightSubscriber& s, std::uint64_t version) {
-             py::gil_scoped_release release;
+             GilRelease release;
              ThrowIfError(s.BeginUpdate(version));
            })
       .def("wait_for_update",
            [](WeightSubscriber& s, std::uint64_t version) {
              Result<UpdateStats> r = Internal("not run");
              {
-               py::gil_scoped_release release;
+               GilRelease release;
                r = s.WaitForUpdate(version);
              }
              const UpdateStats u = ValueOrPythonError(std::move(r));
@@ -191,7 +191,7 @@ void BindWeightSync(py::module_& m) {
           [](WeightSubscriber& s, double timeout_s) {
             Result<std::uint64_t> r = Internal("not run");
             {
-              py::gil_scoped_release release;
+              GilRelease release;
               r = s.Join(timeout_s);
             }
             return ValueOrPythonError(std::move(r));
@@ -199,12 +199,12 @@ void BindWeightSync(py::module_& m) {
           py::arg("timeout_s") = -1.0)
       .def("leave",
            [](WeightSubscriber& s) {
-             py::gil_scoped_release release;
+             GilRelease release;
              ThrowIfError(s.Leave());
            })
       .def("adopt_version",
            [](WeightSubscriber& s, std::uint64_t version) {
-             py::gil_scoped_release release;
+             GilRelease release;
              ThrowIfError(s.AdoptVersion(version));
            })
       .def_property_readonly("incarnation", &WeightSubscriber::incarnation)

@@ -40,7 +40,13 @@ class ObjectGuard:
         self._name = type(owner).__name__
         self._lock = threading.Lock()
         self._busy_with = ""
+        self._busy_thread = 0  # threading.get_ident() of the thread in the call, 0: none
         _tracked.add(owner)
+
+    def keep(self, impl: object) -> None:
+        """Also keeps ``impl`` (the C++ object the owner wraps) in forked children: tensor views
+        hold it too, and may outlive the owner (a ModelSource dropped while its views are used)."""
+        _tracked.add(impl)
 
     def inherited(self) -> bool:
         """True in a process forked from the one that made the object."""
@@ -60,14 +66,21 @@ class ObjectGuard:
         """Around one call: refuses it in a forked child, or while another thread is in one."""
         self.check_process(what)
         if not self._lock.acquire(blocking=False):
+            if self._busy_thread == threading.get_ident():
+                # A signal handler running between two slices of this thread's own wait: the C++
+                # call underneath holds the object's locks, so a second call would deadlock.
+                raise FailedPreconditionError(
+                    f"failed precondition: {what}: this thread is in {self._busy_with} on this {self._name} (a "
+                    "signal handler interrupted it): raise an exception from the handler to end that call, "
+                    "then call this")
             raise FailedPreconditionError(
                 f"failed precondition: {what}: another thread is in {self._busy_with} on this {self._name} "
                 "(one thread at a time per object)")
-        self._busy_with = what
+        self._busy_with, self._busy_thread = what, threading.get_ident()
         try:
             yield
         finally:
-            self._busy_with = ""
+            self._busy_with, self._busy_thread = "", 0
             self._lock.release()
 
 

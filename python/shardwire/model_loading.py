@@ -113,6 +113,7 @@ class ModelSource:
                                                  instance_id or f"py-{os.getpid()}", revision, checkpoint or "",
                                                  copies, heartbeat_interval_s, bandwidth_bytes_per_s,
                                                  shutdown_timeout_s)
+        self._guard.keep(self._impl)  # the views hold it too, and may outlive this object
         # A loader's source serving the caller's memory in place (``_params``): the views keep
         # that memory alive too, not only the source, which does not own it.
         self.tensors: Dict[str, torch.Tensor] = _views(self._impl.buffer_address, self._impl.buffer_bytes,
@@ -193,8 +194,8 @@ class ModelLoader:
     without progress before a source counts as dead; ``load_timeout_s``: bound of a whole load.
     ``instance_id``: shared by every rank of the new instance (default ``"py-<pid>-loader"``, not a
     ModelSource's default, so a seed in the same process is loaded from); sources registered under
-    the loader's own instance_id are never loaded from (an instance does not load from itself; load()
-    reports them in ``skipped``).
+    the loader's own instance_id are never loaded from (an instance does not load from itself; a
+    NotFoundError of load() names them).
 
     Raises InvalidArgumentError (tensors, layout, rank) at construction; see load().
     Thread-safety: one thread at a time."""
@@ -231,6 +232,7 @@ class ModelLoader:
         instance_id = instance_id or f"py-{os.getpid()}-loader"
         self._impl = _shardwire._ModelLoader(coordinator, model, layout, rank, instance_id,
                                              revision, checkpoint, stall_timeout_s, load_timeout_s, address, nbytes)
+        self._guard.keep(self._impl)  # the views hold it too, and may outlive this object
         self._owner = _MemoryOwner(self._impl)
         self._arena = self._params if self.in_place else _views(self._impl.buffer_address, self._impl.buffer_bytes,
                                                                 self.layout, rank, self._owner)

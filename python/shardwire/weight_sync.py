@@ -86,6 +86,7 @@ class _Endpoint:
             # by kernel copy, whichever this host does faster); the tensors are views of it and
             # keep this object alive (the arena is freed with it, after the last view).
             self._impl = cls(coordinator, trainer_layout, engine_layout, rank, 0, 0, job, timeout_s, **flags)
+            self._guard.keep(self._impl)  # the views hold it too
             raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(self._impl.buffer_address)
             raw._shardwire_owner = self._impl  # every view keeps the arena's owner alive
             self.buffer = torch.frombuffer(raw, dtype=torch.uint8)
@@ -99,6 +100,7 @@ class _Endpoint:
             self._registered = RegisteredMemory(self.tensors)
             self._impl = cls(coordinator, trainer_layout, engine_layout, rank, address, nbytes, job, timeout_s,
                              **flags)
+            self._guard.keep(self._impl)
 
     def _check_registered(self, what: str) -> None:
         """Raises FailedPreconditionError when the caller's registered storage was resized or

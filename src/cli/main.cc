@@ -1,10 +1,8 @@
 // The `shardwire` command-line tool.
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
-#include <memory>
 #include <new>
 
 #include "cli/convert_command.h"
@@ -22,8 +20,7 @@ int main(int argc, char** argv) {
   // Log lines go to stderr: stdout is the commands' output (`plan --json`, `serve`'s "listening on"
   // line, the demo workers' results), which a warning there corrupted. spdlog's default logger
   // writes to stdout.
-  spdlog::set_default_logger(
-      std::make_shared<spdlog::logger>("", std::make_shared<spdlog::sinks::stderr_color_sink_mt>()));
+  shardwire::LogToStderr();
   CLI::App app{"shardwire: move large-model weights between processes, resharding on the way"};
   app.require_subcommand(1);
   int exit_code = 0;

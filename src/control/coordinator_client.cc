@@ -324,6 +324,12 @@ Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(Coordinato
                       "certificate: {} or the tls_root_cert_file option)",
                       pinged.message(), kTlsRootCertEnvironmentVariable));
     }
+    if (pinged.code() == ErrorCode::kUnavailable && !root_cert_file.empty() &&
+        raw->options.tls_root_cert_file.empty() && pinged.message().find("andshake") != std::string::npos) {
+      return Unavailable(fmt::format("{} ({} is set, so this client speaks TLS; a plaintext coordinator (an "
+                                     "in-process one, `serve` without --tls-cert) refuses it: unset the variable)",
+                                     pinged.message(), kTlsRootCertEnvironmentVariable));
+    }
     if (pinged.code() == ErrorCode::kUnauthenticated && raw->auth_header.empty()) {
       return Unauthenticated(
           fmt::format("{} (this client sends no token: set SHARDWIRE_TOKEN or the token option)", pinged.message()));

@@ -2,6 +2,7 @@
 #include "shardwire/json_log.h"
 
 #include <fmt/format.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <time.h>
 
@@ -32,5 +33,13 @@ void JsonLogFormatter::format(const spdlog::details::log_msg& msg, spdlog::memor
 std::unique_ptr<spdlog::formatter> JsonLogFormatter::clone() const { return std::make_unique<JsonLogFormatter>(); }
 
 void UseJsonLogFormat() { spdlog::set_formatter(std::make_unique<JsonLogFormatter>()); }
+
+void LogToStderr() {
+  const auto previous = spdlog::default_logger();
+  auto logger = std::make_shared<spdlog::logger>(previous->name(),
+                                                 std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+  logger->set_level(previous->level());
+  spdlog::set_default_logger(std::move(logger));
+}
 
 }  // namespace shardwire

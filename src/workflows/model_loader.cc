@@ -164,7 +164,7 @@ struct ModelLoader::Impl {
   LoadReport report;
   std::vector<std::size_t> to_mark_stale;
   std::set<std::string> seen_instances;                      // listed whole once (used, skipped or failed)
-  bool own_instance_reported = false;                        // sources of options.instance_id, in report.skipped
+  bool own_instance_listed = false;                          // a listing held sources of options.instance_id
   std::set<std::string> partial_instances;                   // listed with ranks missing, not whole yet
   std::future<Result<std::vector<SourceRecord>>> relisting;  // a re-listing in flight
   bool relist_failed = false;
@@ -338,15 +338,10 @@ struct ModelLoader::Impl {
     std::map<std::string, std::vector<SourceRecord>> by_instance;
     for (const SourceRecord& r : records) {
       if (r.instance_id == options.instance_id) {
-        // An instance does not load from itself; a seed in the loader's process with the same
-        // instance_id is one (reported once, so a NotFound says why its sources were passed over).
-        if (!own_instance_reported) {
-          own_instance_reported = true;
-          report.skipped.push_back(fmt::format(
-              "{}: this loader's own instance_id (an instance never loads from itself: give the loader another "
-              "instance_id than the sources)",
-              r.instance_id));
-        }
+        // An instance does not load from itself (its ranks that finished already serve). A
+        // NotFound says so, in case these were meant to be loaded from (a seed given the
+        // loader's instance_id).
+        own_instance_listed = true;
         continue;
       }
       by_instance[r.instance_id].push_back(r);
@@ -1009,6 +1004,7 @@ struct ModelLoader::Impl {
     hello_of_request.clear();
     to_mark_stale.clear();
     seen_instances.clear();
+    own_instance_listed = false;
     partial_instances.clear();
     checked_checkpoint.clear();
     if (relisting.valid()) relisting.wait();  // of a previous failed Load
@@ -1033,10 +1029,15 @@ struct ModelLoader::Impl {
     unassigned = needed;
     Clock::time_point last_list = Clock::now();
     if (instances.empty() && options.checkpoint_path.empty()) {
-      return NotFound(fmt::format("no usable READY source of {} for layout {} rank {} and no checkpoint{}{}{}",
-                                  identity.Digest(), options.layout, options.rank,
-                                  report.skipped.empty() ? "" : "; skipped: ", fmt::join(report.skipped, "; "),
-                                  RevisionsServedHint()));
+      return NotFound(fmt::format(
+          "no usable READY source of {} for layout {} rank {} and no checkpoint{}{}{}{}", identity.Digest(),
+          options.layout, options.rank, report.skipped.empty() ? "" : "; skipped: ", fmt::join(report.skipped, "; "),
+          own_instance_listed ? fmt::format("; passed over: the sources of {}, this loader's own instance_id (an "
+                                            "instance never loads from itself: give the loader another instance_id "
+                                            "than the sources)",
+                                            options.instance_id)
+                              : "",
+          RevisionsServedHint()));
     }
     while (true) {
       Assign();

@@ -934,9 +934,21 @@ TEST(Coordinator, TlsWithACertificateMadeByOpenssl) {
   // The CLI's commands reach it through the environment: SHARDWIRE_TLS_ROOT_CERT names the CA.
   ASSERT_EQ(::setenv(kTlsRootCertEnvironmentVariable, cert.c_str(), 1), 0);
   auto from_env = CoordinatorClient::Connect(plain);
-  ::unsetenv(kTlsRootCertEnvironmentVariable);
   ASSERT_TRUE(from_env.ok()) << from_env.status().ToString();
   EXPECT_EQ(*(*from_env)->Get("tls", 1), v);
+  // The variable applies to every client of the process: one of a plaintext coordinator is
+  // told why its handshake failed.
+  CoordinatorServerOptions plaintext;
+  auto plain_server = StartServer(plaintext);
+  ASSERT_NE(plain_server, nullptr);
+  CoordinatorClientOptions to_plain;
+  to_plain.address = plain_server->address();
+  to_plain.unavailable_timeout_s = 1;
+  const Status handshake = CoordinatorClient::Connect(to_plain).status();
+  ::unsetenv(kTlsRootCertEnvironmentVariable);
+  EXPECT_EQ(handshake.code(), ErrorCode::kUnavailable) << handshake.ToString();
+  EXPECT_NE(handshake.message().find("SHARDWIRE_TLS_ROOT_CERT is set, so this client speaks TLS"), std::string::npos)
+      << handshake.ToString();
   // Bad TLS file options are refused up front.
   CoordinatorServerOptions bad = o;
   bad.tls_key_file = (dir / "missing.pem").string();
