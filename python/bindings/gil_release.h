@@ -24,10 +24,7 @@ inline unsigned long& MainThreadIdent() {
 
 /// Records threading.main_thread()'s ident. Called with the GIL held by the module's init.
 inline void RecordMainThread() {
-  MainThreadIdent() = pybind11::module_::import("threading")
-                          .attr("main_thread")()
-                          .attr("ident")
-                          .cast<unsigned long>();
+  MainThreadIdent() = pybind11::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
 }
 
 /// Called without the GIL by a thread about to take it back: returns at once unless the

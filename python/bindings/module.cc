@@ -7,7 +7,7 @@
 PYBIND11_MODULE(_shardwire, m) {
   m.doc() = "Shardwire C++ core: models, layouts, plans, transport workflows (see the shardwire package).";
   shardwire::python::RecordMainThread();  // which thread may take the GIL while Python finalizes
-  shardwire::LogToStderr();                // a framework's stdout may be its protocol
+  shardwire::LogToStderr();               // a framework's stdout may be its protocol
   shardwire::python::BindStatus(m);
   shardwire::python::BindModel(m);
   shardwire::python::BindLayout(m);

@@ -326,9 +326,10 @@ Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(Coordinato
     }
     if (pinged.code() == ErrorCode::kUnavailable && !root_cert_file.empty() &&
         raw->options.tls_root_cert_file.empty() && pinged.message().find("andshake") != std::string::npos) {
-      return Unavailable(fmt::format("{} ({} is set, so this client speaks TLS; a plaintext coordinator (an "
-                                     "in-process one, `serve` without --tls-cert) refuses it: unset the variable)",
-                                     pinged.message(), kTlsRootCertEnvironmentVariable));
+      return Unavailable(
+          fmt::format("{} ({} is set, so this client speaks TLS; a plaintext coordinator (an "
+                      "in-process one, `serve` without --tls-cert) refuses it: unset the variable)",
+                      pinged.message(), kTlsRootCertEnvironmentVariable));
     }
     if (pinged.code() == ErrorCode::kUnauthenticated && raw->auth_header.empty()) {
       return Unauthenticated(

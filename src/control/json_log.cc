@@ -36,8 +36,8 @@ void UseJsonLogFormat() { spdlog::set_formatter(std::make_unique<JsonLogFormatte
 
 void LogToStderr() {
   const auto previous = spdlog::default_logger();
-  auto logger = std::make_shared<spdlog::logger>(previous->name(),
-                                                 std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+  auto logger =
+      std::make_shared<spdlog::logger>(previous->name(), std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
   logger->set_level(previous->level());
   spdlog::set_default_logger(std::move(logger));
 }
