@@ -4,10 +4,10 @@ forked from the one that made it, and from two threads at once.
 fork() without exec copies an object but none of its threads (transport lanes, heartbeats,
 conversion workers) nor gRPC's: a call from the child waited without end or crashed, and the
 object's destructor in the child joined threads that do not exist there (SIGSEGV at exit).
-``track`` records the process that made an object; ``ObjectGuard.use`` refuses a call from
-another process with FailedPreconditionError, and after a fork every tracked object the child
-inherited gets one reference that is never dropped, so its destructor never runs in the child
-(the parent's copy is untouched). Memory the transport registered is not inherited (UCX maps it
+``ObjectGuard(owner)`` records the process that made an object (``keep`` adds the C++ object it
+wraps); ``ObjectGuard.use`` refuses a call from another process with FailedPreconditionError,
+and after a fork every recorded object the child inherited gets one reference that is never
+dropped, so its destructor never runs in the child (the parent's copy is untouched). Memory the transport registered is not inherited (UCX maps it
 MADV_DONTFORK): a child reading such a buffer's views gets SIGSEGV, which no check can prevent.
 Make Shardwire objects in the process that uses them, or start workers with spawn
 (multiprocessing's 'spawn' start method; vLLM: VLLM_WORKER_MULTIPROC_METHOD=spawn).
@@ -16,7 +16,7 @@ The objects are documented "one thread at a time"; ``ObjectGuard.use`` also refu
 thread at once (FailedPreconditionError naming the call in progress) instead of letting two
 pushes race (one failed after engine_timeout_s saying no engine received it) or two waits for
 one version (the second waited out its timeout for a version already committed).
-Thread-safety: ``track`` and ``use`` may be called from any thread.
+Thread-safety: an ObjectGuard's methods may be called from any thread.
 """
 from __future__ import annotations
 
