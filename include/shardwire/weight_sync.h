@@ -435,7 +435,11 @@ class WeightPublisher {
   /// lists why; with dynamic membership this is not an error as long as some engine rank is a member: every member is
   /// then in PushStats::missed); kFailedPrecondition with dynamic membership when no engine rank is a member; a failed
   /// trainer peer or conversion input (kCorruptData for NaN/Inf) fails the push; kInvalidArgument
-  /// before Connect.
+  /// before Connect. A push that fails after it took engine ranks' READY(v) (a conversion
+  /// error, a trainer peer, the interrupt hook) tells each of them so, with this error (MISSED
+  /// with a reason, best effort): their WaitForUpdate(v) fails at once with it instead of at
+  /// their timeout, and they begin the same or a later version again. A failure before READY
+  /// (the checks above, Partial(sum) addends, the membership record) tells no engine.
   Result<PushStats> Push(std::uint64_t version);
 
   /// Dynamic membership: waits (up to timeout_s seconds) until at least `engine_ranks` engine
@@ -504,7 +508,9 @@ class WeightSubscriber {
   /// Errors (committed_version() unchanged; single-buffered, the buffer possibly partly
   /// written, which holds_committed_version() then says until the next commit): kTimedOut
   /// naming the sources still missing, or naming a trainer that gave up on this rank for
-  /// `version` (MISSED); kPeerDisconnected (also the failed READY send of BeginUpdate);
+  /// `version` (MISSED); a trainer whose push of `version` failed after it took this rank's
+  /// READY: that push's error code, naming the trainer, with its message (e.g. kCorruptData
+  /// for a NaN its FP8 conversion met); kPeerDisconnected (also the failed READY send of BeginUpdate);
   /// kVerificationFailed naming the trainer whose digest differs or is missing (verify_digests);
   /// kCorruptData for a relay message outside the relay tree; kFailedPrecondition for a version
   /// this rank gave up as a relay parent; the interrupt hook's status when it fires.

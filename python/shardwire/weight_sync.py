@@ -193,7 +193,10 @@ class WeightPublisher(_Endpoint):
         publisher took this trainer rank; FailedPreconditionError when an in-memory coordinator lost
         the job (restarted); UnavailableError when the coordinator cannot be reached within the
         client's unavailable_timeout_s (every push asks it which engine ranks are members);
-        CorruptDataError when a converting push meets a NaN or an infinity (FP8). Ctrl-C raises KeyboardInterrupt
+        CorruptDataError when a converting push meets a NaN or an infinity (FP8). A push that fails
+        after the engine ranks' READY (a conversion error, another trainer rank failing, Ctrl-C
+        during the writes) tells each of them so, with its error: their wait_for_update(version)
+        raises it at once instead of at their timeout. Ctrl-C raises KeyboardInterrupt
         within ~0.1 s: while waiting for READY nothing was written and push(version) may be called
         again; during the writes the unfinished ones are cancelled and no engine commits
         ``version`` (they need begin_update(version) again). A push shorter than the ~0.1 s
@@ -286,7 +289,10 @@ class WeightSubscriber(_Endpoint):
         Returns {version, bytes, sources, wait_s (seconds), relayed_from (relay_broadcasts: the
         engine rank that forwarded it, -1: the trainers), relayed_to (the children this rank
         forwarded it to, after committing), relay_s}. Raises TimedOutError naming missing sources,
-        PeerDisconnectedError naming a trainer process that died. Ctrl-C raises KeyboardInterrupt
+        PeerDisconnectedError naming a trainer process that died; when a trainer's push of
+        ``version`` failed after this rank began it, that push's error at once, naming the trainer
+        (e.g. CorruptDataError for a NaN its FP8 conversion met, FailedPreconditionError for a
+        trainer interrupted by Ctrl-C): begin the same or a later version again. Ctrl-C raises KeyboardInterrupt
         within ~0.1 s with nothing committed; wait_for_update(version) may then be called again
         (DONE messages that arrived are kept), except on a relay parent that told its children it
         will not forward ``version``: FailedPreconditionError, begin a later version. A relay

@@ -95,10 +95,43 @@ void WarnOwnPause(const OwnPauseDeadline& deadline, MessageKind kind, std::uint6
       "the wait's deadline moved by as much",
       MessageKindName(kind), version, deadline.paused_s(), deadline.lanes_s());
 }
+// MISSED with the trainer's error (Message::reason): kind, version, code, length, text.
+std::vector<std::byte> EncodeMissedWithReason(const Message& message) {
+  std::string_view text = message.reason->message();
+  if (text.size() > kMaxMissedReasonBytes) {
+    std::size_t cut = kMaxMissedReasonBytes;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;  // not inside a character
+    text = text.substr(0, cut);
+  }
+  std::vector<std::byte> out;
+  out.push_back(static_cast<std::byte>(message.kind));
+  PutLittleEndian(out, message.version, 8);
+  out.push_back(static_cast<std::byte>(message.reason->code()));
+  PutLittleEndian(out, text.size(), 2);
+  for (char c : text) out.push_back(static_cast<std::byte>(c));
+  return out;
+}
+
+std::optional<Message> DecodeMissedWithReason(std::span<const std::byte> payload) {
+  if (payload.size() < 12) return std::nullopt;
+  const auto code = static_cast<int>(payload[9]);
+  if (code <= static_cast<int>(ErrorCode::kOk) || code > static_cast<int>(ErrorCode::kFailedPrecondition)) {
+    return std::nullopt;
+  }
+  const std::size_t length = GetLittleEndian(payload, 10, 2);
+  if (length > kMaxMissedReasonBytes || payload.size() != 12 + length) return std::nullopt;
+  Message m{MessageKind::kMissed, GetLittleEndian(payload, 1, 8)};
+  m.reason = Status(static_cast<ErrorCode>(code),
+                    std::string(reinterpret_cast<const char*>(payload.data()) + 12, length));
+  return m;
+}
 }  // namespace
 
 std::vector<std::byte> Encode(const Message& message) {
   if (message.kind == MessageKind::kRelayPlan) return EncodeRelayPlan(message);
+  if (message.kind == MessageKind::kMissed && message.reason.has_value() && !message.reason->ok()) {
+    return EncodeMissedWithReason(message);
+  }
   if (message.kind == MessageKind::kWithdrawn) {
     std::vector<std::byte> out;
     out.push_back(static_cast<std::byte>(message.kind));
@@ -141,6 +174,7 @@ std::optional<Message> Decode(std::span<const std::byte> payload) {
   if (payload.size() < 9) return std::nullopt;
   const auto kind = static_cast<MessageKind>(payload[0]);
   if (kind == MessageKind::kRelayPlan) return DecodeRelayPlan(payload);
+  if (kind == MessageKind::kMissed && payload.size() != 9) return DecodeMissedWithReason(payload);
   if (kind == MessageKind::kWithdrawn) {
     if (payload.size() != 17) return std::nullopt;
     Message m{kind, GetLittleEndian(payload, 1, 8)};
@@ -200,10 +234,12 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
                            std::optional<MessageKind> abort_kind, const std::function<Status()>& interrupt,
                            std::uint32_t round) {
   std::string aborted_by;
+  std::optional<Status> aborted_reason;  // the sender's error, when its MISSED carried one
   std::vector<Pending> consumed;  // wanted messages this call took: back to the inbox on failure
   auto take = [&](const std::string& peer, const Message& m) {
     if (abort_kind && m.kind == *abort_kind && m.version == version && peers.count(peer)) {
       aborted_by = peer;
+      aborted_reason = m.reason;
       return true;
     }
     if (abort_kind && m.kind == *abort_kind && m.version < version) return true;  // about an older wait: drop
@@ -223,6 +259,14 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
     it = take(it->peer, it->message) ? pending_.erase(it) : std::next(it);
   }
   auto aborted = [&] {
+    if (aborted_reason.has_value() && !aborted_reason->ok()) {
+      // A push that failed after it took this rank's READY: the sender's own error, its code kept.
+      return Status(aborted_reason->code(),
+                    fmt::format("{} gave up on v{} for this rank ({} v{}): its push failed, nothing more of v{} "
+                                "comes from it: {}",
+                                aborted_by, version, MessageKindName(*abort_kind), version, version,
+                                aborted_reason->message()));
+    }
     return TimedOut(fmt::format("{} gave up on v{} for this rank ({} v{}): it was not ready or not reachable in time",
                                 aborted_by, version, MessageKindName(*abort_kind), version));
   };

@@ -83,7 +83,18 @@ struct Message {
   /// process of an engine rank has the rank's agent name; a READY a killed process sent before it
   /// died must not be taken for its replacement's). None: 0 (static membership).
   std::optional<std::uint64_t> incarnation = {};
+  /// kMissed from a trainer whose push of `version` failed after it took this engine's READY
+  /// (e.g. a NaN met by the FP8 conversion, an interrupt, a peer trainer gone): the error it
+  /// failed with, so that the engine's WaitForUpdate ends at once with it instead of at its
+  /// timeout. None: the trainer gave up on this engine alone (not ready or not reachable in
+  /// time), or a relay MISSED. Wire: its code (one byte, never kOk), the message's length
+  /// (two bytes, little-endian) and at most kMaxMissedReasonBytes of it (longer ones are cut
+  /// at a UTF-8 character boundary when encoded).
+  std::optional<Status> reason = {};
 };
+
+/// Bytes of a MISSED reason's message on the wire (Message::reason).
+inline constexpr std::size_t kMaxMissedReasonBytes = 2048;
 
 /// "READY", "DONE", "BLOCK_AMAX", "MISSED", "ADDEND", "ROUND_DONE", "RELAY_PLAN", "RELAYED",
 /// "WITHDRAWN" or "SLOTS_OPEN".
@@ -128,7 +139,8 @@ class Inbox {
   /// fails (a later call for the same kind/version finds them). With `received`, the
   /// matching messages are stored there by peer name. With `abort_kind`, a message of that
   /// kind for `version` from any of `peers` ends the wait with kTimedOut naming the peer (a
-  /// trainer that gave up on this engine for this version). `interrupt`, when set, is called
+  /// trainer that gave up on this engine for this version), or, when it carries a reason
+  /// (Message::reason: the trainer's push failed), with the reason's code and message. `interrupt`, when set, is called
   /// after every kPollSeconds slice that brought no notification; its non-OK status ends the
   /// wait. `round` must equal the message's round (ROUND_DONE; 0 for every other kind).
   /// Messages of `kind` or `abort_kind` for versions below `version` are dropped (stale: a push

@@ -111,6 +111,10 @@ struct WeightPublisher::State {
   std::optional<workflows::MembershipLeader> leader;
   std::map<int, std::uint64_t> incarnation_of;
   std::map<int, std::uint64_t> missed_at;
+  // The engine ranks whose READY the current push took and that have been sent neither DONE nor
+  // MISSED yet: if the push fails, each is told MISSED(v) with the error (Push), so that its
+  // WaitForUpdate ends at once rather than at its timeout.
+  std::map<int, std::string> awaiting_done;
   // Destinations this rank failed to connect to (the process gone, or stalled past
   // engine_timeout_s): the member record (incarnation, join request) it was found in and why.
   // Not connected to again until the record changes (a replacement process, or the same one
@@ -594,8 +598,21 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version);
 Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   State& s = *state_;
   const auto t0 = std::chrono::steady_clock::now();
+  s.awaiting_done.clear();
   auto stats = PushVersion(s, version);
   if (!stats.ok()) {
+    // The engine ranks that sent READY(v) wait for this rank's DONE(v), which will not come:
+    // tell them why (MISSED with the error), best effort, so they fail v now. Like any engine
+    // that missed a version, a dynamic member is then not written until it joins again.
+    const auto missed =
+        workflows::Encode({.kind = workflows::MessageKind::kMissed, .version = version, .reason = stats.status()});
+    for (const auto& [dst, name] : s.awaiting_done) {
+      s.missed_at[dst] = version;
+      if (const Status st = s.endpoint.agent->SendMessage(name, missed); !st.ok()) {
+        spdlog::debug("trainer rank {} push v{}: MISSED to {} not sent: {}", s.rank, version, name, st.ToString());
+      }
+    }
+    s.awaiting_done.clear();
     s.metrics.Failed(stats.status());
     return stats;
   }
@@ -855,6 +872,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
                     ? failed->second
                     : TimedOut(fmt::format("no READY(v{}) from {} within {:.1f} s", version, name, engine_timeout_s)));
     }
+    s.awaiting_done = active;  // told MISSED(v) with the error if the push fails from here on
   }
   // Relays: an engine rank whose relay parent is ready gets this version through it; the
   // trainers write only the others (a child of a parent that is not ready is written directly).
@@ -1310,6 +1328,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
   }
   if (finish_conversion) finish_conversion();
   if (!interrupted.ok()) return fail_push(interrupted);
+  s.awaiting_done.clear();  // from here each is sent DONE(v), or MISSED(v) as one that missed it
   // Ascending ranks: a relay parent (always a lower rank than its children) is settled first.
   for (const auto& [dst, name] : std::map<int, std::string>(active)) {
     if (relayed.count(dst)) {

@@ -111,6 +111,42 @@ TEST(SyncMessages, DoneCarriesTheDigestOfTheBytesSent) {
   EXPECT_FALSE(Decode(std::span(bytes).first(16)).has_value());
 }
 
+// A MISSED from a trainer whose push failed carries its error: code, length, message (cut to
+// kMaxMissedReasonBytes at a character boundary); a plain MISSED stays 9 bytes.
+TEST(SyncMessages, MissedCarriesTheFailedPushsError) {
+  Message m{.kind = MessageKind::kMissed, .version = 5, .reason = CorruptData("NaN in \"wq\" at [0, 300]")};
+  const auto bytes = Encode(m);
+  ASSERT_EQ(bytes.size(), 12u + 23u);
+  EXPECT_EQ(bytes[9], static_cast<std::byte>(ErrorCode::kCorruptData));
+  EXPECT_EQ(bytes[10], std::byte{23});  // little-endian length
+  const auto back = Decode(bytes);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->kind, MessageKind::kMissed);
+  EXPECT_EQ(back->version, 5u);
+  ASSERT_TRUE(back->reason.has_value());
+  EXPECT_EQ(back->reason->code(), ErrorCode::kCorruptData);
+  EXPECT_EQ(back->reason->message(), "NaN in \"wq\" at [0, 300]");
+  EXPECT_EQ(Encode(*back), bytes);
+  const auto plain = Decode(Encode({MessageKind::kMissed, 5}));
+  ASSERT_TRUE(plain.has_value());
+  EXPECT_FALSE(plain->reason.has_value());
+  EXPECT_EQ(Encode({MessageKind::kMissed, 5}).size(), 9u);
+  // A length that disagrees with the payload, code 0 (OK) or a code past the last is not a sync message.
+  EXPECT_FALSE(Decode(std::span(bytes).first(bytes.size() - 1)).has_value());
+  std::vector<std::byte> wrong = bytes;
+  wrong[9] = std::byte{0};
+  EXPECT_FALSE(Decode(wrong).has_value());
+  wrong[9] = static_cast<std::byte>(static_cast<int>(ErrorCode::kFailedPrecondition) + 1);
+  EXPECT_FALSE(Decode(wrong).has_value());
+  // A long message is cut to kMaxMissedReasonBytes, never inside a UTF-8 character.
+  std::string text(kMaxMissedReasonBytes - 1, 'x');
+  text += "\xC3\xA9tail";  // a two-byte character straddling the cut
+  Message longer{.kind = MessageKind::kMissed, .version = 6, .reason = Internal(text)};
+  const auto cut = Decode(Encode(longer));
+  ASSERT_TRUE(cut.has_value());
+  EXPECT_EQ(cut->reason->message(), std::string(kMaxMissedReasonBytes - 1, 'x'));
+}
+
 TEST(SyncMessages, RoundDoneCarriesItsRound) {
   Message m{MessageKind::kRoundDone, 7};
   m.round = 0x01020304u;

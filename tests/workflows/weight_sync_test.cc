@@ -544,6 +544,89 @@ TEST(WeightSync, Fp8IntoMappedBuffersDeadEngineMissesTheVersion) {
   EXPECT_EQ(WaitChild(children[0]), 0) << "the live replica verified every version byte for byte";
 }
 
+// A push that fails after the engines' READY (here: a NaN its FP8 conversion meets in v2) tells
+// every engine rank why (MISSED with the error): each one's WaitForUpdate(2) fails at once with
+// the trainer's kCorruptData and message, not with kTimedOut after its 60 s timeout; every engine
+// then begins v3 and commits it byte for byte. Through the mapped engine buffers and through
+// the staging ring.
+void AFailedPushTellsTheEnginesWhy(bool into_mapped, const char* job) {
+  const Layout trainer = MakeFsdpLayout(TrainerBf16(), 1).value();
+  const Layout engine = MakeTpLayout(EngineFp8(), {0, 0, 0, 1, 1, -1, -1, -1}, 2, 1).value();
+  WeightSyncOptions options{job, 60};
+  options.convert_into_mapped = into_mapped;
+  std::vector<pid_t> children;
+  std::vector<int> port_pipes;
+  for (int r = 0; r < engine.world_size(); ++r) {
+    int fd = -1;
+    const pid_t pid = ForkWithPort(&fd, r, [&](std::uint16_t p) {
+      auto rz = ConnectRendezvous(p);
+      if (!rz.ok()) return 10;
+      auto sub = WeightSubscriber::Create(**rz, trainer, engine, r, options);
+      if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
+      for (std::uint64_t v = 1; v <= kVersions; ++v) {
+        if (!(*sub)->BeginUpdate(v).ok()) return 12;
+        auto stats = (*sub)->WaitForUpdate(v);
+        if (v == 2) {
+          if (stats.ok()) return 20;
+          std::fprintf(stderr, "engine %d v2: %s\n", r, stats.status().ToString().c_str());
+          if (stats.status().code() != ErrorCode::kCorruptData) return 21;
+          if (stats.status().message().find("NaN") == std::string::npos ||
+              stats.status().message().find("trainer rank 0 push v2") == std::string::npos) {
+            return 22;
+          }
+          if ((*sub)->committed_version() != 1) return 23;
+          continue;
+        }
+        if (!stats.ok()) {
+          std::fprintf(stderr, "engine %d: %s\n", r, stats.status().ToString().c_str());
+          return 13;
+        }
+        if (CheckFp8Engine(engine, r, (*sub)->weights(), v) != 0) return 15;
+      }
+      return 0;
+    });
+    ASSERT_GE(pid, 0);
+    children.push_back(pid);
+    port_pipes.push_back(fd);
+  }
+  auto server = ServeChildren(port_pipes);
+  ASSERT_NE(server, nullptr);
+  auto rz = ConnectRendezvous(static_cast<std::uint16_t>(server->port()));
+  ASSERT_TRUE(rz.ok());
+  auto pub = WeightPublisher::Create(**rz, trainer, engine, 0, options);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  ASSERT_TRUE((*pub)->Connect().ok());
+  for (std::uint64_t v = 1; v <= kVersions; ++v) {
+    std::span<std::byte> w = (*pub)->weights();
+    for (const ShardRef& sh : trainer.rank(0).shards) {
+      const TensorSpec& spec = trainer.tensors()[sh.tensor];
+      auto bytes = Crop(FullBf16(spec, v), spec.shape, sh.box, 2);
+      if (v == 2 && spec.name == "wq") {
+        const std::uint16_t nan = 0x7FC0;  // bf16 quiet NaN, element 300 of wq
+        std::memcpy(bytes.data() + 300 * 2, &nan, 2);
+      }
+      std::memcpy(w.data() + sh.byte_offset, bytes.data(), bytes.size());
+    }
+    auto stats = (*pub)->Push(v);
+    if (v == 2) {
+      ASSERT_FALSE(stats.ok());
+      EXPECT_EQ(stats.status().code(), ErrorCode::kCorruptData) << stats.status().ToString();
+      continue;
+    }
+    ASSERT_TRUE(stats.ok()) << "v" << v << ": " << stats.status().ToString();
+    EXPECT_TRUE(stats->missed.empty()) << "v" << v << ": every engine began it";
+  }
+  for (std::size_t r = 0; r < children.size(); ++r) {
+    EXPECT_EQ(WaitChild(children[r]), 0)
+        << "engine " << r << ": 21 = v2 ended with another code (kTimedOut: not told), 22 = message without the "
+        << "trainer's error";
+  }
+}
+
+TEST(WeightSync, AFailedPushTellsTheEnginesWhyIntoMappedBuffers) { AFailedPushTellsTheEnginesWhy(true, "fail-why-m"); }
+
+TEST(WeightSync, AFailedPushTellsTheEnginesWhyThroughStaging) { AFailedPushTellsTheEnginesWhy(false, "fail-why-s"); }
+
 // ---- Fault isolation: one engine replica dead (kill -9) or stalled (SIGSTOP) misses the version;
 // the other replica commits every version; the stalled one, resumed, catches up with the next.
 
