@@ -138,7 +138,7 @@ class Demo {
     const auto& r = reports_[id];
     const double seconds = std::stod(r.at("seconds"));
     const double disk = std::stod(r.at("disk_seconds"));
-    fmt::print("  {:<12} {:<6} {:>9} B {:>8.4f} s {:>7.3f} GB/s  disk {:>7.4f} s ({:>5.2f}x)  {}  from {}{}\n", id,
+    fmt::print("  {:<12} {:<6} {:>9} B {:>8.4f} s {:>7.3f} GB/s  disk {:>7.4f} s ({:>5.3g}x)  {}  from {}{}\n", id,
                layouts_[id], r.at("bytes"), seconds, std::stod(r.at("gbps")), disk, disk > 0 ? seconds / disk : 0.0,
                r.at("verified"), r.at("sources"),
                r.at("failed") != "0" ? fmt::format("  ({} source failures re-planned)", r.at("failed")) : "");

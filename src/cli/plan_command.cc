@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "cli/byte_units.h"
 #include "cli/model_rules_option.h"
 #include "cli/option_checks.h"
 #include "cli/plan_svg.h"
@@ -261,10 +262,9 @@ Status Run(const Args& a) {
     fmt::print("{}\n", j.dump(2));
     return Status::Ok();
   }
-  const auto gb = [](double b) { return fmt::format("{:.3f} GB", b / 1e9); };
   fmt::print("model       {} ({} tensors, {} per copy)\n",
              config.architecture.empty() ? config.model_type : config.architecture, model.tensors.size(),
-             gb(static_cast<double>(model.total_bytes())));
+             FormatBytes(static_cast<double>(model.total_bytes())));
   fmt::print("from        {} ({} ranks)\nto          {} ({} ranks)\n", src->description(), plan.src_world(),
              dst->description(), plan.dst_world());
   fmt::print(
@@ -279,13 +279,13 @@ Status Run(const Args& a) {
   }
   for (const auto& [kind, cb] : by_delivery) {
     fmt::print("  {:<10} {} buckets, {} delivered\n", DeliveryKindName(kind), cb.first,
-               gb(static_cast<double>(cb.second)));
+               FormatBytes(static_cast<double>(cb.second)));
   }
   const TrafficStats s = Summarize(sent), d = Summarize(received);
-  fmt::print("sent        per source rank: min {} mean {} max {}\n", gb(static_cast<double>(s.min)), gb(s.mean),
-             gb(static_cast<double>(s.max)));
-  fmt::print("received    per destination rank: min {} mean {} max {}\n", gb(static_cast<double>(d.min)), gb(d.mean),
-             gb(static_cast<double>(d.max)));
+  fmt::print("sent        per source rank: min {} mean {} max {}\n", FormatBytes(static_cast<double>(s.min)), FormatBytes(s.mean),
+             FormatBytes(static_cast<double>(s.max)));
+  fmt::print("received    per destination rank: min {} mean {} max {}\n", FormatBytes(static_cast<double>(d.min)), FormatBytes(d.mean),
+             FormatBytes(static_cast<double>(d.max)));
   fmt::print("serialised  largest part: source {:.1f} KiB, destination {:.1f} KiB\n",
              static_cast<double>(max_src_part) / 1024, static_cast<double>(max_dst_part) / 1024);
   if (prediction) PrintFabric(*fabric, *prediction);

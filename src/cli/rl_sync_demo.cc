@@ -23,6 +23,7 @@
 #include "cli/model_rules_option.h"
 #include "cli/option_checks.h"
 
+#include "cli/byte_units.h"
 #include "cli/child_processes.h"
 #include "cli/demo_checkpoint.h"
 #include "cli/engine_shards.h"
@@ -109,11 +110,6 @@ Result<std::optional<json>> AwaitReport(Rendezvous& rendezvous, ChildProcesses& 
       return TimedOut(fmt::format("no report under {} after {:.0f} s", key, timeout_s));
     }
   }
-}
-
-// "1.5 MB" / "12.3 KB": bytes in decimal units.
-std::string FormatBytes(double bytes) {
-  return bytes >= 1e6 ? fmt::format("{:.1f} MB", bytes / 1e6) : fmt::format("{:.1f} KB", bytes / 1e3);
 }
 
 struct StepFigures {

@@ -170,6 +170,22 @@ TEST(PlanCommand, FabricPredictionAndSvgMatchThePlan) {
   EXPECT_NE(out.find("bottleneck  busiest links"), std::string::npos) << out;
 }
 
+// Sizes follow their magnitude: the tiny model reads "... KB", not "0.000 GB"; Llama-3.1-8B reads
+// in GB with two decimals (16.06 GB per bf16 copy: 8,030,261,248 parameters x 2 bytes).
+TEST(PlanCommand, SizesAreShownInTheUnitOfTheirMagnitude) {
+  const Files f = WriteFiles("plan-units", kFabric);
+  auto [code, out] = RunPlan("--config " + f.config.string() + " --from fsdp=2 --to tp=2");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_EQ(out.find("0.000 GB"), std::string::npos) << out;
+  EXPECT_NE(out.find(" KB per copy)"), std::string::npos) << out;
+  EXPECT_NE(out.find("sent        per source rank: min "), std::string::npos) << out;
+  const std::string config = Config("Llama-3.1-8B");
+  if (config.empty()) GTEST_SKIP() << "no ../shared/models/Llama-3.1-8B here";
+  std::tie(code, out) = RunPlan("--config " + config + " --from fsdp=8 --to tp=4");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("(291 tensors, 16.06 GB per copy)"), std::string::npos) << out;
+}
+
 TEST(PlanCommand, BadFabricFileIsRejectedBeforePlanning) {
   const Files f = WriteFiles("plan_fabric_bad", R"({"gpus_per_node": 2, "nic_bytes_per_second": -1,
     "nvlink_bytes_per_second": 1e7})");

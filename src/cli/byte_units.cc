@@ -1,0 +1,13 @@
+#include "cli/byte_units.h"
+
+#include <fmt/format.h>
+
+namespace shardwire::cli {
+
+std::string FormatBytes(double bytes) {
+  if (bytes >= 1e9) return fmt::format("{:.2f} GB", bytes / 1e9);
+  if (bytes >= 1e6) return fmt::format("{:.1f} MB", bytes / 1e6);
+  return fmt::format("{:.1f} KB", bytes / 1e3);
+}
+
+}  // namespace shardwire::cli
