@@ -27,6 +27,7 @@
 #include "shardwire/checkpoint.h"
 #include "shardwire/checkpoint_model.h"
 #include "shardwire/fp8_block.h"
+#include "shardwire/model_rules.h"
 #include "shardwire/safetensors.h"
 #include "shardwire/tensor_conversion.h"
 
@@ -215,6 +216,13 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
   Fp8BlockOptions fp8_options;
   if (o.ue8m0) fp8_options.scale_format = Fp8ScaleFormat::kUe8m0;
 
+  for (const TensorSpec& t : checkpoint.tensors()) {  // before the rules: a quantised input's own message
+    if (!IsCastableDType(t.dtype)) {
+      return Unsupported(fmt::format("{}: tensor \"{}\" is {}; --format {} converts only F16, BF16 and F32 tensors",
+                                     checkpoint.path(), t.name, DTypeName(t.dtype), o.format));
+    }
+  }
+
   // Which tensors engines hold in FP8: the model's rules (ModelTensor::quantizable) when the
   // checkpoint is a model Shardwire can describe and matches it; otherwise the name rule of
   // IsFp8Quantised, said on stdout (nothing is guessed silently).
@@ -225,6 +233,22 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
   if (!o.config.empty() && model.ok() && !match.ok()) {
     // An explicit --config that describes another model would be written beside these weights.
     return match.WithContext(fmt::format("--config \"{}\"", o.config));
+  }
+  // Rules for the config's model_type (a --model-rules file first, then the built-in ones) that
+  // fail on this checkpoint or its config are an error, never a silent fallback to the name rule:
+  // the user's per-tensor decisions would be dropped, and a config that describes another model
+  // (other layers, shapes) would be written beside these weights.
+  if (!match.ok() && config.contains("model_type") && config["model_type"].is_string()) {
+    SW_ASSIGN_OR_RETURN(const std::optional<ModelRules> rules,
+                        FindModelRules(config["model_type"].get<std::string>()));
+    if (rules.has_value()) {
+      return Status(match.code(),
+                    fmt::format("the rules of model_type \"{}\" ({}) do not describe checkpoint {} with config "
+                                "\"{}\": {}. Fix the config (--config FILE) or the rules (--model-rules FILE); "
+                                "`shardwire describe --checkpoint {}` lists the tensors",
+                                config["model_type"].get<std::string>(), rules->file_name(), checkpoint.path(),
+                                config_path, match.message(), o.checkpoint));
+    }
   }
   if (fp8) {
     if (match.ok()) {
@@ -246,10 +270,6 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
   std::uint64_t in_bytes = 0;
   std::size_t quantised = 0;
   for (const TensorSpec& t : checkpoint.tensors()) {
-    if (!IsCastableDType(t.dtype)) {
-      return Unsupported(fmt::format("{}: tensor \"{}\" is {}; --format {} converts only F16, BF16 and F32 tensors",
-                                     checkpoint.path(), t.name, DTypeName(t.dtype), o.format));
-    }
     const bool quantise = fp8 && (by_rules ? by_rules->count(t.name) > 0 : IsFp8Quantised(t));
     ConversionSpec spec{t.name, {t.name}, 0, quantise ? DType::kF8E4M3 : (cast_to ? *cast_to : t.dtype)};
     SW_ASSIGN_OR_RETURN(auto out, ResolveConversion(spec, {t}, fp8_options));

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <array>
 #include <cmath>
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <random>
 #include <set>
@@ -92,7 +94,9 @@ void WriteCheckpoint(const std::string& dir, const std::vector<Owned>& tensors) 
   std::vector<TensorView> views;
   for (const auto& t : tensors) views.push_back({t.spec, t.bytes});
   ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", views).ok());
-  std::ofstream(dir + "/config.json") << R"({"model_type": "llama", "torch_dtype": "bfloat16"})";
+  // A model_type no rules describe: the name rule decides (a llama config that describes none of
+  // these tensors is an error, RulesThatDoNotDescribeTheCheckpointAreAnErrorNotAFallback).
+  std::ofstream(dir + "/config.json") << R"({"model_type": "synthetic-test", "torch_dtype": "bfloat16"})";
 }
 
 // Re-reads `out` with our Checkpoint API: quantised tensors equal the in-process kernel's bytes,
@@ -270,6 +274,53 @@ TEST(ConvertCommand, AnExplicitConfigOfAnotherModelIsALayoutMismatch) {
   std::tie(code, out) = RunConvert("--checkpoint " + llama + " --out " + dir.File("o") + " --format fp16 --config " +
                                    llama + "/config.json");
   EXPECT_EQ(code, 0) << out;
+}
+
+// Rules for the config's model_type that fail on the checkpoint fell back to the name rule with
+// exit 0: a config beside the weights saying 3 layers for a 2-layer checkpoint was copied into the
+// output, and a --model-rules file's own decisions were dropped. Both are now errors naming the
+// rules file, and nothing is written.
+TEST(ConvertCommand, RulesThatDoNotDescribeTheCheckpointAreAnErrorNotAFallback) {
+  const std::string llama = SharedModel("tiny-llama3-bf16");
+  if (llama.empty()) GTEST_SKIP() << "no ../shared/models/tiny-llama3-bf16 here";
+  TempDir dir;
+  fs::create_directories(dir.File("src"));
+  fs::copy_file(llama + "/model.safetensors", dir.File("src/model.safetensors"));
+  std::ifstream in(llama + "/config.json");
+  auto config = nlohmann::json::parse(in);
+  const int layers = config["num_hidden_layers"].get<int>();
+  config["num_hidden_layers"] = layers + 1;
+  std::ofstream(dir.File("src/config.json")) << config.dump();
+  auto [code, out] =
+      RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("o") + " --format fp8-block128");
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("the rules of model_type \"llama\" (models/rules/llama.yaml) do not describe checkpoint"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("model.layers." + std::to_string(layers) + "."), std::string::npos)
+      << "names a tensor of the layer the checkpoint lacks: " << out;
+  EXPECT_EQ(out.find("no rules describe this checkpoint"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir.File("o/config.json")));
+  // The right config, and a user's rules file whose up_proj has the wrong shape.
+  config["num_hidden_layers"] = layers;
+  std::ofstream(dir.File("src/config.json")) << config.dump();
+  std::ifstream builtin(SHARDWIRE_CONVERT_TEST_DIR "/../../models/rules/llama.yaml");
+  std::string rules((std::istreambuf_iterator<char>(builtin)), std::istreambuf_iterator<char>());
+  const std::string up = "      - linear: \"{prefix}up_proj\"\n        out: inter";
+  ASSERT_NE(rules.find(up), std::string::npos);
+  rules.replace(rules.find(up), up.size(), "      - linear: \"{prefix}up_proj\"\n        out: hidden_size");
+  std::ofstream(dir.File("mine.yaml")) << rules;
+  std::tie(code, out) = RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("o") +
+                                   " --format fp8-block128 --model-rules " + dir.File("mine.yaml"));
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("mine.yaml) do not describe checkpoint"), std::string::npos) << out;
+  EXPECT_NE(out.find("up_proj"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir.File("o/config.json")));
+  // Without the user's file the same checkpoint converts with the built-in rules.
+  std::tie(code, out) =
+      RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("o") + " --format fp8-block128");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("quantising the tensors the llama rules mark quantizable"), std::string::npos) << out;
 }
 
 TEST(ConvertCommand, CastsMatchTheOracle) {
