@@ -36,7 +36,7 @@ class Checkpoint {
   /// the index names a missing shard file (names index and shard) or a tensor the shard
   /// lacks (names tensor and shard); kInvalidArgument if a directory holds several index
   /// files or, without an index, several .safetensors files (all are listed);
-  /// kCorruptData if the index is not JSON / has no `weight_map` object / a non-string
+  /// kCorruptData if the index is not JSON / has no `weight_map` object / an empty one / a non-string
   /// entry / a shard name that leaves the index's folder (empty, absolute, a ".."
   /// component: the index is untrusted and must not make us open other files), if a shard holds a tensor the index does not map to it (names tensor and
   /// shard; also catches a tensor present in two shards), or if total_size disagrees

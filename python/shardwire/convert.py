@@ -9,14 +9,28 @@ docs/convert.md has the derivation.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Tuple, Union
+
+import numpy as np
 
 import torch
 
 from . import _shardwire
 from .errors import InvalidArgumentError
+from .tensors import as_tensors
 
 _DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+
+
+def _as_tensor(t, name: str, what: str, writable: bool = False) -> torch.Tensor:
+    """``t`` itself when a torch tensor; a numpy array as a torch tensor sharing its memory
+    (shardwire.tensors.as_tensors: no copy). Else InvalidArgumentError naming ``name``."""
+    if isinstance(t, np.ndarray):
+        return as_tensors({name: t}, writable)[name]
+    if not isinstance(t, torch.Tensor):
+        raise InvalidArgumentError(f"invalid argument: {what} {name!r} must be a torch.Tensor or a numpy array, "
+                                   f"got {type(t).__name__}")
+    return t
 
 
 def _check(t: torch.Tensor, name: str, what: str) -> None:
@@ -28,14 +42,16 @@ def _check(t: torch.Tensor, name: str, what: str) -> None:
         raise InvalidArgumentError(f"invalid argument: {what} {name!r} is not contiguous")
 
 
-def quantize_fp8_block(tensor: torch.Tensor, name: str = "tensor", ue8m0: bool = False,
+def quantize_fp8_block(tensor: Union[torch.Tensor, np.ndarray], name: str = "tensor", ue8m0: bool = False,
                        exact_division: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Quantises a 2-D [m, n] or 3-D [E, m, n] (per expert) bf16/fp16/fp32 tensor.
 
     Returns (q: torch.uint8 of the same shape, E4M3 codes; scale_inv: torch.float32 of shape
     [ceil(m/128), ceil(n/128)] (or [E, ...])). Releases the GIL. Raises InvalidArgumentError
     (dtype, rank, device, contiguity) and CorruptDataError naming `name` and the element for
-    NaN or Inf input."""
+    NaN or Inf input. A numpy array (float16, float32) is read in place, without a copy; the
+    results are torch tensors either way."""
+    tensor = _as_tensor(tensor, name, "tensor")
     if tensor.dtype not in _DTYPES:
         raise InvalidArgumentError(f"invalid argument: tensor {name!r} is {tensor.dtype}; FP8 block quantisation "
                                    f"takes bfloat16, float16 or float32")
@@ -51,9 +67,11 @@ def quantize_fp8_block(tensor: torch.Tensor, name: str = "tensor", ue8m0: bool =
     return q, scale_inv
 
 
-def dequantize_fp8_block(q: torch.Tensor, scale_inv: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
+def dequantize_fp8_block(q: Union[torch.Tensor, np.ndarray], scale_inv: Union[torch.Tensor, np.ndarray], dtype: torch.dtype = torch.bfloat16,
                          ue8m0: bool = False) -> torch.Tensor:
-    """Inverse for checks: rne(e4m3(q) * scale_inv[block]) in ``dtype`` (bf16, fp16, fp32)."""
+    """Inverse for checks: rne(e4m3(q) * scale_inv[block]) in ``dtype`` (bf16, fp16, fp32).
+    ``q`` and ``scale_inv`` may be numpy arrays (uint8, float32), read without a copy."""
+    q, scale_inv = _as_tensor(q, "q", "tensor"), _as_tensor(scale_inv, "scale_inv", "tensor")
     if q.dtype != torch.uint8 or scale_inv.dtype != torch.float32 or dtype not in _DTYPES:
         raise InvalidArgumentError("invalid argument: q must be uint8, scale_inv float32, dtype bf16/fp16/fp32")
     _check(q, "q", "tensor")

@@ -125,6 +125,10 @@ Status LoadIndex(const std::string& index_path, std::vector<SafetensorsFile>* fi
   if (wm == root.end() || !wm->is_object()) {
     return CorruptData(fmt::format("{}: index has no \"weight_map\" object", index_path));
   }
+  if (wm->empty()) {
+    // Not a checkpoint of nothing: the shard files beside it are not looked at without a map.
+    return CorruptData(fmt::format("{}: index maps no tensors (its \"weight_map\" is empty)", index_path));
+  }
   SW_ASSIGN_OR_RETURN(const std::optional<std::uint64_t> total_size, ReadTotalSize(index_path, root));
 
   // shard file name -> tensors the index maps to it

@@ -91,6 +91,17 @@ TEST(Checkpoint, IndexShardNameOutsideTheFolderIsRejected) {
   EXPECT_TRUE(Checkpoint::Open(outer.File("ckpt/model.safetensors.index.json")).ok());
 }
 
+// An index whose weight_map is empty opened as a checkpoint of no tensors, so `convert` wrote an
+// empty checkpoint with exit 0 while the shard beside it held tensors.
+TEST(Checkpoint, AnIndexThatMapsNoTensorsIsCorrupt) {
+  TempDir dir;
+  WriteShardSet(dir, R"({"weight_map":{}})");
+  auto cp = Checkpoint::Open(dir.File("model.safetensors.index.json"));
+  EXPECT_EQ(cp.status().code(), ErrorCode::kCorruptData);
+  EXPECT_MESSAGE_HAS(cp.status(), "index maps no tensors");
+  EXPECT_MESSAGE_HAS(cp.status(), "model.safetensors.index.json");
+}
+
 TEST(Checkpoint, IndexNamesTensorTheShardLacks) {
   TempDir dir;
   WriteShardSet(dir, R"({"weight_map":{"x":"a.safetensors","y":"a.safetensors",

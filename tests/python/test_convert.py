@@ -48,3 +48,21 @@ def test_bad_input_is_typed():
         t = torch.zeros(128, 128, dtype=torch.float32)
         t[0, 0] = float("nan")
         shardwire.quantize_fp8_block(t, b"\xff")
+
+
+def test_numpy_arrays_are_quantised_in_place_like_tensors():
+    """A numpy array gave "tensor 'tensor' is float32; ... takes bfloat16, float16 or float32":
+    the check compared numpy's dtype with torch's. Arrays are now read without a copy, and the
+    result equals the tensor path's bit for bit."""
+    g = np.random.default_rng(7)
+    for dtype in (np.float32, np.float16):
+        x = (g.standard_normal((130, 200)) * 2).astype(dtype)
+        q, sinv = shardwire.quantize_fp8_block(x, "np_w")
+        want_q, want_s = shardwire.quantize_fp8_block(torch.from_numpy(x.copy()), "np_w")
+        assert isinstance(q, torch.Tensor) and torch.equal(q, want_q) and torch.equal(sinv, want_s)
+        back = shardwire.dequantize_fp8_block(q.numpy(), sinv.numpy(), torch.float32)
+        assert torch.equal(back, shardwire.dequantize_fp8_block(q, sinv, torch.float32))
+    with pytest.raises(errors.InvalidArgumentError, match="'np_i'.*int32"):
+        shardwire.quantize_fp8_block(np.zeros((4, 4), np.int32), "np_i")
+    with pytest.raises(errors.InvalidArgumentError, match="torch.Tensor or a numpy array, got list"):
+        shardwire.quantize_fp8_block([[1.0, 2.0]], "as_list")
