@@ -67,8 +67,8 @@ def quantize_fp8_block(tensor: Union[torch.Tensor, np.ndarray], name: str = "ten
     return q, scale_inv
 
 
-def dequantize_fp8_block(q: Union[torch.Tensor, np.ndarray], scale_inv: Union[torch.Tensor, np.ndarray], dtype: torch.dtype = torch.bfloat16,
-                         ue8m0: bool = False) -> torch.Tensor:
+def dequantize_fp8_block(q: Union[torch.Tensor, np.ndarray], scale_inv: Union[torch.Tensor, np.ndarray],
+                         dtype: torch.dtype = torch.bfloat16, ue8m0: bool = False) -> torch.Tensor:
     """Inverse for checks: rne(e4m3(q) * scale_inv[block]) in ``dtype`` (bf16, fp16, fp32).
     ``q`` and ``scale_inv`` may be numpy arrays (uint8, float32), read without a copy."""
     q, scale_inv = _as_tensor(q, "q", "tensor"), _as_tensor(scale_inv, "scale_inv", "tensor")
