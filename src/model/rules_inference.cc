@@ -105,6 +105,63 @@ std::vector<Candidate> Candidates(const ModelConfig& c) {
   return out;
 }
 
+// The config expressions a usual Hugging Face module's dimensions come from, most likely first
+// (modeling_llama.py, modeling_qwen3.py / qwen3_moe, modeling_deepseek_v2.py / v3): when a
+// dimension's value equals several config values (a tiny model's intermediate_size equal to
+// num_attention_heads * head_dim, its head_dim equal to num_experts), the module's own wins over
+// whichever the candidate list happens to name first. Per dimension of the tensor: a weight is
+// [out, in] (nn.Linear), stacked experts [num_experts, out, in], a bias or norm [out].
+// `in_experts`: under experts.N; `parent`: the module above (shared_experts, shared_expert).
+std::vector<std::string> PreferredExpressions(const std::string& module, const std::string& parent, bool in_experts,
+                                              std::size_t dim, std::size_t rank) {
+  struct Sides {
+    std::vector<std::string> out, in;
+  };
+  const std::string heads_q = "num_attention_heads * (qk_nope_head_dim + qk_rope_head_dim)";
+  static const std::map<std::string, Sides> kByModule = {
+      {"q_proj", {{"num_attention_heads * head_dim", heads_q}, {"hidden_size"}}},
+      {"k_proj", {{"num_key_value_heads * head_dim"}, {"hidden_size"}}},
+      {"v_proj", {{"num_key_value_heads * head_dim"}, {"hidden_size"}}},
+      {"o_proj", {{"hidden_size"}, {"num_attention_heads * head_dim", "num_attention_heads * v_head_dim"}}},
+      {"q_norm", {{"head_dim"}, {}}},
+      {"k_norm", {{"head_dim"}, {}}},
+      {"q_a_proj", {{"q_lora_rank"}, {"hidden_size"}}},
+      {"q_a_layernorm", {{"q_lora_rank"}, {}}},
+      {"q_b_proj", {{heads_q}, {"q_lora_rank"}}},
+      {"kv_a_proj_with_mqa", {{"kv_lora_rank + qk_rope_head_dim"}, {"hidden_size"}}},
+      {"kv_a_layernorm", {{"kv_lora_rank"}, {}}},
+      {"kv_b_proj", {{"num_attention_heads * (qk_nope_head_dim + v_head_dim)"}, {"kv_lora_rank"}}},
+      {"gate", {{"num_experts"}, {"hidden_size"}}},  // the MoE router
+      {"e_score_correction_bias", {{"num_experts"}, {}}},
+      {"embed_tokens", {{"vocab_size"}, {"hidden_size"}}},
+      {"lm_head", {{"vocab_size"}, {"hidden_size"}}},
+      {"head", {{"vocab_size"}, {"hidden_size"}}},
+      {"eh_proj", {{"hidden_size"}, {"2 * hidden_size"}}},
+      {"shared_expert_gate", {{"1"}, {"hidden_size"}}},
+  };
+  Sides sides;
+  if (auto it = kByModule.find(module); it != kByModule.end()) {
+    sides = it->second;
+  } else {
+    std::string inter = "intermediate_size";
+    if (in_experts) inter = "moe_intermediate_size";
+    if (parent == "shared_experts") inter = "moe_intermediate_size * n_shared_experts";
+    if (parent == "shared_expert") inter = "shared_expert_intermediate_size";
+    if (module == "gate_proj" || module == "up_proj" || module == "w1" || module == "w3") {
+      sides = {{inter}, {"hidden_size"}};
+    } else if (module == "down_proj" || module == "w2") {
+      sides = {{"hidden_size"}, {inter}};
+    } else {
+      sides = {{"hidden_size"}, {"hidden_size"}};  // other norms and biases
+    }
+  }
+  if (rank == 3) {  // stacked experts
+    if (dim == 0) return {"num_experts"};
+    --dim;
+  }
+  return dim == 0 ? sides.out : sides.in;
+}
+
 // "(layer >= a && layer < b) || ..." for a set of layers, "" when it is all of [0, count).
 std::string LayerCondition(const std::set<int>& layers, int count) {
   if (static_cast<int>(layers.size()) == count) return "";
@@ -214,20 +271,46 @@ Result<ModelRules> InferModelRules(const ModelConfig& config, const std::vector<
           t.pattern));
     }
     std::vector<std::string> dims;
+    std::vector<std::string> ambiguous;  // dims whose value several config values give, none the module's own
     for (std::size_t d = 0; d < t.shape.size(); ++d) {
-      const auto it =
-          std::find_if(candidates.begin(), candidates.end(), [&](const Candidate& c) { return c.value == t.shape[d]; });
-      if (it == candidates.end()) {
+      const std::vector<std::string> preferred = PreferredExpressions(
+          t.suffix == "e_score_correction_bias" ? t.suffix : t.module, parent, t.has_expert, d, t.shape.size());
+      std::vector<const Candidate*> matching;
+      for (const Candidate& c : candidates) {
+        if (c.value == t.shape[d]) matching.push_back(&c);
+      }
+      const Candidate* chosen = nullptr;
+      for (const std::string& e : preferred) {
+        for (const Candidate* c : matching) {
+          if (chosen == nullptr && c->expr == e) chosen = c;
+        }
+      }
+      if (chosen == nullptr && !matching.empty()) {
+        chosen = matching.front();
+        if (matching.size() > 1) {
+          std::vector<std::string> others;
+          for (std::size_t i = 1; i < matching.size(); ++i) others.push_back(matching[i]->expr);
+          ambiguous.push_back(fmt::format("dim {} = {} is {} here, and also {}", d, t.shape[d], chosen->expr,
+                                          fmt::join(others, ", ")));
+        }
+      }
+      if (chosen == nullptr) {
         return InvalidArgument(
             fmt::format("{}: cannot place tensor {}: dim {} is {}, which no config value gives "
                         "(hidden_size, heads * head_dim, intermediate sizes, ...); the config does "
                         "not describe this checkpoint, or a rule with an explicit shape is needed",
                         checkpoint_name, t.first, d, t.shape[d]));
       }
-      dims.push_back(it->expr);
+      dims.push_back(chosen->expr);
     }
     const bool weight2d = t.suffix == "weight" && t.shape.size() == 2;
-    const bool quantized = weight2d && (*role == ParallelRole::kColumn || *role == ParallelRole::kRow);
+    // As DeepSeek-V3's FP8 release stores them: every linear of a layer in FP8, the MLA's replicated
+    // down-projections too; not the MTP's eh_proj nor Qwen2-MoE's one-row shared_expert_gate.
+    const bool quantized = weight2d && (*role == ParallelRole::kColumn || *role == ParallelRole::kRow ||
+                                        t.module == "q_a_proj" || t.module == "kv_a_proj_with_mqa");
+    for (const std::string& a : ambiguous) {
+      *out += fmt::format("{}# check: {} (the config gives this value several ways)\n", indent, a);
+    }
     *out += fmt::format("{}- tensor: \"{}\"\n{}  shape: [{}]\n{}  role: {}\n", indent, t.pattern, indent,
                         fmt::join(dims, ", "), indent, ParallelRoleName(*role));
     if (t.dtype != config.dtype()) *out += fmt::format("{}  dtype: {}\n", indent, DTypeName(t.dtype));

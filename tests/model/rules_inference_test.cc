@@ -89,6 +89,40 @@ TEST(InferModelRules, EveryTinyCheckpointAsItsFamilyRulesSay) {
   }
 }
 
+// Each dimension is tied to the config key of its module, not to whichever key happens to hold
+// the same value in the tiny config: tiny-qwen3-moe's intermediate_size equals num_attention_heads
+// * head_dim (q_proj and o_proj were written as intermediate_size), tiny-deepseek-v2's head_dim
+// equals num_experts (the router was [head_dim, hidden_size]) and its moe_intermediate_size equals
+// kv_lora_rank. The rules inferred from each tiny checkpoint must describe a config of the same
+// family whose sizes all differ exactly as the family's own rules do.
+TEST(InferModelRules, DimensionsFollowTheirModuleNotACoincidentConfigValue) {
+  SW_REQUIRE_MODELS_DIR(models);
+  const std::pair<const char*, const char*> cases[] = {
+      {"tiny-llama3-bf16/model.safetensors", "tiny-llama3-bf16/config.json"},
+      {"tiny-qwen3-moe-f32/tiny_qwen3_moe.safetensors", "tiny-qwen3-moe-f32/tiny_qwen3_moe_config.json"},
+      {"tiny-mixtral-f32/tiny_mixtral.safetensors", "tiny-mixtral-f32/tiny_mixtral_config.json"},
+      {"tiny-deepseek-v2-f32/tiny_deepseek_v2.safetensors", "tiny-deepseek-v2-f32/tiny_deepseek_v2_config.json"},
+  };
+  for (const auto& [file, config_file] : cases) {
+    SCOPED_TRACE(file);
+    const Loaded l = Load(models, file, config_file);
+    auto inferred = InferModelRules(l.config, l.tensors, file);
+    ASSERT_TRUE(inferred.ok()) << inferred.status().ToString();
+    ModelConfig other = l.config;  // every size moved to a value no other key has
+    other.hidden_size = 104;
+    other.intermediate_size = 232;
+    other.vocab_size = 1013;
+    if (other.moe_intermediate_size) other.moe_intermediate_size = 56;
+    if (other.q_lora_rank) other.q_lora_rank = 72;
+    if (other.kv_lora_rank) other.kv_lora_rank = 40;
+    auto want = DescribeModel(other);
+    ASSERT_TRUE(want.ok()) << want.status().ToString();
+    auto got = inferred->Describe(other);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(Rows(*got), Rows(*want)) << inferred->text();
+  }
+}
+
 TEST(InferModelRules, UnusualNamesAreTypedErrorsNamingTheTensor) {
   SW_REQUIRE_MODELS_DIR(models);
   {
