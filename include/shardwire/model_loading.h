@@ -229,7 +229,10 @@ struct ModelLoaderOptions {
   /// Before a single byte of it is used, its CheckpointRevision is compared with the
   /// content of the identity being loaded: the revision itself when it is a
   /// CheckpointRevision ("xxh3:..."), else the "content" attribute the sources of the
-  /// identity advertise. A checkpoint of another revision fails the load with
+  /// identity advertise (the one most instances advertise; instances advertising another are
+  /// skipped with kVerificationFailed; on a tie for the most this checkpoint's revision decides,
+  /// computed then, and without a checkpoint no instance advertising a content is used). A
+  /// checkpoint of another revision fails the load with
   /// kFailedPrecondition naming both (never a silent load of other bytes). With a user
   /// revision and no source advertising its content, the checkpoint cannot be checked:
   /// it is trusted when `revision` names that revision (the caller paired them), and

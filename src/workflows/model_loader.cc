@@ -147,6 +147,10 @@ struct ModelLoader::Impl {
   // not (an incomplete instance still says which bytes the revision is): the fallback
   // checkpoint is checked against it when `content` is unknown.
   std::set<std::string> advertised_contents;
+  // Non-empty when the instances of a user revision advertise different contents with no
+  // majority (one each, two each, ...): which bytes the revision is cannot be told, so no
+  // instance that advertises a content is used (ChooseContent). Says why.
+  std::string content_disputed;
   // Run ended by the interrupt hook or load_timeout_s: Load then returns without waiting
   // for the STALE marks in flight.
   bool cut_short = false;
@@ -348,6 +352,7 @@ struct ModelLoader::Impl {
       if (auto c = r.attributes.find(kSourceAttrContent); c != r.attributes.end())
         advertised_contents.insert(c->second);
     }
+    ChooseContent(by_instance);
     for (auto& [id, recs] : by_instance) {
       if (options.max_instances > 0 && static_cast<int>(instances.size()) >= options.max_instances) break;
       if (seen_instances.count(id)) continue;
@@ -380,11 +385,17 @@ struct ModelLoader::Impl {
       inst.ranks = recs;
       auto content_it = recs.front().attributes.find(kSourceAttrContent);
       if (content_it != recs.front().attributes.end()) {
+        if (!content_disputed.empty()) {
+          report.skipped.push_back(fmt::format("{}: {}: {}", id, ErrorCodeName(ErrorCode::kVerificationFailed),
+                                               content_disputed));
+          continue;
+        }
         if (!content.empty() && content_it->second != content) {
           // Same identity, other bytes: the instance lies about its revision.
-          report.skipped.push_back(fmt::format("{}: {}: it serves content {} under revision {}, expected content {}",
-                                               id, ErrorCodeName(ErrorCode::kVerificationFailed), content_it->second,
-                                               identity.revision, content));
+          report.skipped.push_back(fmt::format(
+              "{}: {}: it serves content {} under revision {}, expected content {}{}", id,
+              ErrorCodeName(ErrorCode::kVerificationFailed), content_it->second, identity.revision, content,
+              identity.revision.starts_with(kCheckpointRevisionPrefix) ? "" : " (what most instances serve)"));
           continue;
         }
         if (content.empty()) content = content_it->second;
@@ -422,6 +433,57 @@ struct ModelLoader::Impl {
       inst.coverage = std::move(*coverage);
       instances.push_back(std::move(inst));
     }
+  }
+
+  // Sets `content` (or `content_disputed`) from the instances of `by_instance` not seen yet,
+  // when no content is known: the content most of them advertise is the revision's (an
+  // instance serving other bytes under the same user revision, listed first, no longer decides
+  // for the others); a tie for the most leaves it unknown and disputed.
+  void ChooseContent(const std::map<std::string, std::vector<SourceRecord>>& by_instance) {
+    if (!content.empty() || !content_disputed.empty()) return;
+    std::map<std::string, std::vector<std::string>> instances_of;  // content -> instance ids
+    for (const auto& [id, recs] : by_instance) {
+      if (seen_instances.count(id)) continue;
+      auto c = recs.front().attributes.find(kSourceAttrContent);
+      if (c != recs.front().attributes.end()) instances_of[c->second].push_back(id);
+    }
+    std::size_t most = 0, with_most = 0;
+    for (const auto& [c, ids] : instances_of) {
+      if (ids.size() > most) {
+        most = ids.size();
+        with_most = 1;
+        content = c;
+      } else if (ids.size() == most) {
+        ++with_most;
+      }
+    }
+    if (with_most <= 1) return;
+    content.clear();
+    std::vector<std::string> sides;
+    for (const auto& [c, ids] : instances_of) sides.push_back(fmt::format("{} by {}", c, fmt::join(ids, ", ")));
+    // A tie: the fallback checkpoint, when one is given, decides (its revision is computed once,
+    // reading it whole, as its disk fallback would).
+    std::string checkpoint_says;
+    if (!options.checkpoint_path.empty()) {
+      auto checkpoint = Checkpoint::Open(options.checkpoint_path);
+      auto on_disk = checkpoint.ok() ? HashCheckpoint(*checkpoint) : Result<std::string>(checkpoint.status());
+      if (on_disk.ok()) {
+        checked_checkpoint = *on_disk;
+        if (auto it = instances_of.find(*on_disk); it != instances_of.end() && it->second.size() == most) {
+          content = *on_disk;
+          return;
+        }
+        checkpoint_says = fmt::format("; checkpoint \"{}\" has revision {}, none of them", options.checkpoint_path,
+                                      *on_disk);
+      } else {
+        checkpoint_says = fmt::format("; the checkpoint could not decide: {}", on_disk.status().ToString());
+      }
+    }
+    content_disputed = fmt::format(
+        "the instances of revision {} serve different contents ({}) and no content is served by most of them{}, so "
+        "none is used: name the revision by its content (\"xxh3:...\") to load one, and stop the instances that "
+        "serve other bytes under it",
+        identity.revision, fmt::join(sides, "; "), checkpoint_says);
   }
 
   std::vector<std::size_t> Alive() const {
@@ -1012,6 +1074,7 @@ struct ModelLoader::Impl {
     for (std::future<void>& f : marking) f.wait();  // of a previous Load
     marking.clear();
     advertised_contents.clear();
+    content_disputed.clear();
     cut_short = false;
     relist_failed = false;
     SW_RETURN_IF_ERROR(ResolveIdentity());

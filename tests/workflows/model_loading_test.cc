@@ -946,12 +946,42 @@ TEST_F(ModelLoadingRevisionTest, InstanceAdvertisingOtherContentUnderTheSameRevi
   lying.content_revision = "xxh3:00000000000000000000000000000000";
   auto a = Seed("a-honest", "tp=2", honest);
   auto b = Seed("b-lying", "tp=1", lying);
-  for (const LoadReport& r : LoadAll("new", "tp=2")) {
+  // One each and no checkpoint: which is the revision cannot be told, neither is used.
+  {
+    ModelLoaderOptions o = LoaderOptions("tie", "tp=2", 0);
+    auto loader = ModelLoader::Create(registry_, model_, o);
+    ASSERT_TRUE(loader.ok());
+    auto report = (*loader)->Load();
+    ASSERT_FALSE(report.ok());
+    EXPECT_NE(report.status().message().find("serve different contents"), std::string::npos)
+        << report.status().ToString();
+  }
+  // One each with the fallback checkpoint: its revision decides, the other is skipped.
+  for (const LoadReport& r : LoadAll("new", "tp=2", [&](ModelLoaderOptions& o) { o.checkpoint_path = dir_.string(); })) {
     EXPECT_EQ(r.bytes_per_instance.count("b-lying"), 0u);
     EXPECT_EQ(r.bytes_per_instance.count("a-honest"), 1u);
     ASSERT_EQ(r.skipped.size(), 1u);
     EXPECT_NE(r.skipped[0].find("b-lying"), std::string::npos) << r.skipped[0];
     EXPECT_NE(r.skipped[0].find("verification failed"), std::string::npos) << r.skipped[0];
+  }
+}
+
+// An instance serving other bytes under the user revision used to decide for every other one when
+// its instance id sorted first: "a-lying" became the reference, the two honest instances were
+// skipped, and every byte came from it (reported as success). The content most instances
+// advertise is the revision's: the liar is skipped, whatever its id.
+TEST_F(ModelLoadingRevisionTest, TheContentMostInstancesServeWinsWhateverTheIdsSortOrder) {
+  ModelSourceOptions honest, lying;
+  honest.content_revision = revision_;
+  lying.content_revision = "xxh3:00000000000000000000000000000000";
+  auto a = Seed("a-lying", "tp=1", lying);
+  auto b = Seed("b-honest", "tp=2", honest);
+  auto c = Seed("c-honest", "tp=1", honest);
+  for (const LoadReport& r : LoadAll("new", "tp=2")) {  // checks every byte against the checkpoint
+    EXPECT_EQ(r.bytes_per_instance.count("a-lying"), 0u);
+    ASSERT_EQ(r.skipped.size(), 1u);
+    EXPECT_NE(r.skipped[0].find("a-lying"), std::string::npos) << r.skipped[0];
+    EXPECT_NE(r.skipped[0].find("what most instances serve"), std::string::npos) << r.skipped[0];
   }
 }
 
