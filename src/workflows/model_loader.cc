@@ -199,7 +199,8 @@ struct ModelLoader::Impl {
     }
     if (options.checkpoint_path.empty()) {
       return NotFound(
-          fmt::format("no READY source serves model {} and no checkpoint was given{}", wanted, DTypeHint(all)));
+          fmt::format("no READY source serves model {} and no checkpoint was given{}{}", wanted, DTypeHint(all),
+                      StaleSourcesHint(wanted)));
     }
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
     SW_ASSIGN_OR_RETURN(const std::string revision, HashCheckpoint(checkpoint));
@@ -231,6 +232,32 @@ struct ModelLoader::Impl {
     if (revisions.empty()) return "; no revision of this model is served";
     return fmt::format("; revision {} is not served; the revisions served of this model: {}", options.revision,
                        fmt::join(revisions, ", "));
+  }
+
+  // For a NotFound: "; STALE now: <instance> rank <r> (revision, why), ..." for the STALE
+  // sources of the model whose structure digest is `structure` (lease expired, marked by a
+  // loader), so "nobody serves it" is told apart from "its sources are marked or silent". One
+  // listing; "" when it fails or finds none.
+  std::string StaleSourcesHint(const std::string& structure) {
+    auto stale = registry->ListSources("", SourceState::kStale);
+    if (!stale.ok()) return "";
+    std::vector<std::string> listed;
+    std::size_t more = 0;
+    for (const SourceRecord& r : *stale) {
+      auto a = r.attributes.find(kSourceAttrStructure);
+      if (a == r.attributes.end() || a->second != structure) continue;
+      if (listed.size() == 4) {
+        ++more;
+        continue;
+      }
+      auto v = r.attributes.find(kSourceAttrRevision);
+      listed.push_back(fmt::format("{} rank {} (revision {}: {})", r.instance_id, r.rank,
+                                   v != r.attributes.end() ? v->second : "?",
+                                   r.stale_reason.empty() ? "no reason given" : r.stale_reason));
+    }
+    if (listed.empty()) return "";
+    return fmt::format("; STALE now: {}{}", fmt::join(listed, ", "),
+                       more > 0 ? fmt::format(" and {} more", more) : std::string());
   }
 
   // A config without torch_dtype describes the model in BF16 (ModelConfig::dtype); a seed that
@@ -1093,14 +1120,14 @@ struct ModelLoader::Impl {
     Clock::time_point last_list = Clock::now();
     if (instances.empty() && options.checkpoint_path.empty()) {
       return NotFound(fmt::format(
-          "no usable READY source of {} for layout {} rank {} and no checkpoint{}{}{}{}", identity.Digest(),
+          "no usable READY source of {} for layout {} rank {} and no checkpoint{}{}{}{}{}", identity.Digest(),
           options.layout, options.rank, report.skipped.empty() ? "" : "; skipped: ", fmt::join(report.skipped, "; "),
           own_instance_listed ? fmt::format("; passed over: the sources of {}, this loader's own instance_id (an "
                                             "instance never loads from itself: give the loader another instance_id "
                                             "than the sources)",
                                             options.instance_id)
                               : "",
-          RevisionsServedHint()));
+          RevisionsServedHint(), StaleSourcesHint(identity.StructureDigest())));
     }
     while (true) {
       Assign();

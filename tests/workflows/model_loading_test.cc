@@ -725,6 +725,29 @@ TEST_F(ModelLoadingTest, NobodyServesTheModel) {
   EXPECT_EQ((*loader2)->Load().status().code(), ErrorCode::kNotFound);
 }
 
+// "No READY source serves model ..." could not be told apart from "its sources are all STALE" (a
+// coordinator that paused past the lease, loaders that marked them): the NotFound now names the
+// STALE sources of the model, with their revision and why, whether the revision was named or not.
+TEST_F(ModelLoadingTest, NotFoundNamesTheStaleSourcesOfTheModelAndWhy) {
+  auto seed = Seed("marked", "tp=1");
+  registry_.SetStickyStale(true);  // the mark holds through the seed's heartbeats
+  ASSERT_TRUE(registry_.MarkSourceStale(seed[0]->source_id(), "digest request not answered", true).ok());
+  for (const bool named : {true, false}) {
+    ModelLoaderOptions o = LoaderOptions(named ? "new" : "new2", "tp=2", 0);
+    if (!named) o.revision.clear();
+    auto loader = ModelLoader::Create(registry_, model_, o);
+    ASSERT_TRUE(loader.ok());
+    auto report = (*loader)->Load();
+    ASSERT_FALSE(report.ok());
+    EXPECT_EQ(report.status().code(), ErrorCode::kNotFound) << report.status().ToString();
+    EXPECT_NE(report.status().message().find("STALE now: marked rank 0 (revision rev-test: digest request not "
+                                             "answered)"),
+              std::string::npos)
+        << report.status().ToString();
+  }
+  registry_.SetStickyStale(false);
+}
+
 TEST_F(ModelLoadingTest, RevisionIsDiscoveredAndAmbiguityIsAnError) {
   auto seed = Seed("seed", "tp=2");
   LoadAll("new", "tp=1", [](ModelLoaderOptions& o) { o.revision.clear(); });
