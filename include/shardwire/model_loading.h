@@ -214,6 +214,12 @@ class ModelSource {
   std::unique_ptr<Impl> impl_;
 };
 
+/// The smallest ModelLoaderOptions::stall_timeout_s (seconds). A source that does not answer
+/// within the bound is marked STALE for every loader, so a bound below what a healthy source
+/// on a loaded host needs (scheduling, a UCX wire-up: tens of milliseconds) would take
+/// healthy sources out of service; a loader looping with such a bound kept a fleet from loading.
+inline constexpr double kMinStallTimeoutSeconds = 0.1;
+
 /// Options of one rank's load.
 struct ModelLoaderOptions {
   /// The new instance's id (becomes its instance_id when it serves), its layout
@@ -253,7 +259,7 @@ struct ModelLoaderOptions {
   /// 1 s per 10 MB of all their bytes, moved out as each is posted. Counted
   /// while the loader runs: a pause of the loader itself or a stall of its agent's
   /// lanes (LoadReport::paused_seconds) does not count against its sources.
-  /// > 0; +inf (or anything beyond 1e9 s): never.
+  /// >= kMinStallTimeoutSeconds; +inf (or anything beyond 1e9 s): never.
   double stall_timeout_s = 3;
   /// Seconds a whole load may take before it fails with kTimedOut (not committed),
   /// counted from the start of Load, the disk fallback included. > 0; +inf (or anything
@@ -345,7 +351,7 @@ class ModelLoader {
   /// writing; shard bytes are unspecified until Load commits.
   /// Nothing is read yet.
   /// Errors: kInvalidArgument (layout, rank, empty instance id, options.buffer too
-  /// small, stall_timeout_s or load_timeout_s not > 0, move_bytes 0, a negative
+  /// small, stall_timeout_s below kMinStallTimeoutSeconds, load_timeout_s not > 0, move_bytes 0, a negative
   /// lease_priority, lease_seconds not finite and > 0); agent errors.
   static Result<std::unique_ptr<ModelLoader>> Create(SourceRegistry& registry, const ModelDescription& model,
                                                      ModelLoaderOptions options);

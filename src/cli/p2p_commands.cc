@@ -370,7 +370,9 @@ void AddLoadCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--checkpoint", o->fallback_checkpoint, "checkpoint for the disk fallback (default: none)");
   cmd->add_option("--instance-id", o->instance_id, "instance id (default: load-<pid>)");
   cmd->add_option("--revision", o->revision, "content revision (default: the one the sources serve)");
-  cmd->add_option("--stall-timeout", o->stall_timeout_s, "seconds without progress before a source counts as dead")
+  cmd->add_option("--stall-timeout", o->stall_timeout_s,
+                  "seconds without progress before a source counts as dead (at least 0.1: a source given up on is "
+                  "marked STALE for every loader)")
       ->capture_default_str();
   cmd->add_option("--report", o->report, "also write the LOADED line to this file (atomically)");
   cmd->add_flag("--quiet", o->quiet, "print nothing but errors (use with --report)");

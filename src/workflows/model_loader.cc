@@ -1194,6 +1194,14 @@ Result<std::unique_ptr<ModelLoader>> ModelLoader::Create(SourceRegistry& registr
   if (!(options.stall_timeout_s > 0) || !(options.load_timeout_s > 0) || options.move_bytes == 0) {
     return InvalidArgument("model loader: stall and load timeouts must be > 0 and move_bytes > 0");
   }
+  if (options.stall_timeout_s < kMinStallTimeoutSeconds) {
+    // A stalled source is marked STALE for every loader: a bound below what a healthy source
+    // needs to answer would take healthy sources out of service.
+    return InvalidArgument(fmt::format(
+        "model loader: stall_timeout_s {} is below {} s, less than a healthy source may take to answer on a loaded "
+        "host; the sources it gives up on are marked STALE for every loader",
+        options.stall_timeout_s, kMinStallTimeoutSeconds));
+  }
   auto layout = MakeLayoutFromString(model, options.layout);
   if (!layout.ok()) return layout.status().WithContext("model loader");
   if (options.rank < 0 || options.rank >= layout->world_size()) {

@@ -795,6 +795,15 @@ TEST_F(ModelLoadingTest, BadOptions) {
   EXPECT_FALSE(ModelLoader::Create(registry_, model_, o).ok());
   o = LoaderOptions("x", "tp=2", 2);
   EXPECT_EQ(ModelLoader::Create(registry_, model_, o).status().code(), ErrorCode::kInvalidArgument);
+  // A stall bound no healthy source can meet (1 us marked a healthy seed STALE for every loader)
+  // is refused, naming the floor; the floor itself is taken.
+  o = LoaderOptions("x", "tp=2", 0);
+  o.stall_timeout_s = 1e-6;
+  auto tiny = ModelLoader::Create(registry_, model_, o);
+  EXPECT_EQ(tiny.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(tiny.status().message().find("below 0.1 s"), std::string::npos) << tiny.status().ToString();
+  o.stall_timeout_s = kMinStallTimeoutSeconds;
+  EXPECT_TRUE(ModelLoader::Create(registry_, model_, o).ok());
 }
 
 // A checkpoint of the same model with other bytes (another revision), beside dir_.
