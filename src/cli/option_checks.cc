@@ -2,26 +2,31 @@
 
 #include <string>
 
+#include <fmt/format.h>
+
 namespace shardwire::cli {
 namespace {
 
-CLI::Validator NumberCheck(bool zero_allowed) {
-  const std::string bound = zero_allowed ? ">= 0" : "> 0";
+// A number above `bound` (`inclusive`: or equal to it); inf passes, NaN never does.
+CLI::Validator NumberCheck(double bound, bool inclusive) {
+  const std::string text_bound = fmt::format("{} {}", inclusive ? ">=" : ">", bound);
   return CLI::Validator(
-      [zero_allowed, bound](std::string& text) -> std::string {
+      [bound, inclusive, text_bound](std::string& text) -> std::string {
         double value = 0;
-        if (!CLI::detail::lexical_cast(text, value)) return "must be a number " + bound + ", got '" + text + "'";
-        const bool in_range = zero_allowed ? value >= 0 : value > 0;  // false for NaN
-        return in_range ? std::string() : "must be a number " + bound + ", got " + text;
+        if (!CLI::detail::lexical_cast(text, value)) return "must be a number " + text_bound + ", got '" + text + "'";
+        const bool in_range = inclusive ? value >= bound : value > bound;  // false for NaN
+        return in_range ? std::string() : "must be a number " + text_bound + ", got " + text;
       },
-      "NUMBER " + bound, zero_allowed ? "NON_NEGATIVE" : "POSITIVE");
+      "NUMBER " + text_bound, "NUMBER " + text_bound);
 }
 
 }  // namespace
 
-CLI::Validator NonNegativeNumber() { return NumberCheck(true); }
+CLI::Validator NonNegativeNumber() { return NumberCheck(0, true); }
 
-CLI::Validator PositiveNumber() { return NumberCheck(false); }
+CLI::Validator PositiveNumber() { return NumberCheck(0, false); }
+
+CLI::Validator AtLeast(double minimum) { return NumberCheck(minimum, true); }
 
 CLI::Validator NonEmpty(const std::string& what_it_is) {
   return CLI::Validator(

@@ -18,6 +18,9 @@ CLI::Validator NonNegativeNumber();
 /// As NonNegativeNumber, for a number > 0: "--OPTION: must be a number > 0, got VALUE".
 CLI::Validator PositiveNumber();
 
+/// As NonNegativeNumber, for a number >= `minimum`: "--OPTION: must be a number >= 0.1, got VALUE".
+CLI::Validator AtLeast(double minimum);
+
 /// A check that a string option is not empty, for options whose absence means something else
 /// (`serve --redis ""` would otherwise keep the state in memory, `demo rl-sync --coordinator ""`
 /// would start an in-process coordinator: what an unset shell variable produces).

@@ -373,6 +373,7 @@ void AddLoadCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--stall-timeout", o->stall_timeout_s,
                   "seconds without progress before a source counts as dead (at least 0.1: a source given up on is "
                   "marked STALE for every loader)")
+      ->check(AtLeast(kMinStallTimeoutSeconds))
       ->capture_default_str();
   cmd->add_option("--report", o->report, "also write the LOADED line to this file (atomically)");
   cmd->add_flag("--quiet", o->quiet, "print nothing but errors (use with --report)");
