@@ -228,6 +228,21 @@ TEST_F(P2pLoadProcessTest, ABandwidthCapWithoutServeIsRefused) {
       << Slurp(Out("bandwidth-alone"));
 }
 
+// A stall bound below kMinStallTimeoutSeconds marked healthy seeds STALE for every loader; it is
+// refused at the parse, naming the floor, before a coordinator is dialled (port 1: nothing there).
+TEST_F(P2pLoadProcessTest, AStallTimeoutBelowTheFloorIsRefusedBeforeAnythingRuns) {
+  Process p(SHARDWIRE_BIN,
+            {"load", "--coordinator", "127.0.0.1:1", "--config", Ckpt() + "/config.json", "--layout", "tp=1",
+             "--stall-timeout", "0.000001"},
+            Out("tiny-stall"));
+  const auto rc = p.Wait(60);
+  ASSERT_TRUE(rc.has_value());
+  EXPECT_NE(*rc, 0);
+  const std::string out = Slurp(Out("tiny-stall"));
+  EXPECT_NE(out.find("--stall-timeout: must be a number >= 0.1, got 0.000001"), std::string::npos) << out;
+  EXPECT_EQ(out.find("unavailable"), std::string::npos) << "no coordinator call: " << out;
+}
+
 TEST_F(P2pLoadProcessTest, MixedTpLoadsFromRealProcesses) {
   Seed("seed", "tp=2");
   AwaitReady("seed", 2);
