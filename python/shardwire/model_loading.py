@@ -64,7 +64,10 @@ class ModelSource:
     coordinator's stale_after_s; each renewal gives up after max(2 x interval, 1 s) when the
     coordinator does not answer). ``bandwidth_bytes_per_s``: cap per rank (0: none).
     ``shutdown_timeout_s``: seconds close() spends at most deregistering (finite, >= 0; 0 skips
-    it; an unreachable coordinator leaves the record to its lease, STALE after stale_after_s);
+    it; an unreachable coordinator leaves the record to its lease, STALE after stale_after_s).
+    close() first waits for a lease renewal in flight, so with a coordinator that does not
+    answer it returns within shutdown_timeout_s plus one renewal bound (max(2 x
+    heartbeat_interval_s, 1 s)): about 2 s with shutdown_timeout_s=0, 4 s by default;
     also the bound of the deregistration after a registration that failed as unavailable or
     timed out (the coordinator may have stored it before its reply was lost).
 
@@ -161,7 +164,8 @@ class ModelSource:
     def close(self) -> None:
         """Deregisters (best effort) and stops serving. Idempotent. ``tensors`` is emptied; views
         taken from it before stay readable: the buffer is freed only once neither this object nor
-        any view of it is left."""
+        any view of it is left. Blocks (GIL released) up to shutdown_timeout_s plus one lease
+        renewal bound when the coordinator does not answer (see the class)."""
         if self._guard.inherited():
             return  # a forked child's copy: the source serves on in the parent (_process_guard.py)
         with self._guard.use("close"):
