@@ -203,6 +203,18 @@ class Describer {
                                            rule.where, c_.model_type, name, fmt::join(shape, ", ")));
       }
     }
+    if (role == ParallelRole::kRow && shape.size() < 2) {
+      return InvalidArgument(fmt::format(
+          "{}: model config {}: tensor {} of shape [{}] has role row, which splits its input dimension (dim 1, the "
+          "last of stacked experts): a 1-D tensor has none (a row-parallel layer's bias is replicated)",
+          rule.where, c_.model_type, name, fmt::join(shape, ", ")));
+    }
+    if (quantizable && (shape.size() < 2 || shape.size() > 3)) {
+      return InvalidArgument(fmt::format(
+          "{}: model config {}: tensor {} {}[{}] is marked quantized, but FP8 block quantisation takes a 2-D [out, "
+          "in] or 3-D [experts, out, in] tensor (DeepGEMM's 128x128 blocks); mark it quantized: false",
+          rule.where, c_.model_type, name, DTypeName(dtype), fmt::join(shape, ", ")));
+    }
     ModelTensor t{TensorSpec{std::move(name), dtype, std::move(shape)}, role, BoundInt("layer"), BoundInt("expert"),
                   shared_};
     t.quantizable = quantizable;
@@ -246,10 +258,26 @@ class Describer {
         return produced.count(key) > 0;
       };
       bool scaled = true;
+      const ModelTensor* first = nullptr;  // the first part's weight: every other must fit beside it
       for (const auto& p : f.parts) {
         if (!has(p, ".weight")) {
           return InvalidArgument(fmt::format("{}: fused parameter {} names part {} but no rule produced {}.weight",
                                              f.where, f.name, p, p));
+        }
+        const ModelTensor& part = tensors_[static_cast<std::size_t>(
+            std::lower_bound(names.begin(), names.end(), std::pair<std::string_view, int>(key, -1))->second)];
+        if (first == nullptr) {
+          first = &part;
+        } else if (part.spec.dtype != first->spec.dtype || part.role != first->role ||
+                   part.spec.shape.size() != first->spec.shape.size() ||
+                   !std::equal(part.spec.shape.begin() + 1, part.spec.shape.end(), first->spec.shape.begin() + 1)) {
+          return InvalidArgument(fmt::format(
+              "{}: fused parameter {}: part {} is {}[{}] ({}) but part {} is {}[{}] ({}): the parts are concatenated "
+              "along dim 0 into one parameter (vLLM's QKVParallelLinear, MergedColumnParallelLinear), so they need "
+              "the same dtype, role and every dimension after the first",
+              f.where, f.name, part.spec.name, DTypeName(part.spec.dtype), fmt::join(part.spec.shape, ", "),
+              ParallelRoleName(part.role), first->spec.name, DTypeName(first->spec.dtype),
+              fmt::join(first->spec.shape, ", "), ParallelRoleName(first->role)));
         }
         scaled = scaled && has(p, kScaleSuffix);
         if (f.bias && !has(p, ".bias")) {

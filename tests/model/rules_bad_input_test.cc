@@ -135,6 +135,59 @@ TEST(ModelRulesBadInput, TwoRolesForOneTensor) {
   EXPECT_MESSAGE_HAS(d.status(), "model.layers.0.mlp.up_proj.weight is produced twice");
 }
 
+// Rules that cannot be right were accepted: a fuse of parts that do not concatenate along dim 0
+// (up [16, 8] with down [8, 16]; a 1-D norm with a 2-D weight), role row on a 1-D tensor (no
+// input dimension to split), quantized on a 1-D tensor (convert then failed without naming the
+// rule). Each is a typed error naming the file and line.
+TEST(ModelRulesBadInput, RulesThatCannotBeRightAreRefusedNamingTheRule) {
+  const std::string base = std::string(kGood) + R"(      - linear: model.layers.{layer}.mlp.down_proj
+        out: hidden_size
+        in: intermediate_size
+        role: row
+      - tensor: model.layers.{layer}.norm.weight
+        shape: [hidden_size]
+        role: replicated
+)";
+  const struct {
+    const char* what;
+    std::string extra;
+    std::vector<std::string> says;
+  } cases[] = {
+      {"fuse of [16, 8] and [8, 16]",
+       "      - fuse: model.layers.{layer}.mlp.up_down\n"
+       "        parts: [\"model.layers.{layer}.mlp.up_proj\", \"model.layers.{layer}.mlp.down_proj\"]\n",
+       {"bad.yaml:21", "fused parameter model.layers.0.mlp.up_down", "F32[8, 16] (row)", "every dimension after"}},
+      {"fuse of a norm and a weight",
+       "      - fuse: model.layers.{layer}.mixed\n"
+       "        parts: [\"model.layers.{layer}.norm\", \"model.layers.{layer}.mlp.up_proj\"]\n",
+       {"bad.yaml:21", "fused parameter model.layers.0.mixed"}},
+      {"row on 1-D",
+       "      - tensor: model.layers.{layer}.gain.weight\n        shape: [hidden_size]\n        role: row\n",
+       {"bad.yaml:21", "model.layers.0.gain.weight of shape [8] has role row"}},
+      {"quantized 1-D",
+       "      - tensor: model.layers.{layer}.scale.weight\n        shape: [hidden_size]\n        role: replicated\n"
+       "        quantized: true\n",
+       {"bad.yaml:21", "model.layers.0.scale.weight F32[8] is marked quantized"}},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    auto r = ModelRules::Parse(base + c.extra, "bad.yaml");
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ModelConfig config = Tiny();
+    config.torch_dtype = DType::kF32;
+    auto d = r->Describe(config);
+    EXPECT_EQ(d.status().code(), ErrorCode::kInvalidArgument) << d.status().ToString();
+    for (const std::string& text : c.says) EXPECT_MESSAGE_HAS(d.status(), text);
+  }
+  // The same parts fused as vLLM does (up twice is not a model, but concatenates): accepted.
+  auto ok = ModelRules::Parse(base + "      - fuse: model.layers.{layer}.mlp.up_up\n"
+                                     "        parts: [\"model.layers.{layer}.mlp.up_proj\", "
+                                     "\"model.layers.{layer}.mlp.up_proj\"]\n",
+                              "ok.yaml");
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_TRUE(ok->Describe(Tiny()).ok());
+}
+
 TEST(ModelRulesBadInput, PatternMatchingNothingInTheCheckpoint) {
   std::string text = kGood;
   text.replace(text.find("up_proj"), 7, "up_prj");
