@@ -32,10 +32,13 @@ struct ModelConfig {
   std::string model_type;    ///< `model_type`, e.g. "llama", "qwen3", "deepseek_v3" (required)
   std::int64_t hidden_size = 0;          ///< required (> 0)
   std::int64_t num_hidden_layers = 0;    ///< required (> 0)
-  std::int64_t num_attention_heads = 0;  ///< required (> 0)
-  std::int64_t num_key_value_heads = 0;  ///< defaults to num_attention_heads
-  std::int64_t head_dim = 0;  ///< defaults to hidden_size / num_attention_heads (absent or null)
-  std::int64_t intermediate_size = 0;  ///< dense MLP width (required; GPT-2: 4 * hidden)
+  /// > 0; 0 when the config has none (a family without attention: rules that use it fail
+  /// naming it, and TP layouts check no head divisibility).
+  std::int64_t num_attention_heads = 0;
+  std::int64_t num_key_value_heads = 0;  ///< defaults to num_attention_heads (0 with it)
+  /// defaults to hidden_size / num_attention_heads (absent or null); 0 without heads
+  std::int64_t head_dim = 0;
+  std::int64_t intermediate_size = 0;  ///< dense MLP width (GPT-2 default: 4 * hidden); 0: absent
   std::int64_t vocab_size = 0;         ///< required (> 0)
   /// lm_head shares embed_tokens' storage. Default false, except model_type "gpt2" whose
   /// config class inherits PretrainedConfig's default true.

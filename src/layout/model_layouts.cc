@@ -84,6 +84,9 @@ Status CheckPipeline(const ModelDescription& model, int pp) {
 }
 
 Status CheckHeads(const ModelConfig& c, int tp, bool allow_kv_replication) {
+  // A model without attention heads (its config names none): its tensors' roles alone say what
+  // TP splits, and each split is checked per tensor.
+  if (c.num_attention_heads == 0) return Status::Ok();
   if (c.num_attention_heads % tp != 0) {
     return InvalidArgument(fmt::format("TP size {} does not divide the {} attention heads of {}", tp,
                                        c.num_attention_heads, c.model_type));

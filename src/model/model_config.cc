@@ -177,17 +177,22 @@ Status Parse(const ConfigReader& r, ModelConfig* c) {
   // GPT-2 legacy names per GPT2Config.attribute_map.
   SW_ASSIGN_OR_RETURN(c->hidden_size, r.PositiveInt({"hidden_size", "n_embd"}));
   SW_ASSIGN_OR_RETURN(c->num_hidden_layers, r.PositiveInt({"num_hidden_layers", "n_layer"}));
-  SW_ASSIGN_OR_RETURN(c->num_attention_heads, r.PositiveInt({"num_attention_heads", "n_head"}));
+  // Attention and MLP sizes are optional: a family without attention heads (state-space or
+  // RWKV-style models) or without a dense MLP is described by rules that never name them; a rule
+  // that does name an absent one fails naming it ("num_attention_heads is missing").
+  SW_ASSIGN_OR_RETURN(auto heads, r.OptionalInt({"num_attention_heads", "n_head"}));
+  if (heads.has_value() && *heads <= 0) return r.Error("num_attention_heads", fmt::format("{} is not positive", *heads));
+  c->num_attention_heads = heads.value_or(0);
   SW_ASSIGN_OR_RETURN(c->vocab_size, r.PositiveInt({"vocab_size"}));
 
   SW_ASSIGN_OR_RETURN(auto kv_heads, r.OptionalInt({"num_key_value_heads"}));
   c->num_key_value_heads = kv_heads.value_or(c->num_attention_heads);
-  if (c->num_key_value_heads <= 0) {
+  if (kv_heads.has_value() && c->num_key_value_heads <= 0) {
     return r.Error("num_key_value_heads", fmt::format("{} is not positive", c->num_key_value_heads));
   }
   // Grouped-query attention shares each KV head among num_attention_heads / num_key_value_heads
   // query heads (transformers' repeat_kv; vLLM asserts the same).
-  if (c->num_attention_heads % c->num_key_value_heads != 0) {
+  if (c->num_attention_heads > 0 && c->num_attention_heads % c->num_key_value_heads != 0) {
     return r.Error("num_key_value_heads", fmt::format("{} does not divide num_attention_heads {}",
                                                       c->num_key_value_heads, c->num_attention_heads));
   }
@@ -196,7 +201,7 @@ Status Parse(const ConfigReader& r, ModelConfig* c) {
   if (head_dim.has_value()) {
     if (*head_dim <= 0) return r.Error("head_dim", "is not positive");
     c->head_dim = *head_dim;
-  } else {
+  } else if (c->num_attention_heads > 0) {
     if (c->hidden_size % c->num_attention_heads != 0) {
       return r.Error("head_dim", fmt::format("missing, and hidden_size {} is not divisible by "
                                              "num_attention_heads {}",
@@ -206,12 +211,9 @@ Status Parse(const ConfigReader& r, ModelConfig* c) {
   }
 
   SW_ASSIGN_OR_RETURN(auto inter, r.OptionalInt({"intermediate_size", "n_inner"}));
-  if (!inter.has_value()) {
-    if (!gpt2) return r.Error("intermediate_size", "missing");
-    inter = 4 * c->hidden_size;  // GPT2Config: n_inner None means 4 * n_embd
-  }
-  if (*inter <= 0) return r.Error("intermediate_size", "is not positive");
-  c->intermediate_size = *inter;
+  if (!inter.has_value() && gpt2) inter = 4 * c->hidden_size;  // GPT2Config: n_inner None means 4 * n_embd
+  if (inter.has_value() && *inter <= 0) return r.Error("intermediate_size", "is not positive");
+  c->intermediate_size = inter.value_or(0);
 
   SW_ASSIGN_OR_RETURN(auto tie, r.OptionalBool("tie_word_embeddings"));
   c->tie_word_embeddings = tie.value_or(gpt2);

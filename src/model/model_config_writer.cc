@@ -36,10 +36,11 @@ Status WriteModelConfig(const ModelConfig& c, const std::string& path) {
   j["model_type"] = c.model_type;
   j["hidden_size"] = c.hidden_size;
   j["num_hidden_layers"] = c.num_hidden_layers;
-  j["num_attention_heads"] = c.num_attention_heads;
-  j["num_key_value_heads"] = c.num_key_value_heads;
-  j["head_dim"] = c.head_dim;
-  j["intermediate_size"] = c.intermediate_size;
+  // 0: absent (ModelConfig), left out as the config it came from did.
+  if (c.num_attention_heads > 0) j["num_attention_heads"] = c.num_attention_heads;
+  if (c.num_key_value_heads > 0) j["num_key_value_heads"] = c.num_key_value_heads;
+  if (c.head_dim > 0) j["head_dim"] = c.head_dim;
+  if (c.intermediate_size > 0) j["intermediate_size"] = c.intermediate_size;
   j["vocab_size"] = c.vocab_size;
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   j["attention_bias"] = c.attention_bias;

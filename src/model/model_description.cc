@@ -48,17 +48,24 @@ std::uint64_t ModelDescription::total_params() const {
 }
 
 Result<ModelDescription> DescribeModel(const ModelConfig& config) {
-  const std::pair<std::string_view, std::int64_t> sizes[] = {
-      {"hidden_size", config.hidden_size},
-      {"num_hidden_layers", config.num_hidden_layers},
-      {"num_attention_heads", config.num_attention_heads},
-      {"num_key_value_heads", config.num_key_value_heads},
-      {"head_dim", config.head_dim},
-      {"intermediate_size", config.intermediate_size},
-      {"vocab_size", config.vocab_size}};
+  const std::pair<std::string_view, std::int64_t> sizes[] = {{"hidden_size", config.hidden_size},
+                                                              {"num_hidden_layers", config.num_hidden_layers},
+                                                              {"vocab_size", config.vocab_size}};
   for (const auto& [key, value] : sizes) {
     if (value <= 0) {
       return InvalidArgument(fmt::format("model config {}: {} is {}, must be positive",
+                                         config.model_type, key, value));
+    }
+  }
+  // 0: absent from the config (ModelConfig); the rules that need them say so.
+  const std::pair<std::string_view, std::int64_t> optional_sizes[] = {
+      {"num_attention_heads", config.num_attention_heads},
+      {"num_key_value_heads", config.num_key_value_heads},
+      {"head_dim", config.head_dim},
+      {"intermediate_size", config.intermediate_size}};
+  for (const auto& [key, value] : optional_sizes) {
+    if (value < 0) {
+      return InvalidArgument(fmt::format("model config {}: {} is {}, must be positive (or absent)",
                                          config.model_type, key, value));
     }
   }

@@ -54,10 +54,12 @@ class Describer {
     m["architecture"] = RuleValue::String(c.architecture);
     m["hidden_size"] = RuleValue::Int(c.hidden_size);
     m["num_hidden_layers"] = RuleValue::Int(c.num_hidden_layers);
-    m["num_attention_heads"] = RuleValue::Int(c.num_attention_heads);
-    m["num_key_value_heads"] = RuleValue::Int(c.num_key_value_heads);
-    m["head_dim"] = RuleValue::Int(c.head_dim);
-    m["intermediate_size"] = RuleValue::Int(c.intermediate_size);
+    // 0: absent from the config (ModelConfig): null, so a rule that uses one fails naming it.
+    auto size = [](const char* key, std::int64_t v) { return v > 0 ? RuleValue::Int(v) : RuleValue::Null(key); };
+    m["num_attention_heads"] = size("num_attention_heads", c.num_attention_heads);
+    m["num_key_value_heads"] = size("num_key_value_heads", c.num_key_value_heads);
+    m["head_dim"] = size("head_dim", c.head_dim);
+    m["intermediate_size"] = size("intermediate_size", c.intermediate_size);
     m["vocab_size"] = RuleValue::Int(c.vocab_size);
     m["tie_word_embeddings"] = RuleValue::Bool(c.tie_word_embeddings);
     m["attention_bias"] = RuleValue::Bool(c.attention_bias);

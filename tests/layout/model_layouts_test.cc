@@ -8,6 +8,7 @@
 #include "describe_model.h"
 #include "shardwire/layout.h"
 #include "shardwire/model_config.h"
+#include "shardwire/model_rules.h"
 
 namespace shardwire {
 namespace {
@@ -162,6 +163,32 @@ TEST(EngineLayout, RejectsImpossibleSizesNamingThem) {
   l = MakeEngineLayout(Llama(), {.tp = 1, .pp = 4});
   ASSERT_FALSE(l.ok());
   EXPECT_NE(l.status().message().find("4 pipeline stages for 3 decoder layers"), std::string::npos);
+}
+
+// A model whose config names no attention heads (0: ModelConfig, e.g. a state-space model described
+// by a user's rules): no head divisibility is checked, its tensors' roles alone decide the split.
+TEST(EngineLayout, AModelWithoutAttentionHeadsSplitsByItsRoles) {
+  ModelConfig c;
+  c.model_type = "ssm-toy";
+  c.hidden_size = 8;
+  c.num_hidden_layers = 1;
+  c.vocab_size = 10;
+  c.torch_dtype = DType::kF32;
+  auto rules = ModelRules::Parse(R"(family: ssm-toy
+model_types: [ssm-toy]
+tensors:
+  - linear: model.layers.0.mixer.in_proj
+    out: 2 * hidden_size
+    in: hidden_size
+    role: column
+)",
+                                 "ssm.yaml");
+  ASSERT_TRUE(rules.ok()) << rules.status().ToString();
+  auto d = rules->Describe(c);
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  auto l = MakeEngineLayout(*d, {.tp = 2});
+  ASSERT_TRUE(l.ok()) << l.status().ToString();
+  EXPECT_EQ(Shard(*l, 1, "model.layers.0.mixer.in_proj.weight").box, (Box{{8, 0}, {8, 8}}));
 }
 
 TEST(TrainerLayout, FsdpTpShardsTheTpShard) {

@@ -188,6 +188,52 @@ TEST(ModelRulesBadInput, RulesThatCannotBeRightAreRefusedNamingTheRule) {
   EXPECT_TRUE(ok->Describe(Tiny()).ok());
 }
 
+// num_attention_heads and intermediate_size were required of every config, so a family without
+// attention heads or a dense MLP (a state-space model) could not be described even by rules that
+// never name them. They are optional now: such rules describe the model (TP layouts of it:
+// EngineLayout.AModelWithoutAttentionHeadsSplitsByItsRoles), while rules that do use an absent one
+// fail naming it.
+TEST(ModelRulesBadInput, AConfigWithoutHeadsOrDenseMlpIsDescribedByRulesThatDoNotNeedThem) {
+  auto config = ParseModelConfig(R"({"model_type": "ssm-toy", "hidden_size": 8, "num_hidden_layers": 2,
+                                     "vocab_size": 10, "state_size": 4, "torch_dtype": "float32"})",
+                                 "ssm.json");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->num_attention_heads, 0);
+  EXPECT_EQ(config->intermediate_size, 0);
+  auto rules = ModelRules::Parse(R"(family: ssm-toy
+model_types: [ssm-toy]
+tensors:
+  - tensor: model.embed_tokens.weight
+    shape: [vocab_size, hidden_size]
+    role: vocab
+  - for: layer
+    count: num_hidden_layers
+    do:
+      - linear: model.layers.{layer}.mixer.in_proj
+        out: 2 * hidden_size
+        in: hidden_size
+        role: column
+      - linear: model.layers.{layer}.mixer.out_proj
+        out: hidden_size
+        in: hidden_size
+        role: row
+)",
+                                 "ssm.yaml");
+  ASSERT_TRUE(rules.ok()) << rules.status().ToString();
+  auto d = rules->Describe(*config);
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_EQ(d->tensors.size(), 5u);
+  // The llama rules name the heads: a llama config without them fails naming the key.
+  auto llama = ParseModelConfig(R"({"model_type": "llama", "hidden_size": 8, "num_hidden_layers": 2,
+                                    "vocab_size": 10, "intermediate_size": 16})",
+                                "llama.json");
+  ASSERT_TRUE(llama.ok()) << llama.status().ToString();
+  auto described = DescribeModel(*llama);
+  EXPECT_EQ(described.status().code(), ErrorCode::kInvalidArgument) << described.status().ToString();
+  EXPECT_MESSAGE_HAS(described.status(), "num_attention_heads is missing");
+  EXPECT_MESSAGE_HAS(described.status(), "llama.yaml:");
+}
+
 TEST(ModelRulesBadInput, PatternMatchingNothingInTheCheckpoint) {
   std::string text = kGood;
   text.replace(text.find("up_proj"), 7, "up_prj");
