@@ -82,7 +82,9 @@ std::vector<std::string> BuiltinModelTypes();
 /// Registers `rules` for the process: DescribeModel uses them for their model_types,
 /// ahead of the built-in files (a later registration for the same model_type wins).
 void AddUserModelRules(ModelRules rules);
-/// Loads `path` and registers it (errors of ModelRules::Load).
+/// Loads `path` and registers it (errors of ModelRules::Load; kInvalidArgument naming both
+/// files when another file registered with LoadUserModelRules describes one of its
+/// model_types already; the same file again is accepted).
 Status LoadUserModelRules(const std::string& path);
 /// Forgets every registered user rules file.
 void ClearUserModelRules();

@@ -450,5 +450,21 @@ TEST(ModelRulesBadInput, UserRulesWinOverBuiltInAndUnknownTypesAreUnsupported) {
   EXPECT_EQ(DescribeModel(c).status().code(), ErrorCode::kUnsupported);
 }
 
+// Two --model-rules files for one model_type: the last one won without a word, so which rules
+// described the model depended on the order of the command line. The second is refused, naming
+// both; loading the same file again is accepted.
+TEST(ModelRulesBadInput, TwoRulesFilesForOneModelTypeAreRefusedNamingBoth) {
+  testing::TempDir dir;
+  testing::WriteBytes(dir.File("a.yaml"), kGood);
+  testing::WriteBytes(dir.File("b.yaml"), kGood);
+  ASSERT_TRUE(LoadUserModelRules(dir.File("a.yaml")).ok());
+  EXPECT_TRUE(LoadUserModelRules(dir.File("a.yaml")).ok());
+  const Status second = LoadUserModelRules(dir.File("b.yaml"));
+  EXPECT_EQ(second.code(), ErrorCode::kInvalidArgument);
+  EXPECT_MESSAGE_HAS(second, "b.yaml: model_type \"toy\" is described by ");
+  EXPECT_MESSAGE_HAS(second, "a.yaml already");
+  ClearUserModelRules();
+}
+
 }  // namespace
 }  // namespace shardwire
