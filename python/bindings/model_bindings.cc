@@ -5,10 +5,12 @@
 #include <pybind11/stl.h>
 
 #include "bindings.h"
+#include "gil_release.h"
 #include "shardwire/checkpoint.h"
 #include "shardwire/checkpoint_model.h"
 #include "shardwire/model_config.h"
 #include "shardwire/model_description.h"
+#include "shardwire/model_rules.h"
 #include "status_bindings.h"
 
 namespace py = pybind11;
@@ -16,6 +18,18 @@ namespace py = pybind11;
 namespace shardwire::python {
 
 void BindModel(py::module_& m) {
+  m.def(
+      "load_model_rules",
+      [](const std::string& path) {
+        GilRelease release;  // reads a file
+        ThrowIfError(LoadUserModelRules(path));
+      },
+      py::arg("path"),
+      "Loads a model rules file (docs/model_rules.md; what `--model-rules FILE` does for the CLI) and registers it\n"
+      "for this process: Model.from_config / from_config_json / from_checkpoint then describe its model_types\n"
+      "with it, before the built-in rules. Write one with `shardwire describe --checkpoint PATH --write-rules FILE`.\n"
+      "Raises InvalidArgumentError naming file and line (a malformed file; another file already loaded for one of\n"
+      "its model_types), IoError (the file cannot be read, naming it). Thread-safe.");
   py::class_<ModelDescription>(m, "Model",
                                "A model's parameter tensors with their parallel roles (C++ ModelDescription).\n"
                                "Immutable from Python; build one with Model.from_config / Model.from_checkpoint.")

@@ -29,6 +29,7 @@ from ._shardwire import ERROR_CODES as _ERROR_CODES
 errors._register_codes(_ERROR_CODES)
 
 from ._shardwire import CoordinatorClient, CoordinatorServer, Layout, Model, Plan  # noqa: E402
+from ._shardwire import load_model_rules as _load_model_rules  # noqa: E402
 from ._shardwire import plan as _plan  # noqa: E402
 from ._bound_arguments import translate as _translate, translate_argument_errors as _translate_argument_errors  # noqa: E402
 
@@ -39,6 +40,8 @@ for _cls in (CoordinatorClient, CoordinatorServer, Layout, Model, Plan, _raw._We
              _raw._WeightSubscriber, _raw._ModelSource, _raw._ModelLoader):
     _translate_argument_errors(_cls)
 plan = _translate(_plan)
+load_model_rules = _translate(_load_model_rules)
+load_model_rules.__module__, load_model_rules.__qualname__ = __name__, "load_model_rules"
 plan.__module__, plan.__qualname__ = __name__, "plan"  # picklable by reference, as shardwire.plan
 del _cls, _raw
 from .errors import ShardwireError  # noqa: E402
@@ -50,4 +53,5 @@ from .tensors import check_shard_tensors  # noqa: E402
 
 __all__ = ["CoordinatorClient", "CoordinatorServer", "Layout", "Model", "Plan", "plan", "errors", "ShardwireError", "shard_views", "torch_dtype",
            "WeightPublisher", "WeightSubscriber", "adopt_parameters", "allocate_shard_buffer",
-           "quantize_fp8_block", "dequantize_fp8_block", "ModelSource", "ModelLoader", "check_shard_tensors"]
+           "quantize_fp8_block", "dequantize_fp8_block", "ModelSource", "ModelLoader", "check_shard_tensors",
+           "load_model_rules"]

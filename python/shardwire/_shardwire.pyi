@@ -58,6 +58,8 @@ class Plan:
 
 def plan(src: Layout, dst: Layout, bucket_bytes: int = ..., max_concurrency: int = 4) -> Plan: ...
 
+def load_model_rules(path: str) -> None: ...
+
 class CoordinatorServer:
     def __init__(self, listen_address: str = "127.0.0.1:0", redis_url: str = "", token: str = "",
                  tls_cert_file: str = "", tls_key_file: str = "", stale_after_s: float = 10.0,

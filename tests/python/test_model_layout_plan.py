@@ -143,3 +143,32 @@ def test_out_of_range_ranks_are_invalid_argument_errors():
         with pytest.raises(errors.InvalidArgumentError, match="outside its 2 ranks"):
             call()
     assert plan.sources_of(1) == [0, 1]
+
+
+def test_a_rules_file_describes_a_family_nobody_described(tmp_path):
+    """Python had no way to pass a rules file (the CLI's --model-rules): a model_type without
+    built-in rules could not be described. load_model_rules registers one for the process; a
+    second file for the same model_type is refused naming both."""
+    config = {"model_type": "py-ssm-toy", "hidden_size": 8, "num_hidden_layers": 2, "vocab_size": 10,
+              "torch_dtype": "float32"}
+    with pytest.raises(errors.UnsupportedError, match="py-ssm-toy"):
+        shardwire.Model.from_config_json(json.dumps(config))
+    rules = tmp_path / "ssm.yaml"
+    rules.write_text("family: py-ssm-toy\nmodel_types: [py-ssm-toy]\ntensors:\n"
+                     "  - tensor: model.embed_tokens.weight\n    shape: [vocab_size, hidden_size]\n    role: vocab\n"
+                     "  - for: layer\n    count: num_hidden_layers\n    do:\n"
+                     "      - linear: model.layers.{layer}.mixer.in_proj\n        out: 2 * hidden_size\n"
+                     "        in: hidden_size\n        role: column\n")
+    shardwire.load_model_rules(str(rules))
+    model = shardwire.Model.from_config_json(json.dumps(config))
+    shapes = {t["name"]: t["shape"] for t in model.tensors}
+    assert shapes == {"model.embed_tokens.weight": [10, 8], "model.layers.0.mixer.in_proj.weight": [16, 8],
+                      "model.layers.1.mixer.in_proj.weight": [16, 8]}
+    other = tmp_path / "other.yaml"
+    other.write_text(rules.read_text())
+    with pytest.raises(errors.InvalidArgumentError, match="other.yaml: model_type \"py-ssm-toy\" is described by"):
+        shardwire.load_model_rules(str(other))
+    with pytest.raises(errors.IoError, match="absent.yaml"):
+        shardwire.load_model_rules(str(tmp_path / "absent.yaml"))
+    with pytest.raises(errors.InvalidArgumentError):
+        shardwire.load_model_rules(3)
