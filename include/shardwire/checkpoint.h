@@ -38,8 +38,8 @@ class Checkpoint {
   /// files or, without an index, several .safetensors files (all are listed);
   /// kCorruptData if the index is not JSON / has no `weight_map` object / an empty one / a non-string
   /// entry / a shard name that leaves the index's folder (empty, absolute, a ".."
-  /// component: the index is untrusted and must not make us open other files), if a shard holds a tensor the index does not map to it (names tensor and
-  /// shard; also catches a tensor present in two shards), or if total_size disagrees
+  /// component: the index is untrusted and must not make us open other files), if a shard holds a tensor the index does
+  /// not map to it (names tensor and shard; also catches a tensor present in two shards), or if total_size disagrees
   /// (names both numbers); any SafetensorsFile::Open error of a shard.
   static Result<Checkpoint> Open(const std::string& path);
 

@@ -239,8 +239,7 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
   // the user's per-tensor decisions would be dropped, and a config that describes another model
   // (other layers, shapes) would be written beside these weights.
   if (!match.ok() && config.contains("model_type") && config["model_type"].is_string()) {
-    SW_ASSIGN_OR_RETURN(const std::optional<ModelRules> rules,
-                        FindModelRules(config["model_type"].get<std::string>()));
+    SW_ASSIGN_OR_RETURN(const std::optional<ModelRules> rules, FindModelRules(config["model_type"].get<std::string>()));
     if (rules.has_value()) {
       return Status(match.code(),
                     fmt::format("the rules of model_type \"{}\" ({}) do not describe checkpoint {} with config "

@@ -282,10 +282,10 @@ Status Run(const Args& a) {
                FormatBytes(static_cast<double>(cb.second)));
   }
   const TrafficStats s = Summarize(sent), d = Summarize(received);
-  fmt::print("sent        per source rank: min {} mean {} max {}\n", FormatBytes(static_cast<double>(s.min)), FormatBytes(s.mean),
-             FormatBytes(static_cast<double>(s.max)));
-  fmt::print("received    per destination rank: min {} mean {} max {}\n", FormatBytes(static_cast<double>(d.min)), FormatBytes(d.mean),
-             FormatBytes(static_cast<double>(d.max)));
+  fmt::print("sent        per source rank: min {} mean {} max {}\n", FormatBytes(static_cast<double>(s.min)),
+             FormatBytes(s.mean), FormatBytes(static_cast<double>(s.max)));
+  fmt::print("received    per destination rank: min {} mean {} max {}\n", FormatBytes(static_cast<double>(d.min)),
+             FormatBytes(d.mean), FormatBytes(static_cast<double>(d.max)));
   fmt::print("serialised  largest part: source {:.1f} KiB, destination {:.1f} KiB\n",
              static_cast<double>(max_src_part) / 1024, static_cast<double>(max_dst_part) / 1024);
   if (prediction) PrintFabric(*fabric, *prediction);

@@ -181,7 +181,8 @@ Status Parse(const ConfigReader& r, ModelConfig* c) {
   // RWKV-style models) or without a dense MLP is described by rules that never name them; a rule
   // that does name an absent one fails naming it ("num_attention_heads is missing").
   SW_ASSIGN_OR_RETURN(auto heads, r.OptionalInt({"num_attention_heads", "n_head"}));
-  if (heads.has_value() && *heads <= 0) return r.Error("num_attention_heads", fmt::format("{} is not positive", *heads));
+  if (heads.has_value() && *heads <= 0)
+    return r.Error("num_attention_heads", fmt::format("{} is not positive", *heads));
   c->num_attention_heads = heads.value_or(0);
   SW_ASSIGN_OR_RETURN(c->vocab_size, r.PositiveInt({"vocab_size"}));
 

@@ -49,8 +49,8 @@ std::uint64_t ModelDescription::total_params() const {
 
 Result<ModelDescription> DescribeModel(const ModelConfig& config) {
   const std::pair<std::string_view, std::int64_t> sizes[] = {{"hidden_size", config.hidden_size},
-                                                              {"num_hidden_layers", config.num_hidden_layers},
-                                                              {"vocab_size", config.vocab_size}};
+                                                             {"num_hidden_layers", config.num_hidden_layers},
+                                                             {"vocab_size", config.vocab_size}};
   for (const auto& [key, value] : sizes) {
     if (value <= 0) {
       return InvalidArgument(fmt::format("model config {}: {} is {}, must be positive",
@@ -65,8 +65,8 @@ Result<ModelDescription> DescribeModel(const ModelConfig& config) {
       {"intermediate_size", config.intermediate_size}};
   for (const auto& [key, value] : optional_sizes) {
     if (value < 0) {
-      return InvalidArgument(fmt::format("model config {}: {} is {}, must be positive (or absent)",
-                                         config.model_type, key, value));
+      return InvalidArgument(
+          fmt::format("model config {}: {} is {}, must be positive (or absent)", config.model_type, key, value));
     }
   }
   // A config.json is untrusted: bound every size so that no shape product overflows

@@ -117,9 +117,10 @@ Status LoadUserModelRules(const std::string& path) {
     // Two files for one model_type (two --model-rules): which one describes it would depend on
     // their order on the command line. Loading the same file again is fine.
     if (auto it = u.by_type.find(t); it != u.by_type.end() && it->second.file_name() != r.file_name()) {
-      return InvalidArgument(fmt::format("{}: model_type \"{}\" is described by {} already; give one rules file per "
-                                         "model_type",
-                                         r.file_name(), t, it->second.file_name()));
+      return InvalidArgument(
+          fmt::format("{}: model_type \"{}\" is described by {} already; give one rules file per "
+                      "model_type",
+                      r.file_name(), t, it->second.file_name()));
     }
   }
   for (const auto& t : r.model_types()) u.by_type.insert_or_assign(t, r);

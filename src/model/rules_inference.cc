@@ -290,8 +290,8 @@ Result<ModelRules> InferModelRules(const ModelConfig& config, const std::vector<
         if (matching.size() > 1) {
           std::vector<std::string> others;
           for (std::size_t i = 1; i < matching.size(); ++i) others.push_back(matching[i]->expr);
-          ambiguous.push_back(fmt::format("dim {} = {} is {} here, and also {}", d, t.shape[d], chosen->expr,
-                                          fmt::join(others, ", ")));
+          ambiguous.push_back(
+              fmt::format("dim {} = {} is {} here, and also {}", d, t.shape[d], chosen->expr, fmt::join(others, ", ")));
         }
       }
       if (chosen == nullptr) {

@@ -198,9 +198,8 @@ struct ModelLoader::Impl {
       return Status::Ok();
     }
     if (options.checkpoint_path.empty()) {
-      return NotFound(
-          fmt::format("no READY source serves model {} and no checkpoint was given{}{}", wanted, DTypeHint(all),
-                      StaleSourcesHint(wanted)));
+      return NotFound(fmt::format("no READY source serves model {} and no checkpoint was given{}{}", wanted,
+                                  DTypeHint(all), StaleSourcesHint(wanted)));
     }
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
     SW_ASSIGN_OR_RETURN(const std::string revision, HashCheckpoint(checkpoint));
@@ -413,8 +412,8 @@ struct ModelLoader::Impl {
       auto content_it = recs.front().attributes.find(kSourceAttrContent);
       if (content_it != recs.front().attributes.end()) {
         if (!content_disputed.empty()) {
-          report.skipped.push_back(fmt::format("{}: {}: {}", id, ErrorCodeName(ErrorCode::kVerificationFailed),
-                                               content_disputed));
+          report.skipped.push_back(
+              fmt::format("{}: {}: {}", id, ErrorCodeName(ErrorCode::kVerificationFailed), content_disputed));
           continue;
         }
         if (!content.empty() && content_it->second != content) {
@@ -500,8 +499,8 @@ struct ModelLoader::Impl {
           content = *on_disk;
           return;
         }
-        checkpoint_says = fmt::format("; checkpoint \"{}\" has revision {}, none of them", options.checkpoint_path,
-                                      *on_disk);
+        checkpoint_says =
+            fmt::format("; checkpoint \"{}\" has revision {}, none of them", options.checkpoint_path, *on_disk);
       } else {
         checkpoint_says = fmt::format("; the checkpoint could not decide: {}", on_disk.status().ToString());
       }

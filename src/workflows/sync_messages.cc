@@ -121,8 +121,8 @@ std::optional<Message> DecodeMissedWithReason(std::span<const std::byte> payload
   const std::size_t length = GetLittleEndian(payload, 10, 2);
   if (length > kMaxMissedReasonBytes || payload.size() != 12 + length) return std::nullopt;
   Message m{MessageKind::kMissed, GetLittleEndian(payload, 1, 8)};
-  m.reason = Status(static_cast<ErrorCode>(code),
-                    std::string(reinterpret_cast<const char*>(payload.data()) + 12, length));
+  m.reason =
+      Status(static_cast<ErrorCode>(code), std::string(reinterpret_cast<const char*>(payload.data()) + 12, length));
   return m;
 }
 }  // namespace
@@ -261,11 +261,11 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
   auto aborted = [&] {
     if (aborted_reason.has_value() && !aborted_reason->ok()) {
       // A push that failed after it took this rank's READY: the sender's own error, its code kept.
-      return Status(aborted_reason->code(),
-                    fmt::format("{} gave up on v{} for this rank ({} v{}): its push failed, nothing more of v{} "
-                                "comes from it: {}",
-                                aborted_by, version, MessageKindName(*abort_kind), version, version,
-                                aborted_reason->message()));
+      return Status(
+          aborted_reason->code(),
+          fmt::format("{} gave up on v{} for this rank ({} v{}): its push failed, nothing more of v{} "
+                      "comes from it: {}",
+                      aborted_by, version, MessageKindName(*abort_kind), version, version, aborted_reason->message()));
     }
     return TimedOut(fmt::format("{} gave up on v{} for this rank ({} v{}): it was not ready or not reachable in time",
                                 aborted_by, version, MessageKindName(*abort_kind), version));

@@ -180,9 +180,10 @@ TEST(ModelRulesBadInput, RulesThatCannotBeRightAreRefusedNamingTheRule) {
     for (const std::string& text : c.says) EXPECT_MESSAGE_HAS(d.status(), text);
   }
   // The same parts fused as vLLM does (up twice is not a model, but concatenates): accepted.
-  auto ok = ModelRules::Parse(base + "      - fuse: model.layers.{layer}.mlp.up_up\n"
-                                     "        parts: [\"model.layers.{layer}.mlp.up_proj\", "
-                                     "\"model.layers.{layer}.mlp.up_proj\"]\n",
+  auto ok = ModelRules::Parse(base +
+                                  "      - fuse: model.layers.{layer}.mlp.up_up\n"
+                                  "        parts: [\"model.layers.{layer}.mlp.up_proj\", "
+                                  "\"model.layers.{layer}.mlp.up_proj\"]\n",
                               "ok.yaml");
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();
   EXPECT_TRUE(ok->Describe(Tiny()).ok());

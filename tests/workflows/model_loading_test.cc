@@ -989,7 +989,8 @@ TEST_F(ModelLoadingRevisionTest, InstanceAdvertisingOtherContentUnderTheSameRevi
         << report.status().ToString();
   }
   // One each with the fallback checkpoint: its revision decides, the other is skipped.
-  for (const LoadReport& r : LoadAll("new", "tp=2", [&](ModelLoaderOptions& o) { o.checkpoint_path = dir_.string(); })) {
+  for (const LoadReport& r :
+       LoadAll("new", "tp=2", [&](ModelLoaderOptions& o) { o.checkpoint_path = dir_.string(); })) {
     EXPECT_EQ(r.bytes_per_instance.count("b-lying"), 0u);
     EXPECT_EQ(r.bytes_per_instance.count("a-honest"), 1u);
     ASSERT_EQ(r.skipped.size(), 1u);
