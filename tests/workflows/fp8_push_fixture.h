@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <span>
 #include <string>
@@ -76,6 +77,18 @@ inline std::vector<std::byte> Crop(std::span<const std::byte> full, const std::v
                 full.data() + static_cast<std::size_t>((r0 + r) * cols + c0) * esize,
                 static_cast<std::size_t>(bc) * esize);
   return out;
+}
+
+// Writes trainer rank `rank`'s shards of `version` (FullBf16, cropped to each shard's box) into
+// its buffer `w`. `edit`, when set, may change a shard's bytes first (a NaN put in).
+inline void WriteTrainerBf16(const Layout& trainer, int rank, std::uint64_t version, std::span<std::byte> w,
+                             const std::function<void(const TensorSpec&, std::vector<std::byte>&)>& edit = {}) {
+  for (const ShardRef& s : trainer.rank(rank).shards) {
+    const TensorSpec& spec = trainer.tensors()[s.tensor];
+    auto bytes = Crop(FullBf16(spec, version), spec.shape, s.box, 2);
+    if (edit) edit(spec, bytes);
+    std::memcpy(w.data() + s.byte_offset, bytes.data(), bytes.size());
+  }
 }
 
 // Bytes of engine rank `rank`'s buffer that differ from what the whole bf16 trainer tensors

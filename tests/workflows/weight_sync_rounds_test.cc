@@ -161,14 +161,7 @@ void PushConvertedInRounds(int k, bool into_mapped, const std::string& job) {
   std::vector<std::unique_ptr<WeightPublisher>> pubs;
   ASSERT_NO_FATAL_FAILURE(CreateAndConnect(**client, trainer, engine, options, subs, pubs));
   for (std::uint64_t v = 1; v <= 3; ++v) {
-    for (int t = 0; t < 3; ++t) {
-      std::span<std::byte> w = pubs[t]->weights();
-      for (const ShardRef& s : trainer.rank(t).shards) {
-        const TensorSpec& spec = trainer.tensors()[s.tensor];
-        const auto bytes = Crop(FullBf16(spec, v), spec.shape, s.box, 2);
-        std::memcpy(w.data() + s.byte_offset, bytes.data(), bytes.size());
-      }
-    }
+    for (int t = 0; t < 3; ++t) WriteTrainerBf16(trainer, t, v, pubs[t]->weights());
     for (auto& sub : subs) ASSERT_TRUE(sub->BeginUpdate(v).ok());
     std::vector<Result<PushStats>> results(3, Internal("not run"));
     std::vector<std::thread> pushes;

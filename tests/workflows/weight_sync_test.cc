@@ -427,13 +427,7 @@ void PushBf16IntoFp8Engines(Fp8Path path) {
       if (!pub.ok()) return void(errors[t] = pub.status().ToString());
       if (Status st = (*pub)->Connect(); !st.ok()) return void(errors[t] = st.ToString());
       for (std::uint64_t v = 1; v <= kVersions; ++v) {
-        std::map<std::string, std::vector<std::byte>> full;
-        std::span<std::byte> w = (*pub)->weights();
-        for (const ShardRef& s : trainer.rank(t).shards) {
-          const TensorSpec& spec = trainer.tensors()[s.tensor];
-          const auto bytes = Crop(FullBf16(spec, v), spec.shape, s.box, 2);
-          std::memcpy(w.data() + s.byte_offset, bytes.data(), bytes.size());
-        }
+        WriteTrainerBf16(trainer, t, v, (*pub)->weights());
         auto stats = (*pub)->Push(v);
         if (!stats.ok()) return void(errors[t] = stats.status().ToString());
         last[t] = *stats;
@@ -518,12 +512,7 @@ TEST(WeightSync, Fp8IntoMappedBuffersDeadEngineMissesTheVersion) {
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();
   ASSERT_TRUE((*pub)->Connect().ok());
   for (std::uint64_t v = 1; v <= kVersions; ++v) {
-    std::span<std::byte> w = (*pub)->weights();
-    for (const ShardRef& sh : trainer.rank(0).shards) {
-      const TensorSpec& spec = trainer.tensors()[sh.tensor];
-      const auto bytes = Crop(FullBf16(spec, v), spec.shape, sh.box, 2);
-      std::memcpy(w.data() + sh.byte_offset, bytes.data(), bytes.size());
-    }
+    WriteTrainerBf16(trainer, 0, v, (*pub)->weights());
     if (v == 2) {
       EXPECT_EQ(WaitChild(children[1]), 100) << "replica 1 was killed after READY(2)";
       std::this_thread::sleep_for(std::chrono::milliseconds(500));  // several liveness periods
@@ -597,16 +586,12 @@ void AFailedPushTellsTheEnginesWhy(bool into_mapped, const char* job) {
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();
   ASSERT_TRUE((*pub)->Connect().ok());
   for (std::uint64_t v = 1; v <= kVersions; ++v) {
-    std::span<std::byte> w = (*pub)->weights();
-    for (const ShardRef& sh : trainer.rank(0).shards) {
-      const TensorSpec& spec = trainer.tensors()[sh.tensor];
-      auto bytes = Crop(FullBf16(spec, v), spec.shape, sh.box, 2);
+    WriteTrainerBf16(trainer, 0, v, (*pub)->weights(), [v](const TensorSpec& spec, std::vector<std::byte>& bytes) {
       if (v == 2 && spec.name == "wq") {
         const std::uint16_t nan = 0x7FC0;  // bf16 quiet NaN, element 300 of wq
         std::memcpy(bytes.data() + 300 * 2, &nan, 2);
       }
-      std::memcpy(w.data() + sh.byte_offset, bytes.data(), bytes.size());
-    }
+    });
     auto stats = (*pub)->Push(v);
     if (v == 2) {
       ASSERT_FALSE(stats.ok());
