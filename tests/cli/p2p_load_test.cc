@@ -207,6 +207,19 @@ class P2pLoadProcessTest : public ::testing::Test {
 
   static inline int counter_ = 0;
   fs::path dir_;
+  // Runs `load` of tp=1 against a coordinator address where nothing listens (port 1) with
+  // `extra` arguments, expects a non-zero exit, and returns its output (stdout and stderr).
+  std::string LoadRefusedBeforeAnythingRuns(const std::vector<std::string>& extra, const std::string& name) {
+    std::vector<std::string> args = {"load",     "--coordinator", "127.0.0.1:1", "--config", Ckpt() + "/config.json",
+                                     "--layout", "tp=1"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    Process p(SHARDWIRE_BIN, args, Out(name));
+    const auto rc = p.Wait(60);
+    EXPECT_TRUE(rc.has_value());
+    EXPECT_NE(rc.value_or(0), 0);
+    return Slurp(Out(name));
+  }
+
   std::string ckpt_;         // the checkpoint seeds serve and loads verify against (default dir_/ckpt)
   std::string coordinator_;  // HOST:PORT of a coordinator process (default: the in-process server_)
   std::unique_ptr<CoordinatorServer> server_;
@@ -217,28 +230,14 @@ class P2pLoadProcessTest : public ::testing::Test {
 // `load --bandwidth` caps what the loaded instance serves, which only --serve does: alone it was
 // accepted and ignored in silence. Refused before anything runs (no coordinator is dialled).
 TEST_F(P2pLoadProcessTest, ABandwidthCapWithoutServeIsRefused) {
-  Process p(SHARDWIRE_BIN,
-            {"load", "--coordinator", "127.0.0.1:1", "--config", Ckpt() + "/config.json", "--layout", "tp=1",
-             "--bandwidth", "5"},
-            Out("bandwidth-alone"));
-  const auto rc = p.Wait(60);
-  ASSERT_TRUE(rc.has_value());
-  EXPECT_NE(*rc, 0);
-  EXPECT_NE(Slurp(Out("bandwidth-alone")).find("--bandwidth requires --serve"), std::string::npos)
-      << Slurp(Out("bandwidth-alone"));
+  const std::string out = LoadRefusedBeforeAnythingRuns({"--bandwidth", "5"}, "bandwidth-alone");
+  EXPECT_NE(out.find("--bandwidth requires --serve"), std::string::npos) << out;
 }
 
 // A stall bound below kMinStallTimeoutSeconds marked healthy seeds STALE for every loader; it is
 // refused at the parse, naming the floor, before a coordinator is dialled (port 1: nothing there).
 TEST_F(P2pLoadProcessTest, AStallTimeoutBelowTheFloorIsRefusedBeforeAnythingRuns) {
-  Process p(SHARDWIRE_BIN,
-            {"load", "--coordinator", "127.0.0.1:1", "--config", Ckpt() + "/config.json", "--layout", "tp=1",
-             "--stall-timeout", "0.000001"},
-            Out("tiny-stall"));
-  const auto rc = p.Wait(60);
-  ASSERT_TRUE(rc.has_value());
-  EXPECT_NE(*rc, 0);
-  const std::string out = Slurp(Out("tiny-stall"));
+  const std::string out = LoadRefusedBeforeAnythingRuns({"--stall-timeout", "0.000001"}, "tiny-stall");
   EXPECT_NE(out.find("--stall-timeout: must be a number >= 0.1, got 0.000001"), std::string::npos) << out;
   EXPECT_EQ(out.find("unavailable"), std::string::npos) << "no coordinator call: " << out;
 }

@@ -56,20 +56,22 @@ std::set<std::string> Fused(const ModelDescription& d) {
   return out;
 }
 
+// Every tiny checkpoint of ../shared/models with a family's rules: (checkpoint, its config).
+constexpr std::pair<const char*, const char*> kTinyCheckpoints[] = {
+    {"tiny-llama3-bf16/model.safetensors", "tiny-llama3-bf16/config.json"},
+    {"tiny-llama-f32-sharded/tiny_llama.safetensors.index.json", "tiny-llama-f32-sharded/tiny_llama_config.json"},
+    {"tiny-qwen3-bf16/model.safetensors", "tiny-qwen3-bf16/config.json"},
+    {"tiny-qwen3-f32/tiny_qwen3.safetensors", "tiny-qwen3-f32/tiny_qwen3_config.json"},
+    {"tiny-qwen2-f32/tiny_qwen2.safetensors", "tiny-qwen2-f32/tiny_qwen2_config.json"},
+    {"tiny-mistral-f32/tiny_mistral.safetensors", "tiny-mistral-f32/tiny_mistral_config.json"},
+    {"tiny-qwen3-moe-f32/tiny_qwen3_moe.safetensors", "tiny-qwen3-moe-f32/tiny_qwen3_moe_config.json"},
+    {"tiny-mixtral-f32/tiny_mixtral.safetensors", "tiny-mixtral-f32/tiny_mixtral_config.json"},
+    {"tiny-deepseek-v2-f32/tiny_deepseek_v2.safetensors", "tiny-deepseek-v2-f32/tiny_deepseek_v2_config.json"},
+};
+
 TEST(InferModelRules, EveryTinyCheckpointAsItsFamilyRulesSay) {
   SW_REQUIRE_MODELS_DIR(models);
-  const std::pair<const char*, const char*> cases[] = {
-      {"tiny-llama3-bf16/model.safetensors", "tiny-llama3-bf16/config.json"},
-      {"tiny-llama-f32-sharded/tiny_llama.safetensors.index.json", "tiny-llama-f32-sharded/tiny_llama_config.json"},
-      {"tiny-qwen3-bf16/model.safetensors", "tiny-qwen3-bf16/config.json"},
-      {"tiny-qwen3-f32/tiny_qwen3.safetensors", "tiny-qwen3-f32/tiny_qwen3_config.json"},
-      {"tiny-qwen2-f32/tiny_qwen2.safetensors", "tiny-qwen2-f32/tiny_qwen2_config.json"},
-      {"tiny-mistral-f32/tiny_mistral.safetensors", "tiny-mistral-f32/tiny_mistral_config.json"},
-      {"tiny-qwen3-moe-f32/tiny_qwen3_moe.safetensors", "tiny-qwen3-moe-f32/tiny_qwen3_moe_config.json"},
-      {"tiny-mixtral-f32/tiny_mixtral.safetensors", "tiny-mixtral-f32/tiny_mixtral_config.json"},
-      {"tiny-deepseek-v2-f32/tiny_deepseek_v2.safetensors", "tiny-deepseek-v2-f32/tiny_deepseek_v2_config.json"},
-  };
-  for (const auto& [file, config_file] : cases) {
+  for (const auto& [file, config_file] : kTinyCheckpoints) {
     SCOPED_TRACE(file);
     const Loaded l = Load(models, file, config_file);
     auto inferred = InferModelRules(l.config, l.tensors, file);
@@ -97,13 +99,7 @@ TEST(InferModelRules, EveryTinyCheckpointAsItsFamilyRulesSay) {
 // family whose sizes all differ exactly as the family's own rules do.
 TEST(InferModelRules, DimensionsFollowTheirModuleNotACoincidentConfigValue) {
   SW_REQUIRE_MODELS_DIR(models);
-  const std::pair<const char*, const char*> cases[] = {
-      {"tiny-llama3-bf16/model.safetensors", "tiny-llama3-bf16/config.json"},
-      {"tiny-qwen3-moe-f32/tiny_qwen3_moe.safetensors", "tiny-qwen3-moe-f32/tiny_qwen3_moe_config.json"},
-      {"tiny-mixtral-f32/tiny_mixtral.safetensors", "tiny-mixtral-f32/tiny_mixtral_config.json"},
-      {"tiny-deepseek-v2-f32/tiny_deepseek_v2.safetensors", "tiny-deepseek-v2-f32/tiny_deepseek_v2_config.json"},
-  };
-  for (const auto& [file, config_file] : cases) {
+  for (const auto& [file, config_file] : kTinyCheckpoints) {
     SCOPED_TRACE(file);
     const Loaded l = Load(models, file, config_file);
     auto inferred = InferModelRules(l.config, l.tensors, file);
