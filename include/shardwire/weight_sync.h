@@ -438,7 +438,10 @@ class WeightPublisher {
   /// before Connect. A push that fails after it took engine ranks' READY(v) (a conversion
   /// error, a trainer peer, the interrupt hook) tells each of them so, with this error (MISSED
   /// with a reason, best effort): their WaitForUpdate(v) fails at once with it instead of at
-  /// their timeout, and they begin the same or a later version again. A failure before READY
+  /// their timeout. They then begin the same version again, which a retry of this push writes
+  /// (BeginUpdate drops the MISSED(v) of the failed attempt), or a later one; a relay parent
+  /// that told its children it will not forward v takes a later one, and a dynamic member
+  /// joins again first (Join). A failure before READY
   /// (the checks above, Partial(sum) addends, the membership record) tells no engine.
   Result<PushStats> Push(std::uint64_t version);
 

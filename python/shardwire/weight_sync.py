@@ -292,7 +292,9 @@ class WeightSubscriber(_Endpoint):
         PeerDisconnectedError naming a trainer process that died; when a trainer's push of
         ``version`` failed after this rank began it, that push's error at once, naming the trainer
         (e.g. CorruptDataError for a NaN its FP8 conversion met, FailedPreconditionError for a
-        trainer interrupted by Ctrl-C): begin the same or a later version again. Ctrl-C raises KeyboardInterrupt
+        trainer interrupted by Ctrl-C): begin the same version again (the trainers' retry writes
+        it) or a later one; a relay parent that told its children takes a later one, and a
+        dynamic member calls join() first. Ctrl-C raises KeyboardInterrupt
         within ~0.1 s with nothing committed; wait_for_update(version) may then be called again
         (DONE messages that arrived are kept), except on a relay parent that told its children it
         will not forward ``version``: FailedPreconditionError, begin a later version. A relay

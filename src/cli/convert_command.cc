@@ -235,18 +235,24 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
     return match.WithContext(fmt::format("--config \"{}\"", o.config));
   }
   // Rules for the config's model_type (a --model-rules file first, then the built-in ones) that
-  // fail on this checkpoint or its config are an error, never a silent fallback to the name rule:
-  // the user's per-tensor decisions would be dropped, and a config that describes another model
-  // (other layers, shapes) would be written beside these weights.
+  // fail on this checkpoint or its config are an error for FP8, never a silent fallback to the
+  // name rule: the rules' per-tensor decisions would be dropped (and a config that describes
+  // another model, other layers or shapes, written beside these weights). A cast uses no rules
+  // (every tensor is cast): there the mismatch is said, not refused.
   if (!match.ok() && config.contains("model_type") && config["model_type"].is_string()) {
     SW_ASSIGN_OR_RETURN(const std::optional<ModelRules> rules, FindModelRules(config["model_type"].get<std::string>()));
     if (rules.has_value()) {
-      return Status(match.code(),
-                    fmt::format("the rules of model_type \"{}\" ({}) do not describe checkpoint {} with config "
-                                "\"{}\": {}. Fix the config (--config FILE) or the rules (--model-rules FILE); "
-                                "`shardwire describe --checkpoint {}` lists the tensors",
-                                config["model_type"].get<std::string>(), rules->file_name(), checkpoint.path(),
-                                config_path, match.message(), o.checkpoint));
+      const std::string why =
+          fmt::format("the rules of model_type \"{}\" ({}) do not describe checkpoint {} with config \"{}\": {}",
+                      config["model_type"].get<std::string>(), rules->file_name(), checkpoint.path(), config_path,
+                      match.message());
+      if (fp8) {
+        return Status(match.code(),
+                      fmt::format("{}. Fix the config (--config FILE) or the rules (--model-rules FILE); `shardwire "
+                                  "describe --checkpoint {}` lists the tensors",
+                                  why, o.checkpoint));
+      }
+      fmt::print("note: {}; every tensor is cast all the same, and that config is written beside them\n", why);
     }
   }
   if (fp8) {

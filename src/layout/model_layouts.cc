@@ -84,16 +84,15 @@ Status CheckPipeline(const ModelDescription& model, int pp) {
 }
 
 Status CheckHeads(const ModelConfig& c, int tp, bool allow_kv_replication) {
-  // A model without attention heads (its config names none): its tensors' roles alone say what
-  // TP splits, and each split is checked per tensor.
-  if (c.num_attention_heads == 0) return Status::Ok();
+  // A config that names no heads (0, ModelConfig) passes both checks: its tensors' roles alone say
+  // what TP splits, each split checked per tensor.
   if (c.num_attention_heads % tp != 0) {
     return InvalidArgument(fmt::format("TP size {} does not divide the {} attention heads of {}", tp,
                                        c.num_attention_heads, c.model_type));
   }
   const std::int64_t kv = c.num_key_value_heads;
   const bool divides = kv % tp == 0;
-  const bool replicates = allow_kv_replication && kv < tp && tp % kv == 0;
+  const bool replicates = allow_kv_replication && kv > 0 && kv < tp && tp % kv == 0;
   if (!divides && !replicates) {
     return InvalidArgument(fmt::format("TP size {} does not divide the {} key/value heads of {}{}", tp, kv,
                                        c.model_type, allow_kv_replication ? " (nor is it a multiple of them)" : ""));
@@ -139,7 +138,7 @@ Result<LocalShard> TensorParallelShard(const ModelDescription& model, const Mode
   const int dim = ShardDim(t.role);
   const std::int64_t kv = model.config.num_key_value_heads;
   Box box;
-  if (engine && t.role == ParallelRole::kColumn && IsKeyValueProjection(spec.name) && kv < tp) {
+  if (engine && t.role == ParallelRole::kColumn && IsKeyValueProjection(spec.name) && kv > 0 && kv < tp) {
     // GQA: kv head h is replicated on the tp / kv ranks that share it.
     SW_ASSIGN_OR_RETURN(box, EvenSplit(spec, whole, 0, static_cast<int>(kv), tp_rank / (tp / static_cast<int>(kv))));
   } else {

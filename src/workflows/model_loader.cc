@@ -355,7 +355,7 @@ struct ModelLoader::Impl {
   Status FindInstances(const std::vector<Interval>& needed) {
     SW_ASSIGN_OR_RETURN(const std::vector<SourceRecord> records,
                         registry->ListSources(identity.Digest(), SourceState::kReady));
-    AddInstances(records, needed);
+    SW_RETURN_IF_ERROR(AddInstances(records, needed));
     metrics.SourceInstances(Alive().size());
     return Status::Ok();
   }
@@ -363,8 +363,10 @@ struct ModelLoader::Impl {
   // Vets the instances of `records` not seen before and adds the usable ones. `explain`: a
   // fingerprint mismatch is explained by asking the source for its fingerprint inputs (a wait
   // of up to stall_timeout_s); false while transfers run (a re-listing), which must not wait.
-  void AddInstances(const std::vector<SourceRecord>& records, const std::vector<Interval>& needed,
-                    bool explain = true) {
+  // Errors: only ChooseContent's (the interrupt, the deadline, a checkpoint that cannot be read
+  // while deciding a tie; never with `explain` false).
+  Status AddInstances(const std::vector<SourceRecord>& records, const std::vector<Interval>& needed,
+                      bool explain = true) {
     std::map<std::string, std::vector<SourceRecord>> by_instance;
     for (const SourceRecord& r : records) {
       if (r.instance_id == options.instance_id) {
@@ -378,7 +380,7 @@ struct ModelLoader::Impl {
       if (auto c = r.attributes.find(kSourceAttrContent); c != r.attributes.end())
         advertised_contents.insert(c->second);
     }
-    ChooseContent(by_instance);
+    SW_RETURN_IF_ERROR(ChooseContent(by_instance, /*may_hash=*/explain));
     for (auto& [id, recs] : by_instance) {
       if (options.max_instances > 0 && static_cast<int>(instances.size()) >= options.max_instances) break;
       if (seen_instances.count(id)) continue;
@@ -421,7 +423,9 @@ struct ModelLoader::Impl {
           report.skipped.push_back(fmt::format(
               "{}: {}: it serves content {} under revision {}, expected content {}{}", id,
               ErrorCodeName(ErrorCode::kVerificationFailed), content_it->second, identity.revision, content,
-              identity.revision.starts_with(kCheckpointRevisionPrefix) ? "" : " (what most instances serve)"));
+              identity.revision.starts_with(kCheckpointRevisionPrefix)
+                  ? ""
+                  : " (what most of the instances listed when the load started serve)"));
           continue;
         }
         if (content.empty()) content = content_it->second;
@@ -459,14 +463,19 @@ struct ModelLoader::Impl {
       inst.coverage = std::move(*coverage);
       instances.push_back(std::move(inst));
     }
+    return Status::Ok();
   }
 
   // Sets `content` (or `content_disputed`) from the instances of `by_instance` not seen yet,
   // when no content is known: the content most of them advertise is the revision's (an
   // instance serving other bytes under the same user revision, listed first, no longer decides
-  // for the others); a tie for the most leaves it unknown and disputed.
-  void ChooseContent(const std::map<std::string, std::vector<SourceRecord>>& by_instance) {
-    if (!content.empty() || !content_disputed.empty()) return;
+  // for the others); a tie for the most is decided by the fallback checkpoint's revision when
+  // `may_hash` (the first listing: it reads the checkpoint whole, which a re-listing during the
+  // transfers must not), else the content stays unknown and disputed (FromDisk then loads the
+  // checkpoint only if it is one of the disputed contents). Errors: the checkpoint's hash
+  // (interrupt, deadline, unreadable).
+  Status ChooseContent(const std::map<std::string, std::vector<SourceRecord>>& by_instance, bool may_hash) {
+    if (!content.empty() || !content_disputed.empty()) return Status::Ok();
     std::map<std::string, std::vector<std::string>> instances_of;  // content -> instance ids
     for (const auto& [id, recs] : by_instance) {
       if (seen_instances.count(id)) continue;
@@ -483,34 +492,30 @@ struct ModelLoader::Impl {
         ++with_most;
       }
     }
-    if (with_most <= 1) return;
+    if (with_most <= 1) return Status::Ok();
     content.clear();
     std::vector<std::string> sides;
     for (const auto& [c, ids] : instances_of) sides.push_back(fmt::format("{} by {}", c, fmt::join(ids, ", ")));
-    // A tie: the fallback checkpoint, when one is given, decides (its revision is computed once,
-    // reading it whole, as its disk fallback would).
     std::string checkpoint_says;
-    if (!options.checkpoint_path.empty()) {
-      auto checkpoint = Checkpoint::Open(options.checkpoint_path);
-      auto on_disk = checkpoint.ok() ? HashCheckpoint(*checkpoint) : Result<std::string>(checkpoint.status());
-      if (on_disk.ok()) {
-        checked_checkpoint = *on_disk;
-        if (auto it = instances_of.find(*on_disk); it != instances_of.end() && it->second.size() == most) {
-          content = *on_disk;
-          return;
-        }
-        checkpoint_says =
-            fmt::format("; checkpoint \"{}\" has revision {}, none of them", options.checkpoint_path, *on_disk);
-      } else {
-        checkpoint_says = fmt::format("; the checkpoint could not decide: {}", on_disk.status().ToString());
+    if (!options.checkpoint_path.empty() && may_hash) {
+      SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
+      SW_ASSIGN_OR_RETURN(const std::string on_disk, HashCheckpoint(checkpoint));
+      checked_checkpoint = on_disk;
+      if (auto it = instances_of.find(on_disk); it != instances_of.end() && it->second.size() == most) {
+        content = on_disk;
+        return Status::Ok();
       }
+      checkpoint_says =
+          fmt::format("; checkpoint \"{}\" has revision {}, none of them", options.checkpoint_path, on_disk);
     }
     content_disputed = fmt::format(
         "the instances of revision {} serve different contents ({}) and no content is served by most of them{}, so "
         "none is used: name the revision by its content (\"xxh3:...\") to load one, and stop the instances that "
         "serve other bytes under it",
         identity.revision, fmt::join(sides, "; "), checkpoint_says);
+    return Status::Ok();
   }
+
 
   std::vector<std::size_t> Alive() const {
     std::vector<std::size_t> out;
@@ -928,6 +933,18 @@ struct ModelLoader::Impl {
           options.checkpoint_path));
     }
     SW_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(options.checkpoint_path));
+    if (expected.empty() && !content_disputed.empty()) {
+      // Instances disagree about the revision's bytes: the checkpoint must be one of them.
+      if (checked_checkpoint.empty()) {
+        SW_ASSIGN_OR_RETURN(checked_checkpoint, HashCheckpoint(checkpoint));
+      }
+      if (!advertised_contents.contains(checked_checkpoint)) {
+        return FailedPrecondition(fmt::format(
+            "disk fallback of rank {}: checkpoint \"{}\" has revision {}, and {}; refusing to load other bytes",
+            options.rank, options.checkpoint_path, checked_checkpoint, content_disputed));
+      }
+      expected = checked_checkpoint;
+    }
     if (!expected.empty() && expected != checked_checkpoint) {
       SW_ASSIGN_OR_RETURN(const std::string on_disk, HashCheckpoint(checkpoint));
       if (on_disk != expected) {
@@ -976,7 +993,7 @@ struct ModelLoader::Impl {
   // those bytes over all live instances again.
   void Relist(const std::vector<SourceRecord>& records, const std::vector<Interval>& needed) {
     const std::size_t before = instances.size();
-    AddInstances(records, needed, /*explain=*/false);
+    (void)AddInstances(records, needed, /*explain=*/false);  // never fails without `explain`
     if (instances.size() == before) return;
     metrics.SourceInstances(Alive().size());
     for (LoadMove& m : moves) {

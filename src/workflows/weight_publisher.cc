@@ -602,12 +602,12 @@ Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   auto stats = PushVersion(s, version);
   if (!stats.ok()) {
     // The engine ranks that sent READY(v) wait for this rank's DONE(v), which will not come:
-    // tell them why (MISSED with the error), best effort, so they fail v now. Like any engine
-    // that missed a version, a dynamic member is then not written until it joins again.
+    // tell them why (MISSED with the error), best effort, so they fail v now. Not recorded as
+    // a miss (missed_at): the push itself failed, and a retry of v (after an interrupt) must
+    // reach a dynamic member that joined again for it.
     const auto missed =
         workflows::Encode({.kind = workflows::MessageKind::kMissed, .version = version, .reason = stats.status()});
     for (const auto& [dst, name] : s.awaiting_done) {
-      s.missed_at[dst] = version;
       if (const Status st = s.endpoint.agent->SendMessage(name, missed); !st.ok()) {
         spdlog::debug("trainer rank {} push v{}: MISSED to {} not sent: {}", s.rank, version, name, st.ToString());
       }
@@ -857,6 +857,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
                                         s.options.interrupt, withdrawn, from_connected));
     active = included;
     for (const auto& [dst, name] : included) {
+      if (ready.arrived.count(name)) s.awaiting_done[dst] = name;  // told MISSED(v) if the push fails
       if (auto it = ready.arrived.find(name); it != ready.arrived.end()) {
         // A double-buffered engine names the buffer to write; a single-buffered one has buffer 0.
         const int b = it->second.buffer.value_or(0);
@@ -872,7 +873,6 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version) 
                     ? failed->second
                     : TimedOut(fmt::format("no READY(v{}) from {} within {:.1f} s", version, name, engine_timeout_s)));
     }
-    s.awaiting_done = active;  // told MISSED(v) with the error if the push fails from here on
   }
   // Relays: an engine rank whose relay parent is ready gets this version through it; the
   // trainers write only the others (a child of a parent that is not ready is written directly).

@@ -554,6 +554,12 @@ Status WeightSubscriber::BeginUpdate(std::uint64_t version) {
   }
   // Moving on from a version this rank failed: its relay parent must not forward that one now.
   if (version != s.unforwarded_version) s.DeclineForward();
+  if (version == s.begun_version) {
+    // Beginning the same version again (its push failed or was interrupted): the MISSED(v) the
+    // trainers sent when that attempt failed are about it, not about the one this READY starts
+    // (best effort: one still on its way arrives after this and fails the new wait).
+    (void)s.inbox.TakeArrived(*s.endpoint.agent, workflows::MessageKind::kMissed, version, s.source_names);
+  }
   workflows::Message ready_message{workflows::MessageKind::kReady, version};
   if (s.options.double_buffered) ready_message.buffer = static_cast<std::uint8_t>(1 - s.serving);
   if (s.options.dynamic_membership) ready_message.incarnation = s.incarnation;

@@ -278,8 +278,8 @@ TEST(ConvertCommand, AnExplicitConfigOfAnotherModelIsALayoutMismatch) {
 
 // Rules for the config's model_type that fail on the checkpoint fell back to the name rule with
 // exit 0: a config beside the weights saying 3 layers for a 2-layer checkpoint was copied into the
-// output, and a --model-rules file's own decisions were dropped. Both are now errors naming the
-// rules file, and nothing is written.
+// output, and a --model-rules file's own decisions were dropped. For FP8 both are now errors naming
+// the rules file, and nothing is written; a cast (no rules used) says so in a note.
 TEST(ConvertCommand, RulesThatDoNotDescribeTheCheckpointAreAnErrorNotAFallback) {
   const std::string llama = SharedModel("tiny-llama3-bf16");
   if (llama.empty()) GTEST_SKIP() << "no ../shared/models/tiny-llama3-bf16 here";
@@ -301,6 +301,10 @@ TEST(ConvertCommand, RulesThatDoNotDescribeTheCheckpointAreAnErrorNotAFallback) 
       << "names a tensor of the layer the checkpoint lacks: " << out;
   EXPECT_EQ(out.find("no rules describe this checkpoint"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(dir.File("o/config.json")));
+  // A cast uses no rules: it converts every tensor and says what does not match.
+  std::tie(code, out) = RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("c") + " --format fp16");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("note: the rules of model_type \"llama\""), std::string::npos) << out;
   // The right config, and a user's rules file whose up_proj has the wrong shape.
   config["num_hidden_layers"] = layers;
   std::ofstream(dir.File("src/config.json")) << config.dump();

@@ -166,7 +166,7 @@ TEST(EngineLayout, RejectsImpossibleSizesNamingThem) {
 }
 
 // A model whose config names no attention heads (0: ModelConfig, e.g. a state-space model described
-// by a user's rules): no head divisibility is checked, its tensors' roles alone decide the split.
+// by a user's rules): its tensors' roles alone decide the split.
 TEST(EngineLayout, AModelWithoutAttentionHeadsSplitsByItsRoles) {
   ModelConfig c;
   c.model_type = "ssm-toy";
@@ -181,6 +181,10 @@ tensors:
     out: 2 * hidden_size
     in: hidden_size
     role: column
+  - linear: model.layers.0.attn.k_proj
+    out: hidden_size
+    in: hidden_size
+    role: column
 )",
                                  "ssm.yaml");
   ASSERT_TRUE(rules.ok()) << rules.status().ToString();
@@ -189,6 +193,14 @@ tensors:
   auto l = MakeEngineLayout(*d, {.tp = 2});
   ASSERT_TRUE(l.ok()) << l.status().ToString();
   EXPECT_EQ(Shard(*l, 1, "model.layers.0.mixer.in_proj.weight").box, (Box{{8, 0}, {8, 8}}));
+  // A k_proj of a config without key/value heads is split by its role (it divided by the 0
+  // key/value heads: SIGFPE).
+  EXPECT_EQ(Shard(*l, 1, "model.layers.0.attn.k_proj.weight").box, (Box{{4, 0}, {4, 8}}));
+  // Heads absent but key/value heads given: still checked against TP.
+  c.num_key_value_heads = 3;
+  auto three = rules->Describe(c);
+  ASSERT_TRUE(three.ok());
+  EXPECT_FALSE(MakeEngineLayout(*three, {.tp = 4}).ok());
 }
 
 TEST(TrainerLayout, FsdpTpShardsTheTpShard) {

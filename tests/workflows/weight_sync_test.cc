@@ -608,6 +608,98 @@ void AFailedPushTellsTheEnginesWhy(bool into_mapped, const char* job) {
   }
 }
 
+// Both trainer ranks of v2 fail (a NaN in each one's rows of wq), so each engine is sent two
+// MISSED(v2). It fails v2 at the first; when it begins v2 again the other, about the failed
+// attempt, must not fail the new one (it did: the engine's retried wait ended at once with the
+// old error). The trainers then push v2 again and every engine commits it byte for byte.
+TEST(WeightSync, AVersionBegunAgainAfterAFailedPushOfTwoTrainersCommits) {
+  const Layout trainer = MakeFsdpLayout(TrainerBf16(), 2).value();
+  const Layout engine = MakeTpLayout(EngineFp8(), {0, 0, 0, 1, 1, -1, -1, -1}, 2, 1).value();
+  WeightSyncOptions options{"fail-retry", 60};
+  std::vector<pid_t> children;
+  std::vector<int> port_pipes;
+  for (int r = 0; r < engine.world_size(); ++r) {
+    int fd = -1;
+    const pid_t pid = ForkWithPort(&fd, r, [&](std::uint16_t p) {
+      auto rz = ConnectRendezvous(p);
+      if (!rz.ok()) return 10;
+      auto sub = WeightSubscriber::Create(**rz, trainer, engine, r, options);
+      if (!sub.ok() || !(*sub)->Connect().ok()) return 11;
+      for (std::uint64_t v = 1; v <= kVersions; ++v) {
+        if (!(*sub)->BeginUpdate(v).ok()) return 12;
+        auto stats = (*sub)->WaitForUpdate(v);
+        if (v == 2) {
+          if (stats.ok() || stats.status().code() != ErrorCode::kCorruptData) return 20;
+          // Both trainers' pushes of v2 returned (both MISSED sent) before this goes on.
+          if (!GetString(**rz, "fail-retry/both-failed", 60).ok()) return 21;
+          if (!(*sub)->BeginUpdate(v).ok()) return 22;
+          stats = (*sub)->WaitForUpdate(v);
+        }
+        if (!stats.ok()) {
+          std::fprintf(stderr, "engine %d v%llu: %s\n", r, static_cast<unsigned long long>(v),
+                       stats.status().ToString().c_str());
+          return 13;
+        }
+        if (CheckFp8Engine(engine, r, (*sub)->weights(), v) != 0) return 15;
+      }
+      return 0;
+    });
+    ASSERT_GE(pid, 0);
+    children.push_back(pid);
+    port_pipes.push_back(fd);
+  }
+  auto server = ServeChildren(port_pipes);
+  ASSERT_NE(server, nullptr);
+  const auto port = static_cast<std::uint16_t>(server->port());
+  std::vector<std::unique_ptr<Rendezvous>> rzs;
+  std::vector<std::unique_ptr<WeightPublisher>> pubs;
+  for (int t = 0; t < 2; ++t) {
+    auto rz = ConnectRendezvous(port);
+    ASSERT_TRUE(rz.ok());
+    auto pub = WeightPublisher::Create(**rz, trainer, engine, t, options);
+    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+    rzs.push_back(std::move(*rz));
+    pubs.push_back(std::move(*pub));
+  }
+  {
+    std::vector<std::thread> connects;
+    std::vector<Status> connected(2);
+    for (int t = 0; t < 2; ++t) connects.emplace_back([&, t] { connected[t] = pubs[t]->Connect(); });
+    for (auto& th : connects) th.join();
+    for (const Status& st : connected) ASSERT_TRUE(st.ok()) << st.ToString();
+  }
+  auto push_all = [&](std::uint64_t v, bool with_nan) {
+    std::vector<Result<PushStats>> results(2, Internal("not run"));
+    std::vector<std::thread> pushes;
+    for (int t = 0; t < 2; ++t) {
+      WriteTrainerBf16(trainer, t, v, pubs[t]->weights(), [with_nan](const TensorSpec& spec, std::vector<std::byte>& b) {
+        if (!with_nan || spec.name != "wq") return;
+        const std::uint16_t nan = 0x7FC0;  // bf16 quiet NaN, first element of this rank's rows
+        std::memcpy(b.data(), &nan, 2);
+      });
+      pushes.emplace_back([&, t] { results[t] = pubs[t]->Push(v); });
+    }
+    for (auto& th : pushes) th.join();
+    return results;
+  };
+  for (std::uint64_t v = 1; v <= kVersions; ++v) {
+    if (v == 2) {
+      for (const auto& r : push_all(v, true)) {
+        ASSERT_FALSE(r.ok());
+        EXPECT_EQ(r.status().code(), ErrorCode::kCorruptData) << r.status().ToString();
+      }
+      ASSERT_TRUE(PutString(*rzs[0], "fail-retry/both-failed", "1").ok());
+    }
+    for (const auto& r : push_all(v, false)) {
+      ASSERT_TRUE(r.ok()) << "v" << v << ": " << r.status().ToString();
+      EXPECT_TRUE(r->missed.empty()) << "v" << v;
+    }
+  }
+  for (std::size_t r = 0; r < children.size(); ++r) {
+    EXPECT_EQ(WaitChild(children[r]), 0) << "engine " << r << ": 13 = the retried v2 failed (an old MISSED)";
+  }
+}
+
 TEST(WeightSync, AFailedPushTellsTheEnginesWhyIntoMappedBuffers) { AFailedPushTellsTheEnginesWhy(true, "fail-why-m"); }
 
 TEST(WeightSync, AFailedPushTellsTheEnginesWhyThroughStaging) { AFailedPushTellsTheEnginesWhy(false, "fail-why-s"); }
