@@ -242,10 +242,9 @@ Status ConvertCheckpoint(const ConvertOptions& o, std::FILE* progress) {
   if (!match.ok() && config.contains("model_type") && config["model_type"].is_string()) {
     SW_ASSIGN_OR_RETURN(const std::optional<ModelRules> rules, FindModelRules(config["model_type"].get<std::string>()));
     if (rules.has_value()) {
-      const std::string why =
-          fmt::format("the rules of model_type \"{}\" ({}) do not describe checkpoint {} with config \"{}\": {}",
-                      config["model_type"].get<std::string>(), rules->file_name(), checkpoint.path(), config_path,
-                      match.message());
+      const std::string why = fmt::format(
+          "the rules of model_type \"{}\" ({}) do not describe checkpoint {} with config \"{}\": {}",
+          config["model_type"].get<std::string>(), rules->file_name(), checkpoint.path(), config_path, match.message());
       if (fp8) {
         return Status(match.code(),
                       fmt::format("{}. Fix the config (--config FILE) or the rules (--model-rules FILE); `shardwire "

@@ -420,12 +420,12 @@ struct ModelLoader::Impl {
         }
         if (!content.empty() && content_it->second != content) {
           // Same identity, other bytes: the instance lies about its revision.
-          report.skipped.push_back(fmt::format(
-              "{}: {}: it serves content {} under revision {}, expected content {}{}", id,
-              ErrorCodeName(ErrorCode::kVerificationFailed), content_it->second, identity.revision, content,
-              identity.revision.starts_with(kCheckpointRevisionPrefix)
-                  ? ""
-                  : " (what most of the instances listed when the load started serve)"));
+          report.skipped.push_back(
+              fmt::format("{}: {}: it serves content {} under revision {}, expected content {}{}", id,
+                          ErrorCodeName(ErrorCode::kVerificationFailed), content_it->second, identity.revision, content,
+                          identity.revision.starts_with(kCheckpointRevisionPrefix)
+                              ? ""
+                              : " (what most of the instances listed when the load started serve)"));
           continue;
         }
         if (content.empty()) content = content_it->second;
@@ -515,7 +515,6 @@ struct ModelLoader::Impl {
         identity.revision, fmt::join(sides, "; "), checkpoint_says);
     return Status::Ok();
   }
-
 
   std::vector<std::size_t> Alive() const {
     std::vector<std::size_t> out;

@@ -672,11 +672,12 @@ TEST(WeightSync, AVersionBegunAgainAfterAFailedPushOfTwoTrainersCommits) {
     std::vector<Result<PushStats>> results(2, Internal("not run"));
     std::vector<std::thread> pushes;
     for (int t = 0; t < 2; ++t) {
-      WriteTrainerBf16(trainer, t, v, pubs[t]->weights(), [with_nan](const TensorSpec& spec, std::vector<std::byte>& b) {
-        if (!with_nan || spec.name != "wq") return;
-        const std::uint16_t nan = 0x7FC0;  // bf16 quiet NaN, first element of this rank's rows
-        std::memcpy(b.data(), &nan, 2);
-      });
+      WriteTrainerBf16(trainer, t, v, pubs[t]->weights(),
+                       [with_nan](const TensorSpec& spec, std::vector<std::byte>& b) {
+                         if (!with_nan || spec.name != "wq") return;
+                         const std::uint16_t nan = 0x7FC0;  // bf16 quiet NaN, first element of this rank's rows
+                         std::memcpy(b.data(), &nan, 2);
+                       });
       pushes.emplace_back([&, t] { results[t] = pubs[t]->Push(v); });
     }
     for (auto& th : pushes) th.join();
