@@ -134,13 +134,20 @@ class Demo {
     return TimedOut(fmt::format("{} did not finish loading within {} s", id, o_.timeout_s));
   }
 
+  // A ratio with the digits that matter: "315", "2.53", "0.0042" (never "0.00", never "2.53e+04").
+  static std::string Ratio(double r) {
+    if (r >= 100) return fmt::format("{:.0f}", r);
+    if (r >= 0.01 || r == 0) return fmt::format("{:.2f}", r);
+    return fmt::format("{:.2g}", r);
+  }
+
   void PrintRow(const std::string& id) {
     const auto& r = reports_[id];
     const double seconds = std::stod(r.at("seconds"));
     const double disk = std::stod(r.at("disk_seconds"));
-    fmt::print("  {:<12} {:<6} {:>9} B {:>8.4f} s {:>7.3f} GB/s  disk {:>7.4f} s ({:>5.3g}x)  {}  from {}{}\n", id,
-               layouts_[id], r.at("bytes"), seconds, std::stod(r.at("gbps")), disk, disk > 0 ? seconds / disk : 0.0,
-               r.at("verified"), r.at("sources"),
+    fmt::print("  {:<12} {:<6} {:>9} B {:>8.4f} s {:>7.3f} GB/s  disk {:>7.4f} s ({:>5}x)  {}  from {}{}\n", id,
+               layouts_[id], r.at("bytes"), seconds, std::stod(r.at("gbps")), disk,
+               Ratio(disk > 0 ? seconds / disk : 0.0), r.at("verified"), r.at("sources"),
                r.at("failed") != "0" ? fmt::format("  ({} source failures re-planned)", r.at("failed")) : "");
   }
 
