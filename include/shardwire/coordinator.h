@@ -36,8 +36,9 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
+#include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -194,6 +195,13 @@ struct CoordinatorClientOptions {
   /// reached (UNAVAILABLE), with bounded exponential backoff, before it fails
   /// with kUnavailable naming the address. >= 0 and at most kMaxCoordinatorTimeS.
   double unavailable_timeout_s = 15;
+  /// Asked by Connect only, at least every 0.1 s while it waits between attempts to reach a
+  /// coordinator that cannot be reached yet (up to unavailable_timeout_s): a non-OK status
+  /// ends Connect with that status (the Python binding's hook runs Python's signal handlers,
+  /// so Ctrl-C interrupts a client dialling a wrong address). An attempt in flight (a
+  /// coordinator that accepts but does not answer: up to call_timeout_s) is not cut. Never
+  /// called after Connect returns; the client keeps no copy. Empty: never interrupted.
+  std::function<Status()> interrupt;
 };
 
 /// A connection to a coordinator. Implements Rendezvous (so WeightPublisher /

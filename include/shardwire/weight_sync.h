@@ -461,6 +461,14 @@ class WeightPublisher {
   /// that took. Thread-safe.
   AgentStats transport_stats() const;
 
+  /// Releases the prepared transfers, as the destructor does, but keeps the agent and the
+  /// shard buffer (weights() stays valid): for front ends whose tensor views keep the object
+  /// alive after their user closed it (the Python binding). Engine ranks see no more pushes
+  /// from this rank (they time out waiting for it, as for a trainer that stopped). Afterwards
+  /// Connect, Push and WaitForEngines fail with kFailedPrecondition naming the call; the
+  /// accessors still answer. Idempotent; never fails. Not concurrent with other calls.
+  void Close();
+
   struct State;
 
  private:
@@ -585,6 +593,17 @@ class WeightSubscriber {
   /// This process's incarnation of its rank (dynamic membership: 1 for the first process of
   /// the rank, +1 per restart; 0 without dynamic membership).
   std::uint64_t incarnation() const;
+
+  /// Stops taking part in the job, as the destructor does, but keeps the agent and the
+  /// shard buffer (weights() stays readable and holds committed_version(), unless
+  /// holds_committed_version() says otherwise): a dynamic member leaves (Leave, best effort:
+  /// the trainers skip this rank from their next push), a relay parent tells its children it
+  /// will not forward a version it did not commit, and the prepared forwards are released.
+  /// For front ends whose tensor views keep the object alive after their user closed it (the
+  /// Python binding). Afterwards Connect, BeginUpdate, WaitForUpdate, Join, Leave,
+  /// HoldPushes, AwaitHold and AdoptVersion fail with kFailedPrecondition naming the call;
+  /// the accessors still answer. Idempotent; never fails. Not concurrent with other calls.
+  void Close();
 
   struct State;
 

@@ -107,14 +107,22 @@ void BindCoordinator(py::module_& m) {
              o.tls_root_cert_file = tls_root_cert_file;
              o.call_timeout_s = call_timeout_s;
              o.unavailable_timeout_s = unavailable_timeout_s;
-             GilRelease release;
-             return ValueOrThrow(CoordinatorClient::Connect(std::move(o)));
+             o.interrupt = PythonSignalHook();  // Ctrl-C ends the wait for an unreachable address
+             Result<std::unique_ptr<CoordinatorClient>> client = Internal("not run");
+             {
+               GilRelease release;
+               client = CoordinatorClient::Connect(std::move(o));
+             }
+             return ValueOrPythonError(std::move(client));
            }),
            py::arg("address"), py::arg("token") = "", py::arg("tls_root_cert_file") = "",
            py::arg("call_timeout_s") = 10.0, py::arg("unavailable_timeout_s") = 15.0,
            "Connects to 'host:port' (token: '' reads SHARDWIRE_TOKEN; tls_root_cert_file: PEM file of\n"
            "the CA that signed a TLS coordinator's certificate, '' reads SHARDWIRE_TLS_ROOT_CERT, unset:\n"
-           "plaintext). Raises UnavailableError, UnauthenticatedError, InvalidArgumentError.")
+           "plaintext). Waits up to unavailable_timeout_s (seconds) for a coordinator that cannot be reached yet;\n"
+           "Ctrl-C raises KeyboardInterrupt within ~0.1 s of that wait (an attempt in flight to a coordinator\n"
+           "that accepts but does not answer, up to call_timeout_s, is not cut). Raises UnavailableError,\n"
+           "UnauthenticatedError, InvalidArgumentError.")
       .def_property_readonly("address", &CoordinatorClient::address)
       .def_property_readonly(
           "state_id", &CoordinatorClient::state_id,

@@ -133,6 +133,11 @@ void BindWeightSync(py::module_& m) {
             return ValueOrPythonError(std::move(r));
           },
           py::arg("engine_ranks"), py::arg("timeout_s"))
+      .def("close",
+           [](WeightPublisher& p) {
+             GilRelease release;
+             p.Close();
+           })
       .def_property_readonly("bytes_per_push", &WeightPublisher::bytes_per_push)
       .def_property_readonly("buffer_address",
                              [](WeightPublisher& p) { return reinterpret_cast<std::uintptr_t>(p.weights().data()); });
@@ -206,6 +211,11 @@ void BindWeightSync(py::module_& m) {
            [](WeightSubscriber& s, std::uint64_t version) {
              GilRelease release;
              ThrowIfError(s.AdoptVersion(version));
+           })
+      .def("close",
+           [](WeightSubscriber& s) {
+             GilRelease release;  // a dynamic member's leave is a coordinator call
+             s.Close();
            })
       .def_property_readonly("incarnation", &WeightSubscriber::incarnation)
       .def_property_readonly("committed_version", &WeightSubscriber::committed_version)

@@ -22,7 +22,7 @@ import torch
 from . import _shardwire
 from ._args import INT32_MAX, UINT32_MAX, check_int, check_rank, check_text, check_version
 from ._process_guard import ObjectGuard
-from .errors import InvalidArgumentError
+from .errors import FailedPreconditionError, InvalidArgumentError
 from .tensors import RegisteredMemory, as_tensors, check_shard_tensors, shard_buffer_address, shard_views
 
 
@@ -61,7 +61,9 @@ def adopt_parameters(params: Mapping[str, torch.Tensor], layout, rank: int) -> t
 
 
 class _Endpoint:
-    """Shared construction of publisher and subscriber."""
+    """Shared construction of publisher and subscriber, and their close()."""
+
+    _kept_properties: tuple = ()  # properties of the C++ object answered after close()
 
     def __init__(self, cls, coordinator, trainer_layout, engine_layout, layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]], job: str, timeout_s: float, writable: bool,
@@ -102,6 +104,51 @@ class _Endpoint:
                              **flags)
             self._guard.keep(self._impl)
 
+    def _open(self, what: str):
+        """The C++ object; raises FailedPreconditionError naming ``what`` after close()."""
+        if self._impl is None:
+            raise FailedPreconditionError(f"failed precondition: {type(self).__name__}.{what} after close()")
+        return self._impl
+
+    @property
+    def closed(self) -> bool:
+        """True once close() ran."""
+        return self._impl is None
+
+    def close(self) -> None:
+        """Stops taking part in the job and lets go of the transport. Idempotent. A subscriber
+        that joined (dynamic membership) leaves first (best effort: the trainers skip it from
+        their next push), and a relay parent tells its children it will not forward a version
+        it did not commit; a publisher's engines see no more pushes from it. With ``params``
+        the transport agent is destroyed now: the memory is deregistered, the connections and
+        threads end, and the tensors are the caller's again. With params=None ``tensors`` is
+        emptied; views taken from it before stay readable (the engine may keep serving them)
+        and hold the arena, and with it the agent, until the last of them is gone. Every
+        other call afterwards raises FailedPreconditionError; the properties keep their last
+        values. Blocks (GIL released) at most the coordinator client's call bound for the
+        leave. Raises FailedPreconditionError while another thread is in a call on this
+        object. In a process forked from the one that made it: does nothing (the object is
+        the parent's; shardwire/_process_guard.py)."""
+        if self._guard.inherited() or self._impl is None:
+            return
+        with self._guard.use("close"):
+            impl = self._impl
+            self._last = {name: getattr(impl, name) for name in self._kept_properties}
+            impl.close()
+            self._impl = None
+            self.tensors, self.buffer = {}, None
+            del impl  # with params (no view holds it): the agent is destroyed here
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.close()
+
+    def _property(self, name: str):
+        """A property of the C++ object, or its value at close()."""
+        return self._last[name] if self._impl is None else getattr(self._impl, name)
+
     def _check_registered(self, what: str) -> None:
         """Raises FailedPreconditionError when the caller's registered storage was resized or
         freed in place since construction (see shardwire.tensors.RegisteredMemory)."""
@@ -122,6 +169,8 @@ class WeightPublisher(_Endpoint):
     Thread-safety: one thread at a time: a call while another thread is in one raises
     FailedPreconditionError at once. Not usable in a process forked from the one that made it
     (FailedPreconditionError; shardwire/_process_guard.py)."""
+
+    _kept_properties = ("bytes_per_push",)  # answered after close() (_Endpoint._property)
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
@@ -162,7 +211,7 @@ class WeightPublisher(_Endpoint):
         asked to join; returns how many did. Raises TimedOutError saying how many asked."""
         engine_ranks = check_int("engine_ranks", engine_ranks, -INT32_MAX - 1, INT32_MAX)
         with self._guard.use("wait_for_engines"):
-            return self._impl.wait_for_engines(engine_ranks, timeout_s)
+            return self._open("wait_for_engines").wait_for_engines(engine_ranks, timeout_s)
 
     def connect(self) -> None:
         """Prepares one transfer per destination engine rank (waits up to timeout_s for them; GIL
@@ -170,7 +219,7 @@ class WeightPublisher(_Endpoint):
         Raises TimedOutError naming the missing engine rank."""
         with self._guard.use("connect"):
             self._check_registered("connect")
-            self._impl.connect()
+            self._open("connect").connect()
 
     def push(self, version: int) -> Dict[str, Any]:
         """Pushes weight version ``version`` (GIL released) to every destination engine rank that
@@ -207,12 +256,12 @@ class WeightPublisher(_Endpoint):
         version = check_version("version", version)
         with self._guard.use(f"push({version})"):
             self._check_registered(f"push({version})")
-            return self._impl.push(version)
+            return self._open(f"push({version})").push(version)
 
     @property
     def bytes_per_push(self) -> int:
         """Bytes this rank writes per push."""
-        return self._impl.bytes_per_push
+        return self._property("bytes_per_push")
 
 
 class WeightSubscriber(_Endpoint):
@@ -224,6 +273,8 @@ class WeightSubscriber(_Endpoint):
     parameter stop receiving updates. Thread-safety: one thread at a time per object (as the
     C++ classes): a call while another thread is in one raises FailedPreconditionError at once.
     Not usable in a process forked from the one that made it (FailedPreconditionError)."""
+
+    _kept_properties = ("incarnation", "committed_version", "holds_committed_version")
 
     def __init__(self, coordinator, trainer_layout, engine_layout, rank: int,
                  params: Optional[Mapping[str, torch.Tensor]] = None, job: str = "shardwire",
@@ -245,12 +296,12 @@ class WeightSubscriber(_Endpoint):
         it. Returns that push's version: call begin_update with it. Call after connect() and
         after every failed wait_for_update (a missed version). Raises TimedOutError."""
         with self._guard.use("join"):
-            return self._impl.join(timeout_s)
+            return self._open("join").join(timeout_s)
 
     def leave(self) -> None:
         """Dynamic membership: the trainers stop writing to this rank from their next push."""
         with self._guard.use("leave"):
-            self._impl.leave()
+            self._open("leave").leave()
 
     def adopt_version(self, version: int) -> None:
         """Declares that the weights already hold ``version`` (e.g. loaded from a live engine
@@ -258,19 +309,19 @@ class WeightSubscriber(_Endpoint):
         above committed_version."""
         version = check_version("version", version)
         with self._guard.use(f"adopt_version({version})"):
-            self._impl.adopt_version(version)
+            self._open(f"adopt_version({version})").adopt_version(version)
 
     @property
     def incarnation(self) -> int:
         """This process's incarnation of its rank (dynamic membership; 0 otherwise)."""
-        return self._impl.incarnation
+        return self._property("incarnation")
 
     def connect(self) -> None:
         """Looks up every trainer rank this rank receives from (waits up to timeout_s; GIL released;
         Ctrl-C raises KeyboardInterrupt within ~0.1 s and connect() may be called again)."""
         with self._guard.use("connect"):
             self._check_registered("connect")
-            self._impl.connect()
+            self._open("connect").connect()
 
     def begin_update(self, version: int) -> None:
         """Declares the engine paused for ``version``: trainers may now write its weights.
@@ -282,7 +333,7 @@ class WeightSubscriber(_Endpoint):
         version = check_version("version", version)
         with self._guard.use(f"begin_update({version})"):
             self._check_registered(f"begin_update({version})")
-            self._impl.begin_update(version)
+            self._open(f"begin_update({version})").begin_update(version)
 
     def wait_for_update(self, version: int) -> Dict[str, Any]:
         """Blocks (GIL released) until every source delivered ``version``, then commits it.
@@ -306,13 +357,13 @@ class WeightSubscriber(_Endpoint):
         version = check_version("version", version)
         with self._guard.use(f"wait_for_update({version})"):
             self._check_registered(f"wait_for_update({version})")
-            return self._impl.wait_for_update(version)
+            return self._open(f"wait_for_update({version})").wait_for_update(version)
 
     @property
     def committed_version(self) -> int:
         """The version the engine's weights hold completely (0 before the first); label
         generated tokens with it, unless holds_committed_version is False."""
-        return self._impl.committed_version
+        return self._property("committed_version")
 
     @property
     def holds_committed_version(self) -> bool:
@@ -322,4 +373,4 @@ class WeightSubscriber(_Endpoint):
         wait_for_update: do not serve, or do not label tokens with committed_version, until
         then. (The C++ WeightSubscriber's double-buffered mode, WeightSyncOptions::double_buffered,
         keeps it True; this Python class is single-buffered.)"""
-        return self._impl.holds_committed_version
+        return self._property("holds_committed_version")

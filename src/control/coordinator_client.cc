@@ -32,6 +32,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <iterator>
 #include <limits>
 #include <mutex>
@@ -126,7 +127,13 @@ struct CallOptions {
   // UNAVAILABLE from a dropped connection, a passed deadline) and the call was sent again:
   // a later refusal may then answer this call's own earlier attempt (JoinJob, LeaveJob).
   bool* sent_again = nullptr;
+  // Asked between attempts, at least every kInterruptPollSeconds of a pause (Connect's Ping:
+  // CoordinatorClientOptions::interrupt); a non-OK status ends the call with it.
+  const std::function<Status()>* interrupt = nullptr;
 };
+
+// How often CallOptions::interrupt is asked while a call waits to retry, seconds.
+constexpr double kInterruptPollSeconds = 0.1;
 
 }  // namespace
 
@@ -223,11 +230,25 @@ struct CoordinatorClient::Impl {
                                        options.address, method, std::chrono::duration<double>(now - start).count(),
                                        st.error_message()));
       }
-      // Let the channel reconnect (its own backoff), but never past give_up.
+      // Let the channel reconnect (its own backoff), but never past give_up; with an
+      // interrupt hook, in slices of kInterruptPollSeconds with the hook asked after each.
       const auto pause = std::min<Clock::duration>(backoff, give_up - now);
-      channel->WaitForConnected(std::chrono::system_clock::now() +
-                                std::chrono::duration_cast<std::chrono::system_clock::duration>(pause));
-      std::this_thread::sleep_until(std::min(give_up, now + pause));
+      const auto pause_end = std::min(give_up, now + pause);
+      for (;;) {
+        if (call.interrupt != nullptr && *call.interrupt) {
+          if (Status stop = (*call.interrupt)(); !stop.ok()) {
+            return stop.WithContext(fmt::format("coordinator {} at {}", method, options.address));
+          }
+        }
+        const auto left = pause_end - Clock::now();
+        if (left <= Clock::duration::zero()) break;
+        const auto slice =
+            call.interrupt != nullptr ? std::min<Clock::duration>(left, Seconds(kInterruptPollSeconds)) : left;
+        channel->WaitForConnected(std::chrono::system_clock::now() +
+                                  std::chrono::duration_cast<std::chrono::system_clock::duration>(slice));
+        std::this_thread::sleep_until(std::min(pause_end, Clock::now() + slice));
+        if (call.interrupt == nullptr) break;
+      }
       backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
       if (call.sent_again != nullptr) *call.sent_again = true;
     }
@@ -307,13 +328,17 @@ Result<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(Coordinato
   impl->rendezvous = v1::Rendezvous::NewStub(impl->channel);
   impl->sources = v1::SourceRegistry::NewStub(impl->channel);
   impl->jobs = v1::Jobs::NewStub(impl->channel);
+  // Connect's alone: never kept (a later call from another thread must not run the hook).
+  const std::function<Status()> connect_interrupt = std::move(options.interrupt);
+  options.interrupt = nullptr;
   impl->options = std::move(options);
 
   v1::PingRequest req;
   v1::PingResponse resp;
   Impl* raw = impl.get();
-  if (Status pinged =
-          raw->Call("Ping", [&](grpc::ClientContext& ctx) { return raw->rendezvous->Ping(&ctx, req, &resp); });
+  if (Status pinged = raw->Call(
+          "Ping", [&](grpc::ClientContext& ctx) { return raw->rendezvous->Ping(&ctx, req, &resp); },
+          CallOptions{.interrupt = &connect_interrupt});
       !pinged.ok()) {
     // What the user can change, when the symptom points at it: gRPC says only "Socket closed"
     // to a plaintext client of a TLS coordinator, and "missing bearer token" to a client with none.

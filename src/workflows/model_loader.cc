@@ -10,6 +10,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -170,6 +171,7 @@ struct ModelLoader::Impl {
   std::set<std::string> seen_instances;                      // listed whole once (used, skipped or failed)
   bool own_instance_listed = false;                          // a listing held sources of options.instance_id
   std::set<std::string> partial_instances;                   // listed with ranks missing, not whole yet
+  std::set<std::string> reported_duplicates;                 // source ids KeepNewestPerRank passed over
   std::future<Result<std::vector<SourceRecord>>> relisting;  // a re-listing in flight
   bool relist_failed = false;
   Clock::time_point first_read;  // when this Load posted its first READ (profiling)
@@ -360,6 +362,34 @@ struct ModelLoader::Impl {
     return Status::Ok();
   }
 
+  // One record per rank of an instance: a rank registered more than once under one
+  // instance_id (a restarted process whose old lease has not expired yet, or two instances
+  // given the same instance_id) keeps its newest registration (registered_unix_ms, then
+  // last_heartbeat_unix_ms, then source_id), so the instance is still usable; before, the
+  // extra records made it "3 of 2 ranks READY" and it was never used. Each record passed over
+  // is reported once in report.skipped. (A newest record whose process died fails at its HELLO
+  // and the instance is read elsewhere; the older one is used by a later Load.)
+  void KeepNewestPerRank(const std::string& id, std::vector<SourceRecord>& recs) {
+    std::sort(recs.begin(), recs.end(), [](const SourceRecord& a, const SourceRecord& b) {
+      return std::tie(a.rank, b.registered_unix_ms, b.last_heartbeat_unix_ms, b.source_id) <
+             std::tie(b.rank, a.registered_unix_ms, a.last_heartbeat_unix_ms, a.source_id);
+    });
+    std::vector<SourceRecord> kept;
+    for (SourceRecord& r : recs) {
+      if (!kept.empty() && kept.back().rank == r.rank) {
+        if (reported_duplicates.insert(r.source_id).second) {
+          report.skipped.push_back(fmt::format(
+              "{} rank {}: source {} passed over for {}, registered later under the same instance_id and rank (a "
+              "restarted rank whose old lease has not expired, or two instances given one instance_id)",
+              id, r.rank, r.source_id, kept.back().source_id));
+        }
+        continue;
+      }
+      kept.push_back(std::move(r));
+    }
+    recs = std::move(kept);
+  }
+
   // Vets the instances of `records` not seen before and adds the usable ones. `explain`: a
   // fingerprint mismatch is explained by asking the source for its fingerprint inputs (a wait
   // of up to stall_timeout_s); false while transfers run (a re-listing), which must not wait.
@@ -380,6 +410,7 @@ struct ModelLoader::Impl {
       if (auto c = r.attributes.find(kSourceAttrContent); c != r.attributes.end())
         advertised_contents.insert(c->second);
     }
+    for (auto& [id, recs] : by_instance) KeepNewestPerRank(id, recs);
     SW_RETURN_IF_ERROR(ChooseContent(by_instance, /*may_hash=*/explain));
     for (auto& [id, recs] : by_instance) {
       if (options.max_instances > 0 && static_cast<int>(instances.size()) >= options.max_instances) break;
@@ -1078,6 +1109,73 @@ struct ModelLoader::Impl {
     }
     return Status::Ok();
   }
+  // What a Load cut short was still doing, for its error: the bytes verified so far, and the
+  // sources whose moves had not finished (at most kShown of them, most bytes first), with what
+  // each move waited for. E.g. "40960 of 1318912 bytes verified; unfinished: instance slow rank 0:
+  // 3 moves, 49152 bytes (1 paced by the source's bandwidth cap, 2 queued)".
+  std::string Progress() const {
+    static constexpr std::size_t kShown = 4;
+    std::uint64_t verified = 0;
+    std::uint64_t total = workflows::TotalBytes(unassigned);
+    struct Pending {
+      std::uint64_t bytes = 0;
+      int moves = 0;
+      std::map<std::string, int> waits;  // what the moves wait for -> how many
+    };
+    std::map<std::pair<std::size_t, std::uint32_t>, Pending> pending;  // (instance, src rank)
+    for (const LoadMove& m : moves) {
+      if (m.state == LoadMove::State::kAbandoned) continue;
+      total += m.bytes;
+      if (m.state == LoadMove::State::kDone) {
+        verified += m.bytes;
+        continue;
+      }
+      Pending& p = pending[{m.instance, m.src_rank}];
+      p.bytes += m.bytes;
+      ++p.moves;
+      ++p.waits[MoveWait(m.state)];
+    }
+    std::vector<std::pair<std::pair<std::size_t, std::uint32_t>, Pending>> order(pending.begin(), pending.end());
+    std::stable_sort(order.begin(), order.end(),
+                     [](const auto& a, const auto& b) { return a.second.bytes > b.second.bytes; });
+    std::vector<std::string> parts;
+    for (std::size_t i = 0; i < order.size() && i < kShown; ++i) {
+      const auto& [where, p] = order[i];
+      std::vector<std::string> waits;
+      for (const auto& [what, n] : p.waits) waits.push_back(fmt::format("{} {}", n, what));
+      parts.push_back(fmt::format("instance {} rank {}: {} move(s), {} bytes ({})", instances[where.first].id,
+                                  where.second, p.moves, p.bytes, fmt::join(waits, ", ")));
+    }
+    if (order.size() > kShown) parts.push_back(fmt::format("and {} more source rank(s)", order.size() - kShown));
+    std::string text = fmt::format("{} of {} bytes verified", verified, total);
+    if (!parts.empty()) text += fmt::format("; unfinished: {}", fmt::join(parts, "; "));
+    if (!unassigned.empty()) {
+      text += fmt::format("; {} bytes had no usable source{}", workflows::TotalBytes(unassigned),
+                          options.checkpoint_path.empty() ? "" : " (left to the disk fallback)");
+    }
+    return text;
+  }
+  static const char* MoveWait(LoadMove::State state) {
+    switch (state) {
+      case LoadMove::State::kQueued:
+        return "queued";
+      case LoadMove::State::kLeaseWait:
+        return "waiting for the source's lease";
+      case LoadMove::State::kLeaseQueued:
+        return "queued at the source for a lease";
+      case LoadMove::State::kReading:
+        return "READ in flight";
+      case LoadMove::State::kHashed:
+        return "landed, waiting for the source's HELLO answer";
+      case LoadMove::State::kDigestWait:
+        return "landed, waiting for the source's digest";
+      case LoadMove::State::kPacing:
+        return "verified, paced by the source's bandwidth cap";
+      default:
+        return "finished";
+    }
+  }
+
   // CheckStop as the hook of a checkpoint read (the disk fallback, its revision check), which
   // calls it per tensor and per kInterruptCheckBytes: the deadline each time, options.interrupt
   // at most every kInterruptPollSeconds (a Python hook takes the GIL; a checkpoint may hold
@@ -1110,6 +1208,7 @@ struct ModelLoader::Impl {
     seen_instances.clear();
     own_instance_listed = false;
     partial_instances.clear();
+    reported_duplicates.clear();
     checked_checkpoint.clear();
     if (relisting.valid()) relisting.wait();  // of a previous failed Load
     relisting = {};
@@ -1154,6 +1253,9 @@ struct ModelLoader::Impl {
       });
       if (all_done && unassigned.empty()) break;
       if (Status stop = CheckStop(); !stop.ok()) {
+        // A load that ran out of load_timeout_s says what it still waited for (the sources
+        // are alive: a silent one fails within stall_timeout_s and is read elsewhere).
+        if (stop.code() == ErrorCode::kTimedOut) stop = TimedOut(fmt::format("{}: {}", stop.message(), Progress()));
         Goodbye();
         return stop;
       }

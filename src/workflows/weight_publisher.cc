@@ -99,6 +99,7 @@ struct WeightPublisher::State {
   std::vector<std::map<int, std::vector<Segment>>> round_segments;  // per round: destination -> segments
   std::vector<std::vector<std::byte>> scratches;  // per conversion thread: PushConverter::ConvertRoundTo
   bool connected = false;
+  bool closed = false;  // Close ran: Connect, Push and WaitForEngines fail
   workflows::Inbox inbox;
   // Dynamic membership: the leader (rank 0), the incarnation each connected destination
   // had when it was connected, and the version each destination last missed (it is skipped
@@ -255,7 +256,15 @@ void WeightPublisher::State::ReleaseTransfersTo(int dst) {
 WeightPublisher::WeightPublisher(std::unique_ptr<State> state) : state_(std::move(state)) {}
 
 WeightPublisher::~WeightPublisher() {
-  if (!state_ || !state_->endpoint.agent) return;
+  if (state_) Close();
+}
+
+void WeightPublisher::Close() {
+  if (state_->closed || !state_->endpoint.agent) {
+    state_->closed = true;
+    return;
+  }
+  state_->closed = true;
   auto release = [&](const State::Handles& hs) {
     for (TransferHandle h : hs)
       if (h != TransferHandle{}) (void)state_->endpoint.agent->Release(h);
@@ -267,7 +276,19 @@ WeightPublisher::~WeightPublisher() {
   for (const auto& round : state_->round_transfers) {
     for (const auto& [dst, hs] : round) release(hs);
   }
+  state_->stages.clear();
+  state_->copy_transfers.clear();
+  state_->round_transfers.clear();
+  state_->connected = false;
 }
+
+namespace {
+// kFailedPrecondition naming `call` once the publisher was closed (WeightPublisher::Close).
+Status CheckOpen(const WeightPublisher::State& s, std::string_view call) {
+  if (!s.closed) return Status::Ok();
+  return FailedPrecondition(fmt::format("WeightPublisher::{} on trainer rank {} after Close", call, s.rank));
+}
+}  // namespace
 
 Result<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(Rendezvous& rendezvous, const Layout& trainer_layout,
                                                                  const Layout& engine_layout, int rank,
@@ -374,6 +395,7 @@ std::span<std::byte> WeightPublisher::weights() { return state_->endpoint.weight
 
 Result<int> WeightPublisher::WaitForEngines(int engine_ranks, double timeout_s) {
   State& s = *state_;
+  SW_RETURN_IF_ERROR(CheckOpen(s, "WaitForEngines"));
   if (!s.options.dynamic_membership)
     return InvalidArgument("WeightPublisher::WaitForEngines without dynamic membership");
   if (engine_ranks < 1 || engine_ranks > s.engine_ranks) {
@@ -519,6 +541,7 @@ Result<workflows::PeerRank> WeightPublisher::State::ConnectTrainerPeer(int peer_
 
 Status WeightPublisher::Connect() {
   State& s = *state_;
+  SW_RETURN_IF_ERROR(CheckOpen(s, "Connect"));
   Agent& agent = *s.endpoint.agent;
   // A Connect that failed or was interrupted half-way starts over.
   s.connected = false;
@@ -597,6 +620,7 @@ Result<PushStats> PushVersion(WeightPublisher::State& s, std::uint64_t version);
 
 Result<PushStats> WeightPublisher::Push(std::uint64_t version) {
   State& s = *state_;
+  SW_RETURN_IF_ERROR(CheckOpen(s, "Push"));
   const auto t0 = std::chrono::steady_clock::now();
   s.awaiting_done.clear();
   auto stats = PushVersion(s, version);

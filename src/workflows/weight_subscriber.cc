@@ -44,6 +44,7 @@ struct WeightSubscriber::State {
   bool updating = false;          // between BeginUpdate and the end of WaitForUpdate
   std::uint64_t incarnation = 0;  // dynamic membership
   bool joined = false;
+  bool closed = false;            // Close ran: every call but the accessors fails
   bool admitted = false;          // a push admitted one of this process's join requests
   std::int64_t admitted_request = 0;  // the request of its latest admission
   std::int64_t join_request = 0;  // filed and not yet answered
@@ -273,11 +274,27 @@ void WeightSubscriber::State::ForwardVersion(std::uint64_t version, int own,
 
 WeightSubscriber::WeightSubscriber(std::unique_ptr<State> state) : state_(std::move(state)) {}
 WeightSubscriber::~WeightSubscriber() {
-  if (!state_) return;
-  if (state_->joined) (void)Leave();  // best effort: the trainers skip the slot from their next push
-  state_->DeclineForward();
-  for (auto& [rank, child] : state_->relay_children) state_->ReleaseForwards(child);
+  if (state_) Close();
 }
+
+void WeightSubscriber::Close() {
+  State& s = *state_;
+  if (s.closed) return;
+  if (s.joined) (void)Leave();  // best effort: the trainers skip the slot from their next push
+  s.DeclineForward();
+  for (auto& [rank, child] : s.relay_children) s.ReleaseForwards(child);
+  s.relay_children.clear();
+  s.updating = false;
+  s.closed = true;
+}
+
+namespace {
+// kFailedPrecondition naming `call` once the subscriber was closed (WeightSubscriber::Close).
+Status CheckOpen(const WeightSubscriber::State& s, std::string_view call) {
+  if (!s.closed) return Status::Ok();
+  return FailedPrecondition(fmt::format("WeightSubscriber::{} on engine rank {} after Close", call, s.rank));
+}
+}  // namespace
 
 Result<std::unique_ptr<WeightSubscriber>> WeightSubscriber::Create(Rendezvous& rendezvous, const Layout& trainer_layout,
                                                                    const Layout& engine_layout, int rank,
@@ -394,6 +411,7 @@ std::uint64_t WeightSubscriber::incarnation() const { return state_->incarnation
 
 Result<std::uint64_t> WeightSubscriber::Join(double timeout_s) {
   State& s = *state_;
+  SW_RETURN_IF_ERROR(CheckOpen(s, "Join"));
   if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::Join without dynamic membership");
   if (s.source_names.size() != s.sources.size()) return InvalidArgument("WeightSubscriber::Join before Connect");
   if (std::isnan(timeout_s)) return InvalidArgument("WeightSubscriber::Join: timeout_s is NaN");
@@ -424,6 +442,7 @@ Result<std::uint64_t> WeightSubscriber::Join(double timeout_s) {
 
 Status WeightSubscriber::HoldPushes() {
   State& s = *state_;
+  SW_RETURN_IF_ERROR(CheckOpen(s, "HoldPushes"));
   if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::HoldPushes without dynamic membership");
   auto request = workflows::FileMembershipRequest(*s.rendezvous, s.options.job, s.rank, s.incarnation, /*hold=*/true);
   if (!request.ok()) {
@@ -439,6 +458,7 @@ Status WeightSubscriber::HoldPushes() {
 
 Result<std::uint64_t> WeightSubscriber::AwaitHold(double timeout_s) {
   State& s = *state_;
+  SW_RETURN_IF_ERROR(CheckOpen(s, "AwaitHold"));
   if (s.hold_request == 0) {
     return FailedPrecondition(fmt::format("engine rank {}: AwaitHold without HoldPushes", s.rank));
   }
@@ -453,6 +473,7 @@ Result<std::uint64_t> WeightSubscriber::AwaitHold(double timeout_s) {
 
 Status WeightSubscriber::Leave() {
   State& s = *state_;
+  SW_RETURN_IF_ERROR(CheckOpen(s, "Leave"));
   if (!s.options.dynamic_membership) return InvalidArgument("WeightSubscriber::Leave without dynamic membership");
   s.joined = false;
   // A later process of this rank (a replacement started while this one shuts down) owns the
@@ -479,6 +500,7 @@ Status WeightSubscriber::Leave() {
 
 Status WeightSubscriber::AdoptVersion(std::uint64_t version) {
   State& s = *state_;
+  SW_RETURN_IF_ERROR(CheckOpen(s, "AdoptVersion"));
   if (s.updating)
     return FailedPrecondition(fmt::format("AdoptVersion({}) during the update of v{}", version, s.begun_version));
   if (version <= s.committed_version) {
@@ -494,6 +516,7 @@ Status WeightSubscriber::AdoptVersion(std::uint64_t version) {
 
 Status WeightSubscriber::Connect() {
   State& s = *state_;
+  SW_RETURN_IF_ERROR(CheckOpen(s, "Connect"));
   for (int src : s.sources) {
     SW_ASSIGN_OR_RETURN(const workflows::PeerRank peer,
                         workflows::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kTrainerRole, src,
@@ -541,6 +564,7 @@ Status WeightSubscriber::Connect() {
 
 Status WeightSubscriber::BeginUpdate(std::uint64_t version) {
   State& s = *state_;
+  SW_RETURN_IF_ERROR(CheckOpen(s, "BeginUpdate"));
   if (s.source_names.size() != s.sources.size()) return InvalidArgument("WeightSubscriber::BeginUpdate before Connect");
   if (version <= s.committed_version) {
     return InvalidArgument(
@@ -586,6 +610,7 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
 }  // namespace
 
 Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
+  SW_RETURN_IF_ERROR(CheckOpen(*state_, "WaitForUpdate"));
   auto stats = AwaitVersion(*state_, version);
   if (!stats.ok()) state_->metrics.Failed(stats.status());
   return stats;

@@ -446,6 +446,38 @@ TEST(Coordinator, JobMembersExpireWithoutHeartbeats) {
   EXPECT_EQ(c->HeartbeatMember("rl", "engine-1/0").code(), ErrorCode::kNotFound);
 }
 
+// CoordinatorClientOptions::interrupt ends Connect's wait for an unreachable coordinator (it
+// retried for unavailable_timeout_s, 600 s here, whatever the caller wanted), with the hook's
+// status; the hook is asked again and again during that wait, and a client given a hook that
+// never fires still connects to a coordinator that is there.
+TEST(Coordinator, ConnectToAnUnreachableAddressEndsWhenTheInterruptHookFires) {
+  std::string address;
+  {
+    auto gone = StartServer();
+    ASSERT_NE(gone, nullptr);
+    address = gone->address();
+  }  // nothing listens there any more
+  CoordinatorClientOptions o;
+  o.address = address;
+  o.unavailable_timeout_s = 600;
+  std::atomic<int> asked{0};
+  o.interrupt = [&asked] { return ++asked >= 5 ? FailedPrecondition("stop asked by the test") : Status::Ok(); };
+  auto c = CoordinatorClient::Connect(o);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), ErrorCode::kFailedPrecondition) << c.status().ToString();
+  EXPECT_NE(c.status().message().find("stop asked by the test"), std::string::npos) << c.status().ToString();
+  EXPECT_NE(c.status().message().find(address), std::string::npos) << c.status().ToString();
+  EXPECT_EQ(asked.load(), 5);
+
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  o.address = server->address();
+  o.interrupt = [] { return Status::Ok(); };
+  auto reached = CoordinatorClient::Connect(o);
+  ASSERT_TRUE(reached.ok()) << reached.status().ToString();
+  ASSERT_TRUE((*reached)->Put("k", std::vector<std::byte>{std::byte{1}}).ok());
+}
+
 TEST(Coordinator, TokenRefusedWithUnauthenticatedAndStateUnchanged) {
   CoordinatorServerOptions o;
   o.token = "s3cret-token";

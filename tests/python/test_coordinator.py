@@ -111,6 +111,34 @@ def test_ctrl_c_interrupts_a_wait():
         assert "interrupted" in out
 
 
+def test_ctrl_c_interrupts_a_client_dialling_an_unreachable_address():
+    """CoordinatorClient(...) to an address nobody listens on retries for unavailable_timeout_s
+    (600 s here); Ctrl-C ends it with KeyboardInterrupt (before, it was ignored until then)."""
+    with shardwire.CoordinatorServer() as server:
+        address = server.address  # closed on leaving: nothing listens there any more
+    child = _child("""
+        import sys, shardwire
+        try:
+            print("dialling", flush=True)
+            shardwire.CoordinatorClient(sys.argv[1], unavailable_timeout_s=600)
+            sys.exit(3)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(7)
+    """, address)
+    try:
+        assert child.stdout.readline().strip() == "dialling"
+        time.sleep(0.7)  # let it block inside the constructor (not a timing assertion)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)  # a hang guard, not a timing assertion
+        assert child.returncode == 7, out + err
+        assert "interrupted" in out
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+
+
 def test_get_without_a_timeout_from_a_stopped_coordinator_is_unavailable_not_a_hang():
     """A coordinator that accepts calls but never answers (SIGSTOP) ends get(key, inf) with
     UnavailableError naming its address (before session 43 each 0.25 s slice ended in the

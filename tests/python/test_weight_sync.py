@@ -423,6 +423,58 @@ def test_engines_join_through_the_coordinator_and_digests_guard_every_version():
             pub.push(3)
 
 
+def test_close_leaves_the_job_and_keeps_the_views_readable():
+    """close() and ``with``: an engine rank (params=None, its weights are views of the arena)
+    joins, commits v1 and is closed while the engine still holds the views. It leaves the job
+    (the trainer's next push finds no member, instead of waiting for a closed rank), the views
+    still hold v1 byte for byte, and every later call is refused with FailedPreconditionError.
+    The publisher, given its own parameters, is closed by its ``with``: push is refused, its
+    properties keep their values, and the caller's tensors are untouched."""
+    model = shardwire.Model.from_config_json(json.dumps(LLAMA))
+    src, dst = shardwire.Layout.from_string(model, "fsdp=1"), shardwire.Layout.from_string(model, "tp=1")
+    flags = dict(job="py-close", dynamic_membership=True)
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        params = {s["name"]: global_tensor(s["name"], s["global_shape"], 1) for s in src.shards(0)}
+        shardwire.adopt_parameters(params, src, 0)
+        with shardwire.WeightPublisher(client, src, dst, 0, params=params, **flags) as pub:
+            bytes_per_push = pub.bytes_per_push
+            with shardwire.WeightSubscriber(client, src, dst, 0, **flags) as sub:
+                views = sub.tensors
+                pub.connect()
+                sub.connect()
+                joined = {}
+                thread = threading.Thread(target=lambda: joined.setdefault("v", sub.join(30)))
+                thread.start()
+                assert pub.wait_for_engines(1, 30) == 1
+                pusher = threading.Thread(target=lambda: joined.setdefault("stats", pub.push(1)))
+                pusher.start()
+                thread.join(timeout=60)
+                assert joined["v"] == 1
+                sub.begin_update(1)
+                sub.wait_for_update(1)
+                pusher.join(timeout=60)
+                assert joined["stats"]["missed"] == [], joined
+            assert sub.closed and sub.tensors == {}
+            sub.close()  # idempotent
+            assert sub.committed_version == 1 and sub.holds_committed_version
+            for s in dst.shards(0):
+                want = global_tensor(s["name"], s["global_shape"], 1)
+                assert torch.equal(views[s["name"]].view(torch.int16), want.view(torch.int16)), s["name"]
+            for call in (lambda: sub.begin_update(2), lambda: sub.wait_for_update(2), sub.connect, sub.join,
+                         sub.leave, lambda: sub.adopt_version(2)):
+                with pytest.raises(errors.FailedPreconditionError, match=r"WeightSubscriber\..* after close\(\)"):
+                    call()
+            # The closed engine left: the next push finds no member at once.
+            with pytest.raises(errors.FailedPreconditionError, match="no engine rank of job py-close is a member"):
+                pub.push(2)
+        assert pub.closed and pub.bytes_per_push == bytes_per_push
+        with pytest.raises(errors.FailedPreconditionError, match=r"WeightPublisher\.push\(3\) after close\(\)"):
+            pub.push(3)
+        for name, t in params.items():  # the caller's tensors are theirs again, unchanged
+            assert torch.equal(t.view(torch.int16), global_tensor(name, t.shape, 1).view(torch.int16)), name
+
+
 def test_relays_and_rounds_from_python():
     """Engine-to-engine relays and K from Python: one trainer rank, two engine replicas (tp=1,
     dp=2) in threads; the trainer writes replica 0 only, replica 0 forwards to replica 1, and

@@ -26,6 +26,11 @@ class FakeSourceRegistry final : public SourceRegistry {
     if (r.source_id.empty()) r.source_id = fmt::format("src-{:016x}", ++next_);  // else proposed: kept
     r.state = SourceState::kReady;
     r.stale_reason.clear();
+    // A clock of one tick per registration, so that registration order is known (the
+    // coordinator's registered_unix_ms); a repeat of a registration keeps its time.
+    auto known = records_.find(r.source_id);
+    r.registered_unix_ms = known != records_.end() ? known->second.registered_unix_ms : ++registrations_;
+    r.last_heartbeat_unix_ms = r.registered_unix_ms;
     records_[r.source_id] = r;
     if (!lost_register_reply_.ok()) return lost_register_reply_;  // stored, but the caller hears an error
     return r;
@@ -158,6 +163,7 @@ class FakeSourceRegistry final : public SourceRegistry {
   std::mutex mu_;
   std::map<std::string, SourceRecord> records_;
   std::uint64_t next_ = 0;
+  std::int64_t registrations_ = 0;  // registered_unix_ms of the latest new registration
   std::uint64_t heartbeats_ = 0;
   double longest_lease_call_bound_s_ = 0;
   double last_register_bound_s_ = 0;

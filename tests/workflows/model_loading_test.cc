@@ -773,6 +773,48 @@ TEST_F(ModelLoadingTest, BandwidthCappedSourcesServeThroughLeases) {
   }
 }
 
+// Two instances given one instance_id (or a restarted rank whose old lease is still live) made
+// "4 of 2 ranks READY" and the instance was never used, so the load found no source. Each rank
+// now keeps its newest registration, the ones passed over are reported, and the bytes match.
+TEST_F(ModelLoadingTest, ARankRegisteredTwiceUnderOneInstanceIdUsesTheNewerRegistration) {
+  auto older = Seed("twin", "tp=1");
+  auto newer = Seed("twin", "tp=2");
+  ASSERT_EQ(older.size(), 1u);
+  ASSERT_EQ(newer.size(), 2u);
+  auto loader = ModelLoader::Create(registry_, model_, LoaderOptions("new", "tp=2", 1));
+  ASSERT_TRUE(loader.ok()) << loader.status().ToString();
+  auto report = (*loader)->Load();
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->bytes_per_instance.count("twin"), 1u);
+  EXPECT_EQ(report->bytes_from_disk, 0u);
+  ASSERT_EQ(report->skipped.size(), 1u);
+  EXPECT_NE(report->skipped[0].find("twin rank 0: source " + older[0]->source_id() + " passed over for " +
+                                    newer[0]->source_id()),
+            std::string::npos)
+      << report->skipped[0];
+  ExpectEqualsCheckpoint(**loader, 1);
+}
+
+// A load that runs out of load_timeout_s while its sources are alive but slow (here a source
+// capped at 20 kB/s, far below what the load needs in 1 s) names them and what their moves
+// waited for, instead of only "did not finish"; nothing is committed.
+TEST_F(ModelLoadingTest, ALoadTimeoutNamesTheSourcesItStillWaitedFor) {
+  auto slow = Seed("slow-seed", "tp=2", Capped(20e3));
+  ModelLoaderOptions o = LoaderOptions("new", "tp=1", 0);
+  o.load_timeout_s = 1;
+  auto loader = ModelLoader::Create(registry_, model_, o);
+  ASSERT_TRUE(loader.ok()) << loader.status().ToString();
+  auto report = (*loader)->Load();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().code(), ErrorCode::kTimedOut) << report.status().ToString();
+  const std::string message = report.status().ToString();
+  EXPECT_NE(message.find("did not finish within 1 s: "), std::string::npos) << message;
+  EXPECT_NE(message.find("bytes verified; unfinished: instance slow-seed rank "), std::string::npos) << message;
+  EXPECT_NE(message.find(fmt::format(" of {} bytes verified", (*loader)->buffer().size())), std::string::npos)
+      << message;
+  EXPECT_FALSE((*loader)->loaded());
+}
+
 // Timeouts of +inf mean never: they became int64 nanoseconds that wrapped into the past, so every
 // deadline had passed at once ("did not finish within inf s", healthy sources marked STALE).
 TEST_F(ModelLoadingTest, InfiniteTimeoutsMeanNever) {
