@@ -195,11 +195,13 @@ struct CoordinatorClientOptions {
   /// reached (UNAVAILABLE), with bounded exponential backoff, before it fails
   /// with kUnavailable naming the address. >= 0 and at most kMaxCoordinatorTimeS.
   double unavailable_timeout_s = 15;
-  /// Asked by Connect only, at least every 0.1 s while it waits between attempts to reach a
-  /// coordinator that cannot be reached yet (up to unavailable_timeout_s): a non-OK status
-  /// ends Connect with that status (the Python binding's hook runs Python's signal handlers,
-  /// so Ctrl-C interrupts a client dialling a wrong address). An attempt in flight (a
-  /// coordinator that accepts but does not answer: up to call_timeout_s) is not cut. Never
+  /// Asked by Connect only, after each failed attempt to reach a coordinator that cannot be
+  /// reached yet and at least every 0.1 s of the pauses between attempts (up to
+  /// unavailable_timeout_s in all): a non-OK status ends Connect with that status, naming the
+  /// address (the Python binding's hook runs Python's signal handlers, so Ctrl-C interrupts a
+  /// client dialling a wrong address). An attempt in flight is not cut: with gRPC's own
+  /// retries of it, under a second against an address that refuses connections, up to
+  /// call_timeout_s against one that accepts but does not answer or drops the packets. Never
   /// called after Connect returns; the client keeps no copy. Empty: never interrupted.
   std::function<Status()> interrupt;
 };

@@ -597,10 +597,13 @@ class WeightSubscriber {
   /// Stops taking part in the job, as the destructor does, but keeps the agent and the
   /// shard buffer (weights() stays readable and holds committed_version(), unless
   /// holds_committed_version() says otherwise): a dynamic member leaves (Leave, best effort:
-  /// the trainers skip this rank from their next push), a relay parent tells its children it
-  /// will not forward a version it did not commit, and the prepared forwards are released.
-  /// For front ends whose tensor views keep the object alive after their user closed it (the
-  /// Python binding). Afterwards Connect, BeginUpdate, WaitForUpdate, Join, Leave,
+  /// the trainers skip this rank from their next push); a relay parent closed during an
+  /// update tells its connected children it will not forward that version, and a relay child
+  /// tells its parent it gave up a version it failed; the prepared forwards are released.
+  /// With a fixed membership the trainers still count this rank as an engine: while the agent
+  /// lives each push waits engine_timeout_s for its READY and reports it missed. For front
+  /// ends whose tensor views keep the object alive after their user closed it (the Python
+  /// binding). Afterwards Connect, BeginUpdate, WaitForUpdate, Join, Leave,
   /// HoldPushes, AwaitHold and AdoptVersion fail with kFailedPrecondition naming the call;
   /// the accessors still answer. Idempotent; never fails. Not concurrent with other calls.
   void Close();

@@ -120,8 +120,9 @@ void BindCoordinator(py::module_& m) {
            "Connects to 'host:port' (token: '' reads SHARDWIRE_TOKEN; tls_root_cert_file: PEM file of\n"
            "the CA that signed a TLS coordinator's certificate, '' reads SHARDWIRE_TLS_ROOT_CERT, unset:\n"
            "plaintext). Waits up to unavailable_timeout_s (seconds) for a coordinator that cannot be reached yet;\n"
-           "Ctrl-C raises KeyboardInterrupt within ~0.1 s of that wait (an attempt in flight to a coordinator\n"
-           "that accepts but does not answer, up to call_timeout_s, is not cut). Raises UnavailableError,\n"
+           "Ctrl-C raises KeyboardInterrupt within about a second of that wait against an address that refuses\n"
+           "connections (an attempt in flight is not cut: up to call_timeout_s against one that accepts but does\n"
+           "not answer or drops the packets). Raises UnavailableError,\n"
            "UnauthenticatedError, InvalidArgumentError.")
       .def_property_readonly("address", &CoordinatorClient::address)
       .def_property_readonly(

@@ -12,10 +12,10 @@ Models, layouts and plans::
 
 RL weight sync: :class:`WeightPublisher` / :class:`WeightSubscriber` (shardwire.weight_sync);
 P2P model loading: :class:`ModelSource` / :class:`ModelLoader` (shardwire.model_loading).
-Every blocking call releases the GIL. The waits (CoordinatorClient(...) dialling a coordinator
-that cannot be reached yet, CoordinatorClient.get, connect, push, wait_for_update, join,
-wait_for_engines, ModelLoader.load) raise KeyboardInterrupt within ~0.1 s (get: 0.25 s) of
-Ctrl-C; the other coordinator calls, constructors and close() are not interrupted but bounded
+Every blocking call releases the GIL. The waits (CoordinatorClient.get, connect, push,
+wait_for_update, join, wait_for_engines, ModelLoader.load) raise KeyboardInterrupt within
+~0.1 s (get: 0.25 s) of Ctrl-C, CoordinatorClient(...) dialling an address that refuses
+connections within about a second; the other coordinator calls, constructors and close() are not interrupted but bounded
 by their timeouts (CoordinatorClient: call_timeout_s, unavailable_timeout_s).
 
 Every error is a subclass of :class:`shardwire.errors.ShardwireError`, one class per C++

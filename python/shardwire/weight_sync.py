@@ -118,15 +118,18 @@ class _Endpoint:
     def close(self) -> None:
         """Stops taking part in the job and lets go of the transport. Idempotent. A subscriber
         that joined (dynamic membership) leaves first (best effort: the trainers skip it from
-        their next push), and a relay parent tells its children it will not forward a version
-        it did not commit; a publisher's engines see no more pushes from it. With ``params``
+        their next push), and a relay parent closed between begin_update and wait_for_update
+        tells its children it will not forward that version; a publisher's engines see no more pushes from it. With a fixed
+        membership (dynamic_membership=False) a closed subscriber whose views live on is still
+        counted by the trainers: each push waits engine_timeout_s for it and lists it in
+        ``missed``. With ``params``
         the transport agent is destroyed now: the memory is deregistered, the connections and
         threads end, and the tensors are the caller's again. With params=None ``tensors`` is
         emptied; views taken from it before stay readable (the engine may keep serving them)
         and hold the arena, and with it the agent, until the last of them is gone. Every
         other call afterwards raises FailedPreconditionError; the properties keep their last
-        values. Blocks (GIL released) at most the coordinator client's call bound for the
-        leave. Raises FailedPreconditionError while another thread is in a call on this
+        values. Blocks (GIL released) while a dynamic member leaves: a few coordinator calls,
+        each bounded by the client's call_timeout_s and unavailable_timeout_s. Raises FailedPreconditionError while another thread is in a call on this
         object. In a process forked from the one that made it: does nothing (the object is
         the parent's; shardwire/_process_guard.py)."""
         if self._guard.inherited() or self._impl is None:
@@ -147,7 +150,8 @@ class _Endpoint:
 
     def _property(self, name: str):
         """A property of the C++ object, or its value at close()."""
-        return self._last[name] if self._impl is None else getattr(self._impl, name)
+        impl = self._impl  # once: a close() from another thread may clear it meanwhile
+        return self._last[name] if impl is None else getattr(impl, name)
 
     def _check_registered(self, what: str) -> None:
         """Raises FailedPreconditionError when the caller's registered storage was resized or
@@ -218,8 +222,9 @@ class WeightPublisher(_Endpoint):
         released; Ctrl-C raises KeyboardInterrupt within ~0.1 s and connect() may be called again).
         Raises TimedOutError naming the missing engine rank."""
         with self._guard.use("connect"):
+            impl = self._open("connect")
             self._check_registered("connect")
-            self._open("connect").connect()
+            impl.connect()
 
     def push(self, version: int) -> Dict[str, Any]:
         """Pushes weight version ``version`` (GIL released) to every destination engine rank that
@@ -255,8 +260,9 @@ class WeightPublisher(_Endpoint):
         nothing moved, when ``params``' storage was resized or freed in place since construction."""
         version = check_version("version", version)
         with self._guard.use(f"push({version})"):
+            impl = self._open(f"push({version})")
             self._check_registered(f"push({version})")
-            return self._open(f"push({version})").push(version)
+            return impl.push(version)
 
     @property
     def bytes_per_push(self) -> int:
@@ -320,8 +326,9 @@ class WeightSubscriber(_Endpoint):
         """Looks up every trainer rank this rank receives from (waits up to timeout_s; GIL released;
         Ctrl-C raises KeyboardInterrupt within ~0.1 s and connect() may be called again)."""
         with self._guard.use("connect"):
+            impl = self._open("connect")
             self._check_registered("connect")
-            self._open("connect").connect()
+            impl.connect()
 
     def begin_update(self, version: int) -> None:
         """Declares the engine paused for ``version``: trainers may now write its weights.
@@ -332,8 +339,9 @@ class WeightSubscriber(_Endpoint):
         or freed in place since construction."""
         version = check_version("version", version)
         with self._guard.use(f"begin_update({version})"):
+            impl = self._open(f"begin_update({version})")
             self._check_registered(f"begin_update({version})")
-            self._open(f"begin_update({version})").begin_update(version)
+            impl.begin_update(version)
 
     def wait_for_update(self, version: int) -> Dict[str, Any]:
         """Blocks (GIL released) until every source delivered ``version``, then commits it.
@@ -356,8 +364,9 @@ class WeightSubscriber(_Endpoint):
         or freed in place since construction."""
         version = check_version("version", version)
         with self._guard.use(f"wait_for_update({version})"):
+            impl = self._open(f"wait_for_update({version})")
             self._check_registered(f"wait_for_update({version})")
-            return self._open(f"wait_for_update({version})").wait_for_update(version)
+            return impl.wait_for_update(version)
 
     @property
     def committed_version(self) -> int:

@@ -240,13 +240,14 @@ struct CoordinatorClient::Impl {
             return stop.WithContext(fmt::format("coordinator {} at {}", method, options.address));
           }
         }
-        const auto left = pause_end - Clock::now();
-        if (left <= Clock::duration::zero()) break;
-        const auto slice =
-            call.interrupt != nullptr ? std::min<Clock::duration>(left, Seconds(kInterruptPollSeconds)) : left;
-        channel->WaitForConnected(std::chrono::system_clock::now() +
-                                  std::chrono::duration_cast<std::chrono::system_clock::duration>(slice));
-        std::this_thread::sleep_until(std::min(pause_end, Clock::now() + slice));
+        const auto slice_start = Clock::now();
+        if (slice_start >= pause_end) break;
+        const auto slice_end =
+            call.interrupt != nullptr ? std::min(pause_end, slice_start + Seconds(kInterruptPollSeconds)) : pause_end;
+        channel->WaitForConnected(
+            std::chrono::system_clock::now() +
+            std::chrono::duration_cast<std::chrono::system_clock::duration>(slice_end - slice_start));
+        std::this_thread::sleep_until(slice_end);  // WaitForConnected returns early once connected
         if (call.interrupt == nullptr) break;
       }
       backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));

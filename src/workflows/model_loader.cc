@@ -362,31 +362,50 @@ struct ModelLoader::Impl {
     return Status::Ok();
   }
 
-  // One record per rank of an instance: a rank registered more than once under one
+  // One record per rank of an instance whose ranks registered more than once under one
   // instance_id (a restarted process whose old lease has not expired yet, or two instances
-  // given the same instance_id) keeps its newest registration (registered_unix_ms, then
-  // last_heartbeat_unix_ms, then source_id), so the instance is still usable; before, the
-  // extra records made it "3 of 2 ranks READY" and it was never used. Each record passed over
-  // is reported once in report.skipped. (A newest record whose process died fails at its HELLO
-  // and the instance is read elsewhere; the older one is used by a later Load.)
+  // given the same instance_id): the newest registration (registered_unix_ms, then
+  // last_heartbeat_unix_ms, then source_id) decides which instance is meant; only records
+  // alike it (world size, layout, layout fingerprint, advertised content) are kept, the newest
+  // per rank, so no two registrations' shards are mixed and the instance is still usable
+  // (before, the extra records made it "3 of 2 ranks READY" and it was never used). Each
+  // record passed over is reported once in report.skipped. Without a repeated rank `recs` is
+  // left as it is (ranks that disagree are reported by the caller). (A newest record whose
+  // process died fails at its HELLO and the bytes are read elsewhere; a later Load, which no
+  // longer lists it once marked STALE, takes the older one.)
   void KeepNewestPerRank(const std::string& id, std::vector<SourceRecord>& recs) {
+    std::set<int> ranks;
+    for (const SourceRecord& r : recs) ranks.insert(r.rank);
+    if (ranks.size() == recs.size()) return;
     std::sort(recs.begin(), recs.end(), [](const SourceRecord& a, const SourceRecord& b) {
-      return std::tie(a.rank, b.registered_unix_ms, b.last_heartbeat_unix_ms, b.source_id) <
-             std::tie(b.rank, a.registered_unix_ms, a.last_heartbeat_unix_ms, a.source_id);
+      return std::tie(b.registered_unix_ms, b.last_heartbeat_unix_ms, b.source_id) <
+             std::tie(a.registered_unix_ms, a.last_heartbeat_unix_ms, a.source_id);
     });
+    const auto content_of = [](const SourceRecord& r) {
+      auto c = r.attributes.find(kSourceAttrContent);
+      return c == r.attributes.end() ? std::string() : c->second;
+    };
+    const SourceRecord newest = recs.front();  // a copy: the records are moved out below
+    const std::string newest_content = content_of(newest);
     std::vector<SourceRecord> kept;
+    std::set<int> kept_ranks;
     for (SourceRecord& r : recs) {
-      if (!kept.empty() && kept.back().rank == r.rank) {
-        if (reported_duplicates.insert(r.source_id).second) {
-          report.skipped.push_back(fmt::format(
-              "{} rank {}: source {} passed over for {}, registered later under the same instance_id and rank (a "
-              "restarted rank whose old lease has not expired, or two instances given one instance_id)",
-              id, r.rank, r.source_id, kept.back().source_id));
-        }
+      const bool alike = r.world_size == newest.world_size && r.layout == newest.layout &&
+                         r.layout_fingerprint == newest.layout_fingerprint && content_of(r) == newest_content;
+      if (alike && kept_ranks.insert(r.rank).second) {
+        kept.push_back(std::move(r));
         continue;
       }
-      kept.push_back(std::move(r));
+      if (reported_duplicates.insert(r.source_id).second) {
+        report.skipped.push_back(fmt::format(
+            "{} rank {}: source {} passed over: instance_id {} is registered more than once (a restarted rank whose "
+            "old lease has not expired, or two instances given one instance_id); its newest registration, {} (layout "
+            "{}), names the instance used{}",
+            id, r.rank, r.source_id, id, newest.source_id, newest.layout,
+            alike ? "" : ", and this record differs from it (layout, fingerprint or content)"));
+      }
     }
+    std::sort(kept.begin(), kept.end(), [](const SourceRecord& a, const SourceRecord& b) { return a.rank < b.rank; });
     recs = std::move(kept);
   }
 
@@ -410,7 +429,9 @@ struct ModelLoader::Impl {
       if (auto c = r.attributes.find(kSourceAttrContent); c != r.attributes.end())
         advertised_contents.insert(c->second);
     }
-    for (auto& [id, recs] : by_instance) KeepNewestPerRank(id, recs);
+    for (auto& [id, recs] : by_instance) {
+      if (!seen_instances.count(id)) KeepNewestPerRank(id, recs);  // an instance in use stays as it was taken
+    }
     SW_RETURN_IF_ERROR(ChooseContent(by_instance, /*may_hash=*/explain));
     for (auto& [id, recs] : by_instance) {
       if (options.max_instances > 0 && static_cast<int>(instances.size()) >= options.max_instances) break;
@@ -1126,10 +1147,8 @@ struct ModelLoader::Impl {
     for (const LoadMove& m : moves) {
       if (m.state == LoadMove::State::kAbandoned) continue;
       total += m.bytes;
-      if (m.state == LoadMove::State::kDone) {
-        verified += m.bytes;
-        continue;
-      }
+      if (m.state == LoadMove::State::kDone || m.state == LoadMove::State::kPacing) verified += m.bytes;
+      if (m.state == LoadMove::State::kDone) continue;
       Pending& p = pending[{m.instance, m.src_rank}];
       p.bytes += m.bytes;
       ++p.moves;

@@ -280,6 +280,9 @@ WeightSubscriber::~WeightSubscriber() {
 void WeightSubscriber::Close() {
   State& s = *state_;
   if (s.closed) return;
+  // A relay parent in the middle of an update will not forward it: its children stop waiting
+  // now (every connected child: the plans may not all have arrived).
+  if (s.updating && s.relay && s.relay->Relays(s.rank)) (void)s.AbandonForwards(s.begun_version, {}, false);
   if (s.joined) (void)Leave();  // best effort: the trainers skip the slot from their next push
   s.DeclineForward();
   for (auto& [rank, child] : s.relay_children) s.ReleaseForwards(child);

@@ -209,6 +209,41 @@ TEST(WeightSyncRelay, AChildIsToldAtOnceWhenItsParentGaveUpBeforeItsPlanArrived)
   EXPECT_EQ(r.updates[2]->relayed_from, 1);
 }
 
+// A relay parent closed during an update (WeightSubscriber::Close, as Python's close() does
+// while tensor views keep its agent alive) tells its children at once that it will not forward
+// the version: before, they waited out their RELAYED bound for a forward that never came. Every
+// later call on it is refused, naming the call, and what it committed stays readable.
+TEST(WeightSyncRelay, ARelayParentClosedDuringAnUpdateTellsItsChildrenAtOnce) {
+  Job job;
+  ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-parent-closed", 1));  // 0 -> 1 -> 2
+  ASSERT_TRUE(PushVersion(job, 1, {0, 1, 2}).updates[2].ok());
+  ASSERT_NO_FATAL_FAILURE(BeginEverywhere(job, 2));
+  job.subs[1]->Close();
+  job.subs[1]->Close();  // idempotent
+  Round pushed = PushAndWait(job, 2, {0, 2});
+  for (int t = 0; t < 2; ++t) ASSERT_TRUE(pushed.pushes[t].ok()) << pushed.pushes[t].status().ToString();
+  ASSERT_TRUE(pushed.updates[0].ok()) << pushed.updates[0].status().ToString();
+  EXPECT_EQ(Walk(job.engine, 0, job.subs[0]->weights(), 2, true), 0u);
+  ASSERT_FALSE(pushed.updates[2].ok());
+  const std::string why = pushed.updates[2].status().ToString();
+  EXPECT_NE(why.find("relay parent engine rank 1"), std::string::npos) << why;
+  EXPECT_NE(why.find("gave up on v2"), std::string::npos) << "waited out its RELAYED bound: " << why;
+  EXPECT_EQ(job.subs[1]->committed_version(), 1u);
+  const Status begin = job.subs[1]->BeginUpdate(3);
+  EXPECT_EQ(begin.code(), ErrorCode::kFailedPrecondition) << begin.ToString();
+  EXPECT_NE(begin.message().find("WeightSubscriber::BeginUpdate on engine rank 1 after Close"), std::string::npos)
+      << begin.ToString();
+  const auto wait = job.subs[1]->WaitForUpdate(2);
+  EXPECT_EQ(wait.status().code(), ErrorCode::kFailedPrecondition) << wait.status().ToString();
+  EXPECT_EQ(job.subs[1]->Connect().code(), ErrorCode::kFailedPrecondition);
+  job.pubs[0]->Close();
+  const auto push = job.pubs[0]->Push(3);
+  EXPECT_EQ(push.status().code(), ErrorCode::kFailedPrecondition) << push.status().ToString();
+  EXPECT_NE(push.status().message().find("WeightPublisher::Push on trainer rank 0 after Close"), std::string::npos)
+      << push.status().ToString();
+  EXPECT_GT(job.pubs[0]->bytes_per_push(), 0u);
+}
+
 // A relayed child whose wait for v is interrupted (before any trainer pushed) may wait for v
 // again (WeightSyncOptions::interrupt) and still get it through its parent: it tells its parent
 // it gave v up only once it moves on to a later version, not at the interrupt.
