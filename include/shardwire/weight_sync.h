@@ -513,9 +513,13 @@ class WeightSubscriber {
   /// parent (its children were told it will not be forwarded): begin a later version.
   Status BeginUpdate(std::uint64_t version);
 
-  /// Blocks until every source has delivered `version`, then commits it. kInvalidArgument
-  /// when `version` is not the one BeginUpdate began; kFailedPrecondition when it is committed
-  /// already (a second WaitForUpdate after success).
+  /// Blocks until every source has delivered `version`, then commits it. `timeout_s` (seconds)
+  /// bounds each of its waits in place of the options' timeout_s (< 0: the options'; +inf:
+  /// 1e9 s), e.g. a short bound to look at other work between waits: a wait that timed out
+  /// may be called again for the same version (what arrived is kept), except on a relay
+  /// parent, which tells its children it will not forward `version` (begin a later one).
+  /// kInvalidArgument when `version` is not the one BeginUpdate began, or timeout_s is NaN;
+  /// kFailedPrecondition when it is committed already (a second WaitForUpdate after success).
   /// Errors (committed_version() unchanged; single-buffered, the buffer possibly partly
   /// written, which holds_committed_version() then says until the next commit): kTimedOut
   /// naming the sources still missing, or naming a trainer that gave up on this rank for
@@ -525,7 +529,7 @@ class WeightSubscriber {
   /// kVerificationFailed naming the trainer whose digest differs or is missing (verify_digests);
   /// kCorruptData for a relay message outside the relay tree; kFailedPrecondition for a version
   /// this rank gave up as a relay parent; the interrupt hook's status when it fires.
-  Result<UpdateStats> WaitForUpdate(std::uint64_t version);
+  Result<UpdateStats> WaitForUpdate(std::uint64_t version, double timeout_s = -1);
 
   /// The last version fully received (0 before the first): the version weights() holds and
   /// the engine serves (label generated tokens with it), unless holds_committed_version() is false.

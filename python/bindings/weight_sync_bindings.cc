@@ -173,24 +173,26 @@ void BindWeightSync(py::module_& m) {
              GilRelease release;
              ThrowIfError(s.BeginUpdate(version));
            })
-      .def("wait_for_update",
-           [](WeightSubscriber& s, std::uint64_t version) {
-             Result<UpdateStats> r = Internal("not run");
-             {
-               GilRelease release;
-               r = s.WaitForUpdate(version);
-             }
-             const UpdateStats u = ValueOrPythonError(std::move(r));
-             py::dict d;
-             d["version"] = u.version;
-             d["bytes"] = u.bytes;
-             d["sources"] = u.sources;
-             d["wait_s"] = u.wait_s;
-             d["relayed_from"] = u.relayed_from;  // relay_broadcasts: -1 = written by the trainers
-             d["relayed_to"] = u.relayed_to;
-             d["relay_s"] = u.relay_s;
-             return d;
-           })
+      .def(
+          "wait_for_update",
+          [](WeightSubscriber& s, std::uint64_t version, double timeout_s) {
+            Result<UpdateStats> r = Internal("not run");
+            {
+              GilRelease release;
+              r = s.WaitForUpdate(version, timeout_s);
+            }
+            const UpdateStats u = ValueOrPythonError(std::move(r));
+            py::dict d;
+            d["version"] = u.version;
+            d["bytes"] = u.bytes;
+            d["sources"] = u.sources;
+            d["wait_s"] = u.wait_s;
+            d["relayed_from"] = u.relayed_from;  // relay_broadcasts: -1 = written by the trainers
+            d["relayed_to"] = u.relayed_to;
+            d["relay_s"] = u.relay_s;
+            return d;
+          },
+          py::arg("version"), py::arg("timeout_s") = -1.0)
       .def(
           "join",
           [](WeightSubscriber& s, double timeout_s) {

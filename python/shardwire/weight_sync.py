@@ -343,8 +343,11 @@ class WeightSubscriber(_Endpoint):
             self._check_registered(f"begin_update({version})")
             impl.begin_update(version)
 
-    def wait_for_update(self, version: int) -> Dict[str, Any]:
+    def wait_for_update(self, version: int, timeout_s: Optional[float] = None) -> Dict[str, Any]:
         """Blocks (GIL released) until every source delivered ``version``, then commits it.
+        ``timeout_s`` (seconds, >= 0, inf allowed): bounds this call's waits in place of the
+        constructor's timeout_s (None: that one); a wait that timed out may be called again for
+        the same version (what arrived is kept), except on a relay parent (below).
         Returns {version, bytes, sources, wait_s (seconds), relayed_from (relay_broadcasts: the
         engine rank that forwarded it, -1: the trainers), relayed_to (the children this rank
         forwarded it to, after committing), relay_s}. Raises TimedOutError naming missing sources,
@@ -363,10 +366,15 @@ class WeightSubscriber(_Endpoint):
         Raises FailedPreconditionError, nothing committed, when ``params``' storage was resized
         or freed in place since construction."""
         version = check_version("version", version)
+        if timeout_s is None:
+            timeout_s = -1.0  # the constructor's
+        elif isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s >= 0:
+            raise InvalidArgumentError(f"invalid argument: wait_for_update({version}): timeout_s must be a number of "
+                                       f"seconds >= 0 (inf: no bound) or None, got {timeout_s!r}")
         with self._guard.use(f"wait_for_update({version})"):
             impl = self._open(f"wait_for_update({version})")
             self._check_registered(f"wait_for_update({version})")
-            return impl.wait_for_update(version)
+            return impl.wait_for_update(version, float(timeout_s))
 
     @property
     def committed_version(self) -> int:

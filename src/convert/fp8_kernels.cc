@@ -2,9 +2,15 @@
 // also checks that the OS saves the wide registers), or by SHARDWIRE_CONVERT_KERNELS.
 #include "convert/fp8_kernels.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -60,16 +66,24 @@ const ConvertKernels* Table(KernelIsa isa) {
 }
 
 const ConvertKernels* Choose() {
-  if (const char* want = std::getenv("SHARDWIRE_CONVERT_KERNELS")) {
-    for (KernelIsa isa : {KernelIsa::kPortable, KernelIsa::kAvx2, KernelIsa::kAvx512}) {
-      const ConvertKernels* k = KernelsFor(isa);
-      if (k != nullptr && std::strcmp(want, k->name) == 0) return k;
-    }
+  const ConvertKernels* widest = &kPortableKernels;
+  for (KernelIsa isa : {KernelIsa::kAvx2, KernelIsa::kAvx512}) {
+    if (const ConvertKernels* k = KernelsFor(isa)) widest = k;
   }
-  for (KernelIsa isa : {KernelIsa::kAvx512, KernelIsa::kAvx2}) {
-    if (const ConvertKernels* k = KernelsFor(isa)) return k;
+  const char* want = std::getenv("SHARDWIRE_CONVERT_KERNELS");
+  if (want == nullptr || *want == '\0') return widest;
+  std::vector<std::string_view> runnable;
+  for (KernelIsa isa : {KernelIsa::kPortable, KernelIsa::kAvx2, KernelIsa::kAvx512}) {
+    const ConvertKernels* k = KernelsFor(isa);
+    if (k == nullptr) continue;
+    if (std::strcmp(want, k->name) == 0) return k;
+    runnable.push_back(k->name);
   }
-  return &kPortableKernels;
+  // A typo, or a path this CPU cannot run: said once, on stderr's logger, not ignored silently
+  // (a benchmark comparing paths would otherwise compare one path with itself).
+  spdlog::warn("SHARDWIRE_CONVERT_KERNELS={} is not a conversion kernel path this CPU runs (it runs: {}); using {}",
+               want, fmt::join(runnable, ", "), widest->name);
+  return widest;
 }
 
 std::atomic<const ConvertKernels*>& Active() {

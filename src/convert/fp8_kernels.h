@@ -58,7 +58,8 @@ const ConvertKernels* KernelsFor(KernelIsa isa);
 
 /// The active table. Chosen once, on first use: the environment variable
 /// SHARDWIRE_CONVERT_KERNELS (portable / avx2 / avx512) when set to a supported path, otherwise the
-/// widest one the CPU supports (__builtin_cpu_supports). Thread-safe.
+/// widest one the CPU supports (__builtin_cpu_supports); a value naming no path this CPU runs
+/// logs a warning (spdlog) naming the paths it runs and the one used. Thread-safe.
 const ConvertKernels& Kernels();
 
 /// Makes `isa` the active table (tests and benchmarks compare the paths). Returns false, changing

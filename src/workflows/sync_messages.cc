@@ -106,7 +106,8 @@ std::vector<std::byte> EncodeMissedWithReason(const Message& message) {
   std::vector<std::byte> out;
   out.push_back(static_cast<std::byte>(message.kind));
   PutLittleEndian(out, message.version, 8);
-  out.push_back(static_cast<std::byte>(message.reason->code()));
+  out.push_back(static_cast<std::byte>(message.unknown_reason_code != 0 ? message.unknown_reason_code
+                                                                        : static_cast<int>(message.reason->code())));
   PutLittleEndian(out, text.size(), 2);
   for (char c : text) out.push_back(static_cast<std::byte>(c));
   return out;
@@ -115,14 +116,16 @@ std::vector<std::byte> EncodeMissedWithReason(const Message& message) {
 std::optional<Message> DecodeMissedWithReason(std::span<const std::byte> payload) {
   if (payload.size() < 12) return std::nullopt;
   const auto code = static_cast<int>(payload[9]);
-  if (code <= static_cast<int>(ErrorCode::kOk) || code > static_cast<int>(ErrorCode::kFailedPrecondition)) {
-    return std::nullopt;
-  }
+  if (code == static_cast<int>(ErrorCode::kOk)) return std::nullopt;  // never sent: a MISSED reason is an error
   const std::size_t length = GetLittleEndian(payload, 10, 2);
   if (length > kMaxMissedReasonBytes || payload.size() != 12 + length) return std::nullopt;
   Message m{MessageKind::kMissed, GetLittleEndian(payload, 1, 8)};
-  m.reason =
-      Status(static_cast<ErrorCode>(code), std::string(reinterpret_cast<const char*>(payload.data()) + 12, length));
+  // A code past this build's last is a newer peer's: still an error that ends the wait (it
+  // used to be dropped as malformed, and the engine waited out its timeout).
+  const bool known = code <= static_cast<int>(ErrorCode::kFailedPrecondition);
+  if (!known) m.unknown_reason_code = static_cast<std::uint8_t>(code);
+  m.reason = Status(known ? static_cast<ErrorCode>(code) : ErrorCode::kInternal,
+                    std::string(reinterpret_cast<const char*>(payload.data()) + 12, length));
   return m;
 }
 }  // namespace
@@ -235,11 +238,13 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
                            std::uint32_t round) {
   std::string aborted_by;
   std::optional<Status> aborted_reason;  // the sender's error, when its MISSED carried one
+  std::uint8_t aborted_unknown_code = 0;  // its code byte, when this build does not know it
   std::vector<Pending> consumed;  // wanted messages this call took: back to the inbox on failure
   auto take = [&](const std::string& peer, const Message& m) {
     if (abort_kind && m.kind == *abort_kind && m.version == version && peers.count(peer)) {
       aborted_by = peer;
       aborted_reason = m.reason;
+      aborted_unknown_code = m.unknown_reason_code;
       return true;
     }
     if (abort_kind && m.kind == *abort_kind && m.version < version) return true;  // about an older wait: drop
@@ -264,8 +269,13 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
       return Status(
           aborted_reason->code(),
           fmt::format("{} gave up on v{} for this rank ({} v{}): its push failed, nothing more of v{} "
-                      "comes from it: {}",
-                      aborted_by, version, MessageKindName(*abort_kind), version, version, aborted_reason->message()));
+                      "comes from it: {}{}",
+                      aborted_by, version, MessageKindName(*abort_kind), version, version,
+                      aborted_unknown_code != 0
+                          ? fmt::format("(error code {}, which this build does not know: a peer of a newer build) ",
+                                        aborted_unknown_code)
+                          : "",
+                      aborted_reason->message()));
     }
     return TimedOut(fmt::format("{} gave up on v{} for this rank ({} v{}): it was not ready or not reachable in time",
                                 aborted_by, version, MessageKindName(*abort_kind), version));

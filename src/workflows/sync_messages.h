@@ -91,6 +91,11 @@ struct Message {
   /// (two bytes, little-endian) and at most kMaxMissedReasonBytes of it (longer ones are cut
   /// at a UTF-8 character boundary when encoded).
   std::optional<Status> reason = {};
+  /// kMissed with a reason whose code byte this build does not know (a peer of a newer build,
+  /// with more error codes): that byte, kept so the message re-encodes as sent; `reason` then
+  /// holds kInternal and the peer's message, and the wait it ends says which code it was.
+  /// 0: the code is one of this build's (or there is no reason).
+  std::uint8_t unknown_reason_code = 0;
 };
 
 /// Bytes of a MISSED reason's message on the wire (Message::reason).

@@ -24,6 +24,8 @@ namespace shardwire {
 namespace {
 constexpr const char* kTrainerRole = "trainer";
 constexpr const char* kEngineRole = "engine";
+// The longest wait a timeout stands for (+inf): 1e9 s (31 years); a longer one overflows the clock.
+constexpr double kLongestWaitSeconds = 1e9;
 }  // namespace
 
 struct WeightSubscriber::State {
@@ -609,18 +611,22 @@ Status WeightSubscriber::BeginUpdate(std::uint64_t version) {
 }
 
 namespace {
-Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t version);
+Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t version, double timeout_s);
 }  // namespace
 
-Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version) {
+Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version, double timeout_s) {
   SW_RETURN_IF_ERROR(CheckOpen(*state_, "WaitForUpdate"));
-  auto stats = AwaitVersion(*state_, version);
+  if (std::isnan(timeout_s)) return InvalidArgument(fmt::format("WaitForUpdate({}): timeout_s is NaN", version));
+  // < 0: the options' bound; +inf and anything past it: 1e9 s (a deadline that cannot overflow).
+  const double bound_s = timeout_s < 0 ? state_->options.timeout_s : std::min(timeout_s, kLongestWaitSeconds);
+  auto stats = AwaitVersion(*state_, version, bound_s);
   if (!stats.ok()) state_->metrics.Failed(stats.status());
   return stats;
 }
 
 namespace {
-Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t version) {
+// `timeout_s`: the bound of each of its waits (WaitForUpdate's timeout_s, or the options').
+Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t version, double timeout_s) {
   if (version != s.begun_version) {
     return InvalidArgument(fmt::format("WaitForUpdate({}) without BeginUpdate({}) (the update begun is v{})", version,
                                        version, s.begun_version));
@@ -638,8 +644,8 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   const Status arrived =
       !s.begin_failure.ok()
           ? s.begin_failure
-          : s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kDone, version, s.source_names,
-                                 s.options.timeout_s, &done, workflows::MessageKind::kMissed, s.options.interrupt);
+          : s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kDone, version, s.source_names, timeout_s,
+                                 &done, workflows::MessageKind::kMissed, s.options.interrupt);
   // relay_broadcasts: whether the bytes come through the relay parent, and whom to forward to
   // (the children every source named, with the same buffer and incarnation).
   std::map<std::string, workflows::Message> plans;
@@ -649,9 +655,8 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   int relayed_from = -1;
   Status relay_status = Status::Ok();
   if (arrived.ok() && s.relay && s.relay->Relays(s.rank)) {
-    relay_status =
-        s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kRelayPlan, version, s.source_names,
-                             s.options.timeout_s, &plans, workflows::MessageKind::kMissed, s.options.interrupt);
+    relay_status = s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kRelayPlan, version, s.source_names,
+                                        timeout_s, &plans, workflows::MessageKind::kMissed, s.options.interrupt);
     std::map<int, int> named;  // child -> sources that named it alike
     for (const auto& [name, plan] : plans) {
       // Only this rank's parent and children in the tree every rank computes.
@@ -682,10 +687,9 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
       const std::vector<std::string> failed = s.endpoint.agent->FailedPeers();
       if (s.relay_parent != relayed_from || std::find(failed.begin(), failed.end(), parent) != failed.end()) {
         s.relay_parent = -1;
-        relay_status =
-            workflows::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kEngineRole, relayed_from,
-                                      s.options.timeout_s, s.options.interrupt, kInterruptPollSeconds)
-                .status();
+        relay_status = workflows::ImportPeerRank(*s.rendezvous, *s.endpoint.agent, s.options.job, kEngineRole,
+                                                 relayed_from, timeout_s, s.options.interrupt, kInterruptPollSeconds)
+                           .status();
         if (relay_status.ok()) s.relay_parent = relayed_from;
       }
       // The parent forwards right after its own commit, each forward bounded by engine_timeout_s;
@@ -693,7 +697,7 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
       // d (d ancestors) waits up to (d + 1) x engine_timeout_s (at most timeout_s).
       if (relay_status.ok()) {
         const int depth = workflows::RelayDepth(*s.relay, s.rank);  // >= 1: relayed_from is its parent
-        const double relayed_bound_s = std::min(s.options.timeout_s, (depth + 1) * s.options.engine_timeout_s);
+        const double relayed_bound_s = std::min(timeout_s, (depth + 1) * s.options.engine_timeout_s);
         relay_status =
             s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kRelayed, version, {parent},
                                  relayed_bound_s, nullptr, workflows::MessageKind::kMissed, s.options.interrupt);

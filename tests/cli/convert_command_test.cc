@@ -175,6 +175,28 @@ TEST(ConvertCommand, GeneratedCheckpointShardedWithIndexAndUe8m0) {
   EXPECT_EQ(OracleCheck(dir.File("src"), dir.File("ue"), "fp8-block128", "ue8m0"), "ok 11\n");
 }
 
+// SHARDWIRE_CONVERT_KERNELS naming no path this CPU runs (a typo) was ignored silently, so a
+// comparison of two paths could compare one with itself; it is a warning naming what runs, and
+// the conversion still uses the widest path (its bytes are the same whichever runs).
+TEST(ConvertCommand, AnUnknownKernelPathInTheEnvironmentIsAWarning) {
+  TempDir dir;
+  WriteCheckpoint(dir.File("src"), GeneratedTensors());
+  auto [code, out] =
+      RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("a") + " --format fp8-block128");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_EQ(out.find("SHARDWIRE_CONVERT_KERNELS"), std::string::npos) << out;
+  ::setenv("SHARDWIRE_CONVERT_KERNELS", "avx2x", 1);
+  std::tie(code, out) =
+      RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("b") + " --format fp8-block128");
+  ::unsetenv("SHARDWIRE_CONVERT_KERNELS");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("SHARDWIRE_CONVERT_KERNELS=avx2x is not a conversion kernel path this CPU runs (it runs: "
+                     "portable"),
+            std::string::npos)
+      << out;
+  ExpectSameAsKernels(dir.File("src"), dir.File("b"), kQuantised);
+}
+
 // An output directory that holds a checkpoint is refused unless --overwrite; with it, the old
 // checkpoint's files the new run did not rewrite are removed: a sharded FP8 output's index
 // would otherwise be opened instead of the single fp32 file written after it.

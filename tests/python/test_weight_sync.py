@@ -475,6 +475,34 @@ def test_close_leaves_the_job_and_keeps_the_views_readable():
             assert torch.equal(t.view(torch.int16), global_tensor(name, t.shape, 1).view(torch.int16)), name
 
 
+def test_wait_for_update_takes_its_own_timeout_and_may_be_called_again():
+    """wait_for_update(v, timeout_s=...) bounds that call instead of the constructor's 120 s:
+    before the trainer pushed, it raises TimedOutError naming its own bound; after the push the
+    same version commits byte for byte. Bad bounds are refused before anything waits."""
+    model = shardwire.Model.from_config_json(json.dumps(LLAMA))
+    src, dst = shardwire.Layout.from_string(model, "fsdp=1"), shardwire.Layout.from_string(model, "tp=1")
+    with shardwire.CoordinatorServer() as server:
+        client = shardwire.CoordinatorClient(server.address)
+        with shardwire.WeightPublisher(client, src, dst, 0, job="own-timeout") as pub, \
+                shardwire.WeightSubscriber(client, src, dst, 0, job="own-timeout") as sub:
+            sub.connect()
+            pub.connect()
+            for s in src.shards(0):
+                pub.tensors[s["name"]].copy_(global_tensor(s["name"], s["global_shape"], 1))
+            sub.begin_update(1)
+            for bad in (float("nan"), -1.0, "1", True):
+                with pytest.raises(errors.InvalidArgumentError, match="timeout_s"):
+                    sub.wait_for_update(1, timeout_s=bad)
+            with pytest.raises(errors.TimedOutError, match=r"after 0\.2 s"):
+                sub.wait_for_update(1, timeout_s=0.2)
+            assert sub.committed_version == 0
+            assert pub.push(1)["missed"] == []
+            assert sub.wait_for_update(1, timeout_s=float("inf"))["version"] == 1
+            for s in dst.shards(0):
+                want = global_tensor(s["name"], s["global_shape"], 1)
+                assert torch.equal(sub.tensors[s["name"]].view(torch.int16), want.view(torch.int16)), s["name"]
+
+
 def test_relays_and_rounds_from_python():
     """Engine-to-engine relays and K from Python: one trainer rank, two engine replicas (tp=1,
     dp=2) in threads; the trainer writes replica 0 only, replica 0 forwards to replica 1, and

@@ -131,13 +131,26 @@ TEST(SyncMessages, MissedCarriesTheFailedPushsError) {
   ASSERT_TRUE(plain.has_value());
   EXPECT_FALSE(plain->reason.has_value());
   EXPECT_EQ(Encode({MessageKind::kMissed, 5}).size(), 9u);
-  // A length that disagrees with the payload, code 0 (OK) or a code past the last is not a sync message.
+  // A length that disagrees with the payload or code 0 (OK) is not a sync message.
   EXPECT_FALSE(Decode(std::span(bytes).first(bytes.size() - 1)).has_value());
   std::vector<std::byte> wrong = bytes;
   wrong[9] = std::byte{0};
   EXPECT_FALSE(Decode(wrong).has_value());
-  wrong[9] = static_cast<std::byte>(static_cast<int>(ErrorCode::kFailedPrecondition) + 1);
-  EXPECT_FALSE(Decode(wrong).has_value());
+  // A code past this build's last is a newer peer's error: still a MISSED that ends the wait
+  // (it was dropped as malformed, and the engine waited out its timeout), as kInternal with the
+  // peer's message, and it re-encodes as sent.
+  for (int code : {static_cast<int>(ErrorCode::kFailedPrecondition) + 1, 255}) {
+    std::vector<std::byte> newer = bytes;
+    newer[9] = static_cast<std::byte>(code);
+    const auto from_newer = Decode(newer);
+    ASSERT_TRUE(from_newer.has_value()) << code;
+    ASSERT_TRUE(from_newer->reason.has_value());
+    EXPECT_EQ(from_newer->reason->code(), ErrorCode::kInternal);
+    EXPECT_EQ(from_newer->reason->message(), "NaN in \"wq\" at [0, 300]");
+    EXPECT_EQ(from_newer->unknown_reason_code, code);
+    EXPECT_EQ(Encode(*from_newer), newer);
+  }
+  EXPECT_EQ(back->unknown_reason_code, 0);
   // A long message is cut to kMaxMissedReasonBytes, never inside a UTF-8 character.
   std::string text(kMaxMissedReasonBytes - 1, 'x');
   text += "\xC3\xA9tail";  // a two-byte character straddling the cut

@@ -931,5 +931,43 @@ TEST(WeightSync, InterruptEndsEveryWaitAndKeepsWhatArrived) {
   EXPECT_EQ(Walk(engine, 0, (*sub)->weights(), 2, true), 0u);
 }
 
+// WaitForUpdate's own timeout_s bounds the call in place of the options' (30 s here): the wait
+// that times out names its own bound, keeps what arrived, and the same version is waited for
+// again (with the options' bound) once the other trainer pushed. NaN is refused.
+TEST(WeightSync, AWaitForUpdateBoundedByItsOwnTimeoutMayBeCalledAgain) {
+  const Layout trainer = MakeFsdpLayout(Tensors(), 2).value();
+  const Layout engine = MakeTpLayout(Tensors(), {-1, -1, -1, -1}, 1, 1).value();
+  auto local = StartLocalRendezvous();
+  ASSERT_TRUE(local.ok()) << local.status().ToString();
+  CoordinatorClient& rz = *local->client;
+  const WeightSyncOptions options{"own-bound", 30};
+  auto sub = WeightSubscriber::Create(rz, trainer, engine, 0, options);
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  std::vector<std::unique_ptr<WeightPublisher>> pubs;
+  for (int r = 0; r < 2; ++r) {
+    auto pub = WeightPublisher::Create(rz, trainer, engine, r, options);
+    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+    pubs.push_back(std::move(*pub));
+  }
+  ASSERT_TRUE((*sub)->Connect().ok());
+  for (auto& p : pubs) ASSERT_TRUE(p->Connect().ok());
+  for (int r = 0; r < 2; ++r) Walk(trainer, r, pubs[static_cast<std::size_t>(r)]->weights(), 1, false);
+  ASSERT_TRUE((*sub)->BeginUpdate(1).ok());
+  ASSERT_TRUE(pubs[0]->Push(1).ok());  // DONE(1) from trainer 0 only
+  EXPECT_EQ((*sub)->WaitForUpdate(1, std::nan("")).status().code(), ErrorCode::kInvalidArgument);
+  auto timed_out = (*sub)->WaitForUpdate(1, 0.3);
+  ASSERT_FALSE(timed_out.ok());
+  EXPECT_EQ(timed_out.status().code(), ErrorCode::kTimedOut) << timed_out.status().ToString();
+  EXPECT_NE(timed_out.status().message().find("after 0.3 s"), std::string::npos) << timed_out.status().ToString();
+  EXPECT_NE(timed_out.status().message().find("own-bound/trainer/1"), std::string::npos)
+      << timed_out.status().ToString();
+  EXPECT_EQ((*sub)->committed_version(), 0u);
+  ASSERT_TRUE(pubs[1]->Push(1).ok());
+  auto update = (*sub)->WaitForUpdate(1);  // needs trainer 0's DONE kept from the timed-out call
+  ASSERT_TRUE(update.ok()) << update.status().ToString();
+  EXPECT_EQ((*sub)->committed_version(), 1u);
+  EXPECT_EQ(Walk(engine, 0, (*sub)->weights(), 1, true), 0u);
+}
+
 }  // namespace
 }  // namespace shardwire
