@@ -515,9 +515,12 @@ class WeightSubscriber {
 
   /// Blocks until every source has delivered `version`, then commits it. `timeout_s` (seconds)
   /// bounds each of its waits in place of the options' timeout_s (< 0: the options'; +inf:
-  /// 1e9 s), e.g. a short bound to look at other work between waits: a wait that timed out
-  /// may be called again for the same version (what arrived is kept), except on a relay
-  /// parent, which tells its children it will not forward `version` (begin a later one).
+  /// 1e9 s; 0: take only what already arrived), e.g. a short bound to look at other work
+  /// between waits: a wait that timed out (or was interrupted) may be called again for the
+  /// same version, and what arrived is kept (DONE and relay plans; a relay child's forward
+  /// may come later), except on a relay parent that told its children it will not forward
+  /// `version` (kFailedPrecondition: begin a later one). A wait that a trainer's MISSED ended
+  /// ends again at once with the same error: BeginUpdate the version again first.
   /// kInvalidArgument when `version` is not the one BeginUpdate began, or timeout_s is NaN;
   /// kFailedPrecondition when it is committed already (a second WaitForUpdate after success).
   /// Errors (committed_version() unchanged; single-buffered, the buffer possibly partly

@@ -345,9 +345,11 @@ class WeightSubscriber(_Endpoint):
 
     def wait_for_update(self, version: int, timeout_s: Optional[float] = None) -> Dict[str, Any]:
         """Blocks (GIL released) until every source delivered ``version``, then commits it.
-        ``timeout_s`` (seconds, >= 0, inf allowed): bounds this call's waits in place of the
-        constructor's timeout_s (None: that one); a wait that timed out may be called again for
-        the same version (what arrived is kept), except on a relay parent (below).
+        ``timeout_s`` (seconds, >= 0, inf allowed; 0 takes only what already arrived): bounds
+        this call's waits in place of the constructor's timeout_s (None: that one); a wait that
+        timed out may be called again for the same version (what arrived is kept), except on a
+        relay parent that gave the version up (below); one that a trainer's "gave up on v"
+        ended ends so again at once: begin the version again first.
         Returns {version, bytes, sources, wait_s (seconds), relayed_from (relay_broadcasts: the
         engine rank that forwarded it, -1: the trainers), relayed_to (the children this rank
         forwarded it to, after committing), relay_s}. Raises TimedOutError naming missing sources,
@@ -366,15 +368,19 @@ class WeightSubscriber(_Endpoint):
         Raises FailedPreconditionError, nothing committed, when ``params``' storage was resized
         or freed in place since construction."""
         version = check_version("version", version)
-        if timeout_s is None:
-            timeout_s = -1.0  # the constructor's
-        elif isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s >= 0:
-            raise InvalidArgumentError(f"invalid argument: wait_for_update({version}): timeout_s must be a number of "
-                                       f"seconds >= 0 (inf: no bound) or None, got {timeout_s!r}")
+        bound_s = -1.0  # None: the constructor's
+        if timeout_s is not None:
+            try:  # numbers of any kind (numpy floats and ints, 0-d tensors), never bools or text
+                bound_s = float(timeout_s) if not isinstance(timeout_s, (bool, str, bytes)) else float("nan")
+            except (TypeError, ValueError, OverflowError):
+                bound_s = float("nan")
+            if not bound_s >= 0:
+                raise InvalidArgumentError(f"invalid argument: wait_for_update({version}): timeout_s must be a number "
+                                           f"of seconds >= 0 (inf: no bound) or None, got {timeout_s!r}")
         with self._guard.use(f"wait_for_update({version})"):
             impl = self._open(f"wait_for_update({version})")
             self._check_registered(f"wait_for_update({version})")
-            return impl.wait_for_update(version, float(timeout_s))
+            return impl.wait_for_update(version, bound_s)
 
     @property
     def committed_version(self) -> int:

@@ -245,7 +245,9 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
       aborted_by = peer;
       aborted_reason = m.reason;
       aborted_unknown_code = m.unknown_reason_code;
-      return true;
+      // Kept: the peer gave `version` up, so a repeated wait for it ends at once too instead
+      // of waiting out its bound (BeginUpdate of the version drops it: TakeArrived).
+      return false;
     }
     if (abort_kind && m.kind == *abort_kind && m.version < version) return true;  // about an older wait: drop
     if (m.kind == kind && m.version < version) return true;  // stale: drop
@@ -286,14 +288,22 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
   const double slice_s = interrupt ? kPollSeconds : 1.0;
   // This process's own pauses and its lanes' stalls do not count.
   OwnPauseDeadline deadline(timeout_s, slice_s, PauseClock::now(), LaneStallOf(agent));
+  // Past the deadline, what is queued at the agent is still read (a wait of timeout_s 0 takes
+  // what arrived; a short one is not failed by notifications it had no turn to read), at most
+  // kLateLooks of them, so that a stream of other messages cannot hold the wait open.
+  static constexpr int kLateLooks = 4096;
+  int late_looks = 0;
   while (!peers.empty()) {
     const double left = deadline.Left();
-    if (left <= 0) {
+    const bool late = left <= 0;
+    if (late) ++late_looks;
+    auto note = late && late_looks > kLateLooks ? Result<Notification>(TimedOut("past the deadline"))
+                                                : agent.WaitNotification(std::clamp(left, 0.0, slice_s));
+    if (late && !note.ok() && note.status().code() == ErrorCode::kTimedOut) {
       WarnOwnPause(deadline, kind, version);
       return fail(TimedOut(fmt::format("{} v{} still missing from {} peer(s): {} after {:.1f} s", MessageKindName(kind),
                                        version, peers.size(), fmt::join(peers, ", "), timeout_s)));
     }
-    auto note = agent.WaitNotification(std::min(left, slice_s));
     if (!note.ok()) {
       // A peer that failed fails this wait only if it is awaited (below): an engine also talks
       // to its relay children, a trainer to other trainers.
@@ -321,6 +331,10 @@ Status Inbox::AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version
   }
   WarnOwnPause(deadline, kind, version);
   return Status::Ok();
+}
+
+void Inbox::PutBack(const std::map<std::string, Message>& messages) {
+  for (const auto& [peer, message] : messages) pending_.push_back({peer, message});
 }
 
 std::set<std::string> Inbox::TakeArrived(Agent& agent, MessageKind kind, std::uint64_t version,

@@ -149,13 +149,21 @@ class Inbox {
   /// after every kPollSeconds slice that brought no notification; its non-OK status ends the
   /// wait. `round` must equal the message's round (ROUND_DONE; 0 for every other kind).
   /// Messages of `kind` or `abort_kind` for versions below `version` are dropped (stale: a push
-  /// abandoned, or an older version given up on).
+  /// abandoned, or an older version given up on). The `abort_kind` message that ended a wait
+  /// stays in the inbox, so a repeated wait for the same version ends at once too. At the
+  /// deadline what the agent has queued is still read (at most 4096 notifications), so a wait
+  /// of `timeout_s` 0 takes what already arrived.
   /// Errors: kTimedOut naming the peers still missing; transport errors (a
   /// disconnected peer that is awaited: kPeerDisconnected) as the agent reports them; the interrupt's status.
   Status AwaitFromAll(Agent& agent, MessageKind kind, std::uint64_t version, std::set<std::string> peers,
                       double timeout_s, std::map<std::string, Message>* received = nullptr,
                       std::optional<MessageKind> abort_kind = std::nullopt,
                       const std::function<Status()>& interrupt = {}, std::uint32_t round = 0);
+
+  /// Puts messages an earlier successful AwaitFromAll returned (by peer name) back into the
+  /// inbox, for a later wait of the same kind and version: a caller whose wait failed at a
+  /// later step and may be made again (WeightSubscriber::WaitForUpdate).
+  void PutBack(const std::map<std::string, Message>& messages);
 
   /// Without waiting: takes every notification the agent has queued into the inbox, then
   /// removes and returns the peers of `peers` whose `kind`/`version` message is in it (e.g. a

@@ -652,11 +652,13 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   std::map<int, workflows::RelayTarget> forward;
   std::map<int, workflows::RelayTarget> not_forwarded;  // named, but not alike by every source
   bool plans_valid = true;                              // every plan named only this rank's tree
+  bool plans_arrived = false;                           // the RELAY_PLAN wait succeeded
   int relayed_from = -1;
   Status relay_status = Status::Ok();
   if (arrived.ok() && s.relay && s.relay->Relays(s.rank)) {
     relay_status = s.inbox.AwaitFromAll(*s.endpoint.agent, workflows::MessageKind::kRelayPlan, version, s.source_names,
                                         timeout_s, &plans, workflows::MessageKind::kMissed, s.options.interrupt);
+    plans_arrived = relay_status.ok();  // (a failed wait put back what it took itself)
     std::map<int, int> named;  // child -> sources that named it alike
     for (const auto& [name, plan] : plans) {
       // Only this rank's parent and children in the tree every rank computes.
@@ -718,6 +720,10 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
     (void)s.AbandonForwards(version, not_forwarded, /*plans_known=*/true);
   }
   auto abandon = [&](Status st) {
+    // What arrived stays for a repeated wait (a per-call timeout, an interrupt or a relay
+    // parent that was late): the trainers do not send their DONE and RELAY_PLAN again.
+    if (arrived.ok()) s.inbox.PutBack(done);  // (a failed wait put back what it took itself)
+    if (plans_arrived) s.inbox.PutBack(plans);
     if (s.AbandonForwards(version, forward, plans_known) > 0) s.abandoned_version = version;
     // Its relay parent may still forward v: told when this rank moves on (DeclineForward).
     if (s.relay && s.relay->parent[static_cast<std::size_t>(s.rank)] >= 0) s.unforwarded_version = version;

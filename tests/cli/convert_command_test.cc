@@ -185,10 +185,16 @@ TEST(ConvertCommand, AnUnknownKernelPathInTheEnvironmentIsAWarning) {
       RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("a") + " --format fp8-block128");
   ASSERT_EQ(code, 0) << out;
   EXPECT_EQ(out.find("SHARDWIRE_CONVERT_KERNELS"), std::string::npos) << out;
+  const char* before = std::getenv("SHARDWIRE_CONVERT_KERNELS");
+  const std::string kept = before != nullptr ? before : "";
   ::setenv("SHARDWIRE_CONVERT_KERNELS", "avx2x", 1);
   std::tie(code, out) =
       RunConvert("--checkpoint " + dir.File("src") + " --out " + dir.File("b") + " --format fp8-block128");
-  ::unsetenv("SHARDWIRE_CONVERT_KERNELS");
+  if (before != nullptr) {
+    ::setenv("SHARDWIRE_CONVERT_KERNELS", kept.c_str(), 1);
+  } else {
+    ::unsetenv("SHARDWIRE_CONVERT_KERNELS");
+  }
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("SHARDWIRE_CONVERT_KERNELS=avx2x is not a conversion kernel path this CPU runs (it runs: "
                      "portable"),

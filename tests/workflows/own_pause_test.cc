@@ -15,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include "agent_pair.h"
 #include "shardwire/agent.h"
 #include "transport/inproc/inproc_factory.h"
 #include "workflows/sync_messages.h"
@@ -148,39 +149,16 @@ TEST(OwnPause, TransfersWaitedForTogetherShareOneDeadline) {
   }
 }
 
-// Two agents in this process; `receiver` waits, `sender` sends.
-struct Pair {
-  std::unique_ptr<Agent> sender, receiver;
-};
-
-Pair Connected() {
-  Pair p;
-  auto a = Agent::Create({.name = "own-pause-sender"});
-  auto b = Agent::Create({.name = "own-pause-receiver"});
-  EXPECT_TRUE(a.ok() && b.ok());
-  if (!a.ok() || !b.ok()) return p;
-  p.sender = std::move(*a);
-  p.receiver = std::move(*b);
-  auto blob_a = p.sender->ExportMetadata();
-  auto blob_b = p.receiver->ExportMetadata();
-  EXPECT_TRUE(blob_a.ok() && blob_b.ok());
-  EXPECT_TRUE(p.sender->ImportMetadata(*blob_b).ok());
-  EXPECT_TRUE(p.receiver->ImportMetadata(*blob_a).ok());
-  EXPECT_TRUE(p.sender->WireUp("own-pause-receiver", 10).ok());
-  EXPECT_TRUE(p.receiver->WireUp("own-pause-sender", 10).ok());
-  return p;
-}
-
 // The waiting thread stands for a process that did not run: the interrupt hook (called after a
 // slice without notifications) sleeps 3 s, three times the wait's timeout, and the awaited
 // message is sent meanwhile. A deadline that counted those 3 s would report the sender missing
 // (Collect: "no READY from a ready engine", the miss this change removes).
 // An interrupt hook whose first call sends `message` from the sender and then sleeps 3 s.
-std::function<Status()> SendThenDoNotRun(Pair& p, Message message) {
+std::function<Status()> SendThenDoNotRun(AgentPair& p, Message message) {
   auto calls = std::make_shared<int>(0);
   return [&p, message, calls]() -> Status {
     if ((*calls)++ == 0) {
-      EXPECT_TRUE(p.sender->SendMessage("own-pause-receiver", Encode(message)).ok());
+      EXPECT_TRUE(p.sender->SendMessage(p.receiver_name, Encode(message)).ok());
       std::this_thread::sleep_for(std::chrono::seconds(3));
     }
     return Status::Ok();
@@ -188,7 +166,7 @@ std::function<Status()> SendThenDoNotRun(Pair& p, Message message) {
 }
 
 TEST(OwnPause, CollectTakesAMessageThatArrivedWhileTheWaiterDidNotRun) {
-  Pair p = Connected();
+  AgentPair p = ConnectedPair("own-pause");
   ASSERT_TRUE(p.sender && p.receiver);
   Inbox inbox;
   const auto not_running = SendThenDoNotRun(p, {MessageKind::kReady, 7});
@@ -199,7 +177,7 @@ TEST(OwnPause, CollectTakesAMessageThatArrivedWhileTheWaiterDidNotRun) {
 }
 
 TEST(OwnPause, AwaitFromAllTakesAMessageThatArrivedWhileTheWaiterDidNotRun) {
-  Pair p = Connected();
+  AgentPair p = ConnectedPair("own-pause");
   ASSERT_TRUE(p.sender && p.receiver);
   Inbox inbox;
   const auto not_running = SendThenDoNotRun(p, {MessageKind::kDone, 3});
@@ -210,7 +188,7 @@ TEST(OwnPause, AwaitFromAllTakesAMessageThatArrivedWhileTheWaiterDidNotRun) {
 
 // A peer that really is silent is still reported at the deadline (the pause moved it, no more).
 TEST(OwnPause, ASilentPeerIsStillMissingAtTheDeadline) {
-  Pair p = Connected();
+  AgentPair p = ConnectedPair("own-pause");
   ASSERT_TRUE(p.sender && p.receiver);
   Inbox inbox;
   int calls = 0;

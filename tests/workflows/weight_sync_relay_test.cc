@@ -209,6 +209,37 @@ TEST(WeightSyncRelay, AChildIsToldAtOnceWhenItsParentGaveUpBeforeItsPlanArrived)
   EXPECT_EQ(r.updates[2]->relayed_from, 1);
 }
 
+// A relayed child whose own short bound (WaitForUpdate's timeout_s) runs out while it waits for
+// its parent's forward (its DONE and RELAY_PLAN arrived, the parent had not committed yet) waits
+// again for the same version and gets it: what arrived was kept (before, the repeated wait
+// waited for a DONE the trainers never send again, and timed out).
+TEST(WeightSyncRelay, AChildWhoseShortWaitEndedBeforeItsForwardTakesItWhenItWaitsAgain) {
+  Job job;
+  ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-child-short-wait", 1));  // 0 -> 1 -> 2
+  ASSERT_TRUE(PushVersion(job, 1, {0, 1, 2}).updates[2].ok());
+  ASSERT_NO_FATAL_FAILURE(BeginEverywhere(job, 2));
+  const Round pushed = PushAndWait(job, 2, {});  // the trainers' part only: nobody waits yet
+  for (int t = 0; t < 2; ++t) ASSERT_TRUE(pushed.pushes[t].ok()) << pushed.pushes[t].status().ToString();
+  const auto early = job.subs[2]->WaitForUpdate(2, 0.3);
+  ASSERT_FALSE(early.ok());
+  EXPECT_EQ(early.status().code(), ErrorCode::kTimedOut) << early.status().ToString();
+  EXPECT_NE(early.status().message().find("relay parent engine rank 1"), std::string::npos)
+      << early.status().ToString();
+  std::vector<Result<UpdateStats>> parents(2, Internal("not run"));
+  {
+    std::vector<std::thread> threads;
+    for (int e = 0; e < 2; ++e) threads.emplace_back([&, e] { parents[e] = job.subs[e]->WaitForUpdate(2); });
+    for (auto& th : threads) th.join();
+  }
+  for (int e = 0; e < 2; ++e)
+    ASSERT_TRUE(parents[e].ok()) << "engine rank " << e << ": " << parents[e].status().ToString();
+  EXPECT_EQ(parents[1]->relayed_to, std::vector<int>{2});
+  const auto again = job.subs[2]->WaitForUpdate(2);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->relayed_from, 1);
+  EXPECT_EQ(Walk(job.engine, 2, job.subs[2]->weights(), 2, true), 0u);
+}
+
 // A relay parent closed during an update (WeightSubscriber::Close, as Python's close() does
 // while tensor views keep its agent alive) tells its children at once that it will not forward
 // the version: before, they waited out their RELAYED bound for a forward that never came. Every
