@@ -97,6 +97,17 @@ void BeginEverywhere(Job& job, std::uint64_t v) {
   for (int e = 0; e < 3; ++e) ASSERT_TRUE(job.subs[e]->BeginUpdate(v).ok());
 }
 
+// In the chain 0 -> 1 -> 2 whose engine 1 gave v2 up: engine 0 committed every byte of v2, and
+// engine 2 was told at once by its relay parent (not at the end of its RELAYED bound).
+void ExpectChildToldItsParentGaveUpV2(Job& job, const Round& pushed) {
+  ASSERT_TRUE(pushed.updates[0].ok()) << pushed.updates[0].status().ToString();
+  EXPECT_EQ(Walk(job.engine, 0, job.subs[0]->weights(), 2, true), 0u);
+  ASSERT_FALSE(pushed.updates[2].ok());
+  const std::string why = pushed.updates[2].status().ToString();
+  EXPECT_NE(why.find("relay parent engine rank 1"), std::string::npos) << why;
+  EXPECT_NE(why.find("gave up on v2"), std::string::npos) << "waited out its RELAYED bound: " << why;
+}
+
 TEST(WeightSyncRelay, TrainersWriteOneReplicaAndEveryReplicaGetsEveryByteAlongAChain) {
   Job job;
   ASSERT_NO_FATAL_FAILURE(StartJob(job, "relay-chain", 1));  // K = 1: 0 -> 1 -> 2
@@ -193,12 +204,7 @@ TEST(WeightSyncRelay, AChildIsToldAtOnceWhenItsParentGaveUpBeforeItsPlanArrived)
     ASSERT_TRUE(pushed.pushes[t].ok()) << pushed.pushes[t].status().ToString();
     EXPECT_EQ(pushed.pushes[t]->relayed, (std::vector<int>{1, 2})) << "engine 1 was READY when the trainers pushed";
   }
-  ASSERT_TRUE(pushed.updates[0].ok()) << pushed.updates[0].status().ToString();
-  EXPECT_EQ(Walk(job.engine, 0, job.subs[0]->weights(), 2, true), 0u);
-  ASSERT_FALSE(pushed.updates[2].ok());
-  const std::string why = pushed.updates[2].status().ToString();
-  EXPECT_NE(why.find("relay parent engine rank 1"), std::string::npos) << why;
-  EXPECT_NE(why.find("gave up on v2"), std::string::npos) << "waited out its RELAYED bound: " << why;
+  ASSERT_NO_FATAL_FAILURE(ExpectChildToldItsParentGaveUpV2(job, pushed));
   EXPECT_EQ(job.subs[2]->committed_version(), 1u);
   // v3: everyone ready; the chain delivers every byte again.
   Round r = PushVersion(job, 3, {0, 1, 2});
@@ -253,12 +259,7 @@ TEST(WeightSyncRelay, ARelayParentClosedDuringAnUpdateTellsItsChildrenAtOnce) {
   job.subs[1]->Close();  // idempotent
   Round pushed = PushAndWait(job, 2, {0, 2});
   for (int t = 0; t < 2; ++t) ASSERT_TRUE(pushed.pushes[t].ok()) << pushed.pushes[t].status().ToString();
-  ASSERT_TRUE(pushed.updates[0].ok()) << pushed.updates[0].status().ToString();
-  EXPECT_EQ(Walk(job.engine, 0, job.subs[0]->weights(), 2, true), 0u);
-  ASSERT_FALSE(pushed.updates[2].ok());
-  const std::string why = pushed.updates[2].status().ToString();
-  EXPECT_NE(why.find("relay parent engine rank 1"), std::string::npos) << why;
-  EXPECT_NE(why.find("gave up on v2"), std::string::npos) << "waited out its RELAYED bound: " << why;
+  ASSERT_NO_FATAL_FAILURE(ExpectChildToldItsParentGaveUpV2(job, pushed));
   EXPECT_EQ(job.subs[1]->committed_version(), 1u);
   const Status begin = job.subs[1]->BeginUpdate(3);
   EXPECT_EQ(begin.code(), ErrorCode::kFailedPrecondition) << begin.ToString();

@@ -865,6 +865,23 @@ TEST(WeightSync, DoubleBufferedEngineServesTheOldVersionUntilTheNewOneIsWhole) {
 namespace shardwire {
 namespace {
 
+// Trainer ranks 0 and 1 of `trainer` over `rz` (into `pubs`), all connected with `sub`; v1 begun
+// by `sub` and pushed by trainer 0 only: `sub` holds trainer 0's DONE(1) and waits for trainer 1's.
+void BeginWithTrainerZerosDone(CoordinatorClient& rz, const Layout& trainer, const Layout& engine,
+                               const WeightSyncOptions& options, WeightSubscriber& sub,
+                               std::vector<std::unique_ptr<WeightPublisher>>& pubs) {
+  for (int r = 0; r < 2; ++r) {
+    auto pub = WeightPublisher::Create(rz, trainer, engine, r, options);
+    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+    pubs.push_back(std::move(*pub));
+  }
+  ASSERT_TRUE(sub.Connect().ok());
+  for (auto& p : pubs) ASSERT_TRUE(p->Connect().ok());
+  for (int r = 0; r < 2; ++r) Walk(trainer, r, pubs[static_cast<std::size_t>(r)]->weights(), 1, false);
+  ASSERT_TRUE(sub.BeginUpdate(1).ok());
+  ASSERT_TRUE(pubs[0]->Push(1).ok());
+}
+
 // The interrupt hook (WeightSyncOptions::interrupt): each wait ends with the hook's status, and
 // what arrived meanwhile is kept, so the interrupted call succeeds when made again. Two trainer
 // ranks feed one engine rank, all in this process (separate agents, real UCX).
@@ -890,16 +907,7 @@ TEST(WeightSync, InterruptEndsEveryWaitAndKeepsWhatArrived) {
   EXPECT_NE(connect.message().find("stop requested"), std::string::npos);
   stop = false;
   std::vector<std::unique_ptr<WeightPublisher>> pubs;
-  for (int r = 0; r < 2; ++r) {
-    auto pub = WeightPublisher::Create(rz, trainer, engine, r, options);
-    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
-    pubs.push_back(std::move(*pub));
-  }
-  ASSERT_TRUE((*sub)->Connect().ok());
-  for (auto& p : pubs) ASSERT_TRUE(p->Connect().ok());
-  for (int r = 0; r < 2; ++r) Walk(trainer, r, pubs[static_cast<std::size_t>(r)]->weights(), 1, false);
-  ASSERT_TRUE((*sub)->BeginUpdate(1).ok());
-  ASSERT_TRUE(pubs[0]->Push(1).ok());  // DONE(1) from trainer 0 only
+  ASSERT_NO_FATAL_FAILURE(BeginWithTrainerZerosDone(rz, trainer, engine, options, **sub, pubs));
   // The wait consumes trainer 0's DONE, then is interrupted while trainer 1's is missing.
   calls = 0;
   std::thread stopper([&] {
@@ -944,16 +952,7 @@ TEST(WeightSync, AWaitForUpdateBoundedByItsOwnTimeoutMayBeCalledAgain) {
   auto sub = WeightSubscriber::Create(rz, trainer, engine, 0, options);
   ASSERT_TRUE(sub.ok()) << sub.status().ToString();
   std::vector<std::unique_ptr<WeightPublisher>> pubs;
-  for (int r = 0; r < 2; ++r) {
-    auto pub = WeightPublisher::Create(rz, trainer, engine, r, options);
-    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
-    pubs.push_back(std::move(*pub));
-  }
-  ASSERT_TRUE((*sub)->Connect().ok());
-  for (auto& p : pubs) ASSERT_TRUE(p->Connect().ok());
-  for (int r = 0; r < 2; ++r) Walk(trainer, r, pubs[static_cast<std::size_t>(r)]->weights(), 1, false);
-  ASSERT_TRUE((*sub)->BeginUpdate(1).ok());
-  ASSERT_TRUE(pubs[0]->Push(1).ok());  // DONE(1) from trainer 0 only
+  ASSERT_NO_FATAL_FAILURE(BeginWithTrainerZerosDone(rz, trainer, engine, options, **sub, pubs));
   EXPECT_EQ((*sub)->WaitForUpdate(1, std::nan("")).status().code(), ErrorCode::kInvalidArgument);
   auto timed_out = (*sub)->WaitForUpdate(1, 0.3);
   ASSERT_FALSE(timed_out.ok());
