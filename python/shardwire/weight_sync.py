@@ -372,7 +372,7 @@ class WeightSubscriber(_Endpoint):
         if timeout_s is not None:
             try:  # numbers of any kind (numpy floats and ints, 0-d tensors), never bools or text
                 bound_s = float(timeout_s) if not isinstance(timeout_s, (bool, str, bytes)) else float("nan")
-            except (TypeError, ValueError, OverflowError):
+            except (TypeError, ValueError, OverflowError, RuntimeError):  # RuntimeError: a tensor of many elements
                 bound_s = float("nan")
             if not bound_s >= 0:
                 raise InvalidArgumentError(f"invalid argument: wait_for_update({version}): timeout_s must be a number "

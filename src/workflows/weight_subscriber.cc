@@ -588,6 +588,17 @@ Status WeightSubscriber::BeginUpdate(std::uint64_t version) {
     // trainers sent when that attempt failed are about it, not about the one this READY starts
     // (best effort: one still on its way arrives after this and fails the new wait).
     (void)s.inbox.TakeArrived(*s.endpoint.agent, workflows::MessageKind::kMissed, version, s.source_names);
+    // So are the relay messages of that attempt a failed wait kept (its RELAY_PLANs, and its
+    // relay parent's RELAYED or MISSED): a retried push sends new plans, and the parent
+    // forwards (or gives up) anew. The trainers' DONE(v) stay: a trainer whose push of v
+    // succeeded does not push v again, and its bytes are still in the buffer.
+    (void)s.inbox.TakeArrived(*s.endpoint.agent, workflows::MessageKind::kRelayPlan, version, s.source_names);
+    const int tree_parent = s.relay ? s.relay->parent[static_cast<std::size_t>(s.rank)] : -1;
+    if (tree_parent >= 0) {
+      const std::set<std::string> parent{workflows::MetadataKey(s.options.job, kEngineRole, tree_parent)};
+      (void)s.inbox.TakeArrived(*s.endpoint.agent, workflows::MessageKind::kRelayed, version, parent);
+      (void)s.inbox.TakeArrived(*s.endpoint.agent, workflows::MessageKind::kMissed, version, parent);
+    }
   }
   workflows::Message ready_message{workflows::MessageKind::kReady, version};
   if (s.options.double_buffered) ready_message.buffer = static_cast<std::uint8_t>(1 - s.serving);
@@ -620,7 +631,7 @@ Result<UpdateStats> WeightSubscriber::WaitForUpdate(std::uint64_t version, doubl
   // < 0: the options' bound; +inf and anything past it: 1e9 s (a deadline that cannot overflow).
   const double bound_s = timeout_s < 0 ? state_->options.timeout_s : std::min(timeout_s, kLongestWaitSeconds);
   auto stats = AwaitVersion(*state_, version, bound_s);
-  if (!stats.ok()) state_->metrics.Failed(stats.status());
+  if (!stats.ok()) state_->metrics.Failed(stats.status());  // a short own bound that ran out too
   return stats;
 }
 
@@ -722,7 +733,9 @@ Result<UpdateStats> AwaitVersion(WeightSubscriber::State& s, std::uint64_t versi
   auto abandon = [&](Status st) {
     // What arrived stays for a repeated wait (a per-call timeout, an interrupt or a relay
     // parent that was late): the trainers do not send their DONE and RELAY_PLAN again.
-    if (arrived.ok()) s.inbox.PutBack(done);  // (a failed wait put back what it took itself)
+    // (A failed wait put back what it took itself. Not after a digest mismatch: the bytes
+    // those DONEs describe are not what landed; the version is begun and pushed again.)
+    if (arrived.ok() && st.code() != ErrorCode::kVerificationFailed) s.inbox.PutBack(done);
     if (plans_arrived) s.inbox.PutBack(plans);
     if (s.AbandonForwards(version, forward, plans_known) > 0) s.abandoned_version = version;
     // Its relay parent may still forward v: told when this rank moves on (DeclineForward).
