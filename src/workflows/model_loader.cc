@@ -1133,7 +1133,7 @@ struct ModelLoader::Impl {
   // What a Load cut short was still doing, for its error: the bytes verified so far, and the
   // sources whose moves had not finished (at most kShown of them, most bytes first), with what
   // each move waited for. E.g. "40960 of 1318912 bytes verified; unfinished: instance slow rank 0:
-  // 3 moves, 49152 bytes (1 paced by the source's bandwidth cap, 2 queued)".
+  // 3 move(s), 49152 bytes (2 queued, 1 verified, paced by the source's bandwidth cap)".
   std::string Progress() const {
     static constexpr std::size_t kShown = 4;
     std::uint64_t verified = 0;
